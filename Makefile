@@ -1,0 +1,52 @@
+# radbridge — two commands do all the set-up on a fresh machine:
+#   make run    start the service on its embedded default with examples/hospital.yaml
+#   make test   lint, type-check and run every test against real peers
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= examples/hospital.yaml
+DEBIAN_PACKAGES := dcmtk orthanc dicom3tools
+
+.PHONY: run test lint unit bench venv debian services clean
+
+$(BIN)/radbridge: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/radbridge
+
+run: venv
+	$(BIN)/radbridge serve -c $(CONFIG)
+
+# Debian packages the tests use as real peers (dcmtk, Orthanc, dicom3tools).
+debian:
+	@missing=""; \
+	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
+	test -x /usr/sbin/Orthanc || missing="$$missing orthanc"; \
+	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+# PostgreSQL on 127.0.0.1:5432 for the store tests; started if it is stopped.
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+	@for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+
+lint: venv
+	$(BIN)/ruff check broker adapters routing config tests
+	$(BIN)/ruff format --check broker adapters routing config tests
+	$(BIN)/mypy broker adapters routing config
+
+test: venv debian services lint
+	TCP_NODELAY=1 $(BIN)/pytest -q
+
+bench: venv debian
+	$(BIN)/python -m tests.bench.ingest
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,186 @@
+"""DICOM ↔ domain: read what routing and the index need from a received file.
+
+Only the header is parsed (``stop_before_pixels``, large values deferred), so a
+2 GB instance costs a few kilobytes here. Text is decoded with the file's own
+Specific Character Set (GB18030, ISO 2022 for Chinese, Japanese and Korean, …).
+"""
+
+from __future__ import annotations
+
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError as PydicomInvalid
+from pydicom.filereader import read_file_meta_info
+from pydicom.multival import MultiValue
+
+from broker.domain import InstanceRecord, Patient
+from broker.errors import InvalidDicomError
+
+MAX_UID_LENGTH = 64
+
+# Everything the index and routing read: parsing stops after the last of these.
+_TAGS = [
+    "SpecificCharacterSet",
+    "ImageType",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "Modality",
+    "InstitutionName",
+    "ReferringPhysicianName",
+    "StudyDescription",
+    "SeriesDescription",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "ContrastBolusAgent",
+    "BodyPartExamined",
+    "SliceThickness",
+    "ProtocolName",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "InstanceNumber",
+    "NumberOfFrames",
+]
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    try:
+        value: Any = ds.get(keyword)
+    except Exception:  # a value pydicom cannot decode is treated as absent
+        return None
+    if value is None or value == "":
+        return None
+    text = "\\".join(str(v) for v in value) if isinstance(value, MultiValue) else str(value)
+    text = text.strip().strip("\x00")
+    return text or None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    text = _text(ds, keyword)
+    try:
+        return int(float(text)) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _float(ds: Dataset, keyword: str) -> float | None:
+    text = _text(ds, keyword)
+    try:
+        return float(text.split("\\")[0]) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _uid(ds: Dataset, keyword: str, fallback: str | None = None) -> str:
+    value = _text(ds, keyword) or fallback
+    if not value:
+        raise InvalidDicomError(f"the dataset has no {keyword}; it cannot be indexed")
+    if len(value) > MAX_UID_LENGTH:
+        raise InvalidDicomError(
+            f"{keyword} is {len(value)} characters long; valid: a UID of at most 64 characters"
+        )
+    return value
+
+
+def read_header(path: Path) -> Dataset:
+    """The dataset up to (not including) the pixel data; large values deferred."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(
+                path,
+                stop_before_pixels=True,
+                defer_size=4096,
+                force=True,
+                specific_tags=_TAGS,
+            )
+    except (PydicomInvalid, ValueError, EOFError, KeyError, TypeError, OSError) as exc:
+        raise InvalidDicomError(f"the dataset cannot be parsed: {exc}") from exc
+    return ds
+
+
+def instance_record_from_file(
+    path: Path,
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+    calling_ae: str,
+    called_ae: str,
+    peer_address: str,
+    received_at: datetime,
+) -> InstanceRecord:
+    """The index record of a received file; the command set's UIDs are authoritative."""
+    ds = read_header(path)
+    dataset_sop = _text(ds, "SOPInstanceUID")
+    if dataset_sop is not None and dataset_sop != sop_instance_uid:
+        raise InvalidDicomError(
+            f"the dataset's SOP Instance UID {dataset_sop} differs from the C-STORE "
+            f"request's {sop_instance_uid}"
+        )
+    image_type = _text(ds, "ImageType")
+    return InstanceRecord(
+        sop_instance_uid=_uid(ds, "SOPInstanceUID", sop_instance_uid),
+        sop_class_uid=_uid(ds, "SOPClassUID", sop_class_uid),
+        series_uid=_uid(ds, "SeriesInstanceUID"),
+        study_uid=_uid(ds, "StudyInstanceUID"),
+        transfer_syntax_uid=transfer_syntax_uid,
+        path=str(path),
+        size=path.stat().st_size,
+        patient=Patient(
+            patient_id=_text(ds, "PatientID"),
+            issuer=_text(ds, "IssuerOfPatientID"),
+            name=_text(ds, "PatientName"),
+            birth_date=_text(ds, "PatientBirthDate"),
+            sex=_text(ds, "PatientSex"),
+        ),
+        accession_number=_text(ds, "AccessionNumber"),
+        study_date=_text(ds, "StudyDate"),
+        study_time=_text(ds, "StudyTime"),
+        study_description=_text(ds, "StudyDescription"),
+        referring_physician=_text(ds, "ReferringPhysicianName"),
+        institution=_text(ds, "InstitutionName"),
+        modality=_text(ds, "Modality"),
+        body_part=_text(ds, "BodyPartExamined"),
+        series_description=_text(ds, "SeriesDescription"),
+        series_number=_int(ds, "SeriesNumber"),
+        protocol_name=_text(ds, "ProtocolName"),
+        slice_thickness=_float(ds, "SliceThickness"),
+        image_type=tuple(image_type.split("\\")) if image_type else (),
+        contrast_agent=_text(ds, "ContrastBolusAgent"),
+        instance_number=_int(ds, "InstanceNumber"),
+        number_of_frames=_int(ds, "NumberOfFrames"),
+        calling_ae=calling_ae,
+        called_ae=called_ae,
+        peer_address=peer_address,
+        received_at=received_at,
+    )
+
+
+def instance_record_from_spooled_file(path: Path) -> InstanceRecord:
+    """The index record of a file already in the spool (recovery after a crash)."""
+    try:
+        meta = read_file_meta_info(path)
+    except (PydicomInvalid, ValueError, EOFError, OSError) as exc:
+        raise InvalidDicomError(f"the file meta information cannot be read: {exc}") from exc
+    return instance_record_from_file(
+        path,
+        sop_class_uid=str(meta.get("MediaStorageSOPClassUID", "")),
+        sop_instance_uid=str(meta.get("MediaStorageSOPInstanceUID", "")),
+        transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")),
+        calling_ae="",
+        called_ae="",
+        peer_address="",
+        received_at=datetime.fromtimestamp(path.stat().st_mtime, UTC),
+    )

@@ -1,0 +1,70 @@
+"""Who may associate: called AE titles, calling AE + address allow-list, and load.
+
+Returns the A-ASSOCIATE-RJ (result, source, reason) for a refused request,
+with the reasons of DICOM PS3.8 Table 9-21.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from config.schema import Dicom
+
+
+class Reject(tuple[int, int, int], enum.Enum):
+    """A-ASSOCIATE-RJ result, source and reason."""
+
+    CALLING_AE_NOT_RECOGNIZED = (0x01, 0x01, 0x03)
+    CALLED_AE_NOT_RECOGNIZED = (0x01, 0x01, 0x07)
+    LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)
+
+
+def _addresses(host: str) -> frozenset[str]:
+    """The IP addresses a configured host stands for (a name is resolved once)."""
+    try:
+        return frozenset({str(ipaddress.ip_address(host))})
+    except ValueError:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        return frozenset(str(info[4][0]) for info in infos)
+
+
+@dataclass(frozen=True)
+class AssociationPolicy:
+    called_ae_titles: frozenset[str]
+    allow_any_peer: bool
+    peers: dict[str, frozenset[str] | None]
+    max_associations: int
+
+    @classmethod
+    def from_settings(cls, dicom: Dicom) -> AssociationPolicy:
+        peers: dict[str, frozenset[str] | None] = {}
+        for peer in dicom.peers:
+            allowed = _addresses(peer.host) if peer.host else None
+            known = peers.get(peer.ae_title, frozenset())
+            peers[peer.ae_title] = None if allowed is None or known is None else known | allowed
+        return cls(
+            called_ae_titles=frozenset(dicom.ae_titles),
+            allow_any_peer=dicom.allow_any_peer,
+            peers=peers,
+            max_associations=dicom.max_associations,
+        )
+
+    def check(
+        self, called_ae: str, calling_ae: str, address: str, active: Callable[[], int]
+    ) -> Reject | None:
+        """Why this association request is refused, or None to accept it."""
+        if called_ae.strip() not in self.called_ae_titles:
+            return Reject.CALLED_AE_NOT_RECOGNIZED
+        if not self.allow_any_peer:
+            if calling_ae.strip() not in self.peers:
+                return Reject.CALLING_AE_NOT_RECOGNIZED
+            allowed = self.peers[calling_ae.strip()]
+            if allowed is not None and address not in allowed:
+                return Reject.CALLING_AE_NOT_RECOGNIZED
+        if active() > self.max_associations:
+            return Reject.LOCAL_LIMIT_EXCEEDED
+        return None

@@ -1,0 +1,325 @@
+"""The DICOM SCP of one listener process: C-ECHO, and C-STORE into the durable spool.
+
+Several listener processes bind the same port with ``SO_REUSEPORT`` (see
+``adapters.dicom.listener``); the kernel spreads associations over them, so
+ingest is not bound by one interpreter's GIL.
+
+A C-STORE success status goes back only after the bytes are fsync'd in the
+spool and the index row is committed; any failure answers a failure status
+and leaves nothing half-stored.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, _config, evt
+from pynetdicom.acse import ACSE
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import _STORAGE_CLASSES, Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from adapters.dicom.mapping import instance_record_from_file
+from adapters.dicom.policy import AssociationPolicy
+from broker.errors import InvalidDicomError, SpoolError, StoreError
+from broker.logging import get_logger
+from broker.spool import Spool
+from broker.store import StudyStore
+from config.schema import Settings
+
+LOG = get_logger("radbridge.dicom")
+
+#: Transfer syntaxes accepted for storage, in no particular preference: the
+#: requestor's first proposed syntax that is listed here is the one used.
+TRANSFER_SYNTAXES: list[str | bytes | UID] = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+    UID("1.2.840.10008.1.2.4.201"),  # HTJ2K lossless
+    UID("1.2.840.10008.1.2.4.202"),  # HTJ2K lossless RPCL
+    UID("1.2.840.10008.1.2.4.203"),  # HTJ2K
+    UID("1.2.840.10008.1.2.4.100"),  # MPEG2 main profile
+    UID("1.2.840.10008.1.2.4.102"),  # MPEG-4 AVC/H.264 high profile
+    UID("1.2.840.10008.1.2.4.110"),  # HEVC/H.265 main profile
+]
+
+
+class Status:
+    """C-STORE status codes (PS3.4 Annex B.2.3) radbridge answers with."""
+
+    SUCCESS = 0x0000
+    OUT_OF_RESOURCES = 0xA700
+    DATASET_DOES_NOT_MATCH = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+
+
+def storage_contexts() -> list[PresentationContext]:
+    """Every storage SOP class and Verification, each with every accepted syntax."""
+    contexts = []
+    for uid in [Verification, *_STORAGE_CLASSES.values()]:
+        cx = PresentationContext()
+        cx.abstract_syntax = uid
+        cx.transfer_syntax = TRANSFER_SYNTAXES
+        contexts.append(cx)
+    return contexts
+
+
+def _status(code: int, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = comment[:64]
+    return ds
+
+
+class Gatekeeper(ACSE):
+    """ACSE that applies radbridge's association policy before negotiating."""
+
+    policy: AssociationPolicy
+    active: Callable[[], int]
+
+    def _negotiate_as_acceptor(self) -> None:
+        request = self.requestor.primitive
+        assert request is not None
+        address = self.assoc.requestor.address
+        reject = self.policy.check(
+            str(request.called_ae_title), str(request.calling_ae_title), address, self.active
+        )
+        if reject is None:
+            super()._negotiate_as_acceptor()
+            return
+        LOG.warning(
+            "association rejected",
+            reason=reject.name.lower(),
+            calling_ae=str(request.calling_ae_title),
+            called_ae=str(request.called_ae_title),
+            peer=address,
+        )
+        self.send_reject(*reject.value)
+        evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+        self.assoc.kill()
+
+
+class _Handler(RequestHandler):
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        server = self.server
+        assert isinstance(server, ListenerServer)
+        gatekeeper = Gatekeeper(assoc)
+        gatekeeper.policy = server.policy
+        gatekeeper.active = server.active
+        assoc.acse = gatekeeper
+        return assoc
+
+
+class ListenerServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, bound with SO_REUSEPORT and a policy."""
+
+    policy: AssociationPolicy
+    active: Callable[[], int]
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+class AssociationCounter:
+    """Concurrent associations across all listener processes (a shared integer)."""
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+
+    def add(self, delta: int) -> None:
+        with self._value.get_lock():
+            self._value.value += delta
+
+    def __call__(self) -> int:
+        return int(self._value.value)
+
+
+class StoreSCP:
+    """Event handlers of one listener process."""
+
+    def __init__(self, settings: Settings, store: StudyStore, spool: Spool) -> None:
+        self.settings = settings
+        self.store = store
+        self.spool = spool
+
+    def _log(self, event: evt.Event) -> Any:
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        return LOG.bind(
+            association_id=getattr(assoc, "radbridge_id", None),
+            calling_ae=assoc.requestor.ae_title,
+            called_ae=str(primitive.called_ae_title) if primitive else None,
+            peer=assoc.requestor.address,
+        )
+
+    def on_echo(self, event: evt.Event) -> int:
+        self._log(event).info("c-echo")
+        return Status.SUCCESS
+
+    def on_store(self, event: evt.Event) -> int | Dataset:
+        assoc = event.assoc
+        request = cast(C_STORE, event.request)
+        primitive = assoc.requestor.primitive
+        called_ae = str(primitive.called_ae_title).strip() if primitive else ""
+        log = self._log(event)
+        tmp = Path(event.dataset_path)
+        final: Path | None = None
+        existed = False
+        try:
+            record = instance_record_from_file(
+                tmp,
+                sop_class_uid=str(request.AffectedSOPClassUID),
+                sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+                calling_ae=assoc.requestor.ae_title.strip(),
+                called_ae=called_ae,
+                peer_address=assoc.requestor.address,
+                received_at=datetime.now(UTC),
+            )
+            final = self.spool.path_for(
+                record.study_uid, record.series_uid, record.sop_instance_uid
+            )
+            existed = self.spool.commit(tmp, final)
+            indexed = self.store.record_instance(
+                replace(record, path=str(final)), self.settings.stable_seconds_for(called_ae)
+            )
+            if indexed.previous_path:
+                self.spool.discard(Path(indexed.previous_path))
+        except InvalidDicomError as exc:
+            log.warning("c-store refused: cannot understand", error=str(exc))
+            return _status(Status.CANNOT_UNDERSTAND, str(exc))
+        except (SpoolError, StoreError, OSError) as exc:
+            log.error("c-store failed: not stored", error=str(exc))
+            if final is not None and not existed:
+                self._discard_quietly(final)
+            return _status(Status.OUT_OF_RESOURCES, "not stored: " + type(exc).__name__)
+        log.info(
+            "c-store",
+            study_uid=record.study_uid,
+            sop_instance_uid=record.sop_instance_uid,
+            size=record.size,
+            replaced=indexed.replaced,
+            study_state=indexed.study_state.value,
+        )
+        return Status.SUCCESS
+
+    def _discard_quietly(self, path: Path) -> None:
+        try:
+            self.spool.discard(path)
+        except SpoolError as exc:
+            LOG.error("cannot remove a file that was not acknowledged", error=str(exc))
+
+    def on_open(self, event: evt.Event) -> None:
+        setattr(event.assoc, "radbridge_id", uuid.uuid4().hex[:12])  # noqa: B010
+
+    def on_close(self, event: evt.Event) -> None:
+        """Remove the temporary file of a C-STORE the peer abandoned mid-transfer."""
+        message = getattr(event.assoc.dimse, "message", None)
+        partial = getattr(message, "_data_set_file", None)
+        if partial is not None:
+            partial.close()
+            self._discard_quietly(Path(partial.name))
+            self._log(event).warning("association ended mid-transfer; partial object removed")
+
+    def on_aborted(self, event: evt.Event) -> None:
+        self._log(event).warning("association aborted")
+
+    def handlers(self) -> list[Any]:
+        return [
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_CONN_OPEN, self.on_open),
+            (evt.EVT_CONN_CLOSE, self.on_close),
+            (evt.EVT_ABORTED, self.on_aborted),
+        ]
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    tls = settings.dicom.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    password = tls.key_password.get_secret_value() if tls.key_password else None
+    context.load_cert_chain(str(tls.certificate), str(tls.private_key), password=password)
+    if tls.ca_certificates is not None:
+        context.load_verify_locations(str(tls.ca_certificates))
+    context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_NONE
+    return context
+
+
+def make_server(
+    settings: Settings, store: StudyStore, spool: Spool, counter: AssociationCounter
+) -> ListenerServer:
+    """Bind this process's SCP on the shared port (non-blocking; serve in a thread)."""
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    tempfile.tempdir = str(spool.tmp)  # pynetdicom streams each C-STORE into spool/tmp
+    dicom = settings.dicom
+    ae = AE(ae_title=next(iter(dicom.ae_titles)))
+    ae.maximum_associations = dicom.max_associations + 1
+    ae.maximum_pdu_size = dicom.max_pdu_size
+    ae.network_timeout = dicom.network_timeout
+    ae.acse_timeout = dicom.network_timeout
+    ae.dimse_timeout = dicom.network_timeout
+    ae.require_called_aet = False
+    scp = StoreSCP(settings, store, spool)
+    handlers = scp.handlers()
+    counting = [
+        (evt.EVT_CONN_OPEN, lambda _e: counter.add(1)),
+        (evt.EVT_CONN_CLOSE, lambda _e: counter.add(-1)),
+    ]
+    server = ae.make_server(
+        (dicom.listen.host, dicom.listen.port),
+        ae_title=ae.ae_title,
+        contexts=storage_contexts(),
+        ssl_context=tls_context(settings),
+        evt_handlers=[*counting, *handlers],
+        server_class=ListenerServer,
+        request_handler=_Handler,
+    )
+    assert isinstance(server, ListenerServer)
+    server.policy = AssociationPolicy.from_settings(dicom)
+    server.active = counter
+    LOG.info("listener process ready", pid=os.getpid(), port=dicom.listen.port)
+    return server

@@ -1,0 +1,199 @@
+"""The ``radbridge`` command."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from broker.domain import Study
+from broker.errors import ConfigError, NotFoundError, RadbridgeError
+from broker.logging import configure_logging, get_logger
+from broker.service import Service
+from broker.store import StudyStore, make_engine, migrate
+from config.loader import load_settings
+from config.schema import Settings
+
+app = typer.Typer(
+    help="radbridge: PACS/RIS integration middleware for imaging AI.", no_args_is_help=True
+)
+config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
+studies_app = typer.Typer(help="Studies received by radbridge.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(studies_app, name="studies")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "-c",
+        "--config",
+        envvar="RADBRIDGE_CONFIG",
+        help="Configuration file (YAML).",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            err.print(problem, markup=False, highlight=False)
+        raise typer.Exit(2) from exc
+
+
+def _store(settings: Settings) -> StudyStore:
+    engine = make_engine(settings.database_url())
+    migrate(engine)
+    return StudyStore(engine)
+
+
+@app.command()
+def serve(config: ConfigOption = None) -> None:
+    """Run the service: DICOM listener and study stable timer, until Ctrl-C or SIGTERM."""
+
+    settings = _settings(config)
+    configure_logging(settings.logging.level, settings.logging.format, settings.logging.phi)
+    log = get_logger("radbridge.cli")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    service = Service(settings)
+    try:
+        service.start()
+    except RadbridgeError as exc:
+        log.error("radbridge cannot start", error=str(exc))
+        raise typer.Exit(1) from exc
+    listen = settings.dicom.listen
+    out.print(
+        f"radbridge listening for DICOM on {listen.host}:{listen.port} "
+        f"as {', '.join(settings.dicom.ae_titles)}; Ctrl-C stops",
+        highlight=False,
+    )
+    stop.wait()
+    log.info("stopping")
+    service.stop()
+
+
+@config_app.command("check")
+def config_check(
+    file: Annotated[
+        Path | None, typer.Argument(help="Configuration file.", show_default=False)
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Validate a configuration file: prints OK, or every problem with FILE:LINE."""
+    settings = _settings(file or config)
+    out.print(f"OK: {file or config} (site {settings.site.name!r})", highlight=False)
+
+
+def _study_json(study: Study, with_series: bool) -> dict[str, Any]:
+    data = asdict(study)
+    data["instances"] = data.pop("instance_count")
+    data["state"] = study.state.value
+    for key in ("first_received_at", "last_received_at", "stable_at"):
+        value = getattr(study, key)
+        data[key] = value.isoformat() if value else None
+    data["series"] = [
+        {**{k: v for k, v in s.items() if k != "instance_count"}, "instances": s["instance_count"]}
+        for s in data["series"]
+    ]
+    if not with_series:
+        data.pop("series")
+    return data
+
+
+@studies_app.command("list")
+def studies_list(
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+) -> None:
+    """Studies in the store, newest first."""
+    studies = _store(_settings(config)).list_studies(limit=limit)
+    if as_json:
+        print(json.dumps([_study_json(s, with_series=False) for s in studies], indent=2))
+        return
+    table = Table(
+        "study UID",
+        "patient",
+        "accession",
+        "modalities",
+        "series",
+        "instances",
+        "state",
+        "last received",
+    )
+    for s in studies:
+        table.add_row(
+            s.study_uid,
+            s.patient.patient_id or "",
+            s.accession_number or "",
+            "/".join(s.modalities),
+            str(len(s.series)),
+            str(s.instance_count),
+            s.state.value,
+            s.last_received_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    out.print(table)
+
+
+@studies_app.command("show")
+def studies_show(
+    study_uid: Annotated[str, typer.Argument(help="Study Instance UID.")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """One study: patient, accession, series with instance counts, state and times."""
+    try:
+        study = _store(_settings(config)).get_study(study_uid)
+    except NotFoundError as exc:
+        err.print(str(exc), highlight=False)
+        raise typer.Exit(1) from exc
+    if as_json:
+        print(json.dumps(_study_json(study, with_series=True), indent=2))
+        return
+    p = study.patient
+    out.print(f"[bold]Study[/bold] {study.study_uid}", highlight=False)
+    rows = [
+        ("patient", f"{p.name or ''} ({p.patient_id or '-'}{'^' + p.issuer if p.issuer else ''})"),
+        ("birth date / sex", f"{p.birth_date or '-'} / {p.sex or '-'}"),
+        ("accession", study.accession_number or "-"),
+        ("description", study.description or "-"),
+        ("state", f"{study.state.value} (revision {study.revision})"),
+        (
+            "received",
+            f"{study.first_received_at:%Y-%m-%d %H:%M:%S} – {study.last_received_at:%H:%M:%S}",
+        ),
+        ("stable at", f"{study.stable_at:%Y-%m-%d %H:%M:%S}" if study.stable_at else "-"),
+        ("from", f"{study.calling_ae} ({study.peer_address}) to {study.called_ae}"),
+        ("instances", f"{study.instance_count} ({study.size / 1e6:.1f} MB)"),
+    ]
+    for key, value in rows:
+        out.print(f"  {key:18} {value}", highlight=False, markup=False)
+    table = Table(
+        "series UID", "#", "modality", "body part", "description", "thickness", "instances"
+    )
+    for s in study.series:
+        table.add_row(
+            s.series_uid,
+            str(s.series_number or ""),
+            s.modality or "",
+            s.body_part or "",
+            s.description or "",
+            f"{s.slice_thickness:g}" if s.slice_thickness is not None else "",
+            str(s.instance_count),
+        )
+    out.print(table)

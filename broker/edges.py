@@ -1,0 +1,58 @@
+"""The registry of edges (listeners and senders at the system's boundary).
+
+The broker never imports an adapter by name: adapters declare themselves as
+``radbridge.edges`` entry points in ``pyproject.toml`` and the service starts
+whatever is registered, like kombu finds its transports.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Protocol
+
+from sqlalchemy import Engine
+
+from broker.errors import ConfigError
+from broker.spool import Spool
+from broker.store import StudyStore
+from config.schema import Settings
+
+GROUP = "radbridge.edges"
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """What an edge gets from the service: settings, store and spool."""
+
+    settings: Settings
+    engine: Engine
+    store: StudyStore
+    spool: Spool
+
+
+class Edge(Protocol):
+    """An edge of the service; ``recover`` runs once before any edge starts."""
+
+    name: str
+
+    def recover(self, context: ServiceContext) -> None: ...
+
+    def start(self, context: ServiceContext) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def available() -> dict[str, type[Edge]]:
+    return {ep.name: ep.load() for ep in entry_points(group=GROUP)}
+
+
+def load(name: str) -> type[Edge]:
+    """The edge class registered as ``name``; a typo gets a suggestion."""
+    edges = available()
+    if name not in edges:
+        close = difflib.get_close_matches(name, edges, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; valid: {', '.join(sorted(edges))}"
+        raise ConfigError(f"no such edge '{name}'{hint}")
+    return edges[name]

@@ -1,0 +1,55 @@
+"""The one exception hierarchy of radbridge.
+
+Every error radbridge raises on purpose derives from :class:`RadbridgeError`
+and is raised ``from`` the library error it wraps, so the cause stays visible.
+"""
+
+from __future__ import annotations
+
+
+class RadbridgeError(Exception):
+    """Root of every error radbridge raises on purpose."""
+
+
+class ConfigError(RadbridgeError):
+    """The configuration cannot be loaded or is invalid.
+
+    ``problems`` holds one human-readable line per problem, each starting
+    with ``FILE:LINE`` where the line is known.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = problems or [message]
+        super().__init__(message if problems is None else "\n".join(problems))
+
+
+class StoreError(RadbridgeError):
+    """The store (database) failed or holds something unexpected."""
+
+
+class NotFoundError(StoreError):
+    """A record that was asked for does not exist."""
+
+
+class SpoolError(RadbridgeError):
+    """The spool could not durably write or read an object."""
+
+
+class AdapterError(RadbridgeError):
+    """An edge adapter could not translate or carry a message."""
+
+
+class DicomError(AdapterError):
+    """A DICOM object or association could not be handled."""
+
+
+class InvalidDicomError(DicomError):
+    """A received DICOM object cannot be understood (C-STORE status 0xC000 class)."""
+
+
+class RoutingError(RadbridgeError):
+    """A routing rule is invalid or cannot be evaluated."""
+
+
+class VendorError(RadbridgeError):
+    """Delivery to an AI vendor failed."""

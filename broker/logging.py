@@ -1,0 +1,112 @@
+"""Logging: structlog with bound context, PHI redaction, console or JSON output.
+
+The standard library's loggers (pynetdicom, SQLAlchemy, alembic) go through the
+same processor chain, so every line — ours or a library's — is redacted and
+formatted the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+#: Keys whose values identify a patient; redacted unless PHI logging is on.
+PHI_KEYS = frozenset(
+    {
+        "patient_name",
+        "patient_id",
+        "patient_birth_date",
+        "birth_date",
+        "patient",
+        "other_patient_ids",
+        "patient_address",
+    }
+)
+#: Keys whose values are UIDs or accession numbers; shortened to a stable hash.
+PSEUDONYMIZED_KEYS = frozenset({"study_uid", "accession_number", "series_uid", "sop_instance_uid"})
+
+
+def pseudonym(value: str) -> str:
+    """A short stable stand-in for an identifier, so log lines still correlate."""
+    return "h:" + hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
+class RedactPHI:
+    """Processor: remove patient identifiers and hash study identifiers."""
+
+    def __init__(self, phi: bool) -> None:
+        self.phi = phi
+
+    def __call__(self, _logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+        if self.phi:
+            return event_dict
+        for key in list(event_dict):
+            if key in PHI_KEYS:
+                event_dict[key] = "[redacted]"
+            elif key in PSEUDONYMIZED_KEYS and isinstance(event_dict[key], str):
+                event_dict[key] = pseudonym(event_dict[key])
+        return event_dict
+
+
+_QUIET_LIBRARIES = {"pynetdicom": logging.WARNING, "alembic": logging.WARNING}
+
+
+def configure_logging(
+    level: str = "INFO", fmt: str = "auto", phi: bool = False, stream: Any = None
+) -> None:
+    """Set up structlog and the standard library's logging for this process."""
+    stream = stream or sys.stderr
+    json_output = fmt == "json" or (fmt == "auto" and not stream.isatty())
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        RedactPHI(phi),
+    ]
+    renderer: Processor = (
+        structlog.processors.JSONRenderer()
+        if json_output
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info if json_output else _identity,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name, floor in _QUIET_LIBRARIES.items():
+        logging.getLogger(name).setLevel(max(floor, logging.getLevelName(level)))
+
+
+def _identity(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+    return event_dict
+
+
+def get_logger(name: str, **context: Any) -> structlog.stdlib.BoundLogger:
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+    return logger.bind(**context) if context else logger
+
+
+def bind_context(**context: Any) -> Mapping[str, Any]:
+    """Bind context (association id, calling AE, study) to every line of this thread."""
+    return structlog.contextvars.bind_contextvars(**context)

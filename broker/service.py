@@ -1,0 +1,117 @@
+"""The service: store, spool, the registered edges, and the study stable timer.
+
+``Service.start()`` migrates the store, clears half-received files, lets every
+edge recover, then starts them; ``stop()`` stops them in reverse order. The
+stable timer reads due times from the store, so after a restart studies that
+were still collecting simply continue their countdown.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from broker.edges import Edge, ServiceContext, available
+from broker.errors import StoreError
+from broker.logging import get_logger
+from broker.spool import Spool
+from broker.store import StudyStore, make_engine, migrate
+from config.schema import Settings
+
+LOG = get_logger("radbridge.service")
+MAX_TIMER_SLEEP = 1.0
+
+StableListener = Callable[[str], None]
+
+
+class StableTimer:
+    """Marks studies stable once they have been quiet for their stable time."""
+
+    def __init__(self, store: StudyStore, on_stable: list[StableListener] | None = None) -> None:
+        self.store = store
+        self.on_stable = on_stable or []
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> list[str]:
+        """Close every study that is due now; notify the listeners."""
+        closed = self.store.close_stable()
+        for study_uid in closed:
+            LOG.info("study stable", study_uid=study_uid)
+            for listener in self.on_stable:
+                try:
+                    listener(study_uid)
+                except Exception:  # a notification hook never stops the timer
+                    LOG.exception("stable listener failed", study_uid=study_uid)
+        return closed
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+                due = self.store.next_due()
+            except StoreError as exc:
+                LOG.error("stable timer cannot read the store", error=str(exc))
+                due = None
+            wait = MAX_TIMER_SLEEP
+            if due is not None:
+                wait = min(MAX_TIMER_SLEEP, max(0.0, (due - datetime.now(UTC)).total_seconds()))
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="stable-timer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+class Service:
+    """One radbridge process: every registered edge plus the stable timer."""
+
+    def __init__(self, settings: Settings, edges: list[Edge] | None = None) -> None:
+        self.settings = settings
+        engine = make_engine(settings.database_url())
+        self.context = ServiceContext(
+            settings=settings,
+            engine=engine,
+            store=StudyStore(engine),
+            spool=Spool(settings.storage.spool),
+        )
+        self.edges: list[Edge] = edges if edges is not None else [e() for e in available().values()]
+        self.timer = StableTimer(self.context.store)
+        self._started: list[Edge] = []
+
+    def start(self) -> None:
+        migrate(self.context.engine)
+        self.context.spool.prepare()
+        for edge in self.edges:
+            edge.recover(self.context)
+        try:
+            for edge in self.edges:
+                edge.start(self.context)
+                self._started.append(edge)
+        except Exception:
+            self.stop()
+            raise
+        self.timer.start()
+        LOG.info(
+            "radbridge started", site=self.settings.site.name, edges=[e.name for e in self.edges]
+        )
+
+    def stop(self) -> None:
+        self.timer.stop()
+        for edge in reversed(self._started):
+            try:
+                edge.stop()
+            except Exception:
+                LOG.exception("edge did not stop cleanly", edge=edge.name)
+        self._started.clear()
+        self.context.engine.dispose()
+        LOG.info("radbridge stopped")

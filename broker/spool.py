@@ -1,0 +1,102 @@
+"""The durable spool: received objects stored as they came, fsync'd, renamed into place.
+
+Layout::
+
+    SPOOL/tmp/                       objects still arriving (cleared at start)
+    SPOOL/studies/STUDY/SERIES/SOP.dcm
+
+A file appears under ``studies/`` only complete: written in ``tmp/``, fsync'd,
+renamed, and the directory fsync'd, so neither a crash nor a power cut leaves
+half an object where the index could point at it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from broker.errors import SpoolError
+
+_SAFE_UID = re.compile(r"^[0-9][0-9.]{0,63}$")
+
+
+def _component(uid: str) -> str:
+    """A UID as a file name; anything unusual becomes a stable hash, never a path."""
+    if _SAFE_UID.fullmatch(uid) and ".." not in uid:
+        return uid
+    return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Where received bytes live; the index stores the paths this class hands out."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+        self.studies = root / "studies"
+
+    def prepare(self) -> None:
+        """Create the folders; remove anything left half-received by a crash."""
+        try:
+            self.studies.mkdir(parents=True, exist_ok=True)
+            if self.tmp.exists():
+                shutil.rmtree(self.tmp)
+            self.tmp.mkdir(parents=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot prepare the spool at {self.root}: {exc}") from exc
+
+    def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+        return (
+            self.studies
+            / _component(study_uid)
+            / _component(series_uid)
+            / f"{_component(sop_instance_uid)}.dcm"
+        )
+
+    def commit(self, tmp_file: Path, final: Path) -> bool:
+        """Durably move a fully received file into place; True if it replaced a copy."""
+        try:
+            fd = os.open(tmp_file, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            existed = final.exists()
+            created = []
+            parent = final.parent
+            while not parent.exists():
+                created.append(parent)
+                parent = parent.parent
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp_file, final)
+            fsync_dir(final.parent)
+            for folder in created:  # new folders must be durable in their parents too
+                fsync_dir(folder.parent)
+        except OSError as exc:
+            raise SpoolError(f"cannot store {final.name} in the spool: {exc.strerror}") from exc
+        return existed
+
+    def discard(self, path: Path) -> None:
+        """Remove a file that must not stay (ignore it being gone already)."""
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise SpoolError(f"cannot remove {path}: {exc.strerror}") from exc
+
+    def files(self) -> Iterator[Path]:
+        """Every stored object, for reconciling the index after a crash."""
+        yield from self.studies.glob("*/*/*.dcm")

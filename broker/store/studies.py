@@ -1,0 +1,308 @@
+"""Studies, series and instances in the store: index a received instance, close
+stable studies, and read them back as domain objects."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, and_, case, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from broker.domain import InstanceRecord, Patient, Series, Study, StudyState
+from broker.errors import NotFoundError, StoreError
+from broker.store.tables import instances, series, studies
+
+
+@dataclass(frozen=True, slots=True)
+class Indexed:
+    """What indexing an instance did: first receipt or a replacement of an earlier copy."""
+
+    replaced: bool
+    previous_path: str | None
+    study_state: StudyState
+
+
+def _insert(engine_or_conn: Engine | Connection, table: Any) -> Any:
+    name = engine_or_conn.dialect.name
+    if name == "sqlite":
+        return sqlite.insert(table)
+    if name == "postgresql":
+        return postgresql.insert(table)
+    raise StoreError(f"unsupported database dialect '{name}'; valid: sqlite, postgresql")
+
+
+def _coalesce_new(stmt: Any, table: Any, names: Iterable[str]) -> dict[str, Any]:
+    """Later instances fill in what earlier ones left empty, never blank it out."""
+    return {n: func.coalesce(stmt.excluded[n], table.c[n]) for n in names}
+
+
+class StudyStore:
+    """The study index. Every method is one short transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def record_instance(self, rec: InstanceRecord, stable_seconds: float) -> Indexed:
+        """Index one durably spooled instance; re-open the study if it was stable."""
+        now = rec.received_at or datetime.now(UTC)
+        due = now + timedelta(seconds=stable_seconds)
+        try:
+            with self.engine.begin() as conn:
+                previous = conn.execute(
+                    select(instances.c.path).where(
+                        instances.c.sop_instance_uid == rec.sop_instance_uid
+                    )
+                ).scalar_one_or_none()
+                state = self._upsert_study(conn, rec, now, due, stable_seconds)
+                self._upsert_series(conn, rec)
+                self._upsert_instance(conn, rec, now)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot index instance: {exc}") from exc
+        return Indexed(
+            replaced=previous is not None,
+            previous_path=previous if previous not in (None, rec.path) else None,
+            study_state=state,
+        )
+
+    def _upsert_study(
+        self, conn: Connection, rec: InstanceRecord, now: datetime, due: datetime, stable: float
+    ) -> StudyState:
+        p = rec.patient
+        values = {
+            "study_uid": rec.study_uid,
+            "patient_id": p.patient_id,
+            "issuer_of_patient_id": p.issuer,
+            "patient_name": p.name,
+            "patient_birth_date": p.birth_date,
+            "patient_sex": p.sex,
+            "accession_number": rec.accession_number,
+            "study_date": rec.study_date,
+            "study_time": rec.study_time,
+            "study_description": rec.study_description,
+            "referring_physician": rec.referring_physician,
+            "institution": rec.institution,
+            "state": StudyState.RECEIVING.value,
+            "revision": 0,
+            "stable_seconds": stable,
+            "calling_ae": rec.calling_ae,
+            "called_ae": rec.called_ae,
+            "peer_address": rec.peer_address,
+            "first_received_at": now,
+            "last_received_at": now,
+            "due_at": due,
+        }
+        stmt = _insert(conn, studies).values(**values)
+        fill = [
+            "patient_id",
+            "issuer_of_patient_id",
+            "patient_name",
+            "patient_birth_date",
+            "patient_sex",
+            "accession_number",
+            "study_date",
+            "study_time",
+            "study_description",
+            "referring_physician",
+            "institution",
+        ]
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[studies.c.study_uid],
+            set_={
+                **_coalesce_new(stmt, studies, fill),
+                "state": case(
+                    (studies.c.state == StudyState.STABLE.value, StudyState.UPDATED.value),
+                    else_=studies.c.state,
+                ),
+                "stable_seconds": stmt.excluded.stable_seconds,
+                "calling_ae": stmt.excluded.calling_ae,
+                "called_ae": stmt.excluded.called_ae,
+                "peer_address": stmt.excluded.peer_address,
+                "last_received_at": stmt.excluded.last_received_at,
+                "due_at": stmt.excluded.due_at,
+            },
+        ).returning(studies.c.state)
+        return StudyState(conn.execute(stmt).scalar_one())
+
+    def _upsert_series(self, conn: Connection, rec: InstanceRecord) -> None:
+        values = {
+            "series_uid": rec.series_uid,
+            "study_uid": rec.study_uid,
+            "modality": rec.modality,
+            "body_part": rec.body_part,
+            "series_description": rec.series_description,
+            "series_number": rec.series_number,
+            "protocol_name": rec.protocol_name,
+            "slice_thickness": rec.slice_thickness,
+            "image_type": "\\".join(rec.image_type) or None,
+            "contrast_agent": rec.contrast_agent,
+        }
+        stmt = _insert(conn, series).values(**values)
+        fill = [k for k in values if k not in ("series_uid", "study_uid")]
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[series.c.series_uid], set_=_coalesce_new(stmt, series, fill)
+            )
+        )
+
+    def _upsert_instance(self, conn: Connection, rec: InstanceRecord, now: datetime) -> None:
+        values = {
+            "sop_instance_uid": rec.sop_instance_uid,
+            "sop_class_uid": rec.sop_class_uid,
+            "series_uid": rec.series_uid,
+            "study_uid": rec.study_uid,
+            "transfer_syntax_uid": rec.transfer_syntax_uid,
+            "instance_number": rec.instance_number,
+            "number_of_frames": rec.number_of_frames,
+            "path": rec.path,
+            "size": rec.size,
+            "calling_ae": rec.calling_ae,
+            "called_ae": rec.called_ae,
+            "peer_address": rec.peer_address,
+            "received_at": now,
+            "receive_count": 1,
+        }
+        stmt = _insert(conn, instances).values(**values)
+        replace = {
+            k: stmt.excluded[k] for k in values if k not in ("sop_instance_uid", "receive_count")
+        }
+        replace["receive_count"] = instances.c.receive_count + 1
+        conn.execute(
+            stmt.on_conflict_do_update(index_elements=[instances.c.sop_instance_uid], set_=replace)
+        )
+
+    def close_stable(self, now: datetime | None = None) -> list[str]:
+        """Mark every study quiet for its stable time as stable; return their UIDs."""
+        now = now or datetime.now(UTC)
+        stmt = (
+            update(studies)
+            .where(
+                and_(
+                    studies.c.state.in_([StudyState.RECEIVING.value, StudyState.UPDATED.value]),
+                    studies.c.due_at <= now,
+                )
+            )
+            .values(state=StudyState.STABLE.value, stable_at=now, revision=studies.c.revision + 1)
+            .returning(studies.c.study_uid)
+        )
+        try:
+            with self.engine.begin() as conn:
+                return list(conn.execute(stmt).scalars())
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot close stable studies: {exc}") from exc
+
+    def next_due(self) -> datetime | None:
+        """When the next collecting study falls quiet, if any is collecting."""
+        stmt = select(func.min(studies.c.due_at)).where(
+            studies.c.state.in_([StudyState.RECEIVING.value, StudyState.UPDATED.value])
+        )
+        with self.engine.connect() as conn:
+            value: datetime | None = conn.execute(stmt).scalar_one_or_none()
+        return value
+
+    def list_studies(self, limit: int = 100, offset: int = 0) -> list[Study]:
+        """Studies, newest activity first, with their series and counts."""
+        stmt = (
+            select(studies)
+            .order_by(studies.c.last_received_at.desc(), studies.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+            return self._build(conn, rows)
+
+    def get_study(self, study_uid: str) -> Study:
+        """One study by its Study Instance UID."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(studies).where(studies.c.study_uid == study_uid)).all()
+            if not rows:
+                raise NotFoundError(f"no study with Study Instance UID {study_uid}")
+            return self._build(conn, rows)[0]
+
+    def instance_paths(self, study_uid: str) -> list[str]:
+        """Spool paths of a study's instances, in series and instance order."""
+        stmt = (
+            select(instances.c.path)
+            .where(instances.c.study_uid == study_uid)
+            .order_by(instances.c.series_uid, instances.c.instance_number, instances.c.id)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(stmt).scalars())
+
+    def known_paths(self) -> Iterator[str]:
+        """Every spool path the index knows (for reconciling the spool at start)."""
+        with self.engine.connect() as conn:
+            yield from conn.execute(select(instances.c.path)).scalars()
+
+    def _build(self, conn: Connection, rows: Sequence[Row[Any]]) -> list[Study]:
+        uids = [r.study_uid for r in rows]
+        if not uids:
+            return []
+        counts = (
+            select(
+                instances.c.series_uid,
+                func.count().label("n"),
+                func.coalesce(func.sum(instances.c.size), 0).label("size"),
+            )
+            .where(instances.c.study_uid.in_(uids))
+            .group_by(instances.c.series_uid)
+            .subquery()
+        )
+        series_rows = conn.execute(
+            select(series, counts.c.n, counts.c.size)
+            .join(counts, counts.c.series_uid == series.c.series_uid)
+            .order_by(series.c.series_number, series.c.id)
+        ).all()
+        by_study: dict[str, list[Series]] = {}
+        for s in series_rows:
+            by_study.setdefault(s.study_uid, []).append(
+                Series(
+                    series_uid=s.series_uid,
+                    modality=s.modality,
+                    body_part=s.body_part,
+                    description=s.series_description,
+                    series_number=s.series_number,
+                    slice_thickness=s.slice_thickness,
+                    image_type=tuple(s.image_type.split("\\")) if s.image_type else (),
+                    contrast_agent=s.contrast_agent,
+                    instance_count=int(s.n),
+                    size=int(s.size),
+                )
+            )
+        return [_study(r, tuple(by_study.get(r.study_uid, ()))) for r in rows]
+
+
+def _study(r: Row[Any], series_list: tuple[Series, ...]) -> Study:
+    modalities = tuple(dict.fromkeys(s.modality for s in series_list if s.modality))
+    body_parts = tuple(dict.fromkeys(s.body_part for s in series_list if s.body_part))
+    return Study(
+        study_uid=r.study_uid,
+        patient=Patient(
+            patient_id=r.patient_id,
+            issuer=r.issuer_of_patient_id,
+            name=r.patient_name,
+            birth_date=r.patient_birth_date,
+            sex=r.patient_sex,
+        ),
+        accession_number=r.accession_number,
+        study_date=r.study_date,
+        description=r.study_description,
+        modalities=modalities,
+        body_parts=body_parts,
+        state=StudyState(r.state),
+        revision=r.revision,
+        instance_count=sum(s.instance_count for s in series_list),
+        size=sum(s.size for s in series_list),
+        calling_ae=r.calling_ae,
+        called_ae=r.called_ae,
+        peer_address=r.peer_address,
+        first_received_at=r.first_received_at,
+        last_received_at=r.last_received_at,
+        stable_at=r.stable_at,
+        stable_seconds=r.stable_seconds,
+        series=series_list,
+    )

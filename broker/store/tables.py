@@ -1,0 +1,120 @@
+"""The store's tables (SQLAlchemy Core). Alembic migrations mirror these."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every database (SQLite keeps no zone)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use UTC-aware datetimes")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+UID = String(64)
+AE = String(16)
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("study_uid", UID, nullable=False, unique=True),
+    Column("patient_id", String(64)),
+    Column("issuer_of_patient_id", String(64)),
+    Column("patient_name", Text),
+    Column("patient_birth_date", String(8)),
+    Column("patient_sex", String(16)),
+    Column("accession_number", String(64)),
+    Column("study_date", String(8)),
+    Column("study_time", String(16)),
+    Column("study_description", Text),
+    Column("referring_physician", Text),
+    Column("institution", Text),
+    Column("state", String(16), nullable=False),
+    Column("revision", Integer, nullable=False, default=0),
+    Column("stable_seconds", Float, nullable=False),
+    Column("calling_ae", AE, nullable=False),
+    Column("called_ae", AE, nullable=False),
+    Column("peer_address", String(64), nullable=False),
+    Column("first_received_at", UTCDateTime, nullable=False),
+    Column("last_received_at", UTCDateTime, nullable=False),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("stable_at", UTCDateTime),
+    Index(None, "state", "due_at"),
+    Index(None, "accession_number"),
+    Index(None, "last_received_at"),
+)
+
+series = Table(
+    "series",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("series_uid", UID, nullable=False, unique=True),
+    Column("study_uid", UID, nullable=False, index=True),
+    Column("modality", String(16)),
+    Column("body_part", String(64)),
+    Column("series_description", Text),
+    Column("series_number", Integer),
+    Column("protocol_name", Text),
+    Column("slice_thickness", Float),
+    Column("image_type", Text),
+    Column("contrast_agent", Text),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("sop_instance_uid", UID, nullable=False, unique=True),
+    Column("sop_class_uid", UID, nullable=False),
+    Column("series_uid", UID, nullable=False, index=True),
+    Column("study_uid", UID, nullable=False, index=True),
+    Column("transfer_syntax_uid", UID, nullable=False),
+    Column("instance_number", Integer),
+    Column("number_of_frames", Integer),
+    Column("path", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("calling_ae", AE, nullable=False),
+    Column("called_ae", AE, nullable=False),
+    Column("peer_address", String(64), nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("receive_count", Integer, nullable=False, default=1),
+)

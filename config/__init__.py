@@ -1,0 +1,1 @@
+"""Settings: schema, YAML loading with line numbers, environment overrides."""

@@ -1,0 +1,1 @@
+"""Routing rules: pure functions from a study (and its order) to a decision."""
