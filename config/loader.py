@@ -54,6 +54,8 @@ def _to_python(node: yaml.Node, loc: Loc, source: _Source) -> Any:
         for key_node, value_node in node.value:
             key = yaml.safe_load(yaml.serialize(key_node))
             out[key] = _to_python(value_node, (*loc, key), source)
+            # A block mapping or list starts on the line after its key: point at the key.
+            source.lines[(*loc, key)] = key_node.start_mark.line + 1
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_to_python(item, (*loc, i), source) for i, item in enumerate(node.value)]
@@ -71,6 +73,9 @@ def _read_yaml(path: Path, source: _Source) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start is not None and (mark is None or start.line != mark.line):
+            problem += f" ({context} that starts at line {start.line + 1})"
         raise ConfigError(f"{path}{line}: not valid YAML: {problem}") from exc
     if node is None:
         return {}
@@ -199,17 +204,26 @@ def _valid_values(loc: Loc, error_type: str) -> str:
     return ""
 
 
+def _without_password(text: str) -> str:
+    """``scheme://user:secret@host`` becomes ``scheme://user:***@host``: errors never echo it."""
+    scheme, sep, rest = text.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return text
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
 def _format_errors(exc: ValidationError, source: _Source) -> list[str]:
     problems = []
     for err in exc.errors(include_url=False):
         loc: Loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
         field = ".".join(str(p) for p in loc) or "(top level)"
-        message = err["msg"]
+        message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = f"unknown field '{loc[-1]}'"
         elif "input" in err and not isinstance(err["input"], dict | list):
-            message = f"{message} (got {err['input']!r})"
-        valid = _valid_values(loc, err["type"])
+            message = f"{message} (got {_without_password(repr(err['input']))})"
+        valid = "" if "valid:" in message else _valid_values(loc, err["type"])
         problems.append(
             f"{source.where(loc)}: {field}: {message}" + (f"; valid: {valid}" if valid else "")
         )

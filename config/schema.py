@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from urllib.parse import quote
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from socketserver import TCPServer
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
@@ -159,6 +160,11 @@ class ListenerServer(ThreadedAssociationServer):
         assert self.socket is not None
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+
+    def shutdown(self) -> None:
+        """Stop accepting and close the socket (the AE never listed this server)."""
+        TCPServer.shutdown(self)
+        self.server_close()
 
 
 class AssociationCounter:

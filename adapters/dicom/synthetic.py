@@ -38,6 +38,7 @@ from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -247,16 +248,16 @@ def _fmt(value: float) -> str:
     return "0" if text in ("-0", "") else text
 
 
-def _uid(*parts: object) -> str:
+def _uid(*parts: object) -> UID:
     """A UID derived from the given parts: the same parts give the same UID."""
-    return str(generate_uid(entropy_srcs=[str(p) for p in parts]))
+    return generate_uid(entropy_srcs=[str(p) for p in parts])
 
 
 def _file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> FileMetaDataset:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = transfer_syntax
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     return meta
 
@@ -290,7 +291,6 @@ def _study_dataset(patient: _Patient, description: str, station: str) -> Dataset
     ds.StationName = station
     ds.SoftwareVersions = "radbridge-synthetic 1"
     ds.DeviceSerialNumber = "SYN-0001"
-    ds.PositionReferenceIndicator = ""
     ds.BurnedInAnnotation = "NO"
     return ds
 
@@ -306,9 +306,7 @@ def _series_dataset(base: Dataset, patient: _Patient, series: _Series) -> Datase
     ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = when.strftime("%Y%m%d")
     ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = when.strftime("%H%M%S")
     ds.AcquisitionNumber = 1
-    ds.FrameOfReferenceUID = _uid(patient.study_uid, "frame-of-reference")
     ds.PatientPosition = "HFS"
-    ds.Laterality = ""
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows = series.rows
@@ -320,6 +318,8 @@ def _series_dataset(base: Dataset, patient: _Patient, series: _Series) -> Datase
     ds.LossyImageCompression = "00"
     ds.PixelSpacing = [_fmt(series.pixel_spacing)] * 2
     if series.orientation is not None:
+        ds.FrameOfReferenceUID = _uid(patient.study_uid, "frame-of-reference")
+        ds.PositionReferenceIndicator = ""
         ds.ImageOrientationPatient = [_fmt(v) for v in series.orientation]
         ds.SliceThickness = _fmt(series.thickness)
     for keyword, value in series.tags.items():
@@ -417,13 +417,32 @@ def _mr_series_tags(weighting: str) -> dict[str, Any]:
     return tags
 
 
+def _code(value: str, meaning: str, scheme: str = "SCT") -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = scheme
+    item.CodeMeaning = meaning
+    return item
+
+
+def _view_code(view: str) -> Dataset:
+    item = (
+        _code("272479007", "postero-anterior")
+        if view == "PA"
+        else _code("399173006", "left lateral")
+    )
+    item.ViewModifierCodeSequence = Sequence()
+    return item
+
+
 def _fixed_view(paint: Callable[[int, int], Pixels], view: int) -> Callable[[int, int], Pixels]:
     """A painter that always paints view ``view`` (each DX view is its own series)."""
     return lambda _index, _series: paint(view, 1)
 
 
-def _plan(kind: StudyKind, instances: int | None, rows: int | None,
-          columns: int | None) -> tuple[str, str, list[_Series]]:
+def _plan(
+    kind: StudyKind, instances: int | None, rows: int | None, columns: int | None
+) -> tuple[str, str, list[_Series]]:
     """(study description, station name, series) for one study kind."""
     if kind in ("ct_chest", "ct_head"):
         chest = kind == "ct_chest"
@@ -432,23 +451,44 @@ def _plan(kind: StudyKind, instances: int | None, rows: int | None,
         thickness = 1.0 if chest else 5.0
         paint = (_ct_chest_painter if chest else _ct_head_painter)(r, c, count)
         series = _Series(
-            number=2 if chest else 3, modality="CT", sop_class=CT_IMAGE_STORAGE,
-            description="Thorax 1.0 B60f lung" if chest else "Head 5mm axial",
-            rows=r, columns=c, instances=count,
+            number=2 if chest else 3,
+            modality="CT",
+            sop_class=CT_IMAGE_STORAGE,
+            description="Thorax 1.0 mm lung" if chest else "Head 5mm axial",
+            rows=r,
+            columns=c,
+            instances=count,
             pixel_spacing=(360.0 if chest else 240.0) / c,
-            thickness=thickness, paint=paint, tags=_ct_tags(kind, thickness))
+            thickness=thickness,
+            paint=paint,
+            tags=_ct_tags(kind, thickness),
+        )
         description = "CT CHEST WITHOUT CONTRAST" if chest else "CT HEAD WITHOUT CONTRAST"
         return description, "CT01", [series]
     if kind == "mr_brain":
         count = instances if instances is not None else 24
         r, c = rows or 256, columns or 256
         paint = _mr_brain_painter(r, c, count)
-        names = {"T1": "t1_se_tra", "T2": "t2_tse_tra", "FLAIR": "t2_tirm_tra_dark-fluid",
-                 "T1C": "t1_se_tra_post_contrast"}
+        names = {
+            "T1": "t1_se_tra",
+            "T2": "t2_tse_tra",
+            "FLAIR": "t2_tirm_tra_dark-fluid",
+            "T1C": "t1_se_tra_post_contrast",
+        }
         series_list = [
-            _Series(number=n, modality="MR", sop_class=MR_IMAGE_STORAGE, description=desc,
-                    rows=r, columns=c, instances=count, pixel_spacing=230.0 / c,
-                    thickness=5.0, paint=paint, tags=_mr_series_tags(w))
+            _Series(
+                number=n,
+                modality="MR",
+                sop_class=MR_IMAGE_STORAGE,
+                description=desc,
+                rows=r,
+                columns=c,
+                instances=count,
+                pixel_spacing=230.0 / c,
+                thickness=5.0,
+                paint=paint,
+                tags=_mr_series_tags(w),
+            )
             for n, (w, desc) in enumerate(names.items(), start=1)
         ]
         return "MR BRAIN WITH AND WITHOUT CONTRAST", "MR01", series_list
@@ -478,14 +518,30 @@ def _plan(kind: StudyKind, instances: int | None, rows: int | None,
                 "RescaleSlope": "1",
                 "RescaleType": "US",
                 "PresentationLUTShape": "IDENTITY",
+                "ImageLaterality": "U",
+                "PositionerType": "",
+                "AcquisitionContextSequence": Sequence(),
+                "AnatomicRegionSequence": Sequence([_code("43799004", "Chest")]),
+                "ViewCodeSequence": Sequence([_view_code(view)]),
                 "WindowCenter": "2048",
                 "WindowWidth": "4096",
             }
-            series_list.append(_Series(
-                number=index + 1, modality="DX", sop_class=DX_PRESENTATION_STORAGE,
-                description=f"Chest {view}", rows=r, columns=c, instances=1,
-                pixel_spacing=430.0 / c, thickness=0.0,
-                paint=_fixed_view(paint, index), tags=tags, orientation=None))
+            series_list.append(
+                _Series(
+                    number=index + 1,
+                    modality="DX",
+                    sop_class=DX_PRESENTATION_STORAGE,
+                    description=f"Chest {view}",
+                    rows=r,
+                    columns=c,
+                    instances=1,
+                    pixel_spacing=430.0 / c,
+                    thickness=0.0,
+                    paint=_fixed_view(paint, index),
+                    tags=tags,
+                    orientation=None,
+                )
+            )
         return "XR CHEST 2 VIEWS", "DX01", series_list
     raise DicomError(f"no such study kind {kind!r}; valid kinds are {', '.join(KINDS)}")
 
@@ -505,17 +561,21 @@ def generate_study(
     """Write one synthetic study into ``out_dir/S<series>/I<instance>.dcm``.
 
     ``instances`` is the slice count of the CT series (default 200 for
-    ``ct_chest``: 512×512, 1 mm, about 105 MB; 32 for ``ct_head``: 5 mm), the
+    ``ct_chest``: 512x512, 1 mm, about 105 MB; 32 for ``ct_head``: 5 mm), the
     slice count of each of the four ``mr_brain`` series (T1, T2, FLAIR and a
-    post-contrast T1 with ContrastBolusAgent; default 24 at 256×256) or the
-    number of ``dx_chest`` views (PA, lateral, …; default 2 at 2048×2048).
+    post-contrast T1 with ContrastBolusAgent; default 24 at 256x256) or the
+    number of ``dx_chest`` views (PA, lateral, …; default 2 at 2048x2048).
     ``rows`` and ``columns`` override the matrix. Files are Explicit VR Little
     Endian Part 10 files. Returns the paths in series and instance order.
     """
     out = Path(out_dir)
     patient = _Patient(
-        patient_id=patient_id, patient_name=patient_name, accession=accession,
-        study_uid=study_uid or str(generate_uid()), when=datetime.now().replace(microsecond=0))
+        patient_id=patient_id,
+        patient_name=patient_name,
+        accession=accession,
+        study_uid=study_uid or str(generate_uid()),
+        when=datetime.now().replace(microsecond=0),
+    )
     description, station, series_list = _plan(kind, instances, rows, columns)
     base = _study_dataset(patient, description, station)
     paths: list[Path] = []
@@ -543,7 +603,7 @@ def generate_large_study(
     accession: str = "ACC0002",
     study_uid: str | None = None,
 ) -> list[Path]:
-    """Write a study of about ``total_bytes`` as multi-frame 512×512 16-bit instances.
+    """Write a study of about ``total_bytes`` as multi-frame 512x512 16-bit instances.
 
     Each instance is a Multi-frame Grayscale Word Secondary Capture (Modality
     CT, body part CHEST) of about ``instance_bytes`` (64 MiB: 128 frames by
@@ -559,19 +619,27 @@ def generate_large_study(
     frames = max(1, instance_bytes // frame_bytes)
     count = max(1, -(-total_bytes // (frames * frame_bytes)))
     patient = _Patient(
-        patient_id=patient_id, patient_name=patient_name, accession=accession,
-        study_uid=study_uid or str(generate_uid()), when=datetime.now().replace(microsecond=0))
+        patient_id=patient_id,
+        patient_name=patient_name,
+        accession=accession,
+        study_uid=study_uid or str(generate_uid()),
+        when=datetime.now().replace(microsecond=0),
+    )
     paint = _ct_chest_painter(side, side, frames)
     series = _Series(
-        number=1, modality="CT", sop_class=MF_GRAYSCALE_WORD_SC_STORAGE,
-        description="Large multi-frame volume", rows=side, columns=side, instances=count,
-        pixel_spacing=0.7, thickness=1.0, paint=paint, orientation=None,
-        tags={"ImageType": ["DERIVED", "SECONDARY"], "BodyPartExamined": "CHEST",
-              "Manufacturer": "GE MEDICAL SYSTEMS", "ConversionType": "WSD",
-              "NumberOfFrames": frames, "FrameIncrementPointer": 0x00182005,
-              "SliceLocationVector": [_fmt(-i * 1.0) for i in range(frames)],
-              "RescaleIntercept": "-1024", "RescaleSlope": "1", "RescaleType": "HU",
-              "PresentationLUTShape": "IDENTITY"})
+        number=1,
+        modality="CT",
+        sop_class=MF_GRAYSCALE_WORD_SC_STORAGE,
+        description="Large multi-frame volume",
+        rows=side,
+        columns=side,
+        instances=count,
+        pixel_spacing=0.7,
+        thickness=1.0,
+        paint=paint,
+        orientation=None,
+        tags=_sc_tags(frames),
+    )
     ds = _series_dataset(_study_dataset(patient, "CT CHEST LARGE VOLUME", "CT01"), patient, series)
     frame_cache = [paint(i, 1).astype("<u2").tobytes() for i in range(min(frames, 16))]
     paths = []
@@ -601,35 +669,82 @@ def _run_tool(*args: str) -> None:
         raise DicomError(f"{' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
 
 
-def _small_image(name: str, *, bits: int = 16, sop_class: str = CT_IMAGE_STORAGE,
-                 charset: str | list[str] = "ISO_IR 100",
-                 patient_name: str = "DOE^JANE") -> Dataset:
-    """A 128×128 single-frame image of its own study, with a phantom slice."""
+def _sc_tags(frames: int) -> dict[str, Any]:
+    """Secondary capture tags (single- or multi-frame) in place of the CT ones."""
+    tags: dict[str, Any] = {
+        "ImageType": ["DERIVED", "SECONDARY"],
+        "BodyPartExamined": "CHEST",
+        "Manufacturer": "GE MEDICAL SYSTEMS",
+        "ConversionType": "WSD",
+        "PatientOrientation": ["L", "P"],
+    }
+    if frames > 1:
+        tags.update(
+            {
+                "NumberOfFrames": frames,
+                "FrameIncrementPointer": 0x00182005,
+                "SliceLocationVector": [_fmt(-i * 1.0) for i in range(frames)],
+                "RescaleIntercept": "0",
+                "RescaleSlope": "1",
+                "RescaleType": "US",
+                "PresentationLUTShape": "IDENTITY",
+            }
+        )
+    return tags
+
+
+def _small_image(
+    name: str,
+    *,
+    bits: int = 16,
+    frames: int = 1,
+    charset: str | list[str] = "ISO_IR 100",
+    patient_name: str = "DOE^JANE",
+) -> Dataset:
+    """A 128x128 image of its own study: a CT slice, or an SC image for 8 bits or frames."""
     study_uid = _uid("variant", name, "study")
-    patient = _Patient(patient_id=f"SYN-{name.upper()}"[:64], patient_name=patient_name,
-                       accession=f"V{zlib.crc32(name.encode()) % 10**8:08d}", study_uid=study_uid,
-                       when=datetime(2024, 3, 15, 9, 30, 0))
+    patient = _Patient(
+        patient_id=f"SYN-{name.upper()}"[:64],
+        patient_name=patient_name,
+        accession=f"V{zlib.crc32(name.encode()) % 10**8:08d}",
+        study_uid=study_uid,
+        when=datetime(2024, 3, 15, 9, 30, 0),
+    )
     base = _study_dataset(patient, f"Encoding variant {name}", "CT01")
     base.SpecificCharacterSet = charset
     base.PatientName = patient_name
-    pixels = _ct_chest_painter(128, 128, 10)(5, 1)
-    series = _Series(number=1, modality="CT", sop_class=sop_class, description=name,
-                     rows=128, columns=128, instances=1, pixel_spacing=0.7, thickness=1.0,
-                     paint=lambda _i, _s: pixels, tags=_ct_tags("ct_chest", 1.0))
+    paint = _ct_chest_painter(128, 128, 10)
+    pixels = np.stack([paint(5 + i, 1) for i in range(frames)])
+    ct = bits == 16 and frames == 1
+    sop_class = (
+        CT_IMAGE_STORAGE
+        if ct
+        else (SC_IMAGE_STORAGE if frames == 1 else MF_GRAYSCALE_WORD_SC_STORAGE)
+    )
+    series = _Series(
+        number=1,
+        modality="CT",
+        sop_class=sop_class,
+        description=name,
+        rows=128,
+        columns=128,
+        instances=1,
+        pixel_spacing=0.7,
+        thickness=1.0,
+        paint=paint,
+        tags=_ct_tags("ct_chest", 1.0) if ct else _sc_tags(frames),
+        orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0) if ct else None,
+    )
     ds = _series_dataset(base, patient, series)
     ds.SOPInstanceUID = _uid(study_uid, "instance")
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.InstanceNumber = 1
-    ds.ImagePositionPatient = ["-44.8", "-44.8", "-5"]
+    if ct:
+        ds.ImagePositionPatient = ["-44.8", "-44.8", "-5"]
     if bits == 8:
         ds.BitsAllocated = ds.BitsStored = 8
         ds.HighBit = 7
         ds.PixelData = (pixels >> 4).astype(np.uint8).tobytes()
-        for keyword in ("RescaleIntercept", "RescaleSlope", "RescaleType",
-                        "WindowCenter", "WindowWidth"):
-            delattr(ds, keyword)
-        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-        ds.ConversionType = "WSD"
     else:
         ds.PixelData = pixels.astype("<u2").tobytes()
         ds["PixelData"].VR = "OW"
@@ -659,15 +774,8 @@ def _add_sequences(ds: Dataset, *, undefined: bool) -> None:
     ref = Dataset()
     ref.ReferencedSOPClassUID = CT_IMAGE_STORAGE
     ref.ReferencedSOPInstanceUID = _uid(ds.SOPInstanceUID, "reference")
-    code = Dataset()
-    code.CodeValue = "51185008"
-    code.CodingSchemeDesignator = "SCT"
-    code.CodeMeaning = "Thorax"
-    modifier = Dataset()
-    modifier.CodeValue = "7771000"
-    modifier.CodingSchemeDesignator = "SCT"
-    modifier.CodeMeaning = "Left"
-    code.AnatomicRegionModifierSequence = Sequence([modifier])
+    code = _code("51185008", "Thorax")
+    code.AnatomicRegionModifierSequence = Sequence([_code("7771000", "Left")])
     ds.ReferencedImageSequence = Sequence([ref])
     ds.AnatomicRegionSequence = Sequence([code])
     block = ds.private_block(0x0009, "RADBRIDGE SYNTH 1.0", create=True)
@@ -684,16 +792,21 @@ def _add_sequences(ds: Dataset, *, undefined: bool) -> None:
 
 
 def _write(ds: Dataset, path: Path, transfer_syntax: str) -> Path:
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
     dcmwrite(path, ds, enforce_file_format=True)
     return path
 
 
 def _variant(name: str, path: Path, patient_name: str) -> Variant:
     ds = dcmread(path, stop_before_pixels=True)
-    return Variant(name=name, path=path, transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-                   patient_name=patient_name, sop_instance_uid=str(ds.SOPInstanceUID),
-                   study_uid=str(ds.StudyInstanceUID))
+    return Variant(
+        name=name,
+        path=path,
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        patient_name=patient_name,
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        study_uid=str(ds.StudyInstanceUID),
+    )
 
 
 _CHARSETS: dict[str, tuple[str | list[str], str]] = {
@@ -725,9 +838,7 @@ def _encoded_variants(out: Path, tmp: Path) -> Iterator[tuple[str, Path, str]]:
         ("jpeg_lossless_sv1", "dcmcjpeg", ("+e1", "+un"), 16),
         ("jpeg_ls_lossless", "dcmcjpls", ("+el", "+un"), 16),
     ):
-        source = _write(_small_image(name, bits=bits, sop_class=SC_IMAGE_STORAGE if bits == 8
-                                     else CT_IMAGE_STORAGE), tmp / f"{name}.dcm",
-                        ExplicitVRLittleEndian)
+        source = _write(_small_image(name, bits=bits), tmp / f"{name}.dcm", ExplicitVRLittleEndian)
         _run_tool(tool, *options, str(source), str(out / f"{name}.dcm"))
         yield name, out / f"{name}.dcm", "DOE^JANE"
 
@@ -742,19 +853,12 @@ def _encoded_variants(out: Path, tmp: Path) -> Iterator[tuple[str, Path, str]]:
         ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
     except (RuntimeError, ValueError) as exc:
         raise DicomError(
-            "JPEG 2000 encoding needs pylibjpeg and pylibjpeg-openjpeg installed") from exc
+            "JPEG 2000 encoding needs pylibjpeg and pylibjpeg-openjpeg installed"
+        ) from exc
     yield name, _write(ds, out / f"{name}.dcm", JPEG2000Lossless), "DOE^JANE"
 
     name = "multiframe"
-    ds = _small_image(name, sop_class=MF_GRAYSCALE_WORD_SC_STORAGE)
-    frames = [_ct_chest_painter(128, 128, 10)(i, 1) for i in range(10)]
-    ds.NumberOfFrames = 10
-    ds.FrameIncrementPointer = 0x00182005
-    ds.SliceLocationVector = [_fmt(-i * 1.0) for i in range(10)]
-    ds.ImageType = ["DERIVED", "SECONDARY"]
-    ds.ConversionType = "WSD"
-    ds.PixelData = np.stack(frames).astype("<u2").tobytes()
-    ds["PixelData"].VR = "OW"
+    ds = _small_image(name, frames=10)
     yield name, _write(ds, out / f"{name}.dcm", ExplicitVRLittleEndian), "DOE^JANE"
 
     name = "private_sequences"
@@ -791,5 +895,7 @@ def encoding_variants(out_dir: Path | str) -> list[Variant]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="radbridge-variants-") as tmp:
-        return [_variant(name, path, patient_name)
-                for name, path, patient_name in _encoded_variants(out, Path(tmp))]
+        return [
+            _variant(name, path, patient_name)
+            for name, path, patient_name in _encoded_variants(out, Path(tmp))
+        ]

@@ -1,39 +1,83 @@
-"""Engine creation and schema migration for SQLite (default) and PostgreSQL."""
+"""Engine creation, write transactions and schema migration (SQLite default, PostgreSQL)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.errors import StoreError
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+_WRITE_FLAG = "radbridge_write"
 
 
-def make_engine(url: str) -> Engine:
-    """An engine tuned for the store: WAL and immediate transactions on SQLite."""
+class _WriterLock:
+    """One SQLite writer at a time across threads and processes, woken at once when free.
+
+    SQLite's own busy handler sleeps in growing steps (1, 2, 5, … 100 ms) while
+    another process writes; with several listener processes that adds
+    milliseconds to C-STOREs. An ``flock`` beside the database queues writers
+    in the kernel instead, and each gets the lock the moment it is released.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+        self._pid = -1
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            if self._fd is None or self._pid != os.getpid():
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._pid = os.getpid()
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            self._thread_lock.release()
+            raise StoreError(f"cannot lock {self.path}: {exc.strerror}") from exc
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+
+_LOCKS: weakref.WeakKeyDictionary[Engine, _WriterLock] = weakref.WeakKeyDictionary()
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine tuned for the store: WAL, and queued immediate writers, on SQLite."""
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 60})
-        _tune_sqlite(engine)
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, **kwargs)
+    database = parsed.database
+    engine = create_engine(url, connect_args={"timeout": 60}, **kwargs)
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        _LOCKS[engine] = _WriterLock(Path(database).with_name(Path(database).name + ".lock"))
+    _tune_sqlite(engine)
+    return engine
 
 
 def _tune_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE, so writers queue on the
-        # busy timeout instead of failing with "database is locked" on lock upgrade.
+        # Let the "begin" event below choose the kind of transaction.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         # WAL with synchronous=NORMAL: a commit survives a crash of the process
@@ -45,7 +89,22 @@ def _tune_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        write = connection.info.pop(_WRITE_FLAG, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A write transaction; on SQLite writers queue on a lock instead of busy-sleeping."""
+    lock = _LOCKS.get(engine)
+    if lock is None:
+        with engine.begin() as conn:
+            yield conn
+        return
+    with lock, engine.connect() as conn:
+        conn.info[_WRITE_FLAG] = True
+        with conn.begin():
+            yield conn
 
 
 def migrate(engine: Engine) -> None:
@@ -53,7 +112,7 @@ def migrate(engine: Engine) -> None:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     try:
-        with engine.begin() as connection:
+        with writing(engine) as connection:
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
     except SQLAlchemyError as exc:

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, case, func, select, update
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.domain import InstanceRecord, Patient, Series, Study, StudyState
 from broker.errors import NotFoundError, StoreError
+from broker.store.engine import writing
 from broker.store.tables import instances, series, studies
 
 
@@ -40,139 +41,178 @@ def _coalesce_new(stmt: Any, table: Any, names: Iterable[str]) -> dict[str, Any]
     return {n: func.coalesce(stmt.excluded[n], table.c[n]) for n in names}
 
 
+def _upsert(engine: Engine, table: Any, key: str, keep: Iterable[str], fill: Iterable[str]) -> Any:
+    """INSERT … ON CONFLICT (key) DO UPDATE: ``fill`` columns coalesce, the rest are replaced."""
+    columns = [c.name for c in table.columns if c.name != "id"]
+    stmt = _insert(engine, table).values({c: bindparam(c, type_=table.c[c].type) for c in columns})
+    fill = list(fill)
+    keep = [key, *keep]
+    replace_cols = {c: stmt.excluded[c] for c in columns if c not in keep and c not in fill}
+    return stmt, {**_coalesce_new(stmt, table, fill), **replace_cols}
+
+
+_STUDY_FILL = (
+    "patient_id",
+    "issuer_of_patient_id",
+    "patient_name",
+    "patient_birth_date",
+    "patient_sex",
+    "accession_number",
+    "study_date",
+    "study_time",
+    "study_description",
+    "referring_physician",
+    "institution",
+)
+
+
+@dataclass(frozen=True)
+class _Statements:
+    previous_path: Any
+    upsert_study: Any
+    upsert_series: Any
+    upsert_instance: Any
+
+    @classmethod
+    def build(cls, engine: Engine) -> _Statements:
+        study, study_set = _upsert(
+            engine,
+            studies,
+            "study_uid",
+            keep=("state", "revision", "first_received_at", "stable_at"),
+            fill=_STUDY_FILL,
+        )
+        study_set["state"] = case(
+            (studies.c.state == StudyState.STABLE.value, StudyState.UPDATED.value),
+            else_=studies.c.state,
+        )
+        series_stmt, series_set = _upsert(
+            engine,
+            series,
+            "series_uid",
+            keep=("study_uid",),
+            fill=[
+                c.name for c in series.columns if c.name not in ("id", "series_uid", "study_uid")
+            ],
+        )
+        instance, instance_set = _upsert(
+            engine, instances, "sop_instance_uid", keep=("receive_count",), fill=()
+        )
+        instance_set["receive_count"] = instances.c.receive_count + 1
+        return cls(
+            previous_path=select(instances.c.path).where(
+                instances.c.sop_instance_uid == bindparam("uid")
+            ),
+            upsert_study=study.on_conflict_do_update(
+                index_elements=[studies.c.study_uid], set_=study_set
+            ).returning(studies.c.state),
+            upsert_series=series_stmt.on_conflict_do_update(
+                index_elements=[series.c.series_uid], set_=series_set
+            ),
+            upsert_instance=instance.on_conflict_do_update(
+                index_elements=[instances.c.sop_instance_uid], set_=instance_set
+            ),
+        )
+
+
+def _study_values(
+    rec: InstanceRecord, now: datetime, due: datetime, stable: float
+) -> dict[str, Any]:
+    p = rec.patient
+    return {
+        "study_uid": rec.study_uid,
+        "patient_id": p.patient_id,
+        "issuer_of_patient_id": p.issuer,
+        "patient_name": p.name,
+        "patient_birth_date": p.birth_date,
+        "patient_sex": p.sex,
+        "accession_number": rec.accession_number,
+        "study_date": rec.study_date,
+        "study_time": rec.study_time,
+        "study_description": rec.study_description,
+        "referring_physician": rec.referring_physician,
+        "institution": rec.institution,
+        "state": StudyState.RECEIVING.value,
+        "revision": 0,
+        "stable_seconds": stable,
+        "calling_ae": rec.calling_ae,
+        "called_ae": rec.called_ae,
+        "peer_address": rec.peer_address,
+        "first_received_at": now,
+        "last_received_at": now,
+        "due_at": due,
+        "stable_at": None,
+    }
+
+
+def _series_values(rec: InstanceRecord) -> dict[str, Any]:
+    return {
+        "series_uid": rec.series_uid,
+        "study_uid": rec.study_uid,
+        "modality": rec.modality,
+        "body_part": rec.body_part,
+        "series_description": rec.series_description,
+        "series_number": rec.series_number,
+        "protocol_name": rec.protocol_name,
+        "slice_thickness": rec.slice_thickness,
+        "image_type": "\\".join(rec.image_type) or None,
+        "contrast_agent": rec.contrast_agent,
+    }
+
+
+def _instance_values(rec: InstanceRecord, now: datetime) -> dict[str, Any]:
+    return {
+        "sop_instance_uid": rec.sop_instance_uid,
+        "sop_class_uid": rec.sop_class_uid,
+        "series_uid": rec.series_uid,
+        "study_uid": rec.study_uid,
+        "transfer_syntax_uid": rec.transfer_syntax_uid,
+        "instance_number": rec.instance_number,
+        "number_of_frames": rec.number_of_frames,
+        "path": rec.path,
+        "size": rec.size,
+        "calling_ae": rec.calling_ae,
+        "called_ae": rec.called_ae,
+        "peer_address": rec.peer_address,
+        "received_at": now,
+        "receive_count": 1,
+    }
+
+
 class StudyStore:
     """The study index. Every method is one short transaction."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._prepared: _Statements | None = None
 
     def record_instance(self, rec: InstanceRecord, stable_seconds: float) -> Indexed:
         """Index one durably spooled instance; re-open the study if it was stable."""
         now = rec.received_at or datetime.now(UTC)
         due = now + timedelta(seconds=stable_seconds)
+        stmts = self._statements()
         try:
-            with self.engine.begin() as conn:
-                previous = conn.execute(
-                    select(instances.c.path).where(
-                        instances.c.sop_instance_uid == rec.sop_instance_uid
-                    )
-                ).scalar_one_or_none()
-                state = self._upsert_study(conn, rec, now, due, stable_seconds)
-                self._upsert_series(conn, rec)
-                self._upsert_instance(conn, rec, now)
+            with writing(self.engine) as conn:
+                previous = conn.execute(stmts.previous_path, {"uid": rec.sop_instance_uid})
+                previous_path = previous.scalar_one_or_none()
+                state = conn.execute(
+                    stmts.upsert_study, _study_values(rec, now, due, stable_seconds)
+                ).scalar_one()
+                conn.execute(stmts.upsert_series, _series_values(rec))
+                conn.execute(stmts.upsert_instance, _instance_values(rec, now))
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot index instance: {exc}") from exc
         return Indexed(
-            replaced=previous is not None,
-            previous_path=previous if previous not in (None, rec.path) else None,
-            study_state=state,
+            replaced=previous_path is not None,
+            previous_path=previous_path if previous_path not in (None, rec.path) else None,
+            study_state=StudyState(state),
         )
 
-    def _upsert_study(
-        self, conn: Connection, rec: InstanceRecord, now: datetime, due: datetime, stable: float
-    ) -> StudyState:
-        p = rec.patient
-        values = {
-            "study_uid": rec.study_uid,
-            "patient_id": p.patient_id,
-            "issuer_of_patient_id": p.issuer,
-            "patient_name": p.name,
-            "patient_birth_date": p.birth_date,
-            "patient_sex": p.sex,
-            "accession_number": rec.accession_number,
-            "study_date": rec.study_date,
-            "study_time": rec.study_time,
-            "study_description": rec.study_description,
-            "referring_physician": rec.referring_physician,
-            "institution": rec.institution,
-            "state": StudyState.RECEIVING.value,
-            "revision": 0,
-            "stable_seconds": stable,
-            "calling_ae": rec.calling_ae,
-            "called_ae": rec.called_ae,
-            "peer_address": rec.peer_address,
-            "first_received_at": now,
-            "last_received_at": now,
-            "due_at": due,
-        }
-        stmt = _insert(conn, studies).values(**values)
-        fill = [
-            "patient_id",
-            "issuer_of_patient_id",
-            "patient_name",
-            "patient_birth_date",
-            "patient_sex",
-            "accession_number",
-            "study_date",
-            "study_time",
-            "study_description",
-            "referring_physician",
-            "institution",
-        ]
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[studies.c.study_uid],
-            set_={
-                **_coalesce_new(stmt, studies, fill),
-                "state": case(
-                    (studies.c.state == StudyState.STABLE.value, StudyState.UPDATED.value),
-                    else_=studies.c.state,
-                ),
-                "stable_seconds": stmt.excluded.stable_seconds,
-                "calling_ae": stmt.excluded.calling_ae,
-                "called_ae": stmt.excluded.called_ae,
-                "peer_address": stmt.excluded.peer_address,
-                "last_received_at": stmt.excluded.last_received_at,
-                "due_at": stmt.excluded.due_at,
-            },
-        ).returning(studies.c.state)
-        return StudyState(conn.execute(stmt).scalar_one())
-
-    def _upsert_series(self, conn: Connection, rec: InstanceRecord) -> None:
-        values = {
-            "series_uid": rec.series_uid,
-            "study_uid": rec.study_uid,
-            "modality": rec.modality,
-            "body_part": rec.body_part,
-            "series_description": rec.series_description,
-            "series_number": rec.series_number,
-            "protocol_name": rec.protocol_name,
-            "slice_thickness": rec.slice_thickness,
-            "image_type": "\\".join(rec.image_type) or None,
-            "contrast_agent": rec.contrast_agent,
-        }
-        stmt = _insert(conn, series).values(**values)
-        fill = [k for k in values if k not in ("series_uid", "study_uid")]
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[series.c.series_uid], set_=_coalesce_new(stmt, series, fill)
-            )
-        )
-
-    def _upsert_instance(self, conn: Connection, rec: InstanceRecord, now: datetime) -> None:
-        values = {
-            "sop_instance_uid": rec.sop_instance_uid,
-            "sop_class_uid": rec.sop_class_uid,
-            "series_uid": rec.series_uid,
-            "study_uid": rec.study_uid,
-            "transfer_syntax_uid": rec.transfer_syntax_uid,
-            "instance_number": rec.instance_number,
-            "number_of_frames": rec.number_of_frames,
-            "path": rec.path,
-            "size": rec.size,
-            "calling_ae": rec.calling_ae,
-            "called_ae": rec.called_ae,
-            "peer_address": rec.peer_address,
-            "received_at": now,
-            "receive_count": 1,
-        }
-        stmt = _insert(conn, instances).values(**values)
-        replace = {
-            k: stmt.excluded[k] for k in values if k not in ("sop_instance_uid", "receive_count")
-        }
-        replace["receive_count"] = instances.c.receive_count + 1
-        conn.execute(
-            stmt.on_conflict_do_update(index_elements=[instances.c.sop_instance_uid], set_=replace)
-        )
+    def _statements(self) -> _Statements:
+        """The indexing statements, built once: building them costs more than running them."""
+        if self._prepared is None:
+            self._prepared = _Statements.build(self.engine)
+        return self._prepared
 
     def close_stable(self, now: datetime | None = None) -> list[str]:
         """Mark every study quiet for its stable time as stable; return their UIDs."""
@@ -189,7 +229,7 @@ class StudyStore:
             .returning(studies.c.study_uid)
         )
         try:
-            with self.engine.begin() as conn:
+            with writing(self.engine) as conn:
                 return list(conn.execute(stmt).scalars())
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot close stable studies: {exc}") from exc

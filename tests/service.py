@@ -1,0 +1,129 @@
+"""Run radbridge as a real process for tests: start, wait until it answers, stop or kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.peers import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+RADBRIDGE = str(Path(sys.executable).parent / "radbridge")
+
+
+def base_config(folder: Path, port: int, **dicom: Any) -> dict[str, Any]:
+    """A configuration on loopback with its own spool and SQLite store in ``folder``."""
+    return {
+        "storage": {"spool": str(folder / "spool"), "database": f"sqlite:///{folder}/radbridge.db"},
+        "dicom": {
+            "listen": {"host": "127.0.0.1", "port": port},
+            "ae_titles": {"RADBRIDGE": "ingest", "RADBRIDGE_RES": "results"},
+            "allow_any_peer": True,
+            "study_stable_seconds": 1.5,
+            **dicom,
+        },
+        "logging": {"level": "INFO", "format": "json"},
+    }
+
+
+class Radbridge:
+    """One ``radbridge serve`` process with its own folder, port and configuration."""
+
+    def __init__(self, folder: Path, config: dict[str, Any] | None = None, **dicom: Any) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.config = config or base_config(folder, self.port, **dicom)
+        self.port = int(self.config["dicom"]["listen"]["port"])
+        self.config_path = folder / "radbridge.yaml"
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        self.log_path = folder / "radbridge.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.env = {**os.environ, "TCP_NODELAY": "1"}
+
+    @property
+    def spool(self) -> Path:
+        return Path(self.config["storage"]["spool"])
+
+    def start(self, timeout: float = 30.0) -> Radbridge:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [RADBRIDGE, "serve", "-c", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"radbridge exited at start:\n{self.log_path.read_text()}")
+            if "radbridge started" in self.log_path.read_text(errors="replace"):
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"radbridge did not start in {timeout} s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> int:
+        """SIGTERM and wait: the clean shutdown path."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(30)
+        self.process = None
+        return code
+
+    def kill9(self) -> None:
+        """kill -9 the service and every listener process it started (its process group)."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        self.process = None
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            try:
+                self.stop()
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [RADBRIDGE, *args, "-c", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            check=check,
+            env=self.env,
+            timeout=60,
+        )
+
+    def studies(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = json.loads(self.cli("studies", "list", "--json").stdout)
+        return result
+
+    def study(self, study_uid: str) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.cli("studies", "show", study_uid, "--json").stdout)
+        return result
+
+    def wait_state(self, study_uid: str, state: str, timeout: float = 15.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        study: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            study = self.study(study_uid)
+            if study["state"] == state:
+                return study
+            time.sleep(0.2)
+        raise AssertionError(f"study never became {state}: {study}")
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+        return lines

@@ -1,0 +1,341 @@
+"""DICOM ingest against real senders: dcmtk storescu, echoscu, dcmsend; pynetdicom scripted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+
+from adapters.dicom.synthetic import encoding_variants, generate_large_study, generate_study
+from tests.peers import dataset_bytes, dcmsend, echoscu, storescu
+from tests.service import Radbridge
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _spooled(rb: Radbridge, sop_uid: str) -> list[Path]:
+    return [p for p in rb.spool.glob("studies/*/*/*.dcm") if p.stem == sop_uid]
+
+
+@pytest.fixture(scope="module")
+def ct_chest(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """A 200-instance 512x512 CT chest (about 105 MB), generated once."""
+    return generate_study("ct_chest", tmp_path_factory.mktemp("ct"), accession="ACC-CT-1")
+
+
+def test_ct_study_is_stored_bit_identical_and_indexed(
+    radbridge: Radbridge, ct_chest: list[Path]
+) -> None:
+    """storescu's 200-instance CT is spooled byte for byte and the index holds its tags."""
+    storescu(ct_chest, radbridge.port, calling_ae="CT01")
+    source = pydicom.dcmread(ct_chest[0], stop_before_pixels=True)
+    study = radbridge.wait_state(source.StudyInstanceUID, "stable")
+    assert study["instances"] == 200
+    assert study["accession_number"] == "ACC-CT-1"
+    assert study["patient"]["patient_id"] == source.PatientID
+    assert study["patient"]["name"] == str(source.PatientName)
+    assert study["modalities"] == ["CT"]
+    assert study["body_parts"] == ["CHEST"]
+    assert study["calling_ae"] == "CT01" and study["called_ae"] == "RADBRIDGE"
+    assert study["peer_address"] == "127.0.0.1"
+    [series] = study["series"]
+    assert series["instances"] == 200
+    assert series["slice_thickness"] == pytest.approx(float(source.SliceThickness))
+    assert series["image_type"] == list(source.ImageType)
+    assert study["size"] >= sum(p.stat().st_size for p in ct_chest) * 0.99
+    for path in ct_chest:
+        sop = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        [stored] = _spooled(radbridge, sop)
+        assert dataset_bytes(stored) == dataset_bytes(path)
+    assert not list((radbridge.spool / "tmp").iterdir())
+
+
+def test_stable_study_reopens_as_updated_on_a_new_instance(
+    radbridge: Radbridge, tmp_path: Path
+) -> None:
+    """A stable study getting a new instance turns 'updated', then stable again at revision 2."""
+    files = generate_study("ct_head", tmp_path / "head", instances=6, rows=64, columns=64)
+    study_uid = pydicom.dcmread(files[0]).StudyInstanceUID
+    storescu(files[:5], radbridge.port)
+    first = radbridge.wait_state(study_uid, "stable")
+    assert first["revision"] == 1 and first["instances"] == 5
+    storescu(files[5:], radbridge.port)
+    assert radbridge.study(study_uid)["state"] == "updated"
+    second = radbridge.wait_state(study_uid, "stable")
+    assert second["revision"] == 2 and second["instances"] == 6
+
+
+def test_resent_instance_replaces_the_copy_and_is_counted_once(
+    radbridge: Radbridge, tmp_path: Path
+) -> None:
+    """Sending the same SOP Instance UID twice keeps one file and one count."""
+    files = generate_study("dx_chest", tmp_path / "dx", instances=2, rows=256, columns=256)
+    dcmsend(files, radbridge.port)
+    dcmsend(files[:1], radbridge.port)
+    study_uid = pydicom.dcmread(files[0]).StudyInstanceUID
+    assert radbridge.study(study_uid)["instances"] == 2
+    sop = pydicom.dcmread(files[0]).SOPInstanceUID
+    assert len(_spooled(radbridge, sop)) == 1
+
+
+def test_stable_time_is_overridden_per_called_ae(
+    radbridge_factory: Callable[..., Radbridge], tmp_path: Path
+) -> None:
+    """A called AE title with its own stable_seconds closes its studies on that time."""
+    rb = radbridge_factory(
+        ae_titles={"RADBRIDGE": "ingest", "SLOW": {"role": "ingest", "stable_seconds": 30}},
+    )
+    fast = generate_study("ct_head", tmp_path / "fast", instances=1, rows=32, columns=32)
+    slow = generate_study("ct_head", tmp_path / "slow", instances=1, rows=32, columns=32)
+    storescu(fast, rb.port, called_ae="RADBRIDGE")
+    storescu(slow, rb.port, called_ae="SLOW")
+    rb.wait_state(pydicom.dcmread(fast[0]).StudyInstanceUID, "stable")
+    slow_study = rb.study(pydicom.dcmread(slow[0]).StudyInstanceUID)
+    assert slow_study["state"] == "receiving"
+    assert slow_study["stable_seconds"] == 30
+
+
+def test_unknown_called_ae_is_rejected(radbridge: Radbridge) -> None:
+    """An association to a called AE title radbridge does not have is rejected with reason 7."""
+    result = echoscu(radbridge.port, called_ae="NOSUCHAE", check=False)
+    assert result.returncode != 0
+    assert "Called AE Title Not Recognized" in result.stdout + result.stderr
+    assert echoscu(radbridge.port, called_ae="RADBRIDGE").returncode == 0
+
+
+def test_calling_ae_and_address_allow_list(radbridge_factory: Callable[..., Radbridge]) -> None:
+    """Only listed calling AE titles get in, and a title pinned to a host only from that host."""
+    rb = radbridge_factory(
+        allow_any_peer=False,
+        peers=[{"ae_title": "CT01"}, {"ae_title": "CT02", "host": "127.0.0.2"}],
+    )
+    assert echoscu(rb.port, calling_ae="CT01").returncode == 0
+    for calling in ("INTRUDER", "CT02"):  # CT02 is only allowed from 127.0.0.2
+        result = echoscu(rb.port, calling_ae=calling, check=False)
+        assert result.returncode != 0
+        assert "Calling AE Title Not Recognized" in result.stdout + result.stderr
+    rejected = [line for line in rb.log_lines() if line["event"] == "association rejected"]
+    assert {line["calling_ae"] for line in rejected} == {"INTRUDER", "CT02"}
+
+
+def test_maximum_concurrent_associations_over_all_processes(
+    radbridge_factory: Callable[..., Radbridge],
+) -> None:
+    """Past max_associations a request is rejected as local-limit-exceeded; earlier ones go on."""
+    rb = radbridge_factory(max_associations=2)
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(Verification)
+    held = [ae.associate("127.0.0.1", rb.port, ae_title="RADBRIDGE") for _ in range(2)]
+    try:
+        assert all(a.is_established for a in held)
+        extra = ae.associate("127.0.0.1", rb.port, ae_title="RADBRIDGE")
+        assert extra.is_rejected
+        assert any(line.get("reason") == "local_limit_exceeded" for line in rb.log_lines())
+    finally:
+        for a in held:
+            a.release()
+    time.sleep(0.3)
+    again = ae.associate("127.0.0.1", rb.port, ae_title="RADBRIDGE")
+    assert again.is_established
+    again.release()
+
+
+def test_four_concurrent_associations_are_served_by_several_processes(
+    radbridge: Radbridge, tmp_path: Path
+) -> None:
+    """Four storescu at once all succeed, and the listener runs in more than one process."""
+    files = generate_study("ct_chest", tmp_path / "ct4", instances=40, rows=256, columns=256)
+    groups = [files[i::4] for i in range(4)]
+    threads = [threading.Thread(target=storescu, args=(g, radbridge.port)) for g in groups]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    study_uid = pydicom.dcmread(files[0]).StudyInstanceUID
+    assert radbridge.study(study_uid)["instances"] == 40
+    assert radbridge.process is not None
+    listeners = psutil.Process(radbridge.process.pid).children(recursive=True)
+    assert len([p for p in listeners if "multiprocessing" in " ".join(p.cmdline())]) >= 2
+
+
+def _send_raw(paths: list[Path], port: int) -> list[int]:
+    """Send files byte for byte with pynetdicom (no decode, no re-encode) in their own syntax."""
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        statuses = []
+        for path in paths:
+            meta = pydicom.filereader.read_file_meta_info(path)
+            ae = AE(ae_title="CT01")
+            ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+            assoc = ae.associate("127.0.0.1", port, ae_title="RADBRIDGE")
+            assert assoc.is_established
+            statuses.append(assoc.send_c_store(path).Status)
+            assoc.release()
+        return statuses
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+
+
+def test_unusual_encodings_are_stored_as_received_with_text_decoded(
+    radbridge: Radbridge, tmp_path: Path
+) -> None:
+    """Compressed, big endian, implicit, deflated, multi-frame, CJK: stored as sent, indexed."""
+    variants = encoding_variants(tmp_path / "variants")
+    storescu([v.path for v in variants], radbridge.port)  # dcmtk: each file in its own syntax
+    for variant in variants:
+        [stored] = _spooled(radbridge, variant.sop_instance_uid)
+        meta = pydicom.filereader.read_file_meta_info(stored)
+        assert meta.TransferSyntaxUID == variant.transfer_syntax_uid, variant.name
+        study = radbridge.study(variant.study_uid)
+        assert study["patient"]["name"] == variant.patient_name, variant.name
+    # storescu re-encodes lengths; pynetdicom sends the file's bytes untouched.
+    assert _send_raw([v.path for v in variants], radbridge.port) == [0] * len(variants)
+    for variant in variants:
+        [stored] = _spooled(radbridge, variant.sop_instance_uid)
+        assert dataset_bytes(stored) == dataset_bytes(variant.path), variant.name
+
+
+def _ct_dataset(study_uid: str, series_uid: str = "1.2.3.9", *, size: int = 64) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.PatientID = "PAT-KILL"
+    ds.Modality = "CT"
+    ds.Rows = ds.Columns = size
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = os.urandom(size * size * 2)
+    return ds
+
+
+def test_dataset_without_study_uid_gets_cannot_understand(radbridge: Radbridge) -> None:
+    """A dataset without Study Instance UID gets 0xC000 and the listener keeps serving."""
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", radbridge.port, ae_title="RADBRIDGE")
+    ds = _ct_dataset("1.2.3.4")
+    del ds.StudyInstanceUID
+    status = assoc.send_c_store(ds)
+    assert status.Status == 0xC000
+    assert "StudyInstanceUID" in status.ErrorComment
+    good = assoc.send_c_store(_ct_dataset("1.2.3.5"))
+    assert good.Status == 0x0000
+    assoc.release()
+    assert len(list(radbridge.spool.glob("studies/*/*/*.dcm"))) == 1
+    assert not list((radbridge.spool / "tmp").iterdir())
+
+
+def test_sender_killed_mid_transfer_leaves_nothing_half_stored(
+    radbridge: Radbridge, tmp_path: Path
+) -> None:
+    """storescu killed inside a 256 MB instance leaves no file, and the listener goes on."""
+    [big] = generate_large_study(
+        tmp_path / "big", total_bytes=256 * 2**20, instance_bytes=256 * 2**20
+    )
+    sop = pydicom.dcmread(big, stop_before_pixels=True).SOPInstanceUID
+    sender = subprocess.Popen(
+        [
+            "storescu",
+            "-aec",
+            "RADBRIDGE",
+            "-aet",
+            "CT01",
+            "127.0.0.1",
+            str(radbridge.port),
+            str(big),
+        ],
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+    tmp = radbridge.spool / "tmp"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(p.stat().st_size > 2**20 for p in tmp.iterdir()):
+        time.sleep(0.01)
+    sender.send_signal(signal.SIGKILL)
+    sender.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and list(tmp.iterdir()):
+        time.sleep(0.1)
+    assert not list(tmp.iterdir()), "partial object left in the spool"
+    assert not _spooled(radbridge, sop)
+    assert radbridge.studies() == []
+    assert echoscu(radbridge.port).returncode == 0
+
+
+def test_kill_9_during_ingest_loses_no_acknowledged_instance(
+    radbridge_factory: Callable[..., Radbridge],
+) -> None:
+    """Every instance that got a success status survives kill -9 of the whole service."""
+    rb = radbridge_factory(study_stable_seconds=30)
+    study_uid = generate_uid()
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def send() -> None:
+        ae = AE(ae_title="CT01")
+        ae.dimse_timeout = ae.network_timeout = 5
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", rb.port, ae_title="RADBRIDGE")
+        while not stop.is_set() and assoc.is_established:
+            ds = _ct_dataset(study_uid, size=256)
+            status = assoc.send_c_store(ds)
+            if getattr(status, "Status", None) == 0x0000:
+                acknowledged.append(ds.SOPInstanceUID)
+        assoc.abort()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    deadline = time.monotonic() + 60
+    while len(acknowledged) < 30 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(acknowledged) >= 30, "the sender got no success statuses"
+    rb.kill9()
+    stop.set()
+    sender.join(30)
+    rb.start()
+    study = rb.study(study_uid)
+    assert study["instances"] >= len(acknowledged)
+    for sop in acknowledged:
+        [stored] = _spooled(rb, sop)
+        assert stored.stat().st_size > 256 * 256 * 2
+    assert study["state"] == "receiving"  # its stable timer goes on after the restart
+
+
+def test_collecting_study_finishes_its_stable_timer_after_restart(
+    radbridge: Radbridge, tmp_path: Path
+) -> None:
+    """A study still collecting when radbridge is killed becomes stable after the restart."""
+    files = generate_study("ct_head", tmp_path / "h", instances=3, rows=32, columns=32)
+    storescu(files, radbridge.port)
+    radbridge.kill9()
+    radbridge.start()
+    study = radbridge.wait_state(pydicom.dcmread(files[0]).StudyInstanceUID, "stable")
+    assert study["instances"] == 3
+
+
+def test_sigterm_stops_cleanly_and_keeps_everything(radbridge: Radbridge, tmp_path: Path) -> None:
+    """SIGTERM ends the service with exit code 0; what was acknowledged is there after a restart."""
+    files = generate_study("ct_head", tmp_path / "t", instances=4, rows=32, columns=32)
+    storescu(files, radbridge.port)
+    assert radbridge.stop() == 0
+    radbridge.start()
+    assert radbridge.study(pydicom.dcmread(files[0]).StudyInstanceUID)["instances"] == 4
