@@ -89,6 +89,7 @@ class Service:
         self._started: list[Edge] = []
 
     def start(self) -> None:
+        self.context.spool.lock()
         migrate(self.context.engine)
         self.context.spool.prepare()
         for edge in self.edges:

@@ -12,6 +12,7 @@ half an object where the index could point at it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -46,6 +47,20 @@ class Spool:
         self.root = root
         self.tmp = root / "tmp"
         self.studies = root / "studies"
+        self._lock_fd: int | None = None
+
+    def lock(self) -> None:
+        """Take the spool for this service; a second radbridge on it fails to start."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise SpoolError(
+                f"the spool {self.root} is in use by another radbridge process"
+            ) from exc
+        except OSError as exc:
+            raise SpoolError(f"cannot lock the spool {self.root}: {exc.strerror}") from exc
 
     def prepare(self) -> None:
         """Create the folders; remove anything left half-received by a crash."""
@@ -67,12 +82,23 @@ class Spool:
 
     def commit(self, tmp_file: Path, final: Path) -> bool:
         """Durably move a fully received file into place; True if it replaced a copy."""
+        self.flush(tmp_file)
+        return self.place(tmp_file, final)
+
+    def flush(self, tmp_file: Path) -> None:
+        """Force a received file's bytes to disk (the first half of ``commit``)."""
         try:
             fd = os.open(tmp_file, os.O_RDONLY)
             try:
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
+        except OSError as exc:
+            raise SpoolError(f"cannot sync {tmp_file.name} to disk: {exc.strerror}") from exc
+
+    def place(self, tmp_file: Path, final: Path) -> bool:
+        """Rename a flushed file into place, durably (the second half of ``commit``)."""
+        try:
             existed = final.exists()
             created = []
             parent = final.parent

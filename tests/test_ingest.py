@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pydicom
 import pytest
+import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
@@ -339,3 +340,20 @@ def test_sigterm_stops_cleanly_and_keeps_everything(radbridge: Radbridge, tmp_pa
     assert radbridge.stop() == 0
     radbridge.start()
     assert radbridge.study(pydicom.dcmread(files[0]).StudyInstanceUID)["instances"] == 4
+
+
+def test_second_service_on_the_same_port_or_spool_refuses_to_start(
+    radbridge: Radbridge, tmp_path: Path
+) -> None:
+    """A second radbridge cannot share the first one's DICOM port or its spool."""
+    same_port = Radbridge(
+        tmp_path / "other-port", None, listen={"host": "127.0.0.1", "port": radbridge.port}
+    )
+    with pytest.raises(RuntimeError, match=r"cannot listen on 127\.0\.0\.1"):
+        same_port.start()
+    same_spool = Radbridge(tmp_path / "other-spool", None)
+    same_spool.config["storage"] = radbridge.config["storage"]
+    same_spool.config_path.write_text(yaml.safe_dump(same_spool.config))
+    with pytest.raises(RuntimeError, match="in use by another radbridge"):
+        same_spool.start()
+    assert echoscu(radbridge.port).returncode == 0

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import socket
 import threading
 import time
 from multiprocessing.context import SpawnProcess
@@ -29,6 +30,7 @@ from config.schema import Settings
 LOG = get_logger("radbridge.dicom")
 _SPAWN = multiprocessing.get_context("spawn")
 STOP_GRACE_SECONDS = 10.0
+PORT_WAIT_SECONDS = 3.0
 
 
 def _process_main(settings: Settings, counter: Any, ready: Any, number: int) -> None:
@@ -48,7 +50,11 @@ def _process_main(settings: Settings, counter: Any, ready: Any, number: int) -> 
     thread = threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True)
     thread.start()
     ready.put((number, os.getpid(), None))
-    stop.wait()
+    parent = os.getppid()
+    while not stop.wait(1.0):
+        if os.getppid() != parent:  # the service died (kill -9): do not outlive it
+            LOG.error("the radbridge service is gone; listener process exits")
+            break
     server.shutdown()
     server.server_close()
     deadline = time.monotonic() + STOP_GRACE_SECONDS
@@ -81,6 +87,8 @@ class DicomListener:
         recover_spool(context.spool, context.store, context.settings)
 
     def start(self, context: ServiceContext) -> None:
+        listen = context.settings.dicom.listen
+        _assert_port_free(listen.host, listen.port)
         self._context = context
         self._counter = _SPAWN.Value("i", 0)
         self._ready = _SPAWN.Queue()
@@ -90,7 +98,6 @@ class DicomListener:
         self._await_ready(set(range(count)))
         self._watch = threading.Thread(target=self._supervise, name="dicom-supervisor", daemon=True)
         self._watch.start()
-        listen = context.settings.dicom.listen
         LOG.info(
             "dicom listener started",
             host=listen.host,
@@ -153,6 +160,29 @@ class DicomListener:
                 process.kill()
                 process.join()
         self._processes.clear()
+
+
+def _assert_port_free(host: str, port: int) -> None:
+    """Refuse to start on a port another process listens on.
+
+    The listener processes bind with SO_REUSEPORT, which would let them share
+    the port with a stray earlier radbridge and silently split the traffic.
+    A plain bind first makes that an error instead.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    deadline = time.monotonic() + PORT_WAIT_SECONDS  # orphans of a killed service exit
+    while True:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+                return
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise DicomError(
+                        f"cannot listen on {host}:{port}: {exc.strerror}; is another "
+                        "radbridge or DICOM service running there?"
+                    ) from exc
+        time.sleep(0.2)
 
 
 def recover_spool(spool: Spool, store: StudyStore, settings: Settings) -> int:
