@@ -17,7 +17,8 @@ from broker.domain import Study
 from broker.errors import ConfigError, NotFoundError, RadbridgeError
 from broker.logging import configure_logging, get_logger
 from broker.service import Service
-from broker.store import StudyStore, make_engine, migrate
+from broker.store import StudyStore, make_engine
+from broker.store.migrate import migrate
 from config.loader import load_settings
 from config.schema import Settings
 

@@ -16,7 +16,8 @@ from broker.edges import Edge, ServiceContext, available
 from broker.errors import StoreError
 from broker.logging import get_logger
 from broker.spool import Spool
-from broker.store import StudyStore, make_engine, migrate
+from broker.store import StudyStore, make_engine
+from broker.store.migrate import migrate
 from config.schema import Settings
 
 LOG = get_logger("radbridge.service")

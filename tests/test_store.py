@@ -14,7 +14,8 @@ from sqlalchemy import Engine, create_engine, inspect, select, text
 
 from broker.domain import InstanceRecord, Patient, StudyState
 from broker.errors import NotFoundError, StoreError
-from broker.store import Indexed, StudyStore, make_engine, migrate
+from broker.store import Indexed, StudyStore, make_engine
+from broker.store.migrate import migrate
 from broker.store.tables import instances, series, studies
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -1,13 +1,17 @@
-"""The DICOM listener edge: a supervisor and several SCP processes on one port.
+"""The DICOM listener edge: one acceptor, several SCP processes.
 
-Each process runs ``adapters.dicom.server`` and binds the port with
-``SO_REUSEPORT``; the kernel balances new associations across them. A shared
-counter enforces the configured maximum of concurrent associations over all of
-them. A process that dies is replaced; the others keep serving meanwhile.
+The supervisor (in the service process) owns the port: it accepts each TCP
+connection and hands the socket (``SCM_RIGHTS`` over a Unix socket pair) to
+the listener process with the fewest open associations. Each listener process
+runs ``adapters.dicom.server``; several of them keep ingest from being bound
+by one interpreter's GIL. A shared load board also enforces the configured
+maximum of concurrent associations over all of them. A process that dies is
+replaced; the others keep serving meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
@@ -19,7 +23,7 @@ from multiprocessing.context import SpawnProcess
 from typing import Any
 
 from adapters.dicom.mapping import instance_record_from_spooled_file
-from adapters.dicom.server import AssociationCounter, make_server
+from adapters.dicom.server import ListenerServer, LoadBoard, make_server
 from broker.edges import ServiceContext
 from broker.errors import DicomError, InvalidDicomError, StoreError
 from broker.logging import configure_logging, get_logger
@@ -30,57 +34,73 @@ from config.schema import Settings
 LOG = get_logger("radbridge.dicom")
 _SPAWN = multiprocessing.get_context("spawn")
 STOP_GRACE_SECONDS = 10.0
-PORT_WAIT_SECONDS = 3.0
+BACKLOG = 128
 
 
-def _process_main(settings: Settings, counter: Any, ready: Any, number: int) -> None:
+def _process_main(
+    settings: Settings, counts: Any, slot: int, handoff: socket.socket, ready: Any
+) -> None:
     """Entry point of one listener process (spawned, so nothing is inherited)."""
     logging_cfg = settings.logging
     configure_logging(logging_cfg.level, logging_cfg.format, logging_cfg.phi)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: handoff.shutdown(socket.SHUT_RDWR))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
     try:
         store = StudyStore(make_engine(settings.database_url()))
         spool = Spool(settings.storage.spool)
-        server = make_server(settings, store, spool, AssociationCounter(counter))
+        server = make_server(settings, store, spool, LoadBoard(counts, slot))
     except Exception as exc:
-        ready.put((number, os.getpid(), f"{type(exc).__name__}: {exc}"))
+        ready.put((slot, os.getpid(), f"{type(exc).__name__}: {exc}"))
         raise
-    thread = threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True)
-    thread.start()
-    ready.put((number, os.getpid(), None))
-    parent = os.getppid()
-    while not stop.wait(1.0):
-        if os.getppid() != parent:  # the service died (kill -9): do not outlive it
-            LOG.error("the radbridge service is gone; listener process exits")
-            break
-    server.shutdown()
-    server.server_close()
+    ready.put((slot, os.getpid(), None))
+    _receive_connections(handoff, server)
+    _drain(server)
+
+
+def _receive_connections(handoff: socket.socket, server: ListenerServer) -> None:
+    """Serve every connection the supervisor hands over, until it stops or dies."""
+    while True:
+        try:
+            message, fds, _flags, _address = socket.recv_fds(handoff, 1, 4)
+        except OSError:
+            return
+        if not message:  # the supervisor closed its end: stopping, or it died
+            for fd in fds:
+                os.close(fd)
+            return
+        for fd in fds:
+            server.take(socket.socket(fileno=fd))
+
+
+def _drain(server: ListenerServer) -> None:
     deadline = time.monotonic() + STOP_GRACE_SECONDS
     while server.ae.active_associations and time.monotonic() < deadline:
         time.sleep(0.05)
     for assoc in server.ae.active_associations:
         assoc.abort()
+    server.server_close()
 
 
 class DicomListener:
-    """The ``dicom`` edge: supervises the listener processes."""
+    """The ``dicom`` edge: the acceptor and the supervised listener processes."""
 
     name = "dicom"
 
     def __init__(self) -> None:
         self._processes: dict[int, SpawnProcess] = {}
+        self._handoffs: dict[int, socket.socket] = {}
         self._stopping = threading.Event()
-        self._watch: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._context: ServiceContext | None = None
-        self._counter: Any = None
+        self._load: LoadBoard | None = None
+        self._counts: Any = None
         self._ready: Any = None
+        self._socket: socket.socket | None = None
 
     @staticmethod
     def process_count(settings: Settings) -> int:
         configured = settings.dicom.processes
-        return configured if configured > 0 else min(8, max(2, 2 * (os.cpu_count() or 1)))
+        return configured if configured > 0 else min(8, max(2, os.cpu_count() or 1))
 
     def recover(self, context: ServiceContext) -> None:
         """Index spool files a crash left between the rename and the index commit."""
@@ -88,16 +108,22 @@ class DicomListener:
 
     def start(self, context: ServiceContext) -> None:
         listen = context.settings.dicom.listen
-        _assert_port_free(listen.host, listen.port)
+        self._socket = _listen(listen.host, listen.port)
         self._context = context
-        self._counter = _SPAWN.Value("i", 0)
-        self._ready = _SPAWN.Queue()
         count = self.process_count(context.settings)
-        for number in range(count):
-            self._spawn(number)
+        self._counts = _SPAWN.Array("i", count)
+        self._load = LoadBoard(self._counts)
+        self._ready = _SPAWN.Queue()
+        for slot in range(count):
+            self._spawn(slot)
         self._await_ready(set(range(count)))
-        self._watch = threading.Thread(target=self._supervise, name="dicom-supervisor", daemon=True)
-        self._watch.start()
+        for target, name in (
+            (self._accept, "dicom-acceptor"),
+            (self._supervise, "dicom-supervisor"),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
         LOG.info(
             "dicom listener started",
             host=listen.host,
@@ -106,41 +132,71 @@ class DicomListener:
             ae_titles=sorted(context.settings.dicom.ae_titles),
         )
 
-    def _spawn(self, number: int) -> None:
-        assert self._context is not None
+    def _spawn(self, slot: int) -> None:
+        assert self._context is not None and self._load is not None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._load.reset(slot)
         process = _SPAWN.Process(
             target=_process_main,
-            args=(self._context.settings, self._counter, self._ready, number),
-            name=f"radbridge-dicom-{number}",
+            args=(self._context.settings, self._counts, slot, theirs, self._ready),
+            name=f"radbridge-dicom-{slot}",
             daemon=False,
         )
         process.start()
-        self._processes[number] = process
+        theirs.close()
+        old = self._handoffs.pop(slot, None)
+        if old is not None:
+            old.close()
+        self._processes[slot] = process
+        self._handoffs[slot] = ours
 
     def _await_ready(self, pending: set[int], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while pending:
             try:
-                number, _pid, error = self._ready.get(timeout=max(0.1, deadline - time.monotonic()))
+                slot, _pid, error = self._ready.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty as exc:
                 self.stop()
                 raise DicomError("the DICOM listener processes did not start in time") from exc
             if error is not None:
                 self.stop()
-                listen = self._context.settings.dicom.listen if self._context else None
-                where = f" on {listen.host}:{listen.port}" if listen else ""
-                raise DicomError(f"the DICOM listener cannot start{where}: {error}")
-            pending.discard(number)
+                raise DicomError(f"a DICOM listener process cannot start: {error}")
+            pending.discard(slot)
+
+    def _accept(self) -> None:
+        assert self._socket is not None and self._load is not None
+        while not self._stopping.is_set():
+            try:
+                conn, _address = self._socket.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                continue
+            with conn:
+                self._hand_over(conn)
+
+    def _hand_over(self, conn: socket.socket) -> None:
+        """Give the connection to the least busy live listener process."""
+        assert self._load is not None
+        alive = [s for s, p in self._processes.items() if p.is_alive() and s in self._handoffs]
+        for slot in self._load.least_busy(alive):
+            self._load.handed_over(slot)
+            try:
+                socket.send_fds(self._handoffs[slot], [b"c"], [conn.fileno()])
+                return
+            except OSError:
+                self._load.reset(slot)
+        LOG.error("no DICOM listener process could take a connection; closing it")
 
     def _supervise(self) -> None:
         while not self._stopping.wait(0.5):
-            for number, process in list(self._processes.items()):
+            for slot, process in list(self._processes.items()):
                 if process.is_alive() or self._stopping.is_set():
                     continue
                 LOG.error("dicom listener process died; replacing it", exitcode=process.exitcode)
-                self._spawn(number)
+                self._spawn(slot)
                 try:
-                    self._await_ready({number})
+                    self._await_ready({slot})
                 except DicomError as exc:
                     LOG.error("dicom listener process could not be replaced", error=str(exc))
                     return
@@ -150,39 +206,38 @@ class DicomListener:
         return [p.pid for p in self._processes.values() if p.pid is not None]
 
     def stop(self) -> None:
+        """Stop accepting, let open associations finish (up to a grace time), stop."""
         self._stopping.set()
-        for process in self._processes.values():
-            if process.is_alive() and process.pid is not None:
-                os.kill(process.pid, signal.SIGTERM)
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+            self._socket.close()
+        for handoff in self._handoffs.values():
+            handoff.close()  # each process sees end-of-file, drains and exits
         for process in self._processes.values():
             process.join(STOP_GRACE_SECONDS + 5)
             if process.is_alive():
                 process.kill()
                 process.join()
         self._processes.clear()
+        self._handoffs.clear()
 
 
-def _assert_port_free(host: str, port: int) -> None:
-    """Refuse to start on a port another process listens on.
-
-    The listener processes bind with SO_REUSEPORT, which would let them share
-    the port with a stray earlier radbridge and silently split the traffic.
-    A plain bind first makes that an error instead.
-    """
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket; a port in use is a clear error, never a shared port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    deadline = time.monotonic() + PORT_WAIT_SECONDS  # orphans of a killed service exit
-    while True:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind((host, port))
-                return
-            except OSError as exc:
-                if time.monotonic() > deadline:
-                    raise DicomError(
-                        f"cannot listen on {host}:{port}: {exc.strerror}; is another "
-                        "radbridge or DICOM service running there?"
-                    ) from exc
-        time.sleep(0.2)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise DicomError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; is another radbridge "
+            "or DICOM service running there?"
+        ) from exc
+    return sock
 
 
 def recover_spool(spool: Spool, store: StudyStore, settings: Settings) -> int:

@@ -1,8 +1,8 @@
 """The DICOM SCP of one listener process: C-ECHO, and C-STORE into the durable spool.
 
-Several listener processes bind the same port with ``SO_REUSEPORT`` (see
-``adapters.dicom.listener``); the kernel spreads associations over them, so
-ingest is not bound by one interpreter's GIL.
+Several listener processes run this SCP; the supervisor in
+``adapters.dicom.listener`` accepts each connection and hands it to the least
+busy of them, so ingest is not bound by one interpreter's GIL.
 
 A C-STORE success status goes back only after the bytes are fsync'd in the
 spool and the index row is committed; any failure answers a failure status
@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from socketserver import TCPServer
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
@@ -161,40 +160,77 @@ class _Handler(RequestHandler):
         assert isinstance(server, ListenerServer)
         gatekeeper = Gatekeeper(assoc)
         gatekeeper.policy = server.policy
-        gatekeeper.active = server.active
+        gatekeeper.active = server.load.total
         assoc.acse = gatekeeper
         return assoc
 
 
 class ListenerServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, bound with SO_REUSEPORT and a policy."""
+    """pynetdicom's threaded server, fed with connections the supervisor accepted.
+
+    It never binds or listens itself: ``adapters.dicom.listener`` owns the
+    port and hands each accepted connection to the least busy listener
+    process, which passes it to ``take``.
+    """
 
     policy: AssociationPolicy
-    active: Callable[[], int]
+    load: LoadBoard
 
     def server_bind(self) -> None:
-        assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        """No bind: the supervisor owns the listening socket."""
 
-    def shutdown(self) -> None:
-        """Stop accepting and close the socket (the AE never listed this server)."""
-        TCPServer.shutdown(self)
-        self.server_close()
+    def server_activate(self) -> None:
+        """No listen: connections arrive through ``take``."""
+
+    def take(self, conn: socket.socket) -> None:
+        """Serve one accepted connection in a new association thread."""
+        try:
+            address = conn.getpeername()
+            if self.ssl_context is not None:
+                # The handshake happens on first read, in the association thread.
+                conn = self.ssl_context.wrap_socket(
+                    conn, server_side=True, do_handshake_on_connect=False
+                )
+        except (OSError, ssl.SSLError) as exc:
+            LOG.warning("connection dropped before the association", error=str(exc))
+            self.load.closed()
+            conn.close()
+            return
+        self.process_request(conn, address)
 
 
-class AssociationCounter:
-    """Concurrent associations across all listener processes (a shared integer)."""
+class LoadBoard:
+    """Open associations per listener process, in memory shared by all of them.
 
-    def __init__(self, value: Any) -> None:
-        self._value = value
+    The supervisor counts a connection against a process when it hands it
+    over; the process uncounts it when the connection closes.
+    """
 
-    def add(self, delta: int) -> None:
-        with self._value.get_lock():
-            self._value.value += delta
+    def __init__(self, counts: Any, slot: int = -1) -> None:
+        self._counts = counts
+        self.slot = slot
 
-    def __call__(self) -> int:
-        return int(self._value.value)
+    def for_slot(self, slot: int) -> LoadBoard:
+        return LoadBoard(self._counts, slot)
+
+    def handed_over(self, slot: int) -> None:
+        with self._counts.get_lock():
+            self._counts[slot] += 1
+
+    def closed(self) -> None:
+        with self._counts.get_lock():
+            self._counts[self.slot] = max(0, self._counts[self.slot] - 1)
+
+    def reset(self, slot: int) -> None:
+        with self._counts.get_lock():
+            self._counts[slot] = 0
+
+    def least_busy(self, slots: list[int]) -> list[int]:
+        """Slots from least to most busy."""
+        return sorted(slots, key=lambda s: int(self._counts[s]))
+
+    def total(self) -> int:
+        return sum(int(c) for c in self._counts[:])
 
 
 class StoreSCP:
@@ -315,9 +351,9 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def make_server(
-    settings: Settings, store: StudyStore, spool: Spool, counter: AssociationCounter
+    settings: Settings, store: StudyStore, spool: Spool, load: LoadBoard
 ) -> ListenerServer:
-    """Bind this process's SCP on the shared port (non-blocking; serve in a thread)."""
+    """This process's SCP; feed it accepted connections with ``ListenerServer.take``."""
     _config.STORE_RECV_CHUNKED_DATASET = True
     tempfile.tempdir = str(spool.tmp)  # pynetdicom streams each C-STORE into spool/tmp
     dicom = settings.dicom
@@ -330,10 +366,7 @@ def make_server(
     ae.require_called_aet = False
     scp = StoreSCP(settings, store, spool)
     handlers = scp.handlers()
-    counting = [
-        (evt.EVT_CONN_OPEN, lambda _e: counter.add(1)),
-        (evt.EVT_CONN_CLOSE, lambda _e: counter.add(-1)),
-    ]
+    counting = [(evt.EVT_CONN_CLOSE, lambda _e: load.closed())]
     server = ae.make_server(
         (dicom.listen.host, dicom.listen.port),
         ae_title=ae.ae_title,
@@ -345,6 +378,6 @@ def make_server(
     )
     assert isinstance(server, ListenerServer)
     server.policy = AssociationPolicy.from_settings(dicom)
-    server.active = counter
-    LOG.info("listener process ready", pid=os.getpid(), port=dicom.listen.port)
+    server.load = load
+    LOG.info("listener process ready", pid=os.getpid(), slot=load.slot)
     return server

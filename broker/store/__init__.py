@@ -1,6 +1,6 @@
 """The store: SQLAlchemy on SQLite (default) or PostgreSQL, schema by Alembic."""
 
-from broker.store.engine import make_engine, migrate, writing
+from broker.store.engine import make_engine, writing
 from broker.store.studies import Indexed, StudyStore
 
-__all__ = ["Indexed", "StudyStore", "make_engine", "migrate", "writing"]
+__all__ = ["Indexed", "StudyStore", "make_engine", "writing"]

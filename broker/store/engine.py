@@ -11,15 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from broker.errors import StoreError
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _WRITE_FLAG = "radbridge_write"
 
 
@@ -105,15 +101,3 @@ def writing(engine: Engine) -> Iterator[Connection]:
         conn.info[_WRITE_FLAG] = True
         with conn.begin():
             yield conn
-
-
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision."""
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    try:
-        with writing(engine) as connection:
-            cfg.attributes["connection"] = connection
-            command.upgrade(cfg, "head")
-    except SQLAlchemyError as exc:
-        raise StoreError(f"cannot migrate the store at {engine.url!r}: {exc}") from exc
