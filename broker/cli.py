@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 from dataclasses import asdict
 from pathlib import Path
@@ -42,8 +43,10 @@ ConfigOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
-out = Console()
-err = Console(stderr=True)
+# Piped output keeps long lines (UIDs, FILE:LINE problems) whole instead of
+# wrapping them at rich's default 80 columns.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 250)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _settings(config: Path | None) -> Settings:
