@@ -32,10 +32,15 @@ debian:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-# PostgreSQL on 127.0.0.1:5432 for the store tests; started if it is stopped.
+# PostgreSQL (127.0.0.1:5432) and RabbitMQ (127.0.0.1:5672) for the store and
+# bus tests; each is started if it is stopped.
 services:
 	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
 	@for i in $$(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+	@if command -v rabbitmq-server >/dev/null; then \
+		(echo > /dev/tcp/127.0.0.1/5672) 2>/dev/null || rabbitmq-server -detached; \
+		for i in $$(seq 60); do (echo > /dev/tcp/127.0.0.1/5672) 2>/dev/null && break; sleep 1; done; \
+	fi
 
 lint: venv
 	$(BIN)/ruff check broker adapters routing config tests
