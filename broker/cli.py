@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from broker.cli_routes import app as routes_app
 from broker.domain import Study
 from broker.errors import ConfigError, NotFoundError, RadbridgeError
 from broker.logging import configure_logging, get_logger
@@ -30,6 +31,7 @@ config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
 studies_app = typer.Typer(help="Studies received by radbridge.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(studies_app, name="studies")
+app.add_typer(routes_app, name="routes")
 
 ConfigOption = Annotated[
     Path | None,

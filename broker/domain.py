@@ -103,3 +103,95 @@ class Study:
     stable_at: datetime | None
     stable_seconds: float
     series: tuple[Series, ...] = ()
+
+
+class OrderPriority(enum.StrEnum):
+    """How urgent the ordering clinician says the examination is.
+
+    Accepts its value in any case and the HL7 v2 codes ``S``, ``A`` and ``R``
+    (TQ1-9 / ORC-7.6): ``OrderPriority("stat") is OrderPriority("S") is STAT``.
+    """
+
+    STAT = "STAT"
+    ASAP = "ASAP"
+    ROUTINE = "ROUTINE"
+
+    @classmethod
+    def _missing_(cls, value: object) -> OrderPriority | None:
+        if isinstance(value, str):
+            text = value.strip().upper()
+            text = {"S": "STAT", "A": "ASAP", "R": "ROUTINE"}.get(text, text)
+            return next((m for m in cls if m.value == text), None)
+        return None
+
+
+class OrderStatus(enum.StrEnum):
+    """Where an order is in its life (HL7 v2 ORC-5, FHIR ServiceRequest.status).
+
+    Accepts its value in any case.
+    """
+
+    SCHEDULED = "scheduled"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    ON_HOLD = "on_hold"
+    CANCELLED = "cancelled"
+    DISCONTINUED = "discontinued"
+
+    @classmethod
+    def _missing_(cls, value: object) -> OrderStatus | None:
+        if isinstance(value, str):
+            text = value.strip().lower().replace("-", "_").replace(" ", "_")
+            return next((m for m in cls if m.value == text), None)
+        return None
+
+
+class OrderSource(enum.StrEnum):
+    """The interface an order arrived on."""
+
+    HL7 = "hl7"
+    FHIR = "fhir"
+
+    @classmethod
+    def _missing_(cls, value: object) -> OrderSource | None:
+        if isinstance(value, str):
+            return next((m for m in cls if m.value == value.strip().lower()), None)
+        return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Order:
+    """An imaging order from the RIS/HIS, normalized from HL7 v2 or FHIR.
+
+    Where the orders interface will take each field from (HL7 v2 ORM^O01 /
+    OMI^O23; FHIR ServiceRequest):
+
+    - ``placer_number``: ORC-2 Placer Order Number (ServiceRequest.identifier, type PLAC)
+    - ``filler_number``: ORC-3 Filler Order Number (identifier, type FILL)
+    - ``accession_number``: OBR-18 (IPC-1 in OMI) (identifier, type ACSN);
+      ``issuer`` is its assigning authority
+    - ``procedure_code`` / ``procedure_text``: OBR-44 Procedure Code, else
+      OBR-4 Universal Service Identifier (components 1 and 2) (ServiceRequest.code)
+    - ``modality``: OBR-24 Diagnostic Serv Sect ID (IPC-5 in OMI)
+    - ``priority``: ORC-7.6 (v2.3 to 2.4) or TQ1-9 (v2.5+) (ServiceRequest.priority)
+    - ``department``: the ordering department (site-specific, e.g. ORC-17
+      Entering Organization or PV1-3) (ServiceRequest.requester / locationCode)
+    - ``status``: ORC-5 Order Status, and ORC-1 CA for cancellations (ServiceRequest.status)
+    - ``requested_procedure_id``: IPC-2 in OMI (DICOM Requested Procedure ID)
+    - ``study_uid``: IPC-3 in OMI, or a Z-segment, when the RIS assigns it
+    """
+
+    source: OrderSource
+    placer_number: str | None = None
+    filler_number: str | None = None
+    accession_number: str | None = None
+    issuer: str | None = None
+    patient: Patient = field(default_factory=Patient)
+    procedure_code: str | None = None
+    procedure_text: str | None = None
+    modality: str | None = None
+    priority: OrderPriority = OrderPriority.ROUTINE
+    department: str | None = None
+    status: OrderStatus = OrderStatus.SCHEDULED
+    study_uid: str | None = None
+    requested_procedure_id: str | None = None

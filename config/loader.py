@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from broker.errors import ConfigError
-from config.schema import SECRET_FIELDS, Settings
+from config.schema import SECRET_FIELDS, LocatedErrors, Settings
 
 ENV_PREFIX = "RADBRIDGE_"
 CONFIG_ENV = "RADBRIDGE_CONFIG"
@@ -100,7 +100,7 @@ def _overlay_env(data: dict[str, Any], environ: Mapping[str, str], source: _Sour
             key = next((k for k in node if str(k).lower() == part.lower()), part.lower())
             loc.append(key)
             if i == len(parts) - 1:
-                is_secret = tuple(loc) in SECRET_FIELDS
+                is_secret = _is_secret(tuple(loc))
                 node[key] = raw if is_secret else yaml.safe_load(raw) if raw else raw
             else:
                 child = node.get(key)
@@ -111,13 +111,36 @@ def _overlay_env(data: dict[str, Any], environ: Mapping[str, str], source: _Sour
         source.env[tuple(loc)] = name
 
 
+def _is_secret(loc: Loc) -> bool:
+    """True when ``loc`` is a secret field (``*`` in SECRET_FIELDS matches any key)."""
+    return any(
+        len(loc) == len(path)
+        and all(p in ("*", str(part)) for p, part in zip(path, loc, strict=True))
+        for path in SECRET_FIELDS
+    )
+
+
+def _secret_paths(data: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The secret fields present in ``data``, with ``*`` expanded to the keys there."""
+    paths: list[tuple[str, ...]] = []
+    for pattern in SECRET_FIELDS:
+        found: list[tuple[tuple[str, ...], Any]] = [((), data)]
+        for part in pattern:
+            found = [
+                ((*path, str(key)), value)
+                for path, node in found
+                if isinstance(node, dict)
+                for key, value in node.items()
+                if part in ("*", str(key))
+            ]
+        paths += [path for path, value in found if value is not None]
+    return paths
+
+
 def _reject_yaml_secrets(data: dict[str, Any], source: _Source) -> list[str]:
     problems = []
-    for path in SECRET_FIELDS:
-        node: Any = data
-        for part in path:
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is not None and path not in source.env:
+    for path in _secret_paths(data):
+        if path not in source.env:
             var = ENV_PREFIX + "__".join(p.upper() for p in path)
             problems.append(
                 f"{source.where(path)}: {'.'.join(path)}: secrets are not read from the "
@@ -132,6 +155,8 @@ def _field_annotation(loc: Loc) -> tuple[Any, list[Any]] | None:
     annotation: Any = None
     metadata: list[Any] = []
     for part in loc:
+        if isinstance(part, int) and typing.get_origin(_unwrap_optional(annotation)) is list:
+            continue  # an item of a list: ``model`` is already the item type
         if isinstance(model, type) and issubclass(model, BaseModel):
             field = model.model_fields.get(str(part))
             if field is None:
@@ -144,6 +169,13 @@ def _field_annotation(loc: Loc) -> tuple[Any, list[Any]] | None:
             return None
         model = _unwrap(annotation)
     return annotation, metadata
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else annotation
+    return annotation
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -217,6 +249,13 @@ def _format_errors(exc: ValidationError, source: _Source) -> list[str]:
     problems = []
     for err in exc.errors(include_url=False):
         loc: Loc = tuple(p for p in err["loc"] if not str(p).startswith("function-"))
+        located = err.get("ctx", {}).get("error")
+        if isinstance(located, LocatedErrors):
+            for below, message in located.items:
+                at = (*loc, *below)
+                where, field = source.where(at), ".".join(str(p) for p in at) or "(top level)"
+                problems.append(f"{where}: {field}: {message}")
+            continue
         field = ".".join(str(p) for p in loc) or "(top level)"
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":

@@ -1,0 +1,152 @@
+"""What routing knows about one study, computed once per decision.
+
+:class:`Facts` holds every study-level field as a tuple of candidate values
+(``raw``) and the same with text casefolded (``folded``), so each compiled
+condition is a dictionary lookup and a comparison. :class:`SeriesFacts` does
+the same for each series.
+
+The ``tags`` mapping a caller passes is keyed by DICOM keyword
+(``InstitutionName``), or ``(GGGG,EEEE)`` for tags without one; a value with
+several DICOM values separates them with a backslash, as DICOM does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, tzinfo
+from typing import Any
+
+from broker.domain import Order, Series, Study
+from routing.fields import TAG_PREFIX, WEEKDAYS, Kind
+
+Values = tuple[Any, ...]
+
+
+def _text(*values: str | None) -> tuple[str, ...]:
+    out: list[str] = []
+    for value in values:
+        if value is None:
+            continue
+        text = value.strip()
+        if text and text not in out:
+            out.append(text)
+    return tuple(out)
+
+
+def _num(value: float | None) -> tuple[float, ...]:
+    return () if value is None else (float(value),)
+
+
+def _fold(raw: dict[str, Values]) -> dict[str, Values]:
+    return {
+        key: tuple(v.casefold() if isinstance(v, str) else v for v in values)
+        for key, values in raw.items()
+    }
+
+
+def _date(text: str | None) -> datetime | None:
+    if not text or len(text.strip()) < 8:
+        return None
+    try:
+        return datetime.strptime(text.strip()[:8], "%Y%m%d")
+    except ValueError:
+        return None
+
+
+def patient_age(study: Study, tags: Mapping[str, str]) -> float | None:
+    """Age in years at the study: birth date and study date, else PatientAge (``057Y``)."""
+    born, seen = _date(study.patient.birth_date), _date(study.study_date)
+    if born is not None and seen is not None and seen >= born:
+        return float(seen.year - born.year - ((seen.month, seen.day) < (born.month, born.day)))
+    text = (tags.get("PatientAge") or "").strip().upper()
+    if len(text) >= 2 and text[:-1].isdigit() and text[-1] in "DWMY":
+        per_year = {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[text[-1]]
+        return round(int(text[:-1]) / per_year, 2)
+    return None
+
+
+def tag_values(text: str | None, kind: Kind) -> Values:
+    """A tag's text as candidates: split at backslashes; numbers parsed (bad ones dropped)."""
+    if text is None:
+        return ()
+    parts = _text(*text.split("\\"))
+    if kind is not Kind.NUMBER:
+        return parts
+    numbers: list[float] = []
+    for part in parts:
+        try:
+            numbers.append(float(part))
+        except ValueError:
+            continue
+    return tuple(numbers)
+
+
+class SeriesFacts:
+    """One series' fields as candidate tuples."""
+
+    __slots__ = ("folded", "raw", "series")
+
+    def __init__(self, series: Series) -> None:
+        self.series = series
+        self.raw: dict[str, Values] = {
+            "series.modality": _text(series.modality),
+            "series.body_part": _text(series.body_part),
+            "series.description": _text(series.description),
+            "series.slice_thickness": _num(series.slice_thickness),
+            "series.image_type": _text(*series.image_type),
+            "series.instance_count": (float(series.instance_count),),
+            "series.contrast_agent": _text(series.contrast_agent),
+        }
+        self.folded = _fold(self.raw)
+
+
+class Facts:
+    """Every field of one study, its order and the time, ready for compiled conditions.
+
+    ``now`` without a timezone is taken as UTC; ``time.*`` fields are in ``timezone``.
+    ``tag_kinds`` names the tags the rules read (canonical key → kind).
+    """
+
+    __slots__ = ("folded", "local_time", "order", "raw", "series", "study", "tags")
+
+    def __init__(
+        self,
+        study: Study,
+        order: Order | None,
+        tags: Mapping[str, str],
+        now: datetime,
+        timezone: tzinfo,
+        *,
+        tag_kinds: Mapping[str, Kind] | None = None,
+    ) -> None:
+        self.study = study
+        self.order = order
+        self.tags = tags
+        aware = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
+        self.local_time = aware.astimezone(timezone)
+        self.series = tuple(SeriesFacts(s) for s in study.series)
+        modalities = _text(*study.modalities, *(s.modality for s in study.series))
+        age = patient_age(study, tags)
+        raw: dict[str, Values] = {
+            "modality": modalities,
+            "modalities": modalities,
+            "body_part": _text(*study.body_parts, *(s.body_part for s in study.series)),
+            "study_description": _text(study.description),
+            "accession_number": _text(study.accession_number),
+            "patient_sex": _text(study.patient.sex),
+            "patient_age": _num(age),
+            "instance_count": (float(study.instance_count),),
+            "series_count": (float(len(study.series)),),
+            "calling_ae": _text(study.calling_ae),
+            "called_ae": _text(study.called_ae),
+            "order.procedure_code": _text(order.procedure_code) if order else (),
+            "order.priority": _text(order.priority.value) if order else (),
+            "order.department": _text(order.department) if order else (),
+            "order.modality": _text(order.modality) if order else (),
+            "time.hour": (float(self.local_time.hour),),
+            "time.weekday": (WEEKDAYS[self.local_time.weekday()],),
+        }
+        for key, kind in (tag_kinds or {}).items():
+            raw[key] = tag_values(tags.get(key.removeprefix(TAG_PREFIX)), kind)
+        self.raw = raw
+        self.folded = _fold(raw)

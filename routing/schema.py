@@ -1,0 +1,195 @@
+"""The route language: conditions, series selectors and route specifications.
+
+A ``when:`` mapping from the configuration becomes (by :mod:`routing.parse`)
+a tree of :class:`Leaf`, :class:`Not`, :class:`All` and :class:`AnyOf` nodes.
+
+Condition syntax (keys are fields; a value is a literal or an operator mapping)::
+
+    modality: CT                          # literal: equals (case-insensitive)
+    body_part: [CHEST, LUNG]              # list literal: in
+    study_description: {regex: "lung|thorax"}
+    series.slice_thickness: {gt: 0, lte: 2.5}   # several operators: all must hold
+    tag.InstitutionName: {eq: "North Campus", case_sensitive: true}
+    order.priority: {not: routine}
+    not: {calling_ae: TESTCT}
+    any: [{modality: CT}, {modality: MR}]
+
+Operators: ``eq``, ``in``, ``regex`` (``re.search``, case-insensitive unless
+``case_sensitive: true``), ``lt``/``lte``/``gt``/``gte`` (number fields only),
+``exists`` (true/false), ``not`` (wraps a literal or an operator mapping).
+
+Lists (``modalities``, ``series.image_type``): ``eq: X`` holds when X is in
+the list, ``eq: [X, Y]`` (or the literal ``[X, Y]``) when both are, ``in:
+[...]`` when every element of the (non-empty) list is among those given.
+
+Series: every ``series.*`` condition of a route is tested against one series
+at a time, together: the study matches when at least one series satisfies
+all of them (including those inside ``any``/``all``/``not``) at once.
+``not`` on a series condition therefore reads "a series for which … is not so".
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from routing.fields import FieldSpec, Source
+
+
+class Op(enum.StrEnum):
+    """A comparison operator."""
+
+    EQ = "eq"
+    IN = "in"
+    REGEX = "regex"
+    LT = "lt"
+    LTE = "lte"
+    GT = "gt"
+    GTE = "gte"
+    EXISTS = "exists"
+
+
+COMPARISONS = frozenset({Op.LT, Op.LTE, Op.GT, Op.GTE})
+
+
+class Priority(enum.StrEnum):
+    """How urgently a route's jobs are delivered: ``stat`` overtakes ``routine``."""
+
+    STAT = "stat"
+    URGENT = "urgent"
+    ROUTINE = "routine"
+
+    @property
+    def rank(self) -> int:
+        """0 for stat (most urgent), 2 for routine."""
+        return (Priority.STAT, Priority.URGENT, Priority.ROUTINE).index(self)
+
+
+class OnNoOrder(enum.StrEnum):
+    """What a route with ``require_order`` does once the wait for an order is over."""
+
+    ROUTE_ON_IMAGES = "route_on_images"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """One field compared with one operator.
+
+    ``wanted`` is folded (casefolded text) unless ``case_sensitive``; ``shown``
+    is how a person reads what was wanted (``<= 2.5``, ``one of CHEST, LUNG``).
+    """
+
+    field: FieldSpec
+    op: Op
+    wanted: Any
+    shown: str
+    case_sensitive: bool = False
+    pattern: re.Pattern[str] | None = None
+
+    @property
+    def label(self) -> str:
+        """The field as the configuration wrote it."""
+        return self.field.name
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    inner: Condition
+
+
+@dataclass(frozen=True, slots=True)
+class All:
+    items: tuple[Condition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    items: tuple[Condition, ...]
+
+
+Condition = Leaf | Not | All | AnyOf
+
+
+@dataclass(frozen=True, slots=True)
+class Conditions:
+    """A parsed ``when``: its top-level conditions, all of which must hold."""
+
+    items: tuple[Condition, ...] = ()
+
+
+class SelectorName(enum.StrEnum):
+    """How a route picks the series it sends."""
+
+    ALL = "all"
+    THINNEST_AXIAL = "thinnest_axial"
+    LARGEST = "largest"
+    FIRST = "first"
+    MATCHING = "matching"
+    CONDITIONS = "conditions"
+
+
+NAMED_SELECTORS = tuple(s.value for s in SelectorName if s is not SelectorName.CONDITIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesSelector:
+    """A named selector, or series conditions (``name`` is ``conditions``)."""
+
+    name: SelectorName = SelectorName.ALL
+    conditions: Conditions = Conditions()
+
+
+@dataclass(frozen=True, slots=True)
+class RequireOrder:
+    """Wait up to ``wait_seconds`` for an order before routing."""
+
+    wait_seconds: float
+    then: OnNoOrder = OnNoOrder.ROUTE_ON_IMAGES
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """One route, validated: what routing needs, in the units it uses."""
+
+    name: str
+    when: Conditions
+    send: tuple[str, ...]
+    series: SeriesSelector = SeriesSelector()
+    priority: Priority = Priority.ROUTINE
+    stable_seconds: float | None = None
+    deadline_seconds: float | None = None
+    write_back: tuple[str, ...] = ()
+    exclusive: bool = False
+    fallback: bool = False
+    resend_updates: bool = False
+    require_order: RequireOrder | None = None
+
+
+def leaves(node: Condition | Conditions) -> list[Leaf]:
+    """Every leaf under ``node``."""
+    if isinstance(node, Leaf):
+        return [node]
+    if isinstance(node, Not):
+        return leaves(node.inner)
+    return [leaf for item in node.items for leaf in leaves(item)]
+
+
+def uses(node: Condition, source: Source) -> bool:
+    """True when any leaf under ``node`` reads a field of ``source``."""
+    return any(leaf.field.source is source for leaf in leaves(node))
+
+
+def show_duration(seconds: float) -> str:
+    """``900`` → ``15m``, ``5400`` → ``1h30m``, ``7.5`` → ``7.5s``: how durations are written."""
+    if seconds <= 0 or not float(seconds).is_integer():
+        return f"{seconds:g}s"
+    whole = int(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if whole >= size:
+            parts.append(f"{whole // size}{unit}")
+            whole %= size
+    return "".join(parts)
