@@ -360,3 +360,20 @@ def test_second_service_on_the_same_port_or_spool_refuses_to_start(
     with pytest.raises(RuntimeError, match="in use by another radbridge"):
         same_spool.start()
     assert echoscu(radbridge.port).returncode == 0
+
+
+def test_associations_leave_no_open_file_descriptors(radbridge: Radbridge) -> None:
+    """Forty associations later the listener processes hold no more descriptors than before."""
+    assert radbridge.process is not None
+    listeners = [
+        p
+        for p in psutil.Process(radbridge.process.pid).children(recursive=True)
+        if "multiprocessing" in " ".join(p.cmdline())
+    ]
+    echoscu(radbridge.port)
+    time.sleep(0.5)
+    before = sum(p.num_fds() for p in listeners)
+    for _ in range(40):
+        echoscu(radbridge.port)
+    time.sleep(0.5)
+    assert sum(p.num_fds() for p in listeners) <= before

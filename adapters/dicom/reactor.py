@@ -73,9 +73,14 @@ class EventDrivenDUL(DULServiceProvider):
         super().kill_dul()
         self._wake()
 
-    def run_reactor(self) -> None:
+    def run(self) -> None:
+        """The thread body: pynetdicom's reactor, then the wake-up pipe is closed.
+
+        ``Thread.run`` would call the target bound before ``install`` changed
+        the class, so the cleanup must live here.
+        """
         try:
-            super().run_reactor()
+            self.run_reactor()
         finally:
             for fd in (self._wake_r, self._wake_w):
                 with contextlib.suppress(OSError):
@@ -128,12 +133,17 @@ class EventDrivenAssociation(Association):
                 return
 
 
-def install(assoc: Association) -> None:
-    """Make a freshly created (not yet started) acceptor association event-driven."""
-    assoc.__class__ = EventDrivenAssociation
+def event_driven_dul(assoc: Association) -> None:
+    """Make the DUL of a freshly created (not yet started) association event-driven."""
     dul = assoc.dul
     dul.__class__ = EventDrivenDUL
     cast(EventDrivenDUL, dul).prepare()
 
 
-__all__ = ["EventDrivenAssociation", "EventDrivenDUL", "install"]
+def install(assoc: Association) -> None:
+    """Make a freshly created (not yet started) acceptor association event-driven."""
+    assoc.__class__ = EventDrivenAssociation
+    event_driven_dul(assoc)
+
+
+__all__ = ["EventDrivenAssociation", "EventDrivenDUL", "event_driven_dul", "install"]

@@ -1,6 +1,16 @@
 """The store: SQLAlchemy on SQLite (default) or PostgreSQL, schema by Alembic."""
 
 from broker.store.engine import make_engine, writing
+from broker.store.jobs import Created, JobChangedError, JobStore, instance_paths
 from broker.store.studies import Indexed, StudyStore
 
-__all__ = ["Indexed", "StudyStore", "make_engine", "writing"]
+__all__ = [
+    "Created",
+    "Indexed",
+    "JobChangedError",
+    "JobStore",
+    "StudyStore",
+    "instance_paths",
+    "make_engine",
+    "writing",
+]

@@ -11,6 +11,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Float,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 
 
@@ -117,4 +119,40 @@ instances = Table(
     Column("peer_address", String(64), nullable=False),
     Column("received_at", UTCDateTime, nullable=False),
     Column("receive_count", Integer, nullable=False, default=1),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("study_uid", UID, nullable=False),
+    Column("vendor", String(64), nullable=False),
+    Column("route", String(128), nullable=False),
+    Column("priority", String(16), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("series_uids", Text, nullable=False),
+    Column("deadline_at", UTCDateTime),
+    Column("next_attempt_at", UTCDateTime),
+    Column("last_error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("study_revision", Integer, nullable=False),
+    UniqueConstraint("study_uid", "vendor"),
+    Index(None, "state", "next_attempt_at"),
+    Index(None, "vendor", "state"),
+)
+
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Integer, ForeignKey("jobs.id", name="fk_job_events_job_id"), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("from_state", String(20)),
+    Column("to_state", String(20), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("error", Text),
+    Index(None, "job_id", "id"),
 )

@@ -1,0 +1,171 @@
+"""Jobs: one per study and vendor product, their states, the allowed transitions, and backoff.
+
+Pure: no I/O. The store (``broker.store.jobs``) persists jobs and checks every
+transition against :data:`TRANSITIONS` before it writes one.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from broker.errors import RadbridgeError
+
+
+class JobStateError(RadbridgeError):
+    """A job was asked to move to a state its current state cannot reach."""
+
+
+class JobState(enum.StrEnum):
+    """Where a job is; see DESIGN.md. Accepts its value in any case."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    AWAITING_RESULT = "awaiting_result"
+    RESULT_RECEIVED = "result_received"
+    WRITING_BACK = "writing_back"
+    DONE = "done"
+    FAILED = "failed"
+    """The last attempt failed; the job will be retried after its backoff."""
+    DEAD = "dead"
+    """Retries exhausted, or an error no retry can fix; an operator can retry."""
+    CANCELLED = "cancelled"
+
+    @classmethod
+    def _missing_(cls, value: object) -> JobState | None:
+        if isinstance(value, str):
+            text = value.strip().lower().replace("-", "_")
+            return next((m for m in cls if m.value == text), None)
+        return None
+
+
+S = JobState
+
+#: Every allowed transition: a state maps to the states it may move to.
+TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
+    S.PENDING: frozenset({S.SENDING, S.CANCELLED}),
+    S.SENDING: frozenset({S.SENT, S.FAILED, S.DEAD, S.CANCELLED}),
+    S.SENT: frozenset({S.AWAITING_RESULT, S.CANCELLED}),
+    S.AWAITING_RESULT: frozenset({S.RESULT_RECEIVED, S.DEAD, S.CANCELLED}),
+    S.RESULT_RECEIVED: frozenset({S.WRITING_BACK, S.CANCELLED}),
+    S.WRITING_BACK: frozenset({S.DONE, S.DEAD}),
+    S.FAILED: frozenset({S.PENDING, S.SENDING, S.DEAD, S.CANCELLED}),
+    S.DEAD: frozenset({S.PENDING, S.CANCELLED}),
+    S.DONE: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+
+#: States a worker may claim a job from (to start an attempt).
+CLAIMABLE: frozenset[JobState] = frozenset({S.PENDING, S.FAILED})
+#: States an operator's retry starts over from.
+RETRYABLE: frozenset[JobState] = frozenset({S.DEAD, S.FAILED})
+#: States that still need the bus: re-enqueued after a restart.
+UNFINISHED: frozenset[JobState] = frozenset({S.PENDING, S.SENDING, S.FAILED})
+#: States nothing moves a job out of.
+FINAL: frozenset[JobState] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+
+
+def check_transition(from_state: JobState, to_state: JobState) -> None:
+    """Raise :class:`JobStateError` unless ``from_state → to_state`` is allowed."""
+    allowed = TRANSITIONS[from_state]
+    if to_state not in allowed:
+        valid = ", ".join(sorted(allowed)) or "none: it is final"
+        raise JobStateError(
+            f"a job cannot go from {from_state} to {to_state}; valid from {from_state}: {valid}"
+        )
+
+
+class JobPriority(enum.StrEnum):
+    """How urgently a route wants its jobs delivered. Accepts its value in any case."""
+
+    STAT = "stat"
+    URGENT = "urgent"
+    ROUTINE = "routine"
+
+    @classmethod
+    def _missing_(cls, value: object) -> JobPriority | None:
+        if isinstance(value, str):
+            return next((m for m in cls if m.value == value.strip().lower()), None)
+        return None
+
+    @property
+    def bus_priority(self) -> int:
+        """The message priority on the bus (0 to 9; higher goes first)."""
+        return _BUS_PRIORITY[self]
+
+
+_BUS_PRIORITY = {JobPriority.STAT: 9, JobPriority.URGENT: 5, JobPriority.ROUTINE: 0}
+
+
+def backoff(
+    attempt: int,
+    base: float,
+    cap: float,
+    jitter: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """Seconds to wait before the attempt after ``attempt``: exponential, full jitter.
+
+    The ceiling is ``min(cap, base * 2 ** (attempt - 1))``; the wait is drawn
+    uniformly between 0 and that ceiling (``jitter`` is ``random.uniform``
+    unless a test injects another).
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt is {attempt}; valid: 1 or more")
+    if base < 0 or cap < 0:
+        raise ValueError(f"base {base} and cap {cap} must not be negative")
+    ceiling = min(cap, base * 2.0 ** min(attempt - 1, 62))
+    return float(jitter(0.0, ceiling))
+
+
+def retry_at(
+    now: datetime,
+    attempt: int,
+    base: float,
+    cap: float,
+    jitter: Callable[[float, float], float] = random.uniform,
+) -> datetime:
+    """When the attempt after ``attempt`` may start (see :func:`backoff`)."""
+    return now + timedelta(seconds=backoff(attempt, base, cap, jitter))
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One study and vendor product to deliver, as the store holds it."""
+
+    id: int
+    study_uid: str
+    vendor: str
+    route: str
+    priority: JobPriority
+    state: JobState
+    attempts: int
+    max_attempts: int
+    series_uids: tuple[str, ...]
+    """The series to send; empty means every series of the study."""
+    deadline_at: datetime | None
+    next_attempt_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    study_revision: int
+
+    @property
+    def exhausted(self) -> bool:
+        """No attempt is left: a failure now makes the job dead."""
+        return self.attempts >= self.max_attempts
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One transition in a job's history."""
+
+    job_id: int
+    at: datetime
+    from_state: JobState | None
+    to_state: JobState
+    attempt: int
+    error: str | None

@@ -1,0 +1,48 @@
+"""Empty stores for tests: a fresh SQLite file, or a PostgreSQL schema of one's own.
+
+PostgreSQL runs on 127.0.0.1:5432 with trust authentication and a database
+``test``; each store gets a new schema, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from broker.store import make_engine
+from broker.store.migrate import migrate
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+#: Parametrize a fixture with this to run on both databases.
+DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@contextmanager
+def empty_database(kind: str, folder: Path) -> Iterator[Engine]:
+    """A migrated, empty store of ``kind`` (``sqlite`` or ``postgresql``)."""
+    if kind == "sqlite":
+        eng = make_engine(f"sqlite:///{folder / 'store' / 'radbridge.db'}")
+        try:
+            migrate(eng)
+            yield eng
+        finally:
+            eng.dispose()
+        return
+    schema = f"t_{uuid.uuid4().hex}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    eng = make_engine(f"{PG_URL}?options=-csearch_path%3D{schema}")
+    try:
+        migrate(eng)
+        yield eng
+    finally:
+        eng.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

@@ -1,0 +1,313 @@
+"""Delivery end to end with real peers: store → bus → worker → dcmtk storescp.
+
+Every test runs twice: on the embedded default (kombu's in-process transport
+with SQLite) and scaled out (RabbitMQ on 127.0.0.1:5672 with PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.filereader import read_file_meta_info
+from sqlalchemy import Engine
+
+from adapters.dicom.mapping import instance_record_from_spooled_file
+from adapters.dicom.synthetic import generate_study
+from adapters.vendors import transport_for
+from broker.bus import Bus
+from broker.delivery import DeliveryWorker, Dispatcher, JobRequest, VendorSpec
+from broker.jobs import Job, JobPriority, JobState
+from broker.spool import Spool
+from broker.store import JobStore, StudyStore
+from tests.databases import empty_database
+from tests.peers import LOOPBACK, StoreSCP, dataset_bytes, free_port
+
+S = JobState
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(("memory://", "sqlite"), id="memory-sqlite"),
+        pytest.param(
+            (RABBITMQ, "postgresql"),
+            id="rabbitmq-postgresql",
+            marks=[pytest.mark.rabbitmq, pytest.mark.postgres],
+        ),
+    ]
+)
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """A store, a spool and a bus with queues of this test's own; all removed afterwards."""
+    url, database = request.param
+    with empty_database(database, tmp_path) as engine:
+        bus = Bus(url, prefix=f"rbtest-{uuid.uuid4().hex[:12]}")
+        s = Stack(engine=engine, bus=bus, spool=Spool(tmp_path / "spool"), tmp=tmp_path)
+        s.spool.prepare()
+        try:
+            yield s
+        finally:
+            s.close()
+
+
+@dataclass
+class Stack:
+    engine: Engine
+    bus: Bus
+    spool: Spool
+    tmp: Path
+    vendors: dict[str, VendorSpec] = field(default_factory=dict)
+    workers: list[DeliveryWorker] = field(default_factory=list)
+    peers: list[StoreSCP] = field(default_factory=list)
+    stops: list[tuple[threading.Event, threading.Thread]] = field(default_factory=list)
+
+    @property
+    def jobs(self) -> JobStore:
+        return JobStore(self.engine)
+
+    def study(self, kind: Any = "ct_chest", **options: Any) -> tuple[str, list[Path]]:
+        """Generate a study, place it in the spool and index it; its UID and spooled files."""
+        out = self.tmp / f"gen-{uuid.uuid4().hex[:8]}"
+        studies = StudyStore(self.engine)
+        placed = []
+        for path in generate_study(kind, out, study_uid=_uid(), **options):
+            meta = read_file_meta_info(path)
+            record = instance_record_from_spooled_file(path)
+            final = self.spool.path_for(
+                record.study_uid, record.series_uid, str(meta.MediaStorageSOPInstanceUID)
+            )
+            final.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(path, final)
+            studies.record_instance(instance_record_from_spooled_file(final), 0.0)
+            placed.append(final)
+        return record.study_uid, placed
+
+    def vendor(self, name: str, port: int, **spec: Any) -> VendorSpec:
+        params = {"ae_title": name.upper(), "host": LOOPBACK, "port": port, "timeout": 10}
+        self.vendors[name] = VendorSpec(name=name, transport="dicom", params=params, **spec)
+        return self.vendors[name]
+
+    def storescp(self, name: str, port: int | None = None, *extra_args: str) -> StoreSCP:
+        folder = self.tmp / f"scp-{name}-{uuid.uuid4().hex[:6]}"
+        scp = StoreSCP(folder, ae_title=name.upper(), extra_args=extra_args)
+        if port is not None:
+            scp.port = port
+        self.peers.append(scp.start())
+        return scp
+
+    def dispatcher(self) -> Dispatcher:
+        return Dispatcher(self.jobs, self.bus, self.vendors)
+
+    def worker(self, **options: Any) -> DeliveryWorker:
+        transports = {
+            name: transport_for(spec.transport).from_params(name, spec.params)
+            for name, spec in self.vendors.items()
+        }
+        worker = DeliveryWorker(self.engine, self.bus, self.vendors, transports, **options)
+        self.workers.append(worker.start())
+        return worker
+
+    def run_dispatcher(self, dispatcher: Dispatcher) -> None:
+        """Run the retry loop in the background (stopped at the end of the test)."""
+        stop = threading.Event()
+        thread = threading.Thread(target=dispatcher.run, args=(stop, 0.05), daemon=True)
+        thread.start()
+        self.stops.append((stop, thread))
+
+    def close(self) -> None:
+        for stop, thread in self.stops:
+            stop.set()
+            thread.join(10)
+        for worker in self.workers:
+            worker.stop(30)
+        for scp in self.peers:
+            scp.stop()
+        try:
+            self.bus.delete(self.vendors)
+        finally:
+            self.bus.close()
+
+
+_counter = iter(range(1, 1_000_000))
+
+
+def _uid() -> str:
+    return f"1.2.826.0.1.3680043.10.511.9.{uuid.uuid4().int % 10**12}.{next(_counter)}"
+
+
+def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def wait_state(jobs: JobStore, job_id: int, state: JobState, timeout: float = 20.0) -> Job:
+    wait_for(f"job {job_id} to be {state}", lambda: jobs.get(job_id).state is state, timeout)
+    return jobs.get(job_id)
+
+
+def assert_same_datasets(sent: list[Path], received: list[Path]) -> None:
+    """The vendor holds exactly the sent datasets, byte for byte."""
+    want = sorted(dataset_bytes(p) for p in sent)
+    got = sorted(dataset_bytes(p) for p in received)
+    assert len(got) == len(want)
+    assert got == want
+
+
+def test_study_arrives_byte_for_byte(stack: Stack) -> None:
+    """A job's study reaches the vendor's storescp intact; the job waits for the result."""
+    scp = stack.storescp("lungai")
+    stack.vendor("lungai", scp.port)
+    study_uid, files = stack.study("ct_chest", instances=6, rows=64, columns=64)
+    stack.worker()
+    [created] = stack.dispatcher().dispatch([JobRequest(study_uid, "lungai", route="chest-ct")])
+    job = wait_state(stack.jobs, created.job.id, S.AWAITING_RESULT)
+    assert job.attempts == 1
+    assert_same_datasets(files, scp.files())
+    assert [str(e.to_state) for e in stack.jobs.history(job.id)] == [
+        "pending",
+        "sending",
+        "sent",
+        "awaiting_result",
+    ]
+
+
+def test_only_the_selected_series_are_sent(stack: Stack) -> None:
+    """A job naming series sends only their instances."""
+    scp = stack.storescp("neuro")
+    stack.vendor("neuro", scp.port)
+    study_uid, files = stack.study("mr_brain", instances=2, rows=32, columns=32)
+    series = sorted({p.parent.name for p in files})
+    assert len(series) == 4
+    stack.worker()
+    request = JobRequest(study_uid, "neuro", route="mr", series_uids=(series[1],))
+    [created] = stack.dispatcher().dispatch([request])
+    wait_state(stack.jobs, created.job.id, S.AWAITING_RESULT)
+    assert_same_datasets([p for p in files if p.parent.name == series[1]], scp.files())
+
+
+def test_vendor_down_retries_with_backoff_then_dead_then_operator_retry(stack: Stack) -> None:
+    """A vendor that is down: backoff retries, dead after max_attempts, delivered after retry."""
+    port = free_port()  # nothing listens here yet
+    stack.vendor("lungai", port, max_attempts=3, backoff_base=0.2, backoff_cap=1.0)
+    study_uid, files = stack.study("ct_chest", instances=3, rows=32, columns=32)
+    dispatcher = stack.dispatcher()
+    stack.run_dispatcher(dispatcher)
+    stack.worker(jitter=lambda low, high: high)  # the longest wait the backoff allows
+    [created] = dispatcher.dispatch([JobRequest(study_uid, "lungai", route="chest-ct")])
+    dead = wait_state(stack.jobs, created.job.id, S.DEAD)
+    assert dead.attempts == 3
+    assert "no association" in (dead.last_error or "")
+    history = stack.jobs.history(dead.id)
+    assert [(str(e.to_state), e.attempt) for e in history] == [
+        ("pending", 0),
+        ("sending", 1),
+        ("failed", 1),
+        ("pending", 1),
+        ("sending", 2),
+        ("failed", 2),
+        ("pending", 2),
+        ("sending", 3),
+        ("dead", 3),
+    ]
+    assert all("DicomPushError" in (e.error or "") for e in history if e.to_state is S.FAILED)
+    failed_at = [e.at for e in history if e.to_state is S.FAILED]
+    requeued_at = [e.at for e in history[3:] if e.to_state is S.PENDING]
+    waits = [(b - a).total_seconds() for a, b in zip(failed_at, requeued_at, strict=True)]
+    assert 0.2 <= waits[0] < 1.5 and 0.4 <= waits[1] < 2.0  # base 0.2 s, doubling
+
+    scp = stack.storescp("lungai", port=port)  # the vendor comes back
+    retried = dispatcher.retry(dead.id)
+    assert (retried.state, retried.attempts) == (S.PENDING, 0)
+    job = wait_state(stack.jobs, dead.id, S.AWAITING_RESULT)
+    assert job.attempts == 1
+    assert_same_datasets(files, scp.files())
+
+
+def test_stat_job_overtakes_waiting_routine_jobs(stack: Stack) -> None:
+    """Concurrency 1: a stat job published after routine ones goes before those still queued."""
+    scp = stack.storescp("ichai", None, "--sleep-after", "1")  # each job takes 1 s
+    stack.vendor("ichai", scp.port, concurrency=1)
+    studies = [stack.study("ct_head", instances=1, rows=32, columns=32)[0] for _ in range(5)]
+    dispatcher = stack.dispatcher()
+    stack.worker()
+    [first] = dispatcher.dispatch([JobRequest(studies[0], "ichai", route="head")])
+    wait_state(stack.jobs, first.job.id, S.SENDING)
+    routine = [JobRequest(uid, "ichai", route="head") for uid in studies[1:4]]
+    stat = JobRequest(studies[4], "ichai", route="head-bleed", priority=JobPriority.STAT)
+    ids = [first.job.id, *(c.job.id for c in dispatcher.dispatch([*routine, stat]))]
+    for job_id in ids:
+        wait_state(stack.jobs, job_id, S.AWAITING_RESULT)
+    claims = sorted(
+        (e.at, job_id)
+        for job_id in ids
+        for e in stack.jobs.history(job_id)
+        if e.to_state is S.SENDING
+    )
+    assert [job_id for _, job_id in claims] == [ids[0], ids[4], *ids[1:4]]
+    assert len(scp.files()) == 5
+
+
+def test_vendor_that_aborts_the_association(stack: Stack) -> None:
+    """A vendor aborting mid-association fails the attempt; with one attempt the job is dead."""
+    scp = stack.storescp("flaky", None, "--abort-after")
+    stack.vendor("flaky", scp.port, max_attempts=1)
+    study_uid, _ = stack.study("ct_head", instances=2, rows=32, columns=32)
+    stack.worker()
+    [created] = stack.dispatcher().dispatch([JobRequest(study_uid, "flaky", route="head")])
+    dead = wait_state(stack.jobs, created.job.id, S.DEAD)
+    assert dead.attempts == 1
+    assert "no C-STORE response" in (dead.last_error or "")
+
+
+def test_duplicate_message_does_not_deliver_twice(stack: Stack) -> None:
+    """Extra queue messages for a job (redelivery, re-publish at start) are dropped by the claim."""
+    scp = stack.storescp("lungai")
+    stack.vendor("lungai", scp.port, concurrency=2)
+    study_uid, files = stack.study("ct_chest", instances=4, rows=32, columns=32)
+    [created] = stack.dispatcher().dispatch([JobRequest(study_uid, "lungai", route="chest-ct")])
+    job_id = created.job.id
+    for _ in range(2):
+        stack.bus.publish("lungai", job_id, 1, 0)
+    assert stack.bus.depth("lungai") == 3
+    worker = stack.worker()
+    wait_state(stack.jobs, job_id, S.AWAITING_RESULT)
+    wait_for("the queue to drain", lambda: stack.bus.depth("lungai") == 0)
+    worker.stop(30)
+    assert_same_datasets(files, scp.files())
+    sends = [e for e in stack.jobs.history(job_id) if e.to_state is S.SENDING]
+    assert len(sends) == 1
+
+
+def test_restart_resumes_a_job_interrupted_while_sending(stack: Stack) -> None:
+    """A job left in sending by a crash is retried after the restart; the history shows both."""
+    scp = stack.storescp("lungai")
+    stack.vendor("lungai", scp.port)
+    study_uid, files = stack.study("ct_chest", instances=3, rows=32, columns=32)
+    jobs = stack.jobs
+    job = jobs.create(study_uid, "lungai", route="chest-ct").job
+    assert jobs.claim(job.id) is not None  # the process dies here, mid-send
+    dispatcher = stack.dispatcher()  # the restart
+    assert dispatcher.start() == 1
+    stack.worker()
+    done = wait_state(jobs, job.id, S.AWAITING_RESULT)
+    assert done.attempts == 2
+    assert_same_datasets(files, scp.files())
+    assert [str(e.to_state) for e in jobs.history(job.id)] == [
+        "pending",
+        "sending",
+        "failed",
+        "pending",
+        "sending",
+        "sent",
+        "awaiting_result",
+    ]

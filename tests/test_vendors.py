@@ -1,0 +1,125 @@
+"""Vendor transports: the registry, settings validation, and DICOM push against real storescp."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from adapters.dicom.synthetic import encoding_variants, generate_study
+from adapters.vendors import names, register, transport_for
+from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
+from adapters.vendors.dicom import DicomPushError, DicomTransport
+from broker.errors import ConfigError, VendorError
+from broker.jobs import Job, JobPriority, JobState
+from broker.vendor import is_retryable
+from tests.peers import LOOPBACK, StoreSCP, dataset_bytes, free_port
+
+NOW = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
+JOB = Job(
+    id=1,
+    study_uid="1.2.3",
+    vendor="lungai",
+    route="r",
+    priority=JobPriority.ROUTINE,
+    state=JobState.SENDING,
+    attempts=1,
+    max_attempts=3,
+    series_uids=(),
+    deadline_at=None,
+    next_attempt_at=None,
+    last_error=None,
+    created_at=NOW,
+    updated_at=NOW,
+    study_revision=1,
+)
+
+
+@pytest.fixture
+def scp(tmp_path: Path) -> Iterator[StoreSCP]:
+    """A dcmtk storescp accepting every transfer syntax and keeping what it gets bit for bit."""
+    with StoreSCP(tmp_path / "received", ae_title="VENDOR") as peer:
+        yield peer
+
+
+def _transport(port: int, **params: object) -> DicomTransport:
+    settings = {"ae_title": "VENDOR", "host": LOOPBACK, "port": port, "timeout": 10, **params}
+    return DicomTransport.from_params("lungai", settings)
+
+
+def test_unknown_transport_suggests_the_closest_name() -> None:
+    """A typo names the closest transport; a planned one says it is not built yet."""
+    with pytest.raises(
+        VendorError, match="no such vendor transport 'dicomweb2'; did you mean 'dicomweb'"
+    ):
+        transport_for("dicomweb2")
+    with pytest.raises(VendorError, match="'http' is not built yet; valid: dicom"):
+        transport_for("http")
+    assert transport_for("dicom") is DicomTransport
+    assert "dicom" in names()
+
+
+def test_register_refuses_a_second_class_for_a_name() -> None:
+    """Two different classes cannot claim one transport name."""
+    with pytest.raises(VendorError, match="registered twice"):
+
+        @register("dicom")
+        class Other:
+            pass
+
+
+def test_settings_are_validated_with_the_field_named() -> None:
+    """Bad transport settings fail at load, naming the vendor, the field and what is valid."""
+    with pytest.raises(ConfigError) as err:
+        DicomTransport.from_params("lungai", {"ae_title": "A" * 17, "port": 0, "colour": 1})
+    text = "\n".join(err.value.problems)
+    assert "vendors.lungai.transport.ae_title: String should have at most 16 characters" in text
+    assert "vendors.lungai.transport.host: Field required" in text
+    assert "vendors.lungai.transport.port: Input should be greater than or equal to 1" in text
+    assert "vendors.lungai.transport.colour: Extra inputs are not permitted" in text
+    transport = _transport(104)
+    assert transport.settings.calling_ae == "RADBRIDGE" and transport.settings.timeout == 10
+
+
+def test_every_encoding_arrives_byte_for_byte(scp: StoreSCP, tmp_path: Path) -> None:
+    """Compressed, big endian, deflated, multi-frame and undefined-length files go as stored."""
+    files = [v.path for v in encoding_variants(tmp_path / "variants")]
+    outcome = _transport(scp.port).send(JOB, files)
+    assert outcome.instances == len(files)
+    assert outcome.bytes == sum(p.stat().st_size for p in files)
+    received = scp.files()
+    assert sorted(dataset_bytes(p) for p in received) == sorted(dataset_bytes(p) for p in files)
+
+
+def test_refused_presentation_context_fails_before_sending(tmp_path: Path) -> None:
+    """A vendor accepting only uncompressed syntaxes gets nothing; the error names the refusal."""
+    variants = {v.name: v.path for v in encoding_variants(tmp_path / "variants")}
+    files = [variants["implicit_vr_le"], variants["jpeg2000_lossless"]]
+    with StoreSCP(tmp_path / "received", ae_title="VENDOR", extra_args=["+x="]) as peer:
+        transport = _transport(peer.port)
+        with pytest.raises(DicomPushError, match=r"refused 1 presentation context") as err:
+            transport.send(JOB, files)
+        assert peer.files() == []
+    assert is_retryable(transport, err.value)
+
+
+def test_unreadable_file_is_not_retryable(scp: StoreSCP, tmp_path: Path) -> None:
+    """A spool file that is not DICOM makes the job dead, not retried."""
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"not dicom")
+    transport = _transport(scp.port)
+    with pytest.raises(VendorRejectedError) as err:
+        transport.send(JOB, [bad])
+    assert not is_retryable(transport, err.value)
+    assert not isinstance(err.value, VendorUnavailableError)
+
+
+def test_vendor_down_is_a_retryable_failure(tmp_path: Path) -> None:
+    """A study sent to a port where nothing listens raises a retryable error naming the peer."""
+    files = generate_study("ct_head", tmp_path / "s", instances=1, rows=16, columns=16)
+    transport = _transport(free_port())
+    with pytest.raises(DicomPushError, match=r"no association with VENDOR at 127\.0\.0\.1") as err:
+        transport.send(JOB, files)
+    assert is_retryable(transport, err.value)
