@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from broker.bus import Bus
+from broker.cli_common import ConfigOption, JsonOption, err, out, settings_or_exit
+from broker.cli_jobs import app as jobs_app
 from broker.cli_routes import app as routes_app
 from broker.domain import Study
-from broker.errors import ConfigError, NotFoundError, RadbridgeError
+from broker.errors import NotFoundError, RadbridgeError
 from broker.logging import configure_logging, get_logger
+from broker.pipeline import make_delivery
 from broker.service import Service
 from broker.store import StudyStore, make_engine
 from broker.store.migrate import migrate
-from config.loader import load_settings
+from config.loader import config_path
 from config.schema import Settings
 
 app = typer.Typer(
@@ -32,32 +34,7 @@ studies_app = typer.Typer(help="Studies received by radbridge.", no_args_is_help
 app.add_typer(config_app, name="config")
 app.add_typer(studies_app, name="studies")
 app.add_typer(routes_app, name="routes")
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "-c",
-        "--config",
-        envvar="RADBRIDGE_CONFIG",
-        help="Configuration file (YAML).",
-        show_default=False,
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-# Piped output keeps long lines (UIDs, FILE:LINE problems) whole instead of
-# wrapping them at rich's default 80 columns.
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 250)
-err = Console(stderr=True, soft_wrap=True)
-
-
-def _settings(config: Path | None) -> Settings:
-    try:
-        return load_settings(config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            err.print(problem, markup=False, highlight=False)
-        raise typer.Exit(2) from exc
+app.add_typer(jobs_app, name="jobs")
 
 
 def _store(settings: Settings) -> StudyStore:
@@ -68,16 +45,16 @@ def _store(settings: Settings) -> StudyStore:
 
 @app.command()
 def serve(config: ConfigOption = None) -> None:
-    """Run the service: DICOM listener and study stable timer, until Ctrl-C or SIGTERM."""
-
-    settings = _settings(config)
+    """Run the service: DICOM listener, stable timer, routing and delivery, until Ctrl-C."""
+    settings = settings_or_exit(config)
     configure_logging(settings.logging.level, settings.logging.format, settings.logging.phi)
     log = get_logger("radbridge.cli")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    service = Service(settings)
     try:
+        service = Service(settings, config_path=config_path(config))
+        signal.signal(signal.SIGHUP, lambda *_: service.hup.set())
         service.start()
     except RadbridgeError as exc:
         log.error("radbridge cannot start", error=str(exc))
@@ -93,6 +70,37 @@ def serve(config: ConfigOption = None) -> None:
     service.stop()
 
 
+@app.command()
+def worker(config: ConfigOption = None) -> None:
+    """Deliver jobs from a shared bus (RabbitMQ) to the vendors, until Ctrl-C or SIGTERM."""
+    settings = settings_or_exit(config)
+    configure_logging(settings.logging.level, settings.logging.format, settings.logging.phi)
+    log = get_logger("radbridge.cli")
+    if settings.bus.url.startswith("memory"):
+        err.print(
+            "radbridge worker needs a shared bus: set bus.url to amqp://… "
+            "(with memory:// the service delivers itself)"
+        )
+        raise typer.Exit(2)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    engine = make_engine(settings.database_url())
+    migrate(engine)
+    bus = Bus(settings.bus.url, prefix=settings.bus.prefix)
+    try:
+        _dispatcher, delivery = make_delivery(settings, engine, bus)
+        delivery.start()
+    except RadbridgeError as exc:
+        log.error("radbridge worker cannot start", error=str(exc))
+        raise typer.Exit(1) from exc
+    log.info("radbridge worker started", vendors=sorted(settings.vendors))
+    stop.wait()
+    delivery.stop(timeout=30)
+    bus.close()
+    engine.dispose()
+
+
 @config_app.command("check")
 def config_check(
     file: Annotated[
@@ -101,7 +109,7 @@ def config_check(
     config: ConfigOption = None,
 ) -> None:
     """Validate a configuration file: prints OK, or every problem with FILE:LINE."""
-    settings = _settings(file or config)
+    settings = settings_or_exit(file or config)
     out.print(f"OK: {file or config} (site {settings.site.name!r})", highlight=False)
 
 
@@ -128,7 +136,7 @@ def studies_list(
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
 ) -> None:
     """Studies in the store, newest first."""
-    studies = _store(_settings(config)).list_studies(limit=limit)
+    studies = _store(settings_or_exit(config)).list_studies(limit=limit)
     if as_json:
         print(json.dumps([_study_json(s, with_series=False) for s in studies], indent=2))
         return
@@ -164,7 +172,7 @@ def studies_show(
 ) -> None:
     """One study: patient, accession, series with instance counts, state and times."""
     try:
-        study = _store(_settings(config)).get_study(study_uid)
+        study = _store(settings_or_exit(config)).get_study(study_uid)
     except NotFoundError as exc:
         err.print(str(exc), highlight=False)
         raise typer.Exit(1) from exc

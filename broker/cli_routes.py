@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,14 +25,13 @@ from typing import Annotated, Any
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
-from adapters.dicom.mapping import instance_record_from_spooled_file
-from adapters.dicom.study import group_by_study, study_from_records, tags_from_study
-from broker.domain import InstanceRecord, Study
-from broker.errors import ConfigError, DicomError, RadbridgeError, StoreError
+from broker.cli_common import ConfigOption, registered, settings_or_exit
+from broker.domain import Study
+from broker.errors import DicomError, RadbridgeError, StoreError
 from broker.store import StudyStore, make_engine
-from config.loader import load_settings
 from config.schema import Settings, routing_rules
 from routing import Outcome, RuleSet, explain, to_json, to_text
+from routing.facts import study_tags
 
 EXIT_UNROUTED = 3
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
@@ -44,48 +44,17 @@ def routes() -> None:
     """Routing rules: what would happen to a study."""
 
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "-c",
-        "--config",
-        envvar="RADBRIDGE_CONFIG",
-        help="Configuration file (YAML).",
-        show_default=False,
-    ),
-]
-
-
 def _fail(message: str, code: int = 1) -> typer.Exit:
     typer.echo(message, err=True)
     return typer.Exit(code)
 
 
-def _settings(config: Path | None) -> Settings:
-    try:
-        return load_settings(config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            typer.echo(problem, err=True)
-        raise typer.Exit(2) from exc
-
-
-def _files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
 def studies_from_path(path: Path) -> tuple[list[tuple[Study, dict[str, str]]], int]:
     """The studies in a DICOM file or folder, and how many files were not DICOM."""
-    records: list[InstanceRecord] = []
-    skipped = 0
-    for file in _files(path):
-        try:
-            records.append(instance_record_from_spooled_file(file))
-        except DicomError:
-            skipped += 1
-    return [study_from_records(group) for group in group_by_study(records).values()], skipped
+    read: Callable[[Path], tuple[list[tuple[Study, dict[str, str]]], int]] = registered(
+        "study_reader"
+    )
+    return read(path)
 
 
 def _study_from_store(settings: Settings, study_uid: str) -> tuple[Study, dict[str, str]]:
@@ -95,7 +64,7 @@ def _study_from_store(settings: Settings, study_uid: str) -> tuple[Study, dict[s
         raise _fail(str(exc)) from exc
     except SQLAlchemyError as exc:
         raise _fail(f"cannot read the store {settings.storage.database}: {exc}") from exc
-    return study, tags_from_study(study)
+    return study, study_tags(study)
 
 
 def _when(at: str | None, rules: RuleSet) -> datetime:
@@ -133,7 +102,7 @@ def explain_command(
     ] = None,
 ) -> None:
     """Every route with matched / not matched and why. Exit 0 routed, 3 unrouted."""
-    settings = _settings(config)
+    settings = settings_or_exit(config)
     try:
         rules = routing_rules(settings)
     except RadbridgeError as exc:

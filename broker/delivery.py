@@ -159,7 +159,7 @@ class Dispatcher:
         """Operator: start a dead or failed job over and publish it."""
         job = self.jobs.retry(job_id, now=self.clock())
         LOG.info("job retried by the operator", job_id=job_id, vendor=job.vendor)
-        self.publish(job)
+        self.requeue_due()
         return job
 
     def start(self) -> int:
@@ -191,6 +191,7 @@ class Dispatcher:
         for job in retry_publish:
             self.publish(job)
         moved = self.jobs.requeue_due(now or self.clock())
+        moved += self.jobs.take_released(now or self.clock())
         for job in moved:
             self.publish(job)
         return moved

@@ -11,10 +11,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
+from broker.bus import Bus
 from broker.edges import Edge, ServiceContext, available
 from broker.errors import StoreError
 from broker.logging import get_logger
+from broker.pipeline import RoutingStage, Rules, make_delivery
 from broker.spool import Spool
 from broker.store import StudyStore, make_engine
 from broker.store.migrate import migrate
@@ -23,7 +26,7 @@ from config.schema import Settings
 LOG = get_logger("radbridge.service")
 MAX_TIMER_SLEEP = 1.0
 
-StableListener = Callable[[str], None]
+StableListener = Callable[[str], object]
 
 
 class StableTimer:
@@ -74,9 +77,14 @@ class StableTimer:
 
 
 class Service:
-    """One radbridge process: every registered edge plus the stable timer."""
+    """One radbridge process: the edges, the stable timer, routing and delivery."""
 
-    def __init__(self, settings: Settings, edges: list[Edge] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        edges: list[Edge] | None = None,
+        config_path: Path | None = None,
+    ) -> None:
         self.settings = settings
         engine = make_engine(settings.database_url())
         self.context = ServiceContext(
@@ -87,6 +95,16 @@ class Service:
         )
         self.edges: list[Edge] = edges if edges is not None else [e() for e in available().values()]
         self.timer = StableTimer(self.context.store)
+        self.hup = threading.Event()
+        self.rules = Rules(settings, config_path)
+        self.bus = Bus(settings.bus.url, prefix=settings.bus.prefix)
+        self.dispatcher, self.worker = make_delivery(settings, engine, self.bus)
+        self.routing = RoutingStage(
+            self.context.store, self.dispatcher.jobs, self.dispatcher, self.rules
+        )
+        self.timer.on_stable.append(self.routing.on_stable)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
         self._started: list[Edge] = []
 
     def start(self) -> None:
@@ -95,25 +113,46 @@ class Service:
         self.context.spool.prepare()
         for edge in self.edges:
             edge.recover(self.context)
+        published = self.dispatcher.start()
+        if published:
+            LOG.info("unfinished jobs published again", jobs=published)
         try:
+            if self.settings.delivery.worker_in_service and self.worker.vendors:
+                self.worker.start()
             for edge in self.edges:
                 edge.start(self.context)
                 self._started.append(edge)
         except Exception:
             self.stop()
             raise
+        for target, name in (
+            (lambda: self.dispatcher.run(self._stop), "dispatcher"),
+            (lambda: self.rules.watch(self._stop, self.hup), "config-reload"),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
         self.timer.start()
         LOG.info(
-            "radbridge started", site=self.settings.site.name, edges=[e.name for e in self.edges]
+            "radbridge started",
+            site=self.settings.site.name,
+            edges=[e.name for e in self.edges],
+            vendors=sorted(self.settings.vendors),
+            routes=len(self.settings.routes),
         )
 
     def stop(self) -> None:
         self.timer.stop()
+        self._stop.set()
         for edge in reversed(self._started):
             try:
                 edge.stop()
             except Exception:
                 LOG.exception("edge did not stop cleanly", edge=edge.name)
         self._started.clear()
+        self.worker.stop(timeout=30)
+        for thread in self._threads:
+            thread.join(5)
+        self.bus.close()
         self.context.engine.dispose()
         LOG.info("radbridge stopped")

@@ -86,6 +86,24 @@ class Storage(Strict):
 
 class Bus(Strict):
     url: str = "memory://"
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "radbridge"
+
+
+class Delivery(Strict):
+    """How jobs are retried, and whether ``radbridge serve`` delivers itself."""
+
+    backoff_base_seconds: Annotated[float, Field(ge=0)] = 30.0
+    backoff_cap_seconds: Annotated[float, Field(ge=0)] = 3600.0
+    worker_in_service: bool = True
+
+    @model_validator(mode="after")
+    def _cap_above_base(self) -> Delivery:
+        if self.backoff_cap_seconds < self.backoff_base_seconds:
+            raise ValueError(
+                f"backoff_cap_seconds ({self.backoff_cap_seconds:g}) is below "
+                f"backoff_base_seconds ({self.backoff_base_seconds:g}); valid: cap >= base"
+            )
+        return self
 
 
 class Listen(Strict):
@@ -464,6 +482,7 @@ class Settings(Strict):
     site: Site = Site()
     storage: Storage = Storage()
     bus: Bus = Bus()
+    delivery: Delivery = Delivery()
     dicom: Dicom = Dicom()
     logging: Logging = Logging()
     vendors: dict[VendorName, Vendor] = Field(default_factory=dict)

@@ -12,7 +12,7 @@ several DICOM values separates them with a backslash, as DICOM does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
@@ -150,3 +150,33 @@ class Facts:
             raw[key] = tag_values(tags.get(key.removeprefix(TAG_PREFIX)), kind)
         self.raw = raw
         self.folded = _fold(raw)
+
+
+def joined(values: Iterable[object]) -> str | None:
+    """Distinct non-empty values in order, DICOM-style: ``CT\\PT``."""
+    texts = [f"{v:g}" if isinstance(v, float) else str(v) for v in values if v not in (None, "")]
+    distinct = list(dict.fromkeys(texts))
+    return "\\".join(distinct) if distinct else None
+
+
+def study_tags(study: Study) -> dict[str, str]:
+    """The DICOM tag values of a study the store knows, by keyword."""
+    series = study.series
+    values: dict[str, str | None] = {
+        "StudyInstanceUID": study.study_uid,
+        "AccessionNumber": study.accession_number,
+        "StudyDate": study.study_date,
+        "StudyDescription": study.description,
+        "PatientID": study.patient.patient_id,
+        "IssuerOfPatientID": study.patient.issuer,
+        "PatientSex": study.patient.sex,
+        "PatientBirthDate": study.patient.birth_date,
+        "Modality": joined(s.modality for s in series) or joined(study.modalities),
+        "BodyPartExamined": joined(s.body_part for s in series) or joined(study.body_parts),
+        "SeriesDescription": joined(s.description for s in series),
+        "SeriesInstanceUID": joined(s.series_uid for s in series),
+        "SliceThickness": joined(s.slice_thickness for s in series),
+        "ImageType": joined(part for s in series for part in s.image_type),
+        "ContrastBolusAgent": joined(s.contrast_agent for s in series),
+    }
+    return {k: v for k, v in values.items() if v}

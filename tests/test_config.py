@@ -159,7 +159,7 @@ def test_unknown_top_level_field_lists_the_sections(tmp_path: Path) -> None:
     path = _write(tmp_path, text)
     (problem,) = _problems(path)
     assert problem.startswith(f"{path}:{_line_of(text, 'sites:')}: sites: unknown field 'sites'")
-    assert "known fields: site, storage, bus, dicom, logging" in problem
+    assert "known fields: site, storage, bus, delivery, dicom, logging" in problem
 
 
 def test_wrong_ae_role_lists_the_valid_roles(tmp_path: Path) -> None:

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from adapters.dicom.mapping import instance_record_from_spooled_file
-from adapters.dicom.study import group_by_study, study_from_records, tags_from_study
+from adapters.dicom.study import group_by_study, study_from_records
 from adapters.dicom.synthetic import generate_study
 from broker.store import StudyStore, make_engine
 from broker.store.migrate import migrate
+from routing.facts import study_tags
 
 CONFIG = """\
 site: {name: Test General Hospital, timezone: Asia/Shanghai}
@@ -225,4 +226,4 @@ def test_study_from_records_assembles_series_and_tags(studies: dict[str, Path]) 
     assert tags["InstitutionName"] == "Example General Hospital"
     assert tags["Modality"] == "MR"
     assert "PatientName" not in tags
-    assert set(tags_from_study(study)) <= set(tags)
+    assert set(study_tags(study)) <= set(tags)

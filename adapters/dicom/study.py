@@ -14,22 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
+from adapters.dicom.mapping import instance_record_from_spooled_file
 from broker.domain import InstanceRecord, Series, Study, StudyState
 from broker.errors import DicomError
+from routing.facts import joined as _joined
+from routing.facts import study_tags
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 def _first(values: Iterable[str | None]) -> str | None:
     return next((v for v in values if v), None)
-
-
-def _joined(values: Iterable[object]) -> str | None:
-    """Distinct non-empty values in order, DICOM-style: ``CT\\PT``."""
-    texts = [f"{v:g}" if isinstance(v, float) else str(v) for v in values if v not in (None, "")]
-    distinct = list(dict.fromkeys(texts))
-    return "\\".join(distinct) if distinct else None
 
 
 def _series_of(records: Sequence[InstanceRecord]) -> Series:
@@ -48,29 +45,6 @@ def _series_of(records: Sequence[InstanceRecord]) -> Series:
         instance_count=len(unique),
         size=sum(r.size for r in unique.values()),
     )
-
-
-def tags_from_study(study: Study) -> dict[str, str]:
-    """The DICOM tag values of a study the store knows, by keyword."""
-    series = study.series
-    values: dict[str, str | None] = {
-        "StudyInstanceUID": study.study_uid,
-        "AccessionNumber": study.accession_number,
-        "StudyDate": study.study_date,
-        "StudyDescription": study.description,
-        "PatientID": study.patient.patient_id,
-        "IssuerOfPatientID": study.patient.issuer,
-        "PatientSex": study.patient.sex,
-        "PatientBirthDate": study.patient.birth_date,
-        "Modality": _joined(s.modality for s in series) or _joined(study.modalities),
-        "BodyPartExamined": _joined(s.body_part for s in series) or _joined(study.body_parts),
-        "SeriesDescription": _joined(s.description for s in series),
-        "SeriesInstanceUID": _joined(s.series_uid for s in series),
-        "SliceThickness": _joined(s.slice_thickness for s in series),
-        "ImageType": _joined(part for s in series for part in s.image_type),
-        "ContrastBolusAgent": _joined(s.contrast_agent for s in series),
-    }
-    return {k: v for k, v in values.items() if v}
 
 
 def study_from_records(records: Sequence[InstanceRecord]) -> tuple[Study, dict[str, str]]:
@@ -119,7 +93,7 @@ def study_from_records(records: Sequence[InstanceRecord]) -> tuple[Study, dict[s
         stable_seconds=0.0,
         series=tuple(series),
     )
-    tags = tags_from_study(study)
+    tags = study_tags(study)
     extra = {
         "StudyTime": _first(r.study_time for r in records),
         "ReferringPhysicianName": _first(r.referring_physician for r in records),
@@ -137,3 +111,21 @@ def group_by_study(records: Iterable[InstanceRecord]) -> dict[str, list[Instance
     for record in records:
         out.setdefault(record.study_uid, []).append(record)
     return out
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def read_studies(path: Path) -> tuple[list[tuple[Study, dict[str, str]]], int]:
+    """The studies in a DICOM file or folder, and how many files were not DICOM."""
+    records: list[InstanceRecord] = []
+    skipped = 0
+    for file in _files(path):
+        try:
+            records.append(instance_record_from_spooled_file(file))
+        except DicomError:
+            skipped += 1
+    return [study_from_records(group) for group in group_by_study(records).values()], skipped

@@ -251,7 +251,35 @@ class JobStore:
         if job.state not in RETRYABLE:
             valid = " or ".join(sorted(RETRYABLE))
             raise JobStateError(f"job {job_id} is {job.state}; only a {valid} job can be retried")
-        return self._move(job_id, [JobState.PENDING], reset=True, now=now)
+        # next_attempt_at marks it for the service's dispatcher to publish (the
+        # operator's command may run in another process than the bus).
+        now = _now(now)
+        return self._move(job_id, [JobState.PENDING], reset=True, next_attempt_at=now, now=now)
+
+    def take_released(self, now: datetime | None = None, limit: int = 500) -> list[Job]:
+        """Pending jobs an operator released (``retry``), unmarked as they are taken."""
+        now = _now(now)
+        try:
+            with writing(self.engine) as conn:
+                rows = conn.execute(
+                    update(jobs)
+                    .where(
+                        jobs.c.id.in_(
+                            select(jobs.c.id)
+                            .where(
+                                jobs.c.state == JobState.PENDING.value,
+                                jobs.c.next_attempt_at.is_not(None),
+                                jobs.c.next_attempt_at <= now,
+                            )
+                            .limit(limit)
+                        )
+                    )
+                    .values(next_attempt_at=None)
+                    .returning(*jobs.c)
+                ).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot take released jobs: {exc}") from exc
+        return [_job(r) for r in rows]
 
     def cancel(self, job_id: int, *, reason: str = "cancelled", now: datetime | None = None) -> Job:
         """Cancel a job that is not finished; the reason goes into its history."""
@@ -280,7 +308,7 @@ class JobStore:
                         ),
                         jobs.c.state == JobState.FAILED.value,
                     )
-                    .values(state=JobState.PENDING.value, updated_at=now)
+                    .values(state=JobState.PENDING.value, updated_at=now, next_attempt_at=None)
                     .returning(*jobs.c)
                 ).all()
                 for row in rows:

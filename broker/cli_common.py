@@ -1,0 +1,50 @@
+"""What every ``radbridge`` sub-command shares: options, consoles, loading settings."""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from broker.errors import ConfigError
+from config.loader import load_settings
+from config.schema import Settings
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "-c",
+        "--config",
+        envvar="RADBRIDGE_CONFIG",
+        help="Configuration file (YAML).",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+# Piped output keeps long lines (UIDs, FILE:LINE problems) whole instead of
+# wrapping them at rich's default 80 columns.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 250)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def settings_or_exit(config: Path | None) -> Settings:
+    """The validated settings, or every problem on stderr and exit code 2."""
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            err.print(problem, markup=False, highlight=False)
+        raise typer.Exit(2) from exc
+
+
+def registered(name: str) -> Any:
+    """A function an adapter package declares under the ``radbridge.registries`` entry points."""
+    found = {ep.name: ep for ep in entry_points(group="radbridge.registries")}
+    if name not in found:
+        raise ConfigError(f"nothing is installed as '{name}' (entry point radbridge.registries)")
+    return found[name].load()

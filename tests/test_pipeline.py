@@ -1,0 +1,195 @@
+"""End to end: storescu → radbridge → routing → job → vendor storescp, on both buses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+import yaml
+
+from adapters.dicom.synthetic import generate_study
+from tests.peers import StoreSCP, dataset_bytes, free_port, storescu
+from tests.service import RADBRIDGE, Radbridge, base_config
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _config(
+    folder: Path, lung_port: int, bus: dict[str, Any] | None = None, **delivery: Any
+) -> dict[str, Any]:
+    config = base_config(folder, free_port())
+    config["vendors"] = {
+        "lungai": {
+            "product": "CT lung nodule",
+            "transport": {
+                "type": "dicom",
+                "ae_title": "LUNGAI",
+                "host": "127.0.0.1",
+                "port": lung_port,
+            },
+            "retries": 2,
+        }
+    }
+    config["routes"] = [
+        {
+            "name": "chest-ct-lung-nodule",
+            "when": {
+                "modality": "CT",
+                "body_part": {"in": ["CHEST", "LUNG"]},
+                "series.slice_thickness": {"lte": 2.5},
+            },
+            "send": ["lungai"],
+            "series": "thinnest_axial",
+        }
+    ]
+    config["delivery"] = {"backoff_base_seconds": 0.2, "backoff_cap_seconds": 0.5, **delivery}
+    if bus:
+        config["bus"] = bus
+    return config
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.1)
+
+
+def _jobs(rb: Radbridge) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = json.loads(rb.cli("jobs", "list", "--json").stdout)
+    return result
+
+
+@pytest.fixture
+def studies(tmp_path: Path) -> dict[str, list[Path]]:
+    """A thin-slice chest CT (routed to the lung vendor) and a brain MR (routed nowhere)."""
+    return {
+        "ct": generate_study("ct_chest", tmp_path / "ct", instances=12, rows=64, columns=64),
+        "mr": generate_study("mr_brain", tmp_path / "mr", instances=3, rows=32, columns=32),
+    }
+
+
+def _check_delivery(rb: Radbridge, vendor: StoreSCP, studies: dict[str, list[Path]]) -> None:
+    storescu(studies["ct"], rb.port)
+    storescu(studies["mr"], rb.port)
+    _wait(lambda: len(vendor.files()) >= len(studies["ct"]))
+    time.sleep(0.5)
+    received = {
+        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in vendor.files()
+    }
+    sent = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in studies["ct"]}
+    assert received.keys() == sent.keys()  # the CT, all of it, and nothing of the MR
+    for sop, path in sent.items():
+        assert dataset_bytes(received[sop]) == dataset_bytes(path)
+    _wait(lambda: any(j["state"] == "awaiting_result" for j in _jobs(rb)))
+    [job] = _jobs(rb)
+    assert job["vendor"] == "lungai" and job["route"] == "chest-ct-lung-nodule"
+    mr_study = pydicom.dcmread(studies["mr"][0]).StudyInstanceUID
+    assert "study unrouted" in rb.log_path.read_text()
+    assert any(
+        line.get("study_uid") and line["event"] == "study unrouted" for line in rb.log_lines()
+    )
+    explain = subprocess.run(
+        [RADBRIDGE, "routes", "explain", "-c", str(rb.config_path), mr_study],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert explain.returncode == 3
+    assert "chest-ct-lung-nodule" in explain.stdout and "got HEAD" in explain.stdout
+
+
+def test_chest_ct_reaches_the_lung_vendor_and_brain_mr_does_not(
+    radbridge_factory: Callable[..., Radbridge], studies: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    """Embedded default: the CT arrives intact at the lung vendor's storescp; the MR is unrouted."""
+    with StoreSCP(tmp_path / "lungai", ae_title="LUNGAI") as vendor:
+        rb = radbridge_factory(config=_config(tmp_path / "rb", vendor.port))
+        _check_delivery(rb, vendor, studies)
+
+
+@pytest.fixture
+def rabbit_workers(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
+    """Start `radbridge worker` processes for a configuration; stop them at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(config_path: Path) -> None:
+        for n in range(2):
+            log = (tmp_path / f"worker{n}.log").open("wb")
+            started.append(
+                subprocess.Popen(
+                    [RADBRIDGE, "worker", "-c", str(config_path)], stdout=log, stderr=log
+                )
+            )
+        _wait(
+            lambda: all(
+                "radbridge worker started" in (tmp_path / f"worker{n}.log").read_text()
+                for n in range(2)
+            )
+        )
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(30)
+
+
+@pytest.mark.rabbitmq
+def test_same_flow_on_rabbitmq_with_two_workers(
+    radbridge_factory: Callable[..., Radbridge],
+    rabbit_workers: Callable[[Path], None],
+    studies: dict[str, list[Path]],
+    tmp_path: Path,
+) -> None:
+    """RabbitMQ and two `radbridge worker` processes: the CT arrives intact, the MR nowhere."""
+    bus = {"url": "amqp://guest:guest@127.0.0.1:5672//", "prefix": f"t{uuid.uuid4().hex[:10]}"}
+    with StoreSCP(tmp_path / "lungai", ae_title="LUNGAI") as vendor:
+        config = _config(tmp_path / "rb", vendor.port, bus=bus, worker_in_service=False)
+        config_path = tmp_path / "shared.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        rabbit_workers(config_path)
+        rb = radbridge_factory(config=config)
+        _check_delivery(rb, vendor, studies)
+
+
+def test_vendor_down_job_dies_then_operator_retry_delivers(
+    radbridge_factory: Callable[..., Radbridge], studies: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    """With the vendor down the job retries, then is dead; `jobs retry` delivers once it is up."""
+    port = free_port()
+    rb = radbridge_factory(config=_config(tmp_path / "rb", port))
+    storescu(studies["ct"], rb.port)
+    _wait(lambda: any(j["state"] == "dead" for j in _jobs(rb)))
+    [job] = _jobs(rb)
+    assert job["attempts"] == 2
+    history = rb.cli("jobs", "show", str(job["id"])).stdout
+    assert history.count("sending") >= 2 and "dead" in history
+    with StoreSCP(tmp_path / "lungai", ae_title="LUNGAI", port=port) as vendor:
+        assert "pending" in rb.cli("jobs", "retry", str(job["id"])).stdout
+        _wait(lambda: len(vendor.files()) >= len(studies["ct"]))
+        _wait(lambda: _jobs(rb)[0]["state"] == "awaiting_result")
+
+
+def test_broken_configuration_on_reload_keeps_the_running_routes(
+    radbridge_factory: Callable[..., Radbridge], studies: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    """A broken file on SIGHUP is refused with its problems logged; routing goes on unchanged."""
+    with StoreSCP(tmp_path / "lungai", ae_title="LUNGAI") as vendor:
+        rb = radbridge_factory(config=_config(tmp_path / "rb", vendor.port))
+        good = rb.config_path.read_text()
+        rb.config_path.write_text(good.replace("send:\n  - lungai", "send:\n  - nosuchvendor"))
+        assert rb.process is not None
+        rb.process.send_signal(1)  # SIGHUP
+        _wait(lambda: "configuration not reloaded" in rb.log_path.read_text())
+        assert "nosuchvendor" in rb.log_path.read_text()
+        storescu(studies["ct"], rb.port)
+        _wait(lambda: len(vendor.files()) >= len(studies["ct"]))
