@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= examples/hospital.yaml
-DEBIAN_PACKAGES := dcmtk orthanc dicom3tools
+DEBIAN_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools
 
 .PHONY: run test lint unit bench venv debian services clean
 
@@ -27,6 +27,7 @@ debian:
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	test -x /usr/sbin/Orthanc || missing="$$missing orthanc"; \
 	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
+	ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so* /usr/lib/orthanc/libOrthancDicomWeb.so* >/dev/null 2>&1 || missing="$$missing orthanc-dicomweb"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

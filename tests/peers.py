@@ -13,6 +13,7 @@ reach them. Orthanc's HTTP server refuses other hosts with
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -111,6 +112,66 @@ def ensure_debian_packages(*commands: str) -> None:
     still = [c for c in commands if _which(c) is None]
     if still:
         raise RuntimeError(f"installed {missing} but {still} still not found")
+
+
+#: Where Debian's ``orthanc-dicomweb`` puts the DICOMweb plugin (first found wins).
+DICOMWEB_PLUGINS = (
+    "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
+    "/usr/lib/orthanc/libOrthancDicomWeb.so",
+)
+
+
+def orthanc_dicomweb_plugin() -> str:
+    """The path of Orthanc's DICOMweb plugin, installing ``orthanc-dicomweb`` when missing.
+
+    Debian 12 ships plugin 1.7 for Orthanc 1.10 (STOW-RS, QIDO-RS, WADO-RS).
+    """
+
+    def found() -> str | None:
+        for candidate in DICOMWEB_PLUGINS:
+            if Path(candidate).exists():
+                return candidate
+        hits = sorted(Path("/usr/lib/orthanc").glob("libOrthancDicomWeb.so*"))
+        return str(hits[0]) if hits else None
+
+    plugin = found()
+    if plugin is None:
+        ensure_debian_packages("Orthanc")
+        _install_debian_packages(["orthanc-dicomweb"])
+        plugin = found()
+    if plugin is None:
+        raise RuntimeError(
+            f"installed orthanc-dicomweb but found no plugin in {', '.join(DICOMWEB_PLUGINS)}"
+        )
+    return plugin
+
+
+def _install_debian_packages(packages: list[str]) -> None:
+    """``apt-get install -y`` as :func:`ensure_debian_packages` does it, for non-commands."""
+    global _apt_updated  # noqa: PLW0603
+    if os.geteuid() != 0:
+        raise RuntimeError(
+            f"{', '.join(packages)} not installed and this is not root: "
+            f"run 'apt-get install -y {' '.join(packages)}' as root"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    policy = Path("/usr/sbin/policy-rc.d")
+    made_policy = not policy.exists()
+    if made_policy:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        if not _apt_updated:
+            subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+            _apt_updated = True
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+            check=True,
+            env=env,
+        )
+    finally:
+        if made_policy:
+            policy.unlink()
 
 
 def dataset_bytes(path: Path) -> bytes:
@@ -421,6 +482,11 @@ class Orthanc(ManagedProcess):
     (``DicomAlwaysAllowStore``/``Echo``, no ``DicomModalities``), any called
     AE is accepted (``DicomCheckCalledAet: false``), and no plugins load.
     ``config`` entries override the defaults written here.
+
+    With ``dicomweb=True`` the DICOMweb plugin loads (see
+    :func:`orthanc_dicomweb_plugin`) and serves STOW-RS, QIDO-RS and WADO-RS
+    at :attr:`dicomweb_url`; the HTTP users (``RegisteredUsers``, with
+    ``AuthenticationEnabled: true``) apply to it as to the REST API.
     """
 
     def __init__(
@@ -429,6 +495,7 @@ class Orthanc(ManagedProcess):
         *,
         aet: str = "ORTHANC",
         config: dict[str, Any] | None = None,
+        dicomweb: bool = False,
     ) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if folder is None:
@@ -466,6 +533,17 @@ class Orthanc(ManagedProcess):
             "StorageCompression": False,
             **(config or {}),
         }
+        self.dicomweb_url = f"{self.http_url}/dicom-web"
+        if dicomweb:
+            self.config["Plugins"] = [*self.config["Plugins"], orthanc_dicomweb_plugin()]
+            self.config["DicomWeb"] = {
+                "Enable": True,
+                "Root": "/dicom-web/",
+                "EnableWado": False,
+                "Host": LOOPBACK,
+                "Ssl": False,
+                **self.config.get("DicomWeb", {}),
+            }
 
     def start(self, timeout: float = 30.0) -> Orthanc:
         """Write the configuration, start Orthanc and wait until ``GET /system`` answers."""
@@ -490,6 +568,12 @@ class Orthanc(ManagedProcess):
     def request(self, method: str, path: str, body: bytes | None = None) -> Any:
         """One REST call; the answer decoded from JSON (or the raw bytes if it is not JSON)."""
         req = urllib.request.Request(self.http_url + path, data=body, method=method)
+        users: dict[str, str] = self.config.get("RegisteredUsers") or {}
+        if self.config.get("AuthenticationEnabled") and users:
+            # With authentication on, REST calls go as the first registered user.
+            user, password = next(iter(users.items()))
+            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            req.add_header("Authorization", f"Basic {token}")
         with urllib.request.urlopen(req, timeout=30) as answer:
             data: bytes = answer.read()
             if answer.headers.get_content_type() == "application/json":

@@ -93,18 +93,6 @@ def test_every_encoding_arrives_byte_for_byte(scp: StoreSCP, tmp_path: Path) -> 
     assert sorted(dataset_bytes(p) for p in received) == sorted(dataset_bytes(p) for p in files)
 
 
-def test_refused_presentation_context_fails_before_sending(tmp_path: Path) -> None:
-    """A vendor accepting only uncompressed syntaxes gets nothing; the error names the refusal."""
-    variants = {v.name: v.path for v in encoding_variants(tmp_path / "variants")}
-    files = [variants["implicit_vr_le"], variants["jpeg2000_lossless"]]
-    with StoreSCP(tmp_path / "received", ae_title="VENDOR", extra_args=["+x="]) as peer:
-        transport = _transport(peer.port)
-        with pytest.raises(DicomPushError, match=r"refused 1 presentation context") as err:
-            transport.send(JOB, files)
-        assert peer.files() == []
-    assert is_retryable(transport, err.value)
-
-
 def test_unreadable_file_is_not_retryable(scp: StoreSCP, tmp_path: Path) -> None:
     """A spool file that is not DICOM makes the job dead, not retried."""
     bad = tmp_path / "bad.dcm"

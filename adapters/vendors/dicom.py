@@ -1,16 +1,35 @@
-"""DICOM push: C-STORE a job's files to the vendor's AE, byte for byte, one association per job.
+"""DICOM push: C-STORE a job's files to the vendor's AE, byte for byte when it can.
 
-Each file goes in its own transfer syntax: the association proposes one
-presentation context per (SOP class, transfer syntax) pair found in the files'
-meta information, and every file is streamed from the spool as it was received
-(pynetdicom's chunked sending: no decode, no re-encode, never a whole file in
-memory). Every instance must succeed: a refused association, a refused
-presentation context, a failure status or a lost connection raise
-:class:`DicomPushError`, which the broker retries with backoff.
+Presentation contexts: for each (SOP class, transfer syntax) pair found in the
+files' meta information, one context with that stored syntax alone; and for
+each SOP class one fallback context, [Explicit VR LE, Implicit VR LE] when a
+file of that class is stored in another syntax, [Implicit VR LE] (the DICOM
+default every SCP must accept) when all are Explicit VR LE.
 
-Not done yet: a fallback to another transfer syntax (transcoding) when the
-vendor accepts only some; studies with more than 128 (SOP class, transfer
-syntax) pairs (one association cannot carry them).
+A file whose stored syntax the vendor accepted goes as it was received:
+streamed from the spool in PDU-sized chunks (pynetdicom's chunked sending: no
+decode, no re-encode, never a whole file in memory), so the vendor gets the
+dataset bit for bit. A file whose stored syntax was refused goes through the
+fallback context, converted: read with pydicom, compressed pixel data decoded
+(``decompress`` with pydicom's own RLE decoder, pylibjpeg-libjpeg for JPEG and
+JPEG-LS, pylibjpeg-openjpeg for JPEG 2000), big endian words swapped, and
+encoded in the syntax the vendor accepted (Explicit VR LE preferred). The SOP
+Instance UID is kept; a lossy source stays marked lossy. Every file is checked
+before the first C-STORE of its association: one with no accepted context raises
+:class:`DicomPushError` (retryable: the vendor's configuration may change),
+one that needs a decoder that is not installed, or that no decoder exists for
+(MPEG, for example), raises :class:`TranscodeError` (not retryable). A decode
+that fails midway also raises :class:`TranscodeError`.
+
+One association carries at most 128 presentation contexts: when the pairs and
+fallbacks need more, the job is split into several associations, each with
+whole SOP classes (a class with more than 127 stored syntaxes is split with
+its fallback repeated), sent one after another; every instance must still
+succeed, and a retry resends them all.
+
+Every instance must succeed: a refused association, a failure status or a
+lost connection raise :class:`DicomPushError`, which the broker retries with
+backoff.
 """
 
 from __future__ import annotations
@@ -19,12 +38,18 @@ import socket
 import ssl
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError as PydicomInvalid
 from pydicom.filereader import read_file_meta_info
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
@@ -56,6 +81,10 @@ class DicomPushError(VendorUnavailableError):
     """The vendor's AE did not take every instance (retried with backoff)."""
 
 
+class TranscodeError(VendorRejectedError):
+    """A file the vendor accepts only converted cannot be converted here (not retried)."""
+
+
 class DicomPushSettings(BaseModel):
     """A vendor's ``transport:`` block for ``type: dicom``."""
 
@@ -71,9 +100,31 @@ class DicomPushSettings(BaseModel):
     """Largest PDU radbridge accepts (0: no limit); the vendor's limit governs sending."""
 
 
-def _contexts(files: Sequence[Path]) -> tuple[list[PresentationContext], int]:
-    """One context per (SOP class, transfer syntax) pair, and the total size of the files."""
-    pairs: dict[tuple[str, str], None] = {}
+@dataclass(frozen=True, slots=True)
+class _File:
+    path: Path
+    sop_class: str
+    syntax: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One association: the contexts it proposes and the files it sends, in job order."""
+
+    contexts: list[PresentationContext]
+    files: list[_File]
+
+
+def fallback_syntaxes(stored: set[str]) -> list[str]:
+    """The fallback context's syntaxes for a SOP class whose files are stored in ``stored``."""
+    if stored - {ExplicitVRLittleEndian}:
+        return [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    return [ImplicitVRLittleEndian]
+
+
+def _read(files: Sequence[Path]) -> tuple[list[_File], int]:
+    """Each file's SOP class and transfer syntax, and the total size of the files."""
+    found = []
     size = 0
     for path in files:
         try:
@@ -87,13 +138,82 @@ def _contexts(files: Sequence[Path]) -> tuple[list[PresentationContext], int]:
             raise VendorRejectedError(
                 f"{path.name} has no SOP class or transfer syntax in its file meta information"
             )
-        pairs[(sop, syntax)] = None
-    if len(pairs) > MAX_CONTEXTS:
-        raise VendorRejectedError(
-            f"the files need {len(pairs)} (SOP class, transfer syntax) pairs; "
-            f"one association carries at most {MAX_CONTEXTS}"
-        )
-    return [build_context(sop, [syntax]) for sop, syntax in pairs], size
+        found.append(_File(path, sop, syntax))
+    return found, size
+
+
+def plan_associations(files: list[_File], limit: int = MAX_CONTEXTS) -> list[_Plan]:
+    """Split the job into associations of at most ``limit`` contexts, whole SOP classes each."""
+    stored: dict[str, dict[str, None]] = {}
+    for f in files:
+        stored.setdefault(f.sop_class, {})[f.syntax] = None
+    # (SOP class, its stored syntaxes in this association), grouped greedily
+    groups: list[list[tuple[str, list[str]]]] = [[]]
+    used = 0
+    for sop, syntaxes in stored.items():
+        pieces = [list(syntaxes)[i : i + limit - 1] for i in range(0, len(syntaxes), limit - 1)]
+        for piece in pieces:
+            if used + len(piece) + 1 > limit and groups[-1]:
+                groups.append([])
+                used = 0
+            groups[-1].append((sop, piece))
+            used += len(piece) + 1
+    plans = []
+    for group in groups:
+        contexts = [build_context(sop, [ts]) for sop, piece in group for ts in piece]
+        contexts += [build_context(sop, fallback_syntaxes(set(stored[sop]))) for sop in dict(group)]
+        members = {(sop, ts) for sop, piece in group for ts in piece}
+        plans.append(_Plan(contexts, [f for f in files if (f.sop_class, f.syntax) in members]))
+    return plans
+
+
+def _decoder_problem(syntax: UID) -> str | None:
+    """Why pydicom cannot decode ``syntax`` here, or None when it can."""
+    if not syntax.is_compressed:
+        return None
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        return f"pydicom has no pixel data decoder for {syntax.name}"
+    if decoder.is_available:
+        return None
+    missing = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
+    return f"no {syntax.name} decoder is installed (install one of: {missing})"
+
+
+#: Bytes per word of the VRs whose values are swapped between big and little endian.
+_WORD_BYTES = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
+
+
+def _to_little_endian(ds: Dataset, *, swap: bool) -> None:
+    """Parse every element (so each is re-encoded), swapping OW/OL/OF/OD/OV words if ``swap``."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _to_little_endian(item, swap=swap)
+        elif swap and elem.VR in _WORD_BYTES and isinstance(elem.value, bytes) and elem.value:
+            width = _WORD_BYTES[elem.VR]
+            elem.value = np.frombuffer(elem.value, f">u{width}").astype(f"<u{width}").tobytes()
+
+
+def converted(path: Path, target: str) -> Dataset:
+    """The dataset of ``path`` ready to go in ``target`` (Explicit or Implicit VR LE).
+
+    Compressed pixel data is decoded (the SOP Instance UID is kept); a big
+    endian dataset has its word values swapped. Raises :class:`TranscodeError`.
+    """
+    syntax = UID(target)
+    try:
+        ds = dcmread(path)
+        source = ds.file_meta.TransferSyntaxUID
+        if source.is_compressed:
+            ds.decompress(generate_instance_uid=False)
+        _to_little_endian(ds, swap=not source.is_little_endian)
+    except (RuntimeError, ValueError, NotImplementedError, TypeError, OSError) as exc:
+        raise TranscodeError(f"cannot convert {path.name} to {syntax.name}: {exc}") from exc
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.set_original_encoding(syntax.is_implicit_VR, True, ds.original_character_set)
+    return ds
 
 
 class _PushAE(AE):
@@ -146,28 +266,44 @@ class DicomTransport:
         return f"DicomTransport({self.vendor!r}, {s.ae_title}@{s.host}:{s.port})"
 
     def send(self, job: Job, files: Sequence[Path]) -> SendOutcome:
-        """Store every file on the vendor's AE over one association, or raise."""
+        """Store every file on the vendor's AE (see the module docstring), or raise."""
         if not files:
             raise VendorRejectedError(f"job {job.id} has no instances to send")
-        contexts, size = _contexts(files)
+        found, size = _read(files)
+        plans = plan_associations(found)
         started = time.perf_counter()
-        assoc = self._associate(contexts)
-        try:
-            self._check_contexts(assoc, contexts)
-            for path in files:
-                self._store(assoc, path)
-        except BaseException:
-            assoc.abort()
-            raise
-        else:
-            assoc.release()
+        converted_to: dict[str, int] = {}
+        for plan in plans:
+            assoc = self._associate(plan.contexts)
+            try:
+                targets = self._targets(assoc, plan.files)
+                for f in plan.files:
+                    target = targets[f.path]
+                    if target is None:
+                        self._store(assoc, f.path, f.path)
+                    else:
+                        self._store(assoc, converted(f.path, target), f.path)
+                        name = UID(target).name
+                        converted_to[name] = converted_to.get(name, 0) + 1
+            except BaseException:
+                assoc.abort()
+                raise
+            else:
+                assoc.release()
         seconds = time.perf_counter() - started
-        return SendOutcome(
-            instances=len(files),
-            bytes=size,
-            seconds=seconds,
-            detail=f"C-STORE to {self.settings.ae_title}@{self.settings.host}:{self.settings.port}",
-        )
+        s = self.settings
+        detail = f"C-STORE to {s.ae_title}@{s.host}:{s.port}"
+        if len(plans) > 1:
+            detail += f" over {len(plans)} associations"
+        if converted_to:
+            detail += "; converted " + ", ".join(f"{n} to {ts}" for ts, n in converted_to.items())
+            LOG.info(
+                "vendor refused stored transfer syntaxes; files converted",
+                job_id=job.id,
+                vendor=self.vendor,
+                converted=converted_to,
+            )
+        return SendOutcome(instances=len(files), bytes=size, seconds=seconds, detail=detail)
 
     def _peer(self) -> str:
         s = self.settings
@@ -192,24 +328,47 @@ class DicomTransport:
             f"no association with {self._peer()} (connection refused, timed out or aborted)"
         )
 
-    def _check_contexts(self, assoc: Association, proposed: list[PresentationContext]) -> None:
-        accepted = {
-            (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
-        }
-        refused = [
-            f"{cx.abstract_syntax} in {cx.transfer_syntax[0]}"
-            for cx in proposed
-            if (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) not in accepted
-        ]
-        if refused:
-            raise DicomPushError(
-                f"{self._peer()} refused {len(refused)} presentation context(s): "
-                + "; ".join(refused[:5])
+    def _targets(self, assoc: Association, files: list[_File]) -> dict[Path, str | None]:
+        """Per file: None to send it as stored, or the syntax to convert it to; or raise."""
+        accepted: dict[str, set[str]] = {}
+        for cx in assoc.accepted_contexts:
+            accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
+        targets: dict[Path, str | None] = {}
+        refused: dict[tuple[str, str], None] = {}
+        undecodable: dict[str, str] = {}
+        for f in files:
+            syntaxes = accepted.get(f.sop_class, set())
+            if f.syntax in syntaxes:
+                targets[f.path] = None
+                continue
+            target = next(
+                (ts for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if ts in syntaxes),
+                None,
             )
+            if target is None:
+                refused[(f.sop_class, f.syntax)] = None
+                continue
+            problem = _decoder_problem(UID(f.syntax))
+            if problem is not None:
+                undecodable.setdefault(f.syntax, f"{f.path.name}: {problem}")
+            targets[f.path] = target
+        if refused:
+            shown = [f"{UID(sop).name} in {UID(ts).name}" for sop, ts in list(refused)[:5]]
+            raise DicomPushError(
+                f"{self._peer()} accepted no presentation context for {len(refused)} "
+                f"(SOP class, transfer syntax) pair(s), neither as stored nor converted to "
+                f"Explicit/Implicit VR Little Endian: " + "; ".join(shown)
+            )
+        if undecodable:
+            raise TranscodeError(
+                f"{self._peer()} accepts these files only uncompressed and they cannot be "
+                "decompressed here: " + "; ".join(undecodable.values())
+            )
+        return targets
 
-    def _store(self, assoc: Association, path: Path) -> None:
+    def _store(self, assoc: Association, dataset: Path | Dataset, path: Path) -> None:
         try:
-            status = assoc.send_c_store(path)
+            status = assoc.send_c_store(dataset)
         except (OSError, ValueError, AttributeError, RuntimeError) as exc:
             raise DicomPushError(f"C-STORE of {path.name} to {self._peer()} failed: {exc}") from exc
         code = getattr(status, "Status", None)
