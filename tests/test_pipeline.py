@@ -193,3 +193,29 @@ def test_broken_configuration_on_reload_keeps_the_running_routes(
         assert "nosuchvendor" in rb.log_path.read_text()
         storescu(studies["ct"], rb.port)
         _wait(lambda: len(vendor.files()) >= len(studies["ct"]))
+
+
+def test_kill_9_during_delivery_the_job_completes_after_restart(
+    radbridge_factory: Callable[..., Radbridge], studies: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    """kill -9 mid-delivery: the job completes after restart; the vendor got it twice at most."""
+    slow = ["+uf", "--sleep-during", "1"]  # unique file per receipt; 1 s per C-STORE
+    with StoreSCP(tmp_path / "lungai", ae_title="LUNGAI", extra_args=slow) as vendor:
+        rb = radbridge_factory(config=_config(tmp_path / "rb", vendor.port))
+        storescu(studies["ct"], rb.port)
+        _wait(lambda: len(vendor.files()) >= 2)
+        rb.kill9()
+        rb.start()
+        _wait(lambda: _jobs(rb)[0]["state"] == "awaiting_result", timeout=90)
+    received: dict[str, int] = {}
+    for path in vendor.files():
+        sop = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        received[sop] = received.get(sop, 0) + 1
+    sent = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in studies["ct"]}
+    assert set(received) == sent
+    assert max(received.values()) <= 2
+    [job] = _jobs(rb)
+    shown = json.loads(rb.cli("jobs", "show", str(job["id"]), "--json").stdout)
+    steps = [event["to_state"] for event in shown["history"]]
+    assert steps.count("sending") == 2 and "failed" in steps
+    assert job["attempts"] == 2
