@@ -1,0 +1,41 @@
+"""The shipped example configuration is valid and the service starts on it, as `make run` does."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from tests.peers import echoscu, free_port
+from tests.service import RADBRIDGE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_hospital_example_starts_and_answers_c_echo(tmp_path: Path) -> None:
+    """`radbridge serve -c examples/hospital.yaml` starts (every transport builds) and echoes."""
+    folder = tmp_path / "examples"
+    shutil.copytree(ROOT / "examples", folder)
+    port = free_port()
+    env = {**os.environ, "RADBRIDGE_DICOM__LISTEN__PORT": str(port), "TCP_NODELAY": "1"}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [RADBRIDGE, "serve", "-c", str(folder / "hospital.yaml")],
+            stdout=out,
+            stderr=out,
+            env=env,
+        )
+    try:
+        deadline_text = ""
+        for _ in range(300):
+            deadline_text = log.read_text(errors="replace")
+            if "radbridge started" in deadline_text or process.poll() is not None:
+                break
+            subprocess.run(["sleep", "0.1"], check=True)
+        assert "radbridge started" in deadline_text, deadline_text
+        assert echoscu(port, calling_ae="CT01").returncode == 0
+    finally:
+        process.terminate()
+        assert process.wait(30) == 0
