@@ -111,3 +111,14 @@ def test_vendor_down_is_a_retryable_failure(tmp_path: Path) -> None:
     with pytest.raises(DicomPushError, match=r"no association with VENDOR at 127\.0\.0\.1") as err:
         transport.send(JOB, files)
     assert is_retryable(transport, err.value)
+
+
+def test_vendor_refusing_the_association_is_a_retryable_failure(tmp_path: Path) -> None:
+    """A storescp that refuses every association gets nothing; the error is retryable."""
+    files = generate_study("ct_head", tmp_path / "s", instances=1, rows=16, columns=16)
+    with StoreSCP(tmp_path / "refusing", ae_title="VENDOR", extra_args=["--refuse"]) as peer:
+        transport = _transport(peer.port)
+        with pytest.raises(DicomPushError, match="rejected the association") as err:
+            transport.send(JOB, files)
+        assert peer.files() == []
+    assert is_retryable(transport, err.value)
