@@ -27,7 +27,7 @@ from structlog.stdlib import BoundLogger
 
 from broker.bus import Bus, BusError, Ticket
 from broker.errors import ConfigError
-from broker.jobs import Job, JobPriority, JobState, JobStateError, backoff
+from broker.jobs import RESENDABLE, Job, JobPriority, JobState, JobStateError, backoff
 from broker.logging import get_logger
 from broker.store.jobs import Created, JobStore, instance_paths
 from broker.vendor import VendorTransport, is_retryable
@@ -84,6 +84,8 @@ class JobRequest:
     series_uids: tuple[str, ...] = ()
     deadline: timedelta | None = None
     study_revision: int = 0
+    resend: bool = False
+    """The vendor had the study already; send it again (the study was updated)."""
 
 
 def _spec(vendors: Mapping[str, VendorSpec], name: str) -> VendorSpec:
@@ -129,7 +131,18 @@ class Dispatcher:
                 study_revision=request.study_revision,
                 now=now,
             )
-            if created.duplicate:
+            if created.duplicate and request.resend and created.job.state in RESENDABLE:
+                if request.study_revision > created.job.study_revision:
+                    job = self.jobs.resend(
+                        created.job.id,
+                        study_revision=request.study_revision,
+                        series_uids=request.series_uids,
+                        now=now,
+                    )
+                    LOG.info("updated study sent again", job_id=job.id, vendor=job.vendor)
+                    self.requeue_due(now)
+                    created = Created(job=job, duplicate=False)
+            elif created.duplicate:
                 LOG.info(
                     "job exists already",
                     job_id=created.job.id,

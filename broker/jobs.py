@@ -50,7 +50,8 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     S.PENDING: frozenset({S.SENDING, S.CANCELLED}),
     S.SENDING: frozenset({S.SENT, S.FAILED, S.DEAD, S.CANCELLED}),
     S.SENT: frozenset({S.AWAITING_RESULT, S.CANCELLED}),
-    S.AWAITING_RESULT: frozenset({S.RESULT_RECEIVED, S.DEAD, S.CANCELLED}),
+    # -> PENDING: the study was updated and its route resends updates.
+    S.AWAITING_RESULT: frozenset({S.RESULT_RECEIVED, S.PENDING, S.DEAD, S.CANCELLED}),
     S.RESULT_RECEIVED: frozenset({S.WRITING_BACK, S.CANCELLED}),
     S.WRITING_BACK: frozenset({S.DONE, S.DEAD}),
     S.FAILED: frozenset({S.PENDING, S.SENDING, S.DEAD, S.CANCELLED}),
@@ -65,6 +66,8 @@ CLAIMABLE: frozenset[JobState] = frozenset({S.PENDING, S.FAILED})
 RETRYABLE: frozenset[JobState] = frozenset({S.DEAD, S.FAILED})
 #: States that still need the bus: re-enqueued after a restart.
 UNFINISHED: frozenset[JobState] = frozenset({S.PENDING, S.SENDING, S.FAILED})
+#: States a job is sent again from when its study was updated (``resend_updates``).
+RESENDABLE: frozenset[JobState] = frozenset({S.AWAITING_RESULT, S.DEAD, S.FAILED})
 #: States nothing moves a job out of.
 FINAL: frozenset[JobState] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
 

@@ -134,6 +134,7 @@ class RoutingStage:
                 series_uids=d.series_uids,
                 deadline=timedelta(seconds=d.deadline_seconds) if d.deadline_seconds else None,
                 study_revision=study.revision,
+                resend=(d.route, d.vendor) in delivered,
             )
             for d in decision.dispatches
         ]

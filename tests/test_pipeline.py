@@ -219,3 +219,30 @@ def test_kill_9_during_delivery_the_job_completes_after_restart(
     steps = [event["to_state"] for event in shown["history"]]
     assert steps.count("sending") == 2 and "failed" in steps
     assert job["attempts"] == 2
+
+
+@pytest.mark.parametrize("resend", [False, True])
+def test_updated_study_is_sent_again_only_when_the_route_says_so(
+    radbridge_factory: Callable[..., Radbridge], tmp_path: Path, resend: bool
+) -> None:
+    """A delivered study re-opened by a new image is resent only with resend_updates: true."""
+    files = generate_study("ct_chest", tmp_path / "ct", instances=7, rows=32, columns=32)
+    with StoreSCP(tmp_path / "lungai", ae_title="LUNGAI", extra_args=["+uf"]) as vendor:
+        config = _config(tmp_path / "rb", vendor.port)
+        config["routes"][0]["resend_updates"] = resend
+        rb = radbridge_factory(config=config)
+        storescu(files[:6], rb.port)
+        _wait(lambda: len(vendor.files()) == 6 and _jobs(rb)[0]["state"] == "awaiting_result")
+        storescu(files[6:], rb.port)  # the study re-opens, then becomes stable at revision 2
+        study_uid = pydicom.dcmread(files[0]).StudyInstanceUID
+        rb.wait_state(study_uid, "stable")
+        _wait(lambda: rb.study(study_uid)["revision"] == 2)
+        if resend:
+            _wait(lambda: len(vendor.files()) == 6 + 7)
+            _wait(lambda: _jobs(rb)[0]["state"] == "awaiting_result")
+            shown = rb.cli("jobs", "show", str(_jobs(rb)[0]["id"])).stdout
+            assert "sent again" in shown
+        else:
+            time.sleep(2)
+            assert len(vendor.files()) == 6
+            assert _jobs(rb)[0]["attempts"] == 1
