@@ -168,7 +168,17 @@ class Bus:
     def queue(self, vendor: str) -> Queue:
         """The durable priority queue of one vendor."""
         name = self.queue_name(vendor)
-        return Queue(name, routing_key=name, durable=True, max_priority=MAX_PRIORITY)
+        # On RabbitMQ only one consumer of a vendor's queue is active at a time
+        # (the others take over if it goes away), so the vendor's concurrency
+        # (that consumer's prefetch) holds over every worker process together.
+        arguments = {} if self.memory else {"x-single-active-consumer": True}
+        return Queue(
+            name,
+            routing_key=name,
+            durable=True,
+            max_priority=MAX_PRIORITY,
+            queue_arguments=arguments,
+        )
 
     # ---------------------------------------------------------------- publish
 

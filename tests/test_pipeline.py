@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ from typing import Any
 import pydicom
 import pytest
 import yaml
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from adapters.dicom.synthetic import generate_study
 from tests.peers import StoreSCP, dataset_bytes, free_port, storescu
@@ -246,3 +248,66 @@ def test_updated_study_is_sent_again_only_when_the_route_says_so(
             time.sleep(2)
             assert len(vendor.files()) == 6
             assert _jobs(rb)[0]["attempts"] == 1
+
+
+@pytest.mark.rabbitmq
+def test_vendor_concurrency_holds_across_two_workers(
+    radbridge_factory: Callable[..., Radbridge],
+    rabbit_workers: Callable[[Path], None],
+    tmp_path: Path,
+) -> None:
+    """With concurrency 1 the vendor never sees two associations at once, even with two workers.
+
+    The vendor here is a pynetdicom SCP in the test process, because it has to
+    count concurrent associations, which storescp cannot report.
+    """
+    open_now = 0
+    most = 0
+    stored: list[str] = []
+    lock = threading.Lock()
+
+    def opened(_event: evt.Event) -> None:
+        nonlocal open_now, most
+        with lock:
+            open_now += 1
+            most = max(most, open_now)
+
+    def closed(_event: evt.Event) -> None:
+        nonlocal open_now
+        with lock:
+            open_now -= 1
+
+    def store(event: evt.Event) -> int:
+        time.sleep(0.05)
+        stored.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    ae = AE(ae_title="LUNGAI")
+    ae.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port),
+        block=False,
+        evt_handlers=[
+            (evt.EVT_CONN_OPEN, opened),
+            (evt.EVT_CONN_CLOSE, closed),
+            (evt.EVT_C_STORE, store),
+        ],
+    )
+    try:
+        bus = {"url": "amqp://guest:guest@127.0.0.1:5672//", "prefix": f"t{uuid.uuid4().hex[:10]}"}
+        config = _config(tmp_path / "rb", port, bus=bus, worker_in_service=False)
+        config_path = tmp_path / "shared.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        rabbit_workers(config_path)
+        rb = radbridge_factory(config=config)
+        studies = [
+            generate_study("ct_chest", tmp_path / f"ct{i}", instances=4, rows=32, columns=32)
+            for i in range(4)
+        ]
+        for files in studies:
+            storescu(files, rb.port)
+        _wait(lambda: len(stored) >= 16, timeout=60)
+    finally:
+        server.shutdown()
+    assert most == 1
