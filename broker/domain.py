@@ -11,7 +11,26 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 
-class StudyState(enum.StrEnum):
+class CodedValue(enum.StrEnum):
+    """A coded value that also accepts its string in any case (``-`` or space for ``_``).
+
+    ``aliases()`` maps other spellings, e.g. HL7's one-letter codes, to values.
+    """
+
+    @classmethod
+    def aliases(cls) -> dict[str, str]:
+        return {}
+
+    @classmethod
+    def _missing_(cls, value: object) -> CodedValue | None:
+        if not isinstance(value, str):
+            return None
+        key = value.strip().casefold().replace("-", "_").replace(" ", "_")
+        key = cls.aliases().get(key, key)
+        return next((m for m in cls if m.value.casefold() == key), None)
+
+
+class StudyState(CodedValue):
     """Where a study is in its collection: still arriving, complete, or re-opened."""
 
     RECEIVING = "receiving"
@@ -105,7 +124,7 @@ class Study:
     series: tuple[Series, ...] = ()
 
 
-class OrderPriority(enum.StrEnum):
+class OrderPriority(CodedValue):
     """How urgent the ordering clinician says the examination is.
 
     Accepts its value in any case and the HL7 v2 codes ``S``, ``A`` and ``R``
@@ -117,15 +136,11 @@ class OrderPriority(enum.StrEnum):
     ROUTINE = "ROUTINE"
 
     @classmethod
-    def _missing_(cls, value: object) -> OrderPriority | None:
-        if isinstance(value, str):
-            text = value.strip().upper()
-            text = {"S": "STAT", "A": "ASAP", "R": "ROUTINE"}.get(text, text)
-            return next((m for m in cls if m.value == text), None)
-        return None
+    def aliases(cls) -> dict[str, str]:
+        return {"s": "stat", "a": "asap", "r": "routine"}
 
 
-class OrderStatus(enum.StrEnum):
+class OrderStatus(CodedValue):
     """Where an order is in its life (HL7 v2 ORC-5, FHIR ServiceRequest.status).
 
     Accepts its value in any case.
@@ -138,25 +153,12 @@ class OrderStatus(enum.StrEnum):
     CANCELLED = "cancelled"
     DISCONTINUED = "discontinued"
 
-    @classmethod
-    def _missing_(cls, value: object) -> OrderStatus | None:
-        if isinstance(value, str):
-            text = value.strip().lower().replace("-", "_").replace(" ", "_")
-            return next((m for m in cls if m.value == text), None)
-        return None
 
-
-class OrderSource(enum.StrEnum):
+class OrderSource(CodedValue):
     """The interface an order arrived on."""
 
     HL7 = "hl7"
     FHIR = "fhir"
-
-    @classmethod
-    def _missing_(cls, value: object) -> OrderSource | None:
-        if isinstance(value, str):
-            return next((m for m in cls if m.value == value.strip().lower()), None)
-        return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

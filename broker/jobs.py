@@ -6,12 +6,12 @@ transition against :data:`TRANSITIONS` before it writes one.
 
 from __future__ import annotations
 
-import enum
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from broker.domain import CodedValue
 from broker.errors import RadbridgeError
 
 
@@ -19,7 +19,7 @@ class JobStateError(RadbridgeError):
     """A job was asked to move to a state its current state cannot reach."""
 
 
-class JobState(enum.StrEnum):
+class JobState(CodedValue):
     """Where a job is; see DESIGN.md. Accepts its value in any case."""
 
     PENDING = "pending"
@@ -34,13 +34,6 @@ class JobState(enum.StrEnum):
     DEAD = "dead"
     """Retries exhausted, or an error no retry can fix; an operator can retry."""
     CANCELLED = "cancelled"
-
-    @classmethod
-    def _missing_(cls, value: object) -> JobState | None:
-        if isinstance(value, str):
-            text = value.strip().lower().replace("-", "_")
-            return next((m for m in cls if m.value == text), None)
-        return None
 
 
 S = JobState
@@ -82,18 +75,12 @@ def check_transition(from_state: JobState, to_state: JobState) -> None:
         )
 
 
-class JobPriority(enum.StrEnum):
+class JobPriority(CodedValue):
     """How urgently a route wants its jobs delivered. Accepts its value in any case."""
 
     STAT = "stat"
     URGENT = "urgent"
     ROUTINE = "routine"
-
-    @classmethod
-    def _missing_(cls, value: object) -> JobPriority | None:
-        if isinstance(value, str):
-            return next((m for m in cls if m.value == value.strip().lower()), None)
-        return None
 
     @property
     def bus_priority(self) -> int:

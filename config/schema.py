@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     ModelWrapValidatorHandler,
     PlainValidator,
+    PrivateAttr,
     SecretStr,
     field_validator,
     model_validator,
@@ -109,6 +110,38 @@ class Delivery(Strict):
 class Listen(Strict):
     host: str = "127.0.0.1"
     port: Port = 11112
+
+
+class HttpListen(Strict):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+
+
+class Http(Strict):
+    """radbridge's own HTTP server (WADO-RS for vendors that pull studies).
+
+    ``public_url`` is the address vendors use to reach it, written into the
+    manifests of the ``http`` transport; by default ``http://HOST:PORT`` of
+    ``listen``.
+    """
+
+    listen: HttpListen = HttpListen()
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"not an http(s) URL: {value!r}; valid: https://radbridge.example")
+        return None if value is None else value.rstrip("/")
+
+    def base_url(self) -> str:
+        """Where vendors reach radbridge's HTTP server."""
+        if self.public_url:
+            return self.public_url
+        host = self.listen.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.listen.port}"
 
 
 class TLS(Strict):
@@ -295,7 +328,7 @@ class TransportType(enum.StrEnum):
 _TRANSPORT_FIELDS: dict[TransportType, tuple[tuple[str, ...], tuple[str, ...]]] = {
     TransportType.DICOM: (("ae_title", "host", "port"), ("calling_ae", "timeout", "max_pdu")),
     TransportType.DICOMWEB: (("url",), ("token", "timeout")),
-    TransportType.HTTP: (("url",), ("token", "timeout")),
+    TransportType.HTTP: (("url",), ("token", "timeout", "send_patient")),
 }
 """Per transport type: (required fields, optional fields)."""
 
@@ -316,13 +349,24 @@ class Transport(Strict):
     url: str | None = None
     token: SecretStr | None = None
     timeout: Duration | None = None
+    send_patient: bool | None = None
+    """``http``: put the patient ID in the manifest (default: no)."""
+    _context: dict[str, Any] = PrivateAttr(default_factory=dict)
+    """What a transport needs from the rest of the settings (set by :class:`Settings`)."""
 
     def params(self) -> dict[str, Any]:
-        """The fields set for this transport type, for the transport adapter (token kept secret)."""
+        """The fields set for this transport type, for the transport adapter (token kept secret).
+
+        An ``http`` transport also gets ``public_url``, ``database`` (secret),
+        ``product`` and ``token_ttl`` (the vendor's ``timeout``) from the settings.
+        """
         return {
-            name: getattr(self, name)
-            for name in type(self).model_fields
-            if name != "type" and getattr(self, name) is not None
+            **{
+                name: getattr(self, name)
+                for name in type(self).model_fields
+                if name != "type" and getattr(self, name) is not None
+            },
+            **self._context,
         }
 
     @field_validator("type", mode="before")
@@ -485,6 +529,8 @@ class Settings(Strict):
     delivery: Delivery = Delivery()
     dicom: Dicom = Dicom()
     logging: Logging = Logging()
+    http: Http | None = None
+    """radbridge's HTTP server; it runs when this block is given or a vendor uses ``http``."""
     vendors: dict[VendorName, Vendor] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
 
@@ -531,6 +577,29 @@ class Settings(Strict):
         if problems:
             raise LocatedErrors(problems)
         return self
+
+    @model_validator(mode="after")
+    def _http_transport_context(self) -> Settings:
+        """Give each ``http`` transport what its manifests and tokens need."""
+        for vendor in self.vendors.values():
+            if vendor.transport.type is TransportType.HTTP:
+                vendor.transport._context = {
+                    "public_url": self.http_settings().base_url(),
+                    "database": SecretStr(self.database_url()),
+                    "product": vendor.product,
+                    "token_ttl": vendor.timeout,
+                }
+        return self
+
+    def http_settings(self) -> Http:
+        """The ``http`` block, or its defaults."""
+        return self.http or Http()
+
+    def http_server_wanted(self) -> bool:
+        """Whether radbridge serves HTTP: an ``http`` block, or a vendor that pulls over it."""
+        return self.http is not None or any(
+            v.transport.type is TransportType.HTTP for v in self.vendors.values()
+        )
 
     def database_url(self) -> str:
         """The SQLAlchemy URL with the password from the environment filled in."""

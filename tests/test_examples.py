@@ -18,7 +18,14 @@ def test_hospital_example_starts_and_answers_c_echo(tmp_path: Path) -> None:
     folder = tmp_path / "examples"
     shutil.copytree(ROOT / "examples", folder)
     port = free_port()
-    env = {**os.environ, "RADBRIDGE_DICOM__LISTEN__PORT": str(port), "TCP_NODELAY": "1"}
+    http_port = free_port()
+    env = {
+        **os.environ,
+        "RADBRIDGE_DICOM__LISTEN__PORT": str(port),
+        "RADBRIDGE_HTTP__LISTEN__PORT": str(http_port),
+        "RADBRIDGE_HTTP__PUBLIC_URL": f"http://127.0.0.1:{http_port}",
+        "TCP_NODELAY": "1",
+    }
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(

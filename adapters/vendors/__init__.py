@@ -12,8 +12,8 @@ theirs as ``radbridge.vendors`` entry points. An unknown name fails with the
 closest known one: "no such vendor transport 'dicomweb2'; did you mean
 'dicomweb'?".
 
-Built: ``dicom`` (C-STORE push) and ``dicomweb`` (STOW-RS push). Not built
-yet: ``http`` (JSON manifest + WADO-RS pull).
+Built: ``dicom`` (C-STORE push), ``dicomweb`` (STOW-RS push) and ``http``
+(JSON manifest + WADO-RS pull).
 """
 
 from __future__ import annotations
@@ -28,9 +28,13 @@ from broker.errors import VendorError
 
 GROUP = "radbridge.vendors"
 #: Built-in transports: name -> the module that registers it.
-BUILTIN = {"dicom": "adapters.vendors.dicom", "dicomweb": "adapters.vendors.dicomweb"}
+BUILTIN = {
+    "dicom": "adapters.vendors.dicom",
+    "dicomweb": "adapters.vendors.dicomweb",
+    "http": "adapters.vendors.http",
+}
 #: Transports the design names that are not built yet.
-PLANNED = ("http",)
+PLANNED: tuple[str, ...] = ()
 
 _REGISTRY: dict[str, type[Any]] = {}
 T = TypeVar("T", bound=type[Any])

@@ -156,3 +156,15 @@ job_events = Table(
     Column("error", Text),
     Index(None, "job_id", "id"),
 )
+
+job_tokens = Table(
+    "job_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Integer, ForeignKey("jobs.id", name="fk_job_tokens_job_id"), nullable=False),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index(None, "job_id"),
+)
+"""Per-job bearer tokens of the WADO-RS endpoint (only their SHA-256 is kept)."""

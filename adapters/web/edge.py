@@ -1,0 +1,104 @@
+"""The ``web`` edge: uvicorn serving :func:`adapters.web.app.create_app` in a thread.
+
+It runs when the configuration has an ``http:`` block or a vendor uses the
+``http`` transport (whose vendors pull studies from it), on ``http.listen``
+(default 127.0.0.1:8080). The socket is bound before the server starts, so a
+port in use is a clear error at start, not a log line in a thread.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import uvicorn
+
+from adapters.web.app import create_app
+from broker.edges import ServiceContext
+from broker.errors import AdapterError
+from broker.logging import get_logger
+
+LOG = get_logger("radbridge.web")
+START_TIMEOUT_SECONDS = 15.0
+STOP_GRACE_SECONDS = 10.0
+BACKLOG = 128
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``; a port in use raises :class:`AdapterError`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise AdapterError(
+            f"cannot listen for HTTP on {host}:{port}: {exc.strerror}; set http.listen "
+            "to a free port"
+        ) from exc
+    return sock
+
+
+class WebEdge:
+    """radbridge's HTTP server (the ``web`` edge)."""
+
+    name = "web"
+
+    def __init__(self) -> None:
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+
+    def recover(self, context: ServiceContext) -> None:
+        """Nothing to recover: tokens and jobs are in the store."""
+
+    def start(self, context: ServiceContext) -> None:
+        settings = context.settings
+        if not settings.http_server_wanted():
+            LOG.debug("http server not started: no http block and no http vendor")
+            return
+        http = settings.http_settings()
+        self._socket = listen(http.listen.host, http.listen.port)
+        config = uvicorn.Config(
+            create_app(context.engine),
+            loop="asyncio",
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=int(STOP_GRACE_SECONDS),
+        )
+        server = uvicorn.Server(config)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [self._socket]}, name="web", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise AdapterError(
+                    f"the HTTP server on {http.listen.host}:{http.listen.port} did not start"
+                )
+            time.sleep(0.02)
+        LOG.info(
+            "http server started",
+            host=http.listen.host,
+            port=http.listen.port,
+            public_url=http.base_url(),
+        )
+
+    def stop(self) -> None:
+        """Stop accepting; requests in progress get a grace time to finish."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(STOP_GRACE_SECONDS + 5)
+            self._thread = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        self._server = None
