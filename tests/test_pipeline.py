@@ -311,3 +311,20 @@ def test_vendor_concurrency_holds_across_two_workers(
     finally:
         server.shutdown()
     assert most == 1
+
+
+def test_vendor_down_then_back_is_delivered_by_the_automatic_retries(
+    radbridge_factory: Callable[..., Radbridge], studies: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    """A vendor that is down at first and comes back gets the study on a later automatic retry."""
+    port = free_port()
+    config = _config(tmp_path / "rb", port, backoff_base_seconds=1.0, backoff_cap_seconds=2.0)
+    config["vendors"]["lungai"]["retries"] = 10
+    rb = radbridge_factory(config=config)
+    storescu(studies["ct"], rb.port)
+    _wait(lambda: bool(_jobs(rb)) and _jobs(rb)[0]["attempts"] >= 1)
+    with StoreSCP(tmp_path / "lungai", ae_title="LUNGAI", port=port) as vendor:
+        _wait(lambda: len(vendor.files()) >= len(studies["ct"]))
+        _wait(lambda: _jobs(rb)[0]["state"] == "awaiting_result")
+    [job] = _jobs(rb)
+    assert 2 <= job["attempts"] <= 10
