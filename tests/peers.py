@@ -79,36 +79,13 @@ def ensure_debian_packages(*commands: str) -> None:
     Services the packages bring (Orthanc's) are kept from starting by a
     ``policy-rc.d`` that answers 101 while installing, when none exists.
     """
-    global _apt_updated  # noqa: PLW0603
     unknown = [c for c in commands if c not in DEBIAN_PACKAGE]
     if unknown:
         raise ValueError(f"no Debian package known for {unknown}; known: {sorted(DEBIAN_PACKAGE)}")
     missing = sorted({DEBIAN_PACKAGE[c] for c in commands if _which(c) is None})
     if not missing:
         return
-    if os.geteuid() != 0:
-        raise RuntimeError(
-            f"{', '.join(missing)} not installed and this is not root: "
-            f"run 'apt-get install -y {' '.join(missing)}' as root"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    policy = Path("/usr/sbin/policy-rc.d")
-    made_policy = not policy.exists()
-    if made_policy:
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-    try:
-        if not _apt_updated:
-            subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-            _apt_updated = True
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-            check=True,
-            env=env,
-        )
-    finally:
-        if made_policy:
-            policy.unlink()
+    _install_debian_packages(missing)
     still = [c for c in commands if _which(c) is None]
     if still:
         raise RuntimeError(f"installed {missing} but {still} still not found")
@@ -147,7 +124,7 @@ def orthanc_dicomweb_plugin() -> str:
 
 
 def _install_debian_packages(packages: list[str]) -> None:
-    """``apt-get install -y`` as :func:`ensure_debian_packages` does it, for non-commands."""
+    """`apt-get install -y` the packages (as root; services they bring are kept from starting)."""
     global _apt_updated  # noqa: PLW0603
     if os.geteuid() != 0:
         raise RuntimeError(

@@ -207,3 +207,27 @@ def test_instance_paths_filtered_by_series(engine: Engine) -> None:
     assert names(instance_paths(engine, "7.1")) == ["9.2", "9.1", "9.3"]
     assert names(instance_paths(engine, "7.1", ["8.2"])) == ["9.3"]
     assert instance_paths(engine, "7.9") == []
+
+
+def test_operator_retry_is_taken_for_publishing_exactly_once(jobs: JobStore) -> None:
+    """A job retried by an operator (from any process) is handed to the dispatcher once."""
+    job = jobs.create(STUDY, "lungai", route="r", max_attempts=1, now=T0).job
+    jobs.claim(job.id, now=T0)
+    jobs.finish(job.id, S.DEAD, error="down", now=T0)
+    later = T0 + timedelta(minutes=1)
+    jobs.retry(job.id, now=later)
+    assert [j.id for j in jobs.take_released(later)] == [job.id]
+    assert jobs.take_released(later + timedelta(seconds=1)) == []
+    assert jobs.get(job.id).state is S.PENDING
+
+
+def test_resend_sends_an_updated_study_again(jobs: JobStore) -> None:
+    """An awaiting job is sent again for a newer study revision, with the reason in its history."""
+    job = jobs.create(STUDY, "lungai", route="r", study_revision=1, now=T0).job
+    jobs.claim(job.id, now=T0)
+    jobs.finish(job.id, S.SENT, now=T0)
+    jobs.finish(job.id, S.AWAITING_RESULT, now=T0)
+    again = jobs.resend(job.id, study_revision=2, series_uids=["1.2.3.4"], now=T0)
+    assert (again.state, again.attempts, again.study_revision) == (S.PENDING, 0, 2)
+    assert again.series_uids == ("1.2.3.4",)
+    assert "revision 2" in (jobs.history(job.id)[-1].error or "")

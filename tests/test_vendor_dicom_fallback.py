@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -27,28 +26,11 @@ from adapters.vendors.dicom import (
     TranscodeError,
     fallback_syntaxes,
 )
-from broker.jobs import Job, JobPriority, JobState
 from broker.vendor import is_retryable
+from tests.jobs_data import sending_job
 from tests.peers import LOOPBACK, StoreSCP, dataset_bytes
 
-NOW = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
-JOB = Job(
-    id=3,
-    study_uid="1.2.3",
-    vendor="lungai",
-    route="r",
-    priority=JobPriority.ROUTINE,
-    state=JobState.SENDING,
-    attempts=1,
-    max_attempts=3,
-    series_uids=(),
-    deadline_at=None,
-    next_attempt_at=None,
-    last_error=None,
-    created_at=NOW,
-    updated_at=NOW,
-    study_revision=1,
-)
+JOB = sending_job(3, "lungai", "1.2.3")
 #: A SOP class UID no storescp knows (a private root).
 PRIVATE_ROOT = "1.2.826.0.1.3680043.8.498.77"
 

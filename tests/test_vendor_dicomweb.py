@@ -8,7 +8,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -23,28 +22,11 @@ from adapters.vendors import transport_for
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
 from adapters.vendors.dicomweb import DicomWebTransport, parse_stow_response
 from broker.errors import ConfigError
-from broker.jobs import Job, JobPriority, JobState
 from broker.vendor import is_retryable
+from tests.jobs_data import sending_job
 from tests.peers import LOOPBACK, Orthanc, dataset_bytes, free_port
 
-NOW = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
-JOB = Job(
-    id=7,
-    study_uid="1.2.3",
-    vendor="cxr",
-    route="r",
-    priority=JobPriority.ROUTINE,
-    state=JobState.SENDING,
-    attempts=1,
-    max_attempts=3,
-    series_uids=(),
-    deadline_at=None,
-    next_attempt_at=None,
-    last_error=None,
-    created_at=NOW,
-    updated_at=NOW,
-    study_revision=1,
-)
+JOB = sending_job(7, "cxr", "1.2.3")
 
 
 def _transport(url: str, **params: Any) -> DicomWebTransport:

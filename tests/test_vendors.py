@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,28 +12,11 @@ from adapters.vendors import names, register, transport_for
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
 from adapters.vendors.dicom import DicomPushError, DicomTransport
 from broker.errors import ConfigError, VendorError
-from broker.jobs import Job, JobPriority, JobState
 from broker.vendor import is_retryable
+from tests.jobs_data import sending_job
 from tests.peers import LOOPBACK, StoreSCP, dataset_bytes, free_port
 
-NOW = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
-JOB = Job(
-    id=1,
-    study_uid="1.2.3",
-    vendor="lungai",
-    route="r",
-    priority=JobPriority.ROUTINE,
-    state=JobState.SENDING,
-    attempts=1,
-    max_attempts=3,
-    series_uids=(),
-    deadline_at=None,
-    next_attempt_at=None,
-    last_error=None,
-    created_at=NOW,
-    updated_at=NOW,
-    study_revision=1,
-)
+JOB = sending_job(1, "lungai", "1.2.3")
 
 
 @pytest.fixture

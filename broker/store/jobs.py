@@ -298,22 +298,13 @@ class JobStore:
         now = _now(now)
         try:
             with writing(self.engine) as conn:
-                rows = conn.execute(
-                    update(jobs)
-                    .where(
-                        jobs.c.id.in_(
-                            select(jobs.c.id)
-                            .where(
-                                jobs.c.state == JobState.PENDING.value,
-                                jobs.c.next_attempt_at.is_not(None),
-                                jobs.c.next_attempt_at <= now,
-                            )
-                            .limit(limit)
-                        )
-                    )
-                    .values(next_attempt_at=None)
-                    .returning(*jobs.c)
-                ).all()
+                rows = _update_batch(
+                    conn,
+                    JobState.PENDING,
+                    and_(jobs.c.next_attempt_at.is_not(None), jobs.c.next_attempt_at <= now),
+                    {"next_attempt_at": None},
+                    limit,
+                )
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot take released jobs: {exc}") from exc
         return [_job(r) for r in rows]
@@ -328,26 +319,13 @@ class JobStore:
         moved: list[Job] = []
         try:
             with writing(self.engine) as conn:
-                rows = conn.execute(
-                    update(jobs)
-                    .where(
-                        jobs.c.id.in_(
-                            select(jobs.c.id)
-                            .where(
-                                jobs.c.state == JobState.FAILED.value,
-                                or_(
-                                    jobs.c.next_attempt_at.is_(None),
-                                    jobs.c.next_attempt_at <= now,
-                                ),
-                            )
-                            .limit(limit)
-                            .scalar_subquery()
-                        ),
-                        jobs.c.state == JobState.FAILED.value,
-                    )
-                    .values(state=JobState.PENDING.value, updated_at=now, next_attempt_at=None)
-                    .returning(*jobs.c)
-                ).all()
+                rows = _update_batch(
+                    conn,
+                    JobState.FAILED,
+                    or_(jobs.c.next_attempt_at.is_(None), jobs.c.next_attempt_at <= now),
+                    {"state": JobState.PENDING.value, "updated_at": now, "next_attempt_at": None},
+                    limit,
+                )
                 for row in rows:
                     job = _job(row)
                     _record(
@@ -651,3 +629,18 @@ def job_instances(
         stmt = stmt.where(instances.c.sop_instance_uid == sop_instance_uid)
     with engine.connect() as conn:
         return [JobInstance(*r) for r in conn.execute(stmt).all()]
+
+
+def _update_batch(
+    conn: Connection, state: JobState, condition: Any, values: dict[str, Any], limit: int
+) -> Sequence[Row[Any]]:
+    """Update up to ``limit`` jobs in ``state`` that meet ``condition``; their rows after."""
+    chosen = (
+        select(jobs.c.id).where(jobs.c.state == state.value, condition).limit(limit)
+    ).scalar_subquery()
+    return conn.execute(
+        update(jobs)
+        .where(jobs.c.id.in_(chosen), jobs.c.state == state.value)
+        .values(values)
+        .returning(*jobs.c)
+    ).all()
