@@ -352,7 +352,7 @@ def test_second_service_on_the_same_port_or_spool_refuses_to_start(
     same_port = Radbridge(
         tmp_path / "other-port", None, listen={"host": "127.0.0.1", "port": radbridge.port}
     )
-    with pytest.raises(RuntimeError, match=r"cannot listen on 127\.0\.0\.1"):
+    with pytest.raises(RuntimeError, match=r"cannot listen for DICOM on 127\.0\.0\.1"):
         same_port.start()
     same_spool = Radbridge(tmp_path / "other-spool", None)
     same_spool.config["storage"] = radbridge.config["storage"]

@@ -24,6 +24,7 @@ from typing import Any
 
 from adapters.dicom.mapping import instance_record_from_spooled_file
 from adapters.dicom.server import ListenerServer, LoadBoard, make_server
+from adapters.sockets import listen
 from broker.edges import ServiceContext
 from broker.errors import DicomError, InvalidDicomError, StoreError
 from broker.logging import configure_logging, get_logger
@@ -34,7 +35,6 @@ from config.schema import Settings
 LOG = get_logger("radbridge.dicom")
 _SPAWN = multiprocessing.get_context("spawn")
 STOP_GRACE_SECONDS = 10.0
-BACKLOG = 128
 
 
 def _process_main(
@@ -107,8 +107,13 @@ class DicomListener:
         recover_spool(context.spool, context.store, context.settings)
 
     def start(self, context: ServiceContext) -> None:
-        listen = context.settings.dicom.listen
-        self._socket = _listen(listen.host, listen.port)
+        listen_at = context.settings.dicom.listen
+        self._socket = listen(
+            listen_at.host,
+            listen_at.port,
+            service="DICOM",
+            hint="is another radbridge or DICOM service running there?",
+        )
         self._context = context
         count = self.process_count(context.settings)
         self._counts = _SPAWN.Array("i", count)
@@ -126,8 +131,8 @@ class DicomListener:
             self._threads.append(thread)
         LOG.info(
             "dicom listener started",
-            host=listen.host,
-            port=listen.port,
+            host=listen_at.host,
+            port=listen_at.port,
             processes=count,
             ae_titles=sorted(context.settings.dicom.ae_titles),
         )
@@ -221,23 +226,6 @@ class DicomListener:
                 process.join()
         self._processes.clear()
         self._handoffs.clear()
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """The listening socket; a port in use is a clear error, never a shared port."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(BACKLOG)
-    except OSError as exc:
-        sock.close()
-        raise DicomError(
-            f"cannot listen on {host}:{port}: {exc.strerror}; is another radbridge "
-            "or DICOM service running there?"
-        ) from exc
-    return sock
 
 
 def recover_spool(spool: Spool, store: StudyStore, settings: Settings) -> int:

@@ -9,9 +9,11 @@ operator cancels a job, ``cancel(job)`` if the transport has it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, TypeVar
 
-from broker.errors import VendorError
+from pydantic import BaseModel, ValidationError
+
+from broker.errors import ConfigError, VendorError
 from broker.vendor import Cancellable, SendOutcome, VendorTransport, is_retryable
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "VendorTransport",
     "VendorUnavailableError",
     "is_retryable",
+    "transport_settings",
 ]
 
 
@@ -38,3 +41,18 @@ class TransportType(Protocol):
 
     @classmethod
     def from_params(cls, vendor: str, params: Mapping[str, Any]) -> Self: ...
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def transport_settings(model: type[M], vendor: str, params: Mapping[str, Any]) -> M:
+    """A transport's settings validated; problems named ``vendors.NAME.transport.FIELD``."""
+    try:
+        return model.model_validate(dict(params))
+    except ValidationError as exc:
+        problems = [
+            f"vendors.{vendor}.transport.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+            for e in exc.errors()
+        ]
+        raise ConfigError(problems[0], problems) from exc

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError as PydicomInvalid
@@ -57,8 +57,7 @@ from pynetdicom.transport import AddressInformation, AssociationSocket
 
 from adapters.dicom.reactor import event_driven_dul
 from adapters.vendors import register
-from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
-from broker.errors import ConfigError
+from adapters.vendors.base import VendorRejectedError, VendorUnavailableError, transport_settings
 from broker.jobs import Job
 from broker.logging import get_logger
 from broker.vendor import SendOutcome
@@ -251,14 +250,7 @@ class DicomTransport:
     @classmethod
     def from_params(cls, vendor: str, params: Mapping[str, Any]) -> Self:
         """Build from a vendor's ``transport:`` settings; invalid ones raise ConfigError."""
-        try:
-            settings = DicomPushSettings.model_validate(dict(params))
-        except ValidationError as exc:
-            problems = [
-                f"vendors.{vendor}.transport.{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                for e in exc.errors()
-            ]
-            raise ConfigError(problems[0], problems) from exc
+        settings = transport_settings(DicomPushSettings, vendor, params)
         return cls(vendor, settings)
 
     def __repr__(self) -> str:

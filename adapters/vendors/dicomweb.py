@@ -58,12 +58,12 @@ from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydicom.errors import InvalidDicomError as PydicomInvalid
 from pydicom.filereader import read_file_meta_info
 
 from adapters.vendors import register
-from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
+from adapters.vendors.base import VendorRejectedError, VendorUnavailableError, transport_settings
 from broker.errors import ConfigError
 from broker.jobs import Job
 from broker.logging import get_logger
@@ -307,14 +307,7 @@ class DicomWebTransport:
     @classmethod
     def from_params(cls, vendor: str, params: Mapping[str, Any]) -> Self:
         """Build from a vendor's ``transport:`` settings; invalid ones raise ConfigError."""
-        try:
-            settings = DicomWebSettings.model_validate(dict(params))
-        except ValidationError as exc:
-            problems = [
-                f"vendors.{vendor}.transport.{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                for e in exc.errors()
-            ]
-            raise ConfigError(problems[0], problems) from exc
+        settings = transport_settings(DicomWebSettings, vendor, params)
         user = urlsplit(settings.url).username
         if user is not None and settings.token is None:
             problem = (

@@ -52,12 +52,12 @@ from pathlib import Path
 from typing import Any, Self
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from sqlalchemy import Engine
 
 from adapters.vendors import register
-from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
-from broker.errors import ConfigError, NotFoundError, StoreError
+from adapters.vendors.base import VendorRejectedError, VendorUnavailableError, transport_settings
+from broker.errors import NotFoundError, StoreError
 from broker.jobs import Job
 from broker.logging import get_logger
 from broker.store import StudyStore, make_engine
@@ -134,14 +134,7 @@ class HttpTransport:
     @classmethod
     def from_params(cls, vendor: str, params: Mapping[str, Any]) -> Self:
         """Build from a vendor's ``transport:`` settings; invalid ones raise ConfigError."""
-        try:
-            settings = HttpSettings.model_validate(dict(params))
-        except ValidationError as exc:
-            problems = [
-                f"vendors.{vendor}.transport.{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                for e in exc.errors()
-            ]
-            raise ConfigError(problems[0], problems) from exc
+        settings = transport_settings(HttpSettings, vendor, params)
         return cls(vendor, settings)
 
     def __repr__(self) -> str:

@@ -14,6 +14,7 @@ import time
 
 import uvicorn
 
+from adapters.sockets import listen
 from adapters.web.app import create_app
 from broker.edges import ServiceContext
 from broker.errors import AdapterError
@@ -22,24 +23,6 @@ from broker.logging import get_logger
 LOG = get_logger("radbridge.web")
 START_TIMEOUT_SECONDS = 15.0
 STOP_GRACE_SECONDS = 10.0
-BACKLOG = 128
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port``; a port in use raises :class:`AdapterError`."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(BACKLOG)
-    except OSError as exc:
-        sock.close()
-        raise AdapterError(
-            f"cannot listen for HTTP on {host}:{port}: {exc.strerror}; set http.listen "
-            "to a free port"
-        ) from exc
-    return sock
 
 
 class WebEdge:
@@ -61,7 +44,12 @@ class WebEdge:
             LOG.debug("http server not started: no http block and no http vendor")
             return
         http = settings.http_settings()
-        self._socket = listen(http.listen.host, http.listen.port)
+        self._socket = listen(
+            http.listen.host,
+            http.listen.port,
+            service="HTTP",
+            hint="set http.listen to a free port",
+        )
         config = uvicorn.Config(
             create_app(context.engine),
             loop="asyncio",
