@@ -26,8 +26,9 @@ from sqlalchemy import Engine
 from structlog.stdlib import BoundLogger
 
 from broker.bus import Bus, BusError, Ticket
+from broker.domain import Priority
 from broker.errors import ConfigError
-from broker.jobs import RESENDABLE, Job, JobPriority, JobState, JobStateError, backoff
+from broker.jobs import RESENDABLE, Job, JobState, JobStateError, backoff
 from broker.logging import get_logger
 from broker.store.jobs import Created, JobStore, instance_paths
 from broker.vendor import VendorTransport, is_retryable
@@ -80,7 +81,7 @@ class JobRequest:
     study_uid: str
     vendor: str
     route: str
-    priority: JobPriority = JobPriority.ROUTINE
+    priority: Priority = Priority.ROUTINE
     series_uids: tuple[str, ...] = ()
     deadline: timedelta | None = None
     study_revision: int = 0

@@ -30,6 +30,24 @@ class CodedValue(enum.StrEnum):
         return next((m for m in cls if m.value.casefold() == key), None)
 
 
+class Priority(CodedValue):
+    """How urgently a route wants its studies delivered: ``stat`` overtakes ``routine``."""
+
+    STAT = "stat"
+    URGENT = "urgent"
+    ROUTINE = "routine"
+
+    @property
+    def rank(self) -> int:
+        """0 for stat (most urgent), 2 for routine."""
+        return (Priority.STAT, Priority.URGENT, Priority.ROUTINE).index(self)
+
+    @property
+    def bus_priority(self) -> int:
+        """The message priority on the bus (0 to 9; higher goes first)."""
+        return {Priority.STAT: 9, Priority.URGENT: 5, Priority.ROUTINE: 0}[self]
+
+
 class StudyState(CodedValue):
     """Where a study is in its collection: still arriving, complete, or re-opened."""
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from broker.domain import CodedValue
+from broker.domain import CodedValue, Priority
 from broker.errors import RadbridgeError
 
 
@@ -75,22 +75,6 @@ def check_transition(from_state: JobState, to_state: JobState) -> None:
         )
 
 
-class JobPriority(CodedValue):
-    """How urgently a route wants its jobs delivered. Accepts its value in any case."""
-
-    STAT = "stat"
-    URGENT = "urgent"
-    ROUTINE = "routine"
-
-    @property
-    def bus_priority(self) -> int:
-        """The message priority on the bus (0 to 9; higher goes first)."""
-        return _BUS_PRIORITY[self]
-
-
-_BUS_PRIORITY = {JobPriority.STAT: 9, JobPriority.URGENT: 5, JobPriority.ROUTINE: 0}
-
-
 def backoff(
     attempt: int,
     base: float,
@@ -130,7 +114,7 @@ class Job:
     study_uid: str
     vendor: str
     route: str
-    priority: JobPriority
+    priority: Priority
     state: JobState
     attempts: int
     max_attempts: int

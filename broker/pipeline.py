@@ -22,7 +22,6 @@ from broker.bus import Bus
 from broker.cli_common import registered
 from broker.delivery import DeliveryWorker, Dispatcher, JobRequest, VendorSpec
 from broker.errors import ConfigError, NotFoundError
-from broker.jobs import JobPriority
 from broker.logging import get_logger
 from broker.store import StudyStore
 from broker.store.jobs import JobStore
@@ -130,7 +129,7 @@ class RoutingStage:
                 study_uid=study_uid,
                 vendor=d.vendor,
                 route=d.route,
-                priority=JobPriority(d.priority.value),
+                priority=d.priority,
                 series_uids=d.series_uids,
                 deadline=timedelta(seconds=d.deadline_seconds) if d.deadline_seconds else None,
                 study_revision=study.revision,

@@ -29,13 +29,13 @@ from pydantic import (
     model_validator,
 )
 
+from broker.domain import Priority
 from routing.compile import RuleSet, compile_routes
 from routing.fields import Kind
 from routing.parse import RuleError, did_you_mean, parse_series, parse_when
 from routing.schema import (
     Conditions,
     OnNoOrder,
-    Priority,
     RequireOrder,
     RouteSpec,
     SeriesSelector,

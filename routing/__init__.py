@@ -12,6 +12,7 @@ Modules: :mod:`~routing.fields` (what a condition can test),
 :mod:`~routing.explain` (why). No I/O, no database, no pydicom.
 """
 
+from broker.domain import Priority
 from routing.compile import CompiledRoute, RuleSet, compile_routes
 from routing.evaluate import (
     Decision,
@@ -29,7 +30,6 @@ from routing.parse import RuleError, parse_series, parse_when
 from routing.schema import (
     Conditions,
     OnNoOrder,
-    Priority,
     RequireOrder,
     RouteSpec,
     SeriesSelector,

@@ -29,10 +29,10 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from broker.domain import Order, Study
+from broker.domain import Order, Priority, Study
 from routing.compile import CompiledRoute, RuleSet
 from routing.facts import Facts
-from routing.schema import OnNoOrder, Priority, show_duration
+from routing.schema import OnNoOrder, show_duration
 from routing.selectors import select_series
 from routing.trace import Failure, first_failure
 

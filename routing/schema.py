@@ -35,6 +35,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from broker.domain import Priority
 from routing.fields import FieldSpec, Source
 
 
@@ -52,19 +53,6 @@ class Op(enum.StrEnum):
 
 
 COMPARISONS = frozenset({Op.LT, Op.LTE, Op.GT, Op.GTE})
-
-
-class Priority(enum.StrEnum):
-    """How urgently a route's jobs are delivered: ``stat`` overtakes ``routine``."""
-
-    STAT = "stat"
-    URGENT = "urgent"
-    ROUTINE = "routine"
-
-    @property
-    def rank(self) -> int:
-        """0 for stat (most urgent), 2 for routine."""
-        return (Priority.STAT, Priority.URGENT, Priority.ROUTINE).index(self)
 
 
 class OnNoOrder(enum.StrEnum):

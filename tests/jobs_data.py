@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from broker.jobs import Job, JobPriority, JobState
+from broker.domain import Priority
+from broker.jobs import Job, JobState
 
 NOW = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 
@@ -16,7 +17,7 @@ def sending_job(job_id: int = 1, vendor: str = "lungai", study_uid: str = "1.2.3
         study_uid=study_uid,
         vendor=vendor,
         route="r",
-        priority=JobPriority.ROUTINE,
+        priority=Priority.ROUTINE,
         state=JobState.SENDING,
         attempts=1,
         max_attempts=3,

@@ -24,7 +24,8 @@ from adapters.dicom.synthetic import generate_study
 from adapters.vendors import transport_for
 from broker.bus import Bus
 from broker.delivery import DeliveryWorker, Dispatcher, JobRequest, VendorSpec
-from broker.jobs import Job, JobPriority, JobState
+from broker.domain import Priority
+from broker.jobs import Job, JobState
 from broker.spool import Spool
 from broker.store import JobStore, StudyStore
 from tests.databases import empty_database
@@ -243,7 +244,7 @@ def test_stat_job_overtakes_waiting_routine_jobs(stack: Stack) -> None:
     [first] = dispatcher.dispatch([JobRequest(studies[0], "ichai", route="head")])
     wait_state(stack.jobs, first.job.id, S.SENDING)
     routine = [JobRequest(uid, "ichai", route="head") for uid in studies[1:4]]
-    stat = JobRequest(studies[4], "ichai", route="head-bleed", priority=JobPriority.STAT)
+    stat = JobRequest(studies[4], "ichai", route="head-bleed", priority=Priority.STAT)
     ids = [first.job.id, *(c.job.id for c in dispatcher.dispatch([*routine, stat]))]
     for job_id in ids:
         wait_state(stack.jobs, job_id, S.AWAITING_RESULT)

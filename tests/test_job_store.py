@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from broker.domain import Priority
 from broker.errors import NotFoundError
-from broker.jobs import JobPriority, JobState, JobStateError
+from broker.jobs import JobState, JobStateError
 from broker.store import JobStore, StudyStore, instance_paths
 from tests.databases import DATABASES, empty_database
 from tests.test_store import _rec
@@ -46,7 +47,7 @@ def test_create_is_idempotent_per_study_and_vendor(jobs: JobStore) -> None:
         STUDY,
         "lungai",
         route="chest-ct",
-        priority=JobPriority.URGENT,
+        priority=Priority.URGENT,
         max_attempts=3,
         series_uids=("1.2.3", "1.2.4"),
         deadline_at=T0 + timedelta(minutes=15),
@@ -62,7 +63,7 @@ def test_create_is_idempotent_per_study_and_vendor(jobs: JobStore) -> None:
         S.PENDING,
         0,
         3,
-        JobPriority.URGENT,
+        Priority.URGENT,
     )
     assert job.series_uids == ("1.2.3", "1.2.4") and job.route == "chest-ct"
     assert job.deadline_at == T0 + timedelta(minutes=15) and job.study_revision == 2

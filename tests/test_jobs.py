@@ -6,11 +6,11 @@ import itertools
 
 import pytest
 
+from broker.domain import Priority
 from broker.errors import RadbridgeError
 from broker.jobs import (
     FINAL,
     TRANSITIONS,
-    JobPriority,
     JobState,
     JobStateError,
     backoff,
@@ -85,14 +85,14 @@ def test_final_states_and_error_hierarchy() -> None:
 def test_enums_accept_their_strings() -> None:
     """States and priorities accept their value in any case."""
     assert JobState("Awaiting-Result") is S.AWAITING_RESULT
-    assert JobPriority("STAT") is JobPriority.STAT
+    assert Priority("STAT") is Priority.STAT
     with pytest.raises(ValueError):
-        JobPriority("asap")
+        Priority("asap")
 
 
 def test_priorities_map_to_bus_priorities() -> None:
     """stat, urgent and routine become kombu priorities 9, 5 and 0."""
-    assert [p.bus_priority for p in JobPriority] == [9, 5, 0]
+    assert [p.bus_priority for p in Priority] == [9, 5, 0]
 
 
 def test_backoff_ceiling_doubles_up_to_the_cap() -> None:

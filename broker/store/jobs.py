@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from broker.domain import Priority
 from broker.errors import NotFoundError, StoreError
 from broker.jobs import (
     CLAIMABLE,
@@ -27,7 +28,6 @@ from broker.jobs import (
     UNFINISHED,
     Job,
     JobEvent,
-    JobPriority,
     JobState,
     JobStateError,
     check_transition,
@@ -62,7 +62,7 @@ def _job(r: Row[Any]) -> Job:
         study_uid=r.study_uid,
         vendor=r.vendor,
         route=r.route,
-        priority=JobPriority(r.priority),
+        priority=Priority(r.priority),
         state=JobState(r.state),
         attempts=r.attempts,
         max_attempts=r.max_attempts,
@@ -127,7 +127,7 @@ class JobStore:
         vendor: str,
         *,
         route: str,
-        priority: JobPriority = JobPriority.ROUTINE,
+        priority: Priority = Priority.ROUTINE,
         max_attempts: int = 5,
         series_uids: Sequence[str] = (),
         deadline_at: datetime | None = None,
@@ -142,7 +142,7 @@ class JobStore:
             "study_uid": study_uid,
             "vendor": vendor,
             "route": route,
-            "priority": JobPriority(priority).value,
+            "priority": Priority(priority).value,
             "state": JobState.PENDING.value,
             "attempts": 0,
             "max_attempts": max_attempts,

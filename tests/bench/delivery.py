@@ -37,7 +37,8 @@ from adapters.dicom.synthetic import generate_study
 from adapters.vendors.dicom import DicomTransport
 from broker.bus import Bus
 from broker.delivery import DeliveryWorker, Dispatcher, JobRequest, VendorSpec
-from broker.jobs import JobPriority, JobState
+from broker.domain import Priority
+from broker.jobs import JobState
 from broker.spool import Spool
 from broker.store import JobStore, StudyStore, make_engine
 from broker.store.migrate import migrate
@@ -134,7 +135,7 @@ def _stat_wait(url: str, bus_url: str, work: Path, spool: Spool, routine: int) -
             dispatcher.dispatch([JobRequest(uid, vendor, route="r") for uid in uids[:routine]])
             started = time.perf_counter()
             [stat] = dispatcher.dispatch(
-                [JobRequest(uids[routine], vendor, route="stat", priority=JobPriority.STAT)]
+                [JobRequest(uids[routine], vendor, route="stat", priority=Priority.STAT)]
             )
             _wait(lambda: jobs.get(stat.job.id).attempts > 0)
             waited = time.perf_counter() - started
