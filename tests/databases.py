@@ -23,12 +23,13 @@ DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
 @contextmanager
-def empty_database(kind: str, folder: Path) -> Iterator[Engine]:
-    """A migrated, empty store of ``kind`` (``sqlite`` or ``postgresql``)."""
+def empty_database(kind: str, folder: Path, *, migrated: bool = True) -> Iterator[Engine]:
+    """An empty store of ``kind`` (``sqlite``, or a schema of its own in ``postgresql``)."""
     if kind == "sqlite":
         eng = make_engine(f"sqlite:///{folder / 'store' / 'radbridge.db'}")
         try:
-            migrate(eng)
+            if migrated:
+                migrate(eng)
             yield eng
         finally:
             eng.dispose()
@@ -39,7 +40,8 @@ def empty_database(kind: str, folder: Path) -> Iterator[Engine]:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     eng = make_engine(f"{PG_URL}?options=-csearch_path%3D{schema}")
     try:
-        migrate(eng)
+        if migrated:
+            migrate(eng)
         yield eng
     finally:
         eng.dispose()

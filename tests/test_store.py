@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -12,13 +11,14 @@ from typing import Any
 import pytest
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, inspect, select, text
+from sqlalchemy import Engine, inspect, select, text
 
 from broker.domain import InstanceRecord, Patient, StudyState
 from broker.errors import NotFoundError, StoreError
 from broker.store import Indexed, StudyStore, make_engine
 from broker.store.migrate import MIGRATIONS, migrate
 from broker.store.tables import instances, series, studies
+from tests.databases import DATABASES, empty_database
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
@@ -29,26 +29,11 @@ CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=DATABASES)
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """An empty database: a fresh SQLite file, or a schema of its own in PostgreSQL."""
-    if request.param == "sqlite":
-        eng = make_engine(f"sqlite:///{tmp_path / 'store' / 'radbridge.db'}")
+    """An empty, unmigrated database: a fresh SQLite file, or a PostgreSQL schema of its own."""
+    with empty_database(request.param, tmp_path, migrated=False) as eng:
         yield eng
-        eng.dispose()
-        return
-    schema = f"t_{uuid.uuid4().hex}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    eng = make_engine(f"{PG_URL}?options=-csearch_path%3D{schema}")
-    try:
-        yield eng
-    finally:
-        eng.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture
