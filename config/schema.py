@@ -135,6 +135,16 @@ class Http(Strict):
             raise ValueError(f"not an http(s) URL: {value!r}; valid: https://radbridge.example")
         return None if value is None else value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _reachable(self) -> Http:
+        if self.public_url is None and self.listen.host in ("0.0.0.0", "::"):
+            raise ValueError(
+                f"http.listen.host is {self.listen.host}, which vendors cannot reach; "
+                "valid: set http.public_url to the address vendors use, e.g. "
+                "https://radbridge.hospital.example"
+            )
+        return self
+
     def base_url(self) -> str:
         """Where vendors reach radbridge's HTTP server."""
         if self.public_url:

@@ -426,3 +426,14 @@ def test_absolute_and_memory_paths_are_kept(tmp_path: Path) -> None:
     absolute = VALID.replace("sqlite:///./var/radbridge.db", f"sqlite:///{tmp_path}/x.db")
     settings = load_settings(_write(tmp_path / "etc2", absolute), {})
     assert settings.storage.database == f"sqlite:///{tmp_path}/x.db"
+
+
+def test_http_on_all_interfaces_needs_a_public_url(tmp_path: Path) -> None:
+    """Listening on 0.0.0.0 without http.public_url is refused: manifests would be unreachable."""
+    text = VALID + "http:\n  listen: {host: 0.0.0.0, port: 8080}\n"
+    (problem,) = _problems(_write(tmp_path, text))
+    assert "http.public_url" in problem and f":{_line_of(text, 'http:')}:" in problem
+    ok = text + '  public_url: "https://radbridge.hospital.example"\n'
+    assert load_settings(_write(tmp_path, ok), environ={}).http_settings().base_url() == (
+        "https://radbridge.hospital.example"
+    )

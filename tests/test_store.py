@@ -20,7 +20,6 @@ from broker.store.migrate import MIGRATIONS, migrate
 from broker.store.tables import instances, series, studies
 from tests.databases import DATABASES, empty_database
 
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 STUDY = "1.2.826.0.1.3680043.10.511.1"
 SERIES_A = STUDY + ".1"
