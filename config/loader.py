@@ -21,7 +21,8 @@ import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from broker.errors import ConfigError
-from config.schema import SECRET_FIELDS, LocatedErrors, Settings
+from config.base import LocatedErrors
+from config.schema import SECRET_FIELDS, Settings
 
 ENV_PREFIX = "RADBRIDGE_"
 CONFIG_ENV = "RADBRIDGE_CONFIG"

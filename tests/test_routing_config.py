@@ -11,7 +11,8 @@ import pytest
 
 from broker.errors import ConfigError
 from config.loader import load_settings
-from config.schema import TransportType, dicom_tag, parse_duration, routing_rules
+from config.schema import routing_rules
+from config.vendors import TransportType, dicom_tag, parse_duration
 from routing import Priority, decide
 from routing.fields import Kind
 from tests.test_routing import NOW, series, study

@@ -25,7 +25,7 @@ from broker.errors import AdapterError
 from broker.jobs import Job, JobState
 from broker.spool import Spool
 from broker.store import JobStore, StudyStore
-from broker.store.jobs import JobTokens, token_digest
+from broker.store.job_tokens import JobTokens, token_digest
 from config.schema import Settings
 from tests.databases import empty_database
 from tests.peers import LOOPBACK, dataset_bytes, free_port

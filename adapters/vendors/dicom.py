@@ -61,7 +61,7 @@ from adapters.vendors.base import VendorRejectedError, VendorUnavailableError, t
 from broker.jobs import Job
 from broker.logging import get_logger
 from broker.vendor import SendOutcome
-from config.schema import AETitle, Port
+from config.base import AETitle, Port
 
 LOG = get_logger("radbridge.vendors.dicom")
 

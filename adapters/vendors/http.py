@@ -61,7 +61,7 @@ from broker.errors import NotFoundError, StoreError
 from broker.jobs import Job
 from broker.logging import get_logger
 from broker.store import StudyStore, make_engine
-from broker.store.jobs import JobTokens
+from broker.store.job_tokens import JobTokens
 from broker.vendor import SendOutcome
 
 LOG = get_logger("radbridge.vendors.http")

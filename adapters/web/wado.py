@@ -39,7 +39,7 @@ from sqlalchemy import Engine
 
 from broker.jobs import Job
 from broker.logging import get_logger
-from broker.store.jobs import JobInstance, JobTokens, job_instances
+from broker.store.job_tokens import JobInstance, JobTokens, job_instances
 
 LOG = get_logger("radbridge.web.wado")
 

@@ -1,0 +1,128 @@
+"""Per-job tokens (only their SHA-256 is stored) and a job's instances, for WADO-RS pulls."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from broker.errors import StoreError
+from broker.jobs import Job, JobState
+from broker.store.engine import writing
+from broker.store.jobs import _job, _now
+from broker.store.tables import instances, job_tokens, jobs
+
+#: States in which a job's token opens its WADO-RS endpoint: being sent, or at the vendor.
+TOKEN_STATES: frozenset[JobState] = frozenset(
+    {JobState.SENDING, JobState.SENT, JobState.AWAITING_RESULT}
+)
+
+
+def token_digest(token: str) -> str:
+    """The SHA-256 (hex) of a token: the only form the store keeps."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class JobTokens:
+    """Bearer tokens that let a vendor pull one job's study (WADO-RS), and nothing else.
+
+    A job has at most one token: issuing a new one (a new attempt) replaces
+    the old. A token works while it has not expired and its job is in
+    :data:`TOKEN_STATES`; once the job is done, dead, cancelled or failed it
+    opens nothing, whatever its expiry.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def issue(
+        self, job_id: int, ttl_seconds: float, *, now: datetime | None = None
+    ) -> tuple[str, datetime]:
+        """A new random token for ``job_id`` valid ``ttl_seconds``; returns it and its expiry."""
+        if ttl_seconds <= 0:
+            raise ValueError(f"ttl_seconds is {ttl_seconds}; valid: more than 0")
+        now = _now(now)
+        token = secrets.token_urlsafe(32)
+        expires_at = now + timedelta(seconds=ttl_seconds)
+        try:
+            with writing(self.engine) as conn:
+                conn.execute(delete(job_tokens).where(job_tokens.c.job_id == job_id))
+                conn.execute(
+                    insert(job_tokens).values(
+                        job_id=job_id,
+                        token_sha256=token_digest(token),
+                        created_at=now,
+                        expires_at=expires_at,
+                    )
+                )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot issue a token for job {job_id}: {exc}") from exc
+        return token, expires_at
+
+    def job_for(self, token: str, *, now: datetime | None = None) -> Job | None:
+        """The job ``token`` opens now, or None (unknown, expired, or the job is over)."""
+        now = _now(now)
+        stmt = (
+            select(jobs)
+            .join(job_tokens, job_tokens.c.job_id == jobs.c.id)
+            .where(
+                job_tokens.c.token_sha256 == token_digest(token),
+                job_tokens.c.expires_at > now,
+                jobs.c.state.in_([s.value for s in TOKEN_STATES]),
+            )
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).one_or_none()
+        return None if row is None else _job(row)
+
+    def revoke(self, job_id: int) -> None:
+        """Forget every token of ``job_id``."""
+        try:
+            with writing(self.engine) as conn:
+                conn.execute(delete(job_tokens).where(job_tokens.c.job_id == job_id))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot revoke the tokens of job {job_id}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class JobInstance:
+    """One spooled instance of a job's study, as WADO-RS serves it."""
+
+    series_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    path: str
+    size: int
+
+
+def job_instances(
+    engine: Engine,
+    job: Job,
+    *,
+    series_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> list[JobInstance]:
+    """The instances of ``job`` (its selected series only), optionally of one series or SOP."""
+    stmt = (
+        select(
+            instances.c.series_uid,
+            instances.c.sop_instance_uid,
+            instances.c.transfer_syntax_uid,
+            instances.c.path,
+            instances.c.size,
+        )
+        .where(instances.c.study_uid == job.study_uid)
+        .order_by(instances.c.series_uid, instances.c.instance_number, instances.c.id)
+    )
+    if job.series_uids:
+        stmt = stmt.where(instances.c.series_uid.in_(list(job.series_uids)))
+    if series_uid is not None:
+        stmt = stmt.where(instances.c.series_uid == series_uid)
+    if sop_instance_uid is not None:
+        stmt = stmt.where(instances.c.sop_instance_uid == sop_instance_uid)
+    with engine.connect() as conn:
+        return [JobInstance(*r) for r in conn.execute(stmt).all()]
