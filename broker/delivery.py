@@ -30,7 +30,8 @@ from broker.domain import Priority
 from broker.errors import ConfigError
 from broker.jobs import RESENDABLE, Job, JobState, JobStateError, backoff
 from broker.logging import get_logger
-from broker.store.jobs import Created, JobStore, instance_paths
+from broker.store import StudyStore
+from broker.store.jobs import Created, JobStore
 from broker.vendor import VendorTransport, is_retryable
 
 LOG = get_logger("radbridge.delivery")
@@ -243,6 +244,7 @@ class DeliveryWorker:
             raise ConfigError(f"no transport built for vendor(s) {', '.join(missing)}")
         self.engine = engine
         self.jobs = JobStore(engine)
+        self.studies = StudyStore(engine)
         self.bus = bus
         self.vendors = vendors
         self.transports = transports
@@ -290,7 +292,7 @@ class DeliveryWorker:
         log = log.bind(study_uid=job.study_uid)
         spec = _spec(self.vendors, job.vendor)
         transport = self.transports[job.vendor]
-        files = [Path(p) for p in instance_paths(self.engine, job.study_uid, job.series_uids)]
+        files = [Path(p) for p in self.studies.instance_paths(job.study_uid, job.series_uids)]
         if not files:
             self._finish(job, [JobState.DEAD], error="the study has no instances in the store")
             log.error("nothing to send", series=len(job.series_uids))

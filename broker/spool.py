@@ -80,13 +80,8 @@ class Spool:
             / f"{_component(sop_instance_uid)}.dcm"
         )
 
-    def commit(self, tmp_file: Path, final: Path) -> bool:
-        """Durably move a fully received file into place; True if it replaced a copy."""
-        self.flush(tmp_file)
-        return self.place(tmp_file, final)
-
     def flush(self, tmp_file: Path) -> None:
-        """Force a received file's bytes to disk (the first half of ``commit``)."""
+        """Force a received file's bytes to disk (before ``place``)."""
         try:
             fd = os.open(tmp_file, os.O_RDONLY)
             try:
@@ -97,7 +92,7 @@ class Spool:
             raise SpoolError(f"cannot sync {tmp_file.name} to disk: {exc.strerror}") from exc
 
     def place(self, tmp_file: Path, final: Path) -> bool:
-        """Rename a flushed file into place, durably (the second half of ``commit``)."""
+        """Rename a flushed file into place, durably; True if it replaced a copy."""
         try:
             existed = final.exists()
             created = []

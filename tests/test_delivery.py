@@ -6,7 +6,6 @@ with SQLite) and scaled out (RabbitMQ on 127.0.0.1:5672 with PostgreSQL).
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 import uuid
@@ -16,20 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.filereader import read_file_meta_info
 from sqlalchemy import Engine
 
-from adapters.dicom.mapping import instance_record_from_spooled_file
-from adapters.dicom.synthetic import generate_study
 from adapters.vendors import transport_for
 from broker.bus import Bus
 from broker.delivery import DeliveryWorker, Dispatcher, JobRequest, VendorSpec
 from broker.domain import Priority
 from broker.jobs import Job, JobState
 from broker.spool import Spool
-from broker.store import JobStore, StudyStore
+from broker.store import JobStore
 from tests.databases import empty_database
 from tests.peers import LOOPBACK, StoreSCP, dataset_bytes, free_port
+from tests.spooling import spool_study
 
 S = JobState
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
@@ -75,20 +72,9 @@ class Stack:
 
     def study(self, kind: Any = "ct_chest", **options: Any) -> tuple[str, list[Path]]:
         """Generate a study, place it in the spool and index it; its UID and spooled files."""
-        out = self.tmp / f"gen-{uuid.uuid4().hex[:8]}"
-        studies = StudyStore(self.engine)
-        placed = []
-        for path in generate_study(kind, out, study_uid=_uid(), **options):
-            meta = read_file_meta_info(path)
-            record = instance_record_from_spooled_file(path)
-            final = self.spool.path_for(
-                record.study_uid, record.series_uid, str(meta.MediaStorageSOPInstanceUID)
-            )
-            final.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(path, final)
-            studies.record_instance(instance_record_from_spooled_file(final), 0.0)
-            placed.append(final)
-        return record.study_uid, placed
+        return spool_study(
+            self.engine, self.spool, kind, self.tmp / f"gen-{uuid.uuid4().hex[:8]}", **options
+        )
 
     def vendor(self, name: str, port: int, **spec: Any) -> VendorSpec:
         params = {"ae_title": name.upper(), "host": LOOPBACK, "port": port, "timeout": 10}
@@ -134,13 +120,6 @@ class Stack:
             self.bus.delete(self.vendors)
         finally:
             self.bus.close()
-
-
-_counter = iter(range(1, 1_000_000))
-
-
-def _uid() -> str:
-    return f"1.2.826.0.1.3680043.10.511.9.{uuid.uuid4().int % 10**12}.{next(_counter)}"
 
 
 def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 20.0) -> None:

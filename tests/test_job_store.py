@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from broker.domain import Priority
 from broker.errors import NotFoundError
 from broker.jobs import JobState, JobStateError
-from broker.store import JobStore, StudyStore, instance_paths
+from broker.store import JobStore, StudyStore
 from tests.databases import DATABASES, empty_database
 from tests.test_store import _rec
 
@@ -205,9 +205,9 @@ def test_instance_paths_filtered_by_series(engine: Engine) -> None:
             _rec(sop, study="7.1", series_uid=series_uid, instance_number=number), 1.0
         )
     names = lambda paths: [Path(p).stem for p in paths]  # noqa: E731
-    assert names(instance_paths(engine, "7.1")) == ["9.2", "9.1", "9.3"]
-    assert names(instance_paths(engine, "7.1", ["8.2"])) == ["9.3"]
-    assert instance_paths(engine, "7.9") == []
+    assert names(StudyStore(engine).instance_paths("7.1")) == ["9.2", "9.1", "9.3"]
+    assert names(StudyStore(engine).instance_paths("7.1", ["8.2"])) == ["9.3"]
+    assert StudyStore(engine).instance_paths("7.9") == []
 
 
 def test_operator_retry_is_taken_for_publishing_exactly_once(jobs: JobStore) -> None:

@@ -21,7 +21,7 @@ from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
 from adapters.vendors.http import HttpRejectedError, HttpTransport, HttpUnavailableError
 from broker.errors import ConfigError
 from broker.jobs import Job, JobState
-from broker.store.jobs import instance_paths
+from broker.store import StudyStore
 from broker.vendor import is_retryable
 from config.schema import Settings
 from tests.peers import LOOPBACK, dataset_bytes, free_port, storescu
@@ -125,7 +125,7 @@ def _transport(wado: WadoStack, url: str, **params: Any) -> HttpTransport:
 
 
 def _files(wado: WadoStack, job: Job) -> list[Path]:
-    return [Path(p) for p in instance_paths(wado.engine, job.study_uid, job.series_uids)]
+    return [Path(p) for p in StudyStore(wado.engine).instance_paths(job.study_uid, job.series_uids)]
 
 
 def test_vendor_gets_the_manifest_and_pulls_the_study_intact(

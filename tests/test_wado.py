@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import uuid
 from collections.abc import Iterator
@@ -17,8 +16,6 @@ import pytest
 from pydicom.filereader import read_file_meta_info
 from sqlalchemy import Engine
 
-from adapters.dicom.mapping import instance_record_from_spooled_file
-from adapters.dicom.synthetic import generate_study
 from adapters.web.edge import WebEdge
 from broker.edges import ServiceContext
 from broker.errors import AdapterError
@@ -29,6 +26,7 @@ from broker.store.job_tokens import JobTokens, token_digest
 from config.schema import Settings
 from tests.databases import empty_database
 from tests.peers import LOOPBACK, dataset_bytes, free_port
+from tests.spooling import spool_study
 
 S = JobState
 DICOM_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -47,10 +45,6 @@ def parse_multipart(content_type: str, body: bytes) -> list[tuple[dict[str, str]
         assert data.endswith(b"\r\n")
         parts.append(({k.lower(): v for k, v in headers.items()}, data[:-2]))
     return parts
-
-
-def _uid() -> str:
-    return f"2.25.{uuid.uuid4().int}"
 
 
 @dataclass
@@ -77,21 +71,10 @@ class WadoStack:
 
     def study(self, kind: Any = "mr_brain", **options: Any) -> tuple[str, list[Path]]:
         """Generate a study, place it in the spool and index it; its UID and spooled files."""
-        out = self.tmp / f"gen-{uuid.uuid4().hex[:8]}"
-        studies = StudyStore(self.engine)
-        placed = []
         options = {"instances": 2, "rows": 16, "columns": 16, **options}
-        for path in generate_study(kind, out, study_uid=_uid(), **options):
-            meta = read_file_meta_info(path)
-            record = instance_record_from_spooled_file(path)
-            final = self.spool.path_for(
-                record.study_uid, record.series_uid, str(meta.MediaStorageSOPInstanceUID)
-            )
-            final.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(path, final)
-            studies.record_instance(instance_record_from_spooled_file(final), 0.0)
-            placed.append(final)
-        return record.study_uid, placed
+        return spool_study(
+            self.engine, self.spool, kind, self.tmp / f"gen-{uuid.uuid4().hex[:8]}", **options
+        )
 
     def sending_job(self, study_uid: str, vendor: str = "cxr", series: tuple[str, ...] = ()) -> Job:
         """A job of ``study_uid`` claimed for sending (the state the transport runs in)."""

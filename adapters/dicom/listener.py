@@ -206,10 +206,6 @@ class DicomListener:
                     LOG.error("dicom listener process could not be replaced", error=str(exc))
                     return
 
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._processes.values() if p.pid is not None]
-
     def stop(self) -> None:
         """Stop accepting, let open associations finish (up to a grace time), stop."""
         self._stopping.set()

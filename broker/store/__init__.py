@@ -1,7 +1,7 @@
 """The store: SQLAlchemy on SQLite (default) or PostgreSQL, schema by Alembic."""
 
 from broker.store.engine import make_engine, writing
-from broker.store.jobs import Created, JobChangedError, JobStore, instance_paths
+from broker.store.jobs import Created, JobChangedError, JobStore
 from broker.store.studies import Indexed, StudyStore
 
 __all__ = [
@@ -10,7 +10,6 @@ __all__ = [
     "JobChangedError",
     "JobStore",
     "StudyStore",
-    "instance_paths",
     "make_engine",
     "writing",
 ]

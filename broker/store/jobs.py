@@ -32,7 +32,7 @@ from broker.jobs import (
 )
 from broker.store.engine import writing
 from broker.store.studies import _insert
-from broker.store.tables import instances, job_events, jobs
+from broker.store.tables import job_events, jobs
 
 #: Longest error text kept per event; vendors can answer with whole pages.
 MAX_ERROR = 2000
@@ -500,19 +500,6 @@ class JobStore:
             stmt = stmt.where(jobs.c.study_uid == study_uid)
         with self.engine.connect() as conn:
             return [_job(r) for r in conn.execute(stmt).all()]
-
-
-def instance_paths(engine: Engine, study_uid: str, series_uids: Sequence[str] = ()) -> list[str]:
-    """Spool paths of a study's instances (only ``series_uids`` if given), in order."""
-    stmt = (
-        select(instances.c.path)
-        .where(instances.c.study_uid == study_uid)
-        .order_by(instances.c.series_uid, instances.c.instance_number, instances.c.id)
-    )
-    if series_uids:
-        stmt = stmt.where(instances.c.series_uid.in_(list(series_uids)))
-    with engine.connect() as conn:
-        return list(conn.execute(stmt).scalars())
 
 
 def _update_batch(

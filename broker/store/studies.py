@@ -263,13 +263,15 @@ class StudyStore:
                 raise NotFoundError(f"no study with Study Instance UID {study_uid}")
             return self._build(conn, rows)[0]
 
-    def instance_paths(self, study_uid: str) -> list[str]:
-        """Spool paths of a study's instances, in series and instance order."""
+    def instance_paths(self, study_uid: str, series_uids: Sequence[str] = ()) -> list[str]:
+        """Spool paths of a study's instances (only ``series_uids`` if given), in order."""
         stmt = (
             select(instances.c.path)
             .where(instances.c.study_uid == study_uid)
             .order_by(instances.c.series_uid, instances.c.instance_number, instances.c.id)
         )
+        if series_uids:
+            stmt = stmt.where(instances.c.series_uid.in_(list(series_uids)))
         with self.engine.connect() as conn:
             return list(conn.execute(stmt).scalars())
 

@@ -1,0 +1,33 @@
+"""Put a generated study into a spool and index it, as the listener would have."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from adapters.dicom.mapping import instance_record_from_spooled_file
+from adapters.dicom.synthetic import generate_study
+from broker.spool import Spool
+from broker.store import StudyStore
+
+
+def spool_study(
+    engine: Engine, spool: Spool, kind: Any, out: Path, **options: Any
+) -> tuple[str, list[Path]]:
+    """Generate a study into ``out``, move it into ``spool``, index it; its UID and files."""
+    studies = StudyStore(engine)
+    placed = []
+    study_uid = ""
+    for path in generate_study(kind, out, **options):
+        record = instance_record_from_spooled_file(path)
+        final = spool.path_for(record.study_uid, record.series_uid, record.sop_instance_uid)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(path, final)
+        studies.record_instance(replace(record, path=str(final)), 0.0)
+        placed.append(final)
+        study_uid = record.study_uid
+    return study_uid, placed
