@@ -215,3 +215,79 @@ class Order:
     status: OrderStatus = OrderStatus.SCHEDULED
     study_uid: str | None = None
     requested_procedure_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """One message as it arrived from the RIS/HIS, kept verbatim before it is acknowledged.
+
+    ``kind`` names it for people (``ORM^O01``, ``ADT^A40``, ``ServiceRequest``,
+    ``Bundle``); ``control_id`` is HL7's MSH-10 (or a FHIR request id);
+    ``peer`` is the sender's address.
+    """
+
+    source: OrderSource
+    kind: str
+    raw: bytes
+    peer: str = ""
+    control_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredOrder:
+    """An order as the store holds it: its ids and versions around the normalized order.
+
+    ``resource_id`` is the order's logical id on the FHIR interface (also for
+    orders that came by HL7); ``version`` counts its updates, from 1.
+    """
+
+    id: int
+    resource_id: str
+    version: int
+    order: Order
+    created_at: datetime
+    updated_at: datetime
+
+
+class LinkState(CodedValue):
+    """How a study relates to the order found for it."""
+
+    LINKED = "linked"
+    PATIENT_MISMATCH = "patient_mismatch"
+    """Accession or study UID match, but the patient IDs differ: flagged, not linked."""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLink:
+    """A study's order, or the order that would match but is flagged for an operator."""
+
+    study_uid: str
+    order_id: int
+    state: LinkState
+    matched_on: str
+    """``accession_number`` or ``study_uid``."""
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderOutcome:
+    """What recording an order did: created or updated, the studies it now belongs to."""
+
+    stored: StoredOrder
+    created: bool
+    linked: tuple[str, ...] = ()
+    flagged: tuple[str, ...] = ()
+    cancelled_jobs: int = 0
+
+
+class Role(CodedValue):
+    """What an HTTP API token may do: viewers read, operators act on jobs, admins manage."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+    def allows(self, needed: Role) -> bool:
+        """Whether this role covers ``needed`` (admin covers operator covers viewer)."""
+        order = (Role.VIEWER, Role.OPERATOR, Role.ADMIN)
+        return order.index(self) >= order.index(needed)

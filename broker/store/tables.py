@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -80,7 +81,9 @@ studies = Table(
     Column("last_received_at", UTCDateTime, nullable=False),
     Column("due_at", UTCDateTime, nullable=False),
     Column("stable_at", UTCDateTime),
+    Column("route_due_at", UTCDateTime),
     Index(None, "state", "due_at"),
+    Index(None, "route_due_at"),
     Index(None, "accession_number"),
     Index(None, "last_received_at"),
 )
@@ -168,3 +171,101 @@ job_tokens = Table(
     Index(None, "job_id"),
 )
 """Per-job bearer tokens of the WADO-RS endpoint (only their SHA-256 is kept)."""
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("resource_id", String(64), nullable=False, unique=True),
+    Column("version", Integer, nullable=False),
+    Column("source", String(8), nullable=False),
+    Column("placer_number", String(64)),
+    Column("filler_number", String(64)),
+    Column("accession_number", String(64)),
+    Column("issuer", String(64)),
+    Column("patient_id", String(64)),
+    Column("issuer_of_patient_id", String(64)),
+    Column("patient_name", Text),
+    Column("patient_birth_date", String(8)),
+    Column("patient_sex", String(16)),
+    Column("procedure_code", String(64)),
+    Column("procedure_text", Text),
+    Column("modality", String(16)),
+    Column("priority", String(16), nullable=False),
+    Column("department", Text),
+    Column("status", String(16), nullable=False),
+    Column("study_uid", UID),
+    Column("requested_procedure_id", String(64)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index(None, "accession_number"),
+    Index(None, "placer_number"),
+    Index(None, "filler_number"),
+    Index(None, "study_uid"),
+    Index(None, "patient_id"),
+    Index(None, "updated_at"),
+)
+"""Orders from the RIS/HIS (HL7 v2 or FHIR), normalized; ``version`` counts updates."""
+
+order_messages = Table(
+    "order_messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("order_id", Integer, ForeignKey("orders.id", name="fk_order_messages_order_id")),
+    Column("source", String(8), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("control_id", String(64)),
+    Column("peer", String(64), nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+    Column("error", Text),
+    Index(None, "order_id"),
+    Index(None, "received_at"),
+)
+"""Every order, ADT and FHIR message verbatim, stored before it is acknowledged."""
+
+order_links = Table(
+    "order_links",
+    metadata,
+    Column("study_uid", UID, primary_key=True),
+    Column(
+        "order_id",
+        Integer,
+        ForeignKey("orders.id", name="fk_order_links_order_id"),
+        nullable=False,
+    ),
+    Column("state", String(20), nullable=False),
+    Column("matched_on", String(20), nullable=False),
+    Column("detail", Text),
+    Column("at", UTCDateTime, nullable=False),
+    Index(None, "order_id"),
+)
+"""Which order a study belongs to, or which order matched but is flagged (patient mismatch)."""
+
+patients = Table(
+    "patients",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("patient_id", String(64), nullable=False),
+    Column("issuer_of_patient_id", String(64), nullable=False, default=""),
+    Column("patient_name", Text),
+    Column("patient_birth_date", String(8)),
+    Column("patient_sex", String(16)),
+    Column("merged_into", Integer, ForeignKey("patients.id", name="fk_patients_merged_into")),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("patient_id", "issuer_of_patient_id"),
+)
+"""Patients registered or updated by ADT; a merged patient points at the survivor."""
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("name", String(128)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_used_at", UTCDateTime),
+    Column("revoked_at", UTCDateTime),
+)
+"""Bearer tokens of the HTTP API with their role (only the SHA-256 of a token is kept)."""
