@@ -21,10 +21,12 @@ from sqlalchemy import Engine
 from broker.bus import Bus
 from broker.cli_common import registered
 from broker.delivery import DeliveryWorker, Dispatcher, JobRequest, VendorSpec
+from broker.domain import LinkState
 from broker.errors import ConfigError, NotFoundError
 from broker.logging import get_logger
 from broker.store import StudyStore
 from broker.store.jobs import JobStore
+from broker.store.orders import CANCELLED_STATES, OrderStore
 from broker.vendor import VendorTransport
 from config.loader import load_settings
 from config.schema import Settings, routing_rules
@@ -101,13 +103,21 @@ class Rules:
 
 
 class RoutingStage:
-    """Decides where each stable study goes and creates its jobs."""
+    """Decides where each stable study goes (with its order, if one is linked) and creates
+    its jobs. A route waiting for an order asks to be decided again when the wait ends;
+    an order linked later does the same (``StudyStore.take_route_due``)."""
 
     def __init__(
-        self, store: StudyStore, jobs: JobStore, dispatcher: Dispatcher, rules: Rules
+        self,
+        store: StudyStore,
+        jobs: JobStore,
+        dispatcher: Dispatcher,
+        rules: Rules,
+        orders: OrderStore,
     ) -> None:
         self.store = store
         self.jobs = jobs
+        self.orders = orders
         self.dispatcher = dispatcher
         self.rules = rules
 
@@ -117,11 +127,30 @@ class RoutingStage:
         except NotFoundError:
             LOG.error("stable study vanished from the store", study_uid=study_uid)
             return None
+        stored, link = self.orders.order_for_study(study)
+        if link is not None and link.state is LinkState.PATIENT_MISMATCH:
+            LOG.warning(
+                "order matches the study but the patient differs; flagged, not linked",
+                study_uid=study_uid,
+                order_id=link.order_id,
+                detail=link.detail,
+            )
+        order = stored.order if stored is not None else None
+        if order is not None and order.status in CANCELLED_STATES:
+            LOG.info("study not routed: its order is cancelled", study_uid=study_uid)
+            return None
         now = datetime.now(UTC)
         delivered = {(job.route, job.vendor) for job in self.jobs.list(study_uid=study_uid)}
         decision = decide(
-            self.rules.current, study, None, now, tags=study_tags(study), delivered=delivered
+            self.rules.current, study, order, now, tags=study_tags(study), delivered=delivered
         )
+        if decision.wait_until is not None:
+            self.store.route_again_at(study_uid, decision.wait_until)
+            LOG.info(
+                "study waits for its order",
+                study_uid=study_uid,
+                until=decision.wait_until.isoformat(timespec="seconds"),
+            )
         if decision.unrouted is not None:
             LOG.info("study unrouted", study_uid=study_uid, reason=str(decision.unrouted))
         requests = [

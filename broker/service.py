@@ -21,6 +21,7 @@ from broker.pipeline import RoutingStage, Rules, make_delivery
 from broker.spool import Spool
 from broker.store import StudyStore, make_engine
 from broker.store.migrate import migrate
+from broker.store.orders import OrderStore
 from config.schema import Settings
 
 LOG = get_logger("radbridge.service")
@@ -40,10 +41,13 @@ class StableTimer:
         self._thread: threading.Thread | None = None
 
     def tick(self) -> list[str]:
-        """Close every study that is due now; notify the listeners."""
+        """Close every study that is due now, and take the stable ones due for routing again
+        (an order came, an order wait ended); notify the listeners of both."""
         closed = self.store.close_stable()
         for study_uid in closed:
             LOG.info("study stable", study_uid=study_uid)
+        again = self.store.take_route_due()
+        for study_uid in closed + again:
             for listener in self.on_stable:
                 try:
                     listener(study_uid)
@@ -100,7 +104,11 @@ class Service:
         self.bus = Bus(settings.bus.url, prefix=settings.bus.prefix)
         self.dispatcher, self.worker = make_delivery(settings, engine, self.bus)
         self.routing = RoutingStage(
-            self.context.store, self.dispatcher.jobs, self.dispatcher, self.rules
+            self.context.store,
+            self.dispatcher.jobs,
+            self.dispatcher,
+            self.rules,
+            OrderStore(engine),
         )
         self.timer.on_stable.append(self.routing.on_stable)
         self._stop = threading.Event()

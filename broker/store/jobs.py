@@ -515,3 +515,42 @@ def _update_batch(
         .values(values)
         .returning(*jobs.c)
     ).all()
+
+
+#: Jobs an order's cancellation stops: not yet (successfully) sent to the vendor.
+CANCELLED_WITH_ORDER: frozenset[JobState] = frozenset(
+    {JobState.PENDING, JobState.FAILED, JobState.DEAD}
+)
+
+
+def cancel_for_studies(
+    conn: Connection, study_uids: Sequence[str], *, reason: str, now: datetime
+) -> int:
+    """Inside the caller's transaction: cancel the studies' jobs that were not sent yet."""
+    if not study_uids:
+        return 0
+    found = conn.execute(
+        select(jobs.c.id, jobs.c.state, jobs.c.attempts).where(
+            jobs.c.study_uid.in_(list(study_uids)),
+            jobs.c.state.in_([s.value for s in CANCELLED_WITH_ORDER]),
+        )
+    ).all()
+    cancelled = 0
+    for row in found:
+        moved = conn.execute(
+            update(jobs)
+            .where(jobs.c.id == row.id, jobs.c.state == row.state)
+            .values(state=JobState.CANCELLED.value, updated_at=now, last_error=_error(reason))
+        ).rowcount
+        if moved:  # PostgreSQL: a worker may have claimed it meanwhile
+            _record(
+                conn,
+                row.id,
+                at=now,
+                from_state=JobState(row.state),
+                to_state=JobState.CANCELLED,
+                attempt=row.attempts,
+                error=reason,
+            )
+            cancelled += 1
+    return cancelled

@@ -5,22 +5,154 @@ transaction (the HL7 and FHIR edges acknowledge only after it returns), then
 links the order to its studies: by accession number (and its issuer when both
 sides have one), otherwise by study instance UID. A patient-ID mismatch is
 flagged for an operator, never linked. A cancelled order cancels its studies'
-unfinished jobs; a new link asks routing to decide the study again.
+jobs that were not sent yet; a new link to a stable study asks routing to
+decide that study again (``studies.route_due_at``).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Engine
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Row,
+    and_,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import SQLAlchemyError
 
 from broker.domain import (
     InboundMessage,
+    LinkState,
     Order,
     OrderLink,
     OrderOutcome,
+    OrderPriority,
+    OrderSource,
+    OrderStatus,
     Patient,
     StoredOrder,
     Study,
+    StudyState,
 )
+from broker.errors import NotFoundError, StoreError
+from broker.store.engine import writing
+from broker.store.jobs import cancel_for_studies
+from broker.store.studies import _insert
+from broker.store.tables import order_links, order_messages, orders, patients, studies
+
+#: Order states that stop the order's studies from being routed and cancel their unsent jobs.
+CANCELLED_STATES = frozenset({OrderStatus.CANCELLED, OrderStatus.DISCONTINUED})
+
+_PATIENT_COLUMNS = {
+    "patient_id": "patient_id",
+    "issuer": "issuer_of_patient_id",
+    "name": "patient_name",
+    "birth_date": "patient_birth_date",
+    "sex": "patient_sex",
+}
+
+
+def _order_values(order: Order) -> dict[str, Any]:
+    p = order.patient
+    return {
+        "source": order.source.value,
+        "placer_number": order.placer_number,
+        "filler_number": order.filler_number,
+        "accession_number": order.accession_number,
+        "issuer": order.issuer,
+        "patient_id": p.patient_id,
+        "issuer_of_patient_id": p.issuer,
+        "patient_name": p.name,
+        "patient_birth_date": p.birth_date,
+        "patient_sex": p.sex,
+        "procedure_code": order.procedure_code,
+        "procedure_text": order.procedure_text,
+        "modality": order.modality,
+        "priority": order.priority.value,
+        "department": order.department,
+        "status": order.status.value,
+        "study_uid": order.study_uid,
+        "requested_procedure_id": order.requested_procedure_id,
+    }
+
+
+def _order(r: Row[Any]) -> StoredOrder:
+    return StoredOrder(
+        id=r.id,
+        resource_id=r.resource_id,
+        version=r.version,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        order=Order(
+            source=OrderSource(r.source),
+            placer_number=r.placer_number,
+            filler_number=r.filler_number,
+            accession_number=r.accession_number,
+            issuer=r.issuer,
+            patient=Patient(
+                patient_id=r.patient_id,
+                issuer=r.issuer_of_patient_id,
+                name=r.patient_name,
+                birth_date=r.patient_birth_date,
+                sex=r.patient_sex,
+            ),
+            procedure_code=r.procedure_code,
+            procedure_text=r.procedure_text,
+            modality=r.modality,
+            priority=OrderPriority(r.priority),
+            department=r.department,
+            status=OrderStatus(r.status),
+            study_uid=r.study_uid,
+            requested_procedure_id=r.requested_procedure_id,
+        ),
+    )
+
+
+def _link(r: Row[Any]) -> OrderLink:
+    return OrderLink(
+        study_uid=r.study_uid,
+        order_id=r.order_id,
+        state=LinkState(r.state),
+        matched_on=r.matched_on,
+        detail=r.detail,
+    )
+
+
+def _same_patient(table: Any, patient: Patient) -> ColumnElement[bool]:
+    """Rows of ``patient``: same ID; the issuer must agree only where both sides have one."""
+    condition: ColumnElement[bool] = table.c.patient_id == patient.patient_id
+    if patient.issuer:
+        issuer = table.c.issuer_of_patient_id
+        condition = and_(condition, or_(issuer.is_(None), issuer == "", issuer == patient.issuer))
+    return condition
+
+
+def patient_conflict(order: Patient, study: Patient) -> str | None:
+    """Why the order's patient is not the study's, or None when they may be the same."""
+    if order.patient_id and study.patient_id and order.patient_id != study.patient_id:
+        return "patient ID differs between the order and the study"
+    if (
+        order.patient_id
+        and order.patient_id == study.patient_id
+        and order.issuer
+        and study.issuer
+        and order.issuer != study.issuer
+    ):
+        return "issuer of patient ID differs between the order and the study"
+    return None
+
+
+def _study_patient(r: Any) -> Patient:
+    return Patient(patient_id=r.patient_id, issuer=r.issuer_of_patient_id)
 
 
 class OrderStore:
@@ -28,6 +160,8 @@ class OrderStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+
+    # --------------------------------------------------------------- writes
 
     def record_order(
         self, order: Order, message: InboundMessage, *, resource_id: str | None = None
@@ -39,23 +173,344 @@ class OrderStore:
         number, then accession number + issuer; a new one gets a fresh
         ``resource_id``.
         """
-        raise NotImplementedError
+        now = datetime.now(UTC)
+        values = _order_values(order)
+        try:
+            with writing(self.engine) as conn:
+                existing = self._match(conn, order, resource_id)
+                if existing is None:
+                    row = conn.execute(
+                        insert(orders)
+                        .values(
+                            **values,
+                            resource_id=resource_id or uuid.uuid4().hex,
+                            version=1,
+                            created_at=now,
+                            updated_at=now,
+                        )
+                        .returning(*orders.c)
+                    ).one()
+                else:
+                    kept = {k: v for k, v in values.items() if v is not None}
+                    row = conn.execute(
+                        update(orders)
+                        .where(orders.c.id == existing.id)
+                        .values(**kept, version=orders.c.version + 1, updated_at=now)
+                        .returning(*orders.c)
+                    ).one()
+                self._keep(conn, message, now, order_id=row.id)
+                stored = _order(row)
+                linked, flagged = self._correlate(conn, stored, now)
+                cancelled = 0
+                if stored.order.status in CANCELLED_STATES:
+                    cancelled = cancel_for_studies(
+                        conn, linked, reason=f"order {stored.order.status}", now=now
+                    )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot store the order: {exc}") from exc
+        return OrderOutcome(
+            stored=stored,
+            created=existing is None,
+            linked=tuple(linked),
+            flagged=tuple(flagged),
+            cancelled_jobs=cancelled,
+        )
 
     def record_patient(self, patient: Patient, message: InboundMessage) -> int:
         """ADT A01/A04/A08: register or update a patient; returns studies + orders updated."""
-        raise NotImplementedError
+        if not patient.patient_id:
+            raise ValueError("a patient update needs a patient ID")
+        now = datetime.now(UTC)
+        changes = {
+            column: getattr(patient, attr)
+            for attr, column in _PATIENT_COLUMNS.items()
+            if attr in ("name", "birth_date", "sex") and getattr(patient, attr) is not None
+        }
+        try:
+            with writing(self.engine) as conn:
+                self._keep(conn, message, now)
+                self._upsert_patient(conn, patient, now)
+                updated = 0
+                if changes:
+                    for table in (studies, orders):
+                        updated += conn.execute(
+                            update(table).where(_same_patient(table, patient)).values(changes)
+                        ).rowcount
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot store the patient update: {exc}") from exc
+        return updated
 
     def merge_patients(self, surviving: Patient, prior: Patient, message: InboundMessage) -> int:
         """ADT A40: move the prior patient's studies and orders to the survivor; returns moved."""
-        raise NotImplementedError
+        if not surviving.patient_id or not prior.patient_id:
+            raise ValueError("a merge needs the surviving and the prior patient ID")
+        now = datetime.now(UTC)
+        moved_to = {
+            column: getattr(surviving, attr)
+            for attr, column in _PATIENT_COLUMNS.items()
+            if getattr(surviving, attr) is not None
+        }
+        try:
+            with writing(self.engine) as conn:
+                self._keep(conn, message, now)
+                survivor_id = self._upsert_patient(conn, surviving, now)
+                prior_id = self._upsert_patient(conn, prior, now)
+                conn.execute(
+                    update(patients)
+                    .where(patients.c.id == prior_id)
+                    .values(merged_into=survivor_id, updated_at=now)
+                )
+                moved = 0
+                for table in (studies, orders):
+                    moved += conn.execute(
+                        update(table).where(_same_patient(table, prior)).values(moved_to)
+                    ).rowcount
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot store the patient merge: {exc}") from exc
+        return moved
 
     def record_message(self, message: InboundMessage, *, error: str) -> int:
         """Keep a message that could not be used (answered AE), with why; returns its id."""
-        raise NotImplementedError
+        try:
+            with writing(self.engine) as conn:
+                return self._keep(conn, message, datetime.now(UTC), error=error)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot store the message: {exc}") from exc
+
+    def _keep(
+        self,
+        conn: Connection,
+        message: InboundMessage,
+        now: datetime,
+        *,
+        order_id: int | None = None,
+        error: str | None = None,
+    ) -> int:
+        return int(
+            conn.execute(
+                insert(order_messages)
+                .values(
+                    order_id=order_id,
+                    source=message.source.value,
+                    kind=message.kind[:32],
+                    control_id=(message.control_id or None) and message.control_id[:64],
+                    peer=message.peer[:64],
+                    received_at=now,
+                    raw=message.raw,
+                    error=error,
+                )
+                .returning(order_messages.c.id)
+            ).scalar_one()
+        )
+
+    def _upsert_patient(self, conn: Connection, patient: Patient, now: datetime) -> int:
+        values = {
+            "patient_id": patient.patient_id,
+            "issuer_of_patient_id": patient.issuer or "",
+            "patient_name": patient.name,
+            "patient_birth_date": patient.birth_date,
+            "patient_sex": patient.sex,
+            "updated_at": now,
+        }
+        stmt = _insert(conn, patients).values(values)
+        fill = {k: stmt.excluded[k] for k in values if values[k] is not None}
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["patient_id", "issuer_of_patient_id"], set_=fill
+        ).returning(patients.c.id)
+        return int(conn.execute(stmt).scalar_one())
+
+    def _match(self, conn: Connection, order: Order, resource_id: str | None) -> Row[Any] | None:
+        if resource_id is not None:
+            return conn.execute(
+                select(orders.c.id).where(orders.c.resource_id == resource_id)
+            ).one_or_none()
+        keys: list[ColumnElement[bool]] = []
+        if order.placer_number:
+            keys.append(orders.c.placer_number == order.placer_number)
+        if order.filler_number:
+            keys.append(orders.c.filler_number == order.filler_number)
+        if order.accession_number:
+            keys.append(
+                and_(
+                    orders.c.accession_number == order.accession_number,
+                    orders.c.issuer.is_(None)
+                    if order.issuer is None
+                    else orders.c.issuer == order.issuer,
+                )
+            )
+        for key in keys:
+            row = conn.execute(
+                select(orders.c.id).where(key).order_by(orders.c.id.desc()).limit(1)
+            ).one_or_none()
+            if row is not None:
+                return row
+        return None
+
+    # ---------------------------------------------------------- correlation
+
+    def _correlate(
+        self, conn: Connection, stored: StoredOrder, now: datetime
+    ) -> tuple[list[str], list[str]]:
+        """Link the order to its studies; ask routing to decide linked stable studies again."""
+        order = stored.order
+        if order.accession_number:
+            where, matched_on = studies.c.accession_number == order.accession_number, "accession"
+        elif order.study_uid:
+            where, matched_on = studies.c.study_uid == order.study_uid, "study_uid"
+        else:
+            return [], []
+        candidates = conn.execute(
+            select(
+                studies.c.study_uid,
+                studies.c.patient_id,
+                studies.c.issuer_of_patient_id,
+                studies.c.state,
+            ).where(where)
+        ).all()
+        linked: list[str] = []
+        flagged: list[str] = []
+        for study in candidates:
+            conflict = patient_conflict(order.patient, _study_patient(study))
+            state = LinkState.LINKED if conflict is None else LinkState.PATIENT_MISMATCH
+            previous = self._save_link(
+                conn,
+                study.study_uid,
+                stored.id,
+                state,
+                matched_on=matched_on,
+                now=now,
+                detail=conflict,
+            )
+            if state is LinkState.LINKED:
+                linked.append(study.study_uid)
+                if previous is not LinkState.LINKED and study.state == StudyState.STABLE.value:
+                    conn.execute(
+                        update(studies)
+                        .where(studies.c.study_uid == study.study_uid)
+                        .values(route_due_at=now)
+                    )
+            else:
+                flagged.append(study.study_uid)
+        return linked, flagged
+
+    def _save_link(
+        self,
+        conn: Connection,
+        study_uid: str,
+        order_id: int,
+        state: LinkState,
+        *,
+        matched_on: str,
+        now: datetime,
+        detail: str | None = None,
+    ) -> LinkState | None:
+        """Upsert the study's link; returns the state it had before (None: no link)."""
+        before = conn.execute(
+            select(order_links.c.state, order_links.c.order_id).where(
+                order_links.c.study_uid == study_uid
+            )
+        ).one_or_none()
+        values = {
+            "order_id": order_id,
+            "state": state.value,
+            "matched_on": matched_on,
+            "detail": detail,
+            "at": now,
+        }
+        if before is None:
+            conn.execute(insert(order_links).values(study_uid=study_uid, **values))
+            return None
+        conn.execute(update(order_links).where(order_links.c.study_uid == study_uid).values(values))
+        return LinkState(before.state) if before.order_id == order_id else None
+
+    def order_for_study(self, study: Study) -> tuple[StoredOrder | None, OrderLink | None]:
+        """The study's linked order, correlating (and recording the link) if not done yet.
+
+        Returns ``(None, link)`` when an order matched but is flagged (patient
+        mismatch), and ``(None, None)`` when no order matches.
+        """
+        now = datetime.now(UTC)
+        try:
+            with self.engine.connect() as conn:
+                link = conn.execute(
+                    select(order_links).where(order_links.c.study_uid == study.study_uid)
+                ).one_or_none()
+                if link is not None and link.state == LinkState.LINKED.value:
+                    linked = conn.execute(select(orders).where(orders.c.id == link.order_id))
+                    return _order(linked.one()), _link(link)
+            with writing(self.engine) as conn:
+                row, matched_on = self._find_for_study(conn, study)
+                if row is None:
+                    return None, None
+                stored = _order(row)
+                conflict = patient_conflict(stored.order.patient, study.patient)
+                state = LinkState.LINKED if conflict is None else LinkState.PATIENT_MISMATCH
+                self._save_link(
+                    conn,
+                    study.study_uid,
+                    stored.id,
+                    state,
+                    matched_on=matched_on,
+                    now=now,
+                    detail=conflict,
+                )
+                saved = conn.execute(
+                    select(order_links).where(order_links.c.study_uid == study.study_uid)
+                ).one()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot correlate study with orders: {exc}") from exc
+        return (stored if state is LinkState.LINKED else None), _link(saved)
+
+    def _find_for_study(self, conn: Connection, study: Study) -> tuple[Row[Any] | None, str]:
+        newest = (orders.c.updated_at.desc(), orders.c.id.desc())
+        if study.accession_number:
+            row = conn.execute(
+                select(orders)
+                .where(orders.c.accession_number == study.accession_number)
+                .order_by(*newest)
+                .limit(1)
+            ).one_or_none()
+            if row is not None:
+                return row, "accession"
+        row = conn.execute(
+            select(orders).where(orders.c.study_uid == study.study_uid).order_by(*newest).limit(1)
+        ).one_or_none()
+        return row, "study_uid"
+
+    # ---------------------------------------------------------------- reads
+
+    def link(self, study_uid: str) -> OrderLink | None:
+        """The study's link (linked or flagged), if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(order_links).where(order_links.c.study_uid == study_uid)
+            ).one_or_none()
+        return None if row is None else _link(row)
+
+    def linked_studies(self, order_id: int) -> list[OrderLink]:
+        """The studies linked to (or flagged against) an order."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(order_links)
+                .where(order_links.c.order_id == order_id)
+                .order_by(order_links.c.at)
+            ).all()
+        return [_link(r) for r in rows]
 
     def get(self, key: str | int) -> StoredOrder:
         """By numeric id, resource id or accession number; ``NotFoundError`` if none."""
-        raise NotImplementedError
+        text = str(key)
+        conditions = [orders.c.resource_id == text, orders.c.accession_number == text]
+        if text.isdigit():
+            conditions.insert(0, orders.c.id == int(text))
+        with self.engine.connect() as conn:
+            for condition in conditions:
+                row = conn.execute(
+                    select(orders).where(condition).order_by(orders.c.id.desc()).limit(1)
+                ).one_or_none()
+                if row is not None:
+                    return _order(row)
+        raise NotFoundError(f"no order with id, resource id or accession number {text!r}")
 
     def find(
         self,
@@ -66,19 +521,45 @@ class OrderStore:
         filler_number: str | None = None,
     ) -> list[StoredOrder]:
         """Orders whose identifiers match every one given."""
-        raise NotImplementedError
-
-    def list(self, limit: int = 100, offset: int = 0) -> list[StoredOrder]:
-        """Newest first (by last update)."""
-        raise NotImplementedError
+        given = {
+            "accession_number": accession_number,
+            "issuer": issuer,
+            "placer_number": placer_number,
+            "filler_number": filler_number,
+        }
+        stmt = select(orders).order_by(orders.c.id)
+        for column, value in given.items():
+            if value is not None:
+                stmt = stmt.where(orders.c[column] == value)
+        with self.engine.connect() as conn:
+            return [_order(r) for r in conn.execute(stmt).all()]
 
     def raw_messages(self, order_id: int) -> list[InboundMessage]:
         """The messages that made this order, oldest first."""
-        raise NotImplementedError
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(order_messages)
+                .where(order_messages.c.order_id == order_id)
+                .order_by(order_messages.c.id)
+            ).all()
+        return [
+            InboundMessage(
+                source=OrderSource(r.source),
+                kind=r.kind,
+                raw=bytes(r.raw),
+                peer=r.peer,
+                control_id=r.control_id,
+            )
+            for r in rows
+        ]
 
-    def order_for_study(self, study: Study) -> tuple[StoredOrder | None, OrderLink | None]:
-        """The study's linked order, correlating (and recording the link) if not done yet.
-
-        Returns ``(None, link)`` when an order matched but is flagged.
-        """
-        raise NotImplementedError
+    def list(self, limit: int = 100, offset: int = 0) -> Sequence[StoredOrder]:
+        """Newest first (by last update)."""
+        stmt = (
+            select(orders)
+            .order_by(orders.c.updated_at.desc(), orders.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        with self.engine.connect() as conn:
+            return [_order(r) for r in conn.execute(stmt).all()]

@@ -142,6 +142,7 @@ def _study_values(
         "last_received_at": now,
         "due_at": due,
         "stable_at": None,
+        "route_due_at": None,
     }
 
 
@@ -225,7 +226,12 @@ class StudyStore:
                     studies.c.due_at <= now,
                 )
             )
-            .values(state=StudyState.STABLE.value, stable_at=now, revision=studies.c.revision + 1)
+            .values(
+                state=StudyState.STABLE.value,
+                stable_at=now,
+                revision=studies.c.revision + 1,
+                route_due_at=None,
+            )
             .returning(studies.c.study_uid)
         )
         try:
@@ -235,13 +241,44 @@ class StudyStore:
             raise StoreError(f"cannot close stable studies: {exc}") from exc
 
     def next_due(self) -> datetime | None:
-        """When the next collecting study falls quiet, if any is collecting."""
-        stmt = select(func.min(studies.c.due_at)).where(
+        """When the next collecting study falls quiet or a study is due for routing again."""
+        collecting = select(func.min(studies.c.due_at)).where(
             studies.c.state.in_([StudyState.RECEIVING.value, StudyState.UPDATED.value])
         )
+        rerouting = select(func.min(studies.c.route_due_at)).where(
+            studies.c.state == StudyState.STABLE.value
+        )
         with self.engine.connect() as conn:
-            value: datetime | None = conn.execute(stmt).scalar_one_or_none()
-        return value
+            due = [conn.execute(q).scalar_one_or_none() for q in (collecting, rerouting)]
+        return min((d for d in due if d is not None), default=None)
+
+    def route_again_at(self, study_uid: str, at: datetime) -> None:
+        """Ask for the stable study to be routed again at ``at`` (e.g. an order wait ends)."""
+        try:
+            with writing(self.engine) as conn:
+                conn.execute(
+                    update(studies).where(studies.c.study_uid == study_uid).values(route_due_at=at)
+                )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot schedule routing of {study_uid}: {exc}") from exc
+
+    def take_route_due(self, now: datetime | None = None) -> list[str]:
+        """Stable studies due for routing again (an order came, a wait ended); clears the mark."""
+        now = now or datetime.now(UTC)
+        stmt = (
+            update(studies)
+            .where(
+                studies.c.route_due_at <= now,
+                studies.c.state == StudyState.STABLE.value,
+            )
+            .values(route_due_at=None)
+            .returning(studies.c.study_uid)
+        )
+        try:
+            with writing(self.engine) as conn:
+                return list(conn.execute(stmt).scalars())
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read studies due for routing: {exc}") from exc
 
     def list_studies(self, limit: int = 100, offset: int = 0) -> list[Study]:
         """Studies, newest activity first, with their series and counts."""
