@@ -15,14 +15,17 @@ from rich.table import Table
 from broker.bus import Bus
 from broker.cli_common import ConfigOption, JsonOption, err, out, settings_or_exit
 from broker.cli_jobs import app as jobs_app
+from broker.cli_orders import app as orders_app
+from broker.cli_orders import link_json, order_json, order_rows, print_rows
 from broker.cli_routes import app as routes_app
-from broker.domain import Study
+from broker.domain import LinkState, Study
 from broker.errors import NotFoundError, RadbridgeError
 from broker.logging import configure_logging, get_logger
 from broker.pipeline import make_delivery
 from broker.service import Service
 from broker.store import StudyStore, make_engine
 from broker.store.migrate import migrate
+from broker.store.orders import OrderStore
 from config.loader import config_path
 from config.schema import Settings
 
@@ -35,6 +38,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(studies_app, name="studies")
 app.add_typer(routes_app, name="routes")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(orders_app, name="orders")
 
 
 def _store(settings: Settings) -> StudyStore:
@@ -170,14 +174,22 @@ def studies_show(
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """One study: patient, accession, series with instance counts, state and times."""
+    """One study: patient, accession, linked order, series with instance counts, state, times."""
+    store = _store(settings_or_exit(config))
     try:
-        study = _store(settings_or_exit(config)).get_study(study_uid)
+        study = store.get_study(study_uid)
     except NotFoundError as exc:
         err.print(str(exc), highlight=False)
         raise typer.Exit(1) from exc
+    orders = OrderStore(store.engine)
+    link = orders.link(study_uid)
+    order = orders.get(link.order_id) if link is not None else None
     if as_json:
-        print(json.dumps(_study_json(study, with_series=True), indent=2))
+        data = _study_json(study, with_series=True)
+        data["order_link"] = link_json(link) if link is not None else None
+        linked = order is not None and link is not None and link.state is LinkState.LINKED
+        data["order"] = order_json(order) if linked and order is not None else None
+        print(json.dumps(data, indent=2))
         return
     p = study.patient
     out.print(f"[bold]Study[/bold] {study.study_uid}", highlight=False)
@@ -195,8 +207,18 @@ def studies_show(
         ("from", f"{study.calling_ae} ({study.peer_address}) to {study.called_ae}"),
         ("instances", f"{study.instance_count} ({study.size / 1e6:.1f} MB)"),
     ]
-    for key, value in rows:
-        out.print(f"  {key:18} {value}", highlight=False, markup=False)
+    print_rows(rows)
+    if link is not None and order is not None and link.state is LinkState.LINKED:
+        print_rows(order_rows(order))
+    elif link is not None:
+        out.print(
+            f"  order {link.order_id} matches by {link.matched_on} but is not linked: "
+            f"{link.detail} (flagged for an operator)",
+            highlight=False,
+            markup=False,
+        )
+    else:
+        out.print("  order              none linked", highlight=False, markup=False)
     table = Table(
         "series UID", "#", "modality", "body part", "description", "thickness", "instances"
     )
