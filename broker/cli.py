@@ -18,6 +18,7 @@ from broker.cli_jobs import app as jobs_app
 from broker.cli_orders import app as orders_app
 from broker.cli_orders import link_json, order_json, order_rows, print_rows
 from broker.cli_routes import app as routes_app
+from broker.cli_tokens import app as tokens_app
 from broker.domain import LinkState, Study
 from broker.errors import NotFoundError, RadbridgeError
 from broker.logging import configure_logging, get_logger
@@ -39,6 +40,7 @@ app.add_typer(studies_app, name="studies")
 app.add_typer(routes_app, name="routes")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(orders_app, name="orders")
+app.add_typer(tokens_app, name="tokens")
 
 
 def _store(settings: Settings) -> StudyStore:

@@ -1,0 +1,86 @@
+"""Bearer tokens with roles for radbridge's HTTP API (FHIR now; REST API and console later).
+
+``require(Role.OPERATOR)`` is a FastAPI dependency: it reads
+``Authorization: Bearer <token>``, checks the token with
+:class:`~broker.store.api_tokens.ApiTokens` (found on ``app.state.api_tokens``,
+set by :func:`adapters.web.app.create_app`) and answers
+
+- no header, another scheme, an unknown or revoked token → 401 with
+  ``WWW-Authenticate: Bearer``;
+- a valid token whose role is below the one needed → 403.
+
+It raises ``HTTPException``; a router that wants another body (FHIR answers an
+OperationOutcome) converts it in its route class. WADO-RS does not use this:
+its tokens are per job (:mod:`broker.store.job_tokens`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Header, HTTPException, Request
+
+from broker.domain import Role
+from broker.logging import get_logger
+from broker.store.api_tokens import ApiTokens
+
+LOG = get_logger("radbridge.web.auth")
+REALM = 'Bearer realm="radbridge"'
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+def api_tokens(request: Request) -> ApiTokens:
+    """The token store of the application serving ``request``."""
+    tokens = getattr(request.app.state, "api_tokens", None)
+    if not isinstance(tokens, ApiTokens):
+        raise RuntimeError("app.state.api_tokens is not set; create the app with create_app")
+    return tokens
+
+
+def require(role: Role) -> Callable[..., Role]:
+    """A dependency that lets a request in only with a token of ``role`` or higher.
+
+    It returns the token's role, so an endpoint can declare
+    ``role: Annotated[Role, Depends(require(Role.VIEWER))]`` and use it.
+    Being a plain function, FastAPI runs it in its thread pool (the store is
+    synchronous).
+    """
+    needed = Role(role)
+
+    def check(request: Request, authorization: Annotated[str | None, Header()] = None) -> Role:
+        token = bearer_token(authorization)
+        if token is None:
+            raise HTTPException(
+                401,
+                "this endpoint needs Authorization: Bearer <token> "
+                "(create one with: radbridge tokens create --role ROLE)",
+                headers={"WWW-Authenticate": REALM},
+            )
+        found = api_tokens(request).verify(token)
+        if found is None:
+            LOG.warning("unknown or revoked API token", path=request.url.path)
+            raise HTTPException(
+                401,
+                "the token is unknown or revoked",
+                headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
+            )
+        if not found.allows(needed):
+            LOG.warning("API token role too low", path=request.url.path, role=found, needed=needed)
+            raise HTTPException(
+                403,
+                f"a {found.value} token cannot do this; it needs the role {needed.value} or higher",
+                headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope"'},
+            )
+        return found
+
+    check.__name__ = f"require_{needed.value}"
+    return check

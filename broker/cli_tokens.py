@@ -1,0 +1,91 @@
+"""``radbridge tokens``: create, list and revoke bearer tokens of the HTTP API."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from broker.cli_common import ConfigOption, JsonOption, err, out, settings_or_exit
+from broker.domain import Role
+from broker.errors import RadbridgeError
+from broker.store import make_engine
+from broker.store.api_tokens import ApiToken, ApiTokens
+from broker.store.migrate import migrate
+
+app = typer.Typer(
+    help="Bearer tokens of the HTTP API (FHIR): viewer < operator < admin.",
+    no_args_is_help=True,
+)
+
+
+def _tokens(config: Any) -> ApiTokens:
+    engine = make_engine(settings_or_exit(config).database_url())
+    migrate(engine)
+    return ApiTokens(engine)
+
+
+def _token_json(token: ApiToken) -> dict[str, Any]:
+    return {
+        "id": token.id,
+        "role": token.role.value,
+        "name": token.name,
+        "created_at": token.created_at.isoformat(),
+        "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None,
+        "revoked_at": token.revoked_at.isoformat() if token.revoked_at else None,
+    }
+
+
+@app.command("create")
+def create_token(
+    role: Annotated[
+        Role, typer.Option("--role", help="viewer reads, operator also writes, admin manages.")
+    ],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Who or what uses it, e.g. 'RIS'.")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Print a new token (only the token, on stdout); the store keeps only its SHA-256."""
+    try:
+        token = _tokens(config).create(role, name)
+    except (RadbridgeError, ValueError) as exc:
+        err.print(str(exc), highlight=False, markup=False)
+        raise typer.Exit(1) from exc
+    print(token)
+
+
+@app.command("list")
+def list_tokens(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Every token (id, role, name, created, last used, revoked), never the token itself."""
+    tokens = _tokens(config).list()
+    if as_json:
+        print(json.dumps([_token_json(t) for t in tokens], indent=2))
+        return
+    table = Table("id", "role", "name", "created", "last used", "revoked")
+    for t in tokens:
+        table.add_row(
+            str(t.id),
+            t.role.value,
+            t.name or "",
+            f"{t.created_at:%Y-%m-%d %H:%M:%S}",
+            f"{t.last_used_at:%Y-%m-%d %H:%M:%S}" if t.last_used_at else "",
+            f"{t.revoked_at:%Y-%m-%d %H:%M:%S}" if t.revoked_at else "",
+        )
+    out.print(table)
+
+
+@app.command("revoke")
+def revoke_token(
+    token_id: Annotated[int, typer.Argument(help="Token id (from radbridge tokens list).")],
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a token: from now on every request with it gets 401."""
+    try:
+        token = _tokens(config).revoke(token_id)
+    except RadbridgeError as exc:
+        err.print(str(exc), highlight=False, markup=False)
+        raise typer.Exit(1) from exc
+    out.print(f"token {token.id} ({token.role.value}) revoked", highlight=False)
