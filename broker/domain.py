@@ -291,3 +291,104 @@ class Role(CodedValue):
         """Whether this role covers ``needed`` (admin covers operator covers viewer)."""
         order = (Role.VIEWER, Role.OPERATOR, Role.ADMIN)
         return order.index(self) >= order.index(needed)
+
+
+# ------------------------------------------------------------------------ Results
+
+#: Well-known code systems: DICOM Coding Scheme Designator -> FHIR ``system`` URI.
+CODE_SYSTEM_URIS: dict[str, str] = {
+    "SCT": "http://snomed.info/sct",
+    "LN": "http://loinc.org",
+    "RADLEX": "http://radlex.org",
+    "DCM": "http://dicom.nema.org/resources/ontology/DCM",
+    "UCUM": "http://unitsofmeasure.org",
+    "ICD10": "http://hl7.org/fhir/sid/icd-10",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    """A coded concept, e.g. ``Code("SCT", "1386000", "Intracranial hemorrhage")``.
+
+    ``system`` is always a DICOM Coding Scheme Designator (``SCT``, ``DCM``,
+    ``LN``, ``RADLEX``, ``UCUM``, or a private ``99…`` designator); the JSON
+    schema also accepts the FHIR URIs of :data:`CODE_SYSTEM_URIS` and stores
+    their designator. :attr:`system_uri` gives the FHIR URI back where one is known.
+    """
+
+    system: str
+    value: str
+    meaning: str
+
+    @property
+    def system_uri(self) -> str | None:
+        """The FHIR ``system`` URI for :attr:`system`, or None for a private scheme."""
+        return CODE_SYSTEM_URIS.get(self.system)
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """A numeric measurement of a finding; ``unit`` is a UCUM code (``mm``, ``mm3``, ``%``)."""
+
+    name: Code
+    value: float
+    unit: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImageReference:
+    """An image (or, without ``sop_instance_uid``, a whole series) a finding was seen on."""
+
+    series_uid: str
+    sop_instance_uid: str | None = None
+    sop_class_uid: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finding:
+    """One finding an AI product reports: what, whether present, how sure, how urgent.
+
+    ``score`` is the product's probability that the finding is present (0 to
+    1); other numeric scores are :class:`Measurement` s. ``site`` is the
+    anatomic location, when the product codes it.
+    """
+
+    code: Code
+    present: bool
+    text: str | None = None
+    score: float | None = None
+    urgent: bool = False
+    measurements: tuple[Measurement, ...] = ()
+    references: tuple[ImageReference, ...] = ()
+    site: Code | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AlgorithmInfo:
+    """The AI product that produced a result, as its vendor names it."""
+
+    vendor: str
+    product: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Findings:
+    """What an AI product found in one study (JSON findings, normalized).
+
+    ``complete`` is false for a preliminary result that a later one replaces;
+    ``expected_objects`` is how many DICOM objects the vendor sends besides
+    (None: not said).
+    """
+
+    study_uid: str
+    algorithm: AlgorithmInfo
+    findings: tuple[Finding, ...] = ()
+    complete: bool = True
+    expected_objects: int | None = None
+    summary: str | None = None
+
+    @property
+    def urgent(self) -> bool:
+        """Whether any finding is flagged urgent."""
+        return any(f.urgent for f in self.findings)

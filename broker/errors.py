@@ -53,3 +53,15 @@ class RoutingError(RadbridgeError):
 
 class VendorError(RadbridgeError):
     """Delivery to an AI vendor failed."""
+
+
+class ResultError(AdapterError):
+    """A vendor's result cannot be understood or turned into a DICOM object.
+
+    ``problems`` holds one line per problem, each starting with the field it is
+    about (``findings[0].score: …``).
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = problems or [message]
+        super().__init__(message if problems is None else "; ".join(problems))
