@@ -392,3 +392,59 @@ class Findings:
     def urgent(self) -> bool:
         """Whether any finding is flagged urgent."""
         return any(f.urgent for f in self.findings)
+
+
+class ResultOrigin(CodedValue):
+    """How a result object reached radbridge, or that radbridge made it."""
+
+    DICOM = "dicom"
+    """C-STORE to an AE title with the ``results`` role."""
+    STOW = "stow"
+    """STOW-RS to radbridge's results endpoint."""
+    HTTP = "http"
+    """Attached to an HTTP findings callback."""
+    GENERATED = "generated"
+    """Made by radbridge (the SR of JSON findings)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResultObject:
+    """One DICOM object of a result, stored verbatim in the spool."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_uid: str
+    study_uid: str
+    path: str
+    size: int
+    origin: ResultOrigin
+
+
+class ResultState(CodedValue):
+    """A result collects objects until the vendor says it is complete, the declared
+    number of objects is in, or the vendor's quiet period passes."""
+
+    COLLECTING = "collecting"
+    COMPLETE = "complete"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Result:
+    """What a vendor returned for one job: DICOM objects and/or JSON findings.
+
+    ``job_id`` is None for an orphan (it matched no job); orphans are kept and
+    listed, never dropped. ``urgent`` is the vendor's flag (or any urgent finding).
+    """
+
+    id: int
+    job_id: int | None
+    study_uid: str
+    vendor: str | None
+    state: ResultState
+    urgent: bool
+    findings: Findings | None
+    objects: tuple[ResultObject, ...]
+    expected_objects: int | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
