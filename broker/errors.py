@@ -47,6 +47,23 @@ class InvalidDicomError(DicomError):
     """A received DICOM object cannot be understood (C-STORE status 0xC000 class)."""
 
 
+class Hl7Error(AdapterError):
+    """An HL7 v2 message or MLLP connection could not be handled."""
+
+
+class Hl7RejectedError(Hl7Error):
+    """The receiver answered an HL7 message with AE/AR (or CE/CR): it did not take it.
+
+    ``code`` is MSA-1, ``text`` what the receiver said (ERR / MSA-3). AE and
+    CE mean "try again later"; AR and CR mean the message itself was refused.
+    """
+
+    def __init__(self, code: str, text: str) -> None:
+        self.code = code
+        self.text = text
+        super().__init__(f"the receiver answered {code}: {text or 'no reason given'}")
+
+
 class RoutingError(RadbridgeError):
     """A routing rule is invalid or cannot be evaluated."""
 

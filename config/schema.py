@@ -7,7 +7,10 @@ Every field is validated by pydantic; unknown keys are errors. Secrets are
 
 from __future__ import annotations
 
+import codecs
 import enum
+import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -183,6 +186,72 @@ class Dicom(Strict):
         return self
 
 
+class Hl7Listen(Strict):
+    host: str = "127.0.0.1"
+    port: Port = 2575
+
+
+class Hl7(Strict):
+    """The HL7 v2 orders interface: an MLLP listener for ORM, OMI and ADT messages.
+
+    ``allow`` lists the hosts, addresses and CIDR networks that may connect;
+    it may stay empty only while ``listen.host`` is a loopback address, unless
+    ``allow_any_peer`` says so. ``default_charset`` is the Python codec for
+    messages whose MSH-18 is empty. ``application`` and ``facility`` are
+    radbridge's names in its acknowledgments (MSH-3 / MSH-4).
+    """
+
+    listen: Hl7Listen = Hl7Listen()
+    allow: list[str] = Field(default_factory=list)
+    allow_any_peer: bool = False
+    max_connections: Annotated[int, Field(ge=1, le=1000)] = 32
+    idle_timeout_seconds: Annotated[float, Field(gt=0)] = 300.0
+    max_message_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
+    default_charset: str = "utf-8"
+    tls: TLS | None = None
+    application: Annotated[str, Field(min_length=1, pattern=r"^[^|^~\\&\r\n]+$")] = "RADBRIDGE"
+    facility: Annotated[str, Field(min_length=1, pattern=r"^[^|^~\\&\r\n]+$")] = "RADBRIDGE"
+
+    @field_validator("allow")
+    @classmethod
+    def _hosts_or_networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", entry):
+                    raise ValueError(
+                        f"not a host name, address or network: {entry!r}; valid: "
+                        "ris.hospital.local, 10.1.2.3 or 10.1.0.0/16"
+                    ) from None
+        return value
+
+    @field_validator("default_charset")
+    @classmethod
+    def _ascii_compatible_codec(cls, value: str) -> str:
+        try:
+            codec = codecs.lookup(value)
+        except LookupError:
+            codec = None
+        if codec is None or "MSH|^~\\&\r".encode(codec.name) != b"MSH|^~\\&\r":
+            raise ValueError(
+                f"unknown or not ASCII-compatible character set {value!r}; valid: a Python "
+                "codec name such as utf-8, gb18030, latin-1 or ascii"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _peers_named(self) -> Hl7:
+        loopback = self.listen.host in ("127.0.0.1", "::1", "localhost")
+        if not self.allow and not self.allow_any_peer and not loopback:
+            raise ValueError(
+                f"hl7.allow is empty but hl7.listen.host is {self.listen.host}; valid: list "
+                "the RIS hosts or networks that may send (hl7.allow: [10.1.2.3, 10.2.0.0/16]), "
+                "or set hl7.allow_any_peer: true"
+            )
+        return self
+
+
 class Logging(Strict):
     level: str = "INFO"
     format: str = "auto"
@@ -219,6 +288,8 @@ class Settings(Strict):
     logging: Logging = Logging()
     http: Http | None = None
     """radbridge's HTTP server; it runs when this block is given or a vendor uses ``http``."""
+    hl7: Hl7 | None = None
+    """The HL7 v2 orders listener (MLLP); it runs when this block is given."""
     vendors: dict[VendorName, Vendor] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
 
@@ -312,6 +383,7 @@ class Settings(Strict):
 SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
     ("storage", "database_password"),
     ("dicom", "tls", "key_password"),
+    ("hl7", "tls", "key_password"),
     ("vendors", "*", "transport", "token"),
 )
 """Settings only the environment may set; ``*`` stands for any key (a vendor name)."""

@@ -1,0 +1,195 @@
+"""One HL7 message in, stored, its acknowledgment out (the listener's intervention hook).
+
+- The message maps to orders or a patient event and the store took it: ``AA``.
+- It was read but cannot be used (no accession number, unsupported event,
+  unknown order control…): kept with why, ``AE`` with an ERR naming the
+  problem.
+- It cannot be read (no MSH, broken encoding characters, bytes not valid in
+  its character set, larger than the limit): ``AR``; the bytes are still kept
+  when possible.
+- The store failed: ``AE`` saying storage failed, so that the sender tries
+  again; never ``AA``.
+
+The store is called synchronously: the listener runs :meth:`MessageHandler.handle`
+on its single store thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from adapters.hl7.ack import AckCode, ErrorCode, Problem, build_ack, reply_code
+from adapters.hl7.mapping import (
+    MergeEvent,
+    OrderEvent,
+    PatientEvent,
+    UnusableMessageError,
+    event_from_message,
+)
+from adapters.hl7.parse import Header, Hl7ParseError, parse, read_header
+from broker.domain import InboundMessage, Order, OrderOutcome, OrderSource, Patient
+from broker.logging import get_logger
+
+LOG = get_logger("radbridge.hl7")
+
+
+class OrderSink(Protocol):
+    """What the handler needs of the store (:class:`broker.store.orders.OrderStore` has it)."""
+
+    def record_order(
+        self, order: Order, message: InboundMessage, *, resource_id: str | None = None
+    ) -> OrderOutcome: ...
+
+    def record_patient(self, patient: Patient, message: InboundMessage) -> int: ...
+
+    def merge_patients(
+        self, surviving: Patient, prior: Patient, message: InboundMessage
+    ) -> int: ...
+
+    def record_message(self, message: InboundMessage, *, error: str) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """What became of one message: the outcome, why, and the bytes to answer (None: no answer)."""
+
+    outcome: AckCode
+    reply: bytes | None
+    kind: str
+    control_id: str
+    problem: Problem | None = None
+
+
+class MessageHandler:
+    """Parse, map, store and acknowledge HL7 messages for one listener."""
+
+    def __init__(
+        self, sink: OrderSink, *, application: str, facility: str, default_charset: str
+    ) -> None:
+        self.sink = sink
+        self.application = application
+        self.facility = facility
+        self.default_charset = default_charset
+
+    def handle(self, raw: bytes, peer: str) -> Handled:
+        """Store ``raw`` (one MLLP frame's payload) and build its acknowledgment."""
+        try:
+            header = read_header(raw, self.default_charset)
+        except Hl7ParseError as exc:
+            problem = Problem(ErrorCode.SEGMENT_SEQUENCE_ERROR, str(exc), "MSH")
+            return self._reject(raw, None, problem, peer)
+        try:
+            message = parse(raw, header)
+        except Hl7ParseError as exc:
+            code = ErrorCode.DATA_TYPE_ERROR if header.codec else ErrorCode.TABLE_VALUE_NOT_FOUND
+            field = None if header.codec else 18
+            return self._reject(raw, header, Problem(code, str(exc), "MSH", 1, field), peer)
+        inbound = InboundMessage(
+            source=OrderSource.HL7,
+            kind=header.kind[:32] or "?",
+            raw=raw,
+            peer=peer,
+            control_id=header.control_id[:64] or None,
+        )
+        try:
+            event = event_from_message(message)
+        except UnusableMessageError as exc:
+            problem = exc.problem
+            try:
+                self.sink.record_message(inbound, error=problem.text)
+            except Exception as store_exc:
+                problem = self._storage_failed(store_exc, header)
+            return self._answer(header, AckCode.AE, problem, peer)
+        try:
+            self._store(event, inbound)
+        except Exception as exc:
+            return self._answer(header, AckCode.AE, self._storage_failed(exc, header), peer)
+        return self._answer(header, AckCode.AA, None, peer)
+
+    def handle_oversized(self, head: bytes, size: int, limit: int, peer: str) -> Handled:
+        """A frame larger than ``hl7.max_message_bytes``: ``AR``, answered from its head."""
+        try:
+            header: Header | None = read_header(head, self.default_charset)
+        except Hl7ParseError:
+            header = None
+        text = (
+            f"the message is {size} bytes, more than hl7.max_message_bytes ({limit}); "
+            "it was not stored"
+        )
+        problem = Problem(ErrorCode.APPLICATION_INTERNAL_ERROR, text, "MSH")
+        return self._answer(header, AckCode.AR, problem, peer)
+
+    def _store(
+        self, event: OrderEvent | PatientEvent | MergeEvent, inbound: InboundMessage
+    ) -> None:
+        if isinstance(event, OrderEvent):
+            for order in event.orders:
+                outcome = self.sink.record_order(order, inbound)
+                LOG.debug(
+                    "order recorded",
+                    order_id=outcome.stored.id,
+                    created=outcome.created,
+                    accession_number=order.accession_number,
+                    status=order.status.value,
+                )
+        elif isinstance(event, PatientEvent):
+            self.sink.record_patient(event.patient, inbound)
+        else:
+            for surviving, prior in event.merges:
+                moved = self.sink.merge_patients(surviving, prior, inbound)
+                LOG.info("patients merged", moved=moved, control_id=inbound.control_id)
+
+    def _storage_failed(self, exc: Exception, header: Header) -> Problem:
+        LOG.error(
+            "storing an HL7 message failed; answered AE so that the sender retries",
+            kind=header.kind,
+            control_id=header.control_id,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        return Problem(
+            ErrorCode.APPLICATION_INTERNAL_ERROR,
+            "storage failed; the message was not stored, send it again later",
+        )
+
+    def _reject(self, raw: bytes, header: Header | None, problem: Problem, peer: str) -> Handled:
+        """AR; the bytes are kept when the store takes them (a failure there changes nothing)."""
+        inbound = InboundMessage(
+            source=OrderSource.HL7,
+            kind=(header.kind[:32] if header is not None else "") or "unreadable",
+            raw=raw,
+            peer=peer,
+            control_id=(header.control_id[:64] or None) if header is not None else None,
+        )
+        try:
+            self.sink.record_message(inbound, error=problem.text)
+        except Exception as exc:
+            LOG.warning(
+                "an unreadable HL7 message could not be kept",
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        return self._answer(header, AckCode.AR, problem, peer)
+
+    def _answer(
+        self, header: Header | None, outcome: AckCode, problem: Problem | None, peer: str
+    ) -> Handled:
+        code = reply_code(header, outcome)
+        kind = header.kind if header is not None else "unreadable"
+        control_id = header.control_id if header is not None else ""
+        if problem is not None:
+            LOG.warning(
+                "HL7 message not taken",
+                ack=outcome.value,
+                kind=kind,
+                control_id=control_id,
+                peer=peer,
+                problem=problem.text,
+            )
+        reply = None
+        if code is not None:
+            text = build_ack(
+                header, code, problem, application=self.application, facility=self.facility
+            )
+            codec = (header.codec if header is not None else None) or "utf-8"
+            reply = text.encode(codec, errors="replace")
+        return Handled(outcome, reply, kind, control_id, problem)
