@@ -5,16 +5,25 @@ from __future__ import annotations
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
+from adapters.fhir.server import fhir_router
 from adapters.web.wado import wado_router
+from broker.store.api_tokens import ApiTokens
 
 
 def create_app(engine: Engine) -> FastAPI:
-    """The HTTP API on the store ``engine``: WADO-RS for vendors that pull (``/wado``)."""
+    """The HTTP API on the store ``engine``.
+
+    - ``/wado``: WADO-RS for vendors that pull, with per-job tokens;
+    - ``/fhir``: the FHIR R4 orders interface, with API tokens and roles
+      (:func:`adapters.web.auth.require`, which finds them on ``app.state.api_tokens``).
+    """
     app = FastAPI(
         title="radbridge",
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
     )
+    app.state.api_tokens = ApiTokens(engine)
     app.include_router(wado_router(engine))
+    app.include_router(fhir_router(engine))
     return app

@@ -1,0 +1,538 @@
+"""The FHIR R4 orders interface, below ``/fhir`` on radbridge's HTTP server.
+
+Routes (JSON only, ``application/fhir+json``; requests may also say
+``application/json``):
+
+- ``GET /fhir/metadata``: the CapabilityStatement; no token needed.
+- ``POST /fhir/ServiceRequest``: create an order → 201 with ``Location``; when
+  its identifiers match an order radbridge holds (placer number, filler
+  number, or accession number + issuer) that order is updated → 200.
+- ``PUT /fhir/ServiceRequest/{id}``: update that order (200), or create it
+  with that id (201).
+- ``GET /fhir/ServiceRequest/{id}``: the order as a ServiceRequest.
+- ``GET /fhir/ServiceRequest?identifier=…``: a searchset Bundle (see
+  :func:`search_keys`); without parameters the 100 newest orders.
+- ``POST /fhir``: a ``transaction`` Bundle (all entries are validated and
+  mapped before anything is stored) or a ``batch`` (each entry on its own).
+
+Reading needs a token of role viewer, writing one of role operator
+(:func:`adapters.web.auth.require`). Every answer of a write comes after the
+store has committed the order and the message as it came. Every error is an
+OperationOutcome naming the element; a body over :data:`MAX_BODY_BYTES` gets
+413; nothing a client sends makes the route raise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Coroutine, Mapping
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from sqlalchemy import Engine
+
+from adapters.fhir.capability import capability_statement
+from adapters.fhir.mapping import (
+    V2_0203,
+    meta_of,
+    order_from_service_request,
+    service_request_from_order,
+)
+from adapters.fhir.outcome import FHIR_JSON, FhirError, Issue, fhir_response, operation_outcome
+from adapters.fhir.resources import (
+    check_type,
+    read_json,
+    validate,
+    validate_entry,
+    validate_envelope,
+)
+from adapters.web.auth import require
+from broker.domain import InboundMessage, OrderOutcome, OrderSource, Role, StoredOrder
+from broker.errors import NotFoundError, RadbridgeError
+from broker.logging import get_logger
+from broker.store.orders import OrderStore
+
+LOG = get_logger("radbridge.fhir")
+
+#: The largest request body taken; larger gets 413.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+#: The newest orders a search without parameters returns.
+SEARCH_ALL_LIMIT = 100
+ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+JSON_TYPES = ("application/fhir+json", "application/json")
+REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405: "Not Allowed"}
+REASONS |= {413: "Payload Too Large", 422: "Unprocessable Entity", 500: "Internal Server Error"}
+
+Viewer = Annotated[Role, Depends(require(Role.VIEWER))]
+Operator = Annotated[Role, Depends(require(Role.OPERATOR))]
+
+
+class FhirRoute(APIRoute):
+    """A route whose every error, auth included, is an OperationOutcome, never a crash."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except FhirError as exc:
+                return exc.response()
+            except RequestValidationError as exc:
+                issues = [
+                    Issue(f"{'.'.join(map(str, e['loc']))}: {e['msg']}", None, "value")
+                    for e in exc.errors()
+                ]
+                return fhir_response(operation_outcome(issues, 400), 400)
+            except HTTPException as exc:
+                outcome = operation_outcome([Issue(str(exc.detail))], exc.status_code)
+                return fhir_response(outcome, exc.status_code, dict(exc.headers or {}))
+            except NotFoundError as exc:
+                return FhirError.one(404, str(exc)).response()
+            except RadbridgeError as exc:
+                LOG.error("FHIR request failed in the store", path=request.url.path, error=str(exc))
+                return FhirError.one(
+                    500, f"radbridge could not store or read the order; nothing was kept: {exc}"
+                ).response()
+            except Exception as exc:
+                LOG.exception("FHIR request failed", path=request.url.path)
+                return FhirError.one(
+                    500, f"radbridge failed on this request ({type(exc).__name__})"
+                ).response()
+
+        return guarded
+
+
+async def fhir_body(request: Request) -> bytes:
+    """The request body, when it is FHIR JSON of at most :data:`MAX_BODY_BYTES`."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in JSON_TYPES:
+        raise FhirError.one(
+            415,
+            f"Content-Type is {content_type or 'missing'}; valid: application/fhir+json",
+            code="not-supported",
+        )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large(int(declared))
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise _too_large(len(body))
+    return bytes(body)
+
+
+def _too_large(size: int) -> FhirError:
+    return FhirError.one(
+        413,
+        f"the body has {size} bytes or more; valid: at most {MAX_BODY_BYTES} "
+        "(send large transactions as several Bundles)",
+        code="too-costly",
+    )
+
+
+Body = Annotated[bytes, Depends(fhir_body)]
+
+
+def _message(request: Request, kind: str, body: bytes) -> InboundMessage:
+    client = request.client
+    control_id = request.headers.get("x-request-id")
+    return InboundMessage(
+        source=OrderSource.FHIR,
+        kind=kind,
+        raw=body,
+        peer=(client.host if client else "")[:64],
+        control_id=control_id[:64] if control_id else None,
+    )
+
+
+def _base(request: Request) -> str:
+    return f"{str(request.base_url).rstrip('/')}/fhir"
+
+
+def _status_line(status: int) -> str:
+    return f"{status} {REASONS.get(status, '')}".strip()
+
+
+def search_keys(name: str, value: str) -> dict[str, Any]:
+    """What one ``identifier`` search parameter asks for.
+
+    Returns ``{"fields": (...), "value": V, "issuer": I}``: ``identifier=V``
+    looks at accession, placer and filler numbers; ``identifier=S|V`` at
+    accession numbers with issuer ``S`` (``|V``: without issuer, or placer
+    and filler numbers); ``identifier:of-type=<v2-0203>|ACSN|V`` (or PLAC,
+    FILL) at that one.
+    """
+    where = f"search parameter {name}"
+    if name == "identifier:of-type":
+        system, _, rest = value.partition("|")
+        code, _, number = rest.partition("|")
+        fields = {"ACSN": "accession_number", "PLAC": "placer_number", "FILL": "filler_number"}
+        if system != V2_0203 or code not in fields or not number:
+            raise FhirError.one(
+                400,
+                f"{where} is {value!r}; valid: {V2_0203}|ACSN|VALUE (or PLAC, FILL)",
+                code="value",
+            )
+        return {"fields": (fields[code],), "value": number, "issuer": None}
+    if "|" not in value:
+        if not value:
+            raise FhirError.one(400, f"{where} is empty; valid: VALUE or SYSTEM|VALUE")
+        return {
+            "fields": ("accession_number", "placer_number", "filler_number"),
+            "value": value,
+            "issuer": None,
+        }
+    system, _, number = value.partition("|")
+    if not number:
+        raise FhirError.one(400, f"{where} is {value!r}; valid: SYSTEM|VALUE with a VALUE")
+    if not system:
+        return {
+            "fields": ("accession_number", "placer_number", "filler_number"),
+            "value": number,
+            "issuer": "",
+        }
+    return {"fields": ("accession_number",), "value": number, "issuer": system}
+
+
+class FhirOrders:
+    """The FHIR operations on the store; the routes below are thin wrappers."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.store = OrderStore(engine)
+
+    def render(self, stored: StoredOrder) -> dict[str, Any]:
+        """The order as a ServiceRequest: as the client sent it when it came alone by FHIR."""
+        messages = self.store.raw_messages(stored.id)
+        last = messages[-1] if messages else None
+        if last is not None and last.source is OrderSource.FHIR and last.kind == "ServiceRequest":
+            try:
+                resource = json.loads(last.raw)
+            except ValueError:
+                resource = None
+            if isinstance(resource, dict) and resource.get("resourceType") == "ServiceRequest":
+                meta = {**(resource.get("meta") or {}), **meta_of(stored)}
+                return {**resource, "id": stored.resource_id, "meta": meta}
+        return service_request_from_order(stored)
+
+    def read(self, resource_id: str) -> StoredOrder:
+        if not ID_RE.match(resource_id):
+            raise FhirError.one(404, f"no ServiceRequest {resource_id!r}", code="not-found")
+        try:
+            stored = self.store.get(resource_id)
+        except NotFoundError as exc:
+            raise FhirError.one(404, f"no ServiceRequest/{resource_id}") from exc
+        if stored.resource_id != resource_id:  # get() also takes a numeric id or accession
+            raise FhirError.one(404, f"no ServiceRequest/{resource_id}")
+        return stored
+
+    def search(self, params: list[tuple[str, str]]) -> list[StoredOrder]:
+        if not params:
+            return list(self.store.list(limit=SEARCH_ALL_LIMIT))
+        found: dict[int, StoredOrder] | None = None
+        for name, value in params:
+            if name not in ("identifier", "identifier:of-type"):
+                raise FhirError.one(
+                    400,
+                    f"search parameter {name!r} is not supported; valid: identifier, "
+                    "identifier:of-type",
+                    code="not-supported",
+                )
+            keys = search_keys(name, value)
+            matches: dict[int, StoredOrder] = {}
+            for field in keys["fields"]:
+                for stored in self.store.find(**{field: keys["value"]}):
+                    issuer = stored.order.issuer
+                    if field == "accession_number" and keys["issuer"] is not None:
+                        if (issuer or "") != keys["issuer"]:
+                            continue
+                    elif keys["issuer"]:
+                        continue
+                    matches[stored.id] = stored
+            found = matches if found is None else {k: v for k, v in found.items() if k in matches}
+        return sorted((found or {}).values(), key=lambda s: s.id)
+
+    def record(
+        self, resource: Mapping[str, Any], message: InboundMessage, resource_id: str | None
+    ) -> OrderOutcome:
+        order = order_from_service_request(resource)
+        return self._store(order, message, resource_id)
+
+    def _store(self, order: Any, message: InboundMessage, resource_id: str | None) -> OrderOutcome:
+        outcome = self.store.record_order(order, message, resource_id=resource_id)
+        LOG.info(
+            "FHIR order stored",
+            resource_id=outcome.stored.resource_id,
+            version=outcome.stored.version,
+            created=outcome.created,
+            kind=message.kind,
+            peer=message.peer,
+            linked=len(outcome.linked),
+            flagged=len(outcome.flagged),
+        )
+        return outcome
+
+    # ------------------------------------------------------------- Bundles
+
+    def bundle(self, data: Mapping[str, Any], message: InboundMessage) -> dict[str, Any]:
+        entries = validate_envelope(data, ("transaction", "batch"))
+        kind = str(data["type"])
+        if kind == "transaction":
+            responses = self._transaction(entries, message)
+        else:
+            responses = [self._batch_entry(n, e, entries, message) for n, e in enumerate(entries)]
+        return {
+            "resourceType": "Bundle",
+            "type": f"{kind}-response",
+            "entry": [{"response": r} for r in responses],
+        }
+
+    def _transaction(
+        self, entries: list[dict[str, Any]], message: InboundMessage
+    ) -> list[dict[str, Any]]:
+        issues: list[Issue] = []
+        status = 400
+        planned: list[tuple[int, Any, str | None]] = []
+        resources: list[dict[str, Any] | None] = []
+        for n, entry in enumerate(entries):
+            try:
+                resources.append(validate_entry(entry, n))
+            except FhirError as exc:
+                issues.extend(exc.issues)
+                resources.append(None)
+        if issues:
+            raise FhirError(400, issues)
+        patients = _bundle_patients(entries)
+        for n, entry in enumerate(entries):
+            resource = resources[n]
+            assert resource is not None
+            try:
+                resource_id = _entry_request(entry, resource, n)
+                if resource["resourceType"] == "ServiceRequest":
+                    path = f"Bundle.entry[{n}].resource"
+                    order = order_from_service_request(resource, patients, path=path)
+                    planned.append((n, order, resource_id))
+            except FhirError as exc:
+                issues.extend(exc.issues)
+                status = max(status, exc.status)
+        if issues:
+            raise FhirError(status, issues)
+        responses: list[dict[str, Any]] = [_patient_response() for _ in entries]
+        stored: list[str] = []
+        for n, order, resource_id in planned:
+            try:
+                outcome = self._store(order, message, resource_id)
+            except RadbridgeError as exc:
+                done = ", ".join(stored) or "none"
+                raise FhirError.one(
+                    500,
+                    f"Bundle.entry[{n}] could not be stored ({exc}); entries stored before it "
+                    f"stay stored (each order is its own transaction): {done}",
+                    f"Bundle.entry[{n}]",
+                    code="exception",
+                ) from exc
+            responses[n] = _order_response(outcome)
+            stored.append(f"Bundle.entry[{n}] as ServiceRequest/{outcome.stored.resource_id}")
+        return responses
+
+    def _batch_entry(
+        self, n: int, entry: dict[str, Any], entries: list[dict[str, Any]], message: InboundMessage
+    ) -> dict[str, Any]:
+        try:
+            resource = validate_entry(entry, n)
+            resource_id = _entry_request(entry, resource, n)
+            if resource["resourceType"] != "ServiceRequest":
+                return _patient_response()
+            path = f"Bundle.entry[{n}].resource"
+            order = order_from_service_request(resource, _bundle_patients(entries), path=path)
+            return _order_response(self._store(order, message, resource_id))
+        except FhirError as exc:
+            return {"status": _status_line(exc.status), "outcome": exc.outcome()}
+        except RadbridgeError as exc:
+            LOG.error("batch entry not stored", entry=n, error=str(exc))
+            failed = FhirError.one(500, f"Bundle.entry[{n}] could not be stored: {exc}")
+            return {"status": _status_line(500), "outcome": failed.outcome()}
+
+
+def _entry_request(entry: Mapping[str, Any], resource: Mapping[str, Any], n: int) -> str | None:
+    """The resource id a ``PUT`` entry names (None for ``POST``); 400 for anything else."""
+    request = entry.get("request") or {"method": "POST", "url": resource["resourceType"]}
+    method, url = request.get("method"), str(request.get("url") or "")
+    kind = str(resource["resourceType"])
+    where = f"Bundle.entry[{n}].request"
+    if method == "POST":
+        if url.split("?", maxsplit=1)[0].rstrip("/") != kind:
+            raise FhirError.one(400, f"{where}.url is {url!r}; valid: {kind}", f"{where}.url")
+        return None
+    if method == "PUT":
+        found = re.fullmatch(rf"{kind}/([A-Za-z0-9\-.]{{1,64}})", url)
+        if found is None:
+            raise FhirError.one(400, f"{where}.url is {url!r}; valid: {kind}/<id>", f"{where}.url")
+        if resource.get("id") not in (None, found.group(1)):
+            raise FhirError.one(
+                400,
+                f"Bundle.entry[{n}].resource.id is {resource.get('id')!r} but the url names "
+                f"{found.group(1)!r}; valid: the same id",
+                f"Bundle.entry[{n}].resource.id",
+            )
+        return found.group(1)
+    raise FhirError.one(
+        405,
+        f"{where}.method is {method!r}; valid: POST or PUT (of Patient and ServiceRequest)",
+        f"{where}.method",
+        code="not-supported",
+    )
+
+
+def _bundle_patients(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The Patients of a Bundle, by every reference that may point at them."""
+    found: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        resource = entry.get("resource")
+        if not isinstance(resource, dict) or resource.get("resourceType") != "Patient":
+            continue
+        if isinstance(entry.get("fullUrl"), str):
+            found[entry["fullUrl"]] = resource
+        if isinstance(resource.get("id"), str):
+            found[f"Patient/{resource['id']}"] = resource
+        url = (entry.get("request") or {}).get("url")
+        if isinstance(url, str) and url.startswith("Patient/"):
+            found[url] = resource
+    return found
+
+
+def _patient_response() -> dict[str, Any]:
+    note = Issue(
+        "kept with the orders whose subject it is; radbridge does not serve Patient",
+        code="informational",
+        severity="information",
+    )
+    return {"status": _status_line(200), "outcome": operation_outcome([note], 200)}
+
+
+def _order_response(outcome: OrderOutcome) -> dict[str, Any]:
+    stored = outcome.stored
+    return {
+        "status": _status_line(201 if outcome.created else 200),
+        "location": f"ServiceRequest/{stored.resource_id}/_history/{stored.version}",
+        "etag": f'W/"{stored.version}"',
+        "lastModified": meta_of(stored)["lastUpdated"],
+    }
+
+
+def _software_version() -> str:
+    try:
+        return version("radbridge")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def fhir_router(engine: Engine) -> APIRouter:
+    """The ``/fhir`` routes on the store ``engine``."""
+    router = APIRouter(prefix="/fhir", tags=["FHIR"], route_class=FhirRoute)
+    orders = FhirOrders(engine)
+    software = _software_version()
+
+    def answer(request: Request, stored: StoredOrder, status: int) -> Response:
+        location = f"{_base(request)}/ServiceRequest/{stored.resource_id}"
+        headers = {
+            "ETag": f'W/"{stored.version}"',
+            "Last-Modified": stored.updated_at.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+        }
+        if status == 201:
+            headers["Location"] = f"{location}/_history/{stored.version}"
+        else:
+            headers["Content-Location"] = f"{location}/_history/{stored.version}"
+        return fhir_response(orders.render(stored), status, headers)
+
+    def service_request(body: bytes) -> dict[str, Any]:
+        data = read_json(body, "ServiceRequest")
+        check_type(data, ("ServiceRequest",), "ServiceRequest")
+        validate(data, "ServiceRequest")
+        return data
+
+    @router.get("/metadata")
+    def metadata(request: Request) -> Response:
+        """The CapabilityStatement: exactly the interactions below. Public."""
+        return fhir_response(capability_statement(_base(request), software))
+
+    @router.post("/ServiceRequest")
+    def create(request: Request, body: Body, _role: Operator) -> Response:
+        """Create an order (201 + Location), or update the one its identifiers match (200)."""
+        data = service_request(body)
+        outcome = orders.record(data, _message(request, "ServiceRequest", body), None)
+        return answer(request, outcome.stored, 201 if outcome.created else 200)
+
+    @router.put("/ServiceRequest/{resource_id}")
+    def update(request: Request, resource_id: str, body: Body, _role: Operator) -> Response:
+        """Update an order by id (200), or create it with that id (201)."""
+        if not ID_RE.match(resource_id):
+            raise FhirError.one(
+                400, f"{resource_id!r} is not a FHIR id; valid: [A-Za-z0-9-.]{{1,64}}"
+            )
+        data = service_request(body)
+        if data.get("id") != resource_id:
+            raise FhirError.one(
+                400,
+                f"ServiceRequest.id is {data.get('id')!r}; valid: {resource_id!r}, the id in "
+                "the URL",
+                "ServiceRequest.id",
+            )
+        outcome = orders.record(data, _message(request, "ServiceRequest", body), resource_id)
+        return answer(request, outcome.stored, 201 if outcome.created else 200)
+
+    @router.get("/ServiceRequest/{resource_id}")
+    def read(request: Request, resource_id: str, _role: Viewer) -> Response:
+        """One order as a ServiceRequest (meta.versionId counts its updates)."""
+        return answer(request, orders.read(resource_id), 200)
+
+    @router.get("/ServiceRequest")
+    def search(request: Request, _role: Viewer) -> Response:
+        """Orders by identifier, as a searchset Bundle."""
+        found = orders.search(list(request.query_params.multi_items()))
+        base = _base(request)
+        return fhir_response(
+            {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "total": len(found),
+                "link": [{"relation": "self", "url": str(request.url)}],
+                "entry": [
+                    {
+                        "fullUrl": f"{base}/ServiceRequest/{s.resource_id}",
+                        "resource": orders.render(s),
+                        "search": {"mode": "match"},
+                    }
+                    for s in found
+                ],
+            }
+        )
+
+    @router.post("")
+    @router.post("/")
+    def bundle(request: Request, body: Body, _role: Operator) -> Response:
+        """A transaction (all validated first) or batch (each entry alone) of orders."""
+        data = read_json(body, "Bundle")
+        check_type(data, ("Bundle",), "Bundle")
+        result = orders.bundle(data, _message(request, "Bundle", body))
+        return fhir_response(result)
+
+    @router.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    def unsupported(request: Request, rest: str) -> Response:
+        """Anything else: 405 on ServiceRequest, 404 for other types; see /fhir/metadata."""
+        status = 405 if rest.split("/", maxsplit=1)[0] == "ServiceRequest" else 404
+        raise FhirError.one(
+            status,
+            f"{request.method} /fhir/{rest} is not supported; GET /fhir/metadata lists what is",
+            code="not-supported",
+        )
+
+    return router
+
+
+__all__ = ["FHIR_JSON", "MAX_BODY_BYTES", "FhirOrders", "fhir_router"]
