@@ -26,7 +26,8 @@ ServiceRequest → Order:
   same Bundle (by ``fullUrl`` or ``Patient/<id>``), or a logical reference's
   ``identifier``. Patient: the identifier typed ``MR`` (else the first) → ID
   with its ``system`` or assigner as issuer, the official (else first) name →
-  ``Family^Given^Middle^Prefix^Suffix``, ``birthDate`` → ``YYYYMMDD``,
+  ``Family^Given^Middle^Prefix^Suffix``, ``birthDate`` → ``YYYYMMDD`` (a
+  partial date is left out),
   ``gender`` → M / F / O / U.
 
 Order → ServiceRequest (:func:`service_request_from_order`) writes the same
@@ -204,7 +205,7 @@ def patient_from_fhir(resource: Mapping[str, Any], path: str = "Patient") -> Pat
     index = identifiers.index(chosen) if chosen is not None else 0
     birth = _text(resource, "birthDate")
     if birth is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", birth):
-        raise _bad(f"{birth!r} is not a full date; valid: YYYY-MM-DD", f"{path}.birthDate")
+        birth = None  # a partial date (1961, 1961-07) has no DICOM DA form: left out
     return Patient(
         patient_id=_bounded(_text(chosen, "value"), f"{path}.identifier[{index}].value"),
         issuer=_bounded(
