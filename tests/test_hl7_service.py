@@ -18,7 +18,7 @@ MLLP_SEND = str(Path(sys.executable).parent / "mllp_send")
 
 
 def test_kill_9_after_the_ack_loses_no_order(tmp_path: Path) -> None:
-    """mllp_send gets AA for 20 orders; kill -9; after a restart all 20 are stored; no PHI logged."""
+    """20 orders ACKed AA, then kill -9: after a restart all 20 are stored; no PHI in the log."""
     folder = tmp_path / "rb"
     config = base_config(folder, free_port())
     hl7_port = free_port()
