@@ -197,3 +197,12 @@ def test_an_hl7_order_without_patient_renders() -> None:
     assert order_from_service_request(resource) == Order(
         source=OrderSource.FHIR, accession_number="A1", status=OrderStatus.CANCELLED
     )
+
+
+def test_a_partial_birth_date_is_left_out() -> None:
+    """A Patient.birthDate of only a year (valid FHIR) gives no birth date, not an error."""
+    sr = service_request()
+    sr["contained"][0]["birthDate"] = "1961"
+    validate(sr, "ServiceRequest")
+    patient = order_from_service_request(sr).patient
+    assert patient.birth_date is None and patient.patient_id == "PID-7"
