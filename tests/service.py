@@ -54,6 +54,8 @@ class Radbridge:
         return Path(self.config["storage"]["spool"])
 
     def start(self, timeout: float = 30.0) -> Radbridge:
+        """Start ``radbridge serve``; return once this run (not an earlier one) logged its start."""
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [RADBRIDGE, "serve", "-c", str(self.config_path)],
@@ -66,8 +68,10 @@ class Radbridge:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"radbridge exited at start:\n{self.log_path.read_text()}")
-            if "radbridge started" in self.log_path.read_text(errors="replace"):
-                return self
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                if b"radbridge started" in f.read():
+                    return self
             time.sleep(0.1)
         raise RuntimeError(f"radbridge did not start in {timeout} s:\n{self.log_path.read_text()}")
 

@@ -196,3 +196,32 @@ def test_rejected_message_is_kept_verbatim(engine: Engine) -> None:
     with engine.connect() as conn:
         row = conn.execute(select(order_messages).where(order_messages.c.id == message_id)).one()
     assert bytes(row.raw) == raw and row.error == "no accession number" and row.order_id is None
+
+
+def test_put_replaces_the_order_and_a_transaction_stores_all(engine: Engine) -> None:
+    """A FHIR PUT replaces every field (an absent one is cleared); ``record_orders`` stores
+    several orders in one call, each with the message."""
+    orders = OrderStore(engine)
+    fhir = InboundMessage(source=OrderSource.FHIR, kind="Bundle", raw=b'{"type":"transaction"}')
+    first, second = orders.record_orders(
+        [
+            (_order(source=OrderSource.FHIR, department="ED"), "sr-a"),
+            (
+                _order(
+                    source=OrderSource.FHIR,
+                    placer_number="PL-2",
+                    filler_number="FL-2",
+                    accession_number="A2",
+                ),
+                None,
+            ),
+        ],
+        fhir,
+    )
+    assert first.created and second.created and first.stored.id != second.stored.id
+    replaced = orders.record_order(_order(source=OrderSource.FHIR), fhir, resource_id="sr-a")
+    assert replaced.stored.order.department is None and replaced.stored.version == 2
+    assert orders.by_resource_id("sr-a").order.department is None
+    assert [m.kind for m in orders.raw_messages(second.stored.id)] == ["Bundle"]
+    with pytest.raises(NotFoundError):
+        orders.by_resource_id(str(first.stored.id))

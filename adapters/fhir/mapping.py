@@ -56,6 +56,7 @@ DICOM_UID = "urn:dicom:uid"
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 #: What the store keeps of an identifier, a code and a modality.
 MAX_ID = 64
+MAX_ISSUER = 256
 MAX_MODALITY = 16
 
 PRIORITY_IN = {
@@ -209,7 +210,9 @@ def patient_from_fhir(resource: Mapping[str, Any], path: str = "Patient") -> Pat
     return Patient(
         patient_id=_bounded(_text(chosen, "value"), f"{path}.identifier[{index}].value"),
         issuer=_bounded(
-            assigner_of(chosen) if chosen else None, f"{path}.identifier[{index}].system"
+            assigner_of(chosen) if chosen else None,
+            f"{path}.identifier[{index}].system",
+            MAX_ISSUER,
         ),
         name=person_name(_dicts(resource, "name")),
         birth_date=birth.replace("-", "") if birth else None,
@@ -282,7 +285,7 @@ def order_from_service_request(
             raise _bad(f"a second, different {identifier_type(identifier)} identifier", where)
         numbers[field] = value
         if field == "accession_number":
-            issuer = _bounded(assigner_of(identifier), f"{where}.system")
+            issuer = _bounded(assigner_of(identifier), f"{where}.system", MAX_ISSUER)
     if "accession_number" not in numbers and study_uid is None:
         raise FhirError(
             422,

@@ -224,12 +224,9 @@ class FhirOrders:
         if not ID_RE.match(resource_id):
             raise FhirError.one(404, f"no ServiceRequest {resource_id!r}", code="not-found")
         try:
-            stored = self.store.get(resource_id)
+            return self.store.by_resource_id(resource_id)
         except NotFoundError as exc:
             raise FhirError.one(404, f"no ServiceRequest/{resource_id}") from exc
-        if stored.resource_id != resource_id:  # get() also takes a numeric id or accession
-            raise FhirError.one(404, f"no ServiceRequest/{resource_id}")
-        return stored
 
     def search(self, params: list[tuple[str, str]]) -> list[StoredOrder]:
         if not params:
@@ -265,6 +262,10 @@ class FhirOrders:
 
     def _store(self, order: Any, message: InboundMessage, resource_id: str | None) -> OrderOutcome:
         outcome = self.store.record_order(order, message, resource_id=resource_id)
+        self._log(outcome, message)
+        return outcome
+
+    def _log(self, outcome: OrderOutcome, message: InboundMessage) -> None:
         LOG.info(
             "FHIR order stored",
             resource_id=outcome.stored.resource_id,
@@ -275,7 +276,6 @@ class FhirOrders:
             linked=len(outcome.linked),
             flagged=len(outcome.flagged),
         )
-        return outcome
 
     # ------------------------------------------------------------- Bundles
 
@@ -323,21 +323,15 @@ class FhirOrders:
         if issues:
             raise FhirError(status, issues)
         responses: list[dict[str, Any]] = [_patient_response() for _ in entries]
-        stored: list[str] = []
-        for n, order, resource_id in planned:
-            try:
-                outcome = self._store(order, message, resource_id)
-            except RadbridgeError as exc:
-                done = ", ".join(stored) or "none"
-                raise FhirError.one(
-                    500,
-                    f"Bundle.entry[{n}] could not be stored ({exc}); entries stored before it "
-                    f"stay stored (each order is its own transaction): {done}",
-                    f"Bundle.entry[{n}]",
-                    code="exception",
-                ) from exc
+        try:
+            outcomes = self.store.record_orders([(o, rid) for _, o, rid in planned], message)
+        except RadbridgeError as exc:
+            raise FhirError.one(
+                500, f"the transaction could not be stored, nothing was: {exc}", code="exception"
+            ) from exc
+        for (n, _, _), outcome in zip(planned, outcomes, strict=True):
+            self._log(outcome, message)
             responses[n] = _order_response(outcome)
-            stored.append(f"Bundle.entry[{n}] as ServiceRequest/{outcome.stored.resource_id}")
         return responses
 
     def _batch_entry(

@@ -168,46 +168,64 @@ class OrderStore:
     ) -> OrderOutcome:
         """Store ``message`` verbatim and create or update its order, in one transaction.
 
-        With ``resource_id`` (FHIR PUT) that order is updated, or created with
+        With ``resource_id`` (FHIR PUT) that order is replaced, or created with
         that id. Otherwise the order is matched by placer number, then filler
-        number, then accession number + issuer; a new one gets a fresh
+        number, then accession number + issuer, and updated (fields the new
+        message leaves empty keep their values); a new one gets a fresh
         ``resource_id``.
         """
+        return self.record_orders([(order, resource_id)], message)[0]
+
+    def record_orders(
+        self, orders_: Sequence[tuple[Order, str | None]], message: InboundMessage
+    ) -> list[OrderOutcome]:
+        """:meth:`record_order` for several orders (a FHIR transaction): all or none."""
         now = datetime.now(UTC)
-        values = _order_values(order)
         try:
             with writing(self.engine) as conn:
-                existing = self._match(conn, order, resource_id)
-                if existing is None:
-                    row = conn.execute(
-                        insert(orders)
-                        .values(
-                            **values,
-                            resource_id=resource_id or uuid.uuid4().hex,
-                            version=1,
-                            created_at=now,
-                            updated_at=now,
-                        )
-                        .returning(*orders.c)
-                    ).one()
-                else:
-                    kept = {k: v for k, v in values.items() if v is not None}
-                    row = conn.execute(
-                        update(orders)
-                        .where(orders.c.id == existing.id)
-                        .values(**kept, version=orders.c.version + 1, updated_at=now)
-                        .returning(*orders.c)
-                    ).one()
-                self._keep(conn, message, now, order_id=row.id)
-                stored = _order(row)
-                linked, flagged = self._correlate(conn, stored, now)
-                cancelled = 0
-                if stored.order.status in CANCELLED_STATES:
-                    cancelled = cancel_for_studies(
-                        conn, linked, reason=f"order {stored.order.status}", now=now
-                    )
+                return [self._record(conn, o, message, rid, now) for o, rid in orders_]
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot store the order: {exc}") from exc
+
+    def _record(
+        self,
+        conn: Connection,
+        order: Order,
+        message: InboundMessage,
+        resource_id: str | None,
+        now: datetime,
+    ) -> OrderOutcome:
+        values = _order_values(order)
+        existing = self._match(conn, order, resource_id)
+        if existing is None:
+            row = conn.execute(
+                insert(orders)
+                .values(
+                    **values,
+                    resource_id=resource_id or uuid.uuid4().hex,
+                    version=1,
+                    created_at=now,
+                    updated_at=now,
+                )
+                .returning(*orders.c)
+            ).one()
+        else:
+            if resource_id is None:
+                values = {k: v for k, v in values.items() if v is not None}
+            row = conn.execute(
+                update(orders)
+                .where(orders.c.id == existing.id)
+                .values(**values, version=orders.c.version + 1, updated_at=now)
+                .returning(*orders.c)
+            ).one()
+        self._keep(conn, message, now, order_id=row.id)
+        stored = _order(row)
+        linked, flagged = self._correlate(conn, stored, now)
+        cancelled = 0
+        if stored.order.status in CANCELLED_STATES:
+            cancelled = cancel_for_studies(
+                conn, linked, reason=f"order {stored.order.status}", now=now
+            )
         return OrderOutcome(
             stored=stored,
             created=existing is None,
@@ -496,6 +514,16 @@ class OrderStore:
                 .order_by(order_links.c.at)
             ).all()
         return [_link(r) for r in rows]
+
+    def by_resource_id(self, resource_id: str) -> StoredOrder:
+        """The order with this FHIR logical id; ``NotFoundError`` if none."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(orders).where(orders.c.resource_id == resource_id)
+            ).one_or_none()
+        if row is None:
+            raise NotFoundError(f"no order with resource id {resource_id!r}")
+        return _order(row)
 
     def get(self, key: str | int) -> StoredOrder:
         """By numeric id, resource id or accession number; ``NotFoundError`` if none."""
