@@ -22,6 +22,9 @@ from sqlalchemy import (
     Engine,
     Row,
     and_,
+    bindparam,
+    case,
+    func,
     insert,
     or_,
     select,
@@ -155,6 +158,95 @@ def _study_patient(r: Any) -> Patient:
     return Patient(patient_id=r.patient_id, issuer=r.issuer_of_patient_id)
 
 
+def _params(table: Any, names: Sequence[str]) -> dict[str, Any]:
+    """``{column: bindparam("p_column")}``: SET/VALUES clauses built once, run many times."""
+    return {n: bindparam(f"p_{n}", type_=table.c[n].type) for n in names}
+
+
+_FIELDS = [c.name for c in orders.columns if c.name not in ("id", "resource_id", "created_at")]
+_ORDER_FIELDS = [n for n in _FIELDS if n not in ("version", "updated_at")]
+
+
+class _Statements:
+    """The statements of recording an order, built once: building them per call cost more
+    than running them (an order is recorded before every HL7 ACK)."""
+
+    insert_order = (
+        insert(orders)
+        .values(
+            {
+                **_params(orders, [*_ORDER_FIELDS, "resource_id", "created_at", "updated_at"]),
+                "version": 1,
+            }
+        )
+        .returning(*orders.c)
+    )
+    _set = _params(orders, _ORDER_FIELDS)
+    update_order = (
+        update(orders)
+        .where(orders.c.id == bindparam("p_id"))
+        .values(
+            {
+                **{n: func.coalesce(p, orders.c[n]) for n, p in _set.items()},
+                "version": orders.c.version + 1,
+                "updated_at": bindparam("p_updated_at", type_=orders.c.updated_at.type),
+            }
+        )
+        .returning(*orders.c)
+    )
+    replace_order = (
+        update(orders)
+        .where(orders.c.id == bindparam("p_id"))
+        .values(
+            {
+                **_set,
+                "version": orders.c.version + 1,
+                "updated_at": bindparam("p_updated_at", type_=orders.c.updated_at.type),
+            }
+        )
+        .returning(*orders.c)
+    )
+    by_resource_id = select(orders.c.id).where(orders.c.resource_id == bindparam("p_rid"))
+    _placer = orders.c.placer_number == bindparam("p_placer")
+    _filler = orders.c.filler_number == bindparam("p_filler")
+    match = (
+        select(orders.c.id)
+        .where(
+            or_(
+                _placer,
+                _filler,
+                and_(
+                    orders.c.accession_number == bindparam("p_accession"),
+                    orders.c.issuer.is_not_distinct_from(bindparam("p_issuer")),
+                ),
+            )
+        )
+        .order_by(case((_placer, 0), (_filler, 1), else_=2), orders.c.id.desc())
+        .limit(1)
+    )
+    keep = (
+        insert(order_messages)
+        .values(
+            _params(
+                order_messages,
+                ["order_id", "source", "kind", "control_id", "peer", "received_at", "raw", "error"],
+            )
+        )
+        .returning(order_messages.c.id)
+    )
+    _candidates = select(
+        studies.c.study_uid,
+        studies.c.patient_id,
+        studies.c.issuer_of_patient_id,
+        studies.c.state,
+    )
+    studies_by_accession = _candidates.where(studies.c.accession_number == bindparam("p_accession"))
+    studies_by_uid = _candidates.where(studies.c.study_uid == bindparam("p_study_uid"))
+
+
+_S = _Statements
+
+
 class OrderStore:
     """Orders, their raw messages, patients (ADT) and order ↔ study links."""
 
@@ -195,29 +287,21 @@ class OrderStore:
         resource_id: str | None,
         now: datetime,
     ) -> OrderOutcome:
-        values = _order_values(order)
+        values = {f"p_{k}": v for k, v in _order_values(order).items()}
         existing = self._match(conn, order, resource_id)
         if existing is None:
             row = conn.execute(
-                insert(orders)
-                .values(
+                _S.insert_order,
+                {
                     **values,
-                    resource_id=resource_id or uuid.uuid4().hex,
-                    version=1,
-                    created_at=now,
-                    updated_at=now,
-                )
-                .returning(*orders.c)
+                    "p_resource_id": resource_id or uuid.uuid4().hex,
+                    "p_created_at": now,
+                    "p_updated_at": now,
+                },
             ).one()
         else:
-            if resource_id is None:
-                values = {k: v for k, v in values.items() if v is not None}
-            row = conn.execute(
-                update(orders)
-                .where(orders.c.id == existing.id)
-                .values(**values, version=orders.c.version + 1, updated_at=now)
-                .returning(*orders.c)
-            ).one()
+            stmt = _S.update_order if resource_id is None else _S.replace_order
+            row = conn.execute(stmt, {**values, "p_id": existing, "p_updated_at": now}).one()
         self._keep(conn, message, now, order_id=row.id)
         stored = _order(row)
         linked, flagged = self._correlate(conn, stored, now)
@@ -304,22 +388,17 @@ class OrderStore:
         order_id: int | None = None,
         error: str | None = None,
     ) -> int:
-        return int(
-            conn.execute(
-                insert(order_messages)
-                .values(
-                    order_id=order_id,
-                    source=message.source.value,
-                    kind=message.kind[:32],
-                    control_id=(message.control_id or None) and message.control_id[:64],
-                    peer=message.peer[:64],
-                    received_at=now,
-                    raw=message.raw,
-                    error=error,
-                )
-                .returning(order_messages.c.id)
-            ).scalar_one()
-        )
+        params = {
+            "p_order_id": order_id,
+            "p_source": message.source.value,
+            "p_kind": message.kind[:32],
+            "p_control_id": (message.control_id or None) and message.control_id[:64],
+            "p_peer": message.peer[:64],
+            "p_received_at": now,
+            "p_raw": message.raw,
+            "p_error": error,
+        }
+        return int(conn.execute(_S.keep, params).scalar_one())
 
     def _upsert_patient(self, conn: Connection, patient: Patient, now: datetime) -> int:
         values = {
@@ -337,32 +416,23 @@ class OrderStore:
         ).returning(patients.c.id)
         return int(conn.execute(stmt).scalar_one())
 
-    def _match(self, conn: Connection, order: Order, resource_id: str | None) -> Row[Any] | None:
+    def _match(self, conn: Connection, order: Order, resource_id: str | None) -> int | None:
+        """The id of the order this one updates: by resource id when given; else by placer
+        number, then filler number, then accession number + issuer."""
         if resource_id is not None:
-            return conn.execute(
-                select(orders.c.id).where(orders.c.resource_id == resource_id)
-            ).one_or_none()
-        keys: list[ColumnElement[bool]] = []
-        if order.placer_number:
-            keys.append(orders.c.placer_number == order.placer_number)
-        if order.filler_number:
-            keys.append(orders.c.filler_number == order.filler_number)
-        if order.accession_number:
-            keys.append(
-                and_(
-                    orders.c.accession_number == order.accession_number,
-                    orders.c.issuer.is_(None)
-                    if order.issuer is None
-                    else orders.c.issuer == order.issuer,
-                )
+            found = conn.execute(_S.by_resource_id, {"p_rid": resource_id})
+        else:
+            found = conn.execute(
+                _S.match,
+                {
+                    "p_placer": order.placer_number or None,
+                    "p_filler": order.filler_number or None,
+                    "p_accession": order.accession_number or None,
+                    "p_issuer": order.issuer,
+                },
             )
-        for key in keys:
-            row = conn.execute(
-                select(orders.c.id).where(key).order_by(orders.c.id.desc()).limit(1)
-            ).one_or_none()
-            if row is not None:
-                return row
-        return None
+        value: int | None = found.scalar_one_or_none()
+        return value
 
     # ---------------------------------------------------------- correlation
 
@@ -372,19 +442,14 @@ class OrderStore:
         """Link the order to its studies; ask routing to decide linked stable studies again."""
         order = stored.order
         if order.accession_number:
-            where, matched_on = studies.c.accession_number == order.accession_number, "accession"
+            matched_on = "accession"
+            found = conn.execute(_S.studies_by_accession, {"p_accession": order.accession_number})
         elif order.study_uid:
-            where, matched_on = studies.c.study_uid == order.study_uid, "study_uid"
+            matched_on = "study_uid"
+            found = conn.execute(_S.studies_by_uid, {"p_study_uid": order.study_uid})
         else:
             return [], []
-        candidates = conn.execute(
-            select(
-                studies.c.study_uid,
-                studies.c.patient_id,
-                studies.c.issuer_of_patient_id,
-                studies.c.state,
-            ).where(where)
-        ).all()
+        candidates = found.all()
         linked: list[str] = []
         flagged: list[str] = []
         for study in candidates:
