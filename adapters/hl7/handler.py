@@ -16,6 +16,7 @@ on its single store thread, never on the event loop.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,9 +38,9 @@ LOG = get_logger("radbridge.hl7")
 class OrderSink(Protocol):
     """What the handler needs of the store (:class:`broker.store.orders.OrderStore` has it)."""
 
-    def record_order(
-        self, order: Order, message: InboundMessage, *, resource_id: str | None = None
-    ) -> OrderOutcome: ...
+    def record_orders(
+        self, orders_: Sequence[tuple[Order, str | None]], message: InboundMessage
+    ) -> list[OrderOutcome]: ...
 
     def record_patient(self, patient: Patient, message: InboundMessage) -> int: ...
 
@@ -124,8 +125,8 @@ class MessageHandler:
         self, event: OrderEvent | PatientEvent | MergeEvent, inbound: InboundMessage
     ) -> None:
         if isinstance(event, OrderEvent):
-            for order in event.orders:
-                outcome = self.sink.record_order(order, inbound)
+            outcomes = self.sink.record_orders([(o, None) for o in event.orders], inbound)
+            for order, outcome in zip(event.orders, outcomes, strict=True):
                 LOG.debug(
                     "order recorded",
                     order_id=outcome.stored.id,
