@@ -149,6 +149,11 @@ def test_adt_a40_merge() -> None:
             ErrorCode.REQUIRED_FIELD_MISSING,
             "PID-3",
         ),
+        (
+            orm_o01(sample_order(accession_number="A" * 65)),
+            ErrorCode.DATA_TYPE_ERROR,
+            "OBR-18 is 65 characters long; valid: at most 64",
+        ),
     ],
 )
 def test_unusable_messages_say_why(text: str, code: ErrorCode, words: str) -> None:

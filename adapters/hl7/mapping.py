@@ -302,6 +302,24 @@ def _order(
     requested = (_value(ipc.value(2)) if ipc is not None else None) or obr_value(19)
     modality = (_value(ipc.value(5)) if ipc is not None else None) or obr_value(24)
     department = _value(orc.value(17)) or _value(orc.value(17, 2)) or (pv1 and _value(pv1.value(3)))
+    for value, limit, where in (
+        (placer, 64, ("ORC", 2)),
+        (filler, 64, ("ORC", 3)),
+        (accession, 64, ("IPC", 1) if ipc is not None else ("OBR", 18)),
+        (code, 64, ("OBR", int(procedure))),
+        (study_uid, 64, ("IPC", 3) if ipc is not None else ("ZDS", 1)),
+        (requested, 64, ("IPC", 2) if ipc is not None else ("OBR", 19)),
+        (modality, 16, ("IPC", 5) if ipc is not None else ("OBR", 24)),
+        (patient.patient_id, 64, ("PID", 3)),
+    ):
+        if value is not None and len(value) > limit:
+            raise _unusable(
+                ErrorCode.DATA_TYPE_ERROR,
+                f"{where[0]}-{where[1]} is {len(value)} characters long; valid: at most {limit}",
+                where[0],
+                where[1],
+                number,
+            )
     return Order(
         source=OrderSource.HL7,
         placer_number=placer,
