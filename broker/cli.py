@@ -17,6 +17,7 @@ from broker.cli_common import ConfigOption, JsonOption, err, out, settings_or_ex
 from broker.cli_jobs import app as jobs_app
 from broker.cli_orders import app as orders_app
 from broker.cli_orders import link_json, order_json, order_rows, print_rows
+from broker.cli_results import app as results_app
 from broker.cli_routes import app as routes_app
 from broker.cli_tokens import app as tokens_app
 from broker.domain import LinkState, Study
@@ -41,6 +42,7 @@ app.add_typer(routes_app, name="routes")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(orders_app, name="orders")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(results_app, name="results")
 
 
 def _store(settings: Settings) -> StudyStore:

@@ -18,10 +18,12 @@ from broker.edges import Edge, ServiceContext, available
 from broker.errors import StoreError
 from broker.logging import get_logger
 from broker.pipeline import RoutingStage, Rules, make_delivery
+from broker.results import ResultTimer, result_policies
 from broker.spool import Spool
 from broker.store import StudyStore, make_engine
 from broker.store.migrate import migrate
 from broker.store.orders import OrderStore
+from broker.store.results import ResultStore
 from config.schema import Settings
 
 LOG = get_logger("radbridge.service")
@@ -111,6 +113,13 @@ class Service:
             OrderStore(engine),
         )
         self.timer.on_stable.append(self.routing.on_stable)
+        # Results from vendors: append to ``self.results.on_complete`` to hear of each one.
+        self.results = ResultTimer(
+            ResultStore(engine, result_policies(settings)),
+            self.dispatcher.jobs,
+            self.context.store,
+            self.context.spool,
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started: list[Edge] = []
@@ -141,6 +150,7 @@ class Service:
             thread.start()
             self._threads.append(thread)
         self.timer.start()
+        self.results.start()
         LOG.info(
             "radbridge started",
             site=self.settings.site.name,
@@ -151,6 +161,7 @@ class Service:
 
     def stop(self) -> None:
         self.timer.stop()
+        self.results.stop()
         self._stop.set()
         for edge in reversed(self._started):
             try:

@@ -4,6 +4,7 @@ Layout::
 
     SPOOL/tmp/                       objects still arriving (cleared at start)
     SPOOL/studies/STUDY/SERIES/SOP.dcm
+    SPOOL/results/STUDY/SOP.dcm      result objects from vendors (never in the study index)
 
 A file appears under ``studies/`` only complete: written in ``tmp/``, fsync'd,
 renamed, and the directory fsync'd, so neither a crash nor a power cut leaves
@@ -47,6 +48,7 @@ class Spool:
         self.root = root
         self.tmp = root / "tmp"
         self.studies = root / "studies"
+        self.results = root / "results"
         self._lock_fd: int | None = None
 
     def lock(self) -> None:
@@ -66,6 +68,7 @@ class Spool:
         """Create the folders; remove anything left half-received by a crash."""
         try:
             self.studies.mkdir(parents=True, exist_ok=True)
+            self.results.mkdir(parents=True, exist_ok=True)
             if self.tmp.exists():
                 shutil.rmtree(self.tmp)
             self.tmp.mkdir(parents=True)
@@ -79,6 +82,10 @@ class Spool:
             / _component(series_uid)
             / f"{_component(sop_instance_uid)}.dcm"
         )
+
+    def result_path_for(self, study_uid: str, sop_instance_uid: str) -> Path:
+        """Where a result object is kept: apart from the studies, so it is never indexed."""
+        return self.results / _component(study_uid) / f"{_component(sop_instance_uid)}.dcm"
 
     def flush(self, tmp_file: Path) -> None:
         """Force a received file's bytes to disk (before ``place``)."""

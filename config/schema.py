@@ -355,9 +355,11 @@ class Settings(Strict):
         return self.http or Http()
 
     def http_server_wanted(self) -> bool:
-        """Whether radbridge serves HTTP: an ``http`` block, or a vendor that pulls over it."""
+        """Whether radbridge serves HTTP: an ``http`` block, a vendor that pulls over it,
+        or a vendor with a results token (STOW-RS, findings callback)."""
         return self.http is not None or any(
-            v.transport.type is TransportType.HTTP for v in self.vendors.values()
+            v.transport.type is TransportType.HTTP or v.results.token is not None
+            for v in self.vendors.values()
         )
 
     def database_url(self) -> str:
@@ -385,6 +387,7 @@ SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
     ("dicom", "tls", "key_password"),
     ("hl7", "tls", "key_password"),
     ("vendors", "*", "transport", "token"),
+    ("vendors", "*", "results", "token"),
 )
 """Settings only the environment may set; ``*`` stands for any key (a vendor name)."""
 

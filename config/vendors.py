@@ -231,6 +231,23 @@ class Billing(Strict):
     trial_quota: Annotated[int, Field(ge=0)] | None = None
 
 
+class VendorResults(Strict):
+    """How a vendor returns results (see README, "Results from vendors").
+
+    ``ae_titles``: the calling AE titles the vendor C-STOREs results from, when
+    not its ``transport.ae_title``. ``token``: the secret of its STOW-RS and
+    findings callbacks, from the environment only
+    (``RADBRIDGE_VENDORS__<NAME>__RESULTS__TOKEN``). A result is complete when
+    the vendor says so, when ``expected_objects`` objects are in, or after
+    ``quiet_seconds`` without a new object.
+    """
+
+    ae_titles: list[AETitle] = Field(default_factory=list)
+    token: SecretStr | None = None
+    expected_objects: Annotated[int, Field(ge=1)] | None = None
+    quiet_seconds: Duration = 30.0
+
+
 class Vendor(Strict):
     """One AI vendor product radbridge delivers studies to.
 
@@ -246,6 +263,7 @@ class Vendor(Strict):
     timeout: Duration = 900.0
     retries: Annotated[int, Field(ge=1, le=100)] = 5
     billing: Billing | None = None
+    results: VendorResults = VendorResults()
 
 
 class RequireOrderSettings(Strict):

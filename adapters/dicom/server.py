@@ -51,11 +51,13 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from adapters.dicom.mapping import instance_record_from_file
 from adapters.dicom.policy import AssociationPolicy
 from adapters.dicom.reactor import install
+from adapters.results.intake import ResultIntake
+from broker.domain import ResultOrigin
 from broker.errors import InvalidDicomError, SpoolError, StoreError
 from broker.logging import get_logger
 from broker.spool import Spool
 from broker.store import StudyStore
-from config.schema import Settings
+from config.schema import AERole, Settings
 
 LOG = get_logger("radbridge.dicom")
 #: fdatasync releases the GIL: it overlaps with parsing the header of the same object.
@@ -240,6 +242,7 @@ class StoreSCP:
         self.settings = settings
         self.store = store
         self.spool = spool
+        self.results = ResultIntake(settings, store.engine, spool)
 
     def _log(self, event: evt.Event) -> Any:
         assoc = event.assoc
@@ -265,6 +268,9 @@ class StoreSCP:
         final: Path | None = None
         existed = False
         flushing = _SYNC.submit(self.spool.flush, tmp)  # fdatasync runs while we parse
+        called = self.settings.dicom.ae_titles.get(called_ae)
+        if called is not None and called.role is AERole.RESULTS:
+            return self._store_result(event, request, tmp, flushing, log)
         try:
             record = instance_record_from_file(
                 tmp,
@@ -302,6 +308,44 @@ class StoreSCP:
             size=record.size,
             replaced=indexed.replaced,
             study_state=indexed.study_state.value,
+        )
+        return Status.SUCCESS
+
+    def _store_result(
+        self, event: evt.Event, request: C_STORE, tmp: Path, flushing: Any, log: Any
+    ) -> int | Dataset:
+        """A vendor's result object: into ``results/`` and the results store, never the index."""
+        calling_ae = event.assoc.requestor.ae_title.strip()
+        try:
+            stored = self.results.store_file(
+                tmp,
+                origin=ResultOrigin.DICOM,
+                vendors=self.results.vendors_for_ae(calling_ae),
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+                sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                sop_class_uid=str(request.AffectedSOPClassUID),
+                calling_ae=calling_ae,
+                peer_address=event.assoc.requestor.address,
+                flush=flushing.result,
+            )
+        except InvalidDicomError as exc:
+            wait([flushing])
+            log.warning("result c-store refused: cannot understand", error=str(exc))
+            return _status(Status.CANNOT_UNDERSTAND, str(exc))
+        except (SpoolError, StoreError, OSError) as exc:
+            wait([flushing])
+            log.error("result c-store failed: not stored", error=str(exc))
+            return _status(Status.OUT_OF_RESOURCES, "not stored: " + type(exc).__name__)
+        recorded = stored.recorded
+        log.info(
+            "result c-store",
+            study_uid=stored.header.study_uid,
+            sop_instance_uid=stored.header.sop_instance_uid,
+            size=stored.size,
+            result_id=recorded.result_id,
+            job_id=recorded.job_id,
+            orphan=recorded.job_id is None,
+            duplicate=recorded.duplicate,
         )
         return Status.SUCCESS
 

@@ -6,16 +6,20 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from adapters.fhir.server import fhir_router
+from adapters.results.http import results_router
 from adapters.web.wado import wado_router
+from broker.edges import ServiceContext
 from broker.store.api_tokens import ApiTokens
 
 
-def create_app(engine: Engine) -> FastAPI:
+def create_app(engine: Engine, context: ServiceContext | None = None) -> FastAPI:
     """The HTTP API on the store ``engine``.
 
     - ``/wado``: WADO-RS for vendors that pull, with per-job tokens;
     - ``/fhir``: the FHIR R4 orders interface, with API tokens and roles
-      (:func:`adapters.web.auth.require`, which finds them on ``app.state.api_tokens``).
+      (:func:`adapters.web.auth.require`, which finds them on ``app.state.api_tokens``);
+    - ``/results``: STOW-RS and JSON findings from vendors, with their results
+      tokens (needs the service ``context``: settings and spool).
     """
     app = FastAPI(
         title="radbridge",
@@ -26,4 +30,6 @@ def create_app(engine: Engine) -> FastAPI:
     app.state.api_tokens = ApiTokens(engine)
     app.include_router(wado_router(engine))
     app.include_router(fhir_router(engine))
+    if context is not None:
+        app.include_router(results_router(context))
     return app

@@ -51,7 +51,7 @@ class WebEdge:
             hint="set http.listen to a free port",
         )
         config = uvicorn.Config(
-            create_app(context.engine),
+            create_app(context.engine, context),
             loop="asyncio",
             lifespan="off",
             log_config=None,

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -269,3 +270,55 @@ api_tokens = Table(
     Column("revoked_at", UTCDateTime),
 )
 """Bearer tokens of the HTTP API with their role (only the SHA-256 of a token is kept)."""
+
+results = Table(
+    "results",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Integer, ForeignKey("jobs.id", name="fk_results_job_id")),
+    Column("study_uid", UID, nullable=False),
+    Column("vendor", String(64)),
+    Column("calling_ae", AE),
+    Column("state", String(16), nullable=False),
+    Column("urgent", Boolean, nullable=False, default=False),
+    Column("findings_json", Text),
+    Column("expected_objects", Integer),
+    Column("quiet_seconds", Float, nullable=False),
+    Column("vendor_complete", Boolean, nullable=False, default=False),
+    Column("complete_reason", String(16)),
+    Column("error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("due_at", UTCDateTime),
+    Column("completed_at", UTCDateTime),
+    Index(None, "job_id"),
+    Index(None, "study_uid"),
+    Index(None, "state", "due_at"),
+)
+"""What a vendor returned for a job (``job_id`` NULL: an orphan that matched no job)."""
+
+result_objects = Table(
+    "result_objects",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "result_id",
+        Integer,
+        ForeignKey("results.id", name="fk_result_objects_result_id"),
+        nullable=False,
+    ),
+    Column("sop_instance_uid", UID, nullable=False, unique=True),
+    Column("sop_class_uid", UID, nullable=False),
+    Column("series_uid", UID, nullable=False),
+    Column("study_uid", UID, nullable=False),
+    Column("transfer_syntax_uid", UID, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("origin", String(16), nullable=False),
+    Column("calling_ae", AE),
+    Column("peer_address", String(64)),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("receive_count", Integer, nullable=False, default=1),
+    Index(None, "result_id"),
+)
+"""The DICOM objects of results, spooled under ``results/`` (never in the study index)."""

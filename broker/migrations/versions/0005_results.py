@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("quiet_seconds", sa.Float(), nullable=False),
         sa.Column("vendor_complete", sa.Boolean(), nullable=False),
         sa.Column("complete_reason", sa.String(length=16)),
+        sa.Column("error", sa.Text()),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.Column("due_at", sa.DateTime()),
@@ -57,9 +58,7 @@ def upgrade() -> None:
         sa.Column("peer_address", sa.String(length=64)),
         sa.Column("received_at", sa.DateTime(), nullable=False),
         sa.Column("receive_count", sa.Integer(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["result_id"], ["results.id"], name="fk_result_objects_result_id"
-        ),
+        sa.ForeignKeyConstraint(["result_id"], ["results.id"], name="fk_result_objects_result_id"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_result_objects")),
         sa.UniqueConstraint("sop_instance_uid", name=op.f("uq_result_objects_sop_instance_uid")),
     )

@@ -1,0 +1,105 @@
+"""Result objects into the spool and the store: one durable path for C-STORE, STOW-RS and HTTP.
+
+A received object is read (header only), flushed to disk, renamed to
+``SPOOL/results/STUDY/SOP.dcm`` and recorded (:class:`broker.store.results.ResultStore`)
+before the sender is told it was stored. It never goes into the study index:
+its Study Instance UID is the source study's, and indexing it would re-open
+that study and route it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from adapters.results.objects import ResultHeader, read_result_header
+from broker.domain import ResultObject, ResultOrigin
+from broker.errors import InvalidDicomError, SpoolError
+from broker.logging import get_logger
+from broker.results import result_policies, vendors_for_ae
+from broker.spool import Spool
+from broker.store.results import Recorded, ResultStore
+from config.schema import Settings
+
+LOG = get_logger("radbridge.results")
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A result object that is durably stored, and where it went."""
+
+    header: ResultHeader
+    recorded: Recorded
+    path: Path
+    size: int
+
+
+class ResultIntake:
+    """Store result objects durably and match them to jobs."""
+
+    def __init__(self, settings: Settings, engine: Engine, spool: Spool) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.store = ResultStore(engine, result_policies(settings))
+
+    def vendors_for_ae(self, calling_ae: str) -> list[str]:
+        return vendors_for_ae(self.settings, calling_ae)
+
+    def store_file(
+        self,
+        tmp: Path,
+        *,
+        origin: ResultOrigin,
+        vendors: Sequence[str],
+        transfer_syntax_uid: str,
+        sop_instance_uid: str | None = None,
+        sop_class_uid: str | None = None,
+        calling_ae: str | None = None,
+        peer_address: str | None = None,
+        flush: Callable[[], None] | None = None,
+    ) -> Stored:
+        """Place the received file ``tmp`` in the spool and record it; the caller answers
+        success only after this returns. ``flush`` waits for a flush already under way
+        (default: flush now). Raises :class:`InvalidDicomError` (nothing stored), or
+        :class:`SpoolError` / :class:`StoreError` (nothing acknowledged; the file may stay,
+        a resend replaces it)."""
+        header = read_result_header(tmp, sop_class_uid)
+        if sop_instance_uid is not None and header.sop_instance_uid != sop_instance_uid:
+            raise InvalidDicomError(
+                f"the data set's SOP Instance UID {header.sop_instance_uid} is not the one "
+                f"of the request ({sop_instance_uid})"
+            )
+        final = self.spool.result_path_for(header.study_uid, header.sop_instance_uid)
+        if flush is None:
+            self.spool.flush(tmp)
+        else:
+            flush()
+        size = tmp.stat().st_size
+        self.spool.place(tmp, final)
+        recorded = self.store.record_object(
+            ResultObject(
+                sop_instance_uid=header.sop_instance_uid,
+                sop_class_uid=header.sop_class_uid,
+                series_uid=header.series_uid,
+                study_uid=header.study_uid,
+                path=str(final),
+                size=size,
+                origin=origin,
+            ),
+            transfer_syntax_uid=transfer_syntax_uid,
+            vendors=vendors,
+            referenced_studies=header.referenced_studies,
+            referenced_series=header.referenced_series,
+            calling_ae=calling_ae,
+            peer_address=peer_address,
+            urgent=header.urgent,
+        )
+        if recorded.previous_path:
+            try:
+                self.spool.discard(Path(recorded.previous_path))
+            except SpoolError as exc:
+                LOG.error("cannot remove a replaced result object", error=str(exc))
+        return Stored(header=header, recorded=recorded, path=final, size=size)

@@ -1,0 +1,248 @@
+"""Results from vendors: which vendor a sender is, and the completion timer.
+
+:class:`ResultTimer` runs in the service. It completes the results that are
+due (:meth:`broker.store.results.ResultStore.complete_due`): first it turns
+JSON findings into a DICOM Comprehensive SR in the spool (unless the vendor
+sent an SR itself), then the result completes and its job moves
+``awaiting_result → result_received`` in one transaction, then every hook in
+:attr:`ResultTimer.on_complete` is called with the result id (notification
+hooks: a failing one is logged and the others still run). After a restart,
+complete results whose job is still ``result_received`` are announced again,
+so a hook must accept a result id it has seen before.
+
+The SR maker is found through the ``result_sr`` entry point of
+``radbridge.registries``, so the broker never imports an adapter by name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from broker.cli_common import registered
+from broker.domain import Findings, Result, ResultObject, ResultOrigin
+from broker.errors import RadbridgeError, StoreError
+from broker.logging import get_logger
+from broker.spool import Spool
+from broker.store import StudyStore
+from broker.store.jobs import JobStore
+from broker.store.results import ResultPolicy, ResultStore
+from config.schema import Settings
+
+LOG = get_logger("radbridge.results")
+#: Longest wait between two looks at the store (results recorded by listener processes).
+MAX_TIMER_SLEEP = 0.5
+#: Structured report storage classes: a vendor that sends one needs no SR made of its findings.
+SR_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.88.11",
+        "1.2.840.10008.5.1.4.1.1.88.22",
+        "1.2.840.10008.5.1.4.1.1.88.33",
+        "1.2.840.10008.5.1.4.1.1.88.34",
+        "1.2.840.10008.5.1.4.1.1.88.35",
+    }
+)
+
+CompleteHook = Callable[[int], object]
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedObject:
+    """A DICOM object radbridge made (Part 10 bytes) and its identifying UIDs."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_uid: str
+    study_uid: str
+    transfer_syntax_uid: str
+    data: bytes
+
+
+SrMaker = Callable[[Findings, Sequence[str], str, datetime], GeneratedObject]
+"""``(findings, source instance paths, result key, created) -> SR``."""
+
+
+def result_policies(settings: Settings) -> dict[str, ResultPolicy]:
+    """Each vendor's ``results`` settings as the store keeps them on a new result."""
+    return {
+        name: ResultPolicy(
+            quiet_seconds=vendor.results.quiet_seconds,
+            expected_objects=vendor.results.expected_objects,
+        )
+        for name, vendor in settings.vendors.items()
+    }
+
+
+def vendors_for_ae(settings: Settings, calling_ae: str) -> list[str]:
+    """The vendors a C-STORE to the results AE may come from: those whose
+    ``transport.ae_title`` or one of ``results.ae_titles`` is the calling AE title."""
+    return [
+        name
+        for name, vendor in settings.vendors.items()
+        if calling_ae == vendor.transport.ae_title or calling_ae in vendor.results.ae_titles
+    ]
+
+
+def result_key(result: Result) -> str:
+    """What the UIDs of a result's SR derive from: unique per study, job and result."""
+    return f"{result.study_uid}/job-{result.job_id}/result-{result.id}"
+
+
+def write_result_object(spool: Spool, study_uid: str, sop_instance_uid: str, data: bytes) -> Path:
+    """Write bytes durably to the results folder of the spool; the final path."""
+    final = spool.result_path_for(study_uid, sop_instance_uid)
+    fd, name = tempfile.mkstemp(dir=spool.tmp, suffix=".dcm")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as fp:
+            fp.write(data)
+        spool.flush(tmp)
+        spool.place(tmp, final)
+    except BaseException:
+        spool.discard(tmp)
+        raise
+    return final
+
+
+class ResultTimer:
+    """Completes due results and tells the hooks (the write-back scheduler) about them."""
+
+    def __init__(
+        self,
+        store: ResultStore,
+        jobs: JobStore,
+        studies: StudyStore,
+        spool: Spool,
+        make_sr: SrMaker | None = None,
+    ) -> None:
+        self.store = store
+        self.jobs = jobs
+        self.studies = studies
+        self.spool = spool
+        self._make_sr = make_sr
+        self.on_complete: list[CompleteHook] = []
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        """Look at the store now (a result may be due at once)."""
+        self._wake.set()
+
+    def tick(self, now: datetime | None = None) -> list[int]:
+        """Complete every due result; the ids of those the hooks were told about."""
+        told = []
+        for done in self.store.complete_due(now, prepare=self.prepare):
+            result = done.result
+            LOG.info(
+                "result complete",
+                result_id=result.id,
+                job_id=result.job_id,
+                vendor=result.vendor,
+                objects=len(result.objects),
+                findings=result.findings is not None,
+                urgent=result.urgent,
+                job_state=done.job_state.value if done.job_state else None,
+            )
+            if done.notify:
+                self.notify(result.id)
+                told.append(result.id)
+            else:
+                LOG.warning(
+                    "result complete but its job is not waiting for one; not written back",
+                    result_id=result.id,
+                    job_id=result.job_id,
+                    job_state=done.job_state.value if done.job_state else None,
+                )
+        return told
+
+    def notify(self, result_id: int) -> None:
+        """Call every ``on_complete`` hook with ``result_id``; failures are logged."""
+        for hook in list(self.on_complete):
+            try:
+                hook(result_id)
+            except Exception:  # a notification hook never stops the timer
+                LOG.exception("result hook failed", result_id=result_id)
+
+    def prepare(self, result: Result) -> str | None:
+        """Make the SR of a result's JSON findings, unless the vendor sent an SR; an error text."""
+        findings = result.findings
+        if findings is None or result.job_id is None:
+            return None
+        if any(
+            o.sop_class_uid in SR_CLASSES and o.origin is not ResultOrigin.GENERATED
+            for o in result.objects
+        ):
+            return None
+        try:
+            job = self.jobs.get(result.job_id)
+            paths = self.studies.instance_paths(job.study_uid, job.series_uids)
+            if not paths:
+                return "no SR made: the source study is no longer in the spool"
+            created = result.created_at.astimezone().replace(tzinfo=None)
+            sr = self._sr_maker()(findings, paths, result_key(result), created)
+            path = write_result_object(self.spool, sr.study_uid, sr.sop_instance_uid, sr.data)
+            self.store.record_generated(
+                result.id,
+                ResultObject(
+                    sop_instance_uid=sr.sop_instance_uid,
+                    sop_class_uid=sr.sop_class_uid,
+                    series_uid=sr.series_uid,
+                    study_uid=sr.study_uid,
+                    path=str(path),
+                    size=len(sr.data),
+                    origin=ResultOrigin.GENERATED,
+                ),
+                transfer_syntax_uid=sr.transfer_syntax_uid,
+            )
+        except (RadbridgeError, OSError) as exc:
+            LOG.error("cannot make the SR of a result", result_id=result.id, error=str(exc))
+            return f"no SR made: {exc}"
+        except Exception as exc:  # a bug in one SR must not hold every result back
+            LOG.exception("SR maker failed", result_id=result.id)
+            return f"no SR made: {type(exc).__name__}: {exc}"
+        LOG.info("SR made of JSON findings", result_id=result.id, size=len(sr.data))
+        return None
+
+    def _sr_maker(self) -> SrMaker:
+        if self._make_sr is None:
+            self._make_sr = registered("result_sr")
+        assert self._make_sr is not None
+        return self._make_sr
+
+    def _run(self) -> None:
+        try:
+            for result_id in self.store.awaiting_write_back():
+                self.notify(result_id)
+        except StoreError as exc:
+            LOG.error("result timer cannot read the store", error=str(exc))
+        while not self._stop.is_set():
+            try:
+                self.tick()
+                due = self.store.next_due()
+            except StoreError as exc:
+                LOG.error("result timer cannot read the store", error=str(exc))
+                due = None
+            except Exception:  # the timer must outlive any one bad result
+                LOG.exception("result timer tick failed")
+                due = None
+            wait = MAX_TIMER_SLEEP
+            if due is not None:
+                wait = min(MAX_TIMER_SLEEP, max(0.0, (due - datetime.now(UTC)).total_seconds()))
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="result-timer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
