@@ -14,6 +14,7 @@ from rich.table import Table
 
 from broker.bus import Bus
 from broker.cli_common import ConfigOption, JsonOption, err, out, settings_or_exit
+from broker.cli_deliveries import app as deliveries_app
 from broker.cli_jobs import app as jobs_app
 from broker.cli_orders import app as orders_app
 from broker.cli_orders import link_json, order_json, order_rows, print_rows
@@ -40,6 +41,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(studies_app, name="studies")
 app.add_typer(routes_app, name="routes")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(orders_app, name="orders")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(results_app, name="results")

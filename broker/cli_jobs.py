@@ -15,6 +15,7 @@ from broker.cli_common import ConfigOption, JsonOption, err, out, settings_or_ex
 from broker.errors import NotFoundError, RadbridgeError
 from broker.jobs import Job, JobState
 from broker.store import make_engine
+from broker.store.deliveries import DeliveryStore
 from broker.store.jobs import JobStore
 from broker.store.migrate import migrate
 
@@ -48,14 +49,32 @@ def _job_json(job: Job) -> dict[str, Any]:
 def list_jobs(
     config: ConfigOption = None,
     state: Annotated[
-        list[JobState] | None, typer.Option("--state", help="Only jobs in this state (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--state",
+            help="Only jobs in this state (repeatable); 'overdue': still waiting for a "
+            "result (sent, awaiting_result) past their route's deadline.",
+        ),
     ] = None,
     vendor: Annotated[str | None, typer.Option("--vendor", help="Only this vendor.")] = None,
     as_json: JsonOption = False,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 200,
 ) -> None:
     """Jobs, oldest first, optionally filtered by state and vendor."""
-    jobs = _jobs(config).list(state=state or None, vendor=vendor, limit=limit)
+    store = _jobs(config)
+    states = [s.strip().lower() for s in state or []]
+    try:
+        wanted = [JobState(s) for s in states if s != "overdue"]
+    except ValueError as exc:
+        valid = ", ".join([*JobState, "overdue"])
+        err.print(f"{exc}; valid states: {valid}", highlight=False)
+        raise typer.Exit(2) from exc
+    if "overdue" in states:
+        overdue = DeliveryStore(store.engine).overdue_jobs(limit=limit)
+        jobs = [j for j in overdue if vendor in (None, j.vendor)]
+        jobs += store.list(state=wanted, vendor=vendor, limit=limit) if wanted else []
+    else:
+        jobs = store.list(state=wanted or None, vendor=vendor, limit=limit)
     if as_json:
         print(json.dumps([_job_json(j) for j in jobs], indent=2))
         return

@@ -48,7 +48,8 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     S.RESULT_RECEIVED: frozenset({S.WRITING_BACK, S.CANCELLED}),
     S.WRITING_BACK: frozenset({S.DONE, S.DEAD}),
     S.FAILED: frozenset({S.PENDING, S.SENDING, S.DEAD, S.CANCELLED}),
-    S.DEAD: frozenset({S.PENDING, S.CANCELLED}),
+    # -> WRITING_BACK: an operator retried the write-back that made the job dead.
+    S.DEAD: frozenset({S.PENDING, S.WRITING_BACK, S.CANCELLED}),
     S.DONE: frozenset(),
     S.CANCELLED: frozenset(),
 }

@@ -24,6 +24,7 @@ from broker.store import StudyStore, make_engine
 from broker.store.migrate import migrate
 from broker.store.orders import OrderStore
 from broker.store.results import ResultStore
+from broker.writeback_stage import make_writeback
 from config.schema import Settings
 
 LOG = get_logger("radbridge.service")
@@ -120,6 +121,8 @@ class Service:
             self.context.store,
             self.context.spool,
         )
+        self.writeback = make_writeback(settings, engine, self.results.store.get)
+        self.results.on_complete.append(self.writeback.schedule)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started: list[Edge] = []
@@ -150,6 +153,7 @@ class Service:
             thread.start()
             self._threads.append(thread)
         self.timer.start()
+        self.writeback.start()
         self.results.start()
         LOG.info(
             "radbridge started",
@@ -162,6 +166,7 @@ class Service:
     def stop(self) -> None:
         self.timer.stop()
         self.results.stop()
+        self.writeback.stop()
         self._stop.set()
         for edge in reversed(self._started):
             try:

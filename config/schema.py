@@ -25,6 +25,13 @@ from pydantic import (
 )
 
 from config.base import AETitle, LocatedErrors, Port, Strict
+from config.targets import (
+    _KNOWN_TARGETS,
+    Notifications,
+    Target,
+    TargetName,
+    check_notifications,
+)
 from config.vendors import _KNOWN_VENDORS, Route, TransportType, Vendor, VendorName
 from routing.compile import RuleSet, compile_routes
 
@@ -291,6 +298,9 @@ class Settings(Strict):
     hl7: Hl7 | None = None
     """The HL7 v2 orders listener (MLLP); it runs when this block is given."""
     vendors: dict[VendorName, Vendor] = Field(default_factory=dict)
+    targets: dict[TargetName, Target] = Field(default_factory=dict)
+    """Where results are written back (PACS, RIS, EMR); routes name them in ``write_back``."""
+    notifications: Notifications = Notifications()
     routes: list[Route] = Field(default_factory=list)
 
     @model_validator(mode="wrap")
@@ -301,11 +311,23 @@ class Settings(Strict):
         """Let each route's ``send`` check its vendor names against the ``vendors`` block."""
         vendors = data.get("vendors") if isinstance(data, dict) else None
         names = tuple(str(n) for n in vendors) if isinstance(vendors, dict) else ()
+        targets = data.get("targets") if isinstance(data, dict) else None
+        target_names = tuple(str(n) for n in targets) if isinstance(targets, dict) else ()
         token = _KNOWN_VENDORS.set(names)
+        targets_token = _KNOWN_TARGETS.set(target_names)
         try:
             return handler(data)
         finally:
+            _KNOWN_TARGETS.reset(targets_token)
             _KNOWN_VENDORS.reset(token)
+
+    @model_validator(mode="after")
+    def _notification_targets(self) -> Settings:
+        """``notifications.ris_status.target`` names an hl7 target."""
+        problems = check_notifications(self.notifications, self.targets)
+        if problems:
+            raise LocatedErrors(problems)
+        return self
 
     @model_validator(mode="after")
     def _routes_consistent(self) -> Settings:
@@ -387,6 +409,8 @@ SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
     ("dicom", "tls", "key_password"),
     ("hl7", "tls", "key_password"),
     ("vendors", "*", "transport", "token"),
+    ("targets", "*", "token"),
+    ("notifications", "webhook", "token"),
     ("vendors", "*", "results", "token"),
 )
 """Settings only the environment may set; ``*`` stands for any key (a vendor name)."""

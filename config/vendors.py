@@ -315,6 +315,13 @@ class Route(Strict):
             raise LocatedErrors(problems)
         return value
 
+    @field_validator("write_back")
+    @classmethod
+    def _known_targets(cls, value: list[str]) -> list[str]:
+        from config.targets import check_write_back  # noqa: PLC0415 - it imports this module
+
+        return check_write_back(value)
+
     def spec(self) -> RouteSpec:
         """The route as routing uses it (durations in seconds)."""
         order = self.require_order

@@ -29,6 +29,8 @@ vendors:
   ichai:
     product: Head CT bleed triage
     transport: {type: dicom, ae_title: ICHAI, host: 127.0.0.1, port: 11114}
+targets:
+  pacs: {type: dicom, ae_title: PACS, host: 127.0.0.1, port: 11115}
 routes:
   - name: chest-ct-lung-nodule
     when:

@@ -36,6 +36,8 @@ vendors:
     product: Chest X-ray
     transport: {type: http, url: "https://cxr.example/api"}
     billing: {unit: bundle, price: 12.5, currency: CNY, trial_quota: 100}
+targets:
+  pacs: {type: dicom, ae_title: PACS, host: 127.0.0.1, port: 11115}
 routes:
   - name: chest-ct-lung-nodule
     when:

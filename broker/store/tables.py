@@ -143,6 +143,7 @@ jobs = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("study_revision", Integer, nullable=False),
+    Column("overdue_notified_at", UTCDateTime),
     UniqueConstraint("study_uid", "vendor"),
     Index(None, "state", "next_attempt_at"),
     Index(None, "vendor", "state"),
@@ -322,3 +323,49 @@ result_objects = Table(
     Index(None, "result_id"),
 )
 """The DICOM objects of results, spooled under ``results/`` (never in the study index)."""
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("result_id", Integer),
+    Column("job_id", Integer),
+    Column("study_uid", UID, nullable=False),
+    Column("target", String(64), nullable=False),
+    Column("target_type", String(16), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("urgent", Boolean, nullable=False, default=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("message_id", String(64), nullable=False, unique=True),
+    Column("next_attempt_at", UTCDateTime),
+    Column("last_error", Text),
+    Column("detail", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("result_id", "target", "kind"),
+    Index(None, "target", "state", "next_attempt_at"),
+    Index(None, "job_id"),
+)
+"""Write-back: one row per result × target (and per notification), with its own retries."""
+
+delivery_events = Table(
+    "delivery_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "delivery_id",
+        Integer,
+        ForeignKey("deliveries.id", name="fk_delivery_events_delivery_id"),
+        nullable=False,
+    ),
+    Column("at", UTCDateTime, nullable=False),
+    Column("from_state", String(16)),
+    Column("to_state", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("error", Text),
+    Index(None, "delivery_id", "id"),
+)
+"""Every transition of a delivery."""

@@ -1,0 +1,333 @@
+"""``fhir`` target: a result as a FHIR R4 DiagnosticReport with one Observation per finding.
+
+The resources go in one ``transaction`` Bundle POSTed to the server's base
+``url``; they are built as R4 JSON and validated with fhir.resources' R4B
+models before they leave (like :mod:`adapters.fhir.resources`: R4B changed
+none of the elements used here).
+
+- DiagnosticReport: ``status`` preliminary, category RAD, code LOINC
+  18748-4 "Diagnostic imaging study", ``basedOn`` the order's ServiceRequest
+  (``ServiceRequest/<id>`` for an order that came by FHIR, and its placer
+  number as identifier, type PLAC; the accession number, type ACSN, when there
+  is no placer number), ``subject`` the patient by identifier,
+  ``imagingStudy`` the ImagingStudy by identifier
+  ``urn:dicom:uid``/``urn:oid:<Study Instance UID>``, ``conclusion`` the
+  summary, ``result`` the Observations.
+- Observation per finding: ``status`` preliminary, category imaging, ``code``
+  the finding's code, ``valueCodeableConcept`` present/absent (SNOMED CT),
+  ``interpretation`` A / AA (urgent) / N, ``component`` the score and the
+  measurements (UCUM), ``bodySite``, ``note``, ``derivedFrom`` the ImagingStudy.
+
+Idempotent retries: every resource has an identifier made from the
+delivery's ``message_id``, and every entry is a conditional create
+(``ifNoneExist: identifier=urn:radbridge:delivery|<id>``), so a retry after a
+lost response creates nothing twice. The ``fullUrl`` UUIDs derive from the
+same id.
+
+Outcome: 2xx is done; 408, 429, 5xx, timeouts and connection errors are
+retried; any other answer is refused for good (the delivery is dead).
+Settings (``targets.NAME``): ``url``; optional ``timeout``; the token only
+from ``RADBRIDGE_TARGETS__NAME__TOKEN`` (``Authorization: Bearer``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any, Self
+
+import httpx
+from fhir.resources.R4B.bundle import Bundle
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from adapters.writeback import register
+from adapters.writeback.base import TargetRejectedError, TargetUnavailableError, target_settings
+from broker.domain import Code, Finding, Order, Result, StoredOrder, Study
+from broker.writeback import WritebackItem
+
+IDENTIFIER_SYSTEM = "urn:radbridge:delivery"
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+SNOMED = "http://snomed.info/sct"
+UCUM = "http://unitsofmeasure.org"
+
+
+class FhirTargetSettings(BaseModel):
+    """A target's settings for ``type: fhir``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(min_length=1)
+    token: SecretStr | None = None
+    timeout: float = Field(default=30.0, gt=0, le=3600)
+
+
+def _coding(code: Code) -> dict[str, Any]:
+    coding: dict[str, Any] = {"code": code.value, "display": code.meaning}
+    if code.system_uri:
+        coding["system"] = code.system_uri
+    return coding
+
+
+def _concept(code: Code) -> dict[str, Any]:
+    return {"coding": [_coding(code)], "text": code.meaning}
+
+
+def _identifier_type(code: str) -> dict[str, Any]:
+    return {"coding": [{"system": V2_0203, "code": code}]}
+
+
+def _service_request(stored: StoredOrder | None, accession: str | None) -> dict[str, Any] | None:
+    order = stored.order if stored is not None else None
+    reference: dict[str, Any] = {"type": "ServiceRequest"}
+    if order is not None and order.source.value == "fhir" and stored is not None:
+        reference["reference"] = f"ServiceRequest/{stored.resource_id}"
+    if order is not None and order.placer_number:
+        reference["identifier"] = {"type": _identifier_type("PLAC"), "value": order.placer_number}
+    elif accession:
+        reference["identifier"] = {"type": _identifier_type("ACSN"), "value": accession}
+    return reference if len(reference) > 1 else None
+
+
+def _subject(order: Order | None, study: Study | None) -> dict[str, Any] | None:
+    patient = order.patient if order is not None and order.patient.patient_id else None
+    if patient is None and study is not None:
+        patient = study.patient
+    if patient is None or not patient.patient_id:
+        return None
+    identifier: dict[str, Any] = {"type": _identifier_type("MR"), "value": patient.patient_id}
+    if patient.issuer:
+        identifier["assigner"] = {"display": patient.issuer}
+    return {"type": "Patient", "identifier": identifier}
+
+
+def _interpretation(finding: Finding) -> str:
+    if not finding.present:
+        return "N"
+    return "AA" if finding.urgent else "A"
+
+
+def _observation(
+    finding: Finding,
+    *,
+    identifier: str,
+    based_on: list[dict[str, Any]],
+    subject: dict[str, Any] | None,
+    when: str,
+    imaging_study: dict[str, Any],
+    method: str,
+) -> dict[str, Any]:
+    present = ("52101004", "Present") if finding.present else ("272519000", "Absent")
+    components: list[dict[str, Any]] = []
+    if finding.score is not None:
+        components.append(
+            {
+                "code": {"text": "AI probability score"},
+                "valueQuantity": {"value": finding.score, "unit": "1", "system": UCUM, "code": "1"},
+            }
+        )
+    for m in finding.measurements:
+        components.append(
+            {
+                "code": _concept(m.name),
+                "valueQuantity": {"value": m.value, "unit": m.unit, "system": UCUM, "code": m.unit},
+            }
+        )
+    obs: dict[str, Any] = {
+        "resourceType": "Observation",
+        "identifier": [{"system": IDENTIFIER_SYSTEM, "value": identifier}],
+        "status": "preliminary",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "imaging",
+                    }
+                ]
+            }
+        ],
+        "code": _concept(finding.code),
+        "effectiveDateTime": when,
+        "valueCodeableConcept": {
+            "coding": [{"system": SNOMED, "code": present[0], "display": present[1]}],
+            "text": present[1],
+        },
+        "interpretation": [
+            {"coding": [{"system": INTERPRETATION, "code": _interpretation(finding)}]}
+        ],
+        "method": {"text": method},
+        "derivedFrom": [imaging_study],
+    }
+    if based_on:
+        obs["basedOn"] = based_on
+    if subject is not None:
+        obs["subject"] = subject
+    if components:
+        obs["component"] = components
+    if finding.site is not None:
+        obs["bodySite"] = _concept(finding.site)
+    if finding.text:
+        obs["note"] = [{"text": finding.text}]
+    return obs
+
+
+def _entry(resource: dict[str, Any], full_url: str) -> dict[str, Any]:
+    identifier = resource["identifier"][0]["value"]
+    return {
+        "fullUrl": full_url,
+        "resource": resource,
+        "request": {
+            "method": "POST",
+            "url": resource["resourceType"],
+            "ifNoneExist": f"identifier={IDENTIFIER_SYSTEM}|{identifier}",
+        },
+    }
+
+
+def build_bundle(
+    *,
+    message_id: str,
+    result: Result,
+    order: StoredOrder | None,
+    study: Study | None,
+) -> dict[str, Any]:
+    """The transaction Bundle of ``result`` (see the module docstring), validated."""
+    plain_order = order.order if order is not None else None
+    accession = (plain_order.accession_number if plain_order else None) or (
+        study.accession_number if study is not None else None
+    )
+    at = (result.completed_at or result.updated_at).isoformat()
+    findings = result.findings
+    product = findings.algorithm.product if findings else (result.vendor or "AI")
+    method = (
+        f"{findings.algorithm.vendor} {findings.algorithm.product} {findings.algorithm.version}"
+        if findings
+        else product
+    )
+    request = _service_request(order, accession)
+    based_on = [request] if request is not None else []
+    subject = _subject(plain_order, study)
+    imaging_study = {
+        "type": "ImagingStudy",
+        "identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{result.study_uid}"},
+    }
+    entries: list[dict[str, Any]] = []
+    refs: list[dict[str, str]] = []
+    for i, finding in enumerate(findings.findings if findings else (), 1):
+        full_url = (
+            f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{IDENTIFIER_SYSTEM}:{message_id}:{i}')}"
+        )
+        obs = _observation(
+            finding,
+            identifier=f"{message_id}-{i}",
+            based_on=based_on,
+            subject=subject,
+            when=at,
+            imaging_study=imaging_study,
+            method=method,
+        )
+        entries.append(_entry(obs, full_url))
+        refs.append({"reference": full_url})
+    report: dict[str, Any] = {
+        "resourceType": "DiagnosticReport",
+        "identifier": [{"system": IDENTIFIER_SYSTEM, "value": message_id}],
+        "status": "preliminary",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v2-0074",
+                        "code": "RAD",
+                        "display": "Radiology",
+                    }
+                ]
+            }
+        ],
+        "code": {
+            "coding": [
+                {
+                    "system": "http://loinc.org",
+                    "code": "18748-4",
+                    "display": "Diagnostic imaging study",
+                }
+            ],
+            "text": f"AI result: {product}",
+        },
+        "effectiveDateTime": at,
+        "issued": at,
+        "imagingStudy": [imaging_study],
+    }
+    if based_on:
+        report["basedOn"] = based_on
+    if subject is not None:
+        report["subject"] = subject
+    if refs:
+        report["result"] = refs
+    if findings is not None and findings.summary:
+        report["conclusion"] = findings.summary
+    report_url = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{IDENTIFIER_SYSTEM}:{message_id}')}"
+    bundle = {
+        "resourceType": "Bundle",
+        "identifier": {"system": IDENTIFIER_SYSTEM, "value": message_id},
+        "type": "transaction",
+        "entry": [_entry(report, report_url), *entries],
+    }
+    try:
+        Bundle.model_validate(bundle)
+    except ValidationError as exc:
+        raise TargetRejectedError(f"the DiagnosticReport bundle is not valid FHIR: {exc}") from exc
+    return bundle
+
+
+@register("fhir")
+class FhirTarget:
+    """POST a transaction Bundle to one FHIR server."""
+
+    retryable: tuple[type[Exception], ...] = (TargetUnavailableError,)
+
+    def __init__(self, name: str, settings: FhirTargetSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.url = settings.url.rstrip("/")
+        headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+        if settings.token is not None:
+            headers["Authorization"] = f"Bearer {settings.token.get_secret_value()}"
+        self.client = httpx.Client(
+            headers=headers, timeout=httpx.Timeout(settings.timeout), follow_redirects=False
+        )
+
+    @classmethod
+    def from_params(cls, name: str, params: Mapping[str, Any]) -> Self:
+        """Build from ``targets.NAME``; invalid settings raise ConfigError."""
+        return cls(name, target_settings(FhirTargetSettings, name, params))
+
+    def __repr__(self) -> str:
+        return f"FhirTarget({self.name!r}, {self.url})"
+
+    def deliver(self, item: WritebackItem) -> str:
+        if item.result is None:
+            raise TargetRejectedError(f"delivery {item.delivery.id} has no result to report")
+        bundle = build_bundle(
+            message_id=item.delivery.message_id,
+            result=item.result,
+            order=item.order,
+            study=item.study,
+        )
+        try:
+            response = self.client.post(self.url, content=json.dumps(bundle).encode("utf-8"))
+        except httpx.TimeoutException as exc:
+            raise TargetUnavailableError(f"FHIR POST to {self.url} timed out") from exc
+        except httpx.TransportError as exc:
+            raise TargetUnavailableError(f"FHIR POST to {self.url} failed: {exc}") from exc
+        code = response.status_code
+        what = f"FHIR POST to {self.url} answered {code} {response.reason_phrase}"
+        if code in (408, 429) or code >= 500:
+            raise TargetUnavailableError(what)
+        if not 200 <= code < 300:
+            raise TargetRejectedError(f"{what}: {response.text[:500]}")
+        return f"DiagnosticReport and {len(bundle['entry']) - 1} Observation(s) to {self.url}"
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,184 @@
+"""Write-back: deliveries (one per result and target), their states, and the target interface.
+
+Pure: no I/O. The store (``broker.store.deliveries``) persists deliveries and
+checks every transition against :data:`TRANSITIONS`; the stage
+(``broker.writeback_stage``) runs one worker per target; the targets
+themselves live in ``adapters/writeback/`` and register by name, so the broker
+only sees :class:`WritebackTarget`.
+
+A delivery is one of three kinds:
+
+- ``result``: the result written to a target (C-STORE / STOW-RS of its
+  objects, an ORU^R01, a FHIR DiagnosticReport). These decide the job: all
+  done → the job is ``done``; one dead → the job is ``dead``.
+- ``status``: an urgent result's order-status update to the RIS (ORM^O01).
+- ``notify``: a webhook notification (an urgent result, or a job overdue).
+
+Notifications never decide a job's state; they are rows so that they are
+durable, retried with the same backoff, and visible in ``radbridge
+deliveries list``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from broker.domain import CodedValue, Result, StoredOrder, Study
+from broker.errors import RadbridgeError
+from broker.jobs import Job
+
+
+class DeliveryStateError(RadbridgeError):
+    """A delivery was asked to move to a state its current state cannot reach."""
+
+
+class DeliveryState(CodedValue):
+    """Where a delivery is. Accepts its value in any case."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    DONE = "done"
+    FAILED = "failed"
+    """The last attempt failed; retried once ``next_attempt_at`` has passed."""
+    DEAD = "dead"
+    """Attempts exhausted, or an error no retry can fix; an operator can retry."""
+
+
+class DeliveryKind(CodedValue):
+    """What a delivery carries (see the module docstring)."""
+
+    RESULT = "result"
+    STATUS = "status"
+    NOTIFY = "notify"
+
+
+D = DeliveryState
+
+TRANSITIONS: Mapping[DeliveryState, frozenset[DeliveryState]] = {
+    D.PENDING: frozenset({D.SENDING, D.DEAD}),
+    D.SENDING: frozenset({D.DONE, D.FAILED, D.DEAD}),
+    D.FAILED: frozenset({D.SENDING, D.PENDING, D.DEAD}),
+    D.DEAD: frozenset({D.PENDING}),
+    D.DONE: frozenset(),
+}
+#: States a worker claims a delivery from (a failed one once its backoff passed).
+CLAIMABLE: frozenset[DeliveryState] = frozenset({D.PENDING, D.FAILED})
+#: States an operator's retry starts over from.
+RETRYABLE: frozenset[DeliveryState] = frozenset({D.DEAD, D.FAILED})
+#: States that still need a worker.
+UNFINISHED: frozenset[DeliveryState] = frozenset({D.PENDING, D.SENDING, D.FAILED})
+
+#: The target name of the notification webhook (``notifications.webhook``).
+WEBHOOK_TARGET = "notifications.webhook"
+
+
+def check_transition(from_state: DeliveryState, to_state: DeliveryState) -> None:
+    """Raise :class:`DeliveryStateError` unless ``from_state → to_state`` is allowed."""
+    allowed = TRANSITIONS[from_state]
+    if to_state not in allowed:
+        valid = ", ".join(sorted(allowed)) or "none: it is final"
+        raise DeliveryStateError(
+            f"a delivery cannot go from {from_state} to {to_state}; "
+            f"valid from {from_state}: {valid}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One result (or job, for an overdue notice) to one target, as the store holds it.
+
+    ``message_id`` is fixed when the row is made and used on every attempt:
+    the HL7 message control ID (MSH-10), the FHIR Bundle identifier, the
+    webhook's ``Idempotency-Key``; a retry therefore sends the same message.
+    """
+
+    id: int
+    result_id: int | None
+    job_id: int | None
+    study_uid: str
+    target: str
+    target_type: str
+    kind: DeliveryKind
+    event: str
+    """What a notification is about: ``urgent_result``, ``overdue``; ``result`` otherwise."""
+    urgent: bool
+    state: DeliveryState
+    attempts: int
+    max_attempts: int
+    message_id: str
+    next_attempt_at: datetime | None
+    last_error: str | None
+    detail: str | None
+    """What the last successful attempt did (e.g. ``C-STORE to PACS@host:104``)."""
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def exhausted(self) -> bool:
+        """No attempt is left: a failure now makes the delivery dead."""
+        return self.attempts >= self.max_attempts
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryEvent:
+    """One transition in a delivery's history."""
+
+    delivery_id: int
+    at: datetime
+    from_state: DeliveryState | None
+    to_state: DeliveryState
+    attempt: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSpec:
+    """One configured write-back target: its type, its settings and its retry policy."""
+
+    name: str
+    type: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    max_attempts: int = 5
+    backoff_base: float = 30.0
+    backoff_cap: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class WritebackItem:
+    """Everything a target needs for one attempt: the delivery and what it is about.
+
+    ``result`` is None only for an overdue notification; ``order`` is the
+    study's linked order (None: the study's own patient and accession are used);
+    ``study`` is None if the store no longer has the study.
+    """
+
+    delivery: Delivery
+    job: Job | None
+    result: Result | None
+    study: Study | None
+    order: StoredOrder | None
+    route: str | None = None
+
+
+class WritebackTarget(Protocol):
+    """One way of writing a result back (C-STORE, STOW-RS, HL7 ORU, FHIR, webhook).
+
+    ``deliver`` does one attempt and returns what it did, or raises; an
+    exception that is an instance of one of ``retryable`` makes the delivery
+    retry after its backoff, any other makes it dead at once. ``close`` lets
+    go of connections (called when the stage stops).
+    """
+
+    retryable: tuple[type[Exception], ...]
+
+    def deliver(self, item: WritebackItem) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def is_retryable(target: WritebackTarget, error: BaseException) -> bool:
+    """The one place that decides whether a failed write-back is tried again."""
+    return isinstance(error, target.retryable)
