@@ -6,6 +6,7 @@ import json
 import signal
 import threading
 from dataclasses import asdict
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,6 +46,11 @@ app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(orders_app, name="orders")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(results_app, name="results")
+
+# Sub-commands adapter packages declare under the ``radbridge.commands`` entry
+# points (``harness``), so that the broker never imports an adapter by name.
+for _command in entry_points(group="radbridge.commands"):
+    app.add_typer(_command.load(), name=_command.name)
 
 
 def _store(settings: Settings) -> StudyStore:

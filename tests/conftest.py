@@ -9,6 +9,12 @@ from typing import Any
 
 import pytest
 
+from adapters.harness.fixtures import (  # noqa: F401 - the harness's simulators as fixtures
+    harness_pacs,
+    modality_sender,
+    ris_listener,
+    simulated_vendor,
+)
 from tests.service import Radbridge
 
 # Debian's dcmtk (and Orthanc) leave Nagle on: each C-STORE on loopback would

@@ -13,17 +13,12 @@ reach them. Orthanc's HTTP server refuses other hosts with
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
-import urllib.request
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -31,6 +26,9 @@ from types import TracebackType
 from typing import Any
 
 from pydicom.filereader import read_file_meta_info
+
+from adapters.harness import pacs as harness_pacs
+from adapters.harness.process import ManagedProcess
 
 LOOPBACK = "127.0.0.1"
 ORTHANC = "/usr/sbin/Orthanc"
@@ -330,63 +328,6 @@ def wait_for_port(port: int, timeout: float = 30.0, host: str = LOOPBACK) -> Non
             time.sleep(0.05)
 
 
-class ManagedProcess:
-    """A child process in its own process group, stopped by its PID (and that group).
-
-    Subclasses set ``log_path`` and call ``_start``; ``stop`` sends SIGTERM, then
-    SIGKILL, to the group the process leads, so forked children go with it.
-    """
-
-    process: subprocess.Popen[bytes] | None = None
-    log_path: Path
-
-    def _start(self, args: list[str], cwd: Path | None = None) -> None:
-        log = self.log_path.open("ab")
-        try:
-            self.process = subprocess.Popen(
-                args,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=dcmtk_env(),
-                cwd=cwd,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-
-    def _check_alive(self) -> None:
-        if self.process is not None and self.process.poll() is not None:
-            raise RuntimeError(
-                f"{self.process.args!r} exited with {self.process.returncode}:\n{self.log()}"
-            )
-
-    def log(self) -> str:
-        """What the process printed so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None, "not started"
-        return self.process.pid
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout``; also the children it forked (its group)."""
-        if self.process is None:
-            return
-        process, self.process = self.process, None
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout)
-        with contextlib.suppress(ProcessLookupError):  # children of a storescp --fork
-            os.killpg(process.pid, signal.SIGKILL)
-
-
 class StoreSCP(ManagedProcess):
     """dcmtk ``storescp`` writing what it receives into ``folder``.
 
@@ -450,20 +391,12 @@ class StoreSCP(ManagedProcess):
         self.stop()
 
 
-class Orthanc(ManagedProcess):
-    """An Orthanc server with its own storage, on free loopback ports.
-
-    Config names checked against Orthanc 1.10.1 (Debian 12): there is no
-    option to bind HTTP or DICOM to one address; ``RemoteAccessAllowed:
-    false`` keeps HTTP to localhost. Any calling AE may store and echo
-    (``DicomAlwaysAllowStore``/``Echo``, no ``DicomModalities``), any called
-    AE is accepted (``DicomCheckCalledAet: false``), and no plugins load.
-    ``config`` entries override the defaults written here.
+class Orthanc(harness_pacs.Orthanc):
+    """:class:`adapters.harness.pacs.Orthanc`, installed first when missing (apt-get, as root).
 
     With ``dicomweb=True`` the DICOMweb plugin loads (see
     :func:`orthanc_dicomweb_plugin`) and serves STOW-RS, QIDO-RS and WADO-RS
-    at :attr:`dicomweb_url`; the HTTP users (``RegisteredUsers``, with
-    ``AuthenticationEnabled: true``) apply to it as to the REST API.
+    at :attr:`dicomweb_url`.
     """
 
     def __init__(
@@ -474,117 +407,10 @@ class Orthanc(ManagedProcess):
         config: dict[str, Any] | None = None,
         dicomweb: bool = False,
     ) -> None:
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if folder is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="orthanc-")
-            folder = self._tmp.name
-        self.folder = Path(folder)
-        self.aet = aet
-        self.http_port = free_port()
-        self.dicom_port = free_port()
-        self.http_url = f"http://{LOOPBACK}:{self.http_port}"
-        self.log_path = self.folder / "orthanc.log"
-        self.config: dict[str, Any] = {
-            "Name": "radbridge-test-orthanc",
-            "StorageDirectory": str(self.folder / "storage"),
-            "IndexDirectory": str(self.folder / "index"),
-            "Plugins": [],
-            "LuaScripts": [],
-            "HttpServerEnabled": True,
-            "HttpPort": self.http_port,
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "OrthancExplorerEnabled": False,
-            "WebDavEnabled": False,
-            "HttpCompressionEnabled": False,
-            "DicomServerEnabled": True,
-            "DicomAet": aet,
-            "DicomPort": self.dicom_port,
-            "DicomCheckCalledAet": False,
-            "DicomAlwaysAllowEcho": True,
-            "DicomAlwaysAllowStore": True,
-            "DicomCheckModalityHost": False,
-            "DicomModalities": {},
-            "UnknownSopClassAccepted": True,
-            "SaveJobs": False,
-            "StorageCompression": False,
-            **(config or {}),
-        }
-        self.dicomweb_url = f"{self.http_url}/dicom-web"
-        if dicomweb:
-            self.config["Plugins"] = [*self.config["Plugins"], orthanc_dicomweb_plugin()]
-            self.config["DicomWeb"] = {
-                "Enable": True,
-                "Root": "/dicom-web/",
-                "EnableWado": False,
-                "Host": LOOPBACK,
-                "Ssl": False,
-                **self.config.get("DicomWeb", {}),
-            }
+        plugin = orthanc_dicomweb_plugin() if dicomweb else None
+        super().__init__(folder, aet=aet, config=config, dicomweb_plugin=plugin)
 
     def start(self, timeout: float = 30.0) -> Orthanc:
-        """Write the configuration, start Orthanc and wait until ``GET /system`` answers."""
+        """Install Orthanc if missing, then start it and wait until ``GET /system`` answers."""
         ensure_debian_packages("Orthanc")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        config_path = self.folder / "orthanc.json"
-        config_path.write_text(json.dumps(self.config, indent=2))
-        self._start([_which("Orthanc") or ORTHANC, str(config_path)], cwd=self.folder)
-        deadline = time.monotonic() + timeout
-        while True:
-            self._check_alive()
-            try:
-                self.get("/system")
-                wait_for_port(self.dicom_port, timeout=max(deadline - time.monotonic(), 0.1))
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise TimeoutError(f"Orthanc did not answer in {timeout} s:\n{self.log()}")
-                time.sleep(0.1)
-
-    def request(self, method: str, path: str, body: bytes | None = None) -> Any:
-        """One REST call; the answer decoded from JSON (or the raw bytes if it is not JSON)."""
-        req = urllib.request.Request(self.http_url + path, data=body, method=method)
-        users: dict[str, str] = self.config.get("RegisteredUsers") or {}
-        if self.config.get("AuthenticationEnabled") and users:
-            # With authentication on, REST calls go as the first registered user.
-            user, password = next(iter(users.items()))
-            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-            req.add_header("Authorization", f"Basic {token}")
-        with urllib.request.urlopen(req, timeout=30) as answer:
-            data: bytes = answer.read()
-            if answer.headers.get_content_type() == "application/json":
-                return json.loads(data)
-            return data
-
-    def get(self, path: str) -> Any:
-        """``GET path`` on the REST API, decoded from JSON."""
-        return self.request("GET", path)
-
-    def instances(self) -> list[str]:
-        """Orthanc's IDs of every stored instance."""
-        ids: list[str] = self.get("/instances")
-        return ids
-
-    def statistics(self) -> dict[str, Any]:
-        """``GET /statistics``: counts and disk size."""
-        stats: dict[str, Any] = self.get("/statistics")
-        return stats
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """Stop Orthanc by its PID, then remove the folder if this object made it."""
-        super().stop(timeout)
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def __enter__(self) -> Orthanc:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return super().start(timeout)

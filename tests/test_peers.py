@@ -158,10 +158,13 @@ def test_every_study_kind_carries_the_tags_routing_reads(tmp_path: Path) -> None
         "ct_head": ("CT", "HEAD", "5", 3),
         "mr_brain": ("MR", "HEAD", "5", 12),
         "dx_chest": ("DX", "CHEST", None, 2),
+        "ct_ccta": ("CT", "HEART", "0.625", 3),
+        "ct_perfusion": ("CT", "HEAD", "5", 16),
+        "mg": ("MG", "BREAST", None, 2),
     }
     for kind in KINDS:
-        instances = 2 if kind == "dx_chest" else 3
-        size = 256 if kind == "dx_chest" else None
+        instances = {"dx_chest": 2, "mg": 2, "ct_perfusion": 1}.get(kind, 3)
+        size = 256 if kind in ("dx_chest", "mg", "ct_perfusion") else None
         files = generate_study(
             kind, tmp_path / kind, instances=instances, rows=size, columns=size, accession=kind
         )

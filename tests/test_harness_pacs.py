@@ -1,0 +1,65 @@
+"""The simulated PACS: `harness pacs run` with Orthanc, the built-in SCP, and `pacs query`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from adapters.harness.modality import SendReport
+from adapters.harness.pacs import BuiltinPacs
+from tests.peers import ensure_debian_packages, free_port, wait_for_port
+from tests.service import RADBRIDGE
+
+
+def _query(*args: str) -> list[dict[str, object]]:
+    done = subprocess.run(
+        [RADBRIDGE, "harness", "pacs", "query", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    result: list[dict[str, object]] = json.loads(done.stdout)
+    return result
+
+
+def test_pacs_run_starts_orthanc_and_pacs_query_lists_what_it_holds(
+    tmp_path: Path, modality_sender: Callable[..., SendReport]
+) -> None:
+    """`pacs run` (Orthanc) takes a C-STORE'd study; `pacs query --orthanc` counts it."""
+    ensure_debian_packages("Orthanc")
+    dicom_port, http_port = free_port(), free_port()
+    pacs = subprocess.Popen(
+        [RADBRIDGE, "harness", "pacs", "run", "--port", str(dicom_port), "--http-port",
+         str(http_port), "--folder", str(tmp_path / "orthanc")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for_port(dicom_port)
+        wait_for_port(http_port)
+        report = modality_sender("mr_brain", dicom_port, called_ae="PACS", instances=2)
+        assert report.ok
+        [study] = _query("--orthanc", f"http://127.0.0.1:{http_port}")
+    finally:
+        pacs.send_signal(signal.SIGTERM)
+        output, _ = pacs.communicate(timeout=30)
+    assert "Orthanc PACS@127.0.0.1" in output
+    assert study["accession_number"] == "ACC0001" and study["instances"] == 8
+    assert len(study["series"]) == 4  # type: ignore[arg-type]
+
+
+def test_builtin_pacs_files_instances_and_pacs_query_reads_its_folder(
+    tmp_path: Path, modality_sender: Callable[..., SendReport]
+) -> None:
+    """The built-in PACS files each instance as received; `pacs query --folder` counts them."""
+    with BuiltinPacs(tmp_path / "pacs") as pacs:
+        report = modality_sender("dx_chest", pacs.port, called_ae="PACS", instances=3)
+        time.sleep(0.1)
+    assert report.ok and len(pacs.received) == 3
+    [study] = _query("--folder", str(tmp_path / "pacs"))
+    assert study["instances"] == 3 and study["patient_id"] == "PAT0001"
+    assert {s["modality"] for s in study["series"]} == {"DX"}  # type: ignore[attr-defined]
