@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from broker.bus import Bus
+from broker.cli_audit import app as audit_app
 from broker.cli_common import ConfigOption, JsonOption, err, out, settings_or_exit
 from broker.cli_deliveries import app as deliveries_app
 from broker.cli_jobs import app as jobs_app
@@ -22,6 +23,7 @@ from broker.cli_orders import link_json, order_json, order_rows, print_rows
 from broker.cli_results import app as results_app
 from broker.cli_routes import app as routes_app
 from broker.cli_tokens import app as tokens_app
+from broker.cli_usage import app as usage_app
 from broker.domain import LinkState, Study
 from broker.errors import NotFoundError, RadbridgeError
 from broker.logging import configure_logging, get_logger
@@ -45,6 +47,8 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(orders_app, name="orders")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(audit_app, name="audit")
+app.add_typer(usage_app, name="usage")
 app.add_typer(results_app, name="results")
 
 # Sub-commands adapter packages declare under the ``radbridge.commands`` entry

@@ -15,6 +15,7 @@ from broker.cli_common import ConfigOption, JsonOption, err, out, settings_or_ex
 from broker.errors import NotFoundError, RadbridgeError
 from broker.jobs import Job, JobState
 from broker.store import make_engine
+from broker.store.audit import Action, AuditLog, cli_actor
 from broker.store.deliveries import DeliveryStore
 from broker.store.jobs import JobStore
 from broker.store.migrate import migrate
@@ -137,6 +138,7 @@ def show_job(
 def _operator(action: str, job_id: int, config: Any) -> None:
     store = _jobs(config)
     try:
+        before = store.get(job_id)
         job = (
             store.retry(job_id)
             if action == "retry"
@@ -145,6 +147,12 @@ def _operator(action: str, job_id: int, config: Any) -> None:
     except RadbridgeError as exc:
         err.print(str(exc), highlight=False)
         raise typer.Exit(1) from exc
+    AuditLog(store.engine).record(
+        cli_actor(),
+        Action.JOB_RETRY if action == "retry" else Action.JOB_CANCEL,
+        f"job:{job_id}",
+        {"from_state": before.state.value, "to_state": job.state.value, "vendor": job.vendor},
+    )
     out.print(f"job {job.id} is {job.state.value}", highlight=False)
 
 

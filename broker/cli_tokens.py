@@ -13,6 +13,7 @@ from broker.domain import Role
 from broker.errors import RadbridgeError
 from broker.store import make_engine
 from broker.store.api_tokens import ApiToken, ApiTokens
+from broker.store.audit import Action, AuditLog, cli_actor
 from broker.store.migrate import migrate
 
 app = typer.Typer(
@@ -50,7 +51,13 @@ def create_token(
 ) -> None:
     """Print a new token (only the token, on stdout); the store keeps only its SHA-256."""
     try:
-        token = _tokens(config).create(role, name)
+        tokens = _tokens(config)
+        token = tokens.create(role, name)
+        made = tokens.identify(token)
+        assert made is not None
+        AuditLog(tokens.engine).record(
+            cli_actor(), Action.TOKEN_CREATE, f"token:{made.id}", {"role": role, "name": name}
+        )
     except (RadbridgeError, ValueError) as exc:
         err.print(str(exc), highlight=False, markup=False)
         raise typer.Exit(1) from exc
@@ -84,7 +91,14 @@ def revoke_token(
 ) -> None:
     """Revoke a token: from now on every request with it gets 401."""
     try:
-        token = _tokens(config).revoke(token_id)
+        tokens = _tokens(config)
+        token = tokens.revoke(token_id)
+        AuditLog(tokens.engine).record(
+            cli_actor(),
+            Action.TOKEN_REVOKE,
+            f"token:{token_id}",
+            {"role": token.role.value, "name": token.name},
+        )
     except RadbridgeError as exc:
         err.print(str(exc), highlight=False, markup=False)
         raise typer.Exit(1) from exc

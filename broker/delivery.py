@@ -30,13 +30,16 @@ from broker.domain import Priority
 from broker.errors import ConfigError
 from broker.jobs import RESENDABLE, Job, JobState, JobStateError, backoff
 from broker.logging import get_logger
+from broker.metrics import count_error
 from broker.store import StudyStore
 from broker.store.jobs import Created, JobStore
-from broker.vendor import VendorTransport, is_retryable
+from broker.vendor import SendOutcome, VendorTransport, is_retryable
 
 LOG = get_logger("radbridge.delivery")
 
 Clock = Callable[[], datetime]
+#: Called after a job reached ``sent`` (job, what the send did, when); must not raise.
+SentHook = Callable[[Job, SendOutcome, datetime], None]
 
 
 def utc_now() -> datetime:
@@ -238,6 +241,7 @@ class DeliveryWorker:
         *,
         clock: Clock = utc_now,
         jitter: Callable[[float, float], float] = random.uniform,
+        on_sent: Sequence[SentHook] = (),
     ) -> None:
         missing = sorted(set(vendors) - set(transports))
         if missing:
@@ -250,6 +254,7 @@ class DeliveryWorker:
         self.transports = transports
         self.clock = clock
         self.jitter = jitter
+        self.on_sent = list(on_sent)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -304,6 +309,11 @@ class DeliveryWorker:
             self._failed(job, spec, transport, exc, log)
             return
         self._finish(job, [JobState.SENT, JobState.AWAITING_RESULT])
+        for hook in self.on_sent:  # notification hooks (usage, audit, metrics): the vendor has it
+            try:
+                hook(job, outcome, self.clock())
+            except Exception:
+                log.exception("sent hook failed")
         log.info(
             "sent",
             instances=outcome.instances,
@@ -321,6 +331,7 @@ class DeliveryWorker:
         log: BoundLogger,
     ) -> None:
         error = f"{type(exc).__name__}: {exc}"
+        count_error("delivery", exc)
         if is_retryable(transport, exc) and not job.exhausted:
             wait = backoff(job.attempts, spec.backoff_base, spec.backoff_cap, self.jitter)
             at = self.clock() + timedelta(seconds=wait)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import Engine
 
@@ -18,6 +18,9 @@ from broker.errors import ConfigError
 from broker.spool import Spool
 from broker.store import StudyStore
 from config.schema import Settings
+
+if TYPE_CHECKING:
+    from broker.pipeline import Rules
 
 GROUP = "radbridge.edges"
 
@@ -30,6 +33,8 @@ class ServiceContext:
     engine: Engine
     store: StudyStore
     spool: Spool
+    rules: Rules | None = None
+    """The routing rules and configuration in force (reloaded on SIGHUP), for the HTTP API."""
 
 
 class Edge(Protocol):

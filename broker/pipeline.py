@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from broker.billing import Accounting, QuotaGate
 from broker.bus import Bus
 from broker.cli_common import registered
 from broker.delivery import DeliveryWorker, Dispatcher, JobRequest, VendorSpec
@@ -67,6 +68,8 @@ class Rules:
 
     def __init__(self, settings: Settings, path: Path | None) -> None:
         self.path = path
+        self.settings = settings
+        """The configuration in force (vendors, billing, routes)."""
         self.current: RuleSet = routing_rules(settings)
         self._mtime = path.stat().st_mtime if path is not None and path.exists() else None
 
@@ -84,6 +87,7 @@ class Rules:
             )
             return False
         self.current = rules
+        self.settings = settings
         LOG.info("routes reloaded", routes=len(settings.routes), vendors=len(settings.vendors))
         return True
 
@@ -120,6 +124,7 @@ class RoutingStage:
         self.orders = orders
         self.dispatcher = dispatcher
         self.rules = rules
+        self.quota = QuotaGate(store.engine)
 
     def on_stable(self, study_uid: str) -> Decision | None:
         try:
@@ -165,6 +170,7 @@ class RoutingStage:
                 resend=(d.route, d.vendor) in delivered,
             )
             for d in decision.dispatches
+            if (d.route, d.vendor) in delivered or self._within_quota(study_uid, d.vendor)
         ]
         for created in self.dispatcher.dispatch(requests):
             LOG.info(
@@ -177,12 +183,27 @@ class RoutingStage:
             )
         return decision
 
+    def _within_quota(self, study_uid: str, vendor: str) -> bool:
+        refusal = self.quota.refusal(self.rules.settings, vendor)
+        if refusal is not None:
+            LOG.warning(
+                "vendor not sent the study", study_uid=study_uid, vendor=vendor, why=refusal
+            )
+        return refusal is None
+
 
 def make_delivery(
-    settings: Settings, engine: Engine, bus: Bus
+    settings: Settings,
+    engine: Engine,
+    bus: Bus,
+    settings_source: Callable[[], Settings] | None = None,
 ) -> tuple[Dispatcher, DeliveryWorker]:
-    """The dispatcher and a worker for every configured vendor."""
+    """The dispatcher and a worker for every configured vendor; the worker counts usage
+    and audits every delivery (billing from ``settings_source``, default ``settings``)."""
     specs = vendor_specs(settings)
     dispatcher = Dispatcher(JobStore(engine), bus, specs)
-    worker = DeliveryWorker(engine, bus, specs, build_transports(specs))
+    accounting = Accounting(engine, settings_source or (lambda: settings))
+    worker = DeliveryWorker(
+        engine, bus, specs, build_transports(specs), on_sent=[accounting.job_sent]
+    )
     return dispatcher, worker

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from broker.billing import Accounting
 from broker.bus import Bus
 from broker.edges import Edge, ServiceContext, available
 from broker.errors import StoreError
@@ -104,8 +106,11 @@ class Service:
         self.timer = StableTimer(self.context.store)
         self.hup = threading.Event()
         self.rules = Rules(settings, config_path)
+        self.context = replace(self.context, rules=self.rules)
         self.bus = Bus(settings.bus.url, prefix=settings.bus.prefix)
-        self.dispatcher, self.worker = make_delivery(settings, engine, self.bus)
+        self.dispatcher, self.worker = make_delivery(
+            settings, engine, self.bus, settings_source=lambda: self.rules.settings
+        )
         self.routing = RoutingStage(
             self.context.store,
             self.dispatcher.jobs,
@@ -133,6 +138,7 @@ class Service:
         self.context.spool.prepare()
         for edge in self.edges:
             edge.recover(self.context)
+        Accounting(self.context.engine, lambda: self.rules.settings).reconcile()
         published = self.dispatcher.start()
         if published:
             LOG.info("unfinished jobs published again", jobs=published)

@@ -222,13 +222,32 @@ class BillingUnit(enum.StrEnum):
     BUNDLE = "bundle"
 
 
+class QuotaAction(enum.StrEnum):
+    """What happens once a vendor's ``trial_quota`` free studies are used up."""
+
+    BILL = "bill"
+    """Keep routing; further studies are billable (a trial before a paid contract)."""
+    STOP_ROUTING = "stop_routing"
+    """Routing sends the vendor nothing more (and says so in the log)."""
+    MARK_UNBILLABLE = "mark_unbillable"
+    """Keep routing; further studies are counted but marked not billable."""
+
+
 class Billing(Strict):
-    """How use of a product is counted and charged; ``trial_quota`` free uses first."""
+    """How use of a product is counted and charged; ``trial_quota`` free uses first.
+
+    ``unit``: ``study`` (1 per delivered study), ``series`` (1 per series
+    sent) or ``bundle`` (1 per study for all products of the same ``bundle``
+    together; default bundle: the vendor's name). ``when_quota_used``: see
+    :class:`QuotaAction`.
+    """
 
     unit: BillingUnit = BillingUnit.STUDY
     price: Annotated[Decimal, Field(ge=0)] = Decimal(0)
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] | None = None
     trial_quota: Annotated[int, Field(ge=0)] | None = None
+    when_quota_used: QuotaAction = QuotaAction.BILL
+    bundle: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
 
 class VendorResults(Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
+from adapters.api import install_api
 from adapters.fhir.server import fhir_router
 from adapters.results.http import results_router
 from adapters.web.wado import wado_router
@@ -19,7 +20,9 @@ def create_app(engine: Engine, context: ServiceContext | None = None) -> FastAPI
     - ``/fhir``: the FHIR R4 orders interface, with API tokens and roles
       (:func:`adapters.web.auth.require`, which finds them on ``app.state.api_tokens``);
     - ``/results``: STOW-RS and JSON findings from vendors, with their results
-      tokens (needs the service ``context``: settings and spool).
+      tokens (needs the service ``context``: settings and spool);
+    - ``/api/v1`` (REST API, OpenAPI at ``/docs``), ``/healthz``, ``/readyz``,
+      ``/metrics``: :func:`adapters.api.install_api`.
     """
     app = FastAPI(
         title="radbridge",
@@ -32,4 +35,5 @@ def create_app(engine: Engine, context: ServiceContext | None = None) -> FastAPI
     app.include_router(fhir_router(engine))
     if context is not None:
         app.include_router(results_router(context))
+    install_api(app, engine, context)
     return app

@@ -86,6 +86,11 @@ class ApiTokens:
 
     def verify(self, token: str, *, now: datetime | None = None) -> Role | None:
         """The role of ``token``, or None when it is unknown or revoked."""
+        found = self.identify(token, now=now)
+        return None if found is None else found.role
+
+    def identify(self, token: str, *, now: datetime | None = None) -> ApiToken | None:
+        """The active token ``token`` is (id, name, role: who acts), or None."""
         if not token:
             return None
         now = now or datetime.now(UTC)
@@ -100,7 +105,7 @@ class ApiTokens:
             return None
         if found.last_used_at is None or now - found.last_used_at >= TOUCH_INTERVAL:
             self._touch(found.id, now)
-        return found.role
+        return found
 
     def _touch(self, token_id: int, now: datetime) -> None:
         stale = now - TOUCH_INTERVAL

@@ -369,3 +369,82 @@ delivery_events = Table(
     Index(None, "delivery_id", "id"),
 )
 """Every transition of a delivery."""
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(160), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(256), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("peer", String(64), nullable=False),
+    Index(None, "at"),
+    Index(None, "action", "at"),
+)
+"""Append-only: who did what, when and from where (no update or delete; a trigger refuses both)."""
+
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Integer, nullable=False, unique=True),
+    Column("study_uid", UID, nullable=False),
+    Column("vendor", String(64), nullable=False),
+    Column("product", String(128), nullable=False),
+    Column("site", String(128), nullable=False),
+    Column("day", String(10), nullable=False),
+    Column("unit", String(16), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("series_count", Integer, nullable=False),
+    Column("billable", Boolean, nullable=False),
+    Column("trial", Boolean, nullable=False),
+    Column("price", String(32), nullable=False),
+    Column("currency", String(3)),
+    Column("bundle_key", String(160), unique=True),
+    Column("route", String(128), nullable=False),
+    Column("sent_at", UTCDateTime, nullable=False),
+    Index(None, "day", "vendor"),
+    Index(None, "vendor", "trial"),
+)
+"""One row per delivered study × vendor product (the job), for settlement with vendors.
+
+``day`` is the site's local date of the delivery; ``bundle_key`` (bundle:study)
+is set on the one row of a bundle that counts the study, so it counts once.
+"""
+
+# Indexes the REST API's listings page along (keyset on the id or time, newest first).
+Index("ix_jobs_state_id", jobs.c.state, jobs.c.id)
+Index("ix_jobs_vendor_state_id", jobs.c.vendor, jobs.c.state, jobs.c.id)
+Index("ix_jobs_created_at", jobs.c.created_at)
+Index("ix_job_events_to_state_at", job_events.c.to_state, job_events.c.at)
+Index("ix_studies_state_last_received_at", studies.c.state, studies.c.last_received_at)
+
+console_users = Table(
+    "console_users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("disabled_at", UTCDateTime),
+    Column("last_login_at", UTCDateTime),
+)
+"""People who log in to the operations console (argon2id password hashes; roles as tokens)."""
+
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("console_users.id", name="fk_console_sessions_user_id")),
+    Column("token_id", Integer, ForeignKey("api_tokens.id", name="fk_console_sessions_token_id")),
+    Column("csrf", String(64), nullable=False),
+    Column("peer", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index(None, "expires_at"),
+)
+"""Console logins (of a user or an API token); ``id`` is the SHA-256 of the cookie."""

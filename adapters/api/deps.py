@@ -1,0 +1,137 @@
+"""What every REST API router shares: the service state, who is calling, time parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+from fastapi import Depends, Header, HTTPException, Request
+from sqlalchemy import Engine
+
+from adapters.web.auth import api_tokens, bearer_token, require
+from broker.domain import Role
+from broker.edges import ServiceContext
+from broker.pipeline import Rules
+from broker.store.audit import AuditLog, token_actor
+from broker.store.jobs import JobStore
+from broker.store.listing import Listing
+from broker.store.orders import OrderStore
+from broker.store.studies import StudyStore
+from broker.store.usage import UsageStore
+from config.schema import Settings
+
+
+class ApiState:
+    """The stores and the configuration in force, built once per application."""
+
+    def __init__(self, engine: Engine, context: ServiceContext | None) -> None:
+        self.engine = engine
+        self.context = context
+        self.studies = StudyStore(engine)
+        self.jobs = JobStore(engine)
+        self.orders = OrderStore(engine)
+        self.listing = Listing(engine)
+        self.audit = AuditLog(engine)
+        self.usage = UsageStore(engine)
+        self._settings = context.settings if context is not None else Settings()
+
+    @property
+    def rules(self) -> Rules | None:
+        return self.context.rules if self.context is not None else None
+
+    @property
+    def settings(self) -> Settings:
+        """The configuration in force: the reloaded one when the service reloaded it."""
+        rules = self.rules
+        return rules.settings if rules is not None else self._settings
+
+    @property
+    def config_path(self) -> Path | None:
+        rules = self.rules
+        return rules.path if rules is not None else None
+
+
+def state(request: Request) -> ApiState:
+    found = getattr(request.app.state, "api", None)
+    if not isinstance(found, ApiState):
+        raise RuntimeError("app.state.api is not set; install the API with install_api")
+    return found
+
+
+State = Annotated[ApiState, Depends(state)]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: the API token (id, name, role) and the client's address."""
+
+    token_id: int
+    name: str | None
+    role: Role
+    peer: str
+
+    @property
+    def actor(self) -> str:
+        """How the audit trail names the caller: ``token:3 (ris)``."""
+        return token_actor(self.token_id, self.name)
+
+
+def caller(role: Role) -> Callable[..., Caller]:
+    """A dependency: 401 without a valid token, 403 below ``role``; else the :class:`Caller`."""
+    check = require(role)
+
+    def identify(
+        request: Request,
+        _role: Role = Depends(check),  # noqa: B008 (a closure's dependency)
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Caller:
+        token = api_tokens(request).identify(bearer_token(authorization) or "")
+        if token is None:  # revoked between the two reads
+            raise HTTPException(401, "the token is unknown or revoked")
+        peer = request.client.host if request.client else ""
+        return Caller(token_id=token.id, name=token.name, role=token.role, peer=peer)
+
+    identify.__name__ = f"caller_{Role(role).value}"
+    return identify
+
+
+Viewer = Annotated[Caller, Depends(caller(Role.VIEWER))]
+Operator = Annotated[Caller, Depends(caller(Role.OPERATOR))]
+Admin = Annotated[Caller, Depends(caller(Role.ADMIN))]
+
+
+def parse_time(value: str | None, tz: str, *, end: bool = False) -> datetime | None:
+    """An ISO 8601 time or date; without an offset in the site's timezone.
+
+    A date alone is the start of that day, or with ``end`` the start of the
+    next (so ``from=2024-05-01&to=2024-05-31`` covers all of May).
+    """
+    if value is None or value == "":
+        return None
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            moment = datetime.combine(day + timedelta(days=1 if end else 0), time())
+        else:
+            moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise HTTPException(
+            422, f"{value!r} is not a time; valid: ISO 8601, e.g. 2024-05-01 or 2024-05-01T08:00Z"
+        ) from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=ZoneInfo(tz))
+    return moment.astimezone(UTC)
+
+
+def parse_day(value: str, name: str) -> date:
+    """A date (YYYY-MM-DD) or a 422 naming the parameter."""
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise HTTPException(
+            422, f"{name}={value!r} is not a date; valid: YYYY-MM-DD, e.g. 2024-05-01"
+        ) from exc

@@ -1,0 +1,115 @@
+"""``/healthz``, ``/readyz`` and ``/metrics`` (outside ``/api/v1``).
+
+- ``/healthz``: 200 while the process serves HTTP (liveness); no token.
+- ``/readyz``: 200 when the store answers a query and the message bus accepts a
+  connection, else 503 naming what is down; no token.
+- ``/metrics``: Prometheus text format. No token from loopback (a Prometheus
+  or node agent on the same host); from anywhere else a viewer token, since
+  queue depths and vendor names are operational data.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from adapters.api.deps import State
+from adapters.web.auth import REALM, api_tokens, bearer_token
+from broker.bus import Bus
+from broker.domain import Role
+from broker.metrics import StoreCollector, exposition
+
+router = APIRouter(include_in_schema=True, tags=["health"])
+
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+#: Bus checks open a connection: at most this often.
+BUS_CHECK_SECONDS = 5.0
+
+
+class _BusCheck:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: tuple[float, str, str | None] = (0.0, "", None)
+
+    def problem(self, url: str, prefix: str) -> str | None:
+        with self._lock:
+            at, checked, problem = self._last
+            if checked == url and time.monotonic() - at < BUS_CHECK_SECONDS:
+                return problem
+            bus = Bus(url, prefix=prefix)
+            if bus.memory:
+                problem = None
+            else:
+                try:
+                    with bus.connection() as conn:
+                        conn.ensure_connection(max_retries=1, timeout=2)
+                    problem = None
+                except Exception as exc:  # kombu raises many kinds
+                    problem = f"{type(exc).__name__}: {exc}"
+            self._last = (time.monotonic(), url, problem)
+            return problem
+
+
+BUS_CHECK = _BusCheck()
+
+
+@router.get("/healthz", summary="Liveness: the process serves HTTP")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: the store and the message bus answer",
+    responses={503: {"description": "Something radbridge needs is down."}},
+)
+def readyz(api: State) -> JSONResponse:
+    checks: dict[str, Any] = {}
+    try:
+        with api.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["store"] = "ok"
+    except SQLAlchemyError as exc:
+        checks["store"] = f"down: {type(exc).__name__}"
+    bus = api.settings.bus
+    problem = BUS_CHECK.problem(bus.url, bus.prefix)
+    checks["bus"] = "ok" if problem is None else f"down: {problem}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (loopback, or a viewer token)",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+def metrics(
+    request: Request, api: State, authorization: Annotated[str | None, Header()] = None
+) -> Response:
+    client = request.client.host if request.client else ""
+    if client not in LOOPBACK:
+        token = api_tokens(request).identify(bearer_token(authorization) or "")
+        if token is None:
+            raise HTTPException(
+                401,
+                "/metrics needs a viewer token from other hosts than loopback",
+                headers={"WWW-Authenticate": REALM},
+            )
+        if not token.role.allows(Role.VIEWER):
+            raise HTTPException(403, "a viewer token or higher is needed")
+    collector = getattr(request.app.state, "metrics_collector", None)
+    if not isinstance(collector, StoreCollector):
+        collector = StoreCollector(api.engine, tuple(sorted(api.settings.vendors)))
+        request.app.state.metrics_collector = collector
+    return Response(exposition(collector), media_type=CONTENT_TYPE_LATEST)

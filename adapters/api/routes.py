@@ -1,0 +1,184 @@
+"""``/api/v1/routes``: the routing configuration in force, and what it does with a stored
+study; ``/api/v1/config/reload`` (admins) loads the configuration file again."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path
+from pydantic import BaseModel
+
+from adapters.api.deps import Admin, State, Viewer, parse_time
+from broker.errors import ConfigError, NotFoundError
+from broker.store.audit import Action
+from config.loader import load_settings
+from config.schema import routing_rules
+from config.vendors import Route
+from routing import RuleSet, explain, to_json, to_text
+from routing.facts import study_tags
+from routing.schema import show_duration
+from routing.trace import describe
+
+router = APIRouter(tags=["routes"])
+
+
+class RouteOut(BaseModel):
+    name: str
+    when: list[str]
+    """Every condition as ``field: wanted`` (all must hold)."""
+    send: list[str]
+    series: str
+    priority: str
+    stable_seconds: float | None
+    deadline: str | None
+    write_back: list[str]
+    exclusive: bool
+    fallback: bool
+    resend_updates: bool
+    require_order: dict[str, Any] | None
+
+
+class RoutesOut(BaseModel):
+    site: str
+    timezone: str
+    config_path: str | None
+    vendors: list[str]
+    routes: list[RouteOut]
+
+
+class Explanation(BaseModel):
+    study_uid: str
+    outcome: str
+    text: str
+    routes: list[dict[str, Any]]
+
+
+class Reloaded(BaseModel):
+    reloaded: bool
+    config_path: str
+    routes: int
+    vendors: int
+
+
+def _route_out(route: Route) -> RouteOut:
+    when = []
+    for item in route.when.items:
+        condition, wanted = describe(item)
+        when.append(f"{condition}: {wanted}")
+    require = None
+    if route.require_order is not None:
+        require = {
+            "wait": show_duration(route.require_order.wait),
+            "then": route.require_order.then.value,
+        }
+    return RouteOut(
+        name=route.name,
+        when=when,
+        send=list(route.send),
+        series=route.series.name.value,
+        priority=route.priority.value,
+        stable_seconds=route.stable_seconds,
+        deadline=show_duration(route.deadline) if route.deadline else None,
+        write_back=list(route.write_back),
+        exclusive=route.exclusive,
+        fallback=route.fallback,
+        resend_updates=route.resend_updates,
+        require_order=require,
+    )
+
+
+@router.get("/routes", response_model=RoutesOut, summary="The routes in force")
+def list_routes(api: State, _who: Viewer) -> RoutesOut:
+    settings = api.settings
+    path = api.config_path
+    return RoutesOut(
+        site=settings.site.name,
+        timezone=settings.site.timezone,
+        config_path=str(path) if path else None,
+        vendors=sorted(settings.vendors),
+        routes=[_route_out(r) for r in settings.routes],
+    )
+
+
+def _rules(api: State) -> RuleSet:
+    rules = api.rules
+    return rules.current if rules is not None else routing_rules(api.settings)
+
+
+@router.get(
+    "/routes/explain/{study_uid}",
+    response_model=Explanation,
+    summary="What the routes in force do with a stored study, and why",
+)
+def explain_study(
+    study_uid: Annotated[str, Path(max_length=64, pattern=r"^[0-9.]+$")],
+    api: State,
+    _who: Viewer,
+    at: str | None = None,
+) -> Explanation:
+    """Every route: fired, matched, not matched (the first failing condition, wanted and
+    got), waiting for the order; with the study's order and the jobs it already has."""
+    try:
+        study = api.studies.get_study(study_uid)
+    except NotFoundError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    stored, _link = api.orders.order_for_study(study)
+    delivered = {(j.route, j.vendor) for j in api.jobs.list(study_uid=study_uid)}
+    now = parse_time(at, api.settings.site.timezone) or datetime.now(UTC)
+    decision, explanations = explain(
+        _rules(api),
+        study,
+        stored.order if stored is not None else None,
+        now,
+        tags=study_tags(study),
+        delivered=delivered,
+    )
+    return Explanation(
+        study_uid=study_uid,
+        outcome=decision.outcome.value,
+        text=to_text(study, explanations, decision),
+        routes=to_json(study_uid, explanations, decision),
+    )
+
+
+@router.post(
+    "/config/reload",
+    response_model=Reloaded,
+    summary="Load the configuration file again (admin)",
+    responses={
+        409: {"description": "The service was not started from a file."},
+        422: {"description": "The file is invalid; the running configuration stays."},
+    },
+)
+def reload_config(api: State, who: Admin) -> Reloaded:
+    """Like SIGHUP: routes and billing from the file; an invalid file changes nothing
+    and its problems come back (``FILE:LINE: field: …``)."""
+    rules = api.rules
+    if rules is None or rules.path is None:
+        raise HTTPException(409, "this radbridge was not started from a configuration file")
+    try:
+        load_settings(rules.path)
+    except ConfigError as exc:
+        api.audit.record(
+            who.actor,
+            Action.CONFIG_RELOAD,
+            f"config:{rules.path}",
+            {"reloaded": False, "problems": exc.problems},
+            who.peer,
+        )
+        raise HTTPException(422, {"problems": exc.problems}) from exc
+    reloaded = rules.reload()
+    api.audit.record(
+        who.actor,
+        Action.CONFIG_RELOAD,
+        f"config:{rules.path}",
+        {"reloaded": reloaded, "routes": len(rules.settings.routes)},
+        who.peer,
+    )
+    return Reloaded(
+        reloaded=reloaded,
+        config_path=str(rules.path),
+        routes=len(rules.settings.routes),
+        vendors=len(rules.settings.vendors),
+    )

@@ -1,0 +1,239 @@
+"""The REST API's resources (pydantic models, so ``/docs`` shows them) and their converters."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from broker.domain import OrderLink, Series, StoredOrder, Study
+from broker.jobs import Job, JobEvent
+
+
+class SeriesOut(BaseModel):
+    series_uid: str
+    modality: str | None
+    body_part: str | None
+    description: str | None
+    series_number: int | None
+    slice_thickness: float | None
+    image_type: list[str]
+    instances: int
+    size: int
+
+
+class PatientOut(BaseModel):
+    patient_id: str | None
+    issuer: str | None
+    name: str | None
+    birth_date: str | None
+    sex: str | None
+
+
+class StudyOut(BaseModel):
+    study_uid: str
+    patient: PatientOut
+    accession_number: str | None
+    study_date: str | None
+    description: str | None
+    modalities: list[str]
+    body_parts: list[str]
+    state: str
+    revision: int
+    series_count: int
+    instances: int
+    size: int
+    calling_ae: str
+    called_ae: str
+    peer_address: str
+    first_received_at: datetime
+    last_received_at: datetime
+    stable_at: datetime | None
+
+
+class JobOut(BaseModel):
+    id: int
+    study_uid: str
+    vendor: str
+    route: str
+    priority: str
+    state: str
+    attempts: int
+    max_attempts: int
+    series_uids: list[str]
+    deadline_at: datetime | None
+    next_attempt_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    study_revision: int
+
+
+class JobEventOut(BaseModel):
+    at: datetime
+    from_state: str | None
+    to_state: str
+    attempt: int
+    error: str | None
+
+
+class JobDetail(JobOut):
+    history: list[JobEventOut]
+
+
+class OrderLinkOut(BaseModel):
+    study_uid: str
+    order_id: int
+    state: str
+    matched_on: str
+    detail: str | None
+
+
+class OrderOut(BaseModel):
+    id: int
+    resource_id: str
+    version: int
+    source: str
+    placer_number: str | None
+    filler_number: str | None
+    accession_number: str | None
+    patient: PatientOut
+    procedure_code: str | None
+    procedure_text: str | None
+    modality: str | None
+    priority: str
+    department: str | None
+    status: str
+    study_uid: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class StudyDetail(StudyOut):
+    series: list[SeriesOut]
+    order_link: OrderLinkOut | None
+    order: OrderOut | None
+    jobs: list[JobOut]
+
+
+class OrderDetail(OrderOut):
+    studies: list[OrderLinkOut]
+
+
+def series_out(s: Series) -> SeriesOut:
+    return SeriesOut(
+        series_uid=s.series_uid,
+        modality=s.modality,
+        body_part=s.body_part,
+        description=s.description,
+        series_number=s.series_number,
+        slice_thickness=s.slice_thickness,
+        image_type=list(s.image_type),
+        instances=s.instance_count,
+        size=s.size,
+    )
+
+
+def _patient(p: Any) -> PatientOut:
+    return PatientOut(
+        patient_id=p.patient_id, issuer=p.issuer, name=p.name, birth_date=p.birth_date, sex=p.sex
+    )
+
+
+def study_fields(s: Study) -> dict[str, Any]:
+    return {
+        "study_uid": s.study_uid,
+        "patient": _patient(s.patient),
+        "accession_number": s.accession_number,
+        "study_date": s.study_date,
+        "description": s.description,
+        "modalities": list(s.modalities),
+        "body_parts": list(s.body_parts),
+        "state": s.state.value,
+        "revision": s.revision,
+        "series_count": len(s.series),
+        "instances": s.instance_count,
+        "size": s.size,
+        "calling_ae": s.calling_ae,
+        "called_ae": s.called_ae,
+        "peer_address": s.peer_address,
+        "first_received_at": s.first_received_at,
+        "last_received_at": s.last_received_at,
+        "stable_at": s.stable_at,
+    }
+
+
+def study_out(s: Study) -> StudyOut:
+    return StudyOut(**study_fields(s))
+
+
+def job_fields(j: Job) -> dict[str, Any]:
+    return {
+        "id": j.id,
+        "study_uid": j.study_uid,
+        "vendor": j.vendor,
+        "route": j.route,
+        "priority": j.priority.value,
+        "state": j.state.value,
+        "attempts": j.attempts,
+        "max_attempts": j.max_attempts,
+        "series_uids": list(j.series_uids),
+        "deadline_at": j.deadline_at,
+        "next_attempt_at": j.next_attempt_at,
+        "last_error": j.last_error,
+        "created_at": j.created_at,
+        "updated_at": j.updated_at,
+        "study_revision": j.study_revision,
+    }
+
+
+def job_out(j: Job) -> JobOut:
+    return JobOut(**job_fields(j))
+
+
+def event_out(e: JobEvent) -> JobEventOut:
+    return JobEventOut(
+        at=e.at,
+        from_state=e.from_state.value if e.from_state else None,
+        to_state=e.to_state.value,
+        attempt=e.attempt,
+        error=e.error,
+    )
+
+
+def link_out(link: OrderLink) -> OrderLinkOut:
+    return OrderLinkOut(
+        study_uid=link.study_uid,
+        order_id=link.order_id,
+        state=link.state.value,
+        matched_on=link.matched_on,
+        detail=link.detail,
+    )
+
+
+def order_fields(stored: StoredOrder) -> dict[str, Any]:
+    o = stored.order
+    return {
+        "id": stored.id,
+        "resource_id": stored.resource_id,
+        "version": stored.version,
+        "source": o.source.value,
+        "placer_number": o.placer_number,
+        "filler_number": o.filler_number,
+        "accession_number": o.accession_number,
+        "patient": _patient(o.patient),
+        "procedure_code": o.procedure_code,
+        "procedure_text": o.procedure_text,
+        "modality": o.modality,
+        "priority": o.priority.value,
+        "department": o.department,
+        "status": o.status.value,
+        "study_uid": o.study_uid,
+        "created_at": stored.created_at,
+        "updated_at": stored.updated_at,
+    }
+
+
+def order_out(stored: StoredOrder) -> OrderOut:
+    return OrderOut(**order_fields(stored))

@@ -1,0 +1,84 @@
+"""``/api/v1/tokens`` (admins): list, create and revoke API tokens; each change audited."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, Field
+
+from adapters.api.deps import Admin, State
+from adapters.web.auth import api_tokens
+from broker.domain import Role
+from broker.errors import NotFoundError
+from broker.store.api_tokens import ApiToken
+from broker.store.audit import Action
+
+router = APIRouter(prefix="/tokens", tags=["tokens"])
+
+
+class TokenOut(BaseModel):
+    id: int
+    role: str
+    name: str | None
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class NewToken(BaseModel):
+    role: Role
+    name: str | None = Field(None, max_length=128)
+
+
+class CreatedToken(TokenOut):
+    token: str
+    """Shown once: the store keeps only its SHA-256."""
+
+
+def _out(t: ApiToken) -> TokenOut:
+    return TokenOut(
+        id=t.id,
+        role=t.role.value,
+        name=t.name,
+        created_at=t.created_at,
+        last_used_at=t.last_used_at,
+        revoked_at=t.revoked_at,
+    )
+
+
+@router.get("", response_model=list[TokenOut], summary="Every token, never the token itself")
+def list_tokens(request: Request, _who: Admin) -> list[TokenOut]:
+    return [_out(t) for t in api_tokens(request).list()]
+
+
+@router.post("", response_model=CreatedToken, status_code=201, summary="Create a token")
+def create_token(body: NewToken, request: Request, api: State, who: Admin) -> CreatedToken:
+    tokens = api_tokens(request)
+    secret = tokens.create(body.role, body.name)
+    made = tokens.identify(secret)
+    assert made is not None
+    api.audit.record(
+        who.actor,
+        Action.TOKEN_CREATE,
+        f"token:{made.id}",
+        {"role": made.role.value, "name": made.name},
+        who.peer,
+    )
+    return CreatedToken(**_out(made).model_dump(), token=secret)
+
+
+@router.delete("/{token_id}", response_model=TokenOut, summary="Revoke a token")
+def revoke_token(token_id: int, request: Request, api: State, who: Admin) -> TokenOut:
+    try:
+        token = api_tokens(request).revoke(token_id)
+    except NotFoundError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    api.audit.record(
+        who.actor,
+        Action.TOKEN_REVOKE,
+        f"token:{token_id}",
+        {"role": token.role.value, "name": token.name},
+        who.peer,
+    )
+    return _out(token)

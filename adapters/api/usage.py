@@ -1,0 +1,101 @@
+"""``/api/v1/usage``: delivered studies per vendor, product, site and day for settlement
+(JSON or CSV), and each vendor's trial quota use."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from adapters.api.deps import State, Viewer, parse_day
+from broker.store.usage import report_csv
+
+router = APIRouter(prefix="/usage", tags=["usage"])
+
+#: The longest period one report covers.
+MAX_DAYS = 366
+
+
+class Format(enum.StrEnum):
+    JSON = "json"
+    CSV = "csv"
+
+
+class UsageLineOut(BaseModel):
+    vendor: str
+    product: str
+    site: str
+    day: str
+    unit: str
+    studies: int
+    quantity: int
+    billable: int
+    trial: int
+    unbillable: int
+    amount: str
+    currency: str | None
+
+
+class QuotaOut(BaseModel):
+    vendor: str
+    trial_quota: int
+    trial_used: int
+    queued: int
+    remaining: int
+    when_quota_used: str
+
+
+@router.get(
+    "",
+    response_model=list[UsageLineOut],
+    summary="Usage report (JSON, or CSV with format=csv)",
+    responses={200: {"content": {"text/csv": {}}}},
+)
+def usage_report(
+    *,
+    api: State,
+    _who: Viewer,
+    since: Annotated[str, Query(alias="from", description="First day (YYYY-MM-DD, site days).")],
+    until: Annotated[str, Query(alias="to", description="Last day, included.")],
+    vendor: Annotated[str | None, Query(max_length=64)] = None,
+    format: Format = Format.JSON,
+) -> list[UsageLineOut] | Response:
+    """One line per vendor, product, site, day and unit: studies, quantity (in the unit),
+    of it billable, trial and unbillable, and the amount at the configured price."""
+    start, end = parse_day(since, "from"), parse_day(until, "to")
+    if end < start or (end - start).days >= MAX_DAYS:
+        raise HTTPException(
+            422, f"from {start} to {end}: valid: to >= from, at most {MAX_DAYS} days"
+        )
+    lines = api.usage.report(start, end, vendor)
+    if format is Format.CSV:
+        return Response(
+            report_csv(lines),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="usage-{start}-{end}.csv"'},
+        )
+    return [UsageLineOut(**line.as_json()) for line in lines]
+
+
+@router.get("/quotas", response_model=list[QuotaOut], summary="Trial quota use per vendor")
+def quotas(api: State, _who: Viewer) -> list[QuotaOut]:
+    out = []
+    for name, vendor in sorted(api.settings.vendors.items()):
+        billing = vendor.billing
+        if billing is None or billing.trial_quota is None:
+            continue
+        use = api.usage.quota_use(name)
+        out.append(
+            QuotaOut(
+                vendor=name,
+                trial_quota=billing.trial_quota,
+                trial_used=use.used,
+                queued=use.queued,
+                remaining=max(billing.trial_quota - use.used, 0),
+                when_quota_used=billing.when_quota_used.value,
+            )
+        )
+    return out

@@ -1,0 +1,192 @@
+"""``/api/v1/vendors``: each configured AI product with its reachability, queue depth,
+error rate and last successful delivery, billing and trial quota use."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel
+
+from adapters.api.deps import State, Viewer
+from broker.jobs import UNFINISHED
+from broker.store.listing import VendorActivity, vendor_activity
+from config.vendors import Transport, Vendor
+
+router = APIRouter(prefix="/vendors", tags=["vendors"])
+
+#: How long a TCP connection to a vendor may take before it counts as unreachable.
+PROBE_TIMEOUT_SECONDS = 2.0
+#: Probes are repeated at most this often (a console polls).
+PROBE_CACHE_SECONDS = 10.0
+#: The window of the error rate.
+ERROR_WINDOW = timedelta(hours=24)
+
+
+class Reachability(BaseModel):
+    reachable: bool | None
+    """True: a TCP connection opened; None: not probed."""
+    endpoint: str
+    detail: str | None = None
+    checked_at: datetime | None = None
+
+
+class BillingOut(BaseModel):
+    unit: str
+    price: str
+    currency: str | None
+    trial_quota: int | None
+    when_quota_used: str
+    bundle: str | None
+    trial_used: int
+    queued: int
+
+
+class VendorOut(BaseModel):
+    name: str
+    product: str
+    kind: str | None
+    transport: str
+    concurrency: int
+    reachability: Reachability
+    queue_depth: int
+    """Jobs not delivered yet (pending, sending, failed)."""
+    jobs: dict[str, int]
+    sent_24h: int
+    failed_24h: int
+    error_rate_24h: float | None
+    last_success_at: datetime | None
+    billing: BillingOut | None
+
+
+def endpoint(transport: Transport) -> tuple[str, int] | None:
+    """Where a transport connects to: (host, port)."""
+    if transport.host is not None and transport.port is not None:
+        return transport.host, int(transport.port)
+    if transport.url is not None:
+        parts = urlsplit(transport.url)
+        if parts.hostname:
+            return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    return None
+
+
+class Prober:
+    """TCP reachability of vendors, cached for :data:`PROBE_CACHE_SECONDS`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, int], tuple[float, Reachability]] = {}
+
+    def probe(self, targets: dict[str, tuple[str, int] | None]) -> dict[str, Reachability]:
+        out: dict[str, Reachability] = {}
+        todo: dict[str, tuple[str, int]] = {}
+        now = time.monotonic()
+        with self._lock:
+            for name, target in targets.items():
+                if target is None:
+                    out[name] = Reachability(reachable=None, endpoint="", detail="no address")
+                    continue
+                cached = self._cache.get(target)
+                if cached is not None and now - cached[0] < PROBE_CACHE_SECONDS:
+                    out[name] = cached[1]
+                else:
+                    todo[name] = target
+        if todo:
+            with ThreadPoolExecutor(max_workers=min(16, len(todo))) as pool:
+                results = dict(zip(todo, pool.map(_connect, todo.values()), strict=True))
+            with self._lock:
+                for name, found in results.items():
+                    self._cache[todo[name]] = (time.monotonic(), found)
+                    out[name] = found
+        return out
+
+
+def _connect(target: tuple[str, int]) -> Reachability:
+    host, port = target
+    at = datetime.now(UTC)
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_SECONDS):
+            return Reachability(reachable=True, endpoint=f"{host}:{port}", checked_at=at)
+    except OSError as exc:
+        return Reachability(
+            reachable=False,
+            endpoint=f"{host}:{port}",
+            detail=exc.strerror or type(exc).__name__,
+            checked_at=at,
+        )
+
+
+PROBER = Prober()
+
+
+def _vendor_out(
+    name: str, vendor: Vendor, activity: VendorActivity, reach: Reachability, api: State
+) -> VendorOut:
+    billing = None
+    if vendor.billing is not None:
+        b = vendor.billing
+        use = api.usage.quota_use(name)
+        billing = BillingOut(
+            unit=b.unit.value,
+            price=str(b.price),
+            currency=b.currency,
+            trial_quota=b.trial_quota,
+            when_quota_used=b.when_quota_used.value,
+            bundle=b.bundle,
+            trial_used=use.used,
+            queued=use.queued,
+        )
+    return VendorOut(
+        name=name,
+        product=vendor.product,
+        kind=vendor.kind,
+        transport=vendor.transport.type.value,
+        concurrency=vendor.concurrency,
+        reachability=reach,
+        queue_depth=sum(activity.by_state.get(s.value, 0) for s in UNFINISHED),
+        jobs=activity.by_state,
+        sent_24h=activity.sent,
+        failed_24h=activity.failed + activity.dead,
+        error_rate_24h=activity.error_rate,
+        last_success_at=activity.last_sent_at,
+        billing=billing,
+    )
+
+
+def _vendors(api: State, names: list[str], probe: bool) -> list[VendorOut]:
+    settings = api.settings
+    activity = vendor_activity(api.engine, names, datetime.now(UTC) - ERROR_WINDOW)
+    targets = {n: endpoint(settings.vendors[n].transport) for n in names}
+    if probe:
+        reach = PROBER.probe(targets)
+    else:
+        reach = {
+            n: Reachability(reachable=None, endpoint=f"{t[0]}:{t[1]}" if t else "")
+            for n, t in targets.items()
+        }
+    empty = VendorActivity({}, 0, 0, 0, None)
+    return [
+        _vendor_out(n, settings.vendors[n], activity.get(n, empty), reach[n], api) for n in names
+    ]
+
+
+Probe = Annotated[bool, Query(description="Open a TCP connection to each vendor (cached 10 s).")]
+
+
+@router.get("", response_model=list[VendorOut], summary="Configured vendor products")
+def list_vendors(api: State, _who: Viewer, probe: Probe = True) -> list[VendorOut]:
+    return _vendors(api, sorted(api.settings.vendors), probe)
+
+
+@router.get("/{name}", response_model=VendorOut, summary="One vendor product")
+def get_vendor(name: str, api: State, _who: Viewer, probe: Probe = True) -> VendorOut:
+    if name not in api.settings.vendors:
+        valid = ", ".join(sorted(api.settings.vendors)) or "none configured"
+        raise HTTPException(404, f"no vendor '{name}' is configured; valid: {valid}")
+    return _vendors(api, [name], probe)[0]

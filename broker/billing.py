@@ -1,0 +1,164 @@
+"""Counting what is sent out: usage rows and the audit trail of every delivery, trial quotas.
+
+:class:`Accounting` is the delivery worker's ``on_sent`` hook: when a job
+reaches ``sent`` it writes, in one transaction, the job's usage row (once
+per job) and the ``study.sent`` audit row (vendor, series, route). At start,
+:meth:`Accounting.reconcile` counts jobs that were sent just before a crash
+and not counted yet. :class:`QuotaGate` is what routing asks before it
+creates a new job for a vendor whose trial quota may be used up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, Engine
+
+from broker.errors import NotFoundError, RadbridgeError
+from broker.jobs import Job
+from broker.logging import get_logger
+from broker.metrics import DELIVERY_LATENCY_SECONDS, DELIVERY_SEND_SECONDS, count_error
+from broker.store.audit import SYSTEM, Action, record_in
+from broker.store.engine import writing
+from broker.store.jobs import JobStore
+from broker.store.studies import StudyStore
+from broker.store.usage import STOP_ROUTING, Charge, UsageEntry, UsageStore
+from broker.vendor import SendOutcome
+from config.schema import Settings
+from config.vendors import BillingUnit
+
+LOG = get_logger("radbridge.billing")
+
+SettingsSource = Callable[[], Settings]
+
+
+def site_day(settings: Settings, at: datetime) -> datetime:
+    """``at`` in the site's timezone (its date is the usage day)."""
+    return at.astimezone(ZoneInfo(settings.site.timezone))
+
+
+class Accounting:
+    """Usage and audit rows for every job that reaches ``sent``."""
+
+    def __init__(self, engine: Engine, settings: SettingsSource) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.usage = UsageStore(engine)
+        self.studies = StudyStore(engine)
+        self.jobs = JobStore(engine)
+
+    def job_sent(self, job: Job, outcome: SendOutcome | None, now: datetime | None = None) -> None:
+        """The worker's hook: count the job and audit the delivery. Never raises."""
+        now = now or datetime.now(UTC)
+        if outcome is not None:
+            DELIVERY_SEND_SECONDS.labels(vendor=job.vendor).observe(outcome.seconds)
+            DELIVERY_LATENCY_SECONDS.labels(vendor=job.vendor, priority=job.priority.value).observe(
+                max((now - job.created_at).total_seconds(), 0.0)
+            )
+        try:
+            self.record(job, now, outcome)
+        except (RadbridgeError, ValueError) as exc:
+            count_error("accounting", exc)
+            LOG.error("cannot record the delivery's usage and audit", job_id=job.id, error=str(exc))
+
+    def record(
+        self, job: Job, sent_at: datetime, outcome: SendOutcome | None = None
+    ) -> UsageEntry | None:
+        """Write the job's usage row and its ``study.sent`` audit row (None: counted before)."""
+        settings = self.settings()
+        vendor = settings.vendors.get(job.vendor)
+        series_uids = list(job.series_uids)
+        if not series_uids:
+            try:
+                series_uids = [s.series_uid for s in self.studies.get_study(job.study_uid).series]
+            except NotFoundError:
+                series_uids = []
+        billing = vendor.billing if vendor is not None else None
+        unit = billing.unit if billing is not None else BillingUnit.STUDY
+        charge = Charge(
+            job_id=job.id,
+            study_uid=job.study_uid,
+            vendor=job.vendor,
+            product=vendor.product if vendor is not None else job.vendor,
+            site=settings.site.name,
+            day=site_day(settings, sent_at).date(),
+            route=job.route,
+            sent_at=sent_at,
+            unit=unit.value,
+            quantity=max(len(series_uids), 1) if unit is BillingUnit.SERIES else 1,
+            series_count=len(series_uids),
+            price=billing.price if billing is not None else Decimal(0),
+            currency=billing.currency if billing is not None else None,
+            trial_quota=billing.trial_quota if billing is not None else None,
+            when_quota_used=billing.when_quota_used.value if billing is not None else "bill",
+            bundle=billing.bundle if billing is not None else None,
+        )
+        detail = {
+            "vendor": job.vendor,
+            "product": charge.product,
+            "route": job.route,
+            "study_uid": job.study_uid,
+            "series_uids": series_uids,
+            "attempt": job.attempts,
+            "study_revision": job.study_revision,
+        }
+        if outcome is not None:
+            detail |= {"instances": outcome.instances, "bytes": outcome.bytes}
+
+        def audit(conn: Connection) -> None:
+            record_in(
+                conn,
+                SYSTEM,
+                Action.STUDY_SENT,
+                f"job:{job.id}",
+                detail=detail,
+                peer=job.vendor,
+                now=sent_at,
+            )
+
+        entry = self.usage.record(charge, also=audit)
+        if entry is None:
+            # Sent again (the study was updated): counted once, but every send is audited.
+            with writing(self.engine) as conn:
+                audit(conn)
+        return entry
+
+    def reconcile(self) -> int:
+        """Count jobs that reached ``sent`` but were not counted (a crash between the two)."""
+        done = 0
+        for job_id in self.usage.uncounted_sent_jobs():
+            sent_at = self.usage.first_sent_at(job_id) or datetime.now(UTC)
+            try:
+                self.record(self.jobs.get(job_id), sent_at)
+                done += 1
+            except RadbridgeError as exc:
+                LOG.error("cannot count a sent job", job_id=job_id, error=str(exc))
+        if done:
+            LOG.warning("sent jobs counted at start (usage was missing)", jobs=done)
+        return done
+
+
+class QuotaGate:
+    """Whether routing may create a new job for a vendor (``when_quota_used: stop_routing``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.usage = UsageStore(engine)
+
+    def refusal(self, settings: Settings, vendor: str) -> str | None:
+        """Why ``vendor`` gets no new job, or None when it may."""
+        config = settings.vendors.get(vendor)
+        billing = config.billing if config is not None else None
+        if billing is None or billing.trial_quota is None:
+            return None
+        if billing.when_quota_used.value != STOP_ROUTING:
+            return None
+        use = self.usage.quota_use(vendor)
+        if use.used + use.queued < billing.trial_quota:
+            return None
+        return (
+            f"trial quota of {billing.trial_quota} studies used up ({use.used} delivered, "
+            f"{use.queued} on their way) and billing.when_quota_used is stop_routing"
+        )

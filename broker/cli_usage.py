@@ -1,0 +1,53 @@
+"""``radbridge usage report``: delivered studies per vendor, product, site and day."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from typing import Annotated
+
+import typer
+
+from broker.cli_audit import Format
+from broker.cli_common import ConfigOption, err, settings_or_exit
+from broker.store import make_engine
+from broker.store.migrate import migrate
+from broker.store.usage import UsageStore, report_csv
+
+app = typer.Typer(help="Usage for settlement with the AI vendors.", no_args_is_help=True)
+
+
+@app.callback()
+def usage() -> None:
+    """Usage for settlement with the AI vendors."""
+
+
+def _day(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        err.print(f"{option} {value!r} is not a date; valid: YYYY-MM-DD, e.g. 2024-05-01")
+        raise typer.Exit(2) from exc
+
+
+@app.command("report")
+def report(
+    since: Annotated[str, typer.Option("--from", help="First day (YYYY-MM-DD, site days).")],
+    until: Annotated[str, typer.Option("--to", help="Last day, included.")],
+    config: ConfigOption = None,
+    fmt: Annotated[Format, typer.Option("--format", help="csv or json.")] = Format.CSV,
+    vendor: Annotated[str | None, typer.Option("--vendor", help="Only this vendor.")] = None,
+) -> None:
+    """One line per vendor, product, site, day and unit: studies, quantity, billable,
+    trial, unbillable and amount."""
+    start, end = _day(since, "--from"), _day(until, "--to")
+    if end < start:
+        err.print(f"--to {end} is before --from {start}")
+        raise typer.Exit(2)
+    engine = make_engine(settings_or_exit(config).database_url())
+    migrate(engine)
+    lines = UsageStore(engine).report(start, end, vendor)
+    if fmt is Format.CSV:
+        typer.echo(report_csv(lines), nl=False)
+    else:
+        typer.echo(json.dumps([line.as_json() for line in lines], indent=2))

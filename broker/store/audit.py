@@ -1,0 +1,211 @@
+"""The audit trail: who did what, when and from where; append-only.
+
+Every operator action (``job.retry``, ``job.cancel``, ``token.create``,
+``token.revoke``, ``config.reload``), every study sent out of the hospital
+(``study.sent``: vendor, series, route) and every result written back
+(``result.written``) is one row. :class:`AuditLog` has no update or delete
+method, and the table refuses both (a trigger on SQLite and PostgreSQL).
+
+The actor is ``token:ID (NAME)`` for the HTTP API (:func:`token_actor`),
+``cli:USER`` for the command line (:func:`cli_actor`) and ``radbridge`` for
+what the service does itself (:data:`SYSTEM`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import csv
+import getpass
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, insert, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from broker.errors import StoreError
+from broker.store.engine import writing
+from broker.store.tables import audit
+
+#: The actor of what radbridge does on its own (sending a study, writing a result back).
+SYSTEM = "radbridge"
+
+
+class Action:
+    """The audited actions (a plain namespace: new ones need no migration)."""
+
+    JOB_RETRY = "job.retry"
+    JOB_CANCEL = "job.cancel"
+    TOKEN_CREATE = "token.create"  # noqa: S105 (an action, not a secret)
+    TOKEN_REVOKE = "token.revoke"  # noqa: S105
+    CONFIG_RELOAD = "config.reload"
+    STUDY_SENT = "study.sent"
+    RESULT_WRITTEN = "result.written"
+
+
+def cli_actor() -> str:
+    """``cli:USER``: the operating-system user running the command."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        user = "unknown"
+    return f"cli:{user}"
+
+
+def token_actor(token_id: int, name: str | None) -> str:
+    """``token:3 (ris)``: an API token by id and name."""
+    return f"token:{token_id} ({name})" if name else f"token:{token_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One row of the audit trail."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any]
+    peer: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at.isoformat(),
+            "actor": self.actor,
+            "action": self.action,
+            "target": self.target,
+            "detail": self.detail,
+            "peer": self.peer,
+        }
+
+
+AUDIT_COLUMNS = ("id", "at", "actor", "action", "target", "peer", "detail")
+
+
+def export_csv(entries: Sequence[AuditEntry]) -> str:
+    """Rows as CSV with a header (``detail`` as compact JSON)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(AUDIT_COLUMNS)
+    for e in entries:
+        detail = json.dumps(e.detail, sort_keys=True, separators=(",", ":"))
+        writer.writerow([e.id, e.at.isoformat(), e.actor, e.action, e.target, e.peer, detail])
+    return buffer.getvalue()
+
+
+def _entry(r: Row[Any]) -> AuditEntry:
+    return AuditEntry(
+        id=r.id,
+        at=r.at,
+        actor=r.actor,
+        action=r.action,
+        target=r.target,
+        detail=json.loads(r.detail),
+        peer=r.peer,
+    )
+
+
+def _values(
+    actor: str,
+    action: str,
+    target: str,
+    *,
+    detail: Mapping[str, Any] | None,
+    peer: str,
+    now: datetime | None,
+) -> dict[str, Any]:
+    return {
+        "at": now or datetime.now(UTC),
+        "actor": actor[:160],
+        "action": action[:64],
+        "target": target[:256],
+        "detail": json.dumps(dict(detail or {}), default=str, sort_keys=True),
+        "peer": peer[:64],
+    }
+
+
+def record_in(
+    conn: Connection,
+    actor: str,
+    action: str,
+    target: str,
+    *,
+    detail: Mapping[str, Any] | None = None,
+    peer: str = "",
+    now: datetime | None = None,
+) -> None:
+    """Append a row inside the caller's transaction (so it commits with the change it records)."""
+    conn.execute(
+        insert(audit).values(_values(actor, action, target, detail=detail, peer=peer, now=now))
+    )
+
+
+class AuditLog:
+    """Append to and read the audit trail. There is no update and no delete."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def record(
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        detail: Mapping[str, Any] | None = None,
+        peer: str = "",
+        *,
+        now: datetime | None = None,
+    ) -> None:
+        """Append one row: ``actor`` did ``action`` to ``target`` (e.g. ``job:12``) from ``peer``.
+
+        ``detail`` is JSON-serialisable context (vendor, series UIDs, route,
+        the reason…); keep patient data out of it.
+        """
+        try:
+            with writing(self.engine) as conn:
+                record_in(conn, actor, action, target, detail=detail, peer=peer, now=now)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot write the audit trail ({action} {target}): {exc}") from exc
+
+    def export(
+        self, start: datetime, end: datetime, *, action: str | None = None
+    ) -> builtins.list[AuditEntry]:
+        """Every row with ``start <= at < end`` (optionally one action), oldest first."""
+        stmt = select(audit).where(audit.c.at >= start, audit.c.at < end).order_by(audit.c.id)
+        if action is not None:
+            stmt = stmt.where(audit.c.action == action)
+        with self.engine.connect() as conn:
+            return [_entry(r) for r in conn.execute(stmt).all()]
+
+    def list(
+        self,
+        *,
+        before_id: int | None = None,
+        limit: int = 100,
+        action: str | None = None,
+        actor: str | None = None,
+        target: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> builtins.list[AuditEntry]:
+        """Newest first, one page: rows with an id below ``before_id``, filtered."""
+        stmt = select(audit).order_by(audit.c.id.desc()).limit(limit)
+        if before_id is not None:
+            stmt = stmt.where(audit.c.id < before_id)
+        if action is not None:
+            stmt = stmt.where(audit.c.action == action)
+        if actor is not None:
+            stmt = stmt.where(audit.c.actor == actor)
+        if target is not None:
+            stmt = stmt.where(audit.c.target == target)
+        if start is not None:
+            stmt = stmt.where(audit.c.at >= start)
+        if end is not None:
+            stmt = stmt.where(audit.c.at < end)
+        with self.engine.connect() as conn:
+            return [_entry(r) for r in conn.execute(stmt).all()]
