@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= examples/hospital.yaml
-DEBIAN_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools
+DEBIAN_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools chromium
 
 .PHONY: run test lint unit bench venv debian services clean
 
@@ -21,12 +21,14 @@ venv: $(BIN)/radbridge
 run: venv
 	$(BIN)/radbridge serve -c $(CONFIG)
 
-# Debian packages the tests use as real peers (dcmtk, Orthanc, dicom3tools).
+# Debian packages the tests use as real peers (dcmtk, Orthanc, dicom3tools; Chromium for
+# the console's Playwright tests).
 debian:
 	@missing=""; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	test -x /usr/sbin/Orthanc || missing="$$missing orthanc"; \
 	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so* /usr/lib/orthanc/libOrthancDicomWeb.so* >/dev/null 2>&1 || missing="$$missing orthanc-dicomweb"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \

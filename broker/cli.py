@@ -24,6 +24,7 @@ from broker.cli_results import app as results_app
 from broker.cli_routes import app as routes_app
 from broker.cli_tokens import app as tokens_app
 from broker.cli_usage import app as usage_app
+from broker.cli_users import app as users_app
 from broker.domain import LinkState, Study
 from broker.errors import NotFoundError, RadbridgeError
 from broker.logging import configure_logging, get_logger
@@ -50,6 +51,7 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(audit_app, name="audit")
 app.add_typer(usage_app, name="usage")
 app.add_typer(results_app, name="results")
+app.add_typer(users_app, name="users")
 
 # Sub-commands adapter packages declare under the ``radbridge.commands`` entry
 # points (``harness``), so that the broker never imports an adapter by name.

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from adapters.api import install_api
+from adapters.console import create_console
 from adapters.fhir.server import fhir_router
 from adapters.results.http import results_router
 from adapters.web.wado import wado_router
@@ -22,7 +23,8 @@ def create_app(engine: Engine, context: ServiceContext | None = None) -> FastAPI
     - ``/results``: STOW-RS and JSON findings from vendors, with their results
       tokens (needs the service ``context``: settings and spool);
     - ``/api/v1`` (REST API, OpenAPI at ``/docs``), ``/healthz``, ``/readyz``,
-      ``/metrics``: :func:`adapters.api.install_api`.
+      ``/metrics``: :func:`adapters.api.install_api`;
+    - ``/console``: the operations console (:func:`adapters.console.create_console`).
     """
     app = FastAPI(
         title="radbridge",
@@ -36,4 +38,5 @@ def create_app(engine: Engine, context: ServiceContext | None = None) -> FastAPI
     if context is not None:
         app.include_router(results_router(context))
     install_api(app, engine, context)
+    app.mount("/console", create_console(engine, context))
     return app

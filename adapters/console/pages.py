@@ -1,0 +1,244 @@
+"""The dashboard, the studies of a day, and one study with everything that happened to it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from adapters.console.auth import State, reading
+from adapters.console.views import patient_view, phi_values, render, scrub
+from broker.domain import Role, Study
+from broker.errors import NotFoundError
+from broker.jobs import UNFINISHED, Job, JobState
+from broker.store.listing import JobFilter, StudyFilter, VendorActivity, vendor_activity
+from broker.store.overview import count_studies, jobs_by_state, jobs_of_studies, results_of_studies
+from broker.store.users import Session
+
+router = APIRouter()
+Viewer = Annotated[Session, Depends(reading(Role.VIEWER))]
+
+PAGE = 50
+#: The window of "failures in the last hour".
+HEALTH_WINDOW = timedelta(hours=1)
+#: How many dead and overdue jobs the dashboard lists (the jobs page has all).
+DASHBOARD_JOBS = 25
+#: The order the dashboard shows job states in.
+STATE_ORDER = tuple(JobState)
+
+
+@dataclass(frozen=True, slots=True)
+class StudyRow:
+    study: Study
+    name: str
+    patient_id: str
+    jobs: list[Job]
+    results: int
+
+
+@dataclass(frozen=True, slots=True)
+class VendorHealth:
+    name: str
+    product: str
+    status: str
+    """``ok``, ``failing`` (only failures in the window), ``degraded`` (both), ``idle``."""
+    queue: int
+    dead: int
+    sent_window: int
+    failures_window: int
+    last_success: datetime | None
+
+
+def study_rows(console: State, who: Session, found: Sequence[Study]) -> list[StudyRow]:
+    """Studies with their jobs and the number of results that came back."""
+    uids = [s.study_uid for s in found]
+    jobs = jobs_of_studies(console.engine, uids)
+    results = results_of_studies(console.engine, uids)
+    rows = []
+    for s in found:
+        patient = patient_view(s.patient, who)
+        rows.append(
+            StudyRow(
+                s, patient.name, patient.patient_id, jobs[s.study_uid], results.get(s.study_uid, 0)
+            )
+        )
+    return rows
+
+
+def vendor_health(console: State, now: datetime) -> list[VendorHealth]:
+    """Each configured vendor (and any other that has jobs): queue, failures, last success."""
+    vendors = console.settings.vendors
+    activity = vendor_activity(console.engine, vendors, now - HEALTH_WINDOW)
+    empty = VendorActivity({}, 0, 0, 0, None)
+    out = []
+    for name in sorted(set(vendors) | set(activity)):
+        a = activity.get(name, empty)
+        failures = a.failed + a.dead
+        if failures and not a.sent:
+            status = "failing"
+        elif failures:
+            status = "degraded"
+        elif a.sent:
+            status = "ok"
+        else:
+            status = "idle"
+        product = vendors[name].product if name in vendors else "(no longer configured)"
+        out.append(
+            VendorHealth(
+                name=name,
+                product=product,
+                status=status,
+                queue=sum(a.by_state.get(s.value, 0) for s in UNFINISHED),
+                dead=a.by_state.get(JobState.DEAD.value, 0),
+                sent_window=a.sent,
+                failures_window=failures,
+                last_success=a.last_sent_at,
+            )
+        )
+    return out
+
+
+@router.get("/", name="dashboard")
+def dashboard(request: Request, console: State, who: Viewer) -> Response:
+    """Today's studies, jobs by state, vendor health, dead and overdue jobs."""
+    now = datetime.now(UTC)
+    today = console.today()
+    start, end = console.day_bounds(today)
+    latest = console.listing.studies(StudyFilter(since=start, until=end), limit=15)
+    by_state = jobs_by_state(console.engine)
+    return render(
+        request,
+        "dashboard.html",
+        {
+            "today": today,
+            "studies_today": count_studies(console.engine, start, end),
+            "latest": study_rows(console, who, latest),
+            "by_state": [(s, by_state.get(s.value, 0)) for s in STATE_ORDER],
+            "vendors": vendor_health(console, now),
+            "dead": console.listing.jobs(JobFilter(states=[JobState.DEAD]), limit=DASHBOARD_JOBS),
+            "dead_total": by_state.get(JobState.DEAD.value, 0),
+            "overdue": console.deliveries.overdue_jobs(now=now, limit=DASHBOARD_JOBS),
+        },
+    )
+
+
+def _day(value: str | None, console: State) -> tuple[date, str | None]:
+    if not value:
+        return console.today(), None
+    try:
+        return date.fromisoformat(value), None
+    except ValueError:
+        return console.today(), f"{value!r} is not a date; valid: YYYY-MM-DD. Showing today."
+
+
+def _cursor(value: str | None) -> tuple[datetime, int] | None:
+    """``after=<ISO time>_<id>``: the last study of the page before."""
+    if not value or "_" not in value:
+        return None
+    moment, _, ident = value.rpartition("_")
+    try:
+        return datetime.fromisoformat(moment), int(ident)
+    except ValueError:
+        return None
+
+
+@router.get("/studies", name="studies")
+def studies(
+    *,
+    request: Request,
+    console: State,
+    who: Viewer,
+    day: Annotated[str | None, Query(max_length=10)] = None,
+    modality: Annotated[str | None, Query(max_length=16)] = None,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """The studies last received on a day (the site's day; today by default), newest first."""
+    chosen, problem = _day(day, console)
+    start, end = console.day_bounds(chosen)
+    wanted = StudyFilter(since=start, until=end, modality=modality or None)
+    found = console.listing.studies(wanted, after=_cursor(after), limit=PAGE + 1)
+    page = found[:PAGE]
+    following = None
+    if len(found) > PAGE:
+        moment, ident = console.listing.study_keys([page[-1].study_uid])[page[-1].study_uid]
+        following = f"{moment.isoformat()}_{ident}"
+    return render(
+        request,
+        "studies.html",
+        {
+            "day": chosen,
+            "previous_day": chosen - timedelta(days=1),
+            "next_day": chosen + timedelta(days=1),
+            "modality": modality or "",
+            "problem": problem,
+            "total": count_studies(console.engine, start, end),
+            "rows": study_rows(console, who, page),
+            "following": following,
+            "first_page": after is None,
+        },
+    )
+
+
+def _findings(result: Any, who: Session, values: list[str]) -> list[dict[str, Any]]:
+    findings = result.findings
+    if findings is None:
+        return []
+    return [
+        {
+            "meaning": f.code.meaning,
+            "present": f.present,
+            "score": f.score,
+            "urgent": f.urgent,
+            "text": scrub(f.text, who, values),
+        }
+        for f in findings.findings
+    ]
+
+
+@router.get("/studies/{study_uid}", name="study")
+def study_page(request: Request, study_uid: str, console: State, who: Viewer) -> Response:
+    """Series, the linked order, jobs with their timelines, results and write-back deliveries."""
+    try:
+        study = console.studies.get_study(study_uid)
+    except NotFoundError as exc:
+        return render(
+            request, "error.html", {"title": "No such study", "message": str(exc)}, status=404
+        )
+    stored, link = console.orders.order_for_study(study)
+    patients = [study.patient] + ([stored.order.patient] if stored is not None else [])
+    values = phi_values(patients, [study.accession_number])
+    jobs = console.jobs.list(study_uid=study_uid)
+    entries = []
+    for job in jobs:
+        deliveries = console.deliveries.for_job(job.id, kind=None)
+        results = console.results.for_job(job.id)
+        entries.append(
+            {
+                "job": job,
+                "history": console.jobs.history(job.id),
+                "results": [{"result": r, "findings": _findings(r, who, values)} for r in results],
+                "deliveries": [
+                    {"delivery": d, "history": console.deliveries.history(d.id)} for d in deliveries
+                ],
+            }
+        )
+    orphans = console.results.list(study_uid=study_uid, orphans=True, limit=100)
+    return render(
+        request,
+        "study.html",
+        {
+            "study": study,
+            "patient": patient_view(study.patient, who),
+            "order": stored,
+            "order_patient": patient_view(stored.order.patient, who) if stored else None,
+            "link": link,
+            "entries": entries,
+            "jobs": jobs,
+            "orphans": [{"result": r, "findings": _findings(r, who, values)} for r in orphans],
+            "scrub": lambda text: scrub(text, who, values),
+        },
+    )

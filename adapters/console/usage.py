@@ -1,0 +1,124 @@
+"""Usage of a month per vendor product (for settlement), with CSV downloads."""
+
+from __future__ import annotations
+
+import calendar
+from datetime import date
+from decimal import Decimal
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from adapters.console.auth import State, reading
+from adapters.console.views import render
+from broker.domain import Role
+from broker.store.usage import UsageLine, report_csv
+from broker.store.users import Session
+
+router = APIRouter()
+Viewer = Annotated[Session, Depends(reading(Role.VIEWER))]
+
+
+def _month(value: str | None, today: date) -> tuple[date, date, str | None]:
+    """The first and last day of ``YYYY-MM`` (this month by default)."""
+    first = today.replace(day=1)
+    problem = None
+    if value:
+        try:
+            year, month = (int(part) for part in value.split("-"))
+            first = date(year, month, 1)
+        except ValueError:
+            problem = f"{value!r} is not a month; valid: YYYY-MM, e.g. 2024-05. Showing this month."
+    last = first.replace(day=calendar.monthrange(first.year, first.month)[1])
+    return first, last, problem
+
+
+def per_vendor(lines: list[UsageLine], month: str) -> list[UsageLine]:
+    """The month's lines summed per vendor, product, site, unit and currency (day: the month)."""
+    totals: dict[tuple[str, str, str, str, str], UsageLine] = {}
+    for line in lines:
+        key = (line.vendor, line.product, line.site, line.unit, line.currency or "")
+        total = totals.setdefault(
+            key,
+            UsageLine(
+                vendor=line.vendor,
+                product=line.product,
+                site=line.site,
+                day=month,
+                unit=line.unit,
+                currency=line.currency,
+                amount=Decimal(0),
+            ),
+        )
+        total.studies += line.studies
+        total.quantity += line.quantity
+        total.billable += line.billable
+        total.trial += line.trial
+        total.unbillable += line.unbillable
+        total.amount += line.amount
+    return [totals[k] for k in sorted(totals)]
+
+
+@router.get("/usage", name="usage")
+def usage(
+    request: Request,
+    console: State,
+    who: Viewer,
+    month: Annotated[str | None, Query(max_length=7)] = None,
+) -> Response:
+    """The month's deliveries per vendor product: studies, billable, trial, amount; quotas."""
+    first, last, problem = _month(month, console.today())
+    lines = console.usage.report(first, last)
+    quotas = []
+    for name, vendor in sorted(console.settings.vendors.items()):
+        billing = vendor.billing
+        if billing is None or billing.trial_quota is None:
+            continue
+        use = console.usage.quota_use(name)
+        quotas.append(
+            {
+                "vendor": name,
+                "quota": billing.trial_quota,
+                "used": use.used,
+                "queued": use.queued,
+                "remaining": max(billing.trial_quota - use.used, 0),
+                "then": billing.when_quota_used.value,
+            }
+        )
+    label = f"{first:%Y-%m}"
+    return render(
+        request,
+        "usage.html",
+        {
+            "month": label,
+            "first": first,
+            "last": last,
+            "problem": problem,
+            "totals": per_vendor(lines, label),
+            "days": lines,
+            "quotas": quotas,
+        },
+    )
+
+
+@router.get("/usage.csv", name="usage_csv")
+def usage_csv(
+    request: Request,
+    console: State,
+    who: Viewer,
+    month: Annotated[str | None, Query(max_length=7)] = None,
+    by: Annotated[str, Query(pattern="^(vendor|day)$")] = "vendor",
+) -> Response:
+    """The month's usage as CSV: one line per vendor product (``by=vendor``) or per day too."""
+    first, last, _problem = _month(month, console.today())
+    lines = console.usage.report(first, last)
+    label = f"{first:%Y-%m}"
+    chosen = per_vendor(lines, label) if by == "vendor" else lines
+    return Response(
+        report_csv(chosen),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="usage-{label}-per-{by}.csv"',
+        },
+    )

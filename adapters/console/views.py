@@ -1,0 +1,189 @@
+"""Rendering: the Jinja2 templates, the filters they use, and what a viewer may see.
+
+Viewers see no patient name, patient ID or birth date anywhere: :func:`patient_view`
+gives ``—`` for them, accession and order numbers become pseudonyms
+(:func:`broker.logging.pseudonym`, the same stand-ins as in the logs), and
+:func:`scrub` takes the study's patient values out of free text (errors,
+routing explanations, findings) before it is shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from adapters.console.state import console_state
+from broker.domain import Patient, Role
+from broker.jobs import FINAL, RETRYABLE, JobState
+from broker.logging import pseudonym
+from broker.store.users import Session
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+HIDDEN = "—"
+#: Job states whose row refreshes itself (htmx) until it settles.
+MOVING: frozenset[JobState] = frozenset(
+    {
+        JobState.PENDING,
+        JobState.SENDING,
+        JobState.SENT,
+        JobState.FAILED,
+        JobState.RESULT_RECEIVED,
+        JobState.WRITING_BACK,
+    }
+)
+
+
+def sees_phi(who: Session | None) -> bool:
+    """Operators and admins see patient data; viewers do not."""
+    return who is not None and who.role.allows(Role.OPERATOR)
+
+
+@dataclass(frozen=True, slots=True)
+class PatientView:
+    name: str
+    patient_id: str
+    birth_date: str
+    sex: str
+
+
+def patient_view(patient: Patient, who: Session | None) -> PatientView:
+    """The patient as ``who`` may see it."""
+    if not sees_phi(who):
+        return PatientView(HIDDEN, HIDDEN, HIDDEN, patient.sex or HIDDEN)
+    return PatientView(
+        name=(patient.name or HIDDEN).replace("^", " ").strip() or HIDDEN,
+        patient_id=patient.patient_id or HIDDEN,
+        birth_date=patient.birth_date or HIDDEN,
+        sex=patient.sex or HIDDEN,
+    )
+
+
+def identifier(value: str | None, who: Session | None) -> str:
+    """An accession or order number: itself for operators, a pseudonym for viewers."""
+    if not value:
+        return HIDDEN
+    return value if sees_phi(who) else pseudonym(value)
+
+
+def phi_values(patients: Iterable[Patient], extra: Iterable[str | None] = ()) -> list[str]:
+    """The patient values free text must not show a viewer, longest first."""
+    found: set[str] = set()
+    for p in patients:
+        if p.name:
+            found.add(p.name)
+            found.update(part.strip() for part in p.name.replace("^", " ").split())
+        found.update(v for v in (p.patient_id, p.birth_date) if v)
+    found.update(v for v in extra if v)
+    found = {v.strip() for v in found if len(v.strip()) >= 2}
+    return sorted(found, key=len, reverse=True)
+
+
+def scrub(text: str | None, who: Session | None, values: Iterable[str]) -> str:
+    """``text`` with the patient ``values`` replaced by ``—`` for a viewer."""
+    if not text:
+        return ""
+    if sees_phi(who):
+        return text
+    for value in values:
+        text = text.replace(value, HIDDEN)
+    return text
+
+
+def local_time(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S", *, tz: ZoneInfo) -> str:
+    if value is None:
+        return ""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(tz).strftime(fmt)
+
+
+def ago(value: datetime | None) -> str:
+    """``3 min ago``: how long before now."""
+    if value is None:
+        return "never"
+    seconds = (datetime.now(UTC) - value).total_seconds()
+    if seconds < 60:
+        return f"{max(int(seconds), 0)} s ago"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min ago"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{int(seconds // 86400)} d ago"
+
+
+def size(value: int | None) -> str:
+    if not value:
+        return "0"
+    amount = float(value)
+    for unit in ("B", "KB", "MB", "GB"):
+        if amount < 1024 or unit == "GB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return str(value)
+
+
+def short_uid(uid: str | None, keep: int = 14) -> str:
+    """The end of a long UID (the part that differs between studies)."""
+    if not uid:
+        return ""
+    return uid if len(uid) <= keep + 1 else "…" + uid[-keep:]
+
+
+TEMPLATES.env.filters["ago"] = ago
+TEMPLATES.env.filters["size"] = size
+TEMPLATES.env.filters["short_uid"] = short_uid
+TEMPLATES.env.globals["RETRYABLE"] = RETRYABLE
+TEMPLATES.env.globals["FINAL"] = FINAL
+TEMPLATES.env.globals["MOVING"] = MOVING
+TEMPLATES.env.globals["HIDDEN"] = HIDDEN
+
+
+def _here(request: Request) -> str:
+    """The page a form should come back to: for htmx, the page the browser shows."""
+    current = request.headers.get("HX-Current-URL")
+    if current:
+        parts = urlsplit(current)
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+    return request.url.path + (f"?{request.url.query}" if request.url.query else "")
+
+
+def render(
+    request: Request,
+    name: str,
+    context: Mapping[str, Any] | None = None,
+    *,
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """A template with what every page needs: who is signed in, their CSRF token, the site."""
+    console = console_state(request)
+    who: Session | None = getattr(request.state, "session", None)
+    tz = console.tz
+    base = {
+        "root": str(request.scope.get("root_path", "")).rstrip("/"),
+        "who": who,
+        "csrf": who.csrf if who is not None else "",
+        "can_act": who is not None and who.role.allows(Role.OPERATOR),
+        "is_admin": who is not None and who.role.allows(Role.ADMIN),
+        "phi": sees_phi(who),
+        "site": console.settings.site.name,
+        "tz_name": console.settings.site.timezone,
+        "local": partial(local_time, tz=tz),
+        "ident": lambda value: identifier(value, who),
+        "path": request.url.path,
+        "here": _here(request),
+    }
+    response: HTMLResponse = TEMPLATES.TemplateResponse(
+        request, name, {**base, **(context or {})}, status_code=status, headers=headers
+    )
+    return response
