@@ -1,6 +1,6 @@
 """``radbridge deliveries``: write-back deliveries (one per result and target).
 
-``list``, ``show`` and ``retry``.
+``list``, ``show`` and ``retry`` (audited as ``delivery.retry`` by ``cli:USER``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from rich.table import Table
 from broker.cli_common import ConfigOption, JsonOption, err, out, settings_or_exit
 from broker.errors import NotFoundError, RadbridgeError
 from broker.store import make_engine
+from broker.store.audit import Action, AuditLog, cli_actor
 from broker.store.deliveries import DeliveryStore
 from broker.store.migrate import migrate
 from broker.writeback import Delivery, DeliveryState
@@ -133,9 +134,22 @@ def retry_delivery(
     delivery_id: Annotated[int, typer.Argument(help="Delivery id.")], config: ConfigOption = None
 ) -> None:
     """Start a dead or failed delivery over; the running service sends it within a second."""
+    store = _store(config)
     try:
-        d = _store(config).retry(delivery_id)
+        before = store.get(delivery_id)
+        d = store.retry(delivery_id)
     except RadbridgeError as exc:
         err.print(str(exc), highlight=False)
         raise typer.Exit(1) from exc
+    AuditLog(store.engine).record(
+        cli_actor(),
+        Action.DELIVERY_RETRY,
+        f"delivery:{delivery_id}",
+        {
+            "from_state": before.state.value,
+            "to_state": d.state.value,
+            "target": d.target,
+            "job_id": d.job_id,
+        },
+    )
     out.print(f"delivery {d.id} is {d.state.value}", highlight=False)

@@ -39,6 +39,7 @@ from broker.domain import LinkState, Result, StoredOrder, Study
 from broker.errors import NotFoundError, RadbridgeError, StoreError
 from broker.jobs import Job, JobState, JobStateError, backoff
 from broker.logging import get_logger
+from broker.metrics import observe_writeback
 from broker.store import StudyStore
 from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.jobs import JobStore
@@ -282,6 +283,9 @@ class WritebackStage:
         else:
             done = self.deliveries.finish(d.id, DeliveryState.DONE, detail=detail, now=self.clock())
             log.info("written back", detail=detail)
+            completed = item.result.completed_at if item.result is not None else None
+            if d.kind is DeliveryKind.RESULT and completed is not None:
+                observe_writeback(d.target, (done.updated_at - completed).total_seconds())
         if (
             d.job_id is not None
             and d.kind is DeliveryKind.RESULT

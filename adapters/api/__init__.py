@@ -4,7 +4,8 @@
 OpenAPI description of the REST API (``/openapi.json``; the FHIR and WADO-RS
 routes are left out: they follow their own standards). Every ``/api/v1``
 endpoint needs ``Authorization: Bearer <token>``: viewers read, operators also
-retry and cancel jobs, admins also manage tokens and reload the configuration.
+retry and cancel jobs and retry write-back deliveries, admins also manage tokens
+and reload the configuration.
 Endpoints are plain functions run in the thread pool (the stores are synchronous).
 """
 
@@ -17,7 +18,18 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy import Engine
 
-from adapters.api import audit, health, jobs, orders, routes, studies, tokens, usage, vendors
+from adapters.api import (
+    audit,
+    health,
+    jobs,
+    orders,
+    results,
+    routes,
+    studies,
+    tokens,
+    usage,
+    vendors,
+)
 from adapters.api.deps import ApiState
 from broker.edges import ServiceContext
 
@@ -27,7 +39,7 @@ PREFIX = "/api/v1"
 def api_router() -> APIRouter:
     """Every ``/api/v1`` router."""
     api = APIRouter(prefix=PREFIX)
-    for module in (studies, orders, jobs, vendors, routes, usage, audit, tokens):
+    for module in (studies, orders, jobs, results, vendors, routes, usage, audit, tokens):
         api.include_router(module.router)
     return api
 

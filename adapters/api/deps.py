@@ -17,9 +17,11 @@ from broker.domain import Role
 from broker.edges import ServiceContext
 from broker.pipeline import Rules
 from broker.store.audit import AuditLog, token_actor
+from broker.store.deliveries import DeliveryStore
 from broker.store.jobs import JobStore
 from broker.store.listing import Listing
 from broker.store.orders import OrderStore
+from broker.store.results import ResultStore
 from broker.store.studies import StudyStore
 from broker.store.usage import UsageStore
 from config.schema import Settings
@@ -37,6 +39,8 @@ class ApiState:
         self.listing = Listing(engine)
         self.audit = AuditLog(engine)
         self.usage = UsageStore(engine)
+        self.results = ResultStore(engine)
+        self.deliveries = DeliveryStore(engine)
         self._settings = context.settings if context is not None else Settings()
 
     @property

@@ -7,8 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from broker.domain import OrderLink, Series, StoredOrder, Study
+from broker.domain import Code, Finding, Findings, OrderLink, Result, Series, StoredOrder, Study
 from broker.jobs import Job, JobEvent
+from broker.writeback import Delivery, DeliveryEvent
 
 
 class SeriesOut(BaseModel):
@@ -237,3 +238,203 @@ def order_fields(stored: StoredOrder) -> dict[str, Any]:
 
 def order_out(stored: StoredOrder) -> OrderOut:
     return OrderOut(**order_fields(stored))
+
+
+# ------------------------------------------------------------ results and deliveries
+
+
+class ResultOut(BaseModel):
+    id: int
+    job_id: int | None
+    orphan: bool
+    study_uid: str
+    vendor: str | None
+    state: str
+    urgent: bool
+    objects: int
+    findings: int | None
+    """How many findings the result has (null: no findings, only DICOM objects)."""
+    expected_objects: int | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+class ResultObjectOut(BaseModel):
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_uid: str
+    study_uid: str
+    size: int
+    origin: str
+    receive_count: int
+
+
+class CodeOut(BaseModel):
+    system: str
+    value: str
+    meaning: str
+
+
+class MeasurementOut(BaseModel):
+    name: CodeOut
+    value: float
+    unit: str
+
+
+class FindingOut(BaseModel):
+    code: CodeOut
+    present: bool
+    score: float | None
+    urgent: bool
+    text: str | None
+    site: CodeOut | None
+    measurements: list[MeasurementOut]
+
+
+class AlgorithmOut(BaseModel):
+    vendor: str
+    product: str
+    version: str
+
+
+class FindingsOut(BaseModel):
+    algorithm: AlgorithmOut
+    complete: bool
+    summary: str | None
+    present: int
+    urgent: bool
+    findings: list[FindingOut]
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    result_id: int | None
+    job_id: int | None
+    study_uid: str
+    target: str
+    target_type: str
+    kind: str
+    event: str
+    urgent: bool
+    state: str
+    attempts: int
+    max_attempts: int
+    message_id: str
+    next_attempt_at: datetime | None
+    last_error: str | None
+    detail: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class DeliveryEventOut(BaseModel):
+    at: datetime
+    from_state: str | None
+    to_state: str
+    attempt: int
+    error: str | None
+
+
+class DeliveryDetail(DeliveryOut):
+    history: list[DeliveryEventOut]
+
+
+class ResultDetail(ResultOut):
+    calling_ae: str | None
+    complete_reason: str | None
+    error: str | None
+    due_at: datetime | None
+    object_list: list[ResultObjectOut]
+    findings_summary: FindingsOut | None
+    deliveries: list[DeliveryOut]
+
+
+def result_fields(r: Result) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "job_id": r.job_id,
+        "orphan": r.job_id is None,
+        "study_uid": r.study_uid,
+        "vendor": r.vendor,
+        "state": r.state.value,
+        "urgent": r.urgent,
+        "objects": len(r.objects),
+        "findings": len(r.findings.findings) if r.findings is not None else None,
+        "expected_objects": r.expected_objects,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+        "completed_at": r.completed_at,
+    }
+
+
+def result_out(r: Result) -> ResultOut:
+    return ResultOut(**result_fields(r))
+
+
+def _code_out(c: Code) -> CodeOut:
+    return CodeOut(system=c.system, value=c.value, meaning=c.meaning)
+
+
+def _finding_out(f: Finding) -> FindingOut:
+    return FindingOut(
+        code=_code_out(f.code),
+        present=f.present,
+        score=f.score,
+        urgent=f.urgent,
+        text=f.text,
+        site=_code_out(f.site) if f.site is not None else None,
+        measurements=[
+            MeasurementOut(name=_code_out(m.name), value=m.value, unit=m.unit)
+            for m in f.measurements
+        ],
+    )
+
+
+def findings_out(f: Findings) -> FindingsOut:
+    a = f.algorithm
+    return FindingsOut(
+        algorithm=AlgorithmOut(vendor=a.vendor, product=a.product, version=a.version),
+        complete=f.complete,
+        summary=f.summary,
+        present=sum(1 for x in f.findings if x.present),
+        urgent=f.urgent,
+        findings=[_finding_out(x) for x in f.findings],
+    )
+
+
+def delivery_fields(d: Delivery) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "result_id": d.result_id,
+        "job_id": d.job_id,
+        "study_uid": d.study_uid,
+        "target": d.target,
+        "target_type": d.target_type,
+        "kind": d.kind.value,
+        "event": d.event,
+        "urgent": d.urgent,
+        "state": d.state.value,
+        "attempts": d.attempts,
+        "max_attempts": d.max_attempts,
+        "message_id": d.message_id,
+        "next_attempt_at": d.next_attempt_at,
+        "last_error": d.last_error,
+        "detail": d.detail,
+        "created_at": d.created_at,
+        "updated_at": d.updated_at,
+    }
+
+
+def delivery_out(d: Delivery) -> DeliveryOut:
+    return DeliveryOut(**delivery_fields(d))
+
+
+def delivery_event_out(e: DeliveryEvent) -> DeliveryEventOut:
+    return DeliveryEventOut(
+        at=e.at,
+        from_state=e.from_state.value if e.from_state else None,
+        to_state=e.to_state.value,
+        attempt=e.attempt,
+        error=e.error,
+    )

@@ -1,9 +1,10 @@
 """The audit trail: who did what, when and from where; append-only.
 
-Every operator action (``job.retry``, ``job.cancel``, ``token.create``,
-``token.revoke``, ``config.reload``), every study sent out of the hospital
-(``study.sent``: vendor, series, route) and every result written back
-(``result.written``) is one row. :class:`AuditLog` has no update or delete
+Every operator action (``job.retry``, ``job.cancel``, ``delivery.retry``,
+``token.create``, ``token.revoke``, ``config.reload``), every study sent out of
+the hospital (``study.sent``: vendor, series, route) and every result written
+back (``result.written``: target, SOP Instance UIDs or message control ID) is
+one row. :class:`AuditLog` has no update or delete
 method, and the table refuses both (a trigger on SQLite and PostgreSQL).
 
 The actor is ``token:ID (NAME)`` for the HTTP API (:func:`token_actor`),
@@ -39,6 +40,7 @@ class Action:
 
     JOB_RETRY = "job.retry"
     JOB_CANCEL = "job.cancel"
+    DELIVERY_RETRY = "delivery.retry"
     TOKEN_CREATE = "token.create"  # noqa: S105 (an action, not a secret)
     TOKEN_REVOKE = "token.revoke"  # noqa: S105
     CONFIG_RELOAD = "config.reload"

@@ -7,6 +7,10 @@ row only if it is still in the state that was read, and appends a
 then oldest first; a claim is one conditional UPDATE, so several worker
 threads or processes never take the same delivery.
 
+A result delivery that reaches ``done`` appends its ``result.written`` audit
+row in the same transaction (:func:`_audit_written`), so the trail and the
+deliveries never disagree.
+
 Overdue jobs (no result by their deadline) are flagged here too:
 :meth:`DeliveryStore.flag_overdue` sets ``jobs.overdue_notified_at`` and makes
 the notification's delivery in the same transaction, so each job is notified once.
@@ -26,10 +30,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from broker.errors import NotFoundError, StoreError
 from broker.jobs import Job, JobState, JobStateError
+from broker.store.audit import SYSTEM, Action, record_in
 from broker.store.engine import writing
 from broker.store.jobs import MAX_ERROR, JobStore, _job
 from broker.store.studies import _insert
-from broker.store.tables import deliveries, delivery_events, job_events, jobs
+from broker.store.tables import deliveries, delivery_events, job_events, jobs, result_objects
 from broker.writeback import (
     CLAIMABLE,
     RETRYABLE,
@@ -116,6 +121,35 @@ def _record(
             error=_error(error),
         )
     )
+
+
+#: Target types that send the result's DICOM objects (audited by SOP Instance UID).
+DICOM_TARGET_TYPES = frozenset({"dicom", "dicomweb"})
+
+
+def _audit_written(conn: Connection, row: Row[Any], now: datetime) -> None:
+    """The ``result.written`` audit row of a result delivery that is done (same transaction)."""
+    detail: dict[str, Any] = {
+        "result_id": row.result_id,
+        "job_id": row.job_id,
+        "study_uid": row.study_uid,
+        "target": row.target,
+        "target_type": row.target_type,
+        "outcome": row.detail,
+    }
+    if row.target_type in DICOM_TARGET_TYPES:
+        detail["sop_instance_uids"] = list(
+            conn.execute(
+                select(result_objects.c.sop_instance_uid)
+                .where(result_objects.c.result_id == row.result_id)
+                .order_by(result_objects.c.id)
+            ).scalars()
+        )
+    elif row.target_type == "hl7":
+        detail["control_id"] = row.message_id  # MSH-10 of the ORU
+    else:
+        detail["message_id"] = row.message_id  # the FHIR Bundle identifier
+    record_in(conn, SYSTEM, Action.RESULT_WRITTEN, f"delivery:{row.id}", detail=detail, now=now)
 
 
 def _claimable(now: datetime) -> Any:
@@ -390,6 +424,8 @@ class DeliveryStore:
                     raise DeliveryChangedError(
                         f"delivery {delivery_id} changed state while it was updated"
                     )
+                if to_state is DeliveryState.DONE and updated.kind == DeliveryKind.RESULT.value:
+                    _audit_written(conn, updated, now)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot update delivery {delivery_id}: {exc}") from exc
         return _delivery(updated)

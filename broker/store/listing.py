@@ -5,7 +5,9 @@ first page, a filtered page and the thousandth page cost the same (no
 OFFSET). The key of the last row of a page is the cursor of the next one.
 Indexes: ``studies (last_received_at)`` and ``(state, last_received_at)``;
 ``jobs (state, id)``, ``(vendor, state, id)`` and ``(created_at)``;
-``orders (updated_at)`` (migrations 0001 to 0007).
+``orders (updated_at)`` (migrations 0001 to 0007); ``results (vendor, id)``,
+``(state, id)``, ``(study_uid)`` and ``(job_id)``; ``deliveries (state, id)``,
+``(target, id)`` and ``(result_id, …)`` (migration 0009).
 """
 
 from __future__ import annotations
@@ -17,12 +19,23 @@ from typing import Any
 
 from sqlalchemy import Engine, Select, exists, func, literal, select, tuple_
 
-from broker.domain import StoredOrder, Study, StudyState
+from broker.domain import Result, ResultState, StoredOrder, Study, StudyState
 from broker.jobs import Job, JobState
+from broker.store.deliveries import _delivery
 from broker.store.jobs import _job
 from broker.store.orders import _order
+from broker.store.results import _build as _build_results
 from broker.store.studies import StudyStore
-from broker.store.tables import job_events, jobs, orders, series, studies
+from broker.store.tables import (
+    deliveries,
+    job_events,
+    jobs,
+    orders,
+    results,
+    series,
+    studies,
+)
+from broker.writeback import Delivery, DeliveryState
 
 #: A page's position: the sort key of the last row of the page before.
 TimeKey = tuple[datetime, int]
@@ -50,6 +63,23 @@ class JobFilter:
     """Created at or after."""
     until: datetime | None = None
     """Created before."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResultFilter:
+    study_uid: str | None = None
+    vendor: str | None = None
+    state: ResultState | None = None
+    orphan: bool | None = None
+    """True: only results that matched no job; False: only those that did."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryFilter:
+    states: Sequence[DeliveryState] = ()
+    target: str | None = None
+    result_id: int | None = None
+    job_id: int | None = None
 
 
 def _time_page(stmt: Select[Any], column: Any, id_column: Any, after: TimeKey | None) -> Any:
@@ -121,6 +151,44 @@ class Listing:
             stmt = stmt.where(jobs.c.id < before_id)
         with self.engine.connect() as conn:
             return [_job(r) for r in conn.execute(stmt).all()]
+
+    def results(
+        self, f: ResultFilter, *, before_id: int | None = None, limit: int = 100
+    ) -> list[Result]:
+        """Results, newest first, with their objects and findings."""
+        stmt = select(results).order_by(results.c.id.desc()).limit(limit)
+        if f.study_uid is not None:
+            stmt = stmt.where(results.c.study_uid == f.study_uid)
+        if f.vendor is not None:
+            stmt = stmt.where(results.c.vendor == f.vendor)
+        if f.state is not None:
+            stmt = stmt.where(results.c.state == ResultState(f.state).value)
+        if f.orphan is True:
+            stmt = stmt.where(results.c.job_id.is_(None))
+        elif f.orphan is False:
+            stmt = stmt.where(results.c.job_id.is_not(None))
+        if before_id is not None:
+            stmt = stmt.where(results.c.id < before_id)
+        with self.engine.connect() as conn:
+            return _build_results(conn, conn.execute(stmt).all())
+
+    def deliveries(
+        self, f: DeliveryFilter, *, before_id: int | None = None, limit: int = 100
+    ) -> list[Delivery]:
+        """Write-back deliveries (and notifications), newest first."""
+        stmt = select(deliveries).order_by(deliveries.c.id.desc()).limit(limit)
+        if f.states:
+            stmt = stmt.where(deliveries.c.state.in_([DeliveryState(s).value for s in f.states]))
+        if f.target is not None:
+            stmt = stmt.where(deliveries.c.target == f.target)
+        if f.result_id is not None:
+            stmt = stmt.where(deliveries.c.result_id == f.result_id)
+        if f.job_id is not None:
+            stmt = stmt.where(deliveries.c.job_id == f.job_id)
+        if before_id is not None:
+            stmt = stmt.where(deliveries.c.id < before_id)
+        with self.engine.connect() as conn:
+            return [_delivery(r) for r in conn.execute(stmt).all()]
 
     def orders(
         self,

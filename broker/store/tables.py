@@ -420,6 +420,10 @@ Index("ix_jobs_vendor_state_id", jobs.c.vendor, jobs.c.state, jobs.c.id)
 Index("ix_jobs_created_at", jobs.c.created_at)
 Index("ix_job_events_to_state_at", job_events.c.to_state, job_events.c.at)
 Index("ix_studies_state_last_received_at", studies.c.state, studies.c.last_received_at)
+Index("ix_results_vendor_id", results.c.vendor, results.c.id)
+Index("ix_results_state_id", results.c.state, results.c.id)
+Index("ix_deliveries_state_id", deliveries.c.state, deliveries.c.id)
+Index("ix_deliveries_target_id", deliveries.c.target, deliveries.c.id)
 
 console_users = Table(
     "console_users",
