@@ -12,6 +12,9 @@ so a hook must accept a result id it has seen before.
 
 The SR maker is found through the ``result_sr`` entry point of
 ``radbridge.registries``, so the broker never imports an adapter by name.
+Likewise ``result_findings`` reads the findings of an SR the vendor sent
+when it sent no JSON findings: they are kept on the result before it
+completes, so write-back (ORU OBX, FHIR Observations) carries them.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -65,6 +68,8 @@ class GeneratedObject:
 
 SrMaker = Callable[[Findings, Sequence[str], str, datetime], GeneratedObject]
 """``(findings, source instance paths, result key, created) -> SR``."""
+FindingsReader = Callable[[str], Findings | None]
+"""``(path of an SR) -> its findings``, or None when it holds none; never raises."""
 
 
 def result_policies(settings: Settings) -> dict[str, ResultPolicy]:
@@ -119,12 +124,15 @@ class ResultTimer:
         studies: StudyStore,
         spool: Spool,
         make_sr: SrMaker | None = None,
+        *,
+        read_findings: FindingsReader | None = None,
     ) -> None:
         self.store = store
         self.jobs = jobs
         self.studies = studies
         self.spool = spool
         self._make_sr = make_sr
+        self._read_findings = read_findings
         self.on_complete: list[CompleteHook] = []
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -170,8 +178,13 @@ class ResultTimer:
                 LOG.exception("result hook failed", result_id=result_id)
 
     def prepare(self, result: Result) -> str | None:
-        """Make the SR of a result's JSON findings, unless the vendor sent an SR; an error text."""
+        """Make the SR of a result's JSON findings, unless the vendor sent an SR; an error text.
+
+        A result with the vendor's SR and no JSON findings gets the SR's findings instead.
+        """
         findings = result.findings
+        if findings is None and result.job_id is not None:
+            return self.read_sr_findings(result)
         if findings is None or result.job_id is None:
             return None
         if any(
@@ -207,6 +220,41 @@ class ResultTimer:
             LOG.exception("SR maker failed", result_id=result.id)
             return f"no SR made: {type(exc).__name__}: {exc}"
         LOG.info("SR made of JSON findings", result_id=result.id, size=len(sr.data))
+        return None
+
+    def read_sr_findings(self, result: Result) -> str | None:
+        """Keep the findings of the vendor's first SR that holds any; an error text."""
+        sources = [
+            o
+            for o in result.objects
+            if o.sop_class_uid in SR_CLASSES and o.origin is not ResultOrigin.GENERATED
+        ]
+        for obj in sources:
+            try:
+                if self._read_findings is None:
+                    self._read_findings = registered("result_findings")
+                found = self._read_findings(obj.path)
+                if found is None:
+                    continue
+                if found.study_uid != result.study_uid:  # an SR filed in a study of its own
+                    found = replace(found, study_uid=result.study_uid)
+                kept = self.store.record_sr_findings(result.id, found)
+            except RadbridgeError as exc:
+                LOG.error("cannot keep the findings of an SR", result_id=result.id, error=str(exc))
+                return f"no findings read from the SR: {exc}"
+            except Exception as exc:  # a bug in the reader must not hold every result back
+                LOG.exception("SR findings reader failed", result_id=result.id)
+                return f"no findings read from the SR: {type(exc).__name__}: {exc}"
+            LOG.info(
+                "findings read from the vendor's SR",
+                result_id=result.id,
+                sop_instance_uid=obj.sop_instance_uid,
+                findings=len(found.findings),
+                kept=kept,
+            )
+            return None
+        if sources:
+            LOG.info("the vendor's SR holds no findings radbridge reads", result_id=result.id)
         return None
 
     def _sr_maker(self) -> SrMaker:

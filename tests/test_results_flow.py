@@ -189,6 +189,9 @@ def test_vendor_sr_reaches_the_pacs_and_the_ris_acknowledges_the_oru(loop: Loop)
     text = str(oru)
     assert source.study_uid in text  # the study is referenced
     assert any("1386000" in str(obx[3]) for obx in observations)  # the hemorrhage, coded
+    [bleed] = [obx for obx in observations if "1386000" in str(obx[3])]  # read from the SR
+    assert str(bleed[5]).startswith("121053") and str(bleed[8]) == "AA"  # present, urgent
+    assert any("230690007" in str(obx[3]) and str(obx[8]) == "N" for obx in observations)
     assert len(loop.ris.acked_at) >= 1
 
 

@@ -278,6 +278,23 @@ class ResultStore:
             raise StoreError(f"cannot record findings of job {job_id}: {exc}") from exc
         return result_id
 
+    def record_sr_findings(self, result_id: int, findings: Findings) -> bool:
+        """Keep the findings read from the vendor's SR as the result's findings (JSON, as
+        :meth:`record_findings` does), unless it already has findings; whether they were kept.
+
+        The vendor's own JSON findings win; reading the same SR again changes nothing.
+        """
+        try:
+            with writing(self.engine) as conn:
+                kept: int = conn.execute(
+                    update(results)
+                    .where(results.c.id == result_id, results.c.findings_json.is_(None))
+                    .values(findings_json=findings_json(findings))
+                ).rowcount
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot record the SR findings of result {result_id}: {exc}") from exc
+        return kept > 0
+
     def record_generated(
         self, result_id: int, obj: ResultObject, *, transfer_syntax_uid: str
     ) -> None:
@@ -597,7 +614,10 @@ def _ready(row: Any, count: int) -> str | None:
     enough = expected is None or count >= expected
     if row.vendor_complete and enough:
         return "vendor"
-    preliminary = row.findings_json is not None and not row.vendor_complete
+    # The findings' own flag: those read from a vendor SR leave ``vendor_complete`` alone.
+    preliminary = (
+        row.findings_json is not None and not findings_from_json(row.findings_json).complete
+    )
     if expected is not None and enough and not preliminary:
         return "count"
     return None
