@@ -13,7 +13,6 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from broker.bus import Bus
 from broker.cli_audit import app as audit_app
 from broker.cli_common import ConfigOption, JsonOption, err, out, settings_or_exit
 from broker.cli_deliveries import app as deliveries_app
@@ -28,8 +27,6 @@ from broker.cli_users import app as users_app
 from broker.domain import LinkState, Study
 from broker.errors import NotFoundError, RadbridgeError
 from broker.logging import configure_logging, get_logger
-from broker.pipeline import make_delivery
-from broker.service import Service
 from broker.store import StudyStore, make_engine
 from broker.store.migrate import migrate
 from broker.store.orders import OrderStore
@@ -68,6 +65,8 @@ def _store(settings: Settings) -> StudyStore:
 @app.command()
 def serve(config: ConfigOption = None) -> None:
     """Run the service: DICOM listener, stable timer, routing and delivery, until Ctrl-C."""
+    from broker.service import Service  # noqa: PLC0415 (the service is heavy; other commands skip it)
+
     settings = settings_or_exit(config)
     configure_logging(settings.logging.level, settings.logging.format, settings.logging.phi)
     log = get_logger("radbridge.cli")
@@ -95,6 +94,9 @@ def serve(config: ConfigOption = None) -> None:
 @app.command()
 def worker(config: ConfigOption = None) -> None:
     """Deliver jobs from a shared bus (RabbitMQ) to the vendors, until Ctrl-C or SIGTERM."""
+    from broker.bus import Bus  # noqa: PLC0415 (kombu is heavy; other commands skip it)
+    from broker.pipeline import make_delivery  # noqa: PLC0415
+
     settings = settings_or_exit(config)
     configure_logging(settings.logging.level, settings.logging.format, settings.logging.phi)
     log = get_logger("radbridge.cli")

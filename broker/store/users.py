@@ -17,6 +17,7 @@ token ends their sessions at once.
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import re
 import secrets
@@ -46,8 +47,16 @@ LIFETIME = timedelta(hours=12)
 TOUCH = timedelta(seconds=60)
 
 _HASHER = PasswordHasher()
-#: Verified against when the username is unknown, so that both cost the same time.
-_DUMMY_HASH = _HASHER.hash(secrets.token_hex(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the username is unknown, so that both cost the same time.
+
+    Made on first use: an argon2 hash costs a noticeable fraction of a second, which
+    every ``radbridge`` command would otherwise pay at import.
+    """
+    return _HASHER.hash(secrets.token_hex(16))
 
 
 class UserError(RadbridgeError):
@@ -148,7 +157,7 @@ class ConsoleUsers:
             row = conn.execute(
                 select(console_users).where(console_users.c.username == username)
             ).one_or_none()
-        stored = row.password_hash if row is not None else _DUMMY_HASH
+        stored = row.password_hash if row is not None else _dummy_hash()
         try:
             _HASHER.verify(stored, password[:MAX_PASSWORD])
         except (VerifyMismatchError, VerificationError, InvalidHashError):
