@@ -24,6 +24,7 @@ def test_hospital_example_starts_and_answers_c_echo(tmp_path: Path) -> None:
         "RADBRIDGE_DICOM__LISTEN__PORT": str(port),
         "RADBRIDGE_HTTP__LISTEN__PORT": str(http_port),
         "RADBRIDGE_HTTP__PUBLIC_URL": f"http://127.0.0.1:{http_port}",
+        "RADBRIDGE_HL7__LISTEN__PORT": str(free_port()),
         "TCP_NODELAY": "1",
     }
     log = tmp_path / "serve.log"

@@ -10,6 +10,7 @@ import json
 import signal
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -54,6 +55,43 @@ app.add_typer(modality_app, name="modality")
 app.add_typer(ris_app, name="ris")
 app.add_typer(vendor_app, name="vendor")
 app.add_typer(pacs_app, name="pacs")
+
+
+@app.command("run")
+def run(
+    scenarios: Annotated[list[Path], typer.Argument(help="Scenario files (YAML).")],
+    junit: Annotated[Path | None, typer.Option(help="Write JUnit XML here (for CI).")] = None,
+    keep: Annotated[
+        Path | None, typer.Option(help="Keep every scenario's files under this folder.")
+    ] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="Scenarios run at the same time.")] = 1,
+) -> None:
+    """Run scenarios: radbridge and the simulators they need, steps, expectations with time
+    limits; a pass/fail table with each step's time. Exit code 0 only if every one passed,
+    1 if any failed, 2 if a file is not a valid scenario (FILE:LINE problems, nothing run)."""
+    from adapters.harness.scenario.junit import write_junit  # noqa: PLC0415 - only for run
+    from adapters.harness.scenario.runner import (  # noqa: PLC0415
+        load_all,
+        print_report,
+        run_all,
+        summary,
+    )
+
+    loaded, problems = load_all(scenarios)
+    if problems:
+        for problem in problems:
+            err.print(problem, markup=False, highlight=False)
+        raise typer.Exit(2)
+    started = time.monotonic()
+    err.print(f"running {len(loaded)} scenario(s), {jobs} at a time …", highlight=False)
+    reports = run_all(loaded, keep=keep, jobs=jobs, on_report=lambda r: print_report(out, r))
+    out.print(summary(reports, time.monotonic() - started), highlight=False)
+    if junit is not None:
+        write_junit(reports, junit)
+        out.print(f"JUnit XML: {junit}", highlight=False)
+    if not all(r.ok for r in reports):
+        raise typer.Exit(1)
+
 
 Host = Annotated[str, typer.Option(help="Address (loopback by default).")]
 

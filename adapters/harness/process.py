@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -54,7 +56,9 @@ class ManagedProcess:
     process: subprocess.Popen[bytes] | None = None
     log_path: Path
 
-    def _start(self, args: list[str], cwd: Path | None = None) -> None:
+    def _start(
+        self, args: list[str], cwd: Path | None = None, extra_env: dict[str, str] | None = None
+    ) -> None:
         log = self.log_path.open("ab")
         try:
             self.process = subprocess.Popen(
@@ -62,7 +66,7 @@ class ManagedProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=nodelay_env(),
+                env={**nodelay_env(), **(extra_env or {})},
                 cwd=cwd,
                 start_new_session=True,
             )
@@ -99,3 +103,68 @@ class ManagedProcess:
                 process.wait(timeout)
         with contextlib.suppress(ProcessLookupError):  # children of a storescp --fork
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def radbridge_command() -> str:
+    """The ``radbridge`` executable next to this Python (a venv), else the one on PATH."""
+    beside = Path(sys.executable).parent / "radbridge"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("radbridge") or "radbridge"
+
+
+class RadbridgeServe(ManagedProcess):
+    """``radbridge serve -c CONFIG`` as a child process: started, stopped, or killed with -9.
+
+    Its output (JSON log lines) goes to ``log_path``, appended across
+    restarts; :meth:`start` returns once *this* run logged ``radbridge
+    started``. ``env`` adds variables (results tokens…) to the environment.
+    """
+
+    STARTED = b"radbridge started"
+
+    def __init__(self, config_path: Path, log_path: Path, env: dict[str, str] | None = None):
+        self.config_path = config_path
+        self.log_path = log_path
+        self.env = env or {}
+
+    def start(self, timeout: float = 60.0) -> RadbridgeServe:
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._start([radbridge_command(), "serve", "-c", str(self.config_path)], extra_env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                if self.STARTED in log.read():
+                    return self
+            time.sleep(0.05)
+        self.kill9()
+        raise TimeoutError(f"radbridge did not start in {timeout:g} s:\n{self.log_tail()}")
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM to radbridge itself (its clean shutdown stops its listeners), then its group."""
+        process = self.process
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout)
+        super().stop(timeout)
+
+    def kill9(self) -> None:
+        """``kill -9`` radbridge and every process it started (its process group)."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines radbridge printed."""
+        return "\n".join(self.log().splitlines()[-lines:])
