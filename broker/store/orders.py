@@ -167,6 +167,17 @@ _FIELDS = [c.name for c in orders.columns if c.name not in ("id", "resource_id",
 _ORDER_FIELDS = [n for n in _FIELDS if n not in ("version", "updated_at")]
 
 
+def _update_order(*, keep_unset: bool) -> Any:
+    """UPDATE of an order by ``p_id``; with ``keep_unset`` a NULL parameter keeps the value."""
+    values: dict[str, Any] = _params(orders, _ORDER_FIELDS)
+    if keep_unset:
+        values = {n: func.coalesce(p, orders.c[n]) for n, p in values.items()}
+    values["version"] = orders.c.version + 1
+    values["updated_at"] = bindparam("p_updated_at", type_=orders.c.updated_at.type)
+    by_id = orders.c.id == bindparam("p_id")
+    return update(orders).where(by_id).values(values).returning(*orders.c)
+
+
 class _Statements:
     """The statements of recording an order, built once: building them per call cost more
     than running them (an order is recorded before every HL7 ACK)."""
@@ -181,31 +192,8 @@ class _Statements:
         )
         .returning(*orders.c)
     )
-    _set = _params(orders, _ORDER_FIELDS)
-    update_order = (
-        update(orders)
-        .where(orders.c.id == bindparam("p_id"))
-        .values(
-            {
-                **{n: func.coalesce(p, orders.c[n]) for n, p in _set.items()},
-                "version": orders.c.version + 1,
-                "updated_at": bindparam("p_updated_at", type_=orders.c.updated_at.type),
-            }
-        )
-        .returning(*orders.c)
-    )
-    replace_order = (
-        update(orders)
-        .where(orders.c.id == bindparam("p_id"))
-        .values(
-            {
-                **_set,
-                "version": orders.c.version + 1,
-                "updated_at": bindparam("p_updated_at", type_=orders.c.updated_at.type),
-            }
-        )
-        .returning(*orders.c)
-    )
+    update_order = _update_order(keep_unset=True)
+    replace_order = _update_order(keep_unset=False)
     by_resource_id = select(orders.c.id).where(orders.c.resource_id == bindparam("p_rid"))
     _placer = orders.c.placer_number == bindparam("p_placer")
     _filler = orders.c.filler_number == bindparam("p_filler")
