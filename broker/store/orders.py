@@ -44,11 +44,17 @@ from broker.domain import (
     Patient,
     StoredOrder,
     Study,
-    StudyState,
 )
 from broker.errors import NotFoundError, StoreError
 from broker.store.engine import writing
 from broker.store.jobs import cancel_for_studies
+from broker.store.order_links import (
+    correlate,
+    find_for_study,
+    link_of,
+    patient_conflict,
+    save_link,
+)
 from broker.store.studies import _insert
 from broker.store.tables import order_links, order_messages, orders, patients, studies
 
@@ -120,16 +126,6 @@ def _order(r: Row[Any]) -> StoredOrder:
     )
 
 
-def _link(r: Row[Any]) -> OrderLink:
-    return OrderLink(
-        study_uid=r.study_uid,
-        order_id=r.order_id,
-        state=LinkState(r.state),
-        matched_on=r.matched_on,
-        detail=r.detail,
-    )
-
-
 def _same_patient(table: Any, patient: Patient) -> ColumnElement[bool]:
     """Rows of ``patient``: same ID; the issuer must agree only where both sides have one."""
     condition: ColumnElement[bool] = table.c.patient_id == patient.patient_id
@@ -137,25 +133,6 @@ def _same_patient(table: Any, patient: Patient) -> ColumnElement[bool]:
         issuer = table.c.issuer_of_patient_id
         condition = and_(condition, or_(issuer.is_(None), issuer == "", issuer == patient.issuer))
     return condition
-
-
-def patient_conflict(order: Patient, study: Patient) -> str | None:
-    """Why the order's patient is not the study's, or None when they may be the same."""
-    if order.patient_id and study.patient_id and order.patient_id != study.patient_id:
-        return "patient ID differs between the order and the study"
-    if (
-        order.patient_id
-        and order.patient_id == study.patient_id
-        and order.issuer
-        and study.issuer
-        and order.issuer != study.issuer
-    ):
-        return "issuer of patient ID differs between the order and the study"
-    return None
-
-
-def _study_patient(r: Any) -> Patient:
-    return Patient(patient_id=r.patient_id, issuer=r.issuer_of_patient_id)
 
 
 def _params(table: Any, names: Sequence[str]) -> dict[str, Any]:
@@ -222,14 +199,6 @@ class _Statements:
         )
         .returning(order_messages.c.id)
     )
-    _candidates = select(
-        studies.c.study_uid,
-        studies.c.patient_id,
-        studies.c.issuer_of_patient_id,
-        studies.c.state,
-    )
-    studies_by_accession = _candidates.where(studies.c.accession_number == bindparam("p_accession"))
-    studies_by_uid = _candidates.where(studies.c.study_uid == bindparam("p_study_uid"))
 
 
 _S = _Statements
@@ -292,7 +261,7 @@ class OrderStore:
             row = conn.execute(stmt, {**values, "p_id": existing, "p_updated_at": now}).one()
         self._keep(conn, message, now, order_id=row.id)
         stored = _order(row)
-        linked, flagged = self._correlate(conn, stored, now)
+        linked, flagged = correlate(conn, stored, now)
         cancelled = 0
         if stored.order.status in CANCELLED_STATES:
             cancelled = cancel_for_studies(
@@ -424,76 +393,6 @@ class OrderStore:
 
     # ---------------------------------------------------------- correlation
 
-    def _correlate(
-        self, conn: Connection, stored: StoredOrder, now: datetime
-    ) -> tuple[list[str], list[str]]:
-        """Link the order to its studies; ask routing to decide linked stable studies again."""
-        order = stored.order
-        if order.accession_number:
-            matched_on = "accession"
-            found = conn.execute(_S.studies_by_accession, {"p_accession": order.accession_number})
-        elif order.study_uid:
-            matched_on = "study_uid"
-            found = conn.execute(_S.studies_by_uid, {"p_study_uid": order.study_uid})
-        else:
-            return [], []
-        candidates = found.all()
-        linked: list[str] = []
-        flagged: list[str] = []
-        for study in candidates:
-            conflict = patient_conflict(order.patient, _study_patient(study))
-            state = LinkState.LINKED if conflict is None else LinkState.PATIENT_MISMATCH
-            previous = self._save_link(
-                conn,
-                study.study_uid,
-                stored.id,
-                state,
-                matched_on=matched_on,
-                now=now,
-                detail=conflict,
-            )
-            if state is LinkState.LINKED:
-                linked.append(study.study_uid)
-                if previous is not LinkState.LINKED and study.state == StudyState.STABLE.value:
-                    conn.execute(
-                        update(studies)
-                        .where(studies.c.study_uid == study.study_uid)
-                        .values(route_due_at=now)
-                    )
-            else:
-                flagged.append(study.study_uid)
-        return linked, flagged
-
-    def _save_link(
-        self,
-        conn: Connection,
-        study_uid: str,
-        order_id: int,
-        state: LinkState,
-        *,
-        matched_on: str,
-        now: datetime,
-        detail: str | None = None,
-    ) -> LinkState | None:
-        """Upsert the study's link; returns the state it had before (None: no link)."""
-        before = conn.execute(
-            select(order_links.c.state, order_links.c.order_id).where(
-                order_links.c.study_uid == study_uid
-            )
-        ).one_or_none()
-        values = {
-            "order_id": order_id,
-            "state": state.value,
-            "matched_on": matched_on,
-            "detail": detail,
-            "at": now,
-        }
-        if before is None:
-            conn.execute(insert(order_links).values(study_uid=study_uid, **values))
-            return None
-        conn.execute(update(order_links).where(order_links.c.study_uid == study_uid).values(values))
-        return LinkState(before.state) if before.order_id == order_id else None
-
     def order_for_study(self, study: Study) -> tuple[StoredOrder | None, OrderLink | None]:
         """The study's linked order, correlating (and recording the link) if not done yet.
 
@@ -508,15 +407,15 @@ class OrderStore:
                 ).one_or_none()
                 if link is not None and link.state == LinkState.LINKED.value:
                     linked = conn.execute(select(orders).where(orders.c.id == link.order_id))
-                    return _order(linked.one()), _link(link)
+                    return _order(linked.one()), link_of(link)
             with writing(self.engine) as conn:
-                row, matched_on = self._find_for_study(conn, study)
+                row, matched_on = find_for_study(conn, study)
                 if row is None:
                     return None, None
                 stored = _order(row)
                 conflict = patient_conflict(stored.order.patient, study.patient)
                 state = LinkState.LINKED if conflict is None else LinkState.PATIENT_MISMATCH
-                self._save_link(
+                save_link(
                     conn,
                     study.study_uid,
                     stored.id,
@@ -530,23 +429,7 @@ class OrderStore:
                 ).one()
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot correlate study with orders: {exc}") from exc
-        return (stored if state is LinkState.LINKED else None), _link(saved)
-
-    def _find_for_study(self, conn: Connection, study: Study) -> tuple[Row[Any] | None, str]:
-        newest = (orders.c.updated_at.desc(), orders.c.id.desc())
-        if study.accession_number:
-            row = conn.execute(
-                select(orders)
-                .where(orders.c.accession_number == study.accession_number)
-                .order_by(*newest)
-                .limit(1)
-            ).one_or_none()
-            if row is not None:
-                return row, "accession"
-        row = conn.execute(
-            select(orders).where(orders.c.study_uid == study.study_uid).order_by(*newest).limit(1)
-        ).one_or_none()
-        return row, "study_uid"
+        return (stored if state is LinkState.LINKED else None), link_of(saved)
 
     # ---------------------------------------------------------------- reads
 
@@ -556,7 +439,7 @@ class OrderStore:
             row = conn.execute(
                 select(order_links).where(order_links.c.study_uid == study_uid)
             ).one_or_none()
-        return None if row is None else _link(row)
+        return None if row is None else link_of(row)
 
     def linked_studies(self, order_id: int) -> list[OrderLink]:
         """The studies linked to (or flagged against) an order."""
@@ -566,7 +449,7 @@ class OrderStore:
                 .where(order_links.c.order_id == order_id)
                 .order_by(order_links.c.at)
             ).all()
-        return [_link(r) for r in rows]
+        return [link_of(r) for r in rows]
 
     def by_resource_id(self, resource_id: str) -> StoredOrder:
         """The order with this FHIR logical id; ``NotFoundError`` if none."""
