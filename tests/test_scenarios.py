@@ -91,7 +91,7 @@ def test_a_false_expectation_fails_the_run_and_is_named(tmp_path: Path) -> None:
     path = tmp_path / "false-expectation.yaml"
     path.write_text(FALSE)
     junit = tmp_path / "out.xml"
-    run = _harness_run(str(path), "--junit", str(junit))
+    run = _harness_run(str(path), "--junit", str(junit), "--keep", str(tmp_path / "kept"))
     assert run.returncode == 1, run.stdout + run.stderr
     assert "FAIL" in run.stdout
     assert "expect x1 has 1 job(s) within 3 s" in run.stdout
