@@ -302,7 +302,7 @@ def _order(
     requested = (_value(ipc.value(2)) if ipc is not None else None) or obr_value(19)
     modality = (_value(ipc.value(5)) if ipc is not None else None) or obr_value(24)
     department = _value(orc.value(17)) or _value(orc.value(17, 2)) or (pv1 and _value(pv1.value(3)))
-    for value, limit, where in (
+    for value, limit, (segment, number_) in (
         (placer, 64, ("ORC", 2)),
         (filler, 64, ("ORC", 3)),
         (accession, 64, ("IPC", 1) if ipc is not None else ("OBR", 18)),
@@ -315,9 +315,9 @@ def _order(
         if value is not None and len(value) > limit:
             raise _unusable(
                 ErrorCode.DATA_TYPE_ERROR,
-                f"{where[0]}-{where[1]} is {len(value)} characters long; valid: at most {limit}",
-                where[0],
-                where[1],
+                f"{segment}-{number_} is {len(value)} characters long; valid: at most {limit}",
+                segment,
+                number_,
                 number,
             )
     return Order(
