@@ -6,11 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pynetdicom import AE
+from pynetdicom.dimse_primitives import C_STORE
 
 from adapters.dicom.synthetic import encoding_variants, generate_study
 from adapters.vendors import names, register, transport_for
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
-from adapters.vendors.dicom import DicomPushError, DicomTransport
+from adapters.vendors.dicom import DicomPushError, DicomTransport, _PushAssociation
 from broker.errors import ConfigError, VendorError
 from broker.vendor import is_retryable
 from tests.jobs_data import sending_job
@@ -103,3 +105,17 @@ def test_vendor_refusing_the_association_is_a_retryable_failure(tmp_path: Path) 
             transport.send(JOB, files)
         assert peer.files() == []
     assert is_retryable(transport, err.value)
+
+
+def test_a_response_the_reactor_takes_goes_back_to_the_sender() -> None:
+    """pynetdicom's reactor sometimes takes a C-STORE response before ``send_c_store`` waits
+    for it and drops it as "unexpected" (the C-STORE then times out, seen once in a full
+    test run); the push association puts it back on the DIMSE queue instead. Driven
+    directly, because the race cannot be provoked on demand."""
+    assoc = _PushAssociation(AE(), "requestor")
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = 7
+    response.Status = 0x0000
+    assert response.is_valid_response and not response.is_valid_request
+    assoc._serve_request(response, 1)
+    assert assoc.dimse.msg_queue.get_nowait() == (1, response)

@@ -215,8 +215,24 @@ def converted(path: Path, target: str) -> Dataset:
     return ds
 
 
+class _PushAssociation(Association):
+    """pynetdicom's requestor association, keeping the responses its reactor takes.
+
+    Now and then pynetdicom's reactor thread takes a C-STORE response off the
+    DIMSE queue before ``send_c_store`` waits for it (its pause handshake has
+    a gap), logs "Received unexpected C-STORE service message" and drops it;
+    the C-STORE then times out. A response is put back for ``send_c_store``.
+    """
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        if not msg.is_valid_request and msg.is_valid_response:
+            self.dimse.msg_queue.put((context_id, msg))
+            return
+        super()._serve_request(msg, context_id)
+
+
 class _PushAE(AE):
-    """pynetdicom's AE, tuned for pushing: TCP_NODELAY, and an event-driven DUL.
+    """pynetdicom's AE, tuned for pushing: TCP_NODELAY, and event-driven reactors.
 
     pynetdicom leaves Nagle on and its DUL thread sleeps 1 ms whenever it
     finds nothing to do, so each C-STORE response waits for a poll (and now
@@ -230,6 +246,7 @@ class _PushAE(AE):
         address: AddressInformation,
         tls_args: tuple[ssl.SSLContext, str] | None,
     ) -> AssociationSocket:
+        assoc.__class__ = _PushAssociation
         event_driven_dul(assoc)
         sock = super()._create_socket(assoc, address, tls_args)
         if sock.socket is not None:

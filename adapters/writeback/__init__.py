@@ -19,15 +19,11 @@ Observations in a transaction Bundle) and ``webhook`` (the notifications).
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable
-from importlib import import_module
-from importlib.metadata import entry_points
-from typing import Any, TypeVar
-
+from adapters.registry import Registry
 from broker.errors import AdapterError
 
 GROUP = "radbridge.writeback"
+#: Built-in target types: name -> the module that registers it.
 BUILTIN = {
     "dicom": "adapters.writeback.dicom",
     "dicomweb": "adapters.writeback.dicomweb",
@@ -36,46 +32,9 @@ BUILTIN = {
     "webhook": "adapters.writeback.webhook",
 }
 
-_REGISTRY: dict[str, type[Any]] = {}
-T = TypeVar("T", bound=type[Any])
+_REGISTRY = Registry("write-back target", GROUP, BUILTIN, AdapterError)
+register = _REGISTRY.register
+names = _REGISTRY.names
+target_for = _REGISTRY.get
 
-
-def register(name: str) -> Callable[[T], T]:
-    """Class decorator: make a write-back target type available under ``name``."""
-
-    def decorate(cls: T) -> T:
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing is not cls:
-            raise AdapterError(
-                f"write-back target '{name}' is registered twice: "
-                f"{existing.__module__}.{existing.__qualname__} and "
-                f"{cls.__module__}.{cls.__qualname__}"
-            )
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
-
-
-def _entry_points() -> dict[str, Any]:
-    return {ep.name: ep for ep in entry_points(group=GROUP)}
-
-
-def names() -> list[str]:
-    """Every target type that can be used now."""
-    return sorted({*_REGISTRY, *BUILTIN, *_entry_points()})
-
-
-def target_for(name: str) -> type[Any]:
-    """The target class registered as ``name``; a typo gets a suggestion."""
-    if name not in _REGISTRY and name in BUILTIN:
-        import_module(BUILTIN[name])
-    if name not in _REGISTRY:
-        found = _entry_points().get(name)
-        if found is not None:
-            _REGISTRY.setdefault(name, found.load())
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    close = difflib.get_close_matches(name, names(), n=1)
-    hint = f"did you mean '{close[0]}'?" if close else f"valid: {', '.join(names())}"
-    raise AdapterError(f"no such write-back target '{name}'; {hint}")
+__all__ = ["BUILTIN", "GROUP", "names", "register", "target_for"]
