@@ -9,22 +9,14 @@ stable study asks routing to decide it again (``studies.route_due_at``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, insert, select, update
+from sqlalchemy import Connection, Row, insert, select, update
 
 from broker.domain import LinkState, OrderLink, Patient, StoredOrder, Study, StudyState
 from broker.store.tables import order_links, orders, studies
-
-_CANDIDATES = select(
-    studies.c.study_uid,
-    studies.c.patient_id,
-    studies.c.issuer_of_patient_id,
-    studies.c.state,
-)
-_STUDIES_BY_ACCESSION = _CANDIDATES.where(studies.c.accession_number == bindparam("p_accession"))
-_STUDIES_BY_UID = _CANDIDATES.where(studies.c.study_uid == bindparam("p_study_uid"))
 
 
 def link_of(r: Row[Any]) -> OrderLink:
@@ -57,18 +49,18 @@ def _study_patient(r: Any) -> Patient:
     return Patient(patient_id=r.patient_id, issuer=r.issuer_of_patient_id)
 
 
-def correlate(conn: Connection, stored: StoredOrder, now: datetime) -> tuple[list[str], list[str]]:
-    """Link the order to its studies; ask routing to decide linked stable studies again."""
+def correlate(
+    conn: Connection,
+    stored: StoredOrder,
+    candidates: Sequence[Any],
+    *,
+    matched_on: str,
+    now: datetime,
+) -> tuple[list[str], list[str]]:
+    """Link the order to the studies that match it (rows with ``study_uid``, ``patient_id``,
+    ``issuer_of_patient_id`` and ``state``, found by ``matched_on``); ask routing to decide
+    the linked stable ones again. Returns (linked, flagged) study UIDs."""
     order = stored.order
-    if order.accession_number:
-        matched_on = "accession"
-        found = conn.execute(_STUDIES_BY_ACCESSION, {"p_accession": order.accession_number})
-    elif order.study_uid:
-        matched_on = "study_uid"
-        found = conn.execute(_STUDIES_BY_UID, {"p_study_uid": order.study_uid})
-    else:
-        return [], []
-    candidates = found.all()
     linked: list[str] = []
     flagged: list[str] = []
     for study in candidates:

@@ -23,9 +23,7 @@ from sqlalchemy import (
     Row,
     and_,
     bindparam,
-    case,
     func,
-    insert,
     or_,
     select,
     update,
@@ -55,6 +53,7 @@ from broker.store.order_links import (
     patient_conflict,
     save_link,
 )
+from broker.store.order_sql import OrderSql
 from broker.store.studies import _insert
 from broker.store.tables import order_links, order_messages, orders, patients, studies
 
@@ -156,49 +155,12 @@ def _update_order(*, keep_unset: bool) -> Any:
 
 
 class _Statements:
-    """The statements of recording an order, built once: building them per call cost more
-    than running them (an order is recorded before every HL7 ACK)."""
+    """Core statements of recording an order, built once (building them per call cost more
+    than running them); the ones every new HL7 order runs are in :mod:`order_sql`."""
 
-    insert_order = (
-        insert(orders)
-        .values(
-            {
-                **_params(orders, [*_ORDER_FIELDS, "resource_id", "created_at", "updated_at"]),
-                "version": 1,
-            }
-        )
-        .returning(*orders.c)
-    )
     update_order = _update_order(keep_unset=True)
     replace_order = _update_order(keep_unset=False)
     by_resource_id = select(orders.c.id).where(orders.c.resource_id == bindparam("p_rid"))
-    _placer = orders.c.placer_number == bindparam("p_placer")
-    _filler = orders.c.filler_number == bindparam("p_filler")
-    match = (
-        select(orders.c.id)
-        .where(
-            or_(
-                _placer,
-                _filler,
-                and_(
-                    orders.c.accession_number == bindparam("p_accession"),
-                    orders.c.issuer.is_not_distinct_from(bindparam("p_issuer")),
-                ),
-            )
-        )
-        .order_by(case((_placer, 0), (_filler, 1), else_=2), orders.c.id.desc())
-        .limit(1)
-    )
-    keep = (
-        insert(order_messages)
-        .values(
-            _params(
-                order_messages,
-                ["order_id", "source", "kind", "control_id", "peer", "received_at", "raw", "error"],
-            )
-        )
-        .returning(order_messages.c.id)
-    )
 
 
 _S = _Statements
@@ -209,6 +171,12 @@ class OrderStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._sql = OrderSql(engine.dialect.name)
+        # The hot statements run on the driver's cursor: its errors count as store errors too.
+        self._errors: tuple[type[Exception], ...] = (
+            SQLAlchemyError,
+            engine.dialect.loaded_dbapi.Error,
+        )
 
     # --------------------------------------------------------------- writes
 
@@ -233,7 +201,7 @@ class OrderStore:
         try:
             with writing(self.engine) as conn:
                 return [self._record(conn, o, message, rid, now) for o, rid in orders_]
-        except SQLAlchemyError as exc:
+        except self._errors as exc:
             raise StoreError(f"cannot store the order: {exc}") from exc
 
     def _record(
@@ -244,24 +212,31 @@ class OrderStore:
         resource_id: str | None,
         now: datetime,
     ) -> OrderOutcome:
-        values = {f"p_{k}": v for k, v in _order_values(order).items()}
         existing = self._match(conn, order, resource_id)
         if existing is None:
-            row = conn.execute(
-                _S.insert_order,
+            rid = resource_id or uuid.uuid4().hex
+            stamp = self._sql.when(now)
+            order_id = self._sql.insert_order(
+                conn,
                 {
-                    **values,
-                    "p_resource_id": resource_id or uuid.uuid4().hex,
-                    "p_created_at": now,
-                    "p_updated_at": now,
+                    **_order_values(order),
+                    "resource_id": rid,
+                    "version": 1,
+                    "created_at": stamp,
+                    "updated_at": stamp,
                 },
-            ).one()
+            )
+            stored = StoredOrder(
+                id=order_id, resource_id=rid, version=1, order=order, created_at=now, updated_at=now
+            )
         else:
+            values = {f"p_{k}": v for k, v in _order_values(order).items()}
             stmt = _S.update_order if resource_id is None else _S.replace_order
             row = conn.execute(stmt, {**values, "p_id": existing, "p_updated_at": now}).one()
-        self._keep(conn, message, now, order_id=row.id)
-        stored = _order(row)
-        linked, flagged = correlate(conn, stored, now)
+            stored = _order(row)
+        self._keep(conn, message, now, order_id=stored.id)
+        candidates, matched_on = self._sql.candidates(conn, stored.order)
+        linked, flagged = correlate(conn, stored, candidates, matched_on=matched_on, now=now)
         cancelled = 0
         if stored.order.status in CANCELLED_STATES:
             cancelled = cancel_for_studies(
@@ -295,7 +270,7 @@ class OrderStore:
                         updated += conn.execute(
                             update(table).where(_same_patient(table, patient)).values(changes)
                         ).rowcount
-        except SQLAlchemyError as exc:
+        except self._errors as exc:
             raise StoreError(f"cannot store the patient update: {exc}") from exc
         return updated
 
@@ -324,7 +299,7 @@ class OrderStore:
                     moved += conn.execute(
                         update(table).where(_same_patient(table, prior)).values(moved_to)
                     ).rowcount
-        except SQLAlchemyError as exc:
+        except self._errors as exc:
             raise StoreError(f"cannot store the patient merge: {exc}") from exc
         return moved
 
@@ -333,7 +308,7 @@ class OrderStore:
         try:
             with writing(self.engine) as conn:
                 return self._keep(conn, message, datetime.now(UTC), error=error)
-        except SQLAlchemyError as exc:
+        except self._errors as exc:
             raise StoreError(f"cannot store the message: {exc}") from exc
 
     def _keep(
@@ -346,16 +321,16 @@ class OrderStore:
         error: str | None = None,
     ) -> int:
         params = {
-            "p_order_id": order_id,
-            "p_source": message.source.value,
-            "p_kind": message.kind[:32],
-            "p_control_id": (message.control_id or None) and message.control_id[:64],
-            "p_peer": message.peer[:64],
-            "p_received_at": now,
-            "p_raw": message.raw,
-            "p_error": error,
+            "order_id": order_id,
+            "source": message.source.value,
+            "kind": message.kind[:32],
+            "control_id": (message.control_id or None) and message.control_id[:64],
+            "peer": message.peer[:64],
+            "received_at": self._sql.when(now),
+            "raw": message.raw,
+            "error": error,
         }
-        return int(conn.execute(_S.keep, params).scalar_one())
+        return self._sql.keep(conn, params)
 
     def _upsert_patient(self, conn: Connection, patient: Patient, now: datetime) -> int:
         values = {
@@ -377,19 +352,19 @@ class OrderStore:
         """The id of the order this one updates: by resource id when given; else by placer
         number, then filler number, then accession number + issuer."""
         if resource_id is not None:
-            found = conn.execute(_S.by_resource_id, {"p_rid": resource_id})
-        else:
-            found = conn.execute(
-                _S.match,
-                {
-                    "p_placer": order.placer_number or None,
-                    "p_filler": order.filler_number or None,
-                    "p_accession": order.accession_number or None,
-                    "p_issuer": order.issuer,
-                },
-            )
-        value: int | None = found.scalar_one_or_none()
-        return value
+            value: int | None = conn.execute(
+                _S.by_resource_id, {"p_rid": resource_id}
+            ).scalar_one_or_none()
+            return value
+        return self._sql.match(
+            conn,
+            {
+                "placer": order.placer_number or None,
+                "filler": order.filler_number or None,
+                "accession": order.accession_number or None,
+                "issuer": order.issuer,
+            },
+        )
 
     # ---------------------------------------------------------- correlation
 
@@ -427,7 +402,7 @@ class OrderStore:
                 saved = conn.execute(
                     select(order_links).where(order_links.c.study_uid == study.study_uid)
                 ).one()
-        except SQLAlchemyError as exc:
+        except self._errors as exc:
             raise StoreError(f"cannot correlate study with orders: {exc}") from exc
         return (stored if state is LinkState.LINKED else None), link_of(saved)
 
