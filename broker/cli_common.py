@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
+from enum import Enum
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any
@@ -48,3 +50,16 @@ def registered(name: str) -> Any:
     if name not in found:
         raise ConfigError(f"nothing is installed as '{name}' (entry point radbridge.registries)")
     return found[name].load()
+
+
+def plain(value: Any) -> Any:
+    """A value made of dataclass fields (``asdict``) as JSON can hold it: ISO times, enum values."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import datetime
-from enum import Enum
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from broker.cli_common import ConfigOption, JsonOption, err, out, settings_or_exit
+from broker.cli_common import ConfigOption, JsonOption, err, out, plain, settings_or_exit
 from broker.errors import NotFoundError, RadbridgeError
 from broker.store import make_engine
 from broker.store.audit import Action, AuditLog, cli_actor
@@ -34,20 +32,8 @@ def _store(config: Any) -> DeliveryStore:
     return DeliveryStore(engine)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 def _json(d: Delivery) -> dict[str, Any]:
-    data: dict[str, Any] = _plain(asdict(d))
+    data: dict[str, Any] = plain(asdict(d))
     return data
 
 
@@ -103,7 +89,7 @@ def show_delivery(
         raise typer.Exit(1) from exc
     history = store.history(delivery_id)
     if as_json:
-        events = _plain([asdict(e) for e in history])
+        events = plain([asdict(e) for e in history])
         print(json.dumps({**_json(d), "history": events}, indent=2))
         return
     out.print(

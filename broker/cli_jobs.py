@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from datetime import datetime
-from enum import Enum
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from broker.cli_common import ConfigOption, JsonOption, err, out, settings_or_exit
+from broker.cli_common import ConfigOption, JsonOption, err, out, plain, settings_or_exit
 from broker.errors import NotFoundError, RadbridgeError
 from broker.jobs import Job, JobState
 from broker.store import make_engine
@@ -29,20 +27,8 @@ def _jobs(config: Any) -> JobStore:
     return JobStore(engine)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 def _job_json(job: Job) -> dict[str, Any]:
-    result: dict[str, Any] = _plain(asdict(job))
+    result: dict[str, Any] = plain(asdict(job))
     return result
 
 
@@ -110,9 +96,7 @@ def show_job(
     history = store.history(job_id)
     if as_json:
         print(
-            json.dumps(
-                {**_job_json(job), "history": _plain([asdict(e) for e in history])}, indent=2
-            )
+            json.dumps({**_job_json(job), "history": plain([asdict(e) for e in history])}, indent=2)
         )
         return
     out.print(

@@ -9,8 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from broker.cli_common import ConfigOption, JsonOption, err, out, settings_or_exit
-from broker.cli_jobs import _plain
+from broker.cli_common import ConfigOption, JsonOption, err, out, plain, settings_or_exit
 from broker.domain import Result
 from broker.errors import NotFoundError
 from broker.results import result_policies
@@ -29,7 +28,7 @@ def _results(config: Any) -> ResultStore:
 
 
 def _result_json(result: Result) -> dict[str, Any]:
-    data: dict[str, Any] = _plain(asdict(result))
+    data: dict[str, Any] = plain(asdict(result))
     data["orphan"] = result.job_id is None
     return data
 
@@ -80,7 +79,7 @@ def show_result(
         err.print(str(exc), highlight=False)
         raise typer.Exit(1) from exc
     if as_json:
-        print(json.dumps({**_result_json(result), **_plain(detail)}, indent=2))
+        print(json.dumps({**_result_json(result), **plain(detail)}, indent=2))
         return
     out.print(_table([result]))
     out.print(
