@@ -27,9 +27,9 @@ from broker.store.deliveries import DeliveryStore
 from broker.store.results import ResultStore
 from broker.writeback import DeliveryState
 from tests.databases import DATABASES, empty_database
+from tests.integration.test_writeback import RADBRIDGE, drain, make_stage, orthanc_instances
 from tests.peers import LOOPBACK, Orthanc
 from tests.ris import Ris
-from tests.test_writeback import RADBRIDGE, drain, make_stage, orthanc_instances
 from tests.writeback_data import Scene
 
 LATENCY = "radbridge_writeback_latency_seconds_count"

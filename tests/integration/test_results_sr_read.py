@@ -29,7 +29,7 @@ from broker.store import StudyStore
 from broker.store.jobs import JobStore
 from broker.store.results import ResultPolicy, ResultStore
 from tests.databases import empty_database
-from tests.test_results_sr import head_bleed, lung_nodules, nothing_found
+from tests.integration.test_results_sr import head_bleed, lung_nodules, nothing_found
 from tests.writeback_data import Scene
 
 CREATED = datetime(2024, 5, 1, 8, 15, 30)

@@ -15,9 +15,9 @@ from config.schema import routing_rules
 from config.vendors import TransportType, dicom_tag, parse_duration
 from routing import Priority, decide
 from routing.fields import Kind
-from tests.test_routing import NOW, series, study
+from tests.integration.test_routing import NOW, series, study
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RADBRIDGE = Path(sys.executable).with_name("radbridge")
 
 BASE = """\

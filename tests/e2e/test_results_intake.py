@@ -19,10 +19,10 @@ import pytest
 from adapters.dicom.synthetic import generate_study
 from adapters.results.findings import parse_findings
 from adapters.results.sr import findings_to_sr, read_source_study
+from tests.e2e.test_pipeline import _config
+from tests.integration.test_results_sr import _dciodvfy, head_bleed, nothing_found
 from tests.peers import StoreSCP, free_port, storescu
 from tests.service import Radbridge
-from tests.test_pipeline import _config
-from tests.test_results_sr import _dciodvfy, head_bleed, nothing_found
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -25,7 +25,7 @@ from broker.store import JobStore, StudyStore
 from broker.store.orders import OrderStore
 from broker.store.tables import order_messages
 from tests.databases import DATABASES, empty_database
-from tests.test_store import STUDY, T0, _rec
+from tests.integration.test_store import STUDY, T0, _rec
 
 PATIENT = Patient(patient_id="PID-4711", issuer="HOSP", name="DOE^JANE")
 """The patient of ``tests.test_store._rec``'s instances (accession ACC-0001)."""

@@ -14,7 +14,7 @@ from adapters.harness.scenario import ScenarioError, Status, load_scenario
 from adapters.harness.scenario.junit import junit_xml
 from adapters.harness.scenario.runner import Outcome, ScenarioReport
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted((ROOT / "examples" / "scenarios").glob("*.yaml"))
 #: The flows and failure modes of issue 6 that the examples must cover.
 REQUIRED = {

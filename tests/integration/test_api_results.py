@@ -27,7 +27,7 @@ from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.results import ResultStore
 from broker.writeback import DeliveryKind, DeliveryState
 from tests.databases import DATABASES, empty_database
-from tests.test_store import _rec
+from tests.integration.test_store import _rec
 from tests.writeback_data import BLEED, findings
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)

@@ -26,10 +26,10 @@ from adapters.results.findings import parse_findings
 from adapters.results.sr import findings_to_sr, read_source_study
 from broker.domain import OrderPriority, Patient
 from tests.hl7_messages import orm_o01, sample_order
+from tests.integration.test_results_sr import _dciodvfy, head_bleed
 from tests.peers import Orthanc, StoreSCP, free_port, storescu
 from tests.ris import Ris
 from tests.service import Radbridge, base_config
-from tests.test_results_sr import _dciodvfy, head_bleed
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -29,7 +29,7 @@ from broker.store import JobStore, StudyStore
 from broker.store.api_tokens import ApiTokens
 from config.loader import load_settings
 from tests.databases import DATABASES, empty_database
-from tests.test_store import _rec
+from tests.integration.test_store import _rec
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 API = "/api/v1"

@@ -24,11 +24,11 @@ from broker.jobs import Job, JobState
 from broker.store import StudyStore
 from broker.vendor import is_retryable
 from config.schema import Settings
+from tests.integration.test_wado import DICOM_ACCEPT, WadoStack, parse_multipart, wado, write_parts
 from tests.peers import LOOPBACK, dataset_bytes, free_port, storescu
 from tests.service import Radbridge, base_config
-from tests.test_wado import DICOM_ACCEPT, WadoStack, parse_multipart, wado, write_parts
 
-__all__ = ["wado"]  # the fixture, shared with tests/test_wado.py
+__all__ = ["wado"]  # the fixture, shared with tests/integration/test_wado.py
 
 S = JobState
 API_SECRET = "vendor-api-secret"

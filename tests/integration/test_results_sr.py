@@ -232,7 +232,7 @@ def _set(doc: dict[str, Any], path: str, value: Any) -> None:
 
 def test_readme_example_parses() -> None:
     """The example in the README's findings schema section is a valid document."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     section = readme[readme.index("## Results from vendors: the JSON findings schema") :]
     example = section[section.index("```json\n") + 8 : section.index("```\n\n|")]
     findings = parse_findings(example.encode())

@@ -19,7 +19,7 @@ from broker.store.audit import Action, AuditLog, export_csv
 from broker.store.usage import UsageStore, report_csv
 from config.schema import Settings
 from tests.databases import DATABASES, empty_database
-from tests.test_store import _rec
+from tests.integration.test_store import _rec
 
 T0 = datetime(2024, 5, 1, 20, 30, tzinfo=UTC)  # 2024-05-02 04:30 in Asia/Shanghai
 STUDY = "1.2.826.0.1.3680043.10.511.7"

@@ -15,7 +15,7 @@ from broker.errors import NotFoundError
 from broker.jobs import JobState, JobStateError
 from broker.store import JobStore, StudyStore
 from tests.databases import DATABASES, empty_database
-from tests.test_store import _rec
+from tests.integration.test_store import _rec
 
 S = JobState
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)

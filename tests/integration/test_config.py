@@ -14,7 +14,7 @@ from broker.errors import ConfigError
 from config.loader import config_path, load_settings
 from config.schema import AERole
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RADBRIDGE = Path(sys.executable).with_name("radbridge")
 
 VALID = """\

@@ -10,7 +10,7 @@ from pathlib import Path
 from tests.peers import echoscu, free_port
 from tests.service import RADBRIDGE
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_hospital_example_starts_and_answers_c_echo(tmp_path: Path) -> None:
