@@ -2,7 +2,7 @@
 
 Pure: no I/O. The store (``broker.store.deliveries``) persists deliveries and
 checks every transition against :data:`TRANSITIONS`; the stage
-(``broker.writeback_stage``) runs one worker per target; the targets
+(``broker.engine.writeback_stage``) runs one worker per target; the targets
 themselves live in ``adapters/writeback/`` and register by name, so the broker
 only sees :class:`WritebackTarget`.
 

@@ -11,8 +11,8 @@ from sqlalchemy import Engine
 
 from adapters.dicom.mapping import instance_record_from_spooled_file
 from adapters.dicom.synthetic import generate_study
-from broker.spool import Spool
 from broker.store import StudyStore
+from broker.store.spool import Spool
 
 
 def spool_study(

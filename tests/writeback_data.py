@@ -31,11 +31,11 @@ from broker.domain import (
     ResultOrigin,
 )
 from broker.jobs import Job, JobState
-from broker.results import result_key, write_result_object
-from broker.spool import Spool
+from broker.runtime.results import result_key, write_result_object
 from broker.store.jobs import JobStore
 from broker.store.orders import OrderStore
 from broker.store.results import ResultStore
+from broker.store.spool import Spool
 from tests.spooling import spool_study
 
 BLEED = Code("SCT", "1386000", "Intracranial hemorrhage")

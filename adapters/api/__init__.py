@@ -31,7 +31,7 @@ from adapters.api import (
     vendors,
 )
 from adapters.api.deps import ApiState
-from broker.edges import ServiceContext
+from broker.runtime.edges import ServiceContext
 
 PREFIX = "/api/v1"
 

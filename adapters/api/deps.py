@@ -14,8 +14,8 @@ from sqlalchemy import Engine
 
 from adapters.web.auth import api_tokens, bearer_token, require
 from broker.domain import Role
-from broker.edges import ServiceContext
-from broker.pipeline import Rules
+from broker.runtime.edges import ServiceContext
+from broker.runtime.routing_stage import Rules
 from broker.store.audit import AuditLog, token_actor
 from broker.store.deliveries import DeliveryStore
 from broker.store.jobs import JobStore

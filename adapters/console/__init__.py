@@ -23,7 +23,7 @@ from adapters.console import audit, auth, jobs, pages, routes, usage
 from adapters.console.auth import Forbidden, LoginRequired, login_redirect
 from adapters.console.state import ConsoleState
 from adapters.console.views import render
-from broker.edges import ServiceContext
+from broker.runtime.edges import ServiceContext
 
 STATIC = Path(__file__).parent / "static"
 

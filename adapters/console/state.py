@@ -9,7 +9,7 @@ from fastapi import Request
 from sqlalchemy import Engine
 
 from adapters.api.deps import ApiState
-from broker.edges import ServiceContext
+from broker.runtime.edges import ServiceContext
 from broker.store.api_tokens import ApiTokens
 from broker.store.users import ConsoleSessions, ConsoleUsers
 from config.schema import routing_rules

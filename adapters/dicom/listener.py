@@ -25,11 +25,11 @@ from typing import Any
 from adapters.dicom.mapping import instance_record_from_spooled_file
 from adapters.dicom.server import ListenerServer, LoadBoard, make_server
 from adapters.sockets import listen
-from broker.edges import ServiceContext
 from broker.errors import DicomError, InvalidDicomError, StoreError
 from broker.logging import configure_logging, get_logger
-from broker.spool import Spool
+from broker.runtime.edges import ServiceContext
 from broker.store import StudyStore, make_engine
+from broker.store.spool import Spool
 from config.schema import Settings
 
 LOG = get_logger("radbridge.dicom")

@@ -55,8 +55,8 @@ from adapters.results.intake import ResultIntake
 from broker.domain import ResultOrigin
 from broker.errors import InvalidDicomError, SpoolError, StoreError
 from broker.logging import get_logger
-from broker.spool import Spool
 from broker.store import StudyStore
+from broker.store.spool import Spool
 from config.schema import AERole, Settings
 
 LOG = get_logger("radbridge.dicom")

@@ -41,7 +41,7 @@ from adapters.harness.ris import (
     send_message,
 )
 from adapters.harness.vendor import Fault, ResultsTarget, ResultType, SimulatedVendor
-from broker.cli_common import err, out
+from broker.cli.common import err, out
 from broker.errors import DicomError, Hl7Error
 
 app = typer.Typer(

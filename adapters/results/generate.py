@@ -11,7 +11,7 @@ from datetime import datetime
 
 from adapters.results.sr import findings_to_sr, read_source_study
 from broker.domain import Findings
-from broker.results import GeneratedObject
+from broker.runtime.results import GeneratedObject
 
 
 def make_findings_sr(

@@ -44,10 +44,10 @@ from adapters.results.findings import MAX_BODY_BYTES, parse_findings
 from adapters.results.intake import ResultIntake
 from adapters.results.objects import read_result_header
 from broker.domain import ResultOrigin
-from broker.edges import ServiceContext
 from broker.errors import InvalidDicomError, NotFoundError, ResultError, SpoolError, StoreError
 from broker.jobs import JobState
 from broker.logging import get_logger
+from broker.runtime.edges import ServiceContext
 from broker.store.job_tokens import JobTokens
 from broker.store.jobs import JobStore
 

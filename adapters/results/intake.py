@@ -19,9 +19,9 @@ from adapters.results.objects import ResultHeader, read_result_header
 from broker.domain import ResultObject, ResultOrigin
 from broker.errors import InvalidDicomError, SpoolError
 from broker.logging import get_logger
-from broker.results import result_policies, vendors_for_ae
-from broker.spool import Spool
+from broker.runtime.results import result_policies, vendors_for_ae
 from broker.store.results import Recorded, ResultStore
+from broker.store.spool import Spool
 from config.schema import Settings
 
 LOG = get_logger("radbridge.results")

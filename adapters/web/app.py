@@ -10,7 +10,7 @@ from adapters.console import create_console
 from adapters.fhir.server import fhir_router
 from adapters.results.http import results_router
 from adapters.web.wado import wado_router
-from broker.edges import ServiceContext
+from broker.runtime.edges import ServiceContext
 from broker.store.api_tokens import ApiTokens
 
 

@@ -16,9 +16,9 @@ import uvicorn
 
 from adapters.sockets import listen
 from adapters.web.app import create_app
-from broker.edges import ServiceContext
 from broker.errors import AdapterError
 from broker.logging import get_logger
+from broker.runtime.edges import ServiceContext
 
 LOG = get_logger("radbridge.web")
 START_TIMEOUT_SECONDS = 15.0

@@ -34,12 +34,12 @@ from sqlalchemy import Engine, insert, select
 from adapters.api.pagination import encode
 from adapters.web.app import create_app
 from broker.domain import Role
-from broker.edges import ServiceContext
 from broker.jobs import JobState
-from broker.pipeline import Rules
-from broker.spool import Spool
+from broker.runtime.edges import ServiceContext
+from broker.runtime.routing_stage import Rules
 from broker.store import StudyStore
 from broker.store.api_tokens import ApiTokens
+from broker.store.spool import Spool
 from broker.store.tables import instances, job_events, jobs, series, studies
 from config.schema import Settings
 from tests.databases import empty_database

@@ -35,13 +35,13 @@ from pydicom.filereader import read_file_meta_info
 from adapters.dicom.mapping import instance_record_from_spooled_file
 from adapters.dicom.synthetic import generate_study
 from adapters.vendors.dicom import DicomTransport
-from broker.bus import Bus
-from broker.delivery import DeliveryWorker, Dispatcher, JobRequest, VendorSpec
 from broker.domain import Priority
+from broker.engine.bus import Bus
+from broker.engine.dispatch import DeliveryWorker, Dispatcher, JobRequest, VendorSpec
 from broker.jobs import JobState
-from broker.spool import Spool
 from broker.store import JobStore, StudyStore, make_engine
 from broker.store.migrate import migrate
+from broker.store.spool import Spool
 from tests.peers import LOOPBACK, StoreSCP, storescu
 
 MB = 1_000_000

@@ -35,12 +35,12 @@ from adapters.hl7.edge import Hl7Edge
 from adapters.hl7.mapping import OrderEvent, event_from_message
 from adapters.hl7.parse import parse, read_header
 from broker.domain import InboundMessage, OrderSource
-from broker.edges import ServiceContext
 from broker.logging import configure_logging
-from broker.spool import Spool
+from broker.runtime.edges import ServiceContext
 from broker.store import StudyStore, make_engine
 from broker.store.migrate import migrate
 from broker.store.orders import OrderStore
+from broker.store.spool import Spool
 from config.schema import Settings
 from tests.hl7_messages import orm_o01, sample_order
 from tests.peers import LOOPBACK, free_port

@@ -25,11 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from broker.engine.writeback_stage import WritebackStage, build_targets
 from broker.store import make_engine
 from broker.store.migrate import migrate
 from broker.store.results import ResultStore
 from broker.writeback import TargetSpec
-from broker.writeback_stage import WritebackStage, build_targets
 from tests.peers import LOOPBACK, Orthanc
 from tests.ris import Ris
 from tests.writeback_data import Scene

@@ -19,14 +19,14 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from adapters.web.app import create_app
-from broker.billing import Accounting
 from broker.domain import Role
-from broker.edges import ServiceContext
 from broker.jobs import JobState
-from broker.pipeline import Rules
-from broker.spool import Spool
+from broker.runtime.billing import Accounting
+from broker.runtime.edges import ServiceContext
+from broker.runtime.routing_stage import Rules
 from broker.store import JobStore, StudyStore
 from broker.store.api_tokens import ApiTokens
+from broker.store.spool import Spool
 from config.loader import load_settings
 from tests.databases import DATABASES, empty_database
 from tests.integration.test_store import _rec

@@ -13,7 +13,7 @@ import yaml
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
-from broker.cli import app
+from broker.cli.main import app
 from broker.domain import Role
 from broker.errors import NotFoundError
 from broker.store import make_engine

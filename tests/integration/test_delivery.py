@@ -18,12 +18,12 @@ import pytest
 from sqlalchemy import Engine
 
 from adapters.vendors import transport_for
-from broker.bus import Bus
-from broker.delivery import DeliveryWorker, Dispatcher, JobRequest, VendorSpec
 from broker.domain import Priority
+from broker.engine.bus import Bus
+from broker.engine.dispatch import DeliveryWorker, Dispatcher, JobRequest, VendorSpec
 from broker.jobs import Job, JobState
-from broker.spool import Spool
 from broker.store import JobStore
+from broker.store.spool import Spool
 from tests.databases import empty_database
 from tests.peers import LOOPBACK, StoreSCP, dataset_bytes, free_port
 from tests.spooling import spool_study

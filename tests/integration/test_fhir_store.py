@@ -13,10 +13,10 @@ import pytest
 
 from adapters.web.edge import WebEdge
 from broker.domain import Role
-from broker.edges import ServiceContext
-from broker.spool import Spool
+from broker.runtime.edges import ServiceContext
 from broker.store import StudyStore
 from broker.store.api_tokens import ApiTokens
+from broker.store.spool import Spool
 from config.schema import Settings
 from tests.databases import DATABASES, empty_database
 from tests.fhir_data import accession_of, service_request, transaction

@@ -15,11 +15,11 @@ from hl7.mllp import start_hl7_server
 from adapters.hl7.ack import AckCode
 from adapters.hl7.client import MllpClient
 from adapters.hl7.edge import Hl7Edge
-from broker.edges import ServiceContext
 from broker.errors import Hl7Error, Hl7RejectedError
-from broker.spool import Spool
+from broker.runtime.edges import ServiceContext
 from broker.store import StudyStore, make_engine
 from broker.store.migrate import migrate
+from broker.store.spool import Spool
 from config.schema import Settings
 from tests.hl7_messages import orm_o01, sample_order
 from tests.peers import LOOPBACK, free_port

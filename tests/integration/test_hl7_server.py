@@ -25,12 +25,12 @@ from adapters.hl7.ack import AckCode, read_ack
 from adapters.hl7.edge import Hl7Edge
 from adapters.hl7.framing import frame
 from broker.domain import Patient
-from broker.edges import ServiceContext
 from broker.errors import AdapterError
-from broker.spool import Spool
+from broker.runtime.edges import ServiceContext
 from broker.store import StudyStore, make_engine
 from broker.store.migrate import migrate
 from broker.store.orders import OrderStore
+from broker.store.spool import Spool
 from config.schema import Settings
 from tests.hl7_messages import adt, adt_a40, omi_o23, orm_o01, sample_order
 from tests.peers import LOOPBACK, free_port

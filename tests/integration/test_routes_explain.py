@@ -68,13 +68,13 @@ def config(tmp_path: Path) -> Path:
 
 
 def explain(config: Path, target: Path | str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``routes explain`` in a real process (``python -m broker.cli_routes``)."""
+    """Run ``routes explain`` in a real process (``python -m broker.cli.routes``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RADBRIDGE_")}
     return subprocess.run(
         [
             sys.executable,
             "-m",
-            "broker.cli_routes",
+            "broker.cli.routes",
             "explain",
             "-c",
             str(config),

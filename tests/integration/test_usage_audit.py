@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from broker.billing import Accounting, QuotaGate
 from broker.jobs import Job, JobState
+from broker.runtime.billing import Accounting, QuotaGate
 from broker.store import JobStore, StudyStore
 from broker.store.audit import Action, AuditLog, export_csv
 from broker.store.usage import UsageStore, report_csv

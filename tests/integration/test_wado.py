@@ -17,12 +17,12 @@ from pydicom.filereader import read_file_meta_info
 from sqlalchemy import Engine
 
 from adapters.web.edge import WebEdge
-from broker.edges import ServiceContext
 from broker.errors import AdapterError
 from broker.jobs import Job, JobState
-from broker.spool import Spool
+from broker.runtime.edges import ServiceContext
 from broker.store import JobStore, StudyStore
 from broker.store.job_tokens import JobTokens, token_digest
+from broker.store.spool import Spool
 from config.schema import Settings
 from tests.databases import empty_database
 from tests.peers import LOOPBACK, dataset_bytes, free_port

@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from adapters.hl7.oru import build_oru
 from adapters.writeback import target_for
+from broker.engine.writeback_stage import WritebackStage, build_targets
 from broker.errors import AdapterError
 from broker.jobs import JobState
 from broker.store.deliveries import DeliveryStore, NewDelivery
@@ -30,7 +31,6 @@ from broker.writeback import (
     DeliveryState,
     TargetSpec,
 )
-from broker.writeback_stage import WritebackStage, build_targets
 from config.schema import Settings
 from tests.databases import DATABASES, empty_database
 from tests.fhir_receiver import FhirReceiver, Webhook
@@ -429,7 +429,7 @@ import sys
 from broker.store import make_engine
 from broker.store.results import ResultStore
 from broker.writeback import TargetSpec
-from broker.writeback_stage import WritebackStage, build_targets
+from broker.engine.writeback_stage import WritebackStage, build_targets
 
 engine = make_engine(sys.argv[1])
 specs = {"ris": TargetSpec("ris", "hl7", {"host": "127.0.0.1", "port": int(sys.argv[2]),

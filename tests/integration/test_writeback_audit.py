@@ -20,7 +20,7 @@ with warnings.catch_warnings():
 
 from adapters.web.app import create_app
 from broker.domain import Role
-from broker.metrics import REGISTRY
+from broker.runtime.metrics import REGISTRY
 from broker.store.api_tokens import ApiTokens
 from broker.store.audit import SYSTEM, Action, AuditEntry, AuditLog
 from broker.store.deliveries import DeliveryStore

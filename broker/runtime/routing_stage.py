@@ -18,13 +18,13 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from broker.billing import Accounting, QuotaGate
-from broker.bus import Bus
-from broker.cli_common import registered
-from broker.delivery import DeliveryWorker, Dispatcher, JobRequest, VendorSpec
 from broker.domain import LinkState
+from broker.engine.bus import Bus
+from broker.engine.dispatch import DeliveryWorker, Dispatcher, JobRequest, VendorSpec
 from broker.errors import ConfigError, NotFoundError
 from broker.logging import get_logger
+from broker.runtime.billing import Accounting, QuotaGate
+from broker.runtime.plugins import registered
 from broker.store import StudyStore
 from broker.store.jobs import JobStore
 from broker.store.orders import CANCELLED_STATES, OrderStore

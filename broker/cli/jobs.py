@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from broker.cli_common import ConfigOption, JsonOption, err, out, plain, settings_or_exit
+from broker.cli.common import ConfigOption, JsonOption, err, out, plain, settings_or_exit
 from broker.errors import NotFoundError, RadbridgeError
 from broker.jobs import Job, JobState
 from broker.store import make_engine

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from broker.cli_common import ConfigOption, JsonOption, err, out, plain, settings_or_exit
+from broker.cli.common import ConfigOption, JsonOption, err, out, plain, settings_or_exit
 from broker.errors import NotFoundError, RadbridgeError
 from broker.store import make_engine
 from broker.store.audit import Action, AuditLog, cli_actor

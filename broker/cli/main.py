@@ -14,17 +14,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from broker.cli_audit import app as audit_app
-from broker.cli_common import ConfigOption, JsonOption, err, out, settings_or_exit
-from broker.cli_deliveries import app as deliveries_app
-from broker.cli_jobs import app as jobs_app
-from broker.cli_orders import app as orders_app
-from broker.cli_orders import link_json, order_json, order_rows, print_rows
-from broker.cli_results import app as results_app
-from broker.cli_routes import app as routes_app
-from broker.cli_tokens import app as tokens_app
-from broker.cli_usage import app as usage_app
-from broker.cli_users import app as users_app
+from broker.cli.audit import app as audit_app
+from broker.cli.common import ConfigOption, JsonOption, err, out, settings_or_exit
+from broker.cli.deliveries import app as deliveries_app
+from broker.cli.jobs import app as jobs_app
+from broker.cli.orders import app as orders_app
+from broker.cli.orders import link_json, order_json, order_rows, print_rows
+from broker.cli.results import app as results_app
+from broker.cli.routes import app as routes_app
+from broker.cli.tokens import app as tokens_app
+from broker.cli.usage import app as usage_app
+from broker.cli.users import app as users_app
 from broker.domain import LinkState, Study
 from broker.errors import NotFoundError, RadbridgeError
 from broker.logging import configure_logging, get_logger
@@ -82,7 +82,7 @@ def _store(settings: Settings) -> StudyStore:
 @app.command()
 def serve(config: ConfigOption = None) -> None:
     """Run the service: DICOM listener, stable timer, routing and delivery, until Ctrl-C."""
-    from broker.service import Service  # noqa: PLC0415 (the service is heavy; other commands skip it)
+    from broker.runtime.service import Service  # noqa: PLC0415 (the service is heavy; other commands skip it)
 
     settings = settings_or_exit(config)
     configure_logging(settings.logging.level, settings.logging.format, settings.logging.phi)
@@ -111,8 +111,8 @@ def serve(config: ConfigOption = None) -> None:
 @app.command()
 def worker(config: ConfigOption = None) -> None:
     """Deliver jobs from a shared bus (RabbitMQ) to the vendors, until Ctrl-C or SIGTERM."""
-    from broker.bus import Bus  # noqa: PLC0415 (kombu is heavy; other commands skip it)
-    from broker.pipeline import make_delivery  # noqa: PLC0415
+    from broker.engine.bus import Bus  # noqa: PLC0415 (kombu is heavy; other commands skip it)
+    from broker.runtime.routing_stage import make_delivery  # noqa: PLC0415
 
     settings = settings_or_exit(config)
     configure_logging(settings.logging.level, settings.logging.format, settings.logging.phi)

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from broker.cli_audit import Format
-from broker.cli_common import ConfigOption, err, settings_or_exit
+from broker.cli.audit import Format
+from broker.cli.common import ConfigOption, err, settings_or_exit
 from broker.store import make_engine
 from broker.store.migrate import migrate
 from broker.store.usage import UsageStore, report_csv

@@ -14,19 +14,19 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from broker.billing import Accounting
-from broker.bus import Bus
-from broker.edges import Edge, ServiceContext, available
+from broker.engine.bus import Bus
+from broker.engine.writeback_stage import make_writeback
 from broker.errors import StoreError
 from broker.logging import get_logger
-from broker.pipeline import RoutingStage, Rules, make_delivery
-from broker.results import ResultTimer, result_policies
-from broker.spool import Spool
+from broker.runtime.billing import Accounting
+from broker.runtime.edges import Edge, ServiceContext, available
+from broker.runtime.results import ResultTimer, result_policies
+from broker.runtime.routing_stage import RoutingStage, Rules, make_delivery
 from broker.store import StudyStore, make_engine
 from broker.store.migrate import migrate
 from broker.store.orders import OrderStore
 from broker.store.results import ResultStore
-from broker.writeback_stage import make_writeback
+from broker.store.spool import Spool
 from config.schema import Settings
 
 LOG = get_logger("radbridge.service")

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Protocol
 from sqlalchemy import Engine
 
 from broker.errors import ConfigError
-from broker.spool import Spool
 from broker.store import StudyStore
+from broker.store.spool import Spool
 from config.schema import Settings
 
 if TYPE_CHECKING:
-    from broker.pipeline import Rules
+    from broker.runtime.routing_stage import Rules
 
 GROUP = "radbridge.edges"
 

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from broker.cli_common import ConfigOption, JsonOption, err, out, plain, settings_or_exit
+from broker.cli.common import ConfigOption, JsonOption, err, out, plain, settings_or_exit
 from broker.domain import Result
 from broker.errors import NotFoundError
-from broker.results import result_policies
+from broker.runtime.results import result_policies
 from broker.store import make_engine
 from broker.store.migrate import migrate
 from broker.store.results import ResultStore

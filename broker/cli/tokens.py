@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from broker.cli_common import ConfigOption, JsonOption, err, out, settings_or_exit
+from broker.cli.common import ConfigOption, JsonOption, err, out, settings_or_exit
 from broker.domain import Role
 from broker.errors import RadbridgeError
 from broker.store import make_engine

@@ -27,14 +27,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from broker.cli_common import registered
 from broker.domain import Findings, Result, ResultObject, ResultOrigin
 from broker.errors import RadbridgeError, StoreError
 from broker.logging import get_logger
-from broker.spool import Spool
+from broker.runtime.plugins import registered
 from broker.store import StudyStore
 from broker.store.jobs import JobStore
 from broker.store.results import ResultPolicy, ResultStore
+from broker.store.spool import Spool
 from config.schema import Settings
 
 LOG = get_logger("radbridge.results")

@@ -25,12 +25,12 @@ from typing import Any
 from sqlalchemy import Engine
 from structlog.stdlib import BoundLogger
 
-from broker.bus import Bus, BusError, Ticket
 from broker.domain import Priority
+from broker.engine.bus import Bus, BusError, Ticket
 from broker.errors import ConfigError
 from broker.jobs import RESENDABLE, Job, JobState, JobStateError, backoff
 from broker.logging import get_logger
-from broker.metrics import count_error
+from broker.runtime.metrics import count_error
 from broker.store import StudyStore
 from broker.store.jobs import Created, JobStore
 from broker.vendor import SendOutcome, VendorTransport, is_retryable

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import typer
 
-from broker.cli_common import ConfigOption, err, settings_or_exit
+from broker.cli.common import ConfigOption, err, settings_or_exit
 from broker.store import make_engine
 from broker.store.audit import AuditLog, export_csv
 from broker.store.migrate import migrate

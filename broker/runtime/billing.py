@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine
 from broker.errors import NotFoundError, RadbridgeError
 from broker.jobs import Job
 from broker.logging import get_logger
-from broker.metrics import DELIVERY_LATENCY_SECONDS, DELIVERY_SEND_SECONDS, count_error
+from broker.runtime.metrics import DELIVERY_LATENCY_SECONDS, DELIVERY_SEND_SECONDS, count_error
 from broker.store.audit import SYSTEM, Action, record_in
 from broker.store.engine import writing
 from broker.store.jobs import JobStore

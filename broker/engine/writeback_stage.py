@@ -34,12 +34,12 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from broker.cli_common import registered
 from broker.domain import LinkState, Result, StoredOrder, Study
 from broker.errors import NotFoundError, RadbridgeError, StoreError
 from broker.jobs import Job, JobState, JobStateError, backoff
 from broker.logging import get_logger
-from broker.metrics import observe_writeback
+from broker.runtime.metrics import observe_writeback
+from broker.runtime.plugins import registered
 from broker.store import StudyStore
 from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.jobs import JobStore

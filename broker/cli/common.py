@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 from enum import Enum
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,14 +41,6 @@ def settings_or_exit(config: Path | None) -> Settings:
         for problem in exc.problems:
             err.print(problem, markup=False, highlight=False)
         raise typer.Exit(2) from exc
-
-
-def registered(name: str) -> Any:
-    """A function an adapter package declares under the ``radbridge.registries`` entry points."""
-    found = {ep.name: ep for ep in entry_points(group="radbridge.registries")}
-    if name not in found:
-        raise ConfigError(f"nothing is installed as '{name}' (entry point radbridge.registries)")
-    return found[name].load()
 
 
 def plain(value: Any) -> Any:

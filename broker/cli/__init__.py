@@ -1,0 +1,1 @@
+"""The ``radbridge`` command line: one module per sub-command; nothing in the core imports it."""
