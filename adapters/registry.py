@@ -14,7 +14,7 @@ from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
-from broker.errors import RadbridgeError
+from broker.model.errors import RadbridgeError
 
 T = TypeVar("T", bound=type[Any])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from broker.errors import AdapterError
+from broker.model.errors import AdapterError
 
 BACKLOG = 128
 

@@ -20,7 +20,7 @@ import annotated_types
 import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from broker.errors import ConfigError
+from broker.model.errors import ConfigError
 from config.base import LocatedErrors
 from config.schema import SECRET_FIELDS, Settings
 

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from broker.domain import Priority
+from broker.model.domain import Priority
 from config.base import AETitle, LocatedErrors, Port, Strict
 from routing.fields import Kind
 from routing.parse import RuleError, did_you_mean, parse_series, parse_when

@@ -12,7 +12,7 @@ Modules: :mod:`~routing.fields` (what a condition can test),
 :mod:`~routing.explain` (why). No I/O, no database, no pydicom.
 """
 
-from broker.domain import Priority
+from broker.model.domain import Priority
 from routing.compile import CompiledRoute, RuleSet, compile_routes
 from routing.evaluate import (
     Decision,

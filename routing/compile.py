@@ -15,7 +15,7 @@ from datetime import tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from broker.errors import RoutingError
+from broker.model.errors import RoutingError
 from routing.facts import Facts, SeriesFacts, Values
 from routing.fields import Kind, Source
 from routing.schema import (

@@ -29,7 +29,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from broker.domain import Order, Priority, Study
+from broker.model.domain import Order, Priority, Study
 from routing.compile import CompiledRoute, RuleSet
 from routing.facts import Facts
 from routing.schema import OnNoOrder, show_duration

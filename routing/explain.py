@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Any
 
-from broker.domain import Order, Study
+from broker.model.domain import Order, Study
 from routing.compile import CompiledRoute, RuleSet
 from routing.evaluate import Decision, Dispatch, RouteResult, RouteStatus, decide_facts
 from routing.facts import Facts

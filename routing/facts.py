@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
-from broker.domain import Order, Series, Study
+from broker.model.domain import Order, Series, Study
 from routing.fields import TAG_PREFIX, WEEKDAYS, Kind
 
 Values = tuple[Any, ...]

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from broker.errors import RoutingError
+from broker.model.errors import RoutingError
 from routing.fields import FIELDS, SERIES_FIELDS, TAG_PREFIX, FieldSpec, Kind, tag_field
 from routing.schema import (
     COMPARISONS,

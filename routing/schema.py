@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from broker.domain import Priority
+from broker.model.domain import Priority
 from routing.fields import FieldSpec, Source
 
 

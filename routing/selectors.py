@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from broker.domain import Series
+from broker.model.domain import Series
 from routing.compile import CompiledRoute
 from routing.facts import Facts, SeriesFacts
 from routing.schema import SelectorName

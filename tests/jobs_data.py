@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from broker.domain import Priority
-from broker.jobs import Job, JobState
+from broker.model.domain import Priority
+from broker.model.jobs import Job, JobState
 
 NOW = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from adapters.results.generate import make_findings_sr
-from broker.domain import (
+from broker.model.domain import (
     AlgorithmInfo,
     Code,
     Finding,
@@ -30,7 +30,7 @@ from broker.domain import (
     ResultObject,
     ResultOrigin,
 )
-from broker.jobs import Job, JobState
+from broker.model.jobs import Job, JobState
 from broker.runtime.results import result_key, write_result_object
 from broker.store.jobs import JobStore
 from broker.store.orders import OrderStore

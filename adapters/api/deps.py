@@ -13,7 +13,7 @@ from fastapi import Depends, Header, HTTPException, Request
 from sqlalchemy import Engine
 
 from adapters.web.auth import api_tokens, bearer_token, require
-from broker.domain import Role
+from broker.model.domain import Role
 from broker.runtime.edges import ServiceContext
 from broker.runtime.routing_stage import Rules
 from broker.store.audit import AuditLog, token_actor

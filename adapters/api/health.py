@@ -22,9 +22,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from adapters.api.deps import State
 from adapters.web.auth import REALM, api_tokens, bearer_token
-from broker.domain import Role
 from broker.engine.bus import Bus
-from broker.runtime.metrics import StoreCollector, exposition
+from broker.engine.metrics import StoreCollector, exposition
+from broker.model.domain import Role
 
 router = APIRouter(include_in_schema=True, tags=["health"])
 

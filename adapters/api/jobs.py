@@ -11,8 +11,8 @@ from pydantic import BaseModel, Field
 from adapters.api.deps import Caller, Operator, State, Viewer, parse_time
 from adapters.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, encode, id_key
 from adapters.api.schemas import JobDetail, JobOut, event_out, job_fields, job_out
-from broker.errors import NotFoundError
-from broker.jobs import JobState, JobStateError
+from broker.model.errors import NotFoundError
+from broker.model.jobs import JobState, JobStateError
 from broker.store.audit import Action
 from broker.store.listing import JobFilter
 

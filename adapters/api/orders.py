@@ -10,8 +10,8 @@ from fastapi import APIRouter, HTTPException, Query
 from adapters.api.deps import State, Viewer
 from adapters.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, encode, time_key
 from adapters.api.schemas import OrderDetail, OrderOut, link_out, order_fields, order_out
-from broker.domain import OrderStatus
-from broker.errors import NotFoundError
+from broker.model.domain import OrderStatus
+from broker.model.errors import NotFoundError
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 

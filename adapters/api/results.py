@@ -24,11 +24,11 @@ from adapters.api.schemas import (
     result_fields,
     result_out,
 )
-from broker.domain import ResultState
-from broker.errors import NotFoundError
+from broker.model.domain import ResultState
+from broker.model.errors import NotFoundError
+from broker.model.writeback import DeliveryKind, DeliveryState, DeliveryStateError
 from broker.store.audit import Action
 from broker.store.listing import DeliveryFilter, ResultFilter
-from broker.writeback import DeliveryKind, DeliveryState, DeliveryStateError
 
 router = APIRouter()
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel
 
 from adapters.api.deps import Admin, State, Viewer, parse_time
-from broker.errors import ConfigError, NotFoundError
+from broker.model.errors import ConfigError, NotFoundError
 from broker.store.audit import Action
 from config.loader import load_settings
 from config.schema import routing_rules

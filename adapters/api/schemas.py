@@ -7,9 +7,18 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from broker.domain import Code, Finding, Findings, OrderLink, Result, Series, StoredOrder, Study
-from broker.jobs import Job, JobEvent
-from broker.writeback import Delivery, DeliveryEvent
+from broker.model.domain import (
+    Code,
+    Finding,
+    Findings,
+    OrderLink,
+    Result,
+    Series,
+    StoredOrder,
+    Study,
+)
+from broker.model.jobs import Job, JobEvent
+from broker.model.writeback import Delivery, DeliveryEvent
 
 
 class SeriesOut(BaseModel):

@@ -19,8 +19,8 @@ from adapters.api.schemas import (
     study_fields,
     study_out,
 )
-from broker.domain import LinkState, StudyState
-from broker.errors import NotFoundError
+from broker.model.domain import LinkState, StudyState
+from broker.model.errors import NotFoundError
 from broker.store.listing import StudyFilter
 
 router = APIRouter(prefix="/studies", tags=["studies"])

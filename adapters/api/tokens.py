@@ -9,8 +9,8 @@ from pydantic import BaseModel, Field
 
 from adapters.api.deps import Admin, State
 from adapters.web.auth import api_tokens
-from broker.domain import Role
-from broker.errors import NotFoundError
+from broker.model.domain import Role
+from broker.model.errors import NotFoundError
 from broker.store.api_tokens import ApiToken
 from broker.store.audit import Action
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
 from adapters.api.deps import State, Viewer
-from broker.jobs import UNFINISHED
+from broker.model.jobs import UNFINISHED
 from broker.store.listing import VendorActivity, vendor_activity
 from config.vendors import Transport, Vendor
 

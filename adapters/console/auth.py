@@ -28,7 +28,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from adapters.console.state import ConsoleState, console_state
 from adapters.console.views import render
-from broker.domain import Role
+from broker.model.domain import Role
 from broker.store.users import MAX_PASSWORD, Session
 
 COOKIE = "radbridge_console"

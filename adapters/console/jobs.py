@@ -15,13 +15,13 @@ from fastapi.responses import RedirectResponse, Response
 
 from adapters.console.auth import Operator, State, peer_of, reading, safe_next
 from adapters.console.views import render
-from broker.domain import Role
-from broker.errors import NotFoundError
-from broker.jobs import Job, JobState, JobStateError
+from broker.model.domain import Role
+from broker.model.errors import NotFoundError
+from broker.model.jobs import Job, JobState, JobStateError
+from broker.model.writeback import DeliveryStateError
 from broker.store.audit import Action
 from broker.store.listing import JobFilter
 from broker.store.users import Session
-from broker.writeback import DeliveryStateError
 
 router = APIRouter()
 Viewer = Annotated[Session, Depends(reading(Role.VIEWER))]

@@ -12,9 +12,9 @@ from fastapi.responses import Response
 
 from adapters.console.auth import State, reading
 from adapters.console.views import patient_view, phi_values, render, scrub
-from broker.domain import Role, Study
-from broker.errors import NotFoundError
-from broker.jobs import UNFINISHED, Job, JobState
+from broker.model.domain import Role, Study
+from broker.model.errors import NotFoundError
+from broker.model.jobs import UNFINISHED, Job, JobState
 from broker.store.listing import JobFilter, StudyFilter, VendorActivity, vendor_activity
 from broker.store.overview import count_studies, jobs_by_state, jobs_of_studies, results_of_studies
 from broker.store.users import Session

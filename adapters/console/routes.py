@@ -16,8 +16,8 @@ from fastapi.responses import Response
 
 from adapters.console.auth import State, reading
 from adapters.console.views import phi_values, render, scrub
-from broker.domain import Role
-from broker.errors import NotFoundError
+from broker.model.domain import Role
+from broker.model.errors import NotFoundError
 from broker.store.users import Session
 from config.vendors import Route
 from routing import explain, to_json, to_text

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 
 from adapters.console.auth import State, reading
 from adapters.console.views import render
-from broker.domain import Role
+from broker.model.domain import Role
 from broker.store.usage import UsageLine, report_csv
 from broker.store.users import Session
 

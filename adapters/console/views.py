@@ -2,7 +2,7 @@
 
 Viewers see no patient name, patient ID or birth date anywhere: :func:`patient_view`
 gives ``—`` for them, accession and order numbers become pseudonyms
-(:func:`broker.logging.pseudonym`, the same stand-ins as in the logs), and
+(:func:`broker.model.logging.pseudonym`, the same stand-ins as in the logs), and
 :func:`scrub` takes the study's patient values out of free text (errors,
 routing explanations, findings) before it is shown.
 """
@@ -23,9 +23,9 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from adapters.console.state import console_state
-from broker.domain import Patient, Role
-from broker.jobs import FINAL, RETRYABLE, JobState
-from broker.logging import pseudonym
+from broker.model.domain import Patient, Role
+from broker.model.jobs import FINAL, RETRYABLE, JobState
+from broker.model.logging import pseudonym
 from broker.store.users import Session
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))

@@ -25,8 +25,8 @@ from typing import Any
 from adapters.dicom.mapping import instance_record_from_spooled_file
 from adapters.dicom.server import ListenerServer, LoadBoard, make_server
 from adapters.sockets import listen
-from broker.errors import DicomError, InvalidDicomError, StoreError
-from broker.logging import configure_logging, get_logger
+from broker.model.errors import DicomError, InvalidDicomError, StoreError
+from broker.model.logging import configure_logging, get_logger
 from broker.runtime.edges import ServiceContext
 from broker.store import StudyStore, make_engine
 from broker.store.spool import Spool

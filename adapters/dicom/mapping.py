@@ -18,8 +18,8 @@ from pydicom.errors import InvalidDicomError as PydicomInvalid
 from pydicom.filereader import read_file_meta_info
 from pydicom.multival import MultiValue
 
-from broker.domain import InstanceRecord, Patient
-from broker.errors import InvalidDicomError
+from broker.model.domain import InstanceRecord, Patient
+from broker.model.errors import InvalidDicomError
 
 MAX_UID_LENGTH = 64
 

@@ -52,9 +52,9 @@ from adapters.dicom.mapping import instance_record_from_file
 from adapters.dicom.policy import AssociationPolicy
 from adapters.dicom.reactor import install
 from adapters.results.intake import ResultIntake
-from broker.domain import ResultOrigin
-from broker.errors import InvalidDicomError, SpoolError, StoreError
-from broker.logging import get_logger
+from broker.model.domain import ResultOrigin
+from broker.model.errors import InvalidDicomError, SpoolError, StoreError
+from broker.model.logging import get_logger
 from broker.store import StudyStore
 from broker.store.spool import Spool
 from config.schema import AERole, Settings

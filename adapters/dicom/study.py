@@ -1,7 +1,7 @@
-"""DICOM records ↔ a domain :class:`~broker.domain.Study` and its indexed tags.
+"""DICOM records ↔ a domain :class:`~broker.model.domain.Study` and its indexed tags.
 
 Pure functions: ``study_from_records`` assembles what the index learned about
-each instance (:class:`~broker.domain.InstanceRecord`) into a study with its
+each instance (:class:`~broker.model.domain.InstanceRecord`) into a study with its
 series, and the mapping of DICOM tag values routing reads (``tag.*``
 conditions), keyed by DICOM keyword, multiple values separated by a
 backslash as DICOM does. ``tags_from_study`` gives the same mapping for a
@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from adapters.dicom.mapping import instance_record_from_spooled_file
-from broker.domain import InstanceRecord, Series, Study, StudyState
-from broker.errors import DicomError
+from broker.model.domain import InstanceRecord, Series, Study, StudyState
+from broker.model.errors import DicomError
 from routing.facts import joined as _joined
 from routing.facts import study_tags
 

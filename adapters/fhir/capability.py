@@ -6,7 +6,7 @@ from datetime import date
 from typing import Any
 
 from adapters.fhir.mapping import DICOM_UID, V2_0203
-from broker.domain import Role
+from broker.model.domain import Role
 
 #: The ServiceRequest interactions the routes implement (``/fhir/ServiceRequest…``).
 SERVICE_REQUEST_INTERACTIONS = ("read", "update", "create", "search-type")

@@ -1,4 +1,4 @@
-"""FHIR R4 ServiceRequest (+ Patient) ↔ the domain :class:`~broker.domain.Order`.
+"""FHIR R4 ServiceRequest (+ Patient) ↔ the domain :class:`~broker.model.domain.Order`.
 
 Works on resources already validated by fhir.resources (R4B models, JSON
 dicts here), so only codes and radbridge's own rules are checked: a bad code
@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from adapters.fhir.outcome import FhirError, Issue
-from broker.domain import (
+from broker.model.domain import (
     Order,
     OrderPriority,
     OrderSource,

@@ -51,9 +51,9 @@ from adapters.fhir.resources import (
     validate_envelope,
 )
 from adapters.web.auth import require
-from broker.domain import InboundMessage, OrderOutcome, OrderSource, Role, StoredOrder
-from broker.errors import NotFoundError, RadbridgeError
-from broker.logging import get_logger
+from broker.model.domain import InboundMessage, OrderOutcome, OrderSource, Role, StoredOrder
+from broker.model.errors import NotFoundError, RadbridgeError
+from broker.model.logging import get_logger
 from broker.store.orders import OrderStore
 
 LOG = get_logger("radbridge.fhir")

@@ -42,7 +42,7 @@ from adapters.harness.ris import (
 )
 from adapters.harness.vendor import Fault, ResultsTarget, ResultType, SimulatedVendor
 from broker.cli.common import err, out
-from broker.errors import DicomError, Hl7Error
+from broker.model.errors import DicomError, Hl7Error
 
 app = typer.Typer(
     help="Test harness: simulated modality, RIS, AI vendor and PACS.", no_args_is_help=True

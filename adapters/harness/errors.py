@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker.errors import AdapterError
+from broker.model.errors import AdapterError
 
 
 class HarnessError(AdapterError):

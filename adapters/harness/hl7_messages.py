@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 
-from broker.domain import Order, OrderPriority, OrderSource, OrderStatus, Patient
+from broker.model.domain import Order, OrderPriority, OrderSource, OrderStatus, Patient
 
 _IDS = itertools.count(1)
 ESCAPE = str.maketrans({"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\"})

@@ -43,7 +43,7 @@ from pydicom.uid import generate_uid
 
 from adapters.results.findings import parse_findings
 from adapters.results.sr import SourceInstance, SourceStudy, findings_to_sr
-from broker import domain
+from broker.model import domain
 
 
 class ProductKind(enum.StrEnum):

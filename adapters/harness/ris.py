@@ -29,8 +29,8 @@ from adapters.hl7.ack import Ack, AckCode, ErrorCode, Problem, build_ack
 from adapters.hl7.client import MllpClient
 from adapters.hl7.framing import FrameReader, Oversized, frame
 from adapters.hl7.parse import Hl7Message, Hl7ParseError, parse, read_header
-from broker.domain import Order, OrderPriority, OrderStatus, Patient
-from broker.errors import Hl7RejectedError
+from broker.model.domain import Order, OrderPriority, OrderStatus, Patient
+from broker.model.errors import Hl7RejectedError
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 #: Message kinds :func:`order_message` writes.
@@ -117,7 +117,7 @@ def send_message(
 ) -> Ack:
     """Send one message over MLLP; its acknowledgment (AA, AE, AR, CA…), whatever it says.
 
-    :class:`~broker.errors.Hl7Error` when no acknowledgment comes.
+    :class:`~broker.model.errors.Hl7Error` when no acknowledgment comes.
     """
     with MllpClient(host, port, timeout=timeout, attempts=attempts) as client:
         try:

@@ -66,7 +66,7 @@ from adapters.harness.products import (
 )
 from adapters.harness.storage import Received, file_received, storage_contexts
 from adapters.results.sr import SourceStudy
-from broker.errors import ResultError
+from broker.model.errors import ResultError
 
 #: A calling AE title no sender uses: requiring it refuses every association.
 _NOBODY = "RB-REFUSE-ALL"

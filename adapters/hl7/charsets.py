@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import codecs
 
-from broker.errors import Hl7Error
+from broker.model.errors import Hl7Error
 
 #: MSH-18 values (upper case, spaces, dashes and underscores removed) -> Python codec.
 _TABLE_0211: dict[str, str] = {

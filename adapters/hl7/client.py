@@ -4,8 +4,8 @@
 whose MSA-2 echoes the message's MSH-10 and returns it parsed. No answer
 (timeout), a connection that cannot be made or breaks, or an answer that is
 not an ACK are retried on a new connection with exponential backoff; after
-the last attempt :class:`~broker.errors.Hl7Error` is raised. An AE/AR
-(CE/CR) answer is not retried here: :class:`~broker.errors.Hl7RejectedError`
+the last attempt :class:`~broker.model.errors.Hl7Error` is raised. An AE/AR
+(CE/CR) answer is not retried here: :class:`~broker.model.errors.Hl7RejectedError`
 goes to the caller, which decides when to try again (the write-back jobs'
 retry policy). The connection is kept open between messages.
 
@@ -23,8 +23,8 @@ from adapters.hl7.ack import Ack, read_ack
 from adapters.hl7.charsets import codec_for
 from adapters.hl7.framing import FrameReader, Oversized, frame
 from adapters.hl7.parse import Hl7ParseError, read_header
-from broker.errors import Hl7Error, Hl7RejectedError
-from broker.logging import get_logger
+from broker.model.errors import Hl7Error, Hl7RejectedError
+from broker.model.logging import get_logger
 
 LOG = get_logger("radbridge.hl7.client")
 MAX_ACK_BYTES = 1024 * 1024

@@ -15,8 +15,8 @@ from adapters.hl7.charsets import codec_for
 from adapters.hl7.handler import MessageHandler
 from adapters.hl7.server import AllowList, MllpServer, server_tls_context
 from adapters.sockets import listen
-from broker.errors import AdapterError, Hl7Error
-from broker.logging import get_logger
+from broker.model.errors import AdapterError, Hl7Error
+from broker.model.logging import get_logger
 from broker.runtime.edges import ServiceContext
 from broker.store.orders import OrderStore
 

@@ -29,8 +29,8 @@ from adapters.hl7.mapping import (
     event_from_message,
 )
 from adapters.hl7.parse import Header, Hl7ParseError, parse, read_header
-from broker.domain import InboundMessage, Order, OrderOutcome, OrderSource, Patient
-from broker.logging import get_logger
+from broker.model.domain import InboundMessage, Order, OrderOutcome, OrderSource, Patient
+from broker.model.logging import get_logger
 
 LOG = get_logger("radbridge.hl7")
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 from adapters.hl7.ack import ErrorCode, Problem
 from adapters.hl7.parse import Hl7Message, Segment
-from broker.domain import Order, OrderPriority, OrderSource, OrderStatus, Patient
-from broker.errors import Hl7Error
+from broker.model.domain import Order, OrderPriority, OrderSource, OrderStatus, Patient
+from broker.model.errors import Hl7Error
 
 SUPPORTED_EVENTS = ("ORM^O01", "OMI^O23", "ADT^A01", "ADT^A04", "ADT^A08", "ADT^A40")
 SUPPORTED_VERSIONS = ((2, 1), (2, 8, 2))

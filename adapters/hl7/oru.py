@@ -46,7 +46,7 @@ from datetime import UTC, datetime
 from pydicom.uid import UID
 
 from adapters.hl7.parse import DEFAULT_SEPARATORS, Separators
-from broker.domain import Code, Finding, Order, Patient, Result, Study
+from broker.model.domain import Code, Finding, Order, Patient, Result, Study
 
 VERSION = "2.5.1"
 PRESENT = Code("DCM", "121053", "Present")

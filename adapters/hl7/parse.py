@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from hl7apy.parser import get_message_info  # type: ignore[import-untyped]
 
 from adapters.hl7.charsets import codec_for
-from broker.errors import Hl7Error
+from broker.model.errors import Hl7Error
 
 _SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}")
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from adapters.hl7.framing import FrameReader, Oversized
 from adapters.hl7.handler import Handled, MessageHandler
-from broker.errors import AdapterError
-from broker.logging import get_logger
+from broker.model.errors import AdapterError
+from broker.model.logging import get_logger
 from config.schema import TLS
 
 LOG = get_logger("radbridge.hl7")

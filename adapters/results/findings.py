@@ -2,9 +2,9 @@
 
 A vendor that returns structured findings instead of (or besides) DICOM
 objects POSTs one JSON document per study; :func:`parse_findings` validates
-it strictly and returns a :class:`broker.domain.Findings`. Every problem is
+it strictly and returns a :class:`broker.model.domain.Findings`. Every problem is
 reported with the field it is about (``findings[1].measurements[0].unit:
-Field required``), in a :class:`broker.errors.ResultError`, so the HTTP edge
+Field required``), in a :class:`broker.model.errors.ResultError`, so the HTTP edge
 can answer 400 with the list.
 
 The schema (documented for vendors in the README, section "Results from
@@ -50,8 +50,8 @@ from pydantic import (
     ValidationError,
 )
 
-from broker import domain
-from broker.errors import ResultError
+from broker.model import domain
+from broker.model.errors import ResultError
 
 #: Largest body :func:`parse_findings` reads (bytes).
 MAX_BODY_BYTES = 4 * 1024 * 1024

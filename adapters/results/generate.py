@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from adapters.results.sr import findings_to_sr, read_source_study
-from broker.domain import Findings
+from broker.model.domain import Findings
 from broker.runtime.results import GeneratedObject
 
 

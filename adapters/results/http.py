@@ -43,10 +43,16 @@ from fastapi.responses import JSONResponse
 from adapters.results.findings import MAX_BODY_BYTES, parse_findings
 from adapters.results.intake import ResultIntake
 from adapters.results.objects import read_result_header
-from broker.domain import ResultOrigin
-from broker.errors import InvalidDicomError, NotFoundError, ResultError, SpoolError, StoreError
-from broker.jobs import JobState
-from broker.logging import get_logger
+from broker.model.domain import ResultOrigin
+from broker.model.errors import (
+    InvalidDicomError,
+    NotFoundError,
+    ResultError,
+    SpoolError,
+    StoreError,
+)
+from broker.model.jobs import JobState
+from broker.model.logging import get_logger
 from broker.runtime.edges import ServiceContext
 from broker.store.job_tokens import JobTokens
 from broker.store.jobs import JobStore

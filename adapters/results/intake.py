@@ -16,9 +16,9 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from adapters.results.objects import ResultHeader, read_result_header
-from broker.domain import ResultObject, ResultOrigin
-from broker.errors import InvalidDicomError, SpoolError
-from broker.logging import get_logger
+from broker.model.domain import ResultObject, ResultOrigin
+from broker.model.errors import InvalidDicomError, SpoolError
+from broker.model.logging import get_logger
 from broker.runtime.results import result_policies, vendors_for_ae
 from broker.store.results import Recorded, ResultStore
 from broker.store.spool import Spool

@@ -20,7 +20,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError as PydicomInvalid
 
-from broker.errors import InvalidDicomError
+from broker.model.errors import InvalidDicomError
 
 #: (scheme, value) of the concept name and value that mark an urgent SR.
 PRIORITY = ("SCT", "260870009")

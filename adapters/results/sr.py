@@ -1,7 +1,7 @@
 """JSON findings -> DICOM Comprehensive SR (TID 1500 Measurement Report), with highdicom.
 
 A vendor that answers with JSON only still gets an object into the PACS:
-:func:`findings_to_sr` turns :class:`broker.domain.Findings` into a
+:func:`findings_to_sr` turns :class:`broker.model.domain.Findings` into a
 Comprehensive SR filed under the source study (same Study Instance UID,
 patient and study attributes copied from it) in a new series.
 
@@ -55,9 +55,9 @@ from pydicom.sr.coding import Code as SrCode
 from pydicom.uid import UID, generate_uid
 from pydicom.valuerep import DA, DT, TM
 
-from broker import domain
-from broker.domain import Findings, Patient
-from broker.errors import ResultError
+from broker.model import domain
+from broker.model.domain import Findings, Patient
+from broker.model.errors import ResultError
 
 DISCLAIMER = (
     "AI-generated result for review by a clinician; not a diagnosis. "

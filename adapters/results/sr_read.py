@@ -1,4 +1,4 @@
-"""DICOM SR from a vendor -> :class:`broker.domain.Findings` (TID 1500 Measurement Report).
+"""DICOM SR from a vendor -> :class:`broker.model.domain.Findings` (TID 1500 Measurement Report).
 
 A vendor that answers with an SR instead of JSON findings still gets its
 findings into the ORU^R01 and the FHIR DiagnosticReport: :func:`findings_from_sr`
@@ -48,8 +48,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from broker.domain import AlgorithmInfo, Code, Finding, Findings, ImageReference, Measurement
-from broker.logging import get_logger
+from broker.model.domain import AlgorithmInfo, Code, Finding, Findings, ImageReference, Measurement
+from broker.model.logging import get_logger
 
 LOG = get_logger("radbridge.results")
 

@@ -19,7 +19,7 @@ Built: ``dicom`` (C-STORE push), ``dicomweb`` (STOW-RS push) and ``http``
 from __future__ import annotations
 
 from adapters.registry import Registry
-from broker.errors import VendorError
+from broker.model.errors import VendorError
 
 GROUP = "radbridge.vendors"
 #: Built-in transports: name -> the module that registers it.

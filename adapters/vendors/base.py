@@ -13,8 +13,8 @@ from typing import Any, Protocol, Self, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from broker.errors import ConfigError, VendorError
-from broker.vendor import Cancellable, SendOutcome, VendorTransport, is_retryable
+from broker.model.errors import ConfigError, VendorError
+from broker.model.vendor import Cancellable, SendOutcome, VendorTransport, is_retryable
 
 __all__ = [
     "Cancellable",

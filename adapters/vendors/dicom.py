@@ -58,9 +58,9 @@ from pynetdicom.transport import AddressInformation, AssociationSocket
 from adapters.dicom.reactor import event_driven_dul
 from adapters.vendors import register
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError, transport_settings
-from broker.jobs import Job
-from broker.logging import get_logger
-from broker.vendor import SendOutcome
+from broker.model.jobs import Job
+from broker.model.logging import get_logger
+from broker.model.vendor import SendOutcome
 from config.base import AETitle, Port
 
 LOG = get_logger("radbridge.vendors.dicom")

@@ -64,10 +64,10 @@ from pydicom.filereader import read_file_meta_info
 
 from adapters.vendors import register
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError, transport_settings
-from broker.errors import ConfigError
-from broker.jobs import Job
-from broker.logging import get_logger
-from broker.vendor import SendOutcome
+from broker.model.errors import ConfigError
+from broker.model.jobs import Job
+from broker.model.logging import get_logger
+from broker.model.vendor import SendOutcome
 
 LOG = get_logger("radbridge.vendors.dicomweb")
 

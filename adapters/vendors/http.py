@@ -57,12 +57,12 @@ from sqlalchemy import Engine
 
 from adapters.vendors import register
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError, transport_settings
-from broker.errors import NotFoundError, StoreError
-from broker.jobs import Job
-from broker.logging import get_logger
+from broker.model.errors import NotFoundError, StoreError
+from broker.model.jobs import Job
+from broker.model.logging import get_logger
+from broker.model.vendor import SendOutcome
 from broker.store import StudyStore, make_engine
 from broker.store.job_tokens import JobTokens
-from broker.vendor import SendOutcome
 
 LOG = get_logger("radbridge.vendors.http")
 

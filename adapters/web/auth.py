@@ -21,8 +21,8 @@ from typing import Annotated
 
 from fastapi import Header, HTTPException, Request
 
-from broker.domain import Role
-from broker.logging import get_logger
+from broker.model.domain import Role
+from broker.model.logging import get_logger
 from broker.store.api_tokens import ApiTokens
 
 LOG = get_logger("radbridge.web.auth")

@@ -16,8 +16,8 @@ import uvicorn
 
 from adapters.sockets import listen
 from adapters.web.app import create_app
-from broker.errors import AdapterError
-from broker.logging import get_logger
+from broker.model.errors import AdapterError
+from broker.model.logging import get_logger
 from broker.runtime.edges import ServiceContext
 
 LOG = get_logger("radbridge.web")

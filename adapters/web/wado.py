@@ -37,8 +37,8 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError as PydicomInvalid
 from sqlalchemy import Engine
 
-from broker.jobs import Job
-from broker.logging import get_logger
+from broker.model.jobs import Job
+from broker.model.logging import get_logger
 from broker.store.job_tokens import JobInstance, JobTokens, job_instances
 
 LOG = get_logger("radbridge.web.wado")

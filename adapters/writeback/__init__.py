@@ -20,7 +20,7 @@ Observations in a transaction Bundle) and ``webhook`` (the notifications).
 from __future__ import annotations
 
 from adapters.registry import Registry
-from broker.errors import AdapterError
+from broker.model.errors import AdapterError
 
 GROUP = "radbridge.writeback"
 #: Built-in target types: name -> the module that registers it.

@@ -8,10 +8,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from broker.domain import Priority
-from broker.errors import AdapterError, ConfigError
-from broker.jobs import Job, JobState
-from broker.writeback import WritebackItem
+from broker.model.domain import Priority
+from broker.model.errors import AdapterError, ConfigError
+from broker.model.jobs import Job, JobState
+from broker.model.writeback import WritebackItem
 
 
 class TargetUnavailableError(AdapterError):

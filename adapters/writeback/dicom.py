@@ -26,7 +26,7 @@ from adapters.writeback.base import (
     job_of,
     target_settings,
 )
-from broker.writeback import WritebackItem
+from broker.model.writeback import WritebackItem
 
 
 def object_paths(item: WritebackItem) -> list[Path]:

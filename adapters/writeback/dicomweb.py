@@ -19,7 +19,7 @@ from adapters.vendors.dicomweb import DicomWebSettings, DicomWebTransport
 from adapters.writeback import register
 from adapters.writeback.base import TargetUnavailableError, job_of, target_settings
 from adapters.writeback.dicom import object_paths
-from broker.writeback import WritebackItem
+from broker.model.writeback import WritebackItem
 
 
 @register("dicomweb")

@@ -43,8 +43,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from adapters.writeback import register
 from adapters.writeback.base import TargetRejectedError, TargetUnavailableError, target_settings
-from broker.domain import Code, Finding, Order, Result, StoredOrder, Study
-from broker.writeback import WritebackItem
+from broker.model.domain import Code, Finding, Order, Result, StoredOrder, Study
+from broker.model.writeback import WritebackItem
 
 IDENTIFIER_SYSTEM = "urn:radbridge:delivery"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"

@@ -30,8 +30,8 @@ from adapters.hl7.client import MllpClient
 from adapters.hl7.oru import CHARSETS, Header, build_order_status, build_oru
 from adapters.writeback import register
 from adapters.writeback.base import TargetRejectedError, TargetUnavailableError, target_settings
-from broker.errors import Hl7Error
-from broker.writeback import DeliveryKind, WritebackItem
+from broker.model.errors import Hl7Error
+from broker.model.writeback import DeliveryKind, WritebackItem
 from config.base import Port
 
 

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from adapters.writeback import register
 from adapters.writeback.base import TargetRejectedError, TargetUnavailableError, target_settings
-from broker.writeback import WritebackItem
+from broker.model.writeback import WritebackItem
 
 
 class WebhookSettings(BaseModel):

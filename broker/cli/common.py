@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from broker.errors import ConfigError
+from broker.model.errors import ConfigError
 from config.loader import load_settings
 from config.schema import Settings
 

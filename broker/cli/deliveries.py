@@ -13,12 +13,12 @@ import typer
 from rich.table import Table
 
 from broker.cli.common import ConfigOption, JsonOption, err, out, plain, settings_or_exit
-from broker.errors import NotFoundError, RadbridgeError
+from broker.model.errors import NotFoundError, RadbridgeError
+from broker.model.writeback import Delivery, DeliveryState
 from broker.store import make_engine
 from broker.store.audit import Action, AuditLog, cli_actor
 from broker.store.deliveries import DeliveryStore
 from broker.store.migrate import migrate
-from broker.writeback import Delivery, DeliveryState
 
 app = typer.Typer(
     help="Write-back deliveries: one per result and target (PACS, RIS, EMR, notifications).",

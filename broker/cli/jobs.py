@@ -10,8 +10,8 @@ import typer
 from rich.table import Table
 
 from broker.cli.common import ConfigOption, JsonOption, err, out, plain, settings_or_exit
-from broker.errors import NotFoundError, RadbridgeError
-from broker.jobs import Job, JobState
+from broker.model.errors import NotFoundError, RadbridgeError
+from broker.model.jobs import Job, JobState
 from broker.store import make_engine
 from broker.store.audit import Action, AuditLog, cli_actor
 from broker.store.deliveries import DeliveryStore

@@ -25,9 +25,9 @@ from broker.cli.routes import app as routes_app
 from broker.cli.tokens import app as tokens_app
 from broker.cli.usage import app as usage_app
 from broker.cli.users import app as users_app
-from broker.domain import LinkState, Study
-from broker.errors import NotFoundError, RadbridgeError
-from broker.logging import configure_logging, get_logger
+from broker.model.domain import LinkState, Study
+from broker.model.errors import NotFoundError, RadbridgeError
+from broker.model.logging import configure_logging, get_logger
 from broker.store import StudyStore, make_engine
 from broker.store.migrate import migrate
 from broker.store.orders import OrderStore

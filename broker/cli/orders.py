@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from broker.cli.common import ConfigOption, JsonOption, err, out, settings_or_exit
-from broker.domain import OrderLink, StoredOrder
-from broker.errors import NotFoundError
+from broker.model.domain import OrderLink, StoredOrder
+from broker.model.errors import NotFoundError
 from broker.store import make_engine
 from broker.store.migrate import migrate
 from broker.store.orders import OrderStore

@@ -10,8 +10,8 @@ import typer
 from rich.table import Table
 
 from broker.cli.common import ConfigOption, JsonOption, err, out, plain, settings_or_exit
-from broker.domain import Result
-from broker.errors import NotFoundError
+from broker.model.domain import Result
+from broker.model.errors import NotFoundError
 from broker.runtime.results import result_policies
 from broker.store import make_engine
 from broker.store.migrate import migrate

@@ -26,9 +26,9 @@ import typer
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.cli.common import ConfigOption, settings_or_exit
-from broker.domain import Study
-from broker.errors import DicomError, RadbridgeError, StoreError
-from broker.runtime.plugins import registered
+from broker.model.domain import Study
+from broker.model.errors import DicomError, RadbridgeError, StoreError
+from broker.model.plugins import registered
 from broker.store import StudyStore, make_engine
 from config.schema import Settings, routing_rules
 from routing import Outcome, RuleSet, explain, to_json, to_text

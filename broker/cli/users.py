@@ -19,8 +19,8 @@ import typer
 from rich.table import Table
 
 from broker.cli.common import ConfigOption, JsonOption, err, out, settings_or_exit
-from broker.domain import Role
-from broker.errors import RadbridgeError
+from broker.model.domain import Role
+from broker.model.errors import RadbridgeError
 from broker.store import make_engine
 from broker.store.audit import AuditLog, cli_actor
 from broker.store.migrate import migrate

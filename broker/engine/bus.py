@@ -36,8 +36,8 @@ from kombu.message import Message
 from kombu.messaging import Consumer, Producer
 from kombu.transport import memory, virtual
 
-from broker.errors import RadbridgeError
-from broker.logging import get_logger
+from broker.model.errors import RadbridgeError
+from broker.model.logging import get_logger
 
 LOG = get_logger("radbridge.bus")
 

@@ -25,15 +25,15 @@ from typing import Any
 from sqlalchemy import Engine
 from structlog.stdlib import BoundLogger
 
-from broker.domain import Priority
 from broker.engine.bus import Bus, BusError, Ticket
-from broker.errors import ConfigError
-from broker.jobs import RESENDABLE, Job, JobState, JobStateError, backoff
-from broker.logging import get_logger
-from broker.runtime.metrics import count_error
+from broker.engine.metrics import count_error
+from broker.model.domain import Priority
+from broker.model.errors import ConfigError
+from broker.model.jobs import RESENDABLE, Job, JobState, JobStateError, backoff
+from broker.model.logging import get_logger
+from broker.model.vendor import SendOutcome, VendorTransport, is_retryable
 from broker.store import StudyStore
 from broker.store.jobs import Created, JobStore
-from broker.vendor import SendOutcome, VendorTransport, is_retryable
 
 LOG = get_logger("radbridge.delivery")
 

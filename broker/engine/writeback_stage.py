@@ -34,17 +34,13 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from broker.domain import LinkState, Result, StoredOrder, Study
-from broker.errors import NotFoundError, RadbridgeError, StoreError
-from broker.jobs import Job, JobState, JobStateError, backoff
-from broker.logging import get_logger
-from broker.runtime.metrics import observe_writeback
-from broker.runtime.plugins import registered
-from broker.store import StudyStore
-from broker.store.deliveries import DeliveryStore, NewDelivery
-from broker.store.jobs import JobStore
-from broker.store.orders import OrderStore
-from broker.writeback import (
+from broker.engine.metrics import observe_writeback
+from broker.model.domain import LinkState, Result, StoredOrder, Study
+from broker.model.errors import NotFoundError, RadbridgeError, StoreError
+from broker.model.jobs import Job, JobState, JobStateError, backoff
+from broker.model.logging import get_logger
+from broker.model.plugins import registered
+from broker.model.writeback import (
     WEBHOOK_TARGET,
     Delivery,
     DeliveryKind,
@@ -54,6 +50,10 @@ from broker.writeback import (
     WritebackTarget,
     is_retryable,
 )
+from broker.store import StudyStore
+from broker.store.deliveries import DeliveryStore, NewDelivery
+from broker.store.jobs import JobStore
+from broker.store.orders import OrderStore
 from config.schema import Settings
 
 LOG = get_logger("radbridge.writeback")

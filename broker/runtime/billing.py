@@ -17,16 +17,16 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine
 
-from broker.errors import NotFoundError, RadbridgeError
-from broker.jobs import Job
-from broker.logging import get_logger
-from broker.runtime.metrics import DELIVERY_LATENCY_SECONDS, DELIVERY_SEND_SECONDS, count_error
+from broker.engine.metrics import DELIVERY_LATENCY_SECONDS, DELIVERY_SEND_SECONDS, count_error
+from broker.model.errors import NotFoundError, RadbridgeError
+from broker.model.jobs import Job
+from broker.model.logging import get_logger
+from broker.model.vendor import SendOutcome
 from broker.store.audit import SYSTEM, Action, record_in
 from broker.store.engine import writing
 from broker.store.jobs import JobStore
 from broker.store.studies import StudyStore
 from broker.store.usage import STOP_ROUTING, Charge, UsageEntry, UsageStore
-from broker.vendor import SendOutcome
 from config.schema import Settings
 from config.vendors import BillingUnit
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import Engine
 
-from broker.errors import ConfigError
+from broker.model.errors import ConfigError
 from broker.store import StudyStore
 from broker.store.spool import Spool
 from config.schema import Settings

@@ -27,10 +27,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from broker.domain import Findings, Result, ResultObject, ResultOrigin
-from broker.errors import RadbridgeError, StoreError
-from broker.logging import get_logger
-from broker.runtime.plugins import registered
+from broker.model.domain import Findings, Result, ResultObject, ResultOrigin
+from broker.model.errors import RadbridgeError, StoreError
+from broker.model.logging import get_logger
+from broker.model.plugins import registered
 from broker.store import StudyStore
 from broker.store.jobs import JobStore
 from broker.store.results import ResultPolicy, ResultStore

@@ -18,17 +18,17 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from broker.domain import LinkState
 from broker.engine.bus import Bus
 from broker.engine.dispatch import DeliveryWorker, Dispatcher, JobRequest, VendorSpec
-from broker.errors import ConfigError, NotFoundError
-from broker.logging import get_logger
+from broker.model.domain import LinkState
+from broker.model.errors import ConfigError, NotFoundError
+from broker.model.logging import get_logger
+from broker.model.plugins import registered
+from broker.model.vendor import VendorTransport
 from broker.runtime.billing import Accounting, QuotaGate
-from broker.runtime.plugins import registered
 from broker.store import StudyStore
 from broker.store.jobs import JobStore
 from broker.store.orders import CANCELLED_STATES, OrderStore
-from broker.vendor import VendorTransport
 from config.loader import load_settings
 from config.schema import Settings, routing_rules
 from routing import Decision, RuleSet, decide

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from broker.engine.bus import Bus
 from broker.engine.writeback_stage import make_writeback
-from broker.errors import StoreError
-from broker.logging import get_logger
+from broker.model.errors import StoreError
+from broker.model.logging import get_logger
 from broker.runtime.billing import Accounting
 from broker.runtime.edges import Edge, ServiceContext, available
 from broker.runtime.results import ResultTimer, result_policies

@@ -17,9 +17,9 @@ from sqlalchemy import Engine, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker.domain import Role
-from broker.errors import NotFoundError, StoreError
-from broker.logging import get_logger
+from broker.model.domain import Role
+from broker.model.errors import NotFoundError, StoreError
+from broker.model.logging import get_logger
 from broker.store.engine import writing
 from broker.store.job_tokens import token_digest
 from broker.store.tables import api_tokens

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker.errors import StoreError
+from broker.model.errors import StoreError
 from broker.store.engine import writing
 from broker.store.tables import audit
 

@@ -1,7 +1,7 @@
 """Write-back deliveries in the store: create (idempotent), claim, finish, retry, list, history.
 
 Like the job store: every change of state is one write transaction that
-checks the transition (:func:`broker.writeback.check_transition`), updates the
+checks the transition (:func:`broker.model.writeback.check_transition`), updates the
 row only if it is still in the state that was read, and appends a
 ``delivery_events`` row. Workers claim per target, urgent deliveries first,
 then oldest first; a claim is one conditional UPDATE, so several worker
@@ -28,14 +28,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, and_, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker.errors import NotFoundError, StoreError
-from broker.jobs import Job, JobState, JobStateError
-from broker.store.audit import SYSTEM, Action, record_in
-from broker.store.engine import writing
-from broker.store.jobs import MAX_ERROR, JobStore, _job
-from broker.store.studies import _insert
-from broker.store.tables import deliveries, delivery_events, job_events, jobs, result_objects
-from broker.writeback import (
+from broker.model.errors import NotFoundError, StoreError
+from broker.model.jobs import Job, JobState, JobStateError
+from broker.model.writeback import (
     CLAIMABLE,
     RETRYABLE,
     Delivery,
@@ -45,6 +40,11 @@ from broker.writeback import (
     DeliveryStateError,
     check_transition,
 )
+from broker.store.audit import SYSTEM, Action, record_in
+from broker.store.engine import writing
+from broker.store.jobs import MAX_ERROR, JobStore, _job
+from broker.store.studies import _insert
+from broker.store.tables import deliveries, delivery_events, job_events, jobs, result_objects
 
 #: Jobs that wait for a result and can be overdue (past ``deadline_at``).
 OVERDUE_STATES: frozenset[JobState] = frozenset({JobState.SENT, JobState.AWAITING_RESULT})

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from broker.errors import StoreError
+from broker.model.errors import StoreError
 
 _WRITE_FLAG = "radbridge_write"
 

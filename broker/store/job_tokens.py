@@ -10,8 +10,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker.errors import StoreError
-from broker.jobs import Job, JobState
+from broker.model.errors import StoreError
+from broker.model.jobs import Job, JobState
 from broker.store.engine import writing
 from broker.store.jobs import _job, _now
 from broker.store.tables import instances, job_tokens, jobs

@@ -1,7 +1,7 @@
 """Jobs in the store: create (idempotent), claim, finish, retry, cancel, list, history.
 
 Every change of state is one write transaction that checks the transition
-(:func:`broker.jobs.check_transition`), updates the row only if it is still in
+(:func:`broker.model.jobs.check_transition`), updates the row only if it is still in
 the state that was read, and appends a ``job_events`` row: the history and
 the job never disagree.
 """
@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, and_, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker.domain import Priority
-from broker.errors import NotFoundError, StoreError
-from broker.jobs import (
+from broker.model.domain import Priority
+from broker.model.errors import NotFoundError, StoreError
+from broker.model.jobs import (
     CLAIMABLE,
     RESENDABLE,
     RETRYABLE,
@@ -240,7 +240,7 @@ class JobStore:
     ) -> Job:
         """Move a job on, through one state or a path of states in one transaction.
 
-        Raises :class:`broker.jobs.JobStateError` if a step is not allowed
+        Raises :class:`broker.model.jobs.JobStateError` if a step is not allowed
         (for example when an operator cancelled the job meanwhile).
         """
         path = [JobState(to_state)] if isinstance(to_state, str) else list(to_state)

@@ -19,8 +19,9 @@ from typing import Any
 
 from sqlalchemy import Engine, Select, exists, func, literal, select, tuple_
 
-from broker.domain import Result, ResultState, StoredOrder, Study, StudyState
-from broker.jobs import Job, JobState
+from broker.model.domain import Result, ResultState, StoredOrder, Study, StudyState
+from broker.model.jobs import Job, JobState
+from broker.model.writeback import Delivery, DeliveryState
 from broker.store.deliveries import _delivery
 from broker.store.jobs import _job
 from broker.store.orders import _order
@@ -35,7 +36,6 @@ from broker.store.tables import (
     series,
     studies,
 )
-from broker.writeback import Delivery, DeliveryState
 
 #: A page's position: the sort key of the last row of the page before.
 TimeKey = tuple[datetime, int]

@@ -9,7 +9,7 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker.errors import StoreError
+from broker.model.errors import StoreError
 from broker.store.engine import writing
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"

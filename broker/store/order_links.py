@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, insert, select, update
 
-from broker.domain import LinkState, OrderLink, Patient, StoredOrder, Study, StudyState
+from broker.model.domain import LinkState, OrderLink, Patient, StoredOrder, Study, StudyState
 from broker.store.tables import order_links, orders, studies
 
 

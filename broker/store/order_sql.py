@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
 
-from broker.domain import Order
+from broker.model.domain import Order
 from broker.store.tables import orders
 
 #: Every column of ``orders`` but its id, in table order.

@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker.domain import (
+from broker.model.domain import (
     InboundMessage,
     LinkState,
     Order,
@@ -43,7 +43,7 @@ from broker.domain import (
     StoredOrder,
     Study,
 )
-from broker.errors import NotFoundError, StoreError
+from broker.model.errors import NotFoundError, StoreError
 from broker.store.engine import writing
 from broker.store.jobs import cancel_for_studies
 from broker.store.order_links import (

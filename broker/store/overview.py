@@ -11,7 +11,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, func, select
 
-from broker.jobs import Job
+from broker.model.jobs import Job
 from broker.store.jobs import _job
 from broker.store.tables import jobs, results, studies
 

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker.domain import (
+from broker.model.domain import (
     AlgorithmInfo,
     Code,
     Finding,
@@ -36,8 +36,8 @@ from broker.domain import (
     ResultOrigin,
     ResultState,
 )
-from broker.errors import NotFoundError, ResultError, StoreError
-from broker.jobs import JobState, check_transition
+from broker.model.errors import NotFoundError, ResultError, StoreError
+from broker.model.jobs import JobState, check_transition
 from broker.store.engine import writing
 from broker.store.jobs import _record
 from broker.store.tables import jobs, result_objects, results, series

@@ -21,7 +21,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from broker.errors import SpoolError
+from broker.model.errors import SpoolError
 
 _SAFE_UID = re.compile(r"^[0-9][0-9.]{0,63}$")
 

@@ -12,8 +12,8 @@ from sqlalchemy import Connection, Engine, Row, and_, bindparam, case, func, sel
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker.domain import InstanceRecord, Patient, Series, Study, StudyState
-from broker.errors import NotFoundError, StoreError
+from broker.model.domain import InstanceRecord, Patient, Series, Study, StudyState
+from broker.model.errors import NotFoundError, StoreError
 from broker.store.engine import writing
 from broker.store.tables import instances, series, studies
 

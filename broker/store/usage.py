@@ -21,8 +21,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker.errors import StoreError
-from broker.jobs import UNFINISHED, JobState
+from broker.model.errors import StoreError
+from broker.model.jobs import UNFINISHED, JobState
 from broker.store.engine import writing
 from broker.store.studies import _insert
 from broker.store.tables import job_events, jobs, usage

@@ -30,8 +30,8 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import Engine, Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from broker.domain import Role
-from broker.errors import NotFoundError, RadbridgeError, StoreError
+from broker.model.domain import Role
+from broker.model.errors import NotFoundError, RadbridgeError, StoreError
 from broker.store.engine import writing
 from broker.store.tables import api_tokens, console_sessions, console_users
 

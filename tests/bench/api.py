@@ -33,8 +33,8 @@ from sqlalchemy import Engine, insert, select
 
 from adapters.api.pagination import encode
 from adapters.web.app import create_app
-from broker.domain import Role
-from broker.jobs import JobState
+from broker.model.domain import Role
+from broker.model.jobs import JobState
 from broker.runtime.edges import ServiceContext
 from broker.runtime.routing_stage import Rules
 from broker.store import StudyStore

@@ -35,10 +35,10 @@ from pydicom.filereader import read_file_meta_info
 from adapters.dicom.mapping import instance_record_from_spooled_file
 from adapters.dicom.synthetic import generate_study
 from adapters.vendors.dicom import DicomTransport
-from broker.domain import Priority
 from broker.engine.bus import Bus
 from broker.engine.dispatch import DeliveryWorker, Dispatcher, JobRequest, VendorSpec
-from broker.jobs import JobState
+from broker.model.domain import Priority
+from broker.model.jobs import JobState
 from broker.store import JobStore, StudyStore, make_engine
 from broker.store.migrate import migrate
 from broker.store.spool import Spool

@@ -34,8 +34,8 @@ from adapters.hl7.ack import AckCode, build_ack
 from adapters.hl7.edge import Hl7Edge
 from adapters.hl7.mapping import OrderEvent, event_from_message
 from adapters.hl7.parse import parse, read_header
-from broker.domain import InboundMessage, OrderSource
-from broker.logging import configure_logging
+from broker.model.domain import InboundMessage, OrderSource
+from broker.model.logging import configure_logging
 from broker.runtime.edges import ServiceContext
 from broker.store import StudyStore, make_engine
 from broker.store.migrate import migrate

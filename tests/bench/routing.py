@@ -28,7 +28,15 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from broker.domain import Order, OrderPriority, OrderSource, Patient, Series, Study, StudyState
+from broker.model.domain import (
+    Order,
+    OrderPriority,
+    OrderSource,
+    Patient,
+    Series,
+    Study,
+    StudyState,
+)
 from routing import RouteSpec, RuleSet, compile_routes, decide, parse_series, parse_when
 
 NOW = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)

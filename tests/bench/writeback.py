@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 
 from broker.engine.writeback_stage import WritebackStage, build_targets
+from broker.model.writeback import TargetSpec
 from broker.store import make_engine
 from broker.store.migrate import migrate
 from broker.store.results import ResultStore
-from broker.writeback import TargetSpec
 from tests.peers import LOOPBACK, Orthanc
 from tests.ris import Ris
 from tests.writeback_data import Scene

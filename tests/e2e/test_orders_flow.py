@@ -18,7 +18,7 @@ import pytest
 from hl7.client import MLLPClient
 
 from adapters.dicom.synthetic import generate_study
-from broker.domain import OrderPriority, OrderStatus, Patient
+from broker.model.domain import OrderPriority, OrderStatus, Patient
 from tests.databases import fresh_postgres_database
 from tests.hl7_messages import orm_o01, sample_order
 from tests.peers import StoreSCP, free_port, storescu

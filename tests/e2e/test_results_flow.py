@@ -24,7 +24,7 @@ from hl7.client import MLLPClient
 from adapters.dicom.synthetic import generate_study
 from adapters.results.findings import parse_findings
 from adapters.results.sr import findings_to_sr, read_source_study
-from broker.domain import OrderPriority, Patient
+from broker.model.domain import OrderPriority, Patient
 from tests.hl7_messages import orm_o01, sample_order
 from tests.integration.test_results_sr import _dciodvfy, head_bleed
 from tests.peers import Orthanc, StoreSCP, free_port, storescu

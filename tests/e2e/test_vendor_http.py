@@ -19,10 +19,10 @@ from adapters.dicom.synthetic import generate_study
 from adapters.vendors import transport_for
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
 from adapters.vendors.http import HttpRejectedError, HttpTransport, HttpUnavailableError
-from broker.errors import ConfigError
-from broker.jobs import Job, JobState
+from broker.model.errors import ConfigError
+from broker.model.jobs import Job, JobState
+from broker.model.vendor import is_retryable
 from broker.store import StudyStore
-from broker.vendor import is_retryable
 from config.schema import Settings
 from tests.integration.test_wado import DICOM_ACCEPT, WadoStack, parse_multipart, wado, write_parts
 from tests.peers import LOOPBACK, dataset_bytes, free_port, storescu

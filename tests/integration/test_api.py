@@ -19,8 +19,8 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from adapters.web.app import create_app
-from broker.domain import Role
-from broker.jobs import JobState
+from broker.model.domain import Role
+from broker.model.jobs import JobState
 from broker.runtime.billing import Accounting
 from broker.runtime.edges import ServiceContext
 from broker.runtime.routing_stage import Rules

@@ -19,13 +19,13 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from adapters.web.app import create_app
-from broker.domain import ResultObject, ResultOrigin, Role
-from broker.jobs import JobState
+from broker.model.domain import ResultObject, ResultOrigin, Role
+from broker.model.jobs import JobState
+from broker.model.writeback import DeliveryKind, DeliveryState
 from broker.store import JobStore, StudyStore
 from broker.store.api_tokens import ApiTokens
 from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.results import ResultStore
-from broker.writeback import DeliveryKind, DeliveryState
 from tests.databases import DATABASES, empty_database
 from tests.integration.test_store import _rec
 from tests.writeback_data import BLEED, findings

@@ -14,8 +14,8 @@ from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from broker.cli.main import app
-from broker.domain import Role
-from broker.errors import NotFoundError
+from broker.model.domain import Role
+from broker.model.errors import NotFoundError
 from broker.store import make_engine
 from broker.store.api_tokens import ApiTokens
 from broker.store.job_tokens import token_digest

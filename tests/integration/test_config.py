@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from broker.errors import ConfigError
+from broker.model.errors import ConfigError
 from config.loader import config_path, load_settings
 from config.schema import AERole
 

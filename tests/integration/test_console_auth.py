@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
 from adapters.web.app import create_app
-from broker.domain import Priority, Role
-from broker.jobs import JobState
+from broker.model.domain import Priority, Role
+from broker.model.jobs import JobState
 from broker.store import make_engine
 from broker.store.api_tokens import ApiTokens
 from broker.store.jobs import JobStore

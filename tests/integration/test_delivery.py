@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import Engine
 
 from adapters.vendors import transport_for
-from broker.domain import Priority
 from broker.engine.bus import Bus
 from broker.engine.dispatch import DeliveryWorker, Dispatcher, JobRequest, VendorSpec
-from broker.jobs import Job, JobState
+from broker.model.domain import Priority
+from broker.model.jobs import Job, JobState
 from broker.store import JobStore
 from broker.store.spool import Spool
 from tests.databases import empty_database

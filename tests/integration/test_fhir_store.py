@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from adapters.web.edge import WebEdge
-from broker.domain import Role
+from broker.model.domain import Role
 from broker.runtime.edges import ServiceContext
 from broker.store import StudyStore
 from broker.store.api_tokens import ApiTokens

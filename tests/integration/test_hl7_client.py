@@ -15,7 +15,7 @@ from hl7.mllp import start_hl7_server
 from adapters.hl7.ack import AckCode
 from adapters.hl7.client import MllpClient
 from adapters.hl7.edge import Hl7Edge
-from broker.errors import Hl7Error, Hl7RejectedError
+from broker.model.errors import Hl7Error, Hl7RejectedError
 from broker.runtime.edges import ServiceContext
 from broker.store import StudyStore, make_engine
 from broker.store.migrate import migrate

@@ -24,8 +24,8 @@ from hl7.mllp import open_hl7_connection
 from adapters.hl7.ack import AckCode, read_ack
 from adapters.hl7.edge import Hl7Edge
 from adapters.hl7.framing import frame
-from broker.domain import Patient
-from broker.errors import AdapterError
+from broker.model.domain import Patient
+from broker.model.errors import AdapterError
 from broker.runtime.edges import ServiceContext
 from broker.store import StudyStore, make_engine
 from broker.store.migrate import migrate

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from broker.domain import Priority
-from broker.errors import NotFoundError
-from broker.jobs import JobState, JobStateError
+from broker.model.domain import Priority
+from broker.model.errors import NotFoundError
+from broker.model.jobs import JobState, JobStateError
 from broker.store import JobStore, StudyStore
 from tests.databases import DATABASES, empty_database
 from tests.integration.test_store import _rec

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
-from broker.domain import (
+from broker.model.domain import (
     InboundMessage,
     LinkState,
     Order,
@@ -19,8 +19,8 @@ from broker.domain import (
     OrderStatus,
     Patient,
 )
-from broker.errors import NotFoundError
-from broker.jobs import JobState
+from broker.model.errors import NotFoundError
+from broker.model.jobs import JobState
 from broker.store import JobStore, StudyStore
 from broker.store.orders import OrderStore
 from broker.store.tables import order_messages

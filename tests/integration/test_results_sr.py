@@ -26,8 +26,8 @@ from adapters.results.sr import (
     read_source_study,
     sr_uids,
 )
-from broker.domain import Code, Findings
-from broker.errors import ResultError
+from broker.model.domain import Code, Findings
+from broker.model.errors import ResultError
 from tests.peers import LOOPBACK, Orthanc, ensure_debian_packages, storescu
 
 CREATED = datetime(2024, 5, 1, 8, 15, 30)

@@ -23,7 +23,7 @@ from adapters.hl7.oru import build_oru
 from adapters.results.findings import parse_findings
 from adapters.results.sr import SourceStudy, findings_to_sr, read_source_study
 from adapters.results.sr_read import findings_from_file, findings_from_sr
-from broker.domain import AlgorithmInfo, Code, Findings, ResultObject, ResultOrigin
+from broker.model.domain import AlgorithmInfo, Code, Findings, ResultObject, ResultOrigin
 from broker.runtime.results import ResultTimer, write_result_object
 from broker.store import StudyStore
 from broker.store.jobs import JobStore

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from broker.domain import (
+from broker.model.domain import (
     Order,
     OrderPriority,
     OrderSource,
@@ -20,7 +20,7 @@ from broker.domain import (
     Study,
     StudyState,
 )
-from broker.errors import RoutingError
+from broker.model.errors import RoutingError
 from routing import (
     OnNoOrder,
     Outcome,

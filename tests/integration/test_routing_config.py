@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.errors import ConfigError
+from broker.model.errors import ConfigError
 from config.loader import load_settings
 from config.schema import routing_rules
 from config.vendors import TransportType, dicom_tag, parse_duration

@@ -13,8 +13,8 @@ from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, select, text
 
-from broker.domain import InstanceRecord, Patient, StudyState
-from broker.errors import NotFoundError, StoreError
+from broker.model.domain import InstanceRecord, Patient, StudyState
+from broker.model.errors import NotFoundError, StoreError
 from broker.store import Indexed, StudyStore, make_engine
 from broker.store.migrate import MIGRATIONS, migrate
 from broker.store.tables import instances, series, studies

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from broker.jobs import Job, JobState
+from broker.model.jobs import Job, JobState
 from broker.runtime.billing import Accounting, QuotaGate
 from broker.store import JobStore, StudyStore
 from broker.store.audit import Action, AuditLog, export_csv

@@ -26,7 +26,7 @@ from adapters.vendors.dicom import (
     TranscodeError,
     fallback_syntaxes,
 )
-from broker.vendor import is_retryable
+from broker.model.vendor import is_retryable
 from tests.jobs_data import sending_job
 from tests.peers import LOOPBACK, StoreSCP, dataset_bytes
 

@@ -21,8 +21,8 @@ from adapters.dicom.synthetic import encoding_variants, generate_large_study, ge
 from adapters.vendors import transport_for
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
 from adapters.vendors.dicomweb import DicomWebTransport, parse_stow_response
-from broker.errors import ConfigError
-from broker.vendor import is_retryable
+from broker.model.errors import ConfigError
+from broker.model.vendor import is_retryable
 from tests.jobs_data import sending_job
 from tests.peers import LOOPBACK, Orthanc, dataset_bytes, free_port
 

@@ -13,8 +13,8 @@ from adapters.dicom.synthetic import encoding_variants, generate_study
 from adapters.vendors import names, register, transport_for
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
 from adapters.vendors.dicom import DicomPushError, DicomTransport, _PushAssociation
-from broker.errors import ConfigError, VendorError
-from broker.vendor import is_retryable
+from broker.model.errors import ConfigError, VendorError
+from broker.model.vendor import is_retryable
 from tests.jobs_data import sending_job
 from tests.peers import LOOPBACK, StoreSCP, dataset_bytes, free_port
 

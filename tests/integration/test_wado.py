@@ -17,8 +17,8 @@ from pydicom.filereader import read_file_meta_info
 from sqlalchemy import Engine
 
 from adapters.web.edge import WebEdge
-from broker.errors import AdapterError
-from broker.jobs import Job, JobState
+from broker.model.errors import AdapterError
+from broker.model.jobs import Job, JobState
 from broker.runtime.edges import ServiceContext
 from broker.store import JobStore, StudyStore
 from broker.store.job_tokens import JobTokens, token_digest

@@ -20,17 +20,17 @@ from sqlalchemy import Engine
 from adapters.hl7.oru import build_oru
 from adapters.writeback import target_for
 from broker.engine.writeback_stage import WritebackStage, build_targets
-from broker.errors import AdapterError
-from broker.jobs import JobState
-from broker.store.deliveries import DeliveryStore, NewDelivery
-from broker.store.jobs import JobStore
-from broker.store.results import ResultStore
-from broker.writeback import (
+from broker.model.errors import AdapterError
+from broker.model.jobs import JobState
+from broker.model.writeback import (
     WEBHOOK_TARGET,
     DeliveryKind,
     DeliveryState,
     TargetSpec,
 )
+from broker.store.deliveries import DeliveryStore, NewDelivery
+from broker.store.jobs import JobStore
+from broker.store.results import ResultStore
 from config.schema import Settings
 from tests.databases import DATABASES, empty_database
 from tests.fhir_receiver import FhirReceiver, Webhook
@@ -428,7 +428,7 @@ CHILD = """
 import sys
 from broker.store import make_engine
 from broker.store.results import ResultStore
-from broker.writeback import TargetSpec
+from broker.model.writeback import TargetSpec
 from broker.engine.writeback_stage import WritebackStage, build_targets
 
 engine = make_engine(sys.argv[1])

@@ -19,13 +19,13 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from adapters.web.app import create_app
-from broker.domain import Role
-from broker.runtime.metrics import REGISTRY
+from broker.engine.metrics import REGISTRY
+from broker.model.domain import Role
+from broker.model.writeback import DeliveryState
 from broker.store.api_tokens import ApiTokens
 from broker.store.audit import SYSTEM, Action, AuditEntry, AuditLog
 from broker.store.deliveries import DeliveryStore
 from broker.store.results import ResultStore
-from broker.writeback import DeliveryState
 from tests.databases import DATABASES, empty_database
 from tests.integration.test_writeback import RADBRIDGE, drain, make_stage, orthanc_instances
 from tests.peers import LOOPBACK, Orthanc

@@ -15,7 +15,7 @@ from adapters.fhir.mapping import (
 )
 from adapters.fhir.outcome import FhirError
 from adapters.fhir.resources import validate
-from broker.domain import (
+from broker.model.domain import (
     Order,
     OrderPriority,
     OrderSource,

@@ -15,7 +15,7 @@ from adapters.hl7.mapping import (
     event_from_message,
 )
 from adapters.hl7.parse import Hl7Message, parse, read_header
-from broker.domain import OrderPriority, OrderStatus, Patient
+from broker.model.domain import OrderPriority, OrderStatus, Patient
 from tests.hl7_messages import adt, adt_a40, omi_o23, orm_o01, sample_order
 
 

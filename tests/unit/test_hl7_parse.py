@@ -10,8 +10,8 @@ from adapters.hl7.charsets import codec_for, hl7_name
 from adapters.hl7.framing import HEAD_BYTES, FrameReader, Oversized, frame
 from adapters.hl7.mapping import OrderEvent, event_from_message
 from adapters.hl7.parse import Hl7ParseError, Separators, parse, read_header, unescape
-from broker.domain import Patient
-from broker.errors import Hl7Error
+from broker.model.domain import Patient
+from broker.model.errors import Hl7Error
 from tests.hl7_messages import omi_o23, orm_o01, sample_order
 
 

@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from broker.domain import Priority
-from broker.errors import RadbridgeError
-from broker.jobs import (
+from broker.model.domain import Priority
+from broker.model.errors import RadbridgeError
+from broker.model.jobs import (
     FINAL,
     TRANSITIONS,
     JobState,

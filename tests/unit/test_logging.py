@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import structlog
 
-from broker.logging import bind_context, configure_logging, get_logger, pseudonym
+from broker.model.logging import bind_context, configure_logging, get_logger, pseudonym
 
 PATIENT = {
     "patient_name": "DOE^JANE",

@@ -52,7 +52,7 @@ from adapters.dicom.synthetic.encodings import Variant, encoding_variants
 from adapters.dicom.synthetic.large import generate_large_study
 from adapters.dicom.synthetic.mg import plan_mg
 from adapters.dicom.synthetic.mr import plan_mr
-from broker.errors import DicomError
+from broker.model.errors import DicomError
 
 __all__ = [
     "CT_IMAGE_STORAGE",

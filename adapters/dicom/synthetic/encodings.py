@@ -39,7 +39,7 @@ from adapters.dicom.synthetic.common import (
     study_dataset,
 )
 from adapters.dicom.synthetic.ct import ct_chest_painter, ct_tags
-from broker.errors import DicomError
+from broker.model.errors import DicomError
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from adapters.dicom.synthetic.common import (
     study_dataset,
 )
 from adapters.dicom.synthetic.ct import ct_chest_painter
-from broker.errors import DicomError
+from broker.model.errors import DicomError
 
 
 def _explicit_le_header(tag: int, vr: str, length: int) -> bytes:

@@ -31,7 +31,7 @@ from adapters.harness.scenario.schema import (
 )
 from adapters.harness.scenario.world import World
 from adapters.hl7.parse import Hl7ParseError, parse, read_header
-from broker.errors import NotFoundError, RadbridgeError
+from broker.model.errors import NotFoundError, RadbridgeError
 
 POLL_SECONDS = 0.2
 #: Job states a job does not leave without an operator.

@@ -29,7 +29,7 @@ from rich.text import Text
 from adapters.harness.scenario import expect, steps
 from adapters.harness.scenario.schema import Scenario, ScenarioError, load_scenario
 from adapters.harness.scenario.world import World
-from broker.errors import RadbridgeError
+from broker.model.errors import RadbridgeError
 
 
 class Status(enum.StrEnum):

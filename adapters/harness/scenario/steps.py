@@ -16,8 +16,8 @@ from adapters.harness.process import LOOPBACK
 from adapters.harness.ris import Answer, make_order, order_message, send_message
 from adapters.harness.scenario.schema import DeliveryRef, JobRef, SendOrder, SendStudy
 from adapters.harness.scenario.world import World
-from broker.errors import Hl7Error, RadbridgeError
-from broker.writeback import DeliveryState
+from broker.model.errors import Hl7Error, RadbridgeError
+from broker.model.writeback import DeliveryState
 
 
 class StepFailedError(HarnessError):

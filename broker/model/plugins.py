@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Any
 
-from broker.errors import ConfigError
+from broker.model.errors import ConfigError
 
 GROUP = "radbridge.registries"
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from broker.domain import CodedValue, Result, StoredOrder, Study
-from broker.errors import RadbridgeError
-from broker.jobs import Job
+from broker.model.domain import CodedValue, Result, StoredOrder, Study
+from broker.model.errors import RadbridgeError
+from broker.model.jobs import Job
 
 
 class DeliveryStateError(RadbridgeError):

@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from broker.domain import CodedValue, Priority
-from broker.errors import RadbridgeError
+from broker.model.domain import CodedValue, Priority
+from broker.model.errors import RadbridgeError
 
 
 class JobStateError(RadbridgeError):

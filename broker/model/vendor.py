@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from broker.jobs import Job
+from broker.model.jobs import Job
 
 
 @dataclass(frozen=True, slots=True)

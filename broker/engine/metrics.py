@@ -24,9 +24,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker.domain import StudyState
-from broker.jobs import UNFINISHED, JobState
-from broker.logging import get_logger
+from broker.model.domain import StudyState
+from broker.model.jobs import UNFINISHED, JobState
+from broker.model.logging import get_logger
 from broker.store.tables import instances, jobs, studies
 
 LOG = get_logger("radbridge.metrics")
