@@ -8,13 +8,12 @@ points of the registry's group. An unknown name fails with the closest known one
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
-from broker.model.errors import RadbridgeError
+from broker.model.errors import RadbridgeError, did_you_mean
 
 T = TypeVar("T", bound=type[Any])
 
@@ -69,6 +68,5 @@ class Registry:
                 self._classes.setdefault(name, found.load())
         if name in self._classes:
             return self._classes[name]
-        close = difflib.get_close_matches(name, self.names(), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"valid: {', '.join(self.names())}"
-        raise self.error(f"no such {self.what} '{name}'; {hint}")
+        hint = did_you_mean(name, self.names(), or_list=True)
+        raise self.error(f"no such {self.what} '{name}'{hint}")

@@ -25,9 +25,9 @@ from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from broker.model.errors import did_you_mean
 from config.base import AETitle, LocatedErrors, Port, Strict
 from config.vendors import Duration
-from routing.parse import did_you_mean
 
 TargetName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")]
 Hl7Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^|^~\\&\r\n]+$")]

@@ -20,9 +20,10 @@ from pydantic import (
 )
 
 from broker.model.domain import Priority
+from broker.model.errors import did_you_mean
 from config.base import AETitle, LocatedErrors, Port, Strict
 from routing.fields import Kind
-from routing.parse import RuleError, did_you_mean, parse_series, parse_when
+from routing.parse import RuleError, parse_series, parse_when
 from routing.schema import (
     Conditions,
     OnNoOrder,

@@ -9,12 +9,11 @@ route; nothing is ever ``eval``-ed. DICOM tag names are resolved by a
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from broker.model.errors import RoutingError
+from broker.model.errors import RoutingError, did_you_mean
 from routing.fields import FIELDS, SERIES_FIELDS, TAG_PREFIX, FieldSpec, Kind, tag_field
 from routing.schema import (
     COMPARISONS,
@@ -58,15 +57,6 @@ def plain_tag(name: str) -> tuple[str, Kind]:
 
 
 _TAG_NUMBER = re.compile(r"\(?\s*([0-9A-Fa-f]{4})\s*,?\s*([0-9A-Fa-f]{4})\s*\)?")
-
-
-def did_you_mean(word: str, valid: Sequence[str]) -> str:
-    """``; did you mean 'x'?`` for the closest valid word (any case), or nothing."""
-    lowered = {v.lower(): v for v in valid}
-    close = lowered.get(word.lower()) or next(
-        iter(difflib.get_close_matches(word, valid, n=1, cutoff=0.7)), None
-    )
-    return f"; did you mean '{close}'?" if close else ""
 
 
 def _number(value: Any) -> float | None:

@@ -2,9 +2,14 @@
 
 Every error radbridge raises on purpose derives from :class:`RadbridgeError`
 and is raised ``from`` the library error it wraps, so the cause stays visible.
+A name that is not known ends its message the same way everywhere:
+:func:`did_you_mean`.
 """
 
 from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
 
 
 class RadbridgeError(Exception):
@@ -82,3 +87,19 @@ class ResultError(AdapterError):
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         self.problems = problems or [message]
         super().__init__(message if problems is None else "; ".join(problems))
+
+
+def did_you_mean(word: str, valid: Iterable[str], *, or_list: bool = False) -> str:
+    """What a "no such …" message ends with: ``; did you mean 'x'?`` for the closest valid
+    word (any case), else ``; valid: a, b`` with ``or_list``, else nothing.
+
+    ``f"no such vendor transport '{name}'{did_you_mean(name, names)}"`` reads
+    "no such vendor transport 'dicomweb2'; did you mean 'dicomweb'?".
+    """
+    words = sorted(set(valid))
+    close = {w.lower(): w for w in words}.get(word.lower()) or next(
+        iter(difflib.get_close_matches(word, words, n=1)), None
+    )
+    if close is not None:
+        return f"; did you mean '{close}'?"
+    return f"; valid: {', '.join(words)}" if or_list and words else ""

@@ -7,14 +7,13 @@ whatever is registered, like kombu finds its transports.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import Engine
 
-from broker.model.errors import ConfigError
+from broker.model.errors import ConfigError, did_you_mean
 from broker.store import StudyStore
 from broker.store.spool import Spool
 from config.schema import Settings
@@ -57,7 +56,5 @@ def load(name: str) -> type[Edge]:
     """The edge class registered as ``name``; a typo gets a suggestion."""
     edges = available()
     if name not in edges:
-        close = difflib.get_close_matches(name, edges, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; valid: {', '.join(sorted(edges))}"
-        raise ConfigError(f"no such edge '{name}'{hint}")
+        raise ConfigError(f"no such edge '{name}'{did_you_mean(name, edges, or_list=True)}")
     return edges[name]
