@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 from fastapi import Depends, Header, HTTPException, Request
 from sqlalchemy import Engine
 
-from adapters.web.auth import api_tokens, bearer_token, require
+from adapters.api.auth import api_tokens, bearer_token, require
 from broker.model.domain import Role
 from broker.runtime.edges import ServiceContext
 from broker.runtime.routing_stage import Rules

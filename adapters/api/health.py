@@ -20,8 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from adapters.api.auth import REALM, api_tokens, bearer_token
 from adapters.api.deps import State
-from adapters.web.auth import REALM, api_tokens, bearer_token
 from broker.engine.bus import Bus
 from broker.engine.metrics import StoreCollector, exposition
 from broker.model.domain import Role

@@ -7,8 +7,8 @@ from datetime import datetime
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
+from adapters.api.auth import api_tokens
 from adapters.api.deps import Admin, State
-from adapters.web.auth import api_tokens
 from broker.model.domain import Role
 from broker.model.errors import NotFoundError
 from broker.store.api_tokens import ApiToken

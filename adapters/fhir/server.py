@@ -16,7 +16,7 @@ Routes (JSON only, ``application/fhir+json``; requests may also say
   mapped before anything is stored) or a ``batch`` (each entry on its own).
 
 Reading needs a token of role viewer, writing one of role operator
-(:func:`adapters.web.auth.require`). Every answer of a write comes after the
+(:func:`adapters.api.auth.require`). Every answer of a write comes after the
 store has committed the order and the message as it came. Every error is an
 OperationOutcome naming the element; a body over :data:`MAX_BODY_BYTES` gets
 413; nothing a client sends makes the route raise.
@@ -35,6 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from sqlalchemy import Engine
 
+from adapters.api.auth import require
 from adapters.fhir.capability import capability_statement
 from adapters.fhir.mapping import (
     V2_0203,
@@ -50,7 +51,6 @@ from adapters.fhir.resources import (
     validate_entry,
     validate_envelope,
 )
-from adapters.web.auth import require
 from broker.model.domain import InboundMessage, OrderOutcome, OrderSource, Role, StoredOrder
 from broker.model.errors import NotFoundError, RadbridgeError
 from broker.model.logging import get_logger

@@ -19,7 +19,7 @@ def create_app(engine: Engine, context: ServiceContext | None = None) -> FastAPI
 
     - ``/wado``: WADO-RS for vendors that pull, with per-job tokens;
     - ``/fhir``: the FHIR R4 orders interface, with API tokens and roles
-      (:func:`adapters.web.auth.require`, which finds them on ``app.state.api_tokens``);
+      (:func:`adapters.api.auth.require`, which finds them on ``app.state.api_tokens``);
     - ``/results``: STOW-RS and JSON findings from vendors, with their results
       tokens (needs the service ``context``: settings and spool);
     - ``/api/v1`` (REST API, OpenAPI at ``/docs``), ``/healthz``, ``/readyz``,

@@ -1,4 +1,4 @@
-"""Bearer tokens with roles for radbridge's HTTP API (FHIR now; REST API and console later).
+"""API tokens: bearer tokens with roles for radbridge's REST API and its FHIR interface.
 
 ``require(Role.OPERATOR)`` is a FastAPI dependency: it reads
 ``Authorization: Bearer <token>``, checks the token with
