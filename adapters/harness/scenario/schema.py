@@ -54,6 +54,7 @@ from adapters.dicom.synthetic import StudyKind
 from adapters.harness.errors import HarnessError
 from adapters.harness.products import ProductKind
 from adapters.harness.ris import MESSAGE_KINDS, Answer
+from adapters.harness.scenario.settings import base_config, merge
 from adapters.harness.vendor import Fault, ResultType
 from config.base import AETitle, LocatedErrors
 from config.vendors import VendorName, parse_duration
@@ -534,7 +535,6 @@ def placeholder_names(scenario: Scenario) -> dict[str, Any]:
 
 def _check_fragment(scenario: Scenario, data: dict[str, Any], lines: _Lines) -> list[str]:
     """The ``radbridge:`` fragment against radbridge's settings schema, at its own lines."""
-    from adapters.harness.scenario.world import base_config, merge  # noqa: PLC0415 - cycle
     from config.schema import Settings  # noqa: PLC0415 - loads routing, only when checking
 
     fragment = data.get("radbridge") or {}

@@ -21,6 +21,7 @@ from adapters.harness.pacs import BuiltinPacs, HeldStudy, Orthanc, orthanc_execu
 from adapters.harness.process import LOOPBACK, RadbridgeServe, free_port
 from adapters.harness.ris import RisListener
 from adapters.harness.scenario.schema import Scenario, StudySpec, fill_placeholders
+from adapters.harness.scenario.settings import base_config, merge
 from adapters.harness.vendor import ResultsTarget, ResultType, SimulatedVendor
 from broker.store import make_engine
 from broker.store.deliveries import DeliveryStore
@@ -30,40 +31,6 @@ from broker.store.studies import StudyStore
 #: Results are complete this long after the vendor's last object unless the scenario says.
 QUIET_SECONDS = 1.0
 MODALITY = {"ct": "CT", "mr": "MR", "dx": "DX", "mg": "MG"}
-
-
-def base_config(folder: Path, port: int, hl7_port: int, http_port: int) -> dict[str, Any]:
-    """radbridge on loopback with its own spool and SQLite store; fast timers for scenarios."""
-    return {
-        "site": {"name": "radbridge scenario"},
-        "storage": {"spool": str(folder / "spool"), "database": f"sqlite:///{folder}/radbridge.db"},
-        "dicom": {
-            "listen": {"host": LOOPBACK, "port": port},
-            "ae_titles": {
-                "RADBRIDGE": "ingest",
-                "RADBRIDGE_STAT": {"role": "ingest", "stable_seconds": 0.5},
-                "RADBRIDGE_RES": "results",
-            },
-            "allow_any_peer": True,
-            "study_stable_seconds": 1,
-            "processes": 1,
-        },
-        "hl7": {"listen": {"host": LOOPBACK, "port": hl7_port}},
-        "http": {"listen": {"host": LOOPBACK, "port": http_port}},
-        "delivery": {"backoff_base_seconds": 0.2, "backoff_cap_seconds": 0.5},
-        "logging": {"level": "INFO", "format": "json"},
-    }
-
-
-def merge(base: dict[str, Any], fragment: dict[str, Any]) -> dict[str, Any]:
-    """``fragment`` over ``base``: mappings merge key by key, anything else replaces."""
-    merged = dict(base)
-    for key, value in fragment.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 @dataclass(frozen=True)
