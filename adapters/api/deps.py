@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from adapters.api.auth import api_tokens, bearer_token, require
 from broker.model.domain import Role
 from broker.runtime.edges import ServiceContext
-from broker.runtime.routing_stage import Rules
+from broker.runtime.snapshot import SnapshotHolder
 from broker.store.audit import AuditLog, token_actor
 from broker.store.deliveries import DeliveryStore
 from broker.store.jobs import JobStore
@@ -24,7 +24,8 @@ from broker.store.orders import OrderStore
 from broker.store.results import ResultStore
 from broker.store.studies import StudyStore
 from broker.store.usage import UsageStore
-from config.schema import Settings
+from config.schema import Settings, routing_rules
+from routing import RuleSet
 
 
 class ApiState:
@@ -44,19 +45,25 @@ class ApiState:
         self._settings = context.settings if context is not None else Settings()
 
     @property
-    def rules(self) -> Rules | None:
-        return self.context.rules if self.context is not None else None
+    def snapshots(self) -> SnapshotHolder | None:
+        """The service's configuration snapshots (None when the API runs without a service)."""
+        return self.context.snapshots if self.context is not None else None
 
     @property
     def settings(self) -> Settings:
         """The configuration in force: the reloaded one when the service reloaded it."""
-        rules = self.rules
-        return rules.settings if rules is not None else self._settings
+        snapshots = self.snapshots
+        return snapshots.settings if snapshots is not None else self._settings
+
+    def rule_set(self) -> RuleSet:
+        """The compiled routes in force."""
+        snapshots = self.snapshots
+        return snapshots.current.rules if snapshots is not None else routing_rules(self._settings)
 
     @property
     def config_path(self) -> Path | None:
-        rules = self.rules
-        return rules.path if rules is not None else None
+        reloader = self.context.reloader if self.context is not None else None
+        return reloader.path if reloader is not None else None
 
 
 def state(request: Request) -> ApiState:

@@ -10,10 +10,8 @@ from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel
 
 from adapters.api.deps import Admin, State, Viewer, parse_time
-from broker.model.errors import ConfigError, NotFoundError
+from broker.model.errors import NotFoundError
 from broker.store.audit import Action
-from config.loader import load_settings
-from config.schema import routing_rules
 from config.vendors import Route
 from routing import RuleSet, explain, to_json, to_text
 from routing.facts import study_tags
@@ -102,8 +100,7 @@ def list_routes(api: State, _who: Viewer) -> RoutesOut:
 
 
 def _rules(api: State) -> RuleSet:
-    rules = api.rules
-    return rules.current if rules is not None else routing_rules(api.settings)
+    return api.rule_set()
 
 
 @router.get(
@@ -152,33 +149,30 @@ def explain_study(
     },
 )
 def reload_config(api: State, who: Admin) -> Reloaded:
-    """Like SIGHUP: routes and billing from the file; an invalid file changes nothing
-    and its problems come back (``FILE:LINE: field: …``)."""
-    rules = api.rules
-    if rules is None or rules.path is None:
+    """Like SIGHUP: a whole new configuration snapshot from the file, swapped in one step;
+    an invalid file changes nothing and its problems come back (``FILE:LINE: field: …``)."""
+    reloader = api.context.reloader if api.context is not None else None
+    if reloader is None or reloader.path is None:
         raise HTTPException(409, "this radbridge was not started from a configuration file")
-    try:
-        load_settings(rules.path)
-    except ConfigError as exc:
-        api.audit.record(
-            who.actor,
-            Action.CONFIG_RELOAD,
-            f"config:{rules.path}",
-            {"reloaded": False, "problems": exc.problems},
-            who.peer,
-        )
-        raise HTTPException(422, {"problems": exc.problems}) from exc
-    reloaded = rules.reload()
+    outcome = reloader.reload()
     api.audit.record(
         who.actor,
         Action.CONFIG_RELOAD,
-        f"config:{rules.path}",
-        {"reloaded": reloaded, "routes": len(rules.settings.routes)},
+        f"config:{reloader.path}",
+        {
+            "reloaded": outcome.reloaded,
+            "snapshot": outcome.snapshot,
+            "previous": outcome.previous,
+            "problems": list(outcome.problems),
+        },
         who.peer,
     )
+    if not outcome.reloaded:
+        raise HTTPException(422, {"problems": list(outcome.problems)})
+    settings = api.settings
     return Reloaded(
-        reloaded=reloaded,
-        config_path=str(rules.path),
-        routes=len(rules.settings.routes),
-        vendors=len(rules.settings.vendors),
+        reloaded=True,
+        config_path=str(reloader.path),
+        routes=len(settings.routes),
+        vendors=len(settings.vendors),
     )

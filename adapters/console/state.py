@@ -12,8 +12,6 @@ from adapters.api.deps import ApiState
 from broker.runtime.edges import ServiceContext
 from broker.store.api_tokens import ApiTokens
 from broker.store.users import ConsoleSessions, ConsoleUsers
-from config.schema import routing_rules
-from routing import RuleSet
 
 
 class ConsoleState(ApiState):
@@ -24,10 +22,6 @@ class ConsoleState(ApiState):
         self.users = ConsoleUsers(engine)
         self.sessions = ConsoleSessions(engine)
         self.tokens = ApiTokens(engine)
-
-    def rule_set(self) -> RuleSet:
-        rules = self.rules
-        return rules.current if rules is not None else routing_rules(self.settings)
 
     @property
     def tz(self) -> ZoneInfo:

@@ -19,7 +19,8 @@ from adapters.results.objects import ResultHeader, read_result_header
 from broker.model.domain import ResultObject, ResultOrigin
 from broker.model.errors import InvalidDicomError, SpoolError
 from broker.model.logging import get_logger
-from broker.runtime.results import result_policies, vendors_for_ae
+from broker.runtime.results import vendors_for_ae
+from broker.runtime.snapshot import result_policies
 from broker.store.results import Recorded, ResultStore
 from broker.store.spool import Spool
 from config.schema import Settings

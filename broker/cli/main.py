@@ -112,7 +112,7 @@ def serve(config: ConfigOption = None) -> None:
 def worker(config: ConfigOption = None) -> None:
     """Deliver jobs from a shared bus (RabbitMQ) to the vendors, until Ctrl-C or SIGTERM."""
     from broker.engine.bus import Bus  # noqa: PLC0415 (kombu is heavy; other commands skip it)
-    from broker.runtime.routing_stage import make_delivery  # noqa: PLC0415
+    from broker.runtime.worker import WorkerProcess  # noqa: PLC0415
 
     settings = settings_or_exit(config)
     configure_logging(settings.logging.level, settings.logging.format, settings.logging.phi)
@@ -130,14 +130,14 @@ def worker(config: ConfigOption = None) -> None:
     migrate(engine)
     bus = Bus(settings.bus.url, prefix=settings.bus.prefix)
     try:
-        _dispatcher, delivery = make_delivery(settings, engine, bus)
-        delivery.start()
+        process = WorkerProcess(settings, engine, bus, config)
+        signal.signal(signal.SIGHUP, lambda *_: process.hup.set())
+        process.start()
     except RadbridgeError as exc:
         log.error("radbridge worker cannot start", error=str(exc))
         raise typer.Exit(1) from exc
-    log.info("radbridge worker started", vendors=sorted(settings.vendors))
     stop.wait()
-    delivery.stop(timeout=30)
+    process.stop(timeout=30)
     bus.close()
     engine.dispose()
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from broker.cli.common import ConfigOption, JsonOption, err, out, plain, settings_or_exit
 from broker.model.domain import Result
 from broker.model.errors import NotFoundError
-from broker.runtime.results import result_policies
+from broker.runtime.snapshot import result_policies
 from broker.store import make_engine
 from broker.store.migrate import migrate
 from broker.store.results import ResultStore

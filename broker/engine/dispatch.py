@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Engine
 from structlog.stdlib import BoundLogger
 
 from broker.engine.bus import Bus, BusError, Ticket
 from broker.engine.metrics import count_error
+from broker.engine.plan import Plan, Plans, VendorSpec
 from broker.model.domain import Priority
 from broker.model.errors import ConfigError
 from broker.model.jobs import RESENDABLE, Job, JobState, JobStateError, backoff
@@ -47,38 +47,6 @@ def utc_now() -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
-class VendorSpec:
-    """How to deliver to one vendor product: transport, concurrency and retry policy."""
-
-    name: str
-    transport: str
-    """The registered transport type (``dicom``; later ``dicomweb``, ``http``)."""
-    params: Mapping[str, Any] = field(default_factory=dict)
-    """The transport's own settings (for ``dicom``: ae_title, host, port, …)."""
-    concurrency: int = 1
-    """Jobs of this vendor in flight at once, per worker process."""
-    max_attempts: int = 5
-    backoff_base: float = 30.0
-    """Seconds; the wait before retry n is drawn from [0, min(cap, base * 2**(n-1))]."""
-    backoff_cap: float = 3600.0
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.concurrency < 1:
-            problems.append(f"concurrency is {self.concurrency}; valid: 1 or more")
-        if self.max_attempts < 1:
-            problems.append(f"max_attempts is {self.max_attempts}; valid: 1 or more")
-        if self.backoff_base < 0 or self.backoff_cap < self.backoff_base:
-            problems.append(
-                f"backoff base {self.backoff_base} s, cap {self.backoff_cap} s; "
-                "valid: 0 <= base <= cap"
-            )
-        if problems:
-            lines = [f"vendors.{self.name}: {p}" for p in problems]
-            raise ConfigError(lines[0], lines)
-
-
-@dataclass(frozen=True, slots=True)
 class JobRequest:
     """One study for one vendor product, as a routing decision asks for it."""
 
@@ -93,14 +61,6 @@ class JobRequest:
     """The vendor had the study already; send it again (the study was updated)."""
 
 
-def _spec(vendors: Mapping[str, VendorSpec], name: str) -> VendorSpec:
-    try:
-        return vendors[name]
-    except KeyError:
-        valid = ", ".join(sorted(vendors)) or "none configured"
-        raise ConfigError(f"no vendor '{name}' is configured; valid: {valid}") from None
-
-
 class Dispatcher:
     """Creates jobs and keeps the bus in step with the store."""
 
@@ -108,22 +68,26 @@ class Dispatcher:
         self,
         jobs: JobStore,
         bus: Bus,
-        vendors: Mapping[str, VendorSpec],
+        plans: Plans,
         *,
         clock: Clock = utc_now,
     ) -> None:
         self.jobs = jobs
         self.bus = bus
-        self.vendors = vendors
+        self.plans = plans
         self.clock = clock
         self._unpublished: dict[int, Job] = {}
         self._lock = threading.Lock()
 
-    def dispatch(self, requests: Iterable[JobRequest]) -> list[Created]:
-        """Create a job per request (an existing one is kept) and publish the new ones."""
+    def dispatch(self, requests: Iterable[JobRequest], plan: Plan | None = None) -> list[Created]:
+        """Create a job per request (an existing one is kept) and publish the new ones.
+
+        ``plan`` is the configuration the routing decision used (default: the one in force).
+        """
+        plan = plan or self.plans.current
         results = []
         for request in requests:
-            spec = _spec(self.vendors, request.vendor)
+            spec = plan.vendor(request.vendor)
             now = self.clock()
             created = self.jobs.create(
                 request.study_uid,
@@ -229,6 +193,11 @@ class Dispatcher:
             stop.wait(wait)
 
 
+def _prefetch(plan: Plan) -> dict[str, int]:
+    """Each vendor's queue and how many of its jobs this worker takes at once."""
+    return {name: plan.vendor(name).concurrency for name in plan.vendor_names}
+
+
 class DeliveryWorker:
     """Consumes vendor queues and delivers each job with its vendor's transport."""
 
@@ -236,41 +205,57 @@ class DeliveryWorker:
         self,
         engine: Engine,
         bus: Bus,
-        vendors: Mapping[str, VendorSpec],
-        transports: Mapping[str, VendorTransport],
+        plans: Plans,
         *,
         clock: Clock = utc_now,
         jitter: Callable[[float, float], float] = random.uniform,
         on_sent: Sequence[SentHook] = (),
     ) -> None:
-        missing = sorted(set(vendors) - set(transports))
-        if missing:
-            raise ConfigError(f"no transport built for vendor(s) {', '.join(missing)}")
         self.engine = engine
         self.jobs = JobStore(engine)
         self.studies = StudyStore(engine)
         self.bus = bus
-        self.vendors = vendors
-        self.transports = transports
+        self.plans = plans
         self.clock = clock
         self.jitter = jitter
         self.on_sent = list(on_sent)
         self._stop = threading.Event()
+        self._round = threading.Event()
         self._thread: threading.Thread | None = None
+        plans.on_swap(self._replan)
+
+    @property
+    def vendors(self) -> list[str]:
+        """The vendors whose queues this worker consumes (those of the plan in force)."""
+        return sorted(self.plans.current.vendor_names)
 
     # ---------------------------------------------------------------- running
 
     def run(self, stop: threading.Event, ready: threading.Event | None = None) -> None:
-        """Consume every configured vendor's queue until ``stop`` is set (this thread)."""
-        prefetch = {name: spec.concurrency for name, spec in self.vendors.items()}
-        self.bus.consume(prefetch, self.handle, stop, ready=ready)
+        """Consume every configured vendor's queue until ``stop`` is set (this thread).
+
+        When a new configuration adds or removes a vendor or changes a vendor's
+        concurrency, the consumers are registered again for it (sends in
+        progress finish first).
+        """
+        while not stop.is_set():
+            self._round = threading.Event()
+            if stop.is_set():
+                break
+            self.bus.consume(_prefetch(self.plans.current), self.handle, self._round, ready=ready)
+            ready = None
+
+    def _replan(self, old: Plan, new: Plan) -> None:
+        """A swap listener: consume again when the vendors or their concurrency changed."""
+        if _prefetch(old) != _prefetch(new):
+            self._round.set()
 
     def start(self, timeout: float = 30.0) -> DeliveryWorker:
         """Run in a background thread; return once its consumers are registered."""
         ready = threading.Event()
         self._stop.clear()
         self._thread = threading.Thread(
-            target=self.run, args=(self._stop, ready), name="delivery-worker", daemon=True
+            target=self._run_until_stopped, args=(ready,), name="delivery-worker", daemon=True
         )
         self._thread.start()
         if not ready.wait(timeout):
@@ -278,9 +263,13 @@ class DeliveryWorker:
             raise BusError(f"the delivery worker could not consume from {self.bus!r}")
         return self
 
+    def _run_until_stopped(self, ready: threading.Event) -> None:
+        self.run(self._stop, ready)
+
     def stop(self, timeout: float | None = None) -> None:
         """Stop consuming; the deliveries in progress finish first."""
         self._stop.set()
+        self._round.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -295,19 +284,26 @@ class DeliveryWorker:
             log.info("duplicate or stale message dropped", redelivered=ticket.redelivered)
             return
         log = log.bind(study_uid=job.study_uid)
-        spec = _spec(self.vendors, job.vendor)
-        transport = self.transports[job.vendor]
-        files = [Path(p) for p in self.studies.instance_paths(job.study_uid, job.series_uids)]
-        if not files:
-            self._finish(job, [JobState.DEAD], error="the study has no instances in the store")
-            log.error("nothing to send", series=len(job.series_uids))
-            return
-        log.info("sending", instances=len(files))
-        try:
-            outcome = transport.send(job, files)
-        except Exception as exc:
-            self._failed(job, spec, transport, exc, log)
-            return
+        with self.plans.use() as plan:
+            log = log.bind(snapshot=plan.id)
+            try:
+                spec = plan.vendor(job.vendor)
+                transport = plan.transport(job.vendor)
+            except ConfigError as exc:
+                self._finish(job, [JobState.DEAD], error=str(exc))
+                log.error("the job's vendor is no longer configured; job is dead")
+                return
+            files = [Path(p) for p in self.studies.instance_paths(job.study_uid, job.series_uids)]
+            if not files:
+                self._finish(job, [JobState.DEAD], error="the study has no instances in the store")
+                log.error("nothing to send", series=len(job.series_uids))
+                return
+            log.info("sending", instances=len(files))
+            try:
+                outcome = transport.send(job, files)
+            except Exception as exc:
+                self._failed(job, spec, transport, exc, log)
+                return
         self._finish(job, [JobState.SENT, JobState.AWAITING_RESULT])
         for hook in self.on_sent:  # notification hooks (usage, audit, metrics): the vendor has it
             try:

@@ -28,18 +28,17 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import Engine
 
 from broker.engine.metrics import observe_writeback
+from broker.engine.plan import Plan, Plans
 from broker.model.domain import LinkState, Result, StoredOrder, Study
 from broker.model.errors import NotFoundError, RadbridgeError, StoreError
 from broker.model.jobs import Job, JobState, JobStateError, backoff
 from broker.model.logging import get_logger
-from broker.model.plugins import registered
 from broker.model.writeback import (
     WEBHOOK_TARGET,
     Delivery,
@@ -47,14 +46,12 @@ from broker.model.writeback import (
     DeliveryState,
     TargetSpec,
     WritebackItem,
-    WritebackTarget,
     is_retryable,
 )
 from broker.store import StudyStore
 from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.jobs import JobStore
 from broker.store.orders import OrderStore
-from config.schema import Settings
 
 LOG = get_logger("radbridge.writeback")
 POLL_SECONDS = 1.0
@@ -67,69 +64,42 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def target_specs(settings: Settings) -> dict[str, TargetSpec]:
-    """Every configured target, and the notification webhook as a target of its own."""
-    base = settings.delivery.backoff_base_seconds
-    cap = settings.delivery.backoff_cap_seconds
-    specs = {
-        name: TargetSpec(name, t.type.value, t.params(), t.retries, base, cap)
-        for name, t in settings.targets.items()
-    }
-    hook = settings.notifications.webhook
-    if hook is not None:
-        params: dict[str, Any] = {"url": hook.url, "timeout": hook.timeout}
-        if hook.token is not None:
-            params["token"] = hook.token
-        specs[WEBHOOK_TARGET] = TargetSpec(
-            WEBHOOK_TARGET, "webhook", params, hook.retries, base, cap
-        )
-    return specs
-
-
-def build_targets(specs: Mapping[str, TargetSpec]) -> dict[str, WritebackTarget]:
-    """One target per spec, from the registry the adapters declare (``writeback_targets``)."""
-    target_for: Callable[[str], Any] = registered("writeback_targets")
-    return {name: target_for(s.type).from_params(name, s.params) for name, s in specs.items()}
-
-
 class WritebackStage:
     """Schedules deliveries of completed results and runs a worker per target."""
 
     def __init__(
         self,
         engine: Engine,
-        specs: Mapping[str, TargetSpec],
-        targets: Mapping[str, WritebackTarget],
+        plans: Plans,
         *,
-        routes: Mapping[str, tuple[str, ...]],
         results: ResultLoader,
-        ris_status: str | None = None,
-        overdue_seconds: float = 5.0,
         clock: Clock = utc_now,
         jitter: Callable[[float, float], float] = random.uniform,
         poll_seconds: float = POLL_SECONDS,
     ) -> None:
-        missing = sorted(set(specs) - set(targets))
-        if missing:
-            raise RadbridgeError(f"no write-back target built for {', '.join(missing)}")
         self.engine = engine
+        self.plans = plans
         self.deliveries = DeliveryStore(engine)
         self.jobs = JobStore(engine)
         self.studies = StudyStore(engine)
         self.orders = OrderStore(engine)
-        self.specs = dict(specs)
-        self.targets = dict(targets)
-        self.routes = dict(routes)
-        self.ris_status = ris_status
-        self.overdue_seconds = overdue_seconds
         self.results = results
         """``ResultStore.get``: a result with its objects and findings, by id."""
         self.clock = clock
         self.jitter = jitter
         self.poll_seconds = poll_seconds
         self._stop = threading.Event()
-        self._wake = {name: threading.Event() for name in self.specs}
+        self._lock = threading.Lock()
+        self._wake: dict[str, threading.Event] = {}
+        self._workers: dict[str, threading.Thread] = {}
         self._threads: list[threading.Thread] = []
+        plans.on_swap(lambda _old, _new: self._start_workers())
+
+    def _wake_up(self, target: str) -> None:
+        with self._lock:
+            wake = self._wake.get(target)
+        if wake is not None:
+            wake.set()
 
     # ---------------------------------------------------------------- scheduling
 
@@ -141,32 +111,34 @@ class WritebackStage:
             log.warning("orphan result not written back (it matches no job)")
             return []
         job = self.jobs.get(result.job_id)
-        wanted = self.routes.get(job.route)
-        if wanted is None:
-            log.warning(
-                "the job's route is no longer configured; not written back", route=job.route
-            )
-            wanted = ()
-        new: list[NewDelivery] = []
-        for name in wanted:
-            spec = self.specs.get(name)
-            if spec is None:
-                log.error("write-back target is not configured; skipped", target=name)
-                continue
-            new.append(self._new(result, job, spec, DeliveryKind.RESULT, "result"))
-        if result.urgent:
-            hook = self.specs.get(WEBHOOK_TARGET)
-            if hook is not None:
-                new.append(self._new(result, job, hook, DeliveryKind.NOTIFY, "urgent_result"))
-            ris = self.specs.get(self.ris_status) if self.ris_status else None
-            if ris is not None:
-                new.append(self._new(result, job, ris, DeliveryKind.STATUS, "urgent_result"))
+        with self.plans.use() as plan:
+            log = log.bind(snapshot=plan.id)
+            wanted = plan.write_back(job.route)
+            if wanted is None:
+                log.warning(
+                    "the job's route is no longer configured; not written back", route=job.route
+                )
+                wanted = ()
+            new: list[NewDelivery] = []
+            for name in wanted:
+                spec = plan.target(name)
+                if spec is None:
+                    log.error("write-back target is not configured; skipped", target=name)
+                    continue
+                new.append(self._new(result, job, spec, DeliveryKind.RESULT, "result"))
+            if result.urgent:
+                hook = plan.target(WEBHOOK_TARGET)
+                if hook is not None:
+                    new.append(self._new(result, job, hook, DeliveryKind.NOTIFY, "urgent_result"))
+                ris = plan.target(plan.ris_status) if plan.ris_status else None
+                if ris is not None:
+                    new.append(self._new(result, job, ris, DeliveryKind.STATUS, "urgent_result"))
         made = self.deliveries.create(new, now=self.clock()) if new else []
         self._start_writing_back(
             job, has_deliveries=any(d.kind is DeliveryKind.RESULT for d in made)
         )
         for d in made:
-            self._wake[d.target].set()
+            self._wake_up(d.target)
         log.info(
             "write-back scheduled",
             targets=[d.target for d in made if d.kind is DeliveryKind.RESULT],
@@ -252,15 +224,27 @@ class WritebackStage:
 
     def handle(self, d: Delivery) -> Delivery:
         """Run one claimed attempt and record its outcome; settle the job after."""
-        target = self.targets[d.target]
-        spec = self.specs[d.target]
+        with self.plans.use() as plan:
+            return self._attempt(d, plan)
+
+    def _attempt(self, d: Delivery, plan: Plan) -> Delivery:
         log = LOG.bind(
             delivery_id=d.id,
             target=d.target,
             kind=d.kind.value,
             attempt=d.attempts,
             job_id=d.job_id,
+            snapshot=plan.id,
         )
+        spec = plan.target(d.target)
+        if spec is None:
+            error = f"write-back target '{d.target}' is no longer configured"
+            done = self.deliveries.finish(d.id, DeliveryState.DEAD, error=error, now=self.clock())
+            log.error("write-back failed; delivery is dead (target not configured)")
+            if d.job_id is not None and d.kind is DeliveryKind.RESULT:
+                self.settle(d.job_id)
+            return done
+        target = plan.writer(d.target)
         try:
             item = self._item(d)
             detail = target.deliver(item)
@@ -303,7 +287,7 @@ class WritebackStage:
 
     def check_overdue(self) -> list[Job]:
         """Flag jobs past their deadline without a result, once each, and notify the webhook."""
-        hook = self.specs.get(WEBHOOK_TARGET)
+        hook = self.plans.current.target(WEBHOOK_TARGET)
         template = None
         if hook is not None:
             template = NewDelivery(
@@ -324,7 +308,7 @@ class WritebackStage:
                 notified=delivery is not None,
             )
         if flagged and hook is not None:
-            self._wake[hook.name].set()
+            self._wake_up(hook.name)
         return [job for job, _ in flagged]
 
     # ---------------------------------------------------------------- running
@@ -341,9 +325,8 @@ class WritebackStage:
         for job in self.jobs.list(state=JobState.WRITING_BACK, limit=1_000_000):
             self.settle(job.id)
 
-    def _worker(self, name: str) -> None:
-        wake = self._wake[name]
-        while not self._stop.is_set():
+    def _worker(self, name: str, wake: threading.Event) -> None:
+        while not self._stop.is_set() and name in self.plans.current.target_names:
             try:
                 if self.run_once(name) is not None:
                     continue
@@ -359,6 +342,10 @@ class WritebackStage:
                 wait = self.poll_seconds
             wake.wait(wait)
             wake.clear()
+        with self._lock:
+            if self._workers.get(name) is threading.current_thread():
+                del self._workers[name]
+                self._wake.pop(name, None)
 
     def _overdue(self) -> None:
         while not self._stop.is_set():
@@ -366,52 +353,43 @@ class WritebackStage:
                 self.check_overdue()
             except Exception:
                 LOG.exception("overdue check failed")
-            self._stop.wait(self.overdue_seconds)
+            self._stop.wait(self.plans.current.overdue_check_seconds)
 
     def start(self) -> WritebackStage:
         """Recover, then run a worker thread per target and the overdue watcher."""
         self._stop.clear()
         self.recover()
-        for name in self.specs:
-            thread = threading.Thread(
-                target=self._worker, args=(name,), name=f"writeback-{name}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+        self._start_workers()
         watcher = threading.Thread(target=self._overdue, name="writeback-overdue", daemon=True)
         watcher.start()
         self._threads.append(watcher)
         return self
 
+    def _start_workers(self) -> None:
+        """A worker thread for every target of the plan in force that has none yet."""
+        if self._stop.is_set():
+            return
+        for name in sorted(self.plans.current.target_names):
+            with self._lock:
+                if name in self._workers:
+                    continue
+                wake = self._wake[name] = threading.Event()
+                thread = threading.Thread(
+                    target=self._worker, args=(name, wake), name=f"writeback-{name}", daemon=True
+                )
+                self._workers[name] = thread
+                self._threads.append(thread)
+            thread.start()
+
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the workers (an attempt in progress finishes first) and close the targets."""
+        """Stop the workers (an attempt in progress finishes first); the targets' connections
+        belong to the plans and are closed with them."""
         self._stop.set()
-        for wake in self._wake.values():
+        with self._lock:
+            wakes = list(self._wake.values())
+            threads = list(self._threads)
+        for wake in wakes:
             wake.set()
-        for thread in self._threads:
+        for thread in threads:
             thread.join(timeout)
         self._threads.clear()
-        for target in self.targets.values():
-            try:
-                target.close()
-            except Exception:
-                LOG.exception("write-back target did not close cleanly")
-
-
-def make_writeback(
-    settings: Settings, engine: Engine, results: ResultLoader, **kwargs: Any
-) -> WritebackStage:
-    """The write-back stage of the configured targets, routes and notifications;
-    ``results`` loads a result by id (``ResultStore.get``)."""
-    specs = target_specs(settings)
-    status = settings.notifications.ris_status
-    return WritebackStage(
-        engine,
-        specs,
-        build_targets(specs),
-        routes={route.name: tuple(route.write_back) for route in settings.routes},
-        results=results,
-        ris_status=status.target if status is not None else None,
-        overdue_seconds=settings.notifications.overdue_check_seconds,
-        **kwargs,
-    )

@@ -19,7 +19,8 @@ from broker.store.spool import Spool
 from config.schema import Settings
 
 if TYPE_CHECKING:
-    from broker.runtime.routing_stage import Rules
+    from broker.runtime.reload import Reloader
+    from broker.runtime.snapshot import SnapshotHolder
 
 GROUP = "radbridge.edges"
 
@@ -32,8 +33,10 @@ class ServiceContext:
     engine: Engine
     store: StudyStore
     spool: Spool
-    rules: Rules | None = None
-    """The routing rules and configuration in force (reloaded on SIGHUP), for the HTTP API."""
+    snapshots: SnapshotHolder | None = None
+    """The configuration snapshot in force (swapped by a reload), for the HTTP API and console."""
+    reloader: Reloader | None = None
+    """Reloads the configuration file (SIGHUP, the file changing, the API)."""
 
 
 class Edge(Protocol):

@@ -33,7 +33,7 @@ from broker.model.logging import get_logger
 from broker.model.plugins import registered
 from broker.store import StudyStore
 from broker.store.jobs import JobStore
-from broker.store.results import ResultPolicy, ResultStore
+from broker.store.results import ResultStore
 from broker.store.spool import Spool
 from config.schema import Settings
 
@@ -70,17 +70,6 @@ SrMaker = Callable[[Findings, Sequence[str], str, datetime], GeneratedObject]
 """``(findings, source instance paths, result key, created) -> SR``."""
 FindingsReader = Callable[[str], Findings | None]
 """``(path of an SR) -> its findings``, or None when it holds none; never raises."""
-
-
-def result_policies(settings: Settings) -> dict[str, ResultPolicy]:
-    """Each vendor's ``results`` settings as the store keeps them on a new result."""
-    return {
-        name: ResultPolicy(
-            quiet_seconds=vendor.results.quiet_seconds,
-            expected_objects=vendor.results.expected_objects,
-        )
-        for name, vendor in settings.vendors.items()
-    }
 
 
 def vendors_for_ae(settings: Settings, calling_ae: str) -> list[str]:

@@ -15,14 +15,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from broker.engine.bus import Bus
-from broker.engine.writeback_stage import make_writeback
+from broker.engine.dispatch import DeliveryWorker, Dispatcher
+from broker.engine.writeback_stage import WritebackStage
 from broker.model.errors import StoreError
 from broker.model.logging import get_logger
 from broker.runtime.billing import Accounting
 from broker.runtime.edges import Edge, ServiceContext, available
-from broker.runtime.results import ResultTimer, result_policies
-from broker.runtime.routing_stage import RoutingStage, Rules, make_delivery
+from broker.runtime.reload import Reloader
+from broker.runtime.results import ResultTimer
+from broker.runtime.routing_stage import RoutingStage
+from broker.runtime.snapshot import SnapshotHolder, build_snapshot, result_policies
 from broker.store import StudyStore, make_engine
+from broker.store.jobs import JobStore
 from broker.store.migrate import migrate
 from broker.store.orders import OrderStore
 from broker.store.results import ResultStore
@@ -105,17 +109,20 @@ class Service:
         self.edges: list[Edge] = edges if edges is not None else [e() for e in available().values()]
         self.timer = StableTimer(self.context.store)
         self.hup = threading.Event()
-        self.rules = Rules(settings, config_path)
-        self.context = replace(self.context, rules=self.rules)
+        self.snapshots = SnapshotHolder(build_snapshot(settings, config_path))
+        self.reloader = Reloader(self.snapshots, config_path)
+        self.context = replace(self.context, snapshots=self.snapshots, reloader=self.reloader)
         self.bus = Bus(settings.bus.url, prefix=settings.bus.prefix)
-        self.dispatcher, self.worker = make_delivery(
-            settings, engine, self.bus, settings_source=lambda: self.rules.settings
+        self.dispatcher = Dispatcher(JobStore(engine), self.bus, self.snapshots)
+        self.accounting = Accounting(engine, lambda: self.snapshots.settings)
+        self.worker = DeliveryWorker(
+            engine, self.bus, self.snapshots, on_sent=[self.accounting.job_sent]
         )
         self.routing = RoutingStage(
             self.context.store,
             self.dispatcher.jobs,
             self.dispatcher,
-            self.rules,
+            self.snapshots,
             OrderStore(engine),
         )
         self.timer.on_stable.append(self.routing.on_stable)
@@ -126,7 +133,7 @@ class Service:
             self.context.store,
             self.context.spool,
         )
-        self.writeback = make_writeback(settings, engine, self.results.store.get)
+        self.writeback = WritebackStage(engine, self.snapshots, results=self.results.store.get)
         self.results.on_complete.append(self.writeback.schedule)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -138,12 +145,12 @@ class Service:
         self.context.spool.prepare()
         for edge in self.edges:
             edge.recover(self.context)
-        Accounting(self.context.engine, lambda: self.rules.settings).reconcile()
+        self.accounting.reconcile()
         published = self.dispatcher.start()
         if published:
             LOG.info("unfinished jobs published again", jobs=published)
         try:
-            if self.settings.delivery.worker_in_service and self.worker.vendors:
+            if self.settings.delivery.worker_in_service:
                 self.worker.start()
             for edge in self.edges:
                 edge.start(self.context)
@@ -153,7 +160,7 @@ class Service:
             raise
         for target, name in (
             (lambda: self.dispatcher.run(self._stop), "dispatcher"),
-            (lambda: self.rules.watch(self._stop, self.hup), "config-reload"),
+            (lambda: self.reloader.watch(self._stop, self.hup), "config-reload"),
         ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -167,6 +174,7 @@ class Service:
             edges=[e.name for e in self.edges],
             vendors=sorted(self.settings.vendors),
             routes=len(self.settings.routes),
+            snapshot=self.snapshots.current.id,
         )
 
     def stop(self) -> None:
@@ -184,5 +192,6 @@ class Service:
         for thread in self._threads:
             thread.join(5)
         self.bus.close()
+        self.snapshots.close()
         self.context.engine.dispose()
         LOG.info("radbridge stopped")

@@ -36,7 +36,8 @@ from adapters.web.app import create_app
 from broker.model.domain import Role
 from broker.model.jobs import JobState
 from broker.runtime.edges import ServiceContext
-from broker.runtime.routing_stage import Rules
+from broker.runtime.reload import Reloader
+from broker.runtime.snapshot import SnapshotHolder, build_snapshot
 from broker.store import StudyStore
 from broker.store.api_tokens import ApiTokens
 from broker.store.spool import Spool
@@ -158,7 +159,8 @@ def serving(engine: Engine, settings: Settings, folder: Path) -> Iterator[str]:
         engine=engine,
         store=StudyStore(engine),
         spool=Spool(folder / "spool"),
-        rules=Rules(settings, None),
+        snapshots=(holder := SnapshotHolder(build_snapshot(settings, None))),
+        reloader=Reloader(holder, None),
     )
     port = free_port()
     server = uvicorn.Server(

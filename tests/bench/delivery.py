@@ -36,7 +36,8 @@ from adapters.dicom.mapping import instance_record_from_spooled_file
 from adapters.dicom.synthetic import generate_study
 from adapters.vendors.dicom import DicomTransport
 from broker.engine.bus import Bus
-from broker.engine.dispatch import DeliveryWorker, Dispatcher, JobRequest, VendorSpec
+from broker.engine.dispatch import DeliveryWorker, Dispatcher, JobRequest
+from broker.engine.plan import FixedPlan, FixedPlans, VendorSpec
 from broker.model.domain import Priority
 from broker.model.jobs import JobState
 from broker.store import JobStore, StudyStore, make_engine
@@ -98,10 +99,11 @@ def _job_run(url: str, bus_url: str, work: Path, study_uid: str) -> tuple[float,
         vendor = f"v{uuid.uuid4().hex[:6]}"
         specs = {vendor: _spec(vendor, scp.port)}
         transports = {vendor: DicomTransport.from_params(vendor, specs[vendor].params)}
-        worker = DeliveryWorker(engine, bus, specs, transports).start()
+        plans = FixedPlans(FixedPlan(vendors=specs, transports=transports))
+        worker = DeliveryWorker(engine, bus, plans).start()
         try:
             started = time.perf_counter()
-            [created] = Dispatcher(jobs, bus, specs).dispatch(
+            [created] = Dispatcher(jobs, bus, plans).dispatch(
                 [JobRequest(study_uid, vendor, route="bench")]
             )
             _wait(lambda: any(p.is_file() for p in scp.folder.iterdir()))
@@ -129,8 +131,9 @@ def _stat_wait(url: str, bus_url: str, work: Path, spool: Spool, routine: int) -
         vendor = "ichai"
         specs = {vendor: _spec(vendor, scp.port, concurrency=1)}
         transports = {vendor: DicomTransport.from_params(vendor, specs[vendor].params)}
-        dispatcher = Dispatcher(jobs, bus, specs)
-        worker = DeliveryWorker(engine, bus, specs, transports).start()
+        plans = FixedPlans(FixedPlan(vendors=specs, transports=transports))
+        dispatcher = Dispatcher(jobs, bus, plans)
+        worker = DeliveryWorker(engine, bus, plans).start()
         try:
             dispatcher.dispatch([JobRequest(uid, vendor, route="r") for uid in uids[:routine]])
             started = time.perf_counter()

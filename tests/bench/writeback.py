@@ -25,8 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from broker.engine.writeback_stage import WritebackStage, build_targets
+from broker.engine.plan import FixedPlan, FixedPlans
+from broker.engine.writeback_stage import WritebackStage
 from broker.model.writeback import TargetSpec
+from broker.runtime.snapshot import build_targets
 from broker.store import make_engine
 from broker.store.migrate import migrate
 from broker.store.results import ResultStore
@@ -56,13 +58,10 @@ def run(repeats: int) -> dict[str, list[float]]:
             ),
             "ris": TargetSpec("ris", "hl7", {"host": LOOPBACK, "port": ris.port}),
         }
-        stage = WritebackStage(
-            engine,
-            specs,
-            build_targets(specs),
-            routes={"head-ct": ("pacs", "ris")},
-            results=ResultStore(engine).get,
-        ).start()
+        plan = FixedPlan(
+            targets=specs, writers=build_targets(specs), routes={"head-ct": ("pacs", "ris")}
+        )
+        stage = WritebackStage(engine, FixedPlans(plan), results=ResultStore(engine).get).start()
         try:
             for n in range(repeats + 1):  # the first one warms up
                 scene = Scene.make(engine, folder, f"-{n}")

@@ -23,7 +23,8 @@ from broker.model.domain import Role
 from broker.model.jobs import JobState
 from broker.runtime.billing import Accounting
 from broker.runtime.edges import ServiceContext
-from broker.runtime.routing_stage import Rules
+from broker.runtime.reload import Reloader
+from broker.runtime.snapshot import SnapshotHolder, build_snapshot
 from broker.store import JobStore, StudyStore
 from broker.store.api_tokens import ApiTokens
 from broker.store.spool import Spool
@@ -90,7 +91,8 @@ def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
             engine=engine,
             store=studies,
             spool=Spool(tmp_path / "spool"),
-            rules=Rules(settings, config_path),
+            snapshots=(holder := SnapshotHolder(build_snapshot(settings, config_path))),
+            reloader=Reloader(holder, config_path),
         )
         with TestClient(create_app(engine, context)) as client:
             yield Api(client, engine, made, config_path)

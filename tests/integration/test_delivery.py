@@ -19,7 +19,8 @@ from sqlalchemy import Engine
 
 from adapters.vendors import transport_for
 from broker.engine.bus import Bus
-from broker.engine.dispatch import DeliveryWorker, Dispatcher, JobRequest, VendorSpec
+from broker.engine.dispatch import DeliveryWorker, Dispatcher, JobRequest
+from broker.engine.plan import FixedPlan, FixedPlans, VendorSpec
 from broker.model.domain import Priority
 from broker.model.jobs import Job, JobState
 from broker.store import JobStore
@@ -89,15 +90,19 @@ class Stack:
         self.peers.append(scp.start())
         return scp
 
-    def dispatcher(self) -> Dispatcher:
-        return Dispatcher(self.jobs, self.bus, self.vendors)
-
-    def worker(self, **options: Any) -> DeliveryWorker:
+    def plans(self) -> FixedPlans:
+        """The vendors configured so far, as the engine's plan."""
         transports = {
             name: transport_for(spec.transport).from_params(name, spec.params)
             for name, spec in self.vendors.items()
         }
-        worker = DeliveryWorker(self.engine, self.bus, self.vendors, transports, **options)
+        return FixedPlans(FixedPlan(vendors=dict(self.vendors), transports=transports))
+
+    def dispatcher(self) -> Dispatcher:
+        return Dispatcher(self.jobs, self.bus, self.plans())
+
+    def worker(self, **options: Any) -> DeliveryWorker:
+        worker = DeliveryWorker(self.engine, self.bus, self.plans(), **options)
         self.workers.append(worker.start())
         return worker
 

@@ -19,7 +19,8 @@ from sqlalchemy import Engine
 
 from adapters.hl7.oru import build_oru
 from adapters.writeback import target_for
-from broker.engine.writeback_stage import WritebackStage, build_targets
+from broker.engine.plan import FixedPlan, FixedPlans
+from broker.engine.writeback_stage import WritebackStage
 from broker.model.errors import AdapterError
 from broker.model.jobs import JobState
 from broker.model.writeback import (
@@ -28,6 +29,7 @@ from broker.model.writeback import (
     DeliveryState,
     TargetSpec,
 )
+from broker.runtime.snapshot import build_targets
 from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.jobs import JobStore
 from broker.store.results import ResultStore
@@ -66,14 +68,11 @@ def make_stage(
         name: TargetSpec(name, kind, params, max_attempts=retries, backoff_base=0, backoff_cap=0)
         for name, (kind, params) in targets.items()
     }
+    plan = FixedPlan(
+        targets=specs, writers=build_targets(specs), routes=routes or ROUTES, ris_status=ris_status
+    )
     return WritebackStage(
-        engine,
-        specs,
-        build_targets(specs),
-        routes=routes or ROUTES,
-        results=ResultStore(engine).get,
-        ris_status=ris_status,
-        jitter=lambda _a, _b: 0.0,
+        engine, FixedPlans(plan), results=ResultStore(engine).get, jitter=lambda _a, _b: 0.0
     )
 
 
@@ -429,13 +428,15 @@ import sys
 from broker.store import make_engine
 from broker.store.results import ResultStore
 from broker.model.writeback import TargetSpec
-from broker.engine.writeback_stage import WritebackStage, build_targets
+from broker.engine.plan import FixedPlan, FixedPlans
+from broker.engine.writeback_stage import WritebackStage
+from broker.runtime.snapshot import build_targets
 
 engine = make_engine(sys.argv[1])
 specs = {"ris": TargetSpec("ris", "hl7", {"host": "127.0.0.1", "port": int(sys.argv[2]),
          "timeout": 60}, max_attempts=3, backoff_base=0, backoff_cap=0)}
-stage = WritebackStage(engine, specs, build_targets(specs), routes={"head-ct": ("ris",)},
-                       results=ResultStore(engine).get)
+plan = FixedPlan(targets=specs, writers=build_targets(specs), routes={"head-ct": ("ris",)})
+stage = WritebackStage(engine, FixedPlans(plan), results=ResultStore(engine).get)
 for result_id in ResultStore(engine).awaiting_write_back():  # what the results timer does
     stage.schedule(result_id)
 stage.run_once("ris")  # blocks: this RIS does not answer

@@ -1,0 +1,301 @@
+"""The configuration snapshot the service runs on, and the holder that swaps it.
+
+A :class:`Snapshot` is built from one validated :class:`~config.schema.Settings`
+and holds everything made from it: the compiled routes, each vendor's delivery
+spec and transport, each write-back target's spec and target, the routes'
+write-back lists, the result policies. It never changes. Building one checks
+everything a running service would trip over later (every route's vendors and
+targets exist, every transport and target accepts its settings), so a snapshot
+that was built can be run.
+
+:class:`SnapshotHolder` keeps the snapshot in force. A reload builds a whole new
+snapshot first and swaps it in one step (:meth:`SnapshotHolder.swap`); a routing
+decision or an attempt takes the snapshot in force once
+(:meth:`SnapshotHolder.use`) and uses only that one to its end, and a retired
+snapshot's connections are closed when its last user leaves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from broker.engine.plan import VendorSpec
+from broker.model.errors import ConfigError
+from broker.model.logging import get_logger
+from broker.model.plugins import registered
+from broker.model.vendor import VendorTransport
+from broker.model.writeback import WEBHOOK_TARGET, TargetSpec, WritebackTarget
+from broker.store.results import ResultPolicy
+from config.schema import Settings, routing_rules
+from routing import RuleSet
+
+LOG = get_logger("radbridge.snapshot")
+
+
+def vendor_specs(settings: Settings) -> dict[str, VendorSpec]:
+    """The delivery settings of every configured vendor product."""
+    return {
+        name: VendorSpec(
+            name=name,
+            transport=vendor.transport.type.value,
+            params=vendor.transport.params(),
+            concurrency=vendor.concurrency,
+            max_attempts=vendor.retries,
+            backoff_base=settings.delivery.backoff_base_seconds,
+            backoff_cap=settings.delivery.backoff_cap_seconds,
+        )
+        for name, vendor in settings.vendors.items()
+    }
+
+
+def build_transports(specs: Mapping[str, VendorSpec]) -> dict[str, VendorTransport]:
+    """One transport per vendor, from the transport registry the adapters declare."""
+    transport_for: Callable[[str], Any] = registered("vendor_transports")
+    return {
+        name: transport_for(spec.transport).from_params(name, spec.params)
+        for name, spec in specs.items()
+    }
+
+
+def target_specs(settings: Settings) -> dict[str, TargetSpec]:
+    """Every configured target, and the notification webhook as a target of its own."""
+    base = settings.delivery.backoff_base_seconds
+    cap = settings.delivery.backoff_cap_seconds
+    specs = {
+        name: TargetSpec(name, t.type.value, t.params(), t.retries, base, cap)
+        for name, t in settings.targets.items()
+    }
+    hook = settings.notifications.webhook
+    if hook is not None:
+        params: dict[str, Any] = {"url": hook.url, "timeout": hook.timeout}
+        if hook.token is not None:
+            params["token"] = hook.token
+        specs[WEBHOOK_TARGET] = TargetSpec(
+            WEBHOOK_TARGET, "webhook", params, hook.retries, base, cap
+        )
+    return specs
+
+
+def build_targets(specs: Mapping[str, TargetSpec]) -> dict[str, WritebackTarget]:
+    """One target per spec, from the registry the adapters declare (``writeback_targets``)."""
+    target_for: Callable[[str], Any] = registered("writeback_targets")
+    return {name: target_for(s.type).from_params(name, s.params) for name, s in specs.items()}
+
+
+def result_policies(settings: Settings) -> dict[str, ResultPolicy]:
+    """Each vendor's ``results`` settings as the store keeps them on a new result."""
+    return {
+        name: ResultPolicy(
+            quiet_seconds=vendor.results.quiet_seconds,
+            expected_objects=vendor.results.expected_objects,
+        )
+        for name, vendor in settings.vendors.items()
+    }
+
+
+def snapshot_id(settings: Settings) -> str:
+    """A short name of a configuration's content: the same settings give the same id."""
+    digest = hashlib.sha256(settings.model_dump_json(warnings=False).encode()).hexdigest()
+    return f"cfg-{digest[:10]}"
+
+
+def _missing(what: str, name: str, valid: Collection[str]) -> ConfigError:
+    listed = ", ".join(sorted(valid)) or "none configured"
+    return ConfigError(f"no {what} '{name}' is configured; valid: {listed}")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Snapshot:
+    """One validated configuration and everything the service built from it."""
+
+    id: str
+    settings: Settings
+    rules: RuleSet
+    vendors: Mapping[str, VendorSpec]
+    transports: Mapping[str, VendorTransport]
+    targets: Mapping[str, TargetSpec]
+    writers: Mapping[str, WritebackTarget]
+    routes_write_back: Mapping[str, tuple[str, ...]]
+    policies: Mapping[str, ResultPolicy]
+    source: Path | None = None
+    """The file it was loaded from (None: built in code)."""
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    # ------------------------------------------------------------ the engine's Plan
+
+    @property
+    def vendor_names(self) -> Collection[str]:
+        return self.vendors.keys()
+
+    @property
+    def target_names(self) -> Collection[str]:
+        return self.targets.keys()
+
+    @property
+    def ris_status(self) -> str | None:
+        status = self.settings.notifications.ris_status
+        return status.target if status is not None else None
+
+    @property
+    def overdue_check_seconds(self) -> float:
+        return self.settings.notifications.overdue_check_seconds
+
+    def vendor(self, name: str) -> VendorSpec:
+        try:
+            return self.vendors[name]
+        except KeyError:
+            raise _missing("vendor", name, self.vendors) from None
+
+    def transport(self, name: str) -> VendorTransport:
+        try:
+            return self.transports[name]
+        except KeyError:
+            raise _missing("vendor", name, self.transports) from None
+
+    def target(self, name: str) -> TargetSpec | None:
+        return self.targets.get(name)
+
+    def writer(self, name: str) -> WritebackTarget:
+        try:
+            return self.writers[name]
+        except KeyError:
+            raise _missing("write-back target", name, self.writers) from None
+
+    def write_back(self, route: str) -> tuple[str, ...] | None:
+        return self.routes_write_back.get(route)
+
+    # ------------------------------------------------------------ life
+
+    def close(self) -> None:
+        """Let go of the connections its targets and transports hold."""
+        for name, writer in self.writers.items():
+            try:
+                writer.close()
+            except Exception:  # closing must not stop the others
+                LOG.exception("write-back target did not close cleanly", target=name)
+        for name, transport in self.transports.items():
+            close = getattr(transport, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:
+                    LOG.exception("vendor transport did not close cleanly", vendor=name)
+
+
+def build_snapshot(settings: Settings, source: Path | None = None) -> Snapshot:
+    """Everything the service runs on, built and checked from ``settings``.
+
+    Raises :class:`ConfigError` with every problem when a part cannot be built
+    (an unknown transport type, a route naming a vendor that is not configured).
+    """
+    rules = routing_rules(settings)
+    specs = vendor_specs(settings)
+    targets = target_specs(settings)
+    write_back = {route.name: tuple(route.write_back) for route in settings.routes}
+    problems = [
+        f"routes.{route}: sends to vendor '{vendor}', which is not configured"
+        for route, vendors in ((r.name, r.send) for r in settings.routes)
+        for vendor in vendors
+        if vendor not in specs
+    ] + [
+        f"routes.{route}: writes back to '{target}', which is not configured"
+        for route, names in write_back.items()
+        for target in names
+        if target not in targets
+    ]
+    if problems:
+        raise ConfigError(problems[0], problems)
+    transports = build_transports(specs)
+    writers = build_targets(targets)
+    return Snapshot(
+        id=snapshot_id(settings),
+        settings=settings,
+        rules=rules,
+        vendors=specs,
+        transports=transports,
+        targets=targets,
+        writers=writers,
+        routes_write_back=write_back,
+        policies=result_policies(settings),
+        source=source,
+    )
+
+
+SwapListener = Callable[[Snapshot, Snapshot], None]
+
+
+class SnapshotHolder:
+    """The snapshot in force; swapped whole, in one step, by a reload."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._current = snapshot
+        self._lock = threading.Lock()
+        self._users: dict[int, int] = {}
+        self._retired: dict[int, Snapshot] = {}
+        self._listeners: list[SwapListener] = []
+
+    @property
+    def current(self) -> Snapshot:
+        return self._current
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force (a shorthand for ``current.settings``)."""
+        return self._current.settings
+
+    @contextmanager
+    def use(self) -> Iterator[Snapshot]:
+        """The snapshot in force, kept open until the block ends (one decision or attempt)."""
+        with self._lock:
+            snapshot = self._current
+            key = id(snapshot)
+            self._users[key] = self._users.get(key, 0) + 1
+        try:
+            yield snapshot
+        finally:
+            with self._lock:
+                self._users[key] -= 1
+                idle = self._users[key] == 0
+                if idle:
+                    del self._users[key]
+                retired = self._retired.pop(key, None) if idle else None
+            if retired is not None:
+                retired.close()
+
+    def on_swap(self, listener: SwapListener) -> None:
+        """Call ``listener(old, new)`` after every swap; a failing listener is logged."""
+        self._listeners.append(listener)
+
+    def swap(self, new: Snapshot) -> Snapshot:
+        """Put ``new`` in force; the old one closes once no decision or attempt uses it."""
+        with self._lock:
+            old = self._current
+            self._current = new
+            in_use = self._users.get(id(old), 0) > 0
+            if in_use:
+                self._retired[id(old)] = old
+        if not in_use and old is not new:
+            old.close()
+        LOG.info("configuration in force", snapshot=new.id, previous=old.id)
+        for listener in self._listeners:
+            try:
+                listener(old, new)
+            except Exception:
+                LOG.exception("configuration swap listener failed", snapshot=new.id)
+        return old
+
+    def close(self) -> None:
+        """Close the snapshot in force and every retired one (at stop)."""
+        with self._lock:
+            retired = list(self._retired.values())
+            self._retired.clear()
+            current = self._current
+        for snapshot in [*retired, current]:
+            snapshot.close()

@@ -1,0 +1,58 @@
+"""A ``radbridge worker`` process: delivers jobs from a shared bus, on its own snapshot.
+
+It builds the same configuration snapshot as the service from the same file and
+reloads it the same way (SIGHUP, the file changing), so a vendor added or moved
+reaches every worker process without a restart.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from broker.engine.bus import Bus
+from broker.engine.dispatch import DeliveryWorker
+from broker.model.logging import get_logger
+from broker.runtime.billing import Accounting
+from broker.runtime.reload import Reloader
+from broker.runtime.snapshot import SnapshotHolder, build_snapshot
+from config.schema import Settings
+
+LOG = get_logger("radbridge.worker")
+
+
+class WorkerProcess:
+    """The delivery worker of one ``radbridge worker`` process, with its reloader."""
+
+    def __init__(self, settings: Settings, engine: Engine, bus: Bus, path: Path | None) -> None:
+        self.snapshots = SnapshotHolder(build_snapshot(settings, path))
+        self.reloader = Reloader(self.snapshots, path)
+        accounting = Accounting(engine, lambda: self.snapshots.settings)
+        self.delivery = DeliveryWorker(engine, bus, self.snapshots, on_sent=[accounting.job_sent])
+        self.hup = threading.Event()
+        self._stop = threading.Event()
+        self._watch: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.delivery.start()
+        self._watch = threading.Thread(
+            target=self.reloader.watch,
+            args=(self._stop, self.hup),
+            name="config-reload",
+            daemon=True,
+        )
+        self._watch.start()
+        LOG.info(
+            "radbridge worker started",
+            vendors=self.delivery.vendors,
+            snapshot=self.snapshots.current.id,
+        )
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self.delivery.stop(timeout=timeout)
+        if self._watch is not None:
+            self._watch.join(5)
+        self.snapshots.close()
