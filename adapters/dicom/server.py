@@ -46,11 +46,13 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import _STORAGE_CLASSES, Verification  # type: ignore[attr-defined]
+from pynetdicom.status import Status
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from adapters.dicom.mapping import instance_record_from_file
 from adapters.dicom.policy import AssociationPolicy
 from adapters.dicom.reactor import install
+from adapters.dicom_status import StoreFailure
 from adapters.results.intake import ResultIntake
 from broker.model.domain import ResultOrigin
 from broker.model.errors import InvalidDicomError, SpoolError, StoreError
@@ -86,15 +88,6 @@ TRANSFER_SYNTAXES: list[str | bytes | UID] = [
     UID("1.2.840.10008.1.2.4.102"),  # MPEG-4 AVC/H.264 high profile
     UID("1.2.840.10008.1.2.4.110"),  # HEVC/H.265 main profile
 ]
-
-
-class Status:
-    """C-STORE status codes (PS3.4 Annex B.2.3) radbridge answers with."""
-
-    SUCCESS = 0x0000
-    OUT_OF_RESOURCES = 0xA700
-    DATASET_DOES_NOT_MATCH = 0xA900
-    CANNOT_UNDERSTAND = 0xC000
 
 
 class _SharedContexts(list[PresentationContext]):
@@ -295,12 +288,12 @@ class StoreSCP:
         except InvalidDicomError as exc:
             wait([flushing])
             log.warning("c-store refused: cannot understand", error=str(exc))
-            return _status(Status.CANNOT_UNDERSTAND, str(exc))
+            return _status(StoreFailure.CANNOT_UNDERSTAND, str(exc))
         except (SpoolError, StoreError, OSError) as exc:
             log.error("c-store failed: not stored", error=str(exc))
             if final is not None and not existed:
                 self._discard_quietly(final)
-            return _status(Status.OUT_OF_RESOURCES, "not stored: " + type(exc).__name__)
+            return _status(StoreFailure.OUT_OF_RESOURCES, "not stored: " + type(exc).__name__)
         log.info(
             "c-store",
             study_uid=record.study_uid,
@@ -331,11 +324,11 @@ class StoreSCP:
         except InvalidDicomError as exc:
             wait([flushing])
             log.warning("result c-store refused: cannot understand", error=str(exc))
-            return _status(Status.CANNOT_UNDERSTAND, str(exc))
+            return _status(StoreFailure.CANNOT_UNDERSTAND, str(exc))
         except (SpoolError, StoreError, OSError) as exc:
             wait([flushing])
             log.error("result c-store failed: not stored", error=str(exc))
-            return _status(Status.OUT_OF_RESOURCES, "not stored: " + type(exc).__name__)
+            return _status(StoreFailure.OUT_OF_RESOURCES, "not stored: " + type(exc).__name__)
         recorded = stored.recorded
         log.info(
             "result c-store",

@@ -24,6 +24,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config, build_context
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.status import Status
 
 from adapters.harness.errors import HarnessError
 
@@ -182,7 +183,7 @@ def send_files(
                             Failure(p, None, "no answer: the association broke") for p in rest
                         ]
                     return
-                if code == 0 or code in WARNING_STATUSES:
+                if code == Status.SUCCESS or code in WARNING_STATUSES:
                     size = path.stat().st_size
                     with lock:
                         report.instances += 1

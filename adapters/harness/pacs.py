@@ -30,8 +30,10 @@ from typing import Any, Self
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, evt
+from pynetdicom.status import Status
 from pynetdicom.transport import ThreadedAssociationServer
 
+from adapters.dicom_status import StoreFailure
 from adapters.harness.errors import HarnessError
 from adapters.harness.process import LOOPBACK, ManagedProcess, free_port, wait_for_port
 from adapters.harness.storage import HEADER_TAGS, Received, file_received, storage_contexts
@@ -258,10 +260,10 @@ class BuiltinPacs:
         try:
             received = file_received(event, self.folder)
         except (OSError, TypeError, InvalidDicomError):
-            return 0xA700
+            return StoreFailure.OUT_OF_RESOURCES
         with self._lock:
             self.received.append(received)
-        return 0x0000
+        return Status.SUCCESS
 
     def start(self) -> Self:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -51,8 +51,10 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, evt
+from pynetdicom.status import Status
 from pynetdicom.transport import ThreadedAssociationServer
 
+from adapters.dicom_status import StoreFailure
 from adapters.harness.errors import HarnessError
 from adapters.harness.modality import send_files
 from adapters.harness.process import LOOPBACK, free_port
@@ -288,17 +290,17 @@ class SimulatedVendor:
         if self.fault is Fault.ABORT and count >= self.abort_after:
             self.on_event(f"aborting the association after {count} instance(s) (fault: abort)")
             event.assoc.abort()
-            return 0xA700
+            return StoreFailure.OUT_OF_RESOURCES
         if self.fault is Fault.SLOW:
             time.sleep(self.slow_seconds)
         try:
             received = file_received(event, self.folder)
         except (OSError, TypeError, InvalidDicomError):
-            return 0xA700
+            return StoreFailure.OUT_OF_RESOURCES
         with self._lock:
             incoming.paths.append(received.path)
             self.received.append(received)
-        return 0x0000
+        return Status.SUCCESS
 
     def _on_released(self, event: evt.Event) -> None:
         with self._lock:

@@ -40,6 +40,7 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from adapters.dicom_status import StoreFailure
 from adapters.results.findings import MAX_BODY_BYTES, parse_findings
 from adapters.results.intake import ResultIntake
 from adapters.results.objects import read_result_header
@@ -67,14 +68,6 @@ MAX_STOW_BYTES = 1024 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
 #: Job states that take no result: the study is not (or no longer) at the vendor.
 NO_RESULT_STATES = frozenset({JobState.PENDING, JobState.FAILED, JobState.DEAD, JobState.CANCELLED})
-
-
-class FailureReason:
-    """STOW-RS FailureReason (0008,1197) values radbridge answers with (PS3.18 Table 10.5.3-1)."""
-
-    OUT_OF_RESOURCES = 0xA700
-    STUDY_MISMATCH = 0xA900
-    CANNOT_UNDERSTAND = 0xC000
 
 
 UIDParam = Annotated[str, PathParam(max_length=64, pattern=r"^[0-9.]+$")]
@@ -252,7 +245,7 @@ class ResultsApi:
         stored: list[dict[str, Any]],
         failed: list[dict[str, Any]],
     ) -> None:
-        def fail(reason: int, sop_class: str | None, sop: str | None, why: str) -> None:
+        def fail(reason: StoreFailure, sop_class: str | None, sop: str | None, why: str) -> None:
             with suppress(OSError):
                 part.path.unlink()
             LOG.warning("stow-rs object refused", vendor=vendor, reason=hex(reason), error=why)
@@ -262,16 +255,16 @@ class ResultsApi:
 
         media = _params(part.content_type or DICOM)[0]
         if media != DICOM:
-            fail(FailureReason.CANNOT_UNDERSTAND, None, None, f"part of type {media}")
+            fail(StoreFailure.CANNOT_UNDERSTAND, None, None, f"part of type {media}")
             return
         try:
             header = read_result_header(part.path)
         except InvalidDicomError as exc:
-            fail(FailureReason.CANNOT_UNDERSTAND, None, None, str(exc))
+            fail(StoreFailure.CANNOT_UNDERSTAND, None, None, str(exc))
             return
         if study is not None and header.study_uid != study:
             fail(
-                FailureReason.STUDY_MISMATCH,
+                StoreFailure.DATASET_DOES_NOT_MATCH,
                 header.sop_class_uid,
                 header.sop_instance_uid,
                 f"object of study {header.study_uid}, not {study}",
@@ -279,7 +272,7 @@ class ResultsApi:
             return
         if header.transfer_syntax_uid is None:
             fail(
-                FailureReason.CANNOT_UNDERSTAND,
+                StoreFailure.CANNOT_UNDERSTAND,
                 header.sop_class_uid,
                 header.sop_instance_uid,
                 "not a Part 10 file (no file meta information)",
@@ -295,11 +288,11 @@ class ResultsApi:
                 peer_address=peer,
             )
         except InvalidDicomError as exc:
-            fail(FailureReason.CANNOT_UNDERSTAND, header.sop_class_uid, None, str(exc))
+            fail(StoreFailure.CANNOT_UNDERSTAND, header.sop_class_uid, None, str(exc))
             return
         except (SpoolError, StoreError, OSError) as exc:
             fail(
-                FailureReason.OUT_OF_RESOURCES,
+                StoreFailure.OUT_OF_RESOURCES,
                 header.sop_class_uid,
                 header.sop_instance_uid,
                 str(exc),
