@@ -1,3 +1,5 @@
-"""radbridge core: domain model, store, spool, study lifecycle, service and CLI."""
+"""radbridge core, in layers that import only downwards: model/ (what every layer may
+import), store/ (and the spool), engine/ (the job engine), runtime/ (the running
+service), cli/ (the command line)."""
 
 __version__ = "0.1.0"
