@@ -159,10 +159,27 @@ def joined(values: Iterable[object]) -> str | None:
     return "\\".join(distinct) if distinct else None
 
 
-def study_tags(study: Study) -> dict[str, str]:
-    """The DICOM tag values of a study the store knows, by keyword."""
+def study_tags(
+    study: Study, series_tags: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, str]:
+    """The DICOM tag values routing reads for a study, by keyword: the one tag mapping of
+    ``serve``, explain (of files and of stored studies) and any backtest.
+
+    ``series_tags`` holds, by Series Instance UID, the tags of each series' first
+    instance (``adapters.dicom.mapping.tags_from_dataset``, kept by the index at
+    ingest); a keyword's study value joins the distinct values of its series in
+    series order (``CT\\PT``). The keywords the domain study itself carries
+    (modality, body part, slice thickness … of every series; accession, patient
+    sex …) read as the study does, and are all there is for a series indexed
+    before tags were kept.
+    """
+    per_key: dict[str, list[str]] = {}
+    for s in study.series:
+        for key, value in (series_tags or {}).get(s.series_uid, {}).items():
+            per_key.setdefault(key, []).append(value)
+    merged = {key: joined(values) for key, values in per_key.items()}
     series = study.series
-    values: dict[str, str | None] = {
+    known: dict[str, str | None] = {
         "StudyInstanceUID": study.study_uid,
         "AccessionNumber": study.accession_number,
         "StudyDate": study.study_date,
@@ -179,4 +196,6 @@ def study_tags(study: Study) -> dict[str, str]:
         "ImageType": joined(part for s in series for part in s.image_type),
         "ContrastBolusAgent": joined(s.contrast_agent for s in series),
     }
-    return {k: v for k, v in values.items() if v}
+    merged.update({k: v for k, v in known.items() if v})
+    merged.pop("PatientName", None)
+    return {k: v for k, v in merged.items() if v}

@@ -11,10 +11,10 @@ from pydantic import BaseModel
 
 from adapters.api.deps import Admin, State, Viewer, parse_time
 from broker.model.errors import NotFoundError
+from broker.runtime.routing_input import stored_input
 from broker.store.audit import Action
 from config.vendors import Route
-from routing import RuleSet, explain, to_json, to_text
-from routing.facts import study_tags
+from routing import RuleSet
 from routing.schema import show_duration
 from routing.trace import describe
 
@@ -117,25 +117,16 @@ def explain_study(
     """Every route: fired, matched, not matched (the first failing condition, wanted and
     got), waiting for the order; with the study's order and the jobs it already has."""
     try:
-        study = api.studies.get_study(study_uid)
+        routing = stored_input(api.studies, api.orders, api.jobs, study_uid)
     except NotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
-    stored, _link = api.orders.order_for_study(study)
-    delivered = {(j.route, j.vendor) for j in api.jobs.list(study_uid=study_uid)}
     now = parse_time(at, api.settings.site.timezone) or datetime.now(UTC)
-    decision, explanations = explain(
-        _rules(api),
-        study,
-        stored.order if stored is not None else None,
-        now,
-        tags=study_tags(study),
-        delivered=delivered,
-    )
+    explained = routing.explain(_rules(api), now)
     return Explanation(
         study_uid=study_uid,
-        outcome=decision.outcome.value,
-        text=to_text(study, explanations, decision),
-        routes=to_json(study_uid, explanations, decision),
+        outcome=explained.outcome,
+        text=explained.text(),
+        routes=explained.rows(),
     )
 
 

@@ -1,8 +1,9 @@
 """The routes in force, and "explain this study": what they do with a stored study, and why.
 
-The explanation is the one ``radbridge routes explain STUDY_UID`` prints
-(:func:`routing.explain`), here with the study's order and the jobs it
-already has, so it also says which deliveries were already made.
+The explanation is the one ``radbridge routes explain STUDY_UID`` prints, from
+the same routing input the service decides on
+(:func:`broker.runtime.routing_input.stored_input`): the study's order and the
+jobs it already has, each said to be delivered to its vendor or not yet.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from adapters.console.auth import State, reading
 from adapters.console.views import phi_values, render, scrub
 from broker.model.domain import Role
 from broker.model.errors import NotFoundError
+from broker.runtime.routing_input import stored_input
 from broker.store.users import Session
 from config.vendors import Route
-from routing import explain, to_json, to_text
-from routing.facts import study_tags
 from routing.schema import show_duration
 from routing.trace import describe
 
@@ -62,26 +62,22 @@ def _route(route: Route) -> dict[str, Any]:
 
 
 def _explain(console: State, who: Session, study_uid: str) -> dict[str, Any]:
-    study = console.studies.get_study(study_uid)
-    stored, _link = console.orders.order_for_study(study)
-    delivered = {(j.route, j.vendor) for j in console.jobs.list(study_uid=study_uid)}
-    decision, explanations = explain(
-        console.rule_set(),
-        study,
-        stored.order if stored is not None else None,
-        datetime.now(UTC),
-        tags=study_tags(study),
-        delivered=delivered,
-    )
-    patients = [study.patient] + ([stored.order.patient] if stored is not None else [])
-    values = phi_values(patients, [study.accession_number])
-    rows = to_json(study_uid, explanations, decision)
+    routing = stored_input(console.studies, console.orders, console.jobs, study_uid)
+    explained = routing.explain(console.rule_set(), datetime.now(UTC))
+    order = routing.order
+    patients = [routing.study.patient] + ([order.patient] if order is not None else [])
+    accessions = [routing.study.accession_number, order.accession_number if order else None]
+    values = phi_values(patients, accessions)
+    rows = explained.rows()
     for row in rows:
         row["reason"] = scrub(row["reason"], who, values)
         row["notes"] = [scrub(n, who, values) for n in row["notes"]]
+        row["study_notes"] = [scrub(n, who, values) for n in row["study_notes"]]
+        if row["order"] is not None:
+            row["order"]["accession_number"] = scrub(row["order"]["accession_number"], who, values)
     return {
-        "outcome": decision.outcome.value,
-        "text": scrub(to_text(study, explanations, decision), who, values),
+        "outcome": explained.outcome,
+        "text": scrub(explained.text(), who, values),
         "rows": rows,
     }
 

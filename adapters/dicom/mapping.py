@@ -3,55 +3,44 @@
 Only the header is parsed (``stop_before_pixels``, large values deferred), so a
 2 GB instance costs a few kilobytes here. Text is decoded with the file's own
 Specific Character Set (GB18030, ISO 2022 for Chinese, Japanese and Korean, …).
+
+:func:`tags_from_dataset` is the one mapping of a header to the text values a
+``tag.*`` routing condition reads. The listener stores it for the first
+instance of each series it indexes, and ``routes explain FILES`` makes it from
+the first file of each series, so the service and explain see the same tags.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError as PydicomInvalid
 from pydicom.filereader import read_file_meta_info
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 
 from broker.model.domain import InstanceRecord, Patient
 from broker.model.errors import InvalidDicomError
 
 MAX_UID_LENGTH = 64
 
-# Everything the index and routing read: parsing stops after the last of these.
-_TAGS = [
-    "SpecificCharacterSet",
-    "ImageType",
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "StudyDate",
-    "StudyTime",
-    "AccessionNumber",
-    "Modality",
-    "InstitutionName",
-    "ReferringPhysicianName",
-    "StudyDescription",
-    "SeriesDescription",
-    "PatientName",
-    "PatientID",
-    "IssuerOfPatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "ContrastBolusAgent",
-    "BodyPartExamined",
-    "SliceThickness",
-    "ProtocolName",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SeriesNumber",
-    "InstanceNumber",
-    "NumberOfFrames",
-]
+#: Value representations that hold bytes or nested datasets, never text to route on.
+_NOT_TEXT_VRS = frozenset({"SQ", "OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+#: Patient names never become routing tags (every other attribute may).
+_PATIENT_NAMES = frozenset(
+    {"PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName"}
+)
+#: A value longer than this (characters, or bytes before decoding) is not kept as a tag.
+MAX_TAG_TEXT = 1024
+#: At most this many attributes of one instance are kept as tags.
+MAX_TAGS = 1000
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
@@ -94,20 +83,73 @@ def _uid(ds: Dataset, keyword: str, fallback: str | None = None) -> str:
 
 
 def read_header(path: Path) -> Dataset:
-    """The dataset up to (not including) the pixel data; large values deferred."""
+    """The dataset up to (not including) the pixel data; large values deferred.
+
+    Values are decoded only when read, so reading every element costs no more
+    than reading a chosen few (pydicom walks the whole header either way).
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(
-                path,
-                stop_before_pixels=True,
-                defer_size=4096,
-                force=True,
-                specific_tags=_TAGS,
-            )
+            ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=4096, force=True)
     except (PydicomInvalid, ValueError, EOFError, KeyError, TypeError, OSError) as exc:
         raise InvalidDicomError(f"the dataset cannot be parsed: {exc}") from exc
     return ds
+
+
+def _tag_key(tag: BaseTag, keyword: str) -> str:
+    return keyword or f"({tag.group:04X},{tag.element:04X})"
+
+
+def tags_from_dataset(ds: Dataset) -> dict[str, str]:
+    """The text of every top-level attribute a ``tag.*`` condition may name, by keyword.
+
+    Keys are DICOM keywords, or ``(GGGG,EEEE)`` for tags without one (private
+    tags), as ``config.vendors.dicom_tag`` resolves them; several values are
+    separated by a backslash. Left out: sequences, bytes (OB, OW, UN …),
+    group lengths, patient names, empty values and values longer than
+    :data:`MAX_TAG_TEXT`; at most :data:`MAX_TAGS` attributes are kept.
+    """
+    out: dict[str, str] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for tag in list(ds.keys()):
+            if len(out) >= MAX_TAGS:
+                break
+            if tag.element == 0 or tag.group == 2:
+                continue
+            raw = ds.get_item(tag)
+            if raw is None or raw.VR in _NOT_TEXT_VRS:
+                continue
+            if isinstance(raw, RawDataElement) and raw.length > MAX_TAG_TEXT:
+                continue  # too long to route on (and maybe deferred: never re-read)
+            element = _element(ds, tag)
+            if element is None or element.VR in _NOT_TEXT_VRS or element.keyword in _PATIENT_NAMES:
+                continue
+            text = _value_text(element.value)
+            if text is not None and len(text) <= MAX_TAG_TEXT:
+                out[_tag_key(tag, element.keyword)] = text
+    return out
+
+
+def _element(ds: Dataset, tag: BaseTag) -> DataElement | None:
+    try:
+        return ds[tag]
+    except Exception:  # a value pydicom cannot decode is treated as absent
+        return None
+
+
+def _value_text(value: Any) -> str | None:
+    if value is None or isinstance(value, bytes | bytearray | Dataset):
+        return None
+    if isinstance(value, MultiValue | list | tuple):
+        if any(isinstance(v, bytes | bytearray | Dataset) for v in value):
+            return None
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value)
+    text = text.strip().strip("\x00").strip()
+    return text or None
 
 
 def instance_record_from_file(
@@ -120,8 +162,15 @@ def instance_record_from_file(
     called_ae: str,
     peer_address: str,
     received_at: datetime,
+    wants_series_tags: Callable[[str], bool] | None = None,
 ) -> InstanceRecord:
-    """The index record of a received file; the command set's UIDs are authoritative."""
+    """The index record of a received file; the command set's UIDs are authoritative.
+
+    The record carries the routing tags of its series (:func:`tags_from_dataset`)
+    when ``wants_series_tags(series_uid)`` says the index has none yet for that
+    series (always, without the callable): the tags of every header are not
+    worth their cost, those of a series' first instance are.
+    """
     ds = read_header(path)
     dataset_sop = _text(ds, "SOPInstanceUID")
     if dataset_sop is not None and dataset_sop != sop_instance_uid:
@@ -130,10 +179,12 @@ def instance_record_from_file(
             f"request's {sop_instance_uid}"
         )
     image_type = _text(ds, "ImageType")
+    series_uid = _uid(ds, "SeriesInstanceUID")
+    wanted = wants_series_tags is None or wants_series_tags(series_uid)
     return InstanceRecord(
         sop_instance_uid=_uid(ds, "SOPInstanceUID", sop_instance_uid),
         sop_class_uid=_uid(ds, "SOPClassUID", sop_class_uid),
-        series_uid=_uid(ds, "SeriesInstanceUID"),
+        series_uid=series_uid,
         study_uid=_uid(ds, "StudyInstanceUID"),
         transfer_syntax_uid=transfer_syntax_uid,
         path=str(path),
@@ -165,10 +216,13 @@ def instance_record_from_file(
         called_ae=called_ae,
         peer_address=peer_address,
         received_at=received_at,
+        series_tags=tags_from_dataset(ds) if wanted else None,
     )
 
 
-def instance_record_from_spooled_file(path: Path) -> InstanceRecord:
+def instance_record_from_spooled_file(
+    path: Path, wants_series_tags: Callable[[str], bool] | None = None
+) -> InstanceRecord:
     """The index record of a file already in the spool (recovery after a crash)."""
     try:
         meta = read_file_meta_info(path)
@@ -183,4 +237,5 @@ def instance_record_from_spooled_file(path: Path) -> InstanceRecord:
         called_ae="",
         peer_address="",
         received_at=datetime.fromtimestamp(path.stat().st_mtime, UTC),
+        wants_series_tags=wants_series_tags,
     )

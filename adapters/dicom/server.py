@@ -274,6 +274,7 @@ class StoreSCP:
                 called_ae=called_ae,
                 peer_address=assoc.requestor.address,
                 received_at=datetime.now(UTC),
+                wants_series_tags=self.store.wants_series_tags,
             )
             final = self.spool.path_for(
                 record.study_uid, record.series_uid, record.sop_instance_uid

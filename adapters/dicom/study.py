@@ -1,50 +1,85 @@
-"""DICOM records ↔ a domain :class:`~broker.model.domain.Study` and its indexed tags.
+"""DICOM records ↔ a domain :class:`~broker.model.domain.Study` and its routing tags.
 
 Pure functions: ``study_from_records`` assembles what the index learned about
 each instance (:class:`~broker.model.domain.InstanceRecord`) into a study with its
-series, and the mapping of DICOM tag values routing reads (``tag.*``
-conditions), keyed by DICOM keyword, multiple values separated by a
-backslash as DICOM does. ``tags_from_study`` gives the same mapping for a
-study read back from the store (which keeps fewer tags).
+series, the way the index does (a later instance's value fills in or replaces
+an earlier one's; a series keeps the routing tags of its first instance), and
+the tag mapping routing reads (``tag.*`` conditions) through
+:func:`routing.facts.study_tags` — the function the running service uses on
+the stored study, so explaining files and serving decide alike.
 
 Patient names never go into the tag mapping.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from adapters.dicom.mapping import instance_record_from_spooled_file
-from broker.model.domain import InstanceRecord, Series, Study, StudyState
+from broker.model.domain import InstanceRecord, Patient, Series, Study, StudyState
 from broker.model.errors import DicomError
-from routing.facts import joined as _joined
 from routing.facts import study_tags
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
+_N = TypeVar("_N", int, float)
 
 
-def _first(values: Iterable[str | None]) -> str | None:
-    return next((v for v in values if v), None)
+def _last(values: Iterable[str | None]) -> str | None:
+    """The last non-empty value: the index keeps what the latest instance brought."""
+    found = None
+    for value in values:
+        if value:
+            found = value
+    return found
+
+
+def _last_number(values: Iterable[_N | None]) -> _N | None:
+    found = None
+    for value in values:
+        if value is not None:
+            found = value
+    return found
 
 
 def _series_of(records: Sequence[InstanceRecord]) -> Series:
-    r0 = records[0]
-    thickness = next((r.slice_thickness for r in records if r.slice_thickness is not None), None)
     unique = {r.sop_instance_uid: r for r in records}
+    image_type = _last("\\".join(r.image_type) for r in records)
     return Series(
-        series_uid=r0.series_uid,
-        modality=_first(r.modality for r in records),
-        body_part=_first(r.body_part for r in records),
-        description=_first(r.series_description for r in records),
-        series_number=next((r.series_number for r in records if r.series_number is not None), None),
-        slice_thickness=thickness,
-        image_type=next((r.image_type for r in records if r.image_type), ()),
-        contrast_agent=_first(r.contrast_agent for r in records),
+        series_uid=records[0].series_uid,
+        modality=_last(r.modality for r in records),
+        body_part=_last(r.body_part for r in records),
+        description=_last(r.series_description for r in records),
+        series_number=_last_number(r.series_number for r in records),
+        slice_thickness=_last_number(r.slice_thickness for r in records),
+        image_type=tuple(image_type.split("\\")) if image_type else (),
+        contrast_agent=_last(r.contrast_agent for r in records),
         instance_count=len(unique),
         size=sum(r.size for r in unique.values()),
     )
+
+
+def _patient(records: Sequence[InstanceRecord]) -> Patient:
+    """The patient: ID and issuer as the first instances name them (the index never lets a
+    later instance change who a study belongs to), the rest as the latest brought."""
+    return Patient(
+        patient_id=next((r.patient.patient_id for r in records if r.patient.patient_id), None),
+        issuer=next((r.patient.issuer for r in records if r.patient.issuer), None),
+        name=_last(r.patient.name for r in records),
+        birth_date=_last(r.patient.birth_date for r in records),
+        sex=_last(r.patient.sex for r in records),
+    )
+
+
+def series_tags_of(records: Iterable[InstanceRecord]) -> dict[str, Mapping[str, str]]:
+    """The routing tags of each series: those of its first record that carries them."""
+    out: dict[str, Mapping[str, str]] = {}
+    for record in records:
+        if record.series_tags is not None and record.series_uid not in out:
+            out[record.series_uid] = record.series_tags
+    return out
 
 
 def study_from_records(records: Sequence[InstanceRecord]) -> tuple[Study, dict[str, str]]:
@@ -70,39 +105,29 @@ def study_from_records(records: Sequence[InstanceRecord]) -> tuple[Study, dict[s
         key=lambda s: (s.series_number is None, s.series_number or 0),
     )
     received = [r.received_at or _EPOCH for r in records]
-    r0 = records[0]
-    patient = next((r.patient for r in records if r.patient.patient_id), r0.patient)
+    r0, last = records[0], records[-1]
     study = Study(
         study_uid=r0.study_uid,
-        patient=patient,
-        accession_number=_first(r.accession_number for r in records),
-        study_date=_first(r.study_date for r in records),
-        description=_first(r.study_description for r in records),
+        patient=_patient(records),
+        accession_number=_last(r.accession_number for r in records),
+        study_date=_last(r.study_date for r in records),
+        description=_last(r.study_description for r in records),
         modalities=tuple(dict.fromkeys(s.modality for s in series if s.modality)),
         body_parts=tuple(dict.fromkeys(s.body_part for s in series if s.body_part)),
         state=StudyState.STABLE,
         revision=1,
         instance_count=sum(s.instance_count for s in series),
         size=sum(s.size for s in series),
-        calling_ae=_first(r.calling_ae for r in records) or "",
-        called_ae=_first(r.called_ae for r in records) or "",
-        peer_address=_first(r.peer_address for r in records) or "",
+        calling_ae=last.calling_ae,
+        called_ae=last.called_ae,
+        peer_address=last.peer_address,
         first_received_at=min(received),
         last_received_at=max(received),
         stable_at=max(received),
         stable_seconds=0.0,
         series=tuple(series),
     )
-    tags = study_tags(study)
-    extra = {
-        "StudyTime": _first(r.study_time for r in records),
-        "ReferringPhysicianName": _first(r.referring_physician for r in records),
-        "InstitutionName": _first(r.institution for r in records),
-        "ProtocolName": _joined(r.protocol_name for r in records),
-        "SOPClassUID": _joined(r.sop_class_uid for r in records),
-    }
-    tags.update({k: v for k, v in extra.items() if v})
-    return study, tags
+    return study, study_tags(study, series_tags_of(records))
 
 
 def group_by_study(records: Iterable[InstanceRecord]) -> dict[str, list[InstanceRecord]]:
@@ -120,12 +145,20 @@ def _files(path: Path) -> list[Path]:
 
 
 def read_studies(path: Path) -> tuple[list[tuple[Study, dict[str, str]]], int]:
-    """The studies in a DICOM file or folder, and how many files were not DICOM."""
+    """The studies in a DICOM file or folder (files in name order, as if received in that
+    order), with their routing tags, and how many files were not DICOM."""
     records: list[InstanceRecord] = []
     skipped = 0
+    tagged: set[str] = set()
+
+    def first_of_series(series_uid: str) -> bool:
+        new = series_uid not in tagged
+        tagged.add(series_uid)
+        return new
+
     for file in _files(path):
         try:
-            records.append(instance_record_from_spooled_file(file))
+            records.append(instance_record_from_spooled_file(file, first_of_series))
         except DicomError:
             skipped += 1
     return [study_from_records(group) for group in group_by_study(records).values()], skipped

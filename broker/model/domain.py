@@ -7,6 +7,7 @@ and the broker only ever see them.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -101,6 +102,8 @@ class InstanceRecord:
     called_ae: str = ""
     peer_address: str = ""
     received_at: datetime | None = None
+    series_tags: Mapping[str, str] | None = None
+    """The routing tags of the series, read from this instance (its first), or None."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,13 +16,13 @@ from broker.model.domain import LinkState
 from broker.model.errors import NotFoundError
 from broker.model.logging import get_logger
 from broker.runtime.billing import QuotaGate
+from broker.runtime.routing_input import stored_input
 from broker.runtime.snapshot import Snapshot, SnapshotHolder
 from broker.store import StudyStore
 from broker.store.jobs import JobStore
-from broker.store.orders import CANCELLED_STATES, OrderStore
+from broker.store.orders import OrderStore
 from config.schema import Settings
-from routing import Decision, decide
-from routing.facts import study_tags
+from routing import Decision
 
 LOG = get_logger("radbridge.pipeline")
 RELOAD_POLL_SECONDS = 2.0
@@ -55,11 +55,11 @@ class RoutingStage:
 
     def _route(self, study_uid: str, snapshot: Snapshot) -> Decision | None:
         try:
-            study = self.store.get_study(study_uid)
+            routing = stored_input(self.store, self.orders, self.jobs, study_uid)
         except NotFoundError:
             LOG.error("stable study vanished from the store", study_uid=study_uid)
             return None
-        stored, link = self.orders.order_for_study(study)
+        study, link = routing.study, routing.link
         if link is not None and link.state is LinkState.PATIENT_MISMATCH:
             LOG.warning(
                 "order matches the study but the patient differs; flagged, not linked",
@@ -67,15 +67,11 @@ class RoutingStage:
                 order_id=link.order_id,
                 detail=link.detail,
             )
-        order = stored.order if stored is not None else None
-        if order is not None and order.status in CANCELLED_STATES:
+        if routing.cancelled:
             LOG.info("study not routed: its order is cancelled", study_uid=study_uid)
             return None
-        now = datetime.now(UTC)
-        delivered = {(job.route, job.vendor) for job in self.jobs.list(study_uid=study_uid)}
-        decision = decide(
-            snapshot.rules, study, order, now, tags=study_tags(study), delivered=delivered
-        )
+        delivered = routing.delivered
+        decision = routing.decide(snapshot.rules, datetime.now(UTC))
         if decision.wait_until is not None:
             self.store.route_again_at(study_uid, decision.wait_until)
             LOG.info(

@@ -3,6 +3,7 @@ stable studies, and read them back as domain objects."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -95,6 +96,8 @@ class _Statements:
                 c.name for c in series.columns if c.name not in ("id", "series_uid", "study_uid")
             ],
         )
+        # The routing tags are those of the first instance indexed: later ones never replace them.
+        series_set["tags"] = func.coalesce(series.c.tags, series_stmt.excluded.tags)
         instance, instance_set = _upsert(
             engine, instances, "sop_instance_uid", keep=("receive_count",), fill=()
         )
@@ -158,6 +161,11 @@ def _series_values(rec: InstanceRecord) -> dict[str, Any]:
         "slice_thickness": rec.slice_thickness,
         "image_type": "\\".join(rec.image_type) or None,
         "contrast_agent": rec.contrast_agent,
+        "tags": (
+            None
+            if rec.series_tags is None
+            else json.dumps(dict(rec.series_tags), separators=(",", ":"))
+        ),
     }
 
 
@@ -180,12 +188,17 @@ def _instance_values(rec: InstanceRecord, now: datetime) -> dict[str, Any]:
     }
 
 
+#: How many series this process remembers as having their routing tags in the index.
+_TAGGED_MEMORY = 4096
+
+
 class StudyStore:
     """The study index. Every method is one short transaction."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._prepared: _Statements | None = None
+        self._tagged: set[str] = set()
 
     def record_instance(self, rec: InstanceRecord, stable_seconds: float) -> Indexed:
         """Index one durably spooled instance; re-open the study if it was stable."""
@@ -203,11 +216,39 @@ class StudyStore:
                 conn.execute(stmts.upsert_instance, _instance_values(rec, now))
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot index instance: {exc}") from exc
+        if rec.series_tags is not None:
+            if len(self._tagged) >= _TAGGED_MEMORY:
+                self._tagged.clear()
+            self._tagged.add(rec.series_uid)
         return Indexed(
             replaced=previous_path is not None,
             previous_path=previous_path if previous_path not in (None, rec.path) else None,
             study_state=StudyState(state),
         )
+
+    def wants_series_tags(self, series_uid: str) -> bool:
+        """Whether an instance of this series should bring its series' routing tags: true
+        until this process has indexed one that did (so only a series' first instance, per
+        process, pays for reading them)."""
+        return series_uid not in self._tagged
+
+    def series_tags(self, study_uid: str) -> dict[str, dict[str, str]]:
+        """The routing tags of each series of a study (by Series Instance UID); a series
+        indexed before tags were kept has none."""
+        stmt = select(series.c.series_uid, series.c.tags).where(
+            series.c.study_uid == study_uid, series.c.tags.is_not(None)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        out: dict[str, dict[str, str]] = {}
+        for uid, text in rows:
+            try:
+                loaded = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(loaded, dict):
+                out[uid] = {str(k): str(v) for k, v in loaded.items()}
+        return out
 
     def _statements(self) -> _Statements:
         """The indexing statements, built once: building them costs more than running them."""
@@ -334,7 +375,7 @@ class StudyStore:
         series_rows = conn.execute(
             select(series, counts.c.n, counts.c.size)
             .join(counts, counts.c.series_uid == series.c.series_uid)
-            .order_by(series.c.series_number, series.c.id)
+            .order_by(series.c.series_number.is_(None), series.c.series_number, series.c.id)
         ).all()
         by_study: dict[str, list[Series]] = {}
         for s in series_rows:

@@ -103,6 +103,8 @@ series = Table(
     Column("slice_thickness", Float),
     Column("image_type", Text),
     Column("contrast_agent", Text),
+    # JSON: the routing tags of the series' first indexed instance (keyword -> text).
+    Column("tags", Text),
 )
 
 instances = Table(

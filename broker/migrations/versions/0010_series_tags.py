@@ -6,6 +6,9 @@ Revises: 0009
 
 from __future__ import annotations
 
+import sqlalchemy as sa
+from alembic import op
+
 revision = "0010"
 down_revision = "0009"
 branch_labels = None
@@ -13,8 +16,12 @@ depends_on = None
 
 
 def upgrade() -> None:
-    """Nothing yet: the schema change lands with its feature."""
+    """``series.tags``: JSON text of the first indexed instance's tags; NULL for series
+    indexed before (routing then uses what the other columns hold, as before)."""
+    with op.batch_alter_table("series", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("tags", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
-    """Nothing yet."""
+    with op.batch_alter_table("series", schema=None) as batch_op:
+        batch_op.drop_column("tags")
