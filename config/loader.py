@@ -26,6 +26,9 @@ from config.schema import SECRET_FIELDS, Settings
 
 ENV_PREFIX = "RADBRIDGE_"
 CONFIG_ENV = "RADBRIDGE_CONFIG"
+#: Variables of the command line, not settings: the file, the REST API token of
+#: ``radbridge config reload``, the harness's callback token.
+CLIENT_ENV = frozenset({CONFIG_ENV, "RADBRIDGE_API_TOKEN", "RADBRIDGE_HARNESS_TOKEN"})
 
 Loc = tuple[str | int, ...]
 
@@ -92,7 +95,7 @@ def _read_yaml(path: Path, source: _Source) -> dict[str, Any]:
 
 def _overlay_env(data: dict[str, Any], environ: Mapping[str, str], source: _Source) -> None:
     for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX) or name in CLIENT_ENV:
             continue
         parts = name.removeprefix(ENV_PREFIX).split("__")
         node: dict[str, Any] = data

@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 
 from adapters.api import (
     audit,
+    configuration,
     health,
     jobs,
     orders,
@@ -39,7 +40,8 @@ PREFIX = "/api/v1"
 def api_router() -> APIRouter:
     """Every ``/api/v1`` router."""
     api = APIRouter(prefix=PREFIX)
-    for module in (studies, orders, jobs, results, vendors, routes, usage, audit, tokens):
+    routers = (studies, orders, jobs, results, vendors, routes, configuration, usage, audit)
+    for module in (*routers, tokens):
         api.include_router(module.router)
     return api
 

@@ -1,5 +1,5 @@
 """``/api/v1/routes``: the routing configuration in force, and what it does with a stored
-study; ``/api/v1/config/reload`` (admins) loads the configuration file again."""
+study (the snapshot in force and its reload: :mod:`adapters.api.configuration`)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel
 
-from adapters.api.deps import Admin, State, Viewer, parse_time
+from adapters.api.deps import State, Viewer, parse_time
 from broker.model.errors import NotFoundError
 from broker.runtime.routing_input import stored_input
-from broker.store.audit import Action
 from config.vendors import Route
 from routing import RuleSet
 from routing.schema import show_duration
@@ -50,13 +49,6 @@ class Explanation(BaseModel):
     outcome: str
     text: str
     routes: list[dict[str, Any]]
-
-
-class Reloaded(BaseModel):
-    reloaded: bool
-    config_path: str
-    routes: int
-    vendors: int
 
 
 def _route_out(route: Route) -> RouteOut:
@@ -129,41 +121,3 @@ def explain_study(
         routes=explained.rows(),
     )
 
-
-@router.post(
-    "/config/reload",
-    response_model=Reloaded,
-    summary="Load the configuration file again (admin)",
-    responses={
-        409: {"description": "The service was not started from a file."},
-        422: {"description": "The file is invalid; the running configuration stays."},
-    },
-)
-def reload_config(api: State, who: Admin) -> Reloaded:
-    """Like SIGHUP: a whole new configuration snapshot from the file, swapped in one step;
-    an invalid file changes nothing and its problems come back (``FILE:LINE: field: …``)."""
-    reloader = api.context.reloader if api.context is not None else None
-    if reloader is None or reloader.path is None:
-        raise HTTPException(409, "this radbridge was not started from a configuration file")
-    outcome = reloader.reload()
-    api.audit.record(
-        who.actor,
-        Action.CONFIG_RELOAD,
-        f"config:{reloader.path}",
-        {
-            "reloaded": outcome.reloaded,
-            "snapshot": outcome.snapshot,
-            "previous": outcome.previous,
-            "problems": list(outcome.problems),
-        },
-        who.peer,
-    )
-    if not outcome.reloaded:
-        raise HTTPException(422, {"problems": list(outcome.problems)})
-    settings = api.settings
-    return Reloaded(
-        reloaded=True,
-        config_path=str(reloader.path),
-        routes=len(settings.routes),
-        vendors=len(settings.vendors),
-    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
 import socket
@@ -28,6 +29,7 @@ from adapters.sockets import listen
 from broker.model.errors import DicomError, InvalidDicomError, StoreError
 from broker.model.logging import configure_logging, get_logger
 from broker.runtime.edges import ServiceContext
+from broker.runtime.snapshot import Snapshot
 from broker.store import StudyStore, make_engine
 from broker.store.spool import Spool
 from config.schema import Settings
@@ -35,6 +37,9 @@ from config.schema import Settings
 LOG = get_logger("radbridge.dicom")
 _SPAWN = multiprocessing.get_context("spawn")
 STOP_GRACE_SECONDS = 10.0
+#: Handoff messages from the supervisor: a connection (with its socket), new settings.
+CONNECTION = b"c"
+SETTINGS = b"s"
 
 
 def _process_main(
@@ -58,7 +63,8 @@ def _process_main(
 
 
 def _receive_connections(handoff: socket.socket, server: ListenerServer) -> None:
-    """Serve every connection the supervisor hands over, until it stops or dies."""
+    """Serve every connection the supervisor hands over, and apply every configuration it
+    sends (after a reload), until it stops or dies."""
     while True:
         try:
             message, fds, _flags, _address = socket.recv_fds(handoff, 1, 4)
@@ -70,6 +76,25 @@ def _receive_connections(handoff: socket.socket, server: ListenerServer) -> None
             return
         for fd in fds:
             server.take(socket.socket(fileno=fd))
+        if message == SETTINGS:
+            try:
+                size = int.from_bytes(_receive_exactly(handoff, 8), "big")
+                settings = pickle.loads(_receive_exactly(handoff, size))  # noqa: S301 - our own
+            except (OSError, EOFError):
+                return
+            server.reconfigure(settings)
+
+
+def _receive_exactly(handoff: socket.socket, size: int) -> bytes:
+    """``size`` bytes of the handoff stream (never more: the next message may carry a socket)."""
+    parts: list[bytes] = []
+    while size:
+        part = handoff.recv(min(size, 1 << 20))
+        if not part:
+            raise EOFError("the supervisor closed the handoff")
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)
 
 
 def _drain(server: ListenerServer) -> None:
@@ -96,6 +121,8 @@ class DicomListener:
         self._counts: Any = None
         self._ready: Any = None
         self._socket: socket.socket | None = None
+        self._send = threading.Lock()
+        """One message at a time on the handoffs (connections, settings)."""
 
     @staticmethod
     def process_count(settings: Settings) -> int:
@@ -106,6 +133,25 @@ class DicomListener:
         """Index spool files a crash left between the rename and the index commit."""
         recover_spool(context.spool, context.store, context.settings)
 
+    def _settings(self) -> Settings:
+        """The configuration in force (the reloaded one after a reload)."""
+        assert self._context is not None
+        holder = self._context.snapshots
+        return holder.settings if holder is not None else self._context.settings
+
+    def _reconfigure(self, old: Snapshot, new: Snapshot) -> None:
+        """A swap listener: send the new settings to every listener process."""
+        if new.settings is old.settings or self._stopping.is_set():
+            return
+        payload = pickle.dumps(new.settings)
+        frame = SETTINGS + len(payload).to_bytes(8, "big") + payload
+        with self._send:
+            for slot, handoff in list(self._handoffs.items()):
+                try:
+                    handoff.sendall(frame)
+                except OSError as exc:  # a dying process: its replacement gets the new settings
+                    LOG.warning("listener process not reconfigured", slot=slot, error=str(exc))
+
     def start(self, context: ServiceContext) -> None:
         listen_at = context.settings.dicom.listen
         self._socket = listen(
@@ -115,6 +161,8 @@ class DicomListener:
             hint="is another radbridge or DICOM service running there?",
         )
         self._context = context
+        if context.snapshots is not None:
+            context.snapshots.on_swap(self._reconfigure)
         count = self.process_count(context.settings)
         self._counts = _SPAWN.Array("i", count)
         self._load = LoadBoard(self._counts)
@@ -141,19 +189,20 @@ class DicomListener:
         assert self._context is not None and self._load is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._load.reset(slot)
-        process = _SPAWN.Process(
-            target=_process_main,
-            args=(self._context.settings, self._counts, slot, theirs, self._ready),
-            name=f"radbridge-dicom-{slot}",
-            daemon=False,
-        )
-        process.start()
-        theirs.close()
-        old = self._handoffs.pop(slot, None)
-        if old is not None:
-            old.close()
-        self._processes[slot] = process
-        self._handoffs[slot] = ours
+        with self._send:  # a reload meanwhile reaches the new process through its handoff
+            process = _SPAWN.Process(
+                target=_process_main,
+                args=(self._settings(), self._counts, slot, theirs, self._ready),
+                name=f"radbridge-dicom-{slot}",
+                daemon=False,
+            )
+            process.start()
+            theirs.close()
+            old = self._handoffs.pop(slot, None)
+            if old is not None:
+                old.close()
+            self._processes[slot] = process
+            self._handoffs[slot] = ours
 
     def _await_ready(self, pending: set[int], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -187,7 +236,8 @@ class DicomListener:
         for slot in self._load.least_busy(alive):
             self._load.handed_over(slot)
             try:
-                socket.send_fds(self._handoffs[slot], [b"c"], [conn.fileno()])
+                with self._send:
+                    socket.send_fds(self._handoffs[slot], [CONNECTION], [conn.fileno()])
                 return
             except OSError:
                 self._load.reset(slot)

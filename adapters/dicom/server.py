@@ -170,6 +170,22 @@ class ListenerServer(ThreadedAssociationServer):
 
     policy: AssociationPolicy
     load: LoadBoard
+    scp: StoreSCP
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Apply a reloaded configuration to the associations that open from now on:
+        called AE titles and roles, peers, limits, timeouts, stable times, and the
+        vendors' results AE titles and policies (listen address, TLS and the number of
+        processes need a restart)."""
+        dicom = settings.dicom
+        self.policy = AssociationPolicy.from_settings(dicom)
+        self.ae.maximum_associations = dicom.max_associations + 1
+        self.ae.maximum_pdu_size = dicom.max_pdu_size
+        self.ae.network_timeout = dicom.network_timeout
+        self.ae.acse_timeout = dicom.network_timeout
+        self.ae.dimse_timeout = dicom.network_timeout
+        self.scp.settings = settings
+        LOG.info("listener process reconfigured", pid=os.getpid(), slot=self.load.slot)
 
     def server_bind(self) -> None:
         """No bind: the supervisor owns the listening socket."""
@@ -235,7 +251,7 @@ class StoreSCP:
         self.settings = settings
         self.store = store
         self.spool = spool
-        self.results = ResultIntake(settings, store.engine, spool)
+        self.results = ResultIntake(lambda: self.settings, store.engine, spool)
 
     def _log(self, event: evt.Event) -> Any:
         assoc = event.assoc
@@ -261,7 +277,8 @@ class StoreSCP:
         final: Path | None = None
         existed = False
         flushing = _SYNC.submit(self.spool.flush, tmp)  # fdatasync runs while we parse
-        called = self.settings.dicom.ae_titles.get(called_ae)
+        settings = self.settings  # one configuration for the whole C-STORE
+        called = settings.dicom.ae_titles.get(called_ae)
         if called is not None and called.role is AERole.RESULTS:
             return self._store_result(event, request, tmp, flushing, log)
         try:
@@ -282,7 +299,7 @@ class StoreSCP:
             flushing.result()
             existed = self.spool.place(tmp, final)
             indexed = self.store.record_instance(
-                replace(record, path=str(final)), self.settings.stable_seconds_for(called_ae)
+                replace(record, path=str(final)), settings.stable_seconds_for(called_ae)
             )
             if indexed.previous_path:
                 self.spool.discard(Path(indexed.previous_path))
@@ -417,5 +434,6 @@ def make_server(
     assert isinstance(server, ListenerServer)
     server.policy = AssociationPolicy.from_settings(dicom)
     server.load = load
+    server.scp = scp
     LOG.info("listener process ready", pid=os.getpid(), slot=load.slot)
     return server

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import secrets
 import tempfile
 from collections.abc import Iterator
 from contextlib import suppress
@@ -148,22 +147,19 @@ class ResultsApi:
     """The handlers, bound to the service's settings, store and spool."""
 
     def __init__(self, context: ServiceContext) -> None:
-        self.settings = context.settings
+        holder = context.snapshots
         self.spool = context.spool
-        self.intake = ResultIntake(context.settings, context.engine, context.spool)
+        self.intake = ResultIntake(
+            (lambda: holder.settings) if holder is not None else context.settings,
+            context.engine,
+            context.spool,
+        )
         self.jobs = JobStore(context.engine)
         self.tokens = JobTokens(context.engine)
 
     def vendor_for(self, token: str) -> str | None:
-        """The vendor whose results token this is."""
-        found = None
-        for name, vendor in self.settings.vendors.items():
-            secret = vendor.results.token
-            if secret is not None and secrets.compare_digest(
-                secret.get_secret_value().encode(), token.encode()
-            ):
-                found = name
-        return found
+        """The vendor whose results token this is, in the configuration in force."""
+        return self.intake.vendor_for_token(token)
 
     # ---------------------------------------------------------------- STOW-RS
 

@@ -9,6 +9,7 @@ that study and route it again.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,15 +40,49 @@ class Stored:
 
 
 class ResultIntake:
-    """Store result objects durably and match them to jobs."""
+    """Store result objects durably and match them to jobs.
 
-    def __init__(self, settings: Settings, engine: Engine, spool: Spool) -> None:
-        self.settings = settings
+    ``settings`` is the configuration in force, or a function that returns it each
+    time (the service's snapshot holder; a listener process's latest settings): the
+    vendors' AE titles, results tokens and result policies of a reload apply to the
+    next object received.
+    """
+
+    def __init__(
+        self, settings: Settings | Callable[[], Settings], engine: Engine, spool: Spool
+    ) -> None:
+        self._settings = settings if callable(settings) else (lambda: settings)
         self.spool = spool
-        self.store = ResultStore(engine, result_policies(settings))
+        current = self._settings()
+        self._policies_of = current
+        self.store = ResultStore(engine, result_policies(current))
+
+    @property
+    def settings(self) -> Settings:
+        """The configuration in force now."""
+        return self._settings()
+
+    def _use_policies_in_force(self) -> None:
+        """A result this object starts gets its vendor's policy of the configuration in force."""
+        current = self._settings()
+        if current is not self._policies_of:
+            self._policies_of = current
+            self.store.policies = result_policies(current)
 
     def vendors_for_ae(self, calling_ae: str) -> list[str]:
+        """The vendors (in the configuration in force) that send results as ``calling_ae``."""
         return vendors_for_ae(self.settings, calling_ae)
+
+    def vendor_for_token(self, token: str) -> str | None:
+        """The vendor (in the configuration in force) whose results token is ``token``."""
+        found = None
+        for name, vendor in self.settings.vendors.items():
+            secret = vendor.results.token
+            if secret is not None and secrets.compare_digest(
+                secret.get_secret_value().encode(), token.encode()
+            ):
+                found = name
+        return found
 
     def store_file(
         self,
@@ -67,6 +102,7 @@ class ResultIntake:
         (default: flush now). Raises :class:`InvalidDicomError` (nothing stored), or
         :class:`SpoolError` / :class:`StoreError` (nothing acknowledged; the file may stay,
         a resend replaces it)."""
+        self._use_policies_in_force()
         header = read_result_header(tmp, sop_class_uid)
         if sop_instance_uid is not None and header.sop_instance_uid != sop_instance_uid:
             raise InvalidDicomError(

@@ -8,7 +8,6 @@ import sys
 import threading
 from dataclasses import asdict
 from importlib.metadata import entry_points
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -16,6 +15,7 @@ from rich.table import Table
 
 from broker.cli.audit import app as audit_app
 from broker.cli.common import ConfigOption, JsonOption, err, out, settings_or_exit
+from broker.cli.config import app as config_app
 from broker.cli.deliveries import app as deliveries_app
 from broker.cli.jobs import app as jobs_app
 from broker.cli.orders import app as orders_app
@@ -37,7 +37,6 @@ from config.schema import Settings
 app = typer.Typer(
     help="radbridge: PACS/RIS integration middleware for imaging AI.", no_args_is_help=True
 )
-config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
 studies_app = typer.Typer(help="Studies received by radbridge.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(studies_app, name="studies")
@@ -140,18 +139,6 @@ def worker(config: ConfigOption = None) -> None:
     process.stop(timeout=30)
     bus.close()
     engine.dispose()
-
-
-@config_app.command("check")
-def config_check(
-    file: Annotated[
-        Path | None, typer.Argument(help="Configuration file.", show_default=False)
-    ] = None,
-    config: ConfigOption = None,
-) -> None:
-    """Validate a configuration file: prints OK, or every problem with FILE:LINE."""
-    settings = settings_or_exit(file or config)
-    out.print(f"OK: {file or config} (site {settings.site.name!r})", highlight=False)
 
 
 def _study_json(study: Study, with_series: bool) -> dict[str, Any]:

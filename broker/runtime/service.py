@@ -24,7 +24,7 @@ from broker.runtime.edges import Edge, ServiceContext, available
 from broker.runtime.reload import Reloader
 from broker.runtime.results import ResultTimer
 from broker.runtime.routing_stage import RoutingStage
-from broker.runtime.snapshot import SnapshotHolder, build_snapshot, result_policies
+from broker.runtime.snapshot import Snapshot, SnapshotHolder, build_snapshot, result_policies
 from broker.store import StudyStore, make_engine
 from broker.store.jobs import JobStore
 from broker.store.migrate import migrate
@@ -110,7 +110,7 @@ class Service:
         self.timer = StableTimer(self.context.store)
         self.hup = threading.Event()
         self.snapshots = SnapshotHolder(build_snapshot(settings, config_path))
-        self.reloader = Reloader(self.snapshots, config_path)
+        self.reloader = Reloader(self.snapshots, config_path, engine=engine)
         self.context = replace(self.context, snapshots=self.snapshots, reloader=self.reloader)
         self.bus = Bus(settings.bus.url, prefix=settings.bus.prefix)
         self.dispatcher = Dispatcher(JobStore(engine), self.bus, self.snapshots)
@@ -133,15 +133,21 @@ class Service:
             self.context.store,
             self.context.spool,
         )
+        self.snapshots.on_swap(self._new_result_policies)
         self.writeback = WritebackStage(engine, self.snapshots, results=self.results.store.get)
         self.results.on_complete.append(self.writeback.schedule)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started: list[Edge] = []
 
+    def _new_result_policies(self, _old: Snapshot, new: Snapshot) -> None:
+        """A swap listener: results that start from now on get the new vendors' policies."""
+        self.results.store.policies = dict(new.policies)
+
     def start(self) -> None:
         self.context.spool.lock()
         migrate(self.context.engine)
+        self.reloader.put_in_force_at_start()
         self.context.spool.prepare()
         for edge in self.edges:
             edge.recover(self.context)

@@ -32,6 +32,7 @@ from broker.model.logging import get_logger
 from broker.model.plugins import registered
 from broker.model.vendor import VendorTransport
 from broker.model.writeback import WEBHOOK_TARGET, TargetSpec, WritebackTarget
+from broker.runtime.config_diff import ConfigView, view
 from broker.store.results import ResultPolicy
 from config.schema import Settings, routing_rules
 from routing import RuleSet
@@ -100,10 +101,11 @@ def result_policies(settings: Settings) -> dict[str, ResultPolicy]:
     }
 
 
-def snapshot_id(settings: Settings) -> str:
-    """A short name of a configuration's content: the same settings give the same id."""
-    digest = hashlib.sha256(settings.model_dump_json(warnings=False).encode()).hexdigest()
-    return f"cfg-{digest[:10]}"
+def snapshot_id(config: ConfigView, draining: Collection[str] = ()) -> str:
+    """A short name of a configuration's content: the same settings (and the same vendors
+    and targets kept only to drain) give the same id."""
+    text = config.to_json() + "|draining:" + ",".join(sorted(draining))
+    return f"cfg-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
 def _missing(what: str, name: str, valid: Collection[str]) -> ConfigError:
@@ -124,9 +126,16 @@ class Snapshot:
     writers: Mapping[str, WritebackTarget]
     routes_write_back: Mapping[str, tuple[str, ...]]
     policies: Mapping[str, ResultPolicy]
+    view: ConfigView
+    """The settings as ``config diff`` compares and the store records them (no secrets)."""
     source: Path | None = None
     """The file it was loaded from (None: built in code)."""
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    draining_vendors: frozenset[str] = frozenset()
+    """Vendors the file no longer has, kept only to finish their jobs (no route sends to
+    them); they leave once none of their jobs is in progress."""
+    draining_targets: frozenset[str] = frozenset()
+    """Write-back targets kept the same way to finish their write-backs."""
 
     # ------------------------------------------------------------ the engine's Plan
 
@@ -189,11 +198,19 @@ class Snapshot:
                     LOG.exception("vendor transport did not close cleanly", vendor=name)
 
 
-def build_snapshot(settings: Settings, source: Path | None = None) -> Snapshot:
+def build_snapshot(
+    settings: Settings,
+    source: Path | None = None,
+    *,
+    draining_vendors: Collection[str] = (),
+    draining_targets: Collection[str] = (),
+) -> Snapshot:
     """Everything the service runs on, built and checked from ``settings``.
 
-    Raises :class:`ConfigError` with every problem when a part cannot be built
-    (an unknown transport type, a route naming a vendor that is not configured).
+    ``draining_vendors`` and ``draining_targets`` name entries of ``settings`` kept only
+    to finish their work (see :mod:`broker.runtime.reload`). Raises
+    :class:`ConfigError` with every problem when a part cannot be built (an unknown
+    transport type, a route naming a vendor that is not configured).
     """
     rules = routing_rules(settings)
     specs = vendor_specs(settings)
@@ -214,8 +231,10 @@ def build_snapshot(settings: Settings, source: Path | None = None) -> Snapshot:
         raise ConfigError(problems[0], problems)
     transports = build_transports(specs)
     writers = build_targets(targets)
+    config = view(settings)
+    draining = [*draining_vendors, *(f"target:{t}" for t in draining_targets)]
     return Snapshot(
-        id=snapshot_id(settings),
+        id=snapshot_id(config, draining),
         settings=settings,
         rules=rules,
         vendors=specs,
@@ -224,7 +243,10 @@ def build_snapshot(settings: Settings, source: Path | None = None) -> Snapshot:
         writers=writers,
         routes_write_back=write_back,
         policies=result_policies(settings),
+        view=config,
         source=source,
+        draining_vendors=frozenset(draining_vendors),
+        draining_targets=frozenset(draining_targets),
     )
 
 

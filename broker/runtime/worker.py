@@ -2,7 +2,10 @@
 
 It builds the same configuration snapshot as the service from the same file and
 reloads it the same way (SIGHUP, the file changing), so a vendor added or moved
-reaches every worker process without a restart.
+reaches every worker process without a restart. It follows the service
+(:mod:`broker.runtime.reload`): it reloads when the service puts a new snapshot in
+force, keeps the vendors the service keeps draining, and puts a file in force only
+when its vendors agree with the service's.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ class WorkerProcess:
 
     def __init__(self, settings: Settings, engine: Engine, bus: Bus, path: Path | None) -> None:
         self.snapshots = SnapshotHolder(build_snapshot(settings, path))
-        self.reloader = Reloader(self.snapshots, path)
+        self.reloader = Reloader(self.snapshots, path, engine=engine, role="worker")
         accounting = Accounting(engine, lambda: self.snapshots.settings)
         self.delivery = DeliveryWorker(engine, bus, self.snapshots, on_sent=[accounting.job_sent])
         self.hup = threading.Event()

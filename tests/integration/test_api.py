@@ -92,7 +92,7 @@ def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
             store=studies,
             spool=Spool(tmp_path / "spool"),
             snapshots=(holder := SnapshotHolder(build_snapshot(settings, config_path))),
-            reloader=Reloader(holder, config_path),
+            reloader=Reloader(holder, config_path, engine=engine),
         )
         with TestClient(create_app(engine, context)) as client:
             yield Api(client, engine, made, config_path)
