@@ -6,18 +6,33 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine
 
 from adapters.dicom.mapping import instance_record_from_spooled_file
 from adapters.dicom.study import group_by_study, study_from_records
 from adapters.dicom.synthetic import generate_study
+from broker.model.domain import (
+    InboundMessage,
+    Order,
+    OrderPriority,
+    OrderSource,
+    OrderStatus,
+    Patient,
+)
+from broker.model.jobs import JobState
 from broker.store import StudyStore, make_engine
+from broker.store.jobs import JobStore
 from broker.store.migrate import migrate
+from broker.store.orders import OrderStore
 from routing.facts import study_tags
+from tests.fhir_data import service_request, transaction, typed
+from tests.hl7_messages import adt, omi_o23, orm_o01, sample_order
 
 CONFIG = """\
 site: {name: Test General Hospital, timezone: Asia/Shanghai}
@@ -229,3 +244,254 @@ def test_study_from_records_assembles_series_and_tags(studies: dict[str, Path]) 
     assert tags["Modality"] == "MR"
     assert "PatientName" not in tags
     assert set(study_tags(study)) <= set(tags)
+
+
+# ------------------------------------------- a stored study with its order and jobs
+
+ORDER_ROUTES = """\
+  - name: chest-ct-with-order
+    when: {modality: CT, body_part: CHEST, order.priority: stat}
+    send: [lungai]
+    require_order: {wait: 1h, then: skip}
+  - name: ct-to-ich
+    when: {modality: CT}
+    send: [ichai]
+"""
+PATIENT = Patient("PAT0001", "EXAMPLE-GH", "DOE^JANE", "19700101", "F")
+
+
+def _order_config(tmp_path: Path, routes: str = ORDER_ROUTES) -> Path:
+    path = tmp_path / "radbridge.yaml"
+    path.write_text(CONFIG[: CONFIG.index("routes:\n")] + "routes:\n" + routes, encoding="utf-8")
+    return path
+
+
+def _order(**changes: Any) -> Order:
+    values: dict[str, Any] = {
+        "accession_number": "ACC0001",
+        "patient": PATIENT,
+        "priority": OrderPriority.STAT,
+        "study_uid": None,
+    }
+    values.update(changes)
+    return sample_order(1, **values)
+
+
+def _store_study(tmp_path: Path, folder: Path) -> tuple[Engine, str]:
+    """Index a study's files into the configured store and close it, as the listener does."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'radbridge.db'}")
+    migrate(engine)
+    store = StudyStore(engine)
+    for path in sorted(folder.rglob("*.dcm")):
+        store.record_instance(instance_record_from_spooled_file(path), stable_seconds=1)
+    (uid,) = store.close_stable(datetime.now(UTC) + timedelta(minutes=1))
+    return engine, uid
+
+
+def _record_order(engine: Engine, order: Order) -> None:
+    raw = orm_o01(order).encode()
+    OrderStore(engine).record_order(order, InboundMessage(OrderSource.HL7, "ORM^O01", raw))
+
+
+def test_a_stored_study_is_explained_with_its_order_and_its_jobs(
+    tmp_path: Path, studies: dict[str, Path]
+) -> None:
+    """A routed study with a STAT order: the order is used (no 'waiting for an order'); a job
+    that reached its vendor is 'already delivered', a dead one 'not delivered'; exit 0."""
+    config = _order_config(tmp_path)
+    engine, uid = _store_study(tmp_path, studies["ct_chest"])
+    _record_order(engine, _order())
+    jobs = JobStore(engine)
+    done = jobs.create(uid, "lungai", route="chest-ct-with-order").job
+    jobs.claim(done.id)
+    jobs.finish(done.id, [JobState.SENT, JobState.AWAITING_RESULT])
+    dead = jobs.create(uid, "ichai", route="ct-to-ich").job
+    jobs.claim(dead.id)
+    jobs.finish(dead.id, JobState.DEAD, error="association rejected")
+    engine.dispose()
+
+    result = explain(config, uid)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "Order: accession ACC0001, hl7, scheduled, priority STAT, procedure CT-CHEST, " in (
+        lines[1] + ", "
+    )
+    assert f"  job {done.id} lungai (route 'chest-ct-with-order'): awaiting_result, delivered" in (
+        lines
+    )
+    assert f"  job {dead.id} ichai (route 'ct-to-ich'): dead, not delivered to the vendor" in lines
+    assert "waiting for an order" not in result.stdout
+    assert "  matched      chest-ct-with-order" in lines
+    assert (
+        f"note: lungai: already delivered (job {done.id}, route 'chest-ct-with-order', "
+        "awaiting_result); resend_updates is false" in result.stdout
+    )
+    assert (
+        f"note: ichai: a job exists (job {dead.id}, route 'ct-to-ich', dead), not delivered to "
+        "the vendor; it is not created again (resend_updates is false)" in result.stdout
+    )
+    assert "ichai: already delivered" not in result.stdout
+    assert lines[-1] == (
+        "Outcome: nothing new to send: every matching vendor has its job already "
+        "(1 delivered, 1 not delivered to the vendor)"
+    )
+    rows = {r["route"]: r for r in json.loads(explain(config, uid, "--json").stdout)}
+    assert rows["ct-to-ich"]["jobs"] == [
+        {"id": dead.id, "vendor": "ichai", "state": "dead", "delivered": False}
+    ]
+    assert rows["chest-ct-with-order"]["jobs"][0]["delivered"] is True
+    assert rows["chest-ct-with-order"]["order"]["priority"] == "STAT"
+    assert {r["outcome"] for r in rows.values()} == {"nothing_new"}
+
+
+def test_a_cancelled_order_stops_routing_and_explain_says_so(
+    tmp_path: Path, studies: dict[str, Path]
+) -> None:
+    """The study's order is cancelled: 'not routed: its order is cancelled', nothing fires,
+    exit 3 — what the service does."""
+    config = _order_config(tmp_path)
+    engine, uid = _store_study(tmp_path, studies["ct_chest"])
+    _record_order(engine, _order(status=OrderStatus.CANCELLED))
+    engine.dispose()
+    result = explain(config, uid, "--json")
+    assert result.returncode == 3, result.stderr
+    rows = json.loads(result.stdout)
+    assert {r["outcome"] for r in rows} == {"not_routed"}
+    assert not any(r["fired"] or r["dispatches"] for r in rows)
+    text = explain(config, uid)
+    assert text.stdout.splitlines()[-1] == "Outcome: not routed: its order is cancelled"
+
+
+def test_an_order_of_another_patient_is_named_but_not_used(
+    tmp_path: Path, studies: dict[str, Path]
+) -> None:
+    """An order with the study's accession but another patient is flagged, not used: the
+    route that needs an order waits for one, as in the service."""
+    config = _order_config(tmp_path)
+    engine, uid = _store_study(tmp_path, studies["ct_chest"])
+    _record_order(engine, _order(patient=replace(PATIENT, patient_id="PAT9999")))
+    engine.dispose()
+    result = explain(config, uid)
+    assert result.returncode == 0, result.stderr
+    assert "Order: none" in result.stdout.splitlines()
+    assert "but the patient ID differs" in result.stdout
+    assert "flagged for an operator, not used for routing" in result.stdout
+    assert "  waiting      chest-ct-with-order" in result.stdout.splitlines()
+
+
+# ------------------------------------------------------- options for explaining files
+
+
+def test_files_are_explained_as_sent_by_the_calling_ae_to_the_called_ae(
+    tmp_path: Path, studies: dict[str, Path]
+) -> None:
+    """--calling-ae / --called-ae feed calling_ae and called_ae conditions (files carry none)."""
+    config = _order_config(
+        tmp_path,
+        "  - name: from-ct01\n    when: {calling_ae: CT01, called_ae: RB_CT}\n    send: [lungai]\n",
+    )
+    without = explain(config, studies["ct_chest"])
+    assert without.returncode == 3
+    assert "calling_ae: wanted CT01, got nothing" in without.stdout
+    given = explain(
+        config, studies["ct_chest"], "--calling-ae", "CT01", "--called-ae", "RB_CT", "--json"
+    )
+    assert given.returncode == 0, given.stderr
+    assert json.loads(given.stdout)[0]["status"] == "fired"
+
+
+@pytest.mark.parametrize("kind", ["orm", "omi", "fhir", "fhir-bundle", "stored"])
+def test_files_are_explained_with_the_order_given(
+    tmp_path: Path, studies: dict[str, Path], kind: str
+) -> None:
+    """--order FILE (HL7 ORM^O01 / OMI^O23, FHIR ServiceRequest or Bundle) or --order
+    ACCESSION (an order in the store): the STAT order makes the order route fire."""
+    config = _order_config(tmp_path)
+    order = _order()
+    if kind == "stored":
+        engine = make_engine(f"sqlite:///{tmp_path / 'radbridge.db'}")
+        migrate(engine)
+        _record_order(engine, order)
+        engine.dispose()
+        given = "ACC0001"
+    else:
+        path = tmp_path / f"order.{kind}"
+        if kind == "orm":
+            path.write_bytes(b"\x0b" + orm_o01(order).encode() + b"\x1c\r")
+        elif kind == "omi":
+            path.write_text(omi_o23(order).replace("\r", "\n"), encoding="utf-8")
+        else:
+            resource = service_request("ACC0001", contained=[_fhir_patient()])
+            data = resource if kind == "fhir" else transaction("transaction", resource)
+            if kind == "fhir-bundle":
+                data["entry"][0]["resource"] = _fhir_patient()
+            path.write_text(json.dumps(data), encoding="utf-8")
+        given = str(path)
+    if kind == "orm":
+        waiting = explain(config, studies["ct_chest"])
+        assert "  waiting      chest-ct-with-order" in waiting.stdout.splitlines()
+    result = explain(config, studies["ct_chest"], "--order", given)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1].startswith("Order: accession ACC0001, ")
+    assert "  fired        chest-ct-with-order" in lines
+
+
+def _fhir_patient() -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "id": "p",
+        "identifier": [typed("MR", "PAT0001", system="EXAMPLE-GH")],
+    }
+
+
+def test_an_order_given_for_files_is_used_only_if_the_service_would_link_it(
+    tmp_path: Path, studies: dict[str, Path]
+) -> None:
+    """An order of another accession, or of another patient, is named and left out."""
+    config = _order_config(tmp_path)
+    other = tmp_path / "other.hl7"
+    other.write_text(orm_o01(_order(accession_number="ACC9999")), encoding="utf-8")
+    result = explain(config, studies["ct_chest"], "--order", str(other))
+    assert "the order given (accession ACC9999) would not be linked" in result.stdout
+    assert "  waiting      chest-ct-with-order" in result.stdout.splitlines()
+    stranger = tmp_path / "stranger.hl7"
+    stranger.write_text(
+        orm_o01(_order(patient=replace(PATIENT, patient_id="PAT9999"))), encoding="utf-8"
+    )
+    result = explain(config, studies["ct_chest"], "--order", str(stranger))
+    assert "the order given matches on accession_number but the patient ID differs" in (
+        result.stdout
+    )
+    assert "  waiting      chest-ct-with-order" in result.stdout.splitlines()
+
+
+def test_bad_orders_and_options_are_refused_with_what_would_be_valid(
+    tmp_path: Path, studies: dict[str, Path]
+) -> None:
+    """Unknown accession, a file that is no order, an ADT message, a bad AE title, and
+    options meant for files given with a Study Instance UID."""
+    config = _order_config(tmp_path)
+    engine = make_engine(f"sqlite:///{tmp_path / 'radbridge.db'}")
+    migrate(engine)
+    engine.dispose()
+    unknown = explain(config, studies["ct_chest"], "--order", "NOPE")
+    assert unknown.returncode == 1
+    assert "no order with id, resource id or accession number 'NOPE'" in unknown.stderr
+    assert "valid: the accession number of an order radbridge holds" in unknown.stderr
+    junk = tmp_path / "junk.txt"
+    junk.write_text("hello", encoding="utf-8")
+    refused = explain(config, studies["ct_chest"], "--order", str(junk))
+    assert refused.returncode == 1
+    assert "neither an HL7 v2 message nor FHIR JSON" in refused.stderr
+    adt_file = tmp_path / "adt.hl7"
+    adt_file.write_text(adt("A08", PATIENT), encoding="utf-8")
+    not_order = explain(config, studies["ct_chest"], "--order", str(adt_file))
+    assert not_order.returncode == 1
+    assert "not an order; valid: ORM^O01 or OMI^O23" in not_order.stderr
+    long_ae = explain(config, studies["ct_chest"], "--calling-ae", "A" * 17)
+    assert long_ae.returncode == 2
+    assert "valid: 1 to 16 printable characters" in long_ae.stderr
+    for_files = explain(config, "1.2.3.4", "--order", "ACC0001")
+    assert for_files.returncode == 2
+    assert "--order: for DICOM files only" in for_files.stderr
