@@ -1,4 +1,4 @@
-"""``/api/v1/jobs``: delivery jobs filtered by state, vendor, study, route and date; one job
+"""``/api/v1/jobs``: vendor jobs filtered by state, vendor, study, route and date; one job
 with its full history; retry and cancel (operators; each audited)."""
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def _act(api: State, who: Caller, job_id: int, action: str, reason: str | None) 
     responses={409: {"description": "The job is not dead or failed."}},
 )
 def retry_job(job_id: int, api: State, who: Operator) -> JobDetail:
-    """The running service publishes it within a second."""
+    """The running service wakes a worker for it within a second."""
     return _act(api, who, job_id, Action.JOB_RETRY, None)
 
 

@@ -80,12 +80,22 @@ class JobOut(BaseModel):
     study_revision: int
 
 
-class JobEventOut(BaseModel):
+class WorkEventOut(BaseModel):
+    """One transition of a job or a write-back delivery."""
+
     at: datetime
     from_state: str | None
     to_state: str
     attempt: int
     error: str | None
+    worker: str | None = None
+    """The job-engine worker that took the step (a claim, an attempt's outcome)."""
+    snapshot: str | None = None
+    """The configuration snapshot the step was taken under."""
+
+
+class JobEventOut(WorkEventOut):
+    pass
 
 
 class JobDetail(JobOut):
@@ -202,14 +212,20 @@ def job_out(j: Job) -> JobOut:
     return JobOut(**job_fields(j))
 
 
+def _event_fields(e: JobEvent | DeliveryEvent) -> dict[str, Any]:
+    return {
+        "at": e.at,
+        "from_state": e.from_state.value if e.from_state else None,
+        "to_state": e.to_state.value,
+        "attempt": e.attempt,
+        "error": e.error,
+        "worker": e.worker,
+        "snapshot": e.snapshot,
+    }
+
+
 def event_out(e: JobEvent) -> JobEventOut:
-    return JobEventOut(
-        at=e.at,
-        from_state=e.from_state.value if e.from_state else None,
-        to_state=e.to_state.value,
-        attempt=e.attempt,
-        error=e.error,
-    )
+    return JobEventOut(**_event_fields(e))
 
 
 def link_out(link: OrderLink) -> OrderLinkOut:
@@ -337,12 +353,8 @@ class DeliveryOut(BaseModel):
     updated_at: datetime
 
 
-class DeliveryEventOut(BaseModel):
-    at: datetime
-    from_state: str | None
-    to_state: str
-    attempt: int
-    error: str | None
+class DeliveryEventOut(WorkEventOut):
+    pass
 
 
 class DeliveryDetail(DeliveryOut):
@@ -440,10 +452,4 @@ def delivery_out(d: Delivery) -> DeliveryOut:
 
 
 def delivery_event_out(e: DeliveryEvent) -> DeliveryEventOut:
-    return DeliveryEventOut(
-        at=e.at,
-        from_state=e.from_state.value if e.from_state else None,
-        to_state=e.to_state.value,
-        attempt=e.attempt,
-        error=e.error,
-    )
+    return DeliveryEventOut(**_event_fields(e))

@@ -5,36 +5,29 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from broker.cli.common import ConfigOption, JsonOption, err, out, plain, settings_or_exit
-from broker.model.errors import NotFoundError, RadbridgeError
-from broker.model.writeback import Delivery, DeliveryState
-from broker.store import make_engine
-from broker.store.audit import Action, AuditLog, cli_actor
+from broker.cli.common import ConfigOption, JsonOption, err, out
+from broker.cli.work import (
+    as_json,
+    audited,
+    claim_line,
+    print_history,
+    print_json,
+    store_engine,
+)
+from broker.model.errors import NotFoundError
+from broker.model.writeback import DeliveryState
+from broker.store.audit import Action
 from broker.store.deliveries import DeliveryStore
-from broker.store.migrate import migrate
 
 app = typer.Typer(
     help="Write-back deliveries: one per result and target (PACS, RIS, EMR, notifications).",
     no_args_is_help=True,
 )
-
-
-def _store(config: Any) -> DeliveryStore:
-    engine = make_engine(settings_or_exit(config).database_url())
-    migrate(engine)
-    return DeliveryStore(engine)
-
-
-def _json(d: Delivery) -> dict[str, Any]:
-    data: dict[str, Any] = plain(asdict(d))
-    return data
 
 
 @app.command("list")
@@ -47,13 +40,14 @@ def list_deliveries(
     ] = None,
     target: Annotated[str | None, typer.Option("--target", help="Only this target.")] = None,
     job: Annotated[int | None, typer.Option("--job", help="Only this job's deliveries.")] = None,
-    as_json: JsonOption = False,
+    json_out: JsonOption = False,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 200,
 ) -> None:
     """Deliveries, oldest first, optionally filtered by state, target and job."""
-    found = _store(config).list(state=state or None, target=target, job_id=job, limit=limit)
-    if as_json:
-        print(json.dumps([_json(d) for d in found], indent=2))
+    store = DeliveryStore(store_engine(config))
+    found = store.list(state=state or None, target=target, job_id=job, limit=limit)
+    if json_out:
+        print_json([as_json(d) for d in found])
         return
     table = Table(
         "id", "state", "target", "kind", "urgent", "job", "result", "attempts", "updated", "error"
@@ -78,19 +72,18 @@ def list_deliveries(
 def show_delivery(
     delivery_id: Annotated[int, typer.Argument(help="Delivery id.")],
     config: ConfigOption = None,
-    as_json: JsonOption = False,
+    json_out: JsonOption = False,
 ) -> None:
-    """One delivery and its history (every attempt with time and error)."""
-    store = _store(config)
+    """One delivery and its history (every attempt with time, worker, snapshot and error)."""
+    store = DeliveryStore(store_engine(config))
     try:
         d = store.get(delivery_id)
     except NotFoundError as exc:
         err.print(str(exc), highlight=False)
         raise typer.Exit(1) from exc
     history = store.history(delivery_id)
-    if as_json:
-        events = plain([asdict(e) for e in history])
-        print(json.dumps({**_json(d), "history": events}, indent=2))
+    if json_out:
+        print_json(as_json(d, history))
         return
     out.print(
         f"delivery {d.id}: {d.state.value}; {d.kind.value} ({d.event}) to {d.target} "
@@ -99,20 +92,15 @@ def show_delivery(
         markup=False,
     )
     out.print(f"job {d.job_id}, result {d.result_id}, study {d.study_uid}", highlight=False)
-    if d.detail:
-        out.print(f"done: {d.detail}", highlight=False, markup=False)
-    if d.last_error:
-        out.print(f"last error: {d.last_error}", highlight=False, markup=False)
-    table = Table("at", "from", "to", "attempt", "error")
-    for e in history:
-        table.add_row(
-            f"{e.at:%Y-%m-%d %H:%M:%S.%f}"[:-3],
-            str(e.from_state or ""),
-            str(e.to_state),
-            str(e.attempt),
-            e.error or "",
-        )
-    out.print(table)
+    lines = (
+        claim_line(d),
+        d.detail and f"done: {d.detail}",
+        d.last_error and f"last error: {d.last_error}",
+    )
+    for line in lines:
+        if line:
+            out.print(line, highlight=False, markup=False)
+    print_history(history)
 
 
 @app.command("retry")
@@ -120,22 +108,21 @@ def retry_delivery(
     delivery_id: Annotated[int, typer.Argument(help="Delivery id.")], config: ConfigOption = None
 ) -> None:
     """Start a dead or failed delivery over; the running service sends it within a second."""
-    store = _store(config)
-    try:
-        before = store.get(delivery_id)
-        d = store.retry(delivery_id)
-    except RadbridgeError as exc:
-        err.print(str(exc), highlight=False)
-        raise typer.Exit(1) from exc
-    AuditLog(store.engine).record(
-        cli_actor(),
+    store = DeliveryStore(store_engine(config))
+
+    def act() -> tuple[object, object]:
+        return store.get(delivery_id), store.retry(delivery_id)
+
+    d = audited(
+        store.engine,
         Action.DELIVERY_RETRY,
         f"delivery:{delivery_id}",
-        {
+        act,
+        lambda before, after: {
             "from_state": before.state.value,
-            "to_state": d.state.value,
-            "target": d.target,
-            "job_id": d.job_id,
+            "to_state": after.state.value,
+            "target": after.target,
+            "job_id": after.job_id,
         },
     )
     out.print(f"delivery {d.id} is {d.state.value}", highlight=False)

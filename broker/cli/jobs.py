@@ -1,35 +1,31 @@
-"""``radbridge jobs``: list, show, retry and cancel delivery jobs."""
+"""``radbridge jobs``: list, show, retry and cancel vendor jobs (one per study and vendor)."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from broker.cli.common import ConfigOption, JsonOption, err, out, plain, settings_or_exit
-from broker.model.errors import NotFoundError, RadbridgeError
-from broker.model.jobs import Job, JobState
-from broker.store import make_engine
-from broker.store.audit import Action, AuditLog, cli_actor
+from broker.cli.common import ConfigOption, JsonOption, err, out
+from broker.cli.work import (
+    as_json,
+    audited,
+    claim_line,
+    print_history,
+    print_json,
+    store_engine,
+)
+from broker.model.errors import NotFoundError
+from broker.model.jobs import JobState
+from broker.store.audit import Action
 from broker.store.deliveries import DeliveryStore
 from broker.store.jobs import JobStore
-from broker.store.migrate import migrate
 
-app = typer.Typer(help="Delivery jobs: one per study and vendor product.", no_args_is_help=True)
-
-
-def _jobs(config: Any) -> JobStore:
-    engine = make_engine(settings_or_exit(config).database_url())
-    migrate(engine)
-    return JobStore(engine)
-
-
-def _job_json(job: Job) -> dict[str, Any]:
-    result: dict[str, Any] = plain(asdict(job))
-    return result
+app = typer.Typer(
+    help="Vendor jobs: one per study and vendor product (sent to an AI vendor).",
+    no_args_is_help=True,
+)
 
 
 @app.command("list")
@@ -44,11 +40,11 @@ def list_jobs(
         ),
     ] = None,
     vendor: Annotated[str | None, typer.Option("--vendor", help="Only this vendor.")] = None,
-    as_json: JsonOption = False,
+    json_out: JsonOption = False,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 200,
 ) -> None:
     """Jobs, oldest first, optionally filtered by state and vendor."""
-    store = _jobs(config)
+    store = JobStore(store_engine(config))
     states = [s.strip().lower() for s in state or []]
     try:
         wanted = [JobState(s) for s in states if s != "overdue"]
@@ -62,8 +58,8 @@ def list_jobs(
         jobs += store.list(state=wanted, vendor=vendor, limit=limit) if wanted else []
     else:
         jobs = store.list(state=wanted or None, vendor=vendor, limit=limit)
-    if as_json:
-        print(json.dumps([_job_json(j) for j in jobs], indent=2))
+    if json_out:
+        print_json([as_json(j) for j in jobs])
         return
     table = Table("id", "state", "vendor", "route", "priority", "attempts", "study UID", "updated")
     for j in jobs:
@@ -84,20 +80,19 @@ def list_jobs(
 def show_job(
     job_id: Annotated[int, typer.Argument(help="Job id.")],
     config: ConfigOption = None,
-    as_json: JsonOption = False,
+    json_out: JsonOption = False,
 ) -> None:
-    """One job and its full history (every transition with time, attempt and error)."""
-    store = _jobs(config)
+    """One job and its full history (every transition with time, attempt, worker, snapshot
+    and error)."""
+    store = JobStore(store_engine(config))
     try:
         job = store.get(job_id)
     except NotFoundError as exc:
         err.print(str(exc), highlight=False)
         raise typer.Exit(1) from exc
     history = store.history(job_id)
-    if as_json:
-        print(
-            json.dumps({**_job_json(job), "history": plain([asdict(e) for e in history])}, indent=2)
-        )
+    if json_out:
+        print_json(as_json(job, history))
         return
     out.print(
         f"job {job.id}: {job.state.value}; {job.vendor} via route {job.route}; "
@@ -105,37 +100,33 @@ def show_job(
         highlight=False,
     )
     out.print(f"study {job.study_uid}", highlight=False)
-    if job.last_error:
-        out.print(f"last error: {job.last_error}", highlight=False, markup=False)
-    table = Table("at", "from", "to", "attempt", "error")
-    for e in history:
-        table.add_row(
-            f"{e.at:%Y-%m-%d %H:%M:%S.%f}"[:-3],
-            str(e.from_state or ""),
-            str(e.to_state),
-            str(e.attempt),
-            e.error or "",
-        )
-    out.print(table)
+    for line in (claim_line(job), job.last_error and f"last error: {job.last_error}"):
+        if line:
+            out.print(line, highlight=False, markup=False)
+    print_history(history)
 
 
-def _operator(action: str, job_id: int, config: Any) -> None:
-    store = _jobs(config)
-    try:
+def _operator(action: str, job_id: int, config: ConfigOption) -> None:
+    store = JobStore(store_engine(config))
+    retry = action == "retry"
+
+    def act() -> tuple[object, object]:
         before = store.get(job_id)
-        job = (
-            store.retry(job_id)
-            if action == "retry"
-            else store.cancel(job_id, reason="cancelled by operator")
+        after = (
+            store.retry(job_id) if retry else store.cancel(job_id, reason="cancelled by operator")
         )
-    except RadbridgeError as exc:
-        err.print(str(exc), highlight=False)
-        raise typer.Exit(1) from exc
-    AuditLog(store.engine).record(
-        cli_actor(),
-        Action.JOB_RETRY if action == "retry" else Action.JOB_CANCEL,
+        return before, after
+
+    job = audited(
+        store.engine,
+        Action.JOB_RETRY if retry else Action.JOB_CANCEL,
         f"job:{job_id}",
-        {"from_state": before.state.value, "to_state": job.state.value, "vendor": job.vendor},
+        act,
+        lambda before, after: {
+            "from_state": before.state.value,
+            "to_state": after.state.value,
+            "vendor": after.vendor,
+        },
     )
     out.print(f"job {job.id} is {job.state.value}", highlight=False)
 
@@ -144,7 +135,7 @@ def _operator(action: str, job_id: int, config: Any) -> None:
 def retry_job(
     job_id: Annotated[int, typer.Argument(help="Job id.")], config: ConfigOption = None
 ) -> None:
-    """Start a dead or failed job over; the running service publishes it within a second."""
+    """Start a dead or failed job over; the running service wakes a worker within a second."""
     _operator("retry", job_id, config)
 
 

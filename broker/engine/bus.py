@@ -1,8 +1,9 @@
-"""The message bus: kombu queues, one per vendor, with priorities.
+"""The message bus: kombu queues, one per vendor, with priorities, carrying wake-ups.
 
-A message carries only a job id and the attempt it was published for; the
-store is the source of truth, so a lost message is re-published from the
-store after a restart and a duplicate one is recognised by the claim.
+A message says "vendor V may have work" (with the job id and attempt it was
+published for, for the logs); the store is the source of truth and decides
+which job a woken worker claims, so a lost message is made up for by the
+workers' polling and an extra one finds nothing to claim.
 
 Two buses run the same code:
 
@@ -11,8 +12,11 @@ Two buses run the same code:
 * ``amqp://user:password@host:5672//`` (scale-out): RabbitMQ, durable queues
   with ``x-max-priority``, persistent messages and publisher confirms.
 
-A message is acknowledged only after the handler returned, that is after the
-job's state change is committed.
+A message is acknowledged once the handler returned. Every worker process
+consumes every vendor's queue: the vendor's concurrency is held by the store's
+claims, not by the bus, so added workers add throughput. (Queues are named
+``PREFIX.jobs.VENDOR``; the ``PREFIX.vendor.VENDOR`` queues of earlier versions
+had a single active consumer and are no longer used: delete them.)
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ class BusError(RadbridgeError):
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
-    """What a queue message says: deliver this job, as this attempt, to this vendor."""
+    """What a queue message says: the vendor may have work (job and attempt: for the logs;
+    0 when a finished send woke the vendor's next job)."""
 
     vendor: str
     job_id: int
@@ -62,7 +67,7 @@ class Ticket:
     redelivered: bool = False
 
 
-#: Runs in a worker thread; returns once the job's state change is committed.
+#: Runs in a pool thread; the message is acknowledged once it returned.
 Handler = Callable[[Ticket], None]
 
 
@@ -131,7 +136,7 @@ def _redact(url: str) -> str:
 
 
 class Bus:
-    """Publish and consume delivery tickets on per-vendor queues.
+    """Publish and consume wake-ups on per-vendor queues.
 
     ``prefix`` names the queues (``PREFIX.vendor.NAME``); tests use a prefix of
     their own so they can share one RabbitMQ without a virtual host each.
@@ -163,22 +168,14 @@ class Bus:
         return Connection(self.url, transport_options=self._options, connect_timeout=5)
 
     def queue_name(self, vendor: str) -> str:
-        return f"{self.prefix}.vendor.{vendor}"
+        # Not "PREFIX.vendor.NAME": RabbitMQ refuses to declare a durable queue again with
+        # other arguments, and those queues had x-single-active-consumer.
+        return f"{self.prefix}.jobs.{vendor}"
 
     def queue(self, vendor: str) -> Queue:
-        """The durable priority queue of one vendor."""
+        """The durable priority queue of one vendor (every worker consumes it)."""
         name = self.queue_name(vendor)
-        # On RabbitMQ only one consumer of a vendor's queue is active at a time
-        # (the others take over if it goes away), so the vendor's concurrency
-        # (that consumer's prefetch) holds over every worker process together.
-        arguments = {} if self.memory else {"x-single-active-consumer": True}
-        return Queue(
-            name,
-            routing_key=name,
-            durable=True,
-            max_priority=MAX_PRIORITY,
-            queue_arguments=arguments,
-        )
+        return Queue(name, routing_key=name, durable=True, max_priority=MAX_PRIORITY)
 
     # ---------------------------------------------------------------- publish
 
@@ -299,7 +296,7 @@ class _Session:
         self.handler = handler
         self.stop = stop
         self.pools = {
-            vendor: ThreadPoolExecutor(max_workers=count, thread_name_prefix=f"deliver-{vendor}")
+            vendor: ThreadPoolExecutor(max_workers=count, thread_name_prefix=f"wake-{vendor}")
             for vendor, count in prefetch.items()
         }
         self.done: SimpleQueue[tuple[int, Message, bool]] = SimpleQueue()
@@ -352,7 +349,7 @@ class _Session:
         try:
             self.handler(ticket)
         except Exception:  # the handler must not kill the pool
-            LOG.exception("delivery handler failed; the message goes back", job_id=ticket.job_id)
+            LOG.exception("bus handler failed; the message goes back", job_id=ticket.job_id)
             self.stop.wait(1.0)
             self.done.put((generation, message, False))
             return

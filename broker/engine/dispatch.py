@@ -1,24 +1,28 @@
-"""Delivery: jobs from routing decisions, onto the bus, and out to the vendors.
+"""Vendor jobs: made from routing decisions, announced on the bus, sent by the job engine.
 
-* :class:`Dispatcher` creates the jobs of a decision and publishes them,
-  re-publishes every unfinished job at start, and puts failed jobs back on the
-  bus when their backoff has passed.
-* :class:`DeliveryWorker` consumes the vendors' queues (as many at once per
-  vendor as its concurrency), claims each job, sends the study with the
-  vendor's transport and records the outcome; the queue message is
-  acknowledged only after that state change is committed.
+* :class:`Dispatcher` creates the jobs of a decision and wakes a worker for
+  each; after a start it takes over interrupted claims and announces every
+  pending job again; its :meth:`~Dispatcher.sweep` is the timer's task for jobs
+  (lapsed leases, due retries, jobs an operator released).
+* :class:`JobWorker` runs the vendors' lanes on the job engine
+  (:class:`broker.engine.work.WorkEngine`): it claims a vendor's jobs from the
+  store, never more at once over all workers than the vendor's concurrency,
+  and sends each study with the vendor's transport. It listens on the bus for
+  wake-ups; a finished send wakes a worker (any) for the vendor's next job.
 
-The store is the source of truth: a message only says "look at job N, attempt
-K"; a duplicate or stale one finds the job no longer claimable and is dropped.
+The store is the source of truth and decides which job goes next (stat first,
+then urgent, then oldest): a bus message only says "vendor V may have work".
+A lost message is made up for by the lanes' polling; an extra one finds
+nothing to claim.
 """
 
 from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -26,24 +30,23 @@ from structlog.stdlib import BoundLogger
 
 from broker.engine.bus import Bus, BusError, Ticket
 from broker.engine.metrics import count_error
-from broker.engine.plan import Plan, Plans, VendorSpec
+from broker.engine.plan import Plan, Plans
+from broker.engine.timer import Sweep, Timer
+from broker.engine.work import POLL_SECONDS, Failure, Outcome, Success, WorkEngine, utc_now
 from broker.model.domain import Priority
 from broker.model.errors import ConfigError
-from broker.model.jobs import RESENDABLE, Job, JobState, JobStateError, backoff
+from broker.model.jobs import RESENDABLE, Job, JobState
 from broker.model.logging import get_logger
-from broker.model.vendor import SendOutcome, VendorTransport, is_retryable
+from broker.model.vendor import SendOutcome, is_retryable
 from broker.store import StudyStore
 from broker.store.jobs import Created, JobStore
+from broker.store.work import LEASE_SECONDS
 
-LOG = get_logger("radbridge.delivery")
+LOG = get_logger("radbridge.jobs")
 
 Clock = Callable[[], datetime]
 #: Called after a job reached ``sent`` (job, what the send did, when); must not raise.
 SentHook = Callable[[Job, SendOutcome, datetime], None]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,25 +65,19 @@ class JobRequest:
 
 
 class Dispatcher:
-    """Creates jobs and keeps the bus in step with the store."""
+    """Creates jobs and wakes workers for them; the timer's task for jobs."""
 
-    def __init__(
-        self,
-        jobs: JobStore,
-        bus: Bus,
-        plans: Plans,
-        *,
-        clock: Clock = utc_now,
-    ) -> None:
+    def __init__(self, jobs: JobStore, bus: Bus, plans: Plans, *, clock: Clock = utc_now) -> None:
         self.jobs = jobs
         self.bus = bus
         self.plans = plans
         self.clock = clock
-        self._unpublished: dict[int, Job] = {}
+        self._unannounced: dict[int, Job] = {}
         self._lock = threading.Lock()
+        self._sweep = Sweep(jobs, self.publish)
 
     def dispatch(self, requests: Iterable[JobRequest], plan: Plan | None = None) -> list[Created]:
-        """Create a job per request (an existing one is kept) and publish the new ones.
+        """Create a job per request (an existing one is kept) and wake a worker for each new one.
 
         ``plan`` is the configuration the routing decision used (default: the one in force).
         """
@@ -98,6 +95,7 @@ class Dispatcher:
                 series_uids=request.series_uids,
                 deadline_at=now + request.deadline if request.deadline else None,
                 study_revision=request.study_revision,
+                snapshot=plan.id,
                 now=now,
             )
             if created.duplicate and request.resend and created.job.state in RESENDABLE:
@@ -106,6 +104,7 @@ class Dispatcher:
                         created.job.id,
                         study_revision=request.study_revision,
                         series_uids=request.series_uids,
+                        snapshot=plan.id,
                         now=now,
                     )
                     LOG.info("updated study sent again", job_id=job.id, vendor=job.vendor)
@@ -125,32 +124,33 @@ class Dispatcher:
         return results
 
     def publish(self, job: Job) -> bool:
-        """Put a pending job on its vendor's queue; False if the bus failed (tried again later)."""
+        """Wake a worker of the job's vendor; False if the bus failed (announced again later)."""
         try:
             self.bus.publish(job.vendor, job.id, job.attempts + 1, job.priority.bus_priority)
         except BusError as exc:
-            LOG.error("cannot publish job; will try again", job_id=job.id, error=str(exc))
+            LOG.error("cannot announce job; will try again", job_id=job.id, error=str(exc))
             with self._lock:
-                self._unpublished[job.id] = job
+                self._unannounced[job.id] = job
             return False
         with self._lock:
-            self._unpublished.pop(job.id, None)
+            self._unannounced.pop(job.id, None)
         return True
 
     def retry(self, job_id: int) -> Job:
-        """Operator: start a dead or failed job over and publish it."""
+        """Operator: start a dead or failed job over and wake a worker for it."""
         job = self.jobs.retry(job_id, now=self.clock())
         LOG.info("job retried by the operator", job_id=job_id, vendor=job.vendor)
         self.requeue_due()
         return job
 
     def start(self) -> int:
-        """After a (re)start: recover interrupted jobs and publish every pending one.
+        """After a (re)start: take over interrupted claims and announce every pending job.
 
-        A job found in ``sending`` was interrupted: its attempt counts, and it
-        is failed (retried at once) or dead if that was its last attempt.
-        Run this where no other worker is sending (see
-        :meth:`JobStore.recover_interrupted`). Returns how many were published.
+        A job found in ``sending`` whose worker is gone (a process of this
+        machine that no longer runs) or whose lease ran out was interrupted:
+        its attempt counts, and it is failed (retried at once) or dead if that
+        was its last attempt. A claim of a live worker elsewhere is left to
+        it. Returns how many jobs were announced.
         """
         now = self.clock()
         for job in self.jobs.recover_interrupted(now=now):
@@ -161,45 +161,116 @@ class Dispatcher:
                 attempt=job.attempts,
                 state=str(job.state),
             )
-        published = 0
+        announced = 0
         for job in self.jobs.list(state=JobState.PENDING, limit=1_000_000):
-            published += self.publish(job)
-        return published + len(self.requeue_due(now))
+            announced += self.publish(job)
+        return announced + len(self.requeue_due(now))
 
     def requeue_due(self, now: datetime | None = None) -> list[Job]:
-        """Publish failed jobs whose backoff has passed (and any that failed to publish)."""
+        """Announce failed jobs whose backoff has passed, released ones, and any whose
+        announcement failed."""
         with self._lock:
-            retry_publish = list(self._unpublished.values())
+            retry_publish = list(self._unannounced.values())
         for job in retry_publish:
             self.publish(job)
-        moved = self.jobs.requeue_due(now or self.clock())
-        moved += self.jobs.take_released(now or self.clock())
+        now = now or self.clock()
+        moved = self.jobs.requeue_due(now) + self.jobs.take_released(now)
         for job in moved:
             self.publish(job)
         return moved
 
+    def sweep(self, now: datetime) -> datetime | None:
+        """The timer's task for jobs: lapsed leases, due retries, released jobs, and jobs
+        whose announcement failed; when it next has work."""
+        with self._lock:
+            unannounced = list(self._unannounced.values())
+        for job in unannounced:
+            self.publish(job)
+        return self._sweep(now)
+
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
-        """Requeue due retries until ``stop`` is set; wakes at the next due time or ``interval``."""
-        while not stop.is_set():
+        """The timer loop for jobs alone until ``stop`` is set (the service runs one for all)."""
+        Timer([self.sweep], clock=self.clock, interval=interval).run(stop)
+
+
+class JobWork:
+    """Vendor jobs as the job engine runs them: one lane per vendor, an attempt is a send."""
+
+    noun = "job"
+    verb = "send"
+
+    def __init__(
+        self,
+        engine: Engine,
+        bus: Bus,
+        clock: Clock,
+        on_sent: Sequence[SentHook],
+    ) -> None:
+        self.store = JobStore(engine)
+        self.studies = StudyStore(engine)
+        self.bus = bus
+        self.clock = clock
+        self.on_sent = list(on_sent)
+        self.wake_here: Callable[[str], None] = lambda _vendor: None
+
+    def lanes(self, plan: Plan) -> Mapping[str, int]:
+        return {name: plan.vendor(name).concurrency for name in plan.vendor_names}
+
+    def bind(self, item: Job, log: BoundLogger) -> BoundLogger:
+        return log.bind(job_id=item.id, vendor=item.vendor, study_uid=item.study_uid)
+
+    def attempt(self, item: Job, plan: Plan, log: BoundLogger) -> Outcome:
+        """Send the job's study (or its series) with the vendor's transport of ``plan``."""
+        try:
+            spec = plan.vendor(item.vendor)
+            transport = plan.transport(item.vendor)
+        except ConfigError as exc:
+            return Failure(str(exc), retryable=False, why="the vendor is no longer configured")
+        files = [Path(p) for p in self.studies.instance_paths(item.study_uid, item.series_uids)]
+        if not files:
+            return Failure(
+                "the study has no instances in the store", retryable=False, why="nothing to send"
+            )
+        log.info("sending", instances=len(files))
+        try:
+            sent = transport.send(item, files)
+        except Exception as exc:
+            count_error("send", exc)
+            return Failure(
+                f"{type(exc).__name__}: {exc}",
+                retryable=is_retryable(transport, exc),
+                backoff_base=spec.backoff_base,
+                backoff_cap=spec.backoff_cap,
+            )
+        return Success((JobState.SENT, JobState.AWAITING_RESULT), detail=sent)
+
+    def after(self, item: Job, done: Job, outcome: Outcome, plan: Plan, log: BoundLogger) -> None:
+        if not isinstance(outcome, Success) or not isinstance(outcome.detail, SendOutcome):
+            return
+        sent: SendOutcome = outcome.detail
+        for hook in self.on_sent:  # notification hooks (usage, audit, metrics): the vendor has it
             try:
-                self.requeue_due()
-                wait = interval
-                next_at = self.jobs.next_retry_at()
-                if next_at is not None:
-                    wait = min(interval, max((next_at - self.clock()).total_seconds(), 0.005))
-            except Exception:  # the store or the bus is down: try again later
-                LOG.exception("requeueing due retries failed")
-                wait = interval
-            stop.wait(wait)
+                hook(done, sent, self.clock())
+            except Exception:
+                log.exception("sent hook failed")
+        log.info(
+            "sent",
+            instances=sent.instances,
+            megabytes=round(sent.bytes / 1e6, 1),
+            seconds=round(sent.seconds, 3),
+            mb_per_s=round(sent.megabytes_per_second, 1),
+        )
+
+    def freed(self, lane: str) -> None:
+        """A send ended: wake a worker (any process) for the vendor's next job."""
+        try:
+            self.bus.publish(lane, 0, 0, 0)
+        except BusError:
+            self.wake_here(lane)
 
 
-def _prefetch(plan: Plan) -> dict[str, int]:
-    """Each vendor's queue and how many of its jobs this worker takes at once."""
-    return {name: plan.vendor(name).concurrency for name in plan.vendor_names}
-
-
-class DeliveryWorker:
-    """Consumes vendor queues and delivers each job with its vendor's transport."""
+class JobWorker:
+    """Sends vendor jobs: the vendors' lanes on the job engine, woken from the bus."""
 
     def __init__(
         self,
@@ -210,145 +281,91 @@ class DeliveryWorker:
         clock: Clock = utc_now,
         jitter: Callable[[float, float], float] = random.uniform,
         on_sent: Sequence[SentHook] = (),
+        lease_seconds: float = LEASE_SECONDS,
+        poll_seconds: float = POLL_SECONDS,
+        worker: str | None = None,
     ) -> None:
-        self.engine = engine
-        self.jobs = JobStore(engine)
-        self.studies = StudyStore(engine)
         self.bus = bus
         self.plans = plans
-        self.clock = clock
-        self.jitter = jitter
-        self.on_sent = list(on_sent)
+        self.work = JobWork(engine, bus, clock, on_sent)
+        self.engine = WorkEngine(
+            self.work,
+            plans,
+            worker=worker,
+            lease_seconds=lease_seconds,
+            poll_seconds=poll_seconds,
+            clock=clock,
+            jitter=jitter,
+        )
+        self.work.wake_here = self.engine.wake
+        self.jobs = self.work.store
         self._stop = threading.Event()
         self._round = threading.Event()
         self._thread: threading.Thread | None = None
         plans.on_swap(self._replan)
 
     @property
+    def worker(self) -> str:
+        """This worker's id, as claims and job histories name it."""
+        return self.engine.worker
+
+    @property
     def vendors(self) -> list[str]:
-        """The vendors whose queues this worker consumes (those of the plan in force)."""
+        """The vendors whose lanes this worker runs (those of the plan in force)."""
         return sorted(self.plans.current.vendor_names)
 
-    # ---------------------------------------------------------------- running
-
-    def run(self, stop: threading.Event, ready: threading.Event | None = None) -> None:
-        """Consume every configured vendor's queue until ``stop`` is set (this thread).
-
-        When a new configuration adds or removes a vendor or changes a vendor's
-        concurrency, the consumers are registered again for it (sends in
-        progress finish first).
-        """
-        while not stop.is_set():
-            self._round = threading.Event()
-            if stop.is_set():
-                break
-            self.bus.consume(_prefetch(self.plans.current), self.handle, self._round, ready=ready)
-            ready = None
+    def _prefetch(self, plan: Plan) -> dict[str, int]:
+        return dict(self.work.lanes(plan))
 
     def _replan(self, old: Plan, new: Plan) -> None:
-        """A swap listener: consume again when the vendors or their concurrency changed."""
-        if _prefetch(old) != _prefetch(new):
+        """A swap listener: listen again when the vendors or their concurrency changed."""
+        if self._prefetch(old) != self._prefetch(new):
             self._round.set()
 
-    def start(self, timeout: float = 30.0) -> DeliveryWorker:
-        """Run in a background thread; return once its consumers are registered."""
+    def _wake(self, ticket: Ticket) -> None:
+        self.engine.wake(ticket.vendor)
+
+    def _listen(self, ready: threading.Event) -> None:
+        """Listen for every configured vendor's wake-ups until stopped (this thread)."""
+        first: threading.Event | None = ready
+        while not self._stop.is_set():
+            self._round = threading.Event()
+            if self._stop.is_set():
+                break
+            self.bus.consume(
+                self._prefetch(self.plans.current), self._wake, self._round, ready=first
+            )
+            first = None
+
+    def start(self, timeout: float = 30.0) -> JobWorker:
+        """Run the lanes and listen to the bus; return once the listeners are registered."""
         ready = threading.Event()
         self._stop.clear()
         self._thread = threading.Thread(
-            target=self._run_until_stopped, args=(ready,), name="delivery-worker", daemon=True
+            target=self._listen, args=(ready,), name="job-worker-bus", daemon=True
         )
         self._thread.start()
         if not ready.wait(timeout):
             self.stop()
-            raise BusError(f"the delivery worker could not consume from {self.bus!r}")
+            raise BusError(f"the job worker could not listen on {self.bus!r}")
+        self.engine.start()
         return self
 
-    def _run_until_stopped(self, ready: threading.Event) -> None:
-        self.run(self._stop, ready)
-
     def stop(self, timeout: float | None = None) -> None:
-        """Stop consuming; the deliveries in progress finish first."""
+        """Stop claiming and listening; the sends in progress finish first."""
         self._stop.set()
         self._round.set()
+        self.engine.stop(30.0 if timeout is None else timeout)
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
 
-    # ---------------------------------------------------------------- one job
-
-    def handle(self, ticket: Ticket) -> None:
-        """Deliver the job a message names, or drop the message if it is a duplicate."""
-        job = self.jobs.claim(ticket.job_id, attempt=ticket.attempt, now=self.clock())
-        log = LOG.bind(job_id=ticket.job_id, vendor=ticket.vendor, attempt=ticket.attempt)
-        if job is None:
-            log.info("duplicate or stale message dropped", redelivered=ticket.redelivered)
-            return
-        log = log.bind(study_uid=job.study_uid)
+    def handle(self, job: Job) -> Job | None:
+        """Send one job this worker claimed, under the plan in force (tests, one-off runs)."""
         with self.plans.use() as plan:
-            log = log.bind(snapshot=plan.id)
-            try:
-                spec = plan.vendor(job.vendor)
-                transport = plan.transport(job.vendor)
-            except ConfigError as exc:
-                self._finish(job, [JobState.DEAD], error=str(exc))
-                log.error("the job's vendor is no longer configured; job is dead")
-                return
-            files = [Path(p) for p in self.studies.instance_paths(job.study_uid, job.series_uids)]
-            if not files:
-                self._finish(job, [JobState.DEAD], error="the study has no instances in the store")
-                log.error("nothing to send", series=len(job.series_uids))
-                return
-            log.info("sending", instances=len(files))
-            try:
-                outcome = transport.send(job, files)
-            except Exception as exc:
-                self._failed(job, spec, transport, exc, log)
-                return
-        self._finish(job, [JobState.SENT, JobState.AWAITING_RESULT])
-        for hook in self.on_sent:  # notification hooks (usage, audit, metrics): the vendor has it
-            try:
-                hook(job, outcome, self.clock())
-            except Exception:
-                log.exception("sent hook failed")
-        log.info(
-            "sent",
-            instances=outcome.instances,
-            megabytes=round(outcome.bytes / 1e6, 1),
-            seconds=round(outcome.seconds, 3),
-            mb_per_s=round(outcome.megabytes_per_second, 1),
-        )
+            return self.engine.handle(job, plan)
 
-    def _failed(
-        self,
-        job: Job,
-        spec: VendorSpec,
-        transport: VendorTransport,
-        exc: Exception,
-        log: BoundLogger,
-    ) -> None:
-        error = f"{type(exc).__name__}: {exc}"
-        count_error("delivery", exc)
-        if is_retryable(transport, exc) and not job.exhausted:
-            wait = backoff(job.attempts, spec.backoff_base, spec.backoff_cap, self.jitter)
-            at = self.clock() + timedelta(seconds=wait)
-            self._finish(job, [JobState.FAILED], error=error, next_attempt_at=at)
-            log.warning("delivery failed; will retry", error=error, retry_in=round(wait, 3))
-            return
-        self._finish(job, [JobState.DEAD], error=error)
-        reason = "attempts exhausted" if job.exhausted else "not retryable"
-        log.error(f"delivery failed; job is dead ({reason})", error=error)
-
-    def _finish(
-        self,
-        job: Job,
-        path: Sequence[JobState],
-        *,
-        error: str | None = None,
-        next_attempt_at: datetime | None = None,
-    ) -> None:
-        try:
-            self.jobs.finish(
-                job.id, path, error=error, next_attempt_at=next_attempt_at, now=self.clock()
-            )
-        except JobStateError as exc:  # an operator cancelled it meanwhile
-            LOG.warning("job changed while it was sent", job_id=job.id, error=str(exc))
+    def run_once(self, vendor: str) -> Job | None:
+        """Claim and send ``vendor``'s next pending job, if any (tests, one-off runs)."""
+        job = self.engine.claim(vendor)
+        return None if job is None else self.handle(job)

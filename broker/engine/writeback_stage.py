@@ -1,4 +1,4 @@
-"""The write-back stage: completed results become deliveries; one worker per target sends them.
+"""The write-back stage: completed results become deliveries, sent by the job engine.
 
 * :meth:`WritebackStage.schedule` is the results' ``on_complete`` hook. It makes
   one delivery per target of the job's route (``write_back``), plus, for an
@@ -6,20 +6,23 @@
   transaction and idempotent (a result announced twice gets its deliveries
   once); then the job goes ``result_received → writing_back`` (``→ done`` at
   once when the route writes back nowhere).
-* One worker thread per target claims that target's deliveries from the
-  store, urgent first, then oldest first, and runs one attempt each. A target
-  that is down only delays its own deliveries: its failures wait out their
-  backoff (``delivery.backoff_*_seconds``, like vendor jobs) while every other
-  target's thread carries on. After the target's ``retries`` the delivery is
-  ``dead``; ``radbridge deliveries retry ID`` starts it over.
+* Each target is a lane of the job engine (:class:`broker.engine.work.WorkEngine`)
+  with a capacity of one: its deliveries are claimed from the store, urgent
+  first, then oldest, under a lease, one attempt at a time over every process.
+  A target that is down only delays its own deliveries: their failures wait
+  out their backoff (``delivery.backoff_*_seconds``, like vendor jobs) while
+  every other target carries on. After the target's ``retries`` the delivery
+  is ``dead``; ``radbridge deliveries retry ID`` starts it over.
 * When every write-back delivery of a job is done the job is ``done``; when
   one is dead the job is ``dead`` with the reason. Notifications do not decide
   the job.
-* The overdue watcher flags jobs that have no result by their route's
-  deadline, once each, and notifies the webhook.
+* :meth:`WritebackStage.sweep` and :meth:`WritebackStage.overdue` are the
+  engine timer's tasks for deliveries: lapsed leases, due retries, released
+  deliveries; jobs that have no result by their route's deadline are flagged
+  once each and notified to the webhook.
 
-The store is the source of truth: a restart turns deliveries interrupted in
-``sending`` into ``failed`` (retried at once; the attempt counts) and settles
+The store is the source of truth: a restart takes over deliveries interrupted
+in ``sending`` (``failed``, retried at once; the attempt counts) and settles
 jobs whose deliveries all finished; results completed but not yet scheduled
 are announced again by the results timer.
 """
@@ -27,17 +30,19 @@ are announced again by the results timer.
 from __future__ import annotations
 
 import random
-import threading
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
+from structlog.stdlib import BoundLogger
 
 from broker.engine.metrics import observe_writeback
 from broker.engine.plan import Plan, Plans
+from broker.engine.timer import Sweep
+from broker.engine.work import POLL_SECONDS, Failure, Outcome, Success, WorkEngine, utc_now
 from broker.model.domain import LinkState, Result, StoredOrder, Study
-from broker.model.errors import NotFoundError, RadbridgeError, StoreError
-from broker.model.jobs import Job, JobState, JobStateError, backoff
+from broker.model.errors import NotFoundError
+from broker.model.jobs import Job, JobState, JobStateError
 from broker.model.logging import get_logger
 from broker.model.writeback import (
     WEBHOOK_TARGET,
@@ -52,20 +57,19 @@ from broker.store import StudyStore
 from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.jobs import JobStore
 from broker.store.orders import OrderStore
+from broker.store.work import LEASE_SECONDS
 
 LOG = get_logger("radbridge.writeback")
-POLL_SECONDS = 1.0
 
 Clock = Callable[[], datetime]
 ResultLoader = Callable[[int], Result]
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class WritebackStage:
-    """Schedules deliveries of completed results and runs a worker per target."""
+    """Schedules deliveries of completed results; the targets' lanes on the job engine."""
+
+    noun = "delivery"
+    verb = "write-back"
 
     def __init__(
         self,
@@ -76,6 +80,8 @@ class WritebackStage:
         clock: Clock = utc_now,
         jitter: Callable[[float, float], float] = random.uniform,
         poll_seconds: float = POLL_SECONDS,
+        lease_seconds: float = LEASE_SECONDS,
+        worker: str | None = None,
     ) -> None:
         self.engine = engine
         self.plans = plans
@@ -86,20 +92,21 @@ class WritebackStage:
         self.results = results
         """``ResultStore.get``: a result with its objects and findings, by id."""
         self.clock = clock
-        self.jitter = jitter
-        self.poll_seconds = poll_seconds
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._wake: dict[str, threading.Event] = {}
-        self._workers: dict[str, threading.Thread] = {}
-        self._threads: list[threading.Thread] = []
-        plans.on_swap(lambda _old, _new: self._start_workers())
+        self.lanes_engine = WorkEngine(
+            self,
+            plans,
+            worker=worker,
+            lease_seconds=lease_seconds,
+            poll_seconds=poll_seconds,
+            clock=clock,
+            jitter=jitter,
+        )
+        self._sweep = Sweep(self.deliveries, self._wake_item, self._taken_over)
+        self._overdue_at: datetime | None = None
 
-    def _wake_up(self, target: str) -> None:
-        with self._lock:
-            wake = self._wake.get(target)
-        if wake is not None:
-            wake.set()
+    @property
+    def store(self) -> DeliveryStore:
+        return self.deliveries
 
     # ---------------------------------------------------------------- scheduling
 
@@ -138,7 +145,7 @@ class WritebackStage:
             job, has_deliveries=any(d.kind is DeliveryKind.RESULT for d in made)
         )
         for d in made:
-            self._wake_up(d.target)
+            self.lanes_engine.wake(d.target)
         log.info(
             "write-back scheduled",
             targets=[d.target for d in made if d.kind is DeliveryKind.RESULT],
@@ -198,7 +205,16 @@ class WritebackStage:
             LOG.warning("job changed while it was settled", job_id=job_id, error=str(exc))
         return job
 
-    # ---------------------------------------------------------------- one delivery
+    # ---------------------------------------------------------------- the engine's Work
+
+    def lanes(self, plan: Plan) -> Mapping[str, int]:
+        """A lane per target (the notification webhook included), one attempt at a time."""
+        return dict.fromkeys(plan.target_names, 1)
+
+    def bind(self, item: Delivery, log: BoundLogger) -> BoundLogger:
+        return log.bind(
+            delivery_id=item.id, target=item.target, kind=item.kind.value, job_id=item.job_id
+        )
 
     def _item(self, d: Delivery) -> WritebackItem:
         job = self.jobs.get(d.job_id) if d.job_id is not None else None
@@ -222,68 +238,76 @@ class WritebackStage:
             route=job.route if job else None,
         )
 
-    def handle(self, d: Delivery) -> Delivery:
-        """Run one claimed attempt and record its outcome; settle the job after."""
-        with self.plans.use() as plan:
-            return self._attempt(d, plan)
-
-    def _attempt(self, d: Delivery, plan: Plan) -> Delivery:
-        log = LOG.bind(
-            delivery_id=d.id,
-            target=d.target,
-            kind=d.kind.value,
-            attempt=d.attempts,
-            job_id=d.job_id,
-            snapshot=plan.id,
-        )
-        spec = plan.target(d.target)
+    def attempt(self, item: Delivery, plan: Plan, log: BoundLogger) -> Outcome:
+        """Write one delivery with the target of ``plan``."""
+        spec = plan.target(item.target)
         if spec is None:
-            error = f"write-back target '{d.target}' is no longer configured"
-            done = self.deliveries.finish(d.id, DeliveryState.DEAD, error=error, now=self.clock())
-            log.error("write-back failed; delivery is dead (target not configured)")
-            if d.job_id is not None and d.kind is DeliveryKind.RESULT:
-                self.settle(d.job_id)
-            return done
-        target = plan.writer(d.target)
+            error = f"write-back target '{item.target}' is no longer configured"
+            return Failure(error, retryable=False, why="target not configured")
+        target = plan.writer(item.target)
         try:
-            item = self._item(d)
-            detail = target.deliver(item)
+            detail = target.deliver(self._item(item))
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            retry = is_retryable(target, exc) and not d.exhausted
-            if retry:
-                wait = backoff(d.attempts, spec.backoff_base, spec.backoff_cap, self.jitter)
-                at = self.clock() + timedelta(seconds=wait)
-                done = self.deliveries.finish(
-                    d.id, DeliveryState.FAILED, error=error, next_attempt_at=at, now=self.clock()
-                )
-                log.warning("write-back failed; will retry", error=error, retry_in=round(wait, 3))
-            else:
-                done = self.deliveries.finish(
-                    d.id, DeliveryState.DEAD, error=error, now=self.clock()
-                )
-                reason = "attempts exhausted" if d.exhausted else "not retryable"
-                log.error(f"write-back failed; delivery is dead ({reason})", error=error)
-        else:
-            done = self.deliveries.finish(d.id, DeliveryState.DONE, detail=detail, now=self.clock())
-            log.info("written back", detail=detail)
-            completed = item.result.completed_at if item.result is not None else None
-            if d.kind is DeliveryKind.RESULT and completed is not None:
-                observe_writeback(d.target, (done.updated_at - completed).total_seconds())
+            return Failure(
+                f"{type(exc).__name__}: {exc}",
+                retryable=is_retryable(target, exc),
+                backoff_base=spec.backoff_base,
+                backoff_cap=spec.backoff_cap,
+            )
+        return Success((DeliveryState.DONE,), values={"detail": detail}, detail=detail)
+
+    def after(
+        self, item: Delivery, done: Delivery, outcome: Outcome, plan: Plan, log: BoundLogger
+    ) -> None:
+        if isinstance(outcome, Success):
+            log.info("written back", detail=outcome.detail)
+            if item.kind is DeliveryKind.RESULT and item.result_id is not None:
+                completed = self.results(item.result_id).completed_at
+                if completed is not None:
+                    observe_writeback(item.target, (done.updated_at - completed).total_seconds())
         if (
-            d.job_id is not None
-            and d.kind is DeliveryKind.RESULT
+            item.job_id is not None
+            and item.kind is DeliveryKind.RESULT
             and done.state is not DeliveryState.FAILED
         ):
-            self.settle(d.job_id)
-        return done
+            self.settle(item.job_id)
+
+    def freed(self, lane: str) -> None:
+        """A write-back ended: look at the target's next delivery."""
+        self.lanes_engine.wake(lane)
+
+    def handle(self, d: Delivery) -> Delivery | None:
+        """Run one claimed attempt and record its outcome; settle the job after."""
+        with self.plans.use() as plan:
+            return self.lanes_engine.handle(d, plan)
 
     def run_once(self, target: str) -> Delivery | None:
-        """Claim and run ``target``'s next due delivery, if any (tests and the worker loop)."""
-        d = self.deliveries.claim_next(target, now=self.clock())
+        """Requeue ``target``'s due retries, then claim and run its next delivery, if any
+        (tests, and one-off runs; the running service has the engine's lanes)."""
+        self.deliveries.requeue_due(self.clock(), lane=target)
+        d = self.lanes_engine.claim(target)
         return None if d is None else self.handle(d)
 
-    # ---------------------------------------------------------------- overdue jobs
+    # ---------------------------------------------------------------- the timer's tasks
+
+    def _wake_item(self, d: Delivery) -> None:
+        self.lanes_engine.wake(d.target)
+
+    def _taken_over(self, d: Delivery) -> None:
+        if d.job_id is not None and d.kind is DeliveryKind.RESULT:
+            self.settle(d.job_id)
+
+    def sweep(self, now: datetime) -> datetime | None:
+        """The timer's task for deliveries: lapsed leases, due retries, released deliveries."""
+        return self._sweep(now)
+
+    def overdue(self, now: datetime) -> datetime | None:
+        """The timer's task for overdue jobs: checked every ``overdue_check_seconds``."""
+        if self._overdue_at is None or now >= self._overdue_at:
+            self.check_overdue()
+            seconds = self.plans.current.overdue_check_seconds
+            self._overdue_at = now + timedelta(seconds=seconds)
+        return self._overdue_at
 
     def check_overdue(self) -> list[Job]:
         """Flag jobs past their deadline without a result, once each, and notify the webhook."""
@@ -308,7 +332,7 @@ class WritebackStage:
                 notified=delivery is not None,
             )
         if flagged and hook is not None:
-            self._wake_up(hook.name)
+            self.lanes_engine.wake(hook.name)
         return [job for job, _ in flagged]
 
     # ---------------------------------------------------------------- running
@@ -325,71 +349,13 @@ class WritebackStage:
         for job in self.jobs.list(state=JobState.WRITING_BACK, limit=1_000_000):
             self.settle(job.id)
 
-    def _worker(self, name: str, wake: threading.Event) -> None:
-        while not self._stop.is_set() and name in self.plans.current.target_names:
-            try:
-                if self.run_once(name) is not None:
-                    continue
-                wait = self.poll_seconds
-                due = self.deliveries.next_due(name, now=self.clock())
-                if due is not None:
-                    wait = min(wait, max((due - self.clock()).total_seconds(), 0.005))
-            except (StoreError, RadbridgeError) as exc:
-                LOG.error("write-back worker cannot read the store", target=name, error=str(exc))
-                wait = self.poll_seconds
-            except Exception:  # a worker outlives any one bad delivery
-                LOG.exception("write-back worker failed", target=name)
-                wait = self.poll_seconds
-            wake.wait(wait)
-            wake.clear()
-        with self._lock:
-            if self._workers.get(name) is threading.current_thread():
-                del self._workers[name]
-                self._wake.pop(name, None)
-
-    def _overdue(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.check_overdue()
-            except Exception:
-                LOG.exception("overdue check failed")
-            self._stop.wait(self.plans.current.overdue_check_seconds)
-
     def start(self) -> WritebackStage:
-        """Recover, then run a worker thread per target and the overdue watcher."""
-        self._stop.clear()
+        """Recover, then run the targets' lanes (the service's timer runs :meth:`sweep`)."""
         self.recover()
-        self._start_workers()
-        watcher = threading.Thread(target=self._overdue, name="writeback-overdue", daemon=True)
-        watcher.start()
-        self._threads.append(watcher)
+        self.lanes_engine.start()
         return self
 
-    def _start_workers(self) -> None:
-        """A worker thread for every target of the plan in force that has none yet."""
-        if self._stop.is_set():
-            return
-        for name in sorted(self.plans.current.target_names):
-            with self._lock:
-                if name in self._workers:
-                    continue
-                wake = self._wake[name] = threading.Event()
-                thread = threading.Thread(
-                    target=self._worker, args=(name, wake), name=f"writeback-{name}", daemon=True
-                )
-                self._workers[name] = thread
-                self._threads.append(thread)
-            thread.start()
-
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the workers (an attempt in progress finishes first); the targets' connections
+        """Stop the lanes (an attempt in progress finishes first); the targets' connections
         belong to the plans and are closed with them."""
-        self._stop.set()
-        with self._lock:
-            wakes = list(self._wake.values())
-            threads = list(self._threads)
-        for wake in wakes:
-            wake.set()
-        for thread in threads:
-            thread.join(timeout)
-        self._threads.clear()
+        self.lanes_engine.stop(timeout)

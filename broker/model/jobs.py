@@ -1,22 +1,29 @@
-"""Jobs: one per study and vendor product, their states, the allowed transitions, and backoff.
+"""Jobs: one per study and vendor product, their states and the allowed transitions.
 
-Pure: no I/O. The store (``broker.store.jobs``) persists jobs and checks every
-transition against :data:`TRANSITIONS` before it writes one.
+A job is a work item of the job engine (:mod:`broker.model.work`): the store
+(``broker.store.jobs``) persists it and checks every transition against
+:data:`MACHINE` before it writes one. Pure: no I/O.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from broker.model.domain import CodedValue, Priority
-from broker.model.errors import RadbridgeError
+from broker.model.work import Machine, WorkStateError
+from broker.model.work import backoff as backoff  # noqa: PLC0414 (re-exported)
+from broker.model.work import retry_at as retry_at  # noqa: PLC0414 (re-exported)
 
 
-class JobStateError(RadbridgeError):
+class JobStateError(WorkStateError):
     """A job was asked to move to a state its current state cannot reach."""
+
+
+class JobChangedError(JobStateError):
+    """The job changed between reading it and writing it (another process moved it, or the
+    worker's lease on it expired and another worker took it over)."""
 
 
 class JobState(CodedValue):
@@ -54,57 +61,33 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     S.CANCELLED: frozenset(),
 }
 
-#: States a worker may claim a job from (to start an attempt).
-CLAIMABLE: frozenset[JobState] = frozenset({S.PENDING, S.FAILED})
+#: The job's state machine, as the job engine uses it.
+MACHINE: Machine[JobState] = Machine(
+    noun="job",
+    transitions=TRANSITIONS,
+    pending=S.PENDING,
+    sending=S.SENDING,
+    failed=S.FAILED,
+    dead=S.DEAD,
+    retryable=frozenset({S.DEAD, S.FAILED}),
+    error=JobStateError,
+    changed=JobChangedError,
+)
+#: States a worker claims a job from (a failed one is requeued to pending when due).
+CLAIMABLE: frozenset[JobState] = MACHINE.claimable
 #: States an operator's retry starts over from.
-RETRYABLE: frozenset[JobState] = frozenset({S.DEAD, S.FAILED})
-#: States that still need the bus: re-enqueued after a restart.
-UNFINISHED: frozenset[JobState] = frozenset({S.PENDING, S.SENDING, S.FAILED})
+RETRYABLE: frozenset[JobState] = MACHINE.retryable
+#: States that still need a worker: re-announced on the bus after a restart.
+UNFINISHED: frozenset[JobState] = MACHINE.unfinished
 #: States a job is sent again from when its study was updated (``resend_updates``).
 RESENDABLE: frozenset[JobState] = frozenset({S.AWAITING_RESULT, S.DEAD, S.FAILED})
 #: States nothing moves a job out of.
-FINAL: frozenset[JobState] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+FINAL: frozenset[JobState] = MACHINE.final
 
 
 def check_transition(from_state: JobState, to_state: JobState) -> None:
     """Raise :class:`JobStateError` unless ``from_state → to_state`` is allowed."""
-    allowed = TRANSITIONS[from_state]
-    if to_state not in allowed:
-        valid = ", ".join(sorted(allowed)) or "none: it is final"
-        raise JobStateError(
-            f"a job cannot go from {from_state} to {to_state}; valid from {from_state}: {valid}"
-        )
-
-
-def backoff(
-    attempt: int,
-    base: float,
-    cap: float,
-    jitter: Callable[[float, float], float] = random.uniform,
-) -> float:
-    """Seconds to wait before the attempt after ``attempt``: exponential, full jitter.
-
-    The ceiling is ``min(cap, base * 2 ** (attempt - 1))``; the wait is drawn
-    uniformly between 0 and that ceiling (``jitter`` is ``random.uniform``
-    unless a test injects another).
-    """
-    if attempt < 1:
-        raise ValueError(f"attempt is {attempt}; valid: 1 or more")
-    if base < 0 or cap < 0:
-        raise ValueError(f"base {base} and cap {cap} must not be negative")
-    ceiling = min(cap, base * 2.0 ** min(attempt - 1, 62))
-    return float(jitter(0.0, ceiling))
-
-
-def retry_at(
-    now: datetime,
-    attempt: int,
-    base: float,
-    cap: float,
-    jitter: Callable[[float, float], float] = random.uniform,
-) -> datetime:
-    """When the attempt after ``attempt`` may start (see :func:`backoff`)."""
-    return now + timedelta(seconds=backoff(attempt, base, cap, jitter))
+    MACHINE.check(from_state, to_state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +110,10 @@ class Job:
     created_at: datetime
     updated_at: datetime
     study_revision: int
+    claimed_by: str | None = None
+    """The worker whose attempt holds the job (while ``sending``)."""
+    lease_until: datetime | None = None
+    """Until when that claim holds unless its worker renews it."""
 
     @property
     def exhausted(self) -> bool:
@@ -144,3 +131,7 @@ class JobEvent:
     to_state: JobState
     attempt: int
     error: str | None
+    snapshot: str | None = None
+    """The configuration snapshot the step was taken under (an attempt's plan)."""
+    worker: str | None = None
+    """The worker that took the step (a claim, an attempt's outcome)."""

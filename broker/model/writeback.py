@@ -4,7 +4,7 @@ Pure: no I/O. The store (``broker.store.deliveries``) persists deliveries and
 checks every transition against :data:`TRANSITIONS`; the stage
 (``broker.engine.writeback_stage``) runs one worker per target; the targets
 themselves live in ``adapters/writeback/`` and register by name, so the broker
-only sees :class:`WritebackTarget`.
+only sees :class:`~broker.model.target.WritebackTarget`.
 
 A delivery is one of three kinds:
 
@@ -24,11 +24,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from broker.model.domain import CodedValue, Result, StoredOrder, Study
 from broker.model.errors import RadbridgeError
 from broker.model.jobs import Job
+
+# Re-exported: the write-back stage sees targets through this module.
+from broker.model.target import WritebackTarget as WritebackTarget  # noqa: PLC0414
+from broker.model.target import is_retryable as is_retryable  # noqa: PLC0414
 
 
 class DeliveryStateError(RadbridgeError):
@@ -161,24 +165,3 @@ class WritebackItem:
     study: Study | None
     order: StoredOrder | None
     route: str | None = None
-
-
-class WritebackTarget(Protocol):
-    """One way of writing a result back (C-STORE, STOW-RS, HL7 ORU, FHIR, webhook).
-
-    ``deliver`` does one attempt and returns what it did, or raises; an
-    exception that is an instance of one of ``retryable`` makes the delivery
-    retry after its backoff, any other makes it dead at once. ``close`` lets
-    go of connections (called when the stage stops).
-    """
-
-    retryable: tuple[type[Exception], ...]
-
-    def deliver(self, item: WritebackItem) -> str: ...
-
-    def close(self) -> None: ...
-
-
-def is_retryable(target: WritebackTarget, error: BaseException) -> bool:
-    """The one place that decides whether a failed write-back is tried again."""
-    return isinstance(error, target.retryable)

@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from broker.engine.bus import Bus
-from broker.engine.dispatch import DeliveryWorker, Dispatcher
+from broker.engine.dispatch import Dispatcher, JobWorker
+from broker.engine.timer import Timer
 from broker.engine.writeback_stage import WritebackStage
 from broker.model.errors import StoreError
 from broker.model.logging import get_logger
@@ -115,8 +116,13 @@ class Service:
         self.bus = Bus(settings.bus.url, prefix=settings.bus.prefix)
         self.dispatcher = Dispatcher(JobStore(engine), self.bus, self.snapshots)
         self.accounting = Accounting(engine, lambda: self.snapshots.settings)
-        self.worker = DeliveryWorker(
-            engine, self.bus, self.snapshots, on_sent=[self.accounting.job_sent]
+        lease = settings.delivery.lease_seconds
+        self.worker = JobWorker(
+            engine,
+            self.bus,
+            self.snapshots,
+            on_sent=[self.accounting.job_sent],
+            lease_seconds=lease,
         )
         self.routing = RoutingStage(
             self.context.store,
@@ -134,8 +140,14 @@ class Service:
             self.context.spool,
         )
         self.snapshots.on_swap(self._new_result_policies)
-        self.writeback = WritebackStage(engine, self.snapshots, results=self.results.store.get)
+        self.writeback = WritebackStage(
+            engine, self.snapshots, results=self.results.store.get, lease_seconds=lease
+        )
         self.results.on_complete.append(self.writeback.schedule)
+        # The job engine's one timer: lapsed leases, due retries, released items, overdue jobs.
+        self.engine_timer = Timer(
+            [self.dispatcher.sweep, self.writeback.sweep, self.writeback.overdue]
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started: list[Edge] = []
@@ -165,7 +177,7 @@ class Service:
             self.stop()
             raise
         for target, name in (
-            (lambda: self.dispatcher.run(self._stop), "dispatcher"),
+            (lambda: self.engine_timer.run(self._stop), "engine-timer"),
             (lambda: self.reloader.watch(self._stop, self.hup), "config-reload"),
         ):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -188,6 +200,7 @@ class Service:
         self.results.stop()
         self.writeback.stop()
         self._stop.set()
+        self.engine_timer.poke()
         for edge in reversed(self._started):
             try:
                 edge.stop()

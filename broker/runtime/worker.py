@@ -1,4 +1,9 @@
-"""A ``radbridge worker`` process: delivers jobs from a shared bus, on its own snapshot.
+"""A ``radbridge worker`` process: sends vendor jobs, woken from a shared bus, on its own snapshot.
+
+Any number of them share one store and one bus: each claims jobs from the
+store under a lease, and a vendor's concurrency holds over all of them
+together. The timer that takes over the claims of a worker that died runs in
+``radbridge serve``.
 
 It builds the same configuration snapshot as the service from the same file and
 reloads it the same way (SIGHUP, the file changing), so a vendor added or moved
@@ -16,7 +21,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from broker.engine.bus import Bus
-from broker.engine.dispatch import DeliveryWorker
+from broker.engine.dispatch import JobWorker
 from broker.model.logging import get_logger
 from broker.runtime.billing import Accounting
 from broker.runtime.reload import Reloader
@@ -27,19 +32,25 @@ LOG = get_logger("radbridge.worker")
 
 
 class WorkerProcess:
-    """The delivery worker of one ``radbridge worker`` process, with its reloader."""
+    """The job worker of one ``radbridge worker`` process, with its reloader."""
 
     def __init__(self, settings: Settings, engine: Engine, bus: Bus, path: Path | None) -> None:
         self.snapshots = SnapshotHolder(build_snapshot(settings, path))
         self.reloader = Reloader(self.snapshots, path, engine=engine, role="worker")
         accounting = Accounting(engine, lambda: self.snapshots.settings)
-        self.delivery = DeliveryWorker(engine, bus, self.snapshots, on_sent=[accounting.job_sent])
+        self.jobs = JobWorker(
+            engine,
+            bus,
+            self.snapshots,
+            on_sent=[accounting.job_sent],
+            lease_seconds=settings.delivery.lease_seconds,
+        )
         self.hup = threading.Event()
         self._stop = threading.Event()
         self._watch: threading.Thread | None = None
 
     def start(self) -> None:
-        self.delivery.start()
+        self.jobs.start()
         self._watch = threading.Thread(
             target=self.reloader.watch,
             args=(self._stop, self.hup),
@@ -49,13 +60,14 @@ class WorkerProcess:
         self._watch.start()
         LOG.info(
             "radbridge worker started",
-            vendors=self.delivery.vendors,
+            vendors=self.jobs.vendors,
+            worker=self.jobs.worker,
             snapshot=self.snapshots.current.id,
         )
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
-        self.delivery.stop(timeout=timeout)
+        self.jobs.stop(timeout=timeout)
         if self._watch is not None:
             self._watch.join(5)
         self.snapshots.close()

@@ -55,6 +55,10 @@ metadata = MetaData(
 
 UID = String(64)
 AE = String(16)
+#: A job-engine worker's id (``host/pid-namespace/pid/token``).
+WORKER = String(128)
+#: A configuration snapshot's id (``cfg-…``).
+SNAPSHOT = String(64)
 
 studies = Table(
     "studies",
@@ -146,6 +150,8 @@ jobs = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("study_revision", Integer, nullable=False),
     Column("overdue_notified_at", UTCDateTime),
+    Column("claimed_by", WORKER),
+    Column("lease_until", UTCDateTime),
     UniqueConstraint("study_uid", "vendor"),
     Index(None, "state", "next_attempt_at"),
     Index(None, "vendor", "state"),
@@ -161,6 +167,8 @@ job_events = Table(
     Column("to_state", String(20), nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("error", Text),
+    Column("snapshot", SNAPSHOT),
+    Column("worker", WORKER),
     Index(None, "job_id", "id"),
 )
 
@@ -347,6 +355,8 @@ deliveries = Table(
     Column("detail", Text),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("claimed_by", WORKER),
+    Column("lease_until", UTCDateTime),
     UniqueConstraint("result_id", "target", "kind"),
     Index(None, "target", "state", "next_attempt_at"),
     Index(None, "job_id"),
@@ -368,9 +378,19 @@ delivery_events = Table(
     Column("to_state", String(16), nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("error", Text),
+    Column("snapshot", SNAPSHOT),
+    Column("worker", WORKER),
     Index(None, "delivery_id", "id"),
 )
 """Every transition of a delivery."""
+
+work_lanes = Table(
+    "work_lanes",
+    metadata,
+    Column("lane", String(96), primary_key=True),
+)
+"""One row per lane of the job engine (``vendor:NAME``, ``target:NAME``). A claim locks its
+lane's row, so counting the lane's live leases and claiming are one step on every database."""
 
 audit = Table(
     "audit",

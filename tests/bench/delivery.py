@@ -34,9 +34,9 @@ from pydicom.filereader import read_file_meta_info
 
 from adapters.dicom.mapping import instance_record_from_spooled_file
 from adapters.dicom.synthetic import generate_study
-from adapters.vendors.dicom import DicomTransport
+from adapters.vendors.dicom import DicomPushSettings, DicomTransport
 from broker.engine.bus import Bus
-from broker.engine.dispatch import DeliveryWorker, Dispatcher, JobRequest
+from broker.engine.dispatch import Dispatcher, JobRequest, JobWorker
 from broker.engine.plan import FixedPlan, FixedPlans, VendorSpec
 from broker.model.domain import Priority
 from broker.model.jobs import JobState
@@ -98,9 +98,9 @@ def _job_run(url: str, bus_url: str, work: Path, study_uid: str) -> tuple[float,
     with StoreSCP(work / f"job-{uuid.uuid4().hex[:6]}", ae_title="VENDOR") as scp:
         vendor = f"v{uuid.uuid4().hex[:6]}"
         specs = {vendor: _spec(vendor, scp.port)}
-        transports = {vendor: DicomTransport.from_params(vendor, specs[vendor].params)}
+        transports = {vendor: DicomPushSettings.from_params(vendor, specs[vendor].params)}
         plans = FixedPlans(FixedPlan(vendors=specs, transports=transports))
-        worker = DeliveryWorker(engine, bus, plans).start()
+        worker = JobWorker(engine, bus, plans).start()
         try:
             started = time.perf_counter()
             [created] = Dispatcher(jobs, bus, plans).dispatch(
@@ -130,10 +130,10 @@ def _stat_wait(url: str, bus_url: str, work: Path, spool: Spool, routine: int) -
     with StoreSCP(work / f"stat-{uuid.uuid4().hex[:6]}", ae_title="VENDOR") as scp:
         vendor = "ichai"
         specs = {vendor: _spec(vendor, scp.port, concurrency=1)}
-        transports = {vendor: DicomTransport.from_params(vendor, specs[vendor].params)}
+        transports = {vendor: DicomPushSettings.from_params(vendor, specs[vendor].params)}
         plans = FixedPlans(FixedPlan(vendors=specs, transports=transports))
         dispatcher = Dispatcher(jobs, bus, plans)
-        worker = DeliveryWorker(engine, bus, plans).start()
+        worker = JobWorker(engine, bus, plans).start()
         try:
             dispatcher.dispatch([JobRequest(uid, vendor, route="r") for uid in uids[:routine]])
             started = time.perf_counter()
@@ -187,8 +187,8 @@ def main() -> None:
                     ),
                 )
             )
-            transport = DicomTransport.from_params(
-                "bench", {"ae_title": "VENDOR", "host": LOOPBACK, "port": 1, "timeout": 60}
+            transport = DicomTransport(
+                "bench", DicomPushSettings(ae_title="VENDOR", host=LOOPBACK, port=1, timeout=60)
             )
 
             def push(scp: StoreSCP, transport: DicomTransport = transport) -> None:

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from adapters.vendors import transport_for
 from broker.engine.bus import Bus
-from broker.engine.dispatch import DeliveryWorker, Dispatcher, JobRequest
+from broker.engine.dispatch import Dispatcher, JobRequest, JobWorker
 from broker.engine.plan import FixedPlan, FixedPlans, VendorSpec
 from broker.model.domain import Priority
 from broker.model.jobs import Job, JobState
+from broker.model.vendor import TRANSPORTS
 from broker.store import JobStore
 from broker.store.spool import Spool
 from tests.databases import empty_database
@@ -63,7 +63,7 @@ class Stack:
     spool: Spool
     tmp: Path
     vendors: dict[str, VendorSpec] = field(default_factory=dict)
-    workers: list[DeliveryWorker] = field(default_factory=list)
+    workers: list[JobWorker] = field(default_factory=list)
     peers: list[StoreSCP] = field(default_factory=list)
     stops: list[tuple[threading.Event, threading.Thread]] = field(default_factory=list)
 
@@ -93,7 +93,7 @@ class Stack:
     def plans(self) -> FixedPlans:
         """The vendors configured so far, as the engine's plan."""
         transports = {
-            name: transport_for(spec.transport).from_params(name, spec.params)
+            name: TRANSPORTS.get(spec.transport).from_params(name, spec.params)
             for name, spec in self.vendors.items()
         }
         return FixedPlans(FixedPlan(vendors=dict(self.vendors), transports=transports))
@@ -101,8 +101,8 @@ class Stack:
     def dispatcher(self) -> Dispatcher:
         return Dispatcher(self.jobs, self.bus, self.plans())
 
-    def worker(self, **options: Any) -> DeliveryWorker:
-        worker = DeliveryWorker(self.engine, self.bus, self.plans(), **options)
+    def worker(self, **options: Any) -> JobWorker:
+        worker = JobWorker(self.engine, self.bus, self.plans(), **options)
         self.workers.append(worker.start())
         return worker
 

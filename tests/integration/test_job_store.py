@@ -73,35 +73,40 @@ def test_create_is_idempotent_per_study_and_vendor(jobs: JobStore) -> None:
     assert jobs.find(STUDY, "ichai") == other.job
 
 
-def test_claim_recognises_duplicate_messages(jobs: JobStore) -> None:
-    """Only the first claim of an attempt wins; a second message for it gets None."""
+def test_claim_takes_a_pending_job_once(jobs: JobStore) -> None:
+    """Only the first claim of a pending job wins (a duplicate wake-up gets None)."""
     job = jobs.create(STUDY, "lungai", route="r", now=T0).job
-    claimed = jobs.claim(job.id, attempt=1, now=T0)
+    claimed = jobs.claim(job.id, worker="w1", now=T0)
     assert claimed is not None and claimed.state is S.SENDING and claimed.attempts == 1
-    assert jobs.claim(job.id, attempt=1, now=T0) is None
+    assert claimed.claimed_by == "w1" and claimed.lease_until is not None
+    assert jobs.claim(job.id, worker="w2", now=T0) is None
     assert jobs.claim(job.id, now=T0) is None
     assert _states(jobs, job.id) == [(None, "pending", 0), ("pending", "sending", 1)]
+    assert jobs.history(job.id)[-1].worker == "w1"
 
 
 def test_concurrent_claims_have_one_winner(jobs: JobStore) -> None:
     """Eight workers claiming the same job at once: exactly one gets it."""
     job = jobs.create(STUDY, "lungai", route="r", now=T0).job
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda _: jobs.claim(job.id, attempt=1), range(8)))
+        results = list(pool.map(lambda n: jobs.claim(job.id, worker=f"w{n}"), range(8)))
     assert sum(r is not None for r in results) == 1
     assert jobs.get(job.id).attempts == 1
 
 
-def test_stale_attempt_message_is_dropped(jobs: JobStore) -> None:
-    """A failed job is claimed only by the message of its next attempt, after its backoff."""
+def test_failed_job_is_claimed_only_after_its_backoff_and_requeue(jobs: JobStore) -> None:
+    """A failed job is not claimable; once its backoff passed the timer's requeue makes it
+    pending again, and the next claim is its next attempt."""
     job = jobs.create(STUDY, "lungai", route="r", now=T0).job
-    assert jobs.claim(job.id, attempt=1, now=T0) is not None
+    assert jobs.claim(job.id, now=T0) is not None
     retry_at = T0 + timedelta(seconds=30)
     failed = jobs.finish(job.id, S.FAILED, error="refused", next_attempt_at=retry_at, now=T0)
     assert failed.state is S.FAILED and failed.last_error == "refused"
-    assert jobs.claim(job.id, attempt=1, now=retry_at) is None  # old message
-    assert jobs.claim(job.id, attempt=2, now=T0 + timedelta(seconds=1)) is None  # too early
-    again = jobs.claim(job.id, attempt=2, now=retry_at)
+    assert failed.claimed_by is None and failed.lease_until is None
+    assert jobs.claim(job.id, now=retry_at) is None  # failed: not claimable
+    assert jobs.requeue_due(T0 + timedelta(seconds=1)) == []  # too early
+    assert [j.id for j in jobs.requeue_due(retry_at)] == [job.id]
+    again = jobs.claim_next("lungai", now=retry_at)
     assert again is not None and again.attempts == 2 and again.next_attempt_at is None
 
 

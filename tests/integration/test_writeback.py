@@ -18,11 +18,11 @@ from hl7apy.parser import parse_message  # type: ignore[import-untyped]
 from sqlalchemy import Engine
 
 from adapters.hl7.oru import build_oru
-from adapters.writeback import target_for
 from broker.engine.plan import FixedPlan, FixedPlans
 from broker.engine.writeback_stage import WritebackStage
-from broker.model.errors import AdapterError
+from broker.model.errors import ConfigError
 from broker.model.jobs import JobState
+from broker.model.target import TARGETS
 from broker.model.writeback import (
     WEBHOOK_TARGET,
     DeliveryKind,
@@ -121,8 +121,8 @@ def test_targets_are_validated_with_did_you_mean() -> None:
     status = {**base, "notifications": {"ris_status": {"target": "pacs"}}}
     with pytest.raises(ValueError, match="'pacs' is not an hl7 target"):
         Settings.model_validate(status)
-    with pytest.raises(AdapterError, match="no such write-back target 'hl8'; did you mean 'hl7'"):
-        target_for("hl8")
+    with pytest.raises(ConfigError, match="no such write-back target 'hl8'; did you mean 'hl7'"):
+        TARGETS.get("hl8")
 
 
 # ----------------------------------------------------------------- the store
@@ -131,7 +131,8 @@ def test_targets_are_validated_with_did_you_mean() -> None:
 @pytest.mark.parametrize("kind", DATABASES)
 def test_store_claims_urgent_first_and_is_idempotent(kind: str, tmp_path: Path) -> None:
     """Deliveries are made once per result, target and kind; claims take urgent ones first,
-    then the oldest; an interrupted one fails (due at once) and keeps its message id."""
+    then the oldest; an interrupted one fails (due at once), is requeued by the timer's step
+    before it is claimed again, and keeps its message id."""
     with empty_database(kind, tmp_path) as eng:
         store = DeliveryStore(eng)
 
@@ -146,6 +147,8 @@ def test_store_claims_urgent_first_and_is_idempotent(kind: str, tmp_path: Path) 
         claimed = store.claim_next("ris")
         assert claimed is not None and claimed.result_id == 2 and claimed.attempts == 1
         assert [d.state for d in store.recover_interrupted()] == [DeliveryState.FAILED]
+        assert store.claim_next("ris") is not None  # the other one: a failed one waits
+        assert [d.result_id for d in store.requeue_due()] == [2]
         retried = store.claim_next("ris")
         assert retried is not None and retried.result_id == 2 and retried.attempts == 2
         assert retried.message_id == first[1].message_id
@@ -153,6 +156,7 @@ def test_store_claims_urgent_first_and_is_idempotent(kind: str, tmp_path: Path) 
             "pending",
             "sending",
             "failed",
+            "pending",
             "sending",
         ]
 

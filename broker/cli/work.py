@@ -1,0 +1,107 @@
+"""What ``radbridge jobs`` and ``radbridge deliveries`` share: one engine, one way to show it.
+
+Both list work items of the job engine and show one with its history: every
+transition with its time, attempt, error, the worker that took the step and
+the configuration snapshot it used.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+import typer
+from rich.table import Table
+from sqlalchemy import Engine
+
+from broker.cli.common import err, out, plain, settings_or_exit
+from broker.model.errors import RadbridgeError
+from broker.store import make_engine
+from broker.store.audit import AuditLog, cli_actor
+from broker.store.migrate import migrate
+
+
+class Event(Protocol):
+    """A history row of a job or a delivery."""
+
+    @property
+    def at(self) -> datetime: ...
+
+    @property
+    def from_state(self) -> StrEnum | None: ...
+
+    @property
+    def to_state(self) -> StrEnum: ...
+
+    @property
+    def attempt(self) -> int: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+    @property
+    def worker(self) -> str | None: ...
+
+    @property
+    def snapshot(self) -> str | None: ...
+
+
+def store_engine(config: Any) -> Engine:
+    """The store of the configuration, migrated."""
+    engine = make_engine(settings_or_exit(config).database_url())
+    migrate(engine)
+    return engine
+
+
+def as_json(item: Any, history: list[Any] | None = None) -> dict[str, Any]:
+    """An item (a dataclass) as JSON, with its history if given."""
+    data: dict[str, Any] = plain(asdict(item))
+    if history is not None:
+        data["history"] = plain([asdict(e) for e in history])
+    return data
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def claim_line(item: Any) -> str | None:
+    """``claimed by WORKER until TIME`` while an attempt holds the item."""
+    if getattr(item, "claimed_by", None) is None:
+        return None
+    until = item.lease_until
+    return f"claimed by {item.claimed_by}" + (f" until {until:%H:%M:%S} UTC" if until else "")
+
+
+def print_history(history: list[Any]) -> None:
+    """The history as a table: time, from, to, attempt, worker, snapshot, error."""
+    table = Table("at", "from", "to", "attempt", "worker", "snapshot", "error")
+    for e in history:
+        table.add_row(
+            f"{e.at:%Y-%m-%d %H:%M:%S.%f}"[:-3],
+            str(e.from_state or ""),
+            str(e.to_state),
+            str(e.attempt),
+            e.worker or "",
+            e.snapshot or "",
+            e.error or "",
+        )
+    out.print(table)
+
+
+def audited(engine: Engine, action: str, target: str, act: Any, detail: Any) -> Any:
+    """Run an operator's action; on success record it in the audit trail as ``cli:USER``.
+
+    ``act()`` returns ``(before, after)``; ``detail(before, after)`` the audit
+    detail. A refusal (not found, wrong state) is printed and exits 1.
+    """
+    try:
+        before, after = act()
+    except RadbridgeError as exc:
+        err.print(str(exc), highlight=False)
+        raise typer.Exit(1) from exc
+    AuditLog(engine).record(cli_actor(), action, target, detail(before, after))
+    return after

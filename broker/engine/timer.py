@@ -1,0 +1,108 @@
+"""The job engine's one timer loop: lapsed leases, due retries, released items, overdue jobs.
+
+Each kind of work item gives the timer a :class:`Sweep` over its store; the
+write-back stage adds the overdue check. Every tick, for every kind:
+
+* claims whose lease ran out are taken over: the attempt counts, the item is
+  ``failed`` (due at once) or ``dead`` if it was the last (``taken_over``);
+* failed items whose backoff has passed go back to ``pending``, and items an
+  operator released (``retry`` from the CLI, the API or the console, in any
+  process) are taken; a worker is woken for each (``wake``).
+
+The loop sleeps until the earliest retry or lease end, ``interval`` at most.
+Every step is a conditional update in the store, so several timers (several
+services on one store) never do a step twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from broker.model.logging import get_logger
+from broker.model.work import WorkItem
+from broker.store.work import WorkStore
+
+LOG = get_logger("radbridge.timer")
+
+I = TypeVar("I", bound=WorkItem)  # noqa: E741 (the item type)
+#: One task of the timer: do what is due at ``now``; when it next has work (None: not known).
+Task = Callable[[datetime], datetime | None]
+
+
+def _ignore(_item: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep(Generic[I]):
+    """The timer's task for one kind of work item."""
+
+    store: WorkStore[I, Any, Any]
+    wake: Callable[[I], object]
+    """A worker should look at this item (requeued or released)."""
+    taken_over: Callable[[I], object] = _ignore
+    """A lapsed claim was taken over (the item is failed or dead now)."""
+
+    def __call__(self, now: datetime) -> datetime | None:
+        noun = self.store.kind.machine.noun
+        for item in self.store.expire_leases(now):
+            LOG.warning(
+                f"{noun} taken over: its worker's lease ran out",
+                **{f"{noun}_id": item.id},
+                state=str(getattr(item, "state", "")),
+                attempt=item.attempts,
+            )
+            self.taken_over(item)
+        for item in self.store.requeue_due(now) + self.store.take_released(now):
+            self.wake(item)
+        return self.store.next_wakeup()
+
+
+class Timer:
+    """Runs its tasks in one thread until stopped, sleeping until the earliest next time."""
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        interval: float = 1.0,
+    ) -> None:
+        self.tasks = list(tasks)
+        self.clock = clock
+        self.interval = interval
+        self._wake = threading.Event()
+
+    def tick(self) -> float:
+        """Run every task once; the seconds until the next tick is due (``interval`` at most)."""
+        wait = self.interval
+        for task in self.tasks:
+            try:
+                due = task(self.clock())
+            except Exception:  # the store or the bus is down: try again later
+                LOG.exception("a timer task failed")
+                continue
+            if due is not None:
+                wait = min(wait, max((due - self.clock()).total_seconds(), 0.005))
+        return wait
+
+    def poke(self) -> None:
+        """Tick at once (something became due sooner than the timer knows)."""
+        self._wake.set()
+
+    def run(self, stop: threading.Event) -> None:
+        """Tick until ``stop`` is set."""
+        while not stop.is_set():
+            wait = self.tick()
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def start(self, stop: threading.Event, name: str = "engine-timer") -> threading.Thread:
+        """Run in a background thread (until ``stop`` is set, then :meth:`poke`)."""
+        thread = threading.Thread(target=self.run, args=(stop,), name=name, daemon=True)
+        thread.start()
+        return thread
