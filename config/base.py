@@ -1,17 +1,55 @@
-"""What every settings block shares: strict models, DICOM ports and AE titles, located errors."""
+"""What every settings block shares: strict models, DICOM ports and AE titles, durations,
+URLs, located errors. Plugins' settings models (vendor transports, write-back targets)
+use these types too."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-)
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]*[^ ]$")]
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number of seconds or text like ``30s``, ``15m``, ``1h``, ``1h30m``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        parts = _DURATION_PART.findall(text)
+        if parts and "".join(n + u for n, u in parts) == text:
+            return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    raise ValueError(
+        f"not a duration: {value!r}; valid: seconds as a number, or text like 30s, 15m, 1h, 1h30m"
+    )
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+"""Seconds, written as a number or as text like ``30s``, ``15m``, ``1h30m``."""
+Timeout = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=3600)]
+"""A network timeout: seconds (a number or ``30s``, ``2m``), at most an hour."""
+
+
+def http_url(value: str) -> str:
+    """``value`` if it is an http(s) URL with a host, else a ValueError saying what is valid."""
+    scheme, sep, rest = value.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest.strip("/"):
+        raise ValueError(f"not an http(s) URL: {value!r}; valid: https://host/path")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(http_url)]
+"""An ``http://`` or ``https://`` URL, kept as written."""
 
 
 class Strict(BaseModel):

@@ -8,20 +8,17 @@ as ``FILE:LINE: field: what is wrong; valid: what would have been valid``.
 
 from __future__ import annotations
 
-import enum
 import os
-import types
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import annotated_types
 import yaml
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import ValidationError
 
 from broker.model.errors import ConfigError
 from config.base import LocatedErrors
+from config.messages import describe
 from config.schema import SECRET_FIELDS, Settings
 
 ENV_PREFIX = "RADBRIDGE_"
@@ -153,102 +150,6 @@ def _reject_yaml_secrets(data: dict[str, Any], source: _Source) -> list[str]:
     return problems
 
 
-def _field_annotation(loc: Loc) -> tuple[Any, list[Any]] | None:
-    """The type annotation and constraints of the field at ``loc``, if it is one."""
-    model: Any = Settings
-    annotation: Any = None
-    metadata: list[Any] = []
-    for part in loc:
-        if isinstance(part, int) and typing.get_origin(_unwrap_optional(annotation)) is list:
-            continue  # an item of a list: ``model`` is already the item type
-        if isinstance(model, type) and issubclass(model, BaseModel):
-            field = model.model_fields.get(str(part))
-            if field is None:
-                return None
-            annotation, metadata = field.annotation, list(field.metadata)
-        elif isinstance(part, int) or typing.get_origin(model) is dict:
-            args = typing.get_args(model)
-            annotation, metadata = (args[-1] if args else Any), []
-        else:
-            return None
-        model = _unwrap(annotation)
-    return annotation, metadata
-
-
-def _unwrap_optional(annotation: Any) -> Any:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return args[0] if len(args) == 1 else annotation
-    return annotation
-
-
-def _unwrap(annotation: Any) -> Any:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        annotation = args[0] if len(args) == 1 else annotation
-    if typing.get_origin(annotation) is typing.Annotated:
-        annotation = typing.get_args(annotation)[0]
-    if typing.get_origin(annotation) is list:
-        return typing.get_args(annotation)[0]
-    return annotation
-
-
-def _valid_values(loc: Loc, error_type: str) -> str:
-    if error_type == "extra_forbidden":
-        parent = _field_annotation(loc[:-1]) if loc[:-1] else (Settings, [])
-        model = _unwrap(parent[0]) if parent else None
-        if isinstance(model, type) and issubclass(model, BaseModel):
-            return "known fields: " + ", ".join(model.model_fields)
-        return ""
-    found = _field_annotation(loc)
-    if found is None:
-        return ""
-    annotation, metadata = found
-    inner = _unwrap(annotation)
-    for arg in typing.get_args(annotation):
-        if typing.get_origin(arg) is typing.Annotated:
-            metadata += list(typing.get_args(arg)[1:])
-            inner = typing.get_args(arg)[0]
-    low = next((m.ge for m in metadata if isinstance(m, annotated_types.Ge)), None)
-    low = (
-        low
-        if low is not None
-        else next(
-            (f"more than {m.gt}" for m in metadata if isinstance(m, annotated_types.Gt)), None
-        )
-    )
-    high = next((m.le for m in metadata if isinstance(m, annotated_types.Le)), None)
-    if isinstance(inner, type) and issubclass(inner, enum.Enum):
-        return "one of " + ", ".join(str(m.value) for m in inner)
-    if inner is bool:
-        return "true or false"
-    if inner in (int, float):
-        kind = "an integer" if inner is int else "a number"
-        if isinstance(low, str):
-            return f"{kind} {low}"
-        if low is not None and high is not None:
-            return f"{kind} from {low} to {high}"
-        if low is not None:
-            return f"{kind} of at least {low}"
-        return kind
-    if inner is Path:
-        return "a file system path"
-    if inner is str:
-        return "text"
-    if inner is SecretStr:
-        return "a secret from the environment"
-    return ""
-
-
-def _without_password(text: str) -> str:
-    """``scheme://user:secret@host`` becomes ``scheme://user:***@host``: errors never echo it."""
-    scheme, sep, rest = text.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return text
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
-
-
 def _format_errors(exc: ValidationError, source: _Source) -> list[str]:
     problems = []
     for err in exc.errors(include_url=False):
@@ -261,15 +162,7 @@ def _format_errors(exc: ValidationError, source: _Source) -> list[str]:
                 problems.append(f"{where}: {field}: {message}")
             continue
         field = ".".join(str(p) for p in loc) or "(top level)"
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = f"unknown field '{loc[-1]}'"
-        elif "input" in err and not isinstance(err["input"], dict | list):
-            message = f"{message} (got {_without_password(repr(err['input']))})"
-        valid = "" if "valid:" in message else _valid_values(loc, err["type"])
-        problems.append(
-            f"{source.where(loc)}: {field}: {message}" + (f"; valid: {valid}" if valid else "")
-        )
+        problems.append(f"{source.where(loc)}: {field}: {describe(err, Settings, loc)}")
     return problems
 
 

@@ -24,15 +24,11 @@ from pydantic import (
     model_validator,
 )
 
+from broker.model.vendor import TransportContext
 from config.base import AETitle, LocatedErrors, Port, Strict
-from config.targets import (
-    _KNOWN_TARGETS,
-    Notifications,
-    Target,
-    TargetName,
-    check_notifications,
-)
-from config.vendors import _KNOWN_VENDORS, Route, TransportType, Vendor, VendorName
+from config.plugins import TargetBlock
+from config.targets import Notifications, TargetName, check_notifications
+from config.vendors import _KNOWN_TARGETS, _KNOWN_VENDORS, Route, Vendor, VendorName
 from routing.compile import RuleSet, compile_routes
 
 
@@ -301,7 +297,7 @@ class Settings(Strict):
     hl7: Hl7 | None = None
     """The HL7 v2 orders listener (MLLP); it runs when this block is given."""
     vendors: dict[VendorName, Vendor] = Field(default_factory=dict)
-    targets: dict[TargetName, Target] = Field(default_factory=dict)
+    targets: dict[TargetName, TargetBlock] = Field(default_factory=dict)
     """Where results are written back (PACS, RIS, EMR); routes name them in ``write_back``."""
     notifications: Notifications = Notifications()
     routes: list[Route] = Field(default_factory=list)
@@ -362,29 +358,27 @@ class Settings(Strict):
             raise LocatedErrors(problems)
         return self
 
-    @model_validator(mode="after")
-    def _http_transport_context(self) -> Settings:
-        """Give each ``http`` transport what its manifests and tokens need."""
-        for vendor in self.vendors.values():
-            if vendor.transport.type is TransportType.HTTP:
-                vendor.transport._context = {
-                    "public_url": self.http_settings().base_url(),
-                    "database": SecretStr(self.database_url()),
-                    "product": vendor.product,
-                    "token_ttl": vendor.timeout,
-                }
-        return self
-
     def http_settings(self) -> Http:
         """The ``http`` block, or its defaults."""
         return self.http or Http()
 
     def http_server_wanted(self) -> bool:
-        """Whether radbridge serves HTTP: an ``http`` block, a vendor that pulls over it,
-        or a vendor with a results token (STOW-RS, findings callback)."""
+        """Whether radbridge serves HTTP: an ``http`` block, a vendor whose transport pulls
+        over it, or a vendor with a results token (STOW-RS, findings callback)."""
         return self.http is not None or any(
-            v.transport.type is TransportType.HTTP or v.results.token is not None
+            v.transport.pulls_from_radbridge or v.results.token is not None
             for v in self.vendors.values()
+        )
+
+    def transport_context(self, vendor: str) -> TransportContext:
+        """What the service tells ``vendor``'s transport besides its own settings."""
+        configured = self.vendors[vendor]
+        return TransportContext(
+            vendor=vendor,
+            product=configured.product,
+            result_timeout=configured.timeout,
+            public_url=self.http_settings().base_url(),
+            database_url=self.database_url(),
         )
 
     def database_url(self) -> str:

@@ -9,19 +9,18 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import (
-    BeforeValidator,
     ConfigDict,
     Field,
     PlainValidator,
-    PrivateAttr,
     SecretStr,
     field_validator,
-    model_validator,
 )
 
 from broker.model.domain import Priority
 from broker.model.errors import did_you_mean
-from config.base import AETitle, LocatedErrors, Port, Strict
+from config.base import AETitle, Duration, LocatedErrors, Strict
+from config.base import parse_duration as parse_duration  # noqa: PLC0414 - re-exported
+from config.plugins import TransportBlock
 from routing.fields import Kind
 from routing.parse import RuleError, parse_series, parse_when
 from routing.schema import (
@@ -32,29 +31,6 @@ from routing.schema import (
     SeriesSelector,
 )
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
-_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number of seconds or text like ``30s``, ``15m``, ``1h``, ``1h30m``."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip().lower().replace(" ", "")
-        try:
-            return float(text)
-        except ValueError:
-            pass
-        parts = _DURATION_PART.findall(text)
-        if parts and "".join(n + u for n, u in parts) == text:
-            return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
-    raise ValueError(
-        f"not a duration: {value!r}; valid: seconds as a number, or text like 30s, 15m, 1h, 1h30m"
-    )
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 VendorName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")]
 RouteName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][\w.-]*$")]
 
@@ -112,107 +88,6 @@ def _series(value: Any) -> SeriesSelector:
         return parse_series(value, dicom_tag)
     except RuleError as exc:
         raise LocatedErrors(exc.problems) from exc
-
-
-class TransportType(enum.StrEnum):
-    """How radbridge delivers studies to a vendor product."""
-
-    DICOM = "dicom"
-    DICOMWEB = "dicomweb"
-    HTTP = "http"
-
-
-_TRANSPORT_FIELDS: dict[TransportType, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    TransportType.DICOM: (("ae_title", "host", "port"), ("calling_ae", "timeout", "max_pdu")),
-    TransportType.DICOMWEB: (("url",), ("token", "timeout")),
-    TransportType.HTTP: (("url",), ("token", "timeout", "send_patient")),
-}
-"""Per transport type: (required fields, optional fields)."""
-
-
-class Transport(Strict):
-    """Where and how a vendor receives studies. ``token`` only from the environment.
-
-    ``timeout`` here is the network timeout of one connection or request (the
-    vendor's ``timeout`` is how long its result may take).
-    """
-
-    type: TransportType
-    ae_title: AETitle | None = None
-    host: str | None = None
-    port: Port | None = None
-    calling_ae: AETitle | None = None
-    max_pdu: Annotated[int, Field(ge=0)] | None = None
-    url: str | None = None
-    token: SecretStr | None = None
-    timeout: Duration | None = None
-    send_patient: bool | None = None
-    """``http``: put the patient ID in the manifest (default: no)."""
-    _context: dict[str, Any] = PrivateAttr(default_factory=dict)
-    """What a transport needs from the rest of the settings (set by :class:`Settings`)."""
-
-    def params(self) -> dict[str, Any]:
-        """The fields set for this transport type, for the transport adapter (token kept secret).
-
-        An ``http`` transport also gets ``public_url``, ``database`` (secret),
-        ``product`` and ``token_ttl`` (the vendor's ``timeout``) from the settings.
-        """
-        return {
-            **{
-                name: getattr(self, name)
-                for name in type(self).model_fields
-                if name != "type" and getattr(self, name) is not None
-            },
-            **self._context,
-        }
-
-    @field_validator("type", mode="before")
-    @classmethod
-    def _known_type(cls, value: Any) -> Any:
-        valid = [t.value for t in TransportType]
-        if isinstance(value, str) and value not in valid:
-            raise ValueError(
-                f"no such vendor transport '{value}'{did_you_mean(value, valid)}; "
-                f"valid: {', '.join(valid)}"
-            )
-        return value
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError(f"not an http(s) URL: {value!r}; valid: https://host/path")
-        return value
-
-    @model_validator(mode="after")
-    def _fields_of_type(self) -> Transport:
-        required, optional = _TRANSPORT_FIELDS[self.type]
-        problems: list[tuple[tuple[str | int, ...], str]] = []
-        missing = [name for name in required if getattr(self, name) is None]
-        if missing:
-            problems.append(
-                (
-                    (),
-                    f"a {self.type} transport needs {', '.join(missing)}; "
-                    f"valid: {{type: {self.type}, {', '.join(f'{n}: …' for n in required)}}}",
-                )
-            )
-        for name in type(self).model_fields:
-            if (
-                name != "type"
-                and getattr(self, name) is not None
-                and name not in required + optional
-            ):
-                problems.append(
-                    (
-                        (name,),
-                        f"{name} is not used by the {self.type} transport; "
-                        f"valid: {', '.join(('type', *required, *optional))}",
-                    )
-                )
-        if problems:
-            raise LocatedErrors(problems)
-        return self
 
 
 class BillingUnit(enum.StrEnum):
@@ -278,7 +153,8 @@ class Vendor(Strict):
 
     product: Annotated[str, Field(min_length=1)]
     kind: Annotated[str, Field(min_length=1)] | None = None
-    transport: Transport
+    transport: TransportBlock
+    """How studies get to the vendor: ``{type: NAME, …}``, NAME a registered transport."""
     concurrency: Annotated[int, Field(ge=1, le=1000)] = 1
     timeout: Duration = 900.0
     retries: Annotated[int, Field(ge=1, le=100)] = 5
@@ -294,6 +170,8 @@ class RequireOrderSettings(Strict):
 
 
 _KNOWN_VENDORS: ContextVar[tuple[str, ...] | None] = ContextVar("known_vendors", default=None)
+_KNOWN_TARGETS: ContextVar[tuple[str, ...] | None] = ContextVar("known_targets", default=None)
+"""The vendor and target names of the settings being validated (set by ``Settings``)."""
 
 
 class Route(Strict):
@@ -338,9 +216,23 @@ class Route(Strict):
     @field_validator("write_back")
     @classmethod
     def _known_targets(cls, value: list[str]) -> list[str]:
-        from config.targets import check_write_back  # noqa: PLC0415 - it imports this module
-
-        return check_write_back(value)
+        known = _KNOWN_TARGETS.get()
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for i, name in enumerate(value):
+            if known is not None and name not in known:
+                listed = ", ".join(known) if known else "none (add a targets: block)"
+                problems.append(
+                    (
+                        (i,),
+                        f"unknown write-back target '{name}'{did_you_mean(name, known)}; "
+                        f"known targets: {listed}",
+                    )
+                )
+            elif name in value[:i]:
+                problems.append(((i,), f"target '{name}' is listed twice"))
+        if problems:
+            raise LocatedErrors(problems)
+        return value
 
     def spec(self) -> RouteSpec:
         """The route as routing uses it (durations in seconds)."""

@@ -9,7 +9,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
@@ -17,7 +16,7 @@ from pydantic import BaseModel
 from adapters.api.deps import State, Viewer
 from broker.model.jobs import UNFINISHED
 from broker.store.listing import VendorActivity, vendor_activity
-from config.vendors import Transport, Vendor
+from config.vendors import Vendor
 
 router = APIRouter(prefix="/vendors", tags=["vendors"])
 
@@ -63,17 +62,6 @@ class VendorOut(BaseModel):
     error_rate_24h: float | None
     last_success_at: datetime | None
     billing: BillingOut | None
-
-
-def endpoint(transport: Transport) -> tuple[str, int] | None:
-    """Where a transport connects to: (host, port)."""
-    if transport.host is not None and transport.port is not None:
-        return transport.host, int(transport.port)
-    if transport.url is not None:
-        parts = urlsplit(transport.url)
-        if parts.hostname:
-            return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-    return None
 
 
 class Prober:
@@ -146,7 +134,7 @@ def _vendor_out(
         name=name,
         product=vendor.product,
         kind=vendor.kind,
-        transport=vendor.transport.type.value,
+        transport=vendor.transport.type,
         concurrency=vendor.concurrency,
         reachability=reach,
         queue_depth=sum(activity.by_state.get(s.value, 0) for s in UNFINISHED),
@@ -162,7 +150,7 @@ def _vendor_out(
 def _vendors(api: State, names: list[str], probe: bool) -> list[VendorOut]:
     settings = api.settings
     activity = vendor_activity(api.engine, names, datetime.now(UTC) - ERROR_WINDOW)
-    targets = {n: endpoint(settings.vendors[n].transport) for n in names}
+    targets = {n: settings.vendors[n].transport.endpoint() for n in names}
     if probe:
         reach = PROBER.probe(targets)
     else:

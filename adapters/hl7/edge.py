@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from typing import ClassVar
 
 from adapters.hl7.charsets import codec_for
 from adapters.hl7.handler import MessageHandler
@@ -17,7 +18,7 @@ from adapters.hl7.server import AllowList, MllpServer, server_tls_context
 from adapters.sockets import listen
 from broker.model.errors import AdapterError, Hl7Error
 from broker.model.logging import get_logger
-from broker.runtime.edges import ServiceContext
+from broker.runtime.edges import Edge, ServiceContext
 from broker.store.orders import OrderStore
 
 LOG = get_logger("radbridge.hl7")
@@ -25,10 +26,10 @@ START_TIMEOUT_SECONDS = 15.0
 STOP_GRACE_SECONDS = 10.0
 
 
-class Hl7Edge:
+class Hl7Edge(Edge):
     """radbridge's HL7 v2 listener (the ``hl7`` edge)."""
 
-    name = "hl7"
+    name: ClassVar[str] = "hl7"
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None

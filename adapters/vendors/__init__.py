@@ -1,37 +1,14 @@
-"""Vendor transports: how a study gets to an AI vendor, registered by name.
+"""Vendor transports: how a study gets to an AI vendor.
 
-Like kombu's transports, a name maps to a class::
+One module per transport, each registered by name as an entry point of
+``radbridge.transports`` (see :mod:`broker.model.vendor`):
 
-    @register("dicom")
-    class DicomTransport: ...
+- ``dicom`` (:mod:`.dicom`): C-STORE push to the vendor's AE;
+- ``dicomweb`` (:mod:`.dicomweb`): STOW-RS push to the vendor's DICOMweb root;
+- ``http`` (:mod:`.http`): a JSON manifest POSTed to the vendor's API, which
+  pulls the study from radbridge by WADO-RS.
 
-    transport_for("dicom").from_params("lungai", {"ae_title": "LUNGAI", ...})
-
-Built-in transports are imported when first asked for; other packages add
-theirs as ``radbridge.vendors`` entry points. An unknown name fails with the
-closest known one: "no such vendor transport 'dicomweb2'; did you mean
-'dicomweb'?".
-
-Built: ``dicom`` (C-STORE push), ``dicomweb`` (STOW-RS push) and ``http``
-(JSON manifest + WADO-RS pull).
+``broker.model.vendor.TRANSPORTS.get("dicom")`` is the ``dicom`` transport's
+settings model; an unknown name fails with the closest known one: "no such
+vendor transport 'dicomweb2'; did you mean 'dicomweb'?".
 """
-
-from __future__ import annotations
-
-from adapters.registry import Registry
-from broker.model.errors import VendorError
-
-GROUP = "radbridge.vendors"
-#: Built-in transports: name -> the module that registers it.
-BUILTIN = {
-    "dicom": "adapters.vendors.dicom",
-    "dicomweb": "adapters.vendors.dicomweb",
-    "http": "adapters.vendors.http",
-}
-
-_REGISTRY = Registry("vendor transport", GROUP, BUILTIN, VendorError)
-register = _REGISTRY.register
-names = _REGISTRY.names
-transport_for = _REGISTRY.get
-
-__all__ = ["BUILTIN", "GROUP", "names", "register", "transport_for"]

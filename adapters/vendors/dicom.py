@@ -27,9 +27,17 @@ whole SOP classes (a class with more than 127 stored syntaxes is split with
 its fallback repeated), sent one after another; every instance must still
 succeed, and a retry resends them all.
 
-Every instance must succeed: a refused association, a failure status or a
-lost connection raise :class:`DicomPushError`, which the broker retries with
-backoff.
+Every instance must succeed. A refused association, a lost connection, no
+response, or a failure status that means "not now" (0xA7xx out of
+resources, 0x0110 processing failure, 0x0213 resource limitation) raise
+:class:`DicomPushError`, which the broker retries with backoff. Any other
+failure status (0xA9xx data set does not match the SOP class, 0xCxxx cannot
+understand, 0x0122 SOP class not supported, 0x0124 not authorized, …) says
+the vendor will never take that instance: :class:`StoreRefusedError`, the job
+is dead at once. Success and the warning statuses mean stored.
+
+The ``dicom`` write-back target (:mod:`adapters.writeback.dicom`) uses the
+same settings (:class:`DicomPeer`) and sender.
 """
 
 from __future__ import annotations
@@ -37,10 +45,10 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,25 +61,28 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.status import (
+    STATUS_SUCCESS,
+    STATUS_WARNING,
+    STORAGE_SERVICE_CLASS_STATUS,
+    code_to_category,
+)
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
 from adapters.dicom.reactor import event_driven_dul
-from adapters.vendors import register
-from adapters.vendors.base import VendorRejectedError, VendorUnavailableError, transport_settings
+from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
 from broker.model.jobs import Job
 from broker.model.logging import get_logger
-from broker.model.vendor import SendOutcome
-from config.base import AETitle, Port
+from broker.model.vendor import SendOutcome, TransportContext, TransportSettings, VendorTransport
+from config.base import AETitle, Port, Timeout
 
 LOG = get_logger("radbridge.vendors.dicom")
 
 # Send each spooled file's dataset as stored, in PDU-sized chunks.
 _config.STORE_SEND_CHUNKED_DATASET = True
 
-#: C-STORE statuses that mean the instance is stored (PS3.4 B.2.3): success,
-#: and the warnings "coercion of data elements", "elements discarded",
-#: "dataset does not match SOP class".
-STORED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+#: Failure statuses of a C-STORE worth another try (PS3.4 B.2.3, PS3.7 C).
+RETRY_STATUSES = frozenset({0x0110, 0x0213, *range(0xA700, 0xA800)})
 #: At most this many presentation contexts fit one association (PS3.8 9.3.2.2).
 MAX_CONTEXTS = 128
 
@@ -80,12 +91,16 @@ class DicomPushError(VendorUnavailableError):
     """The vendor's AE did not take every instance (retried with backoff)."""
 
 
+class StoreRefusedError(VendorRejectedError):
+    """The vendor's AE answered a C-STORE with a failure no retry can change."""
+
+
 class TranscodeError(VendorRejectedError):
     """A file the vendor accepts only converted cannot be converted here (not retried)."""
 
 
-class DicomPushSettings(BaseModel):
-    """A vendor's ``transport:`` block for ``type: dicom``."""
+class DicomPeer(BaseModel):
+    """An AE radbridge C-STOREs to: the fields the ``dicom`` transport and target share."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -93,10 +108,25 @@ class DicomPushSettings(BaseModel):
     host: str = Field(min_length=1)
     port: Port
     calling_ae: AETitle = "RADBRIDGE"
-    timeout: float = Field(default=30.0, gt=0, le=3600)
+    timeout: Timeout = 30.0
     """Seconds to wait for the connection, the association, and each response."""
     max_pdu: int = Field(default=0, ge=0)
     """Largest PDU radbridge accepts (0: no limit); the vendor's limit governs sending."""
+
+
+class DicomPushSettings(DicomPeer, TransportSettings):
+    """A vendor's ``transport:`` block for ``type: dicom`` (see the module docstring)."""
+
+    type: Literal["dicom"] = "dicom"
+
+    def build(self, context: TransportContext) -> DicomTransport:
+        return DicomTransport(context.vendor, self)
+
+    def endpoint(self) -> tuple[str, int] | None:
+        return self.host, self.port
+
+    def sender_ae_titles(self) -> tuple[str, ...]:
+        return (self.ae_title,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,21 +284,14 @@ class _PushAE(AE):
         return sock
 
 
-@register("dicom")
-class DicomTransport:
+class DicomTransport(VendorTransport):
     """C-STORE to one vendor AE (see the module docstring)."""
 
     retryable: tuple[type[Exception], ...] = (VendorUnavailableError,)
 
-    def __init__(self, vendor: str, settings: DicomPushSettings) -> None:
+    def __init__(self, vendor: str, settings: DicomPeer) -> None:
         self.vendor = vendor
         self.settings = settings
-
-    @classmethod
-    def from_params(cls, vendor: str, params: Mapping[str, Any]) -> Self:
-        """Build from a vendor's ``transport:`` settings; invalid ones raise ConfigError."""
-        settings = transport_settings(DicomPushSettings, vendor, params)
-        return cls(vendor, settings)
 
     def __repr__(self) -> str:
         s = self.settings
@@ -386,9 +409,16 @@ class DicomTransport:
                 f"no C-STORE response for {path.name} from {self._peer()} "
                 "(timed out or the association was aborted)"
             )
-        if int(code) not in STORED:
-            comment = getattr(status, "ErrorComment", "")
-            raise DicomPushError(
-                f"{self._peer()} answered C-STORE of {path.name} with status 0x{int(code):04X}"
-                + (f" ({comment})" if comment else "")
-            )
+        value = int(code)
+        if code_to_category(value) in (STATUS_SUCCESS, STATUS_WARNING):
+            return
+        meaning = STORAGE_SERVICE_CLASS_STATUS.get(value, ("", ""))[1]
+        comment = getattr(status, "ErrorComment", "")
+        message = (
+            f"{self._peer()} answered C-STORE of {path.name} with status 0x{value:04X}"
+            + (f" {meaning}" if meaning else "")
+            + (f" ({comment})" if comment else "")
+        )
+        if value in RETRY_STATUSES:
+            raise DicomPushError(message)
+        raise StoreRefusedError(message)

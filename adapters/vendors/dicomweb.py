@@ -18,6 +18,8 @@ for each read or write on the socket, default 30) and ``batch_bytes``
 ``Authorization: Bearer <token>``, or, when the URL names a user
 (``https://radbridge@ai.example/dicom-web``), as HTTP basic auth with that
 user and the token as password. A password written in the URL is refused.
+The ``dicomweb`` write-back target (:mod:`adapters.writeback.dicomweb`) uses
+the same settings (:class:`StowPeer`) and sender.
 
 Outcome of each request:
 
@@ -28,8 +30,8 @@ Outcome of each request:
 - FailedSOPSequence items: :class:`StowFailedError`, retryable when every
   FailureReason is "out of resources" (A7xx) or "processing failure" (0110),
   otherwise :class:`StowRejectedError`.
-- 408 and 429, 5xx, connection errors and timeouts:
-  :class:`StowUnavailableError` (retryable, with backoff).
+- what :mod:`adapters.http_status` retries (408, 425, 429, 5xx), connection
+  errors and timeouts: :class:`StowUnavailableError` (retryable, with backoff).
 - 409 and every other 4xx, and redirects (a streamed body cannot be sent
   again): :class:`StowRejectedError` (the job is dead at once; 401/403 mean
   wrong credentials).
@@ -40,9 +42,7 @@ Instance UID on every server we know).
 
 Not done: DICOMweb servers that want chunked transfer or digest auth (the
 body cannot be replayed for a challenge); TLS options other than the
-system's trusted CAs; ``batch_bytes`` is not a field of the YAML schema yet
-(``config/schema.py`` lists only ``url``, ``token`` and ``timeout`` for
-``dicomweb``), so configured vendors use the default.
+system's trusted CAs.
 """
 
 from __future__ import annotations
@@ -51,23 +51,23 @@ import json
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydicom.errors import InvalidDicomError as PydicomInvalid
 from pydicom.filereader import read_file_meta_info
 
-from adapters.vendors import register
-from adapters.vendors.base import VendorRejectedError, VendorUnavailableError, transport_settings
-from broker.model.errors import ConfigError
+from adapters.http_status import Verdict, answered, failure, url_endpoint, verdict
+from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
 from broker.model.jobs import Job
 from broker.model.logging import get_logger
-from broker.model.vendor import SendOutcome
+from broker.model.vendor import SendOutcome, TransportContext, TransportSettings, VendorTransport
+from config.base import LocatedErrors, Timeout
 
 LOG = get_logger("radbridge.vendors.dicomweb")
 
@@ -97,8 +97,8 @@ class StowFailedError(VendorUnavailableError):
     """The server answered, but listed instances it could not store for a transient reason."""
 
 
-class DicomWebSettings(BaseModel):
-    """A vendor's ``transport:`` block for ``type: dicomweb``."""
+class StowPeer(BaseModel):
+    """Where STOW-RS goes and how: the fields the ``dicomweb`` transport and target share."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -106,7 +106,7 @@ class DicomWebSettings(BaseModel):
     """The DICOMweb root; STOW-RS goes to ``{url}/studies``."""
     token: SecretStr | None = None
     """Bearer token, or the basic-auth password when the URL names a user (environment only)."""
-    timeout: float = Field(default=30.0, gt=0, le=3600)
+    timeout: Timeout = 30.0
     """Seconds to connect, and for each read or write on the socket."""
     batch_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     """Most file bytes in one request; a larger file goes alone."""
@@ -119,11 +119,40 @@ class DicomWebSettings(BaseModel):
             raise ValueError(f"not an http(s) URL: {value!r}; valid: https://host/dicom-web")
         if parts.password is not None:
             raise ValueError(
-                "the URL holds a password; put it in the environment "
-                "(RADBRIDGE_VENDORS__<NAME>__TRANSPORT__TOKEN) and keep only the user "
-                "in the URL: https://USER@host/dicom-web"
+                "the URL holds a password; put it in the environment as this block's TOKEN "
+                "(RADBRIDGE_VENDORS__<NAME>__TRANSPORT__TOKEN, RADBRIDGE_TARGETS__<NAME>__TOKEN) "
+                "and keep only the user in the URL: https://USER@host/dicom-web"
             )
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _password_for_user(self) -> Self:
+        user = urlsplit(self.url).username
+        if user is not None and self.token is None:
+            raise LocatedErrors(
+                [
+                    (
+                        ("token",),
+                        f"the URL names user {user!r} for basic auth but no password is set; "
+                        "valid: the password as this block's token, from the environment "
+                        "(RADBRIDGE_VENDORS__<NAME>__TRANSPORT__TOKEN, "
+                        "RADBRIDGE_TARGETS__<NAME>__TOKEN)",
+                    )
+                ]
+            )
+        return self
+
+
+class DicomWebSettings(StowPeer, TransportSettings):
+    """A vendor's ``transport:`` block for ``type: dicomweb`` (see the module docstring)."""
+
+    type: Literal["dicomweb"] = "dicomweb"
+
+    def build(self, context: TransportContext) -> DicomWebTransport:
+        return DicomWebTransport(context.vendor, self)
+
+    def endpoint(self) -> tuple[str, int] | None:
+        return url_endpoint(self.url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,13 +316,12 @@ def parse_stow_response(
     return None
 
 
-@register("dicomweb")
-class DicomWebTransport:
+class DicomWebTransport(VendorTransport):
     """STOW-RS to one vendor's DICOMweb server (see the module docstring)."""
 
     retryable: tuple[type[Exception], ...] = (VendorUnavailableError,)
 
-    def __init__(self, vendor: str, settings: DicomWebSettings) -> None:
+    def __init__(self, vendor: str, settings: StowPeer) -> None:
         self.vendor = vendor
         self.settings = settings
         parts = urlsplit(settings.url)
@@ -303,20 +331,6 @@ class DicomWebTransport:
         netloc += f":{parts.port}" if parts.port else ""
         self.base_url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
         """The URL without its user: what requests go to and messages show."""
-
-    @classmethod
-    def from_params(cls, vendor: str, params: Mapping[str, Any]) -> Self:
-        """Build from a vendor's ``transport:`` settings; invalid ones raise ConfigError."""
-        settings = transport_settings(DicomWebSettings, vendor, params)
-        user = urlsplit(settings.url).username
-        if user is not None and settings.token is None:
-            problem = (
-                f"vendors.{vendor}.transport.token: the URL names user {user!r} for basic "
-                f"auth but no password is set; valid: the password in "
-                f"RADBRIDGE_VENDORS__{vendor.upper()}__TRANSPORT__TOKEN"
-            )
-            raise ConfigError(problem)
-        return cls(vendor, settings)
 
     def __repr__(self) -> str:
         return f"DicomWebTransport({self.vendor!r}, {self.base_url})"
@@ -359,36 +373,22 @@ class DicomWebTransport:
         headers = {"Content-Type": body.content_type, "Content-Length": str(len(body))}
         try:
             response = client.post(url, content=iter(body), headers=headers)
-        except httpx.TimeoutException as exc:
-            raise StowUnavailableError(
-                f"STOW-RS to {url} timed out after {self.settings.timeout:g} s "
-                f"({type(exc).__name__})"
-            ) from exc
         except httpx.TransportError as exc:
             raise StowUnavailableError(
-                f"STOW-RS to {url} failed: {type(exc).__name__}: {exc or 'connection lost'}"
+                failure(f"STOW-RS to {url}", exc, self.settings.timeout)
             ) from exc
         self._check(url, response, batch)
 
     def _check(self, url: str, response: httpx.Response, batch: list[_Part]) -> None:
-        code = response.status_code
-        what = f"STOW-RS to {url} answered {code} {response.reason_phrase}"
-        if code in (408, 429) or code >= 500:
-            retry_after = response.headers.get("Retry-After")
-            raise StowUnavailableError(
-                what + (f" (Retry-After: {retry_after})" if retry_after else "")
-            )
-        if 300 <= code < 400:
-            raise StowRejectedError(
-                f"{what} to {response.headers.get('Location', '?')}; a streamed body is not "
-                "sent again: set the vendor's url to the final address"
-            )
+        found = verdict(response.status_code)
         parsed = parse_stow_response(response.headers.get("Content-Type", ""), response.content)
         failed = parsed[0] if parsed else []
-        if code >= 400 or code < 200:
+        what = answered(f"STOW-RS to {url}", response, body=not failed)
+        if found is Verdict.RETRY:
+            raise StowUnavailableError(what)
+        if found is Verdict.REFUSED:
             detail = f"; {len(failed)} failed: {_describe(failed)}" if failed else ""
-            hint = " (check the credentials)" if code in (401, 403) else ""
-            raise StowRejectedError(f"{what}{hint}{detail}")
+            raise StowRejectedError(what + detail)
         if failed:
             message = f"{what} but {len(failed)} of {len(batch)} failed: {_describe(failed)}"
             if all(reason in RETRYABLE_REASONS for _, reason in failed):

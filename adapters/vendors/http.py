@@ -32,46 +32,45 @@ the manifest is POSTed), ``timeout`` (seconds to connect and for each read or
 write, default 30), ``send_patient`` (default false). The vendor's own API
 secret comes only from the environment,
 ``RADBRIDGE_VENDORS__<NAME>__TRANSPORT__TOKEN``, sent as ``Authorization:
-Bearer <secret>``. The settings also hand over ``public_url`` (``http.public_url``),
-``database``, ``product`` and ``token_ttl`` (the vendor's ``timeout``).
+Bearer <secret>``. The service hands over the rest (:class:`TransportContext`):
+radbridge's ``http.public_url``, the store's URL, the vendor's product, and
+its ``timeout`` as the token's lifetime. Vendors of this transport pull from
+radbridge's HTTP server, so it runs whenever one is configured.
 
-Outcome of the POST:
+Outcome of the POST (:mod:`adapters.http_status`):
 
-- 200, 201, 202: delivered (the job waits for the vendor's result).
-- 408, 429, 5xx, connection errors and timeouts: :class:`HttpUnavailableError`
+- 2xx: delivered (the job waits for the vendor's result).
+- 408, 425, 429, 5xx, connection errors and timeouts: :class:`HttpUnavailableError`
   (retryable, with backoff).
 - every other answer (other 4xx, redirects): :class:`HttpRejectedError` (the
   job is dead at once; 401/403 mean wrong credentials).
+
+``cancel(job)`` revokes the job's token: a cancelled job's study can no
+longer be fetched.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import SecretStr
 from sqlalchemy import Engine
 
-from adapters.vendors import register
-from adapters.vendors.base import VendorRejectedError, VendorUnavailableError, transport_settings
-from broker.model.errors import NotFoundError, StoreError
+from adapters.http_status import Verdict, answered, failure, url_endpoint, verdict
+from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
+from broker.model.errors import ConfigError, NotFoundError, StoreError
 from broker.model.jobs import Job
 from broker.model.logging import get_logger
-from broker.model.vendor import SendOutcome
+from broker.model.vendor import SendOutcome, TransportContext, TransportSettings, VendorTransport
 from broker.store import StudyStore, make_engine
 from broker.store.job_tokens import JobTokens
+from config.base import HttpUrl, Timeout
 
 LOG = get_logger("radbridge.vendors.http")
-
-#: Answers to the manifest POST that mean the vendor took the job.
-ACCEPTED = frozenset({200, 201, 202})
-#: 4xx answers worth another try.
-RETRYABLE_4XX = frozenset({408, 429})
-#: Characters of the vendor's answer kept in an error message.
-ANSWER_CHARS = 300
 
 
 class HttpUnavailableError(VendorUnavailableError):
@@ -82,60 +81,54 @@ class HttpRejectedError(VendorRejectedError):
     """The vendor's API refused the manifest for good (4xx, bad credentials, redirect)."""
 
 
-def _http_url(value: str, example: str) -> str:
-    if not value.startswith(("http://", "https://")):
-        raise ValueError(f"not an http(s) URL: {value!r}; valid: {example}")
-    return value.rstrip("/")
+class HttpSettings(TransportSettings):
+    """A vendor's ``transport:`` block for ``type: http`` (see the module docstring)."""
 
-
-class HttpSettings(BaseModel):
-    """A vendor's ``transport:`` block for ``type: http``, with what the settings add."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    url: str = Field(min_length=1)
+    type: Literal["http"] = "http"
+    url: HttpUrl
     """Where the manifest is POSTed."""
     token: SecretStr | None = None
     """The vendor API's bearer secret (environment only)."""
-    timeout: float = Field(default=30.0, gt=0, le=3600)
+    timeout: Timeout = 30.0
     """Seconds to connect, and for each read or write on the socket."""
     send_patient: bool = False
     """Put the patient ID (and issuer) in the manifest."""
-    public_url: str = Field(min_length=1)
-    """radbridge's HTTP server as the vendor reaches it (``http.public_url``)."""
-    database: SecretStr
-    """The store's URL: tokens are kept there."""
-    product: str = ""
-    token_ttl: float = Field(default=900.0, gt=0)
-    """Seconds a job's token works at most (the vendor's ``timeout``)."""
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        return _http_url(value, "https://ai.example/api/jobs")
+    pulls_from_radbridge: ClassVar[bool] = True
 
-    @field_validator("public_url")
-    @classmethod
-    def _public_url(cls, value: str) -> str:
-        return _http_url(value, "https://radbridge.example")
+    def build(self, context: TransportContext) -> HttpTransport:
+        return HttpTransport(context.vendor, self, context)
+
+    def endpoint(self) -> tuple[str, int] | None:
+        return url_endpoint(self.url)
 
 
-@register("http")
-class HttpTransport:
-    """POST a manifest; the vendor pulls by WADO-RS (see the module docstring)."""
+class HttpTransport(VendorTransport):
+    """POST a manifest; the vendor pulls by WADO-RS (see the module docstring).
+
+    ``cancel`` revokes the job's token: the vendor can fetch nothing more.
+    """
 
     retryable: tuple[type[Exception], ...] = (VendorUnavailableError,)
 
-    def __init__(self, vendor: str, settings: HttpSettings, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        vendor: str,
+        settings: HttpSettings,
+        context: TransportContext,
+        engine: Engine | None = None,
+    ) -> None:
+        if not context.database_url:
+            raise ConfigError(
+                f"vendors.{vendor}.transport: the http transport keeps job tokens in the "
+                "store, and no database URL was given; valid: a TransportContext with "
+                "database_url"
+            )
         self.vendor = vendor
         self.settings = settings
+        self.context = context
         self._engine = engine
-
-    @classmethod
-    def from_params(cls, vendor: str, params: Mapping[str, Any]) -> Self:
-        """Build from a vendor's ``transport:`` settings; invalid ones raise ConfigError."""
-        settings = transport_settings(HttpSettings, vendor, params)
-        return cls(vendor, settings)
+        self._owns_engine = engine is None
 
     def __repr__(self) -> str:
         return f"HttpTransport({self.vendor!r}, {self.settings.url})"
@@ -144,12 +137,12 @@ class HttpTransport:
     def engine(self) -> Engine:
         """The store (opened on first use, so building a transport does no I/O)."""
         if self._engine is None:
-            self._engine = make_engine(self.settings.database.get_secret_value())
+            self._engine = make_engine(self.context.database_url)
         return self._engine
 
     def wado_rs_url(self, job: Job) -> str:
         """The WADO-RS root the vendor fetches ``job``'s study from."""
-        return f"{self.settings.public_url}/wado/jobs/{job.id}"
+        return f"{self.context.public_url.rstrip('/')}/wado/jobs/{job.id}"
 
     def manifest(self, job: Job, token: str, expires_at: str) -> dict[str, Any]:
         """The JSON body POSTed to the vendor (see the module docstring)."""
@@ -170,7 +163,7 @@ class HttpTransport:
         body: dict[str, Any] = {
             "job_id": job.id,
             "vendor": self.vendor,
-            "product": self.settings.product,
+            "product": self.context.product,
             "priority": job.priority.value,
             "study_instance_uid": job.study_uid,
             "accession_number": study.accession_number,
@@ -191,7 +184,7 @@ class HttpTransport:
             raise HttpRejectedError(f"cannot read the spool for job {job.id}: {exc}") from exc
         started = time.perf_counter()
         try:
-            token, expires_at = JobTokens(self.engine).issue(job.id, self.settings.token_ttl)
+            token, expires_at = JobTokens(self.engine).issue(job.id, self.context.result_timeout)
         except StoreError as exc:
             raise HttpUnavailableError(f"cannot issue a token for job {job.id}: {exc}") from exc
         body = self.manifest(job, token, expires_at.isoformat())
@@ -219,16 +212,25 @@ class HttpTransport:
         try:
             with httpx.Client(timeout=s.timeout, follow_redirects=False) as client:
                 answer = client.post(s.url, json=body, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise HttpUnavailableError(f"{where}: no answer in {s.timeout:g} s") from exc
         except httpx.HTTPError as exc:
-            raise HttpUnavailableError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
-        if answer.status_code in ACCEPTED:
+            raise HttpUnavailableError(failure(where, exc, s.timeout)) from exc
+        found = verdict(answer.status_code)
+        if found is Verdict.DELIVERED:
             return
-        text = answer.text[:ANSWER_CHARS].strip()
-        message = f"{where} answered {answer.status_code}" + (f": {text}" if text else "")
-        if answer.status_code in RETRYABLE_4XX or answer.status_code >= 500:
-            raise HttpUnavailableError(message)
-        if answer.is_redirect:
-            message += f" (to {answer.headers.get('Location', '?')}; redirects are not followed)"
-        raise HttpRejectedError(message)
+        if found is Verdict.RETRY:
+            raise HttpUnavailableError(answered(where, answer))
+        raise HttpRejectedError(answered(where, answer))
+
+    def cancel(self, job: Job) -> bool:
+        """Revoke ``job``'s token, so the vendor can fetch nothing more of the study."""
+        try:
+            JobTokens(self.engine).revoke(job.id)
+        except StoreError as exc:
+            raise HttpUnavailableError(f"cannot revoke the token of job {job.id}: {exc}") from exc
+        LOG.info("job cancelled; its WADO-RS token is revoked", job_id=job.id, vendor=self.vendor)
+        return True
+
+    def close(self) -> None:
+        """Let go of the store's connections, if this transport opened them."""
+        if self._engine is not None and self._owns_engine:
+            self._engine.dispose()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from typing import ClassVar
 
 import uvicorn
 
@@ -18,17 +19,17 @@ from adapters.sockets import listen
 from adapters.web.app import create_app
 from broker.model.errors import AdapterError
 from broker.model.logging import get_logger
-from broker.runtime.edges import ServiceContext
+from broker.runtime.edges import Edge, ServiceContext
 
 LOG = get_logger("radbridge.web")
 START_TIMEOUT_SECONDS = 15.0
 STOP_GRACE_SECONDS = 10.0
 
 
-class WebEdge:
+class WebEdge(Edge):
     """radbridge's HTTP server (the ``web`` edge)."""
 
-    name = "web"
+    name: ClassVar[str] = "web"
 
     def __init__(self) -> None:
         self._server: uvicorn.Server | None = None

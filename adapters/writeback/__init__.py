@@ -1,40 +1,15 @@
-"""Write-back targets: how a result gets back to the PACS, the RIS or an EMR, by name.
+"""Write-back targets: how a result gets back to the PACS, the RIS or an EMR.
 
-Like the vendor transports, a name maps to a class::
+One module per target type, each registered by name as an entry point of
+``radbridge.targets`` (see :mod:`broker.model.target`):
 
-    @register("dicom")
-    class DicomTarget: ...
+- ``dicom`` (:mod:`.dicom`): C-STORE of the result's objects;
+- ``dicomweb`` (:mod:`.dicomweb`): STOW-RS of the result's objects;
+- ``hl7`` (:mod:`.hl7`): ORU^R01 over MLLP, and ORM^O01 order-status updates;
+- ``fhir`` (:mod:`.fhir`): DiagnosticReport and Observations in a transaction Bundle;
+- ``webhook`` (:mod:`.webhook`): JSON notifications (``notifications.webhook``).
 
-    target_for("dicom").from_params("pacs", {"ae_title": "PACS", ...})
-
-The broker finds :func:`target_for` through the ``radbridge.registries``
-entry point ``writeback_targets``. Other packages add target types as
-``radbridge.writeback`` entry points. An unknown name fails with the closest
-known one: "no such write-back target 'dicomweb2'; did you mean 'dicomweb'?".
-
-Built: ``dicom`` (C-STORE), ``dicomweb`` (STOW-RS), ``hl7`` (ORU^R01 over
-MLLP, and ORM^O01 order-status updates), ``fhir`` (DiagnosticReport and
-Observations in a transaction Bundle) and ``webhook`` (the notifications).
+``broker.model.target.TARGETS.get("hl7")`` is the ``hl7`` type's settings
+model; an unknown name fails with the closest known one: "no such write-back
+target 'hl8'; did you mean 'hl7'?".
 """
-
-from __future__ import annotations
-
-from adapters.registry import Registry
-from broker.model.errors import AdapterError
-
-GROUP = "radbridge.writeback"
-#: Built-in target types: name -> the module that registers it.
-BUILTIN = {
-    "dicom": "adapters.writeback.dicom",
-    "dicomweb": "adapters.writeback.dicomweb",
-    "hl7": "adapters.writeback.hl7",
-    "fhir": "adapters.writeback.fhir",
-    "webhook": "adapters.writeback.webhook",
-}
-
-_REGISTRY = Registry("write-back target", GROUP, BUILTIN, AdapterError)
-register = _REGISTRY.register
-names = _REGISTRY.names
-target_for = _REGISTRY.get
-
-__all__ = ["BUILTIN", "GROUP", "names", "register", "target_for"]

@@ -1,15 +1,17 @@
-"""What the write-back targets share: their errors, settings validation, and the job they serve."""
+"""What the write-back targets share: the two kinds of failure, and the job they serve.
+
+Each target type is one module of this package: a settings model that
+subclasses :class:`broker.model.target.TargetSettings` and declares the
+type's name, and the running :class:`~broker.model.target.WritebackTarget`.
+It is registered by an entry point of ``radbridge.targets`` in ``pyproject.toml``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
-
-from pydantic import BaseModel, ValidationError
 
 from broker.model.domain import Priority
-from broker.model.errors import AdapterError, ConfigError
+from broker.model.errors import AdapterError
 from broker.model.jobs import Job, JobState
 from broker.model.writeback import WritebackItem
 
@@ -20,20 +22,6 @@ class TargetUnavailableError(AdapterError):
 
 class TargetRejectedError(AdapterError):
     """The target refused the result for good, or there is nothing to send; not retried."""
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def target_settings(model: type[M], target: str, params: Mapping[str, Any]) -> M:
-    """A target's settings validated; problems named ``targets.NAME.FIELD``."""
-    try:
-        return model.model_validate(dict(params))
-    except ValidationError as exc:
-        problems = [
-            f"targets.{target}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
-        ]
-        raise ConfigError(problems[0], problems) from exc
 
 
 def job_of(item: WritebackItem) -> Job:

@@ -13,19 +13,13 @@ response), ``max_pdu``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Literal
 
 from adapters.vendors.base import VendorUnavailableError
-from adapters.vendors.dicom import DicomPushSettings, DicomTransport
-from adapters.writeback import register
-from adapters.writeback.base import (
-    TargetRejectedError,
-    TargetUnavailableError,
-    job_of,
-    target_settings,
-)
+from adapters.vendors.dicom import DicomPeer, DicomTransport
+from adapters.writeback.base import TargetRejectedError, TargetUnavailableError, job_of
+from broker.model.target import TargetSettings, WritebackTarget
 from broker.model.writeback import WritebackItem
 
 
@@ -40,20 +34,26 @@ def object_paths(item: WritebackItem) -> list[Path]:
     return [Path(o.path) for o in result.objects]
 
 
-@register("dicom")
-class DicomTarget:
+class DicomTargetSettings(DicomPeer, TargetSettings):
+    """``targets.NAME`` for ``type: dicom``."""
+
+    type: Literal["dicom"] = "dicom"
+
+    def build(self, name: str) -> DicomTarget:
+        return DicomTarget(name, self)
+
+    def endpoint(self) -> tuple[str, int] | None:
+        return self.host, self.port
+
+
+class DicomTarget(WritebackTarget):
     """C-STORE to one PACS AE title."""
 
     retryable: tuple[type[Exception], ...] = (VendorUnavailableError, TargetUnavailableError)
 
-    def __init__(self, name: str, settings: DicomPushSettings) -> None:
+    def __init__(self, name: str, settings: DicomPeer) -> None:
         self.name = name
         self.sender = DicomTransport(name, settings)
-
-    @classmethod
-    def from_params(cls, name: str, params: Mapping[str, Any]) -> Self:
-        """Build from ``targets.NAME``; invalid settings raise ConfigError."""
-        return cls(name, target_settings(DicomPushSettings, name, params))
 
     def __repr__(self) -> str:
         s = self.sender.settings
@@ -62,6 +62,3 @@ class DicomTarget:
     def deliver(self, item: WritebackItem) -> str:
         outcome = self.sender.send(job_of(item), object_paths(item))
         return f"{outcome.detail}: {outcome.instances} object(s)"
-
-    def close(self) -> None:
-        """Nothing to close: one association per delivery."""

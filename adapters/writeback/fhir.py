@@ -24,8 +24,9 @@ delivery's ``message_id``, and every entry is a conditional create
 lost response creates nothing twice. The ``fullUrl`` UUIDs derive from the
 same id.
 
-Outcome: 2xx is done; 408, 429, 5xx, timeouts and connection errors are
-retried; any other answer is refused for good (the delivery is dead).
+Outcome (:mod:`adapters.http_status`): 2xx is done; 408, 425, 429, 5xx,
+timeouts and connection errors are retried; any other answer is refused for
+good (the delivery is dead).
 Settings (``targets.NAME``): ``url``; optional ``timeout``; the token only
 from ``RADBRIDGE_TARGETS__NAME__TOKEN`` (``Authorization: Bearer``).
 """
@@ -34,17 +35,18 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, Literal
 
 import httpx
 from fhir.resources.R4B.bundle import Bundle
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import SecretStr, ValidationError
 
-from adapters.writeback import register
-from adapters.writeback.base import TargetRejectedError, TargetUnavailableError, target_settings
+from adapters.http_status import Verdict, answered, failure, url_endpoint, verdict
+from adapters.writeback.base import TargetRejectedError, TargetUnavailableError
 from broker.model.domain import Code, Finding, Order, Result, StoredOrder, Study
+from broker.model.target import TargetSettings, WritebackTarget
 from broker.model.writeback import WritebackItem
+from config.base import HttpUrl, Timeout
 
 IDENTIFIER_SYSTEM = "urn:radbridge:delivery"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
@@ -53,14 +55,20 @@ SNOMED = "http://snomed.info/sct"
 UCUM = "http://unitsofmeasure.org"
 
 
-class FhirTargetSettings(BaseModel):
-    """A target's settings for ``type: fhir``."""
+class FhirTargetSettings(TargetSettings):
+    """``targets.NAME`` for ``type: fhir`` (see the module docstring)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    url: str = Field(min_length=1)
+    type: Literal["fhir"] = "fhir"
+    url: HttpUrl
+    """The FHIR server's base URL; the transaction Bundle is POSTed there."""
     token: SecretStr | None = None
-    timeout: float = Field(default=30.0, gt=0, le=3600)
+    timeout: Timeout = 30.0
+
+    def build(self, name: str) -> FhirTarget:
+        return FhirTarget(name, self)
+
+    def endpoint(self) -> tuple[str, int] | None:
+        return url_endpoint(self.url)
 
 
 def _coding(code: Code) -> dict[str, Any]:
@@ -281,8 +289,7 @@ def build_bundle(
     return bundle
 
 
-@register("fhir")
-class FhirTarget:
+class FhirTarget(WritebackTarget):
     """POST a transaction Bundle to one FHIR server."""
 
     retryable: tuple[type[Exception], ...] = (TargetUnavailableError,)
@@ -298,11 +305,6 @@ class FhirTarget:
             headers=headers, timeout=httpx.Timeout(settings.timeout), follow_redirects=False
         )
 
-    @classmethod
-    def from_params(cls, name: str, params: Mapping[str, Any]) -> Self:
-        """Build from ``targets.NAME``; invalid settings raise ConfigError."""
-        return cls(name, target_settings(FhirTargetSettings, name, params))
-
     def __repr__(self) -> str:
         return f"FhirTarget({self.name!r}, {self.url})"
 
@@ -315,18 +317,16 @@ class FhirTarget:
             order=item.order,
             study=item.study,
         )
+        what = f"FHIR POST to {self.url}"
         try:
             response = self.client.post(self.url, content=json.dumps(bundle).encode("utf-8"))
-        except httpx.TimeoutException as exc:
-            raise TargetUnavailableError(f"FHIR POST to {self.url} timed out") from exc
         except httpx.TransportError as exc:
-            raise TargetUnavailableError(f"FHIR POST to {self.url} failed: {exc}") from exc
-        code = response.status_code
-        what = f"FHIR POST to {self.url} answered {code} {response.reason_phrase}"
-        if code in (408, 429) or code >= 500:
-            raise TargetUnavailableError(what)
-        if not 200 <= code < 300:
-            raise TargetRejectedError(f"{what}: {response.text[:500]}")
+            raise TargetUnavailableError(failure(what, exc, self.settings.timeout)) from exc
+        found = verdict(response.status_code)
+        if found is Verdict.RETRY:
+            raise TargetUnavailableError(answered(what, response))
+        if found is Verdict.REFUSED:
+            raise TargetRejectedError(answered(what, response))
         return f"DiagnosticReport and {len(bundle['entry']) - 1} Observation(s) to {self.url}"
 
     def close(self) -> None:

@@ -1,10 +1,12 @@
 """``hl7`` target: the result as ORU^R01 over MLLP to the RIS, and order-status updates.
 
 Each delivery sends one message with :class:`adapters.hl7.client.MllpClient`
-and waits for its ACK: ``AA`` (or ``CA``) is done; ``AE``, ``AR``, no ACK
-within ``timeout`` or no connection make the delivery retry with the
-write-back backoff (the client itself tries once per delivery attempt), and
-dead after the target's ``retries``. The message control ID (MSH-10) is the
+and waits for its ACK: ``AA`` (or ``CA``) is done; ``AE`` (or ``CE``, the
+RIS could not take it now), no ACK within ``timeout`` or no connection make
+the delivery retry with the write-back backoff (the client itself tries once
+per delivery attempt), and dead after the target's ``retries``; ``AR`` (or
+``CR``: the RIS refuses the message itself) makes it dead at once, since the
+same message would be refused again. The message control ID (MSH-10) is the
 delivery's ``message_id``, fixed when the delivery was made, and the message
 is built from stored data only: a retry sends the same message, which the
 RIS can recognise as a duplicate.
@@ -21,55 +23,75 @@ default RADBRIDGE), ``receiving_application``/``receiving_facility``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Self
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, field_validator
 
 from adapters.hl7.client import MllpClient
 from adapters.hl7.oru import CHARSETS, Header, build_order_status, build_oru
-from adapters.writeback import register
-from adapters.writeback.base import TargetRejectedError, TargetUnavailableError, target_settings
-from broker.model.errors import Hl7Error
+from adapters.writeback.base import TargetRejectedError, TargetUnavailableError
+from broker.model.errors import Hl7Error, Hl7RejectedError
+from broker.model.target import TargetSettings, WritebackTarget
 from broker.model.writeback import DeliveryKind, WritebackItem
-from config.base import Port
+from config.base import Port, Timeout
+
+#: Acknowledgment codes that refuse the message itself (HL7 v2 table 0008).
+REFUSED = frozenset({"AR", "CR"})
+Hl7Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^|^~\\&\r\n]+$")]
 
 
-class Hl7TargetSettings(BaseModel):
-    """A target's settings for ``type: hl7``."""
+class Hl7TargetSettings(TargetSettings):
+    """``targets.NAME`` for ``type: hl7`` (see the module docstring)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+    type: Literal["hl7"] = "hl7"
     host: str = Field(min_length=1)
     port: Port
-    timeout: float = Field(default=10.0, gt=0, le=3600)
-    application: str = "RADBRIDGE"
-    facility: str = "RADBRIDGE"
-    receiving_application: str = ""
-    receiving_facility: str = ""
+    timeout: Timeout = 10.0
+    """Seconds to wait for the connection and for the ACK."""
+    application: Hl7Name = "RADBRIDGE"
+    """MSH-3, radbridge's name."""
+    facility: Hl7Name = "RADBRIDGE"
+    """MSH-4."""
+    receiving_application: Hl7Name | None = None
+    """MSH-5, the RIS's name."""
+    receiving_facility: Hl7Name | None = None
+    """MSH-6."""
     charset: str = "UNICODE UTF-8"
+    """MSH-18; ``UNICODE UTF-8``, ``8859/1``, ``GB 18030-2000`` or ``ASCII``."""
+
+    takes_order_status: ClassVar[bool] = True
+
+    @field_validator("charset")
+    @classmethod
+    def _charset(cls, value: str) -> str:
+        if value not in CHARSETS:
+            raise ValueError(
+                f"unsupported MSH-18 character set {value!r}; valid: {', '.join(CHARSETS)}"
+            )
+        return value
+
+    def build(self, name: str) -> Hl7Target:
+        return Hl7Target(name, self)
+
+    def endpoint(self) -> tuple[str, int] | None:
+        return self.host, self.port
 
     def header(self) -> Header:
         return Header(
             application=self.application,
             facility=self.facility,
-            receiving_application=self.receiving_application,
-            receiving_facility=self.receiving_facility,
+            receiving_application=self.receiving_application or "",
+            receiving_facility=self.receiving_facility or "",
             charset=self.charset,
         )
 
 
-@register("hl7")
-class Hl7Target:
+class Hl7Target(WritebackTarget):
     """ORU^R01 (and ORM^O01 status updates) to one RIS over MLLP. One sending thread."""
 
     retryable: tuple[type[Exception], ...] = (Hl7Error, TargetUnavailableError)
 
     def __init__(self, name: str, settings: Hl7TargetSettings) -> None:
-        if settings.charset not in CHARSETS:
-            raise TargetRejectedError(
-                f"targets.{name}.charset: {settings.charset!r}; valid: {', '.join(CHARSETS)}"
-            )
         self.name = name
         self.settings = settings
         self.client = MllpClient(
@@ -79,11 +101,6 @@ class Hl7Target:
             attempts=1,
             default_charset=CHARSETS[settings.charset],
         )
-
-    @classmethod
-    def from_params(cls, name: str, params: Mapping[str, Any]) -> Self:
-        """Build from ``targets.NAME``; invalid settings raise ConfigError."""
-        return cls(name, target_settings(Hl7TargetSettings, name, params))
 
     def __repr__(self) -> str:
         return f"Hl7Target({self.name!r}, {self.settings.host}:{self.settings.port})"
@@ -121,6 +138,13 @@ class Hl7Target:
         kind, text = self.message(item)
         try:
             ack = self.client.send(text)
+        except Hl7RejectedError as exc:
+            self.client.close()
+            if exc.code in REFUSED:
+                raise TargetRejectedError(
+                    f"{kind} {item.delivery.message_id} refused by {self.settings.host}: {exc}"
+                ) from exc
+            raise
         except Hl7Error:
             self.client.close()
             raise

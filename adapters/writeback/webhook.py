@@ -17,32 +17,38 @@ patient::
      "vendor": "lungai", "route": "chest-ct", "state": "awaiting_result",
      "deadline_at": "…"}
 
-2xx is done; 408, 429, 5xx, timeouts and connection errors are retried;
-any other status is refused for good.
+2xx is done; 408, 425, 429, 5xx, timeouts and connection errors are retried;
+any other status is refused for good (:mod:`adapters.http_status`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import SecretStr
 
-from adapters.writeback import register
-from adapters.writeback.base import TargetRejectedError, TargetUnavailableError, target_settings
+from adapters.http_status import Verdict, answered, failure, url_endpoint, verdict
+from adapters.writeback.base import TargetRejectedError, TargetUnavailableError
+from broker.model.target import TargetSettings, WritebackTarget
 from broker.model.writeback import WritebackItem
+from config.base import HttpUrl, Timeout
 
 
-class WebhookSettings(BaseModel):
-    """``notifications.webhook``."""
+class WebhookSettings(TargetSettings):
+    """``notifications.webhook`` (or ``targets.NAME`` with ``type: webhook``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    url: str = Field(min_length=1)
+    type: Literal["webhook"] = "webhook"
+    url: HttpUrl
     token: SecretStr | None = None
-    timeout: float = Field(default=10.0, gt=0, le=3600)
+    timeout: Timeout = 10.0
+
+    def build(self, name: str) -> WebhookTarget:
+        return WebhookTarget(name, self)
+
+    def endpoint(self) -> tuple[str, int] | None:
+        return url_endpoint(self.url)
 
 
 def notification(item: WritebackItem) -> dict[str, Any]:
@@ -83,8 +89,7 @@ def notification(item: WritebackItem) -> dict[str, Any]:
     return body
 
 
-@register("webhook")
-class WebhookTarget:
+class WebhookTarget(WritebackTarget):
     """POST notifications as JSON to one URL."""
 
     retryable: tuple[type[Exception], ...] = (TargetUnavailableError,)
@@ -99,10 +104,6 @@ class WebhookTarget:
             headers=headers, timeout=httpx.Timeout(settings.timeout), follow_redirects=False
         )
 
-    @classmethod
-    def from_params(cls, name: str, params: Mapping[str, Any]) -> Self:
-        return cls(name, target_settings(WebhookSettings, name, params))
-
     def __repr__(self) -> str:
         return f"WebhookTarget({self.settings.url})"
 
@@ -110,18 +111,16 @@ class WebhookTarget:
         url = self.settings.url
         body = json.dumps(notification(item)).encode("utf-8")
         headers = {"Idempotency-Key": item.delivery.message_id}
+        what = f"webhook POST to {url}"
         try:
             response = self.client.post(url, content=body, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise TargetUnavailableError(f"webhook POST to {url} timed out") from exc
         except httpx.TransportError as exc:
-            raise TargetUnavailableError(f"webhook POST to {url} failed: {exc}") from exc
-        code = response.status_code
-        what = f"webhook POST to {url} answered {code} {response.reason_phrase}"
-        if code in (408, 429) or code >= 500:
-            raise TargetUnavailableError(what)
-        if not 200 <= code < 300:
-            raise TargetRejectedError(what)
+            raise TargetUnavailableError(failure(what, exc, self.settings.timeout)) from exc
+        found = verdict(response.status_code)
+        if found is Verdict.RETRY:
+            raise TargetUnavailableError(answered(what, response))
+        if found is Verdict.REFUSED:
+            raise TargetRejectedError(answered(what, response))
         return f"{item.delivery.event} notification to {url}"
 
     def close(self) -> None:

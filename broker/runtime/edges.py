@@ -1,19 +1,26 @@
-"""The registry of edges (listeners and senders at the system's boundary).
+"""The edge plugin: the listeners and servers at the system's boundary, and their registry.
 
-The broker never imports an adapter by name: adapters declare themselves as
-``radbridge.edges`` entry points in ``pyproject.toml`` and the service starts
-whatever is registered, like kombu finds its transports.
+An edge is a class that declares its ``name`` and implements :class:`Edge`
+(``start`` and ``stop``; ``recover`` has a default), registered as an entry
+point of ``radbridge.edges`` under that name::
+
+    [project.entry-points."radbridge.edges"]
+    hl7 = "adapters.hl7.edge:Hl7Edge"
+
+The service starts every registered edge (:data:`EDGES`), so the broker never
+imports an adapter by name. An edge reads its own block of the settings
+(``dicom``, ``hl7``, ``http``) from :attr:`ServiceContext.settings` and does
+nothing when its block says it is not wanted.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeGuard
 
 from sqlalchemy import Engine
 
-from broker.model.errors import ConfigError, did_you_mean
+from broker.model.plugins import Registry
 from broker.store import StudyStore
 from broker.store.spool import Spool
 from config.schema import Settings
@@ -40,24 +47,51 @@ class ServiceContext:
 
 
 class Edge(Protocol):
-    """An edge of the service; ``recover`` runs once before any edge starts."""
+    """An edge of the service, made with no arguments.
 
-    name: str
+    The service calls ``recover`` on every edge once before any starts (after a
+    crash: index what was acknowledged but not yet indexed), then ``start``,
+    and ``stop`` when it stops. An edge that subclasses this class gets the
+    default ``recover`` (nothing to recover).
+    """
 
-    def recover(self, context: ServiceContext) -> None: ...
+    name: ClassVar[str]
+    """The edge's name, the same as its entry point's."""
 
-    def start(self, context: ServiceContext) -> None: ...
+    def recover(self, context: ServiceContext) -> None:
+        """Nothing to recover: what the edge acknowledged is already in the store."""
+        return None
 
-    def stop(self) -> None: ...
+    def start(self, context: ServiceContext) -> None:
+        """Start serving (bind the socket here, so a port in use fails the start)."""
+        ...
+
+    def stop(self) -> None:
+        """Stop serving; work in progress gets a grace time to finish."""
+        ...
+
+
+def _is_edge(obj: object) -> TypeGuard[type[Edge]]:
+    return (
+        isinstance(obj, type)
+        and isinstance(getattr(obj, "name", None), str)
+        and all(callable(getattr(obj, method, None)) for method in ("recover", "start", "stop"))
+    )
+
+
+def _edge_name(edge: type[Edge]) -> str:
+    return edge.name
+
+
+EDGES: Registry[Edge] = Registry("edge", GROUP, _is_edge, _edge_name)
+"""Every edge, by name."""
 
 
 def available() -> dict[str, type[Edge]]:
-    return {ep.name: ep.load() for ep in entry_points(group=GROUP)}
+    """Every registered edge, by name (each imported)."""
+    return dict(EDGES.all())
 
 
 def load(name: str) -> type[Edge]:
     """The edge class registered as ``name``; a typo gets a suggestion."""
-    edges = available()
-    if name not in edges:
-        raise ConfigError(f"no such edge '{name}'{did_you_mean(name, edges, or_list=True)}")
-    return edges[name]
+    return EDGES.get(name)

@@ -74,11 +74,12 @@ FindingsReader = Callable[[str], Findings | None]
 
 def vendors_for_ae(settings: Settings, calling_ae: str) -> list[str]:
     """The vendors a C-STORE to the results AE may come from: those whose
-    ``transport.ae_title`` or one of ``results.ae_titles`` is the calling AE title."""
+    transport's own AE title (``dicom``) or one of ``results.ae_titles`` is the calling AE."""
     return [
         name
         for name, vendor in settings.vendors.items()
-        if calling_ae == vendor.transport.ae_title or calling_ae in vendor.results.ae_titles
+        if calling_ae in vendor.transport.sender_ae_titles()
+        or calling_ae in vendor.results.ae_titles
     ]
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from broker.engine.plan import VendorSpec
 from broker.model.errors import ConfigError
 from broker.model.logging import get_logger
-from broker.model.plugins import registered
+from broker.model.target import TARGETS
 from broker.model.vendor import VendorTransport
 from broker.model.writeback import WEBHOOK_TARGET, TargetSpec, WritebackTarget
 from broker.runtime.config_diff import ConfigView, view
@@ -45,8 +45,8 @@ def vendor_specs(settings: Settings) -> dict[str, VendorSpec]:
     return {
         name: VendorSpec(
             name=name,
-            transport=vendor.transport.type.value,
-            params=vendor.transport.params(),
+            transport=vendor.transport.type,
+            params=vendor.transport.model_dump(exclude={"type"}),
             concurrency=vendor.concurrency,
             max_attempts=vendor.retries,
             backoff_base=settings.delivery.backoff_base_seconds,
@@ -56,12 +56,11 @@ def vendor_specs(settings: Settings) -> dict[str, VendorSpec]:
     }
 
 
-def build_transports(specs: Mapping[str, VendorSpec]) -> dict[str, VendorTransport]:
-    """One transport per vendor, from the transport registry the adapters declare."""
-    transport_for: Callable[[str], Any] = registered("vendor_transports")
+def build_transports(settings: Settings) -> dict[str, VendorTransport]:
+    """One running transport per vendor, built by its transport plugin from its settings."""
     return {
-        name: transport_for(spec.transport).from_params(name, spec.params)
-        for name, spec in specs.items()
+        name: vendor.transport.build(settings.transport_context(name))
+        for name, vendor in settings.vendors.items()
     }
 
 
@@ -70,7 +69,9 @@ def target_specs(settings: Settings) -> dict[str, TargetSpec]:
     base = settings.delivery.backoff_base_seconds
     cap = settings.delivery.backoff_cap_seconds
     specs = {
-        name: TargetSpec(name, t.type.value, t.params(), t.retries, base, cap)
+        name: TargetSpec(
+            name, t.type, t.model_dump(exclude={"type", "retries"}), t.retries, base, cap
+        )
         for name, t in settings.targets.items()
     }
     hook = settings.notifications.webhook
@@ -85,9 +86,8 @@ def target_specs(settings: Settings) -> dict[str, TargetSpec]:
 
 
 def build_targets(specs: Mapping[str, TargetSpec]) -> dict[str, WritebackTarget]:
-    """One target per spec, from the registry the adapters declare (``writeback_targets``)."""
-    target_for: Callable[[str], Any] = registered("writeback_targets")
-    return {name: target_for(s.type).from_params(name, s.params) for name, s in specs.items()}
+    """One running target per spec, built by the plugin of its type (``radbridge.targets``)."""
+    return {name: TARGETS.get(s.type).from_params(name, s.params) for name, s in specs.items()}
 
 
 def result_policies(settings: Settings) -> dict[str, ResultPolicy]:
@@ -229,7 +229,7 @@ def build_snapshot(
     ]
     if problems:
         raise ConfigError(problems[0], problems)
-    transports = build_transports(specs)
+    transports = build_transports(settings)
     writers = build_targets(targets)
     config = view(settings)
     draining = [*draining_vendors, *(f"target:{t}" for t in draining_targets)]

@@ -16,12 +16,16 @@ import pytest
 from pydicom.filereader import read_file_meta_info
 
 from adapters.dicom.synthetic import generate_study
-from adapters.vendors import transport_for
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
-from adapters.vendors.http import HttpRejectedError, HttpTransport, HttpUnavailableError
+from adapters.vendors.http import (
+    HttpRejectedError,
+    HttpSettings,
+    HttpTransport,
+    HttpUnavailableError,
+)
 from broker.model.errors import ConfigError
 from broker.model.jobs import Job, JobState
-from broker.model.vendor import is_retryable
+from broker.model.vendor import TRANSPORTS, TransportContext, is_retryable
 from broker.store import StudyStore
 from config.schema import Settings
 from tests.integration.test_wado import DICOM_ACCEPT, WadoStack, parse_multipart, wado, write_parts
@@ -108,18 +112,20 @@ def vendor_factory() -> Iterator[Callable[..., HttpVendor]]:
         vendor.__exit__()
 
 
+def _context(wado: WadoStack) -> TransportContext:
+    """What ``radbridge serve`` tells the transport: its public URL, the store, the product."""
+    return TransportContext(
+        "lungai",
+        product="CT lung nodule",
+        result_timeout=600,
+        public_url=wado.base_url,
+        database_url=str(wado.engine.url),
+    )
+
+
 def _transport(wado: WadoStack, url: str, **params: Any) -> HttpTransport:
-    settings = {
-        "url": url,
-        "token": API_SECRET,
-        "timeout": 10,
-        "public_url": wado.base_url,
-        "database": str(wado.engine.url),
-        "product": "CT lung nodule",
-        "token_ttl": 600,
-        **params,
-    }
-    transport = transport_for("http").from_params("lungai", settings)
+    settings = {"url": url, "token": API_SECRET, "timeout": 10, **params}
+    transport = TRANSPORTS.get("http").from_params("lungai", settings, _context(wado))
     assert isinstance(transport, HttpTransport)
     return transport
 
@@ -212,7 +218,7 @@ def test_vendor_that_never_answers_times_out_and_retries(
     vendor = vendor_factory(None)
     transport = _transport(wado, vendor.url, timeout=1)
     started = time.monotonic()
-    with pytest.raises(HttpUnavailableError, match=r"no answer in 1 s") as raised:
+    with pytest.raises(HttpUnavailableError, match=r"timed out after 1 s") as raised:
         transport.send(job, _files(wado, job))
     assert time.monotonic() - started < 5
     assert is_retryable(transport, raised.value)
@@ -257,11 +263,9 @@ def test_redirect_is_not_followed(wado: WadoStack) -> None:
 def test_settings_are_validated_and_filled_from_the_configuration(tmp_path: Path) -> None:
     """Bad URLs fail loudly; a configured http vendor gets the public URL, store and TTL."""
     with pytest.raises(ConfigError, match=r"vendors\.lungai\.transport\.url: .*not an http"):
-        HttpTransport.from_params(
-            "lungai", {"url": "ftp://x", "public_url": "http://h", "database": "sqlite://"}
-        )
-    with pytest.raises(ConfigError, match=r"transport\.public_url: Field required"):
-        HttpTransport.from_params("lungai", {"url": "http://x", "database": "sqlite://"})
+        HttpSettings.from_params("lungai", {"url": "ftp://x"})
+    with pytest.raises(ConfigError, match=r"keeps job tokens in the store"):
+        HttpSettings.from_params("lungai", {"url": "http://x"})
     settings = Settings.model_validate(
         {
             "storage": {"database": f"sqlite:///{tmp_path}/rb.db"},
@@ -275,17 +279,19 @@ def test_settings_are_validated_and_filled_from_the_configuration(tmp_path: Path
             },
         }
     )
-    params = settings.vendors["lungai"].transport.params()
-    transport = HttpTransport.from_params("lungai", params)
-    assert transport.settings.public_url == "https://rb.example"
-    assert transport.settings.token_ttl == 1200 and transport.settings.product == "CT lung nodule"
-    assert transport.settings.database.get_secret_value() == f"sqlite:///{tmp_path}/rb.db"
-    assert "rb.db" not in repr(params)
+    context = settings.transport_context("lungai")
+    transport = settings.vendors["lungai"].transport.build(context)
+    assert isinstance(transport, HttpTransport)
+    assert transport.context.public_url == "https://rb.example"
+    assert context.result_timeout == 1200 and context.product == "CT lung nodule"
+    assert context.database_url == f"sqlite:///{tmp_path}/rb.db"
+    assert "rb.db" not in repr(context)
+    assert settings.vendors["lungai"].transport.endpoint() == ("ai.example", 443)
     default = Settings.model_validate(
         {"vendors": {"x": {"product": "p", "transport": {"type": "http", "url": "http://a"}}}}
     )
     assert default.http_server_wanted()
-    assert default.vendors["x"].transport.params()["public_url"] == "http://127.0.0.1:8080"
+    assert default.transport_context("x").public_url == "http://127.0.0.1:8080"
     with pytest.raises(ValueError, match="send_patient is not used by the dicom transport"):
         Settings.model_validate(
             {
@@ -303,6 +309,21 @@ def test_settings_are_validated_and_filled_from_the_configuration(tmp_path: Path
                 }
             }
         )
+
+
+def test_cancel_revokes_the_jobs_token(
+    wado: WadoStack, vendor_factory: Callable[..., HttpVendor]
+) -> None:
+    """A cancelled job's study can no longer be pulled: ``cancel`` revokes its token."""
+    study, _ = wado.study()
+    job = wado.sending_job(study, vendor="lungai")
+    vendor = vendor_factory(200, pull=False)
+    transport = _transport(wado, vendor.url)
+    transport.send(job, _files(wado, job))
+    [(_, manifest)] = vendor.manifests
+    assert wado.get(manifest["token"], job.id, "studies", study).status_code == 200
+    assert transport.cancel(job) is True
+    assert wado.get(manifest["token"], job.id, "studies", study).status_code == 401
 
 
 @pytest.mark.timeout(180)

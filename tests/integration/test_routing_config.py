@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from broker.model.errors import ConfigError
+from config.base import parse_duration
 from config.loader import load_settings
 from config.schema import routing_rules
-from config.vendors import TransportType, dicom_tag, parse_duration
+from config.vendors import dicom_tag
 from routing import Priority, decide
 from routing.fields import Kind
 from tests.integration.test_routing import NOW, series, study
@@ -100,11 +101,15 @@ def test_valid_vendors_and_routes_check_ok(tmp_path: Path) -> None:
     assert result.stdout.startswith("OK:")
     settings = load_settings(path, {})
     assert settings.vendors["lungai"].timeout == 900
-    assert settings.vendors["cxr"].transport.type is TransportType.HTTP
-    assert settings.vendors["lungai"].transport.params() == {
+    assert settings.vendors["cxr"].transport.type == "http"
+    assert settings.vendors["lungai"].transport.model_dump() == {
+        "type": "dicom",
         "ae_title": "LUNGAI",
         "host": "127.0.0.1",
         "port": 11113,
+        "calling_ae": "RADBRIDGE",
+        "timeout": 30.0,
+        "max_pdu": 0,
     }
     bleed = settings.routes[1].spec()
     assert (bleed.priority, bleed.deadline_seconds, bleed.stable_seconds) == (
@@ -184,7 +189,35 @@ def test_example_hospital_configuration_is_valid() -> None:
             "ae_title: ICHAI, host: 127.0.0.1, port: 11114}",
             "ae_title: ICHAI, host: 127.0.0.1, url: 'https://x'}",
             "url: 'https://x'",
-            "vendors.ichai.transport.url: url is not used by the dicom transport",
+            "vendors.ichai.transport.url: url is not used by the dicom transport; "
+            "valid: type, ae_title, host, port, calling_ae, timeout, max_pdu",
+        ),
+        (
+            "port: 11114}",
+            "port: 70000}",
+            "port: 70000}",
+            "vendors.ichai.transport.port: Input should be less than or equal to 65535 "
+            "(got 70000); valid: an integer from 1 to 65535",
+        ),
+        (
+            "{type: dicom, ae_title: ICHAI,",
+            "{ae_title: ICHAI,",
+            "{ae_title: ICHAI,",
+            "vendors.ichai.transport: a transport needs a type; valid: {type: NAME, …} with "
+            "NAME one of dicom, dicomweb, http",
+        ),
+        (
+            "pacs: {type: dicom,",
+            "pacs: {type: dicomm,",
+            "type: dicomm",
+            "targets.pacs.type: no such write-back target 'dicomm'; did you mean 'dicom'?",
+        ),
+        (
+            "port: 11115}",
+            "port: 11115, retries: 0}",
+            "retries: 0",
+            "targets.pacs.retries: Input should be greater than or equal to 1 (got 0); "
+            "valid: an integer from 1 to 100",
         ),
         (
             "timeout: 15m",

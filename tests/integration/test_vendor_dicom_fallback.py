@@ -22,6 +22,7 @@ from adapters.dicom.synthetic import encoding_variants
 from adapters.vendors.dicom import (
     MAX_CONTEXTS,
     DicomPushError,
+    DicomPushSettings,
     DicomTransport,
     TranscodeError,
     fallback_syntaxes,
@@ -36,8 +37,8 @@ PRIVATE_ROOT = "1.2.826.0.1.3680043.8.498.77"
 
 
 def _transport(port: int) -> DicomTransport:
-    return DicomTransport.from_params(
-        "lungai", {"ae_title": "VENDOR", "host": LOOPBACK, "port": port, "timeout": 10}
+    return DicomTransport(
+        "lungai", DicomPushSettings(ae_title="VENDOR", host=LOOPBACK, port=port, timeout=10)
     )
 
 

@@ -18,11 +18,10 @@ import pytest
 from pydicom.filereader import read_file_meta_info
 
 from adapters.dicom.synthetic import encoding_variants, generate_large_study, generate_study
-from adapters.vendors import transport_for
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
-from adapters.vendors.dicomweb import DicomWebTransport, parse_stow_response
+from adapters.vendors.dicomweb import DicomWebSettings, DicomWebTransport, parse_stow_response
 from broker.model.errors import ConfigError
-from broker.model.vendor import is_retryable
+from broker.model.vendor import TRANSPORTS, is_retryable
 from tests.jobs_data import sending_job
 from tests.peers import LOOPBACK, Orthanc, dataset_bytes, free_port
 
@@ -30,7 +29,9 @@ JOB = sending_job(7, "cxr", "1.2.3")
 
 
 def _transport(url: str, **params: Any) -> DicomWebTransport:
-    return DicomWebTransport.from_params("cxr", {"url": url, "timeout": 10, **params})
+    transport = DicomWebSettings.from_params("cxr", {"url": url, "timeout": 10, **params})
+    assert isinstance(transport, DicomWebTransport)
+    return transport
 
 
 # ------------------------------------------------------------- scripted HTTP vendor
@@ -177,14 +178,14 @@ def _held_by(server: Orthanc, path: Path, out: Path) -> Path:
 
 def test_registered_under_its_name() -> None:
     """``dicomweb`` names this transport in the registry."""
-    assert transport_for("dicomweb") is DicomWebTransport
+    assert TRANSPORTS.get("dicomweb") is DicomWebSettings
 
 
 def test_settings_keep_secrets_out_of_the_url() -> None:
     """A password in the URL, a user without one, or a non-HTTP URL fail with the field named."""
     with pytest.raises(ConfigError, match=r"transport\.url: .*the URL holds a password.*TOKEN"):
         _transport("https://bob:secret@ai.example/dicom-web")
-    with pytest.raises(ConfigError, match=r"names user 'bob'.*RADBRIDGE_VENDORS__CXR__TRANSPORT"):
+    with pytest.raises(ConfigError, match=r"names user 'bob'.*RADBRIDGE_VENDORS__<NAME>__TRANS"):
         _transport("https://bob@ai.example/dicom-web")
     with pytest.raises(ConfigError, match=r"transport\.url: .*not an http\(s\) URL"):
         _transport("ftp://ai.example/dicom-web")

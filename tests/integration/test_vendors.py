@@ -1,20 +1,30 @@
-"""Vendor transports: the registry, settings validation, and DICOM push against real storescp."""
+"""Vendor transports: the registry, settings validation, and DICOM push against real storescp.
+
+What every transport must do (send, retry or give up, idempotent retry, cancel) is the
+shared contract suite in tests/integration/contracts/; this file pins what is particular
+to the ``dicom`` transport and to the registry."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 
 from adapters.dicom.synthetic import encoding_variants, generate_study
-from adapters.vendors import names, register, transport_for
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
-from adapters.vendors.dicom import DicomPushError, DicomTransport, _PushAssociation
-from broker.model.errors import ConfigError, VendorError
-from broker.model.vendor import is_retryable
+from adapters.vendors.dicom import (
+    DicomPushError,
+    DicomPushSettings,
+    DicomTransport,
+    _PushAssociation,
+)
+from adapters.vendors.http import HttpSettings
+from broker.model.errors import ConfigError
+from broker.model.vendor import TRANSPORTS, TransportContext, is_retryable
 from tests.jobs_data import sending_job
 from tests.peers import LOOPBACK, StoreSCP, dataset_bytes, free_port
 
@@ -30,33 +40,49 @@ def scp(tmp_path: Path) -> Iterator[StoreSCP]:
 
 def _transport(port: int, **params: object) -> DicomTransport:
     settings = {"ae_title": "VENDOR", "host": LOOPBACK, "port": port, "timeout": 10, **params}
-    return DicomTransport.from_params("lungai", settings)
+    transport = DicomPushSettings.from_params("lungai", settings)
+    assert isinstance(transport, DicomTransport)
+    return transport
 
 
 def test_unknown_transport_suggests_the_closest_name() -> None:
     """A typo names the closest transport; every designed transport is registered."""
     with pytest.raises(
-        VendorError, match="no such vendor transport 'dicomweb2'; did you mean 'dicomweb'"
+        ConfigError, match="no such vendor transport 'dicomweb2'; did you mean 'dicomweb'"
     ):
-        transport_for("dicomweb2")
-    assert transport_for("dicom") is DicomTransport
-    assert transport_for("http").__name__ == "HttpTransport"
-    assert {"dicom", "dicomweb", "http"} <= set(names())
+        TRANSPORTS.get("dicomweb2")
+    assert TRANSPORTS.get("dicom") is DicomPushSettings
+    assert TRANSPORTS.get("http") is HttpSettings
+    assert {"dicom", "dicomweb", "http"} <= set(TRANSPORTS.names())
 
 
 def test_register_refuses_a_second_class_for_a_name() -> None:
     """Two different classes cannot claim one transport name."""
-    with pytest.raises(VendorError, match="registered twice"):
 
-        @register("dicom")
-        class Other:
-            pass
+    class Other(DicomPushSettings):
+        type: Literal["dicom"] = "dicom"
+
+    with pytest.raises(ConfigError, match="'dicom' is registered twice"):
+        TRANSPORTS.register(Other)
+    assert TRANSPORTS.get("dicom") is DicomPushSettings
+
+
+def test_transport_is_built_from_its_settings_with_the_service_context() -> None:
+    """The settings model builds the running transport; what it sends to comes from them."""
+    settings = DicomPushSettings(ae_title="LUNGAI", host="10.0.0.5", port=104, timeout="2m")
+    transport = settings.build(TransportContext("lungai"))
+    assert isinstance(transport, DicomTransport)
+    assert repr(transport) == "DicomTransport('lungai', LUNGAI@10.0.0.5:104)"
+    assert transport.settings.timeout == 120
+    assert settings.endpoint() == ("10.0.0.5", 104)
+    assert settings.sender_ae_titles() == ("LUNGAI",)
+    assert transport.cancel(JOB) is False  # DICOM has no way to call a sent study back
 
 
 def test_settings_are_validated_with_the_field_named() -> None:
     """Bad transport settings fail at load, naming the vendor, the field and what is valid."""
     with pytest.raises(ConfigError) as err:
-        DicomTransport.from_params("lungai", {"ae_title": "A" * 17, "port": 0, "colour": 1})
+        DicomPushSettings.from_params("lungai", {"ae_title": "A" * 17, "port": 0, "colour": 1})
     text = "\n".join(err.value.problems)
     assert "vendors.lungai.transport.ae_title: String should have at most 16 characters" in text
     assert "vendors.lungai.transport.host: Field required" in text

@@ -1,0 +1,57 @@
+"""A DICOM storage SCP that answers every C-STORE with a scripted status.
+
+A misbehaving peer in the manner of pynetdicom's own test peers: a real
+pynetdicom association acceptor on a free loopback port that accepts every
+storage SOP class in every transfer syntax, and answers each C-STORE with
+``status`` (0x0000 success; 0xA700 out of resources; 0xA900 data set does not
+match the SOP class; 0xC000 cannot understand …). ``stored`` keeps the SOP
+Instance UIDs it answered with success, ``answered`` every one it saw.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from tests.peers import LOOPBACK, free_port
+
+
+class ScriptedStoreSCP:
+    """Answers every C-STORE with ``status``; records what it saw."""
+
+    def __init__(self, status: int = 0x0000, *, ae_title: str = "VENDOR") -> None:
+        self.status = status
+        self.ae_title = ae_title
+        self.port = free_port()
+        self.answered: list[str] = []
+        self.stored: list[str] = []
+        self._server: ThreadedAssociationServer | None = None
+
+    def _on_store(self, event: Any) -> int:
+        uid = str(event.request.AffectedSOPInstanceUID)
+        self.answered.append(uid)
+        if self.status == 0x0000:
+            self.stored.append(uid)
+        return self.status
+
+    def __enter__(self) -> ScriptedStoreSCP:
+        ae = AE(ae_title=self.ae_title)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, AllTransferSyntaxes)
+        self._server = ae.start_server(
+            (LOOPBACK, self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+        )
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._server is not None:
+            self._server.shutdown()
