@@ -21,14 +21,14 @@ import socket
 import threading
 import time
 from multiprocessing.context import SpawnProcess
-from typing import Any
+from typing import Any, ClassVar
 
 from adapters.dicom.mapping import instance_record_from_spooled_file
 from adapters.dicom.server import ListenerServer, LoadBoard, make_server
 from adapters.sockets import listen
 from broker.model.errors import DicomError, InvalidDicomError, StoreError
 from broker.model.logging import configure_logging, get_logger
-from broker.runtime.edges import ServiceContext
+from broker.runtime.edges import Edge, ServiceContext
 from broker.runtime.snapshot import Snapshot
 from broker.store import StudyStore, make_engine
 from broker.store.spool import Spool
@@ -106,10 +106,10 @@ def _drain(server: ListenerServer) -> None:
     server.server_close()
 
 
-class DicomListener:
+class DicomListener(Edge):
     """The ``dicom`` edge: the acceptor and the supervised listener processes."""
 
-    name = "dicom"
+    name: ClassVar[str] = "dicom"
 
     def __init__(self) -> None:
         self._processes: dict[int, SpawnProcess] = {}
