@@ -27,16 +27,21 @@ from datetime import datetime
 from typing import Any
 
 from broker.model.domain import CodedValue, Result, StoredOrder, Study
-from broker.model.errors import RadbridgeError
 from broker.model.jobs import Job
 
 # Re-exported: the write-back stage sees targets through this module.
 from broker.model.target import WritebackTarget as WritebackTarget  # noqa: PLC0414
 from broker.model.target import is_retryable as is_retryable  # noqa: PLC0414
+from broker.model.work import Machine, WorkStateError
 
 
-class DeliveryStateError(RadbridgeError):
+class DeliveryStateError(WorkStateError):
     """A delivery was asked to move to a state its current state cannot reach."""
+
+
+class DeliveryChangedError(DeliveryStateError):
+    """The delivery changed between reading it and writing it (another process moved it, or
+    the worker's lease on it expired and another worker took it over)."""
 
 
 class DeliveryState(CodedValue):
@@ -68,12 +73,24 @@ TRANSITIONS: Mapping[DeliveryState, frozenset[DeliveryState]] = {
     D.DEAD: frozenset({D.PENDING}),
     D.DONE: frozenset(),
 }
-#: States a worker claims a delivery from (a failed one once its backoff passed).
-CLAIMABLE: frozenset[DeliveryState] = frozenset({D.PENDING, D.FAILED})
+#: The write-back's state machine, as the job engine uses it.
+MACHINE: Machine[DeliveryState] = Machine(
+    noun="delivery",
+    transitions=TRANSITIONS,
+    pending=D.PENDING,
+    sending=D.SENDING,
+    failed=D.FAILED,
+    dead=D.DEAD,
+    retryable=frozenset({D.DEAD, D.FAILED}),
+    error=DeliveryStateError,
+    changed=DeliveryChangedError,
+)
+#: States a worker claims a delivery from (a failed one is requeued to pending when due).
+CLAIMABLE: frozenset[DeliveryState] = MACHINE.claimable
 #: States an operator's retry starts over from.
-RETRYABLE: frozenset[DeliveryState] = frozenset({D.DEAD, D.FAILED})
+RETRYABLE: frozenset[DeliveryState] = MACHINE.retryable
 #: States that still need a worker.
-UNFINISHED: frozenset[DeliveryState] = frozenset({D.PENDING, D.SENDING, D.FAILED})
+UNFINISHED: frozenset[DeliveryState] = MACHINE.unfinished
 
 #: The target name of the notification webhook (``notifications.webhook``).
 WEBHOOK_TARGET = "notifications.webhook"
@@ -81,13 +98,7 @@ WEBHOOK_TARGET = "notifications.webhook"
 
 def check_transition(from_state: DeliveryState, to_state: DeliveryState) -> None:
     """Raise :class:`DeliveryStateError` unless ``from_state → to_state`` is allowed."""
-    allowed = TRANSITIONS[from_state]
-    if to_state not in allowed:
-        valid = ", ".join(sorted(allowed)) or "none: it is final"
-        raise DeliveryStateError(
-            f"a delivery cannot go from {from_state} to {to_state}; "
-            f"valid from {from_state}: {valid}"
-        )
+    MACHINE.check(from_state, to_state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +130,10 @@ class Delivery:
     """What the last successful attempt did (e.g. ``C-STORE to PACS@host:104``)."""
     created_at: datetime
     updated_at: datetime
+    claimed_by: str | None = None
+    """The worker whose attempt holds the delivery (while ``sending``)."""
+    lease_until: datetime | None = None
+    """Until when that claim holds unless its worker renews it."""
 
     @property
     def exhausted(self) -> bool:
@@ -136,6 +151,10 @@ class DeliveryEvent:
     to_state: DeliveryState
     attempt: int
     error: str | None
+    snapshot: str | None = None
+    """The configuration snapshot the step was taken under (an attempt's plan)."""
+    worker: str | None = None
+    """The worker that took the step (a claim, an attempt's outcome)."""
 
 
 @dataclass(frozen=True, slots=True)
