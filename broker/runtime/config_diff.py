@@ -193,7 +193,7 @@ class Change:
 
     @property
     def section(self) -> str:
-        head = self.path.split(".", 1)[0]
+        head = self.path.split(".", 1)[0].split(" ", 1)[0]
         return head if head in SECTIONS else "other"
 
     def text(self) -> str:
