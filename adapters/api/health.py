@@ -109,7 +109,8 @@ def metrics(
         if not token.role.allows(Role.VIEWER):
             raise HTTPException(403, "a viewer token or higher is needed")
     collector = getattr(request.app.state, "metrics_collector", None)
-    if not isinstance(collector, StoreCollector):
-        collector = StoreCollector(api.engine, tuple(sorted(api.settings.vendors)))
+    vendors = tuple(sorted(api.settings.vendors))  # the vendors in force (after a reload too)
+    if not isinstance(collector, StoreCollector) or collector.vendors != vendors:
+        collector = StoreCollector(api.engine, vendors)
         request.app.state.metrics_collector = collector
     return Response(exposition(collector), media_type=CONTENT_TYPE_LATEST)

@@ -14,7 +14,9 @@ by reading what each part reads once at start:
 - ``storage.*``, ``bus.*``: the store engine, the spool and its lock, the
   message bus connection (service and workers);
 - ``logging.*``: the log processors of the service and of its listener processes;
-- ``delivery.worker_in_service``: whether the service started its delivery worker;
+- ``delivery.worker_in_service``: whether the service started its job worker;
+  ``delivery.lease_seconds``: the claims' lease its job worker and write-back stage
+  (and each ``radbridge worker``) were built with;
 - ``dicom.listen.*``, ``dicom.tls.*``, ``dicom.processes``: the listening socket,
   the TLS context and the number of DICOM listener processes (the rest of the
   ``dicom`` block reaches the running listener processes: called AE titles,
@@ -52,6 +54,7 @@ RESTART_REQUIRED: tuple[str, ...] = (
     "bus",
     "logging",
     "delivery.worker_in_service",
+    "delivery.lease_seconds",
     "dicom.listen",
     "dicom.tls",
     "dicom.processes",

@@ -208,7 +208,8 @@ def test_vendor_and_route_added_while_running_receive_the_next_study_and_its_res
     tmp_path: Path,
 ) -> None:
     """Regression: a vendor and a route added to the running file ("vendors=4") get the next
-    matching study, its result is matched to the job, and a restart sends nothing again."""
+    matching study, its result is matched to the job, its metrics show, and a restart sends
+    nothing again."""
     lung = vendors["lung_a"]
     idle = {"ichai": _vendor("ICHAI", free_port()), "cardioai": _vendor("CARDIOAI", free_port())}
     config = _config(
@@ -217,6 +218,7 @@ def test_vendor_and_route_added_while_running_receive_the_next_study_and_its_res
         [{"name": "chest-ct", "when": CHEST, "send": ["lungai"]}],
     )
     svc = start(config)
+    assert 'vendor="boneai"' not in httpx.get(svc.url + "/metrics", timeout=30).text
     seen = len(svc.reloads())
     added = json.loads(json.dumps(config))
     added["vendors"]["boneai"] = _vendor("BONEAI", vendors["bone"].port)
@@ -228,6 +230,7 @@ def test_vendor_and_route_added_while_running_receive_the_next_study_and_its_res
     event = svc.next_reload(seen, "the added vendor reloaded")
     assert event["event"] == "configuration reloaded" and event["vendors"] == 4
     assert "vendors.boneai: added" in "\n".join(event["changes"])
+    assert 'vendor="boneai"' in httpx.get(svc.url + "/metrics", timeout=30).text
 
     storescu(studies["dx1"], svc.rb.port)
     _wait(lambda: len(vendors["bone"].files()) == len(studies["dx1"]), what="boneai has the study")

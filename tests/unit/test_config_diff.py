@@ -102,6 +102,7 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
             False,
             "restart required: delivery.worker_in_service changed",
         ),
+        ("delivery.lease_seconds", 60, "restart required: delivery.lease_seconds changed"),
         ("hl7", {"listen": {"port": 2576}}, "restart required: hl7 added"),
     ],
 )
