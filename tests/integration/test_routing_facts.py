@@ -14,6 +14,7 @@ import multiprocessing
 import socket
 import tempfile
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
@@ -37,7 +38,15 @@ from adapters.dicom.mapping import (
 )
 from adapters.dicom.server import LoadBoard, make_server
 from adapters.dicom.study import read_studies
-from broker.model.domain import Series
+from broker.model.domain import (
+    InboundMessage,
+    Order,
+    OrderPriority,
+    OrderSource,
+    OrderStatus,
+    Patient,
+    Series,
+)
 from broker.runtime.routing_input import RoutingInput, files_input, stored_input
 from broker.store import StudyStore, make_engine
 from broker.store.jobs import JobStore
@@ -48,6 +57,8 @@ from config.loader import load_settings
 from config.schema import Settings, routing_rules
 from routing import Decision, RuleSet
 from routing.facts import study_tags
+from tests.databases import DATABASES, empty_database
+from tests.hl7_messages import sample_order
 from tests.peers import storescu
 
 pytestmark = pytest.mark.timeout(600)
@@ -79,6 +90,8 @@ class SeriesPlan:
     instances: int = 2
     later_differ: bool = False
     """Instances after the first: another station, body part and a LOCALIZER image type."""
+    numbered: bool = True
+    """The series has a SeriesNumber."""
 
 
 def write_study(folder: Path, plans: Sequence[SeriesPlan], accession: str = "ACC1") -> list[Path]:
@@ -116,7 +129,8 @@ def write_study(folder: Path, plans: Sequence[SeriesPlan], accession: str = "ACC
             ds.KVP = plan.kvp
             ds.StudyInstanceUID = study_uid
             ds.SeriesInstanceUID = series_uid
-            ds.SeriesNumber = n
+            if plan.numbered:
+                ds.SeriesNumber = n
             ds.InstanceNumber = m
             ds.ReferencedImageSequence = DicomSequence([Dataset()])
             ds.ReferencedImageSequence[0].ReferencedSOPClassUID = CTImageStorage
@@ -209,41 +223,42 @@ def _serve(server: Any, sock: socket.socket, load: LoadBoard) -> None:
         server.take(conn)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    """radbridge's listener code on a loopback port, indexing into a migrated SQLite store."""
+@pytest.fixture(scope="module", params=DATABASES)
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    """radbridge's listener code on a loopback port, indexing into a migrated store (SQLite,
+    and PostgreSQL)."""
     folder = tmp_path_factory.mktemp("world")
     sock = socket.create_server(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     path = folder / "radbridge.yaml"
     path.write_text(yaml.safe_dump(_config(folder, port, [])))
     config = load_settings(path)
-    engine = make_engine(config.database_url())
-    migrate(engine)
-    store = StudyStore(engine)
-    spool = Spool(config.storage.spool)
-    spool.prepare()
-    load = LoadBoard(multiprocessing.get_context("spawn").Array("i", 1), 0)
-    tempdir = tempfile.tempdir
-    server = make_server(config, store, spool, load)
-    thread = threading.Thread(target=_serve, args=(server, sock, load), daemon=True)
-    thread.start()
-    try:
-        yield World(folder, config, store, port)
-    finally:
-        sock.close()
-        server.server_close()
-        tempfile.tempdir = tempdir
-        engine.dispose()
+    with empty_database(request.param, folder) as engine:
+        store = StudyStore(engine)
+        spool = Spool(config.storage.spool)
+        spool.prepare()
+        load = LoadBoard(multiprocessing.get_context("spawn").Array("i", 1), 0)
+        tempdir = tempfile.tempdir
+        server = make_server(config, store, spool, load)
+        thread = threading.Thread(target=_serve, args=(server, sock, load), daemon=True)
+        thread.start()
+        try:
+            yield World(folder, config, store, port)
+        finally:
+            sock.close()
+            server.server_close()
+            tempfile.tempdir = tempdir
 
 
-def _files_input(files: Sequence[Path]) -> RoutingInput:
+def _files_input(files: Sequence[Path], orders: Sequence[Order] = ()) -> RoutingInput:
     """What explain of files decides on (the folder of the files, as given on the command
-    line), for a study sent by CALLING_AE to CALLED_AE."""
+    line), for a study sent by CALLING_AE to CALLED_AE, with ``orders`` given."""
     (studies, skipped) = read_studies(files[0].parent.parent)
     assert skipped == 0
     ((study, tags),) = studies
-    return files_input(study, tags, calling_ae=CALLING_AE, called_ae=CALLED_AE)
+    return files_input(study, tags, orders, calling_ae=CALLING_AE, called_ae=CALLED_AE)
 
 
 def _without_size(series: Sequence[Series]) -> list[Series]:
@@ -385,6 +400,7 @@ def series_plans(draw: st.DrawFn) -> SeriesPlan:
         kvp=draw(st.sampled_from([80, 100, 120])),
         instances=draw(st.integers(1, 3)),
         later_differ=draw(st.booleans()),
+        numbered=draw(st.booleans()),
     )
 
 
@@ -416,7 +432,25 @@ CONDITIONS: list[st.SearchStrategy[tuple[str, Any]]] = [
         st.just("series.slice_thickness"), st.sampled_from([1.0, 2.5]).map(lambda v: {"lte": v})
     ),
     st.tuples(st.just("calling_ae"), st.sampled_from([CALLING_AE, "MR01"])),
+    st.tuples(st.just("order.priority"), st.sampled_from(["stat", "routine"])),
+    st.tuples(st.just("order.procedure_code"), st.just("CT-CHEST")),
 ]
+
+
+@st.composite
+def orders(draw: st.DrawFn) -> Order | None:
+    """No order, or one with the study's accession (set when it is sent): of the study's
+    patient or another, STAT or routine, scheduled or cancelled."""
+    if draw(st.booleans()):
+        return None
+    return sample_order(
+        1,
+        accession_number="(set later)",
+        study_uid=None,
+        patient=Patient(draw(st.sampled_from(["PAT0001", "PAT0001", "PAT0002"]))),
+        priority=draw(st.sampled_from([OrderPriority.STAT, OrderPriority.ROUTINE])),
+        status=draw(st.sampled_from([OrderStatus.SCHEDULED, OrderStatus.CANCELLED])),
+    )
 
 
 @st.composite
@@ -447,18 +481,42 @@ def route_lists(draw: st.DrawFn) -> list[dict[str, Any]]:
     max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
 )
-@given(plans=st.lists(series_plans(), min_size=1, max_size=3), routes=route_lists())
+@given(
+    plans=st.lists(series_plans(), min_size=1, max_size=3),
+    routes=route_lists(),
+    order=orders(),
+)
 def test_explain_of_files_and_the_service_decide_the_same(
-    world: World, plans: list[SeriesPlan], routes: list[dict[str, Any]]
+    world: World, plans: list[SeriesPlan], routes: list[dict[str, Any]], order: Order | None
 ) -> None:
-    """For generated studies and routes: the stored study (sent through the listener) and
-    its files give the same tags, series and decision."""
+    """For generated studies, orders and routes: the stored study (sent through the listener,
+    its order through the order store) and its files with the order given yield the same tags,
+    series, order and decision."""
+    accession = f"A{uuid.uuid4().hex[:12]}"
+    given = (
+        []
+        if order is None
+        else [
+            replace(
+                order, accession_number=accession, placer_number=f"P{accession}", filler_number=None
+            )
+        ]
+    )
     with tempfile.TemporaryDirectory(dir=world.folder) as tmp:
-        files = write_study(Path(tmp), plans)
+        files = write_study(Path(tmp), plans, accession=accession)
         uid = world.send(files)
+        for one in given:
+            message = InboundMessage(OrderSource.HL7, "ORM^O01", b"MSH|test")
+            OrderStore(world.store.engine).record_order(one, message)
         rules = world.rules(routes)
         stored = world.stored(uid)
-        from_files = _files_input(files)
+        from_files = _files_input(files, given)
         _assert_same_facts(stored, from_files)
-        _assert_same(stored.decide(rules, NOW), from_files.decide(rules, NOW))
+        assert from_files.order == stored.order
+        assert from_files.cancelled == stored.cancelled
+        decision = stored.decide(rules, NOW)
+        _assert_same(decision, from_files.decide(rules, NOW))
+        event(f"order: {'none' if stored.order is None else stored.order.status.value}")
+        event(f"outcome: {decision.outcome.value}")
