@@ -24,6 +24,7 @@ import typer
 from broker.cli.common import ConfigOption, JsonOption, err, out, settings_or_exit
 from broker.model.errors import ConfigError, StoreError
 from broker.runtime.config_diff import ConfigView, carry_secrets, diff, removed, view
+from broker.runtime.reload import target_path
 from broker.runtime.snapshot import build_snapshot
 from broker.store import make_engine
 from broker.store.migrate import migrate
@@ -122,7 +123,7 @@ def config_diff(
         )
         blocked = {
             **{f"vendors.{v}": [listed(items), "job(s)"] for v, items in work.jobs.items()},
-            **{f"targets.{t}": [listed(i), "write-back(s)"] for t, i in work.writebacks.items()},
+            **{target_path(t): [listed(i), "write-back(s)"] for t, i in work.writebacks.items()},
         }
         engine.dispose()
     changes = diff(old, new)

@@ -115,6 +115,11 @@ class _Plan:
     unfinished: dict[str, list[int]] = field(default_factory=dict)
 
 
+def target_path(name: str) -> str:
+    """Where a write-back target is configured: ``targets.NAME``, or the webhook's block."""
+    return name if name == WEBHOOK_TARGET else f"targets.{name}"
+
+
 def _draining_names(snapshot: Snapshot) -> tuple[str, ...]:
     return (
         *sorted(snapshot.draining_vendors),
@@ -366,12 +371,12 @@ class Reloader:
                     f"reload --drain) so that {vendor} gets no new study and finishes them first"
                 )
             for target, items in work.writebacks.items():
-                ids[f"targets.{target}"] = [i.id for i in items]
+                ids[target_path(target)] = [i.id for i in items]
                 if drain:
                     keep_targets.add(target)
                     continue
                 problems.append(
-                    f"targets.{target} removed while it has {len(items)} unfinished "
+                    f"{target_path(target)} removed while it has {len(items)} unfinished "
                     f"write-back(s): {listed(items)}; valid: let them finish, or reload with "
                     f"drain (radbridge config reload --drain) so that {target} finishes them "
                     "first"
@@ -414,7 +419,7 @@ class Reloader:
             self.holder.swap(new)
             self._record(new, old.id, "drained")
         left = {f"vendors.{v}": [i.id for i in work.jobs.get(v, [])] for v in done_vendors}
-        left |= {f"targets.{t}": [i.id for i in work.writebacks.get(t, [])] for t in done_targets}
+        left |= {target_path(t): [i.id for i in work.writebacks.get(t, [])] for t in done_targets}
         names = (*sorted(done_vendors), *(f"target:{t}" for t in sorted(done_targets)))
         LOG.info(
             "drained: removed vendors and targets left the configuration in force",

@@ -18,10 +18,12 @@ import yaml
 from sqlalchemy import Engine
 
 from broker.model.jobs import JobState
+from broker.model.writeback import DeliveryKind
 from broker.runtime.reload import Reloader
 from broker.runtime.snapshot import SnapshotHolder, build_snapshot
 from broker.store import make_engine
 from broker.store.audit import AuditLog
+from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.jobs import JobStore
 from broker.store.migrate import migrate
 from broker.store.snapshots import SnapshotLog
@@ -284,3 +286,36 @@ def test_a_worker_drains_what_the_service_drains_and_waits_for_agreement(
     other = worker.reload(trigger="file")  # only the worker sees this file, not the service
     assert other.refusal == "service_differs" and "vendors" in other.problems[0]
     assert worker_holder.current.vendor("lungai").params["port"] == 11104
+
+
+def test_removing_a_target_with_write_backs_is_refused_unless_drained(
+    installed: Installation,
+) -> None:
+    """A write-back target removed with a pending write-back: refused naming it; with drain
+    it stays until the write-back is no longer in progress."""
+    with_pacs = installed.write(
+        lambda c: (
+            c.setdefault("targets", {}).update(
+                pacs={"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1", "port": 4242}
+            ),
+            c["routes"][0].update(write_back=["pacs"]),
+        )
+    )
+    assert installed.reloader.reload().reloaded
+    [made] = DeliveryStore(installed.engine).create(
+        [NewDelivery("1.2.3", "pacs", "dicom", DeliveryKind.RESULT, max_attempts=3)]
+    )
+    installed.config = with_pacs
+    installed.write(lambda c: (c.pop("targets"), c["routes"][0].pop("write_back")))
+    refused = installed.reloader.reload()
+    assert refused.unfinished == {"targets.pacs": [made.id]}
+    assert refused.problems[0].startswith(
+        f"targets.pacs removed while it has 1 unfinished write-back(s): {made.id} (pending)"
+    )
+    shown = installed.diff()
+    assert shown.returncode == 3 and f"targets.pacs is removed but has write-back(s) {made.id}" in (
+        shown.stdout
+    )
+    drained = installed.reloader.reload(drain=True)
+    assert drained.draining == ("target:pacs",) and "pacs" in installed.holder.current.writers
+    assert installed.reloader.finish_draining() is None
