@@ -9,7 +9,7 @@ as ``FILE:LINE: field: what is wrong; valid: what would have been valid``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from broker.model.errors import ConfigError
 from config.base import LocatedErrors
 from config.messages import describe
+from config.plugins import plugin_secrets
 from config.schema import SECRET_FIELDS, Settings
 
 ENV_PREFIX = "RADBRIDGE_"
@@ -90,7 +91,12 @@ def _read_yaml(path: Path, source: _Source) -> dict[str, Any]:
     return data
 
 
-def _overlay_env(data: dict[str, Any], environ: Mapping[str, str], source: _Source) -> None:
+def _overlay_env(
+    data: dict[str, Any],
+    environ: Mapping[str, str],
+    source: _Source,
+    secrets: Sequence[tuple[str, ...]],
+) -> None:
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or name in CLIENT_ENV:
             continue
@@ -101,7 +107,7 @@ def _overlay_env(data: dict[str, Any], environ: Mapping[str, str], source: _Sour
             key = next((k for k in node if str(k).lower() == part.lower()), part.lower())
             loc.append(key)
             if i == len(parts) - 1:
-                is_secret = _is_secret(tuple(loc))
+                is_secret = _is_secret(tuple(loc), secrets)
                 node[key] = raw if is_secret else yaml.safe_load(raw) if raw else raw
             else:
                 child = node.get(key)
@@ -112,19 +118,21 @@ def _overlay_env(data: dict[str, Any], environ: Mapping[str, str], source: _Sour
         source.env[tuple(loc)] = name
 
 
-def _is_secret(loc: Loc) -> bool:
-    """True when ``loc`` is a secret field (``*`` in SECRET_FIELDS matches any key)."""
+def _is_secret(loc: Loc, secrets: Sequence[tuple[str, ...]]) -> bool:
+    """True when ``loc`` is a secret field (``*`` in a pattern matches any key)."""
     return any(
         len(loc) == len(path)
         and all(p in ("*", str(part)) for p, part in zip(path, loc, strict=True))
-        for path in SECRET_FIELDS
+        for path in secrets
     )
 
 
-def _secret_paths(data: dict[str, Any]) -> list[tuple[str, ...]]:
+def _secret_paths(
+    data: dict[str, Any], secrets: Sequence[tuple[str, ...]]
+) -> list[tuple[str, ...]]:
     """The secret fields present in ``data``, with ``*`` expanded to the keys there."""
     paths: list[tuple[str, ...]] = []
-    for pattern in SECRET_FIELDS:
+    for pattern in secrets:
         found: list[tuple[tuple[str, ...], Any]] = [((), data)]
         for part in pattern:
             found = [
@@ -138,9 +146,11 @@ def _secret_paths(data: dict[str, Any]) -> list[tuple[str, ...]]:
     return paths
 
 
-def _reject_yaml_secrets(data: dict[str, Any], source: _Source) -> list[str]:
+def _reject_yaml_secrets(
+    data: dict[str, Any], source: _Source, secrets: Sequence[tuple[str, ...]]
+) -> list[str]:
     problems = []
-    for path in _secret_paths(data):
+    for path in _secret_paths(data, secrets):
         if path not in source.env:
             var = ENV_PREFIX + "__".join(p.upper() for p in path)
             problems.append(
@@ -179,8 +189,9 @@ def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = N
     file = config_path(path)
     source = _Source(str(file))
     data = _read_yaml(file, source)
-    problems = _reject_yaml_secrets(data, source)
-    _overlay_env(data, os.environ if environ is None else environ, source)
+    secrets = [*SECRET_FIELDS, *plugin_secrets(data)]
+    problems = _reject_yaml_secrets(data, source, secrets)
+    _overlay_env(data, os.environ if environ is None else environ, source, secrets)
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:

@@ -12,10 +12,11 @@ to 65535 (got 70000); valid: an integer from 1 to 65535".
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, TypeVar
+import typing
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, PlainValidator, ValidationError
+from pydantic import BaseModel, PlainValidator, SecretStr, ValidationError
 
 from broker.model.errors import ConfigError
 from broker.model.plugins import Registry
@@ -77,6 +78,44 @@ def _problems(exc: ValidationError, model: type[BaseModel], what: str) -> list[t
         else:
             problems.append((loc, describe(error, model, loc)))
     return problems
+
+
+def _secrets_of(model: type[BaseModel]) -> list[str]:
+    """The fields of ``model`` that hold secrets (``SecretStr``)."""
+    return [
+        name
+        for name, field in model.model_fields.items()
+        if SecretStr in (field.annotation, *typing.get_args(field.annotation))
+    ]
+
+
+def _model(registry: Registry[P], block: object) -> type[P] | None:
+    name = block.get("type") if isinstance(block, dict) else None
+    if not isinstance(name, str):
+        return None
+    try:
+        return registry.get(name)
+    except ConfigError:
+        return None  # validation reports the unknown name
+
+
+def plugin_secrets(data: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """Where the plugins named in ``data`` keep secrets: every ``SecretStr`` field of a
+    vendor's transport and of a target, as paths like ``vendors.NAME.transport.FIELD``.
+    Like the fixed secrets of the schema, they are read only from the environment."""
+    found: list[tuple[str, ...]] = []
+    vendors = data.get("vendors")
+    for vendor, settings in vendors.items() if isinstance(vendors, dict) else ():
+        block = settings.get("transport") if isinstance(settings, dict) else None
+        model = _model(TRANSPORTS, block)
+        fields = _secrets_of(model) if model is not None else []
+        found += [("vendors", str(vendor), "transport", field) for field in fields]
+    targets = data.get("targets")
+    for target, block in targets.items() if isinstance(targets, dict) else ():
+        target_model = _model(TARGETS, block)
+        fields = _secrets_of(target_model) if target_model is not None else []
+        found += [("targets", str(target), field) for field in fields]
+    return found
 
 
 TransportBlock = Annotated[

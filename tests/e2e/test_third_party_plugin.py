@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from broker.model.errors import AdapterError, VendorError
 from broker.model.target import TargetSettings, WritebackTarget
@@ -48,6 +48,7 @@ class AcmeInboxSettings(TransportSettings):
     type: Literal["acme_inbox"] = "acme_inbox"
     inbox: str = Field(min_length=1)
     copies: int = Field(default=1, ge=1, le=3)
+    api_key: SecretStr | None = None
 
     def build(self, context: TransportContext) -> VendorTransport:
         return AcmeInbox(context.vendor, self)
@@ -173,9 +174,36 @@ def test_config_check_reports_a_plugins_bad_field_at_its_line(
         "radbridge.yaml:5: vendors.acme.transport.copies: Input should be less than or equal "
         "to 3 (got 7); valid: an integer from 1 to 3",
         "radbridge.yaml:5: vendors.acme.transport.colour: colour is not used by the acme_inbox "
-        "transport; valid: type, inbox, copies",
+        "transport; valid: type, inbox, copies, api_key",
         "radbridge.yaml:7: targets.drop.folder: Field required; valid: text",
     ]
+
+
+def test_a_plugins_secret_is_read_only_from_the_environment(
+    plugin_path: Path, tmp_path: Path
+) -> None:
+    """A secret field the plugin declares is refused in the YAML, at its line, and taken from
+    its RADBRIDGE_… variable as text."""
+    path = tmp_path / "radbridge.yaml"
+    path.write_text(CONFIG.replace("copies: 2}", "copies: 2, api_key: s3cret}"), encoding="utf-8")
+    run = _check(path, plugin_path)
+    assert run.returncode == 2
+    assert run.stderr.replace(str(path), path.name).strip() == (
+        "radbridge.yaml:5: vendors.acme.transport.api_key: secrets are not read from the "
+        "configuration file; set the environment variable "
+        "RADBRIDGE_VENDORS__ACME__TRANSPORT__API_KEY instead"
+    )
+    path.write_text(CONFIG, encoding="utf-8")
+    env = {**_env(plugin_path), "RADBRIDGE_VENDORS__ACME__TRANSPORT__API_KEY": "12345"}
+    run = subprocess.run(
+        [str(RADBRIDGE), "config", "check", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
 
 
 def test_without_the_distribution_its_type_is_unknown(tmp_path: Path) -> None:
