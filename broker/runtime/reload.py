@@ -19,6 +19,10 @@ when:
   audited as ``drained``); a ``dead`` job or write-back of it is left dead and
   named in that audit entry.
 
+A route a reload removes keeps its write-back list for the jobs it made: their
+results are written back where the route said when they were sent (a target that
+is gone by then is skipped, and logged).
+
 Every reload is audited (``config.reload``: who, the snapshot ids, what changed or
 why it was refused); every snapshot the service puts in force is recorded in the
 store (:class:`broker.store.snapshots.SnapshotLog`).
@@ -113,6 +117,12 @@ class _Plan:
     draining_vendors: frozenset[str] = frozenset()
     draining_targets: frozenset[str] = frozenset()
     unfinished: dict[str, list[int]] = field(default_factory=dict)
+
+
+def _retired(old: Snapshot) -> dict[str, tuple[str, ...]]:
+    """The write-back lists of every route ``old`` knows (in force or retired before): the
+    ones a new configuration no longer has stay for the jobs those routes made."""
+    return {**old.retired_routes, **old.routes_write_back}
 
 
 def target_path(name: str) -> str:
@@ -277,6 +287,7 @@ class Reloader:
                 self.path,
                 draining_vendors=plan.draining_vendors,
                 draining_targets=plan.draining_targets,
+                retired_routes=_retired(old),
             )
         except ConfigError as exc:
             return self._refused(old, tuple(exc.problems), "invalid", plan)
@@ -415,6 +426,7 @@ class Reloader:
                 old.source,
                 draining_vendors=old.draining_vendors & busy_vendors,
                 draining_targets=old.draining_targets & busy_targets,
+                retired_routes=old.retired_routes,
             )
             self.holder.swap(new)
             self._record(new, old.id, "drained")

@@ -136,6 +136,9 @@ class Snapshot:
     them); they leave once none of their jobs is in progress."""
     draining_targets: frozenset[str] = frozenset()
     """Write-back targets kept the same way to finish their write-backs."""
+    retired_routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """The write-back lists of routes a reload removed: a job keeps writing back where the
+    route that made it said, when its result comes after the route is gone."""
 
     # ------------------------------------------------------------ the engine's Plan
 
@@ -178,7 +181,8 @@ class Snapshot:
             raise _missing("write-back target", name, self.writers) from None
 
     def write_back(self, route: str) -> tuple[str, ...] | None:
-        return self.routes_write_back.get(route)
+        found = self.routes_write_back.get(route)
+        return found if found is not None else self.retired_routes.get(route)
 
     # ------------------------------------------------------------ life
 
@@ -204,11 +208,13 @@ def build_snapshot(
     *,
     draining_vendors: Collection[str] = (),
     draining_targets: Collection[str] = (),
+    retired_routes: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Snapshot:
     """Everything the service runs on, built and checked from ``settings``.
 
     ``draining_vendors`` and ``draining_targets`` name entries of ``settings`` kept only
-    to finish their work (see :mod:`broker.runtime.reload`). Raises
+    to finish their work, ``retired_routes`` the write-back lists of removed routes (see
+    :mod:`broker.runtime.reload`). Raises
     :class:`ConfigError` with every problem when a part cannot be built (an unknown
     transport type, a route naming a vendor that is not configured).
     """
@@ -247,6 +253,11 @@ def build_snapshot(
         source=source,
         draining_vendors=frozenset(draining_vendors),
         draining_targets=frozenset(draining_targets),
+        retired_routes={
+            name: targets
+            for name, targets in (retired_routes or {}).items()
+            if name not in write_back
+        },
     )
 
 

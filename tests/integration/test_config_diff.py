@@ -215,6 +215,7 @@ def test_removing_a_vendor_with_jobs_is_refused_unless_drained(installed: Instal
     current = installed.holder.current
     assert current.draining_vendors == {"ichai"} and "ichai" in current.vendors
     assert [r.name for r in current.settings.routes] == ["chest-ct"]
+    assert current.write_back("head-ct") == ()  # its jobs still write back as it said
     record = SnapshotLog(installed.engine).in_force()
     assert record is not None and record.draining_vendors == ("ichai",)
     assert installed.diff().returncode == 0  # the removal is under way: nothing blocks it
