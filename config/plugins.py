@@ -16,7 +16,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, PlainValidator, SecretStr, ValidationError
+from pydantic import BaseModel, PlainValidator, SecretStr, SerializeAsAny, ValidationError
 
 from broker.model.errors import ConfigError
 from broker.model.plugins import Registry
@@ -119,8 +119,11 @@ def plugin_secrets(data: Mapping[str, Any]) -> list[tuple[str, ...]]:
 
 
 TransportBlock = Annotated[
-    TransportSettings, PlainValidator(chosen_by_type(TRANSPORTS, "transport"))
+    SerializeAsAny[TransportSettings], PlainValidator(chosen_by_type(TRANSPORTS, "transport"))
 ]
-"""A vendor's ``transport:`` block, validated by the settings model of its ``type``."""
-TargetBlock = Annotated[TargetSettings, PlainValidator(chosen_by_type(TARGETS, "target"))]
-"""One ``targets:`` entry, validated by the settings model of its ``type``."""
+"""A vendor's ``transport:`` block, validated (and dumped) by the settings model of its
+``type``."""
+TargetBlock = Annotated[
+    SerializeAsAny[TargetSettings], PlainValidator(chosen_by_type(TARGETS, "target"))
+]
+"""One ``targets:`` entry, validated (and dumped) by the settings model of its ``type``."""

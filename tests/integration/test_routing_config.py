@@ -111,6 +111,18 @@ def test_valid_vendors_and_routes_check_ok(tmp_path: Path) -> None:
         "timeout": 30.0,
         "max_pdu": 0,
     }
+    dumped = settings.model_dump(mode="json", exclude={"routes"})  # what config diff shows
+    assert dumped["vendors"]["lungai"]["transport"]["port"] == 11113
+    assert dumped["targets"]["pacs"] == {
+        "type": "dicom",
+        "retries": 5,
+        "ae_title": "PACS",
+        "host": "127.0.0.1",
+        "port": 11115,
+        "calling_ae": "RADBRIDGE",
+        "timeout": 30.0,
+        "max_pdu": 0,
+    }
     bleed = settings.routes[1].spec()
     assert (bleed.priority, bleed.deadline_seconds, bleed.stable_seconds) == (
         Priority.STAT,
