@@ -8,6 +8,7 @@ import os
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import yaml
 from adapters.dicom.synthetic import generate_study
 from adapters.results.findings import parse_findings
 from adapters.results.sr import findings_to_sr, read_source_study
+from tests.databases import fresh_postgres_database
 from tests.integration.test_results_sr import nothing_found
 from tests.peers import StoreSCP, echoscu, free_port, storescu
 from tests.service import Radbridge, base_config
@@ -514,3 +516,72 @@ def test_config_reload_without_http_server_says_to_use_sighup(
     assert no_http.returncode == 2 and "SIGHUP" in no_http.stderr
     same = svc.cli("config", "reload", env={"RADBRIDGE_API_TOKEN": svc.token})
     assert same.returncode == 0 and "nothing changed" in same.stdout
+
+
+# ------------------------------------------------------------------ scale-out
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.postgres
+def test_vendor_added_by_reload_reaches_the_workers_on_rabbitmq_and_postgresql(
+    radbridge_factory: Callable[..., Radbridge],
+    vendors: dict[str, StoreSCP],
+    studies: dict[str, list[Path]],
+    tmp_path: Path,
+) -> None:
+    """RabbitMQ, PostgreSQL and two `radbridge worker` processes (the service delivers
+    nothing itself): a vendor and a route added to the file are delivered by the workers,
+    which follow the service's snapshot in force."""
+    bus = {"url": "amqp://guest:guest@127.0.0.1:5672//", "prefix": f"t{uuid.uuid4().hex[:10]}"}
+    with fresh_postgres_database() as database:
+        config = _config(
+            tmp_path / "rb",
+            {"lungai": _vendor("LUNGAI", vendors["lung_a"].port)},
+            [{"name": "chest-ct", "when": CHEST, "send": ["lungai"]}],
+        )
+        config["storage"]["database"] = database
+        config["bus"] = bus
+        config["delivery"]["worker_in_service"] = False
+        shared = tmp_path / "workers.yaml"
+        shared.write_text(yaml.safe_dump(config))
+        svc = Running(radbridge_factory(config=config))
+        logs = [tmp_path / f"worker{n}.log" for n in range(2)]
+        workers = [
+            subprocess.Popen(
+                [*_radbridge(), "worker", "-c", str(shared)],
+                stdout=log.open("wb"),
+                stderr=subprocess.STDOUT,
+                env=svc.rb.env,
+            )
+            for log in logs
+        ]
+        try:
+            _wait(lambda: all("radbridge worker started" in p.read_text() for p in logs))
+            added = json.loads(json.dumps(config))
+            added["vendors"]["boneai"] = _vendor("BONEAI", vendors["bone"].port)
+            added["routes"].append(
+                {"name": "chest-xray-bone", "when": {"modality": "DX"}, "send": ["boneai"]}
+            )
+            seen = len(svc.reloads())
+            shared.write_text(yaml.safe_dump(added))
+            svc.write(added)
+            assert svc.next_reload(seen, "the service reloaded")["vendors"] == 2
+            _wait(
+                lambda: all(
+                    '"event": "configuration reloaded"' in (text := p.read_text())
+                    and "vendors.boneai: added" in text
+                    for p in logs
+                ),
+                what="both workers put the added vendor in force",
+            )
+            storescu(studies["dx1"], svc.rb.port)
+            storescu(studies["ct1"], svc.rb.port)
+            _wait(lambda: len(vendors["bone"].files()) == len(studies["dx1"]), what="boneai")
+            _wait(lambda: len(vendors["lung_a"].files()) == len(studies["ct1"]), what="lungai")
+            assert _sops(vendors["bone"].files()) == _sops(studies["dx1"])
+        finally:
+            for worker in workers:
+                worker.terminate()
+            for worker in workers:
+                worker.wait(30)
+            svc.rb.close()
