@@ -18,16 +18,18 @@ by reading what each part reads once at start:
   ``delivery.lease_seconds``: the claims' lease its job worker and write-back stage
   (and each ``radbridge worker``) were built with;
 - ``dicom.listen.*``, ``dicom.tls.*``, ``dicom.processes``: the listening socket,
-  the TLS context and the number of DICOM listener processes (the rest of the
-  ``dicom`` block reaches the running listener processes: called AE titles,
-  peers, stable times, limits, timeouts);
+  the TLS context and the number of DICOM listener processes;
+  ``dicom.max_associations``, ``dicom.max_pending_connections``,
+  ``dicom.max_connections_per_peer``: the limits the listeners' shared slot board
+  was sized with (the rest of the ``dicom`` block reaches the running listener
+  processes: called AE titles, peers, stable times, PDU size, timeouts);
 - ``hl7.*``: the MLLP listener, its allow-list, limits and TLS are set up once;
 - the HTTP server: whether it runs (an ``http`` block, an ``http`` transport or
   a vendor's results token needs it) and ``http.listen.*``.
 
 Everything else (vendors, transports, routes, targets, notifications, result
-policies, quotas, billing, site name and timezone, retry backoff, the DICOM
-settings above, ``http.public_url``) is read from the snapshot in force at each
+policies, quotas, billing, site name and timezone, retry backoff, the rest of the
+``dicom`` block, ``http.public_url``) is read from the snapshot in force at each
 use, so a reload applies it.
 """
 
@@ -58,6 +60,9 @@ RESTART_REQUIRED: tuple[str, ...] = (
     "dicom.listen",
     "dicom.tls",
     "dicom.processes",
+    "dicom.max_associations",
+    "dicom.max_pending_connections",
+    "dicom.max_connections_per_peer",
     "hl7",
 )
 """Settings paths the running service cannot apply (besides the HTTP server's, see

@@ -83,6 +83,7 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
         ("dicom.listen.port", 11113, "restart required: dicom.listen.port changed"),
         ("dicom.listen.host", "0.0.0.0", "restart required: dicom.listen.host changed"),
         ("dicom.processes", 3, "restart required: dicom.processes changed"),
+        ("dicom.max_associations", 8, "restart required: dicom.max_associations changed"),
         (
             "dicom.tls",
             {"certificate": "/etc/rb/cert.pem", "private_key": "/etc/rb/key.pem"},
@@ -109,8 +110,9 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
 def test_settings_the_running_service_read_at_start_need_a_restart(
     path: str, value: Any, line: str
 ) -> None:
-    """Listen addresses, TLS, process counts, storage, bus, logging, the HL7 listener and
-    the in-service worker are refused as "restart required: PATH changed|added"."""
+    """Listen addresses, TLS, process counts and association limits, storage, bus, logging,
+    the HL7 listener and the in-service worker are refused as "restart required: PATH
+    changed|added"."""
     assert _restart(_set(path, value)) == [line]
 
 
@@ -131,7 +133,6 @@ def test_the_hl7_block_is_read_once_every_field_needs_a_restart() -> None:
         ("dicom.peers", [{"ae_title": "CT02"}]),
         ("dicom.ae_titles", {"RADBRIDGE": "ingest", "RB_RES": "results"}),
         ("dicom.study_stable_seconds", 3),
-        ("dicom.max_associations", 8),
         ("dicom.network_timeout", 10),
         ("dicom.max_pdu_size", 131072),
         ("site.timezone", "Asia/Shanghai"),
