@@ -82,7 +82,10 @@ def _receive_connections(handoff: socket.socket, server: ListenerServer) -> None
                 settings = pickle.loads(_receive_exactly(handoff, size))  # noqa: S301 - our own
             except (OSError, EOFError):
                 return
-            server.reconfigure(settings)
+            try:
+                server.reconfigure(settings)
+            except Exception as exc:  # a peer's host that does not resolve, …: keep serving
+                LOG.error("listener process keeps its configuration", error=str(exc))
 
 
 def _receive_exactly(handoff: socket.socket, size: int) -> bytes:
