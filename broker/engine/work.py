@@ -192,14 +192,22 @@ class WorkEngine(Generic[I]):
             self._heart = None
 
     def wake(self, lane: str, count: int = 1) -> None:
-        """Let the lane try ``count`` more claims (a wake-up; spent if the lane is full)."""
+        """Let the lane try ``count`` more claims: a wake-up, spent if the lane is full.
+
+        One that comes while every slot of the lane in this process is busy is
+        dropped: the attempt that frees a slot wakes a worker itself (any
+        worker, over the bus), so the next claim goes to whoever is woken,
+        not always to this process.
+        """
         with self._lock:
             found = self._lanes.get(lane)
         if found is None:
             return
+        capacity = self._capacity(lane)
         with found.cond:
-            found.credits += count
-            found.cond.notify()
+            if found.inflight < capacity:
+                found.credits += count
+                found.cond.notify()
 
     def _capacity(self, lane: str) -> int:
         return self.work.lanes(self.plans.current).get(lane, 0)

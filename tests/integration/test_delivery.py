@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from broker.engine.plan import FixedPlan, FixedPlans, VendorSpec
 from broker.model.domain import Priority
 from broker.model.jobs import Job, JobState
 from broker.model.vendor import TRANSPORTS
-from broker.store import JobStore
+from broker.store import JobStore, make_engine
 from broker.store.spool import Spool
 from tests.databases import empty_database
 from tests.peers import LOOPBACK, StoreSCP, dataset_bytes, free_port
@@ -66,6 +67,7 @@ class Stack:
     workers: list[JobWorker] = field(default_factory=list)
     peers: list[StoreSCP] = field(default_factory=list)
     stops: list[tuple[threading.Event, threading.Thread]] = field(default_factory=list)
+    engines: list[Engine] = field(default_factory=list)
 
     @property
     def jobs(self) -> JobStore:
@@ -101,10 +103,17 @@ class Stack:
     def dispatcher(self) -> Dispatcher:
         return Dispatcher(self.jobs, self.bus, self.plans())
 
-    def worker(self, **options: Any) -> JobWorker:
-        worker = JobWorker(self.engine, self.bus, self.plans(), **options)
+    def worker(self, engine: Engine | None = None, **options: Any) -> JobWorker:
+        """A job worker on the store (through ``engine``: a connection pool of its own)."""
+        worker = JobWorker(engine or self.engine, self.bus, self.plans(), **options)
         self.workers.append(worker.start())
         return worker
+
+    def other_engine(self) -> Engine:
+        """Another engine on the same store, as another process would have."""
+        engine = make_engine(self.engine.url.render_as_string(hide_password=False))
+        self.engines.append(engine)
+        return engine
 
     def run_dispatcher(self, dispatcher: Dispatcher) -> None:
         """Run the retry loop in the background (stopped at the end of the test)."""
@@ -119,6 +128,8 @@ class Stack:
             thread.join(10)
         for worker in self.workers:
             worker.stop(30)
+        for engine in self.engines:
+            engine.dispose()
         for scp in self.peers:
             scp.stop()
         try:
@@ -296,3 +307,69 @@ def test_restart_resumes_a_job_interrupted_while_sending(stack: Stack) -> None:
         "sent",
         "awaiting_result",
     ]
+
+
+def _sends(jobs: JobStore, job_ids: list[int]) -> list[tuple[datetime, datetime, str]]:
+    """Each job's send: when it was claimed, when it was sent, and by which worker."""
+    sends = []
+    for job_id in job_ids:
+        history = jobs.history(job_id)
+        claimed = [e for e in history if e.to_state is S.SENDING][-1]
+        sent = next(e for e in history if e.to_state is S.SENT)
+        sends.append((claimed.at, sent.at, claimed.worker or ""))
+    return sends
+
+
+def _most_at_once(sends: list[tuple[datetime, datetime, str]]) -> int:
+    edges = sorted([(start, 1) for start, _, _ in sends] + [(end, -1) for _, end, _ in sends])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_two_workers_share_a_vendor_within_its_concurrency(stack: Stack) -> None:
+    """Two workers (each with its own connection pool) serve one vendor of concurrency 2: both
+    send, two jobs go out at once, never three."""
+    scp = stack.storescp("lungai", None, "--sleep-after", "1")  # each job takes 1 s
+    stack.vendor("lungai", scp.port, concurrency=2)
+    studies = [stack.study("ct_chest", instances=1, rows=32, columns=32)[0] for _ in range(8)]
+    first, second = stack.worker(), stack.worker(stack.other_engine())
+    created = stack.dispatcher().dispatch([JobRequest(uid, "lungai", route="c") for uid in studies])
+    ids = [c.job.id for c in created]
+    for job_id in ids:
+        wait_state(stack.jobs, job_id, S.AWAITING_RESULT, timeout=60)
+    sends = _sends(stack.jobs, ids)
+    assert _most_at_once(sends) == 2
+    assert {worker for _, _, worker in sends} == {first.worker, second.worker}
+    assert len(scp.files()) == 8
+
+
+def test_a_lapsed_claim_is_taken_over_by_another_worker(stack: Stack) -> None:
+    """A job claimed by a worker that stopped (on another machine: only its lease tells) is
+    taken over once the lease ran out: the attempt counts, and a live worker sends it."""
+    scp = stack.storescp("lungai")
+    stack.vendor("lungai", scp.port, max_attempts=3)
+    study_uid, files = stack.study("ct_chest", instances=2, rows=32, columns=32)
+    jobs = stack.jobs
+    job = jobs.create(study_uid, "lungai", route="chest-ct").job
+    gone = "elsewhere/1/4242/0dead0"
+    assert jobs.claim_next("lungai", worker=gone, capacity=1, lease_seconds=1.0) is not None
+    dispatcher = stack.dispatcher()
+    stack.run_dispatcher(dispatcher)
+    live = stack.worker()
+    done = wait_state(jobs, job.id, S.AWAITING_RESULT)
+    assert done.attempts == 2
+    assert_same_datasets(files, scp.files())
+    history = jobs.history(job.id)
+    assert [(str(e.to_state), e.worker) for e in history] == [
+        ("pending", None),
+        ("sending", gone),
+        ("failed", gone),
+        ("pending", None),
+        ("sending", live.worker),
+        ("sent", live.worker),
+        ("awaiting_result", live.worker),
+    ]
+    assert f"the lease of worker {gone} ran out" in (history[2].error or "")
