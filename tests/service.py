@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tests import cli_fork
 from tests.peers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +23,13 @@ RADBRIDGE = str(Path(sys.executable).parent / "radbridge")
 
 
 def base_config(folder: Path, port: int, **dicom: Any) -> dict[str, Any]:
-    """A configuration on loopback with its own spool and SQLite store in ``folder``."""
+    """A configuration on loopback with its own spool and SQLite store in ``folder``.
+
+    One DICOM listener process (``dicom.processes: 1``) unless ``dicom`` says
+    otherwise: each one more is another Python to spawn and import per
+    service, and only the tests of the listener's processes need several
+    (they ask for them).
+    """
     return {
         "storage": {"spool": str(folder / "spool"), "database": f"sqlite:///{folder}/radbridge.db"},
         "dicom": {
@@ -28,6 +37,7 @@ def base_config(folder: Path, port: int, **dicom: Any) -> dict[str, Any]:
             "ae_titles": {"RADBRIDGE": "ingest", "RADBRIDGE_RES": "results"},
             "allow_any_peer": True,
             "study_stable_seconds": 1.5,
+            "processes": 1,
             **dicom,
         },
         "logging": {"level": "INFO", "format": "json"},
@@ -98,14 +108,8 @@ class Radbridge:
                 self.kill9()
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [RADBRIDGE, *args, "-c", str(self.config_path)],
-            capture_output=True,
-            text=True,
-            check=check,
-            env=self.env,
-            timeout=60,
-        )
+        """``radbridge ARGS… -c CONFIG`` as its own process (forked: see :mod:`tests.cli_fork`)."""
+        return cli_fork.run([*args, "-c", str(self.config_path)], env=self.env, check=check)
 
     def studies(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = json.loads(self.cli("studies", "list", "--json").stdout)
@@ -116,14 +120,35 @@ class Radbridge:
         return result
 
     def wait_state(self, study_uid: str, state: str, timeout: float = 15.0) -> dict[str, Any]:
+        """The study as ``studies show`` gives it, once it is in ``state``.
+
+        On a SQLite store the waiting reads the study's state from the file
+        (read-only, a millisecond) and asks the command only once it matches.
+        """
         deadline = time.monotonic() + timeout
         study: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            study = self.study(study_uid)
-            if study["state"] == state:
-                return study
-            time.sleep(0.2)
-        raise AssertionError(f"study never became {state}: {study}")
+            if self.stored_state(study_uid) in (state, None):
+                study = self.study(study_uid)
+                if study["state"] == state:
+                    return study
+            time.sleep(0.1)
+        raise AssertionError(f"study never became {state}: {study or self.study(study_uid)}")
+
+    def stored_state(self, study_uid: str) -> str | None:
+        """The study's state read straight from a SQLite store; None when that cannot be read."""
+        database = str(self.config["storage"]["database"])
+        if not database.startswith("sqlite:///"):
+            return None
+        path = Path(database.removeprefix("sqlite:///"))
+        try:
+            with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5)) as conn:
+                row = conn.execute(
+                    "SELECT state FROM studies WHERE study_uid = ?", (study_uid,)
+                ).fetchone()
+        except sqlite3.Error:
+            return None
+        return str(row[0]) if row else ""
 
     def log_lines(self) -> list[dict[str, Any]]:
         lines = []

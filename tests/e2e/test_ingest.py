@@ -64,16 +64,18 @@ def test_ct_study_is_stored_bit_identical_and_indexed(
 
 
 def test_stable_study_reopens_as_updated_on_a_new_instance(
-    radbridge: Radbridge, tmp_path: Path
+    radbridge_factory: Callable[..., Radbridge], tmp_path: Path
 ) -> None:
     """A stable study getting a new instance turns 'updated', then stable again at revision 2."""
+    # A stable time the read right after the send cannot outlast, however loaded the machine.
+    radbridge = radbridge_factory(study_stable_seconds=4)
     files = generate_study("ct_head", tmp_path / "head", instances=6, rows=64, columns=64)
     study_uid = pydicom.dcmread(files[0]).StudyInstanceUID
     storescu(files[:5], radbridge.port)
     first = radbridge.wait_state(study_uid, "stable")
     assert first["revision"] == 1 and first["instances"] == 5
     storescu(files[5:], radbridge.port)
-    assert radbridge.study(study_uid)["state"] == "updated"
+    assert radbridge.stored_state(study_uid) == "updated"
     second = radbridge.wait_state(study_uid, "stable")
     assert second["revision"] == 2 and second["instances"] == 6
 
@@ -135,7 +137,7 @@ def test_maximum_concurrent_associations_over_all_processes(
     radbridge_factory: Callable[..., Radbridge],
 ) -> None:
     """Past max_associations a request is rejected as local-limit-exceeded; earlier ones go on."""
-    rb = radbridge_factory(max_associations=2)
+    rb = radbridge_factory(max_associations=2, processes=2)
     ae = AE(ae_title="CT01")
     ae.add_requested_context(Verification)
     held = [ae.associate("127.0.0.1", rb.port, ae_title="RADBRIDGE") for _ in range(2)]
@@ -154,9 +156,10 @@ def test_maximum_concurrent_associations_over_all_processes(
 
 
 def test_four_concurrent_associations_are_served_by_several_processes(
-    radbridge: Radbridge, tmp_path: Path
+    radbridge_factory: Callable[..., Radbridge], tmp_path: Path
 ) -> None:
     """Four storescu at once all succeed, and the listener runs in more than one process."""
+    radbridge = radbridge_factory(processes=2)
     files = generate_study("ct_chest", tmp_path / "ct4", instances=40, rows=256, columns=256)
     groups = [files[i::4] for i in range(4)]
     threads = [threading.Thread(target=storescu, args=(g, radbridge.port)) for g in groups]

@@ -1,0 +1,214 @@
+"""Run the ``radbridge`` command for tests without paying its start-up each time.
+
+Each ``radbridge`` process spends about a second of CPU importing the command
+before it does anything; tests that poll the CLI (``studies show`` until a
+study is stable, ``jobs list`` until a job is sent) spent most of the suite's
+CPU on those imports. Here one helper process per test process imports
+``broker.cli.main`` once, and every invocation is a fresh child *forked* from
+it: its own process, arguments, environment, working folder, standard streams
+and exit code, running the same ``app()`` as the installed ``radbridge``
+script, with nothing shared between invocations (each opens its own store).
+
+``run(args, env=..., cwd=..., timeout=...)`` answers a
+:class:`subprocess.CompletedProcess` like ``subprocess.run`` with
+``capture_output=True, text=True``. When the helper cannot start (the command
+does not import), for an environment whose ``PYTHON*`` variables differ from
+this process's (a fork cannot change what the interpreter read at its start,
+``PYTHONPATH`` for one), or with ``RADBRIDGE_TEST_CLI=subprocess`` in the
+environment, the invocation runs the installed script instead.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+RADBRIDGE = str(Path(sys.executable).parent / "radbridge")
+
+# The helper: import the command once, then per request fork a child that runs it.
+_HELPER = r"""
+import json, logging, os, sys, traceback
+from broker.cli.main import app
+
+def child(request):
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    null = os.open(os.devnull, os.O_RDONLY)
+    out = os.open(request["stdout"], os.O_WRONLY | os.O_TRUNC)
+    err = os.open(request["stderr"], os.O_WRONLY | os.O_TRUNC)
+    for fd, target in ((null, 0), (out, 1), (err, 2)):
+        os.dup2(fd, target)
+        os.close(fd)
+    sys.argv = ["radbridge", *request["args"]]
+    code = 0
+    try:
+        app()
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    try:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+replies = os.fdopen(int(sys.argv[1]), "w", buffering=1)
+replies.write(json.dumps({"ready": os.getpid()}) + "\n")
+for line in sys.stdin:
+    request = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        child(request)
+    replies.write(json.dumps({"pid": pid}) + "\n")
+    _, status = os.waitpid(pid, 0)
+    replies.write(json.dumps({"code": os.waitstatus_to_exitcode(status)}) + "\n")
+"""
+
+
+def _interpreter_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables Python reads at its start (``PYTHONPATH`` …): a fork cannot change them."""
+    return {k: v for k, v in env.items() if k.startswith("PYTHON")}
+
+
+class _Helper:
+    """The helper process; one invocation at a time (a lock serialises callers)."""
+
+    def __init__(self) -> None:
+        self.interpreter_env = _interpreter_env(os.environ)
+        read_fd, write_fd = os.pipe()
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _HELPER, str(write_fd)],
+            stdin=subprocess.PIPE,
+            pass_fds=(write_fd,),
+            text=True,
+            start_new_session=True,
+        )
+        os.close(write_fd)
+        self.replies: IO[str] = os.fdopen(read_fd, "r")
+        self.lock = threading.Lock()
+        first = self._reply()
+        if "ready" not in first:
+            raise RuntimeError(f"the radbridge command did not import: {first}")
+
+    def _reply(self) -> dict[str, Any]:
+        line = self.replies.readline()
+        if not line:
+            raise RuntimeError("the radbridge command helper ended")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def run(
+        self, args: Sequence[str], env: Mapping[str, str], cwd: str, timeout: float | None
+    ) -> subprocess.CompletedProcess[str]:
+        with self.lock, tempfile.TemporaryDirectory(prefix="radbridge-cli-") as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            out.touch()
+            err.touch()
+            request = {
+                "args": list(args),
+                "env": dict(env),
+                "cwd": cwd,
+                "stdout": str(out),
+                "stderr": str(err),
+            }
+            assert self.process.stdin is not None
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            pid = int(self._reply()["pid"])
+            killed = threading.Event()
+
+            def kill() -> None:
+                killed.set()
+                os.kill(pid, signal.SIGKILL)
+
+            timer = threading.Timer(timeout, kill) if timeout else None
+            if timer is not None:
+                timer.start()
+            try:
+                code = int(self._reply()["code"])
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            stdout, stderr = out.read_text(errors="replace"), err.read_text(errors="replace")
+            command = [RADBRIDGE, *args]
+            if killed.is_set():
+                raise subprocess.TimeoutExpired(command, timeout or 0, stdout, stderr)
+            return subprocess.CompletedProcess(command, code, stdout, stderr)
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.replies.close()
+
+
+_helper: _Helper | None = None
+_helper_failed = False
+_start_lock = threading.Lock()
+
+
+def _get_helper() -> _Helper | None:
+    global _helper, _helper_failed  # noqa: PLW0603
+    if os.environ.get("RADBRIDGE_TEST_CLI") == "subprocess" or _helper_failed:
+        return None
+    with _start_lock:
+        if _helper is None:
+            try:
+                _helper = _Helper()
+            except (OSError, RuntimeError):
+                _helper_failed = True
+                return None
+            atexit.register(_helper.close)
+    return _helper
+
+
+def run(
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | str | None = None,
+    timeout: float | None = 60,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """``radbridge ARGS…`` in a forked child (or the installed script); its output and code."""
+    env = dict(os.environ if env is None else env)
+    folder = str(cwd or os.getcwd())
+    helper = _get_helper()
+    if helper is None or _interpreter_env(env) != helper.interpreter_env:
+        result = subprocess.run(
+            [RADBRIDGE, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=folder,
+            timeout=timeout,
+            check=False,
+        )
+    else:
+        result = helper.run(args, env, folder, timeout)
+    if check and result.returncode != 0:
+        raise subprocess.CalledProcessError(
+            result.returncode, result.args, result.stdout, result.stderr
+        )
+    return result
