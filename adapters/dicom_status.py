@@ -23,3 +23,8 @@ class StoreFailure(enum.IntEnum):
     """Error, the data set does not match (STOW-RS: not of the study in the URL)."""
     CANNOT_UNDERSTAND = 0xC000
     """Error, cannot understand: not DICOM, or without what radbridge needs."""
+    IDENTITY_CONFLICT = 0xC409
+    """Error (cannot understand class): the object names another patient than the study
+    radbridge holds under its Study Instance UID, or a result is of another patient or
+    study than its job's. Nothing was kept; the conflict is listed for an operator
+    (``radbridge conflicts list``). Resending the same object gets the same answer."""

@@ -4,8 +4,8 @@
 OpenAPI description of the REST API (``/openapi.json``; the FHIR and WADO-RS
 routes are left out: they follow their own standards). Every ``/api/v1``
 endpoint needs ``Authorization: Bearer <token>``: viewers read, operators also
-retry and cancel jobs and retry write-back deliveries, admins also manage tokens
-and reload the configuration.
+retry and cancel jobs, retry write-back deliveries and resolve identity
+conflicts, admins also manage tokens and reload the configuration.
 Endpoints are plain functions run in the thread pool (the stores are synchronous).
 """
 
@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from adapters.api import (
     audit,
     configuration,
+    conflicts,
     health,
     jobs,
     orders,
@@ -40,8 +41,8 @@ PREFIX = "/api/v1"
 def api_router() -> APIRouter:
     """Every ``/api/v1`` router."""
     api = APIRouter(prefix=PREFIX)
-    routers = (studies, orders, jobs, results, vendors, routes, configuration, usage, audit)
-    for module in (*routers, tokens):
+    routers = (studies, orders, conflicts, jobs, results, vendors, routes, configuration)
+    for module in (*routers, usage, audit, tokens):
         api.include_router(module.router)
     return api
 

@@ -27,6 +27,7 @@ from adapters.dicom.mapping import instance_record_from_spooled_file
 from adapters.dicom.server import ListenerServer, LoadBoard, make_server
 from adapters.sockets import listen
 from broker.model.errors import DicomError, InvalidDicomError, StoreError
+from broker.model.identity import IdentityConflictError
 from broker.model.logging import configure_logging, get_logger
 from broker.runtime.edges import Edge, ServiceContext
 from broker.runtime.snapshot import Snapshot
@@ -288,7 +289,7 @@ def recover_spool(spool: Spool, store: StudyStore, settings: Settings) -> int:
             record = instance_record_from_spooled_file(path)
             store.record_instance(record, settings.dicom.study_stable_seconds)
             added += 1
-        except (InvalidDicomError, StoreError) as exc:
+        except (InvalidDicomError, StoreError, IdentityConflictError) as exc:
             LOG.error("spooled file cannot be indexed", file=path.name, error=str(exc))
     if added:
         LOG.warning("recovered spooled instances that were not yet indexed", count=added)

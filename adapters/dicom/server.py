@@ -56,6 +56,7 @@ from adapters.dicom_status import StoreFailure
 from adapters.results.intake import ResultIntake
 from broker.model.domain import ResultOrigin
 from broker.model.errors import InvalidDicomError, SpoolError, StoreError
+from broker.model.identity import ConflictKind, IdentityConflictError
 from broker.model.logging import get_logger
 from broker.store import StudyStore
 from broker.store.spool import Spool
@@ -117,6 +118,22 @@ def _status(code: int, comment: str) -> Dataset:
     ds.Status = code
     ds.ErrorComment = comment[:64]
     return ds
+
+
+#: The Error Comment (64 characters at most) of each identity conflict a C-STORE gets.
+IDENTITY_COMMENTS = {
+    ConflictKind.STUDY_PATIENT: "study is held for another patient; not stored",
+    ConflictKind.RESULT_PATIENT: "result names another patient than its study",
+    ConflictKind.RESULT_STUDY: "result is of another study than its job",
+}
+
+
+def _identity_refused(exc: IdentityConflictError, log: Any) -> Dataset:
+    """0xC409 for an object that names another patient (or study) than radbridge holds."""
+    kind = exc.report.kind
+    log.warning("c-store refused: identity conflict", kind=kind.value, problem=str(exc))
+    comment = IDENTITY_COMMENTS.get(kind, "identity conflict; not stored")
+    return _status(StoreFailure.IDENTITY_CONFLICT, comment)
 
 
 class Gatekeeper(ACSE):
@@ -275,7 +292,7 @@ class StoreSCP:
         log = self._log(event)
         tmp = Path(event.dataset_path)
         final: Path | None = None
-        existed = False
+        existed = placing = False
         flushing = _SYNC.submit(self.spool.flush, tmp)  # fdatasync runs while we parse
         settings = self.settings  # one configuration for the whole C-STORE
         called = settings.dicom.ae_titles.get(called_ae)
@@ -296,20 +313,28 @@ class StoreSCP:
             final = self.spool.path_for(
                 record.study_uid, record.series_uid, record.sop_instance_uid
             )
+            if final.exists():  # a resend: refuse another patient before its copy is replaced
+                self.store.check_instance(record)
             flushing.result()
+            placing = True  # from here a failure removes what was placed (unless it existed)
             existed = self.spool.place(tmp, final)
             indexed = self.store.record_instance(
                 replace(record, path=str(final)), settings.stable_seconds_for(called_ae)
             )
             if indexed.previous_path:
                 self.spool.discard(Path(indexed.previous_path))
+        except IdentityConflictError as exc:
+            wait([flushing])
+            if final is not None and placing and not existed:
+                self._discard_quietly(final)
+            return _identity_refused(exc, log)
         except InvalidDicomError as exc:
             wait([flushing])
             log.warning("c-store refused: cannot understand", error=str(exc))
             return _status(StoreFailure.CANNOT_UNDERSTAND, str(exc))
         except (SpoolError, StoreError, OSError) as exc:
             log.error("c-store failed: not stored", error=str(exc))
-            if final is not None and not existed:
+            if final is not None and placing and not existed:
                 self._discard_quietly(final)
             return _status(StoreFailure.OUT_OF_RESOURCES, "not stored: " + type(exc).__name__)
         log.info(
@@ -339,6 +364,9 @@ class StoreSCP:
                 peer_address=event.assoc.requestor.address,
                 flush=flushing.result,
             )
+        except IdentityConflictError as exc:
+            wait([flushing])
+            return _identity_refused(exc, log)
         except InvalidDicomError as exc:
             wait([flushing])
             log.warning("result c-store refused: cannot understand", error=str(exc))

@@ -15,6 +15,11 @@ Routes (JSON only, ``application/fhir+json``; requests may also say
 - ``POST /fhir``: a ``transaction`` Bundle (all entries are validated and
   mapped before anything is stored) or a ``batch`` (each entry on its own).
 
+An order whose ``subject`` is another patient than the order it would update
+(same resource id, placer, filler or accession number) is refused with 409 and
+an OperationOutcome at ``ServiceRequest.subject`` (a transaction: nothing of it
+is stored); the message and the identity conflict are kept for an operator.
+
 Reading needs a token of role viewer, writing one of role operator
 (:func:`adapters.api.auth.require`). Every answer of a write comes after the
 store has committed the order and the message as it came. Every error is an
@@ -53,6 +58,7 @@ from adapters.fhir.resources import (
 )
 from broker.model.domain import InboundMessage, OrderOutcome, OrderSource, Role, StoredOrder
 from broker.model.errors import NotFoundError, RadbridgeError
+from broker.model.identity import IdentityConflictError
 from broker.model.logging import get_logger
 from broker.store.orders import OrderStore
 
@@ -93,6 +99,8 @@ class FhirRoute(APIRoute):
                 return fhir_response(outcome, exc.status_code, dict(exc.headers or {}))
             except NotFoundError as exc:
                 return FhirError.one(404, str(exc)).response()
+            except IdentityConflictError as exc:
+                return identity_error(exc, "ServiceRequest.subject").response()
             except RadbridgeError as exc:
                 LOG.error("FHIR request failed in the store", path=request.url.path, error=str(exc))
                 return FhirError.one(
@@ -325,6 +333,10 @@ class FhirOrders:
         responses: list[dict[str, Any]] = [_patient_response() for _ in entries]
         try:
             outcomes = self.store.record_orders([(o, rid) for _, o, rid in planned], message)
+        except IdentityConflictError as exc:
+            refused = _entry_of(exc, planned)
+            where = None if refused is None else f"Bundle.entry[{refused}].resource.subject"
+            raise identity_error(exc, where, "the transaction was not stored; ") from exc
         except RadbridgeError as exc:
             raise FhirError.one(
                 500, f"the transaction could not be stored, nothing was: {exc}", code="exception"
@@ -347,6 +359,9 @@ class FhirOrders:
             return _order_response(self._store(order, message, resource_id))
         except FhirError as exc:
             return {"status": _status_line(exc.status), "outcome": exc.outcome()}
+        except IdentityConflictError as exc:
+            refused = identity_error(exc, f"Bundle.entry[{n}].resource.subject")
+            return {"status": _status_line(409), "outcome": refused.outcome()}
         except RadbridgeError as exc:
             LOG.error("batch entry not stored", entry=n, error=str(exc))
             failed = FhirError.one(500, f"Bundle.entry[{n}] could not be stored: {exc}")
@@ -381,6 +396,24 @@ def _entry_request(entry: Mapping[str, Any], resource: Mapping[str, Any], n: int
         f"{where}.method",
         code="not-supported",
     )
+
+
+def identity_error(
+    exc: IdentityConflictError, expression: str | None, before: str = ""
+) -> FhirError:
+    """409 for an order that names another patient than the order it would update."""
+    return FhirError.one(409, f"{before}{exc}", expression, code="conflict")
+
+
+def _entry_of(exc: IdentityConflictError, planned: list[tuple[int, Any, str | None]]) -> int | None:
+    """The entry of a transaction whose order was refused (its patient and identifier)."""
+    report = exc.report
+    for n, order, resource_id in planned:
+        values = (order.placer_number, order.filler_number, order.accession_number, resource_id)
+        same = order.patient.patient_id == report.claimed.patient_id
+        if same and any(v and report.subject.endswith(f" {v}") for v in values):
+            return int(n)
+    return None
 
 
 def _bundle_patients(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

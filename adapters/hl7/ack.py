@@ -52,11 +52,14 @@ class ErrorCode(enum.IntEnum):
     UNSUPPORTED_EVENT_CODE = 201
     UNSUPPORTED_PROCESSING_ID = 202
     UNSUPPORTED_VERSION_ID = 203
+    UNKNOWN_KEY_IDENTIFIER = 204
+    DUPLICATE_KEY_IDENTIFIER = 205
     APPLICATION_INTERNAL_ERROR = 207
 
     @property
     def text(self) -> str:
-        return self.name.replace("_", " ").capitalize().replace(" id", " ID")
+        words = self.name.replace("_", " ").capitalize().split(" ")
+        return " ".join("ID" if word == "id" else word for word in words)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,12 @@
   when possible.
 - The store failed: ``AE`` saying storage failed, so that the sender tries
   again; never ``AA``.
+- It would move an order, an accession number or a patient's records to
+  another patient (:class:`~broker.model.identity.IdentityConflictError`):
+  ``AE`` with an ERR naming the field (205 duplicate key identifier at PID-3 for
+  an order of another patient, 204 unknown key identifier at MRG-1 for a merge of
+  an unknown patient…); nothing was applied, the message and the conflict are
+  kept for an operator (``radbridge conflicts list``).
 
 The store is called synchronously: the listener runs :meth:`MessageHandler.handle`
 on its single store thread, never on the event loop.
@@ -30,6 +36,7 @@ from adapters.hl7.mapping import (
 )
 from adapters.hl7.parse import Header, Hl7ParseError, parse, read_header
 from broker.model.domain import InboundMessage, Order, OrderOutcome, OrderSource, Patient
+from broker.model.identity import ConflictKind, ConflictReason, IdentityConflictError
 from broker.model.logging import get_logger
 
 LOG = get_logger("radbridge.hl7")
@@ -44,8 +51,8 @@ class OrderSink(Protocol):
 
     def record_patient(self, patient: Patient, message: InboundMessage) -> int: ...
 
-    def merge_patients(
-        self, surviving: Patient, prior: Patient, message: InboundMessage
+    def merge_all(
+        self, merges: Sequence[tuple[Patient, Patient]], message: InboundMessage
     ) -> int: ...
 
     def record_message(self, message: InboundMessage, *, error: str) -> int: ...
@@ -92,6 +99,7 @@ class MessageHandler:
             raw=raw,
             peer=peer,
             control_id=header.control_id[:64] or None,
+            sender=f"hl7:{header.sending_application_raw}^{header.sending_facility_raw}"[:160],
         )
         try:
             event = event_from_message(message)
@@ -104,6 +112,8 @@ class MessageHandler:
             return self._answer(header, AckCode.AE, problem, peer)
         try:
             self._store(event, inbound)
+        except IdentityConflictError as exc:
+            return self._answer(header, AckCode.AE, identity_problem(exc), peer)
         except Exception as exc:
             return self._answer(header, AckCode.AE, self._storage_failed(exc, header), peer)
         return self._answer(header, AckCode.AA, None, peer)
@@ -137,9 +147,8 @@ class MessageHandler:
         elif isinstance(event, PatientEvent):
             self.sink.record_patient(event.patient, inbound)
         else:
-            for surviving, prior in event.merges:
-                moved = self.sink.merge_patients(surviving, prior, inbound)
-                LOG.info("patients merged", moved=moved, control_id=inbound.control_id)
+            moved = self.sink.merge_all(event.merges, inbound)
+            LOG.info("patients merged", moved=moved, control_id=inbound.control_id)
 
     def _storage_failed(self, exc: Exception, header: Header) -> Problem:
         LOG.error(
@@ -194,3 +203,18 @@ class MessageHandler:
             codec = (header.codec if header is not None else None) or "utf-8"
             reply = text.encode(codec, errors="replace")
         return Handled(outcome, reply, kind, control_id, problem)
+
+
+def identity_problem(exc: IdentityConflictError) -> Problem:
+    """The ERR of a message refused for naming another patient: the condition and the field
+    that names the patient (PID-3, or MRG-1 for the prior patient of a merge)."""
+    report = exc.report
+    code = {
+        ConflictReason.UNKNOWN_PATIENT: ErrorCode.UNKNOWN_KEY_IDENTIFIER,
+        ConflictReason.AMBIGUOUS_ISSUER: ErrorCode.REQUIRED_FIELD_MISSING,
+    }.get(report.reason, ErrorCode.DUPLICATE_KEY_IDENTIFIER)
+    segment = "MRG" if report.kind is ConflictKind.PATIENT_MERGE else "PID"
+    field = 1 if segment == "MRG" else 3
+    if report.reason is ConflictReason.ACROSS_ISSUERS:
+        segment, field = "MRG", 1
+    return Problem(code, str(exc), segment, 1, field)

@@ -10,11 +10,14 @@ Routes on radbridge's HTTP server:
   some failed, 409 none stored; the body lists the stored objects in
   ReferencedSOPSequence (0008,1199) and the failed ones in FailedSOPSequence
   (0008,1198) with a FailureReason (0008,1197): 0xC000 cannot understand,
-  0xA900 not of the study in the URL, 0xA700 not stored (try again).
+  0xA900 not of the study in the URL, 0xC409 of another patient than its study
+  or of another study than its job's (see ``radbridge conflicts``), 0xA700 not
+  stored (try again).
 - ``POST /results/jobs/{job_id}/findings``: the JSON findings of one job
   (schema in README, :mod:`adapters.results.findings`); 202 with the result
   id, 400 with the list of problems (each naming its field), 404 no such job,
-  409 the job is not at the vendor (pending, failed, dead, cancelled).
+  409 the job is not at the vendor (pending, failed, dead, cancelled) or the
+  findings reference images of another study.
 
 Authentication: ``Authorization: Bearer <secret>``. The secret is the
 vendor's results token (``RADBRIDGE_VENDORS__<NAME>__RESULTS__TOKEN``; it
@@ -51,6 +54,7 @@ from broker.model.errors import (
     SpoolError,
     StoreError,
 )
+from broker.model.identity import IdentityConflictError
 from broker.model.jobs import JobState
 from broker.model.logging import get_logger
 from broker.runtime.edges import ServiceContext
@@ -283,6 +287,14 @@ class ResultsApi:
                 calling_ae=None,
                 peer_address=peer,
             )
+        except IdentityConflictError as exc:
+            fail(
+                StoreFailure.IDENTITY_CONFLICT,
+                header.sop_class_uid,
+                header.sop_instance_uid,
+                str(exc),
+            )
+            return
         except InvalidDicomError as exc:
             fail(StoreFailure.CANNOT_UNDERSTAND, header.sop_class_uid, None, str(exc))
             return
@@ -335,6 +347,9 @@ class ResultsApi:
             result_id = self.intake.store.record_findings(job_id, findings)
         except ResultError as exc:
             return JSONResponse({"error": str(exc), "problems": exc.problems}, status_code=400)
+        except IdentityConflictError as exc:
+            LOG.warning("findings refused: identity conflict", job_id=job_id, problem=str(exc))
+            return JSONResponse({"error": str(exc), "problems": [str(exc)]}, status_code=409)
         except StoreError as exc:
             LOG.error("findings not stored", job_id=job_id, error=str(exc))
             raise HTTPException(503, "findings not stored; send them again") from exc

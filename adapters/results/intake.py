@@ -4,21 +4,26 @@ A received object is read (header only), flushed to disk, renamed to
 ``SPOOL/results/STUDY/SOP.dcm`` and recorded (:class:`broker.store.results.ResultStore`)
 before the sender is told it was stored. It never goes into the study index:
 its Study Instance UID is the source study's, and indexing it would re-open
-that study and route it again.
+that study and route it again. An object that names another patient than its
+study, or is of another study than its job's, raises
+:class:`~broker.model.identity.IdentityConflictError` and is not kept (a resent
+one is refused before it could replace the stored copy).
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 
 from adapters.results.objects import ResultHeader, read_result_header
 from broker.model.domain import ResultObject, ResultOrigin
 from broker.model.errors import InvalidDicomError, SpoolError
+from broker.model.identity import IdentityConflictError
 from broker.model.logging import get_logger
 from broker.runtime.results import vendors_for_ae
 from broker.runtime.snapshot import result_policies
@@ -101,7 +106,7 @@ class ResultIntake:
         success only after this returns. ``flush`` waits for a flush already under way
         (default: flush now). Raises :class:`InvalidDicomError` (nothing stored), or
         :class:`SpoolError` / :class:`StoreError` (nothing acknowledged; the file may stay,
-        a resend replaces it)."""
+        a resend replaces it), or :class:`IdentityConflictError` (nothing kept)."""
         self._use_policies_in_force()
         header = read_result_header(tmp, sop_class_uid)
         if sop_instance_uid is not None and header.sop_instance_uid != sop_instance_uid:
@@ -110,30 +115,43 @@ class ResultIntake:
                 f"of the request ({sop_instance_uid})"
             )
         final = self.spool.result_path_for(header.study_uid, header.sop_instance_uid)
+        obj = ResultObject(
+            sop_instance_uid=header.sop_instance_uid,
+            sop_class_uid=header.sop_class_uid,
+            series_uid=header.series_uid,
+            study_uid=header.study_uid,
+            path=str(final),
+            size=0,
+            origin=origin,
+        )
+        matching: dict[str, Any] = {
+            "vendors": vendors,
+            "referenced_studies": header.referenced_studies,
+            "referenced_series": header.referenced_series,
+            "calling_ae": calling_ae,
+            "peer_address": peer_address,
+            "patient": header.patient,
+        }
+        existed = final.exists()
+        if existed:
+            self.store.check_object(obj, **matching)
         if flush is None:
             self.spool.flush(tmp)
         else:
             flush()
         size = tmp.stat().st_size
         self.spool.place(tmp, final)
-        recorded = self.store.record_object(
-            ResultObject(
-                sop_instance_uid=header.sop_instance_uid,
-                sop_class_uid=header.sop_class_uid,
-                series_uid=header.series_uid,
-                study_uid=header.study_uid,
-                path=str(final),
-                size=size,
-                origin=origin,
-            ),
-            transfer_syntax_uid=transfer_syntax_uid,
-            vendors=vendors,
-            referenced_studies=header.referenced_studies,
-            referenced_series=header.referenced_series,
-            calling_ae=calling_ae,
-            peer_address=peer_address,
-            urgent=header.urgent,
-        )
+        try:
+            recorded = self.store.record_object(
+                replace(obj, size=size),
+                transfer_syntax_uid=transfer_syntax_uid,
+                urgent=header.urgent,
+                **matching,
+            )
+        except IdentityConflictError:
+            if not existed:
+                self.spool.discard(final)
+            raise
         if recorded.previous_path:
             try:
                 self.spool.discard(Path(recorded.previous_path))

@@ -12,7 +12,7 @@ radbridge's own SR writes for an urgent finding (TID 1500 measurement group).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError as PydicomInvalid
 
+from broker.model.domain import Patient
 from broker.model.errors import InvalidDicomError
 
 #: (scheme, value) of the concept name and value that mark an urgent SR.
@@ -59,6 +60,8 @@ class ResultHeader:
     urgent: bool
     transfer_syntax_uid: str | None = None
     """From the file meta information (None: the file has none)."""
+    patient: Patient = field(default_factory=Patient)
+    """Patient ID and Issuer of Patient ID: the result must name its study's patient."""
 
     @property
     def is_sr(self) -> bool:
@@ -67,6 +70,15 @@ class ResultHeader:
 
 def _uid(ds: Dataset, keyword: str) -> str | None:
     value = ds.get(keyword)
+    text = str(value).strip().strip("\x00") if value is not None else ""
+    return text or None
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # a value pydicom cannot decode counts as absent
+        return None
     text = str(value).strip().strip("\x00") if value is not None else ""
     return text or None
 
@@ -154,4 +166,5 @@ def read_result_header(path: Path, sop_class_uid: str | None = None) -> ResultHe
         referenced_series=series,
         urgent=sop_class in SR_CLASSES and _urgent(_items(ds, "ContentSequence")),
         transfer_syntax_uid=_uid(ds.file_meta, "TransferSyntaxUID") if ds.file_meta else None,
+        patient=Patient(patient_id=_text(ds, "PatientID"), issuer=_text(ds, "IssuerOfPatientID")),
     )

@@ -16,6 +16,7 @@ from rich.table import Table
 from broker.cli.audit import app as audit_app
 from broker.cli.common import ConfigOption, JsonOption, err, out, settings_or_exit
 from broker.cli.config import app as config_app
+from broker.cli.conflicts import app as conflicts_app
 from broker.cli.deliveries import app as deliveries_app
 from broker.cli.jobs import app as jobs_app
 from broker.cli.orders import app as orders_app
@@ -44,6 +45,7 @@ app.add_typer(routes_app, name="routes")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(orders_app, name="orders")
+app.add_typer(conflicts_app, name="conflicts")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(audit_app, name="audit")
 app.add_typer(usage_app, name="usage")

@@ -226,7 +226,8 @@ class InboundMessage:
 
     ``kind`` names it for people (``ORM^O01``, ``ADT^A40``, ``ServiceRequest``,
     ``Bundle``); ``control_id`` is HL7's MSH-10 (or a FHIR request id);
-    ``peer`` is the sender's address.
+    ``peer`` is the sender's address; ``sender`` who sent it, as the audit trail
+    names it (``hl7:RIS^HOSP`` from MSH-3 and MSH-4, ``token:3 (ris)``).
     """
 
     source: OrderSource
@@ -234,6 +235,7 @@ class InboundMessage:
     raw: bytes
     peer: str = ""
     control_id: str | None = None
+    sender: str = ""
 
 
 @dataclass(frozen=True, slots=True)

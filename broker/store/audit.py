@@ -4,12 +4,16 @@ Every operator action (``job.retry``, ``job.cancel``, ``delivery.retry``,
 ``token.create``, ``token.revoke``, ``config.reload``), every study sent out of
 the hospital (``study.sent``: vendor, series, route) and every result written
 back (``result.written``: target, SOP Instance UIDs or message control ID) is
-one row. :class:`AuditLog` has no update or delete
-method, and the table refuses both (a trigger on SQLite and PostgreSQL).
+one row, and so is every change of who a record belongs to: an ADT update
+(``patient.update``) or merge (``patient.merge``: the studies and orders moved),
+and an operator resolving an identity conflict (``conflict.resolve``).
+:class:`AuditLog` has no update or delete method, and the table refuses both (a
+trigger on SQLite and PostgreSQL).
 
 The actor is ``token:ID (NAME)`` for the HTTP API (:func:`token_actor`),
-``cli:USER`` for the command line (:func:`cli_actor`) and ``radbridge`` for
-what the service does itself (:data:`SYSTEM`).
+``cli:USER`` for the command line (:func:`cli_actor`), ``hl7:APP^FACILITY`` for an
+HL7 message (MSH-3 and MSH-4) and ``radbridge`` for what the service does itself
+(:data:`SYSTEM`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ class Action:
     CONFIG_RELOAD = "config.reload"
     STUDY_SENT = "study.sent"
     RESULT_WRITTEN = "result.written"
+    PATIENT_UPDATE = "patient.update"
+    PATIENT_MERGE = "patient.merge"
+    CONFLICT_RESOLVE = "conflict.resolve"
 
 
 def cli_actor() -> str:

@@ -3,8 +3,10 @@ flagged because the patient differs.
 
 An order and a study belong together by accession number, otherwise by Study Instance
 UID; the patient ID (and its issuer, where both sides have one) must agree, or the link
-is kept as ``patient_mismatch`` for an operator and never used for routing. Linking a
-stable study asks routing to decide it again (``studies.route_due_at``).
+is kept as ``patient_mismatch`` for an operator and never used for routing, and an
+identity conflict (``order_study``, flagged) is recorded. A study already linked to an
+order of its own patient keeps that link when another patient's order matches it too.
+Linking a stable study asks routing to decide it again (``studies.route_due_at``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from typing import Any
 from sqlalchemy import Connection, Row, insert, select, update
 
 from broker.model.domain import LinkState, OrderLink, Patient, StoredOrder, Study, StudyState
+from broker.model.identity import ConflictAction, ConflictKind, ConflictReason, ConflictReport
+from broker.model.identity import patient_conflict as _differs
+from broker.store.conflicts import record_conflict, settle_flagged
 from broker.store.tables import order_links, orders, studies
 
 
@@ -32,17 +37,44 @@ def link_of(r: Row[Any]) -> OrderLink:
 
 def patient_conflict(order: Patient, study: Patient) -> str | None:
     """Why the order's patient is not the study's, or None when they may be the same."""
-    if order.patient_id and study.patient_id and order.patient_id != study.patient_id:
-        return "patient ID differs between the order and the study"
-    if (
-        order.patient_id
-        and order.patient_id == study.patient_id
-        and order.issuer
-        and study.issuer
-        and order.issuer != study.issuer
-    ):
-        return "issuer of patient ID differs between the order and the study"
-    return None
+    why = _differs(order, study)
+    return None if why is None else f"{why} between the order and the study"
+
+
+def flag(
+    conn: Connection,
+    study_uid: str,
+    order: StoredOrder,
+    study_patient: Patient,
+    *,
+    matched_on: str,
+    detail: str,
+    now: datetime,
+) -> None:
+    """Record the identity conflict of an order and a study that match but name different
+    patients (kept, flagged; counted once while it is open)."""
+    key = "accession_number" if matched_on == "accession" else matched_on
+    value = order.order.accession_number if key == "accession_number" else study_uid
+    record_conflict(
+        conn,
+        ConflictReport(
+            kind=ConflictKind.ORDER_STUDY,
+            action=ConflictAction.FLAGGED,
+            detail=(
+                f"the order and the study match by {key.replace('_', ' ')} but {detail}; "
+                "the order is not linked and the study is not routed with it"
+            ),
+            subject=f"{key.replace('_', ' ')} {value}",
+            reason=ConflictReason.OTHER_PATIENT,
+            matched_on=key,
+            held=study_patient,
+            claimed=order.order.patient,
+            study_uid=study_uid,
+            order_id=order.id,
+        ),
+        source=order.order.source.value,
+        now=now,
+    )
 
 
 def _study_patient(r: Any) -> Patient:
@@ -66,6 +98,19 @@ def correlate(
     for study in candidates:
         conflict = patient_conflict(order.patient, _study_patient(study))
         state = LinkState.LINKED if conflict is None else LinkState.PATIENT_MISMATCH
+        if conflict is not None:
+            flag(
+                conn,
+                study.study_uid,
+                stored,
+                _study_patient(study),
+                matched_on=matched_on,
+                detail=conflict,
+                now=now,
+            )
+            if _linked_elsewhere(conn, study.study_uid, stored.id):
+                flagged.append(study.study_uid)
+                continue
         previous = save_link(
             conn,
             study.study_uid,
@@ -76,6 +121,10 @@ def correlate(
             detail=conflict,
         )
         if state is LinkState.LINKED:
+            if previous is LinkState.PATIENT_MISMATCH:
+                settle_flagged(
+                    conn, study.study_uid, stored.id, why="the patients agree now", now=now
+                )
             linked.append(study.study_uid)
             if previous is not LinkState.LINKED and study.state == StudyState.STABLE.value:
                 conn.execute(
@@ -86,6 +135,18 @@ def correlate(
         else:
             flagged.append(study.study_uid)
     return linked, flagged
+
+
+def _linked_elsewhere(conn: Connection, study_uid: str, order_id: int) -> bool:
+    """Whether the study is linked (not flagged) to another order than ``order_id``."""
+    found = conn.execute(
+        select(order_links.c.order_id).where(
+            order_links.c.study_uid == study_uid,
+            order_links.c.state == LinkState.LINKED.value,
+            order_links.c.order_id != order_id,
+        )
+    ).first()
+    return found is not None
 
 
 def save_link(
@@ -119,19 +180,15 @@ def save_link(
 
 
 def find_for_study(conn: Connection, study: Study) -> tuple[Row[Any] | None, str]:
-    """The newest order with the study's accession number, else with its Study Instance UID;
-    and what matched."""
+    """The newest order with the study's accession number, else with its Study Instance UID,
+    preferring one of the study's own patient; and what matched."""
     newest = (orders.c.updated_at.desc(), orders.c.id.desc())
+    searches = [(orders.c.study_uid == study.study_uid, "study_uid")]
     if study.accession_number:
-        row = conn.execute(
-            select(orders)
-            .where(orders.c.accession_number == study.accession_number)
-            .order_by(*newest)
-            .limit(1)
-        ).one_or_none()
-        if row is not None:
-            return row, "accession"
-    row = conn.execute(
-        select(orders).where(orders.c.study_uid == study.study_uid).order_by(*newest).limit(1)
-    ).one_or_none()
-    return row, "study_uid"
+        searches.insert(0, (orders.c.accession_number == study.accession_number, "accession"))
+    for condition, matched_on in searches:
+        rows = conn.execute(select(orders).where(condition).order_by(*newest).limit(20)).all()
+        if rows:
+            same = [r for r in rows if patient_conflict(_study_patient(r), study.patient) is None]
+            return (same or rows)[0], matched_on
+    return None, "study_uid"

@@ -16,18 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    Connection,
-    Engine,
-    Row,
-    and_,
-    bindparam,
-    func,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import Connection, Engine, Row, bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.model.domain import (
@@ -44,29 +33,26 @@ from broker.model.domain import (
     Study,
 )
 from broker.model.errors import NotFoundError, StoreError
+from broker.model.identity import IdentityConflictError
+from broker.store.audit import Action, record_in
+from broker.store.conflicts import record_conflict
 from broker.store.engine import writing
 from broker.store.jobs import cancel_for_studies
+from broker.store.order_identity import check_order
 from broker.store.order_links import (
     correlate,
     find_for_study,
+    flag,
     link_of,
     patient_conflict,
     save_link,
 )
 from broker.store.order_sql import OrderSql
-from broker.store.studies import _insert
-from broker.store.tables import order_links, order_messages, orders, patients, studies
+from broker.store.patients import apply_merge, apply_update, check_merge, check_update
+from broker.store.tables import order_links, order_messages, orders
 
 #: Order states that stop the order's studies from being routed and cancel their unsent jobs.
 CANCELLED_STATES = frozenset({OrderStatus.CANCELLED, OrderStatus.DISCONTINUED})
-
-_PATIENT_COLUMNS = {
-    "patient_id": "patient_id",
-    "issuer": "issuer_of_patient_id",
-    "name": "patient_name",
-    "birth_date": "patient_birth_date",
-    "sex": "patient_sex",
-}
 
 
 def _order_values(order: Order) -> dict[str, Any]:
@@ -123,15 +109,6 @@ def _order(r: Row[Any]) -> StoredOrder:
             requested_procedure_id=r.requested_procedure_id,
         ),
     )
-
-
-def _same_patient(table: Any, patient: Patient) -> ColumnElement[bool]:
-    """Rows of ``patient``: same ID; the issuer must agree only where both sides have one."""
-    condition: ColumnElement[bool] = table.c.patient_id == patient.patient_id
-    if patient.issuer:
-        issuer = table.c.issuer_of_patient_id
-        condition = and_(condition, or_(issuer.is_(None), issuer == "", issuer == patient.issuer))
-    return condition
 
 
 def _params(table: Any, names: Sequence[str]) -> dict[str, Any]:
@@ -196,13 +173,40 @@ class OrderStore:
     def record_orders(
         self, orders_: Sequence[tuple[Order, str | None]], message: InboundMessage
     ) -> list[OrderOutcome]:
-        """:meth:`record_order` for several orders (a FHIR transaction): all or none."""
+        """:meth:`record_order` for several orders (a FHIR transaction): all or none.
+
+        An order that names another patient than the order (or accession number) it
+        would update raises :class:`IdentityConflictError`: nothing is stored but the
+        message, kept with why, and the identity conflict.
+        """
         now = datetime.now(UTC)
         try:
             with writing(self.engine) as conn:
                 return [self._record(conn, o, message, rid, now) for o, rid in orders_]
+        except IdentityConflictError as exc:
+            self._refused(message, exc)
+            raise
         except self._errors as exc:
             raise StoreError(f"cannot store the order: {exc}") from exc
+
+    def _refused(self, message: InboundMessage, exc: IdentityConflictError) -> None:
+        """Keep a refused message with why, and its identity conflict, in a new transaction
+        (the one that found the conflict was rolled back)."""
+        now = datetime.now(UTC)
+        try:
+            with writing(self.engine) as conn:
+                message_id = self._keep(conn, message, now, error=str(exc))
+                record_conflict(
+                    conn,
+                    exc.report,
+                    source=message.source.value,
+                    sender=message.sender,
+                    peer=message.peer,
+                    message_id=message_id,
+                    now=now,
+                )
+        except self._errors as store_exc:
+            raise StoreError(f"cannot store the refused message: {store_exc}") from store_exc
 
     def _record(
         self,
@@ -213,6 +217,8 @@ class OrderStore:
         now: datetime,
     ) -> OrderOutcome:
         existing = self._match(conn, order, resource_id)
+        if existing is not None or resource_id is not None:
+            check_order(conn, order, existing, resource_id)
         if existing is None:
             rid = resource_id or uuid.uuid4().hex
             stamp = self._sql.when(now)
@@ -251,57 +257,80 @@ class OrderStore:
         )
 
     def record_patient(self, patient: Patient, message: InboundMessage) -> int:
-        """ADT A01/A04/A08: register or update a patient; returns studies + orders updated."""
+        """ADT A01/A04/A08: register or update a patient (audited); returns studies + orders
+        updated. :class:`IdentityConflictError` when the patient ID without issuer is held
+        for several issuers (nothing changed; the message kept with why)."""
         if not patient.patient_id:
             raise ValueError("a patient update needs a patient ID")
         now = datetime.now(UTC)
-        changes = {
-            column: getattr(patient, attr)
-            for attr, column in _PATIENT_COLUMNS.items()
-            if attr in ("name", "birth_date", "sex") and getattr(patient, attr) is not None
-        }
         try:
             with writing(self.engine) as conn:
-                self._keep(conn, message, now)
-                self._upsert_patient(conn, patient, now)
-                updated = 0
-                if changes:
-                    for table in (studies, orders):
-                        updated += conn.execute(
-                            update(table).where(_same_patient(table, patient)).values(changes)
-                        ).rowcount
+                check_update(conn, patient)
+                message_id = self._keep(conn, message, now)
+                done = apply_update(conn, patient, now)
+                self._audit(conn, message, Action.PATIENT_UPDATE, message_id, done, now=now)
+        except IdentityConflictError as exc:
+            self._refused(message, exc)
+            raise
         except self._errors as exc:
             raise StoreError(f"cannot store the patient update: {exc}") from exc
-        return updated
+        return int(done["studies"]) + int(done["orders"])
 
     def merge_patients(self, surviving: Patient, prior: Patient, message: InboundMessage) -> int:
         """ADT A40: move the prior patient's studies and orders to the survivor; returns moved."""
-        if not surviving.patient_id or not prior.patient_id:
+        return self.merge_all([(surviving, prior)], message)
+
+    def merge_all(self, merges: Sequence[tuple[Patient, Patient]], message: InboundMessage) -> int:
+        """ADT A40: each (surviving, prior) pair, all or none, each audited; returns studies +
+        orders moved. :class:`IdentityConflictError` when one cannot be applied safely
+        (:func:`broker.store.patients.check_merge`): nothing merged, the message kept."""
+        if any(not s.patient_id or not p.patient_id for s, p in merges):
             raise ValueError("a merge needs the surviving and the prior patient ID")
         now = datetime.now(UTC)
-        moved_to = {
-            column: getattr(surviving, attr)
-            for attr, column in _PATIENT_COLUMNS.items()
-            if getattr(surviving, attr) is not None
-        }
+        moved = 0
         try:
             with writing(self.engine) as conn:
-                self._keep(conn, message, now)
-                survivor_id = self._upsert_patient(conn, surviving, now)
-                prior_id = self._upsert_patient(conn, prior, now)
-                conn.execute(
-                    update(patients)
-                    .where(patients.c.id == prior_id)
-                    .values(merged_into=survivor_id, updated_at=now)
-                )
-                moved = 0
-                for table in (studies, orders):
-                    moved += conn.execute(
-                        update(table).where(_same_patient(table, prior)).values(moved_to)
-                    ).rowcount
+                message_id = self._keep(conn, message, now)
+                for surviving, prior in merges:
+                    check_merge(conn, surviving, prior)
+                    done = apply_merge(conn, surviving, prior, now)
+                    self._audit(conn, message, Action.PATIENT_MERGE, message_id, done, now=now)
+                    moved += len(done["studies"]) + len(done["orders"])
+        except IdentityConflictError as exc:
+            self._refused(message, exc)
+            raise
         except self._errors as exc:
             raise StoreError(f"cannot store the patient merge: {exc}") from exc
         return moved
+
+    @staticmethod
+    def _audit(
+        conn: Connection,
+        message: InboundMessage,
+        action: str,
+        message_id: int,
+        done: dict[str, Any],
+        *,
+        now: datetime,
+    ) -> None:
+        """The audit row of an applied ADT update or merge (patients by their row id)."""
+        detail = {k: v for k, v in done.items() if k != "patient"}
+        if "prior" in detail:
+            detail["prior"] = f"patient:{detail['prior']}"
+        record_in(
+            conn,
+            message.sender or f"{message.source.value}:{message.peer}",
+            action,
+            f"patient:{done['patient']}",
+            detail={
+                **detail,
+                "message": message.kind,
+                "message_id": message_id,
+                "control_id": message.control_id,
+            },
+            peer=message.peer,
+            now=now,
+        )
 
     def record_message(self, message: InboundMessage, *, error: str) -> int:
         """Keep a message that could not be used (answered AE), with why; returns its id."""
@@ -332,22 +361,6 @@ class OrderStore:
         }
         return self._sql.keep(conn, params)
 
-    def _upsert_patient(self, conn: Connection, patient: Patient, now: datetime) -> int:
-        values = {
-            "patient_id": patient.patient_id,
-            "issuer_of_patient_id": patient.issuer or "",
-            "patient_name": patient.name,
-            "patient_birth_date": patient.birth_date,
-            "patient_sex": patient.sex,
-            "updated_at": now,
-        }
-        stmt = _insert(conn, patients).values(values)
-        fill = {k: stmt.excluded[k] for k in values if values[k] is not None}
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["patient_id", "issuer_of_patient_id"], set_=fill
-        ).returning(patients.c.id)
-        return int(conn.execute(stmt).scalar_one())
-
     def _match(self, conn: Connection, order: Order, resource_id: str | None) -> int | None:
         """The id of the order this one updates: by resource id when given; else by placer
         number, then filler number, then accession number + issuer."""
@@ -372,7 +385,8 @@ class OrderStore:
         """The study's linked order, correlating (and recording the link) if not done yet.
 
         Returns ``(None, link)`` when an order matched but is flagged (patient
-        mismatch), and ``(None, None)`` when no order matches.
+        mismatch), and ``(None, None)`` when no order matches. A linked order is given
+        only while its patient is the study's: routing never gets another patient's order.
         """
         now = datetime.now(UTC)
         try:
@@ -382,7 +396,9 @@ class OrderStore:
                 ).one_or_none()
                 if link is not None and link.state == LinkState.LINKED.value:
                     linked = conn.execute(select(orders).where(orders.c.id == link.order_id))
-                    return _order(linked.one()), link_of(link)
+                    held = _order(linked.one())
+                    if patient_conflict(held.order.patient, study.patient) is None:
+                        return held, link_of(link)
             with writing(self.engine) as conn:
                 row, matched_on = find_for_study(conn, study)
                 if row is None:
@@ -399,6 +415,16 @@ class OrderStore:
                     now=now,
                     detail=conflict,
                 )
+                if conflict is not None:
+                    flag(
+                        conn,
+                        study.study_uid,
+                        stored,
+                        study.patient,
+                        matched_on=matched_on,
+                        detail=conflict,
+                        now=now,
+                    )
                 saved = conn.execute(
                     select(order_links).where(order_links.c.study_uid == study.study_uid)
                 ).one()

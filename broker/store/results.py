@@ -11,6 +11,9 @@ or findings. The due time is a column, so a restart continues the countdown.
 An object that matches no job is kept in an orphan result (``job_id`` NULL,
 no due time): listed by :meth:`ResultStore.orphans`, never dropped.
 A resent object (same SOP Instance UID) replaces the stored one and counts once.
+An object or findings that name another patient than their study, or belong to
+another study than their job's, are refused (:mod:`broker.store.result_identity`):
+the identity conflict is recorded, :class:`IdentityConflictError` raised.
 """
 
 from __future__ import annotations
@@ -36,10 +39,14 @@ from broker.model.domain import (
     ResultOrigin,
     ResultState,
 )
+from broker.model.domain import Patient as _Patient
 from broker.model.errors import NotFoundError, ResultError, StoreError
+from broker.model.identity import ConflictReport, IdentityConflictError
 from broker.model.jobs import JobState, check_transition
+from broker.store.conflicts import record_conflict
 from broker.store.engine import writing
 from broker.store.jobs import _record
+from broker.store.result_identity import findings_conflict, object_conflict
 from broker.store.tables import jobs, result_objects, results, series
 
 #: Longest error text kept on a result.
@@ -182,6 +189,7 @@ class ResultStore:
         calling_ae: str | None = None,
         peer_address: str | None = None,
         urgent: bool = False,
+        patient: _Patient | None = None,
         now: datetime | None = None,
     ) -> Recorded:
         """Record one durably spooled result object and match it to its job.
@@ -190,8 +198,13 @@ class ResultStore:
         may be) for the object's study, else for a study it references
         (``referenced_studies``, or the studies of ``referenced_series``). No
         job: the object goes into an orphan result of its study and sender.
+        An object that names another ``patient`` than that study, or is of another
+        study radbridge holds than its job's, is refused: the conflict is recorded
+        and :class:`IdentityConflictError` raised.
         """
         now = _now(now)
+        refused: ConflictReport | None = None
+        recorded: Recorded | None = None
         try:
             with writing(self.engine) as conn:
                 old = conn.execute(
@@ -199,50 +212,115 @@ class ResultStore:
                         result_objects.c.id, result_objects.c.result_id, result_objects.c.path
                     ).where(result_objects.c.sop_instance_uid == obj.sop_instance_uid)
                 ).one_or_none()
-                if old is not None:
+                job = _job_of(
+                    conn,
+                    old,
+                    obj,
+                    vendors=vendors,
+                    studies=referenced_studies,
+                    series_uids=referenced_series,
+                )
+                refused = object_conflict(conn, obj, job, patient or _Patient())
+                values = _object_values(obj, transfer_syntax_uid, calling_ae, peer_address)
+                if refused is not None:
+                    record_conflict(
+                        conn,
+                        refused,
+                        source=ResultOrigin(obj.origin).value,
+                        sender=calling_ae or ",".join(vendors),
+                        peer=peer_address or "",
+                        now=now,
+                    )
+                elif old is not None:
                     conn.execute(
                         update(result_objects)
                         .where(result_objects.c.id == old.id)
                         .values(
-                            **_object_values(obj, transfer_syntax_uid, calling_ae, peer_address),
+                            **values,
                             received_at=now,
                             receive_count=result_objects.c.receive_count + 1,
                         )
                     )
                     row = self._touch(conn, old.result_id, urgent=urgent, now=now)
-                    return Recorded(
+                    recorded = Recorded(
                         result_id=old.result_id,
                         job_id=row.job_id,
                         vendor=row.vendor,
                         duplicate=True,
                         previous_path=old.path if old.path != obj.path else None,
                     )
-                job = _match(conn, vendors, obj.study_uid, referenced_studies, referenced_series)
-                if job is not None:
-                    result_id = self._open(
-                        conn, job_id=job.id, study_uid=job.study_uid, vendor=job.vendor, now=now
-                    )
                 else:
-                    vendor = vendors[0] if len(vendors) == 1 else None
-                    result_id = self._open_orphan(conn, obj.study_uid, vendor, calling_ae, now)
-                conn.execute(
-                    insert(result_objects).values(
-                        result_id=result_id,
-                        **_object_values(obj, transfer_syntax_uid, calling_ae, peer_address),
-                        received_at=now,
-                        receive_count=1,
+                    if job is not None:
+                        result_id = self._open(
+                            conn, job_id=job.id, study_uid=job.study_uid, vendor=job.vendor, now=now
+                        )
+                    else:
+                        vendor = vendors[0] if len(vendors) == 1 else None
+                        result_id = self._open_orphan(conn, obj.study_uid, vendor, calling_ae, now)
+                    conn.execute(
+                        insert(result_objects).values(
+                            result_id=result_id, **values, received_at=now, receive_count=1
+                        )
                     )
-                )
-                row = self._touch(conn, result_id, urgent=urgent, now=now)
+                    row = self._touch(conn, result_id, urgent=urgent, now=now)
+                    recorded = Recorded(
+                        result_id=result_id,
+                        job_id=row.job_id,
+                        vendor=row.vendor,
+                        duplicate=False,
+                        previous_path=None,
+                    )
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot record result object: {exc}") from exc
-        return Recorded(
-            result_id=result_id,
-            job_id=row.job_id,
-            vendor=row.vendor,
-            duplicate=False,
-            previous_path=None,
-        )
+        if refused is not None:
+            raise IdentityConflictError(refused)
+        assert recorded is not None
+        return recorded
+
+    def check_object(
+        self,
+        obj: ResultObject,
+        *,
+        vendors: Sequence[str],
+        referenced_studies: Sequence[str] = (),
+        referenced_series: Sequence[str] = (),
+        calling_ae: str | None = None,
+        peer_address: str | None = None,
+        patient: _Patient | None = None,
+    ) -> None:
+        """What :meth:`record_object` refuses, refused before the object's file is placed
+        (a resent object would otherwise replace the stored copy): recorded, raised."""
+        now = _now(None)
+        refused: ConflictReport | None = None
+        try:
+            with writing(self.engine) as conn:
+                old = conn.execute(
+                    select(result_objects.c.result_id).where(
+                        result_objects.c.sop_instance_uid == obj.sop_instance_uid
+                    )
+                ).one_or_none()
+                job = _job_of(
+                    conn,
+                    old,
+                    obj,
+                    vendors=vendors,
+                    studies=referenced_studies,
+                    series_uids=referenced_series,
+                )
+                refused = object_conflict(conn, obj, job, patient or _Patient())
+                if refused is not None:
+                    record_conflict(
+                        conn,
+                        refused,
+                        source=ResultOrigin(obj.origin).value,
+                        sender=calling_ae or ",".join(vendors),
+                        peer=peer_address or "",
+                        now=now,
+                    )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot check result object: {exc}") from exc
+        if refused is not None:
+            raise IdentityConflictError(refused)
 
     def record_findings(
         self, job_id: int, findings: Findings, *, now: datetime | None = None
@@ -250,9 +328,12 @@ class ResultStore:
         """Attach a vendor's JSON findings to the job's collecting result; its id.
 
         Later findings replace earlier ones of the same collecting result; once
-        a result is complete, new findings open a new result for the job.
+        a result is complete, new findings open a new result for the job. Findings
+        whose image references are series of another study radbridge holds are refused
+        (recorded, :class:`IdentityConflictError`).
         """
         now = _now(now)
+        refused: ConflictReport | None = None
         try:
             with writing(self.engine) as conn:
                 job = conn.execute(select(jobs).where(jobs.c.id == job_id)).one_or_none()
@@ -263,19 +344,27 @@ class ResultStore:
                         f"study_instance_uid: {findings.study_uid} is not the study of job "
                         f"{job_id} ({job.study_uid})"
                     )
-                result_id = self._open(
-                    conn, job_id=job.id, study_uid=job.study_uid, vendor=job.vendor, now=now
-                )
-                values: dict[str, Any] = {
-                    "findings_json": findings_json(findings),
-                    "vendor_complete": findings.complete,
-                }
-                if findings.expected_objects is not None:
-                    values["expected_objects"] = findings.expected_objects
-                conn.execute(update(results).where(results.c.id == result_id).values(values))
-                self._touch(conn, result_id, urgent=findings.urgent, now=now)
+                refused = findings_conflict(conn, job, findings)
+                if refused is not None:
+                    record_conflict(
+                        conn, refused, source=ResultOrigin.HTTP.value, sender=job.vendor, now=now
+                    )
+                else:
+                    result_id = self._open(
+                        conn, job_id=job.id, study_uid=job.study_uid, vendor=job.vendor, now=now
+                    )
+                    values: dict[str, Any] = {
+                        "findings_json": findings_json(findings),
+                        "vendor_complete": findings.complete,
+                    }
+                    if findings.expected_objects is not None:
+                        values["expected_objects"] = findings.expected_objects
+                    conn.execute(update(results).where(results.c.id == result_id).values(values))
+                    self._touch(conn, result_id, urgent=findings.urgent, now=now)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot record findings of job {job_id}: {exc}") from exc
+        if refused is not None:
+            raise IdentityConflictError(refused)
         return result_id
 
     def record_sr_findings(self, result_id: int, findings: Findings) -> bool:
@@ -590,6 +679,25 @@ def _object_values(
         "calling_ae": calling_ae,
         "peer_address": peer,
     }
+
+
+def _job_of(
+    conn: Connection,
+    old: Any,
+    obj: ResultObject,
+    *,
+    vendors: Sequence[str],
+    studies: Iterable[str],
+    series_uids: Sequence[str],
+) -> Any:
+    """The job an object goes with: its earlier copy's (``old``, a resend), else the match."""
+    if old is None:
+        return _match(conn, vendors, obj.study_uid, studies, series_uids)
+    return conn.execute(
+        select(jobs)
+        .join(results, results.c.job_id == jobs.c.id)
+        .where(results.c.id == old.result_id)
+    ).one_or_none()
 
 
 def _count(conn: Connection, result_id: int) -> int:

@@ -1,5 +1,12 @@
 """Studies, series and instances in the store: index a received instance, close
-stable studies, and read them back as domain objects."""
+stable studies, and read them back as domain objects.
+
+A study belongs to the patient its first instances name: a later instance that
+names another patient (ID, or issuer where both have one) is not indexed; the
+identity conflict is recorded and :class:`IdentityConflictError` raised, so the
+listener answers a failure status. Only an ADT merge moves a study to another
+patient.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +16,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, bindparam, case, func, select, update
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.model.domain import InstanceRecord, Patient, Series, Study, StudyState
 from broker.model.errors import NotFoundError, StoreError
+from broker.model.identity import (
+    ConflictAction,
+    ConflictKind,
+    ConflictReason,
+    ConflictReport,
+    IdentityConflictError,
+    patient_conflict,
+)
+from broker.store.conflicts import record_conflict
 from broker.store.engine import writing
 from broker.store.tables import instances, series, studies
 
@@ -83,6 +99,20 @@ class _Statements:
             keep=("state", "revision", "first_received_at", "stable_at"),
             fill=_STUDY_FILL,
         )
+        # The study's patient is the one it has: an instance may fill it in, never change it,
+        # and one naming another patient updates nothing (no row comes back).
+        held_id, held_issuer = studies.c.patient_id, studies.c.issuer_of_patient_id
+        new_id, new_issuer = study.excluded.patient_id, study.excluded.issuer_of_patient_id
+        study_set["patient_id"] = func.coalesce(held_id, new_id)
+        study_set["issuer_of_patient_id"] = func.coalesce(held_issuer, new_issuer)
+        same_patient = or_(
+            held_id.is_(None),
+            new_id.is_(None),
+            and_(
+                held_id == new_id,
+                or_(held_issuer.is_(None), new_issuer.is_(None), held_issuer == new_issuer),
+            ),
+        )
         study_set["state"] = case(
             (studies.c.state == StudyState.STABLE.value, StudyState.UPDATED.value),
             else_=studies.c.state,
@@ -107,7 +137,7 @@ class _Statements:
                 instances.c.sop_instance_uid == bindparam("uid")
             ),
             upsert_study=study.on_conflict_do_update(
-                index_elements=[studies.c.study_uid], set_=study_set
+                index_elements=[studies.c.study_uid], set_=study_set, where=same_patient
             ).returning(studies.c.state),
             upsert_series=series_stmt.on_conflict_do_update(
                 index_elements=[series.c.series_uid], set_=series_set
@@ -201,21 +231,33 @@ class StudyStore:
         self._tagged: set[str] = set()
 
     def record_instance(self, rec: InstanceRecord, stable_seconds: float) -> Indexed:
-        """Index one durably spooled instance; re-open the study if it was stable."""
+        """Index one durably spooled instance; re-open the study if it was stable.
+
+        :class:`IdentityConflictError` (recorded, nothing indexed) when the study is
+        held for another patient than the instance names.
+        """
         now = rec.received_at or datetime.now(UTC)
         due = now + timedelta(seconds=stable_seconds)
         stmts = self._statements()
+        refused: ConflictReport | None = None
         try:
             with writing(self.engine) as conn:
                 previous = conn.execute(stmts.previous_path, {"uid": rec.sop_instance_uid})
                 previous_path = previous.scalar_one_or_none()
                 state = conn.execute(
                     stmts.upsert_study, _study_values(rec, now, due, stable_seconds)
-                ).scalar_one()
-                conn.execute(stmts.upsert_series, _series_values(rec))
-                conn.execute(stmts.upsert_instance, _instance_values(rec, now))
+                ).scalar_one_or_none()
+                if state is None:
+                    refused = self._refuse(conn, rec, now)
+                else:
+                    conn.execute(stmts.upsert_series, _series_values(rec))
+                    conn.execute(stmts.upsert_instance, _instance_values(rec, now))
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot index instance: {exc}") from exc
+        if refused is not None:
+            raise IdentityConflictError(refused)
+        if state is None:  # the study's patient changed between the two statements (a merge)
+            raise StoreError("the study's patient changed while indexing; send it again")
         if rec.series_tags is not None:
             if len(self._tagged) >= _TAGGED_MEMORY:
                 self._tagged.clear()
@@ -225,6 +267,70 @@ class StudyStore:
             previous_path=previous_path if previous_path not in (None, rec.path) else None,
             study_state=StudyState(state),
         )
+
+    def check_instance(self, rec: InstanceRecord) -> None:
+        """Refuse (record and raise :class:`IdentityConflictError`) an instance whose study
+        is held for another patient, before its file is placed: a resent instance would
+        otherwise replace the stored copy."""
+        now = rec.received_at or datetime.now(UTC)
+        refused = None
+        try:
+            with self.engine.connect() as conn:
+                held = conn.execute(
+                    select(studies.c.patient_id, studies.c.issuer_of_patient_id).where(
+                        studies.c.study_uid == rec.study_uid
+                    )
+                ).one_or_none()
+            if (
+                held is None
+                or patient_conflict(
+                    Patient(patient_id=held.patient_id, issuer=held.issuer_of_patient_id),
+                    rec.patient,
+                )
+                is None
+            ):
+                return
+            with writing(self.engine) as conn:
+                refused = self._refuse(conn, rec, now)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot check the study's patient: {exc}") from exc
+        if refused is not None:
+            raise IdentityConflictError(refused)
+
+    @staticmethod
+    def _refuse(conn: Connection, rec: InstanceRecord, now: datetime) -> ConflictReport | None:
+        """The conflict of ``rec`` with its study's patient, recorded; None if there is none."""
+        row = conn.execute(
+            select(studies.c.patient_id, studies.c.issuer_of_patient_id).where(
+                studies.c.study_uid == rec.study_uid
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        held = Patient(patient_id=row.patient_id, issuer=row.issuer_of_patient_id)
+        claimed = Patient(patient_id=rec.patient.patient_id, issuer=rec.patient.issuer)
+        why = patient_conflict(held, claimed)
+        if why is None:
+            return None
+        report = ConflictReport(
+            kind=ConflictKind.STUDY_PATIENT,
+            action=ConflictAction.REFUSED,
+            detail=(
+                f"radbridge holds this study for another patient ({why}); the instance was "
+                "not stored; valid: the study's own patient, or a new Study Instance UID; "
+                "a patient correction comes as an ADT merge (A40)"
+            ),
+            subject=f"Study Instance UID {rec.study_uid}",
+            reason=ConflictReason.OTHER_PATIENT,
+            matched_on="study_uid",
+            held=held,
+            claimed=claimed,
+            study_uid=rec.study_uid,
+        )
+        record_conflict(
+            conn, report, source="dicom", sender=rec.calling_ae, peer=rec.peer_address, now=now
+        )
+        return report
 
     def wants_series_tags(self, series_uid: str) -> bool:
         """Whether an instance of this series should bring its series' routing tags: true

@@ -474,3 +474,37 @@ console_sessions = Table(
     Index(None, "expires_at"),
 )
 """Console logins (of a user or an API token); ``id`` is the SHA-256 of the cookie."""
+
+identity_conflicts = Table(
+    "identity_conflicts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(24), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("reason", String(24), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("sender", String(160), nullable=False),
+    Column("peer", String(64), nullable=False),
+    Column("subject", String(256), nullable=False),
+    Column("matched_on", String(32), nullable=False),
+    Column("study_uid", UID),
+    Column("order_id", Integer),
+    Column("held_patient_id", String(64)),
+    Column("held_issuer", String(256)),
+    Column("claimed_patient_id", String(64)),
+    Column("claimed_issuer", String(256)),
+    Column("detail", Text, nullable=False),
+    Column("message_id", Integer),
+    Column("occurrences", Integer, nullable=False),
+    Column("first_at", UTCDateTime, nullable=False),
+    Column("last_at", UTCDateTime, nullable=False),
+    Column("resolved_at", UTCDateTime),
+    Column("resolved_by", String(160)),
+    Column("resolution", Text),
+    Index(None, "state", "id"),
+    Index(None, "kind", "study_uid"),
+    Index(None, "order_id"),
+)
+"""Identity conflicts: data that named another patient, refused or kept flagged, for an
+operator (one row per conflict; a repeat counts on it while it is open)."""

@@ -118,7 +118,7 @@ def test_mllp_send_orders_of_each_type_are_stored_then_acknowledged(
         orm_o01(orm, control_id="M1"),
         omi_o23(omi, control_id="M2"),
         adt("A01", Patient("P9", "HOSP", "LI^NA"), control_id="M3"),
-        adt("A04", Patient("P9", "HOSP", "LI^NA"), control_id="M4"),
+        adt("A04", Patient("P8", "HOSP", "LI^N"), control_id="M4"),  # the A40's prior patient
         adt("A08", Patient("P9", "HOSP", "LI^NA", "19900101", "F"), control_id="M5"),
         adt_a40(Patient("P9", "HOSP"), Patient("P8", "HOSP"), control_id="M6"),
     ]

@@ -1,0 +1,150 @@
+"""``/api/v1/conflicts``: identity conflicts, newest first (open ones unless asked); one
+conflict; resolving one (operators; audited as ``conflict.resolve``).
+
+A conflict is data that named another patient than the record it would attach to: an
+order update for another patient, instances of a study held for another patient, a
+vendor result of another patient or study (all refused), an order and a study that
+match but name different patients (kept, flagged), an ADT merge that could not be
+applied. Resolving one records what the operator did about it; it moves no data (the
+HIS corrects a patient with an ADT merge or update, a sender resends corrected data).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, Field
+
+from adapters.api.deps import Operator, State, Viewer
+from adapters.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, encode, id_key
+from broker.model.errors import NotFoundError
+from broker.model.identity import ConflictKind, ConflictState, IdentityConflict
+from broker.store.conflicts import ConflictResolvedError, ConflictStore
+
+router = APIRouter(prefix="/conflicts", tags=["conflicts"])
+
+
+class PatientRef(BaseModel):
+    """A patient as a record names it: ID and issuer of the ID."""
+
+    patient_id: str | None
+    issuer: str | None
+
+
+class ConflictOut(BaseModel):
+    id: int
+    kind: str
+    action: str = Field(description="refused (a protocol error went back) or flagged (kept).")
+    reason: str
+    state: str
+    subject: str = Field(description="What conflicted: the identifier and its value.")
+    matched_on: str
+    study_uid: str | None
+    order_id: int | None
+    held: PatientRef = Field(description="The patient radbridge holds the record for.")
+    claimed: PatientRef = Field(description="The patient the message or file named.")
+    detail: str
+    source: str
+    sender: str
+    peer: str
+    message_id: int | None
+    count: int = Field(description="How many times it came while open.")
+    first_at: datetime
+    last_at: datetime
+    resolved_at: datetime | None
+    resolved_by: str | None
+    resolution: str | None
+
+
+class Resolution(BaseModel):
+    note: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="What was done about it (e.g. 'RIS corrected the order; resent').",
+    )
+
+
+def conflict_out(c: IdentityConflict) -> ConflictOut:
+    r = c.report
+    return ConflictOut(
+        id=c.id,
+        kind=r.kind.value,
+        action=r.action.value,
+        reason=r.reason.value,
+        state=c.state.value,
+        subject=r.subject,
+        matched_on=r.matched_on,
+        study_uid=r.study_uid,
+        order_id=r.order_id,
+        held=PatientRef(patient_id=r.held.patient_id, issuer=r.held.issuer),
+        claimed=PatientRef(patient_id=r.claimed.patient_id, issuer=r.claimed.issuer),
+        detail=r.detail,
+        source=c.source,
+        sender=c.sender,
+        peer=c.peer,
+        message_id=c.message_id,
+        count=c.count,
+        first_at=c.first_at,
+        last_at=c.last_at,
+        resolved_at=c.resolved_at,
+        resolved_by=c.resolved_by,
+        resolution=c.resolution,
+    )
+
+
+@router.get("", response_model=Page[ConflictOut], summary="Identity conflicts, newest first")
+def list_conflicts(
+    *,
+    api: State,
+    _who: Viewer,
+    state: Annotated[
+        ConflictState | None, Query(description="open (default) or resolved; all=true for both.")
+    ] = None,
+    all_states: Annotated[bool, Query(alias="all")] = False,
+    kind: ConflictKind | None = None,
+    study_uid: Annotated[str | None, Query(max_length=64)] = None,
+    order_id: int | None = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: CursorParam = None,
+) -> Page[ConflictOut]:
+    found = ConflictStore(api.engine).list(
+        state=None if all_states else (state or ConflictState.OPEN),
+        kind=kind,
+        study_uid=study_uid,
+        order_id=order_id,
+        before_id=id_key(cursor),
+        limit=limit + 1,
+    )
+    page = found[:limit]
+    following = encode([page[-1].id]) if len(found) > limit else None
+    return Page[ConflictOut](items=[conflict_out(c) for c in page], next=following)
+
+
+@router.get("/{conflict_id}", response_model=ConflictOut, summary="One identity conflict")
+def get_conflict(conflict_id: int, api: State, _who: Viewer) -> ConflictOut:
+    try:
+        return conflict_out(ConflictStore(api.engine).get(conflict_id))
+    except NotFoundError as exc:
+        raise HTTPException(404, str(exc)) from exc
+
+
+@router.post(
+    "/{conflict_id}/resolve",
+    response_model=ConflictOut,
+    summary="Mark an open conflict resolved, with a note (operator; audited)",
+    responses={409: {"description": "The conflict was resolved already."}},
+)
+def resolve_conflict(conflict_id: int, body: Resolution, api: State, who: Operator) -> ConflictOut:
+    """Records who resolved it, when and the note, in the conflict and the audit trail
+    (``conflict.resolve``). No order, study or result changes."""
+    try:
+        resolved = ConflictStore(api.engine).resolve(
+            conflict_id, actor=who.actor, note=body.note, peer=who.peer
+        )
+    except NotFoundError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except ConflictResolvedError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return conflict_out(resolved)
