@@ -162,6 +162,21 @@ class Peer(Strict):
 
 
 class Dicom(Strict):
+    """The DICOM listener: called AE titles, who may associate, and the limits that keep
+    intake open against broken and hostile peers.
+
+    A connection is *pending* from the moment it is accepted until its
+    A-ASSOCIATE-RQ is accepted; it becomes an *association* then.
+    ``max_associations`` bounds associations over all listener processes (more
+    are rejected, local limit exceeded); ``max_pending_connections`` bounds
+    pending connections and ``max_connections_per_peer`` every connection of
+    one peer address (more are closed at once, before a byte is read). A
+    pending connection has ``association_request_timeout`` seconds (default:
+    10, or half of ``network_timeout`` if that is shorter) to deliver its
+    whole A-ASSOCIATE-RQ; an association is aborted after
+    ``network_timeout`` seconds of silence.
+    """
+
     listen: Listen = Listen()
     ae_titles: dict[AETitle, CalledAE] = Field(
         default_factory=lambda: {"RADBRIDGE": CalledAE(role=AERole.INGEST)}
@@ -170,10 +185,20 @@ class Dicom(Strict):
     allow_any_peer: bool = False
     study_stable_seconds: Annotated[float, Field(gt=0)] = 10.0
     max_associations: Annotated[int, Field(ge=1, le=1000)] = 32
+    max_pending_connections: Annotated[int, Field(ge=1, le=10000)] = 64
+    max_connections_per_peer: Annotated[int, Field(ge=1, le=10000)] = 16
     processes: Annotated[int, Field(ge=0, le=64)] = 0
     max_pdu_size: Annotated[int, Field(ge=0)] = 262144
     network_timeout: Annotated[float, Field(gt=0)] = 60.0
+    association_request_timeout: Annotated[float, Field(gt=0)] | None = None
     tls: TLS | None = None
+
+    @property
+    def request_timeout(self) -> float:
+        """Seconds a pending connection has for its A-ASSOCIATE-RQ (the ARTIM timer)."""
+        if self.association_request_timeout is not None:
+            return self.association_request_timeout
+        return min(10.0, self.network_timeout / 2)
 
     @field_validator("ae_titles", mode="before")
     @classmethod
@@ -188,6 +213,16 @@ class Dicom(Strict):
         if not self.ae_titles:
             raise ValueError(
                 "dicom.ae_titles is empty; name at least one, e.g. {RADBRIDGE: ingest}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _request_before_network_timeout(self) -> Dicom:
+        timeout = self.association_request_timeout
+        if timeout is not None and timeout >= self.network_timeout:
+            raise ValueError(
+                f"dicom.association_request_timeout ({timeout:g} s) must be shorter than "
+                f"dicom.network_timeout ({self.network_timeout:g} s); valid: e.g. 10"
             )
         return self
 

@@ -4,9 +4,13 @@ The supervisor (in the service process) owns the port: it accepts each TCP
 connection and hands the socket (``SCM_RIGHTS`` over a Unix socket pair) to
 the listener process with the fewest open associations. Each listener process
 runs ``adapters.dicom.server``; several of them keep ingest from being bound
-by one interpreter's GIL. A shared load board also enforces the configured
-maximum of concurrent associations over all of them. A process that dies is
-replaced; the others keep serving meanwhile.
+by one interpreter's GIL. A slot board in shared memory
+(:mod:`adapters.dicom.slots`) counts pending connections and associations over
+all of them: the acceptor closes a connection at once, unread, when too many
+are pending or its peer address holds too many; a listener process counts an
+association when its request is accepted, and gives every slot back when the
+connection ends. A process that dies is replaced, its slots forgotten; the
+others keep serving meanwhile.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from multiprocessing.context import SpawnProcess
 from typing import Any, ClassVar
 
 from adapters.dicom.mapping import instance_record_from_spooled_file
-from adapters.dicom.server import ListenerServer, LoadBoard, make_server
+from adapters.dicom.server import ListenerServer, make_server
+from adapters.dicom.slots import Limits, ProcessSlots, Refusal, SlotBoard, inode_of
 from adapters.sockets import listen
 from broker.model.errors import DicomError, InvalidDicomError, StoreError
 from broker.model.identity import IdentityConflictError
@@ -38,13 +43,17 @@ from config.schema import Settings
 LOG = get_logger("radbridge.dicom")
 _SPAWN = multiprocessing.get_context("spawn")
 STOP_GRACE_SECONDS = 10.0
+#: Longest the acceptor waits for a listener process to take a connection.
+HANDOFF_TIMEOUT = 5.0
+#: Refused connections are logged at most once per this many seconds (with a count).
+REFUSAL_LOG_INTERVAL = 10.0
 #: Handoff messages from the supervisor: a connection (with its socket), new settings.
 CONNECTION = b"c"
 SETTINGS = b"s"
 
 
 def _process_main(
-    settings: Settings, counts: Any, slot: int, handoff: socket.socket, ready: Any
+    settings: Settings, board: SlotBoard, slot: int, handoff: socket.socket, ready: Any
 ) -> None:
     """Entry point of one listener process (spawned, so nothing is inherited)."""
     logging_cfg = settings.logging
@@ -54,7 +63,7 @@ def _process_main(
     try:
         store = StudyStore(make_engine(settings.database_url()))
         spool = Spool(settings.storage.spool)
-        server = make_server(settings, store, spool, LoadBoard(counts, slot))
+        server = make_server(settings, store, spool, ProcessSlots(board, slot))
     except Exception as exc:
         ready.put((slot, os.getpid(), f"{type(exc).__name__}: {exc}"))
         raise
@@ -121,8 +130,8 @@ class DicomListener(Edge):
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._context: ServiceContext | None = None
-        self._load: LoadBoard | None = None
-        self._counts: Any = None
+        self._board: SlotBoard | None = None
+        self._refusals = RefusalLog()
         self._ready: Any = None
         self._socket: socket.socket | None = None
         self._send = threading.Lock()
@@ -168,8 +177,8 @@ class DicomListener(Edge):
         if context.snapshots is not None:
             context.snapshots.on_swap(self._reconfigure)
         count = self.process_count(context.settings)
-        self._counts = _SPAWN.Array("i", count)
-        self._load = LoadBoard(self._counts)
+        # Sized at start: the three limits need a restart to change.
+        self._board = SlotBoard(count, Limits.from_settings(context.settings.dicom))
         self._ready = _SPAWN.Queue()
         for slot in range(count):
             self._spawn(slot)
@@ -190,13 +199,14 @@ class DicomListener(Edge):
         )
 
     def _spawn(self, slot: int) -> None:
-        assert self._context is not None and self._load is not None
+        assert self._context is not None and self._board is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._load.reset(slot)
+        ours.settimeout(HANDOFF_TIMEOUT)  # a stuck listener process never stalls the acceptor
+        self._board.reset(slot)
         with self._send:  # a reload meanwhile reaches the new process through its handoff
             process = _SPAWN.Process(
                 target=_process_main,
-                args=(self._settings(), self._counts, slot, theirs, self._ready),
+                args=(self._settings(), self._board, slot, theirs, self._ready),
                 name=f"radbridge-dicom-{slot}",
                 daemon=False,
             )
@@ -222,29 +232,32 @@ class DicomListener(Edge):
             pending.discard(slot)
 
     def _accept(self) -> None:
-        assert self._socket is not None and self._load is not None
+        assert self._socket is not None and self._board is not None
         while not self._stopping.is_set():
             try:
-                conn, _address = self._socket.accept()
+                conn, address = self._socket.accept()
             except OSError:
                 if self._stopping.is_set():
                     return
                 continue
             with conn:
-                self._hand_over(conn)
+                self._hand_over(conn, str(address[0]))
 
-    def _hand_over(self, conn: socket.socket) -> None:
-        """Give the connection to the least busy live listener process."""
-        assert self._load is not None
+    def _hand_over(self, conn: socket.socket, peer: str) -> None:
+        """Give the connection to the least busy live listener process, if it may have one."""
+        assert self._board is not None
         alive = [s for s, p in self._processes.items() if p.is_alive() and s in self._handoffs]
-        for slot in self._load.least_busy(alive):
-            self._load.handed_over(slot)
+        for slot in self._board.least_busy(alive):
+            refusal = self._board.admit_connection(slot, conn, peer)
+            if refusal is not None:
+                self._refusals.refused(refusal, peer)
+                return  # closed unread by the caller
             try:
                 with self._send:
                     socket.send_fds(self._handoffs[slot], [CONNECTION], [conn.fileno()])
                 return
             except OSError:
-                self._load.reset(slot)
+                self._board.release(slot, inode_of(conn), associated=False)
         LOG.error("no DICOM listener process could take a connection; closing it")
 
     def _supervise(self) -> None:
@@ -276,6 +289,27 @@ class DicomListener(Edge):
                 process.join()
         self._processes.clear()
         self._handoffs.clear()
+
+
+class RefusalLog:
+    """Connections refused by the acceptor: one line, then one per interval with a count."""
+
+    def __init__(self, interval: float = REFUSAL_LOG_INTERVAL) -> None:
+        self.interval = interval
+        self._since: dict[Refusal, int] = {}
+        self._logged: dict[Refusal, float] = {}
+
+    def refused(self, reason: Refusal, peer: str) -> None:
+        self._since[reason] = self._since.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._logged.get(reason, -self.interval) >= self.interval:
+            LOG.warning(
+                "connection refused before the association",
+                reason=reason.value,
+                peer=peer,
+                refused=self._since.pop(reason),
+            )
+            self._logged[reason] = now
 
 
 def recover_spool(spool: Spool, store: StudyStore, settings: Settings) -> int:

@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError as PydicomInvalid
@@ -26,6 +25,7 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
+from adapters import dicom_header
 from broker.model.domain import InstanceRecord, Patient
 from broker.model.errors import InvalidDicomError
 
@@ -86,15 +86,11 @@ def read_header(path: Path) -> Dataset:
     """The dataset up to (not including) the pixel data; large values deferred.
 
     Values are decoded only when read, so reading every element costs no more
-    than reading a chosen few (pydicom walks the whole header either way).
+    than reading a chosen few (pydicom walks the whole header either way). A
+    deflated data set is inflated only that far, within limits, and sequences
+    nested too deeply are refused (:mod:`adapters.dicom_header`).
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=4096, force=True)
-    except (PydicomInvalid, ValueError, EOFError, KeyError, TypeError, OSError) as exc:
-        raise InvalidDicomError(f"the dataset cannot be parsed: {exc}") from exc
-    return ds
+    return dicom_header.read_header(path, defer_size=4096)
 
 
 def _tag_key(tag: BaseTag, keyword: str) -> str:

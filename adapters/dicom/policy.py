@@ -1,7 +1,8 @@
-"""Who may associate: called AE titles, calling AE + address allow-list, and load.
+"""Who may associate: called AE titles, and the calling AE + address allow-list.
 
 Returns the A-ASSOCIATE-RJ (result, source, reason) for a refused request,
-with the reasons of DICOM PS3.8 Table 9-21.
+with the reasons of DICOM PS3.8 Table 9-21. How many may associate at once is
+the slot board's to say (:mod:`adapters.dicom.slots`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import enum
 import ipaddress
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from config.schema import Dicom
@@ -37,7 +37,6 @@ class AssociationPolicy:
     called_ae_titles: frozenset[str]
     allow_any_peer: bool
     peers: dict[str, frozenset[str] | None]
-    max_associations: int
 
     @classmethod
     def from_settings(cls, dicom: Dicom) -> AssociationPolicy:
@@ -50,12 +49,9 @@ class AssociationPolicy:
             called_ae_titles=frozenset(dicom.ae_titles),
             allow_any_peer=dicom.allow_any_peer,
             peers=peers,
-            max_associations=dicom.max_associations,
         )
 
-    def check(
-        self, called_ae: str, calling_ae: str, address: str, active: Callable[[], int]
-    ) -> Reject | None:
+    def check(self, called_ae: str, calling_ae: str, address: str) -> Reject | None:
         """Why this association request is refused, or None to accept it."""
         if called_ae.strip() not in self.called_ae_titles:
             return Reject.CALLED_AE_NOT_RECOGNIZED
@@ -65,6 +61,4 @@ class AssociationPolicy:
             allowed = self.peers[calling_ae.strip()]
             if allowed is not None and address not in allowed:
                 return Reject.CALLING_AE_NOT_RECOGNIZED
-        if active() > self.max_associations:
-            return Reject.LOCAL_LIMIT_EXCEEDED
         return None

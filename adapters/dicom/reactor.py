@@ -12,6 +12,23 @@ how the two threads wait: the DUL blocks in ``select`` on its socket and on a
 wake-up pipe written whenever the association queues a primitive to send, and
 the association thread blocks on its DIMSE message queue. They are installed
 on an association right after pynetdicom creates it (``install``).
+
+They also read PDUs the way a listener facing the open network must:
+
+- every read has a deadline: a pending connection must deliver its whole
+  A-ASSOCIATE-RQ within the association request timeout (the ARTIM timer),
+  and once associated a PDU that stops arriving for ``network_timeout``
+  seconds ends the connection (pynetdicom's reads block for ever);
+- a PDU's length is checked before its body is read: longer than
+  :data:`PRE_ASSOCIATION_MAX_PDU` before the association is accepted, or than
+  the maximum length radbridge announced after, and the connection is aborted
+  with nothing of the body read (pynetdicom buffers whatever is announced);
+- an unknown or undecodable PDU is answered with an A-ABORT and the connection
+  is closed: one log line, not one per six bytes of garbage.
+
+The connection's owner (its slot lease) is released when the DUL or the
+association thread ends, whichever is first, so a slot never outlives its
+connection however the connection ended.
 """
 
 from __future__ import annotations
@@ -19,15 +36,49 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import socket
 import ssl
-from typing import Any, cast
+import struct
+import time
+from typing import Any, Protocol, cast
 
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 
+from adapters.dicom.log_budget import report_suppressed
+from broker.model.logging import get_logger
+
+LOG = get_logger("radbridge.dicom")
 #: Longest a reactor waits before re-checking its timers (ARTIM, idle, release).
 IDLE_WAIT = 0.02
+#: Longest PDU read before an association is accepted. An A-ASSOCIATE-RQ proposing
+#: 128 presentation contexts of 19 transfer syntaxes each, with a user identity
+#: of two 64 KiB fields, is about 200 KiB.
+PRE_ASSOCIATION_MAX_PDU = 256 * 1024
+#: Allowed over the negotiated maximum length (senders that count PDV headers apart).
+PDU_HEADER_ALLOWANCE = 1024
+#: Longest PDU read when ``max_pdu_size`` is 0 (no maximum announced).
+UNLIMITED_PDU_CEILING = 64 * 1024 * 1024
+#: States before the A-ASSOCIATE-AC is sent: idle (the connection's first event not yet
+#: handled), awaiting the request, awaiting our answer.
+_PENDING_STATES = frozenset({"Sta1", "Sta2", "Sta3"})
+_PDU_TYPES = frozenset(range(0x01, 0x08))
+#: A-ABORT reasons of the service provider (PS3.8 Table 9-26).
+_UNRECOGNIZED_PDU = 0x01
+_INVALID_PARAMETER = 0x06
+
+
+class ConnectionOwner(Protocol):
+    """Whoever holds the connection's slot; ``release`` may be called more than once."""
+
+    def release(self) -> None: ...
+
+
+def _release_owner(assoc: Association) -> None:
+    owner = cast(ConnectionOwner | None, getattr(assoc, "owner", None))
+    if owner is not None:
+        owner.release()
 
 
 class EventDrivenDUL(DULServiceProvider):
@@ -36,11 +87,16 @@ class EventDrivenDUL(DULServiceProvider):
     _wake_r: int
     _wake_w: int
 
+    _opened: float
+    _closing: bool
+
     def prepare(self) -> None:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._run_loop_delay = 0  # the wait happens in _is_transport_event instead
+        self._opened = time.monotonic()
+        self._closing = False
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
@@ -74,7 +130,8 @@ class EventDrivenDUL(DULServiceProvider):
         self._wake()
 
     def run(self) -> None:
-        """The thread body: pynetdicom's reactor, then the wake-up pipe is closed.
+        """The thread body: pynetdicom's reactor, then the wake-up pipe is closed and the
+        connection's slot given back.
 
         ``Thread.run`` would call the target bound before ``install`` changed
         the class, so the cleanup must live here.
@@ -85,10 +142,133 @@ class EventDrivenDUL(DULServiceProvider):
             for fd in (self._wake_r, self._wake_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
+            # An association thread still waiting for the A-ASSOCIATE-RQ wakes up now.
+            self.to_user_queue.put(None)  # type: ignore[arg-type]
+            _release_owner(self.assoc)
+
+    # -- reading PDUs -------------------------------------------------------------
+
+    def _log(self) -> Any:
+        assoc = self.assoc
+        return LOG.bind(
+            association_id=getattr(assoc, "radbridge_id", None),
+            peer=assoc.requestor.address,
+        )
+
+    def _pending(self) -> bool:
+        return self.state_machine.current_state in _PENDING_STATES
+
+    def _length_limit(self) -> int:
+        if self._pending():
+            return PRE_ASSOCIATION_MAX_PDU
+        announced = int(self.assoc.acceptor.maximum_length or 0)
+        return announced + PDU_HEADER_ALLOWANCE if announced else UNLIMITED_PDU_CEILING
+
+    def _deadline(self) -> float:
+        """When the PDU being read must be complete."""
+        if self._pending():
+            return self._opened + float(self.assoc.acse_timeout or 30.0)
+        return time.monotonic() + float(self.assoc.network_timeout or 60.0)
+
+    def _receive(self, sock: socket.socket, size: int, deadline: float) -> bytearray | None:
+        """Exactly ``size`` bytes, or None once the connection ended (Evt17 queued).
+
+        Memory grows with what arrives, not with what the header announced.
+        """
+        data = bytearray()
+        while len(data) < size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                what = "association request" if self._pending() else "PDU"
+                self._log().warning(
+                    f"connection closed: no complete {what} in time",
+                    received=len(data),
+                    expected=size,
+                )
+                self._end()
+                return None
+            try:
+                sock.settimeout(remaining)
+                chunk = sock.recv(min(size - len(data), 1 << 20))
+            except TimeoutError:
+                continue  # the deadline check above ends it
+            except (OSError, ValueError):
+                self._end()
+                return None
+            if not chunk:
+                if data:
+                    self._log().info("connection closed mid-PDU", received=len(data), expected=size)
+                self._end()
+                return None
+            data += chunk
+        # Sends use the same socket: give them the network timeout, not what was left here.
+        with contextlib.suppress(OSError):
+            sock.settimeout(float(self.assoc.network_timeout or 60.0))
+        return data
+
+    def _end(self) -> None:
+        """The transport is done: the state machine closes it (Evt17) and reads stop."""
+        self._closing = True
+        self.event_queue.put("Evt17")
+
+    def _refuse(self, reason: int, problem: str, **details: Any) -> None:
+        """A-ABORT a peer that broke the protocol, close, and read nothing more from it."""
+        self._log().warning("protocol error: connection aborted", problem=problem, **details)
+        sock = cast(Any, self.socket)
+        raw = getattr(sock, "socket", None)
+        if raw is not None:
+            with contextlib.suppress(OSError, ValueError):
+                raw.settimeout(1.0)
+                raw.sendall(struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, 0x02, reason))
+            with contextlib.suppress(OSError, ValueError):
+                raw.shutdown(socket.SHUT_RDWR)
+        self._end()
+
+    def _read_pdu_data(self) -> None:
+        """Read one PDU within its deadline and its length limit (see the module)."""
+        if self._closing:
+            return
+        raw = getattr(cast(Any, self.socket), "socket", None)
+        if raw is None:
+            self._end()
+            return
+        head = self._receive(raw, 6, self._deadline())
+        if head is None:
+            return
+        pdu_type, _, length = struct.unpack(">BBL", head)
+        if pdu_type not in _PDU_TYPES:
+            self._refuse(_UNRECOGNIZED_PDU, "unknown PDU type", pdu_type=pdu_type)
+            return
+        limit = self._length_limit()
+        if length > limit:
+            self._refuse(_INVALID_PARAMETER, "PDU longer than allowed", length=length, limit=limit)
+            return
+        body = self._receive(raw, length, self._deadline())
+        if body is None:
+            return
+        try:
+            pdu, event = self._decode_pdu(head + body)
+        except Exception as exc:  # any undecodable PDU ends the connection the same way
+            self._refuse(_INVALID_PARAMETER, "PDU cannot be decoded", error_type=type(exc).__name__)
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
 
 
 class EventDrivenAssociation(Association):
     """An acceptor association whose reactor waits on its DIMSE queue, not a 1 ms sleep."""
+
+    def run(self) -> None:
+        """The thread body; whatever happens, the connection is closed and its slot released."""
+        try:
+            super().run()
+        finally:
+            sock = cast(Any, self.dul.socket)
+            if sock is not None and getattr(sock, "socket", None) is not None:
+                with contextlib.suppress(Exception):
+                    sock.close()
+            _release_owner(self)
+            report_suppressed(self)
 
     def _run_reactor(self) -> None:
         """pynetdicom's acceptor loop (3.0.4) with the sleep replaced by a queue wait."""
@@ -146,4 +326,10 @@ def install(assoc: Association) -> None:
     event_driven_dul(assoc)
 
 
-__all__ = ["EventDrivenAssociation", "EventDrivenDUL", "event_driven_dul", "install"]
+__all__ = [
+    "ConnectionOwner",
+    "EventDrivenAssociation",
+    "EventDrivenDUL",
+    "event_driven_dul",
+    "install",
+]

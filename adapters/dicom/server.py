@@ -6,7 +6,14 @@ busy of them, so ingest is not bound by one interpreter's GIL.
 
 A C-STORE success status goes back only after the bytes are fsync'd in the
 spool and the index row is committed; any failure answers a failure status
-and leaves nothing half-stored.
+and leaves nothing half-stored: a full disk 0xA700 (the data set is read to
+its end and dropped, the association goes on), anything unforeseen 0xA700 or
+0xC000, never an exception for pynetdicom to turn into 0xC211.
+
+Each connection holds a :class:`~adapters.dicom.slots.Lease` from the moment
+the acceptor hands it over: pending until its A-ASSOCIATE-RQ passes the
+policy, then an association; the thread that owns the connection gives it
+back when it ends (:mod:`adapters.dicom.reactor`).
 """
 
 from __future__ import annotations
@@ -16,7 +23,6 @@ import socket
 import ssl
 import tempfile
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -49,9 +55,11 @@ from pynetdicom.sop_class import _STORAGE_CLASSES, Verification  # type: ignore[
 from pynetdicom.status import Status
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from adapters.dicom import log_budget, receiving
 from adapters.dicom.mapping import instance_record_from_file
-from adapters.dicom.policy import AssociationPolicy
+from adapters.dicom.policy import AssociationPolicy, Reject
 from adapters.dicom.reactor import install
+from adapters.dicom.slots import Lease, ProcessSlots
 from adapters.dicom_status import StoreFailure
 from adapters.results.intake import ResultIntake
 from broker.model.domain import ResultOrigin
@@ -140,15 +148,17 @@ class Gatekeeper(ACSE):
     """ACSE that applies radbridge's association policy before negotiating."""
 
     policy: AssociationPolicy
-    active: Callable[[], int]
+    lease: Lease
 
     def _negotiate_as_acceptor(self) -> None:
         request = self.requestor.primitive
         assert request is not None
         address = self.assoc.requestor.address
         reject = self.policy.check(
-            str(request.called_ae_title), str(request.calling_ae_title), address, self.active
+            str(request.called_ae_title), str(request.calling_ae_title), address
         )
+        if reject is None and not self.lease.promote():  # counted only once its request is in
+            reject = Reject.LOCAL_LIMIT_EXCEEDED
         if reject is None:
             super()._negotiate_as_acceptor()
             return
@@ -165,14 +175,28 @@ class Gatekeeper(ACSE):
 
 
 class _Handler(RequestHandler):
+    lease: Lease
+
+    def handle(self) -> None:
+        """Start the association thread, which owns the connection (and its lease) from then."""
+        server = self.server
+        assert isinstance(server, ListenerServer)
+        self.lease = server.leases.pop(self.request)
+        try:
+            super().handle()
+        except BaseException:
+            self.lease.release()
+            raise
+
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         install(assoc)
+        setattr(assoc, "owner", self.lease)  # noqa: B010 - released when its threads end
         server = self.server
         assert isinstance(server, ListenerServer)
         gatekeeper = Gatekeeper(assoc)
         gatekeeper.policy = server.policy
-        gatekeeper.active = server.load.total
+        gatekeeper.lease = self.lease
         assoc.acse = gatekeeper
         return assoc
 
@@ -186,8 +210,10 @@ class ListenerServer(ThreadedAssociationServer):
     """
 
     policy: AssociationPolicy
-    load: LoadBoard
+    load: ProcessSlots
     scp: StoreSCP
+    #: Connections taken but not yet picked up by their handler thread, with their lease.
+    leases: dict[Any, Lease]
 
     def reconfigure(self, settings: Settings) -> None:
         """Apply a reloaded configuration to the associations that open from now on:
@@ -196,10 +222,10 @@ class ListenerServer(ThreadedAssociationServer):
         processes need a restart)."""
         dicom = settings.dicom
         self.policy = AssociationPolicy.from_settings(dicom)
-        self.ae.maximum_associations = dicom.max_associations + 1
+        self.ae.maximum_associations = dicom.max_associations + dicom.max_pending_connections + 1
         self.ae.maximum_pdu_size = dicom.max_pdu_size
         self.ae.network_timeout = dicom.network_timeout
-        self.ae.acse_timeout = dicom.network_timeout
+        self.ae.acse_timeout = dicom.request_timeout
         self.ae.dimse_timeout = dicom.network_timeout
         self.scp.settings = settings
         LOG.info("listener process reconfigured", pid=os.getpid(), slot=self.load.slot)
@@ -211,54 +237,24 @@ class ListenerServer(ThreadedAssociationServer):
         """No listen: connections arrive through ``take``."""
 
     def take(self, conn: socket.socket) -> None:
-        """Serve one accepted connection in a new association thread."""
+        """Serve one accepted connection (admitted on the slot board) in a new thread."""
+        lease = self.load.lease(conn)  # from here the connection's slot is ours to give back
         try:
             address = conn.getpeername()
+            # Every read has its own deadline (adapters.dicom.reactor); this bounds the rest.
+            conn.settimeout(float(self.ae.acse_timeout or 30.0))
             if self.ssl_context is not None:
                 # The handshake happens on first read, in the association thread.
                 conn = self.ssl_context.wrap_socket(
                     conn, server_side=True, do_handshake_on_connect=False
                 )
-        except (OSError, ssl.SSLError) as exc:
+            self.leases[conn] = lease
+            self.process_request(conn, address)
+        except (OSError, ssl.SSLError, RuntimeError) as exc:  # RuntimeError: no thread
             LOG.warning("connection dropped before the association", error=str(exc))
-            self.load.closed()
+            self.leases.pop(conn, None)
+            lease.release()
             conn.close()
-            return
-        self.process_request(conn, address)
-
-
-class LoadBoard:
-    """Open associations per listener process, in memory shared by all of them.
-
-    The supervisor counts a connection against a process when it hands it
-    over; the process uncounts it when the connection closes.
-    """
-
-    def __init__(self, counts: Any, slot: int = -1) -> None:
-        self._counts = counts
-        self.slot = slot
-
-    def for_slot(self, slot: int) -> LoadBoard:
-        return LoadBoard(self._counts, slot)
-
-    def handed_over(self, slot: int) -> None:
-        with self._counts.get_lock():
-            self._counts[slot] += 1
-
-    def closed(self) -> None:
-        with self._counts.get_lock():
-            self._counts[self.slot] = max(0, self._counts[self.slot] - 1)
-
-    def reset(self, slot: int) -> None:
-        with self._counts.get_lock():
-            self._counts[slot] = 0
-
-    def least_busy(self, slots: list[int]) -> list[int]:
-        """Slots from least to most busy."""
-        return sorted(slots, key=lambda s: int(self._counts[s]))
-
-    def total(self) -> int:
-        return sum(int(c) for c in self._counts[:])
 
 
 class StoreSCP:
@@ -409,10 +405,40 @@ class StoreSCP:
     def on_aborted(self, event: evt.Event) -> None:
         self._log(event).warning("association aborted")
 
+    def on_store_answering(self, event: evt.Event) -> int | Dataset:
+        """``on_store``, with the answers no exception may take away.
+
+        A data set the spool could not take (no space, I/O error) gets 0xA700
+        before anything reads it; its file was cut to nothing as the write
+        failed, and pynetdicom removes it. An exception that escapes
+        ``on_store`` becomes a failure status and one log line, not pynetdicom's
+        0xC211 with a traceback; the temporary file is removed all the same.
+        """
+        failure = receiving.failure_of(event.request)
+        if failure is not None:
+            self._log(event).error(
+                "c-store refused: the spool cannot take it",
+                error=failure.strerror,
+                no_space=failure.errno in receiving.NO_SPACE,
+            )
+            if failure.errno in receiving.NO_SPACE:
+                return _status(StoreFailure.OUT_OF_RESOURCES, "out of resources: spool full")
+            return _status(StoreFailure.OUT_OF_RESOURCES, "out of resources: spool write failed")
+        try:
+            return self.on_store(event)
+        except RecursionError:
+            self._log(event).warning("c-store refused: sequences nested too deeply")
+            return _status(StoreFailure.CANNOT_UNDERSTAND, "sequences nested too deeply to be read")
+        except Exception as exc:
+            self._log(event).error(
+                "c-store failed: unexpected error", error_type=type(exc).__name__, exc_info=True
+            )
+            return _status(StoreFailure.OUT_OF_RESOURCES, "not stored: " + type(exc).__name__)
+
     def handlers(self) -> list[Any]:
         return [
             (evt.EVT_C_ECHO, self.on_echo),
-            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_C_STORE, self.on_store_answering),
             (evt.EVT_CONN_OPEN, self.on_open),
             (evt.EVT_CONN_CLOSE, self.on_close),
             (evt.EVT_ABORTED, self.on_aborted),
@@ -434,34 +460,36 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def make_server(
-    settings: Settings, store: StudyStore, spool: Spool, load: LoadBoard
+    settings: Settings, store: StudyStore, spool: Spool, load: ProcessSlots
 ) -> ListenerServer:
     """This process's SCP; feed it accepted connections with ``ListenerServer.take``."""
     _config.STORE_RECV_CHUNKED_DATASET = True
     tempfile.tempdir = str(spool.tmp)  # pynetdicom streams each C-STORE into spool/tmp
+    receiving.install()  # ... through a file that survives a full disk
+    log_budget.install()
     dicom = settings.dicom
     ae = AE(ae_title=next(iter(dicom.ae_titles)))
-    ae.maximum_associations = dicom.max_associations + 1
+    # The slot board enforces the limits; pynetdicom's own count includes pending ones.
+    ae.maximum_associations = dicom.max_associations + dicom.max_pending_connections + 1
     ae.maximum_pdu_size = dicom.max_pdu_size
     ae.network_timeout = dicom.network_timeout
-    ae.acse_timeout = dicom.network_timeout
+    ae.acse_timeout = dicom.request_timeout  # the ARTIM timer: shorter than the network's
     ae.dimse_timeout = dicom.network_timeout
     ae.require_called_aet = False
     scp = StoreSCP(settings, store, spool)
-    handlers = scp.handlers()
-    counting = [(evt.EVT_CONN_CLOSE, lambda _e: load.closed())]
     server = ae.make_server(
         (dicom.listen.host, dicom.listen.port),
         ae_title=ae.ae_title,
         contexts=storage_contexts(),
         ssl_context=tls_context(settings),
-        evt_handlers=[*counting, *handlers],
+        evt_handlers=scp.handlers(),
         server_class=ListenerServer,
         request_handler=_Handler,
     )
     assert isinstance(server, ListenerServer)
     server.policy = AssociationPolicy.from_settings(dicom)
     server.load = load
+    server.leases = {}
     server.scp = scp
     LOG.info("listener process ready", pid=os.getpid(), slot=load.slot)
     return server

@@ -11,15 +11,13 @@ radbridge's own SR writes for an urgent finding (TID 1500 measurement group).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError as PydicomInvalid
 
+from adapters.dicom_header import read_header
 from broker.model.domain import Patient
 from broker.model.errors import InvalidDicomError
 
@@ -136,11 +134,9 @@ def _references(ds: Dataset) -> tuple[tuple[str, ...], tuple[str, ...]]:
 def read_result_header(path: Path, sop_class_uid: str | None = None) -> ResultHeader:
     """Read a stored result object's header; :class:`InvalidDicomError` if it is not DICOM
     or lacks the UIDs a result needs."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds: Any = pydicom.dcmread(path, stop_before_pixels=True, defer_size="256 KB")
-    except (PydicomInvalid, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+    try:  # deflate bombs and deep nesting are refused here too
+        ds: Any = read_header(path, defer_size="256 KB")
+    except InvalidDicomError as exc:
         raise InvalidDicomError(f"not a readable DICOM object: {exc}") from exc
     sop_class = _uid(ds, "SOPClassUID") or sop_class_uid
     values = {

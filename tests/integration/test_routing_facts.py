@@ -10,7 +10,6 @@ indexed in a real store; the service's routing input (``stored_input``, what
 
 from __future__ import annotations
 
-import multiprocessing
 import socket
 import tempfile
 import threading
@@ -36,7 +35,8 @@ from adapters.dicom.mapping import (
     read_header,
     tags_from_dataset,
 )
-from adapters.dicom.server import LoadBoard, make_server
+from adapters.dicom.server import make_server
+from adapters.dicom.slots import Limits, ProcessSlots, SlotBoard
 from adapters.dicom.study import read_studies
 from broker.model.domain import (
     InboundMessage,
@@ -213,13 +213,13 @@ def _config(folder: Path, port: int, routes: list[dict[str, Any]]) -> dict[str, 
     }
 
 
-def _serve(server: Any, sock: socket.socket, load: LoadBoard) -> None:
+def _serve(server: Any, sock: socket.socket, load: ProcessSlots) -> None:
     while True:
         try:
-            conn, _ = sock.accept()
+            conn, address = sock.accept()
         except OSError:
             return
-        load.handed_over(0)
+        load.board.admit_connection(0, conn, address[0])
         server.take(conn)
 
 
@@ -239,7 +239,7 @@ def world(
         store = StudyStore(engine)
         spool = Spool(config.storage.spool)
         spool.prepare()
-        load = LoadBoard(multiprocessing.get_context("spawn").Array("i", 1), 0)
+        load = ProcessSlots(SlotBoard(1, Limits.from_settings(config.dicom)), 0)
         tempdir = tempfile.tempdir
         server = make_server(config, store, spool, load)
         thread = threading.Thread(target=_serve, args=(server, sock, load), daemon=True)
