@@ -5,18 +5,32 @@ The ``type`` of the block names a plugin in a registry
 that plugin's own settings model validates the rest, the way a pydantic
 discriminated union picks its member by the tag. The union is open: a plugin
 installed by entry point is a member as soon as it is installed, and only the
-plugins a configuration names are imported. Every problem is reported at its
-own field: "vendors.lungai.transport.port: Input should be less than or equal
-to 65535 (got 70000); valid: an integer from 1 to 65535".
+plugins a configuration names are imported to validate it. The JSON schema of
+the settings (``Settings.model_json_schema()``) spells the union out: a
+``oneOf`` of every registered plugin's settings, discriminated by ``type``.
+Every problem is reported at its own field: "vendors.lungai.transport.port:
+Input should be less than or equal to 65535 (got 70000); valid: an integer
+from 1 to 65535".
 """
 
 from __future__ import annotations
 
 import typing
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, Union
 
-from pydantic import BaseModel, PlainValidator, SecretStr, SerializeAsAny, ValidationError
+from pydantic import (
+    BaseModel,
+    Field,
+    GetJsonSchemaHandler,
+    PlainValidator,
+    SecretStr,
+    SerializeAsAny,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from broker.model.errors import ConfigError
 from broker.model.plugins import Registry
@@ -118,12 +132,37 @@ def plugin_secrets(data: Mapping[str, Any]) -> list[tuple[str, ...]]:
     return found
 
 
+class RegisteredUnion:
+    """The JSON schema of a plugin block: the discriminated union (by ``type``) of every
+    plugin registered when the schema is made, each with its own settings model."""
+
+    def __init__(self, registry: Registry[P]) -> None:
+        self.models: Callable[[], tuple[type[BaseModel], ...]] = lambda: tuple(
+            registry.all().values()
+        )
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        models = self.models()
+        if not models:
+            return handler(schema)
+        # A union built at run time, of what is registered now: no static type can say it.
+        members = Union[models]  # type: ignore[valid-type]  # noqa: UP007
+        union = TypeAdapter(Annotated[members, Field(discriminator="type")])
+        return handler(union.core_schema)
+
+
 TransportBlock = Annotated[
-    SerializeAsAny[TransportSettings], PlainValidator(chosen_by_type(TRANSPORTS, "transport"))
+    SerializeAsAny[TransportSettings],
+    PlainValidator(chosen_by_type(TRANSPORTS, "transport")),
+    RegisteredUnion(TRANSPORTS),
 ]
 """A vendor's ``transport:`` block, validated (and dumped) by the settings model of its
 ``type``."""
 TargetBlock = Annotated[
-    SerializeAsAny[TargetSettings], PlainValidator(chosen_by_type(TARGETS, "target"))
+    SerializeAsAny[TargetSettings],
+    PlainValidator(chosen_by_type(TARGETS, "target")),
+    RegisteredUnion(TARGETS),
 ]
 """One ``targets:`` entry, validated (and dumped) by the settings model of its ``type``."""

@@ -9,6 +9,7 @@ transport.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -204,6 +205,26 @@ def test_a_plugins_secret_is_read_only_from_the_environment(
         check=False,
     )
     assert run.returncode == 0, run.stderr
+
+
+def test_the_settings_schema_includes_the_installed_plugins(plugin_path: Path) -> None:
+    """The JSON schema of the settings is a discriminated union over what is installed."""
+    code = (
+        "import json; from config.schema import Settings; s = Settings.model_json_schema(); "
+        "t = s['$defs']['Vendor']['properties']['transport']['discriminator']['mapping']; "
+        "print(json.dumps([sorted(t), s['$defs']['AcmeInboxSettings']['properties']['copies']]))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        env=_env(plugin_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    names, copies = json.loads(run.stdout)
+    assert names == ["acme_inbox", "dicom", "dicomweb", "http"]
+    assert copies["maximum"] == 3
 
 
 def test_without_the_distribution_its_type_is_unknown(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from broker.model.errors import ConfigError
 from config.base import parse_duration
 from config.loader import load_settings
-from config.schema import routing_rules
+from config.schema import Settings, routing_rules
 from config.vendors import dicom_tag
 from routing import Priority, decide
 from routing.fields import Kind
@@ -132,6 +132,26 @@ def test_valid_vendors_and_routes_check_ok(tmp_path: Path) -> None:
     rules = routing_rules(settings)
     assert rules.kind_of("lungai") == "lung-nodule-ct"
     assert rules.kind_of("ichai") == "ichai"
+
+
+def test_json_schema_is_a_discriminated_union_of_the_registered_plugins() -> None:
+    """The settings' JSON schema offers each registered transport and target type by its
+    ``type``, with that plugin's own fields."""
+    schema = Settings.model_json_schema()
+    transport = schema["$defs"]["Vendor"]["properties"]["transport"]
+    assert transport["discriminator"]["propertyName"] == "type"
+    assert sorted(transport["discriminator"]["mapping"]) == ["dicom", "dicomweb", "http"]
+    targets = next(iter(schema["properties"]["targets"]["patternProperties"].values()))
+    assert sorted(targets["discriminator"]["mapping"]) == [
+        "dicom",
+        "dicomweb",
+        "fhir",
+        "hl7",
+        "webhook",
+    ]
+    dicom = schema["$defs"]["DicomPushSettings"]
+    assert dicom["required"] == ["ae_title", "host", "port"]
+    assert dicom["properties"]["port"]["maximum"] == 65535
 
 
 def test_example_hospital_configuration_is_valid() -> None:
