@@ -537,3 +537,86 @@ def test_an_operator_resolves_a_conflict_with_a_note_audited(stack: Stack) -> No
     shown = stack.cli_json("conflicts", "show", str(reopened["id"]))
     assert shown["state"] == "resolved" and shown["resolved_by"].startswith("cli:")
     assert any(a["target"] == f"conflict:{reopened['id']}" for a in stack.audit("conflict.resolve"))
+
+
+def test_another_sites_order_with_the_same_accession_does_not_take_the_studys_link(
+    stack: Stack,
+) -> None:
+    """A study linked to its own patient's order keeps that link when an order of another
+    patient with the same accession number (another issuer, so another order) arrives: that
+    one is flagged and listed, the study's order stays the first."""
+    n = next(_NUMBERS)
+    own, other = _patients(n)
+    first = sample_order(n, patient=own, issuer="SITE-A", study_uid=None)
+    assert stack.hl7(omi_o23(first)).code is AckCode.AA
+    uid, files = stack.study(
+        f"linked{n}",
+        "mr_brain",
+        instances=1,
+        patient_id=own.patient_id,
+        accession=first.accession_number or "",
+    )
+    storescu(files, stack.rb.port)
+    linked = _wait(
+        lambda: (s := stack.rb.study(uid))["order_link"] is not None and s, what="linked"
+    )
+    assert linked["order_link"]["state"] == "linked"
+    second = replace(
+        first, placer_number=f"B{n}", filler_number=f"BF{n}", issuer="SITE-B", patient=other
+    )
+    assert stack.hl7(omi_o23(second)).code is AckCode.AA
+    kept = stack.rb.study(uid)
+    assert kept["order_link"]["state"] == "linked"
+    assert kept["order"]["placer_number"] == first.placer_number
+    [flagged] = stack.conflicts(kind="order_study", study_uid=uid)
+    assert flagged["claimed"]["patient_id"] == other.patient_id
+    assert flagged["order_id"] != kept["order"]["id"]
+
+
+def test_a_result_naming_the_patient_merged_into_the_studys_is_taken(stack: Stack) -> None:
+    """The vendor saw the study before an ADT^A40 merged its patient into another: its SR
+    still names the prior patient and is taken as the job's result (the merge is the audited
+    move), while an SR naming an unrelated patient is still refused."""
+    n = next(_NUMBERS)
+    prior, survivor = _patients(n)
+    uid, files = stack.study(f"merged{n}", "ct_chest", instances=6, patient_id=prior.patient_id)
+    storescu(files, stack.rb.port)
+    the_job = _wait(
+        lambda: next(
+            (
+                j
+                for j in stack.cli_json("jobs", "list")
+                if j["study_uid"] == uid and j["state"] == "awaiting_result"
+            ),
+            None,
+        ),
+        60,
+        "the job awaiting its result",
+    )
+    assert stack.hl7(adt_a40(survivor, Patient(prior.patient_id, ISSUER))).code is AckCode.AA
+    assert stack.rb.study(uid)["patient"]["patient_id"] == survivor.patient_id
+    source = read_source_study(files)  # the files the vendor got: the prior patient
+    sr = findings_to_sr(
+        parse_findings(json.dumps(head_bleed(source)).encode()), source, result_id=f"m{n}"
+    )
+    path = stack.folder / f"merged{n}.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    sent = storescu(
+        [path], stack.rb.port, called_ae="RADBRIDGE_RES", calling_ae="LUNGAI", extra_args=["-d"]
+    )
+    assert _statuses(sent) == ["0x0000"]
+    [result] = stack.cli_json("results", "list", "--study", uid)
+    assert result["job_id"] == the_job["id"]
+    sr.PatientID = f"STRANGER{n}"
+    sr.SOPInstanceUID = pydicom.uid.generate_uid()
+    sr.file_meta.MediaStorageSOPInstanceUID = sr.SOPInstanceUID
+    sr.save_as(path, enforce_file_format=True)
+    refused = storescu(
+        [path],
+        stack.rb.port,
+        called_ae="RADBRIDGE_RES",
+        calling_ae="LUNGAI",
+        check=False,
+        extra_args=["-d"],
+    )
+    assert _statuses(refused) == ["0xc409"]
