@@ -74,7 +74,7 @@ class Dispatcher:
         self.clock = clock
         self._unannounced: dict[int, Job] = {}
         self._lock = threading.Lock()
-        self._sweep = Sweep(jobs, self.publish)
+        self._sweep = Sweep(jobs, self.publish, snapshot=lambda: self.plans.current.id)
 
     def dispatch(self, requests: Iterable[JobRequest], plan: Plan | None = None) -> list[Created]:
         """Create a job per request (an existing one is kept) and wake a worker for each new one.
@@ -153,7 +153,7 @@ class Dispatcher:
         it. Returns how many jobs were announced.
         """
         now = self.clock()
-        for job in self.jobs.recover_interrupted(now=now):
+        for job in self.jobs.recover_interrupted(snapshot=self.plans.current.id, now=now):
             LOG.warning(
                 "job was interrupted while sending",
                 job_id=job.id,
@@ -174,7 +174,8 @@ class Dispatcher:
         for job in retry_publish:
             self.publish(job)
         now = now or self.clock()
-        moved = self.jobs.requeue_due(now) + self.jobs.take_released(now)
+        snapshot = self.plans.current.id
+        moved = self.jobs.requeue_due(now, snapshot=snapshot) + self.jobs.take_released(now)
         for job in moved:
             self.publish(job)
         return moved

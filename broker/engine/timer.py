@@ -46,10 +46,13 @@ class Sweep(Generic[I]):
     """A worker should look at this item (requeued or released)."""
     taken_over: Callable[[I], object] = _ignore
     """A lapsed claim was taken over (the item is failed or dead now)."""
+    snapshot: Callable[[], str | None] = lambda: None
+    """The configuration in force, named in the history rows the timer writes."""
 
     def __call__(self, now: datetime) -> datetime | None:
         noun = self.store.kind.machine.noun
-        for item in self.store.expire_leases(now):
+        snapshot = self.snapshot()
+        for item in self.store.expire_leases(now, snapshot=snapshot):
             LOG.warning(
                 f"{noun} taken over: its worker's lease ran out",
                 **{f"{noun}_id": item.id},
@@ -57,7 +60,8 @@ class Sweep(Generic[I]):
                 attempt=item.attempts,
             )
             self.taken_over(item)
-        for item in self.store.requeue_due(now) + self.store.take_released(now):
+        requeued = self.store.requeue_due(now, snapshot=snapshot)
+        for item in requeued + self.store.take_released(now):
             self.wake(item)
         return self.store.next_wakeup()
 

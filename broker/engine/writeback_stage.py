@@ -101,7 +101,12 @@ class WritebackStage:
             clock=clock,
             jitter=jitter,
         )
-        self._sweep = Sweep(self.deliveries, self._wake_item, self._taken_over)
+        self._sweep = Sweep(
+            self.deliveries,
+            self._wake_item,
+            self._taken_over,
+            snapshot=lambda: self.plans.current.id,
+        )
         self._overdue_at: datetime | None = None
 
     @property
@@ -284,7 +289,7 @@ class WritebackStage:
     def run_once(self, target: str) -> Delivery | None:
         """Requeue ``target``'s due retries, then claim and run its next delivery, if any
         (tests, and one-off runs; the running service has the engine's lanes)."""
-        self.deliveries.requeue_due(self.clock(), lane=target)
+        self.deliveries.requeue_due(self.clock(), lane=target, snapshot=self.plans.current.id)
         d = self.lanes_engine.claim(target)
         return None if d is None else self.handle(d)
 
@@ -339,7 +344,8 @@ class WritebackStage:
 
     def recover(self) -> None:
         """After a (re)start: interrupted deliveries fail (retried at once), stuck jobs settle."""
-        for d in self.deliveries.recover_interrupted(now=self.clock()):
+        snapshot = self.plans.current.id
+        for d in self.deliveries.recover_interrupted(snapshot=snapshot, now=self.clock()):
             LOG.warning(
                 "delivery was interrupted while sending",
                 delivery_id=d.id,

@@ -458,7 +458,12 @@ class WorkStore(Generic[I, S, E]):
     # ---------------------------------------------------------------- the timer's steps
 
     def requeue_due(
-        self, now: datetime | None = None, *, lane: str | None = None, limit: int = 500
+        self,
+        now: datetime | None = None,
+        *,
+        lane: str | None = None,
+        snapshot: str | None = None,
+        limit: int = 500,
     ) -> list[I]:
         """Failed items whose backoff has passed, moved back to pending (to be claimed)."""
         now = utc(now)
@@ -483,6 +488,7 @@ class WorkStore(Generic[I, S, E]):
                         from_state=m.failed,
                         to_state=m.pending,
                         attempt=row.attempts,
+                        snapshot=snapshot,
                     )
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot requeue failed {m.noun} rows: {exc}") from exc
@@ -507,6 +513,7 @@ class WorkStore(Generic[I, S, E]):
         now: datetime | None = None,
         *,
         gone: Callable[[str | None], bool] | None = None,
+        snapshot: str | None = None,
         limit: int = 500,
     ) -> list[I]:
         """Take over claims nobody holds any more: the attempt counts; failed (due at once),
@@ -537,12 +544,22 @@ class WorkStore(Generic[I, S, E]):
                 why = f"interrupted while sending (worker {holder} stopped)"
             else:
                 why = f"interrupted while sending: the lease of worker {holder} ran out"
-            item = self._take_over(row, why, lapsed_only=not dead_holder, now=now)
+            item = self._take_over(
+                row, why, lapsed_only=not dead_holder, snapshot=snapshot, now=now
+            )
             if item is not None:
                 taken.append(item)
         return taken
 
-    def _take_over(self, row: Row[Any], why: str, *, lapsed_only: bool, now: datetime) -> I | None:
+    def _take_over(
+        self,
+        row: Row[Any],
+        why: str,
+        *,
+        lapsed_only: bool,
+        snapshot: str | None,
+        now: datetime,
+    ) -> I | None:
         t, m = self._t, self._m
         to = m.dead if row.attempts >= row.max_attempts else m.failed
         conditions = [
@@ -577,6 +594,7 @@ class WorkStore(Generic[I, S, E]):
                     to_state=to,
                     attempt=row.attempts,
                     error=why,
+                    snapshot=snapshot,
                     worker=row.claimed_by,
                 )
                 self.entered(conn, updated, to, now)
@@ -584,10 +602,12 @@ class WorkStore(Generic[I, S, E]):
             raise StoreError(f"cannot take over {m.noun} {row.id}: {exc}") from exc
         return self.kind.item(updated)
 
-    def recover_interrupted(self, *, now: datetime | None = None) -> list[I]:
+    def recover_interrupted(
+        self, *, snapshot: str | None = None, now: datetime | None = None
+    ) -> list[I]:
         """After a start: take over every claim whose lease ran out or whose holder is gone
         (no holder, or a process of this machine that no longer runs)."""
-        return self.expire_leases(now, gone=holder_gone, limit=1_000_000)
+        return self.expire_leases(now, gone=holder_gone, snapshot=snapshot, limit=1_000_000)
 
     def _update_batch(
         self,
