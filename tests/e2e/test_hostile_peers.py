@@ -169,11 +169,11 @@ def test_pending_connections_are_bounded_overall_and_per_peer(
 ) -> None:
     """Past the per-peer cap, or past the pending cap, a connection is closed unread; the rest
     of the world still associates."""
-    rb = radbridge_factory(
+    rb = radbridge_factory(  # a request timeout far beyond the waits: a close is a refusal
         max_pending_connections=3,
         max_connections_per_peer=2,
-        association_request_timeout=5,
-        network_timeout=30,
+        association_request_timeout=30,
+        network_timeout=60,
     )
     held = [HostilePeer(rb.port, source="127.0.0.2").connect() for _ in range(2)]
     try:
@@ -183,7 +183,7 @@ def test_pending_connections_are_bounded_overall_and_per_peer(
         fourth = HostilePeer(rb.port, source="127.0.0.4").connect()
         assert fourth.wait_closed(5), "a connection past max_pending_connections was kept"
         for peer in held:
-            assert peer.wait_closed(15)
+            peer.close()
         assert _eventually(lambda: _echo(rb, source="127.0.0.2"), 10)
         assert _echo(rb, source="127.0.0.4")
     finally:
@@ -508,3 +508,23 @@ def test_listener_survives_every_hostile_script_in_a_row(
             report = peer.play(script)
             assert report.closed, script
         assert _echo(rb)
+
+
+# -- settings ---------------------------------------------------------------------------
+
+
+def test_request_timeout_must_be_shorter_than_the_network_timeout(tmp_path: Path) -> None:
+    """config check refuses an association request timeout not shorter than the network
+    timeout, and limits out of range, naming the setting and what is valid."""
+    rb = Radbridge(tmp_path / "timeouts", None, association_request_timeout=60, network_timeout=30)
+    checked = rb.cli("config", "check", check=False)
+    assert checked.returncode != 0
+    output = checked.stdout + checked.stderr
+    assert "dicom.association_request_timeout (60 s) must be shorter than" in output
+    assert "dicom.network_timeout (30 s)" in output
+    rb = Radbridge(tmp_path / "limits", None, max_connections_per_peer=0, max_pending_connections=0)
+    checked = rb.cli("config", "check", check=False)
+    assert checked.returncode != 0
+    output = checked.stdout + checked.stderr
+    assert "max_connections_per_peer" in output and "max_pending_connections" in output
+    assert "greater than or equal to 1" in output
