@@ -236,7 +236,7 @@ class JobWork:
         try:
             sent = transport.send(item, files)
         except Exception as exc:
-            count_error("send", exc)
+            count_error("delivery", exc)  # radbridge_errors_total{stage="delivery"}, as dashboards know it
             return Failure(
                 f"{type(exc).__name__}: {exc}",
                 retryable=is_retryable(transport, exc),
