@@ -7,8 +7,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= examples/hospital.yaml
 DEBIAN_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools chromium
+# pytest-xdist workers. Most tests wait on real peers, timers and processes
+# rather than compute, so 4 workers keep a 2-core machine busy; tests that
+# must not overlap share an xdist_group (--dist loadgroup, in pyproject.toml).
+TEST_WORKERS ?= 4
+LINTED := broker adapters routing config tests
 
-.PHONY: run test lint unit bench venv debian services clean
+.PHONY: run test tests lint ruff typecheck bench venv debian services clean
 
 $(BIN)/radbridge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,13 +50,23 @@ services:
 		for i in $$(seq 60); do (echo > /dev/tcp/127.0.0.1/5672) 2>/dev/null && break; sleep 1; done; \
 	fi
 
-lint: venv
-	$(BIN)/ruff check broker adapters routing config tests
-	$(BIN)/ruff format --check broker adapters routing config tests
+lint: ruff typecheck
+
+ruff: venv
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
+typecheck: venv
 	$(BIN)/mypy broker adapters routing config
 
-test: venv debian services lint
-	TCP_NODELAY=1 $(BIN)/pytest -q
+# Every test, in parallel (TEST_WORKERS=0: one after the other in one process).
+tests: venv debian services
+	TCP_NODELAY=1 $(BIN)/pytest -q -n $(TEST_WORKERS)
+
+# ruff first (a second), then mypy beside the tests: on a fresh clone mypy has
+# no cache and takes about half a minute of one core.
+test: ruff
+	@$(MAKE) --no-print-directory -j2 typecheck tests
 
 bench: venv debian
 	$(BIN)/python -m tests.bench.ingest
