@@ -22,6 +22,7 @@ import os
 import socket
 import ssl
 import tempfile
+import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
@@ -429,9 +430,11 @@ class StoreSCP:
         except RecursionError:
             self._log(event).warning("c-store refused: sequences nested too deeply")
             return _status(StoreFailure.CANNOT_UNDERSTAND, "sequences nested too deeply to be read")
-        except Exception as exc:
+        except Exception as exc:  # the message may quote the data set: log where, not what
+            frames = traceback.extract_tb(exc.__traceback__)
+            where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else None
             self._log(event).error(
-                "c-store failed: unexpected error", error_type=type(exc).__name__, exc_info=True
+                "c-store failed: unexpected error", error_type=type(exc).__name__, where=where
             )
             return _status(StoreFailure.OUT_OF_RESOURCES, "not stored: " + type(exc).__name__)
 
