@@ -26,8 +26,11 @@ PHI_KEYS = frozenset(
         "patient",
         "other_patient_ids",
         "patient_address",
+        "study_value",
     }
 )
+"""``study_value``: a value read from a study (e.g. the actual value of a failed ``tag.*``
+condition), which may be any attribute, identifying ones included."""
 #: Keys whose values are UIDs or accession numbers; shortened to a stable hash.
 PSEUDONYMIZED_KEYS = frozenset({"study_uid", "accession_number", "series_uid", "sop_instance_uid"})
 

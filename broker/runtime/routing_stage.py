@@ -80,7 +80,15 @@ class RoutingStage:
                 until=decision.wait_until.isoformat(timespec="seconds"),
             )
         if decision.unrouted is not None:
-            LOG.info("study unrouted", study_uid=study_uid, reason=str(decision.unrouted))
+            unrouted, failure = decision.unrouted, decision.unrouted.failure
+            LOG.info(
+                "study unrouted",
+                study_uid=study_uid,
+                closest_route=unrouted.closest_route,
+                condition=failure.condition if failure else None,
+                wanted=failure.wanted if failure else None,
+                study_value=failure.got if failure else None,  # any tag: redacted unless PHI
+            )
         requests = [
             JobRequest(
                 study_uid=study_uid,

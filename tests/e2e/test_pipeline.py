@@ -96,9 +96,10 @@ def _check_delivery(rb: Radbridge, vendor: StoreSCP, studies: dict[str, list[Pat
     assert job["vendor"] == "lungai" and job["route"] == "chest-ct-lung-nodule"
     mr_study = pydicom.dcmread(studies["mr"][0]).StudyInstanceUID
     assert "study unrouted" in rb.log_path.read_text()
-    assert any(
-        line.get("study_uid") and line["event"] == "study unrouted" for line in rb.log_lines()
-    )
+    [unrouted] = [line for line in rb.log_lines() if line["event"] == "study unrouted"]
+    assert unrouted["study_uid"].startswith("h:")  # hashed, not the UID
+    assert unrouted["condition"] and unrouted["closest_route"]
+    assert unrouted["study_value"] == "[redacted]"  # the MR's own value of the failed condition
     explain = subprocess.run(
         [RADBRIDGE, "routes", "explain", "-c", str(rb.config_path), mr_study],
         capture_output=True,
