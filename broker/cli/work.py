@@ -58,7 +58,8 @@ def store_engine(config: Any) -> Engine:
 
 def as_json(item: Any, history: list[Any] | None = None) -> dict[str, Any]:
     """An item (a dataclass) as JSON, with its history if given."""
-    data: dict[str, Any] = plain(asdict(item))
+    fields: dict[str, Any] = plain(asdict(item))
+    data = {"id": fields.pop("id"), "state": fields.pop("state"), **fields}
     if history is not None:
         data["history"] = plain([asdict(e) for e in history])
     return data

@@ -236,7 +236,8 @@ class JobWork:
         try:
             sent = transport.send(item, files)
         except Exception as exc:
-            count_error("delivery", exc)  # radbridge_errors_total{stage="delivery"}, as dashboards know it
+            # The label dashboards know: radbridge_errors_total{stage="delivery"}.
+            count_error("delivery", exc)
             return Failure(
                 f"{type(exc).__name__}: {exc}",
                 retryable=is_retryable(transport, exc),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from broker.model.domain import CodedValue, Priority
-from broker.model.work import Machine, WorkStateError
+from broker.model.work import Attempts, Machine, WorkEvent, WorkStateError
 from broker.model.work import backoff as backoff  # noqa: PLC0414 (re-exported)
 from broker.model.work import retry_at as retry_at  # noqa: PLC0414 (re-exported)
 
@@ -90,9 +90,10 @@ def check_transition(from_state: JobState, to_state: JobState) -> None:
     MACHINE.check(from_state, to_state)
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
-    """One study and vendor product to deliver, as the store holds it."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job(Attempts):
+    """One study and vendor product to send, as the store holds it (attempts, retry budget
+    and claim: :class:`~broker.model.work.Attempts`)."""
 
     id: int
     study_uid: str
@@ -100,38 +101,14 @@ class Job:
     route: str
     priority: Priority
     state: JobState
-    attempts: int
-    max_attempts: int
     series_uids: tuple[str, ...]
     """The series to send; empty means every series of the study."""
     deadline_at: datetime | None
-    next_attempt_at: datetime | None
-    last_error: str | None
-    created_at: datetime
-    updated_at: datetime
     study_revision: int
-    claimed_by: str | None = None
-    """The worker whose attempt holds the job (while ``sending``)."""
-    lease_until: datetime | None = None
-    """Until when that claim holds unless its worker renews it."""
-
-    @property
-    def exhausted(self) -> bool:
-        """No attempt is left: a failure now makes the job dead."""
-        return self.attempts >= self.max_attempts
 
 
-@dataclass(frozen=True, slots=True)
-class JobEvent:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobEvent(WorkEvent[JobState]):
     """One transition in a job's history."""
 
     job_id: int
-    at: datetime
-    from_state: JobState | None
-    to_state: JobState
-    attempt: int
-    error: str | None
-    snapshot: str | None = None
-    """The configuration snapshot the step was taken under (an attempt's plan)."""
-    worker: str | None = None
-    """The worker that took the step (a claim, an attempt's outcome)."""

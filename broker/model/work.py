@@ -92,6 +92,43 @@ class WorkItem(Protocol):
     def exhausted(self) -> bool: ...
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attempts:
+    """What every work item holds besides its own fields: its attempts, its retry budget,
+    when it is next due, and the claim of the worker whose attempt holds it."""
+
+    attempts: int
+    max_attempts: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    claimed_by: str | None = None
+    """The worker whose attempt holds the item (while ``sending``)."""
+    lease_until: datetime | None = None
+    """Until when that claim holds unless its worker renews it."""
+
+    @property
+    def exhausted(self) -> bool:
+        """No attempt is left: a failure now makes the item dead."""
+        return self.attempts >= self.max_attempts
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkEvent(Generic[S]):
+    """One transition in a work item's history."""
+
+    at: datetime
+    from_state: S | None
+    to_state: S
+    attempt: int
+    error: str | None
+    snapshot: str | None = None
+    """The configuration snapshot the step was taken under (an attempt's plan)."""
+    worker: str | None = None
+    """The worker that took the step (a claim, an attempt's outcome)."""
+
+
 def backoff(
     attempt: int,
     base: float,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from broker.model.domain import CodedValue, Result, StoredOrder, Study
@@ -32,7 +31,7 @@ from broker.model.jobs import Job
 # Re-exported: the write-back stage sees targets through this module.
 from broker.model.target import WritebackTarget as WritebackTarget  # noqa: PLC0414
 from broker.model.target import is_retryable as is_retryable  # noqa: PLC0414
-from broker.model.work import Machine, WorkStateError
+from broker.model.work import Attempts, Machine, WorkEvent, WorkStateError
 
 
 class DeliveryStateError(WorkStateError):
@@ -101,9 +100,10 @@ def check_transition(from_state: DeliveryState, to_state: DeliveryState) -> None
     MACHINE.check(from_state, to_state)
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One result (or job, for an overdue notice) to one target, as the store holds it.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delivery(Attempts):
+    """One result (or job, for an overdue notice) to one target, as the store holds it
+    (attempts, retry budget and claim: :class:`~broker.model.work.Attempts`).
 
     ``message_id`` is fixed when the row is made and used on every attempt:
     the HL7 message control ID (MSH-10), the FHIR Bundle identifier, the
@@ -121,40 +121,16 @@ class Delivery:
     """What a notification is about: ``urgent_result``, ``overdue``; ``result`` otherwise."""
     urgent: bool
     state: DeliveryState
-    attempts: int
-    max_attempts: int
     message_id: str
-    next_attempt_at: datetime | None
-    last_error: str | None
     detail: str | None
     """What the last successful attempt did (e.g. ``C-STORE to PACS@host:104``)."""
-    created_at: datetime
-    updated_at: datetime
-    claimed_by: str | None = None
-    """The worker whose attempt holds the delivery (while ``sending``)."""
-    lease_until: datetime | None = None
-    """Until when that claim holds unless its worker renews it."""
-
-    @property
-    def exhausted(self) -> bool:
-        """No attempt is left: a failure now makes the delivery dead."""
-        return self.attempts >= self.max_attempts
 
 
-@dataclass(frozen=True, slots=True)
-class DeliveryEvent:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryEvent(WorkEvent[DeliveryState]):
     """One transition in a delivery's history."""
 
     delivery_id: int
-    at: datetime
-    from_state: DeliveryState | None
-    to_state: DeliveryState
-    attempt: int
-    error: str | None
-    snapshot: str | None = None
-    """The configuration snapshot the step was taken under (an attempt's plan)."""
-    worker: str | None = None
-    """The worker that took the step (a claim, an attempt's outcome)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from broker.store.jobs import JobStore, _job
 from broker.store.studies import _insert
 from broker.store.tables import deliveries, delivery_events, job_events, jobs, result_objects
 from broker.store.work import WorkKind, WorkStore, utc
+from broker.store.work_claims import attempt_fields, event_fields
 
 #: Jobs that wait for a result and can be overdue (past ``deadline_at``).
 OVERDUE_STATES: frozenset[JobState] = frozenset({JobState.SENT, JobState.AWAITING_RESULT})
@@ -80,30 +81,14 @@ def _delivery(r: Row[Any]) -> Delivery:
         event=r.event,
         urgent=bool(r.urgent),
         state=DeliveryState(r.state),
-        attempts=r.attempts,
-        max_attempts=r.max_attempts,
         message_id=r.message_id,
-        next_attempt_at=r.next_attempt_at,
-        last_error=r.last_error,
         detail=r.detail,
-        created_at=r.created_at,
-        updated_at=r.updated_at,
-        claimed_by=r.claimed_by,
-        lease_until=r.lease_until,
+        **attempt_fields(r),
     )
 
 
 def _event(r: Row[Any]) -> DeliveryEvent:
-    return DeliveryEvent(
-        delivery_id=r.delivery_id,
-        at=r.at,
-        from_state=DeliveryState(r.from_state) if r.from_state else None,
-        to_state=DeliveryState(r.to_state),
-        attempt=r.attempt,
-        error=r.error,
-        snapshot=r.snapshot,
-        worker=r.worker,
-    )
+    return DeliveryEvent(delivery_id=r.delivery_id, **event_fields(r, DeliveryState))
 
 
 def _urgent_first(t: Table) -> list[Any]:

@@ -31,6 +31,7 @@ from broker.store.engine import writing
 from broker.store.studies import _insert
 from broker.store.tables import job_events, jobs
 from broker.store.work import MAX_ERROR, WorkKind, WorkStore, clip, utc
+from broker.store.work_claims import attempt_fields, event_fields
 
 __all__ = ["MAX_ERROR", "Created", "JobChangedError", "JobStore", "cancel_for_studies"]
 
@@ -53,31 +54,15 @@ def _job(r: Row[Any]) -> Job:
         route=r.route,
         priority=Priority(r.priority),
         state=JobState(r.state),
-        attempts=r.attempts,
-        max_attempts=r.max_attempts,
         series_uids=tuple(json.loads(r.series_uids)),
         deadline_at=r.deadline_at,
-        next_attempt_at=r.next_attempt_at,
-        last_error=r.last_error,
-        created_at=r.created_at,
-        updated_at=r.updated_at,
         study_revision=r.study_revision,
-        claimed_by=r.claimed_by,
-        lease_until=r.lease_until,
+        **attempt_fields(r),
     )
 
 
 def _event(r: Row[Any]) -> JobEvent:
-    return JobEvent(
-        job_id=r.job_id,
-        at=r.at,
-        from_state=JobState(r.from_state) if r.from_state else None,
-        to_state=JobState(r.to_state),
-        attempt=r.attempt,
-        error=r.error,
-        snapshot=r.snapshot,
-        worker=r.worker,
-    )
+    return JobEvent(job_id=r.job_id, **event_fields(r, JobState))
 
 
 def _urgent_first(t: Table) -> list[Any]:

@@ -40,6 +40,33 @@ def clip(text: str | None) -> str | None:
     return None if text is None else text[:MAX_ERROR]
 
 
+def attempt_fields(r: Row[Any]) -> dict[str, Any]:
+    """The :class:`~broker.model.work.Attempts` fields of an item's row."""
+    return {
+        "attempts": r.attempts,
+        "max_attempts": r.max_attempts,
+        "next_attempt_at": r.next_attempt_at,
+        "last_error": r.last_error,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+        "claimed_by": r.claimed_by,
+        "lease_until": r.lease_until,
+    }
+
+
+def event_fields(r: Row[Any], state: Callable[[str], Any]) -> dict[str, Any]:
+    """The :class:`~broker.model.work.WorkEvent` fields of a history row."""
+    return {
+        "at": r.at,
+        "from_state": state(r.from_state) if r.from_state else None,
+        "to_state": state(r.to_state),
+        "attempt": r.attempt,
+        "error": r.error,
+        "snapshot": r.snapshot,
+        "worker": r.worker,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class WorkKind(Generic[I, S, E]):
     """Where one kind of work item lives: its table, its history, its lanes, its claim order."""
