@@ -10,16 +10,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from broker.cli.common import ConfigOption, JsonOption, err, out
-from broker.cli.work import (
-    as_json,
-    audited,
-    claim_line,
-    print_history,
-    print_json,
-    store_engine,
-)
-from broker.model.errors import NotFoundError
+from broker.cli.common import ConfigOption, JsonOption, out
+from broker.cli.work import as_json, audited, print_json, show, store_engine
 from broker.model.writeback import DeliveryState
 from broker.store.audit import Action
 from broker.store.deliveries import DeliveryStore
@@ -75,32 +67,18 @@ def show_delivery(
     json_out: JsonOption = False,
 ) -> None:
     """One delivery and its history (every attempt with time, worker, snapshot and error)."""
-    store = DeliveryStore(store_engine(config))
-    try:
-        d = store.get(delivery_id)
-    except NotFoundError as exc:
-        err.print(str(exc), highlight=False)
-        raise typer.Exit(1) from exc
-    history = store.history(delivery_id)
-    if json_out:
-        print_json(as_json(d, history))
-        return
-    out.print(
-        f"delivery {d.id}: {d.state.value}; {d.kind.value} ({d.event}) to {d.target} "
-        f"({d.target_type}); attempt {d.attempts} of {d.max_attempts}; message {d.message_id}",
-        highlight=False,
-        markup=False,
+    show(
+        DeliveryStore(store_engine(config)),
+        delivery_id,
+        json_out,
+        lambda d: [
+            f"delivery {d.id}: {d.state.value}; {d.kind.value} ({d.event}) to {d.target} "
+            f"({d.target_type}); attempt {d.attempts} of {d.max_attempts}; "
+            f"message {d.message_id}",
+            f"job {d.job_id}, result {d.result_id}, study {d.study_uid}",
+            d.detail and f"done: {d.detail}",
+        ],
     )
-    out.print(f"job {d.job_id}, result {d.result_id}, study {d.study_uid}", highlight=False)
-    lines = (
-        claim_line(d),
-        d.detail and f"done: {d.detail}",
-        d.last_error and f"last error: {d.last_error}",
-    )
-    for line in lines:
-        if line:
-            out.print(line, highlight=False, markup=False)
-    print_history(history)
 
 
 @app.command("retry")

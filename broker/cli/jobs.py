@@ -8,15 +8,7 @@ import typer
 from rich.table import Table
 
 from broker.cli.common import ConfigOption, JsonOption, err, out
-from broker.cli.work import (
-    as_json,
-    audited,
-    claim_line,
-    print_history,
-    print_json,
-    store_engine,
-)
-from broker.model.errors import NotFoundError
+from broker.cli.work import as_json, audited, print_json, show, store_engine
 from broker.model.jobs import JobState
 from broker.store.audit import Action
 from broker.store.deliveries import DeliveryStore
@@ -84,26 +76,16 @@ def show_job(
 ) -> None:
     """One job and its full history (every transition with time, attempt, worker, snapshot
     and error)."""
-    store = JobStore(store_engine(config))
-    try:
-        job = store.get(job_id)
-    except NotFoundError as exc:
-        err.print(str(exc), highlight=False)
-        raise typer.Exit(1) from exc
-    history = store.history(job_id)
-    if json_out:
-        print_json(as_json(job, history))
-        return
-    out.print(
-        f"job {job.id}: {job.state.value}; {job.vendor} via route {job.route}; "
-        f"priority {job.priority.value}; attempt {job.attempts} of {job.max_attempts}",
-        highlight=False,
+    show(
+        JobStore(store_engine(config)),
+        job_id,
+        json_out,
+        lambda job: [
+            f"job {job.id}: {job.state.value}; {job.vendor} via route {job.route}; "
+            f"priority {job.priority.value}; attempt {job.attempts} of {job.max_attempts}",
+            f"study {job.study_uid}",
+        ],
     )
-    out.print(f"study {job.study_uid}", highlight=False)
-    for line in (claim_line(job), job.last_error and f"last error: {job.last_error}"):
-        if line:
-            out.print(line, highlight=False, markup=False)
-    print_history(history)
 
 
 def _operator(action: str, job_id: int, config: ConfigOption) -> None:

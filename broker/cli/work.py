@@ -18,7 +18,7 @@ from rich.table import Table
 from sqlalchemy import Engine
 
 from broker.cli.common import err, out, plain, settings_or_exit
-from broker.model.errors import RadbridgeError
+from broker.model.errors import NotFoundError, RadbridgeError
 from broker.store import make_engine
 from broker.store.audit import AuditLog, cli_actor
 from broker.store.migrate import migrate
@@ -91,6 +91,27 @@ def print_history(history: list[Any]) -> None:
             e.error or "",
         )
     out.print(table)
+
+
+def show(store: Any, item_id: int, json_out: bool, describe: Any) -> None:
+    """One item and its history: JSON, or ``describe(item)``'s lines, the claim and the
+    last error, then the history table. An unknown id is printed and exits 1."""
+    try:
+        item = store.get(item_id)
+    except NotFoundError as exc:
+        err.print(str(exc), highlight=False)
+        raise typer.Exit(1) from exc
+    history = store.history(item_id)
+    if json_out:
+        print_json(as_json(item, history))
+        return
+    lines = [*describe(item), claim_line(item)]
+    if item.last_error:
+        lines.append(f"last error: {item.last_error}")
+    for line in lines:
+        if line:
+            out.print(line, highlight=False, markup=False)
+    print_history(history)
 
 
 def audited(engine: Engine, action: str, target: str, act: Any, detail: Any) -> Any:
