@@ -136,7 +136,7 @@ def retry_job(
     who: Operator,
     next_page: Next = "",
 ) -> Response:
-    """Start a dead or failed job over; the running service publishes it within a second."""
+    """Start a dead or failed job over; the running service wakes a worker within a second."""
     return _act(request, console, who, job_id, action=Action.JOB_RETRY, next_page=next_page)
 
 

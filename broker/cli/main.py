@@ -111,7 +111,7 @@ def serve(config: ConfigOption = None) -> None:
 
 @app.command()
 def worker(config: ConfigOption = None) -> None:
-    """Deliver jobs from a shared bus (RabbitMQ) to the vendors, until Ctrl-C or SIGTERM."""
+    """Send vendor jobs, woken from a shared bus (RabbitMQ), until Ctrl-C or SIGTERM."""
     from broker.engine.bus import Bus  # noqa: PLC0415 (kombu is heavy; other commands skip it)
     from broker.runtime.worker import WorkerProcess  # noqa: PLC0415
 

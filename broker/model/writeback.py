@@ -1,10 +1,11 @@
 """Write-back: deliveries (one per result and target), their states, and the target interface.
 
-Pure: no I/O. The store (``broker.store.deliveries``) persists deliveries and
-checks every transition against :data:`TRANSITIONS`; the stage
-(``broker.engine.writeback_stage``) runs one worker per target; the targets
-themselves live in ``adapters/writeback/`` and register by name, so the broker
-only sees :class:`~broker.model.target.WritebackTarget`.
+A delivery is a work item of the job engine (:mod:`broker.model.work`), like a
+vendor job. Pure: no I/O. The store (``broker.store.deliveries``) persists
+deliveries and checks every transition against :data:`MACHINE`; the stage
+(``broker.engine.writeback_stage``) runs a lane per target on the job engine;
+the targets themselves live in ``adapters/writeback/`` and register by name,
+so the broker only sees :class:`~broker.model.target.WritebackTarget`.
 
 A delivery is one of three kinds:
 

@@ -1,6 +1,6 @@
 """Counting what is sent out: usage rows and the audit trail of every delivery, trial quotas.
 
-:class:`Accounting` is the delivery worker's ``on_sent`` hook: when a job
+:class:`Accounting` is the job worker's ``on_sent`` hook: when a job
 reaches ``sent`` it writes, in one transaction, the job's usage row (once
 per job) and the ``study.sent`` audit row (vendor, series, route). At start,
 :meth:`Accounting.reconcile` counts jobs that were sent just before a crash
