@@ -224,15 +224,21 @@ class WorkClaims(Generic[I, S, E]):
         return None
 
     def _lock_lane(self, conn: Connection, lane: str) -> None:
+        """Lock the lane's row (made the first time) until the transaction ends.
+
+        PostgreSQL: the row lock serialises the lane's claims across processes;
+        SQLite: the write transaction is already the only one (BEGIN IMMEDIATE).
+        """
         key = self.kind.lane_key(lane)
+        lock = select(work_lanes.c.lane).where(work_lanes.c.lane == key).with_for_update()
+        if conn.execute(lock).first() is not None:
+            return
         conn.execute(
             _insert(self.engine, work_lanes)
             .values(lane=key)
             .on_conflict_do_nothing(index_elements=[work_lanes.c.lane])
         )
-        # PostgreSQL: the row lock serialises the lane's claims across processes;
-        # SQLite: the write transaction is already the only one (BEGIN IMMEDIATE).
-        conn.execute(select(work_lanes.c.lane).where(work_lanes.c.lane == key).with_for_update())
+        conn.execute(lock)
 
     def _live(self, conn: Connection, lane: str, now: datetime) -> int:
         t = self._t
