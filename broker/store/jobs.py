@@ -31,7 +31,7 @@ from broker.store.engine import writing
 from broker.store.studies import _insert
 from broker.store.tables import job_events, jobs
 from broker.store.work import MAX_ERROR, WorkKind, WorkStore, clip, utc
-from broker.store.work_claims import attempt_fields, event_fields
+from broker.store.work_claims import attempt_fields, event_fields, record_event
 
 __all__ = ["MAX_ERROR", "Created", "JobChangedError", "JobStore", "cancel_for_studies"]
 
@@ -93,15 +93,15 @@ def _record(
     error: str | None = None,
 ) -> None:
     """Append a job's history row inside the caller's transaction (results, cancellations)."""
-    conn.execute(
-        job_events.insert().values(
-            job_id=job_id,
-            at=at,
-            from_state=from_state.value if from_state else None,
-            to_state=to_state.value,
-            attempt=attempt,
-            error=clip(error),
-        )
+    record_event(
+        conn,
+        job_events,
+        {"job_id": job_id},
+        at=at,
+        from_state=from_state,
+        to_state=to_state,
+        attempt=attempt,
+        error=error,
     )
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from broker.model.errors import StoreError
 from broker.model.work import Machine, WorkItem
 from broker.store.engine import writing
+from broker.store.snapshots import config_snapshots
 from broker.store.studies import _insert
 from broker.store.tables import work_lanes
 from broker.store.workers import holder_gone
@@ -38,6 +39,44 @@ def utc(now: datetime | None) -> datetime:
 def clip(text: str | None) -> str | None:
     """An error text as the store keeps it (at most :data:`MAX_ERROR` characters)."""
     return None if text is None else text[:MAX_ERROR]
+
+
+def record_event(
+    conn: Connection,
+    events: Table,
+    item: dict[str, int],
+    *,
+    at: datetime,
+    from_state: StrEnum | None,
+    to_state: StrEnum,
+    attempt: int,
+    error: str | None = None,
+    snapshot: str | None = None,
+    worker: str | None = None,
+) -> None:
+    """Append one history row inside the caller's transaction (``item``: its id column).
+
+    A step taken outside an attempt and the timer (an operator's retry or
+    cancel, a result received) names the snapshot the service has in force.
+    """
+    if snapshot is None:
+        snapshot = conn.execute(
+            select(config_snapshots.c.snapshot).order_by(config_snapshots.c.id.desc()).limit(1)
+        ).scalar()
+    conn.execute(
+        insert(events).values(
+            {
+                **item,
+                "at": at,
+                "from_state": from_state.value if from_state else None,
+                "to_state": to_state.value,
+                "attempt": attempt,
+                "error": clip(error),
+                "snapshot": snapshot,
+                "worker": worker,
+            }
+        )
+    )
 
 
 def attempt_fields(r: Row[Any]) -> dict[str, Any]:
@@ -122,20 +161,18 @@ class WorkClaims(Generic[I, S, E]):
         snapshot: str | None = None,
         worker: str | None = None,
     ) -> None:
-        """Append one history row (inside the caller's transaction)."""
-        conn.execute(
-            insert(self.kind.events).values(
-                {
-                    self.kind.event_key: item_id,
-                    "at": at,
-                    "from_state": from_state.value if from_state else None,
-                    "to_state": to_state.value,
-                    "attempt": attempt,
-                    "error": clip(error),
-                    "snapshot": snapshot,
-                    "worker": worker,
-                }
-            )
+        """Append one history row (inside the caller's transaction); see :func:`record_event`."""
+        record_event(
+            conn,
+            self.kind.events,
+            {self.kind.event_key: item_id},
+            at=at,
+            from_state=from_state,
+            to_state=to_state,
+            attempt=attempt,
+            error=error,
+            snapshot=snapshot,
+            worker=worker,
         )
 
     def entered(self, conn: Connection, row: Row[Any], state: S, now: datetime) -> None:

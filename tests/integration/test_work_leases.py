@@ -25,6 +25,7 @@ from broker.model.writeback import DeliveryKind
 from broker.store import make_engine
 from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.jobs import JobStore
+from broker.store.snapshots import SnapshotLog
 from broker.store.work import WorkStore
 from broker.store.workers import holder_gone, new_worker_id
 from tests.databases import DATABASES, empty_database
@@ -295,3 +296,27 @@ def test_history_names_the_worker_and_the_snapshot(database: Engine, kind: Kind)
         ("sending", "w1", "cfg-one"),
         ("failed", "w1", "cfg-two"),
     ]
+
+
+def test_steps_outside_an_attempt_name_the_snapshot_in_force(database: Engine, kind: Kind) -> None:
+    """An operator's retry (from the CLI, the API or the console: no plan at hand) names the
+    snapshot the service put in force last."""
+    store = kind.store(database)
+    [item_id] = _fill(kind, store, 1)
+    store.claim_next(LANE, worker="w1", now=T0)
+    store.finish(item_id, store.kind.machine.dead, worker="w1", snapshot="cfg-old", now=T0)
+    SnapshotLog(database).record(
+        snapshot="cfg-in-force",
+        previous=None,
+        loaded_at=T0,
+        trigger="start",
+        source=None,
+        config="{}",
+    )
+    store.retry(item_id, now=T0 + timedelta(seconds=1))
+    last = store.history(item_id)[-1]
+    assert (last.to_state, last.snapshot, last.error) == (
+        store.kind.machine.pending,
+        "cfg-in-force",
+        "retried by the operator",
+    )
