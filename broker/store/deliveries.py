@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Table, insert, select, update
+from sqlalchemy import Connection, Engine, Row, Table, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.model.errors import NotFoundError, StoreError
@@ -39,9 +39,9 @@ from broker.model.writeback import (
 )
 from broker.store.audit import SYSTEM, Action, record_in
 from broker.store.engine import writing
-from broker.store.jobs import JobStore, _job
+from broker.store.jobs import JobStore, _job, _record
 from broker.store.studies import _insert
-from broker.store.tables import deliveries, delivery_events, job_events, jobs, result_objects
+from broker.store.tables import deliveries, delivery_events, jobs, result_objects
 from broker.store.work import WorkKind, WorkStore, utc
 from broker.store.work_claims import attempt_fields, event_fields
 
@@ -281,15 +281,14 @@ class DeliveryStore(WorkStore[Delivery, DeliveryState, DeliveryEvent]):
                     ).rowcount
                     if not marked:
                         continue
-                    conn.execute(
-                        insert(job_events).values(
-                            job_id=job.id,
-                            at=now,
-                            from_state=job.state.value,
-                            to_state=job.state.value,
-                            attempt=job.attempts,
-                            error=f"overdue: no result by {job.deadline_at:%Y-%m-%d %H:%M:%S} UTC",
-                        )
+                    _record(
+                        conn,
+                        job.id,
+                        at=now,
+                        from_state=job.state,
+                        to_state=job.state,
+                        attempt=job.attempts,
+                        error=f"overdue: no result by {job.deadline_at:%Y-%m-%d %H:%M:%S} UTC",
                     )
                     made = None
                     if notify is not None:
