@@ -1,8 +1,9 @@
-"""Jobs as pure values: states, transitions, priorities and backoff."""
+"""Jobs and write-backs as pure values: states, transitions, one machine, priorities, backoff."""
 
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,9 @@ from broker.model.jobs import (
     backoff,
     check_transition,
 )
+from broker.model.jobs import MACHINE as JOB_MACHINE
+from broker.model.work import Machine, WorkStateError
+from broker.model.writeback import MACHINE as DELIVERY_MACHINE
 
 S = JobState
 
@@ -122,3 +126,25 @@ def test_backoff_rejects_nonsense() -> None:
         backoff(0, 1.0, 10.0)
     with pytest.raises(ValueError, match="must not be negative"):
         backoff(1, -1.0, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("machine", "noun"),
+    [(JOB_MACHINE, "job"), (DELIVERY_MACHINE, "delivery")],
+    ids=["jobs", "write-backs"],
+)
+def test_jobs_and_write_backs_run_on_one_machine_shape(machine: Machine[Any], noun: str) -> None:
+    """Both kinds of work item: claimed from pending only, requeued failed → pending, retried
+    by an operator from dead or failed, unfinished while pending, sending or failed; a bad
+    step names the item's noun and what would have been valid."""
+    m = machine
+    assert m.claimable == {m.pending}
+    assert m.retryable == {m.dead, m.failed}
+    assert m.unfinished == {m.pending, m.sending, m.failed}
+    for a, b in [(m.pending, m.sending), (m.sending, m.failed), (m.failed, m.pending)]:
+        m.check(a, b)
+    m.check(m.sending, m.dead)
+    m.check(m.dead, m.pending)
+    with pytest.raises(WorkStateError, match=f"a {noun} cannot go from pending to failed"):
+        m.check(m.pending, m.failed)
+    assert issubclass(m.changed, m.error) and issubclass(m.error, RadbridgeError)
