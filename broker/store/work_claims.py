@@ -148,32 +148,10 @@ class WorkClaims(Generic[I, S, E]):
 
     # ---------------------------------------------------------------- history
 
-    def record(
-        self,
-        conn: Connection,
-        item_id: int,
-        *,
-        at: datetime,
-        from_state: S | None,
-        to_state: S,
-        attempt: int,
-        error: str | None = None,
-        snapshot: str | None = None,
-        worker: str | None = None,
-    ) -> None:
-        """Append one history row (inside the caller's transaction); see :func:`record_event`."""
-        record_event(
-            conn,
-            self.kind.events,
-            {self.kind.event_key: item_id},
-            at=at,
-            from_state=from_state,
-            to_state=to_state,
-            attempt=attempt,
-            error=error,
-            snapshot=snapshot,
-            worker=worker,
-        )
+    def record(self, conn: Connection, item_id: int, **step: Any) -> None:
+        """Append one history row of the item (inside the caller's transaction); ``step``: the
+        keyword arguments of :func:`record_event` (at, from_state, to_state, attempt, …)."""
+        record_event(conn, self.kind.events, {self.kind.event_key: item_id}, **step)
 
     def entered(self, conn: Connection, row: Row[Any], state: S, now: datetime) -> None:
         """Called in the transaction that moved an item into ``state`` (audit rows, …)."""
