@@ -73,13 +73,13 @@ class Bus(Strict):
 
 class Delivery(Strict):
     """How jobs are retried, and whether ``radbridge serve`` delivers itself."""
-    lease_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
-    """How long a worker's claim on a job or write-back holds unless renewed (every third of
-    it, while the attempt runs): a worker that died loses its claims this long after."""
 
     backoff_base_seconds: Annotated[float, Field(ge=0)] = 30.0
     backoff_cap_seconds: Annotated[float, Field(ge=0)] = 3600.0
     worker_in_service: bool = True
+    lease_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """How long a worker's claim on a job or write-back holds unless renewed (every third of
+    it, while the attempt runs): a worker that died loses its claims this long after."""
 
     @model_validator(mode="after")
     def _cap_above_base(self) -> Delivery:

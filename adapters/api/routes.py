@@ -120,4 +120,3 @@ def explain_study(
         text=explained.text(),
         routes=explained.rows(),
     )
-
