@@ -1,4 +1,5 @@
-"""The job engine's one timer loop: lapsed leases, due retries, released items, overdue jobs.
+"""The one timer loop: the job engine's (lapsed leases, due retries, released items, overdue
+jobs), and the service's stable and result timers, each a :class:`Timer` of its own tasks.
 
 Each kind of work item gives the timer a :class:`Sweep` over its store; the
 write-back stage adds the overdue check. Every tick, for every kind:
@@ -88,7 +89,7 @@ class Timer:
             try:
                 due = task(self.clock())
             except Exception:  # the store or the bus is down: try again later
-                LOG.exception("a timer task failed")
+                LOG.exception("a timer task failed", task=getattr(task, "__qualname__", task))
                 continue
             if due is not None:
                 wait = min(wait, max((due - self.clock()).total_seconds(), 0.005))

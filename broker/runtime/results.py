@@ -24,9 +24,10 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
+from broker.engine.timer import Timer
 from broker.model.domain import Findings, Result, ResultObject, ResultOrigin
 from broker.model.errors import RadbridgeError, StoreError
 from broker.model.logging import get_logger
@@ -125,12 +126,17 @@ class ResultTimer:
         self._read_findings = read_findings
         self.on_complete: list[CompleteHook] = []
         self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._timer = Timer([self._complete_due], interval=MAX_TIMER_SLEEP)
         self._thread: threading.Thread | None = None
 
     def wake(self) -> None:
         """Look at the store now (a result may be due at once)."""
-        self._wake.set()
+        self._timer.poke()
+
+    def _complete_due(self, now: datetime) -> datetime | None:
+        """The timer's task: complete what is due; when the next result is due."""
+        self.tick(now)
+        return self.store.next_due()
 
     def tick(self, now: datetime | None = None) -> list[int]:
         """Complete every due result; the ids of those the hooks were told about."""
@@ -254,26 +260,13 @@ class ResultTimer:
         return self._make_sr
 
     def _run(self) -> None:
+        """Announce results completed before a restart but not scheduled, then time the rest."""
         try:
             for result_id in self.store.awaiting_write_back():
                 self.notify(result_id)
         except StoreError as exc:
             LOG.error("result timer cannot read the store", error=str(exc))
-        while not self._stop.is_set():
-            try:
-                self.tick()
-                due = self.store.next_due()
-            except StoreError as exc:
-                LOG.error("result timer cannot read the store", error=str(exc))
-                due = None
-            except Exception:  # the timer must outlive any one bad result
-                LOG.exception("result timer tick failed")
-                due = None
-            wait = MAX_TIMER_SLEEP
-            if due is not None:
-                wait = min(MAX_TIMER_SLEEP, max(0.0, (due - datetime.now(UTC)).total_seconds()))
-            self._wake.wait(wait)
-            self._wake.clear()
+        self._timer.run(self._stop)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="result-timer", daemon=True)
@@ -281,6 +274,6 @@ class ResultTimer:
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
+        self._timer.poke()
         if self._thread is not None:
             self._thread.join(10)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from broker.engine.bus import Bus
 from broker.engine.dispatch import Dispatcher, JobWorker
 from broker.engine.timer import Timer
 from broker.engine.writeback_stage import WritebackStage
-from broker.model.errors import StoreError
 from broker.model.logging import get_logger
 from broker.runtime.billing import Accounting
 from broker.runtime.edges import Edge, ServiceContext, available
@@ -47,7 +46,7 @@ class StableTimer:
         self.store = store
         self.on_stable = on_stable or []
         self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._timer = Timer([self._close_due], interval=MAX_TIMER_SLEEP)
         self._thread: threading.Thread | None = None
 
     def tick(self) -> list[str]:
@@ -65,27 +64,17 @@ class StableTimer:
                     LOG.exception("stable listener failed", study_uid=study_uid)
         return closed
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-                due = self.store.next_due()
-            except StoreError as exc:
-                LOG.error("stable timer cannot read the store", error=str(exc))
-                due = None
-            wait = MAX_TIMER_SLEEP
-            if due is not None:
-                wait = min(MAX_TIMER_SLEEP, max(0.0, (due - datetime.now(UTC)).total_seconds()))
-            self._wake.wait(wait)
-            self._wake.clear()
+    def _close_due(self, _now: datetime) -> datetime | None:
+        """The timer's task: close and re-route what is due; when the next study is due."""
+        self.tick()
+        return self.store.next_due()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="stable-timer", daemon=True)
-        self._thread.start()
+        self._thread = self._timer.start(self._stop, name="stable-timer")
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
+        self._timer.poke()
         if self._thread is not None:
             self._thread.join(10)
 
