@@ -183,6 +183,16 @@ def _get_helper() -> _Helper | None:
     return _helper
 
 
+def close() -> None:
+    """End the helper (a later :func:`run` starts a new one)."""
+    global _helper  # noqa: PLW0603
+    with _start_lock:
+        if _helper is not None:
+            _helper.close()
+            atexit.unregister(_helper.close)
+            _helper = None
+
+
 def run(
     args: Sequence[str],
     *,

@@ -1,12 +1,21 @@
-"""Shared fixtures: a real radbridge process, and TCP_NODELAY for dcmtk peers."""
+"""Shared fixtures: a real radbridge process, and TCP_NODELAY for dcmtk peers.
+
+Tests run on several pytest-xdist workers at once (``make test``): everything a
+test starts gets a free port, its own folder (``tmp_path``), its own
+PostgreSQL schema or database and its own bus prefix, and no process a test
+started outlives the worker that ran it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from adapters.harness.fixtures import (  # noqa: F401 - the harness's simulators as fixtures
@@ -15,11 +24,29 @@ from adapters.harness.fixtures import (  # noqa: F401 - the harness's simulators
     ris_listener,
     simulated_vendor,
 )
+from tests import cli_fork
 from tests.service import Radbridge
 
 # Debian's dcmtk (and Orthanc) leave Nagle on: each C-STORE on loopback would
 # stall ~40 ms without this in the environment of both ends.
 os.environ["TCP_NODELAY"] = "1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_outlives_the_session() -> Iterator[None]:
+    """At the end, stop whatever a test started and left running (say a worker whose test
+    failed before stopping it), so that it neither loads the machine nor consumes a bus."""
+    yield
+    cli_fork.close()
+    left = psutil.Process().children(recursive=True)
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            print(f"stopping leftover process {process.pid}: {process.cmdline()}", file=sys.stderr)
+            process.terminate()
+    _, alive = psutil.wait_procs(left, timeout=10)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
 
 
 @pytest.fixture
