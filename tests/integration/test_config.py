@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from broker.model.errors import ConfigError
 from config.loader import config_path, load_settings
 from config.schema import AERole
+from tests import cli_fork
 
 ROOT = Path(__file__).resolve().parents[2]
 RADBRIDGE = Path(sys.executable).with_name("radbridge")
@@ -67,16 +68,9 @@ def _env(**extra: str) -> dict[str, str]:
 def _check(
     cwd: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real ``radbridge config check`` in ``cwd``."""
-    return subprocess.run(
-        [str(RADBRIDGE), "config", "check", *args],
-        cwd=cwd,
-        env=env if env is not None else _env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    """Run the real ``radbridge config check`` in ``cwd`` (its own process: tests.cli_fork)."""
+    return cli_fork.run(
+        ["config", "check", *args], cwd=cwd, env=env if env is not None else _env(), timeout=60
     )
 
 

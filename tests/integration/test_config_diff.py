@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,8 +27,8 @@ from broker.store.jobs import JobStore
 from broker.store.migrate import migrate
 from broker.store.snapshots import SnapshotLog
 from config.loader import load_settings
+from tests import cli_fork
 from tests.databases import DATABASES, fresh_postgres_database
-from tests.service import RADBRIDGE
 
 TOKEN = "results-token-" + "x" * 24
 
@@ -72,14 +71,7 @@ class Installation:
         return config
 
     def diff(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [RADBRIDGE, "config", "diff", "-c", str(self.path), *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            env=os.environ.copy(),
-        )
+        return cli_fork.run(["config", "diff", "-c", str(self.path), *args], timeout=120)
 
     def reloads(self) -> list[dict[str, Any]]:
         entries = AuditLog(self.engine).list(action="config.reload")

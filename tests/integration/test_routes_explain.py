@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +30,7 @@ from broker.store.jobs import JobStore
 from broker.store.migrate import migrate
 from broker.store.orders import OrderStore
 from routing.facts import study_tags
+from tests import cli_fork
 from tests.fhir_data import service_request, transaction, typed
 from tests.hl7_messages import adt, omi_o23, orm_o01, sample_order
 
@@ -83,26 +83,10 @@ def config(tmp_path: Path) -> Path:
 
 
 def explain(config: Path, target: Path | str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``routes explain`` in a real process (``python -m broker.cli.routes``)."""
+    """Run ``radbridge routes explain`` in a process of its own (tests.cli_fork)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RADBRIDGE_")}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "broker.cli.routes",
-            "explain",
-            "-c",
-            str(config),
-            str(target),
-            *args,
-        ],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    args = ("explain", "-c", str(config), str(target), *args)
+    return cli_fork.run(["routes", *args], env=env, timeout=120)
 
 
 def _by_route(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -16,6 +16,7 @@ from config.schema import Settings, routing_rules
 from config.vendors import dicom_tag
 from routing import Priority, decide
 from routing.fields import Kind
+from tests import cli_fork
 from tests.integration.test_routing import NOW, series, study
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,17 +66,8 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _check(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run the real ``radbridge config check`` on ``path``."""
-    return subprocess.run(
-        [str(RADBRIDGE), "config", "check", str(path)],
-        cwd=path.parent,
-        env=_env(**env),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    """Run the real ``radbridge config check`` on ``path`` (its own process: tests.cli_fork)."""
+    return cli_fork.run(["config", "check", str(path)], cwd=path.parent, env=_env(**env))
 
 
 def _line_of(text: str, fragment: str) -> int:
