@@ -27,7 +27,7 @@ from tests.service import Radbridge
 pytestmark = pytest.mark.timeout(180)
 
 TOKEN = "lungai-results-" + uuid.uuid4().hex
-QUIET_SECONDS = 2.0
+QUIET_SECONDS = 5.0
 
 
 def _wait(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
