@@ -63,8 +63,12 @@ class Radbridge:
     def spool(self) -> Path:
         return Path(self.config["storage"]["spool"])
 
-    def start(self, timeout: float = 30.0) -> Radbridge:
-        """Start ``radbridge serve``; return once this run (not an earlier one) logged its start."""
+    def start(self, timeout: float = 120.0) -> Radbridge:
+        """Start ``radbridge serve``; return once this run (not an earlier one) logged its start.
+
+        The timeout only bounds a failure: a start takes a few seconds, but a
+        loaded machine running tests side by side can stretch it a lot.
+        """
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -119,7 +123,7 @@ class Radbridge:
         result: dict[str, Any] = json.loads(self.cli("studies", "show", study_uid, "--json").stdout)
         return result
 
-    def wait_state(self, study_uid: str, state: str, timeout: float = 15.0) -> dict[str, Any]:
+    def wait_state(self, study_uid: str, state: str, timeout: float = 60.0) -> dict[str, Any]:
         """The study as ``studies show`` gives it, once it is in ``state``.
 
         On a SQLite store the waiting reads the study's state from the file
