@@ -32,6 +32,12 @@ from tests.service import Radbridge
 os.environ["TCP_NODELAY"] = "1"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked slow first: on parallel workers they then overlap the many short ones
+    instead of being what the run waits for at its end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _no_process_outlives_the_session() -> Iterator[None]:
     """At the end, stop whatever a test started and left running (say a worker whose test

@@ -198,14 +198,17 @@ def test_broken_configuration_on_reload_keeps_the_running_routes(
         _wait(lambda: len(vendor.files()) >= len(studies["ct"]))
 
 
+@pytest.mark.slow
 def test_kill_9_during_delivery_the_job_completes_after_restart(
-    radbridge_factory: Callable[..., Radbridge], studies: dict[str, list[Path]], tmp_path: Path
+    radbridge_factory: Callable[..., Radbridge], tmp_path: Path
 ) -> None:
     """kill -9 mid-delivery: the job completes after restart; the vendor got it twice at most."""
+    # Five instances at 1 s per C-STORE: the kill after the second lands mid-delivery.
+    ct = generate_study("ct_chest", tmp_path / "ct", instances=5, rows=64, columns=64)
     slow = ["+uf", "--sleep-during", "1"]  # unique file per receipt; 1 s per C-STORE
     with StoreSCP(tmp_path / "lungai", ae_title="LUNGAI", extra_args=slow) as vendor:
         rb = radbridge_factory(config=_config(tmp_path / "rb", vendor.port))
-        storescu(studies["ct"], rb.port)
+        storescu(ct, rb.port)
         _wait(lambda: len(vendor.files()) >= 2)
         rb.kill9()
         rb.start()
@@ -214,7 +217,7 @@ def test_kill_9_during_delivery_the_job_completes_after_restart(
     for path in vendor.files():
         sop = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
         received[sop] = received.get(sop, 0) + 1
-    sent = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in studies["ct"]}
+    sent = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in ct}
     assert set(received) == sent
     assert max(received.values()) <= 2
     [job] = _jobs(rb)
