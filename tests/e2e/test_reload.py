@@ -21,6 +21,7 @@ import yaml
 from adapters.dicom.synthetic import generate_study
 from adapters.results.findings import parse_findings
 from adapters.results.sr import findings_to_sr, read_source_study
+from tests import cli_fork
 from tests.databases import fresh_postgres_database
 from tests.integration.test_results_sr import nothing_found
 from tests.peers import StoreSCP, echoscu, free_port, storescu
@@ -126,13 +127,8 @@ class Running:
     def cli(
         self, *args: str, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*_radbridge(), *args, "-c", str(self.rb.config_path)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-            env={**self.rb.env, **(env or {})},
+        return cli_fork.run(
+            [*args, "-c", str(self.rb.config_path)], env={**self.rb.env, **(env or {})}, timeout=120
         )
 
 
