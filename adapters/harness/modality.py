@@ -22,10 +22,11 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
-from pynetdicom import AE, _config, build_context
+from pynetdicom import _config, build_context
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import Status
 
+from adapters.dicom.client import RequestorAE
 from adapters.harness.errors import HarnessError
 
 _config.STORE_SEND_CHUNKED_DATASET = True
@@ -151,7 +152,7 @@ def send_files(
     lock = threading.Lock()
 
     def run(chunk: list[Path]) -> None:
-        ae = AE(ae_title=calling_ae)
+        ae = RequestorAE(ae_title=calling_ae)  # keeps the responses pynetdicom drops
         ae.requested_contexts = contexts
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
         assoc = ae.associate(host, port, ae_title=called_ae)

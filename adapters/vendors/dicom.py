@@ -42,13 +42,11 @@ same settings (:class:`DicomPeer`) and sender.
 
 from __future__ import annotations
 
-import socket
-import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,7 +56,7 @@ from pydicom.errors import InvalidDicomError as PydicomInvalid
 from pydicom.filereader import read_file_meta_info
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, build_context
+from pynetdicom import _config, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import (
@@ -67,9 +65,8 @@ from pynetdicom.status import (
     STORAGE_SERVICE_CLASS_STATUS,
     code_to_category,
 )
-from pynetdicom.transport import AddressInformation, AssociationSocket
 
-from adapters.dicom.reactor import event_driven_dul
+from adapters.dicom.client import RequestorAE
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
 from broker.model.jobs import Job
 from broker.model.logging import get_logger
@@ -245,45 +242,6 @@ def converted(path: Path, target: str) -> Dataset:
     return ds
 
 
-class _PushAssociation(Association):
-    """pynetdicom's requestor association, keeping the responses its reactor takes.
-
-    Now and then pynetdicom's reactor thread takes a C-STORE response off the
-    DIMSE queue before ``send_c_store`` waits for it (its pause handshake has
-    a gap), logs "Received unexpected C-STORE service message" and drops it;
-    the C-STORE then times out. A response is put back for ``send_c_store``.
-    """
-
-    def _serve_request(self, msg: Any, context_id: int) -> None:
-        if not msg.is_valid_request and msg.is_valid_response:
-            self.dimse.msg_queue.put((context_id, msg))
-            return
-        super()._serve_request(msg, context_id)
-
-
-class _PushAE(AE):
-    """pynetdicom's AE, tuned for pushing: TCP_NODELAY, and event-driven reactors.
-
-    pynetdicom leaves Nagle on and its DUL thread sleeps 1 ms whenever it
-    finds nothing to do, so each C-STORE response waits for a poll (and now
-    and then 40 ms for a delayed ACK). Measured on a 200-instance CT to
-    storescp: about 120 MB/s as pynetdicom comes, about 190 MB/s with both.
-    """
-
-    def _create_socket(
-        self,
-        assoc: Association,
-        address: AddressInformation,
-        tls_args: tuple[ssl.SSLContext, str] | None,
-    ) -> AssociationSocket:
-        assoc.__class__ = _PushAssociation
-        event_driven_dul(assoc)
-        sock = super()._create_socket(assoc, address, tls_args)
-        if sock.socket is not None:
-            sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-
-
 class DicomTransport(VendorTransport):
     """C-STORE to one vendor AE (see the module docstring)."""
 
@@ -343,7 +301,7 @@ class DicomTransport(VendorTransport):
 
     def _associate(self, contexts: list[PresentationContext]) -> Association:
         s = self.settings
-        ae = _PushAE(ae_title=s.calling_ae)
+        ae = RequestorAE(ae_title=s.calling_ae)
         ae.connection_timeout = s.timeout
         ae.acse_timeout = s.timeout
         ae.dimse_timeout = s.timeout

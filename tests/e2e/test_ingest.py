@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import psutil
 import pydicom
@@ -17,9 +18,12 @@ import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from adapters.dicom.synthetic import encoding_variants, generate_large_study, generate_study
+from adapters.harness.modality import send_files
 from tests.peers import dataset_bytes, dcmsend, echoscu, storescu
 from tests.service import Radbridge
 
@@ -380,3 +384,70 @@ def test_associations_leave_no_open_file_descriptors(radbridge: Radbridge) -> No
         echoscu(radbridge.port)
     time.sleep(0.5)
     assert sum(p.num_fds() for p in listeners) <= before
+
+
+class _HandshakeGap(threading.Event):
+    """An association's reactor checkpoint with pynetdicom's pause handshake gap opened on
+    purpose: once armed (by ``send_c_store``), the reactor thread passes the pause once more,
+    stays there until the C-STORE answer is on the DIMSE queue (a thread preempted under CPU
+    load), and goes on to take it; ``send_c_store`` reads only after that (``taken``)."""
+
+    def __init__(self, assoc: Any) -> None:
+        super().__init__()
+        self.assoc = assoc
+        self.armed = False
+        self.taken = threading.Event()
+
+    def arm(self) -> None:
+        self.taken.clear()
+        self.armed = True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not self.armed:
+            return super().wait(timeout)
+        self.armed = False
+        deadline = time.monotonic() + 5
+        while self.assoc.dimse.msg_queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return True
+
+
+def test_modality_gets_every_answer_when_the_reactor_takes_it_first(
+    radbridge: Radbridge, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listener answers each C-STORE; a sender whose reactor thread takes the answer off
+    the DIMSE queue before ``send_c_store`` reads it still gets it. Before, pynetdicom dropped
+    it as "unexpected" and the C-STORE waited for its timeout: under CPU load a scenario's
+    modality saw the listener "stop answering" after two instances, though the answers had
+    been sent. Here the gap opens on every C-STORE, so the reactor always takes the answer."""
+    created = Association.__init__
+    send_c_store = Association.send_c_store
+    get_msg = DIMSEServiceProvider.get_msg
+
+    def with_gap(self: Association, *args: Any, **kwargs: Any) -> None:
+        created(self, *args, **kwargs)
+        self._reactor_checkpoint = _HandshakeGap(self)
+        self._reactor_checkpoint.set()
+
+    def armed(self: Association, *args: Any, **kwargs: Any) -> Any:
+        cast(_HandshakeGap, self._reactor_checkpoint).arm()
+        return send_c_store(self, *args, **kwargs)
+
+    def reactor_first(self: DIMSEServiceProvider, block: bool = False) -> Any:
+        gap = cast(_HandshakeGap, self.assoc._reactor_checkpoint)
+        if block:
+            gap.taken.wait(5)
+        got = get_msg(self, block=block)
+        if not block and got[1] is not None:
+            gap.taken.set()
+        return got
+
+    monkeypatch.setattr(Association, "__init__", with_gap)
+    monkeypatch.setattr(Association, "send_c_store", armed)
+    monkeypatch.setattr(DIMSEServiceProvider, "get_msg", reactor_first)
+    files = generate_study("ct_ccta", tmp_path / "cta", instances=4, rows=16, columns=16)
+    report = send_files(
+        files, host="127.0.0.1", port=radbridge.port, called_ae="RADBRIDGE", timeout=5
+    )
+    assert [f.reason for f in report.failures] == []
+    assert report.instances == 4

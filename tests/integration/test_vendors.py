@@ -14,13 +14,13 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 
+from adapters.dicom.client import RequestorAssociation
 from adapters.dicom.synthetic import encoding_variants, generate_study
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
 from adapters.vendors.dicom import (
     DicomPushError,
     DicomPushSettings,
     DicomTransport,
-    _PushAssociation,
 )
 from adapters.vendors.http import HttpSettings
 from broker.model.errors import ConfigError
@@ -138,7 +138,7 @@ def test_a_response_the_reactor_takes_goes_back_to_the_sender() -> None:
     for it and drops it as "unexpected" (the C-STORE then times out, seen once in a full
     test run); the push association puts it back on the DIMSE queue instead. Driven
     directly, because the race cannot be provoked on demand."""
-    assoc = _PushAssociation(AE(), "requestor")
+    assoc = RequestorAssociation(AE(), "requestor")
     response = C_STORE()
     response.MessageIDBeingRespondedTo = 7
     response.Status = 0x0000
