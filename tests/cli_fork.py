@@ -14,13 +14,15 @@ script, with nothing shared between invocations (each opens its own store).
 ``capture_output=True, text=True``. When the helper cannot start (the command
 does not import), for an environment whose ``PYTHON*`` variables differ from
 this process's (a fork cannot change what the interpreter read at its start,
-``PYTHONPATH`` for one), or with ``RADBRIDGE_TEST_CLI=subprocess`` in the
+``PYTHONPATH`` for one), for a sub-command added by entry point (``harness``)
+or the bare command, or with ``RADBRIDGE_TEST_CLI=subprocess`` in the
 environment, the invocation runs the installed script instead.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import os
 import signal
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import IO, Any
 
@@ -80,6 +83,14 @@ for line in sys.stdin:
     _, status = os.waitpid(pid, 0)
     replies.write(json.dumps({"code": os.waitstatus_to_exitcode(status)}) + "\n")
 """
+
+
+@functools.cache
+def _plugin_commands() -> frozenset[str]:
+    """Sub-commands added by entry point; ``broker.cli.main`` loads one only when the command
+    line of the process that imports it names it, so the helper (which names none) has
+    placeholders: those run as the installed script, as does the bare or ``--help`` command."""
+    return frozenset(ep.name for ep in entry_points(group="radbridge.commands"))
 
 
 def _interpreter_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -204,7 +215,8 @@ def run(
     """``radbridge ARGS…`` in a forked child (or the installed script); its output and code."""
     env = dict(os.environ if env is None else env)
     folder = str(cwd or os.getcwd())
-    helper = _get_helper()
+    forkable = bool(args) and not args[0].startswith("-") and args[0] not in _plugin_commands()
+    helper = _get_helper() if forkable else None
     if helper is None or _interpreter_env(env) != helper.interpreter_env:
         result = subprocess.run(
             [RADBRIDGE, *args],
