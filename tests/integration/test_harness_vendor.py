@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import threading
@@ -107,20 +108,26 @@ def test_abort_fault_aborts_storescu_mid_association(
     assert vendor.delivered == []
 
 
+def _gaps(vendor: SimulatedVendor) -> list[float]:
+    """Seconds between one instance being filed and the next (one association, in order)."""
+    times = sorted(r.path.stat().st_mtime_ns for r in vendor.received)
+    return [(b - a) / 1e9 for a, b in itertools.pairwise(times)]
+
+
 def test_slow_fault_is_measurably_slower(tmp_path: Path, simulated_vendor: Vendor) -> None:
-    """With fault slow (0.25 s per instance) 4 instances take at least the 1 s of waits, and
-    clearly longer than without (a margin for the run-to-run noise of the fast send)."""
-    folder, _ = _study(tmp_path)
+    """With fault slow (0.25 s per instance) each instance is filed at least 0.25 s after the
+    one before; without it the same instances follow each other sooner.
+
+    Measured between the instances the vendor files, so that neither storescu's own start
+    nor the load of tests running beside this one enters the comparison.
+    """
+    folder, _ = _study(tmp_path, instances=8)
     fast, slow = simulated_vendor(), simulated_vendor(fault="slow", slow_seconds=0.25)
-    started = time.monotonic()
     storescu(folder, fast.port, called_ae=fast.ae_title)
-    fast_seconds = time.monotonic() - started
-    started = time.monotonic()
     storescu(folder, slow.port, called_ae=slow.ae_title)
-    slow_seconds = time.monotonic() - started
-    assert slow_seconds >= 4 * 0.25
-    assert slow_seconds - fast_seconds >= 0.75
-    assert len(slow.received) == 4
+    assert len(slow.received) == len(fast.received) == 8
+    assert min(_gaps(slow)) >= 0.25 - 0.01  # a file time is a clock tick coarse
+    assert min(_gaps(fast)) < 0.25
 
 
 def test_http_500_fault_answers_the_manifest_with_500(simulated_vendor: Vendor) -> None:
