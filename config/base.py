@@ -7,7 +7,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ByteSize,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]*[^ ]$")]
@@ -38,6 +47,40 @@ Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 """Seconds, written as a number or as text like ``30s``, ``15m``, ``1h30m``."""
 Timeout = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=3600)]
 """A network timeout: seconds (a number or ``30s``, ``2m``), at most an hour."""
+
+
+def _space_amount(value: Any) -> str:
+    """``value`` as text if it is bytes (a number, ``500MB``, ``2GiB``) or a percentage."""
+    text = str(value).strip()
+    if text.endswith("%"):
+        try:
+            percent = float(text[:-1])
+        except ValueError:
+            percent = -1.0
+        if 0 <= percent < 100:
+            return text
+    else:
+        try:
+            _BYTES.validate_python(text)
+            return text
+        except ValidationError:
+            pass
+    raise ValueError(
+        f"not an amount of space: {value!r}; valid: bytes (1000000, 500MB, 2GiB) "
+        "or a share of the file system (5%)"
+    )
+
+
+def space_bytes(amount: str, total: int) -> int:
+    """A :data:`SpaceAmount` in bytes, on a file system of ``total`` bytes."""
+    if amount.endswith("%"):
+        return int(total * float(amount[:-1]) / 100)
+    return int(_BYTES.validate_python(amount))
+
+
+_BYTES: TypeAdapter[ByteSize] = TypeAdapter(ByteSize)
+SpaceAmount = Annotated[str, BeforeValidator(_space_amount)]
+"""Disk space: bytes (``1000000``, ``500MB``, ``2GiB``) or a percentage (``5%``)."""
 
 
 def http_url(value: str) -> str:

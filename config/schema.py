@@ -17,6 +17,7 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    ByteSize,
     Field,
     ModelWrapValidatorHandler,
     SecretStr,
@@ -25,7 +26,15 @@ from pydantic import (
 )
 
 from broker.model.vendor import TransportContext
-from config.base import AETitle, LocatedErrors, Port, Strict
+from config.base import (
+    AETitle,
+    Duration,
+    LocatedErrors,
+    Port,
+    SpaceAmount,
+    Strict,
+    space_bytes,
+)
 from config.plugins import TargetBlock
 from config.targets import Notifications, TargetName, check_notifications
 from config.vendors import _KNOWN_TARGETS, _KNOWN_VENDORS, Route, Vendor, VendorName
@@ -45,9 +54,22 @@ class Site(Strict):
 
 
 class Storage(Strict):
+    """Where radbridge keeps what it received.
+
+    ``min_free_space`` is the free space the spool's file system keeps: bytes
+    (``500MB``, ``2GiB``) or a share of the file system (``5%``). Below it the
+    DICOM listener answers C-STOREs 0xA700 (out of resources) until space
+    returns; orders (HL7, FHIR) are still taken.
+    """
+
     spool: Path = Path("./var/spool")
     database: str = "sqlite:///./var/radbridge.db"
     database_password: SecretStr | None = None
+    min_free_space: SpaceAmount = "2%"
+
+    def min_free_bytes(self, total: int) -> int:
+        """``min_free_space`` in bytes, for a file system of ``total`` bytes."""
+        return space_bytes(self.min_free_space, total)
 
     @field_validator("database")
     @classmethod
@@ -294,9 +316,18 @@ class Hl7(Strict):
 
 
 class Logging(Strict):
+    """Log lines go to standard error (journald under systemd) unless ``file`` names a
+    file: then it is rotated when it passes ``max_bytes`` and every ``rotate_every``
+    (no age rotation if null), keeping ``backups`` old files; every radbridge
+    process on the machine may write the same file."""
+
     level: str = "INFO"
     format: str = "auto"
     phi: bool = False
+    file: Path | None = None
+    max_bytes: ByteSize = ByteSize(50 * 1024 * 1024)
+    backups: Annotated[int, Field(ge=0, le=1000)] = 10
+    rotate_every: Duration | None = 86400.0
 
     @field_validator("level")
     @classmethod
@@ -318,6 +349,40 @@ class Logging(Strict):
 # ------------------------------------------------------------- vendors, routes
 
 
+class Retention(Strict):
+    """How long radbridge keeps what it no longer needs (null: for ever, the default).
+
+    ``studies_after_done``: a study's instances in the spool, once every job of the
+    study is finished (done or cancelled; a study no route took: once stable);
+    ``studies_after_failed``: the same when a job of it is dead. The study stays
+    listed, marked purged, with its jobs and history. ``results_after_written_back``:
+    result objects in the spool once every write-back of the result is finished.
+    ``orders``, ``messages`` (the verbatim HL7/FHIR messages) and ``job_history``:
+    rows of the store this long after their last change. ``audit``: the audit trail,
+    never purged unless set. A purge runs every ``interval``.
+    """
+
+    studies_after_done: Duration | None = None
+    studies_after_failed: Duration | None = None
+    results_after_written_back: Duration | None = None
+    orders: Duration | None = None
+    messages: Duration | None = None
+    job_history: Duration | None = None
+    audit: Duration | None = None
+    interval: Duration = 3600.0
+
+    @model_validator(mode="after")
+    def _failed_kept_longer(self) -> Retention:
+        done, failed = self.studies_after_done, self.studies_after_failed
+        if done is not None and failed is not None and failed < done:
+            raise ValueError(
+                f"retention.studies_after_failed ({failed:g} s) is shorter than "
+                f"retention.studies_after_done ({done:g} s); valid: failed studies kept as "
+                "long or longer"
+            )
+        return self
+
+
 class Settings(Strict):
     """The whole configuration of one radbridge installation."""
 
@@ -327,6 +392,7 @@ class Settings(Strict):
     delivery: Delivery = Delivery()
     dicom: Dicom = Dicom()
     logging: Logging = Logging()
+    retention: Retention = Retention()
     http: Http | None = None
     """radbridge's HTTP server; it runs when this block is given or a vendor uses ``http``."""
     hl7: Hl7 | None = None

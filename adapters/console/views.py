@@ -26,9 +26,11 @@ from adapters.console.state import console_state
 from broker.model.domain import Patient, Role
 from broker.model.jobs import FINAL, RETRYABLE, JobState
 from broker.model.logging import pseudonym
+from broker.model.version import VERSION
 from broker.store.users import Session
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+TEMPLATES.env.globals["version"] = VERSION  # every page's footer
 HIDDEN = "—"
 #: Job states whose row refreshes itself (htmx) until it settles.
 MOVING: frozenset[JobState] = frozenset(
