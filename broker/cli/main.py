@@ -29,6 +29,7 @@ from broker.cli.users import app as users_app
 from broker.model.domain import LinkState, Study
 from broker.model.errors import NotFoundError, RadbridgeError
 from broker.model.logging import configure_logging, get_logger
+from broker.model.version import VERSION
 from broker.store import StudyStore, make_engine
 from broker.store.migrate import migrate
 from broker.store.orders import OrderStore
@@ -72,6 +73,24 @@ def _add_plugin_commands(argv: list[str]) -> None:
 
 
 _add_plugin_commands(sys.argv)
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        print(f"radbridge {VERSION}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+        ),
+    ] = False,
+) -> None:
+    """radbridge: PACS/RIS integration middleware for imaging AI."""
 
 
 def _store(settings: Settings) -> StudyStore:

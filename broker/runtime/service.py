@@ -19,6 +19,7 @@ from broker.engine.dispatch import Dispatcher, JobWorker
 from broker.engine.timer import Timer
 from broker.engine.writeback_stage import WritebackStage
 from broker.model.logging import get_logger
+from broker.model.version import VERSION
 from broker.runtime.billing import Accounting
 from broker.runtime.edges import Edge, ServiceContext, available
 from broker.runtime.reload import Reloader
@@ -177,6 +178,7 @@ class Service:
         self.results.start()
         LOG.info(
             "radbridge started",
+            version=VERSION,
             site=self.settings.site.name,
             edges=[e.name for e in self.edges],
             vendors=sorted(self.settings.vendors),

@@ -155,7 +155,7 @@ def test_usage_quota_audit_and_metrics_after_real_deliveries(
         assert api("/audit", action="study.sent")["items"][0]["action"] == "study.sent"
 
         # Health and metrics (loopback: no token needed).
-        assert httpx.get(f"{base}/healthz", timeout=5).json() == {"status": "ok"}
+        assert httpx.get(f"{base}/healthz", timeout=5).json()["status"] == "ok"
         assert httpx.get(f"{base}/readyz", timeout=5).status_code == 200
         metrics = httpx.get(f"{base}/metrics", timeout=5).text
         assert (
