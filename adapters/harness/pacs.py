@@ -102,7 +102,7 @@ class Orthanc(ManagedProcess):
         if folder is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="orthanc-")
             folder = self._tmp.name
-        self.folder = Path(folder)
+        self.folder = Path(folder).resolve()
         self.aet = aet
         self.http_port = http_port or free_port()
         self.dicom_port = dicom_port or free_port()
@@ -239,7 +239,7 @@ class BuiltinPacs:
         host: str = LOOPBACK,
         port: int | None = None,
     ) -> None:
-        self.folder = Path(folder)
+        self.folder = Path(folder).resolve()
         self.ae_title = ae_title
         self.host = host
         self.port = port or free_port(host)

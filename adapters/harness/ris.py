@@ -169,7 +169,7 @@ class RisListener:
         self.host = host
         self.port = port or free_port(host)
         self.answer = Answer(answer)
-        self.folder = Path(folder) if folder is not None else None
+        self.folder = Path(folder).resolve() if folder is not None else None
         self.show_phi = show_phi
         self.on_message = on_message
         self.messages: list[ReceivedMessage] = []

@@ -187,7 +187,7 @@ class SimulatedVendor:
         on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.product = ProductKind(product)
-        self.folder = Path(folder)
+        self.folder = Path(folder).resolve()
         self.ae_title = ae_title
         self.host = host
         self.port = port or free_port(host)

@@ -31,7 +31,9 @@ REQUIRED = {
 }
 
 
-def _harness_run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def _harness_run(
+    *args: str, timeout: float = 600, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [radbridge_command(), "harness", "run", *args],
         capture_output=True,
@@ -39,7 +41,7 @@ def _harness_run(*args: str, timeout: float = 600) -> subprocess.CompletedProces
         check=False,
         env={**nodelay_env(), "COLUMNS": "200"},
         timeout=timeout,
-        cwd=ROOT,
+        cwd=cwd,
     )
 
 
@@ -87,11 +89,12 @@ steps:
 @pytest.mark.timeout(300)
 def test_a_false_expectation_fails_the_run_and_is_named(tmp_path: Path) -> None:
     """A scenario whose expectation does not hold exits 1; the table and the JUnit failure name
-    that expectation and what was seen; the steps after it are skipped, not run."""
+    that expectation and what was seen; the steps after it are skipped, not run. ``--keep``
+    is relative to the working directory, as in the README's walkthrough."""
     path = tmp_path / "false-expectation.yaml"
     path.write_text(FALSE)
     junit = tmp_path / "out.xml"
-    run = _harness_run(str(path), "--junit", str(junit), "--keep", str(tmp_path / "kept"))
+    run = _harness_run(str(path), "--junit", str(junit), "--keep", "kept", cwd=tmp_path)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "FAIL" in run.stdout
     assert "expect x1 has 1 job(s) within 3 s" in run.stdout
@@ -103,6 +106,7 @@ def test_a_false_expectation_fails_the_run_and_is_named(tmp_path: Path) -> None:
     assert "radbridge log" in (failure.text or "")
     skipped = ET.parse(junit).getroot().findall(".//testcase[skipped]")
     assert [c.get("name") for c in skipped] == ["06 wait 1 s"]
+    assert (tmp_path / "kept" / "false-expectation" / "radbridge.log").stat().st_size > 0
 
 
 MALFORMED = """\

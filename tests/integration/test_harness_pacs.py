@@ -30,13 +30,18 @@ def _query(*args: str) -> list[dict[str, object]]:
 def test_pacs_run_starts_orthanc_and_pacs_query_lists_what_it_holds(
     tmp_path: Path, modality_sender: Callable[..., SendReport]
 ) -> None:
-    """`pacs run` (Orthanc) takes a C-STORE'd study; `pacs query --orthanc` counts it."""
+    """`pacs run` (Orthanc) takes a C-STORE'd study; `pacs query --orthanc` counts it.
+
+    The folder is given relative to the working directory, as a user types it
+    (Orthanc once got a relative configuration path from another directory and
+    did not start)."""
     ensure_debian_packages("Orthanc")
     dicom_port, http_port = free_port(), free_port()
     pacs = subprocess.Popen(
         [RADBRIDGE, "harness", "pacs", "run", "--port", str(dicom_port), "--http-port",
-         str(http_port), "--folder", str(tmp_path / "orthanc")],
+         str(http_port), "--folder", "orthanc"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        cwd=tmp_path,
     )  # fmt: skip
     try:
         wait_for_port(dicom_port)
@@ -48,6 +53,7 @@ def test_pacs_run_starts_orthanc_and_pacs_query_lists_what_it_holds(
         pacs.send_signal(signal.SIGTERM)
         output, _ = pacs.communicate(timeout=30)
     assert "Orthanc PACS@127.0.0.1" in output
+    assert (tmp_path / "orthanc" / "orthanc.json").is_file()
     assert study["accession_number"] == "ACC0001" and study["instances"] == 8
     assert len(study["series"]) == 4  # type: ignore[arg-type]
 

@@ -91,7 +91,7 @@ def run_scenario(
 ) -> ScenarioReport:
     """Run one scenario (see the module docstring)."""
     if keep is not None:
-        folder = keep / scenario.name
+        folder = keep.resolve() / scenario.name
         shutil.rmtree(folder, ignore_errors=True)
     else:
         folder = Path(tempfile.mkdtemp(prefix=f"radbridge-scenario-{scenario.name}-"))
