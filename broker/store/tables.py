@@ -87,6 +87,10 @@ studies = Table(
     Column("due_at", UTCDateTime, nullable=False),
     Column("stable_at", UTCDateTime),
     Column("route_due_at", UTCDateTime),
+    # Retention: when the spool's copy was purged, and what it held (its instance rows go).
+    Column("purged_at", UTCDateTime),
+    Column("purged_instances", Integer),
+    Column("purged_bytes", BigInteger),
     Index(None, "state", "due_at"),
     Index(None, "route_due_at"),
     Index(None, "accession_number"),
@@ -330,6 +334,7 @@ result_objects = Table(
     Column("peer_address", String(64)),
     Column("received_at", UTCDateTime, nullable=False),
     Column("receive_count", Integer, nullable=False, default=1),
+    Column("purged_at", UTCDateTime),  # retention removed the spool's copy
     Index(None, "result_id"),
 )
 """The DICOM objects of results, spooled under ``results/`` (never in the study index)."""
