@@ -13,7 +13,7 @@ DEBIAN_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools chromium
 TEST_WORKERS ?= 4
 LINTED := broker adapters routing config tests
 
-.PHONY: run test tests lint ruff typecheck bench venv debian services clean
+.PHONY: run test tests lint ruff typecheck bench fuzz venv debian services clean
 
 $(BIN)/radbridge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,15 @@ test: ruff
 
 bench: venv debian
 	$(BIN)/python -m tests.bench.ingest
+
+# Coverage-guided fuzzing (atheris) of the parsers peers feed, FUZZ_SECONDS per target;
+# a crash stops with its input in var/fuzz/TARGET/ (see tests/fuzz/run.py).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := hl7 mllp dicom spooled findings
+fuzz: venv
+	@for target in $(FUZZ_TARGETS); do \
+		$(BIN)/python -m tests.fuzz.run $$target --seconds $(FUZZ_SECONDS) || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -41,8 +41,10 @@ _OUTPUT_CHUNK = 1024 * 1024
 #: Inflated bytes kept behind the read position (pydicom seeks back a few bytes).
 _KEEP_BEHIND = 1024 * 1024
 
-_PARSE_ERRORS = (
+#: What pydicom raises for bytes it cannot parse (or decode, when a value is read).
+PARSE_ERRORS = (
     pydicom.errors.InvalidDicomError,
+    pydicom.errors.BytesLengthException,
     ValueError,
     EOFError,
     KeyError,
@@ -187,7 +189,7 @@ def read_header(
         raise
     except RecursionError as exc:
         raise InvalidDicomError(_TOO_DEEP) from exc
-    except _PARSE_ERRORS as exc:
+    except PARSE_ERRORS as exc:
         if _caused_by_recursion(exc):  # pydicom turns it into OSError inside a sequence
             raise InvalidDicomError(_TOO_DEEP) from exc
         raise InvalidDicomError(f"the dataset cannot be parsed: {exc}") from exc
@@ -208,4 +210,10 @@ def _has_preamble(path: Path) -> bool:
         return f.read(4) == b"DICM"
 
 
-__all__ = ["MAX_INFLATED_BYTES", "MAX_INFLATE_RATIO", "InflateLimitError", "read_header"]
+__all__ = [
+    "MAX_INFLATED_BYTES",
+    "MAX_INFLATE_RATIO",
+    "PARSE_ERRORS",
+    "InflateLimitError",
+    "read_header",
+]

@@ -1,4 +1,7 @@
-"""``/api/v1/audit``: the audit trail, newest first and paged, or exported for a period."""
+"""``/api/v1/audit``: the audit trail, newest first and paged, or exported for a period.
+
+Admins only, as in the console (:data:`broker.model.domain.AUDIT_ROLE`): other tokens get 403.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from adapters.api.deps import State, Viewer, parse_time
+from adapters.api.deps import AuditReader, State, parse_time
 from adapters.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, encode, id_key
 from adapters.api.usage import Format
 from broker.store.audit import AuditEntry, export_csv
@@ -47,7 +50,7 @@ Until = Annotated[str | None, Query(alias="to", description="Before (a date: thr
 def list_audit(
     *,
     api: State,
-    _who: Viewer,
+    _who: AuditReader,
     action: Annotated[str | None, Query(max_length=64)] = None,
     actor: Annotated[str | None, Query(max_length=160)] = None,
     target: Annotated[str | None, Query(max_length=256)] = None,
@@ -80,7 +83,7 @@ def list_audit(
 def export_audit(
     *,
     api: State,
-    _who: Viewer,
+    _who: AuditReader,
     since: Annotated[str, Query(alias="from")],
     until: Annotated[str, Query(alias="to")],
     format: Format = Format.JSON,

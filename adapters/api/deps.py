@@ -13,7 +13,7 @@ from fastapi import Depends, Header, HTTPException, Request
 from sqlalchemy import Engine
 
 from adapters.api.auth import api_tokens, bearer_token, require
-from broker.model.domain import Role
+from broker.model.domain import AUDIT_ROLE, PHI_ROLE, Role
 from broker.runtime.edges import ServiceContext
 from broker.runtime.snapshot import SnapshotHolder
 from broker.store.audit import AuditLog, token_actor
@@ -90,6 +90,22 @@ class Caller:
         """How the audit trail names the caller: ``token:3 (ris)``."""
         return token_actor(self.token_id, self.name)
 
+    @property
+    def sees_phi(self) -> bool:
+        """Whether the caller sees patient names, IDs and birth dates (the console's rule)."""
+        return self.role.sees_phi
+
+    def search_phi(self, **values: str | None) -> None:
+        """403 when a caller who may not see patient data filters by it (``patient_id=…``):
+        the answer would tell which studies are that patient's."""
+        used = sorted(name for name, value in values.items() if value is not None)
+        if used and not self.sees_phi:
+            raise HTTPException(
+                403,
+                f"a {self.role.value} token cannot filter by {', '.join(used)}; "
+                f"patient data needs the role {PHI_ROLE.value} or higher",
+            )
+
 
 def caller(role: Role) -> Callable[..., Caller]:
     """A dependency: 401 without a valid token, 403 below ``role``; else the :class:`Caller`."""
@@ -113,6 +129,8 @@ def caller(role: Role) -> Callable[..., Caller]:
 Viewer = Annotated[Caller, Depends(caller(Role.VIEWER))]
 Operator = Annotated[Caller, Depends(caller(Role.OPERATOR))]
 Admin = Annotated[Caller, Depends(caller(Role.ADMIN))]
+#: Who may read the audit trail (admins, as in the console).
+AuditReader = Annotated[Caller, Depends(caller(AUDIT_ROLE))]
 
 
 def parse_time(value: str | None, tz: str, *, end: bool = False) -> datetime | None:

@@ -20,13 +20,14 @@ router = APIRouter(prefix="/orders", tags=["orders"])
 def list_orders(
     *,
     api: State,
-    _who: Viewer,
+    who: Viewer,
     status: OrderStatus | None = None,
     accession_number: Annotated[str | None, Query(max_length=64)] = None,
     patient_id: Annotated[str | None, Query(max_length=64)] = None,
     limit: Limit = DEFAULT_LIMIT,
     cursor: CursorParam = None,
 ) -> Page[OrderOut]:
+    who.search_phi(patient_id=patient_id)
     found = api.listing.orders(
         status=status.value if status else None,
         accession_number=accession_number,
@@ -38,17 +39,17 @@ def list_orders(
     following = None
     if len(found) > limit:
         following = encode([page[-1].updated_at, page[-1].id])
-    return Page[OrderOut](items=[order_out(o) for o in page], next=following)
+    return Page[OrderOut](items=[order_out(o, phi=who.sees_phi) for o in page], next=following)
 
 
 @router.get("/{key}", response_model=OrderDetail, summary="One order")
-def get_order(key: str, api: State, _who: Viewer) -> OrderDetail:
+def get_order(key: str, api: State, who: Viewer) -> OrderDetail:
     """By id, FHIR resource id or accession number; with the studies linked to it."""
     try:
         stored = api.orders.get(key)
     except NotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
     return OrderDetail(
-        **order_fields(stored),
+        **order_fields(stored, phi=who.sees_phi),
         studies=[link_out(link) for link in api.orders.linked_studies(stored.id)],
     )

@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from broker.model.domain import (
     Code,
     Finding,
     Findings,
     OrderLink,
+    Patient,
     Result,
     Series,
     StoredOrder,
@@ -33,11 +34,16 @@ class SeriesOut(BaseModel):
     size: int
 
 
+PHI_NOTE = "Null for viewer tokens: patient data is for operators and admins."
+
+
 class PatientOut(BaseModel):
-    patient_id: str | None
+    """The patient; ``patient_id``, ``name`` and ``birth_date`` are null for viewer tokens."""
+
+    patient_id: str | None = Field(description=PHI_NOTE)
     issuer: str | None
-    name: str | None
-    birth_date: str | None
+    name: str | None = Field(description=PHI_NOTE)
+    birth_date: str | None = Field(description=PHI_NOTE)
     sex: str | None
 
 
@@ -155,16 +161,22 @@ def series_out(s: Series) -> SeriesOut:
     )
 
 
-def _patient(p: Any) -> PatientOut:
+def _patient(p: Patient, *, phi: bool) -> PatientOut:
+    """``p`` as the caller may see it: without name, ID and birth date unless ``phi``
+    (:attr:`broker.model.domain.Role.sees_phi`)."""
     return PatientOut(
-        patient_id=p.patient_id, issuer=p.issuer, name=p.name, birth_date=p.birth_date, sex=p.sex
+        patient_id=p.patient_id if phi else None,
+        issuer=p.issuer,
+        name=p.name if phi else None,
+        birth_date=p.birth_date if phi else None,
+        sex=p.sex,
     )
 
 
-def study_fields(s: Study) -> dict[str, Any]:
+def study_fields(s: Study, *, phi: bool) -> dict[str, Any]:
     return {
         "study_uid": s.study_uid,
-        "patient": _patient(s.patient),
+        "patient": _patient(s.patient, phi=phi),
         "accession_number": s.accession_number,
         "study_date": s.study_date,
         "description": s.description,
@@ -184,8 +196,8 @@ def study_fields(s: Study) -> dict[str, Any]:
     }
 
 
-def study_out(s: Study) -> StudyOut:
-    return StudyOut(**study_fields(s))
+def study_out(s: Study, *, phi: bool) -> StudyOut:
+    return StudyOut(**study_fields(s, phi=phi))
 
 
 def job_fields(j: Job) -> dict[str, Any]:
@@ -238,7 +250,7 @@ def link_out(link: OrderLink) -> OrderLinkOut:
     )
 
 
-def order_fields(stored: StoredOrder) -> dict[str, Any]:
+def order_fields(stored: StoredOrder, *, phi: bool) -> dict[str, Any]:
     o = stored.order
     return {
         "id": stored.id,
@@ -248,7 +260,7 @@ def order_fields(stored: StoredOrder) -> dict[str, Any]:
         "placer_number": o.placer_number,
         "filler_number": o.filler_number,
         "accession_number": o.accession_number,
-        "patient": _patient(o.patient),
+        "patient": _patient(o.patient, phi=phi),
         "procedure_code": o.procedure_code,
         "procedure_text": o.procedure_text,
         "modality": o.modality,
@@ -261,8 +273,8 @@ def order_fields(stored: StoredOrder) -> dict[str, Any]:
     }
 
 
-def order_out(stored: StoredOrder) -> OrderOut:
-    return OrderOut(**order_fields(stored))
+def order_out(stored: StoredOrder, *, phi: bool) -> OrderOut:
+    return OrderOut(**order_fields(stored, phi=phi))
 
 
 # ------------------------------------------------------------ results and deliveries

@@ -32,7 +32,7 @@ UID = Annotated[str, Path(max_length=64, pattern=r"^[0-9.]+$")]
 def list_studies(
     *,
     api: State,
-    _who: Viewer,
+    who: Viewer,
     state: StudyState | None = None,
     modality: Annotated[str | None, Query(max_length=16)] = None,
     accession_number: Annotated[str | None, Query(max_length=64)] = None,
@@ -46,6 +46,7 @@ def list_studies(
     limit: Limit = DEFAULT_LIMIT,
     cursor: CursorParam = None,
 ) -> Page[StudyOut]:
+    who.search_phi(patient_id=patient_id)
     tz = api.settings.site.timezone
     found = api.listing.studies(
         StudyFilter(
@@ -65,11 +66,11 @@ def list_studies(
         last = page[-1]
         key = api.listing.study_keys([last.study_uid])[last.study_uid]
         following = encode([key[0], key[1]])
-    return Page[StudyOut](items=[study_out(s) for s in page], next=following)
+    return Page[StudyOut](items=[study_out(s, phi=who.sees_phi) for s in page], next=following)
 
 
 @router.get("/{study_uid}", response_model=StudyDetail, summary="One study")
-def get_study(study_uid: UID, api: State, _who: Viewer) -> StudyDetail:
+def get_study(study_uid: UID, api: State, who: Viewer) -> StudyDetail:
     """The study, its series, its linked (or flagged) order and its jobs."""
     try:
         study = api.studies.get_study(study_uid)
@@ -78,9 +79,9 @@ def get_study(study_uid: UID, api: State, _who: Viewer) -> StudyDetail:
     link = api.orders.link(study_uid)
     order = None
     if link is not None and link.state is LinkState.LINKED:
-        order = order_fields(api.orders.get(link.order_id))
+        order = order_fields(api.orders.get(link.order_id), phi=who.sees_phi)
     return StudyDetail(
-        **study_fields(study),
+        **study_fields(study, phi=who.sees_phi),
         series=[series_out(s) for s in study.series],
         order_link=link_out(link) if link is not None else None,
         order=order,

@@ -9,11 +9,11 @@ from fastapi.responses import Response
 
 from adapters.console.auth import State, reading
 from adapters.console.views import render
-from broker.model.domain import Role
+from broker.model.domain import AUDIT_ROLE
 from broker.store.users import Session
 
 router = APIRouter()
-Admin = Annotated[Session, Depends(reading(Role.ADMIN))]
+Admin = Annotated[Session, Depends(reading(AUDIT_ROLE))]
 AUDIT_PAGE = 100
 
 

@@ -46,8 +46,8 @@ MOVING: frozenset[JobState] = frozenset(
 
 
 def sees_phi(who: Session | None) -> bool:
-    """Operators and admins see patient data; viewers do not."""
-    return who is not None and who.role.allows(Role.OPERATOR)
+    """Operators and admins see patient data; viewers do not (:attr:`Role.sees_phi`)."""
+    return who is not None and who.role.sees_phi
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +184,7 @@ def render(
         "ident": lambda value: identifier(value, who),
         "path": request.url.path,
         "here": _here(request),
+        "disk_alarm": console.disk_alarm(),
     }
     response: HTMLResponse = TEMPLATES.TemplateResponse(
         request, name, {**base, **(context or {})}, status_code=status, headers=headers

@@ -20,16 +20,14 @@ from typing import Any
 
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError as PydicomInvalid
 from pydicom.filereader import read_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
 from adapters import dicom_header
+from adapters.dicom_uid import MAX_UID_LENGTH, checked_uid
 from broker.model.domain import InstanceRecord, Patient
 from broker.model.errors import InvalidDicomError
-
-MAX_UID_LENGTH = 64
 
 #: Value representations that hold bytes or nested datasets, never text to route on.
 _NOT_TEXT_VRS = frozenset({"SQ", "OB", "OD", "OF", "OL", "OV", "OW", "UN"})
@@ -82,6 +80,11 @@ def _uid(ds: Dataset, keyword: str, fallback: str | None = None) -> str:
     return value
 
 
+def _instance_uid(ds: Dataset, keyword: str, fallback: str | None = None) -> str:
+    """A Study, Series or SOP Instance UID: a valid UID, or the instance is refused."""
+    return checked_uid(keyword, _uid(ds, keyword, fallback))
+
+
 def read_header(path: Path) -> Dataset:
     """The dataset up to (not including) the pixel data; large values deferred.
 
@@ -114,7 +117,7 @@ def tags_from_dataset(ds: Dataset) -> dict[str, str]:
                 break
             if tag.element == 0 or tag.group == 2:
                 continue
-            raw = ds.get_item(tag)
+            raw = ds.get_item(tag, keep_deferred=True)  # decoded (or not) by _element
             if raw is None or raw.VR in _NOT_TEXT_VRS:
                 continue
             if isinstance(raw, RawDataElement) and raw.length > MAX_TAG_TEXT:
@@ -175,13 +178,13 @@ def instance_record_from_file(
             f"request's {sop_instance_uid}"
         )
     image_type = _text(ds, "ImageType")
-    series_uid = _uid(ds, "SeriesInstanceUID")
+    series_uid = _instance_uid(ds, "SeriesInstanceUID")
     wanted = wants_series_tags is None or wants_series_tags(series_uid)
     return InstanceRecord(
-        sop_instance_uid=_uid(ds, "SOPInstanceUID", sop_instance_uid),
+        sop_instance_uid=_instance_uid(ds, "SOPInstanceUID", sop_instance_uid),
         sop_class_uid=_uid(ds, "SOPClassUID", sop_class_uid),
         series_uid=series_uid,
-        study_uid=_uid(ds, "StudyInstanceUID"),
+        study_uid=_instance_uid(ds, "StudyInstanceUID"),
         transfer_syntax_uid=transfer_syntax_uid,
         path=str(path),
         size=path.stat().st_size,
@@ -220,15 +223,20 @@ def instance_record_from_spooled_file(
     path: Path, wants_series_tags: Callable[[str], bool] | None = None
 ) -> InstanceRecord:
     """The index record of a file already in the spool (recovery after a crash)."""
-    try:
+    try:  # the meta's values are decoded when read: an unknown VR fails there
         meta = read_file_meta_info(path)
-    except (PydicomInvalid, ValueError, EOFError, OSError) as exc:
-        raise InvalidDicomError(f"the file meta information cannot be read: {exc}") from exc
+        sop_class_uid = str(meta.get("MediaStorageSOPClassUID", ""))
+        sop_instance_uid = str(meta.get("MediaStorageSOPInstanceUID", ""))
+        transfer_syntax_uid = str(meta.get("TransferSyntaxUID", ""))
+    except dicom_header.PARSE_ERRORS as exc:
+        raise InvalidDicomError(
+            f"the file meta information cannot be read: {type(exc).__name__}"
+        ) from exc
     return instance_record_from_file(
         path,
-        sop_class_uid=str(meta.get("MediaStorageSOPClassUID", "")),
-        sop_instance_uid=str(meta.get("MediaStorageSOPInstanceUID", "")),
-        transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")),
+        sop_class_uid=sop_class_uid,
+        sop_instance_uid=sop_instance_uid,
+        transfer_syntax_uid=transfer_syntax_uid,
         calling_ae="",
         called_ae="",
         peer_address="",

@@ -297,6 +297,18 @@ class Role(CodedValue):
         order = (Role.VIEWER, Role.OPERATOR, Role.ADMIN)
         return order.index(self) >= order.index(needed)
 
+    @property
+    def sees_phi(self) -> bool:
+        """Whether this role sees patient names, IDs and birth dates (console and API alike):
+        operators and admins do, viewers do not."""
+        return self.allows(PHI_ROLE)
+
+
+#: The least role that sees patient data (:attr:`Role.sees_phi`), in the console and the API.
+PHI_ROLE = Role.OPERATOR
+#: The least role that reads the audit trail, in the console and the API.
+AUDIT_ROLE = Role.ADMIN
+
 
 # ------------------------------------------------------------------------ Results
 

@@ -152,6 +152,8 @@ def test_usage_quota_audit_and_metrics_after_real_deliveries(
         assert retried["actor"].startswith("cli:") and retried["target"] == f"job:{dead}"
         [cancelled] = by_action["job.cancel"]
         assert cancelled["actor"] == "token:1 (ops)" and cancelled["peer"] == LOOPBACK
+        admin = rb.cli("tokens", "create", "--role", "admin").stdout.strip()
+        auth["Authorization"] = f"Bearer {admin}"  # the audit trail is for admins
         assert api("/audit", action="study.sent")["items"][0]["action"] == "study.sent"
 
         # Health and metrics (loopback: no token needed).

@@ -98,6 +98,7 @@ class Stack:
     folder: Path
     operator: str
     viewer: str
+    admin: str
 
     @property
     def http(self) -> str:
@@ -140,7 +141,7 @@ class Stack:
         return uid, files
 
     def audit(self, action: str) -> list[dict[str, Any]]:
-        answer = self.api("GET", "/api/v1/audit", params={"action": action})
+        answer = self.api("GET", "/api/v1/audit", self.admin, params={"action": action})
         assert answer.status_code == 200, answer.text
         items: list[dict[str, Any]] = answer.json()["items"]
         return items
@@ -170,7 +171,8 @@ def stack(
         rb.env["RADBRIDGE_VENDORS__LUNGAI__RESULTS__TOKEN"] = RESULTS_TOKEN
         resources.callback(rb.close)
         rb.start()
-        yield Stack(rb, lungai, ichai, folder, _token(rb, "operator"), _token(rb, "viewer"))
+        tokens = [_token(rb, role) for role in ("operator", "viewer", "admin")]
+        yield Stack(rb, lungai, ichai, folder, *tokens)
 
 
 def _patients(n: int) -> tuple[Patient, Patient]:

@@ -159,7 +159,7 @@ def test_retry_and_cancel_are_audited_with_the_token(api: Api) -> None:
     jobs.claim(4, now=T0)
     jobs.finish(4, JobState.DEAD, error="refused", now=T0)
     assert api.post(f"{API}/jobs/4/retry").json()["state"] == "pending"
-    audit = api.get(f"{API}/audit").json()["items"]
+    audit = api.get(f"{API}/audit", role="admin").json()["items"]
     assert [(a["action"], a["target"]) for a in audit] == [
         ("job.retry", "job:4"),
         ("job.cancel", "job:3"),
@@ -179,7 +179,7 @@ def test_admin_creates_and_revokes_tokens_audited(api: Api) -> None:
     token_id = made.json()["id"]
     assert api.client.delete(f"{API}/tokens/{token_id}", headers=api._auth("admin")).is_success
     assert api.get(f"{API}/studies", role="new").status_code == 401
-    actions = [a["action"] for a in api.get(f"{API}/audit").json()["items"]]
+    actions = [a["action"] for a in api.get(f"{API}/audit", role="admin").json()["items"]]
     assert actions == ["token.revoke", "token.create"]
 
 
@@ -196,7 +196,7 @@ def test_routes_explain_and_reload(api: Api) -> None:
     api.config_path.write_text(yaml.safe_dump({**CONFIG, "routes": []}))
     assert api.post(f"{API}/config/reload", role="admin").json()["routes"] == 0
     assert api.get(f"{API}/routes").json()["routes"] == []
-    reloads = api.get(f"{API}/audit", action="config.reload").json()["items"]
+    reloads = api.get(f"{API}/audit", role="admin", action="config.reload").json()["items"]
     assert [r["detail"]["reloaded"] for r in reloads] == [True, False]
 
 
