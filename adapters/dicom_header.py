@@ -18,6 +18,7 @@ Every refusal is an :class:`~broker.model.errors.InvalidDicomError`.
 
 from __future__ import annotations
 
+import struct
 import warnings
 import zlib
 from pathlib import Path
@@ -51,6 +52,7 @@ PARSE_ERRORS = (
     TypeError,
     OSError,
     NotImplementedError,
+    struct.error,
     zlib.error,
 )
 
