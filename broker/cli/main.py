@@ -18,6 +18,7 @@ from broker.cli.common import ConfigOption, JsonOption, err, out, settings_or_ex
 from broker.cli.config import app as config_app
 from broker.cli.conflicts import app as conflicts_app
 from broker.cli.deliveries import app as deliveries_app
+from broker.cli.install import install_service
 from broker.cli.jobs import app as jobs_app
 from broker.cli.orders import app as orders_app
 from broker.cli.orders import link_json, order_json, order_rows, print_rows
@@ -52,6 +53,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(usage_app, name="usage")
 app.add_typer(results_app, name="results")
 app.add_typer(users_app, name="users")
+app.command("install-service")(install_service)
 
 
 def _add_plugin_commands(argv: list[str]) -> None:
