@@ -38,6 +38,8 @@ class _Source:
         self.file = file
         self.lines: dict[Loc, int] = {}
         self.env: dict[Loc, str] = {}
+        self.problems: list[str] = []
+        """What the reading itself found wrong (a key given twice)."""
 
     def where(self, loc: Loc) -> str:
         for end in range(len(loc), -1, -1):
@@ -55,6 +57,13 @@ def _to_python(node: yaml.Node, loc: Loc, source: _Source) -> Any:
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = yaml.safe_load(yaml.serialize(key_node))
+            if key in out:
+                field = ".".join(str(p) for p in (*loc, key))
+                source.problems.append(
+                    f"{source.file}:{key_node.start_mark.line + 1}: {field}: duplicate key "
+                    f"(first at line {source.lines[(*loc, key)]}); valid: each key once "
+                    "(a second one would silently replace the first)"
+                )
             out[key] = _to_python(value_node, (*loc, key), source)
             # A block mapping or list starts on the line after its key: point at the key.
             source.lines[(*loc, key)] = key_node.start_mark.line + 1
@@ -190,7 +199,7 @@ def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = N
     source = _Source(str(file))
     data = _read_yaml(file, source)
     secrets = [*SECRET_FIELDS, *plugin_secrets(data)]
-    problems = _reject_yaml_secrets(data, source, secrets)
+    problems = [*source.problems, *_reject_yaml_secrets(data, source, secrets)]
     _overlay_env(data, os.environ if environ is None else environ, source, secrets)
     try:
         settings = Settings.model_validate(data)

@@ -80,17 +80,43 @@ class Storage(Strict):
                 f"unsupported database '{scheme}'; valid: sqlite:///PATH or "
                 "postgresql://USER@HOST:PORT/DB (password in RADBRIDGE_STORAGE__DATABASE_PASSWORD)"
             )
-        if "@" in value and ":" in value.split("://", 1)[-1].split("@", 1)[0]:
-            raise ValueError(
-                "the database URL holds a password; put it in the environment "
-                "variable RADBRIDGE_STORAGE__DATABASE_PASSWORD instead"
-            )
-        return value
+        return _no_password_in(value, "database URL", "RADBRIDGE_STORAGE__DATABASE_PASSWORD")
+
+
+def _no_password_in(url: str, what: str, variable: str) -> str:
+    """``url`` unless it holds a password (secrets come only from the environment)."""
+    if "@" in url and ":" in url.split("://", 1)[-1].split("@", 1)[0]:
+        raise ValueError(
+            f"the {what} holds a password; put it in the environment variable {variable} instead"
+        )
+    return url
+
+
+def with_password(url: str, password: SecretStr | None) -> str:
+    """``scheme://user@host…`` with ``password`` (URL-quoted) after the user."""
+    if password is None or "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    user, host = rest.split("@", 1)
+    return f"{scheme}://{user}:{quote(password.get_secret_value(), safe='')}@{host}"
 
 
 class Bus(Strict):
+    """The message bus: ``memory://`` in one process, ``amqp://USER@HOST:5672//`` to scale
+    out (the password only from ``RADBRIDGE_BUS__PASSWORD``)."""
+
     url: str = "memory://"
     prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "radbridge"
+    password: SecretStr | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _no_password(cls, value: str) -> str:
+        return _no_password_in(value, "bus URL", "RADBRIDGE_BUS__PASSWORD")
+
+    def connection_url(self) -> str:
+        """The URL to connect with, the password from the environment filled in."""
+        return with_password(self.url, self.password)
 
 
 class Delivery(Strict):
@@ -487,12 +513,7 @@ class Settings(Strict):
         url = self.storage.database
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-        password = self.storage.database_password
-        if password is not None and "://" in url and "@" in url:
-            scheme, rest = url.split("://", 1)
-            user, host = rest.split("@", 1)
-            url = f"{scheme}://{user}:{quote(password.get_secret_value(), safe='')}@{host}"
-        return url
+        return with_password(url, self.storage.database_password)
 
     def stable_seconds_for(self, called_ae: str) -> float:
         """Quiet time after which a study sent to ``called_ae`` is complete."""
@@ -504,6 +525,7 @@ class Settings(Strict):
 
 SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
     ("storage", "database_password"),
+    ("bus", "password"),
     ("dicom", "tls", "key_password"),
     ("hl7", "tls", "key_password"),
     ("vendors", "*", "transport", "token"),

@@ -81,7 +81,7 @@ def readyz(api: State) -> JSONResponse:
     except SQLAlchemyError as exc:
         checks["store"] = f"down: {type(exc).__name__}"
     bus = api.settings.bus
-    problem = BUS_CHECK.problem(bus.url, bus.prefix)
+    problem = BUS_CHECK.problem(bus.connection_url(), bus.prefix)
     checks["bus"] = "ok" if problem is None else f"down: {problem}"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(

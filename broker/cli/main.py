@@ -150,7 +150,7 @@ def worker(config: ConfigOption = None) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     engine = make_engine(settings.database_url())
     migrate(engine)
-    bus = Bus(settings.bus.url, prefix=settings.bus.prefix)
+    bus = Bus(settings.bus.connection_url(), prefix=settings.bus.prefix)
     try:
         process = WorkerProcess(settings, engine, bus, config)
         signal.signal(signal.SIGHUP, lambda *_: process.hup.set())

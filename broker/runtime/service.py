@@ -103,7 +103,7 @@ class Service:
         self.snapshots = SnapshotHolder(build_snapshot(settings, config_path))
         self.reloader = Reloader(self.snapshots, config_path, engine=engine)
         self.context = replace(self.context, snapshots=self.snapshots, reloader=self.reloader)
-        self.bus = Bus(settings.bus.url, prefix=settings.bus.prefix)
+        self.bus = Bus(settings.bus.connection_url(), prefix=settings.bus.prefix)
         self.dispatcher = Dispatcher(JobStore(engine), self.bus, self.snapshots)
         self.accounting = Accounting(engine, lambda: self.snapshots.settings)
         lease = settings.delivery.lease_seconds

@@ -341,6 +341,45 @@ def test_database_url_with_inline_password_is_refused(tmp_path: Path) -> None:
     assert "hunter2" not in run.stderr + run.stdout
 
 
+def test_bus_password_comes_from_the_environment_never_from_the_url(tmp_path: Path) -> None:
+    """An AMQP password inside ``bus.url`` is refused (naming RADBRIDGE_BUS__PASSWORD, never
+    echoing it); ``RADBRIDGE_BUS__PASSWORD``, which the README documents, is accepted and
+    filled into the URL the service connects with (it was once an unknown field)."""
+    inline = _write(tmp_path, VALID + "bus: {url: 'amqp://rb:hunter2@127.0.0.1:5672//'}\n")
+    run = _check(tmp_path, "radbridge.yaml")
+    assert run.returncode == 2
+    assert "RADBRIDGE_BUS__PASSWORD" in run.stderr and "hunter2" not in run.stdout + run.stderr
+    assert inline.name == "radbridge.yaml"
+    _write(tmp_path, VALID + "bus: {url: 'amqp://rb@127.0.0.1:5672//'}\n")
+    run = _check(tmp_path, "radbridge.yaml", env=_env(RADBRIDGE_BUS__PASSWORD="p@ss:1"))
+    assert run.returncode == 0, run.stderr
+    settings = load_settings(tmp_path / "radbridge.yaml", {"RADBRIDGE_BUS__PASSWORD": "p@ss:1"})
+    parsed = make_url(settings.bus.connection_url().replace("amqp://", "postgresql://", 1))
+    assert (parsed.username, parsed.password, parsed.host) == ("rb", "p@ss:1", "127.0.0.1")
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path: Path) -> None:
+    """A copy-pasted vendor (the same key twice in one mapping) is an error naming both lines,
+    not a silent replacement of the first."""
+    text = VALID + (
+        "vendors:\n"
+        "  lungai:\n"
+        "    product: lung\n"
+        "    transport: {type: dicom, ae_title: LUNG, host: 127.0.0.1, port: 104}\n"
+        "  lungai:\n"
+        "    product: lung\n"
+        "    transport: {type: dicom, ae_title: LUNG2, host: 127.0.0.1, port: 105}\n"
+    )
+    _write(tmp_path, text)
+    run = _check(tmp_path, "radbridge.yaml")
+    assert run.returncode == 2
+    first = text.splitlines().index("  lungai:") + 1
+    second = first + 3
+    assert f"radbridge.yaml:{second}: vendors.lungai: duplicate key (first at line {first})" in (
+        _flat(run.stderr)
+    )
+
+
 def test_unsupported_database_lists_the_valid_ones(tmp_path: Path) -> None:
     """A database URL of an unsupported kind says which kinds are valid."""
     text = VALID.replace("sqlite:///./var/radbridge.db", "mysql://radbridge@db/radbridge")
