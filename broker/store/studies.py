@@ -176,6 +176,9 @@ def _study_values(
         "due_at": due,
         "stable_at": None,
         "route_due_at": None,
+        "purged_at": None,  # received again: the spool holds it again
+        "purged_instances": None,
+        "purged_bytes": None,
     }
 
 
