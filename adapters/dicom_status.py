@@ -22,9 +22,12 @@ class StoreFailure(enum.IntEnum):
     DATASET_DOES_NOT_MATCH = 0xA900
     """Error, the data set does not match (STOW-RS: not of the study in the URL)."""
     CANNOT_UNDERSTAND = 0xC000
-    """Error, cannot understand: not DICOM, or without what radbridge needs."""
+    """Error, cannot understand: not DICOM, or without what radbridge needs, or a Study,
+    Series or SOP Instance UID that is not a valid UID (the Error Comment names it)."""
     IDENTITY_CONFLICT = 0xC409
     """Error (cannot understand class): the object names another patient than the study
-    radbridge holds under its Study Instance UID, or a result is of another patient or
-    study than its job's. Nothing was kept; the conflict is listed for an operator
-    (``radbridge conflicts list``). Resending the same object gets the same answer."""
+    radbridge holds under its Study Instance UID, or its SOP Instance UID (Series Instance
+    UID) is held in another study, or a result is of another patient or study than its
+    job's. Nothing was kept and what radbridge holds is unchanged; the conflict is listed
+    for an operator (``radbridge conflicts list``). Resending the same object gets the same
+    answer."""

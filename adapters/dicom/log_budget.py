@@ -1,4 +1,4 @@
-"""At most a few warning-or-worse lines of pynetdicom per connection.
+"""At most a few warning-or-worse lines of pynetdicom (and pydicom) per connection.
 
 radbridge's PDU reader (:mod:`adapters.dicom.reactor`) ends a connection at its
 first protocol error with one line, but pynetdicom logs on its own as well,
@@ -24,6 +24,9 @@ LOG = get_logger("radbridge.dicom")
 #: pynetdicom warnings and errors logged per connection; the rest are counted.
 PROTOCOL_LOG_BUDGET = 5
 _USED = "_radbridge_protocol_lines"
+#: The loggers whose lines count: pynetdicom's, and pydicom's (a warning for each
+#: invalid value it reads, several per data set with an invalid UID).
+_BUDGETED = ("pynetdicom", "pydicom")
 
 
 def _connection(thread: threading.Thread) -> Any:
@@ -38,7 +41,7 @@ class ProtocolLogBudget(logging.Filter):
     """A handler filter: pynetdicom's lines of one connection past the budget are dropped."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING or not record.name.startswith("pynetdicom"):
+        if record.levelno < logging.WARNING or not record.name.startswith(_BUDGETED):
             return True
         connection = _connection(threading.current_thread())
         if connection is None:

@@ -82,7 +82,10 @@ def _uid(ds: Dataset, keyword: str, fallback: str | None = None) -> str:
 
 def _instance_uid(ds: Dataset, keyword: str, fallback: str | None = None) -> str:
     """A Study, Series or SOP Instance UID: a valid UID, or the instance is refused."""
-    return checked_uid(keyword, _uid(ds, keyword, fallback))
+    value = _text(ds, keyword) or fallback
+    if not value:
+        raise InvalidDicomError(f"the dataset has no {keyword}; it cannot be indexed")
+    return checked_uid(keyword, value)
 
 
 def read_header(path: Path) -> Dataset:

@@ -129,9 +129,18 @@ def _status(code: int, comment: str) -> Dataset:
     return ds
 
 
+def _any_uid(value: Any) -> tuple[bool, str]:
+    """pynetdicom's check of a command's UIDs, turned off: over a C-STORE request whose
+    Affected SOP Instance UID is longer than 64 characters it aborts the association; the
+    handler answers 0xC000 naming the attribute instead (:mod:`adapters.dicom_uid`)."""
+    return True, ""
+
+
 #: The Error Comment (64 characters at most) of each identity conflict a C-STORE gets.
 IDENTITY_COMMENTS = {
     ConflictKind.STUDY_PATIENT: "study is held for another patient; not stored",
+    ConflictKind.INSTANCE_STUDY: "SOP Instance UID held in another study/series; not stored",
+    ConflictKind.SERIES_STUDY: "Series Instance UID held in another study; not stored",
     ConflictKind.RESULT_PATIENT: "result names another patient than its study",
     ConflictKind.RESULT_STUDY: "result is of another study than its job",
 }
@@ -467,6 +476,7 @@ def make_server(
 ) -> ListenerServer:
     """This process's SCP; feed it accepted connections with ``ListenerServer.take``."""
     _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.VALIDATORS["UI"] = _any_uid  # the handler refuses a bad UID, by name
     tempfile.tempdir = str(spool.tmp)  # pynetdicom streams each C-STORE into spool/tmp
     receiving.install()  # ... through a file that survives a full disk
     log_budget.install()

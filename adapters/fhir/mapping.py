@@ -40,6 +40,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from adapters.dicom_uid import VALID_UID, uid_problem
 from adapters.fhir.outcome import FhirError, Issue
 from broker.model.domain import (
     Order,
@@ -53,7 +54,6 @@ from broker.model.domain import (
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 DICOM_UID = "urn:dicom:uid"
-UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 #: What the store keeps of an identifier, a code and a modality.
 MAX_ID = 64
 MAX_ISSUER = 256
@@ -163,10 +163,9 @@ def study_uid_of(identifier: Mapping[str, Any], path: str) -> str | None:
         return None
     value = _text(identifier, "value") or ""
     uid = value.removeprefix("urn:oid:")
-    if not value.startswith("urn:oid:") or not UID_RE.match(uid) or len(uid) > MAX_ID:
+    if not value.startswith("urn:oid:") or uid_problem(uid) is not None:
         raise _bad(
-            f"{value!r} is not a DICOM UID; valid: urn:oid: followed by digits and dots, "
-            f"at most {MAX_ID} characters",
+            f"{value!r} is not a DICOM UID; valid: urn:oid: followed by a UID ({VALID_UID})",
             f"{path}.value",
         )
     return uid

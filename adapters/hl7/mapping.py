@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from adapters.dicom_uid import VALID_UID, uid_problem
 from adapters.hl7.ack import ErrorCode, Problem
 from adapters.hl7.parse import Hl7Message, Segment
 from broker.model.domain import Order, OrderPriority, OrderSource, OrderStatus, Patient
@@ -320,6 +321,15 @@ def _order(
                 number_,
                 number,
             )
+    if study_uid is not None and (problem := uid_problem(study_uid)) is not None:
+        segment, number_ = ("IPC", 3) if ipc is not None else ("ZDS", 1)
+        raise _unusable(
+            ErrorCode.DATA_TYPE_ERROR,
+            f"{segment}-{number_} is not a Study Instance UID: {problem}; valid: {VALID_UID}",
+            segment,
+            number_,
+            number,
+        )
     return Order(
         source=OrderSource.HL7,
         placer_number=placer,

@@ -50,6 +50,7 @@ from pydantic import (
     ValidationError,
 )
 
+from adapters.dicom_uid import VALID_UID, uid_problem
 from broker.model import domain
 from broker.model.errors import ResultError
 
@@ -58,18 +59,14 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 #: Longest text DICOM allows in LO elements (code meanings, vendor, product, version).
 LO_CHARS = 64
 
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _DESIGNATOR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,15}$")
 _UCUM = re.compile(r"^[\x21-\x7e]{1,32}$")
 _URI_TO_SYSTEM = {uri: designator for designator, uri in domain.CODE_SYSTEM_URIS.items()}
 
 
 def _uid(value: str) -> str:
-    if len(value) > 64 or not _UID.match(value):
-        raise ValueError(
-            f"not a DICOM UID (got {value!r}); valid: digits and dots, at most 64 "
-            "characters, no leading zeros in a component, e.g. '1.2.840.113619.2.55.3'"
-        )
+    if uid_problem(value) is not None:
+        raise ValueError(f"not a DICOM UID (got {value!r}); valid: {VALID_UID}")
     return value
 
 

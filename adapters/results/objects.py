@@ -18,6 +18,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from adapters.dicom_header import read_header
+from adapters.dicom_uid import MAX_UID_LENGTH, checked_uid
 from broker.model.domain import Patient
 from broker.model.errors import InvalidDicomError
 
@@ -149,8 +150,11 @@ def read_result_header(path: Path, sop_class_uid: str | None = None) -> ResultHe
     if missing:
         raise InvalidDicomError(f"result object without {', '.join(missing)}")
     for keyword, value in values.items():
-        if len(str(value)) > 64:
-            raise InvalidDicomError(f"{keyword} longer than 64 characters")
+        if keyword == "SOPClassUID":
+            if len(str(value)) > MAX_UID_LENGTH:
+                raise InvalidDicomError(f"{keyword} longer than {MAX_UID_LENGTH} characters")
+        else:
+            checked_uid(keyword, str(value))
     studies, series = _references(ds)
     sop_class = str(sop_class)
     return ResultHeader(

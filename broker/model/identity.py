@@ -44,6 +44,11 @@ class ConflictKind(CodedValue):
     different patients: kept, flagged, never linked."""
     STUDY_PATIENT = "study_patient"
     """Instances of a study radbridge holds name another patient: refused."""
+    INSTANCE_STUDY = "instance_study"
+    """An instance comes with the SOP Instance UID of one radbridge holds in another study
+    (or another series of its study): refused, the held one stays as it is."""
+    SERIES_STUDY = "series_study"
+    """An instance names a Series Instance UID radbridge holds in another study: refused."""
     RESULT_PATIENT = "result_patient"
     """A vendor's result names another patient than the study it is for: refused."""
     RESULT_STUDY = "result_study"
@@ -70,7 +75,8 @@ class ConflictReason(CodedValue):
     OTHER_PATIENT = "other_patient"
     """The record is held for another patient."""
     OTHER_STUDY = "other_study"
-    """The result is of (or points at) another study than its job's."""
+    """The result is of (or points at) another study than its job's; the instance or series
+    is held in another study (or series) than the one it names."""
     UNKNOWN_PATIENT = "unknown_patient"
     """The patient a merge names is not known to radbridge."""
     AMBIGUOUS_ISSUER = "ambiguous_issuer"
@@ -95,11 +101,11 @@ class ConflictReport:
     ``subject`` says what conflicted in words people search for (``placer number
     PL-1``, ``SOP Instance UID 1.2.3``); ``matched_on`` which identifier tied the two
     records (``placer_number``, ``filler_number``, ``accession_number``,
-    ``resource_id``, ``study_uid``, ``series_uid``, ``patient_id``); ``held`` is the
-    patient radbridge holds, ``claimed`` the one the message or file names; ``detail``
-    says what was wrong and what would be valid, without patient data (it goes back to
-    the sender and into logs); ``reason`` one word for the edges to choose their
-    answer (:class:`ConflictReason`).
+    ``resource_id``, ``study_uid``, ``series_uid``, ``sop_instance_uid``,
+    ``patient_id``); ``held`` is the patient radbridge holds, ``claimed`` the one the
+    message or file names; ``detail`` says what was wrong and what would be valid,
+    without patient data (it goes back to the sender and into logs); ``reason`` one word
+    for the edges to choose their answer (:class:`ConflictReason`).
     """
 
     kind: ConflictKind

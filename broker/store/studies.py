@@ -32,6 +32,7 @@ from broker.model.identity import (
 )
 from broker.store.conflicts import record_conflict
 from broker.store.engine import writing
+from broker.store.instance_identity import misfiled
 from broker.store.tables import instances, series, studies
 
 
@@ -139,12 +140,21 @@ class _Statements:
             upsert_study=study.on_conflict_do_update(
                 index_elements=[studies.c.study_uid], set_=study_set, where=same_patient
             ).returning(studies.c.state),
+            # A series stays in its study, an instance in its study and series: one that
+            # names another updates nothing (no row comes back; see instance_identity).
             upsert_series=series_stmt.on_conflict_do_update(
-                index_elements=[series.c.series_uid], set_=series_set
-            ),
+                index_elements=[series.c.series_uid],
+                set_=series_set,
+                where=series.c.study_uid == series_stmt.excluded.study_uid,
+            ).returning(series.c.id),
             upsert_instance=instance.on_conflict_do_update(
-                index_elements=[instances.c.sop_instance_uid], set_=instance_set
-            ),
+                index_elements=[instances.c.sop_instance_uid],
+                set_=instance_set,
+                where=and_(
+                    instances.c.study_uid == instance.excluded.study_uid,
+                    instances.c.series_uid == instance.excluded.series_uid,
+                ),
+            ).returning(instances.c.id),
         )
 
 
@@ -225,6 +235,11 @@ def _instance_values(rec: InstanceRecord, now: datetime) -> dict[str, Any]:
 _TAGGED_MEMORY = 4096
 
 
+class _MisfiledError(StoreError):
+    """Raised in the indexing transaction to undo it: the instance's SOP or Series Instance
+    UID is held in another study (or series)."""
+
+
 class StudyStore:
     """The study index. Every method is one short transaction."""
 
@@ -237,12 +252,14 @@ class StudyStore:
         """Index one durably spooled instance; re-open the study if it was stable.
 
         :class:`IdentityConflictError` (recorded, nothing indexed) when the study is
-        held for another patient than the instance names.
+        held for another patient than the instance names, or its SOP or Series Instance
+        UID is held in another study (:mod:`broker.store.instance_identity`).
         """
         now = rec.received_at or datetime.now(UTC)
         due = now + timedelta(seconds=stable_seconds)
         stmts = self._statements()
         refused: ConflictReport | None = None
+        state = previous_path = None
         try:
             with writing(self.engine) as conn:
                 previous = conn.execute(stmts.previous_path, {"uid": rec.sop_instance_uid})
@@ -252,9 +269,14 @@ class StudyStore:
                 ).scalar_one_or_none()
                 if state is None:
                     refused = self._refuse(conn, rec, now)
-                else:
-                    conn.execute(stmts.upsert_series, _series_values(rec))
-                    conn.execute(stmts.upsert_instance, _instance_values(rec, now))
+                elif (
+                    conn.execute(stmts.upsert_series, _series_values(rec)).first() is None
+                    or conn.execute(stmts.upsert_instance, _instance_values(rec, now)).first()
+                    is None
+                ):
+                    raise _MisfiledError
+        except _MisfiledError:
+            refused = self._refuse_misfiled(rec, now)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot index instance: {exc}") from exc
         if refused is not None:
@@ -299,6 +321,27 @@ class StudyStore:
             raise StoreError(f"cannot check the study's patient: {exc}") from exc
         if refused is not None:
             raise IdentityConflictError(refused)
+
+    def _refuse_misfiled(self, rec: InstanceRecord, now: datetime) -> ConflictReport:
+        """Record why ``rec`` was not indexed (its indexing was undone): the held instance or
+        series it conflicts with."""
+        try:
+            with writing(self.engine) as conn:
+                report = misfiled(conn, rec)
+                if report is not None:
+                    record_conflict(
+                        conn,
+                        report,
+                        source="dicom",
+                        sender=rec.calling_ae,
+                        peer=rec.peer_address,
+                        now=now,
+                    )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot record the instance's conflict: {exc}") from exc
+        if report is None:  # the held one went away meanwhile (a study was deleted)
+            raise StoreError("the index changed while indexing the instance; send it again")
+        return report
 
     @staticmethod
     def _refuse(conn: Connection, rec: InstanceRecord, now: datetime) -> ConflictReport | None:
