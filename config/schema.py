@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import (
     ByteSize,
     Field,
+    IPvAnyNetwork,
     ModelWrapValidatorHandler,
     SecretStr,
     field_validator,
@@ -159,6 +160,16 @@ class Http(Strict):
 
     listen: HttpListen = HttpListen()
     public_url: str | None = None
+    trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
+    """Addresses or networks of reverse proxies whose ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` headers are believed (the client address and scheme then come
+    from them); from anyone else those headers are ignored. Empty: believed from no one."""
+    public_docs: bool = False
+    """Serve ``/docs``, ``/redoc`` and ``/openapi.json`` to anyone; by default only to
+    loopback clients (``/openapi.json`` also with any API token)."""
+    tls: TLS | None = None
+    """HTTPS: ``certificate`` and ``private_key`` (PEM; ``key_password`` from the
+    environment); ``ca_certificates`` + ``require_client_certificate`` ask clients for one."""
 
     @field_validator("public_url")
     @classmethod
@@ -528,6 +539,7 @@ SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
     ("bus", "password"),
     ("dicom", "tls", "key_password"),
     ("hl7", "tls", "key_password"),
+    ("http", "tls", "key_password"),
     ("vendors", "*", "transport", "token"),
     ("targets", "*", "token"),
     ("notifications", "webhook", "token"),

@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Header, HTTPException, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from broker.model.domain import Role
 from broker.model.logging import get_logger
@@ -27,6 +28,27 @@ from broker.store.api_tokens import ApiTokens
 
 LOG = get_logger("radbridge.web.auth")
 REALM = 'Bearer realm="radbridge"'
+#: The OpenAPI security scheme of the API tokens (``/docs`` has an "Authorize" button for it).
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="token",
+    description="An API token (radbridge tokens create --role viewer|operator|admin).",
+)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+#: Client addresses that are this host. Behind a reverse proxy on this host, list it in
+#: ``http.trusted_proxies`` so that the client's own address is the one seen here.
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def client_host(request: Request) -> str:
+    """The client's address: the peer's, or a trusted proxy's ``X-Forwarded-For``
+    (uvicorn's proxy headers middleware, set up from ``http.trusted_proxies``)."""
+    return request.client.host if request.client else ""
+
+
+def from_loopback(request: Request) -> bool:
+    """Whether the client is on this host."""
+    return client_host(request) in LOOPBACK
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -56,9 +78,9 @@ def require(role: Role) -> Callable[..., Role]:
     """
     needed = Role(role)
 
-    def check(request: Request, authorization: Annotated[str | None, Header()] = None) -> Role:
-        token = bearer_token(authorization)
-        if token is None:
+    def check(request: Request, credentials: Credentials) -> Role:
+        token = credentials.credentials.strip() if credentials is not None else None
+        if not token:
             raise HTTPException(
                 401,
                 "this endpoint needs Authorization: Bearer <token> "

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapters.api import install_api
 from adapters.console import create_console
 from adapters.fhir.server import fhir_router
 from adapters.results.http import results_router
+from adapters.web.docs import install_docs
 from adapters.web.wado import wado_router
 from broker.runtime.edges import ServiceContext
 from broker.store.api_tokens import ApiTokens
@@ -22,9 +25,12 @@ def create_app(engine: Engine, context: ServiceContext | None = None) -> FastAPI
       (:func:`adapters.api.auth.require`, which finds them on ``app.state.api_tokens``);
     - ``/results``: STOW-RS and JSON findings from vendors, with their results
       tokens (needs the service ``context``: settings and spool);
-    - ``/api/v1`` (REST API, OpenAPI at ``/docs``), ``/healthz``, ``/readyz``,
-      ``/metrics``: :func:`adapters.api.install_api`;
+    - ``/api/v1`` (REST API), ``/healthz``, ``/readyz``, ``/metrics``:
+      :func:`adapters.api.install_api`;
+    - ``/openapi.json``, ``/docs``, ``/redoc``: :func:`adapters.web.docs.install_docs`;
     - ``/console``: the operations console (:func:`adapters.console.create_console`).
+
+    Every answer over HTTPS carries ``Strict-Transport-Security`` (:class:`Hsts`).
     """
     app = FastAPI(
         title="radbridge",
@@ -38,5 +44,29 @@ def create_app(engine: Engine, context: ServiceContext | None = None) -> FastAPI
     if context is not None:
         app.include_router(results_router(context))
     install_api(app, engine, context)
+    install_docs(app)
     app.mount("/console", create_console(engine, context))
+    app.add_middleware(Hsts)
     return app
+
+
+class Hsts:
+    """ASGI middleware: ``Strict-Transport-Security`` on every answer over HTTPS (with
+    ``http.tls``, or from a trusted proxy that says ``X-Forwarded-Proto: https``)."""
+
+    VALUE = "max-age=31536000"
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("scheme") != "https":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_hsts(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).setdefault("Strict-Transport-Security", self.VALUE)
+            await send(message)
+
+        await self.app(scope, receive, send_with_hsts)

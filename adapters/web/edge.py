@@ -4,6 +4,12 @@ It runs when the configuration has an ``http:`` block or a vendor uses the
 ``http`` transport (whose vendors pull studies from it), on ``http.listen``
 (default 127.0.0.1:8080). The socket is bound before the server starts, so a
 port in use is a clear error at start, not a log line in a thread.
+
+``X-Forwarded-For`` and ``X-Forwarded-Proto`` are believed only from
+``http.trusted_proxies`` (uvicorn's proxy headers middleware; by default from no
+one), so the client address the login throttle, ``/metrics`` and the docs check
+see is the peer's own unless a configured proxy speaks for it. ``http.tls``
+serves HTTPS (:func:`adapters.tls.server_context`).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import ClassVar
 import uvicorn
 
 from adapters.sockets import listen
+from adapters.tls import server_context
 from adapters.web.app import create_app
 from broker.model.errors import AdapterError
 from broker.model.logging import get_logger
@@ -45,6 +52,7 @@ class WebEdge(Edge):
             LOG.debug("http server not started: no http block and no http vendor")
             return
         http = settings.http_settings()
+        tls = server_context(http.tls, setting="http.tls") if http.tls is not None else None
         self._socket = listen(
             http.listen.host,
             http.listen.port,
@@ -58,6 +66,9 @@ class WebEdge(Edge):
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=int(STOP_GRACE_SECONDS),
+            proxy_headers=bool(http.trusted_proxies),
+            forwarded_allow_ips=[str(network) for network in http.trusted_proxies],
+            ssl_context_factory=(lambda _config, _default: tls) if tls is not None else None,
         )
         server = uvicorn.Server(config)
         self._server = server
@@ -78,6 +89,8 @@ class WebEdge(Edge):
             host=http.listen.host,
             port=http.listen.port,
             public_url=http.base_url(),
+            tls=tls is not None,
+            trusted_proxies=[str(network) for network in http.trusted_proxies],
         )
 
     def stop(self) -> None:

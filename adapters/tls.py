@@ -1,0 +1,27 @@
+"""TLS for the edges that listen: one server context from a ``tls`` settings block."""
+
+from __future__ import annotations
+
+import ssl
+
+from broker.model.errors import AdapterError
+from config.schema import TLS
+
+
+def server_context(tls: TLS, *, setting: str) -> ssl.SSLContext:
+    """A TLS 1.2+ server context; client certificates checked against the CA when required.
+
+    ``setting`` names the block (``http.tls``) in the :class:`AdapterError` raised when the
+    certificate or key cannot be loaded.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    password = tls.key_password.get_secret_value() if tls.key_password else None
+    try:
+        context.load_cert_chain(str(tls.certificate), str(tls.private_key), password=password)
+        if tls.ca_certificates is not None:
+            context.load_verify_locations(str(tls.ca_certificates))
+    except (OSError, ssl.SSLError) as exc:
+        raise AdapterError(f"{setting}: cannot load the certificate or key: {exc}") from exc
+    context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_NONE
+    return context
