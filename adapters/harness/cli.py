@@ -21,7 +21,6 @@ from rich.progress import (
     Progress,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 
 from adapters.dicom.synthetic import KINDS, generate_study
@@ -129,6 +128,13 @@ def modality_send(
     patient_id: Annotated[str, typer.Option(help="Patient ID.")] = "PAT0001",
     patient_name: Annotated[str, typer.Option(help="Patient name.")] = "DOE^JANE",
     study_uid: Annotated[str | None, typer.Option(help="Study Instance UID.")] = None,
+    charset: Annotated[
+        str | None,
+        typer.Option(
+            help="Specific Character Set: 'ISO_IR 100', 'ISO_IR 192' (UTF-8), 'GB18030'… "
+            "(default: ISO_IR 100, or ISO_IR 192 for a name Latin-1 cannot hold)."
+        ),
+    ] = None,
     keep: Annotated[
         Path | None, typer.Option(help="Write the generated study here and keep it.")
     ] = None,
@@ -161,27 +167,27 @@ def modality_send(
                     patient_name=patient_name,
                     accession=accession,
                     study_uid=study_uid,
+                    charset=charset,
                 )
-            except DicomError as exc:
+            except (DicomError, LookupError) as exc:
                 err.print(str(exc), markup=False)
                 raise typer.Exit(2) from exc
-        total = sum(p.stat().st_size for p in files)
         progress = Progress(
             TextColumn(f"C-STORE to {ae_title}@{host}:{port}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TransferSpeedColumn(),
+            TextColumn("{task.fields[rate]}"),
             TimeRemainingColumn(),
             console=err,
             disable=not err.is_terminal,
         )
         with progress:
-            task = progress.add_task("send", total=len(files))
-            bytes_task = progress.add_task("bytes", total=total, visible=False)
+            task = progress.add_task("send", total=len(files), rate="")
 
-            def advance(_path: Path, size: int) -> None:
+            def advance(_path: Path, _size: int) -> None:
                 progress.advance(task)
-                progress.advance(bytes_task, size)
+                speed = progress.tasks[task].speed
+                progress.update(task, rate=f"{speed:.1f} instances/s" if speed else "")
 
             try:
                 report = send_files(
@@ -233,6 +239,13 @@ def ris_send(
     prior_patient_id: Annotated[
         str | None, typer.Option(help="ADT^A40: the patient merged away.")
     ] = None,
+    charset: Annotated[
+        str,
+        typer.Option(
+            help="MSH-18, the message's character set: 'UNICODE UTF-8', 'GB 18030-2000'… "
+            "(default: none, ASCII)."
+        ),
+    ] = "",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the ACK.")] = 10.0,
 ) -> None:
     """Send an order (ORM^O01, OMI^O23) or patient update (ADT) over MLLP; print the ACK.
@@ -252,7 +265,11 @@ def ris_send(
             study_uid=study_uid,
         )
         text = order_message(
-            message.upper(), order, control=control, prior_patient_id=prior_patient_id
+            message.upper(),
+            order,
+            control=control,
+            prior_patient_id=prior_patient_id,
+            charset=charset,
         )
     except (HarnessError, ValueError) as exc:
         err.print(str(exc), markup=False)

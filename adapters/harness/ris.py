@@ -91,24 +91,30 @@ def make_order(
 
 
 def order_message(
-    kind: str, order: Order, *, control: str = "NW", prior_patient_id: str | None = None
+    kind: str,
+    order: Order,
+    *,
+    control: str = "NW",
+    prior_patient_id: str | None = None,
+    charset: str = "",
 ) -> str:
     """The HL7 text of ``kind`` (one of :data:`MESSAGE_KINDS`) for ``order`` (or its patient).
 
     ``control`` is ORC-1 (``NW`` new, ``CA`` cancel, ``XO`` change…);
-    ``prior_patient_id`` is the patient merged away by an A40.
+    ``prior_patient_id`` is the patient merged away by an A40; ``charset`` is
+    MSH-18 (the sender encodes the message with it).
     """
     if kind == "ORM^O01":
-        return hl7_messages.orm_o01(order, control=control)
+        return hl7_messages.orm_o01(order, control=control, charset=charset)
     if kind == "OMI^O23":
-        return hl7_messages.omi_o23(order, control=control)
+        return hl7_messages.omi_o23(order, control=control, charset=charset)
     if kind in ("ADT^A01", "ADT^A04", "ADT^A08"):
-        return hl7_messages.adt(kind.split("^")[1], order.patient)
+        return hl7_messages.adt(kind.split("^")[1], order.patient, charset=charset)
     if kind == "ADT^A40":
         if not prior_patient_id:
             raise HarnessError("ADT^A40 needs the prior patient ID (--prior-patient-id)")
         prior = Patient(prior_patient_id, order.patient.issuer, None, None, None)
-        return hl7_messages.adt_a40(order.patient, prior)
+        return hl7_messages.adt_a40(order.patient, prior, charset=charset)
     raise HarnessError(f"no such message kind {kind!r}; valid: {', '.join(MESSAGE_KINDS)}")
 
 

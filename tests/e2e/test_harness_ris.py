@@ -3,7 +3,10 @@ and against a running radbridge."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
 import signal
 import socket
 import subprocess
@@ -109,3 +112,51 @@ def test_ris_send_places_an_order_in_a_running_radbridge(
     [order] = [o for o in orders if o["accession_number"] == "ACC-H1"]
     assert order["procedure_code"] == "CTHEAD"
     assert order["study_uid"] == "1.2.826.0.1.3680043.8.498.777"
+
+
+def _in_a_terminal(args: list[str]) -> tuple[int, str]:
+    """Run ``args`` with a pseudo-terminal as stdout and stderr (so rich draws its progress)."""
+    leader, follower = pty.openpty()
+    with subprocess.Popen(
+        args, stdout=follower, stderr=follower, env={**os.environ, "COLUMNS": "160"}
+    ) as run:
+        os.close(follower)
+        chunks: list[bytes] = []
+        with contextlib.suppress(OSError):  # EIO once the child closed its end
+            while chunk := os.read(leader, 65536):
+                chunks.append(chunk)
+        code = run.wait(60)
+    os.close(leader)
+    return code, b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_chinese_names_arrive_intact_from_the_simulated_modality_and_ris(
+    tmp_path: Path, radbridge_factory: Callable[..., Radbridge]
+) -> None:
+    """A study written in GB18030 by `harness modality send --charset GB18030` and an order with
+    MSH-18 'GB 18030-2000' from `harness ris send --charset` both reach radbridge with their
+    Chinese patient names intact (they once arrived as "?^?"); the modality's progress, in a
+    terminal, counts instances per second, not bytes."""
+    config = base_config(tmp_path / "rb", free_port())
+    config["hl7"] = {"listen": {"host": LOOPBACK, "port": free_port()}}
+    rb = radbridge_factory(config=config)
+    sent = subprocess.run(
+        [RADBRIDGE, "harness", "ris", "send", "--port", str(config["hl7"]["listen"]["port"]),
+         "--accession", "ACC-ZH1", "--patient-id", "PZH1", "--patient-name", "李^四",
+         "--charset", "GB 18030-2000"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    code, shown = _in_a_terminal(
+        [RADBRIDGE, "harness", "modality", "send", "ct_head", "--port", str(rb.port),
+         "--instances", "3", "--rows", "32", "--columns", "32", "--accession", "ACC-ZH2",
+         "--patient-id", "PZH2", "--patient-name", "张^三", "--charset", "GB18030"]
+    )  # fmt: skip
+    assert code == 0, shown
+    progress, summary = shown.split("sent 3 of 3 instances")
+    assert "instances/s" in progress and "B/s" not in progress and "MB/s" in summary
+    orders = json.loads(rb.cli("orders", "list", "--json").stdout)
+    [order] = [o for o in orders if o["accession_number"] == "ACC-ZH1"]
+    assert order["patient"]["name"] == "李^四"
+    [study] = [s for s in rb.studies() if s["accession_number"] == "ACC-ZH2"]
+    assert study["patient"]["name"] == "张^三"

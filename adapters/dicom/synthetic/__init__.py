@@ -110,6 +110,7 @@ def generate_study(
     patient_name: str = "DOE^JANE",
     accession: str = "ACC0001",
     study_uid: str | None = None,
+    charset: str | None = None,
 ) -> list[Path]:
     """Write one synthetic study into ``out_dir/S<series>/I<instance>.dcm``.
 
@@ -123,7 +124,10 @@ def generate_study(
     views (PA, lateral, …; default 2 at 2048x2048) or of ``mg`` views (R CC,
     L CC, R MLO, L MLO; default 4 at 3328x2560).
     ``rows`` and ``columns`` override the matrix. Files are Explicit VR Little
-    Endian Part 10 files. Returns the paths in series and instance order.
+    Endian Part 10 files. ``charset`` is the Specific Character Set the text is
+    written in (``ISO_IR 100``, ``ISO_IR 192`` for UTF-8, ``GB18030``…); by
+    default ISO_IR 100, or ISO_IR 192 for a name Latin-1 cannot hold. Returns
+    the paths in series and instance order.
     """
     out = Path(out_dir)
     patient = StudyPatient(
@@ -132,6 +136,7 @@ def generate_study(
         accession=accession,
         study_uid=study_uid or str(generate_uid()),
         when=datetime.now().replace(microsecond=0),
+        charset=charset,
     )
     description, station, series_list = plan_study(kind, instances, rows, columns)
     base = study_dataset(patient, description, station)

@@ -43,6 +43,18 @@ class StudyPatient:
     when: datetime
     sex: str = "F"
     birth_date: str = "19650412"
+    charset: str | None = None
+    """Specific Character Set; None: ISO_IR 100 when the name fits Latin-1, else ISO_IR 192."""
+
+    @property
+    def character_set(self) -> str:
+        if self.charset:
+            return self.charset
+        try:
+            self.patient_name.encode("latin-1")
+        except UnicodeEncodeError:
+            return "ISO_IR 192"
+        return "ISO_IR 100"
 
 
 @dataclass(frozen=True)
@@ -122,7 +134,7 @@ def _age(birth_date: str, when: datetime) -> str:
 def study_dataset(patient: StudyPatient, description: str, station: str) -> Dataset:
     """Patient, study, equipment and SOP common tags shared by every instance."""
     ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SpecificCharacterSet = patient.character_set
     ds.PatientName = patient.patient_name
     ds.PatientID = patient.patient_id
     ds.IssuerOfPatientID = "EXAMPLE-GH"
