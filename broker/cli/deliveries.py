@@ -11,10 +11,19 @@ import typer
 from rich.table import Table
 
 from broker.cli.common import ConfigOption, JsonOption, out
-from broker.cli.work import as_json, audited, print_json, show, store_engine
+from broker.cli.work import (
+    BeforeOption,
+    as_json,
+    audited,
+    more_pages,
+    print_json,
+    show,
+    store_engine,
+)
 from broker.model.writeback import DeliveryState
 from broker.store.audit import Action
 from broker.store.deliveries import DeliveryStore
+from broker.store.listing import DeliveryFilter, Listing
 
 app = typer.Typer(
     help="Write-back deliveries: one per result and target (PACS, RIS, EMR, notifications).",
@@ -34,10 +43,13 @@ def list_deliveries(
     job: Annotated[int | None, typer.Option("--job", help="Only this job's deliveries.")] = None,
     json_out: JsonOption = False,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 200,
+    before: BeforeOption = None,
 ) -> None:
-    """Deliveries, oldest first, optionally filtered by state, target and job."""
-    store = DeliveryStore(store_engine(config))
-    found = store.list(state=state or None, target=target, job_id=job, limit=limit)
+    """Deliveries, newest first, optionally filtered by state, target and job; ``--before ID``
+    pages on."""
+    found = Listing(store_engine(config)).deliveries(
+        DeliveryFilter(states=state or (), target=target, job_id=job), before_id=before, limit=limit
+    )
     if json_out:
         print_json([as_json(d) for d in found])
         return
@@ -58,6 +70,7 @@ def list_deliveries(
             (d.last_error or "")[:80] if d.state is not DeliveryState.DONE else "",
         )
     out.print(table)
+    more_pages(found, limit)
 
 
 @app.command("show")

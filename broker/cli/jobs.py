@@ -8,11 +8,20 @@ import typer
 from rich.table import Table
 
 from broker.cli.common import ConfigOption, JsonOption, err, out
-from broker.cli.work import as_json, audited, print_json, show, store_engine
+from broker.cli.work import (
+    BeforeOption,
+    as_json,
+    audited,
+    more_pages,
+    print_json,
+    show,
+    store_engine,
+)
 from broker.model.jobs import JobState
 from broker.store.audit import Action
 from broker.store.deliveries import DeliveryStore
 from broker.store.jobs import JobStore
+from broker.store.listing import JobFilter, Listing
 
 app = typer.Typer(
     help="Vendor jobs: one per study and vendor product (sent to an AI vendor).",
@@ -23,6 +32,7 @@ app = typer.Typer(
 @app.command("list")
 def list_jobs(
     config: ConfigOption = None,
+    *,
     state: Annotated[
         list[str] | None,
         typer.Option(
@@ -34,8 +44,9 @@ def list_jobs(
     vendor: Annotated[str | None, typer.Option("--vendor", help="Only this vendor.")] = None,
     json_out: JsonOption = False,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 200,
+    before: BeforeOption = None,
 ) -> None:
-    """Jobs, oldest first, optionally filtered by state and vendor."""
+    """Jobs, newest first, optionally filtered by state and vendor; ``--before ID`` pages on."""
     store = JobStore(store_engine(config))
     states = [s.strip().lower() for s in state or []]
     try:
@@ -44,12 +55,16 @@ def list_jobs(
         valid = ", ".join([*JobState, "overdue"])
         err.print(f"{exc}; valid states: {valid}", highlight=False)
         raise typer.Exit(2) from exc
+    listing = Listing(store.engine)
     if "overdue" in states:
         overdue = DeliveryStore(store.engine).overdue_jobs(limit=limit)
         jobs = [j for j in overdue if vendor in (None, j.vendor)]
-        jobs += store.list(state=wanted, vendor=vendor, limit=limit) if wanted else []
+        if wanted:
+            jobs += listing.jobs(
+                JobFilter(states=wanted, vendor=vendor), before_id=before, limit=limit
+            )
     else:
-        jobs = store.list(state=wanted or None, vendor=vendor, limit=limit)
+        jobs = listing.jobs(JobFilter(states=wanted, vendor=vendor), before_id=before, limit=limit)
     if json_out:
         print_json([as_json(j) for j in jobs])
         return
@@ -66,6 +81,7 @@ def list_jobs(
             f"{j.updated_at:%Y-%m-%d %H:%M:%S}",
         )
     out.print(table)
+    more_pages(jobs, limit)
 
 
 @app.command("show")

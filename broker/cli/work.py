@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import typer
 from rich.table import Table
@@ -47,6 +47,18 @@ class Event(Protocol):
 
     @property
     def snapshot(self) -> str | None: ...
+
+
+BeforeOption = Annotated[
+    int | None,
+    typer.Option("--before", help="Only items older than this id (the next page of a list)."),
+]
+
+
+def more_pages(items: list[Any], limit: int) -> None:
+    """Say how to see the next (older) page when ``items`` filled the page."""
+    if items and len(items) >= limit:
+        err.print(f"newest {limit} shown; older ones: --before {items[-1].id}", highlight=False)
 
 
 def store_engine(config: Any) -> Engine:

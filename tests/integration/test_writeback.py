@@ -34,6 +34,7 @@ from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.jobs import JobStore
 from broker.store.results import ResultStore
 from config.schema import Settings
+from tests import cli_fork
 from tests.databases import DATABASES, empty_database
 from tests.fhir_receiver import FhirReceiver, Webhook
 from tests.peers import LOOPBACK, Orthanc
@@ -423,6 +424,37 @@ def test_overdue_jobs_are_listed_and_notified_once(
         assert drain(stage, WEBHOOK_TARGET) == [DeliveryState.DONE]
     ((_, body),) = hook.received
     assert (body["event"], body["job_id"], body["state"]) == ("overdue", late.id, "awaiting_result")
+
+
+def test_jobs_and_deliveries_are_listed_newest_first_a_page_at_a_time(
+    engine: Engine, scene: Scene, tmp_path: Path
+) -> None:
+    """`jobs list` and `deliveries list` show the newest first (they once showed the oldest
+    200), `--limit` makes a page, `--before ID` the next (older) one, and the table says how
+    to get it."""
+    scenes = [scene, Scene.make(engine, tmp_path, "b"), Scene.make(engine, tmp_path, "c")]
+    made = [s.job() for s in scenes]
+    stage = make_stage(engine, {"ris": ("hl7", {"host": LOOPBACK, "port": 9})})
+    for each, job in zip(scenes, made, strict=True):
+        stage.schedule(each.result(job))
+    config = tmp_path / "rb.yaml"
+    config.write_text(
+        yaml.safe_dump({"storage": {"database": str(engine.url), "spool": str(tmp_path / "spool")}})
+    )
+
+    def ids(*args: str) -> list[int]:
+        listed = cli_fork.run([*args, "-c", str(config), "--json"])
+        return [item["id"] for item in yaml.safe_load(listed.stdout)]
+
+    newest = sorted((j.id for j in made), reverse=True)
+    assert ids("jobs", "list", "--limit", "2") == newest[:2]
+    assert ids("jobs", "list", "--limit", "2", "--before", str(newest[1])) == newest[2:]
+    deliveries = sorted((d.id for d in DeliveryStore(engine).list()), reverse=True)
+    assert len(deliveries) == 3
+    assert ids("deliveries", "list", "--limit", "2") == deliveries[:2]
+    assert ids("deliveries", "list", "--before", str(deliveries[1])) == deliveries[2:]
+    table = cli_fork.run(["jobs", "list", "--limit", "2", "-c", str(config)])
+    assert f"older ones: --before {newest[1]}" in table.stderr
 
 
 # ----------------------------------------------------------------- kill -9
