@@ -352,6 +352,19 @@ class Hl7(Strict):
         return self
 
 
+class Fhir(Strict):
+    """Bounds of the FHIR orders interface (``/fhir`` on the HTTP server).
+
+    A request body over ``max_body_bytes``, or a ``transaction`` / ``batch``
+    Bundle of more than ``max_bundle_entries`` entries, is refused with 413 and
+    an OperationOutcome before anything is validated or stored: the store has
+    one writer, and a Bundle's orders are written in one transaction.
+    """
+
+    max_bundle_entries: Annotated[int, Field(ge=1, le=10_000)] = 500
+    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 4 * 1024 * 1024
+
+
 class Logging(Strict):
     """Log lines go to standard error (journald under systemd) unless ``file`` names a
     file: then it is rotated when it passes ``max_bytes`` and every ``rotate_every``
@@ -434,6 +447,8 @@ class Settings(Strict):
     """radbridge's HTTP server; it runs when this block is given or a vendor uses ``http``."""
     hl7: Hl7 | None = None
     """The HL7 v2 orders listener (MLLP); it runs when this block is given."""
+    fhir: Fhir = Fhir()
+    """Bounds of the FHIR orders interface, served with the HTTP server."""
     vendors: dict[VendorName, Vendor] = Field(default_factory=dict)
     targets: dict[TargetName, TargetBlock] = Field(default_factory=dict)
     """Where results are written back (PACS, RIS, EMR); routes name them in ``write_back``."""

@@ -22,9 +22,11 @@ is stored); the message and the identity conflict are kept for an operator.
 
 Reading needs a token of role viewer, writing one of role operator
 (:func:`adapters.api.auth.require`). Every answer of a write comes after the
-store has committed the order and the message as it came. Every error is an
-OperationOutcome naming the element; a body over :data:`MAX_BODY_BYTES` gets
-413; nothing a client sends makes the route raise.
+store has committed the order and the message as it came (a Bundle's once, for all
+its orders). Every error is an OperationOutcome naming the element; a body over
+``fhir.max_body_bytes``, or a Bundle of more than ``fhir.max_bundle_entries``
+entries, gets 413 before anything is validated or stored (the settings in force,
+as the REST API holds them); nothing a client sends makes the route raise.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy import Engine
 
 from adapters.api.auth import require
+from adapters.api.deps import ApiState
 from adapters.fhir.capability import capability_statement
 from adapters.fhir.mapping import (
     V2_0203,
@@ -61,17 +64,19 @@ from broker.model.errors import NotFoundError, RadbridgeError
 from broker.model.identity import IdentityConflictError
 from broker.model.logging import get_logger
 from broker.store.orders import OrderStore
+from config.schema import Fhir
 
 LOG = get_logger("radbridge.fhir")
 
-#: The largest request body taken; larger gets 413.
-MAX_BODY_BYTES = 4 * 1024 * 1024
+#: The largest request body taken by default (``fhir.max_body_bytes``); larger gets 413.
+MAX_BODY_BYTES = Fhir().max_body_bytes
 #: The newest orders a search without parameters returns.
 SEARCH_ALL_LIMIT = 100
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 JSON_TYPES = ("application/fhir+json", "application/json")
 REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405: "Not Allowed"}
-REASONS |= {413: "Payload Too Large", 422: "Unprocessable Entity", 500: "Internal Server Error"}
+REASONS |= {409: "Conflict", 413: "Payload Too Large", 422: "Unprocessable Entity"}
+REASONS |= {500: "Internal Server Error"}
 
 Viewer = Annotated[Role, Depends(require(Role.VIEWER))]
 Operator = Annotated[Role, Depends(require(Role.OPERATOR))]
@@ -115,8 +120,15 @@ class FhirRoute(APIRoute):
         return guarded
 
 
+def fhir_settings(request: Request) -> Fhir:
+    """The ``fhir`` settings in force (a reload's included), else the defaults."""
+    api: ApiState | None = getattr(request.app.state, "api", None)
+    return Fhir() if api is None else api.settings.fhir
+
+
 async def fhir_body(request: Request) -> bytes:
-    """The request body, when it is FHIR JSON of at most :data:`MAX_BODY_BYTES`."""
+    """The request body, when it is FHIR JSON of at most ``fhir.max_body_bytes``."""
+    limit = fhir_settings(request).max_body_bytes
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in JSON_TYPES:
         raise FhirError.one(
@@ -125,23 +137,36 @@ async def fhir_body(request: Request) -> bytes:
             code="not-supported",
         )
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _too_large(int(declared))
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise _too_large(len(body))
+        if len(body) > limit:
+            raise _too_large(len(body), limit)
     return bytes(body)
 
 
-def _too_large(size: int) -> FhirError:
+def _too_large(size: int, limit: int) -> FhirError:
     return FhirError.one(
         413,
-        f"the body has {size} bytes or more; valid: at most {MAX_BODY_BYTES} "
+        f"the body has {size} bytes or more; valid: at most {limit} "
         "(send large transactions as several Bundles)",
         code="too-costly",
     )
+
+
+def check_entry_count(data: Mapping[str, Any], limit: int) -> None:
+    """413 for a Bundle of more than ``limit`` entries (before any entry is looked at)."""
+    entries = data.get("entry")
+    if isinstance(entries, list) and len(entries) > limit:
+        raise FhirError.one(
+            413,
+            f"Bundle.entry has {len(entries)} entries; valid: at most {limit} "
+            "(fhir.max_bundle_entries; send the rest in further Bundles)",
+            "Bundle.entry",
+            code="too-costly",
+        )
 
 
 Body = Annotated[bytes, Depends(fhir_body)]
@@ -268,8 +293,14 @@ class FhirOrders:
         order = order_from_service_request(resource)
         return self._store(order, message, resource_id)
 
-    def _store(self, order: Any, message: InboundMessage, resource_id: str | None) -> OrderOutcome:
-        outcome = self.store.record_order(order, message, resource_id=resource_id)
+    def _store(
+        self,
+        order: Any,
+        message: InboundMessage,
+        resource_id: str | None,
+        kept_as: int | None = None,
+    ) -> OrderOutcome:
+        outcome = self.store.record_order(order, message, resource_id=resource_id, kept_as=kept_as)
         self._log(outcome, message)
         return outcome
 
@@ -293,7 +324,11 @@ class FhirOrders:
         if kind == "transaction":
             responses = self._transaction(entries, message)
         else:
-            responses = [self._batch_entry(n, e, entries, message) for n, e in enumerate(entries)]
+            kept: list[int] = []  # the Bundle's row, stored once before its first order
+            patients = _bundle_patients(entries)
+            responses = [
+                self._batch_entry(n, e, patients, message, kept) for n, e in enumerate(entries)
+            ]
         return {
             "resourceType": "Bundle",
             "type": f"{kind}-response",
@@ -347,7 +382,12 @@ class FhirOrders:
         return responses
 
     def _batch_entry(
-        self, n: int, entry: dict[str, Any], entries: list[dict[str, Any]], message: InboundMessage
+        self,
+        n: int,
+        entry: dict[str, Any],
+        patients: dict[str, dict[str, Any]],
+        message: InboundMessage,
+        kept: list[int],
     ) -> dict[str, Any]:
         try:
             resource = validate_entry(entry, n)
@@ -355,8 +395,10 @@ class FhirOrders:
             if resource["resourceType"] != "ServiceRequest":
                 return _patient_response()
             path = f"Bundle.entry[{n}].resource"
-            order = order_from_service_request(resource, _bundle_patients(entries), path=path)
-            return _order_response(self._store(order, message, resource_id))
+            order = order_from_service_request(resource, patients, path=path)
+            if not kept:
+                kept.append(self.store.record_message(message, error=None))
+            return _order_response(self._store(order, message, resource_id, kept[0]))
         except FhirError as exc:
             return {"status": _status_line(exc.status), "outcome": exc.outcome()}
         except IdentityConflictError as exc:
@@ -546,6 +588,7 @@ def fhir_router(engine: Engine) -> APIRouter:
         """A transaction (all validated first) or batch (each entry alone) of orders."""
         data = read_json(body, "Bundle")
         check_type(data, ("Bundle",), "Bundle")
+        check_entry_count(data, fhir_settings(request).max_bundle_entries)
         result = orders.bundle(data, _message(request, "Bundle", body))
         return fhir_response(result)
 

@@ -1,7 +1,8 @@
 """Orders in the store: record what the RIS sends, correlate orders with studies.
 
 ``record_order`` keeps the message verbatim and the normalized order in one
-transaction (the HL7 and FHIR edges acknowledge only after it returns), then
+transaction (the HL7 and FHIR edges acknowledge only after it returns); a message
+that makes several orders (``record_orders``) is kept once, linked to each. Then it
 links the order to its studies: by accession number (and its issuer when both
 sides have one), otherwise by study instance UID. A patient-ID mismatch is
 flagged for an operator, never linked. A cancelled order cancels its studies'
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.model.domain import (
@@ -49,7 +50,7 @@ from broker.store.order_links import (
 )
 from broker.store.order_sql import OrderSql
 from broker.store.patients import apply_merge, apply_update, check_merge, check_update
-from broker.store.tables import order_links, order_messages, orders
+from broker.store.tables import order_links, order_message_links, order_messages, orders
 
 #: Order states that stop the order's studies from being routed and cancel their unsent jobs.
 CANCELLED_STATES = frozenset({OrderStatus.CANCELLED, OrderStatus.DISCONTINUED})
@@ -158,7 +159,12 @@ class OrderStore:
     # --------------------------------------------------------------- writes
 
     def record_order(
-        self, order: Order, message: InboundMessage, *, resource_id: str | None = None
+        self,
+        order: Order,
+        message: InboundMessage,
+        *,
+        resource_id: str | None = None,
+        kept_as: int | None = None,
     ) -> OrderOutcome:
         """Store ``message`` verbatim and create or update its order, in one transaction.
 
@@ -166,14 +172,20 @@ class OrderStore:
         that id. Otherwise the order is matched by placer number, then filler
         number, then accession number + issuer, and updated (fields the new
         message leaves empty keep their values); a new one gets a fresh
-        ``resource_id``.
+        ``resource_id``. With ``kept_as`` the message is already stored (a FHIR batch's
+        Bundle, :meth:`record_message`): the order is linked to that row.
         """
-        return self.record_orders([(order, resource_id)], message)[0]
+        return self.record_orders([(order, resource_id)], message, kept_as=kept_as)[0]
 
     def record_orders(
-        self, orders_: Sequence[tuple[Order, str | None]], message: InboundMessage
+        self,
+        orders_: Sequence[tuple[Order, str | None]],
+        message: InboundMessage,
+        *,
+        kept_as: int | None = None,
     ) -> list[OrderOutcome]:
-        """:meth:`record_order` for several orders (a FHIR transaction): all or none.
+        """:meth:`record_order` for several orders (a FHIR transaction): all or none. The
+        message is stored once (or was, ``kept_as``), linked to each order.
 
         An order that names another patient than the order (or accession number) it
         would update raises :class:`IdentityConflictError`: nothing is stored but the
@@ -182,20 +194,28 @@ class OrderStore:
         now = datetime.now(UTC)
         try:
             with writing(self.engine) as conn:
-                return [self._record(conn, o, message, rid, now) for o, rid in orders_]
+                outcomes = [self._record(conn, o, rid, now) for o, rid in orders_]
+                if outcomes:
+                    ids = [o.stored.id for o in outcomes]
+                    self._keep_once(conn, message, now, ids, kept_as)
+                return outcomes
         except IdentityConflictError as exc:
-            self._refused(message, exc)
+            self._refused(message, exc, kept_as)
             raise
         except self._errors as exc:
             raise StoreError(f"cannot store the order: {exc}") from exc
 
-    def _refused(self, message: InboundMessage, exc: IdentityConflictError) -> None:
-        """Keep a refused message with why, and its identity conflict, in a new transaction
-        (the one that found the conflict was rolled back)."""
+    def _refused(
+        self, message: InboundMessage, exc: IdentityConflictError, kept_as: int | None = None
+    ) -> None:
+        """Keep a refused message with why (unless it is kept already, ``kept_as``), and its
+        identity conflict, in a new transaction (the one that found it was rolled back)."""
         now = datetime.now(UTC)
         try:
             with writing(self.engine) as conn:
-                message_id = self._keep(conn, message, now, error=str(exc))
+                message_id = kept_as
+                if message_id is None:
+                    message_id = self._keep(conn, message, now, error=str(exc))
                 record_conflict(
                     conn,
                     exc.report,
@@ -208,13 +228,28 @@ class OrderStore:
         except self._errors as store_exc:
             raise StoreError(f"cannot store the refused message: {store_exc}") from store_exc
 
-    def _record(
+    def _keep_once(
         self,
         conn: Connection,
-        order: Order,
         message: InboundMessage,
-        resource_id: str | None,
         now: datetime,
+        order_ids: list[int],
+        kept_as: int | None,
+    ) -> None:
+        """Store the message once, for its first order, and link it to each further order
+        (or, ``kept_as``, link the stored message to every order)."""
+        more = list(dict.fromkeys(order_ids))
+        message_id = kept_as
+        if message_id is None:
+            message_id = self._keep(conn, message, now, order_id=more.pop(0))
+        if more:
+            conn.execute(
+                insert(order_message_links),
+                [{"message_id": message_id, "order_id": order_id} for order_id in more],
+            )
+
+    def _record(
+        self, conn: Connection, order: Order, resource_id: str | None, now: datetime
     ) -> OrderOutcome:
         existing = self._match(conn, order, resource_id)
         if existing is not None or resource_id is not None:
@@ -240,7 +275,6 @@ class OrderStore:
             stmt = _S.update_order if resource_id is None else _S.replace_order
             row = conn.execute(stmt, {**values, "p_id": existing, "p_updated_at": now}).one()
             stored = _order(row)
-        self._keep(conn, message, now, order_id=stored.id)
         candidates, matched_on = self._sql.candidates(conn, stored.order)
         linked, flagged = correlate(conn, stored, candidates, matched_on=matched_on, now=now)
         cancelled = 0
@@ -332,8 +366,9 @@ class OrderStore:
             now=now,
         )
 
-    def record_message(self, message: InboundMessage, *, error: str) -> int:
-        """Keep a message that could not be used (answered AE), with why; returns its id."""
+    def record_message(self, message: InboundMessage, *, error: str | None) -> int:
+        """Keep a message that could not be used (answered AE), with why, or one whose
+        orders are stored one by one after it (``error`` None: a FHIR batch); its id."""
         try:
             with writing(self.engine) as conn:
                 return self._keep(conn, message, datetime.now(UTC), error=error)
@@ -500,11 +535,14 @@ class OrderStore:
             return [_order(r) for r in conn.execute(stmt).all()]
 
     def raw_messages(self, order_id: int) -> list[InboundMessage]:
-        """The messages that made this order, oldest first."""
+        """The messages that made this order (alone or with others), oldest first."""
+        linked = select(order_message_links.c.message_id).where(
+            order_message_links.c.order_id == order_id
+        )
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(order_messages)
-                .where(order_messages.c.order_id == order_id)
+                .where(or_(order_messages.c.order_id == order_id, order_messages.c.id.in_(linked)))
                 .order_by(order_messages.c.id)
             ).all()
         return [

@@ -240,6 +240,28 @@ order_messages = Table(
 )
 """Every order, ADT and FHIR message verbatim, stored before it is acknowledged."""
 
+order_message_links = Table(
+    "order_message_links",
+    metadata,
+    Column(
+        "message_id",
+        Integer,
+        ForeignKey(
+            "order_messages.id", name="fk_order_message_links_message_id", ondelete="CASCADE"
+        ),
+        primary_key=True,
+    ),
+    Column(
+        "order_id",
+        Integer,
+        ForeignKey("orders.id", name="fk_order_message_links_order_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Index(None, "order_id"),
+)
+"""The further orders of a message that made several (a FHIR transaction, an HL7 message
+with several orders): the message is stored once, its ``order_id`` the first order."""
+
 order_links = Table(
     "order_links",
     metadata,
