@@ -51,6 +51,7 @@ def test_a_short_fuzzing_run_finds_no_crash(target: str, tmp_path: Path) -> None
             target,
             "--seconds",
             str(SUITE_SECONDS),
+            "--shallow",
             "--work",
             str(tmp_path),
         ],
