@@ -194,7 +194,8 @@ def read_header(
     except PARSE_ERRORS as exc:
         if _caused_by_recursion(exc):  # pydicom turns it into OSError inside a sequence
             raise InvalidDicomError(_TOO_DEEP) from exc
-        raise InvalidDicomError(f"the dataset cannot be parsed: {exc}") from exc
+        # pydicom's message may quote the bytes it could not read: only its kind is said.
+        raise InvalidDicomError(f"the dataset cannot be parsed ({type(exc).__name__})") from exc
 
 
 def _caused_by_recursion(exc: BaseException | None) -> bool:

@@ -22,6 +22,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from adapters.web.paths import route_path
 from broker.model.domain import Role
 from broker.model.logging import get_logger
 from broker.store.api_tokens import ApiTokens
@@ -89,14 +90,16 @@ def require(role: Role) -> Callable[..., Role]:
             )
         found = api_tokens(request).verify(token)
         if found is None:
-            LOG.warning("unknown or revoked API token", path=request.url.path)
+            LOG.warning("unknown or revoked API token", path=route_path(request))
             raise HTTPException(
                 401,
                 "the token is unknown or revoked",
                 headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
             )
         if not found.allows(needed):
-            LOG.warning("API token role too low", path=request.url.path, role=found, needed=needed)
+            LOG.warning(
+                "API token role too low", path=route_path(request), role=found, needed=needed
+            )
             raise HTTPException(
                 403,
                 f"a {found.value} token cannot do this; it needs the role {needed.value} or higher",

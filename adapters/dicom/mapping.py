@@ -176,9 +176,9 @@ def instance_record_from_file(
     ds = read_header(path)
     dataset_sop = _text(ds, "SOPInstanceUID")
     if dataset_sop is not None and dataset_sop != sop_instance_uid:
-        raise InvalidDicomError(
-            f"the dataset's SOP Instance UID {dataset_sop} differs from the C-STORE "
-            f"request's {sop_instance_uid}"
+        raise InvalidDicomError(  # the UIDs are not quoted: the message reaches the log
+            "the dataset's SOP Instance UID differs from the C-STORE request's Affected "
+            "SOP Instance UID"
         )
     image_type = _text(ds, "ImageType")
     series_uid = _instance_uid(ds, "SeriesInstanceUID")

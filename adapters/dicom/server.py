@@ -149,7 +149,13 @@ IDENTITY_COMMENTS = {
 def _identity_refused(exc: IdentityConflictError, log: Any) -> Dataset:
     """0xC409 for an object that names another patient (or study) than radbridge holds."""
     kind = exc.report.kind
-    log.warning("c-store refused: identity conflict", kind=kind.value, problem=str(exc))
+    log.warning(
+        "c-store refused: identity conflict",
+        kind=kind.value,
+        problem=str(exc),
+        patient_id=exc.report.claimed.patient_id,  # redacted unless logging.phi is on
+        study_uid=exc.report.study_uid,
+    )
     comment = IDENTITY_COMMENTS.get(kind, "identity conflict; not stored")
     return _status(StoreFailure.IDENTITY_CONFLICT, comment)
 

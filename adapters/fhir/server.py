@@ -59,6 +59,7 @@ from adapters.fhir.resources import (
     validate_entry,
     validate_envelope,
 )
+from adapters.web.paths import route_path
 from broker.model.domain import InboundMessage, OrderOutcome, OrderSource, Role, StoredOrder
 from broker.model.errors import NotFoundError, RadbridgeError
 from broker.model.identity import IdentityConflictError
@@ -107,12 +108,14 @@ class FhirRoute(APIRoute):
             except IdentityConflictError as exc:
                 return identity_error(exc, "ServiceRequest.subject").response()
             except RadbridgeError as exc:
-                LOG.error("FHIR request failed in the store", path=request.url.path, error=str(exc))
+                LOG.error(
+                    "FHIR request failed in the store", path=route_path(request), error=str(exc)
+                )
                 return FhirError.one(
                     500, f"radbridge could not store or read the order; nothing was kept: {exc}"
                 ).response()
             except Exception as exc:
-                LOG.exception("FHIR request failed", path=request.url.path)
+                LOG.exception("FHIR request failed", path=route_path(request))
                 return FhirError.one(
                     500, f"radbridge failed on this request ({type(exc).__name__})"
                 ).response()

@@ -113,7 +113,8 @@ class MessageHandler:
         try:
             self._store(event, inbound)
         except IdentityConflictError as exc:
-            return self._answer(header, AckCode.AE, identity_problem(exc), peer)
+            claimed = exc.report.claimed.patient_id  # redacted unless logging.phi is on
+            return self._answer(header, AckCode.AE, identity_problem(exc), peer, claimed)
         except Exception as exc:
             return self._answer(header, AckCode.AE, self._storage_failed(exc, header), peer)
         return self._answer(header, AckCode.AA, None, peer)
@@ -181,7 +182,12 @@ class MessageHandler:
         return self._answer(header, AckCode.AR, problem, peer)
 
     def _answer(
-        self, header: Header | None, outcome: AckCode, problem: Problem | None, peer: str
+        self,
+        header: Header | None,
+        outcome: AckCode,
+        problem: Problem | None,
+        peer: str,
+        patient_id: str | None = None,
     ) -> Handled:
         code = reply_code(header, outcome)
         kind = header.kind if header is not None else "unreadable"
@@ -194,6 +200,7 @@ class MessageHandler:
                 control_id=control_id,
                 peer=peer,
                 problem=problem.text,
+                **({"patient_id": patient_id} if patient_id else {}),
             )
         reply = None
         if code is not None:

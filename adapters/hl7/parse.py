@@ -224,8 +224,11 @@ def read_header(raw: bytes, default_charset: str) -> Header:
     """The MSH of ``raw``; :class:`Hl7ParseError` if there is no readable MSH."""
     line = _first_line(raw)
     if not line.startswith(b"MSH") or len(line) < 8:
-        shown = line[:20].decode("latin-1", errors="replace")
-        raise Hl7ParseError(f"the message does not begin with an MSH segment (got {shown!r})")
+        # What it begins with instead is not shown: it may be a patient's data (a PID).
+        raise Hl7ParseError(
+            "the message does not begin with an MSH segment; valid: MSH, the field "
+            "separator and the encoding characters (MSH|^~\\&|…)"
+        )
     text = line.decode("latin-1")
     field_sep = text[3]
     try:
@@ -322,9 +325,9 @@ def parse(raw: bytes, header: Header) -> Hl7Message:
             continue
         name = line[:3]
         if not _SEGMENT_NAME.fullmatch(name) or (len(line) > 3 and line[3] != field_sep):
-            raise Hl7ParseError(
-                f"segment {number} does not begin with a segment name and {field_sep!r} "
-                f"(got {line[:12]!r})"
+            raise Hl7ParseError(  # its text is not shown: it may be a patient's data
+                f"segment {number} does not begin with a segment name (three capital "
+                f"letters or digits) and {field_sep!r}"
             )
         fields = line.split(field_sep)
         if name == "MSH":

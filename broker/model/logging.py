@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,7 +42,11 @@ def pseudonym(value: str) -> str:
 
 
 class RedactPHI:
-    """Processor: remove patient identifiers and hash study identifiers."""
+    """Processor: remove patient identifiers and hash study identifiers.
+
+    A traceback keeps its frames but not the exceptions' messages, which may quote
+    what was received (a value pydicom could not decode, a statement's row).
+    """
 
     def __init__(self, phi: bool) -> None:
         self.phi = phi
@@ -54,10 +59,45 @@ class RedactPHI:
                 event_dict[key] = "[redacted]"
             elif key in PSEUDONYMIZED_KEYS and isinstance(event_dict[key], str):
                 event_dict[key] = pseudonym(event_dict[key])
+        exc_info = event_dict.pop("exc_info", None)
+        if exc_info:
+            exc = _exception(exc_info)
+            if exc is not None:
+                event_dict["exception"] = traceback_without_messages(exc)
         return event_dict
 
 
-_QUIET_LIBRARIES = {"pynetdicom": logging.WARNING, "alembic": logging.WARNING}
+def _exception(exc_info: Any) -> BaseException | None:
+    if isinstance(exc_info, BaseException):
+        return exc_info
+    if isinstance(exc_info, tuple):
+        return exc_info[1] if len(exc_info) > 1 else None
+    return sys.exc_info()[1]
+
+
+def traceback_without_messages(exc: BaseException) -> str:
+    """The traceback of ``exc`` and of the exceptions it was raised from or during, with
+    their types and frames but not their messages."""
+    parts: list[str] = []
+    current: BaseException | None = exc
+    while current is not None and len(parts) < 8:
+        frames = "".join(traceback.format_list(traceback.extract_tb(current.__traceback__)))
+        kind = type(current)
+        parts.append(
+            f"Traceback (most recent call last):\n{frames}{kind.__module__}.{kind.__qualname__}: "
+            "(message not logged: logging.phi is off)"
+        )
+        current = current.__cause__ or current.__context__
+    return "\n\nThe above exception led to the following one:\n\n".join(reversed(parts))
+
+
+#: Libraries whose lines below a level are dropped: pynetdicom's and highdicom's INFO lines
+#: quote the UIDs of what they handle.
+_QUIET_LIBRARIES = {
+    "pynetdicom": logging.WARNING,
+    "alembic": logging.WARNING,
+    "highdicom": logging.WARNING,
+}
 
 
 def configure_logging(

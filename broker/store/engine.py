@@ -57,7 +57,12 @@ _LOCKS: weakref.WeakKeyDictionary[Engine, _WriterLock] = weakref.WeakKeyDictiona
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine tuned for the store: WAL, and queued immediate writers, on SQLite."""
+    """An engine tuned for the store: WAL, and queued immediate writers, on SQLite.
+
+    A statement's parameters (patients' names and IDs among them) are left out of the
+    text of its errors, which reach logs and answers.
+    """
+    kwargs.setdefault("hide_parameters", True)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, **kwargs)

@@ -37,7 +37,7 @@ def configure() -> Iterator[Configure]:
     """configure_logging into a StringIO; the logging set-up before the test is restored after."""
     root = logging.getLogger()
     root_level = root.level
-    library_levels = {n: logging.getLogger(n).level for n in ("pynetdicom", "alembic")}
+    library_levels = {n: logging.getLogger(n).level for n in ("pynetdicom", "alembic", "highdicom")}
     structlog_config = structlog.get_config()
     installed: list[logging.Handler] = []
 
@@ -152,8 +152,8 @@ def test_pynetdicom_below_warning_is_dropped(configure: Configure) -> None:
 
 
 def test_exceptions_are_rendered_inside_json(configure: Configure) -> None:
-    """log.exception gives one JSON line carrying the traceback."""
-    out = configure(fmt="json")
+    """log.exception gives one JSON line carrying the traceback (with messages if PHI is on)."""
+    out = configure(fmt="json", phi=True)
     try:
         raise ValueError("bad tag")
     except ValueError:
@@ -161,6 +161,28 @@ def test_exceptions_are_rendered_inside_json(configure: Configure) -> None:
     (line,) = _lines(out)
     assert line["event"] == "cannot decode"
     assert "ValueError: bad tag" in line["exception"]
+
+
+def test_tracebacks_keep_frames_but_not_messages_when_phi_is_off(configure: Configure) -> None:
+    """With PHI off a traceback (ours or a library's, and the exceptions it was raised from)
+    names each exception's type and frames, never its message, which may quote a patient."""
+    out = configure(fmt="json")
+    try:
+        try:
+            raise KeyError(PATIENT["patient_id"])
+        except KeyError as exc:
+            raise ValueError(f"no such patient {PATIENT['patient_name']}") from exc
+    except ValueError:
+        get_logger("radbridge.test").exception("cannot decode")
+        logging.getLogger("somelibrary").error("failed", exc_info=True)
+    lines = _lines(out)
+    assert len(lines) == 2
+    for line in lines:
+        text = line["exception"]
+        assert "builtins.KeyError" in text and "builtins.ValueError" in text
+        assert text.index("KeyError") < text.index("ValueError")  # the cause first
+        assert "test_logging.py" in text
+        assert PATIENT["patient_id"] not in text and "DOE" not in text
 
 
 def test_auto_format_is_console_on_a_tty(configure: Configure) -> None:
