@@ -22,7 +22,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from adapters.web.paths import route_path
+from adapters.api.paths import route_path
 from broker.model.domain import Role
 from broker.model.logging import get_logger
 from broker.store.api_tokens import ApiTokens

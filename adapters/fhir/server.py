@@ -44,6 +44,7 @@ from sqlalchemy import Engine
 
 from adapters.api.auth import require
 from adapters.api.deps import ApiState
+from adapters.api.paths import route_path
 from adapters.fhir.capability import capability_statement
 from adapters.fhir.mapping import (
     V2_0203,
@@ -59,7 +60,6 @@ from adapters.fhir.resources import (
     validate_entry,
     validate_envelope,
 )
-from adapters.web.paths import route_path
 from broker.model.domain import InboundMessage, OrderOutcome, OrderSource, Role, StoredOrder
 from broker.model.errors import NotFoundError, RadbridgeError
 from broker.model.identity import IdentityConflictError
