@@ -49,6 +49,7 @@ DEBIAN_PACKAGE = {
     "dcmcrle": "dcmtk",
     "Orthanc": "orthanc",
     "dciodvfy": "dicom3tools",
+    "strace": "strace",
 }
 
 _apt_updated = False

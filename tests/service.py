@@ -58,6 +58,8 @@ class Radbridge:
         self.log_path = folder / "radbridge.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.env = {**os.environ, "TCP_NODELAY": "1"}
+        self.wrapper: list[str] = []
+        """A command that runs ``radbridge serve`` (``strace …``); none by default."""
 
     @property
     def spool(self) -> Path:
@@ -72,7 +74,7 @@ class Radbridge:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [RADBRIDGE, "serve", "-c", str(self.config_path)],
+            [*self.wrapper, RADBRIDGE, "serve", "-c", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
