@@ -5,6 +5,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# make run's own environment: radbridge and its runtime dependencies, none of the test
+# tools of .venv (the development environment make test and make dist use).
+RUN_VENV := .venv-run
 CONFIG ?= examples/hospital.yaml
 DEBIAN_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools chromium
 # pytest-xdist workers. Most tests wait on real peers, timers and processes
@@ -13,7 +16,7 @@ DEBIAN_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools chromium
 TEST_WORKERS ?= 4
 LINTED := broker adapters routing config tests
 
-.PHONY: run test tests lint ruff typecheck bench fuzz venv debian services clean
+.PHONY: run test tests lint ruff typecheck bench fuzz venv dist debian services clean
 
 $(BIN)/radbridge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +26,21 @@ $(BIN)/radbridge: pyproject.toml
 
 venv: $(BIN)/radbridge
 
-run: venv
-	$(BIN)/radbridge serve -c $(CONFIG)
+$(RUN_VENV)/bin/radbridge: pyproject.toml
+	$(PYTHON) -m venv $(RUN_VENV)
+	$(RUN_VENV)/bin/pip install --quiet --upgrade pip
+	$(RUN_VENV)/bin/pip install --quiet -e .
+	touch $@
+
+run: $(RUN_VENV)/bin/radbridge
+	$(RUN_VENV)/bin/radbridge serve -c $(CONFIG)
+
+# The wheel, the sdist and the offline bundle dist/radbridge-VERSION-offline.tar.gz (the
+# runtime wheels for CPython 3.11 on x86_64 Linux, the example configuration, install.sh)
+# for hospital servers without a package index: see deploy/dist.sh.
+dist: venv
+	rm -rf dist
+	PYTHON=$(BIN)/python deploy/dist.sh dist
 
 # Debian packages the tests use as real peers (dcmtk, Orthanc, dicom3tools; Chromium for
 # the console's Playwright tests).
@@ -81,4 +97,4 @@ fuzz: venv
 	done
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(RUN_VENV) dist var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,129 @@
+"""The offline bundle of ``make dist`` installs and runs on a machine without a package index."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from importlib.metadata import requires, version
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.peers import LOOPBACK, free_port
+from tests.service import base_config
+
+ROOT = Path(__file__).resolve().parents[2]
+VERSION = version("radbridge")
+
+
+def _no_network() -> list[str]:
+    """``unshare -n``: the command then runs in a network namespace of its own, with no
+    interface up (root only); empty where that cannot be done."""
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        return []
+    probe = subprocess.run([unshare, "-n", "true"], check=False, capture_output=True)
+    return [unshare, "-n"] if probe.returncode == 0 else []
+
+
+@pytest.fixture(scope="session")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``deploy/dist.sh OUT`` (what ``make dist`` runs), built once per session; the
+    dependency wheels come from var/wheelhouse, or from the index when it lacks some."""
+    out = tmp_path_factory.mktemp("dist")
+    built = subprocess.run(
+        ["sh", "deploy/dist.sh", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHON": sys.executable},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # a busy 2-core machine stretches the install several times
+def test_offline_bundle_installs_without_index_and_serves(dist: Path, tmp_path: Path) -> None:
+    """make dist gives the wheel, the sdist and the offline bundle; the bundle holds the
+    runtime wheels and none of the test tools; its install.sh, with pip's index disabled,
+    none of this machine's pip settings and (as root) no network at all, makes a virtual
+    environment whose ``radbridge serve`` answers /healthz with the version."""
+    assert sorted(p.name for p in dist.iterdir()) == sorted(
+        [
+            f"radbridge-{VERSION}-offline.tar.gz",
+            f"radbridge-{VERSION}-py3-none-any.whl",
+            f"radbridge-{VERSION}.tar.gz",
+        ]
+    )
+    with tarfile.open(dist / f"radbridge-{VERSION}-offline.tar.gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    bundle = tmp_path / f"radbridge-{VERSION}-offline"
+    assert (bundle / "examples/hospital.yaml").is_file()
+    wheels = {
+        re.sub(r"[-_.]+", "-", w.name.split("-")[0]).lower() for w in (bundle / "wheels").iterdir()
+    }
+    dev = {
+        re.split(r"[<>=!~;\[ ]", r)[0].lower()
+        for r in requires("radbridge") or []
+        if "extra == " in r and "dev" in r
+    }
+    assert {"radbridge", "pynetdicom", "fastapi", "sqlalchemy", "numpy"} <= wheels
+    assert dev and not (dev & wheels), dev & wheels
+
+    prefix = tmp_path / "opt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "VIRTUAL_ENV"))}
+    env["PIP_NO_INDEX"] = "1"
+    installed = subprocess.run(
+        [*_no_network(), "sh", str(bundle / "install.sh"), "--prefix", str(prefix), "--no-compile"],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    assert f"radbridge {VERSION}" in installed.stdout
+    radbridge = prefix / "venv/bin/radbridge"
+    tools = subprocess.run(
+        [prefix / "venv/bin/python", "-c", "import pytest"], check=False, capture_output=True
+    )
+    assert tools.returncode != 0  # the service's environment has no test tools
+
+    http_port = free_port()
+    config = base_config(tmp_path / "run", free_port())
+    config["http"] = {"listen": {"host": LOOPBACK, "port": http_port}}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/radbridge.yaml").write_text(yaml.safe_dump(config))
+    with (tmp_path / "run/radbridge.log").open("wb") as log:
+        process = subprocess.Popen(
+            [radbridge, "serve", "-c", str(tmp_path / "run/radbridge.yaml")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        health = None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                health = httpx.get(f"http://{LOOPBACK}:{http_port}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert health is not None, (tmp_path / "run/radbridge.log").read_text()
+        assert health.json() == {"status": "ok", "version": VERSION}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
