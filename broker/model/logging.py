@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Mapping
@@ -36,6 +37,15 @@ condition), which may be any attribute, identifying ones included."""
 PSEUDONYMIZED_KEYS = frozenset({"study_uid", "accession_number", "series_uid", "sop_instance_uid"})
 
 
+#: A DICOM UID inside any text (an error message, a library's line): five components or
+#: more, or a UUID-derived ``2.25.…`` (so that versions and IPv4 addresses are left alone);
+#: not the standard's own (``1.2.840.10008.…``: SOP classes, transfer syntaxes).
+UID_IN_TEXT = re.compile(
+    r"(?<![\w.])(?!1\.2\.840\.10008\.)"
+    r"(?:[0-2](?:\.(?:0|[1-9][0-9]*)){4,}|2\.25\.[0-9]{10,})(?![\w.])"
+)
+
+
 def pseudonym(value: str) -> str:
     """A short stable stand-in for an identifier, so log lines still correlate."""
     return "h:" + hashlib.sha256(value.encode()).hexdigest()[:12]
@@ -45,7 +55,8 @@ class RedactPHI:
     """Processor: remove patient identifiers and hash study identifiers.
 
     A traceback keeps its frames but not the exceptions' messages, which may quote
-    what was received (a value pydicom could not decode, a statement's row).
+    what was received (a value pydicom could not decode, a statement's row); a UID
+    in any other text (an error message, a library's line) is hashed too.
     """
 
     def __init__(self, phi: bool) -> None:
@@ -59,6 +70,8 @@ class RedactPHI:
                 event_dict[key] = "[redacted]"
             elif key in PSEUDONYMIZED_KEYS and isinstance(event_dict[key], str):
                 event_dict[key] = pseudonym(event_dict[key])
+            elif isinstance(event_dict[key], str) and UID_IN_TEXT.search(event_dict[key]):
+                event_dict[key] = UID_IN_TEXT.sub(lambda m: pseudonym(m[0]), event_dict[key])
         exc_info = event_dict.pop("exc_info", None)
         if exc_info:
             exc = _exception(exc_info)

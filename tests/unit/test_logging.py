@@ -163,6 +163,20 @@ def test_exceptions_are_rendered_inside_json(configure: Configure) -> None:
     assert "ValueError: bad tag" in line["exception"]
 
 
+def test_uids_in_any_text_are_hashed_when_phi_is_off(configure: Configure) -> None:
+    """A UID inside an error text or a library's line is replaced by its stable pseudonym;
+    the standard's own UIDs, versions and addresses are left as they are."""
+    out = configure(fmt="json")
+    get_logger("radbridge.test").warning(
+        "refused", error=f"instance {STUDY_UID} of class 1.2.840.10008.5.1.4.1.1.2", peer="10.1.2.3"
+    )
+    logging.getLogger("somelibrary").warning("copy from dataset %s (v1.10.0)", OTHER_UID)
+    ours, theirs = _lines(out)
+    assert ours["error"] == f"instance {pseudonym(STUDY_UID)} of class 1.2.840.10008.5.1.4.1.1.2"
+    assert ours["peer"] == "10.1.2.3"
+    assert theirs["event"] == f"copy from dataset {pseudonym(OTHER_UID)} (v1.10.0)"
+
+
 def test_tracebacks_keep_frames_but_not_messages_when_phi_is_off(configure: Configure) -> None:
     """With PHI off a traceback (ours or a library's, and the exceptions it was raised from)
     names each exception's type and frames, never its message, which may quote a patient."""
