@@ -29,6 +29,12 @@ from adapters.api.deps import state
 ASSETS = Path(fastapi_offline.__file__).parent / "static"
 ASSETS_URL = "/docs/assets"
 TITLE = "radbridge REST API"
+#: The pages load only radbridge's own files and talk only to radbridge (ReDoc's footer
+#: logo from its CDN is refused by the browser, so nothing leaves the hospital).
+PAGE_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'"
+)
 CLOSED = (
     "the API description is served to clients on this host only; "
     "set http.public_docs: true to serve it to every client"
@@ -64,21 +70,25 @@ def install_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     def docs(request: Request) -> HTMLResponse:
         _pages_allowed(request)
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url="/openapi.json",
             title=TITLE,
             swagger_js_url=f"{ASSETS_URL}/swagger-ui-bundle.js",
             swagger_css_url=f"{ASSETS_URL}/swagger-ui.css",
             swagger_favicon_url=f"{ASSETS_URL}/favicon.png",
         )
+        page.headers["Content-Security-Policy"] = PAGE_POLICY
+        return page
 
     @app.get("/redoc", include_in_schema=False)
     def redoc(request: Request) -> HTMLResponse:
         _pages_allowed(request)
-        return get_redoc_html(
+        page = get_redoc_html(
             openapi_url="/openapi.json",
             title=TITLE,
             redoc_js_url=f"{ASSETS_URL}/redoc.standalone.js",
             redoc_favicon_url=f"{ASSETS_URL}/favicon.png",
             with_google_fonts=False,
         )
+        page.headers["Content-Security-Policy"] = PAGE_POLICY
+        return page

@@ -337,7 +337,22 @@ def restart_required(
             for key in sorted(set(old.http_listen) | set(new.http_listen))
             if old.http_listen.get(key) != new.http_listen.get(key)
         ]
+        lines += [
+            f"restart required: http.{key} changed"
+            for key in HTTP_AT_START
+            if _http_setting(old, key) != _http_setting(new, key)
+        ]
     return lines
+
+
+HTTP_AT_START = ("tls", "trusted_proxies")
+"""Settings of the ``http`` block the HTTP server takes when it starts (its socket's TLS,
+its proxy headers middleware)."""
+
+
+def _http_setting(config: ConfigView, key: str) -> Any:
+    """``http.KEY`` of ``config``; an absent block or an empty value alike as None."""
+    return (config.settings.get("http") or {}).get(key) or None
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from broker.store.orders import OrderStore
 from broker.store.spool import Spool
 from config.schema import Settings
 from tests.databases import empty_database
+from tests.e2e.test_console import ensure_chromium
 from tests.integration.test_store import _rec
 from tests.peers import free_port
 
@@ -266,3 +267,48 @@ def test_keep_alive_requests_are_not_held_back_by_nagle(edge: Edge) -> None:
     fresh = _median_round_trip(edge.port, keep_alive=False)
     kept = _median_round_trip(edge.port, keep_alive=True)
     assert kept < fresh + 0.015, f"keep-alive {kept * 1000:.1f} ms, fresh {fresh * 1000:.1f} ms"
+
+
+def test_docs_render_offline_and_authorize_with_a_token(edge: Edge) -> None:
+    """In Chromium with every request off radbridge refused (no internet), /docs renders
+    the operations and its Authorize button takes a token that a "Try it out" of
+    /api/v1/studies sends (200); /redoc renders the operations too. Nothing is asked of
+    another host (the pages' Content-Security-Policy stops ReDoc's CDN logo before it goes)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    outside: list[str] = []
+
+    def only_radbridge(route: Any) -> None:
+        if route.request.url.startswith(edge.base):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=ensure_chromium(), headless=True, args=["--no-sandbox"]
+        )
+        try:
+            context = browser.new_context()
+            context.route("**/*", only_radbridge)
+            page = context.new_page()
+            page.goto(f"{edge.base}/docs")
+            page.wait_for_selector(".opblock", timeout=60_000)
+            assert page.locator(".opblock").count() >= 20
+            page.click("button.authorize")
+            page.fill(".modal-ux input", edge.tokens[Role.VIEWER])
+            page.click(".modal-ux button.authorize")
+            page.click(".modal-ux button.btn-done")
+            studies = page.locator("#operations-studies-list_studies_api_v1_studies_get")
+            studies.locator(".opblock-summary").click()
+            studies.locator("button.try-out__btn").click()
+            studies.locator("button.execute").click()
+            status = studies.locator(".live-responses-table tr.response .response-col_status").first
+            status.wait_for(timeout=30_000)
+            assert status.inner_text().strip().startswith("200"), status.inner_text()
+            page.goto(f"{edge.base}/redoc")
+            page.wait_for_selector("[data-section-id^='operation/']", timeout=60_000)
+            assert page.locator("[data-section-id^='operation/']").count() >= 20
+        finally:
+            browser.close()
+    assert outside == []

@@ -170,6 +170,21 @@ def test_http_server_starting_stopping_or_moving_needs_a_restart() -> None:
     )
 
 
+def test_http_tls_and_trusted_proxies_need_a_restart() -> None:
+    """http.tls and http.trusted_proxies are taken when the HTTP server starts: a change is
+    refused by a reload; http.public_docs is read at each request."""
+    base = {"listen": {"port": 8081}}
+    with_http = _settings(_set("http", base))
+    tls = {"certificate": "/etc/rb/cert.pem", "private_key": "/etc/rb/key.pem"}
+    changed = _settings(_set("http", {**base, "tls": tls, "trusted_proxies": ["10.0.0.5"]}))
+    assert diff(view(with_http), view(changed)).restart == (
+        "restart required: http.tls changed",
+        "restart required: http.trusted_proxies changed",
+    )
+    public = _settings(_set("http", {**base, "public_docs": True}))
+    assert diff(view(with_http), view(public)).restart == ()
+
+
 def test_diff_lists_vendors_routes_targets_with_old_and_new_values() -> None:
     """Added, removed and changed vendors, routes and targets, with old → new for values."""
 
