@@ -221,7 +221,8 @@ def test_a_large_bundle_does_not_stall_c_store_or_hl7_intake(
 def test_a_transaction_is_all_or_nothing_with_a_response_per_entry(service: Service) -> None:
     """A transaction of creates and an update answers one response per entry in order
     (Patient 200, new orders 201, the updated one 200 version 2); one refused at the end
-    (another patient's order) stores none of its orders, and keeps its body once."""
+    (another patient's order) stores none of its orders, and keeps its body once; one
+    order named by three entries is updated three times and its Bundle kept once."""
     held = service_request()
     created = httpx.post(
         f"{service.base}/ServiceRequest",
@@ -255,3 +256,8 @@ def test_a_transaction_is_all_or_nothing_with_a_response_per_entry(service: Serv
         f"ServiceRequest/{created.json()['id']}/_history/2"
     )
     assert all(service.search(accession_of(sr)) == 1 for sr in (new[0], new[-1]))
+    before = service.counts()
+    thrice = service.post(transaction("transaction", *[new[0]] * 3))
+    assert [e["response"]["status"] for e in thrice.json()["entry"]][1:] == ["200 OK"] * 3
+    assert thrice.json()["entry"][-1]["response"]["location"].endswith("/_history/4")
+    assert service.counts()[:2] == (before[0], before[1] + 1)
