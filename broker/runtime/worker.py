@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 from broker.engine.bus import Bus
 from broker.engine.dispatch import JobWorker
 from broker.model.logging import get_logger
+from broker.model.version import VERSION
 from broker.runtime.billing import Accounting
 from broker.runtime.reload import Reloader
 from broker.runtime.snapshot import SnapshotHolder, build_snapshot
@@ -60,6 +61,7 @@ class WorkerProcess:
         self._watch.start()
         LOG.info(
             "radbridge worker started",
+            version=VERSION,
             vendors=self.jobs.vendors,
             worker=self.jobs.worker,
             snapshot=self.snapshots.current.id,
