@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from broker.model.logging import LogFile
 from broker.model.vendor import TransportContext
 from config.base import (
     AETitle,
@@ -378,6 +379,12 @@ class Logging(Strict):
     max_bytes: ByteSize = ByteSize(50 * 1024 * 1024)
     backups: Annotated[int, Field(ge=0, le=1000)] = 10
     rotate_every: Duration | None = 86400.0
+
+    def log_file(self) -> LogFile | None:
+        """Where the lines go: a rotated file, or None for standard error."""
+        if self.file is None:
+            return None
+        return LogFile(self.file, int(self.max_bytes), self.backups, self.rotate_every)
 
     @field_validator("level")
     @classmethod

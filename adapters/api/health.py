@@ -2,8 +2,9 @@
 
 - ``/healthz``: 200 while the process serves HTTP (liveness), with the running version;
   no token.
-- ``/readyz``: 200 when the store answers a query and the message bus accepts a
-  connection, else 503 naming what is down; no token.
+- ``/readyz``: 200 when the store answers a query, the message bus accepts a
+  connection and the spool's free space is above ``storage.min_free_space``, else 503
+  naming what is down or low; no token.
 - ``/metrics``: Prometheus text format. No token from loopback (a Prometheus
   or node agent on the same host); from anywhere else a viewer token, since
   queue depths and vendor names are operational data.
@@ -27,6 +28,7 @@ from broker.engine.bus import Bus
 from broker.engine.metrics import StoreCollector, exposition
 from broker.model.domain import Role
 from broker.model.version import VERSION
+from broker.store.space import SpaceWatch
 
 router = APIRouter(include_in_schema=True, tags=["health"])
 
@@ -62,6 +64,16 @@ class _BusCheck:
 BUS_CHECK = _BusCheck()
 
 
+def space_watch(request: Request, api: State) -> SpaceWatch:
+    """The free space of the spool, measured by this process (one watch per app)."""
+    watch = getattr(request.app.state, "space_watch", None)
+    if not isinstance(watch, SpaceWatch):
+        storage = api.settings.storage  # a restart applies a change of it
+        watch = SpaceWatch(storage.spool, storage.min_free_bytes)
+        request.app.state.space_watch = watch
+    return watch
+
+
 @router.get("/healthz", summary="Liveness: the process serves HTTP; the running version")
 def healthz() -> dict[str, str]:
     return {"status": "ok", "version": VERSION}
@@ -72,7 +84,7 @@ def healthz() -> dict[str, str]:
     summary="Readiness: the store and the message bus answer",
     responses={503: {"description": "Something radbridge needs is down."}},
 )
-def readyz(api: State) -> JSONResponse:
+def readyz(request: Request, api: State) -> JSONResponse:
     checks: dict[str, Any] = {}
     try:
         with api.engine.connect() as conn:
@@ -83,6 +95,8 @@ def readyz(api: State) -> JSONResponse:
     bus = api.settings.bus
     problem = BUS_CHECK.problem(bus.connection_url(), bus.prefix)
     checks["bus"] = "ok" if problem is None else f"down: {problem}"
+    space = space_watch(request, api).current()
+    checks["disk"] = "ok" if not space.low else f"low: {space.describe()}"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks},
@@ -113,6 +127,6 @@ def metrics(
     collector = getattr(request.app.state, "metrics_collector", None)
     vendors = tuple(sorted(api.settings.vendors))  # the vendors in force (after a reload too)
     if not isinstance(collector, StoreCollector) or collector.vendors != vendors:
-        collector = StoreCollector(api.engine, vendors)
+        collector = StoreCollector(api.engine, vendors, space_watch(request, api))
         request.app.state.metrics_collector = collector
     return Response(exposition(collector), media_type=CONTENT_TYPE_LATEST)

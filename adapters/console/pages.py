@@ -17,6 +17,7 @@ from broker.model.errors import NotFoundError
 from broker.model.jobs import UNFINISHED, Job, JobState
 from broker.store.listing import JobFilter, StudyFilter, VendorActivity, vendor_activity
 from broker.store.overview import count_studies, jobs_by_state, jobs_of_studies, results_of_studies
+from broker.store.space import database_bytes, spool_bytes
 from broker.store.users import Session
 
 router = APIRouter()
@@ -104,7 +105,7 @@ def vendor_health(console: State, now: datetime) -> list[VendorHealth]:
 
 @router.get("/", name="dashboard")
 def dashboard(request: Request, console: State, who: Viewer) -> Response:
-    """Today's studies, jobs by state, vendor health, dead and overdue jobs."""
+    """Today's studies, jobs by state, vendor health, dead and overdue jobs, disk space."""
     now = datetime.now(UTC)
     today = console.today()
     start, end = console.day_bounds(today)
@@ -122,6 +123,9 @@ def dashboard(request: Request, console: State, who: Viewer) -> Response:
             "dead": console.listing.jobs(JobFilter(states=[JobState.DEAD]), limit=DASHBOARD_JOBS),
             "dead_total": by_state.get(JobState.DEAD.value, 0),
             "overdue": console.deliveries.overdue_jobs(now=now, limit=DASHBOARD_JOBS),
+            "space": console.space.current(),
+            "spool_bytes": spool_bytes(console.engine),
+            "database_bytes": database_bytes(console.engine),
         },
     )
 

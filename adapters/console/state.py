@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from adapters.api.deps import ApiState
 from broker.runtime.edges import ServiceContext
 from broker.store.api_tokens import ApiTokens
+from broker.store.space import SpaceWatch
 from broker.store.users import ConsoleSessions, ConsoleUsers
 
 
@@ -22,6 +23,15 @@ class ConsoleState(ApiState):
         self.users = ConsoleUsers(engine)
         self.sessions = ConsoleSessions(engine)
         self.tokens = ApiTokens(engine)
+        storage = self.settings.storage  # a restart applies a change of it
+        self.space = SpaceWatch(storage.spool, storage.min_free_bytes)
+
+    def disk_alarm(self) -> str | None:
+        """The banner every page shows while DICOM intake is stopped for lack of space."""
+        space = self.space.current()
+        if not space.low:
+            return None
+        return f"DICOM intake stopped: {space.describe()}. Orders are still taken."
 
     @property
     def tz(self) -> ZoneInfo:

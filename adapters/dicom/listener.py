@@ -57,7 +57,9 @@ def _process_main(
 ) -> None:
     """Entry point of one listener process (spawned, so nothing is inherited)."""
     logging_cfg = settings.logging
-    configure_logging(logging_cfg.level, logging_cfg.format, logging_cfg.phi)
+    configure_logging(
+        logging_cfg.level, logging_cfg.format, logging_cfg.phi, file=logging_cfg.log_file()
+    )
     signal.signal(signal.SIGTERM, lambda *_: handoff.shutdown(socket.SHUT_RDWR))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
     try:

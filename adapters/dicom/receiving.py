@@ -11,6 +11,10 @@ nothing at once (its space goes back to the disk) and the rest of the data set
 is read and dropped, so the association goes on and the C-STORE handler answers
 0xA700 (out of resources). Writes are unbuffered, so a failure belongs to the
 write that caused it and no buffered bytes are written later.
+
+Below ``storage.min_free_space`` (:func:`install`'s ``refusal``) no file is
+made at all: the data set is read and dropped, its failure is
+:class:`LowSpaceError` and the handler answers 0xA700 the same way.
 """
 
 from __future__ import annotations
@@ -20,12 +24,28 @@ import errno
 import os
 import tempfile
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import dimse_messages
 
 #: errno values that mean "no room", as opposed to a broken disk.
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class LowSpaceError(OSError):
+    """The spool's free space is below ``storage.min_free_space``: nothing was written."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(errno.ENOSPC, reason)
+
+
+def _no_refusal() -> str | None:
+    return None
+
+
+#: Why no new data set may be written now (None: it may); set by :func:`install`.
+_refusal: list[Callable[[], str | None]] = [_no_refusal]
 
 
 class ReceivingFile:
@@ -35,13 +55,19 @@ class ReceivingFile:
     def __init__(self, suffix: str = "") -> None:
         self.failure: OSError | None = None
         self._file: Any = None
+        self.name: str = os.path.join(
+            tempfile.gettempdir(), f"unwritten-{uuid.uuid4().hex}{suffix}"
+        )
+        refused = _refusal[0]()
+        if refused is not None:
+            self.failure = LowSpaceError(refused)
+            return
         try:
             self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - pynetdicom closes it
                 delete=False, mode="wb", suffix=suffix, buffering=0
             )
-            self.name: str = str(self._file.name)
+            self.name = str(self._file.name)
         except OSError as exc:
-            self.name = os.path.join(tempfile.gettempdir(), f"unwritten-{uuid.uuid4().hex}{suffix}")
             self.failure = exc
 
     @property
@@ -84,8 +110,10 @@ def receiving_file(*, delete: bool = False, mode: str = "wb", suffix: str = "") 
     return ReceivingFile(suffix)
 
 
-def install() -> None:
-    """Make pynetdicom write arriving C-STORE data sets through :class:`ReceivingFile`."""
+def install(refusal: Callable[[], str | None] = _no_refusal) -> None:
+    """Make pynetdicom write arriving C-STORE data sets through :class:`ReceivingFile`;
+    ``refusal`` says why a data set may not be written now (None: it may)."""
+    _refusal[0] = refusal
     setattr(dimse_messages, "NamedTemporaryFile", receiving_file)  # noqa: B010
 
 
@@ -95,4 +123,4 @@ def failure_of(request: Any) -> OSError | None:
     return spooled.failure if isinstance(spooled, ReceivingFile) else None
 
 
-__all__ = ["NO_SPACE", "ReceivingFile", "failure_of", "install", "receiving_file"]
+__all__ = ["NO_SPACE", "LowSpaceError", "ReceivingFile", "failure_of", "install", "receiving_file"]

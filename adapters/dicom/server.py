@@ -68,6 +68,7 @@ from broker.model.errors import InvalidDicomError, SpoolError, StoreError
 from broker.model.identity import ConflictKind, IdentityConflictError
 from broker.model.logging import get_logger
 from broker.store import StudyStore
+from broker.store.space import SpaceWatch
 from broker.store.spool import Spool
 from config.schema import AERole, Settings
 
@@ -281,6 +282,15 @@ class StoreSCP:
         self.store = store
         self.spool = spool
         self.results = ResultIntake(lambda: self.settings, store.engine, spool)
+        self.space = SpaceWatch(spool.root, self._min_free_bytes, interval=0.0)  # each C-STORE
+
+    def _min_free_bytes(self, total: int) -> int:
+        return self.settings.storage.min_free_bytes(total)  # the configuration in force
+
+    def refusal(self) -> str | None:
+        """Why no new data set is written now: the spool's free space is low (else None)."""
+        space = self.space.current()
+        return space.describe() if space.low else None
 
     def _log(self, event: evt.Event) -> Any:
         assoc = event.assoc
@@ -431,6 +441,12 @@ class StoreSCP:
         0xC211 with a traceback; the temporary file is removed all the same.
         """
         failure = receiving.failure_of(event.request)
+        if isinstance(failure, receiving.LowSpaceError):
+            self._log(event).warning("c-store refused: free space low", reason=failure.strerror)
+            return _status(
+                StoreFailure.OUT_OF_RESOURCES,
+                "out of resources: spool full (free space below storage.min_free_space)",
+            )
         if failure is not None:
             self._log(event).error(
                 "c-store refused: the spool cannot take it",
@@ -484,7 +500,8 @@ def make_server(
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.VALIDATORS["UI"] = _any_uid  # the handler refuses a bad UID, by name
     tempfile.tempdir = str(spool.tmp)  # pynetdicom streams each C-STORE into spool/tmp
-    receiving.install()  # ... through a file that survives a full disk
+    scp = StoreSCP(settings, store, spool)
+    receiving.install(scp.refusal)  # ... through a file that survives a full disk
     log_budget.install()
     dicom = settings.dicom
     ae = AE(ae_title=next(iter(dicom.ae_titles)))

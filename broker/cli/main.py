@@ -107,7 +107,12 @@ def serve(config: ConfigOption = None) -> None:
     from broker.runtime.service import Service  # noqa: PLC0415 (the service is heavy; other commands skip it)
 
     settings = settings_or_exit(config)
-    configure_logging(settings.logging.level, settings.logging.format, settings.logging.phi)
+    configure_logging(
+        settings.logging.level,
+        settings.logging.format,
+        settings.logging.phi,
+        file=settings.logging.log_file(),
+    )
     log = get_logger("radbridge.cli")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -137,7 +142,12 @@ def worker(config: ConfigOption = None) -> None:
     from broker.runtime.worker import WorkerProcess  # noqa: PLC0415
 
     settings = settings_or_exit(config)
-    configure_logging(settings.logging.level, settings.logging.format, settings.logging.phi)
+    configure_logging(
+        settings.logging.level,
+        settings.logging.format,
+        settings.logging.phi,
+        file=settings.logging.log_file(),
+    )
     log = get_logger("radbridge.cli")
     if settings.bus.url.startswith("memory"):
         err.print(

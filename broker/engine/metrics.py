@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from broker.model.domain import StudyState
 from broker.model.jobs import UNFINISHED, JobState
 from broker.model.logging import get_logger
+from broker.store.space import FreeSpace, SpaceWatch, database_bytes, spool_bytes
 from broker.store.tables import instances, jobs, studies
 
 LOG = get_logger("radbridge.metrics")
@@ -86,10 +87,13 @@ class StoreFigures:
     bytes: int
     studies: dict[str, int]
     jobs: dict[tuple[str, str], int]
+    spool_bytes: int = 0
+    database_bytes: int | None = None
 
 
 def read_figures(engine: Engine) -> StoreFigures:
     """Counts from the store (each an index-only or aggregate query)."""
+    held, database = spool_bytes(engine), database_bytes(engine)
     with engine.connect() as conn:
         n, size = conn.execute(
             select(func.count(), func.coalesce(func.sum(instances.c.size), 0))
@@ -108,15 +112,19 @@ def read_figures(engine: Engine) -> StoreFigures:
                 )
             ).all()
         }
-    return StoreFigures(int(n), int(size), by_state, by_job)
+    return StoreFigures(int(n), int(size), by_state, by_job, held, database)
 
 
 class StoreCollector(Collector):
     """Gauges and totals read from the store when Prometheus scrapes."""
 
-    def __init__(self, engine: Engine, vendors: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, engine: Engine, vendors: tuple[str, ...] = (), space: SpaceWatch | None = None
+    ) -> None:
         self.engine = engine
         self.vendors = vendors
+        self.space = space
+        """The spool's free space (not reported without it)."""
         self._lock = threading.Lock()
         self._cached: tuple[float, StoreFigures | None] = (0.0, None)
 
@@ -138,8 +146,21 @@ class StoreCollector(Collector):
         up = GaugeMetricFamily("radbridge_store_up", "1 when the store answered the last scrape.")
         up.add_metric([], 1 if figures is not None else 0)
         yield up
+        if self.space is not None:
+            yield from _space_gauges(self.space.current())
         if figures is None:
             return
+        yield GaugeMetricFamily(
+            "radbridge_spool_bytes",
+            "Bytes the spool holds: instances of studies not purged, and result objects.",
+            value=figures.spool_bytes,
+        )
+        if figures.database_bytes is not None:
+            yield GaugeMetricFamily(
+                "radbridge_database_bytes",
+                "Size of the database on disk (SQLite file and WAL, or the PostgreSQL database).",
+                value=figures.database_bytes,
+            )
         received = CounterMetricFamily(
             "radbridge_received_instances", "DICOM instances received and indexed (store)."
         )
@@ -171,6 +192,24 @@ class StoreCollector(Collector):
             )
         yield job_gauge
         yield depth
+
+
+def _space_gauges(space: FreeSpace) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "radbridge_free_space_bytes",
+        "Free space of the spool's file system.",
+        value=space.free,
+    )
+    yield GaugeMetricFamily(
+        "radbridge_min_free_space_bytes",
+        "storage.min_free_space in bytes: below it new DICOM instances are refused.",
+        value=space.minimum,
+    )
+    yield GaugeMetricFamily(
+        "radbridge_free_space_low",
+        "1 while the free space is below storage.min_free_space (DICOM intake stopped).",
+        value=1 if space.low else 0,
+    )
 
 
 def exposition(store: StoreCollector) -> bytes:

@@ -13,9 +13,12 @@ import re
 import sys
 import traceback
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
+from concurrent_log_handler import ConcurrentRotatingFileHandler, ConcurrentTimedRotatingFileHandler
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 #: Keys whose values identify a patient; redacted unless PHI logging is on.
@@ -113,12 +116,44 @@ _QUIET_LIBRARIES = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class LogFile:
+    """A log file rotated by size and age, which several processes may write at once."""
+
+    path: Path
+    max_bytes: int
+    backups: int
+    rotate_every: float | None
+    """Seconds between rotations by age (None: by size only)."""
+
+    def handler(self) -> logging.Handler:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.rotate_every is None:
+            return ConcurrentRotatingFileHandler(
+                str(self.path), maxBytes=self.max_bytes, backupCount=self.backups
+            )
+        return ConcurrentTimedRotatingFileHandler(
+            str(self.path),
+            when="s",
+            interval=max(1, int(self.rotate_every)),
+            backupCount=self.backups,
+            maxBytes=self.max_bytes,
+            utc=True,
+        )
+
+
 def configure_logging(
-    level: str = "INFO", fmt: str = "auto", phi: bool = False, stream: Any = None
+    level: str = "INFO",
+    fmt: str = "auto",
+    phi: bool = False,
+    stream: Any = None,
+    *,
+    file: LogFile | None = None,
 ) -> None:
-    """Set up structlog and the standard library's logging for this process."""
+    """Set up structlog and the standard library's logging for this process: lines go to
+    ``stream`` (standard error by default), or to ``file`` when given."""
     stream = stream or sys.stderr
-    json_output = fmt == "json" or (fmt == "auto" and not stream.isatty())
+    json_output = fmt == "json" or (fmt == "auto" and (file is not None or not stream.isatty()))
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -129,7 +164,7 @@ def configure_logging(
     renderer: Processor = (
         structlog.processors.JSONRenderer()
         if json_output
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        else structlog.dev.ConsoleRenderer(colors=file is None and stream.isatty())
     )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -146,7 +181,7 @@ def configure_logging(
             renderer,
         ],
     )
-    handler = logging.StreamHandler(stream)
+    handler = file.handler() if file is not None else logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -9,12 +9,9 @@ writing 5 to ``/proc/PID/clear_refs``), so a spike during a parse counts too.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -34,6 +31,7 @@ from adapters.harness.hostile import (
 )
 from adapters.harness.hostile import datasets as crafted
 from adapters.harness.hostile.pdu import PduType
+from tests.disk import fill, small_filesystem
 from tests.service import Radbridge
 
 pytestmark = pytest.mark.timeout(240)
@@ -264,37 +262,6 @@ def test_pdu_longer_than_negotiated_is_refused_unread(
 # -- full spool -------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def _fill(folder: Path, leave: int) -> Path:
-    """Fill the file system of ``folder`` but for ``leave`` bytes; return the filler file."""
-    filler = folder / "filler"
-    block = bytes(MiB)
-    with filler.open("wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(block)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-        os.ftruncate(f.fileno(), max(0, f.tell() - leave))
-    return filler
-
-
 def _ct(study_uid: str, pixels: int) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -335,12 +302,12 @@ def test_full_spool_answers_out_of_resources_and_recovers(tmp_path: Path) -> Non
     three of them in a row still get in, and intake resumes once space is back. The spool is
     a 24 MiB tmpfs mounted for the test (root only)."""
     folder = tmp_path / "rb"
-    with _tmpfs(folder / "spool", "24m") as spool:
+    with small_filesystem(folder / "spool", "24m") as spool:
         rb = Radbridge(folder, None, max_associations=1, processes=1)
         try:
             rb.start()
             study_uid = generate_uid()
-            filler = _fill(spool, leave=512 * 1024)
+            filler = fill(spool, leave=512 * 1024)
             images = [_ct(study_uid, 1024) for _ in range(3)]  # 2 MiB each
             for ds in images:
                 status = _store(rb, ds)

@@ -219,13 +219,15 @@ def test_usage_vendors_health_and_metrics(api: Api) -> None:
     assert vendor["last_success_at"].startswith("2024-05-01T08:00")
     assert vendor["reachability"]["endpoint"] == "127.0.0.1:9"
     assert api.get("/healthz", role=None).json()["status"] == "ok"
-    assert api.get("/readyz", role=None).json()["checks"] == {"store": "ok", "bus": "ok"}
+    ready = api.get("/readyz", role=None).json()["checks"]
+    assert ready == {"store": "ok", "bus": "ok", "disk": "ok"}
     assert api.get("/metrics", role=None).status_code == 401  # "testclient" is not loopback
     text = api.get("/metrics").text
     assert 'radbridge_jobs{state="pending",vendor="lungai"} 28.0' in text
     assert 'radbridge_queue_depth{vendor="lungai"} 28.0' in text
     assert "radbridge_received_instances_total 30.0" in text
     assert 'radbridge_studies{state="stable"} 30.0' in text
+    assert "radbridge_free_space_low 0.0" in text and "radbridge_spool_bytes " in text
     assert "radbridge_delivery_latency_seconds_bucket" in text or "radbridge_errors" in text
     schema = api.client.get("/openapi.json").json()
     assert "/api/v1/jobs/{job_id}/retry" in schema["paths"]

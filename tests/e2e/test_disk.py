@@ -1,0 +1,132 @@
+"""Keeping the disk: free-space watermark on a small file system mounted by the test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from adapters.dicom.synthetic import generate_study
+from adapters.hl7.ack import AckCode, read_ack
+from adapters.hl7.framing import frame
+from tests.disk import MiB, fill, small_filesystem
+from tests.hl7_messages import orm_o01, sample_order
+from tests.peers import LOOPBACK, echoscu, free_port, storescu
+from tests.service import RADBRIDGE, Radbridge, base_config
+
+MLLP_SEND = str(Path(sys.executable).parent / "mllp_send")
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def _order(tmp_path: Path, port: int, control_id: str) -> AckCode:
+    path = tmp_path / f"{control_id}.hl7"
+    path.write_bytes(frame(orm_o01(sample_order(1), control_id=control_id).encode()))
+    sent = subprocess.run(
+        [MLLP_SEND, "--file", str(path), "--port", str(port), LOOPBACK],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    return read_ack(sent.stdout.split(b"\x1c")[0].strip(b"\x0b\r\n")).code
+
+
+def test_low_free_space_stops_dicom_intake_keeps_orders_and_resumes(tmp_path: Path) -> None:
+    """Below storage.min_free_space (a 16 MiB tmpfs spool, 4 MiB minimum) storescu's C-STORE
+    gets 0xA700 and nothing is written, an HL7 order is still ACKed AA, /readyz says 503
+    (disk low), /metrics shows the alarm and the sizes, and the log says so; once space is
+    back the next C-STORE succeeds without a restart and the earlier instance is intact."""
+    folder = tmp_path / "rb"
+    with small_filesystem(folder / "spool", "16m") as spool:
+        config = base_config(folder, free_port())
+        config["storage"]["min_free_space"] = "4MiB"
+        http_port, hl7_port = free_port(), free_port()
+        config["http"] = {"listen": {"host": LOOPBACK, "port": http_port}}
+        config["hl7"] = {"listen": {"host": LOOPBACK, "port": hl7_port}}
+        rb = Radbridge(folder, config)
+        before, after = (
+            generate_study("ct_head", tmp_path / name, instances=1, rows=64, columns=64)
+            for name in ("before", "after")
+        )
+        base = f"http://{LOOPBACK}:{http_port}"
+        try:
+            rb.start()
+            storescu(before, rb.port)
+            assert httpx.get(f"{base}/readyz").status_code == 200
+
+            filler = fill(spool, leave=2 * MiB)
+            refused = storescu(after, rb.port, extra_args=["-v"], check=False)
+            answer = refused.stdout + refused.stderr
+            assert "Received Store Response (Refused: OutOfResources)" in answer, answer
+            assert list((spool / "tmp").iterdir()) == []
+            assert _order(tmp_path, hl7_port, "LOW1") is AckCode.AA
+            ready = httpx.get(f"{base}/readyz")
+            assert ready.status_code == 503 and ready.json()["checks"]["disk"].startswith("low")
+            metrics = httpx.get(f"{base}/metrics").text
+            assert _metric(metrics, "radbridge_free_space_low") == 1
+            assert _metric(metrics, "radbridge_min_free_space_bytes") == 4 * MiB
+            stored = sum(f.stat().st_size for f in (spool / "studies").rglob("*.dcm"))
+            assert _metric(metrics, "radbridge_spool_bytes") == stored
+            assert _metric(metrics, "radbridge_database_bytes") > 0
+            deadline = time.monotonic() + 30
+            while "free space low" not in rb.log_path.read_text():
+                assert time.monotonic() < deadline, "no alarm in the log"
+                time.sleep(0.1)
+
+            filler.unlink()
+            storescu(after, rb.port)
+            assert httpx.get(f"{base}/readyz").status_code == 200
+            studies = {s["study_uid"]: s for s in rb.studies()}
+            assert len(studies) == 2 and all(s["instances"] == 1 for s in studies.values())
+            assert "free space is back" in rb.log_path.read_text()
+        finally:
+            rb.close()
+
+
+def test_log_file_is_rotated_by_size_and_kept_to_its_backups(tmp_path: Path) -> None:
+    """With logging.file, the service and its listener process write one file, rotated at
+    logging.max_bytes with at most logging.backups old files; nothing goes to stderr."""
+    folder = tmp_path / "rb"
+    config = base_config(folder, free_port())
+    log_file = folder / "logs" / "radbridge.log"
+    config["logging"] = {
+        "format": "json",
+        "file": str(log_file),
+        "max_bytes": 2048,
+        "backups": 2,
+        "rotate_every": None,
+    }
+    rb = Radbridge(folder, config)
+    try:
+        rb.process = subprocess.Popen(
+            [RADBRIDGE, "serve", "-c", str(rb.config_path)],
+            stdout=rb.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            env=rb.env,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while not log_file.exists() or "radbridge started" not in log_file.read_text():
+            assert rb.process.poll() is None and time.monotonic() < deadline, "no start"
+            time.sleep(0.1)
+        echoscu(rb.port, extra_args=["--repeat", "60"])  # a line each, from the listener
+        files = sorted(log_file.parent.glob("radbridge.log*"))
+        rotated = [f for f in files if f.name.startswith("radbridge.log.")]
+        assert 1 <= len(rotated) <= 2, [f.name for f in files]
+        assert all(f.stat().st_size <= 2048 + 2048 for f in files)
+        lines = [json.loads(x) for f in files for x in f.read_text().splitlines() if x]
+        events = {line["event"] for line in lines}
+        assert "c-echo" in events  # the listener process's lines
+        assert sum(line["event"] == "c-echo" for line in lines) < 60  # the oldest went
+    finally:
+        rb.close()
+    assert b'"event"' not in rb.log_path.read_bytes()  # standard output and error
