@@ -32,6 +32,7 @@ from adapters.api import (
     vendors,
 )
 from adapters.api.deps import ApiState
+from adapters.api.responses import AUTH
 from broker.runtime.edges import ServiceContext
 
 PREFIX = "/api/v1"
@@ -39,7 +40,7 @@ PREFIX = "/api/v1"
 
 def api_router() -> APIRouter:
     """Every ``/api/v1`` router."""
-    api = APIRouter(prefix=PREFIX)
+    api = APIRouter(prefix=PREFIX, responses=AUTH)
     routers = (studies, orders, conflicts, jobs, results, vendors, routes, configuration)
     for module in (*routers, usage, audit, tokens):
         api.include_router(module.router)

@@ -8,12 +8,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
 
 from adapters.api.deps import AuditReader, State, parse_time
 from adapters.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, encode, id_key
+from adapters.api.responses import BAD_CURSOR, invalid
 from adapters.api.usage import Format
 from broker.store.audit import AuditEntry, export_csv
 
@@ -46,7 +47,12 @@ Since = Annotated[str | None, Query(alias="from", description="At or after (ISO 
 Until = Annotated[str | None, Query(alias="to", description="Before (a date: through it).")]
 
 
-@router.get("", response_model=Page[AuditOut], summary="The audit trail, newest first")
+@router.get(
+    "",
+    response_model=Page[AuditOut],
+    summary="The audit trail, newest first",
+    responses=BAD_CURSOR,
+)
 def list_audit(
     *,
     api: State,
@@ -84,15 +90,17 @@ def export_audit(
     *,
     api: State,
     _who: AuditReader,
-    since: Annotated[str, Query(alias="from")],
-    until: Annotated[str, Query(alias="to")],
+    since: Annotated[str, Query(alias="from", min_length=1, description="At or after (ISO 8601).")],
+    until: Annotated[
+        str, Query(alias="to", min_length=1, description="Before (a date: through it).")
+    ],
     format: Format = Format.JSON,
 ) -> list[AuditOut] | Response:
     tz = api.settings.site.timezone
     start, end = parse_time(since, tz), parse_time(until, tz, end=True)
     assert start is not None and end is not None
     if end <= start:
-        raise HTTPException(422, f"from {since} to {until}: valid: to after from")
+        raise invalid("to", until, f"from {since} to {until}: valid: to after from")
     entries = api.audit.export(start, end)
     if format is Format.CSV:
         return Response(export_csv(entries), media_type="text/csv; charset=utf-8")

@@ -17,8 +17,9 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from adapters.api.deps import Operator, State, Viewer
+from adapters.api.deps import Operator, RowId, RowIdFilter, State, Viewer
 from adapters.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, encode, id_key
+from adapters.api.responses import BAD_BODY, BAD_CURSOR, NOT_FOUND, error
 from broker.model.errors import NotFoundError
 from broker.model.identity import ConflictKind, ConflictState, IdentityConflict
 from broker.store.conflicts import ConflictResolvedError, ConflictStore
@@ -94,7 +95,12 @@ def conflict_out(c: IdentityConflict) -> ConflictOut:
     )
 
 
-@router.get("", response_model=Page[ConflictOut], summary="Identity conflicts, newest first")
+@router.get(
+    "",
+    response_model=Page[ConflictOut],
+    summary="Identity conflicts, newest first",
+    responses=BAD_CURSOR,
+)
 def list_conflicts(
     *,
     api: State,
@@ -105,7 +111,7 @@ def list_conflicts(
     all_states: Annotated[bool, Query(alias="all")] = False,
     kind: ConflictKind | None = None,
     study_uid: Annotated[str | None, Query(max_length=64)] = None,
-    order_id: int | None = None,
+    order_id: RowIdFilter = None,
     limit: Limit = DEFAULT_LIMIT,
     cursor: CursorParam = None,
 ) -> Page[ConflictOut]:
@@ -122,8 +128,13 @@ def list_conflicts(
     return Page[ConflictOut](items=[conflict_out(c) for c in page], next=following)
 
 
-@router.get("/{conflict_id}", response_model=ConflictOut, summary="One identity conflict")
-def get_conflict(conflict_id: int, api: State, _who: Viewer) -> ConflictOut:
+@router.get(
+    "/{conflict_id}",
+    response_model=ConflictOut,
+    summary="One identity conflict",
+    responses=NOT_FOUND,
+)
+def get_conflict(conflict_id: RowId, api: State, _who: Viewer) -> ConflictOut:
     try:
         return conflict_out(ConflictStore(api.engine).get(conflict_id))
     except NotFoundError as exc:
@@ -134,9 +145,11 @@ def get_conflict(conflict_id: int, api: State, _who: Viewer) -> ConflictOut:
     "/{conflict_id}/resolve",
     response_model=ConflictOut,
     summary="Mark an open conflict resolved, with a note (operator; audited)",
-    responses={409: {"description": "The conflict was resolved already."}},
+    responses={**BAD_BODY, **NOT_FOUND, 409: error("The conflict was resolved already.")},
 )
-def resolve_conflict(conflict_id: int, body: Resolution, api: State, who: Operator) -> ConflictOut:
+def resolve_conflict(
+    conflict_id: RowId, body: Resolution, api: State, who: Operator
+) -> ConflictOut:
     """Records who resolved it, when and the note, in the conflict and the audit trail
     (``conflict.resolve``). No order, study or result changes."""
     try:

@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, Header, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from sqlalchemy import Engine
 
 from adapters.api.auth import api_tokens, bearer_token, require
+from adapters.api.pagination import MAX_ROW_ID
+from adapters.api.responses import invalid
 from broker.model.domain import AUDIT_ROLE, PHI_ROLE, Role
 from broker.runtime.edges import ServiceContext
 from broker.runtime.snapshot import SnapshotHolder
@@ -133,11 +136,22 @@ Admin = Annotated[Caller, Depends(caller(Role.ADMIN))]
 AuditReader = Annotated[Caller, Depends(caller(AUDIT_ROLE))]
 
 
-def parse_time(value: str | None, tz: str, *, end: bool = False) -> datetime | None:
+#: A record's id in the path: a positive 64-bit integer, as the store keeps it (a larger
+#: one is a 422, not a database overflow).
+RowId = Annotated[int, PathParam(ge=1, le=MAX_ROW_ID)]
+#: A record's id as a listing's filter.
+RowIdFilter = Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)]
+
+
+def parse_time(
+    value: str | None, tz: str, *, end: bool = False, name: str | None = None
+) -> datetime | None:
     """An ISO 8601 time or date; without an offset in the site's timezone.
 
     A date alone is the start of that day, or with ``end`` the start of the
-    next (so ``from=2024-05-01&to=2024-05-31`` covers all of May).
+    next (so ``from=2024-05-01&to=2024-05-31`` covers all of May). Anything
+    else is a 422 naming the query parameter ``name`` (default ``to`` with
+    ``end``, else ``from``).
     """
     if value is None or value == "":
         return None
@@ -147,13 +161,15 @@ def parse_time(value: str | None, tz: str, *, end: bool = False) -> datetime | N
             moment = datetime.combine(day + timedelta(days=1 if end else 0), time())
         else:
             moment = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise HTTPException(
-            422, f"{value!r} is not a time; valid: ISO 8601, e.g. 2024-05-01 or 2024-05-01T08:00Z"
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=ZoneInfo(tz))
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise invalid(
+            name or ("to" if end else "from"),
+            value,
+            f"{value!r} is not a time; valid: ISO 8601, e.g. 2024-05-01 or 2024-05-01T08:00Z",
         ) from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=ZoneInfo(tz))
-    return moment.astimezone(UTC)
 
 
 def parse_day(value: str, name: str) -> date:
@@ -161,6 +177,6 @@ def parse_day(value: str, name: str) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError as exc:
-        raise HTTPException(
-            422, f"{name}={value!r} is not a date; valid: YYYY-MM-DD, e.g. 2024-05-01"
+        raise invalid(
+            name, value, f"{name}={value!r} is not a date; valid: YYYY-MM-DD, e.g. 2024-05-01"
         ) from exc

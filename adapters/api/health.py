@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from adapters.api.auth import REALM, api_tokens, bearer_token
 from adapters.api.deps import State
+from adapters.api.responses import AUTH
 from broker.engine.bus import Bus
 from broker.engine.metrics import StoreCollector, exposition
 from broker.model.domain import Role
@@ -108,7 +109,7 @@ def readyz(request: Request, api: State) -> JSONResponse:
     "/metrics",
     summary="Prometheus metrics (loopback, or a viewer token)",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}}},
+    responses={200: {"content": {"text/plain": {}}}, **AUTH},
 )
 def metrics(
     request: Request, api: State, authorization: Annotated[str | None, Header()] = None

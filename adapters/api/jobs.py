@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Body, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from adapters.api.deps import Caller, Operator, State, Viewer, parse_time
+from adapters.api.deps import Caller, Operator, RowId, State, Viewer, parse_time
 from adapters.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, encode, id_key
+from adapters.api.responses import BAD_BODY, BAD_CURSOR, NOT_FOUND, error
 from adapters.api.schemas import JobDetail, JobOut, event_out, job_fields, job_out
 from broker.model.errors import NotFoundError
 from broker.model.jobs import JobState, JobStateError
@@ -23,7 +24,7 @@ class CancelRequest(BaseModel):
     reason: str = Field("cancelled by operator", max_length=500)
 
 
-@router.get("", response_model=Page[JobOut], summary="Jobs, newest first")
+@router.get("", response_model=Page[JobOut], summary="Jobs, newest first", responses=BAD_CURSOR)
 def list_jobs(
     *,
     api: State,
@@ -67,8 +68,13 @@ def _detail(api: State, job_id: int) -> JobDetail:
     return JobDetail(**job_fields(job), history=[event_out(e) for e in api.jobs.history(job_id)])
 
 
-@router.get("/{job_id}", response_model=JobDetail, summary="One job and its history")
-def get_job(job_id: int, api: State, _who: Viewer) -> JobDetail:
+@router.get(
+    "/{job_id}",
+    response_model=JobDetail,
+    summary="One job and its history",
+    responses=NOT_FOUND,
+)
+def get_job(job_id: RowId, api: State, _who: Viewer) -> JobDetail:
     """The job and every transition (time, from, to, attempt, error), oldest first."""
     return _detail(api, job_id)
 
@@ -95,9 +101,9 @@ def _act(api: State, who: Caller, job_id: int, action: str, reason: str | None) 
     "/{job_id}/retry",
     response_model=JobDetail,
     summary="Start a dead or failed job over (operator)",
-    responses={409: {"description": "The job is not dead or failed."}},
+    responses={**NOT_FOUND, 409: error("The job is not dead or failed.")},
 )
-def retry_job(job_id: int, api: State, who: Operator) -> JobDetail:
+def retry_job(job_id: RowId, api: State, who: Operator) -> JobDetail:
     """The running service wakes a worker for it within a second."""
     return _act(api, who, job_id, Action.JOB_RETRY, None)
 
@@ -106,9 +112,9 @@ def retry_job(job_id: int, api: State, who: Operator) -> JobDetail:
     "/{job_id}/cancel",
     response_model=JobDetail,
     summary="Cancel a job that has not finished (operator)",
-    responses={409: {"description": "The job is finished (done or cancelled)."}},
+    responses={**BAD_BODY, **NOT_FOUND, 409: error("The job is finished (done or cancelled).")},
 )
 def cancel_job(
-    job_id: int, api: State, who: Operator, body: Annotated[CancelRequest | None, Body()] = None
+    job_id: RowId, api: State, who: Operator, body: Annotated[CancelRequest | None, Body()] = None
 ) -> JobDetail:
     return _act(api, who, job_id, Action.JOB_CANCEL, (body or CancelRequest()).reason)

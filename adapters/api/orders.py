@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Query
 
 from adapters.api.deps import State, Viewer
 from adapters.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, encode, time_key
+from adapters.api.responses import BAD_CURSOR, NOT_FOUND
 from adapters.api.schemas import OrderDetail, OrderOut, link_out, order_fields, order_out
 from broker.model.domain import OrderStatus
 from broker.model.errors import NotFoundError
@@ -16,7 +17,12 @@ from broker.model.errors import NotFoundError
 router = APIRouter(prefix="/orders", tags=["orders"])
 
 
-@router.get("", response_model=Page[OrderOut], summary="Orders, newest update first")
+@router.get(
+    "",
+    response_model=Page[OrderOut],
+    summary="Orders, newest update first",
+    responses=BAD_CURSOR,
+)
 def list_orders(
     *,
     api: State,
@@ -42,7 +48,7 @@ def list_orders(
     return Page[OrderOut](items=[order_out(o, phi=who.sees_phi) for o in page], next=following)
 
 
-@router.get("/{key}", response_model=OrderDetail, summary="One order")
+@router.get("/{key}", response_model=OrderDetail, summary="One order", responses=NOT_FOUND)
 def get_order(key: str, api: State, who: Viewer) -> OrderDetail:
     """By id, FHIR resource id or accession number; with the studies linked to it."""
     try:

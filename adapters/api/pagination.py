@@ -11,12 +11,14 @@ from __future__ import annotations
 import base64
 import json
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeGuard, TypeVar
 
 from fastapi import HTTPException, Query
 from pydantic import BaseModel
 
 MAX_LIMIT = 500
+#: Largest row id a store holds (a signed 64-bit integer in SQLite and PostgreSQL).
+MAX_ROW_ID = 2**63 - 1
 DEFAULT_LIMIT = 100
 
 T = TypeVar("T")
@@ -52,12 +54,16 @@ def _decode(cursor: str) -> list[Any]:
     return value
 
 
+def _row_id(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ROW_ID
+
+
 def id_key(cursor: str | None) -> int | None:
     """The id a cursor of an id-ordered listing stands for."""
     if cursor is None:
         return None
     value = _decode(cursor)
-    if len(value) != 1 or not isinstance(value[0], int):
+    if len(value) != 1 or not _row_id(value[0]):
         raise HTTPException(400, "the cursor is not one of this listing; start again")
     return value[0]
 
@@ -72,6 +78,6 @@ def time_key(cursor: str | None) -> tuple[datetime, int] | None:
         moment = datetime.fromisoformat(at)
     except (TypeError, ValueError) as exc:
         raise HTTPException(400, "the cursor is not one of this listing; start again") from exc
-    if not isinstance(row_id, int) or moment.tzinfo is None:
+    if not _row_id(row_id) or moment.tzinfo is None:
         raise HTTPException(400, "the cursor is not one of this listing; start again")
     return moment, row_id

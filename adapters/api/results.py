@@ -9,8 +9,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 
-from adapters.api.deps import Operator, State, Viewer
+from adapters.api.deps import Operator, RowId, RowIdFilter, State, Viewer
 from adapters.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, encode, id_key
+from adapters.api.responses import BAD_CURSOR, NOT_FOUND, error
 from adapters.api.schemas import (
     DeliveryDetail,
     DeliveryOut,
@@ -34,7 +35,11 @@ router = APIRouter()
 
 
 @router.get(
-    "/results", response_model=Page[ResultOut], tags=["results"], summary="Results, newest first"
+    "/results",
+    response_model=Page[ResultOut],
+    tags=["results"],
+    summary="Results, newest first",
+    responses=BAD_CURSOR,
 )
 def list_results(
     *,
@@ -65,8 +70,9 @@ def list_results(
     response_model=ResultDetail,
     tags=["results"],
     summary="One result: its objects, findings and write-back deliveries",
+    responses=NOT_FOUND,
 )
-def get_result(result_id: int, api: State, _who: Viewer) -> ResultDetail:
+def get_result(result_id: RowId, api: State, _who: Viewer) -> ResultDetail:
     """The objects oldest first (``receive_count``: how often the vendor sent each), the
     findings, and every delivery of the result (write-backs and notifications)."""
     try:
@@ -104,6 +110,7 @@ def get_result(result_id: int, api: State, _who: Viewer) -> ResultDetail:
     response_model=Page[DeliveryOut],
     tags=["deliveries"],
     summary="Write-back deliveries and notifications, newest first",
+    responses=BAD_CURSOR,
 )
 def list_deliveries(
     *,
@@ -111,8 +118,8 @@ def list_deliveries(
     _who: Viewer,
     state: Annotated[list[DeliveryState] | None, Query(description="Repeatable.")] = None,
     target: Annotated[str | None, Query(max_length=64)] = None,
-    result_id: int | None = None,
-    job_id: int | None = None,
+    result_id: RowIdFilter = None,
+    job_id: RowIdFilter = None,
     limit: Limit = DEFAULT_LIMIT,
     cursor: CursorParam = None,
 ) -> Page[DeliveryOut]:
@@ -142,8 +149,9 @@ def _detail(api: State, delivery_id: int) -> DeliveryDetail:
     response_model=DeliveryDetail,
     tags=["deliveries"],
     summary="One delivery and its history",
+    responses=NOT_FOUND,
 )
-def get_delivery(delivery_id: int, api: State, _who: Viewer) -> DeliveryDetail:
+def get_delivery(delivery_id: RowId, api: State, _who: Viewer) -> DeliveryDetail:
     """The delivery and every transition (time, from, to, attempt, error), oldest first."""
     return _detail(api, delivery_id)
 
@@ -153,9 +161,9 @@ def get_delivery(delivery_id: int, api: State, _who: Viewer) -> DeliveryDetail:
     response_model=DeliveryDetail,
     tags=["deliveries"],
     summary="Start a dead or failed delivery over (operator)",
-    responses={409: {"description": "The delivery is not dead or failed."}},
+    responses={**NOT_FOUND, 409: error("The delivery is not dead or failed.")},
 )
-def retry_delivery(delivery_id: int, api: State, who: Operator) -> DeliveryDetail:
+def retry_delivery(delivery_id: RowId, api: State, who: Operator) -> DeliveryDetail:
     """The delivery goes back to ``pending`` with its attempts reset (the same message id);
     a job that went dead because of it goes back to ``writing_back``. The running service
     sends it within a second."""

@@ -10,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel
 
 from adapters.api.deps import State, Viewer, parse_time
+from adapters.api.responses import NOT_FOUND
 from broker.model.errors import NotFoundError
 from broker.runtime.routing_input import stored_input
 from config.vendors import Route
@@ -99,6 +100,7 @@ def _rules(api: State) -> RuleSet:
     "/routes/explain/{study_uid}",
     response_model=Explanation,
     summary="What the routes in force do with a stored study, and why",
+    responses=NOT_FOUND,
 )
 def explain_study(
     study_uid: Annotated[str, Path(max_length=64, pattern=r"^[0-9.]+$")],
@@ -112,7 +114,7 @@ def explain_study(
         routing = stored_input(api.studies, api.orders, api.jobs, study_uid)
     except NotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
-    now = parse_time(at, api.settings.site.timezone) or datetime.now(UTC)
+    now = parse_time(at, api.settings.site.timezone, name="at") or datetime.now(UTC)
     explained = routing.explain(_rules(api), now)
     return Explanation(
         study_uid=study_uid,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 
 from adapters.api.deps import State, Viewer, parse_time
 from adapters.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, encode, time_key
+from adapters.api.responses import BAD_CURSOR, NOT_FOUND
 from adapters.api.schemas import (
     StudyDetail,
     StudyOut,
@@ -28,7 +29,12 @@ router = APIRouter(prefix="/studies", tags=["studies"])
 UID = Annotated[str, Path(max_length=64, pattern=r"^[0-9.]+$")]
 
 
-@router.get("", response_model=Page[StudyOut], summary="Studies, newest activity first")
+@router.get(
+    "",
+    response_model=Page[StudyOut],
+    summary="Studies, newest activity first",
+    responses=BAD_CURSOR,
+)
 def list_studies(
     *,
     api: State,
@@ -69,7 +75,7 @@ def list_studies(
     return Page[StudyOut](items=[study_out(s, phi=who.sees_phi) for s in page], next=following)
 
 
-@router.get("/{study_uid}", response_model=StudyDetail, summary="One study")
+@router.get("/{study_uid}", response_model=StudyDetail, summary="One study", responses=NOT_FOUND)
 def get_study(study_uid: UID, api: State, who: Viewer) -> StudyDetail:
     """The study, its series, its linked (or flagged) order and its jobs."""
     try:

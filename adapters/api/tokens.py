@@ -8,7 +8,8 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from adapters.api.auth import api_tokens
-from adapters.api.deps import Admin, State
+from adapters.api.deps import Admin, RowId, State
+from adapters.api.responses import BAD_BODY, NOT_FOUND
 from broker.model.domain import Role
 from broker.model.errors import NotFoundError
 from broker.store.api_tokens import ApiToken
@@ -52,7 +53,13 @@ def list_tokens(request: Request, _who: Admin) -> list[TokenOut]:
     return [_out(t) for t in api_tokens(request).list()]
 
 
-@router.post("", response_model=CreatedToken, status_code=201, summary="Create a token")
+@router.post(
+    "",
+    response_model=CreatedToken,
+    status_code=201,
+    summary="Create a token",
+    responses=BAD_BODY,
+)
 def create_token(body: NewToken, request: Request, api: State, who: Admin) -> CreatedToken:
     tokens = api_tokens(request)
     secret = tokens.create(body.role, body.name)
@@ -68,8 +75,10 @@ def create_token(body: NewToken, request: Request, api: State, who: Admin) -> Cr
     return CreatedToken(**_out(made).model_dump(), token=secret)
 
 
-@router.delete("/{token_id}", response_model=TokenOut, summary="Revoke a token")
-def revoke_token(token_id: int, request: Request, api: State, who: Admin) -> TokenOut:
+@router.delete(
+    "/{token_id}", response_model=TokenOut, summary="Revoke a token", responses=NOT_FOUND
+)
+def revoke_token(token_id: RowId, request: Request, api: State, who: Admin) -> TokenOut:
     try:
         token = api_tokens(request).revoke(token_id)
     except NotFoundError as exc:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import enum
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
 
 from adapters.api.deps import State, Viewer, parse_day
+from adapters.api.responses import invalid
 from broker.store.usage import report_csv
 
 router = APIRouter(prefix="/usage", tags=["usage"])
@@ -67,8 +68,8 @@ def usage_report(
     of it billable, trial and unbillable, and the amount at the configured price."""
     start, end = parse_day(since, "from"), parse_day(until, "to")
     if end < start or (end - start).days >= MAX_DAYS:
-        raise HTTPException(
-            422, f"from {start} to {end}: valid: to >= from, at most {MAX_DAYS} days"
+        raise invalid(
+            "to", until, f"from {start} to {end}: valid: to >= from, at most {MAX_DAYS} days"
         )
     lines = api.usage.report(start, end, vendor)
     if format is Format.CSV:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
 from adapters.api.deps import State, Viewer
+from adapters.api.responses import NOT_FOUND
 from broker.model.jobs import UNFINISHED
 from broker.store.listing import VendorActivity, vendor_activity
 from config.vendors import Vendor
@@ -172,7 +173,7 @@ def list_vendors(api: State, _who: Viewer, probe: Probe = True) -> list[VendorOu
     return _vendors(api, sorted(api.settings.vendors), probe)
 
 
-@router.get("/{name}", response_model=VendorOut, summary="One vendor product")
+@router.get("/{name}", response_model=VendorOut, summary="One vendor product", responses=NOT_FOUND)
 def get_vendor(name: str, api: State, _who: Viewer, probe: Probe = True) -> VendorOut:
     if name not in api.settings.vendors:
         valid = ", ".join(sorted(api.settings.vendors)) or "none configured"

@@ -230,6 +230,10 @@ def parse_findings(body: bytes) -> domain.Findings:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ResultError(f"body: not valid UTF-8 JSON: {exc}") from exc
+    except RecursionError as exc:  # arrays or objects nested thousands deep
+        raise ResultError(
+            "body: JSON nested too deeply; valid: the findings schema (a few levels deep)"
+        ) from exc
     if not isinstance(document, dict):
         raise ResultError(
             f"body: a JSON {type(document).__name__}; valid: a JSON object with "
