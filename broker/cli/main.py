@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from broker.cli.audit import app as audit_app
+from broker.cli.backup import backup_command, restore_command
 from broker.cli.common import ConfigOption, JsonOption, err, out, settings_or_exit
 from broker.cli.config import app as config_app
 from broker.cli.conflicts import app as conflicts_app
@@ -53,6 +54,8 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(usage_app, name="usage")
 app.add_typer(results_app, name="results")
 app.add_typer(users_app, name="users")
+app.command("backup")(backup_command)
+app.command("restore")(restore_command)
 app.command("install-service")(install_service)
 
 

@@ -1,0 +1,167 @@
+"""``radbridge backup`` of a running service and ``radbridge restore`` into a fresh folder.
+
+The service is driven through its real interfaces (an HL7 order over MLLP, a study by
+``storescu``, JSON findings to the results callback) to hold studies, orders, jobs, a
+result and audit rows; one of its two vendors is down. The backup is taken while it
+runs; then the service and its whole folder are gone, the store is restored into a new
+folder (the spool's files from a copy, as the hospital's backup tool would hold them),
+and the restored service holds everything and sends the study to the vendor that was
+down.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import hl7
+import httpx
+import pytest
+from hl7.client import MLLPClient
+
+from adapters.dicom.synthetic import generate_study
+from adapters.results.sr import read_source_study
+from tests.hl7_messages import orm_o01, sample_order
+from tests.integration.test_results_sr import head_bleed
+from tests.peers import LOOPBACK, StoreSCP, free_port, storescu
+from tests.service import Radbridge, base_config
+
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
+
+TOKEN = "lungai-results-" + uuid.uuid4().hex
+TABLES = ("studies", "instances", "orders", "order_messages", "jobs", "results", "audit")
+
+
+def _wait(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"{what} not met in {timeout} s"
+        time.sleep(0.2)
+    return value
+
+
+def _config(folder: Path, vendor_port: int, down_port: int) -> dict[str, Any]:
+    config = base_config(folder, free_port(), study_stable_seconds=0.5)
+    config["hl7"] = {"listen": {"host": LOOPBACK, "port": free_port()}}
+    config["http"] = {"listen": {"host": LOOPBACK, "port": free_port()}}
+    config["vendors"] = {
+        name: {
+            "product": f"Head CT {name}",
+            "transport": {
+                "type": "dicom",
+                "ae_title": name.upper(),
+                "host": LOOPBACK,
+                "port": port,
+            },
+            "retries": 100,
+        }
+        for name, port in (("lungai", vendor_port), ("ichai", down_port))
+    }
+    config["routes"] = [
+        {
+            "name": "head-ct",
+            "when": {"modality": "CT", "body_part": "HEAD"},
+            "send": ["lungai", "ichai"],
+        }
+    ]
+    config["delivery"] = {"backoff_base_seconds": 0.5, "backoff_cap_seconds": 1.0}
+    return config
+
+
+def _counts(rb: Radbridge) -> dict[str, int]:
+    path = str(rb.config["storage"]["database"]).removeprefix("sqlite:///")
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as conn:
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+
+
+def _jobs(rb: Radbridge) -> dict[str, dict[str, Any]]:
+    return {j["vendor"]: j for j in json.loads(rb.cli("jobs", "list", "--json").stdout)}
+
+
+def test_backup_of_a_running_service_restores_everything_and_resumes_jobs(
+    tmp_path: Path,
+) -> None:
+    """A backup taken while the service runs, restored into a fresh folder after the old
+    one is gone: studies, instances (paths in the new spool), orders, jobs, the result and
+    the audit trail are all there, the vendor that was down receives the study, and a
+    second restore onto the now non-empty store is refused without --force."""
+    with StoreSCP(tmp_path / "lungai", ae_title="LUNGAI") as lungai:
+        down_port = free_port()
+        rb = Radbridge(tmp_path / "old", _config(tmp_path / "old", lungai.port, down_port))
+        rb.env["RADBRIDGE_VENDORS__LUNGAI__RESULTS__TOKEN"] = TOKEN
+        rb.start()
+        try:
+            order = sample_order(4242, study_uid=None)
+            with MLLPClient(LOOPBACK, rb.config["hl7"]["listen"]["port"]) as client:
+                ack = hl7.parse(client.send_message(orm_o01(order)).decode())
+            assert str(ack.segment("MSA")[1]) == "AA"
+            files = generate_study(
+                "ct_head",
+                tmp_path / "study",
+                instances=6,
+                rows=32,
+                columns=32,
+                accession=order.accession_number,
+            )
+            source = read_source_study(files)
+            storescu(files, rb.port)
+            job = _wait(
+                lambda: (j := _jobs(rb).get("lungai")) and j["state"] == "awaiting_result" and j,
+                "lungai job sent",
+            )
+            answer = httpx.post(
+                f"http://{LOOPBACK}:{rb.config['http']['listen']['port']}"
+                f"/results/jobs/{job['id']}/findings",
+                json=head_bleed(source) | {"complete": True},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+                timeout=30,
+            )
+            assert answer.status_code == 202, answer.text
+            _wait(lambda: _counts(rb)["results"] == 1, "result stored")
+            _wait(lambda: _jobs(rb)["ichai"]["attempts"] >= 1, "ichai tried and failed")
+            before = _counts(rb)
+            backup = tmp_path / "backup"
+            printed = rb.cli("backup", str(backup)).stdout
+            assert "spool manifest: 7 files" in printed, printed
+            spool_copy = tmp_path / "spool-copy"  # what the hospital's backup tool holds
+            shutil.copytree(rb.spool, spool_copy)
+        finally:
+            rb.kill9()
+    shutil.rmtree(tmp_path / "old")  # the machine is gone
+    manifest = json.loads((backup / "manifest.json").read_text())
+    assert manifest["config"] == "radbridge.yaml" and (backup / "radbridge.yaml").is_file()
+    assert len([f for f in manifest["spool_files"] if f["path"].startswith("studies/")]) == 6
+    assert all(len(f["sha256"]) == 64 for f in manifest["spool_files"])
+
+    with (
+        StoreSCP(tmp_path / "lungai2", ae_title="LUNGAI") as lungai2,
+        StoreSCP(tmp_path / "ichai", ae_title="ICHAI", port=down_port) as ichai,
+    ):
+        new = Radbridge(tmp_path / "new", _config(tmp_path / "new", lungai2.port, down_port))
+        restored = new.cli("restore", str(backup), "--spool", str(spool_copy))
+        assert "7 of 7 files in place" in restored.stdout, restored.stdout + restored.stderr
+        again = new.cli("restore", str(backup), check=False)
+        assert again.returncode == 1 and "not empty" in again.stderr + again.stdout
+        after = _counts(new)
+        assert {t: after[t] for t in TABLES} == {t: before[t] for t in TABLES}
+        new.start()
+        try:
+            _wait(lambda: len(ichai.files()) == len(files), "the down vendor receives the study")
+            study = new.study(source.study_uid)
+            assert study["instances"] == 6 and study["accession_number"] == order.accession_number
+            path = str(new.config["storage"]["database"]).removeprefix("sqlite:///")
+            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+                paths = [row[0] for row in conn.execute("SELECT path FROM instances")]
+            assert paths and all(p.startswith(str(new.spool) + "/") for p in paths)
+            assert all(Path(p).is_file() for p in paths)
+            assert _jobs(new)["lungai"]["state"] != "pending"  # not sent a second time
+            assert len(lungai2.files()) == 0
+        finally:
+            new.close()
