@@ -134,3 +134,22 @@ def test_offline_bundle_installs_without_index_and_serves(dist: Path, tmp_path: 
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [
+        (["--prefix", "opt/radbridge"], "--prefix must be an absolute path"),
+        (["--prefx", "/opt"], "unknown argument '--prefx'; valid: --prefix DIR"),
+    ],
+)
+def test_install_script_refuses_bad_arguments(arguments: list[str], says: str) -> None:
+    """install.sh stops with exit code 2 and says what would be valid, before it touches
+    anything, for a relative prefix or an unknown option."""
+    answer = subprocess.run(
+        ["sh", str(ROOT / "deploy/install.sh"), *arguments],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert answer.returncode == 2 and says in answer.stderr, answer
