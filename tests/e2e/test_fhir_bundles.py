@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from adapters.dicom.synthetic import generate_study
 from adapters.hl7.ack import AckCode, read_ack
@@ -35,6 +36,9 @@ from tests.service import Radbridge
 #: The entry bound and body bound the module's service runs with.
 MAX_ENTRIES = 300
 MAX_BODY = 2 * 1024 * 1024
+
+# One service for the module: its tests run one after the other in one worker.
+pytestmark = pytest.mark.xdist_group("fhir_bundles")
 
 
 @dataclass
@@ -261,3 +265,38 @@ def test_a_transaction_is_all_or_nothing_with_a_response_per_entry(service: Serv
     assert [e["response"]["status"] for e in thrice.json()["entry"]][1:] == ["200 OK"] * 3
     assert thrice.json()["entry"][-1]["response"]["location"].endswith("/_history/4")
     assert service.counts()[:2] == (before[0], before[1] + 1)
+
+
+def _reload_with(service: Service, max_entries: int) -> None:
+    """Write ``fhir.max_bundle_entries`` into the configuration file and send SIGHUP."""
+    rb = service.rb
+    rb.config["fhir"]["max_bundle_entries"] = max_entries
+    tmp = rb.config_path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(rb.config))
+    tmp.replace(rb.config_path)
+    assert rb.process is not None
+    rb.process.send_signal(1)  # SIGHUP
+
+
+def _status_within(service: Service, entries: int, status: int, timeout: float = 60) -> None:
+    """Post transactions of ``entries`` entries until one answers ``status``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = service.post(transaction("transaction", *orders(entries - 1)))
+        if answer.status_code == status or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert answer.status_code == status, answer.text
+
+
+def test_a_reload_applies_new_bounds_without_a_restart(service: Service) -> None:
+    """``fhir.max_bundle_entries`` lowered in the file and reloaded (SIGHUP) refuses the
+    next larger Bundle with 413 without a restart; raised back, such a Bundle passes."""
+    _status_within(service, 4, 200)
+    try:
+        _reload_with(service, 3)
+        _status_within(service, 4, 413)
+        _status_within(service, 3, 200)
+    finally:
+        _reload_with(service, MAX_ENTRIES)
+    _status_within(service, 4, 200)
