@@ -25,9 +25,11 @@ import hl7
 import httpx
 import pytest
 from hl7.client import MLLPClient
+from sqlalchemy import create_engine, text
 
 from adapters.dicom.synthetic import generate_study
 from adapters.results.sr import read_source_study
+from tests.databases import fresh_postgres_database
 from tests.hl7_messages import orm_o01, sample_order
 from tests.integration.test_results_sr import head_bleed
 from tests.peers import LOOPBACK, StoreSCP, free_port, storescu
@@ -165,3 +167,46 @@ def test_backup_of_a_running_service_restores_everything_and_resumes_jobs(
             assert len(lungai2.files()) == 0
         finally:
             new.close()
+
+
+def _pg_counts(url: str) -> dict[str, int]:
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as conn:
+            return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in TABLES}
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_backup_and_restore_on_postgresql(tmp_path: Path) -> None:
+    """On PostgreSQL, a backup (pg_dump) of a running service holding an order, a study and
+    a job restores (pg_restore) into a new database with every row; a second restore is
+    refused without --force and replaces the store with it."""
+    with fresh_postgres_database() as source_url, fresh_postgres_database() as target_url:
+        config = _config(tmp_path / "old", free_port(), free_port())
+        config["storage"]["database"] = source_url
+        rb = Radbridge(tmp_path / "old", config)
+        rb.start()
+        try:
+            order = sample_order(4343, study_uid=None)
+            with MLLPClient(LOOPBACK, rb.config["hl7"]["listen"]["port"]) as client:
+                ack = hl7.parse(client.send_message(orm_o01(order)).decode())
+            assert str(ack.segment("MSA")[1]) == "AA"
+            files = generate_study("ct_head", tmp_path / "study", instances=2, rows=32, columns=32)
+            storescu(files, rb.port)
+            _wait(lambda: len(_jobs(rb)) == 2, "two jobs")
+            rb.cli("backup", str(tmp_path / "backup"), "--sizes-only")
+            before = _pg_counts(source_url)
+        finally:
+            rb.kill9()
+        new_config = _config(tmp_path / "new", free_port(), free_port())
+        new_config["storage"]["database"] = target_url
+        new = Radbridge(tmp_path / "new", new_config)
+        new.cli("restore", str(tmp_path / "backup"), "--spool", str(rb.spool))
+        assert _pg_counts(target_url) == before
+        assert before["orders"] == 1 and before["instances"] == 2 and before["jobs"] == 2
+        again = new.cli("restore", str(tmp_path / "backup"), check=False)
+        assert again.returncode == 1 and "not empty" in again.stderr + again.stdout
+        new.cli("restore", str(tmp_path / "backup"), "--force")
+        assert _pg_counts(target_url) == before
