@@ -151,6 +151,7 @@ async def fhir_body(request: Request) -> bytes:
 
 
 def _too_large(size: int, limit: int) -> FhirError:
+    LOG.warning("FHIR request refused: body too large", size=size, limit=limit)
     return FhirError.one(
         413,
         f"the body has {size} bytes or more; valid: at most {limit} "
@@ -163,6 +164,7 @@ def check_entry_count(data: Mapping[str, Any], limit: int) -> None:
     """413 for a Bundle of more than ``limit`` entries (before any entry is looked at)."""
     entries = data.get("entry")
     if isinstance(entries, list) and len(entries) > limit:
+        LOG.warning("FHIR Bundle refused: too many entries", entries=len(entries), limit=limit)
         raise FhirError.one(
             413,
             f"Bundle.entry has {len(entries)} entries; valid: at most {limit} "

@@ -147,7 +147,8 @@ def test_a_bundle_is_stored_once_not_once_per_entry(service: Service) -> None:
 
 def test_past_the_entry_bound_is_413_and_nothing_is_stored(service: Service) -> None:
     """One entry more than ``fhir.max_bundle_entries`` → 413 with an OperationOutcome at
-    Bundle.entry, and a body over ``fhir.max_body_bytes`` → 413; neither stores anything."""
+    Bundle.entry, and a body over ``fhir.max_body_bytes`` → 413; neither stores anything,
+    each is logged."""
     sent = orders(MAX_ENTRIES)  # with the Patient entry: MAX_ENTRIES + 1 entries
     before = service.counts()
     refused = service.post(transaction("transaction", *sent))
@@ -162,6 +163,11 @@ def test_past_the_entry_bound_is_413_and_nothing_is_stored(service: Service) -> 
     assert too_big.status_code == 413 and too_big.json()["issue"][0]["code"] == "too-costly"
     assert service.counts() == before
     assert service.search(accession_of(sent[0])) == 0
+    refusals = {line["event"] for line in service.rb.log_lines() if line.get("limit")}
+    assert refusals >= {
+        "FHIR Bundle refused: too many entries",
+        "FHIR request refused: body too large",
+    }
     allowed = service.post(transaction("transaction", *sent[1:]))
     assert allowed.status_code == 200, allowed.text
 
