@@ -14,8 +14,9 @@ from typing import ClassVar
 
 from adapters.hl7.charsets import codec_for
 from adapters.hl7.handler import MessageHandler
-from adapters.hl7.server import AllowList, MllpServer, server_tls_context
+from adapters.hl7.server import AllowList, MllpServer
 from adapters.sockets import listen
+from adapters.tls import server_context
 from broker.model.errors import AdapterError, Hl7Error
 from broker.model.logging import get_logger
 from broker.runtime.edges import Edge, ServiceContext
@@ -62,7 +63,7 @@ class Hl7Edge(Edge):
             max_connections=hl7.max_connections,
             idle_timeout=hl7.idle_timeout_seconds,
             max_message_bytes=hl7.max_message_bytes,
-            ssl_context=server_tls_context(hl7.tls) if hl7.tls is not None else None,
+            ssl_context=server_context(hl7.tls, setting="hl7.tls") if hl7.tls is not None else None,
         )
         self._socket = listen(
             hl7.listen.host,

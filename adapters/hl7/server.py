@@ -19,13 +19,11 @@ import ssl
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from adapters.hl7.framing import FrameReader, Oversized
 from adapters.hl7.handler import Handled, MessageHandler
 from broker.model.errors import AdapterError
 from broker.model.logging import get_logger
-from config.schema import TLS
 
 LOG = get_logger("radbridge.hl7")
 READ_BYTES = 256 * 1024
@@ -76,21 +74,6 @@ class AllowList:
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         return any(ip in network for network in self.networks)
-
-
-def server_tls_context(tls: TLS) -> ssl.SSLContext:
-    """A TLS 1.2+ server context; client certificates checked against the CA when required."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    password = tls.key_password.get_secret_value() if tls.key_password else None
-    try:
-        context.load_cert_chain(str(tls.certificate), str(tls.private_key), password=password)
-        if tls.ca_certificates is not None:
-            context.load_verify_locations(str(Path(tls.ca_certificates)))
-    except (OSError, ssl.SSLError) as exc:
-        raise AdapterError(f"hl7.tls: cannot load the certificate or key: {exc}") from exc
-    context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_NONE
-    return context
 
 
 class MllpServer:
