@@ -4,6 +4,7 @@ cancellation, patient updates and merges, and messages kept verbatim."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from broker.model.domain import (
     Patient,
 )
 from broker.model.errors import NotFoundError
+from broker.model.identity import IdentityConflictError
 from broker.model.jobs import JobState
 from broker.store import JobStore, StudyStore
 from broker.store.orders import OrderStore
@@ -225,3 +227,29 @@ def test_put_replaces_the_order_and_a_transaction_stores_all(engine: Engine) -> 
     assert [m.kind for m in orders.raw_messages(second.stored.id)] == ["Bundle"]
     with pytest.raises(NotFoundError):
         orders.by_resource_id(str(first.stored.id))
+
+
+def _numbered(n: int) -> Order:
+    return _order(placer_number=f"PL-{n}", filler_number=f"FL-{n}", accession_number=f"A{n}")
+
+
+def test_a_message_of_several_orders_is_stored_once(engine: Engine) -> None:
+    """A message that makes several orders (one of them twice) is one ``order_messages``
+    row, the message of each order; a batch's message kept before its orders
+    (``kept_as``) gets no second copy, not even when an order is refused."""
+    orders = OrderStore(engine)
+    bundle = InboundMessage(source=OrderSource.FHIR, kind="Bundle", raw=b"{}" * 1000)
+    made = orders.record_orders([(_numbered(n), None) for n in (1, 2, 1)], bundle)
+    assert made[0].stored.id == made[2].stored.id and made[2].stored.version == 2
+    kept = orders.record_message(bundle, error=None)
+    later = orders.record_order(_numbered(3), bundle, kept_as=kept)
+    with pytest.raises(IdentityConflictError):
+        orders.record_order(
+            replace(_numbered(3), patient=Patient(patient_id="PID-other")),
+            bundle,
+            kept_as=kept,
+        )
+    with engine.connect() as conn:
+        assert len(conn.execute(select(order_messages.c.id)).all()) == 2
+    for outcome in (*made, later):
+        assert [m.raw for m in orders.raw_messages(outcome.stored.id)] == [bundle.raw]
