@@ -6,8 +6,9 @@ One connection, ORM^O01 v2.3.1 messages sent one after the other by python
 ``hl7``'s asyncio MLLP client, each waiting for its ACK (the way a RIS
 sends). The receivers run in their own process, started afresh each time:
 
-* ``radbridge``: the ``hl7`` edge with a real SQLite OrderStore (WAL): each
-  ACK goes back after the raw message and the order are committed;
+* ``radbridge``: the ``hl7`` edge with a real SQLite OrderStore (WAL,
+  ``synchronous=FULL``): each ACK goes back after the raw message and the order are
+  committed and fsync'd;
 * ``hl7 bare``: python hl7's ``start_hl7_server`` answering each message
   with ``message.create_ack()`` (parsed, no store): the reference.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import statistics
 import tempfile
 import time
@@ -148,6 +150,25 @@ def _in_process_costs(messages: list[bytes]) -> tuple[float, float]:
     return parse_us, store_us
 
 
+def _fdatasync_us(folder: str, count: int = 200) -> float:
+    """Median µs of one fdatasync of a 512-byte append in ``folder``: the floor of a durable
+    commit (SQLite's WAL with synchronous=FULL syncs once per commit), so the figure above
+    can be read against the disk it ran on."""
+    path = Path(folder, "fdatasync.probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    times = []
+    try:
+        for _ in range(count):
+            os.write(fd, b"x" * 512)
+            started = time.perf_counter()
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - started)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return statistics.median(times) * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--messages", type=int, default=2000, help="per run (default 2000)")
@@ -171,6 +192,8 @@ def main() -> None:
     print(f"python hl7 bare MLLP listener (reference):  {bare_median:7.0f} msg/s")
     print(f"ratio radbridge / hl7 bare:                  {ours_median / bare_median:7.2f}")
     print(f"goal >= 1000 msg/s: {'met' if ours_median >= 1000 else 'NOT met'}")
+    with tempfile.TemporaryDirectory(prefix="bench-hl7-disk-") as folder:
+        print(f"fdatasync of a 512-byte append on this disk: median {_fdatasync_us(folder):.0f} µs")
     print(
         f"in-process, per message: parse + map + ACK {parse_us:6.0f} µs; "
         f"OrderStore.record_order {store_us:6.0f} µs"
