@@ -26,10 +26,18 @@ target="$target --platform manylinux2014_x86_64"
 mkdir -p "$out" "$cache"
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
-# In PYTHON's environment when it has the build requirements (make venv installs them),
-# else in an isolated one (slower: it installs them first).
-"$python" -m build --no-isolation --outdir "$stage" . >"$stage/build.log" 2>&1 ||
-    "$python" -m build --outdir "$stage" . >"$stage/build.log" 2>&1 ||
+# From a copy of the checkout without what git ignores (virtual environments, var/,
+# caches), so that the build writes nothing into the checkout; in PYTHON's
+# environment when it has the build requirements (make venv installs them), else in an
+# isolated one (slower: it installs them first).
+src=.
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    src=$stage/src
+    mkdir "$src"
+    git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -cf - -T - 2>/dev/null | tar -C "$src" -xf -
+fi
+"$python" -m build --no-isolation --outdir "$stage" "$src" >"$stage/build.log" 2>&1 ||
+    "$python" -m build --outdir "$stage" "$src" >"$stage/build.log" 2>&1 ||
     { cat "$stage/build.log" >&2; exit 1; }
 wheel=$(ls "$stage"/radbridge-*.whl)
 version=$(basename "$wheel" | cut -d- -f2)
