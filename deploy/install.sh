@@ -14,6 +14,7 @@
 # Run it again with a newer bundle to upgrade in place. Then, for a service:
 #   sudo DIR/venv/bin/radbridge install-service --prefix DIR
 set -eu
+umask 022 # the service's user reads what is installed here
 
 prefix=/opt/radbridge
 python=

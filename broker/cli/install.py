@@ -90,6 +90,7 @@ def install_service(
         ):
             (root / path).parent.mkdir(parents=True, exist_ok=True)
             (root / path).write_text(text)
+            (root / path).chmod(0o644)
             out.print(f"wrote /{path}", highlight=False)
         config = root / CONFIG
         config.parent.mkdir(parents=True, exist_ok=True)

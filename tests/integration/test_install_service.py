@@ -54,6 +54,7 @@ def test_unit_is_hardened_and_passes_systemd_analyze(installed: tuple[Path, Path
     verify finds nothing to say and rates its exposure OK (below 2 of 10)."""
     root, prefix = installed
     unit = root / "etc/systemd/system/radbridge.service"
+    assert unit.stat().st_mode & 0o777 == 0o644
     values = _unit(root)
     assert values["ExecStart"] == [
         f"{prefix}/venv/bin/radbridge serve -c /etc/radbridge/radbridge.yaml"
