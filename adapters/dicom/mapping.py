@@ -22,6 +22,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
 from adapters import dicom_header
@@ -46,11 +47,7 @@ def _text(ds: Dataset, keyword: str) -> str | None:
         value: Any = ds.get(keyword)
     except Exception:  # a value pydicom cannot decode is treated as absent
         return None
-    if value is None or value == "":
-        return None
-    text = "\\".join(str(v) for v in value) if isinstance(value, MultiValue) else str(value)
-    text = text.strip().strip("\x00")
-    return text or None
+    return _value_text(value)
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
@@ -142,7 +139,9 @@ def _element(ds: Dataset, tag: BaseTag) -> DataElement | None:
 
 
 def _value_text(value: Any) -> str | None:
-    if value is None or isinstance(value, bytes | bytearray | Dataset):
+    """A value as text; None for a value that is not text (bytes, a data set, a sequence: an
+    attribute sent with a VR it does not have, which is not read further)."""
+    if value is None or isinstance(value, bytes | bytearray | Dataset | Sequence):
         return None
     if isinstance(value, MultiValue | list | tuple):
         if any(isinstance(v, bytes | bytearray | Dataset) for v in value):
