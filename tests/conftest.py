@@ -32,10 +32,22 @@ from tests.service import Radbridge
 os.environ["TCP_NODELAY"] = "1"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked slow first: on parallel workers they then overlap the many short ones
-    instead of being what the run waits for at its end."""
+    instead of being what the run waits for at its end. Tests marked ``xdist_group`` get
+    the group in their id, which ``--dist loadgroup`` schedules by: pytest-xdist 3.8 writes
+    it to ``item._nodeid``, which pytest 9 no longer reads, so without this the tests of a
+    group spread over the workers (each starting the module's service again)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        mark = item.get_closest_marker("xdist_group")
+        if mark is not None and "@" not in item.nodeid:
+            group = mark.args[0] if mark.args else mark.kwargs.get("name", "default")
+            node_id = getattr(item, "_id", None)
+            if node_id is not None:
+                item._id = type(node_id).parse(f"{item.nodeid}@{group}")
 
 
 @pytest.fixture(scope="session", autouse=True)

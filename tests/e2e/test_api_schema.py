@@ -31,8 +31,8 @@ from tests.peers import LOOPBACK, StoreSCP, free_port, storescu
 from tests.service import Radbridge
 
 # slow: the service's start and the schemathesis run take over 15 s; the module's tests share
-# the one service, so they are collected together.
-pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
+# the one service (one worker: xdist_group).
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow, pytest.mark.xdist_group("api_schema")]
 
 ROLES = ("admin", "operator", "viewer")
 RESULTS_TOKEN = "lungai-results-schema-test"
