@@ -42,6 +42,7 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from adapters.api.deps import RowId
 from adapters.dicom_status import StoreFailure
 from adapters.results.findings import MAX_BODY_BYTES, parse_findings
 from adapters.results.intake import ResultIntake
@@ -381,7 +382,7 @@ def results_router(context: ServiceContext) -> APIRouter:
         return await api.stow(request, study, authorization)
 
     @router.post("/jobs/{job_id}/findings")
-    async def findings(request: Request, job_id: int, authorization: Auth = None) -> Any:
+    async def findings(request: Request, job_id: RowId, authorization: Auth = None) -> Any:
         return await api.findings(request, job_id, authorization)
 
     return router

@@ -242,3 +242,15 @@ def test_an_id_beyond_64_bits_is_a_422_and_such_a_cursor_a_400(service: Service)
     cursor = base64.urlsafe_b64encode(json.dumps([huge]).encode()).decode()
     answer = httpx.get(f"{service.base}/api/v1/jobs", params={"cursor": cursor}, headers=viewer)
     assert answer.status_code == 400, answer.text
+
+
+def test_findings_for_a_job_id_beyond_64_bits_is_a_422(service: Service) -> None:
+    """The findings callback for a job id past 64 bits (once a 500: the database overflowed)
+    is a 422 naming ``job_id``."""
+    answer = httpx.post(
+        f"{service.base}/results/jobs/{2**63}/findings",
+        content=b"{}",
+        headers={"Authorization": f"Bearer {RESULTS_TOKEN}"},
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"][0]["loc"] == ["path", "job_id"]
