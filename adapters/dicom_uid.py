@@ -16,6 +16,8 @@ from broker.model.errors import InvalidDicomError
 
 #: Longest UID (PS3.5 9.1).
 MAX_UID_LENGTH = 64
+#: The pattern of a valid UID (length aside), for validators that take a pattern.
+UID_PATTERN = RE_VALID_UID.pattern
 #: What a valid UID looks like, for messages that say what would have been valid.
 VALID_UID = (
     "digits and dots, at most 64 characters, no empty component and no leading zero "
@@ -47,4 +49,4 @@ def checked_uid(keyword: str, value: str) -> str:
     return value
 
 
-__all__ = ["MAX_UID_LENGTH", "VALID_UID", "checked_uid", "uid_problem"]
+__all__ = ["MAX_UID_LENGTH", "UID_PATTERN", "VALID_UID", "checked_uid", "uid_problem"]

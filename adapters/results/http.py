@@ -44,6 +44,7 @@ from fastapi.responses import JSONResponse
 
 from adapters.api.deps import RowId
 from adapters.dicom_status import StoreFailure
+from adapters.dicom_uid import MAX_UID_LENGTH, UID_PATTERN
 from adapters.results.findings import MAX_BODY_BYTES, parse_findings
 from adapters.results.intake import ResultIntake
 from adapters.results.objects import read_result_header
@@ -74,7 +75,7 @@ CHUNK_BYTES = 1024 * 1024
 NO_RESULT_STATES = frozenset({JobState.PENDING, JobState.FAILED, JobState.DEAD, JobState.CANCELLED})
 
 
-UIDParam = Annotated[str, PathParam(max_length=64, pattern=r"^[0-9.]+$")]
+UIDParam = Annotated[str, PathParam(max_length=MAX_UID_LENGTH, pattern=UID_PATTERN)]
 Auth = Annotated[str | None, Header()]
 
 

@@ -53,6 +53,8 @@ class Action:
     PATIENT_UPDATE = "patient.update"
     PATIENT_MERGE = "patient.merge"
     CONFLICT_RESOLVE = "conflict.resolve"
+    STORE_BACKUP = "store.backup"
+    STORE_RESTORE = "store.restore"
 
 
 def cli_actor() -> str:

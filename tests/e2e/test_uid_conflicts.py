@@ -34,7 +34,8 @@ from adapters.harness.hostile.pdu import Response
 from tests.peers import StoreSCP, free_port
 from tests.service import Radbridge, base_config
 
-pytestmark = pytest.mark.timeout(180)
+# One worker runs the module: one service for its tests (--dist loadgroup).
+pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("uid_conflicts")]
 
 CT = crafted.CT_IMAGE_STORAGE
 EXPLICIT = pdu.EXPLICIT_VR_LITTLE_ENDIAN
@@ -276,8 +277,9 @@ def _result_object(sop_uid: str) -> bytes:
 def test_stow_rs_result_objects_with_invalid_uids_get_failure_reason_c000(
     service: Service,
 ) -> None:
-    """STOW-RS of a vendor's result objects: one whose SOP Instance UID has a leading zero
-    gets FailureReason 0xC000 and is not kept, a valid one beside it is stored (202)."""
+    """STOW-RS of a vendor's result objects: to a study URL that is not a UID, 422 and
+    nothing stored; one whose SOP Instance UID has a leading zero gets FailureReason 0xC000
+    and is not kept, a valid one beside it is stored (202)."""
     boundary = "rb-uids"
     parts = [_result_object("1.2.03"), _result_object(generate_uid())]
     body = b"".join(
@@ -285,15 +287,14 @@ def test_stow_rs_result_objects_with_invalid_uids_get_failure_reason_c000(
         for p in parts
     )
     body += f"--{boundary}--\r\n".encode()
-    answer = httpx.post(
-        f"{service.http}/results/studies",
-        content=body,
-        headers={
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-            "Authorization": f"Bearer {RESULTS_TOKEN}",
-        },
-        timeout=15,
-    )
+    headers = {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Authorization": f"Bearer {RESULTS_TOKEN}",
+    }
+    url = f"{service.http}/results/studies"
+    not_a_study = httpx.post(f"{url}/1.2.03", content=body, headers=headers, timeout=15)
+    assert not_a_study.status_code == 422, not_a_study.text
+    answer = httpx.post(url, content=body, headers=headers, timeout=15)
     assert answer.status_code == 202, answer.text
     [failed] = answer.json()["00081198"]["Value"]
     assert failed["00081197"]["Value"] == [CANNOT_UNDERSTAND]
