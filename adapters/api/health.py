@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from adapters.api.auth import REALM, api_tokens, bearer_token
+from adapters.api.auth import REALM, api_tokens, bearer_token, from_loopback
 from adapters.api.deps import State
 from adapters.api.responses import AUTH
 from broker.engine.bus import Bus
@@ -33,7 +33,6 @@ from broker.store.space import SpaceWatch
 
 router = APIRouter(include_in_schema=True, tags=["health"])
 
-LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 #: Bus checks open a connection: at most this often.
 BUS_CHECK_SECONDS = 5.0
 
@@ -114,8 +113,7 @@ def readyz(request: Request, api: State) -> JSONResponse:
 def metrics(
     request: Request, api: State, authorization: Annotated[str | None, Header()] = None
 ) -> Response:
-    client = request.client.host if request.client else ""
-    if client not in LOOPBACK:
+    if not from_loopback(request):
         token = api_tokens(request).identify(bearer_token(authorization) or "")
         if token is None:
             raise HTTPException(

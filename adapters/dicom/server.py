@@ -63,6 +63,7 @@ from adapters.dicom.reactor import install
 from adapters.dicom.slots import Lease, ProcessSlots
 from adapters.dicom_status import StoreFailure
 from adapters.results.intake import ResultIntake
+from adapters.tls import server_context
 from broker.model.domain import ResultOrigin
 from broker.model.errors import InvalidDicomError, SpoolError, StoreError
 from broker.model.identity import ConflictKind, IdentityConflictError
@@ -481,16 +482,7 @@ class StoreSCP:
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
     tls = settings.dicom.tls
-    if tls is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    password = tls.key_password.get_secret_value() if tls.key_password else None
-    context.load_cert_chain(str(tls.certificate), str(tls.private_key), password=password)
-    if tls.ca_certificates is not None:
-        context.load_verify_locations(str(tls.ca_certificates))
-    context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_NONE
-    return context
+    return server_context(tls, setting="dicom.tls") if tls is not None else None
 
 
 def make_server(
