@@ -10,10 +10,26 @@ import typer
 
 from broker.cli.common import ConfigOption, err, out, settings_or_exit
 from broker.model.errors import RadbridgeError
+from broker.store.audit import Action, AuditLog, cli_actor
 from broker.store.backup import backup, check_spool, restore
+from broker.store.engine import make_engine
+from broker.store.migrate import migrate
+from broker.store.spool import Spool
 from config.loader import config_path
 
 FolderArgument = Annotated[Path, typer.Argument(help="The backup folder.")]
+
+
+def _audit(url: str, action: str, detail: dict[str, str], upgrade: bool = False) -> None:
+    """One audit row in the store at ``url`` (brought to this version's schema first when
+    ``upgrade``: a restored backup may be older)."""
+    engine = make_engine(url)
+    try:
+        if upgrade:
+            migrate(engine)
+        AuditLog(engine).record(cli_actor(), action, "store", detail)
+    finally:
+        engine.dispose()
 
 
 def backup_command(
@@ -33,6 +49,11 @@ def backup_command(
             config_path(config),
             folder,
             checksums=checksums,
+        )
+        _audit(
+            settings.database_url(),
+            Action.STORE_BACKUP,
+            {"folder": str(folder), "revision": manifest["schema_revision"]},
         )
     except RadbridgeError as exc:
         err.print(str(exc), markup=False, highlight=False)
@@ -56,11 +77,18 @@ def restore_command(
         False
     ),
 ) -> None:
-    """Restore a backup into the configuration's store (which no service may be using) and
-    check the spool's files against the manifest; the service migrates it at its start."""
+    """Restore a backup into the configuration's store (no service may be running on it),
+    bring it to this version's schema, and check the spool's files against the manifest."""
     settings = settings_or_exit(config)
     try:
+        Spool(settings.storage.spool).lock()  # no service may be running on this spool
         manifest = restore(folder, settings.database_url(), settings.storage.spool, force=force)
+        _audit(
+            settings.database_url(),
+            Action.STORE_RESTORE,
+            {"folder": str(folder), "backed_up_at": manifest["created_at"]},
+            upgrade=True,
+        )
     except RadbridgeError as exc:
         err.print(str(exc), markup=False, highlight=False)
         raise typer.Exit(1) from exc

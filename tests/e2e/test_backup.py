@@ -83,6 +83,13 @@ def _counts(rb: Radbridge) -> dict[str, int]:
         return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
 
 
+def _actions(rb: Radbridge) -> list[str]:
+    """The store's audit trail, oldest first: its actions."""
+    path = str(rb.config["storage"]["database"]).removeprefix("sqlite:///")
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as conn:
+        return [row[0] for row in conn.execute("SELECT action FROM audit ORDER BY id")]
+
+
 def _jobs(rb: Radbridge) -> dict[str, dict[str, Any]]:
     return {j["vendor"]: j for j in json.loads(rb.cli("jobs", "list", "--json").stdout)}
 
@@ -153,7 +160,8 @@ def test_backup_of_a_running_service_restores_everything_and_resumes_jobs(
         again = new.cli("restore", str(backup), check=False)
         assert again.returncode == 1 and "not empty" in again.stderr + again.stdout
         after = _counts(new)
-        assert {t: after[t] for t in TABLES} == {t: before[t] for t in TABLES}
+        assert after == before | {"audit": before["audit"] + 1}  # + the restore's own row
+        assert _actions(new)[-1] == "store.restore"
         new.start()
         try:
             _wait(lambda: len(ichai.files()) == len(files), "the down vendor receives the study")
@@ -197,17 +205,19 @@ def test_backup_and_restore_on_postgresql(tmp_path: Path) -> None:
             files = generate_study("ct_head", tmp_path / "study", instances=2, rows=32, columns=32)
             storescu(files, rb.port)
             _wait(lambda: len(_jobs(rb)) == 2, "two jobs")
-            rb.cli("backup", str(tmp_path / "backup"), "--sizes-only")
             before = _pg_counts(source_url)
+            rb.cli("backup", str(tmp_path / "backup"), "--sizes-only")
+            assert _pg_counts(source_url)["audit"] == before["audit"] + 1  # store.backup
         finally:
             rb.kill9()
         new_config = _config(tmp_path / "new", free_port(), free_port())
         new_config["storage"]["database"] = target_url
         new = Radbridge(tmp_path / "new", new_config)
         new.cli("restore", str(tmp_path / "backup"), "--spool", str(rb.spool))
-        assert _pg_counts(target_url) == before
+        restored = before | {"audit": before["audit"] + 1}  # + the restore's own row
+        assert _pg_counts(target_url) == restored
         assert before["orders"] == 1 and before["instances"] == 2 and before["jobs"] == 2
         again = new.cli("restore", str(tmp_path / "backup"), check=False)
         assert again.returncode == 1 and "not empty" in again.stderr + again.stdout
         new.cli("restore", str(tmp_path / "backup"), "--force")
-        assert _pg_counts(target_url) == before
+        assert _pg_counts(target_url) == restored
