@@ -15,6 +15,7 @@
 #   sudo DIR/venv/bin/radbridge install-service --prefix DIR
 set -eu
 umask 022 # the service's user reads what is installed here
+unset PYTHONPATH PYTHONHOME # only the new environment's own packages count
 
 prefix=/opt/radbridge
 python=

@@ -84,7 +84,8 @@ def test_offline_bundle_installs_without_index_and_serves(dist: Path, tmp_path: 
     assert dev and not (dev & wheels), dev & wheels
 
     prefix = tmp_path / "opt"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "VIRTUAL_ENV"))}
+    leave_out = ("PIP_", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(leave_out)}
     env["PIP_NO_INDEX"] = "1"
     installed = subprocess.run(
         [*_no_network(), "sh", str(bundle / "install.sh"), "--prefix", str(prefix), "--no-compile"],
