@@ -221,6 +221,7 @@ def _found(lines: list[str], ids: dict[str, str]) -> dict[str, list[str]]:
     return found
 
 
+@pytest.mark.slow
 def test_no_patient_or_study_identifier_reaches_the_log_with_phi_off(tmp_path: Path) -> None:
     """logging.phi false: not one log line (ours, a library's, a traceback) carries a name,
     patient ID, birth date, accession number or study/series/instance UID of the run."""
@@ -230,6 +231,7 @@ def test_no_patient_or_study_identifier_reaches_the_log_with_phi_off(tmp_path: P
     assert not found, "\n".join(f"{k}: {v}" for k, v in found.items())
 
 
+@pytest.mark.slow
 def test_the_same_run_with_phi_on_logs_the_identifiers(tmp_path: Path) -> None:
     """logging.phi true: the same run logs the identifiers (the search above can fail)."""
     lines, ids = _run(tmp_path, phi=True)
