@@ -414,18 +414,16 @@ class Retention(Strict):
     ``studies_after_failed``: the same when a job of it is dead. The study stays
     listed, marked purged, with its jobs and history. ``results_after_written_back``:
     result objects in the spool once every write-back of the result is finished.
-    ``orders``, ``messages`` (the verbatim HL7/FHIR messages) and ``job_history``:
-    rows of the store this long after their last change. ``audit``: the audit trail,
-    never purged unless set. A purge runs every ``interval``.
+    ``messages`` (the verbatim HL7/FHIR messages) and ``job_history`` (the steps of
+    jobs): rows of the store this old. Orders and the audit trail are never purged. A
+    purge runs every ``interval``; ``radbridge purge --dry-run`` lists what would go.
     """
 
     studies_after_done: Duration | None = None
     studies_after_failed: Duration | None = None
     results_after_written_back: Duration | None = None
-    orders: Duration | None = None
     messages: Duration | None = None
     job_history: Duration | None = None
-    audit: Duration | None = None
     interval: Duration = 3600.0
 
     @model_validator(mode="after")

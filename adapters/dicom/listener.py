@@ -37,6 +37,7 @@ from broker.model.logging import configure_logging, get_logger
 from broker.runtime.edges import Edge, ServiceContext
 from broker.runtime.snapshot import Snapshot
 from broker.store import StudyStore, make_engine
+from broker.store.reconcile import unfinished
 from broker.store.spool import Spool
 from config.schema import Settings
 
@@ -315,11 +316,14 @@ class RefusalLog:
 
 
 def recover_spool(spool: Spool, store: StudyStore, settings: Settings) -> int:
-    """Index stored files the index does not know; return how many were added."""
-    known = set(store.known_paths())
+    """Index stored files the index does not know, where a crash can have left one (the
+    folders of studies unknown or still receiving, :mod:`broker.store.reconcile`); return
+    how many were added."""
+    started = time.monotonic()
+    found = unfinished(store.engine, spool.studies, spool.folder_name)
     added = 0
-    for path in spool.files():
-        if str(path) in known:
+    for path in found.files():
+        if str(path) in found.known_paths:
             continue
         try:
             record = instance_record_from_spooled_file(path)
@@ -329,4 +333,10 @@ def recover_spool(spool: Spool, store: StudyStore, settings: Settings) -> int:
             LOG.error("spooled file cannot be indexed", file=path.name, error=str(exc))
     if added:
         LOG.warning("recovered spooled instances that were not yet indexed", count=added)
+    LOG.info(
+        "spool reconciled",
+        studies=len(found.folders),
+        added=added,
+        seconds=round(time.monotonic() - started, 3),
+    )
     return added

@@ -340,10 +340,11 @@ class StoreSCP:
                 self.store.check_instance(record)
             flushing.result()
             placing = True  # from here a failure removes what was placed (unless it existed)
-            existed = self.spool.place(tmp, final)
-            indexed = self.store.record_instance(
-                replace(record, path=str(final)), settings.stable_seconds_for(called_ae)
-            )
+            with self.spool.study_lock(record.study_uid):  # a retention purge waits
+                existed = self.spool.place(tmp, final)
+                indexed = self.store.record_instance(
+                    replace(record, path=str(final)), settings.stable_seconds_for(called_ae)
+                )
             if indexed.previous_path:
                 self.spool.discard(Path(indexed.previous_path))
         except IdentityConflictError as exc:
@@ -504,7 +505,6 @@ def make_server(
     ae.acse_timeout = dicom.request_timeout  # the ARTIM timer: shorter than the network's
     ae.dimse_timeout = dicom.network_timeout
     ae.require_called_aet = False
-    scp = StoreSCP(settings, store, spool)
     server = ae.make_server(
         (dicom.listen.host, dicom.listen.port),
         ae_title=ae.ae_title,

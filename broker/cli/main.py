@@ -23,6 +23,7 @@ from broker.cli.install import install_service
 from broker.cli.jobs import app as jobs_app
 from broker.cli.orders import app as orders_app
 from broker.cli.orders import link_json, order_json, order_rows, print_rows
+from broker.cli.purge import purge_command
 from broker.cli.results import app as results_app
 from broker.cli.routes import app as routes_app
 from broker.cli.tokens import app as tokens_app
@@ -56,6 +57,7 @@ app.add_typer(results_app, name="results")
 app.add_typer(users_app, name="users")
 app.command("backup")(backup_command)
 app.command("restore")(restore_command)
+app.command("purge")(purge_command)
 app.command("install-service")(install_service)
 
 
@@ -181,7 +183,7 @@ def _study_json(study: Study, with_series: bool) -> dict[str, Any]:
     data = asdict(study)
     data["instances"] = data.pop("instance_count")
     data["state"] = study.state.value
-    for key in ("first_received_at", "last_received_at", "stable_at"):
+    for key in ("first_received_at", "last_received_at", "stable_at", "purged_at"):
         value = getattr(study, key)
         data[key] = value.isoformat() if value else None
     data["series"] = [
@@ -222,7 +224,7 @@ def studies_list(
             "/".join(s.modalities),
             str(len(s.series)),
             str(s.instance_count),
-            s.state.value,
+            s.state.value + (" (purged)" if s.purged_at else ""),
             s.last_received_at.strftime("%Y-%m-%d %H:%M:%S"),
         )
     out.print(table)

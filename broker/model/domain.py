@@ -143,6 +143,9 @@ class Study:
     stable_at: datetime | None
     stable_seconds: float
     series: tuple[Series, ...] = ()
+    purged_at: datetime | None = None
+    """When retention removed the study's instances from the spool (the study, its jobs and
+    history stay; ``series`` then lists none)."""
 
 
 class OrderPriority(CodedValue):

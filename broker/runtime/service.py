@@ -24,6 +24,7 @@ from broker.runtime.billing import Accounting
 from broker.runtime.edges import Edge, ServiceContext, available
 from broker.runtime.reload import Reloader
 from broker.runtime.results import ResultTimer
+from broker.runtime.retention import RetentionTask
 from broker.runtime.routing_stage import RoutingStage
 from broker.runtime.snapshot import Snapshot, SnapshotHolder, build_snapshot, result_policies
 from broker.store import StudyStore, make_engine
@@ -134,9 +135,11 @@ class Service:
             engine, self.snapshots, results=self.results.store.get, lease_seconds=lease
         )
         self.results.on_complete.append(self.writeback.schedule)
-        # The job engine's one timer: lapsed leases, due retries, released items, overdue jobs.
+        # The job engine's one timer: lapsed leases, due retries, released items, overdue jobs;
+        # and retention (purges, the free-space alarm).
+        retention = RetentionTask(engine, self.context.spool, lambda: self.snapshots.settings)
         self.engine_timer = Timer(
-            [self.dispatcher.sweep, self.writeback.sweep, self.writeback.overdue]
+            [self.dispatcher.sweep, self.writeback.sweep, self.writeback.overdue, retention]
         )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []

@@ -13,6 +13,7 @@ half an object where the index could point at it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -74,6 +75,29 @@ class Spool:
             self.tmp.mkdir(parents=True)
         except OSError as exc:
             raise SpoolError(f"cannot prepare the spool at {self.root}: {exc}") from exc
+
+    @staticmethod
+    def folder_name(study_uid: str) -> str:
+        """The name of a study's folder under ``studies/``."""
+        return _component(study_uid)
+
+    @contextlib.contextmanager
+    def study_lock(self, study_uid: str, *, exclusive: bool = False) -> Iterator[None]:
+        """Hold a study's folder: shared while an instance is placed and indexed, exclusive
+        while retention purges the study (creating the folder, durably, if needed)."""
+        folder = self.studies / _component(study_uid)
+        try:
+            if not folder.exists():
+                folder.mkdir(parents=True, exist_ok=True)
+                fsync_dir(self.studies)
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise SpoolError(f"cannot open the study folder {folder.name}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
 
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
         return (

@@ -577,4 +577,5 @@ def _study(r: Row[Any], series_list: tuple[Series, ...]) -> Study:
         stable_at=r.stable_at,
         stable_seconds=r.stable_seconds,
         series=series_list,
+        purged_at=r.purged_at,
     )

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pydicom
 
 from adapters.dicom.synthetic import generate_study
 from adapters.hl7.ack import AckCode, read_ack
 from adapters.hl7.framing import frame
+from broker.store.spool import Spool
 from tests.disk import MiB, fill, small_filesystem
 from tests.hl7_messages import orm_o01, sample_order
 from tests.peers import LOOPBACK, echoscu, free_port, storescu
 from tests.service import RADBRIDGE, Radbridge, base_config
 
 MLLP_SEND = str(Path(sys.executable).parent / "mllp_send")
+AUDIT_ALL = ("--from", "2000-01-01", "--to", "2100-01-01")
 
 
 def _metric(text: str, name: str) -> float:
@@ -84,7 +89,8 @@ def test_low_free_space_stops_dicom_intake_keeps_orders_and_resumes(tmp_path: Pa
 
             filler.unlink()
             storescu(after, rb.port)
-            assert httpx.get(f"{base}/readyz").status_code == 200
+            ready = lambda: httpx.get(f"{base}/readyz").status_code == 200  # noqa: E731
+            _wait(ready, "not ready again", timeout=5)  # /readyz measures every 0.5 s
             studies = {s["study_uid"]: s for s in rb.studies()}
             assert len(studies) == 2 and all(s["instances"] == 1 for s in studies.values())
             assert "free space is back" in rb.log_path.read_text()
@@ -130,3 +136,82 @@ def test_log_file_is_rotated_by_size_and_kept_to_its_backups(tmp_path: Path) -> 
     finally:
         rb.close()
     assert b'"event"' not in rb.log_path.read_bytes()  # standard output and error
+
+
+def _wait(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_purge_dry_run_lists_then_purges_a_done_study_which_stays_listed(tmp_path: Path) -> None:
+    """radbridge purge --dry-run lists a study past retention.studies_after_done with its
+    bytes and removes nothing; radbridge purge removes its files, the study stays listed as
+    purged, the purge is audited; sent again, the study is stored again. The service's own
+    purge runs hourly here, so only the command purges."""
+    folder = tmp_path / "rb"
+    config = base_config(folder, free_port())
+    config["retention"] = {"studies_after_done": "1s", "interval": "1h"}
+    rb = Radbridge(folder, config)
+    files = generate_study("ct_head", tmp_path / "study", instances=2, rows=64, columns=64)
+    try:
+        rb.start()
+        storescu(files, rb.port)
+        [study] = rb.studies()
+        uid = study["study_uid"]
+        rb.wait_state(uid, "stable")
+        time.sleep(1.1)  # past studies_after_done
+        stored = list((rb.spool / "studies").rglob("*.dcm"))
+        assert len(stored) == 2
+        plan = json.loads(rb.cli("purge", "--dry-run", "--json").stdout)
+        [item] = plan["items"]
+        assert (item["kind"], item["target"], item["count"]) == ("study", uid, 2)
+        assert item["bytes"] == plan["bytes"] == sum(f.stat().st_size for f in stored)
+        assert all(f.exists() for f in stored)
+
+        purged = json.loads(rb.cli("purge", "--json").stdout)
+        assert [i["target"] for i in purged["items"]] == [uid]
+        assert list((rb.spool / "studies").rglob("*.dcm")) == []
+        shown = rb.study(uid)
+        assert shown["purged_at"] is not None and shown["instances"] == 0
+        assert "(purged)" in rb.cli("studies", "list").stdout
+        trail = json.loads(rb.cli("audit", "export", *AUDIT_ALL, "--action", "spool.purge").stdout)
+        assert [e["target"] for e in trail] == [f"study:{uid}"]
+        assert json.loads(rb.cli("purge", "--dry-run", "--json").stdout)["items"] == []
+
+        storescu(files, rb.port)
+        again = rb.study(uid)
+        assert again["purged_at"] is None and again["instances"] == 2
+        assert len(list((rb.spool / "studies").rglob("*.dcm"))) == 2
+    finally:
+        rb.close()
+
+
+def test_service_purges_on_its_timer_and_start_indexes_only_unfinished(tmp_path: Path) -> None:
+    """The service purges a done study by itself every retention.interval; at start it
+    indexes the files a crash left in a study folder the index does not know, reading only
+    such folders (its log says how many)."""
+    folder = tmp_path / "rb"
+    config = base_config(folder, free_port())
+    config["retention"] = {"studies_after_done": "1s", "interval": "1s"}
+    rb = Radbridge(folder, config)
+    left = generate_study("ct_head", tmp_path / "left", instances=2, rows=64, columns=64)
+    spool = Spool(rb.spool)
+    for path in left:  # as a crash between the rename and the index commit leaves them
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        final = spool.path_for(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, final)
+    try:
+        rb.start()
+        [line] = [x for x in rb.log_lines() if x["event"] == "spool reconciled"]
+        assert (line["studies"], line["added"]) == (1, 2)
+        [study] = rb.studies()
+        _wait(lambda: rb.study(study["study_uid"])["purged_at"] is not None, "never purged")
+        assert list((rb.spool / "studies").rglob("*.dcm")) == []
+        audit = rb.cli("audit", "export", *AUDIT_ALL, "--action", "spool.purge")
+        [entry] = json.loads(audit.stdout)
+        assert entry["actor"] == "radbridge" and entry["detail"]["instances"] == 2
+    finally:
+        rb.close()

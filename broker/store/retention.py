@@ -1,0 +1,328 @@
+"""Retention: what the spool and the store no longer need, listed and purged.
+
+A study is purged from the spool once it is stable, none of its jobs is
+unfinished, and its last job changed (or, without jobs, it became stable)
+before the cutoff: the later one of ``studies_failed`` when a job of it is
+dead. Its instance files and index rows go; the study row stays, marked
+purged with the instances and bytes it held, and keeps its jobs and history.
+A result's objects go once every write-back of the result is finished. Rows
+of the store (job history, orders, verbatim messages) go by their time.
+The audit trail is append-only (a trigger refuses deletes): never purged.
+
+Each study is purged holding its spool folder's exclusive lock
+(:meth:`Spool.study_lock`), which the listener holds shared while it places and
+indexes an instance: a resent instance is never removed after its index
+commit. The row is marked purged in one conditional update (the study must
+still be stable and unchanged) before its files are removed; a purge cut
+short by a crash removes the remaining files of purged studies next time.
+Every purged study and result object is audited.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import Engine, case, delete, func, select, update
+
+from broker.model.domain import StudyState
+from broker.model.jobs import JobState
+from broker.model.logging import get_logger
+from broker.model.writeback import DeliveryState
+from broker.store.audit import SYSTEM, record_in
+from broker.store.engine import writing
+from broker.store.spool import Spool
+from broker.store.tables import (
+    deliveries,
+    instances,
+    job_events,
+    jobs,
+    order_messages,
+    result_objects,
+    studies,
+)
+
+LOG = get_logger("radbridge.retention")
+
+#: Job states after which nothing more happens to a job without an operator.
+JOB_FINAL = (JobState.DONE.value, JobState.CANCELLED.value, JobState.DEAD.value)
+DELIVERY_FINAL = (DeliveryState.DONE.value, DeliveryState.DEAD.value)
+#: The audit action of a purge.
+PURGE = "spool.purge"
+
+
+@dataclass(frozen=True, slots=True)
+class Cutoffs:
+    """Instants before which each kind goes (None: kept for ever)."""
+
+    studies_done: datetime | None = None
+    studies_failed: datetime | None = None
+    results: datetime | None = None
+    messages: datetime | None = None
+    job_history: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """Something a purge removes: a study's copy, a result object, or rows of a table."""
+
+    kind: str
+    """``study``, ``result object``, ``job history``, ``messages``."""
+    target: str
+    count: int
+    bytes: int = 0
+    seen: datetime | None = None
+    """For a study: its ``last_received_at`` when listed (it must not change before)."""
+
+
+@dataclass(slots=True)
+class Purge:
+    items: list[Item] = field(default_factory=list)
+
+    @property
+    def bytes(self) -> int:
+        return sum(i.bytes for i in self.items)
+
+
+class Retention:
+    """Lists and purges what ``Cutoffs`` let go."""
+
+    def __init__(self, engine: Engine, spool: Spool) -> None:
+        self.engine = engine
+        self.spool = spool
+
+    # -- what would go -------------------------------------------------------------
+
+    def plan(self, cutoffs: Cutoffs) -> Purge:
+        """What a purge now would remove (nothing is changed)."""
+        return Purge(
+            [
+                *self._studies(cutoffs),
+                *self._result_objects(cutoffs),
+                *self._rows(cutoffs),
+            ]
+        )
+
+    def _studies(self, cutoffs: Cutoffs) -> list[Item]:
+        if cutoffs.studies_done is None and cutoffs.studies_failed is None:
+            return []
+        per_study = (
+            select(
+                jobs.c.study_uid,
+                func.max(jobs.c.updated_at).label("finished"),
+                func.sum(case((jobs.c.state.in_(JOB_FINAL), 0), else_=1)).label("open"),
+                func.sum(case((jobs.c.state == JobState.DEAD.value, 1), else_=0)).label("dead"),
+            )
+            .group_by(jobs.c.study_uid)
+            .subquery()
+        )
+        held = (
+            select(
+                instances.c.study_uid,
+                func.count().label("n"),
+                func.coalesce(func.sum(instances.c.size), 0).label("size"),
+            )
+            .group_by(instances.c.study_uid)
+            .subquery()
+        )
+        stmt = (
+            select(
+                studies.c.study_uid,
+                studies.c.stable_at,
+                studies.c.last_received_at,
+                per_study.c.finished,
+                per_study.c.open,
+                per_study.c.dead,
+                held.c.n,
+                held.c.size,
+            )
+            .outerjoin(per_study, per_study.c.study_uid == studies.c.study_uid)
+            .outerjoin(held, held.c.study_uid == studies.c.study_uid)
+            .where(studies.c.purged_at.is_(None), studies.c.state == StudyState.STABLE.value)
+            .order_by(studies.c.id)
+        )
+        items = []
+        with self.engine.connect() as conn:
+            for r in conn.execute(stmt):
+                if r.open:
+                    continue
+                cutoff = cutoffs.studies_failed if r.dead else cutoffs.studies_done
+                finished = r.finished or r.stable_at
+                if cutoff is None or finished is None or finished >= cutoff:
+                    continue
+                items.append(
+                    Item("study", r.study_uid, int(r.n or 0), int(r.size or 0), r.last_received_at)
+                )
+        return items
+
+    def _result_objects(self, cutoffs: Cutoffs) -> list[Item]:
+        if cutoffs.results is None:
+            return []
+        per_result = (
+            select(
+                deliveries.c.result_id,
+                func.max(deliveries.c.updated_at).label("finished"),
+                func.sum(case((deliveries.c.state.in_(DELIVERY_FINAL), 0), else_=1)).label("open"),
+            )
+            .where(deliveries.c.result_id.is_not(None))
+            .group_by(deliveries.c.result_id)
+            .subquery()
+        )
+        stmt = (
+            select(result_objects.c.path, result_objects.c.size)
+            .join(per_result, per_result.c.result_id == result_objects.c.result_id)
+            .where(
+                result_objects.c.purged_at.is_(None),
+                per_result.c.open == 0,
+                per_result.c.finished < cutoffs.results,
+            )
+        )
+        with self.engine.connect() as conn:
+            return [Item("result object", r.path, 1, int(r.size)) for r in conn.execute(stmt)]
+
+    def _rows(self, cutoffs: Cutoffs) -> list[Item]:
+        items = []
+        with self.engine.connect() as conn:
+            if cutoffs.job_history is not None:
+                n = conn.execute(
+                    select(func.count())
+                    .select_from(job_events)
+                    .where(job_events.c.at < cutoffs.job_history)
+                ).scalar_one()
+                if n:
+                    items.append(Item("job history", "job_events", int(n)))
+            if cutoffs.messages is not None:
+                n = conn.execute(
+                    select(func.count())
+                    .select_from(order_messages)
+                    .where(order_messages.c.received_at < cutoffs.messages)
+                ).scalar_one()
+                if n:
+                    items.append(Item("messages", "order_messages", int(n)))
+        return items
+
+    # -- removing it ---------------------------------------------------------------
+
+    def purge(self, cutoffs: Cutoffs, *, actor: str = SYSTEM, now: datetime | None = None) -> Purge:
+        """Remove what :meth:`plan` lists (each study only if it is still unchanged)."""
+        now = now or datetime.now(UTC)
+        self.finish_interrupted()
+        done = Purge()
+        plan = self.plan(cutoffs)
+        purgers = {"study": self._purge_study, "result object": self._purge_result_object}
+        for item in plan.items:
+            purger = purgers.get(item.kind)
+            if purger is not None and purger(item, actor, now):
+                done.items.append(item)
+        done.items.extend(self._purge_rows(cutoffs, [i for i in plan.items if i.count]))
+        if done.items:
+            LOG.info(
+                "retention purge",
+                studies=sum(i.kind == "study" for i in done.items),
+                result_objects=sum(i.kind == "result object" for i in done.items),
+                bytes=done.bytes,
+            )
+        return done
+
+    def _purge_study(self, item: Item, actor: str, now: datetime) -> bool:
+        uid = item.target
+        with self.spool.study_lock(uid, exclusive=True):
+            with writing(self.engine) as conn:
+                marked = conn.execute(
+                    update(studies)
+                    .where(
+                        studies.c.study_uid == uid,
+                        studies.c.purged_at.is_(None),
+                        studies.c.state == StudyState.STABLE.value,
+                        studies.c.last_received_at == item.seen,
+                    )
+                    .values(purged_at=now, purged_instances=item.count, purged_bytes=item.bytes)
+                ).rowcount
+                if not marked:  # received again, or purged by another process
+                    return False
+                paths = list(
+                    conn.execute(
+                        select(instances.c.path).where(instances.c.study_uid == uid)
+                    ).scalars()
+                )
+                conn.execute(delete(instances).where(instances.c.study_uid == uid))
+                record_in(
+                    conn,
+                    actor,
+                    PURGE,
+                    f"study:{uid}",
+                    detail={"instances": item.count, "bytes": item.bytes},
+                    now=now,
+                )
+            _remove(Path(p) for p in paths)
+            shutil.rmtree(self.spool.studies / self.spool.folder_name(uid), ignore_errors=True)
+        return True
+
+    def _purge_result_object(self, item: Item, actor: str, now: datetime) -> bool:
+        with writing(self.engine) as conn:
+            marked = conn.execute(
+                update(result_objects)
+                .where(result_objects.c.path == item.target, result_objects.c.purged_at.is_(None))
+                .values(purged_at=now)
+            ).rowcount
+            if not marked:
+                return False
+            record_in(
+                conn,
+                actor,
+                PURGE,
+                f"result-object:{Path(item.target).name}",
+                detail={"bytes": item.bytes},
+                now=now,
+            )
+        _remove([Path(item.target)])
+        return True
+
+    def _purge_rows(self, cutoffs: Cutoffs, planned: Iterable[Item]) -> list[Item]:
+        kinds = {i.kind: i for i in planned}
+        out = []
+        with writing(self.engine) as conn:
+            if "job history" in kinds and cutoffs.job_history is not None:
+                n = conn.execute(
+                    delete(job_events).where(job_events.c.at < cutoffs.job_history)
+                ).rowcount
+                out.append(Item("job history", "job_events", int(n)))
+            if "messages" in kinds and cutoffs.messages is not None:
+                n = conn.execute(
+                    delete(order_messages).where(order_messages.c.received_at < cutoffs.messages)
+                ).rowcount
+                out.append(Item("messages", "order_messages", int(n)))
+            for item in out:
+                record_in(conn, SYSTEM, PURGE, item.target, detail={"rows": item.count})
+        return out
+
+    def finish_interrupted(self) -> None:
+        """Remove the folders of studies marked purged that a crash left in the spool."""
+        with self.engine.connect() as conn:
+            purged = list(
+                conn.execute(select(studies.c.study_uid).where(studies.c.purged_at.is_not(None)))
+                .scalars()
+                .all()
+            )
+        for uid in purged:
+            folder = self.spool.studies / self.spool.folder_name(uid)
+            if folder.exists():
+                with self.spool.study_lock(uid, exclusive=True), self.engine.connect() as conn:
+                    still = conn.execute(
+                        select(func.count())
+                        .select_from(instances)
+                        .where(instances.c.study_uid == uid)
+                    ).scalar_one()
+                    if not still:  # not received again meanwhile
+                        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove(paths: Iterable[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+__all__ = ["PURGE", "Cutoffs", "Item", "Purge", "Retention"]
