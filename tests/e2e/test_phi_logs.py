@@ -27,7 +27,8 @@ from adapters.harness.ris import make_order, order_message, send_message
 from adapters.harness.scenario import expect, load_scenario, steps
 from adapters.harness.scenario.world import World
 from adapters.hl7.framing import frame
-from tests import cli_fork
+from broker.model.domain import Role
+from broker.store.api_tokens import ApiTokens
 from tests.fhir_data import FHIR_JSON, service_request, typed
 
 pytestmark = pytest.mark.timeout(180)
@@ -147,10 +148,8 @@ def _hostile_peers(world: World, ids: dict[str, str], study_uid: str) -> None:
 
 
 def _token(world: World, role: str) -> str:
-    run = cli_fork.run(
-        ["tokens", "create", "--role", role, "--name", role, "-c", str(world.config_path)]
-    )
-    return run.stdout.strip()
+    """A new API token, straight into the service's store (as ``radbridge tokens create``)."""
+    return ApiTokens(world.engine).create(Role(role), role)
 
 
 def _bearer(token: str) -> dict[str, str]:
