@@ -50,6 +50,7 @@ DEBIAN_PACKAGE = {
     "Orthanc": "orthanc",
     "dciodvfy": "dicom3tools",
     "strace": "strace",
+    "promtool": "prometheus",
 }
 
 _apt_updated = False

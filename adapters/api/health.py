@@ -26,7 +26,7 @@ from adapters.api.auth import REALM, api_tokens, bearer_token, from_loopback
 from adapters.api.deps import State
 from adapters.api.responses import AUTH
 from broker.engine.bus import Bus
-from broker.engine.metrics import StoreCollector, exposition
+from broker.engine.metrics import BusCollector, StoreCollector, exposition
 from broker.model.domain import Role
 from broker.model.version import VERSION
 from broker.store.space import SpaceWatch
@@ -128,4 +128,6 @@ def metrics(
     if not isinstance(collector, StoreCollector) or collector.vendors != vendors:
         collector = StoreCollector(api.engine, vendors, space_watch(request, api))
         request.app.state.metrics_collector = collector
-    return Response(exposition(collector), media_type=CONTENT_TYPE_LATEST)
+    bus = api.settings.bus
+    up = BusCollector(lambda: BUS_CHECK.problem(bus.connection_url(), bus.prefix) is None)
+    return Response(exposition(collector, up), media_type=CONTENT_TYPE_LATEST)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -27,8 +28,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from broker.model.domain import StudyState
 from broker.model.jobs import UNFINISHED, JobState
 from broker.model.logging import get_logger
+from broker.model.writeback import DeliveryState
+from broker.store.deliveries import OVERDUE_STATES
 from broker.store.space import FreeSpace, SpaceWatch, database_bytes, spool_bytes
-from broker.store.tables import instances, jobs, studies
+from broker.store.tables import deliveries, instances, jobs, studies
 
 LOG = get_logger("radbridge.metrics")
 
@@ -89,6 +92,10 @@ class StoreFigures:
     jobs: dict[tuple[str, str], int]
     spool_bytes: int = 0
     database_bytes: int | None = None
+    deliveries: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Write-backs and notifications by (state, target)."""
+    overdue: dict[str, int] = field(default_factory=dict)
+    """Jobs past their deadline without a result, by vendor."""
 
 
 def read_figures(engine: Engine) -> StoreFigures:
@@ -112,7 +119,26 @@ def read_figures(engine: Engine) -> StoreFigures:
                 )
             ).all()
         }
-    return StoreFigures(int(n), int(size), by_state, by_job, held, database)
+        by_delivery = {
+            (state, target): int(count)
+            for target, state, count in conn.execute(
+                select(deliveries.c.target, deliveries.c.state, func.count()).group_by(
+                    deliveries.c.target, deliveries.c.state
+                )
+            ).all()
+        }
+        overdue = {
+            str(vendor): int(count)
+            for vendor, count in conn.execute(
+                select(jobs.c.vendor, func.count())
+                .where(
+                    jobs.c.state.in_([s.value for s in OVERDUE_STATES]),
+                    jobs.c.deadline_at <= datetime.now(UTC),
+                )
+                .group_by(jobs.c.vendor)
+            ).all()
+        }
+    return StoreFigures(int(n), int(size), by_state, by_job, held, database, by_delivery, overdue)
 
 
 class StoreCollector(Collector):
@@ -190,8 +216,43 @@ class StoreCollector(Collector):
             depth.add_metric(
                 [vendor], sum(figures.jobs.get((s.value, vendor), 0) for s in UNFINISHED)
             )
+        overdue = GaugeMetricFamily(
+            "radbridge_jobs_overdue",
+            "Jobs of a vendor sent but without a result past their route's deadline.",
+            labels=["vendor"],
+        )
+        for vendor in vendors:
+            overdue.add_metric([vendor], figures.overdue.get(vendor, 0))
         yield job_gauge
         yield depth
+        yield overdue
+        yield from _delivery_gauge(figures.deliveries)
+
+
+def _delivery_gauge(counts: dict[tuple[str, str], int]) -> Iterator[Metric]:
+    gauge = GaugeMetricFamily(
+        "radbridge_deliveries",
+        "Write-backs and notifications by state and target.",
+        labels=["state", "target"],
+    )
+    for target in sorted({t for _, t in counts}):
+        for state in DeliveryState:
+            gauge.add_metric([state.value, target], counts.get((state.value, target), 0))
+    yield gauge
+
+
+class BusCollector(Collector):
+    """``radbridge_bus_up``: whether the message bus accepted a connection."""
+
+    def __init__(self, up: Callable[[], bool]) -> None:
+        self.up = up
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "radbridge_bus_up",
+            "1 when the message bus accepted a connection (checked at most every 5 s).",
+            value=1 if self.up() else 0,
+        )
 
 
 def _space_gauges(space: FreeSpace) -> Iterator[Metric]:
@@ -212,8 +273,11 @@ def _space_gauges(space: FreeSpace) -> Iterator[Metric]:
     )
 
 
-def exposition(store: StoreCollector) -> bytes:
-    """The Prometheus text format: the store's figures, then this process's histograms."""
+def exposition(store: StoreCollector, bus: BusCollector | None = None) -> bytes:
+    """The Prometheus text format: the store's figures, the bus, then this process's
+    histograms."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(store)
+    if bus is not None:
+        registry.register(bus)
     return generate_latest(registry) + generate_latest(REGISTRY)
