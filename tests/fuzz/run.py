@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     target = targets.TARGETS[args.target]
     work = args.work or Path("var") / "fuzz" / args.target
     work.mkdir(parents=True, exist_ok=True)
+    targets.SCRATCH = work.resolve() / "input.dcm"  # libFuzzer's exit skips atexit
     seeds = [
         str(folder)
         for folder in (targets.CORPUS / args.target, targets.CRASHES / args.target)

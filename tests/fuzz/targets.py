@@ -11,6 +11,7 @@ tests.
 
 from __future__ import annotations
 
+import atexit
 import os
 import tempfile
 from collections.abc import Callable
@@ -82,7 +83,9 @@ def mllp(data: bytes) -> None:
         raise AssertionError("negative counters")
 
 
-_DICOM_FILE = Path(tempfile.gettempdir()) / f"radbridge-fuzz-{os.getpid()}.dcm"
+SCRATCH = Path(tempfile.gettempdir()) / f"radbridge-fuzz-{os.getpid()}.dcm"
+"""Where the DICOM targets write each input (the runner puts it in its work folder)."""
+atexit.register(lambda: SCRATCH.unlink(missing_ok=True))
 #: What the listener may have negotiated; the first byte of the input chooses.
 _TRANSFER_SYNTAXES = (
     ExplicitVRLittleEndian,
@@ -116,9 +119,9 @@ def dicom(data: bytes) -> None:
     if not data:
         return
     syntax = data[0] % len(_TRANSFER_SYNTAXES)
-    _DICOM_FILE.write_bytes(_FILE_METAS[syntax] + data[1:])
+    SCRATCH.write_bytes(_FILE_METAS[syntax] + data[1:])
     mapping.instance_record_from_file(
-        _DICOM_FILE,
+        SCRATCH,
         sop_class_uid=CT_IMAGE_STORAGE,
         sop_instance_uid=SOP_INSTANCE_UID,
         transfer_syntax_uid=_TRANSFER_SYNTAXES[syntax],
@@ -132,8 +135,8 @@ def dicom(data: bytes) -> None:
 def spooled(data: bytes) -> None:
     """A whole file in the spool as recovery after a crash indexes it again (its own file
     meta included)."""
-    _DICOM_FILE.write_bytes(data)
-    mapping.instance_record_from_spooled_file(_DICOM_FILE)
+    SCRATCH.write_bytes(data)
+    mapping.instance_record_from_spooled_file(SCRATCH)
 
 
 def findings(data: bytes) -> None:
