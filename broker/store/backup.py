@@ -60,6 +60,16 @@ def _libpq(url: str) -> tuple[str, dict[str, str]]:
     return plain.render_as_string(hide_password=False), env
 
 
+def _schema_option(url: str) -> list[str]:
+    """``pg_dump``'s ``--schema`` when the URL sets a ``search_path`` (a store kept in a
+    schema of its own), so that only the store is dumped, not the whole database."""
+    options = make_url(url).query.get("options", "")
+    for option in options if isinstance(options, tuple) else (options,):
+        if "search_path=" in option:
+            return ["--schema", option.split("search_path=", 1)[1].split(",")[0].strip()]
+    return []
+
+
 def _run(command: list[str], env: dict[str, str]) -> None:
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -117,9 +127,8 @@ def backup(
         store = SQLITE_COPY
     else:
         dump_url, env = _libpq(url)
-        _run(
-            ["pg_dump", "--format=custom", "--no-owner", "-f", str(folder / PG_DUMP), dump_url], env
-        )
+        command = ["pg_dump", "--format=custom", "--no-owner", "-f", str(folder / PG_DUMP)]
+        _run([*command, *_schema_option(url), dump_url], env)
         store = PG_DUMP
     if config is not None:
         shutil.copy2(config, folder / config.name)
