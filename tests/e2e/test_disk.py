@@ -33,6 +33,13 @@ def _metric(text: str, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics")
 
 
+def _wait(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
 def _order(tmp_path: Path, port: int, control_id: str) -> AckCode:
     path = tmp_path / f"{control_id}.hl7"
     path.write_bytes(frame(orm_o01(sample_order(1), control_id=control_id).encode()))
@@ -48,8 +55,9 @@ def _order(tmp_path: Path, port: int, control_id: str) -> AckCode:
 def test_low_free_space_stops_dicom_intake_keeps_orders_and_resumes(tmp_path: Path) -> None:
     """Below storage.min_free_space (a 16 MiB tmpfs spool, 4 MiB minimum) storescu's C-STORE
     gets 0xA700 and nothing is written, an HL7 order is still ACKed AA, /readyz says 503
-    (disk low), /metrics shows the alarm and the sizes, and the log says so; once space is
-    back the next C-STORE succeeds without a restart and the earlier instance is intact."""
+    (disk low), /metrics shows the alarm and the sizes, the console a banner, and the log
+    says so; once space is back the next C-STORE succeeds without a restart and the
+    earlier instance is intact."""
     folder = tmp_path / "rb"
     with small_filesystem(folder / "spool", "16m") as spool:
         config = base_config(folder, free_port())
@@ -74,8 +82,11 @@ def test_low_free_space_stops_dicom_intake_keeps_orders_and_resumes(tmp_path: Pa
             assert "Received Store Response (Refused: OutOfResources)" in answer, answer
             assert list((spool / "tmp").iterdir()) == []
             assert _order(tmp_path, hl7_port, "LOW1") is AckCode.AA
-            ready = httpx.get(f"{base}/readyz")
-            assert ready.status_code == 503 and ready.json()["checks"]["disk"].startswith("low")
+            low = lambda: httpx.get(f"{base}/readyz").status_code == 503  # noqa: E731
+            _wait(low, "/readyz is not 503", timeout=5)  # /readyz measures every 0.5 s
+            assert httpx.get(f"{base}/readyz").json()["checks"]["disk"].startswith("low")
+            banner = httpx.get(f"{base}/console/login").text  # every console page has it
+            assert 'id="disk-alarm"' in banner and "DICOM intake stopped" in banner
             metrics = httpx.get(f"{base}/metrics").text
             assert _metric(metrics, "radbridge_free_space_low") == 1
             assert _metric(metrics, "radbridge_min_free_space_bytes") == 4 * MiB
@@ -98,11 +109,32 @@ def test_low_free_space_stops_dicom_intake_keeps_orders_and_resumes(tmp_path: Pa
             rb.close()
 
 
-def test_log_file_is_rotated_by_size_and_kept_to_its_backups(tmp_path: Path) -> None:
-    """With logging.file, the service and its listener process write one file, rotated at
-    logging.max_bytes with at most logging.backups old files; nothing goes to stderr."""
+def _start_logging_to(rb: Radbridge, log_file: Path) -> None:
+    """``radbridge serve`` with its output apart, started once its log file says so."""
+    rb.process = subprocess.Popen(
+        [RADBRIDGE, "serve", "-c", str(rb.config_path)],
+        stdout=rb.log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+        env=rb.env,
+        start_new_session=True,
+    )
+    _wait(
+        lambda: log_file.exists() and "radbridge started" in log_file.read_text(),
+        "radbridge did not start",
+        timeout=120,
+    )
+
+
+def test_purge_dry_run_then_purge_and_a_rotated_log_file(tmp_path: Path) -> None:
+    """radbridge purge --dry-run lists a study past retention.studies_after_done with its
+    bytes and removes nothing; radbridge purge removes its files, the study stays listed as
+    purged, the purge is audited; sent again, the study is stored again (the service's own
+    purge runs hourly here). With logging.file, the service, its listener process and the
+    command write one file, rotated at logging.max_bytes keeping logging.backups old files;
+    nothing goes to standard output or error."""
     folder = tmp_path / "rb"
     config = base_config(folder, free_port())
+    config["retention"] = {"studies_after_done": "1s", "interval": "1h"}
     log_file = folder / "logs" / "radbridge.log"
     config["logging"] = {
         "format": "json",
@@ -112,51 +144,9 @@ def test_log_file_is_rotated_by_size_and_kept_to_its_backups(tmp_path: Path) -> 
         "rotate_every": None,
     }
     rb = Radbridge(folder, config)
-    try:
-        rb.process = subprocess.Popen(
-            [RADBRIDGE, "serve", "-c", str(rb.config_path)],
-            stdout=rb.log_path.open("ab"),
-            stderr=subprocess.STDOUT,
-            env=rb.env,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 120
-        while not log_file.exists() or "radbridge started" not in log_file.read_text():
-            assert rb.process.poll() is None and time.monotonic() < deadline, "no start"
-            time.sleep(0.1)
-        echoscu(rb.port, extra_args=["--repeat", "60"])  # a line each, from the listener
-        files = sorted(log_file.parent.glob("radbridge.log*"))
-        rotated = [f for f in files if f.name.startswith("radbridge.log.")]
-        assert 1 <= len(rotated) <= 2, [f.name for f in files]
-        assert all(f.stat().st_size <= 2048 + 2048 for f in files)
-        lines = [json.loads(x) for f in files for x in f.read_text().splitlines() if x]
-        events = {line["event"] for line in lines}
-        assert "c-echo" in events  # the listener process's lines
-        assert sum(line["event"] == "c-echo" for line in lines) < 60  # the oldest went
-    finally:
-        rb.close()
-    assert b'"event"' not in rb.log_path.read_bytes()  # standard output and error
-
-
-def _wait(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
-def test_purge_dry_run_lists_then_purges_a_done_study_which_stays_listed(tmp_path: Path) -> None:
-    """radbridge purge --dry-run lists a study past retention.studies_after_done with its
-    bytes and removes nothing; radbridge purge removes its files, the study stays listed as
-    purged, the purge is audited; sent again, the study is stored again. The service's own
-    purge runs hourly here, so only the command purges."""
-    folder = tmp_path / "rb"
-    config = base_config(folder, free_port())
-    config["retention"] = {"studies_after_done": "1s", "interval": "1h"}
-    rb = Radbridge(folder, config)
     files = generate_study("ct_head", tmp_path / "study", instances=2, rows=64, columns=64)
     try:
-        rb.start()
+        _start_logging_to(rb, log_file)
         storescu(files, rb.port)
         [study] = rb.studies()
         uid = study["study_uid"]
@@ -176,16 +166,26 @@ def test_purge_dry_run_lists_then_purges_a_done_study_which_stays_listed(tmp_pat
         shown = rb.study(uid)
         assert shown["purged_at"] is not None and shown["instances"] == 0
         assert "(purged)" in rb.cli("studies", "list").stdout
-        trail = json.loads(rb.cli("audit", "export", *AUDIT_ALL, "--action", "spool.purge").stdout)
-        assert [e["target"] for e in trail] == [f"study:{uid}"]
+        audit = rb.cli("audit", "export", *AUDIT_ALL, "--action", "spool.purge")
+        assert [e["target"] for e in json.loads(audit.stdout)] == [f"study:{uid}"]
         assert json.loads(rb.cli("purge", "--dry-run", "--json").stdout)["items"] == []
 
         storescu(files, rb.port)
         again = rb.study(uid)
         assert again["purged_at"] is None and again["instances"] == 2
         assert len(list((rb.spool / "studies").rglob("*.dcm"))) == 2
+
+        echoscu(rb.port, extra_args=["--repeat", "60"])  # a line each, from the listener
+        logs = sorted(log_file.parent.glob("radbridge.log*"))
+        rotated = [f for f in logs if f.name.startswith("radbridge.log.")]
+        assert 1 <= len(rotated) <= 2, [f.name for f in logs]
+        assert all(f.stat().st_size <= 2048 + 2048 for f in logs)
+        lines = [json.loads(x) for f in logs for x in f.read_text().splitlines() if x]
+        assert "c-echo" in {line["event"] for line in lines}  # the listener process's lines
+        assert sum(line["event"] == "c-echo" for line in lines) < 60  # the oldest went
     finally:
         rb.close()
+    assert b'"event"' not in rb.log_path.read_bytes()  # standard output and error
 
 
 def test_service_purges_on_its_timer_and_start_indexes_only_unfinished(tmp_path: Path) -> None:
