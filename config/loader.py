@@ -25,8 +25,10 @@ from config.schema import SECRET_FIELDS, Settings
 ENV_PREFIX = "RADBRIDGE_"
 CONFIG_ENV = "RADBRIDGE_CONFIG"
 #: Variables of the command line, not settings: the file, the REST API token of
-#: ``radbridge config reload``, the harness's callback token.
-CLIENT_ENV = frozenset({CONFIG_ENV, "RADBRIDGE_API_TOKEN", "RADBRIDGE_HARNESS_TOKEN"})
+#: ``radbridge config reload``, the harness's callback token, the CLI's language.
+CLIENT_ENV = frozenset(
+    {CONFIG_ENV, "RADBRIDGE_API_TOKEN", "RADBRIDGE_HARNESS_TOKEN", "RADBRIDGE_LANG"}
+)
 
 Loc = tuple[str | int, ...]
 

@@ -12,7 +12,7 @@ import enum
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -51,8 +51,13 @@ class AERole(enum.StrEnum):
 
 
 class Site(Strict):
+    """``timezone``: the site's clock (routes, the console's and the CLI's times);
+    ``language``: what the console and the CLI speak unless a user or ``RADBRIDGE_LANG``
+    chooses otherwise."""
+
     name: str = "radbridge"
     timezone: str = "UTC"
+    language: Literal["en", "zh_CN"] = "en"
 
 
 class Storage(Strict):

@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from adapters.console import audit, auth, jobs, pages, routes, usage
 from adapters.console.auth import Forbidden, LoginRequired, login_redirect
 from adapters.console.state import ConsoleState
-from adapters.console.views import render
+from adapters.console.views import render, translator
 from broker.runtime.edges import ServiceContext
 
 STATIC = Path(__file__).parent / "static"
@@ -54,7 +54,10 @@ def create_console(engine: Engine, context: ServiceContext | None = None) -> Fas
     @app.exception_handler(Forbidden)
     def _forbidden(request: Request, exc: Forbidden) -> Response:
         return render(
-            request, "error.html", {"title": "Not allowed", "message": exc.message}, status=403
+            request,
+            "error.html",
+            {"title": "Not allowed", "message": exc.text(translator(request))},
+            status=403,
         )
 
     @app.middleware("http")

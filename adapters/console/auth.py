@@ -27,7 +27,8 @@ from fastapi import APIRouter, Depends, Form, Header, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
 from adapters.console.state import ConsoleState, console_state
-from adapters.console.views import render
+from adapters.console.views import render, translator
+from broker.i18n import LANGUAGES, N_
 from broker.model.domain import Role
 from broker.store.users import MAX_PASSWORD, Session
 
@@ -47,9 +48,15 @@ class LoginRequired(Exception):  # noqa: N818 (a control-flow signal, handled in
 class Forbidden(Exception):  # noqa: N818
     """The session may not do this (role too low, or a missing or wrong CSRF token): 403."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, **values: str) -> None:
+        super().__init__(message.format(**values))
         self.message = message
+        """English, marked for the catalogue; ``{name}`` placeholders filled from ``values``."""
+        self.values = values
+
+    def text(self, _: Callable[[str], str]) -> str:
+        """The message in the language of ``_``."""
+        return _(self.message).format(**self.values)
 
 
 class _Throttle:
@@ -124,7 +131,11 @@ def reading(role: Role) -> Callable[..., Session]:
 
     def check(who: SignedIn) -> Session:
         if not who.role.allows(needed):
-            raise Forbidden(f"this page is for {needed.value}s; you are signed in as {who.role}")
+            raise Forbidden(
+                N_("this page is for the role {needed} or higher; you are signed in as {role}"),
+                needed=needed.value,
+                role=who.role.value,
+            )
         return who
 
     return check
@@ -141,10 +152,12 @@ def acting(role: Role) -> Callable[..., Session]:
     ) -> Session:
         given = csrf or x_csrf_token or ""
         if not hmac.compare_digest(given.encode(), who.csrf.encode()):
-            raise Forbidden("the form is stale or was not sent by the console (CSRF token)")
+            raise Forbidden(N_("the form is stale or was not sent by the console (CSRF token)"))
         if not who.role.allows(needed):
             raise Forbidden(
-                f"this needs the role {needed.value} or higher; you are signed in as {who.role}"
+                N_("this needs the role {needed} or higher; you are signed in as {role}"),
+                needed=needed.value,
+                role=who.role.value,
             )
         return who
 
@@ -186,10 +199,11 @@ def login(
     """A user's password or an API token opens a session; anything else is 401."""
     peer = peer_of(request)
     next_page = safe_next(request, next_page)
+    _ = translator(request)
     if THROTTLE.blocked(peer):
         return _login_page(
             request,
-            error="Too many failed logins from this address; wait a few minutes.",
+            error=_("Too many failed logins from this address; wait a few minutes."),
             next_page=next_page,
             status=429,
         )
@@ -208,7 +222,7 @@ def login(
         console.audit.record(f"console:{subject}", "console.login_failed", subject, {}, peer)
         return _login_page(
             request,
-            error="Wrong username or password, or an unknown or revoked token.",
+            error=_("Wrong username or password, or an unknown or revoked token."),
             next_page=next_page,
             status=401,
         )
@@ -236,6 +250,35 @@ def logout(request: Request, console: State, who: AnyoneActing) -> Response:
     response = RedirectResponse(f"{root(request)}/login", status_code=303)
     response.delete_cookie(COOKIE, path=root(request) or "/")
     return response
+
+
+@router.post("/language", name="language")
+def choose_language(
+    *,
+    request: Request,
+    console: State,
+    who: AnyoneActing,
+    language: Annotated[str, Form(max_length=16)] = "",
+    next_page: Annotated[str, Form(alias="next", max_length=2000)] = "",
+) -> Response:
+    """A console user's language (stored with the user; an API token's session has none)."""
+    if language not in LANGUAGES:
+        raise Forbidden(
+            N_("no language {language}; valid: {valid}"),
+            language=language,
+            valid=", ".join(LANGUAGES),
+        )
+    if who.user_id is None:
+        raise Forbidden(N_("an API token has no language of its own; the site's is used"))
+    console.users.set_language(who.subject, language)
+    console.audit.record(
+        who.actor,
+        "console.language",
+        f"user:{who.subject}",
+        {"language": language},
+        peer_of(request),
+    )
+    return RedirectResponse(safe_next(request, next_page), status_code=303)
 
 
 def login_redirect(request: Request) -> Response:

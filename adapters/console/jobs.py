@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
 from adapters.console.auth import Operator, State, peer_of, reading, safe_next
-from adapters.console.views import render
+from adapters.console.views import render, translator
 from broker.model.domain import Role
 from broker.model.errors import NotFoundError
 from broker.model.jobs import Job, JobState, JobStateError
@@ -40,6 +40,7 @@ def jobs(
     before: int | None = None,
 ) -> Response:
     """Jobs, newest first, by state (or ``overdue``) and vendor."""
+    _ = translator(request)
     problem = None
     states: list[JobState] = []
     found: list[Job]
@@ -53,7 +54,9 @@ def jobs(
                 states = [JobState(state)]
             except ValueError:
                 valid = ", ".join([*JobState, OVERDUE])
-                problem = f"no job state {state!r}; valid: {valid}"
+                problem = _("no job state {state}; valid: {valid}").format(
+                    state=repr(state), valid=valid
+                )
         found = console.listing.jobs(
             JobFilter(states=states, vendor=vendor or None), before_id=before, limit=PAGE + 1
         )
@@ -87,13 +90,18 @@ def job_row(request: Request, job_id: int, console: State, who: Viewer) -> Respo
 
 
 def _answer(request: Request, job: Job, notice: str | None, next_page: str) -> Response:
+    _ = translator(request)
     if request.headers.get("HX-Request"):
         return _row(request, job, notice)
     if notice is not None:
         return render(
             request,
             "error.html",
-            {"title": f"Job {job.id}", "message": notice, "back": safe_next(request, next_page)},
+            {
+                "title": _("Job {id}").format(id=job.id),
+                "message": notice,
+                "back": safe_next(request, next_page),
+            },
             status=409,
         )
     return RedirectResponse(safe_next(request, next_page), status_code=303)
@@ -169,11 +177,16 @@ def retry_delivery(
             request, "error.html", {"title": "No such delivery", "message": str(exc)}, status=404
         )
     except DeliveryStateError as exc:
+        _ = translator(request)
         back = safe_next(request, next_page)
         return render(
             request,
             "error.html",
-            {"title": f"Delivery {delivery_id}", "message": str(exc), "back": back},
+            {
+                "title": _("Delivery {id}").format(id=delivery_id),
+                "message": str(exc),
+                "back": back,
+            },
             status=409,
         )
     console.audit.record(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from adapters.console.auth import State, reading
-from adapters.console.views import patient_view, phi_values, render, scrub
+from adapters.console.views import patient_view, phi_values, render, scrub, translator
 from broker.model.domain import Role, Study
 from broker.model.errors import NotFoundError
 from broker.model.jobs import UNFINISHED, Job, JobState
@@ -130,13 +130,16 @@ def dashboard(request: Request, console: State, who: Viewer) -> Response:
     )
 
 
-def _day(value: str | None, console: State) -> tuple[date, str | None]:
+def _day(
+    value: str | None, console: State, _: Callable[[str], str] = str
+) -> tuple[date, str | None]:
     if not value:
         return console.today(), None
     try:
         return date.fromisoformat(value), None
     except ValueError:
-        return console.today(), f"{value!r} is not a date; valid: YYYY-MM-DD. Showing today."
+        problem = _("{value} is not a date; valid: YYYY-MM-DD. Showing today.")
+        return console.today(), problem.format(value=repr(value))
 
 
 def _cursor(value: str | None) -> tuple[datetime, int] | None:
@@ -161,7 +164,7 @@ def studies(
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
     """The studies last received on a day (the site's day; today by default), newest first."""
-    chosen, problem = _day(day, console)
+    chosen, problem = _day(day, console, translator(request))
     start, end = console.day_bounds(chosen)
     wanted = StudyFilter(since=start, until=end, modality=modality or None)
     found = console.listing.studies(wanted, after=_cursor(after), limit=PAGE + 1)

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from adapters.console.auth import State, reading
-from adapters.console.views import phi_values, render, scrub
+from adapters.console.views import phi_values, render, scrub, translator
 from broker.model.domain import Role
 from broker.model.errors import NotFoundError
 from broker.runtime.routing_input import stored_input
@@ -90,13 +90,16 @@ def routes(
     study_uid: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
     """The routes and vendors in force; with ``study_uid``, what the routes do with that study."""
+    _ = translator(request)
     settings = console.settings
     explained = None
     problem = None
     uid = (study_uid or "").strip()
     if uid:
         if not UID.fullmatch(uid):
-            problem = f"{uid!r} is not a Study Instance UID; valid: digits and dots"
+            problem = _("{uid} is not a Study Instance UID; valid: digits and dots").format(
+                uid=repr(uid)
+            )
         else:
             try:
                 explained = _explain(console, who, uid)

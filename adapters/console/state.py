@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -26,12 +27,14 @@ class ConsoleState(ApiState):
         storage = self.settings.storage  # a restart applies a change of it
         self.space = SpaceWatch(storage.spool, storage.min_free_bytes)
 
-    def disk_alarm(self) -> str | None:
+    def disk_alarm(self, _: Callable[[str], str] = str) -> str | None:
         """The banner every page shows while DICOM intake is stopped for lack of space."""
         space = self.space.current()
         if not space.low:
             return None
-        return f"DICOM intake stopped: {space.describe()}. Orders are still taken."
+        return _("DICOM intake stopped: {reason}. Orders are still taken.").format(
+            reason=space.describe()
+        )
 
     @property
     def tz(self) -> ZoneInfo:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
 from typing import Annotated
@@ -11,7 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from adapters.console.auth import State, reading
-from adapters.console.views import render
+from adapters.console.views import render, translator
 from broker.model.domain import Role
 from broker.store.usage import UsageLine, report_csv
 from broker.store.users import Session
@@ -20,7 +21,9 @@ router = APIRouter()
 Viewer = Annotated[Session, Depends(reading(Role.VIEWER))]
 
 
-def _month(value: str | None, today: date) -> tuple[date, date, str | None]:
+def _month(
+    value: str | None, today: date, _: Callable[[str], str] = str
+) -> tuple[date, date, str | None]:
     """The first and last day of ``YYYY-MM`` (this month by default)."""
     first = today.replace(day=1)
     problem = None
@@ -29,7 +32,9 @@ def _month(value: str | None, today: date) -> tuple[date, date, str | None]:
             year, month = (int(part) for part in value.split("-"))
             first = date(year, month, 1)
         except ValueError:
-            problem = f"{value!r} is not a month; valid: YYYY-MM, e.g. 2024-05. Showing this month."
+            problem = _(
+                "{value} is not a month; valid: YYYY-MM, e.g. 2024-05. Showing this month."
+            ).format(value=repr(value))
     last = first.replace(day=calendar.monthrange(first.year, first.month)[1])
     return first, last, problem
 
@@ -68,7 +73,7 @@ def usage(
     month: Annotated[str | None, Query(max_length=7)] = None,
 ) -> Response:
     """The month's deliveries per vendor product: studies, billable, trial, amount; quotas."""
-    first, last, problem = _month(month, console.today())
+    first, last, problem = _month(month, console.today(), translator(request))
     lines = console.usage.report(first, last)
     quotas = []
     for name, vendor in sorted(console.settings.vendors.items()):

@@ -9,20 +9,22 @@ routing explanations, findings) before it is shown.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
+from jinja2 import pass_context
+from jinja2.runtime import Context
 
-from adapters.console.state import console_state
+from adapters.console.state import ConsoleState, console_state
+from broker import i18n
 from broker.model.domain import Patient, Role
 from broker.model.jobs import FINAL, RETRYABLE, JobState
 from broker.model.logging import pseudonym
@@ -30,6 +32,7 @@ from broker.model.version import VERSION
 from broker.store.users import Session
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+TEMPLATES.env.add_extension("jinja2.ext.i18n")
 TEMPLATES.env.globals["version"] = VERSION  # every page's footer
 HIDDEN = "—"
 #: Job states whose row refreshes itself (htmx) until it settles.
@@ -101,26 +104,52 @@ def scrub(text: str | None, who: Session | None, values: Iterable[str]) -> str:
     return text
 
 
-def local_time(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S", *, tz: ZoneInfo) -> str:
-    if value is None:
-        return ""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(tz).strftime(fmt)
+@pass_context
+def _gettext(context: Context, message: str) -> str:
+    """The page's language (``_translations`` of :func:`render`) translates ``message``."""
+    found = context.get("_translations")
+    return found.gettext(message) if found is not None else message
 
 
-def ago(value: datetime | None) -> str:
+@pass_context
+def _ngettext(context: Context, singular: str, plural: str, n: int) -> str:
+    found = context.get("_translations")
+    if found is None:
+        return singular if n == 1 else plural
+    return str(found.ngettext(singular, plural, n))
+
+
+# install_gettext_callables is added by jinja2.ext.i18n
+TEMPLATES.env.install_gettext_callables(_gettext, _ngettext, newstyle=True)  # type: ignore[attr-defined]
+
+
+def language_of(request: Request, console: ConsoleState | None = None) -> str:
+    """The signed-in user's language, else (login page) ``Accept-Language``'s, else the site's."""
+    console = console or console_state(request)
+    site = console.settings.site.language
+    who: Session | None = getattr(request.state, "session", None)
+    if who is not None:
+        return who.language or site
+    return i18n.from_accept_language(request.headers.get("Accept-Language"), default=site)
+
+
+def translator(request: Request) -> Callable[[str], str]:
+    """``_`` for a handler's messages, in the request's language (:func:`language_of`)."""
+    return i18n.translations(language_of(request)).gettext
+
+
+def ago(value: datetime | None, _: Callable[[str], str] = str) -> str:
     """``3 min ago``: how long before now."""
     if value is None:
-        return "never"
+        return _("never")
     seconds = (datetime.now(UTC) - value).total_seconds()
     if seconds < 60:
-        return f"{max(int(seconds), 0)} s ago"
+        return _("{n} s ago").format(n=max(int(seconds), 0))
     if seconds < 3600:
-        return f"{int(seconds // 60)} min ago"
+        return _("{n} min ago").format(n=int(seconds // 60))
     if seconds < 86400:
-        return f"{seconds / 3600:.1f} h ago"
-    return f"{int(seconds // 86400)} d ago"
+        return _("{n} h ago").format(n=f"{seconds / 3600:.1f}")
+    return _("{n} d ago").format(n=int(seconds // 86400))
 
 
 def size(value: int | None) -> str:
@@ -141,7 +170,6 @@ def short_uid(uid: str | None, keep: int = 14) -> str:
     return uid if len(uid) <= keep + 1 else "…" + uid[-keep:]
 
 
-TEMPLATES.env.filters["ago"] = ago
 TEMPLATES.env.filters["size"] = size
 TEMPLATES.env.filters["short_uid"] = short_uid
 TEMPLATES.env.globals["RETRYABLE"] = RETRYABLE
@@ -171,7 +199,14 @@ def render(
     console = console_state(request)
     who: Session | None = getattr(request.state, "session", None)
     tz = console.tz
+    language = language_of(request, console)
+    translations = i18n.translations(language)
     base = {
+        "_translations": translations,
+        "lang": language,
+        "lang_html": language.replace("_", "-"),
+        "languages": i18n.NAMES,
+        "ago": partial(ago, _=translations.gettext),
         "root": str(request.scope.get("root_path", "")).rstrip("/"),
         "who": who,
         "csrf": who.csrf if who is not None else "",
@@ -180,11 +215,13 @@ def render(
         "phi": sees_phi(who),
         "site": console.settings.site.name,
         "tz_name": console.settings.site.timezone,
-        "local": partial(local_time, tz=tz),
+        "local": lambda value, fmt=i18n.TIME_FORMAT, ms=False: i18n.local_time(
+            value, tz, fmt, ms=ms
+        ),
         "ident": lambda value: identifier(value, who),
         "path": request.url.path,
         "here": _here(request),
-        "disk_alarm": console.disk_alarm(),
+        "disk_alarm": console.disk_alarm(translations.gettext),
     }
     response: HTMLResponse = TEMPLATES.TemplateResponse(
         request, name, {**base, **(context or {})}, status_code=status, headers=headers

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
 
+from broker import i18n
 from broker.model.errors import ConfigError
 from config.loader import load_settings
 from config.schema import Settings
@@ -41,6 +46,29 @@ def settings_or_exit(config: Path | None) -> Settings:
         for problem in exc.problems:
             err.print(problem, markup=False, highlight=False)
         raise typer.Exit(2) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class CliLocale:
+    """The CLI's language (:func:`broker.i18n.cli_language`) and the site's clock."""
+
+    language: str
+    tz: ZoneInfo
+
+    @property
+    def gettext(self) -> Callable[[str], str]:
+        return i18n.translations(self.language).gettext
+
+    def time(self, value: datetime | None, *, ms: bool = False) -> str:
+        """``value`` in the site's timezone with its offset (:func:`broker.i18n.local_time`)."""
+        return i18n.local_time(value, self.tz, ms=ms)
+
+
+@functools.cache
+def cli_locale(config: Path | None) -> CliLocale:
+    """The locale of the configuration's site (``site.language``, ``site.timezone``)."""
+    site = settings_or_exit(config).site
+    return CliLocale(i18n.cli_language(site.language), ZoneInfo(site.timezone))
 
 
 def plain(value: Any) -> Any:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from broker.cli.common import ConfigOption, JsonOption, out
+from broker.cli.common import ConfigOption, JsonOption, cli_locale, out
 from broker.cli.work import (
     BeforeOption,
     as_json,
@@ -53,8 +53,19 @@ def list_deliveries(
     if json_out:
         print_json([as_json(d) for d in found])
         return
+    local = cli_locale(config)
+    _ = local.gettext
     table = Table(
-        "id", "state", "target", "kind", "urgent", "job", "result", "attempts", "updated", "error"
+        _("id"),
+        _("state"),
+        _("target"),
+        _("kind"),
+        _("urgent"),
+        _("job"),
+        _("result"),
+        _("attempts"),
+        _("updated"),
+        _("error"),
     )
     for d in found:
         table.add_row(
@@ -62,11 +73,11 @@ def list_deliveries(
             d.state.value,
             d.target,
             d.kind.value if d.event == "result" else f"{d.kind.value} ({d.event})",
-            "yes" if d.urgent else "",
+            _("yes") if d.urgent else "",
             str(d.job_id or ""),
             str(d.result_id or ""),
             f"{d.attempts}/{d.max_attempts}",
-            f"{d.updated_at:%Y-%m-%d %H:%M:%S}",
+            local.time(d.updated_at),
             (d.last_error or "")[:80] if d.state is not DeliveryState.DONE else "",
         )
     out.print(table)
@@ -82,6 +93,7 @@ def show_delivery(
     """One delivery and its history (every attempt with time, worker, snapshot and error)."""
     show(
         DeliveryStore(store_engine(config)),
+        cli_locale(config),
         delivery_id,
         json_out,
         lambda d: [

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from broker.cli.common import ConfigOption, JsonOption, err, out
+from broker.cli.common import ConfigOption, JsonOption, cli_locale, err, out
 from broker.cli.work import (
     BeforeOption,
     as_json,
@@ -48,12 +48,16 @@ def list_jobs(
 ) -> None:
     """Jobs, newest first, optionally filtered by state and vendor; ``--before ID`` pages on."""
     store = JobStore(store_engine(config))
+    local = cli_locale(config)
+    _ = local.gettext
     states = [s.strip().lower() for s in state or []]
     try:
         wanted = [JobState(s) for s in states if s != "overdue"]
     except ValueError as exc:
         valid = ", ".join([*JobState, "overdue"])
-        err.print(f"{exc}; valid states: {valid}", highlight=False)
+        err.print(
+            _("{error}; valid states: {valid}").format(error=exc, valid=valid), highlight=False
+        )
         raise typer.Exit(2) from exc
     listing = Listing(store.engine)
     if "overdue" in states:
@@ -68,7 +72,16 @@ def list_jobs(
     if json_out:
         print_json([as_json(j) for j in jobs])
         return
-    table = Table("id", "state", "vendor", "route", "priority", "attempts", "study UID", "updated")
+    table = Table(
+        _("id"),
+        _("state"),
+        _("vendor"),
+        _("route"),
+        _("priority"),
+        _("attempts"),
+        _("study UID"),
+        _("updated"),
+    )
     for j in jobs:
         table.add_row(
             str(j.id),
@@ -78,7 +91,7 @@ def list_jobs(
             j.priority.value,
             f"{j.attempts}/{j.max_attempts}",
             j.study_uid,
-            f"{j.updated_at:%Y-%m-%d %H:%M:%S}",
+            local.time(j.updated_at),
         )
     out.print(table)
     more_pages(jobs, limit)
@@ -94,6 +107,7 @@ def show_job(
     and error)."""
     show(
         JobStore(store_engine(config)),
+        cli_locale(config),
         job_id,
         json_out,
         lambda job: [

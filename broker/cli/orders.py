@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from broker.cli.common import ConfigOption, JsonOption, err, out, settings_or_exit
+from broker.cli.common import ConfigOption, JsonOption, cli_locale, err, out, settings_or_exit
 from broker.model.domain import OrderLink, StoredOrder
 from broker.model.errors import NotFoundError
 from broker.store import make_engine
@@ -102,8 +102,17 @@ def orders_list(
     if as_json:
         print(json.dumps([order_json(s) for s in orders], indent=2))
         return
+    local = cli_locale(config)
+    _ = local.gettext
     table = Table(
-        "id", "accession", "placer", "patient", "procedure", "priority", "status", "updated"
+        _("id"),
+        _("accession"),
+        _("placer"),
+        _("patient"),
+        _("procedure"),
+        _("priority"),
+        _("status"),
+        _("updated"),
     )
     for s in orders:
         o = s.order
@@ -115,7 +124,7 @@ def orders_list(
             o.procedure_code or "",
             o.priority.value,
             o.status.value,
-            s.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
+            local.time(s.updated_at),
         )
     out.print(table)
 
@@ -143,8 +152,8 @@ def orders_show(
         [
             *order_rows(stored),
             ("patient", f"{p.name or ''} ({p.patient_id or '-'})"),
-            ("received", f"{stored.created_at:%Y-%m-%d %H:%M:%S}"),
-            ("updated", f"{stored.updated_at:%Y-%m-%d %H:%M:%S}"),
+            ("received", cli_locale(config).time(stored.created_at)),
+            ("updated", cli_locale(config).time(stored.updated_at)),
         ]
     )
     for link in links:

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from broker.cli.common import ConfigOption, JsonOption, err, out, plain, settings_or_exit
+from broker.cli.common import (
+    ConfigOption,
+    JsonOption,
+    cli_locale,
+    err,
+    out,
+    plain,
+    settings_or_exit,
+)
 from broker.model.domain import Result
 from broker.model.errors import NotFoundError
 from broker.runtime.snapshot import result_policies
@@ -33,15 +42,24 @@ def _result_json(result: Result) -> dict[str, Any]:
     return data
 
 
-def _table(results: list[Result]) -> Table:
-    table = Table("id", "job", "vendor", "state", "urgent", "objects", "findings", "study UID")
+def _table(results: list[Result], _: Callable[[str], str]) -> Table:
+    table = Table(
+        _("id"),
+        _("job"),
+        _("vendor"),
+        _("state"),
+        _("urgent"),
+        _("objects"),
+        _("findings"),
+        _("study UID"),
+    )
     for r in results:
         table.add_row(
             str(r.id),
-            str(r.job_id) if r.job_id is not None else "orphan",
+            str(r.job_id) if r.job_id is not None else _("orphan"),
             r.vendor or "",
             r.state.value,
-            "URGENT" if r.urgent else "",
+            _("URGENT") if r.urgent else "",
             str(len(r.objects)) + (f"/{r.expected_objects}" if r.expected_objects else ""),
             str(len(r.findings.findings)) if r.findings else "",
             r.study_uid,
@@ -61,7 +79,7 @@ def list_results(
     if as_json:
         print(json.dumps([_result_json(r) for r in results], indent=2))
         return
-    out.print(_table(results))
+    out.print(_table(results, cli_locale(config).gettext))
 
 
 @app.command("show")
@@ -81,7 +99,7 @@ def show_result(
     if as_json:
         print(json.dumps({**_result_json(result), **plain(detail)}, indent=2))
         return
-    out.print(_table([result]))
+    out.print(_table([result], cli_locale(config).gettext))
     out.print(
         f"completed: {result.completed_at or '-'} ({detail['complete_reason'] or 'collecting'}); "
         f"sender AE: {detail['calling_ae'] or '-'}",
@@ -118,4 +136,4 @@ def list_orphans(config: ConfigOption = None, as_json: JsonOption = False) -> No
     if as_json:
         print(json.dumps([_result_json(r) for r in results], indent=2))
         return
-    out.print(_table(results))
+    out.print(_table(results, cli_locale(config).gettext))

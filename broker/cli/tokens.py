@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from broker.cli.common import ConfigOption, JsonOption, err, out, settings_or_exit
+from broker.cli.common import ConfigOption, JsonOption, cli_locale, err, out, settings_or_exit
 from broker.model.domain import Role
 from broker.model.errors import RadbridgeError
 from broker.store import make_engine
@@ -71,15 +71,17 @@ def list_tokens(config: ConfigOption = None, as_json: JsonOption = False) -> Non
     if as_json:
         print(json.dumps([_token_json(t) for t in tokens], indent=2))
         return
-    table = Table("id", "role", "name", "created", "last used", "revoked")
+    local = cli_locale(config)
+    _ = local.gettext
+    table = Table(_("id"), _("role"), _("name"), _("created"), _("last used"), _("revoked"))
     for t in tokens:
         table.add_row(
             str(t.id),
             t.role.value,
             t.name or "",
-            f"{t.created_at:%Y-%m-%d %H:%M:%S}",
-            f"{t.last_used_at:%Y-%m-%d %H:%M:%S}" if t.last_used_at else "",
-            f"{t.revoked_at:%Y-%m-%d %H:%M:%S}" if t.revoked_at else "",
+            local.time(t.created_at),
+            local.time(t.last_used_at),
+            local.time(t.revoked_at),
         )
     out.print(table)
 

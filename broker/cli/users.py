@@ -18,7 +18,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from broker.cli.common import ConfigOption, JsonOption, err, out, settings_or_exit
+from broker.cli.common import ConfigOption, JsonOption, cli_locale, err, out, settings_or_exit
+from broker.i18n import LANGUAGES
 from broker.model.domain import Role
 from broker.model.errors import RadbridgeError
 from broker.store import make_engine
@@ -59,6 +60,7 @@ def _user_json(user: ConsoleUser) -> dict[str, Any]:
         "created_at": user.created_at.isoformat(),
         "disabled_at": user.disabled_at.isoformat() if user.disabled_at else None,
         "last_login_at": user.last_login_at.isoformat() if user.last_login_at else None,
+        "language": user.language,
     }
 
 
@@ -96,15 +98,17 @@ def list_users(config: ConfigOption = None, as_json: JsonOption = False) -> None
     if as_json:
         print(json.dumps([_user_json(u) for u in users], indent=2))
         return
-    table = Table("id", "username", "role", "created", "last login", "disabled")
+    local = cli_locale(config)
+    _ = local.gettext
+    table = Table(_("id"), _("username"), _("role"), _("created"), _("last login"), _("disabled"))
     for u in users:
         table.add_row(
             str(u.id),
             u.username,
             u.role.value,
-            f"{u.created_at:%Y-%m-%d %H:%M:%S}",
-            f"{u.last_login_at:%Y-%m-%d %H:%M:%S}" if u.last_login_at else "",
-            f"{u.disabled_at:%Y-%m-%d %H:%M:%S}" if u.disabled_at else "",
+            local.time(u.created_at),
+            local.time(u.last_login_at),
+            local.time(u.disabled_at),
         )
     out.print(table)
 
@@ -152,3 +156,28 @@ def set_password(
     """Set a new password; the user's open console sessions end."""
     _act(name, config, "user.password", password_stdin)
     out.print(f"password of {name} changed", highlight=False)
+
+
+@app.command("language")
+def set_language(
+    name: Annotated[str, typer.Argument(help="Username.")],
+    language: Annotated[
+        str, typer.Argument(help=f"One of {', '.join(LANGUAGES)}, or 'site' for the site's.")
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """The language the console speaks to a user (they can change it on their page too)."""
+    chosen = None if language == "site" else language
+    if chosen is not None and chosen not in LANGUAGES:
+        err.print(f"no language {language!r}; valid: {', '.join(LANGUAGES)}, site", highlight=False)
+        raise typer.Exit(2)
+    users = _users(config)
+    try:
+        user = users.set_language(name, chosen)
+    except RadbridgeError as exc:
+        err.print(str(exc), highlight=False, markup=False)
+        raise typer.Exit(1) from exc
+    AuditLog(users.engine).record(
+        cli_actor(), "user.language", f"user:{user.username}", {"language": language}
+    )
+    out.print(f"console user {name} speaks {language}", highlight=False)

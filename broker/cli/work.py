@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 from sqlalchemy import Engine
 
-from broker.cli.common import err, out, plain, settings_or_exit
+from broker.cli.common import CliLocale, err, out, plain, settings_or_exit
 from broker.model.errors import NotFoundError, RadbridgeError
 from broker.store import make_engine
 from broker.store.audit import AuditLog, cli_actor
@@ -89,12 +89,13 @@ def claim_line(item: Any) -> str | None:
     return f"claimed by {item.claimed_by}" + (f" until {until:%H:%M:%S} UTC" if until else "")
 
 
-def print_history(history: list[Any]) -> None:
+def print_history(history: list[Any], local: CliLocale) -> None:
     """The history as a table: time, from, to, attempt, worker, snapshot, error."""
-    table = Table("at", "from", "to", "attempt", "worker", "snapshot", "error")
+    _ = local.gettext
+    table = Table(_("at"), _("from"), _("to"), _("attempt"), _("worker"), _("snapshot"), _("error"))
     for e in history:
         table.add_row(
-            f"{e.at:%Y-%m-%d %H:%M:%S.%f}"[:-3],
+            local.time(e.at, ms=True),
             str(e.from_state or ""),
             str(e.to_state),
             str(e.attempt),
@@ -105,7 +106,7 @@ def print_history(history: list[Any]) -> None:
     out.print(table)
 
 
-def show(store: Any, item_id: int, json_out: bool, describe: Any) -> None:
+def show(store: Any, local: CliLocale, item_id: int, json_out: bool, describe: Any) -> None:
     """One item and its history: JSON, or ``describe(item)``'s lines, the claim and the
     last error, then the history table. An unknown id is printed and exits 1."""
     try:
@@ -119,11 +120,11 @@ def show(store: Any, item_id: int, json_out: bool, describe: Any) -> None:
         return
     lines = [*describe(item), claim_line(item)]
     if item.last_error:
-        lines.append(f"last error: {item.last_error}")
+        lines.append(local.gettext("last error: {error}").format(error=item.last_error))
     for line in lines:
         if line:
             out.print(line, highlight=False, markup=False)
-    print_history(history)
+    print_history(history, local)
 
 
 def audited(engine: Engine, action: str, target: str, act: Any, detail: Any) -> Any:

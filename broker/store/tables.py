@@ -484,6 +484,7 @@ console_users = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("disabled_at", UTCDateTime),
     Column("last_login_at", UTCDateTime),
+    Column("language", String(8)),
 )
 """People who log in to the operations console (argon2id password hashes; roles as tokens)."""
 

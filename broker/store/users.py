@@ -73,6 +73,8 @@ class ConsoleUser:
     created_at: datetime
     disabled_at: datetime | None
     last_login_at: datetime | None
+    language: str | None = None
+    """Their choice of language (``en``, ``zh_CN``); None: the site's."""
 
     @property
     def active(self) -> bool:
@@ -92,6 +94,8 @@ class Session:
     user_id: int | None
     token_id: int | None
     expires_at: datetime
+    language: str | None = None
+    """The user's choice of language; None: the site's (and always for an API token)."""
 
     @property
     def actor(self) -> str:
@@ -107,6 +111,7 @@ def _user(r: Row[Any]) -> ConsoleUser:
         created_at=r.created_at,
         disabled_at=r.disabled_at,
         last_login_at=r.last_login_at,
+        language=r.language,
     )
 
 
@@ -221,6 +226,20 @@ class ConsoleUsers:
             raise StoreError(f"cannot enable '{username}': {exc}") from exc
         return self.get(username)
 
+    def set_language(self, username: str, language: str | None) -> ConsoleUser:
+        """The language the console speaks to ``username``; None: the site's."""
+        user = self.get(username)
+        try:
+            with writing(self.engine) as conn:
+                conn.execute(
+                    update(console_users)
+                    .where(console_users.c.id == user.id)
+                    .values(language=language)
+                )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot set the language of '{username}': {exc}") from exc
+        return self.get(username)
+
     def get(self, username: str) -> ConsoleUser:
         """One user by name; :class:`NotFoundError` if there is none."""
         with self.engine.connect() as conn:
@@ -298,6 +317,7 @@ class ConsoleSessions:
                 u.c.username,
                 u.c.role.label("user_role"),
                 u.c.disabled_at,
+                u.c.language,
                 t.c.name.label("token_name"),
                 t.c.role.label("token_role"),
                 t.c.revoked_at,
@@ -332,6 +352,7 @@ class ConsoleSessions:
             user_id=row.user_id,
             token_id=row.token_id,
             expires_at=row.expires_at,
+            language=row.language,
         )
 
     def _touch(self, session_id: str, now: datetime) -> None:

@@ -1,0 +1,64 @@
+"""The coded values the console shows (states, roles, health), marked for the catalogue.
+
+Templates translate them with ``_(job.state.value)``; Babel's extractor cannot
+see a value, so each is named here once (a unit test checks none is missing).
+"""
+
+from __future__ import annotations
+
+from broker.i18n import N_
+
+WORDS: tuple[str, ...] = (
+    # job states
+    N_("pending"),
+    N_("sending"),
+    N_("sent"),
+    N_("awaiting_result"),
+    N_("result_received"),
+    N_("writing_back"),
+    N_("done"),
+    N_("failed"),
+    N_("dead"),
+    N_("cancelled"),
+    N_("overdue"),
+    # study, result, order link states
+    N_("receiving"),
+    N_("stable"),
+    N_("updated"),
+    N_("collecting"),
+    N_("complete"),
+    N_("linked"),
+    N_("patient_mismatch"),
+    # roles
+    N_("viewer"),
+    N_("operator"),
+    N_("admin"),
+    # vendor health (adapters.console.pages.VendorHealth.status)
+    N_("ok"),
+    N_("failing"),
+    N_("degraded"),
+    N_("idle"),
+    N_("down"),
+    N_("(no longer configured)"),
+    # routing: a route's status, the outcome of explain
+    N_("fired"),
+    N_("matched"),
+    N_("not_matched"),
+    N_("waiting_for_order"),
+    N_("no_order"),
+    N_("fallback_not_needed"),
+    N_("duplicate"),
+    N_("exclusive"),
+    N_("already_delivered"),
+    N_("no_series"),
+    N_("routed"),
+    N_("unrouted"),
+    N_("waiting"),
+    N_("nothing_new"),
+    N_("not_routed"),
+    # page titles handed to error.html
+    N_("Not allowed"),
+    N_("No such study"),
+    N_("No such job"),
+    N_("No such delivery"),
+)
