@@ -121,9 +121,10 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
             )
             sr.save_as(folder / "sr.dcm", enforce_file_format=True)
             storescu([folder / "sr.dcm"], rb.port, called_ae="RADBRIDGE_RES", calling_ae="ICHAI")
-            wanted = (
+            wanted = (  # store figures are cached 5 s: wait for them, not only histograms
                 "radbridge_writeback_latency_seconds_count",
                 'radbridge_jobs{state="dead",vendor="downai"} 1.0',
+                'radbridge_deliveries{state="done",target="pacs"} 1.0',
             )
             while True:
                 text = httpx.get(f"http://{LOOPBACK}:{http_port}/metrics", timeout=5).text
