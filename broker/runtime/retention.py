@@ -19,6 +19,8 @@ from config.schema import Settings
 LOG = get_logger("radbridge.retention")
 #: The free space is checked this often by the service.
 SPACE_SECONDS = 5.0
+#: Studies and result objects one timer tick purges at most (the timer's other tasks wait).
+PURGE_BATCH = 100
 
 
 def cutoffs(retention: RetentionSettings, now: datetime) -> Cutoffs:
@@ -59,7 +61,9 @@ class RetentionTask:
         if self._next is None or now >= self._next:
             self._next = now + timedelta(seconds=retention.interval)
             if configured(retention):
-                self.retention.purge(cutoffs(retention, now), now=now)
+                done = self.retention.purge(cutoffs(retention, now), now=now, limit=PURGE_BATCH)
+                if done.more:  # the rest soon, without holding the timer's other tasks
+                    self._next = now + timedelta(seconds=1)
         return min(self._next, now + timedelta(seconds=SPACE_SECONDS))
 
 

@@ -81,6 +81,8 @@ class Item:
 @dataclass(slots=True)
 class Purge:
     items: list[Item] = field(default_factory=list)
+    more: bool = False
+    """A purge stopped at its ``limit``: more is due."""
 
     @property
     def bytes(self) -> int:
@@ -206,18 +208,28 @@ class Retention:
 
     # -- removing it ---------------------------------------------------------------
 
-    def purge(self, cutoffs: Cutoffs, *, actor: str = SYSTEM, now: datetime | None = None) -> Purge:
-        """Remove what :meth:`plan` lists (each study only if it is still unchanged)."""
+    def purge(
+        self,
+        cutoffs: Cutoffs,
+        *,
+        actor: str = SYSTEM,
+        now: datetime | None = None,
+        limit: int | None = None,
+    ) -> Purge:
+        """Remove what :meth:`plan` lists (each study only if it is still unchanged); at
+        most ``limit`` studies and result objects (then ``more`` says if some are left)."""
         now = now or datetime.now(UTC)
         self.finish_interrupted()
         done = Purge()
         plan = self.plan(cutoffs)
         purgers = {"study": self._purge_study, "result object": self._purge_result_object}
-        for item in plan.items:
-            purger = purgers.get(item.kind)
-            if purger is not None and purger(item, actor, now):
+        files = [i for i in plan.items if i.kind in purgers]
+        done.more = limit is not None and len(files) > limit
+        for item in files[:limit]:
+            if purgers[item.kind](item, actor, now):
                 done.items.append(item)
-        done.items.extend(self._purge_rows(cutoffs, [i for i in plan.items if i.count]))
+        rows = [i for i in plan.items if i.kind not in purgers and i.count]
+        done.items.extend(self._purge_rows(cutoffs, rows, actor, now))
         if done.items:
             LOG.info(
                 "retention purge",
@@ -281,7 +293,9 @@ class Retention:
         _remove([Path(item.target)])
         return True
 
-    def _purge_rows(self, cutoffs: Cutoffs, planned: Iterable[Item]) -> list[Item]:
+    def _purge_rows(
+        self, cutoffs: Cutoffs, planned: Iterable[Item], actor: str, now: datetime
+    ) -> list[Item]:
         kinds = {i.kind: i for i in planned}
         out = []
         with writing(self.engine) as conn:
@@ -296,7 +310,7 @@ class Retention:
                 ).rowcount
                 out.append(Item("messages", "order_messages", int(n)))
             for item in out:
-                record_in(conn, SYSTEM, PURGE, item.target, detail={"rows": item.count})
+                record_in(conn, actor, PURGE, item.target, detail={"rows": item.count}, now=now)
         return out
 
     def finish_interrupted(self) -> None:

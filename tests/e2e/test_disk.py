@@ -127,14 +127,17 @@ def _start_logging_to(rb: Radbridge, log_file: Path) -> None:
 
 def test_purge_dry_run_then_purge_and_a_rotated_log_file(tmp_path: Path) -> None:
     """radbridge purge --dry-run lists a study past retention.studies_after_done with its
-    bytes and removes nothing; radbridge purge removes its files, the study stays listed as
-    purged, the purge is audited; sent again, the study is stored again (the service's own
-    purge runs hourly here). With logging.file, the service, its listener process and the
+    bytes, and an old HL7 message (retention.messages), and removes nothing; radbridge purge
+    removes the study's files and the message, the study stays listed as purged, the purge
+    is audited; sent again, the study is stored again (the service's own purge runs hourly
+    here). With logging.file, the service, its listener process and the
     command write one file, rotated at logging.max_bytes keeping logging.backups old files;
     nothing goes to standard output or error."""
     folder = tmp_path / "rb"
     config = base_config(folder, free_port())
-    config["retention"] = {"studies_after_done": "1s", "interval": "1h"}
+    config["retention"] = {"studies_after_done": "1s", "messages": "1s", "interval": "1h"}
+    hl7_port = free_port()
+    config["hl7"] = {"listen": {"host": LOOPBACK, "port": hl7_port}}
     log_file = folder / "logs" / "radbridge.log"
     config["logging"] = {
         "format": "json",
@@ -147,6 +150,7 @@ def test_purge_dry_run_then_purge_and_a_rotated_log_file(tmp_path: Path) -> None
     files = generate_study("ct_head", tmp_path / "study", instances=2, rows=64, columns=64)
     try:
         _start_logging_to(rb, log_file)
+        assert _order(tmp_path, hl7_port, "OLD1") is AckCode.AA
         storescu(files, rb.port)
         [study] = rb.studies()
         uid = study["study_uid"]
@@ -155,19 +159,22 @@ def test_purge_dry_run_then_purge_and_a_rotated_log_file(tmp_path: Path) -> None
         stored = list((rb.spool / "studies").rglob("*.dcm"))
         assert len(stored) == 2
         plan = json.loads(rb.cli("purge", "--dry-run", "--json").stdout)
-        [item] = plan["items"]
+        item, messages = plan["items"]
         assert (item["kind"], item["target"], item["count"]) == ("study", uid, 2)
         assert item["bytes"] == plan["bytes"] == sum(f.stat().st_size for f in stored)
+        assert (messages["kind"], messages["count"]) == ("messages", 1)  # the HL7 order's
         assert all(f.exists() for f in stored)
 
         purged = json.loads(rb.cli("purge", "--json").stdout)
-        assert [i["target"] for i in purged["items"]] == [uid]
+        assert [i["target"] for i in purged["items"]] == [uid, "order_messages"]
         assert list((rb.spool / "studies").rglob("*.dcm")) == []
         shown = rb.study(uid)
         assert shown["purged_at"] is not None and shown["instances"] == 0
         assert "(purged)" in rb.cli("studies", "list").stdout
         audit = rb.cli("audit", "export", *AUDIT_ALL, "--action", "spool.purge")
-        assert [e["target"] for e in json.loads(audit.stdout)] == [f"study:{uid}"]
+        trail = [(e["target"], e["actor"]) for e in json.loads(audit.stdout)]
+        assert [t for t, _ in trail] == [f"study:{uid}", "order_messages"]
+        assert all(actor.startswith("cli:") for _, actor in trail)
         assert json.loads(rb.cli("purge", "--dry-run", "--json").stdout)["items"] == []
 
         storescu(files, rb.port)
