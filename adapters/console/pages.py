@@ -15,6 +15,7 @@ from adapters.console.views import patient_view, phi_values, render, scrub, tran
 from broker.model.domain import Role, Study
 from broker.model.errors import NotFoundError
 from broker.model.jobs import UNFINISHED, Job, JobState
+from broker.store.health import health_status, next_job_retries, target_health, urgent_results
 from broker.store.listing import JobFilter, StudyFilter, VendorActivity, vendor_activity
 from broker.store.overview import count_studies, jobs_by_state, jobs_of_studies, results_of_studies
 from broker.store.space import database_bytes, spool_bytes
@@ -30,6 +31,10 @@ HEALTH_WINDOW = timedelta(hours=1)
 DASHBOARD_JOBS = 25
 #: The order the dashboard shows job states in.
 STATE_ORDER = tuple(JobState)
+#: How often the dashboard reloads itself (htmx, seconds).
+DASHBOARD_REFRESH = 5
+#: The window of the dashboard's urgent results.
+URGENT_WINDOW = timedelta(hours=24)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +51,13 @@ class VendorHealth:
     name: str
     product: str
     status: str
-    """``ok``, ``failing`` (only failures in the window), ``degraded`` (both), ``idle``."""
+    """``down``, ``degraded``, ``ok``, ``idle``: :func:`broker.store.health.health_status`."""
     queue: int
     dead: int
     sent_window: int
     failures_window: int
     last_success: datetime | None
+    next_retry_at: datetime | None
 
 
 def study_rows(console: State, who: Session, found: Sequence[Study]) -> list[StudyRow]:
@@ -74,19 +80,14 @@ def vendor_health(console: State, now: datetime) -> list[VendorHealth]:
     """Each configured vendor (and any other that has jobs): queue, failures, last success."""
     vendors = console.settings.vendors
     activity = vendor_activity(console.engine, vendors, now - HEALTH_WINDOW)
+    retries = next_job_retries(console.engine)
     empty = VendorActivity({}, 0, 0, 0, None)
     out = []
     for name in sorted(set(vendors) | set(activity)):
         a = activity.get(name, empty)
         failures = a.failed + a.dead
-        if failures and not a.sent:
-            status = "failing"
-        elif failures:
-            status = "degraded"
-        elif a.sent:
-            status = "ok"
-        else:
-            status = "idle"
+        dead = a.by_state.get(JobState.DEAD.value, 0)
+        status = health_status(a.sent, failures, dead)
         product = vendors[name].product if name in vendors else "(no longer configured)"
         out.append(
             VendorHealth(
@@ -94,10 +95,11 @@ def vendor_health(console: State, now: datetime) -> list[VendorHealth]:
                 product=product,
                 status=status,
                 queue=sum(a.by_state.get(s.value, 0) for s in UNFINISHED),
-                dead=a.by_state.get(JobState.DEAD.value, 0),
+                dead=dead,
                 sent_window=a.sent,
                 failures_window=failures,
                 last_success=a.last_sent_at,
+                next_retry_at=retries.get(name),
             )
         )
     return out
@@ -105,7 +107,9 @@ def vendor_health(console: State, now: datetime) -> list[VendorHealth]:
 
 @router.get("/", name="dashboard")
 def dashboard(request: Request, console: State, who: Viewer) -> Response:
-    """Today's studies, jobs by state, vendor health, dead and overdue jobs, disk space."""
+    """Today's studies, jobs by state, vendor and write-back target health (down in red with
+    the next retry), urgent results of the last 24 h, dead and overdue jobs, disk space;
+    the page reloads its content every :data:`DASHBOARD_REFRESH` seconds (htmx)."""
     now = datetime.now(UTC)
     today = console.today()
     start, end = console.day_bounds(today)
@@ -120,6 +124,9 @@ def dashboard(request: Request, console: State, who: Viewer) -> Response:
             "latest": study_rows(console, who, latest),
             "by_state": [(s, by_state.get(s.value, 0)) for s in STATE_ORDER],
             "vendors": vendor_health(console, now),
+            "targets": target_health(console.engine, now - HEALTH_WINDOW),
+            "urgent": urgent_results(console.engine, now - URGENT_WINDOW),
+            "refresh": DASHBOARD_REFRESH,
             "dead": console.listing.jobs(JobFilter(states=[JobState.DEAD]), limit=DASHBOARD_JOBS),
             "dead_total": by_state.get(JobState.DEAD.value, 0),
             "overdue": console.deliveries.overdue_jobs(now=now, limit=DASHBOARD_JOBS),

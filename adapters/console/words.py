@@ -35,7 +35,6 @@ WORDS: tuple[str, ...] = (
     N_("admin"),
     # vendor health (adapters.console.pages.VendorHealth.status)
     N_("ok"),
-    N_("failing"),
     N_("degraded"),
     N_("idle"),
     N_("down"),

@@ -2,12 +2,14 @@
 
 One ``radbridge serve`` and one headless Chromium (the fixtures of
 :mod:`tests.e2e.test_console`) for every check: a study goes to a vendor that
-is down so its job dies; a user whose language an admin set to zh_CN (``radbridge
+is down so its job dies (retries 1) and to another that is down too (retries 5, its
+next attempt 30 s on); a user whose language an admin set to zh_CN (``radbridge
 users language``) sees the dashboard, jobs and study pages in Chinese with
 ``+08:00`` times and none of the English labels; a browser asking for zh-CN
 gets the login page in Chinese; an English user switches to Chinese on the
 page; ``RADBRIDGE_LANG=zh_CN radbridge jobs list`` prints Chinese headers and
-times with the site's offset.
+times with the site's offset. The dashboard shows both vendors down (red) with the
+next retry, and a study sent while it is open appears without a reload (htmx).
 """
 
 from __future__ import annotations
@@ -114,14 +116,27 @@ def test_a_zh_cn_user_sees_the_console_and_the_cli_in_chinese_with_site_times(
     vendor_port, http_port = free_port(), free_port()
     config = _config(tmp_path / "rb", vendor_port, http_port)
     config["site"] = {"name": "上海测试医院", "timezone": "Asia/Shanghai"}
+    config["vendors"]["lungai"]["retries"] = 1
+    config["vendors"]["bleedai"] = {
+        "product": "CT head bleed",
+        "transport": {
+            "type": "dicom",
+            "ae_title": "BLEEDAI",
+            "host": "127.0.0.1",
+            "port": free_port(),
+        },
+        "retries": 5,
+    }
+    config["routes"][0]["send"] = ["lungai", "bleedai"]
+    config["delivery"] = {"backoff_base_seconds": 30, "backoff_cap_seconds": 60}
     rb = radbridge_factory(config=config)
     for name in PASSWORDS:
         _add_user(rb, name)
     rb.cli("users", "language", "lin", "zh_CN")
     files = generate_study("ct_chest", tmp_path / "ct", instances=2, rows=32, columns=32)
     storescu(files, rb.port)
-    _wait(lambda: any(j["state"] == "dead" for j in _jobs(rb)))
-    [job] = _jobs(rb)
+    _wait(lambda: {j["state"] for j in _jobs(rb)} == {"dead", "failed"})
+    [job] = [j for j in _jobs(rb) if j["vendor"] == "lungai"]
     base = f"http://127.0.0.1:{http_port}"
 
     # The login page follows Accept-Language (Playwright's locale sends zh-CN).
@@ -138,7 +153,23 @@ def test_a_zh_cn_user_sees_the_console_and_the_cli_in_chinese_with_site_times(
     assert "失败终止的任务" in page.locator("#dead").inner_text()
     assert LOCAL_TIME.search(page.locator(f"#job-{job['id']} td.time").inner_text())
     _no_english(page, ENGLISH["dashboard"])
+    for vendor in ("lungai", "bleedai"):  # both down: the row in red
+        row = page.locator(f"tr.vendor[data-vendor={vendor}]")
+        assert row.get_attribute("data-health") == "down"
+        assert row.locator(".badge").inner_text() == "故障"
+        color = row.locator("td").first.evaluate("cell => getComputedStyle(cell).color")
+        assert color == "rgb(179, 38, 30)", color  # --red
+    retry = page.locator("tr.vendor[data-vendor=bleedai] td.next-retry").inner_text()
+    assert LOCAL_TIME.fullmatch(retry), retry  # the failed job's next attempt, site time
     _shot(page, "zh-dashboard")
+
+    # The dashboard refreshes itself: a study sent now shows up without a reload.
+    page.evaluate("window.radbridgeKept = true")
+    before = page.locator("table.jobs tr.job").count()
+    second = generate_study("ct_chest", tmp_path / "ct2", instances=1, rows=32, columns=32)
+    storescu(second, rb.port)
+    _wait(lambda: page.locator("table.jobs tr.job").count() > before, timeout=20)
+    assert page.evaluate("window.radbridgeKept") is True  # the same page: no reload
     page.goto(f"{base}/console/jobs")
     assert page.locator("h1").inner_text() == "任务"
     assert page.locator(f"#job-{job['id']} [data-state=dead]").inner_text() == "已终止"
@@ -147,7 +178,7 @@ def test_a_zh_cn_user_sees_the_console_and_the_cli_in_chinese_with_site_times(
     page.goto(f"{base}/console/studies/{job['study_uid']}")
     _shot(page, "zh-study")
     assert page.locator("h2", has_text="序列").count() == 1
-    assert page.locator("h4", has_text="时间线").count() == 1
+    assert page.locator("h4", has_text="时间线").count() == 2  # one per job
     assert "+08:00" in page.locator("dl.facts").first.inner_text()
     _no_english(page, ENGLISH["study"])
 
