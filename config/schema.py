@@ -177,6 +177,19 @@ class Http(Strict):
     """HTTPS: ``certificate`` and ``private_key`` (PEM; ``key_password`` from the
     environment); ``ca_certificates`` + ``require_client_certificate`` ask clients for one."""
 
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _addresses_or_networks(cls, value: Any) -> Any:
+        for entry in value if isinstance(value, list) else []:
+            try:
+                ipaddress.ip_network(str(entry))
+            except ValueError as exc:
+                raise ValueError(
+                    f"not an address or network: {entry!r} ({exc}); valid: 10.0.0.5, "
+                    "10.1.0.0/16 or ::1 (a proxy's address as it connects, not a host name)"
+                ) from None
+        return value
+
     @field_validator("public_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from adapters.console.auth import THROTTLE
@@ -319,3 +320,13 @@ def test_docs_render_offline_and_authorize_with_a_token(edge: Edge) -> None:
         finally:
             browser.close()
     assert outside == []
+
+
+def test_trusted_proxies_are_addresses_or_networks() -> None:
+    """A host name or a network with host bits set in http.trusted_proxies is refused,
+    saying what would have been valid (uvicorn would take it as a literal never matched)."""
+    for wrong in ("proxy.hospital.local", "10.0.0.5/8"):
+        with pytest.raises(ValidationError, match=r"valid: 10\.0\.0\.5, 10\.1\.0\.0/16"):
+            Settings.model_validate({"http": {"trusted_proxies": [wrong]}})
+    taken = Settings.model_validate({"http": {"trusted_proxies": ["10.0.0.5", "fd00::/8"]}})
+    assert [str(n) for n in taken.http_settings().trusted_proxies] == ["10.0.0.5/32", "fd00::/8"]
