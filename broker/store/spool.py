@@ -86,13 +86,20 @@ class Spool:
         """Hold a study's folder: shared while an instance is placed and indexed, exclusive
         while retention purges the study (creating the folder, durably, if needed)."""
         folder = self.studies / _component(study_uid)
-        try:
-            if not folder.exists():
-                folder.mkdir(parents=True, exist_ok=True)
-                fsync_dir(self.studies)
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError as exc:
-            raise SpoolError(f"cannot open the study folder {folder.name}: {exc.strerror}") from exc
+        for attempt in range(3):  # a purge may remove the folder between mkdir and open
+            try:
+                if not folder.exists():
+                    folder.mkdir(parents=True, exist_ok=True)
+                    fsync_dir(self.studies)
+                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise SpoolError(f"the study folder {folder.name} keeps vanishing") from None
+            except OSError as exc:
+                raise SpoolError(
+                    f"cannot open the study folder {folder.name}: {exc.strerror}"
+                ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
