@@ -29,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from broker.model.errors import StoreError
 from broker.store.engine import make_engine, writing
+from broker.store.spool import fsync_dir
 
 MANIFEST = "manifest.json"
 SQLITE_COPY = "store.sqlite"
@@ -143,8 +144,16 @@ def backup(
         "spool_files": [f.__dict__ for f in files],
         "spool_bytes": sum(f.size for f in files),
     }
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    _write_synced(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+    fsync_dir(folder)
     return manifest
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -164,6 +173,8 @@ def check_spool(manifest: dict[str, Any], root: Path, source: Path | None = None
         if source is not None and (source / entry["path"]).is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / entry["path"], target)
+            with target.open("rb") as f:
+                os.fsync(f.fileno())
         if not target.is_file():
             problems.append(f"missing: {entry['path']}")
         elif target.stat().st_size != entry["size"]:
