@@ -155,7 +155,3 @@ class Spool:
             pass
         except OSError as exc:
             raise SpoolError(f"cannot remove {path}: {exc.strerror}") from exc
-
-    def files(self) -> Iterator[Path]:
-        """Every stored object, for reconciling the index after a crash."""
-        yield from self.studies.glob("*/*/*.dcm")
