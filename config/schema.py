@@ -432,9 +432,10 @@ class Retention(Strict):
     ``studies_after_failed``: the same when a job of it is dead. The study stays
     listed, marked purged, with its jobs and history. ``results_after_written_back``:
     result objects in the spool once every write-back of the result is finished.
-    ``messages`` (the verbatim HL7/FHIR messages) and ``job_history`` (the steps of
-    jobs): rows of the store this old. Orders and the audit trail are never purged. A
-    purge runs every ``interval``; ``radbridge purge --dry-run`` lists what would go.
+    ``messages`` (the verbatim HL7/FHIR messages), ``job_history`` (the steps of jobs)
+    and ``orders`` (completed, cancelled or discontinued, by their last change): rows of
+    the store this old. The audit trail is never purged. A purge runs every
+    ``interval``; ``radbridge purge --dry-run`` lists what would go.
     """
 
     studies_after_done: Duration | None = None
@@ -442,6 +443,7 @@ class Retention(Strict):
     results_after_written_back: Duration | None = None
     messages: Duration | None = None
     job_history: Duration | None = None
+    orders: Duration | None = None
     interval: Duration = 3600.0
 
     @model_validator(mode="after")

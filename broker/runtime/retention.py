@@ -35,6 +35,7 @@ def cutoffs(retention: RetentionSettings, now: datetime) -> Cutoffs:
         results=before(retention.results_after_written_back),
         messages=before(retention.messages),
         job_history=before(retention.job_history),
+        orders=before(retention.orders),
     )
 
 

@@ -4,8 +4,9 @@ A crash between an instance's rename into the spool and its index commit leaves
 a complete file the index does not know; its C-STORE was never answered
 success, so the sender sends it again, but the file is indexed at start all the
 same. Such a file can only be in a study folder the index does not know yet (a
-crash before the first commit of a new study) or in a study still receiving (or re-opened by a new instance).
-Start-up therefore lists the spool's study folders (one entry per study), reads
+crash before the first commit of a new study) or in a study still receiving (or
+re-opened by a new instance). Start-up therefore lists the spool's study folders
+(one entry per study), reads
 the studies' states (one query), and reads the files and index rows of those
 studies only: it does not grow with the stable studies the spool holds.
 

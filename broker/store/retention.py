@@ -6,8 +6,10 @@ before the cutoff: the later one of ``studies_failed`` when a job of it is
 dead. Its instance files and index rows go; the study row stays, marked
 purged with the instances and bytes it held, and keeps its jobs and history.
 A result's objects go once every write-back of the result is finished. Rows
-of the store (job history, orders, verbatim messages) go by their time.
-The audit trail is append-only (a trigger refuses deletes): never purged.
+of the store go by their time: job history, verbatim messages, and orders that are
+completed, cancelled or discontinued (with their links to studies; their messages
+stay, unlinked, until their own retention). The audit trail is append-only (a
+trigger refuses deletes): never purged.
 
 Each study is purged holding its spool folder's exclusive lock
 (:meth:`Spool.study_lock`), which the listener holds shared while it places and
@@ -26,9 +28,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, case, delete, func, select, update
+from sqlalchemy import ColumnElement, Engine, and_, case, delete, func, select, update
 
-from broker.model.domain import StudyState
+from broker.model.domain import OrderStatus, StudyState
 from broker.model.jobs import JobState
 from broker.model.logging import get_logger
 from broker.model.writeback import DeliveryState
@@ -40,7 +42,10 @@ from broker.store.tables import (
     instances,
     job_events,
     jobs,
+    order_links,
+    order_message_links,
     order_messages,
+    orders,
     result_objects,
     studies,
 )
@@ -50,6 +55,11 @@ LOG = get_logger("radbridge.retention")
 #: Job states after which nothing more happens to a job without an operator.
 JOB_FINAL = (JobState.DONE.value, JobState.CANCELLED.value, JobState.DEAD.value)
 DELIVERY_FINAL = (DeliveryState.DONE.value, DeliveryState.DEAD.value)
+ORDER_FINAL = (
+    OrderStatus.COMPLETED.value,
+    OrderStatus.CANCELLED.value,
+    OrderStatus.DISCONTINUED.value,
+)
 #: The audit action of a purge.
 PURGE = "spool.purge"
 
@@ -63,6 +73,7 @@ class Cutoffs:
     results: datetime | None = None
     messages: datetime | None = None
     job_history: datetime | None = None
+    orders: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +81,7 @@ class Item:
     """Something a purge removes: a study's copy, a result object, or rows of a table."""
 
     kind: str
-    """``study``, ``result object``, ``job history``, ``messages``."""
+    """``study``, ``result object``, ``job history``, ``messages``, ``orders``."""
     target: str
     count: int
     bytes: int = 0
@@ -204,6 +215,12 @@ class Retention:
                 ).scalar_one()
                 if n:
                     items.append(Item("messages", "order_messages", int(n)))
+            if cutoffs.orders is not None:
+                n = conn.execute(
+                    select(func.count()).select_from(orders).where(_old_orders(cutoffs.orders))
+                ).scalar_one()
+                if n:
+                    items.append(Item("orders", "orders", int(n)))
         return items
 
     # -- removing it ---------------------------------------------------------------
@@ -309,6 +326,19 @@ class Retention:
                     delete(order_messages).where(order_messages.c.received_at < cutoffs.messages)
                 ).rowcount
                 out.append(Item("messages", "order_messages", int(n)))
+            if "orders" in kinds and cutoffs.orders is not None:
+                old = select(orders.c.id).where(_old_orders(cutoffs.orders))
+                conn.execute(delete(order_links).where(order_links.c.order_id.in_(old)))
+                conn.execute(
+                    delete(order_message_links).where(order_message_links.c.order_id.in_(old))
+                )
+                conn.execute(
+                    update(order_messages)
+                    .where(order_messages.c.order_id.in_(old))
+                    .values(order_id=None)
+                )
+                n = conn.execute(delete(orders).where(_old_orders(cutoffs.orders))).rowcount
+                out.append(Item("orders", "orders", int(n)))
             for item in out:
                 record_in(conn, actor, PURGE, item.target, detail={"rows": item.count}, now=now)
         return out
@@ -332,6 +362,11 @@ class Retention:
                     ).scalar_one()
                     if not still:  # not received again meanwhile
                         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _old_orders(cutoff: datetime) -> ColumnElement[bool]:
+    """Orders nothing more happens to, last changed before ``cutoff``."""
+    return and_(orders.c.status.in_(ORDER_FINAL), orders.c.updated_at < cutoff)
 
 
 def _remove(paths: Iterable[Path]) -> None:

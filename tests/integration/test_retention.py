@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from broker.model.jobs import JobState
 from broker.store import StudyStore
@@ -15,7 +15,15 @@ from broker.store.jobs import JobStore
 from broker.store.retention import PURGE, Cutoffs, Retention
 from broker.store.space import spool_bytes
 from broker.store.spool import Spool
-from broker.store.tables import audit, instances, jobs, studies
+from broker.store.tables import (
+    audit,
+    instances,
+    jobs,
+    order_links,
+    order_messages,
+    orders,
+    studies,
+)
 from tests.databases import DATABASES, empty_database
 from tests.spooling import spool_study
 
@@ -87,4 +95,65 @@ def test_purge_takes_finished_studies_only_and_keeps_them_listed(
         trail = conn.execute(select(audit.c.target).where(audit.c.action == PURGE)).scalars()
         assert left == {dead, pending}
         assert sorted(trail) == sorted([f"study:{unrouted}", f"study:{done}"])
+    assert retention.plan(cutoffs).items == []
+
+
+def _order(conn: Connection, n: int, status: str, updated_at: datetime) -> int:
+    return int(
+        conn.execute(
+            insert(orders)
+            .values(
+                resource_id=f"order-{n}",
+                version=1,
+                source="hl7",
+                accession_number=f"ACC{n}",
+                priority="ROUTINE",
+                status=status,
+                created_at=updated_at,
+                updated_at=updated_at,
+            )
+            .returning(orders.c.id)
+        ).scalar_one()
+    )
+
+
+def test_orders_past_retention_go_with_their_links_and_their_messages_stay(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """retention.orders takes completed, cancelled or discontinued orders last changed
+    before the cutoff, with their study links; their verbatim messages stay, unlinked (the
+    messages have their own retention); scheduled or recent orders stay."""
+    with engine.begin() as conn:
+        old_done = _order(conn, 1, "completed", HOURS_AGO)
+        _order(conn, 2, "completed", NOW)
+        _order(conn, 3, "scheduled", HOURS_AGO)
+        conn.execute(
+            insert(order_links).values(
+                study_uid="1.2.3",
+                order_id=old_done,
+                state="linked",
+                matched_on="accession",
+                at=HOURS_AGO,
+            )
+        )
+        conn.execute(
+            insert(order_messages).values(
+                order_id=old_done,
+                source="hl7",
+                kind="ORM^O01",
+                peer="127.0.0.1",
+                received_at=HOURS_AGO,
+                raw=b"MSH|",
+            )
+        )
+    retention = Retention(engine, Spool(tmp_path / "spool"))
+    cutoffs = Cutoffs(orders=NOW - timedelta(hours=1))
+    [planned] = retention.plan(cutoffs).items
+    assert (planned.kind, planned.count) == ("orders", 1)
+    [done] = retention.purge(cutoffs).items
+    assert (done.kind, done.count) == ("orders", 1)
+    with engine.connect() as conn:
+        assert set(conn.execute(select(orders.c.resource_id)).scalars()) == {"order-2", "order-3"}
+        assert conn.execute(select(order_links.c.order_id)).all() == []
+        assert conn.execute(select(order_messages.c.order_id)).scalars().all() == [None]
     assert retention.plan(cutoffs).items == []
