@@ -20,8 +20,10 @@ from pydantic import BaseModel, Field
 from adapters.api.deps import Operator, RowId, RowIdFilter, State, Viewer
 from adapters.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, encode, id_key
 from adapters.api.responses import BAD_BODY, BAD_CURSOR, NOT_FOUND, error
+from adapters.api.schemas import PHI_NOTE
 from broker.model.errors import NotFoundError
 from broker.model.identity import ConflictKind, ConflictState, IdentityConflict
+from broker.model.phi import phi_values, without_phi
 from broker.store.conflicts import ConflictResolvedError, ConflictStore
 
 router = APIRouter(prefix="/conflicts", tags=["conflicts"])
@@ -30,7 +32,7 @@ router = APIRouter(prefix="/conflicts", tags=["conflicts"])
 class PatientRef(BaseModel):
     """A patient as a record names it: ID and issuer of the ID."""
 
-    patient_id: str | None
+    patient_id: str | None = Field(description=PHI_NOTE)
     issuer: str | None
 
 
@@ -67,21 +69,26 @@ class Resolution(BaseModel):
     )
 
 
-def conflict_out(c: IdentityConflict) -> ConflictOut:
+def conflict_out(c: IdentityConflict, *, phi: bool) -> ConflictOut:
+    """The conflict as the caller may see it: without ``phi``, the patient IDs are null and
+    taken out of ``subject`` and ``detail``."""
     r = c.report
+    hidden = [] if phi else phi_values([r.held, r.claimed])
     return ConflictOut(
         id=c.id,
         kind=r.kind.value,
         action=r.action.value,
         reason=r.reason.value,
         state=c.state.value,
-        subject=r.subject,
+        subject=without_phi(r.subject, hidden),
         matched_on=r.matched_on,
         study_uid=r.study_uid,
         order_id=r.order_id,
-        held=PatientRef(patient_id=r.held.patient_id, issuer=r.held.issuer),
-        claimed=PatientRef(patient_id=r.claimed.patient_id, issuer=r.claimed.issuer),
-        detail=r.detail,
+        held=PatientRef(patient_id=r.held.patient_id if phi else None, issuer=r.held.issuer),
+        claimed=PatientRef(
+            patient_id=r.claimed.patient_id if phi else None, issuer=r.claimed.issuer
+        ),
+        detail=without_phi(r.detail, hidden),
         source=c.source,
         sender=c.sender,
         peer=c.peer,
@@ -104,7 +111,7 @@ def conflict_out(c: IdentityConflict) -> ConflictOut:
 def list_conflicts(
     *,
     api: State,
-    _who: Viewer,
+    who: Viewer,
     state: Annotated[
         ConflictState | None, Query(description="open (default) or resolved; all=true for both.")
     ] = None,
@@ -125,7 +132,8 @@ def list_conflicts(
     )
     page = found[:limit]
     following = encode([page[-1].id]) if len(found) > limit else None
-    return Page[ConflictOut](items=[conflict_out(c) for c in page], next=following)
+    items = [conflict_out(c, phi=who.sees_phi) for c in page]
+    return Page[ConflictOut](items=items, next=following)
 
 
 @router.get(
@@ -134,9 +142,9 @@ def list_conflicts(
     summary="One identity conflict",
     responses=NOT_FOUND,
 )
-def get_conflict(conflict_id: RowId, api: State, _who: Viewer) -> ConflictOut:
+def get_conflict(conflict_id: RowId, api: State, who: Viewer) -> ConflictOut:
     try:
-        return conflict_out(ConflictStore(api.engine).get(conflict_id))
+        return conflict_out(ConflictStore(api.engine).get(conflict_id), phi=who.sees_phi)
     except NotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
 
@@ -160,4 +168,4 @@ def resolve_conflict(
         raise HTTPException(404, str(exc)) from exc
     except ConflictResolvedError as exc:
         raise HTTPException(409, str(exc)) from exc
-    return conflict_out(resolved)
+    return conflict_out(resolved, phi=who.sees_phi)

@@ -11,10 +11,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from adapters.console.auth import State, reading
-from adapters.console.views import patient_view, phi_values, render, scrub, translator
+from adapters.console.views import patient_view, render, scrub, translator
 from broker.model.domain import Role, Study
 from broker.model.errors import NotFoundError
 from broker.model.jobs import UNFINISHED, Job, JobState
+from broker.model.phi import phi_values
 from broker.store.health import health_status, next_job_retries, target_health, urgent_results
 from broker.store.listing import JobFilter, StudyFilter, VendorActivity, vendor_activity
 from broker.store.overview import count_studies, jobs_by_state, jobs_of_studies, results_of_studies

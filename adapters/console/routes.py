@@ -16,9 +16,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from adapters.console.auth import State, reading
-from adapters.console.views import phi_values, render, scrub, translator
+from adapters.console.views import render, scrub, translator
 from broker.model.domain import Role
 from broker.model.errors import NotFoundError
+from broker.model.phi import phi_values
 from broker.runtime.routing_input import stored_input
 from broker.store.users import Session
 from config.vendors import Route

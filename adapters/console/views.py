@@ -28,13 +28,13 @@ from broker import i18n
 from broker.model.domain import Patient, Role
 from broker.model.jobs import FINAL, RETRYABLE, JobState
 from broker.model.logging import pseudonym
+from broker.model.phi import HIDDEN, without_phi
 from broker.model.version import VERSION
 from broker.store.users import Session
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 TEMPLATES.env.add_extension("jinja2.ext.i18n")
 TEMPLATES.env.globals["version"] = VERSION  # every page's footer
-HIDDEN = "—"
 #: Job states whose row refreshes itself (htmx) until it settles.
 MOVING: frozenset[JobState] = frozenset(
     {
@@ -80,28 +80,13 @@ def identifier(value: str | None, who: Session | None) -> str:
     return value if sees_phi(who) else pseudonym(value)
 
 
-def phi_values(patients: Iterable[Patient], extra: Iterable[str | None] = ()) -> list[str]:
-    """The patient values free text must not show a viewer, longest first."""
-    found: set[str] = set()
-    for p in patients:
-        if p.name:
-            found.add(p.name)
-            found.update(part.strip() for part in p.name.replace("^", " ").split())
-        found.update(v for v in (p.patient_id, p.birth_date) if v)
-    found.update(v for v in extra if v)
-    found = {v.strip() for v in found if len(v.strip()) >= 2}
-    return sorted(found, key=len, reverse=True)
-
-
 def scrub(text: str | None, who: Session | None, values: Iterable[str]) -> str:
     """``text`` with the patient ``values`` replaced by ``—`` for a viewer."""
     if not text:
         return ""
     if sees_phi(who):
         return text
-    for value in values:
-        text = text.replace(value, HIDDEN)
-    return text
+    return without_phi(text, values)
 
 
 @pass_context

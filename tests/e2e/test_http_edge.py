@@ -28,6 +28,7 @@ from sqlalchemy import Engine
 from adapters.console.auth import THROTTLE
 from adapters.web.edge import WebEdge
 from broker.model.domain import InboundMessage, Order, OrderPriority, OrderSource, Patient, Role
+from broker.model.identity import IdentityConflictError
 from broker.runtime.edges import ServiceContext
 from broker.store import StudyStore
 from broker.store.api_tokens import ApiTokens
@@ -45,6 +46,7 @@ STUDY = "1.2.826.0.1.3680043.10.511.77"
 PATIENT = Patient(
     patient_id="PID-EDGE-31", issuer="HOSP", name="EDGECASE^MIRA", birth_date="19610203", sex="F"
 )
+OTHER = Patient(patient_id="PID-EDGE-99", issuer="HOSP", name="OTHERONE^RUT", sex="M")
 PROXY = "127.0.0.2"
 ELSEWHERE = "127.0.0.3"
 
@@ -104,6 +106,18 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, Pa
             ),
             InboundMessage(source=OrderSource.HL7, kind="ORM^O01", raw=b"MSH|^~\\&|", peer="x"),
         )
+        with pytest.raises(IdentityConflictError):  # the same order for another patient
+            OrderStore(engine).record_order(
+                Order(
+                    source=OrderSource.HL7,
+                    placer_number="PL-EDGE",
+                    accession_number="ACC-EDGE-1",
+                    patient=OTHER,
+                    modality="CT",
+                    priority=OrderPriority.ROUTINE,
+                ),
+                InboundMessage(source=OrderSource.HL7, kind="ORM^O01", raw=b"MSH|^~\\&|2"),
+            )
         yield engine, folder
 
 
@@ -154,6 +168,23 @@ def test_viewers_get_records_without_patient_data_operators_with_it(edge: Edge) 
             assert refused.status_code == 403 and "patient_id" in refused.json()["detail"]
             found = operator.get(path, params={"patient_id": PATIENT.patient_id}).json()
             assert len(found["items"]) == 1
+
+
+def test_viewers_get_identity_conflicts_without_patient_ids(edge: Edge) -> None:
+    """An identity conflict (an order update for another patient): a viewer gets both
+    patient IDs null and taken out of the text; an operator sees them."""
+    with edge.client(role=Role.VIEWER) as viewer, edge.client(role=Role.OPERATOR) as operator:
+        seen = viewer.get(f"{API}/conflicts").raise_for_status()
+        [conflict] = seen.json()["items"]
+        assert conflict["held"]["patient_id"] is None and conflict["claimed"]["patient_id"] is None
+        for value in (PATIENT.patient_id, OTHER.patient_id):
+            assert value not in seen.text
+            assert value not in viewer.get(f"{API}/conflicts/{conflict['id']}").text
+        [shown] = operator.get(f"{API}/conflicts").json()["items"]
+        assert (shown["held"]["patient_id"], shown["claimed"]["patient_id"]) == (
+            PATIENT.patient_id,
+            OTHER.patient_id,
+        )
 
 
 def test_the_audit_trail_is_for_admins(edge: Edge) -> None:

@@ -128,8 +128,9 @@ class Stack:
         return json.loads(self.rb.cli(*args, "--json").stdout)
 
     def conflicts(self, **params: Any) -> list[dict[str, Any]]:
-        """The identity conflicts the REST API lists (open ones unless ``all=True``)."""
-        answer = self.api("GET", "/api/v1/conflicts", params=params)
+        """The identity conflicts the REST API lists (open ones unless ``all=True``), as an
+        operator sees them (a viewer gets no patient IDs)."""
+        answer = self.api("GET", "/api/v1/conflicts", self.operator, params=params)
         assert answer.status_code == 200, answer.text
         items: list[dict[str, Any]] = answer.json()["items"]
         return items
