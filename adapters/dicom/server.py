@@ -98,7 +98,9 @@ TRANSFER_SYNTAXES: list[str | bytes | UID] = [
     UID("1.2.840.10008.1.2.4.203"),  # HTJ2K
     UID("1.2.840.10008.1.2.4.100"),  # MPEG2 main profile
     UID("1.2.840.10008.1.2.4.102"),  # MPEG-4 AVC/H.264 high profile
-    UID("1.2.840.10008.1.2.4.110"),  # HEVC/H.265 main profile
+    UID("1.2.840.10008.1.2.4.107"),  # HEVC/H.265 Main Profile
+    UID("1.2.840.10008.1.2.4.108"),  # HEVC/H.265 Main 10 Profile
+    UID("1.2.840.10008.1.2.4.110"),  # JPEG XL Lossless
 ]
 
 

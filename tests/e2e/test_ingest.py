@@ -122,6 +122,29 @@ def test_unknown_called_ae_is_rejected(radbridge: Radbridge) -> None:
     assert echoscu(radbridge.port, called_ae="RADBRIDGE").returncode == 0
 
 
+def test_video_and_jpeg_xl_transfer_syntaxes_are_accepted_as_the_statement_says(
+    radbridge: Radbridge,
+) -> None:
+    """A modality proposing only HEVC (Main, Main 10) or JPEG XL Lossless for a video or CT
+    object gets that context accepted (the listener once listed JPEG XL's UID as HEVC, so
+    HEVC was refused though the README promised it)."""
+    wanted = {
+        "1.2.840.10008.1.2.4.107": "1.2.840.10008.5.1.4.1.1.77.1.4.1",  # VL Photographic Video
+        "1.2.840.10008.1.2.4.108": "1.2.840.10008.5.1.4.1.1.77.1.4.1",
+        "1.2.840.10008.1.2.4.110": str(CTImageStorage),
+    }
+    ae = AE(ae_title="CT01")
+    for syntax, sop_class in wanted.items():
+        ae.add_requested_context(sop_class, syntax)
+    assoc = ae.associate("127.0.0.1", radbridge.port, ae_title="RADBRIDGE")
+    try:
+        assert assoc.is_established
+        accepted = {str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
+    finally:
+        assoc.release()
+    assert accepted == set(wanted)
+
+
 def test_calling_ae_and_address_allow_list(radbridge_factory: Callable[..., Radbridge]) -> None:
     """Only listed calling AE titles get in, and a title pinned to a host only from that host."""
     rb = radbridge_factory(
