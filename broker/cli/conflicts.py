@@ -10,7 +10,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from broker.cli.common import ConfigOption, JsonOption, err, out, plain, settings_or_exit
+from broker.cli.common import (
+    ConfigOption,
+    JsonOption,
+    cli_locale,
+    err,
+    out,
+    plain,
+    settings_or_exit,
+)
 from broker.model.domain import Patient
 from broker.model.errors import RadbridgeError
 from broker.model.identity import ConflictKind, ConflictState, IdentityConflict
@@ -71,7 +79,19 @@ def list_conflicts(
     if as_json:
         print(json.dumps([conflict_json(c) for c in found], indent=2))
         return
-    table = Table("id", "kind", "action", "state", "subject", "held", "claimed", "times", "last")
+    local = cli_locale(config)
+    _ = local.gettext
+    table = Table(
+        _("id"),
+        _("kind"),
+        _("action"),
+        _("state"),
+        _("subject"),
+        _("held"),
+        _("claimed"),
+        _("times"),
+        _("last"),
+    )
     for c in found:
         r = c.report
         table.add_row(
@@ -83,7 +103,7 @@ def list_conflicts(
             _patient(r.held),
             _patient(r.claimed),
             str(c.count),
-            f"{c.last_at:%Y-%m-%d %H:%M:%S}",
+            local.time(c.last_at),
         )
     out.print(table)
 
@@ -104,6 +124,7 @@ def show_conflict(
         print(json.dumps(conflict_json(c), indent=2))
         return
     r = c.report
+    local = cli_locale(config)
     rows = [
         ("kind", f"{r.kind.value} ({r.action.value}, {r.reason.value})"),
         ("state", c.state.value),
@@ -115,12 +136,10 @@ def show_conflict(
         ("what", r.detail),
         ("from", f"{c.source} {c.sender} ({c.peer or '-'})"),
         ("message", str(c.message_id) if c.message_id is not None else "-"),
-        ("times", f"{c.count} ({c.first_at:%Y-%m-%d %H:%M:%S} – {c.last_at:%H:%M:%S})"),
+        ("times", f"{c.count} ({local.time(c.first_at)} – {local.time(c.last_at)})"),
     ]
     if c.resolved_at is not None:
-        rows.append(
-            ("resolved", f"{c.resolved_at:%Y-%m-%d %H:%M:%S} by {c.resolved_by}: {c.resolution}")
-        )
+        rows.append(("resolved", f"{local.time(c.resolved_at)} by {c.resolved_by}: {c.resolution}"))
     out.print(f"[bold]Identity conflict[/bold] {c.id}", highlight=False)
     for key, value in rows:
         out.print(f"  {key:15} {value}", highlight=False, markup=False)

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from broker.cli.audit import app as audit_app
 from broker.cli.backup import backup_command, restore_command
-from broker.cli.common import ConfigOption, JsonOption, err, out, settings_or_exit
+from broker.cli.common import ConfigOption, JsonOption, cli_locale, err, out, settings_or_exit
 from broker.cli.config import app as config_app
 from broker.cli.conflicts import app as conflicts_app
 from broker.cli.deliveries import app as deliveries_app
@@ -206,15 +206,17 @@ def studies_list(
     if as_json:
         print(json.dumps([_study_json(s, with_series=False) for s in studies], indent=2))
         return
+    local = cli_locale(config)
+    _ = local.gettext
     table = Table(
-        "study UID",
-        "patient",
-        "accession",
-        "modalities",
-        "series",
-        "instances",
-        "state",
-        "last received",
+        _("study UID"),
+        _("patient"),
+        _("accession"),
+        _("modalities"),
+        _("series"),
+        _("instances"),
+        _("state"),
+        _("last received"),
     )
     for s in studies:
         table.add_row(
@@ -224,8 +226,8 @@ def studies_list(
             "/".join(s.modalities),
             str(len(s.series)),
             str(s.instance_count),
-            s.state.value + (" (purged)" if s.purged_at else ""),
-            s.last_received_at.strftime("%Y-%m-%d %H:%M:%S"),
+            s.state.value + (" " + _("(purged)") if s.purged_at else ""),
+            local.time(s.last_received_at),
         )
     out.print(table)
 
@@ -254,6 +256,7 @@ def studies_show(
         print(json.dumps(data, indent=2))
         return
     p = study.patient
+    local = cli_locale(config)
     out.print(f"[bold]Study[/bold] {study.study_uid}", highlight=False)
     rows = [
         ("patient", f"{p.name or ''} ({p.patient_id or '-'}{'^' + p.issuer if p.issuer else ''})"),
@@ -263,9 +266,9 @@ def studies_show(
         ("state", f"{study.state.value} (revision {study.revision})"),
         (
             "received",
-            f"{study.first_received_at:%Y-%m-%d %H:%M:%S} – {study.last_received_at:%H:%M:%S}",
+            f"{local.time(study.first_received_at)} – {local.time(study.last_received_at)}",
         ),
-        ("stable at", f"{study.stable_at:%Y-%m-%d %H:%M:%S}" if study.stable_at else "-"),
+        ("stable at", local.time(study.stable_at) or "-"),
         ("from", f"{study.calling_ae} ({study.peer_address}) to {study.called_ae}"),
         ("instances", f"{study.instance_count} ({study.size / 1e6:.1f} MB)"),
     ]

@@ -81,12 +81,12 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2))
 
 
-def claim_line(item: Any) -> str | None:
+def claim_line(item: Any, local: CliLocale) -> str | None:
     """``claimed by WORKER until TIME`` while an attempt holds the item."""
     if getattr(item, "claimed_by", None) is None:
         return None
     until = item.lease_until
-    return f"claimed by {item.claimed_by}" + (f" until {until:%H:%M:%S} UTC" if until else "")
+    return f"claimed by {item.claimed_by}" + (f" until {local.time(until)}" if until else "")
 
 
 def print_history(history: list[Any], local: CliLocale) -> None:
@@ -118,7 +118,7 @@ def show(store: Any, local: CliLocale, item_id: int, json_out: bool, describe: A
     if json_out:
         print_json(as_json(item, history))
         return
-    lines = [*describe(item), claim_line(item)]
+    lines = [*describe(item), claim_line(item, local)]
     if item.last_error:
         lines.append(local.gettext("last error: {error}").format(error=item.last_error))
     for line in lines:
