@@ -56,7 +56,7 @@ def create_console(engine: Engine, context: ServiceContext | None = None) -> Fas
         return render(
             request,
             "error.html",
-            {"title": "Not allowed", "message": exc.text(translator(request))},
+            {"title": translator(request)("Not allowed"), "message": exc.text(translator(request))},
             status=403,
         )
 

@@ -114,7 +114,10 @@ def _act(
         before = console.jobs.get(job_id)
     except NotFoundError as exc:
         return render(
-            request, "error.html", {"title": "No such job", "message": str(exc)}, status=404
+            request,
+            "error.html",
+            {"title": translator(request)("No such job"), "message": str(exc)},
+            status=404,
         )
     try:
         if action == Action.JOB_RETRY:
@@ -174,7 +177,10 @@ def retry_delivery(
         delivery = console.deliveries.retry(delivery_id)
     except NotFoundError as exc:
         return render(
-            request, "error.html", {"title": "No such delivery", "message": str(exc)}, status=404
+            request,
+            "error.html",
+            {"title": translator(request)("No such delivery"), "message": str(exc)},
+            status=404,
         )
     except DeliveryStateError as exc:
         _ = translator(request)

@@ -221,7 +221,10 @@ def study_page(request: Request, study_uid: str, console: State, who: Viewer) ->
         study = console.studies.get_study(study_uid)
     except NotFoundError as exc:
         return render(
-            request, "error.html", {"title": "No such study", "message": str(exc)}, status=404
+            request,
+            "error.html",
+            {"title": translator(request)("No such study"), "message": str(exc)},
+            status=404,
         )
     stored, link = console.orders.order_for_study(study)
     patients = [study.patient] + ([stored.order.patient] if stored is not None else [])
