@@ -107,8 +107,9 @@ def test_backup_of_a_running_service_restores_everything_and_resumes_jobs(
 ) -> None:
     """A backup taken while the service runs, restored into a fresh folder after the old
     one is gone: studies, instances (paths in the new spool), orders, jobs, the result and
-    the audit trail are all there, the vendor that was down receives the study, and a
-    second restore onto the now non-empty store is refused without --force."""
+    the audit trail are all there, the vendor that was down receives the study; a second
+    restore is refused onto the now non-empty store without --force, and onto the running
+    service's spool even with it."""
     with StoreSCP(tmp_path / "lungai", ae_title="LUNGAI") as lungai:
         down_port = free_port()
         rb = Radbridge(tmp_path / "old", _config(tmp_path / "old", lungai.port, down_port))
@@ -180,6 +181,8 @@ def test_backup_of_a_running_service_restores_everything_and_resumes_jobs(
                 paths = [row[0] for row in conn.execute("SELECT path FROM instances")]
             assert paths and all(p.startswith(str(new.spool) + "/") for p in paths)
             assert all(Path(p).is_file() for p in paths)
+            running = new.cli("restore", str(backup), "--force", check=False)
+            assert running.returncode == 1 and "in use" in running.stderr + running.stdout
             assert _jobs(new)["lungai"]["state"] != "pending"  # not sent a second time
             assert len(lungai2.files()) == 0
         finally:
