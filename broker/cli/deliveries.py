@@ -81,7 +81,7 @@ def list_deliveries(
             (d.last_error or "")[:80] if d.state is not DeliveryState.DONE else "",
         )
     out.print(table)
-    more_pages(found, limit)
+    more_pages(found, limit, local)
 
 
 @app.command("show")

@@ -94,7 +94,7 @@ def list_jobs(
             local.time(j.updated_at),
         )
     out.print(table)
-    more_pages(jobs, limit)
+    more_pages(jobs, limit, local)
 
 
 @app.command("show")

@@ -55,10 +55,11 @@ BeforeOption = Annotated[
 ]
 
 
-def more_pages(items: list[Any], limit: int) -> None:
+def more_pages(items: list[Any], limit: int, local: CliLocale) -> None:
     """Say how to see the next (older) page when ``items`` filled the page."""
     if items and len(items) >= limit:
-        err.print(f"newest {limit} shown; older ones: --before {items[-1].id}", highlight=False)
+        hint = local.gettext("newest {limit} shown; older ones: --before {id}")
+        err.print(hint.format(limit=limit, id=items[-1].id), highlight=False)
 
 
 def store_engine(config: Any) -> Engine:
