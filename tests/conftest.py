@@ -30,6 +30,9 @@ from tests.service import Radbridge
 # Debian's dcmtk (and Orthanc) leave Nagle on: each C-STORE on loopback would
 # stall ~40 ms without this in the environment of both ends.
 os.environ["TCP_NODELAY"] = "1"
+# The bus URLs the tests configure name no password (radbridge refuses one there): it comes
+# from the environment, as on a hospital's server; the local RabbitMQ is guest/guest.
+os.environ.setdefault("RADBRIDGE_BUS__PASSWORD", "guest")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -28,7 +28,7 @@ from tests.peers import StoreSCP, free_port, storescu
 from tests.service import RADBRIDGE, Radbridge, base_config
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.rabbitmq, pytest.mark.postgres]
-RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
+RABBITMQ = "amqp://guest@127.0.0.1:5672//"
 
 
 def _wait(what: str, predicate: Callable[[], bool], timeout: float = 60.0) -> None:

@@ -154,7 +154,7 @@ def test_same_flow_on_rabbitmq_with_two_workers(
     tmp_path: Path,
 ) -> None:
     """RabbitMQ and two `radbridge worker` processes: the CT arrives intact, the MR nowhere."""
-    bus = {"url": "amqp://guest:guest@127.0.0.1:5672//", "prefix": f"t{uuid.uuid4().hex[:10]}"}
+    bus = {"url": "amqp://guest@127.0.0.1:5672//", "prefix": f"t{uuid.uuid4().hex[:10]}"}
     with StoreSCP(tmp_path / "lungai", ae_title="LUNGAI") as vendor:
         config = _config(tmp_path / "rb", vendor.port, bus=bus, worker_in_service=False)
         config_path = tmp_path / "shared.yaml"
@@ -299,7 +299,7 @@ def test_vendor_concurrency_holds_across_two_workers(
         ],
     )
     try:
-        bus = {"url": "amqp://guest:guest@127.0.0.1:5672//", "prefix": f"t{uuid.uuid4().hex[:10]}"}
+        bus = {"url": "amqp://guest@127.0.0.1:5672//", "prefix": f"t{uuid.uuid4().hex[:10]}"}
         config = _config(tmp_path / "rb", port, bus=bus, worker_in_service=False)
         config_path = tmp_path / "shared.yaml"
         config_path.write_text(yaml.safe_dump(config))

@@ -528,7 +528,7 @@ def test_vendor_added_by_reload_reaches_the_workers_on_rabbitmq_and_postgresql(
     """RabbitMQ, PostgreSQL and two `radbridge worker` processes (the service delivers
     nothing itself): a vendor and a route added to the file are delivered by the workers,
     which follow the service's snapshot in force."""
-    bus = {"url": "amqp://guest:guest@127.0.0.1:5672//", "prefix": f"t{uuid.uuid4().hex[:10]}"}
+    bus = {"url": "amqp://guest@127.0.0.1:5672//", "prefix": f"t{uuid.uuid4().hex[:10]}"}
     with fresh_postgres_database() as database:
         config = _config(
             tmp_path / "rb",
