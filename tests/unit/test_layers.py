@@ -14,12 +14,14 @@ SOURCES = ("broker", "adapters", "routing", "config")
 
 #: What each package of the core may import of radbridge, besides its own modules.
 #: From the bottom up: the core model, the store, the job engine, routing and config
-#: (which see only the model), the running service, the command line. ``broker``
+#: (which see only the model), the running service, the command line; the operators'
+#: languages and local times (``broker.i18n``) stand alone below the command line. ``broker``
 #: itself is only its ``__init__``. An adapter (``adapters.<edge>``) may import any of
 #: them but the command line, and other adapters as long as no cycle forms.
 MAY_IMPORT: dict[str, frozenset[str]] = {
     "broker": frozenset(),
     "broker.model": frozenset(),
+    "broker.i18n": frozenset(),
     "broker.store": frozenset({"broker.model"}),
     "broker.engine": frozenset({"broker.model", "broker.store"}),
     "routing": frozenset({"broker.model"}),
@@ -29,7 +31,15 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
         {"broker.model", "broker.store", "broker.engine", "routing", "config"}
     ),
     "broker.cli": frozenset(
-        {"broker.model", "broker.store", "broker.engine", "broker.runtime", "routing", "config"}
+        {
+            "broker.model",
+            "broker.i18n",
+            "broker.store",
+            "broker.engine",
+            "broker.runtime",
+            "routing",
+            "config",
+        }
     ),
 }
 CLI = "broker.cli"
