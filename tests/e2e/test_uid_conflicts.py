@@ -104,8 +104,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         rb.env["RADBRIDGE_VENDORS__LUNGAI__RESULTS__TOKEN"] = RESULTS_TOKEN
         try:
             rb.start()
-            viewer = rb.cli("tokens", "create", "--role", "viewer", "--name", "uids").stdout
-            yield Service(rb, vendor, viewer.strip())
+            # an operator: conflicts show patient IDs to operators and admins, not viewers
+            operator = rb.cli("tokens", "create", "--role", "operator", "--name", "uids").stdout
+            yield Service(rb, vendor, operator.strip())
         finally:
             rb.close()
 
