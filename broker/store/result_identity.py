@@ -30,21 +30,11 @@ from broker.model.identity import (
     ConflictReport,
     patient_conflict,
 )
+from broker.store.instance_identity import patient_of
 from broker.store.patients import merged_into
-from broker.store.tables import series, studies
+from broker.store.tables import series
 
 _NOTHING_KEPT = "it was not stored and nothing will be written back"
-
-
-def _patient_of(conn: Connection, study_uid: str) -> Patient | None:
-    row = conn.execute(
-        select(studies.c.patient_id, studies.c.issuer_of_patient_id).where(
-            studies.c.study_uid == study_uid
-        )
-    ).one_or_none()
-    return (
-        None if row is None else Patient(patient_id=row.patient_id, issuer=row.issuer_of_patient_id)
-    )
 
 
 def object_conflict(
@@ -52,7 +42,7 @@ def object_conflict(
 ) -> ConflictReport | None:
     """Why the object may not be recorded (with ``job``, a row of ``jobs``, or as an orphan
     when ``job`` is None), or None; see the module."""
-    own = _patient_of(conn, obj.study_uid)
+    own = patient_of(conn, obj.study_uid)
     subject = f"SOP Instance UID {obj.sop_instance_uid}"
     if job is not None and job.study_uid != obj.study_uid and own is not None:
         return ConflictReport(
@@ -66,12 +56,12 @@ def object_conflict(
             ),
             subject=subject,
             matched_on="study_uid",
-            held=_patient_of(conn, job.study_uid) or Patient(),
+            held=patient_of(conn, job.study_uid) or Patient(),
             claimed=patient,
             study_uid=job.study_uid,
         )
     study_uid = job.study_uid if job is not None else obj.study_uid
-    held = own if study_uid == obj.study_uid else _patient_of(conn, study_uid)
+    held = own if study_uid == obj.study_uid else patient_of(conn, study_uid)
     if held is None:
         return None
     why = patient_conflict(held, patient)
@@ -123,8 +113,8 @@ def findings_conflict(conn: Connection, job: Any, findings: Findings) -> Conflic
             ),
             subject=f"Series Instance UID {row.series_uid}",
             matched_on="series_uid",
-            held=_patient_of(conn, job.study_uid) or Patient(),
-            claimed=_patient_of(conn, row.study_uid) or Patient(),
+            held=patient_of(conn, job.study_uid) or Patient(),
+            claimed=patient_of(conn, row.study_uid) or Patient(),
             study_uid=job.study_uid,
         )
     return None
