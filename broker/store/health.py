@@ -16,7 +16,10 @@ from sqlalchemy import Engine, func, select
 
 from broker.model.jobs import JobState
 from broker.model.writeback import DeliveryState
-from broker.store.tables import deliveries, delivery_events, jobs, results
+from broker.store.deliveries import DELIVERIES
+from broker.store.jobs import JOBS
+from broker.store.tables import deliveries, delivery_events, results
+from broker.store.work import lane_outcomes, lane_retries
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +61,8 @@ def health_status(succeeded: int, failures: int, dead: int) -> str:
 
 def next_job_retries(engine: Engine) -> dict[str, datetime]:
     """Per vendor, the earliest next attempt of its failed jobs."""
-    stmt = (
-        select(jobs.c.vendor, func.min(jobs.c.next_attempt_at))
-        .where(jobs.c.state == JobState.FAILED.value, jobs.c.next_attempt_at.is_not(None))
-        .group_by(jobs.c.vendor)
-    )
     with engine.connect() as conn:
-        return {vendor: at for vendor, at in conn.execute(stmt).all() if at is not None}
+        return lane_retries(conn, JOBS, JobState.FAILED.value)
 
 
 def target_health(engine: Engine, since: datetime) -> list[TargetHealth]:
@@ -79,21 +77,8 @@ def target_health(engine: Engine, since: datetime) -> list[TargetHealth]:
             )
         ).all():
             states.setdefault((target, kind), {})[state] = int(count)
-        window: dict[str, dict[str, int]] = {}
-        for target, state, count in conn.execute(
-            select(d.c.target, e.c.to_state, func.count())
-            .select_from(e.join(d, d.c.id == e.c.delivery_id))
-            .where(e.c.to_state.in_(outcomes), e.c.at >= since)
-            .group_by(d.c.target, e.c.to_state)
-        ).all():
-            window.setdefault(target, {})[state] = int(count)
-        retries = dict(
-            conn.execute(
-                select(d.c.target, func.min(d.c.next_attempt_at))
-                .where(d.c.state == DeliveryState.FAILED.value)
-                .group_by(d.c.target)
-            ).all()
-        )
+        window = lane_outcomes(conn, DELIVERIES, outcomes, since)
+        retries = lane_retries(conn, DELIVERIES, DeliveryState.FAILED.value)
         last_done = dict(
             conn.execute(
                 select(d.c.target, func.max(e.c.at))

@@ -23,7 +23,7 @@ from broker.model.domain import Result, ResultState, StoredOrder, Study, StudySt
 from broker.model.jobs import Job, JobState
 from broker.model.writeback import Delivery, DeliveryState
 from broker.store.deliveries import _delivery
-from broker.store.jobs import _job
+from broker.store.jobs import JOBS, _job
 from broker.store.orders import _order
 from broker.store.results import _build as _build_results
 from broker.store.studies import StudyStore
@@ -36,6 +36,7 @@ from broker.store.tables import (
     series,
     studies,
 )
+from broker.store.work import lane_outcomes
 
 #: A page's position: the sort key of the last row of the page before.
 TimeKey = tuple[datetime, int]
@@ -248,14 +249,7 @@ def vendor_activity(
             select(jobs.c.vendor, jobs.c.state, func.count()).group_by(jobs.c.vendor, jobs.c.state)
         ).all():
             by_state.setdefault(vendor, {})[state] = int(count)
-        ended: dict[str, dict[str, int]] = {}
-        for vendor, state, count in conn.execute(
-            select(jobs.c.vendor, job_events.c.to_state, func.count())
-            .select_from(job_events.join(jobs, jobs.c.id == job_events.c.job_id))
-            .where(job_events.c.to_state.in_(outcomes), job_events.c.at >= since)
-            .group_by(jobs.c.vendor, job_events.c.to_state)
-        ).all():
-            ended.setdefault(vendor, {})[state] = int(count)
+        ended = lane_outcomes(conn, JOBS, outcomes, since)
         result = {}
         for vendor in sorted(by_state):
             last = conn.execute(

@@ -44,7 +44,48 @@ from broker.store.work_claims import (
     utc,
 )
 
-__all__ = ["LEASE_SECONDS", "MAX_ERROR", "WorkKind", "WorkStore", "clip", "utc"]
+__all__ = [
+    "LEASE_SECONDS",
+    "MAX_ERROR",
+    "WorkKind",
+    "WorkStore",
+    "clip",
+    "lane_outcomes",
+    "lane_retries",
+    "utc",
+]
+
+
+def lane_outcomes(
+    conn: Connection, kind: WorkKind[Any, Any, Any], outcomes: Sequence[str], since: datetime
+) -> dict[str, dict[str, int]]:
+    """Per lane (vendor, target): how many steps into each of ``outcomes`` the history has
+    since ``since``."""
+    items, events = kind.table, kind.events
+    lane = items.c[kind.lane]
+    found: dict[str, dict[str, int]] = {}
+    for name, state, count in conn.execute(
+        select(lane, events.c.to_state, func.count())
+        .select_from(events.join(items, items.c.id == events.c[kind.event_key]))
+        .where(events.c.to_state.in_(outcomes), events.c.at >= since)
+        .group_by(lane, events.c.to_state)
+    ).all():
+        found.setdefault(name, {})[state] = int(count)
+    return found
+
+
+def lane_retries(
+    conn: Connection, kind: WorkKind[Any, Any, Any], failed: str
+) -> dict[str, datetime]:
+    """Per lane: the earliest next attempt of its items in state ``failed`` (the backoff)."""
+    items = kind.table
+    lane = items.c[kind.lane]
+    rows = conn.execute(
+        select(lane, func.min(items.c.next_attempt_at))
+        .where(items.c.state == failed, items.c.next_attempt_at.is_not(None))
+        .group_by(lane)
+    ).all()
+    return {name: at for name, at in rows if at is not None}
 
 
 class WorkStore(WorkClaims[I, S, E]):
