@@ -214,30 +214,22 @@ class ConsoleUsers:
 
     def enable(self, username: str) -> ConsoleUser:
         """Let a disabled user log in again."""
-        user = self.get(username)
-        try:
-            with writing(self.engine) as conn:
-                conn.execute(
-                    update(console_users)
-                    .where(console_users.c.id == user.id)
-                    .values(disabled_at=None)
-                )
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot enable '{username}': {exc}") from exc
-        return self.get(username)
+        return self._update(username, "enable", disabled_at=None)
 
     def set_language(self, username: str, language: str | None) -> ConsoleUser:
         """The language the console speaks to ``username``; None: the site's."""
+        return self._update(username, "set the language of", language=language)
+
+    def _update(self, username: str, doing: str, **values: Any) -> ConsoleUser:
+        """Set ``values`` on one user's row; the user as it is then."""
         user = self.get(username)
         try:
             with writing(self.engine) as conn:
                 conn.execute(
-                    update(console_users)
-                    .where(console_users.c.id == user.id)
-                    .values(language=language)
+                    update(console_users).where(console_users.c.id == user.id).values(**values)
                 )
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot set the language of '{username}': {exc}") from exc
+            raise StoreError(f"cannot {doing} '{username}': {exc}") from exc
         return self.get(username)
 
     def get(self, username: str) -> ConsoleUser:
