@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -338,6 +338,16 @@ def echoscu(
     ensure_debian_packages("echoscu")
     args = ["echoscu", "-aet", calling_ae, "-aec", called_ae, *extra_args, host, str(port)]
     return _run(args, check=check, timeout=timeout)
+
+
+def wait_until(predicate: Callable[[], Any], what: str = "condition", timeout: float = 60.0) -> Any:
+    """``predicate()``'s first true value, polled every 0.1 s; AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met in {timeout} s")
+        time.sleep(0.1)
+    return value
 
 
 def wait_for_port(port: int, timeout: float = 30.0, host: str = LOOPBACK) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
 
 from adapters.dicom.synthetic import generate_study
 from tests.e2e.test_pipeline import _config
-from tests.peers import LOOPBACK, StoreSCP, free_port, storescu
+from tests.peers import LOOPBACK, StoreSCP, free_port, storescu, wait_until
 from tests.service import Radbridge
 
 # slow: the service's start and the schemathesis run take over 15 s; the module's tests share
@@ -58,15 +57,6 @@ class Service:
 
     def auth(self, role: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[role]}"}
-
-
-def _wait(predicate: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +93,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
                 waiting = [j for j in jobs["items"] if j["state"] == "awaiting_result"]
                 return waiting[0] if waiting else None
 
-            job = _wait(waiting_job)
+            job = wait_until(waiting_job)
             listed = httpx.get(
                 f"{base}/api/v1/tokens", headers={"Authorization": f"Bearer {admin}"}, timeout=10
             ).json()

@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-import time
 import uuid
-from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -32,21 +30,13 @@ from adapters.results.sr import read_source_study
 from tests.databases import fresh_postgres_database
 from tests.hl7_messages import orm_o01, sample_order
 from tests.integration.test_results_sr import head_bleed
-from tests.peers import LOOPBACK, StoreSCP, free_port, storescu
+from tests.peers import LOOPBACK, StoreSCP, free_port, storescu, wait_until
 from tests.service import Radbridge, base_config
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 TOKEN = "lungai-results-" + uuid.uuid4().hex
 TABLES = ("studies", "instances", "orders", "order_messages", "jobs", "results", "audit")
-
-
-def _wait(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"{what} not met in {timeout} s"
-        time.sleep(0.2)
-    return value
 
 
 def _config(folder: Path, vendor_port: int, down_port: int) -> dict[str, Any]:
@@ -130,7 +120,7 @@ def test_backup_of_a_running_service_restores_everything_and_resumes_jobs(
             )
             source = read_source_study(files)
             storescu(files, rb.port)
-            job = _wait(
+            job = wait_until(
                 lambda: (j := _jobs(rb).get("lungai")) and j["state"] == "awaiting_result" and j,
                 "lungai job sent",
             )
@@ -142,8 +132,8 @@ def test_backup_of_a_running_service_restores_everything_and_resumes_jobs(
                 timeout=30,
             )
             assert answer.status_code == 202, answer.text
-            _wait(lambda: _counts(rb)["results"] == 1, "result stored")
-            _wait(lambda: _jobs(rb)["ichai"]["attempts"] >= 1, "ichai tried and failed")
+            wait_until(lambda: _counts(rb)["results"] == 1, "result stored")
+            wait_until(lambda: _jobs(rb)["ichai"]["attempts"] >= 1, "ichai tried and failed")
             before = _counts(rb)
             backup = tmp_path / "backup"
             printed = rb.cli("backup", str(backup)).stdout
@@ -173,7 +163,9 @@ def test_backup_of_a_running_service_restores_everything_and_resumes_jobs(
         assert _actions(new)[-1] == "store.restore"
         new.start()
         try:
-            _wait(lambda: len(ichai.files()) == len(files), "the down vendor receives the study")
+            wait_until(
+                lambda: len(ichai.files()) == len(files), "the down vendor receives the study"
+            )
             study = new.study(source.study_uid)
             assert study["instances"] == 6 and study["accession_number"] == order.accession_number
             path = str(new.config["storage"]["database"]).removeprefix("sqlite:///")
@@ -215,7 +207,7 @@ def test_backup_and_restore_on_postgresql(tmp_path: Path) -> None:
             assert str(ack.segment("MSA")[1]) == "AA"
             files = generate_study("ct_head", tmp_path / "study", instances=2, rows=32, columns=32)
             storescu(files, rb.port)
-            _wait(lambda: len(_jobs(rb)) == 2, "two jobs")
+            wait_until(lambda: len(_jobs(rb)) == 2, "two jobs")
             before = _pg_counts(source_url)
             rb.cli("backup", str(tmp_path / "backup"), "--sizes-only")
             assert _pg_counts(source_url)["audit"] == before["audit"] + 1  # store.backup

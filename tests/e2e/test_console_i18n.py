@@ -29,10 +29,9 @@ from tests.e2e.test_console import (  # noqa: F401 (browser: the fixture, used b
     _config,
     _jobs,
     _shot,
-    _wait,
     browser,
 )
-from tests.peers import free_port, storescu
+from tests.peers import free_port, storescu, wait_until
 from tests.service import RADBRIDGE, Radbridge
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
@@ -135,7 +134,7 @@ def test_a_zh_cn_user_sees_the_console_and_the_cli_in_chinese_with_site_times(
     rb.cli("users", "language", "lin", "zh_CN")
     files = generate_study("ct_chest", tmp_path / "ct", instances=2, rows=32, columns=32)
     storescu(files, rb.port)
-    _wait(lambda: {j["state"] for j in _jobs(rb)} == {"dead", "failed"})
+    wait_until(lambda: {j["state"] for j in _jobs(rb)} == {"dead", "failed"})
     [job] = [j for j in _jobs(rb) if j["vendor"] == "lungai"]
     base = f"http://127.0.0.1:{http_port}"
 
@@ -168,7 +167,7 @@ def test_a_zh_cn_user_sees_the_console_and_the_cli_in_chinese_with_site_times(
     before = page.locator("table.jobs tr.job").count()
     second = generate_study("ct_chest", tmp_path / "ct2", instances=1, rows=32, columns=32)
     storescu(second, rb.port)
-    _wait(lambda: page.locator("table.jobs tr.job").count() > before, timeout=20)
+    wait_until(lambda: page.locator("table.jobs tr.job").count() > before, timeout=20)
     assert page.evaluate("window.radbridgeKept") is True  # the same page: no reload
     page.goto(f"{base}/console/jobs")
     assert page.locator("h1").inner_text() == "任务"

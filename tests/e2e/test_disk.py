@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,7 @@ from adapters.hl7.framing import frame
 from broker.store.spool import Spool
 from tests.disk import MiB, fill, small_filesystem
 from tests.hl7_messages import orm_o01, sample_order
-from tests.peers import LOOPBACK, echoscu, free_port, storescu
+from tests.peers import LOOPBACK, echoscu, free_port, storescu, wait_until
 from tests.service import RADBRIDGE, Radbridge, base_config
 
 MLLP_SEND = str(Path(sys.executable).parent / "mllp_send")
@@ -31,13 +30,6 @@ def _metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} not in /metrics")
-
-
-def _wait(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
 
 
 def _order(tmp_path: Path, port: int, control_id: str) -> AckCode:
@@ -83,7 +75,7 @@ def test_low_free_space_stops_dicom_intake_keeps_orders_and_resumes(tmp_path: Pa
             assert list((spool / "tmp").iterdir()) == []
             assert _order(tmp_path, hl7_port, "LOW1") is AckCode.AA
             low = lambda: httpx.get(f"{base}/readyz").status_code == 503  # noqa: E731
-            _wait(low, "/readyz is not 503", timeout=5)  # /readyz measures every 0.5 s
+            wait_until(low, "/readyz is not 503", timeout=5)  # /readyz measures every 0.5 s
             assert httpx.get(f"{base}/readyz").json()["checks"]["disk"].startswith("low")
             banner = httpx.get(f"{base}/console/login").text  # every console page has it
             assert 'id="disk-alarm"' in banner and "DICOM intake stopped" in banner
@@ -101,7 +93,7 @@ def test_low_free_space_stops_dicom_intake_keeps_orders_and_resumes(tmp_path: Pa
             filler.unlink()
             storescu(after, rb.port)
             ready = lambda: httpx.get(f"{base}/readyz").status_code == 200  # noqa: E731
-            _wait(ready, "not ready again", timeout=5)  # /readyz measures every 0.5 s
+            wait_until(ready, "not ready again", timeout=5)  # /readyz measures every 0.5 s
             studies = {s["study_uid"]: s for s in rb.studies()}
             assert len(studies) == 2 and all(s["instances"] == 1 for s in studies.values())
             assert "free space is back" in rb.log_path.read_text()
@@ -118,7 +110,7 @@ def _start_logging_to(rb: Radbridge, log_file: Path) -> None:
         env=rb.env,
         start_new_session=True,
     )
-    _wait(
+    wait_until(
         lambda: log_file.exists() and "radbridge started" in log_file.read_text(),
         "radbridge did not start",
         timeout=120,
@@ -215,7 +207,7 @@ def test_service_purges_on_its_timer_and_start_indexes_only_unfinished(tmp_path:
         [line] = [x for x in rb.log_lines() if x["event"] == "spool reconciled"]
         assert (line["studies"], line["added"]) == (1, 2)
         [study] = rb.studies()
-        _wait(lambda: rb.study(study["study_uid"])["purged_at"] is not None, "never purged")
+        wait_until(lambda: rb.study(study["study_uid"])["purged_at"] is not None, "never purged")
         assert list((rb.spool / "studies").rglob("*.dcm")) == []
         audit = rb.cli("audit", "export", *AUDIT_ALL, "--action", "spool.purge")
         [entry] = json.loads(audit.stdout)

@@ -13,10 +13,9 @@ STOW-RS with httpx; the vendor is dcmtk's ``storescp``.
 from __future__ import annotations
 
 import hashlib
-import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -31,7 +30,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from adapters.harness.hostile import HostilePeer, pdu
 from adapters.harness.hostile import datasets as crafted
 from adapters.harness.hostile.pdu import Response
-from tests.peers import StoreSCP, free_port
+from tests.peers import StoreSCP, free_port, wait_until
 from tests.service import Radbridge, base_config
 
 # One worker runs the module: one service for its tests (--dist loadgroup).
@@ -115,17 +114,6 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not seen in {timeout} s")
-        time.sleep(0.1)
-
-
 def _study(service: Service, study_uid: str) -> dict[str, Any]:
     answer = service.api(f"/api/v1/studies/{study_uid}")
     assert answer.status_code == 200, answer.text
@@ -186,7 +174,7 @@ def test_a_sop_instance_uid_sent_in_another_study_is_refused_and_the_held_one_st
     assert moved["reason"] == "other_patient"
     assert (moved["held"]["patient_id"], moved["claimed"]["patient_id"]) == ("UID-P1", "UID-P2")
     assert "UID-P1" not in moved["detail"] and study not in moved["detail"]
-    _wait(lambda: _vendor_has(service, study, sop), 60, "the held instance at the vendor")
+    wait_until(lambda: _vendor_has(service, study, sop), "the held instance at the vendor")
 
 
 def test_a_series_instance_uid_sent_in_another_study_is_refused(service: Service) -> None:
