@@ -197,30 +197,26 @@ class Retention:
             return [Item("result object", r.path, 1, int(r.size)) for r in conn.execute(stmt)]
 
     def _rows(self, cutoffs: Cutoffs) -> list[Item]:
+        counted = (
+            ("job history", job_events, cutoffs.job_history, lambda at: job_events.c.at < at),
+            (
+                "messages",
+                order_messages,
+                cutoffs.messages,
+                lambda at: order_messages.c.received_at < at,
+            ),
+            ("orders", orders, cutoffs.orders, _old_orders),
+        )
         items = []
         with self.engine.connect() as conn:
-            if cutoffs.job_history is not None:
+            for label, table, cutoff, older in counted:
+                if cutoff is None:
+                    continue
                 n = conn.execute(
-                    select(func.count())
-                    .select_from(job_events)
-                    .where(job_events.c.at < cutoffs.job_history)
+                    select(func.count()).select_from(table).where(older(cutoff))
                 ).scalar_one()
                 if n:
-                    items.append(Item("job history", "job_events", int(n)))
-            if cutoffs.messages is not None:
-                n = conn.execute(
-                    select(func.count())
-                    .select_from(order_messages)
-                    .where(order_messages.c.received_at < cutoffs.messages)
-                ).scalar_one()
-                if n:
-                    items.append(Item("messages", "order_messages", int(n)))
-            if cutoffs.orders is not None:
-                n = conn.execute(
-                    select(func.count()).select_from(orders).where(_old_orders(cutoffs.orders))
-                ).scalar_one()
-                if n:
-                    items.append(Item("orders", "orders", int(n)))
+                    items.append(Item(label, table.name, int(n)))
         return items
 
     # -- removing it ---------------------------------------------------------------

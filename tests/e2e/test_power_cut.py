@@ -39,7 +39,7 @@ from adapters.results.sr import read_source_study
 from tests.fhir_data import FHIR_JSON, service_request
 from tests.hl7_messages import orm_o01, sample_order
 from tests.integration.test_results_sr import head_bleed
-from tests.peers import LOOPBACK, StoreSCP, ensure_debian_packages, free_port, storescu
+from tests.peers import LOOPBACK, StoreSCP, ensure_debian_packages, free_port, storescu, wait_until
 from tests.service import Radbridge, base_config
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
@@ -272,10 +272,10 @@ def findings_callback(traced: Traced) -> None:
     files = generate_study("ct_head", traced.folder / "sent", instances=6, rows=32, columns=32)
     source = read_source_study(files)
     storescu(files, traced.rb.port)
-    deadline = time.monotonic() + 60
-    while (job := _job(traced, source.study_uid)) is None or job["state"] != "awaiting_result":
-        assert time.monotonic() < deadline, f"job never sent: {job}"
-        time.sleep(0.2)
+    job = wait_until(
+        lambda: (j := _job(traced, source.study_uid)) and j["state"] == "awaiting_result" and j,
+        "job sent",
+    )
     start = traced.offset()
     answer = httpx.post(
         f"http://{LOOPBACK}:{traced.http_port}/results/jobs/{job['id']}/findings",
