@@ -18,6 +18,7 @@ from pydantic import (
 
 from broker.model.domain import Priority
 from broker.model.errors import did_you_mean
+from broker.model.mode import Mode
 from config.base import AETitle, Duration, LocatedErrors, Strict
 from config.base import parse_duration as parse_duration  # noqa: PLC0414 - re-exported
 from config.plugins import TransportBlock
@@ -149,6 +150,8 @@ class Vendor(Strict):
     ``kind`` says what the product does (e.g. ``lung-nodule-ct``): vendors of
     the same kind overlap, which ``exclusive`` routes use; by default each
     vendor is its own kind. ``retries`` is the maximum number of attempts.
+    ``mode: shadow`` runs the product as a silent trial (:mod:`broker.model.mode`):
+    sent and its results kept, never written back, never billed.
     """
 
     product: Annotated[str, Field(min_length=1)]
@@ -160,6 +163,7 @@ class Vendor(Strict):
     retries: Annotated[int, Field(ge=1, le=100)] = 5
     billing: Billing | None = None
     results: VendorResults = VendorResults()
+    mode: Mode = Mode.LIVE
 
 
 class RequireOrderSettings(Strict):
@@ -175,7 +179,11 @@ _KNOWN_TARGETS: ContextVar[tuple[str, ...] | None] = ContextVar("known_targets",
 
 
 class Route(Strict):
-    """A routing rule: when a study matches ``when``, send it to the ``send`` vendors."""
+    """A routing rule: when a study matches ``when``, send it to the ``send`` vendors.
+
+    ``mode: shadow`` keeps every result of the route from its ``write_back``
+    targets and notifications (a silent trial; see :mod:`broker.model.mode`).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
@@ -191,6 +199,7 @@ class Route(Strict):
     fallback: bool = False
     resend_updates: bool = False
     require_order: RequireOrderSettings | None = None
+    mode: Mode = Mode.LIVE
 
     @field_validator("send")
     @classmethod

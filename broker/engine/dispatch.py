@@ -37,6 +37,7 @@ from broker.model.domain import Priority
 from broker.model.errors import ConfigError
 from broker.model.jobs import RESENDABLE, Job, JobState
 from broker.model.logging import get_logger
+from broker.model.mode import ShadowCause
 from broker.model.vendor import SendOutcome, is_retryable
 from broker.store import StudyStore
 from broker.store.jobs import Created, JobStore
@@ -62,6 +63,8 @@ class JobRequest:
     study_revision: int = 0
     resend: bool = False
     """The vendor had the study already; send it again (the study was updated)."""
+    shadow: ShadowCause | None = None
+    """Why the job runs as a silent trial (:mod:`broker.model.mode`); None: live."""
 
 
 class Dispatcher:
@@ -97,6 +100,7 @@ class Dispatcher:
                 study_revision=request.study_revision,
                 snapshot=plan.id,
                 now=now,
+                shadow=request.shadow,
             )
             if created.duplicate and request.resend and created.job.state in RESENDABLE:
                 if request.study_revision > created.job.study_revision:

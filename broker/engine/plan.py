@@ -94,6 +94,10 @@ class Plan(Protocol):
         """The targets a route writes back to; None when no such route is configured."""
         ...
 
+    def shadow(self, route: str, vendor: str) -> bool:
+        """True when the route or the vendor is ``mode: shadow`` (nothing written back)."""
+        ...
+
 
 class Plans(Protocol):
     """Where the plan in force comes from (the service's snapshot holder)."""
@@ -123,6 +127,8 @@ class FixedPlan:
     ris_status: str | None = None
     overdue_check_seconds: float = 5.0
     id: str = "fixed"
+    shadows: frozenset[str] = frozenset()
+    """The routes and vendors in shadow mode."""
 
     def __post_init__(self) -> None:
         missing = sorted(set(self.vendors) - set(self.transports))
@@ -159,6 +165,9 @@ class FixedPlan:
 
     def write_back(self, route: str) -> tuple[str, ...] | None:
         return self.routes.get(route)
+
+    def shadow(self, route: str, vendor: str) -> bool:
+        return route in self.shadows or vendor in self.shadows
 
     def close(self) -> None:
         for writer in self.writers.values():

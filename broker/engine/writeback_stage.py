@@ -13,6 +13,8 @@
   out their backoff (``delivery.backoff_*_seconds``, like vendor jobs) while
   every other target carries on. After the target's ``retries`` the delivery
   is ``dead``; ``radbridge deliveries retry ID`` starts it over.
+* A shadow job's result (:mod:`broker.model.mode`) gets no delivery and no
+  notification: it stays in the store and the job is ``done`` at once.
 * When every write-back delivery of a job is done the job is ``done``; when
   one is dead the job is ``dead`` with the reason. Notifications do not decide
   the job.
@@ -44,6 +46,7 @@ from broker.model.domain import LinkState, Result, StoredOrder, Study
 from broker.model.errors import NotFoundError
 from broker.model.jobs import Job, JobState, JobStateError
 from broker.model.logging import get_logger
+from broker.model.mode import effective_shadow
 from broker.model.writeback import (
     WEBHOOK_TARGET,
     Delivery,
@@ -125,6 +128,11 @@ class WritebackStage:
         job = self.jobs.get(result.job_id)
         with self.plans.use() as plan:
             log = log.bind(snapshot=plan.id)
+            shadow = effective_shadow(job.shadow, plan.shadow(job.route, job.vendor))
+            if shadow is not None:
+                log.info("shadow result kept, not written back", why=shadow.value)
+                self._start_writing_back(job, has_deliveries=False)
+                return []
             wanted = plan.write_back(job.route)
             if wanted is None:
                 log.warning(

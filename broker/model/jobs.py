@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from broker.model.domain import CodedValue, Priority
+from broker.model.mode import ShadowCause
 from broker.model.work import Attempts, Machine, WorkEvent, WorkStateError
 from broker.model.work import backoff as backoff  # noqa: PLC0414 (re-exported)
 from broker.model.work import retry_at as retry_at  # noqa: PLC0414 (re-exported)
@@ -105,6 +106,8 @@ class Job(Attempts):
     """The series to send; empty means every series of the study."""
     deadline_at: datetime | None
     study_revision: int
+    shadow: ShadowCause | None = None
+    """Why routing made it a shadow job (see :mod:`broker.model.mode`); None: live."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

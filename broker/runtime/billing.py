@@ -22,6 +22,7 @@ from broker.model.errors import NotFoundError, RadbridgeError
 from broker.model.jobs import Job
 from broker.model.logging import get_logger
 from broker.model.vendor import SendOutcome
+from broker.runtime.snapshot import configured_shadow
 from broker.store.audit import SYSTEM, Action, record_in
 from broker.store.engine import writing
 from broker.store.jobs import JobStore
@@ -95,6 +96,7 @@ class Accounting:
             trial_quota=billing.trial_quota if billing is not None else None,
             when_quota_used=billing.when_quota_used.value if billing is not None else "bill",
             bundle=billing.bundle if billing is not None else None,
+            shadow=job.shadow is not None or configured_shadow(settings, job.route, job.vendor),
         )
         detail = {
             "vendor": job.vendor,
@@ -105,6 +107,8 @@ class Accounting:
             "attempt": job.attempts,
             "study_revision": job.study_revision,
         }
+        if charge.shadow:
+            detail["mode"] = "shadow"
         if outcome is not None:
             detail |= {"instances": outcome.instances, "bytes": outcome.bytes}
 

@@ -15,6 +15,7 @@ from broker.engine.dispatch import Dispatcher, JobRequest
 from broker.model.domain import LinkState
 from broker.model.errors import NotFoundError
 from broker.model.logging import get_logger
+from broker.model.mode import ShadowCause
 from broker.runtime.billing import QuotaGate
 from broker.runtime.routing_input import stored_input
 from broker.runtime.snapshot import Snapshot, SnapshotHolder
@@ -99,6 +100,7 @@ class RoutingStage:
                 deadline=timedelta(seconds=d.deadline_seconds) if d.deadline_seconds else None,
                 study_revision=study.revision,
                 resend=(d.route, d.vendor) in delivered,
+                shadow=ShadowCause.CONFIGURATION if snapshot.shadow(d.route, d.vendor) else None,
             )
             for d in decision.dispatches
             if (d.route, d.vendor) in delivered
@@ -112,6 +114,7 @@ class RoutingStage:
                 vendor=created.job.vendor,
                 job_id=created.job.id,
                 priority=str(created.job.priority),
+                shadow=created.job.shadow.value if created.job.shadow else None,
                 snapshot=snapshot.id,
             )
         return decision

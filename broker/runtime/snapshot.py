@@ -29,6 +29,7 @@ from typing import Any
 from broker.engine.plan import VendorSpec
 from broker.model.errors import ConfigError
 from broker.model.logging import get_logger
+from broker.model.mode import Mode, shadow_of
 from broker.model.target import TARGETS
 from broker.model.vendor import VendorTransport
 from broker.model.writeback import WEBHOOK_TARGET, TargetSpec, WritebackTarget
@@ -99,6 +100,17 @@ def result_policies(settings: Settings) -> dict[str, ResultPolicy]:
         )
         for name, vendor in settings.vendors.items()
     }
+
+
+def configured_shadow(settings: Settings, route: str, vendor: str) -> bool:
+    """True when ``settings`` put the route or the vendor in shadow mode (a route or vendor
+    no longer configured is live: it is only finishing its work)."""
+    config = settings.vendors.get(vendor)
+    found = next((r for r in settings.routes if r.name == route), None)
+    return shadow_of(
+        found.mode if found is not None else Mode.LIVE,
+        config.mode if config is not None else Mode.LIVE,
+    )
 
 
 def snapshot_id(config: ConfigView, draining: Collection[str] = ()) -> str:
@@ -183,6 +195,9 @@ class Snapshot:
     def write_back(self, route: str) -> tuple[str, ...] | None:
         found = self.routes_write_back.get(route)
         return found if found is not None else self.retired_routes.get(route)
+
+    def shadow(self, route: str, vendor: str) -> bool:
+        return configured_shadow(self.settings, route, vendor)
 
     # ------------------------------------------------------------ life
 

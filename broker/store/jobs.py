@@ -27,6 +27,7 @@ from broker.model.jobs import (
     JobState,
     JobStateError,
 )
+from broker.model.mode import ShadowCause
 from broker.store.engine import writing
 from broker.store.studies import _insert
 from broker.store.tables import job_events, jobs
@@ -57,6 +58,7 @@ def _job(r: Row[Any]) -> Job:
         series_uids=tuple(json.loads(r.series_uids)),
         deadline_at=r.deadline_at,
         study_revision=r.study_revision,
+        shadow=ShadowCause(r.shadow) if r.shadow else None,
         **attempt_fields(r),
     )
 
@@ -124,8 +126,11 @@ class JobStore(WorkStore[Job, JobState, JobEvent]):
         study_revision: int = 0,
         snapshot: str | None = None,
         now: datetime | None = None,
+        shadow: ShadowCause | None = None,
     ) -> Created:
-        """A pending job for ``study_uid`` and ``vendor``; the existing one if there is one."""
+        """A pending job for ``study_uid`` and ``vendor``; the existing one if there is one.
+
+        ``shadow``: why it runs as a silent trial (None: live)."""
         if max_attempts < 1:
             raise ValueError(f"max_attempts is {max_attempts}; valid: 1 or more")
         now = utc(now)
@@ -144,6 +149,7 @@ class JobStore(WorkStore[Job, JobState, JobEvent]):
             "created_at": now,
             "updated_at": now,
             "study_revision": study_revision,
+            "shadow": shadow.value if shadow is not None else None,
         }
         stmt = (
             _insert(self.engine, jobs)

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 
 
@@ -156,6 +157,7 @@ jobs = Table(
     Column("overdue_notified_at", UTCDateTime),
     Column("claimed_by", WORKER),
     Column("lease_until", UTCDateTime),
+    Column("shadow", String(16)),  # why routing made it a shadow job; NULL: live
     UniqueConstraint("study_uid", "vendor"),
     Index(None, "state", "next_attempt_at"),
     Index(None, "vendor", "state"),
@@ -454,6 +456,7 @@ usage = Table(
     Column("bundle_key", String(160), unique=True),
     Column("route", String(128), nullable=False),
     Column("sent_at", UTCDateTime, nullable=False),
+    Column("shadow", Boolean, nullable=False, default=False, server_default=false()),
     Index(None, "day", "vendor"),
     Index(None, "vendor", "trial"),
 )

@@ -52,6 +52,9 @@ class Charge:
     when_quota_used: str = BILL
     bundle: str | None = None
     """The bundle this product is counted in (only with unit ``bundle``)."""
+    shadow: bool = False
+    """A silent trial (``mode: shadow``): counted as trial, never billed, and not taken
+    from the vendor's trial quota."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +76,7 @@ class UsageEntry:
     currency: str | None
     route: str
     sent_at: datetime
+    shadow: bool = False
 
 
 @dataclass(slots=True, kw_only=True)
@@ -167,6 +171,7 @@ def _entry(r: Any) -> UsageEntry:
         currency=r.currency,
         route=r.route,
         sent_at=r.sent_at,
+        shadow=bool(r.shadow),
     )
 
 
@@ -181,6 +186,7 @@ class UsageStore:
     ) -> UsageEntry | None:
         """Count a delivered job once; None if it was counted before.
 
+        A shadow job is a trial study, never billable, outside the trial quota.
         Within the vendor's ``trial_quota`` the study is a free trial study
         (not billable); past it, ``when_quota_used`` decides (``bill`` →
         billable, otherwise not billable). ``also`` runs in the same
@@ -209,6 +215,7 @@ class UsageStore:
                     "bundle_key": bundle_key,
                     "route": charge.route,
                     "sent_at": charge.sent_at,
+                    "shadow": charge.shadow,
                 }
                 inserted = conn.execute(
                     _insert(conn, usage)
@@ -227,10 +234,16 @@ class UsageStore:
 
     @staticmethod
     def _trial(conn: Connection, charge: Charge) -> tuple[bool, bool]:
+        if charge.shadow:
+            return True, False
         if charge.trial_quota is None:
             return False, True
         used = conn.execute(
-            select(func.count()).where(usage.c.vendor == charge.vendor, usage.c.trial.is_(True))
+            select(func.count()).where(
+                usage.c.vendor == charge.vendor,
+                usage.c.trial.is_(True),
+                usage.c.shadow.is_(False),
+            )
         ).scalar_one()
         if used < charge.trial_quota:
             return True, False
@@ -316,7 +329,9 @@ class UsageStore:
         counted = select(usage.c.job_id).where(usage.c.job_id == jobs.c.id).exists()
         with self.engine.connect() as conn:
             used = conn.execute(
-                select(func.count()).where(usage.c.vendor == vendor, usage.c.trial.is_(True))
+                select(func.count()).where(
+                    usage.c.vendor == vendor, usage.c.trial.is_(True), usage.c.shadow.is_(False)
+                )
             ).scalar_one()
             queued = conn.execute(
                 select(func.count()).where(
