@@ -5,7 +5,9 @@ use these types too."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 from pydantic import (
     AfterValidator,
@@ -44,6 +46,33 @@ def parse_duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+
+
+def parse_end(value: str, tz: str, now: datetime) -> datetime:
+    """An end time people type: a duration from ``now`` (``2h``, ``1h30m``) or an ISO 8601
+    time (without an offset in the timezone ``tz``); UTC. ValueError naming what is valid."""
+    text = value.strip()
+    valid = (
+        "valid: ISO 8601 (2024-05-01T18:00, site timezone unless it has an offset) "
+        "or a duration from now (2h, 30m, 1h30m)"
+    )
+    try:
+        try:
+            seconds = parse_duration(text)
+        except ValueError:
+            moment = datetime.fromisoformat(text)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=ZoneInfo(tz))
+            moment = moment.astimezone(UTC)
+        else:
+            moment = now + timedelta(seconds=seconds)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"{value!r} is neither a time nor a duration; {valid}") from exc
+    if moment <= now:
+        raise ValueError(f"{value!r} is not after now; {valid}")
+    return moment
+
+
 """Seconds, written as a number or as text like ``30s``, ``15m``, ``1h30m``."""
 Timeout = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=3600)]
 """A network timeout: seconds (a number or ``30s``, ``2m``), at most an hour."""

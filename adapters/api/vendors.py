@@ -1,5 +1,6 @@
 """``/api/v1/vendors``: each configured AI product with its reachability, queue depth,
-error rate and last successful delivery, billing and trial quota use."""
+error rate and last successful delivery, billing and trial quota use, and its pause; pause
+and resume a vendor (operators; audited)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel
+from fastapi import APIRouter, Body, HTTPException, Query
+from pydantic import BaseModel, Field
 
-from adapters.api.deps import State, Viewer
-from adapters.api.responses import NOT_FOUND
+from adapters.api.deps import Operator, State, Viewer
+from adapters.api.responses import BAD_BODY, NOT_FOUND, error, invalid
 from broker.model.jobs import UNFINISHED
+from broker.model.work import LaneNotPausedError, LanePause
+from broker.store.jobs import JOBS
 from broker.store.listing import VendorActivity, vendor_activity
+from broker.store.pauses import LanePauses
+from config.base import parse_end
 from config.vendors import Vendor
 
 router = APIRouter(prefix="/vendors", tags=["vendors"])
@@ -48,6 +53,26 @@ class BillingOut(BaseModel):
     queued: int
 
 
+class PauseOut(BaseModel):
+    """An operator's pause: the vendor's jobs wait (neither failed nor retried) until it ends."""
+
+    since: datetime
+    until: datetime | None
+    """When it ends by itself; null: when an operator resumes the vendor."""
+    by: str
+    reason: str | None
+
+
+class PauseRequest(BaseModel):
+    until: str | None = Field(
+        None,
+        max_length=64,
+        description="Resume by itself then: ISO 8601 (site timezone without an offset) "
+        "or a duration from now (2h, 30m); null: until resumed.",
+    )
+    reason: str | None = Field(None, max_length=500)
+
+
 class VendorOut(BaseModel):
     name: str
     product: str
@@ -63,6 +88,8 @@ class VendorOut(BaseModel):
     error_rate_24h: float | None
     last_success_at: datetime | None
     billing: BillingOut | None
+    paused: PauseOut | None
+    """Set while an operator's pause holds the vendor."""
 
 
 class Prober:
@@ -114,8 +141,19 @@ def _connect(target: tuple[str, int]) -> Reachability:
 PROBER = Prober()
 
 
-def _vendor_out(
-    name: str, vendor: Vendor, activity: VendorActivity, reach: Reachability, api: State
+def _pause_out(pause: LanePause | None) -> PauseOut | None:
+    if pause is None:
+        return None
+    return PauseOut(since=pause.since, until=pause.until, by=pause.by, reason=pause.reason)
+
+
+def _vendor_out(  # noqa: PLR0917 (one call, each part of the answer)
+    name: str,
+    vendor: Vendor,
+    activity: VendorActivity,
+    reach: Reachability,
+    api: State,
+    pause: LanePause | None,
 ) -> VendorOut:
     billing = None
     if vendor.billing is not None:
@@ -145,6 +183,7 @@ def _vendor_out(
         error_rate_24h=activity.error_rate,
         last_success_at=activity.last_sent_at,
         billing=billing,
+        paused=_pause_out(pause),
     )
 
 
@@ -160,8 +199,10 @@ def _vendors(api: State, names: list[str], probe: bool) -> list[VendorOut]:
             for n, t in targets.items()
         }
     empty = VendorActivity({}, 0, 0, 0, None)
+    pauses = LanePauses(api.engine, JOBS).current()
     return [
-        _vendor_out(n, settings.vendors[n], activity.get(n, empty), reach[n], api) for n in names
+        _vendor_out(n, settings.vendors[n], activity.get(n, empty), reach[n], api, pauses.get(n))
+        for n in names
     ]
 
 
@@ -173,9 +214,56 @@ def list_vendors(api: State, _who: Viewer, probe: Probe = True) -> list[VendorOu
     return _vendors(api, sorted(api.settings.vendors), probe)
 
 
-@router.get("/{name}", response_model=VendorOut, summary="One vendor product", responses=NOT_FOUND)
-def get_vendor(name: str, api: State, _who: Viewer, probe: Probe = True) -> VendorOut:
+def _configured(api: State, name: str) -> None:
     if name not in api.settings.vendors:
         valid = ", ".join(sorted(api.settings.vendors)) or "none configured"
         raise HTTPException(404, f"no vendor '{name}' is configured; valid: {valid}")
+
+
+@router.get("/{name}", response_model=VendorOut, summary="One vendor product", responses=NOT_FOUND)
+def get_vendor(name: str, api: State, _who: Viewer, probe: Probe = True) -> VendorOut:
+    _configured(api, name)
     return _vendors(api, [name], probe)[0]
+
+
+@router.post(
+    "/{name}/pause",
+    response_model=VendorOut,
+    summary="Pause a vendor for maintenance: its jobs wait (operator)",
+    responses={**BAD_BODY, **NOT_FOUND},
+)
+def pause_vendor(
+    name: str, api: State, who: Operator, body: Annotated[PauseRequest | None, Body()] = None
+) -> VendorOut:
+    """Nothing more is sent to the vendor until it is resumed or the pause's ``until``
+    passes; its jobs wait (not failed, not retried), a send under way finishes. Pausing a
+    paused vendor replaces the pause. Audited (``vendor.pause``)."""
+    _configured(api, name)
+    request = body or PauseRequest()
+    now = datetime.now(UTC)
+    until = None
+    if request.until:
+        try:
+            until = parse_end(request.until, api.settings.site.timezone, now)
+        except ValueError as exc:
+            raise invalid("until", request.until, str(exc), where="body") from exc
+    LanePauses(api.engine, JOBS).pause(
+        name, actor=who.actor, until=until, reason=request.reason, peer=who.peer, now=now
+    )
+    return _vendors(api, [name], False)[0]
+
+
+@router.post(
+    "/{name}/resume",
+    response_model=VendorOut,
+    summary="Resume a paused vendor (operator)",
+    responses={**NOT_FOUND, 409: error("The vendor is not paused.")},
+)
+def resume_vendor(name: str, api: State, who: Operator) -> VendorOut:
+    """The vendor's waiting jobs go out within a second. Audited (``vendor.resume``)."""
+    _configured(api, name)
+    try:
+        LanePauses(api.engine, JOBS).resume(name, actor=who.actor, peer=who.peer)
+    except LaneNotPausedError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return _vendors(api, [name], False)[0]

@@ -20,7 +20,9 @@ from broker.model.errors import NotFoundError
 from broker.model.jobs import Job, JobState, JobStateError
 from broker.model.writeback import DeliveryStateError
 from broker.store.audit import Action
+from broker.store.jobs import JOBS
 from broker.store.listing import JobFilter
+from broker.store.pauses import LanePauses
 from broker.store.users import Session
 
 router = APIRouter()
@@ -70,6 +72,7 @@ def jobs(
             "vendor": vendor or "",
             "states": [*JobState, OVERDUE],
             "vendors": sorted(console.settings.vendors),
+            "pause": LanePauses(console.engine, JOBS).current().get(vendor or ""),
             "problem": problem,
             "following": page[-1].id if len(found) > PAGE else None,
         },

@@ -16,9 +16,12 @@ from broker.model.domain import Role, Study
 from broker.model.errors import NotFoundError
 from broker.model.jobs import UNFINISHED, Job, JobState
 from broker.model.phi import phi_values
+from broker.model.work import LanePause
 from broker.store.health import health_status, next_job_retries, target_health, urgent_results
+from broker.store.jobs import JOBS
 from broker.store.listing import JobFilter, StudyFilter, VendorActivity, vendor_activity
 from broker.store.overview import count_studies, jobs_by_state, jobs_of_studies, results_of_studies
+from broker.store.pauses import LanePauses
 from broker.store.space import database_bytes, spool_bytes
 from broker.store.users import Session
 
@@ -59,6 +62,8 @@ class VendorHealth:
     failures_window: int
     last_success: datetime | None
     next_retry_at: datetime | None
+    paused: LanePause | None = None
+    """An operator's pause: the vendor's jobs wait (:mod:`broker.store.pauses`)."""
 
 
 def study_rows(console: State, who: Session, found: Sequence[Study]) -> list[StudyRow]:
@@ -78,10 +83,12 @@ def study_rows(console: State, who: Session, found: Sequence[Study]) -> list[Stu
 
 
 def vendor_health(console: State, now: datetime) -> list[VendorHealth]:
-    """Each configured vendor (and any other that has jobs): queue, failures, last success."""
+    """Each configured vendor (and any other that has jobs): queue, failures, last success,
+    and an operator's pause (why, until when)."""
     vendors = console.settings.vendors
     activity = vendor_activity(console.engine, vendors, now - HEALTH_WINDOW)
     retries = next_job_retries(console.engine)
+    pauses = LanePauses(console.engine, JOBS).current(now)
     empty = VendorActivity({}, 0, 0, 0, None)
     out = []
     for name in sorted(set(vendors) | set(activity)):
@@ -101,6 +108,7 @@ def vendor_health(console: State, now: datetime) -> list[VendorHealth]:
                 failures_window=failures,
                 last_success=a.last_sent_at,
                 next_retry_at=retries.get(name),
+                paused=pauses.get(name),
             )
         )
     return out

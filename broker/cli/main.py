@@ -29,6 +29,7 @@ from broker.cli.routes import app as routes_app
 from broker.cli.tokens import app as tokens_app
 from broker.cli.usage import app as usage_app
 from broker.cli.users import app as users_app
+from broker.cli.vendors import app as vendors_app
 from broker.model.domain import LinkState, Study
 from broker.model.errors import NotFoundError, RadbridgeError
 from broker.model.logging import configure_logging, get_logger
@@ -55,6 +56,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(usage_app, name="usage")
 app.add_typer(results_app, name="results")
 app.add_typer(users_app, name="users")
+app.add_typer(vendors_app, name="vendors")
 app.command("backup")(backup_command)
 app.command("restore")(restore_command)
 app.command("purge")(purge_command)

@@ -158,3 +158,29 @@ def retry_at(
 ) -> datetime:
     """When the attempt after ``attempt`` may start (see :func:`backoff`)."""
     return now + timedelta(seconds=backoff(attempt, base, cap, jitter))
+
+
+class LaneNotPausedError(WorkStateError):
+    """A resume was asked of a lane that is not paused."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LanePause:
+    """An operator's pause of a lane (a vendor): its items wait, unclaimed, until it ends.
+
+    Items waiting in a paused lane are neither failed nor retried: pending ones
+    stay pending, failed ones go back to pending when their backoff is due and
+    wait there; an attempt that was running when the pause began finishes.
+    """
+
+    lane: str
+    """The lane's name (the vendor)."""
+    since: datetime
+    until: datetime | None
+    """When the pause ends by itself; None: until an operator resumes it."""
+    by: str
+    reason: str | None
+
+    def active(self, now: datetime) -> bool:
+        """Whether the pause holds at ``now``."""
+        return self.until is None or self.until > now

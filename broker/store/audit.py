@@ -6,7 +6,9 @@ the hospital (``study.sent``: vendor, series, route) and every result written
 back (``result.written``: target, SOP Instance UIDs or message control ID) is
 one row, and so is every change of who a record belongs to: an ADT update
 (``patient.update``) or merge (``patient.merge``: the studies and orders moved),
-and an operator resolving an identity conflict (``conflict.resolve``).
+and an operator resolving an identity conflict (``conflict.resolve``), pausing or resuming
+a vendor (``vendor.pause``, ``vendor.resume``) or giving a verdict on an AI finding
+(``finding.verdict``).
 :class:`AuditLog` has no update or delete method, and the table refuses both (a
 trigger on SQLite and PostgreSQL).
 
@@ -55,6 +57,9 @@ class Action:
     CONFLICT_RESOLVE = "conflict.resolve"
     STORE_BACKUP = "store.backup"
     STORE_RESTORE = "store.restore"
+    VENDOR_PAUSE = "vendor.pause"
+    VENDOR_RESUME = "vendor.resume"
+    FINDING_VERDICT = "finding.verdict"
 
 
 def cli_actor() -> str:

@@ -417,9 +417,15 @@ work_lanes = Table(
     "work_lanes",
     metadata,
     Column("lane", String(96), primary_key=True),
+    Column("paused_at", UTCDateTime),
+    Column("paused_until", UTCDateTime),
+    Column("paused_by", String(160)),
+    Column("pause_reason", Text),
 )
 """One row per lane of the job engine (``vendor:NAME``, ``target:NAME``). A claim locks its
-lane's row, so counting the lane's live leases and claiming are one step on every database."""
+lane's row, so counting the lane's live leases and claiming are one step on every database.
+A paused lane (``paused_at`` set, ``paused_until`` NULL or later than now) is not claimed
+from: its items wait."""
 
 audit = Table(
     "audit",
@@ -539,3 +545,94 @@ identity_conflicts = Table(
 )
 """Identity conflicts: data that named another patient, refused or kept flagged, for an
 operator (one row per conflict; a repeat counts on it while it is open)."""
+
+finding_verdicts = Table(
+    "finding_verdicts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "result_id",
+        Integer,
+        ForeignKey("results.id", name="fk_finding_verdicts_result_id"),
+        nullable=False,
+    ),
+    Column("finding_index", Integer, nullable=False),
+    Column("vendor", String(64)),
+    Column("code", String(160), nullable=False),
+    Column("verdict", String(16), nullable=False),
+    Column("corrected_value", Text),
+    Column("comment", Text),
+    Column("actor", String(160), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Index(None, "result_id", "finding_index", "id"),
+    Index(None, "vendor", "at"),
+)
+"""A radiologist's verdicts on AI findings (``finding_index``: the finding's place in the
+result's findings); every verdict is kept, the newest of a finding counts."""
+
+final_reports = Table(
+    "final_reports",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),
+    Column("control_id", String(64)),
+    Column("sender", String(160), nullable=False),
+    Column("peer", String(64), nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+    Column("accession_number", String(64)),
+    Column("study_uid", UID),
+    Column("status", String(8)),
+    Column("text", Text),
+    Column("codes_json", Text),
+    Column("error", Text),
+    Index(None, "accession_number"),
+    Index(None, "study_uid"),
+)
+"""The RIS's signed reports (ORU^R01, MDM^T02) verbatim, stored before they are acknowledged,
+with the text and coded observations read from them."""
+
+report_matches = Table(
+    "report_matches",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "report_id",
+        Integer,
+        ForeignKey("final_reports.id", name="fk_report_matches_report_id"),
+        nullable=False,
+    ),
+    Column(
+        "result_id",
+        Integer,
+        ForeignKey("results.id", name="fk_report_matches_result_id"),
+        nullable=False,
+    ),
+    Column("finding_index", Integer, nullable=False),
+    Column("vendor", String(64)),
+    Column("code", String(160), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("basis", String(16), nullable=False),
+    Column("evidence", Text),
+    Column("at", UTCDateTime, nullable=False),
+    UniqueConstraint("report_id", "result_id", "finding_index"),
+    Index(None, "result_id", "finding_index"),
+)
+"""How each AI finding compares with the final report of its study: ``confirmed``,
+``contradicted`` or ``not_mentioned``, by coded observation or by keywords."""
+
+vendor_alerts = Table(
+    "vendor_alerts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),
+    Column("vendor", String(64), nullable=False),
+    Column("code", String(160)),
+    Column("raised_at", UTCDateTime, nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("cleared_at", UTCDateTime),
+    Index(None, "vendor", "kind", "raised_at"),
+)
+"""What the vendor watch raised: ``drift``, ``version_changed``, ``results_missing``,
+``canary_failed`` (``code``: the finding code of a drift)."""

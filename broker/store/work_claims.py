@@ -198,6 +198,8 @@ class WorkClaims(Generic[I, S, E]):
     ) -> I | None:
         """Claim the lane's next pending item (urgent first, then oldest), under a lease.
 
+        None while an operator's pause holds the lane (:mod:`broker.store.pauses`).
+
         With ``capacity``, only while fewer than ``capacity`` of the lane's
         items hold live leases, counted and claimed under the lane's lock.
         None when nothing is pending or the lane is full.
@@ -206,6 +208,8 @@ class WorkClaims(Generic[I, S, E]):
         t = self._t
         try:
             with writing(self.engine) as conn:
+                if self._paused(conn, lane, now):
+                    return None
                 if capacity is not None:
                     self._lock_lane(conn, lane)
                     if self._live(conn, lane, now) >= capacity:
@@ -237,6 +241,18 @@ class WorkClaims(Generic[I, S, E]):
                 f"cannot claim a {self._m.noun} for {self.kind.lane} '{lane}': {exc}"
             ) from exc
         return None
+
+    def _paused(self, conn: Connection, lane: str, now: datetime) -> bool:
+        """Whether an operator's pause holds the lane at ``now`` (its items wait)."""
+        w = work_lanes
+        found = conn.execute(
+            select(w.c.lane).where(
+                w.c.lane == self.kind.lane_key(lane),
+                w.c.paused_at.is_not(None),
+                or_(w.c.paused_until.is_(None), w.c.paused_until > now),
+            )
+        ).first()
+        return found is not None
 
     def _lock_lane(self, conn: Connection, lane: str) -> None:
         """Lock the lane's row (made the first time) until the transaction ends.
