@@ -1,7 +1,7 @@
 """know how each AI product performs: lane pauses, verdicts, final reports, alerts
 
 Revision ID: 0025
-Revises: 0018
+Revises: 0023
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0025"
-down_revision = "0018"
+down_revision = "0023"
 branch_labels = None
 depends_on = None
 
