@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import signal
 import sys
 import threading
@@ -108,6 +110,18 @@ def _store(settings: Settings) -> StudyStore:
     return StudyStore(engine)
 
 
+def _exit_now() -> None:
+    """End ``serve`` or ``worker`` after a clean stop without finalising the interpreter.
+
+    Everything is stopped, committed and closed by then; tearing down the
+    modules and objects of a service costs about 0.3 s of CPU for nothing.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 @app.command()
 def serve(config: ConfigOption = None) -> None:
     """Run the service: DICOM listener, stable timer, routing and delivery, until Ctrl-C."""
@@ -140,6 +154,7 @@ def serve(config: ConfigOption = None) -> None:
     stop.wait()
     log.info("stopping")
     service.stop()
+    _exit_now()
 
 
 @app.command()
@@ -179,6 +194,7 @@ def worker(config: ConfigOption = None) -> None:
     process.stop(timeout=30)
     bus.close()
     engine.dispose()
+    _exit_now()
 
 
 def _study_json(study: Study, with_series: bool) -> dict[str, Any]:

@@ -511,9 +511,13 @@ class Reloader:
 
     def watch(self, stop: threading.Event, hup: threading.Event) -> None:
         """Reload on SIGHUP (``hup`` set) or when the file's modification time changes; in
-        the service, let drained vendors go; in a worker, follow the service's snapshots."""
+        the service, let drained vendors go; in a worker, follow the service's snapshots.
+
+        The owner stops it by setting ``stop`` and then ``hup`` (to wake it at once)."""
         while not stop.is_set():
             if hup.wait(RELOAD_POLL_SECONDS):
+                if stop.is_set():
+                    return
                 hup.clear()
                 self._mtime = self._file_mtime()
                 self.reload(trigger="sighup")

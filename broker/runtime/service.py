@@ -194,6 +194,7 @@ class Service:
         self.results.stop()
         self.writeback.stop()
         self._stop.set()
+        self.hup.set()  # wakes the configuration watch
         self.engine_timer.poke()
         for edge in reversed(self._started):
             try:

@@ -69,6 +69,7 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
+        self.hup.set()  # wakes the configuration watch
         self.jobs.stop(timeout=timeout)
         if self._watch is not None:
             self._watch.join(5)
