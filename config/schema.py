@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from broker.model.deid import MIN_SECRET, SECRET_VARIABLE, Deidentify
 from broker.model.logging import LogFile
 from broker.model.vendor import TransportContext
 from config.base import (
@@ -458,6 +459,24 @@ class Retention(Strict):
         return self
 
 
+class Privacy(Strict):
+    """The installation's pseudonym secret, from the environment only
+    (``RADBRIDGE_PRIVACY__PSEUDONYM_SECRET``, at least 16 characters): every vendor or
+    route with ``deidentify:`` needs it, and changing it changes every pseudonym."""
+
+    pseudonym_secret: SecretStr | None = None
+
+    @field_validator("pseudonym_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET:
+            raise ValueError(
+                f"the pseudonym secret has {len(value.get_secret_value())} characters; "
+                f"valid: at least {MIN_SECRET} (in {SECRET_VARIABLE})"
+            )
+        return value
+
+
 class Settings(Strict):
     """The whole configuration of one radbridge installation."""
 
@@ -479,6 +498,7 @@ class Settings(Strict):
     """Where results are written back (PACS, RIS, EMR); routes name them in ``write_back``."""
     notifications: Notifications = Notifications()
     routes: list[Route] = Field(default_factory=list)
+    privacy: Privacy = Privacy()
 
     @model_validator(mode="wrap")
     @classmethod
@@ -536,6 +556,51 @@ class Settings(Strict):
             raise LocatedErrors(problems)
         return self
 
+    @model_validator(mode="after")
+    def _secret_for_deidentify(self) -> Settings:
+        """De-identification needs the pseudonym secret: refuse to start without it."""
+        if self.privacy.pseudonym_secret is not None:
+            return self
+        users: list[tuple[str | int, ...]] = [
+            ("vendors", name, "deidentify")
+            for name, vendor in self.vendors.items()
+            if vendor.deidentify is not None
+        ]
+        users += [
+            ("routes", i, "deidentify")
+            for i, route in enumerate(self.routes)
+            if route.deidentify is not None
+        ]
+        if users:
+            raise LocatedErrors(
+                [
+                    (
+                        users[0],
+                        "de-identification needs the installation's pseudonym secret, and "
+                        f"none is set; valid: {SECRET_VARIABLE} in the environment (at least "
+                        f"{MIN_SECRET} characters, kept as long as the pseudonyms are used)",
+                    )
+                ]
+            )
+        return self
+
+    def deidentify(self, vendor: str, route: str) -> Deidentify | None:
+        """The de-identification of what ``route`` sends ``vendor``: the route's block,
+        else the vendor's, else None (sent as received)."""
+        for candidate in self.routes:
+            if candidate.name == route and candidate.deidentify is not None:
+                return candidate.deidentify
+        found = self.vendors.get(vendor)
+        return found.deidentify if found is not None else None
+
+    def deidentifies(self, vendor: str) -> bool:
+        """Whether ``vendor`` is sent de-identified studies (its own block or a route's):
+        what it returns is then re-identified."""
+        found = self.vendors.get(vendor)
+        if found is not None and found.deidentify is not None:
+            return True
+        return any(r.deidentify is not None and vendor in r.send for r in self.routes)
+
     def http_settings(self) -> Http:
         """The ``http`` block, or its defaults."""
         return self.http or Http()
@@ -584,6 +649,7 @@ SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
     ("targets", "*", "token"),
     ("notifications", "webhook", "token"),
     ("vendors", "*", "results", "token"),
+    ("privacy", "pseudonym_secret"),
 )
 """Settings only the environment may set; ``*`` stands for any key (a vendor name)."""
 

@@ -16,6 +16,7 @@ from pydantic import (
     field_validator,
 )
 
+from broker.model.deid import Deidentify
 from broker.model.domain import Priority
 from broker.model.errors import did_you_mean
 from broker.model.mode import Mode
@@ -164,6 +165,8 @@ class Vendor(Strict):
     billing: Billing | None = None
     results: VendorResults = VendorResults()
     mode: Mode = Mode.LIVE
+    deidentify: Deidentify | None = None
+    """De-identify what this vendor is sent (off when absent); a route's own block wins."""
 
 
 class RequireOrderSettings(Strict):
@@ -200,6 +203,8 @@ class Route(Strict):
     resend_updates: bool = False
     require_order: RequireOrderSettings | None = None
     mode: Mode = Mode.LIVE
+    deidentify: Deidentify | None = None
+    """De-identify what this route sends (instead of each vendor's own ``deidentify``)."""
 
     @field_validator("send")
     @classmethod

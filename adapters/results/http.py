@@ -43,6 +43,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from adapters.api.deps import RowId
+from adapters.deid.reidentify import reidentify_findings
 from adapters.dicom_status import StoreFailure
 from adapters.dicom_uid import MAX_UID_LENGTH, UID_PATTERN
 from adapters.results.findings import MAX_BODY_BYTES, parse_findings
@@ -346,6 +347,8 @@ class ResultsApi:
             raise HTTPException(409, f"job {job_id} is {job.state}; it takes no result now")
         try:
             findings = parse_findings(body)
+            if self.intake.settings.deidentifies(job.vendor):
+                findings = reidentify_findings(findings, self.intake.pseudonyms)
             result_id = self.intake.store.record_findings(job_id, findings)
         except ResultError as exc:
             return JSONResponse({"error": str(exc), "problems": exc.problems}, status_code=400)

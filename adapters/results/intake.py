@@ -7,7 +7,9 @@ its Study Instance UID is the source study's, and indexing it would re-open
 that study and route it again. An object that names another patient than its
 study, or is of another study than its job's, raises
 :class:`~broker.model.identity.IdentityConflictError` and is not kept (a resent
-one is refused before it could replace the stored copy).
+one is refused before it could replace the stored copy). An object from a vendor that is
+sent de-identified studies is first mapped back to the original study, patient and
+accession (:func:`adapters.deid.reidentify.reidentify_file`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from adapters.deid.reidentify import reidentify_file
 from adapters.results.objects import ResultHeader, read_result_header
 from broker.model.domain import ResultObject, ResultOrigin
 from broker.model.errors import InvalidDicomError, SpoolError
@@ -27,6 +30,8 @@ from broker.model.identity import IdentityConflictError
 from broker.model.logging import get_logger
 from broker.runtime.results import vendors_for_ae
 from broker.runtime.snapshot import result_policies
+from broker.store import StudyStore
+from broker.store.pseudonyms import PseudonymStore
 from broker.store.results import Recorded, ResultStore
 from broker.store.spool import Spool
 from config.schema import Settings
@@ -58,6 +63,8 @@ class ResultIntake:
     ) -> None:
         self._settings = settings if callable(settings) else (lambda: settings)
         self.spool = spool
+        self.pseudonyms = PseudonymStore(engine)
+        self.studies = StudyStore(engine)
         current = self._settings()
         self._policies_of = current
         self.store = ResultStore(engine, result_policies(current))
@@ -108,6 +115,10 @@ class ResultIntake:
         :class:`SpoolError` / :class:`StoreError` (nothing acknowledged; the file may stay,
         a resend replaces it), or :class:`IdentityConflictError` (nothing kept)."""
         self._use_policies_in_force()
+        if any(self.settings.deidentifies(v) for v in vendors):
+            back = reidentify_file(tmp, self.pseudonyms, self.studies)
+            if back is not None:
+                LOG.info("result object re-identified", mapped=back.mapped)
         header = read_result_header(tmp, sop_class_uid)
         if sop_instance_uid is not None and header.sop_instance_uid != sop_instance_uid:
             raise InvalidDicomError(

@@ -19,9 +19,11 @@ nothing to claim.
 from __future__ import annotations
 
 import random
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -33,14 +35,17 @@ from broker.engine.metrics import count_error
 from broker.engine.plan import Plan, Plans
 from broker.engine.timer import Sweep, Timer
 from broker.engine.work import POLL_SECONDS, Failure, Outcome, Success, WorkEngine, utc_now
+from broker.model.deid import Deidentify, Outbound
 from broker.model.domain import Priority
-from broker.model.errors import ConfigError
+from broker.model.errors import ConfigError, StoreError
 from broker.model.jobs import RESENDABLE, Job, JobState
 from broker.model.logging import get_logger
 from broker.model.mode import ShadowCause
+from broker.model.plugins import registered
 from broker.model.vendor import SendOutcome, is_retryable
 from broker.store import StudyStore
 from broker.store.jobs import Created, JobStore
+from broker.store.pseudonyms import PseudonymStore
 from broker.store.work import LEASE_SECONDS
 
 LOG = get_logger("radbridge.jobs")
@@ -48,6 +53,9 @@ LOG = get_logger("radbridge.jobs")
 Clock = Callable[[], datetime]
 #: Called after a job reached ``sent`` (job, what the send did, when); must not raise.
 SentHook = Callable[[Job, SendOutcome, datetime], None]
+Deidentifier = Callable[[Sequence[Path], Deidentify, str, Path], Outbound]
+"""``(the job's files, profile, secret, empty folder) -> the copies to send`` (the
+``deidentify_study`` entry point of ``radbridge.registries``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +218,7 @@ class JobWork:
         bus: Bus,
         clock: Clock,
         on_sent: Sequence[SentHook],
+        scratch: Path | None = None,
     ) -> None:
         self.store = JobStore(engine)
         self.studies = StudyStore(engine)
@@ -217,6 +226,9 @@ class JobWork:
         self.clock = clock
         self.on_sent = list(on_sent)
         self.wake_here: Callable[[str], None] = lambda _vendor: None
+        self.scratch = scratch
+        self.pseudonyms = PseudonymStore(engine)
+        self._deidentify: Deidentifier | None = None
 
     def lanes(self, plan: Plan) -> Mapping[str, int]:
         return {name: plan.vendor(name).concurrency for name in plan.vendor_names}
@@ -236,6 +248,14 @@ class JobWork:
             return Failure(
                 "the study has no instances in the store", retryable=False, why="nothing to send"
             )
+        profile = plan.deidentify(item.vendor, item.route)
+        outbound: Outbound | None = None
+        if profile is not None:
+            found = self.deidentify(item, files, profile, plan, log)
+            if isinstance(found, Failure):
+                return found
+            outbound = found
+            files = list(outbound.files)
         log.info("sending", instances=len(files))
         try:
             sent = transport.send(item, files)
@@ -248,7 +268,63 @@ class JobWork:
                 backoff_base=spec.backoff_base,
                 backoff_cap=spec.backoff_cap,
             )
+        finally:
+            if outbound is not None and outbound.folder is not None:
+                shutil.rmtree(outbound.folder, ignore_errors=True)
+        if outbound is not None:
+            sent = replace(sent, deidentified=outbound.summary())
         return Success((JobState.SENT, JobState.AWAITING_RESULT), detail=sent)
+
+    def deidentify(
+        self, item: Job, files: list[Path], profile: Deidentify, plan: Plan, log: BoundLogger
+    ) -> Outbound | Failure:
+        """The de-identified copies of the job's files, their pseudonyms recorded before
+        anything is sent; or why the job cannot be sent (never retried: the same study
+        fails the same way)."""
+        secret = plan.pseudonym_secret
+        if not secret:
+            return Failure(
+                "the vendor's profile needs the pseudonym secret and none is configured",
+                retryable=False,
+                why="cannot de-identify",
+            )
+        if self.scratch is not None:
+            self.scratch.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f"deid-job{item.id}-", dir=self.scratch))
+        try:
+            if self._deidentify is None:
+                self._deidentify = registered("deidentify_study")
+            outbound = self._deidentify(files, profile, secret, folder)
+            self.pseudonyms.record(outbound.pseudonyms)
+        except Exception as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            count_error("delivery", exc)
+            spec = plan.vendor(item.vendor)
+            return Failure(
+                f"{type(exc).__name__}: {exc}",
+                retryable=isinstance(exc, StoreError),  # the store may be back next time
+                backoff_base=spec.backoff_base,
+                backoff_cap=spec.backoff_cap,
+                why="cannot de-identify",
+            )
+        for reason in outbound.withheld:
+            log.warning("image withheld from a de-identified send", reason=reason)
+        log.info(
+            "de-identified",
+            profile=outbound.profile,
+            instances=len(outbound.files),
+            masked=outbound.masked,
+            withheld=len(outbound.withheld),
+        )
+        if not outbound.files:
+            shutil.rmtree(folder, ignore_errors=True)
+            return Failure(
+                f"nothing left to send: all {len(outbound.withheld)} images were withheld "
+                f"({outbound.withheld[0] if outbound.withheld else 'no instances'})",
+                retryable=False,
+                why="cannot de-identify",
+            )
+        return outbound
 
     def after(self, item: Job, done: Job, outcome: Outcome, plan: Plan, log: BoundLogger) -> None:
         if not isinstance(outcome, Success) or not isinstance(outcome.detail, SendOutcome):
@@ -290,10 +366,11 @@ class JobWorker:
         lease_seconds: float = LEASE_SECONDS,
         poll_seconds: float = POLL_SECONDS,
         worker: str | None = None,
+        scratch: Path | None = None,
     ) -> None:
         self.bus = bus
         self.plans = plans
-        self.work = JobWork(engine, bus, clock, on_sent)
+        self.work = JobWork(engine, bus, clock, on_sent, scratch)
         self.engine = WorkEngine(
             self.work,
             plans,

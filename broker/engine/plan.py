@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from broker.model.deid import Deidentify
 from broker.model.errors import ConfigError
 from broker.model.vendor import VendorTransport
 from broker.model.writeback import TargetSpec, WritebackTarget
@@ -98,6 +99,15 @@ class Plan(Protocol):
         """True when the route or the vendor is ``mode: shadow`` (nothing written back)."""
         ...
 
+    def deidentify(self, vendor: str, route: str) -> Deidentify | None:
+        """How what ``route`` sends ``vendor`` is de-identified; None: sent as received."""
+        ...
+
+    @property
+    def pseudonym_secret(self) -> str | None:
+        """The installation's key of pseudonyms (set whenever a profile is configured)."""
+        ...
+
 
 class Plans(Protocol):
     """Where the plan in force comes from (the service's snapshot holder)."""
@@ -129,12 +139,17 @@ class FixedPlan:
     id: str = "fixed"
     shadows: frozenset[str] = frozenset()
     """The routes and vendors in shadow mode."""
+    deidentified: dict[str, Deidentify] = field(default_factory=dict)
+    """Vendor name → the profile of what it is sent."""
+    pseudonym_secret: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         missing = sorted(set(self.vendors) - set(self.transports))
         missing += sorted(set(self.targets) - set(self.writers))
         if missing:
             raise ConfigError(f"nothing built for {', '.join(missing)}")
+        if self.deidentified and not self.pseudonym_secret:
+            raise ConfigError("de-identification needs a pseudonym_secret; none was given")
 
     @property
     def vendor_names(self) -> Collection[str]:
@@ -168,6 +183,9 @@ class FixedPlan:
 
     def shadow(self, route: str, vendor: str) -> bool:
         return route in self.shadows or vendor in self.shadows
+
+    def deidentify(self, vendor: str, route: str) -> Deidentify | None:
+        return self.deidentified.get(vendor)
 
     def close(self) -> None:
         for writer in self.writers.values():

@@ -77,6 +77,11 @@ class VendorError(RadbridgeError):
     """Delivery to an AI vendor failed."""
 
 
+class DeidentificationError(VendorError):
+    """A study cannot be de-identified as its profile says (not retried: the same input
+    fails the same way)."""
+
+
 class ResultError(AdapterError):
     """A vendor's result cannot be understood or turned into a DICOM object.
 

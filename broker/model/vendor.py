@@ -43,6 +43,9 @@ class SendOutcome:
     bytes: int
     seconds: float
     detail: str = ""
+    deidentified: Mapping[str, object] | None = None
+    """What was de-identified (profile, study pseudonym, instances masked and withheld);
+    None: sent as received."""
 
     @property
     def megabytes_per_second(self) -> float:

@@ -111,6 +111,8 @@ class Accounting:
             detail["mode"] = "shadow"
         if outcome is not None:
             detail |= {"instances": outcome.instances, "bytes": outcome.bytes}
+            if outcome.deidentified is not None:
+                detail["deidentified"] = dict(outcome.deidentified)
 
         def audit(conn: Connection) -> None:
             record_in(

@@ -114,6 +114,7 @@ class Service:
             self.snapshots,
             on_sent=[self.accounting.job_sent],
             lease_seconds=lease,
+            scratch=self.context.spool.tmp,
         )
         self.routing = RoutingStage(
             self.context.store,

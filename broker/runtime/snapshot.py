@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.engine.plan import VendorSpec
+from broker.model.deid import Deidentify
 from broker.model.errors import ConfigError
 from broker.model.logging import get_logger
 from broker.model.mode import Mode, shadow_of
@@ -198,6 +199,14 @@ class Snapshot:
 
     def shadow(self, route: str, vendor: str) -> bool:
         return configured_shadow(self.settings, route, vendor)
+
+    def deidentify(self, vendor: str, route: str) -> Deidentify | None:
+        return self.settings.deidentify(vendor, route)
+
+    @property
+    def pseudonym_secret(self) -> str | None:
+        secret = self.settings.privacy.pseudonym_secret
+        return secret.get_secret_value() if secret is not None else None
 
     # ------------------------------------------------------------ life
 

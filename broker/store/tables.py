@@ -636,3 +636,18 @@ vendor_alerts = Table(
 )
 """What the vendor watch raised: ``drift``, ``version_changed``, ``results_missing``,
 ``canary_failed`` (``code``: the finding code of a drift)."""
+
+pseudonyms = Table(
+    "pseudonyms",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("pseudonym", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("original", String(64), nullable=False),
+    Column("study_uid", UID, nullable=False),
+    Column("issued_at", UTCDateTime, nullable=False),
+    UniqueConstraint("pseudonym"),
+    Index(None, "study_uid"),
+)
+"""What radbridge replaced in studies it de-identified for vendors: each pseudonym (a keyed
+hash, not reversible) and the original value, so results can be mapped back; kept for good."""
