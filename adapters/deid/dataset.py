@@ -115,7 +115,7 @@ class Deidentifier:
         if "PatientID" not in ds:
             ds.PatientID = ""
         if "PatientName" not in ds:
-            ds.PatientName = ds.PatientID
+            ds.PatientName = f"{ds.PatientID}^" if ds.PatientID else ""
         meta = getattr(ds, "file_meta", None)
         if meta is not None:
             if "SOPInstanceUID" in ds:
@@ -267,8 +267,12 @@ class _Walk:
                 if value
                 else ""
             )
-        else:  # Patient ID and Patient's Name: the patient's pseudonym (none without an ID)
-            elem.value = self.patient_pseudonym() if self.patient[0] else ""
+        elif not self.patient[0]:  # no patient ID: nothing to name the patient by
+            elem.value = ""
+        elif tag == PATIENT_NAME:  # the pseudonym as the family name
+            elem.value = self.patient_pseudonym() + "^"
+        else:
+            elem.value = self.patient_pseudonym()
 
     def _uids(self, elem: DataElement, tag: int) -> None:
         kind = UID_KINDS.get(tag, PseudonymKind.UID)
