@@ -15,7 +15,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -69,14 +69,18 @@ class World:
     worker: JobWorker
     scps: dict[str, StoreSCP]
     studies: dict[str, tuple[str, list[Path]]]
+    sent: dict[tuple[str, str], Job] = field(default_factory=dict)
 
     def send(self, study: str, vendor: str) -> Job:
-        """Create the job of ``study`` for ``vendor`` and send it; the job afterwards."""
-        jobs = JobStore(self.engine)
-        created = jobs.create(self.studies[study][0], vendor, route="deid", max_attempts=1)
-        done = self.worker.run_once(vendor)
-        assert done is not None and done.id == created.job.id
-        return jobs.get(done.id)
+        """Create the job of ``study`` for ``vendor`` and send it, once (tests of this module
+        may run in any order, or apart); the job after its attempt."""
+        if (study, vendor) not in self.sent:
+            jobs = JobStore(self.engine)
+            created = jobs.create(self.studies[study][0], vendor, route="deid", max_attempts=1)
+            done = self.worker.run_once(vendor)
+            assert done is not None and done.id == created.job.id
+            self.sent[(study, vendor)] = jobs.get(done.id)
+        return self.sent[(study, vendor)]
 
     def received(self, vendor: str) -> dict[str, Path]:
         """The files ``vendor``'s storescp holds, by SOP Instance UID."""
@@ -336,6 +340,9 @@ def test_what_the_vendor_receives_carries_nothing_the_basic_profile_removes(worl
 def test_pseudonyms_are_stable_and_never_shared_and_recorded(world: World) -> None:
     """The same study de-identified again (for a second vendor) gets the same pseudonyms;
     different patients never share one; every pseudonym sent is in the store's table."""
+    for study in ("ct", "private", "multiframe", "chinese"):
+        job = world.send(study, "cloudai")
+        assert job.state is JobState.AWAITING_RESULT, job.last_error
     for study in ("ct", "private", "chinese"):
         job = world.send(study, "cloudai2")
         assert job.state is JobState.AWAITING_RESULT, job.last_error
@@ -363,9 +370,9 @@ def test_pseudonyms_are_stable_and_never_shared_and_recorded(world: World) -> No
 def test_deidentified_copies_add_no_dciodvfy_error(world: World) -> None:
     """``dciodvfy`` reports no error on a de-identified copy that it did not report on the
     original (CT with nested sequences, 10-frame secondary capture, GB18030 names)."""
-    assert world.received("cloudai"), "the first test sends the studies"
     checked = 0
     for study in ("ct", "multiframe", "chinese"):
+        assert world.send(study, "cloudai").state is JobState.AWAITING_RESULT
         for path in world.studies[study][1]:
             copy = world.copy_of("cloudai", path)
             new = _dciodvfy_errors(copy) - _dciodvfy_errors(path)
