@@ -177,6 +177,12 @@ class Http(Strict):
     tls: TLS | None = None
     """HTTPS: ``certificate`` and ``private_key`` (PEM; ``key_password`` from the
     environment); ``ca_certificates`` + ``require_client_certificate`` ask clients for one."""
+    verdict_link_secret: SecretStr | None = None
+    """Signs the one-click verdict links notifications carry (HMAC-SHA256; from the
+    environment only: ``RADBRIDGE_HTTP__VERDICT_LINK_SECRET``, at least 32 characters).
+    Unset: no links."""
+    verdict_link_days: Annotated[int, Field(ge=1, le=90)] = 14
+    """How long a verdict link stays valid."""
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -189,6 +195,13 @@ class Http(Strict):
                     f"not an address or network: {entry!r} ({exc}); valid: 10.0.0.5, "
                     "10.1.0.0/16 or ::1 (a proxy's address as it connects, not a host name)"
                 ) from None
+        return value
+
+    @field_validator("verdict_link_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("too short to sign links; valid: at least 32 random characters")
         return value
 
     @field_validator("public_url")

@@ -30,6 +30,7 @@ from adapters.api import (
     tokens,
     usage,
     vendors,
+    verdicts,
 )
 from adapters.api.deps import ApiState
 from adapters.api.responses import AUTH
@@ -41,8 +42,8 @@ PREFIX = "/api/v1"
 def api_router() -> APIRouter:
     """Every ``/api/v1`` router."""
     api = APIRouter(prefix=PREFIX, responses=AUTH)
-    routers = (studies, orders, conflicts, jobs, results, vendors, routes, configuration)
-    for module in (*routers, usage, audit, tokens):
+    routers = (studies, orders, conflicts, jobs, results, verdicts, vendors, routes)
+    for module in (*routers, configuration, usage, audit, tokens):
         api.include_router(module.router)
     return api
 

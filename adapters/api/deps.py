@@ -132,6 +132,8 @@ def caller(role: Role) -> Callable[..., Caller]:
 Viewer = Annotated[Caller, Depends(caller(Role.VIEWER))]
 Operator = Annotated[Caller, Depends(caller(Role.OPERATOR))]
 Admin = Annotated[Caller, Depends(caller(Role.ADMIN))]
+#: Radiologists (and operators, admins): verdicts on AI findings.
+Reader = Annotated[Caller, Depends(caller(Role.READER))]
 #: Who may read the audit trail (admins, as in the console).
 AuditReader = Annotated[Caller, Depends(caller(AUDIT_ROLE))]
 

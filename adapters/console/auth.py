@@ -165,6 +165,8 @@ def acting(role: Role) -> Callable[..., Session]:
 
 
 Operator = Annotated[Session, Depends(acting(Role.OPERATOR))]
+#: Radiologists (and operators, admins): verdicts on AI findings.
+Reader = Annotated[Session, Depends(acting(Role.READER))]
 AnyoneActing = Annotated[Session, Depends(acting(Role.VIEWER))]
 
 

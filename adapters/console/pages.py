@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
@@ -24,6 +24,7 @@ from broker.store.overview import count_studies, jobs_by_state, jobs_of_studies,
 from broker.store.pauses import LanePauses
 from broker.store.space import database_bytes, spool_bytes
 from broker.store.users import Session
+from broker.store.verdicts import VerdictStore
 
 router = APIRouter()
 Viewer = Annotated[Session, Depends(reading(Role.VIEWER))]
@@ -206,19 +207,24 @@ def studies(
     )
 
 
-def _findings(result: Any, who: Session, values: list[str]) -> list[dict[str, Any]]:
+def _findings(
+    result: Any, who: Session, values: list[str], verdicts: Mapping[tuple[int, int], Any]
+) -> list[dict[str, Any]]:
     findings = result.findings
     if findings is None:
         return []
     return [
         {
+            "index": n,
             "meaning": f.code.meaning,
             "present": f.present,
             "score": f.score,
             "urgent": f.urgent,
             "text": scrub(f.text, who, values),
+            "verdict": verdicts.get((result.id, n)),
+            "matches": [],
         }
-        for f in findings.findings
+        for n, f in enumerate(findings.findings)
     ]
 
 
@@ -238,21 +244,26 @@ def study_page(request: Request, study_uid: str, console: State, who: Viewer) ->
     patients = [study.patient] + ([stored.order.patient] if stored is not None else [])
     values = phi_values(patients, [study.accession_number])
     jobs = console.jobs.list(study_uid=study_uid)
+    per_job = {job.id: console.results.for_job(job.id) for job in jobs}
+    orphans = console.results.list(study_uid=study_uid, orphans=True, limit=100)
+    ids = [r.id for found in per_job.values() for r in found] + [r.id for r in orphans]
+    verdicts = VerdictStore(console.engine).current(ids)
     entries = []
     for job in jobs:
         deliveries = console.deliveries.for_job(job.id, kind=None)
-        results = console.results.for_job(job.id)
         entries.append(
             {
                 "job": job,
                 "history": console.jobs.history(job.id),
-                "results": [{"result": r, "findings": _findings(r, who, values)} for r in results],
+                "results": [
+                    {"result": r, "findings": _findings(r, who, values, verdicts)}
+                    for r in per_job[job.id]
+                ],
                 "deliveries": [
                     {"delivery": d, "history": console.deliveries.history(d.id)} for d in deliveries
                 ],
             }
         )
-    orphans = console.results.list(study_uid=study_uid, orphans=True, limit=100)
     return render(
         request,
         "study.html",
@@ -264,7 +275,9 @@ def study_page(request: Request, study_uid: str, console: State, who: Viewer) ->
             "link": link,
             "entries": entries,
             "jobs": jobs,
-            "orphans": [{"result": r, "findings": _findings(r, who, values)} for r in orphans],
+            "orphans": [
+                {"result": r, "findings": _findings(r, who, values, verdicts)} for r in orphans
+            ],
             "scrub": lambda text: scrub(text, who, values),
         },
     )

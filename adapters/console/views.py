@@ -25,7 +25,7 @@ from jinja2.runtime import Context
 
 from adapters.console.state import ConsoleState, console_state
 from broker import i18n
-from broker.model.domain import Patient, Role
+from broker.model.domain import VERDICT_ROLE, Patient, Role
 from broker.model.jobs import FINAL, RETRYABLE, JobState
 from broker.model.logging import pseudonym
 from broker.model.phi import HIDDEN, without_phi
@@ -196,6 +196,7 @@ def render(
         "who": who,
         "csrf": who.csrf if who is not None else "",
         "can_act": who is not None and who.role.allows(Role.OPERATOR),
+        "can_judge": who is not None and who.role.allows(VERDICT_ROLE),
         "is_admin": who is not None and who.role.allows(Role.ADMIN),
         "phi": sees_phi(who),
         "site": console.settings.site.name,

@@ -31,6 +31,7 @@ WORDS: tuple[str, ...] = (
     N_("patient_mismatch"),
     # roles
     N_("viewer"),
+    N_("reader"),
     N_("operator"),
     N_("admin"),
     # vendor health (adapters.console.pages.VendorHealth.status)
@@ -55,6 +56,13 @@ WORDS: tuple[str, ...] = (
     N_("waiting"),
     N_("nothing_new"),
     N_("not_routed"),
+    # verdicts on AI findings, and how a finding compares with the final report
+    N_("accepted"),
+    N_("rejected"),
+    N_("modified"),
+    N_("confirmed"),
+    N_("contradicted"),
+    N_("not_mentioned"),
     # page titles handed to error.html
     N_("Not allowed"),
     N_("No such study"),

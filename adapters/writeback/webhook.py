@@ -7,12 +7,15 @@ survives a restart and is retried with the write-back backoff; the header
 ``Idempotency-Key`` is the delivery's ``message_id``, the same on every retry.
 
 The body names the study by its UIDs and accession number, never the
-patient::
+patient; with ``http.verdict_link_secret`` set each finding carries one-click signed
+links for a radiologist's verdict (``verdict_links``)::
 
     {"event": "urgent_result", "id": "RB…", "at": "…", "job_id": 7, "result_id": 3,
      "study_uid": "1.2…", "accession_number": "A123", "vendor": "ichai", "route": "head-ct",
      "findings": [{"code": "1386000", "system": "SCT", "meaning": "…", "present": true,
-                   "urgent": true, "score": 0.97}]}
+                   "urgent": true, "score": 0.97,
+                   "verdict_links": {"accepted": "https://…/console/v/…",
+                                     "rejected": "https://…/console/v/…"}}]}
     {"event": "overdue", "id": "RB…", "at": "…", "job_id": 9, "study_uid": "1.2…",
      "vendor": "lungai", "route": "chest-ct", "state": "awaiting_result",
      "deadline_at": "…"}
@@ -72,6 +75,7 @@ def notification(item: WritebackItem) -> dict[str, Any]:
     if item.result is not None:
         body["result_id"] = item.result.id
         findings = item.result.findings
+        links = item.verdict_links
         body["findings"] = [
             {
                 "code": f.code.value,
@@ -80,8 +84,9 @@ def notification(item: WritebackItem) -> dict[str, Any]:
                 "present": f.present,
                 "urgent": f.urgent,
                 "score": f.score,
+                **({"verdict_links": dict(links[n])} if n in links else {}),
             }
-            for f in (findings.findings if findings else ())
+            for n, f in enumerate(findings.findings if findings else ())
         ]
     if job is not None and d.event == "overdue":
         body["state"] = job.state.value

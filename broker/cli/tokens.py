@@ -42,7 +42,12 @@ def _token_json(token: ApiToken) -> dict[str, Any]:
 @app.command("create")
 def create_token(
     role: Annotated[
-        Role, typer.Option("--role", help="viewer reads, operator also writes, admin manages.")
+        Role,
+        typer.Option(
+            "--role",
+            help="viewer reads; reader also sees patient data and gives verdicts on AI "
+            "findings; operator also writes; admin manages.",
+        ),
     ],
     name: Annotated[
         str | None, typer.Option("--name", help="Who or what uses it, e.g. 'RIS'.")

@@ -1,6 +1,6 @@
 """``radbridge users``: people who log in to the operations console (``/console``).
 
-    radbridge users add NAME --role viewer|operator|admin [--password-stdin]
+    radbridge users add NAME --role viewer|reader|operator|admin [--password-stdin]
     radbridge users list | disable NAME | enable NAME | password NAME [--password-stdin]
 
 The password is asked twice at a prompt (not echoed), or read as the first
@@ -75,7 +75,11 @@ def add_user(
     name: Annotated[str, typer.Argument(help="Username (letters, digits, ._-@).")],
     role: Annotated[
         Role,
-        typer.Option("--role", help="viewer reads; operator also retries; admin also audits."),
+        typer.Option(
+            "--role",
+            help="viewer reads; reader also gives verdicts on AI findings; "
+            "operator also retries; admin also audits.",
+        ),
     ],
     config: ConfigOption = None,
     password_stdin: PasswordStdin = False,

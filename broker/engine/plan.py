@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from broker.model.deid import Deidentify
 from broker.model.errors import ConfigError
 from broker.model.vendor import VendorTransport
+from broker.model.verdicts import VerdictLinks
 from broker.model.writeback import TargetSpec, WritebackTarget
 
 
@@ -108,6 +109,11 @@ class Plan(Protocol):
         """The installation's key of pseudonyms (set whenever a profile is configured)."""
         ...
 
+    @property
+    def verdict_links(self) -> VerdictLinks | None:
+        """Makes the one-click verdict links notifications carry; None: no links."""
+        ...
+
 
 class Plans(Protocol):
     """Where the plan in force comes from (the service's snapshot holder)."""
@@ -142,6 +148,7 @@ class FixedPlan:
     deidentified: dict[str, Deidentify] = field(default_factory=dict)
     """Vendor name → the profile of what it is sent."""
     pseudonym_secret: str | None = field(default=None, repr=False)
+    verdict_links: VerdictLinks | None = None
 
     def __post_init__(self) -> None:
         missing = sorted(set(self.vendors) - set(self.transports))

@@ -229,7 +229,7 @@ class WritebackStage:
             delivery_id=item.id, target=item.target, kind=item.kind.value, job_id=item.job_id
         )
 
-    def _item(self, d: Delivery) -> WritebackItem:
+    def _item(self, d: Delivery, plan: Plan | None = None) -> WritebackItem:
         job = self.jobs.get(d.job_id) if d.job_id is not None else None
         result = self.results(d.result_id) if d.result_id is not None else None
         study: Study | None
@@ -242,6 +242,11 @@ class WritebackStage:
             link = self.orders.link(d.study_uid)
             if link is not None and link.state is LinkState.LINKED:
                 order = self.orders.get(link.order_id)
+        links: dict[int, dict[str, str]] = {}
+        signer = plan.verdict_links if plan is not None else None
+        if d.kind is DeliveryKind.NOTIFY and result is not None and signer is not None:
+            count = len(result.findings.findings) if result.findings else 0
+            links = signer.for_result(result.id, count, self.clock())
         return WritebackItem(
             delivery=d,
             job=job,
@@ -249,6 +254,7 @@ class WritebackStage:
             study=study,
             order=order,
             route=job.route if job else None,
+            verdict_links=links,
         )
 
     def attempt(self, item: Delivery, plan: Plan, log: BoundLogger) -> Outcome:
@@ -259,7 +265,7 @@ class WritebackStage:
             return Failure(error, retryable=False, why="target not configured")
         target = plan.writer(item.target)
         try:
-            detail = target.deliver(self._item(item))
+            detail = target.deliver(self._item(item, plan))
         except Exception as exc:
             return Failure(
                 f"{type(exc).__name__}: {exc}",

@@ -289,26 +289,33 @@ class OrderOutcome:
 
 
 class Role(CodedValue):
-    """What an HTTP API token may do: viewers read, operators act on jobs, admins manage."""
+    """What an HTTP API token or console user may do: viewers read, readers (radiologists)
+    also see patient data and give verdicts on AI findings, operators also act on jobs,
+    admins manage."""
 
     VIEWER = "viewer"
+    READER = "reader"
     OPERATOR = "operator"
     ADMIN = "admin"
 
     def allows(self, needed: Role) -> bool:
-        """Whether this role covers ``needed`` (admin covers operator covers viewer)."""
-        order = (Role.VIEWER, Role.OPERATOR, Role.ADMIN)
+        """Whether this role covers ``needed`` (admin covers operator covers reader covers
+        viewer)."""
+        order = (Role.VIEWER, Role.READER, Role.OPERATOR, Role.ADMIN)
         return order.index(self) >= order.index(needed)
 
     @property
     def sees_phi(self) -> bool:
         """Whether this role sees patient names, IDs and birth dates (console and API alike):
-        operators and admins do, viewers do not."""
+        readers, operators and admins do, viewers do not."""
         return self.allows(PHI_ROLE)
 
 
-#: The least role that sees patient data (:attr:`Role.sees_phi`), in the console and the API.
-PHI_ROLE = Role.OPERATOR
+#: The least role that sees patient data (:attr:`Role.sees_phi`), in the console and the API:
+#: a radiologist judging an AI finding needs to know whose study it is.
+PHI_ROLE = Role.READER
+#: The least role that gives verdicts on AI findings.
+VERDICT_ROLE = Role.READER
 #: The least role that reads the audit trail, in the console and the API.
 AUDIT_ROLE = Role.ADMIN
 

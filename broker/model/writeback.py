@@ -161,3 +161,6 @@ class WritebackItem:
     study: Study | None
     order: StoredOrder | None
     route: str | None = None
+    verdict_links: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
+    """Per finding (by index), the one-click verdict links a notification carries
+    (``accepted``, ``rejected``); empty when ``http.verdict_link_secret`` is not set."""

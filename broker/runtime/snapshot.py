@@ -33,6 +33,7 @@ from broker.model.logging import get_logger
 from broker.model.mode import Mode, shadow_of
 from broker.model.target import TARGETS
 from broker.model.vendor import VendorTransport
+from broker.model.verdicts import VerdictLinks
 from broker.model.writeback import WEBHOOK_TARGET, TargetSpec, WritebackTarget
 from broker.runtime.config_diff import ConfigView, view
 from broker.store.results import ResultPolicy
@@ -207,6 +208,14 @@ class Snapshot:
     def pseudonym_secret(self) -> str | None:
         secret = self.settings.privacy.pseudonym_secret
         return secret.get_secret_value() if secret is not None else None
+
+    @property
+    def verdict_links(self) -> VerdictLinks | None:
+        http = self.settings.http
+        if http is None or http.verdict_link_secret is None:
+            return None
+        secret = http.verdict_link_secret.get_secret_value()
+        return VerdictLinks(secret, http.base_url(), http.verdict_link_days)
 
     # ------------------------------------------------------------ life
 

@@ -1,12 +1,16 @@
 """Knowing how each AI product performs, through one ``radbridge serve`` (module-scoped):
-two vendors (dcmtk ``storescp`` each) read head CTs sent by ``storescu``; an operator pauses
-one for maintenance (CLI, API, console) and its jobs wait while the other vendor's go out,
-then resume sends them."""
+two vendors (dcmtk ``storescp`` each) read head CTs sent by ``storescu`` and answer with
+JSON findings on the results callback; an operator pauses one for maintenance (CLI, API,
+console) and its jobs wait while the other vendor's go out, then resume sends them; a
+radiologist gives verdicts on findings from the API, from the console in Chromium
+(Playwright) and from the signed one-click link an urgent notification carries (a loopback
+webhook receiver)."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,12 +22,17 @@ import pydicom
 import pytest
 
 from adapters.dicom.synthetic import generate_study
+from tests.e2e.test_console import PASSWORDS, VIEWPORT, ensure_chromium
+from tests.fhir_receiver import Webhook
 from tests.peers import StoreSCP, free_port, storescu, wait_until
-from tests.service import Radbridge, base_config
+from tests.service import RADBRIDGE, Radbridge, base_config
 
 pytestmark = pytest.mark.timeout(240)
 
-RESULTS_TOKEN = "lungai-results-token-0123456789"
+RESULTS_TOKENS = {v: f"{v}-results-token-0123456789" for v in ("lungai", "ichai")}
+LINK_SECRET = "verdict-link-secret-0123456789abcdef"
+ICH = {"system": "SCT", "value": "1386000", "meaning": "Intracranial hemorrhage"}
+FRACTURE = {"system": "SCT", "value": "71642004", "meaning": "Fracture of skull"}
 
 
 @dataclass
@@ -31,6 +40,7 @@ class Site:
     rb: Radbridge
     lungai: StoreSCP
     ichai: StoreSCP
+    webhook: Webhook
     base: str
     operator: dict[str, str]
     folder: Path
@@ -58,6 +68,40 @@ class Site:
         study_uid = str(_study_uid(files[0]))
         return files, study_uid
 
+    def answer(
+        self, study_uid: str, vendor: str, findings: list[dict[str, Any]], version: str = "1.0"
+    ) -> int:
+        """The vendor returns JSON findings for its job of the study (once the job is at the
+        vendor); the id of the completed result."""
+        job = wait_until(
+            lambda: (
+                (j := self.jobs(study_uid).get(vendor)) and j["state"] == "awaiting_result" and j
+            ),
+            f"{vendor}'s job at the vendor",
+        )
+        document = {
+            "study_instance_uid": study_uid,
+            "algorithm": {"vendor": vendor, "product": vendor.upper(), "version": version},
+            "findings": findings,
+        }
+        answer = httpx.post(
+            f"{self.base}/results/jobs/{job['id']}/findings",
+            json=document,
+            headers={"Authorization": f"Bearer {RESULTS_TOKENS[vendor]}"},
+            timeout=10,
+        )
+        assert answer.status_code == 202, answer.text
+        result_id = int(answer.json()["result_id"])
+        wait_until(
+            lambda: self.api("GET", f"/results/{result_id}").json()["state"] == "complete",
+            "result complete",
+        )
+        return result_id
+
+    def token(self, role: str) -> dict[str, str]:
+        made = self.rb.cli("tokens", "create", "--role", role).stdout.strip()
+        return {"Authorization": f"Bearer {made}"}
+
 
 def _study_uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
@@ -71,6 +115,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     with (
         StoreSCP(folder / "lungai", ae_title="LUNGAI") as lungai,
         StoreSCP(folder / "ichai", ae_title="ICHAI") as ichai,
+        Webhook() as webhook,
     ):
         config = base_config(folder / "rb", free_port())
         config["site"] = {"name": "Monitoring Test Hospital", "timezone": "Asia/Shanghai"}
@@ -99,13 +144,17 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             }
         ]
         config["delivery"] = {"backoff_base_seconds": 0.2, "backoff_cap_seconds": 0.5}
+        config["notifications"] = {"webhook": {"url": webhook.url}}
         rb = Radbridge(folder / "rb", config)
-        rb.env["RADBRIDGE_VENDORS__LUNGAI__RESULTS__TOKEN"] = RESULTS_TOKEN
+        for vendor, secret in RESULTS_TOKENS.items():
+            rb.env[f"RADBRIDGE_VENDORS__{vendor.upper()}__RESULTS__TOKEN"] = secret
+        rb.env["RADBRIDGE_HTTP__VERDICT_LINK_SECRET"] = LINK_SECRET
         rb.start()
         try:
             token = rb.cli("tokens", "create", "--role", "operator", "--name", "ops").stdout
             operator = {"Authorization": f"Bearer {token.strip()}"}
-            yield Site(rb, lungai, ichai, f"http://127.0.0.1:{http_port}", operator, folder)
+            base = f"http://127.0.0.1:{http_port}"
+            yield Site(rb, lungai, ichai, webhook, base, operator, folder)
         finally:
             rb.close()
 
@@ -182,3 +231,105 @@ def test_paused_vendor_jobs_wait_then_resume_delivers(site: Site) -> None:
     ).json()["items"]
     actions = [(a["action"], a["actor"].split(":")[0]) for a in reversed(audit)]
     assert actions == [("vendor.pause", "cli"), ("vendor.resume", "console")]
+
+
+def test_verdicts_from_the_api_and_the_one_click_link_are_recorded_and_audited(
+    site: Site,
+) -> None:
+    """A reader's verdicts (API) on two findings are kept, the newest counting; a viewer's is
+    403 and a finding the result does not have 404. The urgent notification carries signed
+    links per finding; opening one records nothing, its button records the verdict (source
+    ``link``); a tampered link is refused. Each verdict is in the audit trail."""
+    _, study_uid = site.head_ct(2)
+    result_id = site.answer(
+        study_uid,
+        "lungai",
+        [
+            {"code": ICH, "present": True, "score": 0.93, "urgent": True},
+            {"code": FRACTURE, "present": False, "score": 0.04},
+        ],
+    )
+    reader = site.token("reader")
+    url = f"{site.base}/api/v1/results/{result_id}"
+    given = httpx.post(f"{url}/findings/0/verdict", json={"verdict": "rejected"}, headers=reader)
+    assert given.status_code == 201, given.text
+    assert given.json()["code"] == "SCT:1386000" and given.json()["actor"].startswith("token:")
+    changed = {"verdict": "modified", "corrected_value": "small, 4 mL", "comment": "thin SDH"}
+    assert httpx.post(f"{url}/findings/0/verdict", json=changed, headers=reader).status_code == 201
+    viewer = site.token("viewer")
+    refused = httpx.post(f"{url}/findings/1/verdict", json={"verdict": "accepted"}, headers=viewer)
+    assert refused.status_code == 403
+    missing = httpx.post(f"{url}/findings/2/verdict", json={"verdict": "accepted"}, headers=reader)
+    assert missing.status_code == 404 and "valid: 0 to 1" in missing.text
+
+    # The urgent result's notification, with a link to accept and one to reject each finding.
+    notification = wait_until(
+        lambda: next(
+            (b for _, b in site.webhook.received if b.get("result_id") == result_id), None
+        ),
+        "urgent notification",
+    )
+    links = notification["findings"][1]["verdict_links"]
+    assert set(links) == {"accepted", "rejected"}
+    with httpx.Client(timeout=10) as browser:
+        page = browser.get(links["accepted"])
+        assert page.status_code == 200 and "Fracture of skull" in page.text
+        history = httpx.get(f"{url}/verdicts", headers=reader).json()
+        assert [v["finding_index"] for v in history] == [0, 0]  # opening recorded nothing
+        tampered = links["accepted"].replace(".accepted.", ".rejected.")
+        assert browser.post(tampered).status_code == 404
+        done = browser.post(links["accepted"], data={"comment": ""})
+        assert done.status_code == 200 and 'id="verdict-recorded"' in done.text
+
+    history = httpx.get(f"{url}/verdicts", headers=reader).json()
+    assert [(v["finding_index"], v["verdict"], v["source"]) for v in history] == [
+        (0, "rejected", "api"),
+        (0, "modified", "api"),
+        (1, "accepted", "link"),
+    ]
+    assert history[1]["corrected_value"] == "small, 4 mL"
+    audit = httpx.get(
+        f"{site.base}/api/v1/audit",
+        headers=site.token("admin"),
+        params={"action": "finding.verdict", "target": f"result:{result_id}"},
+    ).json()["items"]
+    assert sorted(a["detail"]["verdict"] for a in audit) == ["accepted", "modified", "rejected"]
+    assert {a["actor"].split(":")[0] for a in audit} == {"token", "link"}
+
+
+def test_a_reader_gives_a_verdict_in_the_console(site: Site) -> None:
+    """A console user with the role reader opens the study in Chromium and rejects the
+    finding with one click; the page shows the verdict and the API has it, by that user."""
+    _, study_uid = site.head_ct(3)
+    result_id = site.answer(study_uid, "ichai", [{"code": ICH, "present": True, "score": 0.71}])
+    name, password = "rad", PASSWORDS["op"]
+    add = [RADBRIDGE, "users", "add", name, "--role", "reader", "--password-stdin"]
+    subprocess.run(
+        [*add, "-c", str(site.rb.config_path)],
+        input=password + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        env=site.rb.env,
+        timeout=60,
+    )
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=ensure_chromium(), headless=True, args=["--no-sandbox"]
+        )
+        try:
+            page = browser.new_context(viewport=VIEWPORT).new_page()
+            page.goto(f"{site.base}/console/studies/{study_uid}")
+            page.fill("input[name=username]", name)
+            page.fill("input[name=password]", password)
+            page.click("form.stack button[type=submit]")
+            finding = page.locator(f"#finding-{result_id}-0")
+            finding.locator("button[data-action=reject]").click()
+            page.wait_for_selector(f"#finding-{result_id}-0[data-verdict=rejected]")
+        finally:
+            browser.close()
+    history = site.api("GET", f"/results/{result_id}/verdicts").json()
+    assert [(v["verdict"], v["actor"], v["source"]) for v in history] == [
+        ("rejected", "console:rad", "console")
+    ]
