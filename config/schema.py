@@ -26,7 +26,9 @@ from pydantic import (
     model_validator,
 )
 
+from broker.model.contract import ContractTerms, ProductTerms
 from broker.model.deid import MIN_SECRET, SECRET_VARIABLE, Deidentify
+from broker.model.errors import did_you_mean
 from broker.model.logging import LogFile
 from broker.model.vendor import TransportContext
 from config.base import (
@@ -38,6 +40,7 @@ from config.base import (
     Strict,
     space_bytes,
 )
+from config.contracts import Contract, ContractName, billing_terms
 from config.plugins import TargetBlock
 from config.targets import Notifications, TargetName, check_notifications
 from config.vendors import _KNOWN_TARGETS, _KNOWN_VENDORS, Route, Vendor, VendorName
@@ -512,6 +515,8 @@ class Settings(Strict):
     notifications: Notifications = Notifications()
     routes: list[Route] = Field(default_factory=list)
     privacy: Privacy = Privacy()
+    contracts: dict[ContractName, Contract] = Field(default_factory=dict)
+    """How each vendor product is paid for (``config.contracts``)."""
 
     @model_validator(mode="wrap")
     @classmethod
@@ -614,6 +619,53 @@ class Settings(Strict):
             return True
         return any(r.deidentify is not None and vendor in r.send for r in self.routes)
 
+    @model_validator(mode="after")
+    def _contracts_name_vendors(self) -> Settings:
+        """Every contract names a configured vendor without a ``billing:`` block."""
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        known = list(self.vendors)
+        for name, contract in self.contracts.items():
+            vendor = self.vendors.get(contract.vendor)
+            if vendor is None:
+                problems.append(
+                    (
+                        ("contracts", name, "vendor"),
+                        f"unknown vendor '{contract.vendor}'{did_you_mean(contract.vendor, known)}"
+                        f"; known vendors: {', '.join(known) or 'none'}",
+                    )
+                )
+            elif vendor.billing is not None:
+                problems.append(
+                    (
+                        ("contracts", name, "vendor"),
+                        f"vendor '{contract.vendor}' has a billing: block, which is its contract "
+                        "already; valid: one of them (move billing into contracts:, e.g. kind: "
+                        "trial with quota: for a trial_quota)",
+                    )
+                )
+        if problems:
+            raise LocatedErrors(problems)
+        return self
+
+    def product_terms(self) -> dict[str, ProductTerms]:
+        """Each vendor product's mode, contracts (its ``billing:`` read as one) and
+        regulatory data, as routing reads them."""
+        by_vendor: dict[str, list[ContractTerms]] = {name: [] for name in self.vendors}
+        for name, contract in self.contracts.items():
+            by_vendor.setdefault(contract.vendor, []).append(contract.terms(name))
+        out = {}
+        for name, vendor in self.vendors.items():
+            contracts = by_vendor.get(name, [])
+            if vendor.billing is not None:
+                contracts = [billing_terms(name, vendor.billing)]
+            out[name] = ProductTerms(
+                vendor=name,
+                mode=vendor.mode,
+                contracts=tuple(contracts),
+                regulatory=vendor.regulatory.regulatory() if vendor.regulatory else None,
+            )
+        return out
+
     def http_settings(self) -> Http:
         """The ``http`` block, or its defaults."""
         return self.http or Http()
@@ -673,4 +725,5 @@ def routing_rules(settings: Settings) -> RuleSet:
         [route.spec() for route in settings.routes],
         timezone=settings.site.timezone,
         vendor_kinds={name: vendor.kind for name, vendor in settings.vendors.items()},
+        products=settings.product_terms(),
     )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import enum
 import re
 from contextvars import ContextVar
+from datetime import date
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     ConfigDict,
@@ -16,6 +17,7 @@ from pydantic import (
     field_validator,
 )
 
+from broker.model.contract import Regulatory
 from broker.model.deid import Deidentify
 from broker.model.domain import Priority
 from broker.model.errors import did_you_mean
@@ -145,14 +147,43 @@ class VendorResults(Strict):
     quiet_seconds: Duration = 30.0
 
 
+class RegulatorySettings(Strict):
+    """A product's regulatory data, shown with its results and named in the SR and ORU.
+
+    A product whose NMPA ``certificate`` is missing or outside ``valid_from`` ..
+    ``valid_until`` runs in shadow mode (nothing written back) unless
+    ``live_without_certificate: true`` (audited at every load).
+    """
+
+    nmpa_class: Literal["II", "III"] | None = None
+    certificate: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    valid_from: date | None = None
+    valid_until: date | None = None
+    fda: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    ce: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    intended_use: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    version: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    live_without_certificate: bool = False
+
+    @field_validator("nmpa_class", mode="before")
+    @classmethod
+    def _roman(cls, value: Any) -> Any:
+        return {2: "II", 3: "III", "2": "II", "3": "III"}.get(value, value)
+
+    def regulatory(self) -> Regulatory:
+        """The data as routing and the reports read it."""
+        return Regulatory(**self.model_dump())
+
+
 class Vendor(Strict):
     """One AI vendor product radbridge delivers studies to.
 
     ``kind`` says what the product does (e.g. ``lung-nodule-ct``): vendors of
-    the same kind overlap, which ``exclusive`` routes use; by default each
-    vendor is its own kind. ``retries`` is the maximum number of attempts.
-    ``mode: shadow`` runs the product as a silent trial (:mod:`broker.model.mode`):
-    sent and its results kept, never written back, never billed.
+    the same kind overlap, which ``exclusive`` routes and contracts' ``fallback``
+    use; by default each vendor is its own kind. ``retries`` is the maximum
+    number of attempts. ``mode: shadow`` runs the product as a silent trial
+    (:mod:`broker.model.mode`): sent and its results kept, never written back,
+    never billed.
     """
 
     product: Annotated[str, Field(min_length=1)]
@@ -167,6 +198,7 @@ class Vendor(Strict):
     mode: Mode = Mode.LIVE
     deidentify: Deidentify | None = None
     """De-identify what this vendor is sent (off when absent); a route's own block wins."""
+    regulatory: RegulatorySettings | None = None
 
 
 class RequireOrderSettings(Strict):

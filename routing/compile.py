@@ -15,6 +15,7 @@ from datetime import tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from broker.model.contract import ProductTerms
 from broker.model.errors import RoutingError
 from routing.facts import Facts, SeriesFacts, Values
 from routing.fields import Kind, Source
@@ -290,6 +291,8 @@ class RuleSet:
     timezone: tzinfo
     vendor_kinds: Mapping[str, str]
     tag_kinds: Mapping[str, Kind]
+    products: Mapping[str, ProductTerms] = field(default_factory=dict)
+    """Each vendor product's mode, contracts and regulatory data (``routing.contracts``)."""
 
     def kind_of(self, vendor: str) -> str:
         """The product kind of a vendor (its own name when none is configured)."""
@@ -301,8 +304,10 @@ def compile_routes(
     *,
     timezone: str | tzinfo = "UTC",
     vendor_kinds: Mapping[str, str | None] | None = None,
+    products: Mapping[str, ProductTerms] | None = None,
 ) -> RuleSet:
-    """Compile routes once. ``vendor_kinds`` maps each known vendor to its product kind.
+    """Compile routes once. ``vendor_kinds`` maps each known vendor to its product kind,
+    ``products`` each vendor to its contracts and regulatory data.
 
     When ``vendor_kinds`` is given, a route sending to a vendor not in it is an
     error; a vendor without a kind is its own kind.
@@ -341,4 +346,4 @@ def compile_routes(
         for leaf in leaves(part)
         if leaf.field.source is Source.TAG
     }
-    return RuleSet(routes, zone, kinds, tag_kinds)
+    return RuleSet(routes, zone, kinds, tag_kinds, dict(products or {}))

@@ -18,6 +18,11 @@ Every matching route fires, in configuration order, with these rules:
 - **require_order**: without an order the route first waits (``waiting``, with
   the time to decide again); after the wait it is evaluated on the images
   alone (its top-level ``order.*`` conditions left out) or skipped.
+- **Contracts**: a delivery is made only when the product's contract in
+  force covers the study (dates, ordering department, quota with the
+  ``used`` counts given), else by its action (:mod:`routing.contracts`):
+  another vendor of the same kind, shadow mode, billed per use, or not at
+  all (``contract``). Every dispatch carries its :class:`Terms`.
 - **Unrouted**: when no route matches, the decision names the closest route
   (the most conditions met, in order) and its first failing condition.
 """
@@ -26,11 +31,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from broker.model.domain import Order, Priority, Study
 from routing.compile import CompiledRoute, RuleSet
+from routing.contracts import Terms, judge
 from routing.facts import Facts
 from routing.schema import OnNoOrder, show_duration
 from routing.selectors import select_series
@@ -58,6 +64,9 @@ class SkipReason(enum.StrEnum):
     EXCLUSIVE = "exclusive"
     ALREADY_DELIVERED = "already_delivered"
     NO_SERIES = "no_series"
+    CONTRACT = "contract"
+    """The product's contract does not cover the study and its action is ``stop`` (or a
+    ``fallback`` found no vendor)."""
 
 
 class Outcome(enum.StrEnum):
@@ -82,6 +91,10 @@ class Dispatch:
     deadline_seconds: float | None
     stable_seconds: float | None
     write_back: tuple[str, ...]
+    terms: Terms = field(default_factory=Terms)
+    """The contract, what the use counts as, and the mode (live or shadow)."""
+    instead_of: str | None = None
+    """The vendor the route named, when its contract's fallback sends to this one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +105,11 @@ class Skip:
     vendor: str
     reason: SkipReason
     by_route: str | None = None
+    detail: str = ""
 
     def __str__(self) -> str:
+        if self.reason is SkipReason.CONTRACT:
+            return self.detail
         return {
             SkipReason.DUPLICATE: f"{self.vendor}: deduplicated, route '{self.by_route}' "
             "already sends it this study",
@@ -162,14 +178,16 @@ def decide(
     *,
     tags: Mapping[str, str] | None = None,
     delivered: Collection[tuple[str, str]] = (),
+    used: Mapping[str, int] | None = None,
 ) -> Decision:
     """Decide where ``study`` goes. Pure: no I/O; ``now`` without a timezone is UTC.
 
     ``tags`` are the study's indexed DICOM tags by keyword; ``delivered`` the
-    (route, vendor) pairs already delivered for an earlier revision.
+    (route, vendor) pairs already delivered for an earlier revision; ``used`` the
+    uses each contract counted in its current period, by contract name.
     """
     facts = Facts(study, order, tags or {}, now, rules.timezone, tag_kinds=rules.tag_kinds)
-    return decide_facts(rules, facts, now, delivered)
+    return decide_facts(rules, facts, now, delivered, used)
 
 
 def _order_reference(study: Study) -> datetime:
@@ -182,6 +200,7 @@ def decide_facts(
     facts: Facts,
     now: datetime,
     delivered: Collection[tuple[str, str]] = (),
+    used: Mapping[str, int] | None = None,
 ) -> Decision:
     """:func:`decide` on facts already computed (what explanations reuse)."""
     now = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
@@ -219,6 +238,8 @@ def decide_facts(
     dispatches: list[Dispatch] = []
     skipped: list[Skip] = []
     sent_by: dict[str, str] = {}
+    day = facts.local_time.date()
+    department = order.department if order is not None else None
     earlier = {vendor: route for route, vendor in delivered}
     claims: list[tuple[frozenset[str], str]] = []
     for route in candidates:
@@ -250,17 +271,42 @@ def decide_facts(
                     skipped.append(Skip(spec.name, vendor, reason, by))
                     continue
                 assert series is not None
-                sent_by[vendor] = spec.name
+                verdict = judge(
+                    rules.products,
+                    rules.vendor_kinds,
+                    vendor,
+                    day=day,
+                    department=department,
+                    used=used or {},
+                    taken={*sent_by, *spec.send},
+                )
+                if verdict.terms is None or verdict.instead_of is not None:
+                    skipped.append(Skip(spec.name, vendor, SkipReason.CONTRACT, detail=verdict.why))
+                if verdict.terms is None:
+                    continue
+                if verdict.vendor in earlier and not spec.resend_updates:
+                    skipped.append(
+                        Skip(
+                            spec.name,
+                            verdict.vendor,
+                            SkipReason.ALREADY_DELIVERED,
+                            earlier[verdict.vendor],
+                        )
+                    )
+                    continue
+                sent_by[verdict.vendor] = spec.name
                 fired = True
                 dispatches.append(
                     Dispatch(
                         route=spec.name,
-                        vendor=vendor,
+                        vendor=verdict.vendor,
                         series_uids=tuple(s.series_uid for s in series),
                         priority=spec.priority,
                         deadline_seconds=spec.deadline_seconds,
                         stable_seconds=spec.stable_seconds,
                         write_back=spec.write_back,
+                        terms=verdict.terms,
+                        instead_of=verdict.instead_of,
                     )
                 )
             if fired:

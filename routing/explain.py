@@ -20,6 +20,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 
 from broker.model.domain import Order, Study
+from broker.model.mode import Mode
 from routing.compile import CompiledRoute, RuleSet
 from routing.evaluate import (
     Decision,
@@ -88,6 +89,7 @@ def explain(
     tags: Mapping[str, str] | None = None,
     delivered: Collection[tuple[str, str]] = (),
     jobs: Sequence[ExistingJob] = (),
+    used: Mapping[str, int] | None = None,
 ) -> tuple[Decision, list[RouteExplanation]]:
     """The decision for ``study`` and an explanation of every route.
 
@@ -96,7 +98,7 @@ def explain(
     """
     facts = Facts(study, order, tags or {}, now, rules.timezone, tag_kinds=rules.tag_kinds)
     had = {*delivered, *((j.route, j.vendor) for j in jobs)}
-    decision = decide_facts(rules, facts, now, had)
+    decision = decide_facts(rules, facts, now, had, used)
     closest = decision.unrouted.closest_route if decision.unrouted else None
     by_name = {r.name: r for r in rules.routes}
     matched_regular = [
@@ -195,6 +197,7 @@ def _skip_text(skip: Skip, jobs: Sequence[ExistingJob]) -> str:
 
 
 def _dispatch_json(d: Dispatch) -> dict[str, Any]:
+    terms = d.terms
     return {
         "vendor": d.vendor,
         "series_uids": list(d.series_uids),
@@ -202,6 +205,13 @@ def _dispatch_json(d: Dispatch) -> dict[str, Any]:
         "deadline_seconds": d.deadline_seconds,
         "stable_seconds": d.stable_seconds,
         "write_back": list(d.write_back),
+        "mode": terms.mode.value,
+        "shadow": terms.shadow.value if terms.shadow is not None else None,
+        "contract": terms.contract,
+        "contract_state": terms.state,
+        "charge": terms.charge.value if terms.charge is not None else None,
+        "alert": terms.alert,
+        "instead_of": d.instead_of,
     }
 
 
@@ -275,9 +285,10 @@ def report(
     notes: Sequence[str] = (),
     blocked: str | None = None,
     order_known: bool = True,
+    used: Mapping[str, int] | None = None,
 ) -> Explained:
     """:func:`explain`, with the order, the jobs, notes and what stops routing."""
-    decision, routes = explain(rules, study, order, now, tags=tags, jobs=jobs)
+    decision, routes = explain(rules, study, order, now, tags=tags, jobs=jobs, used=used)
     return Explained(
         study=study,
         decision=decision,
@@ -388,8 +399,14 @@ def _dispatch_text(d: Dispatch, selector: SelectorName) -> str:
     extra = [f"priority {d.priority}"]
     if d.deadline_seconds is not None:
         extra.append(f"deadline {show_duration(d.deadline_seconds)}")
-    if d.write_back:
+    if d.terms.mode is Mode.SHADOW:
+        extra.append("shadow mode: nothing written back")
+    elif d.write_back:
         extra.append("write back " + ", ".join(d.write_back))
+    if d.terms.state:
+        extra.append(d.terms.state)
+    if d.terms.alert and d.terms.alert not in (d.terms.state or ""):
+        extra.append(f"alert: {d.terms.alert}")
     return f"-> {d.vendor}: {n} series ({selector}), " + ", ".join(extra)
 
 

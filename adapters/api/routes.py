@@ -12,7 +12,9 @@ from pydantic import BaseModel
 from adapters.api.deps import State, Viewer, parse_time
 from adapters.api.responses import NOT_FOUND
 from broker.model.errors import NotFoundError
+from broker.runtime.contracts import contract_use
 from broker.runtime.routing_input import stored_input
+from broker.store.contracts import ContractStore
 from config.vendors import Route
 from routing import RuleSet
 from routing.schema import show_duration
@@ -110,12 +112,14 @@ def explain_study(
 ) -> Explanation:
     """Every route: fired, matched, not matched (the first failing condition, wanted and
     got), waiting for the order; with the study's order and the jobs it already has."""
+    now = parse_time(at, api.settings.site.timezone, name="at") or datetime.now(UTC)
+    rules = _rules(api)
+    used = contract_use(ContractStore(api.studies.engine), rules, now)
     try:
-        routing = stored_input(api.studies, api.orders, api.jobs, study_uid)
+        routing = stored_input(api.studies, api.orders, api.jobs, study_uid, used=used)
     except NotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
-    now = parse_time(at, api.settings.site.timezone, name="at") or datetime.now(UTC)
-    explained = routing.explain(_rules(api), now)
+    explained = routing.explain(rules, now)
     return Explanation(
         study_uid=study_uid,
         outcome=explained.outcome,

@@ -38,6 +38,11 @@ class UsageLineOut(BaseModel):
     unbillable: int
     amount: str
     currency: str | None
+    package: int = 0
+    contract: str | None = None
+    payer: str | None = None
+    price_code: str | None = None
+    province: str | None = None
 
 
 class QuotaOut(BaseModel):
@@ -64,8 +69,9 @@ def usage_report(
     vendor: Annotated[str | None, Query(max_length=64)] = None,
     format: Format = Format.JSON,
 ) -> list[UsageLineOut] | Response:
-    """One line per vendor, product, site, day and unit: studies, quantity (in the unit),
-    of it billable, trial and unbillable, and the amount at the configured price."""
+    """One line per vendor, product, site, day, unit and contract (with its payer, price
+    code and province): studies, quantity (in the unit), of it billable, trial, within a
+    package and unbillable, and the amount at the configured price."""
     start, end = parse_day(since, "from"), parse_day(until, "to")
     if end < start or (end - start).days >= MAX_DAYS:
         raise invalid(

@@ -20,7 +20,9 @@ from adapters.console.views import render, scrub, translator
 from broker.model.domain import Role
 from broker.model.errors import NotFoundError
 from broker.model.phi import phi_values
+from broker.runtime.contracts import contract_use
 from broker.runtime.routing_input import stored_input
+from broker.store.contracts import ContractStore
 from broker.store.users import Session
 from config.vendors import Route
 from routing.schema import show_duration
@@ -63,8 +65,10 @@ def _route(route: Route) -> dict[str, Any]:
 
 
 def _explain(console: State, who: Session, study_uid: str) -> dict[str, Any]:
-    routing = stored_input(console.studies, console.orders, console.jobs, study_uid)
-    explained = routing.explain(console.rule_set(), datetime.now(UTC))
+    rules, now = console.rule_set(), datetime.now(UTC)
+    used = contract_use(ContractStore(console.studies.engine), rules, now)
+    routing = stored_input(console.studies, console.orders, console.jobs, study_uid, used=used)
+    explained = routing.explain(rules, now)
     order = routing.order
     patients = [routing.study.patient] + ([order.patient] if order is not None else [])
     accessions = [routing.study.accession_number, order.accession_number if order else None]

@@ -31,17 +31,20 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.cli.common import ConfigOption, settings_or_exit
 from broker.model.domain import Order, Study
 from broker.model.errors import AdapterError, DicomError, RadbridgeError, StoreError
 from broker.model.plugins import registered
+from broker.runtime.contracts import contract_use
 from broker.runtime.routing_input import (
     RoutingInput,
     files_input,
@@ -50,6 +53,7 @@ from broker.runtime.routing_input import (
     stored_order,
 )
 from broker.store import StudyStore, make_engine
+from broker.store.contracts import ContractStore
 from broker.store.jobs import JobStore
 from broker.store.orders import OrderStore
 from config.schema import Settings, routing_rules
@@ -85,12 +89,34 @@ def _store_error(settings: Settings, exc: Exception) -> typer.Exit:
     return _fail(f"cannot read the store {settings.storage.database}: {exc}")
 
 
-def _stored_input(settings: Settings, study_uid: str) -> RoutingInput:
+def _stored_input(
+    settings: Settings, study_uid: str, rules: RuleSet, now: datetime
+) -> RoutingInput:
     engine = make_engine(settings.database_url())
     try:
-        return stored_input(StudyStore(engine), OrderStore(engine), JobStore(engine), study_uid)
+        used = contract_use(ContractStore(engine), rules, now)
+        return stored_input(
+            StudyStore(engine), OrderStore(engine), JobStore(engine), study_uid, used=used
+        )
     except (StoreError, SQLAlchemyError) as exc:
         raise _store_error(settings, exc) from exc
+    finally:
+        engine.dispose()
+
+
+def _files_contract_use(settings: Settings, rules: RuleSet, now: datetime) -> dict[str, int]:
+    """The contracts' use from the store when there is one (files are explained without it
+    otherwise: every contract as if nothing were used yet)."""
+    if not any(p.contracts for p in rules.products.values()):
+        return {}
+    url = make_url(settings.database_url())
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        return {}
+    engine = make_engine(settings.database_url())
+    try:
+        return contract_use(ContractStore(engine), rules, now)
+    except (StoreError, SQLAlchemyError):
+        return {}
     finally:
         engine.dispose()
 
@@ -142,6 +168,9 @@ def _inputs(
     order: str | None,
     calling_ae: str | None,
     called_ae: str | None,
+    *,
+    rules: RuleSet,
+    now: datetime,
 ) -> list[RoutingInput]:
     path = Path(target)
     if path.exists():
@@ -152,8 +181,12 @@ def _inputs(
             raise _fail(f"{path}: {exc}") from exc
         if not studies:
             raise _fail(f"{path}: no DICOM Part 10 files ({skipped} other files skipped)")
+        used = _files_contract_use(settings, rules, now)
         return [
-            files_input(study, tags, orders, calling_ae=calling_ae, called_ae=called_ae)
+            replace(
+                files_input(study, tags, orders, calling_ae=calling_ae, called_ae=called_ae),
+                used=used,
+            )
             for study, tags in studies
         ]
     if _UID.fullmatch(target):
@@ -172,7 +205,7 @@ def _inputs(
                 "the order linked to it and the AE titles it came with",
                 2,
             )
-        return [_stored_input(settings, target)]
+        return [_stored_input(settings, target, rules, now)]
     raise _fail(f"{target}: no such file or folder, and not a Study Instance UID")
 
 
@@ -235,8 +268,8 @@ def explain_command(
         raise _fail(f"{config}: {exc}", 2) from exc
     calling = _ae("--calling-ae", calling_ae)
     called = _ae("--called-ae", called_ae)
-    inputs = _inputs(settings, target, order, calling, called)
     now = _when(at, rules)
+    inputs = _inputs(settings, target, order, calling, called, rules=rules, now=now)
     rows: list[dict[str, Any]] = []
     texts: list[str] = []
     routed_all = True

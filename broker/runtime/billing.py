@@ -4,8 +4,9 @@
 reaches ``sent`` it writes, in one transaction, the job's usage row (once
 per job) and the ``study.sent`` audit row (vendor, series, route). At start,
 :meth:`Accounting.reconcile` counts jobs that were sent just before a crash
-and not counted yet. :class:`QuotaGate` is what routing asks before it
-creates a new job for a vendor whose trial quota may be used up.
+and not counted yet. A job routed under a contract is counted as its terms
+say (``job_terms``: contract, payer, price code, trial / package / per use);
+quotas are kept by routing (:mod:`broker.runtime.contracts`).
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from broker.model.logging import get_logger
 from broker.model.vendor import SendOutcome
 from broker.runtime.snapshot import configured_shadow
 from broker.store.audit import SYSTEM, Action, record_in
+from broker.store.contracts import ContractStore
 from broker.store.engine import writing
 from broker.store.jobs import JobStore
 from broker.store.studies import StudyStore
-from broker.store.usage import STOP_ROUTING, Charge, UsageEntry, UsageStore
+from broker.store.usage import Charge, UsageEntry, UsageStore
 from config.schema import Settings
 from config.vendors import BillingUnit
 
@@ -50,6 +52,7 @@ class Accounting:
         self.usage = UsageStore(engine)
         self.studies = StudyStore(engine)
         self.jobs = JobStore(engine)
+        self.terms = ContractStore(engine)
 
     def job_sent(self, job: Job, outcome: SendOutcome | None, now: datetime | None = None) -> None:
         """The worker's hook: count the job and audit the delivery. Never raises."""
@@ -79,6 +82,14 @@ class Accounting:
                 series_uids = []
         billing = vendor.billing if vendor is not None else None
         unit = billing.unit if billing is not None else BillingUnit.STUDY
+        terms = self.terms.get(job.study_uid, job.vendor)
+        contract = settings.contracts.get(terms.contract or "") if terms is not None else None
+        if contract is not None:
+            unit = contract.unit
+        price = billing.price if billing is not None else Decimal(0)
+        currency = billing.currency if billing is not None else None
+        if terms is not None and terms.price is not None:
+            price, currency = terms.price, terms.currency
         charge = Charge(
             job_id=job.id,
             study_uid=job.study_uid,
@@ -91,12 +102,17 @@ class Accounting:
             unit=unit.value,
             quantity=max(len(series_uids), 1) if unit is BillingUnit.SERIES else 1,
             series_count=len(series_uids),
-            price=billing.price if billing is not None else Decimal(0),
-            currency=billing.currency if billing is not None else None,
+            price=price,
+            currency=currency,
             trial_quota=billing.trial_quota if billing is not None else None,
             when_quota_used=billing.when_quota_used.value if billing is not None else "bill",
             bundle=billing.bundle if billing is not None else None,
             shadow=job.shadow is not None or configured_shadow(settings, job.route, job.vendor),
+            contract=terms.contract if terms is not None else None,
+            charge=terms.charge if terms is not None else None,
+            payer=terms.payer if terms is not None else None,
+            price_code=terms.price_code if terms is not None else None,
+            province=terms.province if terms is not None else None,
         )
         detail = {
             "vendor": job.vendor,
@@ -113,6 +129,8 @@ class Accounting:
             detail |= {"instances": outcome.instances, "bytes": outcome.bytes}
             if outcome.deidentified is not None:
                 detail["deidentified"] = dict(outcome.deidentified)
+        if terms is not None:
+            detail |= {"contract": terms.contract, "charge": terms.charge}
 
         def audit(conn: Connection) -> None:
             record_in(
@@ -145,26 +163,3 @@ class Accounting:
         if done:
             LOG.warning("sent jobs counted at start (usage was missing)", jobs=done)
         return done
-
-
-class QuotaGate:
-    """Whether routing may create a new job for a vendor (``when_quota_used: stop_routing``)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.usage = UsageStore(engine)
-
-    def refusal(self, settings: Settings, vendor: str) -> str | None:
-        """Why ``vendor`` gets no new job, or None when it may."""
-        config = settings.vendors.get(vendor)
-        billing = config.billing if config is not None else None
-        if billing is None or billing.trial_quota is None:
-            return None
-        if billing.when_quota_used.value != STOP_ROUTING:
-            return None
-        use = self.usage.quota_use(vendor)
-        if use.used + use.queued < billing.trial_quota:
-            return None
-        return (
-            f"trial quota of {billing.trial_quota} studies used up ({use.used} delivered, "
-            f"{use.queued} on their way) and billing.when_quota_used is stop_routing"
-        )

@@ -17,7 +17,7 @@ on it with :meth:`RoutingInput.decide`: what explain says is what ``serve`` does
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -65,6 +65,8 @@ class RoutingInput:
     """What a person should know about this input (why an order is not used …)."""
     order_known: bool = True
     """False for files explained without an order given."""
+    used: Mapping[str, int] = field(default_factory=dict)
+    """Uses each contract counted in its current period, by contract name (the store's)."""
 
     @property
     def cancelled(self) -> bool:
@@ -79,7 +81,15 @@ class RoutingInput:
 
     def decide(self, rules: RuleSet, now: datetime) -> Decision:
         """The decision ``serve`` makes (check :attr:`cancelled` first, as it does)."""
-        return decide(rules, self.study, self.order, now, tags=self.tags, delivered=self.delivered)
+        return decide(
+            rules,
+            self.study,
+            self.order,
+            now,
+            tags=self.tags,
+            delivered=self.delivered,
+            used=self.used,
+        )
 
     def explain(self, rules: RuleSet, now: datetime) -> Explained:
         """Every route and why, with the order, the jobs and what stops routing."""
@@ -106,6 +116,7 @@ class RoutingInput:
             notes=self.notes,
             blocked=blocked,
             order_known=self.order_known,
+            used=self.used,
         )
 
 
@@ -119,11 +130,17 @@ def _link_notes(link: OrderLink | None) -> tuple[str, ...]:
 
 
 def stored_input(
-    studies: StudyStore, orders: OrderStore, jobs: JobStore, study_uid: str
+    studies: StudyStore,
+    orders: OrderStore,
+    jobs: JobStore,
+    study_uid: str,
+    *,
+    used: Mapping[str, int] | None = None,
 ) -> RoutingInput:
     """The routing input of a stored study, as the service routes it; ``NotFoundError``
     when the store has no such study. Correlates the study with its order (recording
-    the link) as the service does."""
+    the link) as the service does. ``used``: the contracts' use
+    (:func:`broker.runtime.contracts.contract_use`)."""
     study = studies.get_study(study_uid)
     stored, link = orders.order_for_study(study)
     existing = tuple(jobs.list(study_uid=study_uid))
@@ -135,6 +152,7 @@ def stored_input(
         jobs=existing,
         reached=frozenset(job.id for job in existing if _reached(jobs, job)),
         notes=_link_notes(link),
+        used=dict(used or {}),
     )
 
 

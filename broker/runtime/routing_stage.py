@@ -9,6 +9,7 @@ this study.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from broker.engine.dispatch import Dispatcher, JobRequest
@@ -16,17 +17,25 @@ from broker.model.domain import LinkState
 from broker.model.errors import NotFoundError
 from broker.model.logging import get_logger
 from broker.model.mode import ShadowCause
-from broker.runtime.billing import QuotaGate
+from broker.runtime.contracts import ContractDesk
 from broker.runtime.routing_input import stored_input
 from broker.runtime.snapshot import Snapshot, SnapshotHolder
 from broker.store import StudyStore
+from broker.store.contracts import ContractStore
 from broker.store.jobs import JobStore
 from broker.store.orders import OrderStore
-from config.schema import Settings
-from routing import Decision
+from routing import Decision, SkipReason
 
 LOG = get_logger("radbridge.pipeline")
 RELOAD_POLL_SECONDS = 2.0
+
+
+def shadow_cause(routed: ShadowCause | None, configured: bool) -> ShadowCause | None:
+    """Why a new job runs in shadow: its contract or certificate (which stay with the job),
+    else the route's or the vendor's ``mode: shadow`` (which a reload can lift)."""
+    if routed is not None and routed is not ShadowCause.CONFIGURATION:
+        return routed
+    return ShadowCause.CONFIGURATION if configured else None
 
 
 class RoutingStage:
@@ -47,7 +56,7 @@ class RoutingStage:
         self.orders = orders
         self.dispatcher = dispatcher
         self.snapshots = snapshots
-        self.quota = QuotaGate(store.engine)
+        self.contracts = ContractDesk(ContractStore(store.engine))
 
     def on_stable(self, study_uid: str) -> Decision | None:
         """Decide with the configuration in force, and create the jobs with the same one."""
@@ -72,7 +81,13 @@ class RoutingStage:
             LOG.info("study not routed: its order is cancelled", study_uid=study_uid)
             return None
         delivered = routing.delivered
-        decision = routing.decide(snapshot.rules, datetime.now(UTC))
+        now = datetime.now(UTC)
+        decision = self.contracts.route(
+            study_uid,
+            snapshot.rules,
+            now,
+            lambda used: replace(routing, used=used).decide(snapshot.rules, now),
+        )
         if decision.wait_until is not None:
             self.store.route_again_at(study_uid, decision.wait_until)
             LOG.info(
@@ -90,6 +105,15 @@ class RoutingStage:
                 wanted=failure.wanted if failure else None,
                 study_value=failure.got if failure else None,  # any tag: redacted unless PHI
             )
+        for skip in decision.skipped:
+            if skip.reason is SkipReason.CONTRACT:
+                LOG.warning(
+                    "contract: vendor not sent the study",
+                    study_uid=study_uid,
+                    route=skip.route,
+                    vendor=skip.vendor,
+                    why=str(skip),
+                )
         requests = [
             JobRequest(
                 study_uid=study_uid,
@@ -100,11 +124,9 @@ class RoutingStage:
                 deadline=timedelta(seconds=d.deadline_seconds) if d.deadline_seconds else None,
                 study_revision=study.revision,
                 resend=(d.route, d.vendor) in delivered,
-                shadow=ShadowCause.CONFIGURATION if snapshot.shadow(d.route, d.vendor) else None,
+                shadow=shadow_cause(d.terms.shadow, snapshot.shadow(d.route, d.vendor)),
             )
             for d in decision.dispatches
-            if (d.route, d.vendor) in delivered
-            or self._within_quota(snapshot.settings, study_uid, d.vendor)
         ]
         for created in self.dispatcher.dispatch(requests, plan=snapshot):
             LOG.info(
@@ -118,11 +140,3 @@ class RoutingStage:
                 snapshot=snapshot.id,
             )
         return decision
-
-    def _within_quota(self, settings: Settings, study_uid: str, vendor: str) -> bool:
-        refusal = self.quota.refusal(settings, vendor)
-        if refusal is not None:
-            LOG.warning(
-                "vendor not sent the study", study_uid=study_uid, vendor=vendor, why=refusal
-            )
-        return refusal is None

@@ -463,14 +463,57 @@ usage = Table(
     Column("route", String(128), nullable=False),
     Column("sent_at", UTCDateTime, nullable=False),
     Column("shadow", Boolean, nullable=False, default=False, server_default=false()),
+    Column("contract", String(64)),
+    Column("charge", String(16)),
+    Column("payer", String(128)),
+    Column("price_code", String(128)),
+    Column("province", String(128)),
     Index(None, "day", "vendor"),
     Index(None, "vendor", "trial"),
 )
 """One row per delivered study × vendor product (the job), for settlement with vendors.
 
+``contract``, ``charge`` (trial, package, per_use, unbilled, shadow), ``payer``,
+``price_code`` and ``province`` are the terms the job was routed under (NULL for
+a vendor without a contract).
+
 ``day`` is the site's local date of the delivery; ``bundle_key`` (bundle:study)
 is set on the one row of a bundle that counts the study, so it counts once.
 """
+
+job_terms = Table(
+    "job_terms",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("study_uid", UID, nullable=False),
+    Column("vendor", String(64), nullable=False),
+    Column("route", String(128), nullable=False),
+    Column("contract", String(64)),
+    Column("charge", String(16)),
+    Column("period", String(16)),
+    Column("payer", String(128)),
+    Column("price_code", String(128)),
+    Column("province", String(128)),
+    Column("price", String(32)),
+    Column("currency", String(3)),
+    Column("alert", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("study_uid", "vendor"),
+    Index(None, "contract", "created_at"),
+)
+"""The terms a study × vendor product was routed under, written before its job, when it was
+routed under a contract or in shadow mode: the contract, what the use counts as, the mode
+(``shadow``: nothing written back)."""
+
+contract_counters = Table(
+    "contract_counters",
+    metadata,
+    Column("contract", String(64), primary_key=True),
+    Column("period", String(16), primary_key=True),
+    Column("used", Integer, nullable=False),
+)
+"""Uses of each contract's quota per period; raised only by a conditional UPDATE that keeps
+``used`` at or below the quota, so several routing processes never go past it."""
 
 # Indexes the REST API's listings page along (keyset on the id or time, newest first).
 Index("ix_jobs_state_id", jobs.c.state, jobs.c.id)

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from broker.model.contract import UseCharge
 from broker.model.errors import StoreError
 from broker.model.jobs import UNFINISHED, JobState
 from broker.store.engine import writing
@@ -55,6 +56,13 @@ class Charge:
     shadow: bool = False
     """A silent trial (``mode: shadow``): counted as trial, never billed, and not taken
     from the vendor's trial quota."""
+    contract: str | None = None
+    charge: UseCharge | None = None
+    """What the use counts as, decided when it was routed under its contract (None: no
+    contract; ``trial_quota`` and ``when_quota_used`` decide as before contracts)."""
+    payer: str | None = None
+    price_code: str | None = None
+    province: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,6 +85,11 @@ class UsageEntry:
     route: str
     sent_at: datetime
     shadow: bool = False
+    contract: str | None = None
+    charge: str | None = None
+    payer: str | None = None
+    price_code: str | None = None
+    province: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -89,6 +102,10 @@ class UsageLine:
     day: str
     unit: str
     currency: str | None
+    contract: str | None = None
+    payer: str | None = None
+    price_code: str | None = None
+    province: str | None = None
     studies: int = 0
     quantity: int = 0
     billable: int = 0
@@ -97,6 +114,8 @@ class UsageLine:
     """Quantity within the free trial quota."""
     unbillable: int = 0
     """Quantity past the quota of a ``mark_unbillable`` (or ``stop_routing``) vendor."""
+    package: int = 0
+    """Quantity within a package contract (paid by the package, not per use)."""
     amount: Decimal = field(default_factory=lambda: Decimal(0))
 
     def as_json(self) -> dict[str, Any]:
@@ -113,6 +132,11 @@ class UsageLine:
             "unbillable": self.unbillable,
             "amount": str(self.amount),
             "currency": self.currency,
+            "package": self.package,
+            "contract": self.contract,
+            "payer": self.payer,
+            "price_code": self.price_code,
+            "province": self.province,
         }
 
 
@@ -129,6 +153,11 @@ REPORT_COLUMNS = (
     "unbillable",
     "amount",
     "currency",
+    "package",
+    "contract",
+    "payer",
+    "price_code",
+    "province",
 )
 
 
@@ -172,6 +201,11 @@ def _entry(r: Any) -> UsageEntry:
         route=r.route,
         sent_at=r.sent_at,
         shadow=bool(r.shadow),
+        contract=r.contract,
+        charge=r.charge,
+        payer=r.payer,
+        price_code=r.price_code,
+        province=r.province,
     )
 
 
@@ -196,7 +230,10 @@ class UsageStore:
             with writing(self.engine) as conn:
                 if conn.execute(select(usage.c.id).where(usage.c.job_id == charge.job_id)).first():
                     return None
-                trial, billable = self._trial(conn, charge)
+                if charge.charge is not None and not charge.shadow:
+                    trial, billable = charge.charge.free, charge.charge.billable
+                else:
+                    trial, billable = self._trial(conn, charge)
                 quantity, bundle_key = self._bundle(conn, charge)
                 values = {
                     "job_id": charge.job_id,
@@ -216,6 +253,11 @@ class UsageStore:
                     "route": charge.route,
                     "sent_at": charge.sent_at,
                     "shadow": charge.shadow,
+                    "contract": charge.contract,
+                    "charge": charge.charge.value if charge.charge is not None else None,
+                    "payer": charge.payer,
+                    "price_code": charge.price_code,
+                    "province": charge.province,
                 }
                 inserted = conn.execute(
                     _insert(conn, usage)
@@ -288,6 +330,11 @@ class UsageStore:
             usage.c.price,
             usage.c.billable,
             usage.c.trial,
+            usage.c.contract,
+            usage.c.charge,
+            usage.c.payer,
+            usage.c.price_code,
+            usage.c.province,
         )
         stmt = (
             select(*cols, func.count().label("studies"), func.sum(usage.c.quantity).label("qty"))
@@ -300,7 +347,8 @@ class UsageStore:
             rows = conn.execute(stmt).all()
         lines: dict[tuple[str, ...], UsageLine] = {}
         for r in rows:
-            key = (r.day, r.vendor, r.product, r.site, r.unit, r.currency or "")
+            terms = (r.contract or "", r.payer or "", r.price_code or "", r.province or "")
+            key = (r.day, r.vendor, r.product, r.site, r.unit, r.currency or "", *terms)
             line = lines.setdefault(
                 key,
                 UsageLine(
@@ -310,6 +358,10 @@ class UsageStore:
                     day=r.day,
                     unit=r.unit,
                     currency=r.currency,
+                    contract=r.contract,
+                    payer=r.payer,
+                    price_code=r.price_code,
+                    province=r.province,
                 ),
             )
             qty = int(r.qty or 0)
@@ -317,6 +369,8 @@ class UsageStore:
             line.quantity += qty
             if r.trial:
                 line.trial += qty
+            elif r.charge == UseCharge.PACKAGE.value:
+                line.package += qty
             elif r.billable:
                 line.billable += qty
                 line.amount += Decimal(r.price) * qty

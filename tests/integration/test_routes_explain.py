@@ -152,6 +152,13 @@ def test_json_lists_what_a_fired_route_sends(config: Path, studies: dict[str, Pa
         "deadline_seconds": None,
         "stable_seconds": None,
         "write_back": ["pacs"],
+        "mode": "live",
+        "shadow": None,
+        "contract": None,
+        "contract_state": None,
+        "charge": None,
+        "alert": None,
+        "instead_of": None,
     }
 
 

@@ -21,6 +21,7 @@ from adapters.harness.errors import HarnessError
 from adapters.harness.process import nodelay_env, radbridge_command
 from adapters.harness.scenario.schema import (
     Expectation,
+    Explains,
     JobCount,
     JobState,
     PacsHoldsSr,
@@ -171,6 +172,20 @@ def _usage(world: World, e: Usage) -> Look:
     return Look(ok, seen)
 
 
+def _explain(world: World, e: Explains) -> Look:
+    uid = world.studies[e.study].uid
+    args = [radbridge_command(), "routes", "explain", uid, "-c", str(world.config_path)]
+    run = subprocess.run(
+        args, check=False, capture_output=True, text=True, env=nodelay_env(), timeout=120
+    )
+    text = run.stdout.strip()
+    if run.returncode not in (0, 3) or not text:
+        return Look(False, f"radbridge routes explain failed: {run.stderr.strip()[-300:]}")
+    if e.says in text:
+        return Look(True, f"explain of {e.study} says {e.says!r}")
+    return Look(False, f"explain of {e.study} does not say {e.says!r}: {text[-600:]}")
+
+
 PROBES: dict[str, Callable[[World, Any], Look]] = {
     "vendor_receives": _vendor_receives,
     "vendor_receives_nothing": _vendor_receives_nothing,
@@ -179,6 +194,7 @@ PROBES: dict[str, Callable[[World, Any], Look]] = {
     "job": _job,
     "jobs": _jobs,
     "usage": _usage,
+    "explain": _explain,
 }
 
 #: Seconds a ``jobs`` count must hold once the study is stable (routing is not instant).
@@ -250,6 +266,8 @@ def describe(expectation: Expectation) -> str:
         text = f"{body.study} has {body.count} job(s)"
     elif isinstance(body, Usage):
         text = f"usage {body.vendor}: {body.studies} studies"
+    elif isinstance(body, Explains):
+        text = f"explain {body.study} says {body.says!r}"
     else:  # pragma: no cover - every kind is above
         text = kind
     return f"expect {text} {within}"

@@ -202,6 +202,13 @@ class Usage(Model):
     trial: Annotated[int, Field(ge=0)] | None = None
 
 
+class Explains(Model):
+    """``radbridge routes explain`` of the stored study says ``says`` (a piece of its text)."""
+
+    study: str
+    says: Annotated[str, Field(min_length=1)]
+
+
 EXPECTATION_KINDS = (
     "vendor_receives",
     "vendor_receives_nothing",
@@ -210,6 +217,7 @@ EXPECTATION_KINDS = (
     "job",
     "jobs",
     "usage",
+    "explain",
 )
 
 
@@ -224,6 +232,7 @@ class Expectation(Model):
     job: JobState | None = None
     jobs: JobCount | None = None
     usage: Usage | None = None
+    explain: Explains | None = None
     within: Seconds = 30.0
     name: str | None = None
 
@@ -258,6 +267,8 @@ class SendOrder(Model):
     procedure: str = "CTCHEST"
     procedure_text: str = "CT"
     modality: str | None = None
+    department: Annotated[str, Field(min_length=1, max_length=64)] = "RADIOLOGY"
+    """The ordering department (ORC-17)."""
     priority: Literal["STAT", "ASAP", "ROUTINE"] = "ROUTINE"
     with_study_uid: bool = False
     control: str = "NW"

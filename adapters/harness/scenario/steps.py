@@ -34,6 +34,7 @@ def send_order(world: World, step: SendOrder) -> str:
         modality=step.modality or study.modality,
         priority=step.priority,
         study_uid=study.uid if step.with_study_uid else None,
+        department=step.department,
     )
     text = order_message(step.message, order, control=step.control)
     try:

@@ -1,0 +1,175 @@
+"""Contract use in the store on SQLite and PostgreSQL: reservations that never pass a quota
+(two processes racing on PostgreSQL), deciding again when another process took the last
+use, and usage rows that carry the contract, payer and price code."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from broker.model.contract import UseCharge
+from broker.runtime.billing import Accounting
+from broker.runtime.contracts import ContractDesk, contract_use
+from broker.store import make_engine
+from broker.store.contracts import ContractStore, JobTerms, Reserved
+from broker.store.usage import UsageStore, report_csv
+from config.schema import Settings, routing_rules
+from routing import SkipReason, decide
+from tests.databases import DATABASES, empty_database
+from tests.integration.test_routing import study
+from tests.integration.test_usage_audit import _sent_job, _study
+
+T0 = datetime(2026, 5, 10, 2, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=DATABASES)
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    with empty_database(request.param, tmp_path) as eng:
+        yield eng
+
+
+def _terms(study_uid: str, **fields: Any) -> JobTerms:
+    base = JobTerms(
+        study_uid=study_uid,
+        vendor="lunga",
+        route="chest",
+        contract="pkg",
+        charge=UseCharge.PACKAGE,
+        period="2026-05",
+    )
+    return replace(base, **fields)
+
+
+def test_reservations_stop_at_the_quota_and_count_a_study_once(engine: Engine) -> None:
+    """Quota 2: two studies reserved, the third refused; the same study again is kept (not
+    counted twice); another period has its own counter; uncounted uses pass."""
+    store = ContractStore(engine)
+    assert [store.reserve(_terms(f"1.2.{i}"), 2, T0) for i in range(3)] == [
+        Reserved.NEW,
+        Reserved.NEW,
+        Reserved.FULL,
+    ]
+    assert store.reserve(_terms("1.2.0"), 2, T0) is Reserved.KEPT
+    assert store.get("1.2.2", "lunga") is None
+    assert store.reserve(_terms("1.2.5", period="2026-06"), 2, T0) is Reserved.NEW
+    billed = _terms("1.2.6", charge=UseCharge.PER_USE)
+    assert store.reserve(billed, 2, T0) is Reserved.NEW
+    assert store.used([("pkg", "2026-05"), ("pkg", "2026-06")]) == {
+        ("pkg", "2026-05"): 2,
+        ("pkg", "2026-06"): 1,
+    }
+    kept = store.get("1.2.6", "lunga")
+    assert kept is not None and kept.charge is UseCharge.PER_USE
+
+
+def _race(url: str, worker: int, count: int, quota: int) -> list[str]:
+    """One process's share of the race: ``count`` studies reserved against ``quota``."""
+    eng = make_engine(url)
+    try:
+        store = ContractStore(eng)
+        return [store.reserve(_terms(f"9.{worker}.{i}"), quota, T0).value for i in range(count)]
+    finally:
+        eng.dispose()
+
+
+@pytest.mark.postgres
+def test_two_processes_racing_on_postgresql_never_pass_the_quota(tmp_path: Path) -> None:
+    """Two processes reserve 120 studies each, over and over, against a quota of 90 on
+    PostgreSQL: exactly 90 reservations succeed and the counter says 90."""
+    with empty_database("postgresql", tmp_path) as eng:
+        url = eng.url.render_as_string(hide_password=False)
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            shares = pool.starmap(_race, [(url, w, 120, 90) for w in range(2)])
+        outcomes = [o for share in shares for o in share]
+        assert outcomes.count("new") == 90 and outcomes.count("full") == 150
+        assert all(share.count("new") > 0 for share in shares)  # both took part
+        assert ContractStore(eng).used([("pkg", "2026-05")]) == {("pkg", "2026-05"): 90}
+
+
+def _settings(**contract: Any) -> Settings:
+    def vendor(ae: str) -> dict[str, Any]:
+        transport = {"type": "dicom", "ae_title": ae, "host": "127.0.0.1", "port": 104}
+        return {"product": f"{ae} lung", "kind": "lung", "transport": transport}
+
+    return Settings.model_validate(
+        {
+            "site": {"name": "General", "timezone": "Asia/Shanghai"},
+            "vendors": {"lungai": vendor("LUNGA"), "lungb": vendor("LUNGB")},
+            "routes": [{"name": "chest", "when": {"modality": "CT"}, "send": ["lungai"]}],
+            "contracts": {
+                "pkg": {
+                    "vendor": "lungai",
+                    "kind": "package",
+                    "quota": 1,
+                    "price": 5000,
+                    "currency": "CNY",
+                    "payer": "health_commission",
+                    "price_code": "310000012",
+                    "province": "Zhejiang",
+                    **contract,
+                }
+            },
+        }
+    )
+
+
+def test_decided_again_when_another_process_took_the_last_use(engine: Engine) -> None:
+    """Routing read the package as free, but another process reserved its last use before
+    this one: the reservation is refused and the decision made again with the package
+    used up (its fallback vendor gets the study)."""
+    rules = routing_rules(_settings(when_used_up="fallback"))
+    store = ContractStore(engine)
+    assert store.reserve(_terms("1.9.1", vendor="lungai", period="all"), 1, T0) is Reserved.NEW
+    stale = {"pkg": 0}
+    subject = study()
+    decision = ContractDesk(store).route(
+        subject.study_uid,
+        rules,
+        T0,
+        lambda used: decide(rules, subject, None, T0, used=used),
+        used=stale,
+    )
+    (dispatch,) = decision.dispatches
+    assert (dispatch.vendor, dispatch.instead_of) == ("lungb", "lungai")
+    assert contract_use(store, rules, T0) == {"pkg": 1}
+    assert store.get(subject.study_uid, "lungb") is None  # no contract, live: nothing to keep
+    stopped = decide(
+        routing_rules(_settings()), subject, None, T0, used=contract_use(store, rules, T0)
+    )
+    assert [s.reason for s in stopped.skipped] == [SkipReason.CONTRACT]
+
+
+def test_usage_rows_carry_contract_payer_and_price_code(engine: Engine) -> None:
+    """A job routed under a package is counted as a package use with the contract's payer,
+    price code and province; the report's CSV and JSON carry them."""
+    settings = _settings()
+    rules = routing_rules(settings)
+    uid = "1.2.826.0.1.3680043.10.511.8"
+    _study(engine, uid)
+    subject = replace(study(), study_uid=uid)
+    ContractDesk(ContractStore(engine)).route(
+        uid, rules, T0, lambda used: decide(rules, subject, None, T0, used=used)
+    )
+    entry = Accounting(engine, lambda: settings).record(_sent_job(engine, uid, "lungai"), T0)
+    assert entry is not None
+    assert (entry.contract, entry.charge, entry.payer, entry.price_code, entry.province) == (
+        "pkg",
+        "package",
+        "health_commission",
+        "310000012",
+        "Zhejiang",
+    )
+    assert not entry.billable and not entry.trial
+    day = date(2026, 5, 10)
+    [line] = UsageStore(engine).report(day, day + timedelta(days=1))
+    assert (line.package, line.billable, line.trial, line.contract) == (1, 0, 0, "pkg")
+    header, row = report_csv([line]).splitlines()
+    assert header.endswith(",package,contract,payer,price_code,province")
+    assert row.endswith(",1,pkg,health_commission,310000012,Zhejiang")
