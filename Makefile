@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # tools of .venv (the development environment make test and make dist use).
 RUN_VENV := .venv-run
 CONFIG ?= examples/hospital.yaml
-DEBIAN_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools chromium
+DEBIAN_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools chromium fonts-wqy-microhei
 # pytest-xdist workers. Most tests wait on real peers, timers and processes
 # rather than compute, so 4 workers keep a 2-core machine busy; tests that
 # must not overlap share an xdist_group (--dist loadgroup, in pyproject.toml).
@@ -43,7 +43,7 @@ dist: venv
 	PYTHON=$(BIN)/python deploy/dist.sh dist
 
 # Debian packages the tests use as real peers (dcmtk, Orthanc, dicom3tools; Chromium for
-# the console's Playwright tests).
+# the console's Playwright tests), and the font that shows Chinese on rendered pages.
 debian:
 	@missing=""; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
@@ -52,6 +52,7 @@ debian:
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so* /usr/lib/orthanc/libOrthancDicomWeb.so* >/dev/null 2>&1 || missing="$$missing orthanc-dicomweb"; \
+	test -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc || missing="$$missing fonts-wqy-microhei"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

@@ -31,6 +31,7 @@ from pydicom.filereader import read_file_meta_info
 
 from adapters.harness import pacs as harness_pacs
 from adapters.harness.process import ManagedProcess
+from adapters.results.render.fonts import FontMissingError, cjk_font
 
 LOOPBACK = "127.0.0.1"
 ORTHANC = "/usr/sbin/Orthanc"
@@ -144,6 +145,16 @@ def orthanc_dicomweb_plugin() -> str:
             f"installed orthanc-dicomweb but found no plugin in {', '.join(DICOMWEB_PLUGINS)}"
         )
     return plugin
+
+
+def ensure_cjk_font() -> str:
+    """The font rendered pages are written in, installing ``fonts-wqy-microhei`` when missing."""
+    try:
+        return str(cjk_font())
+    except FontMissingError:
+        _install_debian_packages(["fonts-wqy-microhei"])
+        cjk_font.cache_clear()
+        return str(cjk_font())
 
 
 def _install_debian_packages(packages: list[str]) -> None:

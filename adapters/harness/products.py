@@ -332,7 +332,8 @@ def make_sc(
     *,
     study_uid: str | None = None,
 ) -> Dataset:
-    """A secondary capture key image: the key instance in grey with the finding circled in red."""
+    """A secondary capture key image: the key instance in grey with the finding circled in red
+    (the key instance in its Source Image Sequence)."""
     product = PRODUCTS[kind]
     key = key_instance(source)
     ref = next(ds for ds in images if str(ds.SOPInstanceUID) == key.sop_instance_uid)
@@ -361,6 +362,12 @@ def make_sc(
         transfer_syntax_uid="1.2.840.10008.1.2.1",
     )
     sc.BurnedInAnnotation = "YES"
+    sc.ManufacturerModelName = product.name
+    sc.SoftwareVersions = product.version
+    made_from = Dataset()
+    made_from.ReferencedSOPClassUID = ref.SOPClassUID
+    made_from.ReferencedSOPInstanceUID = ref.SOPInstanceUID
+    sc.SourceImageSequence = [made_from]
     if study_uid is not None:
         sc.StudyInstanceUID = study_uid
     return sc

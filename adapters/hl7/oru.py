@@ -18,7 +18,10 @@ ORU^R01 (:func:`build_oru`), one segment a line, fields by number:
 - per finding an OBX (CWE, OBX-4 = the finding's number), an NTE with its
   text, and an NM OBX per measurement (same OBX-4, unit in UCUM);
 - references: an ST OBX with the Study Instance UID (DCM 110180), one per
-  series of the result's objects (DCM 112002), one per object.
+  series of the result's objects (DCM 112002), one per object;
+- with a summary PDF (a target's ``render: [pdf]``), an ED OBX that embeds it:
+  OBX-3 LOINC 18748-4 "Diagnostic imaging study", OBX-5
+  ``^AP^PDF^Base64^<the PDF in base64>`` (HL7 tables 0191, 0291, 0299).
 
 - OBX-3 is the finding's code with its DICOM coding scheme designator (``SCT``,
   ``LN``, ``RADLEX``…) as HL7 coding system; OBX-5 says present or absent
@@ -39,6 +42,7 @@ has no status-change control code, which is why ORM is used.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,6 +57,7 @@ PRESENT = Code("DCM", "121053", "Present")
 ABSENT = Code("DCM", "121054", "Absent")
 STUDY_UID = Code("DCM", "110180", "Study Instance UID")
 SERIES_UID = Code("DCM", "112002", "Series Instance UID")
+REPORT_DOCUMENT = Code("LN", "18748-4", "Diagnostic imaging study")
 #: Charset names for MSH-18 -> Python codecs (what :class:`MllpClient` encodes with).
 CHARSETS = {
     "UNICODE UTF-8": "utf-8",
@@ -192,8 +197,11 @@ def build_oru(
     order: Order | None,
     study: Study | None,
     header: Header = Header(),
+    pdf: bytes | None = None,
 ) -> str:
-    """The ORU^R01 of ``result`` (see the module docstring); segments end with ``\\r``."""
+    """The ORU^R01 of ``result`` (see the module docstring); segments end with ``\\r``.
+
+    ``pdf``: the summary PDF, embedded in an ED OBX after the references."""
     w = _Writer()
     at = result.completed_at or result.updated_at
     when = _ts(at)
@@ -263,6 +271,11 @@ def build_oru(
     for code, value in _references(result):
         n += 1
         w.add("OBX", {1: str(n), 2: "ST", 3: w.code(code), 5: w.esc(value), 11: "P"})
+    if pdf is not None:
+        n += 1
+        data = base64.b64encode(pdf).decode("ascii")
+        document = w.components("", "AP", "PDF", "Base64", data)
+        w.add("OBX", {1: str(n), 2: "ED", 3: w.code(REPORT_DOCUMENT), 5: document, 11: "P"})
     return w.text()
 
 

@@ -224,7 +224,7 @@ def _unit(unit: str) -> CodedConcept:
     return CodedConcept(value=unit, scheme_designator="UCUM", meaning=UCUM_MEANINGS.get(unit, unit))
 
 
-def _lo(text: str) -> str:
+def lo_text(text: str) -> str:
     """Text cut to the 64 characters of a DICOM LO value."""
     return text if len(text) <= 64 else text[:63] + "…"
 
@@ -301,7 +301,7 @@ def _group(
     """TID 1501 for finding ``index`` (or for "no findings" when there are none)."""
     algo = findings.algorithm
     algorithm_id = hd.sr.AlgorithmIdentification(
-        name=_lo(algo.product), version=_lo(algo.version), manufacturer=_lo(algo.vendor)
+        name=lo_text(algo.product), version=lo_text(algo.version), manufacturer=lo_text(algo.vendor)
     )
     tracking = hd.sr.TrackingIdentifier(
         uid=generate_uid(entropy_srcs=["radbridge-sr-finding", result_id, str(index)]),
@@ -393,9 +393,9 @@ def findings_to_sr(
             uid=generate_uid(
                 entropy_srcs=["radbridge-ai-device", algo.vendor, algo.product, algo.version]
             ),
-            name=_lo(algo.product),
-            manufacturer_name=_lo(algo.vendor),
-            model_name=_lo(algo.product),
+            name=lo_text(algo.product),
+            manufacturer_name=lo_text(algo.vendor),
+            model_name=lo_text(algo.product),
         ),
     )
     count = max(len(findings.findings), 1)
@@ -434,10 +434,10 @@ def findings_to_sr(
             series_number=SERIES_NUMBER + index,
             sop_instance_uid=sop_uid,
             instance_number=1,
-            manufacturer=_lo(algo.vendor),
-            manufacturer_model_name=_lo(algo.product),
-            software_versions=_lo(algo.version),
-            series_description=_lo(f"{SERIES_DESCRIPTION}: {algo.product}"),
+            manufacturer=lo_text(algo.vendor),
+            manufacturer_model_name=lo_text(algo.product),
+            software_versions=lo_text(algo.version),
+            series_description=lo_text(f"{SERIES_DESCRIPTION}: {algo.product}"),
             is_complete=findings.complete,
             is_final=findings.complete,
             is_verified=False,

@@ -8,33 +8,24 @@ PACS treats as the same objects.
 
 Settings (``targets.NAME``): ``ae_title``, ``host``, ``port``; optional
 ``calling_ae`` (default RADBRIDGE), ``timeout`` (s, per connection and
-response), ``max_pdu``.
+response), ``max_pdu``; ``render``, ``originals`` and ``language`` for PACS
+that cannot show an SR or a SEG (:mod:`adapters.writeback.rendering`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
+from adapters.results.render.settings import DicomRenderSettings
 from adapters.vendors.base import VendorUnavailableError
 from adapters.vendors.dicom import DicomPeer, DicomTransport
-from adapters.writeback.base import TargetRejectedError, TargetUnavailableError, job_of
+from adapters.writeback.base import TargetUnavailableError, job_of
+from adapters.writeback.rendering import objects_to_store
 from broker.model.target import TargetSettings, WritebackTarget
 from broker.model.writeback import WritebackItem
 
 
-def object_paths(item: WritebackItem) -> list[Path]:
-    """The spool files of the result's objects, or TargetRejectedError when there are none."""
-    result = item.result
-    if result is None or not result.objects:
-        raise TargetRejectedError(
-            f"result {item.delivery.result_id} has no DICOM objects to store "
-            "(findings only: write them back with an hl7 or fhir target)"
-        )
-    return [Path(o.path) for o in result.objects]
-
-
-class DicomTargetSettings(DicomPeer, TargetSettings):
+class DicomTargetSettings(DicomPeer, DicomRenderSettings, TargetSettings):
     """``targets.NAME`` for ``type: dicom``."""
 
     type: Literal["dicom"] = "dicom"
@@ -51,8 +42,9 @@ class DicomTarget(WritebackTarget):
 
     retryable: tuple[type[Exception], ...] = (VendorUnavailableError, TargetUnavailableError)
 
-    def __init__(self, name: str, settings: DicomPeer) -> None:
+    def __init__(self, name: str, settings: DicomTargetSettings) -> None:
         self.name = name
+        self.settings = settings
         self.sender = DicomTransport(name, settings)
 
     def __repr__(self) -> str:
@@ -60,5 +52,6 @@ class DicomTarget(WritebackTarget):
         return f"DicomTarget({self.name!r}, {s.ae_title}@{s.host}:{s.port})"
 
     def deliver(self, item: WritebackItem) -> str:
-        outcome = self.sender.send(job_of(item), object_paths(item))
-        return f"{outcome.detail}: {outcome.instances} object(s)"
+        with objects_to_store(item, self.settings) as store:
+            outcome = self.sender.send(job_of(item), store.paths)
+        return f"{outcome.detail}: {store.detail()}"

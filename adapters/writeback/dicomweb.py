@@ -6,8 +6,9 @@ and referenced SOP sequences, retryable reasons). Same SOP Instance UIDs on
 every retry: STOW-RS stores are idempotent per instance.
 
 Settings (``targets.NAME``): ``url`` (the DICOMweb root); optional
-``timeout``, ``batch_bytes``, ``retries``; the token only from
-``RADBRIDGE_TARGETS__NAME__TOKEN``.
+``timeout``, ``batch_bytes``, ``retries``; ``render``, ``originals`` and
+``language`` as for ``dicom`` (:mod:`adapters.writeback.rendering`); the token
+only from ``RADBRIDGE_TARGETS__NAME__TOKEN``.
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ from __future__ import annotations
 from typing import Literal
 
 from adapters.http_status import url_endpoint
+from adapters.results.render.settings import DicomRenderSettings
 from adapters.vendors.base import VendorUnavailableError
 from adapters.vendors.dicomweb import DicomWebTransport, StowPeer
 from adapters.writeback.base import TargetUnavailableError, job_of
-from adapters.writeback.dicom import object_paths
+from adapters.writeback.rendering import objects_to_store
 from broker.model.target import TargetSettings, WritebackTarget
 from broker.model.writeback import WritebackItem
 
 
-class DicomWebTargetSettings(StowPeer, TargetSettings):
+class DicomWebTargetSettings(StowPeer, DicomRenderSettings, TargetSettings):
     """``targets.NAME`` for ``type: dicomweb``."""
 
     type: Literal["dicomweb"] = "dicomweb"
@@ -40,13 +42,15 @@ class DicomWebTarget(WritebackTarget):
 
     retryable: tuple[type[Exception], ...] = (VendorUnavailableError, TargetUnavailableError)
 
-    def __init__(self, name: str, settings: StowPeer) -> None:
+    def __init__(self, name: str, settings: DicomWebTargetSettings) -> None:
         self.name = name
+        self.settings = settings
         self.sender = DicomWebTransport(name, settings)
 
     def __repr__(self) -> str:
         return f"DicomWebTarget({self.name!r}, {self.sender.base_url})"
 
     def deliver(self, item: WritebackItem) -> str:
-        outcome = self.sender.send(job_of(item), object_paths(item))
-        return f"{outcome.detail}: {outcome.instances} object(s)"
+        with objects_to_store(item, self.settings) as store:
+            outcome = self.sender.send(job_of(item), store.paths)
+        return f"{outcome.detail}: {store.detail()}"

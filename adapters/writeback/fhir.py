@@ -18,6 +18,11 @@ none of the elements used here).
   ``interpretation`` A / AA (urgent) / N, ``component`` the score and the
   measurements (UCUM), ``bodySite``, ``note``, ``derivedFrom`` the ImagingStudy.
 
+- DocumentReference (a target's ``render: [pdf]``): the summary PDF
+  (:mod:`adapters.writeback.rendering`) as an attachment (``application/pdf``,
+  base64, its language), ``docStatus`` preliminary, ``type`` LOINC 18748-4,
+  ``subject`` the patient, ``context.related`` the DiagnosticReport.
+
 Idempotent retries: every resource has an identifier made from the
 delivery's ``message_id``, and every entry is a conditional create
 (``ifNoneExist: identifier=urn:radbridge:delivery|<id>``), so a retry after a
@@ -27,22 +32,26 @@ same id.
 Outcome (:mod:`adapters.http_status`): 2xx is done; 408, 425, 429, 5xx,
 timeouts and connection errors are retried; any other answer is refused for
 good (the delivery is dead).
-Settings (``targets.NAME``): ``url``; optional ``timeout``; the token only
-from ``RADBRIDGE_TARGETS__NAME__TOKEN`` (``Authorization: Bearer``).
+Settings (``targets.NAME``): ``url``; optional ``timeout``, ``render: [pdf]`` and
+``language``; the token only from ``RADBRIDGE_TARGETS__NAME__TOKEN``
+(``Authorization: Bearer``).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import httpx
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import SecretStr, ValidationError
 
 from adapters.http_status import Verdict, answered, failure, url_endpoint, verdict
+from adapters.results.render.settings import Rendering, RenderSettings
 from adapters.writeback.base import TargetRejectedError, TargetUnavailableError
+from adapters.writeback.rendering import summary_pdf_for
 from broker.model.domain import Code, Finding, Order, Result, StoredOrder, Study
 from broker.model.target import TargetSettings, WritebackTarget
 from broker.model.writeback import WritebackItem
@@ -55,10 +64,11 @@ SNOMED = "http://snomed.info/sct"
 UCUM = "http://unitsofmeasure.org"
 
 
-class FhirTargetSettings(TargetSettings):
+class FhirTargetSettings(RenderSettings, TargetSettings):
     """``targets.NAME`` for ``type: fhir`` (see the module docstring)."""
 
     type: Literal["fhir"] = "fhir"
+    can_render: ClassVar[frozenset[Rendering]] = frozenset({Rendering.PDF})
     url: HttpUrl
     """The FHIR server's base URL; the transaction Bundle is POSTed there."""
     token: SecretStr | None = None
@@ -194,14 +204,61 @@ def _entry(resource: dict[str, Any], full_url: str) -> dict[str, Any]:
     }
 
 
+def _document(
+    pdf: bytes,
+    *,
+    message_id: str,
+    title: str,
+    language: str | None,
+    subject: dict[str, Any] | None,
+    when: str,
+    report_url: str,
+) -> dict[str, Any]:
+    attachment: dict[str, Any] = {
+        "contentType": "application/pdf",
+        "data": base64.b64encode(pdf).decode("ascii"),
+        "title": title,
+        "creation": when,
+    }
+    if language:
+        attachment["language"] = language.replace("_", "-")
+    document: dict[str, Any] = {
+        "resourceType": "DocumentReference",
+        "identifier": [{"system": IDENTIFIER_SYSTEM, "value": f"{message_id}-pdf"}],
+        "status": "current",
+        "docStatus": "preliminary",
+        "type": {
+            "coding": [
+                {
+                    "system": "http://loinc.org",
+                    "code": "18748-4",
+                    "display": "Diagnostic imaging study",
+                }
+            ],
+            "text": title,
+        },
+        "date": when,
+        "description": title,
+        "content": [{"attachment": attachment}],
+        "context": {"related": [{"reference": report_url}]},
+    }
+    if subject is not None:
+        document["subject"] = subject
+    return document
+
+
 def build_bundle(
     *,
     message_id: str,
     result: Result,
     order: StoredOrder | None,
     study: Study | None,
+    pdf: bytes | None = None,
+    language: str | None = None,
 ) -> dict[str, Any]:
-    """The transaction Bundle of ``result`` (see the module docstring), validated."""
+    """The transaction Bundle of ``result`` (see the module docstring), validated.
+
+    ``pdf``: the summary PDF (in ``language``), sent as a DocumentReference."""
     plain_order = order.order if order is not None else None
     accession = (plain_order.accession_number if plain_order else None) or (
         study.accession_number if study is not None else None
@@ -276,6 +333,20 @@ def build_bundle(
     if findings is not None and findings.summary:
         report["conclusion"] = findings.summary
     report_url = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{IDENTIFIER_SYSTEM}:{message_id}')}"
+    if pdf is not None:
+        document = _document(
+            pdf,
+            message_id=message_id,
+            title=f"AI result: {product}",
+            language=language,
+            subject=subject,
+            when=at,
+            report_url=report_url,
+        )
+        document_url = (
+            f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{IDENTIFIER_SYSTEM}:{message_id}:pdf')}"
+        )
+        entries.append(_entry(document, document_url))
     bundle = {
         "resourceType": "Bundle",
         "identifier": {"system": IDENTIFIER_SYSTEM, "value": message_id},
@@ -316,6 +387,8 @@ class FhirTarget(WritebackTarget):
             result=item.result,
             order=item.order,
             study=item.study,
+            pdf=summary_pdf_for(item, self.settings),
+            language=self.settings.language,
         )
         what = f"FHIR POST to {self.url}"
         try:
@@ -327,7 +400,11 @@ class FhirTarget(WritebackTarget):
             raise TargetUnavailableError(answered(what, response))
         if found is Verdict.REFUSED:
             raise TargetRejectedError(answered(what, response))
-        return f"DiagnosticReport and {len(bundle['entry']) - 1} Observation(s) to {self.url}"
+        kinds = [e["resource"]["resourceType"] for e in bundle["entry"][1:]]
+        said = f"DiagnosticReport and {kinds.count('Observation')} Observation(s)"
+        if "DocumentReference" in kinds:
+            said += " and a DocumentReference (PDF)"
+        return f"{said} to {self.url}"
 
     def close(self) -> None:
         self.client.close()

@@ -18,7 +18,9 @@ RIS can recognise as a duplicate.
 Settings (``targets.NAME``): ``host``, ``port``; optional ``timeout`` (s to
 wait for the ACK, default 10), ``application``/``facility`` (MSH-3/4,
 default RADBRIDGE), ``receiving_application``/``receiving_facility``
-(MSH-5/6), ``charset`` (MSH-18, default ``UNICODE UTF-8``).
+(MSH-5/6), ``charset`` (MSH-18, default ``UNICODE UTF-8``); ``render: [pdf]``
+(and ``language``) embeds the result's summary PDF in the ORU (OBX type ED;
+:mod:`adapters.writeback.rendering`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from pydantic import Field, field_validator
 
 from adapters.hl7.client import MllpClient
 from adapters.hl7.oru import CHARSETS, Header, build_order_status, build_oru
+from adapters.results.render.settings import Rendering, RenderSettings
 from adapters.writeback.base import TargetRejectedError, TargetUnavailableError
+from adapters.writeback.rendering import summary_pdf_for
 from broker.model.errors import Hl7Error, Hl7RejectedError
 from broker.model.target import TargetSettings, WritebackTarget
 from broker.model.writeback import DeliveryKind, WritebackItem
@@ -40,7 +44,7 @@ REFUSED = frozenset({"AR", "CR"})
 Hl7Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^|^~\\&\r\n]+$")]
 
 
-class Hl7TargetSettings(TargetSettings):
+class Hl7TargetSettings(RenderSettings, TargetSettings):
     """``targets.NAME`` for ``type: hl7`` (see the module docstring)."""
 
     type: Literal["hl7"] = "hl7"
@@ -60,6 +64,7 @@ class Hl7TargetSettings(TargetSettings):
     """MSH-18; ``UNICODE UTF-8``, ``8859/1``, ``GB 18030-2000`` or ``ASCII``."""
 
     takes_order_status: ClassVar[bool] = True
+    can_render: ClassVar[frozenset[Rendering]] = frozenset({Rendering.PDF})
 
     @field_validator("charset")
     @classmethod
@@ -131,6 +136,7 @@ class Hl7Target(WritebackTarget):
             order=order,
             study=item.study,
             header=header,
+            pdf=summary_pdf_for(item, self.settings),
         )
         return "ORU^R01", text
 

@@ -31,8 +31,9 @@ are announced again by the results timer.
 
 from __future__ import annotations
 
+import functools
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
@@ -255,7 +256,14 @@ class WritebackStage:
             order=order,
             route=job.route if job else None,
             verdict_links=links,
+            sources=functools.partial(self._sources, job),
         )
+
+    def _sources(self, job: Job | None) -> Sequence[str]:
+        """Spool paths of the images ``job`` sent (its series, or the whole study)."""
+        if job is None:
+            return ()
+        return self.studies.instance_paths(job.study_uid, job.series_uids)
 
     def attempt(self, item: Delivery, plan: Plan, log: BoundLogger) -> Outcome:
         """Write one delivery with the target of ``plan``."""

@@ -22,7 +22,7 @@ deliveries list``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,13 +146,20 @@ class TargetSpec:
     backoff_cap: float = 3600.0
 
 
+def no_sources() -> Sequence[str]:
+    """The ``sources`` of an item without a job: none."""
+    return ()
+
+
 @dataclass(frozen=True, slots=True)
 class WritebackItem:
     """Everything a target needs for one attempt: the delivery and what it is about.
 
     ``result`` is None only for an overdue notification; ``order`` is the
     study's linked order (None: the study's own patient and accession are used);
-    ``study`` is None if the store no longer has the study.
+    ``study`` is None if the store no longer has the study. ``sources()`` reads
+    the spool paths of the images the job sent (empty once purged), for targets
+    that render the result on those images; only they pay for the query.
     """
 
     delivery: Delivery
@@ -164,3 +171,4 @@ class WritebackItem:
     verdict_links: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
     """Per finding (by index), the one-click verdict links a notification carries
     (``accepted``, ``rejected``); empty when ``http.verdict_link_secret`` is not set."""
+    sources: Callable[[], Sequence[str]] = no_sources

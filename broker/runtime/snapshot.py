@@ -31,7 +31,7 @@ from broker.model.deid import Deidentify
 from broker.model.errors import ConfigError
 from broker.model.logging import get_logger
 from broker.model.mode import Mode, shadow_of
-from broker.model.target import TARGETS
+from broker.model.target import TARGETS, TargetSettings
 from broker.model.vendor import VendorTransport
 from broker.model.verdicts import VerdictLinks
 from broker.model.writeback import WEBHOOK_TARGET, TargetSpec, WritebackTarget
@@ -67,14 +67,21 @@ def build_transports(settings: Settings) -> dict[str, VendorTransport]:
     }
 
 
+def _target_params(settings: Settings, target: TargetSettings) -> dict[str, Any]:
+    """A target's settings for its plugin; a ``language`` left out is the site's language
+    (the language of the pages a target renders)."""
+    params = target.model_dump(exclude={"type", "retries"})
+    if "language" in params and params["language"] is None:
+        params["language"] = settings.site.language
+    return params
+
+
 def target_specs(settings: Settings) -> dict[str, TargetSpec]:
     """Every configured target, and the notification webhook as a target of its own."""
     base = settings.delivery.backoff_base_seconds
     cap = settings.delivery.backoff_cap_seconds
     specs = {
-        name: TargetSpec(
-            name, t.type, t.model_dump(exclude={"type", "retries"}), t.retries, base, cap
-        )
+        name: TargetSpec(name, t.type, _target_params(settings, t), t.retries, base, cap)
         for name, t in settings.targets.items()
     }
     hook = settings.notifications.webhook

@@ -1,0 +1,230 @@
+"""What a rendering shows, read from a result and the study it was made from.
+
+:func:`read_content` gathers, once per delivery, everything the renderings
+need: the AI product (from the findings, else from the headers of the
+vendor's objects), the findings table, the key images with their marks, the
+segmentations, and the header of the source study (patient and study
+attributes for the objects radbridge makes).
+
+Key images come from every kind of result:
+
+- a SEG: per segment, the referenced image where the segment is largest,
+  with every segment of that image drawn on it (read with highdicom);
+- findings (JSON, or read from the vendor's SR): the images the findings
+  reference; without coordinates in the findings they carry no marks;
+- a secondary capture from the vendor: the vendor's image itself (its marks
+  are burned in), and the image it was made from (Source Image Sequence) as
+  the key image of the original study.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from adapters.results.render import words
+from adapters.results.render.marks import Mask, Rgb, display_rgb, draw_mask
+from broker.model.domain import AlgorithmInfo, Finding, Result
+from broker.model.errors import ResultError
+
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+#: Secondary capture storage classes (single and multi-frame).
+SC_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.7",
+        "1.2.840.10008.5.1.4.1.1.7.1",
+        "1.2.840.10008.5.1.4.1.1.7.2",
+        "1.2.840.10008.5.1.4.1.1.7.3",
+        "1.2.840.10008.5.1.4.1.1.7.4",
+    }
+)
+Translate = Callable[[str], str]
+Covered = tuple[str, list[tuple[int, Mask]], tuple[str, ...]]
+"""(source image UID, [(segment number, its mask on that image)], segment labels)."""
+#: The most key images one summary shows.
+MAX_KEY_IMAGES = 6
+
+
+@dataclass(frozen=True, slots=True)
+class KeyImage:
+    """An image the result points at, as the summary page shows it.
+
+    ``reference`` is the header of the image in the original study (for the
+    KOS), None when the image is the vendor's own object only.
+    """
+
+    pixels: Rgb
+    caption: str
+    reference: Dataset | None
+
+
+@dataclass(frozen=True, slots=True)
+class Overlay:
+    """One image of the original study with segments drawn on it (``seg_overlay``)."""
+
+    source: Dataset
+    pixels: Rgb
+    labels: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class Content:
+    """Everything the renderings of one result show (see the module docstring)."""
+
+    result: Result
+    algorithm: AlgorithmInfo
+    findings: tuple[Finding, ...]
+    summary: str | None
+    study: Dataset
+    """The header of the first source image: patient and study attributes."""
+    key_images: list[KeyImage] = field(default_factory=list)
+    segmentations: list[hd.seg.Segmentation] = field(default_factory=list)
+    segment_rows: list[tuple[str, str]] = field(default_factory=list)
+    """(segment label, segmented property) of each segment of each SEG."""
+    headers: dict[str, Dataset] = field(default_factory=dict)
+    """Source headers by SOP Instance UID."""
+    paths: dict[str, str] = field(default_factory=dict)
+    """Source file paths by SOP Instance UID."""
+
+    def image(self, sop_instance_uid: str) -> Dataset:
+        """The source image with its pixels."""
+        return pydicom.dcmread(self.paths[sop_instance_uid])
+
+    def overlays(self) -> list[Overlay]:
+        """Each source image that a segment covers, with every segment drawn on it."""
+        out: list[Overlay] = []
+        for seg in self.segmentations:
+            for uid, masks, labels in _segmented(seg, self.headers):
+                rgb = display_rgb(self.image(uid))
+                for number, mask in masks:
+                    rgb = draw_mask(rgb, mask, number)
+                out.append(Overlay(self.headers[uid], rgb, labels))
+        return out
+
+
+def _read(path: str, *, pixels: bool = False) -> Dataset:
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=not pixels)
+    except (OSError, InvalidDicomError) as exc:
+        raise ResultError(f"cannot read {Path(path).name}: {exc}") from exc
+
+
+def _segmented(seg: hd.seg.Segmentation, headers: dict[str, Dataset]) -> list[Covered]:
+    """(source UID, [(segment number, mask)], labels) of each source image a segment covers."""
+    numbers = list(seg.get_segment_numbers())
+    uids = [str(uid) for _study, _series, uid in seg.get_source_image_uids() if uid in headers]
+    out: list[Covered] = []
+    for uid in uids:
+        stack = seg.get_pixels_by_source_instance(
+            [uid], segment_numbers=numbers, ignore_spatial_locations=True
+        )[0]
+        masks = [(n, stack[..., i] > 0) for i, n in enumerate(numbers) if stack[..., i].any()]
+        if masks:
+            labels = tuple(seg.get_segment_description(n).segment_label for n, _ in masks)
+            out.append((uid, masks, labels))
+    return out
+
+
+def _algorithm(result: Result, objects: Sequence[Dataset]) -> AlgorithmInfo:
+    if result.findings is not None:
+        return result.findings.algorithm
+    for ds in objects:
+        if ds.get("Manufacturer") or ds.get("ManufacturerModelName"):
+            return AlgorithmInfo(
+                vendor=str(ds.get("Manufacturer", "") or result.vendor or ""),
+                product=str(ds.get("ManufacturerModelName", "") or result.vendor or "AI"),
+                version=str(ds.get("SoftwareVersions", "") or ""),
+            )
+    return AlgorithmInfo(result.vendor or "", result.vendor or "AI", "")
+
+
+def read_content(result: Result, source_paths: Sequence[str], tr: Translate) -> Content:
+    """The content of ``result``'s renderings, captions translated by ``tr``; ResultError
+    when the source study or an object cannot be read."""
+    if not source_paths:
+        raise ResultError(
+            "the study the result was made from is no longer in the spool; nothing to render"
+        )
+    headers: dict[str, Dataset] = {}
+    paths: dict[str, str] = {}
+    for path in source_paths:
+        ds = _read(path)
+        headers[str(ds.SOPInstanceUID)] = ds
+        paths[str(ds.SOPInstanceUID)] = path
+    objects = [(o, _read(o.path)) for o in result.objects]
+    algorithm = _algorithm(result, [ds for _, ds in objects])
+    findings = result.findings
+    content = Content(
+        result=result,
+        algorithm=algorithm,
+        findings=findings.findings if findings is not None else (),
+        summary=findings.summary if findings is not None else None,
+        study=next(iter(headers.values())),
+        headers=headers,
+        paths=paths,
+    )
+    shown: set[str] = set()
+    for obj, _header in objects:
+        if obj.sop_class_uid == SEG_CLASS:
+            seg = hd.seg.segread(obj.path)
+            content.segmentations.append(seg)
+            for n in seg.get_segment_numbers():
+                description = seg.get_segment_description(n)
+                prop = description.segmented_property_type
+                content.segment_rows.append((description.segment_label, prop.meaning))
+            for uid, masks, labels in _largest(seg, headers):
+                rgb = display_rgb(content.image(uid))
+                for number, mask in masks:
+                    rgb = draw_mask(rgb, mask, number)
+                caption = f"{tr(words.SEGMENT)}: {', '.join(labels)}"
+                content.key_images.append(KeyImage(rgb, caption, headers[uid]))
+                shown.add(uid)
+        elif obj.sop_class_uid in SC_CLASSES:
+            full = _read(obj.path, pixels=True)
+            source = _source_of(full, headers)
+            content.key_images.append(KeyImage(display_rgb(full), tr(words.VENDOR_IMAGE), source))
+            if source is not None:
+                shown.add(str(source.SOPInstanceUID))
+    for number, finding in enumerate(content.findings, 1):
+        for ref in finding.references:
+            found = ref.sop_instance_uid
+            if found is None or found not in headers or found in shown:
+                continue
+            shown.add(found)
+            caption = f"{tr(words.FINDING)} {number}: {finding.code.meaning}"
+            content.key_images.append(
+                KeyImage(display_rgb(content.image(found)), caption, headers[found])
+            )
+    del content.key_images[MAX_KEY_IMAGES:]
+    return content
+
+
+def _largest(seg: hd.seg.Segmentation, headers: dict[str, Dataset]) -> list[Covered]:
+    """Per segment, the covered source image where it is largest (each image once)."""
+    covered = _segmented(seg, headers)
+    chosen: dict[str, Covered] = {}
+    for number in seg.get_segment_numbers():
+        best = max(
+            (c for c in covered if any(n == number for n, _ in c[1])),
+            key=lambda c: sum(int(m.sum()) for n, m in c[1] if n == number),
+            default=None,
+        )
+        if best is not None:
+            chosen.setdefault(best[0], best)
+    return list(chosen.values())
+
+
+def _source_of(ds: Dataset, headers: dict[str, Dataset]) -> Dataset | None:
+    """The image of the original study a vendor's SC was made from, if it names one we hold."""
+    for keyword in ("SourceImageSequence", "ReferencedImageSequence"):
+        for item in ds.get(keyword, []):
+            uid = str(item.get("ReferencedSOPInstanceUID", ""))
+            if uid in headers:
+                return headers[uid]
+    return None
