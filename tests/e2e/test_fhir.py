@@ -25,6 +25,8 @@ from tests.fhir_data import FHIR_JSON, accession_of, service_request, transactio
 from tests.peers import LOOPBACK, free_port
 from tests.service import Radbridge, base_config
 
+pytestmark = pytest.mark.xdist_group("fhir")
+
 
 def fhir_config(folder: Path) -> dict[str, Any]:
     """radbridge on loopback with its HTTP server (and so ``/fhir``) on a free port."""

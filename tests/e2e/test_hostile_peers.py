@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -34,12 +34,24 @@ from adapters.harness.hostile.pdu import PduType
 from tests.disk import fill, small_filesystem
 from tests.service import Radbridge
 
-pytestmark = pytest.mark.timeout(240)
+# One worker runs the module (xdist_group), so that its tests share one service.
+pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("hostile_peers")]
 
 MiB = 1 << 20
 CT = crafted.CT_IMAGE_STORAGE
 EXPLICIT = pdu.EXPLICIT_VR_LITTLE_ENDIAN
 DEFLATED = pdu.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+
+
+@pytest.fixture(scope="module")
+def radbridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Radbridge]:
+    """One radbridge with the default limits and one listener process, for the scripts that
+    leave it as they found it (each checks memory, files and log lines from its own start);
+    tests of limits, timeouts or a full disk start their own (``radbridge_factory``)."""
+    rb = Radbridge(tmp_path_factory.mktemp("hostile"))
+    rb.start()
+    yield rb
+    rb.close()
 
 
 def _listeners(rb: Radbridge) -> list[psutil.Process]:
@@ -218,36 +230,34 @@ def test_a_burst_of_requests_gets_every_free_association(
 
 
 def test_huge_pdu_before_the_association_is_refused_unread(
-    radbridge_factory: Callable[..., Radbridge],
+    radbridge: Radbridge,
 ) -> None:
     """A request header announcing 0xFFFFFFF0 bytes ends the connection before its body is
     read: the sender cannot push 128 MiB, and the listener's memory stays flat."""
-    rb = radbridge_factory(processes=1)
-    _warm(rb)
-    listener = _listener(rb)
+    _warm(radbridge)
+    listener = _listener(radbridge)
     before = listener.memory_info().rss
     _reset_peak(listener)
-    with HostilePeer(rb.port) as peer:
+    with HostilePeer(radbridge.port) as peer:
         peer.send(pdu.header(PduType.A_ASSOCIATE_RQ, 0xFFFFFFF0))
         sent = peer.stream(128 * MiB)
         assert peer.wait_closed(10)
     assert sent < 32 * MiB, f"the listener took {sent >> 20} MiB of one PDU"
     assert listener.memory_info().rss - before < 16 * MiB
     assert _peak(listener) - before < 16 * MiB
-    assert _echo(rb)
+    assert _echo(radbridge)
 
 
 def test_pdu_longer_than_negotiated_is_refused_unread(
-    radbridge_factory: Callable[..., Radbridge],
+    radbridge: Radbridge,
 ) -> None:
     """After the association, a P-DATA longer than the announced maximum aborts the
     association before its body is read."""
-    rb = radbridge_factory(processes=1)
-    _warm(rb)
-    listener = _listener(rb)
+    _warm(radbridge)
+    listener = _listener(radbridge)
     before = listener.memory_info().rss
     _reset_peak(listener)
-    with HostilePeer(rb.port) as peer:
+    with HostilePeer(radbridge.port) as peer:
         accepted = peer.associate()
         assert accepted is not None and accepted.type == PduType.A_ASSOCIATE_AC
         assert accepted.max_pdu() == 262144
@@ -256,7 +266,7 @@ def test_pdu_longer_than_negotiated_is_refused_unread(
         assert peer.wait_closed(10)
     assert sent < 32 * MiB
     assert _peak(listener) - before < 16 * MiB
-    assert _echo(rb)
+    assert _echo(radbridge)
 
 
 # -- full spool -------------------------------------------------------------------------
@@ -342,20 +352,19 @@ def bombs() -> dict[str, tuple[crafted.Identity, bytes]]:
 
 @pytest.mark.parametrize("called_ae", ["RADBRIDGE", "RADBRIDGE_RES"])
 def test_deflate_bomb_in_the_header_is_refused_with_memory_flat(
-    radbridge_factory: Callable[..., Radbridge],
+    radbridge: Radbridge,
     bombs: dict[str, tuple[crafted.Identity, bytes]],
     called_ae: str,
 ) -> None:
     """A header that inflates 300 MB is refused 0xC000 after a few MB, with no file left,
     by the ingest and the results AE title alike."""
-    rb = radbridge_factory(processes=1)
-    _warm(rb)
-    listener = _listener(rb)
+    _warm(radbridge)
+    listener = _listener(radbridge)
     before = listener.memory_info().rss
     _reset_peak(listener)
     ident, data = bombs["header"]
     assert len(data) < MiB
-    with HostilePeer(rb.port) as peer:
+    with HostilePeer(radbridge.port) as peer:
         accepted = peer.associate(called_ae, contexts=[(CT, [DEFLATED])])
         assert accepted is not None and accepted.accepted_contexts() == {1: DEFLATED}
         response = peer.c_store(data, CT, ident.sop_instance_uid)
@@ -364,29 +373,28 @@ def test_deflate_bomb_in_the_header_is_refused_with_memory_flat(
         assert "inflates" in response.comment
         assert peer.release()
     assert _peak(listener) - before < 48 * MiB
-    assert _tmp_files(rb) == []
-    assert ident.study_uid not in {s["study_uid"] for s in rb.studies()}
+    assert _tmp_files(radbridge) == []
+    assert ident.study_uid not in {s["study_uid"] for s in radbridge.studies()}
 
 
 def test_deflate_bomb_in_the_pixel_data_is_stored_as_sent_without_inflating(
-    radbridge_factory: Callable[..., Radbridge],
+    radbridge: Radbridge,
     bombs: dict[str, tuple[crafted.Identity, bytes]],
 ) -> None:
     """Pixel data that inflates 300 MB is never inflated: the header is read, the object
     stored as it came, and memory stays flat."""
-    rb = radbridge_factory(processes=1)
-    _warm(rb)
-    listener = _listener(rb)
+    _warm(radbridge)
+    listener = _listener(radbridge)
     before = listener.memory_info().rss
     _reset_peak(listener)
     ident, data = bombs["pixels"]
-    with HostilePeer(rb.port) as peer:
+    with HostilePeer(radbridge.port) as peer:
         assert peer.associate(contexts=[(CT, [DEFLATED])]) is not None
         response = peer.c_store(data, CT, ident.sop_instance_uid)
         assert response is not None and response.status == 0x0000
         assert peer.release()
     assert _peak(listener) - before < 48 * MiB
-    study = rb.study(ident.study_uid)
+    study = radbridge.study(ident.study_uid)
     assert study["instances"] == 1 and study["size"] < 2 * MiB
 
 

@@ -40,6 +40,8 @@ from tests.e2e.test_console import ensure_chromium
 from tests.integration.test_store import _rec
 from tests.peers import free_port
 
+pytestmark = pytest.mark.xdist_group("http_edge")
+
 API = "/api/v1"
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 STUDY = "1.2.826.0.1.3680043.10.511.77"

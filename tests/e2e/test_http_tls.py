@@ -17,6 +17,8 @@ from tests.databases import empty_database
 from tests.e2e.test_http_edge import serve
 from tests.e2e.test_tls import pki  # noqa: F401 (the module's CA and certificates)
 
+pytestmark = pytest.mark.xdist_group("http_tls")
+
 
 @pytest.fixture(scope="module")
 def https(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:  # noqa: F811

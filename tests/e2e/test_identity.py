@@ -40,7 +40,7 @@ from tests.integration.test_results_sr import head_bleed
 from tests.peers import StoreSCP, free_port, storescu
 from tests.service import Radbridge, base_config
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("identity")]
 
 ISSUER = "EXAMPLE-GH"
 """The Issuer of Patient ID of the synthetic studies."""

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,7 +27,19 @@ from adapters.harness.modality import send_files
 from tests.peers import dataset_bytes, dcmsend, echoscu, storescu
 from tests.service import Radbridge
 
-pytestmark = pytest.mark.timeout(240)
+# One worker runs the module (xdist_group), so that its tests share one service.
+pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("ingest")]
+
+
+@pytest.fixture(scope="module")
+def radbridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Radbridge]:
+    """One running radbridge (1.5 s stable time, any calling AE) for the tests that neither
+    restart it nor change its configuration; each sends studies of its own. Tests that kill
+    or restart a service start their own (``radbridge_factory``)."""
+    rb = Radbridge(tmp_path_factory.mktemp("ingest"))
+    rb.start()
+    yield rb
+    rb.close()
 
 
 def _spooled(rb: Radbridge, sop_uid: str) -> list[Path]:
@@ -269,10 +281,12 @@ def test_dataset_without_study_uid_gets_cannot_understand(radbridge: Radbridge) 
     status = assoc.send_c_store(ds)
     assert status.Status == 0xC000
     assert "StudyInstanceUID" in status.ErrorComment
-    good = assoc.send_c_store(_ct_dataset("1.2.3.5"))
+    good_ds = _ct_dataset("1.2.3.5")
+    good = assoc.send_c_store(good_ds)
     assert good.Status == 0x0000
     assoc.release()
-    assert len(list(radbridge.spool.glob("studies/*/*/*.dcm"))) == 1
+    assert _spooled(radbridge, ds.SOPInstanceUID) == []
+    assert len(_spooled(radbridge, good_ds.SOPInstanceUID)) == 1
     assert not list((radbridge.spool / "tmp").iterdir())
 
 
@@ -283,7 +297,8 @@ def test_sender_killed_mid_transfer_leaves_nothing_half_stored(
     [big] = generate_large_study(
         tmp_path / "big", total_bytes=256 * 2**20, instance_bytes=256 * 2**20
     )
-    sop = pydicom.dcmread(big, stop_before_pixels=True).SOPInstanceUID
+    header = pydicom.dcmread(big, stop_before_pixels=True)
+    sop = header.SOPInstanceUID
     sender = subprocess.Popen(
         [
             "storescu",
@@ -308,7 +323,7 @@ def test_sender_killed_mid_transfer_leaves_nothing_half_stored(
         time.sleep(0.1)
     assert not list(tmp.iterdir()), "partial object left in the spool"
     assert not _spooled(radbridge, sop)
-    assert radbridge.studies() == []
+    assert header.StudyInstanceUID not in {s["study_uid"] for s in radbridge.studies()}
     assert echoscu(radbridge.port).returncode == 0
 
 
@@ -355,9 +370,10 @@ def test_kill_9_during_ingest_loses_no_acknowledged_instance(
 
 
 def test_collecting_study_finishes_its_stable_timer_after_restart(
-    radbridge: Radbridge, tmp_path: Path
+    radbridge_factory: Callable[..., Radbridge], tmp_path: Path
 ) -> None:
     """A study still collecting when radbridge is killed becomes stable after the restart."""
+    radbridge = radbridge_factory()
     files = generate_study("ct_head", tmp_path / "h", instances=3, rows=32, columns=32)
     storescu(files, radbridge.port)
     radbridge.kill9()
@@ -366,8 +382,11 @@ def test_collecting_study_finishes_its_stable_timer_after_restart(
     assert study["instances"] == 3
 
 
-def test_sigterm_stops_cleanly_and_keeps_everything(radbridge: Radbridge, tmp_path: Path) -> None:
+def test_sigterm_stops_cleanly_and_keeps_everything(
+    radbridge_factory: Callable[..., Radbridge], tmp_path: Path
+) -> None:
     """SIGTERM ends the service with exit code 0; what was acknowledged is there after a restart."""
+    radbridge = radbridge_factory()
     files = generate_study("ct_head", tmp_path / "t", instances=4, rows=32, columns=32)
     storescu(files, radbridge.port)
     assert radbridge.stop() == 0

@@ -25,7 +25,7 @@ from tests.integration.test_results_sr import head_bleed
 from tests.peers import LOOPBACK, StoreSCP, ensure_debian_packages, free_port, storescu
 from tests.service import Radbridge, base_config
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("monitoring")]
 
 MONITORING = Path(__file__).resolve().parents[2] / "examples" / "monitoring"
 RULES = MONITORING / "radbridge.rules.yml"

@@ -31,7 +31,7 @@ from tests.peers import Orthanc, StoreSCP, free_port, storescu
 from tests.ris import Ris
 from tests.service import Radbridge, base_config
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("results_flow")]
 
 TOKEN = "lungai-results-" + uuid.uuid4().hex
 PATIENT = Patient("PAT0001", None, "DOE^JANE", "19700101", "F")

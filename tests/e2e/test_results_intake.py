@@ -24,7 +24,7 @@ from tests.integration.test_results_sr import _dciodvfy, head_bleed, nothing_fou
 from tests.peers import StoreSCP, free_port, storescu
 from tests.service import Radbridge
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("results_intake")]
 
 TOKEN = "lungai-results-" + uuid.uuid4().hex
 QUIET_SECONDS = 5.0

@@ -16,6 +16,7 @@ from tests import cli_fork
 
 ANALYZE = shutil.which("systemd-analyze")
 pytestmark = [
+    pytest.mark.xdist_group("install_service"),
     pytest.mark.skipif(
         ANALYZE is None or shutil.which("systemd-sysusers") is None,
         reason="systemd's tools are not installed (Debian: apt-get install systemd)",

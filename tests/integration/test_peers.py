@@ -29,6 +29,8 @@ from tests.peers import (
     storescu,
 )
 
+pytestmark = pytest.mark.xdist_group("peers")
+
 CT_INSTANCES = 12
 
 

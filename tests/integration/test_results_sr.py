@@ -30,6 +30,8 @@ from broker.model.domain import Code, Findings
 from broker.model.errors import ResultError
 from tests.peers import LOOPBACK, Orthanc, ensure_debian_packages, storescu
 
+pytestmark = pytest.mark.xdist_group("results_sr")
+
 CREATED = datetime(2024, 5, 1, 8, 15, 30)
 DISCLAIMER_WORDS = "AI-generated result for review by a clinician; not a diagnosis"
 

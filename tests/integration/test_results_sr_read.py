@@ -32,6 +32,8 @@ from tests.databases import empty_database
 from tests.integration.test_results_sr import head_bleed, lung_nodules, nothing_found
 from tests.writeback_data import Scene
 
+pytestmark = pytest.mark.xdist_group("results_sr_read")
+
 CREATED = datetime(2024, 5, 1, 8, 15, 30)
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 KOS = "1.2.840.10008.5.1.4.1.1.88.59"

@@ -34,6 +34,8 @@ from tests import cli_fork
 from tests.fhir_data import service_request, transaction, typed
 from tests.hl7_messages import adt, omi_o23, orm_o01, sample_order
 
+pytestmark = pytest.mark.xdist_group("routes_explain")
+
 CONFIG = """\
 site: {name: Test General Hospital, timezone: Asia/Shanghai}
 storage: {spool: ./spool, database: "sqlite:///./radbridge.db"}

@@ -61,7 +61,7 @@ from tests.databases import DATABASES, empty_database
 from tests.hl7_messages import sample_order
 from tests.peers import storescu
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("routing_facts")]
 
 NOW = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 CALLING_AE = "CT01"

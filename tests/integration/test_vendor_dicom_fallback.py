@@ -31,6 +31,8 @@ from broker.model.vendor import is_retryable
 from tests.jobs_data import sending_job
 from tests.peers import LOOPBACK, StoreSCP, dataset_bytes
 
+pytestmark = pytest.mark.xdist_group("vendor_dicom_fallback")
+
 JOB = sending_job(3, "lungai", "1.2.3")
 #: A SOP class UID no storescp knows (a private root).
 PRIVATE_ROOT = "1.2.826.0.1.3680043.8.498.77"

@@ -25,6 +25,8 @@ from broker.model.vendor import TRANSPORTS, is_retryable
 from tests.jobs_data import sending_job
 from tests.peers import LOOPBACK, Orthanc, dataset_bytes, free_port
 
+pytestmark = pytest.mark.xdist_group("vendor_dicomweb")
+
 JOB = sending_job(7, "cxr", "1.2.3")
 
 
