@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError as PydicomInvalid
@@ -66,3 +67,38 @@ def deidentify_study(
         masked=masked,
         folder=folder,
     )
+
+
+#: What :class:`~adapters.deid.dataset.Deidentifier` writes in De-identification Method.
+METHOD_PREFIX = "radbridge "
+
+
+def deidentified_manifest(files: Sequence[Path]) -> dict[str, Any] | None:
+    """The study part of an ``http`` vendor's manifest, read from radbridge's de-identified
+    copies in ``files`` (pseudonymous study, series, accession and patient, and the
+    profile); None when ``files`` are not such copies (sent as received)."""
+    if not files:
+        return None
+    try:
+        headers = [dcmread(p, stop_before_pixels=True) for p in files]
+    except (PydicomInvalid, OSError, ValueError, EOFError) as exc:
+        raise DeidentificationError(f"cannot read a de-identified copy: {exc}") from exc
+    first = headers[0]
+    method = str(first.get("DeidentificationMethod", ""))
+    if first.get("PatientIdentityRemoved") != "YES" or not method.startswith(METHOD_PREFIX):
+        return None
+    series: dict[str, dict[str, Any]] = {}
+    for ds in headers:
+        uid = str(ds.get("SeriesInstanceUID", ""))
+        entry = series.setdefault(
+            uid,
+            {"series_instance_uid": uid, "modality": ds.get("Modality"), "instances": 0},
+        )
+        entry["instances"] += 1
+    return {
+        "study_instance_uid": str(first.StudyInstanceUID),
+        "accession_number": str(first.get("AccessionNumber", "")) or None,
+        "series": list(series.values()),
+        "patient": {"id": str(first.get("PatientID", "")), "issuer": None},
+        "deidentified": method.removeprefix(METHOD_PREFIX),
+    }

@@ -29,8 +29,14 @@ The manifest (``Content-Type: application/json``)::
 
 Settings (a vendor's ``transport:`` block, ``type: http``): ``url`` (where
 the manifest is POSTed), ``timeout`` (seconds to connect and for each read or
-write, default 30), ``send_patient`` (default false). The vendor's own API
-secret comes only from the environment,
+write, default 30), ``send_patient`` (default false).
+
+A vendor with ``deidentify:`` gets the manifest of what it may pull: the study's,
+series' and patient's pseudonyms, the accession number's pseudonym, and
+``"deidentified": "basic+…"`` (the profile); its WADO-RS serves the de-identified
+copies under those UIDs.
+
+The vendor's own API secret comes only from the environment,
 ``RADBRIDGE_VENDORS__<NAME>__TRANSPORT__TOKEN``, sent as ``Authorization:
 Bearer <secret>``. The service hands over the rest (:class:`TransportContext`):
 radbridge's ``http.public_url``, the store's URL, the vendor's product, and
@@ -60,6 +66,7 @@ import httpx
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
+from adapters.deid.study import deidentified_manifest
 from adapters.http_status import Verdict, answered, failure, url_endpoint, verdict
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
 from broker.model.errors import ConfigError, NotFoundError, StoreError
@@ -144,8 +151,23 @@ class HttpTransport(VendorTransport):
         """The WADO-RS root the vendor fetches ``job``'s study from."""
         return f"{self.context.public_url.rstrip('/')}/wado/jobs/{job.id}"
 
-    def manifest(self, job: Job, token: str, expires_at: str) -> dict[str, Any]:
-        """The JSON body POSTed to the vendor (see the module docstring)."""
+    def manifest(
+        self, job: Job, token: str, expires_at: str, files: Sequence[Path] = ()
+    ) -> dict[str, Any]:
+        """The JSON body POSTed to the vendor (see the module docstring); of the copies in
+        ``files`` when they are radbridge's de-identified ones."""
+        deidentified = deidentified_manifest(files)
+        if deidentified is not None:
+            pseudonymous = {"job_id": job.id, "vendor": self.vendor}
+            pseudonymous |= {"product": self.context.product, "priority": job.priority.value}
+            pseudonymous |= deidentified
+            if not self.settings.send_patient:
+                pseudonymous.pop("patient")
+            return pseudonymous | {
+                "wado_rs": self.wado_rs_url(job),
+                "token": token,
+                "token_expires_at": expires_at,
+            }
         try:
             study = StudyStore(self.engine).get_study(job.study_uid)
         except NotFoundError as exc:
@@ -187,7 +209,7 @@ class HttpTransport(VendorTransport):
             token, expires_at = JobTokens(self.engine).issue(job.id, self.context.result_timeout)
         except StoreError as exc:
             raise HttpUnavailableError(f"cannot issue a token for job {job.id}: {exc}") from exc
-        body = self.manifest(job, token, expires_at.isoformat())
+        body = self.manifest(job, token, expires_at.isoformat(), files)
         self._post(body)
         seconds = time.perf_counter() - started
         LOG.info(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import FastAPI
 from sqlalchemy import Engine
 from starlette.datastructures import MutableHeaders
@@ -12,7 +14,9 @@ from adapters.console import create_console
 from adapters.fhir.server import fhir_router
 from adapters.results.http import results_router
 from adapters.web.docs import install_docs
-from adapters.web.wado import wado_router
+from adapters.web.wado import PrivacyOf, wado_router
+from broker.model.deid import Deidentify
+from broker.model.jobs import Job
 from broker.runtime.edges import ServiceContext
 from broker.store.api_tokens import ApiTokens
 
@@ -39,7 +43,7 @@ def create_app(engine: Engine, context: ServiceContext | None = None) -> FastAPI
         openapi_url=None,
     )
     app.state.api_tokens = ApiTokens(engine)
-    app.include_router(wado_router(engine))
+    app.include_router(wado_router(engine, *_privacy(context)))
     app.include_router(fhir_router(engine))
     if context is not None:
         app.include_router(results_router(context))
@@ -48,6 +52,22 @@ def create_app(engine: Engine, context: ServiceContext | None = None) -> FastAPI
     app.mount("/console", create_console(engine, context))
     app.add_middleware(Hsts)
     return app
+
+
+def _privacy(context: ServiceContext | None) -> tuple[PrivacyOf | None, Path | None]:
+    """Which jobs WADO-RS serves de-identified (the snapshot in force), and where the
+    copies are made (the spool's tmp folder)."""
+    if context is None or context.snapshots is None:
+        return None, None
+    snapshots = context.snapshots
+
+    def privacy(job: Job) -> tuple[Deidentify, str] | None:
+        current = snapshots.current
+        profile = current.deidentify(job.vendor, job.route)
+        secret = current.pseudonym_secret
+        return (profile, secret) if profile is not None and secret else None
+
+    return privacy, context.spool.tmp
 
 
 class Hsts:

@@ -20,13 +20,21 @@ that is not the job's → 403; a series or instance the job does not send →
 (``/metadata``: ``application/dicom+json`` or ``application/json``); asking
 for a ``transfer-syntax`` other than ``*`` or the stored one gets 406, since
 instances are served only as stored.
+
+A job whose vendor (or route) has ``deidentify:`` is served under the
+pseudonymous UIDs of its manifest: each request de-identifies the instances it
+serves into a temporary folder (the same keyed pseudonyms, so the same copies as
+a push would send), streams them, and removes them.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,7 +44,11 @@ from fastapi.responses import StreamingResponse
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError as PydicomInvalid
 from sqlalchemy import Engine
+from starlette.background import BackgroundTask
 
+from adapters.deid.study import deidentify_study
+from broker.model.deid import Deidentify, Pseudonyms
+from broker.model.errors import DeidentificationError
 from broker.model.jobs import Job
 from broker.model.logging import get_logger
 from broker.store.job_tokens import JobInstance, JobTokens, job_instances
@@ -170,10 +182,70 @@ def _metadata_stream(instances: Sequence[JobInstance]) -> Iterator[bytes]:
     yield b"]"
 
 
-def wado_router(engine: Engine) -> APIRouter:
-    """The WADO-RS routes of every job, on the store ``engine``."""
+#: ``job -> (profile, secret)`` when what the job sends is de-identified, else None.
+PrivacyOf = Callable[[Job], tuple[Deidentify, str] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Served:
+    """What one request serves: the instances, and the folder of de-identified copies."""
+
+    instances: list[JobInstance]
+    folder: Path | None = None
+
+    def cleanup(self) -> BackgroundTask | None:
+        """Removes the copies once the response is sent."""
+        if self.folder is None:
+            return None
+        return BackgroundTask(shutil.rmtree, self.folder, ignore_errors=True)
+
+
+def _copies(
+    found: Sequence[JobInstance], privacy: tuple[Deidentify, str], scratch: Path | None
+) -> _Served:
+    """De-identified copies of ``found`` (the same as the job's send made), as served."""
+    profile, secret = privacy
+    if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="wado-deid-", dir=scratch))
+    try:
+        outbound = deidentify_study([Path(i.path) for i in found], profile, secret, folder)
+        served = []
+        for path in outbound.files:
+            ds = dcmread(path, stop_before_pixels=True)
+            served.append(
+                JobInstance(
+                    str(ds.SeriesInstanceUID),
+                    str(ds.SOPInstanceUID),
+                    str(ds.file_meta.TransferSyntaxUID),
+                    str(path),
+                    path.stat().st_size,
+                )
+            )
+    except (DeidentificationError, PydicomInvalid, OSError) as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        LOG.error("cannot de-identify instances to serve", error=str(exc))
+        raise HTTPException(500, "the instances cannot be de-identified") from exc
+    if not served:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise HTTPException(404, "no instance of this selection may be sent de-identified")
+    return _Served(served, folder)
+
+
+def wado_router(
+    engine: Engine, privacy: PrivacyOf | None = None, scratch: Path | None = None
+) -> APIRouter:
+    """The WADO-RS routes of every job, on the store ``engine``.
+
+    ``privacy`` says which jobs are de-identified (the configuration in force): those
+    are served under the pseudonymous UIDs of their manifest, as de-identified copies
+    made in ``scratch`` for the request."""
     router = APIRouter(prefix="/wado/jobs/{job_id}", tags=["WADO-RS"])
     tokens = JobTokens(engine)
+
+    def keys_of(job: Job) -> Pseudonyms | None:
+        found = privacy(job) if privacy is not None else None
+        return Pseudonyms(found[1]) if found is not None else None
 
     def authorized(job_id: int, study: str, authorization: str | None) -> Job:
         job = tokens.job_for(_bearer(authorization))
@@ -186,17 +258,28 @@ def wado_router(engine: Engine) -> APIRouter:
         if job.id != job_id:
             LOG.warning("token used for another job", job_id=job.id, asked_for=job_id)
             raise HTTPException(403, f"the token does not open job {job_id}")
-        if study != job.study_uid:
+        keys = keys_of(job)
+        if study != (keys.uid(job.study_uid) if keys is not None else job.study_uid):
             LOG.warning("token used for another study", job_id=job.id, study_uid=study)
             raise HTTPException(403, f"job {job_id} does not send that study")
         return job
 
-    def select(job: Job, series: str | None, sop: str | None) -> list[JobInstance]:
-        found = job_instances(engine, job, series_uid=series, sop_instance_uid=sop)
-        if not found:
+    def select(job: Job, series: str | None, sop: str | None) -> _Served:
+        found = privacy(job) if privacy is not None else None
+        if found is None:
+            instances = job_instances(engine, job, series_uid=series, sop_instance_uid=sop)
+        else:
+            keys = Pseudonyms(found[1])
+            instances = [
+                i
+                for i in job_instances(engine, job)
+                if (series is None or keys.uid(i.series_uid) == series)
+                and (sop is None or keys.uid(i.sop_instance_uid) == sop)
+            ]
+        if not instances:
             what = "instance" if sop else "series" if series else "study"
             raise HTTPException(404, f"job {job.id} sends no such {what}")
-        return found
+        return _Served(instances) if found is None else _copies(instances, found, scratch)
 
     def retrieve(
         job_id: int,
@@ -208,14 +291,27 @@ def wado_router(engine: Engine) -> APIRouter:
         authorization: str | None,
     ) -> StreamingResponse:
         job = authorized(job_id, study, authorization)
-        found = select(job, series, sop)
-        check_accept_dicom(accept, found)
-        body = MultipartBody(found)
-        LOG.info("WADO-RS retrieve", job_id=job.id, vendor=job.vendor, instances=len(found))
+        served = select(job, series, sop)
+        try:
+            check_accept_dicom(accept, served.instances)
+            body = MultipartBody(served.instances)
+        except HTTPException:
+            task = served.cleanup()
+            if task is not None:
+                task.func(*task.args, **task.kwargs)
+            raise
+        LOG.info(
+            "WADO-RS retrieve",
+            job_id=job.id,
+            vendor=job.vendor,
+            instances=len(served.instances),
+            deidentified=served.folder is not None,
+        )
         return StreamingResponse(
             iter(body),
             media_type=None,
             headers={"Content-Type": body.content_type, "Content-Length": str(len(body))},
+            background=served.cleanup(),
         )
 
     def metadata(
@@ -228,9 +324,11 @@ def wado_router(engine: Engine) -> APIRouter:
         authorization: str | None,
     ) -> StreamingResponse:
         job = authorized(job_id, study, authorization)
-        found = select(job, series, sop)
         check_accept_json(accept)
-        return StreamingResponse(_metadata_stream(found), media_type=DICOM_JSON)
+        served = select(job, series, sop)
+        return StreamingResponse(
+            _metadata_stream(served.instances), media_type=DICOM_JSON, background=served.cleanup()
+        )
 
     @router.get("/studies/{study}")
     def get_study(

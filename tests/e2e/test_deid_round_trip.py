@@ -30,7 +30,7 @@ from broker.model.deid import SECRET_VARIABLE
 from tests.peers import Orthanc, free_port, storescu, wait_until
 from tests.service import Radbridge, base_config
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("deid_round_trip")]
 
 PATIENT_ID, PATIENT_NAME, ACCESSION = "SH-7781", "Wang^XiaoDong=王^小东", "A2026DEID1"
 
@@ -39,6 +39,7 @@ PATIENT_ID, PATIENT_NAME, ACCESSION = "SH-7781", "Wang^XiaoDong=王^小东", "A2
 class Loop:
     rb: Radbridge
     vendor: SimulatedVendor
+    puller: SimulatedVendor
     pacs: Orthanc
     ris: RisListener
     folder: Path
@@ -46,10 +47,12 @@ class Loop:
 
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
-    """radbridge with the hl7 listener, a vendor that gets studies de-identified (basic
-    profile) and returns an SR, write-back to Orthanc (dicom) and the harness RIS (hl7)."""
+    """radbridge with the hl7 listener, a DICOM vendor that gets head CTs de-identified
+    (its own basic profile) and an HTTP vendor that pulls chest CTs de-identified (the
+    route's profile, keeping patient characteristics); both return an SR by C-STORE;
+    write-back to Orthanc (dicom) and the harness RIS (hl7)."""
     folder = tmp_path_factory.mktemp("deid-loop")
-    port = free_port()
+    port, http_port, puller_port = free_port(), free_port(), free_port()
     with (
         Orthanc(folder / "pacs") as pacs,
         RisListener() as ris,
@@ -60,6 +63,14 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
             delay=0.2,
             target=ResultsTarget(ae_title="RADBRIDGE_RES", port=port),
         ) as vendor,
+        SimulatedVendor(
+            ProductKind.LUNG_NODULE_CT,
+            folder / "puller",
+            ae_title="CLOUDHTTP",
+            http_port=puller_port,
+            delay=0.2,
+            target=ResultsTarget(ae_title="RADBRIDGE_RES", port=port),
+        ) as puller,
     ):
         config = base_config(folder / "rb", port)
         config["hl7"] = {"listen": {"host": "127.0.0.1", "port": free_port()}}
@@ -74,8 +85,18 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
                 },
                 "results": {"quiet_seconds": 0.5},
                 "deidentify": {"profile": "basic"},
-            }
+            },
+            "cloudhttp": {
+                "product": "Lung nodule CT (cloud)",
+                "transport": {
+                    "type": "http",
+                    "url": f"http://127.0.0.1:{puller_port}/jobs",
+                    "send_patient": True,
+                },
+                "results": {"quiet_seconds": 0.5, "ae_titles": ["CLOUDHTTP"]},
+            },
         }
+        config["http"] = {"listen": {"host": "127.0.0.1", "port": http_port}}
         config["targets"] = {
             "pacs": {
                 "type": "dicom",
@@ -91,13 +112,20 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
                 "when": {"modality": "CT", "body_part": "HEAD"},
                 "send": ["cloudai"],
                 "write_back": ["pacs", "ris"],
-            }
+            },
+            {
+                "name": "chest-ct",
+                "when": {"modality": "CT", "body_part": "CHEST"},
+                "send": ["cloudhttp"],
+                "write_back": ["pacs"],
+                "deidentify": {"profile": "basic", "options": ["retain_patient_characteristics"]},
+            },
         ]
         rb = Radbridge(folder / "rb", config)
         rb.env[SECRET_VARIABLE] = f"e2e-secret-{uuid.uuid4().hex}"
         rb.start()
         try:
-            yield Loop(rb, vendor, pacs, ris, folder)
+            yield Loop(rb, vendor, puller, pacs, ris, folder)
         finally:
             rb.close()
 
@@ -179,6 +207,47 @@ def test_the_vendors_sr_comes_back_on_the_original_study_patient_and_accession(
     [sent] = [r for r in rows if r["detail"]["study_uid"] == study_uid]
     assert sent["detail"]["deidentified"]["profile"] == "basic"
     assert sent["detail"]["deidentified"]["study_pseudonym"] == delivered.study_uid
+
+
+def test_an_http_vendor_gets_a_pseudonymous_manifest_and_pulls_deidentified_copies(
+    loop: Loop,
+) -> None:
+    """A route's profile applies to what it sends an HTTP vendor: the manifest names the
+    pseudonymous study, series, accession and patient and the profile; WADO-RS serves
+    de-identified copies under those UIDs (patient characteristics kept, as the route's
+    option says); the vendor's SR lands in Orthanc under the original study and patient."""
+    files = generate_study(
+        "ct_chest",
+        loop.folder / "chest",
+        instances=3,
+        rows=32,
+        columns=32,
+        patient_id="SH-9001",
+        patient_name="Li^Na",
+        accession="A2026HTTP1",
+    )
+    original = dcmread(files[0], stop_before_pixels=True)
+    study_uid = str(original.StudyInstanceUID)
+    storescu(files, loop.rb.port)
+    [delivered] = loop.puller.wait_delivered(1, timeout=60)
+    assert delivered.ok, delivered.detail
+    [manifest] = loop.puller.manifests
+    assert manifest["study_instance_uid"] == delivered.study_uid != study_uid
+    assert manifest["deidentified"] == "basic+retain_patient_characteristics"
+    assert manifest["accession_number"] not in (None, "A2026HTTP1")
+    assert manifest["patient"]["id"] not in ("", "SH-9001")
+    series = {s["series_instance_uid"] for s in manifest["series"]}
+    assert str(original.SeriesInstanceUID) not in series
+    pulled = [
+        dcmread(p, stop_before_pixels=True)
+        for p in (loop.puller.folder / delivered.study_uid).rglob("*.dcm")
+    ]
+    assert len(pulled) == len(files)
+    assert {str(d.SeriesInstanceUID) for d in pulled} == series
+    assert {str(d.PatientID) for d in pulled} == {manifest["patient"]["id"]}
+    assert {str(d.PatientSex) for d in pulled} == {str(original.PatientSex)}  # kept
+    sr = wait_until(lambda: _pacs_sr(loop, study_uid), "the SR in Orthanc", timeout=60)
+    assert (sr["PatientID"], sr["AccessionNumber"]) == ("SH-9001", "A2026HTTP1")
 
 
 def test_a_result_referencing_uids_never_issued_is_an_orphan(loop: Loop) -> None:

@@ -41,7 +41,7 @@ from tests.databases import empty_database
 from tests.peers import LOOPBACK, StoreSCP, ensure_debian_packages
 from tests.spooling import spool_files
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("deid_storescp")]
 
 SECRET = f"test-secret-{uuid.uuid4().hex}"
 CHINESE = "Wang^XiaoDong=王^小东"
