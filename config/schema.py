@@ -41,6 +41,7 @@ from config.base import (
     space_bytes,
 )
 from config.contracts import Contract, ContractName, billing_terms
+from config.critical import Critical
 from config.plugins import TargetBlock
 from config.targets import Notifications, TargetName, check_notifications
 from config.vendors import _KNOWN_TARGETS, _KNOWN_VENDORS, Route, Vendor, VendorName
@@ -513,6 +514,8 @@ class Settings(Strict):
     targets: dict[TargetName, TargetBlock] = Field(default_factory=dict)
     """Where results are written back (PACS, RIS, EMR); routes name them in ``write_back``."""
     notifications: Notifications = Notifications()
+    critical: Critical = Critical()
+    """Critical-result cases: who must acknowledge urgent results, by when, on which channels."""
     routes: list[Route] = Field(default_factory=list)
     privacy: Privacy = Privacy()
     contracts: dict[ContractName, Contract] = Field(default_factory=dict)
@@ -713,6 +716,8 @@ SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
     ("vendors", "*", "transport", "token"),
     ("targets", "*", "token"),
     ("notifications", "webhook", "token"),
+    ("critical", "link_secret"),
+    ("critical", "channels", "*", "token"),
     ("vendors", "*", "results", "token"),
     ("privacy", "pseudonym_secret"),
 )

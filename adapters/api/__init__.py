@@ -21,6 +21,7 @@ from adapters.api import (
     audit,
     configuration,
     conflicts,
+    critical,
     health,
     jobs,
     orders,
@@ -42,7 +43,7 @@ PREFIX = "/api/v1"
 def api_router() -> APIRouter:
     """Every ``/api/v1`` router."""
     api = APIRouter(prefix=PREFIX, responses=AUTH)
-    routers = (studies, orders, conflicts, jobs, results, verdicts, vendors, routes)
+    routers = (studies, orders, conflicts, jobs, results, verdicts, critical, vendors, routes)
     for module in (*routers, configuration, usage, audit, tokens):
         api.include_router(module.router)
     return api

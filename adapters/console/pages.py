@@ -12,11 +12,13 @@ from fastapi.responses import Response
 
 from adapters.console.auth import State, reading
 from adapters.console.views import patient_view, render, scrub, translator
+from broker.model.critical import CaseState
 from broker.model.domain import Role, Study
 from broker.model.errors import NotFoundError
 from broker.model.jobs import UNFINISHED, Job, JobState
 from broker.model.phi import phi_values
 from broker.model.work import LanePause
+from broker.store.critical import CriticalStore
 from broker.store.health import health_status, next_job_retries, target_health, urgent_results
 from broker.store.jobs import JOBS
 from broker.store.listing import JobFilter, StudyFilter, VendorActivity, vendor_activity
@@ -118,13 +120,15 @@ def vendor_health(console: State, now: datetime) -> list[VendorHealth]:
 @router.get("/", name="dashboard")
 def dashboard(request: Request, console: State, who: Viewer) -> Response:
     """Today's studies, jobs by state, vendor and write-back target health (down in red with
-    the next retry), urgent results of the last 24 h, dead and overdue jobs, disk space;
+    the next retry), open critical-result cases (red past their deadline), urgent results
+    of the last 24 h, dead and overdue jobs, disk space;
     the page reloads its content every :data:`DASHBOARD_REFRESH` seconds (htmx)."""
     now = datetime.now(UTC)
     today = console.today()
     start, end = console.day_bounds(today)
     latest = console.listing.studies(StudyFilter(since=start, until=end), limit=15)
     by_state = jobs_by_state(console.engine)
+    critical = CriticalStore(console.engine)
     return render(
         request,
         "dashboard.html",
@@ -136,6 +140,9 @@ def dashboard(request: Request, console: State, who: Viewer) -> Response:
             "vendors": vendor_health(console, now),
             "targets": target_health(console.engine, now - HEALTH_WINDOW),
             "urgent": urgent_results(console.engine, now - URGENT_WINDOW),
+            "critical": critical.list(state=CaseState.OPEN, limit=DASHBOARD_JOBS),
+            "critical_counts": critical.counts(now),
+            "now": now,
             "refresh": DASHBOARD_REFRESH,
             "dead": console.listing.jobs(JobFilter(states=[JobState.DEAD]), limit=DASHBOARD_JOBS),
             "dead_total": by_state.get(JobState.DEAD.value, 0),

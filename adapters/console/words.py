@@ -63,9 +63,23 @@ WORDS: tuple[str, ...] = (
     N_("confirmed"),
     N_("contradicted"),
     N_("not_mentioned"),
+    # critical-result cases: states, ledger steps, where an acknowledgement came from, filter
+    N_("open"),
+    N_("acknowledged"),
+    N_("opened"),
+    N_("notified"),
+    N_("escalated"),
+    N_("exhausted"),
+    N_("console"),
+    N_("api"),
+    N_("link"),
+    N_("cli"),
+    N_("all"),
     # page titles handed to error.html
     N_("Not allowed"),
     N_("No such study"),
     N_("No such job"),
     N_("No such delivery"),
+    N_("No such critical case"),
+    N_("Link"),
 )

@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from broker.model.critical import CriticalPolicy
 from broker.model.deid import Deidentify
 from broker.model.errors import ConfigError
 from broker.model.vendor import VendorTransport
@@ -77,6 +78,11 @@ class Plan(Protocol):
 
     @property
     def overdue_check_seconds(self) -> float: ...
+
+    @property
+    def critical(self) -> CriticalPolicy:
+        """Critical-result cases: contacts, channels, deadline, signed links."""
+        ...
 
     def vendor(self, name: str) -> VendorSpec:
         """The vendor's spec; :class:`ConfigError` naming the valid ones if it is not here."""
@@ -142,6 +148,7 @@ class FixedPlan:
     """Route name → the targets it writes back to."""
     ris_status: str | None = None
     overdue_check_seconds: float = 5.0
+    critical: CriticalPolicy = field(default_factory=CriticalPolicy)
     id: str = "fixed"
     shadows: frozenset[str] = frozenset()
     """The routes and vendors in shadow mode."""

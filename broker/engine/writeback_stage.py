@@ -39,10 +39,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine
 from structlog.stdlib import BoundLogger
 
+from broker.engine.critical import CriticalDesk
 from broker.engine.metrics import observe_writeback
 from broker.engine.plan import Plan, Plans
 from broker.engine.timer import Sweep
 from broker.engine.work import POLL_SECONDS, Failure, Outcome, Success, WorkEngine, utc_now
+from broker.model.critical import CRITICAL_EVENT
 from broker.model.domain import LinkState, Result, StoredOrder, Study
 from broker.model.errors import NotFoundError
 from broker.model.jobs import Job, JobState, JobStateError
@@ -112,6 +114,8 @@ class WritebackStage:
             snapshot=lambda: self.plans.current.id,
         )
         self._overdue_at: datetime | None = None
+        self.critical = CriticalDesk(engine, plans, wake=self.lanes_engine.wake, clock=clock)
+        """Critical-result cases: opened here for urgent results; its ``tick`` is a timer task."""
 
     @property
     def store(self) -> DeliveryStore:
@@ -154,7 +158,9 @@ class WritebackStage:
                 ris = plan.target(plan.ris_status) if plan.ris_status else None
                 if ris is not None:
                     new.append(self._new(result, job, ris, DeliveryKind.STATUS, "urgent_result"))
-        made = self.deliveries.create(new, now=self.clock()) if new else []
+            made = self.deliveries.create(new, now=self.clock()) if new else []
+            if result.urgent:
+                self.critical.open(result, job, plan, linked=made)
         self._start_writing_back(
             job, has_deliveries=any(d.kind is DeliveryKind.RESULT for d in made)
         )
@@ -257,6 +263,9 @@ class WritebackStage:
             route=job.route if job else None,
             verdict_links=links,
             sources=functools.partial(self._sources, job),
+            notice=self.critical.notice(d, plan)
+            if d.event == CRITICAL_EVENT and plan is not None
+            else None,
         )
 
     def _sources(self, job: Job | None) -> Sequence[str]:
@@ -298,6 +307,8 @@ class WritebackStage:
             and done.state is not DeliveryState.FAILED
         ):
             self.settle(item.job_id)
+        if item.kind is not DeliveryKind.RESULT and done.state is not DeliveryState.FAILED:
+            self.critical.delivered(done)  # a notification listed in a critical case's ledger
 
     def freed(self, lane: str) -> None:
         """A write-back ended: look at the target's next delivery."""

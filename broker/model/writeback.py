@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.model.critical import Notice
 from broker.model.domain import CodedValue, Result, StoredOrder, Study
 from broker.model.jobs import Job
 
@@ -172,3 +173,5 @@ class WritebackItem:
     """Per finding (by index), the one-click verdict links a notification carries
     (``accepted``, ``rejected``); empty when ``http.verdict_link_secret`` is not set."""
     sources: Callable[[], Sequence[str]] = no_sources
+    notice: Notice | None = None
+    """For a critical-result notification: the case, the contact, the address, the link."""

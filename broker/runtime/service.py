@@ -136,11 +136,18 @@ class Service:
             engine, self.snapshots, results=self.results.store.get, lease_seconds=lease
         )
         self.results.on_complete.append(self.writeback.schedule)
-        # The job engine's one timer: lapsed leases, due retries, released items, overdue jobs;
+        # The job engine's one timer: lapsed leases, due retries, released items, overdue jobs,
+        # critical cases' escalations;
         # and retention (purges, the free-space alarm).
         retention = RetentionTask(engine, self.context.spool, lambda: self.snapshots.settings)
         self.engine_timer = Timer(
-            [self.dispatcher.sweep, self.writeback.sweep, self.writeback.overdue, retention]
+            [
+                self.dispatcher.sweep,
+                self.writeback.sweep,
+                self.writeback.overdue,
+                self.writeback.critical.tick,
+                retention,
+            ]
         )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.engine.plan import VendorSpec
+from broker.model.critical import CHANNEL_PREFIX, Contact, CriticalPolicy
 from broker.model.deid import Deidentify
 from broker.model.errors import ConfigError
 from broker.model.logging import get_logger
@@ -92,7 +93,32 @@ def target_specs(settings: Settings) -> dict[str, TargetSpec]:
         specs[WEBHOOK_TARGET] = TargetSpec(
             WEBHOOK_TARGET, "webhook", params, hook.retries, base, cap
         )
+    for name, channel in settings.critical.channels.items():
+        params = channel.model_dump(exclude={"retries", "token"})
+        if channel.token is not None:
+            params["token"] = channel.token
+        specs[CHANNEL_PREFIX + name] = TargetSpec(
+            CHANNEL_PREFIX + name, "webhook", params, channel.retries, base, cap
+        )
     return specs
+
+
+def critical_policy(settings: Settings) -> CriticalPolicy:
+    """The ``critical`` block as the write-back stage and the critical desk use it."""
+    block = settings.critical
+    secret = block.link_secret.get_secret_value() if block.link_secret is not None else None
+    return CriticalPolicy(
+        contacts=tuple(
+            Contact(c.name, dict(c.notify), c.wait or block.escalate_after) for c in block.contacts
+        ),
+        channels={name: CHANNEL_PREFIX + name for name in block.channels},
+        acknowledge_within=block.acknowledge_within,
+        link_base=settings.http_settings().base_url() if settings.http_server_wanted() else None,
+        link_secret=secret,
+        link_valid_for=block.link_valid_for,
+        language=settings.site.language,
+        timezone=settings.site.timezone,
+    )
 
 
 def build_targets(specs: Mapping[str, TargetSpec]) -> dict[str, WritebackTarget]:
@@ -148,6 +174,7 @@ class Snapshot:
     routes_write_back: Mapping[str, tuple[str, ...]]
     policies: Mapping[str, ResultPolicy]
     view: ConfigView
+    critical_policy: CriticalPolicy
     """The settings as ``config diff`` compares and the store records them (no secrets)."""
     source: Path | None = None
     """The file it was loaded from (None: built in code)."""
@@ -179,6 +206,10 @@ class Snapshot:
     @property
     def overdue_check_seconds(self) -> float:
         return self.settings.notifications.overdue_check_seconds
+
+    @property
+    def critical(self) -> CriticalPolicy:
+        return self.critical_policy
 
     def vendor(self, name: str) -> VendorSpec:
         try:
@@ -290,6 +321,7 @@ def build_snapshot(
         routes_write_back=write_back,
         policies=result_policies(settings),
         view=config,
+        critical_policy=critical_policy(settings),
         source=source,
         draining_vendors=frozenset(draining_vendors),
         draining_targets=frozenset(draining_targets),

@@ -694,3 +694,55 @@ pseudonyms = Table(
 )
 """What radbridge replaced in studies it de-identified for vendors: each pseudonym (a keyed
 hash, not reversible) and the original value, so results can be mapped back; kept for good."""
+critical_cases = Table(
+    "critical_cases",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("result_id", Integer, nullable=False, unique=True),
+    Column("job_id", Integer),
+    Column("study_uid", UID, nullable=False),
+    Column("accession_number", String(64)),
+    Column("vendor", String(64)),
+    Column("route", String(128)),
+    Column("findings_json", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("opened_at", UTCDateTime, nullable=False),
+    Column("exam_end_at", UTCDateTime, nullable=False),
+    Column("deadline_at", UTCDateTime, nullable=False),
+    Column("level", Integer, nullable=False),
+    Column("next_escalation_at", UTCDateTime),
+    Column("overdue_at", UTCDateTime),
+    Column("acknowledged_at", UTCDateTime),
+    Column("acknowledged_by", String(160)),
+    Column("acknowledged_via", String(16)),
+    Column("acknowledged_actor", String(160)),
+    Column("note", Text),
+    Index(None, "state", "id"),
+    Index(None, "state", "next_escalation_at"),
+    Index(None, "study_uid"),
+)
+"""Critical-result cases: one per urgent result, open until a named person acknowledges it."""
+
+critical_steps = Table(
+    "critical_steps",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "case_id",
+        Integer,
+        ForeignKey("critical_cases.id", name="fk_critical_steps_case_id"),
+        nullable=False,
+    ),
+    Column("at", UTCDateTime, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("level", Integer),
+    Column("contact", String(160)),
+    Column("channel", String(64)),
+    Column("address", String(256)),
+    Column("delivery_id", Integer),
+    Column("actor", String(160)),
+    Column("detail", Text, nullable=False),
+    Index(None, "case_id", "id"),
+    Index(None, "delivery_id"),
+)
+"""A case's ledger: who was notified, when, on which channel; escalations; who acknowledged."""

@@ -15,7 +15,7 @@ from babel.messages.pofile import read_po
 
 from adapters.console.words import WORDS
 from broker import i18n
-from broker.model import domain, jobs, writeback
+from broker.model import critical, domain, jobs, writeback
 from routing import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,6 +70,9 @@ def test_every_coded_value_the_console_shows_is_marked() -> None:
         domain.Role,
         evaluate.RouteStatus,
         evaluate.Outcome,
+        critical.CaseState,
+        critical.StepKind,
+        critical.AckVia,
     ]
     values = {str(member.value) for kind in coded for member in kind}
     assert values - set(WORDS) == set()

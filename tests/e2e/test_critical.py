@@ -1,0 +1,275 @@
+"""Critical-result cases through one ``radbridge serve``: a head CT (storescu) goes to the
+harness's head-bleed product, which returns an urgent SR; radbridge opens a case, notifies
+the first contact by an SMS-gateway webhook and, with no acknowledgement, escalates to the
+second by a WeCom-robot webhook (loopback HTTP receivers record both), then flags the case
+overdue; a named person acknowledges through the REST API, the console or the signed link
+of the notification, and the ledger and the audit trail record each step.
+
+Short configured times (a one-second wait per contact and deadline) stand in for the
+hospital's 10 and 30 minutes.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+
+from adapters.dicom.synthetic import generate_study
+from adapters.harness.vendor import ResultsTarget, SimulatedVendor
+from tests.fhir_receiver import Webhook
+from tests.peers import free_port, storescu, wait_until
+from tests.service import Radbridge, base_config
+
+pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("critical")]
+
+FIRST = ("Dr. Li (neuro on call)", "13800000001")
+SECOND = ("Dr. Wang (head of radiology)", "13800000002")
+
+
+@dataclass
+class Desk:
+    rb: Radbridge
+    sms: Webhook
+    wecom: Webhook
+    http: httpx.Client
+    operator: str
+    viewer: str
+    admin: str
+    folder: Path
+
+    def study(self, n: int) -> str:
+        """Send a small head CT; its Study Instance UID."""
+        files = generate_study(
+            "ct_head",
+            self.folder / f"study{n}",
+            instances=3,
+            rows=32,
+            columns=32,
+            accession=f"ACC-CRIT-{n}",
+        )
+        storescu(files, self.rb.port, called_ae="RADBRIDGE_STAT", calling_ae="CT02")
+        return str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+
+    def get(self, path: str, token: str | None = None) -> httpx.Response:
+        return self.http.get(path, headers={"Authorization": f"Bearer {token or self.viewer}"})
+
+    def case_of(self, study_uid: str) -> dict[str, Any]:
+        """The study's critical case, once it is open."""
+
+        def found() -> dict[str, Any] | None:
+            items = self.get(f"/api/v1/critical?study_uid={study_uid}").json()["items"]
+            return items[0] if items else None
+
+        case: dict[str, Any] = wait_until(found, "the critical case opened", 60)
+        return case
+
+    def case_when(self, case_id: int, kinds: set[str], count: int = 1) -> dict[str, Any]:
+        """The case with its ledger, once it has steps of each of ``kinds`` (``count`` each)."""
+
+        def found() -> dict[str, Any] | None:
+            case = self.case(case_id)
+            had = [s["kind"] for s in case["steps"]]
+            return case if all(had.count(k) >= count for k in kinds) else None
+
+        case: dict[str, Any] = wait_until(found, f"case {case_id} has {sorted(kinds)}", 60)
+        return case
+
+    def case(self, case_id: int) -> dict[str, Any]:
+        detail: dict[str, Any] = self.get(f"/api/v1/critical/{case_id}").json()
+        return detail
+
+    def sms_for(self, accession: str) -> dict[str, Any]:
+        """The SMS gateway's body of the first contact's notification about ``accession``."""
+
+        def found() -> dict[str, Any] | None:
+            return next((b for _, b in self.sms.received if accession in b["text"]), None)
+
+        body: dict[str, Any] = wait_until(found, f"the SMS about {accession}", 30)
+        return body
+
+
+def link_of(text: str) -> str:
+    match = re.search(r"https?://\S+/console/critical/ack/\S+", text)
+    assert match, f"no acknowledgement link in {text!r}"
+    return match.group(0)
+
+
+def _config(folder: Path, vendor: SimulatedVendor, sms: Webhook, wecom: Webhook) -> dict[str, Any]:
+    config = base_config(folder, free_port())
+    config["dicom"]["ae_titles"]["RADBRIDGE_STAT"] = {"role": "ingest", "stable_seconds": 0.5}
+    config["http"] = {"listen": {"host": "127.0.0.1", "port": free_port()}}
+    config["vendors"] = {
+        "ichai": {
+            "product": "Head CT bleed triage",
+            "kind": "head-ct-bleed",
+            "transport": {
+                "type": "dicom",
+                "ae_title": vendor.ae_title,
+                "host": "127.0.0.1",
+                "port": vendor.port,
+            },
+            "results": {"quiet_seconds": 0.5},
+        }
+    }
+    config["routes"] = [
+        {
+            "name": "head-ct-bleed",
+            "when": {"modality": "CT", "body_part": {"in": ["HEAD", "BRAIN"]}},
+            "send": ["ichai"],
+            "priority": "stat",
+        }
+    ]
+    config["critical"] = {
+        "acknowledge_within": "1s",
+        "escalate_after": "1s",
+        "channels": {
+            "sms": {"url": sms.url, "template": "sms"},
+            "wecom": {"url": wecom.url, "template": "wecom"},
+        },
+        "contacts": [
+            {"name": FIRST[0], "notify": {"sms": FIRST[1]}},
+            {"name": SECOND[0], "notify": {"wecom": SECOND[1]}},
+        ],
+    }
+    return config
+
+
+@pytest.fixture(scope="module")
+def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desk]:
+    """One service, one simulated head-bleed product, two channel receivers for the module."""
+    folder = tmp_path_factory.mktemp("critical")
+    rb_port = free_port()
+    vendor = SimulatedVendor(
+        "head-ct-bleed",
+        folder / "vendor",
+        ae_title="ICHAI",
+        delay=0.1,
+        result="sr",
+        target=ResultsTarget(ae_title="RADBRIDGE_RES", port=rb_port),
+    ).start()
+    with Webhook() as sms, Webhook() as wecom:
+        config = _config(folder / "rb", vendor, sms, wecom)
+        config["dicom"]["listen"]["port"] = rb_port
+        rb = Radbridge(folder / "rb", config)
+        rb.env["RADBRIDGE_CRITICAL__LINK_SECRET"] = secrets.token_urlsafe(32)
+        try:
+            rb.start()
+            tokens = {
+                role: rb.cli("tokens", "create", "--role", role, "--name", role).stdout.strip()
+                for role in ("operator", "viewer", "admin")
+            }
+            base = f"http://127.0.0.1:{config['http']['listen']['port']}"
+            with httpx.Client(base_url=base, timeout=30) as http:
+                yield Desk(
+                    rb,
+                    sms,
+                    wecom,
+                    http,
+                    tokens["operator"],
+                    tokens["viewer"],
+                    tokens["admin"],
+                    folder,
+                )
+        finally:
+            rb.close()
+            vendor.stop()
+
+
+def _kinds(case: dict[str, Any]) -> list[str]:
+    return [s["kind"] for s in case["steps"]]
+
+
+def test_unacknowledged_case_escalates_is_red_and_closes_on_api_ack(desk: Desk) -> None:
+    """No acknowledgement: the first contact gets an SMS, the second a WeCom message, the
+    list is exhausted and the case overdue (red on the dashboard); a viewer cannot
+    acknowledge, an operator names the person and the case closes, once; the ledger and the
+    audit trail hold every step."""
+    study_uid = desk.study(1)
+    case_id = desk.case_of(study_uid)["id"]
+    case = desk.case_when(case_id, {"exhausted", "overdue", "sent"})
+    assert case["state"] == "open" and case["overdue"] is True
+    assert case["level"] == 1 and case["summary"]
+    notified = [
+        (s["contact"], s["channel"], s["address"]) for s in case["steps"] if s["kind"] == "notified"
+    ]
+    assert notified == [(FIRST[0], "sms", FIRST[1]), (SECOND[0], "wecom", SECOND[1])]
+    assert _kinds(case).index("escalated") > _kinds(case).index("notified")
+    case = desk.case_when(case_id, {"sent"}, count=2)
+    assert {s["contact"] for s in case["steps"] if s["kind"] == "sent"} == {FIRST[0], SECOND[0]}
+
+    sms = desk.sms_for("ACC-CRIT-1")
+    assert sms["to"] == FIRST[1] and "DOE" not in str(sms)
+    wecom = wait_until(lambda: [b for _, b in desk.wecom.received], "the WeCom message", 30)
+    assert wecom[0]["msgtype"] == "text" and wecom[0]["text"]["mentioned_mobile_list"] == [
+        SECOND[1]
+    ]
+
+    login = desk.http.post("/console/login", data={"token": desk.viewer, "next": "/console/"})
+    assert login.status_code in (200, 303)
+    dashboard = desk.http.get("/console/")
+    assert re.search(rf'data-case="{case_id}"[^>]*data-overdue="1"', dashboard.text)
+    assert 'class="card alarm" href="/console/critical"' in dashboard.text
+
+    headers = {"Authorization": f"Bearer {desk.viewer}"}
+    body = {"by": "Dr. Li", "note": "called the ward"}
+    refused = desk.http.post(f"/api/v1/critical/{case_id}/ack", json=body, headers=headers)
+    assert refused.status_code == 403
+    headers = {"Authorization": f"Bearer {desk.operator}"}
+    acked = desk.http.post(f"/api/v1/critical/{case_id}/ack", json=body, headers=headers)
+    assert acked.status_code == 200, acked.text
+    done = acked.json()
+    assert (done["state"], done["acknowledged_by"], done["acknowledged_via"]) == (
+        "acknowledged",
+        "Dr. Li",
+        "api",
+    )
+    assert done["minutes_to_ack"] > 0 and _kinds(done)[-1] == "acknowledged"
+    again = desk.http.post(f"/api/v1/critical/{case_id}/ack", json=body, headers=headers)
+    assert again.status_code == 409 and "Dr. Li" in again.json()["detail"]
+
+    audit = desk.get(f"/api/v1/audit?target=critical:{case_id}", desk.admin).json()["items"]
+    actions = sorted(a["action"] for a in audit)
+    assert actions == ["critical.ack", "critical.escalate", "critical.open"]
+    [ack] = [a for a in audit if a["action"] == "critical.ack"]
+    assert ack["actor"] == "token:1 (operator)" and ack["detail"]["by"] == "Dr. Li"
+    assert ack["detail"]["within_deadline"] is False
+
+
+def test_signed_link_shows_the_case_and_acknowledges_only_it(desk: Desk) -> None:
+    """The SMS's link opens the case without a login and acknowledges nothing by itself; its
+    form acknowledges that case by the person named (audited as the link's contact); an
+    altered token is refused; a second use answers that it is acknowledged already."""
+    study_uid = desk.study(2)
+    case_id = desk.case_of(study_uid)["id"]
+    link = link_of(desk.sms_for("ACC-CRIT-2")["text"])
+    path = link[link.index("/console/") :]
+    anonymous = httpx.Client(base_url=str(desk.http.base_url), timeout=30)
+    page = anonymous.get(path)
+    assert page.status_code == 200 and 'id="acknowledge"' in page.text
+    assert desk.case(case_id)["state"] == "open"
+
+    token = path.rsplit("/", 1)[1]
+    altered = path[: -len(token)] + token[:-2] + ("AA" if token[-2:] != "AA" else "BB")
+    assert anonymous.post(altered, data={"by": "Mallory"}).status_code == 403
+
+    acked = anonymous.post(path, data={"by": "Dr. Li Wei", "note": "seen"})
+    assert acked.status_code == 200 and 'id="acknowledged"' in acked.text
+    case = desk.case(case_id)
+    assert (case["state"], case["acknowledged_by"], case["acknowledged_via"]) == (
+        "acknowledged",
+        "Dr. Li Wei",
+        "link",
+    )
+    assert anonymous.post(path, data={"by": "Dr. Li Wei"}).status_code == 409
+    audit = desk.get(f"/api/v1/audit?target=critical:{case_id}&action=critical.ack", desk.admin)
+    [row] = audit.json()["items"]
+    assert row["actor"] == f"link:{FIRST[0]}" and row["detail"]["via"] == "link"
+    anonymous.close()
