@@ -1,23 +1,32 @@
 """``/api/v1/critical``: critical-result cases (open first, overdue ones flagged), one case
-with its ledger, and the acknowledgement by a named person (operators; audited as
-``critical.ack``)."""
+with its ledger, and the acknowledgement by a named person (readers and above; audited
+as ``critical.ack``)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from adapters.api.deps import Operator, RowId, State, Viewer
+from adapters.api.deps import Caller, RowId, State, Viewer, caller
 from adapters.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, encode, id_key
 from adapters.api.responses import BAD_BODY, BAD_CURSOR, NOT_FOUND, error
-from broker.model.critical import AckVia, CaseState, CaseStateError, CaseStep, CriticalCase
+from broker.model.critical import (
+    ACK_ROLE,
+    AckVia,
+    CaseState,
+    CaseStateError,
+    CaseStep,
+    CriticalCase,
+)
 from broker.model.errors import NotFoundError
 from broker.store.critical import CriticalStore
 
 router = APIRouter(prefix="/critical", tags=["critical"])
+#: Who may acknowledge: readers (radiologists, clinicians) and above.
+Acknowledger = Annotated[Caller, Depends(caller(ACK_ROLE))]
 
 
 class FindingOut(BaseModel):
@@ -181,10 +190,10 @@ def get_case(case_id: RowId, api: State, _who: Viewer) -> CaseDetail:
 @router.post(
     "/{case_id}/ack",
     response_model=CaseDetail,
-    summary="Acknowledge a case by a named person (operator)",
+    summary="Acknowledge a case by a named person (reader or above)",
     responses={**BAD_BODY, **NOT_FOUND, 409: error("The case was acknowledged already.")},
 )
-def acknowledge(case_id: RowId, body: AckRequest, api: State, who: Operator) -> CaseDetail:
+def acknowledge(case_id: RowId, body: AckRequest, api: State, who: Acknowledger) -> CaseDetail:
     """Closes the case and stops its escalation; audited as ``critical.ack``."""
     try:
         _store(api).acknowledge(

@@ -1,6 +1,6 @@
 """Critical-result cases: the list (open ones first, red past their deadline), one case with
-its ledger, and the acknowledgement by a named person, from the console (operators) or
-from the signed link of a notification (no login: the link is the permission, for its
+its ledger, and the acknowledgement by a named person, from the console (readers and above)
+or from the signed link of a notification (no login: the link is the permission, for its
 own case only; opening it only shows the case, the form's POST acknowledges).
 
 Each acknowledgement is audited (``critical.ack``; actor ``console:NAME``, or
@@ -15,9 +15,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
-from adapters.console.auth import Operator, State, peer_of, reading
+from adapters.console.auth import State, acting, peer_of, reading
 from adapters.console.views import render, translator
-from broker.model.critical import AckVia, CaseState, CaseStateError, CriticalCase
+from broker.model.critical import ACK_ROLE, AckVia, CaseState, CaseStateError, CriticalCase
 from broker.model.critical_link import AckClaim, AckLinkError, verify
 from broker.model.domain import Role
 from broker.model.errors import NotFoundError
@@ -26,6 +26,7 @@ from broker.store.users import Session
 
 router = APIRouter()
 Viewer = Annotated[Session, Depends(reading(Role.VIEWER))]
+Acknowledger = Annotated[Session, Depends(acting(ACK_ROLE))]
 PAGE = 100
 By = Annotated[str, Form(min_length=1, max_length=160)]
 Note = Annotated[str, Form(max_length=1000)]
@@ -83,6 +84,7 @@ def case(request: Request, case_id: int, console: State, who: Viewer) -> Respons
             "steps": store.steps(case_id),
             "now": datetime.now(UTC),
             "by": who.subject,
+            "can_ack": who.role.allows(ACK_ROLE),
             "action": f"{request.scope.get('root_path', '')}/critical/{case_id}/ack",
         },
     )
@@ -94,7 +96,7 @@ def acknowledge(
     case_id: int,
     *,
     console: State,
-    who: Operator,
+    who: Acknowledger,
     by: By,
     note: Note = "",
 ) -> Response:

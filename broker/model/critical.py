@@ -20,13 +20,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from broker.model.domain import CodedValue
+from broker.model.domain import CodedValue, Role
 from broker.model.errors import RadbridgeError
 
 #: The default time from the exam's end to the acknowledgement (Chinese 危急值 rules: 30 min).
 ACKNOWLEDGE_WITHIN = 30 * 60.0
 #: The default wait on each contact before the next one is notified.
 ESCALATE_AFTER = 10 * 60.0
+#: The least role that acknowledges a critical result (radiologists and clinicians: readers).
+ACK_ROLE = Role.READER
 #: The event name of a critical-result notification (a delivery's ``event``).
 CRITICAL_EVENT = "critical_result"
 #: Prefix of the write-back target that carries a notification channel (``critical.sms``).
