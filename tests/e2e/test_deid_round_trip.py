@@ -24,7 +24,7 @@ from pydicom import dcmread
 from adapters.dicom.synthetic import generate_study
 from adapters.harness.products import ProductKind, make_sr
 from adapters.harness.ris import RisListener, make_order, order_message, send_message
-from adapters.harness.vendor import ResultsTarget, SimulatedVendor
+from adapters.harness.vendor import ResultsTarget, ResultType, SimulatedVendor
 from adapters.results.sr import SourceStudy
 from broker.model.deid import SECRET_VARIABLE
 from tests.peers import Orthanc, free_port, storescu, wait_until
@@ -33,6 +33,7 @@ from tests.service import Radbridge, base_config
 pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("deid_round_trip")]
 
 PATIENT_ID, PATIENT_NAME, ACCESSION = "SH-7781", "Wang^XiaoDong=王^小东", "A2026DEID1"
+FINDINGS_TOKEN = f"cloudhttp-results-{uuid.uuid4().hex}"
 
 
 @dataclass
@@ -69,7 +70,11 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
             ae_title="CLOUDHTTP",
             http_port=puller_port,
             delay=0.2,
-            target=ResultsTarget(ae_title="RADBRIDGE_RES", port=port),
+            result=ResultType.JSON,
+            target=ResultsTarget(
+                callback_url=f"http://127.0.0.1:{http_port}/results/jobs/{{job_id}}/findings",
+                token=FINDINGS_TOKEN,
+            ),
         ) as puller,
     ):
         config = base_config(folder / "rb", port)
@@ -93,7 +98,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
                     "url": f"http://127.0.0.1:{puller_port}/jobs",
                     "send_patient": True,
                 },
-                "results": {"quiet_seconds": 0.5, "ae_titles": ["CLOUDHTTP"]},
+                "results": {"quiet_seconds": 0.5},
             },
         }
         config["http"] = {"listen": {"host": "127.0.0.1", "port": http_port}}
@@ -123,6 +128,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
         ]
         rb = Radbridge(folder / "rb", config)
         rb.env[SECRET_VARIABLE] = f"e2e-secret-{uuid.uuid4().hex}"
+        rb.env["RADBRIDGE_VENDORS__CLOUDHTTP__RESULTS__TOKEN"] = FINDINGS_TOKEN
         rb.start()
         try:
             yield Loop(rb, vendor, puller, pacs, ris, folder)
@@ -141,6 +147,7 @@ def _pacs_sr(loop: Loop, study_uid: str) -> dict[str, Any] | None:
     if not found:
         return None
     tags: dict[str, Any] = loop.pacs.get(f"/instances/{found[0]}/simplified-tags")
+    tags["_id"] = found[0]
     return tags
 
 
@@ -215,7 +222,9 @@ def test_an_http_vendor_gets_a_pseudonymous_manifest_and_pulls_deidentified_copi
     """A route's profile applies to what it sends an HTTP vendor: the manifest names the
     pseudonymous study, series, accession and patient and the profile; WADO-RS serves
     de-identified copies under those UIDs (patient characteristics kept, as the route's
-    option says); the vendor's SR lands in Orthanc under the original study and patient."""
+    option says); the vendor's JSON findings (pseudonymous study and series references)
+    become an SR in Orthanc under the original study and patient, referencing the original
+    series."""
     files = generate_study(
         "ct_chest",
         loop.folder / "chest",
@@ -248,6 +257,9 @@ def test_an_http_vendor_gets_a_pseudonymous_manifest_and_pulls_deidentified_copi
     assert {str(d.PatientSex) for d in pulled} == {str(original.PatientSex)}  # kept
     sr = wait_until(lambda: _pacs_sr(loop, study_uid), "the SR in Orthanc", timeout=60)
     assert (sr["PatientID"], sr["AccessionNumber"]) == ("SH-9001", "A2026HTTP1")
+    held = loop.pacs.request("GET", f"/instances/{sr['_id']}/file")
+    assert str(original.SeriesInstanceUID).encode() in held
+    assert not any(uid.encode() in held for uid in series | {delivered.study_uid})
 
 
 def test_a_result_referencing_uids_never_issued_is_an_orphan(loop: Loop) -> None:
