@@ -43,7 +43,7 @@ def deidentify_study(
         study_uid = study_uid or str(ds.get("StudyInstanceUID", ""))
         decision = mask_for(ds, profile)
         if isinstance(decision, str):
-            withheld.append(f"{path.name}: {decision}")
+            withheld.append(f"image {n + 1} of {len(files)}: {decision}")
             continue
         if isinstance(decision, PixelMask):
             apply_mask(ds, decision)

@@ -1,6 +1,7 @@
 """Delivery benchmark: radbridge's DICOM push against dcmtk storescu, in one run.
 
     .venv/bin/python -m tests.bench.delivery [--repeats N] [--instances N] [--bus URL]
+        [--deidentify]
 
 Generates a 200-instance chest CT (about 105 MB) into a spool indexed in a
 SQLite store, then sends it to a fresh dcmtk ``storescp`` (``+B --fork``,
@@ -10,7 +11,9 @@ TCP_NODELAY=1) each time:
 * ``transport``: :class:`adapters.vendors.dicom.DicomTransport` alone;
 * ``job``: the whole path, dispatch → bus → worker → transport → state
   ``awaiting_result``, with the latency from dispatch to the first instance
-  appearing in storescp's folder.
+  appearing in storescp's folder;
+* ``job-deid`` (``--deidentify``): the same with the vendor's ``deidentify:
+  {profile: basic}`` (copies made, pseudonyms recorded, then sent).
 
 Then the ``stat`` wait: 50 routine one-instance jobs are queued for a vendor
 with concurrency 1 and a stat job after them; the time from publishing the
@@ -38,6 +41,7 @@ from adapters.vendors.dicom import DicomPushSettings, DicomTransport
 from broker.engine.bus import Bus
 from broker.engine.dispatch import Dispatcher, JobRequest, JobWorker
 from broker.engine.plan import FixedPlan, FixedPlans, VendorSpec
+from broker.model.deid import Deidentify
 from broker.model.domain import Priority
 from broker.model.jobs import JobState
 from broker.store import JobStore, StudyStore, make_engine
@@ -90,8 +94,11 @@ def _wait(predicate: Callable[[], bool], timeout: float = 300.0, poll: float = 0
         time.sleep(poll)
 
 
-def _job_run(url: str, bus_url: str, work: Path, study_uid: str) -> tuple[float, float]:
-    """(seconds to awaiting_result, seconds to the first instance at the vendor)."""
+def _job_run(
+    url: str, bus_url: str, work: Path, study_uid: str, profile: Deidentify | None = None
+) -> tuple[float, float]:
+    """(seconds to awaiting_result, seconds to the first instance at the vendor); with
+    ``profile`` the vendor gets de-identified copies."""
     engine = make_engine(url)
     jobs = JobStore(engine)
     bus = Bus(bus_url, prefix=f"rbbench-{uuid.uuid4().hex[:8]}")
@@ -99,8 +106,15 @@ def _job_run(url: str, bus_url: str, work: Path, study_uid: str) -> tuple[float,
         vendor = f"v{uuid.uuid4().hex[:6]}"
         specs = {vendor: _spec(vendor, scp.port)}
         transports = {vendor: DicomPushSettings.from_params(vendor, specs[vendor].params)}
-        plans = FixedPlans(FixedPlan(vendors=specs, transports=transports))
-        worker = JobWorker(engine, bus, plans).start()
+        plans = FixedPlans(
+            FixedPlan(
+                vendors=specs,
+                transports=transports,
+                deidentified={vendor: profile} if profile is not None else {},
+                pseudonym_secret=f"bench-{uuid.uuid4().hex}" if profile is not None else None,
+            )
+        )
+        worker = JobWorker(engine, bus, plans, scratch=work / "scratch").start()
         try:
             started = time.perf_counter()
             [created] = Dispatcher(jobs, bus, plans).dispatch(
@@ -163,6 +177,9 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=200)
     parser.add_argument("--routine", type=int, default=50)
     parser.add_argument("--bus", default="memory://")
+    parser.add_argument(
+        "--deidentify", action="store_true", help="also the job path with the basic profile"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="radbridge-bench-delivery-") as tmp:
         work = Path(tmp)
@@ -175,6 +192,8 @@ def main() -> None:
         print(f"{datetime.now():%Y-%m-%d %H:%M}  {len(files)} instances, {size / MB:.1f} MB")
         job = _job_run(url, args.bus, work, study_uid)  # warm-up
         results: dict[str, list[float]] = {"storescu": [], "transport": [], "job": []}
+        if args.deidentify:
+            results["job-deid"] = []
         firsts: list[float] = []
         for _ in range(args.repeats):
             results["storescu"].append(
@@ -199,6 +218,9 @@ def main() -> None:
             job = _job_run(url, args.bus, work, study_uid)
             results["job"].append(job[0])
             firsts.append(job[1])
+            if args.deidentify:
+                deid = _job_run(url, args.bus, work, study_uid, Deidentify())
+                results["job-deid"].append(deid[0])
         base = statistics.median(results["storescu"])
         for name, seconds in results.items():
             median = statistics.median(seconds)
