@@ -42,6 +42,7 @@ from config.base import (
 )
 from config.contracts import Contract, ContractName, billing_terms
 from config.critical import Critical
+from config.monitoring import FinalReports
 from config.plugins import TargetBlock
 from config.targets import Notifications, TargetName, check_notifications
 from config.vendors import _KNOWN_TARGETS, _KNOWN_VENDORS, Route, Vendor, VendorName
@@ -520,6 +521,8 @@ class Settings(Strict):
     privacy: Privacy = Privacy()
     contracts: dict[ContractName, Contract] = Field(default_factory=dict)
     """How each vendor product is paid for (``config.contracts``)."""
+    final_reports: FinalReports = FinalReports()
+    """How final reports are compared with AI findings (keywords, negations)."""
 
     @model_validator(mode="wrap")
     @classmethod

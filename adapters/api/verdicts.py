@@ -1,5 +1,6 @@
 """``/api/v1/results/{id}/findings/{n}/verdict``: a radiologist's verdict on an AI finding
-(role reader or higher; audited as ``finding.verdict``), and a result's verdicts."""
+(role reader or higher; audited as ``finding.verdict``), a result's verdicts, and how its
+findings compare with the study's final report."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from fastapi import APIRouter, HTTPException
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
-from adapters.api.deps import Reader, RowId, State
+from adapters.api.deps import Reader, RowId, State, Viewer
 from adapters.api.responses import BAD_BODY, NOT_FOUND
 from broker.model.errors import NotFoundError
+from broker.model.reports import MatchBasis, ReportOutcome
 from broker.model.verdicts import FindingVerdict, Verdict, VerdictError, VerdictSource
+from broker.store.reports import ReportStore
 from broker.store.verdicts import VerdictStore
 
 router = APIRouter(tags=["verdicts"])
@@ -102,3 +105,41 @@ def list_verdicts(result_id: RowId, api: State, _who: Reader) -> list[VerdictOut
     except NotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
     return [verdict_out(v) for v in VerdictStore(api.engine).history(result_id)]
+
+
+class ReportMatchOut(BaseModel):
+    finding_index: int
+    code: str
+    outcome: ReportOutcome
+    basis: MatchBasis
+    """``coded``: a coded observation of the report decided; ``keywords``: its text."""
+    evidence: str | None
+    """The clause or observation that decided (null for viewers: report text)."""
+    report_id: int
+
+
+@router.get(
+    "/results/{result_id}/report-matches",
+    response_model=list[ReportMatchOut],
+    summary="How the result's findings compare with the study's final report",
+    responses=NOT_FOUND,
+)
+def report_matches(result_id: RowId, api: State, who: Viewer) -> list[ReportMatchOut]:
+    """Per finding: ``confirmed``, ``contradicted`` or ``not_mentioned`` by the newest final
+    report of the study; empty while no report has come."""
+    try:
+        api.results.get(result_id)
+    except NotFoundError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    found = ReportStore(api.engine).current([result_id])
+    return [
+        ReportMatchOut(
+            finding_index=n,
+            code=m.code,
+            outcome=m.outcome,
+            basis=m.basis,
+            evidence=m.evidence if who.sees_phi else None,
+            report_id=m.report_id,
+        )
+        for (_, n), m in sorted(found.items())
+    ]

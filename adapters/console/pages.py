@@ -24,6 +24,7 @@ from broker.store.jobs import JOBS
 from broker.store.listing import JobFilter, StudyFilter, VendorActivity, vendor_activity
 from broker.store.overview import count_studies, jobs_by_state, jobs_of_studies, results_of_studies
 from broker.store.pauses import LanePauses
+from broker.store.reports import ReportStore
 from broker.store.space import database_bytes, spool_bytes
 from broker.store.users import Session
 from broker.store.verdicts import VerdictStore
@@ -215,7 +216,11 @@ def studies(
 
 
 def _findings(
-    result: Any, who: Session, values: list[str], verdicts: Mapping[tuple[int, int], Any]
+    result: Any,
+    who: Session,
+    values: list[str],
+    verdicts: Mapping[tuple[int, int], Any],
+    matches: Mapping[tuple[int, int], Any],
 ) -> list[dict[str, Any]]:
     findings = result.findings
     if findings is None:
@@ -229,7 +234,7 @@ def _findings(
             "urgent": f.urgent,
             "text": scrub(f.text, who, values),
             "verdict": verdicts.get((result.id, n)),
-            "matches": [],
+            "matches": [m] if (m := matches.get((result.id, n))) is not None else [],
         }
         for n, f in enumerate(findings.findings)
     ]
@@ -255,6 +260,7 @@ def study_page(request: Request, study_uid: str, console: State, who: Viewer) ->
     orphans = console.results.list(study_uid=study_uid, orphans=True, limit=100)
     ids = [r.id for found in per_job.values() for r in found] + [r.id for r in orphans]
     verdicts = VerdictStore(console.engine).current(ids)
+    matches = ReportStore(console.engine).current(ids)
     entries = []
     for job in jobs:
         deliveries = console.deliveries.for_job(job.id, kind=None)
@@ -263,7 +269,7 @@ def study_page(request: Request, study_uid: str, console: State, who: Viewer) ->
                 "job": job,
                 "history": console.jobs.history(job.id),
                 "results": [
-                    {"result": r, "findings": _findings(r, who, values, verdicts)}
+                    {"result": r, "findings": _findings(r, who, values, verdicts, matches)}
                     for r in per_job[job.id]
                 ],
                 "deliveries": [
@@ -283,7 +289,8 @@ def study_page(request: Request, study_uid: str, console: State, who: Viewer) ->
             "entries": entries,
             "jobs": jobs,
             "orphans": [
-                {"result": r, "findings": _findings(r, who, values, verdicts)} for r in orphans
+                {"result": r, "findings": _findings(r, who, values, verdicts, matches)}
+                for r in orphans
             ],
             "scrub": lambda text: scrub(text, who, values),
         },

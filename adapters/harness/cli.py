@@ -246,9 +246,17 @@ def ris_send(
             "(default: none, ASCII)."
         ),
     ] = "",
+    report: Annotated[
+        str,
+        typer.Option(
+            help="ORU^R01, MDM^T02: the signed report's text (a line per \\n), e.g. "
+            "'颅内未见出血。' or 'No evidence of hemorrhage.'"
+        ),
+    ] = "",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the ACK.")] = 10.0,
 ) -> None:
-    """Send an order (ORM^O01, OMI^O23) or patient update (ADT) over MLLP; print the ACK.
+    """Send an order (ORM^O01, OMI^O23), a patient update (ADT) or a signed final report
+    (ORU^R01, MDM^T02) over MLLP; print the ACK.
 
     The exit code is 0 for AA/CA, 1 for any other answer or none.
     """
@@ -270,6 +278,7 @@ def ris_send(
             control=control,
             prior_patient_id=prior_patient_id,
             charset=charset,
+            report=report.replace("\\n", "\n"),
         )
     except (HarnessError, ValueError) as exc:
         err.print(str(exc), markup=False)

@@ -46,9 +46,9 @@ def msh(
     application_ack: str = "",
 ) -> str:
     """An MSH from RIS^HOSP to RADBRIDGE^HOSP (MSH-1 is the ``|`` after MSH)."""
-    structure = {"ORM^O01": "ORM_O01", "OMI^O23": "OMI_O23", "ADT^A40": "ADT_A39"}.get(
-        kind, "ADT_A01"
-    )
+    structures = {"ORM^O01": "ORM_O01", "OMI^O23": "OMI_O23", "ADT^A40": "ADT_A39"}
+    structures |= {"ORU^R01": "ORU_R01", "MDM^T02": "MDM_T02"}
+    structure = structures.get(kind, "ADT_A01")
     fields = {
         3: "RIS",
         4: "HOSP",
@@ -198,3 +198,93 @@ def sample_order(n: int = 1, **changes: object) -> Order:
     }
     values.update(changes)
     return Order(source=OrderSource.HL7, **values)  # type: ignore[arg-type]
+
+
+def report_oru_r01(
+    order: Order,
+    text: str,
+    *,
+    observations: tuple[tuple[str, str, bool], ...] = (),
+    status: str = "F",
+    version: str = "2.5.1",
+    **header: str,
+) -> str:
+    """A signed final report as a RIS sends it: ORU^R01 with the accession number in OBR-18,
+    OBR-25 the result status, one TX OBX per line of ``text``, and a coded OBX per
+    ``(system, code, present)`` observation (OBX-5 ``Y``/``N``)."""
+    obr = segment(
+        "OBR",
+        {
+            1: "1",
+            2: esc(order.placer_number),
+            3: esc(order.filler_number),
+            4: f"{esc(order.procedure_code)}^{esc(order.procedure_text)}^LOCAL",
+            18: esc(order.accession_number),
+            22: "20240301120000",
+            25: status,
+            32: "RAD001&REPORTING^RADIOLOGIST",
+        },
+    )
+    obx = [
+        segment(
+            "OBX",
+            {
+                1: str(n),
+                2: "TX",
+                3: "18782-3^Radiology Study observation^LN",
+                5: esc(line),
+                11: status,
+            },
+        )
+        for n, line in enumerate(text.splitlines() or [""], 1)
+    ]
+    first = len(obx) + 1
+    obx += [
+        segment(
+            "OBX",
+            {
+                1: str(first + i),
+                2: "CWE",
+                3: f"{esc(code)}^^{esc(system)}",
+                5: "Y" if present else "N",
+                11: status,
+            },
+        )
+        for i, (system, code, present) in enumerate(observations)
+    ]
+    segments = [msh("ORU^R01", version, **header), pid(order.patient), _orc(order, "RE", False)]
+    return "\r".join([*segments, obr, *obx]) + "\r"
+
+
+def report_mdm_t02(
+    order: Order, text: str, *, status: str = "LA", version: str = "2.5.1", **header: str
+) -> str:
+    """A signed final report as a document: MDM^T02 with TXA (TXA-14 the accession number as
+    the placer order number, TXA-17 the completion status, ``LA`` legally authenticated) and
+    the text in TX OBXs."""
+    txa = segment(
+        "TXA",
+        {
+            1: "1",
+            2: "RAD^Radiology report",
+            3: "TX",
+            12: f"DOC{next(_IDS):08d}",
+            14: esc(order.accession_number),
+            17: status,
+        },
+    )
+    obx = [
+        segment(
+            "OBX",
+            {
+                1: str(n),
+                2: "TX",
+                3: "18782-3^Radiology Study observation^LN",
+                5: esc(line),
+                11: "F",
+            },
+        )
+        for n, line in enumerate(text.splitlines() or [""], 1)
+    ]
+    segments = [msh("MDM^T02", version, **header), "EVN|T02|20240301120000", pid(order.patient)]
+    return "\r".join([*segments, "PV1|1|O", txa, *obx]) + "\r"

@@ -34,7 +34,8 @@ from broker.model.errors import Hl7RejectedError
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 #: Message kinds :func:`order_message` writes.
-MESSAGE_KINDS = ("ORM^O01", "OMI^O23", "ADT^A01", "ADT^A04", "ADT^A08", "ADT^A40")
+ORDER_KINDS = ("ORM^O01", "OMI^O23", "ADT^A01", "ADT^A04", "ADT^A08", "ADT^A40")
+MESSAGE_KINDS: tuple[str, ...] = (*ORDER_KINDS, "ORU^R01", "MDM^T02")
 
 
 class Answer(enum.StrEnum):
@@ -97,12 +98,14 @@ def order_message(
     control: str = "NW",
     prior_patient_id: str | None = None,
     charset: str = "",
+    report: str = "",
 ) -> str:
     """The HL7 text of ``kind`` (one of :data:`MESSAGE_KINDS`) for ``order`` (or its patient).
 
     ``control`` is ORC-1 (``NW`` new, ``CA`` cancel, ``XO`` change…);
     ``prior_patient_id`` is the patient merged away by an A40; ``charset`` is
-    MSH-18 (the sender encodes the message with it).
+    MSH-18 (the sender encodes the message with it); ``report`` the text of a signed final
+    report (ORU^R01, MDM^T02), one OBX per line.
     """
     if kind == "ORM^O01":
         return hl7_messages.orm_o01(order, control=control, charset=charset)
@@ -110,6 +113,10 @@ def order_message(
         return hl7_messages.omi_o23(order, control=control, charset=charset)
     if kind in ("ADT^A01", "ADT^A04", "ADT^A08"):
         return hl7_messages.adt(kind.split("^")[1], order.patient, charset=charset)
+    if kind == "ORU^R01":
+        return hl7_messages.report_oru_r01(order, report, charset=charset)
+    if kind == "MDM^T02":
+        return hl7_messages.report_mdm_t02(order, report, charset=charset)
     if kind == "ADT^A40":
         if not prior_patient_id:
             raise HarnessError("ADT^A40 needs the prior patient ID (--prior-patient-id)")

@@ -20,6 +20,7 @@ from adapters.tls import server_context
 from broker.model.errors import AdapterError, Hl7Error
 from broker.model.logging import get_logger
 from broker.runtime.edges import Edge, ServiceContext
+from broker.runtime.reports import FinalReportIntake, matcher_of
 from broker.store.orders import OrderStore
 
 LOG = get_logger("radbridge.hl7")
@@ -51,11 +52,13 @@ class Hl7Edge(Edge):
             codec_for("", hl7.default_charset)
         except (LookupError, Hl7Error) as exc:
             raise AdapterError(f"hl7.default_charset: {exc}") from exc
+        snapshots = context.snapshots
         handler = MessageHandler(
             OrderStore(context.engine),
             application=hl7.application,
             facility=hl7.facility,
             default_charset=hl7.default_charset,
+            reports=FinalReportIntake(context.engine, matcher_of(snapshots or context)),
         )
         server = MllpServer(
             handler,

@@ -34,10 +34,12 @@ from adapters.hl7.mapping import (
     UnusableMessageError,
     event_from_message,
 )
-from adapters.hl7.parse import Header, Hl7ParseError, parse, read_header
+from adapters.hl7.parse import Header, Hl7Message, Hl7ParseError, parse, read_header
+from adapters.hl7.reports import REPORT_EVENTS, report_from_message
 from broker.model.domain import InboundMessage, Order, OrderOutcome, OrderSource, Patient
 from broker.model.identity import ConflictKind, ConflictReason, IdentityConflictError
 from broker.model.logging import get_logger
+from broker.model.reports import FinalReport
 
 LOG = get_logger("radbridge.hl7")
 
@@ -58,6 +60,14 @@ class OrderSink(Protocol):
     def record_message(self, message: InboundMessage, *, error: str) -> int: ...
 
 
+class ReportSink(Protocol):
+    """Where final reports go (:class:`broker.runtime.reports.FinalReportIntake` has it)."""
+
+    def record_report(self, report: FinalReport, message: InboundMessage) -> str | None:
+        """Store the report verbatim and compare it; a problem to answer AE with, or None."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Handled:
     """What became of one message: the outcome, why, and the bytes to answer (None: no answer)."""
@@ -73,9 +83,16 @@ class MessageHandler:
     """Parse, map, store and acknowledge HL7 messages for one listener."""
 
     def __init__(
-        self, sink: OrderSink, *, application: str, facility: str, default_charset: str
+        self,
+        sink: OrderSink,
+        *,
+        application: str,
+        facility: str,
+        default_charset: str,
+        reports: ReportSink | None = None,
     ) -> None:
         self.sink = sink
+        self.reports = reports
         self.application = application
         self.facility = facility
         self.default_charset = default_charset
@@ -101,6 +118,8 @@ class MessageHandler:
             control_id=header.control_id[:64] or None,
             sender=f"hl7:{header.sending_application_raw}^{header.sending_facility_raw}"[:160],
         )
+        if self.reports is not None and header.kind in REPORT_EVENTS:
+            return self._report(message, header, inbound, peer)
         try:
             event = event_from_message(message)
         except UnusableMessageError as exc:
@@ -117,6 +136,30 @@ class MessageHandler:
             return self._answer(header, AckCode.AE, identity_problem(exc), peer, claimed)
         except Exception as exc:
             return self._answer(header, AckCode.AE, self._storage_failed(exc, header), peer)
+        return self._answer(header, AckCode.AA, None, peer)
+
+    def _report(
+        self, message: Hl7Message, header: Header, inbound: InboundMessage, peer: str
+    ) -> Handled:
+        """A final report: stored verbatim and compared with the study's AI findings, then
+        AA; AE when it names no accession number or another patient than the study's."""
+        assert self.reports is not None
+        try:
+            report = report_from_message(message)
+        except UnusableMessageError as exc:
+            problem = exc.problem
+            try:
+                self.sink.record_message(inbound, error=problem.text)
+            except Exception as store_exc:
+                problem = self._storage_failed(store_exc, header)
+            return self._answer(header, AckCode.AE, problem, peer)
+        try:
+            refused = self.reports.record_report(report, inbound)
+        except Exception as exc:
+            return self._answer(header, AckCode.AE, self._storage_failed(exc, header), peer)
+        if refused is not None:
+            problem = Problem(ErrorCode.DUPLICATE_KEY_IDENTIFIER, refused, "PID", 1, 3)
+            return self._answer(header, AckCode.AE, problem, peer)
         return self._answer(header, AckCode.AA, None, peer)
 
     def handle_oversized(self, head: bytes, size: int, limit: int, peer: str) -> Handled:

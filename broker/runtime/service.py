@@ -23,6 +23,7 @@ from broker.model.version import VERSION
 from broker.runtime.billing import Accounting
 from broker.runtime.edges import Edge, ServiceContext, available
 from broker.runtime.reload import Reloader
+from broker.runtime.reports import FinalReportIntake, matcher_of
 from broker.runtime.results import ResultTimer
 from broker.runtime.retention import RetentionTask
 from broker.runtime.routing_stage import RoutingStage
@@ -136,6 +137,8 @@ class Service:
             engine, self.snapshots, results=self.results.store.get, lease_seconds=lease
         )
         self.results.on_complete.append(self.writeback.schedule)
+        reports = FinalReportIntake(engine, matcher_of(self.snapshots))
+        self.results.on_complete.append(reports.result_complete)
         # The job engine's one timer: lapsed leases, due retries, released items, overdue jobs,
         # critical cases' escalations;
         # and retention (purges, the free-space alarm).

@@ -4,15 +4,17 @@ JSON findings on the results callback; an operator pauses one for maintenance (C
 console) and its jobs wait while the other vendor's go out, then resume sends them; a
 radiologist gives verdicts on findings from the API, from the console in Chromium
 (Playwright) and from the signed one-click link an urgent notification carries (a loopback
-webhook receiver)."""
+webhook receiver); the harness RIS sends signed final reports (ORU^R01, MDM^T02; Chinese and
+English, with negations) over MLLP and each finding is compared with them."""
 
 from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,9 @@ import pydicom
 import pytest
 
 from adapters.dicom.synthetic import generate_study
+from adapters.harness.hl7_messages import report_mdm_t02, report_oru_r01, sample_order
+from adapters.harness.ris import send_message
+from broker.model.domain import Order, Patient
 from tests.e2e.test_console import PASSWORDS, VIEWPORT, ensure_chromium
 from tests.fhir_receiver import Webhook
 from tests.peers import StoreSCP, free_port, storescu, wait_until
@@ -31,6 +36,8 @@ pytestmark = pytest.mark.timeout(240)
 
 RESULTS_TOKENS = {v: f"{v}-results-token-0123456789" for v in ("lungai", "ichai")}
 LINK_SECRET = "verdict-link-secret-0123456789abcdef"
+#: The patient of ``generate_study``'s studies.
+PATIENT = Patient("PAT0001", None, "DOE^JANE", "19700101", "F")
 ICH = {"system": "SCT", "value": "1386000", "meaning": "Intracranial hemorrhage"}
 FRACTURE = {"system": "SCT", "value": "71642004", "meaning": "Fracture of skull"}
 
@@ -54,6 +61,20 @@ class Site:
         """The study's jobs by vendor (``GET /api/v1/jobs``)."""
         items = self.api("GET", "/jobs", params={"study_uid": study_uid}).json()["items"]
         return {j["vendor"]: j for j in items}
+
+    def order(self, n: int, **changes: Any) -> Order:
+        """The RIS's order of study ``n`` (its accession number is the study's)."""
+        values: dict[str, Any] = {"patient": PATIENT, "accession_number": f"ACC-MON-{n}"}
+        return sample_order(n, **(values | changes))
+
+    def report(self, message: str) -> str:
+        """The RIS sends a report over MLLP; the acknowledgment code."""
+        port = int(self.rb.config["hl7"]["listen"]["port"])
+        return send_message("127.0.0.1", port, message).code.value
+
+    def matches(self, result_id: int) -> list[tuple[str, str]]:
+        found = self.api("GET", f"/results/{result_id}/report-matches").json()
+        return [(m["code"], m["outcome"]) for m in found]
 
     def head_ct(self, n: int) -> tuple[list[Path], str]:
         files = generate_study(
@@ -120,6 +141,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         config = base_config(folder / "rb", free_port())
         config["site"] = {"name": "Monitoring Test Hospital", "timezone": "Asia/Shanghai"}
         config["http"] = {"listen": {"host": "127.0.0.1", "port": http_port}}
+        config["hl7"] = {"listen": {"host": "127.0.0.1", "port": free_port()}}
+        config["final_reports"] = {
+            "keywords": {
+                "SCT:1386000": ["颅内出血", "出血", "intracranial hemorrhage", "hemorrhage"],
+                "SCT:71642004": ["颅骨骨折", "骨折", "skull fracture", "fracture"],
+            }
+        }
         config["vendors"] = {
             name: {
                 "product": product,
@@ -333,3 +361,53 @@ def test_a_reader_gives_a_verdict_in_the_console(site: Site) -> None:
     assert [(v["verdict"], v["actor"], v["source"]) for v in history] == [
         ("rejected", "console:rad", "console")
     ]
+
+
+def test_final_reports_confirm_or_contradict_each_finding(site: Site) -> None:
+    """The RIS's signed reports over MLLP, acknowledged AA once stored (verbatim): a Chinese
+    ORU^R01 confirms lungai's bleed and its absent fracture and contradicts ichai's "no
+    bleed"; an English MDM^T02 with negations contradicts a bleed; a report that comes
+    before the result is compared when the result completes; a report naming another
+    patient is AE and compared with nothing; the study page shows each outcome."""
+    _, study_uid = site.head_ct(4)
+    lungai = site.answer(
+        study_uid,
+        "lungai",
+        [{"code": ICH, "present": True, "score": 0.9}, {"code": FRACTURE, "present": False}],
+    )
+    ichai = site.answer(study_uid, "ichai", [{"code": ICH, "present": False, "score": 0.2}])
+    chinese = report_oru_r01(site.order(4), "右侧颞叶见片状高密度出血，约4ml。\n未见颅骨骨折。")
+    assert site.report(chinese) == "AA"
+    assert site.matches(lungai) == [("SCT:1386000", "confirmed"), ("SCT:71642004", "confirmed")]
+    assert site.matches(ichai) == [("SCT:1386000", "contradicted")]
+
+    # Study 2 (lungai: bleed present, fracture absent) read in English, as a document.
+    [earlier] = site.api("GET", "/results", params={"vendor": "lungai"}).json()["items"][1:2]
+    english = report_mdm_t02(
+        site.order(2), "No evidence of intracranial hemorrhage.\nNo skull fracture."
+    )
+    assert site.report(english) == "AA"
+    assert site.matches(earlier["id"]) == [
+        ("SCT:1386000", "contradicted"),
+        ("SCT:71642004", "confirmed"),
+    ]
+
+    # The report first, the result after.
+    _, study_uid = site.head_ct(5)
+    assert site.report(report_oru_r01(site.order(5), "Small acute hemorrhage, left.")) == "AA"
+    later = site.answer(study_uid, "ichai", [{"code": ICH, "present": True, "score": 0.8}])
+    wait_until(lambda: site.matches(later) == [("SCT:1386000", "confirmed")], "compared later")
+
+    other = Patient("SOMEONE-ELSE", None, "ROE^RICHARD", "19500101", "M")
+    assert site.report(report_oru_r01(site.order(4, patient=other), "出血")) == "AE"
+    assert site.matches(ichai) == [("SCT:1386000", "contradicted")]
+
+    with _console(site) as console:
+        page = console.get(f"/studies/{earlier['study_uid']}").text
+        assert page.count('data-match="contradicted"') == 1
+        assert page.count('data-match="confirmed"') == 1
+
+    database = site.rb.config["storage"]["database"].removeprefix("sqlite:///")
+    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+        kept = [bytes(r[0]) for r in conn.execute("SELECT raw FROM final_reports ORDER BY id")]
+    assert kept[0] == chinese.encode() and len(kept) == 4

@@ -17,6 +17,7 @@ from adapters.hl7 import charsets
 from adapters.hl7.ack import AckCode, ErrorCode
 from adapters.hl7.mapping import ORDER_CONTROL, ORDER_STATUS, SUPPORTED_EVENTS, SUPPORTED_VERSIONS
 from adapters.hl7.oru import CHARSETS
+from adapters.hl7.reports import REPORT_EVENTS
 from config.schema import Dicom
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,10 +80,11 @@ def test_dicom_configuration_defaults_are_the_settings_defaults() -> None:
 
 
 def test_hl7_messages_accepted_are_those_the_handler_maps() -> None:
-    """The messages-accepted table lists exactly the message types the mapping dispatches,
-    and the versions read are the supported range."""
+    """The messages-accepted table lists exactly the message types the handler dispatches
+    (orders and patients by the mapping, final reports by the report reader), and the
+    versions read are the supported range."""
     rows = table(HL7_DOC, "Messages accepted")
-    assert [message for message, _ in rows] == list(SUPPORTED_EVENTS)
+    assert [message for message, _ in rows] == [*SUPPORTED_EVENTS, *REPORT_EVENTS]
     low, high = (".".join(map(str, v)) for v in SUPPORTED_VERSIONS)
     assert f"MSH-12 from {low} to {high}" in HL7_DOC.read_text(encoding="utf-8")
 
