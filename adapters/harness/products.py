@@ -247,10 +247,34 @@ def findings_for(kind: ProductKind, source: SourceStudy) -> domain.Findings:
 
 
 def make_sr(
-    kind: ProductKind, source: SourceStudy, *, result_id: str, study_uid: str | None = None
+    kind: ProductKind,
+    source: SourceStudy,
+    *,
+    result_id: str,
+    study_uid: str | None = None,
+    images: list[Dataset] | None = None,
 ) -> Dataset:
-    """The product's Comprehensive SR (TID 1500) in ``source``'s study (or in ``study_uid``)."""
+    """The product's Comprehensive SR (TID 1500) in ``source``'s study (or in ``study_uid``).
+
+    With the received ``images``, the first finding's group also outlines it on the key
+    instance: an Image Region (DCM 111030), a CIRCLE of a tenth of the image around its
+    centre, as products that mark what they found do.
+    """
     sr = findings_to_sr(findings_for(kind, source), source, result_id=result_id)
+    key = key_instance(source)
+    ref = next((ds for ds in images or [] if str(ds.SOPInstanceUID) == key.sop_instance_uid), None)
+    if ref is not None:
+        rows, columns = int(ref.Rows), int(ref.Columns)
+        centre = (columns / 2, rows / 2)
+        radius = max(min(rows, columns) / 10, 2.0)
+        region = hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.CIRCLE,
+            graphic_data=np.array([centre, (centre[0] + radius, centre[1])]),
+            source_image=hd.sr.SourceImageForRegion(key.sop_class_uid, key.sop_instance_uid),
+        )
+        report = sr.ContentSequence
+        groups = next(i for i in report if i.ConceptNameCodeSequence[0].CodeValue == "126010")
+        groups.ContentSequence[0].ContentSequence.append(region)
     if study_uid is not None:
         sr.StudyInstanceUID = study_uid
     return sr
@@ -342,9 +366,10 @@ def make_sc(
     grey = ((pixels - low) / max(high - low, 1.0) * 255).astype(np.uint8)
     rgb = np.stack([grey, grey, grey], axis=-1)
     rows, columns = grey.shape
-    outer, inner = _disk(rows, columns), np.zeros_like(grey, dtype=bool)
-    inner[1:-1, 1:-1] = _disk(rows - 2, columns - 2)
-    rgb[outer & ~inner] = (255, 0, 0)
+    y, x = np.mgrid[0:rows, 0:columns]
+    radius = max(min(rows, columns) // 10, 2)
+    distance = np.hypot(y - rows // 2, x - columns // 2)
+    rgb[(distance <= radius + 1) & (distance >= radius - 1)] = (255, 0, 0)  # a 2-3 pixel ring
     orientation = ref.get("PatientOrientation") or ["L", "P"]
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=ref,

@@ -419,6 +419,7 @@ class SimulatedVendor:
         result_study = wrong or study_uid
         try:
             pixels = self.result in (ResultType.SEG, ResultType.SC)
+            # the SR's image region needs the key image's size: headers are enough
             datasets: list[Dataset] = [dcmread(p, stop_before_pixels=not pixels) for p in paths]
             source = SourceStudy.from_datasets(datasets)
         except (OSError, InvalidDicomError, ResultError) as exc:
@@ -485,7 +486,7 @@ class SimulatedVendor:
         if self.result is ResultType.SC:
             return make_sc(self.product, source, datasets, study_uid=wrong)
         result_id = f"harness/{self.product.value}/{job_id or uuid.uuid4().hex}"
-        return make_sr(self.product, source, result_id=result_id, study_uid=wrong)
+        return make_sr(self.product, source, result_id=result_id, study_uid=wrong, images=datasets)
 
     def _post_findings(
         self, source: SourceStudy, study_uid: str, result_study: str, job_id: str | None

@@ -1,7 +1,8 @@
 """Renderings for PACS that cannot show SR or SEG, through one ``radbridge serve``: the harness's
 four vendor result kinds (SR, SEG, SC by C-STORE; JSON findings over the HTTP API) are written
 back to Orthanc with ``render: [sc_summary, kos, seg_overlay, pdf]`` in the site's language
-(zh_CN), to the RIS with the PDF in the ORU, and to a FHIR receiver as a DocumentReference.
+(zh_CN) and, by a second target, only an English summary page (``originals: false``); to the
+RIS with the PDF in the ORU, and to a FHIR receiver as a DocumentReference.
 Every rendered object passes dciodvfy, Orthanc previews the images and serves the PDF, and the
 Chinese text is really drawn (ink where PDFium puts each Chinese character of the page)."""
 
@@ -42,6 +43,7 @@ VENDORS = {
     "brain": ("head-ct-bleed", "json", "Head CT Bleed Triage"),
 }
 SUMMARY, KOS, OVERLAY, PDF = 910, 911, 912, 913
+ZH_SUMMARY = "AI结果摘要（仅供审阅）："
 
 
 def _scenario(fhir_url: str) -> Scenario:
@@ -71,6 +73,15 @@ def _scenario(fhir_url: str) -> Scenario:
                         "port": "${pacs.dicom_port}",
                         "render": ["sc_summary", "kos", "seg_overlay", "pdf"],
                     },
+                    "pacs_en": {
+                        "type": "dicom",
+                        "ae_title": "ORTHANC",
+                        "host": LOOPBACK,
+                        "port": "${pacs.dicom_port}",
+                        "render": ["sc_summary"],
+                        "originals": False,
+                        "language": "en",
+                    },
                     "ris": {
                         "type": "hl7",
                         "host": LOOPBACK,
@@ -84,7 +95,7 @@ def _scenario(fhir_url: str) -> Scenario:
                         "name": "chest-ct-all",
                         "when": {"modality": "CT"},
                         "send": list(VENDORS),
-                        "write_back": ["pacs", "ris", "emr"],
+                        "write_back": ["pacs", "pacs_en", "ris", "emr"],
                     }
                 ],
                 "delivery": {"backoff_base_seconds": 0.2, "backoff_cap_seconds": 0.5},
@@ -145,6 +156,15 @@ class Written:
             and product in i["Series"].get("SeriesDescription", "")
         ]
 
+    def chinese_page(self, product: str) -> dict[str, Any]:
+        """The one summary page in Chinese (the ``pacs`` target's) made for ``product``."""
+        [page] = [
+            p
+            for p in self.rendered(SUMMARY, product)
+            if p["Series"]["SeriesDescription"].startswith(ZH_SUMMARY)
+        ]
+        return page
+
     def file(self, instance: dict[str, Any]) -> Path:
         path = self.folder / f"{instance['ID']}.dcm"
         if not path.exists():
@@ -203,10 +223,7 @@ def test_each_result_kind_gets_every_rendering_in_the_pacs(written: Written) -> 
     modalities = {i["Series"].get("Modality") for i in held}
     assert {"SR", "SEG"} <= modalities  # the originals are stored too (originals: true)
     for name, (_kind, result, product) in VENDORS.items():
-        [page] = written.rendered(SUMMARY, product)
-        assert written.rendered(SUMMARY, product)[0]["Series"]["SeriesDescription"].startswith(
-            "AI结果摘要"
-        ), name
+        page = written.chinese_page(product)
         assert len(written.rendered(KOS, product)) == 1, name
         assert len(written.rendered(PDF, product)) == 1, name
         overlays = written.rendered(OVERLAY, product)
@@ -220,6 +237,39 @@ def test_each_result_kind_gets_every_rendering_in_the_pacs(written: Written) -> 
         assert ds.AccessionNumber == "ACC7001"
 
 
+def test_a_target_without_originals_stores_only_its_renderings_in_its_own_language(
+    written: Written,
+) -> None:
+    """The ``pacs_en`` target (``render: [sc_summary]``, ``originals: false``,
+    ``language: en``) stored one English summary page per result and none of the result's
+    own objects, as each of its deliveries says."""
+    for _kind, _result, product in VENDORS.values():
+        pages = written.rendered(SUMMARY, product)
+        described = sorted(p["Series"]["SeriesDescription"] for p in pages)
+        assert described == [
+            f"AI summary, for review: {product}",
+            f"{ZH_SUMMARY}{product}",
+        ]
+    done = written.world.deliveries().list(target="pacs_en")
+    assert len(done) == 4
+    assert all(d.detail and "0 original and 1 rendered object(s)" in d.detail for d in done)
+
+
+def test_the_key_images_carry_the_marks_the_result_gives(written: Written) -> None:
+    """On the summary page the key image shows the result's marks in colour: the SR's image
+    region (a circle), the SEG's outline and fill, the vendor SC's own circle; JSON findings
+    give no coordinates, so their key image is plain grey."""
+    for _kind, result, product in VENDORS.values():
+        page = written.chinese_page(product)
+        pixels = pydicom.dcmread(written.file(page)).pixel_array.astype(int)
+        below = pixels[pixels.shape[0] * 3 // 10 :]  # the key images; the red statement is above
+        marked = below[..., 0] - below[..., 1:].max(axis=-1) > 60  # reddish: the marks' colour
+        if result == "json":
+            assert marked.sum() == 0, product
+        else:
+            assert marked.sum() > 200, product
+
+
 def test_every_rendered_object_passes_dciodvfy_and_orthanc_previews_the_images(
     written: Written,
 ) -> None:
@@ -230,7 +280,7 @@ def test_every_rendered_object_passes_dciodvfy_and_orthanc_previews_the_images(
         for i in written.instances()
         if int(i["Series"].get("SeriesNumber", 0)) in (SUMMARY, KOS, OVERLAY, PDF)
     ]
-    assert len(rendered) == 4 * 3 + 2
+    assert len(rendered) == 4 * 4 + 2  # page (zh_CN, en), KOS, PDF per result; 2 overlays
     for instance in rendered:
         path = written.file(instance)
         done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
@@ -267,7 +317,7 @@ def test_the_summary_page_shows_the_chinese_text_in_the_pdf_and_on_the_sc(
         text = _pdf_text(pdf)
         assert TITLE in text and STATEMENT in text.replace("\r\n", "").replace("\n", "")
         assert product in text and "PAT0001" in text
-        [page] = written.rendered(SUMMARY, product)
+        page = written.chinese_page(product)
         pixels = pydicom.dcmread(written.file(page)).pixel_array
         first = pdfium.PdfDocument(pdf)[0]
         scale = pixels.shape[1] / first.get_width()

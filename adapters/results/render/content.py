@@ -11,7 +11,8 @@ Key images come from every kind of result:
 - a SEG: per segment, the referenced image where the segment is largest,
   with every segment of that image drawn on it (read with highdicom);
 - findings (JSON, or read from the vendor's SR): the images the findings
-  reference; without coordinates in the findings they carry no marks;
+  reference, with the spatial coordinates (SCOORD) the vendor's SR gives on
+  them drawn (:func:`regions`); JSON findings carry no coordinates;
 - a secondary capture from the vendor: the vendor's image itself (its marks
   are burned in), and the image it was made from (Source Image Sequence) as
   the key image of the original study.
@@ -29,9 +30,10 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from adapters.results.render import words
-from adapters.results.render.marks import Mask, Rgb, display_rgb, draw_mask
+from adapters.results.render.marks import Mask, Rgb, display_rgb, draw_graphic, draw_mask
 from broker.model.domain import AlgorithmInfo, Finding, Result
 from broker.model.errors import ResultError
+from broker.runtime.results import SR_CLASSES
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 #: Secondary capture storage classes (single and multi-frame).
@@ -106,6 +108,36 @@ class Content:
                     rgb = draw_mask(rgb, mask, number)
                 out.append(Overlay(self.headers[uid], rgb, labels))
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A spatial coordinate of an SR on one image: SCOORD Graphic Type and Graphic Data."""
+
+    graphic_type: str
+    points: tuple[float, ...]
+
+
+def regions(sr: Dataset) -> dict[str, list[Region]]:
+    """The SCOORD items of an SR's content tree by the SOP Instance UID they are selected
+    from (the IMAGE item under each, PS3.3 C.18.6)."""
+    found: dict[str, list[Region]] = {}
+
+    def walk(items: Sequence[Dataset], depth: int) -> None:
+        for item in items:
+            if item.get("ValueType") == "SCOORD" and "GraphicData" in item:
+                region = Region(
+                    str(item.get("GraphicType", "")), tuple(float(v) for v in item.GraphicData)
+                )
+                for child in item.get("ContentSequence", []):
+                    for ref in child.get("ReferencedSOPSequence", []):
+                        uid = str(ref.get("ReferencedSOPInstanceUID", ""))
+                        found.setdefault(uid, []).append(region)
+            if depth < 32:
+                walk(item.get("ContentSequence", []), depth + 1)
+
+    walk(sr.get("ContentSequence", []), 0)
+    return found
 
 
 def _read(path: str, *, pixels: bool = False) -> Dataset:
@@ -191,16 +223,27 @@ def read_content(result: Result, source_paths: Sequence[str], tr: Translate) -> 
             content.key_images.append(KeyImage(display_rgb(full), tr(words.VENDOR_IMAGE), source))
             if source is not None:
                 shown.add(str(source.SOPInstanceUID))
+    marks: dict[str, list[Region]] = {}
+    for obj, header in objects:
+        if obj.sop_class_uid in SR_CLASSES:
+            for uid, found in regions(header).items():
+                marks.setdefault(uid, []).extend(found)
+    captions: dict[str, str] = {}
     for number, finding in enumerate(content.findings, 1):
         for ref in finding.references:
-            found = ref.sop_instance_uid
-            if found is None or found not in headers or found in shown:
-                continue
-            shown.add(found)
-            caption = f"{tr(words.FINDING)} {number}: {finding.code.meaning}"
-            content.key_images.append(
-                KeyImage(display_rgb(content.image(found)), caption, headers[found])
-            )
+            if ref.sop_instance_uid is not None:
+                caption = f"{tr(words.FINDING)} {number}: {finding.code.meaning}"
+                captions.setdefault(ref.sop_instance_uid, caption)
+    for uid in marks:
+        captions.setdefault(uid, tr(words.IMAGE))
+    for uid, caption in captions.items():
+        if uid not in headers or uid in shown:
+            continue
+        shown.add(uid)
+        rgb = display_rgb(content.image(uid))
+        for number, region in enumerate(marks.get(uid, ()), 1):
+            rgb = draw_graphic(rgb, region.graphic_type, region.points, number)
+        content.key_images.append(KeyImage(rgb, caption, headers[uid]))
     del content.key_images[MAX_KEY_IMAGES:]
     return content
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,6 +45,28 @@ def created_at(result: Result) -> datetime:
     return moment.astimezone().replace(tzinfo=None)
 
 
+#: Summary PDFs made lately, by (result key, result updated, language): the targets of one
+#: result (PACS, RIS, EMR) each ask for the same page within seconds.
+_PDFS: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
+_PDFS_KEPT = 16
+_PDFS_LOCK = threading.Lock()
+
+
+def _cached_pdf(key: tuple[str, str, str]) -> bytes | None:
+    with _PDFS_LOCK:
+        pdf = _PDFS.get(key)
+        if pdf is not None:
+            _PDFS.move_to_end(key)
+        return pdf
+
+
+def _keep_pdf(key: tuple[str, str, str], pdf: bytes) -> None:
+    with _PDFS_LOCK:
+        _PDFS[key] = pdf
+        while len(_PDFS) > _PDFS_KEPT:
+            _PDFS.popitem(last=False)
+
+
 def render(
     result: Result,
     sources: Sequence[str],
@@ -53,21 +77,30 @@ def render(
 ) -> Rendered:
     """Make ``kinds`` of ``result`` from the study images at ``sources`` (spool paths).
 
-    ``dicom`` false: only the PDF bytes are made (``pdf`` for HL7 and FHIR).
+    ``dicom`` false: only the PDF bytes are made (``pdf`` for HL7 and FHIR); a PDF made
+    for another target of the same result a moment ago is used again.
     Raises :class:`broker.model.errors.ResultError` when the sources cannot be read.
     """
     lang = language or "en"
+    key = result_key(result)
+    cache_key = (key, result.updated_at.isoformat(), lang)
+    wanted = set(kinds)
+    out = Rendered()
+    if not dicom:
+        out.pdf = _cached_pdf(cache_key) if wanted & PAGED else None
+        if out.pdf is not None or not wanted & PAGED:
+            return out
     tr: Callable[[str], str] = translator(lang)
     content = read_content(result, sources, tr)
-    key = result_key(result)
     created = created_at(result)
-    out = Rendered()
-    wanted = set(kinds)
     if wanted & PAGED:
-        footer = f"radbridge · result {result.id}" + (
-            f" · job {result.job_id}" if result.job_id is not None else ""
-        )
-        out.pdf = summary_pdf(content, lang, created=created, footer=footer)
+        out.pdf = _cached_pdf(cache_key)
+        if out.pdf is None:
+            footer = f"radbridge · result {result.id}" + (
+                f" · job {result.job_id}" if result.job_id is not None else ""
+            )
+            out.pdf = summary_pdf(content, lang, created=created, footer=footer)
+            _keep_pdf(cache_key, out.pdf)
     if not dicom:
         return out
     for kind in kinds:

@@ -1,16 +1,20 @@
-"""Images for people: stored pixels to 8-bit RGB, and a segmentation's marks drawn on them.
+"""Images for people: stored pixels to 8-bit RGB, and the result's marks drawn on them.
 
-Pure numpy (no I/O). :func:`display_rgb` applies the modality and VOI LUTs of
-the image (its window, for a CT) as a viewer would; :func:`draw_mask` fills a
-region translucently and draws its outline opaque, so the anatomy under it
-stays readable.
+numpy and Pillow, no I/O. :func:`display_rgb` applies the modality and VOI
+LUTs of the image (its window, for a CT) as a viewer would; :func:`draw_mask`
+fills a segment translucently and draws its outline opaque, so the anatomy
+under it stays readable; :func:`draw_graphic` draws an SR's spatial
+coordinates (point, polyline, circle, ellipse).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut, convert_color_space
 
@@ -78,4 +82,46 @@ def draw_mask(rgb: Rgb, mask: Mask, number: int, alpha: float = 0.3) -> Rgb:
     out[mask] = out[mask] * (1 - alpha) + tint * alpha
     out[outline(mask)] = tint
     drawn: Rgb = out.clip(0, 255).astype(np.uint8)
+    return drawn
+
+
+def draw_graphic(rgb: Rgb, graphic_type: str, points: Sequence[float], number: int) -> Rgb:
+    """``rgb`` with an SR spatial coordinate drawn on it in finding ``number``'s colour.
+
+    ``points`` are DICOM SCOORD Graphic Data (column, row pairs, PS3.3 C.18.6.1.2):
+    POINT and MULTIPOINT become crosses, POLYLINE a line (a polygon when closed),
+    CIRCLE (centre, a point on it) and ELLIPSE (the ends of both axes) outlines.
+    """
+    image = Image.fromarray(rgb, "RGB")
+    pen = ImageDraw.Draw(image)
+    tint = colour(number)
+    width = max(1, min(rgb.shape[0], rgb.shape[1]) // 128)
+    xy = [(float(points[i]), float(points[i + 1])) for i in range(0, len(points) - 1, 2)]
+    if not xy:
+        return rgb
+    if graphic_type in ("POINT", "MULTIPOINT"):
+        arm = max(3, min(rgb.shape[0], rgb.shape[1]) // 32)
+        for x, y in xy:
+            pen.line([(x - arm, y), (x + arm, y)], fill=tint, width=width)
+            pen.line([(x, y - arm), (x, y + arm)], fill=tint, width=width)
+    elif graphic_type == "POLYLINE":
+        pen.line(xy, fill=tint, width=width)
+    elif graphic_type == "CIRCLE" and len(xy) >= 2:
+        (cx, cy), (px, py) = xy[0], xy[1]
+        r = math.hypot(px - cx, py - cy)
+        pen.ellipse([(cx - r, cy - r), (cx + r, cy + r)], outline=tint, width=width)
+    elif graphic_type == "ELLIPSE" and len(xy) >= 4:
+        (ax, ay), (bx, by), (cx, cy), (dx, dy) = xy[:4]
+        centre = ((ax + bx) / 2, (ay + by) / 2)
+        major = (bx - centre[0], by - centre[1])
+        minor = (dx - (cx + dx) / 2, dy - (cy + dy) / 2)
+        outline = [
+            (
+                centre[0] + major[0] * math.cos(t) + minor[0] * math.sin(t),
+                centre[1] + major[1] * math.cos(t) + minor[1] * math.sin(t),
+            )
+            for t in (2 * math.pi * k / 72 for k in range(73))
+        ]
+        pen.line(outline, fill=tint, width=width)
+    drawn: Rgb = np.asarray(image, dtype=np.uint8).copy()
     return drawn

@@ -55,7 +55,11 @@ def _result_cell(finding: Finding, tr: Callable[[str], str]) -> str:
 
 
 def _measurements(finding: Finding) -> str:
-    return "; ".join(f"{m.name.meaning} {m.value:g} {m.unit}" for m in finding.measurements)
+    """``Diameter 8.2 mm; Lung-RADS category 4`` (no unit shown for the UCUM unity ``1``)."""
+    return "; ".join(
+        f"{m.name.meaning} {m.value:g}" + ("" if m.unit == "1" else f" {m.unit}")
+        for m in finding.measurements
+    )
 
 
 class _Page(FPDF):
@@ -105,7 +109,11 @@ def summary_pdf(content: Content, language: str, *, created: datetime, footer: s
     ]
     plain = FontFace(emphasis="")
     with pdf.table(
-        col_widths=(40, 150), first_row_as_headings=False, line_height=5.5, headings_style=plain
+        col_widths=(40, 150),
+        first_row_as_headings=False,
+        line_height=5.5,
+        headings_style=plain,
+        text_align="LEFT",
     ) as table:
         for name, value in facts:
             row = table.row()
@@ -123,7 +131,7 @@ def summary_pdf(content: Content, language: str, *, created: datetime, footer: s
     pdf.set_font(FONT, size=9)
     if content.findings:
         with pdf.table(
-            col_widths=(40, 22, 20, 68, 40), line_height=5, headings_style=plain
+            col_widths=(40, 22, 20, 68, 40), line_height=5, headings_style=plain, text_align="LEFT"
         ) as table:
             head = table.row()
             for name in (words.FINDING, words.RESULT, words.PROBABILITY, words.MEASUREMENTS):
@@ -137,7 +145,9 @@ def summary_pdf(content: Content, language: str, *, created: datetime, footer: s
                 row.cell(_measurements(finding) or "-")
                 row.cell(finding.site.meaning if finding.site else "-")
     elif content.segment_rows:
-        with pdf.table(col_widths=(80, 110), line_height=5, headings_style=plain) as table:
+        with pdf.table(
+            col_widths=(80, 110), line_height=5, headings_style=plain, text_align="LEFT"
+        ) as table:
             head = table.row()
             head.cell(tr(words.SEGMENT))
             head.cell(tr(words.FINDING))
