@@ -1,0 +1,106 @@
+"""Contract quotas with scale-out: `radbridge serve` routing and two `radbridge worker`
+processes sending and counting on PostgreSQL and RabbitMQ. Ten chest CTs, two products of
+the same kind: a trial of 4 free studies then billed per use, and a package of 3 then stop.
+The trial counts exactly 4 free uses however the two workers interleave, the package
+sends exactly 3 studies, and the usage report says so with each contract."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.dicom.synthetic import generate_study
+from tests.e2e.test_job_workers import Workers, _config, _jobs, _show, database, workers
+from tests.peers import StoreSCP, storescu, wait_until
+from tests.service import Radbridge
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.rabbitmq, pytest.mark.postgres]
+__all__ = ["database", "workers"]  # fixtures shared with the job-worker tests
+
+STUDIES = 10
+
+
+def _contracts(config: dict[str, Any]) -> dict[str, Any]:
+    lungai = config["vendors"]["lungai"]
+    lungai["kind"] = "lung-nodule-ct"
+    config["vendors"]["lungpkg"] = {**lungai, "product": "CT lung nodule (package)"}
+    config["routes"][0]["send"] = ["lungai", "lungpkg"]
+    config["contracts"] = {
+        "lungai-trial": {
+            "vendor": "lungai",
+            "kind": "trial",
+            "quota": 4,
+            "price": 30,
+            "currency": "CNY",
+            "payer": "device_maker",
+            "when_used_up": "bill",
+        },
+        "lungpkg-2026": {
+            "vendor": "lungpkg",
+            "kind": "package",
+            "quota": 3,
+            "payer": "hospital",
+            "price_code": "330100017",
+            "province": "Zhejiang",
+            "when_used_up": "stop",
+        },
+    }
+    return config
+
+
+def test_two_workers_on_postgresql_never_pass_a_quota(
+    radbridge_factory: Callable[..., Radbridge],
+    workers: Workers,
+    database: str,
+    tmp_path: Path,
+) -> None:
+    """Ten studies through serve and two workers: lungai 4 trial + 6 billed, lungpkg 3
+    package uses and no fourth job; the usage report names each row's contract and payer."""
+    with StoreSCP(tmp_path / "vendor", ae_title="LUNGAI") as vendor:
+        config = _contracts(_config(tmp_path / "rb", database, vendor.port, 2))
+        rb = radbridge_factory(config=config)
+        workers.start(rb.config_path)
+        files = [
+            path
+            for n in range(STUDIES)
+            for path in generate_study(
+                "ct_chest", tmp_path / f"ct{n}", instances=2, rows=16, columns=16
+            )
+        ]
+        storescu(files, rb.port)
+        wait_until(
+            lambda: [j["state"] for j in _jobs(rb)] == ["awaiting_result"] * (STUDIES + 3),
+            "every job to be sent",
+            timeout=180,
+        )
+    today = date.today()
+    report = rb.cli(
+        "usage", "report", "--format", "json",
+        "--from", str(today - timedelta(days=1)), "--to", str(today + timedelta(days=1)),
+    )  # fmt: skip
+    lines: list[dict[str, Any]] = json.loads(report.stdout)
+    per_vendor: dict[str, dict[str, int]] = {}
+    for line in lines:
+        counts = per_vendor.setdefault(line["vendor"], {"trial": 0, "billable": 0, "package": 0})
+        for key in counts:
+            counts[key] += line[key]
+    assert per_vendor == {
+        "lungai": {"trial": 4, "billable": STUDIES - 4, "package": 0},
+        "lungpkg": {"trial": 0, "billable": 0, "package": 3},
+    }
+    assert {(line["vendor"], line["contract"], line["payer"]) for line in lines} == {
+        ("lungai", "lungai-trial", "device_maker"),
+        ("lungpkg", "lungpkg-2026", "hospital"),
+    }
+    senders = {
+        event["worker"]
+        for job in _jobs(rb)
+        for event in _show(rb, job["id"])["history"]
+        if event["to_state"] == "sent"
+    }
+    assert senders == set(workers.ids)  # both workers sent (and counted) jobs
