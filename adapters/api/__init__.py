@@ -22,6 +22,7 @@ from adapters.api import (
     configuration,
     conflicts,
     critical,
+    contracts,
     health,
     jobs,
     orders,
@@ -44,7 +45,7 @@ def api_router() -> APIRouter:
     """Every ``/api/v1`` router."""
     api = APIRouter(prefix=PREFIX, responses=AUTH)
     routers = (studies, orders, conflicts, jobs, results, verdicts, critical, vendors, routes)
-    for module in (*routers, configuration, usage, audit, tokens):
+    for module in (*routers, configuration, usage, contracts, audit, tokens):
         api.include_router(module.router)
     return api
 

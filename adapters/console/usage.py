@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import calendar
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated
 
@@ -14,6 +14,8 @@ from fastapi.responses import Response
 from adapters.console.auth import State, reading
 from adapters.console.views import render, translator
 from broker.model.domain import Role
+from broker.runtime.contracts import contract_statuses
+from broker.store.contracts import ContractStore
 from broker.store.usage import UsageLine, report_csv
 from broker.store.users import Session
 
@@ -61,6 +63,7 @@ def per_vendor(lines: list[UsageLine], month: str) -> list[UsageLine]:
         total.billable += line.billable
         total.trial += line.trial
         total.unbillable += line.unbillable
+        total.package += line.package
         total.amount += line.amount
     return [totals[k] for k in sorted(totals)]
 
@@ -72,7 +75,8 @@ def usage(
     who: Viewer,
     month: Annotated[str | None, Query(max_length=7)] = None,
 ) -> Response:
-    """The month's deliveries per vendor product: studies, billable, trial, amount; quotas."""
+    """The month's deliveries per vendor product: studies, billable, trial, package, amount;
+    the contracts with their use and the day each package runs out; trial quotas."""
     first, last, problem = _month(month, console.today(), translator(request))
     lines = console.usage.report(first, last)
     quotas = []
@@ -92,10 +96,14 @@ def usage(
             }
         )
     label = f"{first:%Y-%m}"
+    contracts = contract_statuses(
+        console.settings, ContractStore(console.engine), datetime.now(UTC)
+    )
     return render(
         request,
         "usage.html",
         {
+            "contracts": contracts,
             "month": label,
             "first": first,
             "last": last,

@@ -7,17 +7,26 @@ read it this way). :class:`ContractDesk` is what the routing stage decides
 through: it decides, reserves each delivery's terms in the store
 (:meth:`broker.store.contracts.ContractStore.reserve`) and, when another
 process took the last use of a quota meanwhile, decides again with that
-contract used up, so a quota is never exceeded.
+contract used up, so a quota is never exceeded. :func:`contract_statuses` is
+what ``GET /api/v1/contracts`` and the console's usage page show: each
+contract's use in its current period and, for a quota, the day it runs out at
+the recent daily volume.
 """
 
 from __future__ import annotations
 
+import calendar
+import math
 from collections.abc import Callable, Mapping
-from datetime import date, datetime
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
 
-from broker.model.contract import ContractTerms, contract_in_force
+from broker.model.contract import ContractTerms, Period, contract_in_force
 from broker.model.logging import get_logger
 from broker.store.contracts import ContractStore, JobTerms, Reserved
+from config.schema import Settings
 from routing import Decision, Dispatch, RuleSet
 
 LOG = get_logger("radbridge.contracts")
@@ -128,3 +137,120 @@ class ContractDesk:
                     alert=terms.alert,
                 )
         return None
+
+
+#: The days whose uses make the daily volume a package's forecast is made with.
+FORECAST_DAYS = 14
+
+
+def period_end(terms: ContractTerms, day: date) -> date | None:
+    """The last day of the quota period holding ``day`` (the contract's end at the latest)."""
+    if terms.period is Period.MONTH:
+        end: date | None = date(day.year, day.month, calendar.monthrange(day.year, day.month)[1])
+    elif terms.period is Period.YEAR:
+        end = date(day.year, 12, 31)
+    else:
+        end = terms.end
+    if terms.end is not None and end is not None:
+        return min(end, terms.end)
+    return end
+
+
+def runs_out(remaining: int, per_day: float, today: date, last: date | None) -> date | None:
+    """The day the quota is used up at ``per_day`` uses a day (today when none remain);
+    None when it lasts past ``last`` (the period's last day) or nothing is used."""
+    if remaining <= 0:
+        return today
+    if per_day <= 0:
+        return None
+    day = today + timedelta(days=math.ceil(remaining / per_day) - 1)
+    return None if last is not None and day > last else day
+
+
+@dataclass(frozen=True, slots=True)
+class ContractStatus:
+    """A contract today: its use in the current period and when its quota runs out."""
+
+    terms: ContractTerms
+    product: str
+    state: str
+    period: str
+    used: int
+    per_day: float
+    """Uses a day over the last :data:`FORECAST_DAYS` days (or since the contract began)."""
+    period_ends: date | None
+    runs_out: date | None
+
+    @property
+    def remaining(self) -> int | None:
+        quota = self.terms.quota
+        return None if quota is None else max(quota - self.used, 0)
+
+    def as_json(self) -> dict[str, Any]:
+        t = self.terms
+        return {
+            "name": t.name,
+            "vendor": t.vendor,
+            "product": self.product,
+            "kind": t.kind.value,
+            "state": self.state,
+            "start": t.start.isoformat() if t.start else None,
+            "end": t.end.isoformat() if t.end else None,
+            "period": t.period.value,
+            "current_period": self.period,
+            "period_ends": self.period_ends.isoformat() if self.period_ends else None,
+            "quota": t.quota,
+            "used": self.used,
+            "remaining": self.remaining,
+            "per_day": round(self.per_day, 2),
+            "runs_out": self.runs_out.isoformat() if self.runs_out else None,
+            "price": str(t.price),
+            "currency": t.currency,
+            "unit": t.unit,
+            "payer": t.payer,
+            "price_code": t.price_code,
+            "province": t.province,
+            "departments": list(t.departments_shown),
+            "when_used_up": t.when_used_up.value,
+            "when_outside_dates": t.when_outside_dates.value,
+            "when_department_not_allowed": t.when_department_not_allowed.value,
+        }
+
+
+def contract_statuses(
+    settings: Settings, store: ContractStore, now: datetime
+) -> list[ContractStatus]:
+    """Every contract (a vendor's ``billing:`` read as one), with its use in the current
+    period and, for a quota, the day it runs out at the recent daily volume."""
+    zone = ZoneInfo(settings.site.timezone)
+    today = now.astimezone(zone).date()
+    products = settings.product_terms()
+    every = [c for p in products.values() for c in p.contracts]
+    counted = store.used((c.name, c.period.key(today)) for c in every)
+    since_day = today - timedelta(days=FORECAST_DAYS - 1)
+    out = []
+    for terms in every:
+        key = terms.period.key(today)
+        used = counted.get((terms.name, key), 0)
+        first = max(since_day, terms.start or since_day)
+        start = datetime.combine(first, time(0), zone)
+        recent = len(store.uses_since(terms.name, start)) if terms.quota is not None else 0
+        days = max((today - first).days + 1, 1)
+        per_day = recent / days
+        allowed = next(iter(terms.departments), None)  # no study here: dates and quota only
+        state = terms.check(today, allowed, used).state.value
+        last = period_end(terms, today)
+        remaining = None if terms.quota is None else max(terms.quota - used, 0)
+        out.append(
+            ContractStatus(
+                terms=terms,
+                product=settings.vendors[terms.vendor].product,
+                state=state,
+                period=key,
+                used=used,
+                per_day=per_day,
+                period_ends=last,
+                runs_out=None if remaining is None else runs_out(remaining, per_day, today, last),
+            )
+        )
+    return out

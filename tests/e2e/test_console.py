@@ -18,6 +18,7 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,19 @@ def _config(folder: Path, vendor_port: int, http_port: int) -> dict[str, Any]:
         }
     ]
     config["delivery"] = {"backoff_base_seconds": 0.2, "backoff_cap_seconds": 0.5}
+    config["contracts"] = {
+        "lungai-package": {
+            "vendor": "lungai",
+            "kind": "package",
+            "quota": 5,
+            "start": datetime.now(UTC).date().isoformat(),
+            "price": 3000,
+            "currency": "CNY",
+            "payer": "hospital",
+            "price_code": "330100017",
+            "province": "Zhejiang",
+        }
+    }
     return config
 
 
@@ -207,6 +221,11 @@ def test_operator_retries_a_dead_job_in_the_browser_viewer_sees_no_phi(
     assert csv.status == 200 and csv.headers["content-type"].startswith("text/csv")
     assert csv.text().splitlines()[0].startswith("vendor,product,site,day")
     assert "lungai" in csv.text()
+    # The package: one use of five since it began today; at one a day, four days left.
+    cells = page.locator("#contracts tr[data-contract=lungai-package] td").all_inner_texts()
+    runs_out = (datetime.now(UTC).date() + timedelta(days=3)).isoformat()
+    assert cells[7:] == ["1", "5", "4", "1.0", runs_out]
+    assert cells[5] == "330100017 (Zhejiang)"
 
     # Routes: explain this study.
     page.goto(f"{base}/console/routes")

@@ -19,6 +19,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from adapters.web.app import create_app
+from broker.model.contract import UseCharge
 from broker.model.domain import Role
 from broker.model.jobs import JobState
 from broker.runtime.billing import Accounting
@@ -27,6 +28,7 @@ from broker.runtime.reload import Reloader
 from broker.runtime.snapshot import SnapshotHolder, build_snapshot
 from broker.store import JobStore, StudyStore
 from broker.store.api_tokens import ApiTokens
+from broker.store.contracts import ContractStore, JobTerms, Reserved
 from broker.store.spool import Spool
 from config.loader import load_settings
 from tests.databases import DATABASES, empty_database
@@ -199,6 +201,31 @@ def test_routes_explain_and_reload(api: Api) -> None:
     assert api.get(f"{API}/routes").json()["routes"] == []
     reloads = api.get(f"{API}/audit", role="admin", action="config.reload").json()["items"]
     assert [r["detail"]["reloaded"] for r in reloads] == [True, False]
+
+
+def test_contracts_say_the_use_and_when_a_quota_runs_out(api: Api) -> None:
+    """``GET /api/v1/contracts``: the vendor's ``billing:`` read as its trial contract; one
+    use reserved today of a quota of 1: used up, running out today."""
+    now = datetime.now(UTC)
+    terms = JobTerms(
+        study_uid="1.2.3.1",
+        vendor="lungai",
+        route="chest-ct",
+        contract="lungai",
+        charge=UseCharge.TRIAL,
+        period="all",
+    )
+    assert ContractStore(api.engine).reserve(terms, 1, now) is Reserved.NEW
+    [contract] = api.get(f"{API}/contracts").json()
+    assert (contract["name"], contract["kind"], contract["state"]) == ("lungai", "trial", "used_up")
+    assert (contract["used"], contract["remaining"], contract["quota"]) == (1, 0, 1)
+    assert contract["runs_out"] == now.date().isoformat()
+    assert (contract["price"], contract["currency"], contract["when_used_up"]) == (
+        "30",
+        "CNY",
+        "bill",
+    )
+    assert api.get(f"{API}/contracts", role=None).status_code == 401
 
 
 def test_usage_vendors_health_and_metrics(api: Api) -> None:
