@@ -22,7 +22,7 @@ from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -143,6 +143,11 @@ class Deidentifier:
         ds.LongitudinalTemporalInformationModified = "MODIFIED" if self.shift_dates else "REMOVED"
 
 
+def dictionary_vr(tag: int) -> str | None:
+    """The VR the data dictionary gives ``tag`` (an implicit VR data set names none)."""
+    return dictionary_VR(tag) if dictionary_has_tag(tag) else None
+
+
 def identifying_words(ds: Dataset) -> tuple[str, ...]:
     """Words cleaned out of kept text: parts of the patient's names, IDs, accession number."""
     words: set[str] = set()
@@ -206,8 +211,20 @@ class _Walk:
         return self._issue(kind, self.owner.keys.uid(original), original)
 
     def dataset(self, ds: Dataset, *, cleaning: bool) -> None:
-        for elem in list(ds):
-            self.element(ds, elem, cleaning=cleaning)
+        # An attribute the profile keeps as it is stays unparsed, and is written back as
+        # it was read (pixel data, most of the header): only the others are converted.
+        for tag in list(ds.keys()):
+            if self._acted_on(ds, int(tag), cleaning=cleaning):
+                self.element(ds, ds[tag], cleaning=cleaning)
+
+    def _acted_on(self, ds: Dataset, tag: int, *, cleaning: bool) -> bool:
+        """Whether the attribute ``tag`` of ``ds`` may change (or holds items that may)."""
+        if tag >> 16 & 1 or tag in PSEUDONYMIZED or tag in self.owner.actions:
+            return True
+        if repeating_action(tag) is not None:
+            return True
+        vr = ds.get_item(tag).VR or dictionary_vr(tag)
+        return vr in ("SQ", "UN", None) or (cleaning and vr in _TEXT_VRS)
 
     def element(self, ds: Dataset, elem: DataElement, *, cleaning: bool) -> None:
         tag = int(elem.tag)
