@@ -25,6 +25,7 @@ from broker.cli.install import install_service
 from broker.cli.jobs import app as jobs_app
 from broker.cli.orders import app as orders_app
 from broker.cli.orders import link_json, order_json, order_rows, print_rows
+from broker.cli.pseudonyms import app as pseudonyms_app
 from broker.cli.purge import purge_command
 from broker.cli.results import app as results_app
 from broker.cli.routes import app as routes_app
@@ -59,6 +60,7 @@ app.add_typer(usage_app, name="usage")
 app.add_typer(results_app, name="results")
 app.add_typer(users_app, name="users")
 app.add_typer(vendors_app, name="vendors")
+app.add_typer(pseudonyms_app, name="pseudonyms")
 app.command("backup")(backup_command)
 app.command("restore")(restore_command)
 app.command("purge")(purge_command)

@@ -8,7 +8,7 @@ one row, and so is every change of who a record belongs to: an ADT update
 (``patient.update``) or merge (``patient.merge``: the studies and orders moved),
 and an operator resolving an identity conflict (``conflict.resolve``), pausing or resuming
 a vendor (``vendor.pause``, ``vendor.resume``) or giving a verdict on an AI finding
-(``finding.verdict``).
+(``finding.verdict``), or looking up what a pseudonym stands for (``pseudonym.lookup``).
 :class:`AuditLog` has no update or delete method, and the table refuses both (a
 trigger on SQLite and PostgreSQL).
 
@@ -57,6 +57,7 @@ class Action:
     CONFLICT_RESOLVE = "conflict.resolve"
     STORE_BACKUP = "store.backup"
     STORE_RESTORE = "store.restore"
+    PSEUDONYM_LOOKUP = "pseudonym.lookup"
     VENDOR_PAUSE = "vendor.pause"
     VENDOR_RESUME = "vendor.resume"
     FINDING_VERDICT = "finding.verdict"

@@ -11,11 +11,13 @@ masked where configured, and the spool keeps the original.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +40,10 @@ from broker.model.deid import Deidentify
 from broker.model.jobs import Job, JobState
 from broker.model.vendor import TRANSPORTS
 from broker.store import JobStore, StudyStore
+from broker.store.audit import AuditLog
 from broker.store.pseudonyms import PseudonymStore
 from broker.store.spool import Spool
+from tests import cli_fork
 from tests.databases import empty_database
 from tests.peers import LOOPBACK, StoreSCP, ensure_debian_packages
 from tests.spooling import spool_files
@@ -457,3 +461,34 @@ def test_a_vendors_seg_or_sc_is_mapped_back_to_the_original_study(world: World, 
     assert issued == {}  # no pseudonym left in it
     assert "PatientIdentityRemoved" not in ds
     assert _dciodvfy_errors(path) - before == set()
+
+
+def test_an_operator_looks_up_a_pseudonym_and_it_is_audited(world: World) -> None:
+    """``radbridge pseudonyms show`` says what a pseudonymous Study Instance UID stands for,
+    ``pseudonyms study`` what a study was sent as, a value radbridge never issued exits 1;
+    each look-up is an audit row naming the operator."""
+    assert world.send("ct", "cloudai").state is JobState.AWAITING_RESULT
+    original = dcmread(world.studies["ct"][1][0], stop_before_pixels=True)
+    sent = dcmread(world.copy_of("cloudai", world.studies["ct"][1][0]), stop_before_pixels=True)
+    config = world.folder / "cli.yaml"
+    url = str(world.engine.url)
+    config.write_text(f"storage: {{spool: {world.spool.root}, database: '{url}'}}\n")
+    shown = cli_fork.run(
+        ["pseudonyms", "show", str(sent.StudyInstanceUID), "--json", "-c", str(config)]
+    )
+    assert shown.returncode == 0, shown.stderr
+    [entry] = json.loads(shown.stdout)
+    assert (entry["kind"], entry["original"]) == ("study", str(original.StudyInstanceUID))
+    listed = cli_fork.run(
+        ["pseudonyms", "study", str(original.StudyInstanceUID), "--json", "-c", str(config)]
+    )
+    issued = {(p["kind"], p["pseudonym"]) for p in json.loads(listed.stdout)}
+    assert ("patient", str(sent.PatientID)) in issued
+    assert ("accession", str(sent.AccessionNumber)) in issued
+    unknown = cli_fork.run(["pseudonyms", "show", "2.25.1234", "-c", str(config)])
+    assert unknown.returncode == 1
+    rows = AuditLog(world.engine).export(
+        datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC) + timedelta(hours=1)
+    )
+    lookups = [r for r in rows if r.action == "pseudonym.lookup"]
+    assert len(lookups) == 3 and all(r.actor.startswith("cli:") for r in lookups)
