@@ -30,7 +30,14 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from adapters.results.render import words
-from adapters.results.render.marks import Mask, Rgb, display_rgb, draw_graphic, draw_mask
+from adapters.results.render.marks import (
+    Mask,
+    Rgb,
+    display_rgb,
+    draw_graphic,
+    draw_mask,
+    fit,
+)
 from broker.model.domain import AlgorithmInfo, Finding, Result
 from broker.model.errors import ResultError
 from broker.runtime.results import SR_CLASSES
@@ -49,13 +56,16 @@ SC_CLASSES = frozenset(
 Translate = Callable[[str], str]
 Covered = tuple[str, list[tuple[int, Mask]], tuple[str, ...]]
 """(source image UID, [(segment number, its mask on that image)], segment labels)."""
+#: Longest side of a key image on the page (a page is 1024 pixels wide).
+KEY_IMAGE_PIXELS = 1024
 #: The most key images one summary shows.
 MAX_KEY_IMAGES = 6
 
 
 @dataclass(frozen=True, slots=True)
 class KeyImage:
-    """An image the result points at, as the summary page shows it.
+    """An image the result points at, as the summary page shows it (at most
+    :data:`KEY_IMAGE_PIXELS` on its longer side).
 
     ``reference`` is the header of the image in the original study (for the
     KOS), None when the image is the vendor's own object only.
@@ -64,6 +74,9 @@ class KeyImage:
     pixels: Rgb
     caption: str
     reference: Dataset | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pixels", fit(self.pixels, KEY_IMAGE_PIXELS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +106,8 @@ class Content:
     """Source headers by SOP Instance UID."""
     paths: dict[str, str] = field(default_factory=dict)
     """Source file paths by SOP Instance UID."""
+    problems: list[str] = field(default_factory=list)
+    """What of the result could not be shown (the rest still is)."""
 
     def image(self, sop_instance_uid: str) -> Dataset:
         """The source image with its pixels."""
@@ -204,7 +219,10 @@ def read_content(result: Result, source_paths: Sequence[str], tr: Translate) -> 
     shown: set[str] = set()
     for obj, _header in objects:
         if obj.sop_class_uid == SEG_CLASS:
-            seg = hd.seg.segread(obj.path)
+            seg = _segmentation(obj.path)
+            if seg is None:
+                content.problems.append(f"cannot read the segmentation {obj.sop_instance_uid}")
+                continue
             content.segmentations.append(seg)
             for n in seg.get_segment_numbers():
                 description = seg.get_segment_description(n)
@@ -246,6 +264,25 @@ def read_content(result: Result, source_paths: Sequence[str], tr: Translate) -> 
         content.key_images.append(KeyImage(rgb, caption, headers[uid]))
     del content.key_images[MAX_KEY_IMAGES:]
     return content
+
+
+def _segmentation(path: str) -> hd.seg.Segmentation | None:
+    """The SEG at ``path`` (highdicom), or None when it cannot be read.
+
+    highdicom insists on Slice Thickness in the Pixel Measures Sequence, which
+    PS3.3 requires only of volumetric images: a SEG of a radiograph or a
+    mammogram has none. It is added (0, never used: frames are matched to their
+    source images by UID) before reading.
+    """
+    try:
+        ds = pydicom.dcmread(path)
+        for groups in (ds.get("SharedFunctionalGroupsSequence") or [])[:1]:
+            for measures in groups.get("PixelMeasuresSequence") or []:
+                if "SliceThickness" not in measures:
+                    measures.SliceThickness = 0
+        return hd.seg.Segmentation.from_dataset(ds, copy=False)
+    except (OSError, InvalidDicomError, AttributeError, KeyError, ValueError, TypeError):
+        return None
 
 
 def _largest(seg: hd.seg.Segmentation, headers: dict[str, Dataset]) -> list[Covered]:

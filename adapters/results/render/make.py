@@ -92,6 +92,7 @@ def render(
             return out
     tr: Callable[[str], str] = translator(lang)
     content = read_content(result, sources, tr)
+    out.skipped += content.problems
     created = created_at(result)
     if wanted & PAGED:
         out.pdf = _cached_pdf(cache_key)

@@ -76,13 +76,24 @@ def outline(mask: Mask) -> Mask:
 
 
 def draw_mask(rgb: Rgb, mask: Mask, number: int, alpha: float = 0.3) -> Rgb:
-    """``rgb`` with ``mask`` filled in segment ``number``'s colour at ``alpha`` and outlined."""
-    out = rgb.astype(np.float64)
-    tint = np.array(colour(number), dtype=np.float64)
-    out[mask] = out[mask] * (1 - alpha) + tint * alpha
-    out[outline(mask)] = tint
-    drawn: Rgb = out.clip(0, 255).astype(np.uint8)
-    return drawn
+    """``rgb`` with ``mask`` filled in segment ``number``'s colour at ``alpha`` and outlined
+    (only the masked pixels are computed: a mammogram's overlay stays small in memory)."""
+    out: Rgb = rgb.copy()
+    tint = np.array(colour(number), dtype=np.float32)
+    out[mask] = (out[mask].astype(np.float32) * (1 - alpha) + tint * alpha).astype(np.uint8)
+    out[outline(mask)] = colour(number)
+    return out
+
+
+def fit(rgb: Rgb, longest: int) -> Rgb:
+    """``rgb`` scaled down (Lanczos) so that its longer side is at most ``longest`` pixels."""
+    rows, columns = rgb.shape[:2]
+    if max(rows, columns) <= longest:
+        return rgb
+    scale = longest / max(rows, columns)
+    size = (max(1, round(columns * scale)), max(1, round(rows * scale)))
+    small: Rgb = np.asarray(Image.fromarray(rgb, "RGB").resize(size, Image.Resampling.LANCZOS))
+    return small
 
 
 def draw_graphic(rgb: Rgb, graphic_type: str, points: Sequence[float], number: int) -> Rgb:
