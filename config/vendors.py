@@ -29,6 +29,8 @@ from routing.fields import Kind
 from routing.parse import RuleError, parse_series, parse_when
 from routing.schema import (
     Conditions,
+    ExpectedSeries,
+    OnIncomplete,
     OnNoOrder,
     RequireOrder,
     RouteSpec,
@@ -92,6 +94,49 @@ def _series(value: Any) -> SeriesSelector:
         return parse_series(value, dicom_tag)
     except RuleError as exc:
         raise LocatedErrors(exc.problems) from exc
+
+
+def _series_conditions(value: Any) -> Conditions:
+    if isinstance(value, Conditions):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"an expected series is a mapping of series conditions, got {value!r}; valid: "
+            "e.g. {description: {regex: perfusion}, modality: CT}"
+        )
+    try:
+        return parse_series(value, dicom_tag).conditions
+    except RuleError as exc:
+        raise LocatedErrors(exc.problems) from exc
+
+
+class ExpectSettings(Strict):
+    """The series a complete study must hold for a route (``expect``).
+
+    ``series`` names each expected series with its series conditions (the
+    fields of a route's series selector: ``modality``, ``description``,
+    ``slice_thickness``, ``image_type``, ``contrast_agent``,
+    ``instance_count``…). The study is complete as soon as every one is in;
+    when they are not all in ``deadline`` after the study's first instance,
+    ``on_timeout`` says what happens: ``send_incomplete`` (complete it, send
+    what came), ``skip`` (complete it, this route does not send it) or
+    ``wait`` (keep waiting for them). The history names the missing series.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    series: Annotated[
+        dict[
+            Annotated[str, Field(min_length=1, max_length=64)],
+            Annotated[Conditions, PlainValidator(_series_conditions)],
+        ],
+        Field(min_length=1),
+    ]
+    deadline: Duration = 600.0
+    on_timeout: OnIncomplete = OnIncomplete.SEND_INCOMPLETE
+
+    def spec(self) -> ExpectedSeries:
+        return ExpectedSeries(tuple(self.series.items()), self.deadline, self.on_timeout)
 
 
 class BillingUnit(enum.StrEnum):
@@ -237,6 +282,8 @@ class Route(Strict):
     mode: Mode = Mode.LIVE
     deidentify: Deidentify | None = None
     """De-identify what this route sends (instead of each vendor's own ``deidentify``)."""
+    expect: ExpectSettings | None = None
+    """Expected series: complete the study as soon as they are all in (see README)."""
 
     @field_validator("send")
     @classmethod
@@ -296,4 +343,5 @@ class Route(Strict):
             fallback=self.fallback,
             resend_updates=self.resend_updates,
             require_order=RequireOrder(order.wait, order.then) if order else None,
+            expect=self.expect.spec() if self.expect else None,
         )

@@ -204,6 +204,8 @@ class CompiledRoute:
     kinds: frozenset[str]
     skipped_for_images: tuple[str, ...]
     selector_tests: tuple[Predicate, ...]
+    expect_tests: tuple[tuple[str, tuple[Predicate, ...]], ...] = ()
+    """Each expected series (``expect``) by name, with its compiled series conditions."""
     study_tests: tuple[Predicate, ...] = field(init=False, repr=False)
     series_tests: tuple[Predicate, ...] = field(init=False, repr=False)
 
@@ -277,6 +279,10 @@ def compile_route(spec: RouteSpec, index: int, vendor_kinds: Mapping[str, str]) 
             dict.fromkeys(leaf.field.name for n in dropped for leaf in leaves(n))
         ),
         selector_tests=tuple(compile_condition(n) for n in spec.series.conditions.items),
+        expect_tests=tuple(
+            (name, tuple(compile_condition(n) for n in conditions.items))
+            for name, conditions in (spec.expect.series if spec.expect else ())
+        ),
     )
 
 

@@ -138,6 +138,27 @@ class RequireOrder:
     then: OnNoOrder = OnNoOrder.ROUTE_ON_IMAGES
 
 
+class OnIncomplete(enum.StrEnum):
+    """What a route with expected series does when they are not all in by its deadline."""
+
+    SEND_INCOMPLETE = "send_incomplete"
+    """The study is complete without them; the route sends what came."""
+    WAIT = "wait"
+    """The study keeps waiting for them (past the deadline; recorded)."""
+    SKIP = "skip"
+    """The study is complete without them; this route does not send it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedSeries:
+    """The series a complete study must hold for a route: each a name and series conditions
+    (as a route's series selector), with a deadline from the study's first instance."""
+
+    series: tuple[tuple[str, Conditions], ...]
+    deadline_seconds: float
+    on_timeout: OnIncomplete = OnIncomplete.SEND_INCOMPLETE
+
+
 @dataclass(frozen=True, slots=True)
 class RouteSpec:
     """One route, validated: what routing needs, in the units it uses."""
@@ -154,6 +175,7 @@ class RouteSpec:
     fallback: bool = False
     resend_updates: bool = False
     require_order: RequireOrder | None = None
+    expect: ExpectedSeries | None = None
 
 
 def leaves(node: Condition | Conditions) -> list[Leaf]:

@@ -29,6 +29,7 @@ from adapters.api import (
     results,
     routes,
     studies,
+    timeline,
     tokens,
     usage,
     vendors,
@@ -45,7 +46,7 @@ def api_router() -> APIRouter:
     """Every ``/api/v1`` router."""
     api = APIRouter(prefix=PREFIX, responses=AUTH)
     routers = (studies, orders, conflicts, jobs, results, verdicts, critical, vendors, routes)
-    for module in (*routers, configuration, usage, contracts, audit, tokens):
+    for module in (*routers, configuration, timeline, usage, contracts, audit, tokens):
         api.include_router(module.router)
     return api
 

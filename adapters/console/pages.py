@@ -26,6 +26,7 @@ from broker.store.overview import count_studies, jobs_by_state, jobs_of_studies,
 from broker.store.pauses import LanePauses
 from broker.store.reports import ReportStore
 from broker.store.space import database_bytes, spool_bytes
+from broker.store.timeline import study_timeline
 from broker.store.users import Session
 from broker.store.verdicts import VerdictStore
 
@@ -277,6 +278,7 @@ def study_page(request: Request, study_uid: str, console: State, who: Viewer) ->
                 ],
             }
         )
+    ledger = study_timeline(console.engine, study_uid)
     return render(
         request,
         "study.html",
@@ -288,6 +290,8 @@ def study_page(request: Request, study_uid: str, console: State, who: Viewer) ->
             "link": link,
             "entries": entries,
             "jobs": jobs,
+            "ledger": ledger,
+            "door": ledger[0].at if ledger else None,
             "orphans": [
                 {"result": r, "findings": _findings(r, who, values, verdicts, matches)}
                 for r in orphans

@@ -75,6 +75,18 @@ WORDS: tuple[str, ...] = (
     N_("link"),
     N_("cli"),
     N_("all"),
+    # a study's time ledger (broker.model.timeline.StampKind) and what completed it
+    N_("first_instance"),
+    N_("last_instance"),
+    N_("mpps"),
+    N_("ian"),
+    N_("route_skipped"),
+    N_("written_back"),
+    N_("notification_sent"),
+    N_("notification_acknowledged"),
+    N_("expected_series"),
+    N_("deadline"),
+    N_("quiet"),
     # page titles handed to error.html
     N_("Not allowed"),
     N_("No such study"),

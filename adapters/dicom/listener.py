@@ -53,10 +53,16 @@ CONNECTION = b"c"
 SETTINGS = b"s"
 
 
-def _process_main(
-    settings: Settings, board: SlotBoard, slot: int, handoff: socket.socket, ready: Any
+def _process_main(  # noqa: PLR0917 - a spawned process's target gets its arguments by position
+    settings: Settings,
+    board: SlotBoard,
+    slot: int,
+    handoff: socket.socket,
+    ready: Any,
+    evidence: Any,
 ) -> None:
-    """Entry point of one listener process (spawned, so nothing is inherited)."""
+    """Entry point of one listener process (spawned, so nothing is inherited); it puts the
+    studies to judge for completion on ``evidence`` (a queue the supervisor reads)."""
     logging_cfg = settings.logging
     configure_logging(
         logging_cfg.level, logging_cfg.format, logging_cfg.phi, file=logging_cfg.log_file()
@@ -66,7 +72,7 @@ def _process_main(
     try:
         store = StudyStore(make_engine(settings.database_url()))
         spool = Spool(settings.storage.spool)
-        server = make_server(settings, store, spool, ProcessSlots(board, slot))
+        server = make_server(settings, store, spool, ProcessSlots(board, slot), evidence.put)
     except Exception as exc:
         ready.put((slot, os.getpid(), f"{type(exc).__name__}: {exc}"))
         raise
@@ -136,6 +142,8 @@ class DicomListener(Edge):
         self._board: SlotBoard | None = None
         self._refusals = RefusalLog()
         self._ready: Any = None
+        self._evidence: Any = None
+        """Study UIDs the listener processes report for completion (a spawn queue)."""
         self._socket: socket.socket | None = None
         self._send = threading.Lock()
         """One message at a time on the handoffs (connections, settings)."""
@@ -183,12 +191,14 @@ class DicomListener(Edge):
         # Sized at start: the three limits need a restart to change.
         self._board = SlotBoard(count, Limits.from_settings(context.settings.dicom))
         self._ready = _SPAWN.Queue()
+        self._evidence = _SPAWN.Queue()
         for slot in range(count):
             self._spawn(slot)
         self._await_ready(set(range(count)))
         for target, name in (
             (self._accept, "dicom-acceptor"),
             (self._supervise, "dicom-supervisor"),
+            (self._pass_evidence, "dicom-evidence"),
         ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -209,7 +219,7 @@ class DicomListener(Edge):
         with self._send:  # a reload meanwhile reaches the new process through its handoff
             process = _SPAWN.Process(
                 target=_process_main,
-                args=(self._settings(), self._board, slot, theirs, self._ready),
+                args=(self._settings(), self._board, slot, theirs, self._ready, self._evidence),
                 name=f"radbridge-dicom-{slot}",
                 daemon=False,
             )
@@ -262,6 +272,23 @@ class DicomListener(Edge):
             except OSError:
                 self._board.release(slot, inode_of(conn), associated=False)
         LOG.error("no DICOM listener process could take a connection; closing it")
+
+    def _pass_evidence(self) -> None:
+        """Hand the studies the listener processes report to the service's completion judge."""
+        assert self._context is not None
+        judge = self._context.evidence
+        while not self._stopping.is_set():
+            try:
+                study_uids = self._evidence.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            except (OSError, EOFError, ValueError):  # the queue closed: stopping
+                return
+            if judge is not None:
+                try:
+                    judge(study_uids)
+                except Exception:  # the quiet timer still closes them
+                    LOG.exception("studies not passed on for completion")
 
     def _supervise(self) -> None:
         while not self._stopping.wait(0.5):

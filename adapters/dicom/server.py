@@ -24,6 +24,7 @@ import ssl
 import tempfile
 import traceback
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -58,6 +59,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from adapters.dicom import log_budget, receiving
 from adapters.dicom.mapping import instance_record_from_file
+from adapters.dicom.notices import NOTICE_CLASSES, NoticeSCP
 from adapters.dicom.policy import AssociationPolicy, Reject
 from adapters.dicom.reactor import install
 from adapters.dicom.slots import Lease, ProcessSlots
@@ -69,6 +71,7 @@ from broker.model.errors import InvalidDicomError, SpoolError, StoreError
 from broker.model.identity import ConflictKind, IdentityConflictError
 from broker.model.logging import get_logger
 from broker.store import StudyStore
+from broker.store.notices import NoticeStore
 from broker.store.space import SpaceWatch
 from broker.store.spool import Spool
 from config.schema import AERole, Settings
@@ -116,12 +119,18 @@ class _SharedContexts(list[PresentationContext]):
 
 
 def storage_contexts() -> list[PresentationContext]:
-    """Every storage SOP class and Verification, each with every accepted syntax."""
+    """Every storage SOP class and Verification, each with every accepted syntax; MPPS and
+    IAN with the uncompressed ones."""
     contexts = _SharedContexts()
     for uid in [Verification, *_STORAGE_CLASSES.values()]:
         cx = PresentationContext()
         cx.abstract_syntax = uid
         cx.transfer_syntax = TRANSFER_SYNTAXES
+        contexts.append(cx)
+    for uid in NOTICE_CLASSES:
+        cx = PresentationContext()
+        cx.abstract_syntax = uid
+        cx.transfer_syntax = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
         contexts.append(cx)
     return contexts
 
@@ -277,13 +286,29 @@ class ListenerServer(ThreadedAssociationServer):
             conn.close()
 
 
-class StoreSCP:
-    """Event handlers of one listener process."""
+def _ignore_report(_study_uids: list[str]) -> None:
+    return None
 
-    def __init__(self, settings: Settings, store: StudyStore, spool: Spool) -> None:
+
+class StoreSCP:
+    """Event handlers of one listener process.
+
+    ``report`` tells the service which studies to judge for completion now: those an
+    association stored instances of, when it ends; those an MPPS or IAN names.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: StudyStore,
+        spool: Spool,
+        report: Callable[[list[str]], object] = _ignore_report,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.spool = spool
+        self.report = report
+        self.notices = NoticeSCP(lambda: self.settings, NoticeStore(store.engine), report)
         self.results = ResultIntake(lambda: self.settings, store.engine, spool)
         self.space = SpaceWatch(spool.root, self._min_free_bytes, interval=0.0)  # each C-STORE
 
@@ -363,6 +388,8 @@ class StoreSCP:
             if final is not None and placing and not existed:
                 self._discard_quietly(final)
             return _status(StoreFailure.OUT_OF_RESOURCES, "not stored: " + type(exc).__name__)
+        stored: set[str] = getattr(assoc, "radbridge_studies", set())
+        stored.add(record.study_uid)
         log.info(
             "c-store",
             study_uid=record.study_uid,
@@ -422,9 +449,18 @@ class StoreSCP:
 
     def on_open(self, event: evt.Event) -> None:
         setattr(event.assoc, "radbridge_id", uuid.uuid4().hex[:12])  # noqa: B010
+        setattr(event.assoc, "radbridge_studies", set())  # noqa: B010
 
     def on_close(self, event: evt.Event) -> None:
-        """Remove the temporary file of a C-STORE the peer abandoned mid-transfer."""
+        """Report the studies the association stored instances of (their series are in, as
+        far as this sender goes); remove the temporary file of a C-STORE the peer
+        abandoned mid-transfer."""
+        stored = getattr(event.assoc, "radbridge_studies", None)
+        if stored:
+            try:
+                self.report(sorted(stored))
+            except Exception as exc:  # the quiet timer still closes them
+                self._log(event).warning("studies not reported for completion", error=str(exc))
         message = getattr(event.assoc.dimse, "message", None)
         partial = getattr(message, "_data_set_file", None)
         if partial is not None:
@@ -480,6 +516,7 @@ class StoreSCP:
             (evt.EVT_CONN_OPEN, self.on_open),
             (evt.EVT_CONN_CLOSE, self.on_close),
             (evt.EVT_ABORTED, self.on_aborted),
+            *self.notices.handlers(),
         ]
 
 
@@ -489,13 +526,18 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def make_server(
-    settings: Settings, store: StudyStore, spool: Spool, load: ProcessSlots
+    settings: Settings,
+    store: StudyStore,
+    spool: Spool,
+    load: ProcessSlots,
+    report: Callable[[list[str]], object] = _ignore_report,
 ) -> ListenerServer:
-    """This process's SCP; feed it accepted connections with ``ListenerServer.take``."""
+    """This process's SCP; feed it accepted connections with ``ListenerServer.take``;
+    ``report`` hears of the studies to judge for completion (:class:`StoreSCP`)."""
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.VALIDATORS["UI"] = _any_uid  # the handler refuses a bad UID, by name
     tempfile.tempdir = str(spool.tmp)  # pynetdicom streams each C-STORE into spool/tmp
-    scp = StoreSCP(settings, store, spool)
+    scp = StoreSCP(settings, store, spool, report)
     receiving.install(scp.refusal)  # ... through a file that survives a full disk
     log_budget.install()
     dicom = settings.dicom

@@ -29,6 +29,7 @@ from broker.cli.pseudonyms import app as pseudonyms_app
 from broker.cli.purge import purge_command
 from broker.cli.results import app as results_app
 from broker.cli.routes import app as routes_app
+from broker.cli.timeline import timeline_command, turnaround_command
 from broker.cli.tokens import app as tokens_app
 from broker.cli.usage import app as usage_app
 from broker.cli.users import app as users_app
@@ -40,6 +41,7 @@ from broker.model.version import VERSION
 from broker.store import StudyStore, make_engine
 from broker.store.migrate import migrate
 from broker.store.orders import OrderStore
+from broker.store.study_events import StudyEvents
 from config.loader import config_path
 from config.schema import Settings
 
@@ -49,6 +51,8 @@ app = typer.Typer(
 studies_app = typer.Typer(help="Studies received by radbridge.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(studies_app, name="studies")
+studies_app.command("timeline")(timeline_command)
+studies_app.command("turnaround")(turnaround_command)
 app.add_typer(routes_app, name="routes")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(deliveries_app, name="deliveries")
@@ -268,8 +272,13 @@ def studies_show(
     orders = OrderStore(store.engine)
     link = orders.link(study_uid)
     order = orders.get(link.order_id) if link is not None else None
+    history = StudyEvents(store.engine).history(study_uid)
     if as_json:
         data = _study_json(study, with_series=True)
+        data["history"] = [
+            {"at": e.at.isoformat(), "kind": e.kind, "reason": e.reason, "detail": e.detail}
+            for e in history
+        ]
         data["order_link"] = link_json(link) if link is not None else None
         linked = order is not None and link is not None and link.state is LinkState.LINKED
         data["order"] = order_json(order) if linked and order is not None else None
@@ -318,3 +327,8 @@ def studies_show(
             str(s.instance_count),
         )
     out.print(table)
+    if history:
+        events = Table("time", "event", "reason", "detail")
+        for e in history:
+            events.add_row(local.time(e.at), e.kind, e.reason or "", e.detail or "")
+        out.print(events)

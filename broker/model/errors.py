@@ -36,6 +36,10 @@ class NotFoundError(StoreError):
     """A record that was asked for does not exist."""
 
 
+class DuplicateError(StoreError):
+    """A record with the same key is held already (a second N-CREATE of one SOP instance)."""
+
+
 class SpoolError(RadbridgeError):
     """The spool could not durably write or read an object."""
 

@@ -15,6 +15,7 @@ nothing when its block says it is not wanted.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol, TypeGuard
 
@@ -44,6 +45,9 @@ class ServiceContext:
     """The configuration snapshot in force (swapped by a reload), for the HTTP API and console."""
     reloader: Reloader | None = None
     """Reloads the configuration file (SIGHUP, the file changing, the API)."""
+    evidence: Callable[[Iterable[str]], None] | None = None
+    """Judge these studies' completion now: instances, an MPPS or an IAN came for them
+    (:meth:`broker.runtime.completion.StableTimer.evidence`)."""
 
 
 class Edge(Protocol):

@@ -30,8 +30,9 @@ from broker.store.jobs import JobStore
 from broker.store.order_links import patient_conflict
 from broker.store.orders import CANCELLED_STATES, OrderStore
 from routing import Decision, RuleSet, decide
+from routing.completion import Expectation, expectations
 from routing.explain import ExistingJob, Explained, report
-from routing.facts import study_tags
+from routing.facts import Facts, study_tags
 
 #: States a job is in only after it sent the study to its vendor.
 _AFTER_SENT = frozenset(
@@ -90,6 +91,13 @@ class RoutingInput:
             delivered=self.delivered,
             used=self.used,
         )
+
+    def expectations(self, rules: RuleSet, now: datetime) -> tuple[Expectation, ...]:
+        """The expected series of every route that expects this study, and those missing."""
+        facts = Facts(
+            self.study, self.order, self.tags, now, rules.timezone, tag_kinds=rules.tag_kinds
+        )
+        return expectations(rules, facts, self.study.first_received_at)
 
     def explain(self, rules: RuleSet, now: datetime) -> Explained:
         """Every route and why, with the order, the jobs and what stops routing."""

@@ -17,6 +17,7 @@ from broker.model.domain import LinkState
 from broker.model.errors import NotFoundError
 from broker.model.logging import get_logger
 from broker.model.mode import ShadowCause
+from broker.runtime.completion import CompletionStage
 from broker.runtime.contracts import ContractDesk
 from broker.runtime.routing_input import stored_input
 from broker.runtime.snapshot import Snapshot, SnapshotHolder
@@ -50,8 +51,11 @@ class RoutingStage:
         dispatcher: Dispatcher,
         snapshots: SnapshotHolder,
         orders: OrderStore,
+        *,
+        completion: CompletionStage | None = None,
     ) -> None:
         self.store = store
+        self.completion = completion
         self.jobs = jobs
         self.orders = orders
         self.dispatcher = dispatcher
@@ -88,6 +92,13 @@ class RoutingStage:
             now,
             lambda used: replace(routing, used=used).decide(snapshot.rules, now),
         )
+        skipped = (
+            self.completion.skipped(routing, snapshot.rules, now)
+            if self.completion is not None
+            else frozenset()
+        )
+        for route in sorted(skipped):
+            LOG.info("route skipped: expected series missing", study_uid=study_uid, route=route)
         if decision.wait_until is not None:
             self.store.route_again_at(study_uid, decision.wait_until)
             LOG.info(
@@ -127,6 +138,7 @@ class RoutingStage:
                 shadow=shadow_cause(d.terms.shadow, snapshot.shadow(d.route, d.vendor)),
             )
             for d in decision.dispatches
+            if d.route not in skipped
         ]
         for created in self.dispatcher.dispatch(requests, plan=snapshot):
             LOG.info(

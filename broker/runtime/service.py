@@ -9,9 +9,7 @@ were still collecting simply continue their countdown.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 
 from broker.engine.bus import Bus
@@ -21,6 +19,7 @@ from broker.engine.writeback_stage import WritebackStage
 from broker.model.logging import get_logger
 from broker.model.version import VERSION
 from broker.runtime.billing import Accounting
+from broker.runtime.completion import CompletionStage, StableTimer
 from broker.runtime.edges import Edge, ServiceContext, available
 from broker.runtime.reload import Reloader
 from broker.runtime.reports import FinalReportIntake, matcher_of
@@ -37,49 +36,6 @@ from broker.store.spool import Spool
 from config.schema import Settings
 
 LOG = get_logger("radbridge.service")
-MAX_TIMER_SLEEP = 1.0
-
-StableListener = Callable[[str], object]
-
-
-class StableTimer:
-    """Marks studies stable once they have been quiet for their stable time."""
-
-    def __init__(self, store: StudyStore, on_stable: list[StableListener] | None = None) -> None:
-        self.store = store
-        self.on_stable = on_stable or []
-        self._stop = threading.Event()
-        self._timer = Timer([self._close_due], interval=MAX_TIMER_SLEEP)
-        self._thread: threading.Thread | None = None
-
-    def tick(self) -> list[str]:
-        """Close every study that is due now, and take the stable ones due for routing again
-        (an order came, an order wait ended); notify the listeners of both."""
-        closed = self.store.close_stable()
-        for study_uid in closed:
-            LOG.info("study stable", study_uid=study_uid)
-        again = self.store.take_route_due()
-        for study_uid in closed + again:
-            for listener in self.on_stable:
-                try:
-                    listener(study_uid)
-                except Exception:  # a notification hook never stops the timer
-                    LOG.exception("stable listener failed", study_uid=study_uid)
-        return closed
-
-    def _close_due(self, _now: datetime) -> datetime | None:
-        """The timer's task: close and re-route what is due; when the next study is due."""
-        self.tick()
-        return self.store.next_due()
-
-    def start(self) -> None:
-        self._thread = self._timer.start(self._stop, name="stable-timer")
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._timer.poke()
-        if self._thread is not None:
-            self._thread.join(10)
 
 
 class Service:
@@ -100,13 +56,22 @@ class Service:
             spool=Spool(settings.storage.spool),
         )
         self.edges: list[Edge] = edges if edges is not None else [e() for e in available().values()]
-        self.timer = StableTimer(self.context.store)
         self.hup = threading.Event()
         self.snapshots = SnapshotHolder(build_snapshot(settings, config_path))
         self.reloader = Reloader(self.snapshots, config_path, engine=engine)
-        self.context = replace(self.context, snapshots=self.snapshots, reloader=self.reloader)
         self.bus = Bus(settings.bus.connection_url(), prefix=settings.bus.prefix)
         self.dispatcher = Dispatcher(JobStore(engine), self.bus, self.snapshots)
+        orders = OrderStore(engine)
+        self.completion = CompletionStage(
+            self.context.store, orders, self.dispatcher.jobs, self.snapshots
+        )
+        self.timer = StableTimer(self.context.store, self.completion)
+        self.context = replace(
+            self.context,
+            snapshots=self.snapshots,
+            reloader=self.reloader,
+            evidence=self.timer.evidence,
+        )
         self.accounting = Accounting(engine, lambda: self.snapshots.settings)
         lease = settings.delivery.lease_seconds
         self.worker = JobWorker(
@@ -122,7 +87,8 @@ class Service:
             self.dispatcher.jobs,
             self.dispatcher,
             self.snapshots,
-            OrderStore(engine),
+            orders,
+            completion=self.completion,
         )
         self.timer.on_stable.append(self.routing.on_stable)
         # Results from vendors: append to ``self.results.on_complete`` to hear of each one.

@@ -746,3 +746,43 @@ critical_steps = Table(
     Index(None, "delivery_id"),
 )
 """A case's ledger: who was notified, when, on which channel; escalations; who acknowledged."""
+
+study_events = Table(
+    "study_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("study_uid", UID, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("reason", String(32)),
+    Column("detail", Text),
+    Index(None, "study_uid", "id"),
+    Index(None, "kind", "at"),
+)
+"""A study's history besides its jobs: what decided it complete (``complete`` with its
+``reason``), what evidence came (``mpps``, ``ian``), expected series held or missing."""
+
+procedure_notices = Table(
+    "procedure_notices",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(8), nullable=False),
+    Column("sop_instance_uid", UID, nullable=False),
+    Column("study_uid", UID),
+    Column("accession_number", String(64)),
+    Column("order_id", Integer),
+    Column("status", String(16), nullable=False),
+    Column("referenced", Text, nullable=False),
+    Column("dataset_json", Text, nullable=False),
+    Column("calling_ae", AE, nullable=False),
+    Column("called_ae", AE, nullable=False),
+    Column("peer_address", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("kind", "sop_instance_uid"),
+    Index(None, "study_uid"),
+)
+"""What modalities and PACS said of a study's instances: Modality Performed Procedure Steps
+(``mpps``: N-CREATE, then N-SET to COMPLETED or DISCONTINUED) and Instance Availability
+Notifications (``ian``), with the SOP Instance UIDs they reference (JSON) and their
+attributes as received (DICOM JSON)."""

@@ -15,7 +15,7 @@ from babel.messages.pofile import read_po
 
 from adapters.console.words import WORDS
 from broker import i18n
-from broker.model import critical, domain, jobs, writeback
+from broker.model import completion, critical, domain, jobs, timeline, writeback
 from routing import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +73,8 @@ def test_every_coded_value_the_console_shows_is_marked() -> None:
         critical.CaseState,
         critical.StepKind,
         critical.AckVia,
+        timeline.StampKind,
+        completion.Completion,
     ]
     values = {str(member.value) for kind in coded for member in kind}
     assert values - set(WORDS) == set()

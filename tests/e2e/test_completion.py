@@ -1,0 +1,362 @@
+"""Study completion from evidence, through ``radbridge serve``: expected series (storescu),
+MPPS N-CREATE/N-SET and IAN N-CREATE (pynetdicom SCU; dcmtk has no MPPS or IAN SCU).
+
+One service for the module, with a quiet time of two minutes: a study that completes
+within the test completed on evidence, never on silence.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    InstanceAvailabilityNotification,
+    ModalityPerformedProcedureStep,
+)
+
+from adapters.dicom.synthetic import generate_study
+from tests.peers import StoreSCP, free_port, storescu, wait_until
+from tests.service import Radbridge, base_config
+
+pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("completion")]
+
+QUIET = 120.0
+DEADLINE = 3.0
+
+
+def _config(folder: Path, vendor_port: int) -> dict[str, Any]:
+    config = base_config(folder, free_port(), study_stable_seconds=QUIET)
+    config["http"] = {"listen": {"host": "127.0.0.1", "port": free_port()}}
+    config["vendors"] = {
+        "strokeai": {
+            "product": "CT stroke",
+            "transport": {
+                "type": "dicom",
+                "ae_title": "STROKEAI",
+                "host": "127.0.0.1",
+                "port": vendor_port,
+            },
+        },
+        "dwiai": {
+            "product": "MR stroke DWI",
+            "transport": {"type": "dicom", "ae_title": "DWIAI", "host": "127.0.0.1", "port": 9},
+        },
+    }
+    config["routes"] = [
+        {
+            "name": "stroke",
+            "when": {"modality": "CT", "body_part": "HEAD"},
+            "send": ["strokeai"],
+            "priority": "stat",
+            "expect": {
+                "series": {
+                    "ncct": {"description": {"regex": "head"}, "contrast_agent": {"exists": False}},
+                    "cta": {"description": {"regex": "cta"}},
+                    "perfusion": {"description": {"regex": "perfusion"}},
+                },
+                "deadline": DEADLINE,
+                "on_timeout": "send_incomplete",
+            },
+        },
+        {
+            "name": "mr-dwi",
+            "when": {"modality": "MR"},
+            "send": ["dwiai"],
+            "expect": {
+                "series": {"dwi": {"description": {"regex": "dwi|diffusion"}}},
+                "deadline": DEADLINE,
+                "on_timeout": "skip",
+            },
+        },
+    ]
+    return config
+
+
+@dataclass
+class Service:
+    rb: Radbridge
+    vendor: StoreSCP
+    folder: Path
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """One radbridge (quiet time 120 s) and the stroke vendor's storescp."""
+    folder = tmp_path_factory.mktemp("completion")
+    with StoreSCP(folder / "strokeai", ae_title="STROKEAI") as vendor:
+        rb = Radbridge(folder / "rb", _config(folder / "rb", vendor.port))
+        rb.start()
+        try:
+            yield Service(rb, vendor, folder)
+        finally:
+            rb.close()
+
+
+def stroke_study(folder: Path, kinds: tuple[str, ...], accession: str) -> dict[str, list[Path]]:
+    """One study of the given CT series (``ct_head``, ``ct_ccta``, ``ct_perfusion``), small."""
+    study_uid = str(generate_uid())
+    return {
+        kind: generate_study(
+            kind,  # type: ignore[arg-type]
+            folder / kind,
+            instances=2,
+            rows=16,
+            columns=16,
+            study_uid=study_uid,
+            accession=accession,
+        )
+        for kind in kinds
+    }
+
+
+def _uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+
+
+def _completed(rb: Radbridge, study_uid: str) -> dict[str, Any]:
+    study = rb.wait_state(study_uid, "stable", timeout=30)
+    [complete] = [e for e in study["history"] if e["kind"] == "complete"]
+    return {**study, "complete": complete}
+
+
+@pytest.fixture(scope="module")
+def stroke(service: Service) -> dict[str, Any]:
+    """A whole stroke study (head CT, CTA, perfusion) sent with storescu, once it reached
+    the vendor: its UID and files, and the study as ``studies show`` gives it then."""
+    files = stroke_study(service.folder / "stroke", ("ct_head", "ct_ccta", "ct_perfusion"), "S1")
+    everything = [p for paths in files.values() for p in paths]
+    storescu(everything, service.rb.port)
+    study_uid = _uid(everything[0])
+    study = _completed(service.rb, study_uid)
+    wait_until(lambda: len(service.vendor.files()) >= len(everything), "vendor has the study")
+    return {"study_uid": study_uid, "files": everything, "study": study}
+
+
+def test_stroke_study_completes_when_its_expected_series_are_in(stroke: dict[str, Any]) -> None:
+    """Head CT, CTA and perfusion sent: the study is complete at once (not after its
+    120 s quiet time), by expected series, and the vendor gets all of it (the fixture
+    waits for that)."""
+    complete = stroke["study"]["complete"]
+    assert complete["reason"] == "expected_series"
+    assert "route stroke: all of" in complete["detail"]
+    assert all(name in complete["detail"] for name in ("ncct", "cta", "perfusion"))
+
+
+def _token(rb: Radbridge) -> str:
+    return rb.cli("tokens", "create", "--role", "viewer", "--name", "ledger").stdout.strip()
+
+
+def test_timeline_via_cli_and_api(service: Service, stroke: dict[str, Any]) -> None:
+    """The stroke study's ledger, by ``studies timeline`` (JSON, CSV) and the API (JSON,
+    CSV): instances, complete by expected series, routed and sent to the vendor, in time
+    order; the turnaround report counts its job under the route."""
+    rb, study_uid = service.rb, stroke["study_uid"]
+    wait_until(
+        lambda: '"sent"' in rb.cli("studies", "timeline", study_uid, "--json").stdout,
+        "sent stamped",
+    )
+    ledger = json.loads(rb.cli("studies", "timeline", study_uid, "--json").stdout)
+    kinds = [s["kind"] for s in ledger["stamps"]]
+    for kind in ("first_instance", "last_instance", "complete", "routed", "sent"):
+        assert kind in kinds
+    assert kinds.index("first_instance") < kinds.index("complete") < kinds.index("routed")
+    assert kinds.index("routed") < kinds.index("sent")
+    times = [s["at"] for s in ledger["stamps"]]
+    assert times == sorted(times)
+    [complete] = [s for s in ledger["stamps"] if s["kind"] == "complete"]
+    assert complete["reason"] == "expected_series"
+    [sent] = [s for s in ledger["stamps"] if s["kind"] == "sent"]
+    assert sent["subject"] == "strokeai"
+    rows = list(
+        csv.DictReader(io.StringIO(rb.cli("studies", "timeline", study_uid, "--csv").stdout))
+    )
+    assert [r["kind"] for r in rows] == kinds
+    missing = rb.cli("studies", "timeline", "1.2.3.999", "--json", check=False)
+    assert missing.returncode == 1
+
+    base = f"http://127.0.0.1:{rb.config['http']['listen']['port']}/api/v1"
+    headers = {"Authorization": f"Bearer {_token(rb)}"}
+    answer = httpx.get(f"{base}/studies/{study_uid}/timeline", headers=headers, timeout=10)
+    assert answer.status_code == 200
+    assert [s["kind"] for s in answer.json()["stamps"]] == kinds
+    as_csv = httpx.get(
+        f"{base}/studies/{study_uid}/timeline", params={"format": "csv"}, headers=headers
+    )
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    assert as_csv.text.splitlines()[0] == "at,kind,subject,reason,detail,job_id"
+    assert httpx.get(f"{base}/studies/1.2.3.999/timeline", headers=headers).status_code == 404
+    assert httpx.get(f"{base}/studies/{study_uid}/timeline").status_code == 401
+
+    today = date.today().isoformat()
+    period = {"from": (date.today() - timedelta(days=1)).isoformat(), "to": today}
+    report = httpx.get(f"{base}/reports/turnaround", params=period, headers=headers).json()
+    [route] = [r for r in report["routes"] if r["route"] == "stroke"]
+    assert route["jobs"] >= 1 and route["door_to_sent"]["count"] >= 1
+    assert route["door_to_sent"]["p50"] <= route["door_to_sent"]["p95"]
+    [job] = [j for j in report["jobs"] if j["study_uid"] == study_uid]
+    assert job["complete_reason"] == "expected_series" and job["vendor"] == "strokeai"
+    assert 0 <= job["door_to_complete_seconds"] <= job["door_to_sent_seconds"]
+    table = httpx.get(
+        f"{base}/reports/turnaround", params={**period, "format": "csv"}, headers=headers
+    )
+    assert study_uid in table.text
+    cli = json.loads(
+        rb.cli("studies", "turnaround", "--from", period["from"], "--to", today).stdout
+    )
+    assert [j["study_uid"] for j in cli["jobs"]] == [j["study_uid"] for j in report["jobs"]]
+
+
+def test_missing_series_sends_incomplete_at_the_deadline(service: Service) -> None:
+    """Head CT and CTA, no perfusion: held past the series' arrival, complete at the
+    deadline with the missing series named, and sent (``send_incomplete``)."""
+    files = stroke_study(service.folder / "partial", ("ct_head", "ct_ccta"), "S2")
+    everything = [p for paths in files.values() for p in paths]
+    storescu(everything, service.rb.port)
+    study_uid = _uid(everything[0])
+    assert service.rb.stored_state(study_uid) == "receiving"
+    study = _completed(service.rb, study_uid)
+    assert study["complete"]["reason"] == "deadline"
+    assert "perfusion missing" in study["complete"]["detail"]
+    assert "sent incomplete" in study["complete"]["detail"]
+    jobs = service.rb.cli("jobs", "list", "--json").stdout
+    assert study_uid in jobs
+
+
+def test_missing_series_skips_the_route_at_the_deadline(service: Service) -> None:
+    """An MR without its DWI series on a ``skip`` route: complete at the deadline, and the
+    route does not send it (recorded in the history)."""
+    paths = generate_study("mr_brain", service.folder / "mr", instances=1, rows=16, columns=16)
+    storescu(paths, service.rb.port)
+    study_uid = _uid(paths[0])
+    study = _completed(service.rb, study_uid)
+    assert study["complete"]["reason"] == "deadline"
+    assert "dwi missing" in study["complete"]["detail"]
+    wait_until(
+        lambda: any(e["kind"] == "route_skipped" for e in service.rb.study(study_uid)["history"]),
+        "route skipped recorded",
+    )
+    assert study_uid not in service.rb.cli("jobs", "list", "--json").stdout
+
+
+def _mpps(study_uid: str, status: str, references: list[tuple[str, str, str]]) -> Dataset:
+    ds = Dataset()
+    item = Dataset()
+    item.StudyInstanceUID = study_uid
+    item.AccessionNumber = "M1"
+    ds.ScheduledStepAttributesSequence = [item]
+    ds.PerformedProcedureStepStatus = status
+    ds.PerformedProcedureStepID = "PPS1"
+    ds.Modality = "CT"
+    series: dict[str, list[Dataset]] = {}
+    for series_uid, sop_class, sop_uid in references:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = sop_class
+        ref.ReferencedSOPInstanceUID = sop_uid
+        series.setdefault(series_uid, []).append(ref)
+    performed = []
+    for series_uid, refs in series.items():
+        item = Dataset()
+        item.SeriesInstanceUID = series_uid
+        item.ReferencedImageSequence = refs
+        performed.append(item)
+    ds.PerformedSeriesSequence = performed
+    return ds
+
+
+def _references(paths: list[Path]) -> list[tuple[str, str, str]]:
+    out = []
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        out.append((str(ds.SeriesInstanceUID), str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
+    return out
+
+
+def _association(rb: Radbridge, sop_class: str) -> Any:
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(sop_class)
+    assoc = ae.associate("127.0.0.1", rb.port, ae_title="RADBRIDGE")
+    assert assoc.is_established
+    return assoc
+
+
+def test_mpps_completed_completes_the_study_once_its_instances_are_in(service: Service) -> None:
+    """MPPS N-CREATE (IN PROGRESS), then N-SET COMPLETED listing a chest CT's instances
+    before the last ones arrived: the study completes at once when they do, by MPPS."""
+    paths = generate_study("ct_chest", service.folder / "chest", instances=3, rows=16, columns=16)
+    study_uid = _uid(paths[0])
+    mpps_uid = str(generate_uid())
+    assoc = _association(service.rb, ModalityPerformedProcedureStep)
+    try:
+        status, _ = assoc.send_n_create(
+            _mpps(study_uid, "IN PROGRESS", []), ModalityPerformedProcedureStep, mpps_uid
+        )
+        assert status.Status == 0x0000
+        again, _ = assoc.send_n_create(
+            _mpps(study_uid, "IN PROGRESS", []), ModalityPerformedProcedureStep, mpps_uid
+        )
+        assert again.Status == 0x0111  # duplicate SOP instance
+        unknown, _ = assoc.send_n_set(
+            _mpps(study_uid, "COMPLETED", []), ModalityPerformedProcedureStep, "1.2.3.4.5"
+        )
+        assert unknown.Status == 0x0112  # no such object instance
+        storescu(paths[:2], service.rb.port)
+        final = _mpps(study_uid, "COMPLETED", _references(paths))
+        status, _ = assoc.send_n_set(final, ModalityPerformedProcedureStep, mpps_uid)
+        assert status.Status == 0x0000
+        assert service.rb.stored_state(study_uid) == "receiving"  # one instance still missing
+        late, _ = assoc.send_n_set(final, ModalityPerformedProcedureStep, mpps_uid)
+        assert late.Status == 0x0110  # a COMPLETED step does not change
+    finally:
+        assoc.release()
+    storescu(paths[2:], service.rb.port)
+    study = _completed(service.rb, study_uid)
+    assert study["complete"]["reason"] == "mpps"
+    assert [e["reason"] for e in study["history"] if e["kind"] == "mpps"] == [
+        "IN PROGRESS",
+        "COMPLETED",
+    ]
+
+
+def test_ian_completes_the_study(service: Service) -> None:
+    """A PACS's Instance Availability Notification listing the study's instances, after
+    they arrived: the study completes at once, by IAN."""
+    paths = generate_study("dx_chest", service.folder / "dx", instances=1, rows=16, columns=16)
+    storescu(paths, service.rb.port)
+    study_uid = _uid(paths[0])
+    ian = Dataset()
+    ian.StudyInstanceUID = study_uid
+    ian.ReferencedPerformedProcedureStepSequence = []
+    series: dict[str, list[Dataset]] = {}
+    for series_uid, sop_class, sop_uid in _references(paths):
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = sop_class
+        ref.ReferencedSOPInstanceUID = sop_uid
+        ref.InstanceAvailability = "ONLINE"
+        ref.RetrieveAETitle = "PACS"
+        series.setdefault(series_uid, []).append(ref)
+    ian.ReferencedSeriesSequence = []
+    for series_uid, refs in series.items():
+        item = Dataset()
+        item.SeriesInstanceUID = series_uid
+        item.ReferencedSOPSequence = refs
+        ian.ReferencedSeriesSequence.append(item)
+    assoc = _association(service.rb, InstanceAvailabilityNotification)
+    try:
+        status, _ = assoc.send_n_create(ian, InstanceAvailabilityNotification, str(generate_uid()))
+    finally:
+        assoc.release()
+    assert status.Status == 0x0000
+    assert _completed(service.rb, study_uid)["complete"]["reason"] == "ian"
