@@ -15,6 +15,7 @@ from pydantic import (
     PlainValidator,
     SecretStr,
     field_validator,
+    model_validator,
 )
 
 from broker.model.contract import Regulatory
@@ -22,6 +23,7 @@ from broker.model.deid import Deidentify
 from broker.model.domain import Priority
 from broker.model.errors import did_you_mean
 from broker.model.mode import Mode
+from broker.model.reconciliation import DEFAULT_THRESHOLD, ReconcileMode
 from config.base import AETitle, Duration, LocatedErrors, Strict
 from config.base import parse_duration as parse_duration  # noqa: PLC0414 - re-exported
 from config.plugins import TransportBlock
@@ -253,6 +255,15 @@ class RequireOrderSettings(Strict):
     then: OnNoOrder = OnNoOrder.ROUTE_ON_IMAGES
 
 
+class DiscordanceSettings(Strict):
+    """When two products of a study disagree on a finding code (see README, "Several AI
+    products on one study"): probabilities on both sides of ``threshold`` disagree;
+    ``oru_note: true`` adds an NTE naming the disagreement to the ORU^R01."""
+
+    threshold: Annotated[float, Field(gt=0, lt=1)] = DEFAULT_THRESHOLD
+    oru_note: bool = False
+
+
 _KNOWN_VENDORS: ContextVar[tuple[str, ...] | None] = ContextVar("known_vendors", default=None)
 _KNOWN_TARGETS: ContextVar[tuple[str, ...] | None] = ContextVar("known_targets", default=None)
 """The vendor and target names of the settings being validated (set by ``Settings``)."""
@@ -263,6 +274,9 @@ class Route(Strict):
 
     ``mode: shadow`` keeps every result of the route from its ``write_back``
     targets and notifications (a silent trial; see :mod:`broker.model.mode`).
+    ``owners`` names the vendor (of ``send``) that owns a finding code on this route
+    (``SCT:1386000`` or the code value); ``reconcile: combined`` writes one combined
+    answer of all its products (:mod:`broker.model.reconciliation`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
@@ -284,6 +298,25 @@ class Route(Strict):
     """De-identify what this route sends (instead of each vendor's own ``deidentify``)."""
     expect: ExpectSettings | None = None
     """Expected series: complete the study as soon as they are all in (see README)."""
+    owners: dict[Annotated[str, Field(min_length=1, max_length=160)], str] = Field(
+        default_factory=dict
+    )
+    reconcile: ReconcileMode = ReconcileMode.SEPARATE
+    discordance: DiscordanceSettings = DiscordanceSettings()
+
+    @model_validator(mode="after")
+    def _owners_are_sent_to(self) -> Route:
+        problems: list[tuple[tuple[str | int, ...], str]] = [
+            (
+                ("owners", code),
+                f"owner '{vendor}' is not a vendor of this route; valid: {', '.join(self.send)}",
+            )
+            for code, vendor in self.owners.items()
+            if vendor not in self.send
+        ]
+        if problems:
+            raise LocatedErrors(problems)
+        return self
 
     @field_validator("send")
     @classmethod

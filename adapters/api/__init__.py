@@ -23,6 +23,7 @@ from adapters.api import (
     conflicts,
     contracts,
     critical,
+    findings,
     health,
     jobs,
     orders,
@@ -48,6 +49,7 @@ def api_router() -> APIRouter:
     routers = (studies, orders, conflicts, jobs, results, verdicts, critical, vendors, routes)
     for module in (*routers, configuration, timeline, usage, contracts, audit, tokens):
         api.include_router(module.router)
+    api.include_router(findings.router)  # several products on one study
     return api
 
 

@@ -84,6 +84,8 @@ class JobOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     study_revision: int
+    shadow: str | None = None
+    """Why the job runs as a silent trial (``configuration``, ``contract``…); null: live."""
 
 
 class WorkEventOut(BaseModel):
@@ -217,6 +219,7 @@ def job_fields(j: Job) -> dict[str, Any]:
         "created_at": j.created_at,
         "updated_at": j.updated_at,
         "study_revision": j.study_revision,
+        "shadow": j.shadow.value if j.shadow is not None else None,
     }
 
 
@@ -405,20 +408,20 @@ def result_out(r: Result) -> ResultOut:
     return ResultOut(**result_fields(r))
 
 
-def _code_out(c: Code) -> CodeOut:
+def code_out(c: Code) -> CodeOut:
     return CodeOut(system=c.system, value=c.value, meaning=c.meaning)
 
 
-def _finding_out(f: Finding) -> FindingOut:
+def finding_out(f: Finding) -> FindingOut:
     return FindingOut(
-        code=_code_out(f.code),
+        code=code_out(f.code),
         present=f.present,
         score=f.score,
         urgent=f.urgent,
         text=f.text,
-        site=_code_out(f.site) if f.site is not None else None,
+        site=code_out(f.site) if f.site is not None else None,
         measurements=[
-            MeasurementOut(name=_code_out(m.name), value=m.value, unit=m.unit)
+            MeasurementOut(name=code_out(m.name), value=m.value, unit=m.unit)
             for m in f.measurements
         ],
     )
@@ -432,7 +435,7 @@ def findings_out(f: Findings) -> FindingsOut:
         summary=f.summary,
         present=sum(1 for x in f.findings if x.present),
         urgent=f.urgent,
-        findings=[_finding_out(x) for x in f.findings],
+        findings=[finding_out(x) for x in f.findings],
     )
 
 

@@ -17,6 +17,10 @@ ORU^R01 (:func:`build_oru`), one segment a line, fields by number:
   ``RAD``, OBR-25 ``P``; then an NTE with the result's summary, if any;
 - per finding an OBX (CWE, OBX-4 = the finding's number), an NTE with its
   text, and an NM OBX per measurement (same OBX-4, unit in UCUM);
+- a combined answer of several products (a route's ``reconcile: combined``): OBX-17
+  names each finding's own product and an NTE after it its provenance (product,
+  version, certificate, owner or not, discordant); a disagreement between products
+  can be an NTE after the OBR (``discordance.oru_note``).
 - references: an ST OBX with the Study Instance UID (DCM 110180), one per
   series of the result's objects (DCM 112002), one per object;
 - with a summary PDF (a target's ``render: [pdf]``), an ED OBX that embeds it:
@@ -198,10 +202,16 @@ def build_oru(
     study: Study | None,
     header: Header = Header(),
     pdf: bytes | None = None,
+    note: str | None = None,
+    provenance: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The ORU^R01 of ``result`` (see the module docstring); segments end with ``\\r``.
 
-    ``pdf``: the summary PDF, embedded in an ED OBX after the references."""
+    ``pdf``: the summary PDF, embedded in an ED OBX after the references. ``note`` is a
+    further NTE after the OBR (a disagreement between products); ``provenance`` (one per
+    finding: the product for OBX-17, a text for an NTE) makes a combined answer of several
+    products name each finding's own product.
+    """
     w = _Writer()
     at = result.completed_at or result.updated_at
     when = _ts(at)
@@ -229,6 +239,8 @@ def build_oru(
     findings = result.findings
     if findings is not None and findings.summary:
         w.add("NTE", {1: "1", 2: "L", 3: w.esc(findings.summary)})
+    if note:
+        w.add("NTE", {1: "1", 2: "L", 3: w.esc(note)})
     algorithm = ""
     if findings is not None:
         a = findings.algorithm
@@ -248,12 +260,14 @@ def build_oru(
                 9: "" if finding.score is None else f"{finding.score:g}",
                 11: "P",
                 14: when,
-                17: algorithm,
+                17: w.components("", provenance[index - 1][0]) if provenance else algorithm,
                 20: w.code(finding.site),
             },
         )
         if finding.text:
             w.add("NTE", {1: "1", 2: "L", 3: w.esc(finding.text)})
+        if provenance:
+            w.add("NTE", {1: "1", 2: "L", 3: w.esc(provenance[index - 1][1])})
         for m in finding.measurements:
             n += 1
             w.add(

@@ -297,9 +297,11 @@ def _group(
     index: int,
     result_id: str,
     references: dict[str, SourceInstance],
+    provenance: Sequence[Provenance] = (),
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 for finding ``index`` (or for "no findings" when there are none)."""
-    algo = findings.algorithm
+    """TID 1501 for finding ``index`` (or for "no findings" when there are none); the
+    algorithm is the finding's own product when ``provenance`` names one per finding."""
+    algo = provenance[index].algorithm if provenance else findings.algorithm
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=lo_text(algo.product), version=lo_text(algo.version), manufacturer=lo_text(algo.vendor)
     )
@@ -341,15 +343,25 @@ def _group(
         qualitative_evaluations=evaluations,
         source_images=sources or None,
     )
-    if finding.text:
+    notes = [finding.text] if finding.text else []
+    if provenance:
+        notes.append(provenance[index].text)
+    for note in notes:
         group[0].ContentSequence.append(
             hd.sr.TextContentItem(
-                name=COMMENT,
-                value=finding.text,
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+                name=COMMENT, value=note, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
             )
         )
     return group
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """Which product a finding of a combined SR comes from, and what is said of it."""
+
+    algorithm: domain.AlgorithmInfo
+    text: str
+    """Product, version, certificate, ownership: a comment of the finding's group."""
 
 
 def disclaimer(algorithm: domain.AlgorithmInfo) -> str:
@@ -367,6 +379,7 @@ def findings_to_sr(
     index: int = 0,
     created: datetime | None = None,
     institution_name: str | None = None,
+    provenance: Sequence[Provenance] = (),
 ) -> Dataset:
     """A Comprehensive SR (TID 1500) of ``findings``, filed under ``source``'s study.
 
@@ -376,7 +389,13 @@ def findings_to_sr(
     creation date and time (default: now), so a retry with the same value
     gives an identical object. Raises :class:`ResultError` when the findings
     are not about ``source``'s study or reference images it cannot resolve.
+    ``provenance`` (one per finding) makes a combined SR of several products: each
+    group names its own product's algorithm and carries its provenance as a comment.
     """
+    if provenance and len(provenance) != len(findings.findings):
+        raise ResultError(
+            f"{len(provenance)} provenances for {len(findings.findings)} findings; valid: one each"
+        )
     if findings.study_uid != source.study_uid:
         raise ResultError(
             f"study_instance_uid: {findings.study_uid} is not the study the job sent "
@@ -402,7 +421,9 @@ def findings_to_sr(
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=IMAGING_PROCEDURE,
-        imaging_measurements=[_group(findings, n, result_id, references) for n in range(count)],
+        imaging_measurements=[
+            _group(findings, n, result_id, references, provenance) for n in range(count)
+        ],
     )
     notes = hd.sr.ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS

@@ -35,6 +35,7 @@ from adapters.results.render.settings import Rendering, RenderSettings
 from adapters.writeback.base import TargetRejectedError, TargetUnavailableError
 from adapters.writeback.rendering import summary_pdf_for
 from broker.model.errors import Hl7Error, Hl7RejectedError
+from broker.model.reconciliation import provenance_text
 from broker.model.target import TargetSettings, WritebackTarget
 from broker.model.writeback import DeliveryKind, WritebackItem
 from config.base import Port, Timeout
@@ -130,6 +131,19 @@ class Hl7Target(WritebackTarget):
             return "ORM^O01", text
         if item.result is None:
             raise TargetRejectedError(f"delivery {d.id} has no result to report")
+        provenance: list[tuple[str, str]] = []
+        if d.event == "combined" and item.findings is not None:
+            provenance = [
+                (
+                    " ".join(
+                        x
+                        for x in (f.provenance.maker, f.provenance.product, f.provenance.version)
+                        if x
+                    ),
+                    provenance_text(f),
+                )
+                for f in item.findings.live()
+            ]
         text = build_oru(
             control_id=d.message_id,
             result=item.result,
@@ -137,6 +151,8 @@ class Hl7Target(WritebackTarget):
             study=item.study,
             header=header,
             pdf=summary_pdf_for(item, self.settings),
+            note=item.note,
+            provenance=provenance,
         )
         return "ORU^R01", text
 

@@ -1,4 +1,4 @@
-"""``webhook``: notifications (urgent results, overdue jobs) POSTed as JSON.
+"""``webhook``: notifications (urgent results, overdue jobs, discordant studies) POSTed as JSON.
 
 Configured as ``notifications.webhook`` (``url``; optional ``timeout``,
 ``retries``; the token only from ``RADBRIDGE_NOTIFICATIONS__WEBHOOK__TOKEN``,
@@ -16,6 +16,11 @@ links for a radiologist's verdict (``verdict_links``)::
                    "urgent": true, "score": 0.97,
                    "verdict_links": {"accepted": "https://…/console/v/…",
                                      "rejected": "https://…/console/v/…"}}]}
+    {"event": "discordant", "id": "RB…", "at": "…", "job_id": 8, "result_id": 4,
+     "study_uid": "1.2…", "vendor": "lungnew", "route": "chest-ct", "findings": […],
+     "flags": ["discordant"], "discordances": [{"code": "RID50149", "system": "RADLEX",
+     "meaning": "Pulmonary nodule", "vendors": ["lungai", "lungnew"], "result_ids": [3, 4],
+     "reason": "present vs absent"}]}
     {"event": "overdue", "id": "RB…", "at": "…", "job_id": 9, "study_uid": "1.2…",
      "vendor": "lungai", "route": "chest-ct", "state": "awaiting_result",
      "deadline_at": "…"}
@@ -53,7 +58,7 @@ from adapters.http_status import Verdict, answered, failure, url_endpoint, verdi
 from adapters.writeback.base import TargetRejectedError, TargetUnavailableError
 from broker.i18n.critical import notice_text
 from broker.model.target import TargetSettings, WritebackTarget
-from broker.model.writeback import WritebackItem
+from broker.model.writeback import DeliveryKind, WritebackItem
 from config.base import HttpUrl, Timeout
 
 
@@ -129,6 +134,19 @@ def notification(item: WritebackItem) -> dict[str, Any]:
                 **({"verdict_links": dict(links[n])} if n in links else {}),
             }
             for n, f in enumerate(findings.findings if findings else ())
+        ]
+    if item.findings is not None and d.kind is DeliveryKind.FLAG:
+        body["flags"] = [f.value for f in item.findings.flags]
+        body["discordances"] = [
+            {
+                "code": x.code.value,
+                "system": x.code.system,
+                "meaning": x.code.meaning,
+                "vendors": list(x.vendors),
+                "result_ids": list(x.result_ids),
+                "reason": x.reason,
+            }
+            for x in item.findings.discordances
         ]
     if job is not None and d.event == "overdue":
         body["state"] = job.state.value

@@ -13,6 +13,12 @@
   out their backoff (``delivery.backoff_*_seconds``, like vendor jobs) while
   every other target carries on. After the target's ``retries`` the delivery
   is ``dead``; ``radbridge deliveries retry ID`` starts it over.
+* Several products on one study (:class:`Reconciler`): a result that makes its
+  study discordant also notifies the webhook (``flag``, once per result); a
+  route with ``reconcile: combined`` writes one combined answer once every
+  live product of the route answered (or gave up, or passed the route's
+  deadline), carried by the job whose result completed it; the others are
+  ``done`` with it. Until then a result waits in ``result_received``.
 * A shadow job's result (:mod:`broker.model.mode`) gets no delivery and no
   notification: it stays in the store and the job is ``done`` at once.
 * When every write-back delivery of a job is done the job is ``done``; when
@@ -35,6 +41,7 @@ import functools
 import random
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import Engine
 from structlog.stdlib import BoundLogger
@@ -50,6 +57,7 @@ from broker.model.errors import NotFoundError
 from broker.model.jobs import Job, JobState, JobStateError
 from broker.model.logging import get_logger
 from broker.model.mode import effective_shadow
+from broker.model.reconciliation import ReconcileMode, ReconcilePolicy, StudyFindings
 from broker.model.writeback import (
     WEBHOOK_TARGET,
     Delivery,
@@ -63,12 +71,46 @@ from broker.store import StudyStore
 from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.jobs import JobStore
 from broker.store.orders import OrderStore
+from broker.store.results import ResultStore
 from broker.store.work import LEASE_SECONDS
 
 LOG = get_logger("radbridge.writeback")
 
 Clock = Callable[[], datetime]
 ResultLoader = Callable[[int], Result]
+#: Job states whose result is in: a combined route's product has answered.
+ANSWERED: frozenset[JobState] = frozenset(
+    {JobState.RESULT_RECEIVED, JobState.WRITING_BACK, JobState.DONE}
+)
+#: Job states that will never bring a result without an operator.
+GIVEN_UP: frozenset[JobState] = frozenset({JobState.DEAD, JobState.CANCELLED})
+
+
+def discordance_note(findings: StudyFindings) -> str:
+    """What the RIS is told of a study's disagreements (``discordance.oru_note``)."""
+    parts = [
+        f"{d.code.meaning}: {d.vendors[0]} and {d.vendors[1]} disagree ({d.reason})"
+        for d in findings.discordances
+    ]
+    return "Discordant AI findings, review both: " + "; ".join(parts)
+
+
+class Reconciler(Protocol):
+    """What the stage asks about several products of one study (the service's
+    :class:`broker.runtime.findings.Reconciliation`)."""
+
+    def policy(self, route: str) -> ReconcilePolicy:
+        """The route's ``owners``, ``reconcile`` and ``discordance`` settings in force."""
+        ...
+
+    def findings(self, study_uid: str) -> StudyFindings:
+        """The study's reconciled findings (every product, provenance, flags)."""
+        ...
+
+    def combined(self, result: Result, route: str, view: StudyFindings) -> Result:
+        """The route's combined answer, completed by ``result``: a result (same id) with
+        every live product's findings and the combined SR, made the same on every call."""
+        ...
 
 
 class WritebackStage:
@@ -88,8 +130,11 @@ class WritebackStage:
         poll_seconds: float = POLL_SECONDS,
         lease_seconds: float = LEASE_SECONDS,
         worker: str | None = None,
+        reconciler: Reconciler | None = None,
     ) -> None:
         self.engine = engine
+        self.reconciler = reconciler
+        """Several products on one study: owners, combined answers, disagreements."""
         self.plans = plans
         self.deliveries = DeliveryStore(engine)
         self.jobs = JobStore(engine)
@@ -97,6 +142,7 @@ class WritebackStage:
         self.orders = OrderStore(engine)
         self.results = results
         """``ResultStore.get``: a result with its objects and findings, by id."""
+        self.result_store = ResultStore(engine)
         self.clock = clock
         self.lanes_engine = WorkEngine(
             self,
@@ -131,6 +177,8 @@ class WritebackStage:
             log.warning("orphan result not written back (it matches no job)")
             return []
         job = self.jobs.get(result.job_id)
+        joined: list[Job] = []
+        event = "result"
         with self.plans.use() as plan:
             log = log.bind(snapshot=plan.id)
             shadow = effective_shadow(job.shadow, plan.shadow(job.route, job.vendor))
@@ -138,6 +186,12 @@ class WritebackStage:
                 log.info("shadow result kept, not written back", why=shadow.value)
                 self._start_writing_back(job, has_deliveries=False)
                 return []
+            policy = self.reconciler.policy(job.route) if self.reconciler else None
+            if policy is not None and policy.mode is ReconcileMode.COMBINED:
+                combined = self._combine(job, plan, log)
+                if combined is None:
+                    return []
+                event, joined = "combined", combined
             wanted = plan.write_back(job.route)
             if wanted is None:
                 log.warning(
@@ -150,20 +204,24 @@ class WritebackStage:
                 if spec is None:
                     log.error("write-back target is not configured; skipped", target=name)
                     continue
-                new.append(self._new(result, job, spec, DeliveryKind.RESULT, "result"))
+                new.append(self._new(result, job, spec, DeliveryKind.RESULT, event))
+            hook = plan.target(WEBHOOK_TARGET)
             if result.urgent:
-                hook = plan.target(WEBHOOK_TARGET)
                 if hook is not None:
                     new.append(self._new(result, job, hook, DeliveryKind.NOTIFY, "urgent_result"))
                 ris = plan.target(plan.ris_status) if plan.ris_status else None
                 if ris is not None:
                     new.append(self._new(result, job, ris, DeliveryKind.STATUS, "urgent_result"))
+            if hook is not None and self._discordant(result, log):
+                new.append(self._new(result, job, hook, DeliveryKind.FLAG, "discordant"))
             made = self.deliveries.create(new, now=self.clock()) if new else []
             if result.urgent:
                 self.critical.open(result, job, plan, linked=made)
         self._start_writing_back(
             job, has_deliveries=any(d.kind is DeliveryKind.RESULT for d in made)
         )
+        for other in joined:
+            self._start_writing_back(other, has_deliveries=False)
         for d in made:
             self.lanes_engine.wake(d.target)
         log.info(
@@ -171,8 +229,71 @@ class WritebackStage:
             targets=[d.target for d in made if d.kind is DeliveryKind.RESULT],
             notifications=[d.target for d in made if d.kind is not DeliveryKind.RESULT],
             urgent=result.urgent,
+            combined=[j.id for j in joined] if event == "combined" else None,
         )
         return made
+
+    def _discordant(self, result: Result, log: BoundLogger) -> bool:
+        """True when ``result`` made its study discordant (logged, no patient data)."""
+        if self.reconciler is None:
+            return False
+        found = self.reconciler.findings(result.study_uid).involving(result.id)
+        for d in found:
+            log.warning(
+                "discordant AI findings",
+                code=f"{d.code.system}:{d.code.value}",
+                vendors=list(d.vendors),
+                result_ids=list(d.result_ids),
+                why=d.reason,
+            )
+        return bool(found)
+
+    def _combine(self, job: Job, plan: Plan, log: BoundLogger) -> list[Job] | None:
+        """The route's other live jobs of the study, answered, that join this job's combined
+        answer; None while one is still to answer (the job waits in ``result_received``)
+        or when another job carries the combined answer already (this one is done)."""
+        siblings = [
+            j
+            for j in self.jobs.list(study_uid=job.study_uid)
+            if j.id != job.id
+            and j.route == job.route
+            and effective_shadow(j.shadow, plan.shadow(j.route, j.vendor)) is None
+        ]
+        for other in siblings:
+            if any(d.event == "combined" for d in self.deliveries.for_job(other.id)):
+                log.info("the route's combined answer is written already", job_id=other.id)
+                self._start_writing_back(job, has_deliveries=False)
+                return None
+        now = self.clock()
+        waiting = [
+            j
+            for j in siblings
+            if j.state not in ANSWERED
+            and j.state not in GIVEN_UP
+            and (j.deadline_at is None or j.deadline_at > now)
+        ]
+        if waiting:
+            log.info(
+                "combined answer waits for the route's other products",
+                waiting=[j.vendor for j in waiting],
+            )
+            return None
+        return [j for j in siblings if j.state is JobState.RESULT_RECEIVED]
+
+    def combine_waiting(self) -> int:
+        """Schedule again the results of combined routes that wait for other products (a
+        product that gave up, or passed its deadline, no longer holds the answer back);
+        how many were written."""
+        if self.reconciler is None:
+            return 0
+        done = 0
+        for job in self.jobs.list(state=JobState.RESULT_RECEIVED, limit=1000):
+            if self.reconciler.policy(job.route).mode is not ReconcileMode.COMBINED:
+                continue
+            results = [r for r in self.result_store.for_job(job.id) if r.completed_at]
+            if results and self.schedule(results[-1].id):
+                done += 1
+        return done
 
     def _new(
         self, result: Result, job: Job, spec: TargetSpec, kind: DeliveryKind, event: str
@@ -254,6 +375,13 @@ class WritebackStage:
         if d.kind is DeliveryKind.NOTIFY and result is not None and signer is not None:
             count = len(result.findings.findings) if result.findings else 0
             links = signer.for_result(result.id, count, self.clock())
+        findings, note = None, None
+        if self.reconciler is not None and result is not None and job is not None:
+            findings = self.reconciler.findings(d.study_uid)
+            if d.event == "combined":
+                result = self.reconciler.combined(result, job.route, findings)
+            if self.reconciler.policy(job.route).oru_note and findings.discordant:
+                note = discordance_note(findings)
         return WritebackItem(
             delivery=d,
             job=job,
@@ -266,6 +394,8 @@ class WritebackStage:
             notice=self.critical.notice(d, plan)
             if d.event == CRITICAL_EVENT and plan is not None
             else None,
+            findings=findings,
+            note=note,
         )
 
     def _sources(self, job: Job | None) -> Sequence[str]:
@@ -343,6 +473,7 @@ class WritebackStage:
         """The timer's task for overdue jobs: checked every ``overdue_check_seconds``."""
         if self._overdue_at is None or now >= self._overdue_at:
             self.check_overdue()
+            self.combine_waiting()
             seconds = self.plans.current.overdue_check_seconds
             self._overdue_at = now + timedelta(seconds=seconds)
         return self._overdue_at

@@ -14,6 +14,8 @@ A delivery is one of three kinds:
   done → the job is ``done``; one dead → the job is ``dead``.
 - ``status``: an urgent result's order-status update to the RIS (ORM^O01).
 - ``notify``: a webhook notification (an urgent result, or a job overdue).
+- ``flag``: a webhook notification that the result made its study
+  ``discordant`` (two products disagree; :mod:`broker.model.reconciliation`).
 
 Notifications never decide a job's state; they are rows so that they are
 durable, retried with the same backoff, and visible in ``radbridge
@@ -29,6 +31,7 @@ from typing import Any
 from broker.model.critical import Notice
 from broker.model.domain import CodedValue, Result, StoredOrder, Study
 from broker.model.jobs import Job
+from broker.model.reconciliation import StudyFindings
 
 # Re-exported: the write-back stage sees targets through this module.
 from broker.model.target import WritebackTarget as WritebackTarget  # noqa: PLC0414
@@ -63,6 +66,7 @@ class DeliveryKind(CodedValue):
     RESULT = "result"
     STATUS = "status"
     NOTIFY = "notify"
+    FLAG = "flag"
 
 
 D = DeliveryState
@@ -120,7 +124,8 @@ class Delivery(Attempts):
     target_type: str
     kind: DeliveryKind
     event: str
-    """What a notification is about: ``urgent_result``, ``overdue``; ``result`` otherwise."""
+    """What a notification is about: ``urgent_result``, ``overdue``, ``discordant``;
+    ``result`` otherwise, ``combined`` for a route's combined answer."""
     urgent: bool
     state: DeliveryState
     message_id: str
@@ -161,6 +166,10 @@ class WritebackItem:
     ``study`` is None if the store no longer has the study. ``sources()`` reads
     the spool paths of the images the job sent (empty once purged), for targets
     that render the result on those images; only they pay for the query.
+    ``findings`` is the study's reconciled findings (provenance, owners, flags)
+    when the service reconciles; for a ``combined`` delivery ``result`` is the
+    combined answer (every live product's findings and the combined SR) made
+    for this attempt.
     """
 
     delivery: Delivery
@@ -175,3 +184,6 @@ class WritebackItem:
     sources: Callable[[], Sequence[str]] = no_sources
     notice: Notice | None = None
     """For a critical-result notification: the case, the contact, the address, the link."""
+    findings: StudyFindings | None = None
+    note: str | None = None
+    """A note for the RIS (the study's disagreements, with ``discordance.oru_note``)."""

@@ -21,6 +21,7 @@ from broker.model.version import VERSION
 from broker.runtime.billing import Accounting
 from broker.runtime.completion import CompletionStage, StableTimer
 from broker.runtime.edges import Edge, ServiceContext, available
+from broker.runtime.findings import Reconciliation
 from broker.runtime.reload import Reloader
 from broker.runtime.reports import FinalReportIntake, matcher_of
 from broker.runtime.results import ResultTimer
@@ -100,7 +101,11 @@ class Service:
         )
         self.snapshots.on_swap(self._new_result_policies)
         self.writeback = WritebackStage(
-            engine, self.snapshots, results=self.results.store.get, lease_seconds=lease
+            engine,
+            self.snapshots,
+            results=self.results.store.get,
+            lease_seconds=lease,
+            reconciler=Reconciliation(engine, lambda: self.snapshots.settings, self.context.spool),
         )
         self.results.on_complete.append(self.writeback.schedule)
         reports = FinalReportIntake(engine, matcher_of(self.snapshots))
