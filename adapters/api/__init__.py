@@ -32,6 +32,7 @@ from adapters.api import (
     studies,
     timeline,
     tokens,
+    trials,
     usage,
     vendors,
     verdicts,
@@ -49,7 +50,8 @@ def api_router() -> APIRouter:
     routers = (studies, orders, conflicts, jobs, results, verdicts, critical, vendors, routes)
     for module in (*routers, configuration, timeline, usage, contracts, audit, tokens):
         api.include_router(module.router)
-    api.include_router(findings.router)  # several products on one study
+    for several in (findings, trials):  # several products on one study, silent trials
+        api.include_router(several.router)
     return api
 
 

@@ -31,6 +31,7 @@ from broker.cli.results import app as results_app
 from broker.cli.routes import app as routes_app
 from broker.cli.timeline import timeline_command, turnaround_command
 from broker.cli.tokens import app as tokens_app
+from broker.cli.trials import app as trials_app
 from broker.cli.usage import app as usage_app
 from broker.cli.users import app as users_app
 from broker.cli.vendors import app as vendors_app
@@ -61,6 +62,7 @@ app.add_typer(conflicts_app, name="conflicts")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(audit_app, name="audit")
 app.add_typer(usage_app, name="usage")
+app.add_typer(trials_app, name="trials")
 app.add_typer(results_app, name="results")
 app.add_typer(users_app, name="users")
 app.add_typer(vendors_app, name="vendors")

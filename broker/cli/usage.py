@@ -22,7 +22,7 @@ def usage() -> None:
     """Usage for settlement with the AI vendors."""
 
 
-def _day(value: str, option: str) -> date:
+def day_option(value: str, option: str) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError as exc:
@@ -40,7 +40,7 @@ def report(
 ) -> None:
     """One line per vendor, product, site, day and unit: studies, quantity, billable,
     trial, unbillable and amount."""
-    start, end = _day(since, "--from"), _day(until, "--to")
+    start, end = day_option(since, "--from"), day_option(until, "--to")
     if end < start:
         err.print(f"--to {end} is before --from {start}")
         raise typer.Exit(2)

@@ -10,6 +10,7 @@ webhook a loopback HTTP endpoint. Routes are chosen by the accession number's pr
 from __future__ import annotations
 
 import json
+import signal
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import hl7
 import httpx
 import pydicom
 import pytest
+import yaml
 
 from adapters.dicom.synthetic import generate_study
 from adapters.results.sr import read_source_study
@@ -255,6 +257,38 @@ def test_a_shadow_product_is_stored_and_shown_but_only_the_incumbent_is_written_
     lines = {line["vendor"]: line for line in products.api("/usage", **days)}
     assert lines["lungnew"]["trial"] == 1 and lines["lungnew"]["billable"] == 0
     assert lines["lungai"]["billable"] >= 1
+    report = products.api("/trials", vendor="lungnew", **days)
+    assert report["against"] == "lungai"  # the live product that read the same study
+    assert (report["studies"], report["sent"], report["results"], report["failed"]) == (
+        1,
+        1,
+        1,
+        0,
+    )
+    assert report["positive_rate"] == 1.0 and report["turnaround_p50_seconds"] > 0
+    assert (report["cost"], report["currency"]) == ("20", "CNY")
+    [nodule] = report["agreement"]
+    assert (nodule["code"], nodule["studies"], nodule["percent_agreement"]) == (
+        "RID50149",
+        1,
+        100.0,
+    )
+    csv_text = products.rb.cli(
+        "trials",
+        "report",
+        "--vendor",
+        "lungnew",
+        "--from",
+        days["from"],
+        "--to",
+        days["to"],
+        "--format",
+        "csv",
+    ).stdout
+    header, row = csv_text.splitlines()
+    assert header.startswith("vendor,product,against,") and row.startswith(
+        "lungnew,Nodule Finder,lungai,"
+    )
 
 
 def test_two_agreeing_products_give_one_combined_sr_and_one_oru_with_two_provenances(
@@ -332,3 +366,32 @@ def test_two_disagreeing_products_flag_the_study_notify_and_keep_both(
     notes = [str(seg[3]) for oru in products.orus("SEP1") for seg in oru if str(seg[0]) == "NTE"]
     assert sum("Discordant AI findings" in n for n in notes) == 1
     wait_until(lambda: len(products.pacs_srs(uid)) == 2, "both products' SRs")
+
+
+def test_a_reload_to_live_promotes_the_trial_product(products: Products) -> None:
+    """After a reload with ``mode: live`` the former trial product's next result is written
+    back: the RIS gets an ORU from each product for the next study."""
+    seen = len(_reloads(products.rb))
+    config = json.loads(json.dumps(products.rb.config))
+    config["vendors"]["lungnew"]["mode"] = "live"
+    products.rb.config = config
+    products.rb.config_path.write_text(yaml.safe_dump(config))
+    assert products.rb.process is not None
+    products.rb.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: len(_reloads(products.rb)) > seen, "the reload")
+    assert _reloads(products.rb)[-1]["event"] == "configuration reloaded"
+    uid = products.study("SHD2", ("lungai", "lungnew"))
+    assert products.jobs(uid)["lungnew"]["shadow"] is None
+    products.answer(uid, "lungnew", _finding(NODULE, True, 0.91))
+    products.answer(uid, "lungai", _finding(NODULE, True, 0.88))
+    products.done(uid, "lungai", "lungnew")
+    wait_until(lambda: len(products.orus("SHD2")) == 2, "an ORU from each product")
+
+
+def _reloads(rb: Radbridge) -> list[dict[str, Any]]:
+    return [
+        line
+        for line in rb.log_lines()
+        if str(line.get("event", "")).startswith("configuration reloaded")
+        or str(line.get("event", "")).startswith("configuration not reloaded")
+    ]

@@ -1,0 +1,57 @@
+"""``radbridge trials report``, ``GET /api/v1/trials`` and the console's trials page: how a
+product did in a period, against another (by default the live product that read most of
+the same studies). Days are the site's (``site.timezone``)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine
+
+from broker.model.mode import Mode
+from broker.model.trials import TrialReport, build_report
+from broker.store.trials import findings_of, studies_in_common, trial_jobs
+from config.schema import Settings
+
+
+def site_bounds(settings: Settings, start: date, end: date) -> tuple[datetime, datetime]:
+    """The instants the site's days ``start`` to ``end`` (included) begin and end."""
+    zone = ZoneInfo(settings.site.timezone)
+    return (
+        datetime.combine(start, time(0), zone),
+        datetime.combine(end + timedelta(days=1), time(0), zone),
+    )
+
+
+def trial_report(
+    engine: Engine,
+    settings: Settings,
+    vendor: str,
+    *,
+    start: date,
+    end: date,
+    against: str | None = None,
+) -> TrialReport:
+    """The report of ``vendor``'s studies routed in the site days ``start`` to ``end``."""
+    since, until = site_bounds(settings, start, end)
+    jobs = trial_jobs(engine, vendor, since, until)
+    uids = [j.study_uid for j in jobs]
+    if against is None:
+        common = studies_in_common(engine, vendor, uids)
+        live = [
+            (n, name)
+            for name, n in common.items()
+            if name in settings.vendors and settings.vendors[name].mode is Mode.LIVE
+        ]
+        against = max(live)[1] if live else None
+    config = settings.vendors.get(vendor)
+    return build_report(
+        vendor=vendor,
+        product=config.product if config is not None else vendor,
+        start=start,
+        end=end,
+        jobs=jobs,
+        against=against,
+        theirs=findings_of(engine, against, uids) if against is not None else {},
+    )
