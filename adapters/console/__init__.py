@@ -19,7 +19,18 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
 
-from adapters.console import audit, auth, critical, jobs, pages, routes, usage, vendors, verdicts
+from adapters.console import (
+    audit,
+    auth,
+    critical,
+    jobs,
+    pages,
+    routes,
+    trials,
+    usage,
+    vendors,
+    verdicts,
+)
 from adapters.console.auth import Forbidden, LoginRequired, login_redirect
 from adapters.console.state import ConsoleState
 from adapters.console.views import render, translator
@@ -44,7 +55,7 @@ def create_console(engine: Engine, context: ServiceContext | None = None) -> Fas
     app = FastAPI(title="radbridge console", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.console = ConsoleState(engine, context)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for module in (auth, pages, jobs, critical, routes, usage, audit, vendors, verdicts):
+    for module in (auth, pages, jobs, critical, routes, usage, trials, audit, vendors, verdicts):
         app.include_router(module.router)
 
     @app.exception_handler(LoginRequired)

@@ -18,6 +18,7 @@ from broker.model.errors import NotFoundError
 from broker.model.jobs import UNFINISHED, Job, JobState
 from broker.model.phi import phi_values
 from broker.model.work import LanePause
+from broker.runtime.findings import FindingsReader
 from broker.store.critical import CriticalStore
 from broker.store.health import health_status, next_job_retries, target_health, urgent_results
 from broker.store.jobs import JOBS
@@ -279,6 +280,7 @@ def study_page(request: Request, study_uid: str, console: State, who: Viewer) ->
             }
         )
     ledger = study_timeline(console.engine, study_uid)
+    reconciled = FindingsReader(console.engine, lambda: console.settings)(study_uid)
     return render(
         request,
         "study.html",
@@ -296,6 +298,7 @@ def study_page(request: Request, study_uid: str, console: State, who: Viewer) ->
                 {"result": r, "findings": _findings(r, who, values, verdicts, matches)}
                 for r in orphans
             ],
+            "reconciled": reconciled,
             "scrub": lambda text: scrub(text, who, values),
         },
     )

@@ -75,6 +75,15 @@ class Products:
         assert answer.status_code == 200, answer.text
         return answer.json()
 
+    def console(self, path: str) -> str:
+        """A console page's HTML, signed in with the API token (as a browser would)."""
+        with httpx.Client(base_url=f"{self.http}/console", timeout=30) as client:
+            signed = client.post("/login", data={"token": self.api_token, "next": path})
+            assert signed.status_code in (200, 303), signed.text
+            page = client.get(path)
+            assert page.status_code == 200, page.text
+            return page.text
+
     def jobs(self, study_uid: str) -> dict[str, dict[str, Any]]:
         return {j["vendor"]: j for j in self.api("/jobs", study_uid=study_uid)["items"]}
 
@@ -289,6 +298,8 @@ def test_a_shadow_product_is_stored_and_shown_but_only_the_incumbent_is_written_
     assert header.startswith("vendor,product,against,") and row.startswith(
         "lungnew,Nodule Finder,lungai,"
     )
+    page = products.console(f"/trials?vendor=lungnew&from={days['from']}&to={days['to']}")
+    assert "Nodule Finder" in page and "Pulmonary nodule" in page and "100.0%" in page
 
 
 def test_two_agreeing_products_give_one_combined_sr_and_one_oru_with_two_provenances(
@@ -361,6 +372,8 @@ def test_two_disagreeing_products_flag_the_study_notify_and_keep_both(
         ("lungtwo", True, True),
         ("lungai", False, True),
     ]
+    page = products.console(f"/studies/{uid}")
+    assert 'id="discordant"' in page and "Pulmonary nodule" in page and "ChestScan" in page
     products.done(uid, "lungai", "lungtwo")
     wait_until(lambda: len(products.orus("SEP1")) == 2, "both ORUs")
     notes = [str(seg[3]) for oru in products.orus("SEP1") for seg in oru if str(seg[0]) == "NTE"]
