@@ -14,10 +14,13 @@ from broker.model.trials import TrialReport, build_report
 from broker.store.trials import findings_of, studies_in_common, trial_jobs
 from config.schema import Settings
 
+EARLIEST, LATEST = date(1970, 1, 1), date(9999, 12, 30)
+
 
 def site_bounds(settings: Settings, start: date, end: date) -> tuple[datetime, datetime]:
     """The instants the site's days ``start`` to ``end`` (included) begin and end."""
     zone = ZoneInfo(settings.site.timezone)
+    start, end = max(start, EARLIEST), min(end, LATEST)  # every instant stays representable
     return (
         datetime.combine(start, time(0), zone),
         datetime.combine(end + timedelta(days=1), time(0), zone),
