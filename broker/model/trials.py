@@ -16,10 +16,11 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from broker.model.contract import ContractKind, ContractTerms, Period
 from broker.model.domain import Code, Findings
 from broker.model.jobs import JobState
 
@@ -242,6 +243,26 @@ def compare(
 NOT_SENT = frozenset({JobState.PENDING, JobState.SENDING, JobState.FAILED})
 
 
+def contract_cost(
+    terms: ContractTerms, sent: Sequence[TrialJob], start: date, end: date
+) -> tuple[Decimal, str]:
+    """What ``sent`` would have cost under ``terms``, and how that was reckoned: a trial's
+    free uses cost nothing (those past its quota its price each), per use is the price per
+    billing unit, a package its price for each of its periods the report's days touch."""
+    basis = f"contract '{terms.name}' ({terms.kind.value})"
+    units = sum(max(j.quantity, 1) for j in sent)
+    if terms.kind is ContractKind.TRIAL:
+        return terms.price * max(units - (terms.quota or units), 0), basis
+    if terms.kind is ContractKind.PER_USE:
+        return terms.price * units, basis
+    if terms.period is Period.CONTRACT:
+        periods = 1
+    else:
+        days = (start + timedelta(days=n) for n in range((end - start).days + 1))
+        periods = len({terms.period.key(day) for day in days})
+    return (terms.price * periods if sent else Decimal(0)), basis
+
+
 def build_report(
     *,
     vendor: str,
@@ -251,9 +272,11 @@ def build_report(
     jobs: Sequence[TrialJob],
     against: str | None,
     theirs: Mapping[str, Findings],
+    contract: ContractTerms | None = None,
 ) -> TrialReport:
     """The trial report of one product's ``jobs`` of the period, against another product's
-    findings of the same studies (``theirs``, by study UID)."""
+    findings of the same studies (``theirs``, by study UID); its cost under ``contract``
+    (the product's offered contract) or else at the price its usage rows carry."""
     sent = [j for j in jobs if j.sent_at is not None]
     answered = [j for j in sent if j.answered_at is not None]
     failed = [
@@ -266,6 +289,10 @@ def build_report(
     ]
     mine = {j.study_uid: j.findings for j in answered if j.findings is not None}
     currencies = {j.currency for j in sent if j.currency}
+    cost, basis = sum((j.price * j.quantity for j in sent), Decimal(0)), "price"
+    if contract is not None:
+        cost, basis = contract_cost(contract, sent, start, end)
+        currencies = {contract.currency} if contract.currency else currencies
     return TrialReport(
         vendor=vendor,
         product=product,
@@ -280,8 +307,8 @@ def build_report(
         turnaround_p50=percentile(turnaround, 50),
         turnaround_p95=percentile(turnaround, 95),
         positive=sum(1 for f in mine.values() if any(x.present for x in f.findings)),
-        cost=sum((j.price * j.quantity for j in sent), Decimal(0)),
+        cost=cost,
         currency=currencies.pop() if len(currencies) == 1 else None,
-        cost_basis="price",
+        cost_basis=basis,
         agreement=compare(mine, theirs) if against is not None else (),
     )

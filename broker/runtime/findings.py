@@ -69,11 +69,13 @@ def provenance(settings: Settings, result: Result, job: Job | None) -> Provenanc
     shadow = job is not None and (
         effective_shadow(job.shadow, configured_shadow(settings, job.route, job.vendor)) is not None
     )
+    regulatory = vendor.regulatory if vendor is not None else None
     return Provenance(
         vendor=vendor_name,
         product=vendor.product if vendor is not None else (algorithm.product if algorithm else ""),
         version=algorithm.version if algorithm is not None else None,
         maker=algorithm.vendor if algorithm is not None else None,
+        certificate=regulatory.certificate if regulatory is not None else None,
         result_id=result.id,
         job_id=result.job_id,
         route=job.route if job is not None else None,

@@ -1,6 +1,8 @@
 """``radbridge trials report``, ``GET /api/v1/trials`` and the console's trials page: how a
 product did in a period, against another (by default the live product that read most of
-the same studies). Days are the site's (``site.timezone``)."""
+the same studies), and what it would have cost under its offered contract (the one in
+force on the last day, else its first; a vendor's ``billing:`` is read as one). Days are
+the site's (``site.timezone``)."""
 
 from __future__ import annotations
 
@@ -49,6 +51,9 @@ def trial_report(
         ]
         against = max(live)[1] if live else None
     config = settings.vendors.get(vendor)
+    terms = settings.product_terms().get(vendor)
+    offered = terms.contracts if terms is not None else ()
+    contract = next((c for c in offered if c.in_dates(end)), offered[0] if offered else None)
     return build_report(
         vendor=vendor,
         product=config.product if config is not None else vendor,
@@ -57,4 +62,5 @@ def trial_report(
         jobs=jobs,
         against=against,
         theirs=findings_of(engine, against, uids) if against is not None else {},
+        contract=contract,
     )

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.timeout(300)
 
 VENDORS = ("lungai", "lungnew", "lungtwo")
 TOKENS = {name: f"{name}-{uuid.uuid4().hex}" for name in VENDORS}
+CERTIFICATE = "NMPA-20233210001"
 NODULE = {"system": "RADLEX", "value": "RID50149", "meaning": "Pulmonary nodule"}
 EMPHYSEMA = {"system": "SCT", "value": "87433001", "meaning": "Pulmonary emphysema"}
 #: vendor → (maker, product, version), as each product names itself in its findings.
@@ -197,6 +198,12 @@ def products(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Products]:
             for name in VENDORS
         }
         config["vendors"]["lungnew"]["mode"] = "shadow"
+        config["vendors"]["lungai"]["regulatory"] = {
+            "nmpa_class": "III",
+            "certificate": CERTIFICATE,
+            "valid_from": "2023-01-01",
+            "valid_until": "2099-12-31",
+        }
         config["targets"] = {
             "pacs": {
                 "type": "dicom",
@@ -333,12 +340,13 @@ def test_two_agreeing_products_give_one_combined_sr_and_one_oru_with_two_provena
         "^Second AI ChestScan 5.1",
     ]
     notes = [str(nte[3]) for nte in oru.segments("NTE")]
-    assert any("owner of this finding" in n and "lungai" in n for n in notes)
+    assert any("owner of this finding" in n and f"certificate {CERTIFICATE}" in n for n in notes)
     assert any("not the owner of this finding" in n and "lungtwo" in n for n in notes)
     kept = products.api("/results", study_uid=uid)["items"]
     assert sorted(r["vendor"] for r in kept) == ["lungai", "lungtwo"]
     view = products.api(f"/studies/{uid}/findings")
     assert view["flags"] == []
+    assert view["findings"][0]["provenance"]["certificate"] == CERTIFICATE
     assert [(f["provenance"]["vendor"], f["owner"]) for f in view["findings"]] == [
         ("lungai", True),
         ("lungtwo", None),

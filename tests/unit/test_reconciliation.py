@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from broker.model.contract import ContractKind, ContractTerms, Period
 from broker.model.domain import AlgorithmInfo, Code, Finding, Findings
 from broker.model.jobs import JobState
 from broker.model.reconciliation import (
@@ -18,7 +19,14 @@ from broker.model.reconciliation import (
     provenance_text,
     reconcile,
 )
-from broker.model.trials import TrialJob, agreement, build_report, percentile, report_csv
+from broker.model.trials import (
+    TrialJob,
+    agreement,
+    build_report,
+    contract_cost,
+    percentile,
+    report_csv,
+)
 
 NODULE = Code("RADLEX", "RID50149", "Pulmonary nodule")
 FRACTURE = Code("SCT", "125605004", "Fracture of bone")
@@ -195,3 +203,36 @@ def test_a_trial_report_counts_outcomes_and_compares_per_code() -> None:
     ]
     assert row.startswith("trial,Trial AI,incumbent,2024-05-01,2024-05-31,4,3,2,")
     assert row.endswith("RID50149,RADLEX,Pulmonary nodule,2,50.0,0.0")
+
+
+def test_cost_under_the_offered_contract() -> None:
+    """A trial's free uses cost nothing and the uses past its quota its price; per use is the
+    price per unit; a monthly package its price once for each month the report touches."""
+    t0 = datetime(2024, 5, 1, 8, tzinfo=UTC)
+    sent = [
+        TrialJob(
+            job_id=n,
+            study_uid=f"1.{n}",
+            state=JobState.DONE,
+            sent_at=t0,
+            answered_at=None,
+            findings=None,
+            quantity=1,
+        )
+        for n in range(5)
+    ]
+    may, june = date(2024, 5, 1), date(2024, 6, 30)
+    trial = ContractTerms(name="t", vendor="v", kind=ContractKind.TRIAL, quota=3, price=Decimal(9))
+    per_use = ContractTerms(name="u", vendor="v", kind=ContractKind.PER_USE, price=Decimal(30))
+    package = ContractTerms(
+        name="p",
+        vendor="v",
+        kind=ContractKind.PACKAGE,
+        quota=100,
+        period=Period.MONTH,
+        price=Decimal(1000),
+    )
+    assert contract_cost(trial, sent, may, june) == (Decimal(18), "contract 't' (trial)")
+    assert contract_cost(per_use, sent, may, june)[0] == Decimal(150)
+    assert contract_cost(package, sent, may, june)[0] == Decimal(2000)
+    assert contract_cost(package, sent, may, may)[0] == Decimal(1000)
