@@ -60,7 +60,6 @@ def _study(folder: Path, accession: str) -> list[Path]:
 
 def _config(folder: Path, vendor_port: int, mode: str, quiet: float) -> dict[str, Any]:
     config = base_config(folder, free_port(), study_stable_seconds=quiet)
-    config["logging"] = {"level": "WARNING", "format": "json"}
     config["vendors"] = {
         "strokeai": {
             "product": "CT stroke",
