@@ -45,6 +45,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Engine
 
+from broker.model.deid import Deidentify
 from broker.model.errors import ConfigError, StoreError
 from broker.model.logging import get_logger
 from broker.model.writeback import WEBHOOK_TARGET
@@ -123,6 +124,12 @@ def _retired(old: Snapshot) -> dict[str, tuple[str, ...]]:
     """The write-back lists of every route ``old`` knows (in force or retired before): the
     ones a new configuration no longer has stay for the jobs those routes made."""
     return {**old.retired_routes, **old.routes_write_back}
+
+
+def _retired_deidentify(old: Snapshot) -> dict[str, Deidentify]:
+    """The ``deidentify`` blocks of every route ``old`` knows, like :func:`_retired`."""
+    current = {r.name: r.deidentify for r in old.settings.routes if r.deidentify is not None}
+    return {**old.retired_deidentify, **current}
 
 
 def target_path(name: str) -> str:
@@ -288,6 +295,7 @@ class Reloader:
                 draining_vendors=plan.draining_vendors,
                 draining_targets=plan.draining_targets,
                 retired_routes=_retired(old),
+                retired_deidentify=_retired_deidentify(old),
             )
         except ConfigError as exc:
             return self._refused(old, tuple(exc.problems), "invalid", plan)
@@ -427,6 +435,7 @@ class Reloader:
                 draining_vendors=old.draining_vendors & busy_vendors,
                 draining_targets=old.draining_targets & busy_targets,
                 retired_routes=old.retired_routes,
+                retired_deidentify=old.retired_deidentify,
             )
             self.holder.swap(new)
             self._record(new, old.id, "drained")

@@ -187,6 +187,9 @@ class Snapshot:
     retired_routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """The write-back lists of routes a reload removed: a job keeps writing back where the
     route that made it said, when its result comes after the route is gone."""
+    retired_deidentify: Mapping[str, Deidentify] = field(default_factory=dict)
+    """The ``deidentify`` blocks of routes a reload removed: a job such a route made is still
+    sent (and served) de-identified as the route said, never as received."""
 
     # ------------------------------------------------------------ the engine's Plan
 
@@ -240,6 +243,8 @@ class Snapshot:
         return configured_shadow(self.settings, route, vendor)
 
     def deidentify(self, vendor: str, route: str) -> Deidentify | None:
+        if route in self.retired_deidentify and route not in self.routes_write_back:
+            return self.retired_deidentify[route]
         return self.settings.deidentify(vendor, route)
 
     @property
@@ -280,12 +285,13 @@ def build_snapshot(
     draining_vendors: Collection[str] = (),
     draining_targets: Collection[str] = (),
     retired_routes: Mapping[str, tuple[str, ...]] | None = None,
+    retired_deidentify: Mapping[str, Deidentify] | None = None,
 ) -> Snapshot:
     """Everything the service runs on, built and checked from ``settings``.
 
     ``draining_vendors`` and ``draining_targets`` name entries of ``settings`` kept only
-    to finish their work, ``retired_routes`` the write-back lists of removed routes (see
-    :mod:`broker.runtime.reload`). Raises
+    to finish their work, ``retired_routes`` the write-back lists of removed routes and
+    ``retired_deidentify`` their ``deidentify`` blocks (see :mod:`broker.runtime.reload`). Raises
     :class:`ConfigError` with every problem when a part cannot be built (an unknown
     transport type, a route naming a vendor that is not configured).
     """
@@ -328,6 +334,11 @@ def build_snapshot(
         retired_routes={
             name: targets
             for name, targets in (retired_routes or {}).items()
+            if name not in write_back
+        },
+        retired_deidentify={
+            name: profile
+            for name, profile in (retired_deidentify or {}).items()
             if name not in write_back
         },
     )

@@ -312,3 +312,27 @@ def test_removing_a_target_with_write_backs_is_refused_unless_drained(
     drained = installed.reloader.reload(drain=True)
     assert drained.draining == ("target:pacs",) and "pacs" in installed.holder.current.writers
     assert installed.reloader.finish_draining() is None
+
+
+def test_a_removed_route_still_deidentifies_the_jobs_it_made(
+    installed: Installation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload that removes a route with ``deidentify`` (its vendor stays, without one) keeps
+    the route's profile for the jobs it made: they are never sent as received."""
+    monkeypatch.setenv("RADBRIDGE_PRIVACY__PSEUDONYM_SECRET", "reload-test-secret-0123456789")
+
+    def deidentified(config: dict[str, Any]) -> None:
+        config["routes"][1]["deidentify"] = {"profile": "basic"}
+
+    installed.write(deidentified)
+    assert installed.reloader.reload().reloaded
+    assert installed.holder.current.deidentify("ichai", "head-ct") is not None
+
+    def removed(config: dict[str, Any]) -> None:
+        config["routes"] = config["routes"][:1]
+
+    installed.write(removed)
+    assert installed.reloader.reload().reloaded
+    profile = installed.holder.current.deidentify("ichai", "head-ct")
+    assert profile is not None and profile.describe() == "basic"
+    assert installed.holder.current.deidentify("ichai", "other") is None
