@@ -27,6 +27,7 @@ from adapters.api import (
     health,
     jobs,
     orders,
+    performance,
     results,
     routes,
     studies,
@@ -48,7 +49,7 @@ def api_router() -> APIRouter:
     """Every ``/api/v1`` router."""
     api = APIRouter(prefix=PREFIX, responses=AUTH)
     routers = (studies, orders, conflicts, jobs, results, verdicts, critical, vendors, routes)
-    for module in (*routers, configuration, timeline, usage, contracts, audit, tokens):
+    for module in (*routers, performance, configuration, timeline, usage, contracts, audit, tokens):
         api.include_router(module.router)
     for several in (findings, trials):  # several products on one study, silent trials
         api.include_router(several.router)

@@ -25,6 +25,7 @@ from adapters.console import (
     critical,
     jobs,
     pages,
+    performance,
     routes,
     trials,
     usage,
@@ -55,7 +56,8 @@ def create_console(engine: Engine, context: ServiceContext | None = None) -> Fas
     app = FastAPI(title="radbridge console", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.console = ConsoleState(engine, context)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for module in (auth, pages, jobs, critical, routes, usage, trials, audit, vendors, verdicts):
+    pages_ = (auth, pages, jobs, critical, routes, usage, trials, audit, vendors, verdicts)
+    for module in (*pages_, performance):
         app.include_router(module.router)
 
     @app.exception_handler(LoginRequired)

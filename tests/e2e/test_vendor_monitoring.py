@@ -411,3 +411,54 @@ def test_final_reports_confirm_or_contradict_each_finding(site: Site) -> None:
     with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
         kept = [bytes(r[0]) for r in conn.execute("SELECT raw FROM final_reports ORDER BY id")]
     assert kept[0] == chinese.encode() and len(kept) == 4
+
+
+def test_performance_of_two_vendors_side_by_side(site: Site) -> None:
+    """After the studies above: lungai's PPV from verdicts and its agreement with the final
+    reports, ichai's beside it; a reader's rejection through the API lowers lungai's PPV;
+    the CSV has a row per month and a total; the console page draws the charts and puts
+    the two vendors side by side."""
+
+    def figures(vendor: str) -> dict[str, Any]:
+        answer = site.api("GET", f"/vendors/{vendor}/performance")
+        assert answer.status_code == 200, answer.text
+        found: dict[str, Any] = answer.json()["total"]
+        return found
+
+    lungai = figures("lungai")
+    # study 2: the bleed "modified" (counts as right), study 4: the bleed not judged.
+    assert (lungai["ppv"], lungai["verdicts"]) == (1.0, {"modified": 1, "accepted": 1})
+    # Reports: study 2 contradicts the bleed (FP), confirms no fracture (TN); study 4
+    # confirms the bleed (TP) and no fracture (TN).
+    assert lungai["reports"] == {"confirmed": 3, "contradicted": 1}
+    assert (lungai["sensitivity"], lungai["specificity"]) == (1.0, 0.6667)
+    assert lungai["positive_rate"]["SCT:1386000"] == {"findings": 2, "positives": 2, "rate": 1.0}
+    assert lungai["turnaround_p50_s"] is not None and lungai["versions"] == {"1.0": 2}
+
+    [study4] = [
+        r for r in site.api("GET", "/results", params={"vendor": "lungai"}).json()["items"][:1]
+    ]
+    rejected = httpx.post(
+        f"{site.base}/api/v1/results/{study4['id']}/findings/0/verdict",
+        json={"verdict": "rejected"},
+        headers=site.token("reader"),
+    )
+    assert rejected.status_code == 201
+    assert figures("lungai")["ppv"] == 0.5
+    assert figures("ichai")["ppv"] == 0.0  # rejected in the console
+
+    csv_text = site.api("GET", "/vendors/lungai/performance", params={"format": "csv"}).text
+    header, *rows = csv_text.splitlines()
+    assert header.startswith("month,studies,results,") and "positive_rate SCT:1386000" in header
+    assert rows[-1].startswith("total,")
+
+    with _console(site) as console:
+        page = console.get("/vendors/lungai/performance", params={"compare": "ichai"})
+        assert page.status_code == 200
+        assert page.text.count("<svg viewBox") == 3  # positive rate, two turnarounds
+        ppv = re.findall(r'data-figure="ppv".*?</tr>', page.text, re.S)[0]
+        assert re.findall(r'data-vendor="(\w+)">([^<]+)<', ppv) == [
+            ("lungai", "50.0%"),
+            ("ichai", "0.0%"),
+        ]
+        assert console.get("/vendors/lungai/performance.csv").text == csv_text
