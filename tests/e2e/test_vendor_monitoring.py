@@ -32,7 +32,9 @@ from tests.fhir_receiver import Webhook
 from tests.peers import StoreSCP, free_port, storescu, wait_until
 from tests.service import RADBRIDGE, Radbridge, base_config
 
-pytestmark = pytest.mark.timeout(240)
+# One worker runs the module (xdist_group), in order: the tests share one service and the
+# later ones (performance) count what the earlier ones recorded (verdicts, reports).
+pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("vendor-monitoring")]
 
 RESULTS_TOKENS = {v: f"{v}-results-token-0123456789" for v in ("lungai", "ichai")}
 LINK_SECRET = "verdict-link-secret-0123456789abcdef"
