@@ -62,6 +62,16 @@ _BYTES_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 _DUMMY_TEXT = "ANONYMIZED"
 _DUMMY = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000D", "UR": ""}
 
+#: What De-identification Method (0012,0063) starts with in radbridge's copies.
+METHOD_PREFIX = "radbridge "
+#: File meta information that names the systems an object went through, or is private.
+_META_REMOVED = (
+    "SourceApplicationEntityTitle",
+    "SendingApplicationEntityTitle",
+    "ReceivingApplicationEntityTitle",
+    "PrivateInformationCreatorUID",
+    "PrivateInformation",
+)
 #: PS3.16 CID 7050 De-identification Method codes of the profile and its options.
 METHOD_CODES: dict[str, tuple[str, str]] = {
     "basic": ("113100", "Basic Application Confidentiality Profile"),
@@ -104,14 +114,14 @@ class Deidentifier:
         patient_id = str(ds.get("PatientID", "") or "")
         issuer = str(ds.get("IssuerOfPatientID", "") or "")
         study_uid = str(ds.get("StudyInstanceUID", "") or "")
-        job = _Walk(
+        walk = _Walk(
             self,
             study_uid=study_uid,
             patient=(patient_id, issuer),
             words=identifying_words(ds),
             days=self.keys.day_shift(patient_id, issuer) if self.shift_dates else 0,
         )
-        job.dataset(ds, cleaning=False)
+        walk.dataset(ds, cleaning=False)
         if "PatientID" not in ds:
             ds.PatientID = ""
         if "PatientName" not in ds:
@@ -120,14 +130,14 @@ class Deidentifier:
         if meta is not None:
             if "SOPInstanceUID" in ds:
                 meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            for keyword in ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle"):
+            for keyword in _META_REMOVED:
                 if keyword in meta:
                     delattr(meta, keyword)
         self._mark(ds, masked=masked)
 
     def _mark(self, ds: Dataset, *, masked: bool) -> None:
         ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = f"radbridge {self.profile.describe()}"[:64]
+        ds.DeidentificationMethod = f"{METHOD_PREFIX}{self.profile.describe()}"[:64]
         keys: list[str] = ["basic", *sorted(self.profile.options)]
         if masked:
             keys.append("pixels")

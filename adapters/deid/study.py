@@ -16,7 +16,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError as PydicomInvalid
 
-from adapters.deid.dataset import Deidentifier
+from adapters.deid.dataset import METHOD_PREFIX, Deidentifier
 from adapters.deid.pixels import apply_mask, mask_for
 from broker.model.deid import Deidentify, Outbound, PixelMask, Pseudonyms
 from broker.model.errors import DeidentificationError
@@ -67,10 +67,6 @@ def deidentify_study(
         masked=masked,
         folder=folder,
     )
-
-
-#: What :class:`~adapters.deid.dataset.Deidentifier` writes in De-identification Method.
-METHOD_PREFIX = "radbridge "
 
 
 def deidentified_manifest(files: Sequence[Path]) -> dict[str, Any] | None:

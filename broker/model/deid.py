@@ -23,7 +23,7 @@ import enum
 import hashlib
 import hmac
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -240,7 +240,7 @@ class Outbound:
     """Why each image that was not sent was left out (burned-in text, no mask)."""
     masked: int = 0
     """Images sent with regions blacked out."""
-    folder: Path | None = field(default=None)
+    folder: Path | None = None
     """The temporary folder of ``files`` (removed after the send)."""
 
     def summary(self) -> dict[str, object]:
