@@ -18,7 +18,8 @@
   route with ``reconcile: combined`` writes one combined answer once every
   live product of the route answered (or gave up, or passed the route's
   deadline), carried by the job whose result completed it; the others are
-  ``done`` with it. Until then a result waits in ``result_received``.
+  ``done`` with it. Until then a result waits in ``result_received``; its
+  notifications (urgent, discordant) do not wait.
 * A shadow job's result (:mod:`broker.model.mode`) gets no delivery and no
   notification: it stays in the store and the job is ``done`` at once.
 * When every write-back delivery of a job is done the job is ``done``; when
@@ -186,12 +187,12 @@ class WritebackStage:
                 log.info("shadow result kept, not written back", why=shadow.value)
                 self._start_writing_back(job, has_deliveries=False)
                 return []
+            waiting = False
             policy = self.reconciler.policy(job.route) if self.reconciler else None
             if policy is not None and policy.mode is ReconcileMode.COMBINED:
                 combined = self._combine(job, plan, log)
-                if combined is None:
-                    return []
-                event, joined = "combined", combined
+                waiting = combined is None
+                event, joined = "combined", combined or []
             wanted = plan.write_back(job.route)
             if wanted is None:
                 log.warning(
@@ -199,7 +200,7 @@ class WritebackStage:
                 )
                 wanted = ()
             new: list[NewDelivery] = []
-            for name in wanted:
+            for name in () if waiting else wanted:
                 spec = plan.target(name)
                 if spec is None:
                     log.error("write-back target is not configured; skipped", target=name)
@@ -217,13 +218,15 @@ class WritebackStage:
             made = self.deliveries.create(new, now=self.clock()) if new else []
             if result.urgent:
                 self.critical.open(result, job, plan, linked=made)
+        for d in made:
+            self.lanes_engine.wake(d.target)
+        if waiting:  # the notifications go now; the combined answer when the others are in
+            return made
         self._start_writing_back(
             job, has_deliveries=any(d.kind is DeliveryKind.RESULT for d in made)
         )
         for other in joined:
             self._start_writing_back(other, has_deliveries=False)
-        for d in made:
-            self.lanes_engine.wake(d.target)
         log.info(
             "write-back scheduled",
             targets=[d.target for d in made if d.kind is DeliveryKind.RESULT],
@@ -248,7 +251,9 @@ class WritebackStage:
             )
         return bool(found)
 
-    def _combine(self, job: Job, plan: Plan, log: BoundLogger) -> list[Job] | None:
+    def _combine(
+        self, job: Job, plan: Plan, log: BoundLogger, *, quiet: bool = False
+    ) -> list[Job] | None:
         """The route's other live jobs of the study, answered, that join this job's combined
         answer; None while one is still to answer (the job waits in ``result_received``)
         or when another job carries the combined answer already (this one is done)."""
@@ -273,10 +278,11 @@ class WritebackStage:
             and (j.deadline_at is None or j.deadline_at > now)
         ]
         if waiting:
-            log.info(
-                "combined answer waits for the route's other products",
-                waiting=[j.vendor for j in waiting],
-            )
+            if not quiet:
+                log.info(
+                    "combined answer waits for the route's other products",
+                    waiting=[j.vendor for j in waiting],
+                )
             return None
         return [j for j in siblings if j.state is JobState.RESULT_RECEIVED]
 
@@ -290,6 +296,9 @@ class WritebackStage:
         for job in self.jobs.list(state=JobState.RESULT_RECEIVED, limit=1000):
             if self.reconciler.policy(job.route).mode is not ReconcileMode.COMBINED:
                 continue
+            with self.plans.use() as plan:
+                if self._combine(job, plan, LOG.bind(job_id=job.id), quiet=True) is None:
+                    continue
             results = [r for r in self.result_store.for_job(job.id) if r.completed_at]
             if results and self.schedule(results[-1].id):
                 done += 1
