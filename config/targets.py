@@ -45,9 +45,12 @@ class Webhook(Strict):
 
 
 class RisStatus(Strict):
-    """Send the RIS an order-status update (ORM^O01, ORC-1 SC, priority S) for urgent results."""
+    """Send the RIS an order-status update (ORM^O01, ORC-1 SC, priority S) for urgent results;
+    with ``procedure_steps`` also each status of a modality's procedure step (MPPS IN
+    PROGRESS, COMPLETED, DISCONTINUED as ORC-5 IP, CM, DC)."""
 
     target: str
+    procedure_steps: bool = False
 
 
 class Notifications(Strict):

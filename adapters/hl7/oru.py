@@ -312,16 +312,20 @@ def build_order_status(
     study: Study | None,
     note: str = "",
     header: Header = Header(),
+    status: str = "A",
+    priority: str = "S",
 ) -> str:
-    """An ORM^O01 telling the RIS the order has an urgent AI result: ORC-1 SC, priority S."""
+    """An ORM^O01 status change (ORC-1 SC): by default the order has an urgent AI result
+    (ORC-5 A, priority S); a modality's procedure step gives ORC-5 IP, CM or DC (HL7 table
+    0038) and no priority."""
     w = _Writer()
     when = _ts(at)
     w.msh(header, at, "ORM^O01^ORM_O01", control_id)
     _pid(w, _patient(order, study))
     placer = w.esc(order.placer_number) if order else ""
     filler = w.esc(order.filler_number) if order else ""
-    stat = w.components("", "", "", "", "", "S")
-    w.add("ORC", {1: "SC", 2: placer, 3: filler, 5: "A", 7: stat, 9: when})
+    stat = w.components("", "", "", "", "", priority) if priority else ""
+    w.add("ORC", {1: "SC", 2: placer, 3: filler, 5: status, 7: stat, 9: when})
     procedure = ""
     if order is not None and (order.procedure_code or order.procedure_text):
         procedure = w.components(

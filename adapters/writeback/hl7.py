@@ -13,7 +13,8 @@ RIS can recognise as a duplicate.
 
 - ``result`` deliveries: ORU^R01 (:func:`adapters.hl7.oru.build_oru`);
 - ``status`` deliveries (urgent results, ``notifications.ris_status``):
-  ORM^O01 with ORC-1 SC and priority S (:func:`adapters.hl7.oru.build_order_status`).
+  ORM^O01 with ORC-1 SC and priority S (:func:`adapters.hl7.oru.build_order_status`);
+  a modality's procedure step (``ris_status.procedure_steps``): ORC-5 IP, CM or DC.
 
 Settings (``targets.NAME``): ``host``, ``port``; optional ``timeout`` (s to
 wait for the ACK, default 10), ``application``/``facility`` (MSH-3/4,
@@ -34,6 +35,7 @@ from adapters.hl7.oru import CHARSETS, Header, build_order_status, build_oru
 from adapters.results.render.settings import Rendering, RenderSettings
 from adapters.writeback.base import TargetRejectedError, TargetUnavailableError
 from adapters.writeback.rendering import summary_pdf_for
+from broker.model.completion import procedure_step_status
 from broker.model.errors import Hl7Error, Hl7RejectedError
 from broker.model.reconciliation import provenance_text
 from broker.model.target import TargetSettings, WritebackTarget
@@ -116,6 +118,20 @@ class Hl7Target(WritebackTarget):
         d = item.delivery
         order = item.order.order if item.order is not None else None
         header = self.settings.header()
+        step = procedure_step_status(d.event) if d.kind is DeliveryKind.STATUS else None
+        if step is not None:
+            code, status = step
+            text = build_order_status(
+                control_id=d.message_id,
+                at=d.created_at,
+                order=order,
+                study=item.study,
+                note=f"modality performed procedure step {status}",
+                header=header,
+                status=code,
+                priority="",
+            )
+            return "ORM^O01", text
         if d.kind is DeliveryKind.STATUS:
             findings = item.result.findings if item.result is not None else None
             urgent = [f.code.meaning for f in findings.findings if f.urgent] if findings else []

@@ -77,6 +77,11 @@ class Plan(Protocol):
         ...
 
     @property
+    def procedure_steps_to_ris(self) -> bool:
+        """Whether ``ris_status`` also hears of modalities' procedure steps (MPPS)."""
+        ...
+
+    @property
     def overdue_check_seconds(self) -> float: ...
 
     @property
@@ -147,6 +152,7 @@ class FixedPlan:
     routes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Route name → the targets it writes back to."""
     ris_status: str | None = None
+    procedure_steps_to_ris: bool = False
     overdue_check_seconds: float = 5.0
     critical: CriticalPolicy = field(default_factory=CriticalPolicy)
     id: str = "fixed"

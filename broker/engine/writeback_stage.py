@@ -52,6 +52,7 @@ from broker.engine.metrics import observe_writeback
 from broker.engine.plan import Plan, Plans
 from broker.engine.timer import Sweep
 from broker.engine.work import POLL_SECONDS, Failure, Outcome, Success, WorkEngine, utc_now
+from broker.model.completion import procedure_step_notice
 from broker.model.critical import CRITICAL_EVENT
 from broker.model.domain import LinkState, Result, StoredOrder, Study
 from broker.model.errors import NotFoundError
@@ -71,6 +72,7 @@ from broker.model.writeback import (
 from broker.store import StudyStore
 from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.jobs import JobStore
+from broker.store.notices import NoticeStore
 from broker.store.orders import OrderStore
 from broker.store.results import ResultStore
 from broker.store.work import LEASE_SECONDS
@@ -236,6 +238,28 @@ class WritebackStage:
         )
         return made
 
+    def order_status(self, study_uid: str, event: str) -> Delivery | None:
+        """An order-status update to the RIS (``notifications.ris_status``) for the study:
+        a modality's procedure step (``event`` from
+        :func:`broker.model.completion.procedure_step_event`); None when not configured."""
+        with self.plans.use() as plan:
+            name = plan.ris_status
+            spec = plan.target(name) if name else None
+            if spec is None or not plan.procedure_steps_to_ris:
+                return None
+            new = NewDelivery(
+                study_uid=study_uid,
+                target=spec.name,
+                target_type=spec.type,
+                kind=DeliveryKind.STATUS,
+                max_attempts=spec.max_attempts,
+                event=event,
+            )
+        [made] = self.deliveries.create([new], now=self.clock())
+        self.lanes_engine.wake(made.target)
+        LOG.info("procedure step to the RIS scheduled", delivery_id=made.id, step=event)
+        return made
+
     def _discordant(self, result: Result, log: BoundLogger) -> bool:
         """True when ``result`` made its study discordant (logged, no patient data)."""
         if self.reconciler is None:
@@ -379,6 +403,10 @@ class WritebackStage:
             link = self.orders.link(d.study_uid)
             if link is not None and link.state is LinkState.LINKED:
                 order = self.orders.get(link.order_id)
+        step = procedure_step_notice(d.event) if d.kind is DeliveryKind.STATUS else None
+        if order is None and step is not None:  # a step can come before its study's images
+            order_id = NoticeStore(self.engine).order_of(step)
+            order = self.orders.get(order_id) if order_id is not None else None
         links: dict[int, dict[str, str]] = {}
         signer = plan.verdict_links if plan is not None else None
         if d.kind is DeliveryKind.NOTIFY and result is not None and signer is not None:

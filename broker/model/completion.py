@@ -101,3 +101,37 @@ def notice_evidence(
             f"all {len(listed)} listed instances arrived"
         )
     return None
+
+
+#: HL7 v2 order status (table 0038) of each MPPS status, for the RIS.
+ORDER_STATUS = {
+    StepStatus.IN_PROGRESS: "IP",
+    StepStatus.COMPLETED: "CM",
+    StepStatus.DISCONTINUED: "DC",
+}
+STEP_EVENT = "mpps"
+
+
+def procedure_step_event(notice: ProcedureNotice) -> str:
+    """The delivery event forwarding one status of one MPPS to the RIS: ``mpps:ID:CM``."""
+    return f"{STEP_EVENT}:{notice.id}:{ORDER_STATUS[StepStatus(notice.status)]}"
+
+
+def procedure_step_notice(event: str) -> int | None:
+    """The notice id of a procedure-step delivery event; None for any other event."""
+    parts = event.split(":")
+    if len(parts) != 3 or parts[0] != STEP_EVENT or not parts[1].isdigit():
+        return None
+    return int(parts[1])
+
+
+def procedure_step_status(event: str) -> tuple[str, str] | None:
+    """(HL7 order status, MPPS status) of a delivery event made by
+    :func:`procedure_step_event`; None for any other event."""
+    parts = event.split(":")
+    if len(parts) != 3 or parts[0] != STEP_EVENT:
+        return None
+    for step, code in ORDER_STATUS.items():
+        if code == parts[2]:
+            return code, step.value
+    return None

@@ -21,7 +21,12 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 from broker.engine.timer import Timer
-from broker.model.completion import notice_evidence
+from broker.model.completion import (
+    NoticeKind,
+    ProcedureNotice,
+    notice_evidence,
+    procedure_step_event,
+)
 from broker.model.errors import NotFoundError
 from broker.model.logging import get_logger
 from broker.runtime.routing_input import RoutingInput, stored_input
@@ -70,11 +75,15 @@ class CompletionStage:
         orders: OrderStore,
         jobs: JobStore,
         snapshots: SnapshotHolder,
+        *,
+        order_status: Callable[[str, str], object] | None = None,
     ) -> None:
         self.store = store
         self.orders = orders
         self.jobs = jobs
         self.snapshots = snapshots
+        self.order_status = order_status
+        """Makes an order-status update to the RIS: (study UID, procedure-step event)."""
         self.events = StudyEvents(store.engine)
         self.notices = NoticeStore(store.engine)
 
@@ -84,6 +93,7 @@ class CompletionStage:
         notices = self.notices.for_study(study_uid)
         evidence = None
         if notices:
+            self._forward(study_uid, notices)
             wanted = sorted({uid for n in notices for uid in n.referenced})
             evidence = notice_evidence(notices, self.notices.present(study_uid, wanted))
         with self.snapshots.use() as snapshot:
@@ -93,6 +103,20 @@ class CompletionStage:
             routing = stored_input(self.store, self.orders, self.jobs, study_uid)
             expected = routing.expectations(rules, now)
         return verdict(expected, now, quiet=quiet, notice=evidence)
+
+    def _forward(self, study_uid: str, notices: list[ProcedureNotice]) -> None:
+        """Each MPPS status not yet forwarded to the RIS: an order-status update (when
+        ``notifications.ris_status.procedure_steps`` says so)."""
+        if self.order_status is None:
+            return
+        steps = [n for n in notices if n.kind is NoticeKind.MPPS]
+        if not steps:
+            return
+        done = self.notices.forwarded(study_uid)
+        for notice in steps:
+            event = procedure_step_event(notice)
+            if event not in done:
+                self.order_status(study_uid, event)
 
     def decide(self, study_uid: str, now: datetime, *, quiet: bool) -> bool:
         """Close the study if it is complete (True), hold it if it is quiet but waits for

@@ -108,6 +108,7 @@ class Service:
             reconciler=Reconciliation(engine, lambda: self.snapshots.settings, self.context.spool),
         )
         self.results.on_complete.append(self.writeback.schedule)
+        self.completion.order_status = self.writeback.order_status  # MPPS to the RIS
         reports = FinalReportIntake(engine, matcher_of(self.snapshots))
         self.results.on_complete.append(reports.result_complete)
         # The job engine's one timer: lapsed leases, due retries, released items, overdue jobs,

@@ -207,6 +207,11 @@ class Snapshot:
         return status.target if status is not None else None
 
     @property
+    def procedure_steps_to_ris(self) -> bool:
+        status = self.settings.notifications.ris_status
+        return status is not None and status.procedure_steps
+
+    @property
     def overdue_check_seconds(self) -> float:
         return self.settings.notifications.overdue_check_seconds
 

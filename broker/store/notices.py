@@ -12,11 +12,11 @@ from typing import Any
 from sqlalchemy import Engine, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from broker.model.completion import NoticeKind, ProcedureNotice
+from broker.model.completion import STEP_EVENT, NoticeKind, ProcedureNotice
 from broker.model.errors import DuplicateError, NotFoundError, StoreError
 from broker.store.engine import writing
 from broker.store.study_events import StudyEventKind, add_event
-from broker.store.tables import instances, orders, procedure_notices
+from broker.store.tables import deliveries, instances, orders, procedure_notices
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,3 +191,18 @@ class NoticeStore:
                     ).scalars()
                 )
         return frozenset(found)
+
+    def forwarded(self, study_uid: str) -> frozenset[str]:
+        """The procedure-step events of the study already made deliveries (to the RIS)."""
+        stmt = select(deliveries.c.event).where(
+            deliveries.c.study_uid == study_uid, deliveries.c.event.like(f"{STEP_EVENT}:%")
+        )
+        with self.engine.connect() as conn:
+            return frozenset(conn.execute(stmt).scalars())
+
+    def order_of(self, notice_id: int) -> int | None:
+        """The order a notice was linked to when it came (by its accession number)."""
+        stmt = select(procedure_notices.c.order_id).where(procedure_notices.c.id == notice_id)
+        with self.engine.connect() as conn:
+            found: int | None = conn.execute(stmt).scalar_one_or_none()
+        return found

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
+from hl7.client import MLLPClient
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
@@ -28,18 +29,26 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from adapters.dicom.synthetic import generate_study
+from broker.model.domain import Patient
+from tests.hl7_messages import orm_o01, sample_order
 from tests.peers import StoreSCP, free_port, storescu, wait_until
+from tests.ris import Ris
 from tests.service import Radbridge, base_config
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("completion")]
 
 QUIET = 120.0
+PATIENT = Patient("PAT0001", None, "DOE^JANE", "19650412", "F")
+"""The patient of ``generate_study``'s studies."""
 DEADLINE = 3.0
 
 
-def _config(folder: Path, vendor_port: int) -> dict[str, Any]:
+def _config(folder: Path, vendor_port: int, ris_port: int) -> dict[str, Any]:
     config = base_config(folder, free_port(), study_stable_seconds=QUIET)
     config["http"] = {"listen": {"host": "127.0.0.1", "port": free_port()}}
+    config["targets"] = {"ris": {"type": "hl7", "host": "127.0.0.1", "port": ris_port}}
+    config["notifications"] = {"ris_status": {"target": "ris", "procedure_steps": True}}
+    config["hl7"] = {"listen": {"host": "127.0.0.1", "port": free_port()}}
     config["vendors"] = {
         "strokeai": {
             "product": "CT stroke",
@@ -89,18 +98,20 @@ def _config(folder: Path, vendor_port: int) -> dict[str, Any]:
 class Service:
     rb: Radbridge
     vendor: StoreSCP
+    ris: Ris
     folder: Path
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """One radbridge (quiet time 120 s) and the stroke vendor's storescp."""
+    """One radbridge (quiet time 120 s), the stroke vendor's storescp, and a RIS (MLLP) that
+    hears of procedure steps."""
     folder = tmp_path_factory.mktemp("completion")
-    with StoreSCP(folder / "strokeai", ae_title="STROKEAI") as vendor:
-        rb = Radbridge(folder / "rb", _config(folder / "rb", vendor.port))
+    with StoreSCP(folder / "strokeai", ae_title="STROKEAI") as vendor, Ris() as ris:
+        rb = Radbridge(folder / "rb", _config(folder / "rb", vendor.port, ris.port))
         rb.start()
         try:
-            yield Service(rb, vendor, folder)
+            yield Service(rb, vendor, ris, folder)
         finally:
             rb.close()
 
@@ -255,7 +266,7 @@ def _mpps(study_uid: str, status: str, references: list[tuple[str, str, str]]) -
     ds = Dataset()
     item = Dataset()
     item.StudyInstanceUID = study_uid
-    item.AccessionNumber = "M1"
+    item.AccessionNumber = "MPPS0001"
     ds.ScheduledStepAttributesSequence = [item]
     ds.PerformedProcedureStepStatus = status
     ds.PerformedProcedureStepID = "PPS1"
@@ -294,9 +305,17 @@ def _association(rb: Radbridge, sop_class: str) -> Any:
 
 def test_mpps_completed_completes_the_study_once_its_instances_are_in(service: Service) -> None:
     """MPPS N-CREATE (IN PROGRESS), then N-SET COMPLETED listing a chest CT's instances
-    before the last ones arrived: the study completes at once when they do, by MPPS."""
-    paths = generate_study("ct_chest", service.folder / "chest", instances=3, rows=16, columns=16)
+    before the last ones arrived: the study completes at once when they do, by MPPS; the
+    RIS hears of both steps (ORM^O01, ORC-5 IP then CM) naming its order, the first one
+    before any image of the study arrived."""
+    paths = generate_study(
+        "ct_chest", service.folder / "chest", instances=3, rows=16, columns=16, accession="MPPS0001"
+    )
     study_uid = _uid(paths[0])
+    order = sample_order(7, accession_number="MPPS0001", patient=PATIENT, study_uid=study_uid)
+    with MLLPClient("127.0.0.1", int(service.rb.config["hl7"]["listen"]["port"])) as client:
+        ack = client.send_message(orm_o01(order))
+    assert "MSA|AA" in (ack.decode() if isinstance(ack, bytes) else str(ack))
     mpps_uid = str(generate_uid())
     assoc = _association(service.rb, ModalityPerformedProcedureStep)
     try:
@@ -328,6 +347,18 @@ def test_mpps_completed_completes_the_study_once_its_instances_are_in(service: S
         "IN PROGRESS",
         "COMPLETED",
     ]
+    wait_until(lambda: len(_step_statuses(service.ris, "PL000007")) >= 2, "RIS told of both")
+    assert _step_statuses(service.ris, "PL000007") == ["IP", "CM"]
+
+
+def _step_statuses(ris: Ris, placer: str) -> list[str]:
+    """ORC-5 of the order-status messages the RIS got for the order ``placer``."""
+    out = []
+    for message in ris.messages():
+        orc = message.segment("ORC")
+        if str(message.segment("MSH")[9]).startswith("ORM") and str(orc[2]) == placer:
+            out.append(str(orc[5]))
+    return out
 
 
 def test_ian_completes_the_study(service: Service) -> None:
