@@ -653,6 +653,13 @@ class Settings(Strict):
             raise LocatedErrors(problems)
         return self
 
+    def regulatory_label(self, vendor: str) -> str | None:
+        """The product and its regulatory data in one line (SR, ORU), when configured."""
+        found = self.vendors.get(vendor)
+        if found is None or found.regulatory is None:
+            return None
+        return f"{found.product}: {found.regulatory.regulatory().label()}"
+
     def product_terms(self) -> dict[str, ProductTerms]:
         """Each vendor product's mode, contracts (its ``billing:`` read as one) and
         regulatory data, as routing reads them."""

@@ -58,6 +58,10 @@ class ApiState:
         snapshots = self.snapshots
         return snapshots.settings if snapshots is not None else self._settings
 
+    def today(self) -> date:
+        """The site's date now."""
+        return datetime.now(ZoneInfo(self.settings.site.timezone)).date()
+
     def rule_set(self) -> RuleSet:
         """The compiled routes in force."""
         snapshots = self.snapshots

@@ -22,6 +22,7 @@ from adapters.api.schemas import (
     delivery_fields,
     delivery_out,
     findings_out,
+    product_out,
     result_fields,
     result_out,
 )
@@ -62,7 +63,11 @@ def list_results(
     )
     page = found[:limit]
     following = encode([page[-1].id]) if len(found) > limit else None
-    return Page[ResultOut](items=[result_out(r) for r in page], next=following)
+    today = api.today()
+    return Page[ResultOut](
+        items=[result_out(r, product_out(api.settings, r.vendor, today)) for r in page],
+        next=following,
+    )
 
 
 @router.get(
@@ -84,6 +89,7 @@ def get_result(result_id: RowId, api: State, _who: Viewer) -> ResultDetail:
     made = api.deliveries.list(result_id=result_id, limit=1000)
     return ResultDetail(
         **result_fields(result),
+        product=product_out(api.settings, result.vendor, api.today()),
         calling_ae=extra["calling_ae"],
         complete_reason=extra["complete_reason"],
         error=extra["error"],

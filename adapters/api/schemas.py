@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -20,6 +20,7 @@ from broker.model.domain import (
 )
 from broker.model.jobs import Job, JobEvent
 from broker.model.writeback import Delivery, DeliveryEvent
+from config.schema import Settings
 
 
 class SeriesOut(BaseModel):
@@ -283,6 +284,49 @@ def order_out(stored: StoredOrder, *, phi: bool) -> OrderOut:
 # ------------------------------------------------------------ results and deliveries
 
 
+class RegulatoryOut(BaseModel):
+    nmpa_class: str | None
+    certificate: str | None
+    valid_from: str | None
+    valid_until: str | None
+    fda: str | None
+    ce: str | None
+    intended_use: str | None
+    version: str | None
+    certificate_valid: bool
+    """The NMPA certificate covers today (a product without one runs in shadow mode unless
+    the configuration says otherwise)."""
+    problem: str | None
+
+
+class ProductOut(BaseModel):
+    """The vendor product a result came from, as the hospital configured it."""
+
+    vendor: str
+    product: str
+    kind: str | None
+    mode: str
+    regulatory: RegulatoryOut | None
+    label: str | None
+    """The product and its regulatory data in one line (as named in the SR and ORU)."""
+
+
+def product_out(settings: Settings, vendor: str | None, today: date) -> ProductOut | None:
+    """The configured product ``vendor`` names (None: no such vendor configured)."""
+    found = settings.vendors.get(vendor) if vendor is not None else None
+    if found is None or vendor is None:
+        return None
+    regulatory = found.regulatory.regulatory() if found.regulatory is not None else None
+    return ProductOut(
+        vendor=vendor,
+        product=found.product,
+        kind=found.kind,
+        mode=found.mode.value,
+        regulatory=RegulatoryOut.model_validate(regulatory.as_json(today)) if regulatory else None,
+        label=settings.regulatory_label(vendor),
+    )
+
+
 class ResultOut(BaseModel):
     id: int
     job_id: int | None
@@ -298,6 +342,8 @@ class ResultOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+    product: ProductOut | None = None
+    """The configured product with its regulatory data (null: the vendor is not configured)."""
 
 
 class ResultObjectOut(BaseModel):
@@ -404,8 +450,8 @@ def result_fields(r: Result) -> dict[str, Any]:
     }
 
 
-def result_out(r: Result) -> ResultOut:
-    return ResultOut(**result_fields(r))
+def result_out(r: Result, product: ProductOut | None = None) -> ResultOut:
+    return ResultOut(**result_fields(r), product=product)
 
 
 def code_out(c: Code) -> CodeOut:

@@ -269,6 +269,7 @@ def study_page(request: Request, study_uid: str, console: State, who: Viewer) ->
         entries.append(
             {
                 "job": job,
+                "regulatory": console.settings.regulatory_label(job.vendor),
                 "history": console.jobs.history(job.id),
                 "results": [
                     {"result": r, "findings": _findings(r, who, values, verdicts, matches)}

@@ -14,7 +14,9 @@ ORU^R01 (:func:`build_oru`), one segment a line, fields by number:
 - ORC: ORC-1 ``RE``, ORC-2 placer, ORC-3 filler;
 - OBR: OBR-2 placer, OBR-3 filler, OBR-4 and OBR-44 the procedure, OBR-7 and
   OBR-22 when the result completed, OBR-18 the accession number, OBR-24
-  ``RAD``, OBR-25 ``P``; then an NTE with the result's summary, if any;
+  ``RAD``, OBR-25 ``P``; then an NTE naming the AI product and its regulatory
+  data (NMPA class and certificate, FDA, CE, intended use) when the hospital
+  configured them, and an NTE with the result's summary, if any;
 - per finding an OBX (CWE, OBX-4 = the finding's number), an NTE with its
   text, and an NM OBX per measurement (same OBX-4, unit in UCUM);
 - a combined answer of several products (a route's ``reconcile: combined``): OBX-17
@@ -204,13 +206,15 @@ def build_oru(
     pdf: bytes | None = None,
     note: str | None = None,
     provenance: Sequence[tuple[str, str]] = (),
+    regulatory: str | None = None,
 ) -> str:
     """The ORU^R01 of ``result`` (see the module docstring); segments end with ``\\r``.
 
     ``pdf``: the summary PDF, embedded in an ED OBX after the references. ``note`` is a
     further NTE after the OBR (a disagreement between products); ``provenance`` (one per
     finding: the product for OBX-17, a text for an NTE) makes a combined answer of several
-    products name each finding's own product.
+    products name each finding's own product. ``regulatory``: the product and its
+    regulatory data, in an NTE after the OBR.
     """
     w = _Writer()
     at = result.completed_at or result.updated_at
@@ -237,6 +241,8 @@ def build_oru(
         },
     )
     findings = result.findings
+    if regulatory:
+        w.add("NTE", {1: "1", 2: "L", 3: w.esc(f"AI product: {regulatory}")})
     if findings is not None and findings.summary:
         w.add("NTE", {1: "1", 2: "L", 3: w.esc(findings.summary)})
     if note:

@@ -365,10 +365,14 @@ class Provenance:
 
 
 def disclaimer(algorithm: domain.AlgorithmInfo) -> str:
-    """The statement every SR (and every text summary) carries."""
-    return DISCLAIMER.format(
+    """The statement every SR (and every text summary) carries, with the product's
+    regulatory data when the hospital configured it."""
+    text = DISCLAIMER.format(
         vendor=algorithm.vendor, product=algorithm.product, version=algorithm.version
     )
+    if algorithm.regulatory:
+        text += f" Regulatory data: {algorithm.regulatory}."
+    return text
 
 
 def findings_to_sr(

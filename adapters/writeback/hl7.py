@@ -169,6 +169,7 @@ class Hl7Target(WritebackTarget):
             pdf=summary_pdf_for(item, self.settings),
             note=item.note,
             provenance=provenance,
+            regulatory=item.regulatory,
         )
         return "ORU^R01", text
 

@@ -115,6 +115,10 @@ class Plan(Protocol):
         """How what ``route`` sends ``vendor`` is de-identified; None: sent as received."""
         ...
 
+    def regulatory(self, vendor: str) -> str | None:
+        """The vendor product and its regulatory data in one line; None: not configured."""
+        ...
+
     @property
     def pseudonym_secret(self) -> str | None:
         """The installation's key of pseudonyms (set whenever a profile is configured)."""
@@ -162,6 +166,8 @@ class FixedPlan:
     """Vendor name → the profile of what it is sent."""
     pseudonym_secret: str | None = field(default=None, repr=False)
     verdict_links: VerdictLinks | None = None
+    regulatory_labels: dict[str, str] = field(default_factory=dict)
+    """Vendor name → its product and regulatory data in one line."""
 
     def __post_init__(self) -> None:
         missing = sorted(set(self.vendors) - set(self.transports))
@@ -206,6 +212,9 @@ class FixedPlan:
 
     def deidentify(self, vendor: str, route: str) -> Deidentify | None:
         return self.deidentified.get(vendor)
+
+    def regulatory(self, vendor: str) -> str | None:
+        return self.regulatory_labels.get(vendor)
 
     def close(self) -> None:
         for writer in self.writers.values():

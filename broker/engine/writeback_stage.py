@@ -419,6 +419,8 @@ class WritebackStage:
                 result = self.reconciler.combined(result, job.route, findings)
             if self.reconciler.policy(job.route).oru_note and findings.discordant:
                 note = discordance_note(findings)
+        # a combined answer names each finding's own product (provenance) instead
+        vendor = job.vendor if job is not None and d.event != "combined" else None
         return WritebackItem(
             delivery=d,
             job=job,
@@ -427,6 +429,7 @@ class WritebackStage:
             order=order,
             route=job.route if job else None,
             verdict_links=links,
+            regulatory=plan.regulatory(vendor) if plan is not None and vendor else None,
             sources=functools.partial(self._sources, job),
             notice=self.critical.notice(d, plan)
             if d.event == CRITICAL_EVENT and plan is not None

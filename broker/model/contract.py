@@ -251,17 +251,24 @@ class Regulatory:
         return None
 
     def label(self) -> str:
-        """One line for reports, SR and ORU: ``NMPA III 国械注准2023…, valid to 2028-01-01``."""
+        """One line for the SR, the ORU and the console: ``NMPA class III 国械注准2023…
+        valid to 2028-02-28; FDA K221234; intended use: …; version 3.2``."""
         parts = []
         if self.certificate:
             cls = f" class {self.nmpa_class}" if self.nmpa_class else ""
             until = f" valid to {self.valid_until.isoformat()}" if self.valid_until else ""
             parts.append(f"NMPA{cls} {self.certificate}{until}")
+        else:
+            parts.append("no NMPA certificate")
         if self.fda:
             parts.append(f"FDA {self.fda}")
         if self.ce:
             parts.append(f"CE {self.ce}")
-        return "; ".join(parts) or "no regulatory certificate"
+        if self.intended_use:
+            parts.append(f"intended use: {self.intended_use}")
+        if self.version:
+            parts.append(f"version {self.version}")
+        return "; ".join(parts)
 
     def as_json(self, day: date | None = None) -> dict[str, object]:
         out: dict[str, object] = {

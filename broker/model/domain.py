@@ -392,11 +392,13 @@ class Finding:
 
 @dataclass(frozen=True, slots=True)
 class AlgorithmInfo:
-    """The AI product that produced a result, as its vendor names it."""
+    """The AI product that produced a result, as its vendor names it; ``regulatory`` is the
+    hospital's record of it (certificate, class, intended use), added by radbridge."""
 
     vendor: str
     product: str
     version: str
+    regulatory: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -187,3 +187,5 @@ class WritebackItem:
     findings: StudyFindings | None = None
     note: str | None = None
     """A note for the RIS (the study's disagreements, with ``discordance.oru_note``)."""
+    regulatory: str | None = None
+    """The vendor product and its regulatory data in one line (named in the ORU)."""

@@ -24,7 +24,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from broker.model.contract import ContractTerms, Period, contract_in_force
+from broker.model.errors import StoreError
 from broker.model.logging import get_logger
+from broker.store.audit import SYSTEM, Action, AuditLog
 from broker.store.contracts import ContractStore, JobTerms, Reserved
 from config.schema import Settings
 from routing import Decision, Dispatch, RuleSet
@@ -254,3 +256,33 @@ def contract_statuses(
             )
         )
     return out
+
+
+def audit_certificates(audit: AuditLog, settings: Settings, now: datetime) -> int:
+    """Audit every product whose NMPA certificate is missing or expired today, with what
+    the configuration makes of it (shadow, or live by ``live_without_certificate``); at
+    the service's start and every configuration put in force. How many rows."""
+    today = now.astimezone(ZoneInfo(settings.site.timezone)).date()
+    written = 0
+    for name, vendor in settings.vendors.items():
+        if vendor.regulatory is None:
+            continue
+        problem = vendor.regulatory.regulatory().problem(today)
+        if problem is None:
+            continue
+        live = vendor.regulatory.live_without_certificate
+        detail = {
+            "vendor": name,
+            "product": vendor.product,
+            "problem": problem,
+            "mode": "live" if live else "shadow",
+            "why": "regulatory.live_without_certificate" if live else "certificate",
+        }
+        try:
+            audit.record(SYSTEM, Action.PRODUCT_CERTIFICATE, f"vendor:{name}", detail, now=now)
+        except StoreError as exc:
+            LOG.error("certificate state not audited", vendor=name, error=str(exc))
+            continue
+        written += 1
+        LOG.warning("product without a valid certificate", **detail)
+    return written

@@ -117,6 +117,7 @@ class ResultTimer:
         make_sr: SrMaker | None = None,
         *,
         read_findings: FindingsReader | None = None,
+        regulatory: Callable[[str], str | None] | None = None,
     ) -> None:
         self.store = store
         self.jobs = jobs
@@ -124,6 +125,8 @@ class ResultTimer:
         self.spool = spool
         self._make_sr = make_sr
         self._read_findings = read_findings
+        self._regulatory = regulatory
+        """A vendor product's regulatory data in one line (named in the SRs it makes)."""
         self.on_complete: list[CompleteHook] = []
         self._stop = threading.Event()
         self._timer = Timer([self._complete_due], interval=MAX_TIMER_SLEEP)
@@ -194,6 +197,10 @@ class ResultTimer:
             if not paths:
                 return "no SR made: the source study is no longer in the spool"
             created = result.created_at.astimezone().replace(tzinfo=None)
+            label = self._regulatory(result.vendor) if self._regulatory and result.vendor else None
+            if label is not None:
+                algorithm = replace(findings.algorithm, regulatory=label)
+                findings = replace(findings, algorithm=algorithm)
             sr = self._sr_maker()(findings, paths, result_key(result), created)
             path = write_result_object(self.spool, sr.study_uid, sr.sop_instance_uid, sr.data)
             self.store.record_generated(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from broker.engine.bus import Bus
@@ -20,6 +21,7 @@ from broker.model.logging import get_logger
 from broker.model.version import VERSION
 from broker.runtime.billing import Accounting
 from broker.runtime.completion import CompletionStage, StableTimer
+from broker.runtime.contracts import audit_certificates
 from broker.runtime.edges import Edge, ServiceContext, available
 from broker.runtime.findings import Reconciliation
 from broker.runtime.reload import Reloader
@@ -29,6 +31,7 @@ from broker.runtime.retention import RetentionTask
 from broker.runtime.routing_stage import RoutingStage
 from broker.runtime.snapshot import Snapshot, SnapshotHolder, build_snapshot, result_policies
 from broker.store import StudyStore, make_engine
+from broker.store.audit import AuditLog
 from broker.store.jobs import JobStore
 from broker.store.migrate import migrate
 from broker.store.orders import OrderStore
@@ -98,8 +101,10 @@ class Service:
             self.dispatcher.jobs,
             self.context.store,
             self.context.spool,
+            regulatory=self._regulatory_label,
         )
         self.snapshots.on_swap(self._new_result_policies)
+        self.snapshots.on_swap(self._audit_certificates)
         self.writeback = WritebackStage(
             engine,
             self.snapshots,
@@ -128,6 +133,14 @@ class Service:
         self._threads: list[threading.Thread] = []
         self._started: list[Edge] = []
 
+    def _regulatory_label(self, vendor: str) -> str | None:
+        """The product's regulatory data in the configuration in force (named in its SRs)."""
+        return self.snapshots.settings.regulatory_label(vendor)
+
+    def _audit_certificates(self, _old: Snapshot, new: Snapshot) -> None:
+        """A swap listener: audit the products without a valid certificate."""
+        audit_certificates(AuditLog(self.context.engine), new.settings, datetime.now(UTC))
+
     def _new_result_policies(self, _old: Snapshot, new: Snapshot) -> None:
         """A swap listener: results that start from now on get the new vendors' policies."""
         self.results.store.policies = dict(new.policies)
@@ -140,6 +153,9 @@ class Service:
         for edge in self.edges:
             edge.recover(self.context)
         self.accounting.reconcile()
+        audit_certificates(
+            AuditLog(self.context.engine), self.snapshots.settings, datetime.now(UTC)
+        )
         published = self.dispatcher.start()
         if published:
             LOG.info("unfinished jobs published again", jobs=published)

@@ -252,6 +252,9 @@ class Snapshot:
             return self.retired_deidentify[route]
         return self.settings.deidentify(vendor, route)
 
+    def regulatory(self, vendor: str) -> str | None:
+        return self.settings.regulatory_label(vendor)
+
     @property
     def pseudonym_secret(self) -> str | None:
         secret = self.settings.privacy.pseudonym_secret

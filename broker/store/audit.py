@@ -61,6 +61,9 @@ class Action:
     VENDOR_PAUSE = "vendor.pause"
     VENDOR_RESUME = "vendor.resume"
     FINDING_VERDICT = "finding.verdict"
+    PRODUCT_CERTIFICATE = "product.certificate"
+    """A product's certificate is missing or expired: it runs in shadow, or live by
+    configuration (written at start and at every configuration put in force)."""
 
 
 def cli_actor() -> str:

@@ -90,6 +90,11 @@ def _config(folder: Path, vendor_port: int, http_port: int) -> dict[str, Any]:
                 "port": vendor_port,
             },
             "retries": 2,
+            "regulatory": {
+                "nmpa_class": "III",
+                "certificate": "国械注准20233210001",
+                "valid_until": "2099-12-31",
+            },
         }
     }
     config["routes"] = [
@@ -212,6 +217,8 @@ def test_operator_retries_a_dead_job_in_the_browser_viewer_sees_no_phi(
         _wait(lambda: len(vendor.files()) >= len(files))
     _shot(page, "operator-study-delivered")
     page.reload()
+    regulatory = page.locator(f"#regulatory-{job['id']}").inner_text()
+    assert "NMPA class III 国械注准20233210001 valid to 2099-12-31" in regulatory
     assert page.locator(f"#job-{job['id']}-timeline li.state-awaiting_result").count() >= 1
 
     # Usage of the month, as CSV.

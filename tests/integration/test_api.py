@@ -29,10 +29,12 @@ from broker.runtime.snapshot import SnapshotHolder, build_snapshot
 from broker.store import JobStore, StudyStore
 from broker.store.api_tokens import ApiTokens
 from broker.store.contracts import ContractStore, JobTerms, Reserved
+from broker.store.results import ResultStore
 from broker.store.spool import Spool
 from config.loader import load_settings
 from tests.databases import DATABASES, empty_database
 from tests.integration.test_store import _rec
+from tests.writeback_data import findings
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 API = "/api/v1"
@@ -44,6 +46,13 @@ CONFIG: dict[str, Any] = {
             "product": "CT lung nodule",
             "transport": {"type": "dicom", "ae_title": "LUNGAI", "host": "127.0.0.1", "port": 9},
             "billing": {"unit": "study", "price": 30, "currency": "CNY", "trial_quota": 1},
+            "regulatory": {
+                "nmpa_class": "III",
+                "certificate": "国械注准20233210001",
+                "valid_until": "2099-12-31",
+                "intended_use": "肺结节检出",
+                "version": "3.2",
+            },
         }
     },
     "routes": [
@@ -226,6 +235,30 @@ def test_contracts_say_the_use_and_when_a_quota_runs_out(api: Api) -> None:
         "bill",
     )
     assert api.get(f"{API}/contracts", role=None).status_code == 401
+
+
+def test_results_carry_the_products_regulatory_data(api: Api) -> None:
+    """Each result in the listing and in its detail names the configured product with its
+    NMPA class, certificate and whether the certificate covers today."""
+    jobs = JobStore(api.engine)
+    jobs.claim(1, now=T0)
+    jobs.finish(1, [JobState.SENT, JobState.AWAITING_RESULT], now=T0)
+    result_id = ResultStore(api.engine).record_findings(1, findings("1.2.3.0"), now=T0)
+    [listed] = api.get(f"{API}/results").json()["items"]
+    product = listed["product"]
+    assert (product["vendor"], product["product"], product["mode"]) == (
+        "lungai",
+        "CT lung nodule",
+        "live",
+    )
+    regulatory = product["regulatory"]
+    assert (regulatory["nmpa_class"], regulatory["certificate"]) == ("III", "国械注准20233210001")
+    assert regulatory["certificate_valid"] is True and regulatory["problem"] is None
+    assert product["label"] == (
+        "CT lung nodule: NMPA class III 国械注准20233210001 valid to 2099-12-31; "
+        "intended use: 肺结节检出; version 3.2"
+    )
+    assert api.get(f"{API}/results/{result_id}").json()["product"] == product
 
 
 def test_usage_vendors_health_and_metrics(api: Api) -> None:

@@ -12,19 +12,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hl7apy.parser import parse_message
 from sqlalchemy import Engine
 
+from adapters.hl7.oru import build_oru
+from adapters.results.sr import disclaimer
 from broker.model.contract import UseCharge
 from broker.runtime.billing import Accounting
-from broker.runtime.contracts import ContractDesk, contract_use
+from broker.runtime.contracts import ContractDesk, audit_certificates, contract_use
 from broker.store import make_engine
+from broker.store.audit import Action, AuditLog
 from broker.store.contracts import ContractStore, JobTerms, Reserved
+from broker.store.results import ResultStore
 from broker.store.usage import UsageStore, report_csv
 from config.schema import Settings, routing_rules
 from routing import SkipReason, decide
 from tests.databases import DATABASES, empty_database
 from tests.integration.test_routing import study
 from tests.integration.test_usage_audit import _sent_job, _study
+from tests.writeback_data import findings
 
 T0 = datetime(2026, 5, 10, 2, 0, tzinfo=UTC)
 
@@ -173,3 +179,46 @@ def test_usage_rows_carry_contract_payer_and_price_code(engine: Engine) -> None:
     header, row = report_csv([line]).splitlines()
     assert header.endswith(",package,contract,payer,price_code,province")
     assert row.endswith(",1,pkg,health_commission,310000012,Zhejiang")
+
+
+def _regulated(**regulatory: Any) -> Settings:
+    base = _settings()
+    vendors = {name: v.model_dump(mode="json") for name, v in base.vendors.items()}
+    vendors["lungai"]["regulatory"] = {"nmpa_class": "III", **regulatory}
+    vendors["lungb"]["regulatory"] = {"certificate": "国械注准20243210002"}  # no end: valid
+    return Settings.model_validate({"site": {"timezone": "Asia/Shanghai"}, "vendors": vendors})
+
+
+def test_products_without_a_valid_certificate_are_audited(engine: Engine) -> None:
+    """At start and at every configuration put in force: one ``product.certificate`` row per
+    product whose certificate is expired (shadow) or missing but configured live."""
+    expired = _regulated(certificate="国械注准20183210001", valid_until="2026-05-09")
+    assert audit_certificates(AuditLog(engine), expired, T0) == 1
+    live = _regulated(live_without_certificate=True)
+    assert audit_certificates(AuditLog(engine), live, T0) == 1
+    rows = AuditLog(engine).list(action=Action.PRODUCT_CERTIFICATE)
+    assert [(r.target, r.detail["mode"], r.detail["problem"]) for r in reversed(rows)] == [
+        ("vendor:lungai", "shadow", "NMPA certificate 国械注准20183210001 expired 2026-05-09"),
+        ("vendor:lungai", "live", "no NMPA certificate"),
+    ]
+
+
+def test_the_oru_and_the_sr_name_the_products_regulatory_data(engine: Engine) -> None:
+    """The ORU carries an NTE after the OBR naming the product and its certificate (hl7apy
+    reads it as a valid ORU_R01); the SR's disclaimer names it too."""
+    settings = _regulated(certificate="国械注准20233210001", valid_until="2028-02-28")
+    label = settings.regulatory_label("lungai")
+    assert label == "LUNGA lung: NMPA class III 国械注准20233210001 valid to 2028-02-28"
+    uid = "1.2.826.0.1.3680043.10.511.9"
+    _study(engine, uid)
+    job = _sent_job(engine, uid, "lungai")
+    result = ResultStore(engine).get(ResultStore(engine).record_findings(job.id, findings(uid)))
+    text = build_oru(control_id="RB1", result=result, order=None, study=None, regulatory=label)
+    segments = text.split("\r")
+    obr = next(i for i, s in enumerate(segments) if s.startswith("OBR|"))
+    assert segments[obr + 1] == f"NTE|1|L|AI product: {label}"
+    parsed = parse_message(text, find_groups=True, validation_level=2)
+    assert parsed.msh.msh_9.to_er7() == "ORU^R01^ORU_R01"
+    assert result.findings is not None
+    named = replace(result.findings.algorithm, regulatory=label)
+    assert disclaimer(named).endswith(f"Regulatory data: {label}.")
