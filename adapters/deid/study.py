@@ -76,13 +76,16 @@ def deidentified_manifest(files: Sequence[Path]) -> dict[str, Any] | None:
     if not files:
         return None
     try:
-        headers = [dcmread(p, stop_before_pixels=True) for p in files]
-    except (PydicomInvalid, OSError, ValueError, EOFError) as exc:
-        raise DeidentificationError(f"cannot read a de-identified copy: {exc}") from exc
-    first = headers[0]
+        first = dcmread(files[0], stop_before_pixels=True)
+    except (PydicomInvalid, OSError, ValueError, EOFError):
+        return None  # not a copy radbridge just wrote: the spool's file, sent as it is
     method = str(first.get("DeidentificationMethod", ""))
     if first.get("PatientIdentityRemoved") != "YES" or not method.startswith(METHOD_PREFIX):
-        return None
+        return None  # the spool's files: only the first is read
+    try:
+        headers = [first, *(dcmread(p, stop_before_pixels=True) for p in files[1:])]
+    except (PydicomInvalid, OSError, ValueError, EOFError) as exc:
+        raise DeidentificationError(f"cannot read a de-identified copy: {exc}") from exc
     series: dict[str, dict[str, Any]] = {}
     for ds in headers:
         uid = str(ds.get("SeriesInstanceUID", ""))
