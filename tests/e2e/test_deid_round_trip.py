@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import hl7
+import httpx
 import pytest
 from pydicom import dcmread
 
 from adapters.dicom.synthetic import generate_study
-from adapters.harness.products import ProductKind, make_sr
+from adapters.harness.products import ProductKind, make_seg, make_sr
 from adapters.harness.ris import RisListener, make_order, order_message, send_message
 from adapters.harness.vendor import ResultsTarget, ResultType, SimulatedVendor
 from adapters.results.sr import SourceStudy
@@ -44,6 +45,30 @@ class Loop:
     pacs: Orthanc
     ris: RisListener
     folder: Path
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.rb.config['http']['listen']['port']}"
+
+    def chest_study(self, name: str, patient_id: str, accession: str) -> tuple[str, Any]:
+        """Send a chest CT (routed to the HTTP vendor); its original UID and the vendor's
+        result once delivered."""
+        files = generate_study(
+            "ct_chest",
+            self.folder / name,
+            instances=3,
+            rows=32,
+            columns=32,
+            patient_id=patient_id,
+            patient_name="Li^Na",
+            accession=accession,
+        )
+        study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        before = len(self.puller.delivered)
+        storescu(files, self.rb.port)
+        delivered = self.puller.wait_delivered(before + 1, timeout=60)[before]
+        assert delivered.ok, delivered.detail
+        return study_uid, delivered
 
 
 @pytest.fixture(scope="module")
@@ -225,22 +250,9 @@ def test_an_http_vendor_gets_a_pseudonymous_manifest_and_pulls_deidentified_copi
     option says); the vendor's JSON findings (pseudonymous study and series references)
     become an SR in Orthanc under the original study and patient, referencing the original
     series."""
-    files = generate_study(
-        "ct_chest",
-        loop.folder / "chest",
-        instances=3,
-        rows=32,
-        columns=32,
-        patient_id="SH-9001",
-        patient_name="Li^Na",
-        accession="A2026HTTP1",
-    )
-    original = dcmread(files[0], stop_before_pixels=True)
-    study_uid = str(original.StudyInstanceUID)
-    storescu(files, loop.rb.port)
-    [delivered] = loop.puller.wait_delivered(1, timeout=60)
-    assert delivered.ok, delivered.detail
-    [manifest] = loop.puller.manifests
+    study_uid, delivered = loop.chest_study("chest", "SH-9001", "A2026HTTP1")
+    original = dcmread(next((loop.folder / "chest").rglob("*.dcm")), stop_before_pixels=True)
+    [manifest] = [m for m in loop.puller.manifests if m["job_id"] == int(delivered.job_id)]
     assert manifest["study_instance_uid"] == delivered.study_uid != study_uid
     assert manifest["deidentified"] == "basic+retain_patient_characteristics"
     assert manifest["accession_number"] not in (None, "A2026HTTP1")
@@ -251,7 +263,7 @@ def test_an_http_vendor_gets_a_pseudonymous_manifest_and_pulls_deidentified_copi
         dcmread(p, stop_before_pixels=True)
         for p in (loop.puller.folder / delivered.study_uid).rglob("*.dcm")
     ]
-    assert len(pulled) == len(files)
+    assert len(pulled) == 3
     assert {str(d.SeriesInstanceUID) for d in pulled} == series
     assert {str(d.PatientID) for d in pulled} == {manifest["patient"]["id"]}
     assert {str(d.PatientSex) for d in pulled} == {str(original.PatientSex)}  # kept
@@ -260,6 +272,39 @@ def test_an_http_vendor_gets_a_pseudonymous_manifest_and_pulls_deidentified_copi
     held = loop.pacs.request("GET", f"/instances/{sr['_id']}/file")
     assert str(original.SeriesInstanceUID).encode() in held
     assert not any(uid.encode() in held for uid in series | {delivered.study_uid})
+
+
+def test_a_seg_by_stow_rs_is_stored_under_the_original_study(loop: Loop) -> None:
+    """A SEG the HTTP vendor makes from the copies it pulled and STOWs to the pseudonymous
+    study's URL is taken (200), stored under the original Study Instance UID with its own
+    SOP Instance UID, and kept with the study's job."""
+    study_uid, delivered = loop.chest_study("stow", "SH-9002", "A2026STOW1")
+    pulled = sorted((loop.puller.folder / delivered.study_uid).rglob("*.dcm"))
+    images = [dcmread(p) for p in pulled]
+    seg = make_seg(ProductKind.LUNG_NODULE_CT, SourceStudy.from_datasets(images), images)
+    path = loop.folder / "vendor-seg.dcm"
+    seg.save_as(path, enforce_file_format=True)
+    boundary = "deid-stow"
+    body = (
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + path.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    answer = httpx.post(
+        f"{loop.http}/results/studies/{delivered.study_uid}",
+        content=body,
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Authorization": f"Bearer {FINDINGS_TOKEN}",
+        },
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    results = json.loads(loop.rb.cli("results", "list", "--study", study_uid, "--json").stdout)
+    objects = [o for r in results for o in r["objects"]]
+    [stored] = [o for o in objects if o["sop_instance_uid"] == str(seg.SOPInstanceUID)]
+    assert stored["study_uid"] == study_uid
+    assert {r["job_id"] for r in results} == {int(delivered.job_id)}
 
 
 def test_a_result_referencing_uids_never_issued_is_an_orphan(loop: Loop) -> None:
