@@ -376,5 +376,6 @@ class Route(Strict):
             fallback=self.fallback,
             resend_updates=self.resend_updates,
             require_order=RequireOrder(order.wait, order.then) if order else None,
+            mode=self.mode,
             expect=self.expect.spec() if self.expect else None,
         )

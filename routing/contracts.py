@@ -14,7 +14,7 @@ vendor is ``mode: shadow``, is sent in shadow mode. Pure: no I/O.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 
 from broker.model.contract import (
@@ -111,6 +111,16 @@ def _terms(product: ProductTerms | None, check: ContractCheck | None, day: date)
         quota=quota,
         alert=alert,
         state=str(check) if check is not None else None,
+    )
+
+
+def route_shadow(terms: Terms) -> Terms:
+    """The terms of a delivery on a route in ``mode: shadow``: shadow mode (the configuration
+    says so; a reload can lift it), never billed, never taking a contract's quota."""
+    return replace(
+        terms,
+        shadow=ShadowCause.CONFIGURATION,
+        charge=UseCharge.SHADOW if terms.charge is not None else None,
     )
 
 

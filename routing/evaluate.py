@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from broker.model.domain import Order, Priority, Study
+from broker.model.mode import Mode
 from routing.compile import CompiledRoute, RuleSet
-from routing.contracts import Terms, judge
+from routing.contracts import Terms, judge, route_shadow
 from routing.facts import Facts
 from routing.schema import OnNoOrder, show_duration
 from routing.selectors import select_series
@@ -294,6 +295,9 @@ def decide_facts(
                         )
                     )
                     continue
+                terms = verdict.terms
+                if spec.mode is Mode.SHADOW and terms.shadow is None:
+                    terms = route_shadow(terms)
                 sent_by[verdict.vendor] = spec.name
                 fired = True
                 dispatches.append(
@@ -305,7 +309,7 @@ def decide_facts(
                         deadline_seconds=spec.deadline_seconds,
                         stable_seconds=spec.stable_seconds,
                         write_back=spec.write_back,
-                        terms=verdict.terms,
+                        terms=terms,
                         instead_of=verdict.instead_of,
                     )
                 )

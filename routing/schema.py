@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.model.domain import Priority
+from broker.model.mode import Mode
 from routing.fields import FieldSpec, Source
 
 
@@ -176,6 +177,8 @@ class RouteSpec:
     resend_updates: bool = False
     require_order: RequireOrder | None = None
     expect: ExpectedSeries | None = None
+    mode: Mode = Mode.LIVE
+    """``shadow``: every delivery of the route runs in shadow mode (nothing written back)."""
 
 
 def leaves(node: Condition | Conditions) -> list[Leaf]:

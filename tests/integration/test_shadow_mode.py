@@ -5,7 +5,7 @@ billed, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from broker.engine.plan import FixedPlan, FixedPlans
 from broker.engine.writeback_stage import WritebackStage
+from broker.model.contract import UseCharge
 from broker.model.jobs import JobState
 from broker.model.mode import Mode, ShadowCause, effective_shadow
 from broker.model.writeback import WEBHOOK_TARGET, TargetSpec
@@ -23,8 +24,11 @@ from broker.store.deliveries import DeliveryStore
 from broker.store.jobs import JobStore
 from broker.store.results import ResultStore
 from broker.store.usage import UsageStore
-from config.schema import Settings
+from config.schema import Settings, routing_rules
+from routing import decide
+from routing.explain import report
 from tests.databases import DATABASES, empty_database
+from tests.integration.test_routing import study
 from tests.integration.test_usage_audit import T0, _sent_job, _study
 from tests.writeback_data import Scene
 
@@ -66,6 +70,34 @@ def test_shadow_cause_follows_the_configuration_in_force_other_causes_stay() -> 
     assert not configured_shadow(_settings(), "chest", "lungai")
     assert not configured_shadow(_settings("shadow"), "chest", "gone")  # no longer configured
     assert _settings("SHADOW").vendors["lungai"].mode is Mode.SHADOW
+
+
+def test_a_shadow_route_makes_shadow_deliveries_that_take_no_quota() -> None:
+    """A route in ``mode: shadow`` decides shadow deliveries (configuration) for a live vendor
+    whose contract covers the study: never billed, not counted in the quota, and explain
+    says nothing is written back; the same vendor on a live route stays live."""
+    vendor = {**VENDOR}
+    settings = Settings.model_validate(
+        {
+            "site": {"name": "General", "timezone": "Asia/Shanghai"},
+            "vendors": {"lungai": vendor},
+            "contracts": {"p": {"vendor": "lungai", "kind": "package", "quota": 5, "price": 1}},
+            "routes": [
+                {"name": "trial", "when": {"modality": "CT"}, "send": ["lungai"], "mode": "shadow"}
+            ],
+        }
+    )
+    now = datetime(2026, 5, 10, 2, 0, tzinfo=UTC)
+    (dispatch,) = decide(routing_rules(settings), study(), None, now).dispatches
+    assert dispatch.terms.shadow is ShadowCause.CONFIGURATION
+    assert dispatch.terms.charge is UseCharge.SHADOW and not dispatch.terms.counted
+    explained = report(routing_rules(settings), study(), None, now).text()
+    assert "shadow mode: nothing written back" in explained
+    live = settings.model_copy(
+        update={"routes": [settings.routes[0].model_copy(update={"mode": Mode.LIVE})]}
+    )
+    (dispatch,) = decide(routing_rules(live), study(), None, now).dispatches
+    assert dispatch.terms.shadow is None and dispatch.terms.counted
 
 
 def test_an_unknown_mode_fails_at_load_naming_the_valid_ones() -> None:
