@@ -1,4 +1,5 @@
-"""Settings of knowing how AI products perform: comparing findings with final reports."""
+"""Settings of knowing how AI products perform: comparing findings with final reports, and
+the vendor watch (drift, missing results)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 
 from broker.model.reports import DEFAULT_NEGATIONS, DEFAULT_POST_NEGATIONS, ReportMatcher
-from config.base import Strict
+from config.base import Duration, Strict
 
 _CODE = re.compile(r"^[A-Za-z0-9_.-]{1,16}:[^\s:]{1,64}$")
 Term = Annotated[str, Field(min_length=1, max_length=200)]
@@ -44,3 +45,33 @@ class FinalReports(Strict):
             negations=tuple(self.negations),
             post_negations=tuple(self.post_negations),
         )
+
+
+class Drift(Strict):
+    """The positive rate of each finding code in the last ``window`` against the ``baseline``
+    before it: a two-proportion z-test, alert when p < ``alpha`` and both have at least
+    ``min_findings`` findings of the code."""
+
+    window: Duration = 7 * 86400.0
+    baseline: Duration = 90 * 86400.0
+    alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.01
+    min_findings: Annotated[int, Field(ge=1)] = 30
+
+
+class ResultsMissing(Strict):
+    """A vendor that took at least ``min_studies`` studies in the last ``window`` (each sent
+    at least ``after`` ago) and answered fewer than ``min_share`` of them."""
+
+    window: Duration = 3600.0
+    after: Duration = 900.0
+    min_share: Annotated[float, Field(gt=0, le=1)] = 0.8
+    min_studies: Annotated[int, Field(ge=1)] = 5
+
+
+class Monitoring(Strict):
+    """The vendor watch: drift, missing results (checked every ``check_every``) and product
+    version changes (on each result)."""
+
+    check_every: Duration = 60.0
+    drift: Drift = Drift()
+    results_missing: ResultsMissing = ResultsMissing()

@@ -42,7 +42,7 @@ from config.base import (
 )
 from config.contracts import Contract, ContractName, billing_terms
 from config.critical import Critical
-from config.monitoring import FinalReports
+from config.monitoring import FinalReports, Monitoring
 from config.plugins import TargetBlock
 from config.targets import Notifications, TargetName, check_notifications
 from config.vendors import _KNOWN_TARGETS, _KNOWN_VENDORS, Route, Vendor, VendorName
@@ -523,6 +523,8 @@ class Settings(Strict):
     """How each vendor product is paid for (``config.contracts``)."""
     final_reports: FinalReports = FinalReports()
     """How final reports are compared with AI findings (keywords, negations)."""
+    monitoring: Monitoring = Monitoring()
+    """The vendor watch: drift of positive rates, missing results."""
 
     @model_validator(mode="wrap")
     @classmethod

@@ -18,6 +18,7 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy import Engine
 
 from adapters.api import (
+    alerts,
     audit,
     configuration,
     conflicts,
@@ -49,7 +50,17 @@ def api_router() -> APIRouter:
     """Every ``/api/v1`` router."""
     api = APIRouter(prefix=PREFIX, responses=AUTH)
     routers = (studies, orders, conflicts, jobs, results, verdicts, critical, vendors, routes)
-    for module in (*routers, performance, configuration, timeline, usage, contracts, audit, tokens):
+    for module in (
+        *routers,
+        performance,
+        alerts,
+        configuration,
+        timeline,
+        usage,
+        contracts,
+        audit,
+        tokens,
+    ):
         api.include_router(module.router)
     for several in (findings, trials):  # several products on one study, silent trials
         api.include_router(several.router)

@@ -19,6 +19,7 @@ from broker.model.jobs import UNFINISHED, Job, JobState
 from broker.model.phi import phi_values
 from broker.model.work import LanePause
 from broker.runtime.findings import FindingsReader
+from broker.store.alerts import AlertStore
 from broker.store.critical import CriticalStore
 from broker.store.health import health_status, next_job_retries, target_health, urgent_results
 from broker.store.jobs import JOBS
@@ -45,6 +46,8 @@ STATE_ORDER = tuple(JobState)
 DASHBOARD_REFRESH = 5
 #: The window of the dashboard's urgent results.
 URGENT_WINDOW = timedelta(hours=24)
+#: The window of the dashboard's vendor alerts.
+ALERT_WINDOW = timedelta(days=7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,7 @@ def dashboard(request: Request, console: State, who: Viewer) -> Response:
             "vendors": vendor_health(console, now),
             "targets": target_health(console.engine, now - HEALTH_WINDOW),
             "urgent": urgent_results(console.engine, now - URGENT_WINDOW),
+            "alerts": AlertStore(console.engine).list(since=now - ALERT_WINDOW, limit=20),
             "critical": critical.list(state=CaseState.OPEN, limit=DASHBOARD_JOBS),
             "critical_counts": critical.counts(now),
             "now": now,

@@ -63,6 +63,11 @@ WORDS: tuple[str, ...] = (
     N_("confirmed"),
     N_("contradicted"),
     N_("not_mentioned"),
+    # vendor alerts (broker.model.alerts.AlertKind)
+    N_("drift"),
+    N_("version_changed"),
+    N_("results_missing"),
+    N_("canary_failed"),
     # critical-result cases: states, ledger steps, where an acknowledgement came from, filter
     N_("open"),
     N_("acknowledged"),

@@ -31,7 +31,7 @@ from broker.model.logging import get_logger
 from broker.model.writeback import DeliveryState
 from broker.store.deliveries import OVERDUE_STATES
 from broker.store.space import FreeSpace, SpaceWatch, database_bytes, spool_bytes
-from broker.store.tables import deliveries, instances, jobs, studies
+from broker.store.tables import deliveries, instances, jobs, studies, vendor_alerts
 
 LOG = get_logger("radbridge.metrics")
 
@@ -96,6 +96,8 @@ class StoreFigures:
     """Write-backs and notifications by (state, target)."""
     overdue: dict[str, int] = field(default_factory=dict)
     """Jobs past their deadline without a result, by vendor."""
+    alerts: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Vendor alerts raised (drift, version_changed, …), by (vendor, kind)."""
 
 
 def read_figures(engine: Engine) -> StoreFigures:
@@ -138,7 +140,17 @@ def read_figures(engine: Engine) -> StoreFigures:
                 .group_by(jobs.c.vendor)
             ).all()
         }
-    return StoreFigures(int(n), int(size), by_state, by_job, held, database, by_delivery, overdue)
+        alerts = {
+            (str(vendor), str(kind)): int(count)
+            for vendor, kind, count in conn.execute(
+                select(vendor_alerts.c.vendor, vendor_alerts.c.kind, func.count()).group_by(
+                    vendor_alerts.c.vendor, vendor_alerts.c.kind
+                )
+            ).all()
+        }
+    return StoreFigures(
+        int(n), int(size), by_state, by_job, held, database, by_delivery, overdue, alerts
+    )
 
 
 class StoreCollector(Collector):
@@ -226,6 +238,14 @@ class StoreCollector(Collector):
         yield job_gauge
         yield depth
         yield overdue
+        alerts = CounterMetricFamily(
+            "radbridge_vendor_alerts",
+            "Vendor alerts raised: drift, version_changed, results_missing, canary_failed.",
+            labels=["vendor", "kind"],
+        )
+        for (vendor, kind), count in sorted(figures.alerts.items()):
+            alerts.add_metric([vendor, kind], count)
+        yield alerts
         yield from _delivery_gauge(figures.deliveries)
 
 

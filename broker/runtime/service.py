@@ -30,6 +30,7 @@ from broker.runtime.results import ResultTimer
 from broker.runtime.retention import RetentionTask
 from broker.runtime.routing_stage import RoutingStage
 from broker.runtime.snapshot import Snapshot, SnapshotHolder, build_snapshot, result_policies
+from broker.runtime.watch import VendorWatch
 from broker.store import StudyStore, make_engine
 from broker.store.audit import AuditLog
 from broker.store.jobs import JobStore
@@ -116,9 +117,11 @@ class Service:
         self.completion.order_status = self.writeback.order_status  # MPPS to the RIS
         reports = FinalReportIntake(engine, matcher_of(self.snapshots))
         self.results.on_complete.append(reports.result_complete)
+        watch = VendorWatch(engine, lambda: self.snapshots.settings)
+        self.results.on_complete.append(watch.result_complete)
         # The job engine's one timer: lapsed leases, due retries, released items, overdue jobs,
-        # critical cases' escalations;
-        # and retention (purges, the free-space alarm).
+        # critical cases' escalations; retention (purges, the free-space alarm); and the
+        # vendor watch (drift, missing results).
         retention = RetentionTask(engine, self.context.spool, lambda: self.snapshots.settings)
         self.engine_timer = Timer(
             [
@@ -127,6 +130,7 @@ class Service:
                 self.writeback.overdue,
                 self.writeback.critical.tick,
                 retention,
+                watch,
             ]
         )
         self._stop = threading.Event()

@@ -5,7 +5,8 @@ console) and its jobs wait while the other vendor's go out, then resume sends th
 radiologist gives verdicts on findings from the API, from the console in Chromium
 (Playwright) and from the signed one-click link an urgent notification carries (a loopback
 webhook receiver); the harness RIS sends signed final reports (ORU^R01, MDM^T02; Chinese and
-English, with negations) over MLLP and each finding is compared with them."""
+English, with negations) over MLLP and each finding is compared with them; a vendor's SR
+with a new software version raises ``version_changed``."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ import pytest
 from adapters.dicom.synthetic import generate_study
 from adapters.harness.hl7_messages import report_mdm_t02, report_oru_r01, sample_order
 from adapters.harness.ris import send_message
+from adapters.results.findings import parse_findings
+from adapters.results.sr import findings_to_sr, read_source_study
 from broker.model.domain import Order, Patient
 from tests.e2e.test_console import PASSWORDS, VIEWPORT, ensure_chromium
 from tests.fhir_receiver import Webhook
@@ -464,3 +467,39 @@ def test_performance_of_two_vendors_side_by_side(site: Site) -> None:
             ("ichai", "0.0%"),
         ]
         assert console.get("/vendors/lungai/performance.csv").text == csv_text
+
+
+def test_a_new_version_in_a_vendor_sr_raises_version_changed(site: Site) -> None:
+    """lungai C-STOREs an SR (TID 1500, SoftwareVersions 2.0) to the results AE after JSON
+    results of 1.0: one ``version_changed`` alert in the API, on the dashboard and in the
+    metrics; the performance figures count the result under 2.0."""
+    files, study_uid = site.head_ct(6)
+    wait_until(
+        lambda: site.jobs(study_uid).get("lungai", {}).get("state") == "awaiting_result",
+        "lungai's job at the vendor",
+    )
+    source = read_source_study(files)
+    document = {
+        "study_instance_uid": study_uid,
+        "algorithm": {"vendor": "lungai", "product": "LUNGAI", "version": "2.0"},
+        "findings": [{"code": ICH, "present": True, "score": 0.8}],
+    }
+    sr = findings_to_sr(parse_findings(json.dumps(document).encode()), source, result_id="v2")
+    path = site.folder / "lungai-v2-sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    storescu([path], site.rb.port, called_ae="RADBRIDGE_RES", calling_ae="LUNGAI")
+
+    def alerts() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = site.api(
+            "GET", "/alerts", params={"vendor": "lungai", "kind": "version_changed"}
+        ).json()
+        return found
+
+    [alert] = wait_until(alerts, "version_changed alert")
+    assert (alert["detail"]["previous"], alert["detail"]["version"]) == ("1.0", "2.0")
+    versions = site.api("GET", "/vendors/lungai/performance").json()["total"]["versions"]
+    assert versions == {"1.0": 2, "2.0": 1}
+    metrics = httpx.get(f"{site.base}/metrics", timeout=10).text
+    assert 'radbridge_vendor_alerts_total{kind="version_changed",vendor="lungai"} 1.0' in metrics
+    with _console(site) as console:
+        assert 'data-kind="version_changed" data-vendor="lungai"' in console.get("/").text
