@@ -1,8 +1,10 @@
 """Contract quotas with scale-out: `radbridge serve` routing and two `radbridge worker`
-processes sending and counting on PostgreSQL and RabbitMQ. Ten chest CTs, two products of
-the same kind: a trial of 4 free studies then billed per use, and a package of 3 then stop.
-The trial counts exactly 4 free uses however the two workers interleave, the package
-sends exactly 3 studies, and the usage report says so with each contract."""
+processes sending and counting on PostgreSQL and RabbitMQ. Eight chest CTs, two products
+of the same kind: a trial of 3 free studies then billed per use, and a package of 3 then
+stop. The trial counts exactly 3 free uses however the two workers interleave, the package
+sends exactly 3 studies, and `radbridge usage report` says so with each contract. (The
+jobs are watched in the store itself: a CLI process per poll would cost more than the
+service.)"""
 
 from __future__ import annotations
 
@@ -15,14 +17,18 @@ from typing import Any
 import pytest
 
 from adapters.dicom.synthetic import generate_study
-from tests.e2e.test_job_workers import Workers, _config, _jobs, _show, database, workers
+from broker.model.jobs import JobState
+from broker.store import JobStore, make_engine
+from tests.e2e.test_job_workers import Workers, _config, database, workers
 from tests.peers import StoreSCP, storescu, wait_until
 from tests.service import Radbridge
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.rabbitmq, pytest.mark.postgres]
 __all__ = ["database", "workers"]  # fixtures shared with the job-worker tests
 
-STUDIES = 10
+STUDIES = 8
+TRIAL = 3
+PACKAGE = 3
 
 
 def _contracts(config: dict[str, Any]) -> dict[str, Any]:
@@ -34,7 +40,7 @@ def _contracts(config: dict[str, Any]) -> dict[str, Any]:
         "lungai-trial": {
             "vendor": "lungai",
             "kind": "trial",
-            "quota": 4,
+            "quota": TRIAL,
             "price": 30,
             "currency": "CNY",
             "payer": "device_maker",
@@ -43,7 +49,7 @@ def _contracts(config: dict[str, Any]) -> dict[str, Any]:
         "lungpkg-2026": {
             "vendor": "lungpkg",
             "kind": "package",
-            "quota": 3,
+            "quota": PACKAGE,
             "payer": "hospital",
             "price_code": "330100017",
             "province": "Zhejiang",
@@ -59,8 +65,9 @@ def test_two_workers_on_postgresql_never_pass_a_quota(
     database: str,
     tmp_path: Path,
 ) -> None:
-    """Ten studies through serve and two workers: lungai 4 trial + 6 billed, lungpkg 3
-    package uses and no fourth job; the usage report names each row's contract and payer."""
+    """Eight studies through serve and two workers: lungai 3 trial + 5 billed, lungpkg 3
+    package uses and no fourth job; the usage report names each row's contract and payer;
+    both workers sent (and counted) jobs."""
     with StoreSCP(tmp_path / "vendor", ae_title="LUNGAI") as vendor:
         config = _contracts(_config(tmp_path / "rb", database, vendor.port, 2))
         rb = radbridge_factory(config=config)
@@ -73,11 +80,25 @@ def test_two_workers_on_postgresql_never_pass_a_quota(
             )
         ]
         storescu(files, rb.port)
-        wait_until(
-            lambda: [j["state"] for j in _jobs(rb)] == ["awaiting_result"] * (STUDIES + 3),
-            "every job to be sent",
-            timeout=180,
-        )
+        store = make_engine(database)
+        try:
+            jobs = JobStore(store)
+            wait_until(
+                lambda: (
+                    [j.state.value for j in jobs.list(limit=100)]
+                    == ["awaiting_result"] * (STUDIES + PACKAGE)
+                ),
+                "every job to be sent",
+                timeout=180,
+            )
+            senders = {
+                event.worker
+                for job in jobs.list(limit=100)
+                for event in jobs.history(job.id)
+                if event.to_state is JobState.SENT
+            }
+        finally:
+            store.dispose()
     today = date.today()
     report = rb.cli(
         "usage", "report", "--format", "json",
@@ -90,17 +111,11 @@ def test_two_workers_on_postgresql_never_pass_a_quota(
         for key in counts:
             counts[key] += line[key]
     assert per_vendor == {
-        "lungai": {"trial": 4, "billable": STUDIES - 4, "package": 0},
-        "lungpkg": {"trial": 0, "billable": 0, "package": 3},
+        "lungai": {"trial": TRIAL, "billable": STUDIES - TRIAL, "package": 0},
+        "lungpkg": {"trial": 0, "billable": 0, "package": PACKAGE},
     }
     assert {(line["vendor"], line["contract"], line["payer"]) for line in lines} == {
         ("lungai", "lungai-trial", "device_maker"),
         ("lungpkg", "lungpkg-2026", "hospital"),
-    }
-    senders = {
-        event["worker"]
-        for job in _jobs(rb)
-        for event in _show(rb, job["id"])["history"]
-        if event["to_state"] == "sent"
     }
     assert senders == set(workers.ids)  # both workers sent (and counted) jobs

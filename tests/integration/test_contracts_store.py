@@ -87,16 +87,16 @@ def _race(url: str, worker: int, count: int, quota: int) -> list[str]:
 
 @pytest.mark.postgres
 def test_two_processes_racing_on_postgresql_never_pass_the_quota(tmp_path: Path) -> None:
-    """Two processes reserve 120 studies each, over and over, against a quota of 90 on
-    PostgreSQL: exactly 90 reservations succeed and the counter says 90."""
+    """Two processes reserve 80 studies each, over and over, against a quota of 60 on
+    PostgreSQL: exactly 60 reservations succeed and the counter says 60."""
     with empty_database("postgresql", tmp_path) as eng:
         url = eng.url.render_as_string(hide_password=False)
         with multiprocessing.get_context("fork").Pool(2) as pool:
-            shares = pool.starmap(_race, [(url, w, 120, 90) for w in range(2)])
+            shares = pool.starmap(_race, [(url, w, 80, 60) for w in range(2)])
         outcomes = [o for share in shares for o in share]
-        assert outcomes.count("new") == 90 and outcomes.count("full") == 150
+        assert outcomes.count("new") == 60 and outcomes.count("full") == 100
         assert all(share.count("new") > 0 for share in shares)  # both took part
-        assert ContractStore(eng).used([("pkg", "2026-05")]) == {("pkg", "2026-05"): 90}
+        assert ContractStore(eng).used([("pkg", "2026-05")]) == {("pkg", "2026-05"): 60}
 
 
 def _settings(**contract: Any) -> Settings:
