@@ -6,7 +6,8 @@ valid, kept and answered 200 with a ``transaction-response`` Bundle. An
 invalid one gets 400 with an OperationOutcome. ``status`` scripts the answers
 (e.g. ``[503, 200]``: first unavailable, then accepted). Conditional creates
 (``ifNoneExist``) are honoured: an identifier seen before creates nothing,
-as a real server would do.
+as a real server would do; a conditional update (``PUT Type?identifier=…``)
+replaces the resource with that identifier.
 """
 
 from __future__ import annotations
@@ -59,7 +60,14 @@ class FhirReceiver:
                 receiver.bundles.append(data)
                 entries = []
                 for entry in data.get("entry", []):
-                    key = entry["request"].get("ifNoneExist") or entry["fullUrl"]
+                    request = entry["request"]
+                    if request["method"] == "PUT" and "?" in request["url"]:
+                        key = request["url"].split("?", 1)[1]  # a conditional update
+                        status = "200 OK" if key in receiver.created else "201 Created"
+                        receiver.created[key] = entry["resource"]
+                        entries.append({"response": {"status": status}})
+                        continue
+                    key = request.get("ifNoneExist") or entry["fullUrl"]
                     status = "200 OK" if key in receiver.created else "201 Created"
                     receiver.created.setdefault(key, entry["resource"])
                     entries.append({"response": {"status": status}})

@@ -34,7 +34,9 @@ ORU^R01 (:func:`build_oru`), one segment a line, fields by number:
   (DCM 121053 / 121054); OBX-8 is ``AA`` for an urgent finding that is
   present, ``A`` for any other present finding, ``N`` when absent; OBX-9
   (probability) is the AI product's score; OBX-11 and OBR-25 are ``P``
-  (preliminary: nobody has verified an AI result); OBX-17 names the product.
+  (preliminary: nobody has verified an AI result); OBX-17 names the product. A
+  correction sends the same ORU again with ``C`` (corrected, e.g. under the merged
+  patient) or the withdrawal code (``X`` or ``D``) there, and an NTE saying why.
 - The SOP instances are referenced as DICOM PS3.20 does for image references:
   the code is the SOP Class UID (coding system ``DCMUID``), the value the SOP
   Instance UID.
@@ -207,8 +209,13 @@ def build_oru(
     note: str | None = None,
     provenance: Sequence[tuple[str, str]] = (),
     regulatory: str | None = None,
+    status: str = "P",
 ) -> str:
     """The ORU^R01 of ``result`` (see the module docstring); segments end with ``\\r``.
+
+    ``status`` is OBR-25 and every OBX-11: ``P`` (preliminary) for a result; for a
+    correction (:mod:`broker.model.correction`) ``C`` (corrected) or the withdrawal code the
+    target's HL7 convention uses (``X`` cannot be obtained / order cancelled, ``D`` deleted).
 
     ``pdf``: the summary PDF, embedded in an ED OBX after the references. ``note`` is a
     further NTE after the OBR (a disagreement between products); ``provenance`` (one per
@@ -236,7 +243,7 @@ def build_oru(
             18: w.esc(_accession(order, study)),
             22: when,
             24: "RAD",
-            25: "P",
+            25: status,
             44: procedure if order is not None and order.procedure_code else "",
         },
     )
@@ -264,7 +271,7 @@ def build_oru(
                 5: w.code(PRESENT if finding.present else ABSENT),
                 8: _flag(finding),
                 9: "" if finding.score is None else f"{finding.score:g}",
-                11: "P",
+                11: status,
                 14: when,
                 17: w.components("", provenance[index - 1][0]) if provenance else algorithm,
                 20: w.code(finding.site),
@@ -285,17 +292,17 @@ def build_oru(
                     4: str(index),
                     5: f"{m.value:g}",
                     6: w.components(m.unit, "", "UCUM"),
-                    11: "P",
+                    11: status,
                 },
             )
     for code, value in _references(result):
         n += 1
-        w.add("OBX", {1: str(n), 2: "ST", 3: w.code(code), 5: w.esc(value), 11: "P"})
+        w.add("OBX", {1: str(n), 2: "ST", 3: w.code(code), 5: w.esc(value), 11: status})
     if pdf is not None:
         n += 1
         data = base64.b64encode(pdf).decode("ascii")
         document = w.components("", "AP", "PDF", "Base64", data)
-        w.add("OBX", {1: str(n), 2: "ED", 3: w.code(REPORT_DOCUMENT), 5: document, 11: "P"})
+        w.add("OBX", {1: str(n), 2: "ED", 3: w.code(REPORT_DOCUMENT), 5: document, 11: status})
     return w.text()
 
 

@@ -29,6 +29,12 @@ delivery's ``message_id``, and every entry is a conditional create
 lost response creates nothing twice. The ``fullUrl`` UUIDs derive from the
 same id.
 
+Corrections (:mod:`broker.model.correction`): the same resources, rebuilt with the
+original delivery's ``message_id`` and sent as conditional updates
+(``PUT DiagnosticReport?identifier=urn:radbridge:delivery|<id>``) with status
+``entered-in-error`` (withdrawn) or ``amended`` (the subject as radbridge holds it
+after a merge or update).
+
 Outcome (:mod:`adapters.http_status`): 2xx is done; 408, 425, 429, 5xx,
 timeouts and connection errors are retried; any other answer is refused for
 good (the delivery is dead).
@@ -360,6 +366,43 @@ def build_bundle(
     return bundle
 
 
+def correction_bundle(bundle: dict[str, Any], *, message_id: str, withdraw: bool) -> dict[str, Any]:
+    """The ``bundle`` a result delivery sent, as a correction: every resource replaced by
+    a conditional update on its identifier (``PUT Type?identifier=…``), with status
+    ``entered-in-error`` (withdrawn) or ``amended`` (corrected, e.g. the merged patient's
+    subject); the Bundle's own identifier is the correction delivery's. Validated."""
+    entries = []
+    for entry in bundle["entry"]:
+        resource = dict(entry["resource"])
+        kind = resource["resourceType"]
+        if kind == "DocumentReference":
+            resource["status"] = "entered-in-error" if withdraw else "current"
+            resource["docStatus"] = "entered-in-error" if withdraw else "amended"
+        else:
+            resource["status"] = "entered-in-error" if withdraw else "amended"
+        identifier = resource["identifier"][0]["value"]
+        entries.append(
+            {
+                "fullUrl": entry["fullUrl"],
+                "resource": resource,
+                "request": {
+                    "method": "PUT",
+                    "url": f"{kind}?identifier={IDENTIFIER_SYSTEM}|{identifier}",
+                },
+            }
+        )
+    corrected = {
+        **bundle,
+        "identifier": {"system": IDENTIFIER_SYSTEM, "value": message_id},
+        "entry": entries,
+    }
+    try:
+        Bundle.model_validate(corrected)
+    except ValidationError as exc:
+        raise TargetRejectedError(f"the correction bundle is not valid FHIR: {exc}") from exc
+    return corrected
+
+
 class FhirTarget(WritebackTarget):
     """POST a transaction Bundle to one FHIR server."""
 
@@ -390,6 +433,40 @@ class FhirTarget(WritebackTarget):
             pdf=summary_pdf_for(item, self.settings),
             language=self.settings.language,
         )
+        self._post(bundle)
+        kinds = [e["resource"]["resourceType"] for e in bundle["entry"][1:]]
+        said = f"DiagnosticReport and {kinds.count('Observation')} Observation(s)"
+        if "DocumentReference" in kinds:
+            said += " and a DocumentReference (PDF)"
+        return f"{said} to {self.url}"
+
+    def correct(self, item: WritebackItem) -> str:
+        """The resources the original delivery made, updated by identifier: status
+        ``entered-in-error`` (a rejection, a cancelled order) or ``amended`` (a patient
+        change: subject and ServiceRequest as radbridge holds them now)."""
+        why, original = item.correction, item.original
+        if item.result is None or why is None or original is None:
+            raise TargetRejectedError(
+                f"delivery {item.delivery.id} has no result, correction or original to correct"
+            )
+        bundle = build_bundle(
+            message_id=original.message_id,
+            result=item.result,
+            order=item.order,
+            study=item.study,
+            pdf=summary_pdf_for(item, self.settings),
+            language=self.settings.language,
+        )
+        corrected = correction_bundle(
+            bundle, message_id=item.delivery.message_id, withdraw=why.cause.withdraws
+        )
+        self._post(corrected)
+        status = "entered-in-error" if why.cause.withdraws else "amended"
+        return (
+            f"{len(corrected['entry'])} resource(s) of {original.message_id} {status} at {self.url}"
+        )
+
+    def _post(self, bundle: dict[str, Any]) -> None:
         what = f"FHIR POST to {self.url}"
         try:
             response = self.client.post(self.url, content=json.dumps(bundle).encode("utf-8"))
@@ -400,11 +477,6 @@ class FhirTarget(WritebackTarget):
             raise TargetUnavailableError(answered(what, response))
         if found is Verdict.REFUSED:
             raise TargetRejectedError(answered(what, response))
-        kinds = [e["resource"]["resourceType"] for e in bundle["entry"][1:]]
-        said = f"DiagnosticReport and {kinds.count('Observation')} Observation(s)"
-        if "DocumentReference" in kinds:
-            said += " and a DocumentReference (PDF)"
-        return f"{said} to {self.url}"
 
     def close(self) -> None:
         self.client.close()

@@ -15,11 +15,14 @@ RIS can recognise as a duplicate.
 - ``status`` deliveries (urgent results, ``notifications.ris_status``):
   ORM^O01 with ORC-1 SC and priority S (:func:`adapters.hl7.oru.build_order_status`);
   a modality's procedure step (``ris_status.procedure_steps``): ORC-5 IP, CM or DC.
+- ``correction`` deliveries: the ORU again with result status ``C`` (a patient change)
+  or ``withdraw_status`` (``X`` or ``D``: a rejection, a cancelled order).
 
 Settings (``targets.NAME``): ``host``, ``port``; optional ``timeout`` (s to
 wait for the ACK, default 10), ``application``/``facility`` (MSH-3/4,
 default RADBRIDGE), ``receiving_application``/``receiving_facility``
-(MSH-5/6), ``charset`` (MSH-18, default ``UNICODE UTF-8``); ``render: [pdf]``
+(MSH-5/6), ``charset`` (MSH-18, default ``UNICODE UTF-8``), ``withdraw_status``
+(``X`` or ``D``, default ``X``); ``render: [pdf]``
 (and ``language``) embeds the result's summary PDF in the ORU (OBX type ED;
 :mod:`adapters.writeback.rendering`).
 """
@@ -65,6 +68,9 @@ class Hl7TargetSettings(RenderSettings, TargetSettings):
     """MSH-6."""
     charset: str = "UNICODE UTF-8"
     """MSH-18; ``UNICODE UTF-8``, ``8859/1``, ``GB 18030-2000`` or ``ASCII``."""
+    withdraw_status: Literal["X", "D"] = "X"
+    """OBR-25 and OBX-11 of an ORU that withdraws a result (a rejection, a cancelled order):
+    ``X`` (results cannot be obtained, order cancelled) or ``D`` (delete), as the RIS expects."""
 
     takes_order_status: ClassVar[bool] = True
     can_render: ClassVar[frozenset[Rendering]] = frozenset({Rendering.PDF})
@@ -173,8 +179,37 @@ class Hl7Target(WritebackTarget):
         )
         return "ORU^R01", text
 
+    def correction(self, item: WritebackItem) -> str:
+        """The ORU of a correction delivery: the result again, with OBR-25 and OBX-11 ``C``
+        (corrected: under the patient and order radbridge holds now) or the withdrawal code,
+        and an NTE saying why. Its own control ID (MSH-10), fixed like any delivery's."""
+        d, why = item.delivery, item.correction
+        if item.result is None or why is None:
+            raise TargetRejectedError(f"delivery {d.id} has no result or correction to send")
+        status = self.settings.withdraw_status if why.cause.withdraws else "C"
+        verb = "withdrawn" if why.cause.withdraws else "corrected"
+        note = f"AI result {verb}: {why.reason.meaning} ({why.cause.value})"
+        if item.original is not None:
+            note += f"; replaces message {item.original.message_id}"
+        return build_oru(
+            control_id=d.message_id,
+            result=item.result,
+            order=item.order.order if item.order is not None else None,
+            study=item.study,
+            header=self.settings.header(),
+            note=note,
+            regulatory=item.regulatory,
+            status=status,
+        )
+
+    def correct(self, item: WritebackItem) -> str:
+        return self._send(item, "ORU^R01", self.correction(item))
+
     def deliver(self, item: WritebackItem) -> str:
         kind, text = self.message(item)
+        return self._send(item, kind, text)
+
+    def _send(self, item: WritebackItem, kind: str, text: str) -> str:
         try:
             ack = self.client.send(text)
         except Hl7RejectedError as exc:

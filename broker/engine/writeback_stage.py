@@ -25,6 +25,8 @@
 * When every write-back delivery of a job is done the job is ``done``; when
   one is dead the job is ``dead`` with the reason. Notifications do not decide
   the job.
+* A ``correction`` delivery (:mod:`broker.model.correction`) is carried out by its
+  target's ``correct``; a target type that has none makes it dead with the reason.
 * :meth:`WritebackStage.sweep` and :meth:`WritebackStage.overdue` are the
   engine timer's tasks for deliveries: lapsed leases, due retries, released
   deliveries; jobs that have no result by their route's deadline are flagged
@@ -67,9 +69,11 @@ from broker.model.writeback import (
     DeliveryState,
     TargetSpec,
     WritebackItem,
+    correct,
     is_retryable,
 )
 from broker.store import StudyStore
+from broker.store.corrections import CorrectionStore
 from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.jobs import JobStore
 from broker.store.notices import NoticeStore
@@ -146,6 +150,7 @@ class WritebackStage:
         self.results = results
         """``ResultStore.get``: a result with its objects and findings, by id."""
         self.result_store = ResultStore(engine)
+        self.corrections = CorrectionStore(engine)
         self.clock = clock
         self.lanes_engine = WorkEngine(
             self,
@@ -421,6 +426,10 @@ class WritebackStage:
                 note = discordance_note(findings)
         # a combined answer names each finding's own product (provenance) instead
         vendor = job.vendor if job is not None and d.event != "combined" else None
+        correction, original = None, None
+        if d.kind is DeliveryKind.CORRECTION and d.correction_id is not None:
+            correction = self.corrections.get(d.correction_id)
+            original = self.deliveries.original(d)
         return WritebackItem(
             delivery=d,
             job=job,
@@ -436,6 +445,8 @@ class WritebackStage:
             else None,
             findings=findings,
             note=note,
+            correction=correction,
+            original=original,
         )
 
     def _sources(self, job: Job | None) -> Sequence[str]:
@@ -452,7 +463,10 @@ class WritebackStage:
             return Failure(error, retryable=False, why="target not configured")
         target = plan.writer(item.target)
         try:
-            detail = target.deliver(self._item(item, plan))
+            if item.kind is DeliveryKind.CORRECTION:
+                detail = correct(target, self._item(item, plan))
+            else:
+                detail = target.deliver(self._item(item, plan))
         except Exception as exc:
             return Failure(
                 f"{type(exc).__name__}: {exc}",

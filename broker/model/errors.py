@@ -98,6 +98,10 @@ class ResultError(AdapterError):
         super().__init__(message if problems is None else "; ".join(problems))
 
 
+class CorrectionUnsupportedError(AdapterError):
+    """A write-back target cannot withdraw or correct what it wrote (never retried)."""
+
+
 def did_you_mean(word: str, valid: Iterable[str], *, or_list: bool = False) -> str:
     """What a "no such …" message ends with: ``; did you mean 'x'?`` for the closest valid
     word (any case), else ``; valid: a, b`` with ``or_list``, else nothing.

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Protocol, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from broker.model.errors import CorrectionUnsupportedError
 from broker.model.plugins import Registry, settings_name, validated
 
 if TYPE_CHECKING:
@@ -46,9 +47,26 @@ class WritebackTarget(Protocol):
 
     def deliver(self, item: WritebackItem) -> str: ...
 
+    def correct(self, item: WritebackItem) -> str:
+        """Withdraw or correct what the ``result`` delivery ``item.original`` wrote
+        (:mod:`broker.model.correction`); one attempt, like :meth:`deliver`."""
+        raise CorrectionUnsupportedError(
+            f"{type(self).__name__} cannot withdraw or correct what it wrote; "
+            "correct it at the target by hand"
+        )
+
     def close(self) -> None:
         """Let go of connections (when the stage stops or its configuration retires)."""
         return None
+
+
+def correct(target: WritebackTarget, item: WritebackItem) -> str:
+    """One attempt of a correction delivery with ``target`` (a third party's target that does
+    not subclass :class:`WritebackTarget` and has no ``correct`` cannot carry it out)."""
+    method = getattr(target, "correct", None)
+    if method is None:
+        return WritebackTarget.correct(target, item)
+    return str(method(item))
 
 
 def is_retryable(target: WritebackTarget, error: BaseException) -> bool:

@@ -16,6 +16,8 @@ A delivery is one of three kinds:
 - ``notify``: a webhook notification (an urgent result, or a job overdue).
 - ``flag``: a webhook notification that the result made its study
   ``discordant`` (two products disagree; :mod:`broker.model.reconciliation`).
+- ``correction``: what a ``result`` delivery wrote is withdrawn or corrected
+  (:mod:`broker.model.correction`); its ``event`` is the cause.
 
 Notifications never decide a job's state; they are rows so that they are
 durable, retried with the same backoff, and visible in ``radbridge
@@ -28,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.model.correction import Correction
 from broker.model.critical import Notice
 from broker.model.domain import CodedValue, Result, StoredOrder, Study
 from broker.model.jobs import Job
@@ -35,6 +38,7 @@ from broker.model.reconciliation import StudyFindings
 
 # Re-exported: the write-back stage sees targets through this module.
 from broker.model.target import WritebackTarget as WritebackTarget  # noqa: PLC0414
+from broker.model.target import correct as correct  # noqa: PLC0414
 from broker.model.target import is_retryable as is_retryable  # noqa: PLC0414
 from broker.model.work import Attempts, Machine, WorkEvent, WorkStateError
 
@@ -67,6 +71,7 @@ class DeliveryKind(CodedValue):
     STATUS = "status"
     NOTIFY = "notify"
     FLAG = "flag"
+    CORRECTION = "correction"
 
 
 D = DeliveryState
@@ -131,6 +136,8 @@ class Delivery(Attempts):
     message_id: str
     detail: str | None
     """What the last successful attempt did (e.g. ``C-STORE to PACS@host:104``)."""
+    correction_id: int | None = None
+    """For a ``correction`` delivery: its :class:`~broker.model.correction.Correction`."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,3 +196,7 @@ class WritebackItem:
     """A note for the RIS (the study's disagreements, with ``discordance.oru_note``)."""
     regulatory: str | None = None
     """The vendor product and its regulatory data in one line (named in the ORU)."""
+    correction: Correction | None = None
+    """For a ``correction`` delivery: why; ``original`` is the ``result`` delivery it corrects
+    (its ``message_id`` names what the target holds: MSH-10, the FHIR identifiers)."""
+    original: Delivery | None = None

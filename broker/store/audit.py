@@ -52,6 +52,8 @@ class Action:
     CONFIG_RELOAD = "config.reload"
     STUDY_SENT = "study.sent"
     RESULT_WRITTEN = "result.written"
+    RESULT_CORRECTION = "result.correction"
+    RESULT_CORRECTED = "result.corrected"
     PATIENT_UPDATE = "patient.update"
     PATIENT_MERGE = "patient.merge"
     CONFLICT_RESOLVE = "conflict.resolve"

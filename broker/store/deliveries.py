@@ -62,6 +62,7 @@ class NewDelivery:
     job_id: int | None = None
     event: str = "result"
     urgent: bool = False
+    correction_id: int | None = None
 
 
 def new_message_id() -> str:
@@ -83,6 +84,7 @@ def _delivery(r: Row[Any]) -> Delivery:
         state=DeliveryState(r.state),
         message_id=r.message_id,
         detail=r.detail,
+        correction_id=r.correction_id,
         **attempt_fields(r),
     )
 
@@ -135,6 +137,22 @@ def _audit_written(conn: Connection, row: Row[Any], now: datetime) -> None:
     record_in(conn, SYSTEM, Action.RESULT_WRITTEN, f"delivery:{row.id}", detail=detail, now=now)
 
 
+def audit_corrected(conn: Connection, row: Row[Any], now: datetime) -> None:
+    """The ``result.corrected`` audit row of a correction delivery done in this transaction."""
+    detail: dict[str, Any] = {
+        "result_id": row.result_id,
+        "job_id": row.job_id,
+        "study_uid": row.study_uid,
+        "target": row.target,
+        "target_type": row.target_type,
+        "cause": row.event,
+        "correction_id": row.correction_id,
+        "message_id": row.message_id,
+        "outcome": row.detail,
+    }
+    record_in(conn, SYSTEM, Action.RESULT_CORRECTED, f"delivery:{row.id}", detail=detail, now=now)
+
+
 class DeliveryStore(WorkStore[Delivery, DeliveryState, DeliveryEvent]):
     """The deliveries table and its history. Every method is one short transaction."""
 
@@ -145,6 +163,8 @@ class DeliveryStore(WorkStore[Delivery, DeliveryState, DeliveryEvent]):
         """A result delivery now done gets its ``result.written`` audit row, same transaction."""
         if state is DeliveryState.DONE and row.kind == DeliveryKind.RESULT.value:
             _audit_written(conn, row, now)
+        elif state is DeliveryState.DONE and row.kind == DeliveryKind.CORRECTION.value:
+            audit_corrected(conn, row, now)
 
     # ---------------------------------------------------------------- create
 
@@ -175,6 +195,7 @@ class DeliveryStore(WorkStore[Delivery, DeliveryState, DeliveryEvent]):
             "kind": d.kind.value,
             "event": d.event,
             "urgent": d.urgent,
+            "correction_id": d.correction_id,
             "state": DeliveryState.PENDING.value,
             "attempts": 0,
             "max_attempts": d.max_attempts,
@@ -319,6 +340,15 @@ class DeliveryStore(WorkStore[Delivery, DeliveryState, DeliveryEvent]):
     ) -> list[Delivery]:
         """A job's deliveries (by default only those that write its results back)."""
         return self.list(job_id=job_id, kind=kind, limit=1_000_000)
+
+    def original(self, correction: Delivery) -> Delivery | None:
+        """The ``result`` delivery a ``correction`` delivery corrects (same result, target)."""
+        if correction.result_id is None:
+            return None
+        found = self.list(
+            result_id=correction.result_id, target=correction.target, kind=DeliveryKind.RESULT
+        )
+        return found[0] if found else None
 
     def list(
         self,

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from broker.model.correction import CorrectionCause
 from broker.model.domain import (
     InboundMessage,
     LinkState,
@@ -37,6 +38,7 @@ from broker.model.errors import NotFoundError, StoreError
 from broker.model.identity import IdentityConflictError
 from broker.store.audit import Action, record_in
 from broker.store.conflicts import record_conflict
+from broker.store.corrections import correct_in
 from broker.store.engine import writing
 from broker.store.jobs import cancel_for_studies
 from broker.store.order_identity import check_order
@@ -49,7 +51,13 @@ from broker.store.order_links import (
     save_link,
 )
 from broker.store.order_sql import OrderSql
-from broker.store.patients import apply_merge, apply_update, check_merge, check_update
+from broker.store.patients import (
+    apply_merge,
+    apply_update,
+    check_merge,
+    check_update,
+    studies_changed_by,
+)
 from broker.store.tables import order_links, order_message_links, order_messages, orders
 
 #: Order states that stop the order's studies from being routed and cancel their unsent jobs.
@@ -282,6 +290,14 @@ class OrderStore:
             cancelled = cancel_for_studies(
                 conn, linked, reason=f"order {stored.order.status}", now=now
             )
+            correct_in(
+                conn,
+                linked,
+                CorrectionCause.ORDER_CANCELLED,
+                source=f"order {stored.id} {stored.order.status}",
+                now=now,
+                detail={"order_id": stored.id},
+            )
         return OrderOutcome(
             stored=stored,
             created=existing is None,
@@ -301,8 +317,10 @@ class OrderStore:
             with writing(self.engine) as conn:
                 check_update(conn, patient)
                 message_id = self._keep(conn, message, now)
+                changed = studies_changed_by(conn, patient)
                 done = apply_update(conn, patient, now)
                 self._audit(conn, message, Action.PATIENT_UPDATE, message_id, done, now=now)
+                self._correct(conn, message, changed, message_id, now=now)
         except IdentityConflictError as exc:
             self._refused(message, exc)
             raise
@@ -329,6 +347,7 @@ class OrderStore:
                     check_merge(conn, surviving, prior)
                     done = apply_merge(conn, surviving, prior, now)
                     self._audit(conn, message, Action.PATIENT_MERGE, message_id, done, now=now)
+                    self._correct(conn, message, done["studies"], message_id, now=now)
                     moved += len(done["studies"]) + len(done["orders"])
         except IdentityConflictError as exc:
             self._refused(message, exc)
@@ -336,6 +355,28 @@ class OrderStore:
         except self._errors as exc:
             raise StoreError(f"cannot store the patient merge: {exc}") from exc
         return moved
+
+    @staticmethod
+    def _correct(
+        conn: Connection,
+        message: InboundMessage,
+        study_uids: Sequence[str],
+        message_id: int,
+        *,
+        now: datetime,
+    ) -> None:
+        """Results already written of studies whose patient the message changed are corrected
+        (:mod:`broker.store.corrections`), in the same transaction."""
+        correct_in(
+            conn,
+            study_uids,
+            CorrectionCause.PATIENT_CHANGED,
+            source=f"{message.kind} {message.control_id or ''}".strip(),
+            now=now,
+            detail={"message_id": message_id},
+            actor=message.sender or f"{message.source.value}:{message.peer}",
+            peer=message.peer,
+        )
 
     @staticmethod
     def _audit(

@@ -177,6 +177,22 @@ def check_merge(conn: Connection, surviving: Patient, prior: Patient) -> None:
         )
 
 
+def studies_changed_by(conn: Connection, patient: Patient) -> list[str]:
+    """The studies of ``patient`` whose name, birth date or sex an update would change."""
+    differ = [
+        studies.c[column].is_distinct_from(getattr(patient, attr))
+        for attr, column in PATIENT_COLUMNS.items()
+        if attr in ("name", "birth_date", "sex") and getattr(patient, attr) is not None
+    ]
+    if not differ:
+        return []
+    return list(
+        conn.execute(
+            select(studies.c.study_uid).where(same_patient(studies, patient), or_(*differ))
+        ).scalars()
+    )
+
+
 def apply_update(conn: Connection, patient: Patient, now: datetime) -> dict[str, Any]:
     """Register or update the patient and rename its studies and orders; what changed."""
     changes = {

@@ -386,11 +386,29 @@ deliveries = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("claimed_by", WORKER),
     Column("lease_until", UTCDateTime),
+    Column("correction_id", Integer),
     UniqueConstraint("result_id", "target", "kind"),
     Index(None, "target", "state", "next_attempt_at"),
     Index(None, "job_id"),
 )
 """Write-back: one row per result × target (and per notification), with its own retries."""
+
+corrections = Table(
+    "corrections",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("study_uid", UID, nullable=False),
+    Column("cause", String(32), nullable=False),
+    Column("reason_scheme", String(16), nullable=False),
+    Column("reason_value", String(16), nullable=False),
+    Column("reason_meaning", String(64), nullable=False),
+    Column("source", String(160), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index(None, "study_uid", "id"),
+)
+"""Corrections: a rejection note, a patient change or a cancelled order that withdraws or
+corrects results already written (their deliveries: ``deliveries.correction_id``)."""
 
 delivery_events = Table(
     "delivery_events",

@@ -1,0 +1,213 @@
+"""Corrections in the store: recorded with their deliveries in the transaction that learns them.
+
+:func:`correct_in` works inside the caller's transaction, so a correction is as
+durable as what caused it: the rejection note's C-STORE is answered, the ADT
+message or the cancelling order is ACKed, only after the correction and its
+deliveries are committed (and audited, ``result.correction``).
+
+Which results: every result of the study with a ``result`` delivery that was not
+given up (``dead``: nothing reached the target); for a rejection note, only the
+results whose job sent a series the note rejects (a job that sent the whole study
+counts). One correction delivery per result and target (the ``deliveries`` unique
+key): what a target received is withdrawn or corrected once; a later correction of
+the same result and target finds it made and adds nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, insert, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from broker.model.correction import (
+    Correction,
+    CorrectionCause,
+    RejectionNote,
+    default_reason,
+    made_from,
+)
+from broker.model.domain import Code
+from broker.model.errors import NotFoundError, StoreError
+from broker.model.writeback import Delivery, DeliveryKind, DeliveryState
+from broker.store.audit import SYSTEM, Action, record_in
+from broker.store.deliveries import DeliveryStore, NewDelivery
+from broker.store.engine import writing
+from broker.store.tables import corrections, deliveries, jobs
+from broker.store.work import utc
+
+
+def _correction(r: Row[Any]) -> Correction:
+    return Correction(
+        id=r.id,
+        study_uid=r.study_uid,
+        cause=CorrectionCause(r.cause),
+        reason=Code(r.reason_scheme, r.reason_value, r.reason_meaning),
+        source=r.source,
+        created_at=r.created_at,
+        detail=json.loads(r.detail),
+    )
+
+
+def _written(conn: Connection, study_uid: str, series: Sequence[str] | None) -> list[Row[Any]]:
+    """The study's result deliveries not given up and not corrected yet (with their job's
+    series), oldest first; with ``series``, only those whose job sent one of them."""
+    corrected = deliveries.alias("corrected")
+    already = (
+        select(corrected.c.id)
+        .where(
+            corrected.c.result_id == deliveries.c.result_id,
+            corrected.c.target == deliveries.c.target,
+            corrected.c.kind == DeliveryKind.CORRECTION.value,
+        )
+        .exists()
+    )
+    rows = conn.execute(
+        select(deliveries, jobs.c.series_uids.label("job_series"))
+        .join(jobs, jobs.c.id == deliveries.c.job_id, isouter=True)
+        .where(
+            deliveries.c.study_uid == study_uid,
+            deliveries.c.kind == DeliveryKind.RESULT.value,
+            deliveries.c.state != DeliveryState.DEAD.value,
+            deliveries.c.result_id.is_not(None),
+            ~already,
+        )
+        .order_by(deliveries.c.id)
+    ).all()
+    if series is None:
+        return list(rows)
+    return [
+        r
+        for r in rows
+        if made_from(tuple(json.loads(r.job_series)) if r.job_series else (), series)
+    ]
+
+
+def correct_in(
+    conn: Connection,
+    study_uids: Sequence[str],
+    cause: CorrectionCause,
+    *,
+    source: str,
+    now: datetime,
+    reason: Code | None = None,
+    series: Sequence[str] | None = None,
+    detail: Mapping[str, Any] | None = None,
+    actor: str = SYSTEM,
+    peer: str = "",
+) -> list[Delivery]:
+    """Record a correction of each study that has results written (see the module), with a
+    correction delivery per written result and target; the new deliveries."""
+    store = DeliveryStore(conn.engine)
+    made: list[Delivery] = []
+    why = reason or default_reason(cause)
+    for study_uid in dict.fromkeys(study_uids):
+        written = _written(conn, study_uid, series)
+        if not written:
+            continue
+        correction_id = conn.execute(
+            insert(corrections)
+            .values(
+                study_uid=study_uid,
+                cause=cause.value,
+                reason_scheme=why.system,
+                reason_value=why.value,
+                reason_meaning=why.meaning[:64],
+                source=source[:160],
+                detail=json.dumps(dict(detail or {})),
+                created_at=now,
+            )
+            .returning(corrections.c.id)
+        ).scalar_one()
+        mine: list[Delivery] = []
+        for row in written:
+            d = store._create(
+                conn,
+                NewDelivery(
+                    study_uid=study_uid,
+                    target=row.target,
+                    target_type=row.target_type,
+                    kind=DeliveryKind.CORRECTION,
+                    max_attempts=row.max_attempts,
+                    result_id=row.result_id,
+                    job_id=row.job_id,
+                    event=cause.value,
+                    correction_id=correction_id,
+                ),
+                now,
+            )
+            mine.append(d)
+        record_in(
+            conn,
+            actor,
+            Action.RESULT_CORRECTION,
+            f"study:{study_uid}",
+            detail={
+                "correction_id": correction_id,
+                "cause": cause.value,
+                "reason": f"{why.system}:{why.value}",
+                "source": source,
+                "deliveries": [d.id for d in mine],
+                "results": sorted({d.result_id for d in mine if d.result_id is not None}),
+                "targets": sorted({d.target for d in mine}),
+                **(detail or {}),
+            },
+            peer=peer,
+            now=now,
+        )
+        made += mine
+    return made
+
+
+class CorrectionStore:
+    """Corrections: recorded (a rejection note), read (targets, API, CLI)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def record_rejection(
+        self, note: RejectionNote, *, source: str, peer: str = "", now: datetime | None = None
+    ) -> list[Delivery]:
+        """A Rejection Note received: correct the results made from what it rejects; the
+        deliveries made (none: no written result was made from those instances)."""
+        try:
+            with writing(self.engine) as conn:
+                return correct_in(
+                    conn,
+                    [note.study_uid],
+                    CorrectionCause.REJECTED,
+                    source=source,
+                    now=utc(now),
+                    reason=note.reason,
+                    series=list(note.series),
+                    detail={
+                        "rejection_note": note.sop_instance_uid,
+                        "series": len(note.series),
+                        "instances": note.instance_count,
+                    },
+                    actor=source,
+                    peer=peer,
+                )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot record the rejection note: {exc}") from exc
+
+    def get(self, correction_id: int) -> Correction:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(corrections).where(corrections.c.id == correction_id)
+            ).one_or_none()
+        if row is None:
+            raise NotFoundError(f"no correction {correction_id}")
+        return _correction(row)
+
+    def for_study(self, study_uid: str) -> list[Correction]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(corrections)
+                .where(corrections.c.study_uid == study_uid)
+                .order_by(corrections.c.id)
+            ).all()
+        return [_correction(r) for r in rows]
