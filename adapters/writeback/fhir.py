@@ -48,6 +48,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import httpx
@@ -59,6 +60,7 @@ from adapters.results.render.settings import Rendering, RenderSettings
 from adapters.writeback.base import TargetRejectedError, TargetUnavailableError
 from adapters.writeback.rendering import summary_pdf_for
 from broker.model.domain import Code, Finding, Order, Result, StoredOrder, Study
+from broker.model.reconciliation import provenance_text
 from broker.model.target import TargetSettings, WritebackTarget
 from broker.model.writeback import WritebackItem
 from config.base import HttpUrl, Timeout
@@ -261,10 +263,13 @@ def build_bundle(
     study: Study | None,
     pdf: bytes | None = None,
     language: str | None = None,
+    methods: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The transaction Bundle of ``result`` (see the module docstring), validated.
 
-    ``pdf``: the summary PDF (in ``language``), sent as a DocumentReference."""
+    ``pdf``: the summary PDF (in ``language``), sent as a DocumentReference. ``methods``
+    (one per finding) name each finding's own product in its Observation's ``method``: a
+    route's combined answer of several products."""
     plain_order = order.order if order is not None else None
     accession = (plain_order.accession_number if plain_order else None) or (
         study.accession_number if study is not None else None
@@ -297,7 +302,7 @@ def build_bundle(
             subject=subject,
             when=at,
             imaging_study=imaging_study,
-            method=method,
+            method=methods[i - 1] if methods else method,
         )
         entries.append(_entry(obs, full_url))
         refs.append({"reference": full_url})
@@ -432,6 +437,9 @@ class FhirTarget(WritebackTarget):
             study=item.study,
             pdf=summary_pdf_for(item, self.settings),
             language=self.settings.language,
+            methods=[provenance_text(f) for f in item.findings.live()]
+            if item.delivery.event == "combined" and item.findings is not None
+            else (),
         )
         self._post(bundle)
         kinds = [e["resource"]["resourceType"] for e in bundle["entry"][1:]]

@@ -1,6 +1,7 @@
 """A route's combined answer through the write-back stage on a real store, with the real
-combined SR maker and an MLLP RIS: it waits for the route's other products (its urgent
-notification does not), and a product that gave up no longer holds it back."""
+combined SR maker, an MLLP RIS and a FHIR receiver: it waits for the route's other
+products (its urgent notification does not), and a product that gave up no longer holds
+it back."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from broker.store.jobs import JobStore
 from broker.store.results import ResultStore
 from config.schema import Settings
 from tests.databases import empty_database
+from tests.fhir_receiver import FhirReceiver
 from tests.peers import LOOPBACK
 from tests.ris import Ris
 from tests.writeback_data import Scene
@@ -63,15 +65,19 @@ def test_the_combined_answer_waits_then_goes_without_a_product_that_gave_up(
 ) -> None:
     """The first product's urgent result: the webhook is told at once, nothing is written
     back, its job waits in result_received. Once the other product's job is dead the
-    timer's task writes one ORU naming the first product's findings and its provenance,
-    and the job is done; the combined SR is a Comprehensive SR under the study."""
+    timer's task writes one ORU and one FHIR Bundle naming the first product's findings and
+    their provenance, and the job is done; the combined SR is a Comprehensive SR under the
+    study."""
     scene = Scene.make(engine, tmp_path)
-    with Ris() as ris:
+    with Ris() as ris, FhirReceiver() as emr:
         specs = {
             "ris": TargetSpec("ris", "hl7", {"host": LOOPBACK, "port": ris.port, "timeout": 5}),
+            "emr": TargetSpec("emr", "fhir", {"url": emr.url}),
             WEBHOOK_TARGET: TargetSpec(WEBHOOK_TARGET, "webhook", {"url": "http://127.0.0.1:9/"}),
         }
-        plan = FixedPlan(targets=specs, writers=build_targets(specs), routes={"head-ct": ("ris",)})
+        plan = FixedPlan(
+            targets=specs, writers=build_targets(specs), routes={"head-ct": ("ris", "emr")}
+        )
         stage = WritebackStage(
             engine,
             FixedPlans(plan),
@@ -88,10 +94,13 @@ def test_the_combined_answer_waits_then_goes_without_a_product_that_gave_up(
 
         jobs.finish(other.id, JobState.DEAD, error="vendor never answered")
         assert stage.combine_waiting() == 1
-        [combined] = deliveries.for_job(first.id)
-        assert (combined.event, combined.kind) == ("combined", DeliveryKind.RESULT)
-        assert stage.run_once("ris") is not None
-        assert deliveries.get(combined.id).state is DeliveryState.DONE
+        combined = deliveries.for_job(first.id)
+        assert {(d.target, d.event, d.kind) for d in combined} == {
+            ("ris", "combined", DeliveryKind.RESULT),
+            ("emr", "combined", DeliveryKind.RESULT),
+        }
+        assert stage.run_once("ris") is not None and stage.run_once("emr") is not None
+        assert {deliveries.get(d.id).state for d in combined} == {DeliveryState.DONE}
         assert jobs.get(first.id).state is JobState.DONE
         assert stage.combine_waiting() == 0
         plan.close()
@@ -100,6 +109,13 @@ def test_the_combined_answer_waits_then_goes_without_a_product_that_gave_up(
     assert [str(obx[17]) for obx in observations] == ["^Acme AI ICH triage 2.1"] * 2
     notes = [str(seg[3]) for seg in oru if str(seg[0]) == "NTE"]
     assert any(n.startswith("ICH triage (ichai)") and "owner of this finding" in n for n in notes)
+    (bundle,) = emr.bundles  # validated R4 by the receiver
+    methods = [
+        e["resource"]["method"]["text"]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "Observation"
+    ]
+    assert len(methods) == 2 and all(m.startswith("ICH triage (ichai)") for m in methods)
     [sr_path] = list((scene.spool.root / "results").rglob("*.dcm"))
     sr = pydicom.dcmread(sr_path)
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
