@@ -129,6 +129,13 @@ def plugin_secrets(data: Mapping[str, Any]) -> list[tuple[str, ...]]:
         target_model = _model(TARGETS, block)
         fields = _secrets_of(target_model) if target_model is not None else []
         found += [("targets", str(target), field) for field in fields]
+    sites = data.get("sites")
+    for site, block in sites.items() if isinstance(sites, dict) else ():
+        own = block.get("targets") if isinstance(block, dict) else None
+        for target, target_block in own.items() if isinstance(own, dict) else ():
+            target_model = _model(TARGETS, target_block)
+            fields = _secrets_of(target_model) if target_model is not None else []
+            found += [("sites", str(site), "targets", str(target), f) for f in fields]
     return found
 
 

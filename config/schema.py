@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     IPvAnyNetwork,
     ModelWrapValidatorHandler,
+    PrivateAttr,
     SecretStr,
     field_validator,
     model_validator,
@@ -30,6 +31,7 @@ from broker.model.contract import ContractTerms, ProductTerms
 from broker.model.deid import MIN_SECRET, SECRET_VARIABLE, Deidentify
 from broker.model.errors import did_you_mean
 from broker.model.logging import LogFile
+from broker.model.sites import SiteDirectory
 from broker.model.vendor import TransportContext
 from config.base import (
     AETitle,
@@ -44,6 +46,7 @@ from config.contracts import Contract, ContractName, billing_terms
 from config.critical import Critical
 from config.monitoring import FinalReports, Monitoring
 from config.plugins import TargetBlock
+from config.sites import SiteId, SiteSettings, check_sites, site_directory, site_target_names
 from config.targets import Notifications, TargetName, check_notifications
 from config.vendors import _KNOWN_TARGETS, _KNOWN_VENDORS, Route, Vendor, VendorName
 from routing.compile import RuleSet, compile_routes
@@ -499,6 +502,8 @@ class Settings(Strict):
     """The whole configuration of one radbridge installation."""
 
     site: Site = Site()
+    sites: dict[SiteId, SiteSettings] = Field(default_factory=dict)
+    """A hub's sending institutions (``config.sites``); empty: one implicit site."""
     storage: Storage = Storage()
     bus: Bus = Bus()
     delivery: Delivery = Delivery()
@@ -525,6 +530,7 @@ class Settings(Strict):
     """How final reports are compared with AI findings (keywords, negations)."""
     monitoring: Monitoring = Monitoring()
     """The vendor watch: drift of positive rates, missing results."""
+    _site_directory: SiteDirectory | None = PrivateAttr(default=None)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -536,6 +542,14 @@ class Settings(Strict):
         names = tuple(str(n) for n in vendors) if isinstance(vendors, dict) else ()
         targets = data.get("targets") if isinstance(data, dict) else None
         target_names = tuple(str(n) for n in targets) if isinstance(targets, dict) else ()
+        sites = data.get("sites") if isinstance(data, dict) else None
+        if isinstance(sites, dict):
+            target_names += tuple(
+                f"site.{name}"
+                for site in sites.values()
+                if isinstance(site, dict) and isinstance(site.get("targets"), dict)
+                for name in site["targets"]
+            )
         token = _KNOWN_VENDORS.set(names)
         targets_token = _KNOWN_TARGETS.set(target_names)
         try:
@@ -543,6 +557,48 @@ class Settings(Strict):
         finally:
             _KNOWN_TARGETS.reset(targets_token)
             _KNOWN_VENDORS.reset(token)
+
+    @model_validator(mode="after")
+    def _sites_unambiguous(self) -> Settings:
+        """No sender or MSH-4 belongs to two sites; each site's timezone exists."""
+        problems = check_sites(self.sites)
+        for i, route in enumerate(self.routes):
+            for j, site_id in enumerate(route.sites):
+                if site_id not in self.sites:
+                    known = list(self.sites)
+                    problems.append(
+                        (
+                            ("routes", i, "sites", j),
+                            f"unknown site '{site_id}'{did_you_mean(site_id, known)}; "
+                            f"known sites: {', '.join(known) or 'none (add a sites: block)'}",
+                        )
+                    )
+        for site_id, site in self.sites.items():
+            zone = site.timezone
+            try:
+                if zone is not None:
+                    ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                problems.append(
+                    (
+                        ("sites", site_id, "timezone"),
+                        f"unknown timezone '{zone}'; valid: an IANA name such as Asia/Shanghai",
+                    )
+                )
+        if problems:
+            raise LocatedErrors(problems)
+        return self
+
+    def site_directory(self) -> SiteDirectory:
+        """The ``sites`` as intake, routing and write-back use them (made once)."""
+        made = self._site_directory
+        if made is None:
+            made = self._site_directory = site_directory(self.sites, self.site.timezone)
+        return made
+
+    def site_target_names(self) -> tuple[str, ...]:
+        """The ``site.NAME`` write-backs routes may name."""
+        return site_target_names(self.sites)
 
     @model_validator(mode="after")
     def _notification_targets(self) -> Settings:

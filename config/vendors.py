@@ -303,6 +303,8 @@ class Route(Strict):
     )
     reconcile: ReconcileMode = ReconcileMode.SEPARATE
     discordance: DiscordanceSettings = DiscordanceSettings()
+    sites: list[Annotated[str, Field(min_length=1, max_length=24)]] = Field(default_factory=list)
+    """Only studies of these sites (ids of ``sites:``); empty: every site's."""
 
     @model_validator(mode="after")
     def _owners_are_sent_to(self) -> Route:
@@ -363,9 +365,13 @@ class Route(Strict):
     def spec(self) -> RouteSpec:
         """The route as routing uses it (durations in seconds)."""
         order = self.require_order
+        when = self.when
+        if self.sites:
+            limit = parse_when({"site": {"in": list(self.sites)}}, dicom_tag)
+            when = Conditions((*limit.items, *when.items))
         return RouteSpec(
             name=self.name,
-            when=self.when,
+            when=when,
             send=tuple(self.send),
             series=self.series,
             priority=self.priority,

@@ -139,6 +139,7 @@ class Facts:
             "series_count": (float(len(study.series)),),
             "calling_ae": _text(study.calling_ae),
             "called_ae": _text(study.called_ae),
+            "site": _text(study.site),
             "order.procedure_code": _text(order.procedure_code) if order else (),
             "order.priority": _text(order.priority.value) if order else (),
             "order.department": _text(order.department) if order else (),

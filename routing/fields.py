@@ -81,6 +81,7 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("series_count", "series_count", _N, Source.STUDY, "series", integer=True),
         FieldSpec("calling_ae", "calling_ae", _T, Source.STUDY, "AE title that sent the study"),
         FieldSpec("called_ae", "called_ae", _T, Source.STUDY, "radbridge AE title it was sent to"),
+        FieldSpec("site", "site", _T, Source.STUDY, "the id of the site that sent it (sites:)"),
         FieldSpec("series.modality", "series.modality", _T, Source.SERIES, "(0008,0060)"),
         FieldSpec("series.body_part", "series.body_part", _T, Source.SERIES, "(0018,0015)"),
         FieldSpec("series.description", "series.description", _T, Source.SERIES, "(0008,103E)"),

@@ -164,6 +164,7 @@ def instance_record_from_file(
     peer_address: str,
     received_at: datetime,
     wants_series_tags: Callable[[str], bool] | None = None,
+    site: str | None = None,
 ) -> InstanceRecord:
     """The index record of a received file; the command set's UIDs are authoritative.
 
@@ -218,6 +219,7 @@ def instance_record_from_file(
         peer_address=peer_address,
         received_at=received_at,
         series_tags=tags_from_dataset(ds) if wanted else None,
+        site=site,
     )
 
 

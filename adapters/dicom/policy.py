@@ -10,9 +10,10 @@ from __future__ import annotations
 import enum
 import ipaddress
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from config.schema import Dicom
+from broker.model.sites import SiteDirectory
+from config.schema import Settings
 
 
 class Reject(tuple[int, int, int], enum.Enum):
@@ -34,12 +35,16 @@ def _addresses(host: str) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class AssociationPolicy:
+    """``peers`` from ``dicom.peers``; a site's senders (``sites``) are allowed as well."""
+
     called_ae_titles: frozenset[str]
     allow_any_peer: bool
     peers: dict[str, frozenset[str] | None]
+    sites: SiteDirectory = field(default_factory=SiteDirectory)
 
     @classmethod
-    def from_settings(cls, dicom: Dicom) -> AssociationPolicy:
+    def from_settings(cls, settings: Settings) -> AssociationPolicy:
+        dicom = settings.dicom
         peers: dict[str, frozenset[str] | None] = {}
         for peer in dicom.peers:
             allowed = _addresses(peer.host) if peer.host else None
@@ -49,13 +54,14 @@ class AssociationPolicy:
             called_ae_titles=frozenset(dicom.ae_titles),
             allow_any_peer=dicom.allow_any_peer,
             peers=peers,
+            sites=settings.site_directory(),
         )
 
     def check(self, called_ae: str, calling_ae: str, address: str) -> Reject | None:
         """Why this association request is refused, or None to accept it."""
         if called_ae.strip() not in self.called_ae_titles:
             return Reject.CALLED_AE_NOT_RECOGNIZED
-        if not self.allow_any_peer:
+        if not self.allow_any_peer and self.sites.for_sender(calling_ae, address) is None:
             if calling_ae.strip() not in self.peers:
                 return Reject.CALLING_AE_NOT_RECOGNIZED
             allowed = self.peers[calling_ae.strip()]

@@ -152,6 +152,7 @@ def _any_uid(value: Any) -> tuple[bool, str]:
 #: The Error Comment (64 characters at most) of each identity conflict a C-STORE gets.
 IDENTITY_COMMENTS = {
     ConflictKind.STUDY_PATIENT: "study is held for another patient; not stored",
+    ConflictKind.STUDY_SITE: "study is held for another site; not stored",
     ConflictKind.INSTANCE_STUDY: "SOP Instance UID held in another study/series; not stored",
     ConflictKind.SERIES_STUDY: "Series Instance UID held in another study; not stored",
     ConflictKind.RESULT_PATIENT: "result names another patient than its study",
@@ -250,7 +251,7 @@ class ListenerServer(ThreadedAssociationServer):
         vendors' results AE titles and policies (listen address, TLS and the number of
         processes need a restart)."""
         dicom = settings.dicom
-        self.policy = AssociationPolicy.from_settings(dicom)
+        self.policy = AssociationPolicy.from_settings(settings)
         self.ae.maximum_associations = dicom.max_associations + dicom.max_pending_connections + 1
         self.ae.maximum_pdu_size = dicom.max_pdu_size
         self.ae.network_timeout = dicom.network_timeout
@@ -359,6 +360,9 @@ class StoreSCP:
                 peer_address=assoc.requestor.address,
                 received_at=datetime.now(UTC),
                 wants_series_tags=self.store.wants_series_tags,
+                site=settings.site_directory().for_sender(
+                    assoc.requestor.ae_title, assoc.requestor.address
+                ),
             )
             final = self.spool.path_for(
                 record.study_uid, record.series_uid, record.sop_instance_uid
@@ -559,7 +563,7 @@ def make_server(
         request_handler=_Handler,
     )
     assert isinstance(server, ListenerServer)
-    server.policy = AssociationPolicy.from_settings(dicom)
+    server.policy = AssociationPolicy.from_settings(settings)
     server.load = load
     server.leases = {}
     server.scp = scp

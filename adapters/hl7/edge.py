@@ -19,6 +19,7 @@ from adapters.sockets import listen
 from adapters.tls import server_context
 from broker.model.errors import AdapterError, Hl7Error
 from broker.model.logging import get_logger
+from broker.model.sites import SiteDirectory
 from broker.runtime.edges import Edge, ServiceContext
 from broker.runtime.reports import FinalReportIntake, matcher_of
 from broker.store.orders import OrderStore
@@ -53,12 +54,18 @@ class Hl7Edge(Edge):
         except (LookupError, Hl7Error) as exc:
             raise AdapterError(f"hl7.default_charset: {exc}") from exc
         snapshots = context.snapshots
+
+        def sites() -> SiteDirectory:
+            """The sites of the configuration in force (a reload may change them)."""
+            return (snapshots or context).settings.site_directory()
+
         handler = MessageHandler(
             OrderStore(context.engine),
             application=hl7.application,
             facility=hl7.facility,
             default_charset=hl7.default_charset,
             reports=FinalReportIntake(context.engine, matcher_of(snapshots or context)),
+            sites=sites,
         )
         server = MllpServer(
             handler,

@@ -22,8 +22,8 @@ on its single store thread, never on the event loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from adapters.hl7.ack import AckCode, ErrorCode, Problem, build_ack, reply_code
@@ -40,6 +40,7 @@ from broker.model.domain import InboundMessage, Order, OrderOutcome, OrderSource
 from broker.model.identity import ConflictKind, ConflictReason, IdentityConflictError
 from broker.model.logging import get_logger
 from broker.model.reports import FinalReport
+from broker.model.sites import SiteDirectory
 
 LOG = get_logger("radbridge.hl7")
 
@@ -90,8 +91,11 @@ class MessageHandler:
         facility: str,
         default_charset: str,
         reports: ReportSink | None = None,
+        sites: Callable[[], SiteDirectory] = SiteDirectory,
     ) -> None:
         self.sink = sink
+        self.sites = sites
+        """The sites in force: an order is the site's whose ``hl7_facility`` is its MSH-4."""
         self.reports = reports
         self.application = application
         self.facility = facility
@@ -130,7 +134,7 @@ class MessageHandler:
                 problem = self._storage_failed(store_exc, header)
             return self._answer(header, AckCode.AE, problem, peer)
         try:
-            self._store(event, inbound)
+            self._store(event, inbound, self._site(header))
         except IdentityConflictError as exc:
             claimed = exc.report.claimed.patient_id  # redacted unless logging.phi is on
             return self._answer(header, AckCode.AE, identity_problem(exc), peer, claimed)
@@ -175,12 +179,21 @@ class MessageHandler:
         problem = Problem(ErrorCode.APPLICATION_INTERNAL_ERROR, text, "MSH")
         return self._answer(header, AckCode.AR, problem, peer)
 
+    def _site(self, header: Header) -> str | None:
+        """The site of MSH-4's namespace id (its first component), or None."""
+        facility = header.sending_facility_raw.split("^", 1)[0]
+        return self.sites().for_facility(facility)
+
     def _store(
-        self, event: OrderEvent | PatientEvent | MergeEvent, inbound: InboundMessage
+        self,
+        event: OrderEvent | PatientEvent | MergeEvent,
+        inbound: InboundMessage,
+        site: str | None = None,
     ) -> None:
         if isinstance(event, OrderEvent):
-            outcomes = self.sink.record_orders([(o, None) for o in event.orders], inbound)
-            for order, outcome in zip(event.orders, outcomes, strict=True):
+            orders = [replace(o, site=site) for o in event.orders]
+            outcomes = self.sink.record_orders([(o, None) for o in orders], inbound)
+            for order, outcome in zip(orders, outcomes, strict=True):
                 LOG.debug(
                     "order recorded",
                     order_id=outcome.stored.id,

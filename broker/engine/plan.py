@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from broker.model.critical import CriticalPolicy
 from broker.model.deid import Deidentify
 from broker.model.errors import ConfigError
+from broker.model.sites import SiteDirectory
 from broker.model.vendor import VendorTransport
 from broker.model.verdicts import VerdictLinks
 from broker.model.writeback import TargetSpec, WritebackTarget
@@ -107,6 +108,11 @@ class Plan(Protocol):
         """The targets a route writes back to; None when no such route is configured."""
         ...
 
+    @property
+    def sites(self) -> SiteDirectory:
+        """The hub's sites: a route's ``site.NAME`` is the originating site's target."""
+        ...
+
     def shadow(self, route: str, vendor: str) -> bool:
         """True when the route or the vendor is ``mode: shadow`` (nothing written back)."""
         ...
@@ -168,6 +174,7 @@ class FixedPlan:
     verdict_links: VerdictLinks | None = None
     regulatory_labels: dict[str, str] = field(default_factory=dict)
     """Vendor name → its product and regulatory data in one line."""
+    sites: SiteDirectory = field(default_factory=SiteDirectory)
 
     def __post_init__(self) -> None:
         missing = sorted(set(self.vendors) - set(self.transports))

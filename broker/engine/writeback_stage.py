@@ -207,10 +207,17 @@ class WritebackStage:
                 )
                 wanted = ()
             new: list[NewDelivery] = []
+            site = self.studies.site_of(job.study_uid) if plan.sites else None
             for name in () if waiting else wanted:
-                spec = plan.target(name)
+                resolved = plan.sites.target_for(name, site)
+                if resolved is None:
+                    log.warning(
+                        "the study's site has no such target; skipped", target=name, site=site
+                    )
+                    continue
+                spec = plan.target(resolved)
                 if spec is None:
-                    log.error("write-back target is not configured; skipped", target=name)
+                    log.error("write-back target is not configured; skipped", target=resolved)
                     continue
                 new.append(self._new(result, job, spec, DeliveryKind.RESULT, event))
             hook = plan.target(WEBHOOK_TARGET)

@@ -104,6 +104,8 @@ class InstanceRecord:
     received_at: datetime | None = None
     series_tags: Mapping[str, str] | None = None
     """The routing tags of the series, read from this instance (its first), or None."""
+    site: str | None = None
+    """The site its sender belongs to (:mod:`broker.model.sites`); None: the implicit one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +148,8 @@ class Study:
     purged_at: datetime | None = None
     """When retention removed the study's instances from the spool (the study, its jobs and
     history stay; ``series`` then lists none)."""
+    site: str | None = None
+    """The site that sent it, attributed at intake; None: the one implicit site."""
 
 
 class OrderPriority(CodedValue):
@@ -205,6 +209,7 @@ class Order:
     - ``status``: ORC-5 Order Status, and ORC-1 CA for cancellations (ServiceRequest.status)
     - ``requested_procedure_id``: IPC-2 in OMI (DICOM Requested Procedure ID)
     - ``study_uid``: IPC-3 in OMI, or a Z-segment, when the RIS assigns it
+    - ``site``: the site of MSH-4 (HL7), of the API token (FHIR)
     """
 
     source: OrderSource
@@ -221,6 +226,9 @@ class Order:
     status: OrderStatus = OrderStatus.SCHEDULED
     study_uid: str | None = None
     requested_procedure_id: str | None = None
+    site: str | None = None
+    """The site whose RIS sent it (MSH-4, :mod:`broker.model.sites`); None: the implicit one.
+    An order matches only its own site's orders and studies."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,9 @@ class ConflictKind(CodedValue):
     different patients: kept, flagged, never linked."""
     STUDY_PATIENT = "study_patient"
     """Instances of a study radbridge holds name another patient: refused."""
+    STUDY_SITE = "study_site"
+    """Instances of a study radbridge holds come from another site than the study's: refused
+    (a study stays its site's; nothing moves between sites)."""
     INSTANCE_STUDY = "instance_study"
     """An instance comes with the SOP Instance UID of one radbridge holds in another study
     (or another series of its study): refused, the held one stays as it is."""
@@ -74,6 +77,8 @@ class ConflictReason(CodedValue):
 
     OTHER_PATIENT = "other_patient"
     """The record is held for another patient."""
+    OTHER_SITE = "other_site"
+    """The study is held for another site."""
     OTHER_STUDY = "other_study"
     """The result is of (or points at) another study than its job's; the instance or series
     is held in another study (or series) than the one it names."""

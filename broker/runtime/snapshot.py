@@ -32,6 +32,7 @@ from broker.model.deid import Deidentify
 from broker.model.errors import ConfigError
 from broker.model.logging import get_logger
 from broker.model.mode import Mode, shadow_of
+from broker.model.sites import SITE_TARGET_PREFIX, SiteDirectory, site_target
 from broker.model.target import TARGETS, TargetSettings
 from broker.model.vendor import VendorTransport
 from broker.model.verdicts import VerdictLinks
@@ -85,6 +86,12 @@ def target_specs(settings: Settings) -> dict[str, TargetSpec]:
         name: TargetSpec(name, t.type, _target_params(settings, t), t.retries, base, cap)
         for name, t in settings.targets.items()
     }
+    for site_id, site in settings.sites.items():
+        for own, t in site.targets.items():
+            name = site_target(site_id, own)
+            specs[name] = TargetSpec(
+                name, t.type, _target_params(settings, t), t.retries, base, cap
+            )
     hook = settings.notifications.webhook
     if hook is not None:
         params: dict[str, Any] = {"url": hook.url, "timeout": hook.timeout}
@@ -176,6 +183,8 @@ class Snapshot:
     view: ConfigView
     critical_policy: CriticalPolicy
     """The settings as ``config diff`` compares and the store records them (no secrets)."""
+    sites: SiteDirectory
+    """The hub's sites (none: the one implicit site)."""
     source: Path | None = None
     """The file it was loaded from (None: built in code)."""
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -307,6 +316,7 @@ def build_snapshot(
     specs = vendor_specs(settings)
     targets = target_specs(settings)
     write_back = {route.name: tuple(route.write_back) for route in settings.routes}
+    site_names = settings.site_target_names()
     problems = [
         f"routes.{route}: sends to vendor '{vendor}', which is not configured"
         for route, vendors in ((r.name, r.send) for r in settings.routes)
@@ -317,6 +327,7 @@ def build_snapshot(
         for route, names in write_back.items()
         for target in names
         if target not in targets
+        and not (target.startswith(SITE_TARGET_PREFIX) and target in site_names)
     ]
     if problems:
         raise ConfigError(problems[0], problems)
@@ -336,6 +347,7 @@ def build_snapshot(
         policies=result_policies(settings),
         view=config,
         critical_policy=critical_policy(settings),
+        sites=settings.site_directory(),
         source=source,
         draining_vendors=frozenset(draining_vendors),
         draining_targets=frozenset(draining_targets),

@@ -186,8 +186,11 @@ def find_for_study(conn: Connection, study: Study) -> tuple[Row[Any] | None, str
     searches = [(orders.c.study_uid == study.study_uid, "study_uid")]
     if study.accession_number:
         searches.insert(0, (orders.c.accession_number == study.accession_number, "accession"))
+    same_site = orders.c.site.is_(None) if study.site is None else orders.c.site == study.site
     for condition, matched_on in searches:
-        rows = conn.execute(select(orders).where(condition).order_by(*newest).limit(20)).all()
+        rows = conn.execute(
+            select(orders).where(condition, same_site).order_by(*newest).limit(20)
+        ).all()
         if rows:
             same = [r for r in rows if patient_conflict(_study_patient(r), study.patient) is None]
             return (same or rows)[0], matched_on

@@ -29,8 +29,8 @@ ORDER_COLUMNS = tuple(c.name for c in orders.columns if c.name != "id")
 
 _MATCH = """
 SELECT id FROM orders
-WHERE placer_number = :placer OR filler_number = :filler
-   OR (accession_number = :accession AND {issuer_matches})
+WHERE {site_matches} AND (placer_number = :placer OR filler_number = :filler
+   OR (accession_number = :accession AND {issuer_matches}))
 ORDER BY CASE WHEN placer_number = :placer THEN 0
               WHEN filler_number = :filler THEN 1 ELSE 2 END, id DESC
 LIMIT 1
@@ -41,8 +41,11 @@ VALUES (:order_id, :source, :kind, :control_id, :peer, :received_at, :raw, :erro
 RETURNING id
 """
 _CANDIDATES = (
-    "SELECT study_uid, patient_id, issuer_of_patient_id, state FROM studies WHERE {column} = :value"
+    "SELECT study_uid, patient_id, issuer_of_patient_id, state FROM studies "
+    "WHERE {column} = :value AND {site_matches}"
 )
+"""An order of one site matches only that site's orders and studies (``site``: NULL for the
+one implicit site)."""
 
 
 class Candidate(NamedTuple):
@@ -59,11 +62,16 @@ class OrderSql:
 
     def __init__(self, dialect: str) -> None:
         self.sqlite = dialect == "sqlite"
-        issuer = "issuer IS :issuer" if self.sqlite else "issuer IS NOT DISTINCT FROM :issuer"
-        self.match_sql = self._style(_MATCH.format(issuer_matches=issuer))
+        same = "IS" if self.sqlite else "IS NOT DISTINCT FROM"
+        issuer, site = f"issuer {same} :issuer", f"site {same} :site"
+        self.match_sql = self._style(_MATCH.format(issuer_matches=issuer, site_matches=site))
         self.keep_sql = self._style(_KEEP)
-        self.by_accession_sql = self._style(_CANDIDATES.format(column="accession_number"))
-        self.by_study_uid_sql = self._style(_CANDIDATES.format(column="study_uid"))
+        self.by_accession_sql = self._style(
+            _CANDIDATES.format(column="accession_number", site_matches=site)
+        )
+        self.by_study_uid_sql = self._style(
+            _CANDIDATES.format(column="study_uid", site_matches=site)
+        )
         names = ", ".join(ORDER_COLUMNS)
         values = ", ".join(":" + c for c in ORDER_COLUMNS)
         # Built from the table's own column names, never from input.
@@ -116,7 +124,7 @@ class OrderSql:
             return [], ""
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            cursor.execute(sql, {"value": value})
+            cursor.execute(sql, {"value": value, "site": order.site})
             return [Candidate(*row) for row in cursor.fetchall()], matched_on
         finally:
             cursor.close()

@@ -85,6 +85,7 @@ def _order_values(order: Order) -> dict[str, Any]:
         "status": order.status.value,
         "study_uid": order.study_uid,
         "requested_procedure_id": order.requested_procedure_id,
+        "site": order.site,
     }
 
 
@@ -116,6 +117,7 @@ def _order(r: Row[Any]) -> StoredOrder:
             status=OrderStatus(r.status),
             study_uid=r.study_uid,
             requested_procedure_id=r.requested_procedure_id,
+            site=r.site,
         ),
     )
 
@@ -448,6 +450,7 @@ class OrderStore:
         return self._sql.match(
             conn,
             {
+                "site": order.site,
                 "placer": order.placer_number or None,
                 "filler": order.filler_number or None,
                 "accession": order.accession_number or None,

@@ -106,6 +106,8 @@ class _Statements:
         new_id, new_issuer = study.excluded.patient_id, study.excluded.issuer_of_patient_id
         study_set["patient_id"] = func.coalesce(held_id, new_id)
         study_set["issuer_of_patient_id"] = func.coalesce(held_issuer, new_issuer)
+        held_site, new_site = studies.c.site, study.excluded.site
+        same_site = or_(held_site == new_site, and_(held_site.is_(None), new_site.is_(None)))
         same_patient = or_(
             held_id.is_(None),
             new_id.is_(None),
@@ -138,7 +140,9 @@ class _Statements:
                 instances.c.sop_instance_uid == bindparam("uid")
             ),
             upsert_study=study.on_conflict_do_update(
-                index_elements=[studies.c.study_uid], set_=study_set, where=same_patient
+                index_elements=[studies.c.study_uid],
+                set_=study_set,
+                where=and_(same_site, same_patient),
             ).returning(studies.c.state),
             # A series stays in its study, an instance in its study and series: one that
             # names another updates nothing (no row comes back; see instance_identity).
@@ -189,6 +193,7 @@ def _study_values(
         "purged_at": None,  # received again: the spool holds it again
         "purged_instances": None,
         "purged_bytes": None,
+        "site": rec.site,
     }
 
 
@@ -347,12 +352,35 @@ class StudyStore:
     def _refuse(conn: Connection, rec: InstanceRecord, now: datetime) -> ConflictReport | None:
         """The conflict of ``rec`` with its study's patient, recorded; None if there is none."""
         row = conn.execute(
-            select(studies.c.patient_id, studies.c.issuer_of_patient_id).where(
+            select(studies.c.patient_id, studies.c.issuer_of_patient_id, studies.c.site).where(
                 studies.c.study_uid == rec.study_uid
             )
         ).one_or_none()
         if row is None:
             return None
+        if row.site != rec.site:
+            site_report = ConflictReport(
+                kind=ConflictKind.STUDY_SITE,
+                action=ConflictAction.REFUSED,
+                detail=(
+                    f"radbridge holds this study for site {row.site or '(the hub)'}; an "
+                    f"instance from site {rec.site or '(the hub)'} was not stored; valid: "
+                    "the study's own site, or a new Study Instance UID"
+                ),
+                subject=f"Study Instance UID {rec.study_uid}",
+                reason=ConflictReason.OTHER_SITE,
+                matched_on="study_uid",
+                study_uid=rec.study_uid,
+            )
+            record_conflict(
+                conn,
+                site_report,
+                source="dicom",
+                sender=rec.calling_ae,
+                peer=rec.peer_address,
+                now=now,
+            )
+            return site_report
         held = Patient(patient_id=row.patient_id, issuer=row.issuer_of_patient_id)
         claimed = Patient(patient_id=rec.patient.patient_id, issuer=rec.patient.issuer)
         why = patient_conflict(held, claimed)
@@ -485,6 +513,13 @@ class StudyStore:
             rows = conn.execute(stmt).all()
             return self._build(conn, rows)
 
+    def site_of(self, study_uid: str) -> str | None:
+        """The site a study was attributed to at intake (None: the implicit one, or unknown)."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(studies.c.site).where(studies.c.study_uid == study_uid)
+            ).scalar_one_or_none()
+
     def get_study(self, study_uid: str) -> Study:
         """One study by its Study Instance UID."""
         with self.engine.connect() as conn:
@@ -578,4 +613,5 @@ def _study(r: Row[Any], series_list: tuple[Series, ...]) -> Study:
         stable_seconds=r.stable_seconds,
         series=series_list,
         purged_at=r.purged_at,
+        site=r.site,
     )

@@ -92,7 +92,10 @@ studies = Table(
     Column("purged_at", UTCDateTime),
     Column("purged_instances", Integer),
     Column("purged_bytes", BigInteger),
+    # The site that sent it (broker.model.sites); NULL: the one implicit site.
+    Column("site", String(32)),
     Index(None, "state", "due_at"),
+    Index(None, "site"),
     Index(None, "route_due_at"),
     Index(None, "accession_number"),
     Index(None, "last_received_at"),
@@ -222,6 +225,9 @@ orders = Table(
     Index(None, "study_uid"),
     Index(None, "patient_id"),
     Index(None, "updated_at"),
+    # The site whose RIS sent it (MSH-4; broker.model.sites); NULL: the one implicit site.
+    Column("site", String(32)),
+    Index(None, "site"),
 )
 """Orders from the RIS/HIS (HL7 v2 or FHIR), normalized; ``version`` counts updates."""
 
@@ -307,6 +313,8 @@ api_tokens = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("last_used_at", UTCDateTime),
     Column("revoked_at", UTCDateTime),
+    # The sites it is limited to, comma-separated; NULL: every site.
+    Column("sites", Text),
 )
 """Bearer tokens of the HTTP API with their role (only the SHA-256 of a token is kept)."""
 
@@ -555,6 +563,8 @@ console_users = Table(
     Column("disabled_at", UTCDateTime),
     Column("last_login_at", UTCDateTime),
     Column("language", String(8)),
+    # The sites the user is limited to, comma-separated; NULL: every site.
+    Column("sites", Text),
 )
 """People who log in to the operations console (argon2id password hashes; roles as tokens)."""
 

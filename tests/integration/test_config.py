@@ -149,11 +149,12 @@ def test_unknown_field_lists_the_known_fields(tmp_path: Path) -> None:
 
 def test_unknown_top_level_field_lists_the_sections(tmp_path: Path) -> None:
     """An unknown top-level section lists the valid sections."""
-    text = VALID + "sites: {}\n"
+    text = VALID + "regions: {}\n"
     path = _write(tmp_path, text)
     (problem,) = _problems(path)
-    assert problem.startswith(f"{path}:{_line_of(text, 'sites:')}: sites: unknown field 'sites'")
-    assert "known fields: site, storage, bus, delivery, dicom, logging" in problem
+    line = _line_of(text, "regions:")
+    assert problem.startswith(f"{path}:{line}: regions: unknown field 'regions'")
+    assert "known fields: site, sites, storage, bus, delivery, dicom, logging" in problem
 
 
 def test_wrong_ae_role_lists_the_valid_roles(tmp_path: Path) -> None:

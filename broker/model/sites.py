@@ -1,0 +1,118 @@
+"""Sites: the sending institutions a regional hub serves, and who a study or order is from.
+
+A :class:`SiteDirectory` attributes a study to a site by its sender (calling AE title
+and the address it connected from) and an order by its HL7 sending facility (MSH-4).
+With no sites configured everything belongs to the one implicit site: ``None``.
+
+A route's write-back ``site.NAME`` is the originating site's own target ``NAME``
+(:meth:`SiteDirectory.target_for`); it resolves to a target of that site only, so a
+result can never reach another site's PACS or RIS.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+#: How a route names "the originating site's target": ``site.pacs``.
+SITE_TARGET_PREFIX = "site."
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def site_target(site: str, name: str) -> str:
+    """The write-back target name of site ``site``'s own target ``name``: ``site.a.pacs``."""
+    return f"{SITE_TARGET_PREFIX}{site}.{name}"
+
+
+def target_site(target: str) -> str | None:
+    """The site whose own target ``target`` is (``site.a.pacs`` → ``a``), or None."""
+    if not target.startswith(SITE_TARGET_PREFIX):
+        return None
+    rest = target.removeprefix(SITE_TARGET_PREFIX)
+    site, dot, _ = rest.partition(".")
+    return site if dot else None
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSender:
+    """A modality or PACS of a site: calling AE title and where it connects from."""
+
+    ae_title: str
+    network: Network
+
+    def matches(self, calling_ae: str, address: str) -> bool:
+        if calling_ae.strip() != self.ae_title:
+            return False
+        try:
+            return ipaddress.ip_address(address) in self.network
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class SiteInfo:
+    """One site as intake, routing and write-back see it."""
+
+    id: str
+    name: str
+    timezone: str
+    senders: tuple[SiteSender, ...] = ()
+    hl7_facility: str | None = None
+    issuer: str | None = None
+    targets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SiteDirectory:
+    """Every configured site; empty: the one implicit site."""
+
+    sites: tuple[SiteInfo, ...] = ()
+    _by_id: dict[str, SiteInfo] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_id", {s.id: s for s in self.sites})
+
+    def __bool__(self) -> bool:
+        return bool(self.sites)
+
+    @property
+    def ids(self) -> Collection[str]:
+        return self._by_id.keys()
+
+    def get(self, site: str | None) -> SiteInfo | None:
+        return self._by_id.get(site) if site is not None else None
+
+    def for_sender(self, calling_ae: str, address: str) -> str | None:
+        """The site whose sender this is (calling AE title from this address), or None."""
+        for site in self.sites:
+            if any(s.matches(calling_ae, address) for s in site.senders):
+                return site.id
+        return None
+
+    def sender_titles(self) -> frozenset[str]:
+        """Every site's senders' calling AE titles."""
+        return frozenset(s.ae_title for site in self.sites for s in site.senders)
+
+    def for_facility(self, facility: str | None) -> str | None:
+        """The site whose RIS sends as MSH-4 ``facility``, or None."""
+        if not facility:
+            return None
+        wanted = facility.strip()
+        for site in self.sites:
+            if site.hl7_facility is not None and site.hl7_facility == wanted:
+                return site.id
+        return None
+
+    def target_for(self, name: str, site: str | None) -> str | None:
+        """The target a route's write-back ``name`` stands for, for a study of ``site``:
+        ``name`` itself for a hub target; for ``site.NAME`` the site's own target, or None
+        when the study has no site or its site has no target ``NAME``."""
+        if not name.startswith(SITE_TARGET_PREFIX):
+            return name
+        found = self.get(site)
+        own = name.removeprefix(SITE_TARGET_PREFIX)
+        if found is None or own not in found.targets:
+            return None
+        return site_target(found.id, own)
