@@ -78,7 +78,11 @@ def _pacs_holds_sr(world: World, e: PacsHoldsSr) -> Look:
         return Look(False, f"cannot query the PACS: {exc}")
     srs = [series for s in held for series in s.series if series.modality == "SR"]
     if srs:
-        return Look(True, f"PACS holds {sum(s.instances for s in srs)} SR instance(s) of {e.study}")
+        count = sum(s.instances for s in srs)
+        too_many = e.at_most is not None and count > e.at_most
+        seen = f"PACS holds {count} SR instance(s) of {e.study}"
+        shown = seen + (f", more than {e.at_most}" if too_many else "")
+        return Look(not too_many, shown, final=too_many)
     series = sum(len(s.series) for s in held)
     return Look(False, f"PACS holds {series} series of {e.study}, no SR")
 
@@ -110,9 +114,11 @@ def _ris_receives_oru(world: World, e: RisReceivesOru) -> Look:
     orus = sum(1 for m in messages if m.kind.startswith("ORU"))
     wanted = f"OBR-18 {accession}" + (f", OBX containing {e.obx!r}" if e.obx else "")
     wanted += f", OBX-8 {e.flag}" if e.flag else ""
+    at_most = e.at_most if e.at_most is not None else len(matching)
     return Look(
-        len(matching) >= e.count,
+        e.count <= len(matching) <= at_most,
         f"RIS got {len(matching)} ORU^R01 with {wanted} (of {orus} ORU, {len(messages)} messages)",
+        final=len(matching) > at_most,
     )
 
 

@@ -162,17 +162,24 @@ class VendorReceivesNothing(Model):
 
 
 class PacsHoldsSr(Model):
+    """The PACS holds an SR of ``study`` (``at_most``: and no more than that many SR
+    instances, e.g. 1 when a shadow product's SR must not reach it)."""
+
     study: str
+    at_most: Annotated[int, Field(ge=1)] | None = None
 
 
 class RisReceivesOru(Model):
     """An ORU^R01 with OBR-18 = the study's accession; ``obx``: text in some OBX-3 or OBX-5;
-    ``flag``: some OBX-8 equals it (``AA`` urgent); ``count``: at least this many such ORUs."""
+    ``flag``: some OBX-8 equals it (``AA`` urgent); ``count``: at least this many such ORUs,
+    ``at_most``: no more."""
 
     study: str
     obx: str | None = None
     flag: str | None = None
     count: Annotated[int, Field(ge=1)] = 1
+    at_most: Annotated[int, Field(ge=1)] | None = None
+    """No more than this many such ORUs (a shadow product's must not reach the RIS)."""
 
 
 class JobState(Model):
