@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydicom import dcmread
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,6 +27,7 @@ from rich.progress import (
 from adapters.dicom.synthetic import KINDS, generate_study
 from adapters.harness.errors import HarnessError
 from adapters.harness.modality import dicom_files, send_files
+from adapters.harness.mpps import ProcedureStep, references, step_dataset
 from adapters.harness.pacs import BuiltinPacs, Orthanc, orthanc_executable, query_folder
 from adapters.harness.pacs import query_orthanc as _query_orthanc
 from adapters.harness.process import LOOPBACK
@@ -139,10 +141,18 @@ def modality_send(
         Path | None, typer.Option(help="Write the generated study here and keep it.")
     ] = None,
     timeout: Annotated[float, typer.Option(help="Network timeout, seconds.")] = 30.0,
+    mpps: Annotated[
+        bool,
+        typer.Option(
+            "--mpps",
+            help="Also send the procedure step: N-CREATE IN PROGRESS before the images, "
+            "N-SET COMPLETED listing them after.",
+        ),
+    ] = False,
 ) -> None:
     """Send a generated study (or a folder) by C-STORE; instances, MB, seconds and MB/s at the end.
 
-    The exit code is 1 when any C-STORE failed, 2 for bad options.
+    The exit code is 1 when any C-STORE (or MPPS request) failed, 2 for bad options.
     """
     if (kind is None) == (folder is None):
         err.print("give a study kind or --folder (one of them)")
@@ -189,6 +199,16 @@ def modality_send(
                 speed = progress.tasks[task].speed
                 progress.update(task, rate=f"{speed:.1f} instances/s" if speed else "")
 
+            step = None
+            if mpps:
+                step = _start_step(
+                    files,
+                    host=host,
+                    port=port,
+                    called_ae=ae_title,
+                    calling_ae=calling_ae,
+                    timeout=timeout,
+                )
             try:
                 report = send_files(
                     files,
@@ -203,6 +223,20 @@ def modality_send(
             except HarnessError as exc:
                 err.print(str(exc), markup=False)
                 raise typer.Exit(2) from exc
+            if step is not None:
+                sent = [f for f in files if f not in {x.path for x in report.failures}]
+                step_study, step_accession = _study_of(files[0])
+                done = step_dataset(
+                    step_study, "COMPLETED", references(sent), accession=step_accession
+                )
+                try:
+                    status = step.set(done)
+                except HarnessError as exc:
+                    err.print(str(exc), markup=False)
+                    raise typer.Exit(1) from exc
+                out.print(f"MPPS {step.uid} COMPLETED: status 0x{status:04X}", highlight=False)
+                if status != 0:
+                    raise typer.Exit(1)
     for failure in report.failures[:20]:
         err.print(f"failed: {failure.path.name}: {failure.reason}", markup=False)
     out.print(
@@ -213,6 +247,30 @@ def modality_send(
     )
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _study_of(path: Path) -> tuple[str, str | None]:
+    ds = dcmread(path, stop_before_pixels=True)
+    return str(ds.StudyInstanceUID), str(ds.get("AccessionNumber") or "") or None
+
+
+def _start_step(
+    files: list[Path], *, host: str, port: int, called_ae: str, calling_ae: str, timeout: float
+) -> ProcedureStep:
+    """The exam starts: its MPPS, IN PROGRESS, before the first image."""
+    study_uid, accession = _study_of(files[0])
+    try:
+        step = ProcedureStep(
+            host, port, called_ae=called_ae, calling_ae=calling_ae, timeout=timeout
+        )
+        status = step.create(step_dataset(study_uid, "IN PROGRESS", accession=accession))
+    except HarnessError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(1) from exc
+    out.print(f"MPPS {step.uid} IN PROGRESS: status 0x{status:04X}", highlight=False)
+    if status != 0:
+        raise typer.Exit(1)
+    return step
 
 
 # ----------------------------------------------------------------------- RIS

@@ -30,32 +30,18 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
-from pynetdicom import AE
-from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 
 from adapters.dicom.synthetic import generate_study
+from adapters.harness.mpps import ProcedureStep, references, step_dataset
 from tests.peers import StoreSCP, dcmtk_env, free_port, storescu_command
 from tests.service import Radbridge, base_config
 
-KINDS = (("ct_head", 32), ("ct_ccta", 64), ("ct_perfusion", 4))
-
 
 def _study(folder: Path, accession: str) -> list[Path]:
-    study_uid = str(generate_uid())
-    paths: list[Path] = []
-    for kind, count in KINDS:
-        paths += generate_study(
-            kind,  # type: ignore[arg-type]
-            folder / kind,
-            instances=count,
-            rows=256,
-            columns=256,
-            study_uid=study_uid,
-            accession=accession,
-        )
-    return paths
+    """The stroke protocol: 32 head slices, 64 CTA slices, 4 perfusion time points."""
+    return generate_study(
+        "ct_stroke", folder, instances=32, rows=256, columns=256, accession=accession
+    )
 
 
 def _config(folder: Path, vendor_port: int, mode: str, quiet: float) -> dict[str, Any]:
@@ -90,29 +76,6 @@ def _config(folder: Path, vendor_port: int, mode: str, quiet: float) -> dict[str
     return config
 
 
-def _mpps(study_uid: str, status: str, paths: list[Path]) -> Dataset:
-    ds = Dataset()
-    step = Dataset()
-    step.StudyInstanceUID = study_uid
-    ds.ScheduledStepAttributesSequence = [step]
-    ds.PerformedProcedureStepStatus = status
-    by_series: dict[str, list[Dataset]] = {}
-    for path in paths:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = header.SOPClassUID
-        ref.ReferencedSOPInstanceUID = header.SOPInstanceUID
-        by_series.setdefault(str(header.SeriesInstanceUID), []).append(ref)
-    performed = []
-    for series_uid, refs in by_series.items():
-        item = Dataset()
-        item.SeriesInstanceUID = series_uid
-        item.ReferencedImageSequence = refs
-        performed.append(item)
-    ds.PerformedSeriesSequence = performed
-    return ds
-
-
 def _first_file(folder: Path, timeout: float) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -134,25 +97,16 @@ def measure(mode: str, work: Path, repeats: int, quiet: float) -> list[float]:
                 study_uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
                 shutil.rmtree(vendor.folder, ignore_errors=True)
                 vendor.folder.mkdir(parents=True)
-                assoc = None
-                mpps_uid = str(generate_uid())
+                step = None
                 if mode == "mpps":
-                    ae = AE(ae_title="CT01")
-                    ae.add_requested_context(ModalityPerformedProcedureStep)
-                    assoc = ae.associate("127.0.0.1", rb.port, ae_title="RADBRIDGE")
-                    assoc.send_n_create(
-                        _mpps(study_uid, "IN PROGRESS", []),
-                        ModalityPerformedProcedureStep,
-                        mpps_uid,
-                    )
-                    final = _mpps(study_uid, "COMPLETED", paths)
+                    step = ProcedureStep("127.0.0.1", rb.port)
+                    step.create(step_dataset(study_uid, "IN PROGRESS"))
                 command = storescu_command(paths, rb.port, extra_args=["-R"])
                 subprocess.run(command, env=dcmtk_env(), check=True, capture_output=True)
                 done = time.monotonic()
-                if assoc is not None:
-                    assoc.send_n_set(final, ModalityPerformedProcedureStep, mpps_uid)
+                if step is not None:
+                    step.set(step_dataset(study_uid, "COMPLETED", references(paths)))
                     done = time.monotonic()
-                    assoc.release()
                 latencies.append(_first_file(vendor.folder, quiet * 3 + 30) - done)
                 print(f"  {mode} #{n + 1}: {latencies[-1]:.3f} s", flush=True)
         finally:
@@ -174,8 +128,7 @@ def main() -> None:
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    instances = sum(count * (16 if kind == "ct_perfusion" else 1) for kind, count in KINDS)
-    print(f"\nstroke study: 3 series, {instances} instances at 256x256; medians of {args.repeats}")
+    print(f"\nstroke study: 3 series, 160 instances at 256x256; medians of {args.repeats}")
     print("last instance -> vendor holds the first instance:")
     for mode, seconds in results.items():
         print(f"  {mode:9s} {seconds:7.3f} s")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -20,20 +21,21 @@ import httpx
 import pydicom
 import pytest
 from hl7.client import MLLPClient
-from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    InstanceAvailabilityNotification,
-    ModalityPerformedProcedureStep,
-)
 
 from adapters.dicom.synthetic import generate_study
+from adapters.harness.mpps import (
+    ProcedureStep,
+    availability_dataset,
+    notify_availability,
+    references,
+    step_dataset,
+)
 from broker.model.domain import Patient
 from tests.hl7_messages import orm_o01, sample_order
 from tests.peers import StoreSCP, free_port, storescu, wait_until
 from tests.ris import Ris
-from tests.service import Radbridge, base_config
+from tests.service import RADBRIDGE, Radbridge, base_config
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("completion")]
 
@@ -147,8 +149,9 @@ def _completed(rb: Radbridge, study_uid: str) -> dict[str, Any]:
 def stroke(service: Service) -> dict[str, Any]:
     """A whole stroke study (head CT, CTA, perfusion) sent with storescu, once it reached
     the vendor: its UID and files, and the study as ``studies show`` gives it then."""
-    files = stroke_study(service.folder / "stroke", ("ct_head", "ct_ccta", "ct_perfusion"), "S1")
-    everything = [p for paths in files.values() for p in paths]
+    everything = generate_study(
+        "ct_stroke", service.folder / "stroke", instances=2, rows=16, columns=16, accession="S1"
+    )
     storescu(everything, service.rb.port)
     study_uid = _uid(everything[0])
     study = _completed(service.rb, study_uid)
@@ -262,47 +265,6 @@ def test_missing_series_skips_the_route_at_the_deadline(service: Service) -> Non
     assert study_uid not in service.rb.cli("jobs", "list", "--json").stdout
 
 
-def _mpps(study_uid: str, status: str, references: list[tuple[str, str, str]]) -> Dataset:
-    ds = Dataset()
-    item = Dataset()
-    item.StudyInstanceUID = study_uid
-    item.AccessionNumber = "MPPS0001"
-    ds.ScheduledStepAttributesSequence = [item]
-    ds.PerformedProcedureStepStatus = status
-    ds.PerformedProcedureStepID = "PPS1"
-    ds.Modality = "CT"
-    series: dict[str, list[Dataset]] = {}
-    for series_uid, sop_class, sop_uid in references:
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = sop_class
-        ref.ReferencedSOPInstanceUID = sop_uid
-        series.setdefault(series_uid, []).append(ref)
-    performed = []
-    for series_uid, refs in series.items():
-        item = Dataset()
-        item.SeriesInstanceUID = series_uid
-        item.ReferencedImageSequence = refs
-        performed.append(item)
-    ds.PerformedSeriesSequence = performed
-    return ds
-
-
-def _references(paths: list[Path]) -> list[tuple[str, str, str]]:
-    out = []
-    for path in paths:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        out.append((str(ds.SeriesInstanceUID), str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
-    return out
-
-
-def _association(rb: Radbridge, sop_class: str) -> Any:
-    ae = AE(ae_title="CT01")
-    ae.add_requested_context(sop_class)
-    assoc = ae.associate("127.0.0.1", rb.port, ae_title="RADBRIDGE")
-    assert assoc.is_established
-    return assoc
-
-
 def test_mpps_completed_completes_the_study_once_its_instances_are_in(service: Service) -> None:
     """MPPS N-CREATE (IN PROGRESS), then N-SET COMPLETED listing a chest CT's instances
     before the last ones arrived: the study completes at once when they do, by MPPS; the
@@ -316,30 +278,16 @@ def test_mpps_completed_completes_the_study_once_its_instances_are_in(service: S
     with MLLPClient("127.0.0.1", int(service.rb.config["hl7"]["listen"]["port"])) as client:
         ack = client.send_message(orm_o01(order))
     assert "MSA|AA" in (ack.decode() if isinstance(ack, bytes) else str(ack))
-    mpps_uid = str(generate_uid())
-    assoc = _association(service.rb, ModalityPerformedProcedureStep)
-    try:
-        status, _ = assoc.send_n_create(
-            _mpps(study_uid, "IN PROGRESS", []), ModalityPerformedProcedureStep, mpps_uid
-        )
-        assert status.Status == 0x0000
-        again, _ = assoc.send_n_create(
-            _mpps(study_uid, "IN PROGRESS", []), ModalityPerformedProcedureStep, mpps_uid
-        )
-        assert again.Status == 0x0111  # duplicate SOP instance
-        unknown, _ = assoc.send_n_set(
-            _mpps(study_uid, "COMPLETED", []), ModalityPerformedProcedureStep, "1.2.3.4.5"
-        )
-        assert unknown.Status == 0x0112  # no such object instance
-        storescu(paths[:2], service.rb.port)
-        final = _mpps(study_uid, "COMPLETED", _references(paths))
-        status, _ = assoc.send_n_set(final, ModalityPerformedProcedureStep, mpps_uid)
-        assert status.Status == 0x0000
-        assert service.rb.stored_state(study_uid) == "receiving"  # one instance still missing
-        late, _ = assoc.send_n_set(final, ModalityPerformedProcedureStep, mpps_uid)
-        assert late.Status == 0x0110  # a COMPLETED step does not change
-    finally:
-        assoc.release()
+    step = ProcedureStep("127.0.0.1", service.rb.port)
+    assert step.create(step_dataset(study_uid, "IN PROGRESS", accession="MPPS0001")) == 0
+    assert step.create(step_dataset(study_uid, "IN PROGRESS")) == 0x0111  # duplicate
+    unknown = ProcedureStep("127.0.0.1", service.rb.port)
+    assert unknown.set(step_dataset(study_uid, "COMPLETED")) == 0x0112  # no such instance
+    storescu(paths[:2], service.rb.port)
+    final = step_dataset(study_uid, "COMPLETED", references(paths), accession="MPPS0001")
+    assert step.set(final) == 0
+    assert service.rb.stored_state(study_uid) == "receiving"  # one instance still missing
+    assert step.set(final) == 0x0110  # a COMPLETED step does not change
     storescu(paths[2:], service.rb.port)
     study = _completed(service.rb, study_uid)
     assert study["complete"]["reason"] == "mpps"
@@ -367,27 +315,26 @@ def test_ian_completes_the_study(service: Service) -> None:
     paths = generate_study("dx_chest", service.folder / "dx", instances=1, rows=16, columns=16)
     storescu(paths, service.rb.port)
     study_uid = _uid(paths[0])
-    ian = Dataset()
-    ian.StudyInstanceUID = study_uid
-    ian.ReferencedPerformedProcedureStepSequence = []
-    series: dict[str, list[Dataset]] = {}
-    for series_uid, sop_class, sop_uid in _references(paths):
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = sop_class
-        ref.ReferencedSOPInstanceUID = sop_uid
-        ref.InstanceAvailability = "ONLINE"
-        ref.RetrieveAETitle = "PACS"
-        series.setdefault(series_uid, []).append(ref)
-    ian.ReferencedSeriesSequence = []
-    for series_uid, refs in series.items():
-        item = Dataset()
-        item.SeriesInstanceUID = series_uid
-        item.ReferencedSOPSequence = refs
-        ian.ReferencedSeriesSequence.append(item)
-    assoc = _association(service.rb, InstanceAvailabilityNotification)
-    try:
-        status, _ = assoc.send_n_create(ian, InstanceAvailabilityNotification, str(generate_uid()))
-    finally:
-        assoc.release()
-    assert status.Status == 0x0000
+    ian = availability_dataset(study_uid, references(paths), "PACS")
+    assert notify_availability("127.0.0.1", service.rb.port, ian) == 0
     assert _completed(service.rb, study_uid)["complete"]["reason"] == "ian"
+
+
+def test_harness_modality_sends_its_procedure_step(service: Service) -> None:
+    """``radbridge harness modality send ct_stroke --mpps``: MPPS IN PROGRESS, the three
+    series, MPPS COMPLETED listing them; the study completes on the evidence."""
+    keep = service.folder / "harness-stroke"
+    sent = subprocess.run(
+        [RADBRIDGE, "harness", "modality", "send", "ct_stroke", "--mpps", "--instances", "2",
+         "--rows", "16", "--columns", "16", "--accession", "H1", "--keep", str(keep),
+         "--port", str(service.rb.port)],
+        capture_output=True, text=True, timeout=120, check=False, env=service.rb.env,
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    assert "IN PROGRESS: status 0x0000" in sent.stdout
+    assert "COMPLETED: status 0x0000" in sent.stdout
+    files = sorted(keep.rglob("*.dcm"))
+    assert len({pydicom.dcmread(p, stop_before_pixels=True).SeriesNumber for p in files}) == 3
+    study = _completed(service.rb, _uid(files[0]))
+    assert study["complete"]["reason"] in ("expected_series", "mpps")
+    assert [e["reason"] for e in study["history"] if e["kind"] == "mpps"][-1] == "COMPLETED"

@@ -4,8 +4,8 @@ The harness's simulated modality, the integration tests and the benchmarks use
 this module to make realistic studies without shipping patient data:
 
 * :func:`generate_study` writes a whole study of one kind (``ct_chest``,
-  ``ct_head``, ``ct_ccta``, ``ct_perfusion``, ``mr_brain``, ``dx_chest``,
-  ``mg``) with the tags routing looks at (modality, body part, slice
+  ``ct_head``, ``ct_ccta``, ``ct_perfusion``, ``ct_stroke``, ``mr_brain``,
+  ``dx_chest``, ``mg``) with the tags routing looks at (modality, body part, slice
   thickness, image type, descriptions, protocol, contrast, cardiac gating,
   temporal positions, laterality and view) and the ones a hospital's
   systems key on (accession, patient, referring physician, institution).
@@ -72,12 +72,15 @@ __all__ = [
     "plan_study",
 ]
 
-StudyKind = Literal["ct_chest", "ct_head", "ct_ccta", "ct_perfusion", "mr_brain", "dx_chest", "mg"]
+StudyKind = Literal[
+    "ct_chest", "ct_head", "ct_ccta", "ct_perfusion", "ct_stroke", "mr_brain", "dx_chest", "mg"
+]
 KINDS: tuple[StudyKind, ...] = (
     "ct_chest",
     "ct_head",
     "ct_ccta",
     "ct_perfusion",
+    "ct_stroke",
     "mr_brain",
     "dx_chest",
     "mg",
@@ -88,7 +91,7 @@ def plan_study(
     kind: str, instances: int | None, rows: int | None, columns: int | None
 ) -> StudyPlan:
     """(study description, station name, series) of one study kind, nothing written yet."""
-    if kind in ("ct_chest", "ct_head", "ct_ccta", "ct_perfusion"):
+    if kind in ("ct_chest", "ct_head", "ct_ccta", "ct_perfusion", "ct_stroke"):
         return plan_ct(kind, instances, rows, columns)
     if kind == "mr_brain":
         return plan_mr(instances, rows, columns)
@@ -118,7 +121,9 @@ def generate_study(
     ``ct_chest``: 512x512, 1 mm, about 105 MB; 32 for ``ct_head``: 5 mm; 256
     for ``ct_ccta``: 0.625 mm, ECG-gated at 75 %, 200 mm field of view), the
     number of time points of ``ct_perfusion`` (default 30, every 1.5 s, each
-    16 slices of 5 mm: 480 instances), the slice count of each of the four
+    16 slices of 5 mm: 480 instances), the head CT's slices of ``ct_stroke``
+    (three series: :func:`~adapters.dicom.synthetic.ct.plan_stroke`), the slice
+    count of each of the four
     ``mr_brain`` series (T1, T2, FLAIR and a post-contrast T1 with
     ContrastBolusAgent; default 24 at 256x256), the number of ``dx_chest``
     views (PA, lateral, …; default 2 at 2048x2048) or of ``mg`` views (R CC,

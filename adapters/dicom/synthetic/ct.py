@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -255,9 +256,43 @@ _DESCRIPTIONS = {
     "ct_head": "CT HEAD WITHOUT CONTRAST",
     "ct_ccta": "CT CORONARY ANGIOGRAPHY",
     "ct_perfusion": "CT PERFUSION HEAD",
+    "ct_stroke": "CT STROKE PROTOCOL",
 }
+
+#: Tags of a gated cardiac CTA that a head and neck CTA has not.
+_CARDIAC = frozenset(
+    {
+        "NominalPercentageOfCardiacPhase",
+        "CardiacNumberOfImages",
+        "HeartRate",
+        "TriggerTime",
+        "BeatRejectionFlag",
+    }
+)
+
+
+def plan_stroke(instances: int | None, rows: int | None, columns: int | None) -> StudyPlan:
+    """A stroke protocol: non-contrast head CT (``instances`` slices, default 32), CTA of the
+    head and neck (twice as many) and perfusion (``instances // 8`` time points, at least
+    2, of 16 slices): three series of one study."""
+    count = instances if instances is not None else 32
+    head = _ct_series("ct_head", count, rows, columns)
+    angio = _ct_series("ct_ccta", 2 * count, rows, columns)
+    cta_tags = {k: v for k, v in angio.tags.items() if k not in _CARDIAC}
+    cta_tags |= {
+        "BodyPartExamined": "HEAD",
+        "ProtocolName": "CTA head and neck",
+        "ScanOptions": ["HELICAL MODE"],
+        "ReconstructionDiameter": "220",
+    }
+    angio = replace(angio, description="CTA head neck 0.625mm", tags=cta_tags)
+    perfusion = _ct_series("ct_perfusion", max(2, count // 8), rows, columns)
+    return _DESCRIPTIONS["ct_stroke"], "CT01", [head, angio, perfusion]
 
 
 def plan_ct(kind: str, instances: int | None, rows: int | None, columns: int | None) -> StudyPlan:
-    """One CT series of ``kind`` (``ct_chest``, ``ct_head``, ``ct_ccta``, ``ct_perfusion``)."""
+    """One CT series of ``kind`` (``ct_chest``, ``ct_head``, ``ct_ccta``, ``ct_perfusion``),
+    or the three of ``ct_stroke``."""
+    if kind == "ct_stroke":
+        return plan_stroke(instances, rows, columns)
     return _DESCRIPTIONS[kind], "CT01", [_ct_series(kind, instances, rows, columns)]
