@@ -426,10 +426,12 @@ class WritebackStage:
             links = signer.for_result(result.id, count, self.clock())
         findings, note = None, None
         if self.reconciler is not None and result is not None and job is not None:
-            findings = self.reconciler.findings(d.study_uid)
-            if d.event == "combined":
+            note_wanted = d.target_type == "hl7" and self.reconciler.policy(job.route).oru_note
+            if d.event == "combined" or d.kind is DeliveryKind.FLAG or note_wanted:
+                findings = self.reconciler.findings(d.study_uid)  # only where it is used
+            if findings is not None and d.event == "combined":
                 result = self.reconciler.combined(result, job.route, findings)
-            if self.reconciler.policy(job.route).oru_note and findings.discordant:
+            if findings is not None and note_wanted and findings.discordant:
                 note = discordance_note(findings)
         # a combined answer names each finding's own product (provenance) instead
         vendor = job.vendor if job is not None and d.event != "combined" else None
