@@ -62,6 +62,12 @@ class Site:
             method, f"{self.base}/api/v1{path}", headers=self.operator, timeout=10, **kwargs
         )
 
+    def jobs_of(self, vendor: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self.api("GET", "/jobs", params={"vendor": vendor}).json()[
+            "items"
+        ]
+        return found
+
     def jobs(self, study_uid: str) -> dict[str, dict[str, Any]]:
         """The study's jobs by vendor (``GET /api/v1/jobs``)."""
         items = self.api("GET", "/jobs", params={"study_uid": study_uid}).json()["items"]
@@ -141,6 +147,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     with (
         StoreSCP(folder / "lungai", ae_title="LUNGAI") as lungai,
         StoreSCP(folder / "ichai", ae_title="ICHAI") as ichai,
+        StoreSCP(folder / "silentai", ae_title="SILENTAI") as silentai,
         Webhook() as webhook,
     ):
         config = base_config(folder / "rb", free_port())
@@ -167,17 +174,22 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             for name, product, scp in (
                 ("lungai", "CT head bleed A", lungai),
                 ("ichai", "CT head bleed B", ichai),
+                ("silentai", "CT head bleed C (never answers)", silentai),
             )
         }
         config["routes"] = [
             {
                 "name": "head-ct",
                 "when": {"modality": "CT", "body_part": "HEAD"},
-                "send": ["lungai", "ichai"],
+                "send": ["lungai", "ichai", "silentai"],
             }
         ]
         config["delivery"] = {"backoff_base_seconds": 0.2, "backoff_cap_seconds": 0.5}
         config["notifications"] = {"webhook": {"url": webhook.url}}
+        config["monitoring"] = {
+            "check_every": "1s",
+            "results_missing": {"window": "1h", "after": "1s", "min_share": 0.5, "min_studies": 3},
+        }
         rb = Radbridge(folder / "rb", config)
         for vendor, secret in RESULTS_TOKENS.items():
             rb.env[f"RADBRIDGE_VENDORS__{vendor.upper()}__RESULTS__TOKEN"] = secret
@@ -503,3 +515,21 @@ def test_a_new_version_in_a_vendor_sr_raises_version_changed(site: Site) -> None
     assert 'radbridge_vendor_alerts_total{kind="version_changed",vendor="lungai"} 1.0' in metrics
     with _console(site) as console:
         assert 'data-kind="version_changed" data-vendor="lungai"' in console.get("/").text
+
+
+def test_a_vendor_that_never_answers_raises_results_missing(site: Site) -> None:
+    """silentai (a storescp that takes every study and returns nothing) raises one
+    ``results_missing`` alert once it has taken three studies, and only one in the window
+    however often the watch checks (every second here)."""
+    assert len(site.jobs_of("silentai")) >= 3
+
+    def missing(vendor: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = site.api(
+            "GET", "/alerts", params={"vendor": vendor, "kind": "results_missing"}
+        ).json()
+        return found
+
+    [alert] = wait_until(lambda: missing("silentai"), "results_missing alert")
+    assert alert["detail"]["answered"] == 0 and alert["detail"]["sent"] >= 3
+    assert "results for 0 of" in alert["summary"]
+    assert [a["id"] for a in missing("silentai")] == [alert["id"]]
