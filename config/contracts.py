@@ -20,6 +20,7 @@ product it covers::
         when_used_up: fallback   # fallback | shadow | bill | stop
         when_outside_dates: stop
         when_department_not_allowed: stop
+        charge_to: his           # an hl7 target: a DFT^P03 per use billed per use
 
 A vendor's ``billing:`` block (unit, price, trial quota) is read as a contract
 of its own named after the vendor (:func:`billing_terms`); a vendor has either
@@ -70,6 +71,8 @@ class Contract(Strict):
     when_used_up: ContractAction = ContractAction.STOP
     when_outside_dates: ContractAction = ContractAction.STOP
     when_department_not_allowed: ContractAction = ContractAction.STOP
+    charge_to: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")] | None = None
+    """An ``hl7`` target (the HIS): each use billed per use is charged to it (DFT^P03)."""
 
     @field_validator("when_used_up", "when_outside_dates", "when_department_not_allowed")
     @classmethod

@@ -707,6 +707,17 @@ class Settings(Strict):
                         "trial with quota: for a trial_quota)",
                     )
                 )
+            target = self.targets.get(contract.charge_to) if contract.charge_to else None
+            if contract.charge_to and (target is None or target.type != "hl7"):
+                hl7 = [n for n, t in self.targets.items() if t.type == "hl7"]
+                problems.append(
+                    (
+                        ("contracts", name, "charge_to"),
+                        f"'{contract.charge_to}' is not an hl7 target"
+                        f"{did_you_mean(contract.charge_to, hl7)}; valid: "
+                        f"{', '.join(hl7) or 'none (add an hl7 target under targets:)'}",
+                    )
+                )
         if problems:
             raise LocatedErrors(problems)
         return self

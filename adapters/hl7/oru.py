@@ -1,4 +1,5 @@
-"""Outbound HL7 v2.5.1 messages of write-back: the result (ORU^R01) and an order-status update.
+"""Outbound HL7 v2.5.1 messages of write-back: the result (ORU^R01), an order-status update,
+and the charge of a billable use to the HIS (DFT^P03, :func:`build_charge`).
 
 Plain segment strings, every value escaped with the standard escape sequences
 (:meth:`adapters.hl7.parse.Separators.escape_text`); hl7apy reads what is
@@ -59,6 +60,7 @@ from pydicom.uid import UID
 
 from adapters.hl7.parse import DEFAULT_SEPARATORS, Separators
 from broker.model.domain import Code, Finding, Order, Patient, Result, Study
+from broker.model.writeback import ChargeLine
 
 VERSION = "2.5.1"
 PRESENT = Code("DCM", "121053", "Present")
@@ -352,4 +354,55 @@ def build_order_status(
     )
     if note:
         w.add("NTE", {1: "1", 2: "L", 3: w.esc(note)})
+    return w.text()
+
+
+def build_charge(
+    *,
+    control_id: str,
+    at: datetime,
+    charge: ChargeLine,
+    order: Order | None,
+    study: Study | None,
+    header: Header = Header(),
+) -> str:
+    """A DFT^P03 charging one billable use of an AI product to the HIS (one FT1).
+
+    FT1-2 is the transaction id (``RB`` and the job id: one charge per use, the same on
+    every retry, as MSH-10 is), FT1-4 the site's day of the use, FT1-6 ``CG`` (charge),
+    FT1-7 the price code (物价编码) with the product and ``CN-<province>`` as its coding
+    system, FT1-8 the product, contract and payer, FT1-10 the quantity, FT1-11 and FT1-12
+    the extended and unit amounts (``amount&currency``), FT1-13 the ordering department,
+    FT1-23 the order's filler number.
+    """
+    w = _Writer()
+    w.msh(header, at, "DFT^P03^DFT_P03", control_id)
+    w.add("EVN", {1: "P03", 2: _ts(at)})
+    _pid(w, _patient(order, study))
+    w.add("PV1", {1: "1", 2: "O"})
+    system = f"CN-{charge.province}" if charge.province else "L"
+    description = f"AI {charge.product}"
+    if charge.contract:
+        description += f", contract {charge.contract}"
+    if charge.payer:
+        description += f", payer {charge.payer}"
+    currency = charge.currency or ""
+    amount = charge.price * charge.quantity
+    sub = w.seps.subcomponent
+    w.add(
+        "FT1",
+        {
+            1: "1",
+            2: w.esc(f"RB{charge.job_id}"),
+            4: charge.day.replace("-", ""),
+            6: "CG",
+            7: w.components(charge.price_code or charge.vendor, charge.product, system),
+            8: w.esc(description),
+            10: str(charge.quantity),
+            11: f"{w.esc(amount)}{sub}{w.esc(currency)}",
+            12: f"{w.esc(charge.price)}{sub}{w.esc(currency)}",
+            13: w.components(order.department) if order is not None and order.department else "",
+            23: w.esc(order.filler_number) if order is not None else "",
+        },
+    )
     return w.text()

@@ -34,7 +34,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from adapters.hl7.client import MllpClient
-from adapters.hl7.oru import CHARSETS, Header, build_order_status, build_oru
+from adapters.hl7.oru import CHARSETS, Header, build_charge, build_order_status, build_oru
 from adapters.results.render.settings import Rendering, RenderSettings
 from adapters.writeback.base import TargetRejectedError, TargetUnavailableError
 from adapters.writeback.rendering import summary_pdf_for
@@ -101,7 +101,8 @@ class Hl7TargetSettings(RenderSettings, TargetSettings):
 
 
 class Hl7Target(WritebackTarget):
-    """ORU^R01 (and ORM^O01 status updates) to one RIS over MLLP. One sending thread."""
+    """ORU^R01 (and ORM^O01 status updates, DFT^P03 charges) to one RIS or HIS over MLLP.
+    One sending thread."""
 
     retryable: tuple[type[Exception], ...] = (Hl7Error, TargetUnavailableError)
 
@@ -151,6 +152,18 @@ class Hl7Target(WritebackTarget):
                 header=header,
             )
             return "ORM^O01", text
+        if d.kind is DeliveryKind.CHARGE:
+            if item.charge is None:
+                raise TargetRejectedError(f"delivery {d.id}: the use it charges is not counted")
+            text = build_charge(
+                control_id=d.message_id,
+                at=d.created_at,
+                charge=item.charge,
+                order=order,
+                study=item.study,
+                header=header,
+            )
+            return "DFT^P03", text
         if item.result is None:
             raise TargetRejectedError(f"delivery {d.id} has no result to report")
         provenance: list[tuple[str, str]] = []

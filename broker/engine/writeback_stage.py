@@ -64,6 +64,7 @@ from broker.model.mode import effective_shadow
 from broker.model.reconciliation import ReconcileMode, ReconcilePolicy, StudyFindings
 from broker.model.writeback import (
     WEBHOOK_TARGET,
+    ChargeLine,
     Delivery,
     DeliveryKind,
     DeliveryState,
@@ -79,6 +80,7 @@ from broker.store.jobs import JobStore
 from broker.store.notices import NoticeStore
 from broker.store.orders import OrderStore
 from broker.store.results import ResultStore
+from broker.store.usage import UsageStore
 from broker.store.work import LEASE_SECONDS
 
 LOG = get_logger("radbridge.writeback")
@@ -433,6 +435,7 @@ class WritebackStage:
                 result = self.reconciler.combined(result, job.route, findings)
             if findings is not None and note_wanted and findings.discordant:
                 note = discordance_note(findings)
+        charge = self._charge(job) if d.kind is DeliveryKind.CHARGE else None
         # a combined answer names each finding's own product (provenance) instead
         vendor = job.vendor if job is not None and d.event != "combined" else None
         correction, original = None, None
@@ -448,6 +451,7 @@ class WritebackStage:
             route=job.route if job else None,
             verdict_links=links,
             regulatory=plan.regulatory(vendor) if plan is not None and vendor else None,
+            charge=charge,
             sources=functools.partial(self._sources, job),
             notice=self.critical.notice(d, plan)
             if d.event == CRITICAL_EVENT and plan is not None
@@ -456,6 +460,26 @@ class WritebackStage:
             note=note,
             correction=correction,
             original=original,
+        )
+
+    def _charge(self, job: Job | None) -> ChargeLine | None:
+        """The usage row a ``charge`` delivery charges to the HIS, with its contract's terms."""
+        entry = UsageStore(self.engine).get(job.id) if job is not None else None
+        if entry is None:
+            return None
+        return ChargeLine(
+            job_id=entry.job_id,
+            day=entry.day,
+            vendor=entry.vendor,
+            product=entry.product,
+            contract=entry.contract,
+            unit=entry.unit,
+            quantity=entry.quantity,
+            price=entry.price,
+            currency=entry.currency,
+            payer=entry.payer,
+            price_code=entry.price_code,
+            province=entry.province,
         )
 
     def _sources(self, job: Job | None) -> Sequence[str]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from broker.model.correction import Correction
@@ -72,6 +73,8 @@ class DeliveryKind(CodedValue):
     NOTIFY = "notify"
     FLAG = "flag"
     CORRECTION = "correction"
+    CHARGE = "charge"
+    """A billable use charged to the HIS (HL7 DFT^P03), once per usage row."""
 
 
 D = DeliveryState
@@ -164,6 +167,26 @@ def no_sources() -> Sequence[str]:
     return ()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChargeLine:
+    """One billable use as the HIS is charged for it (a ``charge`` delivery)."""
+
+    job_id: int
+    """The job the use counts (one usage row per job): the transaction id."""
+    day: str
+    """The site's date of the use (``YYYY-MM-DD``)."""
+    vendor: str
+    product: str
+    contract: str | None
+    unit: str
+    quantity: int
+    price: Decimal
+    currency: str | None
+    payer: str | None
+    price_code: str | None
+    province: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class WritebackItem:
     """Everything a target needs for one attempt: the delivery and what it is about.
@@ -200,3 +223,5 @@ class WritebackItem:
     """For a ``correction`` delivery: why; ``original`` is the ``result`` delivery it corrects
     (its ``message_id`` names what the target holds: MSH-10, the FHIR identifiers)."""
     original: Delivery | None = None
+    charge: ChargeLine | None = None
+    """For a ``charge`` delivery: the use to charge."""

@@ -19,13 +19,16 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Engine
 
 from broker.engine.metrics import DELIVERY_LATENCY_SECONDS, DELIVERY_SEND_SECONDS, count_error
+from broker.model.contract import UseCharge
 from broker.model.errors import NotFoundError, RadbridgeError
 from broker.model.jobs import Job
 from broker.model.logging import get_logger
 from broker.model.vendor import SendOutcome
+from broker.model.writeback import DeliveryKind
 from broker.runtime.snapshot import configured_shadow
 from broker.store.audit import SYSTEM, Action, record_in
 from broker.store.contracts import ContractStore
+from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.engine import writing
 from broker.store.jobs import JobStore
 from broker.store.studies import StudyStore
@@ -143,7 +146,25 @@ class Accounting:
                 now=sent_at,
             )
 
-        entry = self.usage.record(charge, also=audit)
+        charge_to = contract.charge_to if contract is not None else None
+        charged = charge_to is not None and charge.charge is UseCharge.PER_USE
+        target = settings.targets.get(charge_to) if charge_to is not None else None
+
+        def counted(conn: Connection) -> None:
+            audit(conn)
+            if charged and target is not None and charge_to is not None:
+                new = NewDelivery(
+                    study_uid=job.study_uid,
+                    target=charge_to,
+                    target_type=target.type,
+                    kind=DeliveryKind.CHARGE,
+                    max_attempts=target.retries,
+                    job_id=job.id,
+                    event="charge",
+                )
+                DeliveryStore(self.engine).create_in(conn, new, sent_at)
+
+        entry = self.usage.record(charge, also=counted)
         if entry is None:
             # Sent again (the study was updated): counted once, but every send is audited.
             with writing(self.engine) as conn:

@@ -183,6 +183,10 @@ class DeliveryStore(WorkStore[Delivery, DeliveryState, DeliveryEvent]):
             raise StoreError(f"cannot create deliveries: {exc}") from exc
         return made
 
+    def create_in(self, conn: Connection, d: NewDelivery, now: datetime) -> Delivery:
+        """Make one delivery in the caller's transaction (e.g. with the row it is about)."""
+        return self._create(conn, d, utc(now))
+
     def _create(self, conn: Connection, d: NewDelivery, now: datetime) -> Delivery:
         if d.max_attempts < 1:
             raise ValueError(f"max_attempts is {d.max_attempts}; valid: 1 or more")

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from adapters.hl7.oru import build_oru
 from adapters.results.sr import disclaimer
 from broker.model.contract import UseCharge
+from broker.model.writeback import DeliveryState
 from broker.runtime.billing import Accounting
 from broker.runtime.contracts import ContractDesk, audit_certificates, contract_use
 from broker.store import make_engine
@@ -30,6 +31,8 @@ from routing import SkipReason, decide
 from tests.databases import DATABASES, empty_database
 from tests.integration.test_routing import study
 from tests.integration.test_usage_audit import _sent_job, _study
+from tests.integration.test_writeback import drain, make_stage
+from tests.ris import Ris
 from tests.writeback_data import findings
 
 T0 = datetime(2026, 5, 10, 2, 0, tzinfo=UTC)
@@ -99,7 +102,7 @@ def test_two_processes_racing_on_postgresql_never_pass_the_quota(tmp_path: Path)
         assert ContractStore(eng).used([("pkg", "2026-05")]) == {("pkg", "2026-05"): 60}
 
 
-def _settings(**contract: Any) -> Settings:
+def _settings(targets: dict[str, Any] | None = None, **contract: Any) -> Settings:
     def vendor(ae: str) -> dict[str, Any]:
         transport = {"type": "dicom", "ae_title": ae, "host": "127.0.0.1", "port": 104}
         return {"product": f"{ae} lung", "kind": "lung", "transport": transport}
@@ -109,6 +112,7 @@ def _settings(**contract: Any) -> Settings:
             "site": {"name": "General", "timezone": "Asia/Shanghai"},
             "vendors": {"lungai": vendor("LUNGA"), "lungb": vendor("LUNGB")},
             "routes": [{"name": "chest", "when": {"modality": "CT"}, "send": ["lungai"]}],
+            "targets": targets or {},
             "contracts": {
                 "pkg": {
                     "vendor": "lungai",
@@ -222,3 +226,34 @@ def test_the_oru_and_the_sr_name_the_products_regulatory_data(engine: Engine) ->
     assert result.findings is not None
     named = replace(result.findings.algorithm, regulatory=label)
     assert disclaimer(named).endswith(f"Regulatory data: {label}.")
+
+
+def test_a_use_billed_per_use_is_charged_to_the_his_once(engine: Engine) -> None:
+    """``charge_to: his``: a use billed per use (past the package, ``when_used_up: bill``)
+    makes one DFT^P03 to the HIS with the price code and amount; the HIS answering AE gets
+    the same message again (MSH-10 and FT1-2 unchanged), then AA; a package use is not
+    charged. The HIS is a real MLLP listener; hl7apy reads the DFT_P03 structure."""
+    with Ris(script=["AE"]) as his:
+        his_target = {"type": "hl7", "host": "127.0.0.1", "port": his.port}
+        settings = _settings({"his": his_target}, when_used_up="bill", charge_to="his")
+        rules = routing_rules(settings)
+        accounting = Accounting(engine, lambda: settings)
+        for n in (1, 2):  # quota 1: the first is a package use, the second billed per use
+            uid = f"1.2.826.0.1.3680043.10.511.2{n}"
+            _study(engine, uid)
+            subject = replace(study(), study_uid=uid)
+            ContractDesk(ContractStore(engine)).route(
+                uid, rules, T0, lambda used, s=subject: decide(rules, s, None, T0, used=used)
+            )
+            accounting.record(_sent_job(engine, uid, "lungai"), T0)
+        stage = make_stage(engine, {"his": ("hl7", {"host": "127.0.0.1", "port": his.port})})
+        assert drain(stage, "his") == [DeliveryState.FAILED, DeliveryState.DONE]
+        first, again = his.received
+    assert first == again
+    parsed = parse_message(again.replace("\n", "\r"), find_groups=True, validation_level=2)
+    assert parsed.msh.msh_9.to_er7() == "DFT^P03^DFT_P03"
+    ft1 = next(s for s in again.replace("\n", "\r").split("\r") if s.startswith("FT1|"))
+    fields = ft1.split("|")
+    assert fields[2] == "RB2" and fields[6] == "CG"  # the second job's use, a charge
+    assert fields[7] == "310000012^LUNGA lung^CN-Zhejiang"
+    assert (fields[10], fields[11], fields[12]) == ("1", "5000&CNY", "5000&CNY")

@@ -173,7 +173,8 @@ def test_a_billing_block_is_read_as_the_vendors_contract(
 
 def test_contract_configuration_errors_say_what_is_valid() -> None:
     """An unknown vendor (with a suggestion), billing beside a contract, a package without a
-    quota, a price code without its province: each refused with what would be valid."""
+    quota, a price code without its province, a charge to no hl7 target: each refused with
+    what would be valid."""
     with pytest.raises(ValidationError, match="unknown vendor 'lungaa'; did you mean 'lunga'"):
         _settings({"x": {**PACKAGE, "vendor": "lungaa"}})
     billing = {"lunga": _vendor("LUNGA", billing={"price": 1}), "lungb": _vendor("LUNGB")}
@@ -184,6 +185,8 @@ def test_contract_configuration_errors_say_what_is_valid() -> None:
         _settings({"x": without})
     with pytest.raises(ValidationError, match="add province"):
         _settings({"x": {**PACKAGE, "province": None}})
+    with pytest.raises(ValidationError, match="'hiss' is not an hl7 target; valid: none"):
+        _settings({"x": {**PACKAGE, "charge_to": "hiss"}})
 
 
 def test_quota_periods_have_their_own_counter_keys() -> None:
