@@ -62,6 +62,7 @@ from adapters.dicom.mapping import instance_record_from_file
 from adapters.dicom.notices import NOTICE_CLASSES, NoticeSCP
 from adapters.dicom.policy import AssociationPolicy, Reject
 from adapters.dicom.reactor import install
+from adapters.dicom.rejection import KEY_OBJECT_SELECTION, rejection_note_from_file
 from adapters.dicom.slots import Lease, ProcessSlots
 from adapters.dicom_status import StoreFailure
 from adapters.results.intake import ResultIntake
@@ -71,6 +72,7 @@ from broker.model.errors import InvalidDicomError, SpoolError, StoreError
 from broker.model.identity import ConflictKind, IdentityConflictError
 from broker.model.logging import get_logger
 from broker.store import StudyStore
+from broker.store.corrections import CorrectionStore
 from broker.store.notices import NoticeStore
 from broker.store.space import SpaceWatch
 from broker.store.spool import Spool
@@ -311,6 +313,7 @@ class StoreSCP:
         self.report = report
         self.notices = NoticeSCP(lambda: self.settings, NoticeStore(store.engine), report)
         self.results = ResultIntake(lambda: self.settings, store.engine, spool)
+        self.corrections = CorrectionStore(store.engine)
         self.space = SpaceWatch(spool.root, self._min_free_bytes, interval=0.0)  # each C-STORE
 
     def _min_free_bytes(self, total: int) -> int:
@@ -349,6 +352,10 @@ class StoreSCP:
         called = settings.dicom.ae_titles.get(called_ae)
         if called is not None and called.role is AERole.RESULTS:
             return self._store_result(event, request, tmp, flushing, log)
+        if str(request.AffectedSOPClassUID) == KEY_OBJECT_SELECTION:
+            answer = self._rejection(event, tmp, flushing, log)
+            if answer is not None:
+                return answer
         try:
             record = instance_record_from_file(
                 tmp,
@@ -401,6 +408,40 @@ class StoreSCP:
             size=record.size,
             replaced=indexed.replaced,
             study_state=indexed.study_state.value,
+        )
+        return Status.SUCCESS
+
+    def _rejection(
+        self, event: evt.Event, tmp: Path, flushing: Any, log: Any
+    ) -> int | Dataset | None:
+        """An IOCM Rejection Note: the results made from what it rejects are corrected
+        (:class:`broker.store.corrections.CorrectionStore`), recorded before the answer;
+        None when the KOS is no rejection note (stored as any instance)."""
+        try:
+            note = rejection_note_from_file(tmp)
+        except InvalidDicomError as exc:
+            wait([flushing])
+            log.warning("rejection note refused: cannot understand", error=str(exc))
+            return _status(StoreFailure.CANNOT_UNDERSTAND, str(exc))
+        if note is None:
+            return None
+        wait([flushing])
+        calling_ae = event.assoc.requestor.ae_title.strip()
+        try:
+            made = self.corrections.record_rejection(
+                note, source=f"C-STORE from {calling_ae}", peer=event.assoc.requestor.address
+            )
+        except StoreError as exc:
+            log.error("rejection note failed: not recorded", error=str(exc))
+            return _status(StoreFailure.OUT_OF_RESOURCES, "not stored: " + type(exc).__name__)
+        self._discard_quietly(tmp)
+        log.info(
+            "rejection note",
+            study_uid=note.study_uid,
+            reason=f"{note.reason.system}:{note.reason.value}",
+            series=len(note.series),
+            instances=note.instance_count,
+            corrections=[d.id for d in made],
         )
         return Status.SUCCESS
 

@@ -20,6 +20,7 @@ from adapters.results.render.settings import DicomRenderSettings
 from adapters.vendors.base import VendorUnavailableError
 from adapters.vendors.dicom import DicomPeer, DicomTransport
 from adapters.writeback.base import TargetUnavailableError, job_of
+from adapters.writeback.correction import correction_to_store
 from adapters.writeback.rendering import objects_to_store
 from broker.model.target import TargetSettings, WritebackTarget
 from broker.model.writeback import WritebackItem
@@ -53,5 +54,12 @@ class DicomTarget(WritebackTarget):
 
     def deliver(self, item: WritebackItem) -> str:
         with objects_to_store(item, self.settings) as store:
+            outcome = self.sender.send(job_of(item), store.paths)
+        return f"{outcome.detail}: {store.detail()}"
+
+    def correct(self, item: WritebackItem) -> str:
+        """Corrected copies (a patient change) and an IOCM Rejection Note for what the
+        result delivery stored (:mod:`adapters.writeback.correction`)."""
+        with correction_to_store(item, self.settings) as store:
             outcome = self.sender.send(job_of(item), store.paths)
         return f"{outcome.detail}: {store.detail()}"

@@ -187,6 +187,7 @@ class CorrectionStore:
                         "rejection_note": note.sop_instance_uid,
                         "series": len(note.series),
                         "instances": note.instance_count,
+                        "rejected": {k: list(v) for k, v in note.series.items()},
                     },
                     actor=source,
                     peer=peer,
