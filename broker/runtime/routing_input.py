@@ -99,6 +99,20 @@ class RoutingInput:
         )
         return expectations(rules, facts, self.study.first_received_at)
 
+    def _expectation_notes(self, rules: RuleSet, now: datetime) -> tuple[str, ...]:
+        """What each route's expected series say of this study (complete or waiting)."""
+        notes = []
+        for e in self.expectations(rules, now):
+            if not e.missing:
+                notes.append(f"expected series: {e.describe()}")
+                continue
+            when = "passed" if now >= e.deadline else "is"
+            notes.append(
+                f"expected series: {e.describe()}; the deadline {when} "
+                f"{e.deadline.isoformat(timespec='seconds')}, then {e.on_timeout.value}"
+            )
+        return tuple(notes)
+
     def explain(self, rules: RuleSet, now: datetime) -> Explained:
         """Every route and why, with the order, the jobs and what stops routing."""
         blocked = None
@@ -121,7 +135,7 @@ class RoutingInput:
             now,
             tags=self.tags,
             jobs=existing,
-            notes=self.notes,
+            notes=self.notes + self._expectation_notes(rules, now),
             blocked=blocked,
             order_known=self.order_known,
             used=self.used,

@@ -235,7 +235,8 @@ def test_timeline_via_cli_and_api(service: Service, stroke: dict[str, Any]) -> N
 
 def test_missing_series_sends_incomplete_at_the_deadline(service: Service) -> None:
     """Head CT and CTA, no perfusion: held past the series' arrival, complete at the
-    deadline with the missing series named, and sent (``send_incomplete``)."""
+    deadline with the missing series named, and sent (``send_incomplete``); explain says
+    which series the route missed."""
     files = stroke_study(service.folder / "partial", ("ct_head", "ct_ccta"), "S2")
     everything = [p for paths in files.values() for p in paths]
     storescu(everything, service.rb.port)
@@ -247,6 +248,9 @@ def test_missing_series_sends_incomplete_at_the_deadline(service: Service) -> No
     assert "sent incomplete" in study["complete"]["detail"]
     jobs = service.rb.cli("jobs", "list", "--json").stdout
     assert study_uid in jobs
+    explained = service.rb.cli("routes", "explain", study_uid, "--json", check=False).stdout
+    assert "expected series: route stroke: perfusion missing" in explained
+    assert "then send_incomplete" in explained
 
 
 def test_missing_series_skips_the_route_at_the_deadline(service: Service) -> None:
