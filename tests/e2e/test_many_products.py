@@ -305,6 +305,8 @@ def test_a_shadow_product_is_stored_and_shown_but_only_the_incumbent_is_written_
     assert header.startswith("vendor,product,against,") and row.startswith(
         "lungnew,Nodule Finder,lungai,"
     )
+    study_page = products.console(f"/studies/{uid}")
+    assert 'title="configuration">shadow</span>' in study_page  # the trial's job, marked
     page = products.console(f"/trials?vendor=lungnew&from={days['from']}&to={days['to']}")
     assert "Nodule Finder" in page and "Pulmonary nodule" in page and "100.0%" in page
 
