@@ -42,10 +42,13 @@ def _month(
 
 
 def per_vendor(lines: list[UsageLine], month: str) -> list[UsageLine]:
-    """The month's lines summed per vendor, product, site, unit and currency (day: the month)."""
-    totals: dict[tuple[str, str, str, str, str], UsageLine] = {}
+    """The month's lines summed per vendor, product, site, unit, currency and contract (with
+    its payer, price code and province); day: the month."""
+    totals: dict[tuple[str, ...], UsageLine] = {}
     for line in lines:
-        key = (line.vendor, line.product, line.site, line.unit, line.currency or "")
+        terms = (line.contract, line.payer, line.price_code, line.province)
+        key: tuple[str, ...] = (line.vendor, line.product, line.site, line.unit)
+        key += (line.currency or "", *(t or "" for t in terms))
         total = totals.setdefault(
             key,
             UsageLine(
@@ -55,6 +58,10 @@ def per_vendor(lines: list[UsageLine], month: str) -> list[UsageLine]:
                 day=month,
                 unit=line.unit,
                 currency=line.currency,
+                contract=line.contract,
+                payer=line.payer,
+                price_code=line.price_code,
+                province=line.province,
                 amount=Decimal(0),
             ),
         )
