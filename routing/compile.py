@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from broker.model.contract import ProductTerms
 from broker.model.errors import RoutingError
 from routing.facts import Facts, SeriesFacts, Values
-from routing.fields import Kind, Source
+from routing.fields import Kind, Source, result_name
 from routing.schema import (
     All,
     AnyOf,
@@ -218,6 +218,34 @@ class CompiledRoute:
         return self.spec.name
 
     @property
+    def results(self) -> frozenset[str]:
+        """The ``result.*`` fields the route's conditions read."""
+        return frozenset(
+            leaf.field.key for leaf in leaves(self.spec.when) if leaf.field.source is Source.RESULT
+        )
+
+    def waits_for(self, facts: Facts) -> tuple[str, ...]:
+        """The products or routes whose results the route still waits for: those its
+        conditions read that the study has no complete result of, while every condition
+        that does not read them holds (else nothing: the route simply does not match)."""
+        missing = {result_name(k) for k in self.results} - facts.results_done
+        if not missing:
+            return ()
+
+        def waiting(node: Condition) -> bool:
+            return any(
+                leaf.field.source is Source.RESULT and result_name(leaf.field.key) in missing
+                for leaf in leaves(node)
+            )
+
+        if not all(c.test(facts, None) for c in self.study if not waiting(c.node)):
+            return ()
+        tests = self.series_tests
+        if tests and _best_series(tests, facts) != len(tests):
+            return ()
+        return tuple(sorted(missing))
+
+    @property
     def total(self) -> int:
         """How many conditions ``passed`` counts: study conditions plus series ones."""
         return len(self.study) + len(self.series)
@@ -299,6 +327,9 @@ class RuleSet:
     tag_kinds: Mapping[str, Kind]
     products: Mapping[str, ProductTerms] = field(default_factory=dict)
     """Each vendor product's mode, contracts and regulatory data (``routing.contracts``)."""
+    result_keys: frozenset[str] = frozenset()
+    """The ``result.*.finding.*`` fields the routes read (cascades: routing on earlier
+    results); empty when no route does, so a result need not route its study again."""
 
     def kind_of(self, vendor: str) -> str:
         """The product kind of a vendor (its own name when none is configured)."""
@@ -345,6 +376,23 @@ def compile_routes(
     if problems:
         raise RoutingError("; ".join(problems))
     routes = tuple(compile_route(spec, i, kinds) for i, spec in enumerate(specs))
+    result_keys = frozenset(
+        leaf.field.key
+        for route in routes
+        for leaf in leaves(route.spec.when)
+        if leaf.field.source is Source.RESULT
+    )
+    if vendor_kinds is not None:
+        named = {*kinds, *seen}
+        for route in routes:
+            for key in sorted(route.results):
+                if result_name(key) not in named:
+                    problems.append(
+                        f"route '{route.name}' reads the result of '{result_name(key)}', which is"
+                        f" neither a vendor nor a route; valid: {', '.join(sorted(named))}"
+                    )
+    if problems:
+        raise RoutingError("; ".join(problems))
     tag_kinds = {
         leaf.field.key: leaf.field.kind
         for route in routes
@@ -352,4 +400,4 @@ def compile_routes(
         for leaf in leaves(part)
         if leaf.field.source is Source.TAG
     }
-    return RuleSet(routes, zone, kinds, tag_kinds, dict(products or {}))
+    return RuleSet(routes, zone, kinds, tag_kinds, dict(products or {}), result_keys)

@@ -56,6 +56,9 @@ class RouteStatus(enum.StrEnum):
     NO_ORDER = "no_order"
     """Matched on the images, but no order came in time and the route says ``then: skip``."""
     FALLBACK_NOT_NEEDED = "fallback_not_needed"
+    WAITING_FOR_RESULT = "waiting_for_result"
+    """Holds but for findings of earlier results that are not complete yet (a cascade): the
+    study is routed again when each result completes."""
 
 
 class SkipReason(enum.StrEnum):
@@ -132,6 +135,8 @@ class RouteResult:
     """Matched without an order after ``require_order`` waited (order conditions left out)."""
     until: datetime | None = None
     """While waiting for an order: when the wait ends."""
+    waiting_for: tuple[str, ...] = ()
+    """While waiting for earlier results: the products or routes whose results it reads."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,14 +185,25 @@ def decide(
     tags: Mapping[str, str] | None = None,
     delivered: Collection[tuple[str, str]] = (),
     used: Mapping[str, int] | None = None,
+    earlier: Mapping[str, Mapping[str, bool]] | None = None,
 ) -> Decision:
     """Decide where ``study`` goes. Pure: no I/O; ``now`` without a timezone is UTC.
 
     ``tags`` are the study's indexed DICOM tags by keyword; ``delivered`` the
     (route, vendor) pairs already delivered for an earlier revision; ``used`` the
-    uses each contract counted in its current period, by contract name.
+    uses each contract counted in its current period, by contract name; ``earlier`` the
+    findings of the study's complete results (:class:`~routing.facts.Facts`).
     """
-    facts = Facts(study, order, tags or {}, now, rules.timezone, tag_kinds=rules.tag_kinds)
+    facts = Facts(
+        study,
+        order,
+        tags or {},
+        now,
+        rules.timezone,
+        tag_kinds=rules.tag_kinds,
+        earlier=earlier,
+        result_keys=rules.result_keys,
+    )
     return decide_facts(rules, facts, now, delivered, used)
 
 
@@ -226,6 +242,11 @@ def decide_facts(
                     result = RouteResult(spec.name, RouteStatus.MATCHED, on_images=True)
         elif passed == route.total:
             result = RouteResult(spec.name, RouteStatus.MATCHED)
+        elif route.results and (missing := route.waits_for(facts)):
+            results[spec.name] = RouteResult(
+                spec.name, RouteStatus.WAITING_FOR_RESULT, waiting_for=missing
+            )
+            continue
         if result is None:
             score = passed / route.total
             if score > closest_score:
@@ -321,10 +342,11 @@ def decide_facts(
             claims.append((route.kinds, spec.name))
 
     waiting = [r.until for r in results.values() if r.until is not None]
+    for_results = any(r.status is RouteStatus.WAITING_FOR_RESULT for r in results.values())
     unrouted: Unrouted | None = None
     if dispatches:
         outcome = Outcome.ROUTED
-    elif waiting:
+    elif waiting or for_results:
         outcome = Outcome.WAITING
     elif any(r.status is not RouteStatus.NO_ORDER for r in results.values()):
         outcome = Outcome.NOTHING_NEW

@@ -33,6 +33,7 @@ from routing.evaluate import (
     decide_facts,
 )
 from routing.facts import Facts
+from routing.fields import result_name
 from routing.schema import SelectorName, show_duration
 from routing.trace import Failure, first_failure
 
@@ -43,6 +44,7 @@ _LABEL = {
     RouteStatus.WAITING_FOR_ORDER: "waiting",
     RouteStatus.NO_ORDER: "no order",
     RouteStatus.FALLBACK_NOT_NEEDED: "not needed",
+    RouteStatus.WAITING_FOR_RESULT: "waiting",
 }
 
 
@@ -90,13 +92,24 @@ def explain(
     delivered: Collection[tuple[str, str]] = (),
     jobs: Sequence[ExistingJob] = (),
     used: Mapping[str, int] | None = None,
+    earlier: Mapping[str, Mapping[str, bool]] | None = None,
 ) -> tuple[Decision, list[RouteExplanation]]:
     """The decision for ``study`` and an explanation of every route.
 
     ``delivered`` and ``jobs`` are the (route, vendor) pairs the study already has
-    jobs for, as routing sees them; ``jobs`` also says which reached the vendor.
+    jobs for, as routing sees them; ``jobs`` also says which reached the vendor;
+    ``earlier`` the findings of its complete results (cascades).
     """
-    facts = Facts(study, order, tags or {}, now, rules.timezone, tag_kinds=rules.tag_kinds)
+    facts = Facts(
+        study,
+        order,
+        tags or {},
+        now,
+        rules.timezone,
+        tag_kinds=rules.tag_kinds,
+        earlier=earlier,
+        result_keys=rules.result_keys,
+    )
     had = {*delivered, *((j.route, j.vendor) for j in jobs)}
     decision = decide_facts(rules, facts, now, had, used)
     closest = decision.unrouted.closest_route if decision.unrouted else None
@@ -154,6 +167,14 @@ def _notes(
             f"{result.until.astimezone(timezone).isoformat(timespec='seconds')} "
             f"(require_order: wait {show_duration(wait.wait_seconds)}, then {wait.then})"
         )
+    if result.status is RouteStatus.WAITING_FOR_RESULT:
+        notes.append(
+            f"waiting for the result of {', '.join(result.waiting_for)} "
+            "(routed again when it completes)"
+        )
+    elif route.results and result.status is RouteStatus.NOT_MATCHED:
+        read = sorted({result_name(k) for k in route.results})
+        notes.append(f"cascade: reads the result of {', '.join(read)}")
     if result.status is RouteStatus.NO_ORDER and wait is not None:
         notes.append(
             f"matches the images, but no order came within "
@@ -286,9 +307,12 @@ def report(
     blocked: str | None = None,
     order_known: bool = True,
     used: Mapping[str, int] | None = None,
+    earlier: Mapping[str, Mapping[str, bool]] | None = None,
 ) -> Explained:
     """:func:`explain`, with the order, the jobs, notes and what stops routing."""
-    decision, routes = explain(rules, study, order, now, tags=tags, jobs=jobs, used=used)
+    decision, routes = explain(
+        rules, study, order, now, tags=tags, jobs=jobs, used=used, earlier=earlier
+    )
     return Explained(
         study=study,
         decision=decision,
@@ -454,6 +478,9 @@ def _outcome_text(decision: Decision, jobs: Sequence[ExistingJob], blocked: str 
         return f"unrouted: {decision.unrouted}"
     if decision.wait_until is not None:
         return f"waiting for an order until {decision.wait_until.isoformat(timespec='seconds')}"
+    pending = sorted({n for r in decision.routes for n in r.waiting_for})
+    if pending:
+        return f"waiting for the result of {', '.join(pending)}"
     if _all_had(decision):
         delivered = sum(1 for j in jobs if j.delivered)
         waiting = len(jobs) - delivered

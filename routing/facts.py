@@ -17,7 +17,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from broker.model.domain import Order, Series, Study
-from routing.fields import TAG_PREFIX, WEEKDAYS, Kind
+from routing.fields import RESULT_PREFIX, TAG_PREFIX, WEEKDAYS, Kind, result_name
 
 Values = tuple[Any, ...]
 
@@ -104,10 +104,23 @@ class Facts:
     """Every field of one study, its order and the time, ready for compiled conditions.
 
     ``now`` without a timezone is taken as UTC; ``time.*`` fields are in ``timezone``.
-    ``tag_kinds`` names the tags the rules read (canonical key → kind).
+    ``tag_kinds`` names the tags the rules read (canonical key → kind). ``earlier`` holds
+    the study's complete results (not shadow ones) by vendor and by route name: each
+    finding code (folded) → present; ``result_keys`` the ``result.*`` fields the rules
+    read. A finding a complete result does not report is ``absent``; a product or route
+    with no complete result yet has no value (its routes wait).
     """
 
-    __slots__ = ("folded", "local_time", "order", "raw", "series", "study", "tags")
+    __slots__ = (
+        "folded",
+        "local_time",
+        "order",
+        "raw",
+        "results_done",
+        "series",
+        "study",
+        "tags",
+    )
 
     def __init__(
         self,
@@ -118,6 +131,8 @@ class Facts:
         timezone: tzinfo,
         *,
         tag_kinds: Mapping[str, Kind] | None = None,
+        earlier: Mapping[str, Mapping[str, bool]] | None = None,
+        result_keys: Iterable[str] = (),
     ) -> None:
         self.study = study
         self.order = order
@@ -149,6 +164,12 @@ class Facts:
         }
         for key, kind in (tag_kinds or {}).items():
             raw[key] = tag_values(tags.get(key.removeprefix(TAG_PREFIX)), kind)
+        done = earlier or {}
+        self.results_done = frozenset(done)
+        for key in result_keys:
+            found = done.get(result_name(key))
+            code = key.removeprefix(RESULT_PREFIX).partition(".finding.")[2]
+            raw[key] = () if found is None else ("present" if found.get(code) else "absent",)
         self.raw = raw
         self.folded = _fold(raw)
 

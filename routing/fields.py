@@ -31,6 +31,7 @@ class Source(enum.Enum):
     ORDER = "order"
     TIME = "time"
     TAG = "tag"
+    RESULT = "result"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,10 @@ FIELDS: dict[str, FieldSpec] = {
 SERIES_FIELDS: dict[str, FieldSpec] = {n: f for n, f in FIELDS.items() if f.series}
 
 TAG_PREFIX = "tag."
+RESULT_PREFIX = "result."
+#: What a finding of an earlier result is: reported present, or absent (reported absent, or
+#: not reported by a product whose result is complete).
+FINDING_VALUES = ("present", "absent")
 
 
 def tag_field(written: str, keyword: str, kind: Kind) -> FieldSpec:
@@ -139,3 +144,30 @@ def tag_field(written: str, keyword: str, kind: Kind) -> FieldSpec:
         "DICOM tag",
         integer=False,
     )
+
+
+def result_field(written: str) -> FieldSpec:
+    """The field for ``result.<vendor or route>.finding.<code>``; ValueError if malformed.
+
+    Its key folds the code (``result.ichai.finding.1386000``); the product or route name
+    is kept as written (names are case-sensitive in the configuration).
+    """
+    name, sep, rest = written.removeprefix(RESULT_PREFIX).partition(".finding.")
+    if not sep or not name or not rest or "." in name:
+        raise ValueError(
+            f"'{written}' is not a result field; valid: result.<vendor or route>.finding.<code>,"
+            " e.g. result.triage.finding.abnormal"
+        )
+    return FieldSpec(
+        written,
+        f"{RESULT_PREFIX}{name}.finding.{rest.casefold()}",
+        Kind.TEXT,
+        Source.RESULT,
+        "a finding of an earlier result of the same study: present or absent",
+        vocabulary=FINDING_VALUES,
+    )
+
+
+def result_name(key: str) -> str:
+    """The vendor or route a result field's key names."""
+    return key.removeprefix(RESULT_PREFIX).partition(".finding.")[0]

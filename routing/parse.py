@@ -14,7 +14,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from broker.model.errors import RoutingError, did_you_mean
-from routing.fields import FIELDS, SERIES_FIELDS, TAG_PREFIX, FieldSpec, Kind, tag_field
+from routing.fields import (
+    FIELDS,
+    RESULT_PREFIX,
+    SERIES_FIELDS,
+    TAG_PREFIX,
+    FieldSpec,
+    Kind,
+    result_field,
+    tag_field,
+)
 from routing.schema import (
     COMPARISONS,
     NAMED_SELECTORS,
@@ -143,6 +152,12 @@ class _Parser:
                 self.problem(loc, str(exc))
                 return None
             return tag_field(written, canonical, kind)
+        if name.startswith(RESULT_PREFIX) and self.fields is FIELDS:
+            try:
+                return result_field(name)
+            except ValueError as exc:
+                self.problem(loc, str(exc))
+                return None
         spec = self.fields.get(name)
         if spec is None and self.fields is SERIES_FIELDS:  # series selectors: prefix optional
             spec = self.fields.get(f"series.{name}")

@@ -116,7 +116,9 @@ def explain_study(
     rules = _rules(api)
     used = contract_use(ContractStore(api.studies.engine), rules, now)
     try:
-        routing = stored_input(api.studies, api.orders, api.jobs, study_uid, used=used)
+        routing = stored_input(
+            api.studies, api.orders, api.jobs, study_uid, used=used, results=api.results
+        )
     except NotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
     explained = routing.explain(rules, now)

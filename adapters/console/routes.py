@@ -67,7 +67,9 @@ def _route(route: Route) -> dict[str, Any]:
 def _explain(console: State, who: Session, study_uid: str) -> dict[str, Any]:
     rules, now = console.rule_set(), datetime.now(UTC)
     used = contract_use(ContractStore(console.studies.engine), rules, now)
-    routing = stored_input(console.studies, console.orders, console.jobs, study_uid, used=used)
+    routing = stored_input(
+        console.studies, console.orders, console.jobs, study_uid, used=used, results=console.results
+    )
     explained = routing.explain(rules, now)
     order = routing.order
     patients = [routing.study.patient] + ([order.patient] if order is not None else [])

@@ -45,6 +45,7 @@ WORDS: tuple[str, ...] = (
     N_("matched"),
     N_("not_matched"),
     N_("waiting_for_order"),
+    N_("waiting_for_result"),
     N_("no_order"),
     N_("fallback_not_needed"),
     N_("duplicate"),

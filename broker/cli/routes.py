@@ -56,6 +56,7 @@ from broker.store import StudyStore, make_engine
 from broker.store.contracts import ContractStore
 from broker.store.jobs import JobStore
 from broker.store.orders import OrderStore
+from broker.store.results import ResultStore
 from config.schema import Settings, routing_rules
 from routing import RuleSet
 
@@ -96,7 +97,12 @@ def _stored_input(
     try:
         used = contract_use(ContractStore(engine), rules, now)
         return stored_input(
-            StudyStore(engine), OrderStore(engine), JobStore(engine), study_uid, used=used
+            StudyStore(engine),
+            OrderStore(engine),
+            JobStore(engine),
+            study_uid,
+            used=used,
+            results=ResultStore(engine),
         )
     except (StoreError, SQLAlchemyError) as exc:
         raise _store_error(settings, exc) from exc

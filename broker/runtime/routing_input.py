@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from broker.model.domain import LinkState, Order, OrderLink, Study
+from broker.model.domain import LinkState, Order, OrderLink, ResultState, Study
 from broker.model.errors import AdapterError, NotFoundError
 from broker.model.jobs import Job, JobState
 from broker.model.plugins import registered
@@ -29,6 +29,7 @@ from broker.store import StudyStore
 from broker.store.jobs import JobStore
 from broker.store.order_links import patient_conflict
 from broker.store.orders import CANCELLED_STATES, OrderStore
+from broker.store.results import ResultStore
 from routing import Decision, RuleSet, decide
 from routing.completion import Expectation, expectations
 from routing.explain import ExistingJob, Explained, report
@@ -68,6 +69,9 @@ class RoutingInput:
     """False for files explained without an order given."""
     used: Mapping[str, int] = field(default_factory=dict)
     """Uses each contract counted in its current period, by contract name (the store's)."""
+    earlier: Mapping[str, Mapping[str, bool]] = field(default_factory=dict)
+    """The findings of the study's complete results (not shadow ones), by vendor and by
+    route name: finding code (folded) → present; what cascade routes read."""
 
     @property
     def cancelled(self) -> bool:
@@ -90,6 +94,7 @@ class RoutingInput:
             tags=self.tags,
             delivered=self.delivered,
             used=self.used,
+            earlier=self.earlier,
         )
 
     def expectations(self, rules: RuleSet, now: datetime) -> tuple[Expectation, ...]:
@@ -139,6 +144,7 @@ class RoutingInput:
             blocked=blocked,
             order_known=self.order_known,
             used=self.used,
+            earlier=self.earlier,
         )
 
 
@@ -158,11 +164,13 @@ def stored_input(
     study_uid: str,
     *,
     used: Mapping[str, int] | None = None,
+    results: ResultStore | None = None,
 ) -> RoutingInput:
     """The routing input of a stored study, as the service routes it; ``NotFoundError``
     when the store has no such study. Correlates the study with its order (recording
     the link) as the service does. ``used``: the contracts' use
-    (:func:`broker.runtime.contracts.contract_use`)."""
+    (:func:`broker.runtime.contracts.contract_use`); with ``results``, the findings of
+    the study's complete results (cascades)."""
     study = studies.get_study(study_uid)
     stored, link = orders.order_for_study(study)
     existing = tuple(jobs.list(study_uid=study_uid))
@@ -175,7 +183,29 @@ def stored_input(
         reached=frozenset(job.id for job in existing if _reached(jobs, job)),
         notes=_link_notes(link),
         used=dict(used or {}),
+        earlier=earlier_findings(results, study_uid, existing) if results is not None else {},
     )
+
+
+def earlier_findings(
+    results: ResultStore, study_uid: str, jobs: Sequence[Job]
+) -> dict[str, dict[str, bool]]:
+    """The findings of the study's complete results (shadow jobs left out: a trial
+    product's findings never decide where a study goes), under each job's vendor and
+    route: code (folded) → present (any result saying present wins)."""
+    live = {job.id: job for job in jobs if job.shadow is None}
+    out: dict[str, dict[str, bool]] = {}
+    for result in results.list(study_uid=study_uid, state=ResultState.COMPLETE):
+        job = live.get(result.job_id) if result.job_id is not None else None
+        if job is None:
+            continue
+        found = result.findings.findings if result.findings is not None else ()
+        for name in (job.vendor, job.route):
+            codes = out.setdefault(name, {})
+            for f in found:
+                key = f.code.value.casefold()
+                codes[key] = codes.get(key, False) or f.present
+    return out
 
 
 def _reached(store: JobStore, job: Job) -> bool:

@@ -25,6 +25,7 @@ from broker.store import StudyStore
 from broker.store.contracts import ContractStore
 from broker.store.jobs import JobStore
 from broker.store.orders import OrderStore
+from broker.store.results import ResultStore
 from routing import Decision, SkipReason
 
 LOG = get_logger("radbridge.pipeline")
@@ -61,6 +62,22 @@ class RoutingStage:
         self.dispatcher = dispatcher
         self.snapshots = snapshots
         self.contracts = ContractDesk(ContractStore(store.engine))
+        self.results = ResultStore(store.engine)
+
+    def on_result(self, result_id: int) -> Decision | None:
+        """A result completed: route its study again when a route reads earlier results
+        (a cascade), with the configuration in force."""
+        with self.snapshots.use() as snapshot:
+            if not snapshot.rules.result_keys:
+                return None
+            try:
+                result = self.results.get(result_id)
+            except NotFoundError:
+                return None
+            if result.job_id is None:
+                return None
+            LOG.info("study routed again: a result completed", study_uid=result.study_uid)
+            return self._route(result.study_uid, snapshot)
 
     def on_stable(self, study_uid: str) -> Decision | None:
         """Decide with the configuration in force, and create the jobs with the same one."""
@@ -69,7 +86,9 @@ class RoutingStage:
 
     def _route(self, study_uid: str, snapshot: Snapshot) -> Decision | None:
         try:
-            routing = stored_input(self.store, self.orders, self.jobs, study_uid)
+            routing = stored_input(
+                self.store, self.orders, self.jobs, study_uid, results=self.results
+            )
         except NotFoundError:
             LOG.error("stable study vanished from the store", study_uid=study_uid)
             return None

@@ -115,6 +115,7 @@ class Service:
         )
         self.results.on_complete.append(self.writeback.schedule)
         self.completion.order_status = self.writeback.order_status  # MPPS to the RIS
+        self.results.on_complete.append(self.routing.on_result)  # cascades
         reports = FinalReportIntake(engine, matcher_of(self.snapshots))
         self.results.on_complete.append(reports.result_complete)
         watch = VendorWatch(engine, lambda: self.snapshots.settings)

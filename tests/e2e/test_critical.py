@@ -5,6 +5,10 @@ second by a WeCom-robot webhook (loopback HTTP receivers record both), then flag
 overdue; a named person acknowledges through the REST API, the console or the signed link
 of the notification, and the ledger and the audit trail record each step.
 
+The same service runs a cascade: a volume product gets the study only when the bleed
+triage's result says the bleed is present, and a fracture follow-up (whose finding the
+triage never reports) is never sent; usage counts only what was sent.
+
 Short configured times (a one-second wait per contact and deadline) stand in for the
 hospital's 10 and 30 minutes.
 """
@@ -37,6 +41,7 @@ SECOND = ("Dr. Wang (head of radiology)", "13800000002")
 @dataclass
 class Desk:
     rb: Radbridge
+    volume: SimulatedVendor
     sms: Webhook
     wecom: Webhook
     http: httpx.Client
@@ -102,7 +107,13 @@ def link_of(text: str) -> str:
     return match.group(0)
 
 
-def _config(folder: Path, vendor: SimulatedVendor, sms: Webhook, wecom: Webhook) -> dict[str, Any]:
+BLEED = "1386000"
+FRACTURE = "125605004"
+
+
+def _config(
+    folder: Path, vendor: SimulatedVendor, volume: SimulatedVendor, sms: Webhook, wecom: Webhook
+) -> dict[str, Any]:
     config = base_config(folder, free_port())
     config["dicom"]["ae_titles"]["RADBRIDGE_STAT"] = {"role": "ingest", "stable_seconds": 0.5}
     config["http"] = {"listen": {"host": "127.0.0.1", "port": free_port()}}
@@ -117,7 +128,26 @@ def _config(folder: Path, vendor: SimulatedVendor, sms: Webhook, wecom: Webhook)
                 "port": vendor.port,
             },
             "results": {"quiet_seconds": 0.5},
-        }
+        },
+        "volai": {
+            "product": "Hemorrhage volume",
+            "transport": {
+                "type": "dicom",
+                "ae_title": volume.ae_title,
+                "host": "127.0.0.1",
+                "port": volume.port,
+            },
+            "results": {"quiet_seconds": 0.5},
+        },
+        "fracai": {  # nothing listens: a job sent to it would fail and show
+            "product": "Fracture follow-up",
+            "transport": {
+                "type": "dicom",
+                "ae_title": "FRACAI",
+                "host": "127.0.0.1",
+                "port": free_port(),
+            },
+        },
     }
     config["routes"] = [
         {
@@ -125,7 +155,17 @@ def _config(folder: Path, vendor: SimulatedVendor, sms: Webhook, wecom: Webhook)
             "when": {"modality": "CT", "body_part": {"in": ["HEAD", "BRAIN"]}},
             "send": ["ichai"],
             "priority": "stat",
-        }
+        },
+        {
+            "name": "bleed-volume",
+            "when": {f"result.ichai.finding.{BLEED}": "present"},
+            "send": ["volai"],
+        },
+        {
+            "name": "fracture-follow-up",
+            "when": {f"result.head-ct-bleed.finding.{FRACTURE}": "present"},
+            "send": ["fracai"],
+        },
     ]
     config["critical"] = {
         "acknowledge_within": "1s",
@@ -155,8 +195,16 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desk]:
         result="sr",
         target=ResultsTarget(ae_title="RADBRIDGE_RES", port=rb_port),
     ).start()
+    volume = SimulatedVendor(
+        "lung-nodule-ct",
+        folder / "volume",
+        ae_title="VOLAI",
+        delay=0.1,
+        result="sr",
+        target=ResultsTarget(ae_title="RADBRIDGE_RES", port=rb_port),
+    ).start()
     with Webhook() as sms, Webhook() as wecom:
-        config = _config(folder / "rb", vendor, sms, wecom)
+        config = _config(folder / "rb", vendor, volume, sms, wecom)
         config["dicom"]["listen"]["port"] = rb_port
         rb = Radbridge(folder / "rb", config)
         rb.env["RADBRIDGE_CRITICAL__LINK_SECRET"] = secrets.token_urlsafe(32)
@@ -170,6 +218,7 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desk]:
             with httpx.Client(base_url=base, timeout=30) as http:
                 yield Desk(
                     rb,
+                    volume,
                     sms,
                     wecom,
                     http,
@@ -181,6 +230,7 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desk]:
         finally:
             rb.close()
             vendor.stop()
+            volume.stop()
 
 
 def _kinds(case: dict[str, Any]) -> list[str]:
@@ -273,3 +323,34 @@ def test_signed_link_shows_the_case_and_acknowledges_only_it(desk: Desk) -> None
     [row] = audit.json()["items"]
     assert row["actor"] == f"link:{FIRST[0]}" and row["detail"]["via"] == "link"
     anonymous.close()
+
+
+def test_cascade_sends_the_follow_up_only_on_a_positive_triage_and_bills_only_that(
+    desk: Desk,
+) -> None:
+    """The triage finds the bleed: its result routes the study again, the volume product
+    gets it; the fracture follow-up reads a finding the triage did not report (absent) and
+    stops there, as explain says; usage has the triage and the volume product only."""
+    study_uid = desk.study(3)
+    delivered = wait_until(
+        lambda: [d for d in desk.volume.delivered if d.study_uid == study_uid],
+        "the volume product has the study",
+        60,
+    )
+    assert delivered
+    jobs = desk.get(f"/api/v1/jobs?study_uid={study_uid}").json()["items"]
+    assert sorted((j["route"], j["vendor"]) for j in jobs) == [
+        ("bleed-volume", "volai"),
+        ("head-ct-bleed", "ichai"),
+    ]
+    explained = desk.get(f"/api/v1/routes/explain/{study_uid}").json()
+    routes = {r["route"]: r for r in explained["routes"]}
+    stopped = routes["fracture-follow-up"]
+    assert stopped["status"] == "not_matched" and stopped["failed"]["got"] == "absent"
+    assert stopped["notes"] == ["cascade: reads the result of head-ct-bleed"]
+    assert routes["bleed-volume"]["jobs"][0]["vendor"] == "volai"
+
+    day = jobs[0]["created_at"][:10]
+    usage = desk.get(f"/api/v1/usage?from={day}&to={day}").json()
+    studies = {line["vendor"]: line["studies"] for line in usage}
+    assert set(studies) == {"ichai", "volai"}
