@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,17 +62,25 @@ def file_received(event: evt.Event, folder: Path) -> Received:
     """Write the C-STORE's dataset as received into ``folder``; what was filed."""
     request = event.request
     raw = request.DataSet if isinstance(request, C_STORE) else None
-    if not isinstance(raw, io.BytesIO):
+    streamed: Path | None = getattr(request, "_dataset_path", None)
+    if not isinstance(raw, io.BytesIO) and streamed is None:
         raise TypeError("pynetdicom gave no encoded dataset")
     meta = event.file_meta
     sop = str(meta.MediaStorageSOPInstanceUID)
     incoming = folder / ".incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     tmp = incoming / f"{sop}.{os.getpid()}.{threading.get_ident()}.part"
-    with tmp.open("wb") as fh:
-        fh.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(DicomFileLike(fh), meta, enforce_standard=True)
-        fh.write(raw.getvalue())
+    if streamed is not None:
+        # pynetdicom's STORE_RECV_CHUNKED_DATASET is a process-wide switch: when a listener
+        # in this process turned it on, the dataset was streamed to a whole file (preamble,
+        # meta and dataset) and the BytesIO is empty
+        shutil.move(streamed, tmp)
+    else:
+        assert isinstance(raw, io.BytesIO)
+        with tmp.open("wb") as fh:
+            fh.write(b"\x00" * 128 + b"DICM")
+            write_file_meta_info(DicomFileLike(fh), meta, enforce_standard=True)
+            fh.write(raw.getvalue())
     header = dcmread(tmp, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
     study = str(header.get("StudyInstanceUID", "unknown-study"))
     series = str(header.get("SeriesInstanceUID", "unknown-series"))

@@ -20,6 +20,7 @@ from broker.cli.backup import backup_command, restore_command
 from broker.cli.common import ConfigOption, JsonOption, cli_locale, err, out, settings_or_exit
 from broker.cli.config import app as config_app
 from broker.cli.conflicts import app as conflicts_app
+from broker.cli.critical import app as critical_app
 from broker.cli.deliveries import app as deliveries_app
 from broker.cli.install import install_service
 from broker.cli.jobs import app as jobs_app
@@ -59,6 +60,7 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(orders_app, name="orders")
 app.add_typer(conflicts_app, name="conflicts")
+app.add_typer(critical_app, name="critical")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(audit_app, name="audit")
 app.add_typer(usage_app, name="usage")

@@ -36,6 +36,10 @@ class StampKind(enum.StrEnum):
     WRITTEN_BACK = "written_back"
     NOTIFICATION_SENT = "notification_sent"
     NOTIFICATION_ACKNOWLEDGED = "notification_acknowledged"
+    CRITICAL_OPENED = "critical_opened"
+    """An urgent result opened a critical-result case (its deadline in the detail)."""
+    CRITICAL_ESCALATED = "critical_escalated"
+    CRITICAL_OVERDUE = "critical_overdue"
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from broker.model.critical import (
     StepKind,
 )
 from broker.model.errors import NotFoundError, StoreError
+from broker.model.timeline import Stamp, StampKind
 from broker.model.writeback import Delivery
 from broker.store.audit import SYSTEM, record_in
 from broker.store.deliveries import DeliveryStore, NewDelivery
@@ -586,4 +587,29 @@ class CriticalStore:
         return int(total), int(late)
 
 
-__all__ = ["Action", "CriticalStore", "Linked", "NewCase", "NewNotice"]
+def timeline_stamps(conn: Connection, study_uid: str) -> list[Stamp]:
+    """The study's critical-result stamps for its time ledger: each case opened (with its
+    deadline), escalated (to whom), overdue, and acknowledged (by whom, how)."""
+    kinds = {
+        StepKind.OPENED.value: StampKind.CRITICAL_OPENED,
+        StepKind.ESCALATED.value: StampKind.CRITICAL_ESCALATED,
+        StepKind.OVERDUE.value: StampKind.CRITICAL_OVERDUE,
+        StepKind.ACKNOWLEDGED.value: StampKind.NOTIFICATION_ACKNOWLEDGED,
+    }
+    c, s = critical_cases, critical_steps
+    rows = conn.execute(
+        select(s.c.at, s.c.kind, s.c.contact, s.c.channel, c.c.id, c.c.job_id, c.c.deadline_at)
+        .join(c, c.c.id == s.c.case_id)
+        .where(c.c.study_uid == study_uid, s.c.kind.in_(list(kinds)))
+        .order_by(s.c.id)
+    ).all()
+    out = []
+    for r in rows:
+        detail = f"critical case {r.id}"
+        if r.kind == StepKind.OPENED.value:
+            detail += f", deadline {r.deadline_at:%Y-%m-%d %H:%M:%S} UTC"
+        out.append(Stamp(r.at, kinds[r.kind], r.contact, r.channel, detail, r.job_id))
+    return out
+
+
+__all__ = ["Action", "CriticalStore", "Linked", "NewCase", "NewNotice", "timeline_stamps"]

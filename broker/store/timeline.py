@@ -20,6 +20,7 @@ from broker.model.errors import NotFoundError
 from broker.model.jobs import JobState
 from broker.model.timeline import Stamp, StampKind, Turnaround
 from broker.model.writeback import DeliveryKind, DeliveryState
+from broker.store.critical import timeline_stamps
 from broker.store.study_events import StudyEventKind
 from broker.store.tables import (
     UTCDateTime,
@@ -137,7 +138,7 @@ def _deliveries(conn: Connection, study_uid: str) -> Iterable[Stamp]:
     ]
 
 
-SOURCES: list[StampSource] = [_instances, _history, _jobs, _deliveries]
+SOURCES: list[StampSource] = [_instances, _history, _jobs, _deliveries, timeline_stamps]
 """Every part of the ledger; add a function to add stamps of your own."""
 
 

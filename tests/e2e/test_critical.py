@@ -15,6 +15,7 @@ hospital's 10 and 30 minutes.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from collections.abc import Iterator
@@ -240,8 +241,8 @@ def _kinds(case: dict[str, Any]) -> list[str]:
 def test_unacknowledged_case_escalates_is_red_and_closes_on_api_ack(desk: Desk) -> None:
     """No acknowledgement: the first contact gets an SMS, the second a WeCom message, the
     list is exhausted and the case overdue (red on the dashboard); a viewer cannot
-    acknowledge, an operator names the person and the case closes, once; the ledger and the
-    audit trail hold every step."""
+    acknowledge, an operator names the person and the case closes, once; the ledger, the
+    audit trail and the study's time ledger hold every step."""
     study_uid = desk.study(1)
     case_id = desk.case_of(study_uid)["id"]
     case = desk.case_when(case_id, {"exhausted", "overdue", "sent"})
@@ -292,6 +293,15 @@ def test_unacknowledged_case_escalates_is_red_and_closes_on_api_ack(desk: Desk) 
     assert ack["actor"] == "token:1 (operator)" and ack["detail"]["by"] == "Dr. Li"
     assert ack["detail"]["within_deadline"] is False
 
+    timeline = desk.get(f"/api/v1/studies/{study_uid}/timeline").json()["stamps"]
+    kinds = [t["kind"] for t in timeline]
+    for kind in ("critical_opened", "critical_escalated", "critical_overdue"):
+        assert kinds.count(kind) == 1, kinds
+    sent = [t for t in timeline if t["kind"] == "notification_sent"]
+    assert {t["subject"] for t in sent} >= {"critical.sms", "critical.wecom"}
+    assert kinds[-1] == "notification_acknowledged" and timeline[-1]["subject"] == "Dr. Li"
+    assert kinds.index("last_instance") < kinds.index("critical_opened")
+
 
 def test_signed_link_shows_the_case_and_acknowledges_only_it(desk: Desk) -> None:
     """The SMS's link opens the case without a login and acknowledges nothing by itself; its
@@ -330,7 +340,8 @@ def test_cascade_sends_the_follow_up_only_on_a_positive_triage_and_bills_only_th
 ) -> None:
     """The triage finds the bleed: its result routes the study again, the volume product
     gets it; the fracture follow-up reads a finding the triage did not report (absent) and
-    stops there, as explain says; usage has the triage and the volume product only."""
+    stops there, as explain says; usage has the triage and the volume product only. The
+    study's critical case is acknowledged from the command line."""
     study_uid = desk.study(3)
     delivered = wait_until(
         lambda: [d for d in desk.volume.delivered if d.study_uid == study_uid],
@@ -354,3 +365,12 @@ def test_cascade_sends_the_follow_up_only_on_a_positive_triage_and_bills_only_th
     usage = desk.get(f"/api/v1/usage?from={day}&to={day}").json()
     studies = {line["vendor"]: line["studies"] for line in usage}
     assert set(studies) == {"ichai", "volai"}
+
+    case_id = desk.case_of(study_uid)["id"]
+    acked = desk.rb.cli("critical", "ack", str(case_id), "--by", "Dr. Zhang", "--note", "phoned")
+    assert f"critical case {case_id} acknowledged by Dr. Zhang" in acked.stdout
+    shown = json.loads(desk.rb.cli("critical", "show", str(case_id), "--json").stdout)
+    assert (shown["state"], shown["acknowledged_via"]) == ("acknowledged", "cli")
+    assert shown["steps"][-1]["kind"] == "acknowledged"
+    listed = json.loads(desk.rb.cli("critical", "list", "--json").stdout)
+    assert case_id not in [c["id"] for c in listed]  # open ones only
