@@ -495,6 +495,10 @@ class WritebackStage:
             error = f"write-back target '{item.target}' is no longer configured"
             return Failure(error, retryable=False, why="target not configured")
         target = plan.writer(item.target)
+        if item.kind is DeliveryKind.CORRECTION:
+            waiting = self._before_correction(item, spec)
+            if waiting is not None:
+                return waiting
         try:
             if item.kind is DeliveryKind.CORRECTION:
                 detail = correct(target, self._item(item, plan))
@@ -508,6 +512,23 @@ class WritebackStage:
                 backoff_cap=spec.backoff_cap,
             )
         return Success((DeliveryState.DONE,), values={"detail": detail}, detail=detail)
+
+    def _before_correction(self, item: Delivery, spec: TargetSpec) -> Outcome | None:
+        """A correction goes after what it corrects: it waits (retried with the target's
+        backoff) while the result delivery is unfinished, and has nothing to do when that
+        one is dead (nothing reached the target). None: go ahead."""
+        original = self.deliveries.original(item)
+        if original is None or original.state is DeliveryState.DONE:
+            return None
+        if original.state is DeliveryState.DEAD:
+            detail = f"nothing to correct: result delivery {original.id} never reached the target"
+            return Success((DeliveryState.DONE,), values={"detail": detail}, detail=detail)
+        return Failure(
+            f"waits for result delivery {original.id} ({original.state.value}) to finish first",
+            retryable=True,
+            backoff_base=spec.backoff_base,
+            backoff_cap=spec.backoff_cap,
+        )
 
     def after(
         self, item: Delivery, done: Delivery, outcome: Outcome, plan: Plan, log: BoundLogger

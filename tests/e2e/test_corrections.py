@@ -205,6 +205,11 @@ def test_rejection_note_withdraws_the_result_everywhere(world: World) -> None:
     assert opened["actor"] == "C-STORE from CT01"
     done = [a for a in world.audit("result.corrected") if a["detail"]["study_uid"] == study_uid]
     assert sorted(a["detail"]["target"] for a in done) == ["emr", "pacs", "ris"]
+    del note.CurrentRequestedProcedureEvidenceSequence  # a note that rejects nothing
+    note.save_as(path, enforce_file_format=True)
+    refused = storescu([path], world.rb.port, extra_args=["-v"], check=False)
+    answer = refused.stdout + refused.stderr
+    assert "Received Store Response (Error: CannotUnderstand)" in answer, answer
 
 
 def test_merge_reissues_the_result_under_the_surviving_patient(world: World) -> None:
