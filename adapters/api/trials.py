@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
 
 from adapters.api.deps import State, Viewer, parse_day
-from adapters.api.responses import invalid
+from adapters.api.responses import NOT_FOUND, invalid
 from adapters.api.usage import MAX_DAYS, Format
+from broker.model.errors import NotFoundError
 from broker.model.trials import report_csv
 from broker.runtime.trials import trial_report
 
@@ -59,7 +60,7 @@ class TrialReportOut(BaseModel):
     "",
     response_model=TrialReportOut,
     summary="Trial report of a product (JSON, or CSV with format=csv)",
-    responses={200: {"content": {"text/csv": {}}}},
+    responses={200: {"content": {"text/csv": {}}}, **NOT_FOUND},
 )
 def trials_report(
     *,
@@ -80,7 +81,12 @@ def trials_report(
         raise invalid(
             "to", until, f"from {start} to {end}: valid: to >= from, at most {MAX_DAYS} days"
         )
-    found = trial_report(api.engine, api.settings, vendor, start=start, end=end, against=against)
+    try:
+        found = trial_report(
+            api.engine, api.settings, vendor, start=start, end=end, against=against
+        )
+    except NotFoundError as exc:
+        raise HTTPException(404, str(exc)) from exc
     if format is Format.CSV:
         return Response(
             report_csv(found),

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from adapters.console.auth import State, reading
 from adapters.console.views import render, translator
 from broker.model.domain import Role
+from broker.model.errors import NotFoundError
 from broker.model.mode import Mode
 from broker.model.trials import report_csv
 from broker.runtime.trials import trial_report
@@ -49,11 +50,19 @@ def trials(
     )
     start, end, valid = _period(since, until, console.today())
     chosen = vendor or (vendors[0][0] if vendors else None)
-    report = None
+    report, missing = None, None
     if chosen is not None:
-        report = trial_report(
-            console.engine, console.settings, chosen, start=start, end=end, against=against or None
-        )
+        try:
+            report = trial_report(
+                console.engine,
+                console.settings,
+                chosen,
+                start=start,
+                end=end,
+                against=against or None,
+            )
+        except NotFoundError as exc:
+            missing = str(exc)
     _ = translator(request)
     return render(
         request,
@@ -64,7 +73,7 @@ def trials(
             "against": against or "",
             "start": start,
             "end": end,
-            "problem": None if valid else _("A day is not valid; valid: YYYY-MM-DD."),
+            "problem": missing or (None if valid else _("A day is not valid; valid: YYYY-MM-DD.")),
             "report": report,
         },
     )
@@ -82,9 +91,12 @@ def trials_csv(
 ) -> Response:
     """The report as CSV (one row per finding code compared)."""
     start, end, _valid = _period(since, until, console.today())
-    report = trial_report(
-        console.engine, console.settings, vendor, start=start, end=end, against=against or None
-    )
+    try:
+        report = trial_report(
+            console.engine, console.settings, vendor, start=start, end=end, against=against or None
+        )
+    except NotFoundError as exc:
+        return Response(str(exc), status_code=404, media_type="text/plain; charset=utf-8")
     return Response(
         report_csv(report),
         media_type="text/csv; charset=utf-8",

@@ -11,6 +11,7 @@ import typer
 from broker.cli.audit import Format
 from broker.cli.common import ConfigOption, err, settings_or_exit
 from broker.cli.usage import day_option
+from broker.model.errors import NotFoundError
 from broker.model.trials import report_csv
 from broker.runtime.trials import trial_report
 from broker.store import make_engine
@@ -49,7 +50,11 @@ def report(
     settings = settings_or_exit(config)
     engine = make_engine(settings.database_url())
     migrate(engine)
-    found = trial_report(engine, settings, vendor, start=start, end=end, against=against)
+    try:
+        found = trial_report(engine, settings, vendor, start=start, end=end, against=against)
+    except NotFoundError as exc:
+        err.print(str(exc))
+        raise typer.Exit(2) from exc
     if fmt is Format.CSV:
         typer.echo(report_csv(found), nl=False)
     else:

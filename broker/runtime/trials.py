@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
 
+from broker.model.errors import NotFoundError, did_you_mean
 from broker.model.mode import Mode
 from broker.model.trials import TrialReport, build_report
 from broker.store.trials import findings_of, studies_in_common, trial_jobs
@@ -38,9 +39,17 @@ def trial_report(
     end: date,
     against: str | None = None,
 ) -> TrialReport:
-    """The report of ``vendor``'s studies routed in the site days ``start`` to ``end``."""
+    """The report of ``vendor``'s studies routed in the site days ``start`` to ``end``;
+    :class:`NotFoundError` for a vendor neither configured nor with jobs in the period (a
+    vendor removed since keeps its report)."""
     since, until = site_bounds(settings, start, end)
     jobs = trial_jobs(engine, vendor, since, until)
+    if vendor not in settings.vendors and not jobs:
+        known = ", ".join(sorted(settings.vendors)) or "none configured"
+        raise NotFoundError(
+            f"no vendor '{vendor}'{did_you_mean(vendor, list(settings.vendors))} is configured "
+            f"and none has jobs from {start} to {end}; valid: {known}"
+        )
     uids = [j.study_uid for j in jobs]
     if against is None:
         common = studies_in_common(engine, vendor, uids)

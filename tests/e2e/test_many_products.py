@@ -305,6 +305,12 @@ def test_a_shadow_product_is_stored_and_shown_but_only_the_incumbent_is_written_
     assert header.startswith("vendor,product,against,") and row.startswith(
         "lungnew,Nodule Finder,lungai,"
     )
+    unknown = httpx.get(
+        f"{products.http}/api/v1/trials",
+        params={"vendor": "lungnwe", **days},
+        headers={"Authorization": f"Bearer {products.api_token}"},
+    )
+    assert unknown.status_code == 404 and "did you mean 'lungnew'" in unknown.json()["detail"]
     study_page = products.console(f"/studies/{uid}")
     assert 'title="configuration">shadow</span>' in study_page  # the trial's job, marked
     page = products.console(f"/trials?vendor=lungnew&from={days['from']}&to={days['to']}")
