@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 from sqlalchemy import Engine
 
 from adapters.api import (
@@ -46,25 +47,29 @@ from broker.runtime.edges import ServiceContext
 PREFIX = "/api/v1"
 
 
+#: Every ``/api/v1`` router, in the order they are included.
+ROUTERS: tuple[APIRouter, ...] = tuple(
+    module.router
+    for module in (
+        *(studies, orders, conflicts, jobs, results, verdicts, critical, vendors, routes),
+        *(performance, alerts, configuration, timeline, usage, contracts, audit, tokens),
+        *(findings, trials),  # several products on one study, silent trials
+    )
+)
+
+
 def api_router() -> APIRouter:
     """Every ``/api/v1`` router."""
     api = APIRouter(prefix=PREFIX, responses=AUTH)
-    routers = (studies, orders, conflicts, jobs, results, verdicts, critical, vendors, routes)
-    for module in (
-        *routers,
-        performance,
-        alerts,
-        configuration,
-        timeline,
-        usage,
-        contracts,
-        audit,
-        tokens,
-    ):
-        api.include_router(module.router)
-    for several in (findings, trials):  # several products on one study, silent trials
-        api.include_router(several.router)
+    for router in ROUTERS:
+        api.include_router(router)
     return api
+
+
+def api_routes() -> list[APIRoute]:
+    """Every ``/api/v1`` endpoint (its ``path`` without the ``/api/v1`` prefix): what a
+    test of every endpoint walks."""
+    return [route for router in ROUTERS for route in router.routes if isinstance(route, APIRoute)]
 
 
 def install_api(app: FastAPI, engine: Engine, context: ServiceContext | None = None) -> None:

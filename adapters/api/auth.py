@@ -7,7 +7,9 @@ set by :func:`adapters.web.app.create_app`) and answers
 
 - no header, another scheme, an unknown or revoked token → 401 with
   ``WWW-Authenticate: Bearer``;
-- a valid token whose role is below the one needed → 403.
+- a valid token whose role is below the one needed → 403;
+- a token limited to sites, on an endpoint not marked :func:`site_scoped` → 404 (as
+  for a record that does not exist).
 
 It raises ``HTTPException``; a router that wants another body (FHIR answers an
 OperationOutcome) converts it in its route class. WADO-RS does not use this:
@@ -17,7 +19,7 @@ its tokens are per job (:mod:`broker.store.job_tokens`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -69,6 +71,27 @@ def api_tokens(request: Request) -> ApiTokens:
     return tokens
 
 
+#: The attribute :func:`site_scoped` sets on an endpoint.
+SITE_SCOPED = "radbridge_site_scoped"
+
+E = TypeVar("E", bound=Callable[..., Any])
+
+
+def site_scoped(endpoint: E) -> E:
+    """Mark an endpoint as answering a site-scoped caller with only its sites' rows.
+
+    Every other endpoint answers such a caller 404: a new endpoint is closed to
+    site-scoped tokens until it says how it keeps to their sites."""
+    setattr(endpoint, SITE_SCOPED, True)
+    return endpoint
+
+
+def hidden() -> HTTPException:
+    """What a site-scoped caller gets for another site's record: the same 404 as for a
+    record that does not exist (other sites' UIDs cannot be probed)."""
+    return HTTPException(404, "not found")
+
+
 def require(role: Role) -> Callable[..., Role]:
     """A dependency that lets a request in only with a token of ``role`` or higher.
 
@@ -88,7 +111,8 @@ def require(role: Role) -> Callable[..., Role]:
                 "(create one with: radbridge tokens create --role ROLE)",
                 headers={"WWW-Authenticate": REALM},
             )
-        found = api_tokens(request).verify(token)
+        token_row = api_tokens(request).identify(token)
+        found = token_row.role if token_row is not None else None
         if found is None:
             LOG.warning("unknown or revoked API token", path=route_path(request))
             raise HTTPException(
@@ -105,6 +129,10 @@ def require(role: Role) -> Callable[..., Role]:
                 f"a {found.value} token cannot do this; it needs the role {needed.value} or higher",
                 headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope"'},
             )
+        if token_row is not None and token_row.sites is not None:
+            endpoint = getattr(request.scope.get("route"), "endpoint", None)
+            if not getattr(endpoint, SITE_SCOPED, False):
+                raise hidden()
         return found
 
     check.__name__ = f"require_{needed.value}"

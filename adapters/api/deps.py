@@ -14,6 +14,8 @@ from fastapi import Path as PathParam
 from sqlalchemy import Engine
 
 from adapters.api.auth import api_tokens, bearer_token, require
+from adapters.api.auth import hidden as hidden  # noqa: PLC0414 - for routers
+from adapters.api.auth import site_scoped as site_scoped  # noqa: PLC0414 - for routers
 from adapters.api.pagination import MAX_ROW_ID
 from adapters.api.responses import invalid
 from broker.model.domain import AUDIT_ROLE, PHI_ROLE, Role
@@ -85,12 +87,23 @@ State = Annotated[ApiState, Depends(state)]
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is calling: the API token (id, name, role) and the client's address."""
+    """Who is calling: the API token (id, name, role, sites) and the client's address."""
 
     token_id: int
     name: str | None
     role: Role
     peer: str
+    sites: frozenset[str] | None = None
+    """The sites the token is limited to; None: every site."""
+
+    def sees_site(self, site: str | None) -> bool:
+        """Whether a record of ``site`` (None: the hub's own) is visible to the caller."""
+        return self.sites is None or (site is not None and site in self.sites)
+
+    def check_study(self, api: ApiState, study_uid: str) -> None:
+        """404 unless the caller sees the study's site."""
+        if self.sites is not None and not self.sees_site(api.studies.site_of(study_uid)):
+            raise hidden()
 
     @property
     def actor(self) -> str:
@@ -127,7 +140,9 @@ def caller(role: Role) -> Callable[..., Caller]:
         if token is None:  # revoked between the two reads
             raise HTTPException(401, "the token is unknown or revoked")
         peer = request.client.host if request.client else ""
-        return Caller(token_id=token.id, name=token.name, role=token.role, peer=peer)
+        return Caller(
+            token_id=token.id, name=token.name, role=token.role, peer=peer, sites=token.sites
+        )
 
     identify.__name__ = f"caller_{Role(role).value}"
     return identify

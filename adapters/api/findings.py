@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel
 
-from adapters.api.deps import State, Viewer
+from adapters.api.deps import State, Viewer, site_scoped
 from adapters.api.responses import NOT_FOUND
 from adapters.api.schemas import CodeOut, FindingOut, code_out, finding_out
 from broker.model.errors import NotFoundError
@@ -102,9 +102,11 @@ def study_findings_out(view: StudyFindings) -> StudyFindingsOut:
     summary="Every product's findings of a study, with provenance and flags",
     responses=NOT_FOUND,
 )
-def get_study_findings(study_uid: UID, api: State, _who: Viewer) -> StudyFindingsOut:
+@site_scoped
+def get_study_findings(study_uid: UID, api: State, who: Viewer) -> StudyFindingsOut:
     """Owners first, then findings of routes without an owner, then non-owners; shadow
     products last. ``flags`` has ``discordant`` when two live products disagree."""
+    who.check_study(api, study_uid)
     try:
         api.studies.get_study(study_uid)
     except NotFoundError as exc:

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from adapters.api.deps import Caller, Operator, RowId, State, Viewer, parse_time
+from adapters.api.deps import Caller, Operator, RowId, State, Viewer, parse_time, site_scoped
 from adapters.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, encode, id_key
 from adapters.api.responses import BAD_BODY, BAD_CURSOR, NOT_FOUND, error
 from adapters.api.schemas import JobDetail, JobOut, event_out, job_fields, job_out
@@ -25,10 +25,11 @@ class CancelRequest(BaseModel):
 
 
 @router.get("", response_model=Page[JobOut], summary="Jobs, newest first", responses=BAD_CURSOR)
+@site_scoped
 def list_jobs(
     *,
     api: State,
-    _who: Viewer,
+    who: Viewer,
     state: Annotated[list[JobState] | None, Query(description="Repeatable.")] = None,
     vendor: Annotated[str | None, Query(max_length=64)] = None,
     study_uid: Annotated[str | None, Query(max_length=64)] = None,
@@ -51,6 +52,7 @@ def list_jobs(
             route=route,
             since=parse_time(since, tz),
             until=parse_time(until, tz, end=True),
+            sites=who.sites,
         ),
         before_id=id_key(cursor),
         limit=limit + 1,
@@ -60,11 +62,12 @@ def list_jobs(
     return Page[JobOut](items=[job_out(j) for j in page], next=following)
 
 
-def _detail(api: State, job_id: int) -> JobDetail:
+def _detail(api: State, job_id: int, who: Caller) -> JobDetail:
     try:
         job = api.jobs.get(job_id)
     except NotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
+    who.check_study(api, job.study_uid)
     return JobDetail(**job_fields(job), history=[event_out(e) for e in api.jobs.history(job_id)])
 
 
@@ -74,14 +77,16 @@ def _detail(api: State, job_id: int) -> JobDetail:
     summary="One job and its history",
     responses=NOT_FOUND,
 )
-def get_job(job_id: RowId, api: State, _who: Viewer) -> JobDetail:
+@site_scoped
+def get_job(job_id: RowId, api: State, who: Viewer) -> JobDetail:
     """The job and every transition (time, from, to, attempt, error), oldest first."""
-    return _detail(api, job_id)
+    return _detail(api, job_id, who)
 
 
 def _act(api: State, who: Caller, job_id: int, action: str, reason: str | None) -> JobDetail:
     try:
         before = api.jobs.get(job_id)
+        who.check_study(api, before.study_uid)
         if action == Action.JOB_RETRY:
             job = api.jobs.retry(job_id)
         else:
@@ -94,7 +99,7 @@ def _act(api: State, who: Caller, job_id: int, action: str, reason: str | None) 
     if reason:
         detail["reason"] = reason
     api.audit.record(who.actor, action, f"job:{job_id}", detail, who.peer)
-    return _detail(api, job_id)
+    return _detail(api, job_id, who)
 
 
 @router.post(
@@ -103,6 +108,7 @@ def _act(api: State, who: Caller, job_id: int, action: str, reason: str | None) 
     summary="Start a dead or failed job over (operator)",
     responses={**NOT_FOUND, 409: error("The job is not dead or failed.")},
 )
+@site_scoped
 def retry_job(job_id: RowId, api: State, who: Operator) -> JobDetail:
     """The running service wakes a worker for it within a second."""
     return _act(api, who, job_id, Action.JOB_RETRY, None)
@@ -114,6 +120,7 @@ def retry_job(job_id: RowId, api: State, who: Operator) -> JobDetail:
     summary="Cancel a job that has not finished (operator)",
     responses={**BAD_BODY, **NOT_FOUND, 409: error("The job is finished (done or cancelled).")},
 )
+@site_scoped
 def cancel_job(
     job_id: RowId, api: State, who: Operator, body: Annotated[CancelRequest | None, Body()] = None
 ) -> JobDetail:

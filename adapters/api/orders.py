@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 
-from adapters.api.deps import State, Viewer
+from adapters.api.deps import State, Viewer, hidden, site_scoped
 from adapters.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, encode, time_key
 from adapters.api.responses import BAD_CURSOR, NOT_FOUND
 from adapters.api.schemas import OrderDetail, OrderOut, link_out, order_fields, order_out
@@ -23,6 +23,7 @@ router = APIRouter(prefix="/orders", tags=["orders"])
     summary="Orders, newest update first",
     responses=BAD_CURSOR,
 )
+@site_scoped
 def list_orders(
     *,
     api: State,
@@ -40,6 +41,7 @@ def list_orders(
         patient_id=patient_id,
         after=time_key(cursor),
         limit=limit + 1,
+        sites=who.sites,
     )
     page = found[:limit]
     following = None
@@ -49,12 +51,15 @@ def list_orders(
 
 
 @router.get("/{key}", response_model=OrderDetail, summary="One order", responses=NOT_FOUND)
+@site_scoped
 def get_order(key: str, api: State, who: Viewer) -> OrderDetail:
     """By id, FHIR resource id or accession number; with the studies linked to it."""
     try:
         stored = api.orders.get(key)
     except NotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
+    if not who.sees_site(stored.order.site):
+        raise hidden()
     return OrderDetail(
         **order_fields(stored, phi=who.sees_phi),
         studies=[link_out(link) for link in api.orders.linked_studies(stored.id)],

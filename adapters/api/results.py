@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 
-from adapters.api.deps import Operator, RowId, RowIdFilter, State, Viewer
+from adapters.api.deps import Operator, RowId, RowIdFilter, State, Viewer, site_scoped
 from adapters.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, encode, id_key
 from adapters.api.responses import BAD_CURSOR, NOT_FOUND, error
 from adapters.api.schemas import (
@@ -42,10 +42,11 @@ router = APIRouter()
     summary="Results, newest first",
     responses=BAD_CURSOR,
 )
+@site_scoped
 def list_results(
     *,
     api: State,
-    _who: Viewer,
+    who: Viewer,
     study_uid: Annotated[str | None, Query(max_length=64)] = None,
     vendor: Annotated[str | None, Query(max_length=64)] = None,
     state: ResultState | None = None,
@@ -57,7 +58,9 @@ def list_results(
     cursor: CursorParam = None,
 ) -> Page[ResultOut]:
     found = api.listing.results(
-        ResultFilter(study_uid=study_uid, vendor=vendor, state=state, orphan=orphan),
+        ResultFilter(
+            study_uid=study_uid, vendor=vendor, state=state, orphan=orphan, sites=who.sites
+        ),
         before_id=id_key(cursor),
         limit=limit + 1,
     )
@@ -77,7 +80,8 @@ def list_results(
     summary="One result: its objects, findings and write-back deliveries",
     responses=NOT_FOUND,
 )
-def get_result(result_id: RowId, api: State, _who: Viewer) -> ResultDetail:
+@site_scoped
+def get_result(result_id: RowId, api: State, who: Viewer) -> ResultDetail:
     """The objects oldest first (``receive_count``: how often the vendor sent each), the
     findings, and every delivery of the result (write-backs and notifications)."""
     try:
@@ -85,6 +89,7 @@ def get_result(result_id: RowId, api: State, _who: Viewer) -> ResultDetail:
         extra = api.results.detail(result_id)
     except NotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
+    who.check_study(api, result.study_uid)
     counts: dict[str, int] = extra["receive_counts"]
     made = api.deliveries.list(result_id=result_id, limit=1000)
     return ResultDetail(

@@ -67,6 +67,8 @@ class StudyOut(BaseModel):
     first_received_at: datetime
     last_received_at: datetime
     stable_at: datetime | None
+    site: str | None = None
+    """The id of the site that sent it (``sites:``); null: the hub's own."""
 
 
 class JobOut(BaseModel):
@@ -124,6 +126,8 @@ class OrderOut(BaseModel):
     resource_id: str
     version: int
     source: str
+    site: str | None = None
+    """The id of the site whose RIS sent it (MSH-4); null: the hub's own."""
     placer_number: str | None
     filler_number: str | None
     accession_number: str | None
@@ -196,6 +200,7 @@ def study_fields(s: Study, *, phi: bool) -> dict[str, Any]:
         "first_received_at": s.first_received_at,
         "last_received_at": s.last_received_at,
         "stable_at": s.stable_at,
+        "site": s.site,
     }
 
 
@@ -261,6 +266,7 @@ def order_fields(stored: StoredOrder, *, phi: bool) -> dict[str, Any]:
         "resource_id": stored.resource_id,
         "version": stored.version,
         "source": o.source.value,
+        "site": o.site,
         "placer_number": o.placer_number,
         "filler_number": o.filler_number,
         "accession_number": o.accession_number,

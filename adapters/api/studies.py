@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query
 
-from adapters.api.deps import State, Viewer, parse_time
+from adapters.api.deps import State, Viewer, hidden, parse_time, site_scoped
 from adapters.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, encode, time_key
 from adapters.api.responses import BAD_CURSOR, NOT_FOUND
 from adapters.api.schemas import (
@@ -35,6 +35,7 @@ UID = Annotated[str, Path(max_length=64, pattern=r"^[0-9.]+$")]
     summary="Studies, newest activity first",
     responses=BAD_CURSOR,
 )
+@site_scoped
 def list_studies(
     *,
     api: State,
@@ -62,6 +63,7 @@ def list_studies(
             patient_id=patient_id,
             since=parse_time(since, tz),
             until=parse_time(until, tz, end=True),
+            sites=who.sites,
         ),
         after=time_key(cursor),
         limit=limit + 1,
@@ -76,12 +78,15 @@ def list_studies(
 
 
 @router.get("/{study_uid}", response_model=StudyDetail, summary="One study", responses=NOT_FOUND)
+@site_scoped
 def get_study(study_uid: UID, api: State, who: Viewer) -> StudyDetail:
     """The study, its series, its linked (or flagged) order and its jobs."""
     try:
         study = api.studies.get_study(study_uid)
     except NotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
+    if not who.sees_site(study.site):
+        raise hidden()
     link = api.orders.link(study_uid)
     order = None
     if link is not None and link.state is LinkState.LINKED:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters.api.deps import State, Viewer, parse_time
+from adapters.api.deps import State, Viewer, parse_time, site_scoped
 from adapters.api.responses import NOT_FOUND, invalid
 from broker.model.errors import NotFoundError
 from broker.model.timeline import (
@@ -114,11 +114,13 @@ def _csv(text: str, name: str) -> Response:
     summary="A study's time ledger (JSON, or CSV with format=csv)",
     responses={**NOT_FOUND, 200: {"content": {"text/csv": {}}}},
 )
+@site_scoped
 def timeline(
-    study_uid: UID, api: State, _who: Viewer, format: Format = Format.JSON
+    study_uid: UID, api: State, who: Viewer, format: Format = Format.JSON
 ) -> TimelineOut | Response:
     """First and last instance, complete (and what decided it), routed, sent to each
     vendor, result received, written back to each target, notifications; time order."""
+    who.check_study(api, study_uid)
     try:
         stamps = study_timeline(api.engine, study_uid)
     except NotFoundError as exc:

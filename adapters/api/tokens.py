@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from adapters.api.auth import api_tokens
 from adapters.api.deps import Admin, RowId, State
-from adapters.api.responses import BAD_BODY, NOT_FOUND
+from adapters.api.responses import BAD_BODY, NOT_FOUND, invalid
 from broker.model.domain import Role
 from broker.model.errors import NotFoundError
 from broker.store.api_tokens import ApiToken
@@ -25,11 +25,15 @@ class TokenOut(BaseModel):
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    sites: list[str] | None = None
+    """The sites it is limited to; null: every site."""
 
 
 class NewToken(BaseModel):
     role: Role
     name: str | None = Field(None, max_length=128)
+    sites: list[str] | None = Field(None, min_length=1, max_length=1000)
+    """Limit it to these sites (ids of ``sites:``); null: every site."""
 
 
 class CreatedToken(TokenOut):
@@ -45,6 +49,7 @@ def _out(t: ApiToken) -> TokenOut:
         created_at=t.created_at,
         last_used_at=t.last_used_at,
         revoked_at=t.revoked_at,
+        sites=sorted(t.sites) if t.sites is not None else None,
     )
 
 
@@ -62,16 +67,17 @@ def list_tokens(request: Request, _who: Admin) -> list[TokenOut]:
 )
 def create_token(body: NewToken, request: Request, api: State, who: Admin) -> CreatedToken:
     tokens = api_tokens(request)
-    secret = tokens.create(body.role, body.name)
+    unknown = [s for s in body.sites or () if s not in api.settings.sites]
+    if unknown:
+        valid = ", ".join(api.settings.sites) or "none (no sites: block)"
+        raise invalid("sites", unknown[0], f"unknown site {unknown[0]!r}; valid: {valid}", "body")
+    secret = tokens.create(body.role, body.name, sites=body.sites)
     made = tokens.identify(secret)
     assert made is not None
-    api.audit.record(
-        who.actor,
-        Action.TOKEN_CREATE,
-        f"token:{made.id}",
-        {"role": made.role.value, "name": made.name},
-        who.peer,
-    )
+    detail: dict[str, object] = {"role": made.role.value, "name": made.name}
+    if made.sites is not None:
+        detail["sites"] = sorted(made.sites)
+    api.audit.record(who.actor, Action.TOKEN_CREATE, f"token:{made.id}", detail, who.peer)
     return CreatedToken(**_out(made).model_dump(), token=secret)
 
 

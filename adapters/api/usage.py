@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from adapters.api.deps import State, Viewer, parse_day
+from adapters.api.deps import State, Viewer, parse_day, site_scoped
 from adapters.api.responses import invalid
 from broker.store.usage import report_csv
 
@@ -60,24 +60,34 @@ class QuotaOut(BaseModel):
     summary="Usage report (JSON, or CSV with format=csv)",
     responses={200: {"content": {"text/csv": {}}}},
 )
+@site_scoped
 def usage_report(
     *,
     api: State,
-    _who: Viewer,
+    who: Viewer,
     since: Annotated[str, Query(alias="from", description="First day (YYYY-MM-DD, site days).")],
     until: Annotated[str, Query(alias="to", description="Last day, included.")],
     vendor: Annotated[str | None, Query(max_length=64)] = None,
+    site: Annotated[
+        str | None, Query(max_length=128, description="Only this site (its id; the hub's name).")
+    ] = None,
     format: Format = Format.JSON,
 ) -> list[UsageLineOut] | Response:
     """One line per vendor, product, site, day, unit and contract (with its payer, price
     code and province): studies, quantity (in the unit), of it billable, trial, within a
-    package and unbillable, and the amount at the configured price."""
+    package and unbillable, and the amount at the configured price. ``site`` is the sending
+    site's id (``sites:``), or the hub's name (``site.name``) for its own studies; a
+    site-scoped token sees only its sites' lines."""
     start, end = parse_day(since, "from"), parse_day(until, "to")
     if end < start or (end - start).days >= MAX_DAYS:
         raise invalid(
             "to", until, f"from {start} to {end}: valid: to >= from, at most {MAX_DAYS} days"
         )
-    lines = api.usage.report(start, end, vendor)
+    lines = [
+        line
+        for line in api.usage.report(start, end, vendor)
+        if (site is None or line.site == site) and (who.sites is None or line.site in who.sites)
+    ]
     if format is Format.CSV:
         return Response(
             report_csv(lines),

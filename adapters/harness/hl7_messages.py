@@ -44,14 +44,16 @@ def msh(
     charset: str = "",
     accept_ack: str = "",
     application_ack: str = "",
+    facility: str = "HOSP",
 ) -> str:
-    """An MSH from RIS^HOSP to RADBRIDGE^HOSP (MSH-1 is the ``|`` after MSH)."""
+    """An MSH from RIS^``facility`` (default HOSP; a site's ``hl7_facility``) to
+    RADBRIDGE^HOSP (MSH-1 is the ``|`` after MSH)."""
     structures = {"ORM^O01": "ORM_O01", "OMI^O23": "OMI_O23", "ADT^A40": "ADT_A39"}
     structures |= {"ORU^R01": "ORU_R01", "MDM^T02": "MDM_T02"}
     structure = structures.get(kind, "ADT_A01")
     fields = {
         3: "RIS",
-        4: "HOSP",
+        4: facility,
         5: "RADBRIDGE",
         6: "HOSP",
         7: "20240301101500",

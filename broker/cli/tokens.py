@@ -28,6 +28,22 @@ def _tokens(config: Any) -> ApiTokens:
     return ApiTokens(engine)
 
 
+def known_sites(config: Any, sites: list[str] | None) -> list[str] | None:
+    """``sites`` (None: every site), each a site of the configuration, else exit 2."""
+    if not sites:
+        return None
+    configured = list(settings_or_exit(config).sites)
+    unknown = [s for s in sites if s not in configured]
+    if unknown:
+        err.print(
+            f"unknown site {unknown[0]!r}; valid: {', '.join(configured) or 'none (no sites:)'}",
+            highlight=False,
+            markup=False,
+        )
+        raise typer.Exit(2)
+    return sites
+
+
 def _token_json(token: ApiToken) -> dict[str, Any]:
     return {
         "id": token.id,
@@ -36,6 +52,7 @@ def _token_json(token: ApiToken) -> dict[str, Any]:
         "created_at": token.created_at.isoformat(),
         "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None,
         "revoked_at": token.revoked_at.isoformat() if token.revoked_at else None,
+        "sites": sorted(token.sites) if token.sites is not None else None,
     }
 
 
@@ -52,17 +69,27 @@ def create_token(
     name: Annotated[
         str | None, typer.Option("--name", help="Who or what uses it, e.g. 'RIS'.")
     ] = None,
+    site: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--site",
+            help="Limit it to this site (repeatable): it then sees and acts on only these "
+            "sites' studies, orders, jobs, results and usage; everything else is 404.",
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Print a new token (only the token, on stdout); the store keeps only its SHA-256."""
+    sites = known_sites(config, site)
     try:
         tokens = _tokens(config)
-        token = tokens.create(role, name)
+        token = tokens.create(role, name, sites=sites)
         made = tokens.identify(token)
         assert made is not None
-        AuditLog(tokens.engine).record(
-            cli_actor(), Action.TOKEN_CREATE, f"token:{made.id}", {"role": role, "name": name}
-        )
+        detail: dict[str, Any] = {"role": role, "name": name}
+        if sites is not None:
+            detail["sites"] = sorted(sites)
+        AuditLog(tokens.engine).record(cli_actor(), Action.TOKEN_CREATE, f"token:{made.id}", detail)
     except (RadbridgeError, ValueError) as exc:
         err.print(str(exc), highlight=False, markup=False)
         raise typer.Exit(1) from exc
@@ -78,12 +105,14 @@ def list_tokens(config: ConfigOption = None, as_json: JsonOption = False) -> Non
         return
     local = cli_locale(config)
     _ = local.gettext
-    table = Table(_("id"), _("role"), _("name"), _("created"), _("last used"), _("revoked"))
+    headings = (_("id"), _("role"), _("name"), _("sites"), _("created"), _("last used"))
+    table = Table(*headings, _("revoked"))
     for t in tokens:
         table.add_row(
             str(t.id),
             t.role.value,
             t.name or "",
+            ", ".join(sorted(t.sites)) if t.sites is not None else "*",
             local.time(t.created_at),
             local.time(t.last_used_at),
             local.time(t.revoked_at),

@@ -35,6 +35,25 @@ def target_site(target: str) -> str | None:
     return site if dot else None
 
 
+def parse_sites(text: str | None) -> frozenset[str] | None:
+    """A token's or user's stored site scope (comma-separated); None: every site."""
+    if text is None:
+        return None
+    return frozenset(part for part in text.split(",") if part)
+
+
+def join_sites(sites: Collection[str] | None) -> str | None:
+    """A site scope as the store keeps it; None (every site) stays None.
+
+    An empty scope is refused: a token limited to no site would open nothing."""
+    if sites is None:
+        return None
+    chosen = sorted(set(sites))
+    if not chosen:
+        raise ValueError("a site scope needs at least one site; valid: one or more site ids")
+    return ",".join(chosen)
+
+
 @dataclass(frozen=True, slots=True)
 class SiteSender:
     """A modality or PACS of a site: calling AE title and where it connects from."""

@@ -41,9 +41,11 @@ LOG = get_logger("radbridge.billing")
 SettingsSource = Callable[[], Settings]
 
 
-def site_day(settings: Settings, at: datetime) -> datetime:
-    """``at`` in the site's timezone (its date is the usage day)."""
-    return at.astimezone(ZoneInfo(settings.site.timezone))
+def site_day(settings: Settings, at: datetime, site: str | None = None) -> datetime:
+    """``at`` in the site's timezone (its date is the usage day): the sending site's
+    (``sites:``) when given, else the hub's (``site.timezone``)."""
+    found = settings.site_directory().get(site)
+    return at.astimezone(ZoneInfo(found.timezone if found else settings.site.timezone))
 
 
 class Accounting:
@@ -93,13 +95,14 @@ class Accounting:
         currency = billing.currency if billing is not None else None
         if terms is not None and terms.price is not None:
             price, currency = terms.price, terms.currency
+        site = self.studies.site_of(job.study_uid) if settings.sites else None
         charge = Charge(
             job_id=job.id,
             study_uid=job.study_uid,
             vendor=job.vendor,
             product=vendor.product if vendor is not None else job.vendor,
-            site=settings.site.name,
-            day=site_day(settings, sent_at).date(),
+            site=site or settings.site.name,  # the sending site's id; the hub's name
+            day=site_day(settings, sent_at, site).date(),
             route=job.route,
             sent_at=sent_at,
             unit=unit.value,

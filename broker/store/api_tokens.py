@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from broker.model.domain import Role
 from broker.model.errors import NotFoundError, StoreError
 from broker.model.logging import get_logger
+from broker.model.sites import join_sites, parse_sites
 from broker.store.engine import writing
 from broker.store.job_tokens import token_digest
 from broker.store.tables import api_tokens
@@ -40,6 +42,8 @@ class ApiToken:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    sites: frozenset[str] | None = None
+    """The sites it is limited to (:mod:`broker.model.sites`); None: every site."""
 
     @property
     def active(self) -> bool:
@@ -55,6 +59,7 @@ def _token(row: Row[tuple[object, ...]]) -> ApiToken:
         created_at=m["created_at"],
         last_used_at=m["last_used_at"],
         revoked_at=m["revoked_at"],
+        sites=parse_sites(m["sites"]),
     )
 
 
@@ -64,8 +69,16 @@ class ApiTokens:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def create(self, role: Role, name: str | None = None, *, now: datetime | None = None) -> str:
-        """A new random token with ``role``; only its SHA-256 is stored. Shown once."""
+    def create(
+        self,
+        role: Role,
+        name: str | None = None,
+        *,
+        now: datetime | None = None,
+        sites: Collection[str] | None = None,
+    ) -> str:
+        """A new random token with ``role`` (limited to ``sites`` when given); only its
+        SHA-256 is stored. Shown once."""
         role = Role(role)
         if name is not None and len(name) > 128:
             raise ValueError(f"token name is {len(name)} characters; valid: at most 128")
@@ -78,6 +91,7 @@ class ApiTokens:
                         role=role.value,
                         name=name,
                         created_at=now or datetime.now(UTC),
+                        sites=join_sites(sites),
                     )
                 )
         except SQLAlchemyError as exc:

@@ -52,6 +52,8 @@ class StudyFilter:
     """Last received at or after."""
     until: datetime | None = None
     """Last received before."""
+    sites: frozenset[str] | None = None
+    """Only studies of these sites (a site-scoped caller); None: every site's."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,6 +66,8 @@ class JobFilter:
     """Created at or after."""
     until: datetime | None = None
     """Created before."""
+    sites: frozenset[str] | None = None
+    """Only studies of these sites (a site-scoped caller); None: every site's."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +77,8 @@ class ResultFilter:
     state: ResultState | None = None
     orphan: bool | None = None
     """True: only results that matched no job; False: only those that did."""
+    sites: frozenset[str] | None = None
+    """Only studies of these sites (a site-scoped caller); None: every site's."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,6 +87,11 @@ class DeliveryFilter:
     target: str | None = None
     result_id: int | None = None
     job_id: int | None = None
+
+
+def _of_sites(sites: frozenset[str]) -> Select[Any]:
+    """The Study Instance UIDs of ``sites``' studies (a subquery)."""
+    return select(studies.c.study_uid).where(studies.c.site.in_(sorted(sites)))
 
 
 def _time_page(stmt: Select[Any], column: Any, id_column: Any, after: TimeKey | None) -> Any:
@@ -102,6 +113,8 @@ class Listing:
     ) -> list[Study]:
         """Studies by last activity, newest first, with their series."""
         stmt = select(studies)
+        if f.sites is not None:
+            stmt = stmt.where(studies.c.site.in_(sorted(f.sites)))
         if f.state is not None:
             stmt = stmt.where(studies.c.state == f.state.value)
         if f.accession_number is not None:
@@ -136,6 +149,8 @@ class Listing:
     def jobs(self, f: JobFilter, *, before_id: int | None = None, limit: int = 100) -> list[Job]:
         """Jobs, newest first."""
         stmt = select(jobs).order_by(jobs.c.id.desc()).limit(limit)
+        if f.sites is not None:
+            stmt = stmt.where(jobs.c.study_uid.in_(_of_sites(f.sites)))
         if f.states:
             stmt = stmt.where(jobs.c.state.in_([JobState(s).value for s in f.states]))
         if f.vendor is not None:
@@ -158,6 +173,8 @@ class Listing:
     ) -> list[Result]:
         """Results, newest first, with their objects and findings."""
         stmt = select(results).order_by(results.c.id.desc()).limit(limit)
+        if f.sites is not None:
+            stmt = stmt.where(results.c.study_uid.in_(_of_sites(f.sites)))
         if f.study_uid is not None:
             stmt = stmt.where(results.c.study_uid == f.study_uid)
         if f.vendor is not None:
@@ -199,9 +216,12 @@ class Listing:
         patient_id: str | None = None,
         after: TimeKey | None = None,
         limit: int = 100,
+        sites: frozenset[str] | None = None,
     ) -> list[StoredOrder]:
-        """Orders by last update, newest first."""
+        """Orders by last update, newest first (only ``sites``' when given)."""
         stmt = select(orders)
+        if sites is not None:
+            stmt = stmt.where(orders.c.site.in_(sorted(sites)))
         if status is not None:
             stmt = stmt.where(orders.c.status == status)
         if accession_number is not None:
