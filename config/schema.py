@@ -31,6 +31,7 @@ from broker.model.contract import ContractTerms, ProductTerms
 from broker.model.deid import MIN_SECRET, SECRET_VARIABLE, Deidentify
 from broker.model.errors import did_you_mean
 from broker.model.logging import LogFile
+from broker.model.priors import PRIOR_SOURCES, PriorsPolicy
 from broker.model.sites import SiteDirectory
 from broker.model.vendor import TransportContext
 from config.base import (
@@ -609,6 +610,28 @@ class Settings(Strict):
         return self
 
     @model_validator(mode="after")
+    def _priors_sources(self) -> Settings:
+        """``routes[].priors.source`` names a ``dicom`` or ``dicomweb`` target."""
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for i, route in enumerate(self.routes):
+            if route.priors is None:
+                continue
+            target = self.targets.get(route.priors.source)
+            kinds = [n for n, t in self.targets.items() if t.type in PRIOR_SOURCES]
+            valid = ", ".join(kinds) if kinds else "none (add a dicom target)"
+            if target is None or target.type not in PRIOR_SOURCES:
+                what = "no such target" if target is None else f"a {target.type} target"
+                problems.append(
+                    (
+                        ("routes", i, "priors", "source"),
+                        f"'{route.priors.source}' is {what}; valid: a dicom target: {valid}",
+                    )
+                )
+        if problems:
+            raise LocatedErrors(problems)
+        return self
+
+    @model_validator(mode="after")
     def _routes_consistent(self) -> Settings:
         """Route names are unique; routes evaluate time in the site timezone, so it must exist."""
         first: dict[str, int] = {}
@@ -665,6 +688,24 @@ class Settings(Strict):
                 ]
             )
         return self
+
+    def priors(self, route: str) -> PriorsPolicy | None:
+        """The priors ``route`` asks for, with its source's settings; None: none."""
+        found = next((r for r in self.routes if r.name == route), None)
+        if found is None or found.priors is None:
+            return None
+        asked = found.priors
+        source = self.targets[asked.source]
+        return PriorsPolicy(
+            source=asked.source,
+            source_type=source.type,
+            source_params=source.model_dump(mode="json"),
+            count=asked.count,
+            same_modality=asked.same_modality,
+            body_part=asked.body_part,
+            max_age_days=asked.max_age / 86400 if asked.max_age else None,
+            wait=asked.wait,
+        )
 
     def deidentify(self, vendor: str, route: str) -> Deidentify | None:
         """The de-identification of what ``route`` sends ``vendor``: the route's block,

@@ -248,6 +248,22 @@ class Vendor(Strict):
     regulatory: RegulatorySettings | None = None
 
 
+class PriorsSettings(Strict):
+    """``routes[].priors``: earlier studies of the same patient (patient ID and issuer),
+    fetched from the ``source`` PACS (a ``dicom`` target: C-FIND, C-GET) and sent along
+    with the study; see :mod:`broker.model.priors`."""
+
+    source: Annotated[str, Field(min_length=1)]
+    count: Annotated[int, Field(ge=1, le=20)] = 1
+    same_modality: bool = True
+    body_part: bool = False
+    """Only priors with a series of the study's body part."""
+    max_age: Duration | None = None
+    """How far back (``730d``); none: any age."""
+    wait: Duration = 30.0
+    """How long a slow or unreachable PACS may delay the job; then it goes without priors."""
+
+
 class RequireOrderSettings(Strict):
     """Wait for the order before routing; then route on the images alone, or skip."""
 
@@ -305,6 +321,8 @@ class Route(Strict):
     discordance: DiscordanceSettings = DiscordanceSettings()
     sites: list[Annotated[str, Field(min_length=1, max_length=24)]] = Field(default_factory=list)
     """Only studies of these sites (ids of ``sites:``); empty: every site's."""
+    priors: PriorsSettings | None = None
+    """Fetch the patient's prior studies from a PACS and send them along (see README)."""
 
     @model_validator(mode="after")
     def _owners_are_sent_to(self) -> Route:

@@ -18,6 +18,7 @@ nothing to claim.
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import tempfile
@@ -42,6 +43,7 @@ from broker.model.jobs import RESENDABLE, Job, JobState
 from broker.model.logging import get_logger
 from broker.model.mode import ShadowCause
 from broker.model.plugins import registered
+from broker.model.priors import FetchedPrior, FetchPriors, PriorsFetched, PriorsQuery
 from broker.model.vendor import SendOutcome, is_retryable
 from broker.store import StudyStore
 from broker.store.jobs import Created, JobStore
@@ -218,7 +220,9 @@ class JobWork:
         bus: Bus,
         clock: Clock,
         on_sent: Sequence[SentHook],
+        *,
         scratch: Path | None = None,
+        priors: Path | None = None,
     ) -> None:
         self.store = JobStore(engine)
         self.studies = StudyStore(engine)
@@ -229,6 +233,7 @@ class JobWork:
         self.scratch = scratch
         self.pseudonyms = PseudonymStore(engine)
         self._deidentify: Deidentifier | None = None
+        self.priors_root = priors
 
     def lanes(self, plan: Plan) -> Mapping[str, int]:
         return {name: plan.vendor(name).concurrency for name in plan.vendor_names}
@@ -248,6 +253,8 @@ class JobWork:
             return Failure(
                 "the study has no instances in the store", retryable=False, why="nothing to send"
             )
+        priors = self.priors(item, plan, log)
+        files += priors.files
         profile = plan.deidentify(item.vendor, item.route)
         outbound: Outbound | None = None
         if profile is not None:
@@ -273,7 +280,54 @@ class JobWork:
                 shutil.rmtree(outbound.folder, ignore_errors=True)
         if outbound is not None:
             sent = replace(sent, deidentified=outbound.summary())
-        return Success((JobState.SENT, JobState.AWAITING_RESULT), detail=sent)
+        if priors.note:
+            sent = replace(
+                sent, detail=f"{sent.detail}; {priors.note}" if sent.detail else priors.note
+            )
+        return Success(
+            (JobState.SENT, JobState.AWAITING_RESULT), detail=sent, note=priors.note or None
+        )
+
+    def priors_folder(self, item: Job) -> Path:
+        """Where the job's priors are spooled (kept between attempts, gone once sent)."""
+        root = self.priors_root or Path(tempfile.gettempdir()) / "radbridge-priors"
+        return root / f"job-{item.id}"
+
+    def priors(self, item: Job, plan: Plan, log: BoundLogger) -> PriorsFetched:
+        """The prior studies the job's route sends along: fetched once per job (a retry
+        sends what the first attempt fetched), within the route's ``priors.wait``."""
+        policy = plan.priors(item.route)
+        if policy is None:
+            return PriorsFetched()
+        folder = self.priors_folder(item)
+        done = folder / "fetched.json"
+        if done.exists():
+            return _read_fetched(done)
+        try:
+            query = PriorsQuery.of(self.studies.get_study(item.study_uid))
+            if query is None:
+                return PriorsFetched(note="sent without priors: the study has no patient ID")
+            if folder.exists():
+                shutil.rmtree(folder)  # half a fetch of an interrupted attempt
+            folder.mkdir(parents=True)
+            fetch: FetchPriors = registered(f"priors_{policy.source_type}")
+            fetched = fetch(query, policy, folder)
+        except Exception as exc:  # a fetch that fails must not keep the study from its vendor
+            count_error("priors", exc)
+            log.exception("priors not fetched")
+            fetched = PriorsFetched(note=f"sent without priors: {type(exc).__name__}: {exc}")
+        log.info(
+            "priors",
+            source=policy.source,
+            studies=len(fetched.priors),
+            instances=len(fetched.files),
+        )
+        _write_fetched(done, fetched)
+        return fetched
+
+    def forget_priors(self, item: Job) -> None:
+        """The vendor has the priors (or the job will not be tried again): their copy goes."""
+        shutil.rmtree(self.priors_folder(item), ignore_errors=True)
 
     def deidentify(
         self, item: Job, files: list[Path], profile: Deidentify, plan: Plan, log: BoundLogger
@@ -327,6 +381,8 @@ class JobWork:
         return outbound
 
     def after(self, item: Job, done: Job, outcome: Outcome, plan: Plan, log: BoundLogger) -> None:
+        if done.state is not JobState.FAILED:  # a failed job is tried again with its priors
+            self.forget_priors(item)
         if not isinstance(outcome, Success) or not isinstance(outcome.detail, SendOutcome):
             return
         sent: SendOutcome = outcome.detail
@@ -367,10 +423,11 @@ class JobWorker:
         poll_seconds: float = POLL_SECONDS,
         worker: str | None = None,
         scratch: Path | None = None,
+        priors: Path | None = None,
     ) -> None:
         self.bus = bus
         self.plans = plans
-        self.work = JobWork(engine, bus, clock, on_sent, scratch)
+        self.work = JobWork(engine, bus, clock, on_sent, scratch=scratch, priors=priors)
         self.engine = WorkEngine(
             self.work,
             plans,
@@ -452,3 +509,28 @@ class JobWorker:
         """Claim and send ``vendor``'s next pending job, if any (tests, one-off runs)."""
         job = self.engine.claim(vendor)
         return None if job is None else self.handle(job)
+
+
+def _write_fetched(path: Path, fetched: PriorsFetched) -> None:
+    """Keep what a fetch brought for the job's next attempt."""
+    priors = [
+        {
+            "study_uid": p.study_uid,
+            "study_date": p.study_date,
+            "files": [str(f) for f in p.files],
+            "refused": p.refused,
+        }
+        for p in fetched.priors
+    ]
+    path.write_text(json.dumps({"priors": priors, "note": fetched.note}))
+
+
+def _read_fetched(path: Path) -> PriorsFetched:
+    data = json.loads(path.read_text())
+    priors = tuple(
+        FetchedPrior(
+            p["study_uid"], p["study_date"], tuple(Path(f) for f in p["files"]), p["refused"]
+        )
+        for p in data["priors"]
+    )
+    return PriorsFetched(priors, data["note"])

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from broker.model.critical import CriticalPolicy
 from broker.model.deid import Deidentify
 from broker.model.errors import ConfigError
+from broker.model.priors import PriorsPolicy
 from broker.model.sites import SiteDirectory
 from broker.model.vendor import VendorTransport
 from broker.model.verdicts import VerdictLinks
@@ -121,6 +122,10 @@ class Plan(Protocol):
         """How what ``route`` sends ``vendor`` is de-identified; None: sent as received."""
         ...
 
+    def priors(self, route: str) -> PriorsPolicy | None:
+        """The prior studies ``route`` sends along, and their PACS; None: none."""
+        ...
+
     def regulatory(self, vendor: str) -> str | None:
         """The vendor product and its regulatory data in one line; None: not configured."""
         ...
@@ -175,6 +180,8 @@ class FixedPlan:
     regulatory_labels: dict[str, str] = field(default_factory=dict)
     """Vendor name → its product and regulatory data in one line."""
     sites: SiteDirectory = field(default_factory=SiteDirectory)
+    prior_policies: dict[str, PriorsPolicy] = field(default_factory=dict)
+    """Route name → the priors it sends along."""
 
     def __post_init__(self) -> None:
         missing = sorted(set(self.vendors) - set(self.transports))
@@ -219,6 +226,9 @@ class FixedPlan:
 
     def deidentify(self, vendor: str, route: str) -> Deidentify | None:
         return self.deidentified.get(vendor)
+
+    def priors(self, route: str) -> PriorsPolicy | None:
+        return self.prior_policies.get(route)
 
     def regulatory(self, vendor: str) -> str | None:
         return self.regulatory_labels.get(vendor)

@@ -60,6 +60,8 @@ class Success:
     values: Mapping[str, Any] = field(default_factory=dict)
     detail: Any = None
     """What the attempt returned (a send's outcome), for :meth:`Work.after`."""
+    note: str | None = None
+    """A line for the item's history (not an error: e.g. "sent without priors: …")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +359,7 @@ class WorkEngine(Generic[I]):
                     worker=self.worker,
                     snapshot=plan.id,
                     values=outcome.values,
+                    note=outcome.note,
                     now=now,
                 )
             if outcome.retryable and not item.exhausted:

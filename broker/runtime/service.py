@@ -86,6 +86,7 @@ class Service:
             on_sent=[self.accounting.job_sent],
             lease_seconds=lease,
             scratch=self.context.spool.tmp,
+            priors=self.context.spool.priors,
         )
         self.routing = RoutingStage(
             self.context.store,

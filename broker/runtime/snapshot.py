@@ -32,6 +32,7 @@ from broker.model.deid import Deidentify
 from broker.model.errors import ConfigError
 from broker.model.logging import get_logger
 from broker.model.mode import Mode, shadow_of
+from broker.model.priors import PriorsPolicy
 from broker.model.sites import SITE_TARGET_PREFIX, SiteDirectory, site_target
 from broker.model.target import TARGETS, TargetSettings
 from broker.model.vendor import VendorTransport
@@ -260,6 +261,9 @@ class Snapshot:
         if route in self.retired_deidentify and route not in self.routes_write_back:
             return self.retired_deidentify[route]
         return self.settings.deidentify(vendor, route)
+
+    def priors(self, route: str) -> PriorsPolicy | None:
+        return self.settings.priors(route)
 
     def regulatory(self, vendor: str) -> str | None:
         return self.settings.regulatory_label(vendor)

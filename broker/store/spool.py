@@ -50,6 +50,8 @@ class Spool:
         self.tmp = root / "tmp"
         self.studies = root / "studies"
         self.results = root / "results"
+        self.priors = root / "priors"
+        """Prior studies fetched for jobs (:mod:`broker.model.priors`): never indexed."""
         self._lock_fd: int | None = None
 
     def lock(self) -> None:

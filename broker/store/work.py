@@ -112,6 +112,7 @@ class WorkStore(WorkClaims[I, S, E]):
         next_attempt_at: datetime | None = None,
         snapshot: str | None = None,
         values: Mapping[str, Any] | None = None,
+        note: str | None = None,
         now: datetime | None = None,
     ) -> I:
         """Move an item on, through one state or a path of states in one transaction.
@@ -131,6 +132,7 @@ class WorkStore(WorkClaims[I, S, E]):
             next_attempt_at=next_attempt_at,
             snapshot=snapshot,
             values=values,
+            note=note,
             now=now,
         )
 
@@ -171,13 +173,15 @@ class WorkStore(WorkClaims[I, S, E]):
         next_attempt_at: datetime | None = None,
         snapshot: str | None = None,
         values: Mapping[str, Any] | None = None,
+        note: str | None = None,
         now: datetime | None = None,
     ) -> I:
         """Move an item along ``path`` in one transaction, one history row per step.
 
         ``expect``: the state it must be in; ``holder``: the worker whose
         claim it must be under; ``reset``: attempts start over (the history
-        keeps ``error`` as the reason, the item's last error is cleared).
+        keeps ``error`` as the reason, the item's last error is cleared);
+        ``note``: said in the first step's history row only (not an error).
         """
         now = utc(now)
         t, m = self._t, self._m
@@ -205,7 +209,7 @@ class WorkStore(WorkClaims[I, S, E]):
                         from_state=state,
                         to_state=step,
                         attempt=attempts,
-                        error=error,
+                        error=error or (note if state is current else None),
                         snapshot=snapshot,
                         worker=holder,
                     )
