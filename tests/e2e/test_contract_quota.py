@@ -1,8 +1,8 @@
 """Contract quotas with scale-out: `radbridge serve` routing and two `radbridge worker`
-processes sending and counting on PostgreSQL and RabbitMQ. Eight chest CTs, two products
-of the same kind: a trial of 3 free studies then billed per use, and a package of 3 then
-stop. The trial counts exactly 3 free uses however the two workers interleave, the package
-sends exactly 3 studies, and `radbridge usage report` says so with each contract. (The
+processes sending and counting on PostgreSQL and RabbitMQ. Six chest CTs, two products
+of the same kind: a trial of 2 free studies then billed per use, and a package of 2 then
+stop. The trial counts exactly 2 free uses however the two workers interleave, the package
+sends exactly 2 studies, and `radbridge usage report` says so with each contract. (The
 jobs are watched in the store itself: a CLI process per poll would cost more than the
 service.)"""
 
@@ -26,9 +26,9 @@ from tests.service import Radbridge
 pytestmark = [pytest.mark.timeout(300), pytest.mark.rabbitmq, pytest.mark.postgres]
 __all__ = ["database", "workers"]  # fixtures shared with the job-worker tests
 
-STUDIES = 8
-TRIAL = 3
-PACKAGE = 3
+STUDIES = 6
+TRIAL = 2
+PACKAGE = 2
 
 
 def _contracts(config: dict[str, Any]) -> dict[str, Any]:
@@ -65,8 +65,8 @@ def test_two_workers_on_postgresql_never_pass_a_quota(
     database: str,
     tmp_path: Path,
 ) -> None:
-    """Eight studies through serve and two workers: lungai 3 trial + 5 billed, lungpkg 3
-    package uses and no fourth job; the usage report names each row's contract and payer;
+    """Six studies through serve and two workers: lungai 2 trial + 4 billed, lungpkg 2
+    package uses and no third job; the usage report names each row's contract and payer;
     both workers sent (and counted) jobs."""
     with StoreSCP(tmp_path / "vendor", ae_title="LUNGAI") as vendor:
         config = _contracts(_config(tmp_path / "rb", database, vendor.port, 2))

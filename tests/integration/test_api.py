@@ -212,9 +212,11 @@ def test_routes_explain_and_reload(api: Api) -> None:
     assert [r["detail"]["reloaded"] for r in reloads] == [True, False]
 
 
-def test_contracts_say_the_use_and_when_a_quota_runs_out(api: Api) -> None:
+def test_contracts_and_the_products_of_results(api: Api) -> None:
     """``GET /api/v1/contracts``: the vendor's ``billing:`` read as its trial contract; one
-    use reserved today of a quota of 1: used up, running out today."""
+    use reserved today of a quota of 1: used up, running out today. Each result in the
+    listing and in its detail names the configured product with its NMPA class,
+    certificate and whether the certificate covers today."""
     now = datetime.now(UTC)
     terms = JobTerms(
         study_uid="1.2.3.1",
@@ -235,11 +237,10 @@ def test_contracts_say_the_use_and_when_a_quota_runs_out(api: Api) -> None:
         "bill",
     )
     assert api.get(f"{API}/contracts", role=None).status_code == 401
+    _results_carry_the_products_regulatory_data(api)
 
 
-def test_results_carry_the_products_regulatory_data(api: Api) -> None:
-    """Each result in the listing and in its detail names the configured product with its
-    NMPA class, certificate and whether the certificate covers today."""
+def _results_carry_the_products_regulatory_data(api: Api) -> None:
     jobs = JobStore(api.engine)
     jobs.claim(1, now=T0)
     jobs.finish(1, [JobState.SENT, JobState.AWAITING_RESULT], now=T0)
