@@ -130,7 +130,8 @@ def test_no_ack_times_out_then_raises_after_the_last_attempt(peers: list[RisPeer
 
 
 def test_sender_against_radbridge_listener(tmp_path: Any) -> None:
-    """radbridge's own listener as the receiver: an ORM gets AA, an ORU (not taken) AE."""
+    """radbridge's own listener as the receiver: an ORM gets AA, and so does an ORU (a final
+    report, kept as ground truth); a message type it does not take (SIU) gets AE."""
 
     port = free_port()
     settings = Settings.model_validate(
@@ -146,9 +147,10 @@ def test_sender_against_radbridge_listener(tmp_path: Any) -> None:
     try:
         with MllpClient(LOOPBACK, port, timeout=5) as client:
             assert client.send(orm_o01(sample_order(1), control_id="O1")).code is AckCode.AA
+            assert client.send(ORU.format(id="O2")).code is AckCode.AA
             with pytest.raises(Hl7RejectedError) as caught:
-                client.send(ORU.format(id="O2"))
+                client.send(ORU.format(id="O3").replace("ORU^R01^ORU_R01", "SIU^S12^SIU_S12"))
         assert caught.value.code == "AE"
-        assert "ORU^R01 is not supported" in caught.value.text
+        assert "SIU^S12 is not supported" in caught.value.text
     finally:
         edge.stop()
