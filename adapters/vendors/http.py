@@ -117,6 +117,7 @@ class HttpTransport(VendorTransport):
     """
 
     retryable: tuple[type[Exception], ...] = (VendorUnavailableError,)
+    pushes_files = False  # the vendor pulls the job's study by WADO-RS
 
     def __init__(
         self,

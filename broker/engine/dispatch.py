@@ -253,7 +253,7 @@ class JobWork:
             return Failure(
                 "the study has no instances in the store", retryable=False, why="nothing to send"
             )
-        priors = self.priors(item, plan, log)
+        priors = self.priors(item, plan, log, pushed=getattr(transport, "pushes_files", True))
         files += priors.files
         profile = plan.deidentify(item.vendor, item.route)
         outbound: Outbound | None = None
@@ -293,12 +293,20 @@ class JobWork:
         root = self.priors_root or Path(tempfile.gettempdir()) / "radbridge-priors"
         return root / f"job-{item.id}"
 
-    def priors(self, item: Job, plan: Plan, log: BoundLogger) -> PriorsFetched:
+    def priors(
+        self, item: Job, plan: Plan, log: BoundLogger, *, pushed: bool = True
+    ) -> PriorsFetched:
         """The prior studies the job's route sends along: fetched once per job (a retry
-        sends what the first attempt fetched), within the route's ``priors.wait``."""
+        sends what the first attempt fetched), within the route's ``priors.wait``; none
+        for a vendor that pulls the study by manifest (``pushed`` False)."""
         policy = plan.priors(item.route)
         if policy is None:
             return PriorsFetched()
+        if not pushed:
+            return PriorsFetched(
+                note="priors not sent: this vendor pulls by manifest, which lists the "
+                "current study only"
+            )
         folder = self.priors_folder(item)
         done = folder / "fetched.json"
         if done.exists():

@@ -62,6 +62,9 @@ class VendorTransport(Protocol):
     """
 
     retryable: tuple[type[Exception], ...]
+    pushes_files: ClassVar[bool] = True
+    """The files ``send`` gets reach the vendor (a pull by manifest: False); a route's
+    priors are fetched only for such a transport."""
 
     def send(self, job: Job, files: Sequence[Path]) -> SendOutcome: ...
 
