@@ -36,6 +36,7 @@ from broker.model.writeback import Delivery, DeliveryKind, DeliveryState
 from broker.store.audit import SYSTEM, Action, record_in
 from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.engine import writing
+from broker.store.jobs import cancel_unsent
 from broker.store.tables import corrections, deliveries, jobs
 from broker.store.work import utc
 
@@ -171,18 +172,39 @@ class CorrectionStore:
     def record_rejection(
         self, note: RejectionNote, *, source: str, peer: str = "", now: datetime | None = None
     ) -> list[Delivery]:
-        """A Rejection Note received: correct the results made from what it rejects; the
-        deliveries made (none: no written result was made from those instances)."""
+        """A Rejection Note received: the jobs not sent yet that would send what it rejects
+        are cancelled (audited ``job.cancel``), the results made from it corrected; the
+        correction deliveries made (none: no written result was made from those instances)."""
+        rejected = list(note.series)
+        now = utc(now)
+        reason = f"rejected: {note.reason.meaning}"
         try:
             with writing(self.engine) as conn:
+                cancelled = cancel_unsent(
+                    conn,
+                    jobs.c.study_uid == note.study_uid,
+                    reason=reason,
+                    now=now,
+                    keep=lambda row: made_from(tuple(json.loads(row.series_uids)), rejected),
+                )
+                for job_id in cancelled:
+                    record_in(
+                        conn,
+                        source,
+                        Action.JOB_CANCEL,
+                        f"job:{job_id}",
+                        detail={"reason": reason, "rejection_note": note.sop_instance_uid},
+                        peer=peer,
+                        now=now,
+                    )
                 return correct_in(
                     conn,
                     [note.study_uid],
                     CorrectionCause.REJECTED,
                     source=source,
-                    now=utc(now),
+                    now=now,
                     reason=note.reason,
-                    series=list(note.series),
+                    series=rejected,
                     detail={
                         "rejection_note": note.sop_instance_uid,
                         "series": len(note.series),

@@ -8,12 +8,23 @@ oldest, and never more live leases at once than the vendor's concurrency.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Table, case, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Row,
+    Table,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.model.domain import Priority
@@ -265,14 +276,28 @@ def cancel_for_studies(
     """Inside the caller's transaction: cancel the studies' jobs that were not sent yet."""
     if not study_uids:
         return 0
+    return len(cancel_unsent(conn, jobs.c.study_uid.in_(list(study_uids)), reason=reason, now=now))
+
+
+def cancel_unsent(
+    conn: Connection,
+    where: ColumnElement[bool],
+    *,
+    reason: str,
+    now: datetime,
+    keep: Callable[[Any], bool] = lambda _row: True,
+) -> list[int]:
+    """Inside the caller's transaction: cancel the jobs ``where`` selects that were not sent
+    yet (and that ``keep`` keeps, given the row); their ids."""
     found = conn.execute(
-        select(jobs.c.id, jobs.c.state, jobs.c.attempts).where(
-            jobs.c.study_uid.in_(list(study_uids)),
-            jobs.c.state.in_([s.value for s in CANCELLED_WITH_ORDER]),
+        select(jobs.c.id, jobs.c.state, jobs.c.attempts, jobs.c.series_uids).where(
+            where, jobs.c.state.in_([s.value for s in CANCELLED_WITH_ORDER])
         )
     ).all()
-    cancelled = 0
+    cancelled: list[int] = []
     for row in found:
+        if not keep(row):
+            continue
         moved = conn.execute(
             update(jobs)
             .where(jobs.c.id == row.id, jobs.c.state == row.state)
@@ -288,5 +313,5 @@ def cancel_for_studies(
                 attempt=row.attempts,
                 error=reason,
             )
-            cancelled += 1
+            cancelled.append(row.id)
     return cancelled

@@ -18,11 +18,13 @@ from broker.model.correction import (
     RejectionNote,
 )
 from broker.model.domain import InboundMessage, Order, OrderSource, OrderStatus, Patient
+from broker.model.jobs import JobState
 from broker.model.writeback import DeliveryKind, DeliveryState
 from broker.store import StudyStore
 from broker.store.audit import AuditLog
 from broker.store.corrections import CorrectionStore
 from broker.store.deliveries import DeliveryStore
+from broker.store.jobs import JobStore
 from broker.store.orders import OrderStore
 from tests.databases import empty_database
 from tests.fhir_receiver import FhirReceiver
@@ -118,7 +120,8 @@ def test_merge_corrects_the_ris_and_fhir_under_the_surviving_patient(
 
 
 def test_rejection_and_cancelled_order_withdraw_once(engine: Engine, tmp_path: Path) -> None:
-    """A rejection note for the study's series withdraws the result: the RIS gets an ORU
+    """A rejection note for the study's series cancels the job not sent yet that would send
+    it (audited) and withdraws the written result: the RIS gets an ORU
     with the configured withdrawal status (D here), the FHIR server entered-in-error; the
     order cancelled afterwards finds the result withdrawn already and adds nothing; a
     rejection of a series no job sent corrects nothing."""
@@ -131,8 +134,12 @@ def test_rejection_and_cancelled_order_withdraw_once(engine: Engine, tmp_path: P
         note = RejectionNote(
             scene.study_uid, "1.2.3.10", REJECTED_FOR_PATIENT_SAFETY, {series: ["1.2.3.11"]}
         )
+        unsent = JobStore(engine).create(scene.study_uid, "lungai", route="head-ct").job
         made = corrections.record_rejection(note, source="C-STORE from CT01")
         assert sorted(d.target for d in made) == ["emr", "ris"]
+        assert JobStore(engine).get(unsent.id).state is JobState.CANCELLED
+        [cancel] = AuditLog(engine).list(action="job.cancel")
+        assert (cancel.actor, cancel.target) == ("C-STORE from CT01", f"job:{unsent.id}")
         assert drain(stage, "ris") == [DeliveryState.DONE]
         assert drain(stage, "emr") == [DeliveryState.DONE]
         outcome = OrderStore(engine).record_order(
