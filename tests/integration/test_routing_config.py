@@ -114,6 +114,9 @@ def test_valid_vendors_and_routes_check_ok(tmp_path: Path) -> None:
         "calling_ae": "RADBRIDGE",
         "timeout": 30.0,
         "max_pdu": 0,
+        "render": [],
+        "originals": True,
+        "language": None,
     }
     bleed = settings.routes[1].spec()
     assert (bleed.priority, bleed.deadline_seconds, bleed.stable_seconds) == (
