@@ -304,6 +304,8 @@ def study_page(request: Request, study_uid: str, console: State, who: Viewer) ->
                 for r in orphans
             ],
             "reconciled": reconciled,
+            "critical": CriticalStore(console.engine).list(study_uid=study_uid),
+            "now": datetime.now(UTC),
             "scrub": lambda text: scrub(text, who, values),
         },
     )

@@ -268,6 +268,8 @@ def test_unacknowledged_case_escalates_is_red_and_closes_on_api_ack(desk: Desk) 
     dashboard = desk.http.get("/console/")
     assert re.search(rf'data-case="{case_id}"[^>]*data-overdue="1"', dashboard.text)
     assert 'class="card alarm" href="/console/critical"' in dashboard.text
+    study_page = desk.http.get(f"/console/studies/{study_uid}")
+    assert re.search(rf'data-case="{case_id}"[^>]*data-overdue="1"', study_page.text)
 
     headers = {"Authorization": f"Bearer {desk.viewer}"}
     body = {"by": "Dr. Li", "note": "called the ward"}
