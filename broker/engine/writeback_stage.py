@@ -21,7 +21,8 @@
   ``done`` with it. Until then a result waits in ``result_received``; its
   notifications (urgent, discordant) do not wait.
 * A shadow job's result (:mod:`broker.model.mode`) gets no delivery and no
-  notification: it stays in the store and the job is ``done`` at once.
+  notification: it stays in the store and the job is ``done`` at once. So does the
+  result of a job whose images a Rejection Note rejected after the job was made.
 * When every write-back delivery of a job is done the job is ``done``; when
   one is dead the job is ``dead`` with the reason. Notifications do not decide
   the job.
@@ -194,6 +195,15 @@ class WritebackStage:
             shadow = effective_shadow(job.shadow, plan.shadow(job.route, job.vendor))
             if shadow is not None:
                 log.info("shadow result kept, not written back", why=shadow.value)
+                self._start_writing_back(job, has_deliveries=False)
+                return []
+            rejected = self.corrections.rejected_before(job)
+            if rejected is not None:
+                log.warning(
+                    "result not written back: made from images rejected since",
+                    correction_id=rejected.id,
+                    reason=f"{rejected.reason.system}:{rejected.reason.value}",
+                )
                 self._start_writing_back(job, has_deliveries=False)
                 return []
             waiting = False

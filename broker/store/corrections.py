@@ -10,7 +10,9 @@ given up (``dead``: nothing reached the target); for a rejection note, only the
 results whose job sent a series the note rejects (a job that sent the whole study
 counts). One correction delivery per result and target (the ``deliveries`` unique
 key): what a target received is withdrawn or corrected once; a later correction of
-the same result and target finds it made and adds nothing.
+the same result and target finds it made and adds nothing. A rejection note is
+recorded even when nothing was written yet: a job made before it from what it rejects
+gets its result kept but not written back (:meth:`CorrectionStore.rejected_before`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from broker.model.correction import (
 )
 from broker.model.domain import Code
 from broker.model.errors import NotFoundError, StoreError
+from broker.model.jobs import Job
 from broker.model.writeback import Delivery, DeliveryKind, DeliveryState
 from broker.store.audit import SYSTEM, Action, record_in
 from broker.store.deliveries import DeliveryStore, NewDelivery
@@ -99,15 +102,18 @@ def correct_in(
     detail: Mapping[str, Any] | None = None,
     actor: str = SYSTEM,
     peer: str = "",
+    keep_empty: bool = False,
 ) -> list[Delivery]:
     """Record a correction of each study that has results written (see the module), with a
-    correction delivery per written result and target; the new deliveries."""
+    correction delivery per written result and target; the new deliveries. ``keep_empty``:
+    recorded (and audited) even when nothing was written yet (a rejection note: results
+    that come later for what it rejects are not written back)."""
     store = DeliveryStore(conn.engine)
     made: list[Delivery] = []
     why = reason or default_reason(cause)
     for study_uid in dict.fromkeys(study_uids):
         written = _written(conn, study_uid, series)
-        if not written:
+        if not written and not keep_empty:
             continue
         correction_id = conn.execute(
             insert(corrections)
@@ -213,6 +219,7 @@ class CorrectionStore:
                     },
                     actor=source,
                     peer=peer,
+                    keep_empty=True,
                 )
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot record the rejection note: {exc}") from exc
@@ -225,6 +232,19 @@ class CorrectionStore:
         if row is None:
             raise NotFoundError(f"no correction {correction_id}")
         return _correction(row)
+
+    def rejected_before(self, job: Job) -> Correction | None:
+        """The rejection note, recorded after ``job`` was made, that rejects what the job
+        sent (its result is made from rejected images); None when there is none."""
+        for correction in self.for_study(job.study_uid):
+            if correction.cause is not CorrectionCause.REJECTED:
+                continue
+            if correction.created_at < job.created_at:
+                continue  # the job was made after the note, from what was left or resent
+            rejected = list(correction.detail.get("rejected") or {})
+            if made_from(job.series_uids, rejected):
+                return correction
+        return None
 
     def for_study(self, study_uid: str) -> list[Correction]:
         with self.engine.connect() as conn:

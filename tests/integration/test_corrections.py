@@ -164,4 +164,25 @@ def test_rejection_and_cancelled_order_withdraw_once(engine: Engine, tmp_path: P
     report = emr.created[emr.bundles[0]["entry"][0]["request"]["ifNoneExist"]]
     assert report["status"] == "entered-in-error"
     audit = AuditLog(engine).list(action="result.correction")
-    assert [a.detail["cause"] for a in audit] == ["rejected"]
+    assert [a.detail["cause"] for a in audit] == ["rejected", "rejected"]  # the note, and other
+
+
+def test_result_of_rejected_images_arriving_later_is_not_written(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A rejection note for the series a job sent, before the vendor answered: the result is
+    kept when it comes but written nowhere (the job is done); a job made after the note is
+    written back as usual."""
+    scene = Scene.make(engine, tmp_path)
+    job = scene.job()
+    series = StudyStore(engine).get_study(scene.study_uid).series[0].series_uid
+    note = RejectionNote(scene.study_uid, "1.2.3.10", REJECTED_FOR_PATIENT_SAFETY, {series: ["1"]})
+    assert CorrectionStore(engine).record_rejection(note, source="C-STORE from PACS") == []
+    stage = make_stage(
+        engine, {"ris": ("hl7", {"host": LOOPBACK, "port": 9})}, routes={"head-ct": ("ris",)}
+    )
+    assert stage.schedule(scene.result(job, sr=False)) == []
+    assert JobStore(engine).get(job.id).state is JobState.DONE
+    later = scene.job(vendor="ichai2")
+    made = stage.schedule(scene.result(later, sr=False))
+    assert [d.target for d in made] == ["ris"]
