@@ -32,7 +32,7 @@ from adapters.console import (
     vendors,
     verdicts,
 )
-from adapters.console.auth import Forbidden, LoginRequired, login_redirect
+from adapters.console.auth import Forbidden, LoginRequired, SiteHidden, login_redirect
 from adapters.console.state import ConsoleState
 from adapters.console.views import render, translator
 from broker.runtime.edges import ServiceContext
@@ -63,6 +63,11 @@ def create_console(engine: Engine, context: ServiceContext | None = None) -> Fas
     @app.exception_handler(LoginRequired)
     def _login(request: Request, _exc: LoginRequired) -> Response:
         return login_redirect(request)
+
+    @app.exception_handler(SiteHidden)
+    def _hidden(request: Request, _exc: SiteHidden) -> Response:
+        _ = translator(request)
+        return render(request, "error.html", {"title": _("Not found"), "message": ""}, status=404)
 
     @app.exception_handler(Forbidden)
     def _forbidden(request: Request, exc: Forbidden) -> Response:

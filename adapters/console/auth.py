@@ -26,6 +26,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, Header, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
+from adapters.api.auth import SITE_SCOPED
 from adapters.console.state import ConsoleState, console_state
 from adapters.console.views import render, translator
 from broker.i18n import LANGUAGES, N_
@@ -43,6 +44,10 @@ State = Annotated[ConsoleState, Depends(console_state)]
 
 class LoginRequired(Exception):  # noqa: N818 (a control-flow signal, handled into a redirect)
     """No live session: the handler redirects to the login form."""
+
+
+class SiteHidden(Exception):  # noqa: N818 (a control-flow signal, handled into a 404)
+    """A page a site-scoped user may not see: answered 404, as for one that does not exist."""
 
 
 class Forbidden(Exception):  # noqa: N818
@@ -118,6 +123,10 @@ def signed_in(request: Request, console: State) -> Session:
     found = console.sessions.get(request.cookies.get(COOKIE, ""))
     if found is None:
         raise LoginRequired
+    if found.sites is not None:  # only pages that keep to the user's sites
+        endpoint = getattr(request.scope.get("route"), "endpoint", None)
+        if not getattr(endpoint, SITE_SCOPED, False):
+            raise SiteHidden
     request.state.session = found
     return found
 
@@ -233,6 +242,8 @@ def login(
     console.audit.record(
         session.actor, "console.login", subject, {"role": session.role.value}, peer
     )
+    if session.sites is not None and next_page.rstrip("/") == (root(request) or ""):
+        next_page = f"{root(request)}/studies"  # the dashboard is of every site
     response = RedirectResponse(next_page, status_code=303)
     response.set_cookie(
         COOKIE,

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
+from adapters.api.auth import site_scoped
 from adapters.console.auth import State, reading
 from adapters.console.views import patient_view, render, scrub, translator
 from broker.model.critical import CaseState
@@ -185,6 +186,7 @@ def _cursor(value: str | None) -> tuple[datetime, int] | None:
 
 
 @router.get("/studies", name="studies")
+@site_scoped
 def studies(
     *,
     request: Request,
@@ -197,7 +199,7 @@ def studies(
     """The studies last received on a day (the site's day; today by default), newest first."""
     chosen, problem = _day(day, console, translator(request))
     start, end = console.day_bounds(chosen)
-    wanted = StudyFilter(since=start, until=end, modality=modality or None)
+    wanted = StudyFilter(since=start, until=end, modality=modality or None, sites=who.sites)
     found = console.listing.studies(wanted, after=_cursor(after), limit=PAGE + 1)
     page = found[:PAGE]
     following = None
@@ -213,7 +215,7 @@ def studies(
             "next_day": chosen + timedelta(days=1),
             "modality": modality or "",
             "problem": problem,
-            "total": count_studies(console.engine, start, end),
+            "total": count_studies(console.engine, start, end, who.sites),
             "rows": study_rows(console, who, page),
             "following": following,
             "first_page": after is None,
@@ -247,10 +249,13 @@ def _findings(
 
 
 @router.get("/studies/{study_uid}", name="study")
+@site_scoped
 def study_page(request: Request, study_uid: str, console: State, who: Viewer) -> Response:
     """Series, the linked order, jobs with their timelines, results and write-back deliveries."""
     try:
         study = console.studies.get_study(study_uid)
+        if who.sites is not None and study.site not in who.sites:
+            raise NotFoundError(f"no study with Study Instance UID {study_uid}")
     except NotFoundError as exc:
         return render(
             request,

@@ -19,6 +19,7 @@ import typer
 from rich.table import Table
 
 from broker.cli.common import ConfigOption, JsonOption, cli_locale, err, out, settings_or_exit
+from broker.cli.tokens import known_sites
 from broker.i18n import LANGUAGES
 from broker.model.domain import Role
 from broker.model.errors import RadbridgeError
@@ -160,6 +161,30 @@ def set_password(
     """Set a new password; the user's open console sessions end."""
     _act(name, config, "user.password", password_stdin)
     out.print(f"password of {name} changed", highlight=False)
+
+
+@app.command("sites")
+def set_sites(
+    name: Annotated[str, typer.Argument(help="Username.")],
+    site: Annotated[
+        list[str] | None,
+        typer.Option("--site", help="A site they see (repeatable); none: every site."),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Limit a console user to sites: they then see only those sites' studies (other pages
+    and other sites' studies are 404); without --site, every site again."""
+    sites = known_sites(config, site)
+    users = _users(config)
+    try:
+        user = users.set_sites(name, sites)
+    except (RadbridgeError, ValueError) as exc:
+        err.print(str(exc), highlight=False, markup=False)
+        raise typer.Exit(1) from exc
+    AuditLog(users.engine).record(
+        cli_actor(), "user.sites", f"user:{user.username}", {"sites": sites}
+    )
+    out.print(f"console user {name} sees {', '.join(sites or ['every site'])}", highlight=False)
 
 
 @app.command("language")

@@ -16,11 +16,16 @@ from broker.store.jobs import _job
 from broker.store.tables import jobs, results, studies
 
 
-def count_studies(engine: Engine, since: datetime, until: datetime) -> int:
-    """Studies last received in ``[since, until)`` (index ``studies (last_received_at)``)."""
+def count_studies(
+    engine: Engine, since: datetime, until: datetime, sites: frozenset[str] | None = None
+) -> int:
+    """Studies last received in ``[since, until)`` (index ``studies (last_received_at)``),
+    only ``sites``' when given."""
     stmt = select(func.count()).where(
         studies.c.last_received_at >= since, studies.c.last_received_at < until
     )
+    if sites is not None:
+        stmt = stmt.where(studies.c.site.in_(sorted(sites)))
     with engine.connect() as conn:
         return int(conn.execute(stmt).scalar_one())
 

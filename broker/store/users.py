@@ -21,6 +21,7 @@ import functools
 import hashlib
 import re
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,6 +33,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from broker.model.domain import Role
 from broker.model.errors import NotFoundError, RadbridgeError, StoreError
+from broker.model.sites import join_sites, parse_sites
 from broker.store.engine import writing
 from broker.store.tables import api_tokens, console_sessions, console_users
 
@@ -75,6 +77,8 @@ class ConsoleUser:
     last_login_at: datetime | None
     language: str | None = None
     """Their choice of language (``en``, ``zh_CN``); None: the site's."""
+    sites: frozenset[str] | None = None
+    """The sites they are limited to; None: every site."""
 
     @property
     def active(self) -> bool:
@@ -96,6 +100,8 @@ class Session:
     expires_at: datetime
     language: str | None = None
     """The user's choice of language; None: the site's (and always for an API token)."""
+    sites: frozenset[str] | None = None
+    """The sites the user or token is limited to (:mod:`broker.model.sites`); None: all."""
 
     @property
     def actor(self) -> str:
@@ -112,6 +118,7 @@ def _user(r: Row[Any]) -> ConsoleUser:
         disabled_at=r.disabled_at,
         last_login_at=r.last_login_at,
         language=r.language,
+        sites=parse_sites(r.sites),
     )
 
 
@@ -220,6 +227,11 @@ class ConsoleUsers:
         """The language the console speaks to ``username``; None: the site's."""
         return self._update(username, "set the language of", language=language)
 
+    def set_sites(self, username: str, sites: Collection[str] | None) -> ConsoleUser:
+        """Limit ``username`` to ``sites`` (None: every site); their open sessions see the
+        new scope at their next request."""
+        return self._update(username, "set the sites of", sites=join_sites(sites))
+
     def _update(self, username: str, doing: str, **values: Any) -> ConsoleUser:
         """Set ``values`` on one user's row; the user as it is then."""
         user = self.get(username)
@@ -310,6 +322,8 @@ class ConsoleSessions:
                 u.c.role.label("user_role"),
                 u.c.disabled_at,
                 u.c.language,
+                u.c.sites.label("user_sites"),
+                t.c.sites.label("token_sites"),
                 t.c.name.label("token_name"),
                 t.c.role.label("token_role"),
                 t.c.revoked_at,
@@ -324,7 +338,7 @@ class ConsoleSessions:
         if row.user_id is not None:
             if row.username is None or row.disabled_at is not None:
                 return None
-            subject, role = row.username, row.user_role
+            subject, role, scope = row.username, row.user_role, row.user_sites
         else:
             if row.token_role is None or row.revoked_at is not None:
                 return None
@@ -333,7 +347,7 @@ class ConsoleSessions:
                 if row.token_name
                 else (f"token:{row.token_id}")
             )
-            role = row.token_role
+            role, scope = row.token_role, row.token_sites
         if now - row.last_seen_at >= TOUCH:
             self._touch(row.id, now)
         return Session(
@@ -345,6 +359,7 @@ class ConsoleSessions:
             token_id=row.token_id,
             expires_at=row.expires_at,
             language=row.language,
+            sites=parse_sites(scope),
         )
 
     def _touch(self, session_id: str, now: datetime) -> None:

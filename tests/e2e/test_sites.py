@@ -1,5 +1,6 @@
 """A regional hub with two sites through one ``radbridge serve``: each site's result goes back
-to that site's own PACS only, and a site-scoped API token sees only its site.
+to that site's own PACS only, and a site-scoped API token and console user see only
+their site.
 
 Site A's PACS is Orthanc (checked through its REST API), site B's a dcmtk ``storescp``;
 the AI product is the harness vendor (a DICOM SR by C-STORE to the results AE). Both
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +36,7 @@ from adapters.hl7.ack import AckCode
 from adapters.results.sr import read_source_study
 from broker.model.domain import Patient
 from tests.peers import Orthanc, StoreSCP, echoscu, free_port, storescu, wait_until
-from tests.service import Radbridge, base_config
+from tests.service import RADBRIDGE, Radbridge, base_config
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("sites")]
 
@@ -266,6 +268,41 @@ def test_a_site_token_sees_its_site_and_nothing_of_another(hub: Hub) -> None:
         timeout=30,
     )
     assert retried.status_code == 404
+
+
+CONSOLE_PASSWORD = "site-a-password-1"
+
+
+def test_a_site_console_user_sees_its_site_and_nothing_of_another(hub: Hub) -> None:
+    """A console user limited to site A (``users sites``) signs in to the studies page,
+    which lists site A's study and not site B's; site B's study page, the dashboard and
+    every page not made site-aware are 404."""
+    a, b = hub.studies["township-a"], hub.studies["township-b"]
+    add = [RADBRIDGE, "users", "add", "nurse_a", "--role", "operator", "--password-stdin"]
+    subprocess.run(
+        [*add, "-c", str(hub.rb.config_path)],
+        input=CONSOLE_PASSWORD + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        env=hub.rb.env,
+        timeout=60,
+    )
+    hub.rb.cli("users", "sites", "nurse_a", "--site", "township-a")
+    day = datetime.now(UTC).date()  # the hub's day (site.timezone: UTC)
+    with httpx.Client(base_url=f"{hub.http}/console", timeout=30) as client:
+        signed = client.post("/login", data={"username": "nurse_a", "password": CONSOLE_PASSWORD})
+        assert signed.status_code == 303, signed.text
+        assert signed.headers["location"].endswith("/console/studies")
+        listed = client.get("/studies", params={"day": str(day)})
+        assert listed.status_code == 200, listed.text
+        assert a in listed.text
+        assert b not in listed.text
+        assert client.get(f"/studies/{a}").status_code == 200
+        for path in (f"/studies/{b}", "/", "/jobs", "/usage", "/audit", "/routes"):
+            page = client.get(path)
+            assert page.status_code == 404, (path, page.status_code)
+            assert "TWB001" not in page.text
 
 
 def _fill(path: str, ids: dict[str, str]) -> str:
