@@ -26,7 +26,7 @@ from broker.store.corrections import CorrectionStore
 from broker.store.deliveries import DeliveryStore
 from broker.store.jobs import JobStore
 from broker.store.orders import OrderStore
-from tests.databases import empty_database
+from tests.databases import DATABASES, empty_database
 from tests.fhir_receiver import FhirReceiver
 from tests.integration.test_writeback import drain, make_stage
 from tests.peers import LOOPBACK
@@ -167,12 +167,16 @@ def test_rejection_and_cancelled_order_withdraw_once(engine: Engine, tmp_path: P
     assert [a.detail["cause"] for a in audit] == ["rejected", "rejected"]  # the note, and other
 
 
-def test_result_of_rejected_images_arriving_later_is_not_written(
-    engine: Engine, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize("kind", DATABASES)
+def test_result_of_rejected_images_arriving_later_is_not_written(kind: str, tmp_path: Path) -> None:
     """A rejection note for the series a job sent, before the vendor answered: the result is
     kept when it comes but written nowhere (the job is done); a job made after the note is
-    written back as usual."""
+    written back as usual. On SQLite and PostgreSQL."""
+    with empty_database(kind, tmp_path) as engine:
+        later_job_written(engine, tmp_path)
+
+
+def later_job_written(engine: Engine, tmp_path: Path) -> None:
     scene = Scene.make(engine, tmp_path)
     job = scene.job()
     series = StudyStore(engine).get_study(scene.study_uid).series[0].series_uid
@@ -186,3 +190,25 @@ def test_result_of_rejected_images_arriving_later_is_not_written(
     later = scene.job(vendor="ichai2")
     made = stage.schedule(scene.result(later, sr=False))
     assert [d.target for d in made] == ["ris"]
+
+
+@pytest.mark.parametrize("kind", DATABASES)
+def test_adt_update_corrects_only_when_the_patient_changes(kind: str, tmp_path: Path) -> None:
+    """An ADT^A08 that repeats the study's patient as held corrects nothing; one that renames
+    the patient after the result was scheduled for the RIS makes one correction for it
+    (patient_changed), audited with the HIS as actor. On SQLite and PostgreSQL."""
+    with empty_database(kind, tmp_path) as engine:
+        scene = Scene.make(engine, tmp_path)
+        result_id = scene.result(scene.job(), sr=False)
+        stage = make_stage(
+            engine, {"ris": ("hl7", {"host": LOOPBACK, "port": 9})}, routes={"head-ct": ("ris",)}
+        )
+        assert [d.target for d in stage.schedule(result_id)] == ["ris"]
+        orders = OrderStore(engine)
+        orders.record_patient(Patient(patient_id="PAT0002", name="ROE^RICHARD"), adt("ADT^A08"))
+        assert DeliveryStore(engine).list(kind=DeliveryKind.CORRECTION) == []
+        orders.record_patient(Patient(patient_id="PAT0002", name="ROE^RICHARDSON"), adt("ADT^A08"))
+        [made] = DeliveryStore(engine).list(kind=DeliveryKind.CORRECTION)
+        assert (made.target, made.event, made.result_id) == ("ris", "patient_changed", result_id)
+        [audited] = AuditLog(engine).list(action="result.correction")
+        assert audited.detail["source"] == "ADT^A08 ADT^A08-1"
