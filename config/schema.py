@@ -618,13 +618,14 @@ class Settings(Strict):
                 continue
             target = self.targets.get(route.priors.source)
             kinds = [n for n, t in self.targets.items() if t.type in PRIOR_SOURCES]
-            valid = ", ".join(kinds) if kinds else "none (add a dicom target)"
+            valid = ", ".join(kinds) if kinds else "none (add a dicom or dicomweb target)"
             if target is None or target.type not in PRIOR_SOURCES:
                 what = "no such target" if target is None else f"a {target.type} target"
                 problems.append(
                     (
                         ("routes", i, "priors", "source"),
-                        f"'{route.priors.source}' is {what}; valid: a dicom target: {valid}",
+                        f"'{route.priors.source}' is {what}; "
+                        f"valid: a dicom or dicomweb target: {valid}",
                     )
                 )
         if problems:
@@ -699,7 +700,10 @@ class Settings(Strict):
         return PriorsPolicy(
             source=asked.source,
             source_type=source.type,
-            source_params=source.model_dump(mode="json"),
+            source_params={
+                key: value.get_secret_value() if isinstance(value, SecretStr) else value
+                for key, value in source.model_dump().items()
+            },
             count=asked.count,
             same_modality=asked.same_modality,
             body_part=asked.body_part,

@@ -250,8 +250,8 @@ class Vendor(Strict):
 
 class PriorsSettings(Strict):
     """``routes[].priors``: earlier studies of the same patient (patient ID and issuer),
-    fetched from the ``source`` PACS (a ``dicom`` target: C-FIND, C-GET) and sent along
-    with the study; see :mod:`broker.model.priors`."""
+    fetched from the ``source`` PACS (a ``dicom`` target: C-FIND, C-GET; a ``dicomweb``
+    one: QIDO-RS, WADO-RS) and sent along with the study; see :mod:`broker.model.priors`."""
 
     source: Annotated[str, Field(min_length=1)]
     count: Annotated[int, Field(ge=1, le=20)] = 1

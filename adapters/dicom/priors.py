@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -63,8 +63,9 @@ def _text(value: object) -> str:
     return str(value or "").strip()
 
 
-def _candidates(assoc: Association, query: PriorsQuery, policy: PriorsPolicy) -> Iterator[Dataset]:
-    """The PACS's studies of the patient (study level), as it answers."""
+def study_query(query: PriorsQuery, policy: PriorsPolicy) -> Dataset:
+    """The study-level query: the patient ID to match, the issuer, date, modalities and UID
+    to return (the issuer is checked here: not every PACS matches on it)."""
     ask = Dataset()
     ask.QueryRetrieveLevel = "STUDY"
     ask.PatientID = query.patient_id
@@ -75,6 +76,12 @@ def _candidates(assoc: Association, query: PriorsQuery, policy: PriorsPolicy) ->
     if policy.max_age_days is not None:
         since = datetime.now(UTC) - timedelta(days=policy.max_age_days)
         ask.StudyDate = f"{since:%Y%m%d}-"
+    return ask
+
+
+def _candidates(assoc: Association, query: PriorsQuery, policy: PriorsPolicy) -> Iterator[Dataset]:
+    """The PACS's studies of the patient (study level), as it answers."""
+    ask = study_query(query, policy)
     for status, found in assoc.send_c_find(ask, StudyRootQueryRetrieveInformationModelFind):
         if status is None:
             raise TimeoutError("the PACS did not answer the C-FIND in time")
@@ -106,7 +113,7 @@ def _values(value: object) -> set[str]:
     return {_text(v).upper() for v in items if _text(v)}
 
 
-def _same_patient(found: Dataset, query: PriorsQuery) -> bool:
+def same_patient(found: Dataset, query: PriorsQuery) -> bool:
     return (
         _text(found.get("PatientID")) == query.patient_id
         and _text(found.get("IssuerOfPatientID")) == query.issuer
@@ -114,12 +121,25 @@ def _same_patient(found: Dataset, query: PriorsQuery) -> bool:
 
 
 def choose(assoc: Association, query: PriorsQuery, policy: PriorsPolicy) -> list[tuple[str, str]]:
-    """``(study UID, study date)`` of the priors to fetch, newest first, at most ``count``."""
+    """``(study UID, study date)`` of the priors to fetch by C-GET (see :func:`pick`)."""
+    return pick(_candidates(assoc, query, policy), query, policy, lambda uid: _series(assoc, uid))
+
+
+def pick(
+    studies: Iterable[Dataset],
+    query: PriorsQuery,
+    policy: PriorsPolicy,
+    series_of: Callable[[str], list[Dataset]],
+) -> list[tuple[str, str]]:
+    """``(study UID, study date)`` of the priors to fetch, newest first, at most ``count``:
+    the PACS's ``studies`` (study-level answers) of exactly the query's patient ID and
+    issuer, not later than the study, of its modality and body part when the policy says
+    so (``series_of(uid)``: the series-level answers, asked only when needed)."""
     chosen: list[tuple[str, str, Dataset]] = []
-    for found in _candidates(assoc, query, policy):
+    for found in studies:
         uid = _text(found.get("StudyInstanceUID"))
         date = _text(found.get("StudyDate"))
-        if not uid or uid == query.study_uid or not _same_patient(found, query):
+        if not uid or uid == query.study_uid or not same_patient(found, query):
             continue
         if query.study_date and date and date > query.study_date:
             continue  # a later study is no prior
@@ -132,10 +152,10 @@ def choose(assoc: Association, query: PriorsQuery, policy: PriorsPolicy) -> list
         modalities = _values(found.get("ModalitiesInStudy"))
         body_parts: set[str] = set()
         if policy.body_part or (policy.same_modality and not modalities):
-            series = _series(assoc, uid)
-            modalities |= {_text(s.get("Modality")) for s in series}
+            series = series_of(uid)
+            modalities |= {_text(s.get("Modality")).upper() for s in series}
             body_parts = {_text(s.get("BodyPartExamined")).upper() for s in series}
-        if policy.same_modality and not modalities & set(query.modalities):
+        if policy.same_modality and not modalities & {m.upper() for m in query.modalities}:
             continue
         if policy.body_part and not body_parts & {b.upper() for b in query.body_parts}:
             continue
@@ -154,7 +174,7 @@ class _Receiver:
 
     def __call__(self, event: evt.Event) -> int:
         ds = event.dataset
-        if not _same_patient(ds, self.query):
+        if not same_patient(ds, self.query):
             self.refused += 1
             return _NOT_OURS
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -253,10 +273,10 @@ def fetch_priors(query: PriorsQuery, policy: PriorsPolicy, folder: Path) -> Prio
             assoc.release()
     if deadline.passed and len(fetched) < len(picked):
         problems.append(f"the PACS did not answer within {policy.wait:g} s")
-    return PriorsFetched(tuple(fetched), note=_note(policy, fetched, picked, problems))
+    return PriorsFetched(tuple(fetched), note=note(policy, fetched, picked, problems))
 
 
-def _note(
+def note(
     policy: PriorsPolicy,
     fetched: list[FetchedPrior],
     picked: list[tuple[str, str]],
@@ -276,4 +296,4 @@ def _note(
     )
 
 
-__all__ = ["choose", "fetch_priors"]
+__all__ = ["choose", "fetch_priors", "note", "pick", "same_patient", "study_query"]

@@ -4,7 +4,7 @@ A route with ``priors:`` asks for up to ``count`` earlier studies of the
 patient (the same patient ID *and* issuer; never another patient's), of the
 same modality and body part when it says so, no older than ``max_age``. The
 job worker fetches them from the route's ``source`` (a ``dicom`` target: C-FIND
-then C-GET) into the spool's
+then C-GET; a ``dicomweb`` one: QIDO-RS then WADO-RS) into the spool's
 ``priors`` folder, once per job, and sends them along with the study. A PACS
 that is slow or down delays the job by at most ``wait``; then the study goes
 without priors, and the job's history says why.
@@ -23,7 +23,7 @@ from typing import Any
 
 from broker.model.domain import Study
 
-PRIOR_SOURCES = ("dicom",)
+PRIOR_SOURCES = ("dicom", "dicomweb")
 """The target types a route's ``priors.source`` may name."""
 
 
@@ -35,7 +35,8 @@ class PriorsPolicy:
     """The target name of the PACS asked for the priors."""
     source_type: str
     """That target's type (``dicom`` or ``dicomweb``)."""
-    source_params: Mapping[str, Any] = field(default_factory=dict)
+    source_params: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    """The target's settings (its address; a token in clear: never logged)."""
     count: int = 1
     same_modality: bool = True
     body_part: bool = False

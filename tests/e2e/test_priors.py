@@ -1,5 +1,6 @@
 """Priors for comparison through ``radbridge serve``: a route with ``priors:`` fetches the
-patient's earlier study from a real PACS (Orthanc, C-FIND + C-GET) and the vendor (dcmtk
+patient's earlier study from a real PACS (Orthanc, C-FIND + C-GET; QIDO-RS + WADO-RS from
+its DICOMweb plugin) and the vendor (dcmtk
 ``storescp``) receives it with the current study; another patient's study, and a study of
 the same patient ID under another issuer, never come. With Orthanc stopped the study goes
 without priors after the configured wait, and the job's history says so.
@@ -20,6 +21,8 @@ import pydicom
 import pytest
 
 from adapters.dicom.synthetic import generate_study
+from broker.model.plugins import registered
+from broker.model.priors import PriorsPolicy, PriorsQuery
 from tests.peers import Orthanc, StoreSCP, free_port, storescu, wait_until
 from tests.service import Radbridge, base_config
 
@@ -153,15 +156,42 @@ def test_vendor_receives_the_current_and_the_prior_study(world: World) -> None:
     nothing of another patient or of the same ID under another issuer."""
     files, current = _study(world.folder / "current", PATIENT, ISSUER, "20260301")
     storescu(files, world.rb.port)
-    job = _job(world.rb, current)
-    held = wait_until(
-        lambda: (h := _received(world.vendor)).get(world.prior_uid) == 2 and h, "prior at vendor"
-    )
-    assert held.get(current) == 2
+    wait_until(lambda: _received(world.vendor).get(current) == 2, "study at vendor", timeout=90)
+    job = _job(world.rb, current)  # after the vendor has it: a few CLI calls, not hundreds
+    held = _received(world.vendor)
+    assert held.get(world.prior_uid) == 2  # sent in the same job, before the study's state
     assert not set(world.other_uids) & set(held)
     assert "priors from pacs: 1 of 3 asked (2 instances)" in _notes(job)
     assert not list((world.rb.spool / "priors").glob("job-*"))  # the spooled copy is gone
     assert all(s["study_uid"] != world.prior_uid for s in world.rb.studies())  # never routed
+
+
+def test_priors_from_a_dicomweb_pacs(tmp_path: Path) -> None:
+    """From a DICOMweb PACS (Orthanc's plugin: QIDO-RS, WADO-RS) the fetch brings the
+    patient's prior whole, and nothing of another patient or another issuer."""
+    pacs = Orthanc(tmp_path / "orthanc", dicomweb=True).start()
+    try:
+        held = {
+            name: _study(tmp_path / name, patient, issuer, "20240105")
+            for name, patient, issuer in [
+                ("prior", PATIENT, ISSUER),
+                ("other-patient", "PRI0002", ISSUER),
+                ("other-issuer", PATIENT, "HOSP_B"),
+            ]
+        }
+        for files, _uid in held.values():
+            for path in files:
+                pacs.request("POST", "/instances", path.read_bytes())
+        query = PriorsQuery("1.2.3.4", PATIENT, ISSUER, ("CT",), ("HEAD",), "20260301")
+        policy = PriorsPolicy("pacs", "dicomweb", {"url": pacs.dicomweb_url}, count=3, wait=20)
+        fetch = registered("priors_dicomweb")
+        fetched = fetch(query, policy, tmp_path / "out")
+    finally:
+        pacs.stop()
+    assert [p.study_uid for p in fetched.priors] == [held["prior"][1]]
+    assert {str(pydicom.dcmread(f).StudyInstanceUID) for f in fetched.files} == {held["prior"][1]}
+    assert len(fetched.files) == 2
+    assert fetched.note == "priors from pacs: 1 of 3 asked (2 instances)"
 
 
 def test_pacs_down_sends_the_study_without_priors(world: World) -> None:
@@ -171,7 +201,7 @@ def test_pacs_down_sends_the_study_without_priors(world: World) -> None:
     before = set(_received(world.vendor))
     files, current = _study(world.folder / "current2", PATIENT, ISSUER, "20260302")
     storescu(files, world.rb.port)
+    wait_until(lambda: _received(world.vendor).get(current) == 2, "study at vendor", timeout=90)
     job = _job(world.rb, current)
-    held = wait_until(lambda: (h := _received(world.vendor)).get(current) == 2 and h, "study")
-    assert set(held) - before == {current}
+    assert set(_received(world.vendor)) - before == {current}
     assert "sent without priors: the PACS pacs" in _notes(job)

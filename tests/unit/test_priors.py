@@ -64,7 +64,7 @@ def test_priors_from_anything_but_a_dicom_target_is_refused(
         _load(tmp_path, source)
     text = str(caught.value) + " ".join(getattr(caught.value, "lines", []) or [])
     assert "priors" in text and said in text
-    assert "valid: a dicom target: pacs" in text
+    assert "valid: a dicom or dicomweb target: pacs" in text
 
 
 @pytest.fixture
