@@ -351,13 +351,20 @@ def echoscu(
     return _run(args, check=check, timeout=timeout)
 
 
-def wait_until(predicate: Callable[[], Any], what: str = "condition", timeout: float = 60.0) -> Any:
-    """``predicate()``'s first true value, polled every 0.1 s; AssertionError after ``timeout``."""
+def wait_until(
+    predicate: Callable[[], Any],
+    what: str = "condition",
+    timeout: float = 60.0,
+    interval: float = 0.1,
+) -> Any:
+    """``predicate()``'s first true value, polled every ``interval`` seconds; AssertionError
+    after ``timeout``. A predicate that runs a CLI command costs a process per poll: poll it
+    less often (0.5 s)."""
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met in {timeout} s")
-        time.sleep(0.1)
+        time.sleep(interval)
     return value
 
 

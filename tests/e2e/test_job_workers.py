@@ -24,7 +24,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from adapters.dicom.synthetic import generate_study
 from tests.databases import fresh_postgres_database
-from tests.peers import StoreSCP, free_port, storescu
+from tests.peers import StoreSCP, free_port, storescu, wait_until
 from tests.service import RADBRIDGE, Radbridge, base_config
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.rabbitmq, pytest.mark.postgres]
@@ -32,11 +32,8 @@ RABBITMQ = "amqp://guest@127.0.0.1:5672//"
 
 
 def _wait(what: str, predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
+    """Most predicates here run ``radbridge jobs``: a process per poll, so twice a second."""
+    wait_until(predicate, what, timeout, interval=0.5)
 
 
 def _config(folder: Path, database: str, vendor_port: int, concurrency: int) -> dict[str, Any]:

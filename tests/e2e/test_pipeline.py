@@ -17,7 +17,7 @@ import yaml
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from adapters.dicom.synthetic import generate_study
-from tests.peers import StoreSCP, dataset_bytes, free_port, storescu
+from tests.peers import StoreSCP, dataset_bytes, free_port, storescu, wait_until
 from tests.service import RADBRIDGE, Radbridge, base_config
 
 pytestmark = pytest.mark.timeout(240)
@@ -58,11 +58,8 @@ def _config(
 
 
 def _wait(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
+    """Most predicates here run ``radbridge jobs list``: a process per poll, so twice a second."""
+    wait_until(predicate, timeout=timeout, interval=0.5)
 
 
 def _jobs(rb: Radbridge) -> list[dict[str, Any]]:
