@@ -24,6 +24,7 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import replace
 from multiprocessing.context import SpawnProcess
 from typing import Any, ClassVar
 
@@ -31,7 +32,7 @@ from adapters.dicom.mapping import instance_record_from_spooled_file
 from adapters.dicom.server import ListenerServer, make_server
 from adapters.dicom.slots import Limits, ProcessSlots, Refusal, SlotBoard, inode_of
 from adapters.sockets import listen
-from broker.model.errors import DicomError, InvalidDicomError, StoreError
+from broker.model.errors import DicomError, InvalidDicomError, NotFoundError, StoreError
 from broker.model.identity import IdentityConflictError
 from broker.model.logging import configure_logging, get_logger
 from broker.runtime.edges import Edge, ServiceContext
@@ -354,6 +355,13 @@ def recover_spool(spool: Spool, store: StudyStore, settings: Settings) -> int:
             continue
         try:
             record = instance_record_from_spooled_file(path)
+            if settings.sites:  # the spooled file names no sender: it joins its study's site
+                try:
+                    held = store.get_study(record.study_uid)
+                except NotFoundError:  # never acknowledged: its sender sends it again
+                    LOG.warning("spooled file of an unknown study left to its sender's resend")
+                    continue
+                record = replace(record, site=held.site)
             store.record_instance(record, settings.dicom.study_stable_seconds)
             added += 1
         except (InvalidDicomError, StoreError, IdentityConflictError) as exc:

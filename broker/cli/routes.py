@@ -177,6 +177,7 @@ def _inputs(
     *,
     rules: RuleSet,
     now: datetime,
+    site: str | None = None,
 ) -> list[RoutingInput]:
     path = Path(target)
     if path.exists():
@@ -190,7 +191,9 @@ def _inputs(
         used = _files_contract_use(settings, rules, now)
         return [
             replace(
-                files_input(study, tags, orders, calling_ae=calling_ae, called_ae=called_ae),
+                files_input(
+                    study, tags, orders, calling_ae=calling_ae, called_ae=called_ae, site=site
+                ),
                 used=used,
             )
             for study, tags in studies
@@ -202,6 +205,7 @@ def _inputs(
                 ("--order", order),
                 ("--calling-ae", calling_ae),
                 ("--called-ae", called_ae),
+                ("--site", site),
             )
             if value is not None
         ]
@@ -255,6 +259,15 @@ def explain_command(
             show_default=False,
         ),
     ] = None,
+    site: Annotated[
+        str | None,
+        typer.Option(
+            "--site",
+            help="Files only: the site (id of sites:) that sent them (site conditions, "
+            "routes' sites: and site.NAME write-backs).",
+            show_default=False,
+        ),
+    ] = None,
     order: Annotated[
         str | None,
         typer.Option(
@@ -275,7 +288,10 @@ def explain_command(
     calling = _ae("--calling-ae", calling_ae)
     called = _ae("--called-ae", called_ae)
     now = _when(at, rules)
-    inputs = _inputs(settings, target, order, calling, called, rules=rules, now=now)
+    if site is not None and site not in settings.sites:
+        valid = ", ".join(settings.sites) or "none (no sites: block)"
+        raise _fail(f"--site: unknown site {site!r}; valid: {valid}", 2)
+    inputs = _inputs(settings, target, order, calling, called, rules=rules, now=now, site=site)
     rows: list[dict[str, Any]] = []
     texts: list[str] = []
     routed_all = True

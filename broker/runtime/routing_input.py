@@ -222,10 +222,14 @@ def files_input(
     *,
     calling_ae: str | None = None,
     called_ae: str | None = None,
+    site: str | None = None,
 ) -> RoutingInput:
-    """The routing input of a study read from files, as if it came from ``calling_ae`` to
-    ``called_ae``, with the one of ``orders`` the service would link to it: the same
-    accession number (else the same Study Instance UID), and the same patient."""
+    """The routing input of a study read from files, as if it came from ``calling_ae`` (of
+    ``site``) to ``called_ae``, with the one of ``orders`` the service would link to it: the
+    same accession number (else the same Study Instance UID), and the same patient."""
+    if site is not None:
+        study = replace(study, site=site)
+        orders = [o for o in orders if o.site in (None, site)]
     if calling_ae is not None or called_ae is not None:
         study = replace(
             study,
