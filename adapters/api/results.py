@@ -9,7 +9,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 
-from adapters.api.deps import Operator, RowId, RowIdFilter, State, Viewer, site_scoped
+from adapters.api.deps import (
+    Caller,
+    Operator,
+    RowId,
+    RowIdFilter,
+    State,
+    Viewer,
+    hidden,
+    site_scoped,
+)
 from adapters.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, encode, id_key
 from adapters.api.responses import BAD_CURSOR, NOT_FOUND, error
 from adapters.api.schemas import (
@@ -123,10 +132,11 @@ def get_result(result_id: RowId, api: State, who: Viewer) -> ResultDetail:
     summary="Write-back deliveries and notifications, newest first",
     responses=BAD_CURSOR,
 )
+@site_scoped
 def list_deliveries(
     *,
     api: State,
-    _who: Viewer,
+    who: Viewer,
     state: Annotated[list[DeliveryState] | None, Query(description="Repeatable.")] = None,
     target: Annotated[str | None, Query(max_length=64)] = None,
     result_id: RowIdFilter = None,
@@ -135,7 +145,13 @@ def list_deliveries(
     cursor: CursorParam = None,
 ) -> Page[DeliveryOut]:
     found = api.listing.deliveries(
-        DeliveryFilter(states=state or (), target=target, result_id=result_id, job_id=job_id),
+        DeliveryFilter(
+            states=state or (),
+            target=target,
+            result_id=result_id,
+            job_id=job_id,
+            sites=who.sites,
+        ),
         before_id=id_key(cursor),
         limit=limit + 1,
     )
@@ -144,15 +160,29 @@ def list_deliveries(
     return Page[DeliveryOut](items=[delivery_out(d) for d in page], next=following)
 
 
-def _detail(api: State, delivery_id: int) -> DeliveryDetail:
+def _detail(api: State, delivery_id: int, who: Caller) -> DeliveryDetail:
     try:
         delivery = api.deliveries.get(delivery_id)
     except NotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
+    _check_delivery(api, who, delivery.job_id)
     history = api.deliveries.history(delivery_id)
     return DeliveryDetail(
         **delivery_fields(delivery), history=[delivery_event_out(e) for e in history]
     )
+
+
+def _check_delivery(api: State, who: Caller, job_id: int | None) -> None:
+    """404 unless the caller sees the site of the delivery's study (a delivery of no job,
+    a notification of the hub, is the hub's)."""
+    if who.sites is None:
+        return
+    if job_id is None:
+        raise hidden()
+    try:
+        who.check_study(api, api.jobs.get(job_id).study_uid)
+    except NotFoundError as exc:
+        raise hidden() from exc
 
 
 @router.get(
@@ -162,9 +192,10 @@ def _detail(api: State, delivery_id: int) -> DeliveryDetail:
     summary="One delivery and its history",
     responses=NOT_FOUND,
 )
-def get_delivery(delivery_id: RowId, api: State, _who: Viewer) -> DeliveryDetail:
+@site_scoped
+def get_delivery(delivery_id: RowId, api: State, who: Viewer) -> DeliveryDetail:
     """The delivery and every transition (time, from, to, attempt, error), oldest first."""
-    return _detail(api, delivery_id)
+    return _detail(api, delivery_id, who)
 
 
 @router.post(
@@ -174,12 +205,14 @@ def get_delivery(delivery_id: RowId, api: State, _who: Viewer) -> DeliveryDetail
     summary="Start a dead or failed delivery over (operator)",
     responses={**NOT_FOUND, 409: error("The delivery is not dead or failed.")},
 )
+@site_scoped
 def retry_delivery(delivery_id: RowId, api: State, who: Operator) -> DeliveryDetail:
     """The delivery goes back to ``pending`` with its attempts reset (the same message id);
     a job that went dead because of it goes back to ``writing_back``. The running service
     sends it within a second."""
     try:
         before = api.deliveries.get(delivery_id)
+        _check_delivery(api, who, before.job_id)
         delivery = api.deliveries.retry(delivery_id)
     except NotFoundError as exc:
         raise HTTPException(404, str(exc)) from exc
@@ -194,4 +227,4 @@ def retry_delivery(delivery_id: RowId, api: State, who: Operator) -> DeliveryDet
     if delivery.kind is not DeliveryKind.RESULT:
         detail["kind"] = delivery.kind.value
     api.audit.record(who.actor, Action.DELIVERY_RETRY, f"delivery:{delivery_id}", detail, who.peer)
-    return _detail(api, delivery_id)
+    return _detail(api, delivery_id, who)

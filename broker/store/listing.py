@@ -87,6 +87,8 @@ class DeliveryFilter:
     target: str | None = None
     result_id: int | None = None
     job_id: int | None = None
+    sites: frozenset[str] | None = None
+    """Only deliveries of these sites' studies; None: every site's."""
 
 
 def _of_sites(sites: frozenset[str]) -> Select[Any]:
@@ -195,6 +197,9 @@ class Listing:
     ) -> list[Delivery]:
         """Write-back deliveries (and notifications), newest first."""
         stmt = select(deliveries).order_by(deliveries.c.id.desc()).limit(limit)
+        if f.sites is not None:
+            of_sites = select(jobs.c.id).where(jobs.c.study_uid.in_(_of_sites(f.sites)))
+            stmt = stmt.where(deliveries.c.job_id.in_(of_sites))
         if f.states:
             stmt = stmt.where(deliveries.c.state.in_([DeliveryState(s).value for s in f.states]))
         if f.target is not None:

@@ -245,8 +245,8 @@ def test_unattributable_senders_are_refused(hub: Hub) -> None:
 
 
 def test_a_site_token_sees_its_site_and_nothing_of_another(hub: Hub) -> None:
-    """Site A's token lists only site A's study, order, job and result, and gets site A's
-    study and order; site B's are 404, as for records that do not exist."""
+    """Site A's token lists only site A's study, order, job, result and write-back, and
+    gets site A's study and order; site B's are 404, as for records that do not exist."""
     a, b = hub.studies["township-a"], hub.studies["township-b"]
     orders = hub.get(hub.site_a, "/orders").json()["items"]
     assert [(o["accession_number"], o["site"]) for o in orders] == [("TWA001", "township-a")]
@@ -257,6 +257,8 @@ def test_a_site_token_sees_its_site_and_nothing_of_another(hub: Hub) -> None:
     assert hub.get(hub.site_a, f"/studies/{a}").status_code == 200
     assert [j["study_uid"] for j in hub.get(hub.site_a, "/jobs").json()["items"]] == [a]
     assert [r["study_uid"] for r in hub.get(hub.site_a, "/results").json()["items"]] == [a]
+    deliveries = hub.get(hub.site_a, "/deliveries").json()["items"]
+    assert [d["target"] for d in deliveries] == ["site.township-a.pacs"]
     job_b = hub.api("/jobs", study_uid=b)["items"][0]["id"]
     for path in (f"/studies/{b}", f"/jobs/{job_b}", f"/studies/{b}/timeline"):
         answer = hub.get(hub.site_a, path)
