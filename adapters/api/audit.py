@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from adapters.api.deps import AuditReader, State, parse_time
+from adapters.api.deps import AuditReader, State, parse_time, site_scoped
 from adapters.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, encode, id_key
 from adapters.api.responses import BAD_CURSOR, invalid
 from adapters.api.usage import Format
@@ -53,10 +53,11 @@ Until = Annotated[str | None, Query(alias="to", description="Before (a date: thr
     summary="The audit trail, newest first",
     responses=BAD_CURSOR,
 )
+@site_scoped
 def list_audit(
     *,
     api: State,
-    _who: AuditReader,
+    who: AuditReader,
     action: Annotated[str | None, Query(max_length=64)] = None,
     actor: Annotated[str | None, Query(max_length=160)] = None,
     target: Annotated[str | None, Query(max_length=256)] = None,
@@ -74,6 +75,7 @@ def list_audit(
         target=target,
         start=parse_time(since, tz),
         end=parse_time(until, tz, end=True),
+        sites=who.sites,
     )
     page = found[:limit]
     following = encode([page[-1].id]) if len(found) > limit else None

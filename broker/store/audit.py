@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, insert, select
+from sqlalchemy import Connection, Engine, Row, String, cast, insert, literal, select, union_all
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.model.errors import StoreError
 from broker.store.engine import writing
-from broker.store.tables import audit
+from broker.store.tables import audit, deliveries, jobs, studies
 
 #: The actor of what radbridge does on its own (sending a study, writing a result back).
 SYSTEM = "radbridge"
@@ -167,6 +167,17 @@ def record_in(
     )
 
 
+def _site_targets(sites: frozenset[str]) -> Any:
+    """The audit targets of ``sites``' jobs and deliveries (``job:12``, ``delivery:7``)."""
+    of_sites = select(studies.c.study_uid).where(studies.c.site.in_(sorted(sites)))
+    site_jobs = select(jobs.c.id).where(jobs.c.study_uid.in_(of_sites))
+    job_targets = select(literal("job:") + cast(jobs.c.id, String)).where(jobs.c.id.in_(site_jobs))
+    delivery_targets = select(literal("delivery:") + cast(deliveries.c.id, String)).where(
+        deliveries.c.job_id.in_(site_jobs)
+    )
+    return union_all(job_targets, delivery_targets)
+
+
 class AuditLog:
     """Append to and read the audit trail. There is no update and no delete."""
 
@@ -214,9 +225,14 @@ class AuditLog:
         target: str | None = None,
         start: datetime | None = None,
         end: datetime | None = None,
+        sites: frozenset[str] | None = None,
     ) -> builtins.list[AuditEntry]:
-        """Newest first, one page: rows with an id below ``before_id``, filtered."""
+        """Newest first, one page: rows with an id below ``before_id``, filtered; with
+        ``sites``, only rows about those sites' jobs and write-back deliveries (``job:N``,
+        ``delivery:N``: studies sent, operators' retries and cancels)."""
         stmt = select(audit).order_by(audit.c.id.desc()).limit(limit)
+        if sites is not None:
+            stmt = stmt.where(audit.c.target.in_(_site_targets(sites)))
         if before_id is not None:
             stmt = stmt.where(audit.c.id < before_id)
         if action is not None:

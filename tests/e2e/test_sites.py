@@ -245,7 +245,8 @@ def test_unattributable_senders_are_refused(hub: Hub) -> None:
 
 
 def test_a_site_token_sees_its_site_and_nothing_of_another(hub: Hub) -> None:
-    """Site A's token lists only site A's study, order, job, result and write-back, and
+    """Site A's token lists only site A's study, order, job, result, write-back and audit
+    rows, and
     gets site A's study and order; site B's are 404, as for records that do not exist."""
     a, b = hub.studies["township-a"], hub.studies["township-b"]
     orders = hub.get(hub.site_a, "/orders").json()["items"]
@@ -259,6 +260,13 @@ def test_a_site_token_sees_its_site_and_nothing_of_another(hub: Hub) -> None:
     assert [r["study_uid"] for r in hub.get(hub.site_a, "/results").json()["items"]] == [a]
     deliveries = hub.get(hub.site_a, "/deliveries").json()["items"]
     assert [d["target"] for d in deliveries] == ["site.township-a.pacs"]
+    job_a = hub.api("/jobs", study_uid=a)["items"][0]["id"]
+    audited = hub.get(hub.site_a, "/audit").json()["items"]
+    delivery_a = hub.api("/deliveries", job_id=job_a)["items"][0]["id"]
+    assert {(e["action"], e["target"]) for e in audited} == {
+        ("study.sent", f"job:{job_a}"),
+        ("result.written", f"delivery:{delivery_a}"),
+    }
     job_b = hub.api("/jobs", study_uid=b)["items"][0]["id"]
     for path in (f"/studies/{b}", f"/jobs/{job_b}", f"/studies/{b}/timeline"):
         answer = hub.get(hub.site_a, path)
