@@ -99,7 +99,12 @@ def test_usage_quota_audit_and_metrics_after_real_deliveries(
         time.sleep(0.3)
         sent = jobs(state="awaiting_result")
         assert sorted(j["vendor"] for j in sent) == ["lungai", "ribai", "ribai"]
-        assert "trial quota of 1 studies used up" in rb.log_path.read_text()
+        [refused] = [
+            line
+            for line in rb.log_lines()
+            if line["event"] == "contract: vendor not sent the study"
+        ]
+        assert refused["vendor"] == "lungai" and "used up" in str(refused["why"])
         assert len(lung.files()) == len(cts[0]) and len(rib.files()) == 2 * len(cts[0])
 
         # Usage: the API, the CLI and the jobs agree.

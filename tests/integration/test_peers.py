@@ -154,15 +154,17 @@ def test_lossless_variants_hold_real_codestreams(
 
 
 def test_every_study_kind_carries_the_tags_routing_reads(tmp_path: Path) -> None:
-    """Each kind writes its modality, body part, slice thickness and Part 10 meta."""
+    """Each kind writes its modality, body part, slice thickness (per series: the stroke
+    protocol's head CT, CTA and perfusion) and Part 10 meta."""
     expected = {
-        "ct_chest": ("CT", "CHEST", "1", 3),
-        "ct_head": ("CT", "HEAD", "5", 3),
-        "mr_brain": ("MR", "HEAD", "5", 12),
-        "dx_chest": ("DX", "CHEST", None, 2),
-        "ct_ccta": ("CT", "HEART", "0.625", 3),
-        "ct_perfusion": ("CT", "HEAD", "5", 16),
-        "mg": ("MG", "BREAST", None, 2),
+        "ct_chest": ("CT", "CHEST", {"1"}, 3),
+        "ct_head": ("CT", "HEAD", {"5"}, 3),
+        "mr_brain": ("MR", "HEAD", {"5"}, 12),
+        "dx_chest": ("DX", "CHEST", {None}, 2),
+        "ct_ccta": ("CT", "HEART", {"0.625"}, 3),
+        "ct_perfusion": ("CT", "HEAD", {"5"}, 16),
+        "mg": ("MG", "BREAST", {None}, 2),
+        "ct_stroke": ("CT", "HEAD", {"5", "0.625"}, 41),
     }
     for kind in KINDS:
         instances = {"dx_chest": 2, "mg": 2, "ct_perfusion": 1}.get(kind, 3)
@@ -170,7 +172,7 @@ def test_every_study_kind_carries_the_tags_routing_reads(tmp_path: Path) -> None
         files = generate_study(
             kind, tmp_path / kind, instances=instances, rows=size, columns=size, accession=kind
         )
-        modality, body_part, thickness, count = expected[kind]
+        modality, body_part, thicknesses, count = expected[kind]
         assert len(files) == count, kind
         datasets = [pydicom.dcmread(f) for f in files]
         assert len({ds.StudyInstanceUID for ds in datasets}) == 1
@@ -182,8 +184,10 @@ def test_every_study_kind_carries_the_tags_routing_reads(tmp_path: Path) -> None
                 body_part,
                 kind,
             )
-            assert ds.get("SliceThickness") == (None if thickness is None else float(thickness))
             assert ds.pixel_array.any()
+        assert {ds.get("SliceThickness") for ds in datasets} == {
+            None if t is None else float(t) for t in thicknesses
+        }, kind
     contrast = [
         pydicom.dcmread(f).get("ContrastBolusAgent") for f in (tmp_path / "mr_brain").rglob("*.dcm")
     ]
