@@ -14,9 +14,12 @@ from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
+from sqlalchemy import Engine
 
 from broker import i18n
 from broker.model.errors import ConfigError
+from broker.store import make_engine
+from broker.store.migrate import migrate
 from config.loader import load_settings
 from config.schema import Settings
 
@@ -46,6 +49,13 @@ def settings_or_exit(config: Path | None) -> Settings:
         for problem in exc.problems:
             err.print(problem, markup=False, highlight=False)
         raise typer.Exit(2) from exc
+
+
+def store_engine(config: Path | None) -> Engine:
+    """The configuration's store, migrated to the newest schema (or exit 2, as above)."""
+    engine = make_engine(settings_or_exit(config).database_url())
+    migrate(engine)
+    return engine
 
 
 @dataclass(frozen=True, slots=True)

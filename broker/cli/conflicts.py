@@ -17,15 +17,13 @@ from broker.cli.common import (
     err,
     out,
     plain,
-    settings_or_exit,
+    store_engine,
 )
 from broker.model.domain import Patient
 from broker.model.errors import RadbridgeError
 from broker.model.identity import ConflictKind, ConflictState, IdentityConflict
-from broker.store import make_engine
 from broker.store.audit import cli_actor
 from broker.store.conflicts import ConflictStore
-from broker.store.migrate import migrate
 
 app = typer.Typer(
     help="Identity conflicts: orders, studies and results that named another patient.",
@@ -34,8 +32,7 @@ app = typer.Typer(
 
 
 def _store(config: Any) -> ConflictStore:
-    engine = make_engine(settings_or_exit(config).database_url())
-    migrate(engine)
+    engine = store_engine(config)
     return ConflictStore(engine)
 
 

@@ -18,14 +18,12 @@ from broker.cli.common import (
     err,
     out,
     plain,
-    settings_or_exit,
+    store_engine,
 )
 from broker.model.critical import AckVia, CaseState, CriticalCase
 from broker.model.errors import RadbridgeError
-from broker.store import make_engine
 from broker.store.audit import cli_actor
 from broker.store.critical import CriticalStore
-from broker.store.migrate import migrate
 
 app = typer.Typer(
     help="Critical-result cases: urgent findings a named person must acknowledge.",
@@ -34,8 +32,7 @@ app = typer.Typer(
 
 
 def _store(config: Any) -> CriticalStore:
-    engine = make_engine(settings_or_exit(config).database_url())
-    migrate(engine)
+    engine = store_engine(config)
     return CriticalStore(engine)
 
 

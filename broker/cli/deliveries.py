@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from broker.cli.common import ConfigOption, JsonOption, cli_locale, out
+from broker.cli.common import ConfigOption, JsonOption, cli_locale, out, store_engine
 from broker.cli.work import (
     BeforeOption,
     as_json,
@@ -18,7 +18,6 @@ from broker.cli.work import (
     more_pages,
     print_json,
     show,
-    store_engine,
 )
 from broker.model.writeback import DeliveryState
 from broker.store.audit import Action

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from broker.cli.common import ConfigOption, JsonOption, cli_locale, err, out
+from broker.cli.common import ConfigOption, JsonOption, cli_locale, err, out, store_engine
 from broker.cli.work import (
     BeforeOption,
     as_json,
@@ -15,7 +15,6 @@ from broker.cli.work import (
     more_pages,
     print_json,
     show,
-    store_engine,
 )
 from broker.model.jobs import JobState
 from broker.store.audit import Action

@@ -11,12 +11,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from broker.cli.common import ConfigOption, JsonOption, cli_locale, err, out, settings_or_exit
+from broker.cli.common import (
+    ConfigOption,
+    JsonOption,
+    cli_locale,
+    err,
+    out,
+    store_engine,
+)
 from broker.model.deid import Pseudonym
 from broker.model.errors import RadbridgeError
-from broker.store import make_engine
 from broker.store.audit import Action, AuditLog, cli_actor
-from broker.store.migrate import migrate
 from broker.store.pseudonyms import PseudonymStore
 
 app = typer.Typer(
@@ -39,8 +44,7 @@ def _show(found: list[Pseudonym], config: Any, as_json: bool) -> None:
 def _lookup(config: Any, target: str, find: Any) -> list[Pseudonym]:
     """``find(store)`` under an audit row naming ``target``; errors end the command."""
     try:
-        engine = make_engine(settings_or_exit(config).database_url())
-        migrate(engine)
+        engine = store_engine(config)
         found: list[Pseudonym] = find(PseudonymStore(engine))
         AuditLog(engine).record(cli_actor(), Action.PSEUDONYM_LOOKUP, target, {"found": len(found)})
     except RadbridgeError as exc:

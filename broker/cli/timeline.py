@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from broker.cli.audit import Format, moment
-from broker.cli.common import ConfigOption, cli_locale, err, out, settings_or_exit
+from broker.cli.common import ConfigOption, cli_locale, err, out, settings_or_exit, store_engine
 from broker.model.errors import NotFoundError
 from broker.model.timeline import (
     INTERVALS,
@@ -35,8 +35,7 @@ def timeline_command(
 ) -> None:
     """The study's time ledger: first and last instance, complete (and why), routed, sent
     to each vendor, result received, written back to each target, notifications."""
-    engine = make_engine(settings_or_exit(config).database_url())
-    migrate(engine)
+    engine = store_engine(config)
     try:
         stamps = study_timeline(engine, study_uid)
     except NotFoundError as exc:

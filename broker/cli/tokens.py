@@ -8,13 +8,19 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from broker.cli.common import ConfigOption, JsonOption, cli_locale, err, out, settings_or_exit
+from broker.cli.common import (
+    ConfigOption,
+    JsonOption,
+    cli_locale,
+    err,
+    out,
+    settings_or_exit,
+    store_engine,
+)
 from broker.model.domain import Role
 from broker.model.errors import RadbridgeError
-from broker.store import make_engine
 from broker.store.api_tokens import ApiToken, ApiTokens
 from broker.store.audit import Action, AuditLog, cli_actor
-from broker.store.migrate import migrate
 
 app = typer.Typer(
     help="Bearer tokens of the HTTP API (FHIR): viewer < operator < admin.",
@@ -23,8 +29,7 @@ app = typer.Typer(
 
 
 def _tokens(config: Any) -> ApiTokens:
-    engine = make_engine(settings_or_exit(config).database_url())
-    migrate(engine)
+    engine = store_engine(config)
     return ApiTokens(engine)
 
 

@@ -9,9 +9,7 @@ from typing import Annotated
 import typer
 
 from broker.cli.audit import Format
-from broker.cli.common import ConfigOption, err, settings_or_exit
-from broker.store import make_engine
-from broker.store.migrate import migrate
+from broker.cli.common import ConfigOption, err, store_engine
 from broker.store.usage import UsageStore, report_csv
 
 app = typer.Typer(help="Usage for settlement with the AI vendors.", no_args_is_help=True)
@@ -44,8 +42,7 @@ def report(
     if end < start:
         err.print(f"--to {end} is before --from {start}")
         raise typer.Exit(2)
-    engine = make_engine(settings_or_exit(config).database_url())
-    migrate(engine)
+    engine = store_engine(config)
     lines = UsageStore(engine).report(start, end, vendor)
     if fmt is Format.CSV:
         typer.echo(report_csv(lines), nl=False)

@@ -18,14 +18,19 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from broker.cli.common import ConfigOption, JsonOption, cli_locale, err, out, settings_or_exit
+from broker.cli.common import (
+    ConfigOption,
+    JsonOption,
+    cli_locale,
+    err,
+    out,
+    store_engine,
+)
 from broker.cli.tokens import known_sites
 from broker.i18n import LANGUAGES
 from broker.model.domain import Role
 from broker.model.errors import RadbridgeError
-from broker.store import make_engine
 from broker.store.audit import AuditLog, cli_actor
-from broker.store.migrate import migrate
 from broker.store.users import ConsoleUser, ConsoleUsers
 
 app = typer.Typer(
@@ -41,8 +46,7 @@ PasswordStdin = Annotated[
 
 
 def _users(config: Any) -> ConsoleUsers:
-    engine = make_engine(settings_or_exit(config).database_url())
-    migrate(engine)
+    engine = store_engine(config)
     return ConsoleUsers(engine)
 
 

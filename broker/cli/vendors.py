@@ -8,8 +8,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from broker.cli.common import ConfigOption, JsonOption, cli_locale, err, out, settings_or_exit
-from broker.cli.work import print_json, store_engine
+from broker.cli.common import (
+    ConfigOption,
+    JsonOption,
+    cli_locale,
+    err,
+    out,
+    settings_or_exit,
+    store_engine,
+)
+from broker.cli.work import print_json
 from broker.model.errors import RadbridgeError
 from broker.store.audit import cli_actor
 from broker.store.jobs import JOBS

@@ -17,11 +17,9 @@ import typer
 from rich.table import Table
 from sqlalchemy import Engine
 
-from broker.cli.common import CliLocale, err, out, plain, settings_or_exit
+from broker.cli.common import CliLocale, err, out, plain
 from broker.model.errors import NotFoundError, RadbridgeError
-from broker.store import make_engine
 from broker.store.audit import AuditLog, cli_actor
-from broker.store.migrate import migrate
 
 
 class Event(Protocol):
@@ -60,13 +58,6 @@ def more_pages(items: list[Any], limit: int, local: CliLocale) -> None:
     if items and len(items) >= limit:
         hint = local.gettext("newest {limit} shown; older ones: --before {id}")
         err.print(hint.format(limit=limit, id=items[-1].id), highlight=False)
-
-
-def store_engine(config: Any) -> Engine:
-    """The store of the configuration, migrated."""
-    engine = make_engine(settings_or_exit(config).database_url())
-    migrate(engine)
-    return engine
 
 
 def as_json(item: Any, history: list[Any] | None = None) -> dict[str, Any]:
