@@ -193,15 +193,7 @@ class NoticeSCP:
         except StoreError as exc:
             log.error("n-create failed: not kept", error=str(exc))
             return _status(RESOURCE_LIMITATION, "not kept: the store is unavailable")
-        log.info(
-            "n-create",
-            kind=notice.kind.value,
-            study_uid=notice.study_uid,
-            status=notice.status,
-            referenced=len(notice.referenced),
-        )
-        if notice.study_uid:
-            self.report([notice.study_uid])
+        self._kept("n-create", notice, log)
         return SUCCESS, ds
 
     def _mpps(
@@ -256,8 +248,13 @@ class NoticeSCP:
         except StoreError as exc:
             log.error("n-set failed: not kept", error=str(exc))
             return _status(RESOURCE_LIMITATION, "not kept: the store is unavailable")
+        self._kept("n-set", notice, log)
+        return SUCCESS, merged
+
+    def _kept(self, event: str, notice: NoticeIn, log: Any) -> None:
+        """Log a notice that is stored, and report its study to the completion check."""
         log.info(
-            "n-set",
+            event,
             kind=notice.kind.value,
             study_uid=notice.study_uid,
             status=notice.status,
@@ -265,7 +262,6 @@ class NoticeSCP:
         )
         if notice.study_uid:
             self.report([notice.study_uid])
-        return SUCCESS, merged
 
     def handlers(self) -> list[Any]:
         return [(evt.EVT_N_CREATE, self.on_n_create), (evt.EVT_N_SET, self.on_n_set)]
