@@ -127,12 +127,7 @@ class MessageHandler:
         try:
             event = event_from_message(message)
         except UnusableMessageError as exc:
-            problem = exc.problem
-            try:
-                self.sink.record_message(inbound, error=problem.text)
-            except Exception as store_exc:
-                problem = self._storage_failed(store_exc, header)
-            return self._answer(header, AckCode.AE, problem, peer)
+            return self._unusable(exc, inbound, header, peer)
         try:
             self._store(event, inbound, self._site(header))
         except IdentityConflictError as exc:
@@ -141,6 +136,17 @@ class MessageHandler:
         except Exception as exc:
             return self._answer(header, AckCode.AE, self._storage_failed(exc, header), peer)
         return self._answer(header, AckCode.AA, None, peer)
+
+    def _unusable(
+        self, exc: UnusableMessageError, inbound: InboundMessage, header: Header, peer: str
+    ) -> Handled:
+        """AE for a message that parsed but cannot be used; the message is kept with why."""
+        problem = exc.problem
+        try:
+            self.sink.record_message(inbound, error=problem.text)
+        except Exception as store_exc:
+            problem = self._storage_failed(store_exc, header)
+        return self._answer(header, AckCode.AE, problem, peer)
 
     def _report(
         self, message: Hl7Message, header: Header, inbound: InboundMessage, peer: str
@@ -151,12 +157,7 @@ class MessageHandler:
         try:
             report = report_from_message(message)
         except UnusableMessageError as exc:
-            problem = exc.problem
-            try:
-                self.sink.record_message(inbound, error=problem.text)
-            except Exception as store_exc:
-                problem = self._storage_failed(store_exc, header)
-            return self._answer(header, AckCode.AE, problem, peer)
+            return self._unusable(exc, inbound, header, peer)
         try:
             refused = self.reports.record_report(report, inbound)
         except Exception as exc:
