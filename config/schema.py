@@ -47,7 +47,14 @@ from config.contracts import Contract, ContractName, billing_terms
 from config.critical import Critical
 from config.monitoring import FinalReports, Monitoring
 from config.plugins import TargetBlock
-from config.sites import SiteId, SiteSettings, check_sites, site_directory, site_target_names
+from config.sites import (
+    Hl7Name,
+    SiteId,
+    SiteSettings,
+    check_sites,
+    site_directory,
+    site_target_names,
+)
 from config.targets import Notifications, TargetName, check_notifications
 from config.vendors import _KNOWN_TARGETS, _KNOWN_VENDORS, Route, Vendor, VendorName
 from routing.compile import RuleSet, compile_routes
@@ -333,6 +340,15 @@ class Hl7Listen(Strict):
     port: Port = 2575
 
 
+class UnknownFacility(enum.StrEnum):
+    """What the HL7 listener does with a message whose MSH-4 names no site."""
+
+    HUB = "hub"
+    """Taken as the hub's own (as without sites), with a log line."""
+    REFUSE = "refuse"
+    """Refused: AR with an ERR naming MSH-4; the message is kept with why."""
+
+
 class Hl7(Strict):
     """The HL7 v2 orders interface: an MLLP listener for ORM, OMI and ADT messages.
 
@@ -353,6 +369,12 @@ class Hl7(Strict):
     tls: TLS | None = None
     application: Annotated[str, Field(min_length=1, pattern=r"^[^|^~\\&\r\n]+$")] = "RADBRIDGE"
     facility: Annotated[str, Field(min_length=1, pattern=r"^[^|^~\\&\r\n]+$")] = "RADBRIDGE"
+    unknown_facility: UnknownFacility = UnknownFacility.HUB
+    """With ``sites:``, an HL7 message whose MSH-4 is no site's ``hl7_facility``: taken as
+    the hub's own (``hub``, logged), or refused with AR naming MSH-4 (``refuse``)."""
+    hub_facilities: list[Hl7Name] = Field(default_factory=list)
+    """MSH-4 values of the hub's own RIS: the hub's orders even with ``unknown_facility:
+    refuse``."""
 
     @field_validator("allow")
     @classmethod
@@ -594,7 +616,14 @@ class Settings(Strict):
         """The ``sites`` as intake, routing and write-back use them (made once)."""
         made = self._site_directory
         if made is None:
-            made = self._site_directory = site_directory(self.sites, self.site.timezone)
+            hl7 = self.hl7
+            made = self._site_directory = site_directory(
+                self.sites,
+                self.site.timezone,
+                refuse_unknown_facility=hl7 is not None
+                and hl7.unknown_facility is UnknownFacility.REFUSE,
+                hub_facilities=hl7.hub_facilities if hl7 is not None else (),
+            )
         return made
 
     def site_target_names(self) -> tuple[str, ...]:

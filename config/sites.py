@@ -24,6 +24,7 @@ Without ``sites`` everything is the one implicit site, as before.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Collection
 from typing import Annotated, Any
 
 from pydantic import Field, IPvAnyNetwork, field_validator
@@ -114,8 +115,15 @@ def site_target_names(sites: dict[str, SiteSettings]) -> tuple[str, ...]:
     )
 
 
-def site_directory(sites: dict[str, SiteSettings], default_timezone: str) -> SiteDirectory:
-    """The sites as intake and write-back use them."""
+def site_directory(
+    sites: dict[str, SiteSettings],
+    default_timezone: str,
+    *,
+    refuse_unknown_facility: bool = False,
+    hub_facilities: Collection[str] = (),
+) -> SiteDirectory:
+    """The sites as intake and write-back use them (``refuse_unknown_facility`` and
+    ``hub_facilities`` from the ``hl7`` block)."""
     return SiteDirectory(
         tuple(
             SiteInfo(
@@ -128,5 +136,7 @@ def site_directory(sites: dict[str, SiteSettings], default_timezone: str) -> Sit
                 targets=tuple(site.targets),
             )
             for site_id, site in sites.items()
-        )
+        ),
+        refuse_unknown_facility=refuse_unknown_facility,
+        hub_facilities=frozenset(hub_facilities),
     )

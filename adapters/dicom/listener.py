@@ -361,7 +361,8 @@ def recover_spool(spool: Spool, store: StudyStore, settings: Settings) -> int:
                 except NotFoundError:  # never acknowledged: its sender sends it again
                     LOG.warning("spooled file of an unknown study left to its sender's resend")
                     continue
-                record = replace(record, site=held.site)
+                patient = settings.site_directory().patient_of(held.site, record.patient)
+                record = replace(record, site=held.site, patient=patient)
             store.record_instance(record, settings.dicom.study_stable_seconds)
             added += 1
         except (InvalidDicomError, StoreError, IdentityConflictError) as exc:

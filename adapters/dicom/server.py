@@ -356,6 +356,8 @@ class StoreSCP:
             answer = self._rejection(event, tmp, flushing, log)
             if answer is not None:
                 return answer
+        sites = settings.site_directory()
+        site = sites.for_sender(assoc.requestor.ae_title, assoc.requestor.address)
         try:
             record = instance_record_from_file(
                 tmp,
@@ -367,10 +369,9 @@ class StoreSCP:
                 peer_address=assoc.requestor.address,
                 received_at=datetime.now(UTC),
                 wants_series_tags=self.store.wants_series_tags,
-                site=settings.site_directory().for_sender(
-                    assoc.requestor.ae_title, assoc.requestor.address
-                ),
+                site=site,
             )
+            record = replace(record, patient=sites.patient_of(site, record.patient))
             final = self.spool.path_for(
                 record.study_uid, record.series_uid, record.sop_instance_uid
             )

@@ -122,14 +122,26 @@ class MessageHandler:
             control_id=header.control_id[:64] or None,
             sender=f"hl7:{header.sending_application_raw}^{header.sending_facility_raw}"[:160],
         )
+        facility = header.sending_facility_raw.split("^", 1)[0].strip()
+        sites = self.sites()
+        if sites.unknown_facility(facility):
+            return self._unknown_facility(facility, inbound, header, peer)
+        site = sites.for_facility(facility)
         if self.reports is not None and header.kind in REPORT_EVENTS:
             return self._report(message, header, inbound, peer)
         try:
             event = event_from_message(message)
         except UnusableMessageError as exc:
             return self._unusable(exc, inbound, header, peer)
+        if sites and site is None and facility not in sites.hub_facilities:
+            LOG.warning(
+                "HL7 message from a facility of no site taken as the hub's",
+                facility=facility,
+                kind=header.kind,
+                control_id=header.control_id,
+            )
         try:
-            self._store(event, inbound, self._site(header))
+            self._store(event, inbound, sites, site)
         except IdentityConflictError as exc:
             claimed = exc.report.claimed.patient_id  # redacted unless logging.phi is on
             return self._answer(header, AckCode.AE, identity_problem(exc), peer, claimed)
@@ -147,6 +159,22 @@ class MessageHandler:
         except Exception as store_exc:
             problem = self._storage_failed(store_exc, header)
         return self._answer(header, AckCode.AE, problem, peer)
+
+    def _unknown_facility(
+        self, facility: str, inbound: InboundMessage, header: Header, peer: str
+    ) -> Handled:
+        """AR for a message whose MSH-4 names no site (``hl7.unknown_facility: refuse``);
+        kept with why, nothing applied."""
+        text = (
+            f"sending facility (MSH-4) '{facility}' is no site's hl7_facility; valid: a "
+            "configured site's hl7_facility or one of hl7.hub_facilities"
+        )
+        problem = Problem(ErrorCode.TABLE_VALUE_NOT_FOUND, text, "MSH", 1, 4)
+        try:
+            self.sink.record_message(inbound, error=text)
+        except Exception as exc:
+            return self._answer(header, AckCode.AE, self._storage_failed(exc, header), peer)
+        return self._answer(header, AckCode.AR, problem, peer)
 
     def _report(
         self, message: Hl7Message, header: Header, inbound: InboundMessage, peer: str
@@ -180,19 +208,20 @@ class MessageHandler:
         problem = Problem(ErrorCode.APPLICATION_INTERNAL_ERROR, text, "MSH")
         return self._answer(header, AckCode.AR, problem, peer)
 
-    def _site(self, header: Header) -> str | None:
-        """The site of MSH-4's namespace id (its first component), or None."""
-        facility = header.sending_facility_raw.split("^", 1)[0]
-        return self.sites().for_facility(facility)
-
     def _store(
         self,
         event: OrderEvent | PatientEvent | MergeEvent,
         inbound: InboundMessage,
-        site: str | None = None,
+        sites: SiteDirectory,
+        site: str | None,
     ) -> None:
+        """Store one event of ``site``'s (None: the hub's), its patients named with the
+        site's issuer where they name none."""
         if isinstance(event, OrderEvent):
-            orders = [replace(o, site=site) for o in event.orders]
+            orders = [
+                replace(o, site=site, patient=sites.patient_of(site, o.patient))
+                for o in event.orders
+            ]
             outcomes = self.sink.record_orders([(o, None) for o in orders], inbound)
             for order, outcome in zip(orders, outcomes, strict=True):
                 LOG.debug(
@@ -203,9 +232,13 @@ class MessageHandler:
                     status=order.status.value,
                 )
         elif isinstance(event, PatientEvent):
-            self.sink.record_patient(event.patient, inbound)
+            self.sink.record_patient(sites.patient_of(site, event.patient), inbound)
         else:
-            moved = self.sink.merge_all(event.merges, inbound)
+            merges = [
+                (sites.patient_of(site, survivor), sites.patient_of(site, prior))
+                for survivor, prior in event.merges
+            ]
+            moved = self.sink.merge_all(merges, inbound)
             LOG.info("patients merged", moved=moved, control_id=inbound.control_id)
 
     def _storage_failed(self, exc: Exception, header: Header) -> Problem:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from broker.model.domain import Patient
 
 #: How a route names "the originating site's target": ``site.pacs``.
 SITE_TARGET_PREFIX = "site."
@@ -88,6 +90,11 @@ class SiteDirectory:
     """Every configured site; empty: the one implicit site."""
 
     sites: tuple[SiteInfo, ...] = ()
+    refuse_unknown_facility: bool = False
+    """``hl7.unknown_facility: refuse``: an HL7 message whose MSH-4 is no site's (and not
+    one of ``hub_facilities``) is refused instead of taken as the hub's."""
+    hub_facilities: frozenset[str] = frozenset()
+    """MSH-4 values of the hub's own RIS (``hl7.hub_facilities``)."""
     _by_id: dict[str, SiteInfo] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -123,6 +130,24 @@ class SiteDirectory:
             if site.hl7_facility is not None and site.hl7_facility == wanted:
                 return site.id
         return None
+
+    def patient_of(self, site: str | None, patient: Patient) -> Patient:
+        """``patient`` as site ``site`` names it: with the site's ``issuer`` when the record
+        names no issuer of its own (IssuerOfPatientID, PID-3.4), so that two sites' patient
+        "12345" are two patients. A record naming its issuer keeps it."""
+        found = self.get(site)
+        if found is None or found.issuer is None or patient.issuer or not patient.patient_id:
+            return patient
+        return replace(patient, issuer=found.issuer)
+
+    def unknown_facility(self, facility: str | None) -> bool:
+        """True when an HL7 message from MSH-4 ``facility`` is to be refused: sites are
+        configured, ``hl7.unknown_facility`` is ``refuse``, and the facility is neither a
+        site's nor one of the hub's own."""
+        if not self.sites or not self.refuse_unknown_facility:
+            return False
+        wanted = (facility or "").strip()
+        return wanted not in self.hub_facilities and self.for_facility(wanted) is None
 
     def target_for(self, name: str, site: str | None) -> str | None:
         """The target a route's write-back ``name`` stands for, for a study of ``site``:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import socket
 import tempfile
-import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -35,8 +34,6 @@ from adapters.dicom.mapping import (
     read_header,
     tags_from_dataset,
 )
-from adapters.dicom.server import make_server
-from adapters.dicom.slots import Limits, ProcessSlots, SlotBoard
 from adapters.dicom.study import read_studies
 from broker.model.domain import (
     InboundMessage,
@@ -52,13 +49,13 @@ from broker.store import StudyStore, make_engine
 from broker.store.jobs import JobStore
 from broker.store.migrate import migrate
 from broker.store.orders import OrderStore
-from broker.store.spool import Spool
 from config.loader import load_settings
 from config.schema import Settings, routing_rules
 from routing import Decision, RuleSet
 from routing.facts import study_tags
 from tests.databases import DATABASES, empty_database
 from tests.hl7_messages import sample_order
+from tests.listener import dicom_listener
 from tests.peers import storescu
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("routing_facts")]
@@ -213,16 +210,6 @@ def _config(folder: Path, port: int, routes: list[dict[str, Any]]) -> dict[str, 
     }
 
 
-def _serve(server: Any, sock: socket.socket, load: ProcessSlots) -> None:
-    while True:
-        try:
-            conn, address = sock.accept()
-        except OSError:
-            return
-        load.board.admit_connection(0, conn, address[0])
-        server.take(conn)
-
-
 @pytest.fixture(scope="module", params=DATABASES)
 def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -237,19 +224,8 @@ def world(
     config = load_settings(path)
     with empty_database(request.param, folder) as engine:
         store = StudyStore(engine)
-        spool = Spool(config.storage.spool)
-        spool.prepare()
-        load = ProcessSlots(SlotBoard(1, Limits.from_settings(config.dicom)), 0)
-        tempdir = tempfile.tempdir
-        server = make_server(config, store, spool, load)
-        thread = threading.Thread(target=_serve, args=(server, sock, load), daemon=True)
-        thread.start()
-        try:
+        with dicom_listener(config, store, sock):
             yield World(folder, config, store, port)
-        finally:
-            sock.close()
-            server.server_close()
-            tempfile.tempdir = tempdir
 
 
 def _files_input(files: Sequence[Path], orders: Sequence[Order] = ()) -> RoutingInput:

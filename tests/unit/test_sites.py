@@ -102,6 +102,32 @@ def test_an_order_is_the_site_of_its_msh4() -> None:
     assert sites.for_facility(None) is None
 
 
+def test_an_unknown_facility_is_the_hubs_unless_refused() -> None:
+    """By default an MSH-4 of no site is the hub's (not refused); with ``hl7.unknown_facility:
+    refuse`` it is refused unless it is a site's or one of ``hl7.hub_facilities``."""
+    hub = Settings.model_validate(_config()).site_directory()
+    assert not hub.unknown_facility("TWX")
+    refusing = Settings.model_validate(
+        _config(hl7={"unknown_facility": "refuse", "hub_facilities": ["HUBRIS"]})
+    ).site_directory()
+    assert refusing.unknown_facility("TWX")
+    assert refusing.unknown_facility(None)
+    assert not refusing.unknown_facility("HUBRIS")
+    assert not refusing.unknown_facility("TWA")
+
+
+def test_a_sites_issuer_names_its_patients_that_name_none() -> None:
+    """A patient of a site with an ``issuer`` takes it when the record names none; one naming
+    its own issuer, a patient without an ID, and a patient of the hub are left as they are."""
+    sites = Settings.model_validate(_config()).site_directory()
+    bare = Patient("12345")
+    assert sites.patient_of("township-a", bare).issuer == "TWA_PID"
+    assert sites.patient_of("township-a", Patient("12345", "NATIONAL")).issuer == "NATIONAL"
+    assert sites.patient_of("township-a", Patient()).issuer is None
+    assert sites.patient_of("township-b", bare).issuer is None  # B configures no issuer
+    assert sites.patient_of(None, bare).issuer is None
+
+
 def test_site_target_is_the_originating_sites_own() -> None:
     """``site.pacs`` is the study's own site's pacs; hub targets stay as they are; a study
     of no site, or of a site without that target, has none (never another site's)."""
