@@ -42,8 +42,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from sqlalchemy import Engine
 
-from adapters.api.auth import require
-from adapters.api.deps import ApiState
+from adapters.api.auth import site_scoped
+from adapters.api.deps import ApiState, Caller, caller
 from adapters.api.paths import route_path
 from adapters.fhir.capability import capability_statement
 from adapters.fhir.mapping import (
@@ -60,6 +60,7 @@ from adapters.fhir.resources import (
     validate_entry,
     validate_envelope,
 )
+from adapters.fhir.sites import Attribution
 from broker.model.domain import InboundMessage, OrderOutcome, OrderSource, Role, StoredOrder
 from broker.model.errors import NotFoundError, RadbridgeError
 from broker.model.identity import IdentityConflictError
@@ -79,8 +80,8 @@ REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405:
 REASONS |= {409: "Conflict", 413: "Payload Too Large", 422: "Unprocessable Entity"}
 REASONS |= {500: "Internal Server Error"}
 
-Viewer = Annotated[Role, Depends(require(Role.VIEWER))]
-Operator = Annotated[Role, Depends(require(Role.OPERATOR))]
+Viewer = Annotated[Caller, Depends(caller(Role.VIEWER))]
+Operator = Annotated[Caller, Depends(caller(Role.OPERATOR))]
 
 
 class FhirRoute(APIRoute):
@@ -121,6 +122,13 @@ class FhirRoute(APIRoute):
                 ).response()
 
         return guarded
+
+
+def attribution(request: Request, who: Caller) -> Attribution:
+    """The sites in force and the caller's: whose orders this request makes and sees."""
+    api: ApiState | None = getattr(request.app.state, "api", None)
+    sites = api.settings.site_directory() if api is not None else Attribution().sites
+    return Attribution(sites, who.sites)
 
 
 def fhir_settings(request: Request) -> Fhir:
@@ -258,15 +266,23 @@ class FhirOrders:
                 return {**resource, "id": stored.resource_id, "meta": meta}
         return service_request_from_order(stored)
 
-    def read(self, resource_id: str) -> StoredOrder:
+    def read(self, resource_id: str, who: Attribution) -> StoredOrder:
+        """The order of that id; 404 also for another site's (as for none)."""
         if not ID_RE.match(resource_id):
             raise FhirError.one(404, f"no ServiceRequest {resource_id!r}", code="not-found")
         try:
-            return self.store.by_resource_id(resource_id)
+            found = self.store.by_resource_id(resource_id)
         except NotFoundError as exc:
             raise FhirError.one(404, f"no ServiceRequest/{resource_id}") from exc
+        if not who.sees(found.order.site):
+            raise FhirError.one(404, f"no ServiceRequest/{resource_id}")
+        return found
 
-    def search(self, params: list[tuple[str, str]]) -> list[StoredOrder]:
+    def search(self, params: list[tuple[str, str]], who: Attribution) -> list[StoredOrder]:
+        """Orders by identifier (the caller's sites' only)."""
+        return [s for s in self._search(params) if who.sees(s.order.site)]
+
+    def _search(self, params: list[tuple[str, str]]) -> list[StoredOrder]:
         if not params:
             return list(self.store.list(limit=SEARCH_ALL_LIMIT))
         found: dict[int, StoredOrder] | None = None
@@ -293,10 +309,28 @@ class FhirOrders:
         return sorted((found or {}).values(), key=lambda s: s.id)
 
     def record(
-        self, resource: Mapping[str, Any], message: InboundMessage, resource_id: str | None
+        self,
+        resource: Mapping[str, Any],
+        message: InboundMessage,
+        resource_id: str | None,
+        who: Attribution,
     ) -> OrderOutcome:
-        order = order_from_service_request(resource)
+        order = who.order(resource, order_from_service_request(resource))
+        if resource_id is not None:
+            self._check_put(resource_id, who)
         return self._store(order, message, resource_id)
+
+    def _check_put(self, resource_id: str, who: Attribution, where: str = "") -> None:
+        """404 for a PUT of another site's order (as for none: it is not the caller's to
+        create either); the store refuses moving an order between sites (409)."""
+        if who.token_sites is None:
+            return
+        try:
+            held = self.store.by_resource_id(resource_id)
+        except NotFoundError:
+            return
+        if not who.sees(held.order.site):
+            raise FhirError.one(404, f"{where}no ServiceRequest/{resource_id}", code="not-found")
 
     def _store(
         self,
@@ -323,16 +357,19 @@ class FhirOrders:
 
     # ------------------------------------------------------------- Bundles
 
-    def bundle(self, data: Mapping[str, Any], message: InboundMessage) -> dict[str, Any]:
+    def bundle(
+        self, data: Mapping[str, Any], message: InboundMessage, who: Attribution
+    ) -> dict[str, Any]:
         entries = validate_envelope(data, ("transaction", "batch"))
         kind = str(data["type"])
         if kind == "transaction":
-            responses = self._transaction(entries, message)
+            responses = self._transaction(entries, message, who)
         else:
             kept: list[int] = []  # the Bundle's row, stored once before its first order
             patients = _bundle_patients(entries)
             responses = [
-                self._batch_entry(n, e, patients, message, kept) for n, e in enumerate(entries)
+                self._batch_entry(n, e, patients, message, kept, who=who)
+                for n, e in enumerate(entries)
             ]
         return {
             "resourceType": "Bundle",
@@ -341,7 +378,7 @@ class FhirOrders:
         }
 
     def _transaction(
-        self, entries: list[dict[str, Any]], message: InboundMessage
+        self, entries: list[dict[str, Any]], message: InboundMessage, who: Attribution
     ) -> list[dict[str, Any]]:
         issues: list[Issue] = []
         status = 400
@@ -364,6 +401,9 @@ class FhirOrders:
                 if resource["resourceType"] == "ServiceRequest":
                     path = f"Bundle.entry[{n}].resource"
                     order = order_from_service_request(resource, patients, path=path)
+                    order = who.order(resource, order, path)
+                    if resource_id is not None:
+                        self._check_put(resource_id, who, f"Bundle.entry[{n}]: ")
                     planned.append((n, order, resource_id))
             except FhirError as exc:
                 issues.extend(exc.issues)
@@ -393,6 +433,8 @@ class FhirOrders:
         patients: dict[str, dict[str, Any]],
         message: InboundMessage,
         kept: list[int],
+        *,
+        who: Attribution,
     ) -> dict[str, Any]:
         try:
             resource = validate_entry(entry, n)
@@ -401,6 +443,9 @@ class FhirOrders:
                 return _patient_response()
             path = f"Bundle.entry[{n}].resource"
             order = order_from_service_request(resource, patients, path=path)
+            order = who.order(resource, order, path)
+            if resource_id is not None:
+                self._check_put(resource_id, who, f"Bundle.entry[{n}]: ")
             if not kept:
                 kept.append(self.store.record_message(message, error=None))
             return _order_response(self._store(order, message, resource_id, kept[0]))
@@ -536,14 +581,17 @@ def fhir_router(engine: Engine) -> APIRouter:
         return fhir_response(capability_statement(_base(request), software))
 
     @router.post("/ServiceRequest")
-    def create(request: Request, body: Body, _role: Operator) -> Response:
+    @site_scoped
+    def create(request: Request, body: Body, who: Operator) -> Response:
         """Create an order (201 + Location), or update the one its identifiers match (200)."""
         data = service_request(body)
-        outcome = orders.record(data, _message(request, "ServiceRequest", body), None)
+        message = _message(request, "ServiceRequest", body)
+        outcome = orders.record(data, message, None, attribution(request, who))
         return answer(request, outcome.stored, 201 if outcome.created else 200)
 
     @router.put("/ServiceRequest/{resource_id}")
-    def update(request: Request, resource_id: str, body: Body, _role: Operator) -> Response:
+    @site_scoped
+    def update(request: Request, resource_id: str, body: Body, who: Operator) -> Response:
         """Update an order by id (200), or create it with that id (201)."""
         if not ID_RE.match(resource_id):
             raise FhirError.one(
@@ -557,18 +605,22 @@ def fhir_router(engine: Engine) -> APIRouter:
                 "the URL",
                 "ServiceRequest.id",
             )
-        outcome = orders.record(data, _message(request, "ServiceRequest", body), resource_id)
+        message = _message(request, "ServiceRequest", body)
+        outcome = orders.record(data, message, resource_id, attribution(request, who))
         return answer(request, outcome.stored, 201 if outcome.created else 200)
 
     @router.get("/ServiceRequest/{resource_id}")
-    def read(request: Request, resource_id: str, _role: Viewer) -> Response:
+    @site_scoped
+    def read(request: Request, resource_id: str, who: Viewer) -> Response:
         """One order as a ServiceRequest (meta.versionId counts its updates)."""
-        return answer(request, orders.read(resource_id), 200)
+        return answer(request, orders.read(resource_id, attribution(request, who)), 200)
 
     @router.get("/ServiceRequest")
-    def search(request: Request, _role: Viewer) -> Response:
-        """Orders by identifier, as a searchset Bundle."""
-        found = orders.search(list(request.query_params.multi_items()))
+    @site_scoped
+    def search(request: Request, who: Viewer) -> Response:
+        """Orders by identifier, as a searchset Bundle (a site-scoped token's sites' only)."""
+        params = list(request.query_params.multi_items())
+        found = orders.search(params, attribution(request, who))
         base = _base(request)
         return fhir_response(
             {
@@ -589,12 +641,14 @@ def fhir_router(engine: Engine) -> APIRouter:
 
     @router.post("")
     @router.post("/")
-    def bundle(request: Request, body: Body, _role: Operator) -> Response:
+    @site_scoped
+    def bundle(request: Request, body: Body, who: Operator) -> Response:
         """A transaction (all validated first) or batch (each entry alone) of orders."""
         data = read_json(body, "Bundle")
         check_type(data, ("Bundle",), "Bundle")
         check_entry_count(data, fhir_settings(request).max_bundle_entries)
-        result = orders.bundle(data, _message(request, "Bundle", body))
+        message = _message(request, "Bundle", body)
+        result = orders.bundle(data, message, attribution(request, who))
         return fhir_response(result)
 
     @router.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])

@@ -47,6 +47,9 @@ class ConflictKind(CodedValue):
     STUDY_SITE = "study_site"
     """Instances of a study radbridge holds come from another site than the study's: refused
     (a study stays its site's; nothing moves between sites)."""
+    ORDER_SITE = "order_site"
+    """A FHIR update (PUT) names an order held for another site than the one it is sent
+    for: refused (an order stays its site's)."""
     INSTANCE_STUDY = "instance_study"
     """An instance comes with the SOP Instance UID of one radbridge holds in another study
     (or another series of its study): refused, the held one stays as it is."""

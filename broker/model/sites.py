@@ -140,6 +140,14 @@ class SiteDirectory:
             return patient
         return replace(patient, issuer=found.issuer)
 
+    def named(self, code: str | None) -> str | None:
+        """The site whose id or ``hl7_facility`` is ``code`` (a FHIR Organization's
+        identifier), or None."""
+        wanted = (code or "").strip()
+        if wanted in self._by_id:
+            return wanted
+        return self.for_facility(wanted)
+
     def unknown_facility(self, facility: str | None) -> bool:
         """True when an HL7 message from MSH-4 ``facility`` is to be refused: sites are
         configured, ``hl7.unknown_facility`` is ``refuse``, and the facility is neither a

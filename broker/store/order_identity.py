@@ -53,6 +53,28 @@ def _matched_on(order: Order, row: Any, resource_id: str | None) -> tuple[str, s
     return "accession_number", order.accession_number or ""
 
 
+def _other_site(
+    order: Order, held_site: str | None, *, key: str, value: str, order_id: int
+) -> IdentityConflictError:
+    name = _NAMES[key]
+    return IdentityConflictError(
+        ConflictReport(
+            kind=ConflictKind.ORDER_SITE,
+            action=ConflictAction.REFUSED,
+            detail=(
+                f"this {name} is an order of site {held_site or '(the hub)'}, not of "
+                f"{order.site or '(the hub)'}; nothing was changed; valid: the order's own "
+                "site, or a new order"
+            ),
+            subject=f"{name} {value}",
+            reason=ConflictReason.OTHER_SITE,
+            matched_on=key,
+            claimed=order.patient,
+            order_id=order_id,
+        )
+    )
+
+
 def _refuse(
     order: Order, held: Patient, why: str, *, key: str, value: str, order_id: int
 ) -> IdentityConflictError:
@@ -92,10 +114,13 @@ def check_order(
                 orders.c.filler_number,
                 orders.c.accession_number,
                 orders.c.issuer,
+                orders.c.site,
             ).where(orders.c.id == existing)
         ).one()
         held = Patient(patient_id=row.patient_id, issuer=row.issuer_of_patient_id)
         key, value = _matched_on(order, row, resource_id)
+        if row.site != order.site:  # only a FHIR id matches across sites
+            raise _other_site(order, row.site, key=key, value=value, order_id=existing)
         why = patient_conflict(held, claimed)
         if why is None and resource_id is not None and held.patient_id and not claimed.patient_id:
             why = "the new version names no patient ID"
@@ -113,6 +138,7 @@ def check_order(
         select(orders.c.id, orders.c.patient_id, orders.c.issuer_of_patient_id).where(
             orders.c.accession_number == order.accession_number,
             orders.c.issuer.is_not_distinct_from(order.issuer),
+            orders.c.site.is_not_distinct_from(order.site),
             orders.c.id != (existing if existing is not None else -1),
         )
     ).all()
