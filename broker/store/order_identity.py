@@ -53,42 +53,36 @@ def _matched_on(order: Order, row: Any, resource_id: str | None) -> tuple[str, s
     return "accession_number", order.accession_number or ""
 
 
-def _other_site(
-    order: Order, held_site: str | None, *, key: str, value: str, order_id: int
-) -> IdentityConflictError:
-    name = _NAMES[key]
-    return IdentityConflictError(
-        ConflictReport(
-            kind=ConflictKind.ORDER_SITE,
-            action=ConflictAction.REFUSED,
-            detail=(
-                f"this {name} is an order of site {held_site or '(the hub)'}, not of "
-                f"{order.site or '(the hub)'}; nothing was changed; valid: the order's own "
-                "site, or a new order"
-            ),
-            subject=f"{name} {value}",
-            reason=ConflictReason.OTHER_SITE,
-            matched_on=key,
-            claimed=order.patient,
-            order_id=order_id,
-        )
-    )
-
-
 def _refuse(
-    order: Order, held: Patient, why: str, *, key: str, value: str, order_id: int
+    order: Order,
+    held: Patient,
+    why: str,
+    *,
+    key: str,
+    value: str,
+    order_id: int,
+    other_site: bool = False,
+    held_site: str | None = None,
 ) -> IdentityConflictError:
+    """The refusal of an order naming another patient than the order ``order_id`` (or,
+    ``other_site``, sent for another site than that order's, ``held_site``)."""
     name = _NAMES[key]
+    if other_site:
+        detail = (
+            f"this {name} is an order of site {held_site or '(the hub)'}, not of "
+            f"{order.site or '(the hub)'}; nothing was changed; valid: the order's own "
+            "site, or a new order"
+        )
+    else:
+        detail = f"this {name} is another patient's order ({why}); nothing was changed; "
+        detail += _CORRECTION
     return IdentityConflictError(
         ConflictReport(
-            kind=ConflictKind.ORDER_PATIENT,
+            kind=ConflictKind.ORDER_SITE if other_site else ConflictKind.ORDER_PATIENT,
             action=ConflictAction.REFUSED,
-            detail=(
-                f"this {name} is another patient's order ({why}); nothing was changed; "
-                f"{_CORRECTION}"
-            ),
+            detail=detail,
             subject=f"{name} {value}",
-            reason=ConflictReason.OTHER_PATIENT,
+            reason=ConflictReason.OTHER_SITE if other_site else ConflictReason.OTHER_PATIENT,
             matched_on=key,
             held=held,
             claimed=order.patient,
@@ -120,7 +114,16 @@ def check_order(
         held = Patient(patient_id=row.patient_id, issuer=row.issuer_of_patient_id)
         key, value = _matched_on(order, row, resource_id)
         if row.site != order.site:  # only a FHIR id matches across sites
-            raise _other_site(order, row.site, key=key, value=value, order_id=existing)
+            raise _refuse(
+                order,
+                held,
+                "",
+                key=key,
+                value=value,
+                order_id=existing,
+                other_site=True,
+                held_site=row.site,
+            )
         why = patient_conflict(held, claimed)
         if why is None and resource_id is not None and held.patient_id and not claimed.patient_id:
             why = "the new version names no patient ID"
