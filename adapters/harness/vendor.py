@@ -10,7 +10,8 @@ Receiving:
   (:mod:`adapters.vendors.http`) answers ``202``; the vendor then pulls
   ``GET {wado_rs}/studies/{study_instance_uid}`` with ``Authorization:
   Bearer {token}`` (multipart/related, one Part 10 file per part) and
-  evaluates what it got. ``GET /health`` answers 200.
+  evaluates what it got. ``GET /health`` answers 200. ``DELETE …/{job_id}``
+  (radbridge's cancellation of a job) is recorded in ``cancellations`` and answered 200.
 
 Returning, ``delay`` seconds after the study is in (:class:`ResultType`):
 
@@ -201,6 +202,8 @@ class SimulatedVendor:
         self.on_event = on_event or (lambda _text: None)
         self.received: list[Received] = []
         self.manifests: list[dict[str, Any]] = []
+        self.cancellations: list[dict[str, Any]] = []
+        """Each cancellation radbridge sent (``DELETE …/{job_id}``): its path and body."""
         self.delivered: list[Delivered] = []
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -355,6 +358,22 @@ class SimulatedVendor:
                 vendor.on_event(f"manifest for job {manifest.get('job_id')} (study {study_uid})")
                 self._answer(202, {"status": "accepted", "job_id": manifest.get("job_id")})
                 vendor._spawn(lambda: vendor._pull_and_deliver(manifest), "vendor-pull")
+
+            def do_DELETE(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                except ValueError as exc:
+                    self._answer(400, {"error": f"not JSON: {exc}"})
+                    return
+                job_id = self.path.rstrip("/").rpartition("/")[2]
+                if not job_id.isdigit():
+                    self._answer(404, {"error": f"no such resource {self.path}"})
+                    return
+                with vendor._lock:
+                    vendor.cancellations.append({"path": self.path, "body": body})
+                vendor.on_event(f"job {job_id} cancelled by radbridge ({body.get('reason')})")
+                self._answer(200, {"status": "cancelled", "job_id": job_id})
 
             def log_message(self, *_args: Any) -> None:
                 return

@@ -51,8 +51,19 @@ Outcome of the POST (:mod:`adapters.http_status`):
 - every other answer (other 4xx, redirects): :class:`HttpRejectedError` (the
   job is dead at once; 401/403 mean wrong credentials).
 
-``cancel(job)`` revokes the job's token: a cancelled job's study can no
-longer be fetched.
+Cancellation: when a correction hits a job already sent (an IOCM Rejection Note
+for what it sent, an ADT merge or update of its patient, its order cancelled),
+radbridge revokes the job's token (nothing more can be fetched) and tells the
+vendor, as a write-back delivery of its own (target ``vendor.NAME``: retried with
+backoff, ``dead`` when the retries are exhausted, audited ``job.withdrawn``)::
+
+    DELETE {url}/{job_id}                    # url: where the manifest was POSTed
+    Content-Type: application/json
+    {"job_id": 42, "vendor": "cxrai", "reason": "rejected"}
+                                             # rejected | patient_changed | order_cancelled
+
+2xx, 404 and 410 (the vendor no longer has the job) count as told; the rest of the
+answers as for the manifest.
 """
 
 from __future__ import annotations
@@ -78,6 +89,8 @@ from broker.store.job_tokens import JobTokens
 from config.base import HttpUrl, Timeout
 
 LOG = get_logger("radbridge.vendors.http")
+#: A cancellation the vendor answers with one of these is done: it no longer has the job.
+_GONE = frozenset({404, 410})
 
 
 class HttpUnavailableError(VendorUnavailableError):
@@ -102,6 +115,7 @@ class HttpSettings(TransportSettings):
     """Put the patient ID (and issuer) in the manifest."""
 
     pulls_from_radbridge: ClassVar[bool] = True
+    tells_cancellation: ClassVar[bool] = True
 
     def build(self, context: TransportContext) -> HttpTransport:
         return HttpTransport(context.vendor, self, context)
@@ -227,30 +241,52 @@ class HttpTransport(VendorTransport):
         )
 
     def _post(self, body: dict[str, Any]) -> None:
+        self._call("POST", self.settings.url, body)
+
+    def _call(
+        self, method: str, url: str, body: dict[str, Any], done: frozenset[int] = frozenset()
+    ) -> int:
+        """One request with the vendor's secret; its status when it counts as done (2xx, or
+        one of ``done``), else :class:`HttpUnavailableError` / :class:`HttpRejectedError`."""
         s = self.settings
         headers = {"Accept": "application/json"}
         if s.token is not None:
             headers["Authorization"] = f"Bearer {s.token.get_secret_value()}"
-        where = f"POST {s.url}"
+        where = f"{method} {url}"
         try:
             with httpx.Client(timeout=s.timeout, follow_redirects=False) as client:
-                answer = client.post(s.url, json=body, headers=headers)
+                answer = client.request(method, url, json=body, headers=headers)
         except httpx.HTTPError as exc:
             raise HttpUnavailableError(failure(where, exc, s.timeout)) from exc
         found = verdict(answer.status_code)
-        if found is Verdict.DELIVERED:
-            return
+        if found is Verdict.DELIVERED or answer.status_code in done:
+            return answer.status_code
         if found is Verdict.RETRY:
             raise HttpUnavailableError(answered(where, answer))
         raise HttpRejectedError(answered(where, answer))
 
-    def cancel(self, job: Job) -> bool:
-        """Revoke ``job``'s token, so the vendor can fetch nothing more of the study."""
+    def cancel_url(self, job: Job) -> str:
+        """Where the vendor is told ``job`` is cancelled: ``DELETE {url}/{job_id}`` (the
+        manifests' URL as the collection of the vendor's jobs)."""
+        return f"{self.settings.url.rstrip('/')}/{job.id}"
+
+    def cancel(self, job: Job, reason: str = "") -> bool:
+        """Revoke ``job``'s token, so the vendor can fetch nothing more of the study, and tell
+        the vendor (``DELETE {url}/{job_id}``, see the module docstring); 404 and 410
+        count as told (the vendor no longer has the job)."""
         try:
             JobTokens(self.engine).revoke(job.id)
         except StoreError as exc:
             raise HttpUnavailableError(f"cannot revoke the token of job {job.id}: {exc}") from exc
-        LOG.info("job cancelled; its WADO-RS token is revoked", job_id=job.id, vendor=self.vendor)
+        body = {"job_id": job.id, "vendor": self.vendor, "reason": reason or "cancelled"}
+        status = self._call("DELETE", self.cancel_url(job), body, done=_GONE)
+        LOG.info(
+            "job cancelled at the vendor; its WADO-RS token is revoked",
+            job_id=job.id,
+            vendor=self.vendor,
+            reason=body["reason"],
+            status=status,
+        )
         return True
 
     def close(self) -> None:

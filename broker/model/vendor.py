@@ -68,13 +68,25 @@ class VendorTransport(Protocol):
 
     def send(self, job: Job, files: Sequence[Path]) -> SendOutcome: ...
 
-    def cancel(self, job: Job) -> bool:
-        """Tell the vendor ``job`` is cancelled; False when the protocol has no way to."""
+    def cancel(self, job: Job, reason: str = "") -> bool:
+        """Tell the vendor ``job`` is cancelled (``reason``: why, in a few words); False when
+        the protocol has no way to. Raises like ``send`` when the vendor could not be told."""
         return False
 
     def close(self) -> None:
         """Let go of connections (when the configuration it was built from retires)."""
         return None
+
+
+#: How the write-back target that tells vendor NAME of cancellations is named: ``vendor.NAME``.
+VENDOR_TARGET_PREFIX = "vendor."
+#: The target type of those targets (a delivery's ``target_type``).
+VENDOR_TARGET_TYPE = "vendor"
+
+
+def vendor_target(vendor: str) -> str:
+    """The target name of ``vendor``'s cancellations (``vendor.cxrai``)."""
+    return f"{VENDOR_TARGET_PREFIX}{vendor}"
 
 
 def is_retryable(transport: VendorTransport, error: BaseException) -> bool:
@@ -102,13 +114,17 @@ class TransportSettings(BaseModel):
 
     Subclasses declare ``type: Literal["name"] = "name"`` and their own fields;
     unknown fields are errors. ``pulls_from_radbridge`` says that vendors of
-    this transport fetch studies from radbridge's HTTP server (which then runs).
+    this transport fetch studies from radbridge's HTTP server (which then runs);
+    ``tells_cancellation`` that its ``cancel`` reaches the vendor.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: str
     pulls_from_radbridge: ClassVar[bool] = False
+    tells_cancellation: ClassVar[bool] = False
+    """The transport's ``cancel`` tells the vendor (its HTTP API): a correction of a study
+    already sent reaches the vendor as a delivery to the target ``vendor.NAME``."""
 
     @abstractmethod
     def build(self, context: TransportContext) -> VendorTransport:

@@ -35,10 +35,11 @@ from broker.model.mode import Mode, shadow_of
 from broker.model.priors import PriorsPolicy
 from broker.model.sites import SITE_TARGET_PREFIX, SiteDirectory, site_target
 from broker.model.target import TARGETS, TargetSettings
-from broker.model.vendor import VendorTransport
+from broker.model.vendor import VENDOR_TARGET_TYPE, VendorTransport, vendor_target
 from broker.model.verdicts import VerdictLinks
 from broker.model.writeback import WEBHOOK_TARGET, TargetSpec, WritebackTarget
 from broker.runtime.config_diff import ConfigView, view
+from broker.runtime.vendor_cancel import VendorCancellation
 from broker.store.results import ResultPolicy
 from config.schema import Settings, routing_rules
 from routing import RuleSet
@@ -337,6 +338,18 @@ def build_snapshot(
         raise ConfigError(problems[0], problems)
     transports = build_transports(settings)
     writers = build_targets(targets)
+    for name, vendor in settings.vendors.items():
+        if vendor.transport.tells_cancellation:  # corrections reach the vendor too
+            told = vendor_target(name)
+            targets[told] = TargetSpec(
+                told,
+                VENDOR_TARGET_TYPE,
+                {},
+                vendor.retries,
+                settings.delivery.backoff_base_seconds,
+                settings.delivery.backoff_cap_seconds,
+            )
+            writers[told] = VendorCancellation(name, transports[name])
     config = view(settings)
     draining = [*draining_vendors, *(f"target:{t}" for t in draining_targets)]
     return Snapshot(

@@ -54,6 +54,8 @@ class Action:
     RESULT_WRITTEN = "result.written"
     RESULT_CORRECTION = "result.correction"
     RESULT_CORRECTED = "result.corrected"
+    JOB_WITHDRAWN = "job.withdrawn"
+    """A vendor was told that a job it was sent is cancelled (a correction hit the study)."""
     PATIENT_UPDATE = "patient.update"
     PATIENT_MERGE = "patient.merge"
     CONFLICT_RESOLVE = "conflict.resolve"

@@ -34,13 +34,14 @@ from broker.model.correction import (
 )
 from broker.model.domain import Code
 from broker.model.errors import NotFoundError, StoreError
-from broker.model.jobs import Job
+from broker.model.jobs import Job, JobState
+from broker.model.vendor import VENDOR_TARGET_PREFIX, VENDOR_TARGET_TYPE, vendor_target
 from broker.model.writeback import Delivery, DeliveryKind, DeliveryState
 from broker.store.audit import SYSTEM, Action, record_in
 from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.engine import writing
 from broker.store.jobs import cancel_unsent
-from broker.store.tables import corrections, deliveries, jobs
+from broker.store.tables import corrections, deliveries, job_tokens, jobs
 from broker.store.work import utc
 
 
@@ -90,6 +91,47 @@ def _written(conn: Connection, study_uid: str, series: Sequence[str] | None) -> 
     ]
 
 
+#: A job in one of these states has sent its study to the vendor.
+_AT_VENDOR = tuple(
+    s.value
+    for s in (
+        JobState.SENT,
+        JobState.AWAITING_RESULT,
+        JobState.RESULT_RECEIVED,
+        JobState.WRITING_BACK,
+        JobState.DONE,
+    )
+)
+
+
+def _pulled(conn: Connection, study_uid: str, series: Sequence[str] | None) -> list[Any]:
+    """The study's jobs a vendor was sent by manifest (they hold a WADO-RS token: the
+    vendor has an HTTP API that can be told of a cancellation) and not told yet; with
+    ``series``, only those that sent one of them."""
+    told = (
+        select(deliveries.c.id)
+        .where(
+            deliveries.c.job_id == jobs.c.id,
+            deliveries.c.target == VENDOR_TARGET_PREFIX + jobs.c.vendor,
+            deliveries.c.kind == DeliveryKind.CORRECTION.value,
+        )
+        .exists()
+    )
+    rows = conn.execute(
+        select(jobs.c.id, jobs.c.vendor, jobs.c.max_attempts, jobs.c.series_uids)
+        .where(
+            jobs.c.study_uid == study_uid,
+            jobs.c.state.in_(_AT_VENDOR),
+            select(job_tokens.c.id).where(job_tokens.c.job_id == jobs.c.id).exists(),
+            ~told,
+        )
+        .order_by(jobs.c.id)
+    ).all()
+    if series is None:
+        return list(rows)
+    return [r for r in rows if made_from(tuple(json.loads(r.series_uids)), series)]
+
+
 def correct_in(
     conn: Connection,
     study_uids: Sequence[str],
@@ -107,13 +149,16 @@ def correct_in(
     """Record a correction of each study that has results written (see the module), with a
     correction delivery per written result and target; the new deliveries. ``keep_empty``:
     recorded (and audited) even when nothing was written yet (a rejection note: results
-    that come later for what it rejects are not written back)."""
+    that come later for what it rejects are not written back). A job that sent the study
+    to a vendor by manifest (the HTTP API) gets a correction delivery of its own to the
+    target ``vendor.NAME``: the vendor is told the job is cancelled."""
     store = DeliveryStore(conn.engine)
     made: list[Delivery] = []
     why = reason or default_reason(cause)
     for study_uid in dict.fromkeys(study_uids):
         written = _written(conn, study_uid, series)
-        if not written and not keep_empty:
+        pulled = _pulled(conn, study_uid, series)
+        if not written and not pulled and not keep_empty:
             continue
         correction_id = conn.execute(
             insert(corrections)
@@ -147,6 +192,23 @@ def correct_in(
                 now,
             )
             mine.append(d)
+        for job in pulled:
+            mine.append(
+                store._create(
+                    conn,
+                    NewDelivery(
+                        study_uid=study_uid,
+                        target=vendor_target(job.vendor),
+                        target_type=VENDOR_TARGET_TYPE,
+                        kind=DeliveryKind.CORRECTION,
+                        max_attempts=job.max_attempts,
+                        job_id=job.id,
+                        event=cause.value,
+                        correction_id=correction_id,
+                    ),
+                    now,
+                )
+            )
         record_in(
             conn,
             actor,

@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from broker.model.errors import NotFoundError, StoreError
 from broker.model.jobs import Job, JobState, JobStateError
+from broker.model.vendor import VENDOR_TARGET_TYPE
 from broker.model.writeback import (
     CLAIMABLE,
     MACHINE,
@@ -138,7 +139,8 @@ def _audit_written(conn: Connection, row: Row[Any], now: datetime) -> None:
 
 
 def audit_corrected(conn: Connection, row: Row[Any], now: datetime) -> None:
-    """The ``result.corrected`` audit row of a correction delivery done in this transaction."""
+    """The ``result.corrected`` audit row of a correction delivery done in this transaction
+    (``job.withdrawn``: a vendor told of a cancelled job, with the delivery's id)."""
     detail: dict[str, Any] = {
         "result_id": row.result_id,
         "job_id": row.job_id,
@@ -150,6 +152,10 @@ def audit_corrected(conn: Connection, row: Row[Any], now: datetime) -> None:
         "message_id": row.message_id,
         "outcome": row.detail,
     }
+    if row.target_type == VENDOR_TARGET_TYPE:  # a vendor told of a cancelled job
+        detail.pop("result_id")
+        record_in(conn, SYSTEM, Action.JOB_WITHDRAWN, f"job:{row.job_id}", detail=detail, now=now)
+        return
     record_in(conn, SYSTEM, Action.RESULT_CORRECTED, f"delivery:{row.id}", detail=detail, now=now)
 
 

@@ -2,7 +2,8 @@
 sends a head CT, the vendor (dcmtk ``storescp``) gets it and C-STOREs its SR back, radbridge
 writes it to the PACS (Orthanc), the RIS (an MLLP listener) and the EMR (a FHIR receiver);
 then an IOCM Rejection Note (by ``storescu``) or an ADT^A40 (by MLLP) makes radbridge
-withdraw or correct what it wrote, and audit it."""
+withdraw or correct what it wrote, and audit it. Chest CTs go to the harness's HTTP vendor
+(it pulls them by WADO-RS and keeps its result back), which a rejection note cancels."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import hl7
+import httpx
 import pydicom
 import pytest
 from hl7.client import MLLPClient
@@ -21,6 +23,8 @@ from pydicom.sr.coding import Code
 
 from adapters.dicom.synthetic import generate_study
 from adapters.harness.hl7_messages import adt_a40
+from adapters.harness.products import ProductKind
+from adapters.harness.vendor import SimulatedVendor
 from adapters.results.findings import parse_findings
 from adapters.results.sr import findings_to_sr, read_source_study
 from adapters.writeback.correction import rejection_note
@@ -40,6 +44,7 @@ KOS = "1.2.840.10008.5.1.4.1.1.88.59"
 class World:
     rb: Radbridge
     vendor: StoreSCP
+    puller: SimulatedVendor
     pacs: Orthanc
     ris: Ris
     emr: FhirReceiver
@@ -118,10 +123,15 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """radbridge with the hl7 listener, a head-CT bleed vendor (storescp) whose SR comes back
-    to RADBRIDGE_RES, and write-back to Orthanc (dicom), the RIS (hl7) and a FHIR receiver."""
+    to RADBRIDGE_RES, and write-back to Orthanc (dicom), the RIS (hl7) and a FHIR receiver;
+    chest CTs to the harness's HTTP vendor (its result would come after the module ends)."""
     folder = tmp_path_factory.mktemp("corrections")
+    puller_port = free_port()
     with (
         StoreSCP(folder / "ichai", ae_title="ICHAI") as vendor,
+        SimulatedVendor(
+            ProductKind.LUNG_NODULE_CT, folder / "puller", http_port=puller_port, delay=3600
+        ) as puller,
         Orthanc(folder / "pacs") as pacs,
         Ris() as ris,
         FhirReceiver() as emr,
@@ -138,8 +148,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                     "port": vendor.port,
                 },
                 "results": {"quiet_seconds": 0.5},
-            }
+            },
+            "lungcloud": {
+                "product": "Lung nodule CT (cloud)",
+                "transport": {"type": "http", "url": f"http://{LOOPBACK}:{puller_port}/jobs"},
+            },
         }
+        config["http"] = {"listen": {"host": LOOPBACK, "port": free_port()}}
         config["targets"] = {
             "pacs": {
                 "type": "dicom",
@@ -157,13 +172,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 "send": ["ichai"],
                 "priority": "stat",
                 "write_back": ["pacs", "ris", "emr"],
-            }
+            },
+            {
+                "name": "chest-ct-cloud",
+                "when": {"modality": "CT", "body_part": "CHEST"},
+                "send": ["lungcloud"],
+            },
         ]
         config["delivery"] = {"backoff_base_seconds": 0.2, "backoff_cap_seconds": 0.5}
         rb = Radbridge(folder / "rb", config)
         rb.start()
         try:
-            yield World(rb, vendor, pacs, ris, emr, folder)
+            yield World(rb, vendor, puller, pacs, ris, emr, folder)
         finally:
             rb.close()
 
@@ -239,3 +259,45 @@ def test_merge_reissues_the_result_under_the_surviving_patient(world: World) -> 
     assert str(oru.segment("PID")[3]).split("^")[0] == "PAT0299"
     wait_until(lambda: world.report(study_uid)["status"] == "amended", "FHIR amended")
     assert world.report(study_uid)["subject"]["identifier"]["value"] == "PAT0299"
+
+
+def test_rejection_note_cancels_the_job_at_the_http_vendor(world: World) -> None:
+    """A Rejection Note for a chest CT the HTTP vendor pulled: radbridge tells the vendor
+    (``DELETE {url}/{job_id}``, reason ``rejected``) as a delivery to ``vendor.lungcloud``,
+    audited ``job.withdrawn``; the job's WADO-RS token opens nothing any more."""
+    files = generate_study(
+        "ct_chest", world.folder / "chest", instances=4, rows=32, columns=32, patient_id="PAT0303"
+    )
+    storescu(files, world.rb.port)
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    pulled = world.puller.folder / study_uid
+    wait_until(lambda: len(list(pulled.glob("*/*.dcm"))) == 4, "the vendor pulled the study")
+    [manifest] = [m for m in world.puller.manifests if m["study_instance_uid"] == study_uid]
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+    note = rejection_note(
+        headers,
+        Code("113001", "DCM", "Rejected for Quality Reasons"),
+        message_id="modality-note-3",
+        created=datetime(2024, 5, 1, 9, 0, tzinfo=UTC),
+    )
+    path = world.folder / "chest-note.dcm"
+    note.save_as(path, enforce_file_format=True)
+    storescu([path], world.rb.port)
+    [told] = wait_until(lambda: list(world.puller.cancellations), "the vendor told")
+    job_id = manifest["job_id"]
+    assert told == {
+        "path": f"/jobs/{job_id}",
+        "body": {"job_id": job_id, "vendor": "lungcloud", "reason": "rejected"},
+    }
+    [audited] = wait_until(
+        lambda: [a for a in world.audit("job.withdrawn") if a["target"] == f"job:{job_id}"],
+        "job.withdrawn audited",
+    )
+    assert audited["detail"]["target"] == "vendor.lungcloud"
+    assert audited["detail"]["cause"] == "rejected"
+    answer = httpx.get(
+        f"{manifest['wado_rs']}/studies/{study_uid}",
+        headers={"Authorization": f"Bearer {manifest['token']}"},
+        timeout=10,
+    )
+    assert answer.status_code == 401

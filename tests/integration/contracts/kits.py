@@ -102,10 +102,12 @@ def _orthanc_wrong_password(folder: Path) -> Iterator[Peer]:
 
 
 class HttpVendorApi:
-    """A loopback AI vendor API: records each manifest POSTed and answers ``status``."""
+    """A loopback AI vendor API: records each manifest POSTed and each cancellation
+    (``DELETE {url}/{job_id}``: path and body) and answers ``status``."""
 
     def __init__(self, status: int = 200) -> None:
         self.manifests: list[dict[str, Any]] = []
+        self.cancellations: list[tuple[str, dict[str, Any]]] = []
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -115,6 +117,13 @@ class HttpVendorApi:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if status < 300:
                     api.manifests.append(json.loads(body))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_DELETE(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                api.cancellations.append((self.path, json.loads(body)))
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -135,6 +144,10 @@ class HttpVendorApi:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
+
+
+#: What a transport's ``cancel(job)`` without a reason tells the vendor (the job id aside).
+_CANCELLED = {"vendor": "contract", "reason": "cancelled"}
 
 
 @contextmanager
@@ -229,12 +242,14 @@ class HttpKit(TransportKit):
         return {str(job.id)}
 
     def is_cancelled(self, peer: Peer, job: Job) -> bool:
-        """The vendor can no longer pull the study with the job's last token."""
+        """The vendor was told (``DELETE {url}/{job_id}``) and can no longer pull the study
+        with the job's last token."""
         api: HttpVendorApi = peer.detail
         manifest = api.manifests[-1]
         url = f"{manifest['wado_rs']}/studies/{manifest['study_instance_uid']}"
         headers = {"Authorization": f"Bearer {manifest['token']}", "Accept": DICOM_ACCEPT}
-        return httpx.get(url, headers=headers, timeout=10).status_code == 401
+        told = api.cancellations == [(f"/api/jobs/{job.id}", {**_CANCELLED, "job_id": job.id})]
+        return told and httpx.get(url, headers=headers, timeout=10).status_code == 401
 
 
 TRANSPORT_KITS: dict[str, type[TransportKit]] = {
