@@ -34,6 +34,7 @@ from routing.schema import (
     ExpectedSeries,
     OnIncomplete,
     OnNoOrder,
+    PriorsAsked,
     RequireOrder,
     RouteSpec,
     SeriesSelector,
@@ -263,6 +264,17 @@ class PriorsSettings(Strict):
     wait: Duration = 30.0
     """How long a slow or unreachable PACS may delay the job; then it goes without priors."""
 
+    def spec(self) -> PriorsAsked:
+        """What the route asks for, as ``routes explain`` says it."""
+        return PriorsAsked(
+            self.source,
+            self.count,
+            self.same_modality,
+            self.body_part,
+            self.max_age,
+            self.wait,
+        )
+
 
 class RequireOrderSettings(Strict):
     """Wait for the order before routing; then route on the images alone, or skip."""
@@ -402,4 +414,5 @@ class Route(Strict):
             require_order=RequireOrder(order.wait, order.then) if order else None,
             mode=self.mode,
             expect=self.expect.spec() if self.expect else None,
+            priors=self.priors.spec() if self.priors else None,
         )

@@ -58,10 +58,14 @@ class ExistingJob:
     state: str
     delivered: bool
     """The study reached the vendor (the job was sent at least once)."""
+    priors: str | None = None
+    """What the job's fetch of priors found, as recorded (None: its route asks for none,
+    or it was not sent yet)."""
 
     def __str__(self) -> str:
         reached = "delivered" if self.delivered else "not delivered to the vendor"
-        return f"job {self.id} {self.vendor} (route '{self.route}'): {self.state}, {reached}"
+        text = f"job {self.id} {self.vendor} (route '{self.route}'): {self.state}, {reached}"
+        return f"{text}; {self.priors}" if self.priors else text
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +189,12 @@ def _notes(
             notes.append(f"fallback not needed: {', '.join(matched_regular)} matched")
         elif result.status in (RouteStatus.FIRED, RouteStatus.MATCHED):
             notes.append("fallback: no other route matched")
+    if spec.priors is not None and result.status in (
+        RouteStatus.FIRED,
+        RouteStatus.MATCHED,
+        RouteStatus.WAITING_FOR_ORDER,
+    ):
+        notes.append(f"priors: {spec.priors.describe()}")
     if spec.exclusive and result.status in (
         RouteStatus.FIRED,
         RouteStatus.MATCHED,
@@ -352,6 +362,7 @@ def _job_json(job: ExistingJob) -> dict[str, Any]:
         "vendor": job.vendor,
         "state": job.state,
         "delivered": job.delivered,
+        "priors": job.priors,
     }
 
 

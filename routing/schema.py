@@ -161,6 +161,34 @@ class ExpectedSeries:
 
 
 @dataclass(frozen=True, slots=True)
+class PriorsAsked:
+    """The prior studies a route sends along (``priors``), as explain says them; fetched by
+    the job worker, not by routing."""
+
+    source: str
+    count: int = 1
+    same_modality: bool = True
+    body_part: bool = False
+    max_age_seconds: float | None = None
+    wait_seconds: float = 30.0
+
+    def describe(self) -> str:
+        """``up to 3 prior studies from pacs (same modality, at most 3650d old); …``."""
+        also = ["same patient ID and issuer"]
+        if self.same_modality:
+            also.append("same modality")
+        if self.body_part:
+            also.append("same body part")
+        if self.max_age_seconds:
+            also.append(f"at most {show_duration(self.max_age_seconds)} old")
+        noun = "study" if self.count == 1 else "studies"
+        return (
+            f"up to {self.count} prior {noun} from {self.source} ({', '.join(also)}); "
+            f"the job waits at most {show_duration(self.wait_seconds)} for them"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSpec:
     """One route, validated: what routing needs, in the units it uses."""
 
@@ -179,6 +207,7 @@ class RouteSpec:
     expect: ExpectedSeries | None = None
     mode: Mode = Mode.LIVE
     """``shadow``: every delivery of the route runs in shadow mode (nothing written back)."""
+    priors: PriorsAsked | None = None
 
 
 def leaves(node: Condition | Conditions) -> list[Leaf]:

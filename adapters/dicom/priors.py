@@ -36,7 +36,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from adapters.dicom.client import RequestorAE
-from broker.model.priors import FetchedPrior, PriorsFetched, PriorsPolicy, PriorsQuery
+from broker.model.priors import (
+    FetchedPrior,
+    PriorInstance,
+    PriorsFetched,
+    PriorsPolicy,
+    PriorsQuery,
+)
 
 #: pynetdicom's statuses: pending answers of a C-FIND / C-GET, and the ends that count.
 _PENDING = (0xFF00, 0xFF01)
@@ -170,6 +176,7 @@ class _Receiver:
         self.folder = folder
         self.query = query
         self.files: list[Path] = []
+        self.instances: list[PriorInstance] = []
         self.refused = 0
 
     def __call__(self, event: evt.Event) -> int:
@@ -185,6 +192,15 @@ class _Receiver:
             f.flush()
             os.fsync(f.fileno())
         self.files.append(path)
+        self.instances.append(
+            PriorInstance(
+                _text(ds.get("SeriesInstanceUID")),
+                _text(ds.get("SOPInstanceUID")),
+                str(event.context.transfer_syntax),
+                path,
+                len(data),
+            )
+        )
         return 0x0000
 
 
@@ -259,8 +275,9 @@ def fetch_priors(query: PriorsQuery, policy: PriorsPolicy, folder: Path) -> Prio
             receiver[:] = [_Receiver(folder / f"prior-{len(fetched)}", query)]
             ok, why = _get(assoc, uid, receiver[0])
             if ok:
+                got = receiver[0]
                 fetched.append(
-                    FetchedPrior(uid, date, tuple(receiver[0].files), receiver[0].refused)
+                    FetchedPrior(uid, date, tuple(got.files), got.refused, tuple(got.instances))
                 )
             else:
                 problems.append(why)

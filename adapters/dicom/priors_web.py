@@ -23,7 +23,13 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from adapters.dicom.priors import note, pick, same_patient, study_query
-from broker.model.priors import FetchedPrior, PriorsFetched, PriorsPolicy, PriorsQuery
+from broker.model.priors import (
+    FetchedPrior,
+    PriorInstance,
+    PriorsFetched,
+    PriorsPolicy,
+    PriorsQuery,
+)
 
 
 class _Session(requests.Session):
@@ -83,6 +89,7 @@ def fetch_priors(query: PriorsQuery, policy: PriorsPolicy, folder: Path) -> Prio
         picked = pick((Dataset.from_json(a) for a in answers), query, policy, series_of)
         for uid, date in picked:
             files: list[Path] = []
+            instances: list[PriorInstance] = []
             refused = 0
             prior = folder / f"prior-{len(fetched)}"
             for ds in client.iter_study(uid):
@@ -95,8 +102,17 @@ def fetch_priors(query: PriorsQuery, policy: PriorsPolicy, folder: Path) -> Prio
                 path = prior / f"{len(files):05d}.dcm"
                 ds.save_as(path, enforce_file_format=True)
                 files.append(path)
+                instances.append(
+                    PriorInstance(
+                        str(ds.SeriesInstanceUID),
+                        str(ds.SOPInstanceUID),
+                        str(ds.file_meta.TransferSyntaxUID),
+                        path,
+                        path.stat().st_size,
+                    )
+                )
             if files:
-                fetched.append(FetchedPrior(uid, date, tuple(files), refused))
+                fetched.append(FetchedPrior(uid, date, tuple(files), refused, tuple(instances)))
     except TimeoutError:
         problems.append(f"the PACS did not answer within {policy.wait:g} s")
     except requests.Timeout:

@@ -9,8 +9,9 @@ Receiving:
   transport. ``POST`` any path with radbridge's JSON manifest
   (:mod:`adapters.vendors.http`) answers ``202``; the vendor then pulls
   ``GET {wado_rs}/studies/{study_instance_uid}`` with ``Authorization:
-  Bearer {token}`` (multipart/related, one Part 10 file per part) and
-  evaluates what it got. ``GET /health`` answers 200. ``DELETE …/{job_id}``
+  Bearer {token}`` (multipart/related, one Part 10 file per part), then each
+  prior the manifest lists from its own ``wado_rs`` URL (``priors_pulled``), and
+  evaluates the current study. ``GET /health`` answers 200. ``DELETE …/{job_id}``
   (radbridge's cancellation of a job) is recorded in ``cancellations`` and answered 200.
 
 Returning, ``delay`` seconds after the study is in (:class:`ResultType`):
@@ -203,6 +204,8 @@ class SimulatedVendor:
         self.received: list[Received] = []
         self.manifests: list[dict[str, Any]] = []
         self.cancellations: list[dict[str, Any]] = []
+        self.priors_pulled: dict[str, int | str] = {}
+        """Study UID of each prior a manifest listed → instances pulled (or why none)."""
         """Each cancellation radbridge sent (``DELETE …/{job_id}``): its path and body."""
         self.delivered: list[Delivered] = []
         self._lock = threading.Lock()
@@ -380,28 +383,21 @@ class SimulatedVendor:
 
         return Handler
 
-    def _pull_and_deliver(self, manifest: dict[str, Any]) -> None:
-        study_uid = str(manifest["study_instance_uid"])
-        job_id = str(manifest["job_id"]) if manifest.get("job_id") is not None else None
-        url = f"{str(manifest['wado_rs']).rstrip('/')}/studies/{study_uid}"
+    def _pull(self, url: str, token: str) -> list[Path] | str:
+        """GET ``url`` (WADO-RS, multipart) with the job's token; the files kept, or why not."""
         try:
             answer = httpx.get(
                 url,
                 headers={
-                    "Authorization": f"Bearer {manifest['token']}",
+                    "Authorization": f"Bearer {token}",
                     "Accept": 'multipart/related; type="application/dicom"',
                 },
                 timeout=60,
             )
         except httpx.HTTPError as exc:
-            self._record(
-                Delivered(study_uid, study_uid, self.result, url, False, f"pull failed: {exc}")
-            )
-            return
+            return f"pull failed: {exc}"
         if answer.status_code != 200:
-            detail = f"pull answered {answer.status_code}: {answer.text[:200]}"
-            self._record(Delivered(study_uid, study_uid, self.result, url, False, detail, job_id))
-            return
+            return f"pull answered {answer.status_code}: {answer.text[:200]}"
         paths = []
         incoming = self.folder / ".incoming"
         incoming.mkdir(parents=True, exist_ok=True)
@@ -416,7 +412,24 @@ class SimulatedVendor:
             path = path / f"{ds.SOPInstanceUID}.dcm"
             tmp.replace(path)
             paths.append(path)
+        return paths
+
+    def _pull_and_deliver(self, manifest: dict[str, Any]) -> None:
+        study_uid = str(manifest["study_instance_uid"])
+        job_id = str(manifest["job_id"]) if manifest.get("job_id") is not None else None
+        url = f"{str(manifest['wado_rs']).rstrip('/')}/studies/{study_uid}"
+        token = str(manifest["token"])
+        paths = self._pull(url, token)
+        if isinstance(paths, str):
+            self._record(Delivered(study_uid, study_uid, self.result, url, False, paths, job_id))
+            return
         self.on_event(f"pulled {len(paths)} instance(s) of study {study_uid} for job {job_id}")
+        for prior in manifest.get("priors") or []:
+            got = self._pull(str(prior["wado_rs"]), token)
+            uid = str(prior["study_instance_uid"])
+            with self._lock:
+                self.priors_pulled[uid] = len(got) if isinstance(got, list) else got
+            self.on_event(f"prior {uid} for job {job_id}: {self.priors_pulled[uid]}")
         self._deliver(study_uid, paths, job_id)
 
     # -------------------------------------------------------------- results

@@ -22,6 +22,11 @@ The manifest (``Content-Type: application/json``)::
         {"series_instance_uid": "1.2.…", "modality": "CT" | null, "instances": 120}
       ],
       "patient": {"id": "P1", "issuer": "HOSP" | null},   # only with send_patient: true
+      "priors": [                            # only when the route asks for priors and some came
+        {"study_instance_uid": "1.2.…",      # the patient's earlier study (same ID and issuer)
+         "series": [{"series_instance_uid": "1.2.…", "instances": 212}],
+         "wado_rs": "https://radbridge.example/wado/jobs/42/studies/1.2.…"}
+      ],
       "wado_rs": "https://radbridge.example/wado/jobs/42",  # GET {wado_rs}/studies/{uid}
       "token": "…",                          # Bearer token for wado_rs, this job only
       "token_expires_at": "2024-05-01T08:15:00+00:00"
@@ -35,6 +40,10 @@ A vendor with ``deidentify:`` gets the manifest of what it may pull: the study's
 series' and patient's pseudonyms, the accession number's pseudonym, and
 ``"deidentified": "basic+…"`` (the profile); its WADO-RS serves the de-identified
 copies under those UIDs.
+
+A route with ``priors:`` lists the priors radbridge fetched for the job (not for a
+de-identified job); the job's token opens each prior's ``wado_rs`` URL (and its series,
+instances and metadata below it) as it opens the current study's, and nothing else.
 
 The vendor's own API secret comes only from the environment,
 ``RADBRIDGE_VENDORS__<NAME>__TRANSPORT__TOKEN``, sent as ``Authorization:
@@ -86,6 +95,7 @@ from broker.model.logging import get_logger
 from broker.model.vendor import SendOutcome, TransportContext, TransportSettings, VendorTransport
 from broker.store import StudyStore, make_engine
 from broker.store.job_tokens import JobTokens
+from broker.store.priors import PriorStore
 from config.base import HttpUrl, Timeout
 
 LOG = get_logger("radbridge.vendors.http")
@@ -208,7 +218,21 @@ class HttpTransport(VendorTransport):
         }
         if self.settings.send_patient:
             body["patient"] = {"id": study.patient.patient_id, "issuer": study.patient.issuer}
-        body |= {"wado_rs": self.wado_rs_url(job), "token": token, "token_expires_at": expires_at}
+        root = self.wado_rs_url(job)
+        priors = PriorStore(self.engine).studies(job.id)
+        if priors:
+            body["priors"] = [
+                {
+                    "study_instance_uid": prior.study_uid,
+                    "series": [
+                        {"series_instance_uid": uid, "instances": count}
+                        for uid, count in prior.series
+                    ],
+                    "wado_rs": f"{root}/studies/{prior.study_uid}",
+                }
+                for prior in priors
+            ]
+        body |= {"wado_rs": root, "token": token, "token_expires_at": expires_at}
         return body
 
     def send(self, job: Job, files: Sequence[Path]) -> SendOutcome:

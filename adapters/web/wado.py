@@ -11,7 +11,9 @@ Routes, below ``/wado/jobs/{job_id}``:
 - the same paths followed by ``/metadata``: a DICOM JSON array (PS3.18 F.2),
   one object per instance, without pixel data.
 
-Only the job's study, and of it only the series the job sends, are served.
+Only the job's study, and of it only the series the job sends, are served; and the
+priors radbridge fetched for the job (its manifest's ``priors``: not for a de-identified
+job), whole, under their own Study Instance UIDs.
 Every request needs ``Authorization: Bearer <token>`` with the token of the
 job's manifest: no, an unknown or expired token, or a job no longer at the
 vendor (done, dead, cancelled, failed) → 401; another job's token, or a study
@@ -52,6 +54,7 @@ from broker.model.errors import DeidentificationError
 from broker.model.jobs import Job
 from broker.model.logging import get_logger
 from broker.store.job_tokens import JobInstance, JobTokens, job_instances
+from broker.store.priors import PriorStore
 
 LOG = get_logger("radbridge.web.wado")
 
@@ -242,10 +245,15 @@ def wado_router(
     made in ``scratch`` for the request."""
     router = APIRouter(prefix="/wado/jobs/{job_id}", tags=["WADO-RS"])
     tokens = JobTokens(engine)
+    priors = PriorStore(engine)
 
     def keys_of(job: Job) -> Pseudonyms | None:
         found = privacy(job) if privacy is not None else None
         return Pseudonyms(found[1]) if found is not None else None
+
+    def prior(job: Job, study: str) -> bool:
+        """``study`` is one of the job's priors its vendor may pull (never de-identified)."""
+        return keys_of(job) is None and priors.served(job.id, study)
 
     def authorized(job_id: int, study: str, authorization: str | None) -> Job:
         job = tokens.job_for(_bearer(authorization))
@@ -259,14 +267,17 @@ def wado_router(
             LOG.warning("token used for another job", job_id=job.id, asked_for=job_id)
             raise HTTPException(403, f"the token does not open job {job_id}")
         keys = keys_of(job)
-        if study != (keys.uid(job.study_uid) if keys is not None else job.study_uid):
+        current = keys.uid(job.study_uid) if keys is not None else job.study_uid
+        if study != current and not prior(job, study):
             LOG.warning("token used for another study", job_id=job.id, study_uid=study)
             raise HTTPException(403, f"job {job_id} does not send that study")
         return job
 
-    def select(job: Job, series: str | None, sop: str | None) -> _Served:
+    def select(job: Job, study: str, series: str | None, sop: str | None) -> _Served:
         found = privacy(job) if privacy is not None else None
-        if found is None:
+        if study != job.study_uid and found is None:  # a prior (checked by ``authorized``)
+            instances = priors.instances(job.id, study, series_uid=series, sop_instance_uid=sop)
+        elif found is None:
             instances = job_instances(engine, job, series_uid=series, sop_instance_uid=sop)
         else:
             keys = Pseudonyms(found[1])
@@ -291,7 +302,7 @@ def wado_router(
         authorization: str | None,
     ) -> StreamingResponse:
         job = authorized(job_id, study, authorization)
-        served = select(job, series, sop)
+        served = select(job, study, series, sop)
         try:
             check_accept_dicom(accept, served.instances)
             body = MultipartBody(served.instances)
@@ -325,7 +336,7 @@ def wado_router(
     ) -> StreamingResponse:
         job = authorized(job_id, study, authorization)
         check_accept_json(accept)
-        served = select(job, series, sop)
+        served = select(job, study, series, sop)
         return StreamingResponse(
             _metadata_stream(served.instances), media_type=DICOM_JSON, background=served.cleanup()
         )

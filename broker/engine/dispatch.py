@@ -43,10 +43,19 @@ from broker.model.jobs import RESENDABLE, Job, JobState
 from broker.model.logging import get_logger
 from broker.model.mode import ShadowCause
 from broker.model.plugins import registered
-from broker.model.priors import FetchedPrior, FetchPriors, PriorsFetched, PriorsQuery
+from broker.model.priors import (
+    FetchedPrior,
+    FetchPriors,
+    PriorInstance,
+    PriorsFetched,
+    PriorsPolicy,
+    PriorsQuery,
+)
 from broker.model.vendor import SendOutcome, is_retryable
 from broker.store import StudyStore
+from broker.store.job_tokens import TOKEN_STATES
 from broker.store.jobs import Created, JobStore
+from broker.store.priors import PriorStore
 from broker.store.pseudonyms import PseudonymStore
 from broker.store.work import LEASE_SECONDS
 
@@ -234,6 +243,7 @@ class JobWork:
         self.pseudonyms = PseudonymStore(engine)
         self._deidentify: Deidentifier | None = None
         self.priors_root = priors
+        self.prior_store = PriorStore(engine)
 
     def lanes(self, plan: Plan) -> Mapping[str, int]:
         return {name: plan.vendor(name).concurrency for name in plan.vendor_names}
@@ -253,9 +263,11 @@ class JobWork:
             return Failure(
                 "the study has no instances in the store", retryable=False, why="nothing to send"
             )
-        priors = self.priors(item, plan, log, pushed=getattr(transport, "pushes_files", True))
-        files += priors.files
+        pushed = getattr(transport, "pushes_files", True)
         profile = plan.deidentify(item.vendor, item.route)
+        priors = self.priors(item, plan, log, pushed=pushed, deidentified=profile is not None)
+        if pushed:
+            files += priors.files
         outbound: Outbound | None = None
         if profile is not None:
             found = self.deidentify(item, files, profile, plan, log)
@@ -289,28 +301,60 @@ class JobWork:
         )
 
     def priors_folder(self, item: Job) -> Path:
-        """Where the job's priors are spooled (kept between attempts, gone once sent)."""
+        """Where the job's priors are spooled (kept between attempts, gone once sent; kept
+        while a vendor that pulls by manifest has the job)."""
+        return self._folder(item.id)
+
+    def _folder(self, job_id: int) -> Path:
         root = self.priors_root or Path(tempfile.gettempdir()) / "radbridge-priors"
-        return root / f"job-{item.id}"
+        return root / f"job-{job_id}"
 
     def priors(
-        self, item: Job, plan: Plan, log: BoundLogger, *, pushed: bool = True
+        self,
+        item: Job,
+        plan: Plan,
+        log: BoundLogger,
+        *,
+        pushed: bool = True,
+        deidentified: bool = False,
     ) -> PriorsFetched:
         """The prior studies the job's route sends along: fetched once per job (a retry
-        sends what the first attempt fetched), within the route's ``priors.wait``; none
-        for a vendor that pulls the study by manifest (``pushed`` False)."""
+        sends what the first attempt fetched), within the route's ``priors.wait``, and
+        recorded (:class:`~broker.store.priors.PriorStore`: the time ledger, explain). For
+        a vendor that pulls by manifest (``pushed`` False) they are listed for the job's
+        WADO-RS instead of sent; none when what it pulls is de-identified."""
         policy = plan.priors(item.route)
         if policy is None:
             return PriorsFetched()
-        if not pushed:
-            return PriorsFetched(
-                note="priors not sent: this vendor pulls by manifest, which lists the "
-                "current study only"
-            )
         folder = self.priors_folder(item)
         done = folder / "fetched.json"
         if done.exists():
             return _read_fetched(done)
+        self._recorded(lambda: self.prior_store.requested(item, policy, self.clock()), log)
+        if not pushed and deidentified:
+            fetched = PriorsFetched(
+                note="priors not listed: this vendor pulls de-identified copies of the "
+                "current study only"
+            )
+        else:
+            fetched = self._fetch(item, policy, folder, log)
+        log.info(
+            "priors",
+            source=policy.source,
+            studies=len(fetched.priors),
+            instances=len(fetched.files),
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_fetched(done, fetched)
+        self._recorded(
+            lambda: self.prior_store.done(item, fetched, self.clock(), served=not pushed), log
+        )
+        return fetched
+
+    def _fetch(
+        self, item: Job, policy: PriorsPolicy, folder: Path, log: BoundLogger
+    ) -> PriorsFetched:
+        """Ask the route's PACS (the ``priors_TYPE`` entry point); never raises."""
         try:
             query = PriorsQuery.of(self.studies.get_study(item.study_uid))
             if query is None:
@@ -319,19 +363,31 @@ class JobWork:
                 shutil.rmtree(folder)  # half a fetch of an interrupted attempt
             folder.mkdir(parents=True)
             fetch: FetchPriors = registered(f"priors_{policy.source_type}")
-            fetched = fetch(query, policy, folder)
+            return fetch(query, policy, folder)
         except Exception as exc:  # a fetch that fails must not keep the study from its vendor
             count_error("priors", exc)
             log.exception("priors not fetched")
-            fetched = PriorsFetched(note=f"sent without priors: {type(exc).__name__}: {exc}")
-        log.info(
-            "priors",
-            source=policy.source,
-            studies=len(fetched.priors),
-            instances=len(fetched.files),
-        )
-        _write_fetched(done, fetched)
-        return fetched
+            return PriorsFetched(note=f"sent without priors: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _recorded(write: Callable[[], None], log: BoundLogger) -> None:
+        """A record of the priors (ledger, explain) that cannot be written is logged: it
+        must not keep the study from its vendor."""
+        try:
+            write()
+        except StoreError:
+            log.exception("priors not recorded")
+
+    def sweep_priors(self, now: datetime) -> datetime | None:
+        """The timer's task: the priors a vendor pulled go once its job left the vendor."""
+        try:
+            finished = self.prior_store.finished()
+            for job_id in finished:
+                shutil.rmtree(self._folder(job_id), ignore_errors=True)
+            self.prior_store.forget(finished)
+        except StoreError:
+            LOG.exception("served priors not cleaned up; tried again")
+        return None
 
     def forget_priors(self, item: Job) -> None:
         """The vendor has the priors (or the job will not be tried again): their copy goes."""
@@ -389,7 +445,10 @@ class JobWork:
         return outbound
 
     def after(self, item: Job, done: Job, outcome: Outcome, plan: Plan, log: BoundLogger) -> None:
-        if done.state is not JobState.FAILED:  # a failed job is tried again with its priors
+        # a failed job is tried again with its priors; a vendor that pulls fetches them later
+        if done.state is not JobState.FAILED and not (
+            done.state in TOKEN_STATES and not self._pushes(plan, item.vendor)
+        ):
             self.forget_priors(item)
         if not isinstance(outcome, Success) or not isinstance(outcome.detail, SendOutcome):
             return
@@ -406,6 +465,13 @@ class JobWork:
             seconds=round(sent.seconds, 3),
             mb_per_s=round(sent.megabytes_per_second, 1),
         )
+
+    @staticmethod
+    def _pushes(plan: Plan, vendor: str) -> bool:
+        try:
+            return bool(getattr(plan.transport(vendor), "pushes_files", True))
+        except ConfigError:
+            return True
 
     def freed(self, lane: str) -> None:
         """A send ended: wake a worker (any process) for the vendor's next job."""
@@ -527,6 +593,10 @@ def _write_fetched(path: Path, fetched: PriorsFetched) -> None:
             "study_date": p.study_date,
             "files": [str(f) for f in p.files],
             "refused": p.refused,
+            "instances": [
+                [i.series_uid, i.sop_instance_uid, i.transfer_syntax_uid, str(i.path), i.size]
+                for i in p.instances
+            ],
         }
         for p in fetched.priors
     ]
@@ -537,7 +607,14 @@ def _read_fetched(path: Path) -> PriorsFetched:
     data = json.loads(path.read_text())
     priors = tuple(
         FetchedPrior(
-            p["study_uid"], p["study_date"], tuple(Path(f) for f in p["files"]), p["refused"]
+            p["study_uid"],
+            p["study_date"],
+            tuple(Path(f) for f in p["files"]),
+            p["refused"],
+            tuple(
+                PriorInstance(series, sop, syntax, Path(path), size)
+                for series, sop, syntax, path, size in p.get("instances", [])
+            ),
         )
         for p in data["priors"]
     )

@@ -16,6 +16,7 @@ completion timer sees them and no route is ever evaluated on them.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,18 @@ class PriorsQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class PriorInstance:
+    """One instance of a prior on disk, as radbridge's WADO-RS serves it to a vendor that
+    pulls by manifest."""
+
+    series_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class FetchedPrior:
     """One prior study on disk."""
 
@@ -82,6 +95,8 @@ class FetchedPrior:
     files: tuple[Path, ...]
     refused: int = 0
     """Instances the PACS sent that named another patient (dropped, never sent on)."""
+    instances: tuple[PriorInstance, ...] = ()
+    """The files' UIDs and transfer syntax (what a vendor pulling by manifest is served)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +109,15 @@ class PriorsFetched:
     @property
     def files(self) -> list[Path]:
         return [path for prior in self.priors for path in prior.files]
+
+
+class PriorsOutcome(enum.StrEnum):
+    """How a job's fetch of priors ended (the time ledger's stamp)."""
+
+    FETCHED = "fetched"
+    """At least one prior came."""
+    SKIPPED = "skipped"
+    """None came: none found, the PACS slow or down, or none wanted for this vendor."""
 
 
 FetchPriors = Callable[[PriorsQuery, PriorsPolicy, Path], PriorsFetched]

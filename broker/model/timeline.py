@@ -38,6 +38,12 @@ class StampKind(enum.StrEnum):
     NOTIFICATION_ACKNOWLEDGED = "notification_acknowledged"
     CRITICAL_OPENED = "critical_opened"
     """An urgent result opened a critical-result case (its deadline in the detail)."""
+    PRIORS_REQUESTED = "priors_requested"
+    """A job asked its route's PACS for the patient's prior studies."""
+    PRIORS_FETCHED = "priors_fetched"
+    """At least one prior came (how many, in the detail)."""
+    PRIORS_SKIPPED = "priors_skipped"
+    """None came: none found, or the PACS did not answer in time (why, in the detail)."""
     CRITICAL_ESCALATED = "critical_escalated"
     CRITICAL_OVERDUE = "critical_overdue"
 

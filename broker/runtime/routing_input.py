@@ -29,6 +29,7 @@ from broker.store import StudyStore
 from broker.store.jobs import JobStore
 from broker.store.order_links import patient_conflict
 from broker.store.orders import CANCELLED_STATES, OrderStore
+from broker.store.priors import PriorStore
 from broker.store.results import ResultStore
 from routing import Decision, RuleSet, decide
 from routing.completion import Expectation, expectations
@@ -63,6 +64,8 @@ class RoutingInput:
     jobs: tuple[Job, ...] = ()
     reached: frozenset[int] = frozenset()
     """Ids of the jobs that sent the study to their vendor at least once."""
+    priors: Mapping[int, str] = field(default_factory=dict)
+    """Job id → what its fetch of priors found, as recorded (jobs whose route asks)."""
     notes: tuple[str, ...] = ()
     """What a person should know about this input (why an order is not used …)."""
     order_known: bool = True
@@ -130,6 +133,7 @@ class RoutingInput:
                 vendor=job.vendor,
                 state=job.state.value,
                 delivered=job.id in self.reached,
+                priors=self.priors.get(job.id),
             )
             for job in self.jobs
         )
@@ -181,6 +185,10 @@ def stored_input(
         link=link,
         jobs=existing,
         reached=frozenset(job.id for job in existing if _reached(jobs, job)),
+        priors={
+            job_id: fetch.describe()
+            for job_id, fetch in PriorStore(jobs.engine).of_jobs(j.id for j in existing).items()
+        },
         notes=_link_notes(link),
         used=dict(used or {}),
         earlier=earlier_findings(results, study_uid, existing) if results is not None else {},

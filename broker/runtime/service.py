@@ -122,8 +122,8 @@ class Service:
         watch = VendorWatch(engine, lambda: self.snapshots.settings)
         self.results.on_complete.append(watch.result_complete)
         # The job engine's one timer: lapsed leases, due retries, released items, overdue jobs,
-        # critical cases' escalations; retention (purges, the free-space alarm); and the
-        # vendor watch (drift, missing results).
+        # critical cases' escalations, priors pulled by vendors whose jobs ended; retention
+        # (purges, the free-space alarm); and the vendor watch (drift, missing results).
         retention = RetentionTask(engine, self.context.spool, lambda: self.snapshots.settings)
         self.engine_timer = Timer(
             [
@@ -131,6 +131,7 @@ class Service:
                 self.writeback.sweep,
                 self.writeback.overdue,
                 self.writeback.critical.tick,
+                self.worker.work.sweep_priors,
                 retention,
                 watch,
             ]

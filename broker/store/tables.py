@@ -814,3 +814,45 @@ procedure_notices = Table(
 (``mpps``: N-CREATE, then N-SET to COMPLETED or DISCONTINUED) and Instance Availability
 Notifications (``ian``), with the SOP Instance UIDs they reference (JSON) and their
 attributes as received (DICOM JSON)."""
+
+prior_fetches = Table(
+    "prior_fetches",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "job_id", Integer, ForeignKey("jobs.id", name="fk_prior_fetches_job_id"), nullable=False
+    ),
+    Column("study_uid", UID, nullable=False),
+    Column("vendor", String(64), nullable=False),
+    Column("route", String(128), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("asked", Integer, nullable=False),
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("done_at", UTCDateTime),
+    Column("outcome", String(16)),
+    Column("studies", Integer, nullable=False, default=0),
+    Column("instances", Integer, nullable=False, default=0),
+    Column("note", Text),
+    UniqueConstraint("job_id"),
+    Index(None, "study_uid"),
+)
+"""A job's fetch of priors (once per job): asked when, done when, what came or why none
+did (``outcome``: fetched | skipped; NULL while the fetch runs)."""
+
+prior_instances = Table(
+    "prior_instances",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "job_id", Integer, ForeignKey("jobs.id", name="fk_prior_instances_job_id"), nullable=False
+    ),
+    Column("study_uid", UID, nullable=False),
+    Column("series_uid", UID, nullable=False),
+    Column("sop_instance_uid", UID, nullable=False),
+    Column("transfer_syntax_uid", UID, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Index(None, "job_id", "study_uid", "series_uid"),
+)
+"""The instances of a job's priors in ``SPOOL/priors/job-ID/``, as its WADO-RS serves them to
+a vendor that pulls by manifest (only while the job is at the vendor)."""

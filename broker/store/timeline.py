@@ -21,6 +21,7 @@ from broker.model.jobs import JobState
 from broker.model.timeline import Stamp, StampKind, Turnaround
 from broker.model.writeback import DeliveryKind, DeliveryState
 from broker.store.critical import timeline_stamps
+from broker.store.priors import timeline_stamps as prior_stamps
 from broker.store.study_events import StudyEventKind
 from broker.store.tables import (
     UTCDateTime,
@@ -138,7 +139,14 @@ def _deliveries(conn: Connection, study_uid: str) -> Iterable[Stamp]:
     ]
 
 
-SOURCES: list[StampSource] = [_instances, _history, _jobs, _deliveries, timeline_stamps]
+SOURCES: list[StampSource] = [
+    _instances,
+    _history,
+    _jobs,
+    prior_stamps,
+    _deliveries,
+    timeline_stamps,
+]
 """Every part of the ledger; add a function to add stamps of your own."""
 
 

@@ -2,8 +2,10 @@
 patient's earlier study from a real PACS (Orthanc, C-FIND + C-GET; QIDO-RS + WADO-RS from
 its DICOMweb plugin) and the vendor (dcmtk
 ``storescp``) receives it with the current study; another patient's study, and a study of
-the same patient ID under another issuer, never come. With Orthanc stopped the study goes
-without priors after the configured wait, and the job's history says so.
+the same patient ID under another issuer, never come. The harness's HTTP vendor finds the
+prior in its manifest and pulls it by its own WADO-RS URL with the job's token. With
+Orthanc stopped the study goes without priors after the configured wait, and the job's
+history, the time ledger and ``routes explain`` say so.
 
 One service, one Orthanc and one vendor for the module; the tests run in order (the last
 one stops Orthanc).
@@ -17,10 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydicom
 import pytest
 
-from adapters.dicom.synthetic import generate_study
+from adapters.dicom.synthetic import StudyKind, generate_study
+from adapters.harness.products import ProductKind
+from adapters.harness.vendor import SimulatedVendor
 from broker.model.plugins import registered
 from broker.model.priors import PriorsPolicy, PriorsQuery
 from tests.peers import Orthanc, StoreSCP, free_port, storescu, wait_until
@@ -33,11 +38,12 @@ ISSUER = "HOSP_A"
 WAIT = 2.0
 
 
-def _study(folder: Path, patient_id: str, issuer: str, date: str) -> tuple[list[Path], str]:
-    """A small head CT (two 32x32 slices) of ``patient_id`` / ``issuer`` dated ``date``."""
-    files = generate_study(
-        "ct_head", folder, instances=2, rows=32, columns=32, patient_id=patient_id
-    )
+def _study(
+    folder: Path, patient_id: str, issuer: str, date: str, kind: StudyKind = "ct_head"
+) -> tuple[list[Path], str]:
+    """A small CT (two 32x32 slices; a head CT by default) of ``patient_id`` / ``issuer``
+    dated ``date``."""
+    files = generate_study(kind, folder, instances=2, rows=32, columns=32, patient_id=patient_id)
     for path in files:
         ds = pydicom.dcmread(path)
         ds.StudyDate = date
@@ -46,8 +52,11 @@ def _study(folder: Path, patient_id: str, issuer: str, date: str) -> tuple[list[
     return files, str(pydicom.dcmread(files[0]).StudyInstanceUID)
 
 
-def _config(folder: Path, pacs: Orthanc, vendor: StoreSCP) -> dict[str, Any]:
+def _config(
+    folder: Path, pacs: Orthanc, vendor: StoreSCP, cloud: SimulatedVendor
+) -> dict[str, Any]:
     config = base_config(folder, free_port())
+    config["http"] = {"listen": {"host": "127.0.0.1", "port": free_port()}}
     config["targets"] = {
         "pacs": {
             "type": "dicom",
@@ -65,15 +74,26 @@ def _config(folder: Path, pacs: Orthanc, vendor: StoreSCP) -> dict[str, Any]:
                 "host": "127.0.0.1",
                 "port": vendor.port,
             },
-        }
+        },
+        "cloudfollow": {
+            "product": "CT chest follow-up (cloud)",
+            "transport": {"type": "http", "url": f"http://127.0.0.1:{cloud.http_port}/jobs"},
+        },
     }
+    priors = {"source": "pacs", "count": 3, "max_age": "3650d", "wait": WAIT}
     config["routes"] = [
         {
             "name": "head-followup",
-            "when": {"modality": "CT"},
+            "when": {"modality": "CT", "body_part": "HEAD"},
             "send": ["followup"],
-            "priors": {"source": "pacs", "count": 3, "max_age": "3650d", "wait": WAIT},
-        }
+            "priors": priors,
+        },
+        {
+            "name": "chest-followup",
+            "when": {"modality": "CT", "body_part": "CHEST"},
+            "send": ["cloudfollow"],
+            "priors": priors,
+        },
     ]
     return config
 
@@ -83,6 +103,7 @@ class World:
     rb: Radbridge
     pacs: Orthanc
     vendor: StoreSCP
+    cloud: SimulatedVendor
     folder: Path
     prior_uid: str
     other_uids: tuple[str, ...]
@@ -95,6 +116,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         folder / "orthanc", config={"DicomAlwaysAllowFind": True, "DicomAlwaysAllowGet": True}
     ).start()
     vendor = StoreSCP(folder / "vendor", ae_title="FOLLOWUP").start()
+    cloud = SimulatedVendor(
+        ProductKind.LUNG_NODULE_CT, folder / "cloud", http_port=free_port(), delay=3600
+    ).start()
     rb: Radbridge | None = None
     try:
         held = {
@@ -105,11 +129,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for files, _uid in held.values():
             for path in files:
                 pacs.request("POST", "/instances", path.read_bytes())
-        rb = Radbridge(folder / "rb", _config(folder / "rb", pacs, vendor)).start()
+        rb = Radbridge(folder / "rb", _config(folder / "rb", pacs, vendor, cloud)).start()
         yield World(
             rb,
             pacs,
             vendor,
+            cloud,
             folder,
             held["prior"][1],
             (held["other-patient"][1], held["other-issuer"][1]),
@@ -117,6 +142,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     finally:
         if rb is not None:
             rb.close()
+        cloud.stop()
         vendor.stop()
         pacs.stop()
 
@@ -166,6 +192,40 @@ def test_vendor_receives_the_current_and_the_prior_study(world: World) -> None:
     assert all(s["study_uid"] != world.prior_uid for s in world.rb.studies())  # never routed
 
 
+def test_http_vendor_pulls_the_prior_by_its_own_url(world: World) -> None:
+    """An ``http`` vendor's manifest lists the patient's prior (only it) with its own WADO-RS
+    URL; the vendor pulls its instances with the job's token, which opens no other study;
+    the time ledger stamps the priors requested and fetched, and ``routes explain`` says
+    what the route asks for and what the job's fetch found."""
+    files, current = _study(world.folder / "cloud", PATIENT, ISSUER, "20260303", "ct_chest")
+    storescu(files, world.rb.port)
+    wait_until(
+        lambda: world.cloud.priors_pulled.get(world.prior_uid) == 2, "prior pulled", timeout=90
+    )
+    [manifest] = [m for m in world.cloud.manifests if m["study_instance_uid"] == current]
+    [prior] = manifest["priors"]
+    assert prior["study_instance_uid"] == world.prior_uid
+    assert prior["wado_rs"] == f"{manifest['wado_rs']}/studies/{world.prior_uid}"
+    assert sum(s["instances"] for s in prior["series"]) == 2
+    assert len(list((world.cloud.folder / world.prior_uid).glob("*/*.dcm"))) == 2
+    for other in world.other_uids:  # held by the PACS, never the job's: the token stays shut
+        answer = httpx.get(
+            f"{manifest['wado_rs']}/studies/{other}",
+            headers={"Authorization": f"Bearer {manifest['token']}"},
+            timeout=10,
+        )
+        assert answer.status_code == 403
+    ledger = json.loads(world.rb.cli("studies", "timeline", current, "--json").stdout)
+    stamps = {s["kind"]: s for s in ledger["stamps"]}
+    assert stamps["priors_requested"]["detail"] == "up to 3 from pacs"
+    assert stamps["priors_fetched"]["detail"] == "priors from pacs: 1 of 3 asked (2 instances)"
+    assert stamps["priors_requested"]["at"] <= stamps["priors_fetched"]["at"]
+    explained = world.rb.cli("routes", "explain", current, check=False).stdout
+    assert "priors: up to 3 prior studies from pacs (same patient ID and issuer, same " in explained
+    job = "cloudfollow (route 'chest-followup'): awaiting_result, delivered"
+    assert f"{job}; priors from pacs: 1 of 3 asked (2 instances)" in explained
+
+
 def test_priors_from_a_dicomweb_pacs(tmp_path: Path) -> None:
     """From a DICOMweb PACS (Orthanc's plugin: QIDO-RS, WADO-RS) the fetch brings the
     patient's prior whole, and nothing of another patient or another issuer."""
@@ -205,3 +265,9 @@ def test_pacs_down_sends_the_study_without_priors(world: World) -> None:
     job = _job(world.rb, current)
     assert set(_received(world.vendor)) - before == {current}
     assert "sent without priors: the PACS pacs" in _notes(job)
+    ledger = json.loads(world.rb.cli("studies", "timeline", current, "--json").stdout)
+    [skipped] = [s for s in ledger["stamps"] if s["kind"] == "priors_skipped"]
+    assert skipped["detail"].startswith("sent without priors: the PACS pacs")
+    assert "priors_fetched" not in {s["kind"] for s in ledger["stamps"]}
+    explained = world.rb.cli("routes", "explain", current, check=False).stdout
+    assert "; sent without priors: the PACS pacs" in explained

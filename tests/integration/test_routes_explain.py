@@ -330,7 +330,7 @@ def test_a_stored_study_is_explained_with_its_order_and_its_jobs(
     )
     rows = {r["route"]: r for r in json.loads(explain(config, uid, "--json").stdout)}
     assert rows["ct-to-ich"]["jobs"] == [
-        {"id": dead.id, "vendor": "ichai", "state": "dead", "delivered": False}
+        {"id": dead.id, "vendor": "ichai", "state": "dead", "delivered": False, "priors": None}
     ]
     assert rows["chest-ct-with-order"]["jobs"][0]["delivered"] is True
     assert rows["chest-ct-with-order"]["order"]["priority"] == "STAT"
