@@ -174,41 +174,32 @@ def correct_in(
             )
             .returning(corrections.c.id)
         ).scalar_one()
-        mine: list[Delivery] = []
-        for row in written:
-            d = store._create(
+        # (target, its type, attempts, result, job): each written result's target, and the
+        # vendor of each job sent by manifest
+        wanted = [
+            (r.target, r.target_type, r.max_attempts, r.result_id, r.job_id) for r in written
+        ] + [
+            (vendor_target(j.vendor), VENDOR_TARGET_TYPE, j.max_attempts, None, j.id)
+            for j in pulled
+        ]
+        mine = [
+            store._create(
                 conn,
                 NewDelivery(
                     study_uid=study_uid,
-                    target=row.target,
-                    target_type=row.target_type,
+                    target=target,
+                    target_type=target_type,
                     kind=DeliveryKind.CORRECTION,
-                    max_attempts=row.max_attempts,
-                    result_id=row.result_id,
-                    job_id=row.job_id,
+                    max_attempts=attempts,
+                    result_id=result_id,
+                    job_id=job_id,
                     event=cause.value,
                     correction_id=correction_id,
                 ),
                 now,
             )
-            mine.append(d)
-        for job in pulled:
-            mine.append(
-                store._create(
-                    conn,
-                    NewDelivery(
-                        study_uid=study_uid,
-                        target=vendor_target(job.vendor),
-                        target_type=VENDOR_TARGET_TYPE,
-                        kind=DeliveryKind.CORRECTION,
-                        max_attempts=job.max_attempts,
-                        job_id=job.id,
-                        event=cause.value,
-                        correction_id=correction_id,
-                    ),
-                    now,
-                )
-            )
+            for target, target_type, attempts, result_id, job_id in wanted
+        ]
         record_in(
             conn,
             actor,

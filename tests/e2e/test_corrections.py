@@ -78,6 +78,21 @@ class World:
         wait_until(lambda: len(self.emr.bundles) > fhir_before, "EMR has the report")
         return files, sr
 
+    def reject(self, files: list[Path], reason: Code) -> tuple[pydicom.Dataset, Path]:
+        """A Rejection Note for ``files`` C-STOREd to the ingest AE, as a modality or PACS
+        sends it; the note and its file."""
+        headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+        note = rejection_note(
+            headers,
+            reason,
+            message_id=f"modality-note-{len(list(self.folder.glob('note-*.dcm')))}",
+            created=datetime(2024, 5, 1, 8, 15, tzinfo=UTC),
+        )
+        path = self.folder / f"note-{note.SOPInstanceUID}.dcm"
+        note.save_as(path, enforce_file_format=True)
+        storescu([path], self.rb.port)
+        return note, path
+
     def instances(self, study_uid: str, modality: str) -> list[dict[str, Any]]:
         """Orthanc's instances of the study with ``modality``, with their tags."""
         found = self.pacs.request(
@@ -194,16 +209,7 @@ def test_rejection_note_withdraws_the_result_everywhere(world: World) -> None:
     for dciodvfy), the RIS an ORU with result status X, the FHIR receiver the report
     entered-in-error; the correction and each withdrawal are audited."""
     files, sr = world.written(1, "PAT0101")
-    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
-    note = rejection_note(
-        headers,
-        Code("113037", "DCM", "Rejected for Patient Safety Reasons"),
-        message_id="modality-note-1",
-        created=datetime(2024, 5, 1, 8, 15, tzinfo=UTC),
-    )
-    path = world.folder / "modality-note.dcm"
-    note.save_as(path, enforce_file_format=True)
-    storescu([path], world.rb.port)  # to the ingest AE, as a modality or PACS sends it
+    note, path = world.reject(files, Code("113037", "DCM", "Rejected for Patient Safety Reasons"))
     study_uid = str(sr.StudyInstanceUID)
     [ours] = wait_until(lambda: world.instances(study_uid, "KO"), "radbridge's rejection note")
     held = pydicom.dcmread(world.file(ours["_id"]))
@@ -273,16 +279,7 @@ def test_rejection_note_cancels_the_job_at_the_http_vendor(world: World) -> None
     pulled = world.puller.folder / study_uid
     wait_until(lambda: len(list(pulled.glob("*/*.dcm"))) == 4, "the vendor pulled the study")
     [manifest] = [m for m in world.puller.manifests if m["study_instance_uid"] == study_uid]
-    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
-    note = rejection_note(
-        headers,
-        Code("113001", "DCM", "Rejected for Quality Reasons"),
-        message_id="modality-note-3",
-        created=datetime(2024, 5, 1, 9, 0, tzinfo=UTC),
-    )
-    path = world.folder / "chest-note.dcm"
-    note.save_as(path, enforce_file_format=True)
-    storescu([path], world.rb.port)
+    world.reject(files, Code("113001", "DCM", "Rejected for Quality Reasons"))
     [told] = wait_until(lambda: list(world.puller.cancellations), "the vendor told")
     job_id = manifest["job_id"]
     assert told == {
