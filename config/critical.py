@@ -12,10 +12,19 @@ critical:
     pager:
       url: https://pager.local/api
       body: '{"to": {{ to | tojson }}, "msg": {{ text | tojson }}}'
-  contacts:
+  contacts:                      # the default escalation list
     - {name: Dr. Li (neuro on call), notify: {sms: "13800000001", wecom: lisi}}
     - {name: Dr. Wang (head of radiology), notify: {sms: "13800000002"}, wait: 5m}
+  lists:                         # named lists, for routes and sites that name one
+    stroke: [{name: Dr. Zhao (stroke team), notify: {sms: "13800000003"}}]
+routes:
+  - {name: head-ct-bleed, ..., critical_contacts: stroke}
+sites:
+  township-a: {..., critical_contacts: township-a-duty}
 ```
+
+A case uses its route's ``critical_contacts``, else its study's site's, else
+``contacts``.
 
 Every urgent result opens a case whether or not contacts are configured (it is
 then acknowledged in the console or the API). A channel is a webhook: ``template``
@@ -28,6 +37,7 @@ environment only: ``RADBRIDGE_CRITICAL__LINK_SECRET``,
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, model_validator
@@ -37,6 +47,8 @@ from broker.model.errors import did_you_mean
 from config.base import Duration, HttpUrl, Strict, Timeout
 
 ChannelName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")]
+ListName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
+"""An escalation list's name (``critical.lists``; routes and sites name it)."""
 
 
 class Channel(Strict):
@@ -74,15 +86,40 @@ class Critical(Strict):
     """Signs acknowledgement links (environment only); without it no link is sent."""
     channels: dict[ChannelName, Channel] = Field(default_factory=dict)
     contacts: list[ContactSettings] = Field(default_factory=list)
+    """The default escalation list."""
+    lists: dict[ListName, list[ContactSettings]] = Field(default_factory=dict)
+    """Named escalation lists, for routes and sites that name one (``critical_contacts``)."""
 
     @model_validator(mode="after")
     def _channels_known(self) -> Critical:
-        for i, contact in enumerate(self.contacts):
-            for channel in contact.notify:
-                if channel not in self.channels:
-                    valid = ", ".join(sorted(self.channels)) or "none (add critical.channels)"
-                    raise ValueError(
-                        f"contacts.{i} ({contact.name}): no channel '{channel}'"
-                        f"{did_you_mean(channel, self.channels)}; valid: {valid}"
-                    )
+        named = [("contacts", self.contacts)]
+        named += [(f"lists.{name}", contacts) for name, contacts in self.lists.items()]
+        for where, contacts in named:
+            for i, contact in enumerate(contacts):
+                for channel in contact.notify:
+                    if channel not in self.channels:
+                        valid = ", ".join(sorted(self.channels)) or "none (add critical.channels)"
+                        raise ValueError(
+                            f"{where}.{i} ({contact.name}): no channel '{channel}'"
+                            f"{did_you_mean(channel, self.channels)}; valid: {valid}"
+                        )
         return self
+
+
+def check_contact_lists(
+    critical: Critical, named_by: Iterable[tuple[tuple[str | int, ...], str | None]]
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """Problems of the ``critical_contacts`` routes and sites name (where, the name): each
+    must be one of ``critical.lists``."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for where, name in named_by:
+        if name is None or name in critical.lists:
+            continue
+        valid = ", ".join(sorted(critical.lists)) or "none (add critical.lists)"
+        problems.append(
+            (
+                where,
+                f"no escalation list '{name}'{did_you_mean(name, critical.lists)}; valid: {valid}",
+            )
+        )
+    return problems

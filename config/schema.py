@@ -44,7 +44,7 @@ from config.base import (
     space_bytes,
 )
 from config.contracts import Contract, ContractName, billing_terms
-from config.critical import Critical
+from config.critical import Critical, check_contact_lists
 from config.monitoring import FinalReports, Monitoring
 from config.plugins import TargetBlock
 from config.sites import (
@@ -629,6 +629,22 @@ class Settings(Strict):
     def site_target_names(self) -> tuple[str, ...]:
         """The ``site.NAME`` write-backs routes may name."""
         return site_target_names(self.sites)
+
+    @model_validator(mode="after")
+    def _contact_lists(self) -> Settings:
+        """The ``critical_contacts`` of routes and sites name lists of ``critical.lists``."""
+        named: list[tuple[tuple[str | int, ...], str | None]] = [
+            (("routes", i, "critical_contacts"), r.critical_contacts)
+            for i, r in enumerate(self.routes)
+        ]
+        named += [
+            (("sites", site_id, "critical_contacts"), site.critical_contacts)
+            for site_id, site in self.sites.items()
+        ]
+        problems = check_contact_lists(self.critical, named)
+        if problems:
+            raise LocatedErrors(problems)
+        return self
 
     @model_validator(mode="after")
     def _notification_targets(self) -> Settings:

@@ -74,6 +74,9 @@ class SiteSettings(Strict):
     """Issuer of its patient IDs (IssuerOfPatientID, PID-3.4)."""
     targets: dict[SiteTargetName, TargetBlock] = Field(default_factory=dict)
     """Its own write-back targets; routes name them ``site.NAME``."""
+    critical_contacts: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    """The escalation list (of ``critical.lists``) its studies' critical cases use, unless
+    their route names one."""
 
 
 def check_sites(sites: dict[str, SiteSettings]) -> list[tuple[tuple[str | int, ...], str]]:

@@ -335,6 +335,8 @@ class Route(Strict):
     """Only studies of these sites (ids of ``sites:``); empty: every site's."""
     priors: PriorsSettings | None = None
     """Fetch the patient's prior studies from a PACS and send them along (see README)."""
+    critical_contacts: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    """The escalation list (of ``critical.lists``) this route's critical cases use."""
 
     @model_validator(mode="after")
     def _owners_are_sent_to(self) -> Route:

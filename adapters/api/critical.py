@@ -55,7 +55,10 @@ class CaseOut(BaseModel):
     exam_end_at: datetime
     deadline_at: datetime
     level: int
-    """The last contact notified (0 is the first of ``critical.contacts``; -1: none)."""
+    """The last contact notified (0 is the first of its list; -1: none)."""
+    contact_list: str | None = None
+    """Its escalation list (of ``critical.lists``: its route's or its site's); None: the
+    default ``critical.contacts``."""
     next_escalation_at: datetime | None
     acknowledged_at: datetime | None
     acknowledged_by: str | None
@@ -104,6 +107,7 @@ def _fields(case: CriticalCase, now: datetime) -> dict[str, Any]:
         "job_id": case.job_id,
         "vendor": case.vendor,
         "route": case.route,
+        "contact_list": case.contact_list,
         "summary": case.summary,
         "findings": [
             FindingOut(code=f.code, meaning=f.meaning, present=f.present, score=f.score)

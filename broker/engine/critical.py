@@ -2,7 +2,9 @@
 
 * :meth:`CriticalDesk.open` (from the write-back stage's ``schedule``) opens the
   result's case with its deadline (``critical.acknowledge_within`` of the exam's
-  end: the study's last image) and queues the first contact's notifications,
+  end: the study's last image) and its escalation list (the route's
+  ``critical_contacts``, else its site's, else ``critical.contacts``), and queues
+  the first contact's notifications,
   one delivery per channel; the webhook's and the RIS's notices of the same
   result are listed in its ledger too.
 * :meth:`CriticalDesk.tick` is a task of the job engine's timer: an open case
@@ -75,11 +77,17 @@ class CriticalDesk:
     # ---------------------------------------------------------------- opening
 
     def notices(
-        self, plan: Plan, job_id: int | None, study_uid: str, level: int
+        self,
+        plan: Plan,
+        job_id: int | None,
+        study_uid: str,
+        level: int,
+        named: str | None = None,
     ) -> list[NewNotice]:
-        """The notifications of the contact at ``level``: one per channel it is reached on."""
+        """The notifications of the contact at ``level`` of the list ``named`` (None: the
+        default list): one per channel it is reached on."""
         policy = plan.critical
-        contact = policy.contact(level)
+        contact = policy.contact(level, named)
         if contact is None:
             return []
         made = []
@@ -124,7 +132,8 @@ class CriticalDesk:
         study = self._study(result.study_uid)
         exam_end = study.last_received_at if study is not None else result.created_at
         accession = study.accession_number if study is not None else None
-        first = 0 if policy.contacts else -1
+        named = policy.list_for(job.route, study.site if study is not None else None)
+        first = 0 if policy.contacts_of(named) else -1
         case, made, opened = self.store.open(
             NewCase(
                 result_id=result.id,
@@ -137,9 +146,10 @@ class CriticalDesk:
                 exam_end_at=exam_end,
                 deadline_at=policy.deadline(exam_end),
                 level=first,
-                next_escalation_at=policy.next_escalation(first, now),
+                next_escalation_at=policy.next_escalation(first, now, named),
+                contact_list=named,
             ),
-            self.notices(plan, job.id, result.study_uid, first),
+            self.notices(plan, job.id, result.study_uid, first, named),
             [
                 Linked(d, contact=d.target, channel=d.target_type, detail={"event": d.event})
                 for d in linked
@@ -182,11 +192,12 @@ class CriticalDesk:
     def _escalate(self, case: CriticalCase, plan: Plan, now: datetime) -> None:
         policy = plan.critical
         level = case.level + 1
-        notices = self.notices(plan, case.job_id, case.study_uid, level)
-        contact = policy.contact(level)
+        named = case.contact_list
+        notices = self.notices(plan, case.job_id, case.study_uid, level, named)
+        contact = policy.contact(level, named)
         if contact is not None and not notices:  # a contact reached on no channel
             LOG.error("critical contact has no channel to be notified on", level=level)
-        next_at = policy.next_escalation(level, now) if contact is not None else None
+        next_at = policy.next_escalation(level, now, named) if contact is not None else None
         moved = self.store.escalate(case, level, notices, next_at, now=now)
         if moved is None:
             return

@@ -88,6 +88,13 @@ class CriticalPolicy:
     """The ``critical`` settings in force: contacts, channels, deadline and signed links."""
 
     contacts: tuple[Contact, ...] = ()
+    """The default escalation list (``critical.contacts``)."""
+    lists: Mapping[str, tuple[Contact, ...]] = field(default_factory=dict)
+    """The named escalation lists (``critical.lists``) routes and sites name."""
+    route_lists: Mapping[str, str] = field(default_factory=dict)
+    """Route name → the list its cases use (``routes[].critical_contacts``)."""
+    site_lists: Mapping[str, str] = field(default_factory=dict)
+    """Site id → the list its studies' cases use (``sites.ID.critical_contacts``)."""
     channels: Mapping[str, str] = field(default_factory=dict)
     """Channel name → the write-back target that carries it (``critical.sms``)."""
     acknowledge_within: float = ACKNOWLEDGE_WITHIN
@@ -99,18 +106,38 @@ class CriticalPolicy:
     language: str = "en"
     timezone: str = "UTC"
 
-    def contact(self, level: int) -> Contact | None:
-        """The contact at ``level`` of the list (0 is the first), if there is one."""
-        return self.contacts[level] if 0 <= level < len(self.contacts) else None
+    def list_for(self, route: str | None, site: str | None) -> str | None:
+        """The escalation list a case of ``route`` for a study of ``site`` uses: the
+        route's, else the site's, else the default (None)."""
+        if route is not None and route in self.route_lists:
+            return self.route_lists[route]
+        if site is not None and site in self.site_lists:
+            return self.site_lists[site]
+        return None
+
+    def contacts_of(self, named: str | None) -> tuple[Contact, ...]:
+        """The contacts of the list ``named`` (None, or a list no longer configured: the
+        default list)."""
+        if named is None:
+            return self.contacts
+        return self.lists.get(named, self.contacts)
+
+    def contact(self, level: int, named: str | None = None) -> Contact | None:
+        """The contact at ``level`` (0 is the first) of the list ``named`` (None: the
+        default), if there is one."""
+        contacts = self.contacts_of(named)
+        return contacts[level] if 0 <= level < len(contacts) else None
 
     def deadline(self, exam_end: datetime) -> datetime:
         """When a case of an exam that ended at ``exam_end`` must be acknowledged."""
         return exam_end + timedelta(seconds=self.acknowledge_within)
 
-    def next_escalation(self, level: int, notified_at: datetime) -> datetime | None:
-        """When the contact at ``level``, notified at ``notified_at``, has waited long enough
-        (None: nobody is on the list at that level)."""
-        contact = self.contact(level)
+    def next_escalation(
+        self, level: int, notified_at: datetime, named: str | None = None
+    ) -> datetime | None:
+        """When the contact at ``level`` of the list ``named``, notified at ``notified_at``,
+        has waited long enough (None: nobody is on the list at that level)."""
+        contact = self.contact(level, named)
         return None if contact is None else notified_at + timedelta(seconds=contact.wait)
 
 
@@ -144,6 +171,8 @@ class CriticalCase:
     """The last contact notified (index in the list); -1: nobody yet (no contacts)."""
     next_escalation_at: datetime | None
     overdue_at: datetime | None
+    contact_list: str | None = None
+    """The escalation list it uses (its route's or its site's); None: the default."""
     acknowledged_at: datetime | None = None
     acknowledged_by: str | None = None
     acknowledged_via: AckVia | None = None

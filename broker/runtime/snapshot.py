@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +41,7 @@ from broker.model.writeback import WEBHOOK_TARGET, TargetSpec, WritebackTarget
 from broker.runtime.config_diff import ConfigView, view
 from broker.runtime.vendor_cancel import VendorCancellation
 from broker.store.results import ResultPolicy
+from config.critical import ContactSettings
 from config.schema import Settings, routing_rules
 from routing import RuleSet
 
@@ -116,10 +117,20 @@ def critical_policy(settings: Settings) -> CriticalPolicy:
     """The ``critical`` block as the write-back stage and the critical desk use it."""
     block = settings.critical
     secret = block.link_secret.get_secret_value() if block.link_secret is not None else None
+
+    def contacts(listed: Sequence[ContactSettings]) -> tuple[Contact, ...]:
+        wait = block.escalate_after
+        return tuple(Contact(c.name, dict(c.notify), c.wait or wait) for c in listed)
+
     return CriticalPolicy(
-        contacts=tuple(
-            Contact(c.name, dict(c.notify), c.wait or block.escalate_after) for c in block.contacts
-        ),
+        contacts=contacts(block.contacts),
+        lists={name: contacts(listed) for name, listed in block.lists.items()},
+        route_lists={r.name: r.critical_contacts for r in settings.routes if r.critical_contacts},
+        site_lists={
+            site_id: site.critical_contacts
+            for site_id, site in settings.sites.items()
+            if site.critical_contacts
+        },
         channels={name: CHANNEL_PREFIX + name for name in block.channels},
         acknowledge_within=block.acknowledge_within,
         link_base=settings.http_settings().base_url() if settings.http_server_wanted() else None,

@@ -64,6 +64,8 @@ class NewCase:
     deadline_at: datetime
     level: int
     next_escalation_at: datetime | None
+    contact_list: str | None = None
+    """The escalation list the case uses (None: the default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,7 @@ def _case(r: Row[Any]) -> CriticalCase:
         level=r.level,
         next_escalation_at=r.next_escalation_at,
         overdue_at=r.overdue_at,
+        contact_list=r.contact_list,
         acknowledged_at=r.acknowledged_at,
         acknowledged_by=r.acknowledged_by,
         acknowledged_via=AckVia(r.acknowledged_via) if r.acknowledged_via else None,
@@ -230,6 +233,7 @@ class CriticalStore:
             "deadline_at": new.deadline_at,
             "level": new.level,
             "next_escalation_at": new.next_escalation_at,
+            "contact_list": new.contact_list,
         }
         try:
             with writing(self.engine) as conn:
@@ -249,6 +253,8 @@ class CriticalStore:
                     "findings": [f.code for f in new.findings],
                     "deadline_at": new.deadline_at.isoformat(),
                 }
+                if new.contact_list is not None:
+                    detail["contact_list"] = new.contact_list
                 _record(conn, case_id, StepKind.OPENED, now, actor=SYSTEM, detail=detail)
                 record_in(conn, SYSTEM, Action.OPEN, f"critical:{case_id}", detail=detail, now=now)
                 made = self._notify(conn, case_id, notices, now)

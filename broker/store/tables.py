@@ -745,6 +745,7 @@ critical_cases = Table(
     Column("acknowledged_via", String(16)),
     Column("acknowledged_actor", String(160)),
     Column("note", Text),
+    Column("contact_list", String(64)),  # its route's or site's list; NULL: the default
     Index(None, "state", "id"),
     Index(None, "state", "next_escalation_at"),
     Index(None, "study_uid"),

@@ -3,7 +3,8 @@ harness's head-bleed product, which returns an urgent SR; radbridge opens a case
 the first contact by an SMS-gateway webhook and, with no acknowledgement, escalates to the
 second by a WeCom-robot webhook (loopback HTTP receivers record both), then flags the case
 overdue; a named person acknowledges through the REST API, the console or the signed link
-of the notification, and the ledger and the audit trail record each step.
+of the notification, and the ledger and the audit trail record each step. Two sites name
+escalation lists of their own: each site's urgent finding notifies its own first contact.
 
 The same service runs a cascade: a volume product gets the study only when the bleed
 triage's result says the bleed is present, and a fracture follow-up (whose finding the
@@ -37,6 +38,11 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("critical")]
 
 FIRST = ("Dr. Li (neuro on call)", "13800000001")
 SECOND = ("Dr. Wang (head of radiology)", "13800000002")
+#: Each site's own escalation list: its one contact on the SMS channel.
+SITE_DUTY = {
+    "site-a": ("Dr. Chen (site A duty)", "13900000001"),
+    "site-b": ("Dr. Sun (site B duty)", "13900000002"),
+}
 
 
 @dataclass
@@ -51,8 +57,8 @@ class Desk:
     admin: str
     folder: Path
 
-    def study(self, n: int) -> str:
-        """Send a small head CT; its Study Instance UID."""
+    def study(self, n: int, calling_ae: str = "CT02") -> str:
+        """Send a small head CT (from ``calling_ae``); its Study Instance UID."""
         files = generate_study(
             "ct_head",
             self.folder / f"study{n}",
@@ -61,7 +67,7 @@ class Desk:
             columns=32,
             accession=f"ACC-CRIT-{n}",
         )
-        storescu(files, self.rb.port, called_ae="RADBRIDGE_STAT", calling_ae="CT02")
+        storescu(files, self.rb.port, called_ae="RADBRIDGE_STAT", calling_ae=calling_ae)
         return str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
 
     def get(self, path: str, token: str | None = None) -> httpx.Response:
@@ -179,6 +185,18 @@ def _config(
             {"name": FIRST[0], "notify": {"sms": FIRST[1]}},
             {"name": SECOND[0], "notify": {"wecom": SECOND[1]}},
         ],
+        "lists": {
+            f"{site}-duty": [{"name": name, "notify": {"sms": number}}]
+            for site, (name, number) in SITE_DUTY.items()
+        },
+    }
+    config["sites"] = {
+        site: {
+            "name": f"Township {site[-1].upper()}",
+            "senders": [{"ae_title": f"CT_{site[-1].upper()}", "host": "127.0.0.1"}],
+            "critical_contacts": f"{site}-duty",
+        }
+        for site in SITE_DUTY
     }
     return config
 
@@ -376,3 +394,24 @@ def test_cascade_sends_the_follow_up_only_on_a_positive_triage_and_bills_only_th
     assert shown["steps"][-1]["kind"] == "acknowledged"
     listed = json.loads(desk.rb.cli("critical", "list", "--json").stdout)
     assert case_id not in [c["id"] for c in listed]  # open ones only
+
+
+def test_each_sites_urgent_finding_notifies_its_own_first_contact(desk: Desk) -> None:
+    """Two sites with escalation lists of their own (``critical_contacts``): the urgent
+    finding of each site's study opens a case on that site's list, whose first contact
+    (not the default list's, nor the other site's) gets the SMS."""
+    sent = {site: desk.study(10 + n, f"CT_{site[-1].upper()}") for n, site in enumerate(SITE_DUTY)}
+    for n, (site, study_uid) in enumerate(sent.items()):
+        case = desk.case_of(study_uid)
+        assert case["contact_list"] == f"{site}-duty"
+        case = desk.case_when(case["id"], {"notified"})
+        first = next(s for s in case["steps"] if s["kind"] == "notified")
+        assert (first["contact"], first["channel"], first["address"]) == (
+            SITE_DUTY[site][0],
+            "sms",
+            SITE_DUTY[site][1],
+        )
+        accession = f"ACC-CRIT-{10 + n}"
+        assert desk.sms_for(accession)["to"] == SITE_DUTY[site][1]
+        told = [b["to"] for _, b in desk.sms.received if accession in b["text"]]
+        assert told == [SITE_DUTY[site][1]]  # nobody of the default list or the other site

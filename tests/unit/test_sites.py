@@ -219,3 +219,59 @@ def test_site_targets_are_built_and_no_sites_is_as_before() -> None:
     plain = Settings.model_validate({k: v for k, v in _config().items() if k != "sites"})
     assert not plain.site_directory()
     assert plain.site_directory().for_sender("SITEA_CT", "10.8.1.5") is None
+
+
+def test_a_case_uses_its_routes_list_else_its_sites_else_the_default() -> None:
+    """``critical_contacts`` of a route wins over its site's, which wins over
+    ``critical.contacts``; a name that is no list of ``critical.lists`` is refused at load,
+    saying which are valid."""
+    sms = {"url": "https://gw.local/send", "template": "sms"}
+    critical = {
+        "channels": {"sms": sms},
+        "contacts": [{"name": "Dr. Default", "notify": {"sms": "100"}}],
+        "lists": {
+            "stroke": [{"name": "Dr. Stroke", "notify": {"sms": "200"}}],
+            "twa-duty": [{"name": "Dr. A", "notify": {"sms": "300"}}],
+        },
+    }
+    config = _config(critical=critical)
+    config["sites"]["township-a"]["critical_contacts"] = "twa-duty"
+    config["routes"].append(
+        {
+            "name": "stroke",
+            "when": {"modality": "CT"},
+            "send": ["lungai"],
+            "critical_contacts": "stroke",
+        }
+    )
+    snapshot = build_snapshot(Settings.model_validate(config))
+    try:
+        policy = snapshot.critical
+        named = {
+            (route, site): policy.list_for(route, site)
+            for route in ("chest-ct", "stroke")
+            for site in ("township-a", "township-b", None)
+        }
+    finally:
+        snapshot.close()
+    assert named == {
+        ("chest-ct", "township-a"): "twa-duty",
+        ("chest-ct", "township-b"): None,
+        ("chest-ct", None): None,
+        ("stroke", "township-a"): "stroke",
+        ("stroke", "township-b"): "stroke",
+        ("stroke", None): "stroke",
+    }
+    first = {name: policy.contact(0, name) for name in ("twa-duty", "stroke", None, "gone")}
+    assert {name: c.name if c else None for name, c in first.items()} == {
+        "twa-duty": "Dr. A",
+        "stroke": "Dr. Stroke",
+        None: "Dr. Default",
+        "gone": "Dr. Default",  # a list a reload removed: the default one
+    }
+    config["sites"]["township-b"]["critical_contacts"] = "strok"
+    with pytest.raises(ValidationError) as raised:
+        Settings.model_validate(config)
+    assert "no escalation list 'strok'; did you mean 'stroke'?; valid: stroke, twa-duty" in str(
+        raised.value
+    )
