@@ -21,6 +21,9 @@ product it covers::
         when_outside_dates: stop
         when_department_not_allowed: stop
         charge_to: his           # an hl7 target: a DFT^P03 per use billed per use
+        sites: [township-a]      # only these sites' studies (sites:); empty: all
+        per_site: true           # each site counts its own quota
+        when_site_not_allowed: stop
 
 A vendor's ``billing:`` block (unit, price, trial quota) is read as a contract
 of its own named after the vendor (:func:`billing_terms`); a vendor has either
@@ -37,6 +40,7 @@ from pydantic import Field, field_validator, model_validator
 
 from broker.model.contract import ContractAction, ContractKind, ContractTerms, Period
 from config.base import Strict
+from config.sites import SiteId
 from config.vendors import Billing, BillingUnit, QuotaAction
 
 #: Who pays, as hospitals name it most often (any other text is accepted too).
@@ -73,8 +77,18 @@ class Contract(Strict):
     when_department_not_allowed: ContractAction = ContractAction.STOP
     charge_to: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")] | None = None
     """An ``hl7`` target (the HIS): each use billed per use is charged to it (DFT^P03)."""
+    sites: list[SiteId] = Field(default_factory=list)
+    """The sites (``sites:``) whose studies it covers; empty: every site and the hub."""
+    per_site: bool = False
+    """Each site counts its own ``quota`` uses a period (the hub's own studies as one)."""
+    when_site_not_allowed: ContractAction = ContractAction.STOP
 
-    @field_validator("when_used_up", "when_outside_dates", "when_department_not_allowed")
+    @field_validator(
+        "when_used_up",
+        "when_outside_dates",
+        "when_department_not_allowed",
+        "when_site_not_allowed",
+    )
     @classmethod
     def _configurable(cls, value: ContractAction) -> ContractAction:
         if value is ContractAction.UNBILLED:
@@ -100,6 +114,8 @@ class Contract(Strict):
             raise ValueError(
                 "a per_use contract has no quota; valid: kind trial or package for a quota"
             )
+        if self.per_site and self.quota is None:
+            raise ValueError("per_site counts a quota per site; valid: a quota, or no per_site")
         if self.price_code is not None and self.province is None:
             raise ValueError("a price_code (物价编码) is approved per province; add province:")
         return self
@@ -125,6 +141,9 @@ class Contract(Strict):
             payer=self.payer,
             price_code=self.price_code,
             province=self.province,
+            sites=frozenset(self.sites),
+            per_site=self.per_site,
+            when_site_not_allowed=self.when_site_not_allowed,
         )
 
 

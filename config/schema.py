@@ -797,6 +797,15 @@ class Settings(Strict):
                         "trial with quota: for a trial_quota)",
                     )
                 )
+            for i, site in enumerate(contract.sites):
+                if site not in self.sites:
+                    problems.append(
+                        (
+                            ("contracts", name, "sites", i),
+                            f"unknown site '{site}'{did_you_mean(site, list(self.sites))}; "
+                            f"valid: {', '.join(self.sites) or 'none (add it under sites:)'}",
+                        )
+                    )
             target = self.targets.get(contract.charge_to) if contract.charge_to else None
             if contract.charge_to and (target is None or target.type != "hl7"):
                 hl7 = [n for n, t in self.targets.items() if t.type == "hl7"]

@@ -1,10 +1,11 @@
 """Contracts and regulatory data at decision time: may this product get this study, and how.
 
 Routing decides with the contract state it is given: the uses each contract
-has counted in its current period (``used``, by contract name; the store's
-counters). For each delivery a route would make, :func:`judge` finds the
-product's contract in force on the site's date and checks the ordering
-department, the dates and the quota. When the contract does not cover the
+has counted in its current period (``used``, by contract name, or ``name@site``
+for a quota each site counts apart; the store's counters). For each delivery a
+route would make, :func:`judge` finds the product's contract in force on the
+site's date for the study's site and checks the dates, the site, the ordering
+department and the quota. When the contract does not cover the
 study its configured action applies: ``fallback`` (the first other vendor of
 the same kind whose contract covers it), ``shadow``, ``bill`` (per use, with an
 alert), ``stop``. A product whose certificate is missing or expired, or whose
@@ -30,6 +31,7 @@ from broker.model.mode import Mode, ShadowCause
 _SETTING = {
     ContractState.USED_UP: "when_used_up",
     ContractState.DEPARTMENT: "when_department_not_allowed",
+    ContractState.SITE: "when_site_not_allowed",
 }
 
 
@@ -72,15 +74,20 @@ class Verdict:
 
 
 def check_contract(
-    product: ProductTerms | None, day: date, department: str | None, used: Mapping[str, int]
+    product: ProductTerms | None,
+    day: date,
+    department: str | None,
+    used: Mapping[str, int],
+    site: str | None = None,
 ) -> ContractCheck | None:
-    """The product's contract in force on ``day``, checked (None: it has none)."""
+    """The product's contract in force on ``day`` for a study of ``site``, checked (None:
+    it has none); ``used`` by :meth:`~broker.model.contract.ContractTerms.use_key`."""
     if product is None:
         return None
-    terms = contract_in_force(product.contracts, day)
+    terms = contract_in_force(product.contracts, day, site)
     if terms is None:
         return None
-    return terms.check(day, department, used.get(terms.name, 0))
+    return terms.check(day, department, used.get(terms.use_key(site), 0), site)
 
 
 def _terms(product: ProductTerms | None, check: ContractCheck | None, day: date) -> Terms:
@@ -133,6 +140,7 @@ def judge(
     department: str | None,
     used: Mapping[str, int],
     taken: Collection[str] = (),
+    site: str | None = None,
 ) -> Verdict:
     """Whether ``vendor`` gets the study under its contract, or whom its action sends it to.
 
@@ -140,7 +148,7 @@ def judge(
     vendors a fallback must not pick (they have the study already).
     """
     product = products.get(vendor)
-    check = check_contract(product, day, department, used)
+    check = check_contract(product, day, department, used, site)
     if check is None or check.covers:
         return Verdict(vendor, _terms(product, check, day))
     action = check.action
@@ -153,7 +161,7 @@ def judge(
             if other == vendor or other_kind != kind or other in taken:
                 continue
             other_product = products.get(other)
-            found = check_contract(other_product, day, department, used)
+            found = check_contract(other_product, day, department, used, site)
             if found is None or found.covers:
                 terms = _terms(other_product, found, day)
                 return Verdict(other, terms, f"{vendor}: {check}: fallback to {other}", vendor)

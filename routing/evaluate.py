@@ -301,6 +301,7 @@ def decide_facts(
                     department=department,
                     used=used or {},
                     taken={*sent_by, *spec.send},
+                    site=study.site,
                 )
                 if verdict.terms is None or verdict.instead_of is not None:
                     skipped.append(Skip(spec.name, vendor, SkipReason.CONTRACT, detail=verdict.why))

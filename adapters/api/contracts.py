@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from adapters.api.deps import State, Viewer
+from adapters.api.deps import State, Viewer, site_scoped
 from broker.runtime.contracts import contract_statuses
 from broker.store.contracts import ContractStore
 
@@ -17,6 +17,12 @@ router = APIRouter(prefix="/contracts", tags=["usage"])
 
 class ContractOut(BaseModel):
     name: str
+    site: str | None
+    """The site whose own quota this line is (a quota counted per site: one line per site,
+    the hub's name for its own studies); null: the contract's one quota."""
+    sites: list[str]
+    """The sites whose studies it covers; empty: every site and the hub."""
+    per_site: bool
     vendor: str
     product: str
     kind: str
@@ -45,10 +51,15 @@ class ContractOut(BaseModel):
     when_used_up: str
     when_outside_dates: str
     when_department_not_allowed: str
+    when_site_not_allowed: str
 
 
 @router.get("", response_model=list[ContractOut], summary="Contracts, their use and forecast")
-def contracts(api: State, _who: Viewer) -> list[ContractOut]:
-    """Every contract of the configuration in force (a vendor's ``billing:`` read as one)."""
-    found = contract_statuses(api.settings, ContractStore(api.engine), datetime.now(UTC))
+@site_scoped
+def contracts(api: State, who: Viewer) -> list[ContractOut]:
+    """Every contract of the configuration in force (a vendor's ``billing:`` read as one); a
+    quota counted per site once per site. A site-scoped token sees the contracts of its
+    sites, and of a per-site quota only its sites' lines."""
+    store = ContractStore(api.engine)
+    found = contract_statuses(api.settings, store, datetime.now(UTC), who.sites)
     return [ContractOut(**status.as_json()) for status in found]

@@ -83,11 +83,8 @@ def usage_report(
         raise invalid(
             "to", until, f"from {start} to {end}: valid: to >= from, at most {MAX_DAYS} days"
         )
-    lines = [
-        line
-        for line in api.usage.report(start, end, vendor)
-        if (site is None or line.site == site) and (who.sites is None or line.site in who.sites)
-    ]
+    wanted = who.sites if site is None else {site} & (who.sites or {site})
+    lines = api.usage.report(start, end, vendor, wanted)
     if format is Format.CSV:
         return Response(
             report_csv(lines),

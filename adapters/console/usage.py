@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
+from adapters.api.auth import site_scoped
 from adapters.console.auth import State, reading
 from adapters.console.views import render, translator
 from broker.model.domain import Role
@@ -76,6 +77,7 @@ def per_vendor(lines: list[UsageLine], month: str) -> list[UsageLine]:
 
 
 @router.get("/usage", name="usage")
+@site_scoped
 def usage(
     request: Request,
     console: State,
@@ -85,11 +87,11 @@ def usage(
     """The month's deliveries per vendor product: studies, billable, trial, package, amount;
     the contracts with their use and the day each package runs out; trial quotas."""
     first, last, problem = _month(month, console.today(), translator(request))
-    lines = console.usage.report(first, last)
+    lines = console.usage.report(first, last, sites=who.sites)
     quotas = []
     for name, vendor in sorted(console.settings.vendors.items()):
         billing = vendor.billing
-        if billing is None or billing.trial_quota is None:
+        if billing is None or billing.trial_quota is None or who.sites is not None:
             continue
         use = console.usage.quota_use(name)
         quotas.append(
@@ -104,7 +106,7 @@ def usage(
         )
     label = f"{first:%Y-%m}"
     contracts = contract_statuses(
-        console.settings, ContractStore(console.engine), datetime.now(UTC)
+        console.settings, ContractStore(console.engine), datetime.now(UTC), who.sites
     )
     return render(
         request,
@@ -123,6 +125,7 @@ def usage(
 
 
 @router.get("/usage.csv", name="usage_csv")
+@site_scoped
 def usage_csv(
     request: Request,
     console: State,
@@ -132,7 +135,7 @@ def usage_csv(
 ) -> Response:
     """The month's usage as CSV: one line per vendor product (``by=vendor``) or per day too."""
     first, last, _problem = _month(month, console.today())
-    lines = console.usage.report(first, last)
+    lines = console.usage.report(first, last, sites=who.sites)
     label = f"{first:%Y-%m}"
     chosen = per_vendor(lines, label) if by == "vendor" else lines
     return Response(

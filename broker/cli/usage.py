@@ -30,20 +30,25 @@ def day_option(value: str, option: str) -> date:
 
 @app.command("report")
 def report(
+    *,
     since: Annotated[str, typer.Option("--from", help="First day (YYYY-MM-DD, site days).")],
     until: Annotated[str, typer.Option("--to", help="Last day, included.")],
     config: ConfigOption = None,
     fmt: Annotated[Format, typer.Option("--format", help="csv or json.")] = Format.CSV,
     vendor: Annotated[str | None, typer.Option("--vendor", help="Only this vendor.")] = None,
+    site: Annotated[
+        list[str] | None,
+        typer.Option("--site", help="Only this site (its id; the hub's name); repeatable."),
+    ] = None,
 ) -> None:
     """One line per vendor, product, site, day and unit: studies, quantity, billable,
-    trial, unbillable and amount."""
+    trial, unbillable, package, amount, contract, payer and price code."""
     start, end = day_option(since, "--from"), day_option(until, "--to")
     if end < start:
         err.print(f"--to {end} is before --from {start}")
         raise typer.Exit(2)
     engine = store_engine(config)
-    lines = UsageStore(engine).report(start, end, vendor)
+    lines = UsageStore(engine).report(start, end, vendor, site or None)
     if fmt is Format.CSV:
         typer.echo(report_csv(lines), nl=False)
     else:

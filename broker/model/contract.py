@@ -27,6 +27,11 @@ from decimal import Decimal
 from broker.model.domain import CodedValue
 from broker.model.mode import Mode
 
+#: Between a quota period and the site in a per-site counter: ``2026-05@township-a``.
+SITE_SEPARATOR = "@"
+#: How texts name the hub's own studies' share of a per-site quota.
+HUB_LABEL = "the hub"
+
 
 class ContractKind(CodedValue):
     """How a product is paid for."""
@@ -103,6 +108,7 @@ class ContractState(enum.StrEnum):
     NOT_STARTED = "not_started"
     EXPIRED = "expired"
     DEPARTMENT = "department_not_allowed"
+    SITE = "site_not_allowed"
     USED_UP = "used_up"
 
 
@@ -135,6 +141,8 @@ class ContractCheck:
         if terms.quota is not None:
             text += f", {self.used}/{terms.quota} used"
             text += "" if terms.period is Period.CONTRACT else f" this {terms.period}"
+            if terms.per_site:
+                text += f" at {self.period.partition(SITE_SEPARATOR)[2] or HUB_LABEL}"
         text += ")"
         if self.covers:
             return f"{text}: {self.charge} use"
@@ -166,6 +174,11 @@ class ContractTerms:
     payer: str = "hospital"
     price_code: str | None = None
     province: str | None = None
+    sites: frozenset[str] = frozenset()
+    """The sites whose studies it covers; empty: every site and the hub's own."""
+    per_site: bool = False
+    """The quota is counted for each site apart (each site has ``quota`` uses a period)."""
+    when_site_not_allowed: ContractAction = ContractAction.STOP
 
     def action_for(self, state: ContractState) -> ContractAction:
         """The action this contract configures for a state that does not cover a study."""
@@ -173,21 +186,46 @@ class ContractTerms:
             return self.when_used_up
         if state is ContractState.DEPARTMENT:
             return self.when_department_not_allowed
+        if state is ContractState.SITE:
+            return self.when_site_not_allowed
         return self.when_outside_dates
+
+    def covers_site(self, site: str | None) -> bool:
+        """Whether the contract is for studies of ``site`` (None: the hub's own)."""
+        return not self.sites or site in self.sites
+
+    def use_key(self, site: str | None) -> str:
+        """The name its use is counted under for a study of ``site``: the contract's name,
+        or ``name@site`` when each site's quota is counted apart (``@`` alone: the hub)."""
+        return f"{self.name}{SITE_SEPARATOR}{site or ''}" if self.per_site else self.name
+
+    def counter(self, day: date, site: str | None) -> str:
+        """The quota counter's period of a use on ``day`` by ``site``: ``2026-05``, or
+        ``2026-05@township-a`` when each site's quota is counted apart."""
+        key = self.period.key(day)
+        return f"{key}{SITE_SEPARATOR}{site or ''}" if self.per_site else key
 
     def in_dates(self, day: date) -> bool:
         return (self.start is None or day >= self.start) and (self.end is None or day <= self.end)
 
-    def check(self, day: date, department: str | None, used: int) -> ContractCheck:
-        """Whether this contract covers a study ordered by ``department`` on ``day`` (the
-        site's date), with ``used`` uses already counted in ``day``'s period."""
-        period = self.period.key(day)
+    def check(
+        self, day: date, department: str | None, used: int, site: str | None = None
+    ) -> ContractCheck:
+        """Whether this contract covers a study of ``site`` ordered by ``department`` on
+        ``day`` (the site's date), with ``used`` uses already counted in ``day``'s period
+        (the site's own, when counted per site)."""
+        period = self.counter(day, site)
         if self.start is not None and day < self.start:
             why = f"not started (starts {self.start.isoformat()})"
             return ContractCheck(self, ContractState.NOT_STARTED, used, period, why=why)
         if self.end is not None and day > self.end:
             why = f"expired (ended {self.end.isoformat()})"
             return ContractCheck(self, ContractState.EXPIRED, used, period, why=why)
+        if not self.covers_site(site):
+            allowed = ", ".join(sorted(self.sites))
+            got = f"site '{site}'" if site else "the hub's own study"
+            why = f"{got} is not covered (sites: {allowed})"
+            return ContractCheck(self, ContractState.SITE, used, period, why=why)
         if self.departments and (department or "").strip().casefold() not in self.departments:
             allowed = ", ".join(self.departments_shown)
             got = f"department '{department}'" if department else "no ordering department"
@@ -203,10 +241,14 @@ class ContractTerms:
         return ContractCheck(self, ContractState.ACTIVE, used, period, charge=charge)
 
 
-def contract_in_force(contracts: Collection[ContractTerms], day: date) -> ContractTerms | None:
-    """The contract of a product that applies on ``day``: the first whose dates hold it,
-    else the one nearest in time (whose dates then say why it does not apply)."""
-    ordered = list(contracts)
+def contract_in_force(
+    contracts: Collection[ContractTerms], day: date, site: str | None = None
+) -> ContractTerms | None:
+    """The contract of a product that applies on ``day`` to a study of ``site``: of the
+    contracts for that site, the first whose dates hold it, else the one nearest in time
+    (whose dates then say why it does not apply); with none for that site, the nearest of
+    all (which says the site is not covered)."""
+    ordered = [c for c in contracts if c.covers_site(site)] or list(contracts)
     for terms in ordered:
         if terms.in_dates(day):
             return terms

@@ -23,7 +23,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from broker.model.contract import ContractTerms, Period, contract_in_force
+from broker.model.contract import ContractTerms, Period
 from broker.model.errors import StoreError
 from broker.model.logging import get_logger
 from broker.store.audit import SYSTEM, Action, AuditLog
@@ -39,22 +39,20 @@ def site_date(rules: RuleSet, now: datetime) -> date:
     return now.astimezone(rules.timezone).date()
 
 
-def contracts_in_force(rules: RuleSet, day: date) -> dict[str, ContractTerms]:
-    """Each product's contract in force on ``day`` (or nearest), by contract name."""
-    out: dict[str, ContractTerms] = {}
-    for product in rules.products.values():
-        terms = contract_in_force(product.contracts, day)
-        if terms is not None:
-            out[terms.name] = terms
-    return out
-
-
 def contract_use(store: ContractStore, rules: RuleSet, now: datetime) -> dict[str, int]:
-    """Uses each contract in force counted in its current period, by contract name."""
+    """Uses each contract counted in its current period, by
+    :meth:`~broker.model.contract.ContractTerms.use_key` (its name; ``name@site`` for each
+    site of a quota counted per site)."""
     day = site_date(rules, now)
-    keys = {name: (name, t.period.key(day)) for name, t in contracts_in_force(rules, day).items()}
-    counted = store.used(keys.values())
-    return {name: counted.get(key, 0) for name, key in keys.items()}
+    every = [t for product in rules.products.values() for t in product.contracts]
+    shared = {t.name: (t.name, t.period.key(day)) for t in every if not t.per_site}
+    counted = store.used(shared.values())
+    out = {name: counted.get(key, 0) for name, key in shared.items()}
+    for terms in every:
+        if terms.per_site:
+            for site, n in store.used_by_site(terms.name, terms.period.key(day)).items():
+                out[terms.use_key(site)] = n
+    return out
 
 
 def contract_of(rules: RuleSet, vendor: str, name: str | None) -> ContractTerms | None:
@@ -98,9 +96,12 @@ class ContractDesk:
         now: datetime,
         decide: Callable[[Mapping[str, int]], Decision],
         used: Mapping[str, int] | None = None,
+        *,
+        site: str | None = None,
     ) -> Decision:
-        """``decide(used)``, with every delivery's terms reserved; decided again (the
-        contract used up) when another process took a quota's last use meanwhile."""
+        """``decide(used)`` for a study of ``site``, with every delivery's terms reserved;
+        decided again (the contract used up) when another process took a quota's last use
+        meanwhile."""
         counts = dict(used if used is not None else contract_use(self.store, rules, now))
         for _ in range(len(counts) + 1):
             decision = decide(counts)
@@ -115,8 +116,10 @@ class ContractDesk:
                 contract=full.terms.contract,
             )
             counts = contract_use(self.store, rules, now)
-            assert full.terms.contract is not None
-            counts[full.terms.contract] = max(counts.get(full.terms.contract, 0), quota)
+            terms = contract_of(rules, full.vendor, full.terms.contract)
+            assert terms is not None
+            key = terms.use_key(site)
+            counts[key] = max(counts.get(key, 0), quota)
         return decide(counts)
 
     def _reserve(
@@ -182,6 +185,9 @@ class ContractStatus:
     """Uses a day over the last :data:`FORECAST_DAYS` days (or since the contract began)."""
     period_ends: date | None
     runs_out: date | None
+    site: str | None = None
+    """The site whose own quota this is (a quota counted per site: the site's id, or the
+    hub's name for its own studies); None: the contract's one quota."""
 
     @property
     def remaining(self) -> int | None:
@@ -192,6 +198,9 @@ class ContractStatus:
         t = self.terms
         return {
             "name": t.name,
+            "site": self.site,
+            "sites": sorted(t.sites),
+            "per_site": t.per_site,
             "vendor": t.vendor,
             "product": self.product,
             "kind": t.kind.value,
@@ -216,14 +225,20 @@ class ContractStatus:
             "when_used_up": t.when_used_up.value,
             "when_outside_dates": t.when_outside_dates.value,
             "when_department_not_allowed": t.when_department_not_allowed.value,
+            "when_site_not_allowed": t.when_site_not_allowed.value,
         }
 
 
 def contract_statuses(
-    settings: Settings, store: ContractStore, now: datetime
+    settings: Settings,
+    store: ContractStore,
+    now: datetime,
+    sites: frozenset[str] | None = None,
 ) -> list[ContractStatus]:
     """Every contract (a vendor's ``billing:`` read as one), with its use in the current
-    period and, for a quota, the day it runs out at the recent daily volume."""
+    period and, for a quota, the day it runs out at the recent daily volume; a quota
+    counted per site once per site. ``sites``: only the contracts of those sites (and
+    only their own quotas), for a caller limited to them."""
     zone = ZoneInfo(settings.site.timezone)
     today = now.astimezone(zone).date()
     products = settings.product_terms()
@@ -232,29 +247,50 @@ def contract_statuses(
     since_day = today - timedelta(days=FORECAST_DAYS - 1)
     out = []
     for terms in every:
-        key = terms.period.key(today)
-        used = counted.get((terms.name, key), 0)
+        shares: list[str | None] = [None]
+        if terms.per_site:
+            listed: list[str | None] = [*sorted(terms.sites)]
+            shares = listed if terms.sites else [*settings.sites, None]
+        if sites is not None:
+            if terms.sites and not terms.sites & sites:
+                continue
+            if not terms.sites and not terms.per_site:
+                continue  # one quota shared with other sites: not theirs to see
+            shares = [s for s in shares if s in sites]
+        by_site = store.used_by_site(terms.name, terms.period.key(today)) if terms.per_site else {}
         first = max(since_day, terms.start or since_day)
         start = datetime.combine(first, time(0), zone)
-        recent = len(store.uses_since(terms.name, start)) if terms.quota is not None else 0
         days = max((today - first).days + 1, 1)
-        per_day = recent / days
         allowed = next(iter(terms.departments), None)  # no study here: dates and quota only
-        state = terms.check(today, allowed, used).state.value
         last = period_end(terms, today)
-        remaining = None if terms.quota is None else max(terms.quota - used, 0)
-        out.append(
-            ContractStatus(
-                terms=terms,
-                product=settings.vendors[terms.vendor].product,
-                state=state,
-                period=key,
-                used=used,
-                per_day=per_day,
-                period_ends=last,
-                runs_out=None if remaining is None else runs_out(remaining, per_day, today, last),
+        for share in shares:
+            key = terms.counter(today, share)
+            if terms.per_site:
+                used = by_site.get(share, 0)
+                counter = key if terms.quota is not None else None
+            else:
+                used = counted.get((terms.name, key), 0)
+                counter = None
+            recent = store.uses_since(terms.name, start, counter) if terms.quota is not None else []
+            per_day = len(recent) / days
+            site_of = share if share is not None or not terms.per_site else settings.site.name
+            state = terms.check(today, allowed, used, share if terms.sites else None).state
+            remaining = None if terms.quota is None else max(terms.quota - used, 0)
+            out.append(
+                ContractStatus(
+                    terms=terms,
+                    product=settings.vendors[terms.vendor].product,
+                    state=state.value,
+                    period=key,
+                    used=used,
+                    per_day=per_day,
+                    period_ends=last,
+                    runs_out=None
+                    if remaining is None
+                    else runs_out(remaining, per_day, today, last),
+                    site=site_of if terms.per_site else None,
+                )
             )
-        )
     return out
 
 

@@ -110,6 +110,7 @@ class RoutingStage:
             snapshot.rules,
             now,
             lambda used: replace(routing, used=used).decide(snapshot.rules, now),
+            site=study.site,
         )
         skipped = (
             self.completion.skipped(routing, snapshot.rules, now)

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker.model.contract import UseCharge
+from broker.model.contract import SITE_SEPARATOR, UseCharge
 from broker.model.errors import StoreError
 from broker.store.engine import writing
 from broker.store.studies import _insert
@@ -109,6 +109,20 @@ class ContractStore:
             raise StoreError(f"cannot read the contracts' use: {exc}") from exc
         return {(r.contract, r.period): int(r.used) for r in rows}
 
+    def used_by_site(self, contract: str, period: str) -> dict[str | None, int]:
+        """Uses a quota counted per site counted in ``period``, by site (None: the hub's)."""
+        prefix = f"{period}{SITE_SEPARATOR}"
+        stmt = select(contract_counters.c.period, contract_counters.c.used).where(
+            contract_counters.c.contract == contract,
+            contract_counters.c.period.startswith(prefix, autoescape=True),
+        )
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(stmt).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot read the contracts' use: {exc}") from exc
+        return {(r.period.removeprefix(prefix) or None): int(r.used) for r in rows}
+
     def reserve(self, terms: JobTerms, quota: int | None, now: datetime) -> Reserved:
         """Record the terms of a delivery; a use that counts against ``quota`` raises its
         contract's counter for ``terms.period``, only while it is below ``quota``."""
@@ -180,13 +194,22 @@ class ContractStore:
             row = conn.execute(stmt).one_or_none()
         return None if row is None else _terms(row)
 
-    def uses_since(self, contract: str, since: datetime) -> list[datetime]:
-        """When each use of ``contract`` counted against its quota since ``since`` was routed."""
+    def uses_since(
+        self, contract: str, since: datetime, counter: str | None = None
+    ) -> list[datetime]:
+        """When each use of ``contract`` counted against its quota since ``since`` was
+        routed; with ``counter`` (a per-site period, ``2026-05@township-a``) only that
+        site's uses, of any period."""
         stmt = select(job_terms.c.created_at).where(
             job_terms.c.contract == contract,
             job_terms.c.created_at >= since,
             job_terms.c.charge.in_([c.value for c in UseCharge if c.counted]),
         )
+        if counter is not None:
+            site = counter.partition(SITE_SEPARATOR)[2]
+            stmt = stmt.where(
+                job_terms.c.period.endswith(f"{SITE_SEPARATOR}{site}", autoescape=True)
+            )
         with self.engine.connect() as conn:
             return list(conn.execute(stmt).scalars())
 

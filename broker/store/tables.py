@@ -516,7 +516,7 @@ job_terms = Table(
     Column("route", String(128), nullable=False),
     Column("contract", String(64)),
     Column("charge", String(16)),
-    Column("period", String(16)),
+    Column("period", String(48)),
     Column("payer", String(128)),
     Column("price_code", String(128)),
     Column("province", String(128)),
@@ -535,7 +535,7 @@ contract_counters = Table(
     "contract_counters",
     metadata,
     Column("contract", String(64), primary_key=True),
-    Column("period", String(16), primary_key=True),
+    Column("period", String(48), primary_key=True),
     Column("used", Integer, nullable=False),
 )
 """Uses of each contract's quota per period; raised only by a conditional UPDATE that keeps

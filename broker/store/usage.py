@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -317,9 +317,16 @@ class UsageStore:
         with self.engine.connect() as conn:
             return [_entry(r) for r in conn.execute(stmt).all()]
 
-    def report(self, start: date, end: date, vendor: str | None = None) -> list[UsageLine]:
+    def report(
+        self,
+        start: date,
+        end: date,
+        vendor: str | None = None,
+        sites: Collection[str] | None = None,
+    ) -> list[UsageLine]:
         """Usage of the days ``start`` to ``end`` (both included, site days), one line per
-        vendor, product, site, day and unit, sorted by day then vendor."""
+        vendor, product, site, day and unit, sorted by day then vendor; only ``sites``'
+        lines when given (a site's id; the hub's name for its own studies)."""
         cols = (
             usage.c.vendor,
             usage.c.product,
@@ -343,6 +350,8 @@ class UsageStore:
         )
         if vendor is not None:
             stmt = stmt.where(usage.c.vendor == vendor)
+        if sites is not None:
+            stmt = stmt.where(usage.c.site.in_(sorted(sites)))
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
         lines: dict[tuple[str, ...], UsageLine] = {}
