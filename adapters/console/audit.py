@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
+from adapters.api.auth import site_scoped
 from adapters.console.auth import State, reading
 from adapters.console.views import render
 from broker.model.domain import AUDIT_ROLE
@@ -18,6 +19,7 @@ AUDIT_PAGE = 100
 
 
 @router.get("/audit", name="audit")
+@site_scoped
 def audit(
     *,
     request: Request,
@@ -27,9 +29,14 @@ def audit(
     actor: Annotated[str | None, Query(max_length=160)] = None,
     before: int | None = None,
 ) -> Response:
-    """The audit trail, newest first (admins)."""
+    """The audit trail, newest first (admins; an admin limited to sites: the rows of their
+    sites' jobs and write-backs)."""
     found = console.audit.list(
-        before_id=before, limit=AUDIT_PAGE + 1, action=action or None, actor=actor or None
+        before_id=before,
+        limit=AUDIT_PAGE + 1,
+        action=action or None,
+        actor=actor or None,
+        sites=who.sites,
     )
     page = found[:AUDIT_PAGE]
     return render(

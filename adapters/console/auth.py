@@ -242,8 +242,6 @@ def login(
     console.audit.record(
         session.actor, "console.login", subject, {"role": session.role.value}, peer
     )
-    if session.sites is not None and next_page.rstrip("/") == (root(request) or ""):
-        next_page = f"{root(request)}/studies"  # the dashboard is of every site
     response = RedirectResponse(next_page, status_code=303)
     response.set_cookie(
         COOKIE,

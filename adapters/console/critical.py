@@ -15,6 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
+from adapters.api.auth import site_scoped
 from adapters.console.auth import State, acting, peer_of, reading
 from adapters.console.views import render, translator
 from broker.model.critical import ACK_ROLE, AckVia, CaseState, CaseStateError, CriticalCase
@@ -37,6 +38,7 @@ def _store(console: State) -> CriticalStore:
 
 
 @router.get("/critical", name="critical")
+@site_scoped
 def cases(
     *,
     request: Request,
@@ -48,7 +50,7 @@ def cases(
     """Cases newest first; ``state=open`` (the default), ``acknowledged`` or ``all``."""
     chosen = state or CaseState.OPEN.value
     wanted = None if chosen == "all" else CaseState(chosen) if chosen in set(CaseState) else None
-    found = _store(console).list(state=wanted, before_id=before, limit=PAGE + 1)
+    found = _store(console).list(state=wanted, before_id=before, limit=PAGE + 1, sites=who.sites)
     page = found[:PAGE]
     return render(
         request,
@@ -68,12 +70,21 @@ def _not_found(request: Request, message: str) -> Response:
     return render(request, "error.html", {"title": title, "message": message}, status=404)
 
 
+def _case(console: State, who: Session, case_id: int) -> CriticalCase:
+    """The case, when the user may see its study's site; else as if there were none."""
+    found = _store(console).get(case_id)
+    if not console.sees_study(who.sites, found.study_uid):
+        raise NotFoundError(f"no critical case with id {case_id}")
+    return found
+
+
 @router.get("/critical/{case_id}", name="critical_case")
+@site_scoped
 def case(request: Request, case_id: int, console: State, who: Viewer) -> Response:
     """One case: what, when, its deadline, its ledger, and the acknowledgement form."""
     store = _store(console)
     try:
-        found = store.get(case_id)
+        found = _case(console, who, case_id)
     except NotFoundError as exc:
         return _not_found(request, str(exc))
     return render(
@@ -91,6 +102,7 @@ def case(request: Request, case_id: int, console: State, who: Viewer) -> Respons
 
 
 @router.post("/critical/{case_id}/ack", name="critical_ack")
+@site_scoped
 def acknowledge(
     request: Request,
     case_id: int,
@@ -102,6 +114,7 @@ def acknowledge(
 ) -> Response:
     """Acknowledge in the console: the person named (the signed-in user by default)."""
     try:
+        _case(console, who, case_id)
         _store(console).acknowledge(
             case_id,
             by=by,

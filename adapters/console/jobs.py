@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
+from adapters.api.auth import site_scoped
 from adapters.console.auth import Operator, State, peer_of, reading, safe_next
 from adapters.console.views import render, translator
 from broker.model.domain import Role
@@ -32,6 +33,7 @@ OVERDUE = "overdue"
 
 
 @router.get("/jobs", name="jobs")
+@site_scoped
 def jobs(
     *,
     request: Request,
@@ -41,14 +43,17 @@ def jobs(
     vendor: Annotated[str | None, Query(max_length=64)] = None,
     before: int | None = None,
 ) -> Response:
-    """Jobs, newest first, by state (or ``overdue``) and vendor."""
+    """Jobs, newest first, by state (or ``overdue``) and vendor (a user limited to sites:
+    their sites' studies' jobs)."""
     _ = translator(request)
     problem = None
     states: list[JobState] = []
     found: list[Job]
     if state == OVERDUE:
         found = [
-            j for j in console.deliveries.overdue_jobs(limit=PAGE) if vendor in (None, "", j.vendor)
+            j
+            for j in console.deliveries.overdue_jobs(limit=PAGE, sites=who.sites)
+            if vendor in (None, "", j.vendor)
         ]
     else:
         if state:
@@ -60,7 +65,9 @@ def jobs(
                     state=repr(state), valid=valid
                 )
         found = console.listing.jobs(
-            JobFilter(states=states, vendor=vendor or None), before_id=before, limit=PAGE + 1
+            JobFilter(states=states, vendor=vendor or None, sites=who.sites),
+            before_id=before,
+            limit=PAGE + 1,
         )
     page = found[:PAGE]
     return render(
@@ -83,11 +90,20 @@ def _row(request: Request, job: Job, notice: str | None = None) -> Response:
     return render(request, "_job_row.html", {"job": job, "notice": notice})
 
 
+def _job(console: State, who: Session, job_id: int) -> Job:
+    """The job, when the user may see its study's site; else as if there were none."""
+    job = console.jobs.get(job_id)
+    if not console.sees_study(who.sites, job.study_uid):
+        raise NotFoundError(f"no job with id {job_id}")
+    return job
+
+
 @router.get("/jobs/{job_id}/row", name="job_row")
+@site_scoped
 def job_row(request: Request, job_id: int, console: State, who: Viewer) -> Response:
     """One job's table row (htmx refreshes a moving job's row with it)."""
     try:
-        return _row(request, console.jobs.get(job_id))
+        return _row(request, _job(console, who, job_id))
     except NotFoundError as exc:
         return Response(str(exc), status_code=404)
 
@@ -114,7 +130,7 @@ def _act(
     request: Request, console: State, who: Session, job_id: int, *, action: str, next_page: str
 ) -> Response:
     try:
-        before = console.jobs.get(job_id)
+        before = _job(console, who, job_id)
     except NotFoundError as exc:
         return render(
             request,
@@ -143,6 +159,7 @@ Next = Annotated[str, Form(alias="next", max_length=2000)]
 
 
 @router.post("/jobs/{job_id}/retry", name="job_retry")
+@site_scoped
 def retry_job(
     request: Request,
     job_id: int,
@@ -155,6 +172,7 @@ def retry_job(
 
 
 @router.post("/jobs/{job_id}/cancel", name="job_cancel")
+@site_scoped
 def cancel_job(
     request: Request,
     job_id: int,
@@ -167,6 +185,7 @@ def cancel_job(
 
 
 @router.post("/deliveries/{delivery_id}/retry", name="delivery_retry")
+@site_scoped
 def retry_delivery(
     request: Request,
     delivery_id: int,
@@ -177,6 +196,10 @@ def retry_delivery(
     """Start a dead or failed write-back delivery over (its job goes back to writing_back)."""
     try:
         before = console.deliveries.get(delivery_id)
+        if before.job_id is not None:
+            _job(console, who, before.job_id)
+        elif who.sites is not None:  # of no job: the hub's own (a notification)
+            raise NotFoundError(f"no delivery with id {delivery_id}")
         delivery = console.deliveries.retry(delivery_id)
     except NotFoundError as exc:
         return render(

@@ -125,36 +125,44 @@ def vendor_health(console: State, now: datetime) -> list[VendorHealth]:
 
 
 @router.get("/", name="dashboard")
+@site_scoped
 def dashboard(request: Request, console: State, who: Viewer) -> Response:
     """Today's studies, jobs by state, vendor and write-back target health (down in red with
     the next retry), open critical-result cases (red past their deadline), urgent results
     of the last 24 h, dead and overdue jobs, disk space;
-    the page reloads its content every :data:`DASHBOARD_REFRESH` seconds (htmx)."""
+    the page reloads its content every :data:`DASHBOARD_REFRESH` seconds (htmx). A user
+    limited to sites sees their sites' studies, jobs, cases and results, not the hub's
+    vendors, targets, alerts and disk."""
     now = datetime.now(UTC)
     today = console.today()
     start, end = console.day_bounds(today)
-    latest = console.listing.studies(StudyFilter(since=start, until=end), limit=15)
-    by_state = jobs_by_state(console.engine)
+    sites = who.sites
+    hub = sites is None
+    latest = console.listing.studies(StudyFilter(since=start, until=end, sites=sites), limit=15)
+    by_state = jobs_by_state(console.engine, sites)
     critical = CriticalStore(console.engine)
+    dead = JobFilter(states=[JobState.DEAD], sites=sites)
+    alerts = AlertStore(console.engine).list(since=now - ALERT_WINDOW, limit=20) if hub else []
     return render(
         request,
         "dashboard.html",
         {
             "today": today,
-            "studies_today": count_studies(console.engine, start, end),
+            "scoped": not hub,
+            "studies_today": count_studies(console.engine, start, end, sites),
             "latest": study_rows(console, who, latest),
             "by_state": [(s, by_state.get(s.value, 0)) for s in STATE_ORDER],
-            "vendors": vendor_health(console, now),
-            "targets": target_health(console.engine, now - HEALTH_WINDOW),
-            "urgent": urgent_results(console.engine, now - URGENT_WINDOW),
-            "alerts": AlertStore(console.engine).list(since=now - ALERT_WINDOW, limit=20),
-            "critical": critical.list(state=CaseState.OPEN, limit=DASHBOARD_JOBS),
-            "critical_counts": critical.counts(now),
+            "vendors": vendor_health(console, now) if hub else [],
+            "targets": target_health(console.engine, now - HEALTH_WINDOW) if hub else [],
+            "urgent": urgent_results(console.engine, now - URGENT_WINDOW, sites=sites),
+            "alerts": alerts,
+            "critical": critical.list(state=CaseState.OPEN, limit=DASHBOARD_JOBS, sites=sites),
+            "critical_counts": critical.counts(now, sites),
             "now": now,
             "refresh": DASHBOARD_REFRESH,
-            "dead": console.listing.jobs(JobFilter(states=[JobState.DEAD]), limit=DASHBOARD_JOBS),
+            "dead": console.listing.jobs(dead, limit=DASHBOARD_JOBS),
             "dead_total": by_state.get(JobState.DEAD.value, 0),
-            "overdue": console.deliveries.overdue_jobs(now=now, limit=DASHBOARD_JOBS),
+            "overdue": console.deliveries.overdue_jobs(now=now, limit=DASHBOARD_JOBS, sites=sites),
             "space": console.space.current(),
             "spool_bytes": spool_bytes(console.engine),
             "database_bytes": database_bytes(console.engine),

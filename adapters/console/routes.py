@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
+from adapters.api.auth import site_scoped
 from adapters.console.auth import State, reading
 from adapters.console.views import render, scrub, translator
 from broker.model.domain import Role
@@ -90,13 +91,15 @@ def _explain(console: State, who: Session, study_uid: str) -> dict[str, Any]:
 
 
 @router.get("/routes", name="routes")
+@site_scoped
 def routes(
     request: Request,
     console: State,
     who: Viewer,
     study_uid: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
-    """The routes and vendors in force; with ``study_uid``, what the routes do with that study."""
+    """The routes and vendors in force; with ``study_uid``, what the routes do with that study
+    (a user limited to sites: the routes of their sites, and their sites' studies only)."""
     _ = translator(request)
     settings = console.settings
     explained = None
@@ -109,6 +112,8 @@ def routes(
             )
         else:
             try:
+                if not console.sees_study(who.sites, uid):
+                    raise NotFoundError(f"no study with Study Instance UID {uid}")
                 explained = _explain(console, who, uid)
             except NotFoundError as exc:
                 problem = str(exc)
@@ -116,7 +121,11 @@ def routes(
         request,
         "routes.html",
         {
-            "routes": [_route(r) for r in settings.routes],
+            "routes": [
+                _route(r)
+                for r in settings.routes
+                if who.sites is None or not r.sites or set(r.sites) & who.sites
+            ],
             "vendors": sorted(settings.vendors.items()),
             "config_path": str(console.config_path or ""),
             "study_uid": uid,

@@ -27,6 +27,10 @@ class ConsoleState(ApiState):
         storage = self.settings.storage  # a restart applies a change of it
         self.space = SpaceWatch(storage.spool, storage.min_free_bytes)
 
+    def sees_study(self, sites: frozenset[str] | None, study_uid: str) -> bool:
+        """Whether a user limited to ``sites`` (None: every site) may see the study."""
+        return sites is None or self.studies.site_of(study_uid) in sites
+
     def disk_alarm(self, _: Callable[[str], str] = str) -> str | None:
         """The banner every page shows while DICOM intake is stopped for lack of space."""
         space = self.space.current()

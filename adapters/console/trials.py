@@ -9,12 +9,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
+from adapters.api.auth import site_scoped
 from adapters.console.auth import State, reading
 from adapters.console.views import render, translator
 from broker.model.domain import Role
 from broker.model.errors import NotFoundError
 from broker.model.mode import Mode
-from broker.model.trials import report_csv
+from broker.model.trials import TrialReport, report_csv
 from broker.runtime.trials import trial_report
 from broker.store.users import Session
 
@@ -33,7 +34,24 @@ def _period(since: str | None, until: str | None, today: date) -> tuple[date, da
     return (start, end, True) if start <= end else (end, start, True)
 
 
+def _report(
+    console: State, who: Session, vendor: str, days: tuple[date, date], against: str | None
+) -> TrialReport:
+    """The trial report of ``vendor`` in ``days``, of the user's sites' studies."""
+    start, end = days
+    return trial_report(
+        console.engine,
+        console.settings,
+        vendor,
+        start=start,
+        end=end,
+        against=against or None,
+        sites=who.sites,
+    )
+
+
 @router.get("/trials", name="trials")
+@site_scoped
 def trials(
     *,
     request: Request,
@@ -53,14 +71,7 @@ def trials(
     report, missing = None, None
     if chosen is not None:
         try:
-            report = trial_report(
-                console.engine,
-                console.settings,
-                chosen,
-                start=start,
-                end=end,
-                against=against or None,
-            )
+            report = _report(console, who, chosen, (start, end), against)
         except NotFoundError as exc:
             missing = str(exc)
     _ = translator(request)
@@ -80,6 +91,7 @@ def trials(
 
 
 @router.get("/trials.csv", name="trials_csv")
+@site_scoped
 def trials_csv(
     *,
     console: State,
@@ -92,9 +104,7 @@ def trials_csv(
     """The report as CSV (one row per finding code compared)."""
     start, end, _valid = _period(since, until, console.today())
     try:
-        report = trial_report(
-            console.engine, console.settings, vendor, start=start, end=end, against=against or None
-        )
+        report = _report(console, who, vendor, (start, end), against)
     except NotFoundError as exc:
         return Response(str(exc), status_code=404, media_type="text/plain; charset=utf-8")
     return Response(

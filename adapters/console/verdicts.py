@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
+from adapters.api.auth import site_scoped
 from adapters.console.auth import COOKIE, Reader, State, peer_of, safe_next
 from adapters.console.views import render, translator
 from broker.model.errors import NotFoundError
@@ -41,6 +42,7 @@ def _problem(request: Request, message: str, status: int, back: str | None = Non
 
 
 @router.post("/results/{result_id}/findings/{n}/verdict", name="finding_verdict")
+@site_scoped
 def give_verdict(
     request: Request,
     result_id: int,
@@ -56,6 +58,8 @@ def give_verdict(
     """Record the signed-in reader's verdict on finding ``n`` of the result."""
     back = safe_next(request, next_page)
     try:
+        if not console.sees_study(who.sites, console.results.get(result_id).study_uid):
+            raise NotFoundError(f"no result with id {result_id}")
         VerdictStore(console.engine).record(
             result_id,
             n,

@@ -38,12 +38,14 @@ def trial_report(
     start: date,
     end: date,
     against: str | None = None,
+    sites: frozenset[str] | None = None,
 ) -> TrialReport:
     """The report of ``vendor``'s studies routed in the site days ``start`` to ``end``;
     :class:`NotFoundError` for a vendor neither configured nor with jobs in the period (a
-    vendor removed since keeps its report)."""
+    vendor removed since keeps its report). ``sites``: only those sites' studies (a caller
+    limited to them)."""
     since, until = site_bounds(settings, start, end)
-    jobs = trial_jobs(engine, vendor, since, until)
+    jobs = trial_jobs(engine, vendor, since, until, sites)
     if vendor not in settings.vendors and not jobs:
         known = ", ".join(sorted(settings.vendors)) or "none configured"
         raise NotFoundError(

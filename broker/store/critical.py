@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, and_, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.model.critical import (
@@ -36,7 +36,7 @@ from broker.model.writeback import Delivery
 from broker.store.audit import SYSTEM, record_in
 from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.engine import writing
-from broker.store.studies import _insert
+from broker.store.studies import _insert, of_sites
 from broker.store.tables import critical_cases, critical_steps
 from broker.store.work import utc
 
@@ -566,10 +566,14 @@ class CriticalStore:
         study_uid: str | None = None,
         before_id: int | None = None,
         limit: int = 100,
+        sites: frozenset[str] | None = None,
     ) -> builtins.list[CriticalCase]:
-        """Cases, newest first; ``overdue_at``: only those open past their deadline then."""
+        """Cases, newest first; ``overdue_at``: only those open past their deadline then;
+        ``sites``: only those of these sites' studies."""
         t = critical_cases
         stmt = select(t).order_by(t.c.id.desc()).limit(limit)
+        if sites is not None:
+            stmt = stmt.where(t.c.study_uid.in_(of_sites(sites)))
         if state is not None:
             stmt = stmt.where(t.c.state == state.value)
         if overdue_at is not None:
@@ -581,10 +585,12 @@ class CriticalStore:
         with self.engine.connect() as conn:
             return [_case(r) for r in conn.execute(stmt).all()]
 
-    def counts(self, now: datetime) -> tuple[int, int]:
-        """Open cases, and of them those past their deadline."""
+    def counts(self, now: datetime, sites: frozenset[str] | None = None) -> tuple[int, int]:
+        """Open cases, and of them those past their deadline (only ``sites``' when given)."""
         t = critical_cases
         open_ = t.c.state == CaseState.OPEN.value
+        if sites is not None:
+            open_ = and_(open_, t.c.study_uid.in_(of_sites(sites)))
         with self.engine.connect() as conn:
             total = conn.execute(select(func.count()).where(open_)).scalar_one()
             late = conn.execute(

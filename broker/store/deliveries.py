@@ -41,7 +41,7 @@ from broker.model.writeback import (
 from broker.store.audit import SYSTEM, Action, record_in
 from broker.store.engine import writing
 from broker.store.jobs import JobStore, _job, _record
-from broker.store.studies import _insert
+from broker.store.studies import _insert, of_sites
 from broker.store.tables import deliveries, delivery_events, jobs, result_objects
 from broker.store.work import WorkKind, WorkStore, utc
 from broker.store.work_claims import attempt_fields, event_fields
@@ -265,8 +265,15 @@ class DeliveryStore(WorkStore[Delivery, DeliveryState, DeliveryEvent]):
 
     # ---------------------------------------------------------------- overdue jobs
 
-    def overdue_jobs(self, *, now: datetime | None = None, limit: int = 1000) -> list[Job]:
-        """Jobs still waiting for their result (sent, awaiting_result) past their deadline."""
+    def overdue_jobs(
+        self,
+        *,
+        now: datetime | None = None,
+        limit: int = 1000,
+        sites: frozenset[str] | None = None,
+    ) -> list[Job]:
+        """Jobs still waiting for their result (sent, awaiting_result) past their deadline
+        (only ``sites``' studies' when given)."""
         now = utc(now)
         stmt = (
             select(jobs)
@@ -278,6 +285,8 @@ class DeliveryStore(WorkStore[Delivery, DeliveryState, DeliveryEvent]):
             .order_by(jobs.c.deadline_at, jobs.c.id)
             .limit(limit)
         )
+        if sites is not None:
+            stmt = stmt.where(jobs.c.study_uid.in_(of_sites(sites)))
         with self.engine.connect() as conn:
             return [_job(r) for r in conn.execute(stmt).all()]
 

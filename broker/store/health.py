@@ -18,6 +18,7 @@ from broker.model.jobs import JobState
 from broker.model.writeback import DeliveryState
 from broker.store.deliveries import DELIVERIES
 from broker.store.jobs import JOBS
+from broker.store.studies import of_sites
 from broker.store.tables import deliveries, delivery_events, results
 from broker.store.work import lane_outcomes, lane_retries
 
@@ -106,8 +107,11 @@ def target_health(engine: Engine, since: datetime) -> list[TargetHealth]:
     return out
 
 
-def urgent_results(engine: Engine, since: datetime, limit: int = 50) -> list[UrgentResult]:
-    """Results flagged urgent received since ``since``, newest first."""
+def urgent_results(
+    engine: Engine, since: datetime, limit: int = 50, sites: frozenset[str] | None = None
+) -> list[UrgentResult]:
+    """Results flagged urgent received since ``since``, newest first (only ``sites``'
+    studies' when given)."""
     r = results
     stmt = (
         select(r.c.id, r.c.job_id, r.c.study_uid, r.c.vendor, r.c.created_at)
@@ -115,5 +119,7 @@ def urgent_results(engine: Engine, since: datetime, limit: int = 50) -> list[Urg
         .order_by(r.c.id.desc())
         .limit(limit)
     )
+    if sites is not None:
+        stmt = stmt.where(r.c.study_uid.in_(of_sites(sites)))
     with engine.connect() as conn:
         return [UrgentResult(*row) for row in conn.execute(stmt).all()]

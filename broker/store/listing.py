@@ -26,7 +26,7 @@ from broker.store.deliveries import _delivery
 from broker.store.jobs import JOBS, _job
 from broker.store.orders import _order
 from broker.store.results import _build as _build_results
-from broker.store.studies import StudyStore
+from broker.store.studies import StudyStore, of_sites
 from broker.store.tables import (
     deliveries,
     job_events,
@@ -91,11 +91,6 @@ class DeliveryFilter:
     """Only deliveries of these sites' studies; None: every site's."""
 
 
-def _of_sites(sites: frozenset[str]) -> Select[Any]:
-    """The Study Instance UIDs of ``sites``' studies (a subquery)."""
-    return select(studies.c.study_uid).where(studies.c.site.in_(sorted(sites)))
-
-
 def _time_page(stmt: Select[Any], column: Any, id_column: Any, after: TimeKey | None) -> Any:
     if after is not None:
         bound = tuple_(literal(after[0], column.type), literal(after[1], id_column.type))
@@ -152,7 +147,7 @@ class Listing:
         """Jobs, newest first."""
         stmt = select(jobs).order_by(jobs.c.id.desc()).limit(limit)
         if f.sites is not None:
-            stmt = stmt.where(jobs.c.study_uid.in_(_of_sites(f.sites)))
+            stmt = stmt.where(jobs.c.study_uid.in_(of_sites(f.sites)))
         if f.states:
             stmt = stmt.where(jobs.c.state.in_([JobState(s).value for s in f.states]))
         if f.vendor is not None:
@@ -176,7 +171,7 @@ class Listing:
         """Results, newest first, with their objects and findings."""
         stmt = select(results).order_by(results.c.id.desc()).limit(limit)
         if f.sites is not None:
-            stmt = stmt.where(results.c.study_uid.in_(_of_sites(f.sites)))
+            stmt = stmt.where(results.c.study_uid.in_(of_sites(f.sites)))
         if f.study_uid is not None:
             stmt = stmt.where(results.c.study_uid == f.study_uid)
         if f.vendor is not None:
@@ -198,8 +193,8 @@ class Listing:
         """Write-back deliveries (and notifications), newest first."""
         stmt = select(deliveries).order_by(deliveries.c.id.desc()).limit(limit)
         if f.sites is not None:
-            of_sites = select(jobs.c.id).where(jobs.c.study_uid.in_(_of_sites(f.sites)))
-            stmt = stmt.where(deliveries.c.job_id.in_(of_sites))
+            sites_jobs = select(jobs.c.id).where(jobs.c.study_uid.in_(of_sites(f.sites)))
+            stmt = stmt.where(deliveries.c.job_id.in_(sites_jobs))
         if f.states:
             stmt = stmt.where(deliveries.c.state.in_([DeliveryState(s).value for s in f.states]))
         if f.target is not None:

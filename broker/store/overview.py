@@ -13,6 +13,7 @@ from sqlalchemy import Engine, func, select
 
 from broker.model.jobs import Job
 from broker.store.jobs import _job
+from broker.store.studies import of_sites
 from broker.store.tables import jobs, results, studies
 
 
@@ -30,9 +31,12 @@ def count_studies(
         return int(conn.execute(stmt).scalar_one())
 
 
-def jobs_by_state(engine: Engine) -> dict[str, int]:
-    """How many jobs are in each state (states with none are left out)."""
+def jobs_by_state(engine: Engine, sites: frozenset[str] | None = None) -> dict[str, int]:
+    """How many jobs are in each state (states with none are left out); only ``sites``'
+    studies' jobs when given."""
     stmt = select(jobs.c.state, func.count()).group_by(jobs.c.state)
+    if sites is not None:
+        stmt = stmt.where(jobs.c.study_uid.in_(of_sites(sites)))
     with engine.connect() as conn:
         return {state: int(n) for state, n in conn.execute(stmt).all()}
 

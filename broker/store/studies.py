@@ -16,7 +16,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -615,3 +627,9 @@ def _study(r: Row[Any], series_list: tuple[Series, ...]) -> Study:
         purged_at=r.purged_at,
         site=r.site,
     )
+
+
+def of_sites(sites: frozenset[str]) -> Select[Any]:
+    """The Study Instance UIDs of ``sites``' studies (a subquery, for rows that keep to a
+    site-scoped caller's sites)."""
+    return select(studies.c.study_uid).where(studies.c.site.in_(sorted(sites)))

@@ -14,17 +14,28 @@ from broker.model.domain import Findings, ResultState
 from broker.model.jobs import JobState
 from broker.model.trials import TrialJob
 from broker.store.results import findings_from_json
+from broker.store.studies import of_sites
 from broker.store.tables import job_events, jobs, results, usage
 
 
-def trial_jobs(engine: Engine, vendor: str, since: datetime, until: datetime) -> list[TrialJob]:
-    """The vendor's jobs created in ``[since, until)``, oldest first."""
+def trial_jobs(
+    engine: Engine,
+    vendor: str,
+    since: datetime,
+    until: datetime,
+    sites: frozenset[str] | None = None,
+) -> list[TrialJob]:
+    """The vendor's jobs created in ``[since, until)``, oldest first (only ``sites``'
+    studies' when given)."""
+    stmt = (
+        select(jobs.c.id, jobs.c.study_uid, jobs.c.state)
+        .where(jobs.c.vendor == vendor, jobs.c.created_at >= since, jobs.c.created_at < until)
+        .order_by(jobs.c.id)
+    )
+    if sites is not None:
+        stmt = stmt.where(jobs.c.study_uid.in_(of_sites(sites)))
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(jobs.c.id, jobs.c.study_uid, jobs.c.state)
-            .where(jobs.c.vendor == vendor, jobs.c.created_at >= since, jobs.c.created_at < until)
-            .order_by(jobs.c.id)
-        ).all()
+        rows = conn.execute(stmt).all()
         ids = [r.id for r in rows]
         sent: dict[int, datetime] = {}
         answers: dict[int, tuple[datetime, Findings | None]] = {}

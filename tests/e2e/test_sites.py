@@ -35,6 +35,7 @@ from adapters.harness.vendor import ResultsTarget, SimulatedVendor
 from adapters.hl7.ack import AckCode
 from adapters.results.sr import read_source_study
 from broker.model.domain import Patient
+from tests.e2e.test_console import browser  # noqa: F401 (the fixture, used by name)
 from tests.peers import Orthanc, StoreSCP, echoscu, free_port, storescu, wait_until
 from tests.service import RADBRIDGE, Radbridge, base_config
 
@@ -281,14 +282,19 @@ def test_a_site_token_sees_its_site_and_nothing_of_another(hub: Hub) -> None:
 
 
 CONSOLE_PASSWORD = "site-a-password-1"
+SITE_B_WORDS = ("TWB001", "township-b", "TWB_PACS", "TWB_CT")
 
 
-def test_a_site_console_user_sees_its_site_and_nothing_of_another(hub: Hub) -> None:
-    """A console user limited to site A (``users sites``) signs in to the studies page,
-    which lists site A's study and not site B's; site B's study page, the dashboard and
-    every page not made site-aware are 404."""
+def test_a_site_console_user_walks_every_page_and_sees_only_its_site(
+    hub: Hub,
+    browser: Any,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """A console admin limited to site A (``users sites``) signs in to the dashboard in
+    Chromium and walks every page of the navigation: each answers 200 and names nothing of
+    site B (its study, order, id, PACS or sender); the dashboard, studies, jobs and usage
+    pages show site A's study, job and usage line; site B's study page is 404."""
     a, b = hub.studies["township-a"], hub.studies["township-b"]
-    add = [RADBRIDGE, "users", "add", "nurse_a", "--role", "operator", "--password-stdin"]
+    add = [RADBRIDGE, "users", "add", "nurse_a", "--role", "admin", "--password-stdin"]
     subprocess.run(
         [*add, "-c", str(hub.rb.config_path)],
         input=CONSOLE_PASSWORD + "\n",
@@ -299,20 +305,30 @@ def test_a_site_console_user_sees_its_site_and_nothing_of_another(hub: Hub) -> N
         timeout=60,
     )
     hub.rb.cli("users", "sites", "nurse_a", "--site", "township-a")
-    day = datetime.now(UTC).date()  # the hub's day (site.timezone: UTC)
-    with httpx.Client(base_url=f"{hub.http}/console", timeout=30) as client:
-        signed = client.post("/login", data={"username": "nurse_a", "password": CONSOLE_PASSWORD})
-        assert signed.status_code == 303, signed.text
-        assert signed.headers["location"].endswith("/console/studies")
-        listed = client.get("/studies", params={"day": str(day)})
-        assert listed.status_code == 200, listed.text
-        assert a in listed.text
-        assert b not in listed.text
-        assert client.get(f"/studies/{a}").status_code == 200
-        for path in (f"/studies/{b}", "/", "/jobs", "/usage", "/audit", "/routes"):
-            page = client.get(path)
-            assert page.status_code == 404, (path, page.status_code)
-            assert "TWB001" not in page.text
+    page = browser.new_context().new_page()
+    page.goto(f"{hub.http}/console/")
+    page.fill("input[name=username]", "nurse_a")
+    page.fill("input[name=password]", CONSOLE_PASSWORD)
+    page.click("form.stack button[type=submit]")
+    page.wait_for_url(f"{hub.http}/console/")
+    links = page.eval_on_selector_all("nav a", "links => links.map(a => a.href)")
+    assert len(links) == 8, links  # dashboard … trials, and the audit trail of an admin
+    seen: dict[str, str] = {}
+    for link in links:
+        answer = page.goto(link)
+        assert answer is not None and answer.status == 200, (link, answer and answer.status)
+        text = page.content()
+        for word in (b, *SITE_B_WORDS):
+            assert word not in text, f"{link} shows {word}"
+        seen[link.removeprefix(f"{hub.http}/console")] = text
+    assert a in seen["/"] and a in seen["/studies"] and a in seen["/jobs"]
+    assert "township-a" in seen["/usage"]
+    assert "job:" in seen["/audit"]  # its site's job's rows
+    study = page.goto(f"{hub.http}/console/studies/{a}")
+    assert study is not None and study.status == 200
+    hidden = page.goto(f"{hub.http}/console/studies/{b}")
+    assert hidden is not None and hidden.status == 404
+    assert "TWB001" not in page.content()
 
 
 def _fill(path: str, ids: dict[str, str]) -> str:
