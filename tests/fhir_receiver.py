@@ -21,7 +21,10 @@ from typing import Any
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
+from adapters.harness.webhook import Webhook
 from tests.peers import LOOPBACK
+
+__all__ = ["FhirReceiver", "Webhook"]
 
 
 class FhirReceiver:
@@ -93,49 +96,6 @@ class FhirReceiver:
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self) -> FhirReceiver:
-        self.thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
-class Webhook:
-    """A loopback HTTP endpoint that records JSON notifications (``status`` scripts answers)."""
-
-    def __init__(self, status: list[int] | None = None) -> None:
-        self.status = list(status or [])
-        self.received: list[tuple[dict[str, str], dict[str, Any]]] = []
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                code = hook.status.pop(0) if hook.status else 204
-                if code < 300:
-                    hook.received.append((dict(self.headers.items()), json.loads(body)))
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://{LOOPBACK}:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-
-    def __enter__(self) -> Webhook:
         self.thread.start()
         return self
 

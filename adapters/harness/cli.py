@@ -31,7 +31,7 @@ from adapters.harness.mpps import ProcedureStep, references, step_dataset
 from adapters.harness.pacs import BuiltinPacs, Orthanc, orthanc_executable, query_folder
 from adapters.harness.pacs import query_orthanc as _query_orthanc
 from adapters.harness.process import LOOPBACK
-from adapters.harness.products import ProductKind
+from adapters.harness.products import Presence, ProductKind, finding_codes
 from adapters.harness.ris import (
     MESSAGE_KINDS,
     Answer,
@@ -424,8 +424,27 @@ def vendor_run(
     slow_seconds: Annotated[float, typer.Option(help="Per instance, with --fault slow.")] = 0.5,
     abort_after: Annotated[int, typer.Option(help="Instances before --fault abort.")] = 1,
     folder: Annotated[Path | None, typer.Option(help="Keep received studies here.")] = None,
+    finding: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="CODE=present|absent: say this of a finding code (SCT:786838002=absent); "
+            "repeat for more codes."
+        ),
+    ] = None,
 ) -> None:
     """Run a simulated AI vendor until Ctrl-C: receive studies, return results after a delay."""
+    overrides: dict[str, Presence] = {}
+    known = finding_codes(product)
+    for given in finding or []:
+        code, _, told = given.partition("=")
+        if code not in known or told not in set(Presence):
+            err.print(
+                f"--finding {given!r}: valid: CODE=present|absent with a code "
+                f"{product.value} reports: {', '.join(known)}",
+                markup=False,
+            )
+            raise typer.Exit(2)
+        overrides[code] = Presence(told)
     with tempfile.TemporaryDirectory(prefix="radbridge-vendor-") as tmp:
         vendor = SimulatedVendor(
             product,
@@ -447,6 +466,7 @@ def vendor_run(
             slow_seconds=slow_seconds,
             abort_after=abort_after,
             on_event=lambda text: out.print(text, highlight=False, markup=False),
+            findings=overrides,
         )
         try:
             vendor.start()

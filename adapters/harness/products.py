@@ -26,12 +26,19 @@ Result objects: :func:`make_sr` (Comprehensive SR, TID 1500, by
 :func:`adapters.results.sr.findings_to_sr`), :func:`make_seg` (a binary
 SEG of the first finding, highdicom) and :func:`make_sc` (a secondary
 capture key image with the finding circled, highdicom).
+
+A simulated product can be told to disagree (``findings``: finding code as
+``SYSTEM:VALUE`` → :class:`Presence`): ``absent`` replaces every finding of that
+code with one "absent" finding (probability 0.05), ``present`` turns an absent one
+present (probability 0.95), so two products of one kind can read one study
+differently (radbridge's ``discordant`` flag).
 """
 
 from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +51,20 @@ from pydicom.uid import generate_uid
 from adapters.results.findings import parse_findings
 from adapters.results.sr import SourceInstance, SourceStudy, findings_to_sr
 from broker.model import domain
+
+
+class Presence(enum.StrEnum):
+    """What a simulated product says of a finding code, whatever its kind would say."""
+
+    PRESENT = "present"
+    ABSENT = "absent"
+
+
+#: The probability a product gives a finding it was told is present / absent.
+PRESENT_SCORE, ABSENT_SCORE = 0.95, 0.05
+
+Overrides = Mapping[str, Presence]
+"""Finding code (``SCT:786838002``) → what the product says of it."""
 
 
 class ProductKind(enum.StrEnum):
@@ -203,6 +224,30 @@ def _findings(kind: ProductKind) -> tuple[str, list[dict[str, Any]]]:
     )
 
 
+def finding_codes(kind: ProductKind) -> list[str]:
+    """The finding codes a product of ``kind`` reports, as ``SYSTEM:VALUE``."""
+    _summary, findings = _findings(kind)
+    return list(dict.fromkeys(f"{f['code']['system']}:{f['code']['value']}" for f in findings))
+
+
+def _overridden(findings: list[dict[str, Any]], overrides: Overrides) -> list[dict[str, Any]]:
+    """``findings`` as told by ``overrides`` (see the module docstring)."""
+    out: list[dict[str, Any]] = []
+    done: set[str] = set()
+    for finding in findings:
+        key = f"{finding['code']['system']}:{finding['code']['value']}"
+        told = overrides.get(key)
+        if told is Presence.ABSENT:
+            if key not in done:
+                out.append({"code": finding["code"], "present": False, "score": ABSENT_SCORE})
+                done.add(key)
+        elif told is Presence.PRESENT and not finding["present"]:
+            out.append(finding | {"present": True, "score": PRESENT_SCORE})
+        else:
+            out.append(finding)
+    return out
+
+
 def key_instance(source: SourceStudy) -> SourceInstance:
     """The instance a finding points at: the middle one of the largest series."""
     by_series: dict[str, list[SourceInstance]] = {}
@@ -218,14 +263,21 @@ def other_study_uid(study_uid: str) -> str:
 
 
 def findings_document(
-    kind: ProductKind, source: SourceStudy, *, study_uid: str | None = None
+    kind: ProductKind,
+    source: SourceStudy,
+    *,
+    study_uid: str | None = None,
+    overrides: Overrides | None = None,
 ) -> dict[str, Any]:
     """The JSON findings a product of ``kind`` returns for ``source`` (the wire schema).
 
     ``study_uid`` replaces the evaluated study's UID (to simulate a vendor
-    that answers for the wrong study).
+    that answers for the wrong study); ``overrides`` changes what it says of a code.
     """
     summary, findings = _findings(kind)
+    if overrides:
+        findings = _overridden(findings, overrides)
+        summary = f"{summary} (findings overridden: {', '.join(sorted(overrides))})"
     key = key_instance(source)
     for finding in findings:
         if finding["present"]:
@@ -241,9 +293,12 @@ def findings_document(
     }
 
 
-def findings_for(kind: ProductKind, source: SourceStudy) -> domain.Findings:
+def findings_for(
+    kind: ProductKind, source: SourceStudy, overrides: Overrides | None = None
+) -> domain.Findings:
     """The findings as radbridge's domain type (validated by radbridge's own parser)."""
-    return parse_findings(json.dumps(findings_document(kind, source)).encode())
+    document = findings_document(kind, source, overrides=overrides)
+    return parse_findings(json.dumps(document).encode())
 
 
 def make_sr(
@@ -253,6 +308,7 @@ def make_sr(
     result_id: str,
     study_uid: str | None = None,
     images: list[Dataset] | None = None,
+    overrides: Overrides | None = None,
 ) -> Dataset:
     """The product's Comprehensive SR (TID 1500) in ``source``'s study (or in ``study_uid``).
 
@@ -260,10 +316,11 @@ def make_sr(
     instance: an Image Region (DCM 111030), a CIRCLE of a tenth of the image around its
     centre, as products that mark what they found do.
     """
-    sr = findings_to_sr(findings_for(kind, source), source, result_id=result_id)
+    found = findings_for(kind, source, overrides)
+    sr = findings_to_sr(found, source, result_id=result_id)
     key = key_instance(source)
     ref = next((ds for ds in images or [] if str(ds.SOPInstanceUID) == key.sop_instance_uid), None)
-    if ref is not None:
+    if ref is not None and found.findings and found.findings[0].present:
         rows, columns = int(ref.Rows), int(ref.Columns)
         centre = (columns / 2, rows / 2)
         radius = max(min(rows, columns) / 10, 2.0)

@@ -31,6 +31,10 @@ reason 3 "calling AE title not recognized"), ``abort`` (A-ABORT after
 or pulled), ``http-500`` (the manifest POST is answered 500), ``never-answer``
 (both ports accept TCP connections and never send a byte), and
 ``wrong-study-uid`` (results carry another Study Instance UID).
+
+``findings`` (finding code → ``present`` | ``absent``) makes the vendor disagree with
+another of its kind on a code (:mod:`adapters.harness.products`), in its SR and its JSON
+findings alike; SEG and SC objects are unchanged.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -61,6 +65,7 @@ from adapters.harness.errors import HarnessError
 from adapters.harness.modality import send_files
 from adapters.harness.process import LOOPBACK, free_port
 from adapters.harness.products import (
+    Presence,
     ProductKind,
     findings_document,
     make_sc,
@@ -187,8 +192,10 @@ class SimulatedVendor:
         slow_seconds: float = 0.5,
         abort_after: int = 1,
         on_event: Callable[[str], None] | None = None,
+        findings: Mapping[str, Presence | str] | None = None,
     ) -> None:
         self.product = ProductKind(product)
+        self.findings = {code: Presence(told) for code, told in (findings or {}).items()}
         self.folder = Path(folder).resolve()
         self.ae_title = ae_title
         self.host = host
@@ -518,7 +525,14 @@ class SimulatedVendor:
         if self.result is ResultType.SC:
             return make_sc(self.product, source, datasets, study_uid=wrong)
         result_id = f"harness/{self.product.value}/{job_id or uuid.uuid4().hex}"
-        return make_sr(self.product, source, result_id=result_id, study_uid=wrong, images=datasets)
+        return make_sr(
+            self.product,
+            source,
+            result_id=result_id,
+            study_uid=wrong,
+            images=datasets,
+            overrides=self.findings,
+        )
 
     def _post_findings(
         self, source: SourceStudy, study_uid: str, result_study: str, job_id: str | None
@@ -533,7 +547,9 @@ class SimulatedVendor:
         url = target.callback_url.replace("{job_id}", job_id or "").replace(
             "{study_uid}", study_uid
         )
-        document = findings_document(self.product, source, study_uid=result_study)
+        document = findings_document(
+            self.product, source, study_uid=result_study, overrides=self.findings
+        )
         headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
         try:
             answer = httpx.post(url, json=document, headers=headers, timeout=30)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+import httpx
+
 from adapters.harness.errors import HarnessError
 from adapters.harness.process import nodelay_env, radbridge_command
 from adapters.harness.scenario.schema import (
@@ -26,9 +28,11 @@ from adapters.harness.scenario.schema import (
     JobState,
     PacsHoldsSr,
     RisReceivesOru,
+    StudyFlags,
     Usage,
     VendorReceives,
     VendorReceivesNothing,
+    WebhookReceives,
 )
 from adapters.harness.scenario.world import World
 from adapters.hl7.parse import Hl7ParseError, parse, read_header
@@ -82,7 +86,8 @@ def _pacs_holds_sr(world: World, e: PacsHoldsSr) -> Look:
         too_many = e.at_most is not None and count > e.at_most
         seen = f"PACS holds {count} SR instance(s) of {e.study}"
         shown = seen + (f", more than {e.at_most}" if too_many else "")
-        return Look(not too_many, shown, final=too_many)
+        shown += f", fewer than {e.count}" if count < e.count else ""
+        return Look(count >= e.count and not too_many, shown, final=too_many)
     series = sum(len(s.series) for s in held)
     return Look(False, f"PACS holds {series} series of {e.study}, no SR")
 
@@ -102,6 +107,9 @@ def _oru_matches(raw: bytes, e: RisReceivesOru, accession: str) -> bool:
         needle = e.obx.lower()
         if not any(needle in (o.raw(3) + "|" + o.raw(5)).lower() for o in observations):
             return False
+    notes = [n.raw(3).lower() for n in message.all("NTE")]
+    if not all(any(text.lower() in note for note in notes) for text in e.nte):
+        return False
     return e.flag is None or any(o.value(8) == e.flag for o in observations)
 
 
@@ -114,6 +122,7 @@ def _ris_receives_oru(world: World, e: RisReceivesOru) -> Look:
     orus = sum(1 for m in messages if m.kind.startswith("ORU"))
     wanted = f"OBR-18 {accession}" + (f", OBX containing {e.obx!r}" if e.obx else "")
     wanted += f", OBX-8 {e.flag}" if e.flag else ""
+    wanted += "".join(f", an NTE containing {text!r}" for text in e.nte)
     at_most = e.at_most if e.at_most is not None else len(matching)
     return Look(
         e.count <= len(matching) <= at_most,
@@ -192,6 +201,36 @@ def _explain(world: World, e: Explains) -> Look:
     return Look(False, f"explain of {e.study} does not say {e.says!r}: {text[-600:]}")
 
 
+def _study_flags(world: World, e: StudyFlags) -> Look:
+    uid = world.studies[e.study].uid
+    try:
+        answer = httpx.get(
+            f"{world.http_url}/api/v1/studies/{uid}/findings",
+            headers={"Authorization": f"Bearer {world.api_token()}"},
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        return Look(False, f"cannot ask radbridge's API: {exc}")
+    if answer.status_code != 200:
+        return Look(False, f"GET /api/v1/studies/…/findings answered {answer.status_code}")
+    view = answer.json()
+    flags = list(view.get("flags") or [])
+    products = sorted({str(f["provenance"]["vendor"]) for f in view.get("findings") or []})
+    seen = f"{e.study} has flags {flags} (findings of {', '.join(products) or 'no product'})"
+    return Look(sorted(flags) == sorted(e.flags), seen)
+
+
+def _webhook_receives(world: World, e: WebhookReceives) -> Look:
+    if world.webhook is None:
+        return Look(False, "there is no webhook", final=True)
+    uid = world.studies[e.study].uid
+    bodies = world.webhook.bodies()
+    about = [b for b in bodies if b.get("event") == e.event and b.get("study_uid") == uid]
+    seen = f"the webhook got {len(about)} {e.event!r} notification(s) of {e.study}"
+    seen += f" ({len(bodies)} in all)"
+    return Look(len(about) == e.count, seen, final=len(about) > e.count)
+
+
 PROBES: dict[str, Callable[[World, Any], Look]] = {
     "vendor_receives": _vendor_receives,
     "vendor_receives_nothing": _vendor_receives_nothing,
@@ -201,6 +240,8 @@ PROBES: dict[str, Callable[[World, Any], Look]] = {
     "jobs": _jobs,
     "usage": _usage,
     "explain": _explain,
+    "study_flags": _study_flags,
+    "webhook_receives": _webhook_receives,
 }
 
 #: Seconds a ``jobs`` count must hold once the study is stable (routing is not instant).
@@ -259,13 +300,17 @@ def describe(expectation: Expectation) -> str:
         text = f"{body.vendor} receives nothing" + (f" of {body.study}" if body.study else "")
         within = f"for {expectation.within:g} s"
     elif isinstance(body, PacsHoldsSr):
-        text = f"PACS holds an SR of {body.study}"
+        text = f"PACS holds {body.count} SR of {body.study}"
+        if body.at_most:
+            text += f" (at most {body.at_most})"
     elif isinstance(body, RisReceivesOru):
         text = f"RIS receives ORU for {body.study}"
         if body.obx:
             text += f" OBX ~ {body.obx!r}"
         if body.flag:
             text += f" flag {body.flag}"
+        if body.count > 1 or body.at_most:
+            text += f" x{body.count}" + (f" (at most {body.at_most})" if body.at_most else "")
     elif isinstance(body, JobState):
         text = f"job {body.study} -> {body.vendor} {body.state}"
     elif isinstance(body, JobCount):
@@ -274,6 +319,10 @@ def describe(expectation: Expectation) -> str:
         text = f"usage {body.vendor}: {body.studies} studies"
     elif isinstance(body, Explains):
         text = f"explain {body.study} says {body.says!r}"
+    elif isinstance(body, StudyFlags):
+        text = f"{body.study} flagged {', '.join(body.flags) or 'nothing'}"
+    elif isinstance(body, WebhookReceives):
+        text = f"webhook hears {body.count} {body.event} of {body.study}"
     else:  # pragma: no cover - every kind is above
         text = kind
     return f"expect {text} {within}"

@@ -52,7 +52,7 @@ from pydantic import (
 
 from adapters.dicom.synthetic import StudyKind
 from adapters.harness.errors import HarnessError
-from adapters.harness.products import ProductKind
+from adapters.harness.products import Presence, ProductKind, finding_codes
 from adapters.harness.ris import MESSAGE_KINDS, Answer
 from adapters.harness.scenario.settings import base_config, merge
 from adapters.harness.vendor import Fault, ResultType
@@ -97,7 +97,9 @@ class VendorSimulator(Model):
     radbridge's ``http`` transport manifests (``${vendor.NAME.http_port}``).
     ``result: json`` posts findings to radbridge's callback with a results
     token the runner makes and gives radbridge. ``running: false`` starts it
-    down (a ``start_vendor`` step brings it up).
+    down (a ``start_vendor`` step brings it up). ``findings`` makes it say
+    ``present`` or ``absent`` of a finding code its product reports
+    (``SCT:786838002: absent``), to disagree with another vendor of its kind.
     """
 
     product: ProductKind
@@ -109,6 +111,22 @@ class VendorSimulator(Model):
     ae_title: AETitle | None = None
     http: bool = False
     running: bool = True
+    findings: dict[str, Presence] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _reported_codes(self) -> Self:
+        known = finding_codes(self.product)
+        problems: list[tuple[Loc, str]] = [
+            (
+                ("findings", code),
+                f"{self.product.value} does not report {code!r}; valid: {', '.join(known)}",
+            )
+            for code in self.findings
+            if code not in known
+        ]
+        if problems:
+            raise LocatedErrors(problems)
+        return self
 
 
 class PacsSimulator(Model):
@@ -125,10 +143,15 @@ class RisSimulator(Model):
     answer: Answer = Answer.AA
 
 
+class WebhookSimulator(Model):
+    """The endpoint notifications are POSTed to (``${webhook.url}``): records each one."""
+
+
 class Simulators(Model):
     vendors: dict[VendorName, VendorSimulator] = Field(default_factory=dict)
     pacs: PacsSimulator | None = None
     ris: RisSimulator | None = None
+    webhook: WebhookSimulator | None = None
 
 
 class StudySpec(Model):
@@ -162,21 +185,24 @@ class VendorReceivesNothing(Model):
 
 
 class PacsHoldsSr(Model):
-    """The PACS holds an SR of ``study`` (``at_most``: and no more than that many SR
-    instances, e.g. 1 when a shadow product's SR must not reach it)."""
+    """The PACS holds ``count`` (1) SR instances of ``study`` or more (``at_most``: and no
+    more than that many, e.g. 1 when a shadow product's SR must not reach it)."""
 
     study: str
+    count: Annotated[int, Field(ge=1)] = 1
     at_most: Annotated[int, Field(ge=1)] | None = None
 
 
 class RisReceivesOru(Model):
     """An ORU^R01 with OBR-18 = the study's accession; ``obx``: text in some OBX-3 or OBX-5;
-    ``flag``: some OBX-8 equals it (``AA`` urgent); ``count``: at least this many such ORUs,
-    ``at_most``: no more."""
+    ``flag``: some OBX-8 equals it (``AA`` urgent); ``nte``: each text in some NTE-3 (a
+    combined answer's provenances); ``count``: at least this many such ORUs, ``at_most``:
+    no more."""
 
     study: str
     obx: str | None = None
     flag: str | None = None
+    nte: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     count: Annotated[int, Field(ge=1)] = 1
     at_most: Annotated[int, Field(ge=1)] | None = None
     """No more than this many such ORUs (a shadow product's must not reach the RIS)."""
@@ -216,6 +242,22 @@ class Explains(Model):
     says: Annotated[str, Field(min_length=1)]
 
 
+class StudyFlags(Model):
+    """``GET /api/v1/studies/{uid}/findings`` answers these ``flags`` for the study, exactly
+    (``[discordant]``: two live products disagree; ``[]``: none)."""
+
+    study: str
+    flags: list[str]
+
+
+class WebhookReceives(Model):
+    """The webhook got ``count`` (1) notifications of ``event`` about the study, no more."""
+
+    study: str
+    event: Annotated[str, Field(min_length=1)]
+    count: Annotated[int, Field(ge=1)] = 1
+
+
 EXPECTATION_KINDS = (
     "vendor_receives",
     "vendor_receives_nothing",
@@ -225,6 +267,8 @@ EXPECTATION_KINDS = (
     "jobs",
     "usage",
     "explain",
+    "study_flags",
+    "webhook_receives",
 )
 
 
@@ -240,6 +284,8 @@ class Expectation(Model):
     jobs: JobCount | None = None
     usage: Usage | None = None
     explain: Explains | None = None
+    study_flags: StudyFlags | None = None
+    webhook_receives: WebhookReceives | None = None
     within: Seconds = 30.0
     name: str | None = None
 
@@ -435,6 +481,8 @@ class Scenario(Model):
             problems.append((where, "there is no PACS; add simulators: {pacs: {}}"))
         if kind == "ris_receives_oru" and self.simulators.ris is None:
             problems.append((where, "there is no RIS; add simulators: {ris: {}}"))
+        if kind == "webhook_receives" and self.simulators.webhook is None:
+            problems.append((where, "there is no webhook; add simulators: {webhook: {}}"))
         return problems
 
 
@@ -546,6 +594,8 @@ def placeholder_names(scenario: Scenario) -> dict[str, Any]:
         values |= {"pacs.dicom_port": 4242, "pacs.ae_title": scenario.simulators.pacs.ae_title}
     if scenario.simulators.ris is not None:
         values["ris.port"] = 2576
+    if scenario.simulators.webhook is not None:
+        values["webhook.url"] = "http://127.0.0.1:9200/hook"
     for name in scenario.studies:
         values[f"study.{name}.uid"] = "1.2.3"
     return values

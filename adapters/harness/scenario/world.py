@@ -23,7 +23,10 @@ from adapters.harness.ris import RisListener
 from adapters.harness.scenario.schema import Scenario, StudySpec, fill_placeholders
 from adapters.harness.scenario.settings import base_config, merge
 from adapters.harness.vendor import ResultsTarget, ResultType, SimulatedVendor
+from adapters.harness.webhook import Webhook
+from broker.model.domain import Role
 from broker.store import make_engine
+from broker.store.api_tokens import ApiTokens
 from broker.store.deliveries import DeliveryStore
 from broker.store.jobs import JobStore
 from broker.store.studies import StudyStore
@@ -66,6 +69,9 @@ class World:
         self.pacs_kind = "none"
         self.ris: RisListener | None = None
         self.ris_port = free_port()
+        self.webhook: Webhook | None = None
+        self.webhook_port = free_port()
+        self._api_token: str | None = None
         self.config: dict[str, Any] = {}
         self.config_path = folder / "radbridge.yaml"
         self.radbridge = RadbridgeServe(self.config_path, folder / "radbridge.log")
@@ -111,6 +117,8 @@ class World:
             values["pacs.ae_title"] = self.scenario.simulators.pacs.ae_title
         if self.scenario.simulators.ris is not None:
             values["ris.port"] = self.ris_port
+        if self.scenario.simulators.webhook is not None:
+            values["webhook.url"] = f"http://{LOOPBACK}:{self.webhook_port}/hook"
         for name, study in self.studies.items():
             values[f"study.{name}.uid"] = study.uid
         return values
@@ -164,6 +172,7 @@ class World:
             slow_seconds=sim.slow_seconds,
             abort_after=sim.abort_after,
             on_event=events.append,
+            findings=sim.findings,
         )
         self.vendors[name] = vendor.start()
         return vendor
@@ -237,6 +246,9 @@ class World:
         self.start_ris()
         if self.ris is not None:
             started.append(f"RIS :{self.ris_port}")
+        if self.scenario.simulators.webhook is not None:
+            self.webhook = Webhook(port=self.webhook_port).start()
+            started.append(f"webhook :{self.webhook_port}")
         sim = self.scenario.simulators.pacs
         if sim is not None and sim.running:
             self.start_pacs()
@@ -267,6 +279,12 @@ class World:
     def study_store(self) -> StudyStore:
         return StudyStore(self.engine)
 
+    def api_token(self) -> str:
+        """A viewer's token for radbridge's REST API (made in its store once)."""
+        if self._api_token is None:
+            self._api_token = ApiTokens(self.engine).create(Role.VIEWER, "harness scenario")
+        return self._api_token
+
     # ----------------------------------------------------------- tear-down
 
     def close(self) -> None:
@@ -280,6 +298,9 @@ class World:
         if self.ris is not None:
             self.ris.stop()
             self.ris = None
+        if self.webhook is not None:
+            self.webhook.stop()
+            self.webhook = None
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
