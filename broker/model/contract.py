@@ -67,6 +67,9 @@ class UseCharge(CodedValue):
     PER_USE = "per_use"
     UNBILLED = "unbilled"
     SHADOW = "shadow"
+    RETURNED = "returned"
+    """Reserved when routed, given back to the quota: the job was cancelled before it was
+    sent (order cancelled, operator)."""
 
     @property
     def counted(self) -> bool:

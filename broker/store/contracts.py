@@ -10,6 +10,11 @@ database lets one UPDATE through and the other matches no row, so its
 reservation is refused (``FULL``) and routing decides again with the contract
 used up. On SQLite writers are serialized; on PostgreSQL the UPDATE locks the
 row and re-checks the condition after the other transaction commits.
+
+A job cancelled before it was ever sent (its order cancelled, an operator) gives its
+reserved use back: :func:`return_use`, in the transaction that cancels the job, turns its
+terms' charge into ``returned`` and lowers the counter, both conditional, so a use is
+returned once however many processes cancel at the same time.
 """
 
 from __future__ import annotations
@@ -21,14 +26,15 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.model.contract import SITE_SEPARATOR, UseCharge
 from broker.model.errors import StoreError
+from broker.model.jobs import JobState
 from broker.store.engine import writing
 from broker.store.studies import _insert
-from broker.store.tables import contract_counters, job_terms
+from broker.store.tables import contract_counters, job_events, job_terms
 
 
 class Reserved(enum.StrEnum):
@@ -77,6 +83,49 @@ def _terms(r: Any) -> JobTerms:
         alert=r.alert,
         created_at=r.created_at,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """A use given back to a contract's quota."""
+
+    contract: str
+    period: str
+
+
+def return_use(conn: Connection, job_id: int, study_uid: str, vendor: str) -> Returned | None:
+    """Inside the transaction that cancels job ``job_id`` (``study_uid`` x ``vendor``): give
+    its reserved use back to the contract's quota when the job was never sent; None when
+    there was nothing to give back (no quota use, sent already, or returned before)."""
+    sent = conn.execute(
+        select(job_events.c.id)
+        .where(job_events.c.job_id == job_id, job_events.c.to_state == JobState.SENT.value)
+        .limit(1)
+    ).first()
+    if sent is not None:
+        return None
+    row = conn.execute(
+        update(job_terms)
+        .where(
+            job_terms.c.study_uid == study_uid,
+            job_terms.c.vendor == vendor,
+            job_terms.c.charge.in_([c.value for c in UseCharge if c.counted]),
+        )
+        .values(charge=UseCharge.RETURNED.value)
+        .returning(job_terms.c.contract, job_terms.c.period)
+    ).one_or_none()
+    if row is None or row.contract is None or row.period is None:
+        return None
+    conn.execute(
+        update(contract_counters)
+        .where(
+            contract_counters.c.contract == row.contract,
+            contract_counters.c.period == row.period,
+            contract_counters.c.used > 0,
+        )
+        .values(used=contract_counters.c.used - 1)
+    )
+    return Returned(str(row.contract), str(row.period))
 
 
 class _Full(Exception):  # noqa: N818 - internal: rolls the reservation back

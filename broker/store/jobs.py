@@ -38,12 +38,16 @@ from broker.model.jobs import (
     JobState,
     JobStateError,
 )
+from broker.model.logging import get_logger
 from broker.model.mode import ShadowCause
+from broker.store.contracts import return_use
 from broker.store.engine import writing
 from broker.store.studies import _insert
 from broker.store.tables import job_events, jobs
 from broker.store.work import MAX_ERROR, WorkKind, WorkStore, clip, utc
 from broker.store.work_claims import attempt_fields, event_fields, record_event
+
+LOG = get_logger("radbridge.jobs")
 
 __all__ = ["MAX_ERROR", "Created", "JobChangedError", "JobStore", "cancel_for_studies"]
 
@@ -118,11 +122,29 @@ def _record(
     )
 
 
+def _cancelled(conn: Connection, job_id: int, study_uid: str, vendor: str) -> None:
+    """A job was cancelled (same transaction): a use it reserved and never sent goes back."""
+    returned = return_use(conn, job_id, study_uid, vendor)
+    if returned is not None:
+        LOG.info(
+            "reserved use returned to the contract: the job was cancelled before it was sent",
+            job_id=job_id,
+            vendor=vendor,
+            contract=returned.contract,
+            period=returned.period,
+        )
+
+
 class JobStore(WorkStore[Job, JobState, JobEvent]):
     """The jobs table and its history. Every method is one short transaction."""
 
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine, JOBS)
+
+    def entered(self, conn: Connection, row: Row[Any], state: JobState, now: datetime) -> None:
+        """A job now cancelled gives back the contract use it reserved, if it was never sent."""
+        if state is JobState.CANCELLED:
+            _cancelled(conn, row.id, row.study_uid, row.vendor)
 
     def create(
         self,
@@ -290,9 +312,14 @@ def cancel_unsent(
     """Inside the caller's transaction: cancel the jobs ``where`` selects that were not sent
     yet (and that ``keep`` keeps, given the row); their ids."""
     found = conn.execute(
-        select(jobs.c.id, jobs.c.state, jobs.c.attempts, jobs.c.series_uids).where(
-            where, jobs.c.state.in_([s.value for s in CANCELLED_WITH_ORDER])
-        )
+        select(
+            jobs.c.id,
+            jobs.c.state,
+            jobs.c.attempts,
+            jobs.c.series_uids,
+            jobs.c.study_uid,
+            jobs.c.vendor,
+        ).where(where, jobs.c.state.in_([s.value for s in CANCELLED_WITH_ORDER]))
     ).all()
     cancelled: list[int] = []
     for row in found:
@@ -313,5 +340,6 @@ def cancel_unsent(
                 attempt=row.attempts,
                 error=reason,
             )
+            _cancelled(conn, row.id, row.study_uid, row.vendor)
             cancelled.append(row.id)
     return cancelled

@@ -18,12 +18,15 @@ from sqlalchemy import Engine
 from adapters.hl7.oru import build_oru
 from adapters.results.sr import disclaimer
 from broker.model.contract import UseCharge
+from broker.model.jobs import JobChangedError, JobState, JobStateError
 from broker.model.writeback import DeliveryState
 from broker.runtime.billing import Accounting
 from broker.runtime.contracts import ContractDesk, audit_certificates, contract_use
 from broker.store import make_engine
 from broker.store.audit import Action, AuditLog
 from broker.store.contracts import ContractStore, JobTerms, Reserved
+from broker.store.engine import writing
+from broker.store.jobs import JobStore, cancel_for_studies
 from broker.store.results import ResultStore
 from broker.store.usage import UsageStore, report_csv
 from config.schema import Settings, routing_rules
@@ -257,3 +260,80 @@ def test_a_use_billed_per_use_is_charged_to_the_his_once(engine: Engine) -> None
     assert fields[2] == "RB2" and fields[6] == "CG"  # the second job's use, a charge
     assert fields[7] == "310000012^LUNGA lung^CN-Zhejiang"
     assert (fields[10], fields[11], fields[12]) == ("1", "5000&CNY", "5000&CNY")
+
+
+def _reserved_job(engine: Engine, study_uid: str) -> int:
+    """A pending job whose package use was reserved when it was routed; its id."""
+    assert ContractStore(engine).reserve(_terms(study_uid), 100, T0) is Reserved.NEW
+    return JobStore(engine).create(study_uid, "lunga", route="chest", now=T0).job.id
+
+
+def _cancel_order(engine: Engine, study_uid: str) -> int:
+    with writing(engine) as conn:
+        return cancel_for_studies(conn, [study_uid], reason="order cancelled", now=T0)
+
+
+def test_a_job_cancelled_before_it_was_sent_returns_its_use_once(engine: Engine) -> None:
+    """Three reserved uses: the operator cancels one pending job and the order of another is
+    cancelled: both uses go back to the package (counter 3 → 1, their terms `returned`); a
+    second cancel returns nothing more; a job cancelled after it was sent keeps its use."""
+    jobs = JobStore(engine)
+    operator, _order, sent = (_reserved_job(engine, f"1.5.{i}") for i in range(3))
+    store = ContractStore(engine)
+    assert store.used([("pkg", "2026-05")]) == {("pkg", "2026-05"): 3}
+    jobs.cancel(operator, reason="cancelled by operator", now=T0)
+    assert _cancel_order(engine, "1.5.1") == 1
+    assert store.used([("pkg", "2026-05")]) == {("pkg", "2026-05"): 1}
+    assert [store.get(f"1.5.{i}", "lunga").charge for i in range(2)] == [  # type: ignore[union-attr]
+        UseCharge.RETURNED,
+        UseCharge.RETURNED,
+    ]
+    with pytest.raises(JobStateError):
+        jobs.cancel(operator, now=T0)
+    assert _cancel_order(engine, "1.5.1") == 0
+    jobs.claim(sent, now=T0)
+    jobs.finish(sent, [JobState.SENT, JobState.AWAITING_RESULT], now=T0)
+    jobs.cancel(sent, reason="cancelled by operator", now=T0)
+    assert store.used([("pkg", "2026-05")]) == {("pkg", "2026-05"): 1}
+    kept = store.get("1.5.2", "lunga")
+    assert kept is not None and kept.charge is UseCharge.PACKAGE
+    assert store.uses_since("pkg", T0 - timedelta(days=1)) == [T0]  # the forecast: one use
+
+
+def _cancel_all(url: str, how: str, count: int) -> int:
+    """One process cancelling ``count`` jobs, by operator cancel or by order; how many it
+    cancelled (the other process may have been first)."""
+    eng = make_engine(url)
+    try:
+        jobs, done = JobStore(eng), 0
+        for i in range(count):
+            if how == "order":
+                done += _cancel_order(eng, f"8.{i}")
+                continue
+            try:
+                jobs.cancel(i + 1, reason="cancelled by operator", now=T0)
+            except (JobStateError, JobChangedError):
+                continue
+            done += 1
+        return done
+    finally:
+        eng.dispose()
+
+
+@pytest.mark.postgres
+def test_two_processes_cancelling_on_postgresql_return_each_use_once(tmp_path: Path) -> None:
+    """40 jobs with reserved uses (and 10 more reserved uses) on PostgreSQL; two processes
+    cancel the 40 at once, one as the operator, one as a cancelled order: every job is
+    cancelled once, and the counter goes from 50 down to exactly 10."""
+    with empty_database("postgresql", tmp_path) as eng:
+        ids = [_reserved_job(eng, f"8.{i}") for i in range(40)]
+        assert ids == list(range(1, 41))
+        for i in range(10):
+            ContractStore(eng).reserve(_terms(f"7.{i}"), 100, T0)
+        url = eng.url.render_as_string(hide_password=False)
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            done = pool.starmap(_cancel_all, [(url, "operator", 40), (url, "order", 40)])
+        assert sum(done) == 40
+        assert ContractStore(eng).used([("pkg", "2026-05")]) == {("pkg", "2026-05"): 10}
+        charges = [ContractStore(eng).get(f"8.{i}", "lunga") for i in range(40)]
+        assert all(t is not None and t.charge is UseCharge.RETURNED for t in charges)
