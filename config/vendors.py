@@ -304,7 +304,10 @@ class Route(Strict):
     targets and notifications (a silent trial; see :mod:`broker.model.mode`).
     ``owners`` names the vendor (of ``send``) that owns a finding code on this route
     (``SCT:1386000`` or the code value); ``reconcile: combined`` writes one combined
-    answer of all its products (:mod:`broker.model.reconciliation`).
+    answer of all its products (:mod:`broker.model.reconciliation`). ``fallback_to``
+    names the vendors a contract's ``fallback`` tries, in order: a list for every vendor
+    of ``send``, or per vendor (``{lungai: [lungb, lungc]}``); without it the fallback
+    is another vendor of the same kind.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
@@ -337,6 +340,46 @@ class Route(Strict):
     """Fetch the patient's prior studies from a PACS and send them along (see README)."""
     critical_contacts: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     """The escalation list (of ``critical.lists``) this route's critical cases use."""
+    fallback_to: list[str] | dict[str, list[str]] = Field(default_factory=list)
+
+    def fallback_orders(self) -> dict[str, list[str]]:
+        """Per vendor of ``send``: the vendors its contract's fallback tries, in order."""
+        if isinstance(self.fallback_to, dict):
+            return dict(self.fallback_to)
+        return {vendor: list(self.fallback_to) for vendor in self.send} if self.fallback_to else {}
+
+    @model_validator(mode="after")
+    def _fallbacks_are_known(self) -> Route:
+        known = _KNOWN_VENDORS.get()
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        given = self.fallback_to
+        if isinstance(given, dict):
+            for vendor in given:
+                if vendor not in self.send:
+                    problems.append(
+                        (
+                            ("fallback_to", vendor),
+                            f"'{vendor}' is not a vendor of this route; valid: "
+                            f"{', '.join(self.send)}",
+                        )
+                    )
+        lists: list[tuple[str | None, list[str]]] = (
+            list(given.items()) if isinstance(given, dict) else [(None, given)]
+        )
+        for sent, order in lists:
+            for i, name in enumerate(order):
+                loc: tuple[str | int, ...] = (
+                    ("fallback_to", i) if sent is None else ("fallback_to", sent, i)
+                )
+                if known is not None and name not in known:
+                    problems.append((loc, f"unknown vendor '{name}'{did_you_mean(name, known)}"))
+                elif name in order[:i]:
+                    problems.append((loc, f"vendor '{name}' is listed twice"))
+                elif name == sent:
+                    problems.append((loc, f"'{name}' cannot fall back to itself"))
+        if problems:
+            raise LocatedErrors(problems)
+        return self
 
     @model_validator(mode="after")
     def _owners_are_sent_to(self) -> Route:
@@ -417,4 +460,7 @@ class Route(Strict):
             mode=self.mode,
             expect=self.expect.spec() if self.expect else None,
             priors=self.priors.spec() if self.priors else None,
+            fallback_to=tuple(
+                (vendor, tuple(order)) for vendor, order in self.fallback_orders().items()
+            ),
         )

@@ -5,16 +5,17 @@ has counted in its current period (``used``, by contract name, or ``name@site``
 for a quota each site counts apart; the store's counters). For each delivery a
 route would make, :func:`judge` finds the product's contract in force on the
 site's date for the study's site and checks the dates, the site, the ordering
-department and the quota. When the contract does not cover the
-study its configured action applies: ``fallback`` (the first other vendor of
-the same kind whose contract covers it), ``shadow``, ``bill`` (per use, with an
-alert), ``stop``. A product whose certificate is missing or expired, or whose
+department and the quota. When the contract does not cover the study its
+configured action applies: ``fallback`` (the first vendor of the route's
+``fallback_to`` order whose contract covers it, or without one the first other
+vendor of the same kind), ``shadow``, ``bill`` (per use, with an alert),
+``stop``. A product whose certificate is missing or expired, or whose
 vendor is ``mode: shadow``, is sent in shadow mode. Pure: no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 
@@ -141,11 +142,14 @@ def judge(
     used: Mapping[str, int],
     taken: Collection[str] = (),
     site: str | None = None,
+    order: Sequence[str] = (),
 ) -> Verdict:
     """Whether ``vendor`` gets the study under its contract, or whom its action sends it to.
 
     ``kinds`` maps every vendor (in configuration order) to its kind; ``taken`` names
-    vendors a fallback must not pick (they have the study already).
+    vendors a fallback must not pick (they have the study already); ``order`` is the
+    route's fallback order for ``vendor`` (``fallback_to``): a fallback tries those
+    vendors, in that order, whatever their kind, instead of the vendors of its kind.
     """
     product = products.get(vendor)
     check = check_contract(product, day, department, used, site)
@@ -157,19 +161,27 @@ def judge(
         return Verdict(vendor, None, f"{vendor}: not sent: {check} ({setting}: stop)")
     if action is ContractAction.FALLBACK:
         kind = kinds.get(vendor, vendor)
-        for other, other_kind in kinds.items():
-            if other == vendor or other_kind != kind or other in taken:
+        named = f"fallback_to: {', '.join(order)}"
+        tried = order or [other for other, other_kind in kinds.items() if other_kind == kind]
+        for other in tried:
+            if other == vendor or other in taken:
                 continue
             other_product = products.get(other)
             found = check_contract(other_product, day, department, used, site)
             if found is None or found.covers:
                 terms = _terms(other_product, found, day)
-                return Verdict(other, terms, f"{vendor}: {check}: fallback to {other}", vendor)
+                why = f"{vendor}: {check}: fallback to {other}" + (f" ({named})" if order else "")
+                return Verdict(other, terms, why, vendor)
+        nobody = (
+            f"none of {', '.join(order)} (the route's fallback_to)"
+            if order
+            else f"no other vendor of kind '{kind}'"
+        )
         return Verdict(
             vendor,
             None,
-            f"{vendor}: not sent: {check} ({setting}: fallback, but no other vendor of kind "
-            f"'{kind}' has a contract that covers the study)",
+            f"{vendor}: not sent: {check} ({setting}: fallback, but {nobody} has a contract "
+            "that covers the study)",
         )
     base = _terms(product, check, day)
     if action is ContractAction.SHADOW:

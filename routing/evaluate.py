@@ -302,6 +302,7 @@ def decide_facts(
                     used=used or {},
                     taken={*sent_by, *spec.send},
                     site=study.site,
+                    order=spec.fallback_order(vendor),
                 )
                 if verdict.terms is None or verdict.instead_of is not None:
                     skipped.append(Skip(spec.name, vendor, SkipReason.CONTRACT, detail=verdict.why))

@@ -208,6 +208,13 @@ class RouteSpec:
     mode: Mode = Mode.LIVE
     """``shadow``: every delivery of the route runs in shadow mode (nothing written back)."""
     priors: PriorsAsked | None = None
+    fallback_to: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Per vendor of ``send``: the vendors a contract's ``fallback`` tries, in this order
+    (none named: the other vendors of its kind)."""
+
+    def fallback_order(self, vendor: str) -> tuple[str, ...]:
+        """The vendors a contract's fallback for ``vendor`` tries on this route, in order."""
+        return next((order for sent, order in self.fallback_to if sent == vendor), ())
 
 
 def leaves(node: Condition | Conditions) -> list[Leaf]:

@@ -98,6 +98,76 @@ def test_no_fallback_vendor_with_a_covering_contract_means_not_sent() -> None:
     assert "no other vendor of kind 'lung-nodule-ct'" in str(skip)
 
 
+def _ordered_rules(fallback_to: Any) -> RuleSet:
+    """lunga's package (used up: fallback), lungb of its kind and lungc of another kind on
+    trials; the route names its fallback order."""
+    vendors = {
+        "lunga": _vendor("LUNGA"),
+        "lungb": _vendor("LUNGB"),
+        "lungc": _vendor("LUNGC", kind="chest-ct"),
+    }
+    route = {"name": "chest", "when": {"modality": "CT"}, "send": ["lunga"]}
+    contracts = {
+        "a-2026": PACKAGE,
+        "b-trial": {"vendor": "lungb", "kind": "trial", "quota": 100},
+        "c-trial": {"vendor": "lungc", "kind": "trial", "quota": 5},
+    }
+    settings = _settings(contracts, vendors, routes=[route | {"fallback_to": fallback_to}])
+    return routing_rules(settings)
+
+
+@pytest.mark.parametrize(
+    "fallback_to", [["lungc", "lungb"], {"lunga": ["lungc", "lungb"]}], ids=["list", "per-vendor"]
+)
+def test_a_routes_fallback_order_is_tried_first_to_last(fallback_to: Any) -> None:
+    """``fallback_to: [lungc, lungb]``: the used-up package falls back to lungc although
+    lungb is of its kind (explain names the order); with lungc's trial used up too, to
+    lungb; the package covering the study, to lunga itself."""
+    rules = _ordered_rules(fallback_to)
+    (dispatch,) = decide(rules, study(), CHEST, NOW, used={"a-2026": 3}).dispatches
+    assert (dispatch.vendor, dispatch.instead_of) == ("lungc", "lunga")
+    assert dispatch.terms.contract == "c-trial" and dispatch.terms.charge is UseCharge.TRIAL
+    text = report(rules, study(), CHEST, NOW, used={"a-2026": 3}).text()
+    assert "used up: fallback to lungc (fallback_to: lungc, lungb)" in text
+    (second,) = decide(rules, study(), CHEST, NOW, used={"a-2026": 3, "c-trial": 5}).dispatches
+    assert (second.vendor, second.terms.contract) == ("lungb", "b-trial")
+    (own,) = decide(rules, study(), CHEST, NOW, used={"a-2026": 2}).dispatches
+    assert (own.vendor, own.instead_of) == ("lunga", None)
+
+
+def test_a_fallback_order_whose_vendors_all_refuse_sends_nothing() -> None:
+    """Every vendor of ``fallback_to`` without a covering contract: not sent, and the skip
+    names the route's order rather than the vendor's kind."""
+    rules = _ordered_rules(["lungb"])
+    decision = decide(rules, study(), CHEST, NOW, used={"a-2026": 3, "b-trial": 100})
+    # lungc's trial would cover the study, but it is not in the route's order
+    assert not decision.dispatches
+    (skip,) = decision.skipped
+    assert "none of lungb (the route's fallback_to) has a contract" in str(skip)
+
+
+def test_a_fallback_order_names_known_vendors_of_the_route() -> None:
+    """Unknown vendors, a vendor not on the route, a repeat and a vendor falling back to
+    itself are configuration errors at their place."""
+    route = {"name": "chest", "when": {"modality": "CT"}, "send": ["lunga"]}
+    bad = [
+        route | {"fallback_to": ["lungx"]},
+        route | {"fallback_to": {"lungb": ["lunga"]}},
+        route | {"fallback_to": ["lungb", "lungb"]},
+        route | {"fallback_to": {"lunga": ["lunga"]}},
+    ]
+    wanted = [
+        "unknown vendor 'lungx'",
+        "'lungb' is not a vendor of this route; valid: lunga",
+        "vendor 'lungb' is listed twice",
+        "'lunga' cannot fall back to itself",
+    ]
+    for given, message in zip(bad, wanted, strict=True):
+        with pytest.raises(ValidationError) as caught:
+            _settings({}, routes=[given])
+        assert message in str(caught.value)
+
+
 @pytest.mark.parametrize("order", [ENT, None], ids=["other-department", "no-order"])
 def test_a_department_not_allowed_is_not_sent_and_explain_says_why(order: Order | None) -> None:
     """A department outside ``departments`` (or no order to say) stops the delivery."""
