@@ -1,5 +1,5 @@
 """``/api/v1/usage``: delivered studies per vendor, product, site and day for settlement
-(JSON or CSV), and each vendor's trial quota use."""
+(JSON or CSV). ``/usage/quotas`` is the old name of ``/api/v1/contracts``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from adapters.api.contracts import ContractOut, contracts
 from adapters.api.deps import State, Viewer, parse_day, site_scoped
 from adapters.api.responses import invalid
 from broker.store.usage import report_csv
@@ -43,15 +44,6 @@ class UsageLineOut(BaseModel):
     payer: str | None = None
     price_code: str | None = None
     province: str | None = None
-
-
-class QuotaOut(BaseModel):
-    vendor: str
-    trial_quota: int
-    trial_used: int
-    queued: int
-    remaining: int
-    when_quota_used: str
 
 
 @router.get(
@@ -94,22 +86,13 @@ def usage_report(
     return [UsageLineOut(**line.as_json()) for line in lines]
 
 
-@router.get("/quotas", response_model=list[QuotaOut], summary="Trial quota use per vendor")
-def quotas(api: State, _who: Viewer) -> list[QuotaOut]:
-    out = []
-    for name, vendor in sorted(api.settings.vendors.items()):
-        billing = vendor.billing
-        if billing is None or billing.trial_quota is None:
-            continue
-        use = api.usage.quota_use(name)
-        out.append(
-            QuotaOut(
-                vendor=name,
-                trial_quota=billing.trial_quota,
-                trial_used=use.used,
-                queued=use.queued,
-                remaining=max(billing.trial_quota - use.used, 0),
-                when_quota_used=billing.when_quota_used.value,
-            )
-        )
-    return out
+@router.get(
+    "/quotas",
+    response_model=list[ContractOut],
+    deprecated=True,
+    summary="Old name of /contracts (trial quotas are contracts)",
+)
+def quotas(api: State, who: Viewer) -> list[ContractOut]:
+    """The same answer as ``GET /api/v1/contracts``: a vendor's ``billing:`` trial quota is
+    its trial contract there, with its use. Kept for existing clients."""
+    return contracts(api, who)

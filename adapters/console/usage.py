@@ -85,25 +85,10 @@ def usage(
     month: Annotated[str | None, Query(max_length=7)] = None,
 ) -> Response:
     """The month's deliveries per vendor product: studies, billable, trial, package, amount;
-    the contracts with their use and the day each package runs out; trial quotas."""
+    the contracts with their use and the day each package runs out (a vendor's ``billing:``
+    trial quota is its contract, as in ``GET /api/v1/contracts``)."""
     first, last, problem = _month(month, console.today(), translator(request))
     lines = console.usage.report(first, last, sites=who.sites)
-    quotas = []
-    for name, vendor in sorted(console.settings.vendors.items()):
-        billing = vendor.billing
-        if billing is None or billing.trial_quota is None or who.sites is not None:
-            continue
-        use = console.usage.quota_use(name)
-        quotas.append(
-            {
-                "vendor": name,
-                "quota": billing.trial_quota,
-                "used": use.used,
-                "queued": use.queued,
-                "remaining": max(billing.trial_quota - use.used, 0),
-                "then": billing.when_quota_used.value,
-            }
-        )
     label = f"{first:%Y-%m}"
     contracts = contract_statuses(
         console.settings, ContractStore(console.engine), datetime.now(UTC), who.sites
@@ -119,7 +104,6 @@ def usage(
             "problem": problem,
             "totals": per_vendor(lines, label),
             "days": lines,
-            "quotas": quotas,
         },
     )
 

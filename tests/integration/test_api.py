@@ -263,7 +263,8 @@ def _results_carry_the_products_regulatory_data(api: Api) -> None:
 
 
 def test_usage_vendors_health_and_metrics(api: Api) -> None:
-    """Usage as JSON and CSV, quota use, vendor status, healthz/readyz and Prometheus text."""
+    """Usage as JSON and CSV, trial quota use (``/usage/quotas``: the old name of
+    ``/contracts``, deprecated), vendor status, healthz/readyz and Prometheus text."""
     jobs = JobStore(api.engine)
     for job_id in (1, 2):
         jobs.claim(job_id, now=T0)
@@ -274,8 +275,9 @@ def test_usage_vendors_health_and_metrics(api: Api) -> None:
     csv_text = api.get(f"{API}/usage", format="csv", **{"from": "2024-05-01", "to": "2024-05-01"})
     assert csv_text.headers["content-type"].startswith("text/csv")
     assert csv_text.text.splitlines()[1].startswith("lungai,CT lung nodule,General,2024-05-01,")
-    [quota] = api.get(f"{API}/usage/quotas").json()
-    assert (quota["trial_used"], quota["remaining"]) == (1, 0)
+    [quota] = api.get(f"{API}/usage/quotas").json()  # the old name of /contracts
+    assert quota == api.get(f"{API}/contracts").json()[0]
+    assert (quota["name"], quota["kind"], quota["quota"]) == ("lungai", "trial", 1)
     [vendor] = api.get(f"{API}/vendors").json()
     assert vendor["queue_depth"] == 28 and vendor["sent_24h"] == 0
     assert vendor["last_success_at"].startswith("2024-05-01T08:00")
@@ -293,4 +295,5 @@ def test_usage_vendors_health_and_metrics(api: Api) -> None:
     assert "radbridge_delivery_latency_seconds_bucket" in text or "radbridge_errors" in text
     schema = api.get("/openapi.json").json()  # "testclient" is not loopback: a token
     assert "/api/v1/jobs/{job_id}/retry" in schema["paths"]
+    assert schema["paths"]["/api/v1/usage/quotas"]["get"]["deprecated"] is True
     assert not any(p.startswith("/fhir") for p in schema["paths"])
