@@ -32,6 +32,7 @@ from broker.model.deid import MIN_SECRET, SECRET_VARIABLE, Deidentify
 from broker.model.errors import did_you_mean
 from broker.model.logging import LogFile
 from broker.model.priors import PRIOR_SOURCES, PriorsPolicy
+from broker.model.signed_links import LinkPurpose
 from broker.model.sites import SiteDirectory
 from broker.model.vendor import TransportContext
 from config.base import (
@@ -193,10 +194,13 @@ class Http(Strict):
     tls: TLS | None = None
     """HTTPS: ``certificate`` and ``private_key`` (PEM; ``key_password`` from the
     environment); ``ca_certificates`` + ``require_client_certificate`` ask clients for one."""
+    link_secret: SecretStr | None = None
+    """Signs every link people open from a message without logging in: the one-click
+    verdict links of notifications and the acknowledgement links of critical results
+    (:mod:`broker.model.signed_links`; from the environment only:
+    ``RADBRIDGE_HTTP__LINK_SECRET``, at least 32 characters). Unset: no links."""
     verdict_link_secret: SecretStr | None = None
-    """Signs the one-click verdict links notifications carry (HMAC-SHA256; from the
-    environment only: ``RADBRIDGE_HTTP__VERDICT_LINK_SECRET``, at least 32 characters).
-    Unset: no links."""
+    """Deprecated: the verdict links' own secret before ``link_secret`` (still read)."""
     verdict_link_days: Annotated[int, Field(ge=1, le=90)] = 14
     """How long a verdict link stays valid."""
 
@@ -213,7 +217,7 @@ class Http(Strict):
                 ) from None
         return value
 
-    @field_validator("verdict_link_secret")
+    @field_validator("link_secret", "verdict_link_secret")
     @classmethod
     def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 32:
@@ -851,6 +855,37 @@ class Settings(Strict):
         """The ``http`` block, or its defaults."""
         return self.http or Http()
 
+    def link_secret(self, purpose: LinkPurpose) -> str | None:
+        """The secret links for ``purpose`` are signed with: ``http.link_secret``, else the
+        purpose's older setting (``http.verdict_link_secret``, ``critical.link_secret``);
+        None: no such links."""
+        http = self.http_settings()
+        older = (
+            http.verdict_link_secret
+            if purpose is LinkPurpose.VERDICT
+            else self.critical.link_secret
+        )
+        secret = http.link_secret or older
+        return secret.get_secret_value() if secret is not None else None
+
+    def deprecations(self) -> list[str]:
+        """Settings that still work but have a newer name, each with what to use instead."""
+        notes = []
+        wins = " (http.link_secret is set and wins)" if self.http_settings().link_secret else ""
+        older = {
+            "http.verdict_link_secret (RADBRIDGE_HTTP__VERDICT_LINK_SECRET)": (
+                self.http_settings().verdict_link_secret
+            ),
+            "critical.link_secret (RADBRIDGE_CRITICAL__LINK_SECRET)": self.critical.link_secret,
+        }
+        for name, value in older.items():
+            if value is not None:
+                notes.append(
+                    f"{name} is deprecated; use http.link_secret (RADBRIDGE_HTTP__LINK_SECRET): "
+                    f"one secret signs the verdict and acknowledgement links{wins}"
+                )
+        return notes
+
     def http_server_wanted(self) -> bool:
         """Whether radbridge serves HTTP: an ``http`` block, a vendor whose transport pulls
         over it, or a vendor with a results token (STOW-RS, findings callback)."""
@@ -895,6 +930,7 @@ SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
     ("targets", "*", "token"),
     ("notifications", "webhook", "token"),
     ("critical", "link_secret"),
+    ("http", "link_secret"),
     ("critical", "channels", "*", "token"),
     ("vendors", "*", "results", "token"),
     ("privacy", "pseudonym_secret"),

@@ -22,6 +22,7 @@ from broker.model.critical import ACK_ROLE, AckVia, CaseState, CaseStateError, C
 from broker.model.critical_link import AckClaim, AckLinkError, verify
 from broker.model.domain import Role
 from broker.model.errors import NotFoundError
+from broker.model.signed_links import LinkPurpose
 from broker.store.critical import CriticalStore
 from broker.store.users import Session
 
@@ -138,12 +139,12 @@ def acknowledge(
 
 def _claim(request: Request, console: State, token: str) -> AckClaim | Response:
     _ = translator(request)
-    block = console.settings.critical
-    if block.link_secret is None:
+    secret = console.settings.link_secret(LinkPurpose.CRITICAL_ACK)
+    if secret is None:
         message = _("acknowledgement links are not enabled here")
         return render(request, "error.html", {"title": _("Link"), "message": message}, status=404)
     try:
-        return verify(token, block.link_secret.get_secret_value(), block.link_valid_for)
+        return verify(token, secret, console.settings.critical.link_valid_for)
     except AckLinkError as exc:
         return render(request, "error.html", {"title": _("Link"), "message": str(exc)}, status=403)
 

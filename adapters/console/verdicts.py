@@ -18,6 +18,7 @@ from adapters.api.auth import site_scoped
 from adapters.console.auth import COOKIE, Reader, State, peer_of, safe_next
 from adapters.console.views import render, translator
 from broker.model.errors import NotFoundError
+from broker.model.signed_links import LinkPurpose
 from broker.model.verdicts import (
     Verdict,
     VerdictError,
@@ -76,12 +77,12 @@ def give_verdict(
 
 
 def _link(request: Request, console: State, token: str) -> VerdictLink | Response:
-    secret = console.settings.http.verdict_link_secret if console.settings.http else None
+    secret = console.settings.link_secret(LinkPurpose.VERDICT)
     if secret is None:
-        message = "verdict links are off here (no http.verdict_link_secret)"
+        message = "verdict links are off here (no http.link_secret)"
         return _problem(request, message, 404)
     try:
-        return read_verdict_link(secret.get_secret_value(), token)
+        return read_verdict_link(secret, token)
     except (VerdictError, ValueError) as exc:
         message = str(exc) if isinstance(exc, VerdictError) else "this verdict link is not valid"
         return _problem(request, message, 404)

@@ -47,8 +47,11 @@ FileArgument = Annotated[
 
 @app.command("check")
 def config_check(file: FileArgument = None, config: ConfigOption = None) -> None:
-    """Validate a configuration file: prints OK, or every problem with FILE:LINE."""
+    """Validate a configuration file: prints OK (and a note per deprecated setting in use),
+    or every problem with FILE:LINE."""
     settings = settings_or_exit(file or config)
+    for note in settings.deprecations():
+        err.print(f"deprecated: {note}", markup=False, highlight=False)
     out.print(f"OK: {file or config} (site {settings.site.name!r})", highlight=False)
 
 

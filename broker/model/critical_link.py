@@ -1,24 +1,21 @@
-"""Signed acknowledgement links: one case, one contact, expiring (itsdangerous, HMAC-SHA256).
+"""Signed acknowledgement links: one case, one contact, expiring (:mod:`.signed_links`).
 
 A notification carries ``{link_base}/console/critical/ack/{token}``; the token
-names the case and the contact it was sent to, is signed with
-``critical.link_secret`` (from the environment only) and expires after
-``critical.link_valid_for``. Opening the link shows the case and asks for the
-name of the person who acknowledges; only the POST of that form acknowledges
-(messengers open links to preview them). A token acknowledges its own case only.
+names the case and the contact it was sent to, is signed with radbridge's link
+secret (``http.link_secret``, from the environment only; the older
+``critical.link_secret`` is still read) and expires after ``critical.link_valid_for``.
+Opening the link shows the case and asks for the name of the person who acknowledges;
+only the POST of that form acknowledges (messengers open links to preview them). A token
+acknowledges its own case only.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-
 from broker.model.errors import RadbridgeError
+from broker.model.signed_links import LinkPurpose, SignedLinkError, read_link, sign_link
 
-#: Keeps these tokens apart from anything else the same secret might sign.
-SALT = "radbridge.critical.ack"
 #: Where the console serves the link (under the console's mount point).
 LINK_PATH = "/console/critical/ack/"
 
@@ -36,28 +33,23 @@ class AckClaim:
     level: int
 
 
-def _serializer(secret: str) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(
-        secret, salt=SALT, signer_kwargs={"digest_method": hashlib.sha256}
-    )
-
-
 def sign(claim: AckClaim, secret: str) -> str:
     """A URL-safe token for ``claim``, stamped now."""
-    return str(_serializer(secret).dumps([claim.case_id, claim.contact, claim.level]))
+    return sign_link(secret, LinkPurpose.CRITICAL_ACK, [claim.case_id, claim.contact, claim.level])
 
 
 def verify(token: str, secret: str, max_age: float) -> AckClaim:
     """The claim of a valid token no older than ``max_age`` seconds; else :class:`AckLinkError`."""
     try:
-        case_id, contact, level = _serializer(secret).loads(token, max_age=int(max_age))
-    except SignatureExpired as exc:
-        raise AckLinkError("this acknowledgement link has expired") from exc
-    except (BadSignature, ValueError, TypeError) as exc:
+        payload, _signed = read_link(secret, LinkPurpose.CRITICAL_ACK, token, max_age=max_age)
+    except SignedLinkError as exc:
+        if exc.expired:
+            raise AckLinkError("this acknowledgement link has expired") from exc
         raise AckLinkError("this acknowledgement link is not valid") from exc
-    if not isinstance(case_id, int) or not isinstance(contact, str) or not isinstance(level, int):
-        raise AckLinkError("this acknowledgement link is not valid")
-    return AckClaim(case_id, contact, level)
+    match payload:
+        case [int(case_id), str(contact), int(level)]:
+            return AckClaim(case_id, contact, level)
+    raise AckLinkError("this acknowledgement link is not valid")
 
 
 def link(base: str, token: str) -> str:

@@ -6,21 +6,20 @@ from 0, as in ``findings[0]`` of the JSON schema); its code as ``SYSTEM:VALUE``
 (:func:`code_key`) is what statistics group by.
 
 One-click links: :func:`sign_verdict_link` makes a token that carries a result, a finding, a
-verdict and an expiry, signed with HMAC-SHA256 under a secret from the environment, so a
-notification can carry "accept" and "reject" links that need no login;
-:func:`read_verdict_link` checks one (its signature first, then its expiry).
+verdict and an expiry, signed by radbridge's one link signer (:mod:`.signed_links`) under
+the link secret from the environment, so a notification can carry "accept" and "reject"
+links that need no login; :func:`read_verdict_link` checks one (its signature first, then
+its expiry).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from broker.model.domain import Code, CodedValue
 from broker.model.errors import RadbridgeError
+from broker.model.signed_links import LinkPurpose, SignedLinkError, read_link, sign_link
 
 
 class Verdict(CodedValue):
@@ -78,27 +77,26 @@ class VerdictLink:
     expires: datetime
 
 
-def _mac(secret: str, payload: str) -> str:
-    digest = hmac.new(secret.encode(), payload.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest[:24]).decode().rstrip("=")
-
-
 def sign_verdict_link(secret: str, link: VerdictLink) -> str:
-    """The token of a one-click link: ``RESULT.FINDING.VERDICT.EXPIRY.SIGNATURE``."""
-    payload = f"{link.result_id}.{link.finding_index}.{link.verdict.value}."
-    payload += str(int(link.expires.timestamp()))
-    return f"{payload}.{_mac(secret, payload)}"
+    """The token of a one-click link: result, finding, verdict and expiry, signed."""
+    payload = [link.result_id, link.finding_index, link.verdict.value]
+    return sign_link(secret, LinkPurpose.VERDICT, [*payload, int(link.expires.timestamp())])
 
 
 def read_verdict_link(secret: str, token: str, now: datetime | None = None) -> VerdictLink:
     """The link a token carries; :class:`VerdictError` when it is forged, damaged or expired."""
-    payload, _, signature = token.rpartition(".")
-    if not payload or not hmac.compare_digest(signature.encode(), _mac(secret, payload).encode()):
-        raise VerdictError("this verdict link is not valid (damaged, or not made by radbridge)")
-    result, finding, verdict, expiry = payload.split(".")
-    link = VerdictLink(
-        int(result), int(finding), Verdict(verdict), datetime.fromtimestamp(int(expiry), UTC)
-    )
+    invalid = "this verdict link is not valid (damaged, or not made by radbridge)"
+    try:
+        payload, _signed = read_link(secret, LinkPurpose.VERDICT, token)
+    except SignedLinkError as exc:
+        raise VerdictError(invalid) from exc
+    match payload:
+        case [int(result), int(finding), str(verdict), int(expiry)] if verdict in set(Verdict):
+            link = VerdictLink(
+                result, finding, Verdict(verdict), datetime.fromtimestamp(expiry, UTC)
+            )
+        case _:
+            raise VerdictError(invalid)
     if link.expires <= (now or datetime.now(UTC)):
         raise VerdictError("this verdict link has expired; give the verdict in the console")
     return link

@@ -33,6 +33,7 @@ from broker.model.errors import ConfigError
 from broker.model.logging import get_logger
 from broker.model.mode import Mode, shadow_of
 from broker.model.priors import PriorsPolicy
+from broker.model.signed_links import LinkPurpose
 from broker.model.sites import SITE_TARGET_PREFIX, SiteDirectory, site_target
 from broker.model.target import TARGETS, TargetSettings
 from broker.model.vendor import VENDOR_TARGET_TYPE, VendorTransport, vendor_target
@@ -116,7 +117,7 @@ def target_specs(settings: Settings) -> dict[str, TargetSpec]:
 def critical_policy(settings: Settings) -> CriticalPolicy:
     """The ``critical`` block as the write-back stage and the critical desk use it."""
     block = settings.critical
-    secret = block.link_secret.get_secret_value() if block.link_secret is not None else None
+    secret = settings.link_secret(LinkPurpose.CRITICAL_ACK)
 
     def contacts(listed: Sequence[ContactSettings]) -> tuple[Contact, ...]:
         wait = block.escalate_after
@@ -288,9 +289,9 @@ class Snapshot:
     @property
     def verdict_links(self) -> VerdictLinks | None:
         http = self.settings.http
-        if http is None or http.verdict_link_secret is None:
+        secret = self.settings.link_secret(LinkPurpose.VERDICT)
+        if http is None or secret is None:
             return None
-        secret = http.verdict_link_secret.get_secret_value()
         return VerdictLinks(secret, http.base_url(), http.verdict_link_days)
 
     # ------------------------------------------------------------ life

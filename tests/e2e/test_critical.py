@@ -226,7 +226,7 @@ def desk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desk]:
         config = _config(folder / "rb", vendor, volume, sms, wecom)
         config["dicom"]["listen"]["port"] = rb_port
         rb = Radbridge(folder / "rb", config)
-        rb.env["RADBRIDGE_CRITICAL__LINK_SECRET"] = secrets.token_urlsafe(32)
+        rb.env["RADBRIDGE_HTTP__LINK_SECRET"] = secrets.token_urlsafe(32)  # signs every link
         try:
             rb.start()
             tokens = {

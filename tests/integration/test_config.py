@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from broker.model.errors import ConfigError
+from broker.model.signed_links import LinkPurpose
 from config.loader import config_path, load_settings
 from config.schema import AERole
 from tests import cli_fork
@@ -471,3 +472,35 @@ def test_http_on_all_interfaces_needs_a_public_url(tmp_path: Path) -> None:
     assert load_settings(_write(tmp_path, ok), environ={}).http_settings().base_url() == (
         "https://radbridge.hospital.example"
     )
+
+
+def test_one_link_secret_signs_both_links_and_the_older_ones_are_deprecated(
+    tmp_path: Path,
+) -> None:
+    """``RADBRIDGE_HTTP__LINK_SECRET`` signs verdict and acknowledgement links alike; the
+    older ``http.verdict_link_secret`` and ``critical.link_secret`` still work, each for its
+    own links, and `radbridge config check` accepts them with a deprecation note each."""
+    path = _write(tmp_path, VALID)
+    new, verdict, ack = "n" * 40, "v" * 40, "a" * 40
+    one = load_settings(path, {"RADBRIDGE_HTTP__LINK_SECRET": new})
+    assert one.link_secret(LinkPurpose.VERDICT) == one.link_secret(LinkPurpose.CRITICAL_ACK) == new
+    assert one.deprecations() == []
+    older = {"RADBRIDGE_HTTP__VERDICT_LINK_SECRET": verdict, "RADBRIDGE_CRITICAL__LINK_SECRET": ack}
+    two = load_settings(path, older)
+    assert (two.link_secret(LinkPurpose.VERDICT), two.link_secret(LinkPurpose.CRITICAL_ACK)) == (
+        verdict,
+        ack,
+    )
+    both = load_settings(path, {**older, "RADBRIDGE_HTTP__LINK_SECRET": new})
+    assert both.link_secret(LinkPurpose.CRITICAL_ACK) == new
+    assert load_settings(path, {}).link_secret(LinkPurpose.VERDICT) is None
+    run = _check(tmp_path, "radbridge.yaml", env=_env(**older))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("OK: radbridge.yaml")
+    notes = _flat(run.stderr)
+    assert "deprecated: http.verdict_link_secret (RADBRIDGE_HTTP__VERDICT_LINK_SECRET)" in notes
+    assert "deprecated: critical.link_secret (RADBRIDGE_CRITICAL__LINK_SECRET)" in notes
+    assert notes.count("use http.link_secret (RADBRIDGE_HTTP__LINK_SECRET)") == 2
+    in_yaml = VALID + f"http:\n  link_secret: {new}\n"
+    (problem,) = _problems(_write(tmp_path / "yaml", in_yaml))
+    assert "RADBRIDGE_HTTP__LINK_SECRET" in problem

@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from broker.model.critical_link import AckClaim, AckLinkError, sign, verify
 from broker.model.domain import PHI_ROLE, VERDICT_ROLE, Role
+from broker.model.signed_links import LinkPurpose, read_link
 from broker.model.verdicts import (
     Verdict,
     VerdictError,
@@ -32,12 +34,15 @@ def test_a_signed_link_reads_back_until_it_expires() -> None:
 
 
 def test_a_changed_link_or_another_secret_is_refused() -> None:
-    """Changing the verdict, the result or the signature, or checking under another secret,
+    """Changing the payload (verdict, result) or the signature, signing the other verdict's
+    payload with the stamp and signature of this one, or checking under another secret,
     fails the signature."""
     token = sign_verdict_link(SECRET, VerdictLink(12, 0, Verdict.ACCEPTED, NOW + timedelta(1)))
+    other = sign_verdict_link(SECRET, VerdictLink(12, 0, Verdict.REJECTED, NOW + timedelta(1)))
+    payload, rest = token.split(".", 1)
     for forged in (
-        token.replace(".accepted.", ".rejected."),
-        "13" + token[2:],
+        other.split(".", 1)[0] + "." + rest,
+        ("A" if payload[0] != "A" else "B") + token[1:],
         token[:-1] + ("A" if token[-1] != "A" else "B"),
         "",
     ):
@@ -45,6 +50,20 @@ def test_a_changed_link_or_another_secret_is_refused() -> None:
             read_verdict_link(SECRET, forged, NOW)
     with pytest.raises(VerdictError):
         read_verdict_link("t" * 40, token, NOW)
+
+
+def test_one_signer_keeps_verdict_and_acknowledgement_links_apart() -> None:
+    """Both links are made by one signer under one secret, but a token made for one
+    purpose never reads as the other: a verdict token is not an acknowledgement token."""
+    verdict = sign_verdict_link(SECRET, VerdictLink(7, 0, Verdict.ACCEPTED, NOW + timedelta(1)))
+    ack = sign(AckClaim(7, "Dr. Li", 0), SECRET)
+    assert verify(ack, SECRET, 3600) == AckClaim(7, "Dr. Li", 0)
+    with pytest.raises(AckLinkError, match="not valid"):
+        verify(verdict, SECRET, 3600)
+    with pytest.raises(VerdictError, match="not valid"):
+        read_verdict_link(SECRET, ack, NOW)
+    payload, signed = read_link(SECRET, LinkPurpose.VERDICT, verdict)
+    assert payload[:3] == [7, 0, "accepted"] and signed.tzinfo is not None
 
 
 def test_links_of_a_result_name_each_finding_twice() -> None:
