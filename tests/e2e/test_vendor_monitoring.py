@@ -321,7 +321,11 @@ def test_verdicts_from_the_api_and_the_one_click_link_are_recorded_and_audited(
         assert page.status_code == 200 and "Fracture of skull" in page.text
         history = httpx.get(f"{url}/verdicts", headers=reader).json()
         assert [v["finding_index"] for v in history] == [0, 0]  # opening recorded nothing
-        tampered = links["accepted"].replace(".accepted.", ".rejected.")
+        # the reject link's payload under the accept link's stamp and signature
+        base, accepted = links["accepted"].rsplit("/", 1)
+        rejected = links["rejected"].rsplit("/", 1)[1]
+        tampered = f"{base}/{rejected.split('.')[0]}.{accepted.split('.', 1)[1]}"
+        assert tampered not in links.values()
         assert browser.post(tampered).status_code == 404
         done = browser.post(links["accepted"], data={"comment": ""})
         assert done.status_code == 200 and 'id="verdict-recorded"' in done.text
