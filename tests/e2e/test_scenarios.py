@@ -8,11 +8,16 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 
+from adapters.dicom.synthetic import generate_study
 from adapters.harness.process import nodelay_env, radbridge_command
+from adapters.harness.products import Presence, ProductKind, make_sr
 from adapters.harness.scenario import ScenarioError, Status, load_scenario
 from adapters.harness.scenario.junit import junit_xml
 from adapters.harness.scenario.runner import Outcome, ScenarioReport
+from adapters.results.sr import SourceStudy
+from adapters.results.sr_read import findings_from_sr
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted((ROOT / "examples" / "scenarios").glob("*.yaml"))
@@ -181,3 +186,52 @@ def test_junit_xml_has_a_suite_per_scenario_and_a_case_per_step() -> None:
     assert failure is not None
     assert failure.get("message") == "it is dead"
     assert failure.text == "it is dead\n\nlog"
+
+
+DISAGREEING = """\
+name: disagreeing
+simulators:
+  vendors:
+    lungthree: {product: lung-nodule-ct, findings: {"SCT:36118008": absent}}
+studies:
+  s1: {kind: ct_chest, accession: A1}
+expect:
+  - {study_flags: {study: s1, flags: [discordnt]}}
+  - {webhook_receives: {study: s1, event: discordant}}
+"""
+
+
+def test_a_disagreeing_vendor_says_absent_in_its_sr_and_bad_uses_are_located(
+    tmp_path: Path,
+) -> None:
+    """``findings: {CODE: absent}`` makes the simulated product's SR say the nodules are
+    absent (read back by radbridge's own SR reader), the other codes untouched; a code the
+    product does not report, an unknown flag and a webhook expectation without a webhook
+    are problems at their lines."""
+    files = generate_study("ct_chest", tmp_path / "study", instances=4, rows=32, columns=32)
+    source = SourceStudy.from_datasets([dcmread(f, stop_before_pixels=True) for f in files])
+    told = {"SCT:786838002": Presence.ABSENT}
+    sr = make_sr(ProductKind.LUNG_NODULE_CT, source, result_id="r1", overrides=told)
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    found = findings_from_sr(dcmread(tmp_path / "sr.dcm"))
+    assert found is not None
+    assert [(f.code.value, f.present) for f in found.findings] == [("786838002", False)]
+    plain = make_sr(ProductKind.LUNG_NODULE_CT, source, result_id="r2")
+    plain.save_as(tmp_path / "plain.dcm", enforce_file_format=True)
+    again = findings_from_sr(dcmread(tmp_path / "plain.dcm"))
+    assert again is not None and [f.present for f in again.findings] == [True, True]
+    path = tmp_path / "disagreeing.yaml"
+    path.write_text(DISAGREEING)
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    problems = "\n".join(caught.value.problems)
+    assert f"{path}:4: simulators.vendors.lungthree.findings.SCT:36118008: lung-nodule-ct " in (
+        problems
+    )
+    assert "valid: SCT:786838002" in problems
+    assert f"{path}:8: expect.0.study_flags.flags.0: Input should be 'discordant'" in problems
+    path.write_text(DISAGREEING.replace("36118008", "786838002").replace("discordnt", "discordant"))
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"{path}:9: expect.1.webhook_receives: there is no webhook")

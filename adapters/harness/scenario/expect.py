@@ -217,7 +217,7 @@ def _study_flags(world: World, e: StudyFlags) -> Look:
     flags = list(view.get("flags") or [])
     products = sorted({str(f["provenance"]["vendor"]) for f in view.get("findings") or []})
     seen = f"{e.study} has flags {flags} (findings of {', '.join(products) or 'no product'})"
-    return Look(sorted(flags) == sorted(e.flags), seen)
+    return Look(sorted(flags) == sorted(flag.value for flag in e.flags), seen)
 
 
 def _webhook_receives(world: World, e: WebhookReceives) -> Look:
@@ -320,7 +320,7 @@ def describe(expectation: Expectation) -> str:
     elif isinstance(body, Explains):
         text = f"explain {body.study} says {body.says!r}"
     elif isinstance(body, StudyFlags):
-        text = f"{body.study} flagged {', '.join(body.flags) or 'nothing'}"
+        text = f"{body.study} flagged {', '.join(f.value for f in body.flags) or 'nothing'}"
     elif isinstance(body, WebhookReceives):
         text = f"webhook hears {body.count} {body.event} of {body.study}"
     else:  # pragma: no cover - every kind is above

@@ -56,6 +56,7 @@ from adapters.harness.products import Presence, ProductKind, finding_codes
 from adapters.harness.ris import MESSAGE_KINDS, Answer
 from adapters.harness.scenario.settings import base_config, merge
 from adapters.harness.vendor import Fault, ResultType
+from broker.model.reconciliation import StudyFlag
 from config.base import AETitle, LocatedErrors
 from config.vendors import VendorName, parse_duration
 
@@ -247,7 +248,7 @@ class StudyFlags(Model):
     (``[discordant]``: two live products disagree; ``[]``: none)."""
 
     study: str
-    flags: list[str]
+    flags: list[StudyFlag]
 
 
 class WebhookReceives(Model):
