@@ -302,7 +302,7 @@ def test_a_site_console_user_walks_every_page_and_sees_only_its_site(
         check=True,
         capture_output=True,
         env=hub.rb.env,
-        timeout=60,
+        timeout=180,  # a CLI start on a loaded machine
     )
     hub.rb.cli("users", "sites", "nurse_a", "--site", "township-a")
     page = browser.new_context().new_page()
