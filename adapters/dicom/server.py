@@ -73,6 +73,7 @@ from broker.model.identity import ConflictKind, IdentityConflictError
 from broker.model.logging import get_logger
 from broker.store import StudyStore
 from broker.store.corrections import CorrectionStore
+from broker.store.group_commit import GroupCommit
 from broker.store.notices import NoticeStore
 from broker.store.space import SpaceWatch
 from broker.store.spool import Spool
@@ -314,6 +315,7 @@ class StoreSCP:
         self.notices = NoticeSCP(lambda: self.settings, NoticeStore(store.engine), report)
         self.results = ResultIntake(lambda: self.settings, store.engine, spool)
         self.corrections = CorrectionStore(store.engine)
+        self.commits = GroupCommit(store)
         self.space = SpaceWatch(spool.root, self._min_free_bytes, interval=0.0)  # each C-STORE
 
     def _min_free_bytes(self, total: int) -> int:
@@ -380,9 +382,11 @@ class StoreSCP:
             flushing.result()
             placing = True  # from here a failure removes what was placed (unless it existed)
             with self.spool.study_lock(record.study_uid):  # a retention purge waits
-                existed = self.spool.place(tmp, final)
-                indexed = self.store.record_instance(
-                    replace(record, path=str(final)), settings.stable_seconds_for(called_ae)
+                existed, folders = self.spool.rename_into_place(tmp, final)
+                indexed = self.commits.record(  # durable with the other associations'
+                    replace(record, path=str(final)),
+                    settings.stable_seconds_for(called_ae),
+                    folders,
                 )
             if indexed.previous_path:
                 self.spool.discard(Path(indexed.previous_path))

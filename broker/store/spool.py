@@ -19,7 +19,7 @@ import hashlib
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from broker.model.errors import SpoolError
@@ -133,6 +133,14 @@ class Spool:
 
     def place(self, tmp_file: Path, final: Path) -> bool:
         """Rename a flushed file into place, durably; True if it replaced a copy."""
+        existed, folders = self.rename_into_place(tmp_file, final)
+        self.sync_folders(folders)
+        return existed
+
+    def rename_into_place(self, tmp_file: Path, final: Path) -> tuple[bool, list[Path]]:
+        """Rename a flushed file into place: whether it replaced a copy, and the folders
+        to fsync (:meth:`sync_folders`) before the rename is durable: its own, and the
+        parent of each folder it created."""
         try:
             existed = final.exists()
             created = []
@@ -142,12 +150,18 @@ class Spool:
                 parent = parent.parent
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp_file, final)
-            fsync_dir(final.parent)
-            for folder in created:  # new folders must be durable in their parents too
-                fsync_dir(folder.parent)
         except OSError as exc:
             raise SpoolError(f"cannot store {final.name} in the spool: {exc.strerror}") from exc
-        return existed
+        return existed, [final.parent, *(folder.parent for folder in created)]
+
+    @staticmethod
+    def sync_folders(folders: Iterable[Path]) -> None:
+        """fsync each folder once (renames into them become durable)."""
+        for folder in dict.fromkeys(folders):
+            try:
+                fsync_dir(folder)
+            except OSError as exc:
+                raise SpoolError(f"cannot sync the folder {folder.name}: {exc.strerror}") from exc
 
     def discard(self, path: Path) -> None:
         """Remove a file that must not stay (ignore it being gone already)."""

@@ -273,25 +273,13 @@ class StudyStore:
         UID is held in another study (:mod:`broker.store.instance_identity`).
         """
         now = rec.received_at or datetime.now(UTC)
-        due = now + timedelta(seconds=stable_seconds)
-        stmts = self._statements()
         refused: ConflictReport | None = None
         state = previous_path = None
         try:
             with writing(self.engine) as conn:
-                previous = conn.execute(stmts.previous_path, {"uid": rec.sop_instance_uid})
-                previous_path = previous.scalar_one_or_none()
-                state = conn.execute(
-                    stmts.upsert_study, _study_values(rec, now, due, stable_seconds)
-                ).scalar_one_or_none()
+                previous_path, state = self._index(conn, rec, now, stable_seconds)
                 if state is None:
                     refused = self._refuse(conn, rec, now)
-                elif (
-                    conn.execute(stmts.upsert_series, _series_values(rec)).first() is None
-                    or conn.execute(stmts.upsert_instance, _instance_values(rec, now)).first()
-                    is None
-                ):
-                    raise _MisfiledError
         except _MisfiledError:
             refused = self._refuse_misfiled(rec, now)
         except SQLAlchemyError as exc:
@@ -300,6 +288,63 @@ class StudyStore:
             raise IdentityConflictError(refused)
         if state is None:  # the study's patient changed between the two statements (a merge)
             raise StoreError("the study's patient changed while indexing; send it again")
+        return self._indexed(rec, previous_path, state)
+
+    def record_instances(
+        self, batch: Sequence[tuple[InstanceRecord, float]]
+    ) -> list[Indexed | None]:
+        """Index several durably spooled instances (each with its stable seconds) in one
+        transaction: one commit, so one sync of the database, for all of them.
+
+        Each instance is indexed under its own savepoint; one that meets a conflict (or
+        any error) is undone alone and its entry is None: :meth:`record_instance` indexes
+        it again by itself, which records and raises what it met. Raises
+        :class:`StoreError` when the transaction cannot commit (nothing is indexed).
+        """
+        done: list[tuple[str | None, str] | None] = []
+        try:
+            with writing(self.engine) as conn:
+                for rec, stable_seconds in batch:
+                    now = rec.received_at or datetime.now(UTC)
+                    savepoint = conn.begin_nested()
+                    try:
+                        previous_path, state = self._index(conn, rec, now, stable_seconds)
+                    except (_MisfiledError, SQLAlchemyError):
+                        state = None
+                    if state is None:
+                        savepoint.rollback()
+                        done.append(None)
+                    else:
+                        savepoint.commit()
+                        done.append((previous_path, state))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot index instances: {exc}") from exc
+        return [
+            None if entry is None else self._indexed(rec, *entry)
+            for (rec, _stable), entry in zip(batch, done, strict=True)
+        ]
+
+    def _index(
+        self, conn: Connection, rec: InstanceRecord, now: datetime, stable_seconds: float
+    ) -> tuple[str | None, str | None]:
+        """The index statements of one instance: its previous path and its study's state
+        (None: the study is held for another patient or site); raises
+        :class:`_MisfiledError` when its series or instance UID is held elsewhere."""
+        stmts = self._statements()
+        due = now + timedelta(seconds=stable_seconds)
+        previous = conn.execute(stmts.previous_path, {"uid": rec.sop_instance_uid})
+        previous_path = previous.scalar_one_or_none()
+        state = conn.execute(
+            stmts.upsert_study, _study_values(rec, now, due, stable_seconds)
+        ).scalar_one_or_none()
+        if state is not None and (
+            conn.execute(stmts.upsert_series, _series_values(rec)).first() is None
+            or conn.execute(stmts.upsert_instance, _instance_values(rec, now)).first() is None
+        ):
+            raise _MisfiledError
+        return previous_path, state
+
+    def _indexed(self, rec: InstanceRecord, previous_path: str | None, state: str) -> Indexed:
         if rec.series_tags is not None:
             if len(self._tagged) >= _TAGGED_MEMORY:
                 self._tagged.clear()

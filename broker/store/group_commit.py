@@ -1,0 +1,137 @@
+"""Group commit: the instances of every association of a process made durable together.
+
+Before a C-STORE is answered success, the instance's file must be in its study
+folder durably (the folder fsync'd after the rename) and its index row
+committed (one sync of the database). Done per instance, that is two syncs of
+the disk, each a journal commit of a few milliseconds, whatever the size of
+the object, and associations arriving at once queue behind each other's.
+
+:class:`GroupCommit` keeps the invariant and shares the cost: a C-STORE hands
+its renamed instance to the process's commit thread and waits. The thread
+takes every instance waiting, fsyncs each of their folders once, indexes them
+all in one transaction (a savepoint each) and commits once; then each waiting
+C-STORE is answered. While one group is being made durable the next gathers,
+so nobody waits for a timer: one association alone pays what it paid before,
+several share the syncs.
+
+An instance whose folder cannot be synced fails alone (:class:`SpoolError`);
+one that meets an identity conflict (or any error under its savepoint) is
+indexed again by itself in its own thread, which records and raises what it
+met, as :meth:`StudyStore.record_instance` always has. A failed commit fails
+the whole group with :class:`StoreError`: none of it was acknowledged.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from broker.model.domain import InstanceRecord
+from broker.model.errors import SpoolError, StoreError
+from broker.model.logging import get_logger
+from broker.store.spool import Spool
+from broker.store.studies import Indexed, StudyStore
+
+LOG = get_logger("radbridge.store")
+#: Most instances one commit takes (the rest wait for the next, a few milliseconds).
+MAX_GROUP = 256
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """One instance waiting for its group to be durable."""
+
+    record: InstanceRecord
+    stable_seconds: float
+    folders: Sequence[Path]
+    done: threading.Event = field(default_factory=threading.Event)
+    indexed: Indexed | None = None
+    error: Exception | None = None
+
+
+class GroupCommit:
+    """The commit thread of one process (see the module)."""
+
+    def __init__(self, store: StudyStore, *, max_group: int = MAX_GROUP) -> None:
+        self.store = store
+        self.max_group = max_group
+        self._waiting: list[_Waiting] = []
+        self._wake = threading.Condition()
+        self.groups = 0
+        """Commits made (with ``instances``, how well groups form)."""
+        self.instances = 0
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._thread.start()
+
+    def record(
+        self, record: InstanceRecord, stable_seconds: float, folders: Sequence[Path]
+    ) -> Indexed:
+        """Index an instance whose file is flushed and renamed into ``folders[0]`` (the
+        other folders: parents of folders the rename created), once its group is durable;
+        raises as :meth:`StudyStore.record_instance` does, or :class:`SpoolError`."""
+        waiting = _Waiting(record, stable_seconds, folders)
+        with self._wake:
+            self._waiting.append(waiting)
+            self._wake.notify()
+        waiting.done.wait()
+        if waiting.error is not None:
+            raise waiting.error
+        if waiting.indexed is None:  # undone in the group: alone, to record what it met
+            return self.store.record_instance(record, stable_seconds)
+        return waiting.indexed
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._waiting:
+                    self._wake.wait()
+                group = self._waiting[: self.max_group]
+                del self._waiting[: self.max_group]
+            try:
+                self._commit(group)
+            except Exception as exc:  # never leave a C-STORE waiting
+                LOG.exception("group commit failed")
+                for waiting in group:
+                    if waiting.error is None:
+                        waiting.error = StoreError(f"not indexed: {type(exc).__name__}")
+            finally:
+                for waiting in group:
+                    waiting.done.set()
+
+    def _commit(self, group: list[_Waiting]) -> None:
+        synced = self._sync_folders(group)
+        if not synced:
+            return
+        try:
+            results = self.store.record_instances([(w.record, w.stable_seconds) for w in synced])
+        except StoreError as exc:
+            for waiting in synced:
+                waiting.error = exc
+            return
+        for waiting, indexed in zip(synced, results, strict=True):
+            waiting.indexed = indexed
+        self.groups += 1
+        self.instances += len(synced)
+
+    @staticmethod
+    def _sync_folders(group: list[_Waiting]) -> list[_Waiting]:
+        """fsync every folder of the group once; the instances whose folders all synced."""
+        failed: dict[Path, SpoolError] = {}
+        for folder in dict.fromkeys(f for w in group for f in w.folders):
+            try:
+                Spool.sync_folders([folder])
+            except SpoolError as exc:
+                failed[folder] = exc
+        synced = []
+        for waiting in group:
+            error = next((failed[f] for f in waiting.folders if f in failed), None)
+            if error is None:
+                synced.append(waiting)
+            else:
+                waiting.error = error
+        return synced
+
+
+__all__ = ["MAX_GROUP", "GroupCommit"]
