@@ -29,6 +29,11 @@ They also read PDUs the way a listener facing the open network must:
 The connection's owner (its slot lease) is released when the DUL or the
 association thread ends, whichever is first, so a slot never outlives its
 connection however the connection ended.
+
+A sender can borrow the socket of an established association
+(:meth:`EventDrivenDUL.lend_socket`): the DUL then neither reads nor waits on it
+until it is given back, so the lean C-STORE sender (:mod:`adapters.dicom.sending`)
+writes its PDUs and reads the answers itself, in its own thread.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import select
 import socket
 import ssl
 import struct
+import threading
 import time
 from typing import Any, Protocol, cast
 
@@ -89,8 +95,12 @@ class EventDrivenDUL(DULServiceProvider):
 
     _opened: float
     _closing: bool
+    _lent: bool
+    _reading: threading.Lock
 
     def prepare(self) -> None:
+        self._lent = False
+        self._reading = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -111,10 +121,10 @@ class EventDrivenDUL(DULServiceProvider):
         sock = getattr(self.socket, "socket", None)
         if sock is None or not self.to_provider_queue.empty() or not self.event_queue.empty():
             return
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        if isinstance(sock, ssl.SSLSocket) and sock.pending() and not self._lent:
             return
         try:
-            select.select([sock, self._wake_r], [], [], IDLE_WAIT)
+            select.select([self._wake_r] if self._lent else [sock, self._wake_r], [], [], IDLE_WAIT)
         except (OSError, ValueError):
             return  # a closed socket; the check below reports it
         with contextlib.suppress(OSError):
@@ -123,7 +133,29 @@ class EventDrivenDUL(DULServiceProvider):
 
     def _is_transport_event(self) -> bool:
         self._wait()
-        return super()._is_transport_event()
+        with self._reading:
+            if self._lent:
+                return False
+            return super()._is_transport_event()
+
+    def lend_socket(self) -> socket.socket:
+        """The connection's socket, for the caller alone to read and write until
+        :meth:`return_socket`; once this returns the DUL reads nothing from it."""
+        with self._reading:
+            self._lent = True
+        self._wake()
+        raw = getattr(cast(Any, self.socket), "socket", None)
+        if raw is None:
+            self.return_socket()
+            raise OSError("the association's connection is closed")
+        return cast(socket.socket, raw)
+
+    def return_socket(self) -> None:
+        """The DUL reads the socket again; the time it was lent counts as activity."""
+        with self._reading:
+            self._lent = False
+            self._idle_timer.restart()
+        self._wake()
 
     def kill_dul(self) -> None:
         super().kill_dul()

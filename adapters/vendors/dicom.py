@@ -6,20 +6,22 @@ each SOP class one fallback context, [Explicit VR LE, Implicit VR LE] when a
 file of that class is stored in another syntax, [Implicit VR LE] (the DICOM
 default every SCP must accept) when all are Explicit VR LE.
 
-A file whose stored syntax the vendor accepted goes as it was received:
-streamed from the spool in PDU-sized chunks (pynetdicom's chunked sending: no
-decode, no re-encode, never a whole file in memory), so the vendor gets the
-dataset bit for bit. A file whose stored syntax was refused goes through the
-fallback context, converted: read with pydicom, compressed pixel data decoded
-(``decompress`` with pydicom's own RLE decoder, pylibjpeg-libjpeg for JPEG and
-JPEG-LS, pylibjpeg-openjpeg for JPEG 2000), big endian words swapped, and
-encoded in the syntax the vendor accepted (Explicit VR LE preferred). The SOP
-Instance UID is kept; a lossy source stays marked lossy. Every file is checked
-before the first C-STORE of its association: one with no accepted context raises
-:class:`DicomPushError` (retryable: the vendor's configuration may change),
-one that needs a decoder that is not installed, or that no decoder exists for
-(MPEG, for example), raises :class:`TranscodeError` (not retryable). A decode
-that fails midway also raises :class:`TranscodeError`.
+A file whose stored syntax the vendor accepted goes as it was received: its
+data set bytes read from the spool straight into P-DATA PDUs of the vendor's
+maximum length by the lean sender (:mod:`adapters.dicom.sending`: no decode, no
+re-encode, never a whole file in memory, no pynetdicom message per instance),
+so the vendor gets the dataset bit for bit. A file whose stored syntax was
+refused goes through the fallback context, converted: read with pydicom,
+compressed pixel data decoded (``decompress`` with pydicom's own RLE decoder,
+pylibjpeg-libjpeg for JPEG and JPEG-LS, pylibjpeg-openjpeg for JPEG 2000), big
+endian words swapped, and encoded in the syntax the vendor accepted (Explicit
+VR LE preferred). The SOP Instance UID is kept; a lossy source stays marked
+lossy. Every file is checked before the first C-STORE of its association: one
+with no accepted context raises :class:`DicomPushError` (retryable: the
+vendor's configuration may change), one that needs a decoder that is not
+installed, or that no decoder exists for (MPEG, for example), raises
+:class:`TranscodeError` (not retryable). A decode that fails midway also raises
+:class:`TranscodeError`.
 
 One association carries at most 128 presentation contexts: when the pairs and
 fallbacks need more, the job is split into several associations, each with
@@ -53,11 +55,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError as PydicomInvalid
-from pydicom.filereader import read_file_meta_info
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import _config, build_context
 from pynetdicom.association import Association
+from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import (
     STATUS_SUCCESS,
@@ -67,7 +69,9 @@ from pynetdicom.status import (
 )
 
 from adapters.dicom.client import RequestorAE
+from adapters.dicom.sending import LeanSender
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
+from broker.model.errors import DicomError
 from broker.model.jobs import Job
 from broker.model.logging import get_logger
 from broker.model.vendor import SendOutcome, TransportContext, TransportSettings, VendorTransport
@@ -75,7 +79,7 @@ from config.base import AETitle, Port, Timeout
 
 LOG = get_logger("radbridge.vendors.dicom")
 
-# Send each spooled file's dataset as stored, in PDU-sized chunks.
+# A file pynetdicom sends (``send_c_store(path)`` elsewhere) goes as stored, in PDU-sized chunks.
 _config.STORE_SEND_CHUNKED_DATASET = True
 
 #: Failure statuses of a C-STORE worth another try (PS3.4 B.2.3, PS3.7 C).
@@ -131,6 +135,9 @@ class _File:
     path: Path
     sop_class: str
     syntax: str
+    sop_instance: str = ""
+    offset: int = 0
+    """Where the data set starts (after the file meta)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,17 +161,19 @@ def _read(files: Sequence[Path]) -> tuple[list[_File], int]:
     size = 0
     for path in files:
         try:
-            meta = read_file_meta_info(path)
+            meta, offset = split_dataset(path)
             size += path.stat().st_size
         except (PydicomInvalid, OSError, ValueError, EOFError) as exc:
             raise VendorRejectedError(f"cannot read {path.name} from the spool: {exc}") from exc
         sop = str(meta.get("MediaStorageSOPClassUID", ""))
         syntax = str(meta.get("TransferSyntaxUID", ""))
-        if not sop or not syntax:
+        instance = str(meta.get("MediaStorageSOPInstanceUID", ""))
+        if not sop or not syntax or not instance:
             raise VendorRejectedError(
-                f"{path.name} has no SOP class or transfer syntax in its file meta information"
+                f"{path.name} has no SOP class, SOP instance or transfer syntax in its file "
+                "meta information"
             )
-        found.append(_File(path, sop, syntax))
+        found.append(_File(path, sop, syntax, instance, offset))
     return found, size
 
 
@@ -267,14 +276,21 @@ class DicomTransport(VendorTransport):
             assoc = self._associate(plan.contexts)
             try:
                 targets = self._targets(assoc, plan.files)
-                for f in plan.files:
-                    target = targets[f.path]
-                    if target is None:
-                        self._store(assoc, f.path, f.path)
-                    else:
-                        self._store(assoc, converted(f.path, target), f.path)
-                        name = UID(target).name
-                        converted_to[name] = converted_to.get(name, 0) + 1
+                contexts = {
+                    (str(cx.abstract_syntax), str(cx.transfer_syntax[0])): cx.context_id or 0
+                    for cx in reversed(assoc.accepted_contexts)
+                }
+                with LeanSender(assoc, self.settings.timeout) as lean:
+                    for f in plan.files:
+                        target = targets[f.path]
+                        if target is None:
+                            context_id = contexts[(f.sop_class, f.syntax)]
+                            self._store_as_stored(lean, f, context_id)
+                        else:
+                            lean.give_back()  # pynetdicom sends the converted data set
+                            self._store(assoc, converted(f.path, target), f.path)
+                            name = UID(target).name
+                            converted_to[name] = converted_to.get(name, 0) + 1
             except BaseException:
                 assoc.abort()
                 raise
@@ -356,7 +372,21 @@ class DicomTransport(VendorTransport):
             )
         return targets
 
-    def _store(self, assoc: Association, dataset: Path | Dataset, path: Path) -> None:
+    def _store_as_stored(self, lean: LeanSender, f: _File, context_id: int) -> None:
+        """Send a file's data set as it is in the spool (the lean sender)."""
+        try:
+            value, comment = lean.store(f.path, f.offset, context_id, f.sop_class, f.sop_instance)
+        except TimeoutError as exc:
+            raise DicomPushError(
+                f"no C-STORE response for {f.path.name} from {self._peer()} (timed out)"
+            ) from exc
+        except (OSError, DicomError) as exc:
+            raise DicomPushError(
+                f"C-STORE of {f.path.name} to {self._peer()} failed: {exc}"
+            ) from exc
+        self._judge(value, comment, f.path)
+
+    def _store(self, assoc: Association, dataset: Dataset, path: Path) -> None:
         try:
             status = assoc.send_c_store(dataset)
         except (OSError, ValueError, AttributeError, RuntimeError) as exc:
@@ -367,11 +397,13 @@ class DicomTransport(VendorTransport):
                 f"no C-STORE response for {path.name} from {self._peer()} "
                 "(timed out or the association was aborted)"
             )
-        value = int(code)
+        self._judge(int(code), str(getattr(status, "ErrorComment", "")), path)
+
+    def _judge(self, value: int, comment: str, path: Path) -> None:
+        """Return if the status means stored; else raise the retryable or final error."""
         if code_to_category(value) in (STATUS_SUCCESS, STATUS_WARNING):
             return
         meaning = STORAGE_SERVICE_CLASS_STATUS.get(value, ("", ""))[1]
-        comment = getattr(status, "ErrorComment", "")
         message = (
             f"{self._peer()} answered C-STORE of {path.name} with status 0x{value:04X}"
             + (f" {meaning}" if meaning else "")
