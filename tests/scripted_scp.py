@@ -5,11 +5,13 @@ pynetdicom association acceptor on a free loopback port that accepts every
 storage SOP class in every transfer syntax, and answers each C-STORE with
 ``status`` (0x0000 success; 0xA700 out of resources; 0xA900 data set does not
 match the SOP class; 0xC000 cannot understand …). ``stored`` keeps the SOP
-Instance UIDs it answered with success, ``answered`` every one it saw.
+Instance UIDs it answered with success, ``answered`` every one it saw. With
+``stall`` it waits that many seconds before each answer (a vendor that hangs).
 """
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
 from typing import Any
 
@@ -23,8 +25,11 @@ from tests.peers import LOOPBACK, free_port
 class ScriptedStoreSCP:
     """Answers every C-STORE with ``status``; records what it saw."""
 
-    def __init__(self, status: int = 0x0000, *, ae_title: str = "VENDOR") -> None:
+    def __init__(
+        self, status: int = 0x0000, *, ae_title: str = "VENDOR", stall: float = 0.0
+    ) -> None:
         self.status = status
+        self.stall = stall
         self.ae_title = ae_title
         self.port = free_port()
         self.answered: list[str] = []
@@ -34,6 +39,7 @@ class ScriptedStoreSCP:
     def _on_store(self, event: Any) -> int:
         uid = str(event.request.AffectedSOPInstanceUID)
         self.answered.append(uid)
+        time.sleep(self.stall)
         if self.status == 0x0000:
             self.stored.append(uid)
         return self.status

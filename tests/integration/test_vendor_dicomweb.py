@@ -19,6 +19,7 @@ from pydicom.filereader import read_file_meta_info
 
 from adapters.dicom.synthetic import encoding_variants, generate_large_study, generate_study
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
+from adapters.vendors.dicom import DicomPushSettings
 from adapters.vendors.dicomweb import DicomWebSettings, DicomWebTransport, parse_stow_response
 from broker.model.errors import ConfigError
 from broker.model.vendor import TRANSPORTS, is_retryable
@@ -209,6 +210,28 @@ def test_stow_stores_every_instance_unchanged(
     for path in files:
         held = _held_by(orthanc, path, tmp_path)
         assert dataset_bytes(held) == dataset_bytes(path), path.name
+
+
+def test_dicom_push_to_orthanc_keeps_every_dataset_byte_for_byte(
+    orthanc: Orthanc, small_study: list[Path], tmp_path: Path
+) -> None:
+    """The ``dicom`` transport (the lean sender) to the module's Orthanc, as a PACS-like
+    receiver: every instance arrives with its dataset bytes as stored. Orthanc re-encodes
+    two variants as it receives them over DICOM (it inflates a deflated data set and
+    gives undefined-length sequences their lengths): those two keep their UIDs here,
+    and storescp shows them sent byte for byte (test_vendors)."""
+    variants = [v.path for v in encoding_variants(tmp_path / "variants")]
+    reencoded = {"deflated_explicit_vr_le.dcm", "undefined_length_sequences.dcm"}
+    files = small_study + variants
+    settings = {"ae_title": "ORTHANC", "host": LOOPBACK, "port": orthanc.dicom_port, "timeout": 10}
+    transport = DicomPushSettings.from_params("cxr", settings)
+    outcome = transport.send(JOB, files)
+    assert outcome.instances == len(files)
+    assert "converted" not in outcome.detail
+    differ = {
+        p.name for p in files if dataset_bytes(_held_by(orthanc, p, tmp_path)) != dataset_bytes(p)
+    }
+    assert differ == reencoded
 
 
 def test_request_is_multipart_related_with_bearer_token(small_study: list[Path]) -> None:

@@ -6,6 +6,7 @@ to the ``dicom`` transport and to the registry."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -27,6 +28,7 @@ from broker.model.errors import ConfigError
 from broker.model.vendor import TRANSPORTS, TransportContext, is_retryable
 from tests.jobs_data import sending_job
 from tests.peers import LOOPBACK, StoreSCP, dataset_bytes, free_port
+from tests.scripted_scp import ScriptedStoreSCP
 
 JOB = sending_job(1, "lungai", "1.2.3")
 
@@ -100,6 +102,34 @@ def test_every_encoding_arrives_byte_for_byte(scp: StoreSCP, tmp_path: Path) -> 
     assert outcome.bytes == sum(p.stat().st_size for p in files)
     received = scp.files()
     assert sorted(dataset_bytes(p) for p in received) == sorted(dataset_bytes(p) for p in files)
+
+
+def test_vendor_with_a_4_kib_maximum_pdu_gets_every_dataset_byte_for_byte(
+    tmp_path: Path,
+) -> None:
+    """A vendor announcing a 4 KiB maximum PDU gets each data set in PDUs that fit, as
+    stored (storescp refuses a longer PDU)."""
+    files = [v.path for v in encoding_variants(tmp_path / "variants")]
+    with StoreSCP(tmp_path / "small-pdu", ae_title="VENDOR", extra_args=["-pdu", "4096"]) as peer:
+        outcome = _transport(peer.port).send(JOB, files)
+        received = peer.files()
+    assert outcome.instances == len(files)
+    assert sorted(dataset_bytes(p) for p in received) == sorted(dataset_bytes(p) for p in files)
+
+
+def test_vendor_that_stalls_is_a_retryable_failure_after_the_timeout(tmp_path: Path) -> None:
+    """A vendor that takes the data set and never answers in time: a retryable error that
+    says so, after the transport's timeout, not a hang."""
+    files = generate_study("ct_head", tmp_path / "s", instances=2, rows=16, columns=16)
+    with ScriptedStoreSCP(stall=5.0) as peer:
+        transport = _transport(peer.port, timeout=1)
+        started = time.monotonic()
+        with pytest.raises(
+            DicomPushError, match=r"no C-STORE response for I0001\.dcm .*\(timed out\)"
+        ) as err:
+            transport.send(JOB, files)
+        assert time.monotonic() - started < 4.5
+    assert is_retryable(transport, err.value)
 
 
 def test_unreadable_file_is_not_retryable(scp: StoreSCP, tmp_path: Path) -> None:
