@@ -11,6 +11,10 @@ folder, so each run is a first receipt; it is repeated (3 times by default)
 and the median reported in MB/s (10^6 bytes of files per second) with the
 ratios radbridge/Orthanc and radbridge/storescp.
 
+Then the same for small instances (``--small``, default 1,000 CT slices of
+160x160, about 52 KB each, as from a DX/CR or a health-check chain), reported in
+instances per second.
+
 The memory run (default, skipped with ``--quick``, alone with ``--memory``)
 streams a ~2 GiB study of large multi-frame instances to radbridge with one
 storescu and samples the RSS of radbridge's process tree (the service and
@@ -152,16 +156,19 @@ class Results:
 
     study: dict[str, Any] = field(default_factory=dict)
     runs: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    small_study: dict[str, Any] = field(default_factory=dict)
+    small: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    """Instances per second of the small-instance study, per peer and mode."""
     errors: dict[str, str] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
 
-    def median(self, peer: str, mode: int) -> float | None:
-        values = self.runs.get(peer, {}).get(str(mode), [])
+    def median(self, peer: str, mode: int, *, small: bool = False) -> float | None:
+        values = (self.small if small else self.runs).get(peer, {}).get(str(mode), [])
         return statistics.median(values) if values else None
 
-    def ratio(self, peer: str, other: str, mode: int) -> float | None:
-        a, b = self.median(peer, mode), self.median(other, mode)
+    def ratio(self, peer: str, other: str, mode: int, *, small: bool = False) -> float | None:
+        a, b = self.median(peer, mode, small=small), self.median(other, mode, small=small)
         return a / b if a is not None and b else None
 
     def as_json(self) -> dict[str, Any]:
@@ -170,12 +177,24 @@ class Results:
             f"radbridge/{other}": {str(m): self.ratio("radbridge", other, m) for m in MODES}
             for other in ("orthanc", "storescp")
         }
+        small = {p: {str(m): self.median(p, m, small=True) for m in MODES} for p in self.small}
+        small_ratios = {
+            f"radbridge/{other}": {
+                str(m): self.ratio("radbridge", other, m, small=True) for m in MODES
+            }
+            for other in ("orthanc", "storescp")
+        }
         return {
             "study": self.study,
             "unit": "MB/s (10^6 bytes of DICOM files per second)",
             "runs": self.runs,
             "median": medians,
             "ratios": ratios,
+            "small_study": self.small_study,
+            "small_unit": "instances per second",
+            "small_runs": self.small,
+            "small_median": small,
+            "small_ratios": small_ratios,
             "errors": self.errors,
             "memory": self.memory,
             "environment": self.environment,
@@ -219,7 +238,7 @@ def split(files: list[Path], parts: int) -> list[list[Path]]:
 
 
 def measure(peer: str, files: list[Path], mode: int, config_args: list[str], work: Path) -> float:
-    """One first-receipt measurement in MB/s against a freshly started ``peer``."""
+    """One first-receipt measurement against a freshly started ``peer``: seconds."""
     folder = Path(tempfile.mkdtemp(prefix=f"{peer}-{mode}-", dir=work))
     receiver = FACTORIES[peer](folder)
     try:
@@ -231,7 +250,7 @@ def measure(peer: str, files: list[Path], mode: int, config_args: list[str], wor
     finally:
         receiver.stop()
         shutil.rmtree(folder, ignore_errors=True)
-    return sum(f.stat().st_size for f in files) / MB / seconds
+    return seconds
 
 
 class RssSampler(threading.Thread):
@@ -348,6 +367,21 @@ def report(results: Results) -> str:
         for other in ("orthanc", "storescp"):
             cells = "".join(f"{_fmt(results.ratio('radbridge', other, m), 'x'):>16}" for m in MODES)
             lines.append(f"{'radbridge/' + other:<24}{cells}")
+    if results.small_study:
+        s = results.small_study
+        lines.append(
+            f"ingest of {s['instances']} small instances ({s['bytes'] / s['instances'] / 1000:.0f}"
+            f" KB each), median of {s['repeats']}, instances/s"
+        )
+        lines.append(f"{'receiver':<24}{'1 association':>16}{'4 associations':>16}")
+        for peer in results.small:
+            cells = "".join(f"{_fmt(results.median(peer, m, small=True)):>16}" for m in MODES)
+            lines.append(f"{peer:<24}{cells}")
+        for other in ("orthanc", "storescp"):
+            cells = "".join(
+                f"{_fmt(results.ratio('radbridge', other, m, small=True), 'x'):>16}" for m in MODES
+            )
+            lines.append(f"{'radbridge/' + other:<24}{cells}")
     for peer, error in results.errors.items():
         lines.append(f"{peer}: not measured: {error.splitlines()[0] if error else '?'}")
     if results.memory:
@@ -373,27 +407,51 @@ def environment() -> dict[str, Any]:
 
 
 def throughput(args: argparse.Namespace, work: Path, results: Results) -> None:
+    """The CT in MB/s, then the small instances in instances/s, against every peer."""
     files = generate_study("ct_chest", work / "ct", instances=args.instances)
     size = sum(f.stat().st_size for f in files)
     results.study = {"instances": len(files), "bytes": size, "repeats": args.repeats}
-    config_args = own_syntax_config(files, work / "ct.cfg")
+    _runs(args, files, work, results, results.runs, lambda s: size / MB / s, "MB/s")
+    if args.small:
+        small = generate_study(
+            "ct_chest", work / "small", instances=args.small, rows=160, columns=160
+        )
+        small_size = sum(f.stat().st_size for f in small)
+        results.small_study = {
+            "instances": len(small),
+            "bytes": small_size,
+            "repeats": args.repeats,
+        }
+        _runs(args, small, work, results, results.small, lambda s: len(small) / s, "inst/s")
+
+
+def _runs(
+    args: argparse.Namespace,
+    files: list[Path],
+    work: Path,
+    results: Results,
+    runs: dict[str, dict[str, list[float]]],
+    rate: Callable[[float], float],
+    unit: str,
+) -> None:
+    config_args = own_syntax_config(files, work / f"{files[0].parent.parent.name}.cfg")
     peers = [p for p in args.peers.split(",") if p]
     for peer in peers:
-        results.runs[peer] = {str(m): [] for m in MODES}
+        runs[peer] = {str(m): [] for m in MODES}
     for repeat in range(args.repeats):
         for mode in MODES:
             for peer in peers:
                 if peer in results.errors:
                     continue
                 try:
-                    mbps = measure(peer, files, mode, config_args, work)
+                    value = rate(measure(peer, files, mode, config_args, work))
                 except (RuntimeError, TimeoutError, OSError) as exc:
                     results.errors[peer] = str(exc)
-                    results.runs.pop(peer, None)
+                    runs.pop(peer, None)
                     print(f"{peer}: {exc}", file=sys.stderr)
                     continue
-                results.runs[peer][str(mode)].append(round(mbps, 1))
-                print(f"run {repeat + 1} {peer:<10} {mode} assoc: {mbps:7.1f} MB/s", flush=True)
+                runs[peer][str(mode)].append(round(value, 1))
+                print(f"run {repeat + 1} {peer:<10} {mode} assoc: {value:7.1f} {unit}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -404,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--instances", type=int, default=200)
+    parser.add_argument(
+        "--small", type=int, default=1000, help="small-instance study size (0: none)"
+    )
     parser.add_argument("--large-gib", type=float, default=2.0, help="memory run study size")
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated receivers")
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temp folder)")
