@@ -351,37 +351,34 @@ def _fmt(value: float | None, suffix: str = "") -> str:
     return "—" if value is None else f"{value:.2f}{suffix}" if suffix else f"{value:.1f}"
 
 
+def _table(results: Results, title: str, *, small: bool) -> list[str]:
+    """One study's medians per receiver and mode, and radbridge's ratios."""
+    lines = [title, f"{'receiver':<24}{'1 association':>16}{'4 associations':>16}"]
+    for peer in results.small if small else results.runs:
+        cells = "".join(f"{_fmt(results.median(peer, m, small=small)):>16}" for m in MODES)
+        lines.append(f"{peer:<24}{cells}")
+    for other in ("orthanc", "storescp"):
+        ratios = (results.ratio("radbridge", other, m, small=small) for m in MODES)
+        lines.append(f"{'radbridge/' + other:<24}" + "".join(f"{_fmt(r, 'x'):>16}" for r in ratios))
+    return lines
+
+
 def report(results: Results) -> str:
-    """The human-readable table."""
+    """The human-readable tables."""
     lines = []
-    if results.study:
-        s = results.study
-        lines.append(
-            f"ingest of a {s['instances']}-instance CT ({s['bytes'] / MB:.1f} MB), storescu with "
-            f"TCP_NODELAY=1, median of {s['repeats']} first receipts, MB/s"
+    for small, s in ((False, results.study), (True, results.small_study)):
+        if not s:
+            continue
+        if small:
+            size = s["bytes"] / s["instances"] / 1000
+            what, unit = f"{s['instances']} small instances ({size:.0f} KB)", "instances/s"
+        else:
+            what, unit = f"a {s['instances']}-instance CT ({s['bytes'] / MB:.1f} MB)", "MB/s"
+        title = (
+            f"ingest of {what}, storescu with TCP_NODELAY=1, median of {s['repeats']} first "
+            f"receipts, {unit}"
         )
-        lines.append(f"{'receiver':<24}{'1 association':>16}{'4 associations':>16}")
-        for peer in results.runs:
-            cells = "".join(f"{_fmt(results.median(peer, m)):>16}" for m in MODES)
-            lines.append(f"{peer:<24}{cells}")
-        for other in ("orthanc", "storescp"):
-            cells = "".join(f"{_fmt(results.ratio('radbridge', other, m), 'x'):>16}" for m in MODES)
-            lines.append(f"{'radbridge/' + other:<24}{cells}")
-    if results.small_study:
-        s = results.small_study
-        lines.append(
-            f"ingest of {s['instances']} small instances ({s['bytes'] / s['instances'] / 1000:.0f}"
-            f" KB each), median of {s['repeats']}, instances/s"
-        )
-        lines.append(f"{'receiver':<24}{'1 association':>16}{'4 associations':>16}")
-        for peer in results.small:
-            cells = "".join(f"{_fmt(results.median(peer, m, small=True)):>16}" for m in MODES)
-            lines.append(f"{peer:<24}{cells}")
-        for other in ("orthanc", "storescp"):
-            cells = "".join(
-                f"{_fmt(results.ratio('radbridge', other, m, small=True), 'x'):>16}" for m in MODES
-            )
-            lines.append(f"{'radbridge/' + other:<24}{cells}")
+        lines += _table(results, title, small=small)
     for peer, error in results.errors.items():
         lines.append(f"{peer}: not measured: {error.splitlines()[0] if error else '?'}")
     if results.memory:
