@@ -20,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from adapters.dicom.synthetic import encoding_variants, generate_large_study, generate_study
@@ -288,6 +289,53 @@ def test_dataset_without_study_uid_gets_cannot_understand(radbridge: Radbridge) 
     assert _spooled(radbridge, ds.SOPInstanceUID) == []
     assert len(_spooled(radbridge, good_ds.SOPInstanceUID)) == 1
     assert not list((radbridge.spool / "tmp").iterdir())
+
+
+def test_c_store_whose_sop_instance_uid_differs_from_the_dataset_is_refused(
+    radbridge: Radbridge, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A C-STORE whose Affected SOP Instance UID is not the dataset's SOP Instance UID gets
+    0xC000 naming the mismatch, nothing is stored under either UID, and the association
+    goes on (pynetdicom sends a file's data set with the request's UID from its meta)."""
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    ds = _ct_dataset(study_uid, series_uid)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()  # the request's UID: another
+    ds.preamble = b"\0" * 128
+    lying = tmp_path / "lying.dcm"
+    ds.save_as(lying, enforce_file_format=False)  # the file meta as written above
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", radbridge.port, ae_title="RADBRIDGE")
+    status = assoc.send_c_store(lying)
+    assert status.Status == 0xC000
+    assert "differs from the C-STORE request" in status.ErrorComment
+    good_ds = _ct_dataset(study_uid, series_uid)
+    assert assoc.send_c_store(good_ds).Status == 0x0000
+    assoc.release()
+    for uid in (ds.SOPInstanceUID, ds.file_meta.MediaStorageSOPInstanceUID):
+        assert _spooled(radbridge, uid) == []
+    assert len(_spooled(radbridge, good_ds.SOPInstanceUID)) == 1
+
+
+def test_asynchronous_operations_window_is_answered_one_at_a_time(radbridge: Radbridge) -> None:
+    """A sender proposing an asynchronous operations window (4 invoked, 4 performed) gets the
+    association without the window (PS3.7 D.3.3.3: one operation at a time) and its
+    C-STOREs stored one after another."""
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    window = AsynchronousOperationsWindowNegotiation()
+    window.maximum_number_operations_invoked = 4
+    window.maximum_number_operations_performed = 4
+    assoc = ae.associate("127.0.0.1", radbridge.port, ae_title="RADBRIDGE", ext_neg=[window])
+    assert assoc.is_established
+    assert assoc.acceptor.asynchronous_operations == (1, 1)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    sent = [_ct_dataset(study_uid, series_uid) for _ in range(3)]
+    assert [assoc.send_c_store(ds).Status for ds in sent] == [0x0000] * 3
+    assoc.release()
+    assert all(len(_spooled(radbridge, ds.SOPInstanceUID)) == 1 for ds in sent)
 
 
 def test_sender_killed_mid_transfer_leaves_nothing_half_stored(
