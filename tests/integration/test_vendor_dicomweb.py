@@ -223,6 +223,11 @@ def test_dicom_push_to_orthanc_keeps_every_dataset_byte_for_byte(
     variants = [v.path for v in encoding_variants(tmp_path / "variants")]
     reencoded = {"deflated_explicit_vr_le.dcm", "undefined_length_sequences.dcm"}
     files = small_study + variants
+    for path in files:  # the STOW tests may have stored them: Orthanc would keep those copies
+        uid = str(read_file_meta_info(path).MediaStorageSOPInstanceUID)
+        for found in orthanc.request("POST", "/tools/lookup", uid.encode()):
+            if found["Type"] == "Instance":
+                orthanc.request("DELETE", f"/instances/{found['ID']}")
     settings = {"ae_title": "ORTHANC", "host": LOOPBACK, "port": orthanc.dicom_port, "timeout": 10}
     transport = DicomPushSettings.from_params("cxr", settings)
     outcome = transport.send(JOB, files)
