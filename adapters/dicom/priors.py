@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from pydicom.dataset import Dataset
 from pynetdicom import ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_role, evt
@@ -65,6 +65,12 @@ class _Deadline:
         return time.monotonic() >= self.end
 
 
+def _answered(status: Dataset | None) -> TypeGuard[Dataset]:
+    """A response came: pynetdicom yields None, or an empty status, when the association
+    timed out or was aborted (the fetch's wait ran out)."""
+    return status is not None and "Status" in status
+
+
 def _text(value: object) -> str:
     return str(value or "").strip()
 
@@ -89,7 +95,7 @@ def _candidates(assoc: Association, query: PriorsQuery, policy: PriorsPolicy) ->
     """The PACS's studies of the patient (study level), as it answers."""
     ask = study_query(query, policy)
     for status, found in assoc.send_c_find(ask, StudyRootQueryRetrieveInformationModelFind):
-        if status is None:
+        if not _answered(status):
             raise TimeoutError("the PACS did not answer the C-FIND in time")
         if status.Status in _PENDING and found is not None:
             yield found
@@ -107,7 +113,7 @@ def _series(assoc: Association, study_uid: str) -> list[Dataset]:
     return [
         found
         for status, found in assoc.send_c_find(ask, StudyRootQueryRetrieveInformationModelFind)
-        if status is not None and status.Status in _PENDING and found is not None
+        if _answered(status) and status.Status in _PENDING and found is not None
     ]
 
 
@@ -210,7 +216,7 @@ def _get(assoc: Association, study_uid: str, receiver: _Receiver) -> tuple[bool,
     ask.StudyInstanceUID = study_uid
     last = None
     for status, _found in assoc.send_c_get(ask, StudyRootQueryRetrieveInformationModelGet):
-        if status is None:
+        if not _answered(status):
             return False, "the PACS did not answer the C-GET in time"
         last = int(status.Status)
     if last in _GOT and receiver.files:

@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("priors")]
 
 PATIENT = "PRI0001"
 ISSUER = "HOSP_A"
-WAIT = 2.0
+WAIT = 10.0  # ample on a loaded machine: a stopped PACS refuses at once anyway
 
 
 def _study(
