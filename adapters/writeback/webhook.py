@@ -24,6 +24,14 @@ links for a radiologist's verdict (``verdict_links``)::
     {"event": "overdue", "id": "RB…", "at": "…", "job_id": 9, "study_uid": "1.2…",
      "vendor": "lungai", "route": "chest-ct", "state": "awaiting_result",
      "deadline_at": "…"}
+    {"event": "drift", "id": "RB…", "at": "…", "job_id": null, "study_uid": "",
+     "vendor": "lungai", "route": null, "alert": {"id": 4, "kind": "drift",
+     "code": "SCT:1386000", "raised_at": "…", "summary": "SCT:1386000 positive rate …",
+     "detail": {"drift": "positive_rate", "z": 3.1, "p_value": 0.002, …}}}
+
+A vendor alert (``drift``, ``version_changed``, ``results_missing``, ``canary_failed``)
+is sent once, when it is raised; a ``canary_failed`` names the synthetic study in
+``study_uid``.
 
 A critical-result notification (``critical.channels``) adds ``"critical"``
 (case id, contact, level, deadline, acknowledgement link) to that body, or,
@@ -148,6 +156,17 @@ def notification(item: WritebackItem) -> dict[str, Any]:
             }
             for x in item.findings.discordances
         ]
+    if item.alert is not None:
+        alert = item.alert
+        body["vendor"] = alert.vendor
+        body["alert"] = {
+            "id": alert.id,
+            "kind": alert.kind.value,
+            "code": alert.code,
+            "raised_at": alert.raised_at.isoformat(),
+            "summary": alert.detail.get("summary"),
+            "detail": {k: v for k, v in alert.detail.items() if k not in ("summary", "key")},
+        }
     if job is not None and d.event == "overdue":
         body["state"] = job.state.value
         body["deadline_at"] = job.deadline_at.isoformat() if job.deadline_at else None

@@ -75,6 +75,7 @@ from broker.model.writeback import (
     is_retryable,
 )
 from broker.store import StudyStore
+from broker.store.alerts import AlertStore
 from broker.store.corrections import CorrectionStore
 from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.jobs import JobStore
@@ -154,6 +155,7 @@ class WritebackStage:
         """``ResultStore.get``: a result with its objects and findings, by id."""
         self.result_store = ResultStore(engine)
         self.corrections = CorrectionStore(engine)
+        self.alerts = AlertStore(engine)
         self.clock = clock
         self.lanes_engine = WorkEngine(
             self,
@@ -446,6 +448,9 @@ class WritebackStage:
             if findings is not None and note_wanted and findings.discordant:
                 note = discordance_note(findings)
         charge = self._charge(job) if d.kind is DeliveryKind.CHARGE else None
+        alert = None
+        if d.kind is DeliveryKind.NOTIFY and d.result_id is None and d.job_id is None:
+            alert = self.alerts.for_delivery(d.id)
         # a combined answer names each finding's own product (provenance) instead
         vendor = job.vendor if job is not None and d.event != "combined" else None
         correction, original = None, None
@@ -470,6 +475,7 @@ class WritebackStage:
             note=note,
             correction=correction,
             original=original,
+            alert=alert,
         )
 
     def _charge(self, job: Job | None) -> ChargeLine | None:
@@ -596,18 +602,24 @@ class WritebackStage:
             self._overdue_at = now + timedelta(seconds=seconds)
         return self._overdue_at
 
+    def webhook_notice(self) -> NewDelivery | None:
+        """A notification to the webhook (``notifications.webhook``) to fill in, in the
+        configuration in force; None when no webhook is configured."""
+        hook = self.plans.current.target(WEBHOOK_TARGET)
+        if hook is None:
+            return None
+        return NewDelivery(
+            study_uid="",
+            target=hook.name,
+            target_type=hook.type,
+            kind=DeliveryKind.NOTIFY,
+            max_attempts=hook.max_attempts,
+        )
+
     def check_overdue(self) -> list[Job]:
         """Flag jobs past their deadline without a result, once each, and notify the webhook."""
         hook = self.plans.current.target(WEBHOOK_TARGET)
-        template = None
-        if hook is not None:
-            template = NewDelivery(
-                study_uid="",
-                target=hook.name,
-                target_type=hook.type,
-                kind=DeliveryKind.NOTIFY,
-                max_attempts=hook.max_attempts,
-            )
+        template = self.webhook_notice()
         flagged = self.deliveries.flag_overdue(notify=template, now=self.clock())
         for job, delivery in flagged:
             LOG.warning(

@@ -13,7 +13,8 @@ A delivery is one of three kinds:
   objects, an ORU^R01, a FHIR DiagnosticReport). These decide the job: all
   done → the job is ``done``; one dead → the job is ``dead``.
 - ``status``: an urgent result's order-status update to the RIS (ORM^O01).
-- ``notify``: a webhook notification (an urgent result, or a job overdue).
+- ``notify``: a webhook notification (an urgent result, a job overdue, or a vendor alert
+  such as ``drift`` or ``canary_failed``).
 - ``flag``: a webhook notification that the result made its study
   ``discordant`` (two products disagree; :mod:`broker.model.reconciliation`).
 - ``correction``: what a ``result`` delivery wrote is withdrawn or corrected
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from broker.model.alerts import Alert
 from broker.model.correction import Correction
 from broker.model.critical import Notice
 from broker.model.domain import CodedValue, Result, StoredOrder, Study
@@ -132,7 +134,9 @@ class Delivery(Attempts):
     target_type: str
     kind: DeliveryKind
     event: str
-    """What a notification is about: ``urgent_result``, ``overdue``, ``discordant``;
+    """What a notification is about: ``urgent_result``, ``overdue``, ``discordant``, a
+    vendor alert's kind (``drift``, ``version_changed``, ``results_missing``,
+    ``canary_failed``);
     ``result`` otherwise, ``combined`` for a route's combined answer."""
     urgent: bool
     state: DeliveryState
@@ -225,3 +229,5 @@ class WritebackItem:
     original: Delivery | None = None
     charge: ChargeLine | None = None
     """For a ``charge`` delivery: the use to charge."""
+    alert: Alert | None = None
+    """For a vendor alert's notification (``drift``, ``canary_failed``…): the alert."""

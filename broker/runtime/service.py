@@ -119,7 +119,12 @@ class Service:
         self.results.on_complete.append(self.routing.on_result)  # cascades
         reports = FinalReportIntake(engine, matcher_of(self.snapshots))
         self.results.on_complete.append(reports.result_complete)
-        watch = VendorWatch(engine, lambda: self.snapshots.settings)
+        watch = VendorWatch(
+            engine,
+            lambda: self.snapshots.settings,
+            notify=self.writeback.webhook_notice,
+            wake=self.writeback.lanes_engine.wake,
+        )
         self.results.on_complete.append(watch.result_complete)
         # The job engine's one timer: lapsed leases, due retries, released items, overdue jobs,
         # critical cases' escalations, priors pulled by vendors whose jobs ended; retention

@@ -1,12 +1,15 @@
 """The vendor watch: raises ``drift``, ``results_missing`` and ``version_changed`` alerts
 (:mod:`broker.model.alerts`) once each, into the store, the log (a warning), the metric
-``radbridge_vendor_alerts`` and the console's dashboard.
+``radbridge_vendor_alerts``, the console's dashboard and, when ``notifications.webhook``
+is configured, the webhook (a notification made with the alert, in its transaction).
 
 - Every ``monitoring.check_every`` (a task of the job engine's timer), for each vendor:
   the positive rate of each finding code in the last ``drift.window`` against the
-  ``drift.baseline`` before it (two-proportion z-test at ``drift.alpha``; one alert per
-  code and window), and the share of the studies sent in the last ``results_missing.window``
-  (each at least ``after`` ago) that have a result (one alert per window).
+  ``drift.baseline`` before it (two-proportion z-test at ``drift.alpha``) and the
+  distribution of the code's probabilities (two-sample Kolmogorov-Smirnov test at the same
+  level), one alert per code, kind and window; and the share of the studies sent in the
+  last ``results_missing.window`` (each at least ``after`` ago) that have a result (one
+  alert per window).
 - When a result completes (the results timer's hook): the product's reported version
   against the vendor's previous result; a change is one alert per change (from, to), and the
   performance figures count results by version from then on.
@@ -19,13 +22,31 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 
-from broker.model.alerts import Alert, AlertKind, two_proportion_z_test
+from broker.model.alerts import (
+    Alert,
+    AlertKind,
+    DriftKind,
+    ks_two_sample,
+    two_proportion_z_test,
+)
 from broker.model.logging import get_logger
 from broker.store.alerts import AlertStore
-from broker.store.watch import answered, code_rates, versions_around
+from broker.store.deliveries import NewDelivery
+from broker.store.watch import CodeTally, answered, code_tallies, versions_around
+from config.monitoring import Drift
 from config.schema import Settings
 
 LOG = get_logger("radbridge.watch")
+#: The webhook's notification to fill in for an alert (None: no webhook configured).
+Notify = Callable[[], NewDelivery | None]
+
+
+def _no_webhook() -> NewDelivery | None:
+    return None
+
+
+def _no_wake(_target: str) -> None:
+    return None
 
 
 def _window_key(now: datetime, seconds: float) -> str:
@@ -36,20 +57,52 @@ def _window_key(now: datetime, seconds: float) -> str:
 class VendorWatch:
     """The timer's task and the results hook of the vendor watch."""
 
-    def __init__(self, engine: Engine, settings: Callable[[], Settings]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Callable[[], Settings],
+        *,
+        notify: Notify = _no_webhook,
+        wake: Callable[[str], None] = _no_wake,
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.alerts = AlertStore(engine)
+        self.notify = notify
+        """The webhook's notification (``WritebackStage.webhook_notice``)."""
+        self.wake = wake
+        """Wake the webhook's lane for a new notification."""
         self._next: datetime | None = None
 
-    def _raised(self, alert: Alert | None) -> None:
-        if alert is not None:
-            LOG.warning(
-                f"vendor alert: {alert.kind.value}",
-                vendor=alert.vendor,
-                code=alert.code,
-                detail=alert.detail.get("summary"),
-            )
+    def raise_alert(
+        self,
+        kind: AlertKind,
+        vendor: str,
+        detail: dict[str, object],
+        *,
+        key: str,
+        code: str | None = None,
+        now: datetime | None = None,
+        study_uid: str = "",
+    ) -> Alert | None:
+        """Raise the alert once (per kind, vendor, code and ``key``): into the store with its
+        webhook notification, and the log; the alert, or None when it was raised before."""
+        notify = self.notify()
+        alert = self.alerts.raise_once(
+            kind, vendor, detail, code=code, key=key, now=now, notify=notify, study_uid=study_uid
+        )
+        if alert is None:
+            return None
+        LOG.warning(
+            f"vendor alert: {alert.kind.value}",
+            vendor=alert.vendor,
+            code=alert.code,
+            detail=alert.detail.get("summary"),
+            notified=alert.delivery_id is not None,
+        )
+        if notify is not None and alert.delivery_id is not None:
+            self.wake(notify.target)
+        return alert
 
     def __call__(self, now: datetime) -> datetime | None:
         settings = self.settings()
@@ -69,31 +122,11 @@ class VendorWatch:
         raised: list[Alert] = []
         drift = monitoring.drift
         window = timedelta(seconds=drift.window)
-        recent = code_rates(self.engine, vendor, now - window, now)
+        recent = code_tallies(self.engine, vendor, now - window, now)
         base_start = now - window - timedelta(seconds=drift.baseline)
-        baseline = code_rates(self.engine, vendor, base_start, now - window)
-        for code, (positives, count) in sorted(recent.items()):
-            base_positives, base_count = baseline.get(code, (0, 0))
-            if min(count, base_count) < drift.min_findings:
-                continue
-            test = two_proportion_z_test(base_positives, base_count, positives, count)
-            if test is None or test.p_value >= drift.alpha:
-                continue
-            summary = (
-                f"{code} positive rate {test.recent_rate:.1%} ({positives}/{count}) against "
-                f"{test.baseline_rate:.1%} ({base_positives}/{base_count}); "
-                f"two-proportion z = {test.z:.2f}, p = {test.p_value:.2g} < {drift.alpha}"
-            )
-            found = self.alerts.raise_once(
-                AlertKind.DRIFT,
-                vendor,
-                {"summary": summary, "z": test.z, "p_value": test.p_value},
-                code=code,
-                key=_window_key(now, drift.window),
-                now=now,
-            )
-            self._raised(found)
-            raised += [found] if found else []
+        baseline = code_tallies(self.engine, vendor, base_start, now - window)
+        for code, tally in sorted(recent.items()):
+            raised += self._drift(vendor, code, baseline.get(code, CodeTally()), tally, now)
         missing = monitoring.results_missing
         end = now - timedelta(seconds=missing.after)
         share = answered(self.engine, vendor, end - timedelta(seconds=missing.window), end)
@@ -102,15 +135,64 @@ class VendorWatch:
                 f"results for {share.answered} of {share.sent} studies sent "
                 f"(less than {missing.min_share:.0%})"
             )
-            found = self.alerts.raise_once(
+            found = self.raise_alert(
                 AlertKind.RESULTS_MISSING,
                 vendor,
                 {"summary": summary, "sent": share.sent, "answered": share.answered},
                 key=_window_key(now, missing.window),
                 now=now,
             )
-            self._raised(found)
             raised += [found] if found else []
+        return raised
+
+    def _drift(
+        self, vendor: str, code: str, base: CodeTally, recent: CodeTally, now: datetime
+    ) -> list[Alert]:
+        """One code's drift alerts: its positive rate (two-proportion z-test) and the
+        distribution of its probabilities (two-sample Kolmogorov-Smirnov test)."""
+        drift: Drift = self.settings().monitoring.drift
+        window = _window_key(now, drift.window)
+        raised: list[Alert] = []
+        if min(recent.count, base.count) >= drift.min_findings:
+            test = two_proportion_z_test(base.positives, base.count, recent.positives, recent.count)
+            if test is not None and test.p_value < drift.alpha:
+                summary = (
+                    f"{code} positive rate {test.recent_rate:.1%} ({recent.positives}/"
+                    f"{recent.count}) against {test.baseline_rate:.1%} ({base.positives}/"
+                    f"{base.count}); two-proportion z = {test.z:.2f}, "
+                    f"p = {test.p_value:.2g} < {drift.alpha}"
+                )
+                detail: dict[str, object] = {
+                    "summary": summary,
+                    "drift": DriftKind.POSITIVE_RATE.value,
+                    "z": test.z,
+                    "p_value": test.p_value,
+                }
+                found = self.raise_alert(
+                    AlertKind.DRIFT, vendor, detail, code=code, key=window, now=now
+                )
+                raised += [found] if found else []
+        if min(len(recent.scores), len(base.scores)) >= drift.min_findings:
+            ks = ks_two_sample(base.scores, recent.scores)
+            if ks is not None and ks.p_value < drift.alpha:
+                mean_recent = sum(recent.scores) / len(recent.scores)
+                mean_base = sum(base.scores) / len(base.scores)
+                summary = (
+                    f"{code} probabilities (mean {mean_recent:.2f} of {ks.recent_count}) "
+                    f"against (mean {mean_base:.2f} of {ks.baseline_count}); "
+                    f"Kolmogorov-Smirnov D = {ks.d:.2f}, p = {ks.p_value:.2g} < {drift.alpha}"
+                )
+                detail = {
+                    "summary": summary,
+                    "drift": DriftKind.PROBABILITY.value,
+                    "d": ks.d,
+                    "p_value": ks.p_value,
+                }
+                key = f"{DriftKind.PROBABILITY.value}:{window}"
+                found = self.raise_alert(
+                    AlertKind.DRIFT, vendor, detail, code=code, key=key, now=now
+                )
+                raised += [found] if found else []
         return raised
 
     def result_complete(self, result_id: int) -> None:
@@ -119,16 +201,9 @@ class VendorWatch:
         if vendor is None or version is None or previous is None or version == previous:
             return
         summary = f"the product reports version {version} (before: {previous})"
-        self._raised(
-            self.alerts.raise_once(
-                AlertKind.VERSION_CHANGED,
-                vendor,
-                {
-                    "summary": summary,
-                    "version": version,
-                    "previous": previous,
-                    "result_id": result_id,
-                },
-                key=f"{previous}->{version}",
-            )
+        self.raise_alert(
+            AlertKind.VERSION_CHANGED,
+            vendor,
+            {"summary": summary, "version": version, "previous": previous, "result_id": result_id},
+            key=f"{previous}->{version}",
         )

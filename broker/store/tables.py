@@ -703,10 +703,34 @@ vendor_alerts = Table(
     Column("raised_at", UTCDateTime, nullable=False),
     Column("detail", Text, nullable=False),
     Column("cleared_at", UTCDateTime),
+    Column("delivery_id", Integer),
     Index(None, "vendor", "kind", "raised_at"),
+    Index(None, "delivery_id"),
 )
 """What the vendor watch raised: ``drift``, ``version_changed``, ``results_missing``,
-``canary_failed`` (``code``: the finding code of a drift)."""
+``canary_failed`` (``code``: the finding code of a drift; ``delivery_id``: its webhook
+notification)."""
+
+canary_runs = Table(
+    "canary_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("vendor", String(64), nullable=False),
+    Column("period", String(64), nullable=False),
+    Column("actor", String(160), nullable=False),
+    Column("study_uid", UID),
+    Column("job_id", Integer),
+    Column("state", String(16), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("deadline_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Column("error", Text),
+    UniqueConstraint("vendor", "period"),
+    Index(None, "state"),
+    Index(None, "study_uid"),
+)
+"""Canaries: one row per vendor and period (the claim that makes one process, of several,
+send the period's synthetic study), its study and job, its deadline and outcome."""
 
 pseudonyms = Table(
     "pseudonyms",

@@ -1,10 +1,11 @@
-"""What the vendor watch reads: positive rates per finding code in a period, how many of the
-jobs sent in a window have a result, and the product version a vendor reported before.
-Canary jobs count in none of them but their own."""
+"""What the vendor watch reads: per finding code in a period, how many findings were present
+and their probabilities (scores); how many of the jobs sent in a window have a result; and
+the product version a vendor reported before. Canary jobs count in none of them but their
+own."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import Engine, and_, exists, func, select
@@ -23,10 +24,19 @@ class Answered:
     answered: int
 
 
-def code_rates(
+@dataclass(slots=True)
+class CodeTally:
+    """One finding code's findings in a period: how many, how many present, their scores."""
+
+    positives: int = 0
+    count: int = 0
+    scores: list[float] = field(default_factory=list)
+
+
+def code_tallies(
     engine: Engine, vendor: str, start: datetime, end: datetime
-) -> dict[str, tuple[int, int]]:
-    """Per finding code: (present, findings) of the vendor's results completed in the period."""
+) -> dict[str, CodeTally]:
+    """Per finding code: the findings of the vendor's results completed in the period."""
     r, j = results, jobs
     with engine.connect() as conn:
         rows = conn.execute(
@@ -41,13 +51,15 @@ def code_rates(
                 j.c.route != CANARY_ROUTE,
             )
         ).scalars()
-        counts: dict[str, list[int]] = {}
+        tallies: dict[str, CodeTally] = {}
         for text in rows:
             for f in findings_from_json(text).findings:
-                tally = counts.setdefault(code_key(f.code), [0, 0])
-                tally[0] += int(f.present)
-                tally[1] += 1
-    return {code: (p, n) for code, (p, n) in counts.items()}
+                tally = tallies.setdefault(code_key(f.code), CodeTally())
+                tally.positives += int(f.present)
+                tally.count += 1
+                if f.score is not None:
+                    tally.scores.append(f.score)
+    return tallies
 
 
 def answered(
@@ -74,15 +86,23 @@ def answered(
 
 def versions_around(engine: Engine, result_id: int) -> tuple[str | None, str | None, str | None]:
     """(vendor, the result's product version, the version of the vendor's complete result
-    before it) — from JSON findings, or those read from the vendor's SR."""
-    r = results
+    before it) — from JSON findings, or those read from the vendor's SR. A canary's result
+    is none of them (all None)."""
+    r, j = results, jobs
+    clinical = r.join(j, j.c.id == r.c.job_id)
     with engine.connect() as conn:
-        row = conn.execute(select(r.c.vendor, r.c.findings_json).where(r.c.id == result_id)).first()
+        row = conn.execute(
+            select(r.c.vendor, r.c.findings_json)
+            .select_from(clinical)
+            .where(r.c.id == result_id, j.c.route != CANARY_ROUTE)
+        ).first()
         if row is None or row.vendor is None or row.findings_json is None:
             return None, None, None
         before = conn.execute(
             select(r.c.findings_json)
+            .select_from(clinical)
             .where(
+                j.c.route != CANARY_ROUTE,
                 r.c.vendor == row.vendor,
                 r.c.id < result_id,
                 r.c.state == ResultState.COMPLETE.value,

@@ -17,9 +17,11 @@ from sqlalchemy import Engine
 from broker.model.alerts import AlertKind
 from broker.model.domain import AlgorithmInfo, Code, Finding, Findings
 from broker.model.jobs import JobState
+from broker.model.writeback import WEBHOOK_TARGET, DeliveryKind
 from broker.runtime.watch import VendorWatch
 from broker.store import JobStore
 from broker.store.alerts import AlertStore
+from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.performance import CANARY_ROUTE, job_records
 from broker.store.results import ResultStore
 from config.schema import Settings
@@ -57,6 +59,7 @@ class Scene:
         *,
         version: str = "1.0",
         route: str = "chest",
+        score: float | None = None,
     ) -> int:
         """A job sent at ``at``; with ``present`` not None, its result (one rib-fracture
         finding) complete ten minutes later; the job's id."""
@@ -70,7 +73,7 @@ class Scene:
             findings = Findings(
                 study_uid=uid,
                 algorithm=AlgorithmInfo(vendor, "Rib fracture CT", version),
-                findings=(Finding(code=RIB, present=present),),
+                findings=(Finding(code=RIB, present=present, score=score),),
             )
             result_id = self.results.record_findings(job.id, findings, now=done)
             assert self.results.complete(result_id, now=done) is not None
@@ -136,3 +139,42 @@ def test_a_new_product_version_raises_version_changed_once(engine: Engine) -> No
     assert (alert.detail["previous"], alert.detail["version"]) == ("1.0", "2.0")
     records = job_records(engine, "ribai", T0, T0 + timedelta(days=1))
     assert [r.version for r in records] == ["1.0", "2.0", "2.0"]
+
+
+def test_shifted_probabilities_raise_drift_of_kind_probability_and_notify_once(
+    engine: Engine,
+) -> None:
+    """Half the findings present in both periods (no positive-rate drift), but the recent
+    week's probabilities sit above the baseline's (two-sample Kolmogorov-Smirnov, p < 0.05):
+    one ``drift`` alert of the kind ``probability``, made with its webhook notification
+    (event ``drift``); the next check in the window raises and notifies nothing."""
+    hook = NewDelivery(
+        study_uid="",
+        target=WEBHOOK_TARGET,
+        target_type="webhook",
+        kind=DeliveryKind.NOTIFY,
+        max_attempts=3,
+    )
+    woken: list[str] = []
+    scene = Scene(engine)
+    watch = VendorWatch(engine, lambda: SETTINGS, notify=lambda: hook, wake=woken.append)
+    now = T0 + timedelta(days=40)
+    for i in range(40):
+        present = i % 2 == 0
+        scene.study("ribai", now - timedelta(days=20, hours=i), present, score=i / 80)
+        scene.study("ribai", now - timedelta(days=3, hours=i), present, score=0.3 + i / 80)
+    [alert] = watch.check("ribai", now)
+    assert (alert.kind, alert.code, alert.detail["drift"]) == (
+        AlertKind.DRIFT,
+        "SCT:33737001",
+        "probability",
+    )
+    assert "Kolmogorov-Smirnov D = 0.60" in str(alert.detail["summary"])
+    assert alert.delivery_id is not None and woken == [WEBHOOK_TARGET]
+    notices = DeliveryStore(engine).list(target=WEBHOOK_TARGET)
+    assert [(d.id, d.event, d.kind) for d in notices] == [
+        (alert.delivery_id, "drift", DeliveryKind.NOTIFY)
+    ]
+    assert AlertStore(engine).for_delivery(alert.delivery_id) == alert
+    assert watch.check("ribai", now + timedelta(minutes=5)) == []
+    assert len(DeliveryStore(engine).list(target=WEBHOOK_TARGET)) == 1 and len(woken) == 1

@@ -4,11 +4,12 @@ and the two-proportion z-test against a textbook value."""
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from adapters.console.charts import histogram, lines
-from broker.model.alerts import two_proportion_z_test
+from broker.model.alerts import kolmogorov_q, ks_two_sample, two_proportion_z_test
 from broker.model.performance import FindingRecord, JobRecord, by_month, percentile, stats
 
 T0 = datetime(2024, 4, 30, 17, 0, tzinfo=UTC)  # 01:00 on 1 May in Shanghai
@@ -67,6 +68,38 @@ def test_two_proportion_z_test_against_a_worked_example() -> None:
     assert (round(found.z, 3), round(found.p_value, 4)) == (2.191, 0.0285)
     assert two_proportion_z_test(0, 50, 0, 50) is None
     assert two_proportion_z_test(3, 0, 1, 10) is None
+
+
+def test_kolmogorov_q_meets_the_tables_critical_values() -> None:
+    """Q(1.358) = 0.05 and Q(1.628) = 0.01, the asymptotic critical values every table of the
+    Kolmogorov distribution gives; Q is 1 at 0 and falls with λ."""
+    assert abs(kolmogorov_q(1.358) - 0.05) < 0.0005
+    assert abs(kolmogorov_q(1.628) - 0.01) < 0.0002
+    assert kolmogorov_q(0.0) == 1.0
+    assert kolmogorov_q(0.5) > kolmogorov_q(1.0) > kolmogorov_q(2.0) > 0
+
+
+def test_ks_statistic_is_the_largest_gap_between_the_two_step_functions() -> None:
+    """0.1..0.4 against 0.25..0.55: the functions are 0.5 apart from 0.2 to 0.45; equal
+    samples (ties) are 0 apart with p = 1; an empty sample gives None."""
+    found = ks_two_sample([0.1, 0.2, 0.3, 0.4], [0.25, 0.35, 0.45, 0.55])
+    assert found is not None and found.d == 0.5
+    same = ks_two_sample([0.2, 0.2, 0.7], [0.7, 0.2, 0.2])
+    assert same is not None and (same.d, same.p_value) == (0.0, 1.0)
+    assert ks_two_sample([], [0.5]) is None
+
+
+def test_ks_test_tells_a_shifted_distribution_from_the_same_one() -> None:
+    """200 probabilities drawn uniform against 200 drawn from Beta(2, 1) (skewed to 1): p far
+    below 0.01; against another 200 uniform draws: p well above 0.05 (seeded draws)."""
+    draw = random.Random(16)
+    baseline = [draw.random() for _ in range(200)]
+    shifted = [draw.betavariate(2, 1) for _ in range(200)]
+    same = [draw.random() for _ in range(200)]
+    moved, steady = ks_two_sample(baseline, shifted), ks_two_sample(baseline, same)
+    assert moved is not None and steady is not None
+    assert moved.p_value < 0.001 and moved.d > 0.15
+    assert steady.p_value > 0.05 and steady.d < moved.d
 
 
 def test_charts_place_bars_and_lines_inside_the_plot() -> None:
