@@ -1,5 +1,5 @@
-"""Settings of knowing how AI products perform: comparing findings with final reports, and
-the vendor watch (drift, missing results)."""
+"""Settings of knowing how AI products perform: comparing findings with final reports, the
+vendor watch (drift, missing results), and a vendor's canary (a periodic synthetic study)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
+from broker.model.errors import ConfigError, did_you_mean
+from broker.model.plugins import registered
 from broker.model.reports import DEFAULT_NEGATIONS, DEFAULT_POST_NEGATIONS, ReportMatcher
 from config.base import Duration, Strict
 
@@ -75,3 +77,29 @@ class Monitoring(Strict):
     check_every: Duration = 60.0
     drift: Drift = Drift()
     results_missing: ResultsMissing = ResultsMissing()
+
+
+class Canary(Strict):
+    """A vendor's canary (``vendors.NAME.canary``): every ``every`` a synthetic study of the
+    harness generator's kind ``template`` (``instances`` slices or views; the kind's own
+    count when absent), marked as a test in a private tag, goes to this vendor only through
+    the whole loop; no result within ``deadline`` raises ``canary_failed``. Never routed to
+    another vendor, never written back, never billed, never counted in performance."""
+
+    every: Duration
+    deadline: Duration = 1800.0
+    template: Annotated[str, Field(min_length=1, max_length=32)] = "ct_head"
+    instances: Annotated[int, Field(ge=1, le=1000)] | None = None
+
+    @field_validator("template")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        try:
+            kinds: tuple[str, ...] = tuple(registered("study_kinds"))
+        except ConfigError:  # the generator is not installed: checked when a canary is made
+            return value
+        if value not in kinds:
+            raise ValueError(
+                f"no such study kind {value!r}{did_you_mean(value, kinds, or_list=True)}"
+            )
+        return value

@@ -26,6 +26,7 @@ from broker.model.mode import Mode
 from broker.model.reconciliation import DEFAULT_THRESHOLD, ReconcileMode
 from config.base import AETitle, Duration, LocatedErrors, Strict
 from config.base import parse_duration as parse_duration  # noqa: PLC0414 - re-exported
+from config.monitoring import Canary
 from config.plugins import TransportBlock
 from routing.fields import Kind
 from routing.parse import RuleError, parse_series, parse_when
@@ -247,6 +248,8 @@ class Vendor(Strict):
     deidentify: Deidentify | None = None
     """De-identify what this vendor is sent (off when absent); a route's own block wins."""
     regulatory: RegulatorySettings | None = None
+    canary: Canary | None = None
+    """A periodic synthetic study that tests the whole loop (off when absent)."""
 
 
 class PriorsSettings(Strict):

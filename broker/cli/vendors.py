@@ -1,8 +1,11 @@
-"""``radbridge vendors``: pause a vendor for maintenance (its jobs wait), resume it, list them."""
+"""``radbridge vendors``: pause a vendor for maintenance (its jobs wait), resume it, list them;
+send one a canary now."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,14 +21,19 @@ from broker.cli.common import (
     store_engine,
 )
 from broker.cli.work import print_json
+from broker.model.canary import OPEN_STATES, CanaryState
 from broker.model.errors import RadbridgeError
-from broker.store.audit import cli_actor
+from broker.runtime.canary import Canaries
+from broker.store.audit import Action, AuditLog, cli_actor
+from broker.store.canaries import CanaryStore
 from broker.store.jobs import JOBS
 from broker.store.pauses import LanePauses
+from broker.store.spool import Spool
 from config.base import parse_end
 
 app = typer.Typer(
-    help="Vendors (AI products): pause one for maintenance, resume it.", no_args_is_help=True
+    help="Vendors (AI products): pause one for maintenance, resume it, send it a canary.",
+    no_args_is_help=True,
 )
 
 VendorArgument = Annotated[str, typer.Argument(help="The vendor's name in the configuration.")]
@@ -125,3 +133,51 @@ def list_vendors(config: ConfigOption = None, json_out: JsonOption = False) -> N
             (p.reason or "") if p else "",
         )
     out.print(table)
+
+
+@app.command("canary")
+def canary(
+    vendor: VendorArgument,
+    config: ConfigOption = None,
+    *,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait", help="Wait until the running service decides it (passed: exit 0, else 1)."
+        ),
+    ] = False,
+) -> None:
+    """Send VENDOR its canary now (its ``canary`` block): a synthetic study marked as a test,
+    to this vendor only, never written back, billed or counted. Audited."""
+    _configured(vendor, config)
+    settings = settings_or_exit(config)
+    engine = store_engine(config)
+    canaries = Canaries(engine, Spool(Path(settings.storage.spool)), lambda: settings)
+    actor = cli_actor()
+    try:
+        run = canaries.run_now(vendor, actor=actor)
+    except RadbridgeError as exc:
+        err.print(str(exc), highlight=False)
+        raise typer.Exit(1) from exc
+    AuditLog(engine).record(
+        actor, Action.VENDOR_CANARY, f"vendor:{vendor}", {"run_id": run.id, "job_id": run.job_id}
+    )
+    local = cli_locale(config)
+    out.print(
+        f"canary {run.id} sent to {vendor}: job {run.job_id}, study {run.study_uid}, "
+        f"result expected by {local.time(run.deadline_at)}",
+        highlight=False,
+    )
+    if not wait:
+        return
+    runs = CanaryStore(engine)
+    give_up = run.deadline_at.timestamp() + 60  # the service decides within seconds of it
+    while run.state in OPEN_STATES:
+        if time.time() > give_up:
+            err.print(f"canary {run.id} is not decided: is radbridge serve running?")
+            raise typer.Exit(1)
+        time.sleep(0.5)
+        run = runs.get(run.id)
+    out.print(f"canary {run.id}: {run.state.value}", highlight=False)
+    if run.state is not CanaryState.PASSED:
+        raise typer.Exit(1)

@@ -20,6 +20,8 @@
   deadline), carried by the job whose result completed it; the others are
   ``done`` with it. Until then a result waits in ``result_received``; its
   notifications (urgent, discordant) do not wait.
+* A canary's result (:mod:`broker.model.canary`) gets no delivery and no notification:
+  its job is ``done`` at once.
 * A shadow job's result (:mod:`broker.model.mode`) gets no delivery and no
   notification: it stays in the store and the job is ``done`` at once. So does the
   result of a job whose images a Rejection Note rejected after the job was made.
@@ -55,6 +57,7 @@ from broker.engine.metrics import observe_writeback
 from broker.engine.plan import Plan, Plans
 from broker.engine.timer import Sweep
 from broker.engine.work import POLL_SECONDS, Failure, Outcome, Success, WorkEngine, utc_now
+from broker.model.canary import CANARY_ROUTE
 from broker.model.completion import procedure_step_notice
 from broker.model.critical import CRITICAL_EVENT
 from broker.model.domain import LinkState, Result, StoredOrder, Study
@@ -192,6 +195,10 @@ class WritebackStage:
         job = self.jobs.get(result.job_id)
         joined: list[Job] = []
         event = "result"
+        if job.route == CANARY_ROUTE:
+            log.info("canary result kept, not written back", vendor=job.vendor)
+            self._start_writing_back(job, has_deliveries=False)
+            return []
         with self.plans.use() as plan:
             log = log.bind(snapshot=plan.id)
             shadow = effective_shadow(job.shadow, plan.shadow(job.route, job.vendor))

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Engine
 
 from broker.engine.metrics import DELIVERY_LATENCY_SECONDS, DELIVERY_SEND_SECONDS, count_error
+from broker.model.canary import CANARY_ROUTE
 from broker.model.contract import UseCharge
 from broker.model.errors import NotFoundError, RadbridgeError
 from broker.model.jobs import Job
@@ -76,7 +77,8 @@ class Accounting:
     def record(
         self, job: Job, sent_at: datetime, outcome: SendOutcome | None = None
     ) -> UsageEntry | None:
-        """Write the job's usage row and its ``study.sent`` audit row (None: counted before)."""
+        """Write the job's usage row and its ``study.sent`` audit row (None: counted before).
+        A canary (:mod:`broker.model.canary`) is audited, never counted."""
         settings = self.settings()
         vendor = settings.vendors.get(job.vendor)
         series_uids = list(job.series_uids)
@@ -148,6 +150,12 @@ class Accounting:
                 peer=job.vendor,
                 now=sent_at,
             )
+
+        if job.route == CANARY_ROUTE:
+            detail["canary"] = True
+            with writing(self.engine) as conn:
+                audit(conn)
+            return None
 
         charge_to = contract.charge_to if contract is not None else None
         charged = charge_to is not None and charge.charge is UseCharge.PER_USE

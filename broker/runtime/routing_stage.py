@@ -13,6 +13,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from broker.engine.dispatch import Dispatcher, JobRequest
+from broker.model.canary import CANARY_ROUTE
 from broker.model.domain import LinkState
 from broker.model.errors import NotFoundError
 from broker.model.logging import get_logger
@@ -74,8 +75,8 @@ class RoutingStage:
                 result = self.results.get(result_id)
             except NotFoundError:
                 return None
-            if result.job_id is None:
-                return None
+            if result.job_id is None or self.jobs.get(result.job_id).route == CANARY_ROUTE:
+                return None  # an orphan, or a canary's: never routed
             LOG.info("study routed again: a result completed", study_uid=result.study_uid)
             return self._route(result.study_uid, snapshot)
 

@@ -20,6 +20,7 @@ from broker.engine.writeback_stage import WritebackStage
 from broker.model.logging import get_logger
 from broker.model.version import VERSION
 from broker.runtime.billing import Accounting
+from broker.runtime.canary import Canaries
 from broker.runtime.completion import CompletionStage, StableTimer
 from broker.runtime.contracts import audit_certificates
 from broker.runtime.edges import Edge, ServiceContext, available
@@ -126,9 +127,17 @@ class Service:
             wake=self.writeback.lanes_engine.wake,
         )
         self.results.on_complete.append(watch.result_complete)
+        canaries = Canaries(
+            engine,
+            self.context.spool,
+            lambda: self.snapshots.settings,
+            raise_alert=watch.raise_alert,
+            publish=self.dispatcher.publish,
+        )
         # The job engine's one timer: lapsed leases, due retries, released items, overdue jobs,
         # critical cases' escalations, priors pulled by vendors whose jobs ended; retention
-        # (purges, the free-space alarm); and the vendor watch (drift, missing results).
+        # (purges, the free-space alarm); the vendor watch (drift, missing results) and the
+        # vendors' canaries.
         retention = RetentionTask(engine, self.context.spool, lambda: self.snapshots.settings)
         self.engine_timer = Timer(
             [
@@ -139,6 +148,7 @@ class Service:
                 self.worker.work.sweep_priors,
                 retention,
                 watch,
+                canaries,
             ]
         )
         self._stop = threading.Event()

@@ -64,6 +64,7 @@ class Action:
     PSEUDONYM_LOOKUP = "pseudonym.lookup"
     VENDOR_PAUSE = "vendor.pause"
     VENDOR_RESUME = "vendor.resume"
+    VENDOR_CANARY = "vendor.canary"
     FINDING_VERDICT = "finding.verdict"
     PRODUCT_CERTIFICATE = "product.certificate"
     """A product's certificate is missing or expired: it runs in shadow, or live by

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
+from broker.model.canary import CANARY_ROUTE
 from broker.model.domain import ResultState
 from broker.model.jobs import JobState
 from broker.model.performance import FindingRecord, JobRecord
@@ -22,8 +23,6 @@ from broker.store.results import findings_from_json
 from broker.store.tables import job_events, jobs, results
 from broker.store.verdicts import VerdictStore
 
-#: The route of canary jobs: synthetic studies that test the loop, never counted.
-CANARY_ROUTE = "(canary)"
 _CHUNK = 500
 
 

@@ -52,6 +52,8 @@ class Spool:
         self.results = root / "results"
         self.priors = root / "priors"
         """Prior studies fetched for jobs (:mod:`broker.model.priors`): never indexed."""
+        self.canaries = root / "canary"
+        """Canary studies radbridge made (:mod:`broker.model.canary`): indexed, never routed."""
         self._lock_fd: int | None = None
 
     def lock(self) -> None:

@@ -518,6 +518,24 @@ class StudyStore:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot close stable studies: {exc}") from exc
 
+    def keep_unrouted(self, study_uid: str, now: datetime | None = None) -> None:
+        """A study radbridge made itself (a canary: :mod:`broker.model.canary`) is complete
+        as written and never routed: stable at once, without passing the stable timer. Index
+        its instances with a stable time far off first, so the timer never closes it."""
+        try:
+            with writing(self.engine) as conn:
+                conn.execute(
+                    update(studies)
+                    .where(studies.c.study_uid == study_uid)
+                    .values(
+                        state=StudyState.STABLE.value,
+                        stable_at=now or datetime.now(UTC),
+                        route_due_at=None,
+                    )
+                )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot keep the study unrouted: {exc}") from exc
+
     def next_due(self) -> datetime | None:
         """When the next collecting study falls quiet or a study is due for routing again."""
         collecting = select(func.min(studies.c.due_at)).where(

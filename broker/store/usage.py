@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from broker.model.canary import CANARY_ROUTE
 from broker.model.contract import UseCharge
 from broker.model.errors import StoreError
 from broker.model.jobs import UNFINISHED, JobState
@@ -406,11 +407,17 @@ class UsageStore:
         return QuotaUse(vendor=vendor, used=int(used), queued=int(queued))
 
     def uncounted_sent_jobs(self, limit: int = 10_000) -> list[int]:
-        """Jobs that reached ``sent`` but have no usage row (a crash between the two)."""
+        """Jobs that reached ``sent`` but have no usage row (a crash between the two); canary
+        jobs are never counted."""
         counted = select(usage.c.job_id).where(usage.c.job_id == job_events.c.job_id).exists()
+        canary = (
+            select(jobs.c.id)
+            .where(jobs.c.id == job_events.c.job_id, jobs.c.route == CANARY_ROUTE)
+            .exists()
+        )
         stmt = (
             select(job_events.c.job_id)
-            .where(and_(job_events.c.to_state == JobState.SENT.value, ~counted))
+            .where(and_(job_events.c.to_state == JobState.SENT.value, ~counted, ~canary))
             .group_by(job_events.c.job_id)
             .order_by(job_events.c.job_id)
             .limit(limit)

@@ -10,10 +10,10 @@ from datetime import datetime
 
 from sqlalchemy import Engine, and_, exists, func, select
 
+from broker.model.canary import CANARY_ROUTE
 from broker.model.domain import ResultState
 from broker.model.jobs import JobState
 from broker.model.verdicts import code_key
-from broker.store.performance import CANARY_ROUTE
 from broker.store.results import findings_from_json
 from broker.store.tables import job_events, jobs, results
 

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import Engine
 
 from broker.model.alerts import AlertKind
+from broker.model.canary import CANARY_ROUTE
 from broker.model.domain import AlgorithmInfo, Code, Finding, Findings
 from broker.model.jobs import JobState
 from broker.model.writeback import WEBHOOK_TARGET, DeliveryKind
@@ -22,7 +23,7 @@ from broker.runtime.watch import VendorWatch
 from broker.store import JobStore
 from broker.store.alerts import AlertStore
 from broker.store.deliveries import DeliveryStore, NewDelivery
-from broker.store.performance import CANARY_ROUTE, job_records
+from broker.store.performance import job_records
 from broker.store.results import ResultStore
 from config.schema import Settings
 from tests.databases import DATABASES, empty_database
