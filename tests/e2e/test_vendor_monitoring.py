@@ -6,7 +6,13 @@ radiologist gives verdicts on findings from the API, from the console in Chromiu
 (Playwright) and from the signed one-click link an urgent notification carries (a loopback
 webhook receiver); the harness RIS sends signed final reports (ORU^R01, MDM^T02; Chinese and
 English, with negations) over MLLP and each finding is compared with them; a vendor's SR
-with a new software version raises ``version_changed``."""
+with a new software version raises ``version_changed``; a vendor that never answers raises
+``results_missing``; each vendor alert reaches the webhook once. Two simulated vendors (the
+harness's, in this process) have canaries: the one in ``never-answer`` mode raises
+``canary_failed``, the other passes, and no canary is written back, billed or routed.
+
+Every test sets up what it needs: the steps that later figures count (verdicts, the console
+verdict, final reports) are module fixtures, so the tests pass in any order."""
 
 from __future__ import annotations
 
@@ -14,11 +20,14 @@ import json
 import re
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pydicom
@@ -27,6 +36,7 @@ import pytest
 from adapters.dicom.synthetic import generate_study
 from adapters.harness.hl7_messages import report_mdm_t02, report_oru_r01, sample_order
 from adapters.harness.ris import send_message
+from adapters.harness.vendor import ResultsTarget, SimulatedVendor
 from adapters.results.findings import parse_findings
 from adapters.results.sr import findings_to_sr, read_source_study
 from broker.model.domain import Order, Patient
@@ -35,8 +45,8 @@ from tests.fhir_receiver import Webhook
 from tests.peers import StoreSCP, free_port, storescu, wait_until
 from tests.service import RADBRIDGE, Radbridge, base_config
 
-# One worker runs the module (xdist_group), in order: the tests share one service and the
-# later ones (performance) count what the earlier ones recorded (verdicts, reports).
+# One worker runs the module (xdist_group): the tests share one service. The figures the
+# performance test counts come from module fixtures, not from other tests having run.
 pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("vendor-monitoring")]
 
 RESULTS_TOKENS = {v: f"{v}-results-token-0123456789" for v in ("lungai", "ichai")}
@@ -56,6 +66,8 @@ class Site:
     base: str
     operator: dict[str, str]
     folder: Path
+    canaryai: SimulatedVendor
+    deadai: SimulatedVendor
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.request(
@@ -130,6 +142,18 @@ class Site:
         )
         return result_id
 
+    def alerts(self, vendor: str, kind: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self.api(
+            "GET", "/alerts", params={"vendor": vendor, "kind": kind}
+        ).json()
+        return found
+
+    def notified(self, event: str, vendor: str) -> list[dict[str, Any]]:
+        """The webhook's notifications of ``event`` about ``vendor``."""
+        return [
+            b for _, b in self.webhook.received if b["event"] == event and b["vendor"] == vendor
+        ]
+
     def token(self, role: str) -> dict[str, str]:
         made = self.rb.cli("tokens", "create", "--role", role).stdout.strip()
         return {"Authorization": f"Bearer {made}"}
@@ -143,14 +167,21 @@ def _study_uid(path: Path) -> str:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """radbridge with an HTTP API and console, and two vendors reading every head CT."""
     folder = tmp_path_factory.mktemp("monitoring")
-    http_port = free_port()
+    http_port, rb_port = free_port(), free_port()
+    results_ae = ResultsTarget(ae_title="RADBRIDGE_RES", port=rb_port)
     with (
+        SimulatedVendor(
+            "head-ct-bleed", folder / "canaryai", ae_title="CANARYAI", delay=0.1, target=results_ae
+        ) as canaryai,
+        SimulatedVendor(
+            "head-ct-bleed", folder / "deadai", ae_title="DEADAI", fault="never-answer"
+        ) as deadai,
         StoreSCP(folder / "lungai", ae_title="LUNGAI") as lungai,
         StoreSCP(folder / "ichai", ae_title="ICHAI") as ichai,
         StoreSCP(folder / "silentai", ae_title="SILENTAI") as silentai,
         Webhook() as webhook,
     ):
-        config = base_config(folder / "rb", free_port())
+        config = base_config(folder / "rb", rb_port)
         config["site"] = {"name": "Monitoring Test Hospital", "timezone": "Asia/Shanghai"}
         config["http"] = {"listen": {"host": "127.0.0.1", "port": http_port}}
         config["hl7"] = {"listen": {"host": "127.0.0.1", "port": free_port()}}
@@ -175,8 +206,20 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 ("lungai", "CT head bleed A", lungai),
                 ("ichai", "CT head bleed B", ichai),
                 ("silentai", "CT head bleed C (never answers)", silentai),
+                ("canaryai", "CT head bleed D", canaryai),
+                ("deadai", "CT head bleed E (never answers)", deadai),
             )
         }
+        # Canaries: every hour (the first at start), small head CTs; deadai's send hangs.
+        for name, deadline in (("canaryai", "60s"), ("deadai", "3s")):
+            config["vendors"][name]["canary"] = {
+                "every": "1h",
+                "deadline": deadline,
+                "template": "ct_head",
+                "instances": 2,
+            }
+            config["vendors"][name]["billing"] = {"unit": "study", "price": 30, "currency": "CNY"}
+        config["vendors"]["deadai"]["timeout"] = "3s"
         config["routes"] = [
             {
                 "name": "head-ct",
@@ -199,7 +242,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             token = rb.cli("tokens", "create", "--role", "operator", "--name", "ops").stdout
             operator = {"Authorization": f"Bearer {token.strip()}"}
             base = f"http://127.0.0.1:{http_port}"
-            yield Site(rb, lungai, ichai, webhook, base, operator, folder)
+            yield Site(rb, lungai, ichai, webhook, base, operator, folder, canaryai, deadai)
         finally:
             rb.close()
 
@@ -219,6 +262,7 @@ def test_paused_vendor_jobs_wait_then_resume_delivers(site: Site) -> None:
     while ichai's job for the same study is sent; the API, the dashboard and the vendor's
     jobs page say why and until when; resuming from the console sends it; pause and resume
     are in the audit trail with their actors."""
+    before = len(site.lungai.files())  # what lungai had of the other tests' studies
     paused = site.rb.cli("vendors", "pause", "lungai", "--until", "2h", "--reason", "upgrade v3")
     assert "paused until" in paused.stdout
     listed = json.loads(site.rb.cli("vendors", "list", "--json").stdout)
@@ -236,7 +280,7 @@ def test_paused_vendor_jobs_wait_then_resume_delivers(site: Site) -> None:
     )
     assert jobs["lungai"]["state"] == "pending"
     assert jobs["lungai"]["attempts"] == 0
-    assert site.lungai.files() == []
+    assert len(site.lungai.files()) == before
 
     vendor = site.api("GET", "/vendors/lungai", params={"probe": "false"}).json()
     assert vendor["paused"]["reason"] == "upgrade v3"
@@ -256,7 +300,7 @@ def test_paused_vendor_jobs_wait_then_resume_delivers(site: Site) -> None:
         )
         assert resumed.status_code == 303, resumed.text
 
-    wait_until(lambda: len(site.lungai.files()) >= len(files), "lungai has the study")
+    wait_until(lambda: len(site.lungai.files()) >= before + len(files), "lungai has the study")
     assert site.api("POST", "/vendors/lungai/resume").status_code == 409  # not paused
 
     # The API pauses too; a time in the past is refused with the parameter named.
@@ -278,13 +322,21 @@ def test_paused_vendor_jobs_wait_then_resume_delivers(site: Site) -> None:
     assert actions == [("vendor.pause", "cli"), ("vendor.resume", "console")]
 
 
-def test_verdicts_from_the_api_and_the_one_click_link_are_recorded_and_audited(
-    site: Site,
-) -> None:
-    """A reader's verdicts (API) on two findings are kept, the newest counting; a viewer's is
-    403 and a finding the result does not have 404. The urgent notification carries signed
-    links per finding; opening one records nothing, its button records the verdict (source
-    ``link``); a tampered link is refused. Each verdict is in the audit trail."""
+@dataclass
+class Verdicts:
+    """Study 2 (lungai: a bleed present and urgent, a fracture absent) and what a reader, a
+    viewer and the one-click link did to its findings."""
+
+    result_id: int
+    answers: dict[str, httpx.Response]
+    notification: dict[str, Any]
+    history_after_opening: list[dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def verdicts(site: Site) -> Verdicts:
+    """A reader's verdicts (API) on study 2's findings, a viewer's and an out-of-range one;
+    then the urgent notification's signed link opened, tampered with and clicked."""
     _, study_uid = site.head_ct(2)
     result_id = site.answer(
         study_uid,
@@ -294,19 +346,21 @@ def test_verdicts_from_the_api_and_the_one_click_link_are_recorded_and_audited(
             {"code": FRACTURE, "present": False, "score": 0.04},
         ],
     )
-    reader = site.token("reader")
+    reader, viewer = site.token("reader"), site.token("viewer")
     url = f"{site.base}/api/v1/results/{result_id}"
-    given = httpx.post(f"{url}/findings/0/verdict", json={"verdict": "rejected"}, headers=reader)
-    assert given.status_code == 201, given.text
-    assert given.json()["code"] == "SCT:1386000" and given.json()["actor"].startswith("token:")
     changed = {"verdict": "modified", "corrected_value": "small, 4 mL", "comment": "thin SDH"}
-    assert httpx.post(f"{url}/findings/0/verdict", json=changed, headers=reader).status_code == 201
-    viewer = site.token("viewer")
-    refused = httpx.post(f"{url}/findings/1/verdict", json={"verdict": "accepted"}, headers=viewer)
-    assert refused.status_code == 403
-    missing = httpx.post(f"{url}/findings/2/verdict", json={"verdict": "accepted"}, headers=reader)
-    assert missing.status_code == 404 and "valid: 0 to 1" in missing.text
-
+    answers = {
+        "given": httpx.post(
+            f"{url}/findings/0/verdict", json={"verdict": "rejected"}, headers=reader
+        ),
+        "changed": httpx.post(f"{url}/findings/0/verdict", json=changed, headers=reader),
+        "refused": httpx.post(
+            f"{url}/findings/1/verdict", json={"verdict": "accepted"}, headers=viewer
+        ),
+        "missing": httpx.post(
+            f"{url}/findings/2/verdict", json={"verdict": "accepted"}, headers=reader
+        ),
+    }
     # The urgent result's notification, with a link to accept and one to reject each finding.
     notification = wait_until(
         lambda: next(
@@ -315,22 +369,47 @@ def test_verdicts_from_the_api_and_the_one_click_link_are_recorded_and_audited(
         "urgent notification",
     )
     links = notification["findings"][1]["verdict_links"]
-    assert set(links) == {"accepted", "rejected"}
     with httpx.Client(timeout=10) as browser:
-        page = browser.get(links["accepted"])
-        assert page.status_code == 200 and "Fracture of skull" in page.text
-        history = httpx.get(f"{url}/verdicts", headers=reader).json()
-        assert [v["finding_index"] for v in history] == [0, 0]  # opening recorded nothing
+        answers["opened"] = browser.get(links["accepted"])
+        opened = httpx.get(f"{url}/verdicts", headers=reader).json()
         # the reject link's payload under the accept link's stamp and signature
         base, accepted = links["accepted"].rsplit("/", 1)
         rejected = links["rejected"].rsplit("/", 1)[1]
         tampered = f"{base}/{rejected.split('.')[0]}.{accepted.split('.', 1)[1]}"
         assert tampered not in links.values()
-        assert browser.post(tampered).status_code == 404
-        done = browser.post(links["accepted"], data={"comment": ""})
-        assert done.status_code == 200 and 'id="verdict-recorded"' in done.text
+        answers["tampered"] = browser.post(tampered)
+        answers["clicked"] = browser.post(links["accepted"], data={"comment": ""})
+    return Verdicts(result_id, answers, notification, opened)
 
-    history = httpx.get(f"{url}/verdicts", headers=reader).json()
+
+def test_verdicts_from_the_api_and_the_one_click_link_are_recorded_and_audited(
+    site: Site, verdicts: Verdicts
+) -> None:
+    """A reader's verdicts (API) on two findings are kept, the newest counting; a viewer's is
+    403 and a finding the result does not have 404. The urgent notification carries signed
+    links per finding; opening one records nothing, its button records the verdict (source
+    ``link``); a tampered link is refused. Each verdict is in the audit trail."""
+    result_id, answers = verdicts.result_id, verdicts.answers
+    given = answers["given"]
+    assert given.status_code == 201, given.text
+    assert given.json()["code"] == "SCT:1386000" and given.json()["actor"].startswith("token:")
+    assert answers["changed"].status_code == 201
+    assert answers["refused"].status_code == 403
+    missing = answers["missing"]
+    assert missing.status_code == 404 and "valid: 0 to 1" in missing.text
+
+    links = verdicts.notification["findings"][1]["verdict_links"]
+    assert set(links) == {"accepted", "rejected"}
+    page = answers["opened"]
+    assert page.status_code == 200 and "Fracture of skull" in page.text
+    opened = verdicts.history_after_opening
+    assert [v["finding_index"] for v in opened] == [0, 0]  # opening recorded nothing
+    assert answers["tampered"].status_code == 404
+    done = answers["clicked"]
+    assert done.status_code == 200 and 'id="verdict-recorded"' in done.text
+
+    url = f"{site.base}/api/v1/results/{result_id}"
+    history = httpx.get(f"{url}/verdicts", headers=site.token("reader")).json()
     assert [(v["finding_index"], v["verdict"], v["source"]) for v in history] == [
         (0, "rejected", "api"),
         (0, "modified", "api"),
@@ -346,9 +425,10 @@ def test_verdicts_from_the_api_and_the_one_click_link_are_recorded_and_audited(
     assert {a["actor"].split(":")[0] for a in audit} == {"token", "link"}
 
 
-def test_a_reader_gives_a_verdict_in_the_console(site: Site) -> None:
-    """A console user with the role reader opens the study in Chromium and rejects the
-    finding with one click; the page shows the verdict and the API has it, by that user."""
+@pytest.fixture(scope="module")
+def console_verdict(site: Site) -> tuple[int, list[dict[str, Any]]]:
+    """A console user with the role reader rejects study 3's ichai finding in Chromium; the
+    result's id and its verdicts from the API."""
     _, study_uid = site.head_ct(3)
     result_id = site.answer(study_uid, "ichai", [{"code": ICH, "present": True, "score": 0.71}])
     name, password = "rad", PASSWORDS["op"]
@@ -378,18 +458,36 @@ def test_a_reader_gives_a_verdict_in_the_console(site: Site) -> None:
             page.wait_for_selector(f"#finding-{result_id}-0[data-verdict=rejected]")
         finally:
             browser.close()
-    history = site.api("GET", f"/results/{result_id}/verdicts").json()
+    return result_id, site.api("GET", f"/results/{result_id}/verdicts").json()
+
+
+def test_a_reader_gives_a_verdict_in_the_console(
+    console_verdict: tuple[int, list[dict[str, Any]]],
+) -> None:
+    """A console user with the role reader opens the study in Chromium and rejects the
+    finding with one click; the page shows the verdict and the API has it, by that user."""
+    _, history = console_verdict
     assert [(v["verdict"], v["actor"], v["source"]) for v in history] == [
         ("rejected", "console:rad", "console")
     ]
 
 
-def test_final_reports_confirm_or_contradict_each_finding(site: Site) -> None:
-    """The RIS's signed reports over MLLP, acknowledged AA once stored (verbatim): a Chinese
-    ORU^R01 confirms lungai's bleed and its absent fracture and contradicts ichai's "no
-    bleed"; an English MDM^T02 with negations contradicts a bleed; a report that comes
-    before the result is compared when the result completes; a report naming another
-    patient is AE and compared with nothing; the study page shows each outcome."""
+@dataclass
+class Reports:
+    """The final reports the RIS sent for studies 2, 4 and 5, and what they were compared
+    with."""
+
+    lungai: int
+    ichai: int
+    later: int
+    chinese: str
+    acks: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def reports(site: Site, verdicts: Verdicts) -> Reports:
+    """Study 4 read by lungai and ichai, then its Chinese ORU^R01; study 2's English MDM^T02;
+    study 5's report before its result; a report of study 4 naming another patient."""
     _, study_uid = site.head_ct(4)
     lungai = site.answer(
         study_uid,
@@ -398,47 +496,70 @@ def test_final_reports_confirm_or_contradict_each_finding(site: Site) -> None:
     )
     ichai = site.answer(study_uid, "ichai", [{"code": ICH, "present": False, "score": 0.2}])
     chinese = report_oru_r01(site.order(4), "右侧颞叶见片状高密度出血，约4ml。\n未见颅骨骨折。")
-    assert site.report(chinese) == "AA"
-    assert site.matches(lungai) == [("SCT:1386000", "confirmed"), ("SCT:71642004", "confirmed")]
-    assert site.matches(ichai) == [("SCT:1386000", "contradicted")]
-
-    # Study 2 (lungai: bleed present, fracture absent) read in English, as a document.
-    [earlier] = site.api("GET", "/results", params={"vendor": "lungai"}).json()["items"][1:2]
+    acks = {"chinese": site.report(chinese)}
     english = report_mdm_t02(
         site.order(2), "No evidence of intracranial hemorrhage.\nNo skull fracture."
     )
-    assert site.report(english) == "AA"
-    assert site.matches(earlier["id"]) == [
+    acks["english"] = site.report(english)
+    _, study_uid = site.head_ct(5)
+    acks["before"] = site.report(report_oru_r01(site.order(5), "Small acute hemorrhage, left."))
+    later = site.answer(study_uid, "ichai", [{"code": ICH, "present": True, "score": 0.8}])
+    other = Patient("SOMEONE-ELSE", None, "ROE^RICHARD", "19500101", "M")
+    acks["other patient"] = site.report(report_oru_r01(site.order(4, patient=other), "出血"))
+    return Reports(lungai, ichai, later, chinese, acks)
+
+
+def test_final_reports_confirm_or_contradict_each_finding(
+    site: Site, verdicts: Verdicts, reports: Reports
+) -> None:
+    """The RIS's signed reports over MLLP, acknowledged AA once stored (verbatim): a Chinese
+    ORU^R01 confirms lungai's bleed and its absent fracture and contradicts ichai's "no
+    bleed"; an English MDM^T02 with negations contradicts a bleed; a report that comes
+    before the result is compared when the result completes; a report naming another
+    patient is AE and compared with nothing; the study page shows each outcome."""
+    assert reports.acks == {
+        "chinese": "AA",
+        "english": "AA",
+        "before": "AA",
+        "other patient": "AE",
+    }
+    assert site.matches(reports.lungai) == [
+        ("SCT:1386000", "confirmed"),
+        ("SCT:71642004", "confirmed"),
+    ]
+    assert site.matches(reports.ichai) == [("SCT:1386000", "contradicted")]
+    # Study 2 (lungai: bleed present, fracture absent) read in English, as a document.
+    assert site.matches(verdicts.result_id) == [
         ("SCT:1386000", "contradicted"),
         ("SCT:71642004", "confirmed"),
     ]
-
     # The report first, the result after.
-    _, study_uid = site.head_ct(5)
-    assert site.report(report_oru_r01(site.order(5), "Small acute hemorrhage, left.")) == "AA"
-    later = site.answer(study_uid, "ichai", [{"code": ICH, "present": True, "score": 0.8}])
-    wait_until(lambda: site.matches(later) == [("SCT:1386000", "confirmed")], "compared later")
+    wait_until(
+        lambda: site.matches(reports.later) == [("SCT:1386000", "confirmed")], "compared later"
+    )
 
-    other = Patient("SOMEONE-ELSE", None, "ROE^RICHARD", "19500101", "M")
-    assert site.report(report_oru_r01(site.order(4, patient=other), "出血")) == "AE"
-    assert site.matches(ichai) == [("SCT:1386000", "contradicted")]
-
+    study2 = site.api("GET", f"/results/{verdicts.result_id}").json()["study_uid"]
     with _console(site) as console:
-        page = console.get(f"/studies/{earlier['study_uid']}").text
+        page = console.get(f"/studies/{study2}").text
         assert page.count('data-match="contradicted"') == 1
         assert page.count('data-match="confirmed"') == 1
 
     database = site.rb.config["storage"]["database"].removeprefix("sqlite:///")
     with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
         kept = [bytes(r[0]) for r in conn.execute("SELECT raw FROM final_reports ORDER BY id")]
-    assert kept[0] == chinese.encode() and len(kept) == 4
+    assert kept[0] == reports.chinese.encode() and len(kept) == 4
 
 
-def test_performance_of_two_vendors_side_by_side(site: Site) -> None:
-    """After the studies above: lungai's PPV from verdicts and its agreement with the final
-    reports, ichai's beside it; a reader's rejection through the API lowers lungai's PPV;
-    the CSV has a row per month and a total; the console page draws the charts and puts
-    the two vendors side by side."""
+def test_performance_of_two_vendors_side_by_side(
+    site: Site,
+    verdicts: Verdicts,
+    console_verdict: tuple[int, list[dict[str, Any]]],
+    reports: Reports,
+) -> None:
+    """With the verdicts, the console verdict and the final reports above: lungai's PPV from
+    verdicts and its agreement with the final reports, ichai's beside it; a reader's
+    rejection through the API lowers lungai's PPV; the CSV has a row per month and a total;
+    the console page draws the charts and puts the two vendors side by side."""
 
     def figures(vendor: str) -> dict[str, Any]:
         answer = site.api("GET", f"/vendors/{vendor}/performance")
@@ -456,11 +577,8 @@ def test_performance_of_two_vendors_side_by_side(site: Site) -> None:
     assert lungai["positive_rate"]["SCT:1386000"] == {"findings": 2, "positives": 2, "rate": 1.0}
     assert lungai["turnaround_p50_s"] is not None and lungai["versions"] == {"1.0": 2}
 
-    [study4] = [
-        r for r in site.api("GET", "/results", params={"vendor": "lungai"}).json()["items"][:1]
-    ]
     rejected = httpx.post(
-        f"{site.base}/api/v1/results/{study4['id']}/findings/0/verdict",
+        f"{site.base}/api/v1/results/{reports.lungai}/findings/0/verdict",
         json={"verdict": "rejected"},
         headers=site.token("reader"),
     )
@@ -486,54 +604,109 @@ def test_performance_of_two_vendors_side_by_side(site: Site) -> None:
 
 
 def test_a_new_version_in_a_vendor_sr_raises_version_changed(site: Site) -> None:
-    """lungai C-STOREs an SR (TID 1500, SoftwareVersions 2.0) to the results AE after JSON
-    results of 1.0: one ``version_changed`` alert in the API, on the dashboard and in the
-    metrics; the performance figures count the result under 2.0."""
-    files, study_uid = site.head_ct(6)
+    """ichai answers study 6 with JSON results of 1.0, then C-STOREs an SR (TID 1500,
+    SoftwareVersions 2.0) for study 7 to the results AE: one ``version_changed`` alert in
+    the API, on the dashboard, in the metrics and at the webhook; the performance figures
+    count the result under 2.0."""
+    _, study_uid = site.head_ct(6)
+    site.answer(study_uid, "ichai", [{"code": ICH, "present": False, "score": 0.1}])
+    files, study_uid = site.head_ct(7)
     wait_until(
-        lambda: site.jobs(study_uid).get("lungai", {}).get("state") == "awaiting_result",
-        "lungai's job at the vendor",
+        lambda: site.jobs(study_uid).get("ichai", {}).get("state") == "awaiting_result",
+        "ichai's job at the vendor",
     )
     source = read_source_study(files)
     document = {
         "study_instance_uid": study_uid,
-        "algorithm": {"vendor": "lungai", "product": "LUNGAI", "version": "2.0"},
+        "algorithm": {"vendor": "ichai", "product": "ICHAI", "version": "2.0"},
         "findings": [{"code": ICH, "present": True, "score": 0.8}],
     }
     sr = findings_to_sr(parse_findings(json.dumps(document).encode()), source, result_id="v2")
-    path = site.folder / "lungai-v2-sr.dcm"
+    path = site.folder / "ichai-v2-sr.dcm"
     sr.save_as(path, enforce_file_format=True)
-    storescu([path], site.rb.port, called_ae="RADBRIDGE_RES", calling_ae="LUNGAI")
+    storescu([path], site.rb.port, called_ae="RADBRIDGE_RES", calling_ae="ICHAI")
 
-    def alerts() -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = site.api(
-            "GET", "/alerts", params={"vendor": "lungai", "kind": "version_changed"}
-        ).json()
-        return found
-
-    [alert] = wait_until(alerts, "version_changed alert")
+    [alert] = wait_until(lambda: site.alerts("ichai", "version_changed"), "version_changed")
     assert (alert["detail"]["previous"], alert["detail"]["version"]) == ("1.0", "2.0")
-    versions = site.api("GET", "/vendors/lungai/performance").json()["total"]["versions"]
-    assert versions == {"1.0": 2, "2.0": 1}
+    versions = site.api("GET", "/vendors/ichai/performance").json()["total"]["versions"]
+    assert versions["2.0"] == 1
     metrics = httpx.get(f"{site.base}/metrics", timeout=10).text
-    assert 'radbridge_vendor_alerts_total{kind="version_changed",vendor="lungai"} 1.0' in metrics
+    assert 'radbridge_vendor_alerts_total{kind="version_changed",vendor="ichai"} 1.0' in metrics
     with _console(site) as console:
-        assert 'data-kind="version_changed" data-vendor="lungai"' in console.get("/").text
+        assert 'data-kind="version_changed" data-vendor="ichai"' in console.get("/").text
+    [notice] = wait_until(lambda: site.notified("version_changed", "ichai"), "webhook notice")
+    assert notice["alert"]["id"] == alert["id"] and notice["alert"]["detail"]["version"] == "2.0"
 
 
 def test_a_vendor_that_never_answers_raises_results_missing(site: Site) -> None:
     """silentai (a storescp that takes every study and returns nothing) raises one
     ``results_missing`` alert once it has taken three studies, and only one in the window
-    however often the watch checks (every second here)."""
-    assert len(site.jobs_of("silentai")) >= 3
+    however often the watch checks (every second here); the webhook hears of it once."""
+    n = 100
+    while len(site.jobs_of("silentai")) < 3:  # the studies other tests sent count too
+        site.head_ct(n)
+        n += 1
 
-    def missing(vendor: str) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = site.api(
-            "GET", "/alerts", params={"vendor": vendor, "kind": "results_missing"}
-        ).json()
-        return found
-
-    [alert] = wait_until(lambda: missing("silentai"), "results_missing alert")
+    [alert] = wait_until(lambda: site.alerts("silentai", "results_missing"), "results_missing")
     assert alert["detail"]["answered"] == 0 and alert["detail"]["sent"] >= 3
     assert "results for 0 of" in alert["summary"]
-    assert [a["id"] for a in missing("silentai")] == [alert["id"]]
+    [notice] = wait_until(lambda: site.notified("results_missing", "silentai"), "webhook notice")
+    assert notice["alert"]["id"] == alert["id"] and notice["study_uid"] == ""
+    time.sleep(2)  # two more checks of the watch
+    assert [a["id"] for a in site.alerts("silentai", "results_missing")] == [alert["id"]]
+    assert len(site.notified("results_missing", "silentai")) == 1
+
+
+def test_a_canary_to_a_vendor_that_never_answers_raises_canary_failed(site: Site) -> None:
+    """deadai (the harness vendor in ``never-answer`` mode) gets its canary when the service
+    starts and answers nothing: past its 3 s deadline one ``canary_failed`` alert, in the
+    metrics, on the dashboard and at the webhook (naming the canary's study)."""
+    [alert] = wait_until(lambda: site.alerts("deadai", "canary_failed"), "canary_failed")
+    assert "no result by the deadline" in alert["summary"]
+    [notice] = wait_until(lambda: site.notified("canary_failed", "deadai"), "webhook notice")
+    assert notice["alert"]["id"] == alert["id"]
+    canary_job = site.api("GET", "/jobs", params={"vendor": "deadai"}).json()["items"][-1]
+    assert notice["study_uid"] == canary_job["study_uid"] and canary_job["route"] == "(canary)"
+    metrics = httpx.get(f"{site.base}/metrics", timeout=10).text
+    assert 'radbridge_vendor_alerts_total{kind="canary_failed",vendor="deadai"} 1.0' in metrics
+    with _console(site) as console:
+        assert 'data-kind="canary_failed" data-vendor="deadai"' in console.get("/").text
+
+
+def test_a_canary_run_now_passes_and_is_never_written_back_billed_or_routed(site: Site) -> None:
+    """`radbridge vendors canary canaryai --wait`: the harness vendor gets a synthetic head
+    CT marked as a test in the private block RADBRIDGE CANARY and answers with an SR (an
+    urgent finding): the run passes; its job is done with no delivery and no notification;
+    no usage is counted for canaryai; no other vendor got the study; it is audited."""
+    ran = site.rb.cli("vendors", "canary", "canaryai", "--wait")
+    assert ran.returncode == 0, ran.stderr
+    run = re.search(r"canary (\d+) sent to canaryai: job (\d+), study ([\d.]+)", ran.stdout)
+    assert run is not None and ran.stdout.rstrip().endswith(": passed")
+    job_id, study_uid = int(run.group(2)), run.group(3)
+
+    assert set(site.jobs(study_uid)) == {"canaryai"}
+    job = site.api("GET", f"/jobs/{job_id}").json()
+    assert (job["route"], job["state"]) == ("(canary)", "done")
+    deliveries = site.api("GET", "/deliveries", params={"job_id": job_id}).json()["items"]
+    assert deliveries == []
+    assert not [b for _, b in site.webhook.received if b.get("study_uid") == study_uid]
+    today = site.api("GET", "/usage", params={"from": _today(), "to": _today()})
+    assert today.status_code == 200
+    assert not [line for line in today.json() if line["vendor"] == "canaryai"]
+    assert site.alerts("canaryai", "canary_failed") == []
+
+    received = [r for r in site.canaryai.received if r.study_uid == study_uid]
+    assert received
+    block = pydicom.dcmread(received[0].path).private_block(0x0011, "RADBRIDGE CANARY")
+    assert (block[0x01].value, block[0x02].value) == ("TEST", "canaryai")
+    audit = httpx.get(
+        f"{site.base}/api/v1/audit",
+        headers=site.token("admin"),
+        params={"action": "vendor.canary", "target": "vendor:canaryai"},
+        timeout=10,
+    ).json()["items"]
+    assert [(a["detail"]["job_id"], a["actor"].split(":")[0]) for a in audit] == [(job_id, "cli")]
+
+
+def _today() -> str:
+    return datetime.now(ZoneInfo("Asia/Shanghai")).date().isoformat()
