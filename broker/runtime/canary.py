@@ -26,13 +26,14 @@ from typing import Protocol
 
 from sqlalchemy import Engine
 
-from broker.model.alerts import Alert, AlertKind
+from broker.model.alerts import AlertKind
 from broker.model.canary import CANARY_ROUTE, CanaryRun, CanaryState
 from broker.model.domain import InstanceRecord
 from broker.model.errors import RadbridgeError
 from broker.model.jobs import Job
 from broker.model.logging import get_logger
 from broker.model.plugins import registered
+from broker.runtime.watch import VendorWatch
 from broker.store import StudyStore
 from broker.store.alerts import AlertStore
 from broker.store.canaries import CanaryStore
@@ -58,22 +59,6 @@ class MakeCanary(Protocol):
     ) -> list[InstanceRecord]: ...
 
 
-class RaiseAlert(Protocol):
-    """:meth:`broker.runtime.watch.VendorWatch.raise_alert`."""
-
-    def __call__(
-        self,
-        kind: AlertKind,
-        vendor: str,
-        detail: dict[str, object],
-        *,
-        key: str,
-        code: str | None = None,
-        now: datetime | None = None,
-        study_uid: str = "",
-    ) -> Alert | None: ...
-
-
 def _ignore(_job: Job) -> None:
     return None
 
@@ -92,13 +77,13 @@ class Canaries:
         spool: Spool,
         settings: Callable[[], Settings],
         *,
-        raise_alert: RaiseAlert | None = None,
+        watch: VendorWatch | None = None,
         publish: Callable[[Job], object] = _ignore,
     ) -> None:
         self.engine = engine
         self.folder = spool.canaries
         self.settings = settings
-        self.raise_alert = raise_alert
+        self.watch = watch
         """Raises ``canary_failed`` (the service's vendor watch); None: runs are not decided."""
         self.publish = publish
         """Wakes a worker for the new job (the dispatcher); the lanes' polling otherwise."""
@@ -108,6 +93,8 @@ class Canaries:
         self.alerts = AlertStore(engine)
         self.pauses = LanePauses(engine, JOBS)
         self._next: datetime | None = None
+        self._claimed: dict[str, str] = {}
+        """The period each vendor's run was last claimed for here (no claim to try again)."""
 
     def __call__(self, now: datetime) -> datetime | None:
         if self._next is not None and now < self._next:
@@ -118,8 +105,12 @@ class Canaries:
         for name, vendor in sorted(settings.vendors.items()):
             if vendor.canary is None or name in paused:
                 continue
+            period = period_of(vendor.canary, now)
+            if self._claimed.get(name) == period:
+                continue
+            self._claimed[name] = period  # made here, or by another process: tried once
             try:
-                self.start(name, period_of(vendor.canary, now), actor="timer", now=now)
+                self.start(name, period, actor="timer", now=now)
             except Exception:  # one vendor's canary never stops the others
                 LOG.exception("the canary could not be started", vendor=name)
         self.check(now)
@@ -178,7 +169,7 @@ class Canaries:
 
     def check(self, now: datetime) -> list[CanaryRun]:
         """Decide the open runs that can be: the runs decided now."""
-        if self.raise_alert is None:
+        if self.watch is None:
             return []
         decided = []
         for run in self.runs.open():
@@ -198,7 +189,7 @@ class Canaries:
         return decided
 
     def _failed(self, run: CanaryRun, error: str, now: datetime) -> None:
-        assert self.raise_alert is not None
+        assert self.watch is not None
         still_open = any(
             a.cleared_at is None
             for a in self.alerts.list(vendor=run.vendor, kind=AlertKind.CANARY_FAILED, limit=1)
@@ -210,7 +201,7 @@ class Canaries:
             f"canary {run.id} (job {run.job_id}) sent {run.started_at:%Y-%m-%d %H:%M} UTC: "
             f"{error} ({run.deadline_at:%H:%M:%S} UTC)"
         )
-        self.raise_alert(
+        self.watch.raise_alert(
             AlertKind.CANARY_FAILED,
             run.vendor,
             {"summary": summary, "run_id": run.id, "job_id": run.job_id, "error": error},

@@ -131,7 +131,7 @@ class Service:
             engine,
             self.context.spool,
             lambda: self.snapshots.settings,
-            raise_alert=watch.raise_alert,
+            watch=watch,
             publish=self.dispatcher.publish,
         )
         # The job engine's one timer: lapsed leases, due retries, released items, overdue jobs,

@@ -20,7 +20,7 @@ from broker.model.alerts import AlertKind
 from broker.model.canary import CANARY_ROUTE, CanaryState
 from broker.model.domain import AlgorithmInfo, Code, Finding, Findings, StudyState
 from broker.model.jobs import JobState
-from broker.model.writeback import WEBHOOK_TARGET, DeliveryKind
+from broker.model.writeback import WEBHOOK_TARGET
 from broker.runtime.billing import Accounting
 from broker.runtime.canary import Canaries
 from broker.runtime.watch import VendorWatch
@@ -28,46 +28,36 @@ from broker.store import JobStore, StudyStore
 from broker.store.alerts import AlertStore
 from broker.store.audit import AuditLog
 from broker.store.canaries import CanaryStore
-from broker.store.deliveries import DeliveryStore, NewDelivery
+from broker.store.deliveries import DeliveryStore
 from broker.store.results import ResultStore
 from broker.store.spool import Spool
 from broker.store.usage import UsageStore
 from config.schema import Settings
 from tests.databases import DATABASES, empty_database
+from tests.integration.test_vendor_watch import HOOK
 
 T0 = datetime(2024, 6, 1, 8, 0, 30, tzinfo=UTC)
+CANARY = {"every": "1h", "deadline": "10m", "template": "ct_head", "instances": 2}
+BILLING = {"unit": "study", "price": 30, "currency": "CNY"}
 SETTINGS = Settings.model_validate(
     {
         "vendors": {
-            "ichai": {
-                "product": "CT head bleed",
+            name: {
+                "product": product,
                 "transport": {
                     "type": "dicom",
-                    "ae_title": "ICHAI",
+                    "ae_title": name.upper(),
                     "host": "127.0.0.1",
                     "port": 104,
                 },
-                "billing": {"unit": "study", "price": 30, "currency": "CNY"},
-                "canary": {"every": "1h", "deadline": "10m", "template": "ct_head", "instances": 2},
-            },
-            "lungai": {
-                "product": "CT lung nodule",
-                "transport": {
-                    "type": "dicom",
-                    "ae_title": "LUNGAI",
-                    "host": "127.0.0.1",
-                    "port": 104,
-                },
-            },
+                **more,
+            }
+            for name, product, more in (
+                ("ichai", "CT head bleed", {"billing": BILLING, "canary": CANARY}),
+                ("lungai", "CT lung nodule", {}),  # no canary
+            )
         }
     }
-)
-HOOK = NewDelivery(
-    study_uid="",
-    target=WEBHOOK_TARGET,
-    target_type="webhook",
-    kind=DeliveryKind.NOTIFY,
-    max_attempts=3,
 )
 
 
@@ -81,7 +71,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 def _timer(engine: Engine, spool: Spool) -> Canaries:
     """One service's canary task, raising alerts through its vendor watch with a webhook."""
     watch = VendorWatch(engine, lambda: SETTINGS, notify=lambda: HOOK)
-    return Canaries(engine, spool, lambda: SETTINGS, raise_alert=watch.raise_alert)
+    return Canaries(engine, spool, lambda: SETTINGS, watch=watch)
 
 
 def _answer(engine: Engine, job_id: int, at: datetime) -> None:

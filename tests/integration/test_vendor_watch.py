@@ -39,6 +39,15 @@ SETTINGS = Settings.model_validate(
     }
 )
 
+#: The webhook's notification the service fills in for an alert.
+HOOK = NewDelivery(
+    study_uid="",
+    target=WEBHOOK_TARGET,
+    target_type="webhook",
+    kind=DeliveryKind.NOTIFY,
+    max_attempts=3,
+)
+
 
 @pytest.fixture(params=DATABASES)
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
@@ -149,16 +158,9 @@ def test_shifted_probabilities_raise_drift_of_kind_probability_and_notify_once(
     week's probabilities sit above the baseline's (two-sample Kolmogorov-Smirnov, p < 0.05):
     one ``drift`` alert of the kind ``probability``, made with its webhook notification
     (event ``drift``); the next check in the window raises and notifies nothing."""
-    hook = NewDelivery(
-        study_uid="",
-        target=WEBHOOK_TARGET,
-        target_type="webhook",
-        kind=DeliveryKind.NOTIFY,
-        max_attempts=3,
-    )
     woken: list[str] = []
     scene = Scene(engine)
-    watch = VendorWatch(engine, lambda: SETTINGS, notify=lambda: hook, wake=woken.append)
+    watch = VendorWatch(engine, lambda: SETTINGS, notify=lambda: HOOK, wake=woken.append)
     now = T0 + timedelta(days=40)
     for i in range(40):
         present = i % 2 == 0
