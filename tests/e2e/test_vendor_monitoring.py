@@ -149,10 +149,14 @@ class Site:
         return found
 
     def notified(self, event: str, vendor: str) -> list[dict[str, Any]]:
-        """The webhook's notifications of ``event`` about ``vendor``."""
-        return [
-            b for _, b in self.webhook.received if b["event"] == event and b["vendor"] == vendor
-        ]
+        """The webhook's notifications of ``event`` about ``vendor``, each once (a retry after
+        a timed-out POST is the same notification: the same id, the Idempotency-Key)."""
+        found = {
+            b["id"]: b
+            for _, b in self.webhook.received
+            if b["event"] == event and b["vendor"] == vendor
+        }
+        return list(found.values())
 
     def token(self, role: str) -> dict[str, str]:
         made = self.rb.cli("tokens", "create", "--role", role).stdout.strip()
