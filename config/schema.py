@@ -174,6 +174,14 @@ class HttpListen(Strict):
     port: Port = 8080
 
 
+class Transfers(Strict):
+    """A hub's side of the site-to-hub link (``/link/v1/transfers``, README "Site-to-hub
+    link"): a transfer no part came for in ``abandon_after`` is purged (its staged parts
+    removed; the site starting again sends them again)."""
+
+    abandon_after: Duration = 86400.0
+
+
 class Http(Strict):
     """radbridge's own HTTP server (WADO-RS for vendors that pull studies).
 
@@ -203,6 +211,8 @@ class Http(Strict):
     """Deprecated: the verdict links' own secret before ``link_secret`` (still read)."""
     verdict_link_days: Annotated[int, Field(ge=1, le=90)] = 14
     """How long a verdict link stays valid."""
+    transfers: Transfers = Transfers()
+    """Studies from site radbridges over the site-to-hub link."""
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -903,6 +913,7 @@ class Settings(Strict):
             result_timeout=configured.timeout,
             public_url=self.http_settings().base_url(),
             database_url=self.database_url(),
+            timezone=self.site.timezone,
         )
 
     def database_url(self) -> str:

@@ -227,6 +227,28 @@ def instance_record_from_spooled_file(
     path: Path, wants_series_tags: Callable[[str], bool] | None = None
 ) -> InstanceRecord:
     """The index record of a file already in the spool (recovery after a crash)."""
+    return instance_record_from_part10(
+        path,
+        calling_ae="",
+        called_ae="",
+        peer_address="",
+        received_at=datetime.fromtimestamp(path.stat().st_mtime, UTC),
+        wants_series_tags=wants_series_tags,
+    )
+
+
+def instance_record_from_part10(
+    path: Path,
+    *,
+    calling_ae: str,
+    called_ae: str,
+    peer_address: str,
+    received_at: datetime,
+    wants_series_tags: Callable[[str], bool] | None = None,
+    site: str | None = None,
+) -> InstanceRecord:
+    """The index record of a Part 10 file, its UIDs and transfer syntax from its file meta
+    (a spooled file after a crash; an instance of a study from the site-to-hub link)."""
     try:  # the meta's values are decoded when read: an unknown VR fails there
         meta = read_file_meta_info(path)
         sop_class_uid = str(meta.get("MediaStorageSOPClassUID", ""))
@@ -241,9 +263,10 @@ def instance_record_from_spooled_file(
         sop_class_uid=sop_class_uid,
         sop_instance_uid=sop_instance_uid,
         transfer_syntax_uid=transfer_syntax_uid,
-        calling_ae="",
-        called_ae="",
-        peer_address="",
-        received_at=datetime.fromtimestamp(path.stat().st_mtime, UTC),
+        calling_ae=calling_ae,
+        called_ae=called_ae,
+        peer_address=peer_address,
+        received_at=received_at,
         wants_series_tags=wants_series_tags,
+        site=site,
     )

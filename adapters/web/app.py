@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from adapters.api import install_api
 from adapters.console import create_console
 from adapters.fhir.server import fhir_router
+from adapters.link.hub import transfers_router
 from adapters.results.http import results_router
 from adapters.web.docs import install_docs
 from adapters.web.wado import PrivacyOf, wado_router
@@ -29,6 +30,8 @@ def create_app(engine: Engine, context: ServiceContext | None = None) -> FastAPI
       (:func:`adapters.api.auth.require`, which finds them on ``app.state.api_tokens``);
     - ``/results``: STOW-RS and JSON findings from vendors, with their results
       tokens (needs the service ``context``: settings and spool);
+    - ``/link/v1/transfers``: studies from site radbridges over the site-to-hub link,
+      with site-scoped API tokens (needs the service ``context``; :mod:`adapters.link.hub`);
     - ``/api/v1`` (REST API), ``/healthz``, ``/readyz``, ``/metrics``:
       :func:`adapters.api.install_api`;
     - ``/openapi.json``, ``/docs``, ``/redoc``: :func:`adapters.web.docs.install_docs`;
@@ -47,6 +50,7 @@ def create_app(engine: Engine, context: ServiceContext | None = None) -> FastAPI
     app.include_router(fhir_router(engine))
     if context is not None:
         app.include_router(results_router(context))
+        app.include_router(transfers_router(context))
     install_api(app, engine, context)
     install_docs(app)
     app.mount("/console", create_console(engine, context))

@@ -473,6 +473,15 @@ class JobWork:
         except ConfigError:
             return True
 
+    def closed_until(self, lane: str, plan: Plan, now: datetime) -> datetime | None:
+        """When the vendor's transport opens again (a link outside its time windows); None:
+        open (or the vendor left the configuration: the claim finds that out)."""
+        try:
+            transport = plan.transport(lane)
+        except ConfigError:
+            return None
+        return transport.closed_until(now)
+
     def freed(self, lane: str) -> None:
         """A send ended: wake a worker (any process) for the vendor's next job."""
         try:

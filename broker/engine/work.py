@@ -115,6 +115,11 @@ class Work(Protocol[I]):
         """An attempt of ``lane`` ended here: wake a worker for the lane's next item."""
         ...
 
+    def closed_until(self, lane: str, plan: Plan, now: datetime) -> datetime | None:
+        """None while ``lane`` may be claimed from; else when it may again (a link's time
+        windows): its items wait, unclaimed, and count no attempt."""
+        ...
+
 
 class _Lane:
     def __init__(self, name: str) -> None:
@@ -123,6 +128,7 @@ class _Lane:
         self.credits = 0
         self.inflight = 0
         self.thread: threading.Thread | None = None
+        self.closed_until: datetime | None = None
 
 
 class WorkEngine(Generic[I]):
@@ -247,12 +253,37 @@ class WorkEngine(Generic[I]):
                 if claim:
                     lane.credits -= 1
                     lane.inflight += 1
+            if claim and self._closed(lane):
+                with lane.cond:
+                    lane.inflight -= 1
+                    lane.credits = 0
+                continue
             if claim and not self._stop.is_set() and not self._spawn(lane, capacity):
                 with lane.cond:
                     lane.credits = 0
         with self._lock:
             if self._lanes.get(lane.name) is lane:
                 del self._lanes[lane.name]
+
+    def _closed(self, lane: _Lane) -> bool:
+        """Whether the lane is closed now (its items wait); said once in the log per closing."""
+        try:
+            with self.plans.use() as plan:
+                until = self.work.closed_until(lane.name, plan, self.clock())
+        except Exception:
+            LOG.exception("cannot tell whether a lane is open", lane=lane.name)
+            until = None
+        if until is None:
+            if lane.closed_until is not None:
+                LOG.info(f"lane open again; its {self.work.noun}s are claimed", lane=lane.name)
+            lane.closed_until = None
+            return False
+        if lane.closed_until != until:
+            LOG.info(
+                f"lane closed; its {self.work.noun}s wait", lane=lane.name, until=until.isoformat()
+            )
+        lane.closed_until = until
+        return True
 
     def _spawn(self, lane: _Lane, capacity: int) -> bool:
         """Claim the lane's next item and run it in a thread of its own; False if none."""

@@ -571,6 +571,10 @@ class WritebackStage:
         if item.kind is not DeliveryKind.RESULT and done.state is not DeliveryState.FAILED:
             self.critical.delivered(done)  # a notification listed in a critical case's ledger
 
+    def closed_until(self, lane: str, plan: Plan, now: datetime) -> datetime | None:
+        """Targets are always open."""
+        return None
+
     def freed(self, lane: str) -> None:
         """A write-back ended: look at the target's next delivery."""
         self.lanes_engine.wake(lane)

@@ -9,8 +9,8 @@ with two parts, like a kombu transport:
   when the configuration is loaded. Its :meth:`~TransportSettings.build`
   makes the running transport.
 - the running transport, a :class:`VendorTransport`: ``send(job, files)``,
-  the tuple of its ``retryable`` errors, and, with defaults, ``cancel(job)``
-  and ``close()``.
+  the tuple of its ``retryable`` errors, and, with defaults, ``cancel(job)``,
+  ``close()`` and ``closed_until(now)``.
 
 It is registered under its name by an entry point of ``radbridge.transports``::
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import ClassVar, Protocol, TypeGuard
 
@@ -77,6 +78,11 @@ class VendorTransport(Protocol):
         """Let go of connections (when the configuration it was built from retires)."""
         return None
 
+    def closed_until(self, now: datetime) -> datetime | None:
+        """None while the vendor may be sent to; else when it may again (a link's time
+        windows): its jobs wait, pending, unclaimed, until then."""
+        return None
+
 
 #: How the write-back target that tells vendor NAME of cancellations is named: ``vendor.NAME``.
 VENDOR_TARGET_PREFIX = "vendor."
@@ -107,6 +113,8 @@ class TransportContext:
     """radbridge's HTTP server as vendors reach it (``http.public_url``)."""
     database_url: str = field(default="", repr=False)
     """The store's SQLAlchemy URL, password included (never logged)."""
+    timezone: str = "UTC"
+    """This radbridge's clock (``site.timezone``): a link's time windows are in it."""
 
 
 class TransportSettings(BaseModel):

@@ -11,7 +11,7 @@ patient.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -257,6 +257,11 @@ class _MisfiledError(StoreError):
     UID is held in another study (or series)."""
 
 
+class _HeldError(StoreError):
+    """Raised in an all-or-nothing indexing transaction to undo it: the study is held for
+    another patient or site than an instance names."""
+
+
 class StudyStore:
     """The study index. Every method is one short transaction."""
 
@@ -323,6 +328,51 @@ class StudyStore:
             None if entry is None else self._indexed(rec, *entry)
             for (rec, _stable), entry in zip(batch, done, strict=True)
         ]
+
+    def record_study(
+        self,
+        recs: Sequence[InstanceRecord],
+        stable_seconds: float,
+        *,
+        within: Callable[[Connection], None] | None = None,
+    ) -> list[Indexed]:
+        """Index durably spooled instances in one transaction: every one of them, or none.
+
+        ``within`` runs in that transaction after the last one (the site-to-hub link
+        marks its transfer committed there, so the study and the commit are seen
+        together). The first instance refused raises :class:`IdentityConflictError`
+        as :meth:`record_instance` does, and nothing of ``recs`` is indexed.
+        """
+        found: list[tuple[str | None, str]] = []
+        refused: ConflictReport | None = None
+        current: InstanceRecord | None = None
+        try:
+            try:
+                with writing(self.engine) as conn:
+                    for current in recs:
+                        now = current.received_at or datetime.now(UTC)
+                        previous_path, state = self._index(conn, current, now, stable_seconds)
+                        if state is None:
+                            raise _HeldError
+                        found.append((previous_path, state))
+                    if within is not None:
+                        within(conn)
+            except _HeldError:  # undone; its conflict is recorded on its own
+                assert current is not None
+                with writing(self.engine) as conn:
+                    refused = self._refuse(conn, current, datetime.now(UTC))
+                if refused is None:  # the study's patient changed meanwhile (a merge)
+                    raise StoreError(
+                        "the study's patient changed while indexing; send it again"
+                    ) from None
+            except _MisfiledError:
+                assert current is not None
+                refused = self._refuse_misfiled(current, datetime.now(UTC))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot index instance: {exc}") from exc
+        if refused is not None:
+            raise IdentityConflictError(refused)
+        return [self._indexed(r, p, st) for r, (p, st) in zip(recs, found, strict=True)]
 
     def _index(
         self, conn: Connection, rec: InstanceRecord, now: datetime, stable_seconds: float

@@ -881,3 +881,26 @@ prior_instances = Table(
 )
 """The instances of a job's priors in ``SPOOL/priors/job-ID/``, as its WADO-RS serves them to
 a vendor that pulls by manifest (only while the job is at the vendor)."""
+
+transfers = Table(
+    "transfers",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("site", String(32), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("study_uid", UID, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("parts", Integer, nullable=False),
+    Column("instances", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("manifest", Text, nullable=False),
+    Column("peer_address", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("committed_at", UTCDateTime),
+    UniqueConstraint("site", "key"),
+    Index(None, "state", "updated_at"),
+)
+"""Studies a site radbridge is sending over the site-to-hub link (``open``, then
+``committed`` once its instances are indexed, or ``purged`` when abandoned); ``key`` is the
+SHA-256 of the manifest (JSON), so the same study sent again is the same transfer."""

@@ -1,0 +1,190 @@
+"""The site-to-hub link through its real interface: the ``radbridge`` transport sends a
+spooled study over HTTP to a hub's ``/link/v1/transfers`` (the ``web`` edge on its own
+store and spool), through a loopback TCP proxy that delays and cuts connections
+(:class:`tests.link.CuttingProxy`; this machine has no ``sch_netem``, so no ``tc
+netem`` namespaces: the proxy stands in for the bad network).
+
+Each transport ``send`` here is one attempt of the site's job: a cut makes it raise a
+retryable error, and the next attempt resumes from the parts the hub holds.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from adapters.link.parts import StudyStream
+from adapters.vendors.radbridge import LinkRejectedError, LinkUnavailableError
+from broker.model.errors import NotFoundError
+from broker.model.jobs import Job
+from broker.model.vendor import TRANSPORTS, TransportContext, VendorTransport, is_retryable
+from broker.store import StudyStore
+from broker.store.transfers import TransferState, TransferStore
+from tests.integration.test_wado import WadoStack, wado
+from tests.link import CuttingProxy, HubStack, hub_stack
+from tests.peers import LOOPBACK
+
+__all__ = ["wado"]  # the site: a store with a spooled study
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[HubStack]:
+    """A hub with sites township-a and township-b, serving the link on loopback."""
+    with hub_stack(tmp_path / "hub") as stack:
+        yield stack
+
+
+@pytest.fixture
+def study(wado: WadoStack) -> tuple[Job, list[Path]]:
+    """A site's spooled 6-instance study and its job, claimed for sending; its files."""
+    uid, _ = wado.study(instances=6, rows=64, columns=64)
+    job = wado.sending_job(uid, vendor="hub")
+    files = [Path(p) for p in StudyStore(wado.engine).instance_paths(uid)]
+    return job, files
+
+
+def transport(port: int, token: str, **params: object) -> VendorTransport:
+    """The site's link transport to a hub at ``port``, in small parts (many per study)."""
+    settings = {"url": f"http://{LOOPBACK}:{port}", "token": token, "part_bytes": 4096}
+    return TRANSPORTS.get("radbridge").from_params(
+        "hub", settings | params, TransportContext("hub")
+    )
+
+
+def test_cuts_mid_study_leave_nothing_then_the_whole_study_once(
+    hub: HubStack, study: tuple[Job, list[Path]]
+) -> None:
+    """The link is cut mid-study three times: each attempt fails retryably and the hub shows
+    nothing of the study; the fourth attempt sends only the parts the hub lacks, and the hub
+    then holds every instance, each indexed once, attributed to the sending site."""
+    job, files = study
+    with CuttingProxy(hub.port, cut_after=30_000, cuts=3, delay=0.001) as proxy:
+        link = transport(proxy.port, hub.tokens["township-a"])
+        for _ in range(3):
+            with pytest.raises(LinkUnavailableError) as cut:
+                link.send(job, files)
+            assert is_retryable(link, cut.value)
+            with pytest.raises(NotFoundError):
+                StudyStore(hub.engine).get_study(job.study_uid)
+        outcome = link.send(job, files)
+    assert proxy.cut == 3
+    assert "already at the hub (resumed)" in outcome.detail
+    assert outcome.instances == len(files)
+    counts = hub.sop_counts(job.study_uid)
+    manifest = StudyStream(job.study_uid, files).manifest()
+    assert sorted(counts) == sorted(i.sop_instance_uid for i in manifest.instances)
+    assert set(counts.values()) == {1}
+    held = StudyStore(hub.engine).get_study(job.study_uid)
+    assert held.site == "township-a"
+    assert hub.evidence == [job.study_uid]
+    placed = StudyStore(hub.engine).instance_paths(job.study_uid)
+    assert sorted(Path(p).read_bytes() for p in placed) == sorted(f.read_bytes() for f in files)
+    assert not (hub.spool.root / "transfers").exists() or not any(
+        p.is_dir() for p in (hub.spool.root / "transfers").iterdir()
+    )
+
+
+def test_a_lost_commit_answer_is_answered_again_and_indexes_once(
+    hub: HubStack, study: tuple[Job, list[Path]]
+) -> None:
+    """The commit reaches the hub but its answer is cut: the attempt fails retryably; the
+    retry finds the transfer committed and sends nothing; every instance is indexed once."""
+    job, files = study
+    with CuttingProxy(hub.port, cut_replies=1, reply_marker=b"/commit") as proxy:
+        link = transport(proxy.port, hub.tokens["township-a"])
+        with pytest.raises(LinkUnavailableError):
+            link.send(job, files)
+        again = link.send(job, files)
+    assert proxy.cut == 1
+    assert "at the hub already" in again.detail
+    counts = hub.sop_counts(job.study_uid)
+    assert len(counts) == len(files)
+    assert set(counts.values()) == {1}
+
+
+def _put(hub: HubStack, token: str, transfer: str, index: int, data: bytes, digest: str) -> int:
+    header = "sha-256=:" + base64.b64encode(bytes.fromhex(digest)).decode() + ":"
+    answer = httpx.put(
+        f"{hub.url}/link/v1/transfers/{transfer}/parts/{index}",
+        content=data,
+        headers={"Authorization": f"Bearer {token}", "Content-Digest": header},
+        timeout=10,
+    )
+    return answer.status_code
+
+
+def test_the_hub_checks_parts_and_sites(hub: HubStack, study: tuple[Job, list[Path]]) -> None:
+    """A part whose bytes do not match its digest is 422 and not kept; the same part again
+    is 204 both times; an early commit is 409 naming the missing parts; site B's token
+    sees no site A transfer (404) and may not send as site A (403)."""
+    job, files = study
+    stream = StudyStream(job.study_uid, files, part_bytes=4096)
+    manifest = stream.manifest()
+    a, b = hub.tokens["township-a"], hub.tokens["township-b"]
+    api = f"{hub.url}/link/v1/transfers"
+    body = {"manifest": manifest.model_dump(mode="json")}
+    opened = httpx.post(api, json=body, headers={"Authorization": f"Bearer {a}"}, timeout=10)
+    assert opened.status_code == 201, opened.text
+    transfer = opened.json()["id"]
+    assert opened.json()["received"] == []
+    part0 = manifest.parts[0]
+    assert _put(hub, a, transfer, 0, stream.part(1), part0.sha256) == 422
+    assert _put(hub, a, transfer, 0, stream.part(0), part0.sha256) == 204
+    assert _put(hub, a, transfer, 0, stream.part(0), part0.sha256) == 204
+    shown = httpx.get(f"{api}/{transfer}", headers={"Authorization": f"Bearer {a}"}, timeout=10)
+    assert shown.json()["received"] == [0]
+    early = httpx.post(
+        f"{api}/{transfer}/commit", headers={"Authorization": f"Bearer {a}"}, timeout=10
+    )
+    assert early.status_code == 409
+    assert early.json()["missing"] == list(range(1, len(manifest.parts)))
+    with pytest.raises(NotFoundError):
+        StudyStore(hub.engine).get_study(job.study_uid)
+    other = httpx.get(f"{api}/{transfer}", headers={"Authorization": f"Bearer {b}"}, timeout=10)
+    assert other.status_code == 404
+    assert _put(hub, b, transfer, 1, stream.part(1), manifest.parts[1].sha256) == 404
+    posing = httpx.post(
+        api, json=body | {"site": "township-a"}, headers={"Authorization": f"Bearer {b}"}
+    )
+    assert posing.status_code == 403
+    assert job.study_uid not in posing.text
+
+
+def test_a_wrong_token_is_fatal_and_sends_nothing(
+    hub: HubStack, study: tuple[Job, list[Path]]
+) -> None:
+    """A token the hub does not know is refused (401): the job is dead, not retried."""
+    job, files = study
+    link = transport(hub.port, "not-a-token")
+    with pytest.raises(LinkRejectedError) as refused:
+        link.send(job, files)
+    assert not is_retryable(link, refused.value)
+    assert "401" in str(refused.value)
+    assert hub.sop_counts(job.study_uid) == {}
+
+
+def test_abandoned_transfers_are_purged_and_start_again(
+    hub: HubStack, study: tuple[Job, list[Path]]
+) -> None:
+    """A transfer no part came for in ``abandon_after`` loses its staged parts when the next
+    transfer opens; the site sending it again starts over and commits it."""
+    job, files = study
+    with CuttingProxy(hub.port, cut_after=20_000, cuts=1) as proxy:
+        link = transport(proxy.port, hub.tokens["township-a"])
+        with pytest.raises(LinkUnavailableError):
+            link.send(job, files)
+    store = TransferStore(hub.engine)
+    (left,) = store.abandoned(datetime.now(UTC) + timedelta(seconds=1))
+    staged = hub.spool.root / "transfers" / left.id
+    assert any(staged.iterdir())
+    store.touch(left.id, now=datetime.now(UTC) - timedelta(days=2))  # two days without a part
+    outcome = link.send(job, files)  # opening it again purges it first
+    assert "resumed" not in outcome.detail
+    assert store.get(left.id).state is TransferState.COMMITTED
+    assert len(hub.sop_counts(job.study_uid)) == len(files)
+    assert not staged.exists()
