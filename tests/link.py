@@ -56,6 +56,11 @@ class HubStack:
     def port(self) -> int:
         return self.settings.http_settings().listen.port
 
+    def all_sop_uids(self) -> list[str]:
+        """Every SOP Instance UID the hub indexed."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(instances.c.sop_instance_uid)).scalars())
+
     def sop_counts(self, study_uid: str) -> dict[str, int]:
         """SOP Instance UID → how often the hub indexed it, for one study."""
         stmt = select(instances.c.sop_instance_uid, instances.c.receive_count).where(

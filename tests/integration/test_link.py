@@ -11,6 +11,8 @@ retryable error, and the next attempt resumes from the parts the hub holds.
 from __future__ import annotations
 
 import base64
+import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,14 +22,17 @@ import pytest
 
 from adapters.link.parts import StudyStream
 from adapters.vendors.radbridge import LinkRejectedError, LinkUnavailableError
+from broker.engine.bus import Bus
+from broker.engine.dispatch import JobWorker
+from broker.engine.plan import FixedPlan, FixedPlans, VendorSpec
 from broker.model.errors import NotFoundError
-from broker.model.jobs import Job
+from broker.model.jobs import Job, JobState
 from broker.model.vendor import TRANSPORTS, TransportContext, VendorTransport, is_retryable
-from broker.store import StudyStore
+from broker.store import JobStore, StudyStore
 from broker.store.transfers import TransferState, TransferStore
 from tests.integration.test_wado import WadoStack, wado
 from tests.link import CuttingProxy, HubStack, hub_stack
-from tests.peers import LOOPBACK
+from tests.peers import LOOPBACK, wait_until
 
 __all__ = ["wado"]  # the site: a store with a spooled study
 
@@ -188,3 +193,39 @@ def test_abandoned_transfers_are_purged_and_start_again(
     assert store.get(left.id).state is TransferState.COMMITTED
     assert len(hub.sop_counts(job.study_uid)) == len(files)
     assert not staged.exists()
+
+
+def test_outside_its_windows_the_links_job_waits_pending(
+    hub: HubStack, wado: WadoStack, study: tuple[Job, list[Path]]
+) -> None:
+    """A link open 20:00-06:00: at noon (the worker's clock) the job stays pending with no
+    attempt and the hub holds nothing; once the clock says 21:00 the worker sends it and the
+    hub holds the study."""
+    claimed, _files = study
+    jobs = JobStore(wado.engine)
+    jobs.finish(claimed.id, JobState.FAILED, error="(set up)")  # back to waiting: not claimed
+    jobs.requeue_due()
+    now = [datetime(2026, 5, 1, 12, 0, tzinfo=UTC)]
+    link = transport(hub.port, hub.tokens["township-a"], windows=["20:00-06:00"])
+    spec = VendorSpec(name="hub", transport="radbridge", params={})
+    plans = FixedPlans(FixedPlan(vendors={"hub": spec}, transports={"hub": link}))
+    bus = Bus("memory://", prefix=f"rbtest-{uuid.uuid4().hex[:12]}")
+    worker = JobWorker(wado.engine, bus, plans, clock=lambda: now[0], poll_seconds=0.1)
+    worker.start()
+    try:
+        time.sleep(1.5)
+        waiting = jobs.get(claimed.id)
+        assert (waiting.state, waiting.attempts) == (JobState.PENDING, 1)
+        assert hub.sop_counts(claimed.study_uid) == {}
+        now[0] = datetime(2026, 5, 1, 21, 0, tzinfo=UTC)
+        wait_until(
+            lambda: jobs.get(claimed.id).state is JobState.AWAITING_RESULT,
+            "the job sent once the window opened",
+            20,
+            interval=0.1,
+        )
+    finally:
+        worker.stop(10)
+        bus.close()
+    assert len(hub.sop_counts(claimed.study_uid)) == len(_files)
+    assert jobs.get(claimed.id).attempts == 2

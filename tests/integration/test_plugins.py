@@ -64,7 +64,7 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry[Transp
 def test_builtin_plugins_are_declared_by_entry_points_under_their_own_names() -> None:
     """Every built-in transport, target type and edge is an entry point; each loads as a
     class that declares the same name."""
-    assert TRANSPORTS.names() == ["dicom", "dicomweb", "http"]
+    assert TRANSPORTS.names() == ["dicom", "dicomweb", "http", "radbridge"]
     assert TARGETS.names() == ["dicom", "dicomweb", "fhir", "hl7", "webhook"]
     assert {"dicom", "hl7", "web"} <= set(EDGES.names())
     for name, model in [*TRANSPORTS.all().items(), *TARGETS.all().items()]:

@@ -30,6 +30,7 @@ from broker.model.jobs import Job
 from broker.model.vendor import TransportContext
 from tests.fhir_receiver import FhirReceiver, Webhook
 from tests.integration.test_wado import DICOM_ACCEPT, WadoStack
+from tests.link import hub_stack
 from tests.peers import LOOPBACK, Orthanc, StoreSCP, free_port
 from tests.ris import Ris
 from tests.scripted_scp import ScriptedStoreSCP
@@ -252,8 +253,31 @@ class HttpKit(TransportKit):
         return told and httpx.get(url, headers=headers, timeout=10).status_code == 401
 
 
+@contextmanager
+def _hub(folder: Path, *, wrong_token: bool = False) -> Iterator[Peer]:
+    """A hub radbridge (``/link/v1/transfers``); with ``wrong_token`` the site's token is
+    one the hub never made (401)."""
+    with hub_stack(folder) as hub:
+        token = "not-a-token-of-this-hub" if wrong_token else hub.tokens["township-a"]
+        params: dict[str, object] = {"url": hub.url, "token": token, "timeout": 10}
+        yield Peer(params, lambda: set(hub.all_sop_uids()), hub)
+
+
+class RadbridgeKit(TransportKit):
+    name = "radbridge"
+
+    def accepting(self) -> AbstractContextManager[Peer]:
+        return _hub(self.stage.tmp / "hub")
+
+    def rejecting(self) -> AbstractContextManager[Peer]:
+        return _hub(self.stage.tmp / "hub-wrong-token", wrong_token=True)
+
+    def down(self) -> dict[str, object]:
+        return {"url": f"http://{LOOPBACK}:{free_port()}", "token": "t", "timeout": 5}
+
+
 TRANSPORT_KITS: dict[str, type[TransportKit]] = {
-    kit.name: kit for kit in (DicomKit, DicomWebKit, HttpKit)
+    kit.name: kit for kit in (DicomKit, DicomWebKit, HttpKit, RadbridgeKit)
 }
 
 
