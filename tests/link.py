@@ -145,15 +145,19 @@ class CuttingProxy:
 
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
-        self._listener.close()
         self._thread.join(5)
+        self._listener.close()
 
     def _accept(self) -> None:
+        self._listener.settimeout(0.1)  # so that the thread sees the stop
         while not self._stop.is_set():
             try:
                 client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            client.settimeout(None)
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _take(self, attribute: str) -> bool:

@@ -38,6 +38,7 @@ import base64
 import binascii
 import hashlib
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, HTTPException, Request
@@ -66,6 +67,9 @@ LOG = get_logger("radbridge.link.hub")
 PREFIX = "/link/v1/transfers"
 #: Compressed bytes a part may have beyond its raw size (an incompressible part grows a little).
 PART_SLACK = 64 * 1024
+#: A transfer's ``updated_at`` (what abandonment counts from) is refreshed by a part at
+#: most this often, so that parts do not each cost a write to the store.
+TOUCH_INTERVAL = timedelta(seconds=60)
 TransferId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$")]
 
 
@@ -217,7 +221,8 @@ def transfers_router(context: ServiceContext) -> APIRouter:
             if digest.hexdigest() != expected.sha256:
                 raise HTTPException(422, f"part {index} does not match its checksum; send it again")
             await run_in_threadpool(staging.keep, transfer_id, index, written)
-            await run_in_threadpool(store.touch, transfer_id)
+            if datetime.now(UTC) - transfer.updated_at > TOUCH_INTERVAL:
+                await run_in_threadpool(store.touch, transfer_id)
         except (SpoolError, StoreError, OSError) as exc:
             raise HTTPException(503, f"part {index} not stored: {type(exc).__name__}") from exc
         finally:

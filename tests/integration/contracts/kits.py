@@ -12,11 +12,14 @@ A plugin registered without a kit here fails the suites: add its kit to
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
+import tempfile
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,7 +33,7 @@ from broker.model.jobs import Job
 from broker.model.vendor import TransportContext
 from tests.fhir_receiver import FhirReceiver, Webhook
 from tests.integration.test_wado import DICOM_ACCEPT, WadoStack
-from tests.link import hub_stack
+from tests.link import HubStack, hub_stack
 from tests.peers import LOOPBACK, Orthanc, StoreSCP, free_port
 from tests.ris import Ris
 from tests.scripted_scp import ScriptedStoreSCP
@@ -253,24 +256,40 @@ class HttpKit(TransportKit):
         return told and httpx.get(url, headers=headers, timeout=10).status_code == 401
 
 
+_HUBS: list[HubStack] = []
+
+
+def _shared_hub() -> HubStack:
+    """One hub radbridge for every radbridge contract test of this process (a hub per test
+    would cost a migrated store and a web server each); closed when the process exits."""
+    if not _HUBS:
+        folder = Path(tempfile.mkdtemp(prefix="radbridge-contract-hub-"))
+        stack = ExitStack()
+        _HUBS.append(stack.enter_context(hub_stack(folder)))
+        atexit.register(shutil.rmtree, folder, True)
+        atexit.register(stack.close)
+    return _HUBS[0]
+
+
 @contextmanager
-def _hub(folder: Path, *, wrong_token: bool = False) -> Iterator[Peer]:
-    """A hub radbridge (``/link/v1/transfers``); with ``wrong_token`` the site's token is
-    one the hub never made (401)."""
-    with hub_stack(folder) as hub:
-        token = "not-a-token-of-this-hub" if wrong_token else hub.tokens["township-a"]
-        params: dict[str, object] = {"url": hub.url, "token": token, "timeout": 10}
-        yield Peer(params, lambda: set(hub.all_sop_uids()), hub)
+def _hub(*, wrong_token: bool = False) -> Iterator[Peer]:
+    """The hub (``/link/v1/transfers``), holding what arrives from now on; with
+    ``wrong_token`` the site's token is one the hub never made (401)."""
+    hub = _shared_hub()
+    before = set(hub.all_sop_uids())
+    token = "not-a-token-of-this-hub" if wrong_token else hub.tokens["township-a"]
+    params: dict[str, object] = {"url": hub.url, "token": token, "timeout": 10}
+    yield Peer(params, lambda: set(hub.all_sop_uids()) - before, hub)
 
 
 class RadbridgeKit(TransportKit):
     name = "radbridge"
 
     def accepting(self) -> AbstractContextManager[Peer]:
-        return _hub(self.stage.tmp / "hub")
+        return _hub()
 
     def rejecting(self) -> AbstractContextManager[Peer]:
-        return _hub(self.stage.tmp / "hub-wrong-token", wrong_token=True)
+        return _hub(wrong_token=True)
 
     def down(self) -> dict[str, object]:
         return {"url": f"http://{LOOPBACK}:{free_port()}", "token": "t", "timeout": 5}
