@@ -44,6 +44,12 @@ def base_config(folder: Path, port: int, **dicom: Any) -> dict[str, Any]:
     }
 
 
+def dicom_block(ae_title: str, port: int, **extra: Any) -> dict[str, Any]:
+    """A ``{type: dicom, …}`` block (a vendor's transport, a write-back target) for a DICOM
+    peer on loopback."""
+    return {"type": "dicom", "ae_title": ae_title, "host": "127.0.0.1", "port": port, **extra}
+
+
 class Radbridge:
     """One ``radbridge serve`` process with its own folder, port and configuration."""
 

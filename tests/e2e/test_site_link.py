@@ -28,7 +28,7 @@ from adapters.harness.vendor import ResultsTarget, SimulatedVendor
 from adapters.results.sr import read_source_study
 from tests.link import CuttingProxy
 from tests.peers import StoreSCP, free_port, storescu, wait_until
-from tests.service import Radbridge, base_config
+from tests.service import Radbridge, base_config, dicom_block
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("site_link")]
 CUTS = 3
@@ -66,12 +66,7 @@ def _hub_config(folder: Path, port: int, http_port: int, vendor_port: int) -> di
     config["vendors"] = {
         "lungai": {
             "product": "CT lung nodule",
-            "transport": {
-                "type": "dicom",
-                "ae_title": "LUNGAI",
-                "host": "127.0.0.1",
-                "port": vendor_port,
-            },
+            "transport": dicom_block("LUNGAI", vendor_port),
             "results": {"quiet_seconds": 0.3},
         }
     }
@@ -104,13 +99,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     ):
         hub_config = _hub_config(folder / "hub", hub_port, hub_http, hub_vendor_port)
         hub_config["sites"]["township-a"]["targets"] = {
-            "pacs": {  # the site radbridge's results AE title: results go back by C-STORE
-                "type": "dicom",
-                "ae_title": "RADBRIDGE_RES",
-                "host": "127.0.0.1",
-                "port": site_port,
-                "calling_ae": "HUB",
-            }
+            # the site radbridge's results AE title: results go back by C-STORE
+            "pacs": dicom_block("RADBRIDGE_RES", site_port, calling_ae="HUB")
         }
         hub = Radbridge(folder / "hub", hub_config).start()
         site: Radbridge | None = None
@@ -133,14 +123,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                     "results": {"ae_titles": ["HUB"], "quiet_seconds": 0.3},
                 }
             }
-            site_config["targets"] = {
-                "pacs": {
-                    "type": "dicom",
-                    "ae_title": "SITE_PACS",
-                    "host": "127.0.0.1",
-                    "port": site_pacs.port,
-                }
-            }
+            site_config["targets"] = {"pacs": dicom_block("SITE_PACS", site_pacs.port)}
             site_config["routes"] = [
                 {"name": "to-hub", "when": {"modality": "CT"}, "send": ["hub"]}
                 | {"write_back": ["pacs"]}
