@@ -210,9 +210,11 @@ def test_abandoned_transfers_are_purged_and_start_again(
     """A transfer no part came for in ``abandon_after`` loses its staged parts when the next
     transfer opens; the site sending it again starts over and commits it."""
     job, files = study
-    with CuttingProxy(hub.port, cut_after=20_000, cuts=1) as proxy:
-        with pytest.raises(LinkUnavailableError):
-            transport(proxy.port, hub.tokens["township-a"]).send(job, files)
+    with (
+        CuttingProxy(hub.port, cut_after=20_000, cuts=1) as proxy,
+        pytest.raises(LinkUnavailableError),
+    ):
+        transport(proxy.port, hub.tokens["township-a"]).send(job, files)
     link = transport(hub.port, hub.tokens["township-a"])
     store = TransferStore(hub.engine)
     (left,) = [
