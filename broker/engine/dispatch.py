@@ -475,12 +475,14 @@ class JobWork:
 
     def closed_until(self, lane: str, plan: Plan, now: datetime) -> datetime | None:
         """When the vendor's transport opens again (a link outside its time windows); None:
-        open (or the vendor left the configuration: the claim finds that out)."""
+        open (or the vendor left the configuration: the claim finds that out; or its
+        transport, a third party's, does not subclass VendorTransport and has no windows)."""
         try:
             transport = plan.transport(lane)
         except ConfigError:
             return None
-        return transport.closed_until(now)
+        closed_until = getattr(transport, "closed_until", None)  # not every plugin subclasses
+        return closed_until(now) if callable(closed_until) else None
 
     def freed(self, lane: str) -> None:
         """A send ended: wake a worker (any process) for the vendor's next job."""
