@@ -22,14 +22,17 @@ environment, the invocation runs the installed script instead.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -39,19 +42,40 @@ RADBRIDGE = str(Path(sys.executable).parent / "radbridge")
 
 # The helper: import the command once, then per request fork a child that runs it.
 _HELPER = r"""
-import json, logging, os, sys, traceback
+import json, logging, os, signal, sys, threading, time, traceback
 from broker.cli.main import app
+import importlib
+from importlib.metadata import entry_points
+import broker.runtime.service, broker.runtime.worker  # what `serve` and `worker` import
+for group in ("transports", "targets", "edges", "registries"):
+    for point in entry_points(group="radbridge." + group):  # adapters serve loads by name
+        importlib.import_module(point.module)
+
+reply_fd = int(sys.argv[1])
+replies = os.fdopen(reply_fd, "w", buffering=1)
+lock = threading.Condition()
+codes = {}       # pid -> exit code, of the invocations a request waits for
+detached = {}    # pid -> the file its exit code goes to (long-running services)
 
 def child(request):
+    os.close(reply_fd)
+    if request.get("detach"):
+        os.setsid()
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
     null = os.open(os.devnull, os.O_RDONLY)
-    out = os.open(request["stdout"], os.O_WRONLY | os.O_TRUNC)
-    err = os.open(request["stderr"], os.O_WRONLY | os.O_TRUNC)
+    if request.get("detach"):
+        out = os.open(request["stdout"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        err = os.dup(out)
+    else:
+        out = os.open(request["stdout"], os.O_WRONLY | os.O_TRUNC)
+        err = os.open(request["stderr"], os.O_WRONLY | os.O_TRUNC)
     for fd, target in ((null, 0), (out, 1), (err, 2)):
         os.dup2(fd, target)
         os.close(fd)
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(number, signal.SIG_DFL)
     sys.argv = ["radbridge", *request["args"]]
     code = 0
     try:
@@ -72,16 +96,48 @@ def child(request):
     finally:
         os._exit(code)
 
-replies = os.fdopen(int(sys.argv[1]), "w", buffering=1)
+def reap():
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            time.sleep(0.05)
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        with lock:
+            status_file = detached.pop(pid, None)
+            if status_file is None:
+                codes[pid] = code
+                lock.notify_all()
+        if status_file is not None:
+            with open(status_file + ".tmp", "w") as f:
+                f.write(str(code))
+            os.replace(status_file + ".tmp", status_file)
+
+threading.Thread(target=reap, daemon=True).start()
 replies.write(json.dumps({"ready": os.getpid()}) + "\n")
 for line in sys.stdin:
     request = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-        child(request)
+    with lock:
+        pid = os.fork()
+        if pid == 0:
+            child(request)
+        if request.get("detach"):
+            detached[pid] = request["status"]
     replies.write(json.dumps({"pid": pid}) + "\n")
-    _, status = os.waitpid(pid, 0)
-    replies.write(json.dumps({"code": os.waitstatus_to_exitcode(status)}) + "\n")
+    if not request.get("detach"):
+        with lock:
+            lock.wait_for(lambda: pid in codes)
+            code = codes.pop(pid)
+        replies.write(json.dumps({"code": code}) + "\n")
+# The tests are over: no service started here outlives them.
+with lock:
+    left = list(detached)
+for pid in left:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
 """
 
 
@@ -163,6 +219,24 @@ class _Helper:
                 raise subprocess.TimeoutExpired(command, timeout or 0, stdout, stderr)
             return subprocess.CompletedProcess(command, code, stdout, stderr)
 
+    def start(self, args: Sequence[str], env: Mapping[str, str], cwd: str, log: Path) -> Forked:
+        """``radbridge ARGS…`` forked in a session of its own, its output appended to ``log``."""
+        status = Path(tempfile.mkdtemp(prefix="radbridge-serve-")) / "exit"
+        request = {
+            "args": list(args),
+            "env": dict(env),
+            "cwd": cwd,
+            "stdout": str(log),
+            "detach": True,
+            "status": str(status),
+        }
+        with self.lock:
+            assert self.process.stdin is not None
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            pid = int(self._reply()["pid"])
+        return Forked([RADBRIDGE, *args], pid, status)
+
     def close(self) -> None:
         if self.process.stdin is not None:
             self.process.stdin.close()
@@ -172,6 +246,46 @@ class _Helper:
             self.process.kill()
             self.process.wait()
         self.replies.close()
+
+
+class Forked:
+    """A long-running ``radbridge`` forked by the helper, handled like :class:`subprocess.Popen`
+    (``pid``, ``poll``, ``wait``, ``send_signal``, ``terminate``, ``kill``, ``returncode``).
+
+    It is the helper's child, not this process's: the helper collects its exit and writes
+    the code to a file, which ``poll`` reads.
+    """
+
+    def __init__(self, args: list[str], pid: int, status: Path) -> None:
+        self.args = args
+        self.pid = pid
+        self.returncode: int | None = None
+        self._status = status
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self._status.exists():
+            self.returncode = int(self._status.read_text())
+            shutil.rmtree(self._status.parent, ignore_errors=True)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            time.sleep(0.02)
+        return code
+
+    def send_signal(self, number: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, number)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
 
 _helper: _Helper | None = None
@@ -202,6 +316,28 @@ def close() -> None:
             _helper.close()
             atexit.unregister(_helper.close)
             _helper = None
+
+
+def start(
+    args: Sequence[str], *, env: Mapping[str, str], log: Path, cwd: Path | str | None = None
+) -> Forked | subprocess.Popen[bytes]:
+    """Start a long-running ``radbridge ARGS…`` (``serve``, ``worker``) in a session of its
+    own with its output appended to ``log``: forked from the helper, or the installed script
+    where :func:`run` would run it (see the module's docstring)."""
+    folder = str(cwd or os.getcwd())
+    log.touch()
+    helper = _get_helper() if args and args[0] not in _plugin_commands() else None
+    if helper is not None and _interpreter_env(env) == helper.interpreter_env:
+        return helper.start(args, env, folder, log)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [RADBRIDGE, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=folder,
+            start_new_session=True,
+        )
 
 
 def run(

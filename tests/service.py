@@ -13,6 +13,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from tests import cli_fork
@@ -62,7 +63,7 @@ class Radbridge:
         self.config_path = folder / "radbridge.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config))
         self.log_path = folder / "radbridge.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | cli_fork.Forked | None = None
         self.env = {**os.environ, "TCP_NODELAY": "1"}
         self.wrapper: list[str] = []
         """A command that runs ``radbridge serve`` (``strace …``); none by default."""
@@ -78,14 +79,18 @@ class Radbridge:
         loaded machine running tests side by side can stretch it a lot.
         """
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [*self.wrapper, RADBRIDGE, "serve", "-c", str(self.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            start_new_session=True,
-        )
+        serve = ["serve", "-c", str(self.config_path)]
+        if self.wrapper:
+            with self.log_path.open("ab") as log:
+                self.process = subprocess.Popen(
+                    [*self.wrapper, RADBRIDGE, *serve],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self.env,
+                    start_new_session=True,
+                )
+        else:  # forked from the pre-imported command (tests.cli_fork): its own process
+            self.process = cli_fork.start(serve, env=self.env, log=self.log_path)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -161,6 +166,16 @@ class Radbridge:
         except sqlite3.Error:
             return None
         return str(row[0]) if row else ""
+
+    def listener_processes(self) -> list[psutil.Process]:
+        """The DICOM listener processes: every process the service started but
+        multiprocessing's resource tracker (forked at start, spawned when replaced)."""
+        assert self.process is not None
+        return [
+            p
+            for p in psutil.Process(self.process.pid).children()
+            if "resource_tracker" not in " ".join(p.cmdline())
+        ]
 
     def log_lines(self) -> list[dict[str, Any]]:
         lines = []

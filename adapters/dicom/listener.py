@@ -25,7 +25,8 @@ import socket
 import threading
 import time
 from dataclasses import replace
-from multiprocessing.context import SpawnProcess
+from multiprocessing.context import ForkContext, SpawnContext
+from multiprocessing.process import BaseProcess
 from typing import Any, ClassVar
 
 from adapters.dicom.mapping import instance_record_from_spooled_file
@@ -44,6 +45,7 @@ from config.schema import Settings
 
 LOG = get_logger("radbridge.dicom")
 _SPAWN = multiprocessing.get_context("spawn")
+_FORK = multiprocessing.get_context("fork")
 STOP_GRACE_SECONDS = 10.0
 #: Longest the acceptor waits for a listener process to take a connection.
 HANDOFF_TIMEOUT = 5.0
@@ -61,9 +63,16 @@ def _process_main(  # noqa: PLR0917 - a spawned process's target gets its argume
     handoff: socket.socket,
     ready: Any,
     evidence: Any,
+    inherited: tuple[int, ...] = (),
 ) -> None:
-    """Entry point of one listener process (spawned, so nothing is inherited); it puts the
-    studies to judge for completion on ``evidence`` (a queue the supervisor reads)."""
+    """Entry point of one listener process; it puts the studies to judge for completion on
+    ``evidence`` (a queue the supervisor reads). A forked process first closes the
+    descriptors of the service's it must not keep open (``inherited``: the listening socket
+    and the spool's lock, which would otherwise outlive a service killed with -9)."""
+    for fd in inherited:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logging_cfg = settings.logging
     configure_logging(
         logging_cfg.level, logging_cfg.format, logging_cfg.phi, file=logging_cfg.log_file()
@@ -129,13 +138,22 @@ def _drain(server: ListenerServer) -> None:
     server.server_close()
 
 
+def _start_method() -> ForkContext | SpawnContext:
+    """How a listener process starts: forked while the service runs no other thread (at its
+    start, when the processes are made before any thread: each shares the libraries the
+    service imported, copy-on-write, instead of importing them again, which costs one to
+    two seconds of CPU and tens of MB per process), spawned afterwards (a replacement for a
+    process that died, while threads run whose locks a fork could copy held)."""
+    return _FORK if threading.active_count() == 1 else _SPAWN
+
+
 class DicomListener(Edge):
     """The ``dicom`` edge: the acceptor and the supervised listener processes."""
 
     name: ClassVar[str] = "dicom"
 
     def __init__(self) -> None:
-        self._processes: dict[int, SpawnProcess] = {}
+        self._processes: dict[int, BaseProcess] = {}
         self._handoffs: dict[int, socket.socket] = {}
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -217,10 +235,13 @@ class DicomListener(Edge):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours.settimeout(HANDOFF_TIMEOUT)  # a stuck listener process never stalls the acceptor
         self._board.reset(slot)
+        method = _start_method()
+        inherited = self._inherited(ours) if method is _FORK else ()
+        args = (self._settings(), self._board, slot, theirs, self._ready, self._evidence)
         with self._send:  # a reload meanwhile reaches the new process through its handoff
-            process = _SPAWN.Process(
+            process = method.Process(
                 target=_process_main,
-                args=(self._settings(), self._board, slot, theirs, self._ready, self._evidence),
+                args=(*args, inherited),
                 name=f"radbridge-dicom-{slot}",
                 daemon=False,
             )
@@ -231,6 +252,15 @@ class DicomListener(Edge):
                 old.close()
             self._processes[slot] = process
             self._handoffs[slot] = ours
+
+    def _inherited(self, ours: socket.socket) -> tuple[int, ...]:
+        """The descriptors a forked listener process closes first: the spool's lock, the
+        listening socket and the supervisor's ends of the handoffs (a process holding one
+        would keep its listener process from seeing the supervisor close it)."""
+        assert self._context is not None
+        held = [self._context.spool.lock_descriptor, ours.fileno()]
+        held += [s.fileno() for s in (self._socket, *self._handoffs.values()) if s is not None]
+        return tuple(fd for fd in held if fd is not None and fd >= 0)
 
     def _await_ready(self, pending: set[int], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

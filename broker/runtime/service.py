@@ -182,11 +182,13 @@ class Service:
         if published:
             LOG.info("unfinished jobs published again", jobs=published)
         try:
-            if self.settings.delivery.worker_in_service:
-                self.worker.start()
+            # The edges before any thread of the service's own: the DICOM listener forks its
+            # processes while the service is still single-threaded (see its start method).
             for edge in self.edges:
                 edge.start(self.context)
                 self._started.append(edge)
+            if self.settings.delivery.worker_in_service:
+                self.worker.start()
         except Exception:
             self.stop()
             raise

@@ -69,6 +69,11 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"cannot lock the spool {self.root}: {exc.strerror}") from exc
 
+    @property
+    def lock_descriptor(self) -> int | None:
+        """The descriptor holding the spool's lock (a forked child closes its copy)."""
+        return self._lock_fd
+
     def prepare(self) -> None:
         """Create the folders; remove anything left half-received by a crash."""
         try:

@@ -16,10 +16,11 @@ from adapters.dicom.synthetic import generate_study
 from adapters.hl7.ack import AckCode, read_ack
 from adapters.hl7.framing import frame
 from broker.store.spool import Spool
+from tests import cli_fork
 from tests.disk import MiB, fill, small_filesystem
 from tests.hl7_messages import orm_o01, sample_order
 from tests.peers import LOOPBACK, echoscu, free_port, storescu, wait_until
-from tests.service import RADBRIDGE, Radbridge, base_config
+from tests.service import Radbridge, base_config
 
 MLLP_SEND = str(Path(sys.executable).parent / "mllp_send")
 AUDIT_ALL = ("--from", "2000-01-01", "--to", "2100-01-01")
@@ -103,13 +104,7 @@ def test_low_free_space_stops_dicom_intake_keeps_orders_and_resumes(tmp_path: Pa
 
 def _start_logging_to(rb: Radbridge, log_file: Path) -> None:
     """``radbridge serve`` with its output apart, started once its log file says so."""
-    rb.process = subprocess.Popen(
-        [RADBRIDGE, "serve", "-c", str(rb.config_path)],
-        stdout=rb.log_path.open("ab"),
-        stderr=subprocess.STDOUT,
-        env=rb.env,
-        start_new_session=True,
-    )
+    rb.process = cli_fork.start(["serve", "-c", str(rb.config_path)], env=rb.env, log=rb.log_path)
     wait_until(
         lambda: log_file.exists() and "radbridge started" in log_file.read_text(),
         "radbridge did not start",

@@ -54,18 +54,9 @@ def radbridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Radbridge]:
     rb.close()
 
 
-def _listeners(rb: Radbridge) -> list[psutil.Process]:
-    assert rb.process is not None
-    return [
-        p
-        for p in psutil.Process(rb.process.pid).children(recursive=True)
-        if "spawn_main" in " ".join(p.cmdline())
-    ]
-
-
 def _listener(rb: Radbridge) -> psutil.Process:
     """The one listener process of a service started with ``processes=1``."""
-    [process] = _listeners(rb)
+    [process] = rb.listener_processes()
     return process
 
 

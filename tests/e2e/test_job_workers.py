@@ -23,9 +23,10 @@ import pytest
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from adapters.dicom.synthetic import generate_study
+from tests import cli_fork
 from tests.databases import fresh_postgres_database
 from tests.peers import StoreSCP, free_port, storescu, wait_until
-from tests.service import RADBRIDGE, Radbridge, base_config
+from tests.service import Radbridge, base_config
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.rabbitmq, pytest.mark.postgres]
 RABBITMQ = "amqp://guest@127.0.0.1:5672//"
@@ -70,17 +71,15 @@ class Workers:
     """`radbridge worker` processes, each with its log and the worker id it announced."""
 
     folder: Path
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes] | cli_fork.Forked] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
 
     def start(self, config_path: Path, count: int = 2) -> None:
         env = {**os.environ, "TCP_NODELAY": "1"}
         for n in range(count):
-            log = (self.folder / f"worker{n}.log").open("wb")
+            log = self.folder / f"worker{n}.log"
             self.processes.append(
-                subprocess.Popen(
-                    [RADBRIDGE, "worker", "-c", str(config_path)], stdout=log, stderr=log, env=env
-                )
+                cli_fork.start(["worker", "-c", str(config_path)], env=env, log=log)
             )
         for n in range(count):
             _wait(f"worker {n} to start", lambda n=n: self._started(n) is not None)

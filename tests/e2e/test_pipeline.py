@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -17,6 +18,7 @@ import yaml
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from adapters.dicom.synthetic import generate_study
+from tests import cli_fork
 from tests.peers import StoreSCP, dataset_bytes, free_port, storescu, wait_until
 from tests.service import RADBRIDGE, Radbridge, base_config
 
@@ -120,15 +122,13 @@ def test_chest_ct_reaches_the_lung_vendor_and_brain_mr_does_not(
 @pytest.fixture
 def rabbit_workers(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
     """Start `radbridge worker` processes for a configuration; stop them at the end."""
-    started: list[subprocess.Popen[bytes]] = []
+    started: list[subprocess.Popen[bytes] | cli_fork.Forked] = []
 
     def start(config_path: Path) -> None:
         for n in range(2):
-            log = (tmp_path / f"worker{n}.log").open("wb")
+            log = tmp_path / f"worker{n}.log"
             started.append(
-                subprocess.Popen(
-                    [RADBRIDGE, "worker", "-c", str(config_path)], stdout=log, stderr=log
-                )
+                cli_fork.start(["worker", "-c", str(config_path)], env=os.environ, log=log)
             )
         _wait(
             lambda: all(

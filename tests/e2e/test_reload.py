@@ -543,13 +543,7 @@ def test_vendor_added_by_reload_reaches_the_workers_on_rabbitmq_and_postgresql(
         svc = Running(radbridge_factory(config=config))
         logs = [tmp_path / f"worker{n}.log" for n in range(2)]
         workers = [
-            subprocess.Popen(
-                [*_radbridge(), "worker", "-c", str(shared)],
-                stdout=log.open("wb"),
-                stderr=subprocess.STDOUT,
-                env=svc.rb.env,
-            )
-            for log in logs
+            cli_fork.start(["worker", "-c", str(shared)], env=svc.rb.env, log=log) for log in logs
         ]
         try:
             _wait(lambda: all("radbridge worker started" in p.read_text() for p in logs))
