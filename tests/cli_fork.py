@@ -14,16 +14,16 @@ script, with nothing shared between invocations (each opens its own store).
 ``capture_output=True, text=True``. When the helper cannot start (the command
 does not import), for an environment whose ``PYTHON*`` variables differ from
 this process's (a fork cannot change what the interpreter read at its start,
-``PYTHONPATH`` for one), for a sub-command added by entry point (``harness``)
-or the bare command, or with ``RADBRIDGE_TEST_CLI=subprocess`` in the
-environment, the invocation runs the installed script instead.
+``PYTHONPATH`` for one), for the bare command or an option alone, or with
+``RADBRIDGE_TEST_CLI=subprocess`` in the environment, the invocation runs the
+installed script instead. ``start`` forks long-running commands (``serve``,
+``worker``) the same way, in a session of their own.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import json
 import os
 import shutil
@@ -34,7 +34,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,6 +42,8 @@ RADBRIDGE = str(Path(sys.executable).parent / "radbridge")
 # The helper: import the command once, then per request fork a child that runs it.
 _HELPER = r"""
 import json, logging, os, signal, sys, threading, time, traceback
+reply_fd = int(sys.argv[1])
+sys.argv = ["radbridge"]  # as the bare command: every sub-command added by entry point loads
 from broker.cli.main import app
 import importlib
 from importlib.metadata import entry_points
@@ -51,7 +52,6 @@ for group in ("transports", "targets", "edges", "registries"):
     for point in entry_points(group="radbridge." + group):  # adapters serve loads by name
         importlib.import_module(point.module)
 
-reply_fd = int(sys.argv[1])
 replies = os.fdopen(reply_fd, "w", buffering=1)
 lock = threading.Condition()
 codes = {}       # pid -> exit code, of the invocations a request waits for
@@ -139,14 +139,6 @@ for pid in left:
     except OSError:
         pass
 """
-
-
-@functools.cache
-def _plugin_commands() -> frozenset[str]:
-    """Sub-commands added by entry point; ``broker.cli.main`` loads one only when the command
-    line of the process that imports it names it, so the helper (which names none) has
-    placeholders: those run as the installed script, as does the bare or ``--help`` command."""
-    return frozenset(ep.name for ep in entry_points(group="radbridge.commands"))
 
 
 def _interpreter_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -326,7 +318,7 @@ def start(
     where :func:`run` would run it (see the module's docstring)."""
     folder = str(cwd or os.getcwd())
     log.touch()
-    helper = _get_helper() if args and args[0] not in _plugin_commands() else None
+    helper = _get_helper() if args else None
     if helper is not None and _interpreter_env(env) == helper.interpreter_env:
         return helper.start(args, env, folder, log)
     with log.open("ab") as out:
@@ -351,7 +343,7 @@ def run(
     """``radbridge ARGS…`` in a forked child (or the installed script); its output and code."""
     env = dict(os.environ if env is None else env)
     folder = str(cwd or os.getcwd())
-    forkable = bool(args) and not args[0].startswith("-") and args[0] not in _plugin_commands()
+    forkable = bool(args) and not args[0].startswith("-")
     helper = _get_helper() if forkable else None
     if helper is None or _interpreter_env(env) != helper.interpreter_env:
         result = subprocess.run(
