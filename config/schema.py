@@ -108,6 +108,21 @@ class Storage(Strict):
         return _no_password_in(value, "database URL", "RADBRIDGE_STORAGE__DATABASE_PASSWORD")
 
 
+NodeId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,23}$")]
+"""A node's id: lower-case letters, digits, ``-`` and ``_`` (at most 24 characters)."""
+
+
+class Node(Strict):
+    """This ``radbridge serve`` among several that share one store, one bus and one spool.
+
+    ``id`` (unset: the one node, as before) names the node's own folder in the shared
+    spool (``SPOOL/nodes/ID``: what it is still receiving, and its lock) and makes its
+    timers take turns with the other nodes' through claims in the store.
+    """
+
+    id: NodeId | None = None
+
+
 def _no_password_in(url: str, what: str, variable: str) -> str:
     """``url`` unless it holds a password (secrets come only from the environment)."""
     if "@" in url and ":" in url.split("://", 1)[-1].split("@", 1)[0]:
@@ -541,6 +556,8 @@ class Settings(Strict):
     site: Site = Site()
     sites: dict[SiteId, SiteSettings] = Field(default_factory=dict)
     """A hub's sending institutions (``config.sites``); empty: one implicit site."""
+    node: Node = Node()
+    """Which node this is when several share the store, the bus and the spool."""
     storage: Storage = Storage()
     bus: Bus = Bus()
     delivery: Delivery = Delivery()

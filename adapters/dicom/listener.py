@@ -81,7 +81,7 @@ def _process_main(  # noqa: PLR0917 - a spawned process's target gets its argume
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
     try:
         store = StudyStore(make_engine(settings.database_url()))
-        spool = Spool(settings.storage.spool)
+        spool = Spool(settings.storage.spool, settings.node.id)
         server = make_server(settings, store, spool, ProcessSlots(board, slot), evidence.put)
     except Exception as exc:
         ready.put((slot, os.getpid(), f"{type(exc).__name__}: {exc}"))

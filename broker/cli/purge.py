@@ -34,7 +34,7 @@ def purge_command(
     configure_logging(logging.level, logging.format, logging.phi, file=logging.log_file())
     engine = make_engine(settings.database_url())
     migrate(engine)
-    retention = Retention(engine, Spool(settings.storage.spool))
+    retention = Retention(engine, Spool(settings.storage.spool, settings.node.id))
     when = cutoffs(settings.retention, datetime.now(UTC))
     found = retention.plan(when) if dry_run else retention.purge(when, actor=cli_actor())
     if as_json:

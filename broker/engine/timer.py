@@ -13,6 +13,11 @@ write-back stage adds the overdue check. Every tick, for every kind:
 The loop sleeps until the earliest retry or lease end, ``interval`` at most.
 Every step is a conditional update in the store, so several timers (several
 services on one store) never do a step twice.
+
+The other timed actions (judging quiet studies, completing due results,
+escalations, retention, the vendor watch) are guarded by a :class:`Turn` when
+several nodes share the store: only the node holding the timer's claim in the
+store does them; another takes over when the holder stops renewing it.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
+from broker.model.errors import StoreError
 from broker.model.logging import get_logger
 from broker.model.work import WorkItem
+from broker.store.timer_claims import TimerClaims
 from broker.store.work import WorkStore
 
 LOG = get_logger("radbridge.timer")
@@ -65,6 +72,66 @@ class Sweep(Generic[I]):
         for item in requeued + self.store.take_released(now):
             self.wake(item)
         return self.store.next_wakeup()
+
+
+class Turn:
+    """A timer's turn among the nodes: held while this node's claim in the store runs.
+
+    The claim is renewed every third of ``lease_seconds`` while held, and asked for
+    about every second while another node holds it; a node that dies (or loses the
+    store) loses it ``lease_seconds`` after its last renewal at the latest.
+    """
+
+    def __init__(self, claims: TimerClaims, timer: str, holder: str, lease_seconds: float) -> None:
+        self.claims = claims
+        self.timer = timer
+        self.holder = holder
+        self.lease = timedelta(seconds=lease_seconds)
+        self._held = False
+        self._ask_at: datetime | None = None
+        self._lock = threading.Lock()
+
+    def held(self, now: datetime) -> bool:
+        """Whether this node does the timer's actions now (taking or renewing when due)."""
+        with self._lock:
+            if self._ask_at is not None and now < self._ask_at:
+                return self._held
+            try:
+                held = self.claims.hold(self.timer, self.holder, now, self.lease)
+            except StoreError:
+                LOG.exception("cannot claim a timer; its actions wait", timer=self.timer)
+                held = False
+            if held != self._held:
+                LOG.info(
+                    "timer taken" if held else "timer held by another node",
+                    timer=self.timer,
+                    holder=self.holder,
+                )
+            self._held = held
+            step = self.lease / 3 if held else min(self.lease / 3, timedelta(seconds=1))
+            self._ask_at = now + step
+            return held
+
+    def guard(self, task: Task) -> Task:
+        """``task``, run only while this node holds the turn (else: nothing due known)."""
+
+        def guarded(now: datetime) -> datetime | None:
+            return task(now) if self.held(now) else None
+
+        guarded.__qualname__ = getattr(task, "__qualname__", type(task).__qualname__)
+        return guarded
+
+    def release(self, now: datetime) -> None:
+        """Give the turn up (the node stops); failures only cost the others the lease."""
+        with self._lock:
+            if not self._held:
+                return
+            self._held = False
+            self._ask_at = None
+            try:
+                self.claims.release(self.timer, self.holder, now)
+            except StoreError:
+                LOG.warning("timer not given up; another node takes it after the lease")
 
 
 class Timer:

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
-from broker.engine.timer import Timer
+from broker.engine.timer import Timer, Turn
 from broker.model.completion import (
     NoticeKind,
     ProcedureNotice,
@@ -171,9 +171,13 @@ class StableTimer:
         store: StudyStore,
         completion: CompletionStage,
         on_stable: list[StableListener] | None = None,
+        *,
+        turn: Turn | None = None,
     ) -> None:
         self.store = store
         self.completion = completion
+        self.turn = turn
+        """With several nodes: quiet studies are judged here only while this node holds it."""
         self.on_stable = on_stable or []
         self._stop = threading.Event()
         self._timer = Timer([self._close_due], interval=MAX_TIMER_SLEEP)
@@ -195,7 +199,8 @@ class StableTimer:
             reported, self._reported = self._reported, set()
         closed: list[str] = []
         judged = [(uid, False) for uid in sorted(reported)]
-        judged += [(due.study_uid, True) for due in self.completion.events.due(now)]
+        if self.turn is None or self.turn.held(now):
+            judged += [(due.study_uid, True) for due in self.completion.events.due(now)]
         for study_uid, quiet in judged:
             try:
                 if self.completion.decide(study_uid, now, quiet=quiet):

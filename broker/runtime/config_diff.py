@@ -52,6 +52,7 @@ SECRET_SHOWN = "(secret)"  # noqa: S105 (a placeholder, not a secret)
 """How a secret that is set appears in a view (its value never does)."""
 
 RESTART_REQUIRED: tuple[str, ...] = (
+    "node",
     "storage",
     "bus",
     "logging",

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-from broker.engine.timer import Timer
+from broker.engine.timer import Timer, Turn
 from broker.model.domain import Findings, Result, ResultObject, ResultOrigin
 from broker.model.errors import RadbridgeError, StoreError
 from broker.model.logging import get_logger
@@ -118,6 +118,7 @@ class ResultTimer:
         *,
         read_findings: FindingsReader | None = None,
         regulatory: Callable[[str], str | None] | None = None,
+        turn: Turn | None = None,
     ) -> None:
         self.store = store
         self.jobs = jobs
@@ -129,7 +130,9 @@ class ResultTimer:
         """A vendor product's regulatory data in one line (named in the SRs it makes)."""
         self.on_complete: list[CompleteHook] = []
         self._stop = threading.Event()
-        self._timer = Timer([self._complete_due], interval=MAX_TIMER_SLEEP)
+        # With several nodes, only the one holding the turn completes results.
+        due = self._complete_due if turn is None else turn.guard(self._complete_due)
+        self._timer = Timer([due], interval=MAX_TIMER_SLEEP)
         self._thread: threading.Thread | None = None
 
     def wake(self) -> None:

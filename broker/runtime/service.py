@@ -4,6 +4,13 @@
 edge recover, then starts them; ``stop()`` stops them in reverse order. The
 stable timer reads due times from the store, so after a restart studies that
 were still collecting simply continue their countdown.
+
+A node (``node.id``) shares the store, the bus and the spool with other nodes: quiet
+studies are judged by whichever node's timer holds the ``completion`` turn, results
+completed by the ``results`` turn's holder, and the engine timer's timed actions
+(escalations, overdue jobs, priors to clean up, retention, the vendor watch) done by the ``engine``
+turn's holder (:class:`broker.engine.timer.Turn`); lapsed leases, retries and studies
+reported by a node's own listener are taken by any node, one conditional step each.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from pathlib import Path
 
 from broker.engine.bus import Bus
 from broker.engine.dispatch import Dispatcher, JobWorker
-from broker.engine.timer import Timer
+from broker.engine.timer import Task, Timer, Turn
 from broker.engine.writeback_stage import WritebackStage
 from broker.model.logging import get_logger
 from broker.model.version import VERSION
@@ -39,6 +46,8 @@ from broker.store.migrate import migrate
 from broker.store.orders import OrderStore
 from broker.store.results import ResultStore
 from broker.store.spool import Spool
+from broker.store.timer_claims import TimerClaims
+from broker.store.workers import new_worker_id
 from config.schema import Settings
 
 LOG = get_logger("radbridge.service")
@@ -59,7 +68,7 @@ class Service:
             settings=settings,
             engine=engine,
             store=StudyStore(engine),
-            spool=Spool(settings.storage.spool),
+            spool=Spool(settings.storage.spool, settings.node.id),
         )
         self.edges: list[Edge] = edges if edges is not None else [e() for e in available().values()]
         self.hup = threading.Event()
@@ -67,11 +76,16 @@ class Service:
         self.reloader = Reloader(self.snapshots, config_path, engine=engine)
         self.bus = Bus(settings.bus.connection_url(), prefix=settings.bus.prefix)
         self.dispatcher = Dispatcher(JobStore(engine), self.bus, self.snapshots)
+        self.turns = node_turns(
+            TimerClaims(engine), settings.node.id, settings.delivery.lease_seconds
+        )
         orders = OrderStore(engine)
         self.completion = CompletionStage(
             self.context.store, orders, self.dispatcher.jobs, self.snapshots
         )
-        self.timer = StableTimer(self.context.store, self.completion)
+        self.timer = StableTimer(
+            self.context.store, self.completion, turn=self.turns.get("completion")
+        )
         self.context = replace(
             self.context,
             snapshots=self.snapshots,
@@ -105,6 +119,7 @@ class Service:
             self.context.store,
             self.context.spool,
             regulatory=self._regulatory_label,
+            turn=self.turns.get("results"),
         )
         self.snapshots.on_swap(self._new_result_policies)
         self.snapshots.on_swap(self._audit_certificates)
@@ -143,17 +158,27 @@ class Service:
             [
                 self.dispatcher.sweep,
                 self.writeback.sweep,
-                self.writeback.overdue,
-                self.writeback.critical.tick,
-                self.worker.work.sweep_priors,
-                retention,
-                watch,
-                canaries,
+                *self._taking_turns(
+                    "engine",
+                    [
+                        self.writeback.overdue,
+                        self.writeback.critical.tick,
+                        self.worker.work.sweep_priors,
+                        retention,
+                        watch,
+                    ],
+                ),
+                canaries,  # claimed per vendor and period by the canaries themselves
             ]
         )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started: list[Edge] = []
+
+    def _taking_turns(self, timer: str, tasks: list[Task]) -> list[Task]:
+        """``tasks``, each done only while this node holds ``timer``'s turn (one node: always)."""
+        turn = self.turns.get(timer)
+        return tasks if turn is None else [turn.guard(task) for task in tasks]
 
     def _regulatory_label(self, vendor: str) -> str | None:
         """The product's regulatory data in the configuration in force (named in its SRs)."""
@@ -206,6 +231,7 @@ class Service:
             "radbridge started",
             version=VERSION,
             site=self.settings.site.name,
+            node=self.settings.node.id,
             edges=[e.name for e in self.edges],
             vendors=sorted(self.settings.vendors),
             routes=len(self.settings.routes),
@@ -228,7 +254,21 @@ class Service:
         self.worker.stop(timeout=30)
         for thread in self._threads:
             thread.join(5)
+        for turn in self.turns.values():
+            turn.release(datetime.now(UTC))
         self.bus.close()
         self.snapshots.close()
         self.context.engine.dispose()
         LOG.info("radbridge stopped")
+
+
+def node_turns(claims: TimerClaims, node: str | None, lease_seconds: float) -> dict[str, Turn]:
+    """The turns of a node's timers (``completion``, ``results``, ``engine``), held under
+    one holder id naming the node; none for the one node (no ``node.id``)."""
+    if node is None:
+        return {}
+    holder = f"{node}:{new_worker_id()}"
+    return {
+        timer: Turn(claims, timer, holder, lease_seconds)
+        for timer in ("completion", "results", "engine")
+    }

@@ -5,6 +5,12 @@ Layout::
     SPOOL/tmp/                       objects still arriving (cleared at start)
     SPOOL/studies/STUDY/SERIES/SOP.dcm
     SPOOL/results/STUDY/SOP.dcm      result objects from vendors (never in the study index)
+    SPOOL/nodes/NODE/tmp/            with ``node.id``: that node's objects still arriving
+
+Several nodes (``node.id``) share one spool: each keeps what it is still receiving,
+and its lock, in its own folder under ``nodes/``, and places finished objects in the
+shared ``studies/`` and ``results/``, where every node's workers read them by the
+paths in the index and retention locks a study's one folder.
 
 A file appears under ``studies/`` only complete: written in ``tmp/``, fsync'd,
 renamed, and the directory fsync'd, so neither a crash nor a power cut leaves
@@ -45,9 +51,11 @@ def fsync_dir(path: Path) -> None:
 class Spool:
     """Where received bytes live; the index stores the paths this class hands out."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, node: str | None = None) -> None:
         self.root = root
-        self.tmp = root / "tmp"
+        self.own = root if node is None else root / "nodes" / node
+        """This process's part: the whole spool, or its node's folder under ``nodes/``."""
+        self.tmp = self.own / "tmp"
         self.studies = root / "studies"
         self.results = root / "results"
         self.priors = root / "priors"
@@ -57,17 +65,18 @@ class Spool:
         self._lock_fd: int | None = None
 
     def lock(self) -> None:
-        """Take the spool for this service; a second radbridge on it fails to start."""
+        """Take the spool (a node: its folder) for this service; a second radbridge on it
+        (a node: with the same ``node.id``) fails to start."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            self.own.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.own / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             raise SpoolError(
-                f"the spool {self.root} is in use by another radbridge process"
+                f"the spool {self.own} is in use by another radbridge process"
             ) from exc
         except OSError as exc:
-            raise SpoolError(f"cannot lock the spool {self.root}: {exc.strerror}") from exc
+            raise SpoolError(f"cannot lock the spool {self.own}: {exc.strerror}") from exc
 
     @property
     def lock_descriptor(self) -> int | None:

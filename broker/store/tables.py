@@ -453,6 +453,17 @@ lane's row, so counting the lane's live leases and claiming are one step on ever
 A paused lane (``paused_at`` set, ``paused_until`` NULL or later than now) is not claimed
 from: its items wait."""
 
+timer_claims = Table(
+    "timer_claims",
+    metadata,
+    Column("timer", String(64), primary_key=True),
+    Column("holder", WORKER, nullable=False),
+    Column("until", UTCDateTime, nullable=False),
+)
+"""One row per timer whose timed actions one node does at a time (``completion``,
+``results``, ``engine``): the holder renews its claim while it runs; once ``until`` has
+passed, another node's timer takes it."""
+
 audit = Table(
     "audit",
     metadata,
