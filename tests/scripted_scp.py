@@ -7,10 +7,15 @@ storage SOP class in every transfer syntax, and answers each C-STORE with
 match the SOP class; 0xC000 cannot understand …). ``stored`` keeps the SOP
 Instance UIDs it answered with success, ``answered`` every one it saw. With
 ``stall`` it waits that many seconds before each answer (a vendor that hangs).
+
+A vendor that stalls mid-study: with ``stall_after=N`` every C-STORE after the
+first N is held unanswered (``stalled`` is set) until :meth:`release`; from then
+on every C-STORE is answered at once.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from types import TracebackType
 from typing import Any
@@ -26,7 +31,12 @@ class ScriptedStoreSCP:
     """Answers every C-STORE with ``status``; records what it saw."""
 
     def __init__(
-        self, status: int = 0x0000, *, ae_title: str = "VENDOR", stall: float = 0.0
+        self,
+        status: int = 0x0000,
+        *,
+        ae_title: str = "VENDOR",
+        stall: float = 0.0,
+        stall_after: int | None = None,
     ) -> None:
         self.status = status
         self.stall = stall
@@ -34,10 +44,22 @@ class ScriptedStoreSCP:
         self.port = free_port()
         self.answered: list[str] = []
         self.stored: list[str] = []
+        self.stall_after = stall_after
+        self.stalled = threading.Event()
+        """Set once a C-STORE is held unanswered (``stall_after``)."""
+        self._released = threading.Event()
         self._server: ThreadedAssociationServer | None = None
+
+    def release(self) -> None:
+        """Answer the held C-STORE, and every later one at once."""
+        self._released.set()
 
     def _on_store(self, event: Any) -> int:
         uid = str(event.request.AffectedSOPInstanceUID)
+        stall = self.stall_after is not None and len(self.answered) >= self.stall_after
+        if stall and not self._released.is_set():
+            self.stalled.set()
+            self._released.wait(300)
         self.answered.append(uid)
         time.sleep(self.stall)
         if self.status == 0x0000:
@@ -59,5 +81,6 @@ class ScriptedStoreSCP:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._released.set()  # a held C-STORE must not keep the server from stopping
         if self._server is not None:
             self._server.shutdown()
