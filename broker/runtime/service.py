@@ -8,9 +8,10 @@ were still collecting simply continue their countdown.
 A node (``node.id``) shares the store, the bus and the spool with other nodes: quiet
 studies are judged by whichever node's timer holds the ``completion`` turn, results
 completed by the ``results`` turn's holder, and the engine timer's timed actions
-(escalations, overdue jobs, priors to clean up, retention, the vendor watch) done by the ``engine``
-turn's holder (:class:`broker.engine.timer.Turn`); lapsed leases, retries and studies
-reported by a node's own listener are taken by any node, one conditional step each.
+(escalations, overdue jobs, priors to clean up, retention, the vendor watch) done by
+the ``engine`` turn's holder (:class:`broker.engine.timer.Turn`); lapsed leases,
+retries and studies reported by a node's own listener are taken by any node, one
+conditional step each.
 """
 
 from __future__ import annotations
