@@ -217,8 +217,11 @@ class StableTimer:
         return closed
 
     def _close_due(self, _now: datetime) -> datetime | None:
-        """The timer's task: judge and re-route what is due; when the next study is due."""
+        """The timer's task: judge and re-route what is due; when the next study is due (not
+        known while another node holds the turn: that node judges it)."""
         self.tick()
+        if self.turn is not None and not self.turn.held(datetime.now(UTC)):
+            return None
         return self.store.next_due()
 
     def start(self) -> None:

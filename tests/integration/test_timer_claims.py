@@ -1,6 +1,7 @@
 """Timer claims on SQLite and PostgreSQL: of several nodes on one store, one holds a timer's
 turn at a time, renews it while it runs, and another takes it once it lapsed or was given up;
-nodes racing for a free turn never both get it."""
+nodes racing for a free turn never both get it; the stable timer judges quiet studies only on
+the node holding its turn."""
 
 from __future__ import annotations
 
@@ -12,8 +13,14 @@ import pytest
 from sqlalchemy import Engine
 
 from broker.engine.timer import Turn
+from broker.runtime.completion import CompletionStage, StableTimer
+from broker.runtime.snapshot import SnapshotHolder, build_snapshot
+from broker.store import JobStore, StudyStore
+from broker.store.orders import OrderStore
 from broker.store.timer_claims import TimerClaims
+from config.schema import Settings
 from tests.databases import DATABASES, empty_database
+from tests.integration.test_store import _rec
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
@@ -79,3 +86,27 @@ def test_nodes_racing_for_a_free_turn_never_both_get_it(engine: Engine) -> None:
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda n: claims.hold("retention", f"n{n}", T0, LEASE), range(8)))
     assert got.count(True) == 1
+
+
+def test_the_stable_timer_judges_quiet_studies_only_on_the_node_holding_its_turn(
+    engine: Engine,
+) -> None:
+    """A quiet study past its due time: the stable timer of the node without the completion
+    turn neither closes it nor asks to wake for it (the due time is the holder's); the timer
+    of the node holding the turn closes it, once."""
+    store = StudyStore(engine)
+    snapshots = SnapshotHolder(build_snapshot(Settings()))
+    completion = CompletionStage(store, OrderStore(engine), JobStore(engine), snapshots)
+    claims = TimerClaims(engine)
+    now = datetime.now(UTC)
+    holder = StableTimer(store, completion, turn=Turn(claims, "completion-t", "a", 30.0))
+    other = StableTimer(store, completion, turn=Turn(claims, "completion-t", "b", 30.0))
+    assert holder.turn is not None and holder.turn.held(now)
+    study_uid = "1.2.826.0.1.3680043.10.511.78"
+    store.record_instance(_rec("1.2.78.1", study=study_uid, at=now - timedelta(seconds=20)), 10)
+    assert other.tick() == []
+    assert other._close_due(now) is None
+    assert store.get_study(study_uid).state.value == "receiving"
+    assert holder.tick() == [study_uid]
+    assert other.tick() == [] and holder.tick() == []
+    snapshots.close()
