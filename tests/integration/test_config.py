@@ -155,7 +155,7 @@ def test_unknown_top_level_field_lists_the_sections(tmp_path: Path) -> None:
     (problem,) = _problems(path)
     line = _line_of(text, "regions:")
     assert problem.startswith(f"{path}:{line}: regions: unknown field 'regions'")
-    assert "known fields: site, sites, storage, bus, delivery, dicom, logging" in problem
+    assert "known fields: site, sites, node, storage, bus, delivery, dicom, logging" in problem
 
 
 def test_wrong_ae_role_lists_the_valid_roles(tmp_path: Path) -> None:
