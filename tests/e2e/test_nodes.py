@@ -172,7 +172,7 @@ def test_a_study_sent_half_to_each_node_is_completed_and_delivered_once_whole(
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     storescu(files[:3], nodes["a"].port)
     storescu(files[3:], nodes["b"].port)
-    wait_until(lambda: _whole(_written(cluster.lungai), files), "the study at the vendor")
+    wait_until(lambda: _whole(_written(cluster.lungai), files), "the study at the vendor", 60, 0.5)
     [job] = _wait(
         "the study's one job to await its result",
         lambda: [j for j in cluster.jobs(study_uid) if j["state"] == "awaiting_result"],
