@@ -101,6 +101,8 @@ from config.base import HttpUrl, Timeout
 LOG = get_logger("radbridge.vendors.http")
 #: A cancellation the vendor answers with one of these is done: it no longer has the job.
 _GONE = frozenset({404, 410})
+#: A vendor API without the cancellation endpoint: it cannot be told, asking again won't help.
+_NO_CANCEL = frozenset({405, 501})
 
 
 class HttpUnavailableError(VendorUnavailableError):
@@ -297,15 +299,18 @@ class HttpTransport(VendorTransport):
     def cancel(self, job: Job, reason: str = "") -> bool:
         """Revoke ``job``'s token, so the vendor can fetch nothing more of the study, and tell
         the vendor (``DELETE {url}/{job_id}``, see the module docstring); 404 and 410
-        count as told (the vendor no longer has the job)."""
+        count as told (the vendor no longer has the job), 405 and 501 as done (its API has
+        no cancellation; the token is revoked all the same)."""
         try:
             JobTokens(self.engine).revoke(job.id)
         except StoreError as exc:
             raise HttpUnavailableError(f"cannot revoke the token of job {job.id}: {exc}") from exc
         body = {"job_id": job.id, "vendor": self.vendor, "reason": reason or "cancelled"}
-        status = self._call("DELETE", self.cancel_url(job), body, done=_GONE)
+        status = self._call("DELETE", self.cancel_url(job), body, done=_GONE | _NO_CANCEL)
         LOG.info(
-            "job cancelled at the vendor; its WADO-RS token is revoked",
+            "job cancelled at the vendor; its WADO-RS token is revoked"
+            if status not in _NO_CANCEL
+            else "the vendor takes no cancellation; the job's WADO-RS token is revoked",
             job_id=job.id,
             vendor=self.vendor,
             reason=body["reason"],

@@ -391,7 +391,8 @@ def test_cascade_sends_the_follow_up_only_on_a_positive_triage_and_bills_only_th
     assert f"critical case {case_id} acknowledged by Dr. Zhang" in acked.stdout
     shown = json.loads(desk.rb.cli("critical", "show", str(case_id), "--json").stdout)
     assert (shown["state"], shown["acknowledged_via"]) == ("acknowledged", "cli")
-    assert shown["steps"][-1]["kind"] == "acknowledged"
+    # one acknowledgement step (a notification's "sent" may be recorded after it)
+    assert [s["kind"] for s in shown["steps"]].count("acknowledged") == 1
     listed = json.loads(desk.rb.cli("critical", "list", "--json").stdout)
     assert case_id not in [c["id"] for c in listed]  # open ones only
 

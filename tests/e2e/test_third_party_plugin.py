@@ -223,7 +223,7 @@ def test_the_settings_schema_includes_the_installed_plugins(plugin_path: Path) -
         check=True,
     )
     names, copies = json.loads(run.stdout)
-    assert names == ["acme_inbox", "dicom", "dicomweb", "http"]
+    assert names == ["acme_inbox", "dicom", "dicomweb", "http", "radbridge"]
     assert copies["maximum"] == 3
 
 

@@ -314,7 +314,8 @@ def test_settings_are_validated_and_filled_from_the_configuration(tmp_path: Path
 def test_cancel_revokes_the_jobs_token(
     wado: WadoStack, vendor_factory: Callable[..., HttpVendor]
 ) -> None:
-    """A cancelled job's study can no longer be pulled: ``cancel`` revokes its token."""
+    """A cancelled job's study can no longer be pulled: ``cancel`` revokes its token (this
+    vendor's API has no cancellation, 501, which ends the cancel all the same)."""
     study, _ = wado.study()
     job = wado.sending_job(study, vendor="lungai")
     vendor = vendor_factory(200, pull=False)

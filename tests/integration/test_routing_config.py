@@ -135,7 +135,12 @@ def test_json_schema_is_a_discriminated_union_of_the_registered_plugins() -> Non
     schema = Settings.model_json_schema()
     transport = schema["$defs"]["Vendor"]["properties"]["transport"]
     assert transport["discriminator"]["propertyName"] == "type"
-    assert sorted(transport["discriminator"]["mapping"]) == ["dicom", "dicomweb", "http"]
+    assert sorted(transport["discriminator"]["mapping"]) == [
+        "dicom",
+        "dicomweb",
+        "http",
+        "radbridge",
+    ]
     targets = next(iter(schema["properties"]["targets"]["patternProperties"].values()))
     assert sorted(targets["discriminator"]["mapping"]) == [
         "dicom",
