@@ -931,6 +931,7 @@ class Settings(Strict):
             public_url=self.http_settings().base_url(),
             database_url=self.database_url(),
             timezone=self.site.timezone,
+            concurrency=configured.concurrency,
         )
 
     def database_url(self) -> str:

@@ -1,8 +1,13 @@
 """How fast and when a link may send: a token bucket of bytes, and allowed time windows.
 
 - :class:`TokenBucket`: ``rate`` bytes a second, at most one second's worth saved
-  up; every byte of a part's body takes its token before it is written, so the
-  link's sends together (all of the vendor's concurrent jobs) stay under the rate.
+  up; every byte of a part's body takes its token before it is written. Each send
+  has its own, at the link's ``bandwidth / concurrency``: the vendor's concurrency
+  bounds its sends at once over every worker process and node (the job claims in the
+  store count them), so the link's sends together stay under its bandwidth wherever
+  they run, with no traffic between them. A send's bucket starts empty (``full=False``):
+  a send of ``d`` seconds moves at most ``rate * d`` bytes, so sends one after another
+  (on any node) never add up to a burst.
 - :class:`Windows`: ``["20:00-06:00", "12:00-13:30"]`` in the site's timezone; a
   window whose end is before its start runs past midnight. Outside every window
   the link is closed: its jobs wait, pending, until the next window opens
@@ -26,7 +31,7 @@ _WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]|24):([0-5]\d)$"
 
 
 class TokenBucket:
-    """``rate`` bytes per second, shared by every thread that sends on the link."""
+    """``rate`` bytes per second, for the threads that take from it."""
 
     def __init__(
         self,
@@ -34,6 +39,7 @@ class TokenBucket:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        full: bool = True,
     ) -> None:
         if rate < 1:
             raise ValueError(f"a bandwidth of {rate} bytes/s; valid: 1 or more")
@@ -41,7 +47,7 @@ class TokenBucket:
         self.capacity = float(rate)
         self._clock = clock
         self._sleep = sleep
-        self._tokens = self.capacity
+        self._tokens = self.capacity if full else 0.0
         self._at = clock()
         self._lock = threading.Lock()
 

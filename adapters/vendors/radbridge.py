@@ -26,8 +26,10 @@ Settings (a vendor's ``transport:`` block): ``url`` (the hub's HTTP root), ``sit
 (this site's id at the hub; default: the token's only site), ``timeout`` (seconds
 for connecting and each read or write, default 30), ``part_bytes`` (raw bytes per
 part, default 4 MiB), ``codec`` (``zstd`` or ``zlib``; default zstd),
-``bandwidth`` (bytes per second over this link, e.g. ``2MB``, shared by the
-vendor's concurrent sends in one process; default unlimited), ``windows``
+``bandwidth`` (bytes per second over this link, e.g. ``2MB``, however many
+worker processes and nodes send on it: each send gets ``bandwidth / concurrency``,
+since the vendor's ``concurrency`` bounds its sends at once over all of them; default
+unlimited), ``windows``
 (``["20:00-06:00"]``, in ``site.timezone``: outside them the vendor's jobs wait,
 pending, and a transfer begun inside one runs to its end), ``tls``
 (``ca_certificates`` to check the hub, and ``certificate`` + ``private_key`` for
@@ -38,6 +40,7 @@ mutual TLS). The site's token at the hub comes only from the environment,
 from __future__ import annotations
 
 import base64
+import ssl
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -161,7 +164,12 @@ class RadbridgeLinkTransport(VendorTransport):
         self.vendor = vendor
         self.settings = settings
         self.windows = Windows(settings.windows, context.timezone)
-        self.bucket = TokenBucket(int(settings.bandwidth)) if settings.bandwidth else None
+        self.concurrency = max(1, context.concurrency)
+        #: Bytes per second for one send: the link's share for each of the at most
+        #: ``concurrency`` sends at once (claims count them over every process and node).
+        self.rate = (
+            max(1, int(settings.bandwidth) // self.concurrency) if settings.bandwidth else None
+        )
 
     def __repr__(self) -> str:
         return f"RadbridgeLinkTransport({self.vendor!r}, {self.settings.url})"
@@ -215,12 +223,14 @@ class RadbridgeLinkTransport(VendorTransport):
                 return self._outcome(stream, started, f"transfer {transfer_id}: at the hub already")
             held = {int(i) for i in opened.get("received", [])}
             wanted = [p.index for p in manifest.parts if p.index not in held]
-            sent = self._put(client, transfer_id, stream, manifest, wanted)
+            bucket = TokenBucket(self.rate, full=False) if self.rate is not None else None
+            sent = self._put(client, transfer_id, stream, manifest, wanted, bucket=bucket)
             answer = self._commit(client, transfer_id)
             missing = answer.get("missing")
             if isinstance(missing, list):
                 log.warning("the hub lacks parts at the commit; sending them again", parts=missing)
-                sent += self._put(client, transfer_id, stream, manifest, [int(i) for i in missing])
+                again = [int(i) for i in missing]
+                sent += self._put(client, transfer_id, stream, manifest, again, bucket=bucket)
                 answer = self._commit(client, transfer_id)
                 if "missing" in answer:
                     raise LinkUnavailableError(
@@ -251,13 +261,51 @@ class RadbridgeLinkTransport(VendorTransport):
         try:
             response = client.request(method, path, **kw)
         except httpx.HTTPError as exc:
-            raise LinkUnavailableError(failure(where, exc, self.settings.timeout)) from exc
+            words = failure(where, exc, self.settings.timeout)
+            refused = self._tls_refusal(exc)
+            raise LinkUnavailableError(f"{words}; {refused}" if refused else words) from exc
         found = verdict(response.status_code)
         if found is Verdict.DELIVERED or (ok_409 and response.status_code == 409):
             return response
         if found is Verdict.RETRY:
             raise LinkUnavailableError(answered(where, response))
         raise LinkRejectedError(answered(where, response))
+
+    def _tls_refusal(self, error: httpx.HTTPError) -> str:
+        """What a TLS failure means for this link, in words for the job's error ("" when
+        ``error`` is not one).
+
+        A hub that requires client certificates closes the connection in the handshake
+        (TLS 1.2) or right after it, before any answer (TLS 1.3), when this site offers
+        no certificate or one of a CA it does not trust; it sends no reason, so the
+        site names both (a cut connection looks the same, and is retried the same).
+        """
+        if not self.settings.url.startswith("https://"):
+            return ""
+        tls = self.settings.tls
+        mine = (
+            f"this site's certificate {tls.certificate.name}"
+            if tls is not None and tls.certificate is not None
+            else "no certificate (none is set)"
+        )
+        setting = f"vendors.{self.vendor}.transport.tls"
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, ssl.SSLError):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (
+                f"the hub's certificate is not trusted ({cause.verify_message}); valid: "
+                f"{setting}.ca_certificates naming the CA that signed it"
+            )
+        silent = isinstance(error, httpx.RemoteProtocolError) and "without sending" in str(error)
+        if isinstance(cause, ssl.SSLError) or silent:
+            return (
+                f"the hub closed the TLS connection without an answer: it refuses {mine} "
+                f"(a hub requiring client certificates takes only those of its CA), or the "
+                f"connection was cut; valid: {setting}.certificate and private_key issued by "
+                "the hub's client CA"
+            )
+        return ""
 
     def _open(self, client: httpx.Client, manifest: Manifest) -> dict[str, Any]:
         body: dict[str, Any] = {"manifest": manifest.model_dump(mode="json")}
@@ -273,8 +321,10 @@ class RadbridgeLinkTransport(VendorTransport):
         stream: StudyStream,
         manifest: Manifest,
         indexes: list[int],
+        *,
+        bucket: TokenBucket | None,
     ) -> int:
-        """PUT the parts ``indexes``; the compressed bytes sent."""
+        """PUT the parts ``indexes``, paced by ``bucket``; the compressed bytes sent."""
         sent = 0
         for index in indexes:
             data = stream.part(index)
@@ -288,14 +338,14 @@ class RadbridgeLinkTransport(VendorTransport):
                 client,
                 "PUT",
                 f"/transfers/{transfer_id}/parts/{index}",
-                content=self._paced(data),
+                content=self._paced(data, bucket),
                 headers=headers,
             )
             sent += len(data)
         return sent
 
-    def _paced(self, data: bytes) -> Iterator[bytes]:
-        bucket = self.bucket
+    @staticmethod
+    def _paced(data: bytes, bucket: TokenBucket | None) -> Iterator[bytes]:
         if bucket is None:
             yield data
             return

@@ -115,6 +115,9 @@ class TransportContext:
     """The store's SQLAlchemy URL, password included (never logged)."""
     timezone: str = "UTC"
     """This radbridge's clock (``site.timezone``): a link's time windows are in it."""
+    concurrency: int = 1
+    """The vendor's ``concurrency``: at most this many of its jobs are sent at once, over
+    every worker process and node (claims in the store, :mod:`broker.store.jobs`)."""
 
 
 class TransportSettings(BaseModel):

@@ -14,6 +14,7 @@ import base64
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +37,7 @@ from broker.store.transfers import TransferState, TransferStore
 from tests.databases import empty_database
 from tests.link import CuttingProxy, HubStack, hub_stack
 from tests.peers import LOOPBACK, wait_until
+from tests.pki import authority, issue
 from tests.spooling import spool_study
 
 
@@ -76,6 +78,32 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         spool = Spool(folder / "spool")
         spool.prepare()
         yield Site(engine, spool, folder)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The hub's CA (its server certificate, site A's client certificate) and another CA
+    (a client certificate the hub does not trust)."""
+    folder = tmp_path_factory.mktemp("pki")
+    authority(folder, "hub-ca")
+    authority(folder, "other-ca")
+    issue(folder, "hub-ca", "hub")
+    issue(folder, "hub-ca", "township-a")
+    issue(folder, "other-ca", "rogue")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mtls_hub(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Iterator[HubStack]:
+    """A hub whose HTTPS server requires a client certificate of its CA."""
+    tls = {
+        "certificate": str(pki / "hub.crt"),
+        "private_key": str(pki / "hub.key"),
+        "ca_certificates": str(pki / "hub-ca.crt"),
+        "require_client_certificate": True,
+    }
+    with hub_stack(tmp_path_factory.mktemp("mtls-hub"), tls=tls) as stack:
+        yield stack
 
 
 @pytest.fixture
@@ -264,3 +292,68 @@ def test_outside_its_windows_the_links_job_waits_pending(hub: HubStack, site: Si
         bus.close()
     assert len(hub.sop_counts(claimed.study_uid)) == len(_files)
     assert jobs.get(claimed.id).attempts == 2
+
+
+def test_mutual_tls_takes_only_a_certificate_of_the_hubs_ca(
+    mtls_hub: HubStack, pki: Path, site: Site
+) -> None:
+    """A hub requiring client certificates: the site with a certificate of the hub's CA
+    delivers its study; without a certificate, or with one of another CA, the TLS
+    connection is refused before any request, retryably, the error naming the
+    certificate and the setting, and the hub holds nothing of that study."""
+    job, files = site.job()
+    url = f"https://{LOOPBACK}:{mtls_hub.port}"
+    token = mtls_hub.tokens["township-a"]
+    trust = {"ca_certificates": str(pki / "hub-ca.crt")}
+    refused = {
+        "no certificate (none is set)": trust,
+        "this site's certificate rogue.crt": trust
+        | {"certificate": str(pki / "rogue.crt"), "private_key": str(pki / "rogue.key")},
+    }
+    for words, tls in refused.items():
+        link = transport(mtls_hub.port, token, url=url, tls=tls)
+        with pytest.raises(LinkUnavailableError) as cut:
+            link.send(job, files)
+        assert is_retryable(link, cut.value)
+        message = str(cut.value)
+        assert f"the hub closed the TLS connection without an answer: it refuses {words}" in message
+        assert "vendors.hub.transport.tls.certificate" in message
+        assert mtls_hub.sop_counts(job.study_uid) == {}
+    untrusting = transport(mtls_hub.port, token, url=url)  # the system's CAs only
+    with pytest.raises(LinkUnavailableError, match="the hub's certificate is not trusted"):
+        untrusting.send(job, files)
+    mine = {"certificate": str(pki / "township-a.crt"), "private_key": str(pki / "township-a.key")}
+    outcome = transport(mtls_hub.port, token, url=url, tls=trust | mine).send(job, files)
+    assert outcome.instances == len(files)
+    assert set(mtls_hub.sop_counts(job.study_uid).values()) == {1}
+    assert len(mtls_hub.sop_counts(job.study_uid)) == len(files)
+
+
+def test_a_links_bandwidth_holds_over_several_senders(hub: HubStack, site: Site) -> None:
+    """Two sends at once on a link of bandwidth B and concurrency 2, each from a transport
+    of its own (as two worker processes or nodes would have, sharing nothing): each goes
+    at B/2, so the pair takes at least the time B allows for their bytes, and both
+    studies arrive whole. (A lower bound on time only: a slow machine cannot fail it.)"""
+    studies = [site.job(), site.job()]
+    sizes = []
+    for job, files in studies:
+        stream = StudyStream(job.study_uid, files, part_bytes=32768)
+        sizes.append(sum(len(stream.part(p.index)) for p in stream.manifest().parts))
+    bandwidth = max(2048, 2 * max(sizes))  # about one second a send
+    token = hub.tokens["township-a"]
+    links = [
+        TRANSPORTS.get("radbridge").from_params(
+            "hub",
+            {"url": hub.url, "token": token, "part_bytes": 32768, "bandwidth": bandwidth},
+            TransportContext("hub", concurrency=2),
+        )
+        for _ in studies
+    ]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(lambda pair: pair[0].send(*pair[1]), zip(links, studies)))
+    elapsed = time.perf_counter() - started
+    assert elapsed >= 0.95 * max(sizes) / (bandwidth / 2), (elapsed, sizes, bandwidth)
+    for (job, files), outcome in zip(studies, outcomes, strict=True):
+        assert outcome.instances == len(files)
+        assert len(hub.sop_counts(job.study_uid)) == len(files)

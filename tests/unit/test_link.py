@@ -14,6 +14,7 @@ from pydicom.filewriter import write_file_meta_info
 
 from adapters.link.pacing import TokenBucket, Windows
 from adapters.link.parts import Manifest, StudyStream, TransferError, compress, unpack
+from broker.model.vendor import TRANSPORTS, TransportContext
 
 
 def _part10(path: Path, uid: str, payload: bytes) -> Path:
@@ -128,6 +129,29 @@ def test_the_bucket_keeps_a_link_under_its_rate() -> None:
     for _ in range(19):
         bucket.take(500)
     assert now[0] == pytest.approx(9.0)
+
+
+def test_a_sends_bucket_starts_empty_so_sends_in_a_row_make_no_burst() -> None:
+    """Five sends of 500 B one after another, each with its own empty 1 KB/s bucket (as a
+    link's sends get), take 2.5 seconds on its clock: none starts with a saved second."""
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    for _ in range(5):
+        TokenBucket(1000, clock=lambda: now[0], sleep=sleep, full=False).take(500)
+    assert now[0] == pytest.approx(2.5)
+
+
+def test_a_links_bandwidth_is_shared_by_its_concurrency() -> None:
+    """A link of 8 MB/s for a vendor of concurrency 4 paces each send at 2 MB/s: four sends
+    at once, wherever they run, stay under 8 MB/s."""
+    settings = {"url": "https://hub.example", "token": "t", "bandwidth": "8MB"}
+    for concurrency, rate in ((1, 8_000_000), (4, 2_000_000)):
+        context = TransportContext("hub", concurrency=concurrency)
+        link = TRANSPORTS.get("radbridge").from_params("hub", settings, context)
+        assert link.rate == rate  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
