@@ -13,9 +13,7 @@ reach them. Orthanc's HTTP server refuses other hosts with
 
 from __future__ import annotations
 
-import itertools
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -30,7 +28,7 @@ from typing import Any
 from pydicom.filereader import read_file_meta_info
 
 from adapters.harness import pacs as harness_pacs
-from adapters.harness.process import ManagedProcess
+from adapters.harness.process import ManagedProcess, free_port
 from adapters.results.render.fonts import FontMissingError, cjk_font
 
 LOOPBACK = "127.0.0.1"
@@ -55,35 +53,6 @@ DEBIAN_PACKAGE = {
 }
 
 _apt_updated = False
-
-
-#: Ports handed out below the kernel's ephemeral range (32768 and up on Linux), which
-#: outgoing connections draw their local ports from: a port given here cannot be taken by
-#: a client socket before its server binds it. Each pytest-xdist worker has a block of its
-#: own, so two workers never hand out the same port.
-_PORT_BASE, _PORT_BLOCK, _PORT_BLOCKS = 10000, 2500, 8
-_port_turn = itertools.count(random.randrange(_PORT_BLOCK))
-
-
-def _port_block() -> range:
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    n = int(worker) % _PORT_BLOCKS if worker.isdigit() else 0
-    start = _PORT_BASE + n * _PORT_BLOCK
-    return range(start, start + _PORT_BLOCK)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (see :data:`_PORT_BASE`)."""
-    block = _port_block()
-    for _ in range(len(block)):
-        port = block[next(_port_turn) % len(block)]
-        with socket.socket() as s:
-            try:
-                s.bind((LOOPBACK, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {block.start}-{block.stop - 1} on {LOOPBACK}")
 
 
 def dcmtk_env() -> dict[str, str]:

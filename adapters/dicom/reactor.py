@@ -175,7 +175,7 @@ class EventDrivenDUL(DULServiceProvider):
                 with contextlib.suppress(OSError):
                     os.close(fd)
             # An association thread still waiting for the A-ASSOCIATE-RQ wakes up now.
-            self.to_user_queue.put(None)  # type: ignore[arg-type]
+            self.to_user_queue.put(None)  # type: ignore[arg-type, unused-ignore]
             _release_owner(self.assoc)
 
     # -- reading PDUs -------------------------------------------------------------

@@ -8,24 +8,87 @@ stalls about 40 ms).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
 
 
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
+#: How long a port handed out by :func:`free_port` stays reserved for its caller: long enough
+#: for the server it is meant for to start and bind it (after that, binding shows it taken).
+PORT_HOLD_SECONDS = 600.0
+_PORT_FLOOR = 10000
+_held: dict[int, tuple[float, int]] = {}  # port -> (when reserved, descriptor of its lock file)
+_held_lock = threading.Lock()
+
+
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux: 32768 by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port on ``host`` that nothing listens on, reserved for the caller for a while.
+
+    A port taken from the kernel's ephemeral range (``bind`` to port 0) can be taken by any
+    outgoing connection, or handed to another process, before the server meant for it binds
+    it: a scenario starts its peers and radbridge seconds after choosing their ports. So the
+    port comes from below that range, and a lock file per port (an ``flock`` held by this
+    process for :data:`PORT_HOLD_SECONDS`, or until it exits) keeps every other process that
+    uses this function — parallel scenarios, test workers — from handing out the same one.
+    """
+    floor = _ephemeral_floor()
+    if floor - _PORT_FLOOR < 1000:  # an unusual kernel setting: fall back to the kernel's choice
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port: int = s.getsockname()[1]
+            return port
+    folder = Path(tempfile.gettempdir()) / "radbridge-ports"
+    folder.mkdir(exist_ok=True)
+    with _held_lock:
+        now = time.monotonic()
+        for old, (since, fd) in list(_held.items()):
+            if now - since > PORT_HOLD_SECONDS:
+                os.close(fd)
+                del _held[old]
+        for _ in range(2000):
+            port = random.randrange(_PORT_FLOOR, floor)  # noqa: S311 - not a secret
+            if port in _held:
+                continue
+            fd = os.open(folder / str(port), os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            if not _bindable(host, port):
+                os.close(fd)
+                continue
+            _held[port] = (now, fd)
+            return port
+    raise RuntimeError(f"no free port in {_PORT_FLOOR}-{floor - 1} on {host}")
 
 
 def wait_for_port(port: int, timeout: float = 30.0, host: str = LOOPBACK) -> None:
