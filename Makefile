@@ -17,21 +17,23 @@ LINTED := broker adapters routing config tests
 
 .PHONY: run test tests lint ruff typecheck bench fuzz venv dist debian services clean
 
-# A virtualenv with radbridge installed (editable) and what it needs. uv installs it in a
-# few seconds where pip takes most of a minute; pip does it where uv cannot be had.
+# A virtualenv with radbridge installed (editable) and what it needs, at the versions of
+# constraints.txt (the set the suite last passed with: a new upstream release cannot break
+# a build). uv installs it in a few seconds where pip takes most of a minute; pip does it
+# where uv cannot be had.
 define venv_with
 	$(PYTHON) -m venv $(1)
-	($(1)/bin/pip install --quiet uv && $(1)/bin/uv pip install --quiet --python $(1)/bin/python -e '$(2)') \
-		|| $(1)/bin/pip install --quiet -e '$(2)'
+	($(1)/bin/pip install --quiet uv && $(1)/bin/uv pip install --quiet --python $(1)/bin/python -c constraints.txt -e '$(2)') \
+		|| $(1)/bin/pip install --quiet -c constraints.txt -e '$(2)'
 	touch $(1)/bin/radbridge
 endef
 
-$(BIN)/radbridge: pyproject.toml
+$(BIN)/radbridge: pyproject.toml constraints.txt
 	$(call venv_with,$(VENV),.[dev])
 
 venv: $(BIN)/radbridge
 
-$(RUN_VENV)/bin/radbridge: pyproject.toml
+$(RUN_VENV)/bin/radbridge: pyproject.toml constraints.txt
 	$(call venv_with,$(RUN_VENV),.)
 
 run: $(RUN_VENV)/bin/radbridge
