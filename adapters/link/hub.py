@@ -29,7 +29,9 @@ operator --site ID``), as ``Authorization: Bearer``; the transfer is that site's
 (a token of several sites names one as ``site``). A token of every site, or one
 naming a site that is not its own, is refused (403); another site's transfer is
 404, as one that does not exist. Abandoned transfers are purged after
-``http.transfers.abandon_after`` (checked as transfers are opened).
+``http.transfers.abandon_after``, by the service's timer
+(:class:`adapters.link.ingest.AbandonedTransfers`, given it by the ``web`` edge) and as
+transfers are opened.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ PREFIX = "/link/v1/transfers"
 #: Compressed bytes a part may have beyond its raw size (an incompressible part grows a little).
 PART_SLACK = 64 * 1024
 #: A transfer's ``updated_at`` (what abandonment counts from) is refreshed by a part at
-#: most this often, so that parts do not each cost a write to the store.
+#: most this often (or a quarter of ``abandon_after``, if shorter), so that parts do not
+#: each cost a write to the store.
 TOUCH_INTERVAL = timedelta(seconds=60)
 TransferId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$")]
 
@@ -221,7 +224,8 @@ def transfers_router(context: ServiceContext) -> APIRouter:
             if digest.hexdigest() != expected.sha256:
                 raise HTTPException(422, f"part {index} does not match its checksum; send it again")
             await run_in_threadpool(staging.keep, transfer_id, index, written)
-            if datetime.now(UTC) - transfer.updated_at > TOUCH_INTERVAL:
+            abandon = timedelta(seconds=settings().http_settings().transfers.abandon_after)
+            if datetime.now(UTC) - transfer.updated_at > min(TOUCH_INTERVAL, abandon / 4):
                 await run_in_threadpool(store.touch, transfer_id)
         except (SpoolError, StoreError, OSError) as exc:
             raise HTTPException(503, f"part {index} not stored: {type(exc).__name__}") from exc

@@ -47,6 +47,8 @@ _PART = re.compile(r"^(\d{1,7})\.part$")
 _ID = re.compile(r"^[0-9a-f]{32}$")
 #: Lock files the transfers share (a commit holds one while it runs).
 LOCK_STRIPES = 64
+#: The longest time between two looks for abandoned transfers.
+PURGE_CHECK_SECONDS = 300.0
 
 
 class MissingPartsError(TransferError):
@@ -246,6 +248,28 @@ def _record(
     if record.study_uid != manifest.study_instance_uid:
         raise TransferError("an instance is of another study than the transfer's")
     return record
+
+
+class AbandonedTransfers:
+    """The service timer's task at a hub: :func:`purge_abandoned` every ``abandon_after /
+    10`` (1 s to :data:`PURGE_CHECK_SECONDS`), so abandoned parts go whether or not another
+    transfer opens (``abandon_after`` read from the configuration in force each time)."""
+
+    def __init__(
+        self, transfers: TransferStore, staging: Staging, abandon_after: Callable[[], float]
+    ) -> None:
+        self.transfers = transfers
+        self.staging = staging
+        self.abandon_after = abandon_after
+        self._next: datetime | None = None
+
+    def __call__(self, now: datetime) -> datetime | None:
+        if self._next is None or now >= self._next:
+            after = self.abandon_after()
+            purge_abandoned(self.transfers, self.staging, after, now)
+            every = min(max(after / 10, 1.0), PURGE_CHECK_SECONDS)
+            self._next = now + timedelta(seconds=every)
+        return self._next
 
 
 def purge_abandoned(

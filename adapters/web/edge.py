@@ -9,7 +9,8 @@ port in use is a clear error at start, not a log line in a thread.
 ``http.trusted_proxies`` (uvicorn's proxy headers middleware; by default from no
 one), so the client address the login throttle, ``/metrics`` and the docs check
 see is the peer's own unless a configured proxy speaks for it. ``http.tls``
-serves HTTPS (:func:`adapters.tls.server_context`).
+serves HTTPS (:func:`adapters.tls.server_context`). The edge gives the service's timer
+the purge of a hub's abandoned transfers (:class:`adapters.link.ingest.AbandonedTransfers`).
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ from typing import ClassVar
 
 import uvicorn
 
+from adapters.link.ingest import AbandonedTransfers, Staging
 from adapters.sockets import listen
 from adapters.tls import server_context
 from adapters.web.app import create_app
 from broker.model.errors import AdapterError
 from broker.model.logging import get_logger
 from broker.runtime.edges import Edge, ServiceContext
+from broker.store.transfers import TransferStore
+from config.schema import Settings
 
 LOG = get_logger("radbridge.web")
 START_TIMEOUT_SECONDS = 15.0
@@ -59,6 +63,14 @@ class WebEdge(Edge):
             service="HTTP",
             hint="set http.listen to a free port",
         )
+        if context.timed is not None:  # a hub's abandoned transfers, without waiting for the next
+            context.timed(
+                AbandonedTransfers(
+                    TransferStore(context.engine),
+                    Staging(context.spool),
+                    lambda: _settings(context).http_settings().transfers.abandon_after,
+                )
+            )
         config = uvicorn.Config(
             create_app(context.engine, context),
             loop="asyncio",
@@ -104,3 +116,8 @@ class WebEdge(Edge):
             self._socket.close()
             self._socket = None
         self._server = None
+
+
+def _settings(context: ServiceContext) -> Settings:
+    """The configuration in force (a reload's), or the one the service started with."""
+    return context.snapshots.settings if context.snapshots is not None else context.settings

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar, Protocol, TypeGuard
 
 from sqlalchemy import Engine
@@ -48,6 +49,10 @@ class ServiceContext:
     evidence: Callable[[Iterable[str]], None] | None = None
     """Judge these studies' completion now: instances, an MPPS or an IAN came for them
     (:meth:`broker.runtime.completion.StableTimer.evidence`)."""
+    timed: Callable[[Callable[[datetime], datetime | None]], None] | None = None
+    """Give the service's engine timer a timed action of the edge (called in ``start``):
+    the task is called with the time now and answers when it next has work (None: not
+    known); with several nodes only the node holding the ``engine`` turn runs it."""
 
 
 class Edge(Protocol):

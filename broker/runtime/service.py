@@ -92,6 +92,7 @@ class Service:
             snapshots=self.snapshots,
             reloader=self.reloader,
             evidence=self.timer.evidence,
+            timed=self._timed,
         )
         self.accounting = Accounting(engine, lambda: self.snapshots.settings)
         lease = settings.delivery.lease_seconds
@@ -180,6 +181,11 @@ class Service:
         """``tasks``, each done only while this node holds ``timer``'s turn (one node: always)."""
         turn = self.turns.get(timer)
         return tasks if turn is None else [turn.guard(task) for task in tasks]
+
+    def _timed(self, task: Task) -> None:
+        """An edge's timed action on the engine timer, under the ``engine`` turn (edges start
+        before the timer's thread, so the list is not read meanwhile)."""
+        self.engine_timer.tasks.extend(self._taking_turns("engine", [task]))
 
     def _regulatory_label(self, vendor: str) -> str | None:
         """The product's regulatory data in the configuration in force (named in its SRs)."""

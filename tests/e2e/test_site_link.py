@@ -13,8 +13,10 @@ is the bad network.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,10 @@ import pytest
 from adapters.dicom.synthetic import generate_study
 from adapters.harness.products import ProductKind
 from adapters.harness.vendor import ResultsTarget, SimulatedVendor
+from adapters.link.parts import StudyStream
 from adapters.results.sr import read_source_study
+from broker.store.engine import make_engine
+from broker.store.transfers import TransferStore
 from tests.link import CuttingProxy
 from tests.peers import StoreSCP, free_port, storescu, wait_until
 from tests.service import Radbridge, base_config, dicom_block
@@ -61,7 +66,11 @@ class World:
 
 def _hub_config(folder: Path, port: int, http_port: int, vendor_port: int) -> dict[str, Any]:
     config = base_config(folder, port)
-    config["http"] = {"listen": {"host": "127.0.0.1", "port": http_port}}
+    # short, so that the timer's purge of abandoned transfers is seen (checked every second)
+    config["http"] = {
+        "listen": {"host": "127.0.0.1", "port": http_port},
+        "transfers": {"abandon_after": "6s"},
+    }
     config["sites"] = {"township-a": {"name": "Township A Health Centre", "timezone": "UTC"}}
     config["vendors"] = {
         "lungai": {
@@ -201,3 +210,38 @@ def test_the_result_comes_back_to_the_sites_pacs(world: World) -> None:
         30,
         interval=0.3,
     )
+
+
+def test_the_hubs_timer_purges_an_abandoned_transfer(world: World, tmp_path: Path) -> None:
+    """A transfer the site opened and sent one part of, then left (no part for longer than
+    ``abandon_after``), is purged by the hub's timer with no other transfer opening: its
+    state says purged and its staged parts are gone."""
+    files = generate_study("ct_chest", tmp_path / "left", instances=3, rows=64, columns=64)
+    stream = StudyStream(read_source_study(files).study_uid, files, part_bytes=16384)
+    manifest = stream.manifest()
+    api = f"{world.hub_http}/link/v1/transfers"
+    auth = {"Authorization": f"Bearer {world.hub_token}"}
+    opened = httpx.post(api, json={"manifest": manifest.model_dump(mode="json")}, headers=auth)
+    assert opened.status_code == 201, opened.text
+    transfer = opened.json()["id"]
+    digest = base64.b64encode(bytes.fromhex(manifest.parts[0].sha256)).decode()
+    put = httpx.put(
+        f"{api}/{transfer}/parts/0",
+        content=stream.part(0),
+        headers=auth | {"Content-Digest": f"sha-256=:{digest}:"},
+    )
+    assert put.status_code == 204, put.text
+    staged = Path(world.hub.config["storage"]["spool"]) / "transfers" / transfer
+    assert any(staged.iterdir())
+    engine = make_engine(str(world.hub.config["storage"]["database"]))
+    try:  # a day without a part
+        TransferStore(engine).touch(transfer, now=datetime.now(UTC) - timedelta(days=1))
+    finally:
+        engine.dispose()
+    wait_until(
+        lambda: httpx.get(f"{api}/{transfer}", headers=auth).json()["state"] == "purged",
+        "the hub's timer purged the abandoned transfer",
+        20,
+        interval=0.2,
+    )
+    assert not staged.exists()
