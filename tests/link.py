@@ -73,35 +73,51 @@ class HubStack:
 @contextlib.contextmanager
 def hub_stack(folder: Path, **http: Any) -> Iterator[HubStack]:
     """A migrated SQLite hub with sites township-a and township-b serving the link."""
-    with empty_database("sqlite", folder) as engine:
-        port = free_port()
-        sites = {
-            site: {
-                "name": site.title(),
-                "senders": [{"ae_title": site[-1].upper() + "_CT", "host": "10.9.0.0/16"}],
-            }
-            for site in SITES
+    with empty_database("sqlite", folder) as engine, hub_node(engine, folder, **http) as stack:
+        yield stack
+
+
+@contextlib.contextmanager
+def hub_node(
+    engine: Engine,
+    folder: Path,
+    *,
+    node: str | None = None,
+    tokens: dict[str, str] | None = None,
+    **http: Any,
+) -> Iterator[HubStack]:
+    """A hub node on the migrated store ``engine`` and the spool ``folder/spool`` (its own
+    folder in it with ``node``), serving the link on a loopback port, with sites
+    township-a and township-b; ``tokens`` made for them when not given."""
+    port = free_port()
+    sites = {
+        site: {
+            "name": site.title(),
+            "senders": [{"ae_title": site[-1].upper() + "_CT", "host": "10.9.0.0/16"}],
         }
-        settings = Settings.model_validate(
-            {
-                "storage": {"spool": str(folder / "spool"), "database": f"sqlite:///{folder}/x"},
-                "http": {"listen": {"host": LOOPBACK, "port": port}, **http},
-                "sites": sites,
-            }
-        )
-        spool = Spool(folder / "spool")
-        spool.prepare()
+        for site in SITES
+    }
+    settings = Settings.model_validate(
+        {
+            "storage": {"spool": str(folder / "spool"), "database": f"sqlite:///{folder}/x"},
+            "http": {"listen": {"host": LOOPBACK, "port": port}, **http},
+            "sites": sites,
+        }
+    )
+    spool = Spool(folder / "spool", node)
+    spool.prepare()
+    if tokens is None:
         tokens = {s: ApiTokens(engine).create(Role.OPERATOR, sites=[s]) for s in SITES}
-        stack = HubStack(engine, spool, settings, tokens)
-        context = ServiceContext(
-            settings, engine, StudyStore(engine), spool, evidence=stack.evidence.extend
-        )
-        edge = WebEdge()
-        edge.start(context)
-        try:
-            yield stack
-        finally:
-            edge.stop()
+    stack = HubStack(engine, spool, settings, tokens)
+    context = ServiceContext(
+        settings, engine, StudyStore(engine), spool, evidence=stack.evidence.extend
+    )
+    edge = WebEdge()
+    edge.start(context)
+    try:
+        yield stack
+    finally:
+        edge.stop()
 
 
 class CuttingProxy:

@@ -62,7 +62,7 @@ from broker.model.errors import NotFoundError, SpoolError, StoreError
 from broker.model.identity import IdentityConflictError
 from broker.model.logging import get_logger
 from broker.runtime.edges import ServiceContext
-from broker.store.transfers import Transfer, TransferState, TransferStore
+from broker.store.transfers import Transfer, TransferLockedError, TransferState, TransferStore
 from config.schema import Settings
 
 LOG = get_logger("radbridge.link.hub")
@@ -239,8 +239,16 @@ def transfers_router(context: ServiceContext) -> APIRouter:
         request: Request, caller: Operator, transfer_id: TransferId
     ) -> JSONResponse:
         """Make the study visible: every part checked, every instance indexed, or none."""
-        transfer = own(caller, transfer_id)
-        with staging.lock(transfer_id):
+        own(caller, transfer_id)
+        try:
+            return _commit(request, transfer_id)
+        except TransferLockedError as exc:  # another node has been committing it for long
+            raise HTTPException(503, f"not committed now: {exc}") from exc
+        except StoreError as exc:  # the transfer's lock could not be asked for
+            raise HTTPException(503, f"not committed: {type(exc).__name__}") from exc
+
+    def _commit(request: Request, transfer_id: str) -> JSONResponse:
+        with staging.lock(transfer_id), store.lock(transfer_id):
             transfer = store.get(transfer_id)
             if transfer.state is TransferState.COMMITTED:
                 return answer(transfer)

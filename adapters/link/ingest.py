@@ -3,7 +3,8 @@
 Parts wait in the spool's ``transfers/ID/`` folder, one file per part
 (``INDEX.part``), each written in ``tmp/``, fsync'd and renamed into place, so a
 part the hub acknowledged is whole. The commit (:func:`commit`), under the
-transfer's lock:
+transfer's locks (the staging folder's file lock, and with several hub nodes on
+PostgreSQL the store's advisory lock, :meth:`broker.store.transfers.TransferStore.lock`):
 
 1. every part is there and matches its checksum; decompressed in order, every
    instance and the whole stream match theirs; every instance is a Part 10 file
@@ -40,7 +41,7 @@ from broker.model.errors import InvalidDicomError, SpoolError
 from broker.model.logging import get_logger
 from broker.store import StudyStore
 from broker.store.spool import Spool, fsync_dir
-from broker.store.transfers import TransferStore
+from broker.store.transfers import TransferLockedError, TransferStore
 
 LOG = get_logger("radbridge.link.hub")
 _PART = re.compile(r"^(\d{1,7})\.part$")
@@ -281,10 +282,13 @@ def purge_abandoned(
     before = now - timedelta(seconds=abandon_after)
     purged = 0
     for transfer in transfers.abandoned(before):
-        with staging.lock(transfer.id):
-            if transfers.mark_purged(transfer.id, before, now):
-                staging.remove(transfer.id)
-                purged += 1
+        try:
+            with staging.lock(transfer.id), transfers.lock(transfer.id, wait=0):
+                if transfers.mark_purged(transfer.id, before, now):
+                    staging.remove(transfer.id)
+                    purged += 1
+        except TransferLockedError:  # another node commits it: not abandoned
+            continue
     if purged:
         LOG.info("abandoned transfers purged", count=purged)
     return purged

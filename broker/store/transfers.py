@@ -6,23 +6,47 @@ instances (:meth:`broker.store.studies.StudyStore.record_study`), or ``purged``
 when it was abandoned for longer than ``hub.abandon_after``. ``(site, key)`` is
 unique: the same manifest sent again by the same site is the same transfer, so a
 retry after a cut resumes it, and one after the commit finds it committed.
+
+:meth:`TransferStore.lock` holds a transfer over every hub node: on PostgreSQL a
+session advisory lock (``pg_advisory_lock``, keyed by the transfer), so two nodes
+never commit (or one commit and another purge) the same transfer at once; it goes
+with the holder's connection if the node dies. SQLite is one host's store: the
+staging folder's file lock (:meth:`adapters.link.ingest.Staging.lock`) is enough.
 """
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import Connection, Engine, Row, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from broker.model.errors import NotFoundError, StoreError
 from broker.store.engine import writing
 from broker.store.tables import transfers
 from broker.store.work_claims import utc
+
+#: The first key of the transfers' advisory locks (``pg_advisory_lock(int, int)``), apart
+#: from any other user of advisory locks in the database ("RB" 0x17, issue 17's link).
+LOCK_CLASS = 0x52420017
+#: Seconds a commit waits for another node's hold on the same transfer before it answers
+#: 503 (the site retries).
+LOCK_WAIT_SECONDS = 30.0
+
+
+class TransferLockedError(StoreError):
+    """Another node holds the transfer (committing it) longer than the wait."""
+
+
+def lock_key(transfer_id: str) -> int:
+    """The second key of a transfer's advisory lock: its id's first 32 bits, signed."""
+    return int(transfer_id[:8], 16) - 2**31
 
 
 class TransferState(StrEnum):
@@ -60,6 +84,49 @@ class TransferStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+
+    @contextlib.contextmanager
+    def lock(self, transfer_id: str, *, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
+        """Hold the transfer over every node sharing this PostgreSQL store (see the module
+        docstring); :class:`TransferLockedError` after ``wait`` seconds (0: do not wait).
+        On SQLite, nothing to do."""
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        key = {"c": LOCK_CLASS, "k": lock_key(transfer_id)}
+        try:
+            conn = self.engine.connect()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot lock transfer {transfer_id}: {exc}") from exc
+        try:
+            try:
+                with conn.begin():
+                    if wait > 0:
+                        ms = max(1, int(wait * 1000))
+                        conn.execute(text(f"SET LOCAL lock_timeout = {ms}"))
+                        conn.execute(text("SELECT pg_advisory_lock(:c, :k)"), key)
+                    elif not conn.execute(
+                        text("SELECT pg_try_advisory_lock(:c, :k)"), key
+                    ).scalar():
+                        raise TransferLockedError(f"transfer {transfer_id} is held by another node")
+            except OperationalError as exc:
+                if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_not_available
+                    raise TransferLockedError(
+                        f"transfer {transfer_id} held by another node for over {wait:g} s"
+                    ) from exc
+                raise StoreError(f"cannot lock transfer {transfer_id}: {exc}") from exc
+            except SQLAlchemyError as exc:
+                raise StoreError(f"cannot lock transfer {transfer_id}: {exc}") from exc
+            try:
+                yield
+            finally:
+                try:
+                    with conn.begin():
+                        conn.execute(text("SELECT pg_advisory_unlock(:c, :k)"), key)
+                except SQLAlchemyError:  # the session goes, and its lock with it
+                    conn.invalidate()
+        finally:
+            conn.close()
 
     def open(
         self,

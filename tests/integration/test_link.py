@@ -11,6 +11,7 @@ retryable error, and the next attempt resumes from the parts the hub holds.
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from adapters.link.parts import StudyStream
 from adapters.vendors.radbridge import LinkRejectedError, LinkUnavailableError
@@ -31,11 +32,17 @@ from broker.engine.plan import FixedPlan, FixedPlans, VendorSpec
 from broker.model.errors import NotFoundError
 from broker.model.jobs import Job, JobState
 from broker.model.vendor import TRANSPORTS, TransportContext, VendorTransport, is_retryable
-from broker.store import JobStore, StudyStore
+from broker.store import JobStore, StudyStore, make_engine
 from broker.store.spool import Spool
-from broker.store.transfers import TransferState, TransferStore
+from broker.store.transfers import (
+    LOCK_CLASS,
+    TransferLockedError,
+    TransferState,
+    TransferStore,
+    lock_key,
+)
 from tests.databases import empty_database
-from tests.link import CuttingProxy, HubStack, hub_stack
+from tests.link import CuttingProxy, HubStack, hub_node, hub_stack
 from tests.peers import LOOPBACK, wait_until
 from tests.pki import authority, issue
 from tests.spooling import spool_study
@@ -357,3 +364,75 @@ def test_a_links_bandwidth_holds_over_several_senders(hub: HubStack, site: Site)
     for (job, files), outcome in zip(studies, outcomes, strict=True):
         assert outcome.instances == len(files)
         assert len(hub.sop_counts(job.study_uid)) == len(files)
+
+
+def _pg_lock_waiters(engine: Engine, transfer_id: str) -> int:
+    """Sessions waiting for the transfer's advisory lock (``pg_locks``, not granted)."""
+    stmt = text(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+        "AND classid = :c AND objid = :o AND objsubid = 2"
+    )
+    with engine.connect() as conn:
+        found = conn.execute(stmt, {"c": LOCK_CLASS, "o": lock_key(transfer_id) % 2**32})
+        return int(found.scalar_one())
+
+
+@pytest.mark.postgres
+def test_two_hub_nodes_on_postgresql_commit_a_transfer_once(tmp_path: Path, site: Site) -> None:
+    """Two hub nodes (engines and HTTP servers of their own) share one PostgreSQL store and
+    one spool; a transfer's parts come half to each. While a third holder has the
+    transfer's lock in the store (as a node on another host committing it), a try
+    without waiting is refused, and commits sent to both nodes wait for it, the transfer
+    still open and nothing indexed; once it is released both answer committed and every
+    instance is indexed once."""
+    job, files = site.job()
+    stream = StudyStream(job.study_uid, files, part_bytes=16384)
+    manifest = stream.manifest()
+    with contextlib.ExitStack() as stack:
+        engine = stack.enter_context(empty_database("postgresql", tmp_path))
+        url = engine.url.render_as_string(hide_password=False)
+        engines = [make_engine(url) for _ in range(2)]
+        for extra in engines:
+            stack.callback(extra.dispose)
+        a = stack.enter_context(hub_node(engine, tmp_path, node="a"))
+        b = stack.enter_context(hub_node(engines[0], tmp_path, node="b", tokens=a.tokens))
+        auth = {"Authorization": f"Bearer {a.tokens['township-a']}"}
+        opened = httpx.post(
+            f"{a.url}/link/v1/transfers",
+            json={"manifest": manifest.model_dump(mode="json")},
+            headers=auth,
+            timeout=10,
+        )
+        assert opened.status_code == 201, opened.text
+        transfer = opened.json()["id"]
+        for part in manifest.parts:
+            node = (a, b)[part.index % 2]
+            token = node.tokens["township-a"]
+            assert (
+                _put(node, token, transfer, part.index, stream.part(part.index), part.sha256) == 204
+            )
+        pool = stack.enter_context(ThreadPoolExecutor(2))
+        with TransferStore(engines[1]).lock(transfer):  # the third holder
+            with pytest.raises(TransferLockedError), TransferStore(engine).lock(transfer, wait=0):
+                pass
+            commits = [
+                pool.submit(
+                    httpx.post, f"{node.url}/link/v1/transfers/{transfer}/commit",
+                    headers=auth, timeout=60,
+                )
+                for node in (a, b)
+            ]  # fmt: skip
+            wait_until(
+                lambda: _pg_lock_waiters(engine, transfer) >= 1,
+                "a commit waiting for the transfer's lock in the store",
+                20,
+                interval=0.05,
+            )
+            assert TransferStore(engine).get(transfer).state is TransferState.OPEN
+            assert a.sop_counts(job.study_uid) == {}
+        answers = [c.result() for c in commits]
+        assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
+        assert {r.json()["state"] for r in answers} == {"committed"}
+        counts = a.sop_counts(job.study_uid)
+        assert len(counts) == len(files)
+        assert set(counts.values()) == {1}
