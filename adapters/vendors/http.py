@@ -61,15 +61,17 @@ Outcome of the POST (:mod:`adapters.http_status`):
   job is dead at once; 401/403 mean wrong credentials).
 
 Cancellation: when a correction hits a job already sent (an IOCM Rejection Note
-for what it sent, an ADT merge or update of its patient, its order cancelled),
-radbridge revokes the job's token (nothing more can be fetched) and tells the
-vendor, as a write-back delivery of its own (target ``vendor.NAME``: retried with
-backoff, ``dead`` when the retries are exhausted, audited ``job.withdrawn``)::
+for what it sent, an ADT merge or update of its patient, its order cancelled), or an
+operator cancels it (the API, the console, the CLI), radbridge revokes the job's
+token (nothing more can be fetched) and tells the vendor, as a write-back delivery
+of its own (target ``vendor.NAME``: retried with backoff, ``dead`` when the retries
+are exhausted, audited ``job.withdrawn``)::
 
     DELETE {url}/{job_id}                    # url: where the manifest was POSTed
     Content-Type: application/json
     {"job_id": 42, "vendor": "cxrai", "reason": "rejected"}
                                              # rejected | patient_changed | order_cancelled
+                                             # | cancelled (an operator's)
 
 2xx, 404 and 410 (the vendor no longer has the job) count as told; the rest of the
 answers as for the manifest.

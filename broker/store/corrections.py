@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, insert, select
+from sqlalchemy import ColumnElement, Connection, Engine, Row, and_, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.model.correction import (
@@ -35,6 +35,7 @@ from broker.model.correction import (
 from broker.model.domain import Code
 from broker.model.errors import NotFoundError, StoreError
 from broker.model.jobs import Job, JobState
+from broker.model.logging import get_logger
 from broker.model.vendor import VENDOR_TARGET_PREFIX, VENDOR_TARGET_TYPE, vendor_target
 from broker.model.writeback import Delivery, DeliveryKind, DeliveryState
 from broker.store.audit import SYSTEM, Action, record_in
@@ -43,6 +44,8 @@ from broker.store.engine import writing
 from broker.store.jobs import cancel_unsent
 from broker.store.tables import corrections, deliveries, job_tokens, jobs
 from broker.store.work import utc
+
+LOG = get_logger("radbridge.corrections")
 
 
 def _correction(r: Row[Any]) -> Correction:
@@ -104,10 +107,9 @@ _AT_VENDOR = tuple(
 )
 
 
-def _pulled(conn: Connection, study_uid: str, series: Sequence[str] | None) -> list[Any]:
-    """The study's jobs a vendor was sent by manifest (they hold a WADO-RS token: the
-    vendor has an HTTP API that can be told of a cancellation) and not told yet; with
-    ``series``, only those that sent one of them."""
+def _untold() -> ColumnElement[bool]:
+    """A job was sent by manifest (it holds a WADO-RS token: its vendor has an HTTP API
+    that can be told of a cancellation), and its vendor was not told of one yet."""
     told = (
         select(deliveries.c.id)
         .where(
@@ -117,19 +119,59 @@ def _pulled(conn: Connection, study_uid: str, series: Sequence[str] | None) -> l
         )
         .exists()
     )
+    token = select(job_tokens.c.id).where(job_tokens.c.job_id == jobs.c.id).exists()
+    return and_(token, ~told)
+
+
+def _pulled(conn: Connection, study_uid: str, series: Sequence[str] | None) -> list[Any]:
+    """The study's jobs at a vendor that were sent by manifest and whose vendor was not
+    told yet (:func:`_untold`); with ``series``, only those that sent one of them."""
     rows = conn.execute(
         select(jobs.c.id, jobs.c.vendor, jobs.c.max_attempts, jobs.c.series_uids)
-        .where(
-            jobs.c.study_uid == study_uid,
-            jobs.c.state.in_(_AT_VENDOR),
-            select(job_tokens.c.id).where(job_tokens.c.job_id == jobs.c.id).exists(),
-            ~told,
-        )
+        .where(jobs.c.study_uid == study_uid, jobs.c.state.in_(_AT_VENDOR), _untold())
         .order_by(jobs.c.id)
     ).all()
     if series is None:
         return list(rows)
     return [r for r in rows if made_from(tuple(json.loads(r.series_uids)), series)]
+
+
+def _telling(job: Any, study_uid: str, event: str, correction_id: int | None) -> NewDelivery:
+    """The correction delivery that tells ``job``'s vendor the job is cancelled."""
+    return NewDelivery(
+        study_uid=study_uid,
+        target=vendor_target(job.vendor),
+        target_type=VENDOR_TARGET_TYPE,
+        kind=DeliveryKind.CORRECTION,
+        max_attempts=job.max_attempts,
+        job_id=job.id,
+        event=event,
+        correction_id=correction_id,
+    )
+
+
+#: The ``event`` (and the ``reason`` the vendor is told) of an operator's cancellation.
+OPERATOR_CANCELLED = "cancelled"
+
+
+def tell_vendor_in(conn: Connection, job_id: int, *, now: datetime) -> Delivery | None:
+    """Inside the caller's transaction: a job an operator cancelled (the API, the console,
+    the CLI) whose vendor was sent it by manifest gets the same delivery to ``vendor.NAME``
+    as a correction's (reason ``cancelled``); None when there is no vendor to tell (never
+    sent by manifest, or already told). Whatever the job's state before: a job sent again
+    (pending, failed) or given up (dead) may be at the vendor all the same."""
+    job = conn.execute(
+        select(jobs.c.id, jobs.c.vendor, jobs.c.max_attempts, jobs.c.study_uid).where(
+            jobs.c.id == job_id, _untold()
+        )
+    ).one_or_none()
+    if job is None:
+        return None
+    made = DeliveryStore(conn.engine)._create(
+        conn, _telling(job, job.study_uid, OPERATOR_CANCELLED, None), now
+    )
+    LOG.info("the vendor will be told the job is cancelled", job_id=job_id, vendor=job.vendor)
+    return made
 
 
 def correct_in(
@@ -174,32 +216,22 @@ def correct_in(
             )
             .returning(corrections.c.id)
         ).scalar_one()
-        # (target, its type, attempts, result, job): each written result's target, and the
-        # vendor of each job sent by manifest
+        # each written result's target, and the vendor of each job sent by manifest
         wanted = [
-            (r.target, r.target_type, r.max_attempts, r.result_id, r.job_id) for r in written
-        ] + [
-            (vendor_target(j.vendor), VENDOR_TARGET_TYPE, j.max_attempts, None, j.id)
-            for j in pulled
-        ]
-        mine = [
-            store._create(
-                conn,
-                NewDelivery(
-                    study_uid=study_uid,
-                    target=target,
-                    target_type=target_type,
-                    kind=DeliveryKind.CORRECTION,
-                    max_attempts=attempts,
-                    result_id=result_id,
-                    job_id=job_id,
-                    event=cause.value,
-                    correction_id=correction_id,
-                ),
-                now,
+            NewDelivery(
+                study_uid=study_uid,
+                target=r.target,
+                target_type=r.target_type,
+                kind=DeliveryKind.CORRECTION,
+                max_attempts=r.max_attempts,
+                result_id=r.result_id,
+                job_id=r.job_id,
+                event=cause.value,
+                correction_id=correction_id,
             )
-            for target, target_type, attempts, result_id, job_id in wanted
-        ]
+            for r in written
+        ] + [_telling(j, study_uid, cause.value, correction_id) for j in pulled]
+        mine = [store._create(conn, d, now) for d in wanted]
         record_in(
             conn,
             actor,

@@ -142,9 +142,13 @@ class JobStore(WorkStore[Job, JobState, JobEvent]):
         super().__init__(engine, JOBS)
 
     def entered(self, conn: Connection, row: Row[Any], state: JobState, now: datetime) -> None:
-        """A job now cancelled gives back the contract use it reserved, if it was never sent."""
+        """A job now cancelled gives back the contract use it reserved, if it was never sent,
+        and its vendor is told, if it was sent by manifest (as a correction tells it)."""
         if state is JobState.CANCELLED:
             _cancelled(conn, row.id, row.study_uid, row.vendor)
+            from broker.store.corrections import tell_vendor_in  # noqa: PLC0415 (it imports us)
+
+            tell_vendor_in(conn, row.id, now=now)
 
     def create(
         self,
@@ -240,7 +244,9 @@ class JobStore(WorkStore[Job, JobState, JobEvent]):
         )
 
     def cancel(self, job_id: int, *, reason: str = "cancelled", now: datetime | None = None) -> Job:
-        """Cancel a job that is not finished; the reason goes into its history."""
+        """Cancel a job that is not finished (an operator: the API, the console, the CLI); the
+        reason goes into its history. A vendor that was sent it by manifest is told, like a
+        correction's (``DELETE {url}/{job_id}``, a delivery to ``vendor.NAME``)."""
         return self.move(job_id, [JobState.CANCELLED], error=reason, now=now)
 
     # ---------------------------------------------------------------- reads

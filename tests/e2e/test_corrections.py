@@ -298,3 +298,38 @@ def test_rejection_note_cancels_the_job_at_the_http_vendor(world: World) -> None
         timeout=10,
     )
     assert answer.status_code == 401
+
+
+def test_operator_cancel_tells_the_http_vendor(world: World) -> None:
+    """An operator's cancel (``POST /api/v1/jobs/{id}/cancel``) of a chest CT the HTTP vendor
+    pulled tells the vendor as a correction does (``DELETE {url}/{job_id}``, reason
+    ``cancelled``, a delivery to ``vendor.lungcloud`` audited ``job.withdrawn``); a second
+    cancel is refused (409) and tells it nothing more."""
+    files = generate_study(
+        "ct_chest", world.folder / "chest4", instances=2, rows=32, columns=32, patient_id="PAT0404"
+    )
+    storescu(files, world.rb.port)
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    pulled = world.puller.folder / study_uid
+    wait_until(lambda: len(list(pulled.glob("*/*.dcm"))) == 2, "the vendor pulled the study")
+    [manifest] = [m for m in world.puller.manifests if m["study_instance_uid"] == study_uid]
+    job_id = manifest["job_id"]
+    token = world.rb.cli("tokens", "create", "--role", "operator", "--name", "ops").stdout.strip()
+    url = f"http://{LOOPBACK}:{world.rb.config['http']['listen']['port']}/api/v1/jobs/{job_id}"
+    auth = {"Authorization": f"Bearer {token}"}
+    answer = httpx.post(f"{url}/cancel", json={"reason": "wrong study"}, headers=auth, timeout=10)
+    assert answer.json()["state"] == "cancelled", answer.text
+    path = f"/jobs/{job_id}"
+    [told] = wait_until(
+        lambda: [c for c in world.puller.cancellations if c["path"] == path], "the vendor told"
+    )
+    assert told["body"] == {"job_id": job_id, "vendor": "lungcloud", "reason": "cancelled"}
+    [audited] = wait_until(
+        lambda: [a for a in world.audit("job.withdrawn") if a["target"] == f"job:{job_id}"],
+        "job.withdrawn audited",
+    )
+    assert audited["detail"]["target"] == "vendor.lungcloud"
+    assert audited["detail"]["cause"] == "cancelled"
+    again = httpx.post(f"{url}/cancel", headers=auth, timeout=10)
+    assert again.status_code == 409
+    assert [c for c in world.puller.cancellations if c["path"] == path] == [told]
