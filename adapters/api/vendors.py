@@ -16,8 +16,11 @@ from pydantic import BaseModel, Field
 
 from adapters.api.deps import Operator, State, Viewer
 from adapters.api.responses import BAD_BODY, NOT_FOUND, error, invalid
+from broker.model.contract import ContractKind
 from broker.model.jobs import UNFINISHED
 from broker.model.work import LaneNotPausedError, LanePause
+from broker.runtime.contracts import ContractStatus, contract_statuses
+from broker.store.contracts import ContractStore
 from broker.store.jobs import JOBS
 from broker.store.listing import VendorActivity, vendor_activity
 from broker.store.pauses import LanePauses
@@ -50,7 +53,11 @@ class BillingOut(BaseModel):
     when_quota_used: str
     bundle: str | None
     trial_used: int
+    """Uses of the trial counted in its current period, as ``GET /api/v1/contracts`` counts
+    them (the ``billing:`` block is read as the vendor's trial contract): reserved when a
+    study is routed to it, given back when its job is cancelled before it was sent."""
     queued: int
+    """The vendor's jobs not sent yet (pending, sending, failed) and not charged yet."""
 
 
 class PauseOut(BaseModel):
@@ -147,6 +154,16 @@ def _pause_out(pause: LanePause | None) -> PauseOut | None:
     return PauseOut(since=pause.since, until=pause.until, by=pause.by, reason=pause.reason)
 
 
+def _trial_used(name: str, statuses: list[ContractStatus]) -> int:
+    """Uses of the trial contract the vendor's ``billing:`` is read as, in its current period,
+    as ``GET /api/v1/contracts`` counts them (0: no trial)."""
+    for status in statuses:
+        terms = status.terms
+        if terms.vendor == name and terms.name == name and status.site is None:
+            return status.used if terms.kind is ContractKind.TRIAL else 0
+    return 0
+
+
 def _vendor_out(  # noqa: PLR0917 (one call, each part of the answer)
     name: str,
     vendor: Vendor,
@@ -154,11 +171,11 @@ def _vendor_out(  # noqa: PLR0917 (one call, each part of the answer)
     reach: Reachability,
     api: State,
     pause: LanePause | None,
+    statuses: list[ContractStatus],
 ) -> VendorOut:
     billing = None
     if vendor.billing is not None:
         b = vendor.billing
-        use = api.usage.quota_use(name)
         billing = BillingOut(
             unit=b.unit.value,
             price=str(b.price),
@@ -166,8 +183,8 @@ def _vendor_out(  # noqa: PLR0917 (one call, each part of the answer)
             trial_quota=b.trial_quota,
             when_quota_used=b.when_quota_used.value,
             bundle=b.bundle,
-            trial_used=use.used,
-            queued=use.queued,
+            trial_used=_trial_used(name, statuses),
+            queued=api.usage.queued(name),
         )
     return VendorOut(
         name=name,
@@ -200,8 +217,14 @@ def _vendors(api: State, names: list[str], probe: bool) -> list[VendorOut]:
         }
     empty = VendorActivity({}, 0, 0, 0, None)
     pauses = LanePauses(api.engine, JOBS).current()
+    billed = any(settings.vendors[n].billing is not None for n in names)
+    statuses = (
+        contract_statuses(settings, ContractStore(api.engine), datetime.now(UTC)) if billed else []
+    )
     return [
-        _vendor_out(n, settings.vendors[n], activity.get(n, empty), reach[n], api, pauses.get(n))
+        _vendor_out(
+            n, settings.vendors[n], activity.get(n, empty), reach[n], api, pauses.get(n), statuses
+        )
         for n in names
     ]
 

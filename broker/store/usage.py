@@ -173,17 +173,6 @@ def report_csv(lines: Sequence[UsageLine]) -> str:
     return buffer.getvalue()
 
 
-@dataclass(frozen=True, slots=True)
-class QuotaUse:
-    """How much of a vendor's trial quota is used, and how much is on its way."""
-
-    vendor: str
-    used: int
-    """Trial studies delivered."""
-    queued: int
-    """Jobs for the vendor not sent yet (pending, sending, failed) and not counted yet."""
-
-
 def _entry(r: Any) -> UsageEntry:
     return UsageEntry(
         job_id=r.job_id,
@@ -388,15 +377,11 @@ class UsageStore:
                 line.unbillable += qty
         return [lines[k] for k in sorted(lines)]
 
-    def quota_use(self, vendor: str) -> QuotaUse:
-        """Trial studies delivered to ``vendor``, and its jobs still on their way."""
+    def queued(self, vendor: str) -> int:
+        """The vendor's jobs still on their way: unfinished and not counted (charged) yet. Its
+        trial's use is its contract's (:func:`broker.runtime.contracts.contract_statuses`)."""
         counted = select(usage.c.job_id).where(usage.c.job_id == jobs.c.id).exists()
         with self.engine.connect() as conn:
-            used = conn.execute(
-                select(func.count()).where(
-                    usage.c.vendor == vendor, usage.c.trial.is_(True), usage.c.shadow.is_(False)
-                )
-            ).scalar_one()
             queued = conn.execute(
                 select(func.count()).where(
                     jobs.c.vendor == vendor,
@@ -404,7 +389,7 @@ class UsageStore:
                     ~counted,
                 )
             ).scalar_one()
-        return QuotaUse(vendor=vendor, used=int(used), queued=int(queued))
+        return int(queued)
 
     def uncounted_sent_jobs(self, limit: int = 10_000) -> list[int]:
         """Jobs that reached ``sent`` but have no usage row (a crash between the two); canary

@@ -214,7 +214,8 @@ def test_routes_explain_and_reload(api: Api) -> None:
 
 def test_contracts_and_the_products_of_results(api: Api) -> None:
     """``GET /api/v1/contracts``: the vendor's ``billing:`` read as its trial contract; one
-    use reserved today of a quota of 1: used up, running out today. Each result in the
+    use reserved today of a quota of 1: used up, running out today; ``GET /api/v1/vendors``
+    says the same of the trial (one count for both). Each result in the
     listing and in its detail names the configured product with its NMPA class,
     certificate and whether the certificate covers today."""
     now = datetime.now(UTC)
@@ -231,6 +232,9 @@ def test_contracts_and_the_products_of_results(api: Api) -> None:
     assert (contract["name"], contract["kind"], contract["state"]) == ("lungai", "trial", "used_up")
     assert (contract["used"], contract["remaining"], contract["quota"]) == (1, 0, 1)
     assert contract["runs_out"] == now.date().isoformat()
+    [vendor] = api.get(f"{API}/vendors", probe="false").json()
+    billing = vendor["billing"]
+    assert (billing["trial_quota"], billing["trial_used"]) == (contract["quota"], contract["used"])
     assert (contract["price"], contract["currency"], contract["when_used_up"]) == (
         "30",
         "CNY",
