@@ -21,6 +21,9 @@ import yaml
 from tests.peers import LOOPBACK, free_port
 from tests.service import base_config
 
+# The module's fixtures are set up once: every test of it runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("offline-bundle")
+
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = version("radbridge")
 

@@ -15,7 +15,7 @@ import pytest
 
 from adapters.dicom.synthetic import generate_study
 from tests.peers import StoreSCP, free_port, storescu
-from tests.service import RADBRIDGE, Radbridge, base_config
+from tests.service import Radbridge, base_config
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -69,14 +69,7 @@ def _wait(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
 
 
 def _explain(rb: Radbridge, target: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [RADBRIDGE, "routes", "explain", "-c", str(rb.config_path), str(target), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=rb.env,
-    )
+    return rb.cli("routes", "explain", str(target), "--json", check=False)
 
 
 def test_an_institution_name_route_fires_in_serve_and_the_vendor_gets_the_study(
@@ -110,7 +103,7 @@ def test_an_institution_name_route_fires_in_serve_and_the_vendor_gets_the_study(
         assert [(j["study_uid"], j["vendor"], j["route"]) for j in jobs] == [
             (north_uid, "northai", "north-campus")
         ]
-        _wait(lambda: rb.study(south_uid)["state"] == "stable")
+        rb.wait_state(south_uid, "stable")
         stored = _explain(rb, north_uid)
         assert stored.returncode == 0, stored.stderr
         north_row = {r["route"]: r for r in json.loads(stored.stdout)}["north-campus"]

@@ -47,6 +47,9 @@ from tests.peers import LOOPBACK, wait_until
 from tests.pki import authority, issue
 from tests.spooling import spool_study
 
+# The module's fixtures are set up once: every test of it runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("link")
+
 
 @dataclass
 class Site:

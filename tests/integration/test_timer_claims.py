@@ -22,6 +22,9 @@ from config.schema import Settings
 from tests.databases import DATABASES, empty_database
 from tests.integration.test_store import _rec
 
+# The module's fixtures are set up once: every test of it runs on one xdist worker.
+pytestmark = pytest.mark.xdist_group("timer-claims")
+
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
 
