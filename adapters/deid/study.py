@@ -72,7 +72,9 @@ def deidentify_study(
 def deidentified_manifest(files: Sequence[Path]) -> dict[str, Any] | None:
     """The study part of an ``http`` vendor's manifest, read from radbridge's de-identified
     copies in ``files`` (pseudonymous study, series, accession and patient, and the
-    profile); None when ``files`` are not such copies (sent as received)."""
+    profile); None when ``files`` are not such copies (sent as received). The current
+    study's copies come first; those of other studies after them are its priors
+    (``priors``: each one's pseudonymous study UID and series, without ``wado_rs``)."""
     if not files:
         return None
     try:
@@ -86,18 +88,32 @@ def deidentified_manifest(files: Sequence[Path]) -> dict[str, Any] | None:
         headers = [first, *(dcmread(p, stop_before_pixels=True) for p in files[1:])]
     except (PydicomInvalid, OSError, ValueError, EOFError) as exc:
         raise DeidentificationError(f"cannot read a de-identified copy: {exc}") from exc
-    series: dict[str, dict[str, Any]] = {}
+    studies: dict[str, dict[str, dict[str, Any]]] = {}
     for ds in headers:
+        series = studies.setdefault(str(ds.get("StudyInstanceUID", "")), {})
         uid = str(ds.get("SeriesInstanceUID", ""))
         entry = series.setdefault(
             uid,
             {"series_instance_uid": uid, "modality": ds.get("Modality"), "instances": 0},
         )
         entry["instances"] += 1
-    return {
-        "study_instance_uid": str(first.StudyInstanceUID),
+    current = str(first.StudyInstanceUID)
+    out: dict[str, Any] = {
+        "study_instance_uid": current,
         "accession_number": str(first.get("AccessionNumber", "")) or None,
-        "series": list(series.values()),
+        "series": list(studies.pop(current).values()),
         "patient": {"id": str(first.get("PatientID", "")), "issuer": None},
         "deidentified": method.removeprefix(METHOD_PREFIX),
     }
+    if studies:
+        out["priors"] = [
+            {
+                "study_instance_uid": uid,
+                "series": [
+                    {"series_instance_uid": s["series_instance_uid"], "instances": s["instances"]}
+                    for s in series.values()
+                ],
+            }
+            for uid, series in studies.items()
+        ]
+    return out

@@ -41,9 +41,12 @@ series' and patient's pseudonyms, the accession number's pseudonym, and
 ``"deidentified": "basic+…"`` (the profile); its WADO-RS serves the de-identified
 copies under those UIDs.
 
-A route with ``priors:`` lists the priors radbridge fetched for the job (not for a
-de-identified job); the job's token opens each prior's ``wado_rs`` URL (and its series,
-instances and metadata below it) as it opens the current study's, and nothing else.
+A route with ``priors:`` lists the priors radbridge fetched for the job; the job's token
+opens each prior's ``wado_rs`` URL (and its series, instances and metadata below it) as
+it opens the current study's, and nothing else. For a de-identified job the priors are
+de-identified as the current study is, with the same keyed pseudonyms: a prior is listed
+and served under its pseudonymous UIDs, and its patient gets the current study's patient
+pseudonym (the same patient ID and issuer; priors of another issuer never come).
 
 The vendor's own API secret comes only from the environment,
 ``RADBRIDGE_VENDORS__<NAME>__TRANSPORT__TOKEN``, sent as ``Authorization:
@@ -187,16 +190,15 @@ class HttpTransport(VendorTransport):
         ``files`` when they are radbridge's de-identified ones."""
         deidentified = deidentified_manifest(files)
         if deidentified is not None:
-            pseudonymous = {"job_id": job.id, "vendor": self.vendor}
+            pseudonymous: dict[str, Any] = {"job_id": job.id, "vendor": self.vendor}
             pseudonymous |= {"product": self.context.product, "priority": job.priority.value}
             pseudonymous |= deidentified
             if not self.settings.send_patient:
                 pseudonymous.pop("patient")
-            return pseudonymous | {
-                "wado_rs": self.wado_rs_url(job),
-                "token": token,
-                "token_expires_at": expires_at,
-            }
+            root = self.wado_rs_url(job)
+            for prior in pseudonymous.get("priors", ()):
+                prior["wado_rs"] = f"{root}/studies/{prior['study_instance_uid']}"
+            return pseudonymous | {"wado_rs": root, "token": token, "token_expires_at": expires_at}
         try:
             study = StudyStore(self.engine).get_study(job.study_uid)
         except NotFoundError as exc:

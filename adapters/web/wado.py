@@ -12,8 +12,8 @@ Routes, below ``/wado/jobs/{job_id}``:
   one object per instance, without pixel data.
 
 Only the job's study, and of it only the series the job sends, are served; and the
-priors radbridge fetched for the job (its manifest's ``priors``: not for a de-identified
-job), whole, under their own Study Instance UIDs.
+priors radbridge fetched for the job (its manifest's ``priors``), whole, under their own
+Study Instance UIDs (a de-identified job's: their pseudonyms).
 Every request needs ``Authorization: Bearer <token>`` with the token of the
 job's manifest: no, an unknown or expired token, or a job no longer at the
 vendor (done, dead, cancelled, failed) → 401; another job's token, or a study
@@ -251,9 +251,14 @@ def wado_router(
         found = privacy(job) if privacy is not None else None
         return Pseudonyms(found[1]) if found is not None else None
 
-    def prior(job: Job, study: str) -> bool:
-        """``study`` is one of the job's priors its vendor may pull (never de-identified)."""
-        return keys_of(job) is None and priors.served(job.id, study)
+    def prior_of(job: Job, study: str) -> str | None:
+        """The original UID of the job's prior its vendor asks for as ``study`` (a
+        de-identified job's: by its pseudonym), or None when it is no such prior."""
+        keys = keys_of(job)
+        if keys is None:
+            return study if priors.served(job.id, study) else None
+        known = (p.study_uid for p in priors.studies(job.id))
+        return next((uid for uid in known if keys.uid(uid) == study), None)
 
     def authorized(job_id: int, study: str, authorization: str | None) -> Job:
         job = tokens.job_for(_bearer(authorization))
@@ -268,22 +273,29 @@ def wado_router(
             raise HTTPException(403, f"the token does not open job {job_id}")
         keys = keys_of(job)
         current = keys.uid(job.study_uid) if keys is not None else job.study_uid
-        if study != current and not prior(job, study):
+        if study != current and prior_of(job, study) is None:
             LOG.warning("token used for another study", job_id=job.id, study_uid=study)
             raise HTTPException(403, f"job {job_id} does not send that study")
         return job
 
     def select(job: Job, study: str, series: str | None, sop: str | None) -> _Served:
         found = privacy(job) if privacy is not None else None
-        if study != job.study_uid and found is None:  # a prior (checked by ``authorized``)
-            instances = priors.instances(job.id, study, series_uid=series, sop_instance_uid=sop)
-        elif found is None:
-            instances = job_instances(engine, job, series_uid=series, sop_instance_uid=sop)
+        if found is None:
+            if study != job.study_uid:  # a prior (checked by ``authorized``)
+                instances = priors.instances(job.id, study, series_uid=series, sop_instance_uid=sop)
+            else:
+                instances = job_instances(engine, job, series_uid=series, sop_instance_uid=sop)
         else:
             keys = Pseudonyms(found[1])
+            original = prior_of(job, study) if study != keys.uid(job.study_uid) else None
+            candidates = (
+                job_instances(engine, job)
+                if original is None
+                else priors.instances(job.id, original)
+            )
             instances = [
                 i
-                for i in job_instances(engine, job)
+                for i in candidates
                 if (series is None or keys.uid(i.series_uid) == series)
                 and (sop is None or keys.uid(i.sop_instance_uid) == sop)
             ]

@@ -265,16 +265,26 @@ class JobWork:
             )
         pushed = getattr(transport, "pushes_files", True)
         profile = plan.deidentify(item.vendor, item.route)
-        priors = self.priors(item, plan, log, pushed=pushed, deidentified=profile is not None)
-        if pushed:
-            files += priors.files
+        priors = self.priors(item, plan, log, pushed=pushed)
+        note = priors.note
         outbound: Outbound | None = None
-        if profile is not None:
+        copies: Outbound | None = None
+        if profile is None:
+            if pushed:
+                files += priors.files
+        else:
             found = self.deidentify(item, files, profile, plan, log)
             if isinstance(found, Failure):
                 return found
             outbound = found
             files = list(outbound.files)
+            if priors.files:  # the same keyed pseudonyms: the same patient's, the same one
+                made = self.deidentify(item, priors.files, profile, plan, log)
+                if isinstance(made, Failure):
+                    note = f"sent without priors: they cannot be de-identified ({made.error})"
+                else:
+                    copies = made
+                    files += copies.files  # pushed; a pull's manifest lists them
         log.info("sending", instances=len(files))
         try:
             sent = transport.send(item, files)
@@ -288,17 +298,17 @@ class JobWork:
                 backoff_cap=spec.backoff_cap,
             )
         finally:
-            if outbound is not None and outbound.folder is not None:
-                shutil.rmtree(outbound.folder, ignore_errors=True)
+            for made_copies in (outbound, copies):
+                if made_copies is not None and made_copies.folder is not None:
+                    shutil.rmtree(made_copies.folder, ignore_errors=True)
         if outbound is not None:
-            sent = replace(sent, deidentified=outbound.summary())
-        if priors.note:
-            sent = replace(
-                sent, detail=f"{sent.detail}; {priors.note}" if sent.detail else priors.note
-            )
-        return Success(
-            (JobState.SENT, JobState.AWAITING_RESULT), detail=sent, note=priors.note or None
-        )
+            summary = outbound.summary()
+            if copies is not None:
+                summary["prior_instances"] = len(copies.files)
+            sent = replace(sent, deidentified=summary)
+        if note:
+            sent = replace(sent, detail=f"{sent.detail}; {note}" if sent.detail else note)
+        return Success((JobState.SENT, JobState.AWAITING_RESULT), detail=sent, note=note or None)
 
     def priors_folder(self, item: Job) -> Path:
         """Where the job's priors are spooled (kept between attempts, gone once sent; kept
@@ -310,19 +320,14 @@ class JobWork:
         return root / f"job-{job_id}"
 
     def priors(
-        self,
-        item: Job,
-        plan: Plan,
-        log: BoundLogger,
-        *,
-        pushed: bool = True,
-        deidentified: bool = False,
+        self, item: Job, plan: Plan, log: BoundLogger, *, pushed: bool = True
     ) -> PriorsFetched:
         """The prior studies the job's route sends along: fetched once per job (a retry
         sends what the first attempt fetched), within the route's ``priors.wait``, and
         recorded (:class:`~broker.store.priors.PriorStore`: the time ledger, explain). For
         a vendor that pulls by manifest (``pushed`` False) they are listed for the job's
-        WADO-RS instead of sent; none when what it pulls is de-identified."""
+        WADO-RS instead of sent. A vendor with ``deidentify:`` gets them de-identified as
+        the current study is (the same keyed pseudonyms)."""
         policy = plan.priors(item.route)
         if policy is None:
             return PriorsFetched()
@@ -331,13 +336,7 @@ class JobWork:
         if done.exists():
             return _read_fetched(done)
         self._recorded(lambda: self.prior_store.requested(item, policy, self.clock()), log)
-        if not pushed and deidentified:
-            fetched = PriorsFetched(
-                note="priors not listed: this vendor pulls de-identified copies of the "
-                "current study only"
-            )
-        else:
-            fetched = self._fetch(item, policy, folder, log)
+        fetched = self._fetch(item, policy, folder, log)
         log.info(
             "priors",
             source=policy.source,

@@ -14,6 +14,7 @@ one stops Orthanc).
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import pytest
 from adapters.dicom.synthetic import StudyKind, generate_study
 from adapters.harness.products import ProductKind
 from adapters.harness.vendor import SimulatedVendor
+from broker.model.deid import SECRET_VARIABLE
 from broker.model.plugins import registered
 from broker.model.priors import PriorsPolicy, PriorsQuery
 from tests.peers import Orthanc, StoreSCP, free_port, storescu, wait_until
@@ -79,6 +81,11 @@ def _config(
             "product": "CT chest follow-up (cloud)",
             "transport": {"type": "http", "url": f"http://127.0.0.1:{cloud.http_port}/jobs"},
         },
+        "cloudanon": {
+            "product": "CT coronary follow-up (cloud, de-identified)",
+            "transport": {"type": "http", "url": f"http://127.0.0.1:{cloud.http_port}/jobs"},
+            "deidentify": {"profile": "basic"},
+        },
     }
     priors = {"source": "pacs", "count": 3, "max_age": "3650d", "wait": WAIT}
     config["routes"] = [
@@ -92,6 +99,12 @@ def _config(
             "name": "chest-followup",
             "when": {"modality": "CT", "body_part": "CHEST"},
             "send": ["cloudfollow"],
+            "priors": priors,
+        },
+        {
+            "name": "heart-followup",
+            "when": {"modality": "CT", "body_part": "HEART"},
+            "send": ["cloudanon"],
             "priors": priors,
         },
     ]
@@ -129,7 +142,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for files, _uid in held.values():
             for path in files:
                 pacs.request("POST", "/instances", path.read_bytes())
-        rb = Radbridge(folder / "rb", _config(folder / "rb", pacs, vendor, cloud)).start()
+        rb = Radbridge(folder / "rb", _config(folder / "rb", pacs, vendor, cloud))
+        rb.env[SECRET_VARIABLE] = f"priors-secret-{uuid.uuid4().hex}"
+        rb.start()
         yield World(
             rb,
             pacs,
@@ -224,6 +239,47 @@ def test_http_vendor_pulls_the_prior_by_its_own_url(world: World) -> None:
     assert "priors: up to 3 prior studies from pacs (same patient ID and issuer, same " in explained
     job = "cloudfollow (route 'chest-followup'): awaiting_result, delivered"
     assert f"{job}; priors from pacs: 1 of 3 asked (2 instances)" in explained
+
+
+def _pulled(cloud: SimulatedVendor, study_uid: str) -> list[pydicom.Dataset]:
+    """The headers of what the HTTP vendor pulled of ``study_uid``."""
+    return [
+        pydicom.dcmread(p, stop_before_pixels=True)
+        for p in sorted((cloud.folder / study_uid).glob("*/*.dcm"))
+    ]
+
+
+def test_deidentified_http_vendor_pulls_the_prior_under_the_same_pseudonyms(
+    world: World,
+) -> None:
+    """A de-identified ``http`` vendor's manifest lists the patient's prior under its
+    pseudonymous UID; the vendor pulls it de-identified, with the current study's patient
+    pseudonym; the prior's real UID opens nothing (403)."""
+    files, current = _study(world.folder / "anon", PATIENT, ISSUER, "20260305", "ct_ccta")
+    storescu(files, world.rb.port)
+    [manifest] = wait_until(
+        lambda: [m for m in world.cloud.manifests if m.get("deidentified")], "manifest"
+    )
+    [prior] = manifest["priors"]
+    pseudonym = prior["study_instance_uid"]
+    assert pseudonym not in (world.prior_uid, current, manifest["study_instance_uid"])
+    assert prior["wado_rs"] == f"{manifest['wado_rs']}/studies/{pseudonym}"
+    assert sum(s["instances"] for s in prior["series"]) == 2
+    wait_until(lambda: world.cloud.priors_pulled.get(pseudonym) == 2, "prior pulled", timeout=90)
+    now, before = (
+        _pulled(world.cloud, manifest["study_instance_uid"]),
+        _pulled(world.cloud, pseudonym),
+    )
+    assert len(now) == len(files) and len(before) == 2
+    patients = {str(ds.PatientID) for ds in now + before}
+    assert len(patients) == 1 and PATIENT not in patients  # one patient, one pseudonym
+    assert {str(ds.PatientIdentityRemoved) for ds in before} == {"YES"}
+    answer = httpx.get(
+        f"{manifest['wado_rs']}/studies/{world.prior_uid}",
+        headers={"Authorization": f"Bearer {manifest['token']}"},
+        timeout=10,
+    )
+    assert answer.status_code == 403
 
 
 def test_priors_from_a_dicomweb_pacs(tmp_path: Path) -> None:
