@@ -4,7 +4,12 @@ Configured as ``notifications.webhook`` (``url``; optional ``timeout``,
 ``retries``; the token only from ``RADBRIDGE_NOTIFICATIONS__WEBHOOK__TOKEN``,
 sent as ``Authorization: Bearer``). Each notification is a delivery, so it
 survives a restart and is retried with the write-back backoff; the header
-``Idempotency-Key`` is the delivery's ``message_id``, the same on every retry.
+``Idempotency-Key`` is the delivery's ``message_id``, the same on every retry, and so
+is the body, byte for byte (verdict links are signed as of the notification's making).
+A retry can reach the receiver while it still processes an earlier attempt (that one
+outlived ``timeout``): a receiver keeps one notification per key, and may answer 409
+meanwhile, which is retried (the IETF HTTPAPI draft "The Idempotency-Key HTTP Header
+Field"; :class:`adapters.harness.webhook.Webhook` does so).
 
 The body names the study by its UIDs and accession number, never the
 patient; with ``http.verdict_link_secret`` set each finding carries one-click signed
@@ -41,8 +46,8 @@ any, is the robot's signing secret, so ``timestamp`` and ``sign`` are added to
 the URL) a text message that @-mentions the contact; ``body`` is a Jinja2
 template of the JSON body (``to``, ``text``, ``link``, ``contact``, ``case``).
 
-2xx is done; 408, 425, 429, 5xx, timeouts and connection errors are retried;
-any other status is refused for good (:mod:`adapters.http_status`). WeCom and
+2xx is done; 408, 409 (see above), 425, 429, 5xx, timeouts and connection errors are
+retried; any other status is refused for good (:mod:`adapters.http_status`). WeCom and
 DingTalk answer 200 with an ``errcode``: non-zero is refused, except their
 rate limits (45009, 130101), which are retried.
 """
@@ -191,6 +196,9 @@ def notification(item: WritebackItem) -> dict[str, Any]:
 
 #: Sandboxed (a template is configuration, not code) and autoescape off: the output is JSON.
 _JINJA = ImmutableSandboxedEnvironment(autoescape=False)
+#: A receiver's answer while an earlier attempt with the same ``Idempotency-Key`` is still
+#: being processed (IETF HTTPAPI "The Idempotency-Key HTTP Header Field"): retried.
+IN_PROGRESS = 409
 #: The gateways' "too many requests" codes (WeCom 45009, DingTalk 130101): retried.
 _RATE_LIMITED = frozenset({45009, 130101})
 
@@ -287,7 +295,7 @@ class WebhookTarget(WritebackTarget):
         except httpx.TransportError as exc:
             raise TargetUnavailableError(failure(what, exc, settings.timeout)) from exc
         found = verdict(response.status_code)
-        if found is Verdict.RETRY:
+        if found is Verdict.RETRY or response.status_code == IN_PROGRESS:
             raise TargetUnavailableError(answered(what, response))
         if found is Verdict.REFUSED:
             raise TargetRejectedError(answered(what, response))

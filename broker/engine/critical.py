@@ -215,14 +215,15 @@ class CriticalDesk:
     # ---------------------------------------------------------------- sending
 
     def notice(self, delivery: Delivery, plan: Plan) -> Notice | None:
-        """What the channel says for this notification: the case, the contact, a fresh link."""
+        """What the channel says for this notification: the case, the contact, its link."""
         step = self.store.notice_step(delivery.id)
         if step is None:
             return None
         case = self.store.get(step.case_id)
         policy = plan.critical
         contact = step.contact or ""
-        url = _ack_link(policy, case.id, contact, step.level or 0)
+        # stamped as of the notification's making: every retry carries the same link
+        url = _ack_link(policy, case.id, contact, step.level or 0, delivery.created_at)
         return Notice(
             case=case,
             contact=contact,
@@ -242,7 +243,10 @@ class CriticalDesk:
             self.store.delivered(delivery, StepKind.FAILED, now=self.clock())
 
 
-def _ack_link(policy: CriticalPolicy, case_id: int, contact: str, level: int) -> str | None:
+def _ack_link(
+    policy: CriticalPolicy, case_id: int, contact: str, level: int, at: datetime
+) -> str | None:
     if policy.link_secret is None or policy.link_base is None:
         return None
-    return link(policy.link_base, sign(AckClaim(case_id, contact, level), policy.link_secret))
+    claim = AckClaim(case_id, contact, level)
+    return link(policy.link_base, sign(claim, policy.link_secret, at=at))

@@ -444,7 +444,8 @@ class WritebackStage:
         signer = plan.verdict_links if plan is not None else None
         if d.kind is DeliveryKind.NOTIFY and result is not None and signer is not None:
             count = len(result.findings.findings) if result.findings else 0
-            links = signer.for_result(result.id, count, self.clock())
+            # signed as of the notification's making: every retry carries the same body
+            links = signer.for_result(result.id, count, d.created_at)
         findings, note = None, None
         if self.reconciler is not None and result is not None and job is not None:
             note_wanted = d.target_type == "hl7" and self.reconciler.policy(job.route).oru_note

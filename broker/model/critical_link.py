@@ -12,6 +12,7 @@ acknowledges its own case only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from broker.model.errors import RadbridgeError
 from broker.model.signed_links import LinkPurpose, SignedLinkError, read_link, sign_link
@@ -33,9 +34,10 @@ class AckClaim:
     level: int
 
 
-def sign(claim: AckClaim, secret: str) -> str:
-    """A URL-safe token for ``claim``, stamped now."""
-    return sign_link(secret, LinkPurpose.CRITICAL_ACK, [claim.case_id, claim.contact, claim.level])
+def sign(claim: AckClaim, secret: str, *, at: datetime | None = None) -> str:
+    """A URL-safe token for ``claim``, stamped ``at`` (default now)."""
+    payload = [claim.case_id, claim.contact, claim.level]
+    return sign_link(secret, LinkPurpose.CRITICAL_ACK, payload, at=at)
 
 
 def verify(token: str, secret: str, max_age: float) -> AckClaim:

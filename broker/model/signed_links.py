@@ -18,7 +18,7 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
 from broker.model.errors import RadbridgeError
 
@@ -43,15 +43,30 @@ class SignedLinkError(RadbridgeError):
         self.expired = expired
 
 
-def _serializer(secret: str, purpose: LinkPurpose) -> URLSafeTimedSerializer:
+def _serializer(
+    secret: str, purpose: LinkPurpose, at: datetime | None = None
+) -> URLSafeTimedSerializer:
+    signer: type[TimestampSigner] = TimestampSigner
+    if at is not None:
+        stamp = int(at.timestamp())
+
+        class _Stamped(TimestampSigner):
+            def get_timestamp(self) -> int:
+                return stamp
+
+        signer = _Stamped
     return URLSafeTimedSerializer(
-        secret, salt=purpose.value, signer_kwargs={"digest_method": hashlib.sha256}
+        secret, salt=purpose.value, signer=signer, signer_kwargs={"digest_method": hashlib.sha256}
     )
 
 
-def sign_link(secret: str, purpose: LinkPurpose, payload: list[Any]) -> str:
-    """A URL-safe token carrying ``payload`` (JSON values), stamped now."""
-    return str(_serializer(secret, purpose).dumps(payload))
+def sign_link(
+    secret: str, purpose: LinkPurpose, payload: list[Any], *, at: datetime | None = None
+) -> str:
+    """A URL-safe token carrying ``payload`` (JSON values), stamped ``at`` (default now): the
+    same payload stamped at the same second makes the same token, so a message sent again
+    (a retry) carries the same link."""
+    return str(_serializer(secret, purpose, at).dumps(payload))
 
 
 def read_link(

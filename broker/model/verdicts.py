@@ -77,10 +77,11 @@ class VerdictLink:
     expires: datetime
 
 
-def sign_verdict_link(secret: str, link: VerdictLink) -> str:
-    """The token of a one-click link: result, finding, verdict and expiry, signed."""
+def sign_verdict_link(secret: str, link: VerdictLink, *, at: datetime | None = None) -> str:
+    """The token of a one-click link: result, finding, verdict and expiry, signed (stamped
+    ``at``, default now)."""
     payload = [link.result_id, link.finding_index, link.verdict.value]
-    return sign_link(secret, LinkPurpose.VERDICT, [*payload, int(link.expires.timestamp())])
+    return sign_link(secret, LinkPurpose.VERDICT, [*payload, int(link.expires.timestamp())], at=at)
 
 
 def read_verdict_link(secret: str, token: str, now: datetime | None = None) -> VerdictLink:
@@ -114,12 +115,14 @@ class VerdictLinks:
     def for_result(
         self, result_id: int, findings: int, now: datetime | None = None
     ) -> dict[int, dict[str, str]]:
-        """Per finding (by index): an ``accepted`` and a ``rejected`` link."""
-        expires = (now or datetime.now(UTC)) + timedelta(days=self.days)
+        """Per finding (by index): an ``accepted`` and a ``rejected`` link, made as of ``now``
+        (default: now): the same ``now``, the same links."""
+        now = now or datetime.now(UTC)
+        expires = now + timedelta(days=self.days)
         return {
             n: {
                 v.value: f"{self.base_url}/console/v/"
-                + sign_verdict_link(self.secret, VerdictLink(result_id, n, v, expires))
+                + sign_verdict_link(self.secret, VerdictLink(result_id, n, v, expires), at=now)
                 for v in (Verdict.ACCEPTED, Verdict.REJECTED)
             }
             for n in range(findings)

@@ -23,6 +23,7 @@ from broker.engine.writeback_stage import WritebackStage
 from broker.model.errors import ConfigError
 from broker.model.jobs import JobState
 from broker.model.target import TARGETS
+from broker.model.verdicts import VerdictLinks
 from broker.model.writeback import (
     WEBHOOK_TARGET,
     DeliveryKind,
@@ -37,7 +38,7 @@ from config.schema import Settings
 from tests import cli_fork
 from tests.databases import DATABASES, empty_database
 from tests.fhir_receiver import FhirReceiver, Webhook
-from tests.peers import LOOPBACK, Orthanc
+from tests.peers import LOOPBACK, Orthanc, wait_until
 from tests.ris import Ris
 from tests.writeback_data import BLEED, MIDLINE, Scene
 
@@ -388,6 +389,40 @@ def test_urgent_result_jumps_the_queue_and_notifies(engine: Engine, tmp_path: Pa
     assert body["event"] == "urgent_result" and body["study_uid"] == urgent.study_uid
     assert body["findings"][0]["urgent"] is True and "ROE" not in str(body)
     assert headers["Idempotency-Key"] == body["id"]
+
+
+def test_webhook_retry_after_a_timeout_is_one_notification(engine: Engine, scene: Scene) -> None:
+    """A receiver slower than the webhook's timeout: every retry carries the first attempt's
+    Idempotency-Key and body byte for byte (verdict links included); the receiver, honouring
+    the key, answers 409 while it processes the first and its first answer after; it keeps
+    one notification and the delivery ends done."""
+    with Webhook(delays=[1.0]) as hook:
+        params = {"url": hook.url, "timeout": 0.3}
+        spec = TargetSpec(
+            WEBHOOK_TARGET, "webhook", params, max_attempts=20, backoff_base=0.1, backoff_cap=0.2
+        )
+        plan = FixedPlan(
+            targets={WEBHOOK_TARGET: spec},
+            writers=build_targets({WEBHOOK_TARGET: spec}),
+            routes={"head-ct": ()},
+            verdict_links=VerdictLinks("s" * 32, "https://radbridge.example"),
+        )
+        stage = WritebackStage(
+            engine, FixedPlans(plan), results=ResultStore(engine).get, jitter=lambda _a, b: b
+        )
+        stage.schedule(scene.result(scene.job(), urgent=True))
+
+        def done() -> bool:
+            attempt = stage.run_once(WEBHOOK_TARGET)
+            return attempt is not None and attempt.state is DeliveryState.DONE
+
+        wait_until(done, "the notification done", timeout=30, interval=0.05)
+    [(headers, body)] = hook.received
+    assert body["event"] == "urgent_result" and body["findings"][0]["verdict_links"]
+    keys = {key for key, _body, _code in hook.attempts}
+    assert keys == {headers["Idempotency-Key"]} and len(hook.attempts) >= 2
+    assert len({sent for _key, sent, _code in hook.attempts}) == 1
+    assert [code for *_, code in hook.attempts][-1] == 204
 
 
 def test_route_without_write_back_is_done_at_once(engine: Engine, scene: Scene) -> None:
