@@ -504,7 +504,10 @@ class Retention(Strict):
     ``studies_after_done``: a study's instances in the spool, once every job of the
     study is finished (done or cancelled; a study no route took: once stable);
     ``studies_after_failed``: the same when a job of it is dead. The study stays
-    listed, marked purged, with its jobs and history. ``results_after_written_back``:
+    listed, marked purged, with its jobs and history; its events, procedure step
+    notices, corrections and pseudonyms go with its instances once nothing more happens
+    to it (a patient's pseudonym once no study of that patient ID is kept).
+    ``results_after_written_back``:
     result objects in the spool once every write-back of the result is finished.
     ``messages`` (the verbatim HL7/FHIR messages), ``job_history`` (the steps of jobs)
     and ``orders`` (completed, cancelled or discontinued, by their last change): rows of

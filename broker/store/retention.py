@@ -8,8 +8,13 @@ purged with the instances and bytes it held, and keeps its jobs and history.
 A result's objects go once every write-back of the result is finished. Rows
 of the store go by their time: job history, verbatim messages, and orders that are
 completed, cancelled or discontinued (with their links to studies; their messages
-stay, unlinked, until their own retention). The audit trail is append-only (a
-trigger refuses deletes): never purged.
+stay, unlinked, until their own retention). What the store keeps of a study's content
+goes with its instances: once a study is purged and nothing more happens to it (no
+job of it can bring a result, no write-back of it is unfinished), its events, its
+procedure step notices, its corrections (none still being written) and the pseudonyms
+issued for it (a patient's only once no study of that patient ID is kept) are deleted
+at the next purge. The study row, its jobs and their history stay. The audit trail is
+append-only (a trigger refuses deletes): never purged.
 
 Each study is purged holding its spool folder's exclusive lock
 (:meth:`Spool.study_lock`), which the listener holds shared while it places and
@@ -28,8 +33,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, Engine, and_, case, delete, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Select,
+    Table,
+    and_,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 
+from broker.model.deid import PseudonymKind
 from broker.model.domain import OrderStatus, StudyState
 from broker.model.jobs import JobState
 from broker.model.logging import get_logger
@@ -38,6 +56,7 @@ from broker.store.audit import SYSTEM, record_in
 from broker.store.engine import writing
 from broker.store.spool import Spool
 from broker.store.tables import (
+    corrections,
     deliveries,
     instances,
     job_events,
@@ -46,8 +65,11 @@ from broker.store.tables import (
     order_message_links,
     order_messages,
     orders,
+    procedure_notices,
+    pseudonyms,
     result_objects,
     studies,
+    study_events,
 )
 
 LOG = get_logger("radbridge.retention")
@@ -81,7 +103,8 @@ class Item:
     """Something a purge removes: a study's copy, a result object, or rows of a table."""
 
     kind: str
-    """``study``, ``result object``, ``job history``, ``messages``, ``orders``."""
+    """``study``, ``result object``, ``job history``, ``messages``, ``orders``, ``study
+    events``, ``procedure steps``, ``corrections``, ``pseudonyms``."""
     target: str
     count: int
     bytes: int = 0
@@ -197,24 +220,10 @@ class Retention:
             return [Item("result object", r.path, 1, int(r.size)) for r in conn.execute(stmt)]
 
     def _rows(self, cutoffs: Cutoffs) -> list[Item]:
-        counted = (
-            ("job history", job_events, cutoffs.job_history, lambda at: job_events.c.at < at),
-            (
-                "messages",
-                order_messages,
-                cutoffs.messages,
-                lambda at: order_messages.c.received_at < at,
-            ),
-            ("orders", orders, cutoffs.orders, _old_orders),
-        )
         items = []
         with self.engine.connect() as conn:
-            for label, table, cutoff, older in counted:
-                if cutoff is None:
-                    continue
-                n = conn.execute(
-                    select(func.count()).select_from(table).where(older(cutoff))
-                ).scalar_one()
+            for label, (table, which) in _row_kinds(cutoffs).items():
+                n = conn.execute(select(func.count()).select_from(table).where(which)).scalar_one()
                 if n:
                     items.append(Item(label, table.name, int(n)))
         return items
@@ -241,7 +250,7 @@ class Retention:
         for item in files[:limit]:
             if purgers[item.kind](item, actor, now):
                 done.items.append(item)
-        rows = [i for i in plan.items if i.kind not in purgers and i.count]
+        rows = self._rows(cutoffs)  # after the studies: the rows of those just purged too
         done.items.extend(self._purge_rows(cutoffs, rows, actor, now))
         if done.items:
             LOG.info(
@@ -312,16 +321,10 @@ class Retention:
         kinds = {i.kind: i for i in planned}
         out = []
         with writing(self.engine) as conn:
-            if "job history" in kinds and cutoffs.job_history is not None:
-                n = conn.execute(
-                    delete(job_events).where(job_events.c.at < cutoffs.job_history)
-                ).rowcount
-                out.append(Item("job history", "job_events", int(n)))
-            if "messages" in kinds and cutoffs.messages is not None:
-                n = conn.execute(
-                    delete(order_messages).where(order_messages.c.received_at < cutoffs.messages)
-                ).rowcount
-                out.append(Item("messages", "order_messages", int(n)))
+            for label, (table, which) in _row_kinds(cutoffs).items():
+                if label in kinds and label != "orders":
+                    n = conn.execute(delete(table).where(which)).rowcount
+                    out.append(Item(label, table.name, int(n)))
             if "orders" in kinds and cutoffs.orders is not None:
                 old = select(orders.c.id).where(_old_orders(cutoffs.orders))
                 conn.execute(delete(order_links).where(order_links.c.order_id.in_(old)))
@@ -358,6 +361,72 @@ class Retention:
                     ).scalar_one()
                     if not still:  # not received again meanwhile
                         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _row_kinds(cutoffs: Cutoffs) -> dict[str, tuple[Table, ColumnElement[bool]]]:
+    """The rows a purge with ``cutoffs`` takes, by kind: their table and which rows."""
+    kinds: dict[str, tuple[Table, ColumnElement[bool]]] = {}
+    if cutoffs.job_history is not None:
+        kinds["job history"] = (job_events, job_events.c.at < cutoffs.job_history)
+    if cutoffs.messages is not None:
+        kinds["messages"] = (order_messages, order_messages.c.received_at < cutoffs.messages)
+    if cutoffs.orders is not None:
+        kinds["orders"] = (orders, _old_orders(cutoffs.orders))
+    if cutoffs.studies_done is not None or cutoffs.studies_failed is not None:
+        gone = _studies_gone()
+        corrected = (
+            select(deliveries.c.id)
+            .where(
+                deliveries.c.correction_id == corrections.c.id,
+                deliveries.c.state.not_in(DELIVERY_FINAL),
+            )
+            .exists()
+        )
+        kinds["study events"] = (study_events, study_events.c.study_uid.in_(gone))
+        kinds["procedure steps"] = (
+            procedure_notices,
+            procedure_notices.c.study_uid.in_(gone),
+        )
+        kinds["corrections"] = (corrections, and_(corrections.c.study_uid.in_(gone), ~corrected))
+        kinds["pseudonyms"] = (pseudonyms, _pseudonyms_gone(gone))
+    return kinds
+
+
+def _studies_gone() -> Select[tuple[str]]:
+    """Studies retention purged (their instances are gone) that nothing more happens to: no
+    job of theirs can still bring a result, no write-back of theirs is unfinished."""
+    working = (
+        select(jobs.c.id)
+        .where(jobs.c.study_uid == studies.c.study_uid, jobs.c.state.not_in(JOB_FINAL))
+        .exists()
+    )
+    writing_back = (
+        select(deliveries.c.id)
+        .where(
+            deliveries.c.study_uid == studies.c.study_uid,
+            deliveries.c.state.not_in(DELIVERY_FINAL),
+        )
+        .exists()
+    )
+    return select(studies.c.study_uid).where(
+        studies.c.purged_at.is_not(None), ~working, ~writing_back
+    )
+
+
+def _pseudonyms_gone(gone: Select[tuple[str]]) -> ColumnElement[bool]:
+    """Pseudonyms issued for studies that are gone, but a patient's only when no study of that
+    patient ID is still kept (one patient, one pseudonym: a later study of theirs may still
+    get a result that names it)."""
+    kept = studies.alias("kept")
+    patient_kept = (
+        select(kept.c.id)
+        .where(kept.c.patient_id == pseudonyms.c.original, kept.c.study_uid.not_in(gone))
+        .exists()
+    )
+    return and_(
+        pseudonyms.c.study_uid.in_(gone),
+        or_(pseudonyms.c.kind != PseudonymKind.PATIENT.value, ~patient_kept),
+    )
 
 
 def _old_orders(cutoff: datetime) -> ColumnElement[bool]:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
@@ -153,14 +154,15 @@ def test_purge_dry_run_then_purge_and_a_rotated_log_file(tmp_path: Path) -> None
         assert all(f.exists() for f in stored)
 
         purged = json.loads(rb.cli("purge", "--json").stdout)
-        assert [i["target"] for i in purged["items"]] == [uid, "order_messages"]
+        # the study's events (what decided it complete) go with it
+        assert [i["target"] for i in purged["items"]] == [uid, "order_messages", "study_events"]
         assert list((rb.spool / "studies").rglob("*.dcm")) == []
         shown = rb.study(uid)
         assert shown["purged_at"] is not None and shown["instances"] == 0
         assert "(purged)" in rb.cli("studies", "list").stdout
         audit = rb.cli("audit", "export", *AUDIT_ALL, "--action", "spool.purge")
         trail = [(e["target"], e["actor"]) for e in json.loads(audit.stdout)]
-        assert [t for t, _ in trail] == [f"study:{uid}", "order_messages"]
+        assert [t for t, _ in trail] == [f"study:{uid}", "order_messages", "study_events"]
         assert all(actor.startswith("cli:") for _, actor in trail)
         assert json.loads(rb.cli("purge", "--dry-run", "--json").stdout)["items"] == []
 
@@ -183,7 +185,8 @@ def test_purge_dry_run_then_purge_and_a_rotated_log_file(tmp_path: Path) -> None
 
 
 def test_service_purges_on_its_timer_and_start_indexes_only_unfinished(tmp_path: Path) -> None:
-    """The service purges a done study by itself every retention.interval; at start it
+    """The service purges a done study by itself every retention.interval, and its events
+    with it; at start it
     indexes the files a crash left in a study folder the index does not know, reading only
     such folders (its log says how many)."""
     folder = tmp_path / "rb"
@@ -204,8 +207,14 @@ def test_service_purges_on_its_timer_and_start_indexes_only_unfinished(tmp_path:
         [study] = rb.studies()
         wait_until(lambda: rb.study(study["study_uid"])["purged_at"] is not None, "never purged")
         assert list((rb.spool / "studies").rglob("*.dcm")) == []
-        audit = rb.cli("audit", "export", *AUDIT_ALL, "--action", "spool.purge")
-        [entry] = json.loads(audit.stdout)
+
+        def purges() -> list[dict[str, Any]]:
+            audit = rb.cli("audit", "export", *AUDIT_ALL, "--action", "spool.purge")
+            found: list[dict[str, Any]] = json.loads(audit.stdout)
+            return found if len(found) == 2 else []
+
+        entry, events = wait_until(purges, "the study's events purged", interval=0.5)
         assert entry["actor"] == "radbridge" and entry["detail"]["instances"] == 2
+        assert (events["target"], events["actor"]) == ("study_events", "radbridge")
     finally:
         rb.close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from broker.model.jobs import JobState
@@ -17,13 +19,18 @@ from broker.store.space import spool_bytes
 from broker.store.spool import Spool
 from broker.store.tables import (
     audit,
+    corrections,
     instances,
     jobs,
     order_links,
     order_messages,
     orders,
+    procedure_notices,
+    pseudonyms,
     studies,
+    study_events,
 )
+from tests import cli_fork
 from tests.databases import DATABASES, empty_database
 from tests.spooling import spool_study
 
@@ -157,3 +164,96 @@ def test_orders_past_retention_go_with_their_links_and_their_messages_stay(
         assert conn.execute(select(order_links.c.order_id)).all() == []
         assert conn.execute(select(order_messages.c.order_id)).scalars().all() == [None]
     assert retention.plan(cutoffs).items == []
+
+
+def _rows_of(engine: Engine, uid: str, patient_id: str, label: str) -> None:
+    """A study's content rows besides its instances: an event, an MPPS notice, a correction,
+    and the pseudonyms of its study UID and of its patient (``{kind}-of-{label}``)."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(studies).where(studies.c.study_uid == uid).values(patient_id=patient_id)
+        )
+        conn.execute(insert(study_events).values(study_uid=uid, at=HOURS_AGO, kind="complete"))
+        conn.execute(
+            insert(procedure_notices).values(
+                kind="mpps",
+                sop_instance_uid=f"2.25.{9000 + len(label)}{ord(label[0])}",
+                study_uid=uid,
+                status="COMPLETED",
+                referenced="[]",
+                dataset_json="{}",
+                calling_ae="CT01",
+                called_ae="RADBRIDGE",
+                peer_address="127.0.0.1",
+                created_at=HOURS_AGO,
+                updated_at=HOURS_AGO,
+            )
+        )
+        conn.execute(
+            insert(corrections).values(
+                study_uid=uid,
+                cause="rejected",
+                reason_scheme="DCM",
+                reason_value="113001",
+                reason_meaning="Rejected for Quality Reasons",
+                source="C-STORE from CT01",
+                detail="{}",
+                created_at=HOURS_AGO,
+            )
+        )
+        for kind, original in (("study", uid), ("patient", patient_id)):
+            conn.execute(
+                insert(pseudonyms).values(
+                    pseudonym=f"{kind}-of-{label}",
+                    kind=kind,
+                    original=original,
+                    study_uid=uid,
+                    issued_at=HOURS_AGO,
+                )
+            )
+
+
+def test_purge_command_takes_a_purged_studys_rows_and_keeps_a_kept_patients_pseudonym(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """``radbridge purge`` past studies_after_done: with a finished study's instances go its
+    events, MPPS notices, corrections and pseudonyms (each kind audited); its patient's
+    pseudonym stays while another study of that patient ID is kept (a result may still
+    name it); a study whose job is pending keeps all its rows."""
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+    done, kept, lone = (
+        _study(engine, spool, tmp_path / name, job)
+        for name, job in (
+            ("done", JobState.DONE),
+            ("kept", JobState.PENDING),
+            ("lone", JobState.DONE),
+        )
+    )
+    for uid, patient, label in (
+        (done, "PAT9", "done"),
+        (kept, "PAT9", "kept"),
+        (lone, "PAT8", "lone"),
+    ):
+        _rows_of(engine, uid, patient, label)
+    config = tmp_path / "rb.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "storage": {"database": str(engine.url), "spool": str(spool.root)},
+                "retention": {"studies_after_done": "1h"},
+            }
+        )
+    )
+    answer = cli_fork.run(["purge", "-c", str(config), "--json"], timeout=120)
+    assert answer.returncode == 0, answer.stderr
+    counts = {i["kind"]: i["count"] for i in json.loads(answer.stdout)["items"]}
+    assert counts["study events"] == counts["procedure steps"] == counts["corrections"] == 2
+    assert counts["pseudonyms"] == 3  # done's study UID; lone's study UID and patient
+    with engine.connect() as conn:
+        for table in (study_events, procedure_notices, corrections):
+            assert set(conn.execute(select(table.c.study_uid)).scalars()) == {kept}
+        left = set(conn.execute(select(pseudonyms.c.pseudonym)).scalars())
+        trail = set(conn.execute(select(audit.c.target).where(audit.c.action == PURGE)).scalars())
+    assert left == {"study-of-kept", "patient-of-kept", "patient-of-done"}
+    assert {"study_events", "procedure_notices", "corrections", "pseudonyms"} <= trail
