@@ -238,11 +238,14 @@ class BuiltinPacs:
         ae_title: str = "PACS",
         host: str = LOOPBACK,
         port: int | None = None,
+        max_associations: int = 10,
     ) -> None:
         self.folder = Path(folder).resolve()
         self.ae_title = ae_title
         self.host = host
         self.port = port or free_port(host)
+        self.max_associations = max_associations
+        """Associations at once; more are rejected (transient, local limit exceeded)."""
         self.received: list[Received] = []
         self._lock = threading.Lock()
         self._server: ThreadedAssociationServer | None = None
@@ -269,6 +272,7 @@ class BuiltinPacs:
         self.folder.mkdir(parents=True, exist_ok=True)
         ae = AE(ae_title=self.ae_title)
         ae.require_called_aet = False
+        ae.maximum_associations = self.max_associations
         ae.supported_contexts = storage_contexts()
         self._server = ae.start_server(
             (self.host, self.port),

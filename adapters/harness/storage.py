@@ -11,6 +11,7 @@ import io
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,10 @@ class Received:
     sop_instance_uid: str
     sop_class_uid: str
     calling_ae: str
+    called_ae: str = ""
+    """The AE title it was sent to (one receiver can stand for many PACS, told apart by it)."""
+    at: float = 0.0
+    """When it was filed (``time.time()``)."""
 
 
 def file_received(event: evt.Event, folder: Path) -> Received:
@@ -94,7 +99,16 @@ def file_received(event: evt.Event, folder: Path) -> Received:
         sop_instance_uid=sop,
         sop_class_uid=str(meta.MediaStorageSOPClassUID),
         calling_ae=str(event.assoc.requestor.ae_title),
+        called_ae=_called_ae(event),
+        at=time.time(),
     )
+
+
+def _called_ae(event: evt.Event) -> str:
+    """The called AE title of the association's request (the SCP's own if none is known)."""
+    request = event.assoc.requestor.primitive
+    called = getattr(request, "called_ae_title", None)
+    return str(called).strip() if called else str(event.assoc.acceptor.ae_title).strip()
 
 
 def stored_files(folder: Path) -> list[Path]:

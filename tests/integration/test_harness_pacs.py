@@ -61,11 +61,13 @@ def test_pacs_run_starts_orthanc_and_pacs_query_lists_what_it_holds(
 def test_builtin_pacs_files_instances_and_pacs_query_reads_its_folder(
     tmp_path: Path, modality_sender: Callable[..., SendReport]
 ) -> None:
-    """The built-in PACS files each instance as received; `pacs query --folder` counts them."""
+    """The built-in PACS files each instance as received, recording the AE title it was
+    called by (one receiver standing for many PACS); `pacs query --folder` counts them."""
     with BuiltinPacs(tmp_path / "pacs") as pacs:
-        report = modality_sender("dx_chest", pacs.port, called_ae="PACS", instances=3)
+        report = modality_sender("dx_chest", pacs.port, called_ae="SITE7_PACS", instances=3)
         time.sleep(0.1)
     assert report.ok and len(pacs.received) == 3
+    assert {r.called_ae for r in pacs.received} == {"SITE7_PACS"}
     [study] = _query("--folder", str(tmp_path / "pacs"))
     assert study["instances"] == 3 and study["patient_id"] == "PAT0001"
     assert {s["modality"] for s in study["series"]} == {"DX"}  # type: ignore[attr-defined]
