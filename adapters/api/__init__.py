@@ -80,12 +80,16 @@ def install_api(app: FastAPI, engine: Engine, context: ServiceContext | None = N
     app.include_router(health.router)
 
 
-def openapi_schema() -> dict[str, Any]:
-    """The OpenAPI description of the REST API and the health routes.
+def openapi_schema(*described: APIRouter) -> dict[str, Any]:
+    """The OpenAPI description of the REST API and the health routes, and of the routers
+    ``described`` besides them (the FHIR orders interface: ``/fhir``).
 
-    Described on its own: the FHIR and WADO-RS routes follow their own standards.
+    Described on its own app: WADO-RS, vendors' results and the site link are not part of
+    it (their peers follow their own standards and tokens).
     """
     own = FastAPI(title="radbridge REST API", version="1", description=__doc__ or "")
     own.include_router(api_router())
     own.include_router(health.router)
+    for router in described:
+        own.include_router(router)
     return own.openapi()

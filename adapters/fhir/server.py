@@ -84,6 +84,35 @@ Viewer = Annotated[Caller, Depends(caller(Role.VIEWER))]
 Operator = Annotated[Caller, Depends(caller(Role.OPERATOR))]
 
 
+class FhirJson(Response):
+    """The media type every ``/fhir`` answer has (what the OpenAPI description declares)."""
+
+    media_type = FHIR_JSON
+
+
+def _resource(*types: str) -> dict[str, Any]:
+    """An OpenAPI response of a FHIR resource of one of ``types``, as JSON."""
+    schema = {
+        "type": "object",
+        "properties": {"resourceType": {"type": "string", "enum": list(types)}},
+        "required": ["resourceType"],
+    }
+    return {"description": " or ".join(types), "content": {FHIR_JSON: {"schema": schema}}}
+
+
+#: Every error of ``/fhir`` (auth included): an OperationOutcome naming what was wrong.
+OUTCOME: dict[str, Any] = _resource("OperationOutcome") | {
+    "description": "An error: an OperationOutcome naming the element and what would be valid"
+}
+#: The request body of the writes: a resource as JSON (validated as FHIR R4 by the route).
+RESOURCE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {t: {"schema": {"type": "object"}} for t in JSON_TYPES},
+    }
+}
+
+
 class FhirRoute(APIRoute):
     """A route whose every error, auth included, is an OperationOutcome, never a crash."""
 
@@ -553,7 +582,18 @@ def _software_version() -> str:
 
 def fhir_router(engine: Engine) -> APIRouter:
     """The ``/fhir`` routes on the store ``engine``."""
-    router = APIRouter(prefix="/fhir", tags=["FHIR"], route_class=FhirRoute)
+    router = APIRouter(
+        prefix="/fhir",
+        tags=["FHIR"],
+        route_class=FhirRoute,
+        default_response_class=FhirJson,
+        responses={"default": OUTCOME},
+    )
+    order = _resource("ServiceRequest")
+    written: dict[int | str, dict[str, Any]] = {
+        200: order | {"description": "Updated"},
+        201: order | {"description": "Created"},
+    }
     orders = FhirOrders(engine)
     software = _software_version()
 
@@ -575,12 +615,12 @@ def fhir_router(engine: Engine) -> APIRouter:
         validate(data, "ServiceRequest")
         return data
 
-    @router.get("/metadata")
+    @router.get("/metadata", responses={200: _resource("CapabilityStatement")})
     def metadata(request: Request) -> Response:
         """The CapabilityStatement: exactly the interactions below. Public."""
         return fhir_response(capability_statement(_base(request), software))
 
-    @router.post("/ServiceRequest")
+    @router.post("/ServiceRequest", responses=written, openapi_extra=RESOURCE_BODY)
     @site_scoped
     def create(request: Request, body: Body, who: Operator) -> Response:
         """Create an order (201 + Location), or update the one its identifiers match (200)."""
@@ -589,7 +629,7 @@ def fhir_router(engine: Engine) -> APIRouter:
         outcome = orders.record(data, message, None, attribution(request, who))
         return answer(request, outcome.stored, 201 if outcome.created else 200)
 
-    @router.put("/ServiceRequest/{resource_id}")
+    @router.put("/ServiceRequest/{resource_id}", responses=written, openapi_extra=RESOURCE_BODY)
     @site_scoped
     def update(request: Request, resource_id: str, body: Body, who: Operator) -> Response:
         """Update an order by id (200), or create it with that id (201)."""
@@ -609,13 +649,13 @@ def fhir_router(engine: Engine) -> APIRouter:
         outcome = orders.record(data, message, resource_id, attribution(request, who))
         return answer(request, outcome.stored, 201 if outcome.created else 200)
 
-    @router.get("/ServiceRequest/{resource_id}")
+    @router.get("/ServiceRequest/{resource_id}", responses={200: order})
     @site_scoped
     def read(request: Request, resource_id: str, who: Viewer) -> Response:
         """One order as a ServiceRequest (meta.versionId counts its updates)."""
         return answer(request, orders.read(resource_id, attribution(request, who)), 200)
 
-    @router.get("/ServiceRequest")
+    @router.get("/ServiceRequest", responses={200: _resource("Bundle")})
     @site_scoped
     def search(request: Request, who: Viewer) -> Response:
         """Orders by identifier, as a searchset Bundle (a site-scoped token's sites' only)."""
@@ -639,8 +679,8 @@ def fhir_router(engine: Engine) -> APIRouter:
             }
         )
 
-    @router.post("")
-    @router.post("/")
+    @router.post("", responses={200: _resource("Bundle")}, openapi_extra=RESOURCE_BODY)
+    @router.post("/", include_in_schema=False)
     @site_scoped
     def bundle(request: Request, body: Body, who: Operator) -> Response:
         """A transaction (all validated first) or batch (each entry alone) of orders."""
@@ -651,7 +691,9 @@ def fhir_router(engine: Engine) -> APIRouter:
         result = orders.bundle(data, message, attribution(request, who))
         return fhir_response(result)
 
-    @router.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    @router.api_route(
+        "/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False
+    )
     def unsupported(request: Request, rest: str) -> Response:
         """Anything else: 405 on ServiceRequest, 404 for other types; see /fhir/metadata."""
         status = 405 if rest.split("/", maxsplit=1)[0] == "ServiceRequest" else 404

@@ -34,7 +34,8 @@ def create_app(engine: Engine, context: ServiceContext | None = None) -> FastAPI
       with site-scoped API tokens (needs the service ``context``; :mod:`adapters.link.hub`);
     - ``/api/v1`` (REST API), ``/healthz``, ``/readyz``, ``/metrics``:
       :func:`adapters.api.install_api`;
-    - ``/openapi.json``, ``/docs``, ``/redoc``: :func:`adapters.web.docs.install_docs`;
+    - ``/openapi.json``, ``/docs``, ``/redoc``: :func:`adapters.web.docs.install_docs` (the
+      REST API's and ``/fhir``'s description);
     - ``/console``: the operations console (:func:`adapters.console.create_console`).
 
     Every answer over HTTPS carries ``Strict-Transport-Security`` (:class:`Hsts`).
@@ -47,12 +48,13 @@ def create_app(engine: Engine, context: ServiceContext | None = None) -> FastAPI
     )
     app.state.api_tokens = ApiTokens(engine)
     app.include_router(wado_router(engine, *_privacy(context)))
-    app.include_router(fhir_router(engine))
+    fhir = fhir_router(engine)
+    app.include_router(fhir)
     if context is not None:
         app.include_router(results_router(context))
         app.include_router(transfers_router(context))
     install_api(app, engine, context)
-    install_docs(app)
+    install_docs(app, fhir)
     app.mount("/console", create_console(engine, context))
     app.add_middleware(Hsts)
     return app

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import fastapi_offline
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -50,8 +50,9 @@ def _pages_allowed(request: Request) -> None:
         raise HTTPException(403, CLOSED)
 
 
-def install_docs(app: FastAPI) -> None:
-    """Add the description, its two pages and their assets to ``app`` (after ``install_api``)."""
+def install_docs(app: FastAPI, *described: APIRouter) -> None:
+    """Add the description, its two pages and their assets to ``app`` (after ``install_api``);
+    the description covers the REST API and the routers ``described`` (``/fhir``)."""
     cached: dict[str, Any] = {}
     app.mount(ASSETS_URL, StaticFiles(directory=ASSETS), name="docs-assets")
 
@@ -64,7 +65,7 @@ def install_docs(app: FastAPI) -> None:
                     401, f"{CLOSED}, or send an API token", headers={"WWW-Authenticate": REALM}
                 )
         if "schema" not in cached:
-            cached["schema"] = openapi_schema()
+            cached["schema"] = openapi_schema(*described)
         return JSONResponse(cached["schema"])
 
     @app.get("/docs", include_in_schema=False)

@@ -300,4 +300,11 @@ def test_usage_vendors_health_and_metrics(api: Api) -> None:
     schema = api.get("/openapi.json").json()  # "testclient" is not loopback: a token
     assert "/api/v1/jobs/{job_id}/retry" in schema["paths"]
     assert schema["paths"]["/api/v1/usage/quotas"]["get"]["deprecated"] is True
-    assert not any(p.startswith("/fhir") for p in schema["paths"])
+    fhir = {p for p in schema["paths"] if p.startswith("/fhir")}  # the orders interface too
+    assert fhir == {
+        "/fhir",
+        "/fhir/metadata",
+        "/fhir/ServiceRequest",
+        "/fhir/ServiceRequest/{resource_id}",
+    }
+    assert not any(p.startswith(("/wado", "/results", "/link")) for p in schema["paths"])
