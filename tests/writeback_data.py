@@ -130,10 +130,13 @@ class Scene:
         assert claimed is not None
         return jobs.finish(job.id, [JobState.SENT, JobState.AWAITING_RESULT])
 
-    def result(self, job: Job, *, urgent: bool = False, sr: bool = True) -> int:
-        """Findings (and their SR) recorded and the result completed; its id."""
+    def result(
+        self, job: Job, *, urgent: bool = False, sr: bool = True, found: Findings | None = None
+    ) -> int:
+        """Findings (``found``, else :func:`findings`; and their SR) recorded and the result
+        completed; its id."""
         store = ResultStore(self.engine)
-        found = findings(self.study_uid, urgent=urgent)
+        found = found or findings(self.study_uid, urgent=urgent)
         result_id = store.record_findings(job.id, found)
         if sr:
             made = make_findings_sr(

@@ -14,7 +14,8 @@
   every other target carries on. After the target's ``retries`` the delivery
   is ``dead``; ``radbridge deliveries retry ID`` starts it over.
 * Several products on one study (:class:`Reconciler`): a result that makes its
-  study discordant also notifies the webhook (``flag``, once per result); a
+  study discordant also notifies the webhook (``flag``, once per disagreement: the
+  delivery is the newest disagreeing result's, whichever result completes it); a
   route with ``reconcile: combined`` writes one combined answer once every
   live product of the route answered (or gave up, or passed the route's
   deadline), carried by the job whose result completed it; the others are
@@ -248,8 +249,10 @@ class WritebackStage:
                 ris = plan.target(plan.ris_status) if plan.ris_status else None
                 if ris is not None:
                     new.append(self._new(result, job, ris, DeliveryKind.STATUS, "urgent_result"))
-            if hook is not None and self._discordant(result, log):
-                new.append(self._new(result, job, hook, DeliveryKind.FLAG, "discordant"))
+            newest = self._discordance(result, log)
+            if hook is not None and newest is not None:
+                its_job = job if newest.job_id in (None, job.id) else self.jobs.get(newest.job_id)
+                new.append(self._new(newest, its_job, hook, DeliveryKind.FLAG, "discordant"))
             made = self.deliveries.create(new, now=self.clock()) if new else []
             if result.urgent:
                 self.critical.open(result, job, plan, linked=made)
@@ -293,10 +296,12 @@ class WritebackStage:
         LOG.info("procedure step to the RIS scheduled", delivery_id=made.id, step=event)
         return made
 
-    def _discordant(self, result: Result, log: BoundLogger) -> bool:
-        """True when ``result`` made its study discordant (logged, no patient data)."""
+    def _discordance(self, result: Result, log: BoundLogger) -> Result | None:
+        """When ``result`` disagrees with another product's (logged, no patient data), the
+        newest result of that disagreement: the study's ``flag`` notification is that
+        result's, so two results that complete together notify once, not once each."""
         if self.reconciler is None:
-            return False
+            return None
         found = self.reconciler.findings(result.study_uid).involving(result.id)
         for d in found:
             log.warning(
@@ -306,7 +311,10 @@ class WritebackStage:
                 result_ids=list(d.result_ids),
                 why=d.reason,
             )
-        return bool(found)
+        if not found:
+            return None
+        newest = max(rid for d in found for rid in d.result_ids)
+        return result if newest == result.id else self.results(newest)
 
     def _combine(
         self, job: Job, plan: Plan, log: BoundLogger, *, quiet: bool = False

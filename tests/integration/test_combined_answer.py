@@ -1,11 +1,13 @@
 """A route's combined answer through the write-back stage on a real store, with the real
 combined SR maker, an MLLP RIS and a FHIR receiver: it waits for the route's other
 products (its urgent notification does not), and a product that gave up no longer holds
-it back."""
+it back. Two products that disagree notify the webhook once, however their results
+complete."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pydicom
@@ -26,7 +28,7 @@ from tests.databases import empty_database
 from tests.fhir_receiver import FhirReceiver
 from tests.peers import LOOPBACK
 from tests.ris import Ris
-from tests.writeback_data import Scene
+from tests.writeback_data import Scene, findings
 
 
 def _vendor(product: str) -> dict[str, object]:
@@ -36,22 +38,25 @@ def _vendor(product: str) -> dict[str, object]:
     }
 
 
-SETTINGS = Settings.model_validate(
-    {
-        "vendors": {"ichai": _vendor("ICH triage"), "other": _vendor("Head CT second")},
-        "targets": {"ris": {"type": "hl7", "host": "127.0.0.1", "port": 9}},
-        "routes": [
-            {
-                "name": "head-ct",
-                "when": {"modality": "CT"},
-                "send": ["ichai", "other"],
-                "write_back": ["ris"],
-                "reconcile": "combined",
-                "owners": {"SCT:1386000": "ichai"},
-            }
-        ],
-    }
-)
+def _settings(**reconcile: object) -> Settings:
+    return Settings.model_validate(
+        {
+            "vendors": {"ichai": _vendor("ICH triage"), "other": _vendor("Head CT second")},
+            "targets": {"ris": {"type": "hl7", "host": "127.0.0.1", "port": 9}},
+            "routes": [
+                {
+                    "name": "head-ct",
+                    "when": {"modality": "CT"},
+                    "send": ["ichai", "other"],
+                    "write_back": ["ris"],
+                    **reconcile,
+                }
+            ],
+        }
+    )
+
+
+SETTINGS = _settings(reconcile="combined", owners={"SCT:1386000": "ichai"})
 
 
 @pytest.fixture
@@ -120,3 +125,30 @@ def test_the_combined_answer_waits_then_goes_without_a_product_that_gave_up(
     sr = pydicom.dcmread(sr_path)
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
     assert sr.StudyInstanceUID == scene.study_uid
+
+
+def test_two_disagreeing_results_completed_together_notify_the_webhook_once(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Both products' results are complete before either is scheduled (two processes
+    finishing at once): each sees the disagreement, and the webhook gets one ``flag``
+    delivery, the newest result's, not one per result."""
+    settings = _settings()  # separate answers
+    scene = Scene.make(engine, tmp_path)
+    specs = {WEBHOOK_TARGET: TargetSpec(WEBHOOK_TARGET, "webhook", {"url": "http://127.0.0.1:9/"})}
+    plan = FixedPlan(targets=specs, writers=build_targets(specs), routes={"head-ct": ()})
+    stage = WritebackStage(
+        engine,
+        FixedPlans(plan),
+        results=ResultStore(engine).get,
+        jitter=lambda _a, _b: 0.0,
+        reconciler=Reconciliation(engine, lambda: settings, scene.spool),
+    )
+    said = findings(scene.study_uid)
+    bleed_absent = replace(said, findings=(replace(said.findings[0], present=False, score=0.1),))
+    first = scene.result(scene.job("ichai"))
+    second = scene.result(scene.job("other"), found=bleed_absent)
+    made = [d for rid in (first, second) for d in stage.schedule(rid)]
+    flags = {d.id: d for d in made if d.kind is DeliveryKind.FLAG}
+    assert [(d.result_id, d.event) for d in flags.values()] == [(second, "discordant")]
+    plan.close()

@@ -11,12 +11,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from broker.engine.bus import Bus
 from broker.engine.dispatch import Dispatcher, JobRequest, JobWorker
@@ -26,6 +25,7 @@ from broker.model.jobs import Job, JobState
 from broker.model.vendor import TRANSPORTS
 from broker.store import JobStore, make_engine
 from broker.store.spool import Spool
+from broker.store.tables import job_events
 from tests.databases import empty_database
 from tests.peers import LOOPBACK, StoreSCP, dataset_bytes, free_port
 from tests.spooling import spool_study
@@ -309,18 +309,28 @@ def test_restart_resumes_a_job_interrupted_while_sending(stack: Stack) -> None:
     ]
 
 
-def _sends(jobs: JobStore, job_ids: list[int]) -> list[tuple[datetime, datetime, str]]:
-    """Each job's send: when it was claimed, when it was sent, and by which worker."""
+def _sends(jobs: JobStore, job_ids: list[int]) -> list[tuple[int, int, str]]:
+    """Each job's send: its claim's and its ``sent`` step's places in the history, and the
+    worker. The history's row ids, not its times: a claim's time is taken before it waits
+    for the vendor's lane lock, so a claim that had to wait for another job's release can
+    carry an earlier time than that release; its row is written after it."""
+    e = job_events
+    with jobs.engine.connect() as conn:
+        rows = conn.execute(
+            select(e.c.id, e.c.job_id, e.c.to_state, e.c.worker)
+            .where(e.c.job_id.in_(job_ids))
+            .order_by(e.c.id)
+        ).all()
     sends = []
     for job_id in job_ids:
-        history = jobs.history(job_id)
-        claimed = [e for e in history if e.to_state is S.SENDING][-1]
-        sent = next(e for e in history if e.to_state is S.SENT)
-        sends.append((claimed.at, sent.at, claimed.worker or ""))
+        history = [r for r in rows if r.job_id == job_id]
+        claimed = [r for r in history if r.to_state == S.SENDING.value][-1]
+        sent = next(r for r in history if r.to_state == S.SENT.value)
+        sends.append((claimed.id, sent.id, claimed.worker or ""))
     return sends
 
 
-def _most_at_once(sends: list[tuple[datetime, datetime, str]]) -> int:
+def _most_at_once(sends: list[tuple[int, int, str]]) -> int:
     edges = sorted([(start, 1) for start, _, _ in sends] + [(end, -1) for _, end, _ in sends])
     most = now = 0
     for _, step in edges:
