@@ -5,21 +5,30 @@ API and the performance charts."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, tzinfo
 from typing import Any
 
-from sqlalchemy import Engine, Row, insert, select, update
+from sqlalchemy import Engine, Row, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.model.alerts import Alert, AlertKind
 from broker.model.errors import StoreError
 from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.engine import writing
+from broker.store.studies import _insert
 from broker.store.tables import vendor_alerts
 from broker.store.work_claims import utc
+
+
+def dedup(kind: str, vendor: str, code: str | None, key: object) -> str:
+    """The condition an alert is raised once for: the SHA-256 of its kind, vendor, code and
+    key (migration 0039 holds a frozen copy, for the rows before it)."""
+    text = json.dumps([kind, vendor, code, key], default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _alert(r: Row[Any]) -> Alert:
@@ -52,34 +61,32 @@ class AlertStore:
         study_uid: str = "",
     ) -> Alert | None:
         """Record the alert unless one of the same kind, vendor, code and ``key`` (in its
-        detail: the window, the version, the canary) is there already; the new alert, or
-        None when it was raised before. ``notify``: the webhook's notification to make with
-        it, in the same transaction (its event the alert's kind; ``study_uid`` a canary's)."""
+        detail: the window, the version, the canary) is there already (:func:`dedup`, a
+        unique column: of several processes raising it at once, one records it); the new
+        alert, or None when it was raised before. ``notify``: the webhook's notification to
+        make with it, in the same transaction (its event the alert's kind; ``study_uid`` a
+        canary's)."""
         now = utc(now)
         a = vendor_alerts
         detail = {**detail, "key": key}
+        vendor = vendor[:64]
         try:
             with writing(self.engine) as conn:
-                earlier = conn.execute(
-                    select(a.c.detail).where(
-                        a.c.kind == kind.value,
-                        a.c.vendor == vendor,
-                        a.c.code.is_(None) if code is None else a.c.code == code,
-                    )
-                ).scalars()
-                if any(json.loads(d).get("key") == key for d in earlier):
-                    return None
-                new_id = conn.execute(
-                    insert(a)
+                new_id = conn.execute(  # one statement: a second raiser's insert does nothing
+                    _insert(conn, a)
                     .values(
                         kind=kind.value,
-                        vendor=vendor[:64],
+                        vendor=vendor,
                         code=code,
                         raised_at=now,
                         detail=json.dumps(detail, sort_keys=True, default=str),
+                        dedup=dedup(kind.value, vendor, code, key),
                     )
+                    .on_conflict_do_nothing(index_elements=[a.c.dedup])
                     .returning(a.c.id)
-                ).scalar_one()
+                ).scalar_one_or_none()
+                if new_id is None:
+                    return None
                 delivery_id = None
                 if notify is not None:
                     about = replace(notify, event=kind.value, study_uid=study_uid)

@@ -715,12 +715,14 @@ vendor_alerts = Table(
     Column("detail", Text, nullable=False),
     Column("cleared_at", UTCDateTime),
     Column("delivery_id", Integer),
+    Column("dedup", String(64), unique=True),
     Index(None, "vendor", "kind", "raised_at"),
     Index(None, "delivery_id"),
 )
 """What the vendor watch raised: ``drift``, ``version_changed``, ``results_missing``,
 ``canary_failed`` (``code``: the finding code of a drift; ``delivery_id``: its webhook
-notification)."""
+notification; ``dedup``: the SHA-256 of its kind, vendor, code and key, unique: one alert
+per condition, whichever process raises it)."""
 
 canary_runs = Table(
     "canary_runs",

@@ -7,14 +7,16 @@ times, because a window of days cannot pass in a test."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
 
-from broker.model.alerts import AlertKind
+from broker.model.alerts import Alert, AlertKind
 from broker.model.canary import CANARY_ROUTE
 from broker.model.domain import AlgorithmInfo, Code, Finding, Findings
 from broker.model.jobs import JobState
@@ -25,6 +27,7 @@ from broker.store.alerts import AlertStore
 from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.performance import job_records
 from broker.store.results import ResultStore
+from broker.store.tables import deliveries
 from config.schema import Settings
 from tests.databases import DATABASES, empty_database
 
@@ -181,3 +184,38 @@ def test_shifted_probabilities_raise_drift_of_kind_probability_and_notify_once(
     assert AlertStore(engine).for_delivery(alert.delivery_id) == alert
     assert watch.check("ribai", now + timedelta(minutes=5)) == []
     assert len(DeliveryStore(engine).list(target=WEBHOOK_TARGET)) == 1 and len(woken) == 1
+
+
+def test_evaluators_raising_one_alert_at_once_record_it_once(engine: Engine) -> None:
+    """Eight evaluators (threads, each its own connection: as several processes on one
+    store) raise the same version_changed alert at the same moment: one records it with
+    its webhook notification, the others are told it was raised before; another key is
+    another alert."""
+    store = AlertStore(engine)
+    notice = NewDelivery(
+        study_uid="",
+        target="webhook",
+        target_type="webhook",
+        kind=DeliveryKind.NOTIFY,
+        max_attempts=3,
+    )
+    start = threading.Barrier(8)
+
+    def evaluate(_n: int) -> Alert | None:
+        start.wait()
+        return store.raise_once(
+            AlertKind.VERSION_CHANGED,
+            "ribai",
+            {"summary": "3.1 -> 3.2"},
+            key="3.1->3.2",
+            notify=notice,
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        raised = [a for a in pool.map(evaluate, range(8)) if a is not None]
+    assert len(raised) == 1 and raised[0].delivery_id is not None
+    assert store.raise_once(AlertKind.VERSION_CHANGED, "ribai", {}, key="3.2->3.3") is not None
+    assert len(store.list(vendor="ribai")) == 2
+    with engine.connect() as conn:
+        notices = conn.execute(select(func.count()).select_from(deliveries)).scalar_one()
+    assert notices == 1
