@@ -5,8 +5,6 @@ capacity held over racing workers and processes, and histories naming worker and
 from __future__ import annotations
 
 import multiprocessing
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -198,6 +196,14 @@ def test_workers_that_finish_and_claim_again_stay_within_the_capacity(
     assert sorted(attempted) == ids
 
 
+def _processes() -> Any:
+    """Processes of their own (no state shared with this one), forked from a server that
+    imported this module once: a spawned process took seconds of imports each."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
 def _claim_in_process(url: str, kind_name: str, start: Any, out: Any) -> None:
     engine = make_engine(url)
     store: Store = JobStore(engine) if kind_name == "job" else DeliveryStore(engine)
@@ -212,7 +218,7 @@ def test_racing_processes_never_exceed_the_capacity(database: Engine, kind: Kind
     """Four processes, each with its own engine, race for a lane of capacity 2: 2 claims win."""
     store = kind.store(database)
     _fill(kind, store, 12)
-    context = multiprocessing.get_context("spawn")
+    context = _processes()
     start, out = context.Event(), context.Queue()
     url = database.url.render_as_string(hide_password=False)
     processes = [
@@ -258,12 +264,19 @@ def test_renewal_keeps_a_claim_and_a_lapsed_one_is_taken_over(database: Engine, 
     assert dead.state is m.dead and dead.attempts == 2
 
 
+def _put_worker_id(out: Any) -> None:
+    out.put(new_worker_id())
+
+
 def _dead_worker_id() -> str:
     """The worker id of a process of this machine that has ended."""
-    code = "from broker.store.workers import new_worker_id; print(new_worker_id())"
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    context = _processes()
+    out = context.Queue()
+    process = context.Process(target=_put_worker_id, args=(out,))
+    process.start()
+    worker: str = out.get(timeout=60)
+    process.join(30)
+    return worker
 
 
 def test_a_start_takes_over_claims_of_ended_processes_at_once(database: Engine, kind: Kind) -> None:
