@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -32,10 +31,11 @@ from adapters.harness.mpps import (
     step_dataset,
 )
 from broker.model.domain import Patient
+from tests import cli_fork
 from tests.hl7_messages import orm_o01, sample_order
 from tests.peers import StoreSCP, free_port, storescu, wait_until
 from tests.ris import Ris
-from tests.service import RADBRIDGE, Radbridge, base_config
+from tests.service import Radbridge, base_config
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("completion")]
 
@@ -328,11 +328,11 @@ def test_harness_modality_sends_its_procedure_step(service: Service) -> None:
     """``radbridge harness modality send ct_stroke --mpps``: MPPS IN PROGRESS, the three
     series, MPPS COMPLETED listing them; the study completes on the evidence."""
     keep = service.folder / "harness-stroke"
-    sent = subprocess.run(
-        [RADBRIDGE, "harness", "modality", "send", "ct_stroke", "--mpps", "--instances", "2",
+    sent = cli_fork.run(
+        ["harness", "modality", "send", "ct_stroke", "--mpps", "--instances", "2",
          "--rows", "16", "--columns", "16", "--accession", "H1", "--keep", str(keep),
          "--port", str(service.rb.port)],
-        capture_output=True, text=True, timeout=120, check=False, env=service.rb.env,
+        timeout=120, check=False, env=service.rb.env,
     )  # fmt: skip
     assert sent.returncode == 0, sent.stderr
     assert "IN PROGRESS: status 0x0000" in sent.stdout

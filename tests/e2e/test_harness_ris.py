@@ -18,6 +18,7 @@ import pytest
 from hl7.client import MLLPClient
 
 from adapters.harness.ris import RisListener
+from tests import cli_fork
 from tests.peers import LOOPBACK, free_port, wait_for_port
 from tests.service import RADBRIDGE, Radbridge, base_config
 
@@ -78,10 +79,10 @@ def test_ris_send_command_to_ris_listen_command(tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         wait_for_port(port)
-        sent = subprocess.run(
-            [RADBRIDGE, "harness", "ris", "send", "--port", str(port), "--accession", "A123",
+        sent = cli_fork.run(
+            ["harness", "ris", "send", "--port", str(port), "--accession", "A123",
              "--message", "OMI^O23", "--priority", "STAT"],
-            capture_output=True, text=True, timeout=60, check=False,
+            timeout=60, check=False,
         )  # fmt: skip
         output, _ = listen.communicate(timeout=30)
     finally:
@@ -101,11 +102,11 @@ def test_ris_send_places_an_order_in_a_running_radbridge(
     config = base_config(tmp_path / "rb", free_port())
     config["hl7"] = {"listen": {"host": LOOPBACK, "port": free_port()}}
     rb = radbridge_factory(config=config)
-    sent = subprocess.run(
-        [RADBRIDGE, "harness", "ris", "send", "--port", str(config["hl7"]["listen"]["port"]),
+    sent = cli_fork.run(
+        ["harness", "ris", "send", "--port", str(config["hl7"]["listen"]["port"]),
          "--accession", "ACC-H1", "--patient-id", "PH1", "--procedure", "CTHEAD",
          "--study-uid", "1.2.826.0.1.3680043.8.498.777"],
-        capture_output=True, text=True, timeout=60, check=False,
+        timeout=60, check=False,
     )  # fmt: skip
     assert sent.returncode == 0, sent.stdout + sent.stderr
     orders = json.loads(rb.cli("orders", "list", "--json").stdout)
@@ -140,11 +141,11 @@ def test_chinese_names_arrive_intact_from_the_simulated_modality_and_ris(
     config = base_config(tmp_path / "rb", free_port())
     config["hl7"] = {"listen": {"host": LOOPBACK, "port": free_port()}}
     rb = radbridge_factory(config=config)
-    sent = subprocess.run(
-        [RADBRIDGE, "harness", "ris", "send", "--port", str(config["hl7"]["listen"]["port"]),
+    sent = cli_fork.run(
+        ["harness", "ris", "send", "--port", str(config["hl7"]["listen"]["port"]),
          "--accession", "ACC-ZH1", "--patient-id", "PZH1", "--patient-name", "李^四",
          "--charset", "GB 18030-2000"],
-        capture_output=True, text=True, timeout=60, check=False,
+        timeout=60, check=False,
     )  # fmt: skip
     assert sent.returncode == 0, sent.stdout + sent.stderr
     code, shown = _in_a_terminal(

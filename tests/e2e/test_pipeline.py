@@ -20,7 +20,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from adapters.dicom.synthetic import generate_study
 from tests import cli_fork
 from tests.peers import StoreSCP, dataset_bytes, free_port, storescu, wait_until
-from tests.service import RADBRIDGE, Radbridge, base_config
+from tests.service import Radbridge, base_config
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -99,10 +99,8 @@ def _check_delivery(rb: Radbridge, vendor: StoreSCP, studies: dict[str, list[Pat
     assert unrouted["study_uid"].startswith("h:")  # hashed, not the UID
     assert unrouted["condition"] and unrouted["closest_route"]
     assert unrouted["study_value"] == "[redacted]"  # the MR's own value of the failed condition
-    explain = subprocess.run(
-        [RADBRIDGE, "routes", "explain", "-c", str(rb.config_path), mr_study],
-        capture_output=True,
-        text=True,
+    explain = cli_fork.run(
+        ["routes", "explain", "-c", str(rb.config_path), mr_study],
         timeout=60,
         check=False,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,8 +18,8 @@ from broker.model.errors import NotFoundError
 from broker.store import make_engine
 from broker.store.api_tokens import ApiTokens
 from broker.store.job_tokens import token_digest
+from tests import cli_fork
 from tests.databases import DATABASES, empty_database
-from tests.service import RADBRIDGE
 
 
 @pytest.fixture(params=DATABASES)
@@ -98,10 +97,8 @@ def config(tmp_path: Path) -> Path:
 
 def test_cli_create_prints_only_the_token(config: Path, tmp_path: Path) -> None:
     """``radbridge tokens create`` (a real process) prints the token alone; it verifies."""
-    done = subprocess.run(
-        [RADBRIDGE, "tokens", "create", "--role", "operator", "--name", "RIS", "-c", str(config)],
-        capture_output=True,
-        text=True,
+    done = cli_fork.run(
+        ["tokens", "create", "--role", "operator", "--name", "RIS", "-c", str(config)],
         check=True,
         timeout=60,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,8 +11,8 @@ from pydicom import dcmread
 from adapters.dicom.synthetic import PERFUSION_SLICES, generate_study
 from adapters.harness.modality import send_files
 from adapters.harness.vendor import SimulatedVendor
+from tests import cli_fork
 from tests.peers import LOOPBACK, StoreSCP, dataset_bytes
-from tests.service import RADBRIDGE
 
 
 def test_modality_sends_byte_identical_files_over_several_associations(tmp_path: Path) -> None:
@@ -35,21 +34,21 @@ def test_modality_send_command_prints_throughput_and_fails_on_refusal(
 ) -> None:
     """`harness modality send` reports instances, MB and MB/s; a refused association: exit 1."""
     with StoreSCP(tmp_path / "scp") as scp:
-        done = subprocess.run(
-            [RADBRIDGE, "harness", "modality", "send", "mg", "--port", str(scp.port),
+        done = cli_fork.run(
+            ["harness", "modality", "send", "mg", "--port", str(scp.port),
              "--ae-title", "STORESCP", "--rows", "64", "--columns", "64",
              "--accession", "MG0042", "--associations", "2"],
-            capture_output=True, text=True, timeout=60, check=False,
+            timeout=60, check=False,
         )  # fmt: skip
         files = scp.files()
     assert done.returncode == 0, done.stderr
     assert "sent 4 of 4 instances" in done.stdout and "MB/s" in done.stdout
     assert {str(dcmread(p).AccessionNumber) for p in files} == {"MG0042"}
     refusing = simulated_vendor(fault="refuse")
-    refused = subprocess.run(
-        [RADBRIDGE, "harness", "modality", "send", "--folder", str(tmp_path / "scp"),
+    refused = cli_fork.run(
+        ["harness", "modality", "send", "--folder", str(tmp_path / "scp"),
          "--port", str(refusing.port)],
-        capture_output=True, text=True, timeout=60, check=False,
+        timeout=60, check=False,
     )  # fmt: skip
     assert refused.returncode == 1
     assert "sent 0 of 4 instances" in refused.stdout

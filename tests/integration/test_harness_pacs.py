@@ -11,15 +11,14 @@ from pathlib import Path
 
 from adapters.harness.modality import SendReport
 from adapters.harness.pacs import BuiltinPacs
+from tests import cli_fork
 from tests.peers import ensure_debian_packages, free_port, wait_for_port
 from tests.service import RADBRIDGE
 
 
 def _query(*args: str) -> list[dict[str, object]]:
-    done = subprocess.run(
-        [RADBRIDGE, "harness", "pacs", "query", *args, "--json"],
-        capture_output=True,
-        text=True,
+    done = cli_fork.run(
+        ["harness", "pacs", "query", *args, "--json"],
         timeout=60,
         check=True,
     )

@@ -307,17 +307,13 @@ def test_ris_never_answering_is_dead_then_operator_retry(
                 {"storage": {"database": str(engine.url), "spool": str(tmp_path / "spool")}}
             )
         )
-        listed = subprocess.run(
-            [RADBRIDGE, "deliveries", "list", "-c", str(config), "--state", "dead", "--json"],
-            capture_output=True,
-            text=True,
+        listed = cli_fork.run(
+            ["deliveries", "list", "-c", str(config), "--state", "dead", "--json"],
             check=True,
         )
         assert '"state": "dead"' in listed.stdout
-        retried = subprocess.run(
-            [RADBRIDGE, "deliveries", "retry", str(delivery.id), "-c", str(config)],
-            capture_output=True,
-            text=True,
+        retried = cli_fork.run(
+            ["deliveries", "retry", str(delivery.id), "-c", str(config)],
             check=True,
         )
         assert f"delivery {delivery.id} is pending" in retried.stdout
@@ -444,10 +440,8 @@ def test_overdue_jobs_are_listed_and_notified_once(
     config.write_text(
         yaml.safe_dump({"storage": {"database": str(engine.url), "spool": str(tmp_path / "spool")}})
     )
-    listed = subprocess.run(
-        [RADBRIDGE, "jobs", "list", "-c", str(config), "--state", "overdue", "--json"],
-        capture_output=True,
-        text=True,
+    listed = cli_fork.run(
+        ["jobs", "list", "-c", str(config), "--state", "overdue", "--json"],
         check=True,
     )
     assert [j["id"] for j in yaml.safe_load(listed.stdout)] == [late.id]
