@@ -11,15 +11,16 @@ import contextlib
 import fcntl
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from adapters.harness import launcher
+from adapters.harness.launcher import Child
 
 LOOPBACK = "127.0.0.1"
 
@@ -116,7 +117,7 @@ class ManagedProcess:
     SIGKILL, to the group the process leads, so forked children go with it.
     """
 
-    process: subprocess.Popen[bytes] | None = None
+    process: Child | None = None
     log_path: Path
 
     def _start(
@@ -168,14 +169,6 @@ class ManagedProcess:
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def radbridge_command() -> str:
-    """The ``radbridge`` executable next to this Python (a venv), else the one on PATH."""
-    beside = Path(sys.executable).parent / "radbridge"
-    if beside.exists():
-        return str(beside)
-    return shutil.which("radbridge") or "radbridge"
-
-
 class RadbridgeServe(ManagedProcess):
     """``radbridge serve -c CONFIG`` as a child process: started, stopped, or killed with -9.
 
@@ -193,7 +186,12 @@ class RadbridgeServe(ManagedProcess):
 
     def start(self, timeout: float = 60.0) -> RadbridgeServe:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self._start([radbridge_command(), "serve", "-c", str(self.config_path)], extra_env=self.env)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.process = launcher.start(
+            ["serve", "-c", str(self.config_path)],
+            env={**nodelay_env(), **self.env},
+            log=self.log_path,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive()

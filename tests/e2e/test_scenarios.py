@@ -11,7 +11,8 @@ import pytest
 from pydicom import dcmread
 
 from adapters.dicom.synthetic import generate_study
-from adapters.harness.process import nodelay_env, radbridge_command
+from adapters.harness.launcher import radbridge_command
+from adapters.harness.process import nodelay_env
 from adapters.harness.products import Presence, ProductKind, make_sr
 from adapters.harness.scenario import ScenarioError, Status, load_scenario
 from adapters.harness.scenario.junit import junit_xml

@@ -9,7 +9,6 @@ polls the probe until it holds, the time is up, or it cannot hold any more;
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,8 +17,9 @@ from typing import Any
 
 import httpx
 
+from adapters.harness import launcher
 from adapters.harness.errors import HarnessError
-from adapters.harness.process import nodelay_env, radbridge_command
+from adapters.harness.process import nodelay_env
 from adapters.harness.scenario.schema import (
     Expectation,
     Explains,
@@ -177,10 +177,8 @@ def _usage(world: World, e: Usage) -> Look:
 
 def _explain(world: World, e: Explains) -> Look:
     uid = world.studies[e.study].uid
-    args = [radbridge_command(), "routes", "explain", uid, "-c", str(world.config_path)]
-    run = subprocess.run(
-        args, check=False, capture_output=True, text=True, env=nodelay_env(), timeout=120
-    )
+    args = ["routes", "explain", uid, "-c", str(world.config_path)]
+    run = launcher.run(args, env=nodelay_env(), timeout=120)
     text = run.stdout.strip()
     if run.returncode not in (0, 3) or not text:
         return Look(False, f"radbridge routes explain failed: {run.stderr.strip()[-300:]}")
