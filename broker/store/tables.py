@@ -758,7 +758,9 @@ pseudonyms = Table(
     Index(None, "study_uid"),
 )
 """What radbridge replaced in studies it de-identified for vendors: each pseudonym (a keyed
-hash, not reversible) and the original value, so results can be mapped back; kept for good."""
+hash, not reversible) and the original value, so results can be mapped back; kept until
+retention purges the study (and no result can come back for it: see
+:mod:`broker.store.retention`)."""
 critical_cases = Table(
     "critical_cases",
     metadata,
