@@ -11,7 +11,6 @@ import pytest
 from pydicom import dcmread
 
 from adapters.dicom.synthetic import generate_study
-from adapters.harness.launcher import radbridge_command
 from adapters.harness.process import nodelay_env
 from adapters.harness.products import Presence, ProductKind, make_sr
 from adapters.harness.scenario import ScenarioError, Status, load_scenario
@@ -19,6 +18,7 @@ from adapters.harness.scenario.junit import junit_xml
 from adapters.harness.scenario.runner import Outcome, ScenarioReport
 from adapters.results.sr import SourceStudy
 from adapters.results.sr_read import findings_from_sr
+from tests import cli_fork
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted((ROOT / "examples" / "scenarios").glob("*.yaml"))
@@ -40,11 +40,8 @@ REQUIRED = {
 def _harness_run(
     *args: str, timeout: float = 600, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [radbridge_command(), "harness", "run", *args],
-        capture_output=True,
-        text=True,
-        check=False,
+    return cli_fork.run(
+        ["harness", "run", *args],
         env={**nodelay_env(), "COLUMNS": "200"},
         timeout=timeout,
         cwd=cwd,
