@@ -72,10 +72,11 @@ def test_listener_answers_nothing_when_told(ris_listener: Listener) -> None:
 def test_ris_send_command_to_ris_listen_command(tmp_path: Path) -> None:
     """`harness ris send` gets AA from `harness ris listen`, which prints and saves the ORM."""
     port = free_port()
-    listen = subprocess.Popen(
-        [RADBRIDGE, "harness", "ris", "listen", "--port", str(port), "--count", "1",
+    log = tmp_path / "listen.log"
+    listen = cli_fork.start(
+        ["harness", "ris", "listen", "--port", str(port), "--count", "1",
          "--folder", str(tmp_path / "ris")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env=dict(os.environ), log=log,
     )  # fmt: skip
     try:
         wait_for_port(port)
@@ -84,11 +85,12 @@ def test_ris_send_command_to_ris_listen_command(tmp_path: Path) -> None:
              "--message", "OMI^O23", "--priority", "STAT"],
             timeout=60, check=False,
         )  # fmt: skip
-        output, _ = listen.communicate(timeout=30)
+        listen.wait(30)
     finally:
         if listen.poll() is None:
             listen.send_signal(signal.SIGTERM)
             listen.wait(10)
+    output = log.read_text()
     assert sent.returncode == 0 and "OMI^O23 accession A123 -> AA" in sent.stdout
     assert "OMI^O23" in output and "-> AA" in output
     [saved] = (tmp_path / "ris").iterdir()

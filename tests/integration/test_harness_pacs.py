@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +13,6 @@ from adapters.harness.modality import SendReport
 from adapters.harness.pacs import BuiltinPacs
 from tests import cli_fork
 from tests.peers import ensure_debian_packages, free_port, wait_for_port
-from tests.service import RADBRIDGE
 
 
 def _query(*args: str) -> list[dict[str, object]]:
@@ -36,11 +35,11 @@ def test_pacs_run_starts_orthanc_and_pacs_query_lists_what_it_holds(
     did not start)."""
     ensure_debian_packages("Orthanc")
     dicom_port, http_port = free_port(), free_port()
-    pacs = subprocess.Popen(
-        [RADBRIDGE, "harness", "pacs", "run", "--port", str(dicom_port), "--http-port",
-         str(http_port), "--folder", "orthanc"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        cwd=tmp_path,
+    log = tmp_path / "pacs.log"
+    pacs = cli_fork.start(
+        ["harness", "pacs", "run", "--port", str(dicom_port), "--http-port", str(http_port),
+         "--folder", "orthanc"],
+        env=dict(os.environ), log=log, cwd=tmp_path,
     )  # fmt: skip
     try:
         wait_for_port(dicom_port)
@@ -50,7 +49,8 @@ def test_pacs_run_starts_orthanc_and_pacs_query_lists_what_it_holds(
         [study] = _query("--orthanc", f"http://127.0.0.1:{http_port}")
     finally:
         pacs.send_signal(signal.SIGTERM)
-        output, _ = pacs.communicate(timeout=30)
+        pacs.wait(30)
+    output = log.read_text()
     assert "Orthanc PACS@127.0.0.1" in output
     assert (tmp_path / "orthanc" / "orthanc.json").is_file()
     assert study["accession_number"] == "ACC0001" and study["instances"] == 8
