@@ -21,6 +21,8 @@ A site radbridge (the ``radbridge`` vendor transport) sends a study as a transfe
   indexed all or nothing (:func:`adapters.link.ingest.commit`), 200 with the
   transfer; again after that, 200 with the same answer (exactly once). 409 with
   ``{"missing": [indexes]}`` when parts are missing (or a staged one was corrupt);
+  503 (a part, too) when the transfer was purged as abandoned meanwhile (the site's
+  next attempt opens it again);
   422 when the parts do not make the study the manifest describes, or the hub
   holds the study for another patient or site.
 
@@ -99,6 +101,14 @@ def _digest(header: str | None) -> str | None:
             except (binascii.Error, ValueError):
                 return None
     return None
+
+
+def _purged(transfer_id: str) -> HTTPException:
+    """A part or commit for a transfer purged meanwhile: 503, so that the site's next
+    attempt opens it again (and sends every part) instead of sending parts nobody keeps."""
+    return HTTPException(
+        503, f"transfer {transfer_id} was purged as abandoned; open it again", {"Retry-After": "1"}
+    )
 
 
 def transfers_router(context: ServiceContext) -> APIRouter:
@@ -195,8 +205,10 @@ def transfers_router(context: ServiceContext) -> APIRouter:
     ) -> Response:
         """Stage one part (idempotent by index and checksum)."""
         transfer = await run_in_threadpool(own, caller, transfer_id)
+        if transfer.state is TransferState.COMMITTED:
+            return Response(status_code=204)  # it has every part
         if transfer.state is not TransferState.OPEN:
-            return Response(status_code=204)  # committed: it has every part
+            raise _purged(transfer_id)
         manifest = Manifest.model_validate_json(transfer.manifest)
         if index >= len(manifest.parts):
             raise HTTPException(422, f"part {index}: the transfer has {len(manifest.parts)}")
@@ -253,7 +265,7 @@ def transfers_router(context: ServiceContext) -> APIRouter:
             if transfer.state is TransferState.COMMITTED:
                 return answer(transfer)
             if transfer.state is not TransferState.OPEN:
-                return JSONResponse({"missing": list(range(transfer.parts))}, 409)
+                raise _purged(transfer_id)
             manifest = Manifest.model_validate_json(transfer.manifest)
             try:
                 done: Committed = commit(

@@ -24,6 +24,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
+from adapters.link.ingest import Staging, purge_abandoned
 from adapters.link.parts import StudyStream
 from adapters.vendors.radbridge import LinkRejectedError, LinkUnavailableError
 from broker.engine.bus import Bus
@@ -245,8 +246,9 @@ def test_a_wrong_token_is_fatal_and_sends_nothing(
 def test_abandoned_transfers_are_purged_and_start_again(
     hub: HubStack, study: tuple[Job, list[Path]]
 ) -> None:
-    """A transfer no part came for in ``abandon_after`` loses its staged parts when the next
-    transfer opens; the site sending it again starts over and commits it."""
+    """A transfer no part came for in ``abandon_after`` loses its staged parts when purged;
+    a part for it after that is 503 (not kept, not 204); the site sending it again
+    starts over (nothing resumed) and commits it."""
     job, files = study
     with (
         CuttingProxy(hub.port, cut_after=20_000, cuts=1) as proxy,
@@ -263,7 +265,12 @@ def test_abandoned_transfers_are_purged_and_start_again(
     staged = hub.spool.root / "transfers" / left.id
     assert any(staged.iterdir())
     store.touch(left.id, now=datetime.now(UTC) - timedelta(days=2))  # two days without a part
-    outcome = link.send(job, files)  # opening it again purges it first
+    assert purge_abandoned(store, Staging(hub.spool), abandon_after=86400) >= 1  # the timer's
+    assert not staged.exists()
+    manifest = StudyStream(job.study_uid, files, part_bytes=32768).manifest()
+    late = _put(hub, hub.tokens["township-a"], left.id, 1, b"x", manifest.parts[1].sha256)
+    assert late == 503  # not 204 for a part nobody keeps: the site's next attempt reopens it
+    outcome = link.send(job, files)  # opening it again: reopened, with no parts
     assert "resumed" not in outcome.detail
     assert store.get(left.id).state is TransferState.COMMITTED
     assert len(hub.sop_counts(job.study_uid)) == len(files)
