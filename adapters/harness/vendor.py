@@ -211,9 +211,9 @@ class SimulatedVendor:
         self.received: list[Received] = []
         self.manifests: list[dict[str, Any]] = []
         self.cancellations: list[dict[str, Any]] = []
+        """Each cancellation radbridge sent (``DELETE …/{job_id}``): its path and body."""
         self.priors_pulled: dict[str, int | str] = {}
         """Study UID of each prior a manifest listed → instances pulled (or why none)."""
-        """Each cancellation radbridge sent (``DELETE …/{job_id}``): its path and body."""
         self.delivered: list[Delivered] = []
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
