@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import psutil
 import pydicom
 import pytest
 import yaml
@@ -430,11 +431,21 @@ def test_collecting_study_finishes_its_stable_timer_after_restart(
 def test_sigterm_stops_cleanly_and_keeps_everything(
     radbridge_factory: Callable[..., Radbridge], tmp_path: Path
 ) -> None:
-    """SIGTERM ends the service with exit code 0; what was acknowledged is there after a restart."""
+    """SIGTERM ends the service with exit code 0, leaving nothing behind that the resource
+    tracker would report (the listener processes' shared semaphores); what was acknowledged
+    is there after a restart."""
     radbridge = radbridge_factory()
     files = generate_study("ct_head", tmp_path / "t", instances=4, rows=32, columns=32)
     storescu(files, radbridge.port)
+    assert radbridge.process is not None
+    trackers = [
+        p
+        for p in psutil.Process(radbridge.process.pid).children()
+        if "resource_tracker" in " ".join(p.cmdline())
+    ]
     assert radbridge.stop() == 0
+    psutil.wait_procs(trackers, timeout=10)
+    assert "leaked" not in radbridge.log_path.read_text(errors="replace")
     radbridge.start()
     assert radbridge.study(pydicom.dcmread(files[0]).StudyInstanceUID)["instances"] == 4
 
