@@ -84,10 +84,15 @@ class Canary(Strict):
     harness generator's kind ``template`` (``instances`` slices or views; the kind's own
     count when absent), marked as a test in a private tag, goes to this vendor only through
     the whole loop; no result within ``deadline`` raises ``canary_failed``. Never routed to
-    another vendor, never written back, never billed, never counted in performance."""
+    another vendor, never written back, never billed, never counted in performance.
+
+    ``attempts``: how often its send is tried (default once, not the vendor's ``retries``):
+    a canary to a vendor that is down fails at once and leaves the vendor's lane to the
+    clinical jobs waiting behind it."""
 
     every: Duration
     deadline: Duration = 1800.0
+    attempts: Annotated[int, Field(ge=1, le=5)] = 1
     template: Annotated[str, Field(min_length=1, max_length=32)] = "ct_head"
     instances: Annotated[int, Field(ge=1, le=1000)] | None = None
 

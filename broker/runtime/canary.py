@@ -8,9 +8,11 @@ study every ``every``, through the whole loop, and expects a result within ``dea
   ``canary`` folder, indexes it as stable and never routed, and makes the one job of the
   route :data:`~broker.model.canary.CANARY_ROUTE` for that vendor.
 - Then, every check: a run whose job has a complete result by the deadline ``passed`` and
-  clears the vendor's ``canary_failed`` alert; a run past its deadline without one
-  ``failed`` and raises ``canary_failed`` (log, metric, console, webhook) unless the
-  vendor's last one is still open: once per occurrence, not per run.
+  clears the vendor's ``canary_failed`` alert; a run past its deadline without one, or
+  whose job was given up (its ``attempts``, default one, spent: a canary never holds the
+  vendor's lane through the clinical retries), ``failed`` and raises ``canary_failed``
+  (log, metric, console, webhook) unless the vendor's last one is still open: once per
+  occurrence, not per run.
 - :meth:`Canaries.run_now` makes one at once (``radbridge vendors canary V``); the
   service's timer decides it.
 
@@ -30,7 +32,7 @@ from broker.model.alerts import AlertKind
 from broker.model.canary import CANARY_ROUTE, CanaryRun, CanaryState
 from broker.model.domain import InstanceRecord
 from broker.model.errors import RadbridgeError
-from broker.model.jobs import Job
+from broker.model.jobs import Job, JobState
 from broker.model.logging import get_logger
 from broker.model.plugins import registered
 from broker.runtime.watch import VendorWatch
@@ -45,6 +47,8 @@ from config.schema import Settings
 
 LOG = get_logger("radbridge.canary")
 
+#: Job states a canary's job is given up in: the run fails at once, not at its deadline.
+GIVEN_UP = frozenset({JobState.DEAD, JobState.CANCELLED})
 #: How often the timer looks at open runs and due periods.
 CHECK_SECONDS = 1.0
 #: The stable time a canary study is indexed with: it is kept stable by hand, never closed.
@@ -150,7 +154,7 @@ class Canaries:
             study_uid = records[0].study_uid
             self.studies.keep_unrouted(study_uid, now)
             created = self.jobs.create(
-                study_uid, vendor, route=CANARY_ROUTE, max_attempts=spec.retries, now=now
+                study_uid, vendor, route=CANARY_ROUTE, max_attempts=canary.attempts, now=now
             )
             self.runs.made(run.id, study_uid, created.job.id)
         except (RadbridgeError, OSError, ValueError, IndexError) as exc:
@@ -181,12 +185,28 @@ class Canaries:
                         "canary answered", vendor=run.vendor, canary_run=run.id, cleared=cleared
                     )
                     decided.append(run)
-            elif now >= run.deadline_at:
-                error = "no result by the deadline" if run.job_id else "the study was not made"
+            elif (given_up := self._given_up(run)) is not None or now >= run.deadline_at:
+                if given_up is not None:
+                    error = given_up
+                elif run.job_id:
+                    error = "no result by the deadline"
+                else:
+                    error = "the study was not made"
                 if self.runs.finish(run.id, CanaryState.FAILED, now=now, error=error):
                     self._failed(run, error, now)
                     decided.append(run)
         return decided
+
+    def _given_up(self, run: CanaryRun) -> str | None:
+        """Why the run's job was given up (its attempts spent, or cancelled); None: it was not."""
+        if run.job_id is None:
+            return None
+        job = self.jobs.get(run.job_id)
+        if job.state not in GIVEN_UP:
+            return None
+        return f"the send was given up ({job.state.value} after {job.attempts} attempt(s)): " + (
+            job.last_error or "no error recorded"
+        )
 
     def _failed(self, run: CanaryRun, error: str, now: datetime) -> None:
         assert self.watch is not None

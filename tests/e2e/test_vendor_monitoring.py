@@ -214,8 +214,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 ("deadai", "CT head bleed E (never answers)", deadai),
             )
         }
-        # Canaries: every hour (the first at start), small head CTs; deadai's send hangs.
-        for name, deadline in (("canaryai", "60s"), ("deadai", "3s")):
+        # Canaries: every hour (the first at start), small head CTs; deadai's send hangs (past
+        # its 3 s timeout the one attempt is spent: the run fails long before its deadline).
+        for name, deadline in (("canaryai", "60s"), ("deadai", "10m")):
             config["vendors"][name]["canary"] = {
                 "every": "1h",
                 "deadline": deadline,
@@ -672,14 +673,17 @@ def test_a_vendor_that_never_answers_raises_results_missing(site: Site) -> None:
 
 def test_a_canary_to_a_vendor_that_never_answers_raises_canary_failed(site: Site) -> None:
     """deadai (the harness vendor in ``never-answer`` mode) gets its canary when the service
-    starts and answers nothing: past its 3 s deadline one ``canary_failed`` alert, in the
-    metrics, on the dashboard and at the webhook (naming the canary's study)."""
+    starts and answers nothing: its one attempt (a canary's default, not the vendor's five
+    retries that would hold its lane) times out after 3 s, the job is dead and the run fails
+    then, not at its 10 min deadline: one ``canary_failed`` alert saying the send was given
+    up, in the metrics, on the dashboard and at the webhook (naming the canary's study)."""
     [alert] = wait_until(lambda: site.alerts("deadai", "canary_failed"), "canary_failed")
-    assert "no result by the deadline" in alert["summary"]
+    assert "the send was given up (dead after 1 attempt(s))" in alert["summary"]
     [notice] = wait_until(lambda: site.notified("canary_failed", "deadai"), "webhook notice")
     assert notice["alert"]["id"] == alert["id"]
     canary_job = site.api("GET", "/jobs", params={"vendor": "deadai"}).json()["items"][-1]
     assert notice["study_uid"] == canary_job["study_uid"] and canary_job["route"] == "(canary)"
+    assert (canary_job["state"], canary_job["attempts"]) == ("dead", 1)
     metrics = httpx.get(f"{site.base}/metrics", timeout=10).text
     assert 'radbridge_vendor_alerts_total{kind="canary_failed",vendor="deadai"} 1.0' in metrics
     with _console(site) as console:

@@ -106,11 +106,12 @@ def test_one_canary_per_period_fails_by_its_deadline_then_passes_and_clears(
     assert (run.vendor, run.state, run.actor) == ("ichai", CanaryState.WAITING, "timer")
     assert run.study_uid is not None and run.job_id is not None
     [job] = JobStore(engine).list(study_uid=run.study_uid)
-    assert (job.id, job.vendor, job.route, job.state) == (
+    assert (job.id, job.vendor, job.route, job.state, job.max_attempts) == (
         run.job_id,
         "ichai",
         CANARY_ROUTE,
         JobState.PENDING,
+        1,  # one attempt: a canary never holds the lane through the vendor's retries
     )
     study = StudyStore(engine).get_study(run.study_uid)
     assert study.state is StudyState.STABLE and study.patient.patient_id == "RB-CANARY"
