@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
+from tests import cli_fork
 from tests.peers import echoscu, free_port
-from tests.service import RADBRIDGE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,13 +28,7 @@ def test_hospital_example_starts_and_answers_c_echo(tmp_path: Path) -> None:
         "TCP_NODELAY": "1",
     }
     log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [RADBRIDGE, "serve", "-c", str(folder / "hospital.yaml")],
-            stdout=out,
-            stderr=out,
-            env=env,
-        )
+    process = cli_fork.start(["serve", "-c", str(folder / "hospital.yaml")], env=env, log=log)
     try:
         deadline_text = ""
         deadline = time.monotonic() + 120  # a bound for a failure; starting takes seconds
