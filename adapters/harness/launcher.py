@@ -15,13 +15,14 @@ invocations (each opens its own store).
 ``capture_output=True, text=True``; ``start`` forks long-running commands
 (``serve``, ``worker``) in a session of their own, handled like a ``Popen``.
 The installed script runs instead when the launcher cannot start (the command
-does not import), for an environment whose ``PYTHON*`` variables differ from
-this process's (a fork cannot change what the interpreter read at its start,
-``PYTHONPATH`` for one), for the bare command or an option alone, or with
+does not import), for the bare command or an option alone, or with
 ``RADBRIDGE_LAUNCH=subprocess`` in the environment.
 
-The launcher is a process of its own, started by the first invocation and
-ended with this process (it then kills what it started that still runs).
+A launcher is a process of its own, started by the first invocation and ended
+with this process (it then kills what it started that still runs). A fork cannot
+change what the interpreter read at its start (``PYTHONPATH``, where a plugin
+folder may be): each set of ``PYTHON*`` variables asked for has a launcher of its
+own.
 """
 
 from __future__ import annotations
@@ -177,15 +178,17 @@ def _interpreter_env(env: Mapping[str, str]) -> dict[str, str]:
 class _Helper:
     """The helper process; one invocation at a time (a lock serialises callers)."""
 
-    def __init__(self) -> None:
-        self.interpreter_env = _interpreter_env(os.environ)
+    def __init__(self, interpreter_env: dict[str, str]) -> None:
+        self.interpreter_env = interpreter_env
         read_fd, write_fd = os.pipe()
+        ours = {k: v for k, v in os.environ.items() if k not in _interpreter_env(os.environ)}
         self.process = subprocess.Popen(
             [sys.executable, "-c", _HELPER, str(write_fd)],
             stdin=subprocess.PIPE,
             pass_fds=(write_fd,),
             text=True,
             start_new_session=True,
+            env={**ours, **interpreter_env},
         )
         os.close(write_fd)
         self.replies: IO[str] = os.fdopen(read_fd, "r")
@@ -308,34 +311,37 @@ class Forked:
         self.send_signal(signal.SIGKILL)
 
 
-_helper: _Helper | None = None
-_helper_failed = False
+#: One launcher per set of ``PYTHON*`` variables asked for (a plugin folder on
+#: ``PYTHONPATH`` is another interpreter); None where one could not start.
+_helpers: dict[tuple[tuple[str, str], ...], _Helper | None] = {}
 _start_lock = threading.Lock()
 
 
-def _get_helper() -> _Helper | None:
-    global _helper, _helper_failed  # noqa: PLW0603
-    if os.environ.get("RADBRIDGE_LAUNCH") == "subprocess" or _helper_failed:
+def _get_helper(env: Mapping[str, str]) -> _Helper | None:
+    if os.environ.get("RADBRIDGE_LAUNCH") == "subprocess":
         return None
+    wanted = _interpreter_env(env)
+    key = tuple(sorted(wanted.items()))
     with _start_lock:
-        if _helper is None:
+        if key not in _helpers:
             try:
-                _helper = _Helper()
+                helper: _Helper | None = _Helper(wanted)
             except (OSError, RuntimeError):
-                _helper_failed = True
-                return None
-            atexit.register(_helper.close)
-    return _helper
+                helper = None
+            _helpers[key] = helper
+            if helper is not None:
+                atexit.register(helper.close)
+        return _helpers[key]
 
 
 def close() -> None:
-    """End the helper (a later :func:`run` starts a new one)."""
-    global _helper  # noqa: PLW0603
+    """End the launchers (a later :func:`run` starts a new one)."""
     with _start_lock:
-        if _helper is not None:
-            _helper.close()
-            atexit.unregister(_helper.close)
-            _helper = None
+        for helper in _helpers.values():
+            if helper is not None:
+                helper.close()
+                atexit.unregister(helper.close)
+        _helpers.clear()
 
 
 def start(
@@ -346,8 +352,8 @@ def start(
     where :func:`run` would run it (see the module's docstring)."""
     folder = str(cwd or os.getcwd())
     log.touch()
-    helper = _get_helper() if args else None
-    if helper is not None and _interpreter_env(env) == helper.interpreter_env:
+    helper = _get_helper(env) if args else None
+    if helper is not None:
         return helper.start(args, env, folder, log)
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -372,8 +378,8 @@ def run(
     env = dict(os.environ if env is None else env)
     folder = str(cwd or os.getcwd())
     forkable = bool(args) and not args[0].startswith("-")
-    helper = _get_helper() if forkable else None
-    if helper is None or _interpreter_env(env) != helper.interpreter_env:
+    helper = _get_helper(env) if forkable else None
+    if helper is None:
         result = subprocess.run(
             [RADBRIDGE, *args],
             capture_output=True,

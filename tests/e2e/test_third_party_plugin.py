@@ -21,10 +21,12 @@ import pytest
 import yaml
 
 from adapters.dicom.synthetic import generate_study
+from tests import cli_fork
 from tests.peers import LOOPBACK, dataset_bytes, free_port, storescu
 from tests.service import Radbridge, base_config
 
-RADBRIDGE = Path(sys.executable).with_name("radbridge")
+# Its tests share the plugin folder, hence one launcher: they run on one xdist worker.
+pytestmark = pytest.mark.xdist_group("third-party-plugin")
 
 PLUGIN = '''
 """Acme's radbridge plugins: a vendor inbox folder (transport), a result drop (target)."""
@@ -104,10 +106,11 @@ acme_drop = acme_radbridge:AcmeDropSettings
 """
 
 
-@pytest.fixture
-def plugin_path(tmp_path: Path) -> Path:
-    """A folder holding the installed distribution ``acme-radbridge`` (module + dist-info)."""
-    folder = tmp_path / "site"
+@pytest.fixture(scope="module")
+def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the installed distribution ``acme-radbridge`` (module + dist-info);
+    one for the module, so that its commands share one launcher (one ``PYTHONPATH``)."""
+    folder = tmp_path_factory.mktemp("plugin") / "site"
     (folder / "acme_radbridge-1.0.dist-info").mkdir(parents=True)
     (folder / "acme_radbridge.py").write_text(textwrap.dedent(PLUGIN), encoding="utf-8")
     info = folder / "acme_radbridge-1.0.dist-info"
@@ -124,15 +127,7 @@ def _env(plugins: Path | None) -> dict[str, str]:
 
 
 def _check(path: Path, plugins: Path | None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(RADBRIDGE), "config", "check", str(path)],
-        cwd=path.parent,
-        env=_env(plugins),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return cli_fork.run(["config", "check", str(path)], cwd=path.parent, env=_env(plugins))
 
 
 CONFIG = """\
@@ -196,14 +191,7 @@ def test_a_plugins_secret_is_read_only_from_the_environment(
     )
     path.write_text(CONFIG, encoding="utf-8")
     env = {**_env(plugin_path), "RADBRIDGE_VENDORS__ACME__TRANSPORT__API_KEY": "12345"}
-    run = subprocess.run(
-        [str(RADBRIDGE), "config", "check", str(path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    run = cli_fork.run(["config", "check", str(path)], env=env)
     assert run.returncode == 0, run.stderr
 
 
