@@ -26,6 +26,12 @@ They also read PDUs the way a listener facing the open network must:
 - an unknown or undecodable PDU is answered with an A-ABORT and the connection
   is closed: one log line, not one per six bytes of garbage.
 
+Once the association is established, each P-DATA-TF PDU goes to the
+association's lean receiver (:mod:`adapters.dicom.storing`) before pynetdicom:
+it takes the C-STOREs itself, reading the PDUs of a data set one after another
+in this thread under the same deadlines and length limit, and hands every other
+message's PDUs back to be decoded and served by pynetdicom as before.
+
 The connection's owner (its slot lease) is released when the DUL or the
 association thread ends, whichever is first, so a slot never outlives its
 connection however the connection ended.
@@ -52,7 +58,10 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 
+from adapters.dicom.dimse import P_DATA_TF
 from adapters.dicom.log_budget import report_suppressed
+from adapters.dicom.storing import LeanReceiver
+from broker.model.errors import DicomError
 from broker.model.logging import get_logger
 
 LOG = get_logger("radbridge.dicom")
@@ -97,8 +106,14 @@ class EventDrivenDUL(DULServiceProvider):
     _closing: bool
     _lent: bool
     _reading: threading.Lock
+    #: Takes the P-DATA of an established association first (acceptors: the listener's).
+    lean: LeanReceiver | None
+    #: Where each PDU is read (grown to the longest read so far, at most the length limit).
+    _buffer: bytearray
 
     def prepare(self) -> None:
+        self.lean = None
+        self._buffer = bytearray()
         self._lent = False
         self._reading = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
@@ -171,6 +186,8 @@ class EventDrivenDUL(DULServiceProvider):
         try:
             self.run_reactor()
         finally:
+            if self.lean is not None and self.lean.abandon():
+                self._log().warning("association ended mid-transfer; partial object removed")
             for fd in (self._wake_r, self._wake_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -208,35 +225,47 @@ class EventDrivenDUL(DULServiceProvider):
         Memory grows with what arrives, not with what the header announced.
         """
         data = bytearray()
-        while len(data) < size:
+        return data if self._receive_into(sock, data, 0, size, deadline) else None
+
+    def _receive_into(
+        self, sock: socket.socket, buffer: bytearray, at: int, size: int, deadline: float
+    ) -> bool:
+        """``size`` bytes into ``buffer`` from ``at`` (grown with what arrives, never with
+        what a header announced); False once the connection ended (Evt17 queued)."""
+        end = at + size
+        got = at
+        while got < end:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 what = "association request" if self._pending() else "PDU"
                 self._log().warning(
                     f"connection closed: no complete {what} in time",
-                    received=len(data),
+                    received=got - at,
                     expected=size,
                 )
                 self._end()
-                return None
+                return False
+            want = min(end - got, 1 << 20)
+            if len(buffer) < got + want:
+                buffer.extend(bytes(got + want - len(buffer)))
             try:
                 sock.settimeout(remaining)
-                chunk = sock.recv(min(size - len(data), 1 << 20))
+                n = sock.recv_into(memoryview(buffer)[got : got + want])
             except TimeoutError:
                 continue  # the deadline check above ends it
             except (OSError, ValueError):
                 self._end()
-                return None
-            if not chunk:
-                if data:
-                    self._log().info("connection closed mid-PDU", received=len(data), expected=size)
+                return False
+            if not n:
+                if got > at:
+                    self._log().info("connection closed mid-PDU", received=got - at, expected=size)
                 self._end()
-                return None
-            data += chunk
+                return False
+            got += n
         # Sends use the same socket: give them the network timeout, not what was left here.
         with contextlib.suppress(OSError):
             sock.settimeout(float(self.assoc.network_timeout or 60.0))
-        return data
+        return True
 
     def _end(self) -> None:
         """The transport is done: the state machine closes it (Evt17) and reads stop."""
@@ -257,34 +286,76 @@ class EventDrivenDUL(DULServiceProvider):
         self._end()
 
     def _read_pdu_data(self) -> None:
-        """Read one PDU within its deadline and its length limit (see the module)."""
+        """Read one PDU within its deadline and its length limit (see the module); once
+        associated, a P-DATA-TF goes to the lean receiver first, and while it receives a
+        C-STORE's data set the PDUs that follow are read here, one after another."""
         if self._closing:
             return
         raw = getattr(cast(Any, self.socket), "socket", None)
         if raw is None:
             self._end()
             return
-        head = self._receive(raw, 6, self._deadline())
-        if head is None:
-            return
-        pdu_type, _, length = struct.unpack(">BBL", head)
+        lean = self.lean
+        while True:
+            pdu = self._read_pdu(raw)
+            if pdu is None:
+                return
+            if lean is None or pdu[0] != P_DATA_TF or self.state_machine.current_state != "Sta6":
+                self._decode_and_queue(bytearray(pdu))
+                return
+            try:
+                handed = lean.take(pdu)
+            except DicomError as exc:
+                self._refuse(_INVALID_PARAMETER, str(exc))
+                return
+            except OSError:  # the answer could not be sent: the peer is gone
+                self._end()
+                return
+            del pdu  # the buffer may grow for the next PDU only once no view of it is held
+            for whole in handed:
+                self._decode_and_queue(whole)
+            if not lean.storing or self._closing:
+                return
+            self._idle_timer.restart()
+
+    def _read_pdu(self, raw: socket.socket) -> memoryview | None:
+        """One whole PDU (header included) in the DUL's reused buffer, valid until the next
+        read; None when the connection ended or was refused."""
+        buffer = self._buffer
+        if not self._receive_into(raw, buffer, 0, 6, self._deadline()):
+            return None
+        pdu_type, _, length = struct.unpack_from(">BBL", buffer)
         if pdu_type not in _PDU_TYPES:
             self._refuse(_UNRECOGNIZED_PDU, "unknown PDU type", pdu_type=pdu_type)
-            return
+            return None
         limit = self._length_limit()
         if length > limit:
             self._refuse(_INVALID_PARAMETER, "PDU longer than allowed", length=length, limit=limit)
-            return
-        body = self._receive(raw, length, self._deadline())
-        if body is None:
-            return
+            return None
+        if not self._receive_into(raw, buffer, 6, length, self._deadline()):
+            return None
+        return memoryview(buffer)[: 6 + length]
+
+    def _decode_and_queue(self, data: bytearray) -> None:
+        """pynetdicom's part: decode the PDU and put its event to the state machine."""
         try:
-            pdu, event = self._decode_pdu(head + body)
+            pdu, event = self._decode_pdu(data)
         except Exception as exc:  # any undecodable PDU ends the connection the same way
             self._refuse(_INVALID_PARAMETER, "PDU cannot be decoded", error_type=type(exc).__name__)
             return
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
+
+    def send_now(self, data: bytes) -> None:
+        """Write ``data`` to the peer from the DUL thread (the lean receiver's answers)."""
+        raw = getattr(cast(Any, self.socket), "socket", None)
+        if raw is None:
+            raise OSError("the association's connection is closed")
+        raw.sendall(data)
+
+    def protocol_error(self, problem: str) -> None:
+        """A-ABORT the peer for ``problem`` (the lean receiver's protocol errors)."""
+        self._refuse(_INVALID_PARAMETER, problem)
 
 
 class EventDrivenAssociation(Association):

@@ -10,7 +10,8 @@ the response decoded into a Dataset and passed back through two queues.
 on the association's socket (borrowed from the DUL, :mod:`adapters.dicom.reactor`):
 
 - the C-STORE-RQ command set is a few bytes of Implicit VR Little Endian
-  group 0000 written directly;
+  group 0000 written directly (:mod:`adapters.dicom.dimse`, shared with the
+  lean receiver);
 - the data set goes from the spool file (its bytes after the file meta, never
   decoded) as P-DATA-TF PDUs of the peer's maximum length, each read into one
   reused buffer behind its 12-byte header and written with one call;
@@ -24,73 +25,19 @@ Messages go one at a time (no asynchronous operations window is proposed).
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
 
 from pynetdicom.association import Association
 
+from adapters.dicom import dimse
+from adapters.dicom.dimse import HEADER, LAST, P_DATA_TF, PDU, PDV
 from adapters.dicom.reactor import EventDrivenDUL
 from broker.model.errors import DicomError
 
 #: Data bytes per PDU when the peer announced no maximum length (0: unlimited).
 UNLIMITED_CHUNK = 256 * 1024
-#: P-DATA-TF header (type, reserved, length) and PDV item header (length, context, control).
-_PDU = struct.Struct(">BBL")
-_PDV = struct.Struct(">LBB")
-_HEADER = _PDU.size + _PDV.size
-#: PDV message control header bits (PS3.8 E.2).
-_COMMAND = 0x01
-_LAST = 0x02
-_P_DATA_TF = 0x04
-_A_ABORT = 0x07
-_C_STORE_RQ = 0x0001
-_C_STORE_RSP = 0x8001
-_MEDIUM = 0x0000
-_ELEMENT = struct.Struct("<HHL")
-
-
-def _element(element: int, value: bytes) -> bytes:
-    if len(value) % 2:
-        value += b"\0"
-    return _ELEMENT.pack(0x0000, element, len(value)) + value
-
-
-def store_request(message_id: int, sop_class: str, sop_instance: str) -> bytes:
-    """The command set of a C-STORE-RQ (PS3.7 9.3.1.1), Implicit VR Little Endian."""
-    body = b"".join(
-        (
-            _element(0x0002, sop_class.encode("ascii")),
-            _element(0x0100, struct.pack("<H", _C_STORE_RQ)),
-            _element(0x0110, struct.pack("<H", message_id)),
-            _element(0x0700, struct.pack("<H", _MEDIUM)),
-            _element(0x0800, struct.pack("<H", 0x0000)),  # a data set follows
-            _element(0x1000, sop_instance.encode("ascii")),
-        )
-    )
-    return _element(0x0000, struct.pack("<L", len(body))) + body
-
-
-def command_fields(command: bytes) -> dict[int, bytes]:
-    """The elements of a group 0000 command set by element number (raises DicomError)."""
-    fields: dict[int, bytes] = {}
-    at = 0
-    while at < len(command):
-        if at + _ELEMENT.size > len(command):
-            raise DicomError("the peer's command set ends inside an element header")
-        group, element, length = _ELEMENT.unpack_from(command, at)
-        at += _ELEMENT.size
-        if group != 0x0000 or at + length > len(command):
-            raise DicomError("the peer's command set is malformed")
-        fields[element] = bytes(command[at : at + length])
-        at += length
-    return fields
-
-
-def _us(fields: dict[int, bytes], element: int) -> int | None:
-    value = fields.get(element)
-    return struct.unpack("<H", value[:2])[0] if value is not None and len(value) >= 2 else None
 
 
 class LeanSender:
@@ -109,10 +56,10 @@ class LeanSender:
         self.dul: EventDrivenDUL = dul
         self.timeout = timeout
         peer_max = int(assoc.acceptor.maximum_length or 0)
-        self.chunk = peer_max - _PDV.size if peer_max else UNLIMITED_CHUNK
+        self.chunk = peer_max - PDV.size if peer_max else UNLIMITED_CHUNK
         if self.chunk < 1:
             raise DicomError(f"the peer's maximum PDU length {peer_max} holds no data")
-        self._buffer = bytearray(_HEADER + self.chunk)
+        self._buffer = bytearray(HEADER + self.chunk)
         self._message_id = 0
         self._sock: Any = None
 
@@ -153,12 +100,8 @@ class LeanSender:
         if self._sock is None:
             self._borrow()
         self._message_id = self._message_id % 0xFFFF + 1
-        command = store_request(self._message_id, sop_class, sop_instance)
-        self._sock.sendall(
-            _PDU.pack(_P_DATA_TF, 0, _PDV.size + len(command))
-            + _PDV.pack(2 + len(command), context_id, _COMMAND | _LAST)
-            + command
-        )
+        command = dimse.store_request(self._message_id, sop_class, sop_instance)
+        self._sock.sendall(dimse.command_pdu(context_id, command))
         self._send_data_set(path, offset, context_id)
         return self._answer()
 
@@ -172,15 +115,15 @@ class LeanSender:
                 size = min(self.chunk, remaining)
                 got = 0
                 while got < size:
-                    n = file.readinto(view[_HEADER + got : _HEADER + size])
+                    n = file.readinto(view[HEADER + got : HEADER + size])
                     if not n:
                         raise DicomError(f"{path.name} ended early while it was being sent")
                     got += n
                 remaining -= size
-                control = _LAST if remaining == 0 else 0
-                _PDU.pack_into(buffer, 0, _P_DATA_TF, 0, _PDV.size + size)
-                _PDV.pack_into(buffer, _PDU.size, 2 + size, context_id, control)
-                self._sock.sendall(view[: _HEADER + size])
+                control = LAST if remaining == 0 else 0
+                PDU.pack_into(buffer, 0, P_DATA_TF, 0, PDV.size + size)
+                PDV.pack_into(buffer, PDU.size, 2 + size, context_id, control)
+                self._sock.sendall(view[: HEADER + size])
                 if not remaining:
                     return
 
@@ -197,34 +140,34 @@ class LeanSender:
         """Read PDUs until the C-STORE-RSP's command set is complete; its status."""
         command = bytearray()
         while True:
-            pdu_type, _, length = _PDU.unpack(self._receive(_PDU.size))
-            if pdu_type == _A_ABORT:
+            pdu_type, _, length = PDU.unpack(self._receive(PDU.size))
+            if pdu_type == dimse.A_ABORT:
                 raise DicomError("the peer aborted the association")
-            if pdu_type != _P_DATA_TF:
+            if pdu_type != P_DATA_TF:
                 raise DicomError(f"the peer sent PDU type 0x{pdu_type:02X} instead of an answer")
             if length > 1 << 20:
                 raise DicomError(f"the peer's answer is {length} bytes long")
             body = self._receive(length)
             at = 0
-            while at + _PDV.size <= len(body):
-                item, _context, control = _PDV.unpack_from(body, at)
-                start, at = at + _PDV.size, at + 4 + item
-                if item < 2 or at > len(body) or not control & _COMMAND:
+            while at + PDV.size <= len(body):
+                item, _context, control = PDV.unpack_from(body, at)
+                start, at = at + PDV.size, at + 4 + item
+                if item < 2 or at > len(body) or not control & dimse.COMMAND:
                     raise DicomError("the peer's answer is not a command set")
                 command += body[start:at]
-                if control & _LAST:
-                    return self._status(command_fields(bytes(command)))
+                if control & LAST:
+                    return self._status(dimse.command_fields(command))
 
     def _status(self, fields: dict[int, bytes]) -> tuple[int, str]:
-        if _us(fields, 0x0100) != _C_STORE_RSP:
+        if dimse.us(fields, dimse.COMMAND_FIELD) != dimse.C_STORE_RSP:
             raise DicomError("the peer answered a C-STORE with another message")
-        if _us(fields, 0x0120) != self._message_id:
+        if dimse.us(fields, dimse.MESSAGE_ID_BEING_RESPONDED_TO) != self._message_id:
             raise DicomError("the peer answered another message than the C-STORE sent")
-        status = _us(fields, 0x0900)
+        status = dimse.us(fields, dimse.STATUS)
         if status is None:
             raise DicomError("the peer's C-STORE answer has no status")
-        comment = fields.get(0x0902, b"").decode("ascii", "replace").strip(" \0")
+        comment = fields.get(dimse.ERROR_COMMENT, b"").decode("ascii", "replace").strip(" \0")
         return status, comment
 
 
-__all__ = ["UNLIMITED_CHUNK", "LeanSender", "command_fields", "store_request"]
+__all__ = ["UNLIMITED_CHUNK", "LeanSender"]

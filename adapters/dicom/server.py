@@ -10,6 +10,12 @@ and leaves nothing half-stored: a full disk 0xA700 (the data set is read to
 its end and dropped, the association goes on), anything unforeseen 0xA700 or
 0xC000, never an exception for pynetdicom to turn into 0xC211.
 
+pynetdicom negotiates each association and serves C-ECHO, MPPS and IAN; the
+C-STOREs are read by the lean receiver in the connection's DUL thread
+(:mod:`adapters.dicom.storing`), which writes their data sets straight into the
+spool and asks :meth:`StoreSCP.answer` for the status: the one place an
+arriving object is checked, stored, indexed and answered.
+
 Each connection holds a :class:`~adapters.dicom.slots.Lease` from the moment
 the acceptor hands it over: pending until its A-ASSOCIATE-RQ passes the
 policy, then an association; the thread that owns the connection gives it
@@ -61,9 +67,10 @@ from adapters.dicom import log_budget, receiving
 from adapters.dicom.mapping import instance_record_from_file
 from adapters.dicom.notices import NOTICE_CLASSES, NoticeSCP
 from adapters.dicom.policy import AssociationPolicy, Reject
-from adapters.dicom.reactor import install
+from adapters.dicom.reactor import EventDrivenDUL, install
 from adapters.dicom.rejection import KEY_OBJECT_SELECTION, rejection_note_from_file
 from adapters.dicom.slots import Lease, ProcessSlots
+from adapters.dicom.storing import Arrival, LeanReceiver
 from adapters.dicom_status import StoreFailure
 from adapters.results.intake import ResultIntake
 from adapters.tls import server_context
@@ -227,6 +234,8 @@ class _Handler(RequestHandler):
         setattr(assoc, "owner", self.lease)  # noqa: B010 - released when its threads end
         server = self.server
         assert isinstance(server, ListenerServer)
+        dul = cast(EventDrivenDUL, assoc.dul)
+        dul.lean = LeanReceiver(assoc, server.scp, dul.send_now, dul.protocol_error)
         gatekeeper = Gatekeeper(assoc)
         gatekeeper.policy = server.policy
         gatekeeper.lease = self.lease
@@ -326,8 +335,7 @@ class StoreSCP:
         space = self.space.current()
         return space.describe() if space.low else None
 
-    def _log(self, event: evt.Event) -> Any:
-        assoc = event.assoc
+    def _log(self, assoc: Association) -> Any:
         primitive = assoc.requestor.primitive
         return LOG.bind(
             association_id=getattr(assoc, "radbridge_id", None),
@@ -337,25 +345,25 @@ class StoreSCP:
         )
 
     def on_echo(self, event: evt.Event) -> int:
-        self._log(event).info("c-echo")
+        self._log(event.assoc).info("c-echo")
         return Status.SUCCESS
 
-    def on_store(self, event: evt.Event) -> int | Dataset:
-        assoc = event.assoc
-        request = cast(C_STORE, event.request)
+    def ingest(self, arrival: Arrival) -> int | Dataset:
+        """Make an arrived C-STORE's data set durable and indexed; its status."""
+        assoc = arrival.association
         primitive = assoc.requestor.primitive
         called_ae = str(primitive.called_ae_title).strip() if primitive else ""
-        log = self._log(event)
-        tmp = Path(event.dataset_path)
+        log = self._log(assoc)
+        tmp = arrival.path
         final: Path | None = None
         existed = placing = False
         flushing = _SYNC.submit(self.spool.flush, tmp)  # fdatasync runs while we parse
         settings = self.settings  # one configuration for the whole C-STORE
         called = settings.dicom.ae_titles.get(called_ae)
         if called is not None and called.role is AERole.RESULTS:
-            return self._store_result(event, request, tmp, flushing, log)
-        if str(request.AffectedSOPClassUID) == KEY_OBJECT_SELECTION:
-            answer = self._rejection(event, tmp, flushing, log)
+            return self._store_result(arrival, flushing, log)
+        if arrival.sop_class_uid == KEY_OBJECT_SELECTION:
+            answer = self._rejection(assoc, tmp, flushing, log)
             if answer is not None:
                 return answer
         sites = settings.site_directory()
@@ -363,9 +371,9 @@ class StoreSCP:
         try:
             record = instance_record_from_file(
                 tmp,
-                sop_class_uid=str(request.AffectedSOPClassUID),
-                sop_instance_uid=str(request.AffectedSOPInstanceUID),
-                transfer_syntax_uid=str(event.context.transfer_syntax),
+                sop_class_uid=arrival.sop_class_uid,
+                sop_instance_uid=arrival.sop_instance_uid,
+                transfer_syntax_uid=arrival.transfer_syntax_uid,
                 calling_ae=assoc.requestor.ae_title.strip(),
                 called_ae=called_ae,
                 peer_address=assoc.requestor.address,
@@ -417,7 +425,7 @@ class StoreSCP:
         return Status.SUCCESS
 
     def _rejection(
-        self, event: evt.Event, tmp: Path, flushing: Any, log: Any
+        self, assoc: Association, tmp: Path, flushing: Any, log: Any
     ) -> int | Dataset | None:
         """An IOCM Rejection Note: the results made from what it rejects are corrected
         (:class:`broker.store.corrections.CorrectionStore`), recorded before the answer;
@@ -431,10 +439,10 @@ class StoreSCP:
         if note is None:
             return None
         wait([flushing])
-        calling_ae = event.assoc.requestor.ae_title.strip()
+        calling_ae = assoc.requestor.ae_title.strip()
         try:
             made = self.corrections.record_rejection(
-                note, source=f"C-STORE from {calling_ae}", peer=event.assoc.requestor.address
+                note, source=f"C-STORE from {calling_ae}", peer=assoc.requestor.address
             )
         except StoreError as exc:
             log.error("rejection note failed: not recorded", error=str(exc))
@@ -450,21 +458,20 @@ class StoreSCP:
         )
         return Status.SUCCESS
 
-    def _store_result(
-        self, event: evt.Event, request: C_STORE, tmp: Path, flushing: Any, log: Any
-    ) -> int | Dataset:
+    def _store_result(self, arrival: Arrival, flushing: Any, log: Any) -> int | Dataset:
         """A vendor's result object: into ``results/`` and the results store, never the index."""
-        calling_ae = event.assoc.requestor.ae_title.strip()
+        requestor = arrival.association.requestor
+        calling_ae = requestor.ae_title.strip()
         try:
             stored = self.results.store_file(
-                tmp,
+                arrival.path,
                 origin=ResultOrigin.DICOM,
                 vendors=self.results.vendors_for_ae(calling_ae),
-                transfer_syntax_uid=str(event.context.transfer_syntax),
-                sop_instance_uid=str(request.AffectedSOPInstanceUID),
-                sop_class_uid=str(request.AffectedSOPClassUID),
+                transfer_syntax_uid=arrival.transfer_syntax_uid,
+                sop_instance_uid=arrival.sop_instance_uid,
+                sop_class_uid=arrival.sop_class_uid,
                 calling_ae=calling_ae,
-                peer_address=event.assoc.requestor.address,
+                peer_address=requestor.address,
                 flush=flushing.result,
             )
         except IdentityConflictError as exc:
@@ -510,35 +517,52 @@ class StoreSCP:
             try:
                 self.report(sorted(stored))
             except Exception as exc:  # the quiet timer still closes them
-                self._log(event).warning("studies not reported for completion", error=str(exc))
+                self._log(event.assoc).warning(
+                    "studies not reported for completion", error=str(exc)
+                )
         message = getattr(event.assoc.dimse, "message", None)
         partial = getattr(message, "_data_set_file", None)
         if partial is not None:
             partial.close()
             self._discard_quietly(Path(partial.name))
-            self._log(event).warning("association ended mid-transfer; partial object removed")
+            self._log(event.assoc).warning("association ended mid-transfer; partial object removed")
 
     def on_aborted(self, event: evt.Event) -> None:
-        self._log(event).warning("association aborted")
+        self._log(event.assoc).warning("association aborted")
 
     def on_store_answering(self, event: evt.Event) -> int | Dataset:
-        """``on_store``, with the answers no exception may take away.
+        """pynetdicom's EVT_C_STORE: a C-STORE the lean receiver left to pynetdicom
+        (:mod:`adapters.dicom.storing`), answered by :meth:`answer` all the same."""
+        request = cast(C_STORE, event.request)
+        arrival = Arrival(
+            association=event.assoc,
+            sop_class_uid=str(request.AffectedSOPClassUID),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID),
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            path=Path(event.dataset_path),
+            failure=receiving.failure_of(request),
+        )
+        return self.answer(arrival)
+
+    def answer(self, arrival: Arrival) -> int | Dataset:
+        """:meth:`ingest`, with the answers no exception may take away.
 
         A data set the spool could not take (no space, I/O error) gets 0xA700
         before anything reads it; its file was cut to nothing as the write
-        failed, and pynetdicom removes it. An exception that escapes
-        ``on_store`` becomes a failure status and one log line, not pynetdicom's
+        failed, and the receiver removes it. An exception that escapes
+        :meth:`ingest` becomes a failure status and one log line, not pynetdicom's
         0xC211 with a traceback; the temporary file is removed all the same.
         """
-        failure = receiving.failure_of(event.request)
+        failure = arrival.failure
+        log = self._log(arrival.association)
         if isinstance(failure, receiving.LowSpaceError):
-            self._log(event).warning("c-store refused: free space low", reason=failure.strerror)
+            log.warning("c-store refused: free space low", reason=failure.strerror)
             return _status(
                 StoreFailure.OUT_OF_RESOURCES,
                 "out of resources: spool full (free space below storage.min_free_space)",
             )
         if failure is not None:
-            self._log(event).error(
+            log.error(
                 "c-store refused: the spool cannot take it",
                 error=failure.strerror,
                 no_space=failure.errno in receiving.NO_SPACE,
@@ -547,14 +571,14 @@ class StoreSCP:
                 return _status(StoreFailure.OUT_OF_RESOURCES, "out of resources: spool full")
             return _status(StoreFailure.OUT_OF_RESOURCES, "out of resources: spool write failed")
         try:
-            return self.on_store(event)
+            return self.ingest(arrival)
         except RecursionError:
-            self._log(event).warning("c-store refused: sequences nested too deeply")
+            log.warning("c-store refused: sequences nested too deeply")
             return _status(StoreFailure.CANNOT_UNDERSTAND, "sequences nested too deeply to be read")
         except Exception as exc:  # the message may quote the data set: log where, not what
             frames = traceback.extract_tb(exc.__traceback__)
             where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else None
-            self._log(event).error(
+            log.error(
                 "c-store failed: unexpected error", error_type=type(exc).__name__, where=where
             )
             return _status(StoreFailure.OUT_OF_RESOURCES, "not stored: " + type(exc).__name__)

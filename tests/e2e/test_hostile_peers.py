@@ -10,12 +10,14 @@ writing 5 to ``/proc/PID/clear_refs``), so a spike during a parse counts too.
 from __future__ import annotations
 
 import os
+import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
@@ -32,6 +34,7 @@ from adapters.harness.hostile import (
 from adapters.harness.hostile import datasets as crafted
 from adapters.harness.hostile.pdu import PduType
 from tests.disk import fill, small_filesystem
+from tests.peers import dataset_bytes
 from tests.service import Radbridge
 
 # One worker runs the module (xdist_group), so that its tests share one service.
@@ -412,6 +415,111 @@ def test_deeply_nested_sequences_get_a_clean_failure(radbridge: Radbridge, calle
         line for line in radbridge.log_lines()[since:] if line.get("level") in ("error", "warning")
     ]
     assert len(refused) == 1 and "c-store refused: cannot understand" in str(refused[0]["event"])
+
+
+# -- the lean C-STORE receiver -----------------------------------------------------------
+
+
+def _pdvs(fragments: list[tuple[bytes, bool, bool]]) -> bytes:
+    """One P-DATA-TF holding a PDV per (fragment, command, last)."""
+    return pdu.pdu(
+        PduType.P_DATA_TF,
+        b"".join(
+            struct.pack(">LBB", len(part) + 2, 1, (0x01 if command else 0) | (0x02 if last else 0))
+            + part
+            for part, command, last in fragments
+        ),
+    )
+
+
+def _spooled(rb: Radbridge, sop_uid: str) -> list[Path]:
+    return list(rb.spool.glob(f"studies/*/*/{sop_uid}.dcm"))
+
+
+def test_c_store_in_small_fragments_is_stored_as_sent(radbridge: Radbridge) -> None:
+    """A C-STORE whose command set spans two PDUs and whose data set comes in 1 KiB
+    fragments, four to a PDU, is stored byte for byte behind a file meta made from the
+    request, and answered with the request's message ID and UIDs."""
+    ident = _identity()
+    pixels = crafted.element((0x7FE0, 0x0010), "OB", bytes(range(256)) * 64)
+    data = crafted.dataset(ident, after_study=pixels)
+    command = pdu.command_set(0x0001, 7, CT, ident.sop_instance_uid, has_dataset=True)
+    parts = [data[at : at + 1024] for at in range(0, len(data), 1024)]
+    flagged = [(part, False, at == len(parts) - 1) for at, part in enumerate(parts)]
+    with HostilePeer(radbridge.port) as peer:
+        assert peer.associate(contexts=[(CT, [EXPLICIT])]) is not None
+        assert peer.send(pdu.p_data(1, command[:20], command=True, last=False))
+        assert peer.send(pdu.p_data(1, command[20:], command=True, last=True))
+        for at in range(0, len(flagged), 4):
+            assert peer.send(_pdvs(flagged[at : at + 4]))
+        answer = peer.next_pdu(30)
+        assert answer is not None and answer.type == PduType.P_DATA_TF
+        [(context_id, control, fragment)] = list(answer.pdvs())
+        response = pdu.read_command(fragment)
+        assert peer.release()
+    assert (context_id, control) == (1, 0x03)
+    assert response.status == 0x0000
+    assert response.elements[(0, 0x0100)] == struct.pack("<H", 0x8001)
+    assert response.elements[(0, 0x0120)] == struct.pack("<H", 7)
+    assert response.elements[(0, 0x0002)].rstrip(b"\0") == CT.encode()
+    assert response.elements[(0, 0x1000)].rstrip(b"\0") == ident.sop_instance_uid.encode()
+    [stored] = _spooled(radbridge, ident.sop_instance_uid)
+    meta = dcmread(stored, stop_before_pixels=True).file_meta
+    assert meta.MediaStorageSOPInstanceUID == ident.sop_instance_uid
+    assert meta.MediaStorageSOPClassUID == CT
+    assert meta.TransferSyntaxUID == EXPLICIT
+    assert dataset_bytes(stored) == data
+
+
+def test_c_store_of_another_sop_class_than_its_context_is_served_as_before(
+    radbridge: Radbridge,
+) -> None:
+    """A C-STORE whose SOP class is not its presentation context's goes to pynetdicom's
+    storage service, as before the lean receiver, and is stored by the same handler; the
+    association goes on with a C-STORE the lean receiver takes."""
+    mr = "1.2.840.10008.5.1.4.1.1.4"
+    odd = crafted.Identity(generate_uid(), generate_uid(), generate_uid(), sop_class_uid=mr)
+    plain = _identity()
+    with HostilePeer(radbridge.port) as peer:
+        assert peer.associate(contexts=[(CT, [EXPLICIT])]) is not None
+        first = peer.c_store(crafted.dataset(odd), mr, odd.sop_instance_uid)
+        second = peer.c_store(crafted.dataset(plain), CT, plain.sop_instance_uid)
+        assert peer.release()
+    assert first is not None and first.status == 0x0000
+    assert second is not None and second.status == 0x0000
+    [stored] = _spooled(radbridge, odd.sop_instance_uid)
+    assert dcmread(stored, stop_before_pixels=True).file_meta.MediaStorageSOPClassUID == mr
+    assert len(_spooled(radbridge, plain.sop_instance_uid)) == 1
+
+
+MID_OBJECT_ENDINGS: dict[str, tuple[bytes, bool]] = {
+    "a command fragment": (pdu.c_echo_rq(1, message_id=2), True),
+    "an A-ABORT": (pdu.abort(), False),
+}
+
+
+@pytest.mark.parametrize("ending", MID_OBJECT_ENDINGS.values(), ids=MID_OBJECT_ENDINGS.keys())
+def test_c_store_broken_off_mid_data_set_leaves_nothing(
+    radbridge: Radbridge, ending: tuple[bytes, bool]
+) -> None:
+    """A C-STORE's data set interrupted by a command fragment (the listener answers with an
+    A-ABORT) or by the sender's A-ABORT ends the connection; no file of it remains and the
+    next sender is served."""
+    interruption, answered_with_abort = ending
+    ident = _identity()
+    data = crafted.dataset(ident)
+    command = pdu.command_set(0x0001, 1, CT, ident.sop_instance_uid, has_dataset=True)
+    with HostilePeer(radbridge.port) as peer:
+        assert peer.associate(contexts=[(CT, [EXPLICIT])]) is not None
+        assert peer.send(pdu.p_data(1, command, command=True, last=True))
+        assert peer.send(pdu.p_data(1, data[:100], command=False, last=False))
+        assert _eventually(lambda: bool(_tmp_files(radbridge)), 5)
+        assert peer.send(interruption)
+        assert peer.wait_closed(10)
+        assert peer.report.aborted == answered_with_abort
+    assert _eventually(lambda: not _tmp_files(radbridge), 5)
+    assert _spooled(radbridge, ident.sop_instance_uid) == []
+    assert _echo(radbridge)
 
 
 # -- the log ----------------------------------------------------------------------------

@@ -21,10 +21,15 @@ from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
-from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    ModalityPerformedProcedureStep,
+    Verification,
+)
 
 from adapters.dicom.synthetic import encoding_variants, generate_large_study, generate_study
 from adapters.harness.modality import send_files
+from adapters.harness.mpps import step_dataset
 from tests.peers import dataset_bytes, dcmsend, echoscu, storescu
 from tests.service import Radbridge
 
@@ -334,6 +339,38 @@ def test_asynchronous_operations_window_is_answered_one_at_a_time(radbridge: Rad
     assert [assoc.send_c_store(ds).Status for ds in sent] == [0x0000] * 3
     assoc.release()
     assert all(len(_spooled(radbridge, ds.SOPInstanceUID)) == 1 for ds in sent)
+
+
+def test_echo_mpps_and_c_stores_share_one_association(radbridge: Radbridge) -> None:
+    """C-ECHO, C-STORE, MPPS N-CREATE and N-SET and more C-STOREs on one association are
+    each answered: the lean receiver takes the C-STOREs, pynetdicom serves the others, and
+    the MPPS is recorded against the study the C-STOREs made."""
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.add_requested_context(ModalityPerformedProcedureStep)
+    assoc = ae.associate("127.0.0.1", radbridge.port, ae_title="RADBRIDGE")
+    assert assoc.is_established
+    study_uid, series_uid, step_uid = generate_uid(), generate_uid(), generate_uid()
+    sent = [_ct_dataset(study_uid, series_uid) for _ in range(3)]
+    assert assoc.send_c_echo().Status == 0x0000
+    assert assoc.send_c_store(sent[0]).Status == 0x0000
+    created, _ = assoc.send_n_create(
+        step_dataset(study_uid, "IN PROGRESS"), ModalityPerformedProcedureStep, step_uid
+    )
+    assert created.Status == 0x0000
+    assert [assoc.send_c_store(ds).Status for ds in sent[1:]] == [0x0000] * 2
+    refs = [(series_uid, str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in sent]
+    completed, _ = assoc.send_n_set(
+        step_dataset(study_uid, "COMPLETED", refs), ModalityPerformedProcedureStep, step_uid
+    )
+    assert completed.Status == 0x0000
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    assert all(len(_spooled(radbridge, ds.SOPInstanceUID)) == 1 for ds in sent)
+    study = radbridge.wait_state(study_uid, "stable")
+    assert study["instances"] == 3
+    assert [e["reason"] for e in study["history"] if e["kind"] == "mpps"][-1] == "COMPLETED"
 
 
 def test_sender_killed_mid_transfer_leaves_nothing_half_stored(
