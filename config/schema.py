@@ -511,7 +511,11 @@ class Retention(Strict):
     result objects in the spool once every write-back of the result is finished.
     ``messages`` (the verbatim HL7/FHIR messages), ``job_history`` (the steps of jobs)
     and ``orders`` (completed, cancelled or discontinued, by their last change): rows of
-    the store this old. The audit trail is never purged. A purge runs every
+    the store this old. Procedure step notices (MPPS) that never named a study are
+    purged by their last change after ``studies_after_done``.
+    ``audit_days``: audit rows older than this many days (default: kept for ever; a
+    hospital keeps its audit trail six years or more); each purge of them is itself
+    audited (``audit.purge``: how many rows, and older than when). A purge runs every
     ``interval``; ``radbridge purge --dry-run`` lists what would go.
     """
 
@@ -521,6 +525,7 @@ class Retention(Strict):
     messages: Duration | None = None
     job_history: Duration | None = None
     orders: Duration | None = None
+    audit_days: Annotated[int, Field(ge=1)] | None = None
     interval: Duration = 3600.0
 
     @model_validator(mode="after")

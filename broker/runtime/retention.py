@@ -36,6 +36,7 @@ def cutoffs(retention: RetentionSettings, now: datetime) -> Cutoffs:
         messages=before(retention.messages),
         job_history=before(retention.job_history),
         orders=before(retention.orders),
+        audit=before(None if retention.audit_days is None else retention.audit_days * 86400.0),
     )
 
 

@@ -13,8 +13,12 @@ goes with its instances: once a study is purged and nothing more happens to it (
 job of it can bring a result, no write-back of it is unfinished), its events, its
 procedure step notices, its corrections (none still being written) and the pseudonyms
 issued for it (a patient's only once no study of that patient ID is kept) are deleted
-at the next purge. The study row, its jobs and their history stay. The audit trail is
-append-only (a trigger refuses deletes): never purged.
+at the next purge; procedure step notices that never named a study go by their last
+change after ``studies_done``. The study row, its jobs and their history stay. The audit
+trail is append-only (a trigger refuses updates and deletes) unless ``audit`` is set:
+then the rows older than it go in one transaction that records the horizon in
+``audit_purges`` (the trigger deletes only rows below a recorded horizon) and an
+``audit.purge`` row saying how many and older than when.
 
 Each study is purged holding its spool folder's exclusive lock
 (:meth:`Spool.study_lock`), which the listener holds shared while it places and
@@ -42,6 +46,7 @@ from sqlalchemy import (
     case,
     delete,
     func,
+    insert,
     or_,
     select,
     update,
@@ -56,6 +61,8 @@ from broker.store.audit import SYSTEM, record_in
 from broker.store.engine import writing
 from broker.store.spool import Spool
 from broker.store.tables import (
+    audit,
+    audit_purges,
     corrections,
     deliveries,
     instances,
@@ -84,6 +91,8 @@ ORDER_FINAL = (
 )
 #: The audit action of a purge.
 PURGE = "spool.purge"
+#: The audit action of a purge of the audit trail itself (``retention.audit_days``).
+AUDIT_PURGE = "audit.purge"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +105,7 @@ class Cutoffs:
     messages: datetime | None = None
     job_history: datetime | None = None
     orders: datetime | None = None
+    audit: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +114,7 @@ class Item:
 
     kind: str
     """``study``, ``result object``, ``job history``, ``messages``, ``orders``, ``study
-    events``, ``procedure steps``, ``corrections``, ``pseudonyms``."""
+    events``, ``procedure steps``, ``corrections``, ``pseudonyms``, ``audit``."""
     target: str
     count: int
     bytes: int = 0
@@ -139,8 +149,18 @@ class Retention:
                 *self._studies(cutoffs),
                 *self._result_objects(cutoffs),
                 *self._rows(cutoffs),
+                *self._audit(cutoffs),
             ]
         )
+
+    def _audit(self, cutoffs: Cutoffs) -> list[Item]:
+        if cutoffs.audit is None:
+            return []
+        with self.engine.connect() as conn:
+            n = conn.execute(
+                select(func.count()).select_from(audit).where(audit.c.at < cutoffs.audit)
+            ).scalar_one()
+        return [Item("audit", "audit", int(n))] if n else []
 
     def _studies(self, cutoffs: Cutoffs) -> list[Item]:
         if cutoffs.studies_done is None and cutoffs.studies_failed is None:
@@ -252,6 +272,7 @@ class Retention:
                 done.items.append(item)
         rows = self._rows(cutoffs)  # after the studies: the rows of those just purged too
         done.items.extend(self._purge_rows(cutoffs, rows, actor, now))
+        done.items.extend(self._purge_audit(cutoffs, actor, now))
         if done.items:
             LOG.info(
                 "retention purge",
@@ -342,6 +363,28 @@ class Retention:
                 record_in(conn, actor, PURGE, item.target, detail={"rows": item.count}, now=now)
         return out
 
+    def _purge_audit(self, cutoffs: Cutoffs, actor: str, now: datetime) -> list[Item]:
+        """The audit rows older than ``cutoffs.audit``, in one transaction with the purge's
+        horizon (the trigger deletes nothing newer) and the audit row that says it."""
+        before = cutoffs.audit
+        if before is None or not self._audit(cutoffs):
+            return []
+        old = audit.c.at < before
+        with writing(self.engine) as conn:
+            n = int(conn.execute(select(func.count()).select_from(audit).where(old)).scalar_one())
+            conn.execute(insert(audit_purges).values(before=before, at=now, actor=actor, rows=n))
+            conn.execute(delete(audit).where(old))
+            record_in(
+                conn,
+                actor,
+                AUDIT_PURGE,
+                "audit",
+                detail={"rows": n, "before": before.isoformat()},
+                now=now,
+            )
+        LOG.info("audit purge", rows=n, before=before.isoformat())
+        return [Item("audit", "audit", n)]
+
     def finish_interrupted(self) -> None:
         """Remove the folders of studies marked purged that a crash left in the spool."""
         with self.engine.connect() as conn:
@@ -383,9 +426,17 @@ def _row_kinds(cutoffs: Cutoffs) -> dict[str, tuple[Table, ColumnElement[bool]]]
             .exists()
         )
         kinds["study events"] = (study_events, study_events.c.study_uid.in_(gone))
+        orphan_cutoff = min(c for c in (cutoffs.studies_done, cutoffs.studies_failed) if c)
         kinds["procedure steps"] = (
             procedure_notices,
-            procedure_notices.c.study_uid.in_(gone),
+            or_(
+                procedure_notices.c.study_uid.in_(gone),
+                # a notice that never named a study (an MPPS before any image): by its age
+                and_(
+                    procedure_notices.c.study_uid.is_(None),
+                    procedure_notices.c.updated_at < orphan_cutoff,
+                ),
+            ),
         )
         kinds["corrections"] = (corrections, and_(corrections.c.study_uid.in_(gone), ~corrected))
         kinds["pseudonyms"] = (pseudonyms, _pseudonyms_gone(gone))
@@ -439,4 +490,4 @@ def _remove(paths: Iterable[Path]) -> None:
         path.unlink(missing_ok=True)
 
 
-__all__ = ["PURGE", "Cutoffs", "Item", "Purge", "Retention"]
+__all__ = ["AUDIT_PURGE", "PURGE", "Cutoffs", "Item", "Purge", "Retention"]

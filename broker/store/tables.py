@@ -477,7 +477,20 @@ audit = Table(
     Index(None, "at"),
     Index(None, "action", "at"),
 )
-"""Append-only: who did what, when and from where (no update or delete; a trigger refuses both)."""
+"""Append-only: who did what, when and from where (no update; a trigger refuses it, and a
+delete of a row no purge's horizon in :data:`audit_purges` is past: ``retention.audit_days``)."""
+
+audit_purges = Table(
+    "audit_purges",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("before", UTCDateTime, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(160), nullable=False),
+    Column("rows", Integer, nullable=False),
+)
+"""Append-only: each purge of the audit trail (``retention.audit_days``): the rows it removed,
+all older than ``before``; the audit table's trigger lets only such rows be deleted."""
 
 usage = Table(
     "usage",

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy.exc import DBAPIError
 
 from broker.model.jobs import JobState
 from broker.store import StudyStore
@@ -219,7 +220,8 @@ def test_purge_command_takes_a_purged_studys_rows_and_keeps_a_kept_patients_pseu
     """``radbridge purge`` past studies_after_done: with a finished study's instances go its
     events, MPPS notices, corrections and pseudonyms (each kind audited); its patient's
     pseudonym stays while another study of that patient ID is kept (a result may still
-    name it); a study whose job is pending keeps all its rows."""
+    name it); a study whose job is pending keeps all its rows. An MPPS that never named a
+    study goes once it is that old; a recent one stays."""
     spool = Spool(tmp_path / "spool")
     spool.prepare()
     done, kept, lone = (
@@ -245,15 +247,79 @@ def test_purge_command_takes_a_purged_studys_rows_and_keeps_a_kept_patients_pseu
             }
         )
     )
+    with engine.begin() as conn:  # MPPS that never named a study: one old, one recent
+        for n, at in ((1, HOURS_AGO), (2, NOW)):
+            conn.execute(
+                insert(procedure_notices).values(
+                    kind="mpps",
+                    sop_instance_uid=f"2.25.7700{n}",
+                    status="IN PROGRESS",
+                    referenced="[]",
+                    dataset_json="{}",
+                    calling_ae="CT01",
+                    called_ae="RADBRIDGE",
+                    peer_address="127.0.0.1",
+                    created_at=at,
+                    updated_at=at,
+                )
+            )
     answer = cli_fork.run(["purge", "-c", str(config), "--json"], timeout=120)
     assert answer.returncode == 0, answer.stderr
     counts = {i["kind"]: i["count"] for i in json.loads(answer.stdout)["items"]}
-    assert counts["study events"] == counts["procedure steps"] == counts["corrections"] == 2
+    assert counts["study events"] == counts["corrections"] == 2
+    assert counts["procedure steps"] == 3  # the two purged studies' and the old orphan
     assert counts["pseudonyms"] == 3  # done's study UID; lone's study UID and patient
     with engine.connect() as conn:
-        for table in (study_events, procedure_notices, corrections):
+        for table in (study_events, corrections):
             assert set(conn.execute(select(table.c.study_uid)).scalars()) == {kept}
+        notices = conn.execute(select(procedure_notices.c.study_uid)).scalars().all()
+        assert sorted(notices, key=str) == sorted([kept, None], key=str)
         left = set(conn.execute(select(pseudonyms.c.pseudonym)).scalars())
         trail = set(conn.execute(select(audit.c.target).where(audit.c.action == PURGE)).scalars())
     assert left == {"study-of-kept", "patient-of-kept", "patient-of-done"}
     assert {"study_events", "procedure_notices", "corrections", "pseudonyms"} <= trail
+
+
+def test_purge_command_takes_audit_rows_past_audit_days_and_audits_that(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """``radbridge purge`` with ``retention.audit_days: 30``: audit rows older than 30 days
+    go, newer ones stay, and one ``audit.purge`` row says how many went and older than when;
+    the trigger still refuses to delete a kept row. Without ``audit_days`` nothing goes."""
+    old, recent = NOW - timedelta(days=40), NOW - timedelta(days=10)
+    with engine.begin() as conn:
+        for n, at in ((1, old), (2, old), (3, recent)):
+            conn.execute(
+                insert(audit).values(
+                    at=at,
+                    actor="cli:ops",
+                    action="study.retry",
+                    target=f"job:{n}",
+                    detail="{}",
+                    peer="",
+                )
+            )
+    spool = Spool(tmp_path / "spool")
+    config = tmp_path / "rb.yaml"
+    settings: dict[str, object] = {
+        "storage": {"database": str(engine.url), "spool": str(spool.root)},
+        "retention": {"job_history": "3650d"},
+    }
+    config.write_text(yaml.safe_dump(settings))
+    kept = cli_fork.run(["purge", "-c", str(config), "--json"], timeout=120)
+    assert kept.returncode == 0, kept.stderr
+    assert json.loads(kept.stdout)["items"] == []
+    settings["retention"] = {"audit_days": 30}
+    config.write_text(yaml.safe_dump(settings))
+    answer = cli_fork.run(["purge", "-c", str(config), "--json"], timeout=120)
+    assert answer.returncode == 0, answer.stderr
+    [item] = json.loads(answer.stdout)["items"]
+    assert (item["kind"], item["count"]) == ("audit", 2)
+    with engine.connect() as conn:
+        rows = conn.execute(select(audit.c.target, audit.c.action, audit.c.detail)).all()
+    assert [r.target for r in rows if r.action == "study.retry"] == ["job:3"]
+    [purge] = [json.loads(r.detail) for r in rows if r.action == "audit.purge"]
+    assert purge["rows"] == 2
+    assert old < datetime.fromisoformat(purge["before"]) < recent
+    with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+        conn.execute(delete(audit).where(audit.c.target == "job:3"))
