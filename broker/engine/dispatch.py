@@ -412,7 +412,7 @@ class JobWork:
             if self._deidentify is None:
                 self._deidentify = registered("deidentify_study")
             outbound = self._deidentify(files, profile, secret, folder)
-            self.pseudonyms.record(outbound.pseudonyms)
+            self.pseudonyms.record(outbound.pseudonyms, sent_with=item.study_uid)
         except Exception as exc:
             shutil.rmtree(folder, ignore_errors=True)
             count_error("delivery", exc)

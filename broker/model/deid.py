@@ -192,6 +192,10 @@ class Pseudonym:
     original: str
     study_uid: str
     """The original Study Instance UID it was issued for."""
+    sent_with: str | None = None
+    """The study whose job last sent it (for a prior's pseudonyms, the current study: the
+    prior itself may not be in radbridge's index); retention purges it with that study.
+    None: recorded before radbridge kept this."""
 
 
 class Pseudonyms:

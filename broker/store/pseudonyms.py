@@ -14,7 +14,7 @@ from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, Row, insert, select
+from sqlalchemy import Engine, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from broker.model.deid import Pseudonym, PseudonymKind
@@ -27,7 +27,7 @@ _BATCH = 500
 
 
 def _pseudonym(r: Row[Any]) -> Pseudonym:
-    return Pseudonym(PseudonymKind(r.kind), r.pseudonym, r.original, r.study_uid)
+    return Pseudonym(PseudonymKind(r.kind), r.pseudonym, r.original, r.study_uid, r.sent_with)
 
 
 class PseudonymStore:
@@ -36,8 +36,16 @@ class PseudonymStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def record(self, issued: Iterable[Pseudonym], *, now: datetime | None = None) -> int:
-        """Keep every pseudonym not recorded yet; how many were new."""
+    def record(
+        self,
+        issued: Iterable[Pseudonym],
+        *,
+        sent_with: str | None = None,
+        now: datetime | None = None,
+    ) -> int:
+        """Keep every pseudonym not recorded yet; how many were new. ``sent_with``: the study
+        whose job sends them (retention purges them with it); a prior's pseudonyms recorded
+        before are moved to it (the latest study that sent them keeps them)."""
         wanted = {p.pseudonym: p for p in issued}
         if not wanted:
             return 0
@@ -61,6 +69,7 @@ class PseudonymStore:
                             "kind": p.kind.value,
                             "original": p.original,
                             "study_uid": p.study_uid,
+                            "sent_with": sent_with,
                             "issued_at": now,
                         }
                         for name, p in wanted.items()
@@ -68,6 +77,14 @@ class PseudonymStore:
                     ]
                     if new:
                         conn.execute(insert(pseudonyms), new)
+                    if sent_with is not None:
+                        priors = [n for n in known if wanted[n].study_uid != sent_with]
+                        for i in range(0, len(priors), _BATCH):
+                            conn.execute(
+                                update(pseudonyms)
+                                .where(pseudonyms.c.pseudonym.in_(priors[i : i + _BATCH]))
+                                .values(sent_with=sent_with)
+                            )
                     return len(new)
             except IntegrityError as exc:
                 if attempt == 2:

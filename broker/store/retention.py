@@ -465,17 +465,23 @@ def _studies_gone() -> Select[tuple[str]]:
 
 
 def _pseudonyms_gone(gone: Select[tuple[str]]) -> ColumnElement[bool]:
-    """Pseudonyms issued for studies that are gone, but a patient's only when no study of that
-    patient ID is still kept (one patient, one pseudonym: a later study of theirs may still
-    get a result that names it)."""
+    """Pseudonyms issued for studies that are gone, or sent with them for a prior that is not
+    kept in the index, but a patient's only when no study of that patient ID is still kept
+    (one patient, one pseudonym: a later study of theirs may still get a result that names
+    it)."""
     kept = studies.alias("kept")
     patient_kept = (
         select(kept.c.id)
         .where(kept.c.patient_id == pseudonyms.c.original, kept.c.study_uid.not_in(gone))
         .exists()
     )
+    indexed = select(studies.c.study_uid).where(studies.c.purged_at.is_(None))
     return and_(
-        pseudonyms.c.study_uid.in_(gone),
+        or_(
+            pseudonyms.c.study_uid.in_(gone),
+            # a prior's (its study not kept in the index): with the study whose job sent it
+            and_(pseudonyms.c.sent_with.in_(gone), pseudonyms.c.study_uid.not_in(indexed)),
+        ),
         or_(pseudonyms.c.kind != PseudonymKind.PATIENT.value, ~patient_kept),
     )
 

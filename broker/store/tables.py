@@ -767,13 +767,16 @@ pseudonyms = Table(
     Column("original", String(64), nullable=False),
     Column("study_uid", UID, nullable=False),
     Column("issued_at", UTCDateTime, nullable=False),
+    Column("sent_with", UID),
     UniqueConstraint("pseudonym"),
     Index(None, "study_uid"),
+    Index(None, "sent_with"),
 )
 """What radbridge replaced in studies it de-identified for vendors: each pseudonym (a keyed
 hash, not reversible) and the original value, so results can be mapped back; kept until
-retention purges the study (and no result can come back for it: see
-:mod:`broker.store.retention`)."""
+retention purges the study it was issued for, or the study whose job sent it
+(``sent_with``: a prior's, not in the index, goes with the current study), and no result
+can come back for it: see :mod:`broker.store.retention`."""
 critical_cases = Table(
     "critical_cases",
     metadata,

@@ -254,7 +254,8 @@ def test_deidentified_http_vendor_pulls_the_prior_under_the_same_pseudonyms(
 ) -> None:
     """A de-identified ``http`` vendor's manifest lists the patient's prior under its
     pseudonymous UID; the vendor pulls it de-identified, with the current study's patient
-    pseudonym; the prior's real UID opens nothing (403)."""
+    pseudonym; the prior's real UID opens nothing (403). The prior's pseudonym is recorded as
+    sent with the current study (the prior is not in the index): retention purges it then."""
     files, current = _study(world.folder / "anon", PATIENT, ISSUER, "20260305", "ct_ccta")
     storescu(files, world.rb.port)
     [manifest] = wait_until(
@@ -280,6 +281,11 @@ def test_deidentified_http_vendor_pulls_the_prior_under_the_same_pseudonyms(
         timeout=10,
     )
     assert answer.status_code == 403
+    shown = world.rb.cli("pseudonyms", "show", pseudonym, "--json")
+    assert shown.returncode == 0, shown.stderr
+    [issued] = json.loads(shown.stdout)
+    # the prior is not in radbridge's index: its pseudonym is purged with the current study
+    assert (issued["original"], issued["sent_with"]) == (world.prior_uid, current)
 
 
 def test_priors_from_a_dicomweb_pacs(tmp_path: Path) -> None:

@@ -220,7 +220,8 @@ def test_purge_command_takes_a_purged_studys_rows_and_keeps_a_kept_patients_pseu
     """``radbridge purge`` past studies_after_done: with a finished study's instances go its
     events, MPPS notices, corrections and pseudonyms (each kind audited); its patient's
     pseudonym stays while another study of that patient ID is kept (a result may still
-    name it); a study whose job is pending keeps all its rows. An MPPS that never named a
+    name it); a study whose job is pending keeps all its rows. A prior's pseudonyms (the
+    prior not in the index) go with the study whose job sent them. An MPPS that never named a
     study goes once it is that old; a recent one stays."""
     spool = Spool(tmp_path / "spool")
     spool.prepare()
@@ -238,6 +239,18 @@ def test_purge_command_takes_a_purged_studys_rows_and_keeps_a_kept_patients_pseu
         (lone, "PAT8", "lone"),
     ):
         _rows_of(engine, uid, patient, label)
+    with engine.begin() as conn:  # a prior's pseudonyms: its UID is not in the index
+        for sent_with, label in ((done, "done"), (kept, "kept")):
+            conn.execute(
+                insert(pseudonyms).values(
+                    pseudonym=f"prior-of-{label}",
+                    kind="study",
+                    original=f"2.25.555{len(label)}{ord(label[0])}",
+                    study_uid=f"2.25.555{len(label)}{ord(label[0])}",
+                    sent_with=sent_with,
+                    issued_at=HOURS_AGO,
+                )
+            )
     config = tmp_path / "rb.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -268,7 +281,7 @@ def test_purge_command_takes_a_purged_studys_rows_and_keeps_a_kept_patients_pseu
     counts = {i["kind"]: i["count"] for i in json.loads(answer.stdout)["items"]}
     assert counts["study events"] == counts["corrections"] == 2
     assert counts["procedure steps"] == 3  # the two purged studies' and the old orphan
-    assert counts["pseudonyms"] == 3  # done's study UID; lone's study UID and patient
+    assert counts["pseudonyms"] == 4  # done's study UID and prior; lone's study and patient
     with engine.connect() as conn:
         for table in (study_events, corrections):
             assert set(conn.execute(select(table.c.study_uid)).scalars()) == {kept}
@@ -276,7 +289,7 @@ def test_purge_command_takes_a_purged_studys_rows_and_keeps_a_kept_patients_pseu
         assert sorted(notices, key=str) == sorted([kept, None], key=str)
         left = set(conn.execute(select(pseudonyms.c.pseudonym)).scalars())
         trail = set(conn.execute(select(audit.c.target).where(audit.c.action == PURGE)).scalars())
-    assert left == {"study-of-kept", "patient-of-kept", "patient-of-done"}
+    assert left == {"study-of-kept", "patient-of-kept", "patient-of-done", "prior-of-kept"}
     assert {"study_events", "procedure_notices", "corrections", "pseudonyms"} <= trail
 
 
