@@ -492,6 +492,20 @@ def test_c_store_of_another_sop_class_than_its_context_is_served_as_before(
     assert len(_spooled(radbridge, plain.sop_instance_uid)) == 1
 
 
+def test_p_data_before_any_association_is_aborted(radbridge: Radbridge) -> None:
+    """A C-STORE's P-DATA as a connection's first PDUs, with no association requested, gets
+    an A-ABORT and the connection closed; nothing is stored and the listener serves on."""
+    ident = _identity()
+    with HostilePeer(radbridge.port) as peer:
+        for part in pdu.c_store_rq(1, CT, ident.sop_instance_uid, crafted.dataset(ident)):
+            if not peer.send(part):
+                break
+        assert peer.wait_closed(10)
+        assert peer.report.aborted
+    assert _spooled(radbridge, ident.sop_instance_uid) == []
+    assert _echo(radbridge)
+
+
 MID_OBJECT_ENDINGS: dict[str, tuple[bytes, bool]] = {
     "a command fragment": (pdu.c_echo_rq(1, message_id=2), True),
     "an A-ABORT": (pdu.abort(), False),

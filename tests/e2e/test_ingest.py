@@ -373,6 +373,53 @@ def test_echo_mpps_and_c_stores_share_one_association(radbridge: Radbridge) -> N
     assert [e["reason"] for e in study["history"] if e["kind"] == "mpps"][-1] == "COMPLETED"
 
 
+def test_pydicoms_test_files_are_stored_as_sent_or_refused_with_a_status(
+    radbridge: Radbridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pydicom's own test files with a file meta (odd encodings, big endian, deflated,
+    compressed, bad VRs, private and undefined-length sequences), sent by pynetdicom as
+    their bytes are, in their own syntaxes on one association: each acknowledged one is in
+    the spool byte for byte, each other one got a failure status and left nothing, and the
+    association and the listener go on."""
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # the file's own bytes
+    folder = Path(pydicom.__file__).parent / "data" / "test_files"
+    sendable: dict[Path, tuple[str, str, str]] = {}
+    for path in sorted(folder.glob("*.dcm")):
+        try:
+            meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+            uids = (
+                str(meta.MediaStorageSOPClassUID),
+                str(meta.MediaStorageSOPInstanceUID),
+                str(meta.TransferSyntaxUID),
+            )
+        except Exception:  # no file meta, or one without a transfer syntax: not sendable
+            continue
+        if all(uids):
+            sendable[path] = uids
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(Verification)
+    for sop_class, syntax in sorted({(c, t) for c, _, t in sendable.values()}):
+        ae.add_requested_context(sop_class, syntax)
+    assoc = ae.associate("127.0.0.1", radbridge.port, ae_title="RADBRIDGE")
+    assert assoc.is_established
+    accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
+    sendable = {p: v for p, v in sendable.items() if (v[0], v[2]) in accepted}
+    answers = {path: assoc.send_c_store(path).Status for path in sendable}
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    last: dict[str, Path | None] = {}  # some files share a SOP Instance UID: the last stays
+    for path, (_, instance, _) in sendable.items():
+        if answers[path] == 0x0000:
+            last[instance] = path
+        else:
+            last.setdefault(instance, None)
+    assert sum(1 for path in last.values() if path is not None) >= len(last) // 2
+    for instance, path in last.items():
+        found = [dataset_bytes(copy) for copy in _spooled(radbridge, instance)]
+        assert found == ([dataset_bytes(path)] if path is not None else []), instance
+    assert not list((radbridge.spool / "tmp").iterdir())
+
+
 def test_sender_killed_mid_transfer_leaves_nothing_half_stored(
     radbridge: Radbridge, tmp_path: Path
 ) -> None:
