@@ -2,10 +2,14 @@
 
 :func:`objects_to_store` gives the files of one delivery: the result's own
 objects unless ``originals: false``, and the renderings of ``render``
-(:mod:`adapters.results.render`), written for the attempt into a private
-temporary folder (mode 0700) that is removed after it. The renderings are
-made again on each attempt from the stored result and the spooled study; their
-UIDs are fixed by the result, so a retry stores the same instances.
+(:mod:`adapters.results.render`). Those are made once per result, target,
+language and rendering list, in the result's spool folder of renderings
+(``item.renderings``: a private folder, mode 0700, placed whole by one rename)
+and every retry sends those same files: the same instances, byte for byte, even
+after the study's images left the spool. Retention removes them with the
+result's objects. Without that folder (a combined answer, made per attempt)
+they are made for the attempt in a private temporary folder removed after it.
+Their UIDs are fixed by the result either way.
 
 :func:`summary_pdf_for` makes the summary PDF for targets that take documents
 (``hl7``: an ED OBX in the ORU; ``fhir``: a DocumentReference).
@@ -13,6 +17,12 @@ UIDs are fixed by the result, so a retry stores the same instances.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,23 +76,96 @@ def objects_to_store(item: WritebackItem, settings: DicomRenderSettings) -> Iter
     if result is None:
         raise TargetRejectedError(f"delivery {item.delivery.id} has no result to render")
     originals = [Path(o.path) for o in result.objects] if settings.originals else []
+    if item.renderings is None:
+        with TemporaryDirectory(prefix="radbridge-render-") as scratch:
+            rendered, notes = _render_into(Path(scratch), item, settings)
+            yield _to_store(result.id, originals, rendered, notes)
+        return
+    folder = item.renderings / _kept_name(item, settings)
+    if not (folder / MADE).exists():
+        _make_kept(folder, item, settings)
+    notes = tuple(json.loads((folder / MADE).read_text(encoding="utf-8"))["notes"])
+    rendered = sorted(folder.glob("*.dcm"))
+    yield _to_store(result.id, originals, rendered, notes)
+
+
+#: The record of a kept folder of renderings: written last, so the folder is whole.
+MADE = "made.json"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _kept_name(item: WritebackItem, settings: DicomRenderSettings) -> str:
+    """``TARGET.LANGUAGE.HASH``: one folder per target, language, and rendering list and
+    result version (a result updated, or a target asking for other renderings, gets new)."""
+    assert item.result is not None
+    what = [item.result.updated_at.isoformat(), *sorted(r.value for r in settings.render)]
+    digest = hashlib.sha256("|".join(what).encode()).hexdigest()[:16]
+    target = _UNSAFE.sub("_", item.delivery.target)
+    return f"{target}.{_UNSAFE.sub('_', settings.language or 'site')}.{digest}"
+
+
+def _make_kept(folder: Path, item: WritebackItem, settings: DicomRenderSettings) -> None:
+    """Render into a private folder beside ``folder``, fsync'd, then rename it into place;
+    a folder another attempt placed first wins (the same renderings)."""
+    folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        _, notes = _render_into(scratch, item, settings)
+        (scratch / MADE).write_text(json.dumps({"notes": list(notes)}), encoding="utf-8")
+        for path in scratch.iterdir():
+            _fsync(path)
+        _fsync(scratch)
+        try:
+            scratch.rename(folder)
+        except OSError:
+            if not (folder / MADE).exists():
+                raise
+        _fsync(folder.parent)
+    except OSError as exc:
+        raise TargetRejectedError(f"cannot keep the renderings in {folder.parent}: {exc}") from exc
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _render_into(
+    folder: Path, item: WritebackItem, settings: DicomRenderSettings
+) -> tuple[list[Path], tuple[str, ...]]:
+    """The renderings of ``item``'s result written into ``folder``, and why some made
+    nothing; TargetRejectedError when they cannot be made from what radbridge holds."""
+    result = item.result
+    assert result is not None
     from adapters.results.render.make import render  # noqa: PLC0415 (heavy; only when used)
 
     try:
         made = render(result, item.sources(), settings.render, language=settings.language)
     except ResultError as exc:
         raise TargetRejectedError(f"cannot render result {result.id}: {exc}") from exc
-    if not originals and not made.datasets:
+    if not settings.originals and not made.datasets:
         raise TargetRejectedError(
             f"nothing to store for result {result.id}: {'; '.join(made.skipped)}"
         )
-    with TemporaryDirectory(prefix="radbridge-render-") as folder:
-        rendered = []
-        for uid, data in made.files():
-            path = Path(folder) / f"{uid}.dcm"
-            path.write_bytes(data)
-            rendered.append(path)
-        yield ToStore(originals + rendered, len(originals), len(rendered), tuple(made.skipped))
+    rendered = []
+    for uid, data in made.files():
+        path = folder / f"{uid}.dcm"
+        path.write_bytes(data)
+        rendered.append(path)
+    return rendered, tuple(made.skipped)
+
+
+def _to_store(
+    result_id: int, originals: list[Path], rendered: list[Path], notes: tuple[str, ...]
+) -> ToStore:
+    if not originals and not rendered:
+        raise TargetRejectedError(f"nothing to store for result {result_id}: {'; '.join(notes)}")
+    return ToStore(originals + rendered, len(originals), len(rendered), notes)
 
 
 def summary_pdf_for(item: WritebackItem, settings: RenderSettings) -> bytes | None:

@@ -48,6 +48,7 @@ import functools
 import random
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import Engine
@@ -146,8 +147,12 @@ class WritebackStage:
         lease_seconds: float = LEASE_SECONDS,
         worker: str | None = None,
         reconciler: Reconciler | None = None,
+        rendered: Path | None = None,
     ) -> None:
         self.engine = engine
+        self.rendered = rendered
+        """The spool's ``rendered`` folder (renderings kept per result for their retries);
+        None: each attempt renders in a temporary folder."""
         self.reconciler = reconciler
         """Several products on one study: owners, combined answers, disagreements."""
         self.plans = plans
@@ -492,6 +497,10 @@ class WritebackStage:
             correction=correction,
             original=original,
             alert=alert,
+            # a combined answer is made for each attempt: its renderings too
+            renderings=self.rendered / str(d.result_id)
+            if self.rendered is not None and d.result_id is not None and d.event != "combined"
+            else None,
         )
 
     def _charge(self, job: Job | None) -> ChargeLine | None:

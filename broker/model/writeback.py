@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from broker.model.alerts import Alert
@@ -231,3 +232,7 @@ class WritebackItem:
     """For a ``charge`` delivery: the use to charge."""
     alert: Alert | None = None
     """For a vendor alert's notification (``drift``, ``canary_failed``…): the alert."""
+    renderings: Path | None = None
+    """The spool folder of the result's renderings (``SPOOL/rendered/RESULT``): a target
+    that renders makes them once there and sends the same files on every retry; retention
+    removes it with the result's objects. None: made in a temporary folder per attempt."""

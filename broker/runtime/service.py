@@ -131,6 +131,7 @@ class Service:
             results=self.results.store.get,
             lease_seconds=lease,
             reconciler=Reconciliation(engine, lambda: self.snapshots.settings, self.context.spool),
+            rendered=self.context.spool.rendered,
         )
         self.results.on_complete.append(self.writeback.schedule)
         self.completion.order_status = self.writeback.order_status  # MPPS to the RIS

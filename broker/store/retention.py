@@ -5,7 +5,8 @@ unfinished, and its last job changed (or, without jobs, it became stable)
 before the cutoff: the later one of ``studies_failed`` when a job of it is
 dead. Its instance files and index rows go; the study row stays, marked
 purged with the instances and bytes it held, and keeps its jobs and history.
-A result's objects go once every write-back of the result is finished. Rows
+A result's objects, and its renderings kept for write-back retries, go once every
+write-back of the result is finished. Rows
 of the store go by their time: job history, verbatim messages, and orders that are
 completed, cancelled or discontinued (with their links to studies; their messages
 stay, unlinked, until their own retention). What the store keeps of a study's content
@@ -148,6 +149,7 @@ class Retention:
             [
                 *self._studies(cutoffs),
                 *self._result_objects(cutoffs),
+                *self._renderings(cutoffs),
                 *self._rows(cutoffs),
                 *self._audit(cutoffs),
             ]
@@ -239,6 +241,32 @@ class Retention:
         with self.engine.connect() as conn:
             return [Item("result object", r.path, 1, int(r.size)) for r in conn.execute(stmt)]
 
+    def _renderings(self, cutoffs: Cutoffs) -> list[Item]:
+        """The results' folders of renderings (``SPOOL/rendered/RESULT``) whose result's
+        write-backs are all finished before ``cutoffs.results``: they go with its objects."""
+        if cutoffs.results is None or not self.spool.rendered.is_dir():
+            return []
+        kept = {p.name: p for p in self.spool.rendered.iterdir() if p.name.isdigit()}
+        if not kept:
+            return []
+        finished = (
+            select(deliveries.c.result_id)
+            .where(deliveries.c.result_id.in_([int(n) for n in kept]))
+            .group_by(deliveries.c.result_id)
+            .having(
+                func.sum(case((deliveries.c.state.in_(DELIVERY_FINAL), 0), else_=1)) == 0,
+                func.max(deliveries.c.updated_at) < cutoffs.results,
+            )
+        )
+        with self.engine.connect() as conn:
+            ids = sorted(conn.execute(finished).scalars())
+        items = []
+        for result_id in ids:
+            files = [f for f in kept[str(result_id)].rglob("*") if f.is_file()]
+            size = sum(f.stat().st_size for f in files)
+            items.append(Item("renderings", str(kept[str(result_id)]), len(files), size))
+        return items
+
     def _rows(self, cutoffs: Cutoffs) -> list[Item]:
         items = []
         with self.engine.connect() as conn:
@@ -264,7 +292,11 @@ class Retention:
         self.finish_interrupted()
         done = Purge()
         plan = self.plan(cutoffs)
-        purgers = {"study": self._purge_study, "result object": self._purge_result_object}
+        purgers = {
+            "study": self._purge_study,
+            "result object": self._purge_result_object,
+            "renderings": self._purge_renderings,
+        }
         files = [i for i in plan.items if i.kind in purgers]
         done.more = limit is not None and len(files) > limit
         for item in files[:limit]:
@@ -334,6 +366,20 @@ class Retention:
                 now=now,
             )
         _remove([Path(item.target)])
+        return True
+
+    def _purge_renderings(self, item: Item, actor: str, now: datetime) -> bool:
+        folder = Path(item.target)
+        with writing(self.engine) as conn:
+            record_in(
+                conn,
+                actor,
+                PURGE,
+                f"renderings:result-{folder.name}",
+                detail={"files": item.count, "bytes": item.bytes},
+                now=now,
+            )
+        shutil.rmtree(folder, ignore_errors=True)
         return True
 
     def _purge_rows(

@@ -5,6 +5,8 @@ Layout::
     SPOOL/tmp/                       objects still arriving (cleared at start)
     SPOOL/studies/STUDY/SERIES/SOP.dcm
     SPOOL/results/STUDY/SOP.dcm      result objects from vendors (never in the study index)
+    SPOOL/rendered/RESULT/TARGET.…/  a result's renderings for a target (made once, kept
+                                     for its retries; purged with the result's objects)
     SPOOL/nodes/NODE/tmp/            with ``node.id``: that node's objects still arriving
 
 Several nodes (``node.id``) share one spool: each keeps what it is still receiving,
@@ -61,6 +63,8 @@ class Spool:
         self.priors = root / "priors"
         """Prior studies fetched for jobs (:mod:`broker.model.priors`): never indexed."""
         self.canaries = root / "canary"
+        self.rendered = root / "rendered"
+        """Renderings of results for write-back targets, one folder per result id."""
         """Canary studies radbridge made (:mod:`broker.model.canary`): indexed, never routed."""
         self._lock_fd: int | None = None
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +31,16 @@ from broker.model.writeback import (
     TargetSpec,
 )
 from broker.runtime.snapshot import build_targets
+from broker.store.audit import AuditLog
 from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.jobs import JobStore
 from broker.store.results import ResultStore
+from broker.store.retention import PURGE, Cutoffs, Retention
 from config.schema import Settings
 from tests import cli_fork
 from tests.databases import DATABASES, empty_database
 from tests.fhir_receiver import FhirReceiver, Webhook
-from tests.peers import LOOPBACK, Orthanc, wait_until
+from tests.peers import LOOPBACK, Orthanc, ensure_cjk_font, wait_until
 from tests.ris import Ris
 from tests.writeback_data import BLEED, MIDLINE, Scene
 
@@ -64,6 +66,7 @@ def make_stage(
     routes: dict[str, tuple[str, ...]] | None = None,
     retries: int = 3,
     ris_status: str | None = None,
+    rendered: Path | None = None,
 ) -> WritebackStage:
     """A stage whose retries wait no time (backoff 0), so a test drives them with run_once."""
     specs = {
@@ -74,7 +77,11 @@ def make_stage(
         targets=specs, writers=build_targets(specs), routes=routes or ROUTES, ris_status=ris_status
     )
     return WritebackStage(
-        engine, FixedPlans(plan), results=ResultStore(engine).get, jitter=lambda _a, _b: 0.0
+        engine,
+        FixedPlans(plan),
+        results=ResultStore(engine).get,
+        jitter=lambda _a, _b: 0.0,
+        rendered=rendered,
     )
 
 
@@ -199,6 +206,70 @@ def test_pacs_down_then_up_gets_the_sr_under_its_study(engine: Engine, scene: Sc
         result = ResultStore(engine).get(made[0].result_id or 0)
         assert tags["SOPInstanceUID"] == result.objects[0].sop_instance_uid
         assert JobStore(engine).get(job.id).state is JobState.DONE
+    finally:
+        orthanc.stop()
+
+
+def _data_set(part10: bytes) -> bytes:
+    """A Part 10 file's data set: the bytes after its preamble and file meta group (whose
+    length (0002,0000) is the UL value at offset 140)."""
+    return part10[144 + int.from_bytes(part10[140:144], "little") :]
+
+
+def test_renderings_are_made_once_and_a_retry_stores_the_same_files(
+    engine: Engine, scene: Scene
+) -> None:
+    """A target with ``render: [sc_summary, kos, pdf]`` that is down at the first attempt:
+    the renderings are made then, once, into the result's spool folder; the retry once
+    Orthanc is up sends those same files (not made again), so Orthanc holds one copy of
+    each rendered instance, its data set byte for byte what was kept. Retention past
+    ``results_after_written_back`` removes the folder with the result, audited."""
+    ensure_cjk_font()
+    orthanc = Orthanc()  # ports chosen, not started yet: the PACS is down
+    try:
+        stage = make_stage(
+            engine,
+            {
+                "pacs": (
+                    "dicom",
+                    {
+                        "ae_title": "ORTHANC",
+                        "host": LOOPBACK,
+                        "port": orthanc.dicom_port,
+                        "timeout": 5,
+                        "render": ["sc_summary", "kos", "pdf"],
+                        "originals": False,
+                        "language": "en",
+                    },
+                )
+            },
+            routes={"head-ct": ("pacs",)},
+            rendered=scene.spool.rendered,
+        )
+        [made] = stage.schedule(scene.result(scene.job()))
+        assert drain(stage, "pacs", limit=1) == [DeliveryState.FAILED]
+        [kept] = (scene.spool.rendered / str(made.result_id)).iterdir()
+        first = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in kept.glob("*.dcm")}
+        assert len(first) >= 2  # a summary page (or more) and the PDF (the SR names no key image)
+        orthanc.start()
+        assert drain(stage, "pacs") == [DeliveryState.DONE]
+        again = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in kept.glob("*.dcm")}
+        assert again == first  # not made again
+        stored = orthanc_instances(orthanc, scene.study_uid)
+        assert sorted(f"{i['MainDicomTags']['SOPInstanceUID']}.dcm" for i in stored) == sorted(
+            first
+        )
+        for instance in stored:  # the data set as sent (Orthanc writes its own file meta)
+            held = orthanc.request("GET", f"/instances/{instance['ID']}/file")
+            sent = first[f"{instance['MainDicomTags']['SOPInstanceUID']}.dcm"][1]
+            assert _data_set(held) == _data_set(sent)
+
+        retention = Retention(engine, scene.spool)
+        gone = retention.purge(Cutoffs(results=datetime.now(UTC) + timedelta(seconds=1)))
+        assert [i.kind for i in gone.items if i.kind == "renderings"] == ["renderings"]
+        assert not (scene.spool.rendered / str(made.result_id)).exists()
+        trail = AuditLog(engine).list(action=PURGE)
+        assert f"renderings:result-{made.result_id}" in {a.target for a in trail}
     finally:
         orthanc.stop()
 
@@ -491,7 +562,9 @@ def test_jobs_and_deliveries_are_listed_newest_first_a_page_at_a_time(
 CHILD = """
 import sys
 from broker.store import make_engine
+from broker.store.audit import AuditLog
 from broker.store.results import ResultStore
+from broker.store.retention import PURGE, Cutoffs, Retention
 from broker.model.writeback import TargetSpec
 from broker.engine.plan import FixedPlan, FixedPlans
 from broker.engine.writeback_stage import WritebackStage
