@@ -31,6 +31,7 @@ from tempfile import TemporaryDirectory
 
 from adapters.results.render.settings import DicomRenderSettings, Rendering, RenderSettings
 from adapters.writeback.base import TargetRejectedError
+from broker.model.domain import Result
 from broker.model.errors import ResultError
 from broker.model.writeback import WritebackItem
 
@@ -78,12 +79,12 @@ def objects_to_store(item: WritebackItem, settings: DicomRenderSettings) -> Iter
     originals = [Path(o.path) for o in result.objects] if settings.originals else []
     if item.renderings is None:
         with TemporaryDirectory(prefix="radbridge-render-") as scratch:
-            rendered, notes = _render_into(Path(scratch), item, settings)
+            rendered, notes = _render_into(Path(scratch), item, result, settings)
             yield _to_store(result.id, originals, rendered, notes)
         return
-    folder = item.renderings / _kept_name(item, settings)
+    folder = item.renderings / _kept_name(item.delivery.target, result, settings)
     if not (folder / MADE).exists():
-        _make_kept(folder, item, settings)
+        _make_kept(folder, item, result, settings)
     notes = tuple(json.loads((folder / MADE).read_text(encoding="utf-8"))["notes"])
     rendered = sorted(folder.glob("*.dcm"))
     yield _to_store(result.id, originals, rendered, notes)
@@ -94,23 +95,24 @@ MADE = "made.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-def _kept_name(item: WritebackItem, settings: DicomRenderSettings) -> str:
+def _kept_name(target: str, result: Result, settings: DicomRenderSettings) -> str:
     """``TARGET.LANGUAGE.HASH``: one folder per target, language, and rendering list and
     result version (a result updated, or a target asking for other renderings, gets new)."""
-    assert item.result is not None
-    what = [item.result.updated_at.isoformat(), *sorted(r.value for r in settings.render)]
+    what = [result.updated_at.isoformat(), *sorted(r.value for r in settings.render)]
     digest = hashlib.sha256("|".join(what).encode()).hexdigest()[:16]
-    target = _UNSAFE.sub("_", item.delivery.target)
-    return f"{target}.{_UNSAFE.sub('_', settings.language or 'site')}.{digest}"
+    language = settings.language or "site"
+    return f"{_UNSAFE.sub('_', target)}.{_UNSAFE.sub('_', language)}.{digest}"
 
 
-def _make_kept(folder: Path, item: WritebackItem, settings: DicomRenderSettings) -> None:
+def _make_kept(
+    folder: Path, item: WritebackItem, result: Result, settings: DicomRenderSettings
+) -> None:
     """Render into a private folder beside ``folder``, fsync'd, then rename it into place;
     a folder another attempt placed first wins (the same renderings)."""
     folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        _, notes = _render_into(scratch, item, settings)
+        _, notes = _render_into(scratch, item, result, settings)
         (scratch / MADE).write_text(json.dumps({"notes": list(notes)}), encoding="utf-8")
         for path in scratch.iterdir():
             _fsync(path)
@@ -136,12 +138,10 @@ def _fsync(path: Path) -> None:
 
 
 def _render_into(
-    folder: Path, item: WritebackItem, settings: DicomRenderSettings
+    folder: Path, item: WritebackItem, result: Result, settings: DicomRenderSettings
 ) -> tuple[list[Path], tuple[str, ...]]:
-    """The renderings of ``item``'s result written into ``folder``, and why some made
+    """The renderings of ``result`` (``item``'s) written into ``folder``, and why some made
     nothing; TargetRejectedError when they cannot be made from what radbridge holds."""
-    result = item.result
-    assert result is not None
     from adapters.results.render.make import render  # noqa: PLC0415 (heavy; only when used)
 
     try:
