@@ -68,7 +68,9 @@ def test_two_workers_on_postgresql_never_pass_a_quota(
     """Six studies through serve and two workers: lungai 2 trial + 4 billed, lungpkg 2
     package uses and no third job; the usage report names each row's contract and payer;
     both workers sent (and counted) jobs."""
-    with StoreSCP(tmp_path / "vendor", ae_title="LUNGAI") as vendor:
+    # a second per instance: no worker can drain both lanes before the other takes a job
+    slow = ["--sleep-after", "1"]
+    with StoreSCP(tmp_path / "vendor", ae_title="LUNGAI", extra_args=slow) as vendor:
         config = _contracts(_config(tmp_path / "rb", database, vendor.port, 2))
         rb = radbridge_factory(config=config)
         workers.start(rb.config_path)
