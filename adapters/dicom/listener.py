@@ -315,6 +315,8 @@ class DicomListener(Edge):
                 continue
             except (OSError, EOFError, ValueError):  # the queue closed: stopping
                 return
+            if study_uids is None:  # stop() wakes this thread
+                return
             if judge is not None:
                 try:
                     judge(study_uids)
@@ -350,6 +352,25 @@ class DicomListener(Edge):
                 process.join()
         self._processes.clear()
         self._handoffs.clear()
+        self._release_shared()
+
+    def _release_shared(self) -> None:
+        """End the threads and let go of the queues and the slot board, whose semaphores
+        are unlinked as they go. ``serve`` ends with ``os._exit``, which skips
+        multiprocessing's own clean-up: without this its resource tracker warns of
+        "leaked semaphore objects" at every stop."""
+        if self._evidence is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._evidence.put(None)  # wakes the thread that passes evidence on
+        for thread in self._threads:
+            thread.join(STOP_GRACE_SECONDS)
+        self._threads.clear()
+        for shared in (self._ready, self._evidence):
+            if shared is not None:
+                shared.close()
+                shared.join_thread()
+        self._ready = self._evidence = None
+        self._board = None
 
 
 class RefusalLog:

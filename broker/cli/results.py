@@ -99,9 +99,11 @@ def show_result(
     if as_json:
         print(json.dumps({**_result_json(result), **plain(detail)}, indent=2))
         return
-    out.print(_table([result], cli_locale(config).gettext))
+    local = cli_locale(config)
+    out.print(_table([result], local.gettext))
+    completed = local.time(result.completed_at) if result.completed_at else "-"
     out.print(
-        f"completed: {result.completed_at or '-'} ({detail['complete_reason'] or 'collecting'}); "
+        f"completed: {completed} ({detail['complete_reason'] or 'collecting'}); "
         f"sender AE: {detail['calling_ae'] or '-'}",
         highlight=False,
     )

@@ -63,7 +63,8 @@ def test_offline_bundle_installs_without_index_and_serves(dist: Path, tmp_path: 
     runtime wheels and none of the test tools; its install.sh, with pip's index disabled,
     none of this machine's pip settings and (as root) no network at all, makes a virtual
     environment whose ``radbridge serve`` gives its version in /healthz, the console's
-    footer (the templates are in the wheel) and its ``radbridge started`` log line."""
+    footer (the templates are in the wheel) and its ``radbridge started`` log line, and which
+    SIGTERM stops without a warning (no semaphore left for the resource tracker to clean up)."""
     assert sorted(p.name for p in dist.iterdir()) == sorted(
         [
             f"radbridge-{VERSION}-offline.tar.gz",
@@ -138,6 +139,19 @@ def test_offline_bundle_installs_without_index_and_serves(dist: Path, tmp_path: 
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
+    # Stopped as systemd stops it, it leaves nothing behind: once none of the processes of
+    # its session is left (the resource tracker of its listener processes ends last, and
+    # warns of semaphores nobody released), its log has no warning.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    stopped = log_path.read_text()
+    assert '"radbridge stopped"' in stopped
+    assert "leaked semaphore" not in stopped and "Warning:" not in stopped, stopped
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ STOW-RS and the JSON findings callback (httpx), orphans, resends, kill -9."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -129,7 +130,8 @@ def test_c_store_sr_matches_job_counts_resend_once_and_completes_after_quiet_per
 ) -> None:
     """An SR C-STOREd twice by the vendor's AE to RADBRIDGE_RES is one object of the job's
     result, kept under spool/results and not indexed; the job goes awaiting_result →
-    result_received after the quiet period; the SR's Priority=Urgent makes the result urgent."""
+    result_received after the quiet period (`results show` says when, in the site's time, and
+    why); the SR's Priority=Urgent makes the result urgent."""
     sr = stack.sr_file("dicom", head_bleed(read_source_study(stack.studies["dicom"])), "v-dicom")
     before = stack.rb.study(stack.study_uid("dicom"))
     storescu([sr, sr], stack.rb.port, called_ae="RADBRIDGE_RES", calling_ae="LUNGAI")
@@ -149,6 +151,10 @@ def test_c_store_sr_matches_job_counts_resend_once_and_completes_after_quiet_per
     show = stack.cli_json("results", "show", str(result["id"]))
     assert show["receive_counts"] == {obj["sop_instance_uid"]: 2}
     assert show["complete_reason"] == "quiet"
+    shown = stack.rb.cli("results", "show", str(result["id"])).stdout  # in the site's clock
+    assert re.search(r"completed: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d\d:\d\d \(quiet\)", shown), (
+        shown
+    )
     after = stack.rb.study(stack.study_uid("dicom"))  # the study was not re-opened by the SR
     assert after["instances"] == before["instances"] and after["state"] == "stable"
     history = stack.cli_json("jobs", "show", str(result["job_id"]))["history"]
