@@ -91,24 +91,24 @@ def install_service(
             (root / path).parent.mkdir(parents=True, exist_ok=True)
             (root / path).write_text(text)
             (root / path).chmod(0o644)
-            out.print(f"wrote /{path}", highlight=False)
+            out.print(f"wrote {root / path}", highlight=False)
         config = root / CONFIG
         config.parent.mkdir(parents=True, exist_ok=True)
         try:
             with config.open("x") as f:
                 f.write((FILES / "radbridge.yaml").read_text())
-            out.print(f"wrote /{CONFIG}", highlight=False)
+            out.print(f"wrote {config}", highlight=False)
         except FileExistsError:
-            out.print(f"kept /{CONFIG} (it exists)", highlight=False)
+            out.print(f"kept {config} (it exists)", highlight=False)
     except PermissionError as exc:
         err.print(f"cannot write {exc.filename}: run as root (sudo)", highlight=False)
         raise typer.Exit(1) from exc
     _run("systemd-sysusers", SYSUSERS.name, root=root)
     out.print("user and group radbridge (systemd-sysusers)", highlight=False)
     _run("systemd-tmpfiles", "--create", TMPFILES.name, root=root)
+    folders = ("var/lib/radbridge/spool", "var/lib/radbridge/db", "var/log/radbridge")
     out.print(
-        "folders /var/lib/radbridge/spool, /var/lib/radbridge/db, /var/log/radbridge "
-        "(systemd-tmpfiles)",
+        f"folders {', '.join(str(root / f) for f in folders)} (systemd-tmpfiles)",
         highlight=False,
     )
     if root == Path("/") and Path("/run/systemd/system").is_dir():

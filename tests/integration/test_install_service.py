@@ -37,6 +37,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     (prefix / "venv").symlink_to(Path(sys.prefix))
     answer = cli_fork.run(["install-service", "--root", str(root), "--prefix", str(prefix)])
     assert answer.returncode == 0, answer.stderr
+    assert f"wrote {root.resolve()}/etc/systemd/system/radbridge.service" in answer.stdout
     return root, prefix
 
 
@@ -113,7 +114,7 @@ def test_user_folders_and_configuration_in_place_and_kept(installed: tuple[Path,
     config.write_text(config.read_text() + "# edited by the hospital\n")
     again = cli_fork.run(["install-service", "--root", str(root), "--prefix", str(prefix)])
     assert again.returncode == 0, again.stderr
-    assert "kept /etc/radbridge/radbridge.yaml" in again.stdout
+    assert f"kept {root.resolve()}/etc/radbridge/radbridge.yaml (it exists)" in again.stdout
     assert config.read_text().endswith("# edited by the hospital\n")
 
 
