@@ -153,11 +153,16 @@ def test_vendor_down_is_a_retryable_failure(tmp_path: Path) -> None:
 
 
 def test_vendor_refusing_the_association_is_a_retryable_failure(tmp_path: Path) -> None:
-    """A storescp that refuses every association gets nothing; the error is retryable."""
+    """A storescp that refuses every association gets nothing; the error is retryable.
+
+    storescp --refuse closes the connection right after its A-ASSOCIATE-RJ: on a busy
+    machine the close can overtake the rejection (pynetdicom's own AE then reports an abort
+    about one time in ten), so either wording names the failed association."""
     files = generate_study("ct_head", tmp_path / "s", instances=1, rows=16, columns=16)
     with StoreSCP(tmp_path / "refusing", ae_title="VENDOR", extra_args=["--refuse"]) as peer:
         transport = _transport(peer.port)
-        with pytest.raises(DicomPushError, match="rejected the association") as err:
+        refused = "rejected the association|no association with VENDOR"
+        with pytest.raises(DicomPushError, match=refused) as err:
             transport.send(JOB, files)
         assert peer.files() == []
     assert is_retryable(transport, err.value)
