@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing.util
 import os
 import signal
 import sys
@@ -125,13 +124,8 @@ def _exit_now() -> None:
     """End ``serve`` or ``worker`` after a clean stop without finalising the interpreter.
 
     Everything is stopped, committed and closed by then; tearing down the
-    modules and objects of a service costs about 0.3 s of CPU for nothing. The
-    multiprocessing finalisers still run: they unlink the named semaphores the
-    listener processes shared (else the resource tracker reports them leaked).
+    modules and objects of a service costs about 0.3 s of CPU for nothing.
     """
-    run_finalizers = getattr(multiprocessing.util, "_run_finalizers", None)
-    if run_finalizers is not None:  # what a normal exit runs first
-        run_finalizers(0)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
