@@ -22,8 +22,8 @@ from broker.model.domain import AUDIT_ROLE, PHI_ROLE, Role
 from broker.runtime.edges import ServiceContext
 from broker.runtime.snapshot import SnapshotHolder
 from broker.store.audit import AuditLog, token_actor
+from broker.store.corrections import OperatorJobStore
 from broker.store.deliveries import DeliveryStore
-from broker.store.jobs import JobStore
 from broker.store.listing import Listing
 from broker.store.orders import OrderStore
 from broker.store.results import ResultStore
@@ -40,7 +40,7 @@ class ApiState:
         self.engine = engine
         self.context = context
         self.studies = StudyStore(engine)
-        self.jobs = JobStore(engine)
+        self.jobs = OperatorJobStore(engine)
         self.orders = OrderStore(engine)
         self.listing = Listing(engine)
         self.audit = AuditLog(engine)

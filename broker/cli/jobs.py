@@ -18,6 +18,7 @@ from broker.cli.work import (
 )
 from broker.model.jobs import JobState
 from broker.store.audit import Action
+from broker.store.corrections import OperatorJobStore
 from broker.store.deliveries import DeliveryStore
 from broker.store.jobs import JobStore
 from broker.store.listing import JobFilter, Listing
@@ -118,7 +119,7 @@ def show_job(
 
 
 def _operator(action: str, job_id: int, config: ConfigOption) -> None:
-    store = JobStore(store_engine(config))
+    store = OperatorJobStore(store_engine(config))
     retry = action == "retry"
 
     def act() -> tuple[object, object]:

@@ -41,7 +41,7 @@ from broker.model.writeback import Delivery, DeliveryKind, DeliveryState
 from broker.store.audit import SYSTEM, Action, record_in
 from broker.store.deliveries import DeliveryStore, NewDelivery
 from broker.store.engine import writing
-from broker.store.jobs import cancel_unsent
+from broker.store.jobs import JobStore, cancel_unsent
 from broker.store.tables import corrections, deliveries, job_tokens, jobs
 from broker.store.work import utc
 
@@ -172,6 +172,17 @@ def tell_vendor_in(conn: Connection, job_id: int, *, now: datetime) -> Delivery 
     )
     LOG.info("the vendor will be told the job is cancelled", job_id=job_id, vendor=job.vendor)
     return made
+
+
+class OperatorJobStore(JobStore):
+    """The jobs as operators act on them (the API, the console, the CLI): a job cancelled
+    here whose vendor was sent it by manifest is told so in the same transaction, as a
+    correction tells it (:func:`tell_vendor_in`)."""
+
+    def entered(self, conn: Connection, row: Row[Any], state: JobState, now: datetime) -> None:
+        super().entered(conn, row, state, now)
+        if state is JobState.CANCELLED:
+            tell_vendor_in(conn, row.id, now=now)
 
 
 def correct_in(

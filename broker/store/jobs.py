@@ -142,13 +142,11 @@ class JobStore(WorkStore[Job, JobState, JobEvent]):
         super().__init__(engine, JOBS)
 
     def entered(self, conn: Connection, row: Row[Any], state: JobState, now: datetime) -> None:
-        """A job now cancelled gives back the contract use it reserved, if it was never sent,
-        and its vendor is told, if it was sent by manifest (as a correction tells it)."""
+        """A job now cancelled gives back the contract use it reserved, if it was never sent
+        (an operator's cancel also tells its vendor: :class:`~broker.store.corrections.
+        OperatorJobStore`)."""
         if state is JobState.CANCELLED:
             _cancelled(conn, row.id, row.study_uid, row.vendor)
-            from broker.store.corrections import tell_vendor_in  # noqa: PLC0415 (it imports us)
-
-            tell_vendor_in(conn, row.id, now=now)
 
     def create(
         self,

@@ -337,3 +337,24 @@ def test_operator_cancel_tells_the_http_vendor(world: World) -> None:
     again = httpx.post(f"{url}/cancel", headers=auth, timeout=10)
     assert again.status_code == 409
     assert [c for c in world.puller.cancellations if c["path"] == path] == [told]
+
+
+def test_operator_cancel_from_the_command_line_tells_the_http_vendor(world: World) -> None:
+    """``radbridge jobs cancel ID`` of a study the HTTP vendor pulled tells the vendor too
+    (``DELETE {url}/{job_id}``, reason ``cancelled``), as the API's cancel does."""
+    files = generate_study(
+        "ct_chest", world.folder / "chest5", instances=2, rows=32, columns=32, patient_id="PAT0505"
+    )
+    storescu(files, world.rb.port)
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    pulled = world.puller.folder / study_uid
+    wait_until(lambda: len(list(pulled.glob("*/*.dcm"))) == 2, "the vendor pulled the study")
+    [manifest] = [m for m in world.puller.manifests if m["study_instance_uid"] == study_uid]
+    job_id = manifest["job_id"]
+    cancelled = world.rb.cli("jobs", "cancel", str(job_id))
+    assert "cancelled" in cancelled.stdout, cancelled.stdout + cancelled.stderr
+    [told] = wait_until(
+        lambda: [c for c in world.puller.cancellations if c["path"] == f"/jobs/{job_id}"],
+        "the vendor told",
+    )
+    assert told["body"] == {"job_id": job_id, "vendor": "lungcloud", "reason": "cancelled"}
