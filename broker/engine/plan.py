@@ -20,9 +20,10 @@ from broker.model.deid import Deidentify
 from broker.model.errors import ConfigError
 from broker.model.priors import PriorsPolicy
 from broker.model.sites import SiteDirectory
+from broker.model.target import WritebackTarget
 from broker.model.vendor import VendorTransport
 from broker.model.verdicts import VerdictLinks
-from broker.model.writeback import TargetSpec, WritebackTarget
+from broker.model.writeback import TargetSpec
 
 
 @dataclass(frozen=True, slots=True)

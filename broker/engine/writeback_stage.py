@@ -68,6 +68,7 @@ from broker.model.jobs import Job, JobState, JobStateError
 from broker.model.logging import get_logger
 from broker.model.mode import effective_shadow
 from broker.model.reconciliation import ReconcileMode, ReconcilePolicy, StudyFindings
+from broker.model.target import correct, is_retryable
 from broker.model.writeback import (
     WEBHOOK_TARGET,
     ChargeLine,
@@ -76,8 +77,6 @@ from broker.model.writeback import (
     DeliveryState,
     TargetSpec,
     WritebackItem,
-    correct,
-    is_retryable,
 )
 from broker.store import StudyStore
 from broker.store.alerts import AlertStore

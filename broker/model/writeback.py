@@ -39,11 +39,6 @@ from broker.model.critical import Notice
 from broker.model.domain import CodedValue, Result, StoredOrder, Study
 from broker.model.jobs import Job
 from broker.model.reconciliation import StudyFindings
-
-# Re-exported: the write-back stage sees targets through this module.
-from broker.model.target import WritebackTarget as WritebackTarget  # noqa: PLC0414
-from broker.model.target import correct as correct  # noqa: PLC0414
-from broker.model.target import is_retryable as is_retryable  # noqa: PLC0414
 from broker.model.work import Attempts, Machine, WorkEvent, WorkStateError
 
 

@@ -35,10 +35,10 @@ from broker.model.mode import Mode, shadow_of
 from broker.model.priors import PriorsPolicy
 from broker.model.signed_links import LinkPurpose
 from broker.model.sites import SITE_TARGET_PREFIX, SiteDirectory, site_target
-from broker.model.target import TARGETS, TargetSettings
+from broker.model.target import TARGETS, TargetSettings, WritebackTarget
 from broker.model.vendor import VENDOR_TARGET_TYPE, VendorTransport, vendor_target
 from broker.model.verdicts import VerdictLinks
-from broker.model.writeback import WEBHOOK_TARGET, TargetSpec, WritebackTarget
+from broker.model.writeback import WEBHOOK_TARGET, TargetSpec
 from broker.runtime.config_diff import ConfigView, view
 from broker.runtime.vendor_cancel import VendorCancellation
 from broker.store.results import ResultPolicy
