@@ -12,7 +12,7 @@ from broker.model.domain import Patient
 from broker.model.errors import SpoolError
 from broker.model.identity import IdentityConflictError
 from broker.store import StudyStore
-from broker.store.group_commit import GroupCommit
+from broker.store.group_commit import GroupCommit, _Waiting
 from broker.store.spool import Spool
 from tests.integration.test_store import SERIES_A, SERIES_B, STUDY, T0, _rec, engine, store
 
@@ -99,3 +99,22 @@ def test_an_instance_whose_folder_cannot_be_synced_fails_and_is_not_indexed(
         commits.record(_rec("10.1"), 10.0, [tmp_path / "gone"])
     commits.record(_rec("10.2"), 10.0, [tmp_path])
     assert [Path(p).stem for p in store.instance_paths(STUDY)] == ["10.2"]
+
+
+def test_one_unsyncable_folder_in_a_group_fails_only_its_instance(
+    store: StudyStore, tmp_path: Path
+) -> None:
+    """A group of three whose middle instance's folder cannot be fsync'd: that one fails with
+    SpoolError and is not indexed; the other two are indexed by the group, in one commit
+    after their folders were synced."""
+    commits = GroupCommit(store)
+    group = [
+        _Waiting(_rec("12.1"), 10.0, [tmp_path]),
+        _Waiting(_rec("12.2"), 10.0, [tmp_path / "gone"]),
+        _Waiting(_rec("12.3", series_uid=SERIES_B), 10.0, [tmp_path]),
+    ]
+    commits._commit(group)  # the commit thread's step, given one group as it would gather it
+    assert [w.indexed is not None for w in group] == [True, False, True]
+    assert isinstance(group[1].error, SpoolError)
+    assert sorted(Path(p).stem for p in store.instance_paths(STUDY)) == ["12.1", "12.3"]
+    assert (commits.groups, commits.instances) == (1, 2)
