@@ -127,7 +127,8 @@ def test_a_zh_cn_user_sees_the_console_and_the_cli_in_chinese_with_site_times(
         "retries": 5,
     }
     config["routes"][0]["send"] = ["lungai", "bleedai"]
-    config["delivery"] = {"backoff_base_seconds": 30, "backoff_cap_seconds": 60}
+    # bleedai's failed job waits for its next attempt all through the test, however slow
+    config["delivery"] = {"backoff_base_seconds": 600, "backoff_cap_seconds": 1200}
     rb = radbridge_factory(config=config)
     for name in PASSWORDS:
         _add_user(rb, name)

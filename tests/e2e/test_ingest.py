@@ -181,7 +181,12 @@ def test_calling_ae_and_address_allow_list(radbridge_factory: Callable[..., Radb
 def test_maximum_concurrent_associations_over_all_processes(
     radbridge_factory: Callable[..., Radbridge],
 ) -> None:
-    """Past max_associations a request is rejected as local-limit-exceeded; earlier ones go on."""
+    """Past max_associations a request is rejected as local-limit-exceeded; earlier ones go on.
+
+    The requestor is pynetdicom's AE, which on a busy machine reports about one rejection
+    in ten as an abort (the acceptor's close overtakes the A-ASSOCIATE-RJ it read; seen
+    with dcmtk's storescp --refuse too): the request is refused either way, and radbridge
+    logs the reason."""
     rb = radbridge_factory(max_associations=2, processes=2)
     ae = AE(ae_title="CT01")
     ae.add_requested_context(Verification)
@@ -189,7 +194,8 @@ def test_maximum_concurrent_associations_over_all_processes(
     try:
         assert all(a.is_established for a in held)
         extra = ae.associate("127.0.0.1", rb.port, ae_title="RADBRIDGE")
-        assert extra.is_rejected
+        assert not extra.is_established
+        assert extra.is_rejected or extra.is_aborted
         assert any(line.get("reason") == "local_limit_exceeded" for line in rb.log_lines())
     finally:
         for a in held:
