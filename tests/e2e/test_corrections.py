@@ -304,20 +304,26 @@ def test_rejection_note_cancels_the_job_at_the_http_vendor(world: World) -> None
     assert answer.status_code == 401
 
 
-def test_operator_cancel_tells_the_http_vendor(world: World) -> None:
-    """An operator's cancel (``POST /api/v1/jobs/{id}/cancel``) of a chest CT the HTTP vendor
-    pulled tells the vendor as a correction does (``DELETE {url}/{job_id}``, reason
-    ``cancelled``, a delivery to ``vendor.lungcloud`` audited ``job.withdrawn``); a second
-    cancel is refused (409) and tells it nothing more."""
+def _pulled_job(world: World, name: str, patient_id: str) -> int:
+    """A two-instance chest CT sent to radbridge and pulled by the HTTP vendor: its job's id."""
     files = generate_study(
-        "ct_chest", world.folder / "chest4", instances=2, rows=32, columns=32, patient_id="PAT0404"
+        "ct_chest", world.folder / name, instances=2, rows=32, columns=32, patient_id=patient_id
     )
     storescu(files, world.rb.port)
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     pulled = world.puller.folder / study_uid
     wait_until(lambda: len(list(pulled.glob("*/*.dcm"))) == 2, "the vendor pulled the study")
     [manifest] = [m for m in world.puller.manifests if m["study_instance_uid"] == study_uid]
-    job_id = manifest["job_id"]
+    job_id: int = manifest["job_id"]
+    return job_id
+
+
+def test_operator_cancel_tells_the_http_vendor(world: World) -> None:
+    """An operator's cancel (``POST /api/v1/jobs/{id}/cancel``) of a chest CT the HTTP vendor
+    pulled tells the vendor as a correction does (``DELETE {url}/{job_id}``, reason
+    ``cancelled``, a delivery to ``vendor.lungcloud`` audited ``job.withdrawn``); a second
+    cancel is refused (409) and tells it nothing more."""
+    job_id = _pulled_job(world, "chest4", "PAT0404")
     token = world.rb.cli("tokens", "create", "--role", "operator", "--name", "ops").stdout.strip()
     url = f"http://{LOOPBACK}:{world.rb.config['http']['listen']['port']}/api/v1/jobs/{job_id}"
     auth = {"Authorization": f"Bearer {token}"}
@@ -342,15 +348,7 @@ def test_operator_cancel_tells_the_http_vendor(world: World) -> None:
 def test_operator_cancel_from_the_command_line_tells_the_http_vendor(world: World) -> None:
     """``radbridge jobs cancel ID`` of a study the HTTP vendor pulled tells the vendor too
     (``DELETE {url}/{job_id}``, reason ``cancelled``), as the API's cancel does."""
-    files = generate_study(
-        "ct_chest", world.folder / "chest5", instances=2, rows=32, columns=32, patient_id="PAT0505"
-    )
-    storescu(files, world.rb.port)
-    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-    pulled = world.puller.folder / study_uid
-    wait_until(lambda: len(list(pulled.glob("*/*.dcm"))) == 2, "the vendor pulled the study")
-    [manifest] = [m for m in world.puller.manifests if m["study_instance_uid"] == study_uid]
-    job_id = manifest["job_id"]
+    job_id = _pulled_job(world, "chest5", "PAT0505")
     cancelled = world.rb.cli("jobs", "cancel", str(job_id))
     assert "cancelled" in cancelled.stdout, cancelled.stdout + cancelled.stderr
     [told] = wait_until(
