@@ -155,15 +155,19 @@ def _install_debian_packages(packages: list[str]) -> None:
 
 
 def dataset_bytes(path: Path) -> bytes:
-    """The dataset of a Part 10 file as it goes on the wire: the bytes after the file meta.
+    """The dataset of a Part 10 file as it goes on the wire (see :func:`part10_dataset`)."""
+    return part10_dataset(path.read_bytes(), str(path))
+
+
+def part10_dataset(data: bytes, name: str = "the data") -> bytes:
+    """The dataset of Part 10 bytes as it goes on the wire: the bytes after the file meta.
 
     A deflated file's dataset is inflated, because each sender deflates anew.
     """
-    data = path.read_bytes()
     if data[128:132] != b"DICM":
-        raise ValueError(f"{path} is not a DICOM Part 10 file (no DICM prefix)")
+        raise ValueError(f"{name} is not a DICOM Part 10 file (no DICM prefix)")
     if data[132:136] != b"\x02\x00\x00\x00" or data[136:138] != b"UL":
-        raise ValueError(f"{path} has no (0002,0000) group length first in its file meta")
+        raise ValueError(f"{name} has no (0002,0000) group length first in its file meta")
     end = 144 + int.from_bytes(data[140:144], "little")
     if b"1.2.840.10008.1.2.1.99\x00" in data[144:end]:
         return zlib.decompress(data[end:], -zlib.MAX_WBITS)

@@ -179,9 +179,9 @@ class _Helper:
     """The helper process; one invocation at a time (a lock serialises callers)."""
 
     def __init__(self, interpreter_env: dict[str, str]) -> None:
-        self.interpreter_env = interpreter_env
         read_fd, write_fd = os.pipe()
-        ours = {k: v for k, v in os.environ.items() if k not in _interpreter_env(os.environ)}
+        this = _interpreter_env(os.environ)
+        ours = {k: v for k, v in os.environ.items() if k not in this}
         self.process = subprocess.Popen(
             [sys.executable, "-c", _HELPER, str(write_fd)],
             stdin=subprocess.PIPE,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import random
 import signal
@@ -33,6 +34,7 @@ _held: dict[int, tuple[float, int]] = {}  # port -> (when reserved, descriptor o
 _held_lock = threading.Lock()
 
 
+@functools.cache
 def _ephemeral_floor() -> int:
     """The lowest port the kernel hands to outgoing connections (Linux: 32768 by default)."""
     try:
@@ -186,7 +188,6 @@ class RadbridgeServe(ManagedProcess):
 
     def start(self, timeout: float = 60.0) -> RadbridgeServe:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.process = launcher.start(
             ["serve", "-c", str(self.config_path)],
             env={**nodelay_env(), **self.env},

@@ -40,7 +40,7 @@ from config.schema import Settings
 from tests import cli_fork
 from tests.databases import DATABASES, empty_database
 from tests.fhir_receiver import FhirReceiver, Webhook
-from tests.peers import LOOPBACK, Orthanc, ensure_cjk_font, wait_until
+from tests.peers import LOOPBACK, Orthanc, ensure_cjk_font, part10_dataset, wait_until
 from tests.ris import Ris
 from tests.writeback_data import BLEED, MIDLINE, Scene
 
@@ -210,12 +210,6 @@ def test_pacs_down_then_up_gets_the_sr_under_its_study(engine: Engine, scene: Sc
         orthanc.stop()
 
 
-def _data_set(part10: bytes) -> bytes:
-    """A Part 10 file's data set: the bytes after its preamble and file meta group (whose
-    length (0002,0000) is the UL value at offset 140)."""
-    return part10[144 + int.from_bytes(part10[140:144], "little") :]
-
-
 def test_renderings_are_made_once_and_a_retry_stores_the_same_files(
     engine: Engine, scene: Scene
 ) -> None:
@@ -262,7 +256,7 @@ def test_renderings_are_made_once_and_a_retry_stores_the_same_files(
         for instance in stored:  # the data set as sent (Orthanc writes its own file meta)
             held = orthanc.request("GET", f"/instances/{instance['ID']}/file")
             sent = first[f"{instance['MainDicomTags']['SOPInstanceUID']}.dcm"][1]
-            assert _data_set(held) == _data_set(sent)
+            assert part10_dataset(held) == part10_dataset(sent)
 
         retention = Retention(engine, scene.spool)
         gone = retention.purge(Cutoffs(results=datetime.now(UTC) + timedelta(seconds=1)))
