@@ -13,18 +13,32 @@ on the association's socket (borrowed from the DUL, :mod:`adapters.dicom.reactor
   group 0000 written directly (:mod:`adapters.dicom.dimse`, shared with the
   lean receiver);
 - the data set goes from the spool file (its bytes after the file meta, never
-  decoded) as P-DATA-TF PDUs of the peer's maximum length, each read into one
-  reused buffer behind its 12-byte header and written with one call;
+  decoded) as P-DATA-TF PDUs of the peer's maximum length (at most
+  :data:`MAX_CHUNK` data bytes each): it is read in large reads (up to
+  :data:`BATCH_BYTES`, whole PDUs' worth) into one reused buffer, and each
+  batch is written with one scatter-gather call (``socket.sendmsg``) of
+  [header, data slice, header, data slice, ...]. The command PDU goes in the
+  same call as the data set's first batch, so an instance of up to a batch costs
+  one read, one write and the answer's reads. Every PDU of a batch but the
+  data set's last has the same 12-byte header, so one header and the buffer's
+  slices are made once per context and reused; memory stays one batch
+  whatever the file's size;
 - the C-STORE-RSP's command set is read from the socket and only Status,
   Error Comment and the message ID answered are taken out of it.
 
-Anything else the peer sends meanwhile (an A-ABORT, a release request, a
-malformed PDU) raises :class:`DicomError`; the caller aborts the association.
-Messages go one at a time (no asynchronous operations window is proposed).
+Every write and read waits at most the sender's timeout for progress: a peer
+that stops reading mid data set (its receive window full) or never answers
+raises ``TimeoutError``. Anything else the peer sends meanwhile (an A-ABORT, a
+release request, a malformed PDU) raises :class:`DicomError`; the caller aborts
+the association. Messages go one at a time (no asynchronous operations window
+is proposed).
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import ssl
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
@@ -32,12 +46,22 @@ from typing import Any, cast
 from pynetdicom.association import Association
 
 from adapters.dicom import dimse
-from adapters.dicom.dimse import HEADER, LAST, P_DATA_TF, PDU, PDV
+from adapters.dicom.dimse import LAST, P_DATA_TF, PDU, PDV
 from adapters.dicom.reactor import EventDrivenDUL
 from broker.model.errors import DicomError
 
 #: Data bytes per PDU when the peer announced no maximum length (0: unlimited).
 UNLIMITED_CHUNK = 256 * 1024
+#: Data bytes per PDU at most, whatever the peer announced (a larger PDU saves nothing).
+MAX_CHUNK = 1024 * 1024
+#: Data set bytes read and written per call at most (whole PDUs: at least one).
+BATCH_BYTES = 1024 * 1024
+#: PDUs per write at most: two buffers each, within the kernel's IOV_MAX of 1024.
+MAX_PDUS_PER_WRITE = 500
+
+
+class StalledError(DicomError):
+    """The peer took none of the data set for the sender's timeout."""
 
 
 class LeanSender:
@@ -56,10 +80,17 @@ class LeanSender:
         self.dul: EventDrivenDUL = dul
         self.timeout = timeout
         peer_max = int(assoc.acceptor.maximum_length or 0)
-        self.chunk = peer_max - PDV.size if peer_max else UNLIMITED_CHUNK
+        self.chunk = min(peer_max - PDV.size, MAX_CHUNK) if peer_max else UNLIMITED_CHUNK
         if self.chunk < 1:
             raise DicomError(f"the peer's maximum PDU length {peer_max} holds no data")
-        self._buffer = bytearray(HEADER + self.chunk)
+        self.pdus_per_batch = max(1, min(BATCH_BYTES // self.chunk, MAX_PDUS_PER_WRITE))
+        self._buffer = bytearray(self.chunk * self.pdus_per_batch)
+        self._view = view = memoryview(self._buffer)
+        self._slices = [
+            view[i * self.chunk : (i + 1) * self.chunk] for i in range(self.pdus_per_batch)
+        ]
+        #: Per context ID: a whole batch of PDUs that are not the data set's last.
+        self._full_batches: dict[int, list[Any]] = {}
         self._message_id = 0
         self._sock: Any = None
 
@@ -82,6 +113,7 @@ class LeanSender:
             assoc._reactor_checkpoint.wait(0.0001)
         self._sock = self.dul.lend_socket()
         self._sock.settimeout(self.timeout)
+        self._gather = not isinstance(self._sock, ssl.SSLSocket)  # SSL has no sendmsg
 
     def give_back(self) -> None:
         """The association's reactor and DUL run again (before anything else is sent)."""
@@ -96,36 +128,110 @@ class LeanSender:
     ) -> tuple[int, str]:
         """Send the data set of ``path`` (from ``offset``: after its file meta) on the
         presentation context ``context_id``; the answer's Status and Error Comment.
-        Raises :class:`DicomError` (the peer broke off) or ``OSError``."""
+        Raises :class:`DicomError` (the peer broke off), ``TimeoutError`` (no progress
+        for the timeout, sending or waiting for the answer) or ``OSError``."""
         if self._sock is None:
             self._borrow()
         self._message_id = self._message_id % 0xFFFF + 1
-        command = dimse.store_request(self._message_id, sop_class, sop_instance)
-        self._sock.sendall(dimse.command_pdu(context_id, command))
-        self._send_data_set(path, offset, context_id)
+        command = dimse.command_pdu(
+            context_id, dimse.store_request(self._message_id, sop_class, sop_instance)
+        )
+        self._send_data_set(path, offset, context_id, command)
         return self._answer()
 
-    def _send_data_set(self, path: Path, offset: int, context_id: int) -> None:
-        buffer = self._buffer
-        view = memoryview(buffer)
+    def _full_batch(self, context_id: int) -> list[Any]:
+        parts = self._full_batches.get(context_id)
+        if parts is None:
+            header = PDU.pack(P_DATA_TF, 0, PDV.size + self.chunk) + PDV.pack(
+                2 + self.chunk, context_id, 0
+            )
+            parts = [piece for data in self._slices for piece in (header, data)]
+            self._full_batches[context_id] = parts
+        return parts
+
+    def _send_data_set(self, path: Path, offset: int, context_id: int, command: bytes) -> None:
+        """The command PDU, then the data set in batches of PDUs (see the module)."""
         with path.open("rb", buffering=0) as file:
-            remaining = path.stat().st_size - offset
+            remaining = os.fstat(file.fileno()).st_size - offset
+            if remaining < 0:
+                raise DicomError(f"{path.name} is shorter than its file meta information")
             file.seek(offset)
+            first: list[Any] = [command]
             while True:
-                size = min(self.chunk, remaining)
-                got = 0
-                while got < size:
-                    n = file.readinto(view[HEADER + got : HEADER + size])
-                    if not n:
-                        raise DicomError(f"{path.name} ended early while it was being sent")
-                    got += n
+                size = min(len(self._buffer), remaining)
+                self._read(file, size, path)
                 remaining -= size
-                control = LAST if remaining == 0 else 0
-                PDU.pack_into(buffer, 0, P_DATA_TF, 0, PDV.size + size)
-                PDV.pack_into(buffer, PDU.size, 2 + size, context_id, control)
-                self._sock.sendall(view[: HEADER + size])
-                if not remaining:
+                if remaining:  # a whole batch, none of it the data set's last PDU
+                    full = self._full_batch(context_id)
+                    self._write(first + full if first else full)
+                else:
+                    self._write(first + self._last_batch(size, context_id))
                     return
+                first = []
+
+    def _last_batch(self, size: int, context_id: int) -> list[Any]:
+        """The PDUs of the data set's last ``size`` bytes (the last one marked last)."""
+        chunk = self.chunk
+        whole, tail = divmod(size, chunk)
+        if tail == 0 and whole:  # the last PDU is a full one
+            whole, tail = whole - 1, chunk
+        parts = self._full_batch(context_id)[: 2 * whole]
+        header = PDU.pack(P_DATA_TF, 0, PDV.size + tail) + PDV.pack(2 + tail, context_id, LAST)
+        parts.append(header)
+        parts.append(self._view[whole * chunk : whole * chunk + tail])
+        return parts
+
+    def _read(self, file: Any, size: int, path: Path) -> None:
+        """``size`` bytes of ``file`` into the start of the buffer."""
+        got = 0
+        while got < size:
+            n = file.readinto(self._view[got:size])
+            if not n:
+                raise DicomError(f"{path.name} ended early while it was being sent")
+            got += n
+
+    def _write(self, parts: list[Any]) -> None:
+        """All of ``parts`` (see :meth:`_send`); a peer that takes nothing for the timeout
+        raises :class:`StalledError`, one that aborted meanwhile :class:`DicomError`."""
+        try:
+            self._send(parts)
+        except TimeoutError as exc:
+            raise StalledError(
+                f"the peer took no data for {self.timeout:g} s (stalled mid data set)"
+            ) from exc
+        except OSError:
+            if self._aborted():
+                raise DicomError(
+                    "the peer aborted the association while the data set was being sent"
+                ) from None
+            raise
+
+    def _send(self, parts: list[Any]) -> None:
+        """All of ``parts`` in as few calls as the socket takes (one, usually)."""
+        sock = self._sock
+        if not self._gather:
+            sock.sendall(b"".join(parts))
+            return
+        total = sum(map(len, parts))
+        sent = sock.sendmsg(parts)
+        while sent < total:  # the socket took part: go on from where it stopped
+            total -= sent
+            at = 0
+            while sent >= len(parts[at]):
+                sent -= len(parts[at])
+                at += 1
+            parts = [memoryview(parts[at])[sent:], *parts[at + 1 :]]
+            sent = sock.sendmsg(parts)
+
+    def _aborted(self) -> bool:
+        """Whether the peer's A-ABORT waits unread (a reset connection still holds it)."""
+        if not self._gather:
+            return False
+        try:
+            waiting: bytes = self._sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK)
+        except OSError:
+            return False
+        return waiting == bytes([dimse.A_ABORT])
 
     def _receive(self, size: int) -> bytearray:
         data = bytearray()
@@ -170,4 +276,4 @@ class LeanSender:
         return status, comment
 
 
-__all__ = ["UNLIMITED_CHUNK", "LeanSender"]
+__all__ = ["BATCH_BYTES", "MAX_CHUNK", "UNLIMITED_CHUNK", "LeanSender", "StalledError"]

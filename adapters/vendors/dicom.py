@@ -54,12 +54,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError as PydicomInvalid
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import _config, build_context
 from pynetdicom.association import Association
-from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import (
     STATUS_SUCCESS,
@@ -69,6 +67,7 @@ from pynetdicom.status import (
 )
 
 from adapters.dicom.client import RequestorAE
+from adapters.dicom.file_meta import FileMetaError, read_file_meta
 from adapters.dicom.sending import LeanSender
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
 from broker.model.errors import DicomError
@@ -161,19 +160,19 @@ def _read(files: Sequence[Path]) -> tuple[list[_File], int]:
     size = 0
     for path in files:
         try:
-            meta, offset = split_dataset(path)
-            size += path.stat().st_size
-        except (PydicomInvalid, OSError, ValueError, EOFError) as exc:
+            meta = read_file_meta(path)
+        except (FileMetaError, OSError) as exc:
             raise VendorRejectedError(f"cannot read {path.name} from the spool: {exc}") from exc
-        sop = str(meta.get("MediaStorageSOPClassUID", ""))
-        syntax = str(meta.get("TransferSyntaxUID", ""))
-        instance = str(meta.get("MediaStorageSOPInstanceUID", ""))
-        if not sop or not syntax or not instance:
-            raise VendorRejectedError(
-                f"{path.name} has no SOP class, SOP instance or transfer syntax in its file "
-                "meta information"
+        size += meta.size
+        found.append(
+            _File(
+                path,
+                meta.sop_class_uid,
+                meta.transfer_syntax_uid,
+                meta.sop_instance_uid,
+                meta.offset,
             )
-        found.append(_File(path, sop, syntax, instance, offset))
+        )
     return found, size
 
 
