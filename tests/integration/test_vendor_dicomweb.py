@@ -13,7 +13,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import psutil
 import pytest
 from pydicom.filereader import read_file_meta_info
 
@@ -24,6 +23,7 @@ from adapters.vendors.dicomweb import DicomWebSettings, DicomWebTransport, parse
 from broker.model.errors import ConfigError
 from broker.model.vendor import TRANSPORTS, is_retryable
 from tests.jobs_data import sending_job
+from tests.memory import PeakRss
 from tests.peers import LOOPBACK, Orthanc, dataset_bytes, free_port
 
 pytestmark = pytest.mark.xdist_group("vendor_dicomweb")
@@ -362,23 +362,9 @@ def test_large_study_is_streamed_not_buffered(orthanc: Orthanc, tmp_path: Path) 
     files = generate_large_study(tmp_path / "large", 300_000_000, instance_bytes=32 * 1024 * 1024)
     total = sum(p.stat().st_size for p in files)
     transport = _transport(orthanc.dicomweb_url, batch_bytes=128 * 1024 * 1024, timeout=60)
-    process = psutil.Process()
-    peak = baseline = process.memory_info().rss
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.wait(0.005):
-            peak = max(peak, process.memory_info().rss)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    with PeakRss() as rss:
         outcome = transport.send(JOB, files)
-    finally:
-        done.set()
-        sampler.join()
-    growth = peak - baseline
+    growth = rss.growth
     assert outcome.bytes == total > 290_000_000
     assert growth < 16 * 1024 * 1024, f"RSS grew {growth / 2**20:.0f} MiB for {total / 2**20:.0f}"
     for path in files[:: len(files) - 1]:

@@ -6,17 +6,22 @@ to the ``dicom`` transport and to the registry."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 import pytest
+from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 
 from adapters.dicom.client import RequestorAssociation
-from adapters.dicom.synthetic import encoding_variants, generate_study
+from adapters.dicom.dimse import PDV
+from adapters.dicom.file_meta import read_file_meta
+from adapters.dicom.sending import BATCH_BYTES
+from adapters.dicom.synthetic import encoding_variants, generate_large_study, generate_study
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
 from adapters.vendors.dicom import (
     DicomPushError,
@@ -27,10 +32,12 @@ from adapters.vendors.http import HttpSettings
 from broker.model.errors import ConfigError
 from broker.model.vendor import TRANSPORTS, TransportContext, is_retryable
 from tests.jobs_data import sending_job
+from tests.memory import PeakRss
 from tests.peers import LOOPBACK, StoreSCP, dataset_bytes, free_port
 from tests.scripted_scp import ScriptedStoreSCP
 
 JOB = sending_job(1, "lungai", "1.2.3")
+MIB = 1024 * 1024
 
 
 @pytest.fixture
@@ -130,6 +137,90 @@ def test_vendor_that_stalls_is_a_retryable_failure_after_the_timeout(tmp_path: P
             transport.send(JOB, files)
         assert time.monotonic() - started < 4.5
     assert is_retryable(transport, err.value)
+
+
+def _with_data_set_length(source: Path, length: int, out: Path) -> Path:
+    """A copy of ``source`` whose data set is exactly ``length`` bytes (a private OB
+    element pads it)."""
+    ds = dcmread(source)
+    block = ds.private_block(0x0009, "RADBRIDGE PADDING", create=True)
+    block.add_new(0x00, "OB", b"")
+    ds.save_as(out, enforce_file_format=True)
+    pad = length - (out.stat().st_size - read_file_meta(out).offset)
+    assert pad >= 0 and pad % 2 == 0, pad
+    block[0x00].value = b"\x5a" * pad
+    ds.save_as(out, enforce_file_format=True)
+    assert out.stat().st_size - read_file_meta(out).offset == length
+    return out
+
+
+def test_data_sets_ending_on_a_pdu_or_a_batch_boundary_arrive_whole(tmp_path: Path) -> None:
+    """With a 4 KiB maximum PDU, data sets of exactly three PDUs, exactly two of the
+    sender's batches (one read and one write of many PDUs each), and two batches and two
+    bytes: each arrives byte for byte, its last PDU marked last (storescp would wait
+    for more otherwise, and the send time out)."""
+    [source] = generate_study("ct_head", tmp_path / "s", instances=1, rows=16, columns=16)
+    chunk = 4096 - PDV.size  # data bytes per PDU at storescp's -pdu 4096
+    batch = BATCH_BYTES // chunk * chunk
+    lengths = [3 * chunk, 2 * batch, 2 * batch + 2]
+    files = []
+    for n, length in enumerate(lengths):
+        [copy] = generate_study("ct_head", tmp_path / f"c{n}", instances=1, rows=16, columns=16)
+        files.append(_with_data_set_length(copy, length, tmp_path / f"exact-{length}.dcm"))
+    with StoreSCP(tmp_path / "small-pdu", ae_title="VENDOR", extra_args=["-pdu", "4096"]) as peer:
+        outcome = _transport(peer.port, timeout=5).send(JOB, files)
+        received = peer.files()
+    assert outcome.instances == len(lengths)
+    assert sorted(dataset_bytes(p) for p in received) == sorted(dataset_bytes(p) for p in files)
+    assert source.exists()
+
+
+def test_vendor_that_stops_reading_mid_data_set_is_a_retryable_failure_after_the_timeout(
+    tmp_path: Path,
+) -> None:
+    """storescp sleeping after the first PDU of a 24 MiB data set (its receive window
+    fills, the sender's writes stop): a retryable error that says the vendor took no
+    data, after the transport's timeout, not a hang; nothing is stored."""
+    files = generate_large_study(tmp_path / "large", 24 * MIB, instance_bytes=24 * MIB)
+    with StoreSCP(
+        tmp_path / "stalling", ae_title="VENDOR", fork=False, extra_args=["--sleep-during", "60"]
+    ) as peer:
+        transport = _transport(peer.port, timeout=1)
+        started = time.monotonic()
+        with pytest.raises(DicomPushError, match=r"I\d+\.dcm .*took no data for 1 s") as err:
+            transport.send(JOB, files)
+        assert time.monotonic() - started < 6
+        assert peer.files() == []
+    assert is_retryable(transport, err.value)
+
+
+def test_vendor_that_aborts_mid_data_set_is_a_retryable_failure(tmp_path: Path) -> None:
+    """storescp aborting the association while a 24 MiB data set arrives: the error
+    names the abort (not a bare connection reset), is retryable, and nothing is stored."""
+    files = generate_large_study(tmp_path / "large", 24 * MIB, instance_bytes=24 * MIB)
+    with StoreSCP(
+        tmp_path / "aborting", ae_title="VENDOR", fork=False, extra_args=["--abort-during"]
+    ) as peer:
+        transport = _transport(peer.port)
+        with pytest.raises(DicomPushError, match="the peer aborted the association") as err:
+            transport.send(JOB, files)
+        assert peer.files() == []
+    assert is_retryable(transport, err.value)
+
+
+def test_large_study_is_streamed_not_buffered(tmp_path: Path) -> None:
+    """Pushing a ~300 MB study of 32 MiB instances grows this process's RSS by far less
+    than one instance (the sender holds one batch of PDUs), and every byte arrives."""
+    files = generate_large_study(tmp_path / "large", 300_000_000, instance_bytes=32 * MIB)
+    total = sum(p.stat().st_size for p in files)
+    with StoreSCP(tmp_path / "received", ae_title="VENDOR") as peer:
+        with PeakRss() as rss:
+            outcome = _transport(peer.port, timeout=60).send(JOB, files)
+        received = peer.files()
+    assert outcome.bytes == total > 290_000_000
+    assert rss.growth < 16 * MIB, f"RSS grew {rss.growth / MIB:.0f} MiB for {total / MIB:.0f}"
+    digests = {hashlib.sha256(dataset_bytes(p)).digest() for p in received}
+    assert digests == {hashlib.sha256(dataset_bytes(p)).digest() for p in files}
 
 
 def test_unreadable_file_is_not_retryable(scp: StoreSCP, tmp_path: Path) -> None:
