@@ -27,18 +27,20 @@ on the association's socket (borrowed from the DUL, :mod:`adapters.dicom.reactor
   Error Comment and the message ID answered are taken out of it.
 
 Every write and read waits at most the sender's timeout for progress: a peer
-that stops reading mid data set (its receive window full) or never answers
-raises ``TimeoutError``. Anything else the peer sends meanwhile (an A-ABORT, a
-release request, a malformed PDU) raises :class:`DicomError`; the caller aborts
-the association. Messages go one at a time (no asynchronous operations window
-is proposed).
+that stops reading mid data set (its receive window full) raises
+:class:`StalledError`, one that never answers ``TimeoutError``. A peer that
+aborts while the data set is being sent resets the connection, and its
+A-ABORT, still readable, names the cause (:class:`DicomError`); so does
+anything else it sends instead of the answer (a release request, a malformed
+PDU). The caller aborts the association. Messages go one at a time (no
+asynchronous operations window is proposed). The socket is plain TCP
+(``sendmsg``; radbridge's push offers no TLS).
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import ssl
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
@@ -113,7 +115,6 @@ class LeanSender:
             assoc._reactor_checkpoint.wait(0.0001)
         self._sock = self.dul.lend_socket()
         self._sock.settimeout(self.timeout)
-        self._gather = not isinstance(self._sock, ssl.SSLSocket)  # SSL has no sendmsg
 
     def give_back(self) -> None:
         """The association's reactor and DUL run again (before anything else is sent)."""
@@ -209,9 +210,6 @@ class LeanSender:
     def _send(self, parts: list[Any]) -> None:
         """All of ``parts`` in as few calls as the socket takes (one, usually)."""
         sock = self._sock
-        if not self._gather:
-            sock.sendall(b"".join(parts))
-            return
         total = sum(map(len, parts))
         sent = sock.sendmsg(parts)
         while sent < total:  # the socket took part: go on from where it stopped
@@ -225,8 +223,6 @@ class LeanSender:
 
     def _aborted(self) -> bool:
         """Whether the peer's A-ABORT waits unread (a reset connection still holds it)."""
-        if not self._gather:
-            return False
         try:
             waiting: bytes = self._sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK)
         except OSError:

@@ -6,22 +6,25 @@ each SOP class one fallback context, [Explicit VR LE, Implicit VR LE] when a
 file of that class is stored in another syntax, [Implicit VR LE] (the DICOM
 default every SCP must accept) when all are Explicit VR LE.
 
-A file whose stored syntax the vendor accepted goes as it was received: its
-data set bytes read from the spool straight into P-DATA PDUs of the vendor's
-maximum length by the lean sender (:mod:`adapters.dicom.sending`: no decode, no
-re-encode, never a whole file in memory, no pynetdicom message per instance),
-so the vendor gets the dataset bit for bit. A file whose stored syntax was
-refused goes through the fallback context, converted: read with pydicom,
-compressed pixel data decoded (``decompress`` with pydicom's own RLE decoder,
-pylibjpeg-libjpeg for JPEG and JPEG-LS, pylibjpeg-openjpeg for JPEG 2000), big
-endian words swapped, and encoded in the syntax the vendor accepted (Explicit
-VR LE preferred). The SOP Instance UID is kept; a lossy source stays marked
-lossy. Every file is checked before the first C-STORE of its association: one
-with no accepted context raises :class:`DicomPushError` (retryable: the
-vendor's configuration may change), one that needs a decoder that is not
-installed, or that no decoder exists for (MPEG, for example), raises
-:class:`TranscodeError` (not retryable). A decode that fails midway also raises
-:class:`TranscodeError`.
+Each file's SOP class, SOP instance, transfer syntax and data set offset come
+from its File Meta Information, read by its element headers
+(:mod:`adapters.dicom.file_meta`, no Dataset built). A file whose stored syntax
+the vendor accepted goes as it was received: its data set bytes read from the
+spool in large reads and written as P-DATA PDUs of the vendor's maximum length,
+many PDUs a write, by the lean sender (:mod:`adapters.dicom.sending`: no
+decode, no re-encode, never more than one batch of a file in memory, no
+pynetdicom message per instance), so the vendor gets the dataset bit for bit.
+A file whose stored syntax was refused goes through the fallback context,
+converted: read with pydicom, compressed pixel data decoded (``decompress``
+with pydicom's own RLE decoder, pylibjpeg-libjpeg for JPEG and JPEG-LS,
+pylibjpeg-openjpeg for JPEG 2000), big endian words swapped, and encoded in
+the syntax the vendor accepted (Explicit VR LE preferred). The SOP Instance
+UID is kept; a lossy source stays marked lossy. Every file is checked before
+the first C-STORE of its association: one with no accepted context raises
+:class:`DicomPushError` (retryable: the vendor's configuration may change), one
+that needs a decoder that is not installed, or that no decoder exists for
+(MPEG, for example), raises :class:`TranscodeError` (not retryable). A decode
+that fails midway also raises :class:`TranscodeError`.
 
 One association carries at most 128 presentation contexts: when the pairs and
 fallbacks need more, the job is split into several associations, each with
@@ -29,8 +32,9 @@ whole SOP classes (a class with more than 127 stored syntaxes is split with
 its fallback repeated), sent one after another; every instance must still
 succeed, and a retry resends them all.
 
-Every instance must succeed. A refused association, a lost connection, no
-response, or a failure status that means "not now" (0xA7xx out of
+Every instance must succeed. A refused association, a lost connection, a
+vendor that aborts or stops taking data mid data set, no response within the
+timeout, or a failure status that means "not now" (0xA7xx out of
 resources, 0x0110 processing failure, 0x0213 resource limitation) raise
 :class:`DicomPushError`, which the broker retries with backoff. Any other
 failure status (0xA9xx data set does not match the SOP class, 0xCxxx cannot
