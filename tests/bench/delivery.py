@@ -1,11 +1,11 @@
 """Delivery benchmark: radbridge's DICOM push against dcmtk storescu, in one run.
 
     .venv/bin/python -m tests.bench.delivery [--repeats N] [--instances N] [--small N]
-        [--bus URL] [--deidentify] [--memory [--large-gib G]]
+        [--vendor-pdu BYTES] [--bus URL] [--deidentify] [--memory [--large-gib G]]
 
 Generates a 200-instance chest CT (about 105 MB) into a spool indexed in a
 SQLite store, then sends it to a fresh dcmtk ``storescp`` (``+B --fork``,
-TCP_NODELAY=1) each time:
+TCP_NODELAY=1; its maximum PDU 16 KiB, or ``--vendor-pdu``) each time:
 
 * ``storescu``: dcmtk sending the same files (each in its own transfer syntax);
 * ``transport``: :class:`adapters.vendors.dicom.DicomTransport` alone, with
@@ -42,7 +42,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -95,8 +95,11 @@ def _study(kind: str, **options: object) -> Callable[[Path], list[Path]]:
     return lambda out: generate_study(kind, out, **options)  # type: ignore[arg-type]
 
 
-def _timed(work: Path, name: str, send: Callable[[StoreSCP], None]) -> float:
-    with StoreSCP(work / f"{name}-{uuid.uuid4().hex[:6]}", ae_title="VENDOR") as scp:
+def _timed(
+    work: Path, name: str, send: Callable[[StoreSCP], None], vendor_args: Sequence[str] = ()
+) -> float:
+    folder = work / f"{name}-{uuid.uuid4().hex[:6]}"
+    with StoreSCP(folder, ae_title="VENDOR", extra_args=vendor_args) as scp:
         started = time.perf_counter()
         send(scp)
         seconds = time.perf_counter() - started
@@ -135,15 +138,18 @@ def _job_run(
     profile: Deidentify | None = None,
     *,
     memory: bool = False,
+    vendor_args: Sequence[str] = (),
 ) -> JobRun:
     """One job through dispatch, bus, worker and push; with ``profile`` the vendor gets
     de-identified copies; with ``memory`` the vendor discards what it receives (storescp
-    ``--ignore``) and this process's RSS is sampled from dispatch on."""
+    ``--ignore``) and this process's RSS is sampled from dispatch on; ``vendor_args`` go
+    to storescp."""
     engine = make_engine(url)
     jobs = JobStore(engine)
     bus = Bus(bus_url, prefix=f"rbbench-{uuid.uuid4().hex[:8]}")
     folder = work / f"job-{uuid.uuid4().hex[:6]}"
-    vendor_args = ["--ignore"] if memory else []
+    if memory:
+        vendor_args = [*vendor_args, "--ignore"]
     with StoreSCP(folder, ae_title="VENDOR", extra_args=vendor_args) as scp:
         vendor = f"v{uuid.uuid4().hex[:6]}"
         specs = {vendor: _spec(vendor, scp.port)}
@@ -232,7 +238,8 @@ def _compare(
     fresh storescp; medians, ratios and the transport's CPU printed."""
     size = sum(p.stat().st_size for p in files)
     print(f"{len(files)} instances, {size / MB:.1f} MB; {_load()}")
-    _job_run(url, args.bus, work, study_uid)  # warm-up
+    vendor = ["-pdu", str(args.vendor_pdu)] if args.vendor_pdu else []
+    _job_run(url, args.bus, work, study_uid, vendor_args=vendor)  # warm-up
     results: dict[str, list[float]] = {"storescu": [], "transport": [], "job": []}
     if args.deidentify:
         results["job-deid"] = []
@@ -252,14 +259,14 @@ def _compare(
         storescu(files, scp.port, called_ae="VENDOR", calling_ae="RADBRIDGE")
 
     for _ in range(args.repeats):
-        results["storescu"].append(_timed(work, "storescu", dcmtk))
-        results["transport"].append(_timed(work, "transport", push))
-        job = _job_run(url, args.bus, work, study_uid)
+        results["storescu"].append(_timed(work, "storescu", dcmtk, vendor))
+        results["transport"].append(_timed(work, "transport", push, vendor))
+        job = _job_run(url, args.bus, work, study_uid, vendor_args=vendor)
         results["job"].append(job.seconds)
         firsts.append(job.first or 0.0)
         if args.deidentify:
             results["job-deid"].append(
-                _job_run(url, args.bus, work, study_uid, Deidentify()).seconds
+                _job_run(url, args.bus, work, study_uid, Deidentify(), vendor_args=vendor).seconds
             )
     base = statistics.median(results["storescu"])
     for name, seconds in results.items():
@@ -323,6 +330,9 @@ def main() -> None:
     parser.add_argument("--bus", default="memory://")
     parser.add_argument(
         "--deidentify", action="store_true", help="also the job path with the basic profile"
+    )
+    parser.add_argument(
+        "--vendor-pdu", type=int, default=0, help="storescp's -pdu (4096..131072; 0: 16384)"
     )
     parser.add_argument("--memory", action="store_true", help="only the memory run")
     parser.add_argument("--large-gib", type=float, default=2.0, help="the memory run's study")
