@@ -11,6 +11,9 @@ Instance UIDs it answered with success, ``answered`` every one it saw. With
 A vendor that stalls mid-study: with ``stall_after=N`` every C-STORE after the
 first N is held unanswered (``stalled`` is set) until :meth:`release`; from then
 on every C-STORE is answered at once.
+
+``maximum_pdu`` is the maximum PDU length it announces (0: none, any length);
+``data_sets`` keeps each data set's bytes as they arrived, by SOP Instance UID.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom._globals import DEFAULT_MAX_LENGTH
 from pynetdicom.transport import ThreadedAssociationServer
 
 from tests.peers import LOOPBACK, free_port
@@ -37,6 +41,7 @@ class ScriptedStoreSCP:
         ae_title: str = "VENDOR",
         stall: float = 0.0,
         stall_after: int | None = None,
+        maximum_pdu: int = DEFAULT_MAX_LENGTH,
     ) -> None:
         self.status = status
         self.stall = stall
@@ -44,6 +49,8 @@ class ScriptedStoreSCP:
         self.port = free_port()
         self.answered: list[str] = []
         self.stored: list[str] = []
+        self.data_sets: dict[str, bytes] = {}
+        self.maximum_pdu = maximum_pdu
         self.stall_after = stall_after
         self.stalled = threading.Event()
         """Set once a C-STORE is held unanswered (``stall_after``)."""
@@ -61,6 +68,7 @@ class ScriptedStoreSCP:
             self.stalled.set()
             self._released.wait(300)
         self.answered.append(uid)
+        self.data_sets[uid] = event.request.DataSet.getvalue()
         time.sleep(self.stall)
         if self.status == 0x0000:
             self.stored.append(uid)
@@ -68,6 +76,7 @@ class ScriptedStoreSCP:
 
     def __enter__(self) -> ScriptedStoreSCP:
         ae = AE(ae_title=self.ae_title)
+        ae.maximum_pdu_size = self.maximum_pdu
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, AllTransferSyntaxes)
         self._server = ae.start_server(

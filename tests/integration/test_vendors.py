@@ -124,6 +124,22 @@ def test_vendor_with_a_4_kib_maximum_pdu_gets_every_dataset_byte_for_byte(
     assert sorted(dataset_bytes(p) for p in received) == sorted(dataset_bytes(p) for p in files)
 
 
+def test_vendor_announcing_no_maximum_pdu_gets_every_dataset_byte_for_byte(
+    tmp_path: Path,
+) -> None:
+    """A vendor announcing no maximum PDU length (pynetdicom with 0) gets each data set
+    in PDUs of the sender's own size, several a write, as stored, single and multi-frame,
+    from a few bytes to several MiB."""
+    files = [v.path for v in encoding_variants(tmp_path / "variants")]
+    files += generate_large_study(tmp_path / "large", 6 * MIB, instance_bytes=3 * MIB)
+    with ScriptedStoreSCP(maximum_pdu=0) as peer:
+        outcome = _transport(peer.port).send(JOB, files)
+    assert outcome.instances == len(files)
+    stored = {p: read_file_meta(p) for p in files}
+    expected = {m.sop_instance_uid: p.read_bytes()[m.offset :] for p, m in stored.items()}
+    assert peer.data_sets == expected
+
+
 def test_vendor_that_stalls_is_a_retryable_failure_after_the_timeout(tmp_path: Path) -> None:
     """A vendor that takes the data set and never answers in time: a retryable error that
     says so, after the transport's timeout, not a hang."""
