@@ -71,12 +71,18 @@ class Registry(Generic[T]):
     def register(self, plugin: type[T]) -> type[T]:
         """Make ``plugin`` available under the name it declares (also a class decorator).
 
-        A name already taken by another class is refused; registering the same
-        class again is harmless.
+        A name already taken by another class is refused, whether that class was
+        registered in code or is declared by an entry point not imported yet;
+        registering the same class again is harmless.
         """
         if not self._accepts(plugin):
             raise ConfigError(f"{plugin!r} is not a {self.what}")
         name = self._name_of(plugin)
+        if name not in self._plugins and (point := self._entry_points().get(name)) is not None:
+            self._load(point)
+        return self._add(name, plugin)
+
+    def _add(self, name: str, plugin: type[T]) -> type[T]:
         existing = self._plugins.get(name)
         if existing is not None and existing is not plugin:
             raise ConfigError(
@@ -127,7 +133,7 @@ class Registry(Generic[T]):
                 f"{where} declares the name '{declared}'; valid: the entry point's name "
                 "and the plugin's name are the same"
             )
-        return self.register(loaded)
+        return self._add(declared, loaded)
 
 
 def settings_name(model: type[BaseModel]) -> str:
