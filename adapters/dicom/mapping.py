@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
-from adapters import dicom_header
+from adapters import dicom_header, dicom_scan
 from adapters.dicom_uid import MAX_UID_LENGTH, checked_uid
 from broker.model.domain import InstanceRecord, Patient
 from broker.model.errors import InvalidDicomError
@@ -42,12 +43,40 @@ MAX_TAG_TEXT = 1024
 MAX_TAGS = 1000
 
 
+#: Value representations whose plain-ASCII values read the same in every character set.
+_PLAIN_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST"})
+_PLAIN_VRS |= {"TM", "UC", "UI", "UT"}
+_ESCAPE = 0x1B  # ISO 2022 code extensions switch character sets with it
+
+
 def _text(ds: Dataset, keyword: str) -> str | None:
+    tag = _TAGS.get(keyword) or _tag_of(keyword)
+    raw = ds.get_item(tag, keep_deferred=True) if tag in ds else None
+    if raw is None:
+        return None
+    if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
+        # Plain ASCII needs no character set: read here, not through pydicom's conversion
+        # (a tenth of its cost); anything else pydicom decodes.
+        vr = raw.VR or dictionary_VR(tag)
+        value = raw.value
+        if vr in _PLAIN_VRS and value.isascii() and _ESCAPE not in value:
+            return value.decode("ascii").strip(" \0") or None
     try:
-        value: Any = ds.get(keyword)
+        value = ds.get(keyword)
     except Exception:  # a value pydicom cannot decode is treated as absent
         return None
     return _value_text(value)
+
+
+_TAGS: dict[str, int] = {}
+
+
+def _tag_of(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    _TAGS[keyword] = tag
+    return tag
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
@@ -91,8 +120,12 @@ def read_header(path: Path) -> Dataset:
     Values are decoded only when read, so reading every element costs no more
     than reading a chosen few (pydicom walks the whole header either way). A
     deflated data set is inflated only that far, within limits, and sequences
-    nested too deeply are refused (:mod:`adapters.dicom_header`).
+    nested too deeply are refused (:mod:`adapters.dicom_header`). A plainly encoded
+    header is found in one pass over its bytes (:mod:`adapters.dicom_scan`).
     """
+    scanned = dicom_scan.scan(path)
+    if scanned is not None:
+        return scanned
     return dicom_header.read_header(path, defer_size=4096)
 
 

@@ -45,6 +45,7 @@ from broker.model.identity import (
 from broker.store.conflicts import record_conflict
 from broker.store.engine import writing
 from broker.store.instance_identity import misfiled
+from broker.store.prepared import Prepared
 from broker.store.tables import instances, series, studies
 
 
@@ -98,10 +99,12 @@ _STUDY_FILL = (
 
 @dataclass(frozen=True)
 class _Statements:
-    previous_path: Any
-    upsert_study: Any
-    upsert_series: Any
-    upsert_instance: Any
+    """The statements indexing one instance, compiled once (:mod:`broker.store.prepared`)."""
+
+    previous_path: Prepared
+    upsert_study: Prepared
+    upsert_series: Prepared
+    upsert_instance: Prepared
 
     @classmethod
     def build(cls, engine: Engine) -> _Statements:
@@ -148,29 +151,39 @@ class _Statements:
         )
         instance_set["receive_count"] = instances.c.receive_count + 1
         return cls(
-            previous_path=select(instances.c.path).where(
-                instances.c.sop_instance_uid == bindparam("uid")
+            previous_path=Prepared(
+                engine,
+                select(instances.c.path).where(instances.c.sop_instance_uid == bindparam("uid")),
             ),
-            upsert_study=study.on_conflict_do_update(
-                index_elements=[studies.c.study_uid],
-                set_=study_set,
-                where=and_(same_site, same_patient),
-            ).returning(studies.c.state),
+            upsert_study=Prepared(
+                engine,
+                study.on_conflict_do_update(
+                    index_elements=[studies.c.study_uid],
+                    set_=study_set,
+                    where=and_(same_site, same_patient),
+                ).returning(studies.c.state),
+            ),
             # A series stays in its study, an instance in its study and series: one that
             # names another updates nothing (no row comes back; see instance_identity).
-            upsert_series=series_stmt.on_conflict_do_update(
-                index_elements=[series.c.series_uid],
-                set_=series_set,
-                where=series.c.study_uid == series_stmt.excluded.study_uid,
-            ).returning(series.c.id),
-            upsert_instance=instance.on_conflict_do_update(
-                index_elements=[instances.c.sop_instance_uid],
-                set_=instance_set,
-                where=and_(
-                    instances.c.study_uid == instance.excluded.study_uid,
-                    instances.c.series_uid == instance.excluded.series_uid,
-                ),
-            ).returning(instances.c.id),
+            upsert_series=Prepared(
+                engine,
+                series_stmt.on_conflict_do_update(
+                    index_elements=[series.c.series_uid],
+                    set_=series_set,
+                    where=series.c.study_uid == series_stmt.excluded.study_uid,
+                ).returning(series.c.id),
+            ),
+            upsert_instance=Prepared(
+                engine,
+                instance.on_conflict_do_update(
+                    index_elements=[instances.c.sop_instance_uid],
+                    set_=instance_set,
+                    where=and_(
+                        instances.c.study_uid == instance.excluded.study_uid,
+                        instances.c.series_uid == instance.excluded.series_uid,
+                    ),
+                ).returning(instances.c.id),
+            ),
         )
 
 
@@ -305,7 +318,10 @@ class StudyStore:
         any error) is undone alone and its entry is None: :meth:`record_instance` indexes
         it again by itself, which records and raises what it met. Raises
         :class:`StoreError` when the transaction cannot commit (nothing is indexed).
+        An instance alone needs no savepoint: its transaction is undone instead.
         """
+        if len(batch) == 1:
+            return [self._record_alone(*batch[0])]
         done: list[tuple[str | None, str] | None] = []
         try:
             with writing(self.engine) as conn:
@@ -328,6 +344,20 @@ class StudyStore:
             None if entry is None else self._indexed(rec, *entry)
             for (rec, _stable), entry in zip(batch, done, strict=True)
         ]
+
+    def _record_alone(self, rec: InstanceRecord, stable_seconds: float) -> Indexed | None:
+        """:meth:`record_instances` of one instance."""
+        now = rec.received_at or datetime.now(UTC)
+        try:
+            with writing(self.engine) as conn:
+                previous_path, state = self._index(conn, rec, now, stable_seconds)
+                if state is None:
+                    raise _HeldError
+        except (_MisfiledError, _HeldError):
+            return None
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot index instances: {exc}") from exc
+        return self._indexed(rec, previous_path, state)
 
     def record_study(
         self,
@@ -382,17 +412,17 @@ class StudyStore:
         :class:`_MisfiledError` when its series or instance UID is held elsewhere."""
         stmts = self._statements()
         due = now + timedelta(seconds=stable_seconds)
-        previous = conn.execute(stmts.previous_path, {"uid": rec.sop_instance_uid})
-        previous_path = previous.scalar_one_or_none()
-        state = conn.execute(
-            stmts.upsert_study, _study_values(rec, now, due, stable_seconds)
-        ).scalar_one_or_none()
-        if state is not None and (
-            conn.execute(stmts.upsert_series, _series_values(rec)).first() is None
-            or conn.execute(stmts.upsert_instance, _instance_values(rec, now)).first() is None
+        previous = stmts.previous_path.first(conn, {"uid": rec.sop_instance_uid})
+        study = stmts.upsert_study.first(conn, _study_values(rec, now, due, stable_seconds))
+        if study is not None and (
+            stmts.upsert_series.first(conn, _series_values(rec)) is None
+            or stmts.upsert_instance.first(conn, _instance_values(rec, now)) is None
         ):
             raise _MisfiledError
-        return previous_path, state
+        return (
+            None if previous is None else previous[0],
+            None if study is None else study[0],
+        )
 
     def _indexed(self, rec: InstanceRecord, previous_path: str | None, state: str) -> Indexed:
         if rec.series_tags is not None:

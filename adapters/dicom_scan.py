@@ -1,0 +1,152 @@
+"""A received object's header read in one pass over its bytes, when it is plainly encoded.
+
+pydicom's reader spends about 0.3 ms on a typical CT header (its element generator,
+a file read per element, a ``FileDataset`` built with its meta read separately); a
+listener pays that for every C-STORE. :func:`scan` reads the same elements from one
+buffer: the file meta (group 0002, Explicit VR Little Endian), then the data set's
+top-level elements up to the pixel data, in Implicit or Explicit VR Little Endian
+(every transfer syntax but Deflated and Big Endian). Each element becomes pydicom's
+own ``RawDataElement``, so values are decoded by pydicom when read (character sets
+and all), exactly as after ``dcmread``; only finding the elements is done here.
+
+Whatever it is not sure of, it leaves to pydicom: :func:`scan` returns None for a
+file without a preamble and a File Meta group length, another transfer syntax, an
+unknown VR, a sequence nested deeper than :data:`MAX_DEPTH`, an undefined length
+anywhere but a sequence, or a header longer than :data:`MAX_HEADER` bytes, and for
+anything cut short. The caller then reads the file with pydicom, which decides.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import BaseTag
+from pydicom.uid import UID, ImplicitVRLittleEndian
+from pydicom.valuerep import VR
+
+#: Header bytes read at most (a longer header, e.g. a large document, goes to pydicom).
+MAX_HEADER = 256 * 1024
+#: Sequences nested deeper than this go to pydicom (which refuses the very deep ones).
+MAX_DEPTH = 32
+
+_VRS = frozenset(vr.value.encode("ascii") for vr in VR if len(vr.value) == 2)
+#: Explicit VRs with a reserved field and a 32-bit length (PS3.5 Table 7.1-1).
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN"})
+_LONG_VRS |= {b"UR", b"UT", b"UV"}
+_IMPLICIT = struct.Struct("<HHL")
+_EXPLICIT = struct.Struct("<HH2sH")
+_UL = struct.Struct("<L")
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+#: Float, Double Float and Pixel Data: the header ends there (as pydicom's stop_before_pixels).
+_PIXEL_DATA = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_META_END = frozenset({0x00030000})
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+
+
+class _UnsureError(Exception):
+    """The bytes are not what the scan reads: pydicom will."""
+
+
+def _element(buf: bytes, at: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
+    """The element header at ``at``: its tag, VR (None if implicit), length, value offset."""
+    if implicit:
+        group, number, length = _IMPLICIT.unpack_from(buf, at)
+        return group << 16 | number, None, length, at + 8
+    group, number, vr, length = _EXPLICIT.unpack_from(buf, at)
+    tag = group << 16 | number
+    if group == 0xFFFE:  # item and delimiters have no VR
+        return tag, None, _UL.unpack_from(buf, at + 4)[0], at + 8
+    if vr not in _VRS:
+        raise _UnsureError
+    if vr in _LONG_VRS:
+        return tag, vr, _UL.unpack_from(buf, at + 8)[0], at + 12
+    return tag, vr, length, at + 8
+
+
+def _skip_sequence(buf: bytes, at: int, implicit: bool, depth: int) -> int:
+    """The offset after an undefined-length sequence's delimiter (items from ``at``)."""
+    if depth > MAX_DEPTH:
+        raise _UnsureError
+    while True:
+        tag, _vr, length, at = _element(buf, at, True)  # items are the same in both
+        if tag == _SEQUENCE_END:
+            return at
+        if tag != _ITEM:
+            raise _UnsureError
+        if length != _UNDEFINED:
+            at += length
+            continue
+        while True:  # an undefined-length item: its elements until the item delimiter
+            tag, vr, length, at = _element(buf, at, implicit)
+            if tag == _ITEM_END:
+                break
+            if length != _UNDEFINED:
+                at += length
+            elif vr in (None, b"SQ") or tag == 0x7FE00010:  # a sequence, or encapsulated data
+                at = _skip_sequence(buf, at, implicit, depth + 1)
+            else:
+                raise _UnsureError
+
+
+def _elements(
+    buf: bytes, at: int, end: int, implicit: bool, stop: frozenset[int]
+) -> tuple[dict[BaseTag, DataElement | RawDataElement], bool]:
+    """The top-level elements from ``at`` until ``end`` or a tag in ``stop``; whether one
+    in ``stop`` was met."""
+    found: dict[BaseTag, DataElement | RawDataElement] = {}
+    while at < end:
+        tag, vr, length, value_at = _element(buf, at, implicit)
+        if tag in stop:
+            return found, True
+        if length == _UNDEFINED:
+            if vr not in (None, b"SQ"):
+                raise _UnsureError
+            after = _skip_sequence(buf, value_at, implicit, 1)
+            value, length, at = buf[value_at : after - 8], after - 8 - value_at, after
+            vr = b"SQ"  # an implicit VR with an undefined length is a sequence, as pydicom reads it
+        else:
+            at = value_at + length
+            value = buf[value_at:at]
+        if at > len(buf):
+            raise _UnsureError
+        key = BaseTag(tag)
+        text_vr = None if vr is None else vr.decode("ascii")
+        found[key] = RawDataElement(key, text_vr, length, value, value_at, implicit, True)
+    if at != end:
+        raise _UnsureError
+    return found, False
+
+
+def scan(path: Path) -> Dataset | None:
+    """The header (up to the pixel data) of a Part 10 file, its ``file_meta`` set, or None
+    when pydicom must read it (see the module)."""
+    with path.open("rb") as file:
+        buf = file.read(MAX_HEADER)
+        whole = len(buf) < MAX_HEADER or not file.read(1)
+    try:
+        if buf[128:132] != b"DICM" or buf[132:140] != b"\x02\x00\x00\x00UL\x04\x00":
+            return None
+        meta_end = 144 + _UL.unpack_from(buf, 140)[0]
+        raw_meta, _ = _elements(buf, 132, meta_end, False, _META_END)
+        meta = FileMetaDataset(raw_meta)
+        syntax = UID(str(meta.get("TransferSyntaxUID", "")).strip("\0 "))
+        if not syntax or syntax in (_DEFLATED, _BIG_ENDIAN):
+            return None
+        implicit = syntax == ImplicitVRLittleEndian
+        raw, at_pixels = _elements(buf, meta_end, len(buf), implicit, _PIXEL_DATA)
+        if not (at_pixels or whole):  # the header goes on past what was read
+            return None
+        dataset = Dataset(raw)
+        dataset.set_original_encoding(implicit, True, dataset._character_set)
+    except Exception:  # whatever the scan cannot read, pydicom reads and judges
+        return None
+    dataset.file_meta = meta
+    return dataset
+
+
+__all__ = ["MAX_DEPTH", "MAX_HEADER", "scan"]
