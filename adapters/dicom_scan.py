@@ -24,7 +24,13 @@ from pathlib import Path
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+)
 from pydicom.valuerep import VR
 
 #: Header bytes read at most (a longer header, e.g. a large document, goes to pydicom).
@@ -44,8 +50,13 @@ _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 #: Float, Double Float and Pixel Data: the header ends there (as pydicom's stop_before_pixels).
 _PIXEL_DATA = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _META_END = frozenset({0x00030000})
-_DEFLATED = "1.2.840.10008.1.2.1.99"
-_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+_SYNTAX_TAG = BaseTag(0x00020010)
+#: The transfer syntaxes whose data sets are Little Endian and not deflated, by their bytes.
+_TRANSFER_SYNTAX = {
+    uid.encode("ascii"): UID(uid)
+    for uid in AllTransferSyntaxes
+    if uid not in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian)
+}
 
 
 class _UnsureError(Exception):
@@ -133,19 +144,19 @@ def scan(path: Path) -> Dataset | None:
             return None
         meta_end = 144 + _UL.unpack_from(buf, 140)[0]
         raw_meta, _ = _elements(buf, 132, meta_end, False, _META_END)
-        meta = FileMetaDataset(raw_meta)
-        syntax = UID(str(meta.get("TransferSyntaxUID", "")).strip("\0 "))
-        if not syntax or syntax in (_DEFLATED, _BIG_ENDIAN):
+        value = raw_meta[_SYNTAX_TAG].value
+        syntax = _TRANSFER_SYNTAX.get(value.strip(b"\0 ")) if isinstance(value, bytes) else None
+        if syntax is None:
             return None
         implicit = syntax == ImplicitVRLittleEndian
         raw, at_pixels = _elements(buf, meta_end, len(buf), implicit, _PIXEL_DATA)
         if not (at_pixels or whole):  # the header goes on past what was read
             return None
         dataset = Dataset(raw)
-        dataset.set_original_encoding(implicit, True, dataset._character_set)
+        dataset.set_original_encoding(implicit, True)
+        dataset.file_meta = FileMetaDataset(raw_meta)
     except Exception:  # whatever the scan cannot read, pydicom reads and judges
         return None
-    dataset.file_meta = meta
     return dataset
 
 
