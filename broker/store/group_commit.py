@@ -7,11 +7,13 @@ the disk, each a journal commit of a few milliseconds, whatever the size of
 the object, and associations arriving at once queue behind each other's.
 
 :class:`GroupCommit` keeps the invariant and shares the cost: a C-STORE hands
-its renamed instance to the process's commit thread and waits. The thread
-takes every instance waiting, fsyncs each of their folders once, indexes them
-all in one transaction (a savepoint each) and commits once; then each waiting
-C-STORE is answered. While one group is being made durable the next gathers,
-so nobody waits for a timer: one association alone pays what it paid before,
+its renamed instance to the process's group commit. The C-STORE that finds no
+commit under way commits in its own thread: it takes every instance waiting
+(its own among them), fsyncs each of their folders once, indexes them all in
+one transaction (a savepoint each) and commits once; then each waiting C-STORE
+is answered. Instances that arrive meanwhile wait, and the first of them
+commits the next group. Nobody waits for a timer and no thread is handed the
+work: one association alone pays no more than indexing its instance directly,
 several share the syncs.
 
 An instance whose folder cannot be synced fails alone (:class:`SpoolError`);
@@ -49,21 +51,23 @@ class _Waiting:
     done: threading.Event = field(default_factory=threading.Event)
     indexed: Indexed | None = None
     error: Exception | None = None
+    #: Woken to commit the next group itself (the leader before it had its own group).
+    lead: bool = False
 
 
 class GroupCommit:
-    """The commit thread of one process (see the module)."""
+    """The group commit of one process (see the module): whoever finds no commit under
+    way commits the group, its own instance with every other waiting, itself."""
 
     def __init__(self, store: StudyStore, *, max_group: int = MAX_GROUP) -> None:
         self.store = store
         self.max_group = max_group
         self._waiting: list[_Waiting] = []
-        self._wake = threading.Condition()
+        self._lock = threading.Lock()
+        self._committing = False
         self.groups = 0
         """Commits made (with ``instances``, how well groups form)."""
         self.instances = 0
-        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-        self._thread.start()
 
     def record(
         self, record: InstanceRecord, stable_seconds: float, folders: Sequence[Path]
@@ -72,33 +76,42 @@ class GroupCommit:
         other folders: parents of folders the rename created), once its group is durable;
         raises as :meth:`StudyStore.record_instance` does, or :class:`SpoolError`."""
         waiting = _Waiting(record, stable_seconds, folders)
-        with self._wake:
+        with self._lock:
             self._waiting.append(waiting)
-            self._wake.notify()
-        waiting.done.wait()
+            leading = not self._committing
+            self._committing = True
+        if not leading:
+            waiting.done.wait()
+        if leading or waiting.lead:
+            self._lead(waiting)
         if waiting.error is not None:
             raise waiting.error
         if waiting.indexed is None:  # undone in the group: alone, to record what it met
             return self.store.record_instance(record, stable_seconds)
         return waiting.indexed
 
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._waiting:
-                    self._wake.wait()
-                group = self._waiting[: self.max_group]
-                del self._waiting[: self.max_group]
-            try:
-                self._commit(group)
-            except Exception as exc:  # never leave a C-STORE waiting
-                LOG.exception("group commit failed")
-                for waiting in group:
-                    if waiting.error is None:
-                        waiting.error = StoreError(f"not indexed: {type(exc).__name__}")
-            finally:
-                for waiting in group:
+    def _lead(self, own: _Waiting) -> None:
+        """Commit the waiting group (``own`` among it), then wake the next leader, if any."""
+        with self._lock:
+            group = self._waiting[: self.max_group]
+            del self._waiting[: self.max_group]
+        try:
+            self._commit(group)
+        except Exception as exc:  # never leave a C-STORE waiting
+            LOG.exception("group commit failed")
+            for waiting in group:
+                if waiting.error is None:
+                    waiting.error = StoreError(f"not indexed: {type(exc).__name__}")
+        finally:
+            with self._lock:
+                following = self._waiting[0] if self._waiting else None
+                self._committing = following is not None
+            for waiting in group:
+                if waiting is not own:
                     waiting.done.set()
+            if following is not None:  # it commits the instances that came meanwhile
+                following.lead = True
+                following.done.set()
 
     def _commit(self, group: list[_Waiting]) -> None:
         synced = self._sync_folders(group)
