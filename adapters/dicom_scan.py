@@ -33,7 +33,9 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import VR
 
-#: Header bytes read at most (a longer header, e.g. a large document, goes to pydicom).
+#: Header bytes read at first, and at most (a longer header, e.g. a large document, goes
+#: to pydicom).
+FIRST_READ = 16 * 1024
 MAX_HEADER = 256 * 1024
 #: Sequences nested deeper than this go to pydicom (which refuses the very deep ones).
 MAX_DEPTH = 32
@@ -135,10 +137,21 @@ def _elements(
 
 def scan(path: Path) -> Dataset | None:
     """The header (up to the pixel data) of a Part 10 file, its ``file_meta`` set, or None
-    when pydicom must read it (see the module)."""
-    with path.open("rb") as file:
-        buf = file.read(MAX_HEADER)
-        whole = len(buf) < MAX_HEADER or not file.read(1)
+    when pydicom must read it (see the module). The first :data:`FIRST_READ` bytes hold
+    most headers; a longer one is read again up to :data:`MAX_HEADER`."""
+    with path.open("rb", buffering=0) as file:
+        buf = file.read(FIRST_READ)
+        if len(buf) < FIRST_READ:
+            return _scan(buf, whole=True)
+        found = _scan(buf, whole=False)
+        if found is not None:
+            return found
+        buf += file.read(MAX_HEADER - FIRST_READ)
+        return _scan(buf, whole=len(buf) < MAX_HEADER or not file.read(1))
+
+
+def _scan(buf: bytes, *, whole: bool) -> Dataset | None:
+    """:func:`scan` of the file's first bytes (``whole``: all of it)."""
     try:
         if buf[128:132] != b"DICM" or buf[132:140] != b"\x02\x00\x00\x00UL\x04\x00":
             return None
@@ -160,4 +173,4 @@ def scan(path: Path) -> Dataset | None:
     return dataset
 
 
-__all__ = ["MAX_DEPTH", "MAX_HEADER", "scan"]
+__all__ = ["FIRST_READ", "MAX_DEPTH", "MAX_HEADER", "scan"]

@@ -20,12 +20,13 @@ made at all: the data set is read and dropped, its failure is
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import tempfile
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import dimse_messages
 
@@ -50,23 +51,21 @@ _refusal: list[Callable[[], str | None]] = [_no_refusal]
 
 class ReceivingFile:
     """The parts of ``NamedTemporaryFile`` pynetdicom uses: ``write``, ``file.flush``,
-    ``name``, ``close``; a failed write is remembered instead of raised."""
+    ``name``, ``close``; a failed write is remembered instead of raised. The file is
+    written through its descriptor, unbuffered: a failure belongs to the write that
+    caused it."""
 
     def __init__(self, suffix: str = "") -> None:
         self.failure: OSError | None = None
-        self._file: Any = None
-        self.name: str = os.path.join(
-            tempfile.gettempdir(), f"unwritten-{uuid.uuid4().hex}{suffix}"
-        )
+        self._fd: int | None = None
+        self._written = self._flushed = 0
+        self.name: str = os.path.join(tempfile.gettempdir(), f"{uuid.uuid4().hex}{suffix}")
         refused = _refusal[0]()
         if refused is not None:
             self.failure = LowSpaceError(refused)
             return
         try:
-            self._file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - pynetdicom closes it
-                delete=False, mode="wb", suffix=suffix, buffering=0
-            )
-            self.name = str(self._file.name)
+            self._fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
             self.failure = exc
 
@@ -80,13 +79,18 @@ class ReceivingFile:
         return self.failure is not None and self.failure.errno in NO_SPACE
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        view = memoryview(data)
-        if self.failure is None:
+        if self.failure is None and self._fd is not None:
+            view = memoryview(data)
             try:
                 while view:
-                    view = view[self._file.write(view) :]
+                    view = view[os.write(self._fd, view) :]
             except OSError as exc:
                 self._fail(exc)
+                return len(data)
+            self._written += len(data)
+            if self._written - self._flushed >= WRITE_BACK_EVERY:
+                start_write_back(self._fd, self._flushed, self._written - self._flushed)
+                self._flushed = self._written
         return len(data)
 
     def flush(self) -> None:
@@ -94,14 +98,43 @@ class ReceivingFile:
 
     def _fail(self, exc: OSError) -> None:
         self.failure = exc
-        with contextlib.suppress(OSError):
-            os.ftruncate(self._file.fileno(), 0)  # give the space back now, not at unlink
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)  # give the space back now, not at unlink
         self.close()
 
     def close(self) -> None:
-        if self._file is not None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
             with contextlib.suppress(OSError):
-                self._file.close()
+                os.close(fd)
+
+
+#: Bytes written after which their write-back to the disk is started (the sync that
+#: makes the object durable then waits for less).
+WRITE_BACK_EVERY = 256 * 1024
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's ``sync_file_range``, or None where there is none."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], function)
+
+
+_START_WRITE_BACK = _sync_file_range()
+
+
+def start_write_back(fd: int, offset: int, length: int) -> None:
+    """Start writing a range of a file to the disk, without waiting (nothing is durable
+    until the file is synced; this only gets the disk going while the rest arrives)."""
+    if _START_WRITE_BACK is not None:
+        _START_WRITE_BACK(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def receiving_file(*, delete: bool = False, mode: str = "wb", suffix: str = "") -> ReceivingFile:

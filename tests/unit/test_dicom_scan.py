@@ -120,3 +120,17 @@ def test_a_header_longer_than_the_scan_reads_goes_to_pydicom(tmp_path: Path) -> 
     ds.save_as(path)
     assert dicom_scan.scan(path) is None
     assert str(mapping.read_header(path).StudyInstanceUID) == str(ds.StudyInstanceUID)
+
+
+def test_a_header_past_the_first_read_is_scanned_whole(tmp_path: Path) -> None:
+    """A header longer than the first read (FIRST_READ bytes) but within MAX_HEADER is read
+    again whole and scanned: the same elements as pydicom's, the long value among them."""
+    [path] = generate_study("ct_chest", tmp_path / "ct", instances=1, rows=16, columns=16)
+    ds = pydicom.dcmread(path)
+    ds.add_new(0x00091010, "LO", "RADBRIDGE")
+    ds.add_new(0x00091011, "OB", b"\1" * (dicom_scan.FIRST_READ * 2))
+    ds.save_as(path)
+    scanned = dicom_scan.scan(path)
+    assert scanned is not None
+    assert scanned[0x00091011].value == b"\1" * (dicom_scan.FIRST_READ * 2)
+    assert list(scanned.keys()) == list(pydicom.dcmread(path, stop_before_pixels=True).keys())
