@@ -59,9 +59,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydicom.errors import InvalidDicomError as PydicomInvalid
-from pydicom.filereader import read_file_meta_info
 
+from adapters.dicom.file_meta import FileMetaError, read_file_meta
 from adapters.http_status import Verdict, answered, failure, url_endpoint, verdict
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
 from broker.model.jobs import Job
@@ -166,14 +165,10 @@ def _parts(files: Sequence[Path]) -> list[_Part]:
     parts = []
     for path in files:
         try:
-            meta = read_file_meta_info(path)
-            size = path.stat().st_size
-        except (PydicomInvalid, OSError, ValueError, EOFError) as exc:
+            meta = read_file_meta(path)
+        except (FileMetaError, OSError) as exc:
             raise StowRejectedError(f"cannot read {path.name} from the spool: {exc}") from exc
-        uid = str(meta.get("MediaStorageSOPInstanceUID", ""))
-        if not uid:
-            raise StowRejectedError(f"{path.name} has no SOP Instance UID in its file meta")
-        parts.append(_Part(path, size, uid))
+        parts.append(_Part(path, meta.size, meta.sop_instance_uid))
     return parts
 
 
