@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
+from pydicom.valuerep import VR
 from pynetdicom.dsutils import split_dataset
 
 from broker.model.errors import DicomError
@@ -31,8 +32,12 @@ MAX_FILE_META = 1 << 20
 _PREFIX_END = 132
 _SHORT = struct.Struct("<HH2sH")
 _LONG_LENGTH = struct.Struct("<L")
-#: VRs whose length is a 4-byte field after two reserved bytes (PS3.5 7.1.2).
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})
+#: The VRs pydicom knows; any other goes to pydicom's reader.
+_VRS = frozenset(vr.value.encode("ascii") for vr in VR if len(vr.value) == 2)
+#: VRs whose length is a 4-byte field after two reserved bytes (PS3.5 Table 7.1-1).
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
 _SOP_CLASS = 0x0002
 _SOP_INSTANCE = 0x0003
 _TRANSFER_SYNTAX = 0x0010
@@ -79,7 +84,7 @@ def _walk(head: bytes, whole: bool) -> tuple[dict[int, bytes], int] | None:
         group, number, vr, length = _SHORT.unpack_from(head, at)
         if group != 0x0002:
             return values, at
-        if not vr.isalpha() or not vr.isupper():
+        if vr not in _VRS:
             raise _UnusualLayoutError
         start = at + _SHORT.size
         if vr in _LONG_VRS:
