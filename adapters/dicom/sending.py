@@ -32,13 +32,16 @@ that stops reading mid data set (its receive window full) raises
 aborts while the data set is being sent resets the connection, and its
 A-ABORT, still readable, names the cause (:class:`DicomError`); so does
 anything else it sends instead of the answer (a release request, a malformed
-PDU). The caller aborts the association. Messages go one at a time (no
+PDU). The caller aborts the association; after a write that failed the
+connection is shut down first (the peer may hold part of a PDU, so no A-ABORT
+can follow, and a peer that stopped reading would never take one). Messages go one at a time (no
 asynchronous operations window is proposed). The socket is plain TCP
 (``sendmsg``; radbridge's push offers no TLS).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -95,6 +98,8 @@ class LeanSender:
         self._full_batches: dict[int, list[Any]] = {}
         self._message_id = 0
         self._sock: Any = None
+        #: A write failed: the peer may hold part of a PDU (see give_back).
+        self._cut_off = False
 
     def __enter__(self) -> LeanSender:
         return self
@@ -117,9 +122,17 @@ class LeanSender:
         self._sock.settimeout(self.timeout)
 
     def give_back(self) -> None:
-        """The association's reactor and DUL run again (before anything else is sent)."""
+        """The association's reactor and DUL run again (before anything else is sent).
+
+        After a write that failed, the peer may hold part of a PDU: nothing more can be
+        said on that connection (an A-ABORT would be read as the PDU's rest), so it is
+        shut down first, and the association's abort ends at once instead of waiting
+        for a peer that may never read again."""
         if self._sock is None:
             return
+        if self._cut_off:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
         self._sock = None
         self.dul.return_socket()
         cast(Any, self.assoc)._reactor_checkpoint.set()
@@ -196,12 +209,13 @@ class LeanSender:
         raises :class:`StalledError`, one that aborted meanwhile :class:`DicomError`."""
         try:
             self._send(parts)
-        except TimeoutError as exc:
-            raise StalledError(
-                f"the peer took no data for {self.timeout:g} s (stalled mid data set)"
-            ) from exc
-        except OSError:
-            if self._aborted():
+        except BaseException as exc:
+            self._cut_off = True  # see give_back
+            if isinstance(exc, TimeoutError):
+                raise StalledError(
+                    f"the peer took no data for {self.timeout:g} s (stalled mid data set)"
+                ) from exc
+            if isinstance(exc, OSError) and self._aborted():
                 raise DicomError(
                     "the peer aborted the association while the data set was being sent"
                 ) from None
