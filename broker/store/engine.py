@@ -7,7 +7,7 @@ import os
 import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ class _WriterLock:
     another process writes; with several listener processes that adds
     milliseconds to C-STOREs. An ``flock`` beside the database queues writers
     in the kernel instead, and each gets the lock the moment it is released.
+    The thread holding it may take it again (a group commit holds it while it
+    gathers its group, then writes).
     """
 
     def __init__(self, path: Path) -> None:
@@ -33,8 +35,14 @@ class _WriterLock:
         self._thread_lock = threading.Lock()
         self._fd: int | None = None
         self._pid = -1
+        self._owner: int | None = None
+        self._depth = 0
 
     def __enter__(self) -> None:
+        me = threading.get_ident()
+        if self._owner == me:
+            self._depth += 1
+            return
         self._thread_lock.acquire()
         try:
             if self._fd is None or self._pid != os.getpid():
@@ -44,8 +52,13 @@ class _WriterLock:
         except OSError as exc:
             self._thread_lock.release()
             raise StoreError(f"cannot lock {self.path}: {exc.strerror}") from exc
+        self._owner, self._depth = me, 1
 
     def __exit__(self, *_exc: object) -> None:
+        self._depth -= 1
+        if self._depth:
+            return
+        self._owner = None
         try:
             if self._fd is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -97,6 +110,11 @@ def _tune_sqlite(engine: Engine) -> None:
     def _begin(connection: Any) -> None:
         write = connection.info.pop(_WRITE_FLAG, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def writer_lock(engine: Engine) -> AbstractContextManager[None]:
+    """The lock :func:`writing` takes on SQLite (none elsewhere), to hold around several."""
+    return _LOCKS.get(engine) or nullcontext()
 
 
 @contextmanager

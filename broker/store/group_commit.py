@@ -1,20 +1,19 @@
-"""Group commit: the instances of every association of a process made durable together.
+"""Group commit: the instances of every association of a process indexed together.
 
 Before a C-STORE is answered success, the instance's file must be in its study
 folder durably (the folder fsync'd after the rename) and its index row
-committed (one sync of the database). Done per instance, that is two syncs of
-the disk, each a journal commit of a few milliseconds, whatever the size of
-the object, and associations arriving at once queue behind each other's.
+committed (one sync of the database). Each C-STORE syncs its own folder, in its
+own thread, while other associations commit; the database's sync is shared.
 
-:class:`GroupCommit` keeps the invariant and shares the cost: a C-STORE hands
-its renamed instance to the process's group commit. The C-STORE that finds no
-commit under way commits in its own thread: it takes every instance waiting
-(its own among them), fsyncs each of their folders once, indexes them all in
-one transaction (a savepoint each) and commits once; then each waiting C-STORE
-is answered. Instances that arrive meanwhile wait, and the first of them
-commits the next group. Nobody waits for a timer and no thread is handed the
-work: one association alone pays no more than indexing its instance directly,
-several share the syncs.
+:class:`GroupCommit` hands the renamed instance to the process's group commit.
+The C-STORE that finds no commit under way commits in its own thread: once it
+holds the database's writer lock (another listener process may be committing),
+it takes every instance waiting, its own among them, indexes them all in one
+transaction (a savepoint each) and commits once; then each waiting C-STORE is
+answered. Instances that arrive meanwhile wait, and the first of them commits
+the next group. Nobody waits for a timer and no thread is handed the work: one
+association alone pays no more than indexing its instance directly; several,
+and the other processes' commits, make the groups larger.
 
 An instance whose folder cannot be synced fails alone (:class:`SpoolError`);
 one that meets an identity conflict (or any error under its savepoint) is
@@ -31,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.model.domain import InstanceRecord
-from broker.model.errors import SpoolError, StoreError
+from broker.model.errors import StoreError
 from broker.model.logging import get_logger
+from broker.store.engine import writer_lock
 from broker.store.spool import Spool
 from broker.store.studies import Indexed, StudyStore
 
@@ -47,7 +47,6 @@ class _Waiting:
 
     record: InstanceRecord
     stable_seconds: float
-    folders: Sequence[Path]
     done: threading.Event = field(default_factory=threading.Event)
     indexed: Indexed | None = None
     error: Exception | None = None
@@ -75,7 +74,8 @@ class GroupCommit:
         """Index an instance whose file is flushed and renamed into ``folders[0]`` (the
         other folders: parents of folders the rename created), once its group is durable;
         raises as :meth:`StudyStore.record_instance` does, or :class:`SpoolError`."""
-        waiting = _Waiting(record, stable_seconds, folders)
+        Spool.sync_folders(folders)  # in this thread, beside the other associations' commits
+        waiting = _Waiting(record, stable_seconds)
         with self._lock:
             self._waiting.append(waiting)
             leading = not self._committing
@@ -91,14 +91,21 @@ class GroupCommit:
         return waiting.indexed
 
     def _lead(self, own: _Waiting) -> None:
-        """Commit the waiting group (``own`` among it), then wake the next leader, if any."""
-        with self._lock:
-            group = self._waiting[: self.max_group]
-            del self._waiting[: self.max_group]
+        """Commit the waiting group (``own`` among it), then wake the next leader, if any.
+        The group is taken once the database's writer lock is held: what arrives while
+        another process commits joins it."""
+        group: list[_Waiting] = []
         try:
-            self._commit(group)
+            with writer_lock(self.store.engine):
+                with self._lock:
+                    group = self._waiting[: self.max_group]
+                    del self._waiting[: self.max_group]
+                self._commit(group)
         except Exception as exc:  # never leave a C-STORE waiting
             LOG.exception("group commit failed")
+            if not group:  # the lock could not be taken: fail every instance waiting
+                with self._lock:
+                    group, self._waiting = self._waiting, []
             for waiting in group:
                 if waiting.error is None:
                     waiting.error = StoreError(f"not indexed: {type(exc).__name__}")
@@ -114,37 +121,16 @@ class GroupCommit:
                 following.done.set()
 
     def _commit(self, group: list[_Waiting]) -> None:
-        synced = self._sync_folders(group)
-        if not synced:
-            return
         try:
-            results = self.store.record_instances([(w.record, w.stable_seconds) for w in synced])
+            results = self.store.record_instances([(w.record, w.stable_seconds) for w in group])
         except StoreError as exc:
-            for waiting in synced:
+            for waiting in group:
                 waiting.error = exc
             return
-        for waiting, indexed in zip(synced, results, strict=True):
+        for waiting, indexed in zip(group, results, strict=True):
             waiting.indexed = indexed
         self.groups += 1
-        self.instances += len(synced)
-
-    @staticmethod
-    def _sync_folders(group: list[_Waiting]) -> list[_Waiting]:
-        """fsync every folder of the group once; the instances whose folders all synced."""
-        failed: dict[Path, SpoolError] = {}
-        for folder in dict.fromkeys(f for w in group for f in w.folders):
-            try:
-                Spool.sync_folders([folder])
-            except SpoolError as exc:
-                failed[folder] = exc
-        synced = []
-        for waiting in group:
-            error = next((failed[f] for f in waiting.folders if f in failed), None)
-            if error is None:
-                synced.append(waiting)
-            else:
-                waiting.error = error
-        return synced
+        self.instances += len(group)
 
 
 __all__ = ["MAX_GROUP", "GroupCommit"]

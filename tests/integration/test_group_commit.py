@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -12,9 +14,12 @@ from broker.model.domain import Patient
 from broker.model.errors import SpoolError
 from broker.model.identity import IdentityConflictError
 from broker.store import StudyStore
-from broker.store.group_commit import GroupCommit, _Waiting
+from broker.store.engine import make_engine
+from broker.store.group_commit import GroupCommit
+from broker.store.migrate import migrate
 from broker.store.spool import Spool
 from tests.integration.test_store import SERIES_A, SERIES_B, STUDY, T0, _rec, engine, store
+from tests.peers import wait_until
 
 __all__ = ["engine", "store"]  # the fixtures, shared with the store's tests
 
@@ -101,20 +106,71 @@ def test_an_instance_whose_folder_cannot_be_synced_fails_and_is_not_indexed(
     assert [Path(p).stem for p in store.instance_paths(STUDY)] == ["10.2"]
 
 
-def test_one_unsyncable_folder_in_a_group_fails_only_its_instance(
+def test_one_unsyncable_folder_among_concurrent_instances_fails_only_its_instance(
     store: StudyStore, tmp_path: Path
 ) -> None:
-    """A group of three whose middle instance's folder cannot be fsync'd: that one fails with
-    SpoolError and is not indexed; the other two are indexed by the group, in one commit
-    after their folders were synced."""
+    """Three associations storing at once, the middle one's folder gone (it cannot be
+    fsync'd): that one fails with SpoolError and is not indexed; the other two are."""
     commits = GroupCommit(store)
-    group = [
-        _Waiting(_rec("12.1"), 10.0, [tmp_path]),
-        _Waiting(_rec("12.2"), 10.0, [tmp_path / "gone"]),
-        _Waiting(_rec("12.3", series_uid=SERIES_B), 10.0, [tmp_path]),
-    ]
-    commits._commit(group)  # the commit thread's step, given one group as it would gather it
-    assert [w.indexed is not None for w in group] == [True, False, True]
-    assert isinstance(group[1].error, SpoolError)
+    folders = {"12.1": tmp_path, "12.2": tmp_path / "gone", "12.3": tmp_path}
+
+    def association(sop: str) -> str:
+        try:
+            commits.record(
+                _rec(sop, series_uid=SERIES_B if sop == "12.3" else SERIES_A), 10.0, [folders[sop]]
+            )
+        except SpoolError:
+            return "failed"
+        return "indexed"
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        outcome = dict(zip(folders, pool.map(association, folders), strict=True))
+    assert outcome == {"12.1": "indexed", "12.2": "failed", "12.3": "indexed"}
     assert sorted(Path(p).stem for p in store.instance_paths(STUDY)) == ["12.1", "12.3"]
-    assert (commits.groups, commits.instances) == (1, 2)
+
+
+def test_instances_arriving_while_another_process_writes_are_committed_together(
+    tmp_path: Path,
+) -> None:
+    """SQLite: while another process holds the database's writer lock (a second listener
+    process committing), the instances of four associations wait, and the first of them
+    commits all four in one transaction once the lock is free."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'radbridge.db'}")
+    migrate(engine)
+    store = StudyStore(engine)
+    commits = GroupCommit(store)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path / "radbridge.db.lock")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            stored = [
+                pool.submit(commits.record, _rec(f"13.{i}", path=f"/spool/13.{i}.dcm"), 10.0, [])
+                for i in range(4)
+            ]
+            wait_until(lambda: len(commits._waiting) == 4, timeout=10)
+            assert commits.groups == 0  # nothing could be committed yet
+            assert holder.stdin is not None
+            holder.stdin.write("release\n")
+            holder.stdin.flush()
+            assert all(not f.result(timeout=30).replaced for f in stored)
+    finally:
+        holder.kill()
+        holder.wait()
+        engine.dispose()
+    assert (commits.groups, commits.instances) == (1, 4)
+    assert len(store.instance_paths(STUDY)) == 4
+
+
+#: Another process holding the writer lock file until told on stdin.
+HOLD_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.readline()
+"""
