@@ -16,13 +16,16 @@ and integers). Everything else goes through SQLAlchemy.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
+
+from broker.store.engine import writer_lock
 
 
 class Prepared:
@@ -59,23 +62,75 @@ class Prepared:
             return merged
         return tuple(merged[name] for name in self._names)
 
-    def first(self, conn: Connection, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
-        """Run in ``conn``'s transaction; the first row returned, or None."""
+    def first(self, driver: Any, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """Run in ``driver``'s transaction (a :class:`Transaction`, or a SQLAlchemy
+        ``Connection``'s DBAPI ``.connection``); the first row returned, or None."""
         try:
             params = self.parameters(values)
         except (TypeError, ValueError) as exc:  # a value its type refuses, as SQLAlchemy says
             raise StatementError(str(exc), self.sql, None, exc, hide_parameters=True) from exc
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(self.sql, params)
-            row = cursor.fetchone()
-        except self._error as exc:
-            raise DBAPIError.instance(
-                self.sql, params, exc, self._error, hide_parameters=True
-            ) from exc
-        finally:
-            cursor.close()
+        with _driver_errors(self._error, self.sql):
+            cursor = driver.cursor()
+            try:
+                cursor.execute(self.sql, params)
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
         return None if row is None else tuple(row)
 
 
-__all__ = ["Prepared"]
+@contextmanager
+def _driver_errors(error: type[Exception], sql: str) -> Iterator[None]:
+    """The driver's errors raised as SQLAlchemy's ``DBAPIError``, parameters hidden."""
+    try:
+        yield
+    except error as exc:
+        raise DBAPIError.instance(sql, None, exc, error, hide_parameters=True) from exc
+
+
+class Transaction:
+    """A write transaction on a DBAPI connection (:func:`transaction`)."""
+
+    def __init__(self, driver: Any, error: type[Exception]) -> None:
+        self.driver = driver
+        self._error = error
+
+    def cursor(self) -> Any:
+        """A cursor of the transaction's connection (as :meth:`Prepared.first` takes)."""
+        return self.driver.cursor()
+
+    def execute(self, sql: str) -> None:
+        """Run a statement without parameters or rows (a savepoint)."""
+        with _driver_errors(self._error, sql):
+            cursor = self.driver.cursor()
+            try:
+                cursor.execute(sql)
+            finally:
+                cursor.close()
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Transaction]:
+    """A write transaction on a DBAPI connection of ``engine``'s pool: what
+    :func:`broker.store.engine.writing` does (the writer lock and ``BEGIN IMMEDIATE`` on
+    SQLite), without SQLAlchemy's connection and transaction objects; committed when the
+    block ends, rolled back if it raises. Driver errors are raised as ``DBAPIError``."""
+    error: type[Exception] = engine.dialect.loaded_dbapi.Error
+    with writer_lock(engine):
+        with _driver_errors(error, "connect"):
+            done = Transaction(engine.raw_connection(), error)
+        try:
+            if engine.dialect.name == "sqlite":
+                done.execute("BEGIN IMMEDIATE")
+            yield done
+            with _driver_errors(error, "COMMIT"):
+                done.driver.commit()
+        except BaseException:
+            with suppress(Exception):
+                done.driver.rollback()
+            raise
+        finally:
+            done.driver.close()
+
+
+__all__ = ["Prepared", "Transaction", "transaction"]

@@ -45,7 +45,7 @@ from broker.model.identity import (
 from broker.store.conflicts import record_conflict
 from broker.store.engine import writing
 from broker.store.instance_identity import misfiled
-from broker.store.prepared import Prepared
+from broker.store.prepared import Prepared, transaction
 from broker.store.tables import instances, series, studies
 
 
@@ -295,7 +295,7 @@ class StudyStore:
         state = previous_path = None
         try:
             with writing(self.engine) as conn:
-                previous_path, state = self._index(conn, rec, now, stable_seconds)
+                previous_path, state = self._index(conn.connection, rec, now, stable_seconds)
                 if state is None:
                     refused = self._refuse(conn, rec, now)
         except _MisfiledError:
@@ -324,20 +324,20 @@ class StudyStore:
             return [self._record_alone(*batch[0])]
         done: list[tuple[str | None, str] | None] = []
         try:
-            with writing(self.engine) as conn:
+            with transaction(self.engine) as txn:
                 for rec, stable_seconds in batch:
                     now = rec.received_at or datetime.now(UTC)
-                    savepoint = conn.begin_nested()
+                    txn.execute("SAVEPOINT instance")
                     try:
-                        previous_path, state = self._index(conn, rec, now, stable_seconds)
+                        previous_path, state = self._index(txn, rec, now, stable_seconds)
                     except (_MisfiledError, SQLAlchemyError):
                         state = None
                     if state is None:
-                        savepoint.rollback()
+                        txn.execute("ROLLBACK TO SAVEPOINT instance")
                         done.append(None)
                     else:
-                        savepoint.commit()
                         done.append((previous_path, state))
+                    txn.execute("RELEASE SAVEPOINT instance")
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot index instances: {exc}") from exc
         return [
@@ -349,8 +349,8 @@ class StudyStore:
         """:meth:`record_instances` of one instance."""
         now = rec.received_at or datetime.now(UTC)
         try:
-            with writing(self.engine) as conn:
-                previous_path, state = self._index(conn, rec, now, stable_seconds)
+            with transaction(self.engine) as txn:
+                previous_path, state = self._index(txn, rec, now, stable_seconds)
                 if state is None:
                     raise _HeldError
         except (_MisfiledError, _HeldError):
@@ -381,7 +381,9 @@ class StudyStore:
                 with writing(self.engine) as conn:
                     for current in recs:
                         now = current.received_at or datetime.now(UTC)
-                        previous_path, state = self._index(conn, current, now, stable_seconds)
+                        previous_path, state = self._index(
+                            conn.connection, current, now, stable_seconds
+                        )
                         if state is None:
                             raise _HeldError
                         found.append((previous_path, state))
@@ -405,9 +407,10 @@ class StudyStore:
         return [self._indexed(r, p, st) for r, (p, st) in zip(recs, found, strict=True)]
 
     def _index(
-        self, conn: Connection, rec: InstanceRecord, now: datetime, stable_seconds: float
+        self, conn: Any, rec: InstanceRecord, now: datetime, stable_seconds: float
     ) -> tuple[str | None, str | None]:
-        """The index statements of one instance: its previous path and its study's state
+        """The index statements of one instance, run in ``conn``'s transaction (a DBAPI
+        connection: :meth:`Prepared.first`): its previous path and its study's state
         (None: the study is held for another patient or site); raises
         :class:`_MisfiledError` when its series or instance UID is held elsewhere."""
         stmts = self._statements()
