@@ -47,7 +47,7 @@ _LONG_VRS |= {b"UR", b"UT", b"UV"}
 _IMPLICIT = struct.Struct("<HHL")
 _EXPLICIT = struct.Struct("<HH2sH")
 _UL = struct.Struct("<L")
-_UNDEFINED = 0xFFFFFFFF
+UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 #: Float, Double Float and Pixel Data: the header ends there (as pydicom's stop_before_pixels).
 _PIXEL_DATA = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
@@ -61,12 +61,14 @@ _TRANSFER_SYNTAX = {
 }
 
 
-class _UnsureError(Exception):
+class UnsureError(Exception):
     """The bytes are not what the scan reads: pydicom will."""
 
 
-def _element(buf: bytes, at: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
-    """The element header at ``at``: its tag, VR (None if implicit), length, value offset."""
+def element(buf: bytes, at: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
+    """The element header at ``at``: its tag, VR (None if implicit), length, value offset.
+    Raises :class:`UnsureError` for an unknown VR, ``struct.error`` when ``buf`` ends
+    inside the header."""
     if implicit:
         group, number, length = _IMPLICIT.unpack_from(buf, at)
         return group << 16 | number, None, length, at + 8
@@ -75,7 +77,7 @@ def _element(buf: bytes, at: int, implicit: bool) -> tuple[int, bytes | None, in
     if group == 0xFFFE:  # item and delimiters have no VR
         return tag, None, _UL.unpack_from(buf, at + 4)[0], at + 8
     if vr not in _VRS:
-        raise _UnsureError
+        raise UnsureError
     if vr in _LONG_VRS:
         return tag, vr, _UL.unpack_from(buf, at + 8)[0], at + 12
     return tag, vr, length, at + 8
@@ -84,26 +86,26 @@ def _element(buf: bytes, at: int, implicit: bool) -> tuple[int, bytes | None, in
 def _skip_sequence(buf: bytes, at: int, implicit: bool, depth: int) -> int:
     """The offset after an undefined-length sequence's delimiter (items from ``at``)."""
     if depth > MAX_DEPTH:
-        raise _UnsureError
+        raise UnsureError
     while True:
-        tag, _vr, length, at = _element(buf, at, True)  # items are the same in both
+        tag, _vr, length, at = element(buf, at, True)  # items are the same in both
         if tag == _SEQUENCE_END:
             return at
         if tag != _ITEM:
-            raise _UnsureError
-        if length != _UNDEFINED:
+            raise UnsureError
+        if length != UNDEFINED:
             at += length
             continue
         while True:  # an undefined-length item: its elements until the item delimiter
-            tag, vr, length, at = _element(buf, at, implicit)
+            tag, vr, length, at = element(buf, at, implicit)
             if tag == _ITEM_END:
                 break
-            if length != _UNDEFINED:
+            if length != UNDEFINED:
                 at += length
             elif vr in (None, b"SQ") or tag == 0x7FE00010:  # a sequence, or encapsulated data
                 at = _skip_sequence(buf, at, implicit, depth + 1)
             else:
-                raise _UnsureError
+                raise UnsureError
 
 
 def _elements(
@@ -113,12 +115,12 @@ def _elements(
     in ``stop`` was met."""
     found: dict[BaseTag, DataElement | RawDataElement] = {}
     while at < end:
-        tag, vr, length, value_at = _element(buf, at, implicit)
+        tag, vr, length, value_at = element(buf, at, implicit)
         if tag in stop:
             return found, True
-        if length == _UNDEFINED:
+        if length == UNDEFINED:
             if vr not in (None, b"SQ"):
-                raise _UnsureError
+                raise UnsureError
             after = _skip_sequence(buf, value_at, implicit, 1)
             value, length, at = buf[value_at : after - 8], after - 8 - value_at, after
             vr = b"SQ"  # an implicit VR with an undefined length is a sequence, as pydicom reads it
@@ -126,12 +128,12 @@ def _elements(
             at = value_at + length
             value = buf[value_at:at]
         if at > len(buf):
-            raise _UnsureError
+            raise UnsureError
         key = BaseTag(tag)
         text_vr = None if vr is None else vr.decode("ascii")
         found[key] = RawDataElement(key, text_vr, length, value, value_at, implicit, True)
     if at != end:
-        raise _UnsureError
+        raise UnsureError
     return found, False
 
 
@@ -173,4 +175,4 @@ def _scan(buf: bytes, *, whole: bool) -> Dataset | None:
     return dataset
 
 
-__all__ = ["FIRST_READ", "MAX_DEPTH", "MAX_HEADER", "scan"]
+__all__ = ["FIRST_READ", "MAX_DEPTH", "MAX_HEADER", "UNDEFINED", "UnsureError", "element", "scan"]

@@ -7,7 +7,8 @@ that, about 0.2 ms a file: on a 200-instance CT a quarter of the push.
 
 :func:`read_file_meta` reads the first few KiB of the file once and walks the
 group 0002 elements (always Explicit VR Little Endian, PS3.10 7.1) by their
-headers. A file that does not follow PS3.10 the plain way (no ``DICM`` prefix,
+headers (:func:`adapters.dicom_scan.element`, the one reader of an element's header).
+A file that does not follow PS3.10 the plain way (no ``DICM`` prefix,
 an element without a valid explicit VR, an undefined length) is read by
 pydicom's reader instead, so whatever pydicom reads still goes.
 """
@@ -20,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
-from pydicom.valuerep import VR
 from pynetdicom.dsutils import split_dataset
 
+from adapters.dicom_scan import UNDEFINED, UnsureError, element
 from broker.model.errors import DicomError
 
 #: Bytes read at first: the file meta of an ordinary file is a few hundred bytes.
@@ -30,14 +31,6 @@ FIRST_READ = 4096
 #: Longest File Meta Information read (a private element may make it long, not this long).
 MAX_FILE_META = 1 << 20
 _PREFIX_END = 132
-_SHORT = struct.Struct("<HH2sH")
-_LONG_LENGTH = struct.Struct("<L")
-#: The VRs pydicom knows; any other goes to pydicom's reader.
-_VRS = frozenset(vr.value.encode("ascii") for vr in VR if len(vr.value) == 2)
-#: VRs whose length is a 4-byte field after two reserved bytes (PS3.5 Table 7.1-1).
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
 _SOP_CLASS = 0x0002
 _SOP_INSTANCE = 0x0003
 _TRANSFER_SYNTAX = 0x0010
@@ -77,26 +70,21 @@ def _walk(head: bytes, whole: bool) -> tuple[dict[int, bytes], int] | None:
     values: dict[int, bytes] = {}
     at = _PREFIX_END
     while True:
-        if at + _SHORT.size > len(head):
-            if at == len(head) and whole:  # a file meta with no data set after it
-                return values, at
-            break
-        group, number, vr, length = _SHORT.unpack_from(head, at)
-        if group != 0x0002:
+        if at == len(head) and whole:  # a file meta with no data set after it
             return values, at
-        if vr not in _VRS:
+        try:
+            tag, _vr, length, start = element(head, at, implicit=False)
+        except struct.error:  # the element's header is cut short
+            break
+        except UnsureError as exc:
+            raise _UnusualLayoutError from exc
+        if tag >> 16 != 0x0002:
+            return values, at
+        if length == UNDEFINED:
             raise _UnusualLayoutError
-        start = at + _SHORT.size
-        if vr in _LONG_VRS:
-            if start + 4 > len(head):
-                break
-            (length,) = _LONG_LENGTH.unpack_from(head, start)
-            start += 4
-            if length == 0xFFFFFFFF:
-                raise _UnusualLayoutError
         if start + length > len(head):
             break
-        values[number] = head[start : start + length]
+        values[tag & 0xFFFF] = head[start : start + length]
         at = start + length
     if whole:
         raise _UnusualLayoutError  # cut short: pydicom says how
