@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 from pydicom import dcmwrite
@@ -50,8 +51,8 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("ingest_conforma
 CT = crafted.CT_IMAGE_STORAGE
 EXPLICIT = pdu.EXPLICIT_VR_LITTLE_ENDIAN
 #: The timeouts of the service the hostile and stalling senders meet (seconds).
-NETWORK_TIMEOUT = 2
-REQUEST_TIMEOUT = 1
+NETWORK_TIMEOUT = 3
+REQUEST_TIMEOUT = 2
 #: A-ABORT source and reason of a protocol error the listener found (PS3.8 Table 9-26):
 #: service provider, invalid PDU parameter value.
 PROVIDER_INVALID_PARAMETER = (0x02, 0x06)
@@ -69,8 +70,8 @@ def radbridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Radbridge]:
 
 @pytest.fixture(scope="module")
 def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Radbridge]:
-    """One radbridge with short timeouts (the network's 2 s, the association request's
-    1 s) and a single association slot, for the broken and stalling senders: each test
+    """One radbridge with short timeouts (the network's 3 s, the association request's
+    2 s) and a single association slot, for the broken and stalling senders: each test
     ends with a C-ECHO that only gets in once the broken connection gave its slot back."""
     rb = Radbridge(
         tmp_path_factory.mktemp("impatient"),
@@ -131,7 +132,8 @@ def sendable(tmp_path: Path) -> list[Path]:
 
 # -- real senders -----------------------------------------------------------------------
 
-DCMTK_SENDERS = {
+Send = Callable[..., CompletedProcess[str]]
+DCMTK_SENDERS: dict[str, tuple[Send, tuple[str, ...]]] = {
     "storescu": (storescu, ()),
     "storescu --max-pdu 131072": (storescu, ("--max-pdu", "131072")),
     "storescu --max-send-pdu 16384": (storescu, ("--max-send-pdu", "16384")),
@@ -142,7 +144,7 @@ DCMTK_SENDERS = {
 
 @pytest.mark.parametrize("sender", DCMTK_SENDERS.values(), ids=DCMTK_SENDERS.keys())
 def test_dcmtk_senders_data_sets_are_spooled_as_they_sent_them(
-    radbridge: Radbridge, sendable: list[Path], tmp_path: Path, sender: tuple[object, ...]
+    radbridge: Radbridge, sendable: list[Path], tmp_path: Path, sender: tuple[Send, tuple[str, ...]]
 ) -> None:
     """storescu and dcmsend, with their default PDUs (dcmtk 3.6.7 sends at most 128 KiB
     whatever radbridge announces), a 128 KiB receive maximum of their own, or 16 KiB PDUs:
@@ -150,7 +152,6 @@ def test_dcmtk_senders_data_sets_are_spooled_as_they_sent_them(
     transfer syntax) succeeds, and radbridge spools the data set storescp received from
     the same sender byte for byte, under a file meta with that transfer syntax."""
     send, options = sender
-    assert callable(send)
     with StoreSCP(tmp_path / "reference", ae_title="REFERENCE") as reference:
         send(sendable, reference.port, called_ae="REFERENCE", extra_args=options)
         received = _received(reference)
@@ -361,7 +362,7 @@ def _the_rest(ident: crafted.Identity) -> bytes:
 
 
 #: The rest of the data set in a PDU whose lengths do not add up.
-WRONG_LENGTHS = {
+WRONG_LENGTHS: dict[str, Callable[[bytes], bytes]] = {
     "a PDV longer than its PDU": lambda rest: pdu.pdu(
         PduType.P_DATA_TF, _pdv(rest, length=len(rest) + 102)
     ),
@@ -377,13 +378,12 @@ WRONG_LENGTHS = {
 
 @pytest.mark.parametrize("broken", WRONG_LENGTHS.values(), ids=WRONG_LENGTHS.keys())
 def test_pdu_of_the_wrong_length_mid_data_set_is_aborted_and_leaves_nothing(
-    impatient: Radbridge, broken: object
+    impatient: Radbridge, broken: Callable[[bytes], bytes]
 ) -> None:
     """A C-STORE's data set continued by a P-DATA-TF whose PDU and PDV lengths do not add
     up gets an A-ABORT (service provider, invalid PDU parameter value) and nothing else,
     the connection is closed, the partial file is removed, nothing is stored, the log says
     why, and the association slot is free for the next sender."""
-    assert callable(broken)
     since = len(impatient.log_lines())
     with HostilePeer(impatient.port) as peer:
         ident = _start_c_store(peer, impatient)
@@ -545,7 +545,8 @@ def _stall_in_the_request(peer: HostilePeer, rb: Radbridge) -> crafted.Identity 
 
 #: How a sender stalls, the timer that must end it, and the line the log must hold (a
 #: connection that never sent a byte is closed without one).
-STALLS = {
+Stall = Callable[[HostilePeer, Radbridge], crafted.Identity | None]
+STALLS: dict[str, tuple[Stall, float, str | None]] = {
     "before its association request (ARTIM)": (_stall_before_the_request, REQUEST_TIMEOUT, None),
     "inside its association request (ARTIM)": (
         _stall_in_the_request,
@@ -569,14 +570,13 @@ STALLS = {
 
 @pytest.mark.parametrize("stall", STALLS.values(), ids=STALLS.keys())
 def test_stalled_sender_is_cut_off_by_its_timer_and_its_slot_given_back(
-    impatient: Radbridge, stall: tuple[object, float, str | None]
+    impatient: Radbridge, stall: tuple[Stall, float, str | None]
 ) -> None:
     """A sender that goes silent is cut off once the timer for where it stopped ran out
     (the association request timeout before an A-ASSOCIATE-RQ, the network timeout after),
     with at most an A-ABORT and never a C-STORE answer; a data set it left unfinished is
     removed and not stored, the log says so, and its association slot is free again."""
     script, timer, logged = stall
-    assert callable(script)
     since = len(impatient.log_lines())
     with HostilePeer(impatient.port, timeout=30) as peer:
         ident = script(peer, impatient)
