@@ -57,6 +57,7 @@ from typing import Any, Protocol, cast
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.fsm import InvalidEventError
 
 from adapters.dicom.dimse import P_DATA_TF
 from adapters.dicom.log_budget import report_suppressed
@@ -185,6 +186,14 @@ class EventDrivenDUL(DULServiceProvider):
         """
         try:
             self.run_reactor()
+        except InvalidEventError as exc:
+            # The association thread acted on a connection this thread had already
+            # aborted (an A-ASSOCIATE-AC after AA-8 aborted a requestor that sent P-DATA
+            # before the answer): nothing is left to send; the connection closes below.
+            self._log().warning(
+                "association ended: an answer came after the connection was aborted",
+                reason=str(exc),
+            )
         finally:
             if self.lean is not None and self.lean.abandon():
                 self._log().warning("association ended mid-transfer; partial object removed")

@@ -116,6 +116,20 @@ def file_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str)
     return _PREAMBLE + length + body
 
 
+def _check_tiling(pdu: memoryview) -> None:
+    """Raise :class:`DicomError` unless the PDU's presentation data values fill it exactly
+    (checked before any of them is acted on: a PDU that swallowed the next one's head must
+    not have its C-STORE answered)."""
+    at, end = dimse.PDU.size, len(pdu)
+    while at < end:
+        if at + PDV.size > end:
+            raise DicomError("a P-DATA-TF holds bytes after its last presentation data value")
+        length = PDV.unpack_from(pdu, at)[0]
+        at += 4 + length
+        if length < 2 or at > end:
+            raise DicomError("a presentation data value overruns its PDU")
+
+
 class LeanReceiver:
     """C-STOREs of one association (see the module); used by its DUL thread alone.
 
@@ -153,6 +167,7 @@ class LeanReceiver:
         if self._mode == _PASSING:
             self._passing(pdu, dimse.PDU.size)
             return [bytearray(pdu)]
+        _check_tiling(pdu)
         at, end = dimse.PDU.size, len(pdu)
         while at + PDV.size <= end:
             length, context_id, control = PDV.unpack_from(pdu, at)

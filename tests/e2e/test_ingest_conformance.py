@@ -427,13 +427,6 @@ def test_association_request_of_the_wrong_length_is_aborted(
     wait_until(lambda: _echoes(impatient), "a C-ECHO after it", timeout=15)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug, for the lead: the lean receiver (adapters/dicom/storing.py, "
-    "LeanReceiver.take) ignores the 1-5 bytes a P-DATA-TF holds after its last PDV, so the "
-    "C-STORE is answered with success and stored; pynetdicom's decoder, which served these "
-    "PDUs before, refuses such a PDU (the listener then A-ABORTs)",
-)
 def test_pdu_announcing_more_bytes_than_its_pdvs_is_aborted_not_acknowledged(
     impatient: Radbridge,
 ) -> None:
@@ -478,13 +471,6 @@ def test_p_data_sent_before_the_association_is_accepted_is_aborted(
     wait_until(lambda: _echoes(impatient), "a C-ECHO after it", timeout=15)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug, for the lead: after pynetdicom's AA-8 abort the association thread "
-    "still sends its A-ASSOCIATE-AC (Evt7 in Sta13), and the DUL thread dies with "
-    "pynetdicom.fsm.InvalidEventError: a traceback in the service's log per such connection "
-    "(adapters/dicom/reactor.py, EventDrivenDUL.run)",
-)
 def test_p_data_sent_before_the_association_is_accepted_costs_no_traceback(
     impatient: Radbridge,
 ) -> None:
