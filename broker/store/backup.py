@@ -3,9 +3,11 @@
 A backup folder holds the store (``store.sqlite``, made with SQLite's online backup
 API, or ``store.pgdump``, ``pg_dump``'s custom format), a copy of the configuration
 file and ``manifest.json``: when, from which store and spool, the schema revision,
-and every spool file with its size (and SHA-256). The spool's files themselves are
-left to the hospital's backup tool. The store is copied first and the spool listed
-after it, so every file the copied store refers to is in the manifest.
+and every spool file it keeps with its size (and SHA-256): the studies' and the
+results' objects, and the renderings of results kept for write-back retries (a retry
+after a restore sends the same bytes). The spool's files themselves are left to the
+hospital's backup tool. The store is copied first and the spool listed after it, so
+every file the copied store refers to is in the manifest.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ SQLITE_COPY = "store.sqlite"
 PG_DUMP = "store.pgdump"
 #: Tables whose ``path`` column names a file in the spool.
 _PATH_TABLES = ("instances", "result_objects")
+#: The spool's folders in the manifest (:class:`~broker.store.spool.Spool`): what arrived,
+#: and the renderings of results (``rendered/RESULT/TARGET.…/``, made once and kept).
+SPOOL_FOLDERS = ("studies", "results", "rendered")
+#: The folder whose own folders are private (mode 0700), as the write-back makes them.
+_PRIVATE = "rendered"
 
 
 @dataclass(frozen=True)
@@ -91,16 +98,21 @@ def _revision(engine: Engine) -> str | None:
 
 
 def spool_files(root: Path, checksums: bool = True) -> Iterator[SpoolFile]:
-    """Every file under the spool's ``studies`` and ``results``, in name order."""
-    for folder in ("studies", "results"):
+    """Every file under the spool's :data:`SPOOL_FOLDERS`, in name order; not those of a
+    folder whose name starts with a dot (renderings still being made), nor one that
+    retention removed while the spool was listed."""
+    for folder in SPOOL_FOLDERS:
         for path in sorted((root / folder).rglob("*")):
-            if not path.is_file():
+            relative = path.relative_to(root)
+            if any(part.startswith(".") for part in relative.parts) or not path.is_file():
                 continue
-            digest = None
-            if checksums:
+            try:
                 with path.open("rb") as f:
-                    digest = hashlib.file_digest(f, "sha256").hexdigest()
-            yield SpoolFile(str(path.relative_to(root)), path.stat().st_size, digest)
+                    size = os.fstat(f.fileno()).st_size
+                    digest = hashlib.file_digest(f, "sha256").hexdigest() if checksums else None
+            except FileNotFoundError:
+                continue
+            yield SpoolFile(str(relative), size, digest)
 
 
 def backup(
@@ -171,7 +183,7 @@ def check_spool(manifest: dict[str, Any], root: Path, source: Path | None = None
     for entry in manifest["spool_files"]:
         target = root / entry["path"]
         if source is not None and (source / entry["path"]).is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
+            _make_folders(root, target.parent)
             shutil.copy2(source / entry["path"], target)
             with target.open("rb") as f:
                 os.fsync(f.fileno())
@@ -184,6 +196,18 @@ def check_spool(manifest: dict[str, Any], root: Path, source: Path | None = None
                 if hashlib.file_digest(f, "sha256").hexdigest() != entry["sha256"]:
                     problems.append(f"content differs: {entry['path']}")
     return problems
+
+
+def _make_folders(root: Path, folder: Path) -> None:
+    """Make ``folder`` under the spool ``root`` and its missing parents; those under
+    ``rendered`` private (mode 0700), as the write-back makes them."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        private = made.relative_to(root).parts[0] == _PRIVATE and made != root / _PRIVATE
+        made.mkdir(mode=0o700 if private else 0o777, exist_ok=True)
 
 
 def _holds_data(engine: Engine) -> bool:

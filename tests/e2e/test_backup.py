@@ -2,7 +2,8 @@
 
 The service is driven through its real interfaces (an HL7 order over MLLP, a study by
 ``storescu``, JSON findings to the results callback) to hold studies, orders, jobs, a
-result and audit rows; one of its two vendors is down. The backup is taken while it
+result written back to a PACS (``storescp``) as a rendered summary page, and audit rows;
+one of its two vendors is down. The backup is taken while it
 runs; then the service and its whole folder are gone, the store is restored into a new
 folder (the spool's files from a copy, as the hospital's backup tool would hold them),
 and the restored service holds everything and sends the study to the vendor that was
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import stat
 import uuid
 from contextlib import closing
 from pathlib import Path
@@ -30,8 +32,8 @@ from adapters.results.sr import read_source_study
 from tests.databases import fresh_postgres_database
 from tests.hl7_messages import orm_o01, sample_order
 from tests.integration.test_results_sr import head_bleed
-from tests.peers import LOOPBACK, StoreSCP, free_port, storescu, wait_until
-from tests.service import Radbridge, base_config
+from tests.peers import LOOPBACK, StoreSCP, ensure_cjk_font, free_port, storescu, wait_until
+from tests.service import Radbridge, base_config, dicom_block
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
@@ -39,7 +41,7 @@ TOKEN = "lungai-results-" + uuid.uuid4().hex
 TABLES = ("studies", "instances", "orders", "order_messages", "jobs", "results", "audit")
 
 
-def _config(folder: Path, vendor_port: int, down_port: int) -> dict[str, Any]:
+def _config(folder: Path, vendor_port: int, down_port: int, pacs_port: int) -> dict[str, Any]:
     config = base_config(folder, free_port(), study_stable_seconds=0.5)
     config["hl7"] = {"listen": {"host": LOOPBACK, "port": free_port()}}
     config["http"] = {"listen": {"host": LOOPBACK, "port": free_port()}}
@@ -56,11 +58,16 @@ def _config(folder: Path, vendor_port: int, down_port: int) -> dict[str, Any]:
         }
         for name, port in (("lungai", vendor_port), ("ichai", down_port))
     }
+    # findings carry no DICOM object: the PACS gets a summary page, rendered once and kept
+    config["targets"] = {
+        "pacs": dicom_block("PACS", pacs_port, render=["sc_summary"], originals=False)
+    }
     config["routes"] = [
         {
             "name": "head-ct",
             "when": {"modality": "CT", "body_part": "HEAD"},
             "send": ["lungai", "ichai"],
+            "write_back": ["pacs"],
         }
     ]
     config["delivery"] = {"backoff_base_seconds": 0.5, "backoff_cap_seconds": 1.0}
@@ -80,6 +87,19 @@ def _actions(rb: Radbridge) -> list[str]:
         return [row[0] for row in conn.execute("SELECT action FROM audit ORDER BY id")]
 
 
+def _written_back(rb: Radbridge) -> bool:
+    """Whether the store holds a write-back and every one is done."""
+    path = str(rb.config["storage"]["database"]).removeprefix("sqlite:///")
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as conn:
+        states = [row[0] for row in conn.execute("SELECT state FROM deliveries")]
+    return bool(states) and set(states) == {"done"}
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by its path relative to it, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 def _jobs(rb: Radbridge) -> dict[str, dict[str, Any]]:
     """The service's jobs by vendor, read from its store (a command per poll costs a second)."""
     url = str(rb.config["storage"]["database"]).replace("postgresql://", "postgresql+psycopg://")
@@ -97,12 +117,18 @@ def test_backup_of_a_running_service_restores_everything_and_resumes_jobs(
 ) -> None:
     """A backup taken while the service runs, restored into a fresh folder after the old
     one is gone: studies, instances (paths in the new spool), orders, jobs, the result and
-    the audit trail are all there, the vendor that was down receives the study; a second
-    restore is refused onto the now non-empty store without --force, and onto the running
-    service's spool even with it."""
-    with StoreSCP(tmp_path / "lungai", ae_title="LUNGAI") as lungai:
+    the audit trail are all there, and the result's kept renderings (listed with their
+    SHA-256, copied byte for byte into private folders); the vendor that was down
+    receives the study; a second restore is refused onto the now non-empty store without
+    --force, and onto the running service's spool even with it."""
+    ensure_cjk_font()
+    with (
+        StoreSCP(tmp_path / "lungai", ae_title="LUNGAI") as lungai,
+        StoreSCP(tmp_path / "pacs", ae_title="PACS") as pacs,
+    ):
         down_port = free_port()
-        rb = Radbridge(tmp_path / "old", _config(tmp_path / "old", lungai.port, down_port))
+        old_config = _config(tmp_path / "old", lungai.port, down_port, pacs.port)
+        rb = Radbridge(tmp_path / "old", old_config)
         rb.env["RADBRIDGE_VENDORS__LUNGAI__RESULTS__TOKEN"] = TOKEN
         rb.start()
         try:
@@ -133,6 +159,10 @@ def test_backup_of_a_running_service_restores_everything_and_resumes_jobs(
             )
             assert answer.status_code == 202, answer.text
             wait_until(lambda: _counts(rb)["results"] == 1, "result stored")
+            wait_until(lambda: _written_back(rb), "the summary page written back to the PACS")
+            rendered = _files(rb.spool / "rendered")
+            assert any(p.endswith("/made.json") for p in rendered), sorted(rendered)
+            assert len(pacs.files()) == len(rendered) - 1  # each page, not the record
             wait_until(lambda: _jobs(rb)["ichai"]["attempts"] >= 1, "ichai tried and failed")
             before = _counts(rb)
             backup = tmp_path / "backup"
@@ -147,15 +177,22 @@ def test_backup_of_a_running_service_restores_everything_and_resumes_jobs(
     assert manifest["config"] == "radbridge.yaml" and (backup / "radbridge.yaml").is_file()
     assert len([f for f in manifest["spool_files"] if f["path"].startswith("studies/")]) == 6
     assert all(len(f["sha256"]) == 64 for f in manifest["spool_files"])
+    listed = {f["path"] for f in manifest["spool_files"]}
+    assert {f"rendered/{p}" for p in rendered} <= listed
 
     with (
         StoreSCP(tmp_path / "lungai2", ae_title="LUNGAI") as lungai2,
         StoreSCP(tmp_path / "ichai", ae_title="ICHAI", port=down_port) as ichai,
     ):
-        new = Radbridge(tmp_path / "new", _config(tmp_path / "new", lungai2.port, down_port))
+        new_config = _config(tmp_path / "new", lungai2.port, down_port, free_port())
+        new = Radbridge(tmp_path / "new", new_config)
         restored = new.cli("restore", str(backup), "--spool", str(spool_copy))
         count = len(manifest["spool_files"])
         assert f"{count} of {count} files in place" in restored.stdout, restored.stderr
+        assert _files(new.spool / "rendered") == rendered
+        for folder in (new.spool / "rendered").rglob("*"):
+            if folder.is_dir():  # RESULT/ and RESULT/TARGET.…/: private, as they were made
+                assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
         again = new.cli("restore", str(backup), check=False)
         assert again.returncode == 1 and "not empty" in again.stderr + again.stdout
         after = _counts(new)
@@ -196,7 +233,7 @@ def test_backup_and_restore_on_postgresql(tmp_path: Path) -> None:
     a job restores (pg_restore) into a new database with every row; a second restore is
     refused without --force and replaces the store with it."""
     with fresh_postgres_database() as source_url, fresh_postgres_database() as target_url:
-        config = _config(tmp_path / "old", free_port(), free_port())
+        config = _config(tmp_path / "old", free_port(), free_port(), free_port())
         config["storage"]["database"] = source_url
         rb = Radbridge(tmp_path / "old", config)
         rb.start()
@@ -213,7 +250,7 @@ def test_backup_and_restore_on_postgresql(tmp_path: Path) -> None:
             assert _pg_counts(source_url)["audit"] == before["audit"] + 1  # store.backup
         finally:
             rb.kill9()
-        new_config = _config(tmp_path / "new", free_port(), free_port())
+        new_config = _config(tmp_path / "new", free_port(), free_port(), free_port())
         new_config["storage"]["database"] = target_url
         new = Radbridge(tmp_path / "new", new_config)
         new.cli("restore", str(tmp_path / "backup"), "--spool", str(rb.spool))
