@@ -30,6 +30,7 @@ from broker.model.jobs import UNFINISHED, JobState
 from broker.model.logging import get_logger
 from broker.model.writeback import DeliveryState
 from broker.store.deliveries import OVERDUE_STATES
+from broker.store.overview import job_counts
 from broker.store.space import FreeSpace, SpaceWatch, database_bytes, spool_bytes
 from broker.store.tables import deliveries, instances, jobs, studies, vendor_alerts
 
@@ -113,14 +114,7 @@ def read_figures(engine: Engine) -> StoreFigures:
                 select(studies.c.state, func.count()).group_by(studies.c.state)
             ).all()
         }
-        by_job = {
-            (state, vendor): int(count)
-            for vendor, state, count in conn.execute(
-                select(jobs.c.vendor, jobs.c.state, func.count()).group_by(
-                    jobs.c.vendor, jobs.c.state
-                )
-            ).all()
-        }
+        by_job = {(state, vendor): count for (vendor, state), count in job_counts(conn).items()}
         by_delivery = {
             (state, target): int(count)
             for target, state, count in conn.execute(
@@ -215,7 +209,9 @@ class StoreCollector(Collector):
         yield study_gauge
         vendors = sorted(set(self.vendors) | {v for _, v in figures.jobs})
         job_gauge = GaugeMetricFamily(
-            "radbridge_jobs", "Jobs by state and vendor.", labels=["state", "vendor"]
+            "radbridge_jobs",
+            "Jobs by state and vendor (not the canaries: their outcome is their run's).",
+            labels=["state", "vendor"],
         )
         depth = GaugeMetricFamily(
             "radbridge_queue_depth",

@@ -17,14 +17,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, exists, func, literal, select, tuple_
+from sqlalchemy import Engine, Select, exists, literal, select, tuple_
 
+from broker.model.canary import CANARY_ROUTE
 from broker.model.domain import Result, ResultState, StoredOrder, Study, StudyState
 from broker.model.jobs import Job, JobState
 from broker.model.writeback import Delivery, DeliveryState
 from broker.store.deliveries import _delivery
 from broker.store.jobs import JOBS, _job
 from broker.store.orders import _order
+from broker.store.overview import job_counts
 from broker.store.results import _build as _build_results
 from broker.store.studies import StudyStore, of_sites
 from broker.store.tables import (
@@ -58,6 +60,10 @@ class StudyFilter:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobFilter:
+    """Which jobs to list. A list by state is an operator's queue (the dead jobs to retry, the
+    failed ones): canary jobs are not in it unless it names their study or their route
+    (:func:`~broker.store.overview.job_counts` leaves them out of the counts the same way)."""
+
     states: Sequence[JobState] = ()
     vendor: str | None = None
     study_uid: str | None = None
@@ -150,6 +156,8 @@ class Listing:
             stmt = stmt.where(jobs.c.study_uid.in_(of_sites(f.sites)))
         if f.states:
             stmt = stmt.where(jobs.c.state.in_([JobState(s).value for s in f.states]))
+            if f.study_uid is None and f.route is None:
+                stmt = stmt.where(jobs.c.route != CANARY_ROUTE)
         if f.vendor is not None:
             stmt = stmt.where(jobs.c.vendor == f.vendor)
         if f.study_uid is not None:
@@ -259,16 +267,15 @@ class VendorActivity:
 def vendor_activity(
     engine: Engine, vendors: Iterable[str], since: datetime
 ) -> dict[str, VendorActivity]:
-    """Per vendor: jobs by state (index ``vendor, state``), and the outcomes of attempts
-    since ``since`` and the last successful send (index ``job_events (to_state, at)``)."""
+    """Per vendor: jobs by state (canary jobs left out: :func:`job_counts`), and the outcomes
+    of attempts since ``since`` (a canary's too: a vendor that fails them is failing) and the
+    last successful send (index ``job_events (to_state, at)``)."""
     names = list(vendors)
     outcomes = (JobState.SENT.value, JobState.FAILED.value, JobState.DEAD.value)
     with engine.connect() as conn:
         by_state: dict[str, dict[str, int]] = {v: {} for v in names}
-        for vendor, state, count in conn.execute(
-            select(jobs.c.vendor, jobs.c.state, func.count()).group_by(jobs.c.vendor, jobs.c.state)
-        ).all():
-            by_state.setdefault(vendor, {})[state] = int(count)
+        for (vendor, state), count in job_counts(conn).items():
+            by_state.setdefault(vendor, {})[state] = count
         ended = lane_outcomes(conn, JOBS, outcomes, since)
         result = {}
         for vendor in sorted(by_state):

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, Select, func, select, union_all
 
+from broker.model.canary import CANARY_ROUTE
 from broker.model.jobs import Job
 from broker.store.jobs import _job
 from broker.store.studies import of_sites
@@ -31,14 +33,36 @@ def count_studies(
         return int(conn.execute(stmt).scalar_one())
 
 
+def job_counts(conn: Connection, sites: frozenset[str] | None = None) -> dict[tuple[str, str], int]:
+    """How many jobs each vendor has in each state (none: left out), only ``sites``' studies'
+    when given. Canary jobs (route :data:`~broker.model.canary.CANARY_ROUTE`) are left out:
+    a canary's outcome is its run's, not work for an operator (a dead canary is no dead job).
+
+    One statement (one snapshot), each part index-only: every job by vendor and state
+    (index ``jobs (vendor, state)``), less the canary jobs (``jobs (route, vendor, state)``).
+    """
+
+    def by_vendor_state(sign: int, *where: ColumnElement[bool]) -> Select[Any]:
+        stmt = select(jobs.c.vendor, jobs.c.state, (func.count() * sign).label("n")).where(*where)
+        if sites is not None:
+            stmt = stmt.where(jobs.c.study_uid.in_(of_sites(sites)))
+        return stmt.group_by(jobs.c.vendor, jobs.c.state)
+
+    both = union_all(by_vendor_state(1), by_vendor_state(-1, jobs.c.route == CANARY_ROUTE))
+    found: dict[tuple[str, str], int] = {}
+    for vendor, state, n in conn.execute(both).all():
+        found[(vendor, state)] = found.get((vendor, state), 0) + int(n)
+    return {key: n for key, n in found.items() if n}
+
+
 def jobs_by_state(engine: Engine, sites: frozenset[str] | None = None) -> dict[str, int]:
-    """How many jobs are in each state (states with none are left out); only ``sites``'
-    studies' jobs when given."""
-    stmt = select(jobs.c.state, func.count()).group_by(jobs.c.state)
-    if sites is not None:
-        stmt = stmt.where(jobs.c.study_uid.in_(of_sites(sites)))
+    """How many jobs are in each state (none: left out), canary jobs left out
+    (:func:`job_counts`); only ``sites``' studies' jobs when given."""
+    found: dict[str, int] = {}
     with engine.connect() as conn:
-        return {state: int(n) for state, n in conn.execute(stmt).all()}
+        for (_vendor, state), n in job_counts(conn, sites).items():
+            found[state] = found.get(state, 0) + n
+    return found
 
 
 def jobs_of_studies(engine: Engine, study_uids: Iterable[str]) -> dict[str, list[Job]]:

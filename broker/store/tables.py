@@ -164,6 +164,7 @@ jobs = Table(
     UniqueConstraint("study_uid", "vendor"),
     Index(None, "state", "next_attempt_at"),
     Index(None, "vendor", "state"),
+    Index(None, "route", "vendor", "state"),  # canary jobs, left out of counts by state
 )
 
 job_events = Table(

@@ -676,7 +676,10 @@ def test_a_canary_to_a_vendor_that_never_answers_raises_canary_failed(site: Site
     starts and answers nothing: its one attempt (a canary's default, not the vendor's five
     retries that would hold its lane) times out after 3 s, the job is dead and the run fails
     then, not at its 10 min deadline: one ``canary_failed`` alert saying the send was given
-    up, in the metrics, on the dashboard and at the webhook (naming the canary's study)."""
+    up, in the metrics, on the dashboard and at the webhook (naming the canary's study).
+    Its dead job is the canary's outcome, not work for an operator: it is in no list of dead
+    jobs (API, CLI, console) and no count of jobs by state (metrics, vendor figures,
+    dashboard); the job itself, its study's jobs and the route ``(canary)`` still show it."""
     [alert] = wait_until(lambda: site.alerts("deadai", "canary_failed"), "canary_failed")
     assert "the send was given up (dead after 1 attempt(s))" in alert["summary"]
     [notice] = wait_until(lambda: site.notified("canary_failed", "deadai"), "webhook notice")
@@ -686,8 +689,26 @@ def test_a_canary_to_a_vendor_that_never_answers_raises_canary_failed(site: Site
     assert (canary_job["state"], canary_job["attempts"]) == ("dead", 1)
     metrics = httpx.get(f"{site.base}/metrics", timeout=10).text
     assert 'radbridge_vendor_alerts_total{kind="canary_failed",vendor="deadai"} 1.0' in metrics
+    assert 'radbridge_jobs{state="dead",vendor="deadai"} 0.0' in metrics
     with _console(site) as console:
-        assert 'data-kind="canary_failed" data-vendor="deadai"' in console.get("/").text
+        dashboard = console.get("/").text
+        assert 'data-kind="canary_failed" data-vendor="deadai"' in dashboard
+        assert f'id="job-{canary_job["id"]}"' not in dashboard
+        dead_page = console.get("/jobs", params={"state": "dead"}).text
+        assert f'id="job-{canary_job["id"]}"' not in dead_page
+
+    def ids(params: dict[str, str]) -> list[int]:
+        return [j["id"] for j in site.api("GET", "/jobs", params=params).json()["items"]]
+
+    assert canary_job["id"] not in ids({"state": "dead"})
+    assert canary_job["id"] not in ids({"state": "dead", "vendor": "deadai"})
+    listed = site.rb.cli("jobs", "list", "--state", "dead", "--json").stdout
+    assert canary_job["id"] not in [j["id"] for j in json.loads(listed)]
+    assert site.api("GET", "/vendors/deadai", params={"probe": "false"}).json()["jobs"] == {}
+    assert canary_job["id"] in ids({"state": "dead", "route": "(canary)"})
+    assert canary_job["id"] in ids({"state": "dead", "study_uid": canary_job["study_uid"]})
+    shown = site.api("GET", f"/jobs/{canary_job['id']}").json()
+    assert (shown["state"], shown["history"][-1]["to_state"]) == ("dead", "dead")
 
 
 def test_a_canary_run_now_passes_and_is_never_written_back_billed_or_routed(site: Site) -> None:
