@@ -16,8 +16,8 @@ from typing import Any
 import psutil
 import yaml
 
+from adapters.harness.process import free_port
 from tests import cli_fork
-from tests.peers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RADBRIDGE = str(Path(sys.executable).parent / "radbridge")
