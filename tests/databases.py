@@ -12,10 +12,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from alembic import command
+from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, text
 
 from broker.store import make_engine
-from broker.store.migrate import migrate
+from broker.store.engine import writing
+from broker.store.migrate import MIGRATIONS, migrate
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 #: Parametrize a fixture with this to run on both databases.
@@ -48,6 +51,22 @@ def empty_database(kind: str, folder: Path, *, migrated: bool = True) -> Iterato
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+def alembic_config() -> AlembicConfig:
+    """The Alembic configuration of radbridge's migrations."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def upgrade_to(engine: Engine, revision: str) -> None:
+    """Bring the store to schema ``revision`` (an older one than the newest: a store made by
+    an earlier release)."""
+    cfg = alembic_config()
+    with writing(engine) as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, revision)
 
 
 @contextmanager

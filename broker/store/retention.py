@@ -10,16 +10,16 @@ write-back of the result is finished. Rows
 of the store go by their time: job history, verbatim messages, and orders that are
 completed, cancelled or discontinued (with their links to studies; their messages
 stay, unlinked, until their own retention). What the store keeps of a study's content
-goes with its instances: once a study is purged and nothing more happens to it (no
-job of it can bring a result, no write-back of it is unfinished), its events, its
-procedure step notices, its corrections (none still being written) and the pseudonyms
-issued for it (a patient's only once no study of that patient ID is kept) are deleted
-at the next purge; procedure step notices that never named a study go by their last
-change after ``studies_done``. The study row, its jobs and their history stay. The audit
-trail is append-only (a trigger refuses updates and deletes) unless ``audit`` is set:
-then the rows older than it go in one transaction that records the horizon in
-``audit_purges`` (the trigger deletes only rows below a recorded horizon) and an
-``audit.purge`` row saying how many and older than when.
+goes with its instances: once a study is purged and nothing more happens to it (no job
+of it can bring a result, no write-back of it is unfinished), its events, its procedure
+step notices, its corrections (none still being written) and the pseudonyms issued for
+it or, for a prior, sent with it (a patient's only once no study of that patient ID is
+kept) are deleted at the next purge; procedure step notices that never named a study go
+by their last change after ``studies_done``. The study row, its jobs and their history
+stay. The audit trail is append-only (a trigger refuses updates and deletes) unless
+``audit`` is set: then the rows older than it go in one transaction that records the
+horizon in ``audit_purges`` (the trigger deletes only rows below a recorded horizon) and
+an ``audit.purge`` row saying how many and older than when.
 
 Each study is purged holding its spool folder's exclusive lock
 (:meth:`Spool.study_lock`), which the listener holds shared while it places and
@@ -514,7 +514,13 @@ def _pseudonyms_gone(gone: Select[tuple[str]]) -> ColumnElement[bool]:
     """Pseudonyms issued for studies that are gone, or sent with them for a prior that is not
     kept in the index, but a patient's only when no study of that patient ID is still kept
     (one patient, one pseudonym: a later study of theirs may still get a result that names
-    it)."""
+    it).
+
+    A prior's pseudonym recorded before ``sent_with`` (migration 0041) names no study that
+    sent it, and nothing in the store says which did: one of the studies with a job created
+    by the time it was issued. It goes once each of those is gone (no job of a study still
+    kept was created before it was issued); a guess at one of them could purge it while a
+    result that names it may still come back."""
     kept = studies.alias("kept")
     patient_kept = (
         select(kept.c.id)
@@ -522,11 +528,20 @@ def _pseudonyms_gone(gone: Select[tuple[str]]) -> ColumnElement[bool]:
         .exists()
     )
     indexed = select(studies.c.study_uid).where(studies.c.purged_at.is_(None))
+    oldest_kept_job = (
+        select(func.min(jobs.c.created_at)).where(jobs.c.study_uid.not_in(gone)).scalar_subquery()
+    )
     return and_(
         or_(
             pseudonyms.c.study_uid.in_(gone),
             # a prior's (its study not kept in the index): with the study whose job sent it
             and_(pseudonyms.c.sent_with.in_(gone), pseudonyms.c.study_uid.not_in(indexed)),
+            # a prior's recorded before sent_with: once every study that may have sent it is
+            and_(
+                pseudonyms.c.sent_with.is_(None),
+                pseudonyms.c.study_uid.not_in(select(studies.c.study_uid)),
+                or_(oldest_kept_job.is_(None), pseudonyms.c.issued_at < oldest_kept_job),
+            ),
         ),
         or_(pseudonyms.c.kind != PseudonymKind.PATIENT.value, ~patient_kept),
     )

@@ -18,37 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy import types as sqltypes
 
 from broker.store import make_engine
 from broker.store.engine import writing
-from broker.store.migrate import MIGRATIONS
-from tests.databases import PG_URL
+from tests.databases import PG_URL, alembic_config, upgrade_to
 
 Rows = dict[str, dict[str, Any]]
 
 
-def _config() -> AlembicConfig:
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    return cfg
-
-
 def _revisions() -> list[str]:
     """Every revision from the first to the newest, in order."""
-    script = ScriptDirectory.from_config(_config())
+    script = ScriptDirectory.from_config(alembic_config())
     return [r.revision for r in reversed(list(script.walk_revisions("base", "heads")))]
-
-
-def _upgrade(engine: Engine, revision: str) -> None:
-    cfg = _config()
-    with writing(engine) as connection:
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, revision)
 
 
 def _value(table: str, column: dict[str, Any], n: int) -> Any:
@@ -155,11 +139,11 @@ def test_upgrade_from_each_revision_carries_every_row(revision: str, tmp_path: P
     revision with every table, column and value it held."""
     engine = _sqlite(tmp_path)
     try:
-        _upgrade(engine, revision)
+        upgrade_to(engine, revision)
         rows: Rows = {}
         _fill(engine, rows)
         assert rows, "no tables at this revision"
-        _upgrade(engine, "heads")
+        upgrade_to(engine, "heads")
         _assert_carried(engine, rows)
     finally:
         engine.dispose()
@@ -178,7 +162,7 @@ def test_postgresql_upgrades_through_the_whole_chain_carrying_every_row() -> Non
     try:
         rows: Rows = {}
         for revision in _revisions():
-            _upgrade(engine, revision)
+            upgrade_to(engine, revision)
             _fill(engine, rows)
         _assert_carried(engine, rows)
         assert len(rows) >= 20

@@ -7,14 +7,17 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pydicom
 import pytest
 import yaml
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
+from adapters.dicom.synthetic import generate_study
 from broker.model.jobs import JobState
 from broker.store import StudyStore
 from broker.store.jobs import JobStore
+from broker.store.migrate import migrate
 from broker.store.retention import PURGE, Cutoffs, Retention
 from broker.store.space import spool_bytes
 from broker.store.spool import Spool
@@ -32,8 +35,8 @@ from broker.store.tables import (
     study_events,
 )
 from tests import cli_fork
-from tests.databases import DATABASES, empty_database
-from tests.spooling import spool_study
+from tests.databases import DATABASES, empty_database, upgrade_to
+from tests.spooling import spool_files
 
 NOW = datetime.now(UTC)
 HOURS_AGO = NOW - timedelta(hours=2)
@@ -45,9 +48,23 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
         yield eng
 
 
-def _study(engine: Engine, spool: Spool, out: Path, job: JobState | None) -> str:
-    """A stable study of two instances, stable two hours ago, with one job in ``job``."""
-    uid, _ = spool_study(engine, spool, "ct_head", out, instances=2, rows=32, columns=32)
+def _files(out: Path) -> list[Path]:
+    """A head CT of two small instances, generated into ``out``."""
+    return generate_study("ct_head", out, instances=2, rows=32, columns=32)
+
+
+def _study(
+    engine: Engine,
+    spool: Spool,
+    out: Path,
+    job: JobState | None,
+    *,
+    files: list[Path] | None = None,
+    job_created: datetime | None = None,
+) -> str:
+    """A stable study of two instances (``files``, or generated into ``out``), stable two
+    hours ago, with one job in ``job`` (created at ``job_created``; by default now)."""
+    uid, _ = spool_files(engine, spool, files if files is not None else _files(out))
     with engine.begin() as conn:
         conn.execute(
             update(studies)
@@ -55,7 +72,7 @@ def _study(engine: Engine, spool: Spool, out: Path, job: JobState | None) -> str
             .values(state="stable", stable_at=HOURS_AGO)
         )
     if job is not None:
-        created = JobStore(engine).create(uid, "lungai", route="chest").job
+        created = JobStore(engine).create(uid, "lungai", route="chest", now=job_created).job
         with engine.begin() as conn:
             conn.execute(
                 update(jobs)
@@ -291,6 +308,73 @@ def test_purge_command_takes_a_purged_studys_rows_and_keeps_a_kept_patients_pseu
         trail = set(conn.execute(select(audit.c.target).where(audit.c.action == PURGE)).scalars())
     assert left == {"study-of-kept", "patient-of-kept", "patient-of-done", "prior-of-kept"}
     assert {"study_events", "procedure_notices", "corrections", "pseudonyms"} <= trail
+
+
+@pytest.mark.parametrize("kind", DATABASES)
+def test_pseudonyms_recorded_before_sent_with_go_once_every_study_that_may_have_sent_them_is(
+    kind: str, tmp_path: Path
+) -> None:
+    """A store at schema 0040 (before ``sent_with``) holding a study's pseudonym and two
+    priors' (their studies never in the index), upgraded: ``radbridge purge`` past
+    studies_after_done takes the study's with it, and a prior's once no study that may have
+    sent it is kept (no job of a kept study was created before it was issued): the prior
+    issued before the kept study's job goes with the purged study; the one issued after it
+    stays until the kept study is gone too."""
+    done_files, kept_files = _files(tmp_path / "done"), _files(tmp_path / "kept")
+    done, kept = (
+        str(pydicom.dcmread(f[0], stop_before_pixels=True).StudyInstanceUID)
+        for f in (done_files, kept_files)
+    )
+    sent, kept_job, later = (NOW - timedelta(hours=h) for h in (3.0, 2.5, 2.25))
+    with empty_database(kind, tmp_path, migrated=False) as engine:
+        upgrade_to(engine, "0040")
+        with engine.begin() as conn:  # as radbridge recorded them then: no sent_with
+            for name, pseudonym_kind, study_uid, issued_at in (
+                ("study-of-done", "study", done, sent),
+                ("prior-before-kept", "study", "2.25.5551", sent),
+                ("prior-after-kept", "series", "2.25.5552", later),
+            ):
+                conn.execute(
+                    insert(pseudonyms).values(
+                        pseudonym=name,
+                        kind=pseudonym_kind,
+                        original=study_uid,
+                        study_uid=study_uid,
+                        issued_at=issued_at,
+                    )
+                )
+        migrate(engine)
+        spool = Spool(tmp_path / "spool")
+        spool.prepare()
+        _study(engine, spool, tmp_path, JobState.DONE, files=done_files, job_created=sent)
+        _study(engine, spool, tmp_path, JobState.PENDING, files=kept_files, job_created=kept_job)
+        config = tmp_path / "rb.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "storage": {"database": str(engine.url), "spool": str(spool.root)},
+                    "retention": {"studies_after_done": "1h"},
+                }
+            )
+        )
+
+        def purge() -> tuple[int, set[str]]:
+            """``radbridge purge``: how many pseudonyms it took, and the ones left."""
+            answer = cli_fork.run(["purge", "-c", str(config), "--json"], timeout=120)
+            assert answer.returncode == 0, answer.stderr
+            items = json.loads(answer.stdout)["items"]
+            with engine.connect() as conn:
+                left = set(conn.execute(select(pseudonyms.c.pseudonym)).scalars())
+            return sum(i["count"] for i in items if i["kind"] == "pseudonyms"), left
+
+        assert purge() == (2, {"prior-after-kept"})
+        with engine.begin() as conn:  # the kept study's job ends; the next purge takes it
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.study_uid == kept)
+                .values(state=JobState.DONE.value, updated_at=HOURS_AGO)
+            )
+        assert purge() == (1, set())
 
 
 def test_purge_command_takes_audit_rows_past_audit_days_and_audits_that(
