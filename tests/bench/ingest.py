@@ -393,6 +393,11 @@ def report(results: Results) -> str:
     return "\n".join(lines)
 
 
+def _load() -> float:
+    """The one-minute load average: other work on the machine moves every figure."""
+    return round(os.getloadavg()[0], 2)
+
+
 def environment() -> dict[str, Any]:
     dcmtk = subprocess.run(["storescu", "--version"], capture_output=True, text=True, check=False)
     return {
@@ -469,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ensure_debian_packages("storescu", "storescp", "echoscu", "Orthanc")
     results = Results(environment=environment())
+    load_at_start = _load()
     with tempfile.TemporaryDirectory(prefix="radbridge-bench-", dir=args.workdir) as tmp:
         work = Path(tmp)
         if not args.memory:
@@ -478,7 +484,9 @@ def main(argv: list[str] | None = None) -> int:
                 results.memory = measure_memory(work, int(args.large_gib * GIB))
             except (RuntimeError, TimeoutError, OSError) as exc:
                 results.errors["radbridge memory"] = str(exc)
+    results.environment["load_average"] = {"start": load_at_start, "end": _load()}
     print(report(results))
+    print(f"load average: {load_at_start} at the start, {_load()} at the end")
     if args.json:
         args.json.write_text(json.dumps(results.as_json(), indent=2))
     return 1 if results.errors else 0
