@@ -33,6 +33,7 @@ class Prepared:
 
     def __init__(self, engine: Engine, statement: ClauseElement) -> None:
         dialect = engine.dialect
+        self.statement = statement
         compiled = statement.compile(dialect=dialect)
         assert isinstance(compiled, SQLCompiler)
         self.sql = compiled.string
@@ -48,7 +49,9 @@ class Prepared:
         )
         self._processors: dict[str, Callable[[Any], Any]] = {}
         for bind in compiled.binds.values():
-            processor = bind.type.bind_processor(dialect)
+            # The dialect's own type (SQLite's DATETIME writes its text format), as SQLAlchemy
+            # processes a bound value.
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 self._processors[names[bind]] = processor
         self._error: type[Exception] = dialect.loaded_dbapi.Error

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy import Engine, event, inspect, select, text
 
 from broker.model.domain import InstanceRecord, Patient, StudyState
 from broker.model.errors import NotFoundError, StoreError
 from broker.store import Indexed, StudyStore, make_engine
+from broker.store import studies as studies_module
 from broker.store.migrate import MIGRATIONS, migrate
 from broker.store.tables import instances, series, studies
 from tests.databases import DATABASES, empty_database
@@ -412,3 +413,35 @@ def test_concurrent_record_instance_loses_nothing(store: StudyStore) -> None:
     assert [s.instance_count for s in study.series] == [2 * per_thread, 2 * per_thread]
     assert len(store.instance_paths(STUDY)) == 4 * per_thread
     assert len(store.list_studies()) == 1
+
+
+def test_indexing_sends_the_database_what_sqlalchemy_sends(store: StudyStore) -> None:
+    """The indexing statements, run compiled on the driver's cursor (broker.store.prepared),
+    send the database the very SQL and parameters SQLAlchemy sends for the same statement and
+    values: times in the dialect's own text format (SQLite orders and pages by it), UTC."""
+    stmts = store._statements()
+    rec = _rec("21.1", at=T0 + timedelta(microseconds=250))
+    now = rec.received_at or T0
+    cases = [
+        (stmts.previous_path, {"uid": rec.sop_instance_uid}),
+        (stmts.upsert_study, studies_module._study_values(rec, now, now, 10.0)),
+        (stmts.upsert_series, studies_module._series_values(rec)),
+        (stmts.upsert_instance, studies_module._instance_values(rec, now)),
+    ]
+    sent: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, sql: str, params: Any, *_rest: Any) -> None:
+        sent.append((sql, params))
+
+    event.listen(store.engine, "before_cursor_execute", capture)
+    try:
+        for prepared, values in cases:
+            sent.clear()
+            with store.engine.begin() as conn:
+                conn.execute(prepared.statement, values)
+            statements = [(sql, p) for sql, p in sent if not sql.startswith("BEGIN")]
+            assert [(prepared.sql, prepared.parameters(values))] == [
+                (sql, tuple(p) if isinstance(p, list | tuple) else p) for sql, p in statements
+            ]
+    finally:
+        event.remove(store.engine, "before_cursor_execute", capture)
