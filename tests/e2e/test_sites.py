@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pydicom
@@ -224,9 +225,13 @@ def test_each_sites_result_goes_back_to_its_own_pacs_only(hub: Hub) -> None:
 
 
 def test_usage_is_split_by_site(hub: Hub) -> None:
-    """The usage report has one line per site, each counting its own study."""
+    """The usage report has one line per site, each counting its own study (on the site's
+    own calendar: township A's day is Shanghai's, which is a day ahead of UTC's from 16:00
+    UTC)."""
     today = datetime.now(UTC).date()
-    lines = hub.api("/usage", **{"from": str(today.replace(day=1)), "to": str(today)})
+    days = [today, datetime.now(ZoneInfo("Asia/Shanghai")).date()]
+    window = {"from": str(min(days).replace(day=1)), "to": str(max(days))}
+    lines = hub.api("/usage", **window)
     assert sorted((line["site"], line["studies"]) for line in lines) == [
         ("township-a", 1),
         ("township-b", 1),
