@@ -39,6 +39,7 @@ from adapters.harness.ris import send_message
 from adapters.harness.vendor import ResultsTarget, SimulatedVendor
 from adapters.results.findings import parse_findings
 from adapters.results.sr import findings_to_sr, read_source_study
+from broker.engine.metrics import STORE_CACHE_SECONDS
 from broker.model.domain import Order, Patient
 from tests.e2e.test_console import PASSWORDS, VIEWPORT, ensure_chromium
 from tests.fhir_receiver import Webhook
@@ -687,8 +688,15 @@ def test_a_canary_to_a_vendor_that_never_answers_raises_canary_failed(site: Site
     canary_job = site.api("GET", "/jobs", params={"vendor": "deadai"}).json()["items"][-1]
     assert notice["study_uid"] == canary_job["study_uid"] and canary_job["route"] == "(canary)"
     assert (canary_job["state"], canary_job["attempts"]) == ("dead", 1)
-    metrics = httpx.get(f"{site.base}/metrics", timeout=10).text
-    assert 'radbridge_vendor_alerts_total{kind="canary_failed",vendor="deadai"} 1.0' in metrics
+    alerted = 'radbridge_vendor_alerts_total{kind="canary_failed",vendor="deadai"} 1.0'
+
+    def scraped() -> str | None:
+        text = httpx.get(f"{site.base}/metrics", timeout=10).text
+        return text if alerted in text else None
+
+    # The store's figures are cached up to STORE_CACHE_SECONDS (another test may have just
+    # scraped them).
+    metrics = wait_until(scraped, "the alert in the metrics", timeout=STORE_CACHE_SECONDS + 10)
     assert 'radbridge_jobs{state="dead",vendor="deadai"} 0.0' in metrics
     with _console(site) as console:
         dashboard = console.get("/").text
