@@ -189,11 +189,10 @@ class EventDrivenDUL(DULServiceProvider):
         except InvalidEventError as exc:
             # The association thread acted on a connection this thread had already
             # aborted (an A-ASSOCIATE-AC after AA-8 aborted a requestor that sent P-DATA
-            # before the answer): nothing is left to send; the connection closes below.
-            self._log().warning(
-                "association ended: an answer came after the connection was aborted",
-                reason=str(exc),
-            )
+            # before the answer): nothing is left to send; the connection closes below,
+            # and the abort is reported once, as any other.
+            self._log().debug("an answer came after the connection was aborted", reason=str(exc))
+            _report_abort(self.assoc)
         finally:
             if self.lean is not None and self.lean.abandon():
                 self._log().warning("association ended mid-transfer; partial object removed")
@@ -409,9 +408,7 @@ class EventDrivenAssociation(Association):
 
             if self.acse.is_aborted():
                 self.dul.receive_pdu(wait=False)
-                self.is_aborted = True
-                self.is_established = False
-                evt.trigger(self, evt.EVT_ABORTED, {})
+                _report_abort(self)
                 self.kill()
                 return
 
@@ -423,6 +420,20 @@ class EventDrivenAssociation(Association):
                 self.abort()
                 self.kill()
                 return
+
+
+def _report_abort(assoc: Association) -> None:
+    """Mark the association aborted and trigger EVT_ABORTED, once (the DUL thread and the
+    association's may both find the abort)."""
+    with _ABORTING:
+        if assoc.is_aborted:
+            return
+        assoc.is_aborted = True
+        assoc.is_established = False
+    evt.trigger(assoc, evt.EVT_ABORTED, {})
+
+
+_ABORTING = threading.Lock()
 
 
 def event_driven_dul(assoc: Association) -> None:

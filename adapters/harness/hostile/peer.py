@@ -161,6 +161,14 @@ class HostilePeer:
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return self
 
+    def reconnect(self) -> HostilePeer:
+        """Close, and connect again with nothing received yet (a fresh report)."""
+        self.close()
+        self.report = PeerReport()
+        self._inbox.clear()
+        self._message_id = 0
+        return self.connect()
+
     @property
     def sock(self) -> socket.socket:
         if self._sock is None:
