@@ -46,7 +46,11 @@ from tests.service import Radbridge
 from tests.unit.test_conformance_docs import DICOM_DOC, table
 
 # One worker runs the module (xdist_group), so that its tests share its two services.
-pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("ingest_conformance")]
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.slow,
+    pytest.mark.xdist_group("ingest_conformance"),
+]
 
 CT = crafted.CT_IMAGE_STORAGE
 EXPLICIT = pdu.EXPLICIT_VR_LITTLE_ENDIAN
