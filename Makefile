@@ -11,9 +11,9 @@ RUN_VENV := .venv-run
 CONFIG ?= examples/hospital.yaml
 # pytest-xdist workers. Most tests wait on real peers, timers and processes
 # rather than compute (their radbridge commands and services are forked from a
-# pre-imported launcher), so 8 workers keep a 2-core machine busy; tests that
+# pre-imported launcher), so 6 workers keep a 2-core machine busy; tests that
 # must not overlap share an xdist_group (--dist loadgroup, in pyproject.toml).
-TEST_WORKERS ?= 8
+TEST_WORKERS ?= 6
 LINTED := broker adapters routing config tests
 
 .PHONY: run test tests lint ruff typecheck bench fuzz venv dist debian services clean

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from pynetdicom import _config, dimse_messages
+
 from adapters.dicom.server import make_server
 from adapters.dicom.slots import Limits, ProcessSlots, SlotBoard
 from broker.store import StudyStore
@@ -38,7 +40,15 @@ def dicom_listener(settings: Settings, store: StudyStore, sock: socket.socket) -
     spool = Spool(settings.storage.spool)
     spool.prepare()
     load = ProcessSlots(SlotBoard(1, Limits.from_settings(settings.dicom)), 0)
-    tempdir = tempfile.tempdir
+    # make_server sets what a listener process needs process-wide (pynetdicom's chunked
+    # C-STORE files, written through radbridge's receiving file in the spool, its UID
+    # validator); this process goes on running other tests' pynetdicom peers after it.
+    saved = (
+        tempfile.tempdir,
+        _config.STORE_RECV_CHUNKED_DATASET,
+        dict(_config.VALIDATORS),
+        vars(dimse_messages)["NamedTemporaryFile"],
+    )
     server = make_server(settings, store, spool, load)
     thread = threading.Thread(target=_serve, args=(server, sock, load), daemon=True)
     thread.start()
@@ -47,4 +57,7 @@ def dicom_listener(settings: Settings, store: StudyStore, sock: socket.socket) -
     finally:
         sock.close()
         server.server_close()
-        tempfile.tempdir = tempdir
+        tempfile.tempdir, _config.STORE_RECV_CHUNKED_DATASET, validators, named = saved
+        _config.VALIDATORS.clear()
+        _config.VALIDATORS.update(validators)
+        setattr(dimse_messages, "NamedTemporaryFile", named)
