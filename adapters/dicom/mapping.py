@@ -15,6 +15,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,8 @@ _ESCAPE = 0x1B  # ISO 2022 code extensions switch character sets with it
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
-    tag = _TAGS.get(keyword) or _tag_of(keyword)
-    raw = ds.get_item(tag, keep_deferred=True) if tag in ds else None
+    tag = _tag_of(keyword)
+    raw = ds.get_item(tag, keep_deferred=True)  # None when absent
     if raw is None:
         return None
     if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
@@ -68,14 +69,11 @@ def _text(ds: Dataset, keyword: str) -> str | None:
     return _value_text(value)
 
 
-_TAGS: dict[str, int] = {}
-
-
+@cache
 def _tag_of(keyword: str) -> int:
     tag = tag_for_keyword(keyword)
     if tag is None:
         raise KeyError(keyword)
-    _TAGS[keyword] = tag
     return tag
 
 
