@@ -63,9 +63,9 @@ class Spool:
         self.priors = root / "priors"
         """Prior studies fetched for jobs (:mod:`broker.model.priors`): never indexed."""
         self.canaries = root / "canary"
+        """Canary studies radbridge made (:mod:`broker.model.canary`): indexed, never routed."""
         self.rendered = root / "rendered"
         """Renderings of results for write-back targets, one folder per result id."""
-        """Canary studies radbridge made (:mod:`broker.model.canary`): indexed, never routed."""
         self._lock_fd: int | None = None
 
     def lock(self) -> None:
