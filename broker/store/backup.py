@@ -4,10 +4,11 @@ A backup folder holds the store (``store.sqlite``, made with SQLite's online bac
 API, or ``store.pgdump``, ``pg_dump``'s custom format), a copy of the configuration
 file and ``manifest.json``: when, from which store and spool, the schema revision,
 and every spool file it keeps with its size (and SHA-256): the studies' and the
-results' objects, and the renderings of results kept for write-back retries (a retry
-after a restore sends the same bytes). The spool's files themselves are left to the
-hospital's backup tool. The store is copied first and the spool listed after it, so
-every file the copied store refers to is in the manifest.
+results' objects, the canary studies, and the renderings of results kept for
+write-back retries (a retry after a restore sends the same bytes): the folders
+:attr:`~broker.store.spool.Spool.kept` names. The spool's files themselves are left to
+the hospital's backup tool. The store is copied first and the spool listed after it,
+so every file of those folders the copied store refers to is in the manifest.
 """
 
 from __future__ import annotations
@@ -31,18 +32,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from broker.model.errors import StoreError
 from broker.store.engine import make_engine, writing
-from broker.store.spool import fsync_dir
+from broker.store.spool import Spool, fsync_dir
 
 MANIFEST = "manifest.json"
 SQLITE_COPY = "store.sqlite"
 PG_DUMP = "store.pgdump"
 #: Tables whose ``path`` column names a file in the spool.
 _PATH_TABLES = ("instances", "result_objects")
-#: The spool's folders in the manifest (:class:`~broker.store.spool.Spool`): what arrived,
-#: and the renderings of results (``rendered/RESULT/TARGET.…/``, made once and kept).
-SPOOL_FOLDERS = ("studies", "results", "rendered")
-#: The folder whose own folders are private (mode 0700), as the write-back makes them.
-_PRIVATE = "rendered"
 
 
 @dataclass(frozen=True)
@@ -98,11 +94,11 @@ def _revision(engine: Engine) -> str | None:
 
 
 def spool_files(root: Path, checksums: bool = True) -> Iterator[SpoolFile]:
-    """Every file under the spool's :data:`SPOOL_FOLDERS`, in name order; not those of a
-    folder whose name starts with a dot (renderings still being made), nor one that
-    retention removed while the spool was listed."""
-    for folder in SPOOL_FOLDERS:
-        for path in sorted((root / folder).rglob("*")):
+    """Every file under the spool's kept folders (:attr:`~broker.store.spool.Spool.kept`),
+    in name order; not those of a folder whose name starts with a dot (renderings still
+    being made), nor one that retention removed while the spool was listed."""
+    for folder in Spool(root).kept:
+        for path in sorted(folder.rglob("*")):
             relative = path.relative_to(root)
             if any(part.startswith(".") for part in relative.parts) or not path.is_file():
                 continue
@@ -201,12 +197,13 @@ def check_spool(manifest: dict[str, Any], root: Path, source: Path | None = None
 def _make_folders(root: Path, folder: Path) -> None:
     """Make ``folder`` under the spool ``root`` and its missing parents; those under
     ``rendered`` private (mode 0700), as the write-back makes them."""
+    rendered = Spool(root).rendered
     missing = []
     while not folder.exists():
         missing.append(folder)
         folder = folder.parent
     for made in reversed(missing):
-        private = made.relative_to(root).parts[0] == _PRIVATE and made != root / _PRIVATE
+        private = made.is_relative_to(rendered) and made != rendered
         made.mkdir(mode=0o700 if private else 0o777, exist_ok=True)
 
 

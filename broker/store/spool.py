@@ -5,9 +5,16 @@ Layout::
     SPOOL/tmp/                       objects still arriving (cleared at start)
     SPOOL/studies/STUDY/SERIES/SOP.dcm
     SPOOL/results/STUDY/SOP.dcm      result objects from vendors (never in the study index)
+    SPOOL/canary/runRUN/…            canary studies radbridge made (indexed, never routed)
     SPOOL/rendered/RESULT/TARGET.…/  a result's renderings for a target (made once, kept
                                      for its retries; purged with the result's objects)
+    SPOOL/priors/job-JOB/            priors fetched from a PACS for a job (never indexed;
+                                     removed once sent, or once a vendor pulled them)
     SPOOL/nodes/NODE/tmp/            with ``node.id``: that node's objects still arriving
+
+A backup lists the files of :attr:`Spool.kept` (what the store refers to and a restore
+needs); the rest are objects still arriving, which no sender was told are stored, and
+priors, copies the PACS keeps that a job not yet sent fetches again.
 
 Several nodes (``node.id``) share one spool: each keeps what it is still receiving,
 and its lock, in its own folder under ``nodes/``, and places finished objects in the
@@ -67,6 +74,12 @@ class Spool:
         self.rendered = root / "rendered"
         """Renderings of results for write-back targets, one folder per result id."""
         self._lock_fd: int | None = None
+
+    @property
+    def kept(self) -> tuple[Path, ...]:
+        """The folders whose files radbridge keeps for the store's rows (a backup lists
+        them): received studies, results, canary studies, results' renderings."""
+        return (self.studies, self.results, self.canaries, self.rendered)
 
     def lock(self) -> None:
         """Take the spool (a node: its folder) for this service; a second radbridge on it

@@ -12,6 +12,7 @@ down.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sqlite3
@@ -261,3 +262,46 @@ def test_backup_and_restore_on_postgresql(tmp_path: Path) -> None:
         assert again.returncode == 1 and "not empty" in again.stderr + again.stdout
         new.cli("restore", str(tmp_path / "backup"), "--force")
         assert _pg_counts(target_url) == restored
+
+
+def test_a_backup_keeps_the_canary_studies_for_a_restore(tmp_path: Path) -> None:
+    """The canary study a running service made (``SPOOL/canary/``, indexed) is in the
+    backup's manifest with its SHA-256, and a restore with --spool copies it byte for byte
+    into the new spool, where the restored index's paths of its instances point."""
+    with StoreSCP(tmp_path / "vendor", ae_title="CANARYAI") as vendor:
+        config = base_config(tmp_path / "old", free_port(), study_stable_seconds=0.5)
+        config["vendors"] = {
+            "canaryai": {
+                "product": "CT head bleed",
+                "transport": dicom_block("CANARYAI", vendor.port),
+                "canary": {"every": "1d", "deadline": "1h", "instances": 3},
+            }
+        }
+        rb = Radbridge(tmp_path / "old", config)
+        rb.start()
+        try:
+            wait_until(
+                lambda: _jobs(rb).get("canaryai", {}).get("state") == "awaiting_result",
+                "the canary sent",
+            )
+            made = _files(rb.spool / "canary")
+            assert len(made) == 3 and all(p.endswith(".dcm") for p in made), sorted(made)
+            rb.cli("backup", str(tmp_path / "backup"))
+            spool_copy = tmp_path / "spool-copy"  # what the hospital's backup tool holds
+            shutil.copytree(rb.spool, spool_copy)
+        finally:
+            rb.kill9()
+    shutil.rmtree(tmp_path / "old")  # the machine is gone
+    manifest = json.loads((tmp_path / "backup" / "manifest.json").read_text())
+    listed = {f["path"]: f["sha256"] for f in manifest["spool_files"]}
+    canary = {p: hashlib.sha256(data).hexdigest() for p, data in made.items()}
+    assert {f"canary/{p}": digest for p, digest in canary.items()}.items() <= listed.items()
+
+    new = Radbridge(tmp_path / "new", base_config(tmp_path / "new", free_port()))
+    restored = new.cli("restore", str(tmp_path / "backup"), "--spool", str(spool_copy))
+    assert f"{len(listed)} of {len(listed)} files in place" in restored.stdout, restored.stderr
+    assert _files(new.spool / "canary") == made
+    path = str(new.config["storage"]["database"]).removeprefix("sqlite:///")
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        paths = [row[0] for row in conn.execute("SELECT path FROM instances")]
+    assert sorted(paths) == sorted(str(new.spool / "canary" / p) for p in made)
