@@ -45,7 +45,8 @@ class PseudonymStore:
     ) -> int:
         """Keep every pseudonym not recorded yet; how many were new. ``sent_with``: the study
         whose job sends them (retention purges them with it); a prior's pseudonyms recorded
-        before are moved to it (the latest study that sent them keeps them)."""
+        before are moved to it (the latest study that sent them; retention keeps them while
+        a study of its patient ID is kept, which may have sent them too)."""
         wanted = {p.pseudonym: p for p in issued}
         if not wanted:
             return 0

@@ -12,9 +12,9 @@ completed, cancelled or discontinued (with their links to studies; their message
 stay, unlinked, until their own retention). What the store keeps of a study's content
 goes with its instances: once a study is purged and nothing more happens to it (no job
 of it can bring a result, no write-back of it is unfinished), its events, its procedure
-step notices, its corrections (none still being written) and the pseudonyms issued for
-it or, for a prior, sent with it (a patient's only once no study of that patient ID is
-kept) are deleted at the next purge; procedure step notices that never named a study go
+step notices, its corrections (none still being written) and the pseudonyms sent with
+it (a patient's, and a prior's, only once no study of that patient ID is kept) are
+deleted at the next purge; procedure step notices that never named a study go
 by their last change after ``studies_done``. The study row, its jobs and their history
 stay. The audit trail is append-only (a trigger refuses updates and deletes) unless
 ``audit`` is set: then the rows older than it go in one transaction that records the
@@ -511,10 +511,16 @@ def _studies_gone() -> Select[tuple[str]]:
 
 
 def _pseudonyms_gone(gone: Select[tuple[str]]) -> ColumnElement[bool]:
-    """Pseudonyms issued for studies that are gone, or sent with them for a prior that is not
-    kept in the index, but a patient's only when no study of that patient ID is still kept
-    (one patient, one pseudonym: a later study of theirs may still get a result that names
-    it).
+    """Pseudonyms sent with studies that are gone, once the study they were issued for is
+    not kept in the index either; but a patient's only when no study of that patient ID is
+    still kept (one patient, one pseudonym: a later study of theirs may still get a result
+    that names it).
+
+    A prior's pseudonyms go with the newer study whose job sent them, never with the
+    prior's own study: that newer study's result may still name them. ``sent_with`` holds
+    the latest study that sent them, and an earlier one may still wait for its result;
+    priors come only for the same patient ID, so a prior's go once no study of the patient
+    ID of the study that sent them is still kept.
 
     A prior's pseudonym recorded before ``sent_with`` (migration 0041) names no study that
     sent it, and nothing in the store says which did: one of the studies with a job created
@@ -527,15 +533,28 @@ def _pseudonyms_gone(gone: Select[tuple[str]]) -> ColumnElement[bool]:
         .where(kept.c.patient_id == pseudonyms.c.original, kept.c.study_uid.not_in(gone))
         .exists()
     )
+    sender = studies.alias("sender")
+    kin_kept = (
+        select(kept.c.id)
+        .join(sender, sender.c.patient_id == kept.c.patient_id)
+        .where(sender.c.study_uid == pseudonyms.c.sent_with, kept.c.study_uid.not_in(gone))
+        .exists()
+    )
     indexed = select(studies.c.study_uid).where(studies.c.purged_at.is_(None))
     oldest_kept_job = (
         select(func.min(jobs.c.created_at)).where(jobs.c.study_uid.not_in(gone)).scalar_subquery()
     )
     return and_(
         or_(
-            pseudonyms.c.study_uid.in_(gone),
-            # a prior's (its study not kept in the index): with the study whose job sent it
-            and_(pseudonyms.c.sent_with.in_(gone), pseudonyms.c.study_uid.not_in(indexed)),
+            # with the study whose job sent it, once the study it was issued for is not
+            # kept in the index either (a prior's: nor any study of the sender's patient)
+            and_(
+                pseudonyms.c.sent_with.in_(gone),
+                pseudonyms.c.study_uid.not_in(indexed),
+                or_(pseudonyms.c.sent_with == pseudonyms.c.study_uid, ~kin_kept),
+            ),
+            # recorded before sent_with, with the study it was issued for
+            and_(pseudonyms.c.sent_with.is_(None), pseudonyms.c.study_uid.in_(gone)),
             # a prior's recorded before sent_with: once every study that may have sent it is
             and_(
                 pseudonyms.c.sent_with.is_(None),

@@ -775,10 +775,11 @@ pseudonyms = Table(
 )
 """What radbridge replaced in studies it de-identified for vendors: each pseudonym (a keyed
 hash, not reversible) and the original value, so results can be mapped back; kept until
-retention purges the study it was issued for, or the study whose job sent it
-(``sent_with``: a prior's, not in the index, goes with the current study; NULL, recorded
-before migration 0041: once no study that may have sent it is kept), and no result can
-come back for it: see :mod:`broker.store.retention`."""
+retention purges the study whose job sent it (``sent_with``; a prior's: the latest newer
+study that sent it, and not while the prior or another study of that patient ID is kept;
+NULL, recorded before migration 0041: the study it was issued for, or for a prior not in
+the index once no study that may have sent it is kept), and no result can come back for
+it: see :mod:`broker.store.retention`."""
 critical_cases = Table(
     "critical_cases",
     metadata,

@@ -40,7 +40,7 @@ ISSUER = "HOSP_A"
 WAIT = 10.0  # ample on a loaded machine: a stopped PACS refuses at once anyway
 
 
-def _study(
+def patient_study(
     folder: Path, patient_id: str, issuer: str, date: str, kind: StudyKind = "ct_head"
 ) -> tuple[list[Path], str]:
     """A small CT (two 32x32 slices; a head CT by default) of ``patient_id`` / ``issuer``
@@ -135,9 +135,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     rb: Radbridge | None = None
     try:
         held = {
-            "prior": _study(folder / "prior", PATIENT, ISSUER, "20240105"),
-            "other-patient": _study(folder / "other", "PRI0002", ISSUER, "20240105"),
-            "other-issuer": _study(folder / "issuer", PATIENT, "HOSP_B", "20240106"),
+            "prior": patient_study(folder / "prior", PATIENT, ISSUER, "20240105"),
+            "other-patient": patient_study(folder / "other", "PRI0002", ISSUER, "20240105"),
+            "other-issuer": patient_study(folder / "issuer", PATIENT, "HOSP_B", "20240106"),
         }
         for files, _uid in held.values():
             for path in files:
@@ -195,7 +195,7 @@ def _notes(job: dict[str, Any]) -> str:
 def test_vendor_receives_the_current_and_the_prior_study(world: World) -> None:
     """The vendor gets the current study and the patient's prior (same ID and issuer), and
     nothing of another patient or of the same ID under another issuer."""
-    files, current = _study(world.folder / "current", PATIENT, ISSUER, "20260301")
+    files, current = patient_study(world.folder / "current", PATIENT, ISSUER, "20260301")
     storescu(files, world.rb.port)
     wait_until(lambda: _received(world.vendor).get(current) == 2, "study at vendor", timeout=90)
     job = _job(world.rb, current)  # after the vendor has it: a few CLI calls, not hundreds
@@ -212,7 +212,7 @@ def test_http_vendor_pulls_the_prior_by_its_own_url(world: World) -> None:
     URL; the vendor pulls its instances with the job's token, which opens no other study;
     the time ledger stamps the priors requested and fetched, and ``routes explain`` says
     what the route asks for and what the job's fetch found."""
-    files, current = _study(world.folder / "cloud", PATIENT, ISSUER, "20260303", "ct_chest")
+    files, current = patient_study(world.folder / "cloud", PATIENT, ISSUER, "20260303", "ct_chest")
     storescu(files, world.rb.port)
     wait_until(
         lambda: world.cloud.priors_pulled.get(world.prior_uid) == 2, "prior pulled", timeout=90
@@ -256,7 +256,7 @@ def test_deidentified_http_vendor_pulls_the_prior_under_the_same_pseudonyms(
     pseudonymous UID; the vendor pulls it de-identified, with the current study's patient
     pseudonym; the prior's real UID opens nothing (403). The prior's pseudonym is recorded as
     sent with the current study (the prior is not in the index): retention purges it then."""
-    files, current = _study(world.folder / "anon", PATIENT, ISSUER, "20260305", "ct_ccta")
+    files, current = patient_study(world.folder / "anon", PATIENT, ISSUER, "20260305", "ct_ccta")
     storescu(files, world.rb.port)
     [manifest] = wait_until(
         lambda: [m for m in world.cloud.manifests if m.get("deidentified")], "manifest"
@@ -294,7 +294,7 @@ def test_priors_from_a_dicomweb_pacs(tmp_path: Path) -> None:
     pacs = Orthanc(tmp_path / "orthanc", dicomweb=True).start()
     try:
         held = {
-            name: _study(tmp_path / name, patient, issuer, "20240105")
+            name: patient_study(tmp_path / name, patient, issuer, "20240105")
             for name, patient, issuer in [
                 ("prior", PATIENT, ISSUER),
                 ("other-patient", "PRI0002", ISSUER),
@@ -321,7 +321,7 @@ def test_pacs_down_sends_the_study_without_priors(world: World) -> None:
     and the job's history says why."""
     world.pacs.stop()
     before = set(_received(world.vendor))
-    files, current = _study(world.folder / "current2", PATIENT, ISSUER, "20260302")
+    files, current = patient_study(world.folder / "current2", PATIENT, ISSUER, "20260302")
     storescu(files, world.rb.port)
     wait_until(lambda: _received(world.vendor).get(current) == 2, "study at vendor", timeout=90)
     job = _job(world.rb, current)
