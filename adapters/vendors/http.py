@@ -78,6 +78,12 @@ are exhausted, audited ``job.withdrawn``)::
 
 2xx, 404 and 410 (the vendor no longer has the job) count as told; the rest of the
 answers as for the manifest.
+
+The vendor never gets the ``DELETE`` before the manifest it cancels. The token is issued
+only while the job is still being sent (a job cancelled before gets no manifest, and
+its vendor is told nothing unless an earlier attempt's manifest went out), and is marked
+in flight until the POST is answered or failed (or, should the sender die, for
+three times ``timeout`` and a few seconds); the ``DELETE`` waits for that.
 """
 
 from __future__ import annotations
@@ -95,7 +101,7 @@ from adapters.deid.study import deidentified_manifest
 from adapters.http_status import Verdict, answered, failure, url_endpoint, verdict
 from adapters.vendors.base import VendorRejectedError, VendorUnavailableError
 from broker.model.errors import ConfigError, NotFoundError, StoreError
-from broker.model.jobs import Job
+from broker.model.jobs import Job, JobChangedError
 from broker.model.logging import get_logger
 from broker.model.vendor import SendOutcome, TransportContext, TransportSettings, VendorTransport
 from broker.store import StudyStore, make_engine
@@ -108,6 +114,9 @@ LOG = get_logger("radbridge.vendors.http")
 _GONE = frozenset({404, 410})
 #: A vendor API without the cancellation endpoint: it cannot be told, asking again won't help.
 _NO_CANCEL = frozenset({405, 501})
+#: Seconds beyond the POST's own timeouts that a manifest counts as in flight after its
+#: token is issued (building it reads the store).
+POSTING_MARGIN = 5.0
 
 
 class HttpUnavailableError(VendorUnavailableError):
@@ -250,12 +259,23 @@ class HttpTransport(VendorTransport):
         except OSError as exc:
             raise HttpRejectedError(f"cannot read the spool for job {job.id}: {exc}") from exc
         started = time.perf_counter()
+        tokens = JobTokens(self.engine)
         try:
-            token, expires_at = JobTokens(self.engine).issue(job.id, self.context.result_timeout)
+            token, expires_at = tokens.issue(
+                job.id, self.context.result_timeout, posting_seconds=self.posting_seconds
+            )
+        except JobChangedError as exc:  # cancelled meanwhile: nothing goes, nobody is told
+            raise HttpRejectedError(str(exc)) from exc
         except StoreError as exc:
             raise HttpUnavailableError(f"cannot issue a token for job {job.id}: {exc}") from exc
-        body = self.manifest(job, token, expires_at.isoformat(), files)
-        self._post(body)
+        try:
+            body = self.manifest(job, token, expires_at.isoformat(), files)
+            self._post(body)
+        finally:
+            try:
+                tokens.posted(job.id)
+            except StoreError:  # a cancellation waits until posting_until instead
+                LOG.exception("the manifest's end not recorded", job_id=job.id)
         seconds = time.perf_counter() - started
         LOG.info(
             "manifest accepted; the vendor pulls the study",
@@ -269,6 +289,13 @@ class HttpTransport(VendorTransport):
             seconds=seconds,
             detail=f"manifest POSTed to {self.settings.url}; WADO-RS at {body['wado_rs']}",
         )
+
+    @property
+    def posting_seconds(self) -> float:
+        """The longest a manifest's POST may still reach the vendor after its token is
+        issued: connecting, writing and the first read, each within ``timeout``, and a
+        margin for building the manifest."""
+        return 3 * self.settings.timeout + POSTING_MARGIN
 
     def _post(self, body: dict[str, Any]) -> None:
         self._call("POST", self.settings.url, body)
@@ -302,11 +329,14 @@ class HttpTransport(VendorTransport):
 
     def cancel(self, job: Job, reason: str = "") -> bool:
         """Revoke ``job``'s token, so the vendor can fetch nothing more of the study, and tell
-        the vendor (``DELETE {url}/{job_id}``, see the module docstring); 404 and 410
-        count as told (the vendor no longer has the job), 405 and 501 as done (its API has
-        no cancellation; the token is revoked all the same)."""
+        the vendor (``DELETE {url}/{job_id}``, see the module docstring), once a manifest
+        of it still in flight was POSTed; 404 and 410 count as told (the vendor no longer
+        has the job), 405 and 501 as done (its API has no cancellation; the token is
+        revoked all the same)."""
+        tokens = JobTokens(self.engine)
         try:
-            JobTokens(self.engine).revoke(job.id)
+            tokens.wait_posted(job.id)  # the vendor gets the manifest first, then this
+            tokens.revoke(job.id)
         except StoreError as exc:
             raise HttpUnavailableError(f"cannot revoke the token of job {job.id}: {exc}") from exc
         body = {"job_id": job.id, "vendor": self.vendor, "reason": reason or "cancelled"}

@@ -190,9 +190,12 @@ job_tokens = Table(
     Column("token_sha256", String(64), nullable=False, unique=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
+    Column("posting_until", UTCDateTime),
     Index(None, "job_id"),
 )
-"""Per-job bearer tokens of the WADO-RS endpoint (only their SHA-256 is kept)."""
+"""Per-job bearer tokens of the WADO-RS endpoint (only their SHA-256 is kept); while
+``posting_until`` has not passed, the job's manifest may still be on its way to the vendor
+(a cancellation waits for it)."""
 
 orders = Table(
     "orders",

@@ -17,6 +17,7 @@ import json
 import shutil
 import tempfile
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -107,11 +108,14 @@ def _orthanc_wrong_password(folder: Path) -> Iterator[Peer]:
 
 class HttpVendorApi:
     """A loopback AI vendor API: records each manifest POSTed and each cancellation
-    (``DELETE {url}/{job_id}``: path and body) and answers ``status``."""
+    (``DELETE {url}/{job_id}``: path and body) and answers ``status``; with ``hold``, it
+    takes that long over each manifest before it answers (a vendor registering the job).
+    ``seen`` lists what it saw in order: ``POST``, ``POST answered``, ``DELETE /…``."""
 
-    def __init__(self, status: int = 200) -> None:
+    def __init__(self, status: int = 200, *, hold: float = 0.0) -> None:
         self.manifests: list[dict[str, Any]] = []
         self.cancellations: list[tuple[str, dict[str, Any]]] = []
+        self.seen: list[str] = []
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -119,14 +123,18 @@ class HttpVendorApi:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                api.seen.append("POST")
+                time.sleep(hold)
                 if status < 300:
                     api.manifests.append(json.loads(body))
+                api.seen.append("POST answered")
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def do_DELETE(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                api.seen.append(f"DELETE {self.path}")
                 api.cancellations.append((self.path, json.loads(body)))
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
