@@ -15,10 +15,10 @@ from tests.integration.contracts.kits import HttpVendorApi
 from tests.peers import LOOPBACK, free_port, storescu, wait_until
 from tests.service import Radbridge, base_config
 
-pytestmark = [pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
 #: How long the vendor takes over a manifest: ample for an operator's cancel meanwhile.
-HOLD = 8.0
+HOLD = 15.0
 
 
 def _config(folder: Path, url: str) -> dict[str, Any]:
