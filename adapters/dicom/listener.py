@@ -83,6 +83,7 @@ def _process_main(  # noqa: PLR0917 - a spawned process's target gets its argume
         store = StudyStore(make_engine(settings.database_url()))
         spool = Spool(settings.storage.spool, settings.node.id)
         server = make_server(settings, store, spool, ProcessSlots(board, slot), evidence.put)
+        store.prepare()
     except Exception as exc:
         ready.put((slot, os.getpid(), f"{type(exc).__name__}: {exc}"))
         raise

@@ -101,9 +101,22 @@ class ReceivingFile:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, 0)  # give the space back now, not at unlink
-        self.close()
+        self._close()
 
     def close(self) -> None:
+        """Close the file, starting the write-back of what was not started yet."""
+        if self._fd is not None and self.failure is None and self._written > self._flushed:
+            start_write_back(self._fd, self._flushed, self._written - self._flushed)
+            self._flushed = self._written
+        self._close()
+
+    def discard(self) -> None:
+        """Close and remove an unfinished file."""
+        self._close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.name)
+
+    def _close(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
             with contextlib.suppress(OSError):

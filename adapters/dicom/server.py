@@ -31,7 +31,6 @@ import tempfile
 import traceback
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,8 +86,22 @@ from broker.store.spool import Spool
 from config.schema import AERole, Settings
 
 LOG = get_logger("radbridge.dicom")
-#: fdatasync releases the GIL: it overlaps with parsing the header of the same object.
-_SYNC = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-sync")
+
+
+class _Flush:
+    """A received file's fdatasync, run once, when the answer first needs it: after the
+    header is parsed, which gives the disk time to write what the receiving file already
+    sent it (:func:`adapters.dicom.receiving.start_write_back`). A refused object is never
+    synced."""
+
+    def __init__(self, spool: Spool, path: Path) -> None:
+        self._spool, self._path, self._done = spool, path, False
+
+    def __call__(self) -> None:
+        if not self._done:
+            self._spool.flush(self._path)
+            self._done = True
+
 
 #: Transfer syntaxes accepted for storage, in no particular preference: the
 #: requestor's first proposed syntax that is listed here is the one used.
@@ -357,13 +370,13 @@ class StoreSCP:
         tmp = arrival.path
         final: Path | None = None
         existed = placing = False
-        flushing = _SYNC.submit(self.spool.flush, tmp)  # fdatasync runs while we parse
+        flushing = _Flush(self.spool, tmp)
         settings = self.settings  # one configuration for the whole C-STORE
         called = settings.dicom.ae_titles.get(called_ae)
         if called is not None and called.role is AERole.RESULTS:
             return self._store_result(arrival, flushing, log)
         if arrival.sop_class_uid == KEY_OBJECT_SELECTION:
-            answer = self._rejection(assoc, tmp, flushing, log)
+            answer = self._rejection(assoc, tmp, log)
             if answer is not None:
                 return answer
         sites = settings.site_directory()
@@ -387,7 +400,7 @@ class StoreSCP:
             )
             if final.exists():  # a resend: refuse another patient before its copy is replaced
                 self.store.check_instance(record)
-            flushing.result()
+            flushing()
             placing = True  # from here a failure removes what was placed (unless it existed)
             with self.spool.study_lock(record.study_uid):  # a retention purge waits
                 existed, folders = self.spool.rename_into_place(tmp, final)
@@ -399,12 +412,10 @@ class StoreSCP:
             if indexed.previous_path:
                 self.spool.discard(Path(indexed.previous_path))
         except IdentityConflictError as exc:
-            wait([flushing])
             if final is not None and placing and not existed:
                 self._discard_quietly(final)
             return _identity_refused(exc, log)
         except InvalidDicomError as exc:
-            wait([flushing])
             log.warning("c-store refused: cannot understand", error=str(exc))
             return _status(StoreFailure.CANNOT_UNDERSTAND, str(exc))
         except (SpoolError, StoreError, OSError) as exc:
@@ -424,21 +435,17 @@ class StoreSCP:
         )
         return Status.SUCCESS
 
-    def _rejection(
-        self, assoc: Association, tmp: Path, flushing: Any, log: Any
-    ) -> int | Dataset | None:
+    def _rejection(self, assoc: Association, tmp: Path, log: Any) -> int | Dataset | None:
         """An IOCM Rejection Note: the results made from what it rejects are corrected
         (:class:`broker.store.corrections.CorrectionStore`), recorded before the answer;
         None when the KOS is no rejection note (stored as any instance)."""
         try:
             note = rejection_note_from_file(tmp)
         except InvalidDicomError as exc:
-            wait([flushing])
             log.warning("rejection note refused: cannot understand", error=str(exc))
             return _status(StoreFailure.CANNOT_UNDERSTAND, str(exc))
         if note is None:
             return None
-        wait([flushing])
         calling_ae = assoc.requestor.ae_title.strip()
         try:
             made = self.corrections.record_rejection(
@@ -458,7 +465,7 @@ class StoreSCP:
         )
         return Status.SUCCESS
 
-    def _store_result(self, arrival: Arrival, flushing: Any, log: Any) -> int | Dataset:
+    def _store_result(self, arrival: Arrival, flushing: _Flush, log: Any) -> int | Dataset:
         """A vendor's result object: into ``results/`` and the results store, never the index."""
         requestor = arrival.association.requestor
         calling_ae = requestor.ae_title.strip()
@@ -472,17 +479,14 @@ class StoreSCP:
                 sop_class_uid=arrival.sop_class_uid,
                 calling_ae=calling_ae,
                 peer_address=requestor.address,
-                flush=flushing.result,
+                flush=flushing,
             )
         except IdentityConflictError as exc:
-            wait([flushing])
             return _identity_refused(exc, log)
         except InvalidDicomError as exc:
-            wait([flushing])
             log.warning("result c-store refused: cannot understand", error=str(exc))
             return _status(StoreFailure.CANNOT_UNDERSTAND, str(exc))
         except (SpoolError, StoreError, OSError) as exc:
-            wait([flushing])
             log.error("result c-store failed: not stored", error=str(exc))
             return _status(StoreFailure.OUT_OF_RESOURCES, "not stored: " + type(exc).__name__)
         recorded = stored.recorded

@@ -279,9 +279,7 @@ class LeanReceiver:
         spooled, self._file = self._file, None
         self._mode = _COMMAND
         if spooled is not None:
-            spooled.close()
-            with contextlib.suppress(OSError):
-                os.unlink(spooled.name)
+            spooled.discard()
 
     def abandon(self) -> bool:
         """The connection ended: remove a data set it left unfinished; True if there was one."""

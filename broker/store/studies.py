@@ -570,6 +570,13 @@ class StudyStore:
                 out[uid] = {str(k): str(v) for k, v in loaded.items()}
         return out
 
+    def prepare(self) -> None:
+        """Build the indexing statements and open a connection now (a listener process
+        does so as it starts), not on the first C-STORE."""
+        self._statements()
+        with self.engine.connect():
+            pass
+
     def _statements(self) -> _Statements:
         """The indexing statements, built once: building them costs more than running them."""
         if self._prepared is None:
