@@ -137,18 +137,19 @@ def _elements(
     return found, False
 
 
-def scan(path: Path) -> Dataset | None:
+def scan(path: Path, head: bytes | None = None) -> Dataset | None:
     """The header (up to the pixel data) of a Part 10 file, its ``file_meta`` set, or None
     when pydicom must read it (see the module). The first :data:`FIRST_READ` bytes hold
-    most headers; a longer one is read again up to :data:`MAX_HEADER`."""
+    most headers (``head``: those bytes, when they are at hand as the file was written);
+    a longer one is read again up to :data:`MAX_HEADER`."""
+    if head is None:
+        with path.open("rb", buffering=0) as file:
+            head = file.read(FIRST_READ)
+    found = _scan(head, whole=len(head) < FIRST_READ)
+    if found is not None or len(head) < FIRST_READ:
+        return found
     with path.open("rb", buffering=0) as file:
-        buf = file.read(FIRST_READ)
-        if len(buf) < FIRST_READ:
-            return _scan(buf, whole=True)
-        found = _scan(buf, whole=False)
-        if found is not None:
-            return found
-        buf += file.read(MAX_HEADER - FIRST_READ)
+        buf = file.read(MAX_HEADER)
         return _scan(buf, whole=len(buf) < MAX_HEADER or not file.read(1))
 
 

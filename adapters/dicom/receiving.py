@@ -30,8 +30,12 @@ from typing import Any, cast
 
 from pynetdicom import dimse_messages
 
+from adapters.dicom_scan import FIRST_READ
+
 #: errno values that mean "no room", as opposed to a broken disk.
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: The first bytes of a file kept in memory: its header is read from them, not the file.
+HEAD = FIRST_READ
 
 
 class LowSpaceError(OSError):
@@ -59,6 +63,8 @@ class ReceivingFile:
         self.failure: OSError | None = None
         self._fd: int | None = None
         self._written = self._flushed = 0
+        self.head = bytearray()
+        """The file's first :data:`HEAD` bytes as written: its header is read from them."""
         self.name: str = os.path.join(tempfile.gettempdir(), f"{uuid.uuid4().hex}{suffix}")
         refused = _refusal[0]()
         if refused is not None:
@@ -78,9 +84,16 @@ class ReceivingFile:
     def no_space(self) -> bool:
         return self.failure is not None and self.failure.errno in NO_SPACE
 
+    @property
+    def size(self) -> int:
+        """Bytes written."""
+        return self._written
+
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self.failure is None and self._fd is not None:
             view = memoryview(data)
+            if len(self.head) < HEAD:
+                self.head += view[: HEAD - len(self.head)]
             try:
                 while view:
                     view = view[os.write(self._fd, view) :]
@@ -103,11 +116,20 @@ class ReceivingFile:
                 os.ftruncate(self._fd, 0)  # give the space back now, not at unlink
         self._close()
 
-    def close(self) -> None:
-        """Close the file, starting the write-back of what was not started yet."""
+    def finish(self) -> None:
+        """All is written: start the write-back of what was not started yet (the file stays
+        open: it is synced through its descriptor)."""
         if self._fd is not None and self.failure is None and self._written > self._flushed:
             start_write_back(self._fd, self._flushed, self._written - self._flushed)
             self._flushed = self._written
+
+    def fileno(self) -> int | None:
+        """The open file's descriptor (None once closed, or if it never opened)."""
+        return self._fd
+
+    def close(self) -> None:
+        """Close the file, starting the write-back of what was not started yet."""
+        self.finish()
         self._close()
 
     def discard(self) -> None:
@@ -163,10 +185,10 @@ def install(refusal: Callable[[], str | None] = _no_refusal) -> None:
     setattr(dimse_messages, "NamedTemporaryFile", receiving_file)  # noqa: B010
 
 
-def failure_of(request: Any) -> OSError | None:
-    """The write failure of a C-STORE request's data set file, if it had one."""
+def file_of(request: Any) -> ReceivingFile | None:
+    """The file a C-STORE request's data set was written to by pynetdicom, if it was one."""
     spooled = getattr(request, "_dataset_file", None)
-    return spooled.failure if isinstance(spooled, ReceivingFile) else None
+    return spooled if isinstance(spooled, ReceivingFile) else None
 
 
-__all__ = ["NO_SPACE", "LowSpaceError", "ReceivingFile", "failure_of", "install", "receiving_file"]
+__all__ = ["NO_SPACE", "LowSpaceError", "ReceivingFile", "file_of", "install", "receiving_file"]

@@ -94,13 +94,15 @@ class _Flush:
     sent it (:func:`adapters.dicom.receiving.start_write_back`). A refused object is never
     synced."""
 
-    def __init__(self, spool: Spool, path: Path) -> None:
-        self._spool, self._path, self._done = spool, path, False
+    def __init__(self, spool: Spool, arrival: Arrival) -> None:
+        self._spool, self._arrival, self._done = spool, arrival, False
 
     def __call__(self) -> None:
-        if not self._done:
-            self._spool.flush(self._path)
-            self._done = True
+        if self._done:
+            return
+        spooled = self._arrival.file
+        self._spool.flush(self._arrival.path, None if spooled is None else spooled.fileno())
+        self._done = True
 
 
 #: Transfer syntaxes accepted for storage, in no particular preference: the
@@ -370,7 +372,8 @@ class StoreSCP:
         tmp = arrival.path
         final: Path | None = None
         existed = placing = False
-        flushing = _Flush(self.spool, tmp)
+        flushing = _Flush(self.spool, arrival)
+        spooled = arrival.file
         settings = self.settings  # one configuration for the whole C-STORE
         called = settings.dicom.ae_titles.get(called_ae)
         if called is not None and called.role is AERole.RESULTS:
@@ -393,10 +396,14 @@ class StoreSCP:
                 received_at=datetime.now(UTC),
                 wants_series_tags=self.store.wants_series_tags,
                 site=site,
+                head=None if spooled is None else bytes(spooled.head),
+                size=None if spooled is None else spooled.size,
             )
-            record = replace(record, patient=sites.patient_of(site, record.patient))
             final = self.spool.path_for(
                 record.study_uid, record.series_uid, record.sop_instance_uid
+            )
+            record = replace(
+                record, patient=sites.patient_of(site, record.patient), path=str(final)
             )
             if final.exists():  # a resend: refuse another patient before its copy is replaced
                 self.store.check_instance(record)
@@ -405,7 +412,7 @@ class StoreSCP:
             with self.spool.study_lock(record.study_uid):  # a retention purge waits
                 existed, folders = self.spool.rename_into_place(tmp, final)
                 indexed = self.commits.record(  # durable with the other associations'
-                    replace(record, path=str(final)),
+                    record,
                     settings.stable_seconds_for(called_ae),
                     folders,
                 )
@@ -538,13 +545,15 @@ class StoreSCP:
         """pynetdicom's EVT_C_STORE: a C-STORE the lean receiver left to pynetdicom
         (:mod:`adapters.dicom.storing`), answered by :meth:`answer` all the same."""
         request = cast(C_STORE, event.request)
+        spooled = receiving.file_of(request)
         arrival = Arrival(
             association=event.assoc,
             sop_class_uid=str(request.AffectedSOPClassUID),
             sop_instance_uid=str(request.AffectedSOPInstanceUID),
             transfer_syntax_uid=str(event.context.transfer_syntax),
             path=Path(event.dataset_path),
-            failure=receiving.failure_of(request),
+            failure=None if spooled is None else spooled.failure,
+            file=spooled,
         )
         return self.answer(arrival)
 

@@ -35,8 +35,6 @@ negotiates no asynchronous operations window.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +71,9 @@ class Arrival:
     path: Path
     #: Why the data set could not be written (low space, a failed write), if it was not.
     failure: OSError | None = None
+    #: The file as it was written (its first bytes, its size, its descriptor to sync), when
+    #: radbridge wrote it.
+    file: ReceivingFile | None = None
 
 
 class Answerer(Protocol):
@@ -249,7 +250,7 @@ class LeanReceiver:
 
     def _finish(self, spooled: ReceivingFile) -> None:
         """The data set is in: answer it (durably stored, or refused) and send the answer."""
-        spooled.close()
+        spooled.finish()
         self._file = None
         self._mode = _COMMAND
         fields = self._request
@@ -260,12 +261,12 @@ class LeanReceiver:
             transfer_syntax_uid=self._transfer_syntax,
             path=Path(spooled.name),
             failure=spooled.failure,
+            file=spooled,
         )
         try:
             status, comment = status_of(self.scp.answer(arrival))
         finally:
-            with contextlib.suppress(OSError):  # stored objects were renamed away
-                os.unlink(spooled.name)
+            spooled.discard()  # what was stored was renamed away
         response = dimse.store_response(
             dimse.us(fields, dimse.MESSAGE_ID) or 0,
             fields.get(dimse.AFFECTED_SOP_CLASS_UID, b""),

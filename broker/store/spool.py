@@ -123,14 +123,18 @@ class Spool:
         folder = self.studies / _component(study_uid)
         for attempt in range(3):  # a purge may remove the folder between mkdir and open
             try:
-                if not folder.exists():
-                    folder.mkdir(parents=True, exist_ok=True)
-                    fsync_dir(self.studies)
                 fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
                 break
             except FileNotFoundError:
                 if attempt == 2:
                     raise SpoolError(f"the study folder {folder.name} keeps vanishing") from None
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    fsync_dir(self.studies)
+                except OSError as exc:
+                    raise SpoolError(
+                        f"cannot make the study folder {folder.name}: {exc.strerror}"
+                    ) from exc
             except OSError as exc:
                 raise SpoolError(
                     f"cannot open the study folder {folder.name}: {exc.strerror}"
@@ -142,20 +146,26 @@ class Spool:
             os.close(fd)
 
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
-        return (
-            self.studies
-            / _component(study_uid)
-            / _component(series_uid)
-            / f"{_component(sop_instance_uid)}.dcm"
+        return Path(
+            os.path.join(
+                self.studies,
+                _component(study_uid),
+                _component(series_uid),
+                f"{_component(sop_instance_uid)}.dcm",
+            )
         )
 
     def result_path_for(self, study_uid: str, sop_instance_uid: str) -> Path:
         """Where a result object is kept: apart from the studies, so it is never indexed."""
         return self.results / _component(study_uid) / f"{_component(sop_instance_uid)}.dcm"
 
-    def flush(self, tmp_file: Path) -> None:
-        """Force a received file's bytes to disk (before ``place``)."""
+    def flush(self, tmp_file: Path, fd: int | None = None) -> None:
+        """Force a received file's bytes to disk (before ``place``), through ``fd`` while
+        the file is still open."""
         try:
+            if fd is not None:
+                os.fdatasync(fd)
+                return
             fd = os.open(tmp_file, os.O_RDONLY)
             try:
                 os.fdatasync(fd)
@@ -181,7 +191,8 @@ class Spool:
             while not parent.exists():
                 created.append(parent)
                 parent = parent.parent
-            final.parent.mkdir(parents=True, exist_ok=True)
+            if created:
+                final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp_file, final)
         except OSError as exc:
             raise SpoolError(f"cannot store {final.name} in the spool: {exc.strerror}") from exc

@@ -48,7 +48,9 @@ def _record(path: Path, *, through_pydicom: bool, monkeypatch: pytest.MonkeyPatc
     with monkeypatch.context() as patch:
         if through_pydicom:
             patch.setattr(
-                mapping, "read_header", lambda p: dicom_header.read_header(p, defer_size=4096)
+                mapping,
+                "read_header",
+                lambda p, _head=None: dicom_header.read_header(p, defer_size=4096),
             )
             patch.setattr(mapping, "_text", _pydicom_text)
         try:
@@ -93,6 +95,22 @@ def test_the_index_record_is_the_one_pydicom_gives(
         fast = _record(path, through_pydicom=False, monkeypatch=monkeypatch)
         slow = _record(path, through_pydicom=True, monkeypatch=monkeypatch)
         assert fast == slow, path.name
+
+
+def test_the_first_bytes_kept_by_the_receiver_give_the_header_the_file_gives(
+    files: list[Path],
+) -> None:
+    """The header scanned from the first bytes the receiving file kept in memory (the whole
+    file when it is shorter) is the one scanned from the file: a header longer than those
+    bytes is read from the file, and what the scan cannot read is left to pydicom alike."""
+    for path in files:
+        head = path.read_bytes()[: dicom_scan.FIRST_READ]
+        from_file, from_head = dicom_scan.scan(path), dicom_scan.scan(path, head)
+        assert (from_head is None) == (from_file is None), path.name
+        if from_file is not None and from_head is not None:
+            assert list(from_head.keys()) == list(from_file.keys()), path.name
+            for element in from_file:
+                assert from_head[element.tag].value == element.value, (path.name, element.tag)
 
 
 def test_cut_or_odd_bytes_are_left_to_pydicom(files: list[Path], tmp_path: Path) -> None:
