@@ -19,7 +19,9 @@ anything cut short. The caller then reads the file with pydicom, which decides.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -59,6 +61,12 @@ _TRANSFER_SYNTAX = {
     for uid in AllTransferSyntaxes
     if uid not in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian)
 }
+
+
+#: An explicit VR as text (as pydicom's ``RawDataElement`` holds it), by its bytes.
+_VR_TEXT = {vr: vr.decode("ascii") for vr in _VRS}
+#: ``RawDataElement(...)`` without the Python-level ``__new__`` of its named tuple.
+_new_raw = cast(Callable[[type, tuple[Any, ...]], RawDataElement], tuple.__new__)
 
 
 class UnsureError(Exception):
@@ -112,26 +120,42 @@ def _elements(
     buf: bytes, at: int, end: int, implicit: bool, stop: frozenset[int]
 ) -> tuple[dict[BaseTag, DataElement | RawDataElement], bool]:
     """The top-level elements from ``at`` until ``end`` or a tag in ``stop``; whether one
-    in ``stop`` was met."""
+    in ``stop`` was met. The short explicit-VR and implicit element headers, most of a
+    header, are read here; the rest by :func:`element` (every listener pays this loop for
+    every C-STORE)."""
     found: dict[BaseTag, DataElement | RawDataElement] = {}
+    unpack_implicit, unpack_explicit = _IMPLICIT.unpack_from, _EXPLICIT.unpack_from
+    vr_text = _VR_TEXT.get
     while at < end:
-        tag, vr, length, value_at = element(buf, at, implicit)
+        if implicit:
+            group, number, length = unpack_implicit(buf, at)
+            tag, text_vr, value_at = group << 16 | number, None, at + 8
+        else:
+            group, number, vr, length = unpack_explicit(buf, at)
+            text_vr = vr_text(vr)
+            if text_vr is None or group == 0xFFFE or vr in _LONG_VRS:
+                tag, long_vr, length, value_at = element(buf, at, False)
+                text_vr = None if long_vr is None else _VR_TEXT[long_vr]
+            else:
+                tag, value_at = group << 16 | number, at + 8
         if tag in stop:
             return found, True
         if length == UNDEFINED:
-            if vr not in (None, b"SQ"):
+            if text_vr not in (None, "SQ"):
                 raise UnsureError
             after = _skip_sequence(buf, value_at, implicit, 1)
             value, length, at = buf[value_at : after - 8], after - 8 - value_at, after
-            vr = b"SQ"  # an implicit VR with an undefined length is a sequence, as pydicom reads it
+            # An implicit VR with an undefined length is a sequence, as pydicom reads it.
+            text_vr = "SQ"
         else:
             at = value_at + length
             value = buf[value_at:at]
         if at > len(buf):
             raise UnsureError
         key = BaseTag(tag)
-        text_vr = None if vr is None else vr.decode("ascii")
-        found[key] = RawDataElement(key, text_vr, length, value, value_at, implicit, True)
+        found[key] = _new_raw(
+            RawDataElement, (key, text_vr, length, value, value_at, implicit, True)
+        )
     if at != end:
         raise UnsureError
     return found, False
