@@ -161,16 +161,16 @@ def _elements(
     return found, False
 
 
-def scan(path: Path, head: bytes | None = None) -> Dataset | None:
+def scan(path: Path, head: bytes | None = None, *, read: bool = True) -> Dataset | None:
     """The header (up to the pixel data) of a Part 10 file, its ``file_meta`` set, or None
     when pydicom must read it (see the module). The first :data:`FIRST_READ` bytes hold
     most headers (``head``: those bytes, when they are at hand as the file was written);
-    a longer one is read again up to :data:`MAX_HEADER`."""
+    a longer one is read again up to :data:`MAX_HEADER` (unless not ``read``: None)."""
     if head is None:
         with path.open("rb", buffering=0) as file:
             head = file.read(FIRST_READ)
     found = _scan(head, whole=len(head) < FIRST_READ)
-    if found is not None or len(head) < FIRST_READ:
+    if found is not None or len(head) < FIRST_READ or not read:
         return found
     with path.open("rb", buffering=0) as file:
         buf = file.read(MAX_HEADER)

@@ -112,17 +112,16 @@ def _instance_uid(ds: Dataset, keyword: str, fallback: str | None = None) -> str
     return checked_uid(keyword, value)
 
 
-def read_header(path: Path, head: bytes | None = None) -> Dataset:
+def read_header(path: Path) -> Dataset:
     """The dataset up to (not including) the pixel data; large values deferred.
 
     Values are decoded only when read, so reading every element costs no more
     than reading a chosen few (pydicom walks the whole header either way). A
     deflated data set is inflated only that far, within limits, and sequences
     nested too deeply are refused (:mod:`adapters.dicom_header`). A plainly encoded
-    header is found in one pass over its bytes (:mod:`adapters.dicom_scan`), from ``head``
-    (the file's first bytes) when given.
+    header is found in one pass over its bytes (:mod:`adapters.dicom_scan`).
     """
-    scanned = dicom_scan.scan(path, head)
+    scanned = dicom_scan.scan(path)
     if scanned is not None:
         return scanned
     return dicom_header.read_header(path, defer_size=4096)
@@ -197,11 +196,11 @@ def instance_record_from_file(
     received_at: datetime,
     wants_series_tags: Callable[[str], bool] | None = None,
     site: str | None = None,
-    head: bytes | None = None,
+    header: Dataset | None = None,
     size: int | None = None,
 ) -> InstanceRecord:
     """The index record of a received file; the command set's UIDs are authoritative.
-    ``head`` and ``size``: the file's first bytes and its size, when the receiver kept them
+    ``header`` and ``size``: the file's header and its size, when the receiver has them
     (else the file is read and measured).
 
     The record carries the routing tags of its series (:func:`tags_from_dataset`)
@@ -209,7 +208,7 @@ def instance_record_from_file(
     series (always, without the callable): the tags of every header are not
     worth their cost, those of a series' first instance are.
     """
-    ds = read_header(path, head)
+    ds = read_header(path) if header is None else header
     dataset_sop = _text(ds, "SOPInstanceUID")
     if dataset_sop is not None and dataset_sop != sop_instance_uid:
         raise InvalidDicomError(  # the UIDs are not quoted: the message reaches the log

@@ -24,18 +24,19 @@ import ctypes
 import errno
 import os
 import tempfile
-import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
+from pydicom.dataset import Dataset
 from pynetdicom import dimse_messages
 
-from adapters.dicom_scan import FIRST_READ
+from adapters import dicom_scan
 
 #: errno values that mean "no room", as opposed to a broken disk.
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 #: The first bytes of a file kept in memory: its header is read from them, not the file.
-HEAD = FIRST_READ
+HEAD = dicom_scan.FIRST_READ
 
 
 class LowSpaceError(OSError):
@@ -63,9 +64,10 @@ class ReceivingFile:
         self.failure: OSError | None = None
         self._fd: int | None = None
         self._written = self._flushed = 0
-        self.head = bytearray()
-        """The file's first :data:`HEAD` bytes as written: its header is read from them."""
-        self.name: str = os.path.join(tempfile.gettempdir(), f"{uuid.uuid4().hex}{suffix}")
+        self._head = bytearray()
+        self._header: Dataset | None = None
+        self._scanned = False
+        self.name: str = os.path.join(tempfile.gettempdir(), f"{os.urandom(16).hex()}{suffix}")
         refused = _refusal[0]()
         if refused is not None:
             self.failure = LowSpaceError(refused)
@@ -84,6 +86,16 @@ class ReceivingFile:
     def no_space(self) -> bool:
         return self.failure is not None and self.failure.errno in NO_SPACE
 
+    def header(self) -> Dataset | None:
+        """The header scanned from the file's first :data:`HEAD` bytes, kept as written
+        (:func:`adapters.dicom_scan.scan`): scanned once they are all in, or now for a
+        shorter file; None when the file must be read (a longer header, or one pydicom
+        must judge)."""
+        if not self._scanned and self.failure is None:
+            self._scanned = True
+            self._header = dicom_scan.scan(Path(self.name), bytes(self._head), read=False)
+        return self._header
+
     @property
     def size(self) -> int:
         """Bytes written."""
@@ -92,8 +104,10 @@ class ReceivingFile:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self.failure is None and self._fd is not None:
             view = memoryview(data)
-            if len(self.head) < HEAD:
-                self.head += view[: HEAD - len(self.head)]
+            if len(self._head) < HEAD:
+                self._head += view[: HEAD - len(self._head)]
+                if len(self._head) == HEAD:
+                    self.header()  # now, while the rest of the data set arrives
             try:
                 while view:
                     view = view[os.write(self._fd, view) :]

@@ -363,12 +363,11 @@ class StoreSCP:
         self._log(event.assoc).info("c-echo")
         return Status.SUCCESS
 
-    def ingest(self, arrival: Arrival) -> int | Dataset:
+    def ingest(self, arrival: Arrival, log: Any) -> int | Dataset:
         """Make an arrived C-STORE's data set durable and indexed; its status."""
         assoc = arrival.association
         primitive = assoc.requestor.primitive
         called_ae = str(primitive.called_ae_title).strip() if primitive else ""
-        log = self._log(assoc)
         tmp = arrival.path
         final: Path | None = None
         existed = placing = False
@@ -396,7 +395,7 @@ class StoreSCP:
                 received_at=datetime.now(UTC),
                 wants_series_tags=self.store.wants_series_tags,
                 site=site,
-                head=None if spooled is None else bytes(spooled.head),
+                header=None if spooled is None else spooled.header(),
                 size=None if spooled is None else spooled.size,
             )
             final = self.spool.path_for(
@@ -584,7 +583,7 @@ class StoreSCP:
                 return _status(StoreFailure.OUT_OF_RESOURCES, "out of resources: spool full")
             return _status(StoreFailure.OUT_OF_RESOURCES, "out of resources: spool write failed")
         try:
-            return self.ingest(arrival)
+            return self.ingest(arrival, log)
         except RecursionError:
             log.warning("c-store refused: sequences nested too deeply")
             return _status(StoreFailure.CANNOT_UNDERSTAND, "sequences nested too deeply to be read")

@@ -5,6 +5,7 @@ whatever the scan is not sure of it leaves to pydicom, and it never raises."""
 
 from __future__ import annotations
 
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from pydicom.dataset import Dataset
 
 from adapters import dicom_header, dicom_scan
 from adapters.dicom import mapping
+from adapters.dicom.receiving import ReceivingFile
 from adapters.dicom.synthetic import encoding_variants, generate_study
 
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
@@ -111,6 +113,30 @@ def test_the_first_bytes_kept_by_the_receiver_give_the_header_the_file_gives(
             assert list(from_head.keys()) == list(from_file.keys()), path.name
             for element in from_file:
                 assert from_head[element.tag].value == element.value, (path.name, element.tag)
+
+
+def test_the_receiving_file_scans_the_header_it_was_written_with(
+    files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file written through the listener's receiving file in PDU-sized pieces gives the
+    header scanned from the file itself, or None where the file must be read (a header
+    longer than the bytes it keeps, or one left to pydicom), and its size."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    for path in files:
+        data = path.read_bytes()
+        spooled = ReceivingFile(".dcm")
+        for at in range(0, len(data), 4096):
+            spooled.write(data[at : at + 4096])
+        spooled.close()
+        from_file, kept = dicom_scan.scan(path), spooled.header()
+        assert spooled.size == len(data)
+        if kept is None:
+            assert from_file is None or len(data) > dicom_scan.FIRST_READ, path.name
+            continue
+        assert from_file is not None, path.name
+        assert list(kept.keys()) == list(from_file.keys()), path.name
+        for element in from_file:
+            assert kept[element.tag].value == element.value, (path.name, element.tag)
 
 
 def test_cut_or_odd_bytes_are_left_to_pydicom(files: list[Path], tmp_path: Path) -> None:
