@@ -7,7 +7,8 @@ dcmtk ``storescu`` (TCP_NODELAY=1, each file in its own transfer syntax) over
 one association and over four concurrent associations (four storescu
 processes, a quarter of the files each) to radbridge, Orthanc and storescp
 (writing to disk). Every measurement starts a fresh receiver with an empty
-folder, so each run is a first receipt; it is repeated (3 times by default)
+folder, so each run is a first receipt, and waits until the receiver is idle
+(:func:`settle`: its start-up is not its receiving); it is repeated (3 times by default)
 and the median reported in MB/s (10^6 bytes of files per second) with the
 ratios radbridge/Orthanc and radbridge/storescp.
 
@@ -83,6 +84,9 @@ class Receiver(Protocol):
 
     @property
     def port(self) -> int: ...
+
+    @property
+    def pid(self) -> int: ...
 
     def start(self) -> Any: ...
 
@@ -237,12 +241,40 @@ def split(files: list[Path], parts: int) -> list[list[Path]]:
     return groups
 
 
+def settle(pid: int, *, quiet: float = 0.05, window: float = 0.5, limit: float = 10.0) -> None:
+    """Wait until the process tree of ``pid`` uses less than ``quiet`` of a core over
+    ``window`` seconds (``limit`` at most): what a receiver still does after it first answers
+    (radbridge's first timer sweeps and lazy imports, about 0.25 CPU-s) is its start, not
+    its receiving."""
+    root = psutil.Process(pid)
+
+    def used() -> float:
+        total = 0.0
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
+    deadline = time.monotonic() + limit
+    before = used()
+    while time.monotonic() < deadline:
+        time.sleep(window)
+        now = used()
+        if now - before < quiet * window:
+            return
+        before = now
+
+
 def measure(peer: str, files: list[Path], mode: int, config_args: list[str], work: Path) -> float:
-    """One first-receipt measurement against a freshly started ``peer``: seconds."""
+    """One first-receipt measurement against a freshly started and settled ``peer``: seconds."""
     folder = Path(tempfile.mkdtemp(prefix=f"{peer}-{mode}-", dir=work))
     receiver = FACTORIES[peer](folder)
     try:
         receiver.start()
+        settle(receiver.pid)
         seconds = send(split(files, mode), receiver, config_args, folder / "storescu.log")
         got = receiver.received()
         if got != len(files):
