@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 from adapters.dicom.mapping import instance_record_from_spooled_file
 from adapters.dicom.server import ListenerServer, make_server
-from adapters.dicom.slots import Limits, ProcessSlots, Refusal, SlotBoard, inode_of
+from adapters.dicom.slots import Held, Limits, ProcessSlots, Refusal, SlotBoard, inode_of
 from adapters.sockets import listen
 from broker.model.errors import DicomError, InvalidDicomError, NotFoundError, StoreError
 from broker.model.identity import IdentityConflictError
@@ -302,7 +302,7 @@ class DicomListener(Edge):
                     socket.send_fds(self._handoffs[slot], [CONNECTION], [conn.fileno()])
                 return
             except OSError:
-                self._board.release(slot, inode_of(conn), associated=False)
+                self._board.release(slot, inode_of(conn), state=Held.PENDING)
         LOG.error("no DICOM listener process could take a connection; closing it")
 
     def _pass_evidence(self) -> None:

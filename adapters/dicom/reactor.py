@@ -34,7 +34,9 @@ message's PDUs back to be decoded and served by pynetdicom as before.
 
 The connection's owner (its slot lease) is released when the DUL or the
 association thread ends, whichever is first, so a slot never outlives its
-connection however the connection ended.
+connection however the connection ended; a released association gives its
+slot back before the A-RELEASE-RP goes out, so a requestor that got that answer
+and associates again is never refused for a slot that is only still closing.
 
 A sender can borrow the socket of an established association
 (:meth:`EventDrivenDUL.lend_socket`): the DUL then neither reads nor waits on it
@@ -86,13 +88,21 @@ _INVALID_PARAMETER = 0x06
 
 
 class ConnectionOwner(Protocol):
-    """Whoever holds the connection's slot; ``release`` may be called more than once."""
+    """Whoever holds the connection's slot; each call may come more than once."""
 
-    def release(self) -> None: ...
+    def end_association(self) -> None:
+        """The association is released: its slot is free (the connection closes next)."""
+
+    def release(self) -> None:
+        """The connection has ended: everything it held is free."""
+
+
+def _owner(assoc: Association) -> ConnectionOwner | None:
+    return cast(ConnectionOwner | None, getattr(assoc, "owner", None))
 
 
 def _release_owner(assoc: Association) -> None:
-    owner = cast(ConnectionOwner | None, getattr(assoc, "owner", None))
+    owner = _owner(assoc)
     if owner is not None:
         owner.release()
 
@@ -192,7 +202,7 @@ class EventDrivenDUL(DULServiceProvider):
             # before the answer): nothing is left to send; the connection closes below,
             # and the abort is reported once, as any other.
             self._log().debug("an answer came after the connection was aborted", reason=str(exc))
-            _report_abort(self.assoc)
+            report_abort(self.assoc)
         finally:
             if self.lean is not None and self.lean.abandon():
                 self._log().warning("association ended mid-transfer; partial object removed")
@@ -399,6 +409,9 @@ class EventDrivenAssociation(Association):
                 self._serve_request(msg, cast(int, context_id))
 
             if self.is_established and self.acse.is_release_requested():
+                owner = _owner(self)
+                if owner is not None:  # before the answer the requestor may associate again on
+                    owner.end_association()
                 self.acse.send_release(is_response=True)
                 self.is_released = True
                 self.is_established = False
@@ -408,7 +421,7 @@ class EventDrivenAssociation(Association):
 
             if self.acse.is_aborted():
                 self.dul.receive_pdu(wait=False)
-                _report_abort(self)
+                report_abort(self)
                 self.kill()
                 return
 
@@ -422,7 +435,7 @@ class EventDrivenAssociation(Association):
                 return
 
 
-def _report_abort(assoc: Association) -> None:
+def report_abort(assoc: Association) -> None:
     """Mark the association aborted and trigger EVT_ABORTED, once (the DUL thread and the
     association's may both find the abort)."""
     with _ABORTING:
@@ -455,4 +468,5 @@ __all__ = [
     "EventDrivenDUL",
     "event_driven_dul",
     "install",
+    "report_abort",
 ]

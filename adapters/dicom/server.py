@@ -66,7 +66,7 @@ from adapters.dicom import log_budget, receiving
 from adapters.dicom.mapping import instance_record_from_file
 from adapters.dicom.notices import NOTICE_CLASSES, NoticeSCP
 from adapters.dicom.policy import AssociationPolicy, Reject
-from adapters.dicom.reactor import EventDrivenDUL, install
+from adapters.dicom.reactor import EventDrivenDUL, install, report_abort
 from adapters.dicom.rejection import KEY_OBJECT_SELECTION, rejection_note_from_file
 from adapters.dicom.slots import Lease, ProcessSlots
 from adapters.dicom.storing import Arrival, LeanReceiver
@@ -208,12 +208,20 @@ class Gatekeeper(ACSE):
     def _negotiate_as_acceptor(self) -> None:
         request = self.requestor.primitive
         assert request is not None
+        self.requestor.ae_title = request.calling_ae_title  # for the lines below
         address = self.assoc.requestor.address
         reject = self.policy.check(
             str(request.called_ae_title), str(request.calling_ae_title), address
         )
         if reject is None and not self.lease.promote():  # counted only once its request is in
             reject = Reject.LOCAL_LIMIT_EXCEEDED
+        if self.lease.released or self.is_aborted():
+            # The DUL ended the connection before this answer: P-DATA came first (it sent an
+            # A-ABORT, PS3.8 AA-8) or the peer went away. Nothing is left to answer; and its
+            # slot may be given back already, which says nothing of the limit.
+            report_abort(self.assoc)
+            self.assoc.kill()
+            return
         if reject is None:
             super()._negotiate_as_acceptor()
             return

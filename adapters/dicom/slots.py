@@ -12,6 +12,10 @@ service process) and every listener process, under one lock:
   association policy, unless ``max_associations`` are open already (then the
   request is rejected, local limit exceeded, and the connection stays pending
   until it closes);
+- the listener process *ends* its association as it answers an A-RELEASE-RQ,
+  before the A-RELEASE-RP goes out: a requestor that got its answer and
+  associates again finds the slot free; the connection, closing, still counts
+  against its peer address;
 - the listener process *releases* it exactly once, in the ``finally`` of the
   thread that owns the connection, however the connection ended.
 
@@ -46,6 +50,16 @@ class Refusal(enum.StrEnum):
 
     TOO_MANY_PENDING = "too_many_pending_connections"
     TOO_MANY_FROM_PEER = "too_many_connections_from_peer"
+
+
+class Held(enum.IntEnum):
+    """What a connection holds on the board: a pending slot, an association slot, or (its
+    association released, the connection closing) only its place among its peer address's
+    connections."""
+
+    PENDING = 0
+    ASSOCIATED = 1
+    ENDED = 2
 
 
 @dataclass(frozen=True)
@@ -84,15 +98,16 @@ class SlotBoard:
     def __init__(self, processes: int, limits: Limits, context: Any = _SPAWN) -> None:
         self.limits = limits
         self.processes = processes
-        # Every open connection is pending or an association: no more entries are in use.
-        self._size = limits.max_pending + limits.max_associations
+        # An open connection is pending, an association, or closing after its release (a
+        # moment): room for as many closing as associated ones.
+        self._size = limits.max_pending + 2 * limits.max_associations
         self._lock = context.Lock()
         self._pending = context.Array("i", processes, lock=False)
         self._associations = context.Array("i", processes, lock=False)
         self._inodes = context.Array(ctypes.c_uint64, self._size, lock=False)  # 0: free
         self._addresses = context.Array(ctypes.c_uint64, 2 * self._size, lock=False)
         self._slots = context.Array("i", self._size, lock=False)
-        self._associated = context.Array("b", self._size, lock=False)
+        self._state = context.Array("b", self._size, lock=False)  # Held, by entry
 
     def _find(self, slot: int, inode: int) -> int:
         for i in range(self._size):
@@ -123,7 +138,7 @@ class SlotBoard:
             self._addresses[2 * free] = high
             self._addresses[2 * free + 1] = low
             self._slots[free] = slot
-            self._associated[free] = 0
+            self._state[free] = Held.PENDING
             self._pending[slot] += 1
         return None
 
@@ -153,19 +168,31 @@ class SlotBoard:
                 return False
             entry = self._find(slot, inode)
             if entry >= 0:
-                self._associated[entry] = 1
+                self._state[entry] = Held.ASSOCIATED
             self._pending[slot] = max(0, self._pending[slot] - 1)
             self._associations[slot] += 1
             return True
 
-    def release(self, slot: int, inode: int, *, associated: bool) -> None:
-        """A connection of ``slot`` has closed."""
+    def end_association(self, slot: int, inode: int) -> None:
+        """An association of ``slot`` was released: its slot is free, its connection (closing)
+        still counts against its peer address until :meth:`release`."""
         with self._lock:
             entry = self._find(slot, inode)
             if entry >= 0:
-                associated = bool(self._associated[entry])
+                self._state[entry] = Held.ENDED
+            self._associations[slot] = max(0, self._associations[slot] - 1)
+
+    def release(self, slot: int, inode: int, *, state: Held) -> None:
+        """A connection of ``slot`` has closed (``state``: its own count of what it held,
+        used if the board forgot the connection)."""
+        with self._lock:
+            entry = self._find(slot, inode)
+            if entry >= 0:
+                state = Held(self._state[entry])
                 self._inodes[entry] = 0
-            counts = self._associations if associated else self._pending
+            if state == Held.ENDED:
+                return
+            counts = self._associations if state == Held.ASSOCIATED else self._pending
             counts[slot] = max(0, counts[slot] - 1)
 
     # -- reading --------------------------------------------------------------------
@@ -178,36 +205,51 @@ class SlotBoard:
 
 
 class Lease:
-    """One connection's claim on its listener process's slots: pending, then an association."""
+    """One connection's claim on its listener process's slots: pending, then an association,
+    then (released) a connection closing."""
 
     def __init__(self, board: SlotBoard, slot: int, inode: int) -> None:
         self.board = board
         self.slot = slot
         self.inode = inode
-        self._associated = False
+        self._state = Held.PENDING
         self._released = False
         self._lock = threading.Lock()
 
     @property
     def associated(self) -> bool:
-        return self._associated
+        return self._state == Held.ASSOCIATED
+
+    @property
+    def released(self) -> bool:
+        """The connection has ended: the lease holds nothing any more."""
+        return self._released
 
     def promote(self) -> bool:
-        """Count this connection as an association; False if none is free."""
+        """Count this connection as an association; False if none is free, or if the
+        connection has ended already (:attr:`released` tells which)."""
         with self._lock:
-            if self._released:
+            if self._released or self._state == Held.ENDED:
                 return False
-            if not self._associated:
-                self._associated = self.board.promote(self.slot, self.inode)
-            return self._associated
+            if self._state == Held.PENDING and self.board.promote(self.slot, self.inode):
+                self._state = Held.ASSOCIATED
+            return self._state == Held.ASSOCIATED
+
+    def end_association(self) -> None:
+        """The association is released: give its slot back now (the connection closes next)."""
+        with self._lock:
+            if self._released or self._state != Held.ASSOCIATED:
+                return
+            self._state = Held.ENDED
+            self.board.end_association(self.slot, self.inode)
 
     def release(self) -> None:
-        """Give the slot back (once; later calls do nothing)."""
+        """Give everything back (once; later calls do nothing)."""
         with self._lock:
             if self._released:
                 return
             self._released = True
-            self.board.release(self.slot, self.inode, associated=self._associated)
+            self.board.release(self.slot, self.inode, state=self._state)
 
 
 @dataclass(frozen=True)
@@ -221,4 +263,13 @@ class ProcessSlots:
         return Lease(self.board, self.slot, inode_of(conn))
 
 
-__all__ = ["Lease", "Limits", "ProcessSlots", "Refusal", "SlotBoard", "address_key", "inode_of"]
+__all__ = [
+    "Held",
+    "Lease",
+    "Limits",
+    "ProcessSlots",
+    "Refusal",
+    "SlotBoard",
+    "address_key",
+    "inode_of",
+]

@@ -28,6 +28,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from adapters.dicom.synthetic import encoding_variants, generate_large_study, generate_study
+from adapters.harness.hostile import HostilePeer
+from adapters.harness.hostile.pdu import PduType
 from adapters.harness.modality import send_files
 from adapters.harness.mpps import step_dataset
 from tests.peers import dataset_bytes, dcmsend, echoscu, storescu
@@ -200,10 +202,35 @@ def test_maximum_concurrent_associations_over_all_processes(
     finally:
         for a in held:
             a.release()
-    time.sleep(0.3)
-    again = ae.associate("127.0.0.1", rb.port, ae_title="RADBRIDGE")
+    again = ae.associate("127.0.0.1", rb.port, ae_title="RADBRIDGE")  # the releases were answered
     assert again.is_established
     again.release()
+
+
+def test_a_released_association_frees_its_slot_before_its_release_is_answered(
+    radbridge_factory: Callable[..., Radbridge],
+) -> None:
+    """With one association slot, a requestor that sends its next A-ASSOCIATE-RQ the moment
+    its A-RELEASE-RP arrives (on a connection it opened beforehand) is accepted, twenty times
+    in a row: the slot is given back before the release is answered, not once the closing
+    connection's threads have ended."""
+    rb = radbridge_factory(max_associations=1)
+    current = HostilePeer(rb.port).connect()
+    try:
+        answer = current.associate()
+        assert answer is not None and answer.type == PduType.A_ASSOCIATE_AC
+        for attempt in range(20):
+            following = HostilePeer(rb.port).connect()  # pending: it holds no association slot
+            assert current.release()
+            previous, current = current, following
+            answer = current.associate()
+            previous.close()
+            assert answer is not None, f"attempt {attempt}: no answer"
+            assert answer.type == PduType.A_ASSOCIATE_AC, f"attempt {attempt}: {answer.type!r}"
+        assert current.release()
+    finally:
+        current.close()
+    assert not [line for line in rb.log_lines() if line["event"] == "association rejected"]
 
 
 def test_four_concurrent_associations_are_served_by_several_processes(
