@@ -95,8 +95,9 @@ def _revision(engine: Engine) -> str | None:
 
 def spool_files(root: Path, checksums: bool = True) -> Iterator[SpoolFile]:
     """Every file under the spool's kept folders (:attr:`~broker.store.spool.Spool.kept`),
-    in name order; not those of a folder whose name starts with a dot (renderings still
-    being made), nor one that retention removed while the spool was listed."""
+    in name order; not those of a folder whose name starts with a dot (renderings or a
+    canary study still being made), nor one that retention removed while the spool was
+    listed."""
     for folder in Spool(root).kept:
         for path in sorted(folder.rglob("*")):
             relative = path.relative_to(root)

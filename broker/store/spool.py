@@ -5,7 +5,8 @@ Layout::
     SPOOL/tmp/                       objects still arriving (cleared at start)
     SPOOL/studies/STUDY/SERIES/SOP.dcm
     SPOOL/results/STUDY/SOP.dcm      result objects from vendors (never in the study index)
-    SPOOL/canary/runRUN/…            canary studies radbridge made (indexed, never routed)
+    SPOOL/canary/runRUN/…            canary studies radbridge made (indexed, never routed;
+                                     made in .runRUN.…/ and renamed into place whole)
     SPOOL/rendered/RESULT/TARGET.…/  a result's renderings for a target (made once, kept
                                      for its retries; purged with the result's objects)
     SPOOL/priors/job-JOB/            priors fetched from a PACS for a job (never indexed;
