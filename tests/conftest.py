@@ -33,15 +33,19 @@ os.environ["TCP_NODELAY"] = "1"
 # The bus URLs the tests configure name no password (radbridge refuses one there): it comes
 # from the environment, as on a hospital's server; the local RabbitMQ is guest/guest.
 os.environ.setdefault("RADBRIDGE_BUS__PASSWORD", "guest")
+#: What a test marked ``slow`` without ``seconds`` takes, at least.
+SLOW_SECONDS = 15.0
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked slow first: on parallel workers they then overlap the many short ones
-    instead of being what the run waits for at its end. Tests marked ``xdist_group`` get
-    the group in their id, which ``--dist loadgroup`` schedules by: pytest-xdist 3.8 writes
-    it to ``item._nodeid``, which pytest 9 no longer reads, so without this the tests of a
-    group spread over the workers (each starting the module's service again)."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Tests marked slow first, the longest first (``slow(seconds=…)``): on parallel workers
+    they then overlap the many short ones instead of being what the run waits for at its
+    end (pyproject.toml turns off pytest-xdist's own reordering, which put every group,
+    by its number of tests, before the slowest single tests). Tests marked ``xdist_group``
+    get the group in their id, which ``--dist loadgroup`` schedules by: pytest-xdist 3.8
+    writes it to ``item._nodeid``, which pytest 9 no longer reads, so without this the
+    tests of a group spread over the workers (each starting the module's service again)."""
+    items.sort(key=_longest_first)
     if not getattr(config.option, "loadgroup", False):
         return
     for item in items:
@@ -51,6 +55,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             node_id = getattr(item, "_id", None)
             if node_id is not None:
                 item._id = type(node_id).parse(f"{item.nodeid}@{group}")
+
+
+def _longest_first(item: pytest.Item) -> float:
+    """Minus the seconds a slow test (its group, for a group) takes on its own; 0 when not slow."""
+    slow = item.get_closest_marker("slow")
+    return 0.0 if slow is None else -float(slow.kwargs.get("seconds", SLOW_SECONDS))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -31,7 +31,11 @@ from tests.service import Radbridge
 
 # slow: the service's start and the schemathesis run take over 15 s; the module's tests share
 # the one service (one worker: xdist_group).
-pytestmark = [pytest.mark.timeout(240), pytest.mark.slow, pytest.mark.xdist_group("api_schema")]
+pytestmark = [
+    pytest.mark.timeout(480),
+    pytest.mark.slow(seconds=100),
+    pytest.mark.xdist_group("api_schema"),
+]
 
 ROLES = ("admin", "operator", "viewer")
 RESULTS_TOKEN = "lungai-results-schema-test"

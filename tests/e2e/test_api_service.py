@@ -17,7 +17,7 @@ import pydicom
 import pytest
 
 from adapters.dicom.synthetic import generate_study
-from tests.peers import LOOPBACK, StoreSCP, free_port, storescu
+from tests.peers import LOOPBACK, StoreSCP, free_port, storescu, wait_until
 from tests.service import Radbridge, base_config
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,11 +33,7 @@ def _vendor(ae: str, port: int, **billing: Any) -> dict[str, Any]:
 
 
 def _wait(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
+    wait_until(predicate, "condition", timeout, interval=0.1)
 
 
 def test_usage_quota_audit_and_metrics_after_real_deliveries(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,12 +25,12 @@ import pydicom
 import pytest
 
 from adapters.dicom.synthetic import generate_study
-from tests.peers import StoreSCP, _install_debian_packages, free_port, storescu
+from tests.peers import StoreSCP, _install_debian_packages, free_port, storescu, wait_until
 from tests.service import RADBRIDGE, ROOT, Radbridge, base_config
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
-pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow(seconds=30)]
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts" / "console"
@@ -51,11 +50,7 @@ def ensure_chromium() -> str:
 
 
 def _wait(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
+    wait_until(predicate, "condition", timeout, interval=0.1)
 
 
 def _jobs(rb: Radbridge) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ from tests.e2e.test_console import (  # noqa: F401 (browser: the fixture, used b
 from tests.peers import free_port, storescu, wait_until
 from tests.service import RADBRIDGE, Radbridge
 
-pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow(seconds=65)]
 
 PASSWORDS = {"lin": "lin-password-1", "bo": "bo-password-1"}
 #: English labels of the pages checked; none may remain for a zh_CN user.

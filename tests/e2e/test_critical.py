@@ -34,7 +34,11 @@ from tests.fhir_receiver import Webhook
 from tests.peers import free_port, storescu, wait_until
 from tests.service import Radbridge, base_config
 
-pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("critical")]
+pytestmark = [
+    pytest.mark.timeout(180),
+    pytest.mark.slow(seconds=20),
+    pytest.mark.xdist_group("critical"),
+]
 
 FIRST = ("Dr. Li (neuro on call)", "13800000001")
 SECOND = ("Dr. Wang (head of radiology)", "13800000002")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import pydicom
 import pytest
 
 from adapters.dicom.synthetic import generate_study
-from tests.peers import LOOPBACK, StoreSCP, free_port, storescu
+from tests.peers import LOOPBACK, StoreSCP, free_port, storescu, wait_until
 from tests.service import RADBRIDGE, Radbridge, base_config
 
 pytestmark = pytest.mark.timeout(240)
@@ -32,17 +31,14 @@ def _vendor(ae: str, port: int) -> dict[str, Any]:
 
 
 def _wait(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.2)
+    wait_until(predicate, "condition", timeout, interval=0.2)
 
 
 def _jobs(rb: Radbridge) -> dict[str, dict[str, Any]]:
     return {j["vendor"]: j for j in json.loads(rb.cli("jobs", "list", "--json").stdout)}
 
 
+@pytest.mark.slow(seconds=25)
 def test_api_and_console_explain_say_delivered_only_for_a_job_that_reached_its_vendor(
     radbridge_factory: Callable[..., Radbridge], tmp_path: Path
 ) -> None:

@@ -133,6 +133,7 @@ def _in_a_terminal(args: list[str]) -> tuple[int, str]:
     return code, b"".join(chunks).decode("utf-8", "replace")
 
 
+@pytest.mark.slow(seconds=25)
 def test_chinese_names_arrive_intact_from_the_simulated_modality_and_ris(
     tmp_path: Path, radbridge_factory: Callable[..., Radbridge]
 ) -> None:

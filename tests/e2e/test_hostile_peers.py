@@ -38,7 +38,11 @@ from tests.peers import dataset_bytes
 from tests.service import Radbridge
 
 # One worker runs the module (xdist_group), so that its tests share one service.
-pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("hostile_peers")]
+pytestmark = [
+    pytest.mark.timeout(240),
+    pytest.mark.slow(seconds=20),
+    pytest.mark.xdist_group("hostile_peers"),
+]
 
 MiB = 1 << 20
 CT = crafted.CT_IMAGE_STORAGE

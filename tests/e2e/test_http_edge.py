@@ -308,7 +308,7 @@ def test_keep_alive_requests_are_not_held_back_by_nagle(edge: Edge) -> None:
     assert kept < fresh + 0.015, f"keep-alive {kept * 1000:.1f} ms, fresh {fresh * 1000:.1f} ms"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=30)  # the module's group with it
 @pytest.mark.timeout(180)
 def test_docs_render_offline_and_authorize_with_a_token(edge: Edge) -> None:
     """In Chromium with every request off radbridge refused (no internet), /docs renders

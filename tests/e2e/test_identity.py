@@ -37,10 +37,14 @@ from tests.databases import fresh_postgres_database
 from tests.fhir_data import FHIR_JSON, service_request, typed
 from tests.hl7_messages import adt, adt_a40, omi_o23, orm_o01, sample_order
 from tests.integration.test_results_sr import head_bleed
-from tests.peers import StoreSCP, free_port, storescu
+from tests.peers import StoreSCP, free_port, storescu, wait_until
 from tests.service import Radbridge, base_config
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("identity")]
+pytestmark = [
+    pytest.mark.timeout(300),
+    pytest.mark.slow(seconds=40),
+    pytest.mark.xdist_group("identity"),
+]
 
 ISSUER = "EXAMPLE-GH"
 """The Issuer of Patient ID of the synthetic studies."""
@@ -50,14 +54,7 @@ _NUMBERS = itertools.count(int(time.time()) % 100000 * 10)
 
 
 def _wait(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met in {timeout} s")
-        time.sleep(0.2)
+    return wait_until(predicate, what, timeout, interval=0.2)
 
 
 def _config(folder: Path, lungai: int, ichai: int, database: str | None) -> dict[str, Any]:

@@ -36,7 +36,11 @@ from tests.peers import dataset_bytes, dcmsend, echoscu, storescu
 from tests.service import Radbridge
 
 # One worker runs the module (xdist_group), so that its tests share one service.
-pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("ingest")]
+pytestmark = [
+    pytest.mark.timeout(240),
+    pytest.mark.slow(seconds=45),
+    pytest.mark.xdist_group("ingest"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ from tests.unit.test_conformance_docs import DICOM_DOC, table
 # One worker runs the module (xdist_group), so that its tests share its two services.
 pytestmark = [
     pytest.mark.timeout(120),
-    pytest.mark.slow,
+    pytest.mark.slow(seconds=20),
     pytest.mark.xdist_group("ingest_conformance"),
 ]
 

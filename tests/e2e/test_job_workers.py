@@ -175,6 +175,7 @@ class CountingVendor:
         self.server.shutdown()
 
 
+@pytest.mark.slow(seconds=15)
 def test_two_workers_serve_a_vendor_of_concurrency_2_at_once(
     radbridge_factory: Callable[..., Radbridge],
     workers: Workers,
@@ -210,6 +211,7 @@ def test_two_workers_serve_a_vendor_of_concurrency_2_at_once(
     assert senders == set(workers.ids)
 
 
+@pytest.mark.slow(seconds=17)
 def test_kill_9_of_a_worker_mid_send_the_other_finishes_after_the_lease(
     radbridge_factory: Callable[..., Radbridge],
     workers: Workers,

@@ -31,7 +31,11 @@ from tests.peers import Orthanc, StoreSCP, free_port, storescu, wait_until
 from tests.ris import Ris
 from tests.service import Radbridge, base_config
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.slow, pytest.mark.xdist_group("many_products")]
+pytestmark = [
+    pytest.mark.timeout(300),
+    pytest.mark.slow(seconds=20),
+    pytest.mark.xdist_group("many_products"),
+]
 
 VENDORS = ("lungai", "lungnew", "lungtwo")
 TOKENS = {name: f"{name}-{uuid.uuid4().hex}" for name in VENDORS}

@@ -56,7 +56,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=120)  # with the session fixture that builds the bundle
 @pytest.mark.timeout(900)  # a busy 2-core machine stretches the install several times
 def test_offline_bundle_installs_without_index_and_serves(dist: Path, tmp_path: Path) -> None:
     """make dist gives the wheel, the sdist and the offline bundle; the bundle holds the

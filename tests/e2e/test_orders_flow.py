@@ -21,7 +21,7 @@ from adapters.dicom.synthetic import generate_study
 from broker.model.domain import OrderPriority, OrderStatus, Patient
 from tests.databases import fresh_postgres_database
 from tests.hl7_messages import orm_o01, sample_order
-from tests.peers import StoreSCP, free_port, storescu
+from tests.peers import StoreSCP, free_port, storescu, wait_until
 from tests.service import Radbridge, base_config
 
 pytestmark = pytest.mark.timeout(180)
@@ -86,11 +86,7 @@ def _show(rb: Radbridge, files: list[Path]) -> dict[str, Any]:
 
 
 def _wait(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
+    wait_until(predicate, "condition", timeout, interval=0.1)
 
 
 def _events(rb: Radbridge, name: str) -> list[dict[str, Any]]:

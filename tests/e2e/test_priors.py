@@ -33,7 +33,11 @@ from broker.model.priors import PriorsPolicy, PriorsQuery
 from tests.peers import Orthanc, StoreSCP, free_port, storescu, wait_until
 from tests.service import Radbridge, base_config
 
-pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("priors")]
+pytestmark = [
+    pytest.mark.timeout(180),
+    pytest.mark.slow(seconds=20),
+    pytest.mark.xdist_group("priors"),
+]
 
 PATIENT = "PRI0001"
 ISSUER = "HOSP_A"

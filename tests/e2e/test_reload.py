@@ -24,7 +24,7 @@ from adapters.results.sr import findings_to_sr, read_source_study
 from tests import cli_fork
 from tests.databases import fresh_postgres_database
 from tests.integration.test_results_sr import nothing_found
-from tests.peers import StoreSCP, echoscu, free_port, storescu
+from tests.peers import StoreSCP, echoscu, free_port, storescu, wait_until
 from tests.service import Radbridge, base_config
 
 pytestmark = pytest.mark.timeout(300)
@@ -33,14 +33,7 @@ CHEST = {"modality": "CT", "body_part": {"in": ["CHEST", "LUNG"]}}
 
 
 def _wait(predicate: Callable[[], Any], timeout: float = 40.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not met in {timeout} s")
-        time.sleep(0.1)
+    return wait_until(predicate, what, timeout, interval=0.1)
 
 
 def _vendor(ae_title: str, port: int, **more: Any) -> dict[str, Any]:

@@ -31,7 +31,11 @@ from broker.model.jobs import JobState
 from tests.fhir_receiver import FhirReceiver
 from tests.peers import LOOPBACK, ensure_cjk_font, ensure_debian_packages, wait_until
 
-pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("renderings")]
+pytestmark = [
+    pytest.mark.timeout(240),
+    pytest.mark.slow(seconds=25),
+    pytest.mark.xdist_group("renderings"),
+]
 
 TITLE = "人工智能结果（仅供审阅）"
 STATEMENT = "本结果由人工智能产品生成，仅供医生审阅，不作为诊断结论。"

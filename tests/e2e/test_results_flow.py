@@ -8,7 +8,6 @@ ORU^R01 and answers AA)."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from adapters.results.sr import findings_to_sr, read_source_study
 from broker.model.domain import OrderPriority, Patient
 from tests.hl7_messages import orm_o01, sample_order
 from tests.integration.test_results_sr import _dciodvfy, head_bleed
-from tests.peers import Orthanc, StoreSCP, free_port, storescu
+from tests.peers import Orthanc, StoreSCP, free_port, storescu, wait_until
 from tests.ris import Ris
 from tests.service import Radbridge, base_config
 
@@ -39,14 +38,7 @@ PATIENT = Patient("PAT0001", None, "DOE^JANE", "19700101", "F")
 
 
 def _wait(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met in {timeout} s")
-        time.sleep(0.2)
+    return wait_until(predicate, what, timeout, interval=0.2)
 
 
 @dataclass

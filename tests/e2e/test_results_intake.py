@@ -22,24 +22,21 @@ from adapters.results.findings import parse_findings
 from adapters.results.sr import findings_to_sr, read_source_study
 from tests.e2e.test_pipeline import _config
 from tests.integration.test_results_sr import _dciodvfy, head_bleed, nothing_found
-from tests.peers import StoreSCP, free_port, storescu
+from tests.peers import StoreSCP, free_port, storescu, wait_until
 from tests.service import Radbridge
 
-pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("results_intake")]
+pytestmark = [
+    pytest.mark.timeout(180),
+    pytest.mark.slow(seconds=20),
+    pytest.mark.xdist_group("results_intake"),
+]
 
 TOKEN = "lungai-results-" + uuid.uuid4().hex
 QUIET_SECONDS = 5.0
 
 
 def _wait(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met in {timeout} s")
-        time.sleep(0.2)
+    return wait_until(predicate, what, timeout, interval=0.2)
 
 
 @dataclass

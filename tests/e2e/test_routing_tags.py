@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import pydicom
 import pytest
 
 from adapters.dicom.synthetic import generate_study
-from tests.peers import StoreSCP, free_port, storescu
+from tests.peers import StoreSCP, free_port, storescu, wait_until
 from tests.service import Radbridge, base_config
 
 pytestmark = pytest.mark.timeout(240)
@@ -61,11 +60,7 @@ def _config(folder: Path, vendor_port: int) -> dict[str, Any]:
 
 
 def _wait(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.2)
+    wait_until(predicate, "condition", timeout, interval=0.2)
 
 
 def _explain(rb: Radbridge, target: str | Path) -> subprocess.CompletedProcess[str]:

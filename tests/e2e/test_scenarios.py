@@ -55,7 +55,7 @@ def test_example_scenarios_cover_every_flow_and_failure_mode() -> None:
     assert {path.stem for path in SCENARIOS} == names  # a file is named after its scenario
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=35)
 @pytest.mark.timeout(900)
 def test_every_example_scenario_passes_and_junit_says_so(tmp_path: Path) -> None:
     """`radbridge harness run examples/scenarios/*.yaml --junit FILE` exits 0, prints a table

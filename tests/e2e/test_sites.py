@@ -40,7 +40,11 @@ from tests.e2e.test_console import browser  # noqa: F401 (the fixture, used by n
 from tests.peers import Orthanc, StoreSCP, echoscu, free_port, storescu, wait_until
 from tests.service import RADBRIDGE, Radbridge, base_config
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("sites")]
+pytestmark = [
+    pytest.mark.timeout(300),
+    pytest.mark.slow(seconds=35),
+    pytest.mark.xdist_group("sites"),
+]
 
 #: Every REST API route: (method, path template), from the routers the API is built of.
 API_ROUTES = sorted((method, PREFIX + r.path) for r in api_routes() for method in r.methods)

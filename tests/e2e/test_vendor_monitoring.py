@@ -48,7 +48,11 @@ from tests.service import RADBRIDGE, Radbridge, base_config
 
 # One worker runs the module (xdist_group): the tests share one service. The figures the
 # performance test counts come from module fixtures, not from other tests having run.
-pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("vendor-monitoring")]
+pytestmark = [
+    pytest.mark.timeout(240),
+    pytest.mark.slow(seconds=45),
+    pytest.mark.xdist_group("vendor-monitoring"),
+]
 
 RESULTS_TOKENS = {v: f"{v}-results-token-0123456789" for v in ("lungai", "ichai")}
 LINK_SECRET = "verdict-link-secret-0123456789abcdef"

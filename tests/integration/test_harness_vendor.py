@@ -22,7 +22,7 @@ from adapters.harness.vendor import ResultsTarget, SimulatedVendor
 from adapters.results.findings import parse_findings
 from tests.peers import LOOPBACK, Orthanc, free_port, storescu
 
-pytestmark = pytest.mark.xdist_group("harness_vendor")
+pytestmark = [pytest.mark.slow(seconds=20), pytest.mark.xdist_group("harness_vendor")]
 
 Vendor = Callable[..., SimulatedVendor]
 

@@ -49,7 +49,7 @@ from tests.pki import authority, issue
 from tests.spooling import spool_study
 
 # The module's fixtures are set up once: every test of it runs on one xdist worker.
-pytestmark = pytest.mark.xdist_group("link")
+pytestmark = [pytest.mark.slow(seconds=40), pytest.mark.xdist_group("link")]
 
 
 @dataclass

@@ -58,7 +58,11 @@ from tests.hl7_messages import sample_order
 from tests.listener import dicom_listener
 from tests.peers import storescu
 
-pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("routing_facts")]
+pytestmark = [
+    pytest.mark.timeout(600),
+    pytest.mark.slow(seconds=40),
+    pytest.mark.xdist_group("routing_facts"),
+]
 
 NOW = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 CALLING_AE = "CT01"
