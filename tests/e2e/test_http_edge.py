@@ -272,7 +272,10 @@ def test_public_docs_opens_the_description_to_every_host(store: tuple[Engine, Pa
     engine, folder = store
     server, port = serve(engine, folder, {"public_docs": True})
     try:
-        with httpx.Client(transport=httpx.HTTPTransport(local_address=ELSEWHERE)) as other:
+        elsewhere = httpx.HTTPTransport(local_address=ELSEWHERE)
+        # 30 s as the module's other clients: the description is built on the first request,
+        # beside a loaded machine's other tests (httpx's own 5 s ran out)
+        with httpx.Client(transport=elsewhere, timeout=30) as other:
             for path in ("/docs", "/redoc", "/openapi.json"):
                 assert other.get(f"http://127.0.0.1:{port}{path}").status_code == 200, path
     finally:
