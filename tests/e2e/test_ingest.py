@@ -442,7 +442,13 @@ def test_pydicoms_test_files_are_stored_as_sent_or_refused_with_a_status(
     accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
     sendable = {p: v for p, v in sendable.items() if (v[0], v[2]) in accepted}
     answers = {path: assoc.send_c_store(path).Status for path in sendable}
-    assert assoc.send_c_echo().Status == 0x0000
+    echo = assoc.send_c_echo()
+    if "Status" not in echo:
+        # pynetdicom's requestor can let its own reactor thread take the answer it waits for
+        # ("Received unexpected C-ECHO service message", then its DIMSE timeout: seen once on
+        # a loaded machine); the association is asked again.
+        echo = assoc.send_c_echo()
+    assert echo.Status == 0x0000
     assoc.release()
     last: dict[str, Path | None] = {}  # some files share a SOP Instance UID: the last stays
     for path, (_, instance, _) in sendable.items():
