@@ -8,7 +8,10 @@ workers' polling and an extra one finds nothing to claim.
 Two buses run the same code:
 
 * ``memory://`` (the embedded default): kombu's in-process transport, with
-  a priority queue in place of kombu's plain FIFO (which has no priorities).
+  a priority queue in place of kombu's plain FIFO (which has no priorities),
+  and a consumer that waits to be woken (a message put, a handler done, a stop)
+  instead of polling every few milliseconds: an idle service spends nothing on
+  its bus.
 * ``amqp://user:password@host:5672//`` (scale-out): RabbitMQ, durable queues
   with ``x-max-priority``, persistent messages and publisher confirms.
 
@@ -25,6 +28,7 @@ import contextlib
 import itertools
 import json
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -47,8 +51,10 @@ LOG = get_logger("radbridge.bus")
 
 #: Queues are declared with this many priority levels (RabbitMQ ``x-max-priority``).
 MAX_PRIORITY = 10
-#: How long the consumer waits for a message before it acknowledges finished work.
+#: How long the consumer waits for a message before it acknowledges finished work (the
+#: in-process bus is woken for that instead, and looks at least every ``_MEMORY_TICK``).
 _TICK = 0.02
+_MEMORY_TICK = 1.0
 _RETRY_POLICY = {"max_retries": 3, "interval_start": 0.0, "interval_step": 0.5, "interval_max": 2}
 
 
@@ -69,6 +75,32 @@ class Ticket:
 
 #: Runs in a pool thread; the message is acknowledged once it returned.
 Handler = Callable[[Ticket], None]
+
+
+class _Wakes:
+    """What the in-process bus's consumers wait for: a message was put on a queue, a
+    handler finished (its acknowledgement is due), or a consumer was told to stop."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._count = 0
+
+    def poke(self) -> None:
+        with self._changed:
+            self._count += 1
+            self._changed.notify_all()
+
+    def seen(self) -> int:
+        return self._count
+
+    def wait(self, seen: int, timeout: float | None) -> bool:
+        """Wait for a poke after ``seen`` (at most ``timeout`` seconds); whether one came."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._count != seen, timeout)
+
+
+#: The process's one: every in-process queue and consumer shares it.
+_WAKES = _Wakes()
 
 
 class _PriorityChannel(memory.Channel):
@@ -99,6 +131,7 @@ class _PriorityChannel(memory.Channel):
         except (KeyError, TypeError, ValueError):
             priority = 0
         self._queue_for(queue).put((-priority, next(self._order), message))
+        _WAKES.poke()
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:
         return self._queue_for(queue).get(block=False)[2]
@@ -122,6 +155,26 @@ class PriorityMemoryTransport(memory.Transport):
     global_state = virtual.BrokerState()
     driver_type = "memory"
     driver_name = "radbridge-memory"
+
+    def drain_events(self, connection: Any, timeout: Any = None, **kwargs: Any) -> Any:
+        """kombu's loop (``virtual.Transport.drain_events``), waiting to be woken instead of
+        polling: deliver one message, or raise ``TimeoutError`` once woken for anything
+        else (the consumer's acknowledgements may be due) or after ``timeout``."""
+        cycle = self.cycle
+        assert cycle is not None  # set as the transport is made
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            seen = _WAKES.seen()
+            try:
+                cycle.get(self._deliver, timeout=timeout)
+                return
+            except Empty:
+                pass
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError
+            if _WAKES.wait(seen, remaining) and deadline is not None:
+                deadline = time.monotonic()  # woken: one more look, then back to the caller
 
 
 def _is_memory(url: str) -> bool:
@@ -320,10 +373,14 @@ class _Session:
                 consumers.append(consumer)
             if ready is not None:
                 ready.set()
+            tick = _TICK
+            if self.bus.memory:
+                tick = _MEMORY_TICK
+                threading.Thread(target=self._wake_on_stop, daemon=True).start()
             while not self.stop.is_set():
                 self.settle()
                 with contextlib.suppress(TimeoutError):
-                    conn.drain_events(timeout=_TICK)
+                    conn.drain_events(timeout=tick)
             for consumer in consumers:
                 consumer.cancel()
             self.shutdown()
@@ -344,6 +401,10 @@ class _Session:
             return
         self.pools[vendor].submit(self.handle, ticket, message, generation)
 
+    def _wake_on_stop(self) -> None:
+        self.stop.wait()
+        _WAKES.poke()
+
     def handle(self, ticket: Ticket, message: Message, generation: int) -> None:
         """Run the handler (in a pool thread); the consuming thread acks afterwards."""
         try:
@@ -352,8 +413,10 @@ class _Session:
             LOG.exception("bus handler failed; the message goes back", job_id=ticket.job_id)
             self.stop.wait(1.0)
             self.done.put((generation, message, False))
-            return
-        self.done.put((generation, message, True))
+        else:
+            self.done.put((generation, message, True))
+        if self.bus.memory:
+            _WAKES.poke()  # the consuming thread acknowledges it now
 
     def settle(self) -> None:
         """Acknowledge (or requeue) finished messages, on the consuming thread."""
