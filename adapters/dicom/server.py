@@ -89,10 +89,10 @@ LOG = get_logger("radbridge.dicom")
 
 
 class _Flush:
-    """A received file's fdatasync, run once, when the answer first needs it: after the
-    header is parsed, which gives the disk time to write what the receiving file already
-    sent it (:func:`adapters.dicom.receiving.start_write_back`). A refused object is never
-    synced."""
+    """A received file's fdatasync, run once, when the answer first needs it (a refused
+    object is never synced), through the descriptor the file was written with while it is
+    open; most of the file is on its way to the disk by then
+    (:func:`adapters.dicom.receiving.start_write_back`)."""
 
     def __init__(self, spool: Spool, arrival: Arrival) -> None:
         self._spool, self._arrival, self._done = spool, arrival, False
