@@ -33,7 +33,7 @@ from tests.fhir_receiver import FhirReceiver
 from tests.integration.test_results_sr import _dciodvfy, head_bleed
 from tests.peers import LOOPBACK, Orthanc, StoreSCP, free_port, storescu, wait_until
 from tests.ris import Ris
-from tests.service import Radbridge, base_config
+from tests.service import Radbridge, base_config, dicom_block
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("corrections")]
 
@@ -171,12 +171,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         }
         config["http"] = {"listen": {"host": LOOPBACK, "port": free_port()}}
         config["targets"] = {
-            "pacs": {
-                "type": "dicom",
-                "ae_title": pacs.aet,
-                "host": LOOPBACK,
-                "port": pacs.dicom_port,
-            },
+            "pacs": dicom_block(pacs.aet, pacs.dicom_port),
             "ris": {"type": "hl7", "host": LOOPBACK, "port": ris.port},
             "emr": {"type": "fhir", "url": emr.url},
         }

@@ -29,7 +29,7 @@ from adapters.harness.vendor import ResultsTarget, ResultType, SimulatedVendor
 from adapters.results.sr import SourceStudy
 from broker.model.deid import SECRET_VARIABLE
 from tests.peers import Orthanc, free_port, storescu, wait_until
-from tests.service import Radbridge, base_config
+from tests.service import Radbridge, base_config, dicom_block
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("deid_round_trip")]
 
@@ -128,12 +128,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
         }
         config["http"] = {"listen": {"host": "127.0.0.1", "port": http_port}}
         config["targets"] = {
-            "pacs": {
-                "type": "dicom",
-                "ae_title": pacs.aet,
-                "host": "127.0.0.1",
-                "port": pacs.dicom_port,
-            },
+            "pacs": dicom_block(pacs.aet, pacs.dicom_port),
             "ris": {"type": "hl7", "host": "127.0.0.1", "port": ris.port},
         }
         config["routes"] = [

@@ -29,7 +29,7 @@ from adapters.results.sr import read_source_study
 from tests.fhir_receiver import Webhook
 from tests.peers import Orthanc, StoreSCP, free_port, storescu, wait_until
 from tests.ris import Ris
-from tests.service import Radbridge, base_config
+from tests.service import Radbridge, base_config, dicom_block
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -209,12 +209,7 @@ def products(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Products]:
             "valid_until": "2099-12-31",
         }
         config["targets"] = {
-            "pacs": {
-                "type": "dicom",
-                "ae_title": pacs.aet,
-                "host": "127.0.0.1",
-                "port": pacs.dicom_port,
-            },
+            "pacs": dicom_block(pacs.aet, pacs.dicom_port),
             "ris": {"type": "hl7", "host": "127.0.0.1", "port": ris.port},
         }
         config["notifications"] = {"webhook": {"url": hook.url}}

@@ -23,7 +23,7 @@ from adapters.harness.vendor import SimulatedVendor
 from broker.model.deid import SECRET_VARIABLE
 from tests.e2e.test_priors import patient_study
 from tests.peers import Orthanc, free_port, storescu, wait_until
-from tests.service import Radbridge, base_config
+from tests.service import Radbridge, base_config, dicom_block
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
@@ -34,14 +34,7 @@ ISSUER = "HOSP_A"
 def _config(folder: Path, pacs: Orthanc, cloud: SimulatedVendor) -> dict[str, Any]:
     config = base_config(folder, free_port(), study_stable_seconds=0.5)
     config["http"] = {"listen": {"host": "127.0.0.1", "port": free_port()}}
-    config["targets"] = {
-        "pacs": {
-            "type": "dicom",
-            "ae_title": pacs.aet,
-            "host": "127.0.0.1",
-            "port": pacs.dicom_port,
-        }
-    }
+    config["targets"] = {"pacs": dicom_block(pacs.aet, pacs.dicom_port)}
     config["vendors"] = {
         "cloudanon": {
             "product": "CT coronary follow-up (cloud, de-identified)",

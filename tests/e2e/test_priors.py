@@ -31,7 +31,7 @@ from broker.model.deid import SECRET_VARIABLE
 from broker.model.plugins import registered
 from broker.model.priors import PriorsPolicy, PriorsQuery
 from tests.peers import Orthanc, StoreSCP, free_port, storescu, wait_until
-from tests.service import Radbridge, base_config
+from tests.service import Radbridge, base_config, dicom_block
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -63,14 +63,7 @@ def _config(
 ) -> dict[str, Any]:
     config = base_config(folder, free_port())
     config["http"] = {"listen": {"host": "127.0.0.1", "port": free_port()}}
-    config["targets"] = {
-        "pacs": {
-            "type": "dicom",
-            "ae_title": pacs.aet,
-            "host": "127.0.0.1",
-            "port": pacs.dicom_port,
-        }
-    }
+    config["targets"] = {"pacs": dicom_block(pacs.aet, pacs.dicom_port)}
     config["vendors"] = {
         "followup": {
             "product": "CT head follow-up",

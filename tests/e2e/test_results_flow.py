@@ -28,7 +28,7 @@ from tests.hl7_messages import orm_o01, sample_order
 from tests.integration.test_results_sr import _dciodvfy, head_bleed
 from tests.peers import Orthanc, StoreSCP, free_port, storescu, wait_until
 from tests.ris import Ris
-from tests.service import Radbridge, base_config
+from tests.service import Radbridge, base_config, dicom_block
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("results_flow")]
 
@@ -128,12 +128,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
             }
         }
         config["targets"] = {
-            "pacs": {
-                "type": "dicom",
-                "ae_title": pacs.aet,
-                "host": "127.0.0.1",
-                "port": pacs.dicom_port,
-            },
+            "pacs": dicom_block(pacs.aet, pacs.dicom_port),
             "ris": {"type": "hl7", "host": "127.0.0.1", "port": ris.port},
         }
         config["routes"] = [
