@@ -161,20 +161,26 @@ def _elements(
     return found, False
 
 
-def scan(path: Path, head: bytes | None = None, *, read: bool = True) -> Dataset | None:
+def scan(path: Path, head: bytes | None = None) -> Dataset | None:
     """The header (up to the pixel data) of a Part 10 file, its ``file_meta`` set, or None
     when pydicom must read it (see the module). The first :data:`FIRST_READ` bytes hold
     most headers (``head``: those bytes, when they are at hand as the file was written);
-    a longer one is read again up to :data:`MAX_HEADER` (unless not ``read``: None)."""
+    a longer one is read again up to :data:`MAX_HEADER`."""
     if head is None:
         with path.open("rb", buffering=0) as file:
             head = file.read(FIRST_READ)
-    found = _scan(head, whole=len(head) < FIRST_READ)
-    if found is not None or len(head) < FIRST_READ or not read:
+    found = scan_head(head)
+    if found is not None or len(head) < FIRST_READ:
         return found
     with path.open("rb", buffering=0) as file:
         buf = file.read(MAX_HEADER)
         return _scan(buf, whole=len(buf) < MAX_HEADER or not file.read(1))
+
+
+def scan_head(head: bytes) -> Dataset | None:
+    """:func:`scan` of a file's first :data:`FIRST_READ` bytes alone (the whole file when
+    fewer): None also when the header goes on past them."""
+    return _scan(head, whole=len(head) < FIRST_READ)
 
 
 def _scan(buf: bytes, *, whole: bool) -> Dataset | None:
@@ -200,4 +206,13 @@ def _scan(buf: bytes, *, whole: bool) -> Dataset | None:
     return dataset
 
 
-__all__ = ["FIRST_READ", "MAX_DEPTH", "MAX_HEADER", "UNDEFINED", "UnsureError", "element", "scan"]
+__all__ = [
+    "FIRST_READ",
+    "MAX_DEPTH",
+    "MAX_HEADER",
+    "UNDEFINED",
+    "UnsureError",
+    "element",
+    "scan",
+    "scan_head",
+]

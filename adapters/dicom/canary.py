@@ -15,7 +15,6 @@ sees it on the vendor's side knows what it is.
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 from dataclasses import replace
@@ -28,7 +27,7 @@ from pydicom import dcmread
 from adapters.dicom.mapping import instance_record_from_spooled_file
 from adapters.dicom.synthetic import StudyKind, generate_study
 from broker.model.domain import InstanceRecord
-from broker.store.spool import fsync_dir
+from broker.store.spool import fsync_dir, sync_tree
 
 CANARY_CREATOR = "RADBRIDGE CANARY"
 CANARY_GROUP = 0x0011
@@ -54,8 +53,7 @@ def make_canary_study(
     scratch.mkdir()
     try:
         made = _make_marked(scratch, kind=kind, vendor=vendor, run=run, instances=instances)
-        for path in {scratch, *(p.parent for p in made)}:
-            fsync_dir(path)
+        sync_tree(scratch)
         scratch.rename(folder)
         fsync_dir(parent)
     finally:
@@ -81,7 +79,7 @@ def make_canary_study(
 def _make_marked(
     folder: Path, *, kind: str, vendor: str, run: int, instances: int | None
 ) -> list[Path]:
-    """The synthetic study in ``folder``, each file marked as the canary and fsync'd."""
+    """The synthetic study in ``folder``, each file marked as the canary."""
     paths = generate_study(
         cast(StudyKind, kind),
         folder,
@@ -97,8 +95,5 @@ def _make_marked(
         block.add_new(0x01, "LO", "TEST")
         block.add_new(0x02, "LO", vendor[:64])
         block.add_new(0x03, "LO", str(run))
-        with path.open("wb") as f:
-            ds.save_as(f, enforce_file_format=True)
-            f.flush()
-            os.fsync(f.fileno())
+        ds.save_as(path, enforce_file_format=True)
     return paths

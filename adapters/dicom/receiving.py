@@ -25,7 +25,6 @@ import errno
 import os
 import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
@@ -93,7 +92,7 @@ class ReceivingFile:
         must judge)."""
         if not self._scanned and self.failure is None:
             self._scanned = True
-            self._header = dicom_scan.scan(Path(self.name), bytes(self._head), read=False)
+            self._header = dicom_scan.scan_head(bytes(self._head))
         return self._header
 
     @property

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -34,6 +33,7 @@ from adapters.writeback.base import TargetRejectedError
 from broker.model.domain import Result
 from broker.model.errors import ResultError
 from broker.model.writeback import WritebackItem
+from broker.store.spool import fsync_dir, sync_tree
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,27 +114,17 @@ def _make_kept(
     try:
         _, notes = _render_into(scratch, item, result, settings)
         (scratch / MADE).write_text(json.dumps({"notes": list(notes)}), encoding="utf-8")
-        for path in scratch.iterdir():
-            _fsync(path)
-        _fsync(scratch)
+        sync_tree(scratch)
         try:
             scratch.rename(folder)
         except OSError:
             if not (folder / MADE).exists():
                 raise
-        _fsync(folder.parent)
+        fsync_dir(folder.parent)
     except OSError as exc:
         raise TargetRejectedError(f"cannot keep the renderings in {folder.parent}: {exc}") from exc
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _render_into(

@@ -58,6 +58,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def sync_tree(root: Path) -> None:
+    """fsync every file and folder under ``root``, and ``root``: a folder built aside is on
+    the disk before it is renamed into place whole (renderings, canary studies)."""
+    for path in [*root.rglob("*"), root]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 class Spool:
     """Where received bytes live; the index stores the paths this class hands out."""
 
