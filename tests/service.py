@@ -45,6 +45,12 @@ def base_config(folder: Path, port: int, **dicom: Any) -> dict[str, Any]:
     }
 
 
+def arriving(spool: Path) -> list[Path]:
+    """The files in the spool's ``tmp`` (objects arriving, or left half-received), whichever
+    association's folder they are in."""
+    return [p for p in (spool / "tmp").rglob("*") if p.is_file()]
+
+
 def dicom_block(ae_title: str, port: int, **extra: Any) -> dict[str, Any]:
     """A ``{type: dicom, …}`` block (a vendor's transport, a write-back target) for a DICOM
     peer on loopback."""

@@ -237,14 +237,6 @@ class EventDrivenDUL(DULServiceProvider):
             return self._opened + float(self.assoc.acse_timeout or 30.0)
         return time.monotonic() + float(self.assoc.network_timeout or 60.0)
 
-    def _receive(self, sock: socket.socket, size: int, deadline: float) -> bytearray | None:
-        """Exactly ``size`` bytes, or None once the connection ended (Evt17 queued).
-
-        Memory grows with what arrives, not with what the header announced.
-        """
-        data = bytearray()
-        return data if self._receive_into(sock, data, 0, size, deadline) else None
-
     def _receive_into(
         self, sock: socket.socket, buffer: bytearray, at: int, size: int, deadline: float
     ) -> bool:
@@ -253,8 +245,12 @@ class EventDrivenDUL(DULServiceProvider):
         end = at + size
         got = at
         while got < end:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            want = min(end - got, 1 << 20)
+            if len(buffer) < got + want:
+                buffer.extend(bytes(got + want - len(buffer)))
+            try:
+                n = self._recv(sock, memoryview(buffer)[got : got + want], deadline)
+            except TimeoutError:
                 what = "association request" if self._pending() else "PDU"
                 self._log().warning(
                     f"connection closed: no complete {what} in time",
@@ -263,14 +259,6 @@ class EventDrivenDUL(DULServiceProvider):
                 )
                 self._end()
                 return False
-            want = min(end - got, 1 << 20)
-            if len(buffer) < got + want:
-                buffer.extend(bytes(got + want - len(buffer)))
-            try:
-                sock.settimeout(remaining)
-                n = sock.recv_into(memoryview(buffer)[got : got + want])
-            except TimeoutError:
-                continue  # the deadline check above ends it
             except (OSError, ValueError):
                 self._end()
                 return False
@@ -280,10 +268,39 @@ class EventDrivenDUL(DULServiceProvider):
                 self._end()
                 return False
             got += n
-        # Sends use the same socket: give them the network timeout, not what was left here.
-        with contextlib.suppress(OSError):
-            sock.settimeout(float(self.assoc.network_timeout or 60.0))
         return True
+
+    def _recv(self, sock: socket.socket, view: memoryview, deadline: float) -> int:
+        """Read what has arrived into ``view`` (0: the peer closed), waiting for it until
+        ``deadline`` (then TimeoutError). A plain socket is read through its descriptor,
+        which Python keeps non-blocking for a socket with a timeout: one system call when
+        data is there (``recv_into`` waits in ``poll`` first, every time), a ``poll`` only
+        when it is not. A TLS socket decrypts in ``recv_into``."""
+        if isinstance(sock, ssl.SSLSocket):
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                sock.settimeout(remaining)
+                try:
+                    return sock.recv_into(view)
+                except TimeoutError:
+                    continue
+                finally:  # sends use the same socket: the network timeout, not what was left
+                    sock.settimeout(float(self.assoc.network_timeout or 60.0))
+        if sock.gettimeout() is None:  # a socket without one would block past the deadline
+            sock.settimeout(float(self.assoc.network_timeout or 60.0))
+        while True:
+            try:
+                return os.readv(sock.fileno(), [view])
+            except BlockingIOError:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            waiting = select.poll()
+            waiting.register(sock.fileno(), select.POLLIN)
+            waiting.poll(remaining * 1000)
 
     def _end(self) -> None:
         """The transport is done: the state machine closes it (Evt17) and reads stop."""

@@ -24,6 +24,7 @@ import ctypes
 import errno
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -59,14 +60,17 @@ class ReceivingFile:
     written through its descriptor, unbuffered: a failure belongs to the write that
     caused it."""
 
-    def __init__(self, suffix: str = "") -> None:
+    def __init__(self, suffix: str = "", folder: str | None = None) -> None:
         self.failure: OSError | None = None
         self._fd: int | None = None
         self._written = self._flushed = 0
         self._head = bytearray()
         self._header: Dataset | None = None
         self._scanned = False
-        self.name: str = os.path.join(tempfile.gettempdir(), f"{os.urandom(16).hex()}{suffix}")
+        self._placed = False
+        self.name: str = os.path.join(
+            folder or tempfile.gettempdir(), f"{os.urandom(16).hex()}{suffix}"
+        )
         refused = _refusal[0]()
         if refused is not None:
             self.failure = LowSpaceError(refused)
@@ -145,11 +149,16 @@ class ReceivingFile:
         self.finish()
         self._close()
 
+    def placed(self) -> None:
+        """The file was renamed into the spool: :meth:`discard` only closes it."""
+        self._placed = True
+
     def discard(self) -> None:
-        """Close and remove an unfinished file."""
+        """Close, and remove the file unless it was :meth:`placed` (unfinished or refused)."""
         self._close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.name)
+        if not self._placed:
+            with contextlib.suppress(OSError):
+                os.unlink(self.name)
 
     def _close(self) -> None:
         fd, self._fd = self._fd, None
@@ -157,6 +166,37 @@ class ReceivingFile:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
+
+class Folders:
+    """Folders under the spool's ``tmp`` for the files of one association at a time.
+
+    Making a file in a folder and renaming it away both lock the folder: associations
+    receiving in parallel into one folder wait for each other (and spin, on Linux,
+    while a slow inode allocation holds it). Each association takes a folder when its
+    first data set arrives and gives it back when it ends; folders are made as needed
+    and kept for the next association (the spool's ``tmp`` is emptied at start).
+    """
+
+    def __init__(self) -> None:
+        self._free: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+
+    def take(self) -> str:
+        """A folder no other association uses (in the current ``tempfile.gettempdir()``)."""
+        root = tempfile.gettempdir()
+        with self._lock:
+            free = self._free.get(root)
+            if free:
+                return free.pop()
+        return tempfile.mkdtemp(dir=root)
+
+    def give_back(self, folder: str) -> None:
+        with self._lock:
+            self._free.setdefault(os.path.dirname(folder), []).append(folder)
+
+
+#: The listener process's folders (:class:`Folders`).
+FOLDERS = Folders()
 
 #: Bytes written after which their write-back to the disk is started (the sync that
 #: makes the object durable then waits for less).

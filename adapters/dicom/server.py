@@ -418,6 +418,8 @@ class StoreSCP:
             placing = True  # from here a failure removes what was placed (unless it existed)
             with self.spool.study_lock(record.study_uid):  # a retention purge waits
                 existed, folders = self.spool.rename_into_place(tmp, final)
+                if spooled is not None:
+                    spooled.placed()
                 indexed = self.commits.record(  # durable with the other associations'
                     record,
                     settings.stable_seconds_for(called_ae),

@@ -47,7 +47,7 @@ from pynetdicom.status import Status
 
 from adapters.dicom import dimse
 from adapters.dicom.dimse import COMMAND, LAST, PDV
-from adapters.dicom.receiving import ReceivingFile
+from adapters.dicom.receiving import FOLDERS, ReceivingFile
 from broker.model.errors import DicomError
 
 #: What the receiver is reading: a command set, a C-STORE's data set, or a message
@@ -156,6 +156,8 @@ class LeanReceiver:
         self._request: dict[int, bytes] = {}
         self._context_id = 0
         self._transfer_syntax = ""
+        #: This association's folder for the files it receives (:class:`Folders`).
+        self._folder: str | None = None
 
     @property
     def storing(self) -> bool:
@@ -222,7 +224,9 @@ class LeanReceiver:
         self._request = fields
         self._context_id = context_id
         self._transfer_syntax = str(context.transfer_syntax[0])
-        self._file = ReceivingFile(".dcm")
+        if self._folder is None:
+            self._folder = FOLDERS.take()
+        self._file = ReceivingFile(".dcm", self._folder)
         self._file.write(
             file_header(
                 sop_class, dimse.uid(fields, dimse.AFFECTED_SOP_INSTANCE_UID), self._transfer_syntax
@@ -266,7 +270,7 @@ class LeanReceiver:
         try:
             status, comment = status_of(self.scp.answer(arrival))
         finally:
-            spooled.discard()  # what was stored was renamed away
+            spooled.discard()  # closed; removed unless it was placed
         response = dimse.store_response(
             dimse.us(fields, dimse.MESSAGE_ID) or 0,
             fields.get(dimse.AFFECTED_SOP_CLASS_UID, b""),
@@ -286,6 +290,9 @@ class LeanReceiver:
         """The connection ended: remove a data set it left unfinished; True if there was one."""
         unfinished = self._file is not None
         self._drop()
+        if self._folder is not None:
+            FOLDERS.give_back(self._folder)
+            self._folder = None
         return unfinished
 
 

@@ -21,7 +21,7 @@ from tests import cli_fork
 from tests.disk import MiB, fill, small_filesystem
 from tests.hl7_messages import orm_o01, sample_order
 from tests.peers import LOOPBACK, echoscu, free_port, storescu, wait_until
-from tests.service import Radbridge, base_config
+from tests.service import Radbridge, arriving, base_config
 
 MLLP_SEND = str(Path(sys.executable).parent / "mllp_send")
 AUDIT_ALL = ("--from", "2000-01-01", "--to", "2100-01-01")
@@ -74,7 +74,7 @@ def test_low_free_space_stops_dicom_intake_keeps_orders_and_resumes(tmp_path: Pa
             refused = storescu(after, rb.port, extra_args=["-v"], check=False)
             answer = refused.stdout + refused.stderr
             assert "Received Store Response (Refused: OutOfResources)" in answer, answer
-            assert list((spool / "tmp").iterdir()) == []
+            assert arriving(spool) == []
             assert _order(tmp_path, hl7_port, "LOW1") is AckCode.AA
             low = lambda: httpx.get(f"{base}/readyz").status_code == 503  # noqa: E731
             wait_until(low, "/readyz is not 503", timeout=5)  # /readyz measures every 0.5 s

@@ -35,7 +35,7 @@ from adapters.harness.hostile import datasets as crafted
 from adapters.harness.hostile.pdu import PduType
 from tests.disk import fill, small_filesystem
 from tests.peers import dataset_bytes
-from tests.service import Radbridge
+from tests.service import Radbridge, arriving
 
 # One worker runs the module (xdist_group), so that its tests share one service.
 pytestmark = [
@@ -118,7 +118,7 @@ def _eventually(condition: Callable[[], bool], timeout: float) -> bool:
 
 
 def _tmp_files(rb: Radbridge) -> list[Path]:
-    return list((rb.spool / "tmp").iterdir())
+    return arriving(rb.spool)
 
 
 def _errors_and_warnings(rb: Radbridge, since: int) -> list[dict[str, object]]:

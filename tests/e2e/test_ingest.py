@@ -33,7 +33,7 @@ from adapters.harness.hostile.pdu import PduType
 from adapters.harness.modality import send_files
 from adapters.harness.mpps import step_dataset
 from tests.peers import dataset_bytes, dcmsend, echoscu, storescu
-from tests.service import Radbridge
+from tests.service import Radbridge, arriving
 
 # One worker runs the module (xdist_group), so that its tests share one service.
 pytestmark = [
@@ -88,7 +88,7 @@ def test_ct_study_is_stored_bit_identical_and_indexed(
         sop = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
         [stored] = _spooled(radbridge, sop)
         assert dataset_bytes(stored) == dataset_bytes(path)
-    assert not list((radbridge.spool / "tmp").iterdir())
+    assert not arriving(radbridge.spool)
 
 
 def test_stable_study_reopens_as_updated_on_a_new_instance(
@@ -328,7 +328,7 @@ def test_dataset_without_study_uid_gets_cannot_understand(radbridge: Radbridge) 
     assoc.release()
     assert _spooled(radbridge, ds.SOPInstanceUID) == []
     assert len(_spooled(radbridge, good_ds.SOPInstanceUID)) == 1
-    assert not list((radbridge.spool / "tmp").iterdir())
+    assert not arriving(radbridge.spool)
 
 
 def test_c_store_whose_sop_instance_uid_differs_from_the_dataset_is_refused(
@@ -460,7 +460,7 @@ def test_pydicoms_test_files_are_stored_as_sent_or_refused_with_a_status(
     for instance, path in last.items():
         found = [dataset_bytes(copy) for copy in _spooled(radbridge, instance)]
         assert found == ([dataset_bytes(path)] if path is not None else []), instance
-    assert not list((radbridge.spool / "tmp").iterdir())
+    assert not arriving(radbridge.spool)
 
 
 def test_sender_killed_mid_transfer_leaves_nothing_half_stored(
@@ -485,16 +485,17 @@ def test_sender_killed_mid_transfer_leaves_nothing_half_stored(
         ],
         env={**os.environ, "TCP_NODELAY": "1"},
     )
-    tmp = radbridge.spool / "tmp"
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not any(p.stat().st_size > 2**20 for p in tmp.iterdir()):
+    while time.monotonic() < deadline and not any(
+        p.stat().st_size > 2**20 for p in arriving(radbridge.spool)
+    ):
         time.sleep(0.01)
     sender.send_signal(signal.SIGKILL)
     sender.wait()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and list(tmp.iterdir()):
+    while time.monotonic() < deadline and arriving(radbridge.spool):
         time.sleep(0.1)
-    assert not list(tmp.iterdir()), "partial object left in the spool"
+    assert not arriving(radbridge.spool), "partial object left in the spool"
     assert not _spooled(radbridge, sop)
     assert header.StudyInstanceUID not in {s["study_uid"] for s in radbridge.studies()}
     assert echoscu(radbridge.port).returncode == 0

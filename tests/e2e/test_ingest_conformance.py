@@ -42,7 +42,7 @@ from tests.peers import (
     storescu,
     wait_until,
 )
-from tests.service import Radbridge
+from tests.service import Radbridge, arriving
 from tests.unit.test_conformance_docs import DICOM_DOC, table
 
 # One worker runs the module (xdist_group), so that its tests share its two services.
@@ -100,7 +100,7 @@ def _spooled(rb: Radbridge, sop_uid: str) -> list[Path]:
 
 
 def _tmp_files(rb: Radbridge) -> list[Path]:
-    return list((rb.spool / "tmp").iterdir())
+    return arriving(rb.spool)
 
 
 def _echoes(rb: Radbridge) -> bool:

@@ -31,7 +31,7 @@ from adapters.harness.hostile import HostilePeer, pdu
 from adapters.harness.hostile import datasets as crafted
 from adapters.harness.hostile.pdu import Response
 from tests.peers import StoreSCP, free_port, wait_until
-from tests.service import Radbridge, base_config
+from tests.service import Radbridge, arriving, base_config
 
 # One worker runs the module: one service for its tests (--dist loadgroup).
 pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("uid_conflicts")]
@@ -150,7 +150,7 @@ def test_a_sop_instance_uid_sent_in_another_study_is_refused_and_the_held_one_st
     assert [a.status for a in answers] == [IDENTITY_CONFLICT] * 4 + [SUCCESS]
     assert answers[0].comment.startswith("SOP Instance UID held in another study")
     assert service.spooled(sop) == [stored] and _sha(stored) == before
-    assert not list((service.rb.spool / "tmp").iterdir())
+    assert not arriving(service.rb.spool)
     shown = _study(service, study)
     assert [(s["series_uid"], s["instances"]) for s in shown["series"]] == [(series, 1)]
     for refused in (other_study, other_patient):
@@ -236,7 +236,7 @@ def test_uids_that_are_not_valid_dicom_uids_get_c000_naming_the_attribute(
         assert (answer.status, keyword) == (CANNOT_UNDERSTAND, keyword), sent
         assert answer.comment.startswith(f"{keyword} is not a valid UID"), answer.comment
     assert answers[-1].status == SUCCESS
-    assert not list((service.rb.spool / "tmp").iterdir())
+    assert not arriving(service.rb.spool)
     added = set((service.rb.spool / "studies").rglob("*.dcm")) - files_before
     assert added == set(service.spooled(good.sop_instance_uid))
     listed = service.api("/api/v1/studies", limit=200).json()["items"]
