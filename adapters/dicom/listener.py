@@ -407,15 +407,17 @@ def recover_spool(spool: Spool, store: StudyStore, settings: Settings) -> int:
             continue
         try:
             record = instance_record_from_spooled_file(path)
-            if settings.sites:  # the spooled file names no sender: it joins its study's site
-                try:
-                    held = store.get_study(record.study_uid)
-                except NotFoundError:  # never acknowledged: its sender sends it again
-                    LOG.warning("spooled file of an unknown study left to its sender's resend")
-                    continue
-                patient = settings.site_directory().patient_of(held.site, record.patient)
-                record = replace(record, site=held.site, patient=patient)
-            store.record_instance(record, settings.dicom.study_stable_seconds)
+            if settings.sites:
+                sites = settings.site_directory()
+                try:  # a study's instances join its site
+                    site = store.get_study(record.study_uid).site
+                except NotFoundError:  # a new study: its sender's, as when it arrived
+                    if not record.calling_ae:  # a file that names no sender: sent again
+                        LOG.warning("spooled file of an unknown sender left to its resend")
+                        continue
+                    site = sites.for_sender(record.calling_ae, record.peer_address)
+                record = replace(record, site=site, patient=sites.patient_of(site, record.patient))
+            store.record_instance(record, settings.stable_seconds_for(record.called_ae))
             added += 1
         except (InvalidDicomError, StoreError, IdentityConflictError) as exc:
             LOG.error("spooled file cannot be indexed", file=path.name, error=str(exc))

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
@@ -261,14 +262,32 @@ def instance_record_from_file(
 def instance_record_from_spooled_file(
     path: Path, wants_series_tags: Callable[[str], bool] | None = None
 ) -> InstanceRecord:
-    """The index record of a file already in the spool (recovery after a crash)."""
+    """The index record of a file already in the spool (indexed again at start): its
+    sender as its file meta names it (:func:`sender_of`), its arrival time the file's."""
+    calling_ae, called_ae, peer_address = sender_of(path)
     return instance_record_from_part10(
         path,
-        calling_ae="",
-        called_ae="",
-        peer_address="",
+        calling_ae=calling_ae,
+        called_ae=called_ae,
+        peer_address=peer_address,
         received_at=datetime.fromtimestamp(path.stat().st_mtime, UTC),
         wants_series_tags=wants_series_tags,
+    )
+
+
+def sender_of(path: Path) -> tuple[str, str, str]:
+    """Calling AE title, called AE title and address of the sender of a spooled file, from
+    its file meta (:func:`adapters.dicom.storing.sender_meta`); empty strings for what a
+    file does not name (one stored before radbridge wrote them, one from elsewhere)."""
+    try:
+        meta = read_file_meta_info(path)
+    except dicom_header.PARSE_ERRORS:
+        return "", "", ""
+    address = urlsplit(str(meta.get("SendingPresentationAddress", "") or "")).hostname or ""
+    return (
+        str(meta.get("SendingApplicationEntityTitle", "") or "").strip(),
+        str(meta.get("ReceivingApplicationEntityTitle", "") or "").strip(),
+        address,
     )
 
 

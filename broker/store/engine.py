@@ -112,6 +112,24 @@ def _tune_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+def sync_log(engine: Engine) -> None:
+    """Make the commits made without a sync durable (``transaction(..., synced=False)`` of
+    :mod:`broker.store.prepared`): SQLite appends every commit to its write-ahead log in
+    order, so one fdatasync of the log makes them all durable. Other databases (and an
+    in-memory SQLite) have nothing to sync."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return
+    try:
+        fd = os.open(database + "-wal", os.O_RDONLY)
+    except FileNotFoundError:  # no log: every commit is in the database file, synced
+        return
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
 def writer_lock(engine: Engine) -> AbstractContextManager[None]:
     """The lock :func:`writing` takes on SQLite (none elsewhere), to hold around several."""
     return _LOCKS.get(engine) or nullcontext()

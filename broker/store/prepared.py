@@ -113,16 +113,23 @@ class Transaction:
 
 
 @contextmanager
-def transaction(engine: Engine) -> Iterator[Transaction]:
+def transaction(engine: Engine, *, synced: bool = True) -> Iterator[Transaction]:
     """A write transaction on a DBAPI connection of ``engine``'s pool: what
     :func:`broker.store.engine.writing` does (the writer lock and ``BEGIN IMMEDIATE`` on
     SQLite), without SQLAlchemy's connection and transaction objects; committed when the
-    block ends, rolled back if it raises. Driver errors are raised as ``DBAPIError``."""
+    block ends, rolled back if it raises. Driver errors are raised as ``DBAPIError``.
+
+    ``synced=False``: on SQLite the commit is not synced (``synchronous=NORMAL``): it
+    survives a killed process, not a power cut, until the next synced commit or
+    :func:`broker.store.engine.sync_log`. Other databases sync every commit."""
     error: type[Exception] = engine.dialect.loaded_dbapi.Error
+    unsynced = not synced and engine.dialect.name == "sqlite"
     with writer_lock(engine):
         with _driver_errors(error, "connect"):
             done = Transaction(engine.raw_connection(), error)
         try:
+            if unsynced:
+                done.execute("PRAGMA synchronous=NORMAL")
             if engine.dialect.name == "sqlite":
                 done.execute("BEGIN IMMEDIATE")
             yield done
@@ -133,6 +140,9 @@ def transaction(engine: Engine) -> Iterator[Transaction]:
                 done.driver.rollback()
             raise
         finally:
+            if unsynced:  # the pool's connections sync their commits
+                with suppress(Exception):
+                    done.execute("PRAGMA synchronous=FULL")
             done.driver.close()
 
 

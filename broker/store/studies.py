@@ -43,7 +43,7 @@ from broker.model.identity import (
     patient_conflict,
 )
 from broker.store.conflicts import record_conflict
-from broker.store.engine import writing
+from broker.store.engine import sync_log, writing
 from broker.store.instance_identity import misfiled
 from broker.store.prepared import Prepared, transaction
 from broker.store.tables import instances, series, studies
@@ -312,7 +312,14 @@ class StudyStore:
         self, batch: Sequence[tuple[InstanceRecord, float]]
     ) -> list[Indexed | None]:
         """Index several durably spooled instances (each with its stable seconds) in one
-        transaction: one commit, so one sync of the database, for all of them.
+        transaction: one commit for all of them.
+
+        The spool is the truth for a study still receiving: start-up indexes again the
+        files of every study the index does not know or holds as receiving or updated
+        (:mod:`broker.store.reconcile`). So on SQLite a commit that leaves every study
+        receiving is not synced (a killed process loses nothing of it, a power cut only
+        what start-up finds again), and one that re-opens a stable study (or keeps one
+        updated) is synced before this returns.
 
         Each instance is indexed under its own savepoint; one that meets a conflict (or
         any error) is undone alone and its entry is None: :meth:`record_instance` indexes
@@ -321,10 +328,12 @@ class StudyStore:
         An instance alone needs no savepoint: its transaction is undone instead.
         """
         if len(batch) == 1:
-            return [self._record_alone(*batch[0])]
+            alone = self._record_alone(*batch[0])
+            self._sync_unless_receiving([alone])
+            return [alone]
         done: list[tuple[str | None, str] | None] = []
         try:
-            with transaction(self.engine) as txn:
+            with transaction(self.engine, synced=False) as txn:
                 for rec, stable_seconds in batch:
                     now = rec.received_at or datetime.now(UTC)
                     txn.execute("SAVEPOINT instance")
@@ -340,16 +349,27 @@ class StudyStore:
                     txn.execute("RELEASE SAVEPOINT instance")
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot index instances: {exc}") from exc
-        return [
+        indexed = [
             None if entry is None else self._indexed(rec, *entry)
             for (rec, _stable), entry in zip(batch, done, strict=True)
         ]
+        self._sync_unless_receiving(indexed)
+        return indexed
+
+    def _sync_unless_receiving(self, indexed: Sequence[Indexed | None]) -> None:
+        """Sync the unsynced commit of ``indexed`` unless it left every study receiving
+        (:meth:`record_instances`)."""
+        if any(i is not None and i.study_state is not StudyState.RECEIVING for i in indexed):
+            try:
+                sync_log(self.engine)
+            except OSError as exc:
+                raise StoreError(f"cannot sync the index: {exc.strerror}") from exc
 
     def _record_alone(self, rec: InstanceRecord, stable_seconds: float) -> Indexed | None:
         """:meth:`record_instances` of one instance."""
         now = rec.received_at or datetime.now(UTC)
         try:
-            with transaction(self.engine) as txn:
+            with transaction(self.engine, synced=False) as txn:
                 previous_path, state = self._index(txn, rec, now, stable_seconds)
                 if state is None:
                     raise _HeldError

@@ -1,6 +1,6 @@
-"""Sites after a crash: a spooled instance the index missed joins its study's site, and one of
-a study the store never knew is left for its sender to send again (it was never
-acknowledged); in a real SQLite store and spool."""
+"""Sites after a crash: a spooled instance the index missed joins its study's site; one of a
+study the store never knew joins its sender's site when its file meta names the sender, and
+is left for its sender to send again when it names none; in a real SQLite store and spool."""
 
 from __future__ import annotations
 
@@ -60,3 +60,39 @@ def test_recovered_instances_keep_their_studys_site(tmp_path: Path) -> None:
     assert (study.site, study.instance_count) == ("township-a", 2)
     with pytest.raises(NotFoundError):
         store.get_study(stray_uid)
+
+
+def test_an_unknown_studys_file_naming_its_sender_joins_the_senders_site(tmp_path: Path) -> None:
+    """A spooled file of a study the index does not know (a power cut lost its unsynced
+    commit) whose file meta names its sender, as radbridge writes it, is indexed with that
+    sender's site, called AE title and address."""
+    settings = Settings.model_validate(
+        {
+            "storage": {"spool": str(tmp_path / "spool"), "database": "sqlite:///x.db"},
+            "sites": {
+                "township-a": {
+                    "name": "A",
+                    "senders": [{"ae_title": "TWA_CT", "host": "10.8.1.0/24"}],
+                }
+            },
+        }
+    )
+    engine = make_engine(f"sqlite:///{tmp_path}/radbridge.db")
+    migrate(engine)
+    store, spool = StudyStore(engine), Spool(tmp_path / "spool")
+    [file] = generate_study("ct_chest", tmp_path / "a", instances=1, rows=16, columns=16)
+    ds = pydicom.dcmread(file)
+    ds.file_meta.SendingApplicationEntityTitle = "TWA_CT"
+    ds.file_meta.ReceivingApplicationEntityTitle = "RADBRIDGE"
+    ds.file_meta.SendingPresentationAddress = "dicom://10.8.1.7"
+    ds.save_as(file, enforce_file_format=True)
+    _spool(spool, file)
+
+    assert recover_spool(spool, store, settings) == 1
+    study = store.get_study(str(ds.StudyInstanceUID))
+    assert (study.site, study.calling_ae, study.called_ae, study.peer_address) == (
+        "township-a",
+        "TWA_CT",
+        "RADBRIDGE",
+        "10.8.1.7",
+    )

@@ -4,6 +4,7 @@ pynetdicom make of the same values: command sets both ways, and a received file'
 from __future__ import annotations
 
 from io import BytesIO
+from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
@@ -15,9 +16,11 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, decode, encode
 
 from adapters.dicom import dimse
-from adapters.dicom.storing import file_header, status_of
+from adapters.dicom.mapping import sender_of
+from adapters.dicom.storing import file_header, sender_meta, status_of
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT = "1.2.840.10008.1.2.1"
 
 
 @pytest.mark.parametrize(
@@ -34,6 +37,33 @@ def test_file_meta_is_the_bytes_pydicom_writes(instance: str, syntax: str) -> No
     )
     write_file_meta_info(out, meta)
     assert file_header(CT, instance, syntax) == out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("calling", "called", "address"),
+    [("CT01", "RADBRIDGE", "10.8.1.7"), ("ODD", "HUB_A", "fe80::1")],
+)
+def test_file_meta_names_the_sender_as_pydicom_writes_it(
+    calling: str, called: str, address: str, tmp_path: Path
+) -> None:
+    """The sender's elements of a received file's meta (Sending and Receiving AE Title,
+    Sending Presentation Address) are the bytes pydicom writes for the same values, and
+    read back as the sender (:func:`adapters.dicom.mapping.sender_of`)."""
+    out = DicomBytesIO()
+    out.write(b"\0" * 128 + b"DICM")
+    meta = create_file_meta(
+        sop_class_uid=UID(CT), sop_instance_uid=UID("1.2.3"), transfer_syntax=UID(EXPLICIT)
+    )
+    meta.SendingApplicationEntityTitle = calling
+    meta.ReceivingApplicationEntityTitle = called
+    host = f"[{address}]" if ":" in address else address
+    meta.SendingPresentationAddress = f"dicom://{host}"
+    write_file_meta_info(out, meta)
+    header = file_header(CT, "1.2.3", EXPLICIT, sender_meta(calling, called, address))
+    assert header == out.getvalue()
+    path = tmp_path / "x.dcm"
+    path.write_bytes(header)
+    assert sender_of(path) == (calling, called, address)
 
 
 def test_store_response_decodes_as_pynetdicoms_c_store_rsp() -> None:
