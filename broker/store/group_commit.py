@@ -2,8 +2,9 @@
 
 Before a C-STORE is answered success, the instance's file must be in its study
 folder durably (the folder fsync'd after the rename) and its index row
-committed (one sync of the database). Each C-STORE syncs its own folder, in its
-own thread, while other associations commit; the database's sync is shared.
+committed (synced when it re-opens a stable study: see
+:meth:`StudyStore.record_instances`). Each C-STORE syncs its own folder, in its
+own thread, while other associations commit; the commit is shared.
 
 :class:`GroupCommit` hands the renamed instance to the process's group commit.
 The C-STORE that finds no commit under way commits in its own thread: once it

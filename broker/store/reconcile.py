@@ -1,18 +1,23 @@
 """What start-up reconciles between the spool and the index: only what may be unfinished.
 
-A crash between an instance's rename into the spool and its index commit leaves
-a complete file the index does not know; its C-STORE was never answered
-success, so the sender sends it again, but the file is indexed at start all the
-same. Such a file can only be in a study folder the index does not know yet (a
-crash before the first commit of a new study) or in a study still receiving (or
-re-opened by a new instance). Start-up therefore lists the spool's study folders
-(one entry per study), reads
-the studies' states (one query), and reads the files and index rows of those
-studies only: it does not grow with the stable studies the spool holds.
+The spool is the truth of a study still receiving. A crash between an instance's
+rename into the spool and its index commit leaves a complete file the index does
+not know; its C-STORE was never answered success, so the sender sends it again,
+but the file is indexed at start all the same. A power cut may also lose index
+commits that were acknowledged: on SQLite an instance's commit is not synced
+while its study is receiving (:meth:`broker.store.studies.StudyStore.record_instances`),
+and the file names its sender (its file meta), so it is indexed again as it arrived.
+Such a file can only be in a study folder the index does not know (a study whose
+commits were all lost) or in a study still receiving (or re-opened by a new
+instance: that commit is synced). Start-up therefore lists the spool's study
+folders (one entry per study), reads the studies' states (one query), and reads
+the files and index rows of those studies only: it does not grow with the stable
+studies the spool holds.
 
 A late instance of a study already stable that a crash left unindexed was not
-acknowledged either; it is indexed when the sender sends it again, and the
-study's retention purge removes the study's folder with it.
+acknowledged (its commit, which re-opens the study, is synced before the answer);
+it is indexed when the sender sends it again, and the study's retention purge
+removes the study's folder with it.
 """
 
 from __future__ import annotations
