@@ -60,6 +60,8 @@ from broker.store.pseudonyms import PseudonymStore
 from broker.store.work import LEASE_SECONDS
 
 LOG = get_logger("radbridge.jobs")
+#: Seconds until jobs whose announcement failed (the bus was down) are announced again.
+ANNOUNCE_AGAIN_SECONDS = 1.0
 
 Clock = Callable[[], datetime]
 #: Called after a job reached ``sent`` (job, what the send did, when); must not raise.
@@ -210,7 +212,12 @@ class Dispatcher:
             unannounced = list(self._unannounced.values())
         for job in unannounced:
             self.publish(job)
-        return self._sweep(now)
+        due = self._sweep(now)
+        with self._lock:
+            if not self._unannounced:
+                return due
+        again = now + timedelta(seconds=ANNOUNCE_AGAIN_SECONDS)  # the bus failed: soon again
+        return again if due is None else min(due, again)
 
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
         """The timer loop for jobs alone until ``stop`` is set (the service runs one for all)."""

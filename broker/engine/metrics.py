@@ -66,6 +66,18 @@ WRITEBACK_LATENCY_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+TIMER_TICKS = Counter(
+    "radbridge_timer_ticks",
+    "Wake-ups of the service's timers (engine, completion, results): each looks at the store.",
+    ["timer"],
+    registry=REGISTRY,
+)
+LANE_LOOKS = Counter(
+    "radbridge_lane_looks",
+    "Claims the job engine's lanes tried (jobs, deliveries), found or not.",
+    ["noun"],
+    registry=REGISTRY,
+)
 ERRORS = Counter(
     "radbridge_errors",
     "Errors by stage (delivery, writeback, accounting) and kind (the exception's class).",

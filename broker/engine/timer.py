@@ -10,9 +10,11 @@ write-back stage adds the overdue check. Every tick, for every kind:
   operator released (``retry`` from the CLI, the API or the console, in any
   process) are taken; a worker is woken for each (``wake``).
 
-The loop sleeps until the earliest retry or lease end, ``interval`` at most.
-Every step is a conditional update in the store, so several timers (several
-services on one store) never do a step twice.
+Each task says when it next has work; the loop runs a task when that time comes, and every
+task when poked (something new is due in this process) or when the store changed (a
+:class:`ChangeWatch`: another process's work), sleeping ``interval`` at most. Every step is
+a conditional update in the store, so several timers (several services on one store)
+never do a step twice.
 
 The other timed actions (judging quiet studies, completing due results,
 escalations, retention, the vendor watch) are guarded by a :class:`Turn` when
@@ -23,20 +25,28 @@ store does them; another takes over when the holder stops renewing it.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
+from broker.engine.metrics import TIMER_TICKS
 from broker.model.errors import StoreError
 from broker.model.logging import get_logger
 from broker.model.work import WorkItem
+from broker.store.changes import StoreChanges
 from broker.store.timer_claims import TimerClaims
 from broker.store.work import WorkStore
 
 LOG = get_logger("radbridge.timer")
 
 I = TypeVar("I", bound=WorkItem)  # noqa: E741 (the item type)
+#: How often a :class:`ChangeWatch` looks at the store (the results' promise is the shortest).
+WATCH_SECONDS = 0.5
+#: The longest sleep of the timers and lanes of a service whose store tells of changes: a
+#: safety net only (work another process makes wakes them through the watch).
+WATCHED_SLEEP = 60.0
 #: One task of the timer: do what is due at ``now``; when it next has work (None: not known).
 Task = Callable[[datetime], datetime | None]
 
@@ -113,7 +123,9 @@ class Turn:
             return held
 
     def guard(self, task: Task) -> Task:
-        """``task``, run only while this node holds the turn (else: nothing due known)."""
+        """``task``, run only while this node holds the turn (else: nothing due known). The
+        timer runs it at least every third of the lease (its ``interval`` is shorter),
+        so the claim is renewed in time."""
 
         def guarded(now: datetime) -> datetime | None:
             return task(now) if self.held(now) else None
@@ -135,7 +147,8 @@ class Turn:
 
 
 class Timer:
-    """Runs its tasks in one thread until stopped, sleeping until the earliest next time."""
+    """Runs its tasks in one thread until stopped, each when it is due, sleeping until the
+    earliest: ``interval`` at most, less when poked."""
 
     def __init__(
         self,
@@ -143,38 +156,97 @@ class Timer:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         interval: float = 1.0,
+        name: str = "engine",
     ) -> None:
         self.tasks = list(tasks)
         self.clock = clock
         self.interval = interval
+        """The longest sleep: a task that knows of no work is run again after it."""
+        self.name = name
+        self._due: dict[int, datetime] = {}
         self._wake = threading.Event()
 
-    def tick(self) -> float:
-        """Run every task once; the seconds until the next tick is due (``interval`` at most)."""
-        wait = self.interval
-        for task in self.tasks:
+    def tick(self, *, everything: bool = True) -> float:
+        """Run every task (``everything``) or those due; the seconds until the next is due
+        (``interval`` at most)."""
+        TIMER_TICKS.labels(timer=self.name).inc()
+        horizon = self.clock() + timedelta(seconds=self.interval)
+        for index, task in enumerate(self.tasks):
+            now = self.clock()
+            due = self._due.get(index)
+            if not everything and due is not None and now < due:
+                continue
             try:
-                due = task(self.clock())
+                found = task(now)
             except Exception:  # the store or the bus is down: try again later
                 LOG.exception("a timer task failed", task=getattr(task, "__qualname__", task))
-                continue
-            if due is not None:
-                wait = min(wait, max((due - self.clock()).total_seconds(), 0.005))
-        return wait
+                found = None
+            self._due[index] = horizon if found is None else min(found, horizon)
+        wake_at = min(self._due.values(), default=horizon)
+        return max((wake_at - self.clock()).total_seconds(), 0.005)
 
     def poke(self) -> None:
-        """Tick at once (something became due sooner than the timer knows)."""
+        """Run every task at once (something became due sooner than the timer knows)."""
         self._wake.set()
 
     def run(self, stop: threading.Event) -> None:
         """Tick until ``stop`` is set."""
+        everything = True
         while not stop.is_set():
-            wait = self.tick()
-            self._wake.wait(wait)
-            self._wake.clear()
+            wait = self.tick(everything=everything)
+            everything = self._wake.wait(wait)
+            if everything:  # a poke after this is kept for the next wait
+                self._wake.clear()
 
     def start(self, stop: threading.Event, name: str = "engine-timer") -> threading.Thread:
         """Run in a background thread (until ``stop`` is set, then :meth:`poke`)."""
         thread = threading.Thread(target=self.run, args=(stop,), name=name, daemon=True)
         thread.start()
         return thread
+
+
+class ChangeWatch:
+    """Looks at the store every ``every`` seconds and, when another connection (any
+    process) committed since, pokes its subscribers: each at most once per its own period
+    (the old polling cadence), and once more after it when the store changed meanwhile."""
+
+    def __init__(self, changes: StoreChanges, every: float = WATCH_SECONDS) -> None:
+        self.changes = changes
+        self.every = every
+        self._subscribers: list[_Subscriber] = []
+
+    def subscribe(self, poke: Callable[[], object], period: float) -> None:
+        """Call ``poke`` when the store changed, at most every ``period`` seconds."""
+        self._subscribers.append(_Subscriber(poke, period))
+
+    def look(self, now: float) -> bool:
+        """One look at the store (``now``: a monotonic time); whether it changed."""
+        changed = self.changes.changed()
+        for subscriber in self._subscribers:
+            subscriber.pending = subscriber.pending or changed
+            if subscriber.pending and now - subscriber.poked >= subscriber.period:
+                subscriber.pending, subscriber.poked = False, now
+                try:
+                    subscriber.poke()
+                except Exception:  # a poke that failed: the subscriber's own sleep ends
+                    LOG.exception("a store change was not passed on")
+        return changed
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.every):
+            self.look(time.monotonic())
+        self.changes.close()
+
+    def start(self, stop: threading.Event) -> threading.Thread:
+        self.changes.changed()  # the count as it is now: what the timers' first ticks see
+        thread = threading.Thread(target=self.run, args=(stop,), name="store-watch", daemon=True)
+        thread.start()
+        return thread
+
+
+@dataclass(slots=True)
+class _Subscriber:
+    poke: Callable[[], object]
+    period: float
+    pending: bool = False
+    poked: float = float("-inf")

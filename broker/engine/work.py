@@ -7,7 +7,8 @@ concurrency; one per write-back target), and one attempt.
 
 * A lane (``vendor:lungai``, ``target:pacs``) has a runner thread that claims
   from the store when woken (a bus wake-up, a new item in this process, a
-  finished attempt, the timer's requeue) and on its own every
+  finished attempt, the timer's requeue, a change of the store seen by the
+  service's watch: :meth:`WorkEngine.poll`) and on its own every
   ``poll_seconds``. The store decides: a claim succeeds only while the lane
   holds fewer live leases than its capacity, over every process; so a wake-up
   that finds the lane full is simply spent.
@@ -34,6 +35,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from structlog.stdlib import BoundLogger
 
+from broker.engine.metrics import LANE_LOOKS
 from broker.engine.plan import Plan, Plans
 from broker.model.errors import RadbridgeError
 from broker.model.logging import get_logger
@@ -246,7 +248,7 @@ class WorkEngine(Generic[I]):
                 break
             with lane.cond:
                 if lane.credits < 1 or lane.inflight >= capacity:
-                    woken = lane.cond.wait(self.poll_seconds)
+                    woken = lane.cond.wait(self._poll_wait(lane))
                     if not woken and lane.inflight < capacity:  # the poll: fill the lane
                         lane.credits = max(lane.credits, capacity - lane.inflight)
                 claim = lane.credits > 0 and lane.inflight < capacity
@@ -264,6 +266,26 @@ class WorkEngine(Generic[I]):
         with self._lock:
             if self._lanes.get(lane.name) is lane:
                 del self._lanes[lane.name]
+
+    def poll(self) -> None:
+        """Let every lane look at the store now, as at its own poll (the store changed:
+        items may be waiting)."""
+        with self._lock:
+            lanes = list(self._lanes.values())
+        for lane in lanes:
+            capacity = self._capacity(lane.name)
+            with lane.cond:
+                if lane.inflight < capacity:
+                    lane.credits = max(lane.credits, capacity - lane.inflight)
+                    lane.cond.notify()
+
+    def _poll_wait(self, lane: _Lane) -> float:
+        """Seconds until the lane looks on its own: ``poll_seconds``, or less when it is
+        closed until sooner (a link's time window)."""
+        if lane.closed_until is None:
+            return self.poll_seconds
+        until = (lane.closed_until - self.clock()).total_seconds()
+        return min(self.poll_seconds, max(until, 0.005))
 
     def _closed(self, lane: _Lane) -> bool:
         """Whether the lane is closed now (its items wait); said once in the log per closing."""
@@ -288,6 +310,7 @@ class WorkEngine(Generic[I]):
     def _spawn(self, lane: _Lane, capacity: int) -> bool:
         """Claim the lane's next item and run it in a thread of its own; False if none."""
         stack = ExitStack()
+        LANE_LOOKS.labels(noun=self.work.noun).inc()
         try:
             plan = stack.enter_context(self.plans.use())
             item = self.work.store.claim_next(
@@ -452,3 +475,19 @@ class WorkEngine(Generic[I]):
                     **{f"{self.work.noun}_id": item_id},
                     worker=self.worker,
                 )
+
+
+class PauseEnds:
+    """The timer's task for pauses with an end (a vendor's maintenance ``--until``): when
+    one ends, the lanes look for the items that waited."""
+
+    def __init__(self, next_end: Callable[[datetime], datetime | None], poll: Callable[[], None]):
+        self.next_end = next_end
+        self.poll = poll
+        self._end: datetime | None = None
+
+    def __call__(self, now: datetime) -> datetime | None:
+        if self._end is not None and now >= self._end:
+            self.poll()
+        self._end = self.next_end(now)
+        return self._end

@@ -622,13 +622,16 @@ class WritebackStage:
         return self._sweep(now)
 
     def overdue(self, now: datetime) -> datetime | None:
-        """The timer's task for overdue jobs: checked every ``overdue_check_seconds``."""
-        if self._overdue_at is None or now >= self._overdue_at:
-            self.check_overdue()
-            self.combine_waiting()
-            seconds = self.plans.current.overdue_check_seconds
-            self._overdue_at = now + timedelta(seconds=seconds)
-        return self._overdue_at
+        """The timer's task for overdue jobs: checked at the next job's deadline, and after
+        the store changed, every ``overdue_check_seconds`` at most."""
+        if self._overdue_at is not None and now < self._overdue_at:
+            return self._overdue_at  # woken sooner: look once the interval has passed
+        self.check_overdue()
+        self.combine_waiting()
+        seconds = self.plans.current.overdue_check_seconds
+        self._overdue_at = now + timedelta(seconds=seconds)
+        deadline = self.deliveries.next_overdue()
+        return None if deadline is None else max(deadline, self._overdue_at)
 
     def webhook_notice(self) -> NewDelivery | None:
         """A notification to the webhook (``notifications.webhook``) to fill in, in the

@@ -72,6 +72,12 @@ def period_of(canary: Canary, now: datetime) -> str:
     return f"every {canary.every:g}s #{int(now.timestamp() // canary.every)}"
 
 
+def next_period(canary: Canary, now: datetime) -> datetime:
+    """When the period after the one ``now`` falls in starts."""
+    start = (int(now.timestamp() // canary.every) + 1) * canary.every
+    return datetime.fromtimestamp(start, UTC)
+
+
 class Canaries:
     """The timer's canary task, and one run now."""
 
@@ -105,11 +111,12 @@ class Canaries:
             return self._next
         self._next = now + timedelta(seconds=CHECK_SECONDS)
         settings = self.settings()
-        paused = self.pauses.current(now)
-        for name, vendor in sorted(settings.vendors.items()):
-            if vendor.canary is None or name in paused:
+        canaries = {n: v.canary for n, v in sorted(settings.vendors.items()) if v.canary}
+        paused = self.pauses.current(now) if canaries else {}
+        for name, canary in canaries.items():
+            if name in paused:
                 continue
-            period = period_of(vendor.canary, now)
+            period = period_of(canary, now)
             if self._claimed.get(name) == period:
                 continue
             self._claimed[name] = period  # made here, or by another process: tried once
@@ -117,8 +124,13 @@ class Canaries:
                 self.start(name, period, actor="timer", now=now)
             except Exception:  # one vendor's canary never stops the others
                 LOG.exception("the canary could not be started", vendor=name)
-        self.check(now)
-        return self._next
+        runs = self.runs.open() if self.watch is not None else []
+        decided = self._decide(runs, now)
+        # Open runs are looked at every second; otherwise the next period's start is due.
+        if len(decided) < len(runs):
+            return self._next
+        starts = [next_period(c, now) for n, c in canaries.items() if n not in paused]
+        return min(starts, default=None)
 
     def run_now(self, vendor: str, *, actor: str, now: datetime | None = None) -> CanaryRun:
         """One canary for ``vendor`` at once (whatever its period); the run made."""
@@ -173,10 +185,13 @@ class Canaries:
 
     def check(self, now: datetime) -> list[CanaryRun]:
         """Decide the open runs that can be: the runs decided now."""
+        return self._decide(self.runs.open(), now) if self.watch is not None else []
+
+    def _decide(self, runs: list[CanaryRun], now: datetime) -> list[CanaryRun]:
         if self.watch is None:
             return []
         decided = []
-        for run in self.runs.open():
+        for run in runs:
             answered = self.runs.answered_at(run)
             if answered is not None and answered <= run.deadline_at:
                 if self.runs.finish(run.id, CanaryState.PASSED, now=now):

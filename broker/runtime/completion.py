@@ -41,6 +41,7 @@ from routing.completion import Expectation, Verdict, verdict
 from routing.schema import OnIncomplete
 
 LOG = get_logger("radbridge.completion")
+#: Longest wait between two looks at the store when nothing says it changed.
 MAX_TIMER_SLEEP = 1.0
 #: How long a study waits past a ``wait`` deadline before it is judged again (a new
 #: instance judges it at once).
@@ -173,6 +174,7 @@ class StableTimer:
         on_stable: list[StableListener] | None = None,
         *,
         turn: Turn | None = None,
+        longest: float = MAX_TIMER_SLEEP,
     ) -> None:
         self.store = store
         self.completion = completion
@@ -180,10 +182,14 @@ class StableTimer:
         """With several nodes: quiet studies are judged here only while this node holds it."""
         self.on_stable = on_stable or []
         self._stop = threading.Event()
-        self._timer = Timer([self._close_due], interval=MAX_TIMER_SLEEP)
+        self._timer = Timer([self._close_due], interval=longest, name="completion")
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._reported: set[str] = set()
+
+    def wake(self) -> None:
+        """Look at the store now (a study or an order may be due)."""
+        self._timer.poke()
 
     def evidence(self, study_uids: Iterable[str]) -> None:
         """Judge these studies now (instances, an MPPS or an IAN came for them)."""

@@ -119,6 +119,7 @@ class ResultTimer:
         read_findings: FindingsReader | None = None,
         regulatory: Callable[[str], str | None] | None = None,
         turn: Turn | None = None,
+        longest: float = MAX_TIMER_SLEEP,
     ) -> None:
         self.store = store
         self.jobs = jobs
@@ -132,7 +133,7 @@ class ResultTimer:
         self._stop = threading.Event()
         # With several nodes, only the one holding the turn completes results.
         due = self._complete_due if turn is None else turn.guard(self._complete_due)
-        self._timer = Timer([due], interval=MAX_TIMER_SLEEP)
+        self._timer = Timer([due], interval=longest, name="results")
         self._thread: threading.Thread | None = None
 
     def wake(self) -> None:

@@ -23,18 +23,21 @@ from pathlib import Path
 
 from broker.engine.bus import Bus
 from broker.engine.dispatch import Dispatcher, JobWorker
-from broker.engine.timer import Task, Timer, Turn
+from broker.engine.timer import WATCHED_SLEEP, ChangeWatch, Task, Timer, Turn
+from broker.engine.work import POLL_SECONDS, PauseEnds
 from broker.engine.writeback_stage import WritebackStage
 from broker.model.logging import get_logger
 from broker.model.version import VERSION
 from broker.runtime.billing import Accounting
 from broker.runtime.canary import Canaries
+from broker.runtime.completion import MAX_TIMER_SLEEP as COMPLETION_SLEEP
 from broker.runtime.completion import CompletionStage, StableTimer
 from broker.runtime.contracts import audit_certificates
 from broker.runtime.edges import Edge, ServiceContext, available
 from broker.runtime.findings import Reconciliation
 from broker.runtime.reload import Reloader
 from broker.runtime.reports import FinalReportIntake, matcher_of
+from broker.runtime.results import MAX_TIMER_SLEEP as RESULTS_SLEEP
 from broker.runtime.results import ResultTimer
 from broker.runtime.retention import RetentionTask
 from broker.runtime.routing_stage import RoutingStage
@@ -42,9 +45,11 @@ from broker.runtime.snapshot import Snapshot, SnapshotHolder, build_snapshot, re
 from broker.runtime.watch import VendorWatch
 from broker.store import StudyStore, make_engine
 from broker.store.audit import AuditLog
-from broker.store.jobs import JobStore
+from broker.store.changes import StoreChanges
+from broker.store.jobs import JOBS, JobStore
 from broker.store.migrate import migrate
 from broker.store.orders import OrderStore
+from broker.store.pauses import LanePauses
 from broker.store.results import ResultStore
 from broker.store.spool import Spool
 from broker.store.timer_claims import TimerClaims
@@ -80,12 +85,22 @@ class Service:
         self.turns = node_turns(
             TimerClaims(engine), settings.node.id, settings.delivery.lease_seconds
         )
+        # One node on SQLite: the timers and lanes sleep until their next due time, woken by
+        # what this process makes and by the watch of the store's changes (another
+        # process's work). Else they look at the store as often as their promises need.
+        changes = None if self.turns else StoreChanges.of(engine)
+        self.watch = ChangeWatch(changes) if changes is not None else None
+        watched = self.watch is not None
+        poll = WATCHED_SLEEP if watched else POLL_SECONDS
         orders = OrderStore(engine)
         self.completion = CompletionStage(
             self.context.store, orders, self.dispatcher.jobs, self.snapshots
         )
         self.timer = StableTimer(
-            self.context.store, self.completion, turn=self.turns.get("completion")
+            self.context.store,
+            self.completion,
+            turn=self.turns.get("completion"),
+            longest=WATCHED_SLEEP if watched else COMPLETION_SLEEP,
         )
         self.context = replace(
             self.context,
@@ -104,6 +119,7 @@ class Service:
             lease_seconds=lease,
             scratch=self.context.spool.tmp,
             priors=self.context.spool.priors,
+            poll_seconds=poll,
         )
         self.routing = RoutingStage(
             self.context.store,
@@ -122,6 +138,7 @@ class Service:
             self.context.spool,
             regulatory=self._regulatory_label,
             turn=self.turns.get("results"),
+            longest=WATCHED_SLEEP if watched else RESULTS_SLEEP,
         )
         self.snapshots.on_swap(self._new_result_policies)
         self.snapshots.on_swap(self._audit_certificates)
@@ -132,6 +149,7 @@ class Service:
             lease_seconds=lease,
             reconciler=Reconciliation(engine, lambda: self.snapshots.settings, self.context.spool),
             rendered=self.context.spool.rendered,
+            poll_seconds=poll,
         )
         self.results.on_complete.append(self.writeback.schedule)
         self.completion.order_status = self.writeback.order_status  # MPPS to the RIS
@@ -172,8 +190,20 @@ class Service:
                     ],
                 ),
                 canaries,  # claimed per vendor and period by the canaries themselves
-            ]
+            ],
+            interval=WATCHED_SLEEP if watched else 1.0,
         )
+        if self.watch is not None:
+            pauses = LanePauses(engine, JOBS)
+            self.engine_timer.tasks.append(PauseEnds(pauses.next_end, self.worker.engine.poll))
+            for poke, period in (
+                (self.timer.wake, COMPLETION_SLEEP),
+                (self.results.wake, RESULTS_SLEEP),
+                (self.engine_timer.poke, 1.0),
+                (self.worker.engine.poll, POLL_SECONDS),
+                (self.writeback.lanes_engine.poll, POLL_SECONDS),
+            ):
+                self.watch.subscribe(poke, period)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started: list[Edge] = []
@@ -235,6 +265,8 @@ class Service:
         self.timer.start()
         self.writeback.start()
         self.results.start()
+        if self.watch is not None:
+            self._threads.append(self.watch.start(self._stop))
         LOG.info(
             "radbridge started",
             version=VERSION,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Table, select, update
+from sqlalchemy import Connection, Engine, Row, Table, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.model.errors import NotFoundError, StoreError
@@ -289,6 +289,17 @@ class DeliveryStore(WorkStore[Delivery, DeliveryState, DeliveryEvent]):
             stmt = stmt.where(jobs.c.study_uid.in_(of_sites(sites)))
         with self.engine.connect() as conn:
             return [_job(r) for r in conn.execute(stmt).all()]
+
+    def next_overdue(self) -> datetime | None:
+        """The earliest deadline of a job not yet flagged overdue (None: no such job)."""
+        with self.engine.connect() as conn:
+            found: datetime | None = conn.execute(
+                select(func.min(jobs.c.deadline_at)).where(
+                    jobs.c.state.in_([s.value for s in OVERDUE_STATES]),
+                    jobs.c.overdue_notified_at.is_(None),
+                )
+            ).scalar_one_or_none()
+        return found
 
     def flag_overdue(
         self,

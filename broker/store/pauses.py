@@ -4,8 +4,9 @@ A pause is the lane's row in ``work_lanes`` (``paused_at``, ``paused_until``,
 ``paused_by``, ``pause_reason``); :meth:`broker.store.work_claims.WorkClaims.claim_next`
 claims nothing from a lane while its pause holds, in every worker process. Pausing
 and resuming are audited in the transaction that makes the change (``vendor.pause``,
-``vendor.resume``). A pause with an end (``until``) ends by itself then; the lanes'
-polling picks the waiting items up within a second, as after a resume.
+``vendor.resume``). A pause with an end (``until``) ends by itself then; the lanes
+look for the waiting items at that end (the service's timer) or within a second (their
+own polling), as after a resume.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Row, select, update
+from sqlalchemy import Engine, Row, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.model.errors import StoreError
@@ -112,3 +113,17 @@ class LanePauses:
         found = {r.lane.removeprefix(prefix): r for r in rows}
         pauses = {name: _pause(name, r) for name, r in found.items()}
         return {name: p for name, p in pauses.items() if p.active(now)}
+
+    def next_end(self, now: datetime | None = None) -> datetime | None:
+        """When the first pause in force with an end ends (None: none has one)."""
+        now = utc(now)
+        w = work_lanes
+        with self.engine.connect() as conn:
+            end: datetime | None = conn.execute(
+                select(func.min(w.c.paused_until)).where(
+                    w.c.lane.startswith(f"{self.kind.lane}:", autoescape=True),
+                    w.c.paused_at.is_not(None),
+                    w.c.paused_until > now,
+                )
+            ).scalar_one_or_none()
+        return end
