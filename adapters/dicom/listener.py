@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 from dataclasses import replace
+from multiprocessing import connection
 from multiprocessing.context import ForkContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from typing import Any, ClassVar
@@ -49,6 +50,8 @@ _FORK = multiprocessing.get_context("fork")
 STOP_GRACE_SECONDS = 10.0
 #: Longest the acceptor waits for a listener process to take a connection.
 HANDOFF_TIMEOUT = 5.0
+#: Longest the supervisor sleeps (a process's end or a stop wakes it at once).
+SUPERVISE_SECONDS = 60.0
 #: Refused connections are logged at most once per this many seconds (with a count).
 REFUSAL_LOG_INTERVAL = 10.0
 #: Handoff messages from the supervisor: a connection (with its socket), new settings.
@@ -165,6 +168,9 @@ class DicomListener(Edge):
         self._evidence: Any = None
         """Study UIDs the listener processes report for completion (a spawn queue)."""
         self._socket: socket.socket | None = None
+        self._stop_reader: socket.socket | None = None
+        self._stop_writer: socket.socket | None = None
+        """A stop wakes the supervisor through this pair."""
         self._send = threading.Lock()
         """One message at a time on the handoffs (connections, settings)."""
 
@@ -212,6 +218,7 @@ class DicomListener(Edge):
         self._board = SlotBoard(count, Limits.from_settings(context.settings.dicom))
         self._ready = _SPAWN.Queue()
         self._evidence = _SPAWN.Queue()
+        self._stop_reader, self._stop_writer = socket.socketpair()
         for slot in range(count):
             self._spawn(slot)
         self._await_ready(set(range(count)))
@@ -256,11 +263,13 @@ class DicomListener(Edge):
 
     def _inherited(self, ours: socket.socket) -> tuple[int, ...]:
         """The descriptors a forked listener process closes first: the spool's lock, the
-        listening socket and the supervisor's ends of the handoffs (a process holding one
-        would keep its listener process from seeing the supervisor close it)."""
+        listening socket, the supervisor's stop pair and its ends of the handoffs (a
+        process holding one would keep its listener process from seeing the supervisor
+        close it)."""
         assert self._context is not None
         held = [self._context.spool.lock_descriptor, ours.fileno()]
-        held += [s.fileno() for s in (self._socket, *self._handoffs.values()) if s is not None]
+        shared = (self._socket, self._stop_reader, self._stop_writer, *self._handoffs.values())
+        held += [s.fileno() for s in shared if s is not None]
         return tuple(fd for fd in held if fd is not None and fd >= 0)
 
     def _await_ready(self, pending: set[int], timeout: float = 60.0) -> None:
@@ -311,9 +320,7 @@ class DicomListener(Edge):
         judge = self._context.evidence
         while not self._stopping.is_set():
             try:
-                study_uids = self._evidence.get(timeout=0.5)
-            except queue.Empty:
-                continue
+                study_uids = self._evidence.get()  # stop() puts None
             except (OSError, EOFError, ValueError):  # the queue closed: stopping
                 return
             if study_uids is None:  # stop() wakes this thread
@@ -325,7 +332,11 @@ class DicomListener(Edge):
                     LOG.exception("studies not passed on for completion")
 
     def _supervise(self) -> None:
-        while not self._stopping.wait(0.5):
+        """Replace each listener process that dies, as it dies (woken by its end or a stop)."""
+        assert self._stop_reader is not None
+        while not self._stopping.is_set():
+            ends = [process.sentinel for process in self._processes.values()]
+            connection.wait([*ends, self._stop_reader], timeout=SUPERVISE_SECONDS)
             for slot, process in list(self._processes.items()):
                 if process.is_alive() or self._stopping.is_set():
                     continue
@@ -340,6 +351,9 @@ class DicomListener(Edge):
     def stop(self) -> None:
         """Stop accepting, let open associations finish (up to a grace time), stop."""
         self._stopping.set()
+        if self._stop_writer is not None:
+            with contextlib.suppress(OSError):
+                self._stop_writer.send(b"x")  # wakes the supervisor
         if self._socket is not None:
             with contextlib.suppress(OSError):
                 self._socket.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
@@ -371,6 +385,10 @@ class DicomListener(Edge):
                 shared.close()
                 shared.join_thread()
         self._ready = self._evidence = None
+        for end in (self._stop_reader, self._stop_writer):
+            if end is not None:
+                end.close()
+        self._stop_reader = self._stop_writer = None
         self._board = None
 
 

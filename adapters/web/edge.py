@@ -11,16 +11,23 @@ one), so the client address the login throttle, ``/metrics`` and the docs check
 see is the peer's own unless a configured proxy speaks for it. ``http.tls``
 serves HTTPS (:func:`adapters.tls.server_context`). The edge gives the service's timer
 the purge of a hub's abandoned transfers (:class:`adapters.link.ingest.AbandonedTransfers`).
+
+An idle server does nothing: uvicorn's own loop looks ten times a second whether it
+should stop and refreshes its ``Date`` header every second; :class:`QuietServer` sleeps
+until it is told to stop, and each response gets its ``Date`` as it starts (:func:`dated`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
+from email.utils import formatdate
 from typing import ClassVar
 
 import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapters.link.ingest import AbandonedTransfers, Staging
 from adapters.sockets import listen
@@ -37,13 +44,55 @@ START_TIMEOUT_SECONDS = 15.0
 STOP_GRACE_SECONDS = 10.0
 
 
+def dated(app: ASGIApp) -> ASGIApp:
+    """``app``, each HTTP response with a ``Date`` header of the instant it starts."""
+
+    async def with_date(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+
+        async def send_dated(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                date = (b"date", formatdate(usegmt=True).encode())
+                message = {**message, "headers": [date, *message.get("headers", [])]}
+            await send(message)
+
+        await app(scope, receive, send_dated)
+
+    return with_date
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn's server, asleep between requests until :meth:`exit` (no tick)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._exit: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def main_loop(self) -> None:
+        await self.on_tick(0)  # the default headers (the configured ones)
+        self._exit = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        if not self.should_exit:  # exit() may have come before the loop was known
+            await self._exit.wait()
+
+    def exit(self) -> None:
+        """Stop serving (from any thread): requests in progress get the grace time."""
+        self.should_exit = True
+        loop, event = self._loop, self._exit
+        if loop is not None and event is not None:
+            loop.call_soon_threadsafe(event.set)
+
+
 class WebEdge(Edge):
     """radbridge's HTTP server (the ``web`` edge)."""
 
     name: ClassVar[str] = "web"
 
     def __init__(self) -> None:
-        self._server: uvicorn.Server | None = None
+        self._server: QuietServer | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
 
@@ -72,17 +121,18 @@ class WebEdge(Edge):
                 )
             )
         config = uvicorn.Config(
-            create_app(context.engine, context),
+            dated(create_app(context.engine, context)),
             loop="asyncio",
             lifespan="off",
             log_config=None,
             access_log=False,
+            date_header=False,  # dated() gives each response its own
             timeout_graceful_shutdown=int(STOP_GRACE_SECONDS),
             proxy_headers=bool(http.trusted_proxies),
             forwarded_allow_ips=[str(network) for network in http.trusted_proxies],
             ssl_context_factory=(lambda _config, _default: tls) if tls is not None else None,
         )
-        server = uvicorn.Server(config)
+        server = QuietServer(config)
         self._server = server
         self._thread = threading.Thread(
             target=server.run, kwargs={"sockets": [self._socket]}, name="web", daemon=True
@@ -108,7 +158,7 @@ class WebEdge(Edge):
     def stop(self) -> None:
         """Stop accepting; requests in progress get a grace time to finish."""
         if self._server is not None:
-            self._server.should_exit = True
+            self._server.exit()
         if self._thread is not None:
             self._thread.join(STOP_GRACE_SECONDS + 5)
             self._thread = None
