@@ -134,6 +134,17 @@ class Radbridge:
         """``radbridge ARGS… -c CONFIG`` as its own process (forked: see :mod:`tests.cli_fork`)."""
         return cli_fork.run([*args, "-c", str(self.config_path)], env=self.env, check=check)
 
+    def add_user(self, name: str, role: str, password: str) -> None:
+        """``radbridge users add NAME --role ROLE --password-stdin`` (forked, as :meth:`cli`)."""
+        command = ["users", "add", name, "--role", role, "--password-stdin"]
+        cli_fork.run(
+            [*command, "-c", str(self.config_path)],
+            env=self.env,
+            stdin=password + "\n",
+            timeout=180,  # a CLI start on a loaded machine
+            check=True,
+        )
+
     def studies(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = json.loads(self.cli("studies", "list", "--json").stdout)
         return result

@@ -93,7 +93,7 @@ def child(request):
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    null = os.open(os.devnull, os.O_RDONLY)
+    null = os.open(request.get("stdin") or os.devnull, os.O_RDONLY)
     if request.get("detach"):
         out = os.open(request["stdout"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         err = os.dup(out)
@@ -103,6 +103,7 @@ def child(request):
     for fd, target in ((null, 0), (out, 1), (err, 2)):
         os.dup2(fd, target)
         os.close(fd)
+    sys.stdin = open(0, closefd=False)  # not the helper's, which read the requests
     for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(number, signal.SIG_DFL)
     sys.argv = ["radbridge", *request["args"]]
@@ -205,7 +206,12 @@ class _Helper:
         return reply
 
     def run(
-        self, args: Sequence[str], env: Mapping[str, str], cwd: str, timeout: float | None
+        self,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        cwd: str,
+        timeout: float | None,
+        stdin: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         with self.lock, tempfile.TemporaryDirectory(prefix="radbridge-cli-") as tmp:
             out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
@@ -218,6 +224,9 @@ class _Helper:
                 "stdout": str(out),
                 "stderr": str(err),
             }
+            if stdin is not None:
+                (Path(tmp) / "stdin").write_text(stdin)
+                request["stdin"] = str(Path(tmp) / "stdin")
             assert self.process.stdin is not None
             self.process.stdin.write(json.dumps(request) + "\n")
             self.process.stdin.flush()
@@ -373,8 +382,10 @@ def run(
     cwd: Path | str | None = None,
     timeout: float | None = 60,
     check: bool = False,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """``radbridge ARGS…`` in a forked child (or the installed script); its output and code."""
+    """``radbridge ARGS…`` in a forked child (or the installed script); its output and code.
+    ``stdin``: the text its standard input reads (else it reads nothing)."""
     env = dict(os.environ if env is None else env)
     folder = str(cwd or os.getcwd())
     forkable = bool(args) and not args[0].startswith("-")
@@ -384,13 +395,14 @@ def run(
             [RADBRIDGE, *args],
             capture_output=True,
             text=True,
+            input=stdin,
             env=env,
             cwd=folder,
             timeout=timeout,
             check=False,
         )
     else:
-        result = helper.run(args, env, folder, timeout)
+        result = helper.run(args, env, folder, timeout, stdin)
     if check and result.returncode != 0:
         raise subprocess.CalledProcessError(
             result.returncode, result.args, result.stdout, result.stderr

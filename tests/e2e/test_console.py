@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +25,7 @@ import pytest
 
 from adapters.dicom.synthetic import generate_study
 from tests.peers import StoreSCP, _install_debian_packages, free_port, storescu, wait_until
-from tests.service import RADBRIDGE, ROOT, Radbridge, base_config
+from tests.service import ROOT, Radbridge, base_config
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -56,19 +55,6 @@ def _wait(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
 def _jobs(rb: Radbridge) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = json.loads(rb.cli("jobs", "list", "--json").stdout)
     return found
-
-
-def _add_user(rb: Radbridge, name: str) -> None:
-    command = [RADBRIDGE, "users", "add", name, "--role", ROLES[name], "--password-stdin"]
-    subprocess.run(
-        [*command, "-c", str(rb.config_path)],
-        input=PASSWORDS[name] + "\n",
-        text=True,
-        check=True,
-        capture_output=True,
-        env=rb.env,
-        timeout=60,
-    )
 
 
 def _config(folder: Path, vendor_port: int, http_port: int) -> dict[str, Any]:
@@ -151,8 +137,8 @@ def test_operator_retries_a_dead_job_in_the_browser_viewer_sees_no_phi(
     """Dead job → operator retries it in the console → delivered; viewer: no retry, no PHI."""
     vendor_port, http_port = free_port(), free_port()
     rb = radbridge_factory(config=_config(tmp_path / "rb", vendor_port, http_port))
-    for name in PASSWORDS:
-        _add_user(rb, name)
+    for name, password in PASSWORDS.items():
+        rb.add_user(name, ROLES[name], password)
     files = generate_study(
         "ct_chest",
         tmp_path / "ct",

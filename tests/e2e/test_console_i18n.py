@@ -15,7 +15,6 @@ next retry, and a study sent while it is open appears without a reload (htmx).
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from tests.e2e.test_console import (  # noqa: F401 (browser: the fixture, used b
     browser,
 )
 from tests.peers import free_port, storescu, wait_until
-from tests.service import RADBRIDGE, Radbridge
+from tests.service import Radbridge
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow(seconds=65)]
 
@@ -65,28 +64,6 @@ ENGLISH = {
     ],
 }
 LOCAL_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \+08:00")
-
-
-def _add_user(rb: Radbridge, name: str) -> None:
-    subprocess.run(
-        [
-            RADBRIDGE,
-            "users",
-            "add",
-            name,
-            "--role",
-            "operator",
-            "--password-stdin",
-            "-c",
-            str(rb.config_path),
-        ],
-        input=PASSWORDS[name] + "\n",
-        text=True,
-        check=True,
-        capture_output=True,
-        env=rb.env,
-        timeout=60,
-    )
 
 
 def _login(context: Any, base: str, name: str) -> Any:
@@ -130,8 +107,8 @@ def test_a_zh_cn_user_sees_the_console_and_the_cli_in_chinese_with_site_times(
     # bleedai's failed job waits for its next attempt all through the test, however slow
     config["delivery"] = {"backoff_base_seconds": 600, "backoff_cap_seconds": 1200}
     rb = radbridge_factory(config=config)
-    for name in PASSWORDS:
-        _add_user(rb, name)
+    for name, password in PASSWORDS.items():
+        rb.add_user(name, "operator", password)
     rb.cli("users", "language", "lin", "zh_CN")
     files = generate_study("ct_chest", tmp_path / "ct", instances=2, rows=32, columns=32)
     storescu(files, rb.port)

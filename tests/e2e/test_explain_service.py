@@ -4,7 +4,6 @@ routed tell a job that reached its vendor from one that never did."""
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,10 @@ import pytest
 
 from adapters.dicom.synthetic import generate_study
 from tests.peers import LOOPBACK, StoreSCP, free_port, storescu, wait_until
-from tests.service import RADBRIDGE, Radbridge, base_config
+from tests.service import Radbridge, base_config
 
 pytestmark = pytest.mark.timeout(240)
 PASSWORD = "correct-horse-9"
-USERS_ADD = [RADBRIDGE, "users", "add", "op", "--role", "operator", "--password-stdin"]
 
 
 def _vendor(ae: str, port: int) -> dict[str, Any]:
@@ -91,15 +89,7 @@ def test_api_and_console_explain_say_delivered_only_for_a_job_that_reached_its_v
             "downai": False,
         }
 
-        subprocess.run(
-            [*USERS_ADD, "-c", str(rb.config_path)],
-            input=PASSWORD + "\n",
-            text=True,
-            check=True,
-            capture_output=True,
-            env=rb.env,
-            timeout=60,
-        )
+        rb.add_user("op", "operator", PASSWORD)
         with httpx.Client(base_url=base, timeout=10) as console:
             login = console.post("/console/login", data={"username": "op", "password": PASSWORD})
             assert login.status_code in (200, 303), login.text

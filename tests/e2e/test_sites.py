@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,7 +37,7 @@ from adapters.results.sr import read_source_study
 from broker.model.domain import Patient
 from tests.e2e.test_console import browser  # noqa: F401 (the fixture, used by name)
 from tests.peers import Orthanc, StoreSCP, echoscu, free_port, storescu, wait_until
-from tests.service import RADBRIDGE, Radbridge, base_config
+from tests.service import Radbridge, base_config
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -303,16 +302,7 @@ def test_a_site_console_user_walks_every_page_and_sees_only_its_site(
     site B (its study, order, id, PACS or sender); the dashboard, studies, jobs and usage
     pages show site A's study, job and usage line; site B's study page is 404."""
     a, b = hub.studies["township-a"], hub.studies["township-b"]
-    add = [RADBRIDGE, "users", "add", "nurse_a", "--role", "admin", "--password-stdin"]
-    subprocess.run(
-        [*add, "-c", str(hub.rb.config_path)],
-        input=CONSOLE_PASSWORD + "\n",
-        text=True,
-        check=True,
-        capture_output=True,
-        env=hub.rb.env,
-        timeout=180,  # a CLI start on a loaded machine
-    )
+    hub.rb.add_user("nurse_a", "admin", CONSOLE_PASSWORD)
     hub.rb.cli("users", "sites", "nurse_a", "--site", "township-a")
     page = browser.new_context().new_page()
     page.goto(f"{hub.http}/console/")

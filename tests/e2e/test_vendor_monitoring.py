@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -44,7 +43,7 @@ from broker.model.domain import Order, Patient
 from tests.e2e.test_console import PASSWORDS, VIEWPORT, ensure_chromium
 from tests.fhir_receiver import Webhook
 from tests.peers import StoreSCP, free_port, storescu, wait_until
-from tests.service import RADBRIDGE, Radbridge, base_config
+from tests.service import Radbridge, base_config
 
 # One worker runs the module (xdist_group): the tests share one service. The figures the
 # performance test counts come from module fixtures, not from other tests having run.
@@ -442,16 +441,7 @@ def console_verdict(site: Site) -> tuple[int, list[dict[str, Any]]]:
     _, study_uid = site.head_ct(3)
     result_id = site.answer(study_uid, "ichai", [{"code": ICH, "present": True, "score": 0.71}])
     name, password = "rad", PASSWORDS["op"]
-    add = [RADBRIDGE, "users", "add", name, "--role", "reader", "--password-stdin"]
-    subprocess.run(
-        [*add, "-c", str(site.rb.config_path)],
-        input=password + "\n",
-        text=True,
-        check=True,
-        capture_output=True,
-        env=site.rb.env,
-        timeout=60,
-    )
+    site.rb.add_user(name, "reader", password)
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
