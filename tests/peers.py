@@ -331,14 +331,18 @@ def wait_until(
     interval: float = 0.1,
 ) -> Any:
     """``predicate()``'s first true value, polled every ``interval`` seconds; AssertionError
-    after ``timeout``. A predicate that runs a CLI command costs a process per poll: poll it
-    less often (0.5 s)."""
+    after ``timeout``. A poll that took longer than ``interval`` is followed by a pause as long
+    as it took: a predicate that runs a CLI command (a process per poll, a fifth of a CPU-second)
+    then keeps at most half a core busy however loaded the machine, not all of one."""
     deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
+    while True:
+        began = time.monotonic()
+        if value := predicate():
+            return value
+        now = time.monotonic()
+        if now > deadline:
             raise AssertionError(f"{what} not met in {timeout} s")
-        time.sleep(interval)
-    return value
+        time.sleep(max(interval, now - began))
 
 
 def wait_for_port(port: int, timeout: float = 30.0, host: str = LOOPBACK) -> None:
