@@ -7,15 +7,16 @@
 #   Linux with glibc 2.28+, and pip's wheel to install them), examples/hospital.yaml and
 #   install.sh (deploy/install.sh).
 #
-# The dependency wheels are kept in WHEELHOUSE (default var/wheelhouse): a later build takes
-# them from there without the package index, and asks the index only when something is
-# missing (rm -r var/wheelhouse to take the newest releases again). PYTHON (default
-# .venv/bin/python) needs pip and build.
+# The dependency wheels are kept in WHEELHOUSE (default ~/.cache/radbridge/wheelhouse, under
+# XDG_CACHE_HOME when set): a later build, from this checkout or a fresh clone, takes them
+# from there without the package index, and asks the index only when something is missing
+# (rm -r the folder to take the newest releases again). PYTHON (default .venv/bin/python)
+# needs pip and build.
 set -eu
 
 out=${1:-dist}
 python=${PYTHON:-.venv/bin/python}
-cache=${WHEELHOUSE:-var/wheelhouse}
+cache=${WHEELHOUSE:-${XDG_CACHE_HOME:-${HOME:-.}/.cache}/radbridge/wheelhouse}
 # glibc 2.28 and every older manylinux tag (pip does not widen --platform by itself)
 target="--only-binary=:all: --python-version 3.11 --implementation cp --abi cp311"
 for glibc in 28 27 26 25 24 23 22 21 20 19 18 17; do
@@ -53,7 +54,9 @@ fi
 for file in "$bundle/wheels/"*.whl; do
     case $(basename "$file") in
         radbridge-*) ;;
-        *) [ -e "$cache/$(basename "$file")" ] || cp "$file" "$cache/" ;;
+        # a copy appears whole (another build may be reading the folder)
+        *) name=$(basename "$file")
+           [ -e "$cache/$name" ] || { cp "$file" "$cache/.$name.part" && mv "$cache/.$name.part" "$cache/$name"; } ;;
     esac
 done
 cp examples/hospital.yaml "$bundle/examples/"

@@ -41,7 +41,8 @@ def _no_network() -> list[str]:
 @pytest.fixture(scope="session")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``deploy/dist.sh OUT`` (what ``make dist`` runs), built once per session; the
-    dependency wheels come from var/wheelhouse, or from the index when it lacks some."""
+    dependency wheels come from the user's wheelhouse (~/.cache/radbridge/wheelhouse: a fresh
+    clone takes the wheels an earlier build kept), or from the index when it lacks some."""
     out = tmp_path_factory.mktemp("dist")
     built = subprocess.run(
         ["sh", "deploy/dist.sh", str(out)],
