@@ -183,7 +183,7 @@ class Folders:
 
     def take(self) -> str:
         """A folder no other association uses (in the current ``tempfile.gettempdir()``)."""
-        root = tempfile.gettempdir()
+        root = os.path.abspath(tempfile.gettempdir())  # what give_back finds it by
         with self._lock:
             free = self._free.get(root)
             if free:

@@ -35,6 +35,7 @@ negotiates no asynchronous operations window.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -250,7 +251,8 @@ class LeanReceiver:
         self._context_id = context_id
         self._transfer_syntax = str(context.transfer_syntax[0])
         if self._folder is None:
-            self._folder = FOLDERS.take()
+            with contextlib.suppress(OSError):  # a full disk: the file fails, and is answered
+                self._folder = FOLDERS.take()
         self._file = ReceivingFile(".dcm", self._folder)
         self._file.write(
             file_header(
