@@ -31,9 +31,9 @@ def _spool(spool: Spool, file: Path) -> Path:
     return final
 
 
-def test_recovered_instances_keep_their_studys_site(tmp_path: Path) -> None:
-    """The second instance of site A's study, spooled but not indexed, is indexed into the
-    study (still site A's); a file of an unknown study is not indexed."""
+def _township(tmp_path: Path) -> tuple[Settings, StudyStore, Spool]:
+    """Settings with township A's site (sender TWA_CT from 10.8.1.0/24), a migrated SQLite
+    store and a spool in ``tmp_path``."""
     settings = Settings.model_validate(
         {
             "storage": {"spool": str(tmp_path / "spool"), "database": "sqlite:///x.db"},
@@ -47,7 +47,13 @@ def test_recovered_instances_keep_their_studys_site(tmp_path: Path) -> None:
     )
     engine = make_engine(f"sqlite:///{tmp_path}/radbridge.db")
     migrate(engine)
-    store, spool = StudyStore(engine), Spool(tmp_path / "spool")
+    return settings, StudyStore(engine), Spool(tmp_path / "spool")
+
+
+def test_recovered_instances_keep_their_studys_site(tmp_path: Path) -> None:
+    """The second instance of site A's study, spooled but not indexed, is indexed into the
+    study (still site A's); a file of an unknown study is not indexed."""
+    settings, store, spool = _township(tmp_path)
     first, second = generate_study("ct_chest", tmp_path / "a", instances=2, rows=16, columns=16)
     [stray] = generate_study("ct_chest", tmp_path / "x", instances=1, rows=16, columns=16)
     indexed = instance_record_from_spooled_file(_spool(spool, first))
@@ -66,20 +72,7 @@ def test_an_unknown_studys_file_naming_its_sender_joins_the_senders_site(tmp_pat
     """A spooled file of a study the index does not know (a power cut lost its unsynced
     commit) whose file meta names its sender, as radbridge writes it, is indexed with that
     sender's site, called AE title and address."""
-    settings = Settings.model_validate(
-        {
-            "storage": {"spool": str(tmp_path / "spool"), "database": "sqlite:///x.db"},
-            "sites": {
-                "township-a": {
-                    "name": "A",
-                    "senders": [{"ae_title": "TWA_CT", "host": "10.8.1.0/24"}],
-                }
-            },
-        }
-    )
-    engine = make_engine(f"sqlite:///{tmp_path}/radbridge.db")
-    migrate(engine)
-    store, spool = StudyStore(engine), Spool(tmp_path / "spool")
+    settings, store, spool = _township(tmp_path)
     [file] = generate_study("ct_chest", tmp_path / "a", instances=1, rows=16, columns=16)
     ds = pydicom.dcmread(file)
     ds.file_meta.SendingApplicationEntityTitle = "TWA_CT"
