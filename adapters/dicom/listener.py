@@ -10,7 +10,9 @@ all of them: the acceptor closes a connection at once, unread, when too many
 are pending or its peer address holds too many; a listener process counts an
 association when its request is accepted, and gives every slot back when the
 connection ends. A process that dies is replaced, its slots forgotten; the
-others keep serving meanwhile.
+others keep serving meanwhile. One that stopped cleanly (a SIGTERM: it drains
+and exits) is replaced only if the service does not stop meanwhile: a SIGTERM
+to the whole process group, as systemd sends, reaches the service too.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ STOP_GRACE_SECONDS = 10.0
 HANDOFF_TIMEOUT = 5.0
 #: Longest the supervisor sleeps (a process's end or a stop wakes it at once).
 SUPERVISE_SECONDS = 60.0
+#: How long a listener process that stopped cleanly (a SIGTERM: it drains and exits 0) waits
+#: to be replaced: a SIGTERM to the whole process group (systemd's default) reaches the
+#: service too, which then stops (its edges last); a crashed process is replaced at once.
+ENDED_WITH_THE_SERVICE_SECONDS = STOP_GRACE_SECONDS
 #: Refused connections are logged at most once per this many seconds (with a count).
 REFUSAL_LOG_INTERVAL = 10.0
 #: Handoff messages from the supervisor: a connection (with its socket), new settings.
@@ -337,10 +343,17 @@ class DicomListener(Edge):
         while not self._stopping.is_set():
             ends = [process.sentinel for process in self._processes.values()]
             connection.wait([*ends, self._stop_reader], timeout=SUPERVISE_SECONDS)
+            ended = [p.exitcode for p in self._processes.values() if not p.is_alive()]
+            if ended and not any(ended) and self._stopping.wait(ENDED_WITH_THE_SERVICE_SECONDS):
+                return  # asked to stop with the service (a SIGTERM to the whole group)
             for slot, process in list(self._processes.items()):
                 if process.is_alive() or self._stopping.is_set():
                     continue
-                LOG.error("dicom listener process died; replacing it", exitcode=process.exitcode)
+                code = process.exitcode
+                if code:
+                    LOG.error("dicom listener process died; replacing it", exitcode=code)
+                else:
+                    LOG.warning("dicom listener process stopped alone; replacing it")
                 self._spawn(slot)
                 try:
                     self._await_ready({slot})

@@ -578,6 +578,22 @@ def test_sigterm_stops_cleanly_and_keeps_everything(
     assert radbridge.study(pydicom.dcmread(files[0]).StudyInstanceUID)["instances"] == 4
 
 
+def test_sigterm_to_the_whole_process_group_stops_without_replacing_a_listener(
+    radbridge_factory: Callable[..., Radbridge],
+) -> None:
+    """SIGTERM to the service's whole process group (systemd's default, ``kill -- -PGID``)
+    reaches the listener processes too, and they end at once: the service stops with exit
+    code 0 and does not take their ends for deaths to replace (no "died; replacing it")."""
+    radbridge = radbridge_factory(processes=2)
+    assert radbridge.process is not None
+    os.killpg(radbridge.process.pid, signal.SIGTERM)
+    assert radbridge.process.wait(30) == 0
+    radbridge.process = None
+    log = radbridge.log_path.read_text(errors="replace")
+    assert "radbridge stopped" in log
+    assert "replacing it" not in log
+
+
 def test_second_service_on_the_same_port_or_spool_refuses_to_start(
     radbridge: Radbridge, tmp_path: Path
 ) -> None:
