@@ -69,6 +69,9 @@ _META_REMOVED = (
     "SourceApplicationEntityTitle",
     "SendingApplicationEntityTitle",
     "ReceivingApplicationEntityTitle",
+    "SourcePresentationAddress",
+    "SendingPresentationAddress",
+    "ReceivingPresentationAddress",
     "PrivateInformationCreatorUID",
     "PrivateInformation",
 )

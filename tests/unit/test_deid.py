@@ -10,7 +10,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 
 from adapters.deid.dataset import Deidentifier
 from broker.model.deid import SECRET_VARIABLE, Deidentify, DeidOption, Pseudonyms
@@ -120,3 +120,24 @@ def test_options_keep_characteristics_shift_dates_and_clean_descriptors() -> Non
     assert "PatientAge" not in plain and "StudyDescription" not in plain
     assert plain.StudyDate == "" and plain.PatientSex == ""
     assert plain.PatientID == first.PatientID != other.PatientID
+
+
+def test_the_file_meta_keeps_no_sender_of_the_hospital() -> None:
+    """The file meta radbridge writes as it receives names the modality (Sending and Receiving
+    AE Title, Sending Presentation Address, the hospital's network address); a
+    de-identified copy keeps none of them, nor a source's, and names its new SOP Instance
+    UID."""
+    ds = _image("P1", "20260310")
+    ds.SOPInstanceUID = "1.2.3.4.5"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.SendingApplicationEntityTitle = "CT_ROOM_3"
+    ds.file_meta.ReceivingApplicationEntityTitle = "RADBRIDGE"
+    ds.file_meta.SendingPresentationAddress = "dicom://10.8.1.7"
+    ds.file_meta.SourceApplicationEntityTitle = "CT_ROOM_3"
+    ds.file_meta.SourcePresentationAddress = "dicom://10.8.1.7:104"
+    ds.file_meta.ReceivingPresentationAddress = "dicom://10.8.0.2:11112"
+    Deidentifier(Deidentify(), Pseudonyms(SECRET)).apply(ds)
+    kept = {element.keyword for element in ds.file_meta}
+    assert kept == {"MediaStorageSOPInstanceUID"}
+    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID != "1.2.3.4.5"
