@@ -15,6 +15,8 @@ import threading
 
 from sqlalchemy import Engine
 
+from broker.store.engine import sqlite_file
+
 
 class StoreChanges:
     """A look at SQLite's ``data_version``: :meth:`changed` since the last look."""
@@ -28,10 +30,8 @@ class StoreChanges:
     @classmethod
     def of(cls, engine: Engine) -> StoreChanges | None:
         """The changes of ``engine``'s store; None when it cannot tell them (not a SQLite file)."""
-        database = engine.url.database
-        if engine.dialect.name != "sqlite" or not database or database == ":memory:":
-            return None
-        return cls(database)
+        database = sqlite_file(engine)
+        return None if database is None else cls(database)
 
     def changed(self) -> bool:
         """Whether a connection other than this one committed since the last look (the

@@ -112,13 +112,21 @@ def _tune_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+def sqlite_file(engine: Engine) -> str | None:
+    """The file of ``engine``'s SQLite database; None for another database, or one in memory."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    return database
+
+
 def sync_log(engine: Engine) -> None:
     """Make the commits made without a sync durable (``transaction(..., synced=False)`` of
     :mod:`broker.store.prepared`): SQLite appends every commit to its write-ahead log in
     order, so one fdatasync of the log makes them all durable. Other databases (and an
     in-memory SQLite) have nothing to sync."""
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+    database = sqlite_file(engine)
+    if database is None:
         return
     try:
         fd = os.open(database + "-wal", os.O_RDONLY)

@@ -20,6 +20,7 @@ from pathlib import Path
 from sqlalchemy import Engine, func, select, text
 
 from broker.model.logging import get_logger
+from broker.store.engine import sqlite_file
 from broker.store.tables import instances, result_objects, studies
 
 #: The minimum free bytes on a file system of so many bytes (``Storage.min_free_bytes``).
@@ -114,8 +115,8 @@ def spool_bytes(engine: Engine) -> int:
 def database_bytes(engine: Engine) -> int | None:
     """The database's size on disk (SQLite: the file and its WAL; PostgreSQL: the database)."""
     if engine.dialect.name == "sqlite":
-        name = engine.url.database
-        if not name or name == ":memory:":
+        name = sqlite_file(engine)
+        if name is None:
             return None
         return sum(
             Path(name + suffix).stat().st_size
